@@ -1,0 +1,1 @@
+"""The agent: the PC side, which dials out and asks its user before anything opens."""

@@ -1,0 +1,78 @@
+"""The agent's configuration folder, written once at enrolment.
+
+Holds the pinned broker CA and tunnel key: everything the agent will ever
+trust. Folder 0700, files 0600, written atomically so a crash mid-enrolment
+leaves either the old configuration or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+CONFIG_FILE = "agent.json"
+HOST_KEY_FILE = "host_key"
+
+
+def default_config_dir() -> Path:
+    env = os.environ.get("ALLOWHELP_CONFIG")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "allowhelp" / "agent"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    broker_url: str
+    ca_pem: str
+    ca_fingerprint: str
+    tunnel_host: str
+    tunnel_port: int
+    broker_tunnel_key: str
+    agent_id: str
+    organisation: str
+
+    def save(self, folder: Path) -> None:
+        write_private(folder / CONFIG_FILE, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> AgentConfig:
+        path = folder / CONFIG_FILE
+        try:
+            raw = json.loads(path.read_text())
+            config = cls(**{name: raw[name] for name in cls.__dataclass_fields__})
+        except FileNotFoundError:
+            raise ConfigError(
+                f"this agent is not enrolled ({path} is missing): run "
+                f"`allowhelp-agent enroll TOKEN --config {folder}` first"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is damaged ({exc}): enrol again") from exc
+        if not isinstance(config.tunnel_port, int) or not 0 < config.tunnel_port < 65536:
+            raise ConfigError(f"{path} has an invalid tunnel port: enrol again")
+        return config
+
+
+def prepare_folder(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically; it is never readable by others, not even briefly."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,150 @@
+"""Enrolment: trust exactly the CA named in the token, then register this PC.
+
+The token carries the SHA-256 of the broker's CA. The agent fetches the CA,
+compares it, and from then on trusts that CA alone (never the system store)
+for every HTTPS call, and the broker's tunnel key alone for the tunnel. Uses
+only the standard library so the agent stays light.
+"""
+
+from __future__ import annotations
+
+import getpass
+import http.client
+import json
+import logging
+import platform
+import socket
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from allowhelp import __version__
+from allowhelp.certs.errors import TokenError
+from allowhelp.certs.pki import ca_fingerprint, fingerprints_equal
+from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
+from allowhelp.certs.token import EnrolmentToken
+
+from .config import HOST_KEY_FILE, AgentConfig, prepare_folder
+from .errors import EnrolError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 15.0
+MAX_ANSWER = 256 * 1024
+
+
+def os_description() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}"
+
+
+def _request(
+    url: str, method: str, path: str, context: ssl.SSLContext, body: bytes | None = None
+) -> tuple[int, bytes]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=context)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.read(MAX_ANSWER)
+    except ssl.SSLCertVerificationError as exc:
+        raise EnrolError(
+            f"the broker at {url} has a TLS certificate that the pinned CA did not sign "
+            f"({exc.verify_message}): it may be an impostor; not enrolling"
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise EnrolError(f"cannot reach the broker at {url}: {reason}") from exc
+    finally:
+        conn.close()
+
+
+def fetch_pinned_ca(token: EnrolmentToken) -> str:
+    """Get the CA over an unverified channel and accept it only if it matches the pin."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    status, body = _request(token.url, "GET", "/api/v1/enrol/ca", probe)
+    if status != 200:
+        raise EnrolError(f"the server at {token.url} is not an allowhelp broker (HTTP {status})")
+    try:
+        pem = body.decode("ascii")
+        got = ca_fingerprint(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnrolError(f"the server at {token.url} sent no usable CA certificate") from exc
+    if not fingerprints_equal(got, token.ca_fingerprint):
+        raise EnrolError(
+            f"the broker at {token.url} presents a CA with fingerprint {got[:16]}..., but the "
+            f"token pins {token.ca_fingerprint[:16]}...: it may be an impostor; not enrolling"
+        )
+    return pem
+
+
+def pinned_context(ca_pem: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=ca_pem)
+    return context
+
+
+def enrol(token_text: str, folder: Path) -> AgentConfig:
+    try:
+        token = EnrolmentToken.decode(token_text)
+    except TokenError as exc:
+        raise EnrolError(str(exc)) from exc
+    ca_pem = fetch_pinned_ca(token)
+    prepare_folder(folder)
+    host_key = generate_host_key(folder / HOST_KEY_FILE)
+    request = {
+        "secret": token.secret,
+        "host_key": host_key,
+        "hostname": socket.gethostname(),
+        "os": os_description(),
+        "user": getpass.getuser(),
+        "version": __version__,
+    }
+    status, body = _request(
+        token.url, "POST", "/api/v1/enrol", pinned_context(ca_pem), json.dumps(request).encode()
+    )
+    answer = _json(body)
+    if status != 201:
+        message = answer.get("message") if isinstance(answer.get("message"), str) else None
+        raise EnrolError(f"the broker refused to enrol this PC: {message or f'HTTP {status}'}")
+    config = _config_from(answer, token, ca_pem)
+    config.save(folder)
+    log.info("enrolled as agent=%s with %s", config.agent_id, token.url)
+    return config
+
+
+def _json(body: bytes) -> dict[str, object]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _config_from(answer: dict[str, object], token: EnrolmentToken, ca_pem: str) -> AgentConfig:
+    try:
+        tunnel = str(answer["tunnel"])
+        host, _, port = tunnel.rpartition(":")
+        key = public_key_line(parse_public_key(str(answer["tunnel_key"])))
+        return AgentConfig(
+            broker_url=token.url,
+            ca_pem=ca_pem,
+            ca_fingerprint=token.ca_fingerprint,
+            tunnel_host=host.strip("[]"),
+            tunnel_port=int(port),
+            broker_tunnel_key=key,
+            agent_id=str(answer["agent_id"]),
+            organisation=str(answer.get("organisation", "")),
+        )
+    except (KeyError, ValueError) as exc:
+        raise EnrolError(f"the broker's enrolment answer is incomplete ({exc})") from exc

@@ -1,0 +1,174 @@
+"""The agent's tunnel: dial the broker, run the SSH *server* side, never give up.
+
+The PC never listens: it dials out and then plays SSH server on the
+connection it opened (``asyncssh.connect_reverse``). Only the broker key pinned
+at enrolment may log in, and the server refuses every channel, forwarding and
+request unless the consent gate has a live grant for it (deny by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from allowhelp.certs import ssh_options
+from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
+
+from .config import HOST_KEY_FILE, AgentConfig
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+STABLE_AFTER = 30.0
+
+
+def backoff_delay(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full jitter: spread a fleet's reconnects after a broker restart over the window."""
+    return rng(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+class AgentSSHServer(asyncssh.SSHServer):
+    """Refuses everything it was not explicitly asked to allow."""
+
+    def __init__(self, broker_key: str, agent_id: str) -> None:
+        self._broker_key = broker_key
+        self._agent_id = agent_id
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        ok = username == ssh_options.BROKER_USERNAME and public_key_line(key) == self._broker_key
+        if not ok:
+            log.warning("agent=%s refused a tunnel peer that is not the pinned broker", self._agent_id)
+        return ok
+
+    def session_requested(self) -> bool:
+        log.warning("agent=%s refused a session channel: no consent", self._agent_id)
+        return False
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        log.warning("agent=%s refused a direct-tcpip forward", self._agent_id)
+        return False
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        log.warning("agent=%s refused a remote forward", self._agent_id)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+
+@dataclass
+class TunnelState:
+    connected: bool = False
+    attempts: int = 0
+    last_error: str = ""
+
+
+class AgentTunnel:
+    def __init__(self, config: AgentConfig, folder: Path) -> None:
+        self._config = config
+        self._host_key = load_private_key(folder / HOST_KEY_FILE)
+        self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
+        self.state = TunnelState()
+
+    def _options(self) -> asyncssh.SSHServerConnectionOptions:
+        return asyncssh.SSHServerConnectionOptions(
+            server_host_keys=[self._host_key],
+            server_factory=lambda: AgentSSHServer(self._broker_key, self._config.agent_id),
+            encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
+            kex_algs=list(ssh_options.KEX_ALGS),
+            mac_algs=list(ssh_options.MAC_ALGS),
+            compression_algs=list(ssh_options.COMPRESSION_ALGS),
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            sftp_factory=None,
+            allow_scp=False,
+            keepalive_interval=ssh_options.KEEPALIVE_INTERVAL,
+            keepalive_count_max=ssh_options.KEEPALIVE_COUNT_MAX,
+            login_timeout=20,
+        )
+
+    async def connect_once(self) -> asyncssh.SSHServerConnection:
+        return await asyncssh.connect_reverse(
+            self._config.tunnel_host,
+            self._config.tunnel_port,
+            config=None,
+            options=self._options(),
+        )
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Connect, serve until the tunnel drops, wait a jittered while, repeat."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            try:
+                conn = await self.connect_once()
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                self.state.last_error = describe(exc)
+                log.warning(
+                    "agent=%s cannot reach the broker at %s:%d: %s",
+                    self._config.agent_id,
+                    self._config.tunnel_host,
+                    self._config.tunnel_port,
+                    self.state.last_error,
+                )
+            else:
+                await self._serve(conn, stop)
+            if loop.time() - started > STABLE_AFTER:
+                self.state.attempts = 0
+            delay = backoff_delay(self.state.attempts)
+            self.state.attempts += 1
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _serve(self, conn: asyncssh.SSHServerConnection, stop: asyncio.Event) -> None:
+        self.state.connected = True
+        log.info("agent=%s connected to the broker", self._config.agent_id)
+        stopper = asyncio.create_task(stop.wait())
+        closed = asyncio.create_task(conn.wait_closed())
+        await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not closed.done():
+            conn.close()
+            await closed
+        self.state.connected = False
+        log.info("agent=%s tunnel closed", self._config.agent_id)
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "the tunnel peer is not the pinned broker (key refused)"
+    if isinstance(exc, asyncssh.DisconnectError):
+        return f"disconnected: {exc.reason}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__

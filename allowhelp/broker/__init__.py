@@ -1,0 +1,1 @@
+"""The broker: tunnel listener, registry, sessions, audit, store and web app."""

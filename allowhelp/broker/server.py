@@ -1,0 +1,172 @@
+"""One broker process: HTTPS (uvicorn) and the tunnel listener, started and stopped together.
+
+Sockets are bound here before anything is announced, so port 0 works (tests)
+and ``broker.json`` only ever names addresses that are really listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from allowhelp.certs.pki import BrokerPKI, ensure_broker_pki
+
+from .app import Services, create_app
+from .audit import AuditLog
+from .auth import Authenticator
+from .enrolment import EnrolmentDesk
+from .registry import AgentRegistry
+from .settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
+from .store import Store
+from .tunnel import TunnelListener
+
+log = logging.getLogger(__name__)
+
+AUDIT_FILE = "audit.sqlite3"
+STORE_FILE = "broker.sqlite3"
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """The files of one installation, opened together by serve and by the CLI."""
+
+    store: Store
+    audit: AuditLog
+    pki: BrokerPKI
+
+    @classmethod
+    def open(cls, data_dir: Path, hosts: list[str]) -> DataFolder:
+        pki = ensure_broker_pki(data_dir, hosts)
+        forwarder = None
+        audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder)
+        return cls(Store.open(data_dir / STORE_FILE), audit, pki)
+
+    def close(self) -> None:
+        self.store.close()
+        self.audit.close()
+
+
+class _Uvicorn(uvicorn.Server):  # type: ignore[misc]
+    """uvicorn without its own signal handling: the broker stops both halves itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {format_hostport(host, port)}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def tls_hosts(settings: BrokerSettings) -> list[str]:
+    hosts = [url_host(settings.public_url)] if settings.public_url else []
+    if settings.https_host not in ("", "0.0.0.0", "::") and settings.https_host not in hosts:
+        hosts.append(settings.https_host)
+    hostname = socket.gethostname()
+    if hostname and not is_ip(hostname):
+        hosts.append(hostname)
+    return hosts
+
+
+async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then close everything cleanly."""
+    folder = DataFolder.open(settings.data_dir, tls_hosts(settings))
+    https_sock = bind(settings.https_host, settings.https_port)
+    https_port = https_sock.getsockname()[1]
+    public_url = settings.public_url or f"https://localhost:{https_port}"
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = AgentRegistry()
+    tunnel = TunnelListener(folder.store, folder.audit, registry, folder.pki.tunnel_key)
+    try:
+        tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
+        tunnel_public = format_hostport(url_host(public_url), tunnel_port)
+        svc = Services(
+            store=folder.store,
+            audit=folder.audit,
+            auth=Authenticator(folder.store, folder.audit, settings.web_session_hours),
+            registry=registry,
+            enrolment=EnrolmentDesk(
+                folder.store,
+                folder.audit,
+                tunnel_public=tunnel_public,
+                tunnel_key=folder.pki.tunnel_public_key,
+                organisation=settings.organisation,
+            ),
+            ca_pem=folder.pki.ca_cert.read_bytes(),
+            public_url=public_url,
+        )
+        server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki))
+        await folder.audit.write(
+            "broker.started",
+            actor="system",
+            details={"public_url": public_url, "tunnel": tunnel_public, "pid": os.getpid()},
+        )
+        serving = asyncio.create_task(server.serve(sockets=[https_sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if serving.done():
+            serving.result()
+        RuntimeInfo(
+            public_url=public_url,
+            https=format_hostport(settings.https_host, https_port),
+            tunnel=format_hostport(settings.tunnel_host, tunnel_port),
+            tunnel_public=tunnel_public,
+            pid=os.getpid(),
+        ).write(settings.data_dir)
+        log.info("allowhelp broker ready: console %s, agents dial %s", public_url, tunnel_public)
+        await _until(stop, serving)
+        server.should_exit = True
+        await tunnel.stop()
+        await serving
+        await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await tunnel.stop()
+        https_sock.close()
+        folder.close()
+        log.info("allowhelp broker stopped")
+
+
+async def _until(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+
+
+def _uvicorn_config(app: object, pki: BrokerPKI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        ssl_certfile=str(pki.tls_cert),
+        ssl_keyfile=str(pki.tls_key),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        ws_max_size=1024 * 1024,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=5,
+        lifespan="off",
+    )

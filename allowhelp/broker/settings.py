@@ -1,0 +1,145 @@
+"""Broker settings, validated once at start-up into a frozen dataclass.
+
+Every check raises ``ValueError`` with a message the operator can act on, so a
+typo in a flag fails at start-up instead of at the first connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_HTTPS = "0.0.0.0:8443"
+DEFAULT_TUNNEL = "0.0.0.0:8022"
+RUNTIME_FILE = "broker.json"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("ALLOWHELP_DATA")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "allowhelp" / "broker"
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT); port 0 means "pick a free one"."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{what} must be HOST:PORT, e.g. 0.0.0.0:8443 (got {text!r})")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{what}: the port must be a number from 0 to 65535 (got {port_text!r})")
+    return host, int(port_text)
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_public_url(url: str) -> str:
+    """The URL technicians type; Origin checks compare against it exactly."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise ValueError(f"--public-url must start with https:// (got {url!r})")
+    if not parts.hostname:
+        raise ValueError(f"--public-url has no host name (got {url!r})")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"--public-url must be scheme://host[:port] only (got {url!r})")
+    return f"https://{parts.netloc}".lower()
+
+
+def url_host(url: str) -> str:
+    host = urlsplit(url).hostname
+    if host is None:
+        raise ValueError(f"no host in {url!r}")
+    return host
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    data_dir: Path
+    https_host: str
+    https_port: int
+    tunnel_host: str
+    tunnel_port: int
+    public_url: str | None  # None: https://localhost:<bound port>, known after bind
+    organisation: str = "IT help desk"
+    consent_timeout: float = 60.0
+    web_session_hours: float = 12.0
+    syslog_url: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        data_dir: Path,
+        https: str = DEFAULT_HTTPS,
+        tunnel: str = DEFAULT_TUNNEL,
+        public_url: str | None = None,
+        organisation: str = "IT help desk",
+        syslog_url: str | None = None,
+    ) -> BrokerSettings:
+        https_host, https_port = parse_hostport(https, "--https")
+        tunnel_host, tunnel_port = parse_hostport(tunnel, "--tunnel")
+        if not organisation.strip() or len(organisation) > 100:
+            raise ValueError("the organisation name must be 1 to 100 characters")
+        return cls(
+            data_dir=data_dir.expanduser().resolve(),
+            https_host=https_host,
+            https_port=https_port,
+            tunnel_host=tunnel_host,
+            tunnel_port=tunnel_port,
+            public_url=check_public_url(public_url) if public_url else None,
+            organisation=organisation.strip(),
+            syslog_url=syslog_url,
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a running broker tells other commands (``token create``) and tests."""
+
+    public_url: str
+    https: str
+    tunnel: str
+    tunnel_public: str
+    pid: int
+
+    def write(self, data_dir: Path) -> None:
+        tmp = data_dir / (RUNTIME_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        tmp.replace(data_dir / RUNTIME_FILE)
+
+    @classmethod
+    def read(cls, data_dir: Path) -> RuntimeInfo:
+        path = data_dir / RUNTIME_FILE
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                public_url=str(raw["public_url"]),
+                https=str(raw["https"]),
+                tunnel=str(raw["tunnel"]),
+                tunnel_public=str(raw["tunnel_public"]),
+                pid=int(raw["pid"]),
+            )
+        except FileNotFoundError:
+            raise ValueError(
+                f"no broker has run with the data folder {data_dir} yet: start "
+                f"`allowhelp-broker serve --data {data_dir}` once first"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path} is damaged ({exc}); restart the broker to rewrite it"
+            ) from exc

@@ -1,0 +1,323 @@
+"""The broker's SQLite store: users, web sessions, enrolment tokens, agents.
+
+One file in the data folder, WAL mode, schema versions applied in order at open.
+The audit log lives in its own file (see ``audit``) so a full audit disk refuses
+actions without corrupting this one, and this one can be restored from backup
+without touching the evidence.
+
+Every sqlite3 error is translated into ``StoreError`` here, so no library error
+travels further up.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import StoreError
+
+Role = Literal["admin", "technician"]
+ROLES: tuple[Role, ...] = ("admin", "technician")
+
+# Each entry moves the schema from version N to N+1. Never edit a shipped entry:
+# append a new one, because installed brokers have already run the old ones.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        full_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'technician')),
+        password_hash TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf_token TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        remote TEXT NOT NULL
+    );
+    CREATE TABLE enrol_tokens (
+        secret_hash TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        uses_left INTEGER NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL UNIQUE,
+        hostname TEXT NOT NULL,
+        os TEXT NOT NULL,
+        username TEXT NOT NULL,
+        version TEXT NOT NULL,
+        enrolled REAL NOT NULL,
+        last_seen REAL,
+        removed INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    full_name: str
+    role: Role
+    password_hash: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class WebSession:
+    token_hash: str
+    user_id: int
+    csrf_token: str
+    created: float
+    expires: float
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    id: str
+    public_key: str
+    hostname: str
+    os: str
+    username: str
+    version: str
+    enrolled: float
+    last_seen: float | None
+    removed: bool
+
+
+class Store:
+    """Typed access to the broker database; callers never see SQL or sqlite3."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        try:
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            store = cls(conn, path)
+            store._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the broker database {path}: {exc}") from exc
+        path.chmod(0o600)
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database {self.path} has schema version {version}, newer than this "
+                f"allowhelp ({len(MIGRATIONS)}): upgrade allowhelp"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;{script};PRAGMA user_version={number};COMMIT;"
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(self._conn.execute(sql, args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    # users
+
+    def add_user(self, username: str, full_name: str, role: Role, password_hash: str) -> User:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO users (username, full_name, role, password_hash, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (username, full_name, role, password_hash, time.time()),
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise StoreError(f"a user named {username!r} already exists") from exc
+            raise
+        user = self.user_by_name(username)
+        if user is None:
+            raise StoreError(f"user {username!r} vanished right after it was created")
+        return user
+
+    def set_password(self, username: str, password_hash: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+            )
+            return cur.rowcount == 1
+
+    def user_by_name(self, username: str) -> User | None:
+        rows = self._query("SELECT * FROM users WHERE username = ?", (username,))
+        return _user(rows[0]) if rows else None
+
+    def user_by_id(self, user_id: int) -> User | None:
+        rows = self._query("SELECT * FROM users WHERE id = ?", (user_id,))
+        return _user(rows[0]) if rows else None
+
+    def count_users(self) -> int:
+        return int(self._query("SELECT count(*) FROM users")[0][0])
+
+    # web sessions
+
+    def add_web_session(self, session: WebSession, remote: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE expires < ?", (time.time(),))
+            db.execute(
+                "INSERT INTO web_sessions (token_hash, user_id, csrf_token, created, expires,"
+                " remote) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session.token_hash,
+                    session.user_id,
+                    session.csrf_token,
+                    session.created,
+                    session.expires,
+                    remote,
+                ),
+            )
+
+    def web_session(self, token_hash: str) -> WebSession | None:
+        rows = self._query(
+            "SELECT token_hash, user_id, csrf_token, created, expires FROM web_sessions"
+            " WHERE token_hash = ? AND expires >= ?",
+            (token_hash, time.time()),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return WebSession(
+            row["token_hash"], row["user_id"], row["csrf_token"], row["created"], row["expires"]
+        )
+
+    def delete_web_session(self, token_hash: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE token_hash = ?", (token_hash,))
+
+    # enrolment tokens
+
+    def add_enrol_token(self, secret_hash: str, expires: float, uses: int, created_by: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO enrol_tokens (secret_hash, created, expires, uses_left, created_by)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (secret_hash, time.time(), expires, uses, created_by),
+            )
+
+    def consume_enrol_token(self, secret_hash: str, now: float) -> str | None:
+        """Use one use of a token atomically; ``None`` when it is usable, else why not.
+
+        Checking and decrementing in one transaction is what makes a
+        single-use token single-use even when two agents race with it.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT expires, uses_left FROM enrol_tokens WHERE secret_hash = ?",
+                (secret_hash,),
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            if row["uses_left"] <= 0:
+                return "used"
+            if row["expires"] < now:
+                return "expired"
+            db.execute(
+                "UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE secret_hash = ?",
+                (secret_hash,),
+            )
+            return None
+
+    # agents
+
+    def upsert_agent(self, agent: AgentRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO agents (id, public_key, hostname, os, username, version, enrolled,"
+                " last_seen, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+                " ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname,"
+                " os = excluded.os, username = excluded.username, version = excluded.version,"
+                " enrolled = excluded.enrolled, removed = 0",
+                (
+                    agent.id,
+                    agent.public_key,
+                    agent.hostname,
+                    agent.os,
+                    agent.username,
+                    agent.version,
+                    agent.enrolled,
+                    agent.last_seen,
+                ),
+            )
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        rows = self._query("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        return _agent(rows[0]) if rows else None
+
+    def agent_by_key(self, public_key: str) -> AgentRecord | None:
+        rows = self._query("SELECT * FROM agents WHERE public_key = ?", (public_key,))
+        return _agent(rows[0]) if rows else None
+
+    def agents(self) -> list[AgentRecord]:
+        return [_agent(r) for r in self._query("SELECT * FROM agents WHERE removed = 0")]
+
+    def touch_agent(self, agent_id: str, when: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        id=row["id"],
+        username=row["username"],
+        full_name=row["full_name"],
+        role=row["role"],
+        password_hash=row["password_hash"],
+        disabled=bool(row["disabled"]),
+    )
+
+
+def _agent(row: sqlite3.Row) -> AgentRecord:
+    return AgentRecord(
+        id=row["id"],
+        public_key=row["public_key"],
+        hostname=row["hostname"],
+        os=row["os"],
+        username=row["username"],
+        version=row["version"],
+        enrolled=row["enrolled"],
+        last_seen=row["last_seen"],
+        removed=bool(row["removed"]),
+    )

@@ -1,0 +1,120 @@
+"""The web wall: ASGI middleware every request and WebSocket passes through.
+
+Security headers, no-store on the API, a body size cap, and the Origin rule
+for anything that changes state. Pure ASGI so it also sees WebSocket upgrades
+and costs nothing on the relay path once a socket is open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY = 64 * 1024
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"strict-transport-security", b"max-age=31536000"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+NO_STORE = (b"cache-control", b"no-store")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def origin_allowed(scope: Scope, public_url: str) -> bool:
+    """Exact match only: no prefix, no scheme-less, no 'null'."""
+    origin = header(scope, b"origin")
+    return origin is not None and origin.lower() == public_url
+
+
+class Wall:
+    def __init__(self, app: ASGIApp, public_url: Callable[[], str]) -> None:
+        self._app = app
+        self._public_url = public_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        is_api = str(scope.get("path", "")).startswith("/api/")
+        method = str(scope.get("method", "GET"))
+        if method not in SAFE_METHODS and header(scope, b"origin") is not None:
+            # Browsers always send Origin on a cross-site POST; a foreign one is
+            # refused before any handler (login included) sees the request.
+            if not origin_allowed(scope, self._public_url()):
+                await _refuse(send, 403, "foreign_origin", "this origin may not call the API")
+                return
+        declared = header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            await _refuse(send, 413, "too_large", f"request bodies are limited to {MAX_BODY} bytes")
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [*HEADERS, NO_STORE] if is_api else HEADERS
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self._app(scope, _capped(receive), send_with_headers)
+
+
+def _capped(receive: Receive) -> Receive:
+    """Stop a chunked body that grows past the cap even without Content-Length."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise BodyTooLarge
+        return message
+
+    return wrapped
+
+
+class BodyTooLarge(Exception):
+    """Raised inside a handler's body read; the app turns it into a 413."""
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": code, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *HEADERS,
+                NO_STORE,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
