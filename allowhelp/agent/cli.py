@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     folder = config_dir(args)
     config = AgentConfig.load(folder)
-    tunnel = AgentTunnel(config, folder)
+    tunnel = AgentTunnel(config, folder, reconnect_cap=args.reconnect_cap)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.set_defaults(func=cmd_enroll)
     run = sub.add_parser("run", help="dial the broker and wait for help requests")
     _config_arg(run)
+    run.add_argument(
+        "--reconnect-cap",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between two attempts to reach the broker (default 30)",
+    )
     run.set_defaults(func=cmd_run)
     return parser
 

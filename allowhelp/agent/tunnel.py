@@ -9,6 +9,7 @@ request unless the consent gate has a live grant for it (deny by default).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -29,9 +30,17 @@ BACKOFF_CAP = 30.0
 STABLE_AFTER = 30.0
 
 
-def backoff_delay(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+def backoff_delay(
+    attempt: int, cap: float = BACKOFF_CAP, rng: Callable[[float, float], float] = random.uniform
+) -> float:
     """Full jitter: spread a fleet's reconnects after a broker restart over the window."""
-    return rng(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+    return rng(0.0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+def check_reconnect_cap(seconds: float) -> float:
+    if not 1.0 <= seconds <= 600.0:
+        raise ValueError("--reconnect-cap must be between 1 and 600 seconds")
+    return seconds
 
 
 class AgentSSHServer(asyncssh.SSHServer):
@@ -59,7 +68,7 @@ class AgentSSHServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         ok = username == ssh_options.BROKER_USERNAME and public_key_line(key) == self._broker_key
         if not ok:
-            log.warning("agent=%s refused a tunnel peer that is not the pinned broker", self._agent_id)
+            log.warning("agent=%s refused a tunnel peer: not the pinned broker", self._agent_id)
         return ok
 
     def session_requested(self) -> bool:
@@ -91,8 +100,11 @@ class TunnelState:
 
 
 class AgentTunnel:
-    def __init__(self, config: AgentConfig, folder: Path) -> None:
+    def __init__(
+        self, config: AgentConfig, folder: Path, reconnect_cap: float = BACKOFF_CAP
+    ) -> None:
         self._config = config
+        self._cap = check_reconnect_cap(reconnect_cap)
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
         self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
         self.state = TunnelState()
@@ -130,7 +142,7 @@ class AgentTunnel:
             started = loop.time()
             try:
                 conn = await self.connect_once()
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncssh.Error) as exc:
                 self.state.last_error = describe(exc)
                 log.warning(
                     "agent=%s cannot reach the broker at %s:%d: %s",
@@ -143,12 +155,10 @@ class AgentTunnel:
                 await self._serve(conn, stop)
             if loop.time() - started > STABLE_AFTER:
                 self.state.attempts = 0
-            delay = backoff_delay(self.state.attempts)
+            delay = backoff_delay(self.state.attempts, self._cap)
             self.state.attempts += 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                pass
 
     async def _serve(self, conn: asyncssh.SSHServerConnection, stop: asyncio.Event) -> None:
         self.state.connected = True

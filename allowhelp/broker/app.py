@@ -7,8 +7,8 @@ Every error leaves as JSON ``{"error", "message"}``; no traceback ever does.
 from __future__ import annotations
 
 import json
-import time
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,20 +97,25 @@ def api(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
-        except AuthError as exc:
-            return _error(401, "invalid_credentials", str(exc))
-        except EnrolmentError as exc:
-            return _error(403, "enrolment_refused", str(exc))
-        except AuditUnavailable as exc:
-            log.error("refused %s %s: %s", request.method, request.url.path, exc)
-            return _error(503, "audit_unavailable", str(exc))
-        except StoreError as exc:
-            log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-            return _error(503, "store_unavailable", "the broker database is unavailable")
-        except BodyTooLarge:
-            return _error(413, "too_large", "the request body is too large")
+        except (AuthError, EnrolmentError, AuditUnavailable, StoreError, BodyTooLarge) as exc:
+            status, code, message = _translate(exc)
+            if status >= 500:
+                log.error("refused %s %s: %s", request.method, request.url.path, exc)
+            return _error(status, code, message)
 
     return wrapped
+
+
+def _translate(exc: Exception) -> tuple[int, str, str]:
+    if isinstance(exc, AuthError):
+        return 401, "invalid_credentials", str(exc)
+    if isinstance(exc, EnrolmentError):
+        return 403, "enrolment_refused", str(exc)
+    if isinstance(exc, AuditUnavailable):
+        return 503, "audit_unavailable", str(exc)
+    if isinstance(exc, StoreError):
+        return 503, "store_unavailable", "the broker database is unavailable"
+    return 413, "too_large", "the request body is too large"
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

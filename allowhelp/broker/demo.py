@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -76,7 +75,9 @@ async def _demo(root: Path, https: str, tunnel: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         (broker_dir / "broker.json").unlink()
     settings = BrokerSettings.build(
-        broker_dir, https=free_or_zero(https), tunnel=free_or_zero(tunnel),
+        broker_dir,
+        https=free_or_zero(https),
+        tunnel=free_or_zero(tunnel),
         organisation="allowhelp demo",
     )
     stop = asyncio.Event()
@@ -87,20 +88,21 @@ async def _demo(root: Path, https: str, tunnel: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     if not (agent_dir / "agent.json").exists():
         token = create_token(broker_dir, ttl="10m", uses=1)
-        enrolled = await asyncio.to_thread(
-            subprocess.run, agent_command("enroll", token, "--config", str(agent_dir)), check=False
+        enrolling = await asyncio.create_subprocess_exec(
+            *agent_command("enroll", token, "--config", str(agent_dir))
         )
-        if enrolled.returncode != 0:
+        if await enrolling.wait() != 0:
             stop.set()
             await serving
             raise RuntimeError("the local agent could not enrol; see the message above")
-    agent = subprocess.Popen(agent_command("run", "--config", str(agent_dir)))
+    agent = await asyncio.create_subprocess_exec(*agent_command("run", "--config", str(agent_dir)))
     print(banner(info, password, broker_dir), flush=True)
     try:
         await serving
     finally:
-        agent.terminate()
-        await asyncio.to_thread(agent.wait, 10)
+        if agent.returncode is None:
+            agent.terminate()
+        await asyncio.wait_for(agent.wait(), 10)
 
 
 def banner(info: RuntimeInfo, password: str, broker_dir: Path) -> str:

@@ -28,11 +28,13 @@ from .registry import AgentRegistry
 from .settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from .store import Store
 from .tunnel import TunnelListener
+from .wall import Wall
 
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.sqlite3"
 STORE_FILE = "broker.sqlite3"
+WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - names to leave out of the certificate
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class DataFolder:
         self.audit.close()
 
 
-class _Uvicorn(uvicorn.Server):  # type: ignore[misc]
+class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the broker stops both halves itself."""
 
     @contextlib.contextmanager
@@ -79,7 +81,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def tls_hosts(settings: BrokerSettings) -> list[str]:
     hosts = [url_host(settings.public_url)] if settings.public_url else []
-    if settings.https_host not in ("", "0.0.0.0", "::") and settings.https_host not in hosts:
+    if settings.https_host not in WILDCARDS and settings.https_host not in hosts:
         hosts.append(settings.https_host)
     hostname = socket.gethostname()
     if hostname and not is_ip(hostname):
@@ -124,10 +126,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
             details={"public_url": public_url, "tunnel": tunnel_public, "pid": os.getpid()},
         )
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if serving.done():
-            serving.result()
+        await _started(server, serving)
         RuntimeInfo(
             public_url=public_url,
             https=format_hostport(settings.https_host, https_port),
@@ -150,13 +149,25 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         log.info("allowhelp broker stopped")
 
 
+async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:
+    """uvicorn has no start event; poll its flag, and surface a start-up failure."""
+    for _ in range(1000):
+        if server.started:
+            return
+        if serving.done():
+            serving.result()
+            raise RuntimeError("the HTTPS server stopped during start-up")
+        await asyncio.sleep(0.01)
+    raise RuntimeError("the HTTPS server did not start within 10 s")
+
+
 async def _until(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
 
 
-def _uvicorn_config(app: object, pki: BrokerPKI) -> uvicorn.Config:
+def _uvicorn_config(app: Wall, pki: BrokerPKI) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         ssl_certfile=str(pki.tls_cert),

@@ -85,6 +85,7 @@ class BrokerSettings:
     def build(
         cls,
         data_dir: Path,
+        *,
         https: str = DEFAULT_HTTPS,
         tunnel: str = DEFAULT_TUNNEL,
         public_url: str | None = None,

@@ -62,12 +62,14 @@ class Wall:
             return
         is_api = str(scope.get("path", "")).startswith("/api/")
         method = str(scope.get("method", "GET"))
-        if method not in SAFE_METHODS and header(scope, b"origin") is not None:
-            # Browsers always send Origin on a cross-site POST; a foreign one is
-            # refused before any handler (login included) sees the request.
-            if not origin_allowed(scope, self._public_url()):
-                await _refuse(send, 403, "foreign_origin", "this origin may not call the API")
-                return
+        # Browsers always send Origin on a cross-site POST; a foreign one is
+        # refused before any handler (login included) sees the request.
+        foreign = header(scope, b"origin") is not None and not origin_allowed(
+            scope, self._public_url()
+        )
+        if method not in SAFE_METHODS and foreign:
+            await _refuse(send, 403, "foreign_origin", "this origin may not call the API")
+            return
         declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             await _refuse(send, 413, "too_large", f"request bodies are limited to {MAX_BODY} bytes")

@@ -1,0 +1,241 @@
+"""Real broker and agent processes on 127.0.0.1 for integration tests.
+
+Everything here starts the same console scripts an operator runs, on port 0,
+and waits on observable facts (a file written, an API answer) with bounded
+deadlines, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PY = sys.executable
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_cli(
+    module: str,
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", module, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def broker_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("allowhelp.broker.cli", *args, stdin=stdin)
+
+
+def agent_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("allowhelp.agent.cli", *args, stdin=stdin)
+
+
+@dataclass
+class Broker:
+    data: Path
+    https: str = "127.0.0.1:0"
+    tunnel: str = "127.0.0.1:0"
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log(self) -> Path:
+        return self.data.parent / f"{self.data.name}.log"
+
+    def start(self, timeout: float = 30) -> Broker:
+        runtime = self.data / "broker.json"
+        runtime.unlink(missing_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "allowhelp.broker.cli",
+                    "serve",
+                    "--data",
+                    str(self.data),
+                    "--https",
+                    self.https,
+                    "--tunnel",
+                    self.tunnel,
+                    *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def ready() -> dict[str, Any] | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"broker exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                info: dict[str, Any] = json.loads(runtime.read_text())
+            except (OSError, ValueError):
+                return None
+            return info if info.get("pid") == self.proc.pid else None
+
+        self.info = wait_for(ready, timeout, "the broker to listen")
+        # Restarts keep the same addresses, as a real broker would.
+        self.https, self.tunnel = self.info["https"], self.info["tunnel"]
+        return self
+
+    @property
+    def url(self) -> str:
+        return str(self.info["public_url"])
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.data / "ca.pem"))
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, verify=self.ssl_context(), timeout=20, **kwargs)
+
+    def sync_client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=20)
+
+    def add_user(self, name: str, password: str, role: str = "technician") -> None:
+        done = broker_cli(
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--data",
+            str(self.data),
+            stdin=password + "\n",
+        )
+        assert done.returncode == 0, done.stderr
+
+    def token(self, *args: str) -> str:
+        done = broker_cli("token", "create", "--data", str(self.data), *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def agents(self, user: str, password: str) -> list[dict[str, Any]]:
+        with self.sync_client() as client:
+            assert (
+                client.post(
+                    "/api/v1/login", json={"username": user, "password": password}
+                ).status_code
+                == 200
+            )
+            answer: list[dict[str, Any]] = client.get("/api/v1/agents").json()
+            return answer
+
+    def audit_types(self) -> list[str]:
+        done = broker_cli("audit", "export", "--data", str(self.data))
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["type"] for line in done.stdout.splitlines()]
+
+
+@dataclass
+class Agent:
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.config.parent / f"{self.config.name}.log"
+
+    def enroll(self, token: str) -> subprocess.CompletedProcess[str]:
+        return agent_cli("enroll", token, "--config", str(self.config))
+
+    @property
+    def agent_id(self) -> str:
+        return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
+
+    def start(self, *extra: str) -> Agent:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [PY, "-m", "allowhelp.agent.cli", "run", "--config", str(self.config), *extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Fleet:
+    """Owns every process a test starts, so each is stopped whatever the outcome."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.brokers: list[Broker] = []
+        self.agents: list[Agent] = []
+
+    def broker(self, name: str = "broker", **kwargs: Any) -> Broker:
+        broker = Broker(self.root / name, **kwargs)
+        self.brokers.append(broker)
+        return broker
+
+    def agent(self, name: str = "agent") -> Agent:
+        agent = Agent(self.root / name)
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        for broker in self.brokers:
+            broker.kill()
+
+
+ADMIN, ADMIN_PW = "root-admin", "admin password 123"
+TECH, TECH_PW = "alice", "alice password 123"
+
+
+def online(broker: Broker, agent_id: str) -> bool:
+    return any(a["id"] == agent_id and a["online"] for a in broker.agents(ADMIN, ADMIN_PW))

@@ -1,0 +1,150 @@
+"""Technician login against a real broker over HTTPS."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    fleet = Fleet(tmp_path_factory.mktemp("login"))
+    broker = fleet.broker().start()
+    broker.add_user(ADMIN, ADMIN_PW, role="admin")
+    broker.add_user(TECH, TECH_PW)
+    yield broker
+    fleet.close()
+
+
+def login(client: httpx.Client, user: str = TECH, password: str = TECH_PW) -> httpx.Response:
+    return client.post("/api/v1/login", json={"username": user, "password": password})
+
+
+def test_login_sets_a_host_only_strict_cookie(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        answer = login(client)
+        assert answer.status_code == 200
+        assert answer.json()["user"] == {"username": TECH, "full_name": TECH, "role": "technician"}
+        assert len(answer.json()["csrf_token"]) >= 32
+        cookie = answer.headers["set-cookie"]
+        parts = {p.strip().split("=")[0].lower() for p in cookie.split(";")}
+        assert cookie.startswith("__Host-allowhelp=")
+        assert {"secure", "httponly", "path", "samesite"} <= parts
+        assert "domain" not in parts
+        assert "samesite=strict" in cookie.lower()
+        assert "path=/;" in cookie.lower() + ";"
+        first = client.cookies["__Host-allowhelp"]
+        assert login(client).status_code == 200
+        assert client.cookies["__Host-allowhelp"] != first  # a new id at every login
+
+
+def test_wrong_password_and_unknown_user_look_the_same(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        timings: dict[str, list[float]] = {"wrong": [], "unknown": []}
+        bodies = set()
+        for _ in range(4):
+            for kind, user in (("wrong", TECH), ("unknown", "nobody-here")):
+                start = time.perf_counter()
+                answer = login(client, user, "not the password at all")
+                timings[kind].append(time.perf_counter() - start)
+                assert answer.status_code == 401
+                bodies.add(answer.text)
+        assert len(bodies) == 1  # one answer, whatever the cause
+        wrong, unknown = (statistics.median(timings[k]) for k in ("wrong", "unknown"))
+        # Both pay for one scrypt; an unknown user answered without it would be ~50x faster.
+        assert unknown > wrong / 3, (wrong, unknown)
+
+
+def test_unauthenticated_api_is_json_401(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        for path in ("/api/v1/agents", "/api/v1/me", "/api/v1/audit"):
+            answer = client.get(path)
+            assert answer.status_code == 401
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json()["error"] == "unauthenticated"
+        assert client.get("/api/v1/nothing-here").json()["error"] == "not_found"
+
+
+def test_csrf_token_required_for_state_changes(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        csrf = login(client).json()["csrf_token"]
+        assert client.post("/api/v1/logout").status_code == 403
+        assert client.post("/api/v1/logout", headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+        assert client.get("/api/v1/me").status_code == 200  # still logged in
+        assert client.post("/api/v1/logout", headers={"X-CSRF-Token": csrf}).status_code == 200
+
+
+def test_cookie_is_dead_after_logout(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        csrf = login(client).json()["csrf_token"]
+        cookie = client.cookies["__Host-allowhelp"]
+        assert client.post("/api/v1/logout", headers={"X-CSRF-Token": csrf}).status_code == 200
+    with broker.sync_client() as replay:
+        replay.cookies.set("__Host-allowhelp", cookie)
+        assert replay.get("/api/v1/me").status_code == 401
+
+
+def test_foreign_origin_cannot_log_in(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        answer = client.post(
+            "/api/v1/login",
+            json={"username": TECH, "password": TECH_PW},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert answer.status_code == 403
+        assert "set-cookie" not in answer.headers
+        same = client.post(
+            "/api/v1/login",
+            json={"username": TECH, "password": TECH_PW},
+            headers={"Origin": broker.url},
+        )
+        assert same.status_code == 200
+
+
+def test_technician_cannot_read_audit(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        login(client)
+        assert client.get("/api/v1/audit").status_code == 403
+    with broker.sync_client() as client:
+        login(client, ADMIN, ADMIN_PW)
+        records = client.get("/api/v1/audit", params={"after": 0}).json()
+        types = [r["type"] for r in records]
+        assert "auth.login.ok" in types and "auth.login.failed" in types
+        failed = next(r for r in records if r["type"] == "auth.login.failed")
+        assert "not the password" not in str(failed)  # never a password in the audit
+
+
+def test_bad_bodies_get_clear_errors(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        assert client.post("/api/v1/login", content=b"{not json").json()["error"] == "bad_json"
+        assert client.post("/api/v1/login", json=["a"]).status_code == 400
+        assert client.post("/api/v1/login", json={"username": 1}).status_code == 400
+        huge = client.post("/api/v1/login", content=b"x" * (200 * 1024))
+        assert huge.status_code == 413
+
+
+def test_security_headers(broker: Broker) -> None:
+    with broker.sync_client() as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert "max-age" in page.headers["strict-transport-security"]
+        assert client.get("/api/v1/me").headers["cache-control"] == "no-store"
+        assert "<script>" not in page.text  # no inline scripts
+        assert client.get("/../pyproject.toml").status_code == 404
+
+
+def test_login_answer_is_uniform_for_disabled_input(broker: Broker, tmp_path: Path) -> None:
+    with broker.sync_client() as client:
+        long_name = login(client, "x" * 5000, "y" * 5000)
+        assert long_name.status_code == 401

@@ -1,0 +1,211 @@
+"""The reverse-SSH tunnel between real agent and broker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from allowhelp.certs import ssh_options
+from harness import ADMIN, ADMIN_PW, Agent, Broker, Fleet, online, wait_for
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path)
+    yield fleet
+    fleet.close()
+
+
+def enrolled(fleet: Fleet) -> tuple[Broker, Agent]:
+    broker = fleet.broker().start()
+    broker.add_user(ADMIN, ADMIN_PW, role="admin")
+    agent = fleet.agent()
+    assert agent.enroll(broker.token()).returncode == 0
+    return broker, agent
+
+
+def port_of(hostport: str) -> int:
+    return int(hostport.rpartition(":")[2])
+
+
+def test_broker_kill_and_restart(fleet: Fleet) -> None:
+    broker, agent = enrolled(fleet)
+    agent.start("--reconnect-cap", "2")
+    wait_for(lambda: online(broker, agent.agent_id), 20, "first connection")
+    broker.kill()
+    broker.start()
+    wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back unaided")
+    assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_sigterm_stops_cleanly(fleet: Fleet) -> None:
+    broker, agent = enrolled(fleet)
+    agent.start()
+    wait_for(lambda: online(broker, agent.agent_id), 20, "connection")
+    assert broker.stop() == 0
+    types = broker.audit_types()
+    assert types[-1] == "broker.stopped"
+    assert "agent.disconnected" in types
+
+
+def test_unknown_agent_key_is_refused(fleet: Fleet) -> None:
+    broker, _ = enrolled(fleet)
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    host, port = "127.0.0.1", port_of(broker.tunnel)
+
+    async def attempt() -> None:
+        options = asyncssh.SSHServerConnectionOptions(server_host_keys=[stranger])
+        conn = await asyncssh.connect_reverse(host, port, config=None, options=options)
+        conn.close()
+
+    with pytest.raises((asyncssh.Error, OSError)):
+        asyncio.run(asyncio.wait_for(attempt(), 20))
+    wait_for(lambda: "agent.refused" in broker.audit_types(), 10, "the refusal in the audit log")
+    assert broker.agents(ADMIN, ADMIN_PW)[0]["online"] is False
+
+
+class ImpostorListener:
+    """A tunnel listener on the real port with a key that is not the pinned one."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.failures: list[str] = []
+        self.accepted = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ImpostorListener:
+        self._thread.start()
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        options = asyncssh.SSHClientConnectionOptions(
+            username=ssh_options.BROKER_USERNAME,
+            client_keys=[key],
+            known_hosts=None,
+            agent_path=None,
+        )
+
+        def accepted(conn: asyncssh.SSHClientConnection) -> None:
+            self.accepted += 1
+
+        def failed(conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
+            self.failures.append(type(exc).__name__)
+
+        async def listen() -> asyncssh.SSHAcceptor:
+            return await asyncssh.listen_reverse(
+                "127.0.0.1",
+                self.port,
+                options=options,
+                config=None,
+                acceptor=accepted,
+                error_handler=failed,
+            )
+
+        self._server = asyncio.run_coroutine_threadsafe(listen(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def test_impostor_tunnel_is_refused_and_agent_keeps_trying(fleet: Fleet) -> None:
+    broker, agent = enrolled(fleet)
+    broker.stop()
+    with ImpostorListener(port_of(broker.tunnel)) as impostor:
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: len(impostor.failures) >= 2, 30, "the agent to refuse the impostor twice")
+        assert impostor.accepted == 0
+    assert "not the pinned broker" in agent.log.read_text()
+    broker.start()
+    wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to reach the real broker")
+
+
+class CuttableProxy:
+    """TCP proxy on 127.0.0.1 that a test can cut (close everything) and restore."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._thread.start()
+
+    def _call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def restore(self) -> None:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+        self._call(start())
+
+    def cut(self) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+            for writer in self._writers:
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(stop())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def test_network_cut_and_restore(fleet: Fleet) -> None:
+    broker, agent = enrolled(fleet)
+    proxy = CuttableProxy(port_of(broker.tunnel))
+    proxy.restore()
+    config_file = agent.config / "agent.json"
+    config = json.loads(config_file.read_text())
+    config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
+    config_file.write_text(json.dumps(config))
+    try:
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(broker, agent.agent_id), 20, "connection through the proxy")
+        proxy.cut()
+        wait_for(lambda: not online(broker, agent.agent_id), 20, "the broker to see the cut")
+        proxy.restore()
+        wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
+    finally:
+        proxy.close()
