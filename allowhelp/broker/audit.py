@@ -370,11 +370,10 @@ class AuditLog:
         """:meth:`append` without blocking the event loop on fsync."""
         call = functools.partial(self.append, type, actor=actor, target=target, details=details)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except RuntimeError as exc:  # executor already shut down
-            if self._closed:
-                raise _unavailable("the audit log is closed") from exc
-            raise
+            future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except RuntimeError as exc:  # the executor is shut down: close() was called
+            raise _unavailable("the audit log is closed") from exc
+        return await future
 
     def head(self) -> tuple[int, str]:
         with self._lock:

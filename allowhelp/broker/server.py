@@ -20,11 +20,12 @@ import uvicorn
 
 from allowhelp.certs.pki import BrokerPKI, ensure_broker_pki
 
-from .app import Services, create_app
+from .app import create_app
 from .audit import AuditLog
 from .auth import Authenticator
 from .enrolment import EnrolmentDesk
 from .registry import AgentRegistry
+from .services import Services
 from .settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from .store import Store
 from .tunnel import TunnelListener

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket endpoints under /api/v1, one module per concern."""

@@ -1,0 +1,22 @@
+"""The broker's parts, wired once at start-up and handed to the HTTP layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .audit import AuditLog
+from .auth import Authenticator
+from .enrolment import EnrolmentDesk
+from .registry import AgentRegistry
+from .store import Store
+
+
+@dataclass
+class Services:
+    store: Store
+    audit: AuditLog
+    auth: Authenticator
+    registry: AgentRegistry
+    enrolment: EnrolmentDesk
+    ca_pem: bytes
+    public_url: str
