@@ -24,6 +24,7 @@ from .app import create_app
 from .audit import AuditLog
 from .auth import Authenticator
 from .enrolment import EnrolmentDesk
+from .events import EventHub
 from .registry import AgentRegistry
 from .services import Services
 from .settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
@@ -101,6 +102,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     registry = AgentRegistry()
+    events = EventHub()
     tunnel = TunnelListener(folder.store, folder.audit, registry, folder.pki.tunnel_key)
     try:
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
@@ -119,6 +121,8 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
             ),
             ca_pem=folder.pki.ca_cert.read_bytes(),
             public_url=public_url,
+            settings=settings,
+            events=events,
         )
         server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki))
         await folder.audit.write(

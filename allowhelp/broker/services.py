@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from .audit import AuditLog
 from .auth import Authenticator
 from .enrolment import EnrolmentDesk
+from .events import EventHub
 from .registry import AgentRegistry
+from .settings import BrokerSettings
 from .store import Store
 
 
@@ -20,3 +22,5 @@ class Services:
     enrolment: EnrolmentDesk
     ca_pem: bytes
     public_url: str
+    settings: BrokerSettings
+    events: EventHub

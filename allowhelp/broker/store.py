@@ -64,6 +64,37 @@ MIGRATIONS: tuple[str, ...] = (
         removed INTEGER NOT NULL DEFAULT 0
     );
     """,
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('shell', 'screen')),
+        reason TEXT NOT NULL,
+        phrase TEXT NOT NULL,
+        state TEXT NOT NULL,
+        view_only INTEGER NOT NULL DEFAULT 0,
+        help_code TEXT,
+        created REAL NOT NULL,
+        decided REAL,
+        started REAL,
+        ended REAL,
+        end_reason TEXT,
+        bytes_to_agent INTEGER NOT NULL DEFAULT 0,
+        bytes_from_agent INTEGER NOT NULL DEFAULT 0,
+        recording TEXT,
+        recording_sha256 TEXT
+    );
+    CREATE INDEX sessions_by_technician ON sessions (technician, created);
+    CREATE TABLE help_requests (
+        code TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        session_id TEXT
+    );
+    """,
 )
 
 

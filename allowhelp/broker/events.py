@@ -1,0 +1,68 @@
+"""Live updates for the console: one hub, many WebSocket subscribers.
+
+Publishing never blocks the broker: each subscriber has a bounded queue, and
+one that falls too far behind is dropped (its page reconnects and reloads)
+rather than slowing down the tunnel or the session that published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+Event = Mapping[str, object]
+
+
+@dataclass(eq=False)
+class Subscriber:
+    username: str
+    is_admin: bool
+    queue: asyncio.Queue[Event | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE)
+    )
+    dropped: bool = False
+
+    def wants(self, audience: str | None) -> bool:
+        if audience is None or self.is_admin:
+            return True
+        return audience == f"user:{self.username}"
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscriber] = set()
+
+    def subscribe(self, username: str, is_admin: bool) -> Subscriber:
+        subscriber = Subscriber(username, is_admin)
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def publish(self, event: Event, *, audience: str | None = None) -> None:
+        """Send to everyone (``None``), to admins only (``"admins"``), or to
+        ``"user:NAME"`` plus the admins."""
+        for subscriber in list(self._subscribers):
+            if not subscriber.wants(audience):
+                continue
+            try:
+                subscriber.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._drop(subscriber)
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        log.warning("events: dropping a console that fell behind (user=%s)", subscriber.username)
+        self._subscribers.discard(subscriber)
+        subscriber.dropped = True
+        while not subscriber.queue.empty():
+            subscriber.queue.get_nowait()
+        subscriber.queue.put_nowait(None)  # tells the reader to close the socket
+
+    def count(self) -> int:
+        return len(self._subscribers)
