@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import AgentConfig, default_config_dir
+from .config import default_config_dir
 from .errors import AgentError
 
 PROG = "allowhelp-agent"
@@ -34,20 +34,53 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .tunnel import AgentTunnel
+    from .runner import run_agent
 
-    folder = config_dir(args)
-    config = AgentConfig.load(folder)
-    tunnel = AgentTunnel(config, folder, reconnect_cap=args.reconnect_cap)
+    asyncio.run(run_agent(config_dir(args), reconnect_cap=args.reconnect_cap))
+    return 0
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await tunnel.run_forever(stop)
 
-    asyncio.run(main())
+def cmd_pending(args: argparse.Namespace) -> int:
+    from .localsocket import call
+
+    pending = call(config_dir(args), {"op": "pending"})["pending"]
+    if args.json:
+        print(json.dumps(pending))
+        return 0
+    if not pending:
+        print("no help request is waiting")
+    for item in pending:
+        print(
+            f"{item['session_id']}  {item['technician']} asks for {item['kind']}: "
+            f"{item['reason']!r}  phrase: {item['phrase']}  ({item['seconds_left']} s left)"
+        )
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from .localsocket import call
+
+    request = {"op": args.command, "session_id": args.session_id}
+    if args.command == "allow":
+        request["view_only"] = args.view_only
+    call(config_dir(args), request)
+    print(f"session {args.session_id}: {'allowed' if args.command == 'allow' else 'denied'}")
+    return 0
+
+
+def cmd_end(args: argparse.Namespace) -> int:
+    from .localsocket import call
+
+    ended = call(config_dir(args), {"op": "end", "session_id": args.session_id})["ended"]
+    print("ended: " + ", ".join(ended) if ended else "no session was running")
+    return 0
+
+
+def cmd_request_help(args: argparse.Namespace) -> int:
+    from .localsocket import call
+
+    answer = call(config_dir(args), {"op": "request-help", "message": args.message})
+    print(answer["code"])
     return 0
 
 
@@ -77,6 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait between two attempts to reach the broker (default 30)",
     )
     run.set_defaults(func=cmd_run)
+
+    pending = sub.add_parser("pending", help="list the help requests waiting for your answer")
+    pending.add_argument("--json", action="store_true", help="print a JSON list")
+    _config_arg(pending)
+    pending.set_defaults(func=cmd_pending)
+    allow = sub.add_parser("allow", help="allow a waiting help request")
+    allow.add_argument("session_id")
+    allow.add_argument("--view-only", action="store_true", help="screen: let them watch only")
+    _config_arg(allow)
+    allow.set_defaults(func=cmd_decide)
+    deny = sub.add_parser("deny", help="refuse a waiting help request")
+    deny.add_argument("session_id")
+    _config_arg(deny)
+    deny.set_defaults(func=cmd_decide)
+    end = sub.add_parser("end", help="end a running session (all of them without an id)")
+    end.add_argument("session_id", nargs="?", default=None)
+    _config_arg(end)
+    end.set_defaults(func=cmd_end)
+    helpme = sub.add_parser("request-help", help="ask the help desk for help; prints a code")
+    helpme.add_argument("--message", default="", help="what the problem is")
+    _config_arg(helpme)
+    helpme.set_defaults(func=cmd_request_help)
     return parser
 
 

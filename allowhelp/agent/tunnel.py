@@ -21,7 +21,9 @@ import asyncssh
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
 
-from .config import HOST_KEY_FILE, AgentConfig
+from .channels import AgentSSHServer, ScreenFactory
+from .config import HOST_KEY_FILE
+from .service import AgentService
 
 log = logging.getLogger(__name__)
 
@@ -43,55 +45,6 @@ def check_reconnect_cap(seconds: float) -> float:
     return seconds
 
 
-class AgentSSHServer(asyncssh.SSHServer):
-    """Refuses everything it was not explicitly asked to allow."""
-
-    def __init__(self, broker_key: str, agent_id: str) -> None:
-        self._broker_key = broker_key
-        self._agent_id = agent_id
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        ok = username == ssh_options.BROKER_USERNAME and public_key_line(key) == self._broker_key
-        if not ok:
-            log.warning("agent=%s refused a tunnel peer: not the pinned broker", self._agent_id)
-        return ok
-
-    def session_requested(self) -> bool:
-        log.warning("agent=%s refused a session channel: no consent", self._agent_id)
-        return False
-
-    def connection_requested(
-        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        log.warning("agent=%s refused a direct-tcpip forward", self._agent_id)
-        return False
-
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        log.warning("agent=%s refused a remote forward", self._agent_id)
-        return False
-
-    def unix_connection_requested(self, dest_path: str) -> bool:
-        return False
-
-    def unix_server_requested(self, listen_path: str) -> bool:
-        return False
-
-
 @dataclass
 class TunnelState:
     connected: bool = False
@@ -101,9 +54,15 @@ class TunnelState:
 
 class AgentTunnel:
     def __init__(
-        self, config: AgentConfig, folder: Path, reconnect_cap: float = BACKOFF_CAP
+        self,
+        service: AgentService,
+        folder: Path,
+        reconnect_cap: float = BACKOFF_CAP,
+        screen: ScreenFactory | None = None,
     ) -> None:
-        self._config = config
+        self._service = service
+        self._screen = screen
+        self._config = config = service.config
         self._cap = check_reconnect_cap(reconnect_cap)
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
         self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
@@ -112,12 +71,12 @@ class AgentTunnel:
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return asyncssh.SSHServerConnectionOptions(
             server_host_keys=[self._host_key],
-            server_factory=lambda: AgentSSHServer(self._broker_key, self._config.agent_id),
+            server_factory=lambda: AgentSSHServer(self._service, self._broker_key, self._screen),
             encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
             kex_algs=list(ssh_options.KEX_ALGS),
             mac_algs=list(ssh_options.MAC_ALGS),
             compression_algs=list(ssh_options.COMPRESSION_ALGS),
-            allow_pty=False,
+            allow_pty=True,  # each pty-req still needs a granted shell to mean anything
             agent_forwarding=False,
             x11_forwarding=False,
             sftp_factory=None,

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from .api import admin as api_admin
 from .api import auth as api_auth
 from .api import enrol as api_enrol
+from .api import sessions as api_sessions
 from .api.base import error_response
 from .services import Services
 from .wall import Wall
@@ -54,6 +55,7 @@ def create_app(svc: Services) -> Wall:
         *api_auth.routes(),
         *api_admin.routes(),
         *api_enrol.routes(),
+        *api_sessions.routes(),
         Route("/api/{rest:path}", api_not_found),
         Route("/", index, methods=["GET"]),
         Mount("/", app=StaticFiles(directory=WEB_DIR, check_dir=False)),

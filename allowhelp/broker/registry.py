@@ -7,23 +7,17 @@ in the store; this only knows what is live.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-
-class Tunnel(Protocol):
-    """The part of an SSH connection the registry needs: a way to drop it."""
-
-    def close(self) -> None: ...
+from .agentlink import AgentLink
 
 
 @dataclass
 class LiveAgent:
     agent_id: str
-    tunnel: Tunnel
+    link: AgentLink
     peer: str
     connected_since: float = field(default_factory=time.time)
 
@@ -35,24 +29,23 @@ class AgentRegistry:
     def __init__(self) -> None:
         self._live: dict[str, LiveAgent] = {}
         self._listeners: list[Listener] = []
-        self._changed = asyncio.Event()
 
-    def attach(self, agent_id: str, tunnel: Tunnel, peer: str) -> None:
+    def attach(self, agent_id: str, link: AgentLink, peer: str) -> None:
         """Register a new tunnel; an older one for the same agent is dropped.
 
         Only one tunnel per identity: a half-dead connection the agent has
         already given up on must not shadow the fresh one.
         """
         old = self._live.get(agent_id)
-        self._live[agent_id] = LiveAgent(agent_id, tunnel, peer)
-        if old is not None and old.tunnel is not tunnel:
-            old.tunnel.close()
+        self._live[agent_id] = LiveAgent(agent_id, link, peer)
+        if old is not None and old.link is not link:
+            old.link.close()
         self._notify(agent_id, True)
 
-    def detach(self, agent_id: str, tunnel: Tunnel) -> bool:
+    def detach(self, agent_id: str, link: AgentLink) -> bool:
         """Forget the tunnel if it is still the current one; says whether it was."""
         live = self._live.get(agent_id)
-        if live is None or live.tunnel is not tunnel:
+        if live is None or live.link is not link:
             return False
         del self._live[agent_id]
         self._notify(agent_id, False)
@@ -69,7 +62,7 @@ class AgentRegistry:
 
     def close_all(self) -> None:
         for live in list(self._live.values()):
-            live.tunnel.close()
+            live.link.close()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

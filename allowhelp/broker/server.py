@@ -25,8 +25,10 @@ from .audit import AuditLog
 from .auth import Authenticator
 from .enrolment import EnrolmentDesk
 from .events import EventHub
+from .help import HelpDesk
 from .registry import AgentRegistry
 from .services import Services
+from .sessions import SessionRegistry
 from .settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from .store import Store
 from .tunnel import TunnelListener
@@ -103,8 +105,22 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         loop.add_signal_handler(sig, stop.set)
     registry = AgentRegistry()
     events = EventHub()
-    tunnel = TunnelListener(folder.store, folder.audit, registry, folder.pki.tunnel_key)
+    help_desk = HelpDesk(folder.store, folder.audit, events)
+    sessions = SessionRegistry(
+        folder.store,
+        folder.audit,
+        registry,
+        events,
+        help_desk,
+        organisation=settings.organisation,
+        consent_timeout=settings.consent_timeout,
+    )
+    tunnel = TunnelListener(
+        folder.store, folder.audit, registry, folder.pki.tunnel_key, sessions.on_agent_message
+    )
     try:
+        await folder.audit.write("broker.started", actor="system", details={"pid": os.getpid()})
+        await sessions.recover()
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = format_hostport(url_host(public_url), tunnel_port)
         svc = Services(
@@ -123,13 +139,10 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
             public_url=public_url,
             settings=settings,
             events=events,
+            sessions=sessions,
+            help_desk=help_desk,
         )
         server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki))
-        await folder.audit.write(
-            "broker.started",
-            actor="system",
-            details={"public_url": public_url, "tunnel": tunnel_public, "pid": os.getpid()},
-        )
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
         await _started(server, serving)
         RuntimeInfo(
@@ -142,6 +155,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         log.info("allowhelp broker ready: console %s, agents dial %s", public_url, tunnel_public)
         await _until(stop, serving)
         server.should_exit = True
+        await sessions.shutdown()
         await tunnel.stop()
         await serving
         await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})

@@ -8,7 +8,9 @@ from .audit import AuditLog
 from .auth import Authenticator
 from .enrolment import EnrolmentDesk
 from .events import EventHub
+from .help import HelpDesk
 from .registry import AgentRegistry
+from .sessions import SessionRegistry
 from .settings import BrokerSettings
 from .store import Store
 
@@ -24,3 +26,5 @@ class Services:
     public_url: str
     settings: BrokerSettings
     events: EventHub
+    sessions: SessionRegistry
+    help_desk: HelpDesk

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import StoreError
+from .session import Session, State
 
 Role = Literal["admin", "technician"]
 ROLES: tuple[Role, ...] = ("admin", "technician")
@@ -95,6 +96,18 @@ MIGRATIONS: tuple[str, ...] = (
         session_id TEXT
     );
     """,
+    """
+    ALTER TABLE users ADD COLUMN totp_secret TEXT;
+    ALTER TABLE users ADD COLUMN totp_pending TEXT;
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE recovery_codes (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        PRIMARY KEY (user_id, code_hash)
+    );
+    ALTER TABLE enrol_tokens ADD COLUMN revoked REAL;
+    CREATE TABLE policy (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 
@@ -128,6 +141,28 @@ class AgentRecord:
     enrolled: float
     last_seen: float | None
     removed: bool
+
+
+@dataclass(frozen=True)
+class HelpTicket:
+    code: str
+    agent_id: str
+    hostname: str
+    message: str
+    created: float
+    expires: float
+    session_id: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "agent_id": self.agent_id,
+            "hostname": self.hostname,
+            "message": self.message,
+            "created": self.created,
+            "expires": self.expires,
+            "session_id": self.session_id,
+        }
 
 
 class Store:
@@ -328,6 +363,206 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
 
+    # console administration: user list, TOTP, token list, agent removal, policy
+
+    def users(self) -> list[UserSummary]:
+        rows = self._query(
+            "SELECT username, full_name, role, disabled, created,"
+            " totp_secret IS NOT NULL AS totp FROM users ORDER BY username"
+        )
+        return [
+            UserSummary(
+                r["username"],
+                r["full_name"],
+                r["role"],
+                bool(r["disabled"]),
+                bool(r["totp"]),
+                r["created"],
+            )
+            for r in rows
+        ]
+
+    def update_user(
+        self, username: str, *, disabled: bool | None = None, role: Role | None = None
+    ) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE users SET disabled = coalesce(?, disabled), role = coalesce(?, role)"
+                " WHERE username = ?",
+                (None if disabled is None else int(disabled), role, username),
+            )
+            return cur.rowcount == 1
+
+    def count_active_admins(self) -> int:
+        rows = self._query("SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0")
+        return int(rows[0][0])
+
+    def drop_web_sessions(self, user_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
+
+    def totp(self, user_id: int) -> TotpState:
+        rows = self._query(
+            "SELECT totp_secret, totp_pending, totp_last_step FROM users WHERE id = ?", (user_id,)
+        )
+        if not rows:
+            return TotpState(None, None, 0)
+        row = rows[0]
+        return TotpState(row["totp_secret"], row["totp_pending"], row["totp_last_step"])
+
+    def set_totp_pending(self, user_id: int, secret: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE users SET totp_pending = ? WHERE id = ?", (secret, user_id))
+
+    def activate_totp(self, user_id: int, secret: str, step: int, codes: list[str]) -> bool:
+        """Make the pending secret the active one, with fresh recovery code hashes."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL,"
+                " totp_last_step = ? WHERE id = ? AND totp_pending = ? AND totp_secret IS NULL",
+                (step, user_id, secret),
+            )
+            if cur.rowcount != 1:
+                return False
+            db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+            db.executemany(
+                "INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)",
+                [(user_id, code) for code in codes],
+            )
+            return True
+
+    def use_totp_step(self, user_id: int, step: int) -> bool:
+        """Claim a time step; false when it (or a later one) was used already."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE users SET totp_last_step = ? WHERE id = ? AND totp_last_step < ?",
+                (step, user_id, step),
+            )
+            return cur.rowcount == 1
+
+    def use_recovery_code(self, user_id: int, code_hash: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM recovery_codes WHERE user_id = ? AND code_hash = ?",
+                (user_id, code_hash),
+            )
+            return cur.rowcount == 1
+
+    def recovery_codes_left(self, user_id: int) -> int:
+        rows = self._query("SELECT count(*) FROM recovery_codes WHERE user_id = ?", (user_id,))
+        return int(rows[0][0])
+
+    def reset_totp(self, user_id: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_last_step = 0"
+                " WHERE id = ?",
+                (user_id,),
+            )
+            db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+
+    def enrol_tokens(self) -> list[TokenSummary]:
+        rows = self._query("SELECT * FROM enrol_tokens ORDER BY created DESC")
+        return [
+            TokenSummary(
+                r["secret_hash"][:12],
+                r["created"],
+                r["expires"],
+                r["uses_left"],
+                r["created_by"],
+                r["revoked"],
+            )
+            for r in rows
+        ]
+
+    def revoke_enrol_token(self, token_id: str, now: float) -> bool:
+        """Revoked tokens also expire, so enrolment refuses them like any stale token."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE enrol_tokens SET revoked = ?, expires = min(expires, ?)"
+                " WHERE substr(secret_hash, 1, 12) = ? AND revoked IS NULL",
+                (now, now - 1, token_id),
+            )
+            return cur.rowcount >= 1
+
+    def remove_agent(self, agent_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE agents SET removed = 1 WHERE id = ? AND removed = 0", (agent_id,)
+            )
+            return cur.rowcount == 1
+
+    def policy(self, name: str) -> str | None:
+        rows = self._query("SELECT value FROM policy WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_policy(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO policy (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    # sessions
+
+    def save_session(self, session: Session) -> None:
+        values = session_row(session)
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "id")
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO sessions ({columns}) VALUES ({marks})"  # noqa: S608 - fixed names
+                f" ON CONFLICT(id) DO UPDATE SET {updates}",
+                tuple(values.values()),
+            )
+
+    def session(self, session_id: str) -> Session | None:
+        rows = self._query(SESSION_SELECT + " WHERE s.id = ?", (session_id,))
+        return row_session(rows[0]) if rows else None
+
+    def sessions(self, technician: str | None, limit: int) -> list[Session]:
+        if technician is None:
+            rows = self._query(SESSION_SELECT + " ORDER BY s.created DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                SESSION_SELECT + " WHERE s.technician = ? ORDER BY s.created DESC LIMIT ?",
+                (technician, limit),
+            )
+        return [row_session(r) for r in rows]
+
+    def open_sessions(self) -> list[Session]:
+        rows = self._query(
+            SESSION_SELECT + " WHERE s.state IN ('requested', 'awaiting_consent', 'active')"
+        )
+        return [row_session(r) for r in rows]
+
+    # help requests
+
+    def add_help_request(self, ticket: HelpTicket) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO help_requests (code, agent_id, message, created, expires,"
+                " session_id) VALUES (?, ?, ?, ?, ?, NULL)",
+                (ticket.code, ticket.agent_id, ticket.message, ticket.created, ticket.expires),
+            )
+
+    def help_request(self, code: str) -> HelpTicket | None:
+        rows = self._query(HELP_SELECT + " WHERE h.code = ?", (code,))
+        return row_ticket(rows[0]) if rows else None
+
+    def help_requests(self, now: float) -> list[HelpTicket]:
+        rows = self._query(
+            HELP_SELECT + " WHERE h.expires >= ? AND h.session_id IS NULL ORDER BY h.created",
+            (now,),
+        )
+        return [row_ticket(r) for r in rows]
+
+    def use_help_request(self, code: str, session_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE help_requests SET session_id = ? WHERE code = ?", (session_id, code))
+
 
 def _user(row: sqlite3.Row) -> User:
     return User(
@@ -351,4 +586,90 @@ def _agent(row: sqlite3.Row) -> AgentRecord:
         enrolled=row["enrolled"],
         last_seen=row["last_seen"],
         removed=bool(row["removed"]),
+    )
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    username: str
+    full_name: str
+    role: Role
+    disabled: bool
+    totp: bool
+    created: float
+
+
+@dataclass(frozen=True)
+class TotpState:
+    secret: str | None  # the active seed; None when not enrolled
+    pending: str | None  # a seed shown to the user, not yet confirmed with a code
+    last_step: int  # the last time step accepted: a code is good once
+
+
+@dataclass(frozen=True)
+class TokenSummary:
+    id: str  # the first 12 hex digits of the secret's hash, as in the audit log
+    created: float
+    expires: float
+    uses_left: int
+    created_by: str
+    revoked: float | None
+
+
+SESSION_SELECT = (
+    "SELECT s.*, coalesce(a.hostname, '?') AS hostname,"
+    " coalesce(u.full_name, s.technician) AS technician_name"
+    " FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id"
+    " LEFT JOIN users u ON u.username = s.technician"
+)
+HELP_SELECT = (
+    "SELECT h.*, coalesce(a.hostname, '?') AS hostname FROM help_requests h"
+    " LEFT JOIN agents a ON a.id = h.agent_id"
+)
+SESSION_COLUMNS = (
+    "id",
+    "agent_id",
+    "technician",
+    "kind",
+    "reason",
+    "phrase",
+    "state",
+    "view_only",
+    "help_code",
+    "created",
+    "decided",
+    "started",
+    "ended",
+    "end_reason",
+    "bytes_to_agent",
+    "bytes_from_agent",
+    "recording",
+    "recording_sha256",
+)
+
+
+def session_row(session: Session) -> dict[str, object]:
+    values = {name: getattr(session, name) for name in SESSION_COLUMNS}
+    values["state"] = session.state.value
+    values["view_only"] = int(session.view_only)
+    return values
+
+
+def row_session(row: sqlite3.Row) -> Session:
+    values = {name: row[name] for name in SESSION_COLUMNS}
+    values["state"] = State(values["state"])
+    values["view_only"] = bool(values["view_only"])
+    values["help_code"] = values["help_code"] or ""
+    return Session(hostname=row["hostname"], technician_name=row["technician_name"], **values)
+
+
+def row_ticket(row: sqlite3.Row) -> HelpTicket:
+    return HelpTicket(
+        code=row["code"],
+        agent_id=row["agent_id"],
+        hostname=row["hostname"],
+        message=row["message"],
+        created=row["created"],
+        expires=row["expires"],
+        session_id=row["session_id"],
     )

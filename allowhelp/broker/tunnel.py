@@ -8,6 +8,7 @@ claim another's id, and a removed agent is refused like an unknown one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import asyncssh
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import agent_id_for, load_private_key, public_key_line
 
+from .agentlink import AgentLink, Dispatcher
 from .audit import AuditLog
 from .errors import AuditUnavailable, TunnelError
 from .registry import AgentRegistry
@@ -31,7 +33,7 @@ class AgentConnection(asyncssh.SSHClient):
     def __init__(self, listener: TunnelListener) -> None:
         self._listener = listener
         self._conn: asyncssh.SSHClientConnection | None = None
-        self.agent_id: str | None = None
+        self.link: AgentLink | None = None
         self.peer = "?"
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -45,19 +47,26 @@ class AgentConnection(asyncssh.SSHClient):
         return self._listener.accept_key(key, addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None and self.agent_id is not None:
-            self._listener.lost(self.agent_id, self._conn, exc)
+        if self.link is not None:
+            self._listener.lost(self.link, exc)
 
 
 class TunnelListener:
     def __init__(
-        self, store: Store, audit: AuditLog, registry: AgentRegistry, tunnel_key: Path
+        self,
+        store: Store,
+        audit: AuditLog,
+        registry: AgentRegistry,
+        tunnel_key: Path,
+        dispatcher: Dispatcher,
     ) -> None:
+        self._dispatcher = dispatcher
         self._store = store
         self._audit = audit
         self._registry = registry
         self._key = load_private_key(tunnel_key)
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> int:
         """Listen and return the bound port (useful when port 0 was asked)."""
@@ -130,18 +139,19 @@ class TunnelListener:
             log.error("agent=%s refused: its connection could not be audited", agent_id)
             conn.close()
             return
-        owner.agent_id = agent_id
+        owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._store.touch_agent(agent_id, time.time())
-        self._registry.attach(agent_id, conn, owner.peer)
+        self._registry.attach(agent_id, link, owner.peer)
+        self._tasks.add(task := asyncio.create_task(link.open()))
+        task.add_done_callback(self._tasks.discard)
         log.info("agent=%s connected from %s", agent_id, owner.peer)
 
     def _failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
         log.info("tunnel handshake failed: %s", exc)
 
-    def lost(
-        self, agent_id: str, conn: asyncssh.SSHClientConnection, exc: Exception | None
-    ) -> None:
-        if not self._registry.detach(agent_id, conn):
+    def lost(self, link: AgentLink, exc: Exception | None) -> None:
+        agent_id = link.agent_id
+        if not self._registry.detach(agent_id, link):
             return
         try:
             self._store.touch_agent(agent_id, time.time())

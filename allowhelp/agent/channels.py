@@ -1,0 +1,266 @@
+"""The agent's SSH server: deny by default, and every channel through the gate.
+
+What the broker may open, and only this:
+- ``session`` channel + subsystem ``allowhelp.control``: the control channel
+  (one per tunnel). It can only show prompts and carry messages.
+- ``session`` channel + optional ``pty-req`` + subsystem
+  ``allowhelp.shell/<session>`` or ``allowhelp.screen/<session>``: opens only
+  under a live grant for that session and kind (``ConsentGate.claim``).
+
+Refused: shell and exec requests, any other subsystem (sftp), env, X11 and
+agent forwarding, every TCP/UNIX forwarding, and password logins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import asyncssh
+
+from allowhelp.certs import ssh_options
+from allowhelp.certs.sshkeys import public_key_line
+from allowhelp.protocol.control import (
+    CONTROL_SUBSYSTEM,
+    LineBuffer,
+    Message,
+    ProtocolError,
+    decode,
+    parse_channel_subsystem,
+)
+
+from .consent import ConsentRefused, Grant
+from .pty import PtyShell
+from .service import AgentService
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What a granted channel is bridged to (a PTY shell, an x11vnc)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def resize(self, cols: int, rows: int) -> None: ...
+
+    def close(self) -> int: ...
+
+
+ScreenFactory = Callable[["GatedChannel", Grant], Backend]
+
+
+class AgentSSHServer(asyncssh.SSHServer):
+    def __init__(
+        self, service: AgentService, broker_key: str, screen: ScreenFactory | None
+    ) -> None:
+        self._service = service
+        self._broker_key = broker_key
+        self._screen = screen
+        self.control_open = False
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        ok = username == ssh_options.BROKER_USERNAME and public_key_line(key) == self._broker_key
+        if not ok:
+            log.warning("agent=%s refused a tunnel peer: not the pinned broker", self.agent_id)
+        return ok
+
+    @property
+    def agent_id(self) -> str:
+        return self._service.config.agent_id
+
+    def session_requested(self) -> Any:
+        channel = GatedChannel(self)
+        return channel
+
+    def connection_requested(self, *args: object) -> bool:
+        log.warning("agent=%s refused a direct-tcpip forward", self.agent_id)
+        return False
+
+    def server_requested(self, *args: object) -> bool:
+        log.warning("agent=%s refused a remote forward", self.agent_id)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        log.warning("agent=%s refused a UNIX socket forward", self.agent_id)
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+    def tun_requested(self, unit: int | None) -> bool:
+        return False
+
+    def tap_requested(self, unit: int | None) -> bool:
+        return False
+
+
+class GatedChannel(asyncssh.SSHServerSession[bytes]):
+    """One ``session`` channel; becomes control, shell or screen at its subsystem request."""
+
+    def __init__(self, server: AgentSSHServer) -> None:
+        self._server = server
+        self._service = server._service
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._term = "xterm-256color"
+        self._size = (80, 24)
+        self._has_pty = False
+        self._backend: Backend | None = None
+        self._control: LineBuffer | None = None
+        self.grant: Grant | None = None
+
+    @property
+    def chan(self) -> asyncssh.SSHServerChannel[bytes]:
+        assert self._chan is not None
+        return self._chan
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+        # asyncssh accepts every env request on its own; we take none.
+        chan._process_env_request = lambda packet: False  # type: ignore[method-assign]
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        self._term = term_type[:64]
+        self._size = (term_size[0] or 80, term_size[1] or 24)
+        self._has_pty = True
+        return True
+
+    def shell_requested(self) -> bool:
+        log.warning("agent=%s refused a shell request without a session", self._server.agent_id)
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        log.warning("agent=%s refused an exec request", self._server.agent_id)
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem == CONTROL_SUBSYSTEM:
+            return self._open_control()
+        parsed = parse_channel_subsystem(subsystem)
+        if parsed is None:
+            log.warning("agent=%s refused subsystem %r", self._server.agent_id, subsystem[:60])
+            return False
+        kind, session_id = parsed
+        try:
+            self.grant = self._service.gate.claim(session_id, kind, self._revoked)
+        except ConsentRefused as exc:
+            log.warning("agent=%s session=%s refused: %s", self._server.agent_id, session_id, exc)
+            return False
+        try:
+            self._backend = self._start(kind)
+        except (OSError, RuntimeError) as exc:
+            log.error("session=%s could not start its %s: %s", session_id, kind, exc)
+            self.chan.write_stderr(f"allowhelp: the {kind} could not start: {exc}\r\n".encode())
+            self.chan.exit(1)
+            return True
+        return True
+
+    def _start(self, kind: str) -> Backend:
+        if kind == "shell":
+            if not self._has_pty:
+                raise RuntimeError("a shell needs a terminal (pty-req)")
+            cols, rows = self._size
+            return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self._exited)
+        if self._server._screen is None or self.grant is None:
+            raise RuntimeError("this agent cannot share its screen")
+        return self._server._screen(self, self.grant)
+
+    def _open_control(self) -> bool:
+        if self._server.control_open:
+            return False
+        self._server.control_open = True
+        self._control = LineBuffer()
+        self._service.attach(self.send_message)
+        return True
+
+    def send_message(self, message: Message) -> None:
+        if self._chan is not None:
+            self.chan.write(message.encode())
+
+    # Output (used by backends)
+
+    def write(self, data: bytes) -> None:
+        self.chan.write(data)
+
+    def pause_reading(self) -> None:
+        self.chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.chan.resume_reading()
+
+    def _exited(self, status: int) -> None:
+        self._backend = None
+        if self.grant is not None:
+            self._service.release(self.grant.session_id)
+        self.chan.exit(status if 0 <= status < 256 else 1)
+
+    def _revoked(self) -> None:
+        """The grant ended (user, broker, tunnel loss): the channel goes at once."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+        if self._chan is not None:
+            self._chan.close()
+
+    # SSH side
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._control is not None:
+            self._control_data(data)
+        elif self._backend is not None:
+            self._backend.write(data)
+
+    def _control_data(self, data: bytes) -> None:
+        assert self._control is not None
+        try:
+            for line in self._control.feed(data):
+                self._service.on_message(decode(line))
+        except ProtocolError as exc:
+            log.error("agent=%s closed a bad control channel: %s", self._server.agent_id, exc)
+            self.chan.close()
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._backend is not None:
+            self._backend.resize(width, height)
+
+    def pause_writing(self) -> None:
+        if self._backend is not None:
+            self._backend.pause()
+
+    def resume_writing(self) -> None:
+        if self._backend is not None:
+            self._backend.resume()
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._control is not None:
+            self._service.detach(self.send_message)
+            self._server.control_open = False
+        if self.grant is not None:
+            self._service.release(self.grant.session_id)
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()

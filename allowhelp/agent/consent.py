@@ -1,0 +1,169 @@
+"""The consent gate: the PC user's decisions, and the only source of grants.
+
+Plain state without I/O. The SSH server asks ``claim`` before it opens any
+channel; without a live grant for that session and kind the answer is no,
+whoever asks — the broker included, so a stolen broker key opens nothing.
+
+A grant allows one channel of its kind. View-only applies to the screen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from allowhelp.protocol.control import ConsentRequest, Kind, Via
+
+Closer = Callable[[], None]
+
+
+class ConsentRefused(Exception):
+    """No live grant covers what was asked; the message says what was missing."""
+
+
+@dataclass
+class Pending:
+    request: ConsentRequest
+    asked_at: float
+    deadline: float
+
+    def prompt_text(self) -> str:
+        """The exact text every front-end shows; it goes to the audit record too."""
+        what = {"shell": "a command shell (terminal)", "screen": "to see your screen"}[
+            self.request.kind
+        ]
+        lines = [
+            f"{self.request.technician} from {self.request.organisation} asks for {what}.",
+            f"Reason: {self.request.reason}",
+            f"Verification phrase: {self.request.phrase}",
+        ]
+        if self.request.help_code:
+            lines.append(f"You asked for help (code {self.request.help_code}).")
+        lines.append("Only allow this if you are on the phone with the help desk.")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "session_id": self.request.session_id,
+            "technician": self.request.technician,
+            "organisation": self.request.organisation,
+            "kind": self.request.kind,
+            "reason": self.request.reason,
+            "phrase": self.request.phrase,
+            "help_code": self.request.help_code,
+            "seconds_left": max(0, round(self.deadline - time.monotonic())),
+        }
+
+
+@dataclass
+class Grant:
+    session_id: str
+    kind: Kind
+    view_only: bool
+    technician: str
+    granted_at: float = field(default_factory=time.time)
+    claimed: bool = False
+    closers: list[Closer] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "view_only": self.view_only,
+            "technician": self.technician,
+            "since": self.granted_at,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    session_id: str
+    granted: bool
+    view_only: bool
+    via: Via
+    elapsed: float
+    prompt: str
+
+
+class ConsentGate:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._pending: dict[str, Pending] = {}
+        self._grants: dict[str, Grant] = {}
+
+    # asking and deciding
+
+    def ask(self, request: ConsentRequest) -> Pending:
+        if request.session_id in self._pending or request.session_id in self._grants:
+            raise ConsentRefused(f"session {request.session_id} was already asked")
+        now = self._clock()
+        pending = Pending(request, now, now + request.timeout)
+        self._pending[request.session_id] = pending
+        return pending
+
+    def pending(self) -> list[Pending]:
+        self.expire()
+        return sorted(self._pending.values(), key=lambda p: p.asked_at)
+
+    def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> Decision:
+        self.expire()
+        pending = self._pending.pop(session_id, None)
+        if pending is None:
+            raise ConsentRefused(f"no request {session_id} is waiting (answered or expired)")
+        request = pending.request
+        view_only = view_only or False
+        if allow:
+            self._grants[session_id] = Grant(
+                session_id, request.kind, view_only and request.kind == "screen", request.technician
+            )
+        return Decision(
+            session_id=session_id,
+            granted=allow,
+            view_only=view_only and request.kind == "screen",
+            via=via,
+            elapsed=round(self._clock() - pending.asked_at, 3),
+            prompt=pending.prompt_text(),
+        )
+
+    def expire(self) -> list[str]:
+        now = self._clock()
+        gone = [sid for sid, p in self._pending.items() if p.deadline <= now]
+        for sid in gone:
+            del self._pending[sid]
+        return gone
+
+    # using grants
+
+    def claim(self, session_id: str, kind: Kind, closer: Closer) -> Grant:
+        """Bind one channel to a live grant; refuse anything not granted."""
+        grant = self._grants.get(session_id)
+        if grant is None:
+            raise ConsentRefused(f"no consent for session {session_id}")
+        if grant.kind != kind:
+            raise ConsentRefused(f"session {session_id} was granted {grant.kind}, not {kind}")
+        if grant.claimed:
+            raise ConsentRefused(f"session {session_id} already has its {kind} channel")
+        grant.claimed = True
+        grant.closers.append(closer)
+        return grant
+
+    def grants(self) -> list[Grant]:
+        return list(self._grants.values())
+
+    def revoke(self, session_id: str) -> bool:
+        """End a grant (either side ended it) and close its channels at once."""
+        self._pending.pop(session_id, None)
+        grant = self._grants.pop(session_id, None)
+        if grant is None:
+            return False
+        for closer in grant.closers:
+            closer()
+        return True
+
+    def revoke_all(self) -> list[str]:
+        ended = list(self._grants)
+        for session_id in ended:
+            self.revoke(session_id)
+        self._pending.clear()
+        return ended

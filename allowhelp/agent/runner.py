@@ -1,0 +1,33 @@
+"""``allowhelp-agent run``: the tunnel, the consent service and its front-ends together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from .config import AgentConfig
+from .localsocket import LocalControlServer, socket_path
+from .service import AgentService
+from .tunnel import AgentTunnel
+
+log = logging.getLogger(__name__)
+
+
+async def run_agent(folder: Path, *, reconnect_cap: float) -> None:
+    config = AgentConfig.load(folder)
+    service = AgentService(config)
+    tunnel = AgentTunnel(service, folder, reconnect_cap=reconnect_cap)
+    control = LocalControlServer(service, socket_path(folder))
+    await control.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent=%s running; control socket %s", config.agent_id, control.path)
+    try:
+        await tunnel.run_forever(stop)
+    finally:
+        service.end()
+        await control.close()

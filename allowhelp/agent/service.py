@@ -1,0 +1,192 @@
+"""The agent's one place where consent is asked, decided and ended.
+
+The broker's control channel, the desktop dialog, the terminal prompt and the
+local control socket (CLI) are all clients of this object: there is no second
+path to a grant. Each decision goes to the broker as the exact prompt text,
+how it was given and how long the user took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Protocol
+
+from allowhelp.protocol.control import (
+    ConsentDecision,
+    ConsentRequest,
+    HelpCode,
+    HelpRequest,
+    Message,
+    SessionEnd,
+    Via,
+)
+
+from .config import AgentConfig
+from .consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
+from .errors import AgentError
+
+log = logging.getLogger(__name__)
+
+Sender = Callable[[Message], None]
+HELP_TIMEOUT = 15.0
+
+
+class NotConnected(AgentError):
+    """The broker cannot be reached right now, so nothing can be sent to it."""
+
+
+class ConsentFrontend(Protocol):
+    """A way to show prompts to the person at the PC (dialog, terminal, ...)."""
+
+    def prompt(self, pending: Pending) -> None: ...
+
+    def prompt_closed(self, session_id: str) -> None: ...
+
+    def active(self, grant: Grant) -> None: ...
+
+    def ended(self, session_id: str) -> None: ...
+
+
+class AgentService:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.gate = ConsentGate()
+        self.frontends: list[ConsentFrontend] = []
+        self._send: Sender | None = None
+        self._help: dict[str, asyncio.Future[HelpCode]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._send is not None
+
+    # the broker side
+
+    def attach(self, send: Sender) -> None:
+        self._send = send
+
+    def detach(self, send: Sender) -> None:
+        """The control channel is gone: nothing granted may outlive the tunnel."""
+        if self._send != send:  # bound methods: equal, not identical
+            return
+        self._send = None
+        for session_id in [p.request.session_id for p in self.gate.pending()]:
+            self._close_prompt(session_id)
+        for session_id in self.gate.revoke_all():
+            self._notify_ended(session_id)
+        for future in self._help.values():
+            if not future.done():
+                future.set_exception(NotConnected("the connection to the broker was lost"))
+
+    def on_message(self, message: Message) -> None:
+        if isinstance(message, ConsentRequest):
+            self._on_request(message)
+        elif isinstance(message, SessionEnd):
+            self._close_prompt(message.session_id)
+            if self.gate.revoke(message.session_id):
+                log.info("session=%s ended by the broker (%s)", message.session_id, message.reason)
+                self._notify_ended(message.session_id)
+        elif isinstance(message, HelpCode):
+            future = self._help.pop(message.ref, None)
+            if future is not None and not future.done():
+                future.set_result(message)
+        else:
+            log.warning("ignored an unexpected %s from the broker", message.type)
+
+    def _on_request(self, request: ConsentRequest) -> None:
+        try:
+            pending = self.gate.ask(request)
+        except ConsentRefused as exc:
+            log.warning("session=%s %s", request.session_id, exc)
+            return
+        log.info("session=%s consent asked by %s", request.session_id, request.technician)
+        loop = asyncio.get_running_loop()
+        self._timers[request.session_id] = loop.call_later(
+            request.timeout, self._expire, request.session_id
+        )
+        for frontend in self.frontends:
+            frontend.prompt(pending)
+
+    def _expire(self, session_id: str) -> None:
+        self._timers.pop(session_id, None)
+        if session_id in self.gate.expire():
+            log.info("session=%s consent request expired unanswered", session_id)
+        self._close_prompt(session_id)
+
+    def _close_prompt(self, session_id: str) -> None:
+        timer = self._timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        for frontend in self.frontends:
+            frontend.prompt_closed(session_id)
+
+    def _notify_ended(self, session_id: str) -> None:
+        for frontend in self.frontends:
+            frontend.ended(session_id)
+
+    def _sender(self) -> Sender:
+        if self._send is None:
+            raise NotConnected("not connected to the broker right now; try again in a moment")
+        return self._send
+
+    # the user side: every front-end calls these
+
+    def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> Decision:
+        send = self._sender()
+        decision = self.gate.decide(session_id, allow=allow, view_only=view_only, via=via)
+        self._close_prompt(session_id)
+        send(
+            ConsentDecision(
+                session_id=decision.session_id,
+                granted=decision.granted,
+                view_only=decision.view_only,
+                via=decision.via,
+                elapsed=decision.elapsed,
+                prompt=decision.prompt,
+            )
+        )
+        log.info(
+            "session=%s %s by the user via %s",
+            session_id,
+            "allowed" if allow else "denied",
+            via,
+        )
+        if allow:
+            grant = next(g for g in self.gate.grants() if g.session_id == session_id)
+            for frontend in self.frontends:
+                frontend.active(grant)
+        return decision
+
+    def release(self, session_id: str) -> None:
+        """A granted channel closed on its own (shell exited, broker closed it)."""
+        if self.gate.revoke(session_id):
+            self._notify_ended(session_id)
+
+    def end(self, session_id: str | None = None) -> list[str]:
+        """The user ends one session, or all; channels close before this returns."""
+        targets = [session_id] if session_id else [g.session_id for g in self.gate.grants()]
+        ended = [sid for sid in targets if self.gate.revoke(sid)]
+        if session_id and not ended:
+            raise ConsentRefused(f"no running session {session_id}")
+        for sid in ended:
+            log.info("session=%s ended by the user", sid)
+            self._notify_ended(sid)
+            if self._send is not None:
+                self._send(SessionEnd(session_id=sid, reason="user"))
+        return ended
+
+    async def request_help(self, message: str) -> HelpCode:
+        send = self._sender()
+        ref = secrets.token_hex(8)
+        future: asyncio.Future[HelpCode] = asyncio.get_running_loop().create_future()
+        self._help[ref] = future
+        send(HelpRequest(ref=ref, message=message[:500]))
+        try:
+            return await asyncio.wait_for(future, HELP_TIMEOUT)
+        except TimeoutError:
+            raise NotConnected("the broker did not answer the help request in time") from None
+        finally:
+            self._help.pop(ref, None)

@@ -1,0 +1,84 @@
+"""Help requests: the user asks first and reads a short code to the help desk.
+
+A code is six digits (easy to say on the phone), unique among live requests,
+and expires. Starting a session from one still goes through the consent
+prompt; the prompt then reminds the user that they asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from allowhelp.protocol.control import HelpCode, HelpRequest
+
+from .audit import AuditLog
+from .enrolment import clean_text
+from .events import EventHub
+from .registry import LiveAgent
+from .store import HelpTicket, Store
+
+log = logging.getLogger(__name__)
+
+CODE_TTL = 30 * 60
+MAX_OPEN_PER_AGENT = 5
+
+
+def format_code(digits: str) -> str:
+    return f"{digits[:3]} {digits[3:]}"
+
+
+def normalise_code(code: str) -> str:
+    return "".join(ch for ch in code if ch.isdigit())
+
+
+class HelpDesk:
+    def __init__(self, store: Store, audit: AuditLog, events: EventHub) -> None:
+        self._store = store
+        self._audit = audit
+        self._events = events
+
+    def open_tickets(self) -> list[HelpTicket]:
+        return self._store.help_requests(time.time())
+
+    def belongs(self, code: str, agent_id: str) -> bool:
+        ticket = self._store.help_request(normalise_code(code))
+        return ticket is not None and ticket.agent_id == agent_id and ticket.expires > time.time()
+
+    def used(self, code: str, session_id: str) -> None:
+        self._store.use_help_request(normalise_code(code), session_id)
+
+    async def request(self, agent_id: str, message: HelpRequest, live: LiveAgent | None) -> None:
+        now = time.time()
+        open_here = [t for t in self.open_tickets() if t.agent_id == agent_id]
+        if len(open_here) >= MAX_OPEN_PER_AGENT or live is None:
+            log.warning("agent=%s help request refused: too many open", agent_id)
+            return
+        agent = self._store.agent(agent_id)
+        digits = self._fresh_digits(now)
+        ticket = HelpTicket(
+            code=digits,
+            agent_id=agent_id,
+            hostname=agent.hostname if agent else "?",
+            message=clean_text(message.message, 500),
+            created=now,
+            expires=now + CODE_TTL,
+        )
+        await self._audit.write(
+            "help.requested",
+            actor=f"user@{ticket.hostname}",
+            target=agent_id,
+            details={"code": format_code(digits), "message": ticket.message},
+        )
+        self._store.add_help_request(ticket)
+        live.link.send(HelpCode(ref=message.ref, code=format_code(digits), expires_in=CODE_TTL))
+        self._events.publish({"type": "help_request", "help_request": ticket.to_json()})
+
+    def _fresh_digits(self, now: float) -> str:
+        for _ in range(100):
+            digits = f"{secrets.randbelow(10**6):06d}"
+            existing = self._store.help_request(digits)
+            if existing is None or existing.expires < now:
+                return digits
+        raise RuntimeError("no free help code: too many open help requests")

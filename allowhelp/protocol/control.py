@@ -1,0 +1,238 @@
+"""The control channel between broker and agent: JSON lines over one SSH channel.
+
+The broker opens it right after the tunnel comes up, as the SSH subsystem
+``allowhelp.control``. Through it the broker can only *ask* (show a consent
+prompt, say a session ended); nothing on it opens a shell or a screen. The
+agent reports decisions, user-ended sessions and help requests.
+
+Everything received is hostile: every field is type-checked and bounded here,
+and a bad line raises ``ProtocolError`` (the receiver closes the channel).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, ClassVar, Literal
+
+CONTROL_SUBSYSTEM = "allowhelp.control"
+SHELL_SUBSYSTEM = "allowhelp.shell"
+SCREEN_SUBSYSTEM = "allowhelp.screen"
+MAX_LINE = 16 * 1024
+
+Kind = Literal["shell", "screen"]
+KINDS: tuple[Kind, ...] = ("shell", "screen")
+EndReason = Literal[
+    "technician", "user", "agent_lost", "broker_restart", "error", "expired", "shell_exited"
+]
+END_REASONS = (
+    "technician",
+    "user",
+    "agent_lost",
+    "broker_restart",
+    "error",
+    "expired",
+    "shell_exited",
+)
+Via = Literal["dialog", "terminal", "cli"]
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the channel is closed on it."""
+
+
+def channel_subsystem(kind: Kind, session_id: str) -> str:
+    """The subsystem name that binds a channel to one session's grant."""
+    return f"{SHELL_SUBSYSTEM if kind == 'shell' else SCREEN_SUBSYSTEM}/{session_id}"
+
+
+def parse_channel_subsystem(name: str) -> tuple[Kind, str] | None:
+    prefix, sep, session_id = name.partition("/")
+    if not sep or not is_session_id(session_id):
+        return None
+    if prefix == SHELL_SUBSYSTEM:
+        return "shell", session_id
+    if prefix == SCREEN_SUBSYSTEM:
+        return "screen", session_id
+    return None
+
+
+def is_session_id(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 8 <= len(value) <= 40
+        and all(ch.isalnum() or ch in "-_" for ch in value)
+    )
+
+
+def _text(value: object, name: str, limit: int, *, allow_empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{name} must be a string")
+    if len(value) > limit or (not allow_empty and not value):
+        raise ProtocolError(f"{name} must be {'1' if not allow_empty else '0'} to {limit} chars")
+    return value
+
+
+@dataclass(frozen=True)
+class Message:
+    type: ClassVar[str]
+
+    def encode(self) -> bytes:
+        return json.dumps({"type": self.type, **asdict(self)}, ensure_ascii=False).encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class ConsentRequest(Message):
+    """Broker → agent: show the prompt. Every string is shown as plain text."""
+
+    type: ClassVar[str] = "consent.request"
+    session_id: str
+    organisation: str
+    technician: str
+    kind: Kind
+    reason: str
+    phrase: str
+    timeout: float
+    help_code: str = ""
+
+
+@dataclass(frozen=True)
+class ConsentDecision(Message):
+    """Agent → broker: what the user decided, how, and the exact text shown."""
+
+    type: ClassVar[str] = "consent.decision"
+    session_id: str
+    granted: bool
+    view_only: bool
+    via: Via
+    elapsed: float
+    prompt: str
+
+
+@dataclass(frozen=True)
+class SessionEnd(Message):
+    """Either way: the session is over; the receiver closes its channels."""
+
+    type: ClassVar[str] = "session.end"
+    session_id: str
+    reason: EndReason
+
+
+@dataclass(frozen=True)
+class HelpRequest(Message):
+    """Agent → broker: the user asks for help; ``ref`` pairs it with the answer."""
+
+    type: ClassVar[str] = "help.request"
+    ref: str
+    message: str
+
+
+@dataclass(frozen=True)
+class HelpCode(Message):
+    """Broker → agent: the code the user reads to the help desk."""
+
+    type: ClassVar[str] = "help.code"
+    ref: str
+    code: str
+    expires_in: float
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Agent → broker, first line: what the PC is now (user may have changed)."""
+
+    type: ClassVar[str] = "hello"
+    hostname: str
+    os: str
+    user: str
+    version: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.type: cls
+    for cls in (ConsentRequest, ConsentDecision, SessionEnd, HelpRequest, HelpCode, Hello)
+}
+LIMITS = {
+    "session_id": 40,
+    "organisation": 100,
+    "technician": 100,
+    "reason": 500,
+    "phrase": 100,
+    "help_code": 20,
+    "prompt": 4000,
+    "ref": 40,
+    "message": 500,
+    "code": 20,
+    "hostname": 253,
+    "os": 200,
+    "user": 64,
+    "version": 32,
+}
+
+
+def decode(line: bytes) -> Message:
+    if len(line) > MAX_LINE:
+        raise ProtocolError("control line too long")
+    try:
+        raw = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("control line is not JSON") from exc
+    if not isinstance(raw, dict):
+        raise ProtocolError("control line is not a JSON object")
+    cls = MESSAGE_TYPES.get(str(raw.get("type")))
+    if cls is None:
+        raise ProtocolError("unknown control message type")
+    return cls(**_checked(cls, raw))
+
+
+def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            if f.default is not MISSING:
+                continue
+            raise ProtocolError(f"{f.name} is missing")
+        values[f.name] = _field(f.name, str(f.type), raw[f.name])
+    if "session_id" in values and not is_session_id(values["session_id"]):
+        raise ProtocolError("session_id is malformed")
+    return values
+
+
+def _field(name: str, annotation: str, value: object) -> object:
+    """Check one value against its annotation, which is a string here because of
+    ``from __future__ import annotations``; the messages use only these few types."""
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{name} must be true or false")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+            raise ProtocolError(f"{name} must be a number from 0 to 1e6")
+        return float(value)
+    text = _text(value, name, LIMITS.get(name, 100))
+    choices = {
+        "Kind": KINDS,
+        "Via": ("dialog", "terminal", "cli"),
+        "EndReason": END_REASONS,
+    }
+    if annotation in choices and text not in choices[annotation]:
+        raise ProtocolError(f"{name} has an unknown value")
+    return text
+
+
+class LineBuffer:
+    """Split a byte stream into lines, refusing any line longer than MAX_LINE."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        lines = []
+        while (end := self._buf.find(b"\n")) >= 0:
+            lines.append(bytes(self._buf[:end]))
+            del self._buf[: end + 1]
+        if len(self._buf) > MAX_LINE:
+            raise ProtocolError("control line too long")
+        return lines
