@@ -239,3 +239,72 @@ TECH, TECH_PW = "alice", "alice password 123"
 
 def online(broker: Broker, agent_id: str) -> bool:
     return any(a["id"] == agent_id and a["online"] for a in broker.agents(ADMIN, ADMIN_PW))
+
+
+def agent_call(agent: Agent, *args: str) -> subprocess.CompletedProcess[str]:
+    return agent_cli(*args, "--config", str(agent.config))
+
+
+def pending(agent: Agent) -> list[dict[str, Any]]:
+    done = agent_call(agent, "pending", "--json")
+    assert done.returncode == 0, done.stderr
+    answer: list[dict[str, Any]] = json.loads(done.stdout)
+    return answer
+
+
+def wait_pending(agent: Agent, session_id: str, timeout: float = 15) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        return next((p for p in pending(agent) if p["session_id"] == session_id), None)
+
+    found: dict[str, Any] = wait_for(find, timeout, f"consent request {session_id}", step=0.1)
+    return found
+
+
+@dataclass
+class Desk:
+    """A logged-in technician's HTTP client (sync), with the CSRF header set."""
+
+    broker: Broker
+    client: httpx.Client
+    csrf: str
+    username: str
+
+    @classmethod
+    def login(cls, broker: Broker, username: str, password: str) -> Desk:
+        client = broker.sync_client()
+        answer = client.post("/api/v1/login", json={"username": username, "password": password})
+        assert answer.status_code == 200, answer.text
+        csrf = answer.json()["csrf_token"]
+        client.headers["X-CSRF-Token"] = csrf
+        return cls(broker, client, csrf, username)
+
+    def request(
+        self, agent_id: str, kind: str = "shell", reason: str = "printer broken", **extra: Any
+    ) -> httpx.Response:
+        return self.client.post(
+            "/api/v1/sessions", json={"agent_id": agent_id, "kind": kind, "reason": reason, **extra}
+        )
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.client.get(f"/api/v1/sessions/{session_id}").json()
+        return answer
+
+    def wait_state(self, session_id: str, state: str, timeout: float = 15) -> dict[str, Any]:
+        found: dict[str, Any] = wait_for(
+            lambda: (s := self.session(session_id))["state"] == state and s,
+            timeout,
+            f"session {session_id} to be {state}",
+            step=0.1,
+        )
+        return found
+
+    def cookie_header(self) -> str:
+        return f"__Host-allowhelp={self.client.cookies['__Host-allowhelp']}"
+
+    def ws_url(self, session_id: str, what: str = "terminal") -> str:
+        return (
+            self.broker.url.replace("https://", "wss://") + f"/api/v1/sessions/{session_id}/{what}"
+        )
+
+    def close(self) -> None:
+        self.client.close()

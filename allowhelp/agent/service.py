@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from allowhelp.protocol.control import (
@@ -23,6 +24,7 @@ from allowhelp.protocol.control import (
     SessionEnd,
     Via,
 )
+from allowhelp.protocol.text import plain_text
 
 from .config import AgentConfig
 from .consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
@@ -97,6 +99,15 @@ class AgentService:
             log.warning("ignored an unexpected %s from the broker", message.type)
 
     def _on_request(self, request: ConsentRequest) -> None:
+        # The broker cleans these too; a stolen broker key would not.
+        request = replace(
+            request,
+            organisation=plain_text(request.organisation, 100),
+            technician=plain_text(request.technician, 100),
+            reason=plain_text(request.reason, 500),
+            phrase=plain_text(request.phrase, 100),
+            help_code=plain_text(request.help_code, 20),
+        )
         try:
             pending = self.gate.ask(request)
         except ConsentRefused as exc:

@@ -76,6 +76,8 @@ class AgentTunnel:
             kex_algs=list(ssh_options.KEX_ALGS),
             mac_algs=list(ssh_options.MAC_ALGS),
             compression_algs=list(ssh_options.COMPRESSION_ALGS),
+            encoding=None,  # bytes in, bytes out: no decoding, no line editor
+            line_editor=False,
             allow_pty=True,  # each pty-req still needs a granted shell to mean anything
             agent_forwarding=False,
             x11_forwarding=False,

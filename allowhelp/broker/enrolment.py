@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 import time
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from allowhelp.certs.sshkeys import agent_id_for, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken, secret_hash
+from allowhelp.protocol.text import plain_text
 
 from .audit import AuditLog
 from .errors import EnrolmentError
@@ -41,14 +41,6 @@ def parse_ttl(text: str) -> int:
     if not 60 <= seconds <= MAX_TTL_SECONDS:
         raise ValueError("--ttl must be between 1 minute and 30 days")
     return seconds
-
-
-def clean_text(value: object, limit: int) -> str:
-    """Make agent-reported text safe to store and show: no controls, bounded."""
-    if not isinstance(value, str):
-        return ""
-    kept = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C" or ch == " ")
-    return kept.strip()[:limit]
 
 
 @dataclass(frozen=True)
@@ -136,10 +128,10 @@ class EnrolmentDesk:
         record = AgentRecord(
             id=agent_id,
             public_key=public_key_line(key),
-            hostname=clean_text(body.get("hostname"), 253) or "(unnamed)",
-            os=clean_text(body.get("os"), 200),
-            username=clean_text(body.get("user"), 64),
-            version=clean_text(body.get("version"), 32),
+            hostname=plain_text(body.get("hostname"), 253) or "(unnamed)",
+            os=plain_text(body.get("os"), 200),
+            username=plain_text(body.get("user"), 64),
+            version=plain_text(body.get("version"), 32),
             enrolled=time.time(),
             last_seen=None,
             removed=False,

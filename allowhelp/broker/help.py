@@ -12,9 +12,9 @@ import secrets
 import time
 
 from allowhelp.protocol.control import HelpCode, HelpRequest
+from allowhelp.protocol.text import plain_text
 
 from .audit import AuditLog
-from .enrolment import clean_text
 from .events import EventHub
 from .registry import LiveAgent
 from .store import HelpTicket, Store
@@ -61,7 +61,7 @@ class HelpDesk:
             code=digits,
             agent_id=agent_id,
             hostname=agent.hostname if agent else "?",
-            message=clean_text(message.message, 500),
+            message=plain_text(message.message, 500),
             created=now,
             expires=now + CODE_TTL,
         )

@@ -26,11 +26,13 @@ from .auth import Authenticator
 from .enrolment import EnrolmentDesk
 from .events import EventHub
 from .help import HelpDesk
+from .httpguard import GuardedHttpProtocol
 from .registry import AgentRegistry
 from .services import Services
 from .sessions import SessionRegistry
 from .settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from .store import Store
+from .syslog import SyslogForwarder
 from .tunnel import TunnelListener
 from .wall import Wall
 
@@ -48,17 +50,20 @@ class DataFolder:
     store: Store
     audit: AuditLog
     pki: BrokerPKI
+    forwarder: SyslogForwarder | None = None
 
     @classmethod
-    def open(cls, data_dir: Path, hosts: list[str]) -> DataFolder:
+    def open(cls, data_dir: Path, hosts: list[str], syslog_url: str | None = None) -> DataFolder:
         pki = ensure_broker_pki(data_dir, hosts)
-        forwarder = None
+        forwarder = SyslogForwarder.from_url(syslog_url) if syslog_url else None
         audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder)
-        return cls(Store.open(data_dir / STORE_FILE), audit, pki)
+        return cls(Store.open(data_dir / STORE_FILE), audit, pki, forwarder)
 
     def close(self) -> None:
         self.store.close()
         self.audit.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
 
 
 class _Uvicorn(uvicorn.Server):
@@ -95,7 +100,7 @@ def tls_hosts(settings: BrokerSettings) -> list[str]:
 
 async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then close everything cleanly."""
-    folder = DataFolder.open(settings.data_dir, tls_hosts(settings))
+    folder = DataFolder.open(settings.data_dir, tls_hosts(settings), settings.syslog_url)
     https_sock = bind(settings.https_host, settings.https_port)
     https_port = https_sock.getsockname()[1]
     public_url = settings.public_url or f"https://localhost:{https_port}"
@@ -195,6 +200,7 @@ def _uvicorn_config(app: Wall, pki: BrokerPKI) -> uvicorn.Config:
         access_log=False,
         server_header=False,
         proxy_headers=False,
+        http=GuardedHttpProtocol,  # deadlines and a size cap for request heads
         ws_max_size=1024 * 1024,
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import unicodedata
 from collections.abc import Callable, Coroutine, Mapping
 
 from allowhelp.protocol.control import (
@@ -25,6 +24,7 @@ from allowhelp.protocol.control import (
     Message,
     SessionEnd,
 )
+from allowhelp.protocol.text import plain_text
 
 from .audit import AuditLog
 from .errors import BrokerError, TunnelError
@@ -54,7 +54,7 @@ class SessionError(BrokerError):
 def clean_reason(reason: object) -> str:
     if not isinstance(reason, str):
         raise SessionError(400, "bad_request", "reason must be a string")
-    kept = "".join(ch for ch in reason if unicodedata.category(ch)[0] != "C" or ch == " ").strip()
+    kept = plain_text(reason, MAX_REASON + 1)
     if not kept:
         raise SessionError(400, "bad_request", "say why you need access (reason)")
     if len(kept) > MAX_REASON:

@@ -53,6 +53,13 @@ def check_public_url(url: str) -> str:
     return f"https://{parts.netloc}".lower()
 
 
+def check_syslog_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("udp", "tcp") or not parts.hostname or not parts.port:
+        raise ValueError(f"--syslog must be udp://HOST:PORT or tcp://HOST:PORT (got {url!r})")
+    return url
+
+
 def url_host(url: str) -> str:
     host = urlsplit(url).hostname
     if host is None:
@@ -91,11 +98,14 @@ class BrokerSettings:
         public_url: str | None = None,
         organisation: str = "IT help desk",
         syslog_url: str | None = None,
+        consent_timeout: float = 60.0,
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
         tunnel_host, tunnel_port = parse_hostport(tunnel, "--tunnel")
         if not organisation.strip() or len(organisation) > 100:
             raise ValueError("the organisation name must be 1 to 100 characters")
+        if not 2 <= consent_timeout <= 600:
+            raise ValueError("--consent-timeout must be between 2 and 600 seconds")
         return cls(
             data_dir=data_dir.expanduser().resolve(),
             https_host=https_host,
@@ -104,7 +114,8 @@ class BrokerSettings:
             tunnel_port=tunnel_port,
             public_url=check_public_url(public_url) if public_url else None,
             organisation=organisation.strip(),
-            syslog_url=syslog_url,
+            syslog_url=check_syslog_url(syslog_url) if syslog_url else None,
+            consent_timeout=float(consent_timeout),
         )
 
 

@@ -1,0 +1,240 @@
+"""Consent through a real broker and a real agent: ask, allow, deny, expire, end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Desk,
+    Fleet,
+    agent_call,
+    broker_cli,
+    online,
+    pending,
+    wait_for,
+    wait_pending,
+)
+
+TECH_B, TECH_B_PW = "bob", "bob password 1234"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
+    fleet = Fleet(tmp_path_factory.mktemp("consent"))
+    broker = fleet.broker(extra=["--consent-timeout", "4", "--organisation", "ACME IT"]).start()
+    broker.add_user(ADMIN, ADMIN_PW, role="admin")
+    broker.add_user(TECH, TECH_PW)
+    broker.add_user(TECH_B, TECH_B_PW)
+    agent = fleet.agent()
+    assert agent.enroll(broker.token()).returncode == 0
+    agent.start("--reconnect-cap", "2")
+    wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+    yield broker, agent
+    fleet.close()
+
+
+@pytest.fixture
+def desk(setup: tuple[Broker, Agent]) -> Iterator[Desk]:
+    desk = Desk.login(setup[0], TECH, TECH_PW)
+    yield desk
+    desk.close()
+
+
+def audit(broker: Broker) -> list[dict[str, Any]]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_allow_makes_the_session_active(setup: tuple[Broker, Agent], desk: Desk) -> None:
+    broker, agent = setup
+    answer = desk.request(agent.agent_id, reason="Outlook crashes at start")
+    assert answer.status_code == 201, answer.text
+    session = answer.json()
+    assert session["state"] == "awaiting_consent"
+    assert len(session["phrase"].split()) == 3
+    shown = wait_pending(agent, session["id"])
+    assert shown["technician"] == TECH  # full name defaults to the user name
+    assert shown["kind"] == "shell"
+    assert shown["reason"] == "Outlook crashes at start"
+    assert shown["phrase"] == session["phrase"]
+    assert shown["organisation"] == "ACME IT"
+    done = agent_call(agent, "allow", session["id"])
+    assert done.returncode == 0, done.stderr
+    active = desk.wait_state(session["id"], "active")
+    assert active["decided"] is not None
+    granted = next(
+        r for r in audit(broker) if r["type"] == "consent.granted" and r["target"] == session["id"]
+    )
+    details = granted["details"]
+    assert details["via"] == "cli"
+    assert details["decision"] == "granted"
+    assert "Outlook crashes at start" in details["prompt"]
+    assert session["phrase"] in details["prompt"]
+    assert details["seconds_to_decide"] >= 0
+    assert desk.client.post(f"/api/v1/sessions/{session['id']}/end").status_code == 200
+    ended = desk.session(session["id"])
+    assert ended["state"] == "ended" and ended["end_reason"] == "technician"
+
+
+def test_deny(setup: tuple[Broker, Agent], desk: Desk) -> None:
+    _, agent = setup
+    session = desk.request(agent.agent_id).json()
+    wait_pending(agent, session["id"])
+    assert agent_call(agent, "deny", session["id"]).returncode == 0
+    assert desk.wait_state(session["id"], "denied")["end_reason"] == "denied"
+    again = agent_call(agent, "allow", session["id"])
+    assert again.returncode == 2 and "no request" in again.stderr
+
+
+def test_no_answer_expires(setup: tuple[Broker, Agent], desk: Desk) -> None:
+    broker, agent = setup
+    session = desk.request(agent.agent_id).json()
+    wait_pending(agent, session["id"])
+    desk.wait_state(session["id"], "expired", timeout=10)
+    wait_for(lambda: not pending(agent), 5, "the prompt to disappear")
+    late = agent_call(agent, "allow", session["id"])
+    assert late.returncode == 2
+    assert "consent.expired" in [r["type"] for r in audit(broker) if r["target"] == session["id"]]
+
+
+def test_technician_b_cannot_see_or_end_a_session(setup: tuple[Broker, Agent], desk: Desk) -> None:
+    broker, agent = setup
+    session = desk.request(agent.agent_id).json()
+    other = Desk.login(broker, TECH_B, TECH_B_PW)
+    try:
+        assert other.client.get(f"/api/v1/sessions/{session['id']}").status_code == 404
+        assert other.client.post(f"/api/v1/sessions/{session['id']}/end").status_code == 404
+        assert session["id"] not in [s["id"] for s in other.client.get("/api/v1/sessions").json()]
+    finally:
+        other.close()
+    admin = Desk.login(broker, ADMIN, ADMIN_PW)
+    try:
+        assert admin.client.get(f"/api/v1/sessions/{session['id']}").status_code == 200
+    finally:
+        admin.close()
+    agent_call(agent, "deny", session["id"])
+
+
+def test_bad_requests_are_refused(setup: tuple[Broker, Agent], desk: Desk) -> None:
+    _, agent = setup
+    assert desk.request(agent.agent_id, kind="sftp").status_code == 400
+    assert desk.request(agent.agent_id, reason="").status_code == 400
+    assert desk.request(agent.agent_id, reason="x" * 501).status_code == 400
+    assert desk.request("a-nosuchagentatall000").status_code == 404
+    no_csrf = desk.client.post(
+        "/api/v1/sessions",
+        json={"agent_id": agent.agent_id, "kind": "shell", "reason": "x"},
+        headers={"X-CSRF-Token": "wrong"},
+    )
+    assert no_csrf.status_code == 403
+
+
+def test_hostile_reason_reaches_the_user_as_plain_text(
+    setup: tuple[Broker, Agent], desk: Desk
+) -> None:
+    _, agent = setup
+    hostile = "<b>urgent</b>\x1b[2J\x1b]52;c;ZXZpbA==\x07 please"
+    session = desk.request(agent.agent_id, reason=hostile).json()
+    shown = wait_pending(agent, session["id"])
+    assert "\x1b" not in shown["reason"] and "\x07" not in shown["reason"]
+    assert "<b>urgent</b>" in shown["reason"]  # kept as text, never interpreted
+    human = agent_call(agent, "pending")
+    assert "\x1b" not in human.stdout
+    agent_call(agent, "deny", session["id"])
+
+
+def test_offline_agent_is_a_clear_error(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    try:
+        broker = fleet.broker().start()
+        broker.add_user(TECH, TECH_PW)
+        agent = fleet.agent()
+        assert agent.enroll(broker.token()).returncode == 0
+        desk = Desk.login(broker, TECH, TECH_PW)
+        answer = desk.request(agent.agent_id)
+        assert answer.status_code == 409
+        assert answer.json()["error"] == "agent_offline"
+        desk.close()
+    finally:
+        fleet.close()
+
+
+def test_user_ends_and_the_technician_channel_closes_within_a_second(
+    setup: tuple[Broker, Agent], desk: Desk
+) -> None:
+    _, agent = setup
+    session = desk.request(agent.agent_id).json()
+    wait_pending(agent, session["id"])
+    agent_call(agent, "allow", session["id"])
+    desk.wait_state(session["id"], "active")
+
+    async def scenario() -> float:
+        async with websockets.connect(
+            desk.ws_url(session["id"]),
+            ssl=desk.broker.ssl_context(),
+            origin=desk.broker.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": desk.cookie_header()},
+        ) as ws:
+            await ws.send(b"echo ready-$((40+2))\n")
+            seen = b""
+            while b"ready-42" not in seen:
+                seen += await asyncio.wait_for(ws.recv(), 10)  # type: ignore[operator]
+            ended = await asyncio.to_thread(agent_call, agent, "end", session["id"])
+            assert ended.returncode == 0, ended.stderr
+            start = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            return time.monotonic() - start
+
+    assert asyncio.run(scenario()) < 1.0
+    final = desk.wait_state(session["id"], "ended")
+    assert final["end_reason"] == "user"
+
+
+def test_control_socket_refuses_another_user(setup: tuple[Broker, Agent]) -> None:
+    _, agent = setup
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("setpriv (util-linux) is required for this test")
+    from allowhelp.agent.localsocket import socket_path
+
+    path = socket_path(agent.config)
+    probe = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX)\n"
+        "try:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print('refused', e.errno); sys.exit(0)\n"
+        's.sendall(b\'{"op":"pending"}\\n\'); print(s.recv(4096).decode())\n'
+    )
+    # The system Python: the virtual environment's may sit in a folder nobody cannot read.
+    python = "/usr/bin/python3"
+    assert Path(python).exists(), "Debian's python3 is needed to run a client as nobody"
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", probe]
+    as_is = subprocess.run([*nobody, str(path)], capture_output=True, text=True, timeout=20)
+    assert "refused" in as_is.stdout, as_is.stdout + as_is.stderr  # 0700 runtime dir, 0600 socket
+    # Loosen the file modes: the peer-credential check must still refuse.
+    folder_mode, sock_mode = path.parent.stat().st_mode, path.stat().st_mode
+    path.parent.chmod(0o755)
+    path.chmod(0o666)
+    try:
+        loosened = subprocess.run([*nobody, str(path)], capture_output=True, text=True, timeout=20)
+    finally:
+        path.parent.chmod(folder_mode & 0o777)
+        path.chmod(sock_mode & 0o777)
+    assert "another user" in loosened.stdout, loosened.stdout + loosened.stderr
