@@ -208,9 +208,10 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
 
     def _exited(self, status: int) -> None:
         self._backend = None
+        # Exit status first, so the broker can tell "the shell ended" from "revoked".
+        self.chan.exit(status if 0 <= status < 256 else 1)
         if self.grant is not None:
             self._service.release(self.grant.session_id)
-        self.chan.exit(status if 0 <= status < 256 else 1)
 
     def _revoked(self) -> None:
         """The grant ended (user, broker, tunnel loss): the channel goes at once."""
@@ -234,8 +235,9 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             for line in self._control.feed(data):
                 self._service.on_message(decode(line))
         except ProtocolError as exc:
-            log.error("agent=%s closed a bad control channel: %s", self._server.agent_id, exc)
-            self.chan.close()
+            # Only a broken or hostile peer breaks the protocol: drop the tunnel.
+            log.error("agent=%s bad control channel, tunnel closed: %s", self._server.agent_id, exc)
+            self.chan.get_extra_info("connection").close()
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._backend is not None:

@@ -178,16 +178,18 @@ class AgentService:
 
     def end(self, session_id: str | None = None) -> list[str]:
         """The user ends one session, or all; channels close before this returns."""
-        targets = [session_id] if session_id else [g.session_id for g in self.gate.grants()]
-        ended = [sid for sid in targets if self.gate.revoke(sid)]
-        if session_id and not ended:
+        live = {g.session_id for g in self.gate.grants()}
+        targets = [session_id] if session_id else sorted(live)
+        if session_id and session_id not in live:
             raise ConsentRefused(f"no running session {session_id}")
-        for sid in ended:
-            log.info("session=%s ended by the user", sid)
-            self._notify_ended(sid)
+        for sid in targets:
+            # Tell the broker first, so it records "user" before it sees channels close.
             if self._send is not None:
                 self._send(SessionEnd(session_id=sid, reason="user"))
-        return ended
+            self.gate.revoke(sid)
+            log.info("session=%s ended by the user", sid)
+            self._notify_ended(sid)
+        return targets
 
     async def request_help(self, message: str) -> HelpCode:
         send = self._sender()

@@ -8,10 +8,12 @@ an admin included, because the consent named that technician.
 from __future__ import annotations
 
 import contextlib
+import asyncio
 import logging
+from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -20,7 +22,7 @@ from allowhelp.protocol.control import EndReason
 from ..agentlink import AgentLink
 from ..auth import COOKIE_NAME, Principal
 from ..errors import AuditUnavailable, TunnelError
-from ..recording import AsciicastRecorder
+from ..recording import AsciicastRecorder, file_sha256
 from ..relay import SHELL_WINDOW, TerminalRelay
 from ..services import Services
 from ..session import IllegalTransition, Session, State
@@ -98,6 +100,22 @@ async def help_requests(request: Request) -> Response:
     require(request)
     tickets = services(request).help_desk.open_tickets()
     return JSONResponse([t.to_json() for t in tickets])
+
+
+@api
+async def recording(request: Request) -> Response:
+    """Admins replay a shell; the file must still match the digest the audit log holds."""
+    require(request, admin=True)
+    svc = services(request)
+    session = svc.sessions.get(request.path_params["session_id"])
+    if session is None or not session.recording or not session.recording_sha256:
+        raise ApiError(404, "not_found", "no recording for this session")
+    path = svc.settings.data_dir / "recordings" / Path(session.recording).name
+    if not path.is_file():
+        raise ApiError(404, "not_found", "the recording file is missing")
+    if await asyncio.to_thread(file_sha256, path) != session.recording_sha256:
+        raise ApiError(409, "recording_altered", "the recording does not match its audit digest")
+    return FileResponse(path, media_type="application/x-asciicast")
 
 
 def websocket_principal(websocket: WebSocket, svc: Services) -> Principal | None:
@@ -187,6 +205,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/sessions", listed, methods=["GET"]),
         Route("/api/v1/sessions/{session_id}", one, methods=["GET"]),
         Route("/api/v1/sessions/{session_id}/end", end, methods=["POST"]),
+        Route("/api/v1/sessions/{session_id}/recording", recording, methods=["GET"]),
         Route("/api/v1/help-requests", help_requests, methods=["GET"]),
         WebSocketRoute("/api/v1/sessions/{session_id}/terminal", terminal),
     ]

@@ -1,0 +1,201 @@
+"""The consent gate against someone holding the broker's own tunnel key.
+
+The real broker is stopped; a rogue listener with the stolen key takes its
+port. The agent authenticates it (the key is right) — and still opens
+nothing without a click on the PC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from allowhelp.certs import ssh_options
+from allowhelp.certs.sshkeys import load_private_key
+from allowhelp.protocol.control import (
+    CONTROL_SUBSYSTEM,
+    ConsentDecision,
+    ConsentRequest,
+    channel_subsystem,
+    decode,
+)
+from harness import Agent, Broker, Fleet, agent_call, wait_for, wait_pending
+
+
+class Sink(asyncssh.SSHClientSession[bytes]):
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = asyncio.Event()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+@pytest.fixture(scope="module")
+def stolen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
+    fleet = Fleet(tmp_path_factory.mktemp("gate"))
+    broker = fleet.broker().start()
+    agent = fleet.agent()
+    assert agent.enroll(broker.token()).returncode == 0
+    broker.stop()
+    agent.start("--reconnect-cap", "1")
+    yield broker, agent
+    fleet.close()
+
+
+@pytest.fixture
+async def rogue(stolen: tuple[Broker, Agent]) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """Accept the agent's next connection with the stolen key."""
+    broker, _ = stolen
+    arrived: asyncio.Queue[asyncssh.SSHClientConnection] = asyncio.Queue()
+    options = asyncssh.SSHClientConnectionOptions(
+        username=ssh_options.BROKER_USERNAME,
+        client_keys=[load_private_key(broker.data / "tunnel_key")],
+        known_hosts=None,
+        agent_path=None,
+    )
+    port = int(broker.tunnel.rpartition(":")[2])
+    server = await asyncssh.listen_reverse(
+        "127.0.0.1", port, options=options, config=None, acceptor=arrived.put_nowait
+    )
+    conn = await asyncio.wait_for(arrived.get(), 30)
+    yield conn
+    conn.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def refused(coro: object) -> bool:
+    try:
+        await asyncio.wait_for(coro, 10)  # type: ignore[arg-type]
+    except (asyncssh.ChannelOpenError, asyncssh.ChannelListenError, asyncssh.Error):
+        return True
+    return False
+
+
+async def test_nothing_opens_without_consent(
+    rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
+) -> None:
+    _, agent = stolen
+    conn = rogue
+    assert await refused(conn.create_session(Sink, term_type="xterm"))  # a plain shell
+    assert await refused(conn.create_session(Sink, command="id"))  # exec
+    assert await refused(conn.create_session(Sink, subsystem="sftp"))
+    assert await refused(conn.create_session(Sink, subsystem=channel_subsystem("shell", "x" * 16)))
+    assert await refused(conn.create_connection(Sink, "127.0.0.1", 22))  # direct-tcpip
+    assert await refused(conn.create_unix_connection(Sink, "/run/dbus/system_bus_socket"))
+    assert await refused(conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22))
+    assert await refused(conn.start_sftp_client())
+    # env is refused too, even on the control channel the broker may open.
+    chan, _ = await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM)
+    chan.close()
+    assert agent.proc is not None and agent.proc.poll() is None  # still running
+
+
+async def control(
+    conn: asyncssh.SSHClientConnection,
+) -> tuple[asyncssh.SSHClientChannel[bytes], Sink]:
+    chan, sink = await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM, encoding=None)
+    return chan, sink
+
+
+async def test_a_grant_opens_exactly_what_was_granted(
+    rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
+) -> None:
+    _, agent = stolen
+    chan, sink = await control(rogue)
+    session_id = "GrantTest0001"
+    chan.write(
+        ConsentRequest(
+            session_id=session_id,
+            organisation="Org",
+            technician="Mallory",
+            kind="shell",
+            reason="test",
+            phrase="a b c",
+            timeout=30,
+        ).encode()
+    )
+    await asyncio.to_thread(wait_pending, agent, session_id)
+    # Before the click: still nothing.
+    assert await refused(
+        rogue.create_session(
+            Sink, term_type="xterm", subsystem=channel_subsystem("shell", session_id)
+        )
+    )
+    allowed = await asyncio.to_thread(agent_call, agent, "allow", session_id)
+    assert allowed.returncode == 0, allowed.stderr
+    await asyncio.to_thread(wait_for, lambda: b"consent.decision" in sink.data, 10, "decision")
+    decision = decode(sink.data.splitlines()[0])
+    assert isinstance(decision, ConsentDecision) and decision.granted
+    assert await refused(
+        rogue.create_session(Sink, subsystem=channel_subsystem("screen", session_id))
+    )
+    shell_chan, shell = await rogue.create_session(
+        Sink,
+        term_type="xterm",
+        subsystem=channel_subsystem("shell", session_id),
+        encoding=None,
+        env={"LD_PRELOAD": "/tmp/evil.so", "ALLOWHELP_EVIL": "yes"},
+    )
+    shell_chan.write(b"echo granted-$((6*7)) [${ALLOWHELP_EVIL}] [${LD_PRELOAD}]\n")
+    await asyncio.to_thread(wait_for, lambda: b"granted-42" in shell.data, 10, "shell output")
+    assert b"granted-42 [] []" in shell.data  # env requests were not applied
+    # One channel per grant: a second shell for the same session is refused.
+    assert await refused(
+        rogue.create_session(
+            Sink, term_type="xterm", subsystem=channel_subsystem("shell", session_id)
+        )
+    )
+    # The user ends it: the channel closes at once.
+    ended = await asyncio.to_thread(agent_call, agent, "end", session_id)
+    assert ended.returncode == 0
+    await asyncio.wait_for(shell.closed.wait(), 2)
+    chan.close()
+
+
+async def test_view_only_grant_does_not_cover_a_shell(
+    rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
+) -> None:
+    _, agent = stolen
+    chan, _sink = await control(rogue)
+    session_id = "ViewOnlyTest01"
+    chan.write(
+        ConsentRequest(
+            session_id=session_id,
+            organisation="Org",
+            technician="Mallory",
+            kind="screen",
+            reason="look",
+            phrase="a b c",
+            timeout=30,
+        ).encode()
+    )
+    await asyncio.to_thread(wait_pending, agent, session_id)
+    assert (
+        await asyncio.to_thread(agent_call, agent, "allow", session_id, "--view-only")
+    ).returncode == 0
+    assert await refused(
+        rogue.create_session(
+            Sink, term_type="xterm", subsystem=channel_subsystem("shell", session_id)
+        )
+    )
+    chan.close()
+
+
+async def test_hostile_control_line_closes_the_tunnel_not_the_agent(
+    rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
+) -> None:
+    _, agent = stolen
+    chan, _ = await control(rogue)
+    chan.write(b'{"type": "consent.request", "session_id": "../../etc"}\n')
+    await asyncio.wait_for(rogue.wait_closed(), 10)
+    assert agent.proc is not None and agent.proc.poll() is None
+    assert "bad control channel" in Path(agent.log).read_text()
