@@ -7,8 +7,8 @@ an admin included, because the consent named that technician.
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
