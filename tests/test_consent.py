@@ -37,16 +37,18 @@ TECH_B, TECH_B_PW = "bob", "bob password 1234"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
     fleet = Fleet(tmp_path_factory.mktemp("consent"))
-    broker = fleet.broker(extra=["--consent-timeout", "4", "--organisation", "ACME IT"]).start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    broker.add_user(TECH, TECH_PW)
-    broker.add_user(TECH_B, TECH_B_PW)
-    agent = fleet.agent()
-    assert agent.enroll(broker.token()).returncode == 0
-    agent.start("--reconnect-cap", "2")
-    wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
-    yield broker, agent
-    fleet.close()
+    try:
+        broker = fleet.broker(extra=["--consent-timeout", "4", "--organisation", "ACME IT"]).start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        broker.add_user(TECH, TECH_PW)
+        broker.add_user(TECH_B, TECH_B_PW)
+        agent = fleet.agent()
+        assert agent.enroll(broker.token()).returncode == 0
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+        yield broker, agent
+    finally:
+        fleet.close()
 
 
 @pytest.fixture
@@ -219,21 +221,26 @@ def test_control_socket_refuses_another_user(setup: tuple[Broker, Agent]) -> Non
     probe = (
         "import socket,sys\n"
         "s=socket.socket(socket.AF_UNIX)\n"
-        "try:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print('refused', e.errno); sys.exit(0)\n"
+        "try:\n s.connect(sys.argv[1])\n"
+        "except OSError as e:\n print('refused', e.errno); sys.exit(0)\n"
         's.sendall(b\'{"op":"pending"}\\n\'); print(s.recv(4096).decode())\n'
     )
     # The system Python: the virtual environment's may sit in a folder nobody cannot read.
     python = "/usr/bin/python3"
     assert Path(python).exists(), "Debian's python3 is needed to run a client as nobody"
     nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", probe]
-    as_is = subprocess.run([*nobody, str(path)], capture_output=True, text=True, timeout=20)
+    as_is = subprocess.run(
+        [*nobody, str(path)], capture_output=True, text=True, timeout=20, check=False
+    )
     assert "refused" in as_is.stdout, as_is.stdout + as_is.stderr  # 0700 runtime dir, 0600 socket
     # Loosen the file modes: the peer-credential check must still refuse.
     folder_mode, sock_mode = path.parent.stat().st_mode, path.stat().st_mode
     path.parent.chmod(0o755)
     path.chmod(0o666)
     try:
-        loosened = subprocess.run([*nobody, str(path)], capture_output=True, text=True, timeout=20)
+        loosened = subprocess.run(
+            [*nobody, str(path)], capture_output=True, text=True, timeout=20, check=False
+        )
     finally:
         path.parent.chmod(folder_mode & 0o777)
         path.chmod(sock_mode & 0o777)

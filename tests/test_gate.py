@@ -41,13 +41,15 @@ class Sink(asyncssh.SSHClientSession[bytes]):
 @pytest.fixture(scope="module")
 def stolen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
     fleet = Fleet(tmp_path_factory.mktemp("gate"))
-    broker = fleet.broker().start()
-    agent = fleet.agent()
-    assert agent.enroll(broker.token()).returncode == 0
-    broker.stop()
-    agent.start("--reconnect-cap", "1")
-    yield broker, agent
-    fleet.close()
+    try:
+        broker = fleet.broker().start()
+        agent = fleet.agent()
+        assert agent.enroll(broker.token()).returncode == 0
+        broker.stop()
+        agent.start("--reconnect-cap", "1")
+        yield broker, agent
+    finally:
+        fleet.close()
 
 
 @pytest.fixture

@@ -33,15 +33,17 @@ from harness import (
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
     fleet = Fleet(tmp_path_factory.mktemp("shell"))
-    broker = fleet.broker().start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    broker.add_user(TECH, TECH_PW)
-    agent = fleet.agent()
-    assert agent.enroll(broker.token()).returncode == 0
-    agent.start("--reconnect-cap", "2")
-    wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
-    yield broker, agent
-    fleet.close()
+    try:
+        broker = fleet.broker().start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        broker.add_user(TECH, TECH_PW)
+        agent = fleet.agent()
+        assert agent.enroll(broker.token()).returncode == 0
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+        yield broker, agent
+    finally:
+        fleet.close()
 
 
 @pytest.fixture

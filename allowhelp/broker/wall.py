@@ -2,7 +2,10 @@
 
 Security headers, no-store on the API, a body size cap, and the Origin rule
 for anything that changes state. Pure ASGI so it also sees WebSocket upgrades
-and costs nothing on the relay path once a socket is open.
+and costs nothing on the relay path once a socket is open: a WebSocket
+upgrade without an Origin, or with any Origin but the broker's public URL, is
+refused here (HTTP 403) before any endpoint runs. Slow or oversized request
+heads are stopped one layer lower, in ``httpguard``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 NO_STORE = (b"cache-control", b"no-store")
+# xterm.js and noVNC size and colour their cells with inline <style>: the two
+# session pages allow inline *styles* (never scripts). Every other page stays strict.
+SESSION_PAGES = frozenset({"/terminal.html", "/screen.html"})
+SESSION_HEADERS = [
+    (
+        b"content-security-policy",
+        CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").encode(),
+    ),
+    *HEADERS[1:],
+]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -57,6 +70,11 @@ class Wall:
         self._public_url = public_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and not origin_allowed(scope, self._public_url()):
+            # Browsers always send Origin on a WebSocket; none, or another
+            # site's, is cross-site WebSocket hijacking or not a browser at all.
+            await _refuse_websocket(receive, send)
+            return
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
@@ -77,7 +95,13 @@ class Wall:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [*HEADERS, NO_STORE] if is_api else HEADERS
+                extra = (
+                    [*HEADERS, NO_STORE]
+                    if is_api
+                    else SESSION_HEADERS
+                    if scope.get("path") in SESSION_PAGES
+                    else HEADERS
+                )
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -120,3 +144,10 @@ async def _refuse(send: Send, status: int, code: str, message: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        # Closing before accepting makes the server answer the upgrade with 403.
+        await send({"type": "websocket.close", "code": 1008, "reason": "foreign origin"})

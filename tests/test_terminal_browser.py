@@ -1,0 +1,128 @@
+"""The shell page in a real headless Chromium: consent, type, read back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser as Chromium
+from playwright.async_api import Page, async_playwright, expect
+
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Fleet,
+    agent_call,
+    online,
+    wait_for,
+    wait_pending,
+)
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
+    fleet = Fleet(tmp_path_factory.mktemp("termweb"))
+    try:
+        broker = fleet.broker().start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        broker.add_user(TECH, TECH_PW)
+        agent = fleet.agent()
+        assert agent.enroll(broker.token()).returncode == 0
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+        yield broker, agent
+    finally:
+        fleet.close()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Chromium]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+async def logged_in_page(chromium: Chromium, broker: Broker) -> tuple[Page, list[str]]:
+    context = await chromium.new_context(ignore_https_errors=True)
+    page = await context.new_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    await page.goto(broker.url + "/")
+    answer: dict[str, Any] = await page.evaluate(
+        """async ([user, password]) => {
+            const r = await fetch('/api/v1/login', {method: 'POST',
+              headers: {'Content-Type': 'application/json'},
+              body: JSON.stringify({username: user, password})});
+            const body = await r.json();
+            sessionStorage.setItem('csrf', body.csrf_token);
+            return body;
+        }""",
+        [TECH, TECH_PW],
+    )
+    assert answer["csrf_token"]
+    return page, violations
+
+
+async def request_shell(page: Page, agent_id: str) -> dict[str, Any]:
+    session: dict[str, Any] = await page.evaluate(
+        """async (agentId) => {
+            const r = await fetch('/api/v1/sessions', {method: 'POST',
+              headers: {'Content-Type': 'application/json',
+                        'X-CSRF-Token': sessionStorage.getItem('csrf')},
+              body: JSON.stringify({agent_id: agentId, kind: 'shell', reason: 'browser test'})});
+            return await r.json();
+        }""",
+        agent_id,
+    )
+    return session
+
+
+async def test_shell_in_the_browser(setup: tuple[Broker, Agent], chromium: Chromium) -> None:
+    broker, agent = setup
+    page, violations = await logged_in_page(chromium, broker)
+    session = await request_shell(page, agent.agent_id)
+    await page.goto(f"{broker.url}/terminal.html?session={session['id']}")
+    await page.wait_for_selector("#phrase-line:not([hidden])")
+    assert await page.text_content("#phrase") == session["phrase"]
+    await asyncio.to_thread(wait_pending, agent, session["id"])
+    assert (await asyncio.to_thread(agent_call, agent, "allow", session["id"])).returncode == 0
+    await page.wait_for_selector(".xterm-rows", timeout=15000)
+    rows = page.locator(".xterm-rows")
+    await expect(rows).to_contain_text(re.compile(r"[$#]"), timeout=15000)
+    await page.locator(".xterm").click()
+    await page.keyboard.type("echo browser-$((7*6))\n")
+    await expect(rows).to_contain_text("browser-42", timeout=15000)
+    # OSC 52 must not reach the technician's clipboard: xterm.js swallows it.
+    await page.keyboard.type("printf '\\033]52;c;ZXZpbA==\\007osc-done\\n'\n")
+    await expect(rows).to_contain_text("osc-done", timeout=15000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "terminal.png"))
+    await page.click("#end")
+    await expect(page.locator("#state")).to_have_text("ended", timeout=15000)
+    assert violations == []
