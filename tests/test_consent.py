@@ -245,3 +245,24 @@ def test_control_socket_refuses_another_user(setup: tuple[Broker, Agent]) -> Non
         path.parent.chmod(folder_mode & 0o777)
         path.chmod(sock_mode & 0o777)
     assert "another user" in loosened.stdout, loosened.stdout + loosened.stderr
+
+
+def test_help_request_code_and_session_from_it(setup: tuple[Broker, Agent], desk: Desk) -> None:
+    _, agent = setup
+    done = agent_call(agent, "request-help", "--message", "VPN drops <every> hour")
+    assert done.returncode == 0, done.stderr
+    code = done.stdout.strip()
+    assert len(code.replace(" ", "")) == 6 and code.replace(" ", "").isdigit()
+    queue = desk.client.get("/api/v1/help-requests").json()
+    ticket = next(t for t in queue if t["code"] == code.replace(" ", ""))
+    assert ticket["agent_id"] == agent.agent_id
+    assert ticket["message"] == "VPN drops <every> hour"
+    session = desk.request(agent.agent_id, help_code=code).json()
+    shown = wait_pending(agent, session["id"])
+    assert shown["help_code"] == code
+    assert agent_call(agent, "deny", session["id"]).returncode == 0
+    assert code.replace(" ", "") not in [
+        t["code"] for t in desk.client.get("/api/v1/help-requests").json()
+    ]
+    wrong = desk.request(agent.agent_id, help_code="000 000")
+    assert wrong.status_code == 400

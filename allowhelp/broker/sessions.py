@@ -29,7 +29,7 @@ from allowhelp.protocol.text import plain_text
 from .audit import AuditLog
 from .errors import BrokerError, TunnelError
 from .events import EventHub
-from .help import HelpDesk
+from .help import HelpDesk, format_code, normalise_code
 from .registry import AgentRegistry
 from .relay import RelayStats
 from .session import IllegalTransition, Session, State
@@ -122,8 +122,10 @@ class SessionRegistry:
         agent = self._store.agent(agent_id) if isinstance(agent_id, str) else None
         if agent is None or agent.removed:
             raise SessionError(404, "no_such_agent", "no such machine")
-        if help_code and not self._help.belongs(help_code, agent_id):
-            raise SessionError(400, "bad_help_code", "that help code is not from this machine")
+        if help_code:
+            if not self._help.belongs(help_code, agent_id):
+                raise SessionError(400, "bad_help_code", "that help code is not from this machine")
+            help_code = format_code(normalise_code(help_code))
         typed_kind: Kind = "shell" if kind == "shell" else "screen"
         session = Session.new(
             agent_id=agent_id,
