@@ -114,7 +114,10 @@ def banner(info: RuntimeInfo, password: str, broker_dir: Path) -> str:
             f"  log in as: {ADMIN}",
             f"  password:  {password}   (new at every demo start)",
             f"  the browser will warn about the self-made CA: {broker_dir / 'ca.pem'}",
-            "  a local agent is enrolled and online; press Ctrl-C to stop everything",
+            "  a local agent is enrolled and online; answer its consent prompts with",
+            f"    allowhelp-agent pending --config {broker_dir.parent / 'agent'}",
+            f"    allowhelp-agent allow SESSION_ID --config {broker_dir.parent / 'agent'}",
+            "  press Ctrl-C to stop everything",
             "",
         ]
     )
