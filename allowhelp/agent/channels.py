@@ -31,6 +31,7 @@ from allowhelp.protocol.control import (
 )
 
 from .consent import ConsentRefused, Grant
+from .enrol import current_hello
 from .pty import PtyShell
 from .service import AgentService
 
@@ -189,6 +190,7 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         self._server.control_open = True
         self._control = LineBuffer()
         self._service.attach(self.send_message)
+        self.send_message(current_hello())
         return True
 
     def send_message(self, message: Message) -> None:

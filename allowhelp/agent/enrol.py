@@ -23,6 +23,7 @@ from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import ca_fingerprint, fingerprints_equal
 from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken
+from allowhelp.protocol.control import Hello
 
 from .config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from .errors import EnrolError
@@ -41,6 +42,16 @@ def os_description() -> str:
     except OSError:
         pass
     return f"{platform.system()} {platform.release()}"
+
+
+def current_hello() -> Hello:
+    """What this PC is now: the logged-in user or the OS may have changed since enrolment."""
+    return Hello(
+        hostname=socket.gethostname(),
+        os=os_description(),
+        user=getpass.getuser(),
+        version=__version__,
+    )
 
 
 def _request(

@@ -236,7 +236,13 @@ class SessionRegistry:
         elif isinstance(message, HelpRequest):
             await self._help.request(agent_id, message, self._agents.get(agent_id))
         elif isinstance(message, Hello):
-            log.debug("agent=%s said hello", agent_id)
+            self._store.update_agent_info(
+                agent_id,
+                hostname=plain_text(message.hostname, 253) or "(unnamed)",
+                os=plain_text(message.os, 200),
+                user=plain_text(message.user, 64),
+                version=plain_text(message.version, 32),
+            )
         else:
             log.warning("agent=%s sent a %s, which agents may not send", agent_id, message.type)
 
@@ -365,3 +371,22 @@ class SessionRegistry:
                 await self.end_quietly(session.id, reason="broker_restart", actor="system")
         for task in list(self._tasks):
             task.cancel()
+
+    async def fail(self, session_id: str, message: str) -> None:
+        """A session that cannot go on (its screen failed, ...): audit why as
+        ``session.failed``, then end it with reason ``error`` (unless already over)."""
+        session = self._live.get(session_id)
+        if session is None or session.final:
+            return
+        text = plain_text(message, MAX_REASON) or "unknown error"
+        await self._audit.write(
+            "session.failed",
+            actor="system",
+            target=session_id,
+            details={**session.summary(), "error": text},
+        )
+        with contextlib.suppress(IllegalTransition):
+            await self._move(
+                session_id, State.ENDED, actor="system", reason="error", details={"error": text}
+            )
+            self._tell_agent(session, SessionEnd(session_id=session_id, reason="error"))

@@ -359,6 +359,15 @@ class Store:
     def agents(self) -> list[AgentRecord]:
         return [_agent(r) for r in self._query("SELECT * FROM agents WHERE removed = 0")]
 
+    def update_agent_info(
+        self, agent_id: str, hostname: str, os: str, user: str, version: str
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE agents SET hostname = ?, os = ?, username = ?, version = ? WHERE id = ?",
+                (hostname, os, user, version, agent_id),
+            )
+
     def touch_agent(self, agent_id: str, when: float) -> None:
         with self._tx() as db:
             db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
