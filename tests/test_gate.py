@@ -20,6 +20,7 @@ from allowhelp.protocol.control import (
     CONTROL_SUBSYSTEM,
     ConsentDecision,
     ConsentRequest,
+    Hello,
     channel_subsystem,
     decode,
 )
@@ -135,8 +136,10 @@ async def test_a_grant_opens_exactly_what_was_granted(
     allowed = await asyncio.to_thread(agent_call, agent, "allow", session_id)
     assert allowed.returncode == 0, allowed.stderr
     await asyncio.to_thread(wait_for, lambda: b"consent.decision" in sink.data, 10, "decision")
-    decision = decode(sink.data.splitlines()[0])
-    assert isinstance(decision, ConsentDecision) and decision.granted
+    messages = [decode(line) for line in sink.data.splitlines()]
+    assert isinstance(messages[0], Hello)  # the agent introduces itself first
+    decision = next(m for m in messages if isinstance(m, ConsentDecision))
+    assert decision.granted and decision.via == "cli"
     assert await refused(
         rogue.create_session(Sink, subsystem=channel_subsystem("screen", session_id))
     )
