@@ -65,7 +65,9 @@ async def chromium() -> AsyncIterator[Chromium]:
         await browser.close()
 
 
-async def logged_in_page(chromium: Chromium, broker: Broker) -> tuple[Page, list[str]]:
+async def logged_in_page(
+    chromium: Chromium, broker: Broker, user: str = TECH, password: str = TECH_PW
+) -> tuple[Page, list[str]]:
     context = await chromium.new_context(ignore_https_errors=True)
     page = await context.new_page()
     violations: list[str] = []
@@ -83,7 +85,7 @@ async def logged_in_page(chromium: Chromium, broker: Broker) -> tuple[Page, list
             sessionStorage.setItem('csrf', body.csrf_token);
             return body;
         }""",
-        [TECH, TECH_PW],
+        [user, password],
     )
     assert answer["csrf_token"]
     return page, violations
@@ -126,3 +128,13 @@ async def test_shell_in_the_browser(setup: tuple[Broker, Agent], chromium: Chrom
     await page.click("#end")
     await expect(page.locator("#state")).to_have_text("ended", timeout=15000)
     assert violations == []
+
+    # An admin replays it; the player shows what the shell printed.
+    admin, admin_violations = await logged_in_page(chromium, broker, ADMIN, ADMIN_PW)
+    await admin.goto(f"{broker.url}/replay.html?session={session['id']}")
+    await expect(admin.locator("#message")).to_have_text(
+        "Recording verified against the audit log.", timeout=15000
+    )
+    await expect(admin.locator("#player")).to_contain_text("browser-42", timeout=15000)
+    await admin.screenshot(path=str(ARTIFACTS / "replay.png"))
+    assert admin_violations == []

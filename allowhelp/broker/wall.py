@@ -38,16 +38,25 @@ HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 NO_STORE = (b"cache-control", b"no-store")
-# xterm.js and noVNC size and colour their cells with inline <style>: the two
-# session pages allow inline *styles* (never scripts). Every other page stays strict.
-SESSION_PAGES = frozenset({"/terminal.html", "/screen.html"})
-SESSION_HEADERS = [
-    (
-        b"content-security-policy",
-        CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").encode(),
+# xterm.js, noVNC and the recording player size and colour their cells with
+# inline <style>: those pages allow inline *styles* (never inline scripts); the
+# player also compiles its WebAssembly terminal ('wasm-unsafe-eval' allows
+# WebAssembly only, not JavaScript eval). Every other page stays strict.
+_INLINE_STYLES = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+PAGE_CSP = {
+    "/terminal.html": _INLINE_STYLES,
+    "/screen.html": _INLINE_STYLES,
+    "/replay.html": _INLINE_STYLES.replace(
+        "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"
     ),
-    *HEADERS[1:],
-]
+}
+
+
+def page_headers(path: str) -> list[tuple[bytes, bytes]]:
+    csp = PAGE_CSP.get(path)
+    return HEADERS if csp is None else [(b"content-security-policy", csp.encode()), *HEADERS[1:]]
+
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -95,13 +104,7 @@ class Wall:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = (
-                    [*HEADERS, NO_STORE]
-                    if is_api
-                    else SESSION_HEADERS
-                    if scope.get("path") in SESSION_PAGES
-                    else HEADERS
-                )
+                extra = [*HEADERS, NO_STORE] if is_api else page_headers(str(scope.get("path")))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
