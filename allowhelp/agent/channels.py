@@ -128,7 +128,8 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
 
     @property
     def chan(self) -> asyncssh.SSHServerChannel[bytes]:
-        assert self._chan is not None
+        if self._chan is None:
+            raise RuntimeError("the channel is not open yet")
         return self._chan
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -227,14 +228,13 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._control is not None:
-            self._control_data(data)
+            self._control_data(self._control, data)
         elif self._backend is not None:
             self._backend.write(data)
 
-    def _control_data(self, data: bytes) -> None:
-        assert self._control is not None
+    def _control_data(self, lines: LineBuffer, data: bytes) -> None:
         try:
-            for line in self._control.feed(data):
+            for line in lines.feed(data):
                 self._service.on_message(decode(line))
         except ProtocolError as exc:
             # Only a broken or hostile peer breaks the protocol: drop the tunnel.

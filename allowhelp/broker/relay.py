@@ -99,7 +99,7 @@ class TerminalRelay:
         """Pump both ways; return why it ended (for the session's end record)."""
         self._chan = chan
         down = asyncio.create_task(self._agent_to_browser())
-        up = asyncio.create_task(self._browser_to_agent())
+        up = asyncio.create_task(self._browser_to_agent(chan))
         done, pending = await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -136,8 +136,7 @@ class TerminalRelay:
             await self._ws.send_bytes(payload)
             self._side.taken(size)
 
-    async def _browser_to_agent(self) -> None:
-        assert self._chan is not None
+    async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         while True:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -148,13 +147,12 @@ class TerminalRelay:
                     await self._refuse(1009, "input frame too large")
                     return
                 await self._side.writable.wait()
-                self._chan.write(data)
+                chan.write(data)
                 self.traffic.to_agent += len(data)
-            elif message.get("text") is not None and not await self._control(message["text"]):
+            elif message.get("text") is not None and not await self._control(chan, message["text"]):
                 return
 
-    async def _control(self, text: str) -> bool:
-        assert self._chan is not None
+    async def _control(self, chan: asyncssh.SSHClientChannel[bytes], text: str) -> bool:
         try:
             if len(text) > MAX_CONTROL:
                 raise ValueError("control message too large")
@@ -166,7 +164,7 @@ class TerminalRelay:
             await self._refuse(1008, f"bad control message: {exc}"[:120])
             return False
         cols, rows = min(max(cols, 2), 1000), min(max(rows, 1), 500)
-        self._chan.change_terminal_size(cols, rows)
+        chan.change_terminal_size(cols, rows)
         self._recorder.resize(cols, rows)
         return True
 
