@@ -189,12 +189,15 @@ class Agent:
     def agent_id(self) -> str:
         return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
 
-    def start(self, *extra: str) -> Agent:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> Agent:
+        """``env`` replaces the environment (e.g. a test display) when given."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [PY, "-m", "allowhelp.agent.cli", "run", "--config", str(self.config), *extra],
+                stdin=subprocess.DEVNULL,  # never a terminal prompt on the developer's tty
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         return self
 

@@ -36,7 +36,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_agent
 
-    asyncio.run(run_agent(config_dir(args), reconnect_cap=args.reconnect_cap))
+    asyncio.run(run_agent(config_dir(args), reconnect_cap=args.reconnect_cap, prompt=args.prompt))
     return 0
 
 
@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="longest wait between two attempts to reach the broker (default 30)",
+    )
+    run.add_argument(
+        "--prompt",
+        choices=("auto", "dialog", "terminal", "none"),
+        default="auto",
+        help="how to ask you: a desktop dialog, this terminal, or neither (only "
+        "`allowhelp-agent allow`); auto picks what this session has (default auto)",
     )
     run.set_defaults(func=cmd_run)
 

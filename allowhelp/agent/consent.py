@@ -30,11 +30,12 @@ class Pending:
 
     def prompt_text(self) -> str:
         """The exact text every front-end shows; it goes to the audit record too."""
-        what = {"shell": "a command shell (terminal)", "screen": "to see your screen"}[
-            self.request.kind
-        ]
+        what = {
+            "shell": "to open a command shell (terminal) on this PC",
+            "screen": "to see your screen",
+        }[self.request.kind]
         lines = [
-            f"{self.request.technician} from {self.request.organisation} asks for {what}.",
+            f"{self.request.technician} from {self.request.organisation} asks {what}.",
             f"Reason: {self.request.reason}",
             f"Verification phrase: {self.request.phrase}",
         ]

@@ -8,17 +8,21 @@ import signal
 from pathlib import Path
 
 from .config import AgentConfig
+from .frontends import choose_frontends, close_frontends
 from .localsocket import LocalControlServer, socket_path
+from .screen import screen_factory
 from .service import AgentService
 from .tunnel import AgentTunnel
 
 log = logging.getLogger(__name__)
 
 
-async def run_agent(folder: Path, *, reconnect_cap: float) -> None:
+async def run_agent(folder: Path, *, reconnect_cap: float, prompt: str = "auto") -> None:
     config = AgentConfig.load(folder)
     service = AgentService(config)
-    tunnel = AgentTunnel(service, folder, reconnect_cap=reconnect_cap)
+    frontends = choose_frontends(service, prompt)
+    service.frontends.extend(frontends)
+    tunnel = AgentTunnel(service, folder, reconnect_cap=reconnect_cap, screen=screen_factory)
     control = LocalControlServer(service, socket_path(folder))
     await control.start()
     stop = asyncio.Event()
@@ -30,4 +34,5 @@ async def run_agent(folder: Path, *, reconnect_cap: float) -> None:
         await tunnel.run_forever(stop)
     finally:
         service.end()
+        await close_frontends(frontends)
         await control.close()

@@ -1,0 +1,158 @@
+"""The terminal prompt, when the agent runs in a terminal.
+
+It prints the exact prompt text and reads one answer a line: ``a`` allow,
+``v`` allow view only (screen), ``d`` deny; ``e`` ends the running sessions.
+Answers go through ``service.decide(..., via="terminal")`` like every other
+front-end. Reading uses the event loop's reader callback (no blocking read,
+no change to the terminal's flags); when the terminal closes, the prompt
+stops and the agent keeps running for the dialog and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sys
+import time
+from typing import TextIO
+
+from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.service import AgentService, NotConnected
+
+from .toolkit import Answer, plain
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 4096
+WORDS: dict[str, Answer] = {
+    "a": "allow",
+    "allow": "allow",
+    "v": "view",
+    "view": "view",
+    "d": "deny",
+    "deny": "deny",
+}
+
+
+class TerminalFrontend:
+    def __init__(self, service: AgentService, fd: int = 0, out: TextIO | None = None) -> None:
+        self._service = service
+        self._fd = fd
+        self._out = out if out is not None else sys.stdout
+        self._asking: list[Pending] = []
+        self._buffer = b""
+        self._reading = False
+
+    @property
+    def reading(self) -> bool:
+        return self._reading
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self._fd, self._readable)
+        self._reading = True
+
+    async def close(self) -> None:
+        self._stop()
+
+    # ConsentFrontend
+
+    def prompt(self, pending: Pending) -> None:
+        self._asking.append(pending)
+        if len(self._asking) == 1:
+            self._show(pending)
+        else:
+            self._say("(Another help request is waiting; answer the one above first.)")
+
+    def prompt_closed(self, session_id: str) -> None:
+        head = self._asking[0].request.session_id if self._asking else None
+        if not any(p.request.session_id == session_id for p in self._asking):
+            return
+        self._asking = [p for p in self._asking if p.request.session_id != session_id]
+        self._say(f"The help request {session_id} was closed (answered elsewhere or expired).")
+        if head == session_id and self._asking:
+            self._show(self._asking[0])
+
+    def active(self, grant: Grant) -> None:
+        self._say(
+            f"Help session {grant.session_id} is active ({grant.technician}, {grant.kind}). "
+            "Type e and Enter to end it."
+        )
+
+    def ended(self, session_id: str) -> None:
+        self._say(f"Help session {session_id} ended.")
+
+    # output
+
+    def _show(self, pending: Pending) -> None:
+        seconds = max(0, math.ceil(pending.deadline - time.monotonic()))
+        self._say(f"\n=== Help request {pending.request.session_id} ===")
+        self._say(pending.prompt_text())
+        self._say(self._choices(pending) + f" ({seconds} s to answer)")
+
+    @staticmethod
+    def _choices(pending: Pending) -> str:
+        view = ", v to allow view only" if pending.request.kind == "screen" else ""
+        return f"Type a and Enter to allow help{view}, d to deny."
+
+    def _say(self, text: str) -> None:
+        try:
+            self._out.write(plain(text) + "\n")
+            self._out.flush()
+        except (OSError, ValueError) as exc:  # the terminal is gone
+            log.debug("terminal output failed: %s", exc)
+
+    # input
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 1024)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # EIO: the terminal hung up
+            log.debug("terminal input failed: %s", exc)
+            data = b""
+        if not data:
+            log.info("the terminal closed: answer with the dialog or `allowhelp-agent allow`")
+            self._stop()
+            return
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            self._line(line.decode(errors="replace"))
+        if len(self._buffer) > MAX_LINE:
+            self._buffer = b""
+
+    def _stop(self) -> None:
+        if self._reading:
+            self._reading = False
+            asyncio.get_running_loop().remove_reader(self._fd)
+
+    def _line(self, line: str) -> None:
+        word = line.strip().lower()
+        if self._asking:
+            self._answer(self._asking[0], WORDS.get(word))
+        elif word in ("e", "end"):
+            ended = self._service.end()
+            self._say("Ended: " + ", ".join(ended) if ended else "No help session is running.")
+        elif word:
+            self._say("Nothing is waiting for an answer.")
+
+    def _answer(self, pending: Pending, answer: Answer | None) -> None:
+        if answer is None or (answer == "view" and pending.request.kind != "screen"):
+            self._say(self._choices(pending))
+            return
+        session_id = pending.request.session_id
+        self._asking.pop(0)
+        try:
+            self._service.decide(
+                session_id, allow=answer != "deny", view_only=answer == "view", via="terminal"
+            )
+        except (ConsentRefused, NotConnected) as exc:
+            self._say(f"Could not answer: {exc}")
+        else:
+            if answer == "deny":  # an allowed one is announced by ``active``
+                self._say("Denied.")
+        if self._asking:
+            self._show(self._asking[0])

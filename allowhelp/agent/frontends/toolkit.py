@@ -1,0 +1,182 @@
+"""Which desktop dialog tool to use, and the exact windows it is asked to show.
+
+Pure functions without I/O, so what reaches the screen can be tested as data.
+Every string shown is hostile (a technician's name, a reason): zenity gets
+``--no-markup`` (and then also skips its backslash unescaping), kdialog gets
+the text HTML-escaped inside ``<qt>``, Tk shows plain text, and control
+characters are stripped again here whatever the service already did.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from allowhelp.protocol.control import Kind
+from allowhelp.protocol.text import plain_text
+
+ToolName = Literal["zenity", "kdialog", "tk"]
+Answer = Literal["allow", "view", "deny"]
+Which = Callable[[str], str | None]
+
+ALLOW, VIEW_ONLY, DENY, END = "Allow help", "Allow view only", "Deny", "End session"
+TK_MODULE = "allowhelp.agent.frontends.tkwindow"
+
+
+@dataclass(frozen=True)
+class Window:
+    """One dialog process to start: its command line and what it reads on stdin."""
+
+    argv: list[str]
+    stdin: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a dialog process ended."""
+
+    returncode: int
+    stdout: str
+
+
+def plain_lines(text: str) -> list[str]:
+    """Each line without control characters (terminal escapes, bidi overrides)."""
+    return [plain_text(line, 1000) for line in text.split("\n")]
+
+
+def plain(text: str) -> str:
+    return "\n".join(plain_lines(text))
+
+
+def prompt_title(organisation: str) -> str:
+    # Starts with a fixed word: a hostile name can never look like an option.
+    return f"Help request from {plain_text(organisation, 100) or 'your help desk'}"
+
+
+def indicator_title(organisation: str) -> str:
+    return f"Help session active ({plain_text(organisation, 100) or 'help desk'})"
+
+
+def has_tkinter() -> bool:
+    return importlib.util.find_spec("_tkinter") is not None
+
+
+def find_toolkit(
+    which: Which = shutil.which, tk: Callable[[], bool] = has_tkinter
+) -> Toolkit | None:
+    """zenity, else kdialog, else Tk in this very Python; None when there is none."""
+    tools: tuple[ToolName, ...] = ("zenity", "kdialog")
+    for name in tools:
+        program = which(name)
+        if program:
+            return Toolkit(name, program)
+    if tk():
+        return Toolkit("tk", sys.executable)
+    return None
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    name: ToolName
+    program: str
+
+    # the consent question
+
+    def question(self, organisation: str, text: str, kind: Kind, timeout: int) -> Window:
+        title = prompt_title(organisation)
+        screen = kind == "screen"
+        if self.name == "zenity":
+            argv = [
+                self.program,
+                "--question",
+                "--no-markup",
+                "--default-cancel",
+                f"--title={title}",
+                f"--text={plain(text)}",
+                f"--ok-label={ALLOW}",
+                f"--cancel-label={DENY}",
+                "--width=460",
+                f"--timeout={max(1, timeout)}",
+            ]
+            if screen:
+                argv.append(f"--extra-button={VIEW_ONLY}")
+            return Window(argv)
+        if self.name == "kdialog":
+            if screen:
+                box = ["--yesnocancel", qt_text(text), "--no-label", VIEW_ONLY]
+                box += ["--cancel-label", DENY]
+            else:
+                box = ["--yesno", qt_text(text), "--no-label", DENY]
+            return Window([self.program, "--title", title, *box, "--yes-label", ALLOW])
+        buttons = [["view", VIEW_ONLY], ["deny", DENY], ["allow", ALLOW]]
+        return self._tk(title, text, buttons if screen else buttons[1:], "deny", timeout)
+
+    def answer(self, kind: Kind, outcome: Outcome) -> Answer | None:
+        """The user's answer, or None: no answer (timed out, killed, tool failed)."""
+        code, out = outcome.returncode, outcome.stdout.strip()
+        if self.name == "zenity":
+            if code == 0:
+                return "allow"
+            if code == 1:  # Deny, Escape, or the extra button (which prints its label)
+                return "view" if out == VIEW_ONLY and kind == "screen" else "deny"
+            return None
+        if self.name == "kdialog":
+            codes: dict[int, Answer] = {0: "allow", 1: "view", 2: "deny"}
+            if kind != "screen":
+                codes = {0: "allow", 1: "deny"}
+            return codes.get(code)
+        if code == 0 and out in ("allow", "view", "deny"):
+            return "deny" if out == "view" and kind != "screen" else out  # type: ignore[return-value]
+        return None
+
+    # the "session active" window
+
+    def indicator(self, organisation: str, text: str) -> Window:
+        title = indicator_title(organisation)
+        if self.name == "zenity":
+            return Window(
+                [
+                    self.program,
+                    "--info",
+                    "--no-markup",
+                    f"--title={title}",
+                    f"--text={plain(text)}",
+                    f"--ok-label={END}",
+                    "--width=420",
+                ]
+            )
+        if self.name == "kdialog":
+            return Window(
+                [self.program, "--title", title, "--msgbox", qt_text(text), "--ok-label", END]
+            )
+        return self._tk(title, text, [["end", END]], "", None)
+
+    def ends_session(self, outcome: Outcome) -> bool:
+        """Did the user click "End session" (not merely close the window)?"""
+        if self.name == "tk":
+            return outcome.returncode == 0 and outcome.stdout.strip() == "end"
+        return outcome.returncode == 0
+
+    def _tk(
+        self, title: str, text: str, buttons: list[list[str]], on_close: str, timeout: int | None
+    ) -> Window:
+        spec = {
+            "title": title,
+            "text": plain(text),
+            "buttons": buttons,
+            "on_close": on_close,
+            "timeout": timeout,
+            "topmost": True,
+        }
+        return Window([self.program, "-m", TK_MODULE], json.dumps(spec).encode())
+
+
+def qt_text(text: str) -> str:
+    """Qt rich text made of escaped plain text: tags in it show as characters."""
+    return "<qt>" + "<br>".join(html.escape(line) for line in plain_lines(text)) + "</qt>"
