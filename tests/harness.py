@@ -14,7 +14,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,27 @@ class Desk:
 
     def close(self) -> None:
         self.client.close()
+
+
+@contextmanager
+def running_fleet(
+    root: Path,
+    *,
+    broker_args: tuple[str, ...] = (),
+    agent_args: tuple[str, ...] = ("--reconnect-cap", "2"),
+    agent_env: dict[str, str] | None = None,
+) -> Iterator[tuple[Fleet, Broker, Agent]]:
+    """A broker with an admin and a technician, and one enrolled agent online."""
+    fleet = Fleet(root)
+    try:
+        broker = fleet.broker(extra=list(broker_args)).start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        broker.add_user(TECH, TECH_PW)
+        agent = fleet.agent()
+        enrolled = agent.enroll(broker.token())
+        assert enrolled.returncode == 0, enrolled.stderr
+        agent.start(*agent_args, env=agent_env)
+        wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to come online")
+        yield fleet, broker, agent
+    finally:
+        fleet.close()

@@ -25,8 +25,8 @@ from harness import (
     Fleet,
     agent_call,
     broker_cli,
-    online,
     pending,
+    running_fleet,
     wait_for,
     wait_pending,
 )
@@ -36,19 +36,11 @@ TECH_B, TECH_B_PW = "bob", "bob password 1234"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
-    fleet = Fleet(tmp_path_factory.mktemp("consent"))
-    try:
-        broker = fleet.broker(extra=["--consent-timeout", "4", "--organisation", "ACME IT"]).start()
-        broker.add_user(ADMIN, ADMIN_PW, role="admin")
-        broker.add_user(TECH, TECH_PW)
+    root = tmp_path_factory.mktemp("consent")
+    options = ("--consent-timeout", "4", "--organisation", "ACME IT")
+    with running_fleet(root, broker_args=options) as (_, broker, agent):
         broker.add_user(TECH_B, TECH_B_PW)
-        agent = fleet.agent()
-        assert agent.enroll(broker.token()).returncode == 0
-        agent.start("--reconnect-cap", "2")
-        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
         yield broker, agent
-    finally:
-        fleet.close()
 
 
 @pytest.fixture

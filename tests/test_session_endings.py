@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from harness import (
-    ADMIN,
-    ADMIN_PW,
     TECH,
     TECH_PW,
     Agent,
@@ -20,6 +18,7 @@ from harness import (
     agent_call,
     broker_cli,
     online,
+    running_fleet,
     wait_for,
     wait_pending,
 )
@@ -27,18 +26,8 @@ from harness import (
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Fleet, Broker, Agent]]:
-    fleet = Fleet(tmp_path)
-    try:
-        broker = fleet.broker().start()
-        broker.add_user(ADMIN, ADMIN_PW, role="admin")
-        broker.add_user(TECH, TECH_PW)
-        agent = fleet.agent()
-        assert agent.enroll(broker.token()).returncode == 0
-        agent.start("--reconnect-cap", "1")
-        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
-        yield fleet, broker, agent
-    finally:
-        fleet.close()
+    with running_fleet(tmp_path, agent_args=("--reconnect-cap", "1")) as running:
+        yield running
 
 
 def active_session(desk: Desk, agent: Agent) -> str:

@@ -21,29 +21,17 @@ from harness import (
     Agent,
     Broker,
     Desk,
-    Fleet,
     agent_call,
     broker_cli,
-    online,
-    wait_for,
+    running_fleet,
     wait_pending,
 )
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
-    fleet = Fleet(tmp_path_factory.mktemp("shell"))
-    try:
-        broker = fleet.broker().start()
-        broker.add_user(ADMIN, ADMIN_PW, role="admin")
-        broker.add_user(TECH, TECH_PW)
-        agent = fleet.agent()
-        assert agent.enroll(broker.token()).returncode == 0
-        agent.start("--reconnect-cap", "2")
-        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+    with running_fleet(tmp_path_factory.mktemp("shell")) as (_, broker, agent):
         yield broker, agent
-    finally:
-        fleet.close()
 
 
 @pytest.fixture

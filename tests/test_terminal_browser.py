@@ -19,10 +19,8 @@ from harness import (
     TECH_PW,
     Agent,
     Broker,
-    Fleet,
     agent_call,
-    online,
-    wait_for,
+    running_fleet,
     wait_pending,
 )
 
@@ -41,18 +39,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
-    fleet = Fleet(tmp_path_factory.mktemp("termweb"))
-    try:
-        broker = fleet.broker().start()
-        broker.add_user(ADMIN, ADMIN_PW, role="admin")
-        broker.add_user(TECH, TECH_PW)
-        agent = fleet.agent()
-        assert agent.enroll(broker.token()).returncode == 0
-        agent.start("--reconnect-cap", "2")
-        wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+    with running_fleet(tmp_path_factory.mktemp("termweb")) as (_, broker, agent):
         yield broker, agent
-    finally:
-        fleet.close()
 
 
 @pytest.fixture
