@@ -204,3 +204,30 @@ async def test_hostile_control_line_closes_the_tunnel_not_the_agent(
     await asyncio.wait_for(rogue.wait_closed(), 10)
     assert agent.proc is not None and agent.proc.poll() is None
     assert "bad control channel" in Path(agent.log).read_text()
+
+
+async def test_a_shell_without_a_terminal_fails_with_a_message_not_a_hang(
+    rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
+) -> None:
+    _, agent = stolen
+    chan, _sink = await control(rogue)
+    session_id = "NoPtySession01"
+    chan.write(
+        ConsentRequest(
+            session_id=session_id,
+            organisation="Org",
+            technician="Mallory",
+            kind="shell",
+            reason="x",
+            phrase="a b c",
+            timeout=30,
+        ).encode()
+    )
+    await asyncio.to_thread(wait_pending, agent, session_id)
+    assert (await asyncio.to_thread(agent_call, agent, "allow", session_id)).returncode == 0
+    process = await asyncio.wait_for(
+        rogue.run(subsystem=channel_subsystem("shell", session_id), encoding=None), 10
+    )
+    assert process.exit_status == 1
+    assert b"needs a terminal" in process.stderr  # type: ignore[operator]
+    chan.close()

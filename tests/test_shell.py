@@ -213,3 +213,20 @@ async def test_foreign_origin_and_other_users_cannot_attach(
     finally:
         admin.close()
     await asyncio.to_thread(desk.client.post, f"/api/v1/sessions/{session_id}/end")
+
+
+async def test_a_second_tab_is_refused_and_the_first_goes_on(
+    desk: Desk, terminal: tuple[Terminal, str]
+) -> None:
+    term, session_id = terminal
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(
+            desk.ws_url(session_id),
+            ssl=desk.broker.ssl_context(),
+            origin=desk.broker.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": desk.cookie_header()},
+        ):
+            pass
+    await term.send("echo still-here-$((5+5))\n")
+    await term.expect(b"still-here-10")
+    assert (await asyncio.to_thread(desk.session, session_id))["state"] == "active"

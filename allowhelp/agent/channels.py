@@ -13,6 +13,7 @@ agent forwarding, every TCP/UNIX forwarding, and password logins.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -170,10 +171,15 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             self._backend = self._start(kind)
         except (OSError, RuntimeError) as exc:
             log.error("session=%s could not start its %s: %s", session_id, kind, exc)
-            self.chan.write_stderr(f"allowhelp: the {kind} could not start: {exc}\r\n".encode())
-            self.chan.exit(1)
-            return True
+            # Accept the request first, then say why and close: closing inside
+            # this callback would leave the broker waiting for a reply forever.
+            message = f"allowhelp: the {kind} could not start: {exc}\r\n".encode()
+            asyncio.get_running_loop().call_soon(self._fail, message)
         return True
+
+    def _fail(self, message: bytes) -> None:
+        self.chan.write_stderr(message)
+        self.chan.exit(1)
 
     def _start(self, kind: str) -> Backend:
         if kind == "shell":

@@ -66,8 +66,13 @@ class AuditEvent:
     details: Mapping[str, object]
 
 
+ID_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
 def new_session_id() -> str:
-    return secrets.token_urlsafe(12)
+    """16 letters and digits (~93 bits): never starts with "-", so it can be
+    typed as a command-line argument, and no 0/O or 1/l to misread."""
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(16))
 
 
 @dataclass

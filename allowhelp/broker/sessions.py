@@ -214,6 +214,9 @@ class SessionRegistry:
         end record carries its byte counts and the recording's digest."""
         self._relays.setdefault(session_id, []).append(stop)
 
+    def has_relay(self, session_id: str) -> bool:
+        return bool(self._relays.get(session_id))
+
     async def audit_started(self, session: Session, details: dict[str, object]) -> None:
         await self._audit.write(
             "session.started",

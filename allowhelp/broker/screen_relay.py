@@ -1,0 +1,231 @@
+"""Relay one technician's screen WebSocket to one screen channel on the agent.
+
+Binary frames carry the RFB stream both ways (noVNC's ``binary`` subprotocol).
+Unlike the shell relay, this one reads the stream: ``rfb.ClientFilter`` drops
+input on a view-only grant and refuses what it cannot parse, and
+``rfb.ServerChecker`` vets the PC's handshake. Flow control holds end to end as
+for the shell: a slow browser stops the channel being read, its window closes,
+and the agent stops reading x11vnc.
+
+The agent reports a screen that cannot start on the channel's stderr and exit
+status (no DISPLAY, Wayland, x11vnc missing or failing): that text is kept
+apart from the RFB bytes, bounded, and becomes the session's failure reason.
+A screen that says nothing at all within ``HANDSHAKE_TIMEOUT`` fails too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncssh
+from starlette.websockets import WebSocket
+
+from allowhelp.protocol.control import EndReason
+from allowhelp.protocol.text import plain_text
+
+from .relay import RelayStats
+from .rfb import ClientFilter, RfbError, RfbTooLarge, ServerChecker
+
+log = logging.getLogger(__name__)
+
+SCREEN_WINDOW = 1024 * 1024
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+MAX_FRAME = 256 * 1024
+MAX_INPUT_FRAME = 512 * 1024
+MAX_STDERR = 4096
+HANDSHAKE_TIMEOUT = 20.0
+
+NORMAL, POLICY, UNSUPPORTED, TOO_BIG, INTERNAL = 1000, 1008, 1003, 1009, 1011
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the relay ended: the session's end reason, and the failure said plainly."""
+
+    reason: EndReason
+    failure: str | None = None
+    close_code: int = NORMAL
+
+
+class Failed(Exception):
+    """The relay cannot go on; ``outcome`` says why and how to close the socket."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.failure)
+        self.outcome = outcome
+
+
+class _ScreenChannel(asyncssh.SSHClientSession[bytes]):
+    """The agent's side: RFB bytes queued for the browser, stderr kept apart."""
+
+    def __init__(self) -> None:
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queued = 0
+        self.stderr = bytearray()
+        self.exit_status: int | None = None
+        self.closed_by: Exception | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr += data[: max(0, MAX_STDERR - len(self.stderr))]
+            return
+        self.outbox.put_nowait(data)
+        self.queued += len(data)
+        if self.queued > HIGH_WATER and self.chan is not None:
+            self.chan.pause_reading()
+
+    def taken(self, size: int) -> None:
+        self.queued -= size
+        if self.queued < LOW_WATER and self.chan is not None:
+            self.chan.resume_reading()
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_by = exc
+        self.writable.set()
+        self.outbox.put_nowait(None)
+
+    def failure(self) -> str | None:
+        """What the agent said went wrong, if anything."""
+        text = " ".join(
+            plain_text(line, 300) for line in self.stderr.decode("utf-8", "replace").splitlines()
+        ).strip()
+        text = text.removeprefix("allowhelp:").strip()
+        if text:
+            return text[:300]
+        if self.exit_status not in (None, 0):
+            return f"the screen sharer stopped (status {self.exit_status})"
+        return None
+
+
+class ScreenRelay:
+    """One technician WebSocket ↔ one screen channel, until either side ends."""
+
+    def __init__(self, websocket: WebSocket, *, view_only: bool) -> None:
+        self._ws = websocket
+        self._side = _ScreenChannel()
+        self._client = ClientFilter(view_only=view_only)
+        self._server = ServerChecker()
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.traffic = RelayStats()
+
+    def factory(self) -> _ScreenChannel:
+        return self._side
+
+    @property
+    def dropped_input(self) -> int:
+        return self._client.dropped
+
+    async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
+        """Pump both ways until one side ends or breaks; say how it ended."""
+        self._chan = chan
+        down = asyncio.create_task(self._agent_to_browser())
+        up = asyncio.create_task(self._browser_to_agent(chan))
+        watchdog = asyncio.create_task(self._handshake_watchdog())
+        tasks = {down, up, watchdog}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.stop()
+        return self._outcome(done, up)
+
+    def _outcome(self, done: set[asyncio.Task[None]], up: asyncio.Task[None]) -> Outcome:
+        errors = [t.exception() for t in done if not t.cancelled() and t.exception()]
+        for exc in errors:
+            if isinstance(exc, Failed):
+                return exc.outcome
+        if up in done or errors:
+            for exc in errors:  # sending to a browser that left
+                log.info("screen relay: the browser went away (%s)", type(exc).__name__)
+            return Outcome("technician")
+        return self._why_channel_ended()
+
+    def _why_channel_ended(self) -> Outcome:
+        failure = self._side.failure()
+        if failure is not None:
+            return Outcome("error", failure, INTERNAL)
+        if isinstance(self._side.closed_by, (asyncssh.ConnectionLost, asyncssh.DisconnectError)):
+            return Outcome("agent_lost")
+        if not self._server.ready:
+            return Outcome("error", "the PC closed the screen before it showed anything", INTERNAL)
+        return Outcome("user")  # the agent closes a granted channel when its user ends it
+
+    async def _handshake_watchdog(self) -> None:
+        await asyncio.sleep(HANDSHAKE_TIMEOUT)
+        if not self._server.ready:
+            who = "the PC's screen" if self._client.ready else "the screen handshake"
+            message = f"{who} did not finish within {HANDSHAKE_TIMEOUT:.0f} s"
+            raise Failed(Outcome("error", message, INTERNAL))
+        await asyncio.Event().wait()  # keep running: only the other two end the relay
+
+    async def _agent_to_browser(self) -> None:
+        while True:
+            data = await self._side.outbox.get()
+            if data is None:
+                return
+            chunks, size = [data], len(data)
+            while size < MAX_FRAME and not self._side.outbox.empty():
+                more = self._side.outbox.get_nowait()
+                if more is None:
+                    self._side.outbox.put_nowait(None)
+                    break
+                chunks.append(more)
+                size += len(more)
+            try:
+                payload = self._server.feed(b"".join(chunks))
+            except RfbError as exc:
+                raise Failed(Outcome("error", f"bad screen stream: {exc}", INTERNAL)) from exc
+            self.traffic.from_agent += size
+            if payload:
+                await self._ws.send_bytes(payload)
+            self._side.taken(size)
+
+    async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                raise Failed(Outcome("error", "the console sent a text frame", UNSUPPORTED))
+            if len(data) > MAX_INPUT_FRAME:
+                raise Failed(Outcome("error", "the console sent a frame too large", TOO_BIG))
+            try:
+                forward = self._client.feed(data)
+            except RfbTooLarge as exc:
+                raise Failed(Outcome("error", f"the console sent {exc}", TOO_BIG)) from exc
+            except RfbError as exc:
+                raise Failed(Outcome("error", f"the console broke RFB: {exc}", POLICY)) from exc
+            if forward:
+                await self._side.writable.wait()
+                try:
+                    chan.write(forward)
+                except BrokenPipeError:  # the channel is going: its end says why
+                    await asyncio.Event().wait()
+                self.traffic.to_agent += len(forward)
+
+    def stop(self) -> RelayStats:
+        """Close the channel; safe to call more than once (the registry calls it too)."""
+        if self._chan is not None:
+            self._chan.close()
+        return self.traffic

@@ -1,0 +1,226 @@
+"""The screen page in a real headless Chromium: consent, noVNC, the desktop, hostile names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser as Chromium
+from playwright.async_api import Page, async_playwright, expect
+from screenkit import FAKE_VNC, SCREEN_SIZE, XServer, gone, on_pc, processes, start_xserver
+
+from allowhelp.agent.screen import TEST_COMMAND_ENV
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Fleet,
+    online,
+    wait_for,
+    wait_pending,
+)
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
+# Distinct colours in a sample of the canvas: 1 is a blank (one-colour) picture.
+CANVAS_COLOURS = """() => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || !canvas.width) return {width: 0, height: 0, colours: 0};
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  const seen = new Set();
+  for (let i = 0; i < data.length; i += 4 * 31) {
+    seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+  }
+  return {width: canvas.width, height: canvas.height, colours: seen.size};
+}"""
+
+pytestmark = [pytest.mark.browser, pytest.mark.x11]
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in SESSION_VARS}, **extra}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("screenweb")
+    xserver = start_xserver(root)
+    fleet = Fleet(root)
+    try:
+        broker = fleet.broker().start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        broker.add_user(TECH, TECH_PW)
+        mode = root / "fake-mode"
+        mode.write_text("hostile")
+        envs = {
+            "x": agent_env(DISPLAY=xserver.display),
+            "fake": agent_env(**{TEST_COMMAND_ENV: f"{sys.executable} {FAKE_VNC} {mode}"}),
+        }
+        agents: dict[str, Agent] = {}
+        for name, env in envs.items():
+            agents[name] = agent = fleet.agent(name)
+            assert agent.enroll(broker.token()).returncode == 0
+            agent.start("--reconnect-cap", "2", "--prompt", "none", env=env)
+        for agent in agents.values():
+            wait_for(lambda a=agent: online(broker, a.agent_id), 20, "agent online")
+        yield {"broker": broker, "xserver": xserver, "mode": mode, **agents}
+    finally:
+        fleet.close()
+        xserver.close()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Chromium]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+async def logged_in_page(chromium: Chromium, broker: Broker) -> tuple[Page, list[str]]:
+    context = await chromium.new_context(
+        ignore_https_errors=True, viewport={"width": 1000, "height": 760}
+    )
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("dialog", lambda dialog: problems.append(f"dialog: {dialog.message}"))
+    await page.goto(broker.url + "/")
+    answer: dict[str, Any] = await page.evaluate(
+        """async ([user, password]) => {
+            const r = await fetch('/api/v1/login', {method: 'POST',
+              headers: {'Content-Type': 'application/json'},
+              body: JSON.stringify({username: user, password})});
+            const body = await r.json();
+            sessionStorage.setItem('csrf', body.csrf_token);
+            return body;
+        }""",
+        [TECH, TECH_PW],
+    )
+    assert answer["csrf_token"]
+    return page, problems
+
+
+async def open_screen(page: Page, broker: Broker, agent: Agent, *, view_only: bool = False) -> str:
+    session: dict[str, Any] = await page.evaluate(
+        """async (agentId) => {
+            const r = await fetch('/api/v1/sessions', {method: 'POST',
+              headers: {'Content-Type': 'application/json',
+                        'X-CSRF-Token': sessionStorage.getItem('csrf')},
+              body: JSON.stringify({agent_id: agentId, kind: 'screen', reason: 'browser test'})});
+            return await r.json();
+        }""",
+        agent.agent_id,
+    )
+    await page.goto(f"{broker.url}/screen.html?session={session['id']}")
+    await page.wait_for_selector("#phrase-line:not([hidden])")
+    assert await page.text_content("#phrase") == session["phrase"]
+    await asyncio.to_thread(wait_pending, agent, session["id"])
+    options = ["--view-only"] if view_only else []
+    allowed = await asyncio.to_thread(on_pc, agent, "allow", session["id"], *options)
+    assert allowed.returncode == 0, allowed.stderr
+    return str(session["id"])
+
+
+async def test_the_page_shows_the_remote_desktop(world: dict[str, Any], chromium: Chromium) -> None:
+    broker: Broker = world["broker"]
+    xserver: XServer = world["xserver"]
+    page, problems = await logged_in_page(chromium, broker)
+    await open_screen(page, broker, world["x"])
+    await page.wait_for_selector("body[data-screen=connected]", timeout=15000)
+    canvas = page.locator("#screen canvas")
+    await expect(canvas).to_be_visible()
+
+    async def painted() -> dict[str, int]:
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            seen: dict[str, int] = await page.evaluate(CANVAS_COLOURS)
+            if seen["colours"] > 1 or asyncio.get_running_loop().time() > deadline:
+                return seen
+            await asyncio.sleep(0.2)
+
+    seen = await painted()
+    ARTIFACTS.mkdir(exist_ok=True)
+    await canvas.screenshot(path=str(ARTIFACTS / "screen.png"))
+    await page.screenshot(path=str(ARTIFACTS / "screen-page.png"))
+    assert (seen["width"], seen["height"]) == SCREEN_SIZE
+    assert seen["colours"] > 1, "the canvas is blank"
+    assert await page.locator("#view-only").is_hidden()
+    assert await page.locator("#clipboard").is_visible()  # control: clipboard both ways
+    xserver.focus_window()
+    await canvas.click()  # the pointer lands on the xev window, in the middle of the screen
+    await page.keyboard.type("k")
+    await asyncio.to_thread(
+        wait_for, lambda: "keysym 0x6b, k)" in xserver.keys_seen(), 10, "a key through noVNC"
+    )
+    pids = processes(xserver.display)
+    assert pids
+    await page.click("#end")
+    await expect(page.locator("#message")).to_contain_text("ended (technician)", timeout=10000)
+    await asyncio.to_thread(wait_for, lambda: gone(pids), 10, "x11vnc to go")
+    assert problems == []
+
+
+async def test_view_only_is_shown_and_keeps_the_clipboard_closed(
+    world: dict[str, Any], chromium: Chromium
+) -> None:
+    broker: Broker = world["broker"]
+    page, problems = await logged_in_page(chromium, broker)
+    await open_screen(page, broker, world["x"], view_only=True)
+    await page.wait_for_selector("body[data-screen=connected]", timeout=15000)
+    await expect(page.locator("#view-only")).to_be_visible()
+    assert await page.locator("#clipboard").is_hidden()
+    before = world["xserver"].keys_seen().count("KeyPress")
+    await page.locator("#screen canvas").click()
+    await page.keyboard.type("qq")
+    await asyncio.sleep(0.5)
+    assert world["xserver"].keys_seen().count("KeyPress") == before
+    await page.click("#end")
+    await expect(page.locator("#message")).to_contain_text("ended", timeout=10000)
+    assert problems == []
+
+
+async def test_a_hostile_desktop_name_stays_text(world: dict[str, Any], chromium: Chromium) -> None:
+    broker: Broker = world["broker"]
+    world["mode"].write_text("hostile")
+    page, problems = await logged_in_page(chromium, broker)
+    await open_screen(page, broker, world["fake"])
+    name = page.locator("#desktop-name")
+    await expect(name).to_have_text("<img src=x onerror=alert(1)>[31mevil", timeout=15000)
+    assert await page.evaluate("document.querySelectorAll('img').length") == 0
+    assert not [p for p in problems if p.startswith("dialog")]
+    assert broker.proc is not None and broker.proc.poll() is None
+    await page.click("#end")
+
+
+async def test_a_failed_screen_says_why(world: dict[str, Any], chromium: Chromium) -> None:
+    broker: Broker = world["broker"]
+    world["mode"].write_text("bad-name")
+    page, _ = await logged_in_page(chromium, broker)
+    await open_screen(page, broker, world["fake"])
+    message = page.locator("#message")
+    await expect(message).to_contain_text("The screen could not be shown", timeout=15000)
+    await expect(message).to_contain_text("desktop name")
+    await expect(page.locator("#state")).to_have_text("ended", timeout=10000)
