@@ -14,13 +14,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from .api import admin as api_admin
 from .api import auth as api_auth
 from .api import enrol as api_enrol
+from .api import screen as api_screen
 from .api import sessions as api_sessions
+from .api import terminal as api_terminal
 from .api.base import error_response
+from .console_files import ConsoleFiles
 from .services import Services
 from .wall import Wall
 
@@ -56,9 +58,11 @@ def create_app(svc: Services) -> Wall:
         *api_admin.routes(),
         *api_enrol.routes(),
         *api_sessions.routes(),
+        *api_terminal.routes(),
+        *api_screen.routes(),
         Route("/api/{rest:path}", api_not_found),
         Route("/", index, methods=["GET"]),
-        Mount("/", app=StaticFiles(directory=WEB_DIR, check_dir=False)),
+        Mount("/", app=ConsoleFiles(directory=WEB_DIR, check_dir=False)),
     ]
     app = Starlette(
         routes=routes,
