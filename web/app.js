@@ -1,101 +1,175 @@
-// The console. Everything an agent reports is hostile text: it only ever
-// reaches the page through textContent, never innerHTML.
+// The technician console: one page, views behind #hash routes, one live feed.
+// Everything an agent reports is hostile text: it only reaches the page through
+// textContent (see js/dom.js), never as markup. No inline script or style: the
+// broker's CSP (script-src 'self'; style-src 'self') would refuse them anyway.
 "use strict";
 
-const state = { csrf: sessionStorage.getItem("csrf") || "", agents: [] };
+import { api, setCsrf } from "./js/api.js";
+import { loadAccount, setupAccount } from "./js/account.js";
+import { loadAudit, renderAudit, setupAudit } from "./js/audit.js";
+import { $, toast } from "./js/dom.js";
+import { helpChanged, loadHelp, renderHelp, updateHelpCount } from "./js/help.js";
+import { LiveFeed } from "./js/live.js";
+import { setupLogin, showLogin } from "./js/login.js";
+import { agentChanged, loadMachines, renderMachines, setupMachines } from "./js/machines.js";
+import { closeRequest, setupRequest } from "./js/request.js";
+import { loadSessions, renderSessions, sessionChanged } from "./js/sessions.js";
+import { isAdmin, state } from "./js/state.js";
+import { loadTokens, renderTokens, setupTokens } from "./js/tokens.js";
+import { loadUsers, renderUsers, setupUsers } from "./js/users.js";
 
-async function api(method, path, body) {
-  const headers = { "Accept": "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET") headers["X-CSRF-Token"] = state.csrf;
-  const response = await fetch(path, {
-    method, headers, credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const error = new Error(data.message || `HTTP ${response.status}`);
-    error.status = response.status;
-    throw error;
+const VIEWS = {
+  machines: { load: loadMachines, render: renderMachines },
+  help: { load: () => Promise.all([loadMachines(), loadHelp()]), render: renderHelp },
+  sessions: { load: loadSessions, render: renderSessions },
+  audit: { admin: true, load: loadAudit, render: renderAudit },
+  users: { admin: true, load: loadUsers, render: renderUsers },
+  tokens: { admin: true, load: loadTokens, render: renderTokens },
+  account: { load: loadAccount, render: () => {} },
+};
+const SECTIONS = ["login", ...Object.keys(VIEWS)];
+const LIVE_TEXT = { live: "Live", resumed: "Live", reconnecting: "Reconnecting…", off: "Offline" };
+
+const feed = new LiveFeed({ onEvent, onState: liveState, stillLoggedIn });
+
+function show(section) {
+  for (const name of SECTIONS) $(`view-${name}`).hidden = name !== section;
+  $("bar").hidden = section === "login";
+  for (const link of document.querySelectorAll(".nav a")) {
+    if (link.dataset.view === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
-  return data;
 }
 
-function show(view) {
-  for (const id of ["login-view", "machines-view"]) {
-    document.getElementById(id).hidden = id !== view;
+function wanted() {
+  const name = location.hash.replace(/^#/, "") || "machines";
+  if (!(name in VIEWS)) return "machines";
+  if (state.me.must_enrol_totp) return "account";
+  if (VIEWS[name].admin && !isAdmin()) return "machines";
+  return name;
+}
+
+async function route(focus = false) {
+  if (!state.me) return;
+  const name = wanted();
+  state.view = name;
+  show(name);
+  document.title = `${$(`view-${name}`).querySelector("h1").textContent} · allowhelp`;
+  if (focus) $("main").focus();
+  try {
+    await VIEWS[name].load();
+  } catch (error) {
+    if (error.status === 401) return leave("Your session ended. Sign in again.");
+    if (error.status !== 404) toast(error.message, "error");
+  }
+  if (state.view === name) VIEWS[name].render();
+}
+
+async function enter() {
+  const me = await api("GET", "/api/v1/me");
+  state.me = me;
+  setCsrf(me.csrf_token);
+  $("who").textContent = `${me.full_name} · ${me.role}`;
+  for (const link of document.querySelectorAll(".nav a[data-admin]")) link.hidden = me.role !== "admin";
+  document.body.classList.toggle("is-admin", me.role === "admin");
+  $("nav-sessions").textContent = me.role === "admin" ? "Sessions" : "My sessions";
+  for (const link of document.querySelectorAll(".nav a")) {
+    link.toggleAttribute("inert", Boolean(me.must_enrol_totp) && link.dataset.view !== "account");
+  }
+  if (!me.must_enrol_totp) {
+    await Promise.all([loadHelp().then(updateHelpCount), loadSessions()]).catch(() => {});
+    feed.start();
+  }
+  await route();
+}
+
+function leave(message = "") {
+  feed.stop();
+  closeRequest();
+  state.me = null;
+  state.agents.clear();
+  state.sessions.clear();
+  state.help.clear();
+  setCsrf("");
+  show("login");
+  showLogin(message);
+}
+
+async function stillLoggedIn() {
+  try {
+    await api("GET", "/api/v1/me");
+    return true;
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) {
+      leave("Your session ended. Sign in again.");
+      return false;
+    }
+    return true; // the broker is unreachable: keep trying
   }
 }
 
-function cell(text, className) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
-}
-
-function when(seconds) {
-  return seconds ? new Date(seconds * 1000).toLocaleString() : "never";
-}
-
-function renderMachines() {
-  const filter = document.getElementById("filter").value.trim().toLowerCase();
-  const body = document.getElementById("machines");
-  body.replaceChildren();
-  const rows = state.agents.filter((a) =>
-    !filter || [a.hostname, a.user, a.os].some((v) => String(v).toLowerCase().includes(filter)));
-  for (const agent of rows) {
-    const tr = document.createElement("tr");
-    tr.append(
-      cell(agent.online ? "online" : "offline", agent.online ? "online" : "offline"),
-      cell(agent.hostname), cell(agent.user), cell(agent.os),
-      cell(agent.online ? "now" : when(agent.last_seen)),
-    );
-    body.append(tr);
+function liveState(which) {
+  $("live").dataset.state = which === "resumed" ? "live" : which;
+  $("live-text").textContent = LIVE_TEXT[which] || which;
+  if (which === "resumed") {
+    // Catch up with what happened while the feed was down.
+    Promise.all([loadMachines(), loadHelp(), loadSessions()])
+      .then(() => rerender(state.view))
+      .catch(() => {});
   }
-  document.getElementById("machines-empty").hidden = state.agents.length > 0;
 }
 
-async function loadMachines() {
-  state.agents = await api("GET", "/api/v1/agents");
-  renderMachines();
+function rerender(...views) {
+  if (views.includes(state.view)) VIEWS[state.view].render();
 }
 
-async function enter(user) {
-  const who = document.getElementById("who");
-  who.textContent = `${user.full_name} (${user.role})`;
-  who.hidden = false;
-  document.getElementById("logout").hidden = false;
-  show("machines-view");
-  await loadMachines();
+function onEvent(event) {
+  if (event.type === "agent") {
+    agentChanged(event.agent);
+    rerender("machines", "help");
+  } else if (event.type === "session") {
+    const before = sessionChanged(event.session);
+    rerender("sessions");
+    announce(event.session, before);
+  } else if (event.type === "help_request") {
+    const ticket = event.help_request || event;
+    helpChanged(ticket);
+    updateHelpCount();
+    rerender("help");
+    if (ticket.hostname && !ticket.session_id) toast(`New help request from ${ticket.hostname}.`);
+  }
+}
+
+function announce(session, before) {
+  if (!session || !state.me || session.technician !== state.me.username || before === session.state) return;
+  const host = session.hostname || session.agent_id;
+  const text = {
+    active: `${host}: the user allowed your request.`,
+    denied: `${host}: the user declined your request.`,
+    expired: `${host}: no answer, the request expired.`,
+  }[session.state];
+  if (text) toast(text, session.state === "active" ? "ok" : "info");
+}
+
+async function logout() {
+  await api("POST", "/api/v1/logout").catch(() => {});
+  leave();
 }
 
 async function start() {
-  document.getElementById("login-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const form = new FormData(event.target);
-    const error = document.getElementById("login-error");
-    error.textContent = "";
-    try {
-      const answer = await api("POST", "/api/v1/login",
-        { username: form.get("username"), password: form.get("password") });
-      state.csrf = answer.csrf_token;
-      sessionStorage.setItem("csrf", state.csrf);
-      await enter(answer.user);
-    } catch (e) {
-      error.textContent = e.message;
-    }
-  });
-  document.getElementById("logout").addEventListener("click", async () => {
-    await api("POST", "/api/v1/logout").catch(() => {});
-    sessionStorage.removeItem("csrf");
-    location.reload();
-  });
-  document.getElementById("filter").addEventListener("input", renderMachines);
+  setupLogin(enter);
+  setupMachines();
+  setupRequest(() => rerender("sessions"));
+  setupAudit();
+  setupUsers();
+  setupTokens();
+  setupAccount(() => enter());
+  $("logout").addEventListener("click", logout);
+  window.addEventListener("hashchange", () => route(true));
   try {
-    await enter(await api("GET", "/api/v1/me"));
-  } catch (e) {
-    show("login-view");
+    await enter();
+  } catch {
+    leave();
   }
 }
 

@@ -18,9 +18,13 @@ from starlette.routing import Mount, Route
 from .api import admin as api_admin
 from .api import auth as api_auth
 from .api import enrol as api_enrol
+from .api import events as api_events
 from .api import screen as api_screen
 from .api import sessions as api_sessions
 from .api import terminal as api_terminal
+from .api import tokens as api_tokens
+from .api import totp as api_totp
+from .api import users as api_users
 from .api.base import error_response
 from .console_files import ConsoleFiles
 from .services import Services
@@ -60,6 +64,10 @@ def create_app(svc: Services) -> Wall:
         *api_sessions.routes(),
         *api_terminal.routes(),
         *api_screen.routes(),
+        *api_users.routes(),
+        *api_tokens.routes(),
+        *api_totp.routes(),
+        *api_events.routes(),
         Route("/api/{rest:path}", api_not_found),
         Route("/", index, methods=["GET"]),
         Mount("/", app=ConsoleFiles(directory=WEB_DIR, check_dir=False)),
@@ -69,4 +77,5 @@ def create_app(svc: Services) -> Wall:
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
     app.state.services = svc
+    api_events.publish_agent_changes(svc)
     return Wall(app, lambda: svc.public_url)

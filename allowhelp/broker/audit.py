@@ -87,6 +87,9 @@ EVENT_CODES: dict[str, str] = {
     "broker.started": "AH1901",
     "broker.stopped": "AH1902",
     "request.refused": "AH1903",
+    # console administration (appended: codes above never change)
+    "auth.policy.changed": "AH1007",
+    "token.revoked": "AH1204",
 }
 
 _HASHED = ("seq", "ts", "type", "code", "actor", "target", "details", "prev_hash")

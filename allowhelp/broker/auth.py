@@ -1,7 +1,8 @@
 """Technician login: password check, server-side web sessions, CSRF tokens.
 
 Kept apart from HTTP so the rules (uniform failure, new id at every login,
-audit before the session exists) are plain code the app only calls.
+throttling before any password work, a TOTP code good once, audit before the
+session exists) are plain code the app only calls.
 """
 
 from __future__ import annotations
@@ -18,12 +19,30 @@ from .audit import AuditLog
 from .errors import AuthError
 from .passwords import dummy_hash, verify_password
 from .store import Store, User, WebSession
+from .throttle import LoginThrottle, ThrottlePolicy
+from .totp import looks_like_recovery_code, matching_step, recovery_hash
 
 log = logging.getLogger(__name__)
 
 COOKIE_NAME = "__Host-allowhelp"
 MAX_USERNAME = 64
 MAX_PASSWORD = 1024
+MAX_CODE = 64
+REQUIRE_TOTP = "require_totp"  # policy name; "1" when every user must use TOTP
+
+
+class TotpRequired(AuthError):
+    """The password was right and the account has TOTP: ask for the code."""
+
+
+class TotpRejected(AuthError):
+    """The password was right but the code was wrong or already used."""
+
+
+class LoginThrottled(AuthError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins: try again in {retry_after} s")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,8 @@ class Principal:
 
     user: User
     session: WebSession
+    totp_enrolled: bool = False
+    must_enrol_totp: bool = False  # TOTP is required for all and this user has none yet
 
     @property
     def actor(self) -> str:
@@ -55,36 +76,43 @@ def token_hash(cookie_value: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, store: Store, audit: AuditLog, session_hours: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        session_hours: float,
+        throttle: ThrottlePolicy | None = None,
+    ) -> None:
         self._store = store
         self._audit = audit
         self._lifetime = session_hours * 3600
+        self.throttle = LoginThrottle(throttle)
 
-    async def login(self, username: str, password: str, remote: str) -> LoginResult:
-        """Check the password, audit the outcome, then (and only then) open a session.
+    async def login(
+        self, username: str, password: str, remote: str, code: str | None = None
+    ) -> LoginResult:
+        """Throttle, check the password, then the second factor; audit; open a session.
 
         Unknown user, disabled user and wrong password give one error after
         the same scrypt work, so the answer does not reveal which it was.
         """
         username = username[:MAX_USERNAME]
+        await self._refuse_if_throttled(username, remote)
         user = self._store.user_by_name(username)
         stored = user.password_hash if user is not None else dummy_hash()
         matches = await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
         if user is None or user.disabled or not matches:
             reason = "unknown user" if user is None else "disabled" if user.disabled else "password"
-            await self._audit.write(
-                "auth.login.failed",
-                actor=f"anonymous@{remote}",
-                target=username,
-                details={"reason": reason, "remote": remote},
-            )
+            await self._failed(username, remote, reason)
             raise AuthError("wrong username or password")
+        factor = await self._second_factor(user, remote, code)
         await self._audit.write(
             "auth.login.ok",
             actor=f"{user.role}:{user.username}",
             target=user.username,
-            details={"remote": remote},
+            details={"remote": remote, "second_factor": factor},
         )
+        self.throttle.succeeded(username, remote)
         cookie_value = secrets.token_urlsafe(32)
         now = time.time()
         session = WebSession(
@@ -97,6 +125,49 @@ class Authenticator:
         self._store.add_web_session(session, remote)
         return LoginResult(cookie_value, session.csrf_token, user, session.expires)
 
+    async def _refuse_if_throttled(self, username: str, remote: str) -> None:
+        lock = self.throttle.attempt(username, remote)
+        if lock is None:
+            return
+        if lock.first:  # one record per lock, not one per guess
+            await self._audit.write(
+                "auth.login.throttled",
+                actor=f"anonymous@{remote}",
+                target=username,
+                details={"scope": lock.scope, "remote": remote, "retry_after": lock.retry_after},
+            )
+        raise LoginThrottled(lock.retry_after)
+
+    async def _failed(self, username: str, remote: str, reason: str) -> None:
+        """The attempt stays counted by the throttle; say so in the audit log."""
+        await self._audit.write(
+            "auth.login.failed",
+            actor=f"anonymous@{remote}",
+            target=username,
+            details={"reason": reason, "remote": remote},
+        )
+
+    async def _second_factor(self, user: User, remote: str, code: str | None) -> str:
+        """How the user proved it: none, totp or recovery; raises when a needed code fails."""
+        secret = self._store.totp(user.id).secret
+        if secret is None:
+            return "none"
+        if not code:
+            self.throttle.refund(user.username, remote)  # a right password is no failure
+            raise TotpRequired("enter the 6-digit code from your authenticator app")
+        code = code.strip()[:MAX_CODE]
+        if looks_like_recovery_code(code):
+            if self._store.use_recovery_code(user.id, recovery_hash(code)):
+                return "recovery"
+            reason = "recovery code"
+        else:
+            step = matching_step(secret, code)
+            if step is not None and self._store.use_totp_step(user.id, step):
+                return "totp"
+            reason = "totp" if step is None else "totp reused"
+        await self._failed(user.username, remote, reason)
+        raise TotpRejected("wrong or already used code")
+
     def principal(self, cookie_value: str | None) -> Principal | None:
         if not cookie_value or len(cookie_value) > 100:
             return None
@@ -106,7 +177,9 @@ class Authenticator:
         user = self._store.user_by_id(session.user_id)
         if user is None or user.disabled:
             return None
-        return Principal(user, session)
+        enrolled = self._store.totp(user.id).secret is not None
+        required = self._store.policy(REQUIRE_TOTP) == "1"
+        return Principal(user, session, enrolled, required and not enrolled)
 
     async def logout(self, principal: Principal, remote: str) -> None:
         await self._audit.write(

@@ -22,6 +22,7 @@ Event = Mapping[str, object]
 class Subscriber:
     username: str
     is_admin: bool
+    web_session: str = ""  # the hash of the cookie that opened it: logout closes it
     queue: asyncio.Queue[Event | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE)
     )
@@ -37,8 +38,8 @@ class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
 
-    def subscribe(self, username: str, is_admin: bool) -> Subscriber:
-        subscriber = Subscriber(username, is_admin)
+    def subscribe(self, username: str, is_admin: bool, web_session: str = "") -> Subscriber:
+        subscriber = Subscriber(username, is_admin, web_session)
         self._subscribers.add(subscriber)
         return subscriber
 
@@ -66,3 +67,19 @@ class EventHub:
 
     def count(self) -> int:
         return len(self._subscribers)
+
+    def close_web_session(self, web_session: str) -> int:
+        """Logout: the sockets that cookie opened are closed (the reader sees None)."""
+        return self._close([s for s in self._subscribers if s.web_session == web_session])
+
+    def close_user(self, username: str) -> int:
+        """A disabled user or a changed role: every socket of theirs is closed."""
+        return self._close([s for s in self._subscribers if s.username == username])
+
+    def _close(self, subscribers: list[Subscriber]) -> int:
+        for subscriber in subscribers:
+            self._subscribers.discard(subscriber)
+            while not subscriber.queue.empty():
+                subscriber.queue.get_nowait()
+            subscriber.queue.put_nowait(None)
+        return len(subscribers)

@@ -8,18 +8,39 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..auth import COOKIE_NAME
-from .base import ApiError, api, json_body, remote_of, require, services
+from ..auth import (
+    COOKIE_NAME,
+    REQUIRE_TOTP,
+    LoginThrottled,
+    Principal,
+    TotpRejected,
+    TotpRequired,
+    token_hash,
+)
+from .base import ApiError, api, error_response, json_body, remote_of, require, services
 
 
 @api
 async def login(request: Request) -> Response:
     body = await json_body(request)
     username, password = body.get("username"), body.get("password")
+    code = body.get("totp")
     if not isinstance(username, str) or not isinstance(password, str):
         raise ApiError(400, "bad_request", "username and password are required strings")
+    if code is not None and not isinstance(code, str):
+        raise ApiError(400, "bad_request", "totp must be a string")
     svc = services(request)
-    result = await svc.auth.login(username, password, remote_of(request))
+    try:
+        result = await svc.auth.login(username, password, remote_of(request), code or None)
+    except LoginThrottled as exc:
+        answer = error_response(429, "throttled", str(exc))
+        answer.headers["retry-after"] = str(exc.retry_after)
+        return answer
+    except TotpRequired as exc:
+        raise ApiError(401, "totp_required", str(exc)) from exc
+    except TotpRejected as exc:
+        raise ApiError(401, "invalid_totp", str(exc)) from exc
+    _forget_old_session(request)
     response = JSONResponse(
         {
             "csrf_token": result.csrf_token,
@@ -42,19 +63,44 @@ async def login(request: Request) -> Response:
     return response
 
 
+def _forget_old_session(request: Request) -> None:
+    """Rotation: the cookie the browser had before this login stops working."""
+    old = request.cookies.get(COOKIE_NAME)
+    if old and len(old) <= 100:
+        svc = services(request)
+        svc.store.delete_web_session(token_hash(old))
+        svc.events.close_web_session(token_hash(old))
+
+
 @api
 async def logout(request: Request) -> Response:
-    principal = require(request)
-    await services(request).auth.logout(principal, remote_of(request))
+    principal = require(request, enrolling=True)
+    svc = services(request)
+    await svc.auth.logout(principal, remote_of(request))
+    svc.events.close_web_session(principal.session.token_hash)
     response = JSONResponse({"ok": True})
     response.delete_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
     return response
 
 
+def me_json(request: Request, principal: Principal) -> dict[str, object]:
+    user = principal.user
+    return {
+        "username": user.username,
+        "full_name": user.full_name,
+        "role": user.role,
+        "totp_enrolled": principal.totp_enrolled,
+        "must_enrol_totp": principal.must_enrol_totp,
+        "require_totp": services(request).store.policy(REQUIRE_TOTP) == "1",
+        # Same-origin pages (a session page opened in a new tab) read it here;
+        # other sites cannot read this answer, so it stays a secret to them.
+        "csrf_token": principal.session.csrf_token,
+    }
+
+
 @api
 async def me(request: Request) -> Response:
-    user = require(request).user
-    return JSONResponse({"username": user.username, "full_name": user.full_name, "role": user.role})
+    return JSONResponse(me_json(request, require(request, enrolling=True)))
 
 
 def routes() -> list[BaseRoute]:
