@@ -101,8 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="udp://HOST:PORT|tcp://HOST:PORT",
         help="also forward every audit event to this syslog collector",
     )
-    serve.add_argument("--consent-timeout", type=float, default=60.0, metavar="SECONDS",
-                       help="how long the PC user has to answer a request (default 60)")
+    serve.add_argument(
+        "--consent-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the PC user has to answer a request (default 60)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="manage technicians and admins")
