@@ -51,6 +51,11 @@ class AgentRegistry:
         self._notify(agent_id, False)
         return True
 
+    def changed(self, agent_id: str) -> None:
+        """What is known about a live agent changed (it said hello): tell listeners."""
+        if agent_id in self._live:
+            self._notify(agent_id, True)
+
     def get(self, agent_id: str) -> LiveAgent | None:
         return self._live.get(agent_id)
 

@@ -246,6 +246,7 @@ class SessionRegistry:
                 user=plain_text(message.user, 64),
                 version=plain_text(message.version, 32),
             )
+            self._agents.changed(agent_id)
         else:
             log.warning("agent=%s sent a %s, which agents may not send", agent_id, message.type)
 
