@@ -18,6 +18,7 @@ import asyncssh
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from allowhelp.protocol.control import EndReason
+from allowhelp.protocol.text import plain_text
 
 from .recording import AsciicastRecorder
 
@@ -28,33 +29,58 @@ LOW_WATER = 64 * 1024
 MAX_FRAME = 64 * 1024
 MAX_CONTROL = 4096
 SHELL_WINDOW = 256 * 1024
+MAX_STDERR = 4096
 
 
-class _ChannelSide(asyncssh.SSHClientSession[bytes]):
-    """Collects what the agent sends, and tells the relay when the channel goes."""
+class ChannelInbox(asyncssh.SSHClientSession[bytes]):
+    """The agent's side of one channel: data queued for the browser, stderr kept apart.
 
-    def __init__(self) -> None:
+    Reading stops above ``high`` queued bytes and resumes below ``low``: that
+    is what makes a slow browser slow the PC down instead of filling memory.
+    The agent reports a channel that cannot start on stderr and exit status;
+    that text never reaches the browser as data and becomes the failure reason.
+    """
+
+    def __init__(self, *, high: int, low: int, what: str) -> None:
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.queued = 0
+        self.stderr = bytearray()
         self.exit_status: int | None = None
         self.closed_by: Exception | None = None
         self.writable = asyncio.Event()
         self.writable.set()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._high, self._low, self._what = high, low, what
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr += data[: max(0, MAX_STDERR - len(self.stderr))]
+            return
         self.outbox.put_nowait(data)
         self.queued += len(data)
-        if self.queued > HIGH_WATER and self.chan is not None:
+        if self.queued > self._high and self.chan is not None:
             self.chan.pause_reading()
 
-    def taken(self, size: int) -> None:
+    async def take(self, limit: int) -> bytes | None:
+        """Everything queued, up to about ``limit`` bytes in one frame; None at the end."""
+        data = await self.outbox.get()
+        if data is None:
+            return None
+        chunks, size = [data], len(data)
+        while size < limit and not self.outbox.empty():
+            more = self.outbox.get_nowait()
+            if more is None:
+                self.outbox.put_nowait(None)
+                break
+            chunks.append(more)
+            size += len(more)
         self.queued -= size
-        if self.queued < LOW_WATER and self.chan is not None:
+        if self.queued < self._low and self.chan is not None:
             self.chan.resume_reading()
+        return b"".join(chunks)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -69,6 +95,22 @@ class _ChannelSide(asyncssh.SSHClientSession[bytes]):
         self.closed_by = exc
         self.writable.set()
         self.outbox.put_nowait(None)
+
+    @property
+    def agent_lost(self) -> bool:
+        return isinstance(self.closed_by, (asyncssh.ConnectionLost, asyncssh.DisconnectError))
+
+    def failure(self) -> str | None:
+        """What the agent said went wrong, if anything."""
+        text = " ".join(
+            plain_text(line, 300) for line in self.stderr.decode("utf-8", "replace").splitlines()
+        ).strip()
+        text = text.removeprefix("allowhelp:").strip()
+        if text:
+            return text[:300]
+        if self.exit_status not in (None, 0) and self.queued == 0 and not self.outbox.qsize():
+            return f"the {self._what} stopped (status {self.exit_status})"
+        return None
 
 
 @dataclass
@@ -88,11 +130,12 @@ class TerminalRelay:
         self._ws = websocket
         self._recorder = recorder
         self.traffic = RelayStats(recording=recorder.path.name)
-        self._side = _ChannelSide()
+        self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="shell")
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.end_reason: EndReason | None = None
+        self.failure: str | None = None
 
-    def factory(self) -> _ChannelSide:
+    def factory(self) -> ChannelInbox:
         return self._side
 
     async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> EndReason:
@@ -110,31 +153,20 @@ class TerminalRelay:
         return "technician" if up in done else self._why_channel_ended()
 
     def _why_channel_ended(self) -> EndReason:
+        self.failure = self._side.failure() if self._side.stderr else None
+        if self.failure is not None:
+            return "error"
         if self._side.exit_status is not None:
             return "shell_exited"
-        if isinstance(self._side.closed_by, (asyncssh.ConnectionLost, asyncssh.DisconnectError)):
+        if self._side.agent_lost:
             return "agent_lost"
         return "user"  # the agent closes a granted channel when its user ends it
 
     async def _agent_to_browser(self) -> None:
-        while True:
-            data = await self._side.outbox.get()
-            if data is None:
-                return
-            chunks = [data]
-            size = len(data)
-            while size < MAX_FRAME and not self._side.outbox.empty():
-                more = self._side.outbox.get_nowait()
-                if more is None:
-                    self._side.outbox.put_nowait(None)
-                    break
-                chunks.append(more)
-                size += len(more)
-            payload = b"".join(chunks)
+        while (payload := await self._side.take(MAX_FRAME)) is not None:
             self._recorder.output(payload)
-            self.traffic.from_agent += size
+            self.traffic.from_agent += len(payload)
             await self._ws.send_bytes(payload)
-            self._side.taken(size)
 
     async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         while True:

@@ -23,9 +23,8 @@ import asyncssh
 from starlette.websockets import WebSocket
 
 from allowhelp.protocol.control import EndReason
-from allowhelp.protocol.text import plain_text
 
-from .relay import RelayStats
+from .relay import ChannelInbox, RelayStats
 from .rfb import ClientFilter, RfbError, RfbTooLarge, ServerChecker
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,6 @@ HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 MAX_FRAME = 256 * 1024
 MAX_INPUT_FRAME = 512 * 1024
-MAX_STDERR = 4096
 HANDSHAKE_TIMEOUT = 20.0
 
 NORMAL, POLICY, UNSUPPORTED, TOO_BIG, INTERNAL = 1000, 1008, 1003, 1009, 1011
@@ -58,75 +56,18 @@ class Failed(Exception):
         self.outcome = outcome
 
 
-class _ScreenChannel(asyncssh.SSHClientSession[bytes]):
-    """The agent's side: RFB bytes queued for the browser, stderr kept apart."""
-
-    def __init__(self) -> None:
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.queued = 0
-        self.stderr = bytearray()
-        self.exit_status: int | None = None
-        self.closed_by: Exception | None = None
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
-        self.chan = chan
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            self.stderr += data[: max(0, MAX_STDERR - len(self.stderr))]
-            return
-        self.outbox.put_nowait(data)
-        self.queued += len(data)
-        if self.queued > HIGH_WATER and self.chan is not None:
-            self.chan.pause_reading()
-
-    def taken(self, size: int) -> None:
-        self.queued -= size
-        if self.queued < LOW_WATER and self.chan is not None:
-            self.chan.resume_reading()
-
-    def exit_status_received(self, status: int) -> None:
-        self.exit_status = status
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed_by = exc
-        self.writable.set()
-        self.outbox.put_nowait(None)
-
-    def failure(self) -> str | None:
-        """What the agent said went wrong, if anything."""
-        text = " ".join(
-            plain_text(line, 300) for line in self.stderr.decode("utf-8", "replace").splitlines()
-        ).strip()
-        text = text.removeprefix("allowhelp:").strip()
-        if text:
-            return text[:300]
-        if self.exit_status not in (None, 0):
-            return f"the screen sharer stopped (status {self.exit_status})"
-        return None
-
-
 class ScreenRelay:
     """One technician WebSocket ↔ one screen channel, until either side ends."""
 
     def __init__(self, websocket: WebSocket, *, view_only: bool) -> None:
         self._ws = websocket
-        self._side = _ScreenChannel()
+        self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="screen sharer")
         self._client = ClientFilter(view_only=view_only)
         self._server = ServerChecker()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.traffic = RelayStats()
 
-    def factory(self) -> _ScreenChannel:
+    def factory(self) -> ChannelInbox:
         return self._side
 
     @property
@@ -164,7 +105,7 @@ class ScreenRelay:
         failure = self._side.failure()
         if failure is not None:
             return Outcome("error", failure, INTERNAL)
-        if isinstance(self._side.closed_by, (asyncssh.ConnectionLost, asyncssh.DisconnectError)):
+        if self._side.agent_lost:
             return Outcome("agent_lost")
         if not self._server.ready:
             return Outcome("error", "the PC closed the screen before it showed anything", INTERNAL)
@@ -179,26 +120,15 @@ class ScreenRelay:
         await asyncio.Event().wait()  # keep running: only the other two end the relay
 
     async def _agent_to_browser(self) -> None:
-        while True:
-            data = await self._side.outbox.get()
-            if data is None:
-                return
-            chunks, size = [data], len(data)
-            while size < MAX_FRAME and not self._side.outbox.empty():
-                more = self._side.outbox.get_nowait()
-                if more is None:
-                    self._side.outbox.put_nowait(None)
-                    break
-                chunks.append(more)
-                size += len(more)
+        while (data := await self._side.take(MAX_FRAME)) is not None:
+            size = len(data)
             try:
-                payload = self._server.feed(b"".join(chunks))
+                payload = self._server.feed(data)
             except RfbError as exc:
                 raise Failed(Outcome("error", f"bad screen stream: {exc}", INTERNAL)) from exc
             self.traffic.from_agent += size
             if payload:
                 await self._ws.send_bytes(payload)
-            self._side.taken(size)
 
     async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         while True:

@@ -80,6 +80,7 @@ async def _relay_shell(
             OPEN_TIMEOUT,
         )
         reason = await relay.run(chan)
+        failure = relay.failure
     except (TunnelError, AuditUnavailable) as exc:
         failure = str(exc)
     except TimeoutError:
