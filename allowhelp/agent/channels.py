@@ -14,6 +14,7 @@ agent forwarding, every TCP/UNIX forwarding, and password logins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -173,20 +174,15 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             log.error("session=%s could not start its %s: %s", session_id, kind, exc)
             # Accept the request first, then say why and close: closing inside
             # this callback would leave the broker waiting for a reply forever.
-            message = f"allowhelp: the {kind} could not start: {exc}\r\n".encode()
-            asyncio.get_running_loop().call_soon(self._fail, message)
+            asyncio.get_running_loop().call_soon(self.finish, 1, str(exc))
         return True
-
-    def _fail(self, message: bytes) -> None:
-        self.chan.write_stderr(message)
-        self.chan.exit(1)
 
     def _start(self, kind: str) -> Backend:
         if kind == "shell":
             if not self._has_pty:
                 raise RuntimeError("a shell needs a terminal (pty-req)")
             cols, rows = self._size
-            return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self._exited)
+            return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self.finish)
         if self._server._screen is None or self.grant is None:
             raise RuntimeError("this agent cannot share its screen")
         return self._server._screen(self, self.grant)
@@ -215,10 +211,17 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
     def resume_reading(self) -> None:
         self.chan.resume_reading()
 
-    def _exited(self, status: int) -> None:
+    def finish(self, status: int, error: str | None = None) -> None:
+        """The backend ended or could not start: say why (on stderr, which the
+        broker keeps apart from the data), send the exit status, then release
+        the grant — in that order, so the broker can tell the three cases apart."""
         self._backend = None
-        # Exit status first, so the broker can tell "the shell ended" from "revoked".
-        self.chan.exit(status if 0 <= status < 256 else 1)
+        if self._chan is None or self._chan.is_closing():
+            return
+        if error:
+            with contextlib.suppress(BrokenPipeError):
+                self._chan.write_stderr(f"allowhelp: {error}\r\n".encode())
+        self._chan.exit(status if 0 <= status < 256 else 1)
         if self.grant is not None:
             self._service.release(self.grant.session_id)
 

@@ -8,7 +8,6 @@ without bound, and Ctrl-C still reaches the PTY because input has its own path.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import logging
@@ -19,12 +18,11 @@ import struct
 import subprocess
 import termios
 from collections.abc import Callable
-from typing import Protocol
+
+from .fdbridge import FdBridge, Output
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 64 * 1024
-MAX_PENDING_INPUT = 256 * 1024
 MIN_COLS, MAX_COLS = 2, 1000
 MIN_ROWS, MAX_ROWS = 1, 500
 KEEP_ENV = (
@@ -36,16 +34,6 @@ KEEP_ENV = (
     "XAUTHORITY",
     "DBUS_SESSION_BUS_ADDRESS",
 )
-
-
-class Output(Protocol):
-    """Where the shell's output goes (the SSH channel)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 def clamp_size(cols: int, rows: int) -> tuple[int, int]:
@@ -79,7 +67,6 @@ class PtyShell:
     ) -> None:
         self._output = output
         self._on_exit = on_exit
-        self._loop = asyncio.get_running_loop()
         argv, env, home = shell_environment(term)
         self._master, slave = os.openpty()
         self.resize(cols, rows)
@@ -97,65 +84,22 @@ class PtyShell:
             )
         finally:
             os.close(slave)
-        os.set_blocking(self._master, False)
-        self._pending = bytearray()
-        self._reading = True
-        self._closed = False
-        self._loop.add_reader(self._master, self._readable)
+        self._bridge = FdBridge(self._master, output, self._finish)
         log.info("shell pid=%d started (%s)", self._proc.pid, argv[0])
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._master, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # EIO: the shell and everything on the terminal are gone
-        if not data:
-            self._finish()
-            return
-        self._output.write(data)
-
     def pause(self) -> None:
         """The channel is full: stop reading so the shell blocks on its own output."""
-        if self._reading and not self._closed:
-            self._loop.remove_reader(self._master)
-            self._reading = False
+        self._bridge.pause()
 
     def resume(self) -> None:
-        if not self._reading and not self._closed:
-            self._loop.add_reader(self._master, self._readable)
-            self._reading = True
+        self._bridge.resume()
 
     def write(self, data: bytes) -> None:
-        if self._closed:
-            return
-        self._pending += data
-        self._flush()
-        if len(self._pending) > MAX_PENDING_INPUT:
-            self._output.pause_reading()
-
-    def _flush(self) -> None:
-        try:
-            written = os.write(self._master, self._pending) if self._pending else 0
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self._pending.clear()
-            return
-        del self._pending[:written]
-        if self._pending:
-            self._loop.add_writer(self._master, self._writable)
-        else:
-            self._output.resume_reading()
-
-    def _writable(self) -> None:
-        self._loop.remove_writer(self._master)
-        self._flush()
+        self._bridge.write(data)
 
     def resize(self, cols: int, rows: int) -> None:
         cols, rows = clamp_size(cols, rows)
@@ -168,12 +112,9 @@ class PtyShell:
 
     def close(self) -> int:
         """Hang up the terminal and make sure nothing started here survives."""
-        if self._closed:
+        if self._bridge.closed:
             return self._proc.returncode if self._proc.returncode is not None else -1
-        self._closed = True
-        if self._reading:
-            self._loop.remove_reader(self._master)
-        self._loop.remove_writer(self._master)
+        self._bridge.stop()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGHUP)
         with contextlib.suppress(OSError):

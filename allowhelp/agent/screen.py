@@ -52,9 +52,11 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING
 
 from allowhelp.protocol.text import plain_text
+
+from .fdbridge import FdBridge, Output
 
 if TYPE_CHECKING:
     from .channels import Backend, GatedChannel
@@ -64,8 +66,6 @@ log = logging.getLogger(__name__)
 
 TEST_COMMAND_ENV = "ALLOWHELP_TEST_SCREEN_COMMAND"
 X11VNC = "x11vnc"
-READ_SIZE = 64 * 1024
-MAX_PENDING_INPUT = 256 * 1024
 STDERR_TAIL = 16 * 1024
 TERM_GRACE = 2.0
 KEEP_ENV = ("DISPLAY", "XAUTHORITY", "HOME", "USER", "LOGNAME", "PATH", "LANG", "LC_ALL")
@@ -73,16 +73,6 @@ KEEP_ENV = ("DISPLAY", "XAUTHORITY", "HOME", "USER", "LOGNAME", "PATH", "LANG", 
 
 class ScreenUnavailable(RuntimeError):
     """This PC cannot share its screen; the message says why, for the technician."""
-
-
-class Output(Protocol):
-    """Where the RFB bytes go (the SSH channel)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 def display_problem(env: Mapping[str, str]) -> str | None:
@@ -186,12 +176,8 @@ class ScreenProcess:
         self._stderr_file: IO[bytes] = stderr
         self._stderr = stderr.fileno()
         os.set_blocking(self._stderr, False)
-        self._sock.setblocking(False)
         self._tail = bytearray()
-        self._pending = bytearray()
-        self._reading = True
-        self._closed = False
-        self._loop.add_reader(self._sock, self._readable)
+        self._bridge = FdBridge(self._sock.fileno(), output, self._finish)
         self._loop.add_reader(self._stderr, self._stderr_readable)
         log.info("screen pid=%d started (%s)", self._proc.pid, os.path.basename(argv[0]))
 
@@ -199,21 +185,9 @@ class ScreenProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    def _readable(self) -> None:
-        try:
-            data = self._sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._finish()
-            return
-        self._output.write(data)
-
     def _stderr_readable(self) -> None:
         try:
-            data = os.read(self._stderr, READ_SIZE)
+            data = os.read(self._stderr, STDERR_TAIL)
         except BlockingIOError:
             return
         except OSError:
@@ -226,43 +200,16 @@ class ScreenProcess:
 
     def pause(self) -> None:
         """The channel is full: stop reading, so x11vnc waits on its socket."""
-        if self._reading and not self._closed:
-            self._loop.remove_reader(self._sock)
-            self._reading = False
+        self._bridge.pause()
 
     def resume(self) -> None:
-        if not self._reading and not self._closed:
-            self._loop.add_reader(self._sock, self._readable)
-            self._reading = True
+        self._bridge.resume()
 
     def resize(self, cols: int, rows: int) -> None:
         """A screen has no terminal size."""
 
     def write(self, data: bytes) -> None:
-        if self._closed:
-            return
-        self._pending += data
-        self._flush()
-        if len(self._pending) > MAX_PENDING_INPUT:
-            self._output.pause_reading()
-
-    def _flush(self) -> None:
-        try:
-            sent = self._sock.send(self._pending) if self._pending else 0
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._pending.clear()
-            return
-        del self._pending[:sent]
-        if self._pending:
-            self._loop.add_writer(self._sock, self._writable)
-        else:
-            self._output.resume_reading()
-
-    def _writable(self) -> None:
-        self._loop.remove_writer(self._sock)
-        self._flush()
+        self._bridge.write(data)
 
     def _finish(self) -> None:
         """The program closed its end: it is exiting (viewer gone, or it failed)."""
@@ -274,11 +221,9 @@ class ScreenProcess:
 
     def close(self) -> int:
         """Stop the program and everything it started; safe to call again."""
-        if self._closed:
+        if self._bridge.closed:
             return self._proc.returncode if self._proc.returncode is not None else -1
-        self._closed = True
-        self._loop.remove_reader(self._sock)
-        self._loop.remove_writer(self._sock)
+        self._bridge.stop()
         self._loop.remove_reader(self._stderr)
         self._sock.close()  # x11vnc sees its viewer leave and cleans up (key autorepeat)
         status = self._stop_group()
@@ -302,63 +247,19 @@ class ScreenProcess:
             os.killpg(self._proc.pid, sig)
 
 
-class ScreenRefusal:
-    """A screen that cannot start: once the channel is open, say why and exit 1.
-
-    Deferred on purpose: the broker's channel request must get its answer
-    first, or it never learns the reason (a channel closed while its subsystem
-    request is pending leaves that request unanswered).
-    """
-
-    def __init__(self, report: Callable[[], None]) -> None:
-        self._closed = False
-        self._report = report
-        asyncio.get_running_loop().call_soon(self._send)
-
-    def _send(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._report()
-
-    def write(self, data: bytes) -> None:
-        """Nothing to write to."""
-
-    def pause(self) -> None:
-        """Nothing to pause."""
-
-    def resume(self) -> None:
-        """Nothing to resume."""
-
-    def resize(self, cols: int, rows: int) -> None:
-        """A screen has no terminal size."""
-
-    def close(self) -> int:
-        self._closed = True
-        return 1
-
-
 def screen_factory(channel: GatedChannel, grant: Grant) -> Backend:
     """``ScreenFactory`` for ``AgentTunnel``: the x11vnc (or test program) for a grant."""
 
     def exited(status: int, stderr: bytes) -> None:
-        if status != 0:
-            fail(explain_exit(status, stderr), status)
-        else:
-            channel.chan.exit(0)
-            channel._exited(0)  # releases the grant
+        error = explain_exit(status, stderr) if status != 0 else None
+        if error:
+            log.error("session=%s screen failed: %s", grant.session_id, error)
+        channel.finish(status, error)
 
-    def fail(message: str, status: int = 1) -> None:
-        log.error("session=%s screen failed: %s", grant.session_id, message)
-        with contextlib.suppress(BrokenPipeError):  # the broker may be closing it already
-            channel.chan.write_stderr(f"allowhelp: {message}\r\n".encode())
-        channel.chan.exit(status if 0 < status < 256 else 1)
-        channel._exited(status)
-
+    argv = screen_command(os.environ, view_only=grant.view_only)  # ScreenUnavailable
     try:
-        argv = screen_command(os.environ, view_only=grant.view_only)
         return ScreenProcess(channel, argv, child_environment(os.environ), exited)
-    except ScreenUnavailable as exc:
-        message = str(exc)
     except OSError as exc:
-        message = f"the screen sharer could not start: {exc.strerror or exc}"
-    return ScreenRefusal(lambda: fail(message))
+        raise ScreenUnavailable(
+            f"the screen sharer could not start: {exc.strerror or exc}"
+        ) from exc
