@@ -1,0 +1,45 @@
+"""The broker's SQLite store: users, web sessions, enrolment tokens, agents,
+sessions and help requests.
+
+One file in the data folder, WAL mode, schema versions applied in order at open.
+The audit log lives in its own file (see ``audit``) so a full audit disk refuses
+actions without corrupting this one, and this one can be restored from backup
+without touching the evidence.
+
+Every sqlite3 error is translated into ``StoreError`` here, so no library error
+travels further up.
+"""
+
+from __future__ import annotations
+
+from .fleet import FleetStore
+from .people import PeopleStore
+from .records import (
+    ROLES,
+    AgentRecord,
+    HelpTicket,
+    Role,
+    TokenSummary,
+    TotpState,
+    User,
+    UserSummary,
+    WebSession,
+)
+from .sessions import SessionStore
+
+__all__ = [
+    "ROLES",
+    "AgentRecord",
+    "HelpTicket",
+    "Role",
+    "Store",
+    "TokenSummary",
+    "TotpState",
+    "User",
+    "UserSummary",
+    "WebSession",
+]
+
+
+class Store(PeopleStore, FleetStore, SessionStore):
+    """Typed access to the broker database; callers never see SQL or sqlite3."""

@@ -1,0 +1,69 @@
+"""The store's connection: WAL mode, versioned migrations, transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from ..errors import StoreError
+from .migrations import MIGRATIONS
+
+
+class StoreCore:
+    """The connection, the schema and the one place sqlite3 errors become StoreError."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Self:
+        try:
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            store = cls(conn, path)
+            store._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the broker database {path}: {exc}") from exc
+        path.chmod(0o600)
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database {self.path} has schema version {version}, newer than this "
+                f"allowhelp ({len(MIGRATIONS)}): upgrade allowhelp"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;{script};PRAGMA user_version={number};COMMIT;"
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(self._conn.execute(sql, args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc

@@ -1,0 +1,120 @@
+"""Enrolment tokens and agents."""
+
+from __future__ import annotations
+
+import time
+
+from .core import StoreCore
+from .records import AgentRecord, TokenSummary, agent_from_row
+
+
+class FleetStore(StoreCore):
+    # enrolment tokens
+
+    def add_enrol_token(self, secret_hash: str, expires: float, uses: int, created_by: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO enrol_tokens (secret_hash, created, expires, uses_left, created_by)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (secret_hash, time.time(), expires, uses, created_by),
+            )
+
+    def consume_enrol_token(self, secret_hash: str, now: float) -> str | None:
+        """Use one use of a token atomically; ``None`` when it is usable, else why not.
+
+        Checking and decrementing in one transaction is what makes a
+        single-use token single-use even when two agents race with it.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT expires, uses_left FROM enrol_tokens WHERE secret_hash = ?",
+                (secret_hash,),
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            if row["uses_left"] <= 0:
+                return "used"
+            if row["expires"] < now:
+                return "expired"
+            db.execute(
+                "UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE secret_hash = ?",
+                (secret_hash,),
+            )
+            return None
+
+    # agents
+
+    def upsert_agent(self, agent: AgentRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO agents (id, public_key, hostname, os, username, version, enrolled,"
+                " last_seen, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+                " ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname,"
+                " os = excluded.os, username = excluded.username, version = excluded.version,"
+                " enrolled = excluded.enrolled, removed = 0",
+                (
+                    agent.id,
+                    agent.public_key,
+                    agent.hostname,
+                    agent.os,
+                    agent.username,
+                    agent.version,
+                    agent.enrolled,
+                    agent.last_seen,
+                ),
+            )
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        rows = self._query("SELECT * FROM agents WHERE id = ?", (agent_id,))
+        return agent_from_row(rows[0]) if rows else None
+
+    def agent_by_key(self, public_key: str) -> AgentRecord | None:
+        rows = self._query("SELECT * FROM agents WHERE public_key = ?", (public_key,))
+        return agent_from_row(rows[0]) if rows else None
+
+    def agents(self) -> list[AgentRecord]:
+        return [agent_from_row(r) for r in self._query("SELECT * FROM agents WHERE removed = 0")]
+
+    def update_agent_info(
+        self, agent_id: str, hostname: str, os: str, user: str, version: str
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE agents SET hostname = ?, os = ?, username = ?, version = ? WHERE id = ?",
+                (hostname, os, user, version, agent_id),
+            )
+
+    def touch_agent(self, agent_id: str, when: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
+
+    def enrol_tokens(self) -> list[TokenSummary]:
+        rows = self._query("SELECT * FROM enrol_tokens ORDER BY created DESC")
+        return [
+            TokenSummary(
+                r["secret_hash"][:12],
+                r["created"],
+                r["expires"],
+                r["uses_left"],
+                r["created_by"],
+                r["revoked"],
+            )
+            for r in rows
+        ]
+
+    def revoke_enrol_token(self, token_id: str, now: float) -> bool:
+        """Revoked tokens also expire, so enrolment refuses them like any stale token."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE enrol_tokens SET revoked = ?, expires = min(expires, ?)"
+                " WHERE substr(secret_hash, 1, 12) = ? AND revoked IS NULL",
+                (now, now - 1, token_id),
+            )
+            return cur.rowcount >= 1
+
+    def remove_agent(self, agent_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE agents SET removed = 1 WHERE id = ? AND removed = 0", (agent_id,)
+            )
+            return cur.rowcount == 1

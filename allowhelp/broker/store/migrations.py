@@ -1,0 +1,88 @@
+"""Schema versions of broker.sqlite3, applied in order when the store opens."""
+
+from __future__ import annotations
+
+# Each entry moves the schema from version N to N+1. Never edit a shipped entry:
+# append a new one, because installed brokers have already run the old ones.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        full_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'technician')),
+        password_hash TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf_token TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        remote TEXT NOT NULL
+    );
+    CREATE TABLE enrol_tokens (
+        secret_hash TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        uses_left INTEGER NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL UNIQUE,
+        hostname TEXT NOT NULL,
+        os TEXT NOT NULL,
+        username TEXT NOT NULL,
+        version TEXT NOT NULL,
+        enrolled REAL NOT NULL,
+        last_seen REAL,
+        removed INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('shell', 'screen')),
+        reason TEXT NOT NULL,
+        phrase TEXT NOT NULL,
+        state TEXT NOT NULL,
+        view_only INTEGER NOT NULL DEFAULT 0,
+        help_code TEXT,
+        created REAL NOT NULL,
+        decided REAL,
+        started REAL,
+        ended REAL,
+        end_reason TEXT,
+        bytes_to_agent INTEGER NOT NULL DEFAULT 0,
+        bytes_from_agent INTEGER NOT NULL DEFAULT 0,
+        recording TEXT,
+        recording_sha256 TEXT
+    );
+    CREATE INDEX sessions_by_technician ON sessions (technician, created);
+    CREATE TABLE help_requests (
+        code TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        session_id TEXT
+    );
+    """,
+    """
+    ALTER TABLE users ADD COLUMN totp_secret TEXT;
+    ALTER TABLE users ADD COLUMN totp_pending TEXT;
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE recovery_codes (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        PRIMARY KEY (user_id, code_hash)
+    );
+    ALTER TABLE enrol_tokens ADD COLUMN revoked REAL;
+    CREATE TABLE policy (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
