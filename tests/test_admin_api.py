@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from wallkit import Console, enrol_totp
 
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli, online, wait_for
+from wallkit import Console, enrol_totp
 
 ADMIN_ONLY = [
     ("GET", "/api/v1/users"),

@@ -11,32 +11,24 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from wallkit import COOKIE, Console, enrol_totp
 
 from allowhelp.broker import totp
 from allowhelp.certs.sshkeys import agent_id_for, public_key_line
 from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import CONTROL_SUBSYSTEM
+from browserkit import ARTIFACTS as SHARED_ARTIFACTS
+from browserkit import CHROMIUM, CHROMIUM_ARGS
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet
+from wallkit import COOKIE, Console, enrol_totp
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "console"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+ARTIFACTS = SHARED_ARTIFACTS / "console"
 HOSTILE = {
     "hostname": "<img src=x onerror=alert(1)>",
     "os": "<script>alert(2)</script>",

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from xdesk import Xvfb, alive, cmdline, missing_tools
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import Pending
@@ -47,6 +46,7 @@ from harness import (
     online,
     wait_for,
 )
+from xdesk import Xvfb, alive, cmdline, missing_tools
 
 ORG = "ACME IT"
 EVE, EVE_PW, EVE_NAME = "eve", "eve password 12345", "<i>Eve</i>\x1b[31m & Co"

@@ -17,6 +17,22 @@ from typing import Any
 
 import pytest
 import websockets
+
+from allowhelp.agent.screen import TEST_COMMAND_ENV
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Desk,
+    Fleet,
+    broker_cli,
+    online,
+    wait_for,
+    wait_pending,
+)
 from screenkit import (
     FAKE_VNC,
     SCREEN_SIZE,
@@ -33,22 +49,6 @@ from screenkit import (
     socket_inodes,
     start_xserver,
     variance,
-)
-
-from allowhelp.agent.screen import TEST_COMMAND_ENV
-from harness import (
-    ADMIN,
-    ADMIN_PW,
-    TECH,
-    TECH_PW,
-    Agent,
-    Broker,
-    Desk,
-    Fleet,
-    broker_cli,
-    online,
-    wait_for,
-    wait_pending,
 )
 
 KEYSYM_A, KEYSYM_Z = 0x61, 0x7A

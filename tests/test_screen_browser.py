@@ -6,15 +6,14 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import Page, async_playwright, expect
-from screenkit import FAKE_VNC, SCREEN_SIZE, XServer, gone, on_pc, processes, start_xserver
+from playwright.async_api import Page, expect
 
 from allowhelp.agent.screen import TEST_COMMAND_ENV
+from browserkit import ARTIFACTS, chromium, logged_in_page
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -27,16 +26,8 @@ from harness import (
     wait_for,
     wait_pending,
 )
+from screenkit import FAKE_VNC, SCREEN_SIZE, XServer, gone, on_pc, processes, start_xserver
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
 # Distinct colours in a sample of the canvas: 1 is a blank (one-colour) picture.
 CANVAS_COLOURS = """() => {
@@ -86,41 +77,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield browser
-        await browser.close()
+async def browser() -> AsyncIterator[Chromium]:
+    async with chromium() as launched:
+        yield launched
 
 
-async def logged_in_page(chromium: Chromium, broker: Broker) -> tuple[Page, list[str]]:
-    context = await chromium.new_context(
-        ignore_https_errors=True, viewport={"width": 1000, "height": 760}
+async def tech_page(browser: Chromium, broker: Broker) -> tuple[Page, list[str]]:
+    return await logged_in_page(
+        browser, broker, TECH, TECH_PW, viewport={"width": 1000, "height": 760}
     )
-    page = await context.new_page()
-    problems: list[str] = []
-    page.on(
-        "console",
-        lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None,
-    )
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("dialog", lambda dialog: problems.append(f"dialog: {dialog.message}"))
-    await page.goto(broker.url + "/")
-    answer: dict[str, Any] = await page.evaluate(
-        """async ([user, password]) => {
-            const r = await fetch('/api/v1/login', {method: 'POST',
-              headers: {'Content-Type': 'application/json'},
-              body: JSON.stringify({username: user, password})});
-            const body = await r.json();
-            sessionStorage.setItem('csrf', body.csrf_token);
-            return body;
-        }""",
-        [TECH, TECH_PW],
-    )
-    assert answer["csrf_token"]
-    return page, problems
 
 
 async def open_screen(page: Page, broker: Broker, agent: Agent, *, view_only: bool = False) -> str:
@@ -144,10 +109,10 @@ async def open_screen(page: Page, broker: Broker, agent: Agent, *, view_only: bo
     return str(session["id"])
 
 
-async def test_the_page_shows_the_remote_desktop(world: dict[str, Any], chromium: Chromium) -> None:
+async def test_the_page_shows_the_remote_desktop(world: dict[str, Any], browser: Chromium) -> None:
     broker: Broker = world["broker"]
     xserver: XServer = world["xserver"]
-    page, problems = await logged_in_page(chromium, broker)
+    page, problems = await tech_page(browser, broker)
     await open_screen(page, broker, world["x"])
     await page.wait_for_selector("body[data-screen=connected]", timeout=15000)
     canvas = page.locator("#screen canvas")
@@ -184,10 +149,10 @@ async def test_the_page_shows_the_remote_desktop(world: dict[str, Any], chromium
 
 
 async def test_view_only_is_shown_and_keeps_the_clipboard_closed(
-    world: dict[str, Any], chromium: Chromium
+    world: dict[str, Any], browser: Chromium
 ) -> None:
     broker: Broker = world["broker"]
-    page, problems = await logged_in_page(chromium, broker)
+    page, problems = await tech_page(browser, broker)
     await open_screen(page, broker, world["x"], view_only=True)
     await page.wait_for_selector("body[data-screen=connected]", timeout=15000)
     await expect(page.locator("#view-only")).to_be_visible()
@@ -202,10 +167,10 @@ async def test_view_only_is_shown_and_keeps_the_clipboard_closed(
     assert problems == []
 
 
-async def test_a_hostile_desktop_name_stays_text(world: dict[str, Any], chromium: Chromium) -> None:
+async def test_a_hostile_desktop_name_stays_text(world: dict[str, Any], browser: Chromium) -> None:
     broker: Broker = world["broker"]
     world["mode"].write_text("hostile")
-    page, problems = await logged_in_page(chromium, broker)
+    page, problems = await tech_page(browser, broker)
     await open_screen(page, broker, world["fake"])
     name = page.locator("#desktop-name")
     await expect(name).to_have_text("<img src=x onerror=alert(1)>[31mevil", timeout=15000)
@@ -215,10 +180,10 @@ async def test_a_hostile_desktop_name_stays_text(world: dict[str, Any], chromium
     await page.click("#end")
 
 
-async def test_a_failed_screen_says_why(world: dict[str, Any], chromium: Chromium) -> None:
+async def test_a_failed_screen_says_why(world: dict[str, Any], browser: Chromium) -> None:
     broker: Broker = world["broker"]
     world["mode"].write_text("bad-name")
-    page, _ = await logged_in_page(chromium, broker)
+    page, _ = await tech_page(browser, broker)
     await open_screen(page, broker, world["fake"])
     message = page.locator("#message")
     await expect(message).to_contain_text("The screen could not be shown", timeout=15000)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
+from browserkit import ARTIFACTS, chromium, logged_in_page
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -24,16 +24,6 @@ from harness import (
     wait_pending,
 )
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 pytestmark = pytest.mark.browser
 
 
@@ -44,39 +34,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Ag
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield browser
-        await browser.close()
-
-
-async def logged_in_page(
-    chromium: Chromium, broker: Broker, user: str = TECH, password: str = TECH_PW
-) -> tuple[Page, list[str]]:
-    context = await chromium.new_context(ignore_https_errors=True)
-    page = await context.new_page()
-    violations: list[str] = []
-    page.on(
-        "console",
-        lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None,
-    )
-    await page.goto(broker.url + "/")
-    answer: dict[str, Any] = await page.evaluate(
-        """async ([user, password]) => {
-            const r = await fetch('/api/v1/login', {method: 'POST',
-              headers: {'Content-Type': 'application/json'},
-              body: JSON.stringify({username: user, password})});
-            const body = await r.json();
-            sessionStorage.setItem('csrf', body.csrf_token);
-            return body;
-        }""",
-        [user, password],
-    )
-    assert answer["csrf_token"]
-    return page, violations
+async def browser() -> AsyncIterator[Chromium]:
+    async with chromium() as launched:
+        yield launched
 
 
 async def request_shell(page: Page, agent_id: str) -> dict[str, Any]:
@@ -93,9 +53,9 @@ async def request_shell(page: Page, agent_id: str) -> dict[str, Any]:
     return session
 
 
-async def test_shell_in_the_browser(setup: tuple[Broker, Agent], chromium: Chromium) -> None:
+async def test_shell_in_the_browser(setup: tuple[Broker, Agent], browser: Chromium) -> None:
     broker, agent = setup
-    page, violations = await logged_in_page(chromium, broker)
+    page, violations = await logged_in_page(browser, broker, TECH, TECH_PW)
     session = await request_shell(page, agent.agent_id)
     await page.goto(f"{broker.url}/terminal.html?session={session['id']}")
     await page.wait_for_selector("#phrase-line:not([hidden])")
@@ -118,7 +78,7 @@ async def test_shell_in_the_browser(setup: tuple[Broker, Agent], chromium: Chrom
     assert violations == []
 
     # An admin replays it; the player shows what the shell printed.
-    admin, admin_violations = await logged_in_page(chromium, broker, ADMIN, ADMIN_PW)
+    admin, admin_violations = await logged_in_page(browser, broker, ADMIN, ADMIN_PW)
     await admin.goto(f"{broker.url}/replay.html?session={session['id']}")
     await expect(admin.locator("#message")).to_have_text(
         "Recording verified against the audit log.", timeout=15000

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from wallkit import Console, enrol_totp
 
 from allowhelp.broker import qr, totp
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet
+from wallkit import Console, enrol_totp
 
 # RFC 6238 appendix B: the SHA-1 seed and the 8-digit codes at these times.
 RFC_SEED = base64.b32encode(b"12345678901234567890").decode()

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wallkit import Console, raw_request, raw_tls, ws_connect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from allowhelp.broker.httpguard import LIMITS
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, online, wait_for
+from wallkit import Console, raw_request, raw_tls, ws_connect
 
 TECH_B, TECH_B_PW = "bob", "bob password 1234"
 EVENTS = "/api/v1/events"

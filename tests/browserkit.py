@@ -1,0 +1,66 @@
+"""Debian's Chromium driven by Playwright, shared by the browser tests.
+
+Never a downloaded browser: ``executable_path`` is the system's. A logged-in
+page collects what must stay empty: CSP violations, page errors, dialogs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Page, async_playwright
+
+from harness import Broker
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def logged_in_page(
+    browser: Browser, broker: Broker, user: str, password: str, **context: Any
+) -> tuple[Page, list[str]]:
+    """A page logged in through the API (as the console does), and its problem list."""
+    page = await (await browser.new_context(ignore_https_errors=True, **context)).new_page()
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("dialog", lambda dialog: problems.append(f"dialog: {dialog.message}"))
+    await page.goto(broker.url + "/")
+    answer: dict[str, Any] = await page.evaluate(
+        """async ([user, password]) => {
+            const r = await fetch('/api/v1/login', {method: 'POST',
+              headers: {'Content-Type': 'application/json'},
+              body: JSON.stringify({username: user, password})});
+            const body = await r.json();
+            sessionStorage.setItem('csrf', body.csrf_token);
+            return body;
+        }""",
+        [user, password],
+    )
+    if not answer.get("csrf_token"):
+        raise AssertionError(f"login failed: {answer}")
+    return page, problems
