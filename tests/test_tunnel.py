@@ -134,7 +134,8 @@ def test_impostor_tunnel_is_refused_and_agent_keeps_trying(fleet: Fleet) -> None
 
 
 class CuttableProxy:
-    """TCP proxy on 127.0.0.1 that a test can cut (close everything) and restore."""
+    """TCP proxy on 127.0.0.1 that a test can cut (close everything) and restore,
+    or black-hole (keep the connections open, forward nothing: a dead peer)."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
@@ -142,6 +143,7 @@ class CuttableProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.black_hole = False
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -153,6 +155,8 @@ class CuttableProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.black_hole:
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -206,6 +210,29 @@ def test_network_cut_and_restore(fleet: Fleet) -> None:
         proxy.cut()
         wait_for(lambda: not online(broker, agent.agent_id), 20, "the broker to see the cut")
         proxy.restore()
+        wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
+    finally:
+        proxy.close()
+
+
+def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
+    """No FIN, no RST, nothing: only the SSH keepalives can tell (within 60 s)."""
+    broker, agent = enrolled(fleet)
+    proxy = CuttableProxy(port_of(broker.tunnel))
+    proxy.restore()
+    config_file = agent.config / "agent.json"
+    config = json.loads(config_file.read_text())
+    config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
+    config_file.write_text(json.dumps(config))
+    try:
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(broker, agent.agent_id), 20, "connection through the proxy")
+        proxy.black_hole = True
+        wait_for(lambda: not online(broker, agent.agent_id), 65, "the broker to notice", step=1)
+        wait_for(
+            lambda: "tunnel closed" in agent.log.read_text(), 65, "the agent to notice", step=1
+        )
+        proxy.black_hole = False
         wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
     finally:
         proxy.close()
