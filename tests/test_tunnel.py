@@ -236,3 +236,38 @@ def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
         wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
     finally:
         proxy.close()
+
+
+def test_silent_connections_cannot_lock_agents_out_for_long(fleet: Fleet) -> None:
+    """Connections that never speak SSH hold handshake slots only until the
+    login timeout; over the limit they are closed at once. Either way a real
+    agent gets in as soon as there is room, and the broker stays up."""
+    from allowhelp.broker.tunnel import MAX_STARTUPS, MAX_STARTUPS_PER_ADDRESS
+
+    broker, agent = enrolled(fleet)
+    port = port_of(broker.tunnel)
+    hogs: list[socket.socket] = []
+    try:
+        # Fill every slot from other loopback addresses, then one more.
+        sources = [f"127.0.0.{n}" for n in range(2, 2 + MAX_STARTUPS // MAX_STARTUPS_PER_ADDRESS)]
+        for source in sources:
+            for _ in range(MAX_STARTUPS_PER_ADDRESS):
+                hog = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+                hogs.append(hog)
+        wait_for(lambda: len(hogs) == MAX_STARTUPS, 5, "the hogs")
+        extra = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.99", 0))
+        extra.settimeout(5)
+        assert extra.recv(100) == b""  # closed at accept: no SSH banner, no slot
+        extra.close()
+        agent.start("--reconnect-cap", "1")
+        wait_for(
+            lambda: "cannot reach the broker" in agent.log.read_text(),
+            13,
+            "the agent to be turned away while every slot is taken",
+        )
+        assert not online(broker, agent.agent_id)
+    finally:
+        for hog in hogs:
+            hog.close()
+    wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to get in once there is room")
+    assert broker.proc is not None and broker.proc.poll() is None

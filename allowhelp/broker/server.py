@@ -27,6 +27,7 @@ from .enrolment import EnrolmentDesk
 from .events import EventHub
 from .help import HelpDesk
 from .httpguard import GuardedHttpProtocol
+from .listen import bind
 from .registry import AgentRegistry
 from .services import Services
 from .sessions import SessionRegistry
@@ -72,20 +73,6 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ValueError(f"cannot listen on {format_hostport(host, port)}: {exc.strerror}") from exc
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 def tls_hosts(settings: BrokerSettings) -> list[str]:

@@ -1,16 +1,26 @@
 """The tunnel listener: agents dial in, and the broker plays SSH *client* on top.
 
-``asyncssh.listen_reverse`` accepts the TCP connection and runs the client
-side of SSH over it. The agent's host key is its identity: it is checked
-against the enrolled keys before the handshake completes, so no agent can
-claim another's id, and a removed agent is refused like an unknown one.
+Each accepted TCP connection runs the client side of SSH (``asyncssh.run_client``).
+The agent's host key is its identity: it is checked against the enrolled keys
+before the handshake completes, so no agent can claim another's id, and a
+removed agent is refused like an unknown one.
+
+Admission control, as OpenSSH's MaxStartups: at most ``MAX_STARTUPS``
+handshakes are in progress at once (``MAX_STARTUPS_PER_ADDRESS`` from one
+address), and a connection beyond that is closed at accept, which costs
+nothing. Without it, a whole fleet reconnecting after a
+broker restart shares the CPU so thinly that no handshake finishes before its
+login timeout, every agent retries, and none ever gets back in. Audit writes
+run off the event loop, so a slow disk does not stall every tunnel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 
 import asyncssh
@@ -20,11 +30,16 @@ from allowhelp.certs.sshkeys import agent_id_for, load_private_key, public_key_l
 
 from .agentlink import AgentLink, Dispatcher
 from .audit import AuditLog
-from .errors import AuditUnavailable, TunnelError
+from .errors import AuditUnavailable, StoreError, TunnelError
+from .listen import bind
 from .registry import AgentRegistry
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+MAX_STARTUPS = 64  # handshakes in progress at once, over all addresses
+MAX_STARTUPS_PER_ADDRESS = 16  # one address (a branch office's NAT) cannot take them all
+LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
 
 
 class AgentConnection(asyncssh.SSHClient):
@@ -65,25 +80,74 @@ class TunnelListener:
         self._audit = audit
         self._registry = registry
         self._key = load_private_key(tunnel_key)
-        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting: dict[str, int] = {}
+        self.dropped = 0
+        self._options_built: asyncssh.SSHClientConnectionOptions | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen and return the bound port (useful when port 0 was asked)."""
         try:
-            self._acceptor = await asyncssh.listen_reverse(
-                host,
-                port,
-                client_factory=lambda: AgentConnection(self),
-                acceptor=self._accepted,
-                error_handler=self._failed,
+            self._sock = bind(host, port)
+        except ValueError as exc:
+            raise TunnelError(f"cannot listen for agents: {exc}") from exc
+        self._options_built = self._options()
+        self._accepting = asyncio.create_task(self._accept_loop(self._sock))
+        return int(self._sock.getsockname()[1])
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        warned = 0.0
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: wait, do not spin or flood the log
+                if loop.time() - warned > 10:
+                    log.error("cannot accept agent connections: %s", exc.strerror or exc)
+                    warned = loop.time()
+                await asyncio.sleep(0.1)
+                continue
+            address = str(peer[0])
+            if not self._admit(address):
+                self.dropped += 1
+                sock.close()
+                continue
+            self._spawn(self._handshake(sock, address))
+
+    def _admit(self, address: str) -> bool:
+        here = self._starting.get(address, 0)
+        if here >= MAX_STARTUPS_PER_ADDRESS or sum(self._starting.values()) >= MAX_STARTUPS:
+            return False
+        self._starting[address] = here + 1
+        return True
+
+    def _done(self, address: str) -> None:
+        left = self._starting.pop(address, 1) - 1
+        if left:
+            self._starting[address] = left
+
+    async def _handshake(self, sock: socket.socket, address: str) -> None:
+        try:
+            conn = await asyncssh.run_client(
+                sock,
                 config=None,
-                options=self._options(),
-                backlog=1024,
+                options=self._options_built,
+                client_factory=lambda: AgentConnection(self),
             )
-        except (OSError, asyncssh.Error) as exc:
-            raise TunnelError(f"cannot listen for agents on {host}:{port}: {exc}") from exc
-        return self._acceptor.get_port()
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            log.info("tunnel handshake failed: %s", exc)
+            sock.close()
+            return
+        finally:
+            self._done(address)
+        await self._accepted(conn)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _options(self) -> asyncssh.SSHClientConnectionOptions:
         return asyncssh.SSHClientConnectionOptions(
@@ -100,7 +164,7 @@ class TunnelListener:
             preferred_auth=["publickey"],
             keepalive_interval=ssh_options.KEEPALIVE_INTERVAL,
             keepalive_count_max=ssh_options.KEEPALIVE_COUNT_MAX,
-            login_timeout=30,
+            login_timeout=LOGIN_TIMEOUT,
         )
 
     def accept_key(self, key: asyncssh.SSHKey, addr: str) -> bool:
@@ -109,19 +173,27 @@ class TunnelListener:
         if record is not None and not record.removed:
             return True
         reason = "removed" if record is not None else "unknown key"
-        try:
-            self._audit.append(
+        # Refusing needs no permission, so the record may follow the refusal.
+        self._spawn(
+            self._record(
                 "agent.refused",
+                agent_id_for(key),
                 actor="system",
-                target=agent_id_for(key),
                 details={"reason": reason, "remote": addr},
             )
-        except AuditUnavailable:
-            log.error("could not audit a refused agent key from %s", addr)
+        )
         log.warning("refused agent key from %s: %s", addr, reason)
         return False
 
-    def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
+    async def _record(
+        self, type: str, agent_id: str, *, actor: str, details: dict[str, object]
+    ) -> None:
+        try:
+            await self._audit.write(type, actor=actor, target=agent_id, details=details)
+        except AuditUnavailable as exc:
+            log.error("agent=%s %s could not be audited: %s", agent_id, type, exc)
+
+    async def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
         key = conn.get_server_host_key()
         owner = conn.get_owner()
         if key is None or not isinstance(owner, AgentConnection):
@@ -129,7 +201,7 @@ class TunnelListener:
             return
         agent_id = agent_id_for(key)
         try:
-            self._audit.append(
+            await self._audit.write(
                 "agent.connected",
                 actor=f"agent:{agent_id}",
                 target=agent_id,
@@ -142,12 +214,8 @@ class TunnelListener:
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._store.touch_agent(agent_id, time.time())
         self._registry.attach(agent_id, link, owner.peer)
-        self._tasks.add(task := asyncio.create_task(link.open()))
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(link.open())
         log.info("agent=%s connected from %s", agent_id, owner.peer)
-
-    def _failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
-        log.info("tunnel handshake failed: %s", exc)
 
     def lost(self, link: AgentLink, exc: Exception | None) -> None:
         agent_id = link.agent_id
@@ -155,19 +223,29 @@ class TunnelListener:
             return
         try:
             self._store.touch_agent(agent_id, time.time())
-            self._audit.append(
+        except StoreError as error:
+            log.error("agent=%s last-seen time not stored: %s", agent_id, error)
+        # The tunnel is already gone: nothing to refuse, the record follows.
+        self._spawn(
+            self._record(
                 "agent.disconnected",
+                agent_id,
                 actor=f"agent:{agent_id}",
-                target=agent_id,
                 details={"reason": str(exc) if exc else "closed"},
             )
-        except Exception:
-            # The tunnel is already gone; nothing to refuse, but say it loudly.
-            log.exception("agent=%s disconnect could not be recorded", agent_id)
+        )
         log.info("agent=%s disconnected (%s)", agent_id, exc or "closed")
 
     async def stop(self) -> None:
+        """Stop accepting, drop every tunnel, and let pending audit records land."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         self._registry.close_all()
-        if self._acceptor is not None:
-            self._acceptor.close()
-            await self._acceptor.wait_closed()
+        await asyncio.sleep(0)  # connection_lost callbacks queue their records
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
