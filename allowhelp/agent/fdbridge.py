@@ -14,6 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 READ_SIZE = 64 * 1024
+# A PTY hands out at most ~4 KiB per read; gather what is ready into one SSH
+# packet instead of one packet (and one encryption) per small read.
+GATHER_READS = 16
 MAX_PENDING_INPUT = 256 * 1024
 
 
@@ -40,16 +43,27 @@ class FdBridge:
         self._loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self._fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""  # EIO on a PTY: everything on the terminal is gone
-        if not data:
+        chunks: list[bytes] = []
+        size = 0
+        eof = False
+        for _ in range(GATHER_READS):
+            try:
+                data = os.read(self._fd, READ_SIZE - size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""  # EIO on a PTY: everything on the terminal is gone
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            size += len(data)
+            if size >= READ_SIZE:
+                break
+        if chunks:
+            self._output.write(b"".join(chunks))
+        if eof:
             self._on_eof()
-            return
-        self._output.write(data)
 
     def pause(self) -> None:
         if self._reading and not self.closed:

@@ -7,7 +7,6 @@ traceback reaching an operator is a bug.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -36,7 +35,7 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import run_event_loop, serve
 
     settings = BrokerSettings.build(
         data_dir(args),
@@ -47,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         syslog_url=args.syslog,
         consent_timeout=args.consent_timeout,
     )
-    asyncio.run(serve(settings))
+    run_event_loop(serve(settings))
     return 0
 
 

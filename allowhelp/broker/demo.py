@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .admin import add_user, create_token, prepare
 from .passwords import hash_password
-from .server import STORE_FILE, serve
+from .server import STORE_FILE, run_event_loop, serve
 from .settings import BrokerSettings, RuntimeInfo, parse_hostport
 from .store import Store
 
@@ -127,5 +127,5 @@ def run_demo(data: Path | None, *, https: str, tunnel: str) -> int:
     root = (data or Path(".demo")).resolve()
     prepare(root)
     os.environ.setdefault("ALLOWHELP_CONFIG", str(root / "agent"))
-    asyncio.run(_demo(root, https, tunnel))
+    run_event_loop(_demo(root, https, tunnel))
     return 0
