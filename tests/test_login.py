@@ -148,3 +148,18 @@ def test_login_answer_is_uniform_for_disabled_input(broker: Broker, tmp_path: Pa
     with broker.sync_client() as client:
         long_name = login(client, "x" * 5000, "y" * 5000)
         assert long_name.status_code == 401
+
+
+def test_secrets_never_reach_the_logs(broker: Broker) -> None:
+    """Logs are not audit, and neither may hold a password, token or cookie."""
+    from allowhelp.certs.token import EnrolmentToken
+
+    with broker.sync_client() as client:
+        login(client, TECH, "a-distinctive-wrong-password")
+        good = login(client)
+        cookie = client.cookies["__Host-allowhelp"]
+        csrf = good.json()["csrf_token"]
+    secret = EnrolmentToken.decode(broker.token()).secret
+    text = broker.log.read_text()
+    for needle in ("a-distinctive-wrong-password", TECH_PW, cookie, csrf, secret):
+        assert needle not in text
