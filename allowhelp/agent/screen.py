@@ -51,6 +51,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING
 
@@ -226,21 +227,25 @@ class ScreenProcess:
         self._bridge.stop()
         self._loop.remove_reader(self._stderr)
         self._sock.close()  # x11vnc sees its viewer leave and cleans up (key autorepeat)
-        status = self._stop_group()
         self._stderr_file.close()
-        log.info("screen pid=%d ended with status %d", self._proc.pid, status)
+        self._signal_group(signal.SIGTERM)  # x11vnc restores the X server's settings
+        status = self._proc.poll()
+        if status is None:
+            # Never wait on the event loop: a reaper thread gives the grace period,
+            # then SIGKILLs whatever of the group is left (no process survives).
+            threading.Thread(target=self._reap, name="screen-reaper", daemon=True).start()
+            status = -1
+        log.info("screen pid=%d stopping (status %d)", self._proc.pid, status)
         return status
 
-    def _stop_group(self) -> int:
-        """SIGTERM the process group (x11vnc restores the X server's settings), give
-        the leader a grace period, then SIGKILL whatever of the group is left."""
-        self._signal_group(signal.SIGTERM)
+    def _reap(self) -> None:
         try:
-            status: int | None = self._proc.wait(timeout=TERM_GRACE)
+            self._proc.wait(timeout=TERM_GRACE)
         except subprocess.TimeoutExpired:
-            status = None
+            log.warning("screen pid=%d ignored SIGTERM; killing it", self._proc.pid)
         self._signal_group(signal.SIGKILL)
-        return status if status is not None else self._proc.wait(timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=5)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
