@@ -1,0 +1,359 @@
+# ruff: noqa: PLC0415 - each section imports its module only when it runs
+"""``python -m bench`` (or ``bench/run``): run the benchmarks, print tables, write JSON.
+
+    bench/run                                  # everything, full size
+    bench/run --quick                          # smaller sizes, fewer runs (a few minutes)
+    bench/run --only throughput,latency        # a subset
+    bench/run --only fleet --agents 1000,5000  # fleet sizes
+    bench/run --lever uvloop --lever pktsize=131072   # measure a proposed change
+
+Sections: throughput, tunnel, latency, fleet, audit, profile, memory. Results go to
+``bench/results/latest.json`` (and a timestamped copy) unless ``--json`` says
+otherwise. Every process is started on 127.0.0.1 under a temp folder and
+stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    FD_HEADROOM,
+    ROOT,
+    Procs,
+    dump_json,
+    fmt,
+    log,
+    machine,
+    raise_nofile,
+    table,
+    versions,
+)
+
+SECTIONS = ("throughput", "tunnel", "latency", "fleet", "audit", "profile", "memory")
+
+
+LEVERS = ("pktsize", "maxstartups", "acceptgate", "ws", "gc-threshold")
+
+
+def _levers(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        if value in ("uvloop", "no-uvloop", "acceptwait"):
+            out.append(f"--{value}")
+        elif "=" in value and value.split("=", 1)[0] in LEVERS:
+            name, arg = value.split("=", 1)
+            out += [f"--{name}", arg]
+        else:
+            raise SystemExit(
+                f"unknown lever {value!r}"
+                f" (uvloop, no-uvloop, acceptwait, {', '.join(LEVERS)}=VALUE)"
+            )
+    return out
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "NOT met")
+
+
+def report_throughput(res: dict[str, Any]) -> str:
+    med = res["median_mb_s"]
+    ref = med.get("ssh -L (default cipher)")
+    pty = med.get("ssh -tt through a PTY")
+    ours = med["allowhelp (WS→broker→SSH→agent→PTY)"]
+    rows = []
+    for name, by_dir in med.items():
+        for d in ("down", "up"):
+            ratio = by_dir[d] / ref[d] if ref else None
+            ratio_pty = by_dir[d] / pty[d] if pty else None
+            rows.append(
+                [
+                    name,
+                    "download" if d == "down" else "upload",
+                    fmt(by_dir[d]),
+                    fmt(ratio, 2),
+                    fmt(ratio_pty, 2),
+                ]
+            )
+    text = table(["path", "direction", "MB/s (median)", "x ssh -L", "x ssh -tt PTY"], rows)
+    if ref:
+        ok = all(ours[d] >= ref[d] for d in ("down", "up"))
+        text += (
+            f"\nGoal ≥ 1.0x ssh -L (OpenSSH default cipher: {res.get('openssh_default_cipher')}):"
+            f" {verdict(ok)}"
+        )
+    return text
+
+
+def report_tunnel(res: dict[str, Any]) -> str:
+    variants = res["variants"]
+    base = next(iter(variants.values()))["median_mb_s"]
+    rows = [
+        [
+            name,
+            fmt(v["median_mb_s"]["down"]),
+            fmt(v["median_mb_s"]["down"] / base["down"], 2),
+            fmt(v["median_mb_s"]["up"]),
+            fmt(v["median_mb_s"]["up"] / base["up"], 2),
+        ]
+        for name, v in variants.items()
+    ]
+    return table(
+        ["asyncssh tunnel alone (no PTY, no WS)", "down MB/s", "x product", "up MB/s", "x product"],
+        rows,
+    )
+
+
+def report_latency(res: dict[str, Any]) -> str:
+    med = res["median"]
+    rows = [
+        [name, fmt(v["p50_ms"], 3), fmt(v["p90_ms"], 3), fmt(v["p99_ms"], 3), fmt(v["max_ms"], 2)]
+        for name, v in med.items()
+    ]
+    text = table(["path", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+    if "ssh -tt" in med:
+        ratio = med["allowhelp"]["p99_ms"] / med["ssh -tt"]["p99_ms"]
+        ratio50 = med["allowhelp"]["p50_ms"] / med["ssh -tt"]["p50_ms"]
+        text += (
+            f"\np99 ratio {ratio:.2f}x (p50 {ratio50:.2f}x) over {res['round_trips_per_run']}"
+            f" round trips x {res['runs']} runs; goal p99 ≤ 2x OpenSSH: {verdict(ratio <= 2)}"
+        )
+    return text
+
+
+def report_fleet(res: dict[str, Any]) -> str:
+    rows = []
+    notes = []
+    for s in res["sizes"]:
+        if "failed" in s:
+            rows.append([s["agents"], "FAILED", "", "", "", "", "", "", ""])
+            notes.append(f"{s['agents']} agents failed: {s['failed']}")
+            continue
+        r = s.get("restart", {})
+        dist = r.get("reconnect_s", {})
+        rows.append(
+            [
+                f"{s['agents']:,}",
+                fmt(s.get("broker_rss_per_agent_kib")),
+                fmt(s.get("handshakes_per_s"), 0),
+                fmt(s.get("broker_cpu_ms_per_handshake"), 2),
+                fmt(s.get("broker_idle_cpu_percent")),
+                fmt(s.get("api_agents_seconds"), 2),
+                fmt(r.get("api_seconds_all_back")) if r.get("all_back") else "not all",
+                f"{fmt(dist.get('p50'))}/{fmt(dist.get('p99'))}/{fmt(dist.get('max'))}",
+                f"{r.get('not_back', '?')}",
+            ]
+        )
+    text = table(
+        [
+            "agents",
+            "broker KiB/agent",
+            "handshakes/s",
+            "broker CPU ms/handshake",
+            "idle CPU %",
+            "GET /agents s",
+            "all back after kill -9 (s)",
+            "reconnect p50/p99/max s",
+            "starved",
+        ],
+        rows,
+    )
+    ok_rss = [s["broker_rss_per_agent_kib"] <= 20 for s in res["sizes"] if "failed" not in s]
+    ok_back = [
+        bool(s.get("restart", {}).get("all_back"))
+        and (s["restart"].get("api_seconds_all_back") or 1e9) <= 60
+        for s in res["sizes"]
+        if "failed" not in s
+    ]
+    text += (
+        f"\nGoal ≤ 20 KiB/agent: {verdict(all(ok_rss) if ok_rss else None)};"
+        f" all back within 60 s, none starved: {verdict(all(ok_back) if ok_back else None)}"
+    )
+    for note in notes:
+        text += f"\n{note}"
+    return text
+
+
+def report_audit(res: dict[str, Any]) -> str:
+    rows = [
+        [name, fmt(v["per_s"], 0)]
+        for name, v in res.items()
+        if isinstance(v, dict) and "per_s" in v
+    ]
+    return table(["writer", "records/s (median)"], rows) + (
+        f"\nfile system: {res['folder_fs']}; raw write+fsync/s before/after:"
+        f" {fmt(res.get('fsync_per_s_before'), 0)}/{fmt(res.get('fsync_per_s_after'), 0)}"
+    )
+
+
+def report_profile(res: dict[str, Any]) -> str:
+    parts = []
+    for name, summary in res.items():
+        if not isinstance(summary, dict) or not summary.get("samples"):
+            continue
+        comps = ", ".join(f"{k} {v}%" for k, v in summary["component_percent"][:6])
+        tops = "; ".join(f"{k} {v}%" for k, v in summary["self_percent"][:6])
+        parts.append(
+            f"{name} ({summary['samples']} samples)\n  by component: {comps}\n  top self: {tops}"
+        )
+    return "\n".join(parts)
+
+
+def report_memory(res: dict[str, Any]) -> str:
+    rows = [[k, fmt(v / 1024, 2)] for k, v in res["by_line_bytes_per_agent"][:15]]
+    text = table(["allocation site (innermost frame, via allowhelp frame)", "KiB/agent"], rows)
+    return text + (
+        f"\ntraced by Python: {res['traced_kib_per_agent']:.1f} KiB/agent"
+        f" ({res['agents']} agents; RSS in this traced run"
+        f" {fmt(res.get('rss_kib_per_agent_traced_run'))} KiB/agent)"
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def fleet_size(text: str) -> int:
+    """A number of agents, or ``max``: the most one broker process can hold here (fds)."""
+    if text == "max":
+        return raise_nofile() - FD_HEADROOM
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(s for s in SECTIONS),
+        help=f"comma-separated sections ({','.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--agents",
+        default="1000,5000,20000",
+        help="fleet sizes; 'max' = the most the fd limit lets one broker hold",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer runs")
+    parser.add_argument(
+        "--lever",
+        action="append",
+        default=[],
+        help="measure a proposed change (repeatable): uvloop, no-uvloop, acceptwait, pktsize=BYTES,"
+        " maxstartups=K, acceptgate=K, ws=IMPL, gc-threshold=N (see bench/launch.py)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for s in only:
+        if s not in SECTIONS:
+            parser.error(f"unknown section {s!r}")
+    sizes = [fleet_size(x.strip()) for x in args.agents.split(",") if x.strip()]
+    levers = _levers(args.lever)
+    # `kill PID` (or Ctrl-C, even from a background job) still stops every process started
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "versions": versions(),
+        "levers": args.lever,
+    }
+    out = args.json or ROOT / "bench" / "results" / "latest.json"
+    tmp = Path(tempfile.mkdtemp(prefix="allowhelp-bench-"))
+    log(f"working in {tmp}")
+    procs = Procs()
+    reports: list[tuple[str, str]] = []
+    try:
+        for section in only:
+            t0 = time.monotonic()
+            log(f"== {section}")
+            try:
+                res = _run_section(section, procs, tmp / section, args.quick, sizes, levers)
+            except Exception as exc:  # one broken section must not hide the others
+                log(f"{section} FAILED: {exc!r}")
+                results[section] = {"failed": repr(exc)}
+                reports.append((section, f"FAILED: {exc!r}"))
+                continue
+            finally:
+                procs.close()
+            res["seconds"] = round(time.monotonic() - t0, 1)
+            results[section] = res
+            reports.append((section, REPORTERS[section](res)))
+            dump_json(out, results)
+    finally:
+        procs.close()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    dump_json(out, results)
+    if args.json is None:
+        dump_json(out.with_name(time.strftime("%Y%m%d-%H%M%S") + ".json"), results)
+    m = results["machine"]
+    print(
+        f"\nallowhelp benchmarks — {m['nproc']} x {m['cpu']}, {m['memory_gib']} GiB, "
+        f"kernel {m['kernel']}; levers: {', '.join(args.lever) or 'none (product as is)'}"
+    )
+    for section, text in reports:
+        print(f"\n## {section}\n{text}")
+    print(f"\nJSON: {out}")
+    return 0
+
+
+def _run_section(
+    section: str, procs: Procs, root: Path, quick: bool, sizes: list[int], levers: list[str]
+) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    if section == "throughput":
+        from bench import throughput
+
+        return throughput.run(procs, root, quick=quick, levers=levers)
+    if section == "latency":
+        from bench import latency
+
+        return latency.run(procs, root, quick=quick, levers=levers)
+    if section == "fleet":
+        from bench import fleet
+
+        return fleet.run(procs, root, quick=quick, sizes=sizes, levers=levers)
+    if section == "tunnel":
+        from bench import sshpipe
+
+        return sshpipe.run(procs, root, quick=quick)
+    if section == "audit":
+        from bench import audit
+
+        return audit.run(root, quick=quick)
+    if section == "memory":
+        from bench import memory
+
+        return memory.run(procs, root, n=500 if quick else 1000)
+    from bench import profiling
+
+    why = profiling.available()
+    if why:
+        raise RuntimeError(why)
+    return profiling.run(procs, root, quick=quick, levers=levers)
+
+
+REPORTERS = {
+    "throughput": report_throughput,
+    "tunnel": report_tunnel,
+    "latency": report_latency,
+    "fleet": report_fleet,
+    "audit": report_audit,
+    "profile": report_profile,
+    "memory": report_memory,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

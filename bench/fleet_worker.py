@@ -1,0 +1,130 @@
+"""One bench process that plays many PCs: real ``AgentTunnel`` + ``AgentService`` per agent.
+
+    python -m bench.fleet_worker SPEC.json REPORT.json
+
+SPEC holds the shared part of the agent configuration (broker URL, pinned CA
+and tunnel key, tunnel address) and a list of ``[agent_id, folder, source]``
+(``source``: the 127.x.y.z address this PC dials from); each
+folder holds that agent's enrolled Ed25519 host key (``host_key``). Every agent
+runs the product's own reconnect loop (``AgentTunnel.run_forever``, full-jitter
+backoff, default 30 s cap) and its own SSH server (``AgentSSHServer``, the
+consent gate, the control channel): only the process is shared.
+
+The start is ramped (``ramp`` handshakes in flight per process) so the first
+fill measures the broker's handshake rate rather than a connect storm; after a
+broker restart the agents reconnect on their own, exactly as the product does.
+
+Every time the broker opens an agent's control channel (the agent is fully
+back) the wall-clock time is noted; SIGUSR1 writes REPORT, SIGTERM stops all
+tunnels, writes REPORT and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.service import AgentService, Sender
+from allowhelp.agent.tunnel import AgentTunnel
+from bench.common import proc_stat, raise_nofile
+
+
+class BenchTunnel(AgentTunnel):
+    """The real tunnel, dialling from its own loopback address (127.a.b.c), as each PC
+    has its own address: the broker limits handshakes per source address (a branch
+    office's NAT), which a whole bench fleet sharing 127.0.0.1 would hit instead."""
+
+    source = "127.0.0.1"
+
+    async def connect_once(self) -> asyncssh.SSHServerConnection:
+        return await asyncssh.connect_reverse(
+            self._config.tunnel_host,
+            self._config.tunnel_port,
+            local_addr=(self.source, 0),
+            config=None,
+            options=self._options(),
+        )
+
+
+class CountingService(AgentService):
+    """The real service; it only notes when the broker opens the control channel."""
+
+    def __init__(self, config: AgentConfig, seen: list[float], first: asyncio.Event) -> None:
+        super().__init__(config)
+        self._seen = seen
+        self._first = first
+
+    def attach(self, send: Sender) -> None:
+        self._seen.append(time.time())
+        self._first.set()
+        super().attach(send)
+
+
+async def main(spec: dict[str, Any], report_path: Path) -> None:
+    raise_nofile()
+    shared = spec["config"]
+    ramp = asyncio.Semaphore(int(spec.get("ramp", 16)))
+    stop = asyncio.Event()
+    attaches: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    tunnels: list[AgentTunnel] = []
+    loop = asyncio.get_running_loop()
+
+    def report() -> None:
+        for tunnel in tunnels:
+            if tunnel.state.last_error:
+                errors[tunnel._config.agent_id] = tunnel.state.last_error
+        st = proc_stat_self()
+        data = {"attaches": attaches, "errors": errors, "rss_kib": st[0], "cpu_s": st[1]}
+        tmp = report_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(report_path)
+
+    loop.add_signal_handler(signal.SIGUSR1, report)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    async def one(agent_id: str, folder: str, source: str) -> None:
+        config = AgentConfig(**shared, agent_id=agent_id)
+        seen = attaches.setdefault(agent_id, [])
+        first = asyncio.Event()
+        service = CountingService(config, seen, first)
+        tunnel = BenchTunnel(service, Path(folder))
+        tunnel.source = source
+        tunnels.append(tunnel)
+        async with ramp:
+            runner = asyncio.create_task(tunnel.run_forever(stop))
+            waiter = asyncio.create_task(first.wait())
+            await asyncio.wait({runner, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        await runner
+
+    jobs = [
+        asyncio.create_task(one(agent_id, folder, source))
+        for agent_id, folder, source in spec["agents"]
+    ]
+    await stop.wait()
+    await asyncio.wait(jobs, timeout=30)
+    report()
+
+
+def proc_stat_self() -> tuple[int, float]:
+    st = proc_stat(os.getpid())
+    return st.rss_kib, st.cpu_s
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.ERROR)
+    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])))

@@ -1,0 +1,219 @@
+"""Where the time goes: py-spy samples of the broker and the agent, summarised.
+
+py-spy (``.venv/bin/pip install py-spy``; bench only, not a project dependency)
+samples the running process from outside at 200 Hz without pausing it
+(``--nonblocking``), only while a thread is on CPU (idle waits are left out).
+Profiles are taken in separate passes, never during the measured runs.
+The summary gives, per process, the share of samples spent *in* each function
+(self) and *under* it (inclusive), and a coarse split by component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from bench.common import PY, Procs, log
+from bench.stack import Installation
+from bench.throughput import MIB, TerminalPipe
+
+PYSPY = Path(PY).parent / "py-spy"
+
+# (component, substring of the frame's file path); first match wins, leaf frame first
+COMPONENTS = (
+    ("OpenSSL / cryptography", "cryptography/"),
+    ("asyncssh crypto wrappers", "asyncssh/crypto/"),
+    ("asyncssh (SSH protocol)", "asyncssh/"),
+    ("websockets", "websockets/"),
+    ("uvicorn", "uvicorn/"),
+    ("starlette", "starlette/"),
+    ("sqlite3", "sqlite3/"),
+    ("json", "json/"),
+    ("logging", "logging/"),
+    ("asyncio event loop", "asyncio/"),
+    ("ssl (TLS)", "ssl.py"),
+    ("allowhelp", "allowhelp/"),
+)
+
+
+def available() -> str | None:
+    if PYSPY.exists() or shutil.which("py-spy"):
+        return None
+    return "py-spy not found: .venv/bin/pip install py-spy (bench only)"
+
+
+class Profiler:
+    def __init__(self, procs: Procs, pid: int, out: Path, duration: float = 600) -> None:
+        self.out = out
+        exe = str(PYSPY) if PYSPY.exists() else "py-spy"
+        argv = [exe, "record", "-p", str(pid), "-r", "200", "--nonblocking", "--nolineno"]
+        argv += ["-f", "raw", "-o", str(out), "-d", str(int(duration))]
+        self.proc = procs.start(argv, log_path=out.with_suffix(".log"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _frames(stack: str) -> list[str]:
+    return [f for f in stack.split(";") if f]
+
+
+def _component(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, needle in COMPONENTS:
+            if needle in frame:
+                return name
+    return "other (interpreter, stdlib)"
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/pkg/mod.py)`` → ``func (pkg/mod.py)``."""
+    if " (" not in frame:
+        return frame
+    func, where = frame.split(" (", 1)
+    where = where.rstrip(")")
+    parts = where.split("/")
+    for anchor in ("site-packages", "python3.11", "main"):
+        if anchor in parts:
+            parts = parts[parts.index(anchor) + 1 :]
+            break
+    return f"{func} ({'/'.join(parts[-3:])})"
+
+
+def summarise(raw: Path, top: int = 12) -> dict[str, Any]:
+    selfc: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    comp: Counter[str] = Counter()
+    total = 0
+    if not raw.exists():
+        return {"samples": 0}
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = _frames(stack)
+        if not frames:
+            continue
+        # py-spy puts the thread name first ("thread (0x...)" / process) in raw output
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        total += count
+        selfc[_short(frames[-1])] += count
+        for frame in {_short(f) for f in frames}:
+            incl[frame] += count
+        comp[_component(frames)] += count
+
+    def pct(c: Counter[str]) -> list[tuple[str, float]]:
+        return [(k, round(v * 100 / total, 1)) for k, v in c.most_common(top)] if total else []
+
+    return {
+        "samples": total,
+        "self_percent": pct(selfc),
+        "inclusive_percent": pct(incl),
+        "component_percent": pct(comp),
+    }
+
+
+def throughput_profile(procs: Procs, root: Path, levers: list[str] | None = None) -> dict[str, Any]:
+    """Profile broker and agent during repeated 64 MiB downloads, then uploads."""
+    install = Installation.start(procs, root / "allowhelp-profile", levers)
+    out: dict[str, Any] = {}
+    try:
+        session_id = install.consented_shell("profile")
+
+        async def go() -> None:
+            async with connect(
+                install.desk.ws_url(session_id, "?cols=200&rows=50"),
+                ssl=install.broker.ssl_context(),
+                origin=install.broker.url,  # type: ignore[arg-type]
+                additional_headers={"Cookie": install.desk.cookie_header()},
+                max_size=None,
+                compression=None,
+                ping_interval=None,
+            ) as ws:
+                pipe = TerminalPipe(ws)
+                await pipe.command("stty raw -echo")
+                await pipe.download(MIB)
+                for direction in ("down", "up"):
+                    assert install.broker.proc is not None and install.agent.proc is not None
+                    profs = {
+                        "broker": Profiler(
+                            procs, install.broker.pid, root / f"tp-{direction}-broker.raw"
+                        ),
+                        "agent": Profiler(
+                            procs, install.agent.proc.pid, root / f"tp-{direction}-agent.raw"
+                        ),
+                    }
+                    await asyncio.sleep(1)
+                    t_end = time.monotonic() + 8
+                    moved = 0
+                    while time.monotonic() < t_end:
+                        if direction == "down":
+                            await pipe.download(32 * MIB)
+                        else:
+                            await pipe.upload(32 * MIB)
+                        moved += 32 * MIB
+                    for name, prof in profs.items():
+                        prof.stop()
+                        out[f"{direction}/{name}"] = summarise(prof.out)
+                    log(f"profiled throughput {direction}: {moved // MIB} MiB moved")
+
+        asyncio.run(go())
+        install.end(session_id)
+    finally:
+        install.close()
+    return out
+
+
+def latency_profile(procs: Procs, root: Path, levers: list[str] | None = None) -> dict[str, Any]:
+    """Profile broker and agent while keystrokes go round one at a time."""
+    from bench.latency import allowhelp_rtts  # noqa: PLC0415 - latency is a sibling section
+
+    install = Installation.start(procs, root / "allowhelp-latency-profile", levers)
+    out: dict[str, Any] = {}
+    try:
+        assert install.agent.proc is not None
+        profs = {
+            "broker": Profiler(procs, install.broker.pid, root / "rtt-broker.raw"),
+            "agent": Profiler(procs, install.agent.proc.pid, root / "rtt-agent.raw"),
+        }
+        rtts = allowhelp_rtts(install, 6000)
+        for name, prof in profs.items():
+            prof.stop()
+            out[f"keystrokes/{name}"] = summarise(prof.out) | {"round_trips": len(rtts)}
+        log("profiled keystroke round trips")
+    finally:
+        install.close()
+    return out
+
+
+def run(
+    procs: Procs, root: Path, *, quick: bool, levers: list[str] | None = None
+) -> dict[str, Any]:
+    """Throughput (both directions), keystrokes (broker and agent) and a 1000-agent fill."""
+    from bench import fleet  # noqa: PLC0415 - fleet imports this module
+
+    out = throughput_profile(procs, root, levers)
+    procs.close()
+    out |= latency_profile(procs, root, levers)
+    procs.close()
+    raw = root / "fleet-fill-broker.raw"
+    n = 500 if quick else 1000
+    fill = fleet.one_size(procs, root, n, quick=True, levers=levers, profile=raw)
+    out[f"handshakes ({n}-agent fill)/broker"] = summarise(raw) | {
+        "fill_seconds": fill.get("fill_seconds")
+    }
+    return out
