@@ -83,6 +83,20 @@ async def refused(coro: object) -> bool:
     return False
 
 
+def ask(chan: asyncssh.SSHClientChannel[bytes], session_id: str, kind: str) -> None:
+    """What a (rogue) broker may do on the control channel: ask, nothing more."""
+    request = ConsentRequest(
+        session_id=session_id,
+        organisation="Org",
+        technician="Mallory",
+        kind=kind,
+        reason="test",
+        phrase="a b c",
+        timeout=30,  # type: ignore[arg-type]
+    )
+    chan.write(request.encode())
+
+
 async def test_nothing_opens_without_consent(
     rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
 ) -> None:
@@ -115,17 +129,7 @@ async def test_a_grant_opens_exactly_what_was_granted(
     _, agent = stolen
     chan, sink = await control(rogue)
     session_id = "GrantTest0001"
-    chan.write(
-        ConsentRequest(
-            session_id=session_id,
-            organisation="Org",
-            technician="Mallory",
-            kind="shell",
-            reason="test",
-            phrase="a b c",
-            timeout=30,
-        ).encode()
-    )
+    ask(chan, session_id, "shell")
     await asyncio.to_thread(wait_pending, agent, session_id)
     # Before the click: still nothing.
     assert await refused(
@@ -172,17 +176,7 @@ async def test_view_only_grant_does_not_cover_a_shell(
     _, agent = stolen
     chan, _sink = await control(rogue)
     session_id = "ViewOnlyTest01"
-    chan.write(
-        ConsentRequest(
-            session_id=session_id,
-            organisation="Org",
-            technician="Mallory",
-            kind="screen",
-            reason="look",
-            phrase="a b c",
-            timeout=30,
-        ).encode()
-    )
+    ask(chan, session_id, "screen")
     await asyncio.to_thread(wait_pending, agent, session_id)
     assert (
         await asyncio.to_thread(agent_call, agent, "allow", session_id, "--view-only")
@@ -212,17 +206,7 @@ async def test_a_shell_without_a_terminal_fails_with_a_message_not_a_hang(
     _, agent = stolen
     chan, _sink = await control(rogue)
     session_id = "NoPtySession01"
-    chan.write(
-        ConsentRequest(
-            session_id=session_id,
-            organisation="Org",
-            technician="Mallory",
-            kind="shell",
-            reason="x",
-            phrase="a b c",
-            timeout=30,
-        ).encode()
-    )
+    ask(chan, session_id, "shell")
     await asyncio.to_thread(wait_pending, agent, session_id)
     assert (await asyncio.to_thread(agent_call, agent, "allow", session_id)).returncode == 0
     process = await asyncio.wait_for(

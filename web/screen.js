@@ -3,33 +3,13 @@
 // screen WebSocket. Everything the PC or the broker says reaches the page as
 // text (textContent), the desktop name included: the PC is hostile input.
 import RFB from "/node_modules/@novnc/novnc/core/rfb.js";
+import { $, OVER, WORDS, api, sessionId, wsBase } from "/session-common.js";
 
-const sessionId = new URLSearchParams(location.search).get("session") || "";
-const $ = (id) => document.getElementById(id);
-const wsBase = `wss://${location.host}/api/v1`;
-const OVER = ["ended", "denied", "expired"];
-const WORDS = {
-  requested: "requested",
-  awaiting_consent: "waiting for the user to allow",
-  active: "active",
-  ended: "ended",
-  denied: "denied by the user",
-  expired: "no answer: expired",
-};
 let current = null;
 let rfb = null;
 let closed = null; // {code, reason} of the screen socket, once it closed
 let eventsOpen = false;
 let poller = null;
-
-async function api(method, path) {
-  const headers = { Accept: "application/json" };
-  if (method !== "GET") headers["X-CSRF-Token"] = sessionStorage.getItem("csrf") || "";
-  const response = await fetch(path, { method, headers, credentials: "same-origin" });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
-  return body;
-}
 
 // Hostile text made plain: no control or bidi characters, bounded.
 function plain(text, limit) {

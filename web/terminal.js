@@ -3,31 +3,11 @@
 // shown with textContent; terminal bytes go only to xterm.js.
 import { Terminal } from "/node_modules/@xterm/xterm/lib/xterm.mjs";
 import { FitAddon } from "/node_modules/@xterm/addon-fit/lib/addon-fit.mjs";
+import { $, OVER, WORDS, api, sessionId, wsBase } from "/session-common.js";
 
-const sessionId = new URLSearchParams(location.search).get("session") || "";
-const $ = (id) => document.getElementById(id);
-const wsBase = `wss://${location.host}/api/v1`;
 let terminal = null;
 let socket = null;
 let current = null;
-
-async function api(method, path) {
-  const headers = { Accept: "application/json" };
-  if (method !== "GET") headers["X-CSRF-Token"] = sessionStorage.getItem("csrf") || "";
-  const response = await fetch(path, { method, headers, credentials: "same-origin" });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
-  return body;
-}
-
-const WORDS = {
-  requested: "requested",
-  awaiting_consent: "waiting for the user to allow",
-  active: "active",
-  ended: "ended",
-  denied: "denied by the user",
-  expired: "no answer: expired",
-};
 
 function show(session) {
   current = session;
@@ -35,7 +15,7 @@ function show(session) {
   const state = $("state");
   state.textContent = WORDS[session.state] || session.state;
   state.className = "state " + (session.state === "active" ? "active"
-    : ["ended", "denied", "expired"].includes(session.state) ? "over" : "");
+    : OVER.includes(session.state) ? "over" : "");
   $("phrase").textContent = session.phrase;
   $("phrase-line").hidden = session.state !== "awaiting_consent";
   $("end").disabled = !["awaiting_consent", "active"].includes(session.state);
@@ -44,7 +24,7 @@ function show(session) {
   } else if (session.state === "active") {
     $("notice").hidden = true;
     openTerminal();
-  } else if (["ended", "denied", "expired"].includes(session.state)) {
+  } else if (OVER.includes(session.state)) {
     $("notice").hidden = false;
     const reason = session.end_reason ? ` (${session.end_reason.replace("_", " ")})` : "";
     $("message").textContent = session.state === "denied"
