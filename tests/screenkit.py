@@ -10,6 +10,7 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from harness import Agent, Desk, agent_cli, wait_for
 
 SCREEN_SIZE = (800, 600)
 FAKE_VNC = Path(__file__).with_name("fake_vnc.py")
+# The fake server runs as this test's interpreter: venvs name it python or python3.
+PYTHON_NAME = Path(sys.executable).name
 
 
 @dataclass

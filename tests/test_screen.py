@@ -35,6 +35,7 @@ from harness import (
 )
 from screenkit import (
     FAKE_VNC,
+    PYTHON_NAME,
     SCREEN_SIZE,
     RfbClient,
     XServer,
@@ -279,14 +280,14 @@ def test_a_hostile_vnc_server_does_not_crash_the_relay(world: dict[str, Any], de
             assert init.security_types == b"\x01", "the broker narrows security to None"
             # Markup stays text; escape and bidi control characters are gone.
             assert init.name == "<img src=x onerror=alert(1)>[31mevil"
-            assert processes(str(world["mode"]), "python3"), "the fake server runs"
+            assert processes(str(world["mode"]), PYTHON_NAME), "the fake server runs"
             await client.request_raw(init)
             header = await client.read(16)
             assert header[4:12] == b"\0\0\0\0\xff\xff\xff\xff"  # the 65535x65535 rectangle
             await client.read(4096)
 
     asyncio.run(scenario())
-    wait_for(lambda: not processes(str(world["mode"]), "python3"), 10, "the fake server to go")
+    wait_for(lambda: not processes(str(world["mode"]), PYTHON_NAME), 10, "the fake server to go")
     broker: Broker = world["broker"]
     assert broker.proc is not None and broker.proc.poll() is None
     assert desk.client.get("/api/v1/agents").status_code == 200
