@@ -315,6 +315,19 @@ class Desk:
 
 
 @contextmanager
+def staffed_broker(root: Path, *, broker_args: tuple[str, ...] = ()) -> Iterator[Fleet]:
+    """A running broker with an admin and a technician; every process stopped after."""
+    fleet = Fleet(root)
+    try:
+        broker = fleet.broker(extra=list(broker_args)).start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        broker.add_user(TECH, TECH_PW)
+        yield fleet
+    finally:
+        fleet.close()
+
+
+@contextmanager
 def running_fleet(
     root: Path,
     *,
@@ -323,16 +336,11 @@ def running_fleet(
     agent_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Fleet, Broker, Agent]]:
     """A broker with an admin and a technician, and one enrolled agent online."""
-    fleet = Fleet(root)
-    try:
-        broker = fleet.broker(extra=list(broker_args)).start()
-        broker.add_user(ADMIN, ADMIN_PW, role="admin")
-        broker.add_user(TECH, TECH_PW)
+    with staffed_broker(root, broker_args=broker_args) as fleet:
+        broker = fleet.brokers[0]
         agent = fleet.agent()
         enrolled = agent.enroll(broker.token())
         assert enrolled.returncode == 0, enrolled.stderr
         agent.start(*agent_args, env=agent_env)
         wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to come online")
         yield fleet, broker, agent
-    finally:
-        fleet.close()

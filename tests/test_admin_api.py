@@ -13,7 +13,18 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli, online, wait_for
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Broker,
+    Fleet,
+    broker_cli,
+    online,
+    staffed_broker,
+    wait_for,
+)
 from wallkit import Console, enrol_totp
 
 ADMIN_ONLY = [
@@ -33,12 +44,8 @@ ADMIN_ONLY = [
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path_factory.mktemp("admin"))
-    broker = fleet.broker().start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    broker.add_user(TECH, TECH_PW)
-    yield fleet
-    fleet.close()
+    with staffed_broker(tmp_path_factory.mktemp("admin")) as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="module")

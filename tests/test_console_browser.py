@@ -23,7 +23,7 @@ from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import CONTROL_SUBSYSTEM
 from browserkit import ARTIFACTS as SHARED_ARTIFACTS
 from browserkit import CHROMIUM, CHROMIUM_ARGS
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, staffed_broker
 from wallkit import COOKIE, Console, enrol_totp
 
 pytestmark = pytest.mark.browser
@@ -43,12 +43,8 @@ document.addEventListener("securitypolicyviolation",
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path_factory.mktemp("console"))
-    broker = fleet.broker().start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    broker.add_user(TECH, TECH_PW)
-    yield fleet
-    fleet.close()
+    with staffed_broker(tmp_path_factory.mktemp("console")) as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="module")
