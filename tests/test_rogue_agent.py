@@ -1,0 +1,99 @@
+"""A rogue agent (enrolled, with its own valid key) cannot act for another PC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from allowhelp.certs.sshkeys import load_private_key
+from allowhelp.protocol.control import (
+    CONTROL_SUBSYSTEM,
+    ConsentDecision,
+    ConsentRequest,
+    HelpCode,
+    SessionEnd,
+)
+from harness import TECH, TECH_PW, Desk, running_fleet, wait_pending
+
+
+class RogueSession(asyncssh.SSHServerSession[bytes]):
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == CONTROL_SUBSYSTEM
+
+    def session_started(self) -> None:
+        for line in self._lines:
+            self._chan.write(line)
+
+
+class RogueServer(asyncssh.SSHServer):
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+
+    def begin_auth(self, username: str) -> bool:
+        return False  # the test trusts whoever dialled back: it is the broker
+
+    def session_requested(self) -> RogueSession:
+        return RogueSession(self._lines)
+
+
+def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) -> None:
+    with running_fleet(tmp_path) as (fleet, broker, victim):
+        rogue = fleet.agent("rogue")
+        assert rogue.enroll(broker.token()).returncode == 0
+        desk = Desk.login(broker, TECH, TECH_PW)
+        try:
+            session = desk.request(victim.agent_id).json()
+            wait_pending(victim, session["id"])
+            sid = session["id"]
+            lines = [
+                ConsentDecision(
+                    session_id=sid,
+                    granted=True,
+                    view_only=False,
+                    via="cli",
+                    elapsed=1.0,
+                    prompt="forged",
+                ).encode(),
+                SessionEnd(session_id=sid, reason="user").encode(),
+                ConsentRequest(
+                    session_id=sid,
+                    organisation="x",
+                    technician="x",
+                    kind="shell",
+                    reason="x",
+                    phrase="x",
+                    timeout=5,
+                ).encode(),
+                HelpCode(ref="r", code="000 000", expires_in=1).encode(),
+            ]
+            config = json.loads((rogue.config / "agent.json").read_text())
+
+            async def attack() -> None:
+                options = asyncssh.SSHServerConnectionOptions(
+                    server_host_keys=[load_private_key(rogue.config / "host_key")],
+                    server_factory=lambda: RogueServer(lines),
+                    encoding=None,
+                )
+                conn = await asyncssh.connect_reverse(
+                    config["tunnel_host"], config["tunnel_port"], config=None, options=options
+                )
+                await asyncio.sleep(2)  # let the broker read and judge every line
+                conn.close()
+
+            asyncio.run(asyncio.wait_for(attack(), 20))
+            # Nothing the rogue said touched the victim's session.
+            assert desk.session(sid)["state"] == "awaiting_consent"
+            assert broker.proc is not None and broker.proc.poll() is None
+            assert "not its own" in broker.log.read_text()
+        finally:
+            desk.close()
