@@ -38,7 +38,6 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 MAX_REASON = 500
-EndHook = Callable[[Session], None]
 Stopper = Callable[[], RelayStats]
 
 
@@ -84,7 +83,6 @@ class SessionRegistry:
         self._live: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._end_hooks: dict[str, list[EndHook]] = {}
         self._relays: dict[str, list[Stopper]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         agents.subscribe(self._agent_changed)
@@ -99,10 +97,6 @@ class SessionRegistry:
         live = {s.id: s for s in self._live.values() if is_admin or s.technician == username}
         merged = {s.id: s for s in stored} | live
         return sorted(merged.values(), key=lambda s: s.created, reverse=True)[:limit]
-
-    def on_end(self, session_id: str, hook: EndHook) -> None:
-        """Call ``hook`` once the session is final (relays close their sockets on it)."""
-        self._end_hooks.setdefault(session_id, []).append(hook)
 
     # the technician's side
 
@@ -335,8 +329,6 @@ class SessionRegistry:
         timer = self._timers.pop(session.id, None)
         if timer is not None:
             timer.cancel()
-        for hook in self._end_hooks.pop(session.id, []):
-            hook(session)
 
     def _tell_agent(self, session: Session, message: Message) -> None:
         live = self._agents.get(session.agent_id)
