@@ -167,6 +167,12 @@ async def test_recording_replays_and_matches_the_audit(
         cast = admin.client.get(f"/api/v1/sessions/{session_id}/recording")
         assert cast.status_code == 200
         assert hashlib.sha256(cast.content).hexdigest() == digest
+        replayed = [
+            r
+            for r in audit_records(broker)
+            if r["type"] == "session.replayed" and r["target"] == session_id
+        ]
+        assert replayed and replayed[0]["actor"] == f"admin:{ADMIN}"
         lines = cast.content.decode().splitlines()
         header = json.loads(lines[0])
         assert header["version"] == 2 and header["width"] == 100 and header["height"] == 30

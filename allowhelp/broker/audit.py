@@ -90,6 +90,7 @@ EVENT_CODES: dict[str, str] = {
     # console administration (appended: codes above never change)
     "auth.policy.changed": "AH1007",
     "token.revoked": "AH1204",
+    "session.replayed": "AH1410",
 }
 
 _HASHED = ("seq", "ts", "type", "code", "actor", "target", "details", "prev_hash")

@@ -96,7 +96,7 @@ async def help_requests(request: Request) -> Response:
 @api
 async def recording(request: Request) -> Response:
     """Admins replay a shell; the file must still match the digest the audit log holds."""
-    require(request, admin=True)
+    principal = require(request, admin=True)
     svc = services(request)
     session = svc.sessions.get(request.path_params["session_id"])
     if session is None or not session.recording or not session.recording_sha256:
@@ -106,6 +106,13 @@ async def recording(request: Request) -> Response:
         raise ApiError(404, "not_found", "the recording file is missing")
     if await asyncio.to_thread(file_sha256, path) != session.recording_sha256:
         raise ApiError(409, "recording_altered", "the recording does not match its audit digest")
+    # Watching someone's shell again is itself an access to that PC's data.
+    await svc.audit.write(
+        "session.replayed",
+        actor=principal.actor,
+        target=session.id,
+        details={**session.summary(), "recording_sha256": session.recording_sha256},
+    )
     return FileResponse(path, media_type="application/x-asciicast")
 
 
