@@ -4,10 +4,11 @@
     bench/run                                  # everything, full size
     bench/run --quick                          # smaller sizes, fewer runs (a few minutes)
     bench/run --only throughput,latency        # a subset
+    bench/run --only bulk                      # screen channel vs ssh -L (issue #8)
     bench/run --only fleet --agents 1000,5000  # fleet sizes
     bench/run --lever uvloop --lever pktsize=131072   # measure a proposed change
 
-Sections: throughput, tunnel, latency, fleet, audit, profile, memory. Results go to
+Sections: throughput, bulk, tunnel, latency, fleet, audit, profile, memory. Results go to
 ``bench/results/latest.json`` (and a timestamped copy) unless ``--json`` says
 otherwise. Every process is started on 127.0.0.1 under a temp folder and
 stopped at the end, whatever happens.
@@ -37,7 +38,7 @@ from bench.common import (
     versions,
 )
 
-SECTIONS = ("throughput", "tunnel", "latency", "fleet", "audit", "profile", "memory")
+SECTIONS = ("throughput", "bulk", "tunnel", "latency", "fleet", "audit", "profile", "memory")
 
 
 LEVERS = ("pktsize", "maxstartups", "acceptgate", "ws", "gc-threshold")
@@ -84,6 +85,38 @@ def report_throughput(res: dict[str, Any]) -> str:
             )
     text = table(["path", "direction", "MB/s (median)", "x ssh -L", "x ssh -tt PTY"], rows)
     if ref:
+        ok = all(ours[d] >= ref[d] for d in ("down", "up"))
+        text += (
+            f"\nGoal ≥ 1.0x ssh -L (OpenSSH default cipher: {res.get('openssh_default_cipher')}):"
+            f" {verdict(ok)}"
+        )
+    return text
+
+
+def report_bulk(res: dict[str, Any]) -> str:
+    med = res["median_mb_s"]
+    ref = med.get("ssh -L (default cipher)")
+    rows = [
+        [
+            name,
+            fmt(v["down"]),
+            fmt(v["down"] / ref["down"], 2) if ref else "-",
+            fmt(v["up"]),
+            fmt(v["up"] / ref["up"], 2) if ref else "-",
+        ]
+        for name, v in med.items()
+    ]
+    text = table(["path", "download MB/s", "x ssh -L", "upload MB/s", "x ssh -L"], rows)
+    text += (
+        f"\n{res['screen']} Raw updates down, {res['message_bytes'] // 1024} KiB ClientCutText up;"
+        f" {res['bytes'] // 2**20} MiB each way x {res['runs']} runs, medians"
+    )
+    cpu = res.get("allowhelp_cpu_ms_per_mb", {})
+    for d in ("down", "up"):
+        per = ", ".join(f"{k} {v:.2f}" for k, v in cpu.get(d, {}).items())
+        text += f"\nallowhelp CPU ms/MB {'download' if d == 'down' else 'upload'}: {per}"
+    if ref:
+        ours = next(iter(med.values()))
         ok = all(ours[d] >= ref[d] for d in ("down", "up"))
         text += (
             f"\nGoal ≥ 1.0x ssh -L (OpenSSH default cipher: {res.get('openssh_default_cipher')}):"
@@ -316,6 +349,10 @@ def _run_section(
         from bench import throughput
 
         return throughput.run(procs, root, quick=quick, levers=levers)
+    if section == "bulk":
+        from bench import bulk
+
+        return bulk.run(procs, root, quick=quick, levers=levers)
     if section == "latency":
         from bench import latency
 
@@ -346,6 +383,7 @@ def _run_section(
 
 REPORTERS = {
     "throughput": report_throughput,
+    "bulk": report_bulk,
     "tunnel": report_tunnel,
     "latency": report_latency,
     "fleet": report_fleet,

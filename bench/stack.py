@@ -1,4 +1,4 @@
-"""A real broker and agent on 127.0.0.1, and a technician with a consented shell.
+"""A real broker and agent on 127.0.0.1, and a technician with a consented session.
 
 The same console scripts an operator runs (through :mod:`bench.launch`, which
 only raises the fd limit unless a lever flag is given), the same HTTP API, and
@@ -138,9 +138,10 @@ class Desk:
         answer: list[dict[str, Any]] = self.client.get("/api/v1/agents").json()
         return answer
 
-    def ws_url(self, session_id: str, query: str = "") -> str:
+    def ws_url(self, session_id: str, query: str = "", channel: str = "terminal") -> str:
+        """``wss://…/sessions/{id}/terminal`` (or ``/screen``), with ``query`` appended."""
         base = self.broker.url.replace("https://", "wss://")
-        return f"{base}/api/v1/sessions/{session_id}/terminal{query}"
+        return f"{base}/api/v1/sessions/{session_id}/{channel}{query}"
 
     def close(self) -> None:
         self.client.close()
@@ -151,6 +152,7 @@ class Agent:
     procs: Procs
     config: Path
     levers: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # on top of the bench's own environment
     proc: subprocess.Popen[bytes] | None = None
 
     def enroll(self, token: str) -> None:
@@ -163,7 +165,7 @@ class Agent:
     def start(self) -> Agent:
         argv = [PY, "-m", "bench.launch", *self.levers, "agent", "run"]
         argv += ["--config", str(self.config), "--reconnect-cap", "2"]
-        self.proc = self.procs.start(argv, log_path=self.config.parent / "agent.log")
+        self.proc = self.procs.start(argv, log_path=self.config.parent / "agent.log", env=self.env)
         return self
 
     def call(self, *args: str) -> str:
@@ -179,10 +181,16 @@ class Installation:
     desk: Desk
 
     @classmethod
-    def start(cls, procs: Procs, root: Path, levers: list[str] | None = None) -> Installation:
+    def start(
+        cls,
+        procs: Procs,
+        root: Path,
+        levers: list[str] | None = None,
+        agent_env: dict[str, str] | None = None,
+    ) -> Installation:
         broker = Broker(procs, root / "broker", list(levers or [])).start()
         broker.add_users()
-        agent = Agent(procs, root / "agent", list(levers or []))
+        agent = Agent(procs, root / "agent", list(levers or []), agent_env)
         agent.enroll(broker.token())
         agent.start()
         admin = Desk.login(broker, ADMIN, ADMIN_PW)
@@ -199,9 +207,14 @@ class Installation:
 
     def consented_shell(self, reason: str = "benchmark") -> str:
         """Ask for a shell, click Allow on the PC (CLI), wait for it to be active."""
+        return self.consented("shell", reason)
+
+    def consented(self, kind: str, reason: str = "benchmark") -> str:
+        """Ask for a ``shell`` or ``screen`` session (full control), click Allow on the PC
+        (CLI), wait for it to be active; its id."""
         answer = self.desk.client.post(
             "/api/v1/sessions",
-            json={"agent_id": self.agent.agent_id, "kind": "shell", "reason": reason},
+            json={"agent_id": self.agent.agent_id, "kind": kind, "reason": reason},
         )
         if answer.status_code != 201:
             raise RuntimeError(f"session request failed: {answer.status_code} {answer.text}")
