@@ -46,6 +46,19 @@ def test_control_passes_everything_across_any_split(split: int) -> None:
     assert feed_split(ClientFilter(view_only=False), CONTROL_STREAM, split) == CONTROL_STREAM
 
 
+def test_whole_messages_pass_without_a_copy() -> None:
+    """A paste streams 256 KiB clipboard messages: the filter must not copy them."""
+    flt = ClientFilter(view_only=False)
+    flt.feed(HANDSHAKE)
+    big = struct.pack(">BxxxI", 6, MAX_CUT_TEXT) + b"p" * MAX_CUT_TEXT
+    assert flt.feed(big) is big
+    both = big + KEY
+    assert flt.feed(both) is both
+    assert flt.feed(big[:100]) == b""  # an unfinished message waits, whole
+    assert flt.feed(big[100:] + KEY[:3]) == big
+    assert flt.feed(KEY[3:]) == KEY
+
+
 def test_ready_after_client_init() -> None:
     flt = ClientFilter(view_only=False)
     flt.feed(HANDSHAKE[:-1])

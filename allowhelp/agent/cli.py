@@ -6,7 +6,6 @@ Every failure is one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -34,9 +33,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from allowhelp.runtime import run_event_loop, tune_malloc
+
     from .runner import run_agent
 
-    asyncio.run(run_agent(config_dir(args), reconnect_cap=args.reconnect_cap, prompt=args.prompt))
+    tune_malloc()
+    run_event_loop(
+        run_agent(config_dir(args), reconnect_cap=args.reconnect_cap, prompt=args.prompt)
+    )
     return 0
 
 

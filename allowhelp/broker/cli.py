@@ -35,7 +35,9 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import run_event_loop, serve
+    from allowhelp.runtime import run_event_loop, tune_malloc
+
+    from .server import serve
 
     settings = BrokerSettings.build(
         data_dir(args),
@@ -46,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         syslog_url=args.syslog,
         consent_timeout=args.consent_timeout,
     )
+    tune_malloc()
     run_event_loop(serve(settings))
     return 0
 

@@ -16,9 +16,11 @@ import socket
 import sys
 from pathlib import Path
 
+from allowhelp.runtime import run_event_loop, tune_malloc
+
 from .admin import add_user, create_token, prepare
 from .passwords import hash_password
-from .server import STORE_FILE, run_event_loop, serve
+from .server import STORE_FILE, serve
 from .settings import BrokerSettings, RuntimeInfo, parse_hostport
 from .store import Store
 
@@ -127,5 +129,6 @@ def run_demo(data: Path | None, *, https: str, tunnel: str) -> int:
     root = (data or Path(".demo")).resolve()
     prepare(root)
     os.environ.setdefault("ALLOWHELP_CONFIG", str(root / "agent"))
+    tune_malloc()
     run_event_loop(_demo(root, https, tunnel))
     return 0

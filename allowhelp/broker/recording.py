@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import IO
 
@@ -38,7 +39,15 @@ class AsciicastRecorder:
         self._line(header)
 
     def _line(self, value: object) -> None:
-        data = json.dumps(value, ensure_ascii=False).encode() + b"\n"
+        self._write(json.dumps(value, ensure_ascii=False))
+
+    def _event(self, code: str, text: str) -> None:
+        # What json.dumps([t, code, text], ensure_ascii=False) writes, without
+        # building an encoder per event: this runs for every keystroke's echo.
+        self._write(f'[{self._elapsed()!r}, "{code}", {encode_basestring(text)}]')
+
+    def _write(self, line: str) -> None:
+        data = line.encode() + b"\n"
         self._file.write(data)
         self._hash.update(data)
 
@@ -48,18 +57,18 @@ class AsciicastRecorder:
     def output(self, data: bytes) -> None:
         text = self._decoder.decode(data)
         if text and not self._closed:
-            self._line([self._elapsed(), "o", text])
+            self._event("o", text)
 
     def resize(self, cols: int, rows: int) -> None:
         if not self._closed:
-            self._line([self._elapsed(), "r", f"{cols}x{rows}"])
+            self._event("r", f"{cols}x{rows}")
 
     def close(self) -> str:
         """Flush to disk and return the hex SHA-256 of the whole file."""
         if not self._closed:
             rest = self._decoder.decode(b"", final=True)
             if rest:
-                self._line([self._elapsed(), "o", rest])
+                self._event("o", rest)
             self._closed = True
             self._file.flush()
             os.fsync(self._file.fileno())
