@@ -4,48 +4,81 @@ The help desk must be able to show, months later, who looked at which PC, when
 and with whose permission, and prove that nobody edited the record since. So:
 
 * this module is the only writer, and a record is committed (fsynced, WAL with
-  ``synchronous=FULL``) before :meth:`AuditLog.append` returns; a caller that
-  gets :class:`AuditUnavailable` must refuse the action (fail closed);
+  ``synchronous=FULL``) before :meth:`AuditLog.append` or :meth:`AuditLog.write`
+  returns; a caller that gets :class:`AuditUnavailable` must refuse the action
+  (fail closed);
 * each record carries the SHA-256 of its own canonical JSON and the hash of the
   record before it, so an edit, a deletion or a reordering breaks the chain
   where it happened; cutting records off the end is caught by comparing with a
   head (``SEQ:HASH``) saved elsewhere, e.g. by the syslog collector;
 * triggers refuse UPDATE and DELETE, so a bug cannot rewrite history by accident.
 
-The hash of a record is ``sha256(canonical(obj))`` where ``obj`` is the JSON
-object with the keys seq, ts, type, code, actor, target, details, prev_hash and
-canonical is ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
-ensure_ascii=False).encode("utf-8")``; anyone can re-check an export with that.
+Group commit: the fsync is most of what a record costs, and a busy broker (a
+reconnect storm) asks for many records at once. :meth:`AuditLog.write` queues
+its record and one writer thread commits everything queued in one transaction:
+one fsync for the lot, one wake-up per event loop to hand the results back.
+Fail closed still holds per record, because each caller awaits its own record:
+``write`` returns only once the transaction holding it is committed; if that
+commit fails, the whole transaction is rolled back (nothing half-written) and
+every caller in it gets :class:`AuditUnavailable`. A caller cancelled while
+waiting still gets its record committed: a record without its action is
+harmless, the reverse is not. The sync :meth:`AuditLog.append` (CLI, tests)
+commits inline under the same lock, so seqs and syslog forwarding keep one order.
+
+The chain format and the read-only side (:func:`verify`, :func:`read_head`,
+:func:`read_records`) are in :mod:`allowhelp.broker.auditchain`, re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
-import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from allowhelp.broker.auditchain import (
+    GENESIS_HASH,
+    LAST_SQL,
+    SCHEMA_VERSION,
+    SELECT_SQL,
+    AuditRecord,
+    VerifyResult,
+    canonical,
+    check_schema,
+    read_head,
+    read_records,
+    record_hash,
+    row_to_record,
+    verify,
+)
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
 
 if TYPE_CHECKING:
     from allowhelp.broker.syslog import SyslogForwarder
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "BATCH_MAX",
+    "EVENT_CODES",
+    "GENESIS_HASH",
+    "SCHEMA_VERSION",
+    "AuditLog",
+    "AuditRecord",
+    "VerifyResult",
+    "read_head",
+    "read_records",
+    "record_hash",
+    "verify",
+]
 
-GENESIS_HASH = "0" * 64
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
 # Stable codes for each event type. They appear in exports and in syslog
 # (MSGID), and collectors' alert rules match on them: a code, once assigned,
@@ -91,11 +124,13 @@ EVENT_CODES: dict[str, str] = {
     "auth.policy.changed": "AH1007",
     "token.revoked": "AH1204",
     "session.replayed": "AH1410",
+    "help.refused": "AH1411",
 }
 
-_HASHED = ("seq", "ts", "type", "code", "actor", "target", "details", "prev_hash")
-_SELECT = "SELECT seq, ts, type, code, actor, target, details, prev_hash, hash FROM audit"
-_LAST = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+# At most this many records per transaction, so one commit stays short and a
+# caller queued behind a huge burst does not wait for all of it.
+BATCH_MAX = 512
+
 _INSERT = (
     "INSERT INTO audit (seq, ts, type, code, actor, target, details, prev_hash, hash)"
     " VALUES (:seq, :ts, :type, :code, :actor, :target, :details_text, :prev_hash, :hash)"
@@ -110,50 +145,6 @@ _SCHEMA = (
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END""",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
-
-
-def _canonical(obj: object) -> str:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def record_hash(fields: Mapping[str, object]) -> str:
-    """The chain hash of a record's fields (every column but ``hash``).
-
-    Public so that an export can be re-checked without this database.
-    """
-    payload = {key: fields[key] for key in _HASHED}
-    return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    seq: int
-    ts: str
-    type: str
-    code: str
-    actor: str
-    target: str
-    details: Mapping[str, object]
-    prev_hash: str
-    hash: str
-
-    def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """``count``, ``last_seq`` and ``last_hash`` cover the records found good,
-    i.e. all of them when ``ok``, else those before the first problem."""
-
-    ok: bool
-    count: int
-    last_seq: int
-    first_bad_seq: int | None
-    problem: str
-    last_hash: str = GENESIS_HASH
 
 
 def _utc_now() -> str:
@@ -180,45 +171,53 @@ def _unavailable(reason: str) -> AuditUnavailable:
     return AuditUnavailable(f"audit log unavailable: {reason}; the action was refused")
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
-    """Return the schema version, refusing files this code cannot vouch for."""
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A checked record waiting for its seq: everything but the chain fields."""
+
+    type: str
+    code: str
+    actor: str
+    target: str
+    details: dict[str, object]
+
+
+def _entry(type: str, actor: str, target: str, details: Mapping[str, object] | None) -> _Entry:
+    """Check and clean a record on the caller's side, so a bad one is refused at
+    once and never reaches (or fails) a batch of other callers' records."""
+    code = EVENT_CODES.get(type)
+    if code is None:
+        raise ValueError(f"unknown audit event type {type!r}; register it in EVENT_CODES")
+    # Round-trip so the hash covers exactly what verify() will read back
+    # (tuples become lists, int keys become strings).
     try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
-            raise AuditCorrupt(f"{path} is not an SQLite database, so not an audit log") from exc
-        raise
-    if version == 0 and not tables:
-        return 0
-    if version != SCHEMA_VERSION:
-        raise AuditCorrupt(
-            f"{path} has audit schema version {version}; this broker reads version "
-            f"{SCHEMA_VERSION} (is it an allowhelp audit log?)"
-        )
-    if "audit" not in tables:
-        raise AuditCorrupt(f"{path} has no audit table (is it an allowhelp audit log?)")
-    return version
+        clean: dict[str, object] = json.loads(canonical(dict(details or {})))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"audit details must be JSON with string keys: {exc}") from exc
+    return _Entry(type, code, actor, target, clean)
 
 
-def _open_ro(path: Path) -> sqlite3.Connection:
-    """Read-only: checking or exporting must never change the evidence."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no audit log at {path}")
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    try:
-        if _check_schema(conn, path) == 0:
-            raise AuditCorrupt(f"{path} is an empty database, not an audit log")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    """A queued :meth:`AuditLog.write`: its record and where to hand back the outcome."""
+
+    entry: _Entry
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[AuditRecord]
 
 
-def _row_to_record(row: tuple[Any, ...]) -> AuditRecord:
-    named = dict(zip((*_HASHED, "hash"), row, strict=True))
-    return AuditRecord(**{**named, "details": json.loads(named["details"])})
+_Outcome = AuditRecord | AuditUnavailable
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[AuditRecord], _Outcome]]) -> None:
+    """Runs on the callers' loop: one call hands back a whole batch's results."""
+    for future, outcome in outcomes:
+        if future.done():  # the caller was cancelled; its record stands anyway
+            continue
+        if isinstance(outcome, AuditRecord):
+            future.set_result(outcome)
+        else:
+            future.set_exception(outcome)
 
 
 class AuditLog:
@@ -235,10 +234,14 @@ class AuditLog:
         self._path = path
         self._forwarder = forwarder
         self._busy_timeout = busy_timeout
+        # Held while the connection is used and while records are forwarded:
+        # commits by the writer thread and by append() take turns, in seq order.
         self._lock = threading.Lock()
+        # Guards the queue of async writes, the closed flag and the writer.
+        self._queue = threading.Condition(threading.Lock())
+        self._pending: list[_Waiter] = []
         self._closed = False
-        # One thread, so async writers queue up instead of fighting over the lock.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._writer: threading.Thread | None = None
 
     @classmethod
     def open(
@@ -271,11 +274,11 @@ class AuditLog:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            if _check_schema(conn, path) == 0:
+            if check_schema(conn, path) == 0:
                 conn.execute("BEGIN IMMEDIATE")
                 # Another process may have created it while we waited for the lock.
                 # (executescript would COMMIT first, so one statement at a time.)
-                if _check_schema(conn, path) == 0:
+                if check_schema(conn, path) == 0:
                     for statement in _SCHEMA:
                         conn.execute(statement)
                 conn.execute("COMMIT")
@@ -302,66 +305,18 @@ class AuditLog:
         target: str = "",
         details: Mapping[str, object] | None = None,
     ) -> AuditRecord:
-        """Commit one record; only after this returns may the action take effect."""
-        code = EVENT_CODES.get(type)
-        if code is None:
-            raise ValueError(f"unknown audit event type {type!r}; register it in EVENT_CODES")
-        # Round-trip so the hash covers exactly what verify() will read back
-        # (tuples become lists, int keys become strings).
-        try:
-            clean: dict[str, object] = json.loads(_canonical(dict(details or {})))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"audit details must be JSON with string keys: {exc}") from exc
+        """Commit one record; only after this returns may the action take effect.
+
+        Blocks for the fsync, inline: for the CLI and tests. The broker's event
+        loop uses :meth:`write`.
+        """
+        entry = _entry(type, actor, target, details)
         with self._lock:
             if self._closed:
                 raise _unavailable("the audit log is closed")
-            record = self._commit(type, code, actor, target, clean)
-            log.debug("audit record %d %s committed", record.seq, record.type)
-            # Under the lock so the collector sees seq order; submit never blocks.
-            if self._forwarder is not None:
-                try:
-                    self._forwarder.submit(record)
-                except Exception:  # committed already; forwarding is best effort
-                    log.warning("syslog forwarding of record %d failed", record.seq, exc_info=True)
-        return record
-
-    def _commit(
-        self, type: str, code: str, actor: str, target: str, details: dict[str, object]
-    ) -> AuditRecord:
-        conn = self._conn
-        try:
-            # IMMEDIATE takes the write lock before reading the last row, so two
-            # processes on one file cannot both claim the same seq.
-            conn.execute("BEGIN IMMEDIATE")
-            last = conn.execute(_LAST).fetchone()
-            seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
-            fields: dict[str, Any] = {
-                "seq": seq,
-                "ts": _utc_now(),
-                "type": type,
-                "code": code,
-                "actor": actor,
-                "target": target,
-                "details": details,
-                "prev_hash": prev,
-            }
-            fields["hash"] = record_hash(fields)
-            conn.execute(_INSERT, {**fields, "details_text": _canonical(details)})
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            reason = _plain_reason(exc, self._busy_timeout)
-            log.warning("audit append of %s refused: %s", type, reason)
-            raise _unavailable(reason) from exc
-        return AuditRecord(**fields)
-
-    def _rollback(self) -> None:
-        """Leave no half transaction behind, so the next append starts clean."""
-        try:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.warning("audit rollback failed", exc_info=True)
+            records = self._commit([entry])
+            self._forward(records)
+        return records[0]
 
     async def write(
         self,
@@ -371,105 +326,175 @@ class AuditLog:
         target: str = "",
         details: Mapping[str, object] | None = None,
     ) -> AuditRecord:
-        """:meth:`append` without blocking the event loop on fsync."""
-        call = functools.partial(self.append, type, actor=actor, target=target, details=details)
-        try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except RuntimeError as exc:  # the executor is shut down: close() was called
-            raise _unavailable("the audit log is closed") from exc
+        """:meth:`append` without blocking the event loop: group-committed.
+
+        A bad record (unknown type, details that are not JSON) raises here, at
+        once. Otherwise returns once the transaction holding this record is
+        committed, or raises :class:`AuditUnavailable` if it was not.
+        """
+        entry = _entry(type, actor, target, details)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AuditRecord] = loop.create_future()
+        with self._queue:
+            if self._closed:
+                raise _unavailable("the audit log is closed")
+            if self._writer is None:
+                # Started on first use, so the CLI (append only) never has one.
+                # A daemon: a forgotten close() must not hang the exit, and no
+                # caller goes ahead before its record is committed anyway.
+                self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._writer.start()
+            self._pending.append(_Waiter(entry, loop, future))
+            if len(self._pending) == 1:  # else the writer was told already
+                self._queue.notify()
         return await future
+
+    def _run(self) -> None:
+        """The writer thread: each turn commits everything queued (up to
+        :data:`BATCH_MAX`) in one transaction. Exits once closed and drained."""
+        try:
+            while True:
+                with self._queue:
+                    while not self._pending and not self._closed:
+                        self._queue.wait()
+                    if not self._pending:
+                        return
+                    batch = self._pending[:BATCH_MAX]
+                    del self._pending[:BATCH_MAX]
+                self._write_batch(batch)
+        finally:  # only a bug gets here with work left: refuse it all, hang nobody
+            with self._queue:
+                self._closed, stranded, self._pending = True, self._pending, []
+            if stranded:
+                self._hand_back(
+                    stranded, [_unavailable("the audit writer stopped") for _ in stranded]
+                )
+
+    def _write_batch(self, batch: list[_Waiter]) -> None:
+        with self._lock:
+            try:
+                records = self._commit([waiter.entry for waiter in batch])
+            except Exception as exc:  # a bug too must fail the callers, never strand them
+                refusal = exc if isinstance(exc, AuditUnavailable) else self._internal(exc)
+                # One exception per caller: a shared one would gather every task's traceback.
+                self._hand_back(batch, [_copy_refusal(refusal) for _ in batch])
+                return
+            self._hand_back(batch, records)
+            self._forward(records)
+
+    def _internal(self, exc: Exception) -> AuditUnavailable:
+        self._rollback()
+        log.error("audit writer failed on a batch", exc_info=exc)
+        refusal = _unavailable(f"internal error ({type(exc).__name__})")
+        refusal.__cause__ = exc
+        return refusal
+
+    @staticmethod
+    def _hand_back(batch: list[_Waiter], outcomes: Sequence[_Outcome]) -> None:
+        """One thread-safe call per event loop for the whole batch, not one
+        wake-up per record: those wake-ups were much of a busy broker's CPU."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditRecord], _Outcome]]]
+        by_loop = {}
+        for waiter, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, outcome))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                log.debug("audit results for a closed event loop dropped")
+
+    def _forward(self, records: Sequence[AuditRecord]) -> None:
+        """Hand committed records to syslog; called under the lock, so in seq order."""
+        for record in records:
+            log.debug("audit record %d %s committed", record.seq, record.type)
+            if self._forwarder is None:
+                continue
+            try:
+                self._forwarder.submit(record)  # never blocks
+            except Exception:  # committed already; forwarding is best effort
+                log.warning("syslog forwarding of record %d failed", record.seq, exc_info=True)
+
+    def _commit(self, entries: Sequence[_Entry]) -> list[AuditRecord]:
+        """All of ``entries`` in one transaction (one fsync), or none of them."""
+        conn = self._conn
+        try:
+            # IMMEDIATE takes the write lock before reading the last row, so two
+            # processes on one file cannot both claim the same seq.
+            conn.execute("BEGIN IMMEDIATE")
+            last = conn.execute(LAST_SQL).fetchone()
+            seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+            # One timestamp for the lot: they are committed at the same instant.
+            ts = _utc_now()
+            records: list[AuditRecord] = []
+            rows: list[dict[str, Any]] = []
+            for entry in entries:
+                seq += 1
+                fields: dict[str, Any] = {
+                    "seq": seq,
+                    "ts": ts,
+                    "type": entry.type,
+                    "code": entry.code,
+                    "actor": entry.actor,
+                    "target": entry.target,
+                    "details": entry.details,
+                    "prev_hash": prev,
+                }
+                fields["hash"] = prev = record_hash(fields)
+                records.append(AuditRecord(**fields))
+                rows.append({**fields, "details_text": canonical(entry.details)})
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            reason = _plain_reason(exc, self._busy_timeout)
+            kinds = ", ".join(sorted({entry.type for entry in entries}))
+            log.warning("audit batch of %d (%s) refused: %s", len(entries), kinds, reason)
+            raise _unavailable(reason) from exc
+        return records
+
+    def _rollback(self) -> None:
+        """Leave no half transaction behind, so the next batch starts clean."""
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("audit rollback failed", exc_info=True)
 
     def head(self) -> tuple[int, str]:
         with self._lock:
             try:
-                row = self._conn.execute(_LAST).fetchone()
+                row = self._conn.execute(LAST_SQL).fetchone()
             except sqlite3.Error as exc:
                 raise _unavailable(_plain_reason(exc, self._busy_timeout)) from exc
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
     def records(self, after: int = 0, limit: int | None = None) -> list[AuditRecord]:
-        sql = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?"
+        sql = f"{SELECT_SQL} WHERE seq > ? ORDER BY seq LIMIT ?"
         with self._lock:
             try:
                 rows = self._conn.execute(sql, (after, -1 if limit is None else limit)).fetchall()
             except sqlite3.Error as exc:
                 raise _unavailable(_plain_reason(exc, self._busy_timeout)) from exc
-        return [_row_to_record(row) for row in rows]
+        return [row_to_record(row) for row in rows]
 
     def close(self) -> None:
-        """Wait for queued writes, then close. The forwarder stays the caller's."""
-        self._executor.shutdown(wait=True)
+        """Refuse new writes, let the queued ones land (or fail), then close.
+
+        Writes queued before this call are committed by the writer before it
+        exits; any later one is refused at once, so none can hang. The
+        forwarder stays the caller's.
+        """
+        with self._queue:
+            self._closed = True
+            writer = self._writer
+            self._queue.notify_all()
+        if writer is not None:
+            writer.join()
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
+            self._conn.close()
 
 
-def read_head(path: Path) -> tuple[int, str]:
-    """The head of a log on disk, read-only (for the CLI, while a broker runs)."""
-    conn = _open_ro(Path(path))
-    try:
-        row = conn.execute(_LAST).fetchone()
-    finally:
-        conn.close()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
-
-
-def read_records(path: Path, after: int = 0) -> Iterator[AuditRecord]:
-    """Stream records read-only, so exporting a large log needs little memory."""
-    conn = _open_ro(Path(path))
-    try:
-        for row in conn.execute(f"{_SELECT} WHERE seq > ? ORDER BY seq", (after,)):
-            yield _row_to_record(row)
-    finally:
-        conn.close()
-
-
-def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
-    """The first thing wrong with one row, in words, or ''."""
-    seq: int = row[0]  # INTEGER PRIMARY KEY: always an int
-    if seq != expected:
-        return f"record {expected} is missing (sequence jumps from {expected - 1} to {seq})"
-    if not all(isinstance(field, str) for field in row[1:]):
-        return f"record {seq} was edited (a field has the wrong type)"
-    named: dict[str, Any] = dict(zip((*_HASHED, "hash"), row, strict=True))
-    try:
-        named["details"] = json.loads(named["details"])
-    except ValueError:
-        return f"record {seq} was edited (details are not valid JSON)"
-    if record_hash(named) != named["hash"]:
-        return f"record {seq} was edited (hash mismatch)"
-    if named["prev_hash"] != prev:
-        return f"record {seq} is out of order / its prev_hash does not match record {seq - 1}"
-    return ""
-
-
-def verify(path: Path, head: tuple[int, str] | None = None) -> VerifyResult:
-    """Walk the whole chain read-only and report the first bad record.
-
-    ``head`` is a ``(seq, hash)`` saved earlier outside this file; without it,
-    records cut off the end cannot be noticed.
-    """
-    path = Path(path)
-    conn = _open_ro(path)
-    count, prev = 0, GENESIS_HASH
-    head_hash = GENESIS_HASH if head is not None and head[0] == 0 else None
-    try:
-        for row in conn.execute(f"{_SELECT} ORDER BY seq"):
-            problem = _check_row(row, count + 1, prev)
-            if problem:
-                return VerifyResult(False, count, count, count + 1, problem, prev)
-            count, prev = count + 1, str(row[8])
-            if head is not None and count == head[0]:
-                head_hash = prev
-    except sqlite3.DatabaseError as exc:
-        raise AuditCorrupt(f"{path} cannot be read: {exc}") from exc
-    finally:
-        conn.close()
-    if head is not None and head_hash is None:
-        problem = f"the log was truncated: head {head[0]} not present"
-        return VerifyResult(False, count, count, count + 1, problem, prev)
-    if head is not None and head_hash != head[1]:
-        problem = f"record {head[0]}'s hash differs from the saved head"
-        return VerifyResult(False, count, count, head[0], problem, prev)
-    return VerifyResult(True, count, count, None, "", prev)
+def _copy_refusal(exc: AuditUnavailable) -> AuditUnavailable:
+    copy = AuditUnavailable(*exc.args)
+    copy.__cause__ = exc.__cause__
+    return copy
