@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import websockets
 
+from allowhelp.broker.help import MAX_OPEN_PER_AGENT
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -259,3 +260,26 @@ def test_help_request_code_and_session_from_it(setup: tuple[Broker, Agent], desk
     ]
     wrong = desk.request(agent.agent_id, help_code="000 000")
     assert wrong.status_code == 400
+
+
+def test_help_request_over_the_limit_is_refused_audited_and_told(
+    setup: tuple[Broker, Agent], desk: Desk
+) -> None:
+    """A sixth open request gets a plain refusal at once, not a 15 s silence."""
+    broker, agent = setup
+    queue = desk.client.get("/api/v1/help-requests").json()
+    open_here = [t for t in queue if t["agent_id"] == agent.agent_id]
+    for n in range(MAX_OPEN_PER_AGENT - len(open_here)):
+        done = agent_call(agent, "request-help", "--message", f"printer {n}")
+        assert done.returncode == 0, done.stderr
+    started = time.monotonic()
+    refused = agent_call(agent, "request-help", "--message", "one more <b>please</b>")
+    assert time.monotonic() - started < 10
+    assert refused.returncode != 0
+    assert "already has 5 open help requests" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    record = next(r for r in reversed(audit(broker)) if r["type"] == "help.refused")
+    assert record["target"] == agent.agent_id
+    assert record["details"] == {"reason": "too_many_open", "message": "one more <b>please</b>"}
+    queue = desk.client.get("/api/v1/help-requests").json()
+    assert len([t for t in queue if t["agent_id"] == agent.agent_id]) == MAX_OPEN_PER_AGENT

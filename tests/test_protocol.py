@@ -11,6 +11,7 @@ from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
     HelpCode,
+    HelpRefused,
     HelpRequest,
     LineBuffer,
     ProtocolError,
@@ -43,6 +44,7 @@ MESSAGES = [
     SessionEnd(session_id="abcdefgh12", reason="user"),
     HelpRequest(ref="r1", message="my printer"),
     HelpCode(ref="r1", code="123 456", expires_in=1800.0),
+    HelpRefused(ref="r1", reason="too many open"),
 ]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .consent import ConsentRefused
 from .errors import AgentError
-from .service import AgentService, NotConnected
+from .service import AgentService, HelpDeclined, NotConnected
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class LocalControlServer:
             return {"ok": True, **await self._dispatch(request)}
         except (ValueError, UnicodeDecodeError):
             return {"ok": False, "error": "malformed request"}
-        except (ConsentRefused, NotConnected) as exc:
+        except (ConsentRefused, NotConnected, HelpDeclined) as exc:
             return {"ok": False, "error": str(exc)}
 
     async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
     HelpCode,
+    HelpRefused,
     HelpRequest,
     Message,
     SessionEnd,
@@ -38,6 +39,10 @@ HELP_TIMEOUT = 15.0
 
 class NotConnected(AgentError):
     """The broker cannot be reached right now, so nothing can be sent to it."""
+
+
+class HelpDeclined(AgentError):
+    """The broker answered a help request with a refusal; the text says why."""
 
 
 class ConsentFrontend(Protocol):
@@ -95,6 +100,11 @@ class AgentService:
             future = self._help.pop(message.ref, None)
             if future is not None and not future.done():
                 future.set_result(message)
+        elif isinstance(message, HelpRefused):
+            future = self._help.pop(message.ref, None)
+            if future is not None and not future.done():
+                reason = plain_text(message.reason, 200)
+                future.set_exception(HelpDeclined(f"no help code: {reason}"))
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
 

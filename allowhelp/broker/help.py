@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 
-from allowhelp.protocol.control import HelpCode, HelpRequest
+from allowhelp.protocol.control import HelpCode, HelpRefused, HelpRequest
 from allowhelp.protocol.text import plain_text
 
 from .audit import AuditLog
@@ -51,11 +51,14 @@ class HelpDesk:
 
     async def request(self, agent_id: str, message: HelpRequest, live: LiveAgent | None) -> None:
         now = time.time()
-        open_here = [t for t in self.open_tickets() if t.agent_id == agent_id]
-        if len(open_here) >= MAX_OPEN_PER_AGENT or live is None:
-            log.warning("agent=%s help request refused: too many open", agent_id)
+        if live is None:  # the tunnel went while the message waited: nobody to answer
+            log.warning("agent=%s help request dropped: the agent is gone", agent_id)
             return
+        open_here = [t for t in self.open_tickets() if t.agent_id == agent_id]
         agent = self._store.agent(agent_id)
+        if len(open_here) >= MAX_OPEN_PER_AGENT:
+            await self._refuse(agent_id, message, live, agent.hostname if agent else "?")
+            return
         digits = self._fresh_digits(now)
         ticket = HelpTicket(
             code=digits,
@@ -74,6 +77,23 @@ class HelpDesk:
         self._store.add_help_request(ticket)
         live.link.send(HelpCode(ref=message.ref, code=format_code(digits), expires_in=CODE_TTL))
         self._events.publish({"type": "help_request", "help_request": ticket.to_json()})
+
+    async def _refuse(
+        self, agent_id: str, message: HelpRequest, live: LiveAgent, hostname: str
+    ) -> None:
+        """Audited and told: the user must not sit waiting for a code that never comes."""
+        reason = (
+            f"this PC already has {MAX_OPEN_PER_AGENT} open help requests; "
+            "the help desk will call back, or try again when one is answered"
+        )
+        await self._audit.write(
+            "help.refused",
+            actor=f"user@{hostname}",
+            target=agent_id,
+            details={"reason": "too_many_open", "message": plain_text(message.message, 500)},
+        )
+        log.warning("agent=%s help request refused: too many open", agent_id)
+        live.link.send(HelpRefused(ref=message.ref, reason=reason))
 
     def _fresh_digits(self, now: float) -> str:
         for _ in range(100):

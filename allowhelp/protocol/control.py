@@ -139,6 +139,15 @@ class HelpCode(Message):
 
 
 @dataclass(frozen=True)
+class HelpRefused(Message):
+    """Broker → agent: no code this time, and why (the user is told, not left waiting)."""
+
+    type: ClassVar[str] = "help.refused"
+    ref: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Hello(Message):
     """Agent → broker, first line: what the PC is now (user may have changed)."""
 
@@ -151,7 +160,15 @@ class Hello(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
-    for cls in (ConsentRequest, ConsentDecision, SessionEnd, HelpRequest, HelpCode, Hello)
+    for cls in (
+        ConsentRequest,
+        ConsentDecision,
+        SessionEnd,
+        HelpRequest,
+        HelpCode,
+        HelpRefused,
+        Hello,
+    )
 }
 LIMITS = {
     "session_id": 40,
