@@ -283,12 +283,7 @@ def run(
 ) -> dict[str, Any]:
     size = (64 if quick else 256) * MIB
     runs = 3 if quick else 5
-    why = openssh.missing()
-    sshd = None
-    if why is None:
-        sshd = openssh.Sshd(procs, root / "sshd").start()
-    else:
-        log(f"OpenSSH baselines skipped: {why}")
+    sshd, why = openssh.start_if_present(procs, root / "sshd")
     server = RfbServer(procs, root / "rfbsink.log")
     env = {"ALLOWHELP_TEST_SCREEN_COMMAND": shlex.join(SINK)}
     install = Installation.start(procs, root / "allowhelp", levers, agent_env=env)

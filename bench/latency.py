@@ -108,8 +108,7 @@ def run(
 ) -> dict[str, Any]:
     count = 2000
     runs = 1 if quick else 3
-    why = openssh.missing()
-    sshd = openssh.Sshd(procs, root / "sshd").start() if why is None else None
+    sshd, why = openssh.start_if_present(procs, root / "sshd")
     install = Installation.start(procs, root / "allowhelp", levers)
     per_run: list[dict[str, Any]] = []
     try:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Procs, free_port, wait_for
+from bench.common import Procs, free_port, log, wait_for
 
 SSHD = "/usr/sbin/sshd"
 INSTALL_HINT = "apt-get install -y openssh-server openssh-client"
@@ -147,3 +147,12 @@ class Sshd:
     def stop(self) -> None:
         if self.proc is not None:
             self.procs.stop(self.proc)
+
+
+def start_if_present(procs: Procs, folder: Path) -> tuple[Sshd | None, str | None]:
+    """A started throwaway sshd, or None and why the OpenSSH baselines are skipped."""
+    why = missing()
+    if why is not None:
+        log(f"OpenSSH baselines skipped: {why}")
+        return None, why
+    return Sshd(procs, folder).start(), None

@@ -237,12 +237,7 @@ def run(
 ) -> dict[str, Any]:
     size = (16 if quick else 64) * MIB
     runs = 3 if quick else 5
-    why = openssh.missing()
-    sshd = None
-    if why is None:
-        sshd = openssh.Sshd(procs, root / "sshd").start()
-    else:
-        log(f"OpenSSH baselines skipped: {why}")
+    sshd, why = openssh.start_if_present(procs, root / "sshd")
     install = Installation.start(procs, root / "allowhelp", levers)
     try:
         result = asyncio.run(_measure(install, sshd, procs, size, runs))
