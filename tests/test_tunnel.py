@@ -217,7 +217,8 @@ def test_network_cut_and_restore(fleet: Fleet) -> None:
 
 
 def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
-    """No FIN, no RST, nothing: only the SSH keepalives can tell (within 60 s)."""
+    """No FIN, no RST, nothing: only the SSH keepalives can tell, within 60 s on
+    both ends (the agent's every 15 s; the broker's only after 20 s of silence)."""
     broker, agent = enrolled(fleet)
     proxy = CuttableProxy(port_of(broker.tunnel))
     proxy.restore()
@@ -237,6 +238,26 @@ def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
         wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
     finally:
         proxy.close()
+
+
+def test_a_silent_connection_is_dropped_at_the_login_timeout(fleet: Fleet) -> None:
+    """The broker builds its SSH connections itself (one shared options object):
+    the login timeout must still end a handshake that never happens."""
+    from allowhelp.broker.tunnel import LOGIN_TIMEOUT
+
+    broker, _ = enrolled(fleet)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port_of(broker.tunnel))) as silent:
+        silent.settimeout(LOGIN_TIMEOUT + 10)
+        while silent.recv(4096):
+            pass
+    took = time.monotonic() - started
+    assert LOGIN_TIMEOUT - 1 <= took <= LOGIN_TIMEOUT + 5
+    wait_for(
+        lambda: "handshake failed: Login timeout expired" in broker.log.read_text(),
+        5,
+        "the failed handshake to end (and give back its slot)",
+    )
 
 
 def test_silent_connections_cannot_lock_agents_out_for_long(fleet: Fleet) -> None:

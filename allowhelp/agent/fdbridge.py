@@ -13,9 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
-READ_SIZE = 64 * 1024
-# A PTY hands out at most ~4 KiB per read; gather what is ready into one SSH
-# packet instead of one packet (and one encryption) per small read.
+# A socket (the screen) hands out what is queued: 256 KiB is two 128 KiB SSH
+# packets per wake-up. A PTY hands out at most ~4 KiB per read; gather what is
+# ready into one SSH packet instead of one packet (and one encryption) per read.
+READ_SIZE = 256 * 1024
 GATHER_READS = 16
 MAX_PENDING_INPUT = 256 * 1024
 

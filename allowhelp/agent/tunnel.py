@@ -86,6 +86,8 @@ class AgentTunnel:
             keepalive_interval=ssh_options.KEEPALIVE_INTERVAL,
             keepalive_count_max=ssh_options.KEEPALIVE_COUNT_MAX,
             login_timeout=20,
+            window=ssh_options.CHANNEL_WINDOW,
+            max_pktsize=ssh_options.CHANNEL_PACKET_SIZE,
         )
 
     async def connect_once(self) -> asyncssh.SSHServerConnection:

@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import uvicorn
 
@@ -39,11 +39,14 @@ from .tunnel import TunnelListener
 from .wall import Wall
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 AUDIT_FILE = "audit.sqlite3"
 STORE_FILE = "broker.sqlite3"
 WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - names to leave out of the certificate
+# Descriptors kept for everything but agent tunnels: HTTPS clients, the
+# databases, the audit log, recordings, syslog. The rest is one per agent.
+FD_RESERVE = 200
+NR_OPEN = Path("/proc/sys/fs/nr_open")  # the kernel's cap when the hard limit is "unlimited"
 
 
 @dataclass(frozen=True)
@@ -87,20 +90,55 @@ def tls_hosts(settings: BrokerSettings) -> list[str]:
     return hosts
 
 
-def run_event_loop(main: Coroutine[object, object, T]) -> T:
-    """uvloop when it is installed (it comes with the broker extra). Measured
-    (docs/benchmarks.md): with uvloop in broker and agent a keystroke's p99
-    ratio to OpenSSH went from 3.75x to 3.10x; in the broker alone the change
-    was within the noise. It is the event loop uvicorn deployments expect."""
+def raise_fd_limit() -> int | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit and return the new soft
+    limit (None when it cannot be read or is unlimited).
+
+    Every agent holds a socket, and the usual soft limit (1,024) caps a broker
+    at about 800 PCs although the hard limit allows far more; raising the soft
+    limit needs no privilege. Failing to is not fatal, only logged: the broker
+    still serves as many agents as the current limit allows.
+    """
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the open-file limit: %s", exc)
+        return None
+    target = hard if hard != resource.RLIM_INFINITY else _kernel_fd_cap()
+    if target is not None and soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _kernel_fd_cap() -> int | None:
+    """With an unlimited hard limit the soft one may go up to ``fs.nr_open``."""
+    try:
+        return int(NR_OPEN.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def announce_fd_limit(limit: int | None) -> None:
+    """Say once how many agents this process can hold, so an operator sees the
+    cap before the fleet hits it (``LimitNOFILE=`` under systemd)."""
+    if limit is None:
+        log.info("open-file limit: unlimited")
+        return
+    room = max(limit - FD_RESERVE, 0)
+    log.info(
+        "open-file limit %d: room for about %d agent tunnels (raise LimitNOFILE= for more)",
+        limit,
+        room,
+    )
 
 
 async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then close everything cleanly."""
+    announce_fd_limit(raise_fd_limit())
     folder = DataFolder.open(settings.data_dir, tls_hosts(settings), settings.syslog_url)
     https_sock = bind(settings.https_host, settings.https_port)
     https_port = https_sock.getsockname()[1]

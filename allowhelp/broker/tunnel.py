@@ -1,9 +1,10 @@
 """The tunnel listener: agents dial in, and the broker plays SSH *client* on top.
 
-Each accepted TCP connection runs the client side of SSH (``asyncssh.run_client``).
-The agent's host key is its identity: it is checked against the enrolled keys
-before the handshake completes, so no agent can claim another's id, and a
-removed agent is refused like an unknown one.
+Each accepted TCP connection runs the client side of SSH, all of them sharing
+one prepared options object (``_start_client``). The agent's host key is its
+identity: it is checked against the enrolled keys before the handshake
+completes, so no agent can claim another's id, and a removed agent is refused
+like an unknown one.
 
 Admission control, as OpenSSH's MaxStartups: at most ``MAX_STARTUPS``
 handshakes are in progress at once. Beyond that the broker stops calling
@@ -15,6 +16,10 @@ of them; its excess is closed at accept. Without any of this, a whole fleet reco
 broker restart shares the CPU so thinly that no handshake finishes before its
 login timeout, every agent retries, and none ever gets back in. Audit writes
 run off the event loop, so a slow disk does not stall every tunnel.
+
+A broker holds tens of thousands of idle tunnels, so what each one keeps
+matters (``bench --only memory``): no per-connection options object, and the
+peer's ``server-sig-algs`` set shared between connections that sent the same.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 MAX_STARTUPS = 200
 MAX_STARTUPS_PER_ADDRESS = 100  # one address (a branch office's NAT) cannot take them all
 LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
+SHARED_SIG_ALGS = 16  # distinct server-sig-algs sets kept for sharing; agents send one
 
 
 class AgentConnection(asyncssh.SSHClient):
@@ -67,6 +73,10 @@ class AgentConnection(asyncssh.SSHClient):
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
         return self._listener.accept_key(key, addr)
+
+    def auth_completed(self) -> None:
+        if self._conn is not None:
+            self._listener.share_sig_algs(self._conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.link is not None:
@@ -95,6 +105,7 @@ class TunnelListener:
         self._room.set()
         self.dropped = 0
         self._options_built: asyncssh.SSHClientConnectionOptions | None = None
+        self._sig_algs: dict[frozenset[bytes], frozenset[bytes]] = {}
 
     async def start(self, host: str, port: int) -> int:
         """Listen and return the bound port (useful when port 0 was asked)."""
@@ -143,20 +154,61 @@ class TunnelListener:
             self._room.set()
 
     async def _handshake(self, sock: socket.socket, address: str) -> None:
+        """Run the SSH client on an accepted socket; the admission slot is held
+        until the handshake ends, in success or failure (login timeout included:
+        asyncssh arms ``options.login_timeout`` when it builds the connection)."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        conn: asyncssh.SSHClientConnection | None = None
         try:
-            conn = await asyncssh.run_client(
-                sock,
-                config=None,
-                options=self._options_built,
-                client_factory=lambda: AgentConnection(self),
+            _, conn = await loop.create_connection(
+                lambda: self._start_client(loop, finished), sock=sock
             )
+            await finished
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             log.info("tunnel handshake failed: %s", exc)
-            sock.close()
+            if conn is None:
+                sock.close()
             return
+        except asyncio.CancelledError:
+            if conn is not None:
+                conn.abort()
+            else:
+                sock.close()
+            raise
         finally:
             self._done(address)
         await self._accepted(conn)
+
+    def _start_client(
+        self, loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]
+    ) -> asyncssh.SSHClientConnection:
+        """One SSH client connection on the shared options.
+
+        This is what ``asyncssh.listen_reverse`` does per accepted connection
+        (checked against asyncssh 2.24.1): ``run_client`` would instead copy
+        the options in a thread for every connection (``construct``: a 2 KiB
+        object kept per tunnel, a ``getpass.getuser()`` and a thread hop per
+        handshake). Without ``wait`` the connection never touches
+        ``options.waiter``, so sharing the options is safe; asyncssh calls
+        the acceptor after authentication and the error handler when the
+        handshake fails (login timeout included), and never both.
+        """
+
+        def accepted(conn: object) -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        def failed(conn: object, exc: Exception | None) -> None:
+            if not finished.done():
+                finished.set_exception(exc or asyncssh.ConnectionLost("connection lost"))
+
+        return asyncssh.SSHClientConnection(loop, self._shared_options(), accepted, failed)
+
+    def _shared_options(self) -> asyncssh.SSHClientConnectionOptions:
+        if self._options_built is None:
+            raise TunnelError("the tunnel listener is not started")
+        return self._options_built
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
@@ -176,10 +228,33 @@ class TunnelListener:
             mac_algs=list(ssh_options.MAC_ALGS),
             compression_algs=list(ssh_options.COMPRESSION_ALGS),
             preferred_auth=["publickey"],
-            keepalive_interval=ssh_options.KEEPALIVE_INTERVAL,
-            keepalive_count_max=ssh_options.KEEPALIVE_COUNT_MAX,
+            keepalive_interval=ssh_options.BROKER_KEEPALIVE_INTERVAL,
+            keepalive_count_max=ssh_options.BROKER_KEEPALIVE_COUNT_MAX,
             login_timeout=LOGIN_TIMEOUT,
+            client_factory=lambda: AgentConnection(self),
         )
+
+    def share_sig_algs(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Swap the peer's ``server-sig-algs`` set for an equal shared one.
+
+        asyncssh keeps it as a fresh set per connection (1.6 KiB per agent,
+        ``bench --only memory``) although every agent sends the same list,
+        and reads it only to choose a signature algorithm for our own
+        public-key authentication, which is over once this runs. Private
+        attribute, checked against asyncssh 2.24.1; if it is gone or not a
+        set, nothing is changed. At most ``SHARED_SIG_ALGS`` distinct sets
+        are kept, so odd agents cannot grow the table.
+        """
+        algs = getattr(conn, "_server_sig_algs", None)
+        if not isinstance(algs, set):
+            return
+        key = frozenset(algs)
+        shared = self._sig_algs.get(key)
+        if shared is None:
+            if len(self._sig_algs) >= SHARED_SIG_ALGS:
+                return
+            shared = self._sig_algs.setdefault(key, key)
+        conn._server_sig_algs = shared  # type: ignore[assignment]  # read-only use
 
     def accept_key(self, key: asyncssh.SSHKey, addr: str) -> bool:
         line = public_key_line(key)
@@ -224,6 +299,16 @@ class TunnelListener:
         except AuditUnavailable:
             log.error("agent=%s refused: its connection could not be audited", agent_id)
             conn.close()
+            return
+        if conn.is_closed():  # gone while the record was written: nothing to attach
+            self._spawn(
+                self._record(
+                    "agent.disconnected",
+                    agent_id,
+                    actor=f"agent:{agent_id}",
+                    details={"reason": "closed before it was online"},
+                )
+            )
             return
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._store.touch_agent(agent_id, time.time())
