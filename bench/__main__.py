@@ -139,7 +139,7 @@ def report_tunnel(res: dict[str, Any]) -> str:
         for name, v in variants.items()
     ]
     return table(
-        ["asyncssh tunnel alone (no PTY, no WS)", "down MB/s", "x product", "up MB/s", "x product"],
+        ["asyncssh tunnel alone (no PTY, no WS)", "down MB/s", "x row 1", "up MB/s", "x row 1"],
         rows,
     )
 

@@ -12,7 +12,8 @@ bring all agents up with the product's own tunnel code (ramped), and we read:
 * handshakes per second (N / time from the first worker start to the last
   control channel opened) and broker CPU seconds per handshake (utime+stime
   over the fill / N), so the rate one dedicated core could sustain is 1/that;
-* idle cost: broker CPU % with N idle agents (keepalives every 15 s per side);
+* idle cost: broker CPU % with N idle agents (each agent sends a keepalive every
+  15 s and the broker answers; the broker sends its own only after 20 s of silence);
 * ``GET /api/v1/agents`` latency with N rows;
 * ``kill -9`` of the broker, restart on the same ports and data folder, and the
   time until all N are back online (API count), with the distribution of each
