@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -197,8 +198,9 @@ class CuttableProxy:
         self._loop.close()
 
 
-def test_network_cut_and_restore(fleet: Fleet) -> None:
-    broker, agent = enrolled(fleet)
+@contextlib.contextmanager
+def through_proxy(broker: Broker, agent: Agent) -> Iterator[CuttableProxy]:
+    """The agent dials the broker through a proxy the test can cut; yields once online."""
     proxy = CuttableProxy(port_of(broker.tunnel))
     proxy.restore()
     config_file = agent.config / "agent.json"
@@ -208,27 +210,25 @@ def test_network_cut_and_restore(fleet: Fleet) -> None:
     try:
         agent.start("--reconnect-cap", "2")
         wait_for(lambda: online(broker, agent.agent_id), 20, "connection through the proxy")
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def test_network_cut_and_restore(fleet: Fleet) -> None:
+    broker, agent = enrolled(fleet)
+    with through_proxy(broker, agent) as proxy:
         proxy.cut()
         wait_for(lambda: not online(broker, agent.agent_id), 20, "the broker to see the cut")
         proxy.restore()
         wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
-    finally:
-        proxy.close()
 
 
 def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
     """No FIN, no RST, nothing: only the SSH keepalives can tell, within 60 s on
     both ends (the agent's every 15 s; the broker's only after 20 s of silence)."""
     broker, agent = enrolled(fleet)
-    proxy = CuttableProxy(port_of(broker.tunnel))
-    proxy.restore()
-    config_file = agent.config / "agent.json"
-    config = json.loads(config_file.read_text())
-    config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
-    config_file.write_text(json.dumps(config))
-    try:
-        agent.start("--reconnect-cap", "2")
-        wait_for(lambda: online(broker, agent.agent_id), 20, "connection through the proxy")
+    with through_proxy(broker, agent) as proxy:
         proxy.black_hole = True
         wait_for(lambda: not online(broker, agent.agent_id), 65, "the broker to notice", step=1)
         wait_for(
@@ -236,8 +236,6 @@ def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
         )
         proxy.black_hole = False
         wait_for(lambda: online(broker, agent.agent_id), 30, "the agent to come back")
-    finally:
-        proxy.close()
 
 
 def test_a_silent_connection_is_dropped_at_the_login_timeout(fleet: Fleet) -> None:
