@@ -131,10 +131,13 @@ class Procs:
         *,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        hide: Sequence[str] = (),
         cwd: Path | None = None,
         stdin: int | None = subprocess.DEVNULL,
         stdout: int | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start and track a process; ``env`` goes on top of this one's environment
+        minus the names in ``hide``."""
         out: Any = stdout
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,11 @@ class Procs:
                 stdin=stdin,
                 stdout=out if out is not None else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT if out is not None else subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": path, **(env or {})},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in hide},
+                    "PYTHONPATH": path,
+                    **(env or {}),
+                },
                 cwd=cwd or ROOT,
                 start_new_session=True,
             )

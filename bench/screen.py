@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import shutil
 import ssl
 import struct
@@ -45,7 +43,6 @@ from typing import Any
 import websockets
 
 from bench.common import (
-    PY,
     ROOT,
     Procs,
     dump_json,
@@ -59,7 +56,7 @@ from bench.common import (
     versions,
     wait_for,
 )
-from bench.stack import ADMIN, ADMIN_PW, TECH, TECH_PW, Agent, Broker, Desk, cli
+from bench.stack import Installation
 
 GOAL = 0.95
 CONTENT = {
@@ -377,73 +374,23 @@ def start_screen(procs: Procs, folder: Path, content: str = "xterm") -> str:
     return display
 
 
-def agent_env(display: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
-    return {**env, "DISPLAY": display}
-
-
 @dataclass
-class Allowhelp:
-    broker: Broker
-    agent: Agent
-    desk: Desk
-    display: str
+class Allowhelp(Installation):
+    """The stack with the agent on the bench's X display, asked for a screen."""
+
+    display: str = ""
 
     @classmethod
-    def start(
+    def on_display(
         cls, procs: Procs, root: Path, display: str, levers: list[str] | None = None
     ) -> Allowhelp:
-        levers = list(levers or [])
-        broker = Broker(procs, root / "broker", levers).start()
-        broker.add_users()
-        agent = Agent(procs, root / "agent")
-        agent.enroll(broker.token())
-        argv = [PY, "-m", "bench.launch", *levers, "agent", "run", "--config", str(agent.config)]
-        argv += ["--reconnect-cap", "2", "--prompt", "none"]
-        # Procs.start merges os.environ; pass the whole agent environment explicitly
-        saved = {k: os.environ.pop(k) for k in SESSION_VARS if k in os.environ}
-        try:
-            agent.proc = procs.start(argv, log_path=root / "agent.log", env=agent_env(display))
-        finally:
-            os.environ.update(saved)
-        admin = Desk.login(broker, ADMIN, ADMIN_PW)
-        try:
-            wait_for(
-                lambda: any(a["id"] == agent.agent_id and a["online"] for a in admin.agents()),
-                30,
-                "the agent to come online",
-                step=0.2,
-            )
-        finally:
-            admin.close()
-        return cls(broker, agent, Desk.login(broker, TECH, TECH_PW), display)
+        base = Installation.start(
+            procs, root, levers, agent_env={"DISPLAY": display}, agent_hide=SESSION_VARS
+        )
+        return cls(base.broker, base.agent, base.desk, display)
 
     def consented_screen(self) -> str:
-        answer = self.desk.client.post(
-            "/api/v1/sessions",
-            json={"agent_id": self.agent.agent_id, "kind": "screen", "reason": "screen bench"},
-        )
-        if answer.status_code != 201:
-            raise RuntimeError(f"session request failed: {answer.status_code} {answer.text}")
-        session_id = str(answer.json()["id"])
-
-        def asked() -> bool:
-            pending = json.loads(
-                cli("agent", "pending", "--json", "--config", str(self.agent.config))
-            )
-            return any(p["session_id"] == session_id for p in pending)
-
-        wait_for(asked, 20, "the consent prompt", step=0.1)
-        cli("agent", "allow", "--config", str(self.agent.config), "--", session_id)
-        wait_for(
-            lambda: (
-                self.desk.client.get(f"/api/v1/sessions/{session_id}").json()["state"] == "active"
-            ),
-            20,
-            "the session to be active",
-            step=0.1,
-        )
-        return session_id
+        return self.consented("screen", "screen bench")
 
     def connect_args(self, session_id: str) -> dict[str, Any]:
         base = self.broker.url.replace("https://", "wss://")
@@ -617,7 +564,7 @@ def main() -> None:
         try:
             display = start_screen(procs, root, args.content)
             log(f"Xvfb {display} {WIDTH}x{HEIGHT}x24, content {args.content}")
-            install = Allowhelp.start(procs, root / "ah", display, args.lever)
+            install = Allowhelp.on_display(procs, root / "ah", display, args.lever)
             direct = Direct.start(procs, root / "direct", display)
             log(f"broker {install.broker.url}, websockify on {direct.ws_port}")
 

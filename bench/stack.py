@@ -153,6 +153,7 @@ class Agent:
     config: Path
     levers: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None  # on top of the bench's own environment
+    hide: tuple[str, ...] = ()  # names of the bench's environment the agent must not see
     proc: subprocess.Popen[bytes] | None = None
 
     def enroll(self, token: str) -> None:
@@ -164,8 +165,10 @@ class Agent:
 
     def start(self) -> Agent:
         argv = [PY, "-m", "bench.launch", *self.levers, "agent", "run"]
-        argv += ["--config", str(self.config), "--reconnect-cap", "2"]
-        self.proc = self.procs.start(argv, log_path=self.config.parent / "agent.log", env=self.env)
+        argv += ["--config", str(self.config), "--reconnect-cap", "2", "--prompt", "none"]
+        self.proc = self.procs.start(
+            argv, log_path=self.config.parent / "agent.log", env=self.env, hide=self.hide
+        )
         return self
 
     def call(self, *args: str) -> str:
@@ -187,10 +190,11 @@ class Installation:
         root: Path,
         levers: list[str] | None = None,
         agent_env: dict[str, str] | None = None,
+        agent_hide: tuple[str, ...] = (),
     ) -> Installation:
         broker = Broker(procs, root / "broker", list(levers or [])).start()
         broker.add_users()
-        agent = Agent(procs, root / "agent", list(levers or []), agent_env)
+        agent = Agent(procs, root / "agent", list(levers or []), agent_env, agent_hide)
         agent.enroll(broker.token())
         agent.start()
         admin = Desk.login(broker, ADMIN, ADMIN_PW)
