@@ -15,6 +15,7 @@ from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
     HelpCode,
+    HelpRefused,
     SessionEnd,
 )
 from harness import TECH, TECH_PW, Desk, running_fleet, wait_pending
@@ -75,6 +76,7 @@ def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) 
                     timeout=5,
                 ).encode(),
                 HelpCode(ref="r", code="000 000", expires_in=1).encode(),
+                HelpRefused(ref="r", reason="forged").encode(),
             ]
             config = json.loads((rogue.config / "agent.json").read_text())
 
@@ -95,5 +97,6 @@ def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) 
             assert desk.session(sid)["state"] == "awaiting_consent"
             assert broker.proc is not None and broker.proc.poll() is None
             assert "not its own" in broker.log.read_text()
+            assert "sent a help.refused, which agents may not send" in broker.log.read_text()
         finally:
             desk.close()
