@@ -182,10 +182,7 @@ async def open_screen(install: Installation, stack: AsyncExitStack) -> Stream:
     stack.push_async_callback(asyncio.to_thread, install.end, session_id)
     ws = await stack.enter_async_context(
         connect(
-            install.desk.ws_url(session_id, channel="screen"),
-            ssl=install.broker.ssl_context(),
-            origin=install.broker.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": install.desk.cookie_header()},
+            **install.ws_args(session_id, "screen"),
             subprotocols=["binary"],  # type: ignore[list-item]
             max_size=None,
             compression=None,

@@ -37,10 +37,7 @@ def allowhelp_rtts(install: Installation, count: int) -> list[float]:
     session_id = install.consented_shell("latency benchmark")
     try:
         with connect(
-            install.desk.ws_url(session_id, "?cols=100&rows=30"),
-            ssl=install.broker.ssl_context(),
-            origin=install.broker.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": install.desk.cookie_header()},
+            **install.ws_args(session_id, query="?cols=100&rows=30"),
             compression=None,
             max_size=None,
         ) as ws:

@@ -392,15 +392,6 @@ class Allowhelp(Installation):
     def consented_screen(self) -> str:
         return self.consented("screen", "screen bench")
 
-    def connect_args(self, session_id: str) -> dict[str, Any]:
-        base = self.broker.url.replace("https://", "wss://")
-        return {
-            "uri": f"{base}/api/v1/sessions/{session_id}/screen",
-            "ssl": self.broker.ssl_context(),
-            "origin": self.broker.url,
-            "additional_headers": {"Cookie": self.desk.cookie_header()},
-        }
-
     def pids(self) -> dict[str, int]:
         assert self.agent.proc is not None
         found = {"broker": self.broker.pid, "agent": self.agent.proc.pid}
@@ -577,7 +568,7 @@ def main() -> None:
                         i,
                         args.seconds,
                         args.warmup,
-                        install.connect_args(sid),
+                        install.ws_args(sid, "screen"),
                         install.pids,
                     )
                     await asyncio.to_thread(install.wait_ended, sid)

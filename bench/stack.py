@@ -209,6 +209,18 @@ class Installation:
             admin.close()
         return cls(broker, agent, Desk.login(broker, TECH, TECH_PW))
 
+    def ws_args(
+        self, session_id: str, channel: str = "terminal", query: str = ""
+    ) -> dict[str, Any]:
+        """What the technician's browser brings to open a session socket: the URL,
+        trust in the broker's CA, the console's Origin and the login cookie."""
+        return {
+            "uri": self.desk.ws_url(session_id, query, channel=channel),
+            "ssl": self.broker.ssl_context(),
+            "origin": self.broker.url,
+            "additional_headers": {"Cookie": self.desk.cookie_header()},
+        }
+
     def consented_shell(self, reason: str = "benchmark") -> str:
         """Ask for a shell, click Allow on the PC (CLI), wait for it to be active."""
         return self.consented("shell", reason)

@@ -193,10 +193,7 @@ async def _measure(
                 forwards[name] = port
         session_id = await asyncio.to_thread(install.consented_shell, "throughput benchmark")
         async with connect(
-            install.desk.ws_url(session_id, "?cols=200&rows=50"),
-            ssl=install.broker.ssl_context(),
-            origin=install.broker.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": install.desk.cookie_header()},
+            **install.ws_args(session_id, query="?cols=200&rows=50"),
             max_size=None,
             compression=None,
             ping_interval=None,
