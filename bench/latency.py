@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,23 @@ def _ws_wait(ws: ClientConnection, marker: bytes, timeout: float = 20) -> None:
         seen += frame
 
 
+def round_trips(
+    send: Callable[[], object], receive: Callable[[], object], count: int
+) -> list[float]:
+    """Seconds per keystroke echoed back, after ``WARMUP`` uncounted ones."""
+    samples: list[float] = []
+    for i in range(WARMUP + count):
+        t0 = time.perf_counter()
+        send()
+        got = receive()
+        t1 = time.perf_counter()
+        if got != b"k":
+            raise RuntimeError(f"expected the keystroke back, got {got!r}")
+        if i >= WARMUP:
+            samples.append(t1 - t0)
+    return samples
+
+
 def allowhelp_rtts(install: Installation, count: int) -> list[float]:
     session_id = install.consented_shell("latency benchmark")
     try:
@@ -43,17 +61,7 @@ def allowhelp_rtts(install: Installation, count: int) -> list[float]:
         ) as ws:
             ws.send(b"stty raw -echo; printf '\\122EADY'; cat\n")
             _ws_wait(ws, b"READY")
-            samples: list[float] = []
-            for i in range(WARMUP + count):
-                t0 = time.perf_counter()
-                ws.send(b"k")
-                got = ws.recv(timeout=10)
-                t1 = time.perf_counter()
-                if got != b"k":
-                    raise RuntimeError(f"expected the keystroke back, got {got!r}")
-                if i >= WARMUP:
-                    samples.append(t1 - t0)
-            return samples
+            return round_trips(lambda: ws.send(b"k"), lambda: ws.recv(timeout=10), count)
     finally:
         install.end(session_id)
 
@@ -74,17 +82,7 @@ def ssh_rtts(sshd: openssh.Sshd, count: int) -> list[float]:
             if not data:
                 raise ConnectionError("ssh -tt ended early")
             seen += data
-        samples: list[float] = []
-        for i in range(WARMUP + count):
-            t0 = time.perf_counter()
-            os.write(inp, b"k")
-            got = os.read(out, 16)
-            t1 = time.perf_counter()
-            if got != b"k":
-                raise RuntimeError(f"expected the keystroke back, got {got!r}")
-            if i >= WARMUP:
-                samples.append(t1 - t0)
-        return samples
+        return round_trips(lambda: os.write(inp, b"k"), lambda: os.read(out, 16), count)
     finally:
         proc.kill()
         proc.wait(10)

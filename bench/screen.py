@@ -45,6 +45,7 @@ import websockets
 from bench.common import (
     ROOT,
     Procs,
+    children,
     dump_json,
     fmt,
     free_port,
@@ -460,7 +461,7 @@ class Direct:
     def pids(self) -> dict[str, int]:
         found = {"x11vnc": self.x11vnc.pid, "websockify": self.websockify.pid}
         # websockify forks one handler process per connection
-        for i, child in enumerate(_children(self.websockify.pid)):
+        for i, child in enumerate(children(self.websockify.pid)):
             found[f"websockify-child{i}"] = child
         return found
 
@@ -471,15 +472,6 @@ def _listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
     return False
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 # --- the benchmark -----------------------------------------------------------
