@@ -19,11 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import connect
-
 from bench.common import PY, Procs, log
 from bench.stack import Installation
-from bench.throughput import MIB, TerminalPipe
+from bench.throughput import MIB, raw_terminal
 
 PYSPY = Path(PY).parent / "py-spy"
 
@@ -135,15 +133,7 @@ def throughput_profile(procs: Procs, root: Path, levers: list[str] | None = None
         session_id = install.consented_shell("profile")
 
         async def go() -> None:
-            async with connect(
-                **install.ws_args(session_id, query="?cols=200&rows=50"),
-                max_size=None,
-                compression=None,
-                ping_interval=None,
-            ) as ws:
-                pipe = TerminalPipe(ws)
-                await pipe.command("stty raw -echo")
-                await pipe.download(MIB)
+            async with raw_terminal(install, session_id) as pipe:
                 for direction in ("down", "up"):
                     assert install.broker.proc is not None and install.agent.proc is not None
                     profs = {

@@ -21,10 +21,11 @@ Baselines, measured interleaved in the same run so their ratio survives noise:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,22 @@ class TerminalPipe:
             left -= n
         t1, _, _ = await self._until(f"DONE{tag}".encode(), wait=300)
         return t1 - t0
+
+
+@contextlib.asynccontextmanager
+async def raw_terminal(install: Installation, session_id: str) -> AsyncIterator[TerminalPipe]:
+    """The session's terminal socket as a byte pipe: PTY in raw mode, one 1 MiB
+    download done so the first measured run does not pay the warm-up."""
+    async with connect(
+        **install.ws_args(session_id, query="?cols=200&rows=50"),
+        max_size=None,
+        compression=None,
+        ping_interval=None,
+    ) as ws:
+        pipe = TerminalPipe(ws)
+        await pipe.command("stty raw -echo")
+        await pipe.download(MIB)
+        yield pipe
 
 
 def _read_until(
@@ -192,16 +209,8 @@ async def _measure(
                 sshd.forward(port, sink.port, *extra)
                 forwards[name] = port
         session_id = await asyncio.to_thread(install.consented_shell, "throughput benchmark")
-        async with connect(
-            **install.ws_args(session_id, query="?cols=200&rows=50"),
-            max_size=None,
-            compression=None,
-            ping_interval=None,
-        ) as ws:
-            pipe = TerminalPipe(ws)
-            await pipe.command("stty raw -echo")
-            await pipe.download(MIB)  # warm-up
-            await pipe.upload(MIB)
+        async with raw_terminal(install, session_id) as pipe:
+            await pipe.upload(MIB)  # warm-up (raw_terminal did a download)
             samples: dict[str, dict[str, list[float]]] = {}
 
             def add(name: str, direction: str, seconds: float) -> None:
