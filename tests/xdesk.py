@@ -148,8 +148,10 @@ def cmdline(pid: int) -> list[str]:
 
 
 def alive(pid: int) -> bool:
+    """Running and not a zombie. A process that exits between the open and the
+    read of its status file makes the read fail with ESRCH: that is gone too."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
     return "State:\tZ" not in status
