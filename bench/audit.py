@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from allowhelp.broker.audit import AuditLog
+from allowhelp.broker.audit.log import AuditLog
 from bench.common import median
 
 DETAILS = {

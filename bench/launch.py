@@ -30,7 +30,7 @@ def _patch_pktsize(size: int) -> None:
     import asyncssh
 
     from allowhelp.agent import tunnel as agent_tunnel
-    from allowhelp.broker import agentlink
+    from allowhelp.broker.tunnel import link as agentlink
 
     original_options = agent_tunnel.AgentTunnel._options
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         gc.set_threshold(args.gc_threshold, 50, 100)
     if args.program == "broker":
-        from allowhelp.broker.cli import main as broker_main
+        from allowhelp.broker.cli.main import main as broker_main
 
         return broker_main(rest)
     from allowhelp.agent.cli import main as agent_main

@@ -24,7 +24,7 @@ TECH, TECH_PW = "bench-tech", "bench tech password 123"
 
 
 def cli(program: str, *args: str, stdin: str | None = None) -> str:
-    module = "allowhelp.broker.cli" if program == "broker" else "allowhelp.agent.cli"
+    module = "allowhelp.broker.cli.main" if program == "broker" else "allowhelp.agent.cli"
     done = subprocess.run(
         [PY, "-m", module, *args],
         input=stdin,

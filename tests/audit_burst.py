@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from allowhelp.broker.audit import AuditLog
+from allowhelp.broker.audit.log import AuditLog
 
 
 def main(argv: list[str]) -> int:

@@ -54,7 +54,7 @@ def run_cli(
 
 
 def broker_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return run_cli("allowhelp.broker.cli", *args, stdin=stdin)
+    return run_cli("allowhelp.broker.cli.main", *args, stdin=stdin)
 
 
 def agent_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,7 +82,7 @@ class Broker:
                 [
                     PY,
                     "-m",
-                    "allowhelp.broker.cli",
+                    "allowhelp.broker.cli.main",
                     "serve",
                     "--data",
                     str(self.data),

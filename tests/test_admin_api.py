@@ -302,7 +302,7 @@ def test_a_right_password_without_its_code_is_no_failure(guarded: Broker) -> Non
 
 
 def test_the_audit_viewer_reads_the_file_the_broker_writes() -> None:
-    from allowhelp.broker import server
-    from allowhelp.broker.api import admin
+    from allowhelp.broker.console.api import fleet as admin
+    from allowhelp.broker.node import server
 
     assert admin.AUDIT_FILE == server.AUDIT_FILE

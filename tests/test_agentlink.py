@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from allowhelp.broker import agentlink
-from allowhelp.broker.agentlink import QUEUE_LIMIT, AgentLink, Ready
+from allowhelp.broker.tunnel import link as agentlink
+from allowhelp.broker.tunnel.link import QUEUE_LIMIT, AgentLink, Ready
 from allowhelp.protocol.control import Message, SessionEnd
 
 

@@ -19,7 +19,7 @@ from typing import cast
 
 import pytest
 
-from allowhelp.broker.audit import (
+from allowhelp.broker.audit.log import (
     EVENT_CODES,
     GENESIS_HASH,
     AuditLog,
@@ -347,7 +347,7 @@ def test_read_only_file_fails_closed_then_recovers(path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from allowhelp.broker.audit import AuditLog
+from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AuditUnavailable
 try:
     log = AuditLog.open(Path(sys.argv[1]))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.broker.audit import GENESIS_HASH, AuditLog, AuditRecord
-from allowhelp.broker.cli_audit import add_audit_commands
+from allowhelp.broker.audit.log import GENESIS_HASH, AuditLog, AuditRecord
+from allowhelp.broker.cli.audit import add_audit_commands
 
 REPO = Path(__file__).resolve().parent.parent
 ERROR_PREFIX = "allowhelp-broker: error: "
@@ -154,7 +154,7 @@ def _module(args: list[str], env_data: Path | None = None) -> subprocess.Complet
     if env_data is not None:
         env["ALLOWHELP_DATA"] = str(env_data)
     return subprocess.run(
-        [sys.executable, "-m", "allowhelp.broker.cli_audit", "audit", *args],
+        [sys.executable, "-m", "allowhelp.broker.cli.audit", "audit", *args],
         capture_output=True,
         text=True,
         timeout=60,

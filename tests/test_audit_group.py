@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from allowhelp.broker import audit as audit_module
-from allowhelp.broker.audit import AuditLog, AuditRecord, verify
+from allowhelp.broker.audit import log as audit_module
+from allowhelp.broker.audit.log import AuditLog, AuditRecord, verify
 from allowhelp.broker.errors import AuditUnavailable
 
 TIMEOUT = 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import websockets
 
-from allowhelp.broker.help import MAX_OPEN_PER_AGENT
+from allowhelp.broker.sessions.help import MAX_OPEN_PER_AGENT
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -227,17 +228,20 @@ def test_control_socket_refuses_another_user(setup: tuple[Broker, Agent]) -> Non
         [*nobody, str(path)], capture_output=True, text=True, timeout=20, check=False
     )
     assert "refused" in as_is.stdout, as_is.stdout + as_is.stderr  # 0700 runtime dir, 0600 socket
-    # Loosen the file modes: the peer-credential check must still refuse.
-    folder_mode, sock_mode = path.parent.stat().st_mode, path.stat().st_mode
-    path.parent.chmod(0o755)
-    path.chmod(0o666)
+    # Loosen the file modes all the way to the socket (it lives in the user's own
+    # home when XDG_RUNTIME_DIR is unset): the peer-credential check must still refuse.
+    closed = [d for d in path.parents if not d.stat().st_mode & stat.S_IXOTH]
+    modes = {p: p.stat().st_mode & 0o777 for p in (*closed, path)}
     try:
+        for folder in closed:
+            folder.chmod(modes[folder] | stat.S_IXOTH)
+        path.chmod(0o666)
         loosened = subprocess.run(
             [*nobody, str(path)], capture_output=True, text=True, timeout=20, check=False
         )
     finally:
-        path.parent.chmod(folder_mode & 0o777)
-        path.chmod(sock_mode & 0o777)
+        for item, mode in modes.items():
+            item.chmod(mode)
     assert "another user" in loosened.stdout, loosened.stdout + loosened.stderr
 
 
@@ -280,6 +284,8 @@ def test_help_request_over_the_limit_is_refused_audited_and_told(
     assert "Traceback" not in refused.stderr
     record = next(r for r in reversed(audit(broker)) if r["type"] == "help.refused")
     assert record["target"] == agent.agent_id
-    assert record["details"] == {"reason": "too_many_open", "message": "one more <b>please</b>"}
+    assert record["actor"] == f"user@{agent.agent_id}"
+    assert record["details"]["reason"] == "too_many_open"
+    assert record["details"]["message"] == "one more <b>please</b>"
     queue = desk.client.get("/api/v1/help-requests").json()
     assert len([t for t in queue if t["agent_id"] == agent.agent_id]) == MAX_OPEN_PER_AGENT

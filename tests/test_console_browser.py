@@ -17,7 +17,7 @@ import asyncssh
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from allowhelp.broker import totp
+from allowhelp.broker.auth import totp
 from allowhelp.certs.sshkeys import agent_id_for, public_key_line
 from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import CONTROL_SUBSYSTEM

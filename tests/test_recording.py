@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from allowhelp.broker.recording import AsciicastRecorder, file_sha256
+from allowhelp.broker.audit.recording import AsciicastRecorder, file_sha256
 
 HOSTILE = [
     'quote " and backslash \\ and slash /',

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from allowhelp.broker.rfb import (
+from allowhelp.broker.relay.rfb import (
     MAX_CUT_TEXT,
     VERSION,
     ClientFilter,

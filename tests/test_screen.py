@@ -339,7 +339,7 @@ def test_the_screen_socket_checks_who_asks(world: dict[str, Any], desk: Desk) ->
 
 
 def test_the_page_files_are_served(world: dict[str, Any], desk: Desk) -> None:
-    for path in ("/screen.html", "/screen.js", "/screen.css"):
+    for path in ("/screen.html", "/js/pages/screen.js", "/screen.css"):
         assert desk.client.get(path).status_code == 200, path
     rfb = desk.client.get("/node_modules/@novnc/novnc/core/rfb.js")
     assert rfb.status_code == 200

@@ -236,3 +236,67 @@ async def test_a_second_tab_is_refused_and_the_first_goes_on(
     await term.send("echo still-here-$((5+5))\n")
     await term.expect(b"still-here-10")
     assert (await asyncio.to_thread(desk.session, session_id))["state"] == "active"
+
+
+def ended_record(broker: Broker, session_id: str) -> dict[str, Any]:
+    return next(
+        r
+        for r in audit_records(broker)
+        if r["type"] == "session.ended" and r["target"] == session_id
+    )
+
+
+@pytest.mark.parametrize(
+    "control",
+    ["[" * 3000, '{"type": "resize", "cols": ' + "[" * 2000, '{"type": "paste", "text": "x"}'],
+)
+async def test_a_broken_control_message_fails_the_session_plainly(
+    setup: tuple[Broker, Agent], desk: Desk, terminal: tuple[Terminal, str], control: str
+) -> None:
+    broker, _ = setup
+    term, session_id = terminal
+    await term.ws.send(control)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(term.expect(b"never"), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "bad control message" in closed.value.rcvd.reason
+    ended = await asyncio.to_thread(desk.wait_state, session_id, "ended")
+    assert ended["end_reason"] == "error"
+    failed = [
+        r
+        for r in audit_records(broker)
+        if r["type"] == "session.failed" and r["target"] == session_id
+    ]
+    assert failed and "bad control message" in failed[0]["details"]["error"]
+    assert "Traceback" not in Path(broker.log).read_text()
+
+
+async def test_the_technician_leaving_ends_as_the_technician(
+    setup: tuple[Broker, Agent], desk: Desk, terminal: tuple[Terminal, str]
+) -> None:
+    broker, _ = setup
+    term, session_id = terminal
+    await term.send("echo leaving\n")
+    await term.expect(b"leaving")
+    await term.ws.close()
+    await asyncio.to_thread(desk.wait_state, session_id, "ended")
+    record = ended_record(broker, session_id)
+    assert record["details"]["end_reason"] == "technician"
+    assert record["actor"] == f"technician:{TECH}"
+
+
+async def test_the_user_ending_ends_as_the_user_of_that_machine(
+    setup: tuple[Broker, Agent], desk: Desk, terminal: tuple[Terminal, str]
+) -> None:
+    broker, agent = setup
+    term, session_id = terminal
+    await term.send("echo before-the-end\n")
+    await term.expect(b"before-the-end")
+    assert agent_call(agent, "end", session_id).returncode == 0
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(term.expect(b"never"), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    await asyncio.to_thread(desk.wait_state, session_id, "ended")
+    record = ended_record(broker, session_id)
+    assert record["details"]["end_reason"] == "user"
+    assert record["actor"] == f"user@{agent.agent_id}"

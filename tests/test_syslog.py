@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.broker.audit import AuditLog, verify
-from allowhelp.broker.syslog import SyslogForwarder
+from allowhelp.broker.audit.log import AuditLog, verify
+from allowhelp.broker.audit.syslog import SyslogForwarder
 
 HEADER_RE = re.compile(
     r"<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) (?P<app>\S+) (?P<procid>\S+) "

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
-import hashlib
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from allowhelp.broker import qr, totp
+from allowhelp.broker.auth import totp
+from allowhelp.broker.console.api.totp import ISSUER, QR_BORDER, qr_data_url
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet
 from wallkit import Console, enrol_totp
 
@@ -54,38 +58,38 @@ def test_provisioning_uri_and_recovery_codes() -> None:
     assert not totp.looks_like_recovery_code("123456")
 
 
-def matrix_hash(matrix: qr.Matrix) -> str:
-    text = "\n".join("".join("1" if v else "0" for v in row) for row in matrix)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# Matrices made by an independent encoder (python-qrcode 8, level M, same mask).
-GOLDEN = [
-    (b"allowhelp", 0, 21, "33ff63aee8b1fed8254089362a68af3b7b7c3662151774b90bb65aabaabe1fca"),
-    (
-        b"otpauth://totp/allowhelp:alice?secret=JBSWY3DPEHPK3PXP&issuer=allowhelp",
-        3,
-        37,
-        "aacba9db601ddecdb23100d8d1a1df0029d5dc3c9a6067d48eeb4196b3fdbd1d",
-    ),
-    (bytes(range(200)), 6, 57, "7668888f62bee9ccd294cbd2732244672864b67a36c1c437d980c9a7dcd79f38"),
-]
-
-
-@pytest.mark.parametrize(("data", "mask", "size", "digest"), GOLDEN)
-def test_qr_matches_an_independent_encoder(data: bytes, mask: int, size: int, digest: str) -> None:
-    matrix = qr.encode(data, mask)
-    assert len(matrix) == size and all(len(row) == size for row in matrix)
-    assert matrix_hash(matrix) == digest
-
-
-def test_qr_svg_is_plain_markup_and_refuses_oversize() -> None:
-    url = qr.svg_data_url("otpauth://totp/allowhelp:bob?secret=ABC")
+def test_qr_svg_decodes_to_the_uri(tmp_path: Path) -> None:
+    """The SVG the page shows, drawn by librsvg and read back by zbar: the URI, exactly."""
+    for tool in ("rsvg-convert", "zbarimg"):
+        assert shutil.which(tool), f"{tool} is missing: scripts/install test installs it"
+    uri = totp.provisioning_uri(totp.new_secret(), "carol.o'brien@site", ISSUER)
+    url = qr_data_url(uri)
     assert url.startswith("data:image/svg+xml;base64,")
     svg = base64.b64decode(url.split(",", 1)[1]).decode()
-    assert svg.startswith("<svg") and "<script" not in svg
-    with pytest.raises(ValueError, match="too much data"):
-        qr.encode(b"x" * 300)
+    assert svg.startswith("<svg") and "<script" not in svg and "<image" not in svg
+    # An ISO/IEC 18004 symbol is 4 * version + 17 modules a side; the quiet zone is 4 more.
+    box = re.search(r'viewBox="0 0 (\d+) \1"', svg)
+    assert box is not None, svg[:200]
+    modules = int(box.group(1)) - 2 * QR_BORDER - 17
+    assert modules % 4 == 0 and 1 <= modules // 4 <= 10, modules
+    (tmp_path / "qr.svg").write_text(svg)
+    drawn = subprocess.run(
+        ["rsvg-convert", "--width", "400", "--height", "400", "-o", "qr.png", "qr.svg"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    read = subprocess.run(
+        ["zbarimg", "--raw", "--quiet", "qr.png"], cwd=tmp_path, capture_output=True, check=False
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.decode().rstrip("\n") == uri
+
+
+def test_qr_refuses_what_no_qr_code_holds() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        qr_data_url("x" * 8000)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ def login(broker: Broker, user: str, password: str, code: str | None = None) -> 
 def test_setup_shows_a_qr_code_and_login_then_needs_the_code(broker: Broker) -> None:
     carol = Console.login(broker, "carol", "carol password 123")
     setup = carol.post("/api/v1/totp/setup").json()
-    assert setup["qr"].startswith("data:image/svg+xml;base64,")
+    assert setup["qr"] == qr_data_url(setup["uri"])  # what the page shows: the URI it holds
     assert setup["uri"] == totp.provisioning_uri(setup["secret"], "carol", "allowhelp")
     wrong = totp.code_at(setup["secret"], time.time() + 3600)
     refused = carol.post("/api/v1/totp/confirm", json={"code": wrong})

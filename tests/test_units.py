@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from allowhelp.agent.tunnel import backoff_delay, check_reconnect_cap
-from allowhelp.broker.enrolment import parse_ttl
-from allowhelp.broker.passwords import check_new_password, hash_password, verify_password
-from allowhelp.broker.phrase import WORDS, verification_phrase
+from allowhelp.broker.auth.passwords import check_new_password, hash_password, verify_password
+from allowhelp.broker.model.phrase import WORDS, verification_phrase
 from allowhelp.broker.settings import BrokerSettings, check_public_url, parse_hostport
+from allowhelp.broker.tunnel.enrolment import parse_ttl
 
 
 def test_hostport_parsing() -> None:
@@ -41,7 +41,7 @@ def test_settings_validation(tmp_path: Path) -> None:
 
 def test_passwords() -> None:
     stored = hash_password("correct horse battery")
-    assert stored.startswith("scrypt$")
+    assert stored.startswith("$argon2id$")
     assert verify_password("correct horse battery", stored)
     assert not verify_password("correct horse batterY", stored)
     assert not verify_password("x", "garbage")

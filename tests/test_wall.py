@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from allowhelp.broker.httpguard import LIMITS
+from allowhelp.broker.console.httpguard import LIMITS
 from harness import TECH, TECH_PW, Broker, Fleet, online, staffed_broker, wait_for
 from wallkit import Console, raw_request, raw_tls, ws_connect
 
@@ -144,7 +144,14 @@ def test_state_changes_need_the_csrf_token(broker: Broker, alice: Console) -> No
 
 
 def test_security_headers_everywhere(broker: Broker, alice: Console) -> None:
-    for path in ("/", "/index.html", "/app.js", "/style.css", "/nothing-here", "/api/v1/me"):
+    for path in (
+        "/",
+        "/index.html",
+        "/js/pages/console.js",
+        "/style.css",
+        "/nothing-here",
+        "/api/v1/me",
+    ):
         answer = alice.get(path)
         headers = answer.headers
         csp = headers["content-security-policy"]
@@ -156,7 +163,7 @@ def test_security_headers_everywhere(broker: Broker, alice: Console) -> None:
         assert headers["x-frame-options"] == "DENY"
         if path.startswith("/api/"):
             assert headers["cache-control"] == "no-store"
-    assert alice.get("/app.js").headers["content-type"].startswith("text/javascript")
+    assert alice.get("/js/pages/console.js").headers["content-type"].startswith("text/javascript")
 
 
 WEB = Path(__file__).resolve().parents[1] / "web"
@@ -184,7 +191,9 @@ def test_pages_have_no_inline_script_style_or_markup_sinks(alice: Console) -> No
     for script in scripts:
         assert not MARKUP_SINKS.search(script.read_text()), script
     served = alice.get("/").text
-    assert not INLINE.search(served) and '<script type="module" src="/app.js">' in served
+    assert (
+        not INLINE.search(served) and '<script type="module" src="/js/pages/console.js">' in served
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from allowhelp.broker import totp
+from allowhelp.broker.auth import totp
 from harness import Broker
 
 COOKIE = "__Host-allowhelp"

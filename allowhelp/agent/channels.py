@@ -21,6 +21,10 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from allowhelp.agent.consent import ConsentRefused, Grant
+from allowhelp.agent.enrol import current_hello
+from allowhelp.agent.pty import PtyShell
+from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import public_key_line
 from allowhelp.protocol.control import (
@@ -31,11 +35,6 @@ from allowhelp.protocol.control import (
     decode,
     parse_channel_subsystem,
 )
-
-from .consent import ConsentRefused, Grant
-from .enrol import current_hello
-from .pty import PtyShell
-from .service import AgentService
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,7 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         self._has_pty = False
         self._backend: Backend | None = None
         self._control: LineBuffer | None = None
+        self._control_broken = False
         self.grant: Grant | None = None
 
     @property
@@ -242,12 +242,20 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             self._backend.write(data)
 
     def _control_data(self, lines: LineBuffer, data: bytes) -> None:
+        if self._control_broken:
+            return  # the tunnel is closing: nothing more from this peer is read
         try:
             for line in lines.feed(data):
                 self._service.on_message(decode(line))
         except ProtocolError as exc:
             # Only a broken or hostile peer breaks the protocol: drop the tunnel.
-            log.error("agent=%s bad control channel, tunnel closed: %s", self._server.agent_id, exc)
+            # ``decode`` raises nothing else, whatever the line (deep nesting included).
+            self._control_broken = True
+            log.error(
+                "agent=%s bad control channel (protocol error), tunnel closed: %s",
+                self._server.agent_id,
+                exc,
+            )
             self.chan.get_extra_info("connection").close()
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import default_config_dir
-from .errors import AgentError
+from allowhelp.agent.config import default_config_dir
+from allowhelp.agent.errors import AgentError
 
 PROG = "allowhelp-agent"
 Command = Callable[[argparse.Namespace], int]
@@ -25,7 +25,7 @@ def config_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from .enrol import enrol
+    from allowhelp.agent.enrol import enrol
 
     config = enrol(args.token, config_dir(args))
     print(f"enrolled: this PC is agent {config.agent_id} of {config.broker_url}")
@@ -33,9 +33,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from allowhelp.agent.runner import run_agent
     from allowhelp.runtime import run_event_loop, tune_malloc
-
-    from .runner import run_agent
 
     tune_malloc()
     run_event_loop(
@@ -45,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from .localsocket import call
+    from allowhelp.agent.localsocket import call
 
     pending = call(config_dir(args), {"op": "pending"})["pending"]
     if args.json:
@@ -62,7 +61,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    from .localsocket import call
+    from allowhelp.agent.localsocket import call
 
     request = {"op": args.command, "session_id": args.session_id}
     if args.command == "allow":
@@ -73,7 +72,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_end(args: argparse.Namespace) -> int:
-    from .localsocket import call
+    from allowhelp.agent.localsocket import call
 
     ended = call(config_dir(args), {"op": "end", "session_id": args.session_id})["ended"]
     print("ended: " + ", ".join(ended) if ended else "no session was running")
@@ -81,7 +80,7 @@ def cmd_end(args: argparse.Namespace) -> int:
 
 
 def cmd_request_help(args: argparse.Namespace) -> int:
-    from .localsocket import call
+    from allowhelp.agent.localsocket import call
 
     answer = call(config_dir(args), {"op": "request-help", "message": args.message})
     print(answer["code"])

@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from allowhelp.agent.errors import ConfigError
 
 CONFIG_FILE = "agent.json"
 HOST_KEY_FILE = "host_key"

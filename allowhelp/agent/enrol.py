@@ -19,14 +19,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from allowhelp import __version__
+from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
+from allowhelp.agent.errors import EnrolError
 from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import ca_fingerprint, fingerprints_equal
 from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import Hello
-
-from .config import HOST_KEY_FILE, AgentConfig, prepare_folder
-from .errors import EnrolError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,20 @@
 A UNIX socket in the user's runtime directory (0700), itself 0600, and every
 connection's peer credentials (SO_PEERCRED) must show the agent's own uid:
 another local user can neither reach it nor, if the modes were loosened,
-use it. One JSON request per line, one JSON answer per line.
+use it. One JSON request per line, one JSON answer per line, then the
+connection closes.
+
+Requests are hostile input like any other: a line longer than
+``MAX_REQUEST``, nested too deeply, not JSON or not a known request gets an
+answer that says so (``{"ok": false, "error": ...}``), never silence, and the
+agent goes on serving.
+
+Where the socket lives: ``$XDG_RUNTIME_DIR/allowhelp`` when the session has a
+runtime folder, else ``~/.cache/allowhelp/run`` in the account's own home
+(from the password database, not ``$HOME``). Never a fixed name in /tmp: any
+local user could create that first and lock the owner out. Either folder is
+used only when it is a real directory (not a symlink) owned by the user and
+writable by nobody else; anything else is refused with the reason.
 """
 
 from __future__ import annotations
@@ -14,42 +27,97 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import socket
 import stat
 import struct
 from pathlib import Path
 from typing import Any
 
-from .consent import ConsentRefused
-from .errors import AgentError
-from .service import AgentService, HelpDeclined, NotConnected
+from allowhelp.agent.consent import ConsentRefused
+from allowhelp.agent.errors import AgentError
+from allowhelp.agent.service import AgentService
+from allowhelp.protocol.control import ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 4096
+READ_TIMEOUT = 10.0
+FALLBACK_RUN_DIR = Path(".cache", "allowhelp", "run")
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
 
 
 def runtime_dir() -> Path:
+    """The user's private folder for the control socket, made and checked here."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    folder = Path(base) / "allowhelp" if base else Path(f"/tmp/allowhelp-{os.getuid()}")  # noqa: S108
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise AgentError(f"{folder} is not a directory owned by you: refusing to use it")
-    os.chmod(folder, 0o700)
+    if base:
+        folder = Path(base) / "allowhelp"
+    else:
+        home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+        if not home.is_dir():
+            raise AgentError(
+                f"no folder for the control socket: XDG_RUNTIME_DIR is not set "
+                f"and your home folder {home} does not exist"
+            )
+        folder = home / FALLBACK_RUN_DIR
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # something that is not a directory: the check says what
+    except OSError as exc:
+        raise AgentError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    _check_private(folder)
     return folder
+
+
+def _check_private(folder: Path) -> None:
+    """Refuse ``folder`` unless it is a real directory of ours that no one else can
+    write; then make it 0700. Reopened without following symlinks and checked
+    again, so the folder made 0700 is the folder that was checked."""
+    try:
+        _refuse_unless_private(folder, folder.lstat())
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AgentError(f"cannot use {folder}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        _refuse_unless_private(folder, info)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _refuse_unless_private(folder: Path, info: os.stat_result) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise AgentError(f"{folder} is a symlink: refusing to use it; remove it and start again")
+    if not stat.S_ISDIR(info.st_mode):
+        raise AgentError(f"{folder} is not a directory: refusing to use it; remove it")
+    if info.st_uid != os.getuid():
+        raise AgentError(f"{folder} belongs to uid {info.st_uid}, not to you: refusing to use it")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AgentError(
+            f"{folder} is writable by other users: refusing to use it; "
+            f"`chmod 700 {folder}` or remove it"
+        )
 
 
 def socket_path(config_dir: Path) -> Path:
     """One socket per configuration folder, so two agents of one user never mix."""
     digest = hashlib.sha256(str(config_dir.resolve()).encode()).hexdigest()[:16]
-    return runtime_dir() / f"agent-{digest}.sock"
+    path = runtime_dir() / f"agent-{digest}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise AgentError(f"{path} is too long for a UNIX socket: set XDG_RUNTIME_DIR")
+    return path
 
 
 def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
+
+
+class UnknownRequest(AgentError):
+    """A well-formed request this agent does not know (or with missing arguments)."""
 
 
 class LocalControlServer:
@@ -63,7 +131,9 @@ class LocalControlServer:
             self.path.unlink()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_REQUEST
+            )
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -76,30 +146,45 @@ class LocalControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request, one answer, close: whatever the client sent."""
         try:
-            sock = writer.get_extra_info("socket")
-            uid = peer_uid(sock)
+            uid = peer_uid(writer.get_extra_info("socket"))
             if uid != os.getuid():
                 log.warning("control socket: refused a connection from uid %d", uid)
-                await _answer(writer, {"ok": False, "error": "this agent belongs to another user"})
+                await _answer(writer, _refusal("this agent belongs to another user"))
                 return
-            line = await asyncio.wait_for(reader.readline(), 10)
-            await _answer(writer, await self._handle(line))
+            await _answer(writer, await self._answer_one(reader))
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.debug("control socket client failed: %s", exc)
+        except Exception:  # a bug here must cost one answer, never the agent's socket
+            log.exception("control socket: a request could not be handled")
         finally:
             writer.close()
 
-    async def _handle(self, line: bytes) -> dict[str, Any]:
+    async def _answer_one(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
-            request = json.loads(line[:MAX_REQUEST])
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
+            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+        except TimeoutError:
+            return _refusal(f"no request within {READ_TIMEOUT:.0f} s")
+        except ValueError:  # StreamReader: the line is longer than its limit
+            log.warning("control socket: refused a request over %d bytes", MAX_REQUEST)
+            return _refusal(f"malformed request: longer than {MAX_REQUEST} bytes")
+        try:
+            request = parse_json(line, "request")
+        except ProtocolError as exc:
+            log.warning("control socket: refused a malformed request: %s", exc)
+            return _refusal(f"malformed request: {exc}")
+        return await self._handle(request)
+
+    async def _handle(self, request: object) -> dict[str, Any]:
+        if not isinstance(request, dict):
+            return _refusal("malformed request: not a JSON object")
+        try:
             return {"ok": True, **await self._dispatch(request)}
-        except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "malformed request"}
-        except (ConsentRefused, NotConnected, HelpDeclined) as exc:
-            return {"ok": False, "error": str(exc)}
+        except UnknownRequest as exc:
+            return _refusal(f"malformed request: {exc}")
+        except (ConsentRefused, AgentError) as exc:
+            return _refusal(str(exc))
 
     async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -128,7 +213,11 @@ class LocalControlServer:
             message = request.get("message", "")
             code = await service.request_help(message if isinstance(message, str) else "")
             return {"code": code.code, "expires_in": code.expires_in}
-        raise ValueError("unknown op")
+        raise UnknownRequest("unknown op, or its arguments are missing")
+
+
+def _refusal(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error}
 
 
 async def _answer(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
@@ -152,6 +241,9 @@ def call(config_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> di
             raise AgentError(f"{path} belongs to another user") from None
         except OSError as exc:
             raise AgentError(f"cannot reach the running agent: {exc.strerror or exc}") from exc
+        server = peer_uid(sock)
+        if server != os.getuid():  # the folder checks make this impossible; trust neither alone
+            raise AgentError(f"{path} is served by uid {server}, not by your agent: refusing it")
         sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -160,9 +252,11 @@ def call(config_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> di
                 break
             data += chunk
     try:
-        answer: dict[str, Any] = json.loads(data)
-    except ValueError:
-        raise AgentError("the running agent gave no answer") from None
+        answer = json.loads(data)
+    except (ValueError, RecursionError):
+        answer = None
+    if not isinstance(answer, dict):
+        raise AgentError("the running agent gave no answer")
     if not answer.get("ok"):
         raise AgentError(str(answer.get("error", "refused")))
     return answer

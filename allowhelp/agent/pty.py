@@ -8,6 +8,7 @@ without bound, and Ctrl-C still reaches the PTY because input has its own path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -19,10 +20,14 @@ import subprocess
 import termios
 from collections.abc import Callable
 
-from .fdbridge import FdBridge, Output
+from allowhelp.agent.fdbridge import FdBridge, Output
+from allowhelp.agent.reaper import end_process_group
 
 log = logging.getLogger(__name__)
 
+# The shell's group gets SIGHUP, then SIGTERM, each with this grace, then SIGKILL.
+HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+SIGNAL_GRACE = 1.0
 MIN_COLS, MAX_COLS = 2, 1000
 MIN_ROWS, MAX_ROWS = 1, 500
 KEEP_ENV = (
@@ -85,6 +90,7 @@ class PtyShell:
         finally:
             os.close(slave)
         self._bridge = FdBridge(self._master, output, self._finish)
+        self.ended: asyncio.Future[int] | None = None  # set once the teardown has begun
         log.info("shell pid=%d started (%s)", self._proc.pid, argv[0])
 
     @property
@@ -102,28 +108,32 @@ class PtyShell:
         self._bridge.write(data)
 
     def resize(self, cols: int, rows: int) -> None:
+        if self._master < 0:  # closed: its number may be another file's now
+            return
         cols, rows = clamp_size(cols, rows)
         with contextlib.suppress(OSError):
             fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def _finish(self) -> None:
-        status = self.close()
-        self._on_exit(status)
+        """The terminal reached its end (the shell exited): report its real status."""
+        if self._bridge.closed:
+            return
+        self._hang_up().add_done_callback(lambda ended: self._on_exit(ended.result()))
 
     def close(self) -> int:
-        """Hang up the terminal and make sure nothing started here survives."""
-        if self._bridge.closed:
-            return self._proc.returncode if self._proc.returncode is not None else -1
+        """Hang up the terminal and make sure nothing started here survives.
+
+        Returns at once: the group is ended off the loop (``self.ended``), and
+        the status is known here only when the shell is gone already."""
+        if not self._bridge.closed:
+            self._hang_up()
+        return self._proc.returncode if self._proc.returncode is not None else -1
+
+    def _hang_up(self) -> asyncio.Future[int]:
+        """SIGHUP, then SIGTERM, then SIGKILL to the shell's group, a grace apart."""
         self._bridge.stop()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGHUP)
+        self.ended = end_process_group(self._proc, HANGUP_SIGNALS, SIGNAL_GRACE, name="shell")
         with contextlib.suppress(OSError):
             os.close(self._master)
-        try:
-            status = self._proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            status = self._proc.wait(timeout=5)
-        log.info("shell pid=%d ended with status %d", self._proc.pid, status)
-        return status
+        self._master = -1
+        return self.ended

@@ -7,12 +7,12 @@ import logging
 import signal
 from pathlib import Path
 
-from .config import AgentConfig
-from .frontends import choose_frontends, close_frontends
-from .localsocket import LocalControlServer, socket_path
-from .screen import screen_factory
-from .service import AgentService
-from .tunnel import AgentTunnel
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.frontends import choose_frontends, close_frontends
+from allowhelp.agent.localsocket import LocalControlServer, socket_path
+from allowhelp.agent.screen import screen_factory
+from allowhelp.agent.service import AgentService
+from allowhelp.agent.tunnel import AgentTunnel
 
 log = logging.getLogger(__name__)
 

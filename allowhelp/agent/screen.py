@@ -43,7 +43,6 @@ It is never needed in production and the agent logs a warning when it is set.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shlex
@@ -51,17 +50,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING
 
+from allowhelp.agent.fdbridge import FdBridge, Output
+from allowhelp.agent.reaper import end_process_group
 from allowhelp.protocol.text import plain_text
 
-from .fdbridge import FdBridge, Output
-
 if TYPE_CHECKING:
-    from .channels import Backend, GatedChannel
-    from .consent import Grant
+    from allowhelp.agent.channels import Backend, GatedChannel
+    from allowhelp.agent.consent import Grant
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +67,7 @@ TEST_COMMAND_ENV = "ALLOWHELP_TEST_SCREEN_COMMAND"
 X11VNC = "x11vnc"
 STDERR_TAIL = 16 * 1024
 TERM_GRACE = 2.0
+EXIT_PATIENCE = 0.5  # a program that closed its socket is exiting: let it, before SIGTERM
 KEEP_ENV = ("DISPLAY", "XAUTHORITY", "HOME", "USER", "LOGNAME", "PATH", "LANG", "LC_ALL")
 
 
@@ -178,6 +177,8 @@ class ScreenProcess:
         self._stderr = stderr.fileno()
         os.set_blocking(self._stderr, False)
         self._tail = bytearray()
+        self._stderr_closed = False
+        self.ended: asyncio.Future[int] | None = None  # set once the teardown has begun
         self._bridge = FdBridge(self._sock.fileno(), output, self._finish)
         self._loop.add_reader(self._stderr, self._stderr_readable)
         log.info("screen pid=%d started (%s)", self._proc.pid, os.path.basename(argv[0]))
@@ -187,17 +188,25 @@ class ScreenProcess:
         return self._proc.pid
 
     def _stderr_readable(self) -> None:
-        try:
-            data = os.read(self._stderr, STDERR_TAIL)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        """Keep the last STDERR_TAIL bytes of what x11vnc says; stop at the pipe's end."""
+        while not self._stderr_closed:
+            try:
+                data = os.read(self._stderr, STDERR_TAIL)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_stderr()
+                return
+            self._tail += data
+            del self._tail[:-STDERR_TAIL]
+
+    def _close_stderr(self) -> None:
+        if not self._stderr_closed:
+            self._stderr_closed = True
             self._loop.remove_reader(self._stderr)
-            return
-        self._tail += data
-        del self._tail[:-STDERR_TAIL]
+            self._stderr_file.close()
 
     def pause(self) -> None:
         """The channel is full: stop reading, so x11vnc waits on its socket."""
@@ -213,43 +222,38 @@ class ScreenProcess:
         self._bridge.write(data)
 
     def _finish(self) -> None:
-        """The program closed its end: it is exiting (viewer gone, or it failed)."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=0.5)
-        self._stderr_readable()
-        status = self.close()
-        self._on_exit(status, bytes(self._tail))
+        """The program closed its end: it is exiting (viewer gone, or it failed).
+
+        It gets EXIT_PATIENCE to exit by itself (its own status, not our
+        SIGTERM's); its last words are read once it is gone, then reported."""
+        if self._bridge.closed:
+            return
+        self._bridge.stop()
+        self._sock.close()
+        self.ended = end_process_group(
+            self._proc, (signal.SIGTERM,), TERM_GRACE, name="screen", patience=EXIT_PATIENCE
+        )
+        self.ended.add_done_callback(self._report)
+
+    def _report(self, ended: asyncio.Future[int]) -> None:
+        self._stderr_readable()  # what is left in the pipe, up to its end
+        self._close_stderr()
+        self._on_exit(ended.result(), bytes(self._tail))
 
     def close(self) -> int:
-        """Stop the program and everything it started; safe to call again."""
+        """Stop the program and everything it started; safe to call again.
+
+        Returns at once: the reaper gives x11vnc TERM_GRACE after SIGTERM, then
+        SIGKILLs whatever of the group is left (no process survives)."""
         if self._bridge.closed:
             return self._proc.returncode if self._proc.returncode is not None else -1
         self._bridge.stop()
-        self._loop.remove_reader(self._stderr)
+        self._close_stderr()
         self._sock.close()  # x11vnc sees its viewer leave and cleans up (key autorepeat)
-        self._stderr_file.close()
-        self._signal_group(signal.SIGTERM)  # x11vnc restores the X server's settings
-        status = self._proc.poll()
-        if status is None:
-            # Never wait on the event loop: a reaper thread gives the grace period,
-            # then SIGKILLs whatever of the group is left (no process survives).
-            threading.Thread(target=self._reap, name="screen-reaper", daemon=True).start()
-            status = -1
-        log.info("screen pid=%d stopping (status %d)", self._proc.pid, status)
-        return status
-
-    def _reap(self) -> None:
-        try:
-            self._proc.wait(timeout=TERM_GRACE)
-        except subprocess.TimeoutExpired:
-            log.warning("screen pid=%d ignored SIGTERM; killing it", self._proc.pid)
-        self._signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=5)
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+        # SIGTERM: x11vnc restores the X server's settings before it exits.
+        self.ended = end_process_group(self._proc, (signal.SIGTERM,), TERM_GRACE, name="screen")
+        log.info("screen pid=%d stopping", self._proc.pid)
+        return self._proc.returncode if self._proc.returncode is not None else -1
 
 
 def screen_factory(channel: GatedChannel, grant: Grant) -> Backend:

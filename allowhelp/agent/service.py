@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
+from allowhelp.agent.errors import AgentError
 from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
@@ -26,10 +29,6 @@ from allowhelp.protocol.control import (
     Via,
 )
 from allowhelp.protocol.text import plain_text
-
-from .config import AgentConfig
-from .consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
-from .errors import AgentError
 
 log = logging.getLogger(__name__)
 

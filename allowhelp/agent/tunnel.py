@@ -18,12 +18,11 @@ from pathlib import Path
 
 import asyncssh
 
+from allowhelp.agent.channels import AgentSSHServer, ScreenFactory
+from allowhelp.agent.config import HOST_KEY_FILE
+from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
-
-from .channels import AgentSSHServer, ScreenFactory
-from .config import HOST_KEY_FILE
-from .service import AgentService
 
 log = logging.getLogger(__name__)
 

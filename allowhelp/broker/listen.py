@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from .settings import format_hostport
+from allowhelp.broker.settings import format_hostport
 
 BACKLOG = 1024
 

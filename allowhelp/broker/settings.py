@@ -9,13 +9,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from allowhelp.broker.audit.options import AuditOptions
 
 DEFAULT_HTTPS = "0.0.0.0:8443"
 DEFAULT_TUNNEL = "0.0.0.0:8022"
 RUNTIME_FILE = "broker.json"
+RECORDINGS = "recordings"  # under the data folder unless --recordings says where
+# A `yes` flood records 25-35 MB/s; a day of ordinary shell work, a few MB.
+DEFAULT_RECORDING_MAX = "512MiB"
+# Free space a recording leaves on its filesystem (at least 5 % of it when the
+# audit log lives there too: see audit/recording.py).
+DEFAULT_RECORDINGS_MIN_FREE = "1GiB"
+MIN_RECORDING_MAX = 4096  # the header and the marker that says why it stopped
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def default_data_dir() -> Path:
@@ -60,6 +70,15 @@ def check_syslog_url(url: str) -> str:
     return url
 
 
+def parse_size(text: str, what: str) -> int:
+    """Bytes from 512MiB, 512M, 1g, 4096 (binary units: 1K = 1024)."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in UNITS else (value, "")
+    if not number.isdigit():
+        raise ValueError(f"{what} must be a size such as 512MiB, 2G or 4096 (got {text!r})")
+    return int(number) * UNITS[unit]
+
+
 def url_host(url: str) -> str:
     host = urlsplit(url).hostname
     if host is None:
@@ -87,6 +106,15 @@ class BrokerSettings:
     consent_timeout: float = 60.0
     web_session_hours: float = 12.0
     syslog_url: str | None = None
+    recordings: Path | None = None  # None: DATA/recordings
+    recording_max: int = parse_size(DEFAULT_RECORDING_MAX, "")
+    recordings_min_free: int = parse_size(DEFAULT_RECORDINGS_MIN_FREE, "")
+    audit: AuditOptions = field(default_factory=AuditOptions)  # anchors, start-up check
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where shell recordings go (replay reads them from here too)."""
+        return self.recordings or self.data_dir / RECORDINGS
 
     @classmethod
     def build(
@@ -99,6 +127,10 @@ class BrokerSettings:
         organisation: str = "IT help desk",
         syslog_url: str | None = None,
         consent_timeout: float = 60.0,
+        recordings: Path | None = None,
+        recording_max: str = DEFAULT_RECORDING_MAX,
+        recordings_min_free: str = DEFAULT_RECORDINGS_MIN_FREE,
+        audit: AuditOptions | None = None,
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
         tunnel_host, tunnel_port = parse_hostport(tunnel, "--tunnel")
@@ -106,6 +138,9 @@ class BrokerSettings:
             raise ValueError("the organisation name must be 1 to 100 characters")
         if not 2 <= consent_timeout <= 600:
             raise ValueError("--consent-timeout must be between 2 and 600 seconds")
+        cap = parse_size(recording_max, "--recording-max")
+        if cap < MIN_RECORDING_MAX:
+            raise ValueError(f"--recording-max must be at least {MIN_RECORDING_MAX} bytes")
         return cls(
             data_dir=data_dir.expanduser().resolve(),
             https_host=https_host,
@@ -116,6 +151,10 @@ class BrokerSettings:
             organisation=organisation.strip(),
             syslog_url=check_syslog_url(syslog_url) if syslog_url else None,
             consent_timeout=float(consent_timeout),
+            recordings=recordings.expanduser().resolve() if recordings else None,
+            recording_max=cap,
+            recordings_min_free=parse_size(recordings_min_free, "--recordings-min-free"),
+            audit=audit or AuditOptions(),
         )
 
 

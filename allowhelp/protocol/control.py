@@ -7,11 +7,15 @@ agent reports decisions, user-ended sessions and help requests.
 
 Everything received is hostile: every field is type-checked and bounded here,
 and a bad line raises ``ProtocolError`` (the receiver closes the channel).
+Nothing else escapes ``decode``: a line nested deeper than ``MAX_DEPTH`` is
+refused before the JSON parser sees it (``[`` x 16000 would otherwise end in
+a RecursionError), and every parser failure becomes a ``ProtocolError`` too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
@@ -20,6 +24,9 @@ CONTROL_SUBSYSTEM = "allowhelp.control"
 SHELL_SUBSYSTEM = "allowhelp.shell"
 SCREEN_SUBSYSTEM = "allowhelp.screen"
 MAX_LINE = 16 * 1024
+# Control messages are flat objects; a little room for fields a newer peer may
+# add (unknown fields are ignored), far below anything that strains a parser.
+MAX_DEPTH = 4
 
 Kind = Literal["shell", "screen"]
 KINDS: tuple[Kind, ...] = ("shell", "screen")
@@ -188,13 +195,64 @@ LIMITS = {
 }
 
 
+# What the nesting scan looks at: brackets, and what starts, escapes or ends a string.
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+_OPEN, _CLOSE, _QUOTE, _BACKSLASH = b"[{", b"]}", ord('"'), ord("\\")
+
+
+def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON text opens more than ``limit`` arrays or objects inside each other.
+
+    One pass over the structural characters only, stopping at the first level
+    too many; brackets inside strings do not count. Text that is not JSON at
+    all may pass: the parser refuses it next.
+    """
+    depth = 0
+    in_string = False
+    escaped_at = -1
+    for match in _STRUCTURE.finditer(data):
+        pos = match.start()
+        if pos == escaped_at:
+            continue
+        char = data[pos]
+        if in_string:
+            if char == _BACKSLASH:
+                escaped_at = pos + 1
+            elif char == _QUOTE:
+                in_string = False
+        elif char == _QUOTE:
+            in_string = True
+        elif char in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in _CLOSE:
+            depth -= 1
+    return False
+
+
+def parse_json(data: bytes, what: str, limit: int = MAX_DEPTH) -> object:
+    """Hostile JSON text to a value, or a one-line ``ProtocolError`` saying why not.
+
+    Shared by every reader of hostile JSON lines (the control channel at both
+    ends, the agent's local control socket), so none has its own way to fail.
+    """
+    try:
+        text = data.decode("utf-8")  # strict: then no byte of a character looks like a bracket
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} is not UTF-8") from None
+    if too_deep(data, limit):
+        raise ProtocolError(f"{what} is nested too deeply (more than {limit} levels)")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, the int digit limit
+        raise ProtocolError(f"{what} is not JSON") from exc
+
+
 def decode(line: bytes) -> Message:
     if len(line) > MAX_LINE:
         raise ProtocolError("control line too long")
-    try:
-        raw = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("control line is not JSON") from exc
+    raw = parse_json(line, "control line")
     if not isinstance(raw, dict):
         raise ProtocolError("control line is not a JSON object")
     cls = MESSAGE_TYPES.get(str(raw.get("type")))

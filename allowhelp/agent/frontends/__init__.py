@@ -16,12 +16,11 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.frontends.dialog import DialogFrontend
+from allowhelp.agent.frontends.indicator import IndicatorFrontend
+from allowhelp.agent.frontends.terminal import TerminalFrontend
+from allowhelp.agent.frontends.toolkit import Which, find_toolkit, has_tkinter
 from allowhelp.agent.service import AgentService, ConsentFrontend
-
-from .dialog import DialogFrontend
-from .indicator import IndicatorFrontend
-from .terminal import TerminalFrontend
-from .toolkit import Which, find_toolkit, has_tkinter
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,9 @@ import logging
 import time
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.frontends.process import WindowProcess, WindowSet
+from allowhelp.agent.frontends.toolkit import Toolkit
 from allowhelp.agent.service import AgentService
-
-from .process import WindowProcess, WindowSet
-from .toolkit import Toolkit
 
 log = logging.getLogger(__name__)
 

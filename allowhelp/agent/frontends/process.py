@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .toolkit import Outcome, Window
+from allowhelp.agent.frontends.toolkit import Outcome, Window
 
 log = logging.getLogger(__name__)
 

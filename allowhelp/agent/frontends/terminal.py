@@ -19,9 +19,8 @@ import time
 from typing import TextIO
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.frontends.toolkit import Answer, plain
 from allowhelp.agent.service import AgentService, NotConnected
-
-from .toolkit import Answer, plain
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,7 @@ travels further up.
 
 from __future__ import annotations
 
-from .fleet import FleetStore
-from .people import PeopleStore
-from .records import (
+from allowhelp.broker.model.records import (
     ROLES,
     AgentRecord,
     HelpTicket,
@@ -25,7 +23,9 @@ from .records import (
     UserSummary,
     WebSession,
 )
-from .sessions import SessionStore
+from allowhelp.broker.store.fleet import FleetStore
+from allowhelp.broker.store.people import PeopleStore
+from allowhelp.broker.store.session_rows import SessionStore
 
 __all__ = [
     "ROLES",

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from ..errors import StoreError
-from .migrations import MIGRATIONS
+from allowhelp.broker.errors import StoreError
+from allowhelp.broker.store.migrations import MIGRATIONS
 
 
 class StoreCore:

@@ -1,11 +1,33 @@
-"""Enrolment tokens and agents."""
+"""Enrolment tokens, agents, and agents' connectivity history."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Literal
 
-from .core import StoreCore
-from .records import AgentRecord, TokenSummary, agent_from_row
+from allowhelp.broker.model.records import AgentRecord, TokenSummary, agent_from_row
+from allowhelp.broker.store.core import StoreCore
+
+# The connectivity history is bounded both ways: per agent (a PC flapping for
+# a week keeps its last few hundred events) and in age (older rows go).
+CONNECTIVITY_PER_AGENT = 200
+CONNECTIVITY_DAYS = 30
+
+Connectivity = Literal["connected", "disconnected"]
+
+
+@dataclass(frozen=True)
+class ConnectivityEvent:
+    """One connect or disconnect, as the history table keeps it."""
+
+    ts: float
+    event: Connectivity
+    remote: str
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"ts": self.ts, "event": self.event, "remote": self.remote, "reason": self.reason}
 
 
 class FleetStore(StoreCore):
@@ -87,6 +109,58 @@ class FleetStore(StoreCore):
     def touch_agent(self, agent_id: str, when: float) -> None:
         with self._tx() as db:
             db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
+
+    # connectivity history (outside the audit chain: docs/audit.md)
+
+    def record_connectivity(
+        self,
+        agent_id: str,
+        event: Connectivity,
+        remote: str,
+        reason: str,
+        when: float,
+        *,
+        keep: int = CONNECTIVITY_PER_AGENT,
+    ) -> None:
+        """Add one event, drop the agent's rows beyond the last ``keep``, and set
+        its last-seen time: one transaction (no fsync: WAL, synchronous=NORMAL)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO agent_connectivity (agent_id, ts, event, remote, reason)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (agent_id, when, event, remote[:200], reason[:200]),
+            )
+            db.execute(
+                "DELETE FROM agent_connectivity WHERE agent_id = ? AND id <= (SELECT id FROM"
+                " agent_connectivity WHERE agent_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (agent_id, agent_id, keep),
+            )
+            db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
+
+    def connectivity(self, agent_id: str, limit: int = 50) -> list[ConnectivityEvent]:
+        """The agent's newest events first."""
+        rows = self._query(
+            "SELECT ts, event, remote, reason FROM agent_connectivity WHERE agent_id = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (agent_id, limit),
+        )
+        return [ConnectivityEvent(r["ts"], r["event"], r["remote"], r["reason"]) for r in rows]
+
+    def connectivity_counts(self, agent_id: str, since: float) -> dict[str, int]:
+        rows = self._query(
+            "SELECT event, count(*) AS n FROM agent_connectivity WHERE agent_id = ? AND ts >= ?"
+            " GROUP BY event",
+            (agent_id, since),
+        )
+        counts = {"connected": 0, "disconnected": 0}
+        counts.update({r["event"]: int(r["n"]) for r in rows})
+        return counts
+
+    def prune_connectivity(self, now: float, days: float = CONNECTIVITY_DAYS) -> int:
+        """Drop history older than ``days``; returns how many rows went."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM agent_connectivity WHERE ts < ?", (now - days * 86400,))
+            return cur.rowcount
 
     def enrol_tokens(self) -> list[TokenSummary]:
         rows = self._query("SELECT * FROM enrol_tokens ORDER BY created DESC")

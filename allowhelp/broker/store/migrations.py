@@ -85,4 +85,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE enrol_tokens ADD COLUMN revoked REAL;
     CREATE TABLE policy (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 4: the TOTP steps each user has used, not only the highest (a clock set
+    # back no longer refuses fresh codes). users.totp_last_step stays, unread.
+    """
+    CREATE TABLE totp_used_steps (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        PRIMARY KEY (user_id, step)
+    ) WITHOUT ROWID;
+    INSERT INTO totp_used_steps (user_id, step)
+        SELECT id, totp_last_step FROM users
+        WHERE totp_secret IS NOT NULL AND totp_last_step > 0;
+    """,
+    # 5: every agent's connects and disconnects, bounded (store/fleet.py keeps
+    # the last CONNECTIVITY_PER_AGENT per agent and CONNECTIVITY_DAYS days).
+    # The audit chain keeps only what matters of them (docs/audit.md).
+    """
+    CREATE TABLE agent_connectivity (
+        id INTEGER PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL CHECK (event IN ('connected', 'disconnected')),
+        remote TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX agent_connectivity_by_agent ON agent_connectivity (agent_id, id);
+    CREATE INDEX agent_connectivity_by_time ON agent_connectivity (ts);
+    """,
 )

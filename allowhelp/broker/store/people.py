@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 
-from ..errors import StoreError
-from .core import StoreCore
-from .records import Role, TotpState, User, UserSummary, WebSession, user_from_row
+from allowhelp.broker.errors import StoreError
+from allowhelp.broker.model.records import (
+    Role,
+    TotpState,
+    User,
+    UserSummary,
+    WebSession,
+    user_from_row,
+)
+from allowhelp.broker.store.core import StoreCore
+
+_OWNER_SELECT = (
+    "SELECT u.*, s.csrf_token, s.created AS session_created, s.expires AS session_expires,"
+    " u.totp_secret IS NOT NULL AS totp_enrolled,"
+    " (SELECT value FROM policy WHERE name = ?) AS policy_value"
+    " FROM web_sessions s JOIN users u ON u.id = s.user_id"
+    " WHERE s.token_hash = ? AND s.expires >= ? AND u.disabled = 0"
+)
+
+
+@dataclass(frozen=True)
+class SessionOwner:
+    """A live web session, its enabled user, and what the login rules need to know."""
+
+    user: User
+    session: WebSession
+    totp_enrolled: bool
+    policy_value: str | None  # the value of the policy asked for, None when unset
 
 
 class PeopleStore(StoreCore):
@@ -34,6 +60,15 @@ class PeopleStore(StoreCore):
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+            )
+            return cur.rowcount == 1
+
+    def replace_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        """Store a rehash, unless the password changed meanwhile (then keep the new one)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                (new_hash, user_id, old_hash),
             )
             return cur.rowcount == 1
 
@@ -66,17 +101,21 @@ class PeopleStore(StoreCore):
                 ),
             )
 
-    def web_session(self, token_hash: str) -> WebSession | None:
-        rows = self._query(
-            "SELECT token_hash, user_id, csrf_token, created, expires FROM web_sessions"
-            " WHERE token_hash = ? AND expires >= ?",
-            (token_hash, time.time()),
-        )
+    def session_owner(self, token_hash: str, policy: str) -> SessionOwner | None:
+        """In one query: the live session, its user if enabled, TOTP and one policy."""
+        rows = self._query(_OWNER_SELECT, (policy, token_hash, time.time()))
         if not rows:
             return None
         row = rows[0]
-        return WebSession(
-            row["token_hash"], row["user_id"], row["csrf_token"], row["created"], row["expires"]
+        session = WebSession(
+            token_hash, row["id"], row["csrf_token"], row["session_created"], row["session_expires"]
+        )
+        policy_value = row["policy_value"]
+        return SessionOwner(
+            user_from_row(row),
+            session,
+            bool(row["totp_enrolled"]),
+            None if policy_value is None else str(policy_value),
         )
 
     def delete_web_session(self, token_hash: str) -> None:
@@ -121,27 +160,35 @@ class PeopleStore(StoreCore):
 
     def totp(self, user_id: int) -> TotpState:
         rows = self._query(
-            "SELECT totp_secret, totp_pending, totp_last_step FROM users WHERE id = ?", (user_id,)
+            "SELECT totp_secret, totp_pending, (SELECT coalesce(max(step), 0)"
+            " FROM totp_used_steps WHERE user_id = users.id) AS last_step"
+            " FROM users WHERE id = ?",
+            (user_id,),
         )
         if not rows:
             return TotpState(None, None, 0)
         row = rows[0]
-        return TotpState(row["totp_secret"], row["totp_pending"], row["totp_last_step"])
+        return TotpState(row["totp_secret"], row["totp_pending"], row["last_step"])
 
     def set_totp_pending(self, user_id: int, secret: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE users SET totp_pending = ? WHERE id = ?", (secret, user_id))
 
     def activate_totp(self, user_id: int, secret: str, step: int, codes: list[str]) -> bool:
-        """Make the pending secret the active one, with fresh recovery code hashes."""
+        """Make the pending secret the active one, with fresh recovery code hashes.
+
+        ``step`` (the confirming code's) is used up: that code cannot log in.
+        """
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL,"
-                " totp_last_step = ? WHERE id = ? AND totp_pending = ? AND totp_secret IS NULL",
-                (step, user_id, secret),
+                "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL"
+                " WHERE id = ? AND totp_pending = ? AND totp_secret IS NULL",
+                (user_id, secret),
             )
             if cur.rowcount != 1:
                 return False
+            db.execute("DELETE FROM totp_used_steps WHERE user_id = ?", (user_id,))
+            db.execute("INSERT INTO totp_used_steps (user_id, step) VALUES (?, ?)", (user_id, step))
             db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
             db.executemany(
                 "INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)",
@@ -149,12 +196,20 @@ class PeopleStore(StoreCore):
             )
             return True
 
-    def use_totp_step(self, user_id: int, step: int) -> bool:
-        """Claim a time step; false when it (or a later one) was used already."""
+    def use_totp_step(self, user_id: int, step: int, keep: range) -> bool:
+        """Claim a time step; false when this very step was used already.
+
+        Used steps outside ``keep`` (far from now: their codes cannot be
+        accepted) are forgotten in the same transaction, so the set stays small.
+        """
         with self._tx() as db:
+            db.execute(
+                "DELETE FROM totp_used_steps WHERE user_id = ? AND (step < ? OR step >= ?)",
+                (user_id, keep.start, keep.stop),
+            )
             cur = db.execute(
-                "UPDATE users SET totp_last_step = ? WHERE id = ? AND totp_last_step < ?",
-                (step, user_id, step),
+                "INSERT OR IGNORE INTO totp_used_steps (user_id, step) VALUES (?, ?)",
+                (user_id, step),
             )
             return cur.rowcount == 1
 
@@ -173,10 +228,10 @@ class PeopleStore(StoreCore):
     def reset_totp(self, user_id: int) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_last_step = 0"
-                " WHERE id = ?",
+                "UPDATE users SET totp_secret = NULL, totp_pending = NULL WHERE id = ?",
                 (user_id,),
             )
+            db.execute("DELETE FROM totp_used_steps WHERE user_id = ?", (user_id,))
             db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
 
     def policy(self, name: str) -> str | None:

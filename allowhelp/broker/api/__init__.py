@@ -1,1 +1,0 @@
-"""HTTP and WebSocket endpoints under /api/v1, one module per concern."""

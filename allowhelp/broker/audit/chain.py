@@ -1,0 +1,233 @@
+"""The audit chain's format, and reading it back without changing it.
+
+The hash of a record is ``sha256(canonical(obj))`` where ``obj`` is the JSON
+object with the keys seq, ts, type, code, actor, target, details, prev_hash and
+canonical is ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
+ensure_ascii=False).encode("utf-8")``; anyone can re-check an export with that.
+
+This module holds what both sides need (the hash, the schema check, the row
+shape) and the read-only side: :func:`verify`, :func:`read_head` and
+:func:`read_records` open the file ``mode=ro``, so checking or exporting the
+evidence can never alter it, even while a broker writes. The writer is
+:mod:`allowhelp.broker.audit.log`, which re-exports everything public here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from allowhelp.broker.errors import AuditCorrupt
+
+GENESIS_HASH = "0" * 64
+SCHEMA_VERSION = 1
+
+HASHED = ("seq", "ts", "type", "code", "actor", "target", "details", "prev_hash")
+SELECT_SQL = "SELECT seq, ts, type, code, actor, target, details, prev_hash, hash FROM audit"
+LAST_SQL = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+
+
+def canonical(obj: object) -> str:
+    """The one JSON spelling that hashes are computed over."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def record_hash(fields: Mapping[str, object]) -> str:
+    """The chain hash of a record's fields (every column but ``hash``).
+
+    Public so that an export can be re-checked without this database.
+    """
+    payload = {key: fields[key] for key in HASHED}
+    return hashlib.sha256(canonical(payload).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    ts: str
+    type: str
+    code: str
+    actor: str
+    target: str
+    details: Mapping[str, object]
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``count``, ``last_seq`` and ``last_hash`` cover the records found good,
+    i.e. all of them when ``ok``, else those before the first problem."""
+
+    ok: bool
+    count: int
+    last_seq: int
+    first_bad_seq: int | None
+    problem: str
+    last_hash: str = GENESIS_HASH
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """Return the schema version, refusing files this code cannot vouch for."""
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise AuditCorrupt(f"{path} is not an SQLite database, so not an audit log") from exc
+        raise
+    if version == 0 and not tables:
+        return 0
+    if version != SCHEMA_VERSION:
+        raise AuditCorrupt(
+            f"{path} has audit schema version {version}; this broker reads version "
+            f"{SCHEMA_VERSION} (is it an allowhelp audit log?)"
+        )
+    if "audit" not in tables:
+        raise AuditCorrupt(f"{path} has no audit table (is it an allowhelp audit log?)")
+    return version
+
+
+def row_to_record(row: tuple[Any, ...]) -> AuditRecord:
+    named = dict(zip((*HASHED, "hash"), row, strict=True))
+    return AuditRecord(**{**named, "details": json.loads(named["details"])})
+
+
+def _open_ro(path: Path) -> sqlite3.Connection:
+    """Read-only: checking or exporting must never change the evidence."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no audit log at {path}")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        if check_schema(conn, path) == 0:
+            raise AuditCorrupt(f"{path} is an empty database, not an audit log")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def read_head(path: Path) -> tuple[int, str]:
+    """The head of a log on disk, read-only (for the CLI, while a broker runs)."""
+    conn = _open_ro(Path(path))
+    try:
+        row = conn.execute(LAST_SQL).fetchone()
+    finally:
+        conn.close()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+
+def read_records(path: Path, after: int = 0) -> Iterator[AuditRecord]:
+    """Stream records read-only, so exporting a large log needs little memory."""
+    conn = _open_ro(Path(path))
+    try:
+        for row in conn.execute(f"{SELECT_SQL} WHERE seq > ? ORDER BY seq", (after,)):
+            yield row_to_record(row)
+    finally:
+        conn.close()
+
+
+def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
+    """The first thing wrong with one row, in words, or ''."""
+    seq: int = row[0]  # INTEGER PRIMARY KEY: always an int
+    if seq != expected:
+        return f"record {expected} is missing (sequence jumps from {expected - 1} to {seq})"
+    if not all(isinstance(field, str) for field in row[1:]):
+        return f"record {seq} was edited (a field has the wrong type)"
+    named: dict[str, Any] = dict(zip((*HASHED, "hash"), row, strict=True))
+    try:
+        named["details"] = json.loads(named["details"])
+    except ValueError:
+        return f"record {seq} was edited (details are not valid JSON)"
+    if record_hash(named) != named["hash"]:
+        return f"record {seq} was edited (hash mismatch)"
+    if named["prev_hash"] != prev:
+        return f"record {seq} is out of order / its prev_hash does not match record {seq - 1}"
+    return ""
+
+
+def verify(
+    path: Path,
+    head: tuple[int, str] | None = None,
+    *,
+    start: tuple[int, str] | None = None,
+    upto: int | None = None,
+) -> VerifyResult:
+    """Walk the chain read-only and report the first bad record.
+
+    ``head`` is a ``(seq, hash)`` saved earlier outside this file; without it,
+    records cut off the end cannot be noticed. ``start`` is a ``(seq, hash)``
+    already vouched for (an anchor): the walk begins after it, and the record
+    after it must link to that hash. ``upto`` ends the walk after that seq (it
+    must exist). ``count`` is then the number of records walked.
+    """
+    path = Path(path)
+    conn = _open_ro(path)
+    base, prev = start if start is not None else (0, GENESIS_HASH)
+    seq = base
+    head_hash = prev if head is not None and head[0] == base else None
+    sql = f"{SELECT_SQL} WHERE seq > ? ORDER BY seq"
+    args: tuple[int, ...] = (base,)
+    if upto is not None:
+        sql, args = f"{SELECT_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq", (base, upto)
+    try:
+        for row in conn.execute(sql, args):
+            problem = _check_row(row, seq + 1, prev)
+            if problem:
+                return VerifyResult(False, seq - base, seq, seq + 1, problem, prev)
+            seq, prev = seq + 1, str(row[8])
+            if head is not None and seq == head[0]:
+                head_hash = prev
+    except sqlite3.DatabaseError as exc:
+        raise AuditCorrupt(f"{path} cannot be read: {exc}") from exc
+    finally:
+        conn.close()
+    if upto is not None and seq < upto:
+        problem = f"record {seq + 1} is missing (the log ends at {seq})"
+        return VerifyResult(False, seq - base, seq, seq + 1, problem, prev)
+    if head is not None and head_hash is None:
+        problem = f"the log was truncated: head {head[0]} not present"
+        return VerifyResult(False, seq - base, seq, seq + 1, problem, prev)
+    if head is not None and head_hash != head[1]:
+        problem = f"record {head[0]}'s hash differs from the saved head"
+        return VerifyResult(False, seq - base, seq, head[0], problem, prev)
+    return VerifyResult(True, seq - base, seq, None, "", prev)
+
+
+def hash_at(conn: sqlite3.Connection, seq: int) -> str | None:
+    """The stored hash of record ``seq``, or None when there is no such record."""
+    row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def open_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection on an audit file (schema checked); the caller closes it."""
+    return _open_ro(Path(path))
+
+
+def find_records(path: Path, type: str, target: str, limit: int = 2) -> list[AuditRecord]:
+    """The oldest records of ``type`` about ``target``, read-only (a table scan:
+    for rare look-ups such as a replay's digest record)."""
+    conn = _open_ro(Path(path))
+    try:
+        rows = conn.execute(
+            f"{SELECT_SQL} WHERE type = ? AND target = ? ORDER BY seq LIMIT ?",
+            (type, target, limit),
+        ).fetchall()
+        return [row_to_record(row) for row in rows]
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        raise AuditCorrupt(f"{path} cannot be read: {exc}") from exc
+    finally:
+        conn.close()

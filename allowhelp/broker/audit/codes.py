@@ -1,0 +1,63 @@
+"""The audit log's event types and their stable codes (``AHxxxx``).
+
+Codes appear in exports and in syslog (MSGID), and collectors' alert rules
+match on them: a code, once assigned, never changes and is never reused. Add
+new types with new codes only.
+"""
+
+from __future__ import annotations
+
+EVENT_CODES: dict[str, str] = {
+    # authentication (AH10xx)
+    "auth.login.ok": "AH1001",
+    "auth.login.failed": "AH1002",
+    "auth.login.throttled": "AH1003",
+    "auth.logout": "AH1004",
+    "auth.totp.enrolled": "AH1005",
+    "auth.totp.reset": "AH1006",
+    # user accounts (AH11xx)
+    "user.created": "AH1101",
+    "user.updated": "AH1102",
+    "user.disabled": "AH1103",
+    "user.role_changed": "AH1104",
+    # enrolment tokens (AH12xx)
+    "token.created": "AH1201",
+    "token.used": "AH1202",
+    "token.refused": "AH1203",
+    # agents (AH13xx)
+    "agent.enrolled": "AH1301",
+    "agent.connected": "AH1302",
+    "agent.disconnected": "AH1303",
+    "agent.refused": "AH1304",
+    "agent.removed": "AH1305",
+    # sessions and consent (AH14xx)
+    "session.requested": "AH1401",
+    "consent.asked": "AH1402",
+    "consent.granted": "AH1403",
+    "consent.denied": "AH1404",
+    "consent.expired": "AH1405",
+    "session.started": "AH1406",
+    "session.ended": "AH1407",
+    "session.failed": "AH1408",
+    "help.requested": "AH1409",
+    # the broker itself (AH19xx)
+    "broker.started": "AH1901",
+    "broker.stopped": "AH1902",
+    "request.refused": "AH1903",
+    # console administration (appended: codes above never change)
+    "auth.policy.changed": "AH1007",
+    "token.revoked": "AH1204",
+    "session.replayed": "AH1410",
+    "help.refused": "AH1411",
+    # connectivity, coalesced (docs/audit.md): a flapping agent's connects and
+    # disconnects summed up, and failed tunnel handshakes per address
+    "agent.flapping": "AH1306",
+    "tunnel.refused": "AH1307",
+    # the chain itself: found broken (at start-up or by the background check)
+    "audit.chain_broken": "AH1904",
+}
+
+# The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a
+# record type (an anchor is a copy of the head, not a link of the chain), but
+# it is taken: no event type may ever get this code.
+ANCHOR_MSGID = "AH1905"

@@ -1,0 +1,415 @@
+"""The audit log: every security-relevant broker action, in a hash chain.
+
+The help desk must be able to show, months later, who looked at which PC, when
+and with whose permission, and prove that nobody edited the record since. So:
+
+* this module is the only writer, and a record is committed (fsynced, WAL with
+  ``synchronous=FULL``) before :meth:`AuditLog.append` or :meth:`AuditLog.write`
+  returns; a caller that gets :class:`AuditUnavailable` must refuse the action
+  (fail closed);
+* each record carries the SHA-256 of its own canonical JSON and the hash of the
+  record before it, so an edit, a deletion or a reordering breaks the chain
+  where it happened; cutting records off the end is caught by comparing with a
+  head (``SEQ:HASH``) saved elsewhere, e.g. by the syslog collector;
+* triggers refuse UPDATE and DELETE, so a bug cannot rewrite history by accident.
+
+Group commit: the fsync is most of what a record costs, and a busy broker (a
+reconnect storm) asks for many records at once. :meth:`AuditLog.write` queues
+its record and one writer thread commits everything queued in one transaction:
+one fsync for the lot, one wake-up per event loop to hand the results back.
+Fail closed still holds per record, because each caller awaits its own record:
+``write`` returns only once the transaction holding it is committed; if that
+commit fails, the whole transaction is rolled back (nothing half-written) and
+every caller in it gets :class:`AuditUnavailable`. A caller cancelled while
+waiting still gets its record committed: a record without its action is
+harmless, the reverse is not. The sync :meth:`AuditLog.append` (CLI, tests)
+commits inline under the same lock, so seqs and syslog forwarding keep one order.
+
+Anchors: when an :class:`~allowhelp.broker.audit.anchor.AnchorSink` is given,
+the head goes to the anchor file and syslog every N records and at close
+(``audit/anchor.py`` says what that protects against).
+
+The chain format and the read-only side (:func:`verify`, :func:`read_head`,
+:func:`read_records`) are in :mod:`allowhelp.broker.audit.chain`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from allowhelp.broker.audit.chain import (
+    GENESIS_HASH,
+    LAST_SQL,
+    SCHEMA_VERSION,
+    SELECT_SQL,
+    AuditRecord,
+    VerifyResult,
+    canonical,
+    check_schema,
+    read_head,
+    read_records,
+    record_hash,
+    row_to_record,
+    verify,
+)
+from allowhelp.broker.audit.codes import EVENT_CODES
+from allowhelp.broker.audit.entry import (
+    Entry,
+    Outcome,
+    Waiter,
+    copy_refusal,
+    make_entry,
+    plain_reason,
+    settle,
+    unavailable,
+    utc_now,
+)
+from allowhelp.broker.audit.status import ChainState
+from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
+
+if TYPE_CHECKING:
+    from allowhelp.broker.audit.anchor import AnchorSink
+    from allowhelp.broker.audit.syslog import SyslogForwarder
+
+__all__ = [
+    "BATCH_MAX",
+    "EVENT_CODES",
+    "GENESIS_HASH",
+    "SCHEMA_VERSION",
+    "AuditLog",
+    "AuditRecord",
+    "VerifyResult",
+    "read_head",
+    "read_records",
+    "record_hash",
+    "verify",
+]
+
+log = logging.getLogger(__name__)
+
+# At most this many records per transaction, so one commit stays short and a
+# caller queued behind a huge burst does not wait for all of it.
+BATCH_MAX = 512
+
+_INSERT = (
+    "INSERT INTO audit (seq, ts, type, code, actor, target, details, prev_hash, hash)"
+    " VALUES (:seq, :ts, :type, :code, :actor, :target, :details_text, :prev_hash, :hash)"
+)
+_SCHEMA = (
+    "CREATE TABLE audit (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, type TEXT NOT NULL,"
+    " code TEXT NOT NULL, actor TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL,"
+    " prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+    """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END""",
+    """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END""",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+
+class AuditLog:
+    """The one writer of the audit file; safe to share between threads and tasks."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        forwarder: SyslogForwarder | None,
+        busy_timeout: float,
+        anchors: AnchorSink | None = None,
+    ) -> None:
+        self._conn = conn
+        self._path = path
+        self._forwarder = forwarder
+        self._busy_timeout = busy_timeout
+        self._anchors = anchors
+        # What the start-up and background checks found (audit/integrity.py).
+        self.integrity = ChainState()
+        # Held while the connection is used and while records are forwarded:
+        # commits by the writer thread and by append() take turns, in seq order.
+        self._lock = threading.Lock()
+        # Guards the queue of async writes, the closed flag and the writer.
+        self._queue = threading.Condition(threading.Lock())
+        self._pending: list[Waiter] = []
+        self._closed = False
+        self._writer: threading.Thread | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        forwarder: SyslogForwarder | None = None,
+        busy_timeout: float = 2.0,
+        anchors: AnchorSink | None = None,
+        _read_only: bool = False,
+    ) -> AuditLog:
+        """Open or create the log.
+
+        ``_read_only`` is for tests only: it opens the file exactly as SQLite
+        opens one the process may not write (it falls back to read-only), which
+        root cannot otherwise reproduce with chmod.
+        """
+        path = Path(path)
+        target = f"{path.resolve().as_uri()}?mode=ro" if _read_only else str(path)
+        conn: sqlite3.Connection | None = None
+        try:
+            if not _read_only:
+                # Details may hold users' words: owner-only. SQLite gives the
+                # -wal and -shm files the same mode as the database.
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = sqlite3.connect(
+                target,
+                uri=_read_only,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            if check_schema(conn, path) == 0:
+                conn.execute("BEGIN IMMEDIATE")
+                # Another process may have created it while we waited for the lock.
+                # (executescript would COMMIT first, so one statement at a time.)
+                if check_schema(conn, path) == 0:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                conn.execute("COMMIT")
+            if not _read_only:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except AuditCorrupt:
+            if conn is not None:
+                conn.close()
+            raise
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise unavailable(plain_reason(exc, busy_timeout)) from exc
+        except OSError as exc:
+            raise unavailable(f"the audit file cannot be created ({exc.strerror or exc})") from exc
+        audit = cls(conn, path, forwarder, busy_timeout, anchors)
+        if anchors is not None:
+            anchors.start_at(audit.head()[0])
+        return audit
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def anchors(self) -> AnchorSink | None:
+        return self._anchors
+
+    def append(
+        self,
+        type: str,
+        *,
+        actor: str,
+        target: str = "",
+        details: Mapping[str, object] | None = None,
+    ) -> AuditRecord:
+        """Commit one record; only after this returns may the action take effect.
+
+        Blocks for the fsync, inline: for the CLI and tests. The broker's event
+        loop uses :meth:`write`.
+        """
+        entry = make_entry(type, actor, target, details)
+        with self._lock:
+            if self._closed:
+                raise unavailable("the audit log is closed")
+            records = self._commit([entry])
+            self._forward(records)
+        return records[0]
+
+    async def write(
+        self,
+        type: str,
+        *,
+        actor: str,
+        target: str = "",
+        details: Mapping[str, object] | None = None,
+    ) -> AuditRecord:
+        """:meth:`append` without blocking the event loop: group-committed.
+
+        A bad record (unknown type, details that are not JSON) raises here, at
+        once. Otherwise returns once the transaction holding this record is
+        committed, or raises :class:`AuditUnavailable` if it was not.
+        """
+        entry = make_entry(type, actor, target, details)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AuditRecord] = loop.create_future()
+        with self._queue:
+            if self._closed:
+                raise unavailable("the audit log is closed")
+            if self._writer is None:
+                # Started on first use, so the CLI (append only) never has one.
+                # A daemon: a forgotten close() must not hang the exit, and no
+                # caller goes ahead before its record is committed anyway.
+                self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._writer.start()
+            self._pending.append(Waiter(entry, loop, future))
+            if len(self._pending) == 1:  # else the writer was told already
+                self._queue.notify()
+        return await future
+
+    def _run(self) -> None:
+        """The writer thread: each turn commits everything queued (up to
+        :data:`BATCH_MAX`) in one transaction. Exits once closed and drained."""
+        try:
+            while True:
+                with self._queue:
+                    while not self._pending and not self._closed:
+                        self._queue.wait()
+                    if not self._pending:
+                        return
+                    batch = self._pending[:BATCH_MAX]
+                    del self._pending[:BATCH_MAX]
+                self._write_batch(batch)
+        finally:  # only a bug gets here with work left: refuse it all, hang nobody
+            with self._queue:
+                self._closed, stranded, self._pending = True, self._pending, []
+            if stranded:
+                self._hand_back(
+                    stranded, [unavailable("the audit writer stopped") for _ in stranded]
+                )
+
+    def _write_batch(self, batch: list[Waiter]) -> None:
+        with self._lock:
+            try:
+                records = self._commit([waiter.entry for waiter in batch])
+            except Exception as exc:  # a bug too must fail the callers, never strand them
+                refusal = exc if isinstance(exc, AuditUnavailable) else self._internal(exc)
+                # One exception per caller: a shared one would gather every task's traceback.
+                self._hand_back(batch, [copy_refusal(refusal) for _ in batch])
+                return
+            self._hand_back(batch, records)
+            self._forward(records)
+
+    def _internal(self, exc: Exception) -> AuditUnavailable:
+        self._rollback()
+        log.error("audit writer failed on a batch", exc_info=exc)
+        refusal = unavailable(f"internal error ({type(exc).__name__})")
+        refusal.__cause__ = exc
+        return refusal
+
+    @staticmethod
+    def _hand_back(batch: list[Waiter], outcomes: Sequence[Outcome]) -> None:
+        """One thread-safe call per event loop for the whole batch, not one
+        wake-up per record: those wake-ups were much of a busy broker's CPU."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditRecord], Outcome]]]
+        by_loop = {}
+        for waiter, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, outcome))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(settle, settled)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                log.debug("audit results for a closed event loop dropped")
+
+    def _forward(self, records: Sequence[AuditRecord]) -> None:
+        """Hand committed records to syslog; called under the lock, so in seq order."""
+        for record in records:
+            log.debug("audit record %d %s committed", record.seq, record.type)
+            if self._forwarder is None:
+                continue
+            try:
+                self._forwarder.submit(record)  # never blocks
+            except Exception:  # committed already; forwarding is best effort
+                log.warning("syslog forwarding of record %d failed", record.seq, exc_info=True)
+        if self._anchors is not None and records:
+            self._anchors.after_commit(records[-1].seq, records[-1].hash)  # never raises
+
+    def _commit(self, entries: Sequence[Entry]) -> list[AuditRecord]:
+        """All of ``entries`` in one transaction (one fsync), or none of them."""
+        conn = self._conn
+        try:
+            # IMMEDIATE takes the write lock before reading the last row, so two
+            # processes on one file cannot both claim the same seq.
+            conn.execute("BEGIN IMMEDIATE")
+            last = conn.execute(LAST_SQL).fetchone()
+            seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+            # One timestamp for the lot: they are committed at the same instant.
+            ts = utc_now()
+            records: list[AuditRecord] = []
+            rows: list[dict[str, Any]] = []
+            for entry in entries:
+                seq += 1
+                fields: dict[str, Any] = {
+                    "seq": seq,
+                    "ts": ts,
+                    "type": entry.type,
+                    "code": entry.code,
+                    "actor": entry.actor,
+                    "target": entry.target,
+                    "details": entry.details,
+                    "prev_hash": prev,
+                }
+                fields["hash"] = prev = record_hash(fields)
+                records.append(AuditRecord(**fields))
+                rows.append({**fields, "details_text": canonical(entry.details)})
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            reason = plain_reason(exc, self._busy_timeout)
+            kinds = ", ".join(sorted({entry.type for entry in entries}))
+            log.warning("audit batch of %d (%s) refused: %s", len(entries), kinds, reason)
+            raise unavailable(reason) from exc
+        return records
+
+    def _rollback(self) -> None:
+        """Leave no half transaction behind, so the next batch starts clean."""
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("audit rollback failed", exc_info=True)
+
+    def head(self) -> tuple[int, str]:
+        with self._lock:
+            try:
+                row = self._conn.execute(LAST_SQL).fetchone()
+            except sqlite3.Error as exc:
+                raise unavailable(plain_reason(exc, self._busy_timeout)) from exc
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def records(self, after: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        sql = f"{SELECT_SQL} WHERE seq > ? ORDER BY seq LIMIT ?"
+        with self._lock:
+            try:
+                rows = self._conn.execute(sql, (after, -1 if limit is None else limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise unavailable(plain_reason(exc, self._busy_timeout)) from exc
+        return [row_to_record(row) for row in rows]
+
+    def close(self) -> None:
+        """Refuse new writes, let the queued ones land (or fail), then close.
+
+        Writes queued before this call are committed by the writer before it
+        exits; any later one is refused at once, so none can hang. The
+        forwarder stays the caller's.
+        """
+        with self._queue:
+            self._closed = True
+            writer = self._writer
+            self._queue.notify_all()
+        if writer is not None:
+            writer.join()
+        with self._lock:
+            if self._anchors is not None:
+                try:
+                    row = self._conn.execute(LAST_SQL).fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("audit head not anchored at close: %s", exc)
+                else:
+                    if row is not None:
+                        self._anchors.at_stop(int(row[0]), str(row[1]))
+            self._conn.close()

@@ -1,0 +1,398 @@
+"""Shell recordings as asciicast v2 files, with the SHA-256 that the audit log keeps.
+
+Output only: typed input can hold passwords. The digest is over the bytes on
+disk, so the audit record proves the file played back later is the one recorded.
+
+Nothing here blocks the event loop. The loop formats each event into a line;
+a writer thread (one job in flight per recording, from a small shared pool)
+appends the lines with ``os.pwrite``, hashes what it wrote and, at the end,
+fsyncs and closes. The relay awaits :meth:`AsciicastRecorder.flushed` before it
+shows a frame to the technician, so what the technician saw is already in the
+file (the kernel's page cache survives a ``kill -9`` of the broker), and a disk
+slower than the shell slows the shell instead of filling memory.
+
+Limits (:class:`RecordingLimits`): a per-recording cap and a free-space floor.
+When one is hit, or a write fails, the recording stops for good (a marker
+event says why, except after a write error), ``on_stop`` is called (the
+session layer audits ``recording.stopped``) and the shell goes on. Until that
+audit is committed :meth:`~AsciicastRecorder.flushed` does not return, and if
+it fails ``flushed`` raises: unrecorded output is never shown unaudited.
+
+Sealing: :meth:`~AsciicastRecorder.close` is synchronous (the relay's stop
+path) and returns the digest of everything queued; :func:`settle` awaits the
+writer and gives the digest of what is on disk, which the session registry
+puts into the end record.
+
+A broker killed mid-shell leaves a file whose last line may be torn:
+:mod:`allowhelp.broker.audit.cast_recovery` cuts it and hashes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from json.encoder import encode_basestring
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["cap", "low_space", "write_error"]
+# The text of the marker event a stopped recording ends with (asciinema shows markers).
+MARKERS: dict[StopReason, str] = {
+    "cap": "recording stopped: size cap reached",
+    "low_space": "recording stopped: low disk space",
+    "write_error": "recording stopped: write error",
+}
+MARKER_ROOM = 128  # bytes kept under the cap for that marker
+SHARED_FLOOR = 0.05  # of a filesystem the audit log shares with the recordings
+SEAL_TIMEOUT = 10.0  # the longest an end record waits for its recording's last write
+SEAL_KEPT = 60.0  # an unclaimed seal is dropped this long after the file is sealed
+WRITERS = 8
+
+
+@dataclass(frozen=True)
+class RecordingLimits:
+    max_bytes: int = 512 << 20
+    min_free: int = 1 << 30
+    protect: Path | None = None  # the data folder (audit log): it keeps its own floor
+
+    def floor(self, folder: Path) -> int:
+        """Free bytes recordings leave on ``folder``'s filesystem: ``min_free``,
+        and at least 5 % of it when the audit log lives there too."""
+        if self.protect is None or not _same_filesystem(folder, self.protect):
+            return self.min_free
+        st = os.statvfs(folder)
+        return max(self.min_free, int(st.f_blocks * st.f_frsize * SHARED_FLOOR))
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return True  # cannot tell: protect
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Why a recording stopped before its session ended."""
+
+    reason: StopReason
+    recorded_bytes: int  # the file's size once sealed
+    detail: str
+
+    def details(self) -> dict[str, object]:
+        return {"reason": self.reason, "recorded_bytes": self.recorded_bytes, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Seal:
+    """A recording as its end record describes it."""
+
+    name: str
+    sha256: str
+    size: int
+    stopped: Stopped | None = None
+    settled: bool = True  # False: the writer had not finished; sha256 is what was queued
+
+    def details(self) -> dict[str, object]:
+        out: dict[str, object] = {"recording_bytes": self.size}
+        if self.stopped is not None:
+            out |= {"recording_truncated": True, "recording_stopped": self.stopped.reason}
+        if not self.settled:
+            out["recording_unsettled"] = True
+        return out
+
+
+StopHook = Callable[[Stopped], Awaitable[object]]
+
+
+# The writer's side: plain blocking calls, run in a pool thread.
+
+
+@dataclass(frozen=True)
+class _Wrote:
+    end: int  # the file's size after the job
+    free: int | None  # free bytes on its filesystem then
+    error: OSError | None = None
+
+
+def _append(fd: int, data: bytes, start: int, digest: hashlib._Hash, last: bool) -> _Wrote:
+    """Write ``data`` at ``start``, hash it; on a failure cut the file back to
+    ``start`` (whole lines only). ``last``: then fsync and close."""
+    error: OSError | None = None
+    end = start
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, end)
+            view, end = view[written:], end + written
+        digest.update(data)
+    except OSError as exc:
+        error, end = exc, start
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+    free = _free(fd)
+    if last:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            error = error or exc
+        finally:
+            os.close(fd)
+    return _Wrote(end, free, error)
+
+
+def _free(fd: int) -> int | None:
+    try:
+        st = os.fstatvfs(fd)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _writers() -> ThreadPoolExecutor:
+    global _pool  # noqa: PLW0603 - one pool per process, made on first use
+    if _pool is None:
+        _pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="allowhelp-recording")
+    return _pool
+
+
+# Recordings by file name, from their start until the registry claims the seal.
+_open: dict[str, AsciicastRecorder] = {}
+
+
+async def settle(name: str, seconds: float = SEAL_TIMEOUT) -> Seal | None:
+    """The seal of the recording ``name`` once its file is complete on disk
+    (None if this process has no such recording, e.g. after a restart)."""
+    recorder = _open.pop(name, None)
+    return None if recorder is None else await recorder.sealed(seconds)
+
+
+class AsciicastRecorder:
+    def __init__(
+        self,
+        folder: Path,
+        session_id: str,
+        cols: int,
+        rows: int,
+        *,
+        title: str,
+        limits: RecordingLimits | None = None,
+        on_stop: StopHook | None = None,
+    ) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = folder / f"{session_id}.cast"
+        self._loop = asyncio.get_running_loop()
+        self._limits = limits or RecordingLimits()
+        self._floor = self._limits.floor(folder)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._on_stop = on_stop
+        self._start = time.monotonic()
+        # Split UTF-8 sequences arrive in two chunks; decode incrementally.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._digest = hashlib.sha256()  # of what is on disk; the writer's while a job runs
+        self._base = self._digest.copy()  # ... as it was when the running job started
+        self._pending: list[bytes] = []
+        self._job: asyncio.Future[_Wrote] | None = None
+        self._job_data = b""
+        self._queued = 0  # bytes accepted: the file's size once the writer catches up
+        self._written = 0  # bytes on disk
+        self._free, self._free_at = _free(self._fd), 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._stopped: Stopped | None = None
+        self._stop_audit: asyncio.Future[object] | None = None
+        self._closed = False
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        _open[self.name] = self
+        header = {
+            "version": 2,
+            "width": cols,
+            "height": rows,
+            "timestamp": int(time.time()),
+            "title": title,
+            "env": {"TERM": "xterm-256color"},
+        }
+        self._queue(json.dumps(header, ensure_ascii=False).encode() + b"\n")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def stopped(self) -> Stopped | None:
+        return self._stopped
+
+    # the relay's side (the event loop)
+
+    def output(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text and self._recording:
+            self._event("o", text)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._recording:
+            self._event("r", f"{cols}x{rows}")
+
+    async def flushed(self) -> None:
+        """Return once everything accepted so far is in the file (or never will
+        be: the recording stopped, and that is audited); raise what auditing
+        the stop raised."""
+        target = self._queued
+        while self._written < target and not self._done.done():
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+        if self._stop_audit is not None:
+            await asyncio.shield(self._stop_audit)
+
+    def close(self) -> str:
+        """Seal: the writer writes what is left, fsyncs and closes. Returns the
+        hex SHA-256 the whole file will have; safe to call more than once."""
+        if not self._closed:
+            rest = self._decoder.decode(b"", final=True)
+            if rest and self._recording:
+                self._event("o", rest)
+            self._closed = True
+            self._kick()
+        return self._expected()
+
+    async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal:
+        """The file as it is once the writer has finished (after ``close``); if
+        the disk has not taken it in ``seconds``, what was queued, unsettled."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._done), seconds)
+        except TimeoutError:
+            log.error("recording %s: the disk has not taken its end in %.0f s", self.name, seconds)
+            return Seal(self.name, self._expected(), self._queued, self._stopped, settled=False)
+        if self._stop_audit is not None:  # its record goes before the end record
+            await asyncio.wait([self._stop_audit], timeout=seconds)
+        return Seal(self.name, self._digest.hexdigest(), self._written, self._stopped)
+
+    @property
+    def _recording(self) -> bool:
+        return not self._closed and self._stopped is None
+
+    def _event(self, code: str, text: str) -> None:
+        # What json.dumps([t, code, text], ensure_ascii=False) writes, without
+        # building an encoder per event: this runs for every keystroke's echo.
+        line = f'[{self._elapsed()!r}, "{code}", {encode_basestring(text)}]\n'.encode()
+        over = self._over_limit(len(line))
+        if over is None:
+            self._queue(line)
+        else:
+            self._stop(*over)
+
+    def _elapsed(self) -> float:
+        return round(time.monotonic() - self._start, 6)
+
+    def _over_limit(self, size: int) -> tuple[StopReason, str] | None:
+        after = self._queued + size + MARKER_ROOM
+        if after > self._limits.max_bytes:
+            return "cap", f"the recording reached its cap of {self._limits.max_bytes} bytes"
+        if self._free is not None:
+            free = self._free - (after - self._free_at)
+            if free < self._floor:
+                return "low_space", f"under {self._floor} bytes would be left free on its disk"
+        return None
+
+    def _stop(self, reason: StopReason, detail: str) -> None:
+        if reason != "write_error":
+            marker = f'[{self._elapsed()!r}, "m", {encode_basestring(MARKERS[reason])}]\n'
+            self._queue(marker.encode())
+        self._stopped = Stopped(reason, self._queued, detail)
+        log.warning("recording %s stopped (%s): %s", self.name, reason, detail)
+        if self._on_stop is not None:
+            self._stop_audit = asyncio.ensure_future(self._on_stop(self._stopped))
+            self._stop_audit.add_done_callback(_report_audit_failure)
+        self._kick()
+        self._wake()
+
+    # the hand-over to the writer
+
+    def _queue(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._queued += len(data)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Give the writer what is pending, unless it is busy or done."""
+        last = not self._recording
+        if self._job is not None or self._fd < 0 or not (self._pending or last):
+            return
+        data, fd = b"".join(self._pending), self._fd
+        self._pending.clear()
+        self._base, self._job_data = self._digest.copy(), data
+        if last:
+            self._fd = -1
+        job = functools.partial(_append, fd, data, self._written, self._digest, last)
+        self._job = self._loop.run_in_executor(_writers(), job)
+        self._job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Future[_Wrote]) -> None:
+        self._job, self._job_data = None, b""
+        wrote = job.result()
+        self._written = wrote.end
+        if wrote.free is not None:
+            self._free, self._free_at = wrote.free, wrote.end
+        if wrote.error is not None and self._stopped is None:
+            self._pending.clear()
+            self._queued = self._written
+            self._stop("write_error", wrote.error.strerror or type(wrote.error).__name__)
+        if self._fd < 0 and self._job is None:
+            self._sealed()
+        else:
+            self._kick()
+        self._wake()
+
+    def _sealed(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+            self._loop.call_later(SEAL_KEPT, _forget, self)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _expected(self) -> str:
+        """The digest the file has once the writer has written all that is queued."""
+        if self._done.done():
+            return self._digest.hexdigest()
+        digest = self._base.copy() if self._job is not None else self._digest.copy()
+        digest.update(self._job_data)
+        for data in self._pending:
+            digest.update(data)
+        return digest.hexdigest()
+
+
+def _forget(recorder: AsciicastRecorder) -> None:
+    if _open.get(recorder.name) is recorder:
+        del _open[recorder.name]
+
+
+def _report_audit_failure(task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a stopped recording could not be audited: %s", task.exception())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,226 @@
+"""Technician login: password check, server-side web sessions, CSRF tokens.
+
+Kept apart from HTTP so the rules (uniform failure, new id at every login,
+throttling before any password work, a TOTP code good once, audit before the
+session exists) are plain code the app only calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.auth.passwords import (
+    dummy_hash,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
+from allowhelp.broker.auth.throttle import LoginThrottle, ThrottlePolicy
+from allowhelp.broker.auth.totp import (
+    looks_like_recovery_code,
+    matching_step,
+    recovery_hash,
+    remembered_steps,
+)
+from allowhelp.broker.errors import AuthError
+from allowhelp.broker.store import Store, User, WebSession
+
+log = logging.getLogger(__name__)
+
+COOKIE_NAME = "__Host-allowhelp"
+MAX_USERNAME = 64
+MAX_PASSWORD = 1024
+MAX_CODE = 64
+REQUIRE_TOTP = "require_totp"  # policy name; "1" when every user must use TOTP
+
+
+class TotpRequired(AuthError):
+    """The password was right and the account has TOTP: ask for the code."""
+
+    code = "totp_required"
+
+
+class TotpRejected(AuthError):
+    """The password was right but the code was wrong or already used."""
+
+    code = "invalid_totp"
+
+
+class LoginThrottled(AuthError):
+    """Too many failures for this name or address: wait ``retry_after`` seconds."""
+
+    code = "throttled"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins: try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    cookie_value: str
+    csrf_token: str
+    user: User
+    expires: float
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the user and the web session their cookie names."""
+
+    user: User
+    session: WebSession
+    totp_enrolled: bool = False
+    must_enrol_totp: bool = False  # TOTP is required for all and this user has none yet
+
+    @property
+    def actor(self) -> str:
+        return f"{self.user.role}:{self.user.username}"
+
+    def csrf_ok(self, header: str | None) -> bool:
+        return header is not None and hmac.compare_digest(header, self.session.csrf_token)
+
+
+def token_hash(cookie_value: str) -> str:
+    """Only a hash of the cookie is stored: a stolen database opens no session."""
+    return hashlib.sha256(cookie_value.encode()).hexdigest()
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        session_hours: float,
+        throttle: ThrottlePolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._lifetime = session_hours * 3600
+        self.throttle = LoginThrottle(throttle)
+        self._clock = clock  # the wall time TOTP steps are taken from
+        dummy_hash()  # made now, so the first unknown user costs no more than the next
+
+    async def login(
+        self, username: str, password: str, remote: str, code: str | None = None
+    ) -> LoginResult:
+        """Throttle, check the password, then the second factor; audit; open a session.
+
+        Unknown user, disabled user and wrong password give one error after
+        the same argon2 work, so the answer does not reveal which it was. A
+        hash with older parameters (or an old scrypt one) is replaced once the
+        login succeeds.
+        """
+        username = username[:MAX_USERNAME]
+        await self._refuse_if_throttled(username, remote)
+        user = self._store.user_by_name(username)
+        stored = user.password_hash if user is not None else dummy_hash()
+        matches = await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
+        if user is None or user.disabled or not matches:
+            reason = "unknown user" if user is None else "disabled" if user.disabled else "password"
+            await self._failed(username, remote, reason)
+            raise AuthError("wrong username or password")
+        factor = await self._second_factor(user, remote, code)
+        rehash = needs_rehash(user.password_hash)
+        details: dict[str, object] = {"remote": remote, "second_factor": factor}
+        if rehash:
+            details["password_rehashed"] = True
+        await self._audit.write(
+            "auth.login.ok",
+            actor=f"{user.role}:{user.username}",
+            target=user.username,
+            details=details,
+        )
+        self.throttle.succeeded(username, remote)
+        if rehash:
+            await self._rehash(user, password[:MAX_PASSWORD])
+        cookie_value = secrets.token_urlsafe(32)
+        now = time.time()
+        session = WebSession(
+            token_hash=token_hash(cookie_value),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            created=now,
+            expires=now + self._lifetime,
+        )
+        self._store.add_web_session(session, remote)
+        return LoginResult(cookie_value, session.csrf_token, user, session.expires)
+
+    async def _rehash(self, user: User, password: str) -> None:
+        """Store an argon2id hash with today's parameters in place of an older one."""
+        fresh = await asyncio.to_thread(hash_password, password)
+        if self._store.replace_password_hash(user.id, user.password_hash, fresh):
+            log.info("password hash of %s upgraded to the current parameters", user.username)
+
+    async def _refuse_if_throttled(self, username: str, remote: str) -> None:
+        lock = self.throttle.attempt(username, remote)
+        if lock is None:
+            return
+        if lock.first:  # one record per lock, not one per guess
+            await self._audit.write(
+                "auth.login.throttled",
+                actor=f"anonymous@{remote}",
+                target=username,
+                details={"scope": lock.scope, "remote": remote, "retry_after": lock.retry_after},
+            )
+        raise LoginThrottled(lock.retry_after)
+
+    async def _failed(self, username: str, remote: str, reason: str) -> None:
+        """The attempt stays counted by the throttle; say so in the audit log."""
+        await self._audit.write(
+            "auth.login.failed",
+            actor=f"anonymous@{remote}",
+            target=username,
+            details={"reason": reason, "remote": remote},
+        )
+
+    async def _second_factor(self, user: User, remote: str, code: str | None) -> str:
+        """How the user proved it: none, totp or recovery; raises when a needed code fails."""
+        secret = self._store.totp(user.id).secret
+        if secret is None:
+            return "none"
+        if not code:
+            self.throttle.refund(user.username, remote)  # a right password is no failure
+            raise TotpRequired("enter the 6-digit code from your authenticator app")
+        code = code.strip()[:MAX_CODE]
+        if looks_like_recovery_code(code):
+            if self._store.use_recovery_code(user.id, recovery_hash(code)):
+                return "recovery"
+            reason = "recovery code"
+        else:
+            now = self._clock()
+            step = matching_step(secret, code, now)
+            if step is not None and self._store.use_totp_step(user.id, step, remembered_steps(now)):
+                return "totp"
+            reason = "totp" if step is None else "totp reused"
+        await self._failed(user.username, remote, reason)
+        raise TotpRejected("wrong or already used code")
+
+    def principal(self, cookie_value: str | None) -> Principal | None:
+        if not cookie_value or len(cookie_value) > 100:
+            return None
+        owner = self._store.session_owner(token_hash(cookie_value), REQUIRE_TOTP)
+        if owner is None:  # no such live session, or its user is disabled
+            return None
+        required = owner.policy_value == "1"
+        return Principal(
+            owner.user, owner.session, owner.totp_enrolled, required and not owner.totp_enrolled
+        )
+
+    async def logout(self, principal: Principal, remote: str) -> None:
+        await self._audit.write(
+            "auth.logout",
+            actor=principal.actor,
+            target=principal.user.username,
+            details={"remote": remote},
+        )
+        self._store.delete_web_session(principal.session.token_hash)

@@ -1,0 +1,158 @@
+"""The fleet and the audit log, as the console shows them.
+
+``GET /api/v1/audit/verify`` walks the chain now and compares the anchored
+heads, and also says what the broker found at start-up (``startup``,
+``started_broken``), what its full check after that found (``full``), and
+where heads are anchored (``anchoring``): docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from allowhelp.broker.audit.chain import VerifyResult
+from allowhelp.broker.audit.integrity import verify_with_anchors
+from allowhelp.broker.console.api.base import require, services
+from allowhelp.broker.console.services import Services
+from allowhelp.broker.errors import AuditCorrupt, BadRequest, NotFound
+from allowhelp.broker.store import AgentRecord
+
+HISTORY_MAX = 200  # events per connectivity answer
+
+
+def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
+    """One machine as the console lists it; the text fields are the agent's words."""
+    live = svc.registry.get(agent.id)
+    return {
+        "id": agent.id,
+        "hostname": agent.hostname,
+        "online": live is not None,
+        "os": agent.os,
+        "user": agent.username,
+        "version": agent.version,
+        "enrolled": agent.enrolled,
+        "last_seen": time.time() if live is not None else agent.last_seen,
+        "connected_since": live.connected_since if live else None,
+        "removed": agent.removed,
+    }
+
+
+async def agents(request: Request) -> Response:
+    require(request)
+    svc = services(request)
+    rows = [agent_row(svc, agent) for agent in svc.store.agents()]
+    rows.sort(key=lambda row: (not row["online"], str(row["hostname"]).lower()))
+    return JSONResponse(rows)
+
+
+async def remove_agent(request: Request) -> Response:
+    """The agent's key is refused from now on, and its live tunnel is dropped."""
+    principal = require(request, admin=True)
+    svc = services(request)
+    agent_id = request.path_params["agent_id"]
+    record = svc.store.agent(agent_id)
+    if record is None or record.removed:
+        raise NotFound("no such machine")
+    await svc.audit.write(
+        "agent.removed",
+        actor=principal.actor,
+        target=agent_id,
+        details={"hostname": record.hostname},
+    )
+    svc.store.remove_agent(agent_id)
+    live = svc.registry.get(agent_id)
+    if live is not None:
+        live.link.close()
+    removed = svc.store.agent(agent_id) or record
+    svc.events.publish({"type": "agent", "agent": agent_row(svc, removed)})
+    return JSONResponse({"ok": True})
+
+
+async def audit_records(request: Request) -> Response:
+    require(request, admin=True)
+    try:
+        after = int(request.query_params.get("after", "0"))
+        limit = min(int(request.query_params.get("limit", "500")), 1000)
+    except ValueError as exc:
+        raise BadRequest("after and limit must be whole numbers") from exc
+    if after < 0 or limit < 1:
+        raise BadRequest("after must be >= 0 and limit >= 1")
+    records = services(request).audit.records(after=after, limit=limit)
+    return JSONResponse([record.to_json() for record in records])
+
+
+async def audit_verify(request: Request) -> Response:
+    """Walk the whole chain and the anchors (read-only, off the event loop), and
+    say what the start-up and full checks found."""
+    require(request, admin=True)
+    audit = services(request).audit
+    sink = audit.anchors
+    anchor_file = sink.path if sink is not None else None
+    anchors_error = ""
+    try:
+        try:
+            result, checked = await asyncio.to_thread(verify_with_anchors, audit.path, anchor_file)
+        except OSError as exc:  # the anchor file is unreadable: say so, walk without it
+            anchors_error = f"{anchor_file}: {exc.strerror or exc}"
+            result, checked = await asyncio.to_thread(verify_with_anchors, audit.path, None)
+    except AuditCorrupt as exc:
+        result, checked = VerifyResult(False, 0, 0, 1, str(exc)), 0
+    return JSONResponse(
+        {
+            "ok": result.ok,
+            "count": result.count,
+            "last_seq": result.last_seq,
+            "last_hash": result.last_hash,
+            "first_bad_seq": result.first_bad_seq,
+            "problem": result.problem,
+            "anchors_checked": checked,
+            "anchors_error": anchors_error,
+            "anchoring": sink.state.to_json() if sink is not None else None,
+            **audit.integrity.to_json(),
+        }
+    )
+
+
+async def connectivity(request: Request) -> Response:
+    """One machine's recent connects and disconnects (the bounded history table,
+    not the chain), with its last-seen time."""
+    require(request, admin=True)
+    svc = services(request)
+    agent_id = request.path_params["agent_id"]
+    record = svc.store.agent(agent_id)
+    if record is None:
+        raise NotFound("no such machine")
+    try:
+        limit = min(int(request.query_params.get("limit", "50")), HISTORY_MAX)
+    except ValueError as exc:
+        raise BadRequest("limit must be a whole number") from exc
+    if limit < 1:
+        raise BadRequest("limit must be >= 1")
+    row = agent_row(svc, record)
+    counts = svc.store.connectivity_counts(agent_id, time.time() - 3600)
+    return JSONResponse(
+        {
+            "agent_id": agent_id,
+            "online": row["online"],
+            "last_seen": row["last_seen"],
+            "connected_since": row["connected_since"],
+            "connects_last_hour": counts["connected"],
+            "disconnects_last_hour": counts["disconnected"],
+            "history": [event.to_json() for event in svc.store.connectivity(agent_id, limit)],
+        }
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/v1/agents", agents, methods=["GET"]),
+        Route("/api/v1/agents/{agent_id}", remove_agent, methods=["DELETE"]),
+        Route("/api/v1/agents/{agent_id}/connectivity", connectivity, methods=["GET"]),
+        Route("/api/v1/audit", audit_records, methods=["GET"]),
+        Route("/api/v1/audit/verify", audit_verify, methods=["GET"]),
+    ]

@@ -1,0 +1,127 @@
+"""Sessions and help requests over HTTP.
+
+A technician sees and ends only their own sessions (admins: all). Attaching
+to a session's terminal or screen is ``session_sockets.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from allowhelp.broker.audit.integrity import check_digest_record
+from allowhelp.broker.audit.recording import file_sha256
+from allowhelp.broker.auth.authenticator import Principal
+from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.errors import Conflict, IllegalTransition, NotFound
+from allowhelp.broker.model.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def _visible(principal: Principal, session: Session | None) -> Session:
+    if session is None or (
+        principal.user.role != "admin" and session.technician != principal.user.username
+    ):
+        raise NotFound("no such session")
+    return session
+
+
+async def create(request: Request) -> Response:
+    principal = require(request)
+    body = await json_body(request)
+    help_code = body.get("help_code") or ""
+    session = await services(request).sessions.request(
+        technician=principal.user.username,
+        technician_name=principal.user.full_name,
+        agent_id=str(body.get("agent_id", "")),
+        kind=str(body.get("kind", "")),
+        reason=body.get("reason"),
+        help_code=help_code if isinstance(help_code, str) else "",
+    )
+    return JSONResponse(session.to_json(), status_code=201)
+
+
+async def listed(request: Request) -> Response:
+    principal = require(request)
+    rows = services(request).sessions.listed(
+        principal.user.username, principal.user.role == "admin"
+    )
+    return JSONResponse([s.to_json() for s in rows])
+
+
+async def one(request: Request) -> Response:
+    principal = require(request)
+    session = services(request).sessions.get(request.path_params["session_id"])
+    return JSONResponse(_visible(principal, session).to_json())
+
+
+async def end(request: Request) -> Response:
+    principal = require(request)
+    registry = services(request).sessions
+    session = _visible(principal, registry.get(request.path_params["session_id"]))
+    try:
+        ended = await registry.end(session.id, reason="technician", actor=principal.actor)
+    except IllegalTransition as exc:
+        raise Conflict(f"the session is already {session.state}", code="already_over") from exc
+    return JSONResponse(ended.to_json())
+
+
+async def help_requests(request: Request) -> Response:
+    require(request)
+    tickets = services(request).help_desk.open_tickets()
+    return JSONResponse([t.to_json() for t in tickets])
+
+
+async def recording(request: Request) -> Response:
+    """Admins replay a shell; the file must still match the digest the audit log holds."""
+    principal = require(request, admin=True)
+    svc = services(request)
+    session = svc.sessions.get(request.path_params["session_id"])
+    if session is None or not session.recording or not session.recording_sha256:
+        raise NotFound("no recording for this session")
+    path = svc.settings.data_dir / "recordings" / Path(session.recording).name
+    if not path.is_file():
+        raise NotFound("the recording file is missing")
+    # "Verified" means: the chain holds up to and including the record with the
+    # digest (walked now, anchors compared), and the file matches that digest.
+    sink = svc.audit.anchors
+    anchors = sink.path if sink is not None else None
+    held = await asyncio.to_thread(check_digest_record, svc.audit.path, anchors, session.id)
+    if not held.ok:
+        raise Conflict(held.problem, code="recording_unverified")
+    if held.digest != session.recording_sha256:
+        raise Conflict(
+            f"the session's digest differs from the one in audit record {held.seq}",
+            code="recording_altered",
+        )
+    if await asyncio.to_thread(file_sha256, path) != held.digest:
+        raise Conflict("the recording does not match its audit digest", code="recording_altered")
+    # Watching someone's shell again is itself an access to that PC's data.
+    await svc.audit.write(
+        "session.replayed",
+        actor=principal.actor,
+        target=session.id,
+        details={
+            **session.summary(),
+            "recording_sha256": session.recording_sha256,
+            "digest_record": held.seq,
+        },
+    )
+    return FileResponse(path, media_type="application/x-asciicast")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/v1/sessions", create, methods=["POST"]),
+        Route("/api/v1/sessions", listed, methods=["GET"]),
+        Route("/api/v1/sessions/{session_id}", one, methods=["GET"]),
+        Route("/api/v1/sessions/{session_id}/end", end, methods=["POST"]),
+        Route("/api/v1/sessions/{session_id}/recording", recording, methods=["GET"]),
+        Route("/api/v1/help-requests", help_requests, methods=["GET"]),
+    ]

@@ -1,0 +1,30 @@
+"""The broker's parts, wired once at start-up and handed to the HTTP layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.auth.authenticator import Authenticator
+from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.help import HelpDesk
+from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.settings import BrokerSettings
+from allowhelp.broker.store import Store
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
+
+
+@dataclass
+class Services:
+    store: Store
+    audit: AuditLog
+    auth: Authenticator
+    registry: AgentRegistry
+    enrolment: EnrolmentDesk
+    ca_pem: bytes
+    public_url: str
+    settings: BrokerSettings
+    events: EventHub
+    sessions: SessionRegistry
+    help_desk: HelpDesk

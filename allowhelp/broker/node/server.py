@@ -1,0 +1,285 @@
+"""One broker process: HTTPS (uvicorn) and the tunnel listener, started and stopped together.
+
+Sockets are bound here before anything is announced, so port 0 works (tests)
+and ``broker.json`` only ever names addresses that are really listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from allowhelp.broker.audit.anchor import AnchorSink
+from allowhelp.broker.audit.integrity import ChainWatch
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.options import AuditOptions
+from allowhelp.broker.audit.syslog import SyslogForwarder
+from allowhelp.broker.auth.authenticator import Authenticator
+from allowhelp.broker.console.app import create_app
+from allowhelp.broker.console.httpguard import GuardedHttpProtocol
+from allowhelp.broker.console.services import Services
+from allowhelp.broker.console.wall import Wall
+from allowhelp.broker.listen import bind
+from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.help import HelpDesk
+from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
+from allowhelp.broker.store import Store
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.dispatch import ControlRouter, Inventory
+from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
+from allowhelp.broker.tunnel.listener import TunnelListener
+from allowhelp.certs.pki import BrokerPKI, ensure_broker_pki
+from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, SessionEnd
+
+log = logging.getLogger(__name__)
+
+AUDIT_FILE = "audit.sqlite3"
+STORE_FILE = "broker.sqlite3"
+WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - names to leave out of the certificate
+# Descriptors kept for everything but agent tunnels: HTTPS clients, the
+# databases, the audit log, recordings, syslog. The rest is one per agent.
+FD_RESERVE = 200
+NR_OPEN = Path("/proc/sys/fs/nr_open")  # the kernel's cap when the hard limit is "unlimited"
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """The files of one installation, opened together by serve and by the CLI."""
+
+    store: Store
+    audit: AuditLog
+    pki: BrokerPKI
+    forwarder: SyslogForwarder | None = None
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        hosts: list[str],
+        syslog_url: str | None = None,
+        audit_options: AuditOptions | None = None,
+    ) -> DataFolder:
+        pki = ensure_broker_pki(data_dir, hosts)
+        forwarder = SyslogForwarder.from_url(syslog_url) if syslog_url else None
+        anchors = None
+        if audit_options is not None:  # the head to the anchor file and syslog (audit/anchor.py)
+            anchor_file = audit_options.anchor_file(data_dir)
+            anchors = AnchorSink(anchor_file, audit_options.anchor_every, forwarder)
+        audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder, anchors=anchors)
+        return cls(Store.open(data_dir / STORE_FILE), audit, pki, forwarder)
+
+    def close(self) -> None:
+        self.store.close()
+        self.audit.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the broker stops both halves itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def tls_hosts(settings: BrokerSettings) -> list[str]:
+    hosts = [url_host(settings.public_url)] if settings.public_url else []
+    if settings.https_host not in WILDCARDS and settings.https_host not in hosts:
+        hosts.append(settings.https_host)
+    hostname = socket.gethostname()
+    if hostname and not is_ip(hostname):
+        hosts.append(hostname)
+    return hosts
+
+
+def raise_fd_limit() -> int | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit and return the new soft
+    limit (None when it cannot be read or is unlimited).
+
+    Every agent holds a socket, and the usual soft limit (1,024) caps a broker
+    at about 800 PCs although the hard limit allows far more; raising the soft
+    limit needs no privilege. Failing to is not fatal, only logged: the broker
+    still serves as many agents as the current limit allows.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the open-file limit: %s", exc)
+        return None
+    target = hard if hard != resource.RLIM_INFINITY else _kernel_fd_cap()
+    if target is not None and soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _kernel_fd_cap() -> int | None:
+    """With an unlimited hard limit the soft one may go up to ``fs.nr_open``."""
+    try:
+        return int(NR_OPEN.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def announce_fd_limit(limit: int | None) -> None:
+    """Say once how many agents this process can hold, so an operator sees the
+    cap before the fleet hits it (``LimitNOFILE=`` under systemd)."""
+    if limit is None:
+        log.info("open-file limit: unlimited")
+        return
+    room = max(limit - FD_RESERVE, 0)
+    log.info(
+        "open-file limit %d: room for about %d agent tunnels (raise LimitNOFILE= for more)",
+        limit,
+        room,
+    )
+
+
+def control_router(
+    store: Store, agents: AgentRegistry, sessions: SessionRegistry, help_desk: HelpDesk
+) -> ControlRouter:
+    """Each message an agent may send, and the part of the broker that owns it."""
+    router = ControlRouter()
+    router.route(Hello, Inventory(store, agents).hello)
+    router.route(ConsentDecision, sessions.on_decision)
+    router.route(SessionEnd, sessions.on_user_end)
+    router.route(HelpRequest, help_desk.request)
+    return router
+
+
+async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then close everything cleanly."""
+    announce_fd_limit(raise_fd_limit())
+    folder = DataFolder.open(
+        settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit
+    )
+    https_sock = bind(settings.https_host, settings.https_port)
+    https_port = https_sock.getsockname()[1]
+    public_url = settings.public_url or f"https://localhost:{https_port}"
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = AgentRegistry()
+    events = EventHub()
+    help_desk = HelpDesk(folder.store, folder.audit, events, registry)
+    sessions = SessionRegistry(
+        folder.store,
+        folder.audit,
+        registry,
+        events,
+        help_desk,
+        organisation=settings.organisation,
+        consent_timeout=settings.consent_timeout,
+    )
+    tunnel = TunnelListener(
+        folder.store,
+        folder.audit,
+        registry,
+        folder.pki.tunnel_key,
+        control_router(folder.store, registry, sessions, help_desk),
+        window=settings.audit.window,
+        burst=settings.audit.burst,
+    )
+    # The chain is checked before anything is served (audit/integrity.py).
+    chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
+    try:
+        await chain_watch.start()
+        await folder.audit.write("broker.started", actor="system", details={"pid": os.getpid()})
+        await sessions.recover()
+        tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
+        tunnel_public = format_hostport(url_host(public_url), tunnel_port)
+        svc = Services(
+            store=folder.store,
+            audit=folder.audit,
+            auth=Authenticator(folder.store, folder.audit, settings.web_session_hours),
+            registry=registry,
+            enrolment=EnrolmentDesk(
+                folder.store,
+                folder.audit,
+                tunnel_public=tunnel_public,
+                tunnel_key=folder.pki.tunnel_public_key,
+                organisation=settings.organisation,
+            ),
+            ca_pem=folder.pki.ca_cert.read_bytes(),
+            public_url=public_url,
+            settings=settings,
+            events=events,
+            sessions=sessions,
+            help_desk=help_desk,
+        )
+        server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki))
+        serving = asyncio.create_task(server.serve(sockets=[https_sock]))
+        await _started(server, serving)
+        RuntimeInfo(
+            public_url=public_url,
+            https=format_hostport(settings.https_host, https_port),
+            tunnel=format_hostport(settings.tunnel_host, tunnel_port),
+            tunnel_public=tunnel_public,
+            pid=os.getpid(),
+        ).write(settings.data_dir)
+        log.info("allowhelp broker ready: console %s, agents dial %s", public_url, tunnel_public)
+        await _until(stop, serving)
+        server.should_exit = True
+        await sessions.shutdown()
+        await tunnel.stop()
+        await serving
+        await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await tunnel.stop()
+        await chain_watch.close()
+        https_sock.close()
+        folder.close()
+        log.info("allowhelp broker stopped")
+
+
+async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:
+    """uvicorn has no start event; poll its flag, and surface a start-up failure."""
+    for _ in range(1000):
+        if server.started:
+            return
+        if serving.done():
+            serving.result()
+            raise RuntimeError("the HTTPS server stopped during start-up")
+        await asyncio.sleep(0.01)
+    raise RuntimeError("the HTTPS server did not start within 10 s")
+
+
+async def _until(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+
+
+def _uvicorn_config(app: Wall, pki: BrokerPKI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        ssl_certfile=str(pki.tls_cert),
+        ssl_keyfile=str(pki.tls_key),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        http=GuardedHttpProtocol,  # deadlines and a size cap for request heads
+        ws_max_size=1024 * 1024,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=5,
+        lifespan="off",
+    )

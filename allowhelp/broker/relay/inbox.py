@@ -1,0 +1,98 @@
+"""The broker's end of one session channel: what the agent sends, queued with flow control.
+
+Reading stops above ``high`` queued bytes and resumes below ``low``: that is
+what makes a slow browser slow the PC down instead of filling memory. The
+agent reports a channel that cannot start on stderr and exit status; that
+text never reaches the browser as data and becomes the failure reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+
+from allowhelp.protocol.text import plain_text
+
+MAX_STDERR = 4096
+
+
+class ChannelInbox(asyncssh.SSHClientSession[bytes]):
+    """The agent's side of one channel: data queued for the browser, stderr kept apart.
+
+    Reading stops above ``high`` queued bytes and resumes below ``low``: that
+    is what makes a slow browser slow the PC down instead of filling memory.
+    The agent reports a channel that cannot start on stderr and exit status;
+    that text never reaches the browser as data and becomes the failure reason.
+    """
+
+    def __init__(self, *, high: int, low: int, what: str) -> None:
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queued = 0
+        self.stderr = bytearray()
+        self.exit_status: int | None = None
+        self.closed_by: Exception | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._high, self._low, self._what = high, low, what
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr += data[: max(0, MAX_STDERR - len(self.stderr))]
+            return
+        self.outbox.put_nowait(data)
+        self.queued += len(data)
+        if self.queued > self._high and self.chan is not None:
+            self.chan.pause_reading()
+
+    async def take(self, limit: int) -> bytes | None:
+        """Everything queued, up to about ``limit`` bytes in one frame; None at the end."""
+        data = await self.outbox.get()
+        if data is None:
+            return None
+        chunks, size = [data], len(data)
+        while size < limit and not self.outbox.empty():
+            more = self.outbox.get_nowait()
+            if more is None:
+                self.outbox.put_nowait(None)
+                break
+            chunks.append(more)
+            size += len(more)
+        self.queued -= size
+        if self.queued < self._low and self.chan is not None:
+            self.chan.resume_reading()
+        return b"".join(chunks)
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_by = exc
+        self.writable.set()
+        self.outbox.put_nowait(None)
+
+    @property
+    def agent_lost(self) -> bool:
+        return isinstance(self.closed_by, (asyncssh.ConnectionLost, asyncssh.DisconnectError))
+
+    def failure(self) -> str | None:
+        """What the agent said went wrong, if anything."""
+        text = " ".join(
+            plain_text(line, 300) for line in self.stderr.decode("utf-8", "replace").splitlines()
+        ).strip()
+        text = text.removeprefix("allowhelp:").strip()
+        if text:
+            return text[:300]
+        if self.exit_status not in (None, 0) and self.queued == 0 and not self.outbox.qsize():
+            return f"the {self._what} stopped (status {self.exit_status})"
+        return None

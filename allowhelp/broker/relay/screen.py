@@ -1,0 +1,146 @@
+"""Relay one technician's screen WebSocket to one screen channel on the agent.
+
+Binary frames carry the RFB stream both ways (noVNC's ``binary`` subprotocol).
+Unlike the shell relay, this one reads the stream: ``rfb.ClientFilter`` drops
+input on a view-only grant and refuses what it cannot parse, and
+``rfb.ServerChecker`` vets the PC's handshake. Flow control holds end to end as
+for the shell: a slow browser stops the channel being read, its window closes,
+and the agent stops reading x11vnc.
+
+The agent reports a screen that cannot start on the channel's stderr and exit
+status (no DISPLAY, Wayland, x11vnc missing or failing): that text is kept
+apart from the RFB bytes, bounded, and becomes the session's failure reason.
+A screen that says nothing at all within ``HANDSHAKE_TIMEOUT`` fails too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncssh
+from starlette.websockets import WebSocket
+
+from allowhelp.broker.errors import (
+    ConsoleBroke,
+    ConsoleFrameTooLarge,
+    ConsoleFrameUnsupported,
+    RelayError,
+)
+from allowhelp.broker.model.session import Traffic
+from allowhelp.broker.relay.inbox import ChannelInbox
+from allowhelp.broker.relay.outcome import ChannelSpec, Counters, Outcome, first_to_end
+from allowhelp.broker.relay.rfb import ClientFilter, RfbError, RfbTooLarge, ServerChecker
+
+log = logging.getLogger(__name__)
+
+SCREEN_WINDOW = 1024 * 1024
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+MAX_FRAME = 256 * 1024
+MAX_INPUT_FRAME = 512 * 1024
+HANDSHAKE_TIMEOUT = 20.0
+
+
+class ScreenRelay:
+    """One technician WebSocket ↔ one screen channel, until either side ends."""
+
+    def __init__(self, websocket: WebSocket, *, view_only: bool) -> None:
+        self._ws = websocket
+        self._view_only = view_only
+        self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="screen sharer")
+        self._client = ClientFilter(view_only=view_only)
+        self._server = ServerChecker()
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.counters = Counters()
+
+    @property
+    def channel(self) -> ChannelSpec:
+        return ChannelSpec("screen", SCREEN_WINDOW)
+
+    def started_details(self) -> dict[str, object]:
+        return {"view_only": self._view_only}
+
+    def factory(self) -> ChannelInbox:
+        return self._side
+
+    @property
+    def dropped_input(self) -> int:
+        return self._client.dropped
+
+    async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
+        """Pump both ways until one side ends or breaks; say how it ended."""
+        self._chan = chan
+        console_left, error = await first_to_end(
+            self._browser_to_agent(chan), self._agent_to_browser(), self._handshake_watchdog()
+        )
+        self.stop()
+        if self.dropped_input:
+            log.info("screen relay view-only: dropped %d input events", self.dropped_input)
+        if isinstance(error, RelayError):
+            return Outcome("error", error)
+        if console_left or error is not None:
+            if error is not None:  # sending to a browser that left
+                log.info("screen relay: the browser went away (%s)", type(error).__name__)
+            return Outcome("technician")
+        return self._why_channel_ended()
+
+    def _why_channel_ended(self) -> Outcome:
+        failure = self._side.failure()
+        if failure is not None:
+            return Outcome("error", RelayError(failure))
+        if self._side.agent_lost:
+            return Outcome("agent_lost")
+        if not self._server.ready:
+            return Outcome(
+                "error", RelayError("the PC closed the screen before it showed anything")
+            )
+        return Outcome("user")  # the agent closes a granted channel when its user ends it
+
+    async def _handshake_watchdog(self) -> None:
+        await asyncio.sleep(HANDSHAKE_TIMEOUT)
+        if not self._server.ready:
+            who = "the PC's screen" if self._client.ready else "the screen handshake"
+            raise RelayError(f"{who} did not finish within {HANDSHAKE_TIMEOUT:.0f} s")
+        await asyncio.Event().wait()  # keep running: only the other two end the relay
+
+    async def _agent_to_browser(self) -> None:
+        while (data := await self._side.take(MAX_FRAME)) is not None:
+            size = len(data)
+            try:
+                payload = self._server.feed(data)
+            except RfbError as exc:
+                raise RelayError(f"bad screen stream: {exc}") from exc
+            self.counters.from_agent += size
+            if payload:
+                await self._ws.send_bytes(payload)
+
+    async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                raise ConsoleFrameUnsupported("the console sent a text frame")
+            if len(data) > MAX_INPUT_FRAME:
+                raise ConsoleFrameTooLarge("the console sent a frame too large")
+            try:
+                forward = self._client.feed(data)
+            except RfbTooLarge as exc:
+                raise ConsoleFrameTooLarge(f"the console sent {exc}") from exc
+            except RfbError as exc:
+                raise ConsoleBroke(f"the console broke RFB: {exc}") from exc
+            if forward:
+                await self._side.writable.wait()
+                try:
+                    chan.write(forward)
+                except BrokenPipeError:  # the channel is going: its end says why
+                    await asyncio.Event().wait()
+                self.counters.to_agent += len(forward)
+
+    def stop(self) -> Traffic:
+        """Close the channel; safe to call more than once (the registry calls it too)."""
+        if self._chan is not None:
+            self._chan.close()
+        return self.counters.traffic()

@@ -1,0 +1,150 @@
+"""Relay a technician's terminal WebSocket to a shell channel on the agent.
+
+The broker never interprets the shell stream (it only records it). Flow
+control holds end to end: when the WebSocket is slower than the shell, the
+SSH channel stops being read, its window closes, and the agent stops reading
+the PTY. Input has its own path, so Ctrl-C gets through a flood.
+
+Binary frames carry terminal bytes both ways; text frames carry JSON control
+from the page (``{"type": "resize", "cols": C, "rows": R}``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import asyncssh
+from starlette.websockets import WebSocket
+
+from allowhelp.broker.audit.recording import AsciicastRecorder, settle
+from allowhelp.broker.errors import ConsoleBroke, ConsoleFrameTooLarge, RelayError
+from allowhelp.broker.model.session import Traffic
+from allowhelp.broker.relay.inbox import ChannelInbox
+from allowhelp.broker.relay.outcome import ChannelSpec, Counters, Outcome, first_to_end
+from allowhelp.protocol.control import ProtocolError, parse_json
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+MAX_FRAME = 64 * 1024
+MAX_CONTROL = 4096
+SHELL_WINDOW = 256 * 1024
+MAX_COLS, MAX_ROWS = 1000, 500
+
+
+def terminal_size(cols: int, rows: int) -> tuple[int, int]:
+    """A size the PTY accepts, whatever the page asked for."""
+    return min(max(cols, 2), MAX_COLS), min(max(rows, 1), MAX_ROWS)
+
+
+class TerminalRelay:
+    """One technician WebSocket ↔ one shell channel, until either side ends."""
+
+    def __init__(self, websocket: WebSocket, recorder: AsciicastRecorder, size: tuple[int, int]):
+        self._ws = websocket
+        self._recorder = recorder
+        self._size = size
+        self.counters = Counters(recording=recorder.path.name)
+        self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="shell")
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    @property
+    def channel(self) -> ChannelSpec:
+        return ChannelSpec("shell", SHELL_WINDOW, ("xterm-256color", *self._size))
+
+    def started_details(self) -> dict[str, object]:
+        return {"cols": self._size[0], "rows": self._size[1], "recording": self._recorder.path.name}
+
+    def factory(self) -> ChannelInbox:
+        return self._side
+
+    async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
+        """Pump both ways; say why it ended (for the session's end record)."""
+        self._chan = chan
+        console_left, error = await first_to_end(
+            self._browser_to_agent(chan), self._agent_to_browser()
+        )
+        self.stop()
+        if isinstance(error, RelayError):
+            return Outcome("error", error)
+        if console_left or error is not None:
+            if error is not None:  # sending to a browser that left
+                log.info("terminal relay: the browser went away (%s)", type(error).__name__)
+            return Outcome("technician")
+        return self._why_channel_ended()
+
+    def _why_channel_ended(self) -> Outcome:
+        failure = self._side.failure() if self._side.stderr else None
+        if failure is not None:
+            return Outcome("error", RelayError(failure))
+        if self._side.exit_status is not None:
+            return Outcome("shell_exited")
+        if self._side.agent_lost:
+            return Outcome("agent_lost")
+        return Outcome("user")  # the agent closes a granted channel when its user ends it
+
+    async def _agent_to_browser(self) -> None:
+        while (payload := await self._side.take(MAX_FRAME)) is not None:
+            self._recorder.output(payload)
+            await self._recorded()
+            self.counters.from_agent += len(payload)
+            await self._ws.send_bytes(payload)
+
+    async def _recorded(self) -> None:
+        """What the technician is about to see is in the recording file first; or
+        the recording has stopped, and that is on the audit record (if it cannot
+        be, the shell ends: no unrecorded output goes out unaudited)."""
+        try:
+            await self._recorder.flushed()
+        except Exception as exc:
+            raise RelayError("the recording stopped and that could not be audited") from exc
+
+    async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is not None:
+                if len(data) > MAX_FRAME:
+                    raise ConsoleFrameTooLarge("the console sent an input frame too large")
+                await self._side.writable.wait()
+                chan.write(data)
+                self.counters.to_agent += len(data)
+            elif message.get("text") is not None:
+                self._control(chan, message["text"])
+
+    def _control(self, chan: asyncssh.SSHClientChannel[bytes], text: str) -> None:
+        try:
+            if len(text) > MAX_CONTROL:
+                raise ProtocolError(f"over {MAX_CONTROL} characters")
+            command = parse_json(text.encode(), "the control message")
+            if not isinstance(command, dict) or command.get("type") != "resize":
+                raise ProtocolError("not a resize")
+            cols, rows = terminal_size(int(command["cols"]), int(command["rows"]))
+        except (ProtocolError, ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise ConsoleBroke(f"bad control message: {exc}") from exc
+        chan.change_terminal_size(cols, rows)
+        self._recorder.resize(cols, rows)
+
+    def stop(self) -> Traffic:
+        """Close the channel and seal the recording; safe to call more than once.
+
+        The digest is of everything queued for the file; ``sealed_traffic``
+        awaits the writer and gives the digest of what is on disk."""
+        if self._chan is not None:
+            self._chan.close()
+        self.counters.recording_sha256 = self._recorder.close()
+        return self.counters.traffic()
+
+
+async def sealed_traffic(traffic: Traffic) -> tuple[Traffic, dict[str, object]]:
+    """``traffic`` with its recording's digest as the file is on disk once the
+    writer has finished (the registry awaits this before the end record), and
+    what the end record says about the recording (its size; stopped early)."""
+    seal = await settle(traffic.recording) if traffic.recording else None
+    if seal is None:
+        return traffic, {}
+    return replace(traffic, recording_sha256=seal.sha256), seal.details()

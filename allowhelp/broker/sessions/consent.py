@@ -1,0 +1,52 @@
+"""What the broker asks the PC user and how it records their answer, without I/O.
+
+The prompt's text is built from the session alone (organisation, the
+technician's full name, the kind, the reason, the verification phrase), and
+the consent record keeps the prompt as shown, the scope, how it was answered
+and how long it took.
+"""
+
+from __future__ import annotations
+
+from allowhelp.broker.errors import BadRequest
+from allowhelp.broker.model.session import Session
+from allowhelp.protocol.control import ConsentDecision, ConsentRequest
+from allowhelp.protocol.text import plain_text
+
+MAX_REASON = 500
+
+
+def clean_reason(reason: object) -> str:
+    """The technician's reason as the user will read it, or why it is refused."""
+    if not isinstance(reason, str):
+        raise BadRequest("reason must be a string")
+    kept = plain_text(reason, MAX_REASON + 1)
+    if not kept:
+        raise BadRequest("say why you need access (reason)")
+    if len(kept) > MAX_REASON:
+        raise BadRequest(f"the reason is longer than {MAX_REASON} characters")
+    return kept
+
+
+def consent_request(session: Session, *, organisation: str, timeout: float) -> ConsentRequest:
+    return ConsentRequest(
+        session_id=session.id,
+        organisation=organisation,
+        technician=session.technician_name,
+        kind=session.kind,
+        reason=session.reason,
+        phrase=session.phrase,
+        timeout=timeout,
+        help_code=session.help_code,
+    )
+
+
+def decision_details(session: Session, decision: ConsentDecision) -> dict[str, object]:
+    """What ``consent.granted`` / ``consent.denied`` records about the answer."""
+    return {
+        "prompt": decision.prompt,
+        "decision": "granted" if decision.granted else "denied",
+        "via": decision.via,
+        "seconds_to_decide": decision.elapsed,
+        "scope": session.kind + (" view-only" if decision.view_only else ""),
+    }

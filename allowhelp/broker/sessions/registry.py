@@ -1,0 +1,408 @@
+"""The session registry: every help session, its consent and its end, audited first.
+
+All state changes go through ``_move``: the frozen session's ``transition``
+computes the next state and its audit event, the event is committed, and only
+then does the new session replace the old one (stored, published, acted on).
+If the audit write fails the session stays as it was and the action is refused.
+
+The agent's messages about sessions (a consent decision, the user ending one)
+arrive here from the tunnel's control router (``tunnel/dispatch.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import cast
+
+from allowhelp.broker.audit.cast_recovery import recover_recording
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import (
+    AgentUnreachable,
+    AuditUnavailable,
+    BadRequest,
+    Conflict,
+    IllegalTransition,
+    NotFound,
+    TunnelError,
+)
+from allowhelp.broker.model.session import Session, State, Traffic, user_actor
+from allowhelp.broker.relay.outcome import Outcome
+from allowhelp.broker.sessions.consent import (
+    MAX_REASON,
+    clean_reason,
+    consent_request,
+    decision_details,
+)
+from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.help import HelpDesk, format_code, normalise_code
+from allowhelp.broker.store import Store
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink
+from allowhelp.protocol.control import (
+    KINDS,
+    ConsentDecision,
+    EndReason,
+    Kind,
+    Message,
+    SessionEnd,
+)
+from allowhelp.protocol.text import plain_text
+
+log = logging.getLogger(__name__)
+
+Stopper = Callable[[], Traffic]
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        agents: AgentRegistry,
+        events: EventHub,
+        help_desk: HelpDesk,
+        *,
+        organisation: str,
+        consent_timeout: float,
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._agents = agents
+        self._events = events
+        self._help = help_desk
+        self._organisation = organisation
+        self._timeout = consent_timeout
+        self._live: dict[str, Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._relays: dict[str, list[Stopper]] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        agents.subscribe(self._agent_changed)
+
+    # lookups
+
+    def get(self, session_id: str) -> Session | None:
+        return self._live.get(session_id) or self._store.session(session_id)
+
+    def listed(self, username: str, is_admin: bool, limit: int = 200) -> list[Session]:
+        stored = self._store.sessions(None if is_admin else username, limit)
+        live = {s.id: s for s in self._live.values() if is_admin or s.technician == username}
+        merged = {s.id: s for s in stored} | live
+        return sorted(merged.values(), key=lambda s: s.created, reverse=True)[:limit]
+
+    # the technician's side
+
+    async def request(
+        self,
+        *,
+        technician: str,
+        technician_name: str,
+        agent_id: str,
+        kind: str,
+        reason: object,
+        help_code: str = "",
+    ) -> Session:
+        if kind not in KINDS:
+            raise BadRequest('kind must be "shell" or "screen"')
+        text = clean_reason(reason)
+        agent = self._store.agent(agent_id) if isinstance(agent_id, str) else None
+        if agent is None or agent.removed:
+            raise NotFound("no such machine", code="no_such_agent")
+        if help_code:
+            if not self._help.belongs(help_code, agent_id):
+                raise BadRequest("that help code is not from this machine", code="bad_help_code")
+            help_code = format_code(normalise_code(help_code))
+        typed_kind: Kind = "shell" if kind == "shell" else "screen"
+        session = Session.new(
+            agent_id=agent_id,
+            hostname=agent.hostname,
+            technician=technician,
+            technician_name=technician_name,
+            kind=typed_kind,
+            reason=text,
+            help_code=help_code,
+        )
+        await self._audit.write(
+            "session.requested",
+            actor=f"technician:{technician}",
+            target=session.id,
+            details={**session.summary(), "phrase": session.phrase, "help_code": help_code},
+        )
+        self._live[session.id] = session
+        self._store.save_session(session)
+        self._publish(session)
+        await self._ask(session)
+        return self.get(session.id) or session
+
+    async def _ask(self, session: Session) -> None:
+        live = self._agents.get(session.agent_id)
+        if live is None:
+            await self._move(
+                session.id,
+                State.ENDED,
+                actor="system",
+                reason="error",
+                details={"error": "the machine is offline"},
+            )
+            raise Conflict("the machine is offline", code="agent_offline")
+        request = consent_request(session, organisation=self._organisation, timeout=self._timeout)
+        await self._move(
+            session.id,
+            State.AWAITING_CONSENT,
+            actor="system",
+            details={"asked": request.encode().decode().strip()},
+        )
+        try:
+            await asyncio.wait_for(live.link.ready.wait(), 10)
+            live.link.send(request)
+        except (TunnelError, TimeoutError) as exc:
+            await self._move(
+                session.id,
+                State.ENDED,
+                actor="system",
+                reason="error",
+                details={"error": str(exc) or "no control channel"},
+            )
+            raise AgentUnreachable("the machine did not take the request") from exc
+        if session.help_code:
+            self._help.used(session.help_code, session.id)
+        loop = asyncio.get_running_loop()
+        self._timers[session.id] = loop.call_later(
+            self._timeout, lambda: self._spawn(self._expire(session.id))
+        )
+
+    async def end(self, session_id: str, *, reason: EndReason, actor: str) -> Session:
+        session = await self._move(session_id, State.ENDED, actor=actor, reason=reason)
+        if reason not in ("user", "agent_lost"):
+            self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
+        return session
+
+    async def end_quietly(self, session_id: str, *, reason: EndReason, actor: str) -> None:
+        """End unless already over (a relay and the user may both end it at once)."""
+        session = self.get(session_id)
+        if session is not None and not session.final:
+            with contextlib.suppress(IllegalTransition):
+                await self.end(session_id, reason=reason, actor=actor)
+
+    def attach_relay(self, session_id: str, stop: Stopper) -> None:
+        """A relay serves this session; ending the session stops it first, so the
+        end record carries its byte counts and the recording's digest."""
+        self._relays.setdefault(session_id, []).append(stop)
+
+    def has_relay(self, session_id: str) -> bool:
+        return bool(self._relays.get(session_id))
+
+    def agent_link(self, agent_id: str) -> AgentLink | None:
+        live = self._agents.get(agent_id)
+        return None if live is None else live.link
+
+    async def audit_started(self, session: Session, details: dict[str, object]) -> None:
+        await self._audit.write(
+            "session.started",
+            actor=f"technician:{session.technician}",
+            target=session.id,
+            details={**session.summary(), **details},
+        )
+
+    # the agent's side
+
+    async def on_user_end(self, agent_id: str, message: SessionEnd) -> None:
+        """The person at the PC ended a session (End button, ``allowhelp-agent end``)."""
+        session = self._live.get(message.session_id)
+        if session is None or session.agent_id != agent_id:
+            log.warning("agent=%s ended a session that is not its own", agent_id)
+            return
+        await self.end_quietly(message.session_id, reason="user", actor=user_actor(agent_id))
+
+    async def on_decision(self, agent_id: str, decision: ConsentDecision) -> None:
+        session = self._live.get(decision.session_id)
+        if session is None or session.agent_id != agent_id:
+            log.warning("agent=%s answered a session that is not its own", agent_id)
+            return
+        if session.state is not State.AWAITING_CONSENT:
+            # Too late (expired, cancelled): make sure the agent drops its grant.
+            self._tell_agent(session, SessionEnd(session_id=session.id, reason="expired"))
+            return
+        try:
+            await self._move(
+                session.id,
+                State.ACTIVE if decision.granted else State.DENIED,
+                actor=user_actor(agent_id),
+                details=decision_details(session, decision),
+                view_only=decision.granted and decision.view_only,
+            )
+        except AuditUnavailable:
+            # Not recorded, so not taken: the PC must not hold a grant the
+            # broker never adopted (it would show "session active" for nothing).
+            self._tell_agent(session, SessionEnd(session_id=session.id, reason="error"))
+            raise
+
+    def _agent_changed(self, agent_id: str, online: bool) -> None:
+        if online:
+            return
+        for session in list(self._live.values()):
+            if session.agent_id == agent_id and not session.final:
+                self._spawn(self.end_quietly(session.id, reason="agent_lost", actor="system"))
+
+    async def _expire(self, session_id: str) -> None:
+        session = self._live.get(session_id)
+        if session is not None and session.state is State.AWAITING_CONSENT:
+            try:
+                await self._move(session_id, State.EXPIRED, actor="system")
+            except IllegalTransition:
+                return
+            self._tell_agent(session, SessionEnd(session_id=session_id, reason="expired"))
+
+    # the one place where state changes
+
+    async def _move(
+        self,
+        session_id: str,
+        new: State,
+        *,
+        actor: str,
+        reason: EndReason | None = None,
+        details: Mapping[str, object] | None = None,
+        view_only: bool = False,
+    ) -> Session:
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            current = self._live.get(session_id)
+            if current is None:
+                raise IllegalTransition(f"session {session_id} is not live")
+            traffic = self._stop_relays(session_id) if new is State.ENDED else None
+            after, event = current.transition(
+                new,
+                actor=actor,
+                reason=reason,
+                details=details,
+                view_only=view_only,
+                traffic=traffic,
+            )
+            await self._audit.write(
+                event.type, actor=event.actor, target=event.target, details=event.details
+            )
+            self._live[session_id] = after
+            self._store.save_session(after)
+        if after.final:
+            self._finished(after)
+        self._publish(after)
+        return after
+
+    def _stop_relays(self, session_id: str) -> Traffic:
+        """Stop what relays the session (access ends before its record is written)."""
+        return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
+
+    def _finished(self, session: Session) -> None:
+        self._live.pop(session.id, None)
+        self._locks.pop(session.id, None)
+        timer = self._timers.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _tell_agent(self, session: Session, message: Message) -> None:
+        live = self._agents.get(session.agent_id)
+        if live is None:
+            return
+        try:
+            live.link.send(message)
+        except TunnelError as exc:
+            log.warning(
+                "agent=%s session=%s could not be told: %s", session.agent_id, session.id, exc
+            )
+
+    def _publish(self, session: Session) -> None:
+        self._events.publish(
+            {"type": "session", "session": session.to_json()}, audience=f"user:{session.technician}"
+        )
+
+    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # start-up and shut-down
+
+    async def recover(self, recordings: Path | None = None) -> int:
+        """Sessions left open by a previous broker process end as broker_restart.
+
+        A shell's recording in ``recordings`` is what that process wrote: made
+        valid (a torn last line cut) and hashed into the end record, so it replays.
+        """
+        stale = self._store.open_sessions()
+        for session in stale:
+            self._live[session.id] = session
+            details: dict[str, object] = {}
+            if recordings is not None and session.kind == "shell":
+                details = await self._recover_recording(recordings, session.id)
+            await self._move(
+                session.id, State.ENDED, actor="system", reason="broker_restart", details=details
+            )
+        return len(stale)
+
+    async def _recover_recording(self, folder: Path, session_id: str) -> dict[str, object]:
+        """Hand the recording on disk to the end record, as a stopped relay would."""
+        try:
+            found = await asyncio.to_thread(recover_recording, folder, session_id)
+        except OSError as exc:
+            log.error("session=%s: its recording cannot be recovered: %s", session_id, exc)
+            return {"recording_recovered": False}
+        if found is None:
+            return {}
+        traffic = functools.partial(Traffic, recording=found.name, recording_sha256=found.sha256)
+        self.attach_relay(session_id, traffic)
+        return found.details()
+
+    async def shutdown(self) -> None:
+        for session in list(self._live.values()):
+            if session.state in (State.ACTIVE, State.AWAITING_CONSENT):
+                await self.end_quietly(session.id, reason="broker_restart", actor="system")
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def finish(self, session_id: str, outcome: Outcome) -> Outcome:
+        """End a session as its relay saw it end, unless something ended it first.
+
+        Never raises: a relay's end must always reach its socket. If the end
+        cannot be audited the PC is still told to stop (stopping access is
+        always allowed) and the outcome says the audit failed.
+        """
+        current = self.get(session_id)
+        if current is None or current.final:
+            # An attached session was active, so whatever ended it gave an EndReason.
+            return Outcome(cast("EndReason", current.end_reason if current else "error"))
+        try:
+            if outcome.failure is not None:
+                await self.fail(session_id, outcome.failure.message)
+            else:
+                actor = current.actor_for(outcome.reason)
+                await self.end_quietly(session_id, reason=outcome.reason, actor=actor)
+        except AuditUnavailable as exc:
+            log.error("session=%s could not be ended on the record: %s", session_id, exc)
+            self._tell_agent(current, SessionEnd(session_id=session_id, reason="error"))
+            return Outcome("error", exc)
+        return outcome
+
+    async def fail(self, session_id: str, message: str) -> None:
+        """A session that cannot go on (its screen failed, ...): audit why as
+        ``session.failed``, then end it with reason ``error`` (unless already over)."""
+        session = self._live.get(session_id)
+        if session is None or session.final:
+            return
+        text = plain_text(message, MAX_REASON) or "unknown error"
+        await self._audit.write(
+            "session.failed",
+            actor="system",
+            target=session_id,
+            details={**session.summary(), "error": text},
+        )
+        with contextlib.suppress(IllegalTransition):
+            await self._move(
+                session_id, State.ENDED, actor="system", reason="error", details={"error": text}
+            )
+            self._tell_agent(session, SessionEnd(session_id=session_id, reason="error"))

@@ -1,0 +1,61 @@
+"""Where each control message an agent sends goes: one route per message type.
+
+The tunnel owns the routing (a message arrives on an agent's control channel
+and is delivered in order by its ``AgentLink``); the parts that own each
+message register a handler at start-up (``node/server.py``). What the tunnel
+knows by itself, the agent's inventory (``Hello``), it handles here. A message
+type with no route is one agents may not send: it is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from allowhelp.broker.store import Store
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.protocol.control import Hello, Message
+from allowhelp.protocol.text import plain_text
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[str, M], Awaitable[None]]
+
+
+class ControlRouter:
+    """Delivers an agent's control messages to the handler registered for their type."""
+
+    def __init__(self) -> None:
+        self._routes: dict[type[Message], Handler[Any]] = {}
+
+    def route(self, message_type: type[M], handler: Handler[M]) -> None:
+        if message_type in self._routes:
+            raise ValueError(f"{message_type.__name__} already has a route")
+        self._routes[message_type] = handler
+
+    async def __call__(self, agent_id: str, message: Message) -> None:
+        handler = self._routes.get(type(message))
+        if handler is None:
+            log.warning("agent=%s sent a %s, which agents may not send", agent_id, message.type)
+            return
+        await handler(agent_id, message)
+
+
+class Inventory:
+    """What an agent says about its machine when it connects: host name, OS, user."""
+
+    def __init__(self, store: Store, agents: AgentRegistry) -> None:
+        self._store = store
+        self._agents = agents
+
+    async def hello(self, agent_id: str, message: Hello) -> None:
+        self._store.update_agent_info(
+            agent_id,
+            hostname=plain_text(message.hostname, 253) or "(unnamed)",
+            os=plain_text(message.os, 200),
+            user=plain_text(message.user, 64),
+            version=plain_text(message.version, 32),
+        )
+        self._agents.changed(agent_id)

@@ -1,0 +1,152 @@
+"""Enrolment: a token turns an unknown PC into a known agent, exactly once.
+
+The broker keeps only a hash of each token's secret. What the agent reports
+(hostname, OS, user) is hostile text: it is length-limited and stripped of
+control characters here, and the console still renders it as text only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import EnrolmentError
+from allowhelp.broker.store import AgentRecord, Store
+from allowhelp.certs.sshkeys import agent_id_for, parse_public_key, public_key_line
+from allowhelp.certs.token import EnrolmentToken, secret_hash
+from allowhelp.protocol.text import plain_text
+
+MAX_TTL_SECONDS = 30 * 24 * 3600
+MAX_USES = 10_000
+_TTL = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+REFUSALS = {
+    "unknown": "the enrolment token is not known to this broker (mistyped, or made for another)",
+    "used": "the enrolment token has already been used: ask for a new one",
+    "expired": "the enrolment token has expired: ask for a new one",
+    "key_taken": "this host key is already enrolled: enrol with a fresh configuration folder",
+}
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL.match(text.strip())
+    if not match:
+        raise ValueError(f"--ttl must look like 30m, 1h or 7d (got {text!r})")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if not 60 <= seconds <= MAX_TTL_SECONDS:
+        raise ValueError("--ttl must be between 1 minute and 30 days")
+    return seconds
+
+
+@dataclass(frozen=True)
+class EnrolReply:
+    agent_id: str
+    tunnel: str
+    tunnel_key: str
+    organisation: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "agent_id": self.agent_id,
+            "tunnel": self.tunnel,
+            "tunnel_key": self.tunnel_key,
+            "organisation": self.organisation,
+        }
+
+
+class EnrolmentDesk:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        *,
+        tunnel_public: str,
+        tunnel_key: str,
+        organisation: str,
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._tunnel_public = tunnel_public
+        self._tunnel_key = tunnel_key
+        self._organisation = organisation
+
+    @staticmethod
+    def create_token(
+        store: Store,
+        audit: AuditLog,
+        *,
+        url: str,
+        ca_fingerprint: str,
+        ttl: int,
+        uses: int,
+        actor: str,
+    ) -> EnrolmentToken:
+        if not 1 <= uses <= MAX_USES:
+            raise ValueError(f"--uses must be between 1 and {MAX_USES}")
+        token = EnrolmentToken.new(url, ca_fingerprint)
+        expires = time.time() + ttl
+        audit.append(
+            "token.created",
+            actor=actor,
+            target=secret_hash(token.secret)[:12],
+            details={"ttl_seconds": ttl, "uses": uses},
+        )
+        store.add_enrol_token(secret_hash(token.secret), expires, uses, actor)
+        return token
+
+    async def enrol(self, body: Mapping[str, object], remote: str) -> EnrolReply:
+        secret = body.get("secret")
+        if not isinstance(secret, str) or not 16 <= len(secret) <= 200:
+            raise EnrolmentError("the request carries no valid token secret")
+        try:
+            key = parse_public_key(str(body.get("host_key", "")))
+        except ValueError as exc:
+            raise EnrolmentError(f"the agent's host key is not usable: {exc}") from exc
+        hashed = secret_hash(secret)
+        agent_id = agent_id_for(key)
+        existing = self._store.agent(agent_id)
+        # Without proof of the private key, re-enrolling a known key would let a
+        # token holder rename another PC; a reinstalled agent makes a new key.
+        refusal = (
+            "key_taken"
+            if existing is not None and not existing.removed
+            else self._store.consume_enrol_token(hashed, time.time())
+        )
+        if refusal is not None:
+            await self._audit.write(
+                "token.refused",
+                actor=f"anonymous@{remote}",
+                target=hashed[:12],
+                details={"reason": refusal, "agent_id": agent_id},
+            )
+            raise EnrolmentError(REFUSALS[refusal])
+        record = AgentRecord(
+            id=agent_id,
+            public_key=public_key_line(key),
+            hostname=plain_text(body.get("hostname"), 253) or "(unnamed)",
+            os=plain_text(body.get("os"), 200),
+            username=plain_text(body.get("user"), 64),
+            version=plain_text(body.get("version"), 32),
+            enrolled=time.time(),
+            last_seen=None,
+            removed=False,
+        )
+        await self._audit.write(
+            "agent.enrolled",
+            actor=f"agent:{agent_id}",
+            target=agent_id,
+            details={
+                "token": hashed[:12],
+                "hostname": record.hostname,
+                "os": record.os,
+                "user": record.username,
+                "version": record.version,
+                "remote": remote,
+            },
+        )
+        self._store.upsert_agent(record)
+        return EnrolReply(agent_id, self._tunnel_public, self._tunnel_key, self._organisation)

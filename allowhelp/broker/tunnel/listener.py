@@ -1,0 +1,340 @@
+"""The tunnel listener: agents dial in, and the broker plays SSH *client* on top.
+
+Each accepted TCP connection runs the client side of SSH, all of them sharing
+one prepared options object (``_start_client``). The agent's host key is its
+identity: it is checked against the enrolled keys before the handshake
+completes, so no agent can claim another's id, and a removed agent is refused
+like an unknown one.
+
+Admission control, as OpenSSH's MaxStartups: at most ``MAX_STARTUPS``
+handshakes are in progress at once. Beyond that the broker stops calling
+``accept()``: the next agents wait in the kernel's backlog at no CPU cost,
+and nobody fails and escalates its backoff (measured: a 19,800-agent fleet
+all back after a restart this way; closing the excess at accept let 7 % back
+in the same time). One address may hold at most ``MAX_STARTUPS_PER_ADDRESS``
+of them; its excess is closed at accept. Without any of this, a whole fleet reconnecting after a
+broker restart shares the CPU so thinly that no handshake finishes before its
+login timeout, every agent retries, and none ever gets back in. Audit writes
+run off the event loop, so a slow disk does not stall every tunnel.
+
+What of connects, disconnects and refusals is audited, and what only goes to
+the connectivity history, is ``audit/connectivity.py``: a flapping agent or a
+flood of failed handshakes must not drown the chain. A failed handshake is
+logged at WARNING with the peer address (the first per address per window;
+the rest at DEBUG, and summed up in the audit log).
+
+A broker holds tens of thousands of idle tunnels, so what each one keeps
+matters (``bench --only memory``): no per-connection options object, and the
+peer's ``server-sig-algs`` set shared between connections that sent the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Coroutine
+from pathlib import Path
+
+import asyncssh
+
+from allowhelp.broker.audit.connectivity import ConnectivityAudit
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.options import DEFAULT_BURST, DEFAULT_WINDOW
+from allowhelp.broker.errors import TunnelError
+from allowhelp.broker.listen import bind
+from allowhelp.broker.store import Store
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink, Dispatcher
+from allowhelp.certs import ssh_options
+from allowhelp.certs.sshkeys import agent_id_for, load_private_key, public_key_line
+
+log = logging.getLogger(__name__)
+
+# Handshakes in progress at once. Each costs the broker 3-7 ms of CPU, so 200
+# at once finish in about a second, far inside the login timeout; measured
+# with 16 per address, a fleet behind one address came back 2x slower than
+# without a limit (bench/, docs/benchmarks.md).
+MAX_STARTUPS = 200
+MAX_STARTUPS_PER_ADDRESS = 100  # one address (a branch office's NAT) cannot take them all
+LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
+SHARED_SIG_ALGS = 16  # distinct server-sig-algs sets kept for sharing; agents send one
+
+
+class AgentConnection(asyncssh.SSHClient):
+    """Per-tunnel callbacks; one instance per accepted connection."""
+
+    def __init__(self, listener: TunnelListener) -> None:
+        self._listener = listener
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self.link: AgentLink | None = None
+        self.peer = "?"
+        self.refused = False  # its key was refused: audited as agent.refused, not tunnel.refused
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        accepted = self._listener.accept_key(key, addr, self.peer)
+        self.refused = not accepted
+        return accepted
+
+    def auth_completed(self) -> None:
+        if self._conn is not None:
+            self._listener.share_sig_algs(self._conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.link is not None:
+            self._listener.lost(self.link, exc, self.peer)
+
+
+class TunnelListener:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        registry: AgentRegistry,
+        tunnel_key: Path,
+        dispatcher: Dispatcher,
+        *,
+        window: float = DEFAULT_WINDOW,
+        burst: int = DEFAULT_BURST,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._store = store
+        self._audit = audit
+        self._registry = registry
+        self._key = load_private_key(tunnel_key)
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._starting: dict[str, int] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+        self.dropped = 0
+        self._options_built: asyncssh.SSHClientConnectionOptions | None = None
+        self._sig_algs: dict[frozenset[bytes], frozenset[bytes]] = {}
+        self._connectivity = ConnectivityAudit(
+            audit, store, window=window, burst=burst, online=lambda a: registry.get(a) is not None
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen and return the bound port (useful when port 0 was asked)."""
+        try:
+            self._sock = bind(host, port)
+        except ValueError as exc:
+            raise TunnelError(f"cannot listen for agents: {exc}") from exc
+        self._options_built = self._options()
+        self._connectivity.start()
+        self._accepting = asyncio.create_task(self._accept_loop(self._sock))
+        return int(self._sock.getsockname()[1])
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        warned = 0.0
+        while True:
+            await self._room.wait()
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: wait, do not spin or flood the log
+                if loop.time() - warned > 10:
+                    log.error("cannot accept agent connections: %s", exc.strerror or exc)
+                    warned = loop.time()
+                await asyncio.sleep(0.1)
+                continue
+            address = str(peer[0])
+            if not self._admit(address):
+                self.dropped += 1
+                sock.close()
+                continue
+            self._spawn(self._handshake(sock, address, f"{address}:{peer[1]}"))
+
+    def _admit(self, address: str) -> bool:
+        here = self._starting.get(address, 0)
+        if here >= MAX_STARTUPS_PER_ADDRESS:
+            return False
+        self._starting[address] = here + 1
+        if sum(self._starting.values()) >= MAX_STARTUPS:
+            self._room.clear()
+        return True
+
+    def _done(self, address: str) -> None:
+        left = self._starting.pop(address, 1) - 1
+        if left:
+            self._starting[address] = left
+        if sum(self._starting.values()) < MAX_STARTUPS:
+            self._room.set()
+
+    async def _handshake(self, sock: socket.socket, address: str, peer: str) -> None:
+        """Run the SSH client on an accepted socket; the admission slot is held
+        until the handshake ends, in success or failure (login timeout included:
+        asyncssh arms ``options.login_timeout`` when it builds the connection)."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        conn: asyncssh.SSHClientConnection | None = None
+        try:
+            _, conn = await loop.create_connection(
+                lambda: self._start_client(loop, finished), sock=sock
+            )
+            await finished
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            owner = conn.get_owner() if conn is not None else None
+            if not (isinstance(owner, AgentConnection) and owner.refused):
+                self._handshake_failed(address, peer, exc)
+            if conn is None:
+                sock.close()
+            return
+        except asyncio.CancelledError:
+            if conn is not None:
+                conn.abort()
+            else:
+                sock.close()
+            raise
+        finally:
+            self._done(address)
+        await self._accepted(conn)
+
+    def _handshake_failed(self, address: str, peer: str, exc: BaseException) -> None:
+        reason = (str(exc) or type(exc).__name__)[:200]
+        first = self._connectivity.handshake_failed(address, peer, reason)
+        # The first per address per window at WARNING; a flood stays readable.
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "tunnel handshake failed: %s (from %s)", reason, peer)
+
+    def _start_client(
+        self, loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]
+    ) -> asyncssh.SSHClientConnection:
+        """One SSH client connection on the shared options.
+
+        This is what ``asyncssh.listen_reverse`` does per accepted connection
+        (checked against asyncssh 2.24.1): ``run_client`` would instead copy
+        the options in a thread for every connection (``construct``: a 2 KiB
+        object kept per tunnel, a ``getpass.getuser()`` and a thread hop per
+        handshake). Without ``wait`` the connection never touches
+        ``options.waiter``, so sharing the options is safe; asyncssh calls
+        the acceptor after authentication and the error handler when the
+        handshake fails (login timeout included), and never both.
+        """
+
+        def accepted(conn: object) -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        def failed(conn: object, exc: Exception | None) -> None:
+            if not finished.done():
+                finished.set_exception(exc or asyncssh.ConnectionLost("connection lost"))
+
+        return asyncssh.SSHClientConnection(loop, self._shared_options(), accepted, failed)
+
+    def _shared_options(self) -> asyncssh.SSHClientConnectionOptions:
+        if self._options_built is None:
+            raise TunnelError("the tunnel listener is not started")
+        return self._options_built
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _options(self) -> asyncssh.SSHClientConnectionOptions:
+        return asyncssh.SSHClientConnectionOptions(
+            username=ssh_options.BROKER_USERNAME,
+            client_keys=[self._key],
+            agent_path=None,
+            known_hosts=([], [], []),  # empty, not None: every key goes to accept_key
+            x509_trusted_certs=None,
+            server_host_key_algs=list(ssh_options.HOST_KEY_ALGS),
+            encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
+            kex_algs=list(ssh_options.KEX_ALGS),
+            mac_algs=list(ssh_options.MAC_ALGS),
+            compression_algs=list(ssh_options.COMPRESSION_ALGS),
+            preferred_auth=["publickey"],
+            keepalive_interval=ssh_options.BROKER_KEEPALIVE_INTERVAL,
+            keepalive_count_max=ssh_options.BROKER_KEEPALIVE_COUNT_MAX,
+            login_timeout=LOGIN_TIMEOUT,
+            client_factory=lambda: AgentConnection(self),
+        )
+
+    def share_sig_algs(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Swap the peer's ``server-sig-algs`` set for an equal shared one.
+
+        asyncssh keeps it as a fresh set per connection (1.6 KiB per agent,
+        ``bench --only memory``) although every agent sends the same list,
+        and reads it only to choose a signature algorithm for our own
+        public-key authentication, which is over once this runs. Private
+        attribute, checked against asyncssh 2.24.1; if it is gone or not a
+        set, nothing is changed. At most ``SHARED_SIG_ALGS`` distinct sets
+        are kept, so odd agents cannot grow the table.
+        """
+        algs = getattr(conn, "_server_sig_algs", None)
+        if not isinstance(algs, set):
+            return
+        key = frozenset(algs)
+        shared = self._sig_algs.get(key)
+        if shared is None:
+            if len(self._sig_algs) >= SHARED_SIG_ALGS:
+                return
+            shared = self._sig_algs.setdefault(key, key)
+        conn._server_sig_algs = shared  # type: ignore[assignment]  # read-only use
+
+    def accept_key(self, key: asyncssh.SSHKey, addr: str, peer: str) -> bool:
+        line = public_key_line(key)
+        record = self._store.agent_by_key(line)
+        if record is not None and not record.removed:
+            return True
+        reason = "removed" if record is not None else "unknown key"
+        # Refusing needs no permission, so the record may follow the refusal.
+        agent_id = agent_id_for(key)
+        first = self._connectivity.refused_key(agent_id, addr, peer, reason)
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "refused agent key %s from %s: %s", agent_id, peer, reason)
+        return False
+
+    async def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
+        key = conn.get_server_host_key()
+        owner = conn.get_owner()
+        if key is None or not isinstance(owner, AgentConnection):
+            conn.close()
+            return
+        agent_id = agent_id_for(key)
+        admission = await self._connectivity.connected(agent_id, owner.peer)
+        if admission == "refused":
+            conn.close()
+            return
+        if conn.is_closed():  # gone while the record was written: nothing to attach
+            self._connectivity.disconnected(agent_id, owner.peer, "closed before it was online")
+            return
+        owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
+        self._registry.attach(agent_id, link, owner.peer)
+        self._spawn(link.open())
+        level = logging.INFO if admission == "chained" else logging.DEBUG
+        log.log(level, "agent=%s connected from %s", agent_id, owner.peer)
+
+    def lost(self, link: AgentLink, exc: Exception | None, peer: str) -> None:
+        agent_id = link.agent_id
+        if not self._registry.detach(agent_id, link):
+            return
+        reason = str(exc) if exc else "closed"
+        # The tunnel is already gone: nothing to refuse, the record follows.
+        chained = self._connectivity.disconnected(agent_id, peer, reason)
+        level = logging.INFO if chained else logging.DEBUG
+        log.log(level, "agent=%s disconnected (%s)", agent_id, reason)
+
+    async def stop(self) -> None:
+        """Stop accepting, drop every tunnel, and let pending audit records land."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._registry.close_all()
+        await asyncio.sleep(0)  # connection_lost callbacks queue their records
+        await self._connectivity.stop()  # pending summaries and tallies land too
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)

@@ -1,0 +1,101 @@
+"""The library internals allowhelp relies on still exist, in the shape it uses them.
+
+Each is pinned by a version range in pyproject.toml that matches what the
+suite runs against; when a dependency is upgraded past it, this file says
+which name moved, before a subtle failure at run time does.
+
+- asyncssh ``SSHClientConnection(loop, options, wait_accept, wait_fail)`` is
+  built by hand by the tunnel listener's own accept loop (as asyncssh's own
+  ``listen_reverse`` does) to share one options object across the fleet;
+- asyncssh ``SSHConnection._server_sig_algs`` is swapped for a shared set
+  (``TunnelListener.share_sig_algs``, memory per agent);
+- asyncssh ``SSHServerChannel._process_env_request`` is replaced so the
+  agent refuses every ``env`` request (asyncssh accepts them by itself);
+- uvicorn ``HttpToolsProtocol`` is subclassed by ``console/httpguard.py``
+  for head/body deadlines and sizes, through the hooks named below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import asyncssh
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirement(name: str) -> Requirement:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = [*project["dependencies"], *project["optional-dependencies"]["broker"]]
+    for line in listed:
+        requirement = Requirement(line)
+        if requirement.name == name:
+            return requirement
+    raise AssertionError(f"{name} is not a dependency in pyproject.toml")
+
+
+@pytest.mark.parametrize("name", ["asyncssh", "uvicorn"])
+def test_the_installed_version_is_inside_the_pinned_range(name: str) -> None:
+    requirement = _requirement(name)
+    installed = Version(version(name))
+    assert requirement.specifier.contains(installed), (
+        f"{name} {installed} is outside {requirement.specifier}: check the private names below"
+    )
+    assert any(spec.operator in ("<", "<=", "~=", "==") for spec in requirement.specifier), (
+        f"{name} is used through private names: its range needs an upper bound"
+    )
+
+
+def test_asyncssh_client_connection_takes_what_the_accept_loop_passes() -> None:
+    params = list(inspect.signature(asyncssh.SSHClientConnection.__init__).parameters)
+    assert params[:5] == ["self", "loop", "options", "acceptor", "error_handler"], params
+
+
+async def test_asyncssh_connections_keep_the_peer_sig_algs_where_we_swap_them() -> None:
+    conn = asyncssh.SSHClientConnection(
+        asyncio.get_running_loop(),
+        asyncssh.SSHClientConnectionOptions(known_hosts=None, username="x"),
+        None,
+        None,
+    )
+    try:
+        assert isinstance(conn._server_sig_algs, set)
+    finally:
+        conn.abort()
+
+
+def test_asyncssh_server_channels_answer_env_requests_through_the_replaced_method() -> None:
+    method = asyncssh.SSHServerChannel._process_env_request
+    assert list(inspect.signature(method).parameters) == ["self", "packet"]
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_message_begin",
+        "on_headers_complete",
+        "on_body",
+        "on_message_complete",
+        "handle_websocket_upgrade",
+        "_should_upgrade",
+    ],
+)
+def test_uvicorn_httptools_protocol_has_the_hooks_the_guard_overrides(hook: str) -> None:
+    assert callable(getattr(HttpToolsProtocol, hook, None)), f"HttpToolsProtocol.{hook} is gone"
+
+
+def test_uvicorn_httptools_protocol_keeps_the_state_the_guard_reads() -> None:
+    source = inspect.getsource(HttpToolsProtocol)
+    for name in ("self.parser", "self.transport", "self.cycle"):
+        assert name in source, f"HttpToolsProtocol no longer sets {name}"

@@ -1,0 +1,97 @@
+// @ts-check
+// The dialog in which a technician asks for a shell or the screen, with a reason.
+
+import { api, errorMessage } from "../lib/api.js";
+import { $, field } from "../lib/dom.js";
+import { sessionPage } from "../lib/session-states.js";
+import { state } from "./state.js";
+
+/** @typedef {import("../lib/session-states.js").Session} Session */
+/** @typedef {Pick<import("./state.js").Agent, "id" | "hostname" | "user" | "os">} Target */
+
+/** @type {Target | null} */
+let target = null;
+/** @type {(session: Session) => void} */
+let onSent = () => {};
+
+/** @param {(session: Session) => void} afterSent */
+export function setupRequest(afterSent) {
+  onSent = afterSent;
+  const dialog = $("request-dialog", HTMLDialogElement);
+  $("request-form").addEventListener("submit", send);
+  $("request-cancel").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => {
+    target = null;
+  });
+}
+
+/** The "What" radios: shell or screen. */
+function kindRadios() {
+  const radios = $("request-form", HTMLFormElement).elements.namedItem("kind");
+  if (!(radios instanceof RadioNodeList)) throw new Error("the request form has no kind");
+  return radios;
+}
+
+/**
+ * @param {Target} agent
+ * @param {import("../lib/session-states.js").SessionKind} [kind]
+ * @param {string} [helpCode]
+ * @param {string} [reason]
+ */
+export function openRequest(agent, kind = "shell", helpCode = "", reason = "") {
+  target = agent;
+  const form = $("request-form", HTMLFormElement);
+  form.reset();
+  form.hidden = false;
+  $("request-sent").hidden = true;
+  $("request-error").textContent = "";
+  $("request-title").textContent = `Ask for help access to ${agent.hostname}`;
+  $("request-about").textContent = [agent.user && `user ${agent.user}`, agent.os].filter(Boolean).join(" · ");
+  kindRadios().value = kind;
+  field(form, "help_code").value = helpCode;
+  field(form, "reason").value = reason;
+  $("request-dialog", HTMLDialogElement).showModal();
+  field(form, "reason").focus();
+}
+
+/** @param {SubmitEvent} event */
+async function send(event) {
+  event.preventDefault();
+  if (!target) return;
+  const form = $("request-form", HTMLFormElement);
+  const reason = field(form, "reason").value.trim();
+  if (!reason) {
+    $("request-error").textContent = "Say why: the person at the PC reads it before deciding.";
+    field(form, "reason").focus();
+    return;
+  }
+  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string}} */
+  const body = { agent_id: target.id, kind: kindRadios().value, reason };
+  const code = field(form, "help_code").value.replace(/\D/g, "");
+  if (code) body.help_code = code;
+  const sendButton = $("request-send", HTMLButtonElement);
+  sendButton.disabled = true;
+  const host = target.hostname;
+  try {
+    /** @type {Session} */
+    const session = await api("POST", "/api/v1/sessions", body);
+    state.sessions.set(session.id, session);
+    form.hidden = true;
+    $("request-sent").hidden = false;
+    $("sent-host").textContent = host;
+    $("sent-phrase").textContent = session.phrase || "";
+    const open = $("sent-open", HTMLAnchorElement);
+    open.href = sessionPage(session);
+    open.focus();
+    onSent(session);
+  } catch (error) {
+    $("request-error").textContent = errorMessage(error);
+  } finally {
+    sendButton.disabled = false;
+  }
+}
+
+export function closeRequest() {
+  const dialog = $("request-dialog", HTMLDialogElement);
+  if (dialog.open) dialog.close();
+}

@@ -1,0 +1,83 @@
+// @ts-check
+// Sessions: a technician's own (admins: everyone's), updated as people answer.
+
+import { api, errorMessage } from "../lib/api.js";
+import { $, badge, button, confirmAction, el, showEmpty, timeCell, toast } from "../lib/dom.js";
+import { kindLabel, reasonWords, sessionPage, stateWords } from "../lib/session-states.js";
+import { isAdmin, state } from "./state.js";
+
+/** @typedef {import("../lib/session-states.js").Session} Session */
+
+export async function loadSessions() {
+  /** @type {Session[]} */
+  const rows = await api("GET", "/api/v1/sessions");
+  state.sessions = new Map(rows.map((session) => [session.id, session]));
+}
+
+/**
+ * @param {Session | null | undefined} session as the live feed reports it
+ * @returns {string | null} its state before, if the console knew it
+ */
+export function sessionChanged(session) {
+  if (!session || typeof session.id !== "string") return null;
+  const before = state.sessions.get(session.id);
+  state.sessions.set(session.id, session);
+  return before ? before.state : null;
+}
+
+export function renderSessions() {
+  const admin = isAdmin();
+  $("sessions-title").textContent = admin ? "Sessions" : "My sessions";
+  $("nav-sessions").textContent = admin ? "Sessions" : "My sessions";
+  $("sessions-note").textContent = admin
+    ? "Every technician's requests and sessions. They update as people answer."
+    : "Requests you sent and sessions you ran. They update as people answer.";
+  document.body.classList.toggle("is-admin", admin);
+  const rows = [...state.sessions.values()].sort((a, b) => b.created - a.created);
+  $("sessions-rows").replaceChildren(...rows.map(row));
+  showEmpty("sessions-empty", rows.length === 0);
+}
+
+/** @param {Session} session */
+function row(session) {
+  const { label, tone, live } = stateWords(session.state);
+  const mine = state.me && session.technician === state.me.username;
+  const why = session.end_reason ? reasonWords(session.end_reason).label : "";
+  return el("tr", { cls: live ? "" : "dim" }, [
+    el("td", {}, [badge(label, tone)]),
+    el("td", { cls: "host", text: session.hostname || session.agent_id }),
+    el("td", { text: kindLabel(session) }),
+    el("td", { cls: "message", text: session.reason }),
+    el("td", { cls: "phrase-cell", text: session.phrase || "—" }),
+    el("td", { cls: "admin-col", text: session.technician }),
+    timeCell(session.created),
+    el("td", { cls: "nowrap", text: session.ended ? why : "—" }),
+    el("td", { cls: "actions" }, [
+      live && mine
+        ? el("a", {
+          cls: "button small", text: "Open",
+          attrs: { href: sessionPage(session) },
+        })
+        : null,
+      live ? button("End", () => end(session), "small ghost danger-text") : null,
+    ]),
+  ]);
+}
+
+/** @param {Session} session */
+async function end(session) {
+  const sure = await confirmAction(
+    `End the session on ${session.hostname || session.agent_id}?`,
+    "The connection closes at once for you and for the person at the PC.",
+    "End session",
+  );
+  if (!sure) return;
+  try {
+    /** @type {Session} */
+    const ended = await api("POST", `/api/v1/sessions/${encodeURIComponent(session.id)}/end`);
+    state.sessions.set(ended.id, ended);
+    renderSessions();
+  } catch (error) {
+    toast(errorMessage(error), "error");
+  }
+}
