@@ -47,7 +47,7 @@ from bench.common import (
     raise_nofile,
     wait_for,
 )
-from bench.profiling import Profiler
+from bench.pyspy import Profiler
 from bench.stack import ADMIN, ADMIN_PW, Broker, Desk
 
 MAX_USES = 10_000

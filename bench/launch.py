@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     raise_nofile()
     if args.no_uvloop:
-        sys.modules["uvloop"] = None  # type: ignore[assignment] - `import uvloop` now fails
+        sys.modules["uvloop"] = None  # type: ignore[assignment]  # `import uvloop` now fails
     if args.uvloop:
         import uvloop
 

@@ -1,128 +1,23 @@
 """Where the time goes: py-spy samples of the broker and the agent, summarised.
 
-py-spy (``.venv/bin/pip install py-spy``; bench only, not a project dependency)
-samples the running process from outside at 200 Hz without pausing it
-(``--nonblocking``), only while a thread is on CPU (idle waits are left out).
-Profiles are taken in separate passes, never during the measured runs.
-The summary gives, per process, the share of samples spent *in* each function
-(self) and *under* it (inclusive), and a coarse split by component.
+Profiles are taken in separate passes, never during the measured runs: the
+throughput and keystroke paths, and a 1,000-agent fill (see ``pyspy.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
-import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, Procs, log
+from bench import fleet
+from bench.common import Procs, log
+from bench.pyspy import Profiler, available, summarise
 from bench.stack import Installation
 from bench.throughput import MIB, raw_terminal
 
-PYSPY = Path(PY).parent / "py-spy"
-
-# (component, substring of the frame's file path); first match wins, leaf frame first
-COMPONENTS = (
-    ("OpenSSL / cryptography", "cryptography/"),
-    ("asyncssh crypto wrappers", "asyncssh/crypto/"),
-    ("asyncssh (SSH protocol)", "asyncssh/"),
-    ("websockets", "websockets/"),
-    ("uvicorn", "uvicorn/"),
-    ("starlette", "starlette/"),
-    ("sqlite3", "sqlite3/"),
-    ("json", "json/"),
-    ("logging", "logging/"),
-    ("asyncio event loop", "asyncio/"),
-    ("ssl (TLS)", "ssl.py"),
-    ("allowhelp", "allowhelp/"),
-)
-
-
-def available() -> str | None:
-    if PYSPY.exists() or shutil.which("py-spy"):
-        return None
-    return "py-spy not found: .venv/bin/pip install py-spy (bench only)"
-
-
-class Profiler:
-    def __init__(self, procs: Procs, pid: int, out: Path, duration: float = 600) -> None:
-        self.out = out
-        exe = str(PYSPY) if PYSPY.exists() else "py-spy"
-        argv = [exe, "record", "-p", str(pid), "-r", "200", "--nonblocking", "--nolineno"]
-        argv += ["-f", "raw", "-o", str(out), "-d", str(int(duration))]
-        self.proc = procs.start(argv, log_path=out.with_suffix(".log"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def _frames(stack: str) -> list[str]:
-    return [f for f in stack.split(";") if f]
-
-
-def _component(frames: list[str]) -> str:
-    for frame in reversed(frames):
-        for name, needle in COMPONENTS:
-            if needle in frame:
-                return name
-    return "other (interpreter, stdlib)"
-
-
-def _short(frame: str) -> str:
-    """``func (path/to/pkg/mod.py)`` → ``func (pkg/mod.py)``."""
-    if " (" not in frame:
-        return frame
-    func, where = frame.split(" (", 1)
-    where = where.rstrip(")")
-    parts = where.split("/")
-    for anchor in ("site-packages", "python3.11", "main"):
-        if anchor in parts:
-            parts = parts[parts.index(anchor) + 1 :]
-            break
-    return f"{func} ({'/'.join(parts[-3:])})"
-
-
-def summarise(raw: Path, top: int = 12) -> dict[str, Any]:
-    selfc: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    comp: Counter[str] = Counter()
-    total = 0
-    if not raw.exists():
-        return {"samples": 0}
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = _frames(stack)
-        if not frames:
-            continue
-        # py-spy puts the thread name first ("thread (0x...)" / process) in raw output
-        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        total += count
-        selfc[_short(frames[-1])] += count
-        for frame in {_short(f) for f in frames}:
-            incl[frame] += count
-        comp[_component(frames)] += count
-
-    def pct(c: Counter[str]) -> list[tuple[str, float]]:
-        return [(k, round(v * 100 / total, 1)) for k, v in c.most_common(top)] if total else []
-
-    return {
-        "samples": total,
-        "self_percent": pct(selfc),
-        "inclusive_percent": pct(incl),
-        "component_percent": pct(comp),
-    }
+__all__ = ["available", "run"]
 
 
 def throughput_profile(procs: Procs, root: Path, levers: list[str] | None = None) -> dict[str, Any]:
@@ -191,8 +86,6 @@ def run(
     procs: Procs, root: Path, *, quick: bool, levers: list[str] | None = None
 ) -> dict[str, Any]:
     """Throughput (both directions), keystrokes (broker and agent) and a 1000-agent fill."""
-    from bench import fleet  # noqa: PLC0415 - fleet imports this module
-
     out = throughput_profile(procs, root, levers)
     procs.close()
     out |= latency_profile(procs, root, levers)
