@@ -148,7 +148,8 @@ class AnchorSink:
         self.path = path
         self.every = every
         self._forwarder = forwarder
-        self._last_seq = 0
+        self._last_seq = 0  # the head anchored last, or found at open
+        self._written_seq = 0  # the head last written out (the stop anchor skips a repeat)
         self._lock = threading.Lock()
         self._state = AnchorState(
             str(path) if path is not None else None, every, forwarder is not None
@@ -167,13 +168,13 @@ class AnchorSink:
             self.anchor(seq, digest, "every")
 
     def at_stop(self, seq: int, digest: str) -> None:
-        if seq > 0:
+        if seq > 0 and seq != self._written_seq:
             self.anchor(seq, digest, "stop")
 
     def anchor(self, seq: int, digest: str, why: str) -> None:
         """Never raises: a copy that cannot be written is logged and counted."""
         with self._lock:
-            self._last_seq = seq
+            self._last_seq = self._written_seq = seq
             now = utc_now()
             error = self._append(f"{seq}:{digest} {now} {why}\n") if self.path else ""
             if self._forwarder is not None:

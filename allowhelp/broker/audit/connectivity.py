@@ -105,9 +105,6 @@ class ConnectivityAudit:
             self._spawn(self._flapping_quiet(summary, online=False))
         return chain
 
-    def flapping(self, agent_id: str) -> bool:
-        return self._gate.flapping(agent_id)
-
     def refused_key(self, agent_id: str, address: str, peer: str, reason: str) -> bool:
         """A key that is not (or no longer) enrolled tried to connect; True when
         this one is chained on its own (the first of its window)."""
@@ -147,8 +144,14 @@ class ConnectivityAudit:
 
     # internals
 
-    def _store(self, agent_id: str, event: Literal["connected", "disconnected"], peer: str,
-               reason: str, wall: float) -> bool:  # fmt: skip
+    def _store(
+        self,
+        agent_id: str,
+        event: Literal["connected", "disconnected"],
+        peer: str,
+        reason: str,
+        wall: float,
+    ) -> bool:
         try:
             self._history.record_connectivity(agent_id, event, peer, reason, wall)
         except StoreError as exc:
@@ -171,8 +174,12 @@ class ConnectivityAudit:
             log.warning(
                 "agent=%s is flapping (%d connects in %g s, last from %s): its connects are "
                 "summed up in the audit log once per %g s, each kept in its history",
-                summary.agent_id, summary.connects, self.window, summary.remote, self.window,
-            )  # fmt: skip
+                summary.agent_id,
+                summary.connects,
+                self.window,
+                summary.remote,
+                self.window,
+            )
         details = summary.details(online)
         await self._write("agent.flapping", "system", summary.agent_id, details)
 
@@ -192,9 +199,12 @@ class ConnectivityAudit:
                     target = ""
                 log.warning(
                     "%s: %d more from %s in the last %g s (%s)",
-                    kind, tally.count, target or f"{tally.keys} other addresses",
-                    self.window, ", ".join(f"{r}: {n}" for r, n in tally.reasons.items()),
-                )  # fmt: skip
+                    kind,
+                    tally.count,
+                    target or f"{tally.keys} other addresses",
+                    self.window,
+                    ", ".join(f"{r}: {n}" for r, n in tally.reasons.items()),
+                )
                 self._spawn(self._quiet(kind, "system", target, details))
 
     async def _sweep_forever(self) -> None:
