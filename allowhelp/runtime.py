@@ -1,4 +1,7 @@
-"""Process set-up shared by the two long-running processes, broker and agent.
+"""Process set-up shared by the broker's and the agent's commands.
+
+``run_command``: what both command lines do around a command: owner-only
+files, logging, one plain line per error (exit 2), 130 on Ctrl-C.
 
 The event loop: uvloop when it is installed, else asyncio's own.
 
@@ -18,11 +21,14 @@ library other than glibc it does nothing.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import ctypes.util
 import logging
-from collections.abc import Coroutine
+import os
+import sys
+from collections.abc import Callable, Coroutine
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -68,3 +74,24 @@ def run_event_loop(main: Coroutine[object, object, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def run_command(
+    prog: str, args: argparse.Namespace, failures: tuple[type[BaseException], ...]
+) -> int:
+    """Run the command ``args.func`` names; ``failures`` are told as one line, exit 2."""
+    os.umask(0o077)  # data, keys, databases and their WAL files: owner only
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except failures as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from allowhelp.agent.config import default_config_dir
 from allowhelp.agent.errors import AgentError
+from allowhelp.runtime import run_command
 
 PROG = "allowhelp-agent"
-Command = Callable[[argparse.Namespace], int]
 
 
 def config_dir(args: argparse.Namespace) -> Path:
@@ -147,21 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.umask(0o077)  # data, keys, databases and their WAL files: owner only
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    func: Command = args.func
-    try:
-        return func(args)
-    except (AgentError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(PROG, args, (AgentError, ValueError, OSError))
 
 
 if __name__ == "__main__":

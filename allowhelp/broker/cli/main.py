@@ -7,10 +7,8 @@ traceback reaching an operator is a bug.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from allowhelp.broker.audit.options import AuditOptions, add_serve_arguments
@@ -24,9 +22,9 @@ from allowhelp.broker.settings import (
     BrokerSettings,
     default_data_dir,
 )
+from allowhelp.runtime import run_command
 
 PROG = "allowhelp-broker"
-Command = Callable[[argparse.Namespace], int]
 
 
 def _data_arg(parser: argparse.ArgumentParser) -> None:
@@ -182,23 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    os.umask(0o077)  # data, keys, databases and their WAL files: owner only
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    func: Command = args.func
-    try:
-        return func(args)
-    except (ValueError, BrokerError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, args, (ValueError, BrokerError, OSError))
 
 
 if __name__ == "__main__":

@@ -10,16 +10,19 @@ from its ``Outcome``. A new kind of session is a new class that fits
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Protocol
 
 import asyncssh
 
-from allowhelp.broker.errors import BrokerError
+from allowhelp.broker.errors import BrokerError, RelayError
 from allowhelp.broker.model.session import Traffic
 from allowhelp.broker.relay.inbox import ChannelInbox
 from allowhelp.protocol.control import EndReason, Kind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,20 @@ async def first_to_end(console: Pump, *others: Pump) -> tuple[bool, BaseExceptio
     errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
     errors.sort(key=lambda exc: not isinstance(exc, BrokerError))  # what broke, before its echoes
     return up in done, errors[0] if errors else None
+
+
+def outcome_of(
+    what: str,
+    console_left: bool,
+    error: BaseException | None,
+    channel_ended: Callable[[], Outcome],
+) -> Outcome:
+    """How a relay ended, from what ``first_to_end`` saw: what broke, else the
+    technician leaving, else why the agent's channel closed."""
+    if isinstance(error, RelayError):
+        return Outcome("error", error)
+    if console_left or error is not None:
+        if error is not None:  # sending to a browser that left
+            log.info("%s relay: the browser went away (%s)", what, type(error).__name__)
+        return Outcome("technician")
+    return channel_ended()

@@ -29,7 +29,13 @@ from allowhelp.broker.errors import (
 )
 from allowhelp.broker.model.session import Traffic
 from allowhelp.broker.relay.inbox import ChannelInbox
-from allowhelp.broker.relay.outcome import ChannelSpec, Counters, Outcome, first_to_end
+from allowhelp.broker.relay.outcome import (
+    ChannelSpec,
+    Counters,
+    Outcome,
+    first_to_end,
+    outcome_of,
+)
 from allowhelp.broker.relay.rfb import ClientFilter, RfbError, RfbTooLarge, ServerChecker
 
 log = logging.getLogger(__name__)
@@ -77,13 +83,7 @@ class ScreenRelay:
         self.stop()
         if self.dropped_input:
             log.info("screen relay view-only: dropped %d input events", self.dropped_input)
-        if isinstance(error, RelayError):
-            return Outcome("error", error)
-        if console_left or error is not None:
-            if error is not None:  # sending to a browser that left
-                log.info("screen relay: the browser went away (%s)", type(error).__name__)
-            return Outcome("technician")
-        return self._why_channel_ended()
+        return outcome_of("screen", console_left, error, self._why_channel_ended)
 
     def _why_channel_ended(self) -> Outcome:
         failure = self._side.failure()
