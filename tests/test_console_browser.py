@@ -8,22 +8,27 @@ CSP violation. Screenshots of every page land in test-artifacts/console/.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from allowhelp.broker.audit.flapping import iso
 from allowhelp.broker.auth import totp
 from allowhelp.certs.sshkeys import agent_id_for, public_key_line
 from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import CONTROL_SUBSYSTEM
 from browserkit import ARTIFACTS as SHARED_ARTIFACTS
 from browserkit import CHROMIUM, CHROMIUM_ARGS
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, staffed_broker
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli, staffed_broker
 from wallkit import COOKIE, Console, enrol_totp
 
 pytestmark = pytest.mark.browser
@@ -253,6 +258,13 @@ def test_admin_pages_keyboard_and_sizes(broker: Broker, browser: Browser) -> Non
         page.click('.nav a[data-view="audit"]')
         page.wait_for_selector("#audit-status[data-state=ok]")
         assert "Chain verified" in (page.text_content("#audit-status") or "")
+        anchoring = page.text_content("#audit-anchoring") or ""
+        assert "Head anchored every 100 records to" in anchoring
+        assert str(broker.data / "audit.anchors") in anchoring
+        assert "anchored heads checked now" in anchoring
+        assert "Anchors only catch a rewrite if kept off this machine" in anchoring
+        assert "save it elsewhere" not in (page.text_content("#view-audit") or "")
+        assert page.locator("#audit-checks > *").count() == 0  # nothing to warn about
         page.wait_for_selector("#audit-rows tr:has-text('auth.login.ok')")
         watched.shot("08-audit")
 
@@ -326,3 +338,90 @@ def test_required_totp_is_set_up_in_the_page_first(broker: Broker, browser: Brow
             "/api/v1/login", json={"username": "hank", "password": "hank password 12"}
         )
         assert answer.json()["error"] == "totp_required"
+
+
+def export_lines(broker: Broker) -> list[str]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_audit_page_of_a_broker_started_on_a_broken_chain(tmp_path: Path, browser: Browser) -> None:
+    """Stop a broker, edit a record behind its back (turned into a flapping summary
+    with HTML as its peer address), start it again: the page says it started on a
+    broken chain and where the break is recorded, as text."""
+    fleet = Fleet(tmp_path)
+    watched: Watched | None = None
+    try:
+        broker = fleet.broker().start()
+        broker.add_user(ADMIN, ADMIN_PW, role="admin")
+        assert broker.stop() == 0  # anchors the head at stop
+        since = time.time() - 90
+        details = {
+            "state": "started",
+            "connects": 3,
+            "disconnects": 2,
+            "since": iso(since),
+            "until": iso(since + 75),
+            "remote": "<img src=x onerror=alert(7)>",
+            "online": True,
+            "window_seconds": 600,
+        }
+        conn = sqlite3.connect(broker.data / "audit.sqlite3", isolation_level=None)
+        try:  # what someone with the file does: drop the guard, edit, leave the hashes
+            conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
+            conn.execute(
+                "UPDATE audit SET type = 'agent.flapping', code = 'AH1306', details = ? "
+                "WHERE seq = 2",
+                (json.dumps(details),),
+            )
+        finally:
+            conn.close()
+        broker.extra = ["--audit-anchor-every", "1"]  # so this run anchors heads too
+        broker.start()  # shouts, records the break, keeps serving
+        admin = Console.login(broker, ADMIN, ADMIN_PW)
+        try:
+            status = admin.get("/api/v1/audit/verify").json()
+        finally:
+            admin.client.close()
+        assert status["started_broken"] is True and status["first_bad_seq"] == 2
+        record_seq = status["startup"]["record_seq"]
+        assert status["anchors_checked"] >= 1  # the head anchored at stop, at least
+
+        watched = Watched(browser, 1366, 1100)
+        page = watched.page
+        page.goto(broker.url + "/#audit")
+        page.wait_for_selector("#login-form input[name=username]")
+        sign_in(page, ADMIN, ADMIN_PW)
+        page.wait_for_selector("#audit-status[data-state=bad]")
+        assert "Chain broken at record 2" in (page.text_content("#audit-status") or "")
+        warning = page.text_content("#audit-started-broken") or ""
+        assert "The broker started on a broken chain (found at start-up, " in warning
+        assert (
+            f"and kept serving; the break is recorded as audit record #{record_seq} "
+            "(audit.chain_broken)." in warning
+        )
+        assert "Start-up check (the whole chain): Record 2 was edited (hash mismatch)." in warning
+        broken_row = page.locator(f'#audit-rows tr[data-seq="{record_seq}"]')
+        broken_row.wait_for()
+        assert broken_row.get_attribute("data-type") == "audit.chain_broken"
+        assert "warn-row" in (broken_row.get_attribute("class") or "")
+        assert "Chain broken at record 2" in (broken_row.text_content() or "")
+        flapping = page.locator('#audit-rows tr[data-seq="2"] .details').text_content() or ""
+        assert flapping.startswith("started: 3 connects, 2 disconnects between ")
+        assert details["remote"] in flapping  # as text
+        anchoring = page.text_content("#audit-anchoring") or ""
+        assert "Head anchored every 1 record to " in anchoring
+        last = re.search(r"last (\d+):([0-9a-f]{16})… at ", anchoring)
+        assert last is not None, anchoring
+        hashes = {r["seq"]: r["hash"] for r in map(json.loads, export_lines(broker))}
+        assert hashes[int(last[1])].startswith(last[2])  # a head the chain really had
+        assert re.search(r"; \d+ anchored heads? checked now\.", anchoring), anchoring
+        assert "Anchors only catch a rewrite if kept off this machine" in anchoring
+        assert page.locator("#view-audit img, #view-audit svg, script:not([src])").count() == 0
+        watched.shot("14-audit-started-broken")
+        assert watched.violations() == [] and watched.errors == [] and watched.dialogs == []
+    finally:
+        if watched is not None:
+            watched.close()
+        fleet.close()
