@@ -1,12 +1,19 @@
-"""The asciicast recorder writes what a JSON encoder would, and its digest covers it."""
+"""The asciicast recorder writes what a JSON encoder would, off the event loop,
+and its digest covers exactly the file on disk."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
-from allowhelp.broker.audit.recording import AsciicastRecorder, file_sha256
+import pytest
+
+from allowhelp.broker.audit.recording import AsciicastRecorder, file_sha256, settle
 
 HOSTILE = [
     'quote " and backslash \\ and slash /',
@@ -16,7 +23,7 @@ HOSTILE = [
 ]
 
 
-def test_events_are_the_json_any_player_reads(tmp_path: Path) -> None:
+async def test_events_are_the_json_any_player_reads(tmp_path: Path) -> None:
     recorder = AsciicastRecorder(tmp_path, "s1", 80, 24, title="t")
     for text in HOSTILE:
         recorder.output(text.encode())
@@ -24,6 +31,7 @@ def test_events_are_the_json_any_player_reads(tmp_path: Path) -> None:
     recorder.output("é".encode()[-1:])
     recorder.resize(100, 30)
     digest = recorder.close()
+    seal = await recorder.sealed()
 
     lines = recorder.path.read_bytes().splitlines()
     header = json.loads(lines[0])
@@ -36,14 +44,80 @@ def test_events_are_the_json_any_player_reads(tmp_path: Path) -> None:
     assert times == sorted(times) and all(isinstance(t, float) for t in times)
     for line, event in zip(lines[1:], events, strict=True):
         assert line == json.dumps(event, ensure_ascii=False).encode()
-    assert digest == file_sha256(recorder.path)
+    assert digest == seal.sha256 == file_sha256(recorder.path)
     assert digest == hashlib.sha256(recorder.path.read_bytes()).hexdigest()
+    assert seal.size == recorder.path.stat().st_size and seal.stopped is None
 
 
-def test_nothing_is_written_after_close(tmp_path: Path) -> None:
+async def test_nothing_is_written_after_close(tmp_path: Path) -> None:
     recorder = AsciicastRecorder(tmp_path, "s2", 80, 24, title="t")
     digest = recorder.close()
     recorder.output(b"late")
     recorder.resize(10, 10)
+    await recorder.sealed()
     assert recorder.close() == digest == file_sha256(recorder.path)
     assert len(recorder.path.read_bytes().splitlines()) == 1
+
+
+async def test_flushed_means_in_the_file(tmp_path: Path) -> None:
+    """What the relay shows after ``flushed`` is already on disk (a kill -9 keeps it)."""
+    recorder = AsciicastRecorder(tmp_path, "s3", 80, 24, title="t")
+    for n in range(50):
+        recorder.output(f"line {n}\r\n".encode())
+        await recorder.flushed()
+        lines = recorder.path.read_bytes().splitlines()
+        assert json.loads(lines[-1])[2] == f"line {n}\r\n"
+    recorder.close()
+    await recorder.sealed()
+
+
+async def test_writes_and_fsync_run_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that takes 0.3 s per write stalls neither the loop nor the digest."""
+    loop_thread = threading.get_ident()
+    writers: set[int] = set()
+    real_pwrite, real_fsync = os.pwrite, os.fsync
+
+    def slow_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        writers.add(threading.get_ident())
+        time.sleep(0.3)
+        return real_pwrite(fd, data, offset)
+
+    def slow_fsync(fd: int) -> None:
+        writers.add(threading.get_ident())
+        time.sleep(0.3)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    recorder = AsciicastRecorder(tmp_path, "s4", 80, 24, title="t")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    recorder.output(b"x" * 100_000)
+    recorder.resize(90, 30)
+    digest = recorder.close()  # returns at once: the writer has the tail
+    assert time.monotonic() - started < 0.1
+    seal = await recorder.sealed()
+    ticking.cancel()
+    assert ticks >= 20  # the loop ran all along (about 0.9 s of slow disk)
+    assert writers and loop_thread not in writers
+    assert seal.sha256 == digest == file_sha256(recorder.path)
+
+
+async def test_the_registry_settles_each_recording_once(tmp_path: Path) -> None:
+    recorder = AsciicastRecorder(tmp_path, "s5", 80, 24, title="t")
+    recorder.output(b"hello")
+    digest = recorder.close()
+    seal = await settle(recorder.name)
+    assert seal is not None and seal.sha256 == digest == file_sha256(recorder.path)
+    assert seal.details() == {"recording_bytes": recorder.path.stat().st_size}
+    assert await settle(recorder.name) is None  # claimed; a restarted broker has none either

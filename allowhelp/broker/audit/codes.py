@@ -55,6 +55,8 @@ EVENT_CODES: dict[str, str] = {
     "tunnel.refused": "AH1307",
     # the chain itself: found broken (at start-up or by the background check)
     "audit.chain_broken": "AH1904",
+    # a shell recording that stopped before its session (cap, low space, write error)
+    "recording.stopped": "AH1412",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -4,9 +4,11 @@ Output only: typed input can hold passwords. The digest is over the bytes on
 disk, so the audit record proves the file played back later is the one recorded.
 
 Nothing here blocks the event loop. The loop formats each event into a line;
-a writer thread (one job in flight per recording, from a small shared pool)
-appends the lines with ``os.pwrite``, hashes what it wrote and, at the end,
-fsyncs and closes. The relay awaits :meth:`AsciicastRecorder.flushed` before it
+a writer thread (``cast_writer.py``: one job in flight per recording, from a
+small shared pool) appends the lines with ``os.pwrite`` and, at the end,
+fsyncs and closes. The loop hashes a job's bytes as it hands them over and
+adopts that digest only once the job has written them: the digest is always
+of exactly what is on disk. The relay awaits ``flushed()`` before it
 shows a frame to the technician, so what the technician saw is already in the
 file (the kernel's page cache survives a ``kill -9`` of the broker), and a disk
 slower than the shell slows the shell instead of filling memory.
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import functools
 import hashlib
 import json
@@ -39,11 +40,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Literal
+
+from allowhelp.broker.audit.cast_writer import Wrote, append, free_bytes, writers
+from allowhelp.broker.model.session import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ MARKER_ROOM = 128  # bytes kept under the cap for that marker
 SHARED_FLOOR = 0.05  # of a filesystem the audit log shares with the recordings
 SEAL_TIMEOUT = 10.0  # the longest an end record waits for its recording's last write
 SEAL_KEPT = 60.0  # an unclaimed seal is dropped this long after the file is sealed
-WRITERS = 8
+MEASURE_EVERY = 1 << 20  # free space is read again after this many bytes written
 
 
 @dataclass(frozen=True)
@@ -117,60 +120,6 @@ class Seal:
 StopHook = Callable[[Stopped], Awaitable[object]]
 
 
-# The writer's side: plain blocking calls, run in a pool thread.
-
-
-@dataclass(frozen=True)
-class _Wrote:
-    end: int  # the file's size after the job
-    free: int | None  # free bytes on its filesystem then
-    error: OSError | None = None
-
-
-def _append(fd: int, data: bytes, start: int, digest: hashlib._Hash, last: bool) -> _Wrote:
-    """Write ``data`` at ``start``, hash it; on a failure cut the file back to
-    ``start`` (whole lines only). ``last``: then fsync and close."""
-    error: OSError | None = None
-    end = start
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, end)
-            view, end = view[written:], end + written
-        digest.update(data)
-    except OSError as exc:
-        error, end = exc, start
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-    free = _free(fd)
-    if last:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            error = error or exc
-        finally:
-            os.close(fd)
-    return _Wrote(end, free, error)
-
-
-def _free(fd: int) -> int | None:
-    try:
-        st = os.fstatvfs(fd)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _writers() -> ThreadPoolExecutor:
-    global _pool  # noqa: PLW0603 - one pool per process, made on first use
-    if _pool is None:
-        _pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="allowhelp-recording")
-    return _pool
-
-
 # Recordings by file name, from their start until the registry claims the seal.
 _open: dict[str, AsciicastRecorder] = {}
 
@@ -204,14 +153,13 @@ class AsciicastRecorder:
         self._start = time.monotonic()
         # Split UTF-8 sequences arrive in two chunks; decode incrementally.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._digest = hashlib.sha256()  # of what is on disk; the writer's while a job runs
-        self._base = self._digest.copy()  # ... as it was when the running job started
+        self._digest = hashlib.sha256()  # of what is on disk
+        self._next = self._digest  # ... once the running job has written its bytes
         self._pending: list[bytes] = []
-        self._job: asyncio.Future[_Wrote] | None = None
-        self._job_data = b""
+        self._job: asyncio.Future[Wrote] | None = None
         self._queued = 0  # bytes accepted: the file's size once the writer catches up
         self._written = 0  # bytes on disk
-        self._free, self._free_at = _free(self._fd), 0
+        self._free, self._free_at = free_bytes(self._fd), 0
         self._waiters: list[asyncio.Future[None]] = []
         self._stopped: Stopped | None = None
         self._stop_audit: asyncio.Future[object] | None = None
@@ -231,10 +179,6 @@ class AsciicastRecorder:
     @property
     def name(self) -> str:
         return self.path.name
-
-    @property
-    def stopped(self) -> Stopped | None:
-        return self._stopped
 
     # the relay's side (the event loop)
 
@@ -287,14 +231,31 @@ class AsciicastRecorder:
         return not self._closed and self._stopped is None
 
     def _event(self, code: str, text: str) -> None:
-        # What json.dumps([t, code, text], ensure_ascii=False) writes, without
-        # building an encoder per event: this runs for every keystroke's echo.
-        line = f'[{self._elapsed()!r}, "{code}", {encode_basestring(text)}]\n'.encode()
+        line = self._line(code, text)
         over = self._over_limit(len(line))
         if over is None:
             self._queue(line)
-        else:
-            self._stop(*over)
+            return
+        if code == "o":
+            self._last_words(text)
+        self._stop(*over)
+
+    def _line(self, code: str, text: str) -> bytes:
+        # What json.dumps([t, code, text], ensure_ascii=False) writes, without
+        # building an encoder per event: this runs for every keystroke's echo.
+        return f'[{self._elapsed()!r}, "{code}", {encode_basestring(text)}]\n'.encode()
+
+    def _last_words(self, text: str) -> None:
+        """Record as much of ``text`` as still fits under the limits (once per recording)."""
+        fits, over = 0, len(text)
+        while fits + 1 < over:
+            middle = (fits + over) // 2
+            if self._over_limit(len(self._line("o", text[:middle]))) is None:
+                fits = middle
+            else:
+                over = middle
+        if fits:
+            self._queue(self._line("o", text[:fits]))
 
     def _elapsed(self) -> float:
         return round(time.monotonic() - self._start, 6)
@@ -311,8 +272,7 @@ class AsciicastRecorder:
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         if reason != "write_error":
-            marker = f'[{self._elapsed()!r}, "m", {encode_basestring(MARKERS[reason])}]\n'
-            self._queue(marker.encode())
+            self._queue(self._line("m", MARKERS[reason]))
         self._stopped = Stopped(reason, self._queued, detail)
         log.warning("recording %s stopped (%s): %s", self.name, reason, detail)
         if self._on_stop is not None:
@@ -335,23 +295,33 @@ class AsciicastRecorder:
             return
         data, fd = b"".join(self._pending), self._fd
         self._pending.clear()
-        self._base, self._job_data = self._digest.copy(), data
+        # Hashed here, not in the writer: one thread hand-over per job, as few
+        # GIL round trips as possible in the writer (it competes with the loop).
+        self._next = self._digest.copy()
+        self._next.update(data)
         if last:
             self._fd = -1
-        job = functools.partial(_append, fd, data, self._written, self._digest, last)
-        self._job = self._loop.run_in_executor(_writers(), job)
+        measure = last or self._written + len(data) - self._free_at >= MEASURE_EVERY
+        job = functools.partial(append, fd, data, self._written, last=last, measure=measure)
+        self._job = self._loop.run_in_executor(writers(), job)
         self._job.add_done_callback(self._job_done)
 
-    def _job_done(self, job: asyncio.Future[_Wrote]) -> None:
-        self._job, self._job_data = None, b""
-        wrote = job.result()
+    def _job_done(self, job: asyncio.Future[Wrote]) -> None:
+        self._job = None
+        try:
+            wrote = job.result()
+        except Exception as exc:  # a bug in the writer: stop recording, not the shell
+            log.exception("recording %s: the writer failed", self.name)
+            wrote = Wrote(self._written, None, OSError(f"the writer failed: {exc}"))
+        if wrote.error is None:
+            self._digest = self._next
         self._written = wrote.end
         if wrote.free is not None:
             self._free, self._free_at = wrote.free, wrote.end
         if wrote.error is not None and self._stopped is None:
             self._pending.clear()
             self._queued = self._written
-            self._stop("write_error", wrote.error.strerror or type(wrote.error).__name__)
+            self._stop("write_error", wrote.error.strerror or str(wrote.error))
         if self._fd < 0 and self._job is None:
             self._sealed()
         else:
@@ -371,10 +341,7 @@ class AsciicastRecorder:
 
     def _expected(self) -> str:
         """The digest the file has once the writer has written all that is queued."""
-        if self._done.done():
-            return self._digest.hexdigest()
-        digest = self._base.copy() if self._job is not None else self._digest.copy()
-        digest.update(self._job_data)
+        digest = self._next.copy()
         for data in self._pending:
             digest.update(data)
         return digest.hexdigest()
@@ -396,3 +363,13 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+async def sealed_traffic(traffic: Traffic) -> tuple[Traffic, dict[str, object]]:
+    """``traffic`` with its recording's digest as the file is on disk once the
+    writer has finished (the registry awaits this before the end record), and
+    what the end record says about the recording (its size; stopped early)."""
+    seal = await settle(traffic.recording) if traffic.recording else None
+    if seal is None:
+        return traffic, {}
+    return replace(traffic, recording_sha256=seal.sha256), seal.details()

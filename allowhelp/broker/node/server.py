@@ -201,7 +201,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
     try:
         await chain_watch.start()
         await folder.audit.write("broker.started", actor="system", details={"pid": os.getpid()})
-        await sessions.recover()
+        await sessions.recover(settings.recordings_dir)
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = format_hostport(url_host(public_url), tunnel_port)
         svc = Services(

@@ -12,16 +12,21 @@ from the page (``{"type": "resize", "cols": C, "rows": R}``).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import asyncssh
 from starlette.websockets import WebSocket
 
-from allowhelp.broker.audit.recording import AsciicastRecorder, settle
+from allowhelp.broker.audit.recording import AsciicastRecorder
 from allowhelp.broker.errors import ConsoleBroke, ConsoleFrameTooLarge, RelayError
 from allowhelp.broker.model.session import Traffic
 from allowhelp.broker.relay.inbox import ChannelInbox
-from allowhelp.broker.relay.outcome import ChannelSpec, Counters, Outcome, first_to_end
+from allowhelp.broker.relay.outcome import (
+    ChannelSpec,
+    Counters,
+    Outcome,
+    first_to_end,
+    outcome_of,
+)
 from allowhelp.protocol.control import ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_FRAME = 64 * 1024
+# Output taken at once, recorded in one write, then sent as frames: one
+# hand-over to the recording's writer thread per batch, not per frame.
+RECORD_BATCH = 4 * MAX_FRAME
 MAX_CONTROL = 4096
 SHELL_WINDOW = 256 * 1024
 MAX_COLS, MAX_ROWS = 1000, 500
@@ -67,13 +75,7 @@ class TerminalRelay:
             self._browser_to_agent(chan), self._agent_to_browser()
         )
         self.stop()
-        if isinstance(error, RelayError):
-            return Outcome("error", error)
-        if console_left or error is not None:
-            if error is not None:  # sending to a browser that left
-                log.info("terminal relay: the browser went away (%s)", type(error).__name__)
-            return Outcome("technician")
-        return self._why_channel_ended()
+        return outcome_of("terminal", console_left, error, self._why_channel_ended)
 
     def _why_channel_ended(self) -> Outcome:
         failure = self._side.failure() if self._side.stderr else None
@@ -86,11 +88,12 @@ class TerminalRelay:
         return Outcome("user")  # the agent closes a granted channel when its user ends it
 
     async def _agent_to_browser(self) -> None:
-        while (payload := await self._side.take(MAX_FRAME)) is not None:
+        while (payload := await self._side.take(RECORD_BATCH)) is not None:
             self._recorder.output(payload)
             await self._recorded()
             self.counters.from_agent += len(payload)
-            await self._ws.send_bytes(payload)
+            for start in range(0, len(payload), MAX_FRAME):
+                await self._ws.send_bytes(payload[start : start + MAX_FRAME])
 
     async def _recorded(self) -> None:
         """What the technician is about to see is in the recording file first; or
@@ -138,13 +141,3 @@ class TerminalRelay:
             self._chan.close()
         self.counters.recording_sha256 = self._recorder.close()
         return self.counters.traffic()
-
-
-async def sealed_traffic(traffic: Traffic) -> tuple[Traffic, dict[str, object]]:
-    """``traffic`` with its recording's digest as the file is on disk once the
-    writer has finished (the registry awaits this before the end record), and
-    what the end record says about the recording (its size; stopped early)."""
-    seal = await settle(traffic.recording) if traffic.recording else None
-    if seal is None:
-        return traffic, {}
-    return replace(traffic, recording_sha256=seal.sha256), seal.details()

@@ -57,6 +57,8 @@ def claim(
         raise Conflict(
             f"the session is a {session.state} {session.kind} session, not an active {kind}"
         )
+    if sessions.ending(session.id):
+        raise Conflict("the session is ending")
     if sessions.has_relay(session.id):
         raise Conflict(f"this session's {kind} is already open in another window")
     link = sessions.agent_link(session.agent_id)

@@ -21,10 +21,12 @@ from typing import cast
 
 from allowhelp.broker.audit.cast_recovery import recover_recording
 from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.recording import sealed_traffic
 from allowhelp.broker.errors import (
     AgentUnreachable,
     AuditUnavailable,
     BadRequest,
+    BrokerError,
     Conflict,
     IllegalTransition,
     NotFound,
@@ -56,6 +58,7 @@ from allowhelp.protocol.text import plain_text
 log = logging.getLogger(__name__)
 
 Stopper = Callable[[], Traffic]
+OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 
 
 class SessionRegistry:
@@ -81,6 +84,8 @@ class SessionRegistry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._relays: dict[str, list[Stopper]] = {}
+        self._unrecorded: dict[str, Traffic] = {}  # counted by stopped relays, end not recorded
+        self._owed: set[str] = set()  # ended, record owed: written once the log takes it
         self._tasks: set[asyncio.Task[object]] = set()
         agents.subscribe(self._agent_changed)
 
@@ -176,11 +181,68 @@ class SessionRegistry:
             self._timeout, lambda: self._spawn(self._expire(session.id))
         )
 
-    async def end(self, session_id: str, *, reason: EndReason, actor: str) -> Session:
-        session = await self._move(session_id, State.ENDED, actor=actor, reason=reason)
+    async def end(
+        self,
+        session_id: str,
+        *,
+        reason: EndReason,
+        actor: str,
+        details: Mapping[str, object] | None = None,
+    ) -> Session:
+        """End a session. Access stops first (relays, then the PC told); if the
+        record cannot be written, the end is owed and written when the log
+        takes it again (``_record_owed_end``), and ``AuditUnavailable`` says so."""
+        try:
+            session = await self._move(
+                session_id, State.ENDED, actor=actor, reason=reason, details=details
+            )
+        except AuditUnavailable:
+            self._owe_end(session_id, reason, actor, details)
+            raise
         if reason not in ("user", "agent_lost"):
             self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
         return session
+
+    def ending(self, session_id: str) -> bool:
+        """Whether the session's end is decided but not yet on the record."""
+        return session_id in self._owed
+
+    def _owe_end(
+        self,
+        session_id: str,
+        reason: EndReason,
+        actor: str,
+        details: Mapping[str, object] | None,
+    ) -> None:
+        session = self._live.get(session_id)
+        if session is None or session_id in self._owed:
+            return
+        log.error(
+            "session=%s ended but its record is owed: the audit log is unavailable", session_id
+        )
+        self._owed.add(session_id)
+        if reason not in ("user", "agent_lost"):  # the PC ended it, or is gone
+            self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
+        self._spawn(self._record_owed_end(session_id, reason, actor, details))
+
+    async def _record_owed_end(
+        self,
+        session_id: str,
+        reason: EndReason,
+        actor: str,
+        details: Mapping[str, object] | None,
+    ) -> None:
+        """Write an owed end as soon as the audit log takes records again."""
+        delay = OWED_RETRY_FIRST
+        late = {**(details or {}), "recorded_late": True}
+        while session_id in self._owed:
+            await asyncio.sleep(delay)
+            try:
+                await self._move(session_id, State.ENDED, actor=actor, reason=reason, details=late)
+            except AuditUnavailable:
+                delay = min(delay * 2, OWED_RETRY_MAX)
+            except IllegalTransition:
+                return
 
     async def end_quietly(self, session_id: str, *, reason: EndReason, actor: str) -> None:
         """End unless already over (a relay and the user may both end it at once)."""
@@ -252,11 +314,17 @@ class SessionRegistry:
     async def _expire(self, session_id: str) -> None:
         session = self._live.get(session_id)
         if session is not None and session.state is State.AWAITING_CONSENT:
+            self._tell_agent(session, SessionEnd(session_id=session_id, reason="expired"))
             try:
                 await self._move(session_id, State.EXPIRED, actor="system")
             except IllegalTransition:
                 return
-            self._tell_agent(session, SessionEnd(session_id=session_id, reason="expired"))
+            except AuditUnavailable:  # expired on the PC; on the record as soon as it can be
+                retry = asyncio.get_running_loop().call_later(
+                    OWED_RETRY_MAX, lambda: self._spawn(self._expire(session_id))
+                )
+                self._timers[session_id] = retry
+                raise
 
     # the one place where state changes
 
@@ -275,7 +343,14 @@ class SessionRegistry:
             current = self._live.get(session_id)
             if current is None:
                 raise IllegalTransition(f"session {session_id} is not live")
-            traffic = self._stop_relays(session_id) if new is State.ENDED else None
+            traffic = None
+            if new is State.ENDED:  # access stops before its end is recorded
+                traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
+                    session_id
+                )
+                # the recording complete on disk before its end record
+                traffic, sealed = await sealed_traffic(traffic)
+                details = {**(details or {}), **sealed}
             after, event = current.transition(
                 new,
                 actor=actor,
@@ -284,9 +359,14 @@ class SessionRegistry:
                 view_only=view_only,
                 traffic=traffic,
             )
-            await self._audit.write(
-                event.type, actor=event.actor, target=event.target, details=event.details
-            )
+            try:
+                await self._audit.write(
+                    event.type, actor=event.actor, target=event.target, details=event.details
+                )
+            except AuditUnavailable:
+                if traffic is not None:  # kept for the record that is owed
+                    self._unrecorded[session_id] = traffic
+                raise
             self._live[session_id] = after
             self._store.save_session(after)
         if after.final:
@@ -299,6 +379,7 @@ class SessionRegistry:
         return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
 
     def _finished(self, session: Session) -> None:
+        self._owed.discard(session.id)
         self._live.pop(session.id, None)
         self._locks.pop(session.id, None)
         timer = self._timers.pop(session.id, None)
@@ -324,7 +405,17 @@ class SessionRegistry:
     def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         task: asyncio.Task[object] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reaped)
+
+    def _reaped(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if isinstance(exc, BrokerError):  # already said where it happened (owed, retried)
+            log.error("session work stopped: %s", exc)
+        else:
+            log.error("session work failed", exc_info=exc)
 
     # start-up and shut-down
 
@@ -382,9 +473,7 @@ class SessionRegistry:
             else:
                 actor = current.actor_for(outcome.reason)
                 await self.end_quietly(session_id, reason=outcome.reason, actor=actor)
-        except AuditUnavailable as exc:
-            log.error("session=%s could not be ended on the record: %s", session_id, exc)
-            self._tell_agent(current, SessionEnd(session_id=session_id, reason="error"))
+        except AuditUnavailable as exc:  # the end is owed (``end``); the PC was told
             return Outcome("error", exc)
         return outcome
 
@@ -395,14 +484,13 @@ class SessionRegistry:
         if session is None or session.final:
             return
         text = plain_text(message, MAX_REASON) or "unknown error"
-        await self._audit.write(
-            "session.failed",
-            actor="system",
-            target=session_id,
-            details={**session.summary(), "error": text},
-        )
-        with contextlib.suppress(IllegalTransition):
-            await self._move(
-                session_id, State.ENDED, actor="system", reason="error", details={"error": text}
+        try:
+            await self._audit.write(
+                "session.failed",
+                actor="system",
+                target=session_id,
+                details={**session.summary(), "error": text},
             )
-            self._tell_agent(session, SessionEnd(session_id=session_id, reason="error"))
+        finally:  # a session that failed ends, on the record or owed to it
+            with contextlib.suppress(IllegalTransition):
+                await self.end(session_id, reason="error", actor="system", details={"error": text})

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from allowhelp.broker.errors import BrokerError
 from allowhelp.broker.store import Store
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.protocol.control import Hello, Message
@@ -40,7 +41,10 @@ class ControlRouter:
         if handler is None:
             log.warning("agent=%s sent a %s, which agents may not send", agent_id, message.type)
             return
-        await handler(agent_id, message)
+        try:
+            await handler(agent_id, message)
+        except BrokerError as exc:  # said where it happened (an audit refusal, owed, ...)
+            log.error("agent=%s %s not taken: %s", agent_id, message.type, exc)
 
 
 class Inventory:

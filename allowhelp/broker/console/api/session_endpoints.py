@@ -85,7 +85,7 @@ async def recording(request: Request) -> Response:
     session = svc.sessions.get(request.path_params["session_id"])
     if session is None or not session.recording or not session.recording_sha256:
         raise NotFound("no recording for this session")
-    path = svc.settings.data_dir / "recordings" / Path(session.recording).name
+    path = svc.settings.recordings_dir / Path(session.recording).name
     if not path.is_file():
         raise NotFound("the recording file is missing")
     # "Verified" means: the chain holds up to and including the record with the
