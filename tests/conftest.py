@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+# This machine's root shell runs `pyenv rehash` at every login (~/.bashrc). A
+# test that ends a session while its login shell is still starting can kill
+# that rehash before it removes its lock, and every later login shell then
+# waits up to 60 s for it: all shell tests after it time out. The lock lives
+# a second at most when nothing goes wrong; one older than a minute is stale.
+PYENV_LOCK = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_pyenv_lock() -> None:
+    with contextlib.suppress(OSError):
+        if time.time() - PYENV_LOCK.stat().st_mtime > 60:
+            PYENV_LOCK.unlink()

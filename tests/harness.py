@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import ssl
 import subprocess
@@ -344,3 +345,57 @@ def running_fleet(
         agent.start(*agent_args, env=agent_env)
         wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to come online")
         yield fleet, broker, agent
+
+
+# A second process that holds the audit database's write lock: a real failure
+# of every audit write the broker tries meanwhile (it waits out its busy timeout,
+# then gets SQLITE_BUSY), not a mock. WAL mode: readers (the API, `audit export`)
+# still work.
+_HOLD_AUDIT_LOCK = (
+    "import sqlite3, sys\n"
+    "conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n"
+    "conn.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"  # until the test closes our stdin
+)
+
+
+@contextmanager
+def audit_locked(broker: Broker, timeout: float = 40) -> Iterator[None]:
+    """While inside, no audit record can be committed; released on leaving."""
+    holder = subprocess.Popen(
+        [PY, "-c", _HOLD_AUDIT_LOCK, str(broker.data / "audit.sqlite3")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], timeout)
+        assert ready and holder.stdout.readline() == b"locked\n", "the audit lock was not taken"
+        yield
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait(5)
+        holder.stdout.close()
+
+
+def agent_status(agent: Agent) -> dict[str, Any]:
+    """What the running agent holds: ``pending`` prompts and granted ``sessions``."""
+    from allowhelp.agent.localsocket import call
+
+    return call(agent.config, {"op": "status"})
+
+
+def log_mark(path: Path) -> int:
+    """Where a log file ends now; ``log_since`` reads what was written after."""
+    return path.stat().st_size if path.exists() else 0
+
+
+def log_since(path: Path, mark: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(mark)
+        return handle.read().decode(errors="replace")

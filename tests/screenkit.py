@@ -1,5 +1,6 @@
-"""Helpers for the screen tests: a private Xvfb with a window that logs its keys,
-a Python RFB client over the screen WebSocket, and process/socket probes."""
+"""Helpers for the screen tests: a private Xvfb with a window that logs its keys
+and a window of a known colour, a Python RFB client over the screen WebSocket,
+and process/socket probes."""
 
 from __future__ import annotations
 
@@ -14,13 +15,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import websockets
 
 from harness import Agent, Desk, agent_cli, wait_for
 
 SCREEN_SIZE = (800, 600)
+# The keys window (xev): white, here. The root is black (Xvfb -br).
+KEYLOG_BOX = (150, 100, 500, 400)
+# A window of one known colour at a known place, away from the keys window and
+# from where the tests put the pointer (x11vnc may paint the cursor in).
+MARK_COLOUR = (0x12, 0xAB, 0x34)
+MARK_BOX = (20, 20, 110, 60)  # x, y, width, height
+MARK_WINDOW = """
+import sys, tkinter
+root = tkinter.Tk()
+root.title("allowhelp-colour")
+root.geometry(sys.argv[2])
+root.configure(background=sys.argv[1], borderwidth=0, highlightthickness=0)
+root.update()
+print("shown", flush=True)
+root.mainloop()
+"""
 FAKE_VNC = Path(__file__).with_name("fake_vnc.py")
 # The fake server runs as this test's interpreter: venvs name it python or python3.
 PYTHON_NAME = Path(sys.executable).name
@@ -35,12 +52,38 @@ class XServer:
     keylog: Path
     xev: subprocess.Popen[bytes] | None = None
     window: str = ""
+    mark: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
         return {"DISPLAY": self.display}
 
     def keys_seen(self) -> str:
         return self.keylog.read_text(errors="replace") if self.keylog.exists() else ""
+
+    def keys_mark(self) -> int:
+        """Where the key log ends now, for ``keys_since``."""
+        return len(self.keys_seen())
+
+    def keys_since(self, mark: int) -> str:
+        return self.keys_seen()[mark:]
+
+    def type_locally(self, key: str) -> None:
+        """A key typed at the PC itself (XTest, into the focused keys window)."""
+        env = {**os.environ, **self.env()}
+        subprocess.run(["xdotool", "key", key], env=env, check=True, timeout=10)
+
+    def pointer(self) -> tuple[int, int]:
+        env = {**os.environ, **self.env()}
+        done = subprocess.run(
+            ["xdotool", "getmouselocation", "--shell"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        values = dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
+        return int(values["X"]), int(values["Y"])
 
     def focus_window(self) -> None:
         """No window manager: give the logging window the keyboard and the pointer."""
@@ -49,7 +92,7 @@ class XServer:
             subprocess.run(["xdotool", *args], env=env, check=True, timeout=10)
 
     def close(self) -> None:
-        for proc in (self.xev, self.proc):
+        for proc in (self.mark, self.xev, self.proc):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -80,6 +123,7 @@ def start_xserver(folder: Path) -> XServer:
         os.close(read_end)
     server = XServer(f":{number}", proc, folder / "keys.log")
     try:
+        _start_mark(server)
         _start_xev(server)
     except BaseException:
         server.close()
@@ -99,6 +143,25 @@ def _read_line(fd: int, timeout: float) -> str:
             raise AssertionError("Xvfb exited before it took a display")
         data += chunk
     return data.decode().strip()
+
+
+def _start_mark(server: XServer) -> None:
+    """The known-colour window (Tk, no window manager: the geometry is exact),
+    painted before this returns (it says so once its first paint is done)."""
+    x, y, width, height = MARK_BOX
+    colour = "#" + "".join(f"{part:02x}" for part in MARK_COLOUR)
+    server.mark = subprocess.Popen(
+        [sys.executable, "-c", MARK_WINDOW, colour, f"{width}x{height}+{x}+{y}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **server.env()},
+        start_new_session=True,
+    )
+    assert server.mark.stdout is not None
+    try:
+        assert _read_line(server.mark.stdout.fileno(), 15) == "shown"
+    finally:
+        server.mark.stdout.close()
 
 
 def _start_xev(server: XServer) -> None:
@@ -153,6 +216,10 @@ class ServerInit:
     bpp: int
     name: str
     security_types: bytes
+    # The pixel format (true colour): byte order, and each channel's max and shift.
+    big_endian: bool = False
+    maxima: tuple[int, int, int] = (255, 255, 255)
+    shifts: tuple[int, int, int] = (16, 8, 0)
 
 
 @dataclass
@@ -183,9 +250,18 @@ class RfbClient:
         assert await self.read(4) == b"\0\0\0\0", "security result"
         await self.send(b"\x01")  # ClientInit: shared
         head = await self.read(24)
-        width, height, bpp = struct.unpack_from(">HHB", head)
+        width, height, bpp, _, big, _, *channels = struct.unpack_from(">HHBBBBHHHBBB", head)
         name = await self.read(struct.unpack_from(">I", head, 20)[0])
-        return ServerInit(width, height, bpp, name.decode("utf-8", "replace"), types)
+        return ServerInit(
+            width,
+            height,
+            bpp,
+            name.decode("utf-8", "replace"),
+            types,
+            bool(big),
+            (channels[0], channels[1], channels[2]),
+            (channels[3], channels[4], channels[5]),
+        )
 
     async def request_raw(self, init: ServerInit, incremental: bool = False) -> None:
         await self.send(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw only
@@ -281,6 +357,54 @@ def socket_inodes(pid: int) -> set[str]:
 def gone(pids: list[int]) -> bool:
     """Exited and reaped: not even a zombie left."""
     return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+Rect = tuple[int, int, int, int, bytes]
+
+
+def pixel_at(rects: list[Rect], init: ServerInit, x: int, y: int) -> tuple[int, int, int]:
+    """The colour (8 bits a channel) at ``x, y`` of a Raw framebuffer update."""
+    size = init.bpp // 8
+    for left, top, width, height, pixels in rects:
+        if left <= x < left + width and top <= y < top + height:
+            at = ((y - top) * width + (x - left)) * size
+            value = int.from_bytes(pixels[at : at + size], "big" if init.big_endian else "little")
+            return (
+                _channel(value, init.maxima[0], init.shifts[0]),
+                _channel(value, init.maxima[1], init.shifts[1]),
+                _channel(value, init.maxima[2], init.shifts[2]),
+            )
+    raise AssertionError(f"no rectangle covers {x},{y}")
+
+
+def _channel(value: int, maximum: int, shift: int) -> int:
+    return ((value >> shift) & maximum) * 255 // maximum
+
+
+def colour_box(
+    rects: list[Rect], init: ServerInit, colour: tuple[int, int, int]
+) -> tuple[int, int, int, int] | None:
+    """Where ``colour`` is on the screen: its bounding box (x, y, width, height), and
+    only if the box is that colour throughout; None when it is nowhere."""
+    size = init.bpp // 8
+    value = sum(
+        (part * maximum // 255) << shift
+        for part, maximum, shift in zip(colour, init.maxima, init.shifts, strict=True)
+    )
+    mask = sum(m << shift for m, shift in zip(init.maxima, init.shifts, strict=True))
+    order: Literal["big", "little"] = "big" if init.big_endian else "little"
+    found: list[tuple[int, int]] = []
+    for left, top, width, _, pixels in rects:
+        for at in range(0, len(pixels), size):
+            if int.from_bytes(pixels[at : at + size], order) & mask == value:
+                index = at // size
+                found.append((left + index % width, top + index // width))
+    if not found:
+        return None
+    xs, ys = [x for x, _ in found], [y for _, y in found]
+    box = (min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1)
+    assert len(found) == box[2] * box[3], f"{colour} is not one solid rectangle: {box}"
+    return box
 
 
 def variance(pixels: bytes, bpp: int) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Fleet, broker_cli
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Fleet, audit_locked, broker_cli
 
 
 @pytest.fixture
@@ -40,6 +40,9 @@ def test_kill_9_during_a_burst_of_logins(fleet: Fleet) -> None:
             for _ in range(400):
                 if stop.is_set():
                     return
+                # No cookie sent: each login adds a web session (a login with a
+                # cookie would replace that cookie's session, keeping one per client).
+                client.cookies.clear()
                 try:
                     answer = client.post(
                         "/api/v1/login", json={"username": TECH, "password": TECH_PW}
@@ -66,6 +69,7 @@ def test_kill_9_during_a_burst_of_logins(fleet: Fleet) -> None:
         broker.data / "audit.sqlite3", "SELECT count(*) FROM audit WHERE type='auth.login.ok'"
     )
     sessions = count(broker.data / "broker.sqlite3", "SELECT count(*) FROM web_sessions")
+    assert sessions >= 20  # they accumulate, so the comparison below can fail
     assert sessions <= logins  # every session that exists was audited first
     broker.start()
     assert broker_cli("audit", "verify", "--data", str(broker.data)).returncode == 0
@@ -120,4 +124,26 @@ def test_full_disk_refuses_logins_with_a_clear_error(fleet: Fleet, tiny_disk: Pa
             == 200
         )
     assert broker.proc is not None and broker.proc.poll() is None  # still serving
+    assert broker_cli("audit", "verify", "--data", str(broker.data)).returncode == 0
+
+
+def test_a_login_the_log_refuses_opens_no_web_session(fleet: Fleet) -> None:
+    """Deterministic where the kill -9 burst is statistical: with the audit log
+    failing for real (another process holds its write lock), a right password
+    gets 503 and no cookie, and no web session is stored for it."""
+    broker = fleet.broker().start()
+    broker.add_user(TECH, TECH_PW)
+    db = broker.data / "broker.sqlite3"
+    before = count(db, "SELECT count(*) FROM web_sessions")
+    with broker.sync_client() as client:
+        with audit_locked(broker):
+            refused = client.post("/api/v1/login", json={"username": TECH, "password": TECH_PW})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "audit_unavailable"
+            assert "set-cookie" not in refused.headers
+            assert count(db, "SELECT count(*) FROM web_sessions") == before
+        assert client.get("/api/v1/me").status_code == 401
+        done = client.post("/api/v1/login", json={"username": TECH, "password": TECH_PW})
+        assert done.status_code == 200
+    assert count(db, "SELECT count(*) FROM web_sessions") == before + 1
     assert broker_cli("audit", "verify", "--data", str(broker.data)).returncode == 0

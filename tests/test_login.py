@@ -14,7 +14,10 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import REQUIRE_TOTP, Authenticator, Principal
 from allowhelp.broker.auth.passwords import hash_password
 from allowhelp.broker.store import Store
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, agent_cli
+from wallkit import raw_request
+
+DORA, DORA_PW = "dora", "dora password 1234"
 
 
 @pytest.fixture(scope="module")
@@ -152,17 +155,43 @@ def test_security_headers(broker: Broker) -> None:
         assert "max-age" in page.headers["strict-transport-security"]
         assert client.get("/api/v1/me").headers["cache-control"] == "no-store"
         assert "<script>" not in page.text  # no inline scripts
-        assert client.get("/../pyproject.toml").status_code == 404
+    # Sent as typed: an HTTP client would normalise "/../" away before sending it.
+    raw = raw_request(broker, b"GET /../pyproject.toml HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert raw.split(b" ", 2)[1] in (b"400", b"404"), raw[:200]
+    assert b"[build-system]" not in raw
 
 
-def test_login_answer_is_uniform_for_disabled_input(broker: Broker, tmp_path: Path) -> None:
+def test_login_answer_is_uniform_for_disabled_input(broker: Broker) -> None:
+    """Every refused login gets the same answer, whatever the cause: status,
+    type and body alike, and no cookie."""
+    broker.add_user(DORA, DORA_PW)
+    with broker.sync_client() as admin:
+        csrf = login(admin, ADMIN, ADMIN_PW).json()["csrf_token"]
+        off = admin.patch(
+            f"/api/v1/users/{DORA}", json={"disabled": True}, headers={"X-CSRF-Token": csrf}
+        )
+        assert off.status_code == 200, off.text
+    refused = {
+        "wrong password": (TECH, "not the password at all"),
+        "unknown user": ("nobody-here", "not the password at all"),
+        "disabled user, right password": (DORA, DORA_PW),
+        "over-long name": ("x" * 5000, "y" * 5000),
+        "over-long password": (TECH, "y" * 5000),
+    }
+    answers = {}
     with broker.sync_client() as client:
-        long_name = login(client, "x" * 5000, "y" * 5000)
-        assert long_name.status_code == 401
+        for case, (user, password) in refused.items():
+            answer = login(client, user, password)
+            assert "set-cookie" not in answer.headers, case
+            answers[case] = (answer.status_code, answer.headers["content-type"], answer.text)
+        assert login(client).status_code == 200  # clears alice's failures for later tests
+    assert len(set(answers.values())) == 1, answers
+    assert answers["wrong password"][0] == 401
 
 
-def test_secrets_never_reach_the_logs(broker: Broker) -> None:
-    """Logs are not audit, and neither may hold a password, token or cookie."""
+def test_secrets_never_reach_the_logs(broker: Broker, tmp_path: Path) -> None:
+    """Logs are not audit, and neither may hold a password, token or cookie: each
+    of them goes through the broker here (the token by a real enrolment)."""
     from allowhelp.certs.token import EnrolmentToken
 
     with broker.sync_client() as client:
@@ -170,9 +199,13 @@ def test_secrets_never_reach_the_logs(broker: Broker) -> None:
         good = login(client)
         cookie = client.cookies["__Host-allowhelp"]
         csrf = good.json()["csrf_token"]
-    secret = EnrolmentToken.decode(broker.token()).secret
+    token = broker.token()
+    secret = EnrolmentToken.decode(token).secret
+    enrolled = agent_cli("enroll", token, "--config", str(tmp_path / "agent"))
+    assert enrolled.returncode == 0, enrolled.stderr  # the secret reached the broker
+    assert "agent.enrolled" in broker.audit_types()
     text = broker.log.read_text()
-    for needle in ("a-distinctive-wrong-password", TECH_PW, cookie, csrf, secret):
+    for needle in ("a-distinctive-wrong-password", TECH_PW, cookie, csrf, token, secret):
         assert needle not in text
 
 

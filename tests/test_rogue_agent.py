@@ -18,7 +18,16 @@ from allowhelp.protocol.control import (
     HelpRefused,
     SessionEnd,
 )
-from harness import TECH, TECH_PW, Desk, running_fleet, wait_pending
+from harness import (
+    TECH,
+    TECH_PW,
+    Desk,
+    log_mark,
+    log_since,
+    running_fleet,
+    wait_for,
+    wait_pending,
+)
 
 
 class RogueSession(asyncssh.SSHServerSession[bytes]):
@@ -79,6 +88,17 @@ def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) 
                 HelpRefused(ref="r", reason="forged").encode(),
             ]
             config = json.loads((rogue.config / "agent.json").read_text())
+            me = f"agent={rogue.agent_id}"
+            # What the broker says of each line, in the order it judges them (one
+            # worker per agent, in order): once the last is logged, all were judged.
+            judged = [
+                f"{me} answered a session that is not its own",
+                f"{me} ended a session that is not its own",
+                f"{me} sent a consent.request, which agents may not send",
+                f"{me} sent a help.code, which agents may not send",
+                f"{me} sent a help.refused, which agents may not send",
+            ]
+            mark = log_mark(broker.log)
 
             async def attack() -> None:
                 options = asyncssh.SSHServerConnectionOptions(
@@ -89,14 +109,22 @@ def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) 
                 conn = await asyncssh.connect_reverse(
                     config["tunnel_host"], config["tunnel_port"], config=None, options=options
                 )
-                await asyncio.sleep(2)  # let the broker read and judge every line
-                conn.close()
+                try:
+                    await asyncio.to_thread(
+                        wait_for,
+                        lambda: judged[-1] in log_since(broker.log, mark),
+                        15,
+                        "the broker to judge every line the rogue sent",
+                    )
+                finally:
+                    conn.close()
 
-            asyncio.run(asyncio.wait_for(attack(), 20))
+            asyncio.run(asyncio.wait_for(attack(), 30))
+            said = log_since(broker.log, mark)
+            for line in judged:
+                assert line in said, line
             # Nothing the rogue said touched the victim's session.
             assert desk.session(sid)["state"] == "awaiting_consent"
             assert broker.proc is not None and broker.proc.poll() is None
-            assert "not its own" in broker.log.read_text()
-            assert "sent a help.refused, which agents may not send" in broker.log.read_text()
         finally:
             desk.close()

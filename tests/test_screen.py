@@ -1,15 +1,26 @@
 """The screen through a real broker and real agents: Xvfb, x11vnc, a Python RFB client.
 
 One private Xvfb (on a display number it picks) with an ``xev`` window that
-logs every key it gets; three agents on one broker: one on that display, one
-started without DISPLAY, one whose "x11vnc" is a hostile fake (tests/fake_vnc.py).
+logs every key it gets and a window of a known colour; four agents on one
+broker: one on that display, one on that display whose x11vnc never runs with
+its own ``-viewonly`` (so only the broker's filter keeps a view-only grant
+view-only), one started without DISPLAY, one whose "x11vnc" is a hostile fake
+(tests/fake_vnc.py).
+
+Whether input reached the display is decided by a fact, not by a pause: after
+the technician's input, one more request goes through x11vnc (which handles a
+client's messages in order), then a marker key is typed at the PC itself. Once
+the marker is in the key log, everything the technician's input did is there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +29,7 @@ from typing import Any
 import pytest
 import websockets
 
-from allowhelp.agent.screen import TEST_COMMAND_ENV
+from allowhelp.agent.screen import TEST_COMMAND_ENV, x11vnc_argv
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -29,30 +40,41 @@ from harness import (
     Desk,
     Fleet,
     broker_cli,
+    log_mark,
+    log_since,
     online,
     wait_for,
     wait_pending,
 )
 from screenkit import (
     FAKE_VNC,
+    KEYLOG_BOX,
+    MARK_BOX,
+    MARK_COLOUR,
     PYTHON_NAME,
     SCREEN_SIZE,
     RfbClient,
+    ServerInit,
     XServer,
+    colour_box,
     command_line,
     gone,
     key_event,
     listening_inodes,
     on_pc,
+    pixel_at,
     pointer_event,
     processes,
     screen_socket,
     socket_inodes,
     start_xserver,
-    variance,
 )
 
 KEYSYM_A, KEYSYM_Z = 0x61, 0x7A
+MARKER, MARKER_SEEN = "m", "keysym 0x6d, m)"
+Z_SEEN = "keysym 0x7a, z)"
+POINTER_TO = (123, 77)  # away from where focus_window leaves the pointer (400, 300)
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
 
 
@@ -85,8 +107,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, xserver: XServer) -> Iterato
         broker.add_user(TECH, TECH_PW)
         mode = root / "fake-mode"
         mode.write_text("hostile")
+        # x11vnc as the agent runs it for a control grant, whatever the grant: its
+        # own -viewonly is never on, so a view-only grant rests on the broker alone.
+        x11vnc = shutil.which("x11vnc")
+        assert x11vnc is not None, "x11vnc is needed"
+        raw = shlex.join(x11vnc_argv(x11vnc, xserver.display, view_only=False))
         agents = {
             "x": start_agent(fleet, broker, "x", agent_env(DISPLAY=xserver.display)),
+            "x-raw": start_agent(
+                fleet,
+                broker,
+                "x-raw",
+                agent_env(DISPLAY=xserver.display, **{TEST_COMMAND_ENV: raw}),
+            ),
             "headless": start_agent(fleet, broker, "headless", agent_env()),
             "fake": start_agent(
                 fleet,
@@ -96,7 +129,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, xserver: XServer) -> Iterato
             ),
         }
         for agent in agents.values():
-            wait_for(lambda a=agent: online(broker, a.agent_id), 20, "agent online")
+            wait_for(functools.partial(online, broker, agent.agent_id), 20, "agent online")
         yield {"broker": broker, "fleet": fleet, "mode": mode, "xserver": xserver, **agents}
     finally:
         fleet.close()
@@ -130,6 +163,25 @@ def x11vnc_of(xserver: XServer) -> list[int]:
     return wait_for(lambda: processes(xserver.display), 10, "x11vnc to run")  # type: ignore[no-any-return]
 
 
+async def input_then_marker(client: RfbClient, init: ServerInit, xserver: XServer) -> str:
+    """Send a key (z), a pointer move and a cut text as the technician; once x11vnc
+    has answered a later request, type the marker key at the PC and wait for it.
+    Returns the key log from before the input to the marker: all the input did."""
+    mark = xserver.keys_mark()
+    xserver.focus_window()
+    cut = b"\x06\0\0\0" + (5).to_bytes(4, "big") + b"hello"
+    await client.send(key_event(KEYSYM_Z, True))
+    await client.send(key_event(KEYSYM_Z, False) + pointer_event(0, *POINTER_TO) + cut)
+    # The stream goes on after the (possibly dropped) events: ask for a picture.
+    await client.request_raw(init)
+    assert await client.framebuffer_update(init)
+    await asyncio.to_thread(xserver.type_locally, MARKER)
+    await asyncio.to_thread(
+        wait_for, lambda: MARKER_SEEN in xserver.keys_since(mark), 10, "the marker key"
+    )
+    return xserver.keys_since(mark)
+
+
 async def closed_by_broker(ws: Any, timeout: float = 10) -> websockets.ConnectionClosed:
     with pytest.raises(websockets.ConnectionClosed) as caught:
         while True:
@@ -155,7 +207,13 @@ def test_screen_shows_the_display_and_takes_keys_under_control(
             await client.request_raw(init)
             rects = await client.framebuffer_update(init)
             assert sum(w * h for _, _, w, h, _ in rects) == init.width * init.height
-            assert max(variance(pixels, init.bpp) for *_, pixels in rects) > 1, "blank screen"
+            # The PC's own screen, where it is: the known-colour window exactly at
+            # its place, the white keys window, the black root around them.
+            assert colour_box(rects, init, MARK_COLOUR) == MARK_BOX
+            x, y, _, _ = KEYLOG_BOX
+            assert pixel_at(rects, init, x + 50, y + 50) == WHITE
+            assert pixel_at(rects, init, 5, SCREEN_SIZE[1] - 5) == BLACK
+            assert pixel_at(rects, init, SCREEN_SIZE[0] - 5, 5) == BLACK
             pids = x11vnc_of(xserver)
             assert len(pids) == 1 and "-viewonly" not in command_line(pids[0])
             assert "-inetd" in command_line(pids[0])
@@ -187,15 +245,8 @@ def test_view_only_keys_do_not_reach_the_display(world: dict[str, Any], desk: De
             init = await client.handshake()
             pids = x11vnc_of(xserver)
             assert {"-viewonly", "-nosel"} <= set(command_line(pids[0]))
-            xserver.focus_window()
-            cut = b"\x06\0\0\0" + (5).to_bytes(4, "big") + b"hello"
-            await client.send(key_event(KEYSYM_Z, True))
-            await client.send(key_event(KEYSYM_Z, False) + pointer_event(1, 300, 300) + cut)
-            # The stream goes on after the dropped events: ask for a picture.
-            await client.request_raw(init)
-            assert await client.framebuffer_update(init)
-            await asyncio.sleep(1.0)
-            assert "keysym 0x7a" not in xserver.keys_seen(), "a view-only key reached the PC"
+            seen = await input_then_marker(client, init, xserver)
+            assert "keysym 0x7a" not in seen, "a view-only key reached the PC"
             ended = await asyncio.to_thread(desk.client.post, f"/api/v1/sessions/{session_id}/end")
             assert ended.status_code == 200
             closed = await closed_by_broker(ws)
@@ -206,6 +257,47 @@ def test_view_only_keys_do_not_reach_the_display(world: dict[str, Any], desk: De
     assert desk.session(session_id)["end_reason"] == "technician"
     wait_for(lambda: gone(pids), 10, "x11vnc to be gone after the technician ended")
     assert "view-only: dropped 4 input events" in world["broker"].log.read_text()
+
+
+@pytest.mark.x11
+@pytest.mark.parametrize("view_only", [False, True], ids=["control", "view-only"])
+def test_the_broker_alone_keeps_a_view_only_grant_view_only(
+    world: dict[str, Any], desk: Desk, view_only: bool
+) -> None:
+    """x11vnc without its own -viewonly takes whatever reaches it: under control
+    the key and the pointer move arrive (so this test can fail); under a view-only
+    grant the broker's filter is all that stands between them and the PC."""
+    xserver: XServer = world["xserver"]
+    broker: Broker = world["broker"]
+    session_id = consented(desk, world["x-raw"], view_only=view_only)
+    log_at = log_mark(broker.log)
+
+    async def scenario() -> tuple[str, tuple[int, int]]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            init = await client.handshake()
+            pids = x11vnc_of(xserver)
+            assert len(pids) == 1 and "-viewonly" not in command_line(pids[0])
+            seen = await input_then_marker(client, init, xserver)
+            pointer = await asyncio.to_thread(xserver.pointer)
+            ended = await asyncio.to_thread(desk.client.post, f"/api/v1/sessions/{session_id}/end")
+            assert ended.status_code == 200
+            await closed_by_broker(ws)
+            return seen, pointer
+
+    seen, pointer = asyncio.run(scenario())
+    assert desk.wait_state(session_id, "ended")["view_only"] is view_only
+    if view_only:
+        assert "keysym 0x7a" not in seen, "a view-only key reached the PC"
+        assert pointer != POINTER_TO, "a view-only pointer move reached the PC"
+        wait_for(
+            lambda: "view-only: dropped 4 input events" in log_since(broker.log, log_at),
+            10,
+            "the broker to say what it dropped",
+        )
+    else:
+        assert Z_SEEN in seen and seen.index(Z_SEEN) < seen.index(MARKER_SEEN), seen
+        assert pointer == POINTER_TO
 
 
 @pytest.mark.x11

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -131,12 +132,20 @@ async def test_a_failing_program_reports_its_last_words() -> None:
     assert status == 3 and b"cannot open display" in stderr
 
 
-async def test_close_kills_the_whole_process_group() -> None:
-    proc = ScreenProcess(Collect(), ["sh", "-c", "sleep 300 & sleep 300"], {}, lambda s, e: None)
-    await asyncio.sleep(0.2)
-    assert len(group_members(proc.pid)) >= 2  # sh and its background sleep
-    proc.close()
-    deadline = asyncio.get_running_loop().time() + 5
-    while group_members(proc.pid) and asyncio.get_running_loop().time() < deadline:
+async def until(fact: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``fact`` without blocking the loop the screen process runs on."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not fact():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
-    assert group_members(proc.pid) == []
+
+
+async def test_close_kills_the_whole_process_group() -> None:
+    ready = Collect()
+    script = "sleep 300 & echo started; sleep 300"
+    proc = ScreenProcess(ready, ["sh", "-c", script], {}, lambda s, e: None)
+    await asyncio.wait_for(ready.got.wait(), 10)  # the background sleep is forked
+    await until(lambda: len(group_members(proc.pid)) >= 2, 10, "sh and its background sleep")
+    proc.close()
+    await until(lambda: group_members(proc.pid) == [], 5, "the whole group to be gone")

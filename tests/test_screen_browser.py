@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,19 +27,30 @@ from harness import (
     wait_for,
     wait_pending,
 )
-from screenkit import FAKE_VNC, SCREEN_SIZE, XServer, gone, on_pc, processes, start_xserver
+from screenkit import (
+    FAKE_VNC,
+    MARK_BOX,
+    MARK_COLOUR,
+    SCREEN_SIZE,
+    XServer,
+    gone,
+    on_pc,
+    processes,
+    start_xserver,
+)
 
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
-# Distinct colours in a sample of the canvas: 1 is a blank (one-colour) picture.
-CANVAS_COLOURS = """() => {
+# The canvas at the known-colour window of the PC's screen (screenkit.MARK_BOX):
+# its centre, two corners just inside and two points just outside.
+CANVAS_MARK = """([x, y, w, h]) => {
   const canvas = document.querySelector('#screen canvas');
-  if (!canvas || !canvas.width) return {width: 0, height: 0, colours: 0};
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  const seen = new Set();
-  for (let i = 0; i < data.length; i += 4 * 31) {
-    seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
-  }
-  return {width: canvas.width, height: canvas.height, colours: seen.size};
+  if (!canvas || !canvas.width) return null;
+  const context = canvas.getContext('2d');
+  const at = (px, py) => Array.from(context.getImageData(px, py, 1, 1).data.slice(0, 3));
+  return {width: canvas.width, height: canvas.height,
+          centre: at(x + (w >> 1), y + (h >> 1)),
+          inside: [at(x, y), at(x + w - 1, y + h - 1)],
+          outside: [at(x - 1, y), at(x + w, y + h - 1), at(x, y + h)]};
 }"""
 
 pytestmark = [pytest.mark.browser, pytest.mark.x11]
@@ -69,7 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             assert agent.enroll(broker.token()).returncode == 0
             agent.start("--reconnect-cap", "2", "--prompt", "none", env=env)
         for agent in agents.values():
-            wait_for(lambda a=agent: online(broker, a.agent_id), 20, "agent online")
+            wait_for(functools.partial(online, broker, agent.agent_id), 20, "agent online")
         yield {"broker": broker, "xserver": xserver, "mode": mode, **agents}
     finally:
         fleet.close()
@@ -118,12 +130,17 @@ async def test_the_page_shows_the_remote_desktop(world: dict[str, Any], browser:
     canvas = page.locator("#screen canvas")
     await expect(canvas).to_be_visible()
 
-    async def painted() -> dict[str, int]:
+    colour = list(MARK_COLOUR)
+
+    async def painted() -> dict[str, Any]:
+        """The canvas once it shows the known-colour window (bounded: 15 s)."""
         deadline = asyncio.get_running_loop().time() + 15
         while True:
-            seen: dict[str, int] = await page.evaluate(CANVAS_COLOURS)
-            if seen["colours"] > 1 or asyncio.get_running_loop().time() > deadline:
+            seen: dict[str, Any] | None = await page.evaluate(CANVAS_MARK, list(MARK_BOX))
+            if seen is not None and seen["centre"] == colour:
                 return seen
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the PC's known-colour window is not shown: {seen}")
             await asyncio.sleep(0.2)
 
     seen = await painted()
@@ -131,7 +148,9 @@ async def test_the_page_shows_the_remote_desktop(world: dict[str, Any], browser:
     await canvas.screenshot(path=str(ARTIFACTS / "screen.png"))
     await page.screenshot(path=str(ARTIFACTS / "screen-page.png"))
     assert (seen["width"], seen["height"]) == SCREEN_SIZE
-    assert seen["colours"] > 1, "the canvas is blank"
+    # Where it is on the PC, and no bigger: the picture is the PC's, unscaled.
+    assert seen["inside"] == [colour, colour], seen
+    assert colour not in seen["outside"], seen
     assert await page.locator("#view-only").is_hidden()
     assert await page.locator("#clipboard").is_visible()  # control: clipboard both ways
     xserver.focus_window()
@@ -157,13 +176,17 @@ async def test_view_only_is_shown_and_keeps_the_clipboard_closed(
     await page.wait_for_selector("body[data-screen=connected]", timeout=15000)
     await expect(page.locator("#view-only")).to_be_visible()
     assert await page.locator("#clipboard").is_hidden()
-    before = world["xserver"].keys_seen().count("KeyPress")
+    xserver: XServer = world["xserver"]
+    before = xserver.keys_seen().count("KeyPress")
+    pids = processes(xserver.display)
+    assert pids
     await page.locator("#screen canvas").click()
     await page.keyboard.type("qq")
-    await asyncio.sleep(0.5)
-    assert world["xserver"].keys_seen().count("KeyPress") == before
     await page.click("#end")
     await expect(page.locator("#message")).to_contain_text("ended", timeout=10000)
+    # Once x11vnc is gone nothing it was sent can still reach the display.
+    await asyncio.to_thread(wait_for, lambda: gone(pids), 10, "x11vnc to go")
+    assert xserver.keys_seen().count("KeyPress") == before
     assert problems == []
 
 

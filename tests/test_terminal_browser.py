@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -55,7 +56,11 @@ async def request_shell(page: Page, agent_id: str) -> dict[str, Any]:
 
 async def test_shell_in_the_browser(setup: tuple[Broker, Agent], browser: Chromium) -> None:
     broker, agent = setup
-    page, violations = await logged_in_page(browser, broker, TECH, TECH_PW)
+    # The page may use the clipboard (as a technician's browser would let it), so a
+    # write from the PC would land there: the test reads it back.
+    page, violations = await logged_in_page(
+        browser, broker, TECH, TECH_PW, permissions=["clipboard-read", "clipboard-write"]
+    )
     session = await request_shell(page, agent.agent_id)
     await page.goto(f"{broker.url}/terminal.html?session={session['id']}")
     await page.wait_for_selector("#phrase-line:not([hidden])")
@@ -68,9 +73,20 @@ async def test_shell_in_the_browser(setup: tuple[Broker, Agent], browser: Chromi
     await page.locator(".xterm").click()
     await page.keyboard.type("echo browser-$((7*6))\n")
     await expect(rows).to_contain_text("browser-42", timeout=15000)
-    # OSC 52 must not reach the technician's clipboard: xterm.js swallows it.
-    await page.keyboard.type("printf '\\033]52;c;ZXZpbA==\\007osc-done\\n'\n")
+    # OSC 52 from the PC must not reach the technician's clipboard. (xterm.js 6 has
+    # no OSC 52 handler of its own, only the clipboard add-on writes the clipboard;
+    # the page swallows OSC 52 so that no handler ever will.)
+    mine = "the technician's own clipboard"
+    await page.evaluate("(text) => navigator.clipboard.writeText(text)", mine)
+    assert await page.evaluate("() => navigator.clipboard.readText()") == mine
+    evil = base64.b64encode(b"rm -rf ~ # from the PC").decode()
+    # Typed in parts, so only the output holds the payload (and "osc-done") whole:
+    # once "osc-done" is shown, xterm.js has parsed the OSC 52 sequence before it.
+    head, tail = evil[:8], evil[8:]
+    await page.keyboard.type(f"printf '\\033]52;c;%s%s\\007osc-%s\\n' {head} {tail} done\n")
     await expect(rows).to_contain_text("osc-done", timeout=15000)
+    assert await page.evaluate("() => navigator.clipboard.readText()") == mine
+    assert evil not in (await rows.text_content() or "")  # swallowed, not shown either
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "terminal.png"))
     await page.click("#end")

@@ -80,7 +80,9 @@ def test_events_socket_needs_the_exact_origin_and_a_cookie(broker: Broker, alice
     assert asyncio.run(welcome()) == {"type": "hello", "user": TECH, "role": "technician"}
 
 
-def test_other_websocket_paths_are_walled_too(broker: Broker, alice: Console) -> None:
+def test_a_websocket_to_no_route_is_walled_too(broker: Broker, alice: Console) -> None:
+    """The session sockets are tried on live sessions in tests/test_wall_sessions.py."""
+
     async def attempt(path: str) -> int:
         try:
             ws = await ws_connect(broker, path, origin="https://evil.example", cookie=alice.cookie)
@@ -89,8 +91,7 @@ def test_other_websocket_paths_are_walled_too(broker: Broker, alice: Console) ->
         await ws.close()
         return 101
 
-    for path in ("/api/v1/sessions/x/terminal", "/api/v1/sessions/x/screen", "/nothing"):
-        assert asyncio.run(attempt(path)) == 403, path
+    assert asyncio.run(attempt("/nothing")) == 403
 
 
 def test_logout_kills_the_cookie_and_the_open_socket(broker: Broker) -> None:
@@ -235,15 +236,22 @@ def test_request_bodies_are_capped(alice: Console) -> None:
 
 
 def test_a_trickled_request_head_is_cut_off(broker: Broker) -> None:
+    """One deadline for the whole head, counted from the connection: a header every
+    0.25 s never moves it. Timed from before connecting, so the lower bound holds
+    whatever the load; the upper one only says the trickle did not extend it
+    (a per-line deadline would never fire), with room for a busy machine."""
+    started = time.monotonic()
+    give_up = started + LIMITS.header_timeout * 2 + 5
+    answer = b""
     with raw_tls(broker) as conn:
-        started = time.monotonic()
         conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
-        answer = b""
-        for i in range(int(LIMITS.header_timeout * 4) + 20):
+        i = 0
+        while time.monotonic() < give_up:
             try:
                 conn.sendall(b"X-Slow-%d: y\r\n" % i)  # one header every 0.25 s, never the end
             except OSError:
                 break
+            i += 1
             conn.settimeout(0.25)
             try:
                 data = conn.recv(4096)
@@ -253,7 +261,7 @@ def test_a_trickled_request_head_is_cut_off(broker: Broker) -> None:
             break  # an answer, or b"" when the server closed
         elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer
-    assert LIMITS.header_timeout - 0.5 < elapsed < LIMITS.header_timeout + 2.5, elapsed
+    assert elapsed >= LIMITS.header_timeout, elapsed  # never before the deadline
 
 
 def test_an_oversized_request_head_is_refused(broker: Broker) -> None:
@@ -262,9 +270,9 @@ def test_an_oversized_request_head_is_refused(broker: Broker) -> None:
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
 
 
-def test_a_streamed_endless_header_is_refused_before_the_deadline(broker: Broker) -> None:
+def test_a_streamed_endless_header_is_refused_for_its_size(broker: Broker) -> None:
+    """Refused once it is too big, not when the deadline comes: 431, never 408."""
     with raw_tls(broker) as conn:
-        started = time.monotonic()
         conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Endless: ")
         answer = b""
         for _ in range(64):
@@ -281,7 +289,6 @@ def test_a_streamed_endless_header_is_refused_before_the_deadline(broker: Broker
         conn.settimeout(5)
         answer += b"" if answer else conn.recv(4096)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
-    assert time.monotonic() - started < LIMITS.header_timeout
 
 
 def test_oversized_websocket_messages_close_with_1009(broker: Broker, alice: Console) -> None:
@@ -355,7 +362,9 @@ def test_agents_come_online_live_and_sessions_reach_only_their_owner(
                 await asyncio.wait_for(ws.recv(), 10)
             return ws.close_code or 0
 
-    assert asyncio.run(bob_attaches()) in (403, 1008)
+    # Refused before accepting (HTTP 403), here on a session still awaiting consent;
+    # on an active one, by ownership alone: tests/test_wall_sessions.py.
+    assert asyncio.run(bob_attaches()) == 403
     assert alice.post(f"/api/v1/sessions/{sid}/end").status_code == 200
     alice.close()
     bob.close()
