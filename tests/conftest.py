@@ -1,4 +1,10 @@
-"""Make the test helpers importable as plain modules (``from harness import ...``)."""
+"""The suite's shared set-up.
+
+Tests are grouped by the room of the product they hold to account (``model/``,
+``audit/``, ``sessions/``, ...; ``house/`` for rules of the whole tree). The
+helpers they share live in ``kit/`` and are importable as plain modules
+(``from harness import ...``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "kit"))
 
 
 # This machine's root shell runs `pyenv rehash` at every login (~/.bashrc). A

@@ -53,7 +53,7 @@ def test_login_sets_a_host_only_strict_cookie(broker: Broker) -> None:
 
 
 def test_wrong_password_and_unknown_user_look_the_same(broker: Broker) -> None:
-    """One answer, after the same argon2 work (tests/test_passwords.py checks it is the
+    """One answer, after the same argon2 work (tests/auth/test_passwords.py checks it is the
     same hash function at the same cost). Here only the end-to-end timing, loosely:
     interleaved samples, medians, a two-sided bound. An unknown user answered without
     the hash would be ~50x faster; noise on a busy machine stays well within 2.5x."""

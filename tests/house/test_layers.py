@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "allowhelp"
+PACKAGE = Path(__file__).resolve().parents[2] / "allowhelp"
 
 # The broker's rooms, bottom first; rooms of one floor may not import each other.
 BROKER_FLOORS: list[set[str]] = [

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_syslog import parse_5424
 
 from allowhelp.broker.audit.anchor import AnchorSink, parse_anchors, read_anchors
 from allowhelp.broker.audit.chain import (
@@ -31,6 +30,7 @@ from allowhelp.broker.audit.codes import ANCHOR_MSGID, EVENT_CODES
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from harness import ADMIN, ADMIN_PW, Desk, Fleet, broker_cli, wait_for
+from syslogkit import parse_5424
 
 
 @pytest.fixture

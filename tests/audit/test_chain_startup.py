@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import websockets
-from test_shell import Terminal, consented_shell
 
 from allowhelp.broker.audit import integrity
 from allowhelp.broker.audit.anchor import AnchorSink
@@ -37,6 +36,7 @@ from harness import (
     running_fleet,
     wait_for,
 )
+from terminalkit import Terminal, consented_shell
 
 
 def export(data: Path) -> list[dict[str, Any]]:

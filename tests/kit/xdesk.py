@@ -19,7 +19,7 @@ from typing import Any
 
 from harness import wait_for
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 X11_TOOLS = ("Xvfb", "xdotool", "import")
 RETRY_AFTER = 2.0
 

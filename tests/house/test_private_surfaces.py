@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _requirement(name: str) -> Requirement:

@@ -29,7 +29,7 @@ from allowhelp.broker.audit.log import (
 )
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 REQUIRED_TYPES = [
     "auth.login.ok",
@@ -435,7 +435,7 @@ def test_forwarder_gets_records_after_commit_and_cannot_break_append(
 
 def test_kill_9_mid_burst_loses_no_audit_record(tmp_path: Path) -> None:
     audit, actions = tmp_path / "audit.sqlite3", tmp_path / "actions.sqlite3"
-    script = Path(__file__).with_name("audit_burst.py")
+    script = Path(__file__).parents[1] / "kit" / "audit_burst.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), str(audit), str(actions), "20000", "20"],
         stdout=subprocess.PIPE,

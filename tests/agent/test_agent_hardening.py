@@ -299,7 +299,8 @@ def code() -> Iterator[Path]:
         source = Path(allowhelp.__file__).parent
         skip = shutil.ignore_patterns("__pycache__")
         (folder / "allowhelp").mkdir()
-        shutil.copy(source / "__init__.py", folder / "allowhelp")
+        for module in ("__init__.py", "runtime.py"):
+            shutil.copy(source / module, folder / "allowhelp")
         for package in ("agent", "protocol"):
             shutil.copytree(source / package, folder / "allowhelp" / package, ignore=skip)
         subprocess.run(["chmod", "-R", "a+rX", str(folder)], check=True, timeout=10)

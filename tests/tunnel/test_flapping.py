@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tunnel import CuttableProxy, port_of
 
 from allowhelp.broker.audit.flapping import OVERFLOW_KEY, Coalescer, FlapGate
 from allowhelp.broker.store import Store
 from harness import ADMIN, ADMIN_PW, Agent, Broker, Desk, Fleet, broker_cli, online, wait_for
+from netkit import CuttableProxy, port_of
 
 WINDOW = 15.0
 

@@ -81,7 +81,7 @@ def test_events_socket_needs_the_exact_origin_and_a_cookie(broker: Broker, alice
 
 
 def test_a_websocket_to_no_route_is_walled_too(broker: Broker, alice: Console) -> None:
-    """The session sockets are tried on live sessions in tests/test_wall_sessions.py."""
+    """The session sockets are tried on live sessions in tests/console/test_wall_sessions.py."""
 
     async def attempt(path: str) -> int:
         try:
@@ -167,7 +167,7 @@ def test_security_headers_everywhere(broker: Broker, alice: Console) -> None:
     assert alice.get("/js/pages/console.js").headers["content-type"].startswith("text/javascript")
 
 
-WEB = Path(__file__).resolve().parents[1] / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"
 INLINE = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>|<style|\sstyle\s*=|\son[a-z]+\s*=", re.I)
 MARKUP_SINKS = re.compile(
     r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function"
@@ -363,7 +363,7 @@ def test_agents_come_online_live_and_sessions_reach_only_their_owner(
             return ws.close_code or 0
 
     # Refused before accepting (HTTP 403), here on a session still awaiting consent;
-    # on an active one, by ownership alone: tests/test_wall_sessions.py.
+    # on an active one, by ownership alone: tests/console/test_wall_sessions.py.
     assert asyncio.run(bob_attaches()) == 403
     assert alice.post(f"/api/v1/sessions/{sid}/end").status_code == 200
     alice.close()

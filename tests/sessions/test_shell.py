@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import websockets
-from websockets.asyncio.client import ClientConnection
 
 from harness import (
     ADMIN,
@@ -24,8 +23,8 @@ from harness import (
     agent_call,
     broker_cli,
     running_fleet,
-    wait_pending,
 )
+from terminalkit import Terminal, consented_shell
 
 
 @pytest.fixture(scope="module")
@@ -39,33 +38,6 @@ def desk(setup: tuple[Broker, Agent]) -> Iterator[Desk]:
     desk = Desk.login(setup[0], TECH, TECH_PW)
     yield desk
     desk.close()
-
-
-def consented_shell(desk: Desk, agent: Agent) -> str:
-    session = desk.request(agent.agent_id).json()
-    wait_pending(agent, session["id"])
-    assert agent_call(agent, "allow", session["id"]).returncode == 0
-    desk.wait_state(session["id"], "active")
-    return str(session["id"])
-
-
-class Terminal:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.seen = b""
-
-    async def send(self, text: str) -> None:
-        await self.ws.send(text.encode())
-
-    async def expect(self, needle: bytes, timeout: float = 10) -> bytes:
-        async def read() -> bytes:
-            while needle not in self.seen:
-                frame = await self.ws.recv()
-                assert isinstance(frame, bytes)
-                self.seen += frame
-            return self.seen
-
-        return await asyncio.wait_for(read(), timeout)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from allowhelp.broker.audit.log import GENESIS_HASH, AuditLog, AuditRecord
 from allowhelp.broker.cli.audit import add_audit_commands
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ERROR_PREFIX = "allowhelp-broker: error: "
 
 

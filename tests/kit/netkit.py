@@ -1,0 +1,74 @@
+"""Network plumbing for tunnel tests: a proxy whose connections can be cut."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+
+def port_of(hostport: str) -> int:
+    return int(hostport.rpartition(":")[2])
+
+
+class CuttableProxy:
+    """TCP proxy on 127.0.0.1 that a test can cut (close everything) and restore,
+    or black-hole (keep the connections open, forward nothing: a dead peer)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.black_hole = False
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._thread.start()
+
+    def _call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self.black_hole:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def restore(self) -> None:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+        self._call(start())
+
+    def cut(self) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+            for writer in self._writers:
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(stop())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

@@ -1,0 +1,41 @@
+"""A consented shell and its terminal WebSocket, as the technician's page drives them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.client import ClientConnection
+
+from harness import (
+    Agent,
+    Desk,
+    agent_call,
+    wait_pending,
+)
+
+
+def consented_shell(desk: Desk, agent: Agent) -> str:
+    session = desk.request(agent.agent_id).json()
+    wait_pending(agent, session["id"])
+    assert agent_call(agent, "allow", session["id"]).returncode == 0
+    desk.wait_state(session["id"], "active")
+    return str(session["id"])
+
+
+class Terminal:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.seen = b""
+
+    async def send(self, text: str) -> None:
+        await self.ws.send(text.encode())
+
+    async def expect(self, needle: bytes, timeout: float = 10) -> bytes:
+        async def read() -> bytes:
+            while needle not in self.seen:
+                frame = await self.ws.recv()
+                assert isinstance(frame, bytes)
+                self.seen += frame
+            return self.seen
+
+        return await asyncio.wait_for(read(), timeout)
