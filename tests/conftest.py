@@ -11,11 +11,30 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "kit"))
+
+from harness import Broker, Fleet, staffed_broker
+
+
+@pytest.fixture(scope="module")
+def staffed(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Fleet]:
+    """A running broker with an admin and a technician, shared by one test module."""
+    name = request.module.__name__.rpartition(".")[2]
+    with staffed_broker(tmp_path_factory.mktemp(name)) as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="module")
+def broker(staffed: Fleet) -> Broker:
+    """The broker of ``staffed``; modules that need another broker define their own."""
+    return staffed.brokers[0]
 
 
 # This machine's root shell runs `pyenv rehash` at every login (~/.bashrc). A

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import REQUIRE_TOTP, Authenticator, Principal
 from allowhelp.broker.auth.passwords import hash_password
 from allowhelp.broker.store import Store
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, agent_cli
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, agent_cli
 from wallkit import raw_request
 
 DORA, DORA_PW = "dora", "dora password 1234"
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    fleet = Fleet(tmp_path_factory.mktemp("login"))
-    broker = fleet.broker().start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    broker.add_user(TECH, TECH_PW)
-    yield broker
-    fleet.close()
 
 
 def login(client: httpx.Client, user: str = TECH, password: str = TECH_PW) -> httpx.Response:

@@ -22,7 +22,6 @@ from harness import (
     Fleet,
     broker_cli,
     online,
-    staffed_broker,
     wait_for,
 )
 from wallkit import Console, enrol_totp
@@ -40,17 +39,6 @@ ADMIN_ONLY = [
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/audit/verify"),
 ]
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with staffed_broker(tmp_path_factory.mktemp("admin")) as fleet:
-        yield fleet
-
-
-@pytest.fixture(scope="module")
-def broker(fleet: Fleet) -> Broker:
-    return fleet.brokers[0]
 
 
 @pytest.fixture
@@ -120,7 +108,7 @@ def test_admin_cannot_lock_the_desk_out(admin: Console) -> None:
     assert admin.client.patch(f"/api/v1/users/{TECH}", json={"role": "root"}).status_code == 400
 
 
-def test_tokens_create_list_use_and_revoke(fleet: Fleet, broker: Broker, admin: Console) -> None:
+def test_tokens_create_list_use_and_revoke(staffed: Fleet, broker: Broker, admin: Console) -> None:
     made = admin.post("/api/v1/tokens", json={"ttl": "1h", "uses": 1})
     assert made.status_code == 201
     token = made.json()
@@ -129,7 +117,7 @@ def test_tokens_create_list_use_and_revoke(fleet: Fleet, broker: Broker, admin: 
     listed = {t["id"]: t for t in admin.get("/api/v1/tokens").json()}
     assert listed[token["id"]]["state"] == "active"
     assert listed[token["id"]]["created_by"] == f"admin:{ADMIN}"
-    assert fleet.agent("token-agent").enroll(token["token"]).returncode == 0
+    assert staffed.agent("token-agent").enroll(token["token"]).returncode == 0
     listed = {t["id"]: t for t in admin.get("/api/v1/tokens").json()}
     assert listed[token["id"]]["state"] == "used"
 
@@ -138,7 +126,7 @@ def test_tokens_create_list_use_and_revoke(fleet: Fleet, broker: Broker, admin: 
     assert admin.post(f"/api/v1/tokens/{spare['id']}/revoke").status_code == 404
     listed = {t["id"]: t for t in admin.get("/api/v1/tokens").json()}
     assert listed[spare["id"]]["state"] == "revoked"
-    refused = fleet.agent("late-agent").enroll(spare["token"])
+    refused = staffed.agent("late-agent").enroll(spare["token"])
     assert refused.returncode != 0
     assert "token.revoked" in broker.audit_types()
     for bad in ({"ttl": "1y"}, {"uses": 0}, {"uses": "3"}, {"ttl": 5}):
@@ -146,9 +134,9 @@ def test_tokens_create_list_use_and_revoke(fleet: Fleet, broker: Broker, admin: 
 
 
 def test_removed_agent_is_dropped_and_its_key_refused(
-    fleet: Fleet, broker: Broker, admin: Console, tech: Console
+    staffed: Fleet, broker: Broker, admin: Console, tech: Console
 ) -> None:
-    agent = fleet.agent("doomed")
+    agent = staffed.agent("doomed")
     assert agent.enroll(broker.token()).returncode == 0
     agent.start("--reconnect-cap", "1")
     wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to come online")

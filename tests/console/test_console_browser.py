@@ -28,7 +28,7 @@ from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import CONTROL_SUBSYSTEM
 from browserkit import ARTIFACTS as SHARED_ARTIFACTS
 from browserkit import CHROMIUM, CHROMIUM_ARGS
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli, staffed_broker
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli
 from wallkit import COOKIE, Console, enrol_totp
 
 pytestmark = pytest.mark.browser
@@ -44,17 +44,6 @@ window.__csp = [];
 document.addEventListener("securitypolicyviolation",
   (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
 """
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with staffed_broker(tmp_path_factory.mktemp("console")) as fleet:
-        yield fleet
-
-
-@pytest.fixture(scope="module")
-def broker(fleet: Fleet) -> Broker:
-    return fleet.brokers[0]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +160,7 @@ def row(page: Page, agent_id: str) -> Any:
 
 
 def test_totp_login_live_agent_and_hostile_names_as_text(
-    fleet: Fleet, broker: Broker, browser: Browser
+    staffed: Fleet, broker: Broker, browser: Browser
 ) -> None:
     alice = Console.login(broker, TECH, TECH_PW)
     secret, _, step = enrol_totp(alice)
@@ -194,7 +183,7 @@ def test_totp_login_live_agent_and_hostile_names_as_text(
         page.wait_for_selector("#live[data-state=live]")
         page.evaluate("window.__marker = 'no reload'")
 
-        agent = fleet.agent("desk-pc")
+        agent = staffed.agent("desk-pc")
         assert agent.enroll(broker.token()).returncode == 0
         agent.start("--reconnect-cap", "2")
         row(page, agent.agent_id).locator("text=Online").wait_for()

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import ADMIN, ADMIN_PW, Broker, Desk, staffed_broker
+from harness import ADMIN, ADMIN_PW, Broker, Desk
 
 NESTED = b"[" * 60_000
 OTHER_HOSTILE = [b"{" * 30_000, b'{"a":' * 12_000, b"\xff\xfe not utf-8", b"[]", b"1e999999"]
@@ -27,12 +27,6 @@ AS_ADMIN = [
     ("PATCH", f"/api/v1/users/{ADMIN}"),
     ("PUT", "/api/v1/policy"),
 ]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with staffed_broker(tmp_path_factory.mktemp("hostile-json")) as fleet:
-        yield fleet.brokers[0]
 
 
 @pytest.fixture

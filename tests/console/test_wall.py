@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from allowhelp.broker.console.httpguard import LIMITS
-from harness import TECH, TECH_PW, Broker, Fleet, online, staffed_broker, wait_for
+from harness import TECH, TECH_PW, Broker, Fleet, online, wait_for
 from wallkit import Console, raw_request, raw_tls, ws_connect
 
 TECH_B, TECH_B_PW = "bob", "bob password 1234"
@@ -26,15 +26,9 @@ PYPROJECT_MARK = b"[build-system]"
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with staffed_broker(tmp_path_factory.mktemp("wall")) as fleet:
-        fleet.brokers[0].add_user(TECH_B, TECH_B_PW)
-        yield fleet
-
-
-@pytest.fixture(scope="module")
-def broker(fleet: Fleet) -> Broker:
-    return fleet.brokers[0]
+def fleet(staffed: Fleet) -> Fleet:
+    staffed.brokers[0].add_user(TECH_B, TECH_B_PW)
+    return staffed
 
 
 @pytest.fixture
