@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 import pytest
@@ -213,8 +213,11 @@ async def broker_side(pinned: Pinned) -> AsyncIterator[BrokerSide]:
             side.arrived.get_nowait().close()
 
 
-async def control(conn: asyncssh.SSHClientConnection) -> tuple[Any, Sink]:
-    chan, sink = await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM, encoding=None)
+async def control(
+    conn: asyncssh.SSHClientConnection,
+) -> tuple[asyncssh.SSHClientChannel[bytes], Sink]:
+    chan, session = await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM, encoding=None)
+    sink = cast(Sink, session)  # asyncssh types it as the base class, whatever Sink made
     assert isinstance(decode(await sink.line()), Hello)
     return chan, sink
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from allowhelp.agent.consent import ConsentGate, ConsentRefused
-from allowhelp.protocol.control import ConsentRequest
+from allowhelp.protocol.control import ConsentRequest, Kind
 
 
 class Clock:
@@ -16,7 +16,7 @@ class Clock:
         return self.now
 
 
-def request(session_id: str = "Session0001", kind: str = "shell") -> ConsentRequest:
+def request(session_id: str = "Session0001", kind: Kind = "shell") -> ConsentRequest:
     return ConsentRequest(
         session_id=session_id,
         organisation="Org",
@@ -25,7 +25,7 @@ def request(session_id: str = "Session0001", kind: str = "shell") -> ConsentRequ
         reason="why",
         phrase="a b c",
         timeout=60,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_nothing_is_granted_by_default() -> None:

@@ -133,7 +133,7 @@ def test_every_dialog_strips_control_characters_again() -> None:
     hostile = raw_pending().prompt_text()
     assert "\x1b" in hostile  # a raw request: the service would have cleaned it
     for name in ("zenity", "kdialog", "tk"):
-        window = Toolkit(name, "prog").question(ORG + "\x1b[2J", hostile, "screen", 30)  # type: ignore[arg-type]
+        window = Toolkit(name, "prog").question(ORG + "\x1b[2J", hostile, "screen", 30)
         shown = " ".join(window.argv) + (window.stdin or b"").decode()
         assert "\x1b" not in shown and "\x07" not in shown, name
         assert "]0;pwned" in shown or "]0;pwned" in json.dumps(shown), name
@@ -305,9 +305,10 @@ async def test_terminal_prompt_answers_and_survives_end_of_input() -> None:
         await terminal.close()
         os.close(read_end)
     # A raw (unsanitised) request still prints as plain text.
-    raw = TerminalFrontend(agent, fd=-1, out=io.StringIO())
+    raw_out = io.StringIO()
+    raw = TerminalFrontend(agent, fd=-1, out=raw_out)
     raw.prompt(raw_pending())
-    assert "\x1b" not in raw._out.getvalue() and "<i>Eve</i>" in raw._out.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b" not in raw_out.getvalue() and "<i>Eve</i>" in raw_out.getvalue()
 
 
 # ------------------------------------------------- real broker, agent, display

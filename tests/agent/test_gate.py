@@ -8,8 +8,9 @@ nothing without a click on the PC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import asyncssh
 import pytest
@@ -21,6 +22,7 @@ from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
     Hello,
+    Kind,
     channel_subsystem,
     decode,
 )
@@ -37,6 +39,23 @@ class Sink(asyncssh.SSHClientSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
+
+
+class TcpSink(asyncssh.SSHTCPSession[bytes]):
+    """The session of a direct-tcpip channel; the agent never lets one open."""
+
+
+class UnixSink(asyncssh.SSHUNIXSession[bytes]):
+    """The session of a direct-streamlocal channel; the agent never lets one open."""
+
+
+def as_sink(
+    opened: tuple[asyncssh.SSHClientChannel[Any], asyncssh.SSHClientSession[Any]],
+) -> tuple[asyncssh.SSHClientChannel[bytes], Sink]:
+    """What ``create_session(Sink, encoding=None)`` gave: asyncssh types the session
+    as its base class, whatever the factory made."""
+    chan, session = opened
+    return chan, cast(Sink, session)
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +94,15 @@ async def rogue(stolen: tuple[Broker, Agent]) -> AsyncIterator[asyncssh.SSHClien
     await server.wait_closed()
 
 
-async def refused(coro: object) -> bool:
+async def refused(coro: Awaitable[object]) -> bool:
     try:
-        await asyncio.wait_for(coro, 10)  # type: ignore[arg-type]
+        await asyncio.wait_for(coro, 10)
     except (asyncssh.ChannelOpenError, asyncssh.ChannelListenError, asyncssh.Error):
         return True
     return False
 
 
-def ask(chan: asyncssh.SSHClientChannel[bytes], session_id: str, kind: str) -> None:
+def ask(chan: asyncssh.SSHClientChannel[bytes], session_id: str, kind: Kind) -> None:
     """What a (rogue) broker may do on the control channel: ask, nothing more."""
     request = ConsentRequest(
         session_id=session_id,
@@ -92,7 +111,7 @@ def ask(chan: asyncssh.SSHClientChannel[bytes], session_id: str, kind: str) -> N
         kind=kind,
         reason="test",
         phrase="a b c",
-        timeout=30,  # type: ignore[arg-type]
+        timeout=30,
     )
     chan.write(request.encode())
 
@@ -106,8 +125,8 @@ async def test_nothing_opens_without_consent(
     assert await refused(conn.create_session(Sink, command="id"))  # exec
     assert await refused(conn.create_session(Sink, subsystem="sftp"))
     assert await refused(conn.create_session(Sink, subsystem=channel_subsystem("shell", "x" * 16)))
-    assert await refused(conn.create_connection(Sink, "127.0.0.1", 22))  # direct-tcpip
-    assert await refused(conn.create_unix_connection(Sink, "/run/dbus/system_bus_socket"))
+    assert await refused(conn.create_connection(TcpSink, "127.0.0.1", 22))  # direct-tcpip
+    assert await refused(conn.create_unix_connection(UnixSink, "/run/dbus/system_bus_socket"))
     assert await refused(conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22))
     assert await refused(conn.start_sftp_client())
     # env is refused too, even on the control channel the broker may open.
@@ -119,8 +138,7 @@ async def test_nothing_opens_without_consent(
 async def control(
     conn: asyncssh.SSHClientConnection,
 ) -> tuple[asyncssh.SSHClientChannel[bytes], Sink]:
-    chan, sink = await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM, encoding=None)
-    return chan, sink
+    return as_sink(await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM, encoding=None))
 
 
 async def test_a_grant_opens_exactly_what_was_granted(
@@ -147,12 +165,14 @@ async def test_a_grant_opens_exactly_what_was_granted(
     assert await refused(
         rogue.create_session(Sink, subsystem=channel_subsystem("screen", session_id))
     )
-    shell_chan, shell = await rogue.create_session(
-        Sink,
-        term_type="xterm",
-        subsystem=channel_subsystem("shell", session_id),
-        encoding=None,
-        env={"LD_PRELOAD": "/tmp/evil.so", "ALLOWHELP_EVIL": "yes"},
+    shell_chan, shell = as_sink(
+        await rogue.create_session(
+            Sink,
+            term_type="xterm",
+            subsystem=channel_subsystem("shell", session_id),
+            encoding=None,
+            env={"LD_PRELOAD": "/tmp/evil.so", "ALLOWHELP_EVIL": "yes"},
+        )
     )
     shell_chan.write(b"echo granted-$((6*7)) [${ALLOWHELP_EVIL}] [${LD_PRELOAD}]\n")
     await asyncio.to_thread(wait_for, lambda: b"granted-42" in shell.data, 10, "shell output")

@@ -14,7 +14,7 @@ import random
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import websockets
@@ -75,6 +75,13 @@ def output_text(data: bytes) -> str:
 # settings
 
 
+class SizeOptions(TypedDict, total=False):
+    """The size settings of ``BrokerSettings.build``, as the command line gives them."""
+
+    recording_max: str
+    recordings_min_free: str
+
+
 def test_recording_settings_and_their_defaults(tmp_path: Path) -> None:
     assert [parse_size(t, "x") for t in ("512MiB", "512M", "1g", "4096", "2KiB")] == [
         512 << 20,
@@ -89,7 +96,12 @@ def test_recording_settings_and_their_defaults(tmp_path: Path) -> None:
     moved = BrokerSettings.build(tmp_path, recordings=tmp_path / "elsewhere", recording_max="1G")
     assert moved.recordings_dir == tmp_path.resolve() / "elsewhere"
     assert moved.recording_max == 1 << 30
-    for bad in ({"recording_max": "12"}, {"recording_max": "lots"}, {"recordings_min_free": "5%"}):
+    bad_options: list[SizeOptions] = [
+        {"recording_max": "12"},
+        {"recording_max": "lots"},
+        {"recordings_min_free": "5%"},
+    ]
+    for bad in bad_options:
         with pytest.raises(ValueError, match="--recording"):
             BrokerSettings.build(tmp_path, **bad)
     refused = broker_cli("serve", "--data", str(tmp_path / "b"), "--recording-max", "1.5G")
@@ -228,7 +240,9 @@ class Terminal:
     async def expect(self, needle: bytes, timeout: float = 20) -> None:
         async def read() -> None:
             while needle not in self.seen[-max(len(needle) * 4, 1 << 16) :]:
-                self.seen += await self.ws.recv()  # type: ignore[operator]
+                frame = await self.ws.recv()
+                assert isinstance(frame, bytes)
+                self.seen += frame
 
         await asyncio.wait_for(read(), timeout)
 

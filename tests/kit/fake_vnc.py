@@ -13,19 +13,26 @@ several servers across tests:
 
 from __future__ import annotations
 
+import io
 import struct
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 NAME = "<img src=x onerror=alert(1)>\x1b[31m\u202eevil".encode()
 PIXEL_FORMAT = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 
 
+def stdin() -> io.BufferedReader:
+    """Standard input as bytes; typeshed calls it a ``BinaryIO``, which has no ``read1``."""
+    return cast(io.BufferedReader, sys.stdin.buffer)
+
+
 def read(size: int) -> bytes:
     data = b""
     while len(data) < size:
-        chunk = sys.stdin.buffer.read1(size - len(data))
+        chunk = stdin().read1(size - len(data))
         if not chunk:
             sys.exit(0)
         data += chunk
@@ -59,7 +66,7 @@ def main() -> None:
         rect = struct.pack(">BxH", 0, 1) + struct.pack(">HHHHi", 0, 0, 65535, 65535, 0)
         send(rect + b"\xff" * 4096 + bytes(range(256)) * 16)
     while True:  # stay up until the agent closes us
-        if not sys.stdin.buffer.read1(4096):
+        if not stdin().read1(4096):
             return
         time.sleep(0.01)
 

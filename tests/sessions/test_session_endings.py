@@ -117,7 +117,7 @@ def test_audit_events_reach_a_syslog_collector(tmp_path: Path) -> None:
         broker.add_user(TECH, TECH_PW)
         with broker.sync_client() as client:
             client.post("/api/v1/login", json={"username": TECH, "password": "wrong password!"})
-        lines = []
+        lines: list[str] = []
         while not any("auth.login.failed" in line for line in lines):
             lines.append(collector.recv(65536).decode())
         failed = next(line for line in lines if "auth.login.failed" in line)
