@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import REQUIRE_TOTP, Authenticator, Principal
 from allowhelp.broker.auth.passwords import hash_password
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, agent_cli
 from wallkit import raw_request
 
@@ -198,36 +200,43 @@ def test_secrets_never_reach_the_logs(broker: Broker, tmp_path: Path) -> None:
 
 
 async def test_principal_is_one_query_and_follows_every_change(tmp_path: Path) -> None:
-    """Each request and WebSocket asks who is calling: one SQLite query, never stale."""
-    store = Store.open(tmp_path / "broker.sqlite3")
+    """Each request and WebSocket asks who is calling: one SQLite query (on the
+    store's reader thread, as the broker runs it), never stale."""
+    store = Store.open(tmp_path / "broker.sqlite3")  # set-up and changes, as an admin's would
     audit = AuditLog.open(tmp_path / "audit.sqlite3")
+    worker = await StoreWorker.open(tmp_path / "broker.sqlite3")
     try:
-        auth = Authenticator(store, audit, 1.0)
+        auth = Authenticator(worker, audit, 1.0)
         store.add_user(TECH, TECH, "technician", hash_password(TECH_PW))
         cookie = (await auth.login(TECH, TECH_PW, "192.0.2.1")).cookie_value
         statements: list[str] = []
-        store._conn.set_trace_callback(statements.append)
-        principal = auth.principal(cookie)
-        store._conn.set_trace_callback(None)
+
+        def trace(reader: Store, to: Callable[[str], object] | None) -> None:
+            reader._conn.set_trace_callback(to)  # on the thread that owns the connection
+
+        await worker.read(trace, statements.append)
+        principal = await auth.principal(cookie)
+        await worker.read(trace, None)
         assert len(statements) == 1, statements
         assert principal is not None and principal.user.username == TECH
         assert not principal.totp_enrolled and not principal.must_enrol_totp
 
-        def who() -> Principal:
-            found = auth.principal(cookie)
+        async def who() -> Principal:
+            found = await auth.principal(cookie)
             assert found is not None
             return found
 
         store.set_policy(REQUIRE_TOTP, "1")
-        assert who().must_enrol_totp
+        assert (await who()).must_enrol_totp
         store.update_user(TECH, role="admin")
-        assert who().user.role == "admin"
+        assert (await who()).user.role == "admin"
         store.update_user(TECH, disabled=True)
-        assert auth.principal(cookie) is None  # disabled: refused at once
+        assert await auth.principal(cookie) is None  # disabled: refused at once
         store.update_user(TECH, disabled=False)
-        await auth.logout(who(), "192.0.2.1")
-        assert auth.principal(cookie) is None  # logged out: refused at once
-        assert auth.principal("x" * 101) is None and auth.principal(None) is None
+        await auth.logout(await who(), "192.0.2.1")
+        assert await auth.principal(cookie) is None  # logged out: refused at once
+        assert await auth.principal("x" * 101) is None and await auth.principal(None) is None
     finally:
         audit.close()
         store.close()
+        await worker.close()

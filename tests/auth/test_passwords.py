@@ -11,7 +11,7 @@ import base64
 import hashlib
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from allowhelp.broker.auth.passwords import (
 from allowhelp.broker.auth.throttle import ThrottlePolicy
 from allowhelp.broker.errors import AuthError
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from harness import Broker, Fleet, broker_cli
 
 PASSWORD = "a long enough password"
@@ -59,15 +60,21 @@ WEAK = argon2.PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 
 
 class Desk:
-    """An Authenticator on a real store and audit log in one folder."""
+    """An Authenticator on a real store (its worker threads, as the broker runs
+    it) and audit log in one folder; ``store`` is a plain connection for set-up."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, worker: StoreWorker) -> None:
         self.db = folder / "broker.sqlite3"
         self.audit_path = folder / "audit.sqlite3"
+        self.worker = worker
         self.store = Store.open(self.db)
         self.audit = AuditLog.open(self.audit_path)
         generous = ThrottlePolicy(per_user=1000, per_address=1000)
-        self.auth = Authenticator(self.store, self.audit, 1.0, throttle=generous)
+        self.auth = Authenticator(worker, self.audit, 1.0, throttle=generous)
+
+    @classmethod
+    async def open(cls, folder: Path) -> Desk:
+        return cls(folder, await StoreWorker.open(folder / "broker.sqlite3"))
 
     def add(self, name: str, stored_hash: str) -> None:
         self.store.add_user(name, name, "technician", stored_hash)
@@ -75,16 +82,17 @@ class Desk:
     def stored(self, name: str) -> str:
         return stored_hash(self.db, name)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.audit.close()
         self.store.close()
+        await self.worker.close()
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    made = Desk(tmp_path)
+async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
+    made = await Desk.open(tmp_path)
     yield made
-    made.close()
+    await made.close()
 
 
 def current_parameters(stored: str) -> bool:

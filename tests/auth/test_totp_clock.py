@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import closing
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from allowhelp.broker.auth.throttle import ThrottlePolicy
 from allowhelp.broker.errors import AuthError
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.migrations import MIGRATIONS
+from allowhelp.broker.store.worker import StoreWorker
 from harness import Broker, Fleet, wait_for
 from wallkit import Console, enrol_totp
 
@@ -40,18 +41,24 @@ def user_of(store: Store) -> int:
 
 
 class Desk:
-    """An Authenticator with a hand-set clock, on a real store and audit log."""
+    """An Authenticator with a hand-set clock, on a real store (its worker
+    threads, as the broker runs it) and audit log; ``store`` is for set-up."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, worker: StoreWorker) -> None:
         self.now = T0
         self.db = folder / "broker.sqlite3"
         self.audit_path = folder / "audit.sqlite3"
+        self.worker = worker
         self.store = Store.open(self.db)
         self.audit = AuditLog.open(self.audit_path)
         generous = ThrottlePolicy(per_user=1000, per_address=1000)
         self.auth = Authenticator(
-            self.store, self.audit, 1.0, throttle=generous, clock=lambda: self.now
+            worker, self.audit, 1.0, throttle=generous, clock=lambda: self.now
         )
+
+    @classmethod
+    async def open(cls, folder: Path) -> Desk:
+        return cls(folder, await StoreWorker.open(folder / "broker.sqlite3"))
 
     def enrol(self, secret: str) -> int:
         """TOTP set up with ``secret``, confirmed by the code of the step now."""
@@ -74,17 +81,18 @@ class Desk:
             rows = conn.execute("SELECT step FROM totp_used_steps ORDER BY step").fetchall()
         return [row[0] for row in rows]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.audit.close()
         self.store.close()
+        await self.worker.close()
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    made = Desk(tmp_path)
+async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
+    made = await Desk.open(tmp_path)
     made.store.add_user(NAME, NAME, "technician", hash_password(PASSWORD))
     yield made
-    made.close()
+    await made.close()
 
 
 def code(secret: str, when: float) -> str:

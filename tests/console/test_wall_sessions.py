@@ -167,14 +167,15 @@ def test_another_login_is_refused_on_an_active_session_by_ownership_alone(
 PUBLIC = "https://help.example.org:8443"
 
 
-def endpoint_check(origin: str | None) -> object:
+async def endpoint_check(origin: str | None) -> object:
     """``websocket_principal`` on its own, without the wall in front: what every
     WebSocket endpoint calls first. A stub broker knows one live cookie."""
     principal = SimpleNamespace(must_enrol_totp=False)
-    svc = SimpleNamespace(
-        public_url=PUBLIC,
-        auth=SimpleNamespace(principal=lambda cookie: principal if cookie == "live" else None),
-    )
+
+    async def principal_of(cookie: str | None) -> object:
+        return principal if cookie == "live" else None
+
+    svc = SimpleNamespace(public_url=PUBLIC, auth=SimpleNamespace(principal=principal_of))
     headers = [(b"cookie", f"{COOKIE}=live".encode())]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
@@ -191,18 +192,20 @@ def endpoint_check(origin: str | None) -> object:
     async def send(message: object) -> None:
         raise AssertionError("nothing is sent")
 
-    found: object = websocket_principal(WebSocket(scope, receive, send))
+    found: object = await websocket_principal(WebSocket(scope, receive, send))
     assert found is principal
     return found
 
 
 @pytest.mark.parametrize("origin", [o for o in foreign_origins(PUBLIC) if o != PUBLIC])
-def test_the_endpoints_refuse_a_foreign_origin_even_without_the_wall(origin: str | None) -> None:
+async def test_the_endpoints_refuse_a_foreign_origin_even_without_the_wall(
+    origin: str | None,
+) -> None:
     """The wall checks the Origin first; the endpoints check again, so that none
     depends on the middleware's order. This is the second check, alone."""
     with pytest.raises(Unauthenticated):
-        endpoint_check(origin)
+        await endpoint_check(origin)
 
 
-def test_the_endpoints_take_the_exact_origin() -> None:
-    endpoint_check(PUBLIC)
+async def test_the_endpoints_take_the_exact_origin() -> None:
+    await endpoint_check(PUBLIC)

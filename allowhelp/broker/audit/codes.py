@@ -57,6 +57,8 @@ EVENT_CODES: dict[str, str] = {
     "audit.chain_broken": "AH1904",
     # a shell recording that stopped before its session (cap, low space, write error)
     "recording.stopped": "AH1412",
+    # a login recorded as ok whose web session could not be made: the user was told it failed
+    "auth.login.aborted": "AH1008",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -11,7 +11,9 @@ per address per window, with a tally at the window's end.
 Fail closed, as before: a connect whose chain record cannot be written is
 refused, and so is one that would be recorded nowhere (a flapping agent's
 connect when the history table cannot be written either). Disconnects and
-refusals are facts, not permissions: their records follow them.
+refusals are facts, not permissions: their records follow them. The history
+is written off the event loop (``ConnectivityHistory`` is async); only a
+connect that is on no other record waits for it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ STOP_TIMEOUT = 5.0
 
 
 class ConnectivityHistory(Protocol):
-    def record_connectivity(
+    """Where connects and disconnects are kept (the store's history table, written
+    off the event loop); both raise ``StoreError`` when the database fails."""
+
+    async def record_connectivity(
         self,
         agent_id: str,
         event: Literal["connected", "disconnected"],
@@ -44,7 +49,7 @@ class ConnectivityHistory(Protocol):
         when: float,
     ) -> None: ...
 
-    def prune_connectivity(self, now: float) -> int: ...
+    async def prune_connectivity(self, now: float) -> int: ...
 
 
 class ConnectivityAudit:
@@ -88,15 +93,18 @@ class ConnectivityAudit:
         except AuditUnavailable as exc:
             log.error("agent=%s refused: its connection could not be audited: %s", agent_id, exc)
             return "refused"
-        if not self._store(agent_id, "connected", peer, "", wall) and not chain and not summary:
+        if chain or summary is not None:  # on the record: the history need not hold it up
+            self._spawn(self._keep(agent_id, "connected", peer, "", wall))
+            return "chained"
+        if not await self._store(agent_id, "connected", peer, "", wall):
             log.error("agent=%s refused: its connection could be recorded nowhere", agent_id)
             return "refused"
-        return "chained" if chain or summary is not None else "counted"
+        return "counted"
 
     def disconnected(self, agent_id: str, peer: str, reason: str) -> bool:
         """Record a lost tunnel (it is gone already); True when it is chained."""
         wall = time.time()
-        self._store(agent_id, "disconnected", peer, reason, wall)
+        self._spawn(self._keep(agent_id, "disconnected", peer, reason, wall))
         chain, summary = self._gate.disconnected(agent_id, self._clock(), wall)
         if chain:
             details: dict[str, object] = {"reason": reason, "remote": peer}
@@ -144,7 +152,7 @@ class ConnectivityAudit:
 
     # internals
 
-    def _store(
+    async def _store(
         self,
         agent_id: str,
         event: Literal["connected", "disconnected"],
@@ -153,11 +161,23 @@ class ConnectivityAudit:
         wall: float,
     ) -> bool:
         try:
-            self._history.record_connectivity(agent_id, event, peer, reason, wall)
+            await self._history.record_connectivity(agent_id, event, peer, reason, wall)
         except StoreError as exc:
             log.error("agent=%s %s not kept in the connectivity history: %s", agent_id, event, exc)
             return False
         return True
+
+    async def _keep(
+        self,
+        agent_id: str,
+        event: Literal["connected", "disconnected"],
+        peer: str,
+        reason: str,
+        wall: float,
+    ) -> None:
+        """``_store`` in the background: a fact that is on the record, or already
+        happened, does not wait for the history table."""
+        await self._store(agent_id, event, peer, reason, wall)
 
     async def _write(self, type: str, actor: str, target: str, details: dict[str, object]) -> None:
         await self._audit.write(type, actor=actor, target=target, details=details)
@@ -218,7 +238,7 @@ class ConnectivityAudit:
             if now - pruned >= PRUNE_EVERY:
                 pruned = now
                 try:
-                    gone = self._history.prune_connectivity(time.time())
+                    gone = await self._history.prune_connectivity(time.time())
                 except StoreError as exc:
                     log.warning("connectivity history not pruned: %s", exc)
                 else:

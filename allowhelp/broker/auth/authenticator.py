@@ -2,7 +2,10 @@
 
 Kept apart from HTTP so the rules (uniform failure, new id at every login,
 throttling before any password work, a TOTP code good once, audit before the
-session exists) are plain code the app only calls.
+session exists) are plain code the app only calls. The store is reached
+through its worker threads (``store/worker.py``), never on the event loop; a
+login whose web session cannot be stored after ``auth.login.ok`` is written
+gets ``auth.login.aborted`` after it, and the caller ``StoreError`` (503).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from allowhelp.broker.auth.totp import (
     recovery_hash,
     remembered_steps,
 )
-from allowhelp.broker.errors import AuthError
+from allowhelp.broker.errors import AuditUnavailable, AuthError, StoreError
 from allowhelp.broker.store import Store, User, WebSession
+from allowhelp.broker.store.worker import StoreWorker
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +101,13 @@ def token_hash(cookie_value: str) -> str:
 class Authenticator:
     def __init__(
         self,
-        store: Store,
+        db: StoreWorker,
         audit: AuditLog,
         session_hours: float,
         throttle: ThrottlePolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
+        self._db = db
         self._audit = audit
         self._lifetime = session_hours * 3600
         self.throttle = LoginThrottle(throttle)
@@ -122,7 +126,7 @@ class Authenticator:
         """
         username = username[:MAX_USERNAME]
         await self._refuse_if_throttled(username, remote)
-        user = self._store.user_by_name(username)
+        user = await self._db.read(Store.user_by_name, username)
         stored = user.password_hash if user is not None else dummy_hash()
         matches = await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
         if user is None or user.disabled or not matches:
@@ -141,8 +145,6 @@ class Authenticator:
             details=details,
         )
         self.throttle.succeeded(username, remote)
-        if rehash:
-            await self._rehash(user, password[:MAX_PASSWORD])
         cookie_value = secrets.token_urlsafe(32)
         now = time.time()
         session = WebSession(
@@ -152,13 +154,38 @@ class Authenticator:
             created=now,
             expires=now + self._lifetime,
         )
-        self._store.add_web_session(session, remote)
+        try:
+            await self._db.run(Store.add_web_session, session, remote)
+        except StoreError:  # told 503: the chain must not end at "ok"
+            await self._aborted(user, remote)
+            raise
+        if rehash:
+            await self._rehash(user, password[:MAX_PASSWORD])
         return LoginResult(cookie_value, session.csrf_token, user, session.expires)
+
+    async def _aborted(self, user: User, remote: str) -> None:
+        """``auth.login.ok`` is written, but no web session could be made."""
+        try:
+            await self._audit.write(
+                "auth.login.aborted",
+                actor=f"{user.role}:{user.username}",
+                target=user.username,
+                details={"remote": remote, "reason": "store_unavailable"},
+            )
+        except AuditUnavailable:  # said by the writer already
+            log.error("the aborted login of %s is not on the record", user.username)
 
     async def _rehash(self, user: User, password: str) -> None:
         """Store an argon2id hash with today's parameters in place of an older one."""
         fresh = await asyncio.to_thread(hash_password, password)
-        if self._store.replace_password_hash(user.id, user.password_hash, fresh):
+        try:
+            replaced = await self._db.run(
+                Store.replace_password_hash, user.id, user.password_hash, fresh
+            )
+        except StoreError as exc:  # the old hash still works; the next login tries again
+            log.warning("password hash of %s not upgraded: %s", user.username, exc)
+            return
+        if replaced:
             log.info("password hash of %s upgraded to the current parameters", user.username)
 
     async def _refuse_if_throttled(self, username: str, remote: str) -> None:
@@ -185,7 +212,7 @@ class Authenticator:
 
     async def _second_factor(self, user: User, remote: str, code: str | None) -> str:
         """How the user proved it: none, totp or recovery; raises when a needed code fails."""
-        secret = self._store.totp(user.id).secret
+        secret = (await self._db.read(Store.totp, user.id)).secret
         if secret is None:
             return "none"
         if not code:
@@ -193,22 +220,26 @@ class Authenticator:
             raise TotpRequired("enter the 6-digit code from your authenticator app")
         code = code.strip()[:MAX_CODE]
         if looks_like_recovery_code(code):
-            if self._store.use_recovery_code(user.id, recovery_hash(code)):
+            if await self._db.run(Store.use_recovery_code, user.id, recovery_hash(code)):
                 return "recovery"
             reason = "recovery code"
         else:
             now = self._clock()
             step = matching_step(secret, code, now)
-            if step is not None and self._store.use_totp_step(user.id, step, remembered_steps(now)):
+            if step is not None and await self._db.run(
+                Store.use_totp_step, user.id, step, remembered_steps(now)
+            ):
                 return "totp"
             reason = "totp" if step is None else "totp reused"
         await self._failed(user.username, remote, reason)
         raise TotpRejected("wrong or already used code")
 
-    def principal(self, cookie_value: str | None) -> Principal | None:
+    async def principal(self, cookie_value: str | None) -> Principal | None:
+        """Who holds this cookie (a query on the store's reader: not held up by a
+        write waiting for the database's lock); ``StoreError`` when it cannot tell."""
         if not cookie_value or len(cookie_value) > 100:
             return None
-        owner = self._store.session_owner(token_hash(cookie_value), REQUIRE_TOTP)
+        owner = await self._db.read(Store.session_owner, token_hash(cookie_value), REQUIRE_TOTP)
         if owner is None:  # no such live session, or its user is disabled
             return None
         required = owner.policy_value == "1"
@@ -223,4 +254,4 @@ class Authenticator:
             target=principal.user.username,
             details={"remote": remote},
         )
-        self._store.delete_web_session(principal.session.token_hash)
+        await self._db.run(Store.delete_web_session, principal.session.token_hash)

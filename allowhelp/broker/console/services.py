@@ -10,14 +10,15 @@ from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.settings import BrokerSettings
-from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
+from allowhelp.broker.tunnel.keys import EnrolledKeys
 
 
 @dataclass
 class Services:
-    store: Store
+    db: StoreWorker  # every store call: await db.run(Store.x, ...) / db.read(...)
     audit: AuditLog
     auth: Authenticator
     registry: AgentRegistry
@@ -28,3 +29,4 @@ class Services:
     events: EventHub
     sessions: SessionRegistry
     help_desk: HelpDesk
+    keys: EnrolledKeys

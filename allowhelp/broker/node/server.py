@@ -35,9 +35,11 @@ from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.dispatch import ControlRouter, Inventory
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
+from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.pki import BrokerPKI, ensure_broker_pki
 from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, SessionEnd
@@ -55,11 +57,13 @@ NR_OPEN = Path("/proc/sys/fs/nr_open")  # the kernel's cap when the hard limit i
 
 @dataclass(frozen=True)
 class DataFolder:
-    """The files of one installation, opened together by serve and by the CLI."""
+    """The files of one installation that ``serve`` opens before its event loop
+    work starts: PKI, audit log, syslog. The store (``broker.sqlite3``) is opened
+    by ``serve`` on its own threads (``store/worker.py``), at ``store_path``."""
 
-    store: Store
     audit: AuditLog
     pki: BrokerPKI
+    store_path: Path
     forwarder: SyslogForwarder | None = None
 
     @classmethod
@@ -77,10 +81,9 @@ class DataFolder:
             anchor_file = audit_options.anchor_file(data_dir)
             anchors = AnchorSink(anchor_file, audit_options.anchor_every, forwarder)
         audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder, anchors=anchors)
-        return cls(Store.open(data_dir / STORE_FILE), audit, pki, forwarder)
+        return cls(audit, pki, data_dir / STORE_FILE, forwarder)
 
     def close(self) -> None:
-        self.store.close()
         self.audit.close()
         if self.forwarder is not None:
             self.forwarder.close()
@@ -151,11 +154,11 @@ def announce_fd_limit(limit: int | None) -> None:
 
 
 def control_router(
-    store: Store, agents: AgentRegistry, sessions: SessionRegistry, help_desk: HelpDesk
+    db: StoreWorker, agents: AgentRegistry, sessions: SessionRegistry, help_desk: HelpDesk
 ) -> ControlRouter:
     """Each message an agent may send, and the part of the broker that owns it."""
     router = ControlRouter()
-    router.route(Hello, Inventory(store, agents).hello)
+    router.route(Hello, Inventory(db, agents).hello)
     router.route(ConsentDecision, sessions.on_decision)
     router.route(SessionEnd, sessions.on_user_end)
     router.route(HelpRequest, help_desk.request)
@@ -168,6 +171,28 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
     folder = DataFolder.open(
         settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit
     )
+    try:
+        db = await StoreWorker.open(folder.store_path)  # the store, off the event loop
+    except BaseException:
+        folder.close()
+        raise
+    try:
+        # The tunnel checks keys in memory: asyncssh asks mid-handshake, synchronously.
+        keys = EnrolledKeys(await db.read(Store.agents, with_removed=True))
+        await _serve(settings, folder, db, keys, stop)
+    finally:
+        await db.close()
+        folder.close()
+        log.info("allowhelp broker stopped")
+
+
+async def _serve(
+    settings: BrokerSettings,
+    folder: DataFolder,
+    db: StoreWorker,
+    keys: EnrolledKeys,
+    stop: asyncio.Event | None,
+) -> None:
     https_sock = bind(settings.https_host, settings.https_port)
     https_port = https_sock.getsockname()[1]
     public_url = settings.public_url or f"https://localhost:{https_port}"
@@ -177,9 +202,9 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         loop.add_signal_handler(sig, stop.set)
     registry = AgentRegistry()
     events = EventHub()
-    help_desk = HelpDesk(folder.store, folder.audit, events, registry)
+    help_desk = HelpDesk(db, folder.audit, events, registry)
     sessions = SessionRegistry(
-        folder.store,
+        db,
         folder.audit,
         registry,
         events,
@@ -188,11 +213,12 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         consent_timeout=settings.consent_timeout,
     )
     tunnel = TunnelListener(
-        folder.store,
+        db,
         folder.audit,
         registry,
         folder.pki.tunnel_key,
-        control_router(folder.store, registry, sessions, help_desk),
+        control_router(db, registry, sessions, help_desk),
+        keys=keys,
         window=settings.audit.window,
         burst=settings.audit.burst,
     )
@@ -205,13 +231,14 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = format_hostport(url_host(public_url), tunnel_port)
         svc = Services(
-            store=folder.store,
+            db=db,
             audit=folder.audit,
-            auth=Authenticator(folder.store, folder.audit, settings.web_session_hours),
+            auth=Authenticator(db, folder.audit, settings.web_session_hours),
             registry=registry,
             enrolment=EnrolmentDesk(
-                folder.store,
+                db,
                 folder.audit,
+                keys,
                 tunnel_public=tunnel_public,
                 tunnel_key=folder.pki.tunnel_public_key,
                 organisation=settings.organisation,
@@ -222,6 +249,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
             events=events,
             sessions=sessions,
             help_desk=help_desk,
+            keys=keys,
         )
         server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki))
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
@@ -246,8 +274,6 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         await tunnel.stop()
         await chain_watch.close()
         https_sock.close()
-        folder.close()
-        log.info("allowhelp broker stopped")
 
 
 async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:

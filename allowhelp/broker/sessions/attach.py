@@ -48,11 +48,11 @@ def claim(
     or raise why this caller may not have them (nothing is built then).
 
     Synchronous on purpose: checking and registering happen with no await in
-    between.
+    between (and no database: only sessions in memory can be active).
     """
-    session = sessions.get(session_id)
+    session = sessions.live(session_id)  # only a live session can be attached
     if session is None or session.technician != username:
-        raise Forbidden("not your session")
+        raise Forbidden("not your session, or it is over")
     if session.kind != kind or session.state is not State.ACTIVE:
         raise Conflict(
             f"the session is a {session.state} {session.kind} session, not an active {kind}"

@@ -30,6 +30,7 @@ from allowhelp.broker.errors import (
     Conflict,
     IllegalTransition,
     NotFound,
+    StoreError,
     TunnelError,
 )
 from allowhelp.broker.model.session import Session, State, Traffic, user_actor
@@ -42,7 +43,9 @@ from allowhelp.broker.sessions.consent import (
 )
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk, format_code, normalise_code
+from allowhelp.broker.sessions.saver import SessionSaver
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import (
@@ -59,12 +62,13 @@ log = logging.getLogger(__name__)
 
 Stopper = Callable[[], Traffic]
 OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
+SHUTDOWN_ROWS = 10.0  # seconds the shutdown waits for session rows still owed
 
 
 class SessionRegistry:
     def __init__(
         self,
-        store: Store,
+        db: StoreWorker,
         audit: AuditLog,
         agents: AgentRegistry,
         events: EventHub,
@@ -73,7 +77,8 @@ class SessionRegistry:
         organisation: str,
         consent_timeout: float,
     ) -> None:
-        self._store = store
+        self._db = db
+        self._rows = SessionSaver(db)  # rows written behind the audit (sessions/saver.py)
         self._audit = audit
         self._agents = agents
         self._events = events
@@ -91,13 +96,25 @@ class SessionRegistry:
 
     # lookups
 
-    def get(self, session_id: str) -> Session | None:
-        return self._live.get(session_id) or self._store.session(session_id)
+    def live(self, session_id: str) -> Session | None:
+        """A session that is not over yet (or whose end is owed), from memory:
+        for the attach path, which must not await."""
+        return self._live.get(session_id)
 
-    def listed(self, username: str, is_admin: bool, limit: int = 200) -> list[Session]:
-        stored = self._store.sessions(None if is_admin else username, limit)
-        live = {s.id: s for s in self._live.values() if is_admin or s.technician == username}
-        merged = {s.id: s for s in stored} | live
+    def _latest(self, session_id: str) -> Session | None:
+        return self._live.get(session_id) or self._rows.latest(session_id)
+
+    async def get(self, session_id: str) -> Session | None:
+        """Any session: live, or over (its row, read off the event loop)."""
+        found = self._latest(session_id)
+        return found if found is not None else await self._db.read(Store.session, session_id)
+
+    async def listed(self, username: str, is_admin: bool, limit: int = 200) -> list[Session]:
+        stored = await self._db.read(Store.sessions, None if is_admin else username, limit)
+        newer = [*self._rows.pending(), *self._live.values()]
+        merged = {s.id: s for s in stored} | {
+            s.id: s for s in newer if is_admin or s.technician == username
+        }
         return sorted(merged.values(), key=lambda s: s.created, reverse=True)[:limit]
 
     # the technician's side
@@ -115,11 +132,11 @@ class SessionRegistry:
         if kind not in KINDS:
             raise BadRequest('kind must be "shell" or "screen"')
         text = clean_reason(reason)
-        agent = self._store.agent(agent_id) if isinstance(agent_id, str) else None
+        agent = await self._db.read(Store.agent, agent_id) if isinstance(agent_id, str) else None
         if agent is None or agent.removed:
             raise NotFound("no such machine", code="no_such_agent")
         if help_code:
-            if not self._help.belongs(help_code, agent_id):
+            if not await self._help.belongs(help_code, agent_id):
                 raise BadRequest("that help code is not from this machine", code="bad_help_code")
             help_code = format_code(normalise_code(help_code))
         typed_kind: Kind = "shell" if kind == "shell" else "screen"
@@ -138,11 +155,29 @@ class SessionRegistry:
             target=session.id,
             details={**session.summary(), "phrase": session.phrase, "help_code": help_code},
         )
+        try:
+            await self._rows.save_now(session)  # the session exists once it is stored
+        except StoreError:
+            await self._abandon(session)
+            raise
         self._live[session.id] = session
-        self._store.save_session(session)
         self._publish(session)
         await self._ask(session)
-        return self.get(session.id) or session
+        return self._latest(session.id) or session
+
+    async def _abandon(self, session: Session) -> None:
+        """A request whose session could not be stored: the technician is told it
+        failed (503), so the chain says it ended at once, and it is listed nowhere."""
+        error = "the broker database is unavailable"
+        _, event = session.transition(
+            State.ENDED, actor="system", reason="error", details={"error": error}
+        )
+        try:
+            await self._audit.write(
+                event.type, actor=event.actor, target=event.target, details=event.details
+            )
+        except AuditUnavailable:  # said by the writer; the chain ends at the request
+            log.error("session=%s: the end of an unstored request is not on the record", session.id)
 
     async def _ask(self, session: Session) -> None:
         live = self._agents.get(session.agent_id)
@@ -175,7 +210,10 @@ class SessionRegistry:
             )
             raise AgentUnreachable("the machine did not take the request") from exc
         if session.help_code:
-            self._help.used(session.help_code, session.id)
+            try:
+                await self._help.used(session.help_code, session.id)
+            except StoreError as exc:  # the ticket stays listed; the session goes on
+                log.warning("session=%s: help code not marked used: %s", session.id, exc)
         loop = asyncio.get_running_loop()
         self._timers[session.id] = loop.call_later(
             self._timeout, lambda: self._spawn(self._expire(session.id))
@@ -246,7 +284,7 @@ class SessionRegistry:
 
     async def end_quietly(self, session_id: str, *, reason: EndReason, actor: str) -> None:
         """End unless already over (a relay and the user may both end it at once)."""
-        session = self.get(session_id)
+        session = self._live.get(session_id)  # a session that is not live is over
         if session is not None and not session.final:
             with contextlib.suppress(IllegalTransition):
                 await self.end(session_id, reason=reason, actor=actor)
@@ -368,7 +406,7 @@ class SessionRegistry:
                     self._unrecorded[session_id] = traffic
                 raise
             self._live[session_id] = after
-            self._store.save_session(after)
+            self._rows.save(after)  # behind the record: a slow database holds up nothing
         if after.final:
             self._finished(after)
         self._publish(after)
@@ -425,7 +463,7 @@ class SessionRegistry:
         A shell's recording in ``recordings`` is what that process wrote: made
         valid (a torn last line cut) and hashed into the end record, so it replays.
         """
-        stale = self._store.open_sessions()
+        stale = await self._db.read(Store.open_sessions)
         for session in stale:
             self._live[session.id] = session
             details: dict[str, object] = {}
@@ -455,6 +493,10 @@ class SessionRegistry:
                 await self.end_quietly(session.id, reason="broker_restart", actor="system")
         for task in list(self._tasks):
             task.cancel()
+        with contextlib.suppress(TimeoutError):  # rows owed: a restart would end them again
+            async with asyncio.timeout(SHUTDOWN_ROWS):
+                await self._rows.drain()
+        await self._rows.close()
 
     async def finish(self, session_id: str, outcome: Outcome) -> Outcome:
         """End a session as its relay saw it end, unless something ended it first.
@@ -463,7 +505,7 @@ class SessionRegistry:
         cannot be audited the PC is still told to stop (stopping access is
         always allowed) and the outcome says the audit failed.
         """
-        current = self.get(session_id)
+        current = await self.get(session_id)
         if current is None or current.final:
             # An attached session was active, so whatever ended it gave an EndReason.
             return Outcome(cast("EndReason", current.end_reason if current else "error"))

@@ -90,12 +90,9 @@ class FleetStore(StoreCore):
         rows = self._query("SELECT * FROM agents WHERE id = ?", (agent_id,))
         return agent_from_row(rows[0]) if rows else None
 
-    def agent_by_key(self, public_key: str) -> AgentRecord | None:
-        rows = self._query("SELECT * FROM agents WHERE public_key = ?", (public_key,))
-        return agent_from_row(rows[0]) if rows else None
-
-    def agents(self) -> list[AgentRecord]:
-        return [agent_from_row(r) for r in self._query("SELECT * FROM agents WHERE removed = 0")]
+    def agents(self, *, with_removed: bool = False) -> list[AgentRecord]:
+        sql = "SELECT * FROM agents" if with_removed else "SELECT * FROM agents WHERE removed = 0"
+        return [agent_from_row(r) for r in self._query(sql)]
 
     def update_agent_info(
         self, agent_id: str, hostname: str, os: str, user: str, version: str

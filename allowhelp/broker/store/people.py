@@ -6,7 +6,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from allowhelp.broker.errors import StoreError
+from allowhelp.broker.errors import Conflict, StoreError
 from allowhelp.broker.model.records import (
     Role,
     TotpState,
@@ -49,7 +49,7 @@ class PeopleStore(StoreCore):
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise StoreError(f"a user named {username!r} already exists") from exc
+                raise Conflict(f"a user named {username!r} already exists", code="exists") from exc
             raise
         user = self.user_by_name(username)
         if user is None:

@@ -9,12 +9,14 @@ type with no route is one agents may not send: it is logged and dropped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from allowhelp.broker.errors import BrokerError
+from allowhelp.broker.errors import BrokerError, StoreError
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.protocol.control import Hello, Message
 from allowhelp.protocol.text import plain_text
@@ -48,18 +50,34 @@ class ControlRouter:
 
 
 class Inventory:
-    """What an agent says about its machine when it connects: host name, OS, user."""
+    """What an agent says about its machine when it connects: host name, OS, user.
 
-    def __init__(self, store: Store, agents: AgentRegistry) -> None:
-        self._store = store
+    Stored in the background: the agent's next messages (a consent decision)
+    are delivered in order after this one, and must not wait for a slow or
+    locked database.
+    """
+
+    def __init__(self, db: StoreWorker, agents: AgentRegistry) -> None:
+        self._db = db
         self._agents = agents
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def hello(self, agent_id: str, message: Hello) -> None:
-        self._store.update_agent_info(
-            agent_id,
-            hostname=plain_text(message.hostname, 253) or "(unnamed)",
-            os=plain_text(message.os, 200),
-            user=plain_text(message.user, 64),
-            version=plain_text(message.version, 32),
-        )
+        task = asyncio.create_task(self._store(agent_id, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, agent_id: str, message: Hello) -> None:
+        try:
+            await self._db.run(
+                Store.update_agent_info,
+                agent_id,
+                hostname=plain_text(message.hostname, 253) or "(unnamed)",
+                os=plain_text(message.os, 200),
+                user=plain_text(message.user, 64),
+                version=plain_text(message.version, 32),
+            )
+        except StoreError as exc:
+            log.error("agent=%s inventory not stored: %s", agent_id, exc)
+            return
         self._agents.changed(agent_id)

@@ -11,10 +11,13 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import EnrolmentError
 from allowhelp.broker.store import AgentRecord, Store
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.certs.sshkeys import agent_id_for, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken, secret_hash
 from allowhelp.protocol.text import plain_text
@@ -61,15 +64,17 @@ class EnrolReply:
 class EnrolmentDesk:
     def __init__(
         self,
-        store: Store,
+        db: StoreWorker,
         audit: AuditLog,
+        keys: EnrolledKeys,
         *,
         tunnel_public: str,
         tunnel_key: str,
         organisation: str,
     ) -> None:
-        self._store = store
+        self._db = db
         self._audit = audit
+        self._keys = keys
         self._tunnel_public = tunnel_public
         self._tunnel_key = tunnel_key
         self._organisation = organisation
@@ -85,17 +90,28 @@ class EnrolmentDesk:
         uses: int,
         actor: str,
     ) -> EnrolmentToken:
-        if not 1 <= uses <= MAX_USES:
-            raise ValueError(f"--uses must be between 1 and {MAX_USES}")
-        token = EnrolmentToken.new(url, ca_fingerprint)
+        """A new token, audited then stored (the CLI: no event loop)."""
+        token = _new_token(url, ca_fingerprint, uses)
+        audit.append("token.created", actor=actor, **_created(token, ttl, uses))
+        store.add_enrol_token(secret_hash(token.secret), time.time() + ttl, uses, actor)
+        return token
+
+    @staticmethod
+    async def issue_token(
+        db: StoreWorker,
+        audit: AuditLog,
+        *,
+        url: str,
+        ca_fingerprint: str,
+        ttl: int,
+        uses: int,
+        actor: str,
+    ) -> EnrolmentToken:
+        """``create_token`` from the broker's event loop: audit and store off the loop."""
+        token = _new_token(url, ca_fingerprint, uses)
+        await audit.write("token.created", actor=actor, **_created(token, ttl, uses))
         expires = time.time() + ttl
-        audit.append(
-            "token.created",
-            actor=actor,
-            target=secret_hash(token.secret)[:12],
-            details={"ttl_seconds": ttl, "uses": uses},
-        )
-        store.add_enrol_token(secret_hash(token.secret), expires, uses, actor)
+        await db.run(Store.add_enrol_token, secret_hash(token.secret), expires, uses, actor)
         return token
 
     async def enrol(self, body: Mapping[str, object], remote: str) -> EnrolReply:
@@ -108,13 +124,13 @@ class EnrolmentDesk:
             raise EnrolmentError(f"the agent's host key is not usable: {exc}") from exc
         hashed = secret_hash(secret)
         agent_id = agent_id_for(key)
-        existing = self._store.agent(agent_id)
+        existing = await self._db.read(Store.agent, agent_id)
         # Without proof of the private key, re-enrolling a known key would let a
         # token holder rename another PC; a reinstalled agent makes a new key.
         refusal = (
             "key_taken"
             if existing is not None and not existing.removed
-            else self._store.consume_enrol_token(hashed, time.time())
+            else await self._db.run(Store.consume_enrol_token, hashed, time.time())
         )
         if refusal is not None:
             await self._audit.write(
@@ -148,5 +164,20 @@ class EnrolmentDesk:
                 "remote": remote,
             },
         )
-        self._store.upsert_agent(record)
+        await self._db.run(Store.upsert_agent, record)
+        self._keys.enrolled(agent_id, record.public_key)  # the tunnel takes this key from now on
         return EnrolReply(agent_id, self._tunnel_public, self._tunnel_key, self._organisation)
+
+
+def _new_token(url: str, ca_fingerprint: str, uses: int) -> EnrolmentToken:
+    if not 1 <= uses <= MAX_USES:
+        raise ValueError(f"--uses must be between 1 and {MAX_USES}")
+    return EnrolmentToken.new(url, ca_fingerprint)
+
+
+def _created(token: EnrolmentToken, ttl: int, uses: int) -> dict[str, Any]:
+    """The target and details of a ``token.created`` record."""
+    return {
+        "target": secret_hash(token.secret)[:12],
+        "details": {"ttl_seconds": ttl, "uses": uses},
+    }

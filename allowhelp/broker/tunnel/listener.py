@@ -4,7 +4,8 @@ Each accepted TCP connection runs the client side of SSH, all of them sharing
 one prepared options object (``_start_client``). The agent's host key is its
 identity: it is checked against the enrolled keys before the handshake
 completes, so no agent can claim another's id, and a removed agent is refused
-like an unknown one.
+like an unknown one. The keys are kept in memory (``tunnel/keys.py``), so the
+handshake never waits for the database.
 
 Admission control, as OpenSSH's MaxStartups: at most ``MAX_STARTUPS``
 handshakes are in progress at once. Beyond that the broker stops calling
@@ -14,8 +15,9 @@ all back after a restart this way; closing the excess at accept let 7 % back
 in the same time). One address may hold at most ``MAX_STARTUPS_PER_ADDRESS``
 of them; its excess is closed at accept. Without any of this, a whole fleet reconnecting after a
 broker restart shares the CPU so thinly that no handshake finishes before its
-login timeout, every agent retries, and none ever gets back in. Audit writes
-run off the event loop, so a slow disk does not stall every tunnel.
+login timeout, every agent retries, and none ever gets back in. Audit and
+store writes run off the event loop, so a slow disk or a locked database does
+not stall every tunnel.
 
 What of connects, disconnects and refusals is audited, and what only goes to
 the connectivity history, is ``audit/connectivity.py``: a flapping agent or a
@@ -35,6 +37,7 @@ import logging
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
+from typing import Literal
 
 import asyncssh
 
@@ -44,7 +47,9 @@ from allowhelp.broker.audit.options import DEFAULT_BURST, DEFAULT_WINDOW
 from allowhelp.broker.errors import TunnelError
 from allowhelp.broker.listen import bind
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.link import AgentLink, Dispatcher
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import agent_id_for, load_private_key, public_key_line
@@ -59,6 +64,27 @@ MAX_STARTUPS = 200
 MAX_STARTUPS_PER_ADDRESS = 100  # one address (a branch office's NAT) cannot take them all
 LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
 SHARED_SIG_ALGS = 16  # distinct server-sig-algs sets kept for sharing; agents send one
+
+
+class StoredHistory:
+    """The connectivity history table, as ``audit/connectivity.py`` writes it:
+    on the store's writer thread, never on the event loop."""
+
+    def __init__(self, db: StoreWorker) -> None:
+        self._db = db
+
+    async def record_connectivity(
+        self,
+        agent_id: str,
+        event: Literal["connected", "disconnected"],
+        remote: str,
+        reason: str,
+        when: float,
+    ) -> None:
+        await self._db.run(Store.record_connectivity, agent_id, event, remote, reason, when)
+
+    async def prune_connectivity(self, now: float) -> int:
+        return await self._db.run(Store.prune_connectivity, now)
 
 
 class AgentConnection(asyncssh.SSHClient):
@@ -95,19 +121,20 @@ class AgentConnection(asyncssh.SSHClient):
 class TunnelListener:
     def __init__(
         self,
-        store: Store,
+        db: StoreWorker,
         audit: AuditLog,
         registry: AgentRegistry,
         tunnel_key: Path,
         dispatcher: Dispatcher,
         *,
+        keys: EnrolledKeys,
         window: float = DEFAULT_WINDOW,
         burst: int = DEFAULT_BURST,
     ) -> None:
         self._dispatcher = dispatcher
-        self._store = store
         self._audit = audit
         self._registry = registry
+        self._keys = keys
         self._key = load_private_key(tunnel_key)
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -119,7 +146,11 @@ class TunnelListener:
         self._options_built: asyncssh.SSHClientConnectionOptions | None = None
         self._sig_algs: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._connectivity = ConnectivityAudit(
-            audit, store, window=window, burst=burst, online=lambda a: registry.get(a) is not None
+            audit,
+            StoredHistory(db),
+            window=window,
+            burst=burst,
+            online=lambda a: registry.get(a) is not None,
         )
 
     async def start(self, host: str, port: int) -> int:
@@ -282,13 +313,12 @@ class TunnelListener:
         conn._server_sig_algs = shared  # type: ignore[assignment]  # read-only use
 
     def accept_key(self, key: asyncssh.SSHKey, addr: str, peer: str) -> bool:
-        line = public_key_line(key)
-        record = self._store.agent_by_key(line)
-        if record is not None and not record.removed:
-            return True
-        reason = "removed" if record is not None else "unknown key"
-        # Refusing needs no permission, so the record may follow the refusal.
         agent_id = agent_id_for(key)
+        status = self._keys.status(agent_id, public_key_line(key))  # in memory: tunnel/keys.py
+        if status == "enrolled":
+            return True
+        reason = "removed" if status == "removed" else "unknown key"
+        # Refusing needs no permission, so the record may follow the refusal.
         first = self._connectivity.refused_key(agent_id, addr, peer, reason)
         level = logging.WARNING if first else logging.DEBUG
         log.log(level, "refused agent key %s from %s: %s", agent_id, peer, reason)

@@ -42,13 +42,14 @@ def services(request: HTTPConnection) -> Services:
     return svc
 
 
-def require(request: Request, *, admin: bool = False, enrolling: bool = False) -> Principal:
+async def require(request: Request, *, admin: bool = False, enrolling: bool = False) -> Principal:
     """Who is calling; state changes also need the CSRF header from login.
 
     While TOTP is required for all and the caller has none yet, only the
-    endpoints that enrol it (``enrolling=True``) answer.
+    endpoints that enrol it (``enrolling=True``) answer. ``StoreError`` (503)
+    when the database cannot say.
     """
-    principal = services(request).auth.principal(request.cookies.get(COOKIE_NAME))
+    principal = await services(request).auth.principal(request.cookies.get(COOKIE_NAME))
     if principal is None:
         raise Unauthenticated("log in first")
     if request.method not in ("GET", "HEAD") and not principal.csrf_ok(
@@ -64,7 +65,7 @@ def require(request: Request, *, admin: bool = False, enrolling: bool = False) -
     return principal
 
 
-def websocket_principal(websocket: WebSocket) -> Principal:
+async def websocket_principal(websocket: WebSocket) -> Principal:
     """Who opens this WebSocket, or ``Unauthenticated``: then it closes with 1008
     before accepting (the client sees HTTP 403).
 
@@ -78,7 +79,7 @@ def websocket_principal(websocket: WebSocket) -> Principal:
     svc = services(websocket)
     if not origin_allowed(websocket.scope, svc.public_url):
         raise Unauthenticated("foreign origin or not logged in")
-    principal = svc.auth.principal(websocket.cookies.get(COOKIE_NAME))
+    principal = await svc.auth.principal(websocket.cookies.get(COOKIE_NAME))
     if principal is None or principal.must_enrol_totp:
         raise Unauthenticated("foreign origin or not logged in")
     return principal

@@ -27,7 +27,9 @@ from allowhelp.broker.console.answers import CloseCode
 from allowhelp.broker.console.api.base import services, websocket_principal
 from allowhelp.broker.console.api.fleet import agent_row
 from allowhelp.broker.console.services import Services
+from allowhelp.broker.errors import StoreError
 from allowhelp.broker.sessions.events import Subscriber
+from allowhelp.broker.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +38,33 @@ RECHECK = 30.0
 
 
 def publish_agent_changes(svc: Services) -> Callable[[], None]:
-    """Tell every console when a machine comes online or goes offline."""
+    """Tell every console when a machine comes online or goes offline.
+
+    The agent registry calls back synchronously (in the middle of a connect or
+    a disconnect), so the machine's row is read in a task of its own: off the
+    event loop, and not in the tunnel's way.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def publish(agent_id: str) -> None:
+        try:
+            record = await svc.db.read(Store.agent, agent_id)
+        except StoreError as exc:
+            log.warning("events: agent=%s change not published: %s", agent_id, exc)
+            return
+        if record is not None:  # online is read now, as it is when the row goes out
+            svc.events.publish({"type": "agent", "agent": agent_row(svc, record)})
 
     def changed(agent_id: str, online: bool) -> None:
-        record = svc.store.agent(agent_id)
-        if record is not None:
-            svc.events.publish({"type": "agent", "agent": agent_row(svc, record)})
+        task = asyncio.get_running_loop().create_task(publish(agent_id))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     return svc.registry.subscribe(changed)
 
 
 async def events_socket(websocket: WebSocket) -> None:
-    principal = websocket_principal(websocket)  # or Unauthenticated: refused before accept
+    principal = await websocket_principal(websocket)  # or Unauthenticated: refused before accept
     svc = services(websocket)
     user = principal.user
     await websocket.accept()
@@ -88,13 +105,23 @@ async def _pump(
             return reader.result()
         if getter not in done:
             getter.cancel()
-            if svc.auth.principal(cookie) is None:
+            if not await _still_valid(svc, cookie):
                 return CloseCode.POLICY
             continue
         event = getter.result()
         if event is None:  # the hub closed us: fell behind, logged out or disabled
             return CloseCode.TRY_AGAIN if subscriber.dropped else CloseCode.POLICY
         await websocket.send_text(json.dumps(event, separators=(",", ":")))
+
+
+async def _still_valid(svc: Services, cookie: str | None) -> bool:
+    """Whether the web session still holds; kept when the database cannot say
+    (logout and disabling close the socket through the hub anyway)."""
+    try:
+        return await svc.auth.principal(cookie) is not None
+    except StoreError as exc:
+        log.warning("events: web session not rechecked: %s", exc)
+        return True
 
 
 async def _read(websocket: WebSocket) -> CloseCode | None:

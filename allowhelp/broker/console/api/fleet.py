@@ -20,7 +20,7 @@ from allowhelp.broker.audit.integrity import verify_with_anchors
 from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import AuditCorrupt, BadRequest, NotFound
-from allowhelp.broker.store import AgentRecord
+from allowhelp.broker.store import AgentRecord, Store
 
 HISTORY_MAX = 200  # events per connectivity answer
 
@@ -43,19 +43,19 @@ def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
 
 
 async def agents(request: Request) -> Response:
-    require(request)
+    await require(request)
     svc = services(request)
-    rows = [agent_row(svc, agent) for agent in svc.store.agents()]
+    rows = [agent_row(svc, agent) for agent in await svc.db.read(Store.agents)]
     rows.sort(key=lambda row: (not row["online"], str(row["hostname"]).lower()))
     return JSONResponse(rows)
 
 
 async def remove_agent(request: Request) -> Response:
     """The agent's key is refused from now on, and its live tunnel is dropped."""
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     svc = services(request)
     agent_id = request.path_params["agent_id"]
-    record = svc.store.agent(agent_id)
+    record = await svc.db.read(Store.agent, agent_id)
     if record is None or record.removed:
         raise NotFound("no such machine")
     await svc.audit.write(
@@ -64,17 +64,18 @@ async def remove_agent(request: Request) -> Response:
         target=agent_id,
         details={"hostname": record.hostname},
     )
-    svc.store.remove_agent(agent_id)
+    await svc.db.run(Store.remove_agent, agent_id)
+    svc.keys.removed(agent_id)  # the tunnel refuses the key from now on (tunnel/keys.py)
     live = svc.registry.get(agent_id)
     if live is not None:
         live.link.close()
-    removed = svc.store.agent(agent_id) or record
+    removed = await svc.db.read(Store.agent, agent_id) or record
     svc.events.publish({"type": "agent", "agent": agent_row(svc, removed)})
     return JSONResponse({"ok": True})
 
 
 async def audit_records(request: Request) -> Response:
-    require(request, admin=True)
+    await require(request, admin=True)
     try:
         after = int(request.query_params.get("after", "0"))
         limit = min(int(request.query_params.get("limit", "500")), 1000)
@@ -89,7 +90,7 @@ async def audit_records(request: Request) -> Response:
 async def audit_verify(request: Request) -> Response:
     """Walk the whole chain and the anchors (read-only, off the event loop), and
     say what the start-up and full checks found."""
-    require(request, admin=True)
+    await require(request, admin=True)
     audit = services(request).audit
     sink = audit.anchors
     anchor_file = sink.path if sink is not None else None
@@ -121,10 +122,10 @@ async def audit_verify(request: Request) -> Response:
 async def connectivity(request: Request) -> Response:
     """One machine's recent connects and disconnects (the bounded history table,
     not the chain), with its last-seen time."""
-    require(request, admin=True)
+    await require(request, admin=True)
     svc = services(request)
     agent_id = request.path_params["agent_id"]
-    record = svc.store.agent(agent_id)
+    record = await svc.db.read(Store.agent, agent_id)
     if record is None:
         raise NotFound("no such machine")
     try:
@@ -134,7 +135,8 @@ async def connectivity(request: Request) -> Response:
     if limit < 1:
         raise BadRequest("limit must be >= 1")
     row = agent_row(svc, record)
-    counts = svc.store.connectivity_counts(agent_id, time.time() - 3600)
+    counts = await svc.db.read(Store.connectivity_counts, agent_id, time.time() - 3600)
+    history = await svc.db.read(Store.connectivity, agent_id, limit)
     return JSONResponse(
         {
             "agent_id": agent_id,
@@ -143,7 +145,7 @@ async def connectivity(request: Request) -> Response:
             "connected_since": row["connected_since"],
             "connects_last_hour": counts["connected"],
             "disconnects_last_hour": counts["disconnected"],
-            "history": [event.to_json() for event in svc.store.connectivity(agent_id, limit)],
+            "history": [event.to_json() for event in history],
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from starlette.requests import Request
@@ -20,7 +21,10 @@ from allowhelp.broker.console.api.base import (
     require,
     services,
 )
-from allowhelp.broker.errors import BadRequest
+from allowhelp.broker.errors import BadRequest, StoreError
+from allowhelp.broker.store import Store
+
+log = logging.getLogger(__name__)
 
 
 async def login(request: Request) -> Response:
@@ -33,7 +37,7 @@ async def login(request: Request) -> Response:
         raise BadRequest("totp must be a string")
     svc = services(request)
     result = await svc.auth.login(username, password, remote_of(request), code or None)
-    _forget_old_session(request)
+    await _forget_old_session(request)
     response = JSONResponse(
         {
             "csrf_token": result.csrf_token,
@@ -56,17 +60,20 @@ async def login(request: Request) -> Response:
     return response
 
 
-def _forget_old_session(request: Request) -> None:
+async def _forget_old_session(request: Request) -> None:
     """Rotation: the cookie the browser had before this login stops working."""
     old = request.cookies.get(COOKIE_NAME)
     if old and len(old) <= 100:
         svc = services(request)
-        svc.store.delete_web_session(token_hash(old))
         svc.events.close_web_session(token_hash(old))
+        try:
+            await svc.db.run(Store.delete_web_session, token_hash(old))
+        except StoreError as exc:  # the new login stands; the old cookie expires as set
+            log.warning("the web session replaced by a login was not deleted: %s", exc)
 
 
 async def logout(request: Request) -> Response:
-    principal = require(request, enrolling=True)
+    principal = await require(request, enrolling=True)
     svc = services(request)
     await svc.auth.logout(principal, remote_of(request))
     svc.events.close_web_session(principal.session.token_hash)
@@ -75,15 +82,16 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def me_json(request: Request, principal: Principal) -> dict[str, object]:
+async def me_json(request: Request, principal: Principal) -> dict[str, object]:
     user = principal.user
+    required = await services(request).db.read(Store.policy, REQUIRE_TOTP)
     return {
         "username": user.username,
         "full_name": user.full_name,
         "role": user.role,
         "totp_enrolled": principal.totp_enrolled,
         "must_enrol_totp": principal.must_enrol_totp,
-        "require_totp": services(request).store.policy(REQUIRE_TOTP) == "1",
+        "require_totp": required == "1",
         # Same-origin pages (a session page opened in a new tab) read it here;
         # other sites cannot read this answer, so it stays a secret to them.
         "csrf_token": principal.session.csrf_token,
@@ -91,7 +99,7 @@ def me_json(request: Request, principal: Principal) -> dict[str, object]:
 
 
 async def me(request: Request) -> Response:
-    return JSONResponse(me_json(request, require(request, enrolling=True)))
+    return JSONResponse(await me_json(request, await require(request, enrolling=True)))
 
 
 def routes() -> list[BaseRoute]:

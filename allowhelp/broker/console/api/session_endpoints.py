@@ -33,7 +33,7 @@ def _visible(principal: Principal, session: Session | None) -> Session:
 
 
 async def create(request: Request) -> Response:
-    principal = require(request)
+    principal = await require(request)
     body = await json_body(request)
     help_code = body.get("help_code") or ""
     session = await services(request).sessions.request(
@@ -48,23 +48,23 @@ async def create(request: Request) -> Response:
 
 
 async def listed(request: Request) -> Response:
-    principal = require(request)
-    rows = services(request).sessions.listed(
+    principal = await require(request)
+    rows = await services(request).sessions.listed(
         principal.user.username, principal.user.role == "admin"
     )
     return JSONResponse([s.to_json() for s in rows])
 
 
 async def one(request: Request) -> Response:
-    principal = require(request)
-    session = services(request).sessions.get(request.path_params["session_id"])
+    principal = await require(request)
+    session = await services(request).sessions.get(request.path_params["session_id"])
     return JSONResponse(_visible(principal, session).to_json())
 
 
 async def end(request: Request) -> Response:
-    principal = require(request)
+    principal = await require(request)
     registry = services(request).sessions
-    session = _visible(principal, registry.get(request.path_params["session_id"]))
+    session = _visible(principal, await registry.get(request.path_params["session_id"]))
     try:
         ended = await registry.end(session.id, reason="technician", actor=principal.actor)
     except IllegalTransition as exc:
@@ -73,16 +73,16 @@ async def end(request: Request) -> Response:
 
 
 async def help_requests(request: Request) -> Response:
-    require(request)
-    tickets = services(request).help_desk.open_tickets()
+    await require(request)
+    tickets = await services(request).help_desk.open_tickets()
     return JSONResponse([t.to_json() for t in tickets])
 
 
 async def recording(request: Request) -> Response:
     """Admins replay a shell; the file must still match the digest the audit log holds."""
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     svc = services(request)
-    session = svc.sessions.get(request.path_params["session_id"])
+    session = await svc.sessions.get(request.path_params["session_id"])
     if session is None or not session.recording or not session.recording_sha256:
         raise NotFound("no recording for this session")
     path = svc.settings.recordings_dir / Path(session.recording).name

@@ -85,7 +85,7 @@ def _screen_relay(websocket: WebSocket, svc: Services, session: Session) -> Rela
 async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
     svc = services(websocket)
     try:
-        principal = websocket_principal(websocket)
+        principal = await websocket_principal(websocket)
         session, link, relay = claim(
             svc.sessions,
             websocket.path_params["session_id"],

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.errors import BadRequest, NotFound
-from allowhelp.broker.store import TokenSummary
+from allowhelp.broker.store import Store, TokenSummary
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk, parse_ttl
 from allowhelp.certs.pki import ca_fingerprint
 from allowhelp.certs.token import secret_hash
@@ -43,13 +43,14 @@ def _token_json(token: TokenSummary, now: float) -> dict[str, object]:
 
 
 async def list_tokens(request: Request) -> Response:
-    require(request, admin=True)
+    await require(request, admin=True)
     now = time.time()
-    return JSONResponse([_token_json(t, now) for t in services(request).store.enrol_tokens()])
+    tokens = await services(request).db.read(Store.enrol_tokens)
+    return JSONResponse([_token_json(t, now) for t in tokens])
 
 
 async def create_token(request: Request) -> Response:
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     body = await json_body(request)
     ttl, uses = body.get("ttl", "1h"), body.get("uses", 1)
     if not isinstance(ttl, str) or not isinstance(uses, int) or isinstance(uses, bool):
@@ -57,9 +58,8 @@ async def create_token(request: Request) -> Response:
     svc = services(request)
     try:
         seconds = parse_ttl(ttl)
-        # In this thread: the store's connection belongs to it. One fsync, rare.
-        token = EnrolmentDesk.create_token(
-            svc.store,
+        token = await EnrolmentDesk.issue_token(
+            svc.db,
             svc.audit,
             url=svc.public_url,
             ca_fingerprint=ca_fingerprint(svc.ca_pem),
@@ -83,13 +83,14 @@ async def create_token(request: Request) -> Response:
 
 
 async def revoke_token(request: Request) -> Response:
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     token_id = request.path_params["token_id"]
     svc = services(request)
-    if not any(t.id == token_id and t.revoked is None for t in svc.store.enrol_tokens()):
+    tokens = await svc.db.read(Store.enrol_tokens)
+    if not any(t.id == token_id and t.revoked is None for t in tokens):
         raise NotFound("no such token, or it is revoked already")
     await svc.audit.write("token.revoked", actor=principal.actor, target=token_id)
-    svc.store.revoke_enrol_token(token_id, time.time())
+    await svc.db.run(Store.revoke_enrol_token, token_id, time.time())
     return JSONResponse({"ok": True})
 
 

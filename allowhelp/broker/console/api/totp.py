@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from allowhelp.broker.auth import totp
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.errors import BadRequest, Conflict
+from allowhelp.broker.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +45,26 @@ def qr_data_url(text: str) -> str:
 
 
 async def status(request: Request) -> Response:
-    principal = require(request, enrolling=True)
-    store = services(request).store
-    state = store.totp(principal.user.id)
+    principal = await require(request, enrolling=True)
+    db = services(request).db
+    state = await db.read(Store.totp, principal.user.id)
+    left = await db.read(Store.recovery_codes_left, principal.user.id)
     return JSONResponse(
         {
             "enrolled": state.secret is not None,
             "pending": state.pending is not None and state.secret is None,
-            "recovery_codes_left": store.recovery_codes_left(principal.user.id),
+            "recovery_codes_left": left,
         }
     )
 
 
 async def setup(request: Request) -> Response:
-    principal = require(request, enrolling=True)
-    store = services(request).store
-    if store.totp(principal.user.id).secret is not None:
+    principal = await require(request, enrolling=True)
+    db = services(request).db
+    if (await db.read(Store.totp, principal.user.id)).secret is not None:
         raise Conflict("TOTP is set up already; an admin can reset it", code="totp_enrolled")
     secret = totp.new_secret()
-    store.set_totp_pending(principal.user.id, secret)
+    await db.run(Store.set_totp_pending, principal.user.id, secret)
     uri = totp.provisioning_uri(secret, principal.user.username, ISSUER)
     try:
         image: str | None = qr_data_url(uri)
@@ -73,13 +75,13 @@ async def setup(request: Request) -> Response:
 
 
 async def confirm(request: Request) -> Response:
-    principal = require(request, enrolling=True)
+    principal = await require(request, enrolling=True)
     code = (await json_body(request)).get("code")
     if not isinstance(code, str):
         raise BadRequest("code must be the 6 digits the app shows")
     svc = services(request)
     user = principal.user
-    state = svc.store.totp(user.id)
+    state = await svc.db.read(Store.totp, user.id)
     if state.secret is not None:
         raise Conflict("TOTP is set up already", code="totp_enrolled")
     if state.pending is None:
@@ -92,7 +94,7 @@ async def confirm(request: Request) -> Response:
         "auth.totp.enrolled", actor=principal.actor, target=user.username, details={}
     )
     hashes = [totp.recovery_hash(c) for c in codes]
-    if not svc.store.activate_totp(user.id, state.pending, step, hashes):
+    if not await svc.db.run(Store.activate_totp, user.id, state.pending, step, hashes):
         raise Conflict("the setup changed meanwhile: start again", code="no_setup")
     return JSONResponse({"recovery_codes": codes})
 

@@ -17,8 +17,8 @@ from allowhelp.broker.auth.authenticator import REQUIRE_TOTP, Principal
 from allowhelp.broker.auth.passwords import check_new_password, hash_password
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.services import Services
-from allowhelp.broker.errors import BadRequest, Conflict, NotFound, StoreError
-from allowhelp.broker.store import ROLES, Role, User, UserSummary
+from allowhelp.broker.errors import BadRequest, Conflict, NotFound
+from allowhelp.broker.store import ROLES, Role, Store, User, UserSummary
 
 MAX_NAME = 64  # the same rule as `allowhelp-broker user add`
 MAX_FULL_NAME = 100
@@ -53,20 +53,20 @@ def _user_json(user: UserSummary) -> dict[str, object]:
     }
 
 
-def _target(svc: Services, username: str) -> User:
-    user = svc.store.user_by_name(username)
+async def _target(svc: Services, username: str) -> User:
+    user = await svc.db.read(Store.user_by_name, username)
     if user is None:
         raise NotFound("no such user")
     return user
 
 
 async def list_users(request: Request) -> Response:
-    require(request, admin=True)
-    return JSONResponse([_user_json(u) for u in services(request).store.users()])
+    await require(request, admin=True)
+    return JSONResponse([_user_json(u) for u in await services(request).db.read(Store.users)])
 
 
 async def create_user(request: Request) -> Response:
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     body = await json_body(request)
     username = _check_username(body.get("username"))
     role = _check_role(body.get("role", "technician"))
@@ -78,36 +78,34 @@ async def create_user(request: Request) -> Response:
     except ValueError as exc:
         raise BadRequest(str(exc), code="weak_password") from exc
     svc = services(request)
-    if svc.store.user_by_name(username) is not None:
+    if await svc.db.read(Store.user_by_name, username) is not None:
         raise Conflict(f"a user named {username} already exists", code="exists")
     await svc.audit.write(
         "user.created", actor=principal.actor, target=username, details={"role": role}
     )
     hashed = await asyncio.to_thread(hash_password, password)  # argon2id: off the loop
-    try:
-        svc.store.add_user(username, full_name.strip()[:MAX_FULL_NAME] or username, role, hashed)
-    except StoreError as exc:
-        raise Conflict(str(exc), code="exists") from exc
-    summary = next(u for u in svc.store.users() if u.username == username)
+    name = full_name.strip()[:MAX_FULL_NAME] or username
+    await svc.db.run(Store.add_user, username, name, role, hashed)  # a twin: Conflict (409)
+    summary = await _summary(svc, username)
     return JSONResponse(_user_json(summary), status_code=201)
 
 
 async def update_user(request: Request) -> Response:
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     svc = services(request)
-    user = _target(svc, request.path_params["username"])
+    user = await _target(svc, request.path_params["username"])
     body = await json_body(request)
     disabled, role = body.get("disabled"), body.get("role")
     if disabled is not None and not isinstance(disabled, bool):
         raise BadRequest("disabled must be true or false")
     new_role = _check_role(role) if role is not None else None
-    _keep_an_admin(svc, principal, user, disabled, new_role)
+    await _keep_an_admin(svc, principal, user, disabled, new_role)
     if disabled is not None and disabled != user.disabled:
         kind = "user.disabled" if disabled else "user.updated"
         await svc.audit.write(
             kind, actor=principal.actor, target=user.username, details={"disabled": disabled}
         )
-        svc.store.update_user(user.username, disabled=disabled)
+        await svc.db.run(Store.update_user, user.username, disabled=disabled)
     if new_role is not None and new_role != user.role:
         await svc.audit.write(
             "user.role_changed",
@@ -115,15 +113,18 @@ async def update_user(request: Request) -> Response:
             target=user.username,
             details={"from": user.role, "to": new_role},
         )
-        svc.store.update_user(user.username, role=new_role)
+        await svc.db.run(Store.update_user, user.username, role=new_role)
     if disabled:
-        svc.store.drop_web_sessions(user.id)
+        await svc.db.run(Store.drop_web_sessions, user.id)
     svc.events.close_user(user.username)  # reconnects (if still allowed) with the new role
-    summary = next(u for u in svc.store.users() if u.username == user.username)
-    return JSONResponse(_user_json(summary))
+    return JSONResponse(_user_json(await _summary(svc, user.username)))
 
 
-def _keep_an_admin(
+async def _summary(svc: Services, username: str) -> UserSummary:
+    return next(u for u in await svc.db.read(Store.users) if u.username == username)
+
+
+async def _keep_an_admin(
     svc: Services, principal: Principal, user: User, disabled: object, role: Role | None
 ) -> None:
     active_admin = user.role == "admin" and not user.disabled
@@ -131,26 +132,27 @@ def _keep_an_admin(
         return
     if user.id == principal.user.id:
         raise Conflict("you cannot disable or demote yourself", code="self")
-    if svc.store.count_active_admins() <= 1:
+    if await svc.db.read(Store.count_active_admins) <= 1:
         raise Conflict("this is the last active admin", code="last_admin")
 
 
 async def reset_totp(request: Request) -> Response:
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     svc = services(request)
-    user = _target(svc, request.path_params["username"])
+    user = await _target(svc, request.path_params["username"])
     await svc.audit.write("auth.totp.reset", actor=principal.actor, target=user.username)
-    svc.store.reset_totp(user.id)
+    await svc.db.run(Store.reset_totp, user.id)
     return JSONResponse({"ok": True})
 
 
 async def get_policy(request: Request) -> Response:
-    require(request)
-    return JSONResponse({"require_totp": services(request).store.policy(REQUIRE_TOTP) == "1"})
+    await require(request)
+    value = await services(request).db.read(Store.policy, REQUIRE_TOTP)
+    return JSONResponse({"require_totp": value == "1"})
 
 
 async def set_policy(request: Request) -> Response:
-    principal = require(request, admin=True)
+    principal = await require(request, admin=True)
     wanted = (await json_body(request)).get("require_totp")
     if not isinstance(wanted, bool):
         raise BadRequest("require_totp must be true or false")
@@ -158,7 +160,7 @@ async def set_policy(request: Request) -> Response:
     await svc.audit.write(
         "auth.policy.changed", actor=principal.actor, details={"require_totp": wanted}
     )
-    svc.store.set_policy(REQUIRE_TOTP, "1" if wanted else "0")
+    await svc.db.run(Store.set_policy, REQUIRE_TOTP, "1" if wanted else "0")
     return JSONResponse({"require_totp": wanted})
 
 
