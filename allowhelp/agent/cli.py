@@ -25,7 +25,7 @@ def config_dir(args: argparse.Namespace) -> Path:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from allowhelp.agent.enrol import enrol
 
-    config = enrol(args.token, config_dir(args))
+    config = enrol(args.token, config_dir(args), args.proxy or "")
     print(f"enrolled: this PC is agent {config.agent_id} of {config.broker_url}")
     return 0
 
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     enroll = sub.add_parser("enroll", help="enrol this PC with a token from the help desk")
     enroll.add_argument("token")
+    enroll.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="web proxy for enrolment and the tunnel, http://[user:password@]host:port, or "
+        "'direct' (default: $https_proxy, honouring $no_proxy)",
+    )
     _config_arg(enroll)
     enroll.set_defaults(func=cmd_enroll)
     run = sub.add_parser("run", help="dial the broker and wait for help requests")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from allowhelp.agent.errors import ConfigError
@@ -31,11 +31,22 @@ class AgentConfig:
     broker_url: str
     ca_pem: str
     ca_fingerprint: str
-    tunnel_host: str
+    tunnel_host: str  # the raw SSH port; "" (port 0) when the broker has it off
     tunnel_port: int
     broker_tunnel_key: str
     agent_id: str
     organisation: str
+    # The same SSH on the console's HTTPS port (wss://.../api/v1/tunnel); older
+    # configurations have none. Tried when the raw port cannot be reached.
+    tunnel_url: str = ""
+    proxy: str = field(default="", repr=False)  # http://[user:pw@]host:port, or "direct"
+
+    @property
+    def routes(self) -> list[str]:
+        """The ways to the broker this PC may take, the raw port first."""
+        return [
+            name for name, there in (("ssh", self.tunnel_port), ("https", self.tunnel_url)) if there
+        ]
 
     def save(self, folder: Path) -> None:
         write_private(folder / CONFIG_FILE, json.dumps(asdict(self), indent=2) + "\n")
@@ -45,7 +56,14 @@ class AgentConfig:
         path = folder / CONFIG_FILE
         try:
             raw = json.loads(path.read_text())
-            config = cls(**{name: raw[name] for name in cls.__dataclass_fields__})
+            optional = {"tunnel_url", "proxy"}
+            config = cls(
+                **{
+                    name: raw[name]
+                    for name in cls.__dataclass_fields__
+                    if name in raw or name not in optional
+                }
+            )
         except FileNotFoundError:
             raise ConfigError(
                 f"this agent is not enrolled ({path} is missing): run "
@@ -53,8 +71,12 @@ class AgentConfig:
             ) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is damaged ({exc}): enrol again") from exc
-        if not isinstance(config.tunnel_port, int) or not 0 < config.tunnel_port < 65536:
+        if not isinstance(config.tunnel_port, int) or not 0 <= config.tunnel_port < 65536:
             raise ConfigError(f"{path} has an invalid tunnel port: enrol again")
+        if not isinstance(config.tunnel_url, str) or not isinstance(config.proxy, str):
+            raise ConfigError(f"{path} is damaged (tunnel_url, proxy): enrol again")
+        if not config.routes:
+            raise ConfigError(f"{path} names no way to the broker: enrol again")
         return config
 
 

@@ -13,14 +13,17 @@ import http.client
 import json
 import logging
 import platform
+import re
 import socket
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from allowhelp import __version__
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.errors import EnrolError
+from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import ca_fingerprint, fingerprints_equal
 from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
@@ -30,6 +33,7 @@ from allowhelp.protocol.control import Hello
 log = logging.getLogger(__name__)
 
 TIMEOUT = 15.0
+TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})")
 MAX_ANSWER = 256 * 1024
 
 
@@ -54,11 +58,28 @@ def current_hello() -> Hello:
 
 
 def _request(
-    url: str, method: str, path: str, context: ssl.SSLContext, body: bytes | None = None
+    url: str,
+    method: str,
+    path: str,
+    context: ssl.SSLContext,
+    body: bytes | None = None,
+    *,
+    proxy_setting: str = "",
 ) -> tuple[int, bytes]:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
-    conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=context)
+    try:
+        proxy = proxy_for(host, proxy_setting)
+    except ValueError as exc:
+        raise EnrolError(f"the proxy setting is not usable: {exc}") from None
+    if proxy is None:
+        conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=context)
+    else:  # CONNECT through the proxy, its Basic authentication on the CONNECT only
+        conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=TIMEOUT, context=context)
+        authorization = proxy.authorization()
+        conn.set_tunnel(
+            host, port, headers={"Proxy-Authorization": authorization} if authorization else None
+        )
     headers = {"Content-Type": "application/json"} if body is not None else {}
     try:
         conn.request(method, path, body=body, headers=headers)
@@ -71,17 +92,24 @@ def _request(
         ) from exc
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise EnrolError(f"cannot reach the broker at {url}: {reason}") from exc
+        via = f" through {proxy}" if proxy is not None else ""
+        refused = TUNNEL_REFUSED.match(reason)
+        if proxy is not None and refused:  # http.client's words for a refused CONNECT
+            hint = refusal_hint(int(refused.group(1)), proxy, f"{host}:{port}")
+            reason = f"{reason}: {hint}" if hint else reason
+        raise EnrolError(f"cannot reach the broker at {url}{via}: {reason}") from exc
     finally:
         conn.close()
 
 
-def fetch_pinned_ca(token: EnrolmentToken) -> str:
+def fetch_pinned_ca(token: EnrolmentToken, proxy_setting: str = "") -> str:
     """Get the CA over an unverified channel and accept it only if it matches the pin."""
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
-    status, body = _request(token.url, "GET", "/api/v1/enrol/ca", probe)
+    status, body = _request(
+        token.url, "GET", "/api/v1/enrol/ca", probe, proxy_setting=proxy_setting
+    )
     if status != 200:
         raise EnrolError(f"the server at {token.url} is not an allowhelp broker (HTTP {status})")
     try:
@@ -104,12 +132,13 @@ def pinned_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
-def enrol(token_text: str, folder: Path) -> AgentConfig:
+def enrol(token_text: str, folder: Path, proxy_setting: str = "") -> AgentConfig:
+    """Enrol this PC; ``proxy_setting`` (a proxy URL, or "direct") is kept for the tunnel."""
     try:
         token = EnrolmentToken.decode(token_text)
     except TokenError as exc:
         raise EnrolError(str(exc)) from exc
-    ca_pem = fetch_pinned_ca(token)
+    ca_pem = fetch_pinned_ca(token, proxy_setting)
     prepare_folder(folder)
     host_key = generate_host_key(folder / HOST_KEY_FILE)
     request = {
@@ -121,13 +150,18 @@ def enrol(token_text: str, folder: Path) -> AgentConfig:
         "version": __version__,
     }
     status, body = _request(
-        token.url, "POST", "/api/v1/enrol", pinned_context(ca_pem), json.dumps(request).encode()
+        token.url,
+        "POST",
+        "/api/v1/enrol",
+        pinned_context(ca_pem),
+        json.dumps(request).encode(),
+        proxy_setting=proxy_setting,
     )
     answer = _json(body)
     if status != 201:
         message = answer.get("message") if isinstance(answer.get("message"), str) else None
         raise EnrolError(f"the broker refused to enrol this PC: {message or f'HTTP {status}'}")
-    config = _config_from(answer, token, ca_pem)
+    config = replace(_config_from(answer, token, ca_pem), proxy=proxy_setting)
     config.save(folder)
     log.info("enrolled as agent=%s with %s", config.agent_id, token.url)
     return config
@@ -143,8 +177,11 @@ def _json(body: bytes) -> dict[str, object]:
 
 def _config_from(answer: dict[str, object], token: EnrolmentToken, ca_pem: str) -> AgentConfig:
     try:
-        tunnel = str(answer["tunnel"])
-        host, _, port = tunnel.rpartition(":")
+        tunnel = answer.get("tunnel")  # None: the broker's raw SSH port is off
+        host, _, port = str(tunnel).rpartition(":") if tunnel else ("", "", "0")
+        tunnel_url = answer.get("tunnel_url") or ""
+        if not isinstance(tunnel_url, str) or not (tunnel or tunnel_url):
+            raise ValueError("no tunnel to dial")
         key = public_key_line(parse_public_key(str(answer["tunnel_key"])))
         return AgentConfig(
             broker_url=token.url,
@@ -152,6 +189,7 @@ def _config_from(answer: dict[str, object], token: EnrolmentToken, ca_pem: str) 
             ca_fingerprint=token.ca_fingerprint,
             tunnel_host=host.strip("[]"),
             tunnel_port=int(port),
+            tunnel_url=tunnel_url,
             broker_tunnel_key=key,
             agent_id=str(answer["agent_id"]),
             organisation=str(answer.get("organisation", "")),

@@ -17,3 +17,8 @@ class EnrolError(AgentError):
 
 class TunnelRefused(AgentError):
     """The broker at the other end is not the one pinned at enrolment."""
+
+
+class ProxyError(AgentError, OSError):
+    """A web proxy refused, failed or stalled; the message names the proxy, never
+    its password. An ``OSError`` too: to the tunnel it is a network failure."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ import asyncssh
 
 from allowhelp.agent.channels import AgentSSHServer, ScreenFactory
 from allowhelp.agent.config import HOST_KEY_FILE
+from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
+from allowhelp.agent.wstunnel import open_https_tunnel
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 30.0
+ROUTE_NAMES = {"ssh": "the SSH port", "https": "the HTTPS port"}
 # After a broker restart the whole fleet dials at once, and the broker lets
 # the excess wait in its listen backlog rather than refusing it. An agent that
 # gave up after 20 s there backed off and came back later (measured at 19,800
@@ -73,6 +77,8 @@ class AgentTunnel:
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
         self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
         self.state = TunnelState()
+        self._preferred = ""  # the route that worked last: tried first next time
+        self._carriers: set[asyncio.Task[None]] = set()
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return asyncssh.SSHServerConnectionOptions(
@@ -97,12 +103,50 @@ class AgentTunnel:
         )
 
     async def connect_once(self) -> asyncssh.SSHServerConnection:
-        return await asyncssh.connect_reverse(
-            self._config.tunnel_host,
-            self._config.tunnel_port,
-            config=None,
-            options=self._options(),
-        )
+        """One connection by the first route that works: the one that worked
+        last, then the raw SSH port, then the HTTPS port (``wstunnel.py``).
+        ``OSError`` naming what each route said when none does."""
+        routes = sorted(self._config.routes, key=lambda route: route != self._preferred)
+        failures = []
+        for route in routes:
+            try:
+                conn = await self._connect(route)
+            except (TimeoutError, OSError, asyncssh.Error) as exc:
+                failures.append(f"{ROUTE_NAMES[route]}: {describe(exc)}")
+                continue
+            if failures:  # say once why the other way did not work
+                log.info(
+                    "agent=%s reached the broker by %s (%s)",
+                    self._config.agent_id,
+                    ROUTE_NAMES[route],
+                    "; ".join(failures),
+                )
+            self._preferred = route
+            return conn
+        raise OSError("; ".join(failures))
+
+    async def _connect(self, route: str) -> asyncssh.SSHServerConnection:
+        config = self._config
+        if route == "ssh":
+            proxy = proxy_for(config.tunnel_host, config.proxy)
+            sock = await open_connection(config.tunnel_host, config.tunnel_port, proxy)
+            return await self._ssh_on(sock)
+        sock, carrier = await open_https_tunnel(config.tunnel_url, config.ca_pem, config.proxy)
+        try:
+            conn = await self._ssh_on(sock)
+        except BaseException:
+            carrier.cancel()
+            raise
+        self._carriers.add(carrier)  # ends by itself when the tunnel closes
+        carrier.add_done_callback(self._carriers.discard)
+        return conn
+
+    async def _ssh_on(self, sock: socket.socket) -> asyncssh.SSHServerConnection:
+        try:
+            return await asyncssh.connect_reverse(sock=sock, config=None, options=self._options())
+        except BaseException:
+            sock.close()
+            raise
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Connect, serve until the tunnel drops, wait a jittered while, repeat."""
@@ -114,10 +158,8 @@ class AgentTunnel:
             except (TimeoutError, OSError, asyncssh.Error) as exc:
                 self.state.last_error = describe(exc)
                 log.warning(
-                    "agent=%s cannot reach the broker at %s:%d: %s",
+                    "agent=%s cannot reach the broker (%s)",
                     self._config.agent_id,
-                    self._config.tunnel_host,
-                    self._config.tunnel_port,
                     self.state.last_error,
                 )
             else:
@@ -139,11 +181,14 @@ class AgentTunnel:
         if not closed.done():
             conn.close()
             await closed
+        if self._carriers:  # the WebSocket under it closes with it
+            await asyncio.wait(set(self._carriers), timeout=5)
         self.state.connected = False
         log.info("agent=%s tunnel closed", self._config.agent_id)
 
 
 def describe(exc: BaseException) -> str:
+    """One line about a failed connection; a proxy's password is never in it."""
     if isinstance(exc, asyncssh.PermissionDenied):
         return "the tunnel peer is not the pinned broker (key refused)"
     if isinstance(exc, asyncssh.DisconnectError):

@@ -47,6 +47,27 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_tunnel(text: str) -> tuple[str | None, int]:
+    """``--tunnel HOST:PORT``, or ``off``: agents then ride the HTTPS port alone."""
+    if text.strip().lower() == "off":
+        return None, 0
+    return parse_hostport(text, "--tunnel")
+
+
+def parse_trusted_proxies(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``--trusted-proxy CIDR``: the reverse proxies whose X-Forwarded-For is believed."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"--trusted-proxy must be an address or a network such as 10.0.0.5 or "
+                f"10.0.0.0/24 (got {value!r})"
+            ) from None
+    return tuple(networks)
+
+
 def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -99,7 +120,7 @@ class BrokerSettings:
     data_dir: Path
     https_host: str
     https_port: int
-    tunnel_host: str
+    tunnel_host: str | None  # None: --tunnel off, agents ride the HTTPS port alone
     tunnel_port: int
     public_url: str | None  # None: https://localhost:<bound port>, known after bind
     organisation: str = "IT help desk"
@@ -110,6 +131,7 @@ class BrokerSettings:
     recording_max: int = parse_size(DEFAULT_RECORDING_MAX, "")
     recordings_min_free: int = parse_size(DEFAULT_RECORDINGS_MIN_FREE, "")
     audit: AuditOptions = field(default_factory=AuditOptions)  # anchors, start-up check
+    trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For is believed
 
     @property
     def recordings_dir(self) -> Path:
@@ -131,9 +153,10 @@ class BrokerSettings:
         recording_max: str = DEFAULT_RECORDING_MAX,
         recordings_min_free: str = DEFAULT_RECORDINGS_MIN_FREE,
         audit: AuditOptions | None = None,
+        trusted_proxies: list[str] | tuple[str, ...] = (),
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
-        tunnel_host, tunnel_port = parse_hostport(tunnel, "--tunnel")
+        tunnel_host, tunnel_port = parse_tunnel(tunnel)
         if not organisation.strip() or len(organisation) > 100:
             raise ValueError("the organisation name must be 1 to 100 characters")
         if not 2 <= consent_timeout <= 600:
@@ -155,6 +178,7 @@ class BrokerSettings:
             recording_max=cap,
             recordings_min_free=parse_size(recordings_min_free, "--recordings-min-free"),
             audit=audit or AuditOptions(),
+            trusted_proxies=parse_trusted_proxies(trusted_proxies),
         )
 
 
@@ -164,8 +188,8 @@ class RuntimeInfo:
 
     public_url: str
     https: str
-    tunnel: str
-    tunnel_public: str
+    tunnel: str  # "off" when agents ride the HTTPS port alone
+    tunnel_public: str  # likewise
     pid: int
 
     def write(self, data_dir: Path) -> None:

@@ -32,9 +32,10 @@ FLOOR = {room: n for n, rooms in enumerate(BROKER_FLOORS) for room in rooms}
 ALLOWED = {
     "protocol": {"protocol"},
     "certs": {"certs"},
-    "agent": {"agent", "certs", "protocol", "runtime", ""},
+    "agent": {"agent", "certs", "protocol", "runtime", "wsbridge", ""},
     "runtime": set(),
-    "broker": {"broker", "certs", "protocol", "runtime", ""},
+    "wsbridge": set(),
+    "broker": {"broker", "certs", "protocol", "runtime", "wsbridge", ""},
 }
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 
 from harness import (
+    TECH,
+    TECH_PW,
     Agent,
+    Broker,
     Desk,
     agent_call,
     wait_pending,
@@ -39,3 +42,22 @@ class Terminal:
             return self.seen
 
         return await asyncio.wait_for(read(), timeout)
+
+
+async def shell_says(broker: Broker, agent: Agent, command: str, expect: bytes) -> None:
+    """A technician asks for a shell, the PC allows it, ``command`` prints ``expect``."""
+    desk = Desk.login(broker, TECH, TECH_PW)
+    try:
+        session_id = await asyncio.to_thread(consented_shell, desk, agent)
+        async with connect(
+            desk.ws_url(session_id),
+            ssl=broker.ssl_context(),
+            origin=broker.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": desk.cookie_header()},
+        ) as ws:
+            term = Terminal(ws)
+            await term.send(command + "\n")
+            await term.expect(expect, timeout=30)
+        desk.client.post(f"/api/v1/sessions/{session_id}/end")
+    finally:
+        desk.close()

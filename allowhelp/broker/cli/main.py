@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recording_max=args.recording_max,
         recordings_min_free=args.recordings_min_free,
         audit=AuditOptions.from_args(args),
+        trusted_proxies=args.trusted_proxy,
     )
     tune_malloc()
     run_event_loop(serve(settings))
@@ -118,7 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the broker (HTTPS console + agent tunnel)")
     _data_arg(serve)
     serve.add_argument("--https", default=DEFAULT_HTTPS, metavar="HOST:PORT")
-    serve.add_argument("--tunnel", default=DEFAULT_TUNNEL, metavar="HOST:PORT")
+    serve.add_argument(
+        "--tunnel",
+        default=DEFAULT_TUNNEL,
+        metavar="HOST:PORT|off",
+        help="the raw SSH port agents dial; 'off': agents ride the HTTPS port alone "
+        "(they always can, at /api/v1/tunnel)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a reverse proxy (address or network) whose X-Forwarded-For names the "
+        "client; repeatable. Without it the header is ignored",
+    )
     serve.add_argument(
         "--public-url",
         default=None,

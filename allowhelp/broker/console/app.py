@@ -29,6 +29,7 @@ from allowhelp.broker.console.api import session_endpoints as api_sessions
 from allowhelp.broker.console.api import session_sockets as api_session_sockets
 from allowhelp.broker.console.api import tokens as api_tokens
 from allowhelp.broker.console.api import totp as api_totp
+from allowhelp.broker.console.api import tunnel_socket as api_tunnel
 from allowhelp.broker.console.api import users as api_users
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.static import ConsoleFiles
@@ -72,6 +73,7 @@ def create_app(svc: Services) -> Wall:
         *api_tokens.routes(),
         *api_totp.routes(),
         *api_events.routes(),
+        *api_tunnel.routes(),
         Route("/api/{rest:path}", api_not_found),
         Route("/", index, methods=["GET"]),
         Mount("/", app=ConsoleFiles(directory=WEB_DIR, check_dir=False)),

@@ -14,6 +14,7 @@ from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
 from allowhelp.broker.tunnel.keys import EnrolledKeys
+from allowhelp.broker.tunnel.listener import TunnelListener
 
 
 @dataclass
@@ -30,3 +31,4 @@ class Services:
     sessions: SessionRegistry
     help_desk: HelpDesk
     keys: EnrolledKeys
+    tunnel: TunnelListener  # also takes tunnels that ride the HTTPS port

@@ -4,7 +4,9 @@ Security headers, no-store on the API, a body size cap, and the Origin rule
 for anything that changes state. Pure ASGI so it also sees WebSocket upgrades
 and costs nothing on the relay path once a socket is open: a WebSocket
 upgrade without an Origin, or with any Origin but the broker's public URL, is
-refused here (HTTP 403) before any endpoint runs. Slow or oversized request
+refused here (HTTP 403) before any endpoint runs; the one exception is the
+agents' tunnel (``wsbridge.PATH``), which no browser may open: that endpoint
+refuses every upgrade that carries an Origin. Slow or oversized request
 heads are stopped one layer lower, in ``httpguard``.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 
 from allowhelp.broker.console.answers import CloseCode, answer
 from allowhelp.broker.errors import BrokerError, Forbidden, TooLarge
+from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -81,6 +84,9 @@ class Wall:
         self._public_url = public_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope.get("path") == TUNNEL_PATH:
+            await self._app(scope, receive, send)  # agents, not browsers: Origin refused there
+            return
         if scope["type"] == "websocket" and not origin_allowed(scope, self._public_url()):
             # Browsers always send Origin on a WebSocket; none, or another
             # site's, is cross-site WebSocket hijacking or not a browser at all.

@@ -43,6 +43,7 @@ from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.pki import BrokerPKI, ensure_broker_pki
 from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, SessionEnd
+from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,10 @@ async def _serve(
         await folder.audit.write("broker.started", actor="system", details={"pid": os.getpid()})
         await sessions.recover(settings.recordings_dir)
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
-        tunnel_public = format_hostport(url_host(public_url), tunnel_port)
+        tunnel_public = (
+            format_hostport(url_host(public_url), tunnel_port) if tunnel_port is not None else None
+        )
+        tunnel_url = "wss://" + public_url.removeprefix("https://") + TUNNEL_PATH
         svc = Services(
             db=db,
             audit=folder.audit,
@@ -240,6 +244,7 @@ async def _serve(
                 folder.audit,
                 keys,
                 tunnel_public=tunnel_public,
+                tunnel_url=tunnel_url,
                 tunnel_key=folder.pki.tunnel_public_key,
                 organisation=settings.organisation,
             ),
@@ -250,18 +255,27 @@ async def _serve(
             sessions=sessions,
             help_desk=help_desk,
             keys=keys,
+            tunnel=tunnel,
         )
-        server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki))
+        server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki, settings.trusted_proxies))
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
         await _started(server, serving)
         RuntimeInfo(
             public_url=public_url,
             https=format_hostport(settings.https_host, https_port),
-            tunnel=format_hostport(settings.tunnel_host, tunnel_port),
-            tunnel_public=tunnel_public,
+            tunnel=(
+                format_hostport(settings.tunnel_host, tunnel_port)
+                if settings.tunnel_host is not None and tunnel_port is not None
+                else "off"
+            ),
+            tunnel_public=tunnel_public or "off",
             pid=os.getpid(),
         ).write(settings.data_dir)
-        log.info("allowhelp broker ready: console %s, agents dial %s", public_url, tunnel_public)
+        log.info(
+            "allowhelp broker ready: console %s, agents dial %s",
+            public_url,
+            f"{tunnel_public} or {tunnel_url}" if tunnel_public else f"{tunnel_url} only",
+        )
         await _until(stop, serving)
         server.should_exit = True
         await sessions.shutdown()
@@ -294,7 +308,7 @@ async def _until(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
     waiter.cancel()
 
 
-def _uvicorn_config(app: Wall, pki: BrokerPKI) -> uvicorn.Config:
+def _uvicorn_config(app: Wall, pki: BrokerPKI, trusted_proxies: tuple[str, ...]) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         ssl_certfile=str(pki.tls_cert),
@@ -302,7 +316,11 @@ def _uvicorn_config(app: Wall, pki: BrokerPKI) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        proxy_headers=False,
+        # X-Forwarded-For/-Proto only from the reverse proxies the admin named
+        # (uvicorn takes the last address that is not one of them): login
+        # throttling and the audit then see the client, not the proxy.
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies) or None,
         http=GuardedHttpProtocol,  # deadlines and a size cap for request heads
         ws_max_size=1024 * 1024,
         ws_per_message_deflate=False,

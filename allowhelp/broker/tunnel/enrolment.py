@@ -48,14 +48,16 @@ def parse_ttl(text: str) -> int:
 @dataclass(frozen=True)
 class EnrolReply:
     agent_id: str
-    tunnel: str
+    tunnel: str | None  # HOST:PORT of the raw SSH port; None when it is off
+    tunnel_url: str  # wss://.../api/v1/tunnel: the same SSH on the HTTPS port
     tunnel_key: str
     organisation: str
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         return {
             "agent_id": self.agent_id,
             "tunnel": self.tunnel,
+            "tunnel_url": self.tunnel_url,
             "tunnel_key": self.tunnel_key,
             "organisation": self.organisation,
         }
@@ -68,7 +70,8 @@ class EnrolmentDesk:
         audit: AuditLog,
         keys: EnrolledKeys,
         *,
-        tunnel_public: str,
+        tunnel_public: str | None,
+        tunnel_url: str,
         tunnel_key: str,
         organisation: str,
     ) -> None:
@@ -76,6 +79,7 @@ class EnrolmentDesk:
         self._audit = audit
         self._keys = keys
         self._tunnel_public = tunnel_public
+        self._tunnel_url = tunnel_url
         self._tunnel_key = tunnel_key
         self._organisation = organisation
 
@@ -166,7 +170,9 @@ class EnrolmentDesk:
         )
         await self._db.run(Store.upsert_agent, record)
         self._keys.enrolled(agent_id, record.public_key)  # the tunnel takes this key from now on
-        return EnrolReply(agent_id, self._tunnel_public, self._tunnel_key, self._organisation)
+        return EnrolReply(
+            agent_id, self._tunnel_public, self._tunnel_url, self._tunnel_key, self._organisation
+        )
 
 
 def _new_token(url: str, ca_fingerprint: str, uses: int) -> EnrolmentToken:

@@ -144,6 +144,7 @@ class TunnelListener:
         self._room.set()
         self.dropped = 0
         self._options_built: asyncssh.SSHClientConnectionOptions | None = None
+        self._stopping = False
         self._sig_algs: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._connectivity = ConnectivityAudit(
             audit,
@@ -153,16 +154,36 @@ class TunnelListener:
             online=lambda a: registry.get(a) is not None,
         )
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen and return the bound port (useful when port 0 was asked)."""
-        try:
-            self._sock = bind(host, port)
-        except ValueError as exc:
-            raise TunnelError(f"cannot listen for agents: {exc}") from exc
+    async def start(self, host: str | None, port: int) -> int | None:
+        """Listen and return the bound port (useful when port 0 was asked); with
+        no host, take only the tunnels handed over by ``accept_stream``."""
+        if host is not None:
+            try:
+                self._sock = bind(host, port)
+            except ValueError as exc:
+                raise TunnelError(f"cannot listen for agents: {exc}") from exc
         self._options_built = self._options()
         self._connectivity.start()
+        if self._sock is None:
+            return None
         self._accepting = asyncio.create_task(self._accept_loop(self._sock))
         return int(self._sock.getsockname()[1])
+
+    def accept_stream(self, sock: socket.socket, address: str, peer: str) -> None:
+        """A tunnel that came another way (a WebSocket on the HTTPS port, bridged
+        to ``sock``): the same admission, handshake, key check and audit."""
+        if self._options_built is None or self._stopping:
+            sock.close()
+            return
+        self._spawn(self._admit_stream(sock, address, peer))
+
+    async def _admit_stream(self, sock: socket.socket, address: str, peer: str) -> None:
+        await self._room.wait()
+        if not self._admit(address):
+            self.dropped += 1
+            sock.close()
+            return
+        await self._handshake(sock, address, peer)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -209,15 +230,18 @@ class TunnelListener:
         conn: asyncssh.SSHClientConnection | None = None
         try:
             _, conn = await loop.create_connection(
-                lambda: self._start_client(loop, finished), sock=sock
+                lambda: self._start_client(loop, finished, address), sock=sock
             )
             await finished
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
+        except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: asyncssh's PacketDecodeError, a peer's malformed packet.
             owner = conn.get_owner() if conn is not None else None
             if not (isinstance(owner, AgentConnection) and owner.refused):
                 self._handshake_failed(address, peer, exc)
             if conn is None:
                 sock.close()
+            else:
+                conn.abort()
             return
         except asyncio.CancelledError:
             if conn is not None:
@@ -237,7 +261,7 @@ class TunnelListener:
         log.log(level, "tunnel handshake failed: %s (from %s)", reason, peer)
 
     def _start_client(
-        self, loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]
+        self, loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None], address: str
     ) -> asyncssh.SSHClientConnection:
         """One SSH client connection on the shared options.
 
@@ -259,7 +283,11 @@ class TunnelListener:
             if not finished.done():
                 finished.set_exception(exc or asyncssh.ConnectionLost("connection lost"))
 
-        return asyncssh.SSHClientConnection(loop, self._shared_options(), accepted, failed)
+        conn = asyncssh.SSHClientConnection(loop, self._shared_options(), accepted, failed)
+        # A tunnel bridged from the HTTPS port runs on a socketpair, which has no
+        # TCP peer: asyncssh then takes the peer from here (its public extra info).
+        conn.set_extra_info(remote_peername=(address, 0))
+        return conn
 
     def _shared_options(self) -> asyncssh.SSHClientConnectionOptions:
         if self._options_built is None:
@@ -356,6 +384,7 @@ class TunnelListener:
 
     async def stop(self) -> None:
         """Stop accepting, drop every tunnel, and let pending audit records land."""
+        self._stopping = True  # tunnels still arriving over HTTPS are closed
         if self._accepting is not None:
             self._accepting.cancel()
             await asyncio.gather(self._accepting, return_exceptions=True)

@@ -1,0 +1,210 @@
+"""Reaching the broker from a branch network: direct, or through a web proxy.
+
+Branch firewalls often let only HTTPS out, through a proxy that wants a
+password. The agent honours ``https_proxy`` / ``HTTPS_PROXY`` (and
+``no_proxy``) and a proxy URL in its configuration (``enroll --proxy``), and
+opens every connection to the broker, enrolment and tunnel alike, with HTTP
+``CONNECT`` and Basic authentication through it: no connection bypasses it.
+
+The proxy's password lives in ``Proxy`` only: ``str(proxy)`` and every
+message name the proxy by host and port, never with its credentials.
+The request and the answer's head are plain functions (no I/O), tested apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import urllib.request
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from allowhelp.agent.errors import ProxyError
+
+CONNECT_TIMEOUT = 15.0  # TCP connect and the proxy's answer, each
+MAX_ANSWER_HEAD = 16 * 1024
+DIRECT = "direct"  # a configured proxy of "direct": ignore the environment's
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"the proxy {host}:{self.port}"
+
+    def authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` value, when the URL carried a user."""
+        if not self.username:
+            return None
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def parse_proxy(url: str) -> Proxy:
+    """``http://[user:password@]host[:port]``; ``ValueError`` naming no secret."""
+    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    if parts.scheme != "http":
+        raise ValueError(
+            "the proxy must be an http:// URL (HTTP CONNECT; the tunnel inside is "
+            "already encrypted), e.g. http://proxy.example.org:3128"
+        )
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError("the proxy URL has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError("the proxy URL has no host name")
+    return Proxy(
+        parts.hostname,
+        port,
+        unquote(parts.username or ""),
+        unquote(parts.password or ""),
+    )
+
+
+def proxy_for(host: str, configured: str = "") -> Proxy | None:
+    """The proxy for a connection to ``host``: the configured one, else the
+    environment's ``https_proxy`` unless ``no_proxy`` names the host."""
+    if configured:
+        return None if configured == DIRECT else parse_proxy(configured)
+    found = urllib.request.getproxies_environment().get("https")
+    if not found or urllib.request.proxy_bypass(host):  # no_proxy (on Linux)
+        return None
+    return parse_proxy(found)
+
+
+def connect_request(host: str, port: int, proxy: Proxy) -> bytes:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", "User-Agent: allowhelp-agent"]
+    authorization = proxy.authorization()
+    if authorization is not None:
+        lines.append(f"Proxy-Authorization: {authorization}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def answer_head_length(buffer: bytes) -> int | None:
+    """Bytes of the answer's head (through the blank line), once it is all there."""
+    end = buffer.find(b"\r\n\r\n")
+    return None if end < 0 else end + 4
+
+
+def check_answer(head: bytes, proxy: Proxy, target: str) -> None:
+    """Accept a 2xx answer to CONNECT; anything else is a ``ProxyError`` that
+    says what the proxy said (407: a password, 403: not allowed, 502: ...)."""
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ProxyError(f"{proxy} did not answer as an HTTP proxy")
+    status = int(parts[1])
+    if 200 <= status < 300:
+        return
+    reason = parts[2].strip()[:80] if len(parts) > 2 else ""
+    said = f"{status} {reason}".strip()
+    hint = refusal_hint(status, proxy, target)
+    raise ProxyError(
+        f"{proxy} refused to connect to {target} ({said})" + (f": {hint}" if hint else "")
+    )
+
+
+def refusal_hint(status: int, proxy: Proxy, target: str) -> str:
+    """What a proxy's refusal means for the admin (some proxies answer 401 for 407)."""
+    if status in (401, 407):
+        if proxy.authorization() is None:
+            return "it wants a user and password (put them in the proxy URL)"
+        return "it refused the user and password"
+    if status == 403:
+        return f"it does not allow connections to {target}"
+    return ""
+
+
+async def open_connection(host: str, port: int, proxy: Proxy | None) -> socket.socket:
+    """A connected TCP socket to ``host:port``, through ``proxy`` when given."""
+    if proxy is None:
+        return await _tcp(host, port, f"{host}:{port}")
+    sock = await _tcp(proxy.host, proxy.port, str(proxy))
+    try:
+        await _connect_through(sock, host, port, proxy)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _tcp(host: str, port: int, what: str) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            error: OSError = OSError(f"no address for {what}")
+            for family, kind, proto, _, address in infos:
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, address)
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                    continue
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+            raise error
+    except TimeoutError:
+        raise OSError(f"connecting to {what} timed out") from None
+
+
+async def _connect_through(sock: socket.socket, host: str, port: int, proxy: Proxy) -> None:
+    loop = asyncio.get_running_loop()
+    target = f"{host}:{port}"
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await loop.sock_sendall(sock, connect_request(host, port, proxy))
+            head = await _read_head(loop, sock, proxy)
+    except TimeoutError:
+        raise ProxyError(f"{proxy} did not answer within {CONNECT_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise ProxyError(f"{proxy} cut the connection ({exc.strerror or exc})") from exc
+    check_answer(head, proxy, target)
+
+
+async def _read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket, proxy: Proxy) -> bytes:
+    """The answer's head, and not one byte more: what follows is the broker's."""
+    while True:
+        await _readable(loop, sock)
+        peeked = sock.recv(MAX_ANSWER_HEAD, socket.MSG_PEEK)
+        if not peeked:
+            raise ProxyError(f"{proxy} closed the connection without answering")
+        length = answer_head_length(peeked)
+        if length is not None:
+            return _recv_exactly(sock, length)
+        if len(peeked) >= MAX_ANSWER_HEAD:
+            raise ProxyError(f"{proxy} sent an answer head over {MAX_ANSWER_HEAD} bytes")
+        await asyncio.sleep(0.01)  # more of the head is on its way
+
+
+def _recv_exactly(sock: socket.socket, length: int) -> bytes:
+    data = b""
+    while len(data) < length:  # already peeked: in the kernel's buffer
+        data += sock.recv(length - len(data))
+    return data
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        with contextlib.suppress(Exception):
+            loop.remove_reader(sock.fileno())
