@@ -221,3 +221,17 @@ def test_recordings_kept_elsewhere_are_taken_with_recordings_dir(
     assert refused(
         "backup", "--data", str(broker.data), "--output", str(output), "--recordings", str(missing)
     ) == (f"--recordings {missing} is not a folder: give the one serve uses")
+
+
+def test_a_partial_file_in_the_way_is_refused_and_left_alone(
+    broker: Broker, tmp_path: Path
+) -> None:
+    output = tmp_path / "b.tar"
+    partial = tmp_path / "b.tar.partial"
+    partial.write_bytes(b"someone else's")  # a backup running, or one killed
+    assert refused("backup", "--data", str(broker.data), "--output", str(output)) == (
+        f"{partial} already exists (another backup to b.tar is running, or one was killed): "
+        "remove it and try again"
+    )
+    assert partial.read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.partial"]
