@@ -64,6 +64,12 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def os_reason(exc: OSError) -> str:
+    """An OSError as an operator reads it: what went wrong, and with which file."""
+    what = exc.strerror or str(exc)
+    return f"{what}: {exc.filename}" if exc.filename else what
+
+
 def member_name(path: str) -> str:
     return f"{DATA}/{path}"
 

@@ -54,6 +54,7 @@ from allowhelp.broker.node.archive import (
     Manifest,
     fsync_dir,
     member_name,
+    os_reason,
 )
 from allowhelp.broker.node.server import AUDIT_FILE, STORE_FILE
 from allowhelp.broker.settings import RECORDINGS, RUNTIME_FILE, RuntimeInfo
@@ -81,7 +82,7 @@ def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None)
     output = output.expanduser().absolute()
     mode = _tar_mode(output)
     partial = output.with_name(output.name + ".partial")
-    _check_output(output, partial)
+    _check_output(output)
     _audit_backup(data_dir, output, recordings_dir)
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -91,7 +92,7 @@ def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None)
             "was killed): remove it and try again"
         ) from None
     except OSError as exc:
-        raise BackupError(f"cannot write {partial}: {exc.strerror or exc}") from exc
+        raise BackupError(f"no backup written: {os_reason(exc)}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             manifest = _write_archive(handle, mode, data_dir, recordings_dir, output.parent)
@@ -103,7 +104,7 @@ def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None)
         with contextlib.suppress(OSError):
             partial.unlink()
         if isinstance(exc, OSError):
-            raise BackupError(f"cannot write {output}: {exc.strerror or exc}") from exc
+            raise BackupError(f"no backup written to {output}: {os_reason(exc)}") from exc
         raise
     size = output.stat().st_size
     return BackupResult(output, size, manifest, tuple(exposure_warnings(output)))
@@ -154,7 +155,7 @@ def _tar_mode(output: Path) -> str:
     return "w:gz" if output.name.endswith((".gz", ".tgz")) else "w:"
 
 
-def _check_output(output: Path, partial: Path) -> None:
+def _check_output(output: Path) -> None:
     if not output.parent.is_dir():
         raise BackupError(
             f"the folder {output.parent} does not exist: create it or give --output another folder"

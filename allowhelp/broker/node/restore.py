@@ -36,6 +36,7 @@ from allowhelp.broker.node.archive import (
     FileEntry,
     Manifest,
     fsync_dir,
+    os_reason,
     path_of_member,
 )
 from allowhelp.broker.node.server import AUDIT_FILE
@@ -66,7 +67,10 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
     if not backup.is_file():
         raise BackupError(f"no backup file at {backup}")
     _check_target(target)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restoring-"))
+    try:
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restoring-"))
+    except OSError as exc:
+        raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
     try:
         manifest = _unpack(backup, scratch)
         chain = _check_chain(scratch, manifest)
@@ -79,8 +83,10 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
                 f"{target} is not empty any more ({exc.strerror}): restore into a new folder"
             ) from exc
         fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a file that cannot be written
+            raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
         raise
     return RestoreResult(target, manifest, chain, restored_seq)
 
