@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import sqlite3
 import stat
 import tarfile
 from pathlib import Path
@@ -235,3 +236,23 @@ def test_a_partial_file_in_the_way_is_refused_and_left_alone(
     )
     assert partial.read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.partial"]
+
+
+def test_a_broken_chain_is_restored_as_it_was_and_said_loudly(good: Path, tmp_path: Path) -> None:
+    """A restore is faithful: evidence of tampering comes back as evidence, with a warning."""
+    source = tmp_path / "source"
+    assert broker_cli("restore", str(good), "--data", str(source)).returncode == 0
+    conn = sqlite3.connect(source / "audit.sqlite3", isolation_level=None)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET actor = 'nobody' WHERE seq = 2")
+    conn.close()
+    output = tmp_path / "tampered.tar"
+    done = broker_cli("backup", "--data", str(source), "--output", str(output))  # no broker runs
+    assert done.returncode == 0, done.stderr
+    done = broker_cli("restore", str(output), "--data", str(tmp_path / "again"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(
+        "allowhelp-broker: warning: the backup's audit log is NOT intact: record 2 "
+    ), done.stderr
+    verified = broker_cli("audit", "verify", "--data", str(tmp_path / "again"))
+    assert verified.returncode == 1 and "record 2" in verified.stdout

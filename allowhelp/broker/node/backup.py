@@ -44,7 +44,7 @@ from allowhelp.broker.audit.anchor import ANCHOR_FILE
 from allowhelp.broker.audit.chain import SCHEMA_VERSION, check_schema, read_head
 from allowhelp.broker.audit.entry import utc_now
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
+from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError, StoreError
 from allowhelp.broker.node.archive import (
     MANIFEST,
     PKI_FILES,
@@ -58,9 +58,10 @@ from allowhelp.broker.node.archive import (
 )
 from allowhelp.broker.node.server import AUDIT_FILE, STORE_FILE
 from allowhelp.broker.settings import RECORDINGS, RUNTIME_FILE, RuntimeInfo
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.migrations import MIGRATIONS
 
 BUSY_TIMEOUT = 10.0  # seconds a snapshot waits for a writer's lock
-OPEN_STATES = ("requested", "awaiting_consent", "active")
 
 
 @dataclass(frozen=True)
@@ -165,17 +166,11 @@ def _check_output(output: Path) -> None:
 
 
 def _check_store(path: Path) -> None:
+    """A store this allowhelp reads (its own schema version), else not a broker's folder."""
     try:
-        conn = _open_ro(path)
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise BackupError(f"{path} is not a broker database ({exc})") from exc
-    if version < 1 or "sessions" not in tables:
-        raise BackupError(f"{path} is not a broker database (no broker schema)")
+        Store.open(path, read_only=True).close()
+    except StoreError as exc:
+        raise BackupError(f"{path} is not a broker database this allowhelp reads ({exc})") from exc
 
 
 def _check_audit(path: Path) -> None:
@@ -274,20 +269,15 @@ def _snapshot(source: Path, target: Path) -> Path:
 
 def _store_facts(copy: Path) -> tuple[int, tuple[str, ...]]:
     """The store's schema version and the sessions open in the snapshot."""
-    marks = ", ".join("?" for _ in OPEN_STATES)
     try:
-        conn = sqlite3.connect(copy)
+        store = Store.open(copy, read_only=True)  # checks the version is this code's
         try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            rows = conn.execute(
-                f"SELECT id FROM sessions WHERE state IN ({marks}) ORDER BY id",  # noqa: S608
-                OPEN_STATES,
-            ).fetchall()
+            open_sessions = tuple(sorted(session.id for session in store.open_sessions()))
         finally:
-            conn.close()
-    except sqlite3.Error as exc:
+            store.close()
+    except StoreError as exc:
         raise BackupError(f"the snapshot of the broker database cannot be read: {exc}") from exc
-    return version, tuple(str(row[0]) for row in rows)
+    return len(MIGRATIONS), open_sessions
 
 
 def _read_anchors(path: Path) -> bytes | None:
