@@ -102,6 +102,7 @@ def add_backup_commands(
         "--data",
         type=Path,
         default=None,
+        metavar="DIR",
         help="the broker's data folder (default: $ALLOWHELP_DATA or "
         "~/.local/share/allowhelp/broker)",
     )
