@@ -118,6 +118,12 @@ class TunnelError(BrokerError):
     code = "tunnel_error"
 
 
+class BackupError(BrokerError):
+    """A backup cannot be taken, or a backup file cannot be restored (command line only)."""
+
+    code = "backup_refused"
+
+
 # A relay between a technician's socket and a PC's channel that cannot go on.
 
 

@@ -59,6 +59,10 @@ EVENT_CODES: dict[str, str] = {
     "recording.stopped": "AH1412",
     # a login recorded as ok whose web session could not be made: the user was told it failed
     "auth.login.aborted": "AH1008",
+    # the data folder backed up (`allowhelp-broker backup`, written before the snapshot)
+    # and restored from a backup (`allowhelp-broker restore`, the restored chain's first new record)
+    "broker.backup": "AH1906",
+    "broker.restored": "AH1907",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

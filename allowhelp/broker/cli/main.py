@@ -13,6 +13,7 @@ from pathlib import Path
 
 from allowhelp.broker.audit.options import AuditOptions, add_serve_arguments
 from allowhelp.broker.cli.audit import add_audit_commands
+from allowhelp.broker.cli.backup import add_backup_commands
 from allowhelp.broker.errors import BrokerError
 from allowhelp.broker.settings import (
     DEFAULT_HTTPS,
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_token_create)
 
     add_audit_commands(sub, default_data_dir)
+    add_backup_commands(sub, default_data_dir)
 
     demo = sub.add_parser("demo", help="a whole installation on this machine")
     demo.add_argument("--data", type=Path, default=None, help="demo folder (default: ./.demo)")

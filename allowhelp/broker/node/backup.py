@@ -1,0 +1,379 @@
+"""``allowhelp-broker backup``: a consistent snapshot of a data folder, taken while
+the broker runs.
+
+Order matters, because the broker writes its store *behind* the audit log
+(docs/design.md §3.2): every row the store holds had its audit record
+committed first. So the snapshot is taken in this order:
+
+1. a ``broker.backup`` audit record (audit before action; if the log takes no
+   records, no backup is taken);
+2. the anchor file (only heads already committed are in it);
+3. ``broker.sqlite3`` by SQLite's online backup API;
+4. ``audit.sqlite3`` likewise, so every row of the store snapshot has its
+   record in the chain snapshot: the pair looks like a broker stopped at that
+   instant, which the next start already knows how to finish (sessions still
+   open end as ``broker_restart``);
+5. the keys, ``broker.json``, and the recordings. A recording is on disk before
+   its session's end record, so every recording whose digest is in the
+   snapshot is complete; one still being written is taken as it is, and the
+   restored broker cuts a torn last line and hashes it into the session's
+   ``broker_restart`` end record.
+
+The file is written to ``FILE.partial`` (mode 0600: it holds the private keys)
+and renamed into place only once complete; on any failure nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import sqlite3
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from allowhelp import __version__
+from allowhelp.broker.audit.anchor import ANCHOR_FILE
+from allowhelp.broker.audit.chain import SCHEMA_VERSION, check_schema, read_head
+from allowhelp.broker.audit.entry import utc_now
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError, StoreError
+from allowhelp.broker.node.archive import (
+    MANIFEST,
+    PKI_FILES,
+    RECORDING_NAME,
+    REQUIRED,
+    FileEntry,
+    Manifest,
+    fsync_dir,
+    member_name,
+    os_reason,
+)
+from allowhelp.broker.node.server import AUDIT_FILE, STORE_FILE
+from allowhelp.broker.settings import RECORDINGS, RUNTIME_FILE, RuntimeInfo
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.migrations import MIGRATIONS
+
+BUSY_TIMEOUT = 10.0  # seconds a snapshot waits for a writer's lock
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    output: Path
+    size: int
+    manifest: Manifest
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def recordings(self) -> int:
+        return sum(1 for entry in self.manifest.files if entry.path.startswith(f"{RECORDINGS}/"))
+
+
+def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None) -> BackupResult:
+    """Write a backup of ``data_dir`` (and its recordings) to ``output``."""
+    data_dir = check_data_folder(data_dir)
+    recordings_dir = _recordings_folder(data_dir, recordings)
+    output = output.expanduser().absolute()
+    mode = _tar_mode(output)
+    partial = output.with_name(output.name + ".partial")
+    _check_output(output)
+    _audit_backup(data_dir, output, recordings_dir)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise BackupError(
+            f"{partial} already exists (another backup to {output.name} is running, or one "
+            "was killed): remove it and try again"
+        ) from None
+    except OSError as exc:
+        raise BackupError(f"no backup written: {os_reason(exc)}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            manifest = _write_archive(handle, mode, data_dir, recordings_dir, output.parent)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, output)
+        fsync_dir(output.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        if isinstance(exc, OSError):
+            raise BackupError(f"no backup written to {output}: {os_reason(exc)}") from exc
+        raise
+    size = output.stat().st_size
+    return BackupResult(output, size, manifest, tuple(exposure_warnings(output)))
+
+
+def check_data_folder(data_dir: Path) -> Path:
+    """The folder, if it holds a broker's keys and databases; else a message saying so."""
+    data_dir = data_dir.expanduser().absolute()
+    if not data_dir.is_dir():
+        raise BackupError(f"no broker data folder at {data_dir}: give --data the folder serve uses")
+    missing = [name for name in REQUIRED if not (data_dir / name).is_file()]
+    if missing:
+        raise BackupError(
+            f"{data_dir} is not a broker's data folder (no {', '.join(missing)}): give --data "
+            "the folder serve uses"
+        )
+    _check_store(data_dir / STORE_FILE)
+    _check_audit(data_dir / AUDIT_FILE)
+    return data_dir
+
+
+def exposure_warnings(output: Path) -> Iterator[str]:
+    """What makes the backup's private keys readable by others, if anything."""
+    mode = output.stat().st_mode
+    if mode & 0o077:
+        yield (
+            f"{output} is readable by others (mode {stat.S_IMODE(mode):04o}, the filesystem "
+            "ignores 0600): it holds the broker's private keys, move it somewhere private"
+        )
+    folder = output.parent.stat().st_mode
+    if folder & (stat.S_IROTH | stat.S_IWOTH):
+        yield (
+            f"{output.parent} is open to other users (mode {stat.S_IMODE(folder):04o}): the "
+            "backup holds the broker's private keys, keep it in a folder only you can read"
+        )
+
+
+def _recordings_folder(data_dir: Path, given: Path | None) -> Path:
+    if given is None:
+        return data_dir / RECORDINGS
+    folder = given.expanduser().absolute()
+    if not folder.is_dir():
+        raise BackupError(f"--recordings {folder} is not a folder: give the one serve uses")
+    return folder
+
+
+def _tar_mode(output: Path) -> str:
+    return "w:gz" if output.name.endswith((".gz", ".tgz")) else "w:"
+
+
+def _check_output(output: Path) -> None:
+    if not output.parent.is_dir():
+        raise BackupError(
+            f"the folder {output.parent} does not exist: create it or give --output another folder"
+        )
+    if output.is_dir():
+        raise BackupError(f"--output {output} is a folder: give a file name, e.g. broker.tar.gz")
+
+
+def _check_store(path: Path) -> None:
+    """A store this allowhelp reads (its own schema version), else not a broker's folder."""
+    try:
+        Store.open(path, read_only=True).close()
+    except StoreError as exc:
+        raise BackupError(f"{path} is not a broker database this allowhelp reads ({exc})") from exc
+
+
+def _check_audit(path: Path) -> None:
+    try:
+        conn = _open_ro(path)
+        try:
+            version = check_schema(conn, path)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"{path} is not an audit log ({exc})") from exc
+    except AuditCorrupt as exc:
+        raise BackupError(str(exc)) from exc
+    if version != SCHEMA_VERSION:
+        raise BackupError(f"{path} is not an audit log (empty)")
+
+
+def _audit_backup(data_dir: Path, output: Path, recordings_dir: Path) -> None:
+    """``broker.backup`` goes into the chain before the snapshot, so the backup holds it."""
+    try:
+        audit = AuditLog.open(data_dir / AUDIT_FILE)
+        try:
+            audit.append(
+                "broker.backup",
+                actor="system:cli",
+                target=str(output),
+                details={"data": str(data_dir), "recordings": str(recordings_dir)},
+            )
+        finally:
+            audit.close()
+    except (AuditUnavailable, AuditCorrupt) as exc:
+        raise BackupError(f"no backup taken: {exc}") from exc
+
+
+def _write_archive(
+    handle: IO[bytes], mode: str, data_dir: Path, recordings_dir: Path, scratch: Path
+) -> Manifest:
+    files: list[FileEntry] = []
+    with (
+        tempfile.TemporaryDirectory(dir=scratch, prefix=".allowhelp-backup-") as tmp,
+        tarfile.open(fileobj=handle, mode=mode, format=tarfile.PAX_FORMAT) as tar,  # type: ignore[call-overload]
+    ):
+        anchors = _read_anchors(data_dir / ANCHOR_FILE)  # before the chain: heads it holds
+        store_copy = _snapshot(data_dir / STORE_FILE, Path(tmp) / STORE_FILE)
+        audit_copy = _snapshot(data_dir / AUDIT_FILE, Path(tmp) / AUDIT_FILE)
+        store_schema, open_sessions = _store_facts(store_copy)
+        seq, digest = read_head(audit_copy)
+        files.append(_add_path(tar, STORE_FILE, store_copy))
+        files.append(_add_path(tar, AUDIT_FILE, audit_copy))
+        if anchors is not None:
+            files.append(_add_bytes(tar, ANCHOR_FILE, anchors))
+        files += [_add_path(tar, name, data_dir / name) for name in PKI_FILES]
+        runtime = _read_optional(data_dir / RUNTIME_FILE)
+        if runtime is not None:
+            files.append(_add_bytes(tar, RUNTIME_FILE, runtime))
+        files += _add_recordings(tar, recordings_dir)
+        info = _runtime_info(data_dir) if runtime is not None else None
+        manifest = Manifest(
+            allowhelp_version=__version__,
+            created=utc_now(),
+            source_host=socket.gethostname(),
+            source_data=str(data_dir),
+            source_recordings=str(recordings_dir),
+            audit_head=f"{seq}:{digest}",
+            store_schema=store_schema,
+            open_sessions=open_sessions,
+            tunnel_public=info.tunnel_public if info else None,
+            public_url=info.public_url if info else None,
+            files=tuple(files),
+        )
+        raw = manifest.to_bytes()
+        tar.addfile(_tarinfo(MANIFEST, len(raw)), _BytesReader(raw))
+    return manifest
+
+
+def _open_ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+
+
+def _snapshot(source: Path, target: Path) -> Path:
+    """A consistent copy of a live WAL database (SQLite's online backup API)."""
+    try:
+        src = _open_ro(source)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot take a snapshot of {source}: {exc}") from exc
+    return target
+
+
+def _store_facts(copy: Path) -> tuple[int, tuple[str, ...]]:
+    """The store's schema version and the sessions open in the snapshot."""
+    try:
+        store = Store.open(copy, read_only=True)  # checks the version is this code's
+        try:
+            open_sessions = tuple(sorted(session.id for session in store.open_sessions()))
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise BackupError(f"the snapshot of the broker database cannot be read: {exc}") from exc
+    return len(MIGRATIONS), open_sessions
+
+
+def _read_anchors(path: Path) -> bytes | None:
+    """The anchor file up to its last whole line (an append may be under way)."""
+    raw = _read_optional(path)
+    return None if raw is None else raw[: raw.rfind(b"\n") + 1]
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _runtime_info(data_dir: Path) -> RuntimeInfo | None:
+    try:
+        return RuntimeInfo.read(data_dir)
+    except ValueError:  # damaged: the file is still kept, only not read
+        return None
+
+
+def _add_recordings(tar: tarfile.TarFile, folder: Path) -> list[FileEntry]:
+    """Every ``ID.cast`` in ``folder``, each as long as it is when it is opened."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    added: list[FileEntry] = []
+    for name in names:
+        if not RECORDING_NAME.fullmatch(name):
+            continue
+        try:
+            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, OSError):  # removed meanwhile, or a link: not a recording
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):
+                path = f"{RECORDINGS}/{name}"
+                added.append(_add_stream(tar, path, handle, info.st_size, info.st_mtime))
+    return added
+
+
+def _add_path(tar: tarfile.TarFile, path: str, source: Path) -> FileEntry:
+    with source.open("rb") as handle:
+        info = os.fstat(handle.fileno())
+        return _add_stream(tar, path, handle, info.st_size, info.st_mtime)
+
+
+def _add_bytes(tar: tarfile.TarFile, path: str, raw: bytes) -> FileEntry:
+    return _add_stream(tar, path, _BytesReader(raw), len(raw), None)
+
+
+def _add_stream(
+    tar: tarfile.TarFile,
+    path: str,
+    handle: IO[bytes] | _BytesReader,
+    size: int,
+    mtime: float | None,
+) -> FileEntry:
+    """Exactly ``size`` bytes of ``handle`` into the tar, hashed on the way."""
+    reader = _Hashing(handle)
+    tar.addfile(_tarinfo(member_name(path), size, mtime), reader)
+    return FileEntry(path, size, reader.digest.hexdigest())
+
+
+def _tarinfo(name: str, size: int, mtime: float | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    info.mtime = int(mtime) if mtime is not None else int(time.time())
+    info.uname = info.gname = ""
+    return info
+
+
+class _BytesReader:
+    def __init__(self, raw: bytes) -> None:
+        self._raw = memoryview(raw)
+        self._at = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._raw) if size < 0 else self._at + size
+        chunk = bytes(self._raw[self._at : end])
+        self._at += len(chunk)
+        return chunk
+
+
+class _Hashing:
+    """A reader that hashes what tarfile takes from it (exactly the member's bytes)."""
+
+    def __init__(self, handle: IO[bytes] | _BytesReader) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self.digest.update(chunk)
+        return chunk
