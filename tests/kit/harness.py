@@ -181,6 +181,7 @@ class Broker:
 class Agent:
     config: Path
     proc: subprocess.Popen[bytes] | None = None
+    program: list[str] = field(default_factory=lambda: [PY, "-m", "allowhelp.agent.cli"])
 
     @property
     def log(self) -> Path:
@@ -197,7 +198,7 @@ class Agent:
         """``env`` replaces the environment (e.g. a test display) when given."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [PY, "-m", "allowhelp.agent.cli", "run", "--config", str(self.config), *extra],
+                [*self.program, "run", "--config", str(self.config), *extra],
                 stdin=subprocess.DEVNULL,  # never a terminal prompt on the developer's tty
                 stdout=log,
                 stderr=subprocess.STDOUT,
