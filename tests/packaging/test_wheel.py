@@ -226,3 +226,28 @@ def test_the_wheel_holds_the_console_and_no_other_npm_file(wheel: Path) -> None:
         ), name
         assert servable(name) or path.name.upper().startswith("LICENSE"), name
     assert not [n for n in names if n.startswith(("web/", "tests/", "node_modules/"))]
+
+
+def test_a_broker_without_its_console_files_says_so_in_one_line(tmp_path: Path) -> None:
+    """Neither a packaged copy nor a checkout's web/: a one-line error at start, not 500s."""
+    code = (
+        "import sys; from pathlib import Path; import allowhelp.broker.console.app as app; "
+        f"app.PACKAGED_WEB = app.SOURCE_WEB = Path({str(tmp_path / 'none')!r}); "
+        "from allowhelp.broker.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    listen = ["--https", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--data", str(tmp_path / "data"), *listen],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [
+        f"allowhelp-broker: error: the console's files are missing: neither {tmp_path / 'none'} "
+        f"nor {tmp_path / 'none'} has index.html; install the wheel that scripts/package builds"
+    ], done.stderr
+    assert "Traceback" not in done.stderr
