@@ -70,6 +70,9 @@ class Broker:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # How `allowhelp-broker` is run: this checkout's, unless a test installs another.
+    program: list[str] = field(default_factory=lambda: [PY, "-m", "allowhelp.broker.cli.main"])
+    cwd: Path | None = None
 
     @property
     def log(self) -> Path:
@@ -81,9 +84,7 @@ class Broker:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    PY,
-                    "-m",
-                    "allowhelp.broker.cli.main",
+                    *self.program,
                     "serve",
                     "--data",
                     str(self.data),
@@ -95,6 +96,7 @@ class Broker:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=self.cwd,
             )
 
         def ready() -> dict[str, Any] | None:
@@ -179,6 +181,7 @@ class Broker:
 class Agent:
     config: Path
     proc: subprocess.Popen[bytes] | None = None
+    program: list[str] = field(default_factory=lambda: [PY, "-m", "allowhelp.agent.cli"])
 
     @property
     def log(self) -> Path:
@@ -195,7 +198,7 @@ class Agent:
         """``env`` replaces the environment (e.g. a test display) when given."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [PY, "-m", "allowhelp.agent.cli", "run", "--config", str(self.config), *extra],
+                [*self.program, "run", "--config", str(self.config), *extra],
                 stdin=subprocess.DEVNULL,  # never a terminal prompt on the developer's tty
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -9,33 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 
 from allowhelp.broker.auth.passwords import hash_password
 from allowhelp.broker.cli.admin import add_user, create_token, prepare
+from allowhelp.broker.cli.demo_ports import choose, remember
+from allowhelp.broker.errors import BrokerError
 from allowhelp.broker.node.server import STORE_FILE, serve
 from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, parse_hostport
 from allowhelp.broker.store import Store
 from allowhelp.runtime import run_event_loop, tune_malloc
 
 ADMIN = "admin"
-
-
-def free_or_zero(hostport: str) -> str:
-    """Keep the usual port when it is free; otherwise let the kernel pick one."""
-    host, port = parse_hostport(hostport, "address")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return f"{host}:0" if family == socket.AF_INET else f"[{host}]:0"
-    return hostport
+MODULES = {
+    "allowhelp-agent": "allowhelp.agent.cli",
+    "allowhelp-broker": "allowhelp.broker.cli.main",
+}
 
 
 def reset_admin(data_dir: Path) -> str:
@@ -57,36 +53,89 @@ def agent_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "allowhelp.agent.cli", *args]
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as typed from the current folder: relative inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def shown_command(program: str, *args: str) -> str:
+    """A command line that runs as printed, from the folder the demo started in:
+    this environment's own console script (``.venv/bin/...`` is on no PATH)."""
+    script = Path(sys.executable).with_name(program)
+    if os.access(script, os.X_OK):
+        head = [shown_path(script)]
+    else:
+        module = (
+            "allowhelp.agent.cli" if program == "allowhelp-agent" else "allowhelp.broker.cli.main"
+        )
+        head = [shown_path(Path(sys.executable)), "-m", module]
+    return shlex.join([*head, *args])
+
+
+def pinned_elsewhere(agent_dir: Path, info: RuntimeInfo) -> bool:
+    """Whether the demo's agent was enrolled against a tunnel port the broker no longer has."""
+    try:
+        pinned = json.loads((agent_dir / "agent.json").read_text())["tunnel_port"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(pinned != parse_hostport(info.tunnel_public, "tunnel")[1])
+
+
 async def _wait_ready(data_dir: Path, serving: asyncio.Task[None]) -> RuntimeInfo:
     for _ in range(600):
         if serving.done():
             serving.result()
-            raise RuntimeError("the broker stopped during start-up")
+            raise BrokerError("the broker stopped during start-up")
         with contextlib.suppress(ValueError):
             info = RuntimeInfo.read(data_dir)
             if info.pid == os.getpid():
                 return info
         await asyncio.sleep(0.05)
-    raise RuntimeError("the broker did not start within 30 s")
+    raise BrokerError("the broker did not start within 30 s")
 
 
-async def _demo(root: Path, https: str, tunnel: str) -> None:
+async def _wait_agent(agent_dir: Path, agent: asyncio.subprocess.Process) -> None:
+    """Until the agent answers on its control socket, as the printed commands need."""
+    for _ in range(150):
+        if agent.returncode is not None:
+            raise BrokerError("the local agent stopped; see the message above")
+        asking = await asyncio.create_subprocess_exec(
+            *agent_command("pending", "--json", "--config", str(agent_dir)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        if await asking.wait() == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise BrokerError("the local agent did not start within 30 s")
+
+
+async def _demo(root: Path, https: str | None, tunnel: str | None) -> None:
     broker_dir, agent_dir = root / "broker", root / "agent"
+    addresses = choose(root, https=https, tunnel=tunnel)
     password = reset_admin(broker_dir)
     with contextlib.suppress(FileNotFoundError):
         (broker_dir / "broker.json").unlink()
     settings = BrokerSettings.build(
         broker_dir,
-        https=free_or_zero(https),
-        tunnel=free_or_zero(tunnel),
+        https=addresses.https,
+        tunnel=addresses.tunnel,
         organisation="allowhelp demo",
     )
     stop = asyncio.Event()
     serving = asyncio.create_task(serve(settings, stop=stop))
     info = await _wait_ready(broker_dir, serving)
+    remember(root, info)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if pinned_elsewhere(agent_dir, info):
+        print("the demo's agent dialled another tunnel port: enrolling it anew", flush=True)
+        shutil.rmtree(agent_dir)
     if not (agent_dir / "agent.json").exists():
         token = create_token(broker_dir, ttl="10m", uses=1)
         enrolling = await asyncio.create_subprocess_exec(
@@ -95,10 +144,16 @@ async def _demo(root: Path, https: str, tunnel: str) -> None:
         if await enrolling.wait() != 0:
             stop.set()
             await serving
-            raise RuntimeError("the local agent could not enrol; see the message above")
+            raise BrokerError("the local agent could not enrol; see the message above")
     agent = await asyncio.create_subprocess_exec(*agent_command("run", "--config", str(agent_dir)))
-    print(banner(info, password, broker_dir), flush=True)
     try:
+        try:
+            await _wait_agent(agent_dir, agent)
+        except BrokerError:
+            stop.set()
+            await serving
+            raise
+        print(banner(info, password, broker_dir), flush=True)
         await serving
     finally:
         if agent.returncode is None:
@@ -107,24 +162,28 @@ async def _demo(root: Path, https: str, tunnel: str) -> None:
 
 
 def banner(info: RuntimeInfo, password: str, broker_dir: Path) -> str:
+    agent = shown_path(broker_dir.parent / "agent")
+    token = shown_command("allowhelp-broker", "token", "create", "--data", shown_path(broker_dir))
     return "\n".join(
         [
             "",
-            "  allowhelp demo is running",
+            "  allowhelp demo is running (the same ports at every start)",
             f"  console:   {info.public_url}/",
             f"  log in as: {ADMIN}",
             f"  password:  {password}   (new at every demo start)",
-            f"  the browser will warn about the self-made CA: {broker_dir / 'ca.pem'}",
+            f"  the browser will warn about the self-made CA: {shown_path(broker_dir / 'ca.pem')}",
             "  a local agent is enrolled and online; answer its consent prompts with",
-            f"    allowhelp-agent pending --config {broker_dir.parent / 'agent'}",
-            f"    allowhelp-agent allow SESSION_ID --config {broker_dir.parent / 'agent'}",
+            f"    {shown_command('allowhelp-agent', 'pending', '--config', agent)}",
+            f"    {shown_command('allowhelp-agent', 'allow', 'SESSION_ID', '--config', agent)}",
+            "  a new enrolment token, for another agent on this machine:",
+            f"    {token}",
             "  press Ctrl-C to stop everything",
             "",
         ]
     )
 
 
-def run_demo(data: Path | None, *, https: str, tunnel: str) -> int:
+def run_demo(data: Path | None, *, https: str | None, tunnel: str | None) -> int:
     root = (data or Path(".demo")).resolve()
     prepare(root)
     os.environ.setdefault("ALLOWHELP_CONFIG", str(root / "agent"))

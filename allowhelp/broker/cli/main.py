@@ -190,8 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a whole installation on this machine")
     demo.add_argument("--data", type=Path, default=None, help="demo folder (default: ./.demo)")
-    demo.add_argument("--https", default="127.0.0.1:8443", metavar="HOST:PORT")
-    demo.add_argument("--tunnel", default="127.0.0.1:8022", metavar="HOST:PORT")
+    # No default here: the demo takes the ports its folder used last (cli/demo_ports.py).
+    demo.add_argument(
+        "--https",
+        default=None,
+        metavar="HOST:PORT",
+        help="default: as last time, else 127.0.0.1:8443",
+    )
+    demo.add_argument(
+        "--tunnel",
+        default=None,
+        metavar="HOST:PORT",
+        help="default: as last time, else 127.0.0.1:8022",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

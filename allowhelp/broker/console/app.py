@@ -34,19 +34,37 @@ from allowhelp.broker.console.api import users as api_users
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.static import ConsoleFiles
 from allowhelp.broker.console.wall import Wall
+from allowhelp.broker.console.webfiles import missing_packages
 from allowhelp.broker.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parents[3] / "web"
+# An installed wheel carries the console's files here (setup.py copies them);
+# a source checkout (editable install, tests) serves its own web/.
+PACKAGED_WEB = Path(__file__).resolve().parent / "webroot"
+SOURCE_WEB = Path(__file__).resolve().parents[3] / "web"
+
+
+def find_web_dir() -> Path:
+    """The folder the console is served from: the packaged copy first."""
+    for candidate in (PACKAGED_WEB, SOURCE_WEB):
+        if (candidate / "index.html").is_file():
+            if candidate == SOURCE_WEB and (missing := missing_packages(candidate)):
+                log.warning(
+                    "the console's session pages will not load: %s missing from %s "
+                    "(run npm ci in web/, or install the wheel scripts/package builds)",
+                    ", ".join(missing),
+                    candidate / "node_modules",
+                )
+            return candidate
+    raise ValueError(
+        f"the console's files are missing: neither {PACKAGED_WEB} nor {SOURCE_WEB} has "
+        "index.html; install the wheel that scripts/package builds"
+    )
 
 
 async def api_not_found(request: Request) -> Response:
     return error_response(404, "not_found", "no such API endpoint")
-
-
-async def index(request: Request) -> Response:
-    return FileResponse(WEB_DIR / "index.html")
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -63,6 +81,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(svc: Services) -> Wall:
+    web = find_web_dir()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(web / "index.html")
+
     routes = [
         *api_auth.routes(),
         *api_admin.routes(),
@@ -76,7 +99,7 @@ def create_app(svc: Services) -> Wall:
         *api_tunnel.routes(),
         Route("/api/{rest:path}", api_not_found),
         Route("/", index, methods=["GET"]),
-        Mount("/", app=ConsoleFiles(directory=WEB_DIR, check_dir=False)),
+        Mount("/", app=ConsoleFiles(directory=web, check_dir=False)),
     ]
     app = Starlette(
         routes=routes,

@@ -37,7 +37,7 @@ function matches(agent, query, filter) {
   if (filter === "online" && !agent.online) return false;
   if (filter === "offline" && agent.online) return false;
   if (!query) return true;
-  return [agent.hostname, agent.user, agent.os, agent.id].some((value) =>
+  return [agent.hostname, agent.user, agent.os, agent.id, agent.version].some((value) =>
     String(value || "").toLowerCase().includes(query));
 }
 
@@ -69,6 +69,7 @@ function row(agent) {
     ]),
     el("td", { text: agent.user || "—" }),
     el("td", { cls: "os", text: agent.os || "—" }),
+    versionCell(agent),
     agent.online ? el("td", { cls: "nowrap", text: "now" }) : timeCell(agent.last_seen, "never"),
     el("td", { cls: "actions" }, [
       button("Shell…", () => openRequest(agent, "shell"), "small", {
@@ -83,6 +84,25 @@ function row(agent) {
         })
         : null,
     ]),
+  ]);
+}
+
+// What the broker says of an agent's version (console/api/fleet.py, model/agent_version.py).
+const VERSION_FLAGS = {
+  outdated: ["Outdated", "wait", "Older than this broker: update allowhelp on this PC."],
+  unsupported: ["Unsupported", "bad",
+    "Older than the oldest agent this broker supports: update allowhelp on this PC now."],
+  unknown: ["Unknown", "bad", "The agent reports no version this broker can read."],
+};
+
+/** @param {Agent} agent the version as plain text, and a badge when it is behind */
+function versionCell(agent) {
+  const status = agent.version_status || "current";
+  const flag = status === "current" ? null : VERSION_FLAGS[status];
+  return el("td", { cls: "nowrap", attrs: { "data-version-status": status } }, [
+    el("span", { cls: "mono", text: agent.version || "—" }),
+    flag ? " " : null,
+    flag ? el("span", { cls: `badge ${flag[1]}`, text: flag[0], title: flag[2] }) : null,
   ]);
 }
 

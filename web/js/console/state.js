@@ -19,6 +19,8 @@
  * @property {boolean} online
  * @property {string} [os]
  * @property {string} [user]
+ * @property {string} [version] what the agent reports
+ * @property {"current" | "outdated" | "unsupported" | "unknown"} [version_status] against this broker
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
  */

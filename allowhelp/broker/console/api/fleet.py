@@ -20,6 +20,7 @@ from allowhelp.broker.audit.integrity import verify_with_anchors
 from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import AuditCorrupt, BadRequest, NotFound
+from allowhelp.broker.model.agent_version import agent_version_status
 from allowhelp.broker.store import AgentRecord, Store
 
 HISTORY_MAX = 200  # events per connectivity answer
@@ -35,6 +36,9 @@ def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
         "os": agent.os,
         "user": agent.username,
         "version": agent.version,
+        # current | outdated (older than this broker) | unsupported (older than
+        # MIN_AGENT_VERSION) | unknown (not a version): model/agent_version.py
+        "version_status": agent_version_status(agent.version),
         "enrolled": agent.enrolled,
         "last_seen": time.time() if live is not None else agent.last_seen,
         "connected_since": live.connected_since if live else None,
