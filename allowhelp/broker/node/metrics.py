@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.core import CounterMetricFamily
@@ -32,7 +32,6 @@ from prometheus_client.registry import Collector
 
 from allowhelp.broker.audit.chain import AuditRecord
 from allowhelp.broker.tunnel.agents import AgentRegistry
-from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.protocol.control import END_REASONS, KINDS
 
 log = logging.getLogger(__name__)
@@ -48,10 +47,20 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+class HandshakeCounts(Protocol):
+    """What ``TunnelListener`` counts as handshakes end."""
+
+    @property
+    def handshakes_succeeded(self) -> int: ...
+
+    @property
+    def handshakes_failed(self) -> int: ...
+
+
 class BrokerMetrics:
     """The broker's metrics; an ``AuditObserver`` (``audit/log.py``)."""
 
-    def __init__(self, agents: AgentRegistry, tunnel: TunnelListener) -> None:
+    def __init__(self, agents: AgentRegistry, tunnel: HandshakeCounts) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         Gauge(
@@ -168,7 +177,7 @@ def _known(value: object, known: Sequence[str]) -> str:
 class _Handshakes(Collector):
     """The tunnel listener's two plain counters, read at scrape time."""
 
-    def __init__(self, tunnel: TunnelListener) -> None:
+    def __init__(self, tunnel: HandshakeCounts) -> None:
         self._tunnel = tunnel
 
     def collect(self) -> Iterator[CounterMetricFamily]:
