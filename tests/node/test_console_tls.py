@@ -117,6 +117,10 @@ def test_the_console_serves_the_admins_certificate_not_its_own(world: World) -> 
         served_fingerprint(world.https, own_ca)
     with world.broker.sync_client() as client:
         assert client.get("/healthz").json()["status"] == "ok"
+    # The chain says which certificate this broker process started with.
+    exported = broker_cli("audit", "export", "--data", str(world.broker.data)).stdout
+    started = [r for r in map(json.loads, exported.splitlines()) if r["type"] == "broker.started"]
+    assert started[-1]["details"]["console_certificate"] == world.first.fingerprint
 
 
 async def test_sighup_serves_a_renewed_certificate_to_new_connections_and_keeps_open_ones(

@@ -236,7 +236,8 @@ async def _serve(
     exporter: _Exporter | None = None
     try:
         await chain_watch.start()
-        await folder.audit.write("broker.started", actor="system", details={"pid": os.getpid()})
+        started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
+        await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = format_hostport(url_host(public_url), tunnel_port)
