@@ -4,6 +4,11 @@ The token carries the SHA-256 of the broker's CA. The agent fetches the CA,
 compares it, and from then on trusts that CA alone (never the system store)
 for every HTTPS call, and the broker's tunnel key alone for the tunnel. Uses
 only the standard library so the agent stays light.
+
+Every connection asks for the name ``AGENT_TLS_NAME`` (SNI), not the URL's
+host: a broker that serves the admin's own (say public) certificate to
+browsers answers that name with the certificate made under its own CA, the
+one pinned here. The host name is still checked, against that name.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.errors import EnrolError
 from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
-from allowhelp.certs.pki import ca_fingerprint, fingerprints_equal
+from allowhelp.certs.pki import AGENT_TLS_NAME, ca_fingerprint, fingerprints_equal
 from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken
 from allowhelp.protocol.control import Hello
@@ -57,6 +62,18 @@ def current_hello() -> Hello:
     )
 
 
+class _BrokerConnection(http.client.HTTPSConnection):
+    """HTTPS to the broker's address, asking for (and checking) ``AGENT_TLS_NAME``."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=TIMEOUT, context=context)
+        self._pinned = context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._pinned.wrap_socket(self.sock, server_hostname=AGENT_TLS_NAME)
+
+
 def _request(
     url: str,
     method: str,
@@ -73,9 +90,9 @@ def _request(
     except ValueError as exc:
         raise EnrolError(f"the proxy setting is not usable: {exc}") from None
     if proxy is None:
-        conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=context)
+        conn = _BrokerConnection(host, port, context)
     else:  # CONNECT through the proxy, its Basic authentication on the CONNECT only
-        conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=TIMEOUT, context=context)
+        conn = _BrokerConnection(proxy.host, proxy.port, context)
         authorization = proxy.authorization()
         conn.set_tunnel(
             host, port, headers={"Proxy-Authorization": authorization} if authorization else None

@@ -100,6 +100,18 @@ def parse_size(text: str, what: str) -> int:
     return int(number) * UNITS[unit]
 
 
+def check_tls_pair(cert: Path | None, key: Path | None) -> Path | None:
+    """Both files or neither (the certificate's path back); their contents are
+    checked when the broker loads them (``node/tls.py``)."""
+    if (cert is None) != (key is None):
+        given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
+        raise ValueError(
+            f"{given} needs {missing} too: give the certificate chain (PEM) with --tls-cert "
+            "and its private key with --tls-key, or neither for the broker's own certificate"
+        )
+    return cert.expanduser().resolve() if cert else None
+
+
 def url_host(url: str) -> str:
     host = urlsplit(url).hostname
     if host is None:
@@ -132,6 +144,9 @@ class BrokerSettings:
     recordings_min_free: int = parse_size(DEFAULT_RECORDINGS_MIN_FREE, "")
     audit: AuditOptions = field(default_factory=AuditOptions)  # anchors, start-up check
     trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For is believed
+    tls_cert: Path | None = None  # --tls-cert/--tls-key: the admin's certificate, or None
+    tls_key: Path | None = None  #   for the broker's own (node/tls.py)
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT (node/metrics.py), off by default
 
     @property
     def recordings_dir(self) -> Path:
@@ -154,6 +169,9 @@ class BrokerSettings:
         recordings_min_free: str = DEFAULT_RECORDINGS_MIN_FREE,
         audit: AuditOptions | None = None,
         trusted_proxies: list[str] | tuple[str, ...] = (),
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        metrics: str | None = None,
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
         tunnel_host, tunnel_port = parse_tunnel(tunnel)
@@ -179,6 +197,9 @@ class BrokerSettings:
             recordings_min_free=parse_size(recordings_min_free, "--recordings-min-free"),
             audit=audit or AuditOptions(),
             trusted_proxies=parse_trusted_proxies(trusted_proxies),
+            tls_cert=check_tls_pair(tls_cert, tls_key),
+            tls_key=tls_key.expanduser().resolve() if tls_key else None,
+            metrics=parse_hostport(metrics, "--metrics") if metrics else None,
         )
 
 
@@ -191,6 +212,7 @@ class RuntimeInfo:
     tunnel: str  # "off" when agents ride the HTTPS port alone
     tunnel_public: str  # likewise
     pid: int
+    metrics: str | None = None  # HOST:PORT of --metrics, when on
 
     def write(self, data_dir: Path) -> None:
         tmp = data_dir / (RUNTIME_FILE + ".tmp")
@@ -208,6 +230,7 @@ class RuntimeInfo:
                 tunnel=str(raw["tunnel"]),
                 tunnel_public=str(raw["tunnel_public"]),
                 pid=int(raw["pid"]),
+                metrics=str(raw["metrics"]) if raw.get("metrics") else None,
             )
         except FileNotFoundError:
             raise ValueError(

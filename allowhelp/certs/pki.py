@@ -34,7 +34,13 @@ from allowhelp.certs.sshkeys import (
     write_file_atomic,
 )
 
-__all__ = ["BrokerPKI", "ca_fingerprint", "ensure_broker_pki", "fingerprints_equal"]
+__all__ = [
+    "AGENT_TLS_NAME",
+    "BrokerPKI",
+    "ca_fingerprint",
+    "ensure_broker_pki",
+    "fingerprints_equal",
+]
 
 TUNNEL_KEY_COMMENT = "allowhelp-broker"
 CA_LIFETIME = dt.timedelta(days=3650)
@@ -42,6 +48,10 @@ TLS_LIFETIME = dt.timedelta(days=397)  # browsers refuse server certificates val
 RENEW_BEFORE = dt.timedelta(days=30)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # a client whose clock is a little behind still accepts
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+# The name agents ask for (SNI) at enrolment: a broker serving the admin's own
+# certificate to browsers still answers it with the certificate made under its
+# CA, which is what agents pin (broker/node/tls.py). ".invalid" never resolves.
+AGENT_TLS_NAME = "agents.allowhelp.invalid"
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")

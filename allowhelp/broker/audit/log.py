@@ -41,9 +41,10 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
@@ -115,6 +116,17 @@ _SCHEMA = (
 )
 
 
+class AuditObserver(Protocol):
+    """Told of every commit and every refusal (metrics: ``node/metrics.py``).
+
+    Called on the thread that committed, in seq order, after the records are
+    on disk; it must be quick and must not raise."""
+
+    def committed(self, records: Sequence[AuditRecord]) -> None: ...
+
+    def refused(self, count: int) -> None: ...
+
+
 class AuditLog:
     """The one writer of the audit file; safe to share between threads and tasks."""
 
@@ -141,6 +153,9 @@ class AuditLog:
         self._pending: list[Waiter] = []
         self._closed = False
         self._writer: threading.Thread | None = None
+        self._observers: list[AuditObserver] = []
+        # (when, why) of the last refused commit; None once one succeeds (healthz).
+        self.last_refusal: tuple[float, str] | None = None
 
     @classmethod
     def open(
@@ -208,6 +223,30 @@ class AuditLog:
     def anchors(self) -> AnchorSink | None:
         return self._anchors
 
+    def observe(self, observer: AuditObserver) -> None:
+        self._observers.append(observer)
+
+    def check_writable(self, busy_timeout: float) -> str | None:
+        """Why the log cannot take a record now, or None when it can.
+
+        Takes the write lock on a connection of its own and lets it go
+        (``BEGIN IMMEDIATE; ROLLBACK``): no record, nothing written, as
+        ``/healthz`` needs (monitoring polls it; a record per probe would flood
+        the chain). Blocks up to ``busy_timeout``: call it off the event loop.
+        """
+        try:
+            conn = sqlite3.connect(self._path, timeout=busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            return plain_reason(exc, busy_timeout)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            return plain_reason(exc, busy_timeout)
+        finally:
+            conn.close()
+        return None
+
     def append(
         self,
         type: str,
@@ -225,7 +264,11 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise unavailable("the audit log is closed")
-            records = self._commit([entry])
+            try:
+                records = self._commit([entry])
+            except AuditUnavailable as exc:
+                self._tell_refused(1, str(exc))
+                raise
             self._forward(records)
         return records[0]
 
@@ -289,6 +332,7 @@ class AuditLog:
                 refusal = exc if isinstance(exc, AuditUnavailable) else self._internal(exc)
                 # One exception per caller: a shared one would gather every task's traceback.
                 self._hand_back(batch, [copy_refusal(refusal) for _ in batch])
+                self._tell_refused(len(batch), str(refusal))
                 return
             self._hand_back(batch, records)
             self._forward(records)
@@ -326,6 +370,14 @@ class AuditLog:
                 log.warning("syslog forwarding of record %d failed", record.seq, exc_info=True)
         if self._anchors is not None and records:
             self._anchors.after_commit(records[-1].seq, records[-1].hash)  # never raises
+        self.last_refusal = None
+        for observer in self._observers:
+            observer.committed(records)
+
+    def _tell_refused(self, count: int, reason: str) -> None:
+        self.last_refusal = (time.monotonic(), reason)
+        for observer in self._observers:
+            observer.refused(count)
 
     def _commit(self, entries: Sequence[Entry]) -> list[AuditRecord]:
         """All of ``entries`` in one transaction (one fsync), or none of them."""

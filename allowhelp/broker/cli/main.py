@@ -58,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recordings_min_free=args.recordings_min_free,
         audit=AuditOptions.from_args(args),
         trusted_proxies=args.trusted_proxy,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics=args.metrics,
     )
     tune_malloc()
     run_event_loop(serve(settings))
@@ -112,6 +115,31 @@ def _recording_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _operations_args(serve: argparse.ArgumentParser) -> None:
+    """The admin's own certificate and monitoring (docs/operations.md)."""
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve the console with this certificate chain (PEM, leaf first) instead of the"
+        " broker's own; reloaded on SIGHUP. Needs --tls-key",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the private key (PEM, unencrypted) of --tls-cert",
+    )
+    serve.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="allowhelp broker")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -160,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the PC user has to answer a request (default 60)",
     )
     _recording_args(serve)
+    _operations_args(serve)
     add_serve_arguments(serve)  # the audit log's: anchors, start-up check, coalescing
     serve.set_defaults(func=cmd_serve)
 

@@ -30,6 +30,8 @@ from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.wall import Wall
 from allowhelp.broker.listen import bind
+from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
+from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
@@ -41,7 +43,7 @@ from allowhelp.broker.tunnel.dispatch import ControlRouter, Inventory
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
-from allowhelp.certs.pki import BrokerPKI, ensure_broker_pki
+from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
 from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, SessionEnd
 from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
@@ -100,6 +102,7 @@ class _Uvicorn(uvicorn.Server):
 
 def tls_hosts(settings: BrokerSettings) -> list[str]:
     hosts = [url_host(settings.public_url)] if settings.public_url else []
+    hosts.append(AGENT_TLS_NAME)  # what agents ask for (node/tls.py)
     if settings.https_host not in WILDCARDS and settings.https_host not in hosts:
         hosts.append(settings.https_host)
     hostname = socket.gethostname()
@@ -168,6 +171,7 @@ def control_router(
 
 async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then close everything cleanly."""
+    admin_tls = _admin_certificate(settings)  # a bad file stops here, before anything is made
     announce_fd_limit(raise_fd_limit())
     folder = DataFolder.open(
         settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit
@@ -180,7 +184,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
     try:
         # The tunnel checks keys in memory: asyncssh asks mid-handshake, synchronously.
         keys = EnrolledKeys(await db.read(Store.agents, with_removed=True))
-        await _serve(settings, folder, db, keys, stop)
+        await _serve(settings, folder, db, keys, stop=stop, admin_tls=admin_tls)
     finally:
         await db.close()
         folder.close()
@@ -192,15 +196,19 @@ async def _serve(
     folder: DataFolder,
     db: StoreWorker,
     keys: EnrolledKeys,
+    *,
     stop: asyncio.Event | None,
+    admin_tls: tuple[CertificateFiles, ServedCertificate] | None = None,
 ) -> None:
-    https_sock = bind(settings.https_host, settings.https_port)
+    tls = ConsoleTLS(load_pair(folder.pki.tls_cert, folder.pki.tls_key), admin_tls)
+    https_sock, metrics_sock = _bind_front(settings)
     https_port = https_sock.getsockname()[1]
     public_url = settings.public_url or f"https://localhost:{https_port}"
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, tls.reload)  # a renewed --tls-cert
     registry = AgentRegistry()
     events = EventHub()
     help_desk = HelpDesk(db, folder.audit, events, registry)
@@ -223,11 +231,14 @@ async def _serve(
         window=settings.audit.window,
         burst=settings.audit.burst,
     )
+    metrics = _metrics(folder.audit, registry, tunnel) if metrics_sock is not None else None
     # The chain is checked before anything is served (audit/integrity.py).
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
+    exporter: _Exporter | None = None
     try:
         await chain_watch.start()
-        await folder.audit.write("broker.started", actor="system", details={"pid": os.getpid()})
+        started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
+        await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = (
@@ -257,9 +268,12 @@ async def _serve(
             keys=keys,
             tunnel=tunnel,
         )
-        server = _Uvicorn(_uvicorn_config(create_app(svc), folder.pki, settings.trusted_proxies))
+        server = _Uvicorn(
+            _uvicorn_config(create_app(svc), folder.pki, tls, settings.trusted_proxies)
+        )
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
         await _started(server, serving)
+        exporter = await _serve_metrics(metrics, metrics_sock)
         RuntimeInfo(
             public_url=public_url,
             https=format_hostport(settings.https_host, https_port),
@@ -270,6 +284,7 @@ async def _serve(
             ),
             tunnel_public=tunnel_public or "off",
             pid=os.getpid(),
+            metrics=_address(metrics_sock),
         ).write(settings.data_dir)
         log.info(
             "allowhelp broker ready: console %s, agents dial %s",
@@ -283,11 +298,15 @@ async def _serve(
         await serving
         await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await tunnel.stop()
         await chain_watch.close()
+        if exporter is not None:
+            await exporter.stop()
         https_sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
 
 
 async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:
@@ -308,11 +327,88 @@ async def _until(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
     waiter.cancel()
 
 
-def _uvicorn_config(app: Wall, pki: BrokerPKI, trusted_proxies: tuple[str, ...]) -> uvicorn.Config:
+def _admin_certificate(
+    settings: BrokerSettings,
+) -> tuple[CertificateFiles, ServedCertificate] | None:
+    """``--tls-cert``/``--tls-key``, read and checked (``ValueError``: one line)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    files = CertificateFiles(settings.tls_cert, settings.tls_key)
+    return files, files.load()
+
+
+def _bind_front(settings: BrokerSettings) -> tuple[socket.socket, socket.socket | None]:
+    """The console's socket and, with ``--metrics``, the metrics one: both bound
+    before anything is announced (a port in use is one line at start-up)."""
+    https_sock = bind(settings.https_host, settings.https_port)
+    try:
+        metrics_sock = bind(*settings.metrics) if settings.metrics else None
+    except ValueError as exc:
+        https_sock.close()
+        raise ValueError(f"--metrics: {exc}") from None
+    return https_sock, metrics_sock
+
+
+def _metrics(audit: AuditLog, agents: AgentRegistry, tunnel: TunnelListener) -> BrokerMetrics:
+    metrics = BrokerMetrics(agents, tunnel)
+    audit.observe(metrics)  # before broker.started: counts from the first record on
+    return metrics
+
+
+def _address(sock: socket.socket | None) -> str | None:
+    if sock is None:
+        return None
+    host, port = sock.getsockname()[:2]
+    return format_hostport(str(host), int(port))
+
+
+@dataclass
+class _Exporter:
+    """The metrics listener: plain HTTP, a uvicorn of its own on its own socket."""
+
+    server: _Uvicorn
+    serving: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        try:
+            await self.serving
+        except Exception:  # stopping: say it, and go on closing the rest
+            log.exception("the metrics listener failed")
+
+
+async def _serve_metrics(
+    metrics: BrokerMetrics | None, sock: socket.socket | None
+) -> _Exporter | None:
+    if metrics is None or sock is None:
+        return None
+    config = uvicorn.Config(
+        metrics_app(metrics.registry),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        http=GuardedHttpProtocol,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
+    server = _Uvicorn(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    await _started(server, serving)
+    log.info("metrics at http://%s/metrics", _address(sock))
+    return _Exporter(server, serving)
+
+
+def _uvicorn_config(
+    app: Wall, pki: BrokerPKI, tls: ConsoleTLS, trusted_proxies: tuple[str, ...]
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
+        # uvicorn needs a file to know it speaks TLS; the context is ours
+        # (node/tls.py: the admin's certificate, renewed on SIGHUP).
         ssl_certfile=str(pki.tls_cert),
         ssl_keyfile=str(pki.tls_key),
+        ssl_context_factory=lambda _config, _default: tls.context,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -48,6 +48,16 @@ class StoreCore:
     def close(self) -> None:
         self._conn.close()
 
+    def check_writable(self) -> None:
+        """Take the write lock and let it go (``BEGIN IMMEDIATE; ROLLBACK``):
+        nothing written; ``StoreError`` when a write could not go ahead now
+        (``/healthz``, on the writer's thread)."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
     def _migrate(self, *, check_only: bool = False) -> None:
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):

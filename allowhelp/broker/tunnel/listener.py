@@ -143,6 +143,9 @@ class TunnelListener:
         self._room = asyncio.Event()
         self._room.set()
         self.dropped = 0
+        # Handshakes that ended, by outcome (a refused key is a failure): metrics.
+        self.handshakes_succeeded = 0
+        self.handshakes_failed = 0
         self._options_built: asyncssh.SSHClientConnectionOptions | None = None
         self._stopping = False
         self._sig_algs: dict[frozenset[bytes], frozenset[bytes]] = {}
@@ -235,6 +238,7 @@ class TunnelListener:
             await finished
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer's malformed packet.
+            self.handshakes_failed += 1
             owner = conn.get_owner() if conn is not None else None
             if not (isinstance(owner, AgentConnection) and owner.refused):
                 self._handshake_failed(address, peer, exc)
@@ -251,6 +255,7 @@ class TunnelListener:
             raise
         finally:
             self._done(address)
+        self.handshakes_succeeded += 1
         await self._accepted(conn)
 
     def _handshake_failed(self, address: str, peer: str, exc: BaseException) -> None:
