@@ -167,3 +167,26 @@ def _listening_ports(pid: int) -> set[int]:
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                 ports.add(int(fields[1].rpartition(":")[2], 16))
     return ports
+
+
+async def test_a_malformed_first_packet_on_the_ssh_port_is_a_failed_handshake(
+    tmp_path: Path,
+) -> None:
+    """The same garbage straight on the raw port: refused, logged, no stray traceback."""
+    with staffed_broker(tmp_path) as fleet:
+        broker = fleet.brokers[0]
+        mark = broker.log.stat().st_size
+        host, _, port = broker.info["tunnel"].rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"SSH-2.0-x\r\n" + b"\x00" * 70000)
+        async with asyncio.timeout(30):
+            while await reader.read(65536):
+                pass  # until the broker closes it
+        writer.close()
+        wait_for(
+            lambda: "tunnel handshake failed" in log_since(broker.log, mark),
+            20,
+            "the failed handshake in the log",
+        )
+        said = log_since(broker.log, mark)
+        assert "Traceback" not in said and "never retrieved" not in said, said
