@@ -104,7 +104,9 @@ def pinned_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
-def enrol(token_text: str, folder: Path) -> AgentConfig:
+def enrol(token_text: str, folder: Path, *, system: bool = False) -> AgentConfig:
+    """Enrol this PC into ``folder``. ``system``: the machine service's identity
+    (no user yet: the service reports who is signed in when it runs)."""
     try:
         token = EnrolmentToken.decode(token_text)
     except TokenError as exc:
@@ -117,7 +119,7 @@ def enrol(token_text: str, folder: Path) -> AgentConfig:
         "host_key": host_key,
         "hostname": socket.gethostname(),
         "os": os_description(),
-        "user": getpass.getuser(),
+        "user": "" if system else getpass.getuser(),
         "version": __version__,
     }
     status, body = _request(

@@ -19,6 +19,8 @@
  * @property {boolean} online
  * @property {string} [os]
  * @property {string} [user]
+ * @property {boolean} [system] the machine service (one agent per PC) runs there
+ * @property {string | null} [signed_in] who is signed in now (null: nobody, or offline)
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
  */

@@ -1,0 +1,355 @@
+"""One agent per PC, for real: the machine service as root, a helper as each of two users.
+
+Two local users are made here (``useradd``) and removed after. The machine
+service runs as root (``run --system``); each user's helper and CLI run as
+that user (``runuser``) with the system Python (root's own interpreter is in
+a folder other users cannot enter: the helper needs no asyncssh anyway).
+Shells are real login shells on real PTYs, reached through the real broker's
+terminal WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    PY,
+    TECH,
+    TECH_PW,
+    Broker,
+    Desk,
+    agent_cli,
+    broker_cli,
+    staffed_broker,
+    wait_for,
+)
+from terminalkit import Terminal
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PY = "/usr/bin/python3"
+USERS = ("ahtesta", "ahtestb")
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None or not os.access(SYSTEM_PY, os.X_OK),
+    reason="needs root, useradd and the system Python",
+)
+
+
+def _userdel(name: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
+    subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+
+
+@dataclass
+class Pc:
+    """The machine service, its folder, and the users' helpers."""
+
+    broker: Broker
+    root: Path
+    config: Path
+    service: subprocess.Popen[bytes] | None = None
+    helpers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def as_user(self, user: str, *args: str) -> list[str]:
+        env = ["PATH=/usr/bin:/bin", f"HOME=/home/{user}", f"PYTHONPATH={REPO}", "LANG=C.UTF-8"]
+        return ["runuser", "-u", user, "--", "env", "-i", *env, SYSTEM_PY, *args]
+
+    def cli(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = self.as_user(user, "-m", "allowhelp.agent.cli", *args, "--config", str(self.config))
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    def pending(self, user: str) -> list[dict[str, Any]]:
+        done = self.cli(user, "pending", "--json")
+        assert done.returncode == 0, done.stderr
+        found: list[dict[str, Any]] = json.loads(done.stdout)
+        return found
+
+    def start_helper(self, user: str) -> subprocess.Popen[bytes]:
+        argv = self.as_user(
+            user,
+            "-m",
+            "allowhelp.agent.cli",
+            "session",
+            "--prompt",
+            "none",
+            "--config",
+            str(self.config),
+        )
+        with (self.root / f"helper-{user}.log").open("ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.helpers[user] = proc
+        try:
+            wait_for(lambda: self.signed_in() == user, 20, f"{user} to be signed in")
+        except AssertionError:
+            said = (self.root / f"helper-{user}.log").read_text()
+            served = (self.root / "service.log").read_text()[-3000:]
+            raise AssertionError(f"helper log:\n{said}\nservice log:\n{served}") from None
+        return proc
+
+    def stop_helper(self, user: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.helpers.pop(user)
+        # runuser forwards the signal to the helper it runs
+        helper = _child_of(proc.pid) if sig == signal.SIGKILL else proc.pid
+        os.kill(helper, sig)
+        proc.wait(15)
+
+    def signed_in(self) -> str | None:
+        agent = next(a for a in self.broker.agents(ADMIN, ADMIN_PW) if a["id"] == self.agent_id)
+        return agent["signed_in"] if agent["online"] else "(offline)"
+
+    @property
+    def agent_id(self) -> str:
+        return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
+
+
+def _child_of(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0]) if children else pid
+
+
+@pytest.fixture(scope="module")
+def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pc]:
+    for name in USERS:
+        _userdel(name)
+        made = subprocess.run(
+            ["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True, check=False
+        )
+        assert made.returncode == 0, made.stderr
+    # The users must reach the helper socket: a folder they may pass through.
+    root = Path(tempfile.mkdtemp(prefix="ahsys-", dir="/tmp"))
+    os.chmod(root, 0o711)
+    try:
+        with staffed_broker(
+            tmp_path_factory.mktemp("machine"), broker_args=("--consent-timeout", "30")
+        ) as fleet:
+            broker = fleet.brokers[0]
+            config = root / "machine"
+            enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
+            assert enrolled.returncode == 0, enrolled.stderr
+            pc = Pc(broker, root, config)
+            with (root / "service.log").open("ab") as log:
+                pc.service = subprocess.Popen(
+                    [
+                        PY,
+                        "-m",
+                        "allowhelp.agent.cli",
+                        "run",
+                        "--system",
+                        "--config",
+                        str(config),
+                        "--reconnect-cap",
+                        "2",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            wait_for(lambda: pc.signed_in() is None, 30, "the machine service to come online")
+            try:
+                yield pc
+            finally:
+                for user in list(pc.helpers):
+                    pc.stop_helper(user)
+                pc.service.terminate()
+                pc.service.wait(20)
+    finally:
+        for name in USERS:
+            _userdel(name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def desk(pc: Pc) -> Iterator[Desk]:
+    desk = Desk.login(pc.broker, TECH, TECH_PW)
+    yield desk
+    desk.close()
+
+
+def audit(broker: Broker) -> list[dict[str, Any]]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def _run_in_terminal(desk: Desk, session_id: str, command: str, marker: bytes) -> bytes:
+    async with websockets.connect(
+        desk.ws_url(session_id),
+        ssl=desk.broker.ssl_context(),
+        origin=desk.broker.url,  # type: ignore[arg-type]
+        additional_headers={"Cookie": desk.cookie_header()},
+    ) as ws:
+        term = Terminal(ws)
+        await term.send(command + "\n")
+        return await term.expect(marker, timeout=20)
+
+
+def test_the_identity_is_roots_alone(pc: Pc) -> None:
+    for name in ("agent.json", "host_key"):
+        info = (pc.config / name).stat()
+        assert info.st_uid == 0 and info.st_mode & 0o777 == 0o600
+    assert (pc.config.stat().st_mode & 0o777) in (0o700, 0o711)  # no listing by others
+    done = pc.cli(USERS[0], "pending")  # reachable: the socket; unreadable: the identity
+    listing = subprocess.run(
+        pc.as_user(USERS[0], "-c", f"import os; os.listdir({str(pc.config)!r})"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "PermissionError" in listing.stderr
+    assert done.returncode == 0, done.stderr
+
+
+def test_nobody_signed_in_is_refused_at_once(pc: Pc, desk: Desk) -> None:
+    assert pc.signed_in() is None
+    started = time.monotonic()
+    answer = desk.request(pc.agent_id, "shell")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "nobody_signed_in"
+    assert time.monotonic() - started < 10  # not the 30 s consent timeout
+    ended = [r for r in audit(pc.broker) if r["type"] == "session.ended"]
+    assert ended[-1]["details"]["end_reason"] == "nobody_signed_in"
+
+
+def test_shell_runs_as_the_signed_in_user_after_their_click(pc: Pc, desk: Desk) -> None:
+    alice, bob = USERS
+    pc.start_helper(bob)
+    pc.start_helper(alice)  # the newest helper is the one signed in (no logind here)
+    assert pc.signed_in() == alice
+    session = desk.request(pc.agent_id, "shell").json()
+    wait_for(lambda: any(p["session_id"] == session["id"] for p in pc.pending(alice)), 15, "prompt")
+    # Another local user, even one with a helper of their own, sees and answers nothing.
+    assert pc.pending(bob) == []
+    refused = pc.cli(bob, "allow", session["id"])
+    assert refused.returncode != 0 and "no request" in refused.stderr
+    assert pc.cli(bob, "deny", session["id"]).returncode != 0
+    assert desk.session(session["id"])["state"] == "awaiting_consent"
+    done = pc.cli(alice, "allow", session["id"])
+    assert done.returncode == 0, done.stderr
+    desk.wait_state(session["id"], "active")
+    seen = asyncio.run(
+        _run_in_terminal(desk, session["id"], "echo U$(id -un)U", b"U" + alice.encode() + b"U")
+    )
+    assert b"Uahtesta" + b"U" in seen
+    pc.stop_helper(bob)
+
+
+def test_admin_shell_is_root_after_the_click_and_ends_when_the_user_ends_it(
+    pc: Pc, desk: Desk
+) -> None:
+    alice, bob = USERS
+    if alice not in pc.helpers:
+        pc.start_helper(alice)
+    session = desk.request(pc.agent_id, "admin-shell", reason="fix the print queue").json()
+    shown = wait_for(
+        lambda: next((p for p in pc.pending(alice) if p["session_id"] == session["id"]), None),
+        15,
+        "prompt",
+    )
+    assert shown["kind"] == "admin-shell"
+    # Bob (no helper now, a local user all the same) cannot allow it either.
+    assert pc.cli(bob, "allow", session["id"]).returncode != 0
+    assert pc.cli(alice, "allow", session["id"]).returncode == 0
+    desk.wait_state(session["id"], "active")
+
+    async def root_then_end() -> bytes:
+        async with websockets.connect(
+            desk.ws_url(session["id"]),
+            ssl=desk.broker.ssl_context(),
+            origin=desk.broker.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": desk.cookie_header()},
+        ) as ws:
+            term = Terminal(ws)
+            await term.send("echo R$(id -u)R\n")
+            seen = await term.expect(b"R0R", timeout=20)
+            assert pc.cli(bob, "end", session["id"]).returncode != 0  # not bob's to end
+            ended = await asyncio.to_thread(pc.cli, alice, "end", session["id"])
+            assert ended.returncode == 0, ended.stderr
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)  # closed the moment she ended it
+                await asyncio.wait_for(ws.recv(), 10)
+            return seen
+
+    assert b"R0R" in asyncio.run(root_then_end())
+    over = desk.wait_state(session["id"], "ended")
+    assert over["end_reason"] == "user"
+    granted = next(
+        r
+        for r in audit(pc.broker)
+        if r["type"] == "consent.granted" and r["target"] == session["id"]
+    )
+    assert "administrator (root) shell" in granted["details"]["prompt"]
+    assert granted["details"]["kind"] == "admin-shell"
+    recorded = desk.session(session["id"])
+    assert recorded["kind"] == "admin-shell"
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_memory_of_both_processes(pc: Pc) -> None:
+    """Noted in docs/design.md; bounded loosely so a leak or a web stack pulled
+    into the helper shows."""
+    alice = USERS[0]
+    if alice not in pc.helpers:
+        pc.start_helper(alice)
+    assert pc.service is not None
+    service = _rss_kib(pc.service.pid)
+    helper = _rss_kib(_child_of(pc.helpers[alice].pid))
+    print(f"RSS: machine service {service / 1024:.1f} MiB, session helper {helper / 1024:.1f} MiB")
+    assert service < 120 * 1024
+    assert helper < 40 * 1024
+
+
+def test_a_helper_that_dies_ends_its_sessions(pc: Pc, desk: Desk) -> None:
+    alice = USERS[0]
+    if alice not in pc.helpers:
+        pc.start_helper(alice)
+    session = desk.request(pc.agent_id, "shell").json()
+    wait_for(lambda: pc.pending(alice), 15, "prompt")
+    assert pc.cli(alice, "allow", session["id"]).returncode == 0
+    desk.wait_state(session["id"], "active")
+
+    async def kill_helper_midway() -> None:
+        async with websockets.connect(
+            desk.ws_url(session["id"]),
+            ssl=desk.broker.ssl_context(),
+            origin=desk.broker.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": desk.cookie_header()},
+        ) as ws:
+            term = Terminal(ws)
+            await term.send("echo PID:$$:$((1+1))X\n")
+            seen = await term.expect(b":2X", timeout=20)
+            found = re.search(rb"PID:(\d+):2X", seen)
+            assert found is not None
+            pid = int(found.group(1))
+            assert Path(f"/proc/{pid}").exists()
+            pc.stop_helper(alice, signal.SIGKILL)  # no goodbye, no clean-up of its own
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 15)
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the shell to be gone")
+
+    asyncio.run(kill_helper_midway())
+    over = desk.wait_state(session["id"], "ended")
+    assert over["end_reason"] in ("signed_out", "error", "shell_exited")
+    assert pc.signed_in() is None
