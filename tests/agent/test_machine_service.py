@@ -12,25 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from machinekit import CAN_RUN, WHY_NOT, Machine, child_of, local_users, passable_folder, rss_kib
 
 from harness import (
     ADMIN,
     ADMIN_PW,
-    PY,
     TECH,
     TECH_PW,
     Broker,
@@ -42,142 +39,55 @@ from harness import (
 )
 from terminalkit import Terminal
 
-REPO = Path(__file__).resolve().parents[2]
-SYSTEM_PY = "/usr/bin/python3"
 USERS = ("ahtesta", "ahtestb")
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("useradd") is None or not os.access(SYSTEM_PY, os.X_OK),
-    reason="needs root, useradd and the system Python",
-)
-
-
-def _userdel(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
-    subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
 
 @dataclass
-class Pc:
-    """The machine service, its folder, and the users' helpers."""
-
-    broker: Broker
-    root: Path
-    config: Path
-    service: subprocess.Popen[bytes] | None = None
-    helpers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def as_user(self, user: str, *args: str) -> list[str]:
-        env = ["PATH=/usr/bin:/bin", f"HOME=/home/{user}", f"PYTHONPATH={REPO}", "LANG=C.UTF-8"]
-        return ["runuser", "-u", user, "--", "env", "-i", *env, SYSTEM_PY, *args]
-
-    def cli(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = self.as_user(user, "-m", "allowhelp.agent.cli", *args, "--config", str(self.config))
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-
-    def pending(self, user: str) -> list[dict[str, Any]]:
-        done = self.cli(user, "pending", "--json")
-        assert done.returncode == 0, done.stderr
-        found: list[dict[str, Any]] = json.loads(done.stdout)
-        return found
-
-    def start_helper(self, user: str) -> subprocess.Popen[bytes]:
-        argv = self.as_user(
-            user,
-            "-m",
-            "allowhelp.agent.cli",
-            "session",
-            "--prompt",
-            "none",
-            "--config",
-            str(self.config),
-        )
-        with (self.root / f"helper-{user}.log").open("ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.helpers[user] = proc
-        try:
-            wait_for(lambda: self.signed_in() == user, 20, f"{user} to be signed in")
-        except AssertionError:
-            said = (self.root / f"helper-{user}.log").read_text()
-            served = (self.root / "service.log").read_text()[-3000:]
-            raise AssertionError(f"helper log:\n{said}\nservice log:\n{served}") from None
-        return proc
-
-    def stop_helper(self, user: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.helpers.pop(user)
-        # runuser forwards the signal to the helper it runs
-        helper = _child_of(proc.pid) if sig == signal.SIGKILL else proc.pid
-        os.kill(helper, sig)
-        proc.wait(15)
+class Pc(Machine):
+    broker: Broker | None = None
 
     def signed_in(self) -> str | None:
+        assert self.broker is not None
         agent = next(a for a in self.broker.agents(ADMIN, ADMIN_PW) if a["id"] == self.agent_id)
         return agent["signed_in"] if agent["online"] else "(offline)"
 
+    def start_helper(self, user: str, env: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        proc = super().start_helper(user, env)
+        wait_for(lambda: self.signed_in() == user, 20, f"the broker to know {user} is signed in")
+        return proc
+
     @property
-    def agent_id(self) -> str:
-        return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
-
-
-def _child_of(pid: int) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(children[0]) if children else pid
+    def the_broker(self) -> Broker:
+        assert self.broker is not None
+        return self.broker
 
 
 @pytest.fixture(scope="module")
 def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pc]:
-    for name in USERS:
-        _userdel(name)
-        made = subprocess.run(
-            ["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True, check=False
-        )
-        assert made.returncode == 0, made.stderr
-    # The users must reach the helper socket: a folder they may pass through.
-    root = Path(tempfile.mkdtemp(prefix="ahsys-", dir="/tmp"))
-    os.chmod(root, 0o711)
-    try:
-        with staffed_broker(
-            tmp_path_factory.mktemp("machine"), broker_args=("--consent-timeout", "30")
-        ) as fleet:
-            broker = fleet.brokers[0]
-            config = root / "machine"
-            enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-            assert enrolled.returncode == 0, enrolled.stderr
-            pc = Pc(broker, root, config)
-            with (root / "service.log").open("ab") as log:
-                pc.service = subprocess.Popen(
-                    [
-                        PY,
-                        "-m",
-                        "allowhelp.agent.cli",
-                        "run",
-                        "--system",
-                        "--config",
-                        str(config),
-                        "--reconnect-cap",
-                        "2",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                )
+    options = ("--consent-timeout", "30")
+    with (
+        local_users(*USERS),
+        passable_folder() as root,
+        staffed_broker(tmp_path_factory.mktemp("machine"), broker_args=options) as fleet,
+    ):
+        broker = fleet.brokers[0]
+        config = root / "machine"
+        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
+        assert enrolled.returncode == 0, enrolled.stderr
+        pc = Pc(root, config, broker=broker)
+        try:
+            pc.start_service()
             wait_for(lambda: pc.signed_in() is None, 30, "the machine service to come online")
-            try:
-                yield pc
-            finally:
-                for user in list(pc.helpers):
-                    pc.stop_helper(user)
-                pc.service.terminate()
-                pc.service.wait(20)
-    finally:
-        for name in USERS:
-            _userdel(name)
-        shutil.rmtree(root, ignore_errors=True)
+            yield pc
+        finally:
+            pc.stop()
 
 
 @pytest.fixture
 def desk(pc: Pc) -> Iterator[Desk]:
-    desk = Desk.login(pc.broker, TECH, TECH_PW)
+    desk = Desk.login(pc.the_broker, TECH, TECH_PW)
     yield desk
     desk.close()
 
@@ -222,7 +132,7 @@ def test_nobody_signed_in_is_refused_at_once(pc: Pc, desk: Desk) -> None:
     assert answer.status_code == 409, answer.text
     assert answer.json()["error"] == "nobody_signed_in"
     assert time.monotonic() - started < 10  # not the 30 s consent timeout
-    ended = [r for r in audit(pc.broker) if r["type"] == "session.ended"]
+    ended = [r for r in audit(pc.the_broker) if r["type"] == "session.ended"]
     assert ended[-1]["details"]["end_reason"] == "nobody_signed_in"
 
 
@@ -290,20 +200,23 @@ def test_admin_shell_is_root_after_the_click_and_ends_when_the_user_ends_it(
     assert over["end_reason"] == "user"
     granted = next(
         r
-        for r in audit(pc.broker)
+        for r in audit(pc.the_broker)
         if r["type"] == "consent.granted" and r["target"] == session["id"]
     )
     assert "administrator (root) shell" in granted["details"]["prompt"]
     assert granted["details"]["kind"] == "admin-shell"
     recorded = desk.session(session["id"])
     assert recorded["kind"] == "admin-shell"
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    # Recorded and replayed like a shell, as its own kind.
+    admin = Desk.login(pc.the_broker, ADMIN, ADMIN_PW)
+    try:
+        replay = admin.client.get(f"/api/v1/sessions/{session['id']}/recording")
+    finally:
+        admin.close()
+    assert replay.status_code == 200, replay.text
+    assert "R0R" in replay.text
+    replayed = [r for r in audit(pc.the_broker) if r["type"] == "session.replayed"]
+    assert replayed[-1]["details"]["kind"] == "admin-shell"
 
 
 def test_memory_of_both_processes(pc: Pc) -> None:
@@ -313,8 +226,8 @@ def test_memory_of_both_processes(pc: Pc) -> None:
     if alice not in pc.helpers:
         pc.start_helper(alice)
     assert pc.service is not None
-    service = _rss_kib(pc.service.pid)
-    helper = _rss_kib(_child_of(pc.helpers[alice].pid))
+    service = rss_kib(pc.service.pid)
+    helper = rss_kib(child_of(pc.helpers[alice].pid))
     print(f"RSS: machine service {service / 1024:.1f} MiB, session helper {helper / 1024:.1f} MiB")
     assert service < 120 * 1024
     assert helper < 40 * 1024
