@@ -29,7 +29,7 @@ from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.machine import check_socket_folder
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
-from allowhelp.agent.service import ConsentFrontend
+from allowhelp.agent.service import ConsentFrontend, NotConnected
 from allowhelp.agent.userprograms import UserProgram, start_screen, start_shell
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import ConsentRequest, ProtocolError, Via, parse_json
@@ -37,6 +37,10 @@ from allowhelp.protocol.control import ConsentRequest, ProtocolError, Via, parse
 log = logging.getLogger(__name__)
 
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 15.0
+
+
+class ServiceAbsent(AgentError):
+    """The machine service is not there (yet): worth waiting for, unlike a refusal."""
 
 
 class _Organisation:
@@ -73,7 +77,7 @@ class ConsentHelperView:
 
     def _send(self, packet: hp.Packet) -> None:
         if self.conn is None or not self.conn.send(packet.encode()):
-            raise AgentError("not connected to the machine service right now")
+            raise NotConnected("not connected to the machine service right now")
 
 
 class SessionHelper:
@@ -85,6 +89,8 @@ class SessionHelper:
         self.lost = asyncio.Event()
 
     def connect(self) -> PacketConn:
+        if not self.path.parent.exists():
+            raise ServiceAbsent(f"the machine service is not running (no {self.path.parent})")
         check_socket_folder(self.path.parent)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -93,9 +99,9 @@ class SessionHelper:
             if server != 0:
                 raise AgentError(f"{self.path} is served by uid {server}, not by root: refusing it")
             sock.send(hp.HelperHello().encode())
-        except FileNotFoundError:
+        except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            raise AgentError(f"the machine service is not running (no {self.path})") from None
+            raise ServiceAbsent(f"the machine service is not running (no {self.path})") from None
         except OSError as exc:
             sock.close()
             raise AgentError(f"cannot reach the machine service: {exc.strerror or exc}") from exc
@@ -220,8 +226,11 @@ async def run_session(path: Path, *, prompt: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    conn = await _first_connection(helper, stop)
+    if conn is None:
+        await close_frontends(frontends)
+        return
     delay = RECONNECT_FIRST
-    conn = helper.connect()  # the first failure is the user's to see, at once
     try:
         while not stop.is_set():
             lost = asyncio.create_task(helper.lost.wait())
@@ -234,10 +243,27 @@ async def run_session(path: Path, *, prompt: str) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, RECONNECT_MAX)
-                with contextlib.suppress(AgentError):
+                try:
                     conn = helper.connect()
                     delay = RECONNECT_FIRST
+                except ServiceAbsent:
+                    pass
     finally:
         conn.close()
         await helper.wait_programs()
         await close_frontends(frontends)
+
+
+async def _first_connection(helper: SessionHelper, stop: asyncio.Event) -> PacketConn | None:
+    """Wait for the machine service (a login may come before it is up); a socket
+    that is not root's is refused at once (``AgentError``), never waited for."""
+    delay = RECONNECT_FIRST
+    while not stop.is_set():
+        try:
+            return helper.connect()
+        except ServiceAbsent as exc:
+            log.warning("%s; trying again in %.0f s", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, RECONNECT_MAX)
+    return None

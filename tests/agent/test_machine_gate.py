@@ -254,3 +254,21 @@ def test_the_helper_refuses_a_socket_that_is_not_roots(stolen: tuple[Broker, Mac
     assert "not root's alone to write" in done.stderr
     assert "Traceback" not in done.stderr
     assert Path(fake / "run").exists()
+
+
+def test_a_helper_started_before_the_service_waits_for_it(stolen: tuple[Broker, Machine]) -> None:
+    """Autostart may run before the service is up: the helper waits, it does not die."""
+    _, machine = stolen
+    later = machine.root / "later"
+    log = machine.root / "helper-early.log"
+    argv = machine.as_user(
+        OWNER, "-m", "allowhelp.agent.cli", "session", "--prompt", "none", "--config", str(later)
+    )
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        wait_for(lambda: "trying again" in log.read_text(), 15, "the helper to wait")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
