@@ -104,6 +104,7 @@ class HelperHub:
         self._helpers: dict[PacketConn, HelperInfo] = {}
         self._idle: dict[PacketConn, asyncio.TimerHandle] = {}
         self._programs: dict[str, RemoteProgram] = {}
+        self._owners: dict[str, int | None] = {}  # session → uid: news go to it alone
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 0
         self._said_user: str | None = None
@@ -168,10 +169,18 @@ class HelperHub:
     # ConsentFrontend: prompts go to the owner's helpers only
 
     def prompt(self, pending: Pending) -> None:
+        self._owners[pending.request.session_id] = pending.owner
         self._to_owner(pending.owner, _prompt_packet(pending))
 
     def prompt_closed(self, session_id: str) -> None:
-        self._to_all(hp.PromptClosed(session_id))
+        if session_id not in self._owners:
+            return
+        self._to_owner(self._owners[session_id], hp.PromptClosed(session_id))
+        granted = self.service is not None and any(
+            g.session_id == session_id for g in self.service.gate.grants()
+        )
+        if not granted:  # denied, expired, cancelled: nothing more will be said of it
+            del self._owners[session_id]
 
     def active(self, grant: Grant) -> None:
         organisation = self.service.config.organisation if self.service else ""
@@ -181,16 +190,13 @@ class HelperHub:
         self._to_owner(grant.owner, packet)
 
     def ended(self, session_id: str) -> None:
-        self._to_all(hp.Ended(session_id))
+        if session_id in self._owners:
+            self._to_owner(self._owners.pop(session_id), hp.Ended(session_id))
 
     def _to_owner(self, owner: int | None, packet: hp.Packet) -> None:
         for conn, info in list(self._helpers.items()):
             if info.uid == owner:
                 conn.send(packet.encode())
-
-    def _to_all(self, packet: hp.Packet) -> None:
-        for conn in list(self._helpers):
-            conn.send(packet.encode())
 
     # the socket
 

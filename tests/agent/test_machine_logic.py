@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
+from typing import cast
 
 import pytest
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.consent import ConsentGate, ConsentRefused
-from allowhelp.agent.service import AgentService
-from allowhelp.agent.signedin import HelperInfo, choose
+from allowhelp.agent.consent import ConsentGate, ConsentRefused, Grant, Pending
+from allowhelp.agent.helper import ConsentHelperView, SessionHelper
+from allowhelp.agent.seqpacket import PacketConn
+from allowhelp.agent.service import AgentService, NotConnected
+from allowhelp.agent.signedin import HelperInfo, choose, logind_active_uid
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import (
     ConsentRequest,
@@ -142,3 +147,69 @@ def test_answers_are_json_with_ok() -> None:
     assert hp.read_answer(raw)["error"] == "no"
     with pytest.raises(ProtocolError):
         hp.read_answer(b'{"type": "prompt"}')
+
+
+def test_logind_answer_is_read_from_loginctl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logind path with a stand-in loginctl (this machine has no systemd)."""
+    fake = tmp_path / "loginctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  show-seat) echo c7 ;;\n"
+        '  show-session) [ "$2" = c7 ] && echo 1001 ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert logind_active_uid() == 1001
+    fake.write_text("#!/bin/sh\nexit 1\n")  # logind not answering: nobody
+    assert logind_active_uid() is None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def prompt(self, pending: Pending) -> None:
+        self.seen.append(f"prompt {pending.request.session_id} {pending.prompt_text()}")
+
+    def prompt_closed(self, session_id: str) -> None:
+        self.seen.append(f"closed {session_id}")
+
+    def active(self, grant: Grant) -> None:
+        self.seen.append(f"active {grant.session_id}")
+
+    def ended(self, session_id: str) -> None:
+        self.seen.append(f"ended {session_id}")
+
+
+def test_the_helper_shows_what_the_service_says() -> None:
+    """The session helper's front-ends get the same calls as the agent's own."""
+    recorder = Recorder()
+    view = ConsentHelperView()
+    helper = SessionHelper(Path("/nonexistent/agent.sock"), [recorder], view)
+    text = ConsentGate().ask(request(kind="admin-shell")).prompt_text()
+
+    async def go() -> None:
+        conn = cast(PacketConn, None)
+        helper._handle(
+            conn,
+            hp.Prompt("s-00000001", "Tech", "ACME", "admin-shell", "why", "a b c", "", 30, text),
+        )
+        helper._handle(conn, hp.PromptClosed("s-00000001"))
+        helper._handle(conn, hp.Active("s-00000001", "admin-shell", False, "Tech", "ACME"))
+        assert [g.session_id for g in view.gate.grants()] == ["s-00000001"]
+        helper._handle(conn, hp.Ended("s-00000001"))
+
+    asyncio.run(go())
+    assert recorder.seen == [
+        f"prompt s-00000001 {text}",
+        "closed s-00000001",
+        "active s-00000001",
+        "ended s-00000001",
+    ]
+    assert view.gate.grants() == []
+    with pytest.raises(NotConnected):
+        view.decide("s-00000001", allow=True, view_only=False, via="dialog")
