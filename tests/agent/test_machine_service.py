@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 import websockets
 from machinekit import CAN_RUN, WHY_NOT, Machine, child_of, local_users, passable_folder, rss_kib
+from playwright.sync_api import sync_playwright
 
+from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -266,3 +268,33 @@ def test_a_helper_that_dies_ends_its_sessions(pc: Pc, desk: Desk) -> None:
     over = desk.wait_state(session["id"], "ended")
     assert over["end_reason"] in ("signed_out", "error", "shell_exited")
     assert pc.signed_in() is None
+
+
+@pytest.mark.browser
+def test_the_console_shows_who_is_signed_in(pc: Pc) -> None:
+    """Per machine, live: "nobody", then the user; Admin shell… only with someone there."""
+    alice = USERS[0]
+    for user in list(pc.helpers):
+        pc.stop_helper(user)
+    wait_for(lambda: pc.signed_in() is None, 15, "nobody signed in")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(ignore_https_errors=True).new_page()
+            page.goto(pc.the_broker.url + "/")
+            page.fill("input[name=username]", TECH)
+            page.fill("input[name=password]", TECH_PW)
+            page.click("#login-submit")
+            row = page.locator(f'#machines-rows tr[data-agent="{pc.agent_id}"]')
+            row.locator("td:text-is('nobody')").wait_for()
+            admin = row.locator("button:has-text('Admin shell')")
+            assert admin.is_disabled()
+            pc.start_helper(alice)
+            row.locator(f"td:text-is('{alice}')").wait_for()  # live, no reload
+            assert admin.is_enabled()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "machine-signed-in.png"))
+            admin.click()
+            page.locator("#request-form input[value='admin-shell']:checked").wait_for()
+        finally:
+            browser.close()
