@@ -120,14 +120,16 @@ async def test_stolen_key_gets_no_admin_shell_without_the_users_click(
     shell_chan, shell = as_sink(
         await rogue.create_session(
             Sink,
-            term_type="xterm",
+            term_type="xterm-$(touch /tmp/ahpwned)",  # no string of theirs reaches root's shell
             subsystem=channel_subsystem("admin-shell", session_id),
             encoding=None,
             env={"LD_PRELOAD": "/tmp/evil.so"},
         )
     )
-    shell_chan.write(b"echo R$(id -u)R[${LD_PRELOAD}]\n")
+    shell_chan.write(b"echo R$(id -u)R[${LD_PRELOAD}][${TERM}]\n")
     await asyncio.to_thread(wait_for, lambda: b"R0R[]" in shell.data, 15, "root's shell")
+    assert b"R0R[][xterm-256color]" in shell.data
+    assert not Path("/tmp/ahpwned").exists()
     assert await refused(admin_shell(rogue, session_id))  # one channel per grant
     ended = await asyncio.to_thread(machine.cli, OWNER, "end", session_id)
     assert ended.returncode == 0, ended.stderr
