@@ -54,15 +54,23 @@ class Backend(Protocol):
 
 
 ScreenFactory = Callable[["GatedChannel", Grant], Backend]
+# The user's shell when the agent is not that user (the machine service asks
+# their session helper): channel, grant, TERM, (cols, rows).
+ShellFactory = Callable[["GatedChannel", Grant, str, tuple[int, int]], Backend]
 
 
 class AgentSSHServer(asyncssh.SSHServer):
     def __init__(
-        self, service: AgentService, broker_key: str, screen: ScreenFactory | None
+        self,
+        service: AgentService,
+        broker_key: str,
+        screen: ScreenFactory | None,
+        shell: ShellFactory | None = None,
     ) -> None:
         self._service = service
         self._broker_key = broker_key
         self._screen = screen
+        self._shell = shell
         self.control_open = False
 
     def begin_auth(self, username: str) -> bool:
@@ -178,10 +186,15 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         return True
 
     def _start(self, kind: str) -> Backend:
-        if kind == "shell":
+        if kind in ("shell", "admin-shell"):
             if not self._has_pty:
                 raise RuntimeError("a shell needs a terminal (pty-req)")
             cols, rows = self._size
+            if kind == "admin-shell" and not self._service.system:
+                raise RuntimeError("this agent runs per user: it has no administrator shell")
+            if kind == "shell" and self._server._shell is not None and self.grant is not None:
+                return self._server._shell(self, self.grant, self._term, self._size)
+            # The agent's own login shell: the user's (per-user agent), root's (admin-shell).
             return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self.finish)
         if self._server._screen is None or self.grant is None:
             raise RuntimeError("this agent cannot share its screen")
@@ -193,7 +206,7 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         self._server.control_open = True
         self._control = LineBuffer()
         self._service.attach(self.send_message)
-        self.send_message(current_hello())
+        self.send_message(self._service.hello() or current_hello())
         return True
 
     def send_message(self, message: Message) -> None:

@@ -5,6 +5,11 @@ channel; without a live grant for that session and kind the answer is no,
 whoever asks — the broker included, so a stolen broker key opens nothing.
 
 A grant allows one channel of its kind. View-only applies to the screen.
+
+Owners: on a PC with a machine service, each request belongs to the user
+who was signed in when it came (their uid); only that uid can see, answer or
+end it (``owner`` in ``decide``, ``end`` and the listings). A per-user agent
+leaves ``owner`` None: there is one user, the one it runs as.
 """
 
 from __future__ import annotations
@@ -22,18 +27,26 @@ class ConsentRefused(Exception):
     """No live grant covers what was asked; the message says what was missing."""
 
 
+WHAT_IS_ASKED = {
+    "shell": "to open a command shell (terminal) on this PC",
+    "screen": "to see your screen",
+    "admin-shell": (
+        "for an administrator (root) shell on this PC: full control of the"
+        " whole computer, every user's files included"
+    ),
+}
+
+
 @dataclass
 class Pending:
     request: ConsentRequest
     asked_at: float
     deadline: float
+    owner: int | None = None
 
     def prompt_text(self) -> str:
         """The exact text every front-end shows; it goes to the audit record too."""
-        what = {
-            "shell": "to open a command shell (terminal) on this PC",
-            "screen": "to see your screen",
-        }[self.request.kind]
+        what = WHAT_IS_ASKED[self.request.kind]
         lines = [
             f"{self.request.technician} from {self.request.organisation} asks {what}.",
             f"Reason: {self.request.reason}",
@@ -63,6 +76,7 @@ class Grant:
     kind: Kind
     view_only: bool
     technician: str
+    owner: int | None = None
     granted_at: float = field(default_factory=time.time)
     claimed: bool = False
     closers: list[Closer] = field(default_factory=list)
@@ -95,28 +109,45 @@ class ConsentGate:
 
     # asking and deciding
 
-    def ask(self, request: ConsentRequest) -> Pending:
+    def ask(self, request: ConsentRequest, owner: int | None = None) -> Pending:
         if request.session_id in self._pending or request.session_id in self._grants:
             raise ConsentRefused(f"session {request.session_id} was already asked")
         now = self._clock()
-        pending = Pending(request, now, now + request.timeout)
+        pending = Pending(request, now, now + request.timeout, owner)
         self._pending[request.session_id] = pending
         return pending
 
-    def pending(self) -> list[Pending]:
+    def pending(self, owner: int | None = None) -> list[Pending]:
+        """The waiting requests (of ``owner`` alone, when given)."""
         self.expire()
-        return sorted(self._pending.values(), key=lambda p: p.asked_at)
+        mine = [p for p in self._pending.values() if owner is None or p.owner == owner]
+        return sorted(mine, key=lambda p: p.asked_at)
 
-    def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> Decision:
+    def decide(
+        self,
+        session_id: str,
+        *,
+        allow: bool,
+        view_only: bool,
+        via: Via,
+        owner: int | None = None,
+    ) -> Decision:
+        """The user's answer. With ``owner`` (a machine service: the caller's uid),
+        someone else's request is refused exactly as one that does not exist."""
         self.expire()
-        pending = self._pending.pop(session_id, None)
-        if pending is None:
+        pending = self._pending.get(session_id)
+        if pending is None or (owner is not None and pending.owner != owner):
             raise ConsentRefused(f"no request {session_id} is waiting (answered or expired)")
+        del self._pending[session_id]
         request = pending.request
         view_only = view_only or False
         if allow:
             self._grants[session_id] = Grant(
-                session_id, request.kind, view_only and request.kind == "screen", request.technician
+                session_id,
+                request.kind,
+                view_only and request.kind == "screen",
+                request.technician,
+                pending.owner,
             )
         return Decision(
             session_id=session_id,
@@ -149,8 +180,8 @@ class ConsentGate:
         grant.closers.append(closer)
         return grant
 
-    def grants(self) -> list[Grant]:
-        return list(self._grants.values())
+    def grants(self, owner: int | None = None) -> list[Grant]:
+        return [g for g in self._grants.values() if owner is None or g.owner == owner]
 
     def revoke(self, session_id: str) -> bool:
         """End a grant (either side ended it) and close its channels at once."""

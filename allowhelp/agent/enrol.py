@@ -149,8 +149,12 @@ def pinned_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
-def enrol(token_text: str, folder: Path, proxy_setting: str = "") -> AgentConfig:
-    """Enrol this PC; ``proxy_setting`` (a proxy URL, or "direct") is kept for the tunnel."""
+def enrol(
+    token_text: str, folder: Path, proxy_setting: str = "", *, system: bool = False
+) -> AgentConfig:
+    """Enrol this PC into ``folder``; ``proxy_setting`` (a proxy URL, or "direct") is
+    kept for the tunnel. ``system``: the machine service's identity (no user yet: the
+    service reports who is signed in when it runs)."""
     try:
         token = EnrolmentToken.decode(token_text)
     except TokenError as exc:
@@ -163,7 +167,7 @@ def enrol(token_text: str, folder: Path, proxy_setting: str = "") -> AgentConfig
         "host_key": host_key,
         "hostname": socket.gethostname(),
         "os": os_description(),
-        "user": getpass.getuser(),
+        "user": "" if system else getpass.getuser(),
         "version": __version__,
     }
     status, body = _request(

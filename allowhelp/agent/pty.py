@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import signal
 import struct
 import subprocess
@@ -41,6 +42,10 @@ KEEP_ENV = (
 )
 
 
+# The broker asks for xterm-256color; anything else must at least be a plain name.
+SAFE_TERM = re.compile(r"xterm[a-z0-9-]{0,32}")
+
+
 def clamp_size(cols: int, rows: int) -> tuple[int, int]:
     return min(max(cols, MIN_COLS), MAX_COLS), min(max(rows, MIN_ROWS), MAX_ROWS)
 
@@ -55,7 +60,7 @@ def shell_environment(term: str) -> tuple[list[str], dict[str, str], str]:
         USER=entry.pw_name,
         LOGNAME=entry.pw_name,
         SHELL=shell,
-        TERM=term if term.startswith("xterm") else "xterm-256color",
+        TERM=term if SAFE_TERM.fullmatch(term) else "xterm-256color",
     )
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     home = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"

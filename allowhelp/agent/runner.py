@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from pathlib import Path
 
 from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.enrol import os_description
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.localsocket import LocalControlServer, socket_path
+from allowhelp.agent.machine import HelperHub, machine_socket
 from allowhelp.agent.screen import screen_factory
 from allowhelp.agent.service import AgentService
+from allowhelp.agent.signedin import default_active_uid
 from allowhelp.agent.tunnel import AgentTunnel
 
 log = logging.getLogger(__name__)
@@ -36,3 +40,32 @@ async def run_agent(folder: Path, *, reconnect_cap: float, prompt: str = "auto")
         service.end()
         await close_frontends(frontends)
         await control.close()
+
+
+async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
+    """``run --system``: the tunnel, the gate and the helper socket; no prompts of
+    its own (the session helpers show them) and nothing started as a user."""
+    config = AgentConfig.load(folder)
+    hub = HelperHub(
+        machine_socket(folder),
+        active_uid=default_active_uid(),
+        hostname=socket.gethostname(),
+        os_name=os_description(),
+    )
+    service = AgentService(config, signed_in=hub.signed_in, hello=hub.hello)
+    hub.service = service
+    service.frontends.append(hub)
+    tunnel = AgentTunnel(
+        service, folder, reconnect_cap=reconnect_cap, screen=hub.screen, shell=hub.shell
+    )
+    await hub.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent=%s machine service running; helper socket %s", config.agent_id, hub.path)
+    try:
+        await tunnel.run_forever(stop)
+    finally:
+        service.end()
+        await hub.close()

@@ -21,6 +21,8 @@ from allowhelp.agent.errors import AgentError
 from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
+    EndReason,
+    Hello,
     HelpCode,
     HelpRefused,
     HelpRequest,
@@ -33,6 +35,7 @@ from allowhelp.protocol.text import plain_text
 log = logging.getLogger(__name__)
 
 Sender = Callable[[Message], None]
+SignedIn = Callable[[], "int | None"]
 HELP_TIMEOUT = 15.0
 
 
@@ -56,11 +59,48 @@ class ConsentFrontend(Protocol):
     def ended(self, session_id: str) -> None: ...
 
 
+class _Organisation(Protocol):
+    @property
+    def organisation(self) -> str: ...
+
+
+class _Grants(Protocol):
+    def grants(self, owner: int | None = None) -> list[Grant]: ...
+
+
+class ConsentService(Protocol):
+    """What the front-ends use: ``AgentService`` itself, or in a session helper its
+    stand-in that forwards each answer to the machine service (``agent/helper.py``)."""
+
+    @property
+    def config(self) -> _Organisation: ...
+
+    @property
+    def gate(self) -> _Grants: ...
+
+    def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> object: ...
+
+    def end(self, session_id: str | None = None) -> list[str]: ...
+
+
 class AgentService:
-    def __init__(self, config: AgentConfig) -> None:
+    """``signed_in`` makes this the machine service's logic (``run --system``): it
+    says whose request a new one is (a uid), or None when nobody is signed in;
+    each request then belongs to that uid alone. Without it (per-user agent)
+    there is one user and no owner, and an admin shell is refused."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        signed_in: SignedIn | None = None,
+        hello: Callable[[], Hello] | None = None,
+    ) -> None:
         self.config = config
         self.gate = ConsentGate()
         self.frontends: list[ConsentFrontend] = []
+        self.signed_in = signed_in
+        self._hello = hello
         self._send: Sender | None = None
         self._help: dict[str, asyncio.Future[HelpCode]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -68,6 +108,20 @@ class AgentService:
     @property
     def connected(self) -> bool:
         return self._send is not None
+
+    @property
+    def system(self) -> bool:
+        return self.signed_in is not None
+
+    def hello(self) -> Hello | None:
+        """The machine service's Hello; None: the per-user agent's (``enrol.current_hello``)."""
+        return self._hello() if self._hello is not None else None
+
+    def say_hello(self) -> None:
+        """Who is signed in changed: tell the broker (its machine list shows it)."""
+        hello = self.hello()
+        if self._send is not None and hello is not None:
+            self._send(hello)
 
     # the broker side
 
@@ -117,8 +171,14 @@ class AgentService:
             phrase=plain_text(request.phrase, 100),
             help_code=plain_text(request.help_code, 20),
         )
+        owner, refusal = self._owner_for(request)
+        if refusal is not None:
+            log.warning("session=%s refused at once: %s", request.session_id, refusal)
+            if self._send is not None:
+                self._send(SessionEnd(session_id=request.session_id, reason=refusal))
+            return
         try:
-            pending = self.gate.ask(request)
+            pending = self.gate.ask(request, owner)
         except ConsentRefused as exc:
             log.warning("session=%s %s", request.session_id, exc)
             return
@@ -129,6 +189,16 @@ class AgentService:
         )
         for frontend in self.frontends:
             frontend.prompt(pending)
+
+    def _owner_for(self, request: ConsentRequest) -> tuple[int | None, EndReason | None]:
+        """Whose request this is, or why nobody can be asked (said at once,
+        not after the consent timeout)."""
+        if self.signed_in is None:
+            if request.kind == "admin-shell":
+                return None, "unsupported"  # a per-user agent has no root to give
+            return None, None
+        owner = self.signed_in()
+        return (owner, None) if owner is not None else (None, "nobody_signed_in")
 
     def _expire(self, session_id: str) -> None:
         self._timers.pop(session_id, None)
@@ -154,9 +224,19 @@ class AgentService:
 
     # the user side: every front-end calls these
 
-    def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> Decision:
+    def decide(
+        self,
+        session_id: str,
+        *,
+        allow: bool,
+        view_only: bool,
+        via: Via,
+        owner: int | None = None,
+    ) -> Decision:
         send = self._sender()
-        decision = self.gate.decide(session_id, allow=allow, view_only=view_only, via=via)
+        decision = self.gate.decide(
+            session_id, allow=allow, view_only=view_only, via=via, owner=owner
+        )
         self._close_prompt(session_id)
         send(
             ConsentDecision(
@@ -185,9 +265,10 @@ class AgentService:
         if self.gate.revoke(session_id):
             self._notify_ended(session_id)
 
-    def end(self, session_id: str | None = None) -> list[str]:
-        """The user ends one session, or all; channels close before this returns."""
-        live = {g.session_id for g in self.gate.grants()}
+    def end(self, session_id: str | None = None, owner: int | None = None) -> list[str]:
+        """The user ends one session, or all (of ``owner``'s, when given);
+        channels close before this returns."""
+        live = {g.session_id for g in self.gate.grants(owner)}
         targets = [session_id] if session_id else sorted(live)
         if session_id and session_id not in live:
             raise ConsentRefused(f"no running session {session_id}")
@@ -199,6 +280,20 @@ class AgentService:
             log.info("session=%s ended by the user", sid)
             self._notify_ended(sid)
         return targets
+
+    def owner_gone(self, owner: int, reason: EndReason = "signed_out") -> list[str]:
+        """``owner`` has no session helper left (signed out, helper died): nobody
+        can answer their requests or end their sessions any more, so all end now."""
+        gone = [p.request.session_id for p in self.gate.pending(owner)]
+        gone += [g.session_id for g in self.gate.grants(owner)]
+        for sid in gone:
+            if self._send is not None:
+                self._send(SessionEnd(session_id=sid, reason=reason))
+            self._close_prompt(sid)
+            if self.gate.revoke(sid):
+                self._notify_ended(sid)
+            log.info("session=%s ended: uid %d has no session helper any more", sid, owner)
+        return gone
 
     async def request_help(self, message: str) -> HelpCode:
         send = self._sender()

@@ -23,15 +23,30 @@ from typing import Any, ClassVar, Literal
 CONTROL_SUBSYSTEM = "allowhelp.control"
 SHELL_SUBSYSTEM = "allowhelp.shell"
 SCREEN_SUBSYSTEM = "allowhelp.screen"
+ADMIN_SHELL_SUBSYSTEM = "allowhelp.admin-shell"
 MAX_LINE = 16 * 1024
 # Control messages are flat objects; a little room for fields a newer peer may
 # add (unknown fields are ignored), far below anything that strains a parser.
 MAX_DEPTH = 4
 
-Kind = Literal["shell", "screen"]
-KINDS: tuple[Kind, ...] = ("shell", "screen")
+# admin-shell: a root shell; only an agent run as the machine service offers it.
+Kind = Literal["shell", "screen", "admin-shell"]
+KINDS: tuple[Kind, ...] = ("shell", "screen", "admin-shell")
+TERMINAL_KINDS: tuple[Kind, ...] = ("shell", "admin-shell")  # a PTY, recorded, replayed
+# nobody_signed_in, unsupported: the PC could not put the request to anyone (no
+# user signed in; a per-user agent asked for an admin shell), said at once.
+# signed_out: the user's session helper went away (logout, crash).
 EndReason = Literal[
-    "technician", "user", "agent_lost", "broker_restart", "error", "expired", "shell_exited"
+    "technician",
+    "user",
+    "agent_lost",
+    "broker_restart",
+    "error",
+    "expired",
+    "shell_exited",
+    "nobody_signed_in",
+    "unsupported",
+    "signed_out",
 ]
 END_REASONS = (
     "technician",
@@ -41,7 +56,12 @@ END_REASONS = (
     "error",
     "expired",
     "shell_exited",
+    "nobody_signed_in",
+    "unsupported",
+    "signed_out",
 )
+# What the agent may say in ``session.end`` besides "user": why it could not ask.
+AGENT_END_REASONS = ("user", "nobody_signed_in", "unsupported", "signed_out")
 Via = Literal["dialog", "terminal", "cli"]
 
 
@@ -49,19 +69,25 @@ class ProtocolError(ValueError):
     """A message that does not follow the protocol; the channel is closed on it."""
 
 
+_SUBSYSTEMS: dict[Kind, str] = {
+    "shell": SHELL_SUBSYSTEM,
+    "screen": SCREEN_SUBSYSTEM,
+    "admin-shell": ADMIN_SHELL_SUBSYSTEM,
+}
+
+
 def channel_subsystem(kind: Kind, session_id: str) -> str:
     """The subsystem name that binds a channel to one session's grant."""
-    return f"{SHELL_SUBSYSTEM if kind == 'shell' else SCREEN_SUBSYSTEM}/{session_id}"
+    return f"{_SUBSYSTEMS[kind]}/{session_id}"
 
 
 def parse_channel_subsystem(name: str) -> tuple[Kind, str] | None:
     prefix, sep, session_id = name.partition("/")
     if not sep or not is_session_id(session_id):
         return None
-    if prefix == SHELL_SUBSYSTEM:
-        return "shell", session_id
-    if prefix == SCREEN_SUBSYSTEM:
-        return "screen", session_id
+    for kind, subsystem in _SUBSYSTEMS.items():
+        if prefix == subsystem:
+            return kind, session_id
     return None
 
 
@@ -156,13 +182,19 @@ class HelpRefused(Message):
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """Agent → broker, first line: what the PC is now (user may have changed)."""
+    """Agent → broker, first line: what the PC is now (user may have changed).
+
+    ``system``: the agent is the machine service (``run --system``); then
+    ``user`` is who is signed in now ("" for nobody), and the agent says
+    hello again whenever that changes. A per-user agent's ``user`` is the
+    account it runs as."""
 
     type: ClassVar[str] = "hello"
     hostname: str
     os: str
     user: str
     version: str
+    system: bool = False
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

@@ -8,54 +8,23 @@ nothing without a click on the PC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
 
 import asyncssh
 import pytest
+from roguekit import Sink, TcpSink, UnixSink, as_sink, ask, control, refused
 
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import load_private_key
 from allowhelp.protocol.control import (
     CONTROL_SUBSYSTEM,
     ConsentDecision,
-    ConsentRequest,
     Hello,
-    Kind,
     channel_subsystem,
     decode,
 )
 from harness import Agent, Broker, Fleet, agent_call, wait_for, wait_pending
-
-
-class Sink(asyncssh.SSHClientSession[bytes]):
-    def __init__(self) -> None:
-        self.data = b""
-        self.closed = asyncio.Event()
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.data += data
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set()
-
-
-class TcpSink(asyncssh.SSHTCPSession[bytes]):
-    """The session of a direct-tcpip channel; the agent never lets one open."""
-
-
-class UnixSink(asyncssh.SSHUNIXSession[bytes]):
-    """The session of a direct-streamlocal channel; the agent never lets one open."""
-
-
-def as_sink(
-    opened: tuple[asyncssh.SSHClientChannel[Any], asyncssh.SSHClientSession[Any]],
-) -> tuple[asyncssh.SSHClientChannel[bytes], Sink]:
-    """What ``create_session(Sink, encoding=None)`` gave: asyncssh types the session
-    as its base class, whatever the factory made."""
-    chan, session = opened
-    return chan, cast(Sink, session)
 
 
 @pytest.fixture(scope="module")
@@ -94,28 +63,6 @@ async def rogue(stolen: tuple[Broker, Agent]) -> AsyncIterator[asyncssh.SSHClien
     await server.wait_closed()
 
 
-async def refused(coro: Awaitable[object]) -> bool:
-    try:
-        await asyncio.wait_for(coro, 10)
-    except (asyncssh.ChannelOpenError, asyncssh.ChannelListenError, asyncssh.Error):
-        return True
-    return False
-
-
-def ask(chan: asyncssh.SSHClientChannel[bytes], session_id: str, kind: Kind) -> None:
-    """What a (rogue) broker may do on the control channel: ask, nothing more."""
-    request = ConsentRequest(
-        session_id=session_id,
-        organisation="Org",
-        technician="Mallory",
-        kind=kind,
-        reason="test",
-        phrase="a b c",
-        timeout=30,
-    )
-    chan.write(request.encode())
-
-
 async def test_nothing_opens_without_consent(
     rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Agent]
 ) -> None:
@@ -133,12 +80,6 @@ async def test_nothing_opens_without_consent(
     chan, _ = await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM)
     chan.close()
     assert agent.proc is not None and agent.proc.poll() is None  # still running
-
-
-async def control(
-    conn: asyncssh.SSHClientConnection,
-) -> tuple[asyncssh.SSHClientChannel[bytes], Sink]:
-    return as_sink(await conn.create_session(Sink, subsystem=CONTROL_SUBSYSTEM, encoding=None))
 
 
 async def test_a_grant_opens_exactly_what_was_granted(

@@ -20,7 +20,7 @@ from allowhelp.agent.frontends.dialog import DialogFrontend
 from allowhelp.agent.frontends.indicator import IndicatorFrontend
 from allowhelp.agent.frontends.terminal import TerminalFrontend
 from allowhelp.agent.frontends.toolkit import Which, find_toolkit, has_tkinter
-from allowhelp.agent.service import AgentService, ConsentFrontend
+from allowhelp.agent.service import ConsentFrontend, ConsentService
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def interactive_terminal(*, foreground_only: bool) -> bool:
 
 
 def choose_frontends(
-    service: AgentService,
+    service: ConsentService,
     mode: str,
     *,
     env: Mapping[str, str] | None = None,
@@ -76,7 +76,7 @@ def choose_frontends(
 
 
 def _desktop(
-    service: AgentService,
+    service: ConsentService,
     mode: str,
     env: Mapping[str, str],
     which: Which,

@@ -15,14 +15,14 @@ import time
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
 from allowhelp.agent.frontends.toolkit import Toolkit
-from allowhelp.agent.service import AgentService, NotConnected
+from allowhelp.agent.service import ConsentService, NotConnected
 from allowhelp.protocol.control import Kind
 
 log = logging.getLogger(__name__)
 
 
 class DialogFrontend:
-    def __init__(self, service: AgentService, toolkit: Toolkit) -> None:
+    def __init__(self, service: ConsentService, toolkit: Toolkit) -> None:
         self._service = service
         self.toolkit = toolkit
         self.windows = WindowSet()

@@ -16,7 +16,7 @@ import time
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
 from allowhelp.agent.frontends.toolkit import Toolkit
-from allowhelp.agent.service import AgentService
+from allowhelp.agent.service import ConsentService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def describe(grant: Grant) -> str:
 
 
 class IndicatorFrontend:
-    def __init__(self, service: AgentService, toolkit: Toolkit) -> None:
+    def __init__(self, service: ConsentService, toolkit: Toolkit) -> None:
         self._service = service
         self.toolkit = toolkit
         self.windows = WindowSet()

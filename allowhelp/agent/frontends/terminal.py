@@ -20,7 +20,7 @@ from typing import TextIO
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.frontends.toolkit import Answer, plain
-from allowhelp.agent.service import AgentService, NotConnected
+from allowhelp.agent.service import ConsentService, NotConnected
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ WORDS: dict[str, Answer] = {
 
 
 class TerminalFrontend:
-    def __init__(self, service: AgentService, fd: int = 0, out: TextIO | None = None) -> None:
+    def __init__(self, service: ConsentService, fd: int = 0, out: TextIO | None = None) -> None:
         self._service = service
         self._fd = fd
         self._out = out if out is not None else sys.stdout

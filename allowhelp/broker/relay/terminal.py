@@ -27,7 +27,7 @@ from allowhelp.broker.relay.outcome import (
     first_to_end,
     outcome_of,
 )
-from allowhelp.protocol.control import ProtocolError, parse_json
+from allowhelp.protocol.control import Kind, ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,14 @@ def terminal_size(cols: int, rows: int) -> tuple[int, int]:
 class TerminalRelay:
     """One technician WebSocket ↔ one shell channel, until either side ends."""
 
-    def __init__(self, websocket: WebSocket, recorder: AsciicastRecorder, size: tuple[int, int]):
+    def __init__(
+        self,
+        websocket: WebSocket,
+        recorder: AsciicastRecorder,
+        size: tuple[int, int],
+        kind: Kind = "shell",
+    ):
+        self._kind: Kind = kind  # "shell" or "admin-shell": the same bytes, its own channel
         self._ws = websocket
         self._recorder = recorder
         self._size = size
@@ -60,7 +67,7 @@ class TerminalRelay:
 
     @property
     def channel(self) -> ChannelSpec:
-        return ChannelSpec("shell", SHELL_WINDOW, ("xterm-256color", *self._size))
+        return ChannelSpec(self._kind, SHELL_WINDOW, ("xterm-256color", *self._size))
 
     def started_details(self) -> dict[str, object]:
         return {"cols": self._size[0], "rows": self._size[1], "recording": self._recorder.path.name}

@@ -30,7 +30,7 @@ from allowhelp.broker.model.session import Session, State
 from allowhelp.broker.relay.outcome import Outcome, Relay
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.tunnel.link import AgentLink
-from allowhelp.protocol.control import Kind
+from allowhelp.protocol.control import TERMINAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ def claim(
     session = sessions.live(session_id)  # only a live session can be attached
     if session is None or session.technician != username:
         raise Forbidden("not your session, or it is over")
-    if session.kind != kind or session.state is not State.ACTIVE:
+    # One terminal page for both shells: a shell and an admin shell attach alike.
+    same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
+    if not same or session.state is not State.ACTIVE:
         raise Conflict(
             f"the session is a {session.state} {session.kind} session, not an active {kind}"
         )

@@ -50,6 +50,7 @@ from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import (
     KINDS,
+    TERMINAL_KINDS,
     ConsentDecision,
     EndReason,
     Kind,
@@ -130,7 +131,7 @@ class SessionRegistry:
         help_code: str = "",
     ) -> Session:
         if kind not in KINDS:
-            raise BadRequest('kind must be "shell" or "screen"')
+            raise BadRequest('kind must be "shell", "admin-shell" or "screen"')
         text = clean_reason(reason)
         agent = await self._db.read(Store.agent, agent_id) if isinstance(agent_id, str) else None
         if agent is None or agent.removed:
@@ -139,7 +140,7 @@ class SessionRegistry:
             if not await self._help.belongs(help_code, agent_id):
                 raise BadRequest("that help code is not from this machine", code="bad_help_code")
             help_code = format_code(normalise_code(help_code))
-        typed_kind: Kind = "shell" if kind == "shell" else "screen"
+        typed_kind: Kind = kind  # narrowed by `kind not in KINDS` above
         session = Session.new(
             agent_id=agent_id,
             hostname=agent.hostname,
@@ -190,6 +191,13 @@ class SessionRegistry:
                 details={"error": "the machine is offline"},
             )
             raise Conflict("the machine is offline", code="agent_offline")
+        refusal = _refusal(session, live.system, live.nobody_signed_in)
+        if refusal is not None:  # nobody could answer: said now, not after the timeout
+            reason, code, error = refusal
+            await self._move(
+                session.id, State.ENDED, actor="system", reason=reason, details={"error": error}
+            )
+            raise Conflict(error, code=code)
         request = consent_request(session, organisation=self._organisation, timeout=self._timeout)
         await self._move(
             session.id,
@@ -312,12 +320,22 @@ class SessionRegistry:
     # the agent's side
 
     async def on_user_end(self, agent_id: str, message: SessionEnd) -> None:
-        """The person at the PC ended a session (End button, ``allowhelp-agent end``)."""
+        """The person at the PC ended a session (End button, ``allowhelp-agent end``),
+        or the PC could not put it to anyone (nobody signed in, no admin shell on a
+        per-user agent, the user's session helper gone)."""
         session = self._live.get(message.session_id)
         if session is None or session.agent_id != agent_id:
             log.warning("agent=%s ended a session that is not its own", agent_id)
             return
-        await self.end_quietly(message.session_id, reason="user", actor=user_actor(agent_id))
+        if message.reason == "user":
+            await self.end_quietly(message.session_id, reason="user", actor=user_actor(agent_id))
+            return
+        reason: EndReason = (
+            message.reason
+            if message.reason in ("nobody_signed_in", "unsupported", "signed_out")
+            else "error"
+        )
+        await self.end_quietly(message.session_id, reason=reason, actor="system")
 
     async def on_decision(self, agent_id: str, decision: ConsentDecision) -> None:
         session = self._live.get(decision.session_id)
@@ -467,7 +485,7 @@ class SessionRegistry:
         for session in stale:
             self._live[session.id] = session
             details: dict[str, object] = {}
-            if recordings is not None and session.kind == "shell":
+            if recordings is not None and session.kind in TERMINAL_KINDS:
                 details = await self._recover_recording(recordings, session.id)
             await self._move(
                 session.id, State.ENDED, actor="system", reason="broker_restart", details=details
@@ -536,3 +554,23 @@ class SessionRegistry:
         finally:  # a session that failed ends, on the record or owed to it
             with contextlib.suppress(IllegalTransition):
                 await self.end(session_id, reason="error", actor="system", details={"error": text})
+
+
+def _refusal(
+    session: Session, system: bool, nobody_signed_in: bool
+) -> tuple[EndReason, str, str] | None:
+    """Why the PC cannot be asked at all: (end reason, error code, message)."""
+    if session.kind == "admin-shell" and not system:
+        return (
+            "unsupported",
+            "admin_shell_unsupported",
+            "this PC's agent runs per user: an administrator shell needs the machine "
+            "service (allowhelp-agent run --system)",
+        )
+    if nobody_signed_in:
+        return (
+            "nobody_signed_in",
+            "nobody_signed_in",
+            "nobody is signed in at this PC: there is nobody to allow it",
+        )
+    return None

@@ -112,4 +112,37 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX agent_connectivity_by_agent ON agent_connectivity (agent_id, id);
     CREATE INDEX agent_connectivity_by_time ON agent_connectivity (ts);
     """,
+    # 6: sessions of kind admin-shell (a root shell from the machine service).
+    # SQLite cannot change a CHECK constraint: the table is rebuilt, rows kept.
+    """
+    CREATE TABLE sessions_v6 (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('shell', 'screen', 'admin-shell')),
+        reason TEXT NOT NULL,
+        phrase TEXT NOT NULL,
+        state TEXT NOT NULL,
+        view_only INTEGER NOT NULL DEFAULT 0,
+        help_code TEXT,
+        created REAL NOT NULL,
+        decided REAL,
+        started REAL,
+        ended REAL,
+        end_reason TEXT,
+        bytes_to_agent INTEGER NOT NULL DEFAULT 0,
+        bytes_from_agent INTEGER NOT NULL DEFAULT 0,
+        recording TEXT,
+        recording_sha256 TEXT
+    );
+    INSERT INTO sessions_v6 (id, agent_id, technician, kind, reason, phrase, state,
+        view_only, help_code, created, decided, started, ended, end_reason,
+        bytes_to_agent, bytes_from_agent, recording, recording_sha256)
+    SELECT id, agent_id, technician, kind, reason, phrase, state,
+        view_only, help_code, created, decided, started, ended, end_reason,
+        bytes_to_agent, bytes_from_agent, recording, recording_sha256 FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v6 RENAME TO sessions;
+    CREATE INDEX sessions_by_technician ON sessions (technician, created);
+    """,
 )

@@ -20,6 +20,14 @@ class LiveAgent:
     link: AgentLink
     peer: str
     connected_since: float = field(default_factory=time.time)
+    # From its Hello: a machine service (``run --system``) and who is signed in
+    # there now ("": nobody). A per-user agent's user is always there.
+    system: bool = False
+    user: str = ""
+
+    @property
+    def nobody_signed_in(self) -> bool:
+        return self.system and not self.user
 
 
 Listener = Callable[[str, bool], None]

@@ -63,6 +63,10 @@ class Inventory:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def hello(self, agent_id: str, message: Hello) -> None:
+        live = self._agents.get(agent_id)
+        if live is not None:  # at once: a request that comes next must know who is there
+            live.system = message.system
+            live.user = plain_text(message.user, 64)
         task = asyncio.create_task(self._store(agent_id, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

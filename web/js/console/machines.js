@@ -67,13 +67,17 @@ function row(agent) {
       el("div", { cls: "host", text: agent.hostname }),
       el("div", { cls: "sub mono", text: agent.id }),
     ]),
-    el("td", { text: agent.user || "—" }),
+    el("td", { text: signedIn(agent) }),
     el("td", { cls: "os", text: agent.os || "—" }),
     versionCell(agent),
     agent.online ? el("td", { cls: "nowrap", text: "now" }) : timeCell(agent.last_seen, "never"),
     el("td", { cls: "actions" }, [
       button("Shell…", () => openRequest(agent, "shell"), "small", {
         disabled: offline, "aria-label": `Ask for a shell on ${agent.hostname}`,
+      }),
+      button("Admin shell…", () => openRequest(agent, "admin-shell"), "small", {
+        disabled: offline || !agent.system || !agent.signed_in,
+        "aria-label": `Ask for an administrator (root) shell on ${agent.hostname}`,
       }),
       button("Screen…", () => openRequest(agent, "screen"), "small", {
         disabled: offline, "aria-label": `Ask for the screen of ${agent.hostname}`,
@@ -104,6 +108,15 @@ function versionCell(agent) {
     flag ? " " : null,
     flag ? el("span", { cls: `badge ${flag[1]}`, text: flag[0], title: flag[2] }) : null,
   ]);
+}
+
+/**
+ * "alice" / "nobody" for a machine service that is online; the agent's user otherwise.
+ * @param {Agent} agent
+ */
+function signedIn(agent) {
+  if (agent.online && agent.system) return agent.signed_in || "nobody";
+  return agent.user || "—";
 }
 
 /** @param {Agent} agent */

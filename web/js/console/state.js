@@ -21,6 +21,8 @@
  * @property {string} [user]
  * @property {string} [version] what the agent reports
  * @property {"current" | "outdated" | "unsupported" | "unknown"} [version_status] against this broker
+ * @property {boolean} [system] the machine service (one agent per PC) runs there
+ * @property {string | null} [signed_in] who is signed in now (null: nobody, or offline)
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
  */

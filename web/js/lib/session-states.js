@@ -9,8 +9,8 @@
 import { plain } from "./dom.js";
 
 /** @typedef {"requested" | "awaiting_consent" | "active" | "ended" | "denied" | "expired"} SessionState */
-/** @typedef {"shell" | "screen"} SessionKind */
-/** @typedef {"technician" | "user" | "shell_exited" | "agent_lost" | "broker_restart" | "error" | "expired"} EndReason */
+/** @typedef {"shell" | "admin-shell" | "screen"} SessionKind */
+/** @typedef {"technician" | "user" | "shell_exited" | "agent_lost" | "broker_restart" | "error" | "expired" | "nobody_signed_in" | "unsupported" | "signed_out"} EndReason */
 
 /**
  * A session as GET /api/v1/sessions/ID and the events socket give it.
@@ -81,6 +81,9 @@ const END_REASONS = {
   broker_restart: { label: "broker restarted", cause: "broker restart" },
   error: { label: "error", cause: "error" },
   expired: { label: "no answer", cause: "expired" },
+  nobody_signed_in: { label: "nobody signed in", cause: "nobody signed in" },
+  unsupported: { label: "not offered by this PC", cause: "not offered by this PC" },
+  signed_out: { label: "user signed out", cause: "user signed out" },
 };
 
 /**
@@ -107,6 +110,7 @@ export function outcome(session) {
 /** @type {Record<SessionKind, {label: string, page: string}>} */
 const KINDS = {
   shell: { label: "Shell", page: "/terminal.html" },
+  "admin-shell": { label: "Admin shell (root)", page: "/terminal.html" },
   screen: { label: "Screen", page: "/screen.html" },
 };
 

@@ -43,6 +43,10 @@ def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
         "last_seen": time.time() if live is not None else agent.last_seen,
         "connected_since": live.connected_since if live else None,
         "removed": agent.removed,
+        # Live, from the agent's Hello: a machine service says who is signed in
+        # ("" = nobody); a per-user agent's user is the one it runs as.
+        "system": live.system if live else False,
+        "signed_in": (live.user or None) if live else None,
     }
 
 

@@ -1,0 +1,406 @@
+"""The machine service's local side: the helper socket, who is signed in, whose request is whose.
+
+``allowhelp-agent run --system`` (root) holds the tunnel, the identity and
+the consent gate (``AgentService``, the one consent logic). This hub is what
+the PC's users reach it through: one ``SOCK_SEQPACKET`` socket, mode 0666 in
+a root-owned folder nobody else can write, where every peer is known by the
+uid the kernel gives (``SO_PEERCRED``) and by nothing it says.
+
+- Session helpers (``allowhelp-agent session``) register and stay: they are
+  the "signed in" users (``signedin.py`` picks the one a request goes to),
+  they show their user's prompts, and they start that user's shell and
+  screen server (``remote.py``).
+- The CLI sends one request. Every request is answered for the caller's uid
+  alone: another local user sees no foreign request and cannot allow, deny or
+  end one (refused exactly as a request that does not exist).
+
+Bounded: at most ``MAX_CONNECTIONS`` connections, ``MAX_PER_UID`` per uid,
+``MAX_HELPERS_PER_UID`` helpers per uid; a client that sends nothing is
+dropped after ``IDLE_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import socket
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from allowhelp import __version__
+from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.errors import AgentError
+from allowhelp.agent.remote import RemoteProgram
+from allowhelp.agent.seqpacket import PacketConn, close_fds
+from allowhelp.agent.service import AgentService
+from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose
+from allowhelp.protocol import helper as hp
+from allowhelp.protocol.control import Hello, Kind, ProtocolError
+
+if TYPE_CHECKING:  # the session helper imports this module and has no asyncssh
+    from allowhelp.agent.channels import Backend, GatedChannel
+
+log = logging.getLogger(__name__)
+
+SYSTEM_CONFIG_DIR = Path("/etc/allowhelp/agent")
+SYSTEM_SOCKET = Path("/run/allowhelp/agent.sock")
+MAX_CONNECTIONS = 64
+MAX_PER_UID = 8
+MAX_HELPERS_PER_UID = 4
+IDLE_TIMEOUT = 10.0
+MAX_SOCKET_PATH = 107
+
+
+def machine_socket(config_dir: Path | None) -> Path:
+    """``/run/allowhelp/agent.sock`` for the machine folder; ``DIR/run/agent.sock``
+    for another ``--config DIR`` (tests, a second service)."""
+    if config_dir is None or config_dir.resolve() == SYSTEM_CONFIG_DIR:
+        return SYSTEM_SOCKET
+    return config_dir.resolve() / "run" / "agent.sock"
+
+
+def check_socket_folder(folder: Path) -> None:
+    """Refuse a socket folder that is not root's alone to write (someone else
+    could put their own socket there)."""
+    try:
+        info = folder.lstat()
+    except OSError as exc:
+        raise AgentError(f"cannot use {folder}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise AgentError(f"{folder} is not a real directory: refusing it")
+    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AgentError(f"{folder} is not root's alone to write: refusing it")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+class HelperHub:
+    """The helper socket, the signed-in user, and a ``ConsentFrontend`` that
+    forwards prompts to the helpers of the request's owner."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        active_uid: ActiveUid | None,
+        hostname: str = "",
+        os_name: str = "",
+    ) -> None:
+        self.path = path
+        self._active_uid = active_uid
+        self._hostname, self._os = hostname, os_name
+        self.service: AgentService | None = None
+        self._listener: socket.socket | None = None
+        self._conns: set[PacketConn] = set()
+        self._helpers: dict[PacketConn, HelperInfo] = {}
+        self._idle: dict[PacketConn, asyncio.TimerHandle] = {}
+        self._programs: dict[str, RemoteProgram] = {}
+        self._owners: dict[str, int | None] = {}  # session → uid: news go to it alone
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_id = 0
+        self._said_user: str | None = None
+
+    # who is signed in
+
+    def _signed_in_helper(self) -> HelperInfo | None:
+        return choose(list(self._helpers.values()), self._active_uid)
+
+    def signed_in(self) -> int | None:
+        chosen = self._signed_in_helper()
+        return chosen.uid if chosen is not None else None
+
+    def signed_in_name(self) -> str:
+        uid = self.signed_in()
+        return _user_name(uid) if uid is not None else ""
+
+    def hello(self) -> Hello:
+        self._said_user = self.signed_in_name()
+        return Hello(
+            hostname=self._hostname,
+            os=self._os,
+            user=self._said_user,
+            version=__version__,
+            system=True,
+        )
+
+    def _maybe_changed(self) -> None:
+        if self.service is not None and self.signed_in_name() != self._said_user:
+            self.service.say_hello()
+
+    def helper_of(self, uid: int | None) -> PacketConn | None:
+        mine = [(info.conn_id, conn) for conn, info in self._helpers.items() if info.uid == uid]
+        return max(mine, key=lambda pair: pair[0])[1] if mine else None
+
+    # programs in the user's session (channels.ShellFactory / ScreenFactory)
+
+    def shell(
+        self, channel: GatedChannel, grant: Grant, term: str, size: tuple[int, int]
+    ) -> Backend:
+        return self._program(channel, grant, "shell", term, size)
+
+    def screen(self, channel: GatedChannel, grant: Grant) -> Backend:
+        return self._program(channel, grant, "screen", "", (0, 0))
+
+    def _program(
+        self, channel: GatedChannel, grant: Grant, kind: Kind, term: str, size: tuple[int, int]
+    ) -> Backend:
+        conn = self.helper_of(grant.owner)
+        if conn is None:
+            raise RuntimeError("the user who allowed it has no session helper running any more")
+        program = RemoteProgram(
+            conn, channel, grant, kind, term=term, size=size, forget=self._forget
+        )
+        self._programs[grant.session_id] = program
+        return program
+
+    def _forget(self, program: RemoteProgram) -> None:
+        if self._programs.get(program.session_id) is program:
+            del self._programs[program.session_id]
+
+    # ConsentFrontend: prompts go to the owner's helpers only
+
+    def prompt(self, pending: Pending) -> None:
+        self._owners[pending.request.session_id] = pending.owner
+        self._to_owner(pending.owner, _prompt_packet(pending))
+
+    def prompt_closed(self, session_id: str) -> None:
+        if session_id not in self._owners:
+            return
+        self._to_owner(self._owners[session_id], hp.PromptClosed(session_id))
+        granted = self.service is not None and any(
+            g.session_id == session_id for g in self.service.gate.grants()
+        )
+        if not granted:  # denied, expired, cancelled: nothing more will be said of it
+            del self._owners[session_id]
+
+    def active(self, grant: Grant) -> None:
+        organisation = self.service.config.organisation if self.service else ""
+        packet = hp.Active(
+            grant.session_id, grant.kind, grant.view_only, grant.technician, organisation
+        )
+        self._to_owner(grant.owner, packet)
+
+    def ended(self, session_id: str) -> None:
+        if session_id in self._owners:
+            self._to_owner(self._owners.pop(session_id), hp.Ended(session_id))
+
+    def _to_owner(self, owner: int | None, packet: hp.Packet) -> None:
+        for conn, info in list(self._helpers.items()):
+            if info.uid == owner:
+                conn.send(packet.encode())
+
+    # the socket
+
+    async def start(self) -> None:
+        folder = self.path.parent
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise AgentError(f"{self.path} is too long for a UNIX socket: use a shorter --config")
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(folder, 0o755)  # noqa: S103 - every user's helper must reach the socket
+        check_socket_folder(folder)
+        if folder.parent != Path("/run"):  # DIR/run: users may pass through DIR, not list it
+            os.chmod(folder.parent, 0o711)  # noqa: S103 - pass through, no listing
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(self.path))
+        # anyone may connect; SO_PEERCRED says who they are
+        os.chmod(self.path, 0o666)  # noqa: S103
+        listener.listen(16)
+        listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+        self._listener = listener
+        log.info("helper socket %s", self.path)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for conn in list(self._conns):
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _accept(self) -> None:
+        if self._listener is None:
+            return
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("helper socket: accept failed: %s", exc)
+            return
+        try:
+            conn = PacketConn(sock, self._packet, self._closed)
+        except OSError:
+            sock.close()
+            return
+        same_uid = sum(1 for other in self._conns if other.uid == conn.uid)
+        if len(self._conns) >= MAX_CONNECTIONS or same_uid >= MAX_PER_UID:
+            log.warning("helper socket: refused uid %d: too many connections", conn.uid)
+            conn.send(hp.answer(False, error="too many connections to the machine service"))
+            conn.close()
+            return
+        self._conns.add(conn)
+        self._idle[conn] = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, conn.close)
+
+    def _closed(self, conn: PacketConn) -> None:
+        self._conns.discard(conn)
+        timer = self._idle.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        info = self._helpers.pop(conn, None)
+        if info is None:
+            return
+        log.info("session helper of uid %d (pid %d) went away", info.uid, info.pid)
+        for program in [p for p in self._programs.values() if p.conn is conn]:
+            program.helper_lost()
+        if self.service is not None and self.helper_of(info.uid) is None:
+            self.service.owner_gone(info.uid)
+        self._maybe_changed()
+
+    def _packet(self, conn: PacketConn, data: bytes, fds: list[int]) -> None:
+        try:
+            packet = hp.decode(data)
+            if packet.type not in hp.FROM_CLIENT:
+                raise ProtocolError("not a request")
+        except ProtocolError as exc:
+            close_fds(fds)
+            log.warning("helper socket: uid %d sent a malformed packet: %s", conn.uid, exc)
+            self._reply(conn, hp.answer(False, error=f"malformed request: {exc}"))
+            return
+        if not isinstance(packet, hp.Opened) or conn not in self._helpers:
+            close_fds(fds)  # descriptors come with "opened" from a helper, or not at all
+            fds = []
+        if isinstance(packet, hp.AskHelp):
+            task = asyncio.create_task(self._ask_help(conn, packet))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        try:
+            reply = self._handle(conn, packet, fds)
+        except (ConsentRefused, AgentError) as exc:
+            reply = hp.answer(False, error=str(exc))
+        if reply is not None:
+            self._reply(conn, reply)
+
+    def _reply(self, conn: PacketConn, reply: bytes) -> None:
+        conn.send(reply)
+        if conn not in self._helpers:
+            conn.close()  # the CLI: one request, one answer
+
+    def _handle(self, conn: PacketConn, packet: hp.Packet, fds: list[int]) -> bytes | None:
+        service = self._service()
+        uid = conn.uid
+        if isinstance(packet, hp.HelperHello):
+            self._register(conn)  # answers itself: the welcome comes before the prompts
+            return None
+        if isinstance(packet, (hp.Opened, hp.Exited)):
+            self._program_news(conn, packet, fds)
+            return None
+        if isinstance(packet, hp.PendingQuery):
+            return hp.answer(True, pending=[p.to_json() for p in service.gate.pending(uid)])
+        if isinstance(packet, hp.StatusQuery):
+            return hp.answer(True, **self._status(uid))
+        if isinstance(packet, (hp.Allow, hp.Deny)):
+            allow = isinstance(packet, hp.Allow)
+            view_only = packet.view_only if isinstance(packet, hp.Allow) else False
+            decision = service.decide(
+                packet.session_id, allow=allow, view_only=view_only, via=packet.via, owner=uid
+            )
+            return hp.answer(True, session_id=decision.session_id, view_only=decision.view_only)
+        if isinstance(packet, hp.End):
+            return hp.answer(True, ended=service.end(packet.session_id or None, owner=uid))
+        raise AgentError("unknown request")
+
+    def _service(self) -> AgentService:
+        if self.service is None:
+            raise AgentError("the machine service is starting")
+        return self.service
+
+    def _status(self, uid: int) -> dict[str, Any]:
+        service = self._service()
+        return {
+            "connected": service.connected,
+            "agent_id": service.config.agent_id,
+            "signed_in": self.signed_in_name(),
+            "pending": [p.to_json() for p in service.gate.pending(uid)],
+            "sessions": [g.to_json() for g in service.gate.grants(uid)],
+        }
+
+    def _register(self, conn: PacketConn) -> None:
+        if conn in self._helpers:
+            raise AgentError("this connection is a session helper already")
+        if sum(1 for i in self._helpers.values() if i.uid == conn.uid) >= MAX_HELPERS_PER_UID:
+            raise AgentError("too many session helpers for this user")
+        timer = self._idle.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        self._next_id += 1
+        self._helpers[conn] = HelperInfo(self._next_id, conn.uid, conn.pid)
+        log.info("session helper of uid %d (pid %d) connected", conn.uid, conn.pid)
+        service = self._service()
+        welcome = hp.answer(
+            True, helper=True, organisation=service.config.organisation, user=_user_name(conn.uid)
+        )
+        conn.send(welcome)
+        for pending in service.gate.pending(conn.uid):
+            conn.send(_prompt_packet(pending).encode())
+        self._maybe_changed()
+
+    def _program_news(
+        self, conn: PacketConn, packet: hp.Opened | hp.Exited, fds: list[int]
+    ) -> None:
+        program = self._programs.get(packet.session_id)
+        if program is None or program.conn is not conn:  # not this helper's to report
+            close_fds(fds)
+            log.warning("uid %d reported on a program that is not its own", conn.uid)
+            return
+        if isinstance(packet, hp.Opened):
+            program.opened(packet, fds)
+        else:
+            program.exited(packet.status, packet.error)
+
+    async def _ask_help(self, conn: PacketConn, packet: hp.AskHelp) -> None:
+        if self.helper_of(conn.uid) is None:
+            reply = hp.answer(
+                False,
+                error="only a user signed in at this PC (with `allowhelp-agent session` "
+                "running) can ask for help",
+            )
+        else:
+            try:
+                code = await self._service().request_help(packet.message)
+                reply = hp.answer(True, code=code.code, expires_in=code.expires_in)
+            except AgentError as exc:
+                reply = hp.answer(False, error=str(exc))
+        self._reply(conn, reply)
+
+
+def _prompt_packet(pending: Pending) -> hp.Prompt:
+    view = pending.to_json()
+    request = pending.request
+    return hp.Prompt(
+        session_id=request.session_id,
+        technician=request.technician,
+        organisation=request.organisation,
+        kind=request.kind,
+        reason=request.reason,
+        phrase=request.phrase,
+        help_code=request.help_code,
+        seconds_left=int(str(view["seconds_left"])),
+        prompt=pending.prompt_text(),
+    )

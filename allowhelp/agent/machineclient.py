@@ -1,0 +1,46 @@
+"""The CLI's requests to the machine service (``pending``, ``allow``, ... as a user).
+
+The same requests as the per-user agent's control socket (``localsocket.call``),
+put as helper-socket packets; the answer is for the caller's uid alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from allowhelp.agent.errors import AgentError
+from allowhelp.agent.machine import check_socket_folder
+from allowhelp.agent.seqpacket import request
+from allowhelp.protocol import helper as hp
+from allowhelp.protocol.control import ProtocolError
+
+
+def packet_for(op: dict[str, Any]) -> hp.Packet:
+    name = op.get("op")
+    session_id = op.get("session_id") or ""
+    if name == "pending":
+        return hp.PendingQuery()
+    if name == "status":
+        return hp.StatusQuery()
+    if name == "allow":
+        return hp.Allow(session_id, bool(op.get("view_only")))
+    if name == "deny":
+        return hp.Deny(session_id)
+    if name == "end":
+        return hp.End(session_id)
+    if name == "request-help":
+        return hp.AskHelp(str(op.get("message") or "")[:500])
+    raise AgentError(f"unknown request {name!r}")
+
+
+def machine_call(path: Path, op: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    check_socket_folder(path.parent)
+    reply = request(str(path), packet_for(op).encode(), expect_uid=0, timeout=timeout)
+    try:
+        answer = hp.read_answer(reply)
+    except ProtocolError as exc:
+        raise AgentError(f"the machine service gave no usable answer: {exc}") from exc
+    if not answer.get("ok"):
+        raise AgentError(str(answer.get("error", "refused")))
+    return answer

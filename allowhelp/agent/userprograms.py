@@ -1,0 +1,151 @@
+"""The programs a session helper starts for the machine service, as its user.
+
+A shell: the user's login shell on a new PTY (``pty.shell_environment``: the
+account's shell, home and a clean environment). A screen: x11vnc (or the test
+program) on a socketpair, exactly as the per-user agent starts it
+(``screen.screen_command``). The helper hands the PTY master or its socket end
+to the service and keeps only the process, to end its group when told
+(``reaper.end_process_group``) and report how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import termios
+from collections.abc import Mapping
+
+from allowhelp.agent.pty import (
+    HANGUP_SIGNALS,
+    SIGNAL_GRACE,
+    _become_terminal_owner,
+    clamp_size,
+    shell_environment,
+)
+from allowhelp.agent.reaper import end_process_group
+from allowhelp.agent.screen import (
+    EXIT_PATIENCE,
+    STDERR_TAIL,
+    TERM_GRACE,
+    child_environment,
+    explain_exit,
+    screen_command,
+)
+
+log = logging.getLogger(__name__)
+
+
+class UserProgram:
+    """One started program; ``fd`` is what goes to the service (then closed here)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], fd: int, kind: str) -> None:
+        self.proc = proc
+        self.fd = fd
+        self.kind = kind
+        self._stderr = proc.stderr
+        self._tail = bytearray()
+        if self._stderr is not None:
+            os.set_blocking(self._stderr.fileno(), False)
+            asyncio.get_running_loop().add_reader(self._stderr.fileno(), self._read_stderr)
+        self.ending: asyncio.Future[int] | None = None
+
+    def _read_stderr(self) -> None:
+        """Keep the last words (x11vnc says why it failed on stderr); never let it block."""
+        if self._stderr is None:
+            return
+        while True:
+            try:
+                data = os.read(self._stderr.fileno(), STDERR_TAIL)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                asyncio.get_running_loop().remove_reader(self._stderr.fileno())
+                self._stderr.close()
+                self._stderr = None
+                return
+            self._tail += data
+            del self._tail[:-STDERR_TAIL]
+
+    def handed_over(self) -> None:
+        """The service has the descriptor now: ours goes, so its close hangs up."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+
+    def end(self) -> asyncio.Future[int]:
+        """End the program's process group (once); the future has its exit status."""
+        if self.ending is None:
+            self.handed_over()
+            if self.kind == "shell":
+                self.ending = end_process_group(
+                    self.proc, HANGUP_SIGNALS, SIGNAL_GRACE, name="shell"
+                )
+            else:
+                self.ending = end_process_group(
+                    self.proc, (signal.SIGTERM,), TERM_GRACE, name="screen", patience=EXIT_PATIENCE
+                )
+        return self.ending
+
+    def error(self, status: int) -> str:
+        if self._stderr is not None:
+            self._read_stderr()
+        if self.kind != "screen" or status == 0:
+            return ""
+        return explain_exit(status, bytes(self._tail))
+
+
+def start_shell(term: str, cols: int, rows: int) -> UserProgram:
+    argv, env, home = shell_environment(term)
+    master, slave = os.openpty()
+    try:
+        cols, rows = clamp_size(cols, rows)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=home,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_become_terminal_owner,  # noqa: PLW1509 - needs the new session
+            close_fds=True,
+        )
+    except OSError:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    log.info("shell pid=%d started (%s)", proc.pid, argv[0])
+    return UserProgram(proc, master, "shell")
+
+
+def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgram:
+    argv = screen_command(env, view_only=view_only)  # ScreenUnavailable says why not
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=theirs.fileno(),
+            stdout=theirs.fileno(),
+            stderr=subprocess.PIPE,
+            env=child_environment(env),
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    log.info("screen pid=%d started (%s)", proc.pid, os.path.basename(argv[0]))
+    return UserProgram(proc, mine.detach(), "screen")

@@ -1,0 +1,273 @@
+"""What the machine service and the per-user side say over the helper socket.
+
+The machine service (``allowhelp-agent run --system``, root) listens on one
+local ``SOCK_SEQPACKET`` socket. Two kinds of peer use it, each known to the
+service by its kernel-given uid (``SO_PEERCRED``), never by anything it says:
+
+- the session helper (``allowhelp-agent session``, one per graphical session,
+  as that user) sends ``helper`` first and stays: the service pushes it the
+  prompts for its user and asks it to start that user's shell or screen
+  server (``open``); the helper answers ``opened`` with the file descriptor
+  (a PTY master, a socket) attached as ``SCM_RIGHTS``, and ``exited`` when
+  that program is gone;
+- the CLI (``pending``, ``allow``, ``deny``, ``end``, ``request-help``,
+  ``status``) sends one request and reads one ``answer``.
+
+One JSON object per packet, at most ``MAX_PACKET`` bytes, nested at most
+``MAX_DEPTH`` levels (checked before parsing, ``control.parse_json``); every
+field is type-checked and bounded here, and anything else is a
+``ProtocolError``. Sans-I/O: no sockets in this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from allowhelp.protocol.control import (
+    KINDS,
+    Kind,
+    ProtocolError,
+    Via,
+    is_session_id,
+    parse_json,
+)
+
+MAX_PACKET = 16 * 1024
+MAX_DEPTH = 3
+VIAS: tuple[Via, ...] = ("dialog", "terminal", "cli")
+_TEXT_LIMITS = {
+    "term": 64,
+    "error": 500,
+    "message": 500,
+    "organisation": 100,
+    "technician": 100,
+    "reason": 500,
+    "phrase": 100,
+    "help_code": 20,
+    "prompt": 4000,
+}
+
+
+@dataclass(frozen=True)
+class Packet:
+    type: ClassVar[str]
+
+    def encode(self) -> bytes:
+        return json.dumps({"type": self.type, **asdict(self)}, ensure_ascii=False).encode()
+
+
+# client → service
+
+
+@dataclass(frozen=True)
+class HelperHello(Packet):
+    """The session helper: keep this connection, send me my user's prompts."""
+
+    type: ClassVar[str] = "helper"
+
+
+@dataclass(frozen=True)
+class PendingQuery(Packet):
+    type: ClassVar[str] = "pending"
+
+
+@dataclass(frozen=True)
+class StatusQuery(Packet):
+    type: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class Allow(Packet):
+    type: ClassVar[str] = "allow"
+    session_id: str
+    view_only: bool = False
+    via: Via = "cli"
+
+
+@dataclass(frozen=True)
+class Deny(Packet):
+    type: ClassVar[str] = "deny"
+    session_id: str
+    via: Via = "cli"
+
+
+@dataclass(frozen=True)
+class End(Packet):
+    """End one running session of the caller's, or all of them (no id)."""
+
+    type: ClassVar[str] = "end"
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class AskHelp(Packet):
+    type: ClassVar[str] = "request-help"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Opened(Packet):
+    """Helper → service: the program for ``open`` runs; its fd rides along (ok only)."""
+
+    type: ClassVar[str] = "opened"
+    session_id: str
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Exited(Packet):
+    """Helper → service: the program of that session is gone, with its status."""
+
+    type: ClassVar[str] = "exited"
+    session_id: str
+    status: int
+    error: str = ""
+
+
+# service → helper
+
+
+@dataclass(frozen=True)
+class Prompt(Packet):
+    """Show this consent request to the user (the fields are the gate's, made plain)."""
+
+    type: ClassVar[str] = "prompt"
+    session_id: str
+    technician: str
+    organisation: str
+    kind: Kind
+    reason: str
+    phrase: str
+    help_code: str
+    seconds_left: int
+    prompt: str
+
+
+@dataclass(frozen=True)
+class PromptClosed(Packet):
+    type: ClassVar[str] = "prompt_closed"
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Active(Packet):
+    """A session the user allowed is running: show the "session active" window."""
+
+    type: ClassVar[str] = "active"
+    session_id: str
+    kind: Kind
+    view_only: bool
+    technician: str
+    organisation: str
+
+
+@dataclass(frozen=True)
+class Ended(Packet):
+    type: ClassVar[str] = "ended"
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Open(Packet):
+    """Start the user's shell (on a PTY) or screen server for a granted session."""
+
+    type: ClassVar[str] = "open"
+    session_id: str
+    kind: Kind
+    term: str
+    cols: int
+    rows: int
+    view_only: bool
+
+
+@dataclass(frozen=True)
+class Close(Packet):
+    """End that session's program (and its process group) now."""
+
+    type: ClassVar[str] = "close"
+    session_id: str
+
+
+PACKETS: dict[str, type[Packet]] = {
+    cls.type: cls
+    for cls in (
+        HelperHello,
+        PendingQuery,
+        StatusQuery,
+        Allow,
+        Deny,
+        End,
+        AskHelp,
+        Opened,
+        Exited,
+        Prompt,
+        PromptClosed,
+        Active,
+        Ended,
+        Open,
+        Close,
+    )
+}
+FROM_CLIENT = frozenset(
+    {"helper", "pending", "status", "allow", "deny", "end", "request-help", "opened", "exited"}
+)
+
+
+def decode(data: bytes) -> Packet:
+    """One packet to its message, or a one-line ``ProtocolError`` saying why not."""
+    if len(data) > MAX_PACKET:
+        raise ProtocolError(f"packet longer than {MAX_PACKET} bytes")
+    raw = parse_json(data, "packet", MAX_DEPTH)
+    if not isinstance(raw, dict):
+        raise ProtocolError("packet is not a JSON object")
+    cls = PACKETS.get(str(raw.get("type")))
+    if cls is None:
+        raise ProtocolError("unknown packet type")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            if f.default is not MISSING:
+                continue
+            raise ProtocolError(f"{f.name} is missing")
+        values[f.name] = _field(f.name, str(f.type), raw[f.name])
+    return cls(**values)
+
+
+def _field(name: str, annotation: str, value: object) -> object:
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{name} must be true or false")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not -1024 <= value <= 65535:
+            raise ProtocolError(f"{name} must be a whole number from -1024 to 65535")
+        return value
+    if not isinstance(value, str):
+        raise ProtocolError(f"{name} must be a string")
+    if name == "session_id":
+        if not (value == "" or is_session_id(value)):
+            raise ProtocolError("session_id is malformed")
+        return value
+    if annotation == "Kind" and value not in KINDS:
+        raise ProtocolError(f"{name} has an unknown value")
+    if annotation == "Via" and value not in VIAS:
+        raise ProtocolError(f"{name} has an unknown value")
+    if len(value) > _TEXT_LIMITS.get(name, 100):
+        raise ProtocolError(f"{name} is longer than {_TEXT_LIMITS.get(name, 100)} characters")
+    return value
+
+
+def answer(ok: bool, **fields: object) -> bytes:
+    """The service's one reply to a request (not a ``Packet``: its fields vary)."""
+    return json.dumps({"type": "answer", "ok": ok, **fields}, ensure_ascii=False).encode()
+
+
+def read_answer(data: bytes) -> dict[str, Any]:
+    """The client's side of ``answer``: a dict with ``ok``, or ``ProtocolError``."""
+    raw = parse_json(data, "answer", 4)
+    if not isinstance(raw, dict) or raw.get("type") != "answer" or "ok" not in raw:
+        raise ProtocolError("not an answer from the machine service")
+    return raw

@@ -1,0 +1,215 @@
+"""The machine service's logic without sockets: helper packets, who is signed in,
+whose request is whose, and the refusals said at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.consent import ConsentGate, ConsentRefused, Grant, Pending
+from allowhelp.agent.helper import ConsentHelperView, SessionHelper
+from allowhelp.agent.seqpacket import PacketConn
+from allowhelp.agent.service import AgentService, NotConnected
+from allowhelp.agent.signedin import HelperInfo, choose, logind_active_uid
+from allowhelp.protocol import helper as hp
+from allowhelp.protocol.control import (
+    ConsentRequest,
+    Message,
+    ProtocolError,
+    SessionEnd,
+    channel_subsystem,
+    parse_channel_subsystem,
+)
+
+CONFIG = AgentConfig("https://b", "pem", "fp", "127.0.0.1", 2222, "key", "a-1", "ACME")
+
+
+def request(session_id: str = "s-00000001", kind: str = "shell") -> ConsentRequest:
+    return ConsentRequest(session_id, "ACME", "Tech", kind, "why", "a b c", 30.0)  # type: ignore[arg-type]
+
+
+def test_packets_round_trip() -> None:
+    for packet in (
+        hp.Allow("s-00000001", True, "dialog"),
+        hp.Open("s-00000001", "shell", "xterm-256color", 80, 24, False),
+        hp.Exited("s-00000001", -9, "killed"),
+        hp.End(),
+    ):
+        assert hp.decode(packet.encode()) == packet
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 5000,
+        b'{"type": "allow", "session_id": {"a": {"b": {"c": 1}}}}',
+        b'{"type": "allow", "session_id": "../../etc"}',
+        b'{"type": "allow"}',
+        b'{"type": "exec", "command": "id"}',
+        b'{"type": "open", "session_id": "s-00000001", "kind": "root", "term": "x",'
+        b' "cols": 1, "rows": 1, "view_only": false}',
+        b'{"type": "exited", "session_id": "s-00000001", "status": true}',
+        b'{"type": "exited", "session_id": "s-00000001", "status": 99999999}',
+        b'{"type": "allow", "session_id": "s-00000001", "via": "root"}',
+        b"\xff\xfe",
+        b"x" * (hp.MAX_PACKET + 1),
+    ],
+)
+def test_hostile_packets_are_refused_with_one_error(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        hp.decode(data)
+
+
+def test_admin_shell_has_its_own_channel() -> None:
+    name = channel_subsystem("admin-shell", "s-00000001")
+    assert name == "allowhelp.admin-shell/s-00000001"
+    assert parse_channel_subsystem(name) == ("admin-shell", "s-00000001")
+    assert parse_channel_subsystem("allowhelp.shell/s-00000001") == ("shell", "s-00000001")
+
+
+def test_signed_in_without_logind_is_the_newest_helper() -> None:
+    old, new = HelperInfo(1, 1001, 10), HelperInfo(2, 1002, 20)
+    assert choose([], None) is None
+    assert choose([new, old], None) == new
+
+
+def test_signed_in_with_logind_is_the_active_users_helper() -> None:
+    alice, bob = HelperInfo(1, 1001, 10), HelperInfo(2, 1002, 20)
+    assert choose([alice, bob], lambda: 1001) == alice
+    assert choose([alice, bob], lambda: 1003) is None  # active user has no helper
+    assert choose([alice, bob], lambda: None) is None  # a greeter
+
+
+def test_another_uid_can_neither_see_nor_answer() -> None:
+    gate = ConsentGate()
+    gate.ask(request(), owner=1001)
+    assert gate.pending(1002) == []
+    with pytest.raises(ConsentRefused, match="no request"):
+        gate.decide("s-00000001", allow=True, view_only=False, via="cli", owner=1002)
+    assert [p.request.session_id for p in gate.pending(1001)] == ["s-00000001"]
+    gate.decide("s-00000001", allow=True, view_only=False, via="cli", owner=1001)
+    assert gate.grants(1002) == [] and len(gate.grants(1001)) == 1
+
+
+def test_the_admin_shell_prompt_says_what_it_is() -> None:
+    pending = ConsentGate().ask(request(kind="admin-shell"), owner=1001)
+    assert "asks for an administrator (root) shell on this PC" in pending.prompt_text()
+
+
+def _service(signed_in: int | None, *, system: bool) -> tuple[AgentService, list[Message]]:
+    service = AgentService(CONFIG, signed_in=(lambda: signed_in) if system else None)
+    sent: list[Message] = []
+    service.attach(sent.append)
+    return service, sent
+
+
+def _ask(service: AgentService, kind: str) -> None:
+    async def go() -> None:
+        service.on_message(request(kind=kind))
+
+    asyncio.run(go())
+
+
+def test_nobody_signed_in_is_said_at_once() -> None:
+    service, sent = _service(None, system=True)
+    _ask(service, "shell")
+    assert sent == [SessionEnd("s-00000001", "nobody_signed_in")]
+    assert service.gate.pending() == []
+
+
+def test_a_per_user_agent_refuses_an_admin_shell_at_once() -> None:
+    service, sent = _service(None, system=False)
+    _ask(service, "admin-shell")
+    assert sent == [SessionEnd("s-00000001", "unsupported")]
+    assert service.gate.pending() == []
+
+
+def test_a_user_without_helper_loses_their_sessions() -> None:
+    service, sent = _service(1001, system=True)
+    _ask(service, "shell")
+    assert [p.owner for p in service.gate.pending()] == [1001]
+    service.decide("s-00000001", allow=True, view_only=False, via="cli", owner=1001)
+    assert service.end(owner=1002) == []  # not theirs to end
+    assert service.owner_gone(1001) == ["s-00000001"]
+    assert sent[-1] == SessionEnd("s-00000001", "signed_out")
+    assert service.gate.grants() == []
+
+
+def test_answers_are_json_with_ok() -> None:
+    raw = hp.answer(False, error="no")
+    assert json.loads(raw) == {"type": "answer", "ok": False, "error": "no"}
+    assert hp.read_answer(raw)["error"] == "no"
+    with pytest.raises(ProtocolError):
+        hp.read_answer(b'{"type": "prompt"}')
+
+
+def test_logind_answer_is_read_from_loginctl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logind path with a stand-in loginctl (this machine has no systemd)."""
+    fake = tmp_path / "loginctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  show-seat) echo c7 ;;\n"
+        '  show-session) [ "$2" = c7 ] && echo 1001 ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert logind_active_uid() == 1001
+    fake.write_text("#!/bin/sh\nexit 1\n")  # logind not answering: nobody
+    assert logind_active_uid() is None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def prompt(self, pending: Pending) -> None:
+        self.seen.append(f"prompt {pending.request.session_id} {pending.prompt_text()}")
+
+    def prompt_closed(self, session_id: str) -> None:
+        self.seen.append(f"closed {session_id}")
+
+    def active(self, grant: Grant) -> None:
+        self.seen.append(f"active {grant.session_id}")
+
+    def ended(self, session_id: str) -> None:
+        self.seen.append(f"ended {session_id}")
+
+
+def test_the_helper_shows_what_the_service_says() -> None:
+    """The session helper's front-ends get the same calls as the agent's own."""
+    recorder = Recorder()
+    view = ConsentHelperView()
+    helper = SessionHelper(Path("/nonexistent/agent.sock"), [recorder], view)
+    text = ConsentGate().ask(request(kind="admin-shell")).prompt_text()
+
+    async def go() -> None:
+        conn = cast(PacketConn, None)
+        helper._handle(
+            conn,
+            hp.Prompt("s-00000001", "Tech", "ACME", "admin-shell", "why", "a b c", "", 30, text),
+        )
+        helper._handle(conn, hp.PromptClosed("s-00000001"))
+        helper._handle(conn, hp.Active("s-00000001", "admin-shell", False, "Tech", "ACME"))
+        assert [g.session_id for g in view.gate.grants()] == ["s-00000001"]
+        helper._handle(conn, hp.Ended("s-00000001"))
+
+    asyncio.run(go())
+    assert recorder.seen == [
+        f"prompt s-00000001 {text}",
+        "closed s-00000001",
+        "active s-00000001",
+        "ended s-00000001",
+    ]
+    assert view.gate.grants() == []
+    with pytest.raises(NotConnected):
+        view.decide("s-00000001", allow=True, view_only=False, via="dialog")
