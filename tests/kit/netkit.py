@@ -6,9 +6,31 @@ import asyncio
 import socket
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def tcp_ports(pid: int, *, listening: bool = False) -> set[int]:
+    """Process ``pid``'s TCP sockets, from /proc (no ss needed): the remote ports of
+    its established connections, or (``listening``) the ports it listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    state, column = ("0A", 1) if listening else ("01", 2)  # LISTEN / ESTABLISHED
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == state and fields[9] in inodes:
+                ports.add(int(fields[column].rpartition(":")[2], 16))
+    return ports
 
 
 def port_of(hostport: str) -> int:

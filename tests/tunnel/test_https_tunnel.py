@@ -25,6 +25,7 @@ from harness import (
     staffed_broker,
     wait_for,
 )
+from netkit import tcp_ports
 from terminalkit import shell_says
 
 
@@ -63,7 +64,7 @@ async def test_a_broker_with_the_tunnel_off_is_reached_on_its_https_port(
         await shell_says(broker, agent, "echo over-$((40+3))-https", b"over-43-https")
         # Nothing listens for SSH: the broker's only listening socket is HTTPS.
         assert broker.proc is not None
-        listening = _listening_ports(broker.proc.pid)
+        listening = tcp_ports(broker.proc.pid, listening=True)
         assert listening == {int(broker.info["https"].rpartition(":")[2])}, listening
 
 
@@ -148,25 +149,6 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports process ``pid`` listens on, from /proc (no ss needed)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = fd.readlink().as_posix()
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                ports.add(int(fields[1].rpartition(":")[2], 16))
-    return ports
 
 
 async def test_a_malformed_first_packet_on_the_ssh_port_is_a_failed_handshake(

@@ -36,7 +36,7 @@ from harness import (
     staffed_broker,
     wait_for,
 )
-from netkit import port_of
+from netkit import port_of, tcp_ports
 from terminalkit import shell_says
 
 USER, PASSWORD = "branch7", "s3cret-Proxy-pw"
@@ -62,25 +62,6 @@ def start_agent(agent: Agent, env: dict[str, str]) -> None:
         )
 
 
-def remote_ports(pid: int) -> set[int]:
-    """Remote TCP ports of every connected socket of process ``pid``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = fd.readlink().as_posix()
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED
-                ports.add(int(fields[2].rpartition(":")[2], 16))
-    return ports
-
-
 def no_proxy_env() -> dict[str, str]:
     return {name: "" for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY")}
 
@@ -103,7 +84,7 @@ async def test_through_a_password_proxy_that_allows_only_https(tmp_path: Path) -
 
             # No connection bypasses the proxy.
             assert agent.proc is not None
-            assert remote_ports(agent.proc.pid) == {proxy.port}
+            assert tcp_ports(agent.proc.pid) == {proxy.port}
             said = agent.log.read_text()
             assert PASSWORD not in said
             assert f"the proxy 127.0.0.1:{proxy.port} refused to connect" in said, said
@@ -187,7 +168,7 @@ async def test_behind_nginx_with_the_tunnel_off(tmp_path: Path) -> None:
             wait_for(lambda: online(broker, agent.agent_id), 40, "the agent online via nginx")
             await shell_says(broker, agent, "echo nginx-$((2*21))", b"nginx-42")
             assert agent.proc is not None
-            assert remote_ports(agent.proc.pid) == {nginx.port}  # the tunnel rides nginx
+            assert tcp_ports(agent.proc.pid) == {nginx.port}  # the tunnel rides nginx
 
             # The client's address is the browser's, from X-Forwarded-For set by a
             # trusted nginx; a forged header in front of it changes nothing.

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Literal
 
@@ -305,23 +305,7 @@ class TunnelListener:
         task.add_done_callback(self._tasks.discard)
 
     def _options(self) -> asyncssh.SSHClientConnectionOptions:
-        return asyncssh.SSHClientConnectionOptions(
-            username=ssh_options.BROKER_USERNAME,
-            client_keys=[self._key],
-            agent_path=None,
-            known_hosts=([], [], []),  # empty, not None: every key goes to accept_key
-            x509_trusted_certs=None,
-            server_host_key_algs=list(ssh_options.HOST_KEY_ALGS),
-            encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
-            kex_algs=list(ssh_options.KEX_ALGS),
-            mac_algs=list(ssh_options.MAC_ALGS),
-            compression_algs=list(ssh_options.COMPRESSION_ALGS),
-            preferred_auth=["publickey"],
-            keepalive_interval=ssh_options.BROKER_KEEPALIVE_INTERVAL,
-            keepalive_count_max=ssh_options.BROKER_KEEPALIVE_COUNT_MAX,
-            login_timeout=LOGIN_TIMEOUT,
-            client_factory=lambda: AgentConnection(self),
-        )
+        return client_options(self._key, lambda: AgentConnection(self))
 
     def share_sig_algs(self, conn: asyncssh.SSHClientConnection) -> None:
         """Swap the peer's ``server-sig-algs`` set for an equal shared one.
@@ -402,3 +386,31 @@ class TunnelListener:
         await self._connectivity.stop()  # pending summaries and tallies land too
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
+
+
+def client_options(
+    key: asyncssh.SSHKey, factory: Callable[[], asyncssh.SSHClient]
+) -> asyncssh.SSHClientConnectionOptions:
+    """The broker's side of every tunnel, shared by all of them (``_start_client``)."""
+    return asyncssh.SSHClientConnectionOptions(
+        username=ssh_options.BROKER_USERNAME,
+        client_keys=[key],
+        agent_path=None,
+        known_hosts=([], [], []),  # empty, not None: every key goes to accept_key
+        # Nothing from the operator's home: not ~/.ssh/config (config=None), not
+        # ~/.ssh/ca-bundle.crt or ~/.ssh/crt (a service user's HOME may not even be
+        # readable): the broker's SSH is configured here and nowhere else.
+        config=None,
+        x509_trusted_certs=None,
+        x509_trusted_cert_paths=[],
+        server_host_key_algs=list(ssh_options.HOST_KEY_ALGS),
+        encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
+        kex_algs=list(ssh_options.KEX_ALGS),
+        mac_algs=list(ssh_options.MAC_ALGS),
+        compression_algs=list(ssh_options.COMPRESSION_ALGS),
+        preferred_auth=["publickey"],
+        keepalive_interval=ssh_options.BROKER_KEEPALIVE_INTERVAL,
+        keepalive_count_max=ssh_options.BROKER_KEEPALIVE_COUNT_MAX,
+        login_timeout=LOGIN_TIMEOUT,
+        client_factory=factory,
+    )
