@@ -182,8 +182,8 @@ def test_agent_installs_and_enrols_from_the_token_file(root: Chroot, debs: Debs)
     for unit in ("allowhelp-agent.service", "allowhelp-agent-enroll.service"):
         assert root.file(f"/etc/systemd/system/multi-user.target.wants/{unit}").is_symlink()
     session = "/usr/lib/systemd/user/graphical-session.target.wants/allowhelp-agent-session.service"
-    unit = root.file("/usr/lib/systemd/user/allowhelp-agent-session.service")
-    assert root.file(session).resolve() == unit
+    session_unit = root.file("/usr/lib/systemd/user/allowhelp-agent-session.service")
+    assert root.file(session).resolve() == session_unit
     assert root.file("/etc/xdg/autostart/allowhelp-agent-session.desktop").is_file()
     assert root.file("/etc/allowhelp/agent").stat().st_mode & 0o777 == 0o700
     enrol_help = root.run("allowhelp-agent", "enroll", "--help").stdout
