@@ -92,11 +92,8 @@ def stop_broker(broker: Broker) -> None:
 
 
 def as_allowhelp(root: Chroot, *argv: str, stdin: str | None = None) -> str:
-    done = root.run(
-        *("setpriv", "--reuid=allowhelp", "--regid=allowhelp", "--init-groups", *argv),
-        stdin=stdin,
-        home=DATA,
-    )
+    """An administration command the way docs/install.md and the postinst say to run it."""
+    done = root.run("runuser", "-u", "allowhelp", "--", *argv, stdin=stdin)
     return done.stdout
 
 

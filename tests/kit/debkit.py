@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]  # tests/kit/ -> the repository
 BUILD_DEBS = REPO / "packaging" / "build-debs"
 
 
@@ -40,6 +42,21 @@ def build(dist: Path, *args: str) -> None:
         check=False,
     )
     assert done.returncode == 0, f"build-debs failed:\n{done.stdout}\n{done.stderr}"
+
+
+def wheel_of_this_tree(dist: Path) -> Path:
+    """``dist`` with allowhelp-V-py3-none-any.whl in it, as scripts/package makes it."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("no dpkg-deb on this machine: the .debs are built on Debian or Ubuntu")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return dist
 
 
 def debs_in(dist: Path) -> Debs:
