@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debkit import Debs
+from debkit import REPO, Debs
 
 from harness import Broker, Fleet, online, wait_for
 
@@ -81,6 +81,15 @@ def test_packaged_libraries_run_on(
     if python is None:
         pytest.skip(f"no Python {version} on this machine")
     venv_python = environment(unpacked, package, version, python, tmp_path)
+    # run from the repository: its own allowhelp/ must not be what gets imported
+    where = subprocess.run(
+        [str(venv_python), "-I", "-c", "import allowhelp; print(allowhelp.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    ).stdout.strip()
+    assert where == str(unpacked / "opt/allowhelp" / package / "common/allowhelp/__init__.py")
     if package == "agent":
         run_agent(venv_python, staffed.brokers[0], fleet, tmp_path)
     else:
