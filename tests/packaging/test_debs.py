@@ -196,6 +196,23 @@ def test_agent_installs_and_enrols_from_the_token_file(root: Chroot, debs: Debs)
     pytest.xfail("allowhelp-agent enroll --system is not in this tree yet (issue #11)")
 
 
+def test_launcher_refuses_a_python_it_has_no_libraries_for(root: Chroot) -> None:
+    """As after a dist-upgrade to a Python newer than the package: one line, exit 1."""
+    env = root.file("/opt/allowhelp/agent/python3.11")
+    env.rename(env.with_name("python3.11.away"))
+    try:
+        done = root.run("allowhelp-agent", "--help", check=False)
+    finally:
+        env.with_name("python3.11.away").rename(env)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "allowhelp-agent: error: this package carries libraries for Python 3.10 3.11 3.12 3.13,"
+        " not for python3.11 (/usr/bin/python3): install the allowhelp-agent package built"
+        " for this release\n"
+    )
+    assert root.run("allowhelp-agent", "--help").returncode == 0
+
+
 def test_upgrade_keeps_data_and_configuration(root: Chroot, next_debs: Debs) -> None:
     ca = sha256(root.file(f"{DATA}/ca.pem"))
     default = root.file("/etc/default/allowhelp-broker")
