@@ -2,6 +2,8 @@
 
 ``run_command``: what both command lines do around a command: owner-only
 files, logging, one plain line per error (exit 2), 130 on Ctrl-C.
+Logging goes to stderr; when stderr is systemd's journal the lines carry
+no timestamp of their own and start with sd-daemon's ``<N>`` level prefix.
 
 The event loop: uvloop when it is installed, else asyncio's own.
 
@@ -76,17 +78,61 @@ def run_event_loop(main: Coroutine[object, object, T]) -> T:
     return uvloop.run(main)
 
 
+# syslog priorities (sd-daemon(3)): journald reads a "<N>" line prefix as the level.
+JOURNAL_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is systemd's journal stream.
+
+    systemd sets ``JOURNAL_STREAM`` to the ``DEVICE:INODE`` of the stream it
+    connected; a child whose stderr was redirected elsewhere inherits the
+    variable, so the stream itself is compared, as sd-daemon(3) advises.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+class JournalFormatter(logging.Formatter):
+    """No timestamp (the journal stamps each line); each line starts ``<N>``.
+
+    Every line of a multi-line record (a traceback) carries the prefix, since
+    the journal stores each line as an entry of its own.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{JOURNAL_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """Log to stderr: timestamped on a terminal or file, journal-style under systemd."""
+    handler = logging.StreamHandler()
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    if not verbose:
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
 def run_command(
     prog: str, args: argparse.Namespace, failures: tuple[type[BaseException], ...]
 ) -> int:
     """Run the command ``args.func`` names; ``failures`` are told as one line, exit 2."""
     os.umask(0o077)  # data, keys, databases and their WAL files: owner only
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    configure_logging(verbose=args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -18,6 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "kit"))
 
+from debkit import Debs, build, debs_in, wheel_of_this_tree
+
 from harness import Broker, Fleet, staffed_broker
 
 
@@ -50,3 +52,25 @@ def _no_stale_pyenv_lock() -> None:
     with contextlib.suppress(OSError):
         if time.time() - PYENV_LOCK.stat().st_mtime > 60:
             PYENV_LOCK.unlink()
+
+
+# The .debs (tests/packaging/): built once per test session from a wheel of this tree.
+@pytest.fixture(scope="session")
+def wheel_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return wheel_of_this_tree(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def debs(wheel_dist: Path) -> Debs:
+    """The packages as shipped: the wheel's version, xz-compressed."""
+    build(wheel_dist)
+    return debs_in(wheel_dist)
+
+
+@pytest.fixture(scope="session")
+def next_debs(wheel_dist: Path, debs: Debs, tmp_path_factory: pytest.TempPathFactory) -> Debs:
+    """A later build of the same tree (version override; zstd, which builds 10x faster)."""
+    dist = tmp_path_factory.mktemp("dist-next")
+    wheel = next(wheel_dist.glob("allowhelp-*.whl"))
+    build(dist, "--wheel", str(wheel), "--version", f"{debs.version}+next1", "--compress", "zstd")
+    return debs_in(dist)
