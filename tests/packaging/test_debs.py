@@ -183,17 +183,11 @@ def test_agent_installs_and_enrols_from_the_token_file(root: Chroot, debs: Debs)
     assert root.file(session).resolve() == session_unit
     assert root.file("/etc/xdg/autostart/allowhelp-agent-session.desktop").is_file()
     assert root.file("/etc/allowhelp/agent").stat().st_mode & 0o777 == 0o700
-    enrol_help = root.run("allowhelp-agent", "enroll", "--help").stdout
-    if "--system" in enrol_help:
-        assert "enrolled; removed the token file" in printed, printed
-        assert root.file("/etc/allowhelp/agent/agent.json").is_file()
-        assert not token_file.exists()
-        return
-    # Until `enroll --system` exists (issue #11): the failure is said, the token kept.
-    assert "enrolment failed; the token stays in /etc/allowhelp/enroll-token" in printed, printed
-    assert token_file.read_text().strip() == token
-    token_file.unlink()
-    pytest.xfail("allowhelp-agent enroll --system is not in this tree yet (issue #11)")
+    assert "--system" in root.run("allowhelp-agent", "enroll", "--help").stdout
+    assert "enrolled; removed the token file" in printed, printed
+    assert root.file("/etc/allowhelp/agent/agent.json").is_file()
+    assert root.file("/etc/allowhelp/agent/agent.json").stat().st_mode & 0o777 == 0o600
+    assert not token_file.exists()
 
 
 def test_launcher_refuses_a_python_it_has_no_libraries_for(root: Chroot) -> None:
