@@ -7,8 +7,10 @@ route and direction about 8 s of screen-channel transfers while py-spy samples
 the broker and that route's agent (200 Hz, on-CPU samples only). Kept out of
 the ``routes`` section: sampling slows what it watches, so its figures are
 shares of the processes' time, never throughput. The table gives the share of
-samples under ``wsbridge.py`` (the socketpair bridge, its two socket calls per
-message included) and the share by component.
+samples under ``wsbridge.py`` (the bridge's coroutines and all they call: the
+WebSocket send and receive included) and with a ``wsbridge.py`` frame
+innermost (the socketpair's own socket calls, C code counted in that frame),
+and the share by component.
 """
 
 from __future__ import annotations
@@ -32,16 +34,21 @@ SECONDS = 8.0
 STEP = 64 * MIB
 
 
-def share_under(raw: Path, needle: str) -> float:
-    """Percent of py-spy's samples with a frame from a file whose path holds ``needle``."""
-    total = hits = 0
+def share_under(raw: Path, needle: str) -> tuple[float, float]:
+    """Percent of py-spy's samples with a frame from a file whose path holds ``needle``
+    anywhere in the stack (inclusive), and as the innermost Python frame (self: the
+    socket calls a bridge coroutine makes are C code, counted in its frame)."""
+    total = under = inner = 0
     if raw.exists():
         for line in raw.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             if count.isdigit():
                 total += int(count)
-                hits += int(count) if needle in stack else 0
-    return round(hits * 100 / total, 1) if total else 0.0
+                under += int(count) if needle in stack else 0
+                inner += int(count) if needle in stack.rsplit(";", 1)[-1] else 0
+    if not total:
+        return 0.0, 0.0
+    return round(under * 100 / total, 1), round(inner * 100 / total, 1)
 
 
 async def _profile(procs: Procs, root: Path, installs: dict[str, Installation]) -> dict[str, Any]:
@@ -67,7 +74,9 @@ async def _profile(procs: Procs, root: Path, installs: dict[str, Installation]) 
                 for name, prof in profs.items():
                     prof.stop()
                     found = summarise(prof.out, top=12)
-                    found["wsbridge_percent"] = share_under(prof.out, "wsbridge.py")
+                    under, inner = share_under(prof.out, "wsbridge.py")
+                    found["wsbridge_percent"] = under
+                    found["wsbridge_self_percent"] = inner
                     out[f"{route}/{direction}/{name}"] = found
                 log(f"profiled {route} {direction}: {moved // MIB} MiB moved")
     return out
@@ -94,8 +103,10 @@ def main(argv: list[str]) -> int:
     rows = []
     for key, summary in result.items():
         comps = ", ".join(f"{k} {v}%" for k, v in summary["component_percent"][:5])
-        rows.append([key, str(summary["samples"]), f"{summary['wsbridge_percent']}%", comps])
-    print(table(["route/direction/process", "samples", "under wsbridge.py", "by component"], rows))
+        bridge = f"{summary['wsbridge_percent']}% / {summary['wsbridge_self_percent']}%"
+        rows.append([key, str(summary["samples"]), bridge, comps])
+    heads = ["route/direction/process", "samples", "wsbridge.py under / self", "by component"]
+    print(table(heads, rows))
     print(f"\nJSON: {out_path}")
     return 0
 
