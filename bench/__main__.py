@@ -60,14 +60,15 @@ LEVERS = ("pktsize", "ws", "gc-threshold")
 def _levers(values: list[str]) -> list[str]:
     out: list[str] = []
     for value in values:
-        if value in ("uvloop", "no-uvloop"):
+        if value in ("uvloop", "no-uvloop", "wstransport"):
             out.append(f"--{value}")
         elif "=" in value and value.split("=", 1)[0] in LEVERS:
             name, arg = value.split("=", 1)
             out += [f"--{name}", arg]
         else:
             raise SystemExit(
-                f"unknown lever {value!r} (uvloop, no-uvloop, {', '.join(LEVERS)}=VALUE)"
+                f"unknown lever {value!r} (uvloop, no-uvloop, wstransport,"
+                f" {', '.join(LEVERS)}=VALUE)"
             )
     return out
 
@@ -298,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         "--lever",
         action="append",
         default=[],
-        help="measure a proposed change (repeatable): uvloop, no-uvloop, pktsize=BYTES,"
-        " ws=IMPL, gc-threshold=N (see bench/launch.py)",
+        help="measure a proposed change (repeatable): uvloop, no-uvloop, wstransport,"
+        " pktsize=BYTES, ws=IMPL, gc-threshold=N (see bench/launch.py)",
     )
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
