@@ -6,9 +6,10 @@
     bench/run --only throughput,latency        # a subset
     bench/run --only bulk                      # screen channel vs ssh -L (issue #8)
     bench/run --only fleet --agents 1000,5000  # fleet sizes
+    bench/run --only routes --agents 5000      # tunnel: raw SSH port vs HTTPS port (issue #16)
     bench/run --lever uvloop --lever pktsize=131072   # measure a proposed change
 
-Sections: throughput, bulk, tunnel, latency, fleet, audit, profile, memory. Results go to
+Sections: throughput, bulk, tunnel, latency, fleet, audit, profile, memory, routes. Results go to
 ``bench/results/latest.json`` (and a timestamped copy) unless ``--json`` says
 otherwise. Every process is started on 127.0.0.1 under a temp folder and
 stopped at the end, whatever happens.
@@ -38,7 +39,19 @@ from bench.common import (
     versions,
 )
 
-SECTIONS = ("throughput", "bulk", "tunnel", "latency", "fleet", "audit", "profile", "memory")
+SECTIONS = (
+    "throughput",
+    "bulk",
+    "tunnel",
+    "latency",
+    "fleet",
+    "audit",
+    "profile",
+    "memory",
+    "routes",
+)
+FLEET_SIZES = "1000,5000,20000"
+ROUTES_AGENTS = 5000  # --quick: 1000
 
 
 LEVERS = ("pktsize", "ws", "gc-threshold")
@@ -47,14 +60,15 @@ LEVERS = ("pktsize", "ws", "gc-threshold")
 def _levers(values: list[str]) -> list[str]:
     out: list[str] = []
     for value in values:
-        if value in ("uvloop", "no-uvloop"):
+        if value in ("uvloop", "no-uvloop", "wstransport"):
             out.append(f"--{value}")
         elif "=" in value and value.split("=", 1)[0] in LEVERS:
             name, arg = value.split("=", 1)
             out += [f"--{name}", arg]
         else:
             raise SystemExit(
-                f"unknown lever {value!r} (uvloop, no-uvloop, {', '.join(LEVERS)}=VALUE)"
+                f"unknown lever {value!r} (uvloop, no-uvloop, wstransport,"
+                f" {', '.join(LEVERS)}=VALUE)"
             )
     return out
 
@@ -248,6 +262,12 @@ def report_memory(res: dict[str, Any]) -> str:
     )
 
 
+def report_routes(res: dict[str, Any]) -> str:
+    from bench import routes
+
+    return routes.report(res)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -270,16 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--agents",
-        default="1000,5000,20000",
-        help="fleet sizes; 'max' = the most the fd limit lets one broker hold",
+        default=None,
+        help=f"fleet sizes (default {FLEET_SIZES}); 'max' = the most the fd limit lets one"
+        f" broker hold; routes: the first one (default {ROUTES_AGENTS:,}, --quick 1,000)",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer runs")
     parser.add_argument(
         "--lever",
         action="append",
         default=[],
-        help="measure a proposed change (repeatable): uvloop, no-uvloop, pktsize=BYTES,"
-        " ws=IMPL, gc-threshold=N (see bench/launch.py)",
+        help="measure a proposed change (repeatable): uvloop, no-uvloop, wstransport,"
+        " pktsize=BYTES, ws=IMPL, gc-threshold=N (see bench/launch.py)",
     )
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
@@ -288,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in only:
         if s not in SECTIONS:
             parser.error(f"unknown section {s!r}")
-    sizes = [fleet_size(x.strip()) for x in args.agents.split(",") if x.strip()]
+    sizes = [fleet_size(x.strip()) for x in (args.agents or FLEET_SIZES).split(",") if x.strip()]
+    routes_agents = ROUTES_AGENTS if not args.quick else 1000
+    if args.agents is not None and sizes:
+        routes_agents = sizes[0]
     levers = _levers(args.lever)
     # `kill PID` (or Ctrl-C, even from a background job) still stops every process started
     signal.signal(signal.SIGTERM, _interrupt)
@@ -310,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             log(f"== {section}")
             try:
-                res = _run_section(section, procs, tmp / section, args.quick, sizes, levers)
+                want = [routes_agents] if section == "routes" else sizes
+                res = _run_section(section, procs, tmp / section, args.quick, want, levers)
             except Exception as exc:  # one broken section must not hide the others
                 log(f"{section} FAILED: {exc!r}")
                 results[section] = {"failed": repr(exc)}
@@ -372,6 +397,10 @@ def _run_section(
         from bench import memory
 
         return memory.run(procs, root, n=500 if quick else 1000)
+    if section == "routes":
+        from bench import routes
+
+        return routes.run(procs, root, quick=quick, sizes=sizes, levers=levers)
     from bench import profiling
 
     why = profiling.available()
@@ -389,6 +418,7 @@ REPORTERS = {
     "audit": report_audit,
     "profile": report_profile,
     "memory": report_memory,
+    "routes": report_routes,
 }
 
 

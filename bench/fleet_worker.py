@@ -7,8 +7,11 @@ and tunnel key, tunnel address) and a list of ``[agent_id, folder, source]``
 (``source``: the 127.x.y.z address this PC dials from); each
 folder holds that agent's enrolled Ed25519 host key (``host_key``). Every agent
 runs the product's own reconnect loop (``AgentTunnel.run_forever``, full-jitter
-backoff, default 30 s cap) and its own SSH server (``AgentSSHServer``, the
-consent gate, the control channel): only the process is shared.
+backoff, default 30 s cap), its own route choice (``connect_once``: the raw SSH
+port, or SSH inside a WebSocket on the HTTPS port when the shared configuration
+has ``tunnel_port: 0`` and a ``tunnel_url``) and its own SSH server
+(``AgentSSHServer``, the consent gate, the control channel): only the process
+is shared.
 
 The start is ramped (``ramp`` handshakes in flight per process) so the first
 fill measures the broker's handshake rate rather than a connect storm; after a
@@ -22,37 +25,50 @@ tunnels, writes REPORT and exits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
+from allowhelp.agent import proxy
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.service import AgentService, Sender
 from allowhelp.agent.tunnel import AgentTunnel
 from bench.common import proc_stat, raise_nofile
 
+# Each simulated PC dials from its own loopback address (127.a.b.c), as each PC
+# has its own address: the broker limits handshakes per source address (a branch
+# office's NAT), which a whole bench fleet sharing 127.0.0.1 would hit instead.
+# The product opens both routes' TCP connections through ``proxy._tcp``; this
+# one binds the calling agent's address first (a context variable: each agent's
+# task has its own), and is otherwise the same.
+SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("SOURCE", default="127.0.0.1")
 
-class BenchTunnel(AgentTunnel):
-    """The real tunnel, dialling from its own loopback address (127.a.b.c), as each PC
-    has its own address: the broker limits handshakes per source address (a branch
-    office's NAT), which a whole bench fleet sharing 127.0.0.1 would hit instead."""
 
-    source = "127.0.0.1"
+async def _tcp_from_source(host: str, port: int, what: str) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.bind((SOURCE.get(), 0))
+        async with asyncio.timeout(proxy.CONNECT_TIMEOUT):
+            await loop.sock_connect(sock, (host, port))
+    except TimeoutError:
+        sock.close()
+        raise OSError(f"connecting to {what} timed out") from None
+    except BaseException:
+        sock.close()
+        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
-    async def connect_once(self) -> asyncssh.SSHServerConnection:
-        return await asyncssh.connect_reverse(
-            self._config.tunnel_host,
-            self._config.tunnel_port,
-            local_addr=(self.source, 0),
-            config=None,
-            options=self._options(),
-        )
+
+proxy._tcp = _tcp_from_source
 
 
 class CountingService(AgentService):
@@ -98,10 +114,10 @@ async def main(spec: dict[str, Any], report_path: Path) -> None:
         seen = attaches.setdefault(agent_id, [])
         first = asyncio.Event()
         service = CountingService(config, seen, first)
-        tunnel = BenchTunnel(service, Path(folder))
-        tunnel.source = source
+        tunnel = AgentTunnel(service, Path(folder))
         tunnels.append(tunnel)
         async with ramp:
+            SOURCE.set(source)  # copied into the runner task's context
             runner = asyncio.create_task(tunnel.run_forever(stop))
             waiter = asyncio.create_task(first.wait())
             await asyncio.wait({runner, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)

@@ -15,6 +15,8 @@ before the product adopts it; the headline figures never use them:
 ``--ws IMPL``    broker: uvicorn's WebSocket implementation (websockets,
                  websockets-sansio, wsproto) instead of the default ``auto``.
 ``--gc-threshold N``  ``gc.set_threshold(N, 50, 100)`` (default 700, 10, 10).
+``--wstransport``  broker: the HTTPS route's tunnel on an asyncio transport over the
+                 WebSocket instead of a socketpair (``bench/wstransport.py``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--ws", default="")
     parser.add_argument("--gc-threshold", type=int, default=0)
+    parser.add_argument("--wstransport", action="store_true")
     parser.add_argument("program", choices=["broker", "agent"])
     args, rest = parser.parse_known_args(argv)
     raise_nofile()
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         import gc
 
         gc.set_threshold(args.gc_threshold, 50, 100)
+    if args.wstransport and args.program == "broker":
+        from bench import wstransport
+
+        wstransport.install()
     if args.program == "broker":
         from allowhelp.broker.cli.main import main as broker_main
 
