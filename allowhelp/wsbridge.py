@@ -6,8 +6,9 @@ exactly the SSH of the raw port: the same pinned keys, the same deny-by-default
 server, the same code. That code takes a socket, so each end puts the
 WebSocket's binary messages on one end of a ``socketpair`` and hands the other
 end to asyncssh: the broker through its accept path, the agent through
-``connect_reverse(sock=...)``. The cost is one copy per direction and two file
-descriptors per tunnel (``bench --only tunnel`` measures it against the raw port).
+``connect_reverse(sock=...)``. The cost is one copy per direction and two more
+file descriptors per tunnel on each end (``bench --only routes`` measures it
+against the raw port: docs/benchmarks.md §6).
 
 Shared by both daemons (like ``runtime.py``): it knows nothing of either side.
 The WebSocket library of each side is adapted to two callables.

@@ -240,7 +240,7 @@ async def run_session(path: Path, *, prompt: str) -> None:
             stopping.cancel()
             while not stop.is_set() and helper.lost.is_set():
                 log.warning("lost the machine service; trying again in %.0f s", delay)
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 try:
@@ -263,7 +263,7 @@ async def _first_connection(helper: SessionHelper, stop: asyncio.Event) -> Packe
             return helper.connect()
         except ServiceAbsent as exc:
             log.warning("%s; trying again in %.0f s", exc, delay)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, RECONNECT_MAX)
     return None

@@ -154,7 +154,7 @@ class LocalControlServer:
                 await _answer(writer, _refusal("this agent belongs to another user"))
                 return
             await _answer(writer, await self._answer_one(reader))
-        except (TimeoutError, ConnectionError, OSError) as exc:
+        except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
             log.debug("control socket client failed: %s", exc)
         except Exception:  # a bug here must cost one answer, never the agent's socket
             log.exception("control socket: a request could not be handled")
@@ -164,7 +164,7 @@ class LocalControlServer:
     async def _answer_one(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return _refusal(f"no request within {READ_TIMEOUT:.0f} s")
         except ValueError:  # StreamReader: the line is longer than its limit
             log.warning("control socket: refused a request over %d bytes", MAX_REQUEST)

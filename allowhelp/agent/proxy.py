@@ -138,36 +138,46 @@ async def open_connection(host: str, port: int, proxy: Proxy | None) -> socket.s
 
 
 async def _tcp(host: str, port: int, what: str) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            error: OSError = OSError(f"no address for {what}")
-            for family, kind, proto, _, address in infos:
-                sock = socket.socket(family, kind, proto)
-                sock.setblocking(False)
-                try:
-                    await loop.sock_connect(sock, address)
-                except OSError as exc:
-                    sock.close()
-                    error = exc
-                    continue
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock
-            raise error
-    except TimeoutError:
+    try:  # wait_for, not asyncio.timeout: the agent runs on Python 3.10 too
+        return await asyncio.wait_for(_tcp_now(host, port, what), CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:  # not TimeoutError before 3.11
         raise OSError(f"connecting to {what} timed out") from None
+
+
+async def _tcp_now(host: str, port: int, what: str) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"no address for {what}")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            error = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error
 
 
 async def _connect_through(sock: socket.socket, host: str, port: int, proxy: Proxy) -> None:
     loop = asyncio.get_running_loop()
     target = f"{host}:{port}"
+
+    async def ask() -> bytes:
+        await loop.sock_sendall(sock, connect_request(host, port, proxy))
+        return await _read_head(loop, sock, proxy)
+
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            await loop.sock_sendall(sock, connect_request(host, port, proxy))
-            head = await _read_head(loop, sock, proxy)
-    except TimeoutError:
+        head = await asyncio.wait_for(ask(), CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:  # not TimeoutError before 3.11
         raise ProxyError(f"{proxy} did not answer within {CONNECT_TIMEOUT:g} s") from None
+    except ProxyError:
+        raise
     except OSError as exc:
         raise ProxyError(f"{proxy} cut the connection ({exc.strerror or exc})") from exc
     check_answer(head, proxy, target)

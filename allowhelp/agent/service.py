@@ -303,7 +303,7 @@ class AgentService:
         send(HelpRequest(ref=ref, message=message[:500]))
         try:
             return await asyncio.wait_for(future, HELP_TIMEOUT)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise NotConnected("the broker did not answer the help request in time") from None
         finally:
             self._help.pop(ref, None)

@@ -115,7 +115,7 @@ class AgentTunnel:
         for route in routes:
             try:
                 conn = await self._connect(route)
-            except (TimeoutError, OSError, asyncssh.Error) as exc:
+            except (asyncio.TimeoutError, OSError, asyncssh.Error) as exc:
                 failures.append(f"{ROUTE_NAMES[route]}: {describe(exc)}")
                 continue
             if failures:  # say once why the other way did not work
@@ -159,7 +159,7 @@ class AgentTunnel:
             started = loop.time()
             try:
                 conn = await self.connect_once()
-            except (TimeoutError, OSError, asyncssh.Error) as exc:
+            except (asyncio.TimeoutError, OSError, asyncssh.Error) as exc:
                 self.state.last_error = describe(exc)
                 log.warning(
                     "agent=%s cannot reach the broker (%s)",
@@ -172,7 +172,7 @@ class AgentTunnel:
                 self.state.attempts = 0
             delay = backoff_delay(self.state.attempts, self._cap)
             self.state.attempts += 1
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _serve(self, conn: asyncssh.SSHServerConnection, stop: asyncio.Event) -> None:

@@ -17,6 +17,7 @@ and lets the connection pass proxies that inspect nothing but HTTPS.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -29,7 +30,9 @@ from allowhelp.agent.proxy import CONNECT_TIMEOUT, open_connection, proxy_for
 from allowhelp.wsbridge import MAX_MESSAGE, SUBPROTOCOL, bridge, socket_pair
 
 
+@functools.lru_cache(maxsize=2)
 def tunnel_tls(ca_pem: str) -> ssl.SSLContext:
+    """Built once (loading the system's CAs costs ~30 ms): every redial reuses it."""
     context = ssl.create_default_context()  # the system's CAs: a public certificate
     context.load_verify_locations(cadata=ca_pem)  # and the broker's own CA
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -62,7 +65,7 @@ async def open_https_tunnel(
             open_timeout=CONNECT_TIMEOUT,
             user_agent_header=f"allowhelp-agent/{__version__}",
         )
-    except (websockets.exceptions.InvalidHandshake, ssl.SSLError, TimeoutError) as exc:
+    except (websockets.exceptions.InvalidHandshake, ssl.SSLError, asyncio.TimeoutError) as exc:
         sock.close()
         raise OSError(f"the HTTPS tunnel at {url} was refused: {_said(exc)}") from exc
     except BaseException:
@@ -88,6 +91,6 @@ def _said(exc: BaseException) -> str:
         return f"HTTP {exc.response.status_code}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate not trusted ({exc.verify_message})"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, asyncio.TimeoutError):  # Python 3.10: not TimeoutError
         return "no answer in time"
     return str(exc) or type(exc).__name__

@@ -383,7 +383,7 @@ def _ensure_tunnel_key(path: Path) -> str:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

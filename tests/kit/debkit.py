@@ -201,6 +201,8 @@ def debian_root(where: Path) -> Iterator[Chroot]:
     root = where / "root"
     root.mkdir()
     subprocess.run(["tar", "--zstd", "-xf", str(tarball), "-C", str(root)], check=True)
+    # As on any installed system: the broker's own name, localhost, resolves.
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
     proc = root / "proc"
     subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
     try:

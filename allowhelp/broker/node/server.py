@@ -151,9 +151,11 @@ def announce_fd_limit(limit: int | None) -> None:
         return
     room = max(limit - FD_RESERVE, 0)
     log.info(
-        "open-file limit %d: room for about %d agent tunnels (raise LimitNOFILE= for more)",
+        "open-file limit %d: room for about %d agent tunnels on the SSH port, or %d on "
+        "the HTTPS port (raise LimitNOFILE= for more)",
         limit,
         room,
+        room // 3,  # its TCP socket and a socketpair (wsbridge.py)
     )
 
 
