@@ -15,10 +15,12 @@ reason) are never translated: they are arguments, shown as typed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gettext
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 
 DOMAIN = "allowhelp"
@@ -59,9 +61,25 @@ def translations(language: str) -> gettext.NullTranslations:
     return gettext.translation(DOMAIN, LOCALE_DIR, languages=[language], fallback=True)
 
 
+# Set while the machine service answers a user (their helper said their language):
+# its own environment is root's C locale, not theirs.
+_speaking: ContextVar[str] = ContextVar("allowhelp_speaking", default="")
+
+
+@contextlib.contextmanager
+def speaking(language: str) -> Iterator[None]:
+    """Within this block, ``_`` speaks ``language`` ("": the environment's)."""
+    token = _speaking.set(language)
+    try:
+        yield
+    finally:
+        _speaking.reset(token)
+
+
 def current() -> gettext.NullTranslations:
-    """The catalog of this process's user (read from the environment each time)."""
-    return translations(user_language())
+    """The catalog of the user being answered, else of this process's user (read
+    from the environment each time)."""
+    return translations(_speaking.get() or user_language())
 
 
 def _(message: str) -> str:

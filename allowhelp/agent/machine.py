@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
-from allowhelp.agent.i18n import LANGUAGES
+from allowhelp.agent.i18n import LANGUAGES, speaking
 from allowhelp.agent.remote import RemoteProgram
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
@@ -309,7 +309,8 @@ class HelperHub:
             task.add_done_callback(self._tasks.discard)
             return
         try:
-            reply = self._handle(conn, packet, fds)
+            with speaking(self.language_of(conn.uid)):  # refusals in the caller's language
+                reply = self._handle(conn, packet, fds)
         except (ConsentRefused, AgentError) as exc:
             reply = hp.answer(False, error=str(exc))
         if reply is not None:

@@ -8,8 +8,11 @@ technician's API for the phrase the console shows.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import select
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,16 +20,32 @@ from pathlib import Path
 
 import pytest
 
+from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import Pending
 from allowhelp.agent.i18n import translations, user_language
+from allowhelp.agent.machine import HelperHub
+from allowhelp.agent.service import AgentService
 from allowhelp.broker.model.phrase import WORD_LISTS
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import ConsentRequest, Hello, decode
-from harness import PY, TECH, TECH_PW, Agent, Broker, Desk, Fleet, online, wait_for
+from allowhelp.protocol.control import ConsentDecision, ConsentRequest, Hello, Message, decode
+from harness import (
+    PY,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Desk,
+    Fleet,
+    broker_cli,
+    online,
+    wait_for,
+)
+from xdesk import Xvfb, cmdline, missing_tools
 
 ORG = "Ville de Namur - Service informatique"
 REASON = "L'imprimante du 2e étage n'imprime plus <b>rien</b>"
 LOCALE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+CONFIG = AgentConfig("https://b", "pem", "fp", "127.0.0.1", 2222, "key", "a-1", ORG)
 
 # What the consent prompt must say in each language: who asks, for what, why,
 # the phrase, and that only a call with the help desk justifies a yes.
@@ -241,3 +260,153 @@ def test_the_cli_without_an_agent_says_so_in_the_users_language(tmp_path: Path) 
         )  # fmt: skip
         assert done.returncode == 2 and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+# the desktop dialog and the session window, under Xvfb
+
+
+@pytest.fixture(scope="module")
+def xvfb() -> Iterator[Xvfb]:
+    if missing := missing_tools():
+        pytest.fail(f"{', '.join(missing)} needed: run scripts/install test")
+    screen = Xvfb.start()
+    yield screen
+    screen.stop()
+
+
+def audited_prompt(broker: Broker, kind: str, session_id: str) -> str:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    record = next(r for r in records if r["type"] == kind and r["target"] == session_id)
+    return str(record["details"]["prompt"])
+
+
+# What the dialog and the session window say, word for word, per language.
+DIALOGS = {
+    "fr": {
+        "locale": "fr_BE.UTF-8",
+        "title": f"^Demande d'aide de la part de {ORG}$",  # ORG has no regex signs
+        "asks": f"({ORG}) demande à voir votre écran.",
+        "reason": f"Motif : {REASON}",
+        "phrase": "Mots de vérification : ",
+        "warning": "N'autorisez ceci que si vous êtes au téléphone avec le service d'assistance.",
+        "buttons": (
+            "--ok-label=Autoriser l'aide",
+            "--cancel-label=Refuser",
+            "--extra-button=Autoriser à regarder seulement",
+        ),
+        "indicator": "^Session d'aide en cours",
+        "end": "--ok-label=Terminer la session",
+        "connected": "votre écran, avec le contrôle de la souris et du clavier.",
+        "stop": "Cliquez sur « Terminer la session » pour l'arrêter immédiatement.",
+    },
+    "nl": {
+        "locale": "nl_BE.UTF-8",
+        "title": f"^Hulpverzoek van {ORG}$",
+        "asks": f"van {ORG} vraagt om uw scherm te zien.",
+        "reason": f"Reden: {REASON}",
+        "phrase": "Controlewoorden: ",
+        "warning": "Sta dit alleen toe als u met de helpdesk aan de telefoon bent.",
+        "buttons": (
+            "--ok-label=Hulp toestaan",
+            "--cancel-label=Weigeren",
+            "--extra-button=Alleen meekijken toestaan",
+        ),
+        "indicator": "^Hulpsessie actief",
+        "end": "--ok-label=Sessie beëindigen",
+        "connected": "uw scherm, met controle over muis en toetsenbord.",
+        "stop": "Klik op \u201cSessie beëindigen\u201d om de sessie meteen te stoppen.",
+    },
+}
+
+
+@pytest.mark.x11
+@pytest.mark.parametrize("language", ["fr", "nl"])
+def test_the_zenity_dialog_and_session_window_speak_the_users_language(
+    fleet: tuple[Fleet, Broker], xvfb: Xvfb, language: str
+) -> None:
+    said = DIALOGS[language]
+    group, broker = fleet
+    agent = group.agent(f"zenity-{language}")
+    assert agent.enroll(broker.token()).returncode == 0
+    env = {**env_with(str(said["locale"])), "DISPLAY": xvfb.env["DISPLAY"]}
+    agent.start("--reconnect-cap", "2", "--prompt", "dialog", env=env)
+    wait_for(lambda: online(broker, agent.agent_id), 20, "agent online")
+    desk = Desk.login(broker, TECH, TECH_PW)
+    try:
+        session = desk.request(agent.agent_id, "screen", reason=REASON).json()
+        window = xvfb.wait_window(str(said["title"]))
+        xvfb.screenshot(f"consent-dialog-{language}.png")
+        argv = cmdline(xvfb.pid(window))
+        text = next(a for a in argv if a.startswith("--text=")).removeprefix("--text=")
+        assert str(said["asks"]) in text
+        assert str(said["reason"]) in text  # as typed
+        assert f"{said['phrase']}{session['phrase']}" in text
+        assert all(w in WORD_LISTS[language] for w in session["phrase"].split())
+        assert text.endswith(str(said["warning"]))
+        assert all(button in argv for button in said["buttons"]), argv
+        xvfb.click_button(window, lambda: desk.session(session["id"])["state"] == "active")
+        # the audit holds the very text the user read, in their language
+        assert audited_prompt(broker, "consent.granted", session["id"]) == text
+        indicator = xvfb.wait_window(str(said["indicator"]))
+        xvfb.screenshot(f"session-indicator-{language}.png")
+        shown = cmdline(xvfb.pid(indicator))
+        assert said["end"] in shown, shown
+        window_text = next(a for a in shown if a.startswith("--text="))
+        assert str(said["connected"]) in window_text and str(said["stop"]) in window_text
+        ended = xvfb.click_button(
+            indicator, lambda: (s := desk.session(session["id"]))["state"] == "ended" and s
+        )
+        assert ended["end_reason"] == "user"
+        xvfb.wait_gone(str(said["indicator"]))
+    finally:
+        desk.close()
+        agent.stop()
+
+
+# the machine service: the signed-in user's helper says their language
+
+
+async def test_the_machine_service_says_and_audits_in_the_signed_in_users_language(
+    tmp_path: Path,
+) -> None:
+    hub = HelperHub(tmp_path / "run" / "agent.sock", active_uid=None, hostname="pc", os_name="L")
+    service = AgentService(CONFIG, signed_in=hub.signed_in, hello=hub.hello)
+    hub.service = service
+    service.frontends.append(hub)
+    sent: list[Message] = []
+    service.attach(sent.append)
+    await hub.start()
+    loop = asyncio.get_running_loop()
+    helper = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        assert hub.hello().language == ""  # nobody signed in: nothing said
+        helper.setblocking(False)
+        await loop.sock_connect(helper, str(hub.path))
+        await loop.sock_sendall(helper, hp.HelperHello(language="nl").encode())
+        welcome = json.loads(await loop.sock_recv(helper, 65536))
+        assert welcome["helper"] is True
+        hellos = [m for m in sent if isinstance(m, Hello)]
+        assert hellos and hellos[-1].language == "nl" and hellos[-1].system
+        service.on_message(
+            ConsentRequest("abcdefgh1234", ORG, "Tech", "shell", REASON, "boom kaas fiets", 30.0)
+        )
+        prompt = hp.decode(await loop.sock_recv(helper, 65536))
+        assert isinstance(prompt, hp.Prompt)
+        await loop.sock_sendall(helper, hp.Allow("abcdefgh1234", via="dialog").encode())
+        await loop.sock_recv(helper, 65536)  # the answer
+        # a second answer is refused, in the user's language though root runs in C
+        await loop.sock_sendall(helper, hp.Allow("abcdefgh1234", via="dialog").encode())
+        refused = json.loads(await loop.sock_recv(helper, 65536))
+        while "error" not in refused:  # the news of the first answer come first
+            refused = json.loads(await loop.sock_recv(helper, 65536))
+        assert refused["error"] == (
+            "er wacht geen verzoek abcdefgh1234 (al beantwoord of verlopen)"
+        ), refused
+        decision = next(m for m in sent if isinstance(m, ConsentDecision))
+        assert decision.granted
+        assert decision.prompt.startswith(f"Tech van {ORG} vraagt om een opdrachtvenster")
+        assert "Controlewoorden: boom kaas fiets" in decision.prompt
+    finally:
+        helper.close()
+        await hub.close()
