@@ -98,15 +98,21 @@ GERMAN = [
 ]
 
 
+BLURRED = str.maketrans("dbgvzDBGVZ", "tpkfstpkfs")
+
+
 def sound_key(word: str, language: str) -> str:
     """A rough key of how ``word`` sounds: two words with the same key may be heard
     as each other on the phone (pin/pain, Wal/Wahl, hart/hard)."""
     rules = {"fr": FRENCH, "nl": DUTCH, "de": GERMAN}.get(language)
     if rules is None:
-        return _single_consonants(folded(word))
-    if language == "fr":
-        return _rules(folded(word), rules)
-    return _rules(word.lower(), rules)
+        key = _single_consonants(folded(word))
+    elif language == "fr":
+        key = _rules(folded(word), rules)
+    else:
+        key = _rules(word.lower(), rules)
+    # a bad line blurs voiced and voiceless: tak/dak, beer/peer, Gabel/Kabel
+    return key.translate(BLURRED)
 
 
 def test_every_language_has_a_list_of_the_same_size_so_the_same_bits() -> None:
@@ -126,7 +132,7 @@ def test_words_are_plain_short_and_unique(language: str) -> None:
     assert not [w for w, n in Counter(folded(w) for w in words).items() if n > 1]
 
 
-@pytest.mark.parametrize("language", ["fr", "nl", "de"])
+@pytest.mark.parametrize("language", ["en", "fr", "nl", "de"])
 def test_no_two_words_of_a_list_sound_alike(language: str) -> None:
     keys: dict[str, list[str]] = {}
     for word in WORD_LISTS[language]:

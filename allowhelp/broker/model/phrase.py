@@ -32,7 +32,7 @@ WORDS = tuple(
     jasmine jelly jigsaw jungle kayak kettle kiwi ladder lagoon lantern lava lemon lily
     lizard lobster locket magnet mango maple marble meadow melon meteor mint mirror mitten
     monkey moose mosaic muffin museum needle nest noodle nutmeg oasis ocean olive onion
-    orange orbit orchid otter owl oyster paddle palace panda paper parrot peach pebble
+    orange orbit orchid otter owl oyster paddle palace panda paper parrot pecan pebble
     pelican pepper piano pickle pigeon pillow pilot pine planet plum pocket pony poppy
     potato pumpkin puzzle quartz quilt rabbit raccoon radar radish rainbow raven ribbon
     river robin rocket rose saddle salmon sandal satin school scooter seal shadow shell

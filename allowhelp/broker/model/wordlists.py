@@ -41,10 +41,10 @@ FRENCH = tuple(
 DUTCH = tuple(
     """
     aardbei ananas anker appel auto avond badpak bakker bal balkon ballon bamboe banaan
-    banjo bank barst bed beer beitel beker berg berk bever bezem blad bliksem bloem
+    banjo bank barst bed hoed beitel beker berg heuvel bever bezem blad bliksem bloem
     bloes boek bokaal bolhoed boom boon boot bord borstel bos boter brief bril broek
     brood brug bus cactus camera cirkel citroen clown dak dal dans deken den deuk deur
-    dijk dolfijn donder doos dorp douche draad drempel druif duif duim duin eekhoorn
+    dijk dolfijn donder doos dorp douche draad drempel druif duif duim jurk eekhoorn
     eend egel eik eiland emmer etiket fakkel fazant fiets fles fluit fontein foto
     framboos gans garnaal geit gember gieter giraf gitaar glas glijbaan gordijn goud
     graan gras griffel grot gum haai haan haas hagel hamer handdoek handschoen harp
@@ -56,7 +56,7 @@ DUTCH = tuple(
     puzzel raaf raam radio raket regen rivier robot roos rots schaap schaar schommel
     school schrift schroef sjaal slak sleutel slot sneeuw soep sok specht spiegel
     spijker spin stad station steen ster stoel storm straat strand suiker taart tafel
-    tak tas tent thee tijger tol tomaat toren tractor trap trein trommel trompet tuin
+    inkt tas tent thee tijger tol tomaat toren tractor trap trein trommel trompet tuin
     tulp uil viool vlieger vliegtuig vlinder vork vos vuur wafel wagen walvis water wilg
     wind winkel wolf wolk wortel zaag zand zebra zee zilver zon zwaan zwembad
     """.split()  # noqa: SIM905 - a word list reads better as text
@@ -73,7 +73,7 @@ GERMAN = tuple(
     fuchs gabel gans garnele garten gecko geige gewitter giraffe gitarre glas glocke
     gold gras gurke gurt hafen hafer hagel hai hammer handschuh handtuch harfe harke
     hase haus hecht heft hemd herz himmel hirsch hobel holz honig horn hose huhn hummer
-    hund hut igel insekt insel jacke jaguar kabel kaffee kajak kaktus kamel kamera kanal
+    hund hut igel insekt insel jacke jaguar koala kaffee kajak kaktus kamel kamera kanal
     kanu kapuze karotte karte kartoffel kastanie katze kegel keks kelle keller kerze
     kessel kiesel kirsche kissen klavier knopf koffer krabbe kuchen kupfer lampe leiter
     lilie mantel markt mauer maus meer messer milch mond nadel nagel nudel ofen orgel
