@@ -162,3 +162,25 @@ def test_the_audit_api_stays_machine_readable_in_any_language(
         datetime.fromisoformat(record["ts"])  # an ISO time, never a local format
     # the same records, word for word, whatever language was asked (each login adds one)
     assert answers[1][: len(answers[0])] == answers[0] == answers[2][: len(answers[0])]
+
+
+def test_the_brokers_refusals_are_said_in_french_from_their_codes(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    context = browser.new_context(ignore_https_errors=True, locale="fr-BE")
+    page = context.new_page()
+    try:
+        page.goto(fleet[0].url + "/")
+        expect(page.locator("#login-title")).to_have_text("Console du service d'assistance")
+        page.click("#login-submit")
+        expect(page.locator("#login-error")).to_have_text(
+            "Saisissez votre nom d'utilisateur et votre mot de passe."
+        )
+        page.fill("#login-form input[name=username]", TECH)
+        page.fill("#login-form input[name=password]", "not the password at all")
+        page.click("#login-submit")  # the API says invalid_credentials, in English
+        expect(page.locator("#login-error")).to_have_text(
+            "Nom d'utilisateur ou mot de passe incorrect."
+        )
+    finally:
+        context.close()

@@ -64,6 +64,15 @@ export function t(key, values = {}) {
     Object.hasOwn(values, name) ? String(values[name]) : whole);
 }
 
+/**
+ * The text of `key` if the catalogs have it, else "" (an API error code we have
+ * no words for keeps the broker's own message).
+ * @param {string} key
+ */
+export function known(key) {
+  return Object.hasOwn(en, key) ? t(key) : "";
+}
+
 /** Put the page's marked words in the console's language. */
 export function translatePage(root = document) {
   document.documentElement.lang = language;
