@@ -76,6 +76,7 @@ def test_accept_language_fr_gives_the_french_console_and_the_users_words(
         assert page.evaluate("navigator.languages[0]") == "fr-BE"
         assert page.locator("html").get_attribute("lang") == "fr"
         expect(page.locator("#nav-sessions")).to_have_text("Mes sessions")
+        expect(page.locator("#who")).to_have_text(re.compile(r" · technicien$"))
         expect(page.locator(".nav a[data-view=help] span[data-i18n]")).to_have_text(
             "Demandes d'aide"
         )

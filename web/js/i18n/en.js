@@ -139,6 +139,8 @@ export default /** @type {Record<string, string>} */ ({
   "request.title_host": "Ask for help access to {host}",
   "request.user": "user {user}",
   "request.what": "What",
+  "role.admin": "admin",
+  "role.technician": "technician",
   "sessions.empty": "No sessions yet. Ask for a shell or the screen from",
   "sessions.end": "End",
   "sessions.end_session": "End session",

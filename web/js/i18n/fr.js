@@ -139,6 +139,8 @@ export default /** @type {Record<string, string>} */ ({
   "request.title_host": "Demander un accès d'aide à {host}",
   "request.user": "utilisateur {user}",
   "request.what": "Quoi",
+  "role.admin": "administrateur",
+  "role.technician": "technicien",
   "sessions.empty": "Pas encore de sessions. Demandez un terminal ou l'écran depuis",
   "sessions.end": "Terminer",
   "sessions.end_session": "Terminer la session",

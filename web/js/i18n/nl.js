@@ -139,6 +139,8 @@ export default /** @type {Record<string, string>} */ ({
   "request.title_host": "Hulptoegang vragen tot {host}",
   "request.user": "gebruiker {user}",
   "request.what": "Wat",
+  "role.admin": "beheerder",
+  "role.technician": "technicus",
   "sessions.empty": "Nog geen sessies. Vraag een terminal of het scherm via",
   "sessions.end": "Beëindigen",
   "sessions.end_session": "Sessie beëindigen",

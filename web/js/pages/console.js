@@ -83,7 +83,7 @@ async function enter() {
   const me = await api("GET", "/api/v1/me");
   state.me = me;
   setCsrf(me.csrf_token);
-  $("who").textContent = `${me.full_name} · ${me.role}`;
+  $("who").textContent = `${me.full_name} · ${me.role === "admin" ? t("role.admin") : t("role.technician")}`;
   for (const link of links(".nav a[data-admin]")) link.hidden = me.role !== "admin";
   document.body.classList.toggle("is-admin", me.role === "admin");
   $("nav-sessions").textContent = me.role === "admin" ? t("nav.sessions") : t("nav.my_sessions");
