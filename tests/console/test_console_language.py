@@ -185,3 +185,28 @@ def test_the_brokers_refusals_are_said_in_french_from_their_codes(
         )
     finally:
         context.close()
+
+
+def test_an_admin_manages_users_and_tokens_in_dutch(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    context = browser.new_context(ignore_https_errors=True, locale="nl-BE")
+    page = context.new_page()
+    try:
+        page.goto(fleet[0].url + "/")
+        page.fill("#login-form input[name=username]", ADMIN)
+        page.fill("#login-form input[name=password]", ADMIN_PW)
+        page.click("#login-submit")
+        expect(page.locator("#who")).to_have_text(re.compile(r" · beheerder$"))
+        page.goto(fleet[0].url + "/#users")
+        expect(page.locator("#user-form h2")).to_have_text("Een gebruiker toevoegen")
+        tech = page.locator("#users-rows tr", has_text=TECH)
+        expect(tech.locator(".badge").first).to_have_text("Technicus")
+        expect(tech.get_by_role("button", name="Beheerder maken")).to_be_visible()
+        page.goto(fleet[0].url + "/#tokens")
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#token-created h2 span[data-i18n]")).to_have_text("Nieuw token")
+        expect(page.locator("#tokens-rows .badge").first).to_have_text("actief")
+        page.screenshot(path=str(ARTIFACTS / "console" / "tokens-nl.png"))
+    finally:
+        context.close()
