@@ -22,6 +22,7 @@ from typing import Any
 
 from allowhelp.agent.config import default_config_dir
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.i18n import N_, _
 from allowhelp.runtime import run_command
 
 PROG = "allowhelp-agent"
@@ -38,7 +39,9 @@ def config_dir(args: argparse.Namespace) -> Path:
 
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise AgentError(f"{what} runs as root (the machine service): use sudo")
+        raise AgentError(
+            _("%(what)s runs as root (the machine service): use sudo") % {"what": what}
+        )
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -47,7 +50,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.system:
         _need_root("enroll --system")
     config = enrol(args.token, config_dir(args), args.proxy or "", system=args.system)
-    print(f"enrolled: this PC is agent {config.agent_id} of {config.broker_url}")
+    print(
+        _("enrolled: this PC is agent %(agent)s of %(broker)s")
+        % {"agent": config.agent_id, "broker": config.broker_url}
+    )
     return 0
 
 
@@ -58,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.system:
         _need_root("run --system")
         if args.prompt is not None:
-            raise AgentError("run --system shows no prompts: `allowhelp-agent session` does")
+            raise AgentError(_("run --system shows no prompts: `allowhelp-agent session` does"))
         tune_malloc()
         run_event_loop(run_machine(config_dir(args), reconnect_cap=args.reconnect_cap))
         return 0
@@ -102,13 +108,35 @@ def cmd_pending(args: argparse.Namespace) -> int:
         print(json.dumps(pending))
         return 0
     if not pending:
-        print("no help request is waiting")
+        print(_("no help request is waiting"))
     for item in pending:
-        print(
-            f"{item['session_id']}  {item['technician']} asks for {item['kind']}: "
-            f"{item['reason']!r}  phrase: {item['phrase']}  ({item['seconds_left']} s left)"
-        )
+        print(describe_pending(item))
     return 0
+
+
+KIND_NAMES = {
+    "shell": N_("a command shell"),
+    "admin-shell": N_("an administrator (root) shell"),
+    "screen": N_("your screen"),
+}
+
+
+def describe_pending(item: dict[str, Any]) -> str:
+    """One line per waiting request: the technician's words as typed (``repr``
+    shows the reason's exact characters), the rest in the user's language."""
+    kind = str(item.get("kind", ""))
+    line = _(
+        "%(session)s  %(technician)s asks for %(what)s: %(reason)r  phrase: %(phrase)s  "
+        "(%(seconds)s s left)"
+    )
+    return line % {
+        "session": item["session_id"],
+        "technician": item["technician"],
+        "what": _(KIND_NAMES[kind]) if kind in KIND_NAMES else kind,
+        "reason": item["reason"],
+        "phrase": item["phrase"],
+        "seconds": item["seconds_left"],
+    }
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -116,13 +144,19 @@ def cmd_decide(args: argparse.Namespace) -> int:
     if args.command == "allow":
         request["view_only"] = args.view_only
     call(args, request)
-    print(f"session {args.session_id}: {'allowed' if args.command == 'allow' else 'denied'}")
+    if args.command == "allow":
+        print(_("session %(session)s: allowed") % {"session": args.session_id})
+    else:
+        print(_("session %(session)s: denied") % {"session": args.session_id})
     return 0
 
 
 def cmd_end(args: argparse.Namespace) -> int:
     ended = call(args, {"op": "end", "session_id": args.session_id})["ended"]
-    print("ended: " + ", ".join(ended) if ended else "no session was running")
+    if ended:
+        print(_("ended: %(sessions)s") % {"sessions": ", ".join(ended)})
+    else:
+        print(_("no session was running"))
     return 0
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from allowhelp.agent.i18n import N_, _, current, translations
 from allowhelp.protocol.control import ConsentRequest, Kind, Via
 
 Closer = Callable[[], None]
@@ -27,12 +28,15 @@ class ConsentRefused(Exception):
     """No live grant covers what was asked; the message says what was missing."""
 
 
+# The whole sentence per kind: translators see who asks for what in one piece.
 WHAT_IS_ASKED = {
-    "shell": "to open a command shell (terminal) on this PC",
-    "screen": "to see your screen",
-    "admin-shell": (
-        "for an administrator (root) shell on this PC: full control of the"
-        " whole computer, every user's files included"
+    "shell": N_(
+        "%(technician)s from %(organisation)s asks to open a command shell (terminal) on this PC."
+    ),
+    "screen": N_("%(technician)s from %(organisation)s asks to see your screen."),
+    "admin-shell": N_(
+        "%(technician)s from %(organisation)s asks for an administrator (root) shell on this"
+        " PC: full control of the whole computer, every user's files included."
     ),
 }
 
@@ -43,18 +47,27 @@ class Pending:
     asked_at: float
     deadline: float
     owner: int | None = None
+    # The language the prompt is shown in ("": this process's user's): a machine
+    # service sets the signed-in user's, so the audit holds the text they saw.
+    language: str = ""
 
     def prompt_text(self) -> str:
-        """The exact text every front-end shows; it goes to the audit record too."""
-        what = WHAT_IS_ASKED[self.request.kind]
+        """The exact text every front-end shows, in the user's language; it goes to
+        the audit record too. What the technician typed and the organisation's name
+        are shown as typed."""
+        t = translations(self.language) if self.language else current()
+        request = self.request
+        names = {"technician": request.technician, "organisation": request.organisation}
         lines = [
-            f"{self.request.technician} from {self.request.organisation} asks {what}.",
-            f"Reason: {self.request.reason}",
-            f"Verification phrase: {self.request.phrase}",
+            t.gettext(WHAT_IS_ASKED[request.kind]) % names,
+            t.gettext("Reason: %(reason)s") % {"reason": request.reason},
+            t.gettext("Verification phrase: %(phrase)s") % {"phrase": request.phrase},
         ]
-        if self.request.help_code:
-            lines.append(f"You asked for help (code {self.request.help_code}).")
-        lines.append("Only allow this if you are on the phone with the help desk.")
+        if request.help_code:
+            lines.append(
+                t.gettext("You asked for help (code %(code)s).") % {"code": request.help_code}
+            )
+        lines.append(t.gettext("Only allow this if you are on the phone with the help desk."))
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
@@ -137,7 +150,10 @@ class ConsentGate:
         self.expire()
         pending = self._pending.get(session_id)
         if pending is None or (owner is not None and pending.owner != owner):
-            raise ConsentRefused(f"no request {session_id} is waiting (answered or expired)")
+            raise ConsentRefused(
+                _("no request %(session)s is waiting (answered or expired)")
+                % {"session": session_id}
+            )
         del self._pending[session_id]
         request = pending.request
         view_only = view_only or False

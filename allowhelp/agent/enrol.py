@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from allowhelp import __version__
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.errors import EnrolError
+from allowhelp.agent.i18n import user_language
 from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import AGENT_TLS_NAME, ca_fingerprint, fingerprints_equal
@@ -59,6 +60,7 @@ def current_hello() -> Hello:
         os=os_description(),
         user=getpass.getuser(),
         version=__version__,
+        language=user_language(),
     )
 
 

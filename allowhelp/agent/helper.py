@@ -27,6 +27,7 @@ from pathlib import Path
 from allowhelp.agent.consent import Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
+from allowhelp.agent.i18n import _, user_language
 from allowhelp.agent.machine import check_socket_folder
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
 from allowhelp.agent.service import ConsentFrontend, NotConnected
@@ -77,7 +78,7 @@ class ConsentHelperView:
 
     def _send(self, packet: hp.Packet) -> None:
         if self.conn is None or not self.conn.send(packet.encode()):
-            raise NotConnected("not connected to the machine service right now")
+            raise NotConnected(_("not connected to the machine service right now"))
 
 
 class SessionHelper:
@@ -98,7 +99,7 @@ class SessionHelper:
             _, server = peer_credentials(sock)
             if server != 0:
                 raise AgentError(f"{self.path} is served by uid {server}, not by root: refusing it")
-            sock.send(hp.HelperHello().encode())
+            sock.send(hp.HelperHello(language=user_language()).encode())
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise ServiceAbsent(f"the machine service is not running (no {self.path})") from None

@@ -36,6 +36,7 @@ from typing import Any
 
 from allowhelp.agent.consent import ConsentRefused
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.i18n import _
 from allowhelp.agent.service import AgentService
 from allowhelp.protocol.control import ProtocolError, parse_json
 
@@ -234,13 +235,18 @@ def call(config_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> di
             sock.connect(str(path))
         except FileNotFoundError:
             raise AgentError(
-                "the agent is not running for this configuration "
-                f"(no {path}): start it with `allowhelp-agent run`"
+                _(
+                    "the agent is not running for this configuration "
+                    "(no %(path)s): start it with `allowhelp-agent run`"
+                )
+                % {"path": path}
             ) from None
         except PermissionError:
-            raise AgentError(f"{path} belongs to another user") from None
+            raise AgentError(_("%(path)s belongs to another user") % {"path": path}) from None
         except OSError as exc:
-            raise AgentError(f"cannot reach the running agent: {exc.strerror or exc}") from exc
+            raise AgentError(
+                _("cannot reach the running agent: %(error)s") % {"error": exc.strerror or exc}
+            ) from exc
         server = peer_uid(sock)
         if server != os.getuid():  # the folder checks make this impossible; trust neither alone
             raise AgentError(f"{path} is served by uid {server}, not by your agent: refusing it")
@@ -256,7 +262,7 @@ def call(config_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> di
     except (ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict):
-        raise AgentError("the running agent gave no answer")
+        raise AgentError(_("the running agent gave no answer"))
     if not answer.get("ok"):
         raise AgentError(str(answer.get("error", "refused")))
     return answer

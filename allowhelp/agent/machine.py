@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.i18n import LANGUAGES, speaking
 from allowhelp.agent.remote import RemoteProgram
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
@@ -108,6 +109,7 @@ class HelperHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 0
         self._said_user: str | None = None
+        self._said_language: str | None = None
 
     # who is signed in
 
@@ -122,18 +124,32 @@ class HelperHub:
         uid = self.signed_in()
         return _user_name(uid) if uid is not None else ""
 
+    def signed_in_language(self) -> str:
+        chosen = self._signed_in_helper()
+        return chosen.language if chosen is not None else ""
+
+    def language_of(self, uid: int | None) -> str:
+        """The language ``uid``'s newest helper said ("": none said)."""
+        mine = [info for info in self._helpers.values() if info.uid == uid]
+        return max(mine, key=lambda info: info.conn_id).language if mine else ""
+
     def hello(self) -> Hello:
         self._said_user = self.signed_in_name()
+        self._said_language = self.signed_in_language()
         return Hello(
             hostname=self._hostname,
             os=self._os,
             user=self._said_user,
             version=__version__,
             system=True,
+            language=self._said_language,
         )
 
     def _maybe_changed(self) -> None:
-        if self.service is not None and self.signed_in_name() != self._said_user:
+        if self.service is not None and (
+            self.signed_in_name() != self._said_user
+            or self.signed_in_language() != self._said_language
+        ):
             self.service.say_hello()
 
     def helper_of(self, uid: int | None) -> PacketConn | None:
@@ -169,6 +185,8 @@ class HelperHub:
     # ConsentFrontend: prompts go to the owner's helpers only
 
     def prompt(self, pending: Pending) -> None:
+        # The audit's prompt text in the language the owner's helper shows it in.
+        pending.language = self.language_of(pending.owner)
         self._owners[pending.request.session_id] = pending.owner
         self._to_owner(pending.owner, _prompt_packet(pending))
 
@@ -291,7 +309,8 @@ class HelperHub:
             task.add_done_callback(self._tasks.discard)
             return
         try:
-            reply = self._handle(conn, packet, fds)
+            with speaking(self.language_of(conn.uid)):  # refusals in the caller's language
+                reply = self._handle(conn, packet, fds)
         except (ConsentRefused, AgentError) as exc:
             reply = hp.answer(False, error=str(exc))
         if reply is not None:
@@ -306,7 +325,9 @@ class HelperHub:
         service = self._service()
         uid = conn.uid
         if isinstance(packet, hp.HelperHello):
-            self._register(conn)  # answers itself: the welcome comes before the prompts
+            self._register(
+                conn, packet.language
+            )  # answers itself: the welcome comes before the prompts
             return None
         if isinstance(packet, (hp.Opened, hp.Exited)):
             self._program_news(conn, packet, fds)
@@ -341,7 +362,7 @@ class HelperHub:
             "sessions": [g.to_json() for g in service.gate.grants(uid)],
         }
 
-    def _register(self, conn: PacketConn) -> None:
+    def _register(self, conn: PacketConn, language: str = "") -> None:
         if conn in self._helpers:
             raise AgentError("this connection is a session helper already")
         if sum(1 for i in self._helpers.values() if i.uid == conn.uid) >= MAX_HELPERS_PER_UID:
@@ -350,7 +371,8 @@ class HelperHub:
         if timer is not None:
             timer.cancel()
         self._next_id += 1
-        self._helpers[conn] = HelperInfo(self._next_id, conn.uid, conn.pid)
+        language = language if language in LANGUAGES else ""
+        self._helpers[conn] = HelperInfo(self._next_id, conn.uid, conn.pid, language)
         log.info("session helper of uid %d (pid %d) connected", conn.uid, conn.pid)
         service = self._service()
         welcome = hp.answer(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.i18n import _
 from allowhelp.agent.machine import check_socket_folder
 from allowhelp.agent.seqpacket import request
 from allowhelp.protocol import helper as hp
@@ -40,7 +41,9 @@ def machine_call(path: Path, op: dict[str, Any], timeout: float = 30.0) -> dict[
     try:
         answer = hp.read_answer(reply)
     except ProtocolError as exc:
-        raise AgentError(f"the machine service gave no usable answer: {exc}") from exc
+        raise AgentError(
+            _("the machine service gave no usable answer: %(error)s") % {"error": exc}
+        ) from exc
     if not answer.get("ok"):
         raise AgentError(str(answer.get("error", "refused")))
     return answer

@@ -18,6 +18,7 @@ from typing import Protocol
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.i18n import _
 from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
@@ -139,7 +140,7 @@ class AgentService:
             self._notify_ended(session_id)
         for future in self._help.values():
             if not future.done():
-                future.set_exception(NotConnected("the connection to the broker was lost"))
+                future.set_exception(NotConnected(_("the connection to the broker was lost")))
 
     def on_message(self, message: Message) -> None:
         if isinstance(message, ConsentRequest):
@@ -157,7 +158,9 @@ class AgentService:
             future = self._help.pop(message.ref, None)
             if future is not None and not future.done():
                 reason = plain_text(message.reason, 200)
-                future.set_exception(HelpDeclined(f"no help code: {reason}"))
+                future.set_exception(
+                    HelpDeclined(_("no help code: %(reason)s") % {"reason": reason})
+                )
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
 
@@ -219,7 +222,7 @@ class AgentService:
 
     def _sender(self) -> Sender:
         if self._send is None:
-            raise NotConnected("not connected to the broker right now; try again in a moment")
+            raise NotConnected(_("not connected to the broker right now; try again in a moment"))
         return self._send
 
     # the user side: every front-end calls these
@@ -271,7 +274,7 @@ class AgentService:
         live = {g.session_id for g in self.gate.grants(owner)}
         targets = [session_id] if session_id else sorted(live)
         if session_id and session_id not in live:
-            raise ConsentRefused(f"no running session {session_id}")
+            raise ConsentRefused(_("no running session %(session)s") % {"session": session_id})
         for sid in targets:
             # Tell the broker first, so it records "user" before it sees channels close.
             if self._send is not None:
@@ -304,6 +307,6 @@ class AgentService:
         try:
             return await asyncio.wait_for(future, HELP_TIMEOUT)
         except asyncio.TimeoutError:
-            raise NotConnected("the broker did not answer the help request in time") from None
+            raise NotConnected(_("the broker did not answer the help request in time")) from None
         finally:
             self._help.pop(ref, None)

@@ -37,6 +37,7 @@ class HelperInfo:
     conn_id: int  # increasing: a larger one connected later
     uid: int
     pid: int
+    language: str = ""  # the user's, as their helper said it ("": not said)
 
 
 def choose(helpers: Sequence[HelperInfo], active_uid: ActiveUid | None) -> HelperInfo | None:

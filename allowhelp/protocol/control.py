@@ -195,6 +195,9 @@ class Hello(Message):
     user: str
     version: str
     system: bool = False
+    # The PC user's language, two letters ("fr"): the verification phrase's words
+    # (the machine service says the signed-in user's). "": not said, English.
+    language: str = ""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -221,6 +224,7 @@ LIMITS = {
     "message": 500,
     "code": 20,
     "hostname": 253,
+    "language": 16,
     "os": 200,
     "user": 64,
     "version": 32,

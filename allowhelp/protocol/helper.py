@@ -63,9 +63,13 @@ class Packet:
 
 @dataclass(frozen=True)
 class HelperHello(Packet):
-    """The session helper: keep this connection, send me my user's prompts."""
+    """The session helper: keep this connection, send me my user's prompts.
+
+    ``language``: the user's (two letters, from their session's locale): the
+    verification phrase's words and the audited prompt's language."""
 
     type: ClassVar[str] = "helper"
+    language: str = ""
 
 
 @dataclass(frozen=True)

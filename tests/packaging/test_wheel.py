@@ -10,6 +10,7 @@ checkout.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -251,3 +252,24 @@ def test_a_broker_without_its_console_files_says_so_in_one_line(tmp_path: Path) 
         f"nor {tmp_path / 'none'} has index.html; install the wheel that scripts/package builds"
     ], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_installed_agent_speaks_french_from_its_own_catalogs(
+    wheel: Path, installed: Path, tmp_path: Path
+) -> None:
+    """The compiled catalogs travel in the wheel, and the installed agent finds them."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for language in ("fr", "nl", "de"):
+        assert f"allowhelp/agent/locale/{language}/LC_MESSAGES/allowhelp.mo" in names
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    done = subprocess.run(
+        [str(installed / "bin" / "allowhelp-agent"), "pending", "--config", str(tmp_path / "x")],
+        cwd=tmp_path,
+        env={**env, "LANG": "fr_BE.UTF-8"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "l'agent ne tourne pas" in done.stderr, done.stderr

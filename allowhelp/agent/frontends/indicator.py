@@ -15,7 +15,8 @@ import time
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
-from allowhelp.agent.frontends.toolkit import Toolkit
+from allowhelp.agent.frontends.toolkit import END, Toolkit
+from allowhelp.agent.i18n import _
 from allowhelp.agent.service import ConsentService
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,18 @@ MAX_QUICK_EXITS = 3
 
 
 def describe(grant: Grant) -> str:
-    if grant.kind == "shell":
-        what = "a command shell (terminal) on this PC"
+    names = {"technician": grant.technician}
+    if grant.kind == "admin-shell":
+        first = _("%(technician)s is connected: an administrator (root) shell on this PC.")
+    elif grant.kind == "shell":
+        first = _("%(technician)s is connected: a command shell (terminal) on this PC.")
     elif grant.view_only:
-        what = "a view of your screen (they cannot control it)"
+        first = _("%(technician)s is connected: a view of your screen (they cannot control it).")
     else:
-        what = "your screen, with control of mouse and keyboard"
+        first = _("%(technician)s is connected: your screen, with control of mouse and keyboard.")
     since = time.strftime("%H:%M", time.localtime(grant.granted_at))
-    return (
-        f"{grant.technician} is connected: {what}.\n"
-        f'Since {since}. Click "End session" to stop it at once.'
-    )
+    then = _('Since %(time)s. Click "%(button)s" to stop it at once.')
+    return first % names + "\n" + then % {"time": since, "button": _(END)}
 
 
 class IndicatorFrontend:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import locale
 import logging
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -18,6 +21,31 @@ from allowhelp.agent.frontends.toolkit import Outcome, Window
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 5.0
+FALLBACK_LOCALE = "C.UTF-8"  # in every glibc since 2.35, and in Debian's before
+
+
+@functools.cache
+def session_locale_works() -> bool:
+    """Whether the C library knows the session's locale (``fr_BE.UTF-8`` may be
+    asked for and not generated). Checked once, the process's own locale restored."""
+    before = locale.setlocale(locale.LC_ALL)
+    try:
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:
+        return False
+    finally:
+        locale.setlocale(locale.LC_ALL, before)
+    return True
+
+
+def dialog_environment() -> dict[str, str] | None:
+    """The dialog's environment: ours, unless the C library lacks our locale. Then
+    GTK falls back to ASCII and zenity refuses any accented argument ("This option
+    is not available"), so the dialog runs in C.UTF-8: every word it shows is
+    ours, already in the user's language (gettext needs no C library locale)."""
+    if session_locale_works():
+        return None
+    return {**os.environ, "LC_ALL": FALLBACK_LOCALE}
 
 
 class WindowProcess:
@@ -42,6 +70,7 @@ class WindowProcess:
                 stdin=asyncio.subprocess.PIPE if self._window.stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=dialog_environment(),
             )
         except OSError as exc:
             log.warning("cannot start %s: %s", self._window.argv[0], exc)

@@ -20,11 +20,17 @@ from typing import TextIO
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.frontends.toolkit import Answer, plain
+from allowhelp.agent.i18n import N_, _, ngettext
 from allowhelp.agent.service import ConsentService, NotConnected
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 4096
+KIND_NAMES = {
+    "shell": N_("command shell"),
+    "admin-shell": N_("administrator shell"),
+    "screen": N_("screen"),
+}
 WORDS: dict[str, Answer] = {
     "a": "allow",
     "allow": "allow",
@@ -62,38 +68,52 @@ class TerminalFrontend:
         if len(self._asking) == 1:
             self._show(pending)
         else:
-            self._say("(Another help request is waiting; answer the one above first.)")
+            self._say(_("(Another help request is waiting; answer the one above first.)"))
 
     def prompt_closed(self, session_id: str) -> None:
         head = self._asking[0].request.session_id if self._asking else None
         if not any(p.request.session_id == session_id for p in self._asking):
             return
         self._asking = [p for p in self._asking if p.request.session_id != session_id]
-        self._say(f"The help request {session_id} was closed (answered elsewhere or expired).")
+        self._say(
+            _("The help request %(session)s was closed (answered elsewhere or expired).")
+            % {"session": session_id}
+        )
         if head == session_id and self._asking:
             self._show(self._asking[0])
 
     def active(self, grant: Grant) -> None:
+        what = _(KIND_NAMES.get(grant.kind, grant.kind))
         self._say(
-            f"Help session {grant.session_id} is active ({grant.technician}, {grant.kind}). "
-            "Type e and Enter to end it."
+            _("Help session %(session)s is active (%(technician)s, %(what)s).")
+            % {"session": grant.session_id, "technician": grant.technician, "what": what}
+            + " "
+            + _("Type e and Enter to end it.")
         )
 
     def ended(self, session_id: str) -> None:
-        self._say(f"Help session {session_id} ended.")
+        self._say(_("Help session %(session)s ended.") % {"session": session_id})
 
     # output
 
     def _show(self, pending: Pending) -> None:
         seconds = max(0, math.ceil(pending.deadline - time.monotonic()))
-        self._say(f"\n=== Help request {pending.request.session_id} ===")
+        self._say(
+            "\n=== "
+            + _("Help request %(session)s") % {"session": pending.request.session_id}
+            + " ==="
+        )
         self._say(pending.prompt_text())
-        self._say(self._choices(pending) + f" ({seconds} s to answer)")
+        left = ngettext(
+            "(%(seconds)d second to answer)", "(%(seconds)d seconds to answer)", seconds
+        )
+        self._say(self._choices(pending) + " " + left % {"seconds": seconds})
 
     @staticmethod
     def _choices(pending: Pending) -> str:
-        view = ", v to allow view only" if pending.request.kind == "screen" else ""
-        return f"Type a and Enter to allow help{view}, d to deny."
+        if pending.request.kind == "screen":
+            return _("Type a and Enter to allow help, v to allow view only, d to deny.")
+        return _("Type a and Enter to allow help, d to deny.")
 
     def _say(self, text: str) -> None:
         try:
@@ -134,9 +154,12 @@ class TerminalFrontend:
             self._answer(self._asking[0], WORDS.get(word))
         elif word in ("e", "end"):
             ended = self._service.end()
-            self._say("Ended: " + ", ".join(ended) if ended else "No help session is running.")
+            if ended:
+                self._say(_("Ended: %(sessions)s") % {"sessions": ", ".join(ended)})
+            else:
+                self._say(_("No help session is running."))
         elif word:
-            self._say("Nothing is waiting for an answer.")
+            self._say(_("Nothing is waiting for an answer."))
 
     def _answer(self, pending: Pending, answer: Answer | None) -> None:
         if answer is None or (answer == "view" and pending.request.kind != "screen"):
@@ -149,9 +172,9 @@ class TerminalFrontend:
                 session_id, allow=answer != "deny", view_only=answer == "view", via="terminal"
             )
         except (ConsentRefused, NotConnected) as exc:
-            self._say(f"Could not answer: {exc}")
+            self._say(_("Could not answer: %(error)s") % {"error": exc})
         else:
             if answer == "deny":  # an allowed one is announced by ``active``
-                self._say("Denied.")
+                self._say(_("Denied."))
         if self._asking:
             self._show(self._asking[0])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from allowhelp.agent.i18n import N_, _
 from allowhelp.protocol.control import Kind
 from allowhelp.protocol.text import plain_text
 
@@ -25,7 +26,8 @@ ToolName = Literal["zenity", "kdialog", "tk"]
 Answer = Literal["allow", "view", "deny"]
 Which = Callable[[str], str | None]
 
-ALLOW, VIEW_ONLY, DENY, END = "Allow help", "Allow view only", "Deny", "End session"
+# Button labels (English source; shown translated: ``label``).
+ALLOW, VIEW_ONLY, DENY, END = N_("Allow help"), N_("Allow view only"), N_("Deny"), N_("End session")
 TK_MODULE = "allowhelp.agent.frontends.tkwindow"
 
 
@@ -56,11 +58,13 @@ def plain(text: str) -> str:
 
 def prompt_title(organisation: str) -> str:
     # Starts with a fixed word: a hostile name can never look like an option.
-    return f"Help request from {plain_text(organisation, 100) or 'your help desk'}"
+    name = plain_text(organisation, 100) or _("your help desk")
+    return _("Help request from %(organisation)s") % {"organisation": name}
 
 
 def indicator_title(organisation: str) -> str:
-    return f"Help session active ({plain_text(organisation, 100) or 'help desk'})"
+    name = plain_text(organisation, 100) or _("help desk")
+    return _("Help session active (%(organisation)s)") % {"organisation": name}
 
 
 def has_tkinter() -> bool:
@@ -91,6 +95,7 @@ class Toolkit:
     def question(self, organisation: str, text: str, kind: Kind, timeout: int) -> Window:
         title = prompt_title(organisation)
         screen = kind == "screen"
+        allow, view_only, deny = _(ALLOW), _(VIEW_ONLY), _(DENY)
         if self.name == "zenity":
             argv = [
                 self.program,
@@ -99,22 +104,22 @@ class Toolkit:
                 "--default-cancel",
                 f"--title={title}",
                 f"--text={plain(text)}",
-                f"--ok-label={ALLOW}",
-                f"--cancel-label={DENY}",
+                f"--ok-label={allow}",
+                f"--cancel-label={deny}",
                 "--width=460",
                 f"--timeout={max(1, timeout)}",
             ]
             if screen:
-                argv.append(f"--extra-button={VIEW_ONLY}")
+                argv.append(f"--extra-button={view_only}")
             return Window(argv)
         if self.name == "kdialog":
             if screen:
-                box = ["--yesnocancel", qt_text(text), "--no-label", VIEW_ONLY]
-                box += ["--cancel-label", DENY]
+                box = ["--yesnocancel", qt_text(text), "--no-label", view_only]
+                box += ["--cancel-label", deny]
             else:
-                box = ["--yesno", qt_text(text), "--no-label", DENY]
-            return Window([self.program, "--title", title, *box, "--yes-label", ALLOW])
-        buttons = [["view", VIEW_ONLY], ["deny", DENY], ["allow", ALLOW]]
+                box = ["--yesno", qt_text(text), "--no-label", deny]
+            return Window([self.program, "--title", title, *box, "--yes-label", allow])
+        buttons = [["view", view_only], ["deny", deny], ["allow", allow]]
         return self._tk(title, text, buttons if screen else buttons[1:], "deny", timeout)
 
     def answer(self, kind: Kind, outcome: Outcome) -> Answer | None:
@@ -124,7 +129,7 @@ class Toolkit:
             if code == 0:
                 return "allow"
             if code == 1:  # Deny, Escape, or the extra button (which prints its label)
-                return "view" if out == VIEW_ONLY and kind == "screen" else "deny"
+                return "view" if out == _(VIEW_ONLY) and kind == "screen" else "deny"
             return None
         if self.name == "kdialog":
             codes: dict[int, Answer] = {0: "allow", 1: "view", 2: "deny"}
@@ -147,15 +152,15 @@ class Toolkit:
                     "--no-markup",
                     f"--title={title}",
                     f"--text={plain(text)}",
-                    f"--ok-label={END}",
+                    f"--ok-label={_(END)}",
                     "--width=420",
                 ]
             )
         if self.name == "kdialog":
             return Window(
-                [self.program, "--title", title, "--msgbox", qt_text(text), "--ok-label", END]
+                [self.program, "--title", title, "--msgbox", qt_text(text), "--ok-label", _(END)]
             )
-        return self._tk(title, text, [["end", END]], "", None)
+        return self._tk(title, text, [["end", _(END)]], "", None)
 
     def ends_session(self, outcome: Outcome) -> bool:
         """Did the user click "End session" (not merely close the window)?"""

@@ -2,12 +2,21 @@
 
 The user compares them with the prompt on their screen, so a prompt raised by
 someone else (another technician, a stolen key) is spotted. Short, unambiguous,
-easy to say words; 255 of them give 16.6 million phrases.
+easy to say words; 255 of them give 16.6 million phrases (23.98 bits).
+
+The words are in the PC user's language (the agent says it in its Hello):
+English, French, Dutch or German, each list of the same size, so a phrase is
+exactly as strong in every language; any other language gets English.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+
+from allowhelp.broker.model.wordlists import DUTCH, FRENCH, GERMAN
+
+PHRASE_WORDS = 3
 
 WORDS = tuple(
     """
@@ -23,7 +32,7 @@ WORDS = tuple(
     jasmine jelly jigsaw jungle kayak kettle kiwi ladder lagoon lantern lava lemon lily
     lizard lobster locket magnet mango maple marble meadow melon meteor mint mirror mitten
     monkey moose mosaic muffin museum needle nest noodle nutmeg oasis ocean olive onion
-    orange orbit orchid otter owl oyster paddle palace panda paper parrot peach pebble
+    orange orbit orchid otter owl oyster paddle palace panda paper parrot pecan pebble
     pelican pepper piano pickle pigeon pillow pilot pine planet plum pocket pony poppy
     potato pumpkin puzzle quartz quilt rabbit raccoon radar radish rainbow raven ribbon
     river robin rocket rose saddle salmon sandal satin school scooter seal shadow shell
@@ -35,5 +44,21 @@ WORDS = tuple(
 )
 
 
-def verification_phrase(words: int = 3) -> str:
-    return " ".join(secrets.choice(WORDS) for _ in range(words))
+WORD_LISTS: dict[str, tuple[str, ...]] = {"en": WORDS, "fr": FRENCH, "nl": DUTCH, "de": GERMAN}
+PHRASE_LANGUAGES = tuple(WORD_LISTS)
+
+
+def phrase_language(language: object) -> str:
+    """The list for what an agent said (anything unknown or malformed: English)."""
+    return language if isinstance(language, str) and language in WORD_LISTS else "en"
+
+
+def phrase_bits(language: str = "en", words: int = PHRASE_WORDS) -> float:
+    """The phrase's strength: log2 of the number of phrases."""
+    return words * math.log2(len(WORD_LISTS[phrase_language(language)]))
+
+
+def verification_phrase(words: int = PHRASE_WORDS, language: str = "en") -> str:
+    """``words`` words drawn uniformly (``secrets``) from the list of ``language``."""
+    chosen = WORD_LISTS[phrase_language(language)]
+    return " ".join(secrets.choice(chosen) for _ in range(words))

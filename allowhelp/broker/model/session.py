@@ -133,7 +133,9 @@ class Session:
         kind: Kind,
         reason: str,
         help_code: str = "",
+        language: str = "en",
     ) -> Session:
+        """``language``: the PC user's, from the agent's Hello; the phrase's words."""
         session_id = new_session_id()
         return cls(
             id=session_id,
@@ -143,7 +145,7 @@ class Session:
             technician_name=technician_name,
             kind=kind,
             reason=reason,
-            phrase=verification_phrase(),
+            phrase=verification_phrase(language=language),
             help_code=help_code,
         )
 

@@ -141,6 +141,7 @@ class SessionRegistry:
                 raise BadRequest("that help code is not from this machine", code="bad_help_code")
             help_code = format_code(normalise_code(help_code))
         typed_kind: Kind = kind  # narrowed by `kind not in KINDS` above
+        live = self._agents.get(agent_id)
         session = Session.new(
             agent_id=agent_id,
             hostname=agent.hostname,
@@ -149,6 +150,7 @@ class SessionRegistry:
             kind=typed_kind,
             reason=text,
             help_code=help_code,
+            language=live.language if live is not None else "en",  # the phrase's words
         )
         await self._audit.write(
             "session.requested",

@@ -24,6 +24,8 @@ class LiveAgent:
     # there now ("": nobody). A per-user agent's user is always there.
     system: bool = False
     user: str = ""
+    # The PC user's language (a verification phrase list's code; "en" otherwise).
+    language: str = "en"
 
     @property
     def nobody_signed_in(self) -> bool:

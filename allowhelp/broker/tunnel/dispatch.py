@@ -67,6 +67,7 @@ class Inventory:
         if live is not None:  # at once: a request that comes next must know who is there
             live.system = message.system
             live.user = plain_text(message.user, 64)
+            live.language = message.language  # unknown ones get English words (phrase.py)
         task = asyncio.create_task(self._store(agent_id, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

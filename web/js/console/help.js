@@ -4,6 +4,7 @@
 import { api } from "../lib/api.js";
 import { $, button, el, showEmpty, timeCell } from "../lib/dom.js";
 import { openRequest } from "./request.js";
+import { t } from "../lib/i18n.js";
 import { formatCode, state } from "./state.js";
 
 /** @typedef {import("./state.js").HelpRequest} HelpRequest */
@@ -33,7 +34,7 @@ export function updateHelpCount() {
   const badge = $("help-count");
   badge.hidden = count === 0;
   badge.textContent = String(count);
-  badge.setAttribute("aria-label", `${count} open`);
+  badge.setAttribute("aria-label", t("help.open_count", { count }));
 }
 
 export function renderHelp() {
@@ -57,8 +58,8 @@ function row(ticket) {
     timeCell(ticket.created),
     timeCell(ticket.expires),
     el("td", { cls: "actions" }, [
-      button("Shell…", () => openRequest(agent, "shell", code, reason), "small", { disabled: offline }),
-      button("Screen…", () => openRequest(agent, "screen", code, reason), "small", { disabled: offline }),
+      button(t("machines.shell"), () => openRequest(agent, "shell", code, reason), "small", { disabled: offline }),
+      button(t("machines.screen"), () => openRequest(agent, "screen", code, reason), "small", { disabled: offline }),
     ]),
   ]);
 }

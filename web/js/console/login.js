@@ -3,6 +3,7 @@
 
 import { ApiError, api, errorMessage, setCsrf } from "../lib/api.js";
 import { $, field } from "../lib/dom.js";
+import { t } from "../lib/i18n.js";
 
 /** @type {() => Promise<void>} */
 let onLoggedIn = async () => {};
@@ -46,7 +47,7 @@ function totpStep() {
 /** @param {string | null} seconds */
 function minutes(seconds) {
   const value = Math.max(1, Math.ceil(Number(seconds || 60) / 60));
-  return `${value} minute${value === 1 ? "" : "s"}`;
+  return t(value === 1 ? "login.minute" : "login.minutes", { count: value });
 }
 
 /** @param {SubmitEvent} event */
@@ -56,7 +57,7 @@ async function submit(event) {
   /** @type {{username: string, password: string, totp?: string}} */
   const body = { username: input("username").value.trim(), password: input("password").value };
   if (!body.username || !body.password) {
-    error.textContent = "Enter your user name and password.";
+    error.textContent = t("login.enter_both");
     return;
   }
   if (!$("login-totp-step").hidden) body.totp = input("totp").value.trim();
@@ -76,9 +77,9 @@ async function submit(event) {
     } else if (code === "invalid_totp") {
       input("totp").value = "";
       input("totp").focus();
-      error.textContent = "That code is wrong or was used already. Wait for the next one and try again.";
+      error.textContent = t("login.wrong_code");
     } else if (e instanceof ApiError && code === "throttled") {
-      error.textContent = `Too many failed attempts. Try again in ${minutes(e.retryAfter)}.`;
+      error.textContent = t("login.throttled", { wait: minutes(e.retryAfter) });
     } else {
       if (code === "invalid_credentials") {
         passwordStep();

@@ -4,6 +4,7 @@
 import { api, errorMessage } from "../lib/api.js";
 import { $, badge, button, confirmAction, el, showEmpty, timeCell, toast } from "../lib/dom.js";
 import { openRequest } from "./request.js";
+import { t } from "../lib/i18n.js";
 import { isAdmin, state } from "./state.js";
 
 /** @typedef {import("./state.js").Agent} Agent */
@@ -50,11 +51,10 @@ export function renderMachines() {
   const shown = all.filter((agent) => matches(agent, query, filter));
   $("machines-rows").replaceChildren(...shown.map(row));
   const online = all.filter((agent) => agent.online).length;
-  $("machines-summary").textContent =
-    `${all.length} machine${all.length === 1 ? "" : "s"} · ${online} online`;
-  const none = all.length === 0
-    ? "No machines yet. An admin adds them from Enrolment: a token, then one command on the PC."
-    : "No machine matches the search.";
+  $("machines-summary").textContent = t(all.length === 1 ? "machines.summary_one" : "machines.summary", {
+    count: all.length, online,
+  });
+  const none = all.length === 0 ? t("machines.none") : t("machines.no_match");
   showEmpty("machines-empty", shown.length === 0, none);
 }
 
@@ -62,7 +62,7 @@ export function renderMachines() {
 function row(agent) {
   const offline = !agent.online;
   return el("tr", { attrs: { "data-agent": agent.id }, cls: offline ? "dim" : "" }, [
-    el("td", {}, [badge(agent.online ? "Online" : "Offline", agent.online ? "ok" : "off")]),
+    el("td", {}, [badge(agent.online ? t("machines.online") : t("machines.offline"), agent.online ? "ok" : "off")]),
     el("td", {}, [
       el("div", { cls: "host", text: agent.hostname }),
       el("div", { cls: "sub mono", text: agent.id }),
@@ -70,21 +70,21 @@ function row(agent) {
     el("td", { text: signedIn(agent) }),
     el("td", { cls: "os", text: agent.os || "—" }),
     versionCell(agent),
-    agent.online ? el("td", { cls: "nowrap", text: "now" }) : timeCell(agent.last_seen, "never"),
+    agent.online ? el("td", { cls: "nowrap", text: t("time.now") }) : timeCell(agent.last_seen, t("time.never")),
     el("td", { cls: "actions" }, [
-      button("Shell…", () => openRequest(agent, "shell"), "small", {
-        disabled: offline, "aria-label": `Ask for a shell on ${agent.hostname}`,
+      button(t("machines.shell"), () => openRequest(agent, "shell"), "small", {
+        disabled: offline, "aria-label": t("machines.shell_label", { host: agent.hostname }),
       }),
-      button("Admin shell…", () => openRequest(agent, "admin-shell"), "small", {
+      button(t("machines.admin_shell"), () => openRequest(agent, "admin-shell"), "small", {
         disabled: offline || !agent.system || !agent.signed_in,
-        "aria-label": `Ask for an administrator (root) shell on ${agent.hostname}`,
+        "aria-label": t("machines.admin_shell_label", { host: agent.hostname }),
       }),
-      button("Screen…", () => openRequest(agent, "screen"), "small", {
-        disabled: offline, "aria-label": `Ask for the screen of ${agent.hostname}`,
+      button(t("machines.screen"), () => openRequest(agent, "screen"), "small", {
+        disabled: offline, "aria-label": t("machines.screen_label", { host: agent.hostname }),
       }),
       isAdmin()
-        ? button("Remove", () => remove(agent), "small ghost danger-text", {
-          "aria-label": `Remove ${agent.hostname}`,
+        ? button(t("machines.remove"), () => remove(agent), "small ghost danger-text", {
+          "aria-label": t("machines.remove_label", { host: agent.hostname }),
         })
         : null,
     ]),
@@ -115,7 +115,7 @@ function versionCell(agent) {
  * @param {Agent} agent
  */
 function signedIn(agent) {
-  if (agent.online && agent.system) return agent.signed_in || "nobody";
+  if (agent.online && agent.system) return agent.signed_in || t("machines.nobody");
   return agent.user || "—";
 }
 

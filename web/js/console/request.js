@@ -4,6 +4,7 @@
 import { api, errorMessage } from "../lib/api.js";
 import { $, field } from "../lib/dom.js";
 import { sessionPage } from "../lib/session-states.js";
+import { t } from "../lib/i18n.js";
 import { state } from "./state.js";
 
 /** @typedef {import("../lib/session-states.js").Session} Session */
@@ -45,8 +46,9 @@ export function openRequest(agent, kind = "shell", helpCode = "", reason = "") {
   form.hidden = false;
   $("request-sent").hidden = true;
   $("request-error").textContent = "";
-  $("request-title").textContent = `Ask for help access to ${agent.hostname}`;
-  $("request-about").textContent = [agent.user && `user ${agent.user}`, agent.os].filter(Boolean).join(" · ");
+  $("request-title").textContent = t("request.title_host", { host: agent.hostname });
+  $("request-about").textContent = [agent.user && t("request.user", { user: agent.user }), agent.os]
+    .filter(Boolean).join(" · ");
   kindRadios().value = kind;
   field(form, "help_code").value = helpCode;
   field(form, "reason").value = reason;
@@ -61,7 +63,7 @@ async function send(event) {
   const form = $("request-form", HTMLFormElement);
   const reason = field(form, "reason").value.trim();
   if (!reason) {
-    $("request-error").textContent = "Say why: the person at the PC reads it before deciding.";
+    $("request-error").textContent = t("request.say_why");
     field(form, "reason").focus();
     return;
   }

@@ -4,6 +4,7 @@
 import { api, errorMessage } from "../lib/api.js";
 import { $, badge, button, confirmAction, el, showEmpty, timeCell, toast } from "../lib/dom.js";
 import { kindLabel, reasonWords, sessionPage, stateWords } from "../lib/session-states.js";
+import { t } from "../lib/i18n.js";
 import { isAdmin, state } from "./state.js";
 
 /** @typedef {import("../lib/session-states.js").Session} Session */
@@ -27,11 +28,9 @@ export function sessionChanged(session) {
 
 export function renderSessions() {
   const admin = isAdmin();
-  $("sessions-title").textContent = admin ? "Sessions" : "My sessions";
-  $("nav-sessions").textContent = admin ? "Sessions" : "My sessions";
-  $("sessions-note").textContent = admin
-    ? "Every technician's requests and sessions. They update as people answer."
-    : "Requests you sent and sessions you ran. They update as people answer.";
+  $("sessions-title").textContent = admin ? t("nav.sessions") : t("sessions.title_mine");
+  $("nav-sessions").textContent = admin ? t("nav.sessions") : t("nav.my_sessions");
+  $("sessions-note").textContent = admin ? t("sessions.note_all") : t("sessions.note_mine");
   document.body.classList.toggle("is-admin", admin);
   const rows = [...state.sessions.values()].sort((a, b) => b.created - a.created);
   $("sessions-rows").replaceChildren(...rows.map(row));
@@ -55,11 +54,11 @@ function row(session) {
     el("td", { cls: "actions" }, [
       live && mine
         ? el("a", {
-          cls: "button small", text: "Open",
+          cls: "button small", text: t("sessions.open"),
           attrs: { href: sessionPage(session) },
         })
         : null,
-      live ? button("End", () => end(session), "small ghost danger-text") : null,
+      live ? button(t("sessions.end"), () => end(session), "small ghost danger-text") : null,
     ]),
   ]);
 }
@@ -67,9 +66,9 @@ function row(session) {
 /** @param {Session} session */
 async function end(session) {
   const sure = await confirmAction(
-    `End the session on ${session.hostname || session.agent_id}?`,
-    "The connection closes at once for you and for the person at the PC.",
-    "End session",
+    t("sessions.end_title", { host: session.hostname || session.agent_id }),
+    t("sessions.end_text"),
+    t("sessions.end_session"),
   );
   if (!sure) return;
   try {

@@ -1,6 +1,7 @@
 // @ts-check
 // Enrolment tokens (admins): create one and copy its command, list, revoke.
 
+import { t } from "../lib/i18n.js";
 import { api, errorMessage } from "../lib/api.js";
 import { $, badge, button, confirmAction, el, field, showEmpty, timeCell, toast } from "../lib/dom.js";
 
@@ -38,13 +39,13 @@ export function renderTokens() {
 function row(token) {
   return el("tr", { cls: token.state === "active" ? "" : "dim" }, [
     el("td", { cls: "mono", text: token.id }),
-    el("td", {}, [badge(token.state, TONES[token.state])]),
+    el("td", {}, [badge(Object.hasOwn(TONES, token.state) ? t(`tokens.state_${token.state}`) : token.state, TONES[token.state])]),
     el("td", { text: token.uses_left }),
     timeCell(token.expires),
     el("td", { cls: "mono small", text: token.created_by }),
     timeCell(token.created),
     el("td", { cls: "actions" }, [
-      token.state === "active" ? button("Revoke", () => revoke(token), "small ghost danger-text") : null,
+      token.state === "active" ? button(t("tokens.revoke"), () => revoke(token), "small ghost danger-text") : null,
     ]),
   ]);
 }
@@ -73,21 +74,21 @@ async function create(event) {
 async function copy() {
   try {
     await navigator.clipboard.writeText($("token-command").textContent || "");
-    $("token-copied").textContent = "Copied.";
+    $("token-copied").textContent = t("tokens.copied");
   } catch {
     const range = document.createRange();
     range.selectNodeContents($("token-command"));
     const selection = window.getSelection();
     selection?.removeAllRanges();
     selection?.addRange(range);
-    $("token-copied").textContent = "Selected: press Ctrl+C to copy.";
+    $("token-copied").textContent = t("tokens.selected");
   }
 }
 
 /** @param {Token} token */
 async function revoke(token) {
-  const sure = await confirmAction(`Revoke token ${token.id}?`,
-    "PCs that have not enrolled with it yet will be refused. Machines already enrolled stay.", "Revoke");
+  const sure = await confirmAction(t("tokens.revoke_title", { token: token.id }),
+    t("tokens.revoke_text"), t("tokens.revoke"));
   if (!sure) return;
   try {
     await api("POST", `/api/v1/tokens/${encodeURIComponent(token.id)}/revoke`);

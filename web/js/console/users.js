@@ -1,6 +1,7 @@
 // @ts-check
 // Users (admins): add, disable, change role, reset TOTP; the TOTP-for-all policy.
 
+import { t } from "../lib/i18n.js";
 import { api, errorMessage } from "../lib/api.js";
 import { $, badge, button, confirmAction, el, toast } from "../lib/dom.js";
 import { state } from "./state.js";
@@ -41,15 +42,16 @@ function row(user) {
   return el("tr", { cls: user.disabled ? "dim" : "" }, [
     el("td", { cls: "host", text: user.username }),
     el("td", { text: user.full_name }),
-    el("td", {}, [badge(user.role === "admin" ? "Admin" : "Technician", user.role === "admin" ? "accent" : "")]),
-    el("td", {}, [badge(user.totp ? "On" : "Not set up", user.totp ? "ok" : "off")]),
-    el("td", {}, [badge(user.disabled ? "Disabled" : "Active", user.disabled ? "bad" : "ok")]),
-    el("td", { cls: "actions" }, self ? [el("span", { cls: "muted small", text: "you" })] : [
-      button(user.disabled ? "Enable" : "Disable", () => change(user, { disabled: !user.disabled },
-        user.disabled ? null : `Disable ${user.username}?`,
-        "They are logged out at once and cannot log in until enabled again."), "small ghost"),
-      button(`Make ${other}`, () => change(user, { role: other }, null, ""), "small ghost"),
-      user.totp ? button("Reset TOTP", () => resetTotp(user), "small ghost danger-text") : null,
+    el("td", {}, [badge(user.role === "admin" ? t("users.admin") : t("users.technician"), user.role === "admin" ? "accent" : "")]),
+    el("td", {}, [badge(user.totp ? t("users.totp_on") : t("users.totp_off"), user.totp ? "ok" : "off")]),
+    el("td", {}, [badge(user.disabled ? t("users.disabled") : t("users.active"), user.disabled ? "bad" : "ok")]),
+    el("td", { cls: "actions" }, self ? [el("span", { cls: "muted small", text: t("users.you") })] : [
+      button(user.disabled ? t("users.enable") : t("users.disable"), () => change(user, { disabled: !user.disabled },
+        user.disabled ? null : t("users.disable_title", { user: user.username }),
+        t("users.disable_text")), "small ghost"),
+      button(other === "admin" ? t("users.make_admin") : t("users.make_technician"),
+        () => change(user, { role: other }, null, ""), "small ghost"),
+      user.totp ? button(t("users.reset_totp"), () => resetTotp(user), "small ghost danger-text") : null,
     ]),
   ]);
 }
@@ -61,7 +63,7 @@ function row(user) {
  * @param {string} detail
  */
 async function change(user, body, question, detail) {
-  if (question && !(await confirmAction(question, detail, "Disable"))) return;
+  if (question && !(await confirmAction(question, detail, t("users.disable")))) return;
   try {
     /** @type {User} */
     const updated = await api("PATCH", `/api/v1/users/${encodeURIComponent(user.username)}`, body);
@@ -75,14 +77,14 @@ async function change(user, body, question, detail) {
 /** @param {User} user */
 async function resetTotp(user) {
   const sure = await confirmAction(
-    `Reset two-factor login for ${user.username}?`,
-    "Their authenticator app and recovery codes stop working. They set it up again at their next login.",
-    "Reset",
+    t("users.reset_title", { user: user.username }),
+    t("users.reset_text"),
+    t("users.reset"),
   );
   if (!sure) return;
   try {
     await api("POST", `/api/v1/users/${encodeURIComponent(user.username)}/reset-totp`);
-    toast(`Two-factor login of ${user.username} was reset.`);
+    toast(t("users.reset_done", { user: user.username }));
     await loadUsers();
   } catch (error) {
     toast(errorMessage(error), "error");
@@ -102,7 +104,7 @@ async function create(event) {
     users = [...users, made].sort((a, b) => a.username.localeCompare(b.username));
     renderUsers();
     form.reset();
-    toast(`${made.username} was added.`);
+    toast(t("users.added", { user: made.username }));
   } catch (e) {
     error.textContent = errorMessage(e);
   }
@@ -114,7 +116,7 @@ async function setPolicy() {
   try {
     const policy = await api("PUT", "/api/v1/policy", { require_totp: wanted });
     box.checked = policy.require_totp;
-    toast(wanted ? "Two-factor login is now required for everyone." : "Two-factor login is now optional.");
+    toast(wanted ? t("users.totp_required") : t("users.totp_optional"));
   } catch (error) {
     box.checked = !wanted;
     toast(errorMessage(error), "error");

@@ -3,6 +3,8 @@
 // redirected, the CSRF header on every state change, and one error type with
 // the broker's error code and message (its JSON errors are {error, message}).
 
+import { known, t } from "./i18n.js";
+
 const CSRF_KEY = "csrf";
 // The console sets it at login and from GET /api/v1/me; the session pages of
 // the same tab find it in sessionStorage, and a page opened in a new tab asks
@@ -64,13 +66,13 @@ async function send(method, path, body) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch {
-    throw new ApiError(0, "network", "The broker cannot be reached. Check the connection and try again.");
+    throw new ApiError(0, "network", t("error.network"));
   }
   if (!response.ok) {
     const data = await response.json().catch(() => null);
     const code = (data && typeof data.error === "string" && data.error) || "http";
     const message = (data && typeof data.message === "string" && data.message)
-      || `The broker answered ${response.status}.`;
+      || t("error.http", { status: response.status });
     throw new ApiError(response.status, code, message, response.headers.get("retry-after"));
   }
   return response;
@@ -102,5 +104,6 @@ export async function apiText(path) {
  * @param {unknown} error
  */
 export function errorMessage(error) {
+  if (error instanceof ApiError) return known(`error.${error.code}`) || error.message;
   return error instanceof Error ? error.message : String(error);
 }

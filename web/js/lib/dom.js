@@ -3,6 +3,8 @@
 // (agents report their own host name, user and OS; a PC names its desktop): it
 // only ever reaches the page as text nodes or textContent, never parsed as markup.
 
+import { locale, t } from "./i18n.js";
+
 /**
  * The element with this id. `type` checks what it is (and tells the type checker).
  * @template {HTMLElement} [T=HTMLElement]
@@ -83,8 +85,9 @@ export function button(label, onClick, cls = "", attrs = {}) {
   return el("button", { cls, text: label, attrs: { type: "button", ...attrs }, on: { click: onClick } });
 }
 
-const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
-const absolute = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+// Dates and times in the console's language, as the browser's locale writes them.
+const relative = new Intl.RelativeTimeFormat(locale, { numeric: "auto" });
+const absolute = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeStyle: "short" });
 
 /** @param {number | null | undefined} seconds */
 export function fullTime(seconds) {
@@ -93,10 +96,10 @@ export function fullTime(seconds) {
 
 /** @param {number | null | undefined} seconds */
 export function ago(seconds) {
-  if (!seconds) return "never";
+  if (!seconds) return t("time.never");
   const delta = seconds - Date.now() / 1000;
   const size = Math.abs(delta);
-  if (size < 45) return delta < 0 ? "just now" : "in a moment";
+  if (size < 45) return delta < 0 ? t("time.just_now") : t("time.in_a_moment");
   if (size < 3600) return relative.format(Math.round(delta / 60), "minute");
   if (size < 86400) return relative.format(Math.round(delta / 3600), "hour");
   if (size < 86400 * 30) return relative.format(Math.round(delta / 86400), "day");

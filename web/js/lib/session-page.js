@@ -7,6 +7,7 @@
 import { api, errorMessage } from "./api.js";
 import { $, plain } from "./dom.js";
 import { EventFeed } from "./events.js";
+import { t, translatePage } from "./i18n.js";
 import { outcome, stateWords } from "./session-states.js";
 
 /** @typedef {import("./session-states.js").Session} Session */
@@ -38,6 +39,7 @@ export function socketUrl(channel, query = "") {
  * @param {SessionView} view
  */
 export function runSessionPage(view) {
+  translatePage();
   /** @type {Session | null} */
   let current = null;
   const feed = new EventFeed({
@@ -48,7 +50,7 @@ export function runSessionPage(view) {
       if (state === "live" || state === "resumed") refresh();
       if (state === "signed_out") {
         $("notice").hidden = false;
-        $("message").textContent = "You are signed out. Sign in on the console, then open the session again.";
+        $("message").textContent = t("page.signed_out");
       }
     },
   });

@@ -7,6 +7,7 @@
 //                      └─▶ expired  (no answer in time)
 
 import { plain } from "./dom.js";
+import { t } from "./i18n.js";
 
 /** @typedef {"requested" | "awaiting_consent" | "active" | "ended" | "denied" | "expired"} SessionState */
 /** @typedef {"shell" | "admin-shell" | "screen"} SessionKind */
@@ -43,19 +44,17 @@ import { plain } from "./dom.js";
 const FINAL = 3;
 /** @type {Record<SessionState, Omit<StateWords, "live" | "over">>} */
 const STATES = {
-  requested: { step: 0, label: "Requested", tone: "wait", status: "requested", news: "" },
+  requested: { step: 0, label: "state.requested", tone: "wait", status: "status.requested", news: "" },
   awaiting_consent: {
-    step: 1, label: "Waiting for consent", tone: "wait", status: "waiting for the user to allow", news: "",
+    step: 1, label: "state.awaiting_consent", tone: "wait", status: "status.awaiting_consent", news: "",
   },
-  active: { step: 2, label: "Active", tone: "ok", status: "active", news: "the user allowed your request." },
-  ended: { step: FINAL, label: "Ended", tone: "off", status: "ended", news: "" },
+  active: { step: 2, label: "state.active", tone: "ok", status: "status.active", news: "news.active" },
+  ended: { step: FINAL, label: "state.ended", tone: "off", status: "status.ended", news: "" },
   denied: {
-    step: FINAL, label: "Denied", tone: "bad", status: "denied by the user",
-    news: "the user declined your request.",
+    step: FINAL, label: "state.denied", tone: "bad", status: "status.denied", news: "news.denied",
   },
   expired: {
-    step: FINAL, label: "No answer", tone: "off", status: "no answer: expired",
-    news: "no answer, the request expired.",
+    step: FINAL, label: "state.expired", tone: "off", status: "status.expired", news: "news.expired",
   },
 };
 
@@ -66,7 +65,9 @@ const STATES = {
  */
 export function stateWords(state) {
   const known = Object.hasOwn(STATES, state) ? STATES[/** @type {SessionState} */ (state)] : null;
-  const words = known || { step: -1, label: plain(state, 40), tone: "off", status: plain(state, 40), news: "" };
+  const words = known
+    ? { ...known, label: t(known.label), status: t(known.status), news: known.news && t(known.news) }
+    : { step: -1, label: plain(state, 40), tone: "off", status: plain(state, 40), news: "" };
   return { ...words, live: words.step >= 0 && words.step < FINAL, over: words.step === FINAL };
 }
 
@@ -74,16 +75,16 @@ export function stateWords(state) {
 
 /** @type {Record<EndReason, ReasonWords>} */
 const END_REASONS = {
-  technician: { label: "by technician", cause: "technician" },
-  user: { label: "by the user", cause: "user" },
-  shell_exited: { label: "shell exited", cause: "shell exited" },
-  agent_lost: { label: "PC went offline", cause: "agent lost" },
-  broker_restart: { label: "broker restarted", cause: "broker restart" },
-  error: { label: "error", cause: "error" },
-  expired: { label: "no answer", cause: "expired" },
-  nobody_signed_in: { label: "nobody signed in", cause: "nobody signed in" },
-  unsupported: { label: "not offered by this PC", cause: "not offered by this PC" },
-  signed_out: { label: "user signed out", cause: "user signed out" },
+  technician: { label: "end.technician", cause: "cause.technician" },
+  user: { label: "end.user", cause: "cause.user" },
+  shell_exited: { label: "end.shell_exited", cause: "end.shell_exited" },
+  agent_lost: { label: "end.agent_lost", cause: "cause.agent_lost" },
+  broker_restart: { label: "end.broker_restart", cause: "cause.broker_restart" },
+  error: { label: "end.error", cause: "end.error" },
+  expired: { label: "end.expired", cause: "cause.expired" },
+  nobody_signed_in: { label: "end.nobody_signed_in", cause: "end.nobody_signed_in" },
+  unsupported: { label: "end.unsupported", cause: "end.unsupported" },
+  signed_out: { label: "end.signed_out", cause: "end.signed_out" },
 };
 
 /**
@@ -91,7 +92,10 @@ const END_REASONS = {
  * @returns {ReasonWords}
  */
 export function reasonWords(reason) {
-  if (Object.hasOwn(END_REASONS, reason)) return END_REASONS[/** @type {EndReason} */ (reason)];
+  if (Object.hasOwn(END_REASONS, reason)) {
+    const { label, cause } = END_REASONS[/** @type {EndReason} */ (reason)];
+    return { label: t(label), cause: t(cause) };
+  }
   const text = plain(reason, 40).replaceAll("_", " ");
   return { label: text, cause: text };
 }
@@ -101,23 +105,23 @@ export function reasonWords(reason) {
  * @param {Session} session
  */
 export function outcome(session) {
-  if (session.state === "denied") return "The user denied the request.";
-  if (session.state === "expired") return "The user did not answer in time; the request expired.";
-  const cause = session.end_reason ? ` (${reasonWords(session.end_reason).cause})` : "";
-  return `The session has ended${cause}.`;
+  if (session.state === "denied") return t("outcome.denied");
+  if (session.state === "expired") return t("outcome.expired");
+  if (!session.end_reason) return t("outcome.ended");
+  return t("outcome.ended_because", { cause: reasonWords(session.end_reason).cause });
 }
 
 /** @type {Record<SessionKind, {label: string, page: string}>} */
 const KINDS = {
-  shell: { label: "Shell", page: "/terminal.html" },
-  "admin-shell": { label: "Admin shell (root)", page: "/terminal.html" },
-  screen: { label: "Screen", page: "/screen.html" },
+  shell: { label: "kind.shell", page: "/terminal.html" },
+  "admin-shell": { label: "kind.admin_shell", page: "/terminal.html" },
+  screen: { label: "kind.screen", page: "/screen.html" },
 };
 
 /** @param {Session} session "Shell", "Screen" or "Screen (view only)" */
 export function kindLabel(session) {
   const { label } = KINDS[session.kind] || KINDS.shell;
-  return session.kind === "screen" && session.view_only ? `${label} (view only)` : label;
+  return session.kind === "screen" && session.view_only ? t("kind.screen_view_only") : t(label);
 }
 
 /** @param {Session} session the page that shows it */

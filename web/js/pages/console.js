@@ -7,6 +7,7 @@
 import { ApiError, api, errorMessage, setCsrf } from "../lib/api.js";
 import { $, toast } from "../lib/dom.js";
 import { EventFeed } from "../lib/events.js";
+import { languagePicker, t, translatePage } from "../lib/i18n.js";
 import { stateWords } from "../lib/session-states.js";
 import { loadAccount, setupAccount } from "../console/account.js";
 import { loadAudit, renderAudit, setupAudit } from "../console/audit.js";
@@ -31,8 +32,8 @@ const VIEWS = {
   account: { load: loadAccount, render: () => {} },
 };
 const SECTIONS = ["login", ...Object.keys(VIEWS)];
-const LIVE_TEXT = { live: "Live", resumed: "Live", reconnecting: "Reconnecting…", off: "Offline" };
-const SIGNED_OUT = "Your session ended. Sign in again.";
+const LIVE_TEXT = { live: "live.live", resumed: "live.live", reconnecting: "live.reconnecting", off: "live.off" };
+const SIGNED_OUT = t("console.signed_out");
 
 const feed = new EventFeed({ onEvent, onState: liveState });
 
@@ -82,10 +83,10 @@ async function enter() {
   const me = await api("GET", "/api/v1/me");
   state.me = me;
   setCsrf(me.csrf_token);
-  $("who").textContent = `${me.full_name} · ${me.role}`;
+  $("who").textContent = `${me.full_name} · ${me.role === "admin" ? t("role.admin") : t("role.technician")}`;
   for (const link of links(".nav a[data-admin]")) link.hidden = me.role !== "admin";
   document.body.classList.toggle("is-admin", me.role === "admin");
-  $("nav-sessions").textContent = me.role === "admin" ? "Sessions" : "My sessions";
+  $("nav-sessions").textContent = me.role === "admin" ? t("nav.sessions") : t("nav.my_sessions");
   for (const link of links(".nav a")) {
     link.toggleAttribute("inert", Boolean(me.must_enrol_totp) && link.dataset.view !== "account");
   }
@@ -112,7 +113,7 @@ function leave(message = "") {
 function liveState(which) {
   if (which === "signed_out") return leave(SIGNED_OUT); // which stops the feed: "off"
   $("live").dataset.state = which === "resumed" ? "live" : which;
-  $("live-text").textContent = LIVE_TEXT[which];
+  $("live-text").textContent = t(LIVE_TEXT[which]);
   if (which === "resumed") {
     // Catch up with what happened while the feed was down.
     Promise.all([loadMachines(), loadHelp(), loadSessions()])
@@ -140,7 +141,7 @@ function onEvent(event) {
     helpChanged(ticket);
     updateHelpCount();
     rerender("help");
-    if (ticket.hostname && !ticket.session_id) toast(`New help request from ${ticket.hostname}.`);
+    if (ticket.hostname && !ticket.session_id) toast(t("console.new_help", { host: ticket.hostname }));
   }
 }
 
@@ -161,6 +162,9 @@ async function logout() {
 }
 
 async function start() {
+  translatePage();
+  languagePicker($("language", HTMLSelectElement));
+  languagePicker($("login-language", HTMLSelectElement));
   setupLogin(enter);
   setupMachines();
   setupRequest(() => rerender("sessions"));

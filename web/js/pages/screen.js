@@ -5,6 +5,7 @@
 // included: the PC is hostile input.
 import RFB from "/node_modules/@novnc/novnc/core/rfb.js";
 import { $, plain } from "../lib/dom.js";
+import { t } from "../lib/i18n.js";
 import { runSessionPage, socketUrl } from "../lib/session-page.js";
 
 /** @type {RFB | null} */
@@ -59,7 +60,7 @@ function openScreen(viewOnly) {
     $("clipboard").hidden = true;
     $("screen").hidden = true;
     $("notice").hidden = false;
-    $("message").textContent = failure() || "The screen connection closed.";
+    $("message").textContent = failure() || t("page.screen_closed");
     page.refresh();
   });
   screen.addEventListener("desktopname", (event) => {

@@ -1,0 +1,212 @@
+"""The console in the technician's language, in Debian's Chromium (Playwright).
+
+A browser that asks for French (``Accept-Language: fr-BE``) gets the French
+console; a request to a PC whose user reads French shows French words in the
+console, the same the agent holds; a choice of Dutch in the picker is kept
+over the browser's languages; English when the browser asks for nothing we
+speak. Dates are written the browser's regional way. The API and the audit
+log answer in their one machine-readable form whatever the language.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from allowhelp.broker.model.phrase import WORD_LISTS
+from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from harness import ADMIN, ADMIN_PW, PY, TECH, TECH_PW, Agent, Broker, running_fleet
+
+pytestmark = pytest.mark.browser
+
+LOCALE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+FRENCH_MONTHS = r"(janv|févr|mars|avr|mai|juin|juil|août|sept|oct|nov|déc)"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
+    env = {k: v for k, v in os.environ.items() if k not in LOCALE_VARIABLES}
+    env["LANG"] = "fr_BE.UTF-8"
+    with running_fleet(
+        tmp_path_factory.mktemp("console-language"),
+        agent_args=("--reconnect-cap", "2", "--prompt", "none"),
+        agent_env=env,
+    ) as (_, broker, agent):
+        yield broker, agent
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    (ARTIFACTS / "console").mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def sign_in(browser: Browser, broker: Broker, locale: str) -> Page:
+    context = browser.new_context(ignore_https_errors=True, locale=locale)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
+    page.goto(broker.url + "/")
+    page.fill("#login-form input[name=username]", TECH)
+    page.fill("#login-form input[name=password]", TECH_PW)
+    page.click("#login-submit")
+    expect(page.locator("#view-machines")).to_be_visible()
+    assert not errors, errors
+    return page
+
+
+def test_accept_language_fr_gives_the_french_console_and_the_users_words(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    broker, agent = fleet
+    page = sign_in(browser, broker, "fr-BE")
+    try:
+        assert page.evaluate("navigator.languages[0]") == "fr-BE"
+        assert page.locator("html").get_attribute("lang") == "fr"
+        expect(page.locator("#nav-sessions")).to_have_text("Mes sessions")
+        expect(page.locator("#who")).to_have_text(re.compile(r" · technicien$"))
+        expect(page.locator(".nav a[data-view=help] span[data-i18n]")).to_have_text(
+            "Demandes d'aide"
+        )
+        expect(page.locator("#machines-summary")).to_have_text("1 machine · 1 en ligne")
+        row = page.locator(f"tr[data-agent='{agent.agent_id}']")
+        expect(row.locator(".badge").first).to_have_text("En ligne")
+        row.get_by_role("button", name=re.compile("Demander un terminal sur")).click()
+        expect(page.locator("#request-title")).to_contain_text("Demander un accès d'aide à")
+        page.fill("#request-form textarea[name=reason]", "Imprimante bloquée")
+        page.click("#request-send")
+        expect(page.locator("#request-sent h2")).to_have_text("Demande envoyée")
+        expect(page.locator("#sent-phrase")).to_have_text(re.compile(r"^[a-z]+ [a-z]+ [a-z]+$"))
+        phrase = page.locator("#sent-phrase").inner_text()
+        words = phrase.split()
+        assert len(words) == 3 and all(w in WORD_LISTS["fr"] for w in words), phrase
+        # the agent holds the same words (its user reads them on the prompt)
+        pending = json.loads(
+            subprocess.run(
+                [PY, "-m", "allowhelp.agent.cli", "pending", "--json", "--config",
+                 str(agent.config)],
+                capture_output=True, text=True, timeout=60, check=True,
+            ).stdout
+        )  # fmt: skip
+        assert [p["phrase"] for p in pending] == [phrase]
+        page.screenshot(path=str(ARTIFACTS / "console" / "request-sent-fr.png"))
+        page.keyboard.press("Escape")
+        page.goto(broker.url + "/#sessions")
+        session_row = page.locator("#sessions-rows tr").first
+        expect(session_row.locator(".badge")).to_have_text("En attente d'accord")
+        expect(session_row.locator(".phrase-cell")).to_have_text(phrase)
+        asked = session_row.locator("td.nowrap").first
+        expect(asked).to_have_text("à l'instant")
+        title = asked.get_attribute("title") or ""
+        assert re.search(FRENCH_MONTHS, title), title  # "6 déc. 2026, 12:31"
+        page.screenshot(path=str(ARTIFACTS / "console" / "sessions-fr.png"))
+    finally:
+        page.context.close()
+
+
+def test_the_technicians_choice_is_kept_over_the_browsers_languages(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    page = sign_in(browser, fleet[0], "fr-BE")
+    try:
+        page.select_option("#language", "nl")
+        expect(page.locator("#nav-sessions")).to_have_text("Mijn sessies")
+        assert page.locator("html").get_attribute("lang") == "nl"
+        page.reload()
+        expect(page.locator(".nav a[data-view=machines]")).to_have_text("Machines")
+        expect(page.locator("#machines-summary")).to_have_text("1 machine · 1 online")
+        expect(page.locator("#nav-sessions")).to_have_text("Mijn sessies")
+    finally:
+        page.context.close()
+
+
+def test_a_language_we_do_not_speak_gets_english(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    page = sign_in(browser, fleet[0], "es-ES")
+    try:
+        assert page.locator("html").get_attribute("lang") == "en"
+        expect(page.locator("#nav-sessions")).to_have_text("My sessions")
+        expect(page.locator("#machines-summary")).to_have_text("1 machine · 1 online")
+    finally:
+        page.context.close()
+
+
+def test_the_audit_api_stays_machine_readable_in_any_language(
+    fleet: tuple[Broker, Agent],
+) -> None:
+    broker = fleet[0]
+    answers = []
+    for language in ("fr-BE,fr;q=0.9", "nl", "en"):
+        with broker.sync_client() as client:
+            client.headers["Accept-Language"] = language
+            login = client.post("/api/v1/login", json={"username": ADMIN, "password": ADMIN_PW})
+            assert login.status_code == 200, login.text
+            answer = client.get("/api/v1/audit")
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json())
+    records = [r for r in answers[0] if r["type"] == "session.requested"]
+    assert records and all(re.fullmatch(r"[a-z_]+\.[a-z_.]+", r["type"]) for r in records)
+    for record in records:
+        datetime.fromisoformat(record["ts"])  # an ISO time, never a local format
+    # the same records, word for word, whatever language was asked (each login adds one)
+    assert answers[1][: len(answers[0])] == answers[0] == answers[2][: len(answers[0])]
+
+
+def test_the_brokers_refusals_are_said_in_french_from_their_codes(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    context = browser.new_context(ignore_https_errors=True, locale="fr-BE")
+    page = context.new_page()
+    try:
+        page.goto(fleet[0].url + "/")
+        expect(page.locator("#login-title")).to_have_text("Console du service d'assistance")
+        page.click("#login-submit")
+        expect(page.locator("#login-error")).to_have_text(
+            "Saisissez votre nom d'utilisateur et votre mot de passe."
+        )
+        page.fill("#login-form input[name=username]", TECH)
+        page.fill("#login-form input[name=password]", "not the password at all")
+        page.click("#login-submit")  # the API says invalid_credentials, in English
+        expect(page.locator("#login-error")).to_have_text(
+            "Nom d'utilisateur ou mot de passe incorrect."
+        )
+    finally:
+        context.close()
+
+
+def test_an_admin_manages_users_and_tokens_in_dutch(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    context = browser.new_context(ignore_https_errors=True, locale="nl-BE")
+    page = context.new_page()
+    try:
+        page.goto(fleet[0].url + "/")
+        page.fill("#login-form input[name=username]", ADMIN)
+        page.fill("#login-form input[name=password]", ADMIN_PW)
+        page.click("#login-submit")
+        expect(page.locator("#who")).to_have_text(re.compile(r" · beheerder$"))
+        page.goto(fleet[0].url + "/#users")
+        expect(page.locator("#user-form h2")).to_have_text("Een gebruiker toevoegen")
+        tech = page.locator("#users-rows tr", has_text=TECH)
+        expect(tech.locator(".badge").first).to_have_text("Technicus")
+        expect(tech.get_by_role("button", name="Beheerder maken")).to_be_visible()
+        page.goto(fleet[0].url + "/#tokens")
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#token-created h2 span[data-i18n]")).to_have_text("Nieuw token")
+        expect(page.locator("#tokens-rows .badge").first).to_have_text("actief")
+        page.screenshot(path=str(ARTIFACTS / "console" / "tokens-nl.png"))
+    finally:
+        context.close()
