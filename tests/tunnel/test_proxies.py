@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -147,7 +148,9 @@ async def test_a_wrong_proxy_password_is_said_plainly_and_backed_off(tmp_path: P
 
 
 async def test_behind_nginx_with_the_tunnel_off(tmp_path: Path) -> None:
-    nginx = Nginx(tmp_path / "nginx", listen="127.0.0.1", bind="127.0.0.3", idle=60)
+    # nginx drops a connection that carries nothing for 25 s (proxy_read_timeout):
+    # an idle agent's tunnel must never be that quiet (SSH keepalives, WebSocket pings).
+    nginx = Nginx(tmp_path / "nginx", listen="127.0.0.1", bind="127.0.0.3", idle=25)
     nginx.root.mkdir()
     public = f"https://localhost:{nginx.port}"
     args = ("--public-url", public, "--trusted-proxy", "127.0.0.3/32")
@@ -200,5 +203,49 @@ async def test_behind_nginx_with_the_tunnel_off(tmp_path: Path) -> None:
             }
             assert remotes[ADMIN] == "127.0.0.5", remotes
             assert remotes[TECH] == "127.0.0.1", remotes
+
+            # Idle for longer than nginx's timeout: the same tunnel is still up.
+            connects = agent.log.read_text().count("connected to the broker")
+            time.sleep(40)  # a span with nothing to await: the fact is that nothing happens
+            assert online(broker, agent.agent_id)
+            said = agent.log.read_text()
+            assert said.count("connected to the broker") == connects, said
+            assert "tunnel closed" not in said, said
         finally:
             nginx.stop()
+
+
+async def test_a_proxy_that_stalls_is_given_up_on_and_named(tmp_path: Path) -> None:
+    """A proxy that takes the connection and never answers: one line naming it
+    after 15 s, then the backoff; no secret in the log."""
+    with staffed_broker(tmp_path) as fleet, socket.socket() as staller:
+        broker = fleet.brokers[0]
+        staller.bind(("127.0.0.1", 0))
+        staller.listen(16)  # the kernel completes the handshakes; nobody ever answers
+        stalling = f"http://{USER}:{PASSWORD}@127.0.0.1:{staller.getsockname()[1]}"
+        agent = fleet.agent()
+        enrolled = run_cli(
+            "allowhelp.agent.cli", "enroll", broker.token(), "--config", str(agent.config),
+            "--proxy", stalling, env=no_proxy_env(),
+        )  # fmt: skip
+        assert enrolled.returncode != 0
+        assert PASSWORD not in enrolled.stderr and "timed out" in enrolled.stderr
+        enrolled = run_cli(
+            "allowhelp.agent.cli", "enroll", broker.token(), "--config", str(agent.config),
+            "--proxy", "direct", env=no_proxy_env(),
+        )  # fmt: skip
+        assert enrolled.returncode == 0, enrolled.stderr
+        config_file = agent.config / "agent.json"
+        config = json.loads(config_file.read_text())
+        config["proxy"] = stalling
+        config_file.write_text(json.dumps(config))
+        start_agent(agent, no_proxy_env())
+        wait_for(
+            lambda: "did not answer within 15 s" in agent.log.read_text(),
+            60,
+            "the stalled proxy named in the log",
+        )
+        said = agent.log.read_text()
+        assert f"the proxy 127.0.0.1:{staller.getsockname()[1]} did not answer" in said
+        assert PASSWORD not in said
+        assert not online(broker, agent.agent_id)
