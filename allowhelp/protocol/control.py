@@ -195,6 +195,35 @@ class Hello(Message):
     user: str
     version: str
     system: bool = False
+    # The agent runs signed fleet jobs (``job.run``) or answers them with a
+    # refusal: only then does the broker send it any (older agents would close
+    # the tunnel on an unknown message type).
+    jobs: bool = False
+
+
+@dataclass(frozen=True)
+class JobRun(Message):
+    """Broker → agent: run one signed fleet job (``protocol/jobs.py``), if this PC's
+    own policy allows it. ``payload`` is base64 of the job's canonical JSON."""
+
+    type: ClassVar[str] = "job.run"
+    job_id: str
+    payload: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class JobResult(Message):
+    """Agent → broker: how a job ended on this PC (or why it was not run).
+    ``output``: the end of what it printed; ``exit_code`` -1 when none."""
+
+    type: ClassVar[str] = "job.result"
+    job_id: str
+    state: str
+    exit_code: int
+    output: str
+    started: float
+    finished: float
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -207,6 +236,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         HelpCode,
         HelpRefused,
         Hello,
+        JobRun,
+        JobResult,
     )
 }
 LIMITS = {
@@ -224,7 +255,16 @@ LIMITS = {
     "os": 200,
     "user": 64,
     "version": 32,
+    "job_id": 40,
+    "payload": 15000,
+    "signature": 100,
+    "state": 20,
+    "output": 8000,
 }
+
+
+# Numbers are durations (below 1e6 s) except these points in time (epoch seconds).
+_FLOAT_TOPS = {"started": 1e11, "finished": 1e11}
 
 
 # What the nesting scan looks at: brackets, and what starts, escapes or ends a string.
@@ -303,6 +343,8 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         values[f.name] = _field(f.name, str(f.type), raw[f.name])
     if "session_id" in values and not is_session_id(values["session_id"]):
         raise ProtocolError("session_id is malformed")
+    if "job_id" in values and not is_session_id(values["job_id"]):
+        raise ProtocolError("job_id is malformed")
     return values
 
 
@@ -313,9 +355,14 @@ def _field(name: str, annotation: str, value: object) -> object:
         if not isinstance(value, bool):
             raise ProtocolError(f"{name} must be true or false")
         return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < 2**31:
+            raise ProtocolError(f"{name} must be a whole number from -1 to 2**31")
+        return value
     if annotation == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
-            raise ProtocolError(f"{name} must be a number from 0 to 1e6")
+        top = _FLOAT_TOPS.get(name, 1e6)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < top:
+            raise ProtocolError(f"{name} must be a number from 0 to {top:g}")
         return float(value)
     text = _text(value, name, LIMITS.get(name, 100))
     choices = {

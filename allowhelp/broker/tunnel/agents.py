@@ -24,6 +24,7 @@ class LiveAgent:
     # there now ("": nobody). A per-user agent's user is always there.
     system: bool = False
     user: str = ""
+    jobs: bool = False  # it runs signed fleet jobs or refuses them (``Hello.jobs``)
 
     @property
     def nobody_signed_in(self) -> bool:
