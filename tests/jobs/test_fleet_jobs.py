@@ -9,15 +9,19 @@ history.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
 import pytest
 from jobkit import (
+    RogueServer,
     audit,
     build_local_repo,
     create,
@@ -31,7 +35,20 @@ from jobkit import (
 )
 from machinekit import CAN_RUN, WHY_NOT, Machine
 
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Desk, staffed_broker
+from allowhelp.certs.sshkeys import load_private_key
+from allowhelp.protocol.control import JobResult, JobRun
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Desk,
+    Fleet,
+    log_mark,
+    log_since,
+    staffed_broker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 TEST_PACKAGE = "allowhelp-fleet-test-hello"
@@ -40,6 +57,7 @@ TEST_PACKAGE = "allowhelp-fleet-test-hello"
 @dataclass
 class Pcs:
     root: Path
+    fleet: Fleet
     admin: Desk
     opted: Machine
     plain: Machine
@@ -59,7 +77,7 @@ def pcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcs]:
         try:
             start(opted, admin)
             start(plain, admin)
-            yield Pcs(root, admin, opted, plain, apt_config)
+            yield Pcs(root, fleet, admin, opted, plain, apt_config)
         finally:
             opted.stop()
             plain.stop()
@@ -309,3 +327,58 @@ def test_bad_jobs_are_refused_with_a_clear_error(
     answer = pcs.admin.client.post("/api/v1/jobs", json=body)
     assert answer.status_code == 400, answer.text
     assert message in answer.json()["message"]
+
+
+def test_a_rogue_agent_cannot_report_for_another_pc_nor_send_jobs(pcs: Pcs) -> None:
+    broker = pcs.admin.broker
+    made = create(
+        pcs.admin,
+        targets=[pcs.plain.agent_id],
+        action="script",
+        script="true",
+        reason="not the rogue's",
+    )
+    assert result_of(pcs.admin, made["id"], pcs.plain.agent_id)["state"] == "refused"
+    rogue = pcs.fleet.agent("rogue")
+    assert rogue.enroll(broker.token()).returncode == 0
+    lines = [
+        JobResult(
+            job_id=made["id"],
+            state="succeeded",
+            exit_code=0,
+            output="forged",
+            started=1.0,
+            finished=2.0,
+        ).encode(),
+        JobRun(job_id=made["id"], payload="e30=", signature="x").encode(),
+    ]
+    me = f"agent={rogue.agent_id}"
+    judged = [
+        f"{me} reported on job {made['id']}, which is not its own",
+        f"{me} sent a job.run, which agents may not send",
+    ]
+    config = json.loads((rogue.config / "agent.json").read_text())
+    mark = log_mark(broker.log)
+
+    async def attack() -> None:
+        options = asyncssh.SSHServerConnectionOptions(
+            server_host_keys=[load_private_key(rogue.config / "host_key")],
+            server_factory=lambda: RogueServer(lines),
+            encoding=None,
+        )
+        conn = await asyncssh.connect_reverse(
+            config["tunnel_host"], config["tunnel_port"], config=None, options=options
+        )
+        try:
+            await asyncio.to_thread(
+                wait_for, lambda: judged[-1] in log_since(broker.log, mark), 15, "the judgement"
+            )
+        finally:
+            conn.close()
+
+    asyncio.run(asyncio.wait_for(attack(), 30))
+    said = log_since(broker.log, mark)
+    assert all(line in said for line in judged), said
+    result = job(pcs.admin, made["id"])["results"][0]
+    assert result["state"] == "refused" and result["output"] != "forged"
+    assert len(result["output"]) > 0
