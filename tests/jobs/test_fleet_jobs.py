@@ -382,3 +382,44 @@ def test_a_rogue_agent_cannot_report_for_another_pc_nor_send_jobs(pcs: Pcs) -> N
     result = job(pcs.admin, made["id"])["results"][0]
     assert result["state"] == "refused" and result["output"] != "forged"
     assert len(result["output"]) > 0
+
+
+def test_with_two_admins_required_a_job_waits_for_the_second(pcs: Pcs) -> None:
+    broker = pcs.admin.broker
+    assert pcs.admin.client.put("/api/v1/policy", json={"require_approval": 2}).status_code == 200
+    marker = pcs.root / "approved-ran"
+    try:
+        made = create(
+            pcs.admin,
+            targets=[pcs.opted.agent_id],
+            action="script",
+            script=f"touch {marker}",
+            reason="needs two",
+        )
+        assert made["state"] == "awaiting_approval"
+        own = pcs.admin.client.post(f"/api/v1/jobs/{made['id']}/approve")
+        assert own.status_code == 403, own.text
+        assert job(pcs.admin, made["id"])["results"][0]["state"] == "pending"
+        assert f"job={made['id']} sent" not in broker.log.read_text()
+        assert not marker.exists()
+        broker.add_user("second-admin", "second-admin-password-1", role="admin")
+        second = Desk.login(broker, "second-admin", "second-admin-password-1")
+        try:
+            approved = second.client.post(f"/api/v1/jobs/{made['id']}/approve")
+            assert approved.status_code == 200, approved.text
+            assert approved.json()["approved_by"] == ["second-admin"]
+            again = second.client.post(f"/api/v1/jobs/{made['id']}/approve")
+            assert again.status_code == 409
+        finally:
+            second.close()
+        assert result_of(pcs.admin, made["id"], pcs.opted.agent_id)["state"] == "succeeded"
+        assert marker.exists()
+        records = [r for r in audit(broker) if r["target"] == made["id"]]
+        assert [r["type"] for r in records] == ["job.created", "job.approved", "job.result"]
+        assert records[0]["details"]["approvals_needed"] == 1
+        assert records[1]["actor"] == "admin:second-admin"
+    finally:
+        reset = pcs.admin.client.put("/api/v1/policy", json={"require_approval": 1})
+        assert reset.status_code == 200
+    bad = pcs.admin.client.put("/api/v1/policy", json={"require_approval": 3})
+    assert bad.status_code == 400
