@@ -12,6 +12,7 @@ from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.enrol import os_description
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.history import HISTORY_FILE, History, SessionHistory
+from allowhelp.agent.inventory import InventoryReporter
 from allowhelp.agent.jobs import JobKeeper
 from allowhelp.agent.localsocket import LocalControlServer, socket_path
 from allowhelp.agent.machine import HelperHub, machine_socket
@@ -65,6 +66,7 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
         history=history,
         notify=hub.notify,
     )
+    service.inventory = InventoryReporter()
     tunnel = AgentTunnel(
         service, folder, reconnect_cap=reconnect_cap, screen=hub.screen, shell=hub.shell
     )

@@ -34,6 +34,7 @@ from allowhelp.protocol.control import (
 from allowhelp.protocol.text import plain_text
 
 if TYPE_CHECKING:
+    from allowhelp.agent.inventory import InventoryReporter
     from allowhelp.agent.jobs import JobKeeper
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class AgentService:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Fleet jobs (the machine service with jobs.py): apart from the gate.
         self.jobs: JobKeeper | None = None
+        self.inventory: InventoryReporter | None = None  # the machine service's, after hello
 
     @property
     def connected(self) -> bool:
@@ -135,6 +137,8 @@ class AgentService:
         self._send = send
         if self.jobs is not None:
             self.jobs.attach(send)
+        if self.inventory is not None:
+            self.inventory.attach(send)
 
     def detach(self, send: Sender) -> None:
         """The control channel is gone: nothing granted may outlive the tunnel."""
@@ -143,6 +147,8 @@ class AgentService:
         self._send = None
         if self.jobs is not None:
             self.jobs.attach(None)
+        if self.inventory is not None:
+            self.inventory.attach(None)
         for session_id in [p.request.session_id for p in self.gate.pending()]:
             self._close_prompt(session_id)
         for session_id in self.gate.revoke_all():

@@ -226,6 +226,26 @@ class JobResult(Message):
     finished: float
 
 
+@dataclass(frozen=True)
+class InventoryReport(Message):
+    """Machine service → broker, after each ``hello``: what the PC is (to prepare a
+    newcomer's PC, to wipe a leaver's). The installed packages ("name version"
+    lines) come in ``parts`` messages, ``part`` 0 first; the other fields are
+    repeated in each."""
+
+    type: ClassVar[str] = "inventory"
+    os: str
+    kernel: str
+    disk_total: float  # bytes, of /
+    disk_free: float
+    memory_total: float  # bytes
+    last_boot: float  # epoch seconds
+    package_count: int
+    packages: str
+    part: int
+    parts: int
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
     for cls in (
@@ -238,6 +258,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Hello,
         JobRun,
         JobResult,
+        InventoryReport,
     )
 }
 LIMITS = {
@@ -260,11 +281,20 @@ LIMITS = {
     "signature": 100,
     "state": 20,
     "output": 8000,
+    "kernel": 200,
+    "packages": 12000,
 }
 
 
 # Numbers are durations (below 1e6 s) except these points in time (epoch seconds).
-_FLOAT_TOPS = {"started": 1e11, "finished": 1e11}
+_FLOAT_TOPS = {
+    "started": 1e11,
+    "finished": 1e11,
+    "last_boot": 1e11,
+    "disk_total": 1e17,
+    "disk_free": 1e17,
+    "memory_total": 1e17,
+}
 
 
 # What the nesting scan looks at: brackets, and what starts, escapes or ends a string.

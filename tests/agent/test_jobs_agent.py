@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from allowhelp.agent.fleetpolicy import FleetPolicy
-from allowhelp.agent.history import History
+from allowhelp.agent.consent import Grant
+from allowhelp.agent.history import History, SessionHistory, describe
 from allowhelp.agent.jobs import JobKeeper
 from allowhelp.certs.jobsign import JOB_CONTEXT, JobSigner, job_signature_ok
 from allowhelp.certs.sshkeys import public_key_line
@@ -214,3 +215,19 @@ def test_a_payload_must_be_canonical(tmp_path: Path) -> None:
         JobSpec.from_encoded(spaced)
     with pytest.raises(ProtocolError):
         JobSpec.from_encoded("not base64!")
+
+
+def test_help_sessions_are_written_to_the_history(tmp_path: Path) -> None:
+    history = History(tmp_path / "history.jsonl")
+    sessions = SessionHistory(history)
+    grant = Grant("s-0123456789", "admin-shell", False, "Tess Tech", owner=1000)
+    sessions.active(grant)
+    sessions.ended(grant.session_id)
+    sessions.ended("s-never-granted")  # nothing to say of a request never allowed
+    entries = history.read()
+    assert [(e["state"], e["by"], e["kind"]) for e in entries] == [
+        ("began", "Tess Tech", "admin-shell"),
+        ("ended", "Tess Tech", "admin-shell"),
+    ]
+    assert describe(entries[0]).endswith("Tess Tech's admin-shell session began")
+    assert (tmp_path / "history.jsonl").stat().st_mode & 0o777 == 0o644

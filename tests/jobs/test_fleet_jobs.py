@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -33,7 +35,7 @@ from jobkit import (
     start,
     stop,
 )
-from machinekit import CAN_RUN, WHY_NOT, Machine
+from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
 
 from allowhelp.certs.sshkeys import load_private_key
 from allowhelp.protocol.control import JobResult, JobRun
@@ -423,3 +425,75 @@ def test_with_two_admins_required_a_job_waits_for_the_second(pcs: Pcs) -> None:
         assert reset.status_code == 200
     bad = pcs.admin.client.put("/api/v1/policy", json={"require_approval": 3})
     assert bad.status_code == 400
+
+
+def test_the_machine_service_reports_its_inventory(pcs: Pcs) -> None:
+    expected = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    installed = [line[4:].strip() for line in expected if line.startswith("ii")]
+
+    def reported() -> dict[str, Any] | None:
+        answer = pcs.admin.client.get(f"/api/v1/agents/{pcs.plain.agent_id}/inventory")
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found if found["inventory"] else None
+
+    details = wait_for(reported, 30, "the inventory")
+    inventory = details["inventory"]
+    assert inventory["kernel"] == os.uname().release
+    assert inventory["memory_total"] > 0 and inventory["disk_total"] > inventory["disk_free"] > 0
+    assert abs(inventory["last_boot"] - float(_btime())) < 2
+    assert inventory["package_count"] == len(installed) > 100
+    assert inventory["packages"] == installed  # every part gathered, in order
+    assert sum(len(line) + 1 for line in installed) > 11000  # more than one part
+
+
+def _btime() -> str:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return line.split()[1]
+    raise AssertionError("no btime")
+
+
+def test_the_signed_in_user_is_told_afterwards(pcs: Pcs) -> None:
+    user = "ahjobsuser"
+    broker = pcs.admin.broker
+    with local_users(user), passable_folder() as root:
+        machine = enrolled_machine(broker, root, "desk")
+        opt_in(machine.config, ("packages", "script"), str(pcs.apt_config))
+        try:
+            start(machine, pcs.admin)
+            machine.start_helper(user)
+            made = create(
+                pcs.admin,
+                targets=[machine.agent_id],
+                action="packages",
+                install=[TEST_PACKAGE],
+                reason="the user asked for it",
+            )
+            done = result_of(pcs.admin, made["id"], machine.agent_id, timeout=120)
+            assert done["state"] == "succeeded", done["output"]
+            at = time.strftime("%H:%M", time.localtime(done["finished"]))
+            told = f"notice: IT installed {TEST_PACKAGE} on this PC at {at}"
+            log = root / f"helper-{user}.log"
+            wait_for(lambda: told in log.read_text(), 20, "the user to be told")
+            # and the user (not root) can read what IT did on this PC
+            listed = subprocess.run(
+                machine.as_user(
+                    user, "-m", "allowhelp.agent.cli", "history", "--config", str(machine.config)
+                ),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert listed.returncode == 0, listed.stderr
+            assert f"IT ({ADMIN}) installed {TEST_PACKAGE}: succeeded" in listed.stdout
+            assert "the user asked for it" in listed.stdout
+        finally:
+            machine.stop()
+            subprocess.run(["dpkg", "--purge", TEST_PACKAGE], capture_output=True, check=False)

@@ -30,6 +30,7 @@ from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.wall import Wall
 from allowhelp.broker.jobs.desk import JobDesk
+from allowhelp.broker.jobs.inventory import MachineInventory
 from allowhelp.broker.listen import bind
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
@@ -46,7 +47,14 @@ from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.jobsign import JobSigner
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
-from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, JobResult, SessionEnd
+from allowhelp.protocol.control import (
+    ConsentDecision,
+    Hello,
+    HelpRequest,
+    InventoryReport,
+    JobResult,
+    SessionEnd,
+)
 from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 log = logging.getLogger(__name__)
@@ -174,6 +182,7 @@ def control_router(
     router.route(HelpRequest, help_desk.request)
     if jobs is not None:
         router.route(JobResult, jobs.on_result)
+        router.route(InventoryReport, MachineInventory(db).report)
     return router
 
 
