@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from allowhelp.agent.fleetpolicy import FleetPolicy
 from allowhelp.agent.consent import Grant
+from allowhelp.agent.fleetpolicy import FleetPolicy
 from allowhelp.agent.history import History, SessionHistory, describe
 from allowhelp.agent.jobs import JobKeeper
 from allowhelp.certs.jobsign import JOB_CONTEXT, JobSigner, job_signature_ok
