@@ -3,13 +3,17 @@
 
 import { api, errorMessage } from "../lib/api.js";
 import { $, badge, button, confirmAction, el, showEmpty, timeCell, toast } from "../lib/dom.js";
+import { detailsRow } from "./machine-details.js";
 import { openRequest } from "./request.js";
 import { isAdmin, state } from "./state.js";
 
 /** @typedef {import("./state.js").Agent} Agent */
+/** @type {Set<string>} machines whose details are open */
+const opened = new Set();
 
 export function setupMachines() {
   $("machines-search").addEventListener("input", renderMachines);
+  $("machines-group").addEventListener("change", renderMachines);
   for (const radio of document.querySelectorAll('input[name="machines-filter"]')) {
     radio.addEventListener("change", renderMachines);
   }
@@ -25,7 +29,7 @@ export async function loadMachines() {
 export function agentChanged(agent) {
   if (!agent || typeof agent.id !== "string") return;
   if (agent.removed) state.agents.delete(agent.id);
-  else state.agents.set(agent.id, agent);
+  else state.agents.set(agent.id, { groups: state.agents.get(agent.id)?.groups, ...agent });
 }
 
 /**
@@ -34,10 +38,12 @@ export function agentChanged(agent) {
  * @param {string} filter
  */
 function matches(agent, query, filter) {
+  const group = $("machines-group", HTMLSelectElement).value;
+  if (group && !(agent.groups || []).includes(group)) return false;
   if (filter === "online" && !agent.online) return false;
   if (filter === "offline" && agent.online) return false;
   if (!query) return true;
-  return [agent.hostname, agent.user, agent.os, agent.id, agent.version].some((value) =>
+  return [agent.hostname, agent.user, agent.os, agent.id, agent.version, ...(agent.groups || [])].some((value) =>
     String(value || "").toLowerCase().includes(query));
 }
 
@@ -47,8 +53,10 @@ export function renderMachines() {
   const filter = checked instanceof HTMLInputElement ? checked.value : "all";
   const all = [...state.agents.values()].sort((a, b) =>
     Number(b.online) - Number(a.online) || String(a.hostname).localeCompare(String(b.hostname)));
+  groupChoices(all);
   const shown = all.filter((agent) => matches(agent, query, filter));
-  $("machines-rows").replaceChildren(...shown.map(row));
+  $("machines-rows").replaceChildren(...shown.flatMap((agent) =>
+    opened.has(agent.id) ? [row(agent), detailsRow(agent, 7, renderMachines)] : [row(agent)]));
   const online = all.filter((agent) => agent.online).length;
   $("machines-summary").textContent =
     `${all.length} machine${all.length === 1 ? "" : "s"} · ${online} online`;
@@ -56,6 +64,23 @@ export function renderMachines() {
     ? "No machines yet. An admin adds them from Enrolment: a token, then one command on the PC."
     : "No machine matches the search.";
   showEmpty("machines-empty", shown.length === 0, none);
+}
+
+/** @param {Agent[]} all the group filter offers the groups in use */
+function groupChoices(all) {
+  const select = $("machines-group", HTMLSelectElement);
+  const chosen = select.value;
+  const names = [...new Set(all.flatMap((agent) => agent.groups || []))].sort();
+  select.replaceChildren(el("option", { text: "All groups", attrs: { value: "" } }),
+    ...names.map((name) => el("option", { text: name, attrs: { value: name } })));
+  select.value = names.includes(chosen) ? chosen : "";
+}
+
+/** @param {Agent} agent */
+function toggleDetails(agent) {
+  if (opened.has(agent.id)) opened.delete(agent.id);
+  else opened.add(agent.id);
+  renderMachines();
 }
 
 /** @param {Agent} agent */
@@ -66,12 +91,17 @@ function row(agent) {
     el("td", {}, [
       el("div", { cls: "host", text: agent.hostname }),
       el("div", { cls: "sub mono", text: agent.id }),
+      agent.groups && agent.groups.length ? el("div", { cls: "groups", text: agent.groups.join(", ") }) : null,
     ]),
     el("td", { text: signedIn(agent) }),
     el("td", { cls: "os", text: agent.os || "—" }),
     versionCell(agent),
     agent.online ? el("td", { cls: "nowrap", text: "now" }) : timeCell(agent.last_seen, "never"),
     el("td", { cls: "actions" }, [
+      button("Details", () => toggleDetails(agent), "small ghost", {
+        "aria-expanded": opened.has(agent.id) ? "true" : "false",
+        "aria-label": `Details of ${agent.hostname}`,
+      }),
       button("Shell…", () => openRequest(agent, "shell"), "small", {
         disabled: offline, "aria-label": `Ask for a shell on ${agent.hostname}`,
       }),
