@@ -142,6 +142,13 @@ async def _run(
         reading.cancel()
         tail.add(b"\n[allowhelp: the job ran out of time and was stopped]\n")
         return "timed_out", -1
+    except asyncio.CancelledError:  # the service stops: the job's processes end with it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        reading.cancel()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(proc.wait(), KILL_GRACE)  # reaped, not left a zombie
+        raise
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(reading, KILL_GRACE)  # a child may keep the pipe open
     reading.cancel()

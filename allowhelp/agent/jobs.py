@@ -39,6 +39,10 @@ from allowhelp.protocol.jobs import JobSpec
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "jobs.json"
+INTERRUPTED = (
+    "interrupted: the machine service stopped while this job ran; it was not run again "
+    "(see the PC's logs for how far it got)"
+)
 MAX_RESULTS = 500
 Sender = Callable[[Message], None]
 Notify = Callable[[str], None]
@@ -133,6 +137,10 @@ class JobKeeper:
     async def _run(self, spec: JobSpec) -> None:
         log.info("job=%s %s for %s: %s", spec.job_id, spec.action, spec.issuer, spec.reason)
         policy = FleetPolicy.load(self._folder)
+        # Written before it starts: if the service stops half-way, the job is
+        # answered as interrupted when the broker sends it again, never run twice.
+        now = time.time()
+        self._remember(_kept(spec.job_id, "failed", INTERRUPTED, now), None)
         outcome = await run_job(spec, apt_config=policy.apt_config)
         kept = Kept(
             spec.job_id,

@@ -2,8 +2,12 @@
 
 The broker opens it right after the tunnel comes up, as the SSH subsystem
 ``allowhelp.control``. Through it the broker can only *ask* (show a consent
-prompt, say a session ended); nothing on it opens a shell or a screen. The
-agent reports decisions, user-ended sessions and help requests.
+prompt, say a session ended); nothing on it opens a shell or a screen. It
+also carries fleet jobs (``job.run``), which the machine service runs only
+when they are signed for that PC and its own policy file allows them
+(``protocol/jobs.py``, docs/jobs.md): a separate path that grants nothing to
+a session. The agent reports decisions, user-ended sessions, help requests,
+job results and (the machine service) its inventory.
 
 Everything received is hostile: every field is type-checked and bounded here,
 and a bad line raises ``ProtocolError`` (the receiver closes the channel).

@@ -497,3 +497,23 @@ def test_the_signed_in_user_is_told_afterwards(pcs: Pcs) -> None:
         finally:
             machine.stop()
             subprocess.run(["dpkg", "--purge", TEST_PACKAGE], capture_output=True, check=False)
+
+
+def test_a_job_cut_short_by_a_service_stop_is_not_run_again(pcs: Pcs) -> None:
+    started = pcs.root / "cut.pid"
+    tally = pcs.root / "cut.tally"
+    made = create(
+        pcs.admin,
+        targets=[pcs.opted.agent_id],
+        action="script",
+        script=f"echo x >> {tally}; echo $$ > {started}; sleep 300",
+        reason="a long one",
+    )
+    wait_for(lambda: started.exists() and started.read_text().strip(), 30, "the job to start")
+    pid = int(started.read_text())
+    stop(pcs.opted, pcs.admin)
+    assert not Path(f"/proc/{pid}").exists()  # its processes ended with the service
+    start(pcs.opted, pcs.admin)
+    result = result_of(pcs.admin, made["id"], pcs.opted.agent_id)
+    assert result["state"] == "failed" and "interrupted" in result["output"], result
+    assert tally.read_text() == "x\n"

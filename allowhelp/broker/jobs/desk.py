@@ -22,7 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.errors import BadRequest, Conflict, Forbidden, NotFound, StoreError
+from allowhelp.broker.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreError,
+    TunnelError,
+)
 from allowhelp.broker.jobs.orders import make_job, spec_for, target_request
 from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord, job_state
 from allowhelp.broker.store import Store
@@ -219,7 +226,7 @@ class JobDesk:
             )
             try:
                 live.link.send(message)
-            except Exception as exc:  # the tunnel went: sent again when it is back
+            except TunnelError as exc:  # the tunnel went: sent again when it is back
                 log.warning("agent=%s job=%s not sent: %s", agent_id, job.id, exc)
                 return
             sent.add(job.id)
