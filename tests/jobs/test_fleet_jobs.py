@@ -46,6 +46,7 @@ from harness import (
     TECH_PW,
     Desk,
     Fleet,
+    audit_locked,
     log_mark,
     log_since,
     staffed_broker,
@@ -517,3 +518,38 @@ def test_a_job_cut_short_by_a_service_stop_is_not_run_again(pcs: Pcs) -> None:
     result = result_of(pcs.admin, made["id"], pcs.opted.agent_id)
     assert result["state"] == "failed" and "interrupted" in result["output"], result
     assert tally.read_text() == "x\n"
+
+
+def test_no_job_without_its_audit_record(pcs: Pcs) -> None:
+    marker = pcs.root / "unaudited-ran"
+    before = {j["id"] for j in pcs.admin.client.get("/api/v1/jobs").json()}
+    with audit_locked(pcs.admin.broker):
+        answer = pcs.admin.client.post(
+            "/api/v1/jobs",
+            json={
+                "targets": [pcs.opted.agent_id],
+                "action": "script",
+                "script": f"touch {marker}",
+                "reason": "the audit is down",
+            },
+        )
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "audit_unavailable"
+    after = {j["id"] for j in pcs.admin.client.get("/api/v1/jobs").json()}
+    assert after == before  # never stored, so never sent
+    # the PC is online and runs the next job: had the first been sent, it would have run too
+    made = create(
+        pcs.admin, targets=[pcs.opted.agent_id], action="script", script="true", reason="next"
+    )
+    assert result_of(pcs.admin, made["id"], pcs.opted.agent_id)["state"] == "succeeded"
+    assert not marker.exists()
+
+
+def test_a_job_needs_the_csrf_header(pcs: Pcs) -> None:
+    body = {"targets": [pcs.opted.agent_id], "action": "script", "script": "true", "reason": "x"}
+    answer = pcs.admin.client.post("/api/v1/jobs", json=body, headers={"X-CSRF-Token": ""})
+    assert answer.status_code == 403 and answer.json()["error"] == "csrf"
+    foreign = pcs.admin.client.post(
+        "/api/v1/jobs", json=body, headers={"Origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403
