@@ -248,6 +248,7 @@ class JobDesk:
         output = plain_output(message.output)
         digest = hashlib.sha256(output.encode()).hexdigest()
         exit_code = message.exit_code if message.exit_code >= 0 else None
+        self._forget_sent(agent_id, job.id)  # if this is not recorded, it is sent again
         await self._audit.write(
             "job.result",
             actor=f"agent:{agent_id}",
@@ -282,6 +283,13 @@ class JobDesk:
             message.finished or None,
         )
         self._publish({"type": "job_result", "job_id": job.id, "result": result.to_json()})
+
+    def _forget_sent(self, agent_id: str, job_id: str) -> None:
+        """A PC's answer that the broker fails to record is asked for again (the job
+        goes out again at the PC's next connect or hello; the PC answers from its
+        own record, never running it twice)."""
+        _, sent = self._sent.get(agent_id, (None, set()))
+        sent.discard(job_id)
 
     # expiry
 
