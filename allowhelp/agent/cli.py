@@ -138,6 +138,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     if args.config:
         folder = Path(args.config)
+        if not folder.is_dir():
+            raise AgentError(f"{folder} is not a folder: give the agent's --config folder")
     elif (SYSTEM_CONFIG_DIR / HISTORY_FILE).exists():
         folder = SYSTEM_CONFIG_DIR
     else:

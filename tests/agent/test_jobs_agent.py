@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import time
 from dataclasses import replace
@@ -231,3 +232,30 @@ def test_help_sessions_are_written_to_the_history(tmp_path: Path) -> None:
     ]
     assert describe(entries[0]).endswith("Tess Tech's admin-shell session began")
     assert (tmp_path / "history.jsonl").stat().st_mode & 0o777 == 0o644
+
+
+def test_history_says_what_it_found_or_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from allowhelp.agent.cli import main
+
+    assert main(["history", "--config", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["history", "--config", str(tmp_path)]) == 0
+    assert "IT has done nothing" in capsys.readouterr().out
+    History(tmp_path / "history.jsonl").add(
+        {
+            "what": "job",
+            "summary": "installed vlc",
+            "by": "root-admin",
+            "state": "succeeded",
+            "reason": "asked for it",
+        }
+    )
+    with (tmp_path / "history.jsonl").open("a") as torn:
+        torn.write("not json\n")  # a torn line is skipped
+    assert main(["history", "--json", "--config", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["summary"] for e in listed] == ["installed vlc"]
+    assert main(["history", "--config", str(tmp_path)]) == 0
+    assert "IT (root-admin) installed vlc: succeeded — asked for it" in capsys.readouterr().out
