@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allowhelp.agent.consent import Grant, Pending
+from allowhelp.protocol.text import plain_text
 
 HISTORY_FILE = "history.jsonl"
 MAX_ENTRIES = 1000
@@ -99,13 +100,17 @@ class SessionHistory:
 
 def describe(entry: dict[str, object]) -> str:
     """One line of ``history`` for a person."""
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(str(entry.get("time", 0)))))
-    by = str(entry.get("by", "?"))
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(str(entry.get("time", 0)))))
+    except (ValueError, OverflowError):
+        when = "????-??-?? ??:??"
+    by = plain_text(entry.get("by", "?"), 100)  # the broker's words: no escapes reach a terminal
     if entry.get("what") == "job":
-        state = str(entry.get("state", ""))
-        reason = str(entry.get("reason", ""))
-        line = f"{when}  IT ({by}) {entry.get('summary', 'ran a job')}: {state}"
+        state = plain_text(entry.get("state", ""), 20)
+        reason = plain_text(entry.get("reason", ""), 500)
+        summary = plain_text(entry.get("summary", "ran a job"), 2000)
+        line = f"{when}  IT ({by}) {summary}: {state}"
         return line + (f" — {reason}" if reason else "")
-    kind = str(entry.get("kind", "session"))
+    kind = plain_text(entry.get("kind", "session"), 20)
     verb = "began" if entry.get("state") == "began" else "ended"
     return f"{when}  {by}'s {kind} session {verb}"

@@ -259,3 +259,18 @@ def test_history_says_what_it_found_or_why_not(
     assert [e["summary"] for e in listed] == ["installed vlc"]
     assert main(["history", "--config", str(tmp_path)]) == 0
     assert "IT (root-admin) installed vlc: succeeded — asked for it" in capsys.readouterr().out
+
+
+def test_history_lines_carry_no_terminal_escapes() -> None:
+    line = describe(
+        {
+            "time": 1_796_000_000,
+            "what": "job",
+            "summary": "ran a script",
+            "state": "failed",
+            "by": "admin\x1b]0;pwned\x07",
+            "reason": "fix\x1b[2Jit",
+        }
+    )
+    assert "\x1b" not in line and "\x07" not in line
+    assert "IT (admin]0;pwned) ran a script: failed — fix[2Jit" in line

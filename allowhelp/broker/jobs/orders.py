@@ -17,6 +17,7 @@ from allowhelp.broker.errors import BadRequest
 from allowhelp.broker.model.jobs import JobRecord
 from allowhelp.protocol.control import ProtocolError
 from allowhelp.protocol.jobs import ACTIONS, MAX_PAYLOAD, JobSpec
+from allowhelp.protocol.text import plain_text
 
 MAX_TARGETS = 1000
 DEFAULT_TIMEOUT = 600
@@ -59,8 +60,9 @@ def make_job(
     if action not in ACTIONS:
         raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
     reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+    if not isinstance(reason, str) or not plain_text(reason, 500) or len(reason) > 500:
         raise BadRequest("reason must be 1 to 500 characters: say why, it is audited and shown")
+    reason = plain_text(reason, 500)  # shown on the PC, in a terminal too: no escapes
     install, remove = _names(body, "install"), _names(body, "remove")
     script = body.get("script", "")
     if not isinstance(script, str):
@@ -75,7 +77,7 @@ def make_job(
         created=now,
         created_by=creator,
         action=action,
-        reason=reason.strip(),
+        reason=reason,
         script=script,
         install=install,
         remove=remove,
