@@ -32,10 +32,14 @@ BASE_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
     "APT_LISTCHANGES_FRONTEND": "none",
 }
+# -o DPkg::Lock::Timeout: wait for the dpkg lock (unattended-upgrades, another job)
+# instead of failing at once; the job's own timeout still bounds the whole.
 APT = (
     "apt-get",
     "-q",
     "-y",
+    "-o",
+    "DPkg::Lock::Timeout=300",
     "-o",
     "Dpkg::Options::=--force-confdef",
     "-o",
