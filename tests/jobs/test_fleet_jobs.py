@@ -108,6 +108,9 @@ def test_a_script_runs_as_root_only_on_the_pc_that_opted_in(pcs: Pcs) -> None:
     assert "no fleet policy" in refused["output"]
     assert tally.read_text() == "ran\n"  # once: the PC without the opt-in ran nothing
     assert job(pcs.admin, made["id"])["state"] == "done"
+    listed = next(j for j in pcs.admin.client.get("/api/v1/jobs").json() if j["id"] == made["id"])
+    assert listed["state"] == "done" and listed["counts"] == {"succeeded": 1, "refused": 1}
+    assert "script" not in listed  # the list is light; GET /jobs/{id} has the script
 
     records = [r for r in audit(pcs.admin.broker) if r["target"] == made["id"]]
     created = next(r for r in records if r["type"] == "job.created")

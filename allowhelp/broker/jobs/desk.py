@@ -154,15 +154,13 @@ class JobDesk:
 
     async def listing(self) -> list[dict[str, object]]:
         jobs = await self._db.read(Store.jobs)
+        all_counts = await self._db.read(Store.result_counts)
         listed = []
         for job in jobs:
-            results = await self._db.read(Store.job_results, job.id)
-            counts: dict[str, int] = {}
-            for result in results:
-                counts[result.state] = counts.get(result.state, 0) + 1
+            counts = all_counts.get(job.id, {})
             summary = job.summary_json()
             summary.pop("script")
-            listed.append({**summary, "state": job_state(job, results), "counts": counts})
+            listed.append({**summary, "state": _state(job, counts), "counts": counts})
         return listed
 
     async def _job(self, job_id: str) -> JobRecord:
@@ -325,6 +323,13 @@ class JobDesk:
                     finished=time.time(),
                 )
             self._publish({"type": "job", "job": await self.view(job_id)})
+
+
+def _state(job: JobRecord, counts: dict[str, int]) -> str:
+    """``job_state`` from the counts of result states."""
+    if not job.approved:
+        return "awaiting_approval"
+    return "running" if counts.get(WAITING, 0) else "done"
 
 
 def _created_details(job: JobRecord, wanted: list[str] | str) -> dict[str, object]:

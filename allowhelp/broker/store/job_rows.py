@@ -86,6 +86,18 @@ class JobStore(StoreCore):
         )
         return [_result(row) for row in rows]
 
+    def result_counts(self, limit: int = MAX_JOBS_LISTED) -> dict[str, dict[str, int]]:
+        """job id → {result state: how many PCs}, for the newest ``limit`` jobs, in one query."""
+        rows = self._query(
+            "SELECT job_id, state, COUNT(*) AS n FROM job_results WHERE job_id IN"
+            " (SELECT id FROM jobs ORDER BY created DESC LIMIT ?) GROUP BY job_id, state",
+            (limit,),
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["job_id"], {})[row["state"]] = row["n"]
+        return counts
+
     def approve_job(self, job_id: str, approved_by: tuple[str, ...]) -> None:
         with self._tx() as db:
             db.execute(
