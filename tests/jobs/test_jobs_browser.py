@@ -14,7 +14,7 @@ from jobkit import enrolled_machine, opt_in, start
 from machinekit import CAN_RUN, WHY_NOT, Machine
 
 from browserkit import ARTIFACTS, chromium, logged_in_page
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, staffed_broker
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, staffed_broker, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)]
 SHOTS = ARTIFACTS / "jobs"
@@ -31,6 +31,14 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Machi
         admin = Desk.login(broker, ADMIN, ADMIN_PW)
         try:
             start(machine, admin)
+            # the details row shows the inventory as it is when opened: wait until it is in
+            wait_for(
+                lambda: admin.client.get(f"/api/v1/agents/{machine.agent_id}/inventory").json()[
+                    "inventory"
+                ],
+                30,
+                "the machine's inventory",
+            )
             yield broker, machine
         finally:
             admin.close()

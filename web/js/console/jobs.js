@@ -70,6 +70,26 @@ export async function loadJobs() {
 async function loadOne(id) {
   /** @type {Job} */
   const job = await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`);
+  keep(job);
+}
+
+/**
+ * Take a newer copy of a job without going back in time: a fetch that left before a
+ * PC's result was stored may arrive after the live feed told it. A result that is
+ * final stays final.
+ * @param {Job} job
+ */
+function keep(job) {
+  const old = jobs.get(job.id);
+  if (old && old.results) {
+    const known = new Map(old.results.map((r) => [r.agent_id, r]));
+    if (!job.results) job.results = old.results;
+    job.results = job.results.map((r) => {
+      const before = known.get(r.agent_id);
+      return r.state === "pending" && before && before.state !== "pending" ? before : r;
+    });
+    if (job.state === "running" && !job.results.some((r) => r.state === "pending")) job.state = "done";
+  }
   jobs.set(job.id, job);
 }
 
@@ -79,7 +99,7 @@ async function loadOne(id) {
  */
 export function jobEvent(event) {
   if (event.type === "job" && event.job && typeof event.job.id === "string") {
-    jobs.set(event.job.id, event.job);
+    keep(event.job);
   } else if (event.type === "job_result" && typeof event.job_id === "string") {
     const job = jobs.get(event.job_id);
     if (job && job.results) {
@@ -223,7 +243,7 @@ async function create(event) {
   try {
     /** @type {Job} */
     const job = await api("POST", "/api/v1/jobs", body);
-    jobs.set(job.id, job);
+    keep(job);
     form.reset();
     showAction();
     await show(job.id);
