@@ -166,6 +166,29 @@ def cmd_request_help(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """What IT did on this PC: read from the machine folder's history, else the user's."""
+    from allowhelp.agent.history import HISTORY_FILE, History, describe
+
+    if args.config:
+        folder = Path(args.config)
+        if not folder.is_dir():
+            raise AgentError(f"{folder} is not a folder: give the agent's --config folder")
+    elif (SYSTEM_CONFIG_DIR / HISTORY_FILE).exists():
+        folder = SYSTEM_CONFIG_DIR
+    else:
+        folder = default_config_dir()
+    entries = History(folder / HISTORY_FILE).read()
+    if args.json:
+        print(json.dumps(entries))
+        return 0
+    if not entries:
+        print("IT has done nothing on this PC that allowhelp knows of")
+    for entry in entries:
+        print(describe(entry))
+    return 0
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -250,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     helpme.add_argument("--message", default="", help="what the problem is")
     _config_arg(helpme)
     helpme.set_defaults(func=cmd_request_help)
+    history = sub.add_parser("history", help="what IT did on this PC: jobs and help sessions")
+    history.add_argument("--json", action="store_true", help="print a JSON list")
+    _config_arg(history)
+    history.set_defaults(func=cmd_history)
     return parser
 
 

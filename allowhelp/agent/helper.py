@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 from allowhelp.agent.consent import Grant, Pending
@@ -34,6 +36,7 @@ from allowhelp.agent.service import ConsentFrontend, NotConnected
 from allowhelp.agent.userprograms import UserProgram, start_screen, start_shell
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import ConsentRequest, ProtocolError, Via, parse_json
+from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,8 @@ class SessionHelper:
             self._open(conn, packet)
         elif isinstance(packet, hp.Close):
             self._end_program(conn, packet.session_id)
+        elif isinstance(packet, hp.Notice):
+            show_notice(plain_text(packet.text, 500))
 
     def _ended(self, session_id: str) -> None:
         if self.view.gate.live.pop(session_id, None) is not None:
@@ -202,6 +207,22 @@ class SessionHelper:
         endings = [p.end() for p in self.programs.values()]
         if endings:
             await asyncio.gather(*endings, return_exceptions=True)
+
+
+def show_notice(text: str) -> None:
+    """Tell the user what IT did: the log, and a desktop notification where one can show."""
+    log.info("notice: %s", text)
+    notify_send = shutil.which("notify-send")
+    if notify_send is None or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [notify_send, "--app-name=allowhelp", "IT on this PC", text],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _pending(packet: hp.Prompt) -> Pending:

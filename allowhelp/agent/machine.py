@@ -143,6 +143,7 @@ class HelperHub:
             version=__version__,
             system=True,
             language=self._said_language,
+            jobs=True,
         )
 
     def _maybe_changed(self) -> None:
@@ -210,6 +211,12 @@ class HelperHub:
     def ended(self, session_id: str) -> None:
         if session_id in self._owners:
             self._to_owner(self._owners.pop(session_id), hp.Ended(session_id))
+
+    def notify(self, text: str) -> None:
+        """Tell whoever is signed in what IT did on this PC (a fleet job)."""
+        uid = self.signed_in()
+        if uid is not None:
+            self._to_owner(uid, hp.Notice(text[:500]))
 
     def _to_owner(self, owner: int | None, packet: hp.Packet) -> None:
         for conn, info in list(self._helpers.items()):

@@ -11,6 +11,9 @@ from pathlib import Path
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.enrol import os_description
 from allowhelp.agent.frontends import choose_frontends, close_frontends
+from allowhelp.agent.history import HISTORY_FILE, History, SessionHistory
+from allowhelp.agent.inventory import InventoryReporter
+from allowhelp.agent.jobs import JobKeeper
 from allowhelp.agent.localsocket import LocalControlServer, socket_path
 from allowhelp.agent.machine import HelperHub, machine_socket
 from allowhelp.agent.screen import screen_factory
@@ -54,7 +57,16 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     )
     service = AgentService(config, signed_in=hub.signed_in, hello=hub.hello)
     hub.service = service
-    service.frontends.append(hub)
+    history = History(folder / HISTORY_FILE)
+    service.frontends.extend([hub, SessionHistory(history)])
+    service.jobs = JobKeeper(
+        folder,
+        agent_id=config.agent_id,
+        broker_key=config.broker_tunnel_key,
+        history=history,
+        notify=hub.notify,
+    )
+    service.inventory = InventoryReporter()
     tunnel = AgentTunnel(
         service, folder, reconnect_cap=reconnect_cap, screen=hub.screen, shell=hub.shell
     )
@@ -68,4 +80,5 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
         await tunnel.run_forever(stop)
     finally:
         service.end()
+        await service.jobs.close()
         await hub.close()

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
@@ -27,11 +27,16 @@ from allowhelp.protocol.control import (
     HelpCode,
     HelpRefused,
     HelpRequest,
+    JobRun,
     Message,
     SessionEnd,
     Via,
 )
 from allowhelp.protocol.text import plain_text
+
+if TYPE_CHECKING:
+    from allowhelp.agent.inventory import InventoryReporter
+    from allowhelp.agent.jobs import JobKeeper
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,9 @@ class AgentService:
         self._send: Sender | None = None
         self._help: dict[str, asyncio.Future[HelpCode]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Fleet jobs (the machine service with jobs.py): apart from the gate.
+        self.jobs: JobKeeper | None = None
+        self.inventory: InventoryReporter | None = None  # the machine service's, after hello
 
     @property
     def connected(self) -> bool:
@@ -128,12 +136,20 @@ class AgentService:
 
     def attach(self, send: Sender) -> None:
         self._send = send
+        if self.jobs is not None:
+            self.jobs.attach(send)
+        if self.inventory is not None:
+            self.inventory.attach(send)
 
     def detach(self, send: Sender) -> None:
         """The control channel is gone: nothing granted may outlive the tunnel."""
         if self._send != send:  # bound methods: equal, not identical
             return
         self._send = None
+        if self.jobs is not None:
+            self.jobs.attach(None)
+        if self.inventory is not None:
+            self.inventory.attach(None)
         for session_id in [p.request.session_id for p in self.gate.pending()]:
             self._close_prompt(session_id)
         for session_id in self.gate.revoke_all():
@@ -161,6 +177,8 @@ class AgentService:
                 future.set_exception(
                     HelpDeclined(_("no help code: %(reason)s") % {"reason": reason})
                 )
+        elif isinstance(message, JobRun) and self.jobs is not None:
+            self.jobs.received(message)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
 

@@ -2,8 +2,12 @@
 
 The broker opens it right after the tunnel comes up, as the SSH subsystem
 ``allowhelp.control``. Through it the broker can only *ask* (show a consent
-prompt, say a session ended); nothing on it opens a shell or a screen. The
-agent reports decisions, user-ended sessions and help requests.
+prompt, say a session ended); nothing on it opens a shell or a screen. It
+also carries fleet jobs (``job.run``), which the machine service runs only
+when they are signed for that PC and its own policy file allows them
+(``protocol/jobs.py``, docs/jobs.md): a separate path that grants nothing to
+a session. The agent reports decisions, user-ended sessions, help requests,
+job results and (the machine service) its inventory.
 
 Everything received is hostile: every field is type-checked and bounded here,
 and a bad line raises ``ProtocolError`` (the receiver closes the channel).
@@ -198,6 +202,55 @@ class Hello(Message):
     # The PC user's language, two letters ("fr"): the verification phrase's words
     # (the machine service says the signed-in user's). "": not said, English.
     language: str = ""
+    # The agent runs signed fleet jobs (``job.run``) or answers them with a
+    # refusal: only then does the broker send it any (older agents would close
+    # the tunnel on an unknown message type).
+    jobs: bool = False
+
+
+@dataclass(frozen=True)
+class JobRun(Message):
+    """Broker → agent: run one signed fleet job (``protocol/jobs.py``), if this PC's
+    own policy allows it. ``payload`` is base64 of the job's canonical JSON."""
+
+    type: ClassVar[str] = "job.run"
+    job_id: str
+    payload: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class JobResult(Message):
+    """Agent → broker: how a job ended on this PC (or why it was not run).
+    ``output``: the end of what it printed; ``exit_code`` -1 when none."""
+
+    type: ClassVar[str] = "job.result"
+    job_id: str
+    state: str
+    exit_code: int
+    output: str
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True)
+class InventoryReport(Message):
+    """Machine service → broker, after each ``hello``: what the PC is (to prepare a
+    newcomer's PC, to wipe a leaver's). The installed packages ("name version"
+    lines) come in ``parts`` messages, ``part`` 0 first; the other fields are
+    repeated in each."""
+
+    type: ClassVar[str] = "inventory"
+    os: str
+    kernel: str
+    disk_total: float  # bytes, of /
+    disk_free: float
+    memory_total: float  # bytes
+    last_boot: float  # epoch seconds
+    package_count: int
+    packages: str
+    part: int
+    parts: int
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -210,6 +263,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         HelpCode,
         HelpRefused,
         Hello,
+        JobRun,
+        JobResult,
+        InventoryReport,
     )
 }
 LIMITS = {
@@ -228,6 +284,24 @@ LIMITS = {
     "os": 200,
     "user": 64,
     "version": 32,
+    "job_id": 40,
+    "payload": 15000,
+    "signature": 100,
+    "state": 20,
+    "output": 8000,
+    "kernel": 200,
+    "packages": 12000,
+}
+
+
+# Numbers are durations (below 1e6 s) except these points in time (epoch seconds).
+_FLOAT_TOPS = {
+    "started": 1e11,
+    "finished": 1e11,
+    "last_boot": 1e11,
+    "disk_total": 1e17,
+    "disk_free": 1e17,
+    "memory_total": 1e17,
 }
 
 
@@ -307,6 +381,8 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         values[f.name] = _field(f.name, str(f.type), raw[f.name])
     if "session_id" in values and not is_session_id(values["session_id"]):
         raise ProtocolError("session_id is malformed")
+    if "job_id" in values and not is_session_id(values["job_id"]):
+        raise ProtocolError("job_id is malformed")
     return values
 
 
@@ -317,9 +393,14 @@ def _field(name: str, annotation: str, value: object) -> object:
         if not isinstance(value, bool):
             raise ProtocolError(f"{name} must be true or false")
         return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < 2**31:
+            raise ProtocolError(f"{name} must be a whole number from -1 to 2**31")
+        return value
     if annotation == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
-            raise ProtocolError(f"{name} must be a number from 0 to 1e6")
+        top = _FLOAT_TOPS.get(name, 1e6)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < top:
+            raise ProtocolError(f"{name} must be a number from 0 to {top:g}")
         return float(value)
     text = _text(value, name, LIMITS.get(name, 100))
     choices = {

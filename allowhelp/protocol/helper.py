@@ -47,6 +47,7 @@ _TEXT_LIMITS = {
     "phrase": 100,
     "help_code": 20,
     "prompt": 4000,
+    "text": 500,
 }
 
 
@@ -195,6 +196,14 @@ class Close(Packet):
     session_id: str
 
 
+@dataclass(frozen=True)
+class Notice(Packet):
+    """Tell the user what IT did on this PC ("IT installed vlc on this PC at 14:02")."""
+
+    type: ClassVar[str] = "notice"
+    text: str
+
+
 PACKETS: dict[str, type[Packet]] = {
     cls.type: cls
     for cls in (
@@ -213,6 +222,7 @@ PACKETS: dict[str, type[Packet]] = {
         Ended,
         Open,
         Close,
+        Notice,
     )
 }
 FROM_CLIENT = frozenset(

@@ -26,6 +26,8 @@ AS_ADMIN = [
     ("POST", "/api/v1/users"),
     ("PATCH", f"/api/v1/users/{ADMIN}"),
     ("PUT", "/api/v1/policy"),
+    ("POST", "/api/v1/jobs"),
+    ("PATCH", "/api/v1/agents/a-nosuchmachine"),
 ]
 
 

@@ -22,7 +22,7 @@ BROKER_FLOORS: list[set[str]] = [
     {"settings"},
     {"listen"},
     {"relay", "tunnel"},
-    {"sessions", "auth"},
+    {"sessions", "auth", "jobs"},
     {"console"},
     {"node"},
     {"cli"},

@@ -63,6 +63,14 @@ EVENT_CODES: dict[str, str] = {
     # and restored from a backup (`allowhelp-broker restore`, the restored chain's first new record)
     "broker.backup": "AH1906",
     "broker.restored": "AH1907",
+    # fleet jobs (AH16xx, issue #20): created (who, why, targets, script digest),
+    # approved by a second admin, each PC's result (exit code, output digest),
+    # expired unanswered; a machine's groups changed
+    "job.created": "AH1601",
+    "job.approved": "AH1602",
+    "job.result": "AH1603",
+    "job.expired": "AH1604",
+    "agent.groups_changed": "AH1605",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -25,6 +25,7 @@ from allowhelp.broker.console.api import enrol as api_enrol
 from allowhelp.broker.console.api import events_socket as api_events
 from allowhelp.broker.console.api import fleet as api_admin
 from allowhelp.broker.console.api import health as api_health
+from allowhelp.broker.console.api import jobs as api_jobs
 from allowhelp.broker.console.api import login as api_auth
 from allowhelp.broker.console.api import session_endpoints as api_sessions
 from allowhelp.broker.console.api import session_sockets as api_session_sockets
@@ -99,6 +100,7 @@ def create_app(svc: Services) -> Wall:
         *api_events.routes(),
         *api_tunnel.routes(),
         *api_health.routes(),
+        *api_jobs.routes(),
         Route("/api/{rest:path}", api_not_found),
         Route("/", index, methods=["GET"]),
         Mount("/", app=ConsoleFiles(directory=web, check_dir=False)),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import Authenticator
+from allowhelp.broker.jobs.desk import JobDesk
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
@@ -32,3 +33,4 @@ class Services:
     help_desk: HelpDesk
     keys: EnrolledKeys
     tunnel: TunnelListener  # also takes tunnels that ride the HTTPS port
+    jobs: JobDesk  # fleet jobs (broker/jobs/)

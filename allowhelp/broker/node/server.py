@@ -29,6 +29,8 @@ from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.wall import Wall
+from allowhelp.broker.jobs.desk import JobDesk
+from allowhelp.broker.jobs.inventory import MachineInventory
 from allowhelp.broker.listen import bind
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
@@ -43,8 +45,16 @@ from allowhelp.broker.tunnel.dispatch import ControlRouter, Inventory
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
+from allowhelp.certs.jobsign import JobSigner
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
-from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, SessionEnd
+from allowhelp.protocol.control import (
+    ConsentDecision,
+    Hello,
+    HelpRequest,
+    InventoryReport,
+    JobResult,
+    SessionEnd,
+)
 from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 log = logging.getLogger(__name__)
@@ -160,7 +170,11 @@ def announce_fd_limit(limit: int | None) -> None:
 
 
 def control_router(
-    db: StoreWorker, agents: AgentRegistry, sessions: SessionRegistry, help_desk: HelpDesk
+    db: StoreWorker,
+    agents: AgentRegistry,
+    sessions: SessionRegistry,
+    help_desk: HelpDesk,
+    jobs: JobDesk | None = None,
 ) -> ControlRouter:
     """Each message an agent may send, and the part of the broker that owns it."""
     router = ControlRouter()
@@ -168,6 +182,9 @@ def control_router(
     router.route(ConsentDecision, sessions.on_decision)
     router.route(SessionEnd, sessions.on_user_end)
     router.route(HelpRequest, help_desk.request)
+    if jobs is not None:
+        router.route(JobResult, jobs.on_result)
+        router.route(InventoryReport, MachineInventory(db).report)
     return router
 
 
@@ -223,12 +240,19 @@ async def _serve(
         organisation=settings.organisation,
         consent_timeout=settings.consent_timeout,
     )
+    jobs = JobDesk(
+        db,
+        folder.audit,
+        registry,
+        JobSigner.load(folder.pki.tunnel_key),  # the key agents pinned (certs/jobsign.py)
+        lambda event: events.publish(event, audience="admins"),
+    )
     tunnel = TunnelListener(
         db,
         folder.audit,
         registry,
         folder.pki.tunnel_key,
-        control_router(db, registry, sessions, help_desk),
+        control_router(db, registry, sessions, help_desk, jobs),
         keys=keys,
         window=settings.audit.window,
         burst=settings.audit.burst,
@@ -242,6 +266,7 @@ async def _serve(
         started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
         await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
+        jobs.start()
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = (
             format_hostport(url_host(public_url), tunnel_port) if tunnel_port is not None else None
@@ -269,6 +294,7 @@ async def _serve(
             help_desk=help_desk,
             keys=keys,
             tunnel=tunnel,
+            jobs=jobs,
         )
         server = _Uvicorn(
             _uvicorn_config(create_app(svc), folder.pki, tls, settings.trusted_proxies)
@@ -303,6 +329,7 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await tunnel.stop()
+        await jobs.stop()
         await chain_watch.close()
         if exporter is not None:
             await exporter.stop()

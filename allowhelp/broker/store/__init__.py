@@ -24,6 +24,7 @@ from allowhelp.broker.model.records import (
     WebSession,
 )
 from allowhelp.broker.store.fleet import FleetStore
+from allowhelp.broker.store.job_rows import JobStore
 from allowhelp.broker.store.people import PeopleStore
 from allowhelp.broker.store.session_rows import SessionStore
 
@@ -41,5 +42,5 @@ __all__ = [
 ]
 
 
-class Store(PeopleStore, FleetStore, SessionStore):
+class Store(PeopleStore, FleetStore, SessionStore, JobStore):
     """Typed access to the broker database; callers never see SQL or sqlite3."""

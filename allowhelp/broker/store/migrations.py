@@ -145,4 +145,50 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions_v6 RENAME TO sessions;
     CREATE INDEX sessions_by_technician ON sessions (technician, created);
     """,
+    # 7: taken by another change of the same release (issue #16's wave): this
+    # placeholder keeps the numbering until it is merged in its place.
+    "SELECT 1;",
+    # 8: fleet jobs (issue #20): each job, one result row per target PC, the
+    # machines' groups, and what each machine service reports of itself.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('packages', 'script')),
+        reason TEXT NOT NULL,
+        script TEXT NOT NULL DEFAULT '',
+        install TEXT NOT NULL DEFAULT '[]',
+        remove TEXT NOT NULL DEFAULT '[]',
+        timeout INTEGER NOT NULL,
+        expires REAL NOT NULL,
+        targets TEXT NOT NULL,
+        approvals_needed INTEGER NOT NULL DEFAULT 0,
+        approved_by TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX jobs_by_time ON jobs (created);
+    CREATE TABLE job_results (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        agent_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        output TEXT NOT NULL DEFAULT '',
+        output_sha256 TEXT NOT NULL DEFAULT '',
+        started REAL,
+        finished REAL,
+        PRIMARY KEY (job_id, agent_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_results_waiting ON job_results (agent_id, state);
+    CREATE TABLE agent_groups (
+        agent_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (agent_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX agent_groups_by_name ON agent_groups (name);
+    CREATE TABLE agent_inventory (
+        agent_id TEXT PRIMARY KEY,
+        inventory TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 )

@@ -26,6 +26,7 @@ class LiveAgent:
     user: str = ""
     # The PC user's language (a verification phrase list's code; "en" otherwise).
     language: str = "en"
+    jobs: bool = False  # it runs signed fleet jobs or refuses them (``Hello.jobs``)
 
     @property
     def nobody_signed_in(self) -> bool:

@@ -66,6 +66,7 @@ class Inventory:
         live = self._agents.get(agent_id)
         if live is not None:  # at once: a request that comes next must know who is there
             live.system = message.system
+            live.jobs = message.jobs
             live.user = plain_text(message.user, 64)
             live.language = message.language  # unknown ones get English words (phrase.py)
         task = asyncio.create_task(self._store(agent_id, message))

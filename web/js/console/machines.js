@@ -3,14 +3,18 @@
 
 import { api, errorMessage } from "../lib/api.js";
 import { $, badge, button, confirmAction, el, showEmpty, timeCell, toast } from "../lib/dom.js";
+import { detailsRow } from "./machine-details.js";
 import { openRequest } from "./request.js";
 import { t } from "../lib/i18n.js";
 import { isAdmin, state } from "./state.js";
 
 /** @typedef {import("./state.js").Agent} Agent */
+/** @type {Set<string>} machines whose details are open */
+const opened = new Set();
 
 export function setupMachines() {
   $("machines-search").addEventListener("input", renderMachines);
+  $("machines-group").addEventListener("change", renderMachines);
   for (const radio of document.querySelectorAll('input[name="machines-filter"]')) {
     radio.addEventListener("change", renderMachines);
   }
@@ -26,7 +30,7 @@ export async function loadMachines() {
 export function agentChanged(agent) {
   if (!agent || typeof agent.id !== "string") return;
   if (agent.removed) state.agents.delete(agent.id);
-  else state.agents.set(agent.id, agent);
+  else state.agents.set(agent.id, { groups: state.agents.get(agent.id)?.groups, ...agent });
 }
 
 /**
@@ -35,10 +39,12 @@ export function agentChanged(agent) {
  * @param {string} filter
  */
 function matches(agent, query, filter) {
+  const group = $("machines-group", HTMLSelectElement).value;
+  if (group && !(agent.groups || []).includes(group)) return false;
   if (filter === "online" && !agent.online) return false;
   if (filter === "offline" && agent.online) return false;
   if (!query) return true;
-  return [agent.hostname, agent.user, agent.os, agent.id, agent.version].some((value) =>
+  return [agent.hostname, agent.user, agent.os, agent.id, agent.version, ...(agent.groups || [])].some((value) =>
     String(value || "").toLowerCase().includes(query));
 }
 
@@ -48,14 +54,33 @@ export function renderMachines() {
   const filter = checked instanceof HTMLInputElement ? checked.value : "all";
   const all = [...state.agents.values()].sort((a, b) =>
     Number(b.online) - Number(a.online) || String(a.hostname).localeCompare(String(b.hostname)));
+  groupChoices(all);
   const shown = all.filter((agent) => matches(agent, query, filter));
-  $("machines-rows").replaceChildren(...shown.map(row));
+  $("machines-rows").replaceChildren(...shown.flatMap((agent) =>
+    opened.has(agent.id) ? [row(agent), detailsRow(agent, 7, renderMachines)] : [row(agent)]));
   const online = all.filter((agent) => agent.online).length;
   $("machines-summary").textContent = t(all.length === 1 ? "machines.summary_one" : "machines.summary", {
     count: all.length, online,
   });
   const none = all.length === 0 ? t("machines.none") : t("machines.no_match");
   showEmpty("machines-empty", shown.length === 0, none);
+}
+
+/** @param {Agent[]} all the group filter offers the groups in use */
+function groupChoices(all) {
+  const select = $("machines-group", HTMLSelectElement);
+  const chosen = select.value;
+  const names = [...new Set(all.flatMap((agent) => agent.groups || []))].sort();
+  select.replaceChildren(el("option", { text: "All groups", attrs: { value: "" } }),
+    ...names.map((name) => el("option", { text: name, attrs: { value: name } })));
+  select.value = names.includes(chosen) ? chosen : "";
+}
+
+/** @param {Agent} agent */
+function toggleDetails(agent) {
+  if (opened.has(agent.id)) opened.delete(agent.id);
+  else opened.add(agent.id);
+  renderMachines();
 }
 
 /** @param {Agent} agent */
@@ -66,12 +91,17 @@ function row(agent) {
     el("td", {}, [
       el("div", { cls: "host", text: agent.hostname }),
       el("div", { cls: "sub mono", text: agent.id }),
+      agent.groups && agent.groups.length ? el("div", { cls: "groups", text: agent.groups.join(", ") }) : null,
     ]),
     el("td", { text: signedIn(agent) }),
     el("td", { cls: "os", text: agent.os || "—" }),
     versionCell(agent),
     agent.online ? el("td", { cls: "nowrap", text: t("time.now") }) : timeCell(agent.last_seen, t("time.never")),
     el("td", { cls: "actions" }, [
+      button(t("machines.details"), () => toggleDetails(agent), "small ghost", {
+        "aria-expanded": opened.has(agent.id) ? "true" : "false",
+        "aria-label": t("machines.details_label", { host: agent.hostname }),
+      }),
       button(t("machines.shell"), () => openRequest(agent, "shell"), "small", {
         disabled: offline, "aria-label": t("machines.shell_label", { host: agent.hostname }),
       }),

@@ -25,6 +25,7 @@
  * @property {string | null} [signed_in] who is signed in now (null: nobody, or offline)
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
+ * @property {string[]} [groups] set by admins (PATCH /api/v1/agents/{id})
  */
 /**
  * A help request: the code the user reads on the phone.

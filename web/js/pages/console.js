@@ -12,6 +12,7 @@ import { stateWords } from "../lib/session-states.js";
 import { loadAccount, setupAccount } from "../console/account.js";
 import { loadAudit, renderAudit, setupAudit } from "../console/audit.js";
 import { helpChanged, loadHelp, renderHelp, updateHelpCount } from "../console/help.js";
+import { jobEvent, loadJobs, renderJobs, setupJobs } from "../console/jobs.js";
 import { setupLogin, showLogin } from "../console/login.js";
 import { agentChanged, loadMachines, renderMachines, setupMachines } from "../console/machines.js";
 import { closeRequest, setupRequest } from "../console/request.js";
@@ -29,6 +30,7 @@ const VIEWS = {
   audit: { admin: true, load: loadAudit, render: renderAudit },
   users: { admin: true, load: loadUsers, render: renderUsers },
   tokens: { admin: true, load: loadTokens, render: renderTokens },
+  jobs: { admin: true, load: loadJobs, render: renderJobs },
   account: { load: loadAccount, render: () => {} },
 };
 const SECTIONS = ["login", ...Object.keys(VIEWS)];
@@ -136,6 +138,9 @@ function onEvent(event) {
     const before = sessionChanged(event.session);
     rerender("sessions");
     announce(event.session, before);
+  } else if (event.type === "job" || event.type === "job_result") {
+    jobEvent(event);
+    rerender("jobs");
   } else if (event.type === "help_request") {
     const ticket = event.help_request || event;
     helpChanged(ticket);
@@ -171,6 +176,7 @@ async function start() {
   setupAudit();
   setupUsers();
   setupTokens();
+  setupJobs();
   setupAccount(() => enter());
   $("logout").addEventListener("click", logout);
   window.addEventListener("hashchange", () => route(true));

@@ -54,6 +54,9 @@ async def agents(request: Request) -> Response:
     await require(request)
     svc = services(request)
     rows = [agent_row(svc, agent) for agent in await svc.db.read(Store.agents)]
+    groups = await svc.db.read(Store.all_groups)
+    for row in rows:
+        row["groups"] = groups.get(str(row["id"]), [])
     rows.sort(key=lambda row: (not row["online"], str(row["hostname"]).lower()))
     return JSONResponse(rows)
 

@@ -8,6 +8,7 @@ disabling or demoting the last active admin (themselves included).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +19,7 @@ from allowhelp.broker.auth.passwords import check_new_password, hash_password
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, NotFound
+from allowhelp.broker.jobs.desk import REQUIRE_APPROVAL
 from allowhelp.broker.store import ROLES, Role, Store, User, UserSummary
 
 MAX_NAME = 64  # the same rule as `allowhelp-broker user add`
@@ -147,13 +149,18 @@ async def reset_totp(request: Request) -> Response:
 
 async def get_policy(request: Request) -> Response:
     await require(request)
-    value = await services(request).db.read(Store.policy, REQUIRE_TOTP)
-    return JSONResponse({"require_totp": value == "1"})
+    svc = services(request)
+    value = await svc.db.read(Store.policy, REQUIRE_TOTP)
+    approval = await svc.db.read(Store.policy, REQUIRE_APPROVAL)
+    return JSONResponse({"require_totp": value == "1", "require_approval": int(approval or "1")})
 
 
 async def set_policy(request: Request) -> Response:
     principal = await require(request, admin=True)
-    wanted = (await json_body(request)).get("require_totp")
+    body = await json_body(request)
+    if "require_approval" in body:  # fleet jobs: admins who must agree (broker/jobs/)
+        return await _set_approval(request, principal, body)
+    wanted = body.get("require_totp")
     if not isinstance(wanted, bool):
         raise BadRequest("require_totp must be true or false")
     svc = services(request)
@@ -162,6 +169,20 @@ async def set_policy(request: Request) -> Response:
     )
     await svc.db.run(Store.set_policy, REQUIRE_TOTP, "1" if wanted else "0")
     return JSONResponse({"require_totp": wanted})
+
+
+async def _set_approval(request: Request, principal: Principal, body: dict[str, Any]) -> Response:
+    wanted = body.get("require_approval")
+    if set(body) != {"require_approval"} or wanted not in (1, 2) or isinstance(wanted, bool):
+        raise BadRequest(
+            "require_approval must be 1 (the admin who makes a job) or 2 (and a second)"
+        )
+    svc = services(request)
+    await svc.audit.write(
+        "auth.policy.changed", actor=principal.actor, details={"require_approval": wanted}
+    )
+    await svc.db.run(Store.set_policy, REQUIRE_APPROVAL, str(wanted))
+    return JSONResponse({"require_approval": wanted})
 
 
 def routes() -> list[BaseRoute]:

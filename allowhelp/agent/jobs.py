@@ -1,0 +1,211 @@
+"""Fleet jobs on this PC: checked, run once, answered, remembered.
+
+Only the machine service (root) has one of these. A ``job.run`` from the
+broker runs only when all of these hold, checked in this order:
+
+1. the signature is the pinned broker key's (``certs/jobsign.py``) over the
+   exact payload, and the payload is a well-formed job (``protocol/jobs.py``);
+2. the job names this PC (its agent id) and the id it came under;
+3. it has not expired (by this PC's clock);
+4. this PC's own ``policy.toml`` enables jobs and allows that action,
+   read again now (``fleetpolicy.py``).
+
+Whatever the outcome, the broker gets a ``job.result`` saying so. A job is
+run at most once: results are kept in ``DIR/jobs.json`` (root's alone, bounded)
+and a job the broker sends again (it resends until it has a result) is
+answered from there. This path is apart from the consent gate: it opens no
+channel and grants nothing to a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from allowhelp.agent.config import write_private
+from allowhelp.agent.fleetpolicy import FleetPolicy
+from allowhelp.agent.history import History
+from allowhelp.agent.jobrun import run_job
+from allowhelp.certs.jobsign import job_signature_ok
+from allowhelp.protocol.control import JobResult, JobRun, Message, ProtocolError
+from allowhelp.protocol.jobs import JobSpec
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "jobs.json"
+INTERRUPTED = (
+    "interrupted: the machine service stopped while this job ran; it was not run again "
+    "(see the PC's logs for how far it got)"
+)
+MAX_RESULTS = 500
+Sender = Callable[[Message], None]
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A job's result as this PC keeps it (to answer a resend the same way)."""
+
+    job_id: str
+    state: str
+    exit_code: int
+    output: str
+    started: float
+    finished: float
+
+    def message(self) -> JobResult:
+        return JobResult(**asdict(self))
+
+
+class JobKeeper:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        agent_id: str,
+        broker_key: str,
+        history: History,
+        notify: Notify | None = None,
+    ) -> None:
+        self._folder = folder
+        self._agent_id = agent_id
+        self._broker_key = broker_key
+        self._history = history
+        self._notify = notify
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._send: Sender | None = None
+
+    def attach(self, send: Sender | None) -> None:
+        self._send = send
+
+    def received(self, message: JobRun) -> None:
+        kept = self._results().get(message.job_id)
+        if kept is not None:  # run (or refused) before: the same answer again
+            self._answer(kept)
+            return
+        if message.job_id in self._running:
+            return  # it answers when it ends
+        verdict = self._check(message)
+        if not isinstance(verdict, JobSpec):
+            kept, keep = verdict
+            if keep:  # a forged or foreign job is not remembered: it may not claim an id
+                self._remember(kept, None)
+            self._answer(kept)
+            return
+        task = asyncio.create_task(self._run(verdict))
+        self._running[message.job_id] = task
+        task.add_done_callback(lambda _: self._running.pop(message.job_id, None))
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def _check(self, message: JobRun) -> JobSpec | tuple[Kept, bool]:
+        now = time.time()
+        try:
+            spec, payload = JobSpec.from_encoded(message.payload)
+        except ProtocolError as exc:
+            log.warning("job=%s refused: malformed (%s)", message.job_id, exc)
+            why = f"refused: the job is malformed ({exc})"
+            return _kept(message.job_id, "refused", why, now), False
+        if not job_signature_ok(self._broker_key, payload, message.signature):
+            log.warning("job=%s refused: not signed by the pinned broker key", message.job_id)
+            why = "refused: the job's signature is not the pinned broker key's"
+            return _kept(message.job_id, "refused", why, now), False
+        if spec.job_id != message.job_id or spec.agent_id != self._agent_id:
+            log.warning("job=%s refused: it names another PC or job", message.job_id)
+            why = "refused: this job names another PC"
+            return _kept(message.job_id, "refused", why, now), False
+        if spec.expires <= now:
+            log.info("job=%s not run: it expired", spec.job_id)
+            why = "not run: the job expired before it arrived"
+            return _kept(spec.job_id, "expired", why, now), True
+        refusal = FleetPolicy.load(self._folder).refusal(spec.action)
+        if refusal:
+            log.info("job=%s refused: %s", spec.job_id, refusal)
+            kept = _kept(spec.job_id, "refused", f"refused: {refusal}", now)
+            self._write_history(spec, kept)
+            return kept, True
+        return spec
+
+    async def _run(self, spec: JobSpec) -> None:
+        log.info("job=%s %s for %s: %s", spec.job_id, spec.action, spec.issuer, spec.reason)
+        policy = FleetPolicy.load(self._folder)
+        # Written before it starts: if the service stops half-way, the job is
+        # answered as interrupted when the broker sends it again, never run twice.
+        now = time.time()
+        self._remember(_kept(spec.job_id, "failed", INTERRUPTED, now), None)
+        outcome = await run_job(spec, apt_config=policy.apt_config)
+        kept = Kept(
+            spec.job_id,
+            outcome.state,
+            outcome.exit_code,
+            outcome.output,
+            outcome.started,
+            outcome.finished,
+        )
+        log.info("job=%s %s (exit %d)", spec.job_id, kept.state, kept.exit_code)
+        self._remember(kept, spec)
+        self._answer(kept)
+        if self._notify is not None:
+            at = time.strftime("%H:%M", time.localtime(kept.finished))
+            verb = "" if kept.state == "succeeded" else f" ({kept.state.replace('_', ' ')})"
+            self._notify(f"IT {spec.summary()} on this PC at {at}{verb}")
+
+    def _answer(self, kept: Kept) -> None:
+        if self._send is not None:
+            self._send(kept.message())
+
+    def _remember(self, kept: Kept, spec: JobSpec | None) -> None:
+        results = self._results()
+        results[kept.job_id] = kept
+        newest = sorted(results.values(), key=lambda k: k.finished)[-MAX_RESULTS:]
+        try:
+            write_private(
+                self._folder / RESULTS_FILE,
+                json.dumps({k.job_id: asdict(k) for k in newest}) + "\n",
+            )
+        except OSError as exc:
+            log.error("job=%s result not kept: %s", kept.job_id, exc)
+        if spec is not None:
+            self._write_history(spec, kept)
+
+    def _write_history(self, spec: JobSpec, kept: Kept) -> None:
+        try:
+            self._history.add(
+                {
+                    "what": "job",
+                    "id": spec.job_id,
+                    "action": spec.action,
+                    "summary": spec.summary(),
+                    "install": list(spec.install),
+                    "remove": list(spec.remove),
+                    "by": spec.issuer,
+                    "reason": spec.reason,
+                    "state": kept.state,
+                    "exit_code": kept.exit_code,
+                }
+            )
+        except OSError as exc:
+            log.error("job=%s not written to the history: %s", spec.job_id, exc)
+
+    def _results(self) -> dict[str, Kept]:
+        try:
+            raw = json.loads((self._folder / RESULTS_FILE).read_text())
+            return {key: Kept(**value) for key, value in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("%s is damaged (%s): starting a new one", RESULTS_FILE, exc)
+            os.replace(self._folder / RESULTS_FILE, self._folder / (RESULTS_FILE + ".damaged"))
+            return {}
+
+
+def _kept(job_id: str, state: str, output: str, now: float) -> Kept:
+    return Kept(job_id, state, -1, output, now, now)

@@ -1,0 +1,352 @@
+"""Fleet jobs on the broker: made, approved, signed, delivered, answered, expired.
+
+Every step is audited before it happens (``job.created`` before the job exists,
+``job.approved`` before it may go out, ``job.result`` before the result is
+stored, ``job.expired`` before a waiting PC is given up). A job goes out as
+one ``job.run`` per PC, signed for that PC alone (``certs/jobsign.py``), only
+to PCs whose machine service said it speaks jobs (``Hello.jobs``), and again
+each time such a PC connects until it has answered or the job expired. The PC
+decides whether it runs (its own policy file); the broker only records what
+it says. A result is accepted only from a PC the job names, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreError,
+    TunnelError,
+)
+from allowhelp.broker.jobs.orders import make_job, spec_for, target_request
+from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord, job_state
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.certs.jobsign import JobSigner
+from allowhelp.protocol.control import JobResult, JobRun
+from allowhelp.protocol.jobs import MAX_OUTPUT, RESULT_STATES
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, object]], None]  # to admins only
+REQUIRE_APPROVAL = "require_approval"  # broker policy: admins who must agree, 1 or 2
+EXPIRY_SWEEP = 5.0
+MAX_AUDITED_TARGETS = 200
+
+
+def plain_output(text: str) -> str:
+    """A PC's output, kept as lines: control characters other than newline and tab dropped."""
+    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    return kept[-MAX_OUTPUT:]
+
+
+class JobDesk:
+    def __init__(
+        self,
+        db: StoreWorker,
+        audit: AuditLog,
+        agents: AgentRegistry,
+        signer: JobSigner,
+        publish: Publish,
+        *,
+        sweep_every: float = EXPIRY_SWEEP,
+    ) -> None:
+        self._db = db
+        self._audit = audit
+        self._agents = agents
+        self._signer = signer
+        self._publish = publish
+        self._sweep_every = sweep_every
+        self._sent: dict[str, tuple[object, set[str]]] = {}  # agent → (its link, jobs sent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._unsubscribe = self._agents.subscribe(self._agent_changed)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        tasks = [*self._tasks, *([self._sweeper] if self._sweeper else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # the admin's side
+
+    async def create(self, actor: str, username: str, body: dict[str, Any]) -> JobRecord:
+        wanted = target_request(body)
+        targets = await self._resolve(wanted)
+        needed = await self._approvals_needed()
+        job = make_job(body, creator=username, targets=targets, approvals_needed=needed)
+        await self._audit.write(
+            "job.created",
+            actor=actor,
+            target=job.id,
+            details=_created_details(job, wanted),
+        )
+        try:
+            await self._db.run(Store.add_job, job)
+        except StoreError:
+            await self._audit.write(
+                "job.expired",
+                actor="system",
+                target=job.id,
+                details={"agents": [], "why": "the broker database is unavailable: never sent"},
+            )
+            raise
+        self._publish({"type": "job", "job": await self.view(job.id)})
+        if job.approved:
+            for agent_id in job.targets:
+                await self.deliver(agent_id)
+        return job
+
+    async def approve(self, actor: str, username: str, job_id: str) -> JobRecord:
+        job = await self._job(job_id)
+        if job.approved:
+            raise Conflict("this job needs no more approval", code="already_approved")
+        if username == job.created_by or username in job.approved_by:
+            raise Forbidden("a second admin must approve: not the one who made it or approved")
+        if time.time() >= job.expires:
+            raise Conflict("this job has expired", code="job_expired")
+        approved_by = (*job.approved_by, username)
+        await self._audit.write(
+            "job.approved",
+            actor=actor,
+            target=job.id,
+            details={"approved_by": list(approved_by), "needed": job.approvals_needed},
+        )
+        await self._db.run(Store.approve_job, job.id, approved_by)
+        job = await self._job(job_id)
+        self._publish({"type": "job", "job": await self.view(job.id)})
+        if job.approved:
+            for agent_id in job.targets:
+                await self.deliver(agent_id)
+        return job
+
+    async def view(self, job_id: str) -> dict[str, object]:
+        job = await self._job(job_id)
+        results = await self._db.read(Store.job_results, job.id)
+        hostnames = {a.id: a.hostname for a in await self._db.read(Store.agents, with_removed=True)}
+        rows = []
+        for result in results:
+            row = result.to_json()
+            row["hostname"] = hostnames.get(result.agent_id, "")
+            rows.append(row)
+        return {**job.summary_json(), "state": job_state(job, results), "results": rows}
+
+    async def listing(self) -> list[dict[str, object]]:
+        jobs = await self._db.read(Store.jobs)
+        all_counts = await self._db.read(Store.result_counts)
+        listed = []
+        for job in jobs:
+            counts = all_counts.get(job.id, {})
+            summary = job.summary_json()
+            summary.pop("script")
+            listed.append({**summary, "state": _state(job, counts), "counts": counts})
+        return listed
+
+    async def _job(self, job_id: str) -> JobRecord:
+        job = await self._db.read(Store.job, job_id)
+        if job is None:
+            raise NotFound("no such job")
+        return job
+
+    async def _resolve(self, wanted: list[str] | str) -> list[str]:
+        if isinstance(wanted, str):
+            members = await self._db.read(Store.group_members, wanted)
+            if not members:
+                raise BadRequest(f"the group {wanted!r} has no machines")
+            return members
+        known = {a.id for a in await self._db.read(Store.agents)}
+        unknown = [agent_id for agent_id in wanted if agent_id not in known]
+        if unknown:
+            raise BadRequest(f"no such machine: {unknown[0][:64]}")
+        return wanted
+
+    async def _approvals_needed(self) -> int:
+        value = await self._db.read(Store.policy, REQUIRE_APPROVAL)
+        return 1 if value == "2" else 0
+
+    # the PCs' side
+
+    def _agent_changed(self, agent_id: str, online: bool) -> None:
+        if not online:
+            self._sent.pop(agent_id, None)
+            return
+        task = asyncio.create_task(self.deliver(agent_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def deliver(self, agent_id: str) -> None:
+        """Send this PC every approved, unexpired job it has not answered and
+        not been sent on this tunnel yet."""
+        live = self._agents.get(agent_id)
+        if live is None or not live.jobs:
+            return
+        try:
+            waiting = await self._db.read(Store.waiting_jobs, agent_id)
+        except StoreError as exc:
+            log.error("agent=%s jobs not delivered: %s", agent_id, exc)
+            return
+        live = self._agents.get(agent_id)  # still the same tunnel after the wait?
+        if live is None:
+            return
+        link, sent = self._sent.get(agent_id, (None, set()))
+        if link is not live.link:
+            sent = set()
+            self._sent[agent_id] = (live.link, sent)
+        now = time.time()
+        for job in waiting:
+            if job.id in sent or not job.approved or job.expires <= now:
+                continue
+            spec = spec_for(job, agent_id)
+            payload = spec.payload()
+            message = JobRun(
+                job_id=job.id, payload=spec.encoded(), signature=self._signer.sign(payload)
+            )
+            try:
+                live.link.send(message)
+            except TunnelError as exc:  # the tunnel went: sent again when it is back
+                log.warning("agent=%s job=%s not sent: %s", agent_id, job.id, exc)
+                return
+            sent.add(job.id)
+            log.info("agent=%s job=%s sent", agent_id, job.id)
+
+    async def on_result(self, agent_id: str, message: JobResult) -> None:
+        job = await self._db.read(Store.job, message.job_id)
+        if job is None or agent_id not in job.targets:
+            log.warning(
+                "agent=%s reported on job %s, which is not its own", agent_id, message.job_id
+            )
+            return
+        if message.state not in RESULT_STATES:
+            log.warning("agent=%s job=%s: unknown state %r", agent_id, job.id, message.state)
+            return
+        current = {r.agent_id: r for r in await self._db.read(Store.job_results, job.id)}
+        if current[agent_id].state != WAITING:
+            return  # said before (a resend crossed the answer)
+        output = plain_output(message.output)
+        digest = hashlib.sha256(output.encode()).hexdigest()
+        exit_code = message.exit_code if message.exit_code >= 0 else None
+        self._forget_sent(agent_id, job.id)  # if this is not recorded, it is sent again
+        await self._audit.write(
+            "job.result",
+            actor=f"agent:{agent_id}",
+            target=job.id,
+            details={
+                "agent_id": agent_id,
+                "state": message.state,
+                "exit_code": exit_code,
+                "output_sha256": digest,
+                "output_chars": len(output),
+            },
+        )
+        await self._db.run(
+            Store.finish_result,
+            job.id,
+            agent_id,
+            state=message.state,
+            exit_code=exit_code,
+            output=output,
+            output_sha256=digest,
+            started=message.started or None,
+            finished=message.finished or None,
+        )
+        result = JobResultRecord(
+            job.id,
+            agent_id,
+            message.state,
+            exit_code,
+            output,
+            digest,
+            message.started or None,
+            message.finished or None,
+        )
+        self._publish({"type": "job_result", "job_id": job.id, "result": result.to_json()})
+
+    def _forget_sent(self, agent_id: str, job_id: str) -> None:
+        """A PC's answer that the broker fails to record is asked for again (the job
+        goes out again at the PC's next connect or hello; the PC answers from its
+        own record, never running it twice)."""
+        _, sent = self._sent.get(agent_id, (None, set()))
+        sent.discard(job_id)
+
+    # expiry
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_every)
+            try:
+                await self.expire_due()
+            except Exception:  # logged; the next sweep tries again
+                log.exception("the job expiry sweep failed")
+
+    async def expire_due(self) -> None:
+        due: dict[str, list[str]] = {}
+        for job_id, agent_id in await self._db.read(Store.expired_waiting, time.time()):
+            due.setdefault(job_id, []).append(agent_id)
+        for job_id, agent_ids in due.items():
+            await self._audit.write(
+                "job.expired",
+                actor="system",
+                target=job_id,
+                details={"agents": agent_ids[:MAX_AUDITED_TARGETS], "count": len(agent_ids)},
+            )
+            for agent_id in agent_ids:
+                await self._db.run(
+                    Store.finish_result,
+                    job_id,
+                    agent_id,
+                    state="expired",
+                    exit_code=None,
+                    output="",
+                    output_sha256="",
+                    started=None,
+                    finished=time.time(),
+                )
+            self._publish({"type": "job", "job": await self.view(job_id)})
+
+
+def _state(job: JobRecord, counts: dict[str, int]) -> str:
+    """``job_state`` from the counts of result states."""
+    if not job.approved:
+        return "awaiting_approval"
+    return "running" if counts.get(WAITING, 0) else "done"
+
+
+def _created_details(job: JobRecord, wanted: list[str] | str) -> dict[str, object]:
+    details: dict[str, object] = {
+        "action": job.action,
+        "reason": job.reason,
+        "targets": list(job.targets[:MAX_AUDITED_TARGETS]),
+        "target_count": len(job.targets),
+        "expires": job.expires,
+        "timeout": job.timeout,
+        "approvals_needed": job.approvals_needed,
+    }
+    if isinstance(wanted, str):
+        details["group"] = wanted
+    if job.action == "script":
+        details["script_sha256"] = hashlib.sha256(job.script.encode()).hexdigest()
+        details["script_chars"] = len(job.script)
+    else:
+        details["install"], details["remove"] = list(job.install), list(job.remove)
+    return details

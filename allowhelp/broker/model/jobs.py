@@ -1,0 +1,82 @@
+"""Fleet jobs as the store hands them out: the job, and one result per target PC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A result is "pending" until the PC reports; "expired" when its time ran out
+# first; else what the PC said (protocol/jobs.py RESULT_STATES).
+WAITING = "pending"
+FINAL_STATES = ("succeeded", "failed", "timed_out", "refused", "expired")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    created: float
+    created_by: str
+    action: str
+    reason: str
+    script: str
+    install: tuple[str, ...]
+    remove: tuple[str, ...]
+    timeout: int
+    expires: float
+    targets: tuple[str, ...]
+    approvals_needed: int
+    approved_by: tuple[str, ...]
+
+    @property
+    def approved(self) -> bool:
+        return len(self.approved_by) >= self.approvals_needed
+
+    def summary_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "created": self.created,
+            "created_by": self.created_by,
+            "action": self.action,
+            "reason": self.reason,
+            "script": self.script,
+            "install": list(self.install),
+            "remove": list(self.remove),
+            "timeout": self.timeout,
+            "expires": self.expires,
+            "targets": list(self.targets),
+            "approvals_needed": self.approvals_needed,
+            "approved_by": list(self.approved_by),
+        }
+
+
+@dataclass(frozen=True)
+class JobResultRecord:
+    job_id: str
+    agent_id: str
+    state: str
+    exit_code: int | None
+    output: str
+    output_sha256: str
+    started: float | None
+    finished: float | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "agent_id": self.agent_id,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "output": self.output,
+            "output_sha256": self.output_sha256,
+            "started": self.started,
+            "finished": self.finished,
+        }
+
+
+def job_state(job: JobRecord, results: list[JobResultRecord]) -> str:
+    """awaiting_approval | running (some PC has not answered) | done."""
+    if not job.approved:
+        return "awaiting_approval"
+    return "done" if all(r.final for r in results) else "running"
