@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from allowhelp.protocol.jobs import ACTIONS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the agent runs on Python 3.10 too (Ubuntu 22.04): the same parser, backported
+    import tomli as tomllib
 
 POLICY_FILE = "policy.toml"
 _KEYS = {"enabled", "allow", "apt_config"}

@@ -93,7 +93,7 @@ async def installed_packages() -> list[str]:
         return []
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), PACKAGES_TIMEOUT)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()

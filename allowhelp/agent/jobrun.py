@@ -141,7 +141,7 @@ async def _run(
     reading = asyncio.ensure_future(_drain(proc.stdout, tail))
     try:
         await asyncio.wait_for(proc.wait(), max(deadline - time.monotonic(), 0.1))
-    except TimeoutError:
+    except asyncio.TimeoutError:
         await _end_group(proc)
         reading.cancel()
         tail.add(b"\n[allowhelp: the job ran out of time and was stopped]\n")
@@ -150,10 +150,10 @@ async def _run(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         reading.cancel()
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(proc.wait(), KILL_GRACE)  # reaped, not left a zombie
         raise
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(reading, KILL_GRACE)  # a child may keep the pipe open
     reading.cancel()
     code = proc.returncode if proc.returncode is not None else -1
@@ -172,5 +172,5 @@ async def _end_group(proc: asyncio.subprocess.Process) -> None:
         try:
             await asyncio.wait_for(proc.wait(), KILL_GRACE)
             return
-        except TimeoutError:
+        except asyncio.TimeoutError:
             continue
