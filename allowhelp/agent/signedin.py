@@ -37,6 +37,10 @@ class HelperInfo:
     conn_id: int  # increasing: a larger one connected later
     uid: int
     pid: int
+    # What the helper's session offers for screen sharing (its HelperHello).
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
 
 def choose(helpers: Sequence[HelperInfo], active_uid: ActiveUid | None) -> HelperInfo | None:

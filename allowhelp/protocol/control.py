@@ -195,6 +195,12 @@ class Hello(Message):
     user: str
     version: str
     system: bool = False
+    # What the signed-in session offers for screen sharing (agent/desktop.py):
+    # ``screen`` is x11 | wlroots | portal | none ("" from an older agent: unknown);
+    # ``screen_problem`` says why not when none; ``desktop`` what the agent saw.
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -224,6 +230,9 @@ LIMITS = {
     "os": 200,
     "user": 64,
     "version": 32,
+    "screen": 20,
+    "screen_problem": 300,
+    "desktop": 200,
 }
 
 

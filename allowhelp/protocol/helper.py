@@ -47,6 +47,9 @@ _TEXT_LIMITS = {
     "phrase": 100,
     "help_code": 20,
     "prompt": 4000,
+    "screen": 20,
+    "screen_problem": 300,
+    "desktop": 200,
 }
 
 
@@ -63,9 +66,14 @@ class Packet:
 
 @dataclass(frozen=True)
 class HelperHello(Packet):
-    """The session helper: keep this connection, send me my user's prompts."""
+    """The session helper: keep this connection, send me my user's prompts.
+
+    It says what its session offers for screen sharing (``control.Hello``'s fields)."""
 
     type: ClassVar[str] = "helper"
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,9 @@ async def test_the_screen_server_runs_as_the_user_after_their_click(
     await asyncio.to_thread(wait_for, lambda: machine.pending(OWNER), 10, "the prompt")
     screen = rogue.create_session(Sink, subsystem=channel_subsystem("screen", session_id))
     assert await refused(screen)
-    allowed = await asyncio.to_thread(machine.cli, OWNER, "allow", session_id, "--view-only")
+    # Under control: a view-only grant would have root's RFB filter refuse the
+    # stand-in's plain text (test_screen_engines.py shows that filter).
+    allowed = await asyncio.to_thread(machine.cli, OWNER, "allow", session_id)
     assert allowed.returncode == 0, allowed.stderr
     screen_chan, seen = as_sink(
         await rogue.create_session(

@@ -24,6 +24,11 @@ class LiveAgent:
     # there now ("": nobody). A per-user agent's user is always there.
     system: bool = False
     user: str = ""
+    # What the session offers for the screen (x11 | wlroots | portal | none; "": the
+    # agent is older and did not say), why not, and the desktop it saw.
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
     @property
     def nobody_signed_in(self) -> bool:

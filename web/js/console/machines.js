@@ -80,7 +80,10 @@ function row(agent) {
         "aria-label": `Ask for an administrator (root) shell on ${agent.hostname}`,
       }),
       button("Screen…", () => openRequest(agent, "screen"), "small", {
-        disabled: offline, "aria-label": `Ask for the screen of ${agent.hostname}`,
+        disabled: offline || agent.screen === "none",
+        "aria-label": `Ask for the screen of ${agent.hostname}`,
+        title: screenTitle(agent),
+        "data-screen": agent.screen || "",
       }),
       isAdmin()
         ? button("Remove", () => remove(agent), "small ghost danger-text", {
@@ -108,6 +111,16 @@ function versionCell(agent) {
     flag ? " " : null,
     flag ? el("span", { cls: `badge ${flag[1]}`, text: flag[0], title: flag[2] }) : null,
   ]);
+}
+
+/**
+ * Why "Screen…" is off ("Wayland session without a screen-cast portal"), or what it uses.
+ * @param {Agent} agent
+ */
+function screenTitle(agent) {
+  if (!agent.online) return "The machine is offline.";
+  if (agent.screen === "none") return `No screen: ${agent.screen_problem || "not available"}`;
+  return agent.desktop ? `Screen of the ${agent.desktop} session` : "";
 }
 
 /**
