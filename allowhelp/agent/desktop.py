@@ -14,15 +14,15 @@ Two halves, so the rule can be tested without a desktop:
 Engines (docs/wayland.md says why each):
     x11      x11vnc on a socketpair (screen.py)
     wlroots  wayvnc on a unix socket in a folder private to the user (wayvnc.py)
-    portal   GNOME, KDE: xdg-desktop-portal ScreenCast + RemoteDesktop. No engine
-             ships for it on the PCs this agent supports yet (TigerVNC's
-             w0vncserver is 1.15+; Debian 12 has 1.12), so it is detected and
-             reported, and a request fails with that reason, never a black screen.
+    portal   GNOME, KDE: the ScreenCast portal's PipeWire stream through GStreamer,
+             served as RFB by ``portalvnc`` (view-only: a control grant is
+             refused with the reason, never a black screen).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -38,7 +38,7 @@ ENGINES: tuple[Engine, ...] = ("x11", "wlroots", "portal", "none")
 WLROOTS_DESKTOPS = frozenset({"sway", "hyprland", "labwc", "river", "wayfire", "wlroots"})
 # Environment variables that only a given wlroots compositor sets.
 WLROOTS_MARKERS = {"SWAYSOCK": "sway", "HYPRLAND_INSTANCE_SIGNATURE": "hyprland"}
-PROGRAMS = ("x11vnc", "wayvnc", "w0vncserver")
+PROGRAMS = ("x11vnc", "wayvnc", "gst-launch-1.0")
 PORTAL_INTERFACES = ("ScreenCast", "RemoteDesktop")
 PROBE_TIMEOUT = 3.0
 TEST_COMMAND_ENV = "ALLOWHELP_TEST_SCREEN_COMMAND"  # screen.py's test knob
@@ -50,6 +50,7 @@ class Probe:
 
     programs: frozenset[str] = frozenset()
     portals: Mapping[str, int] = field(default_factory=dict)
+    gi: bool = False  # PyGObject for this Python: the portal engine talks D-Bus with it
 
 
 @dataclass(frozen=True)
@@ -137,15 +138,16 @@ def _wayland(env: Mapping[str, str], probe: Probe) -> tuple[Engine, str]:
     name = compositor(env)
     if name in WLROOTS_DESKTOPS:
         return ("wlroots", "") if "wayvnc" in probe.programs else (_NONE, _missing("wayvnc"))
-    shown = name.upper() if name in ("gnome", "kde") else (name or "this desktop")
     if "ScreenCast" not in probe.portals:
         return _NONE, "Wayland session without a screen-cast portal"
-    if "RemoteDesktop" not in probe.portals:
-        return _NONE, f"{shown} on Wayland without the RemoteDesktop portal (no input)"
-    return _NONE, (
-        f"{shown} screen sharing on Wayland needs a portal screen server"
-        " (TigerVNC's w0vncserver 1.15 or later), which this agent cannot drive yet"
-    )
+    if "gst-launch-1.0" not in probe.programs:
+        return _NONE, (
+            "GStreamer is not installed on this PC"
+            " (Debian: apt install gstreamer1.0-tools gstreamer1.0-pipewire)"
+        )
+    if not probe.gi:
+        return _NONE, "PyGObject is not installed on this PC (Debian: apt install python3-gi)"
+    return "portal", ""
 
 
 def _missing(program: str) -> str:
@@ -209,7 +211,7 @@ def probe(env: Mapping[str, str]) -> Probe:
             version = portal_version(env, interface)
             if version is not None:
                 portals[interface] = version
-    return Probe(programs, portals)
+    return Probe(programs, portals, importlib.util.find_spec("gi") is not None)
 
 
 @functools.cache

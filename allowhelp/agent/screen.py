@@ -60,6 +60,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -83,6 +84,14 @@ TERM_GRACE = 2.0
 EXIT_PATIENCE = 0.5  # a program that closed its socket is exiting: let it, before SIGTERM
 MAX_EARLY_INPUT = 64 * 1024  # what the viewer sent before the server answered
 KEEP_ENV = ("DISPLAY", "XAUTHORITY", "HOME", "USER", "LOGNAME", "PATH", "LANG", "LC_ALL")
+PORTAL_ENV = (
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "WAYLAND_DISPLAY",
+    "XDG_CURRENT_DESKTOP",
+    "XDG_SESSION_TYPE",
+    "PYTHONPATH",
+)
 
 
 class ScreenUnavailable(RuntimeError):
@@ -130,6 +139,15 @@ def _untimed(line: str) -> str:
     if len(parts) == 3 and parts[0].count("/") == 2 and parts[1].count(":") == 2:
         return parts[2].strip()
     return line.strip()
+
+
+def portal_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The session bus and the display for the portal engine (and where allowhelp is)."""
+    kept = child_environment(env)
+    for key in PORTAL_ENV:
+        if key in env:
+            kept[key] = env[key]
+    return kept
 
 
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -182,7 +200,15 @@ def launch_screen(env: Mapping[str, str], *, view_only: bool) -> ScreenLaunch:
     offer = choose_engine(env, probe(env))
     if not offer.available:
         raise ScreenUnavailable(offer.problem)
+    if offer.engine == "portal" and not view_only:
+        raise ScreenUnavailable(
+            "taking control of a GNOME or KDE Wayland screen is not supported yet:"
+            " ask for a view-only screen"
+        )
     try:
+        if offer.engine == "portal":
+            argv = [sys.executable, "-m", "allowhelp.agent.portalvnc"]
+            return PairLaunch(argv, portal_environment(env))
         if offer.engine == "wlroots":
             return WayvncLaunch(env, view_only=view_only)
         if offer.engine == "x11":

@@ -10,8 +10,11 @@ or clipboard byte gets through.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import struct
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,10 +28,13 @@ from allowhelp.agent.desktop import (
     session_type,
 )
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
+from allowhelp.agent.rfbserver import RfbServer, StreamEnded, changed_rows
 from allowhelp.agent.screen import PairLaunch, ScreenProcess
 from allowhelp.agent.wayvnc import WayvncLaunch, runtime_folder, wayvnc_argv
 
-ALL = Probe(frozenset({"x11vnc", "wayvnc"}), {"ScreenCast": 4, "RemoteDesktop": 1})
+ALL = Probe(
+    frozenset({"x11vnc", "wayvnc", "gst-launch-1.0"}), {"ScreenCast": 4, "RemoteDesktop": 1}, True
+)
 NOTHING = Probe()
 SWAY = {"WAYLAND_DISPLAY": "wayland-1", "XDG_SESSION_TYPE": "wayland", "SWAYSOCK": "/s"}
 GNOME = {
@@ -55,9 +61,11 @@ KDE = {"WAYLAND_DISPLAY": "wayland-0", "XDG_SESSION_TYPE": "wayland", "XDG_CURRE
         ({"WAYLAND_DISPLAY": "w", "XDG_CURRENT_DESKTOP": "river"}, ALL, "wlroots", ""),
         ({"XDG_SESSION_TYPE": "wayland"}, ALL, "none", "without WAYLAND_DISPLAY"),
         (GNOME, NOTHING, "none", "Wayland session without a screen-cast portal"),
-        (GNOME, Probe(frozenset(), {"ScreenCast": 4}), "none", "without the RemoteDesktop"),
-        (GNOME, ALL, "none", "GNOME screen sharing on Wayland needs a portal screen server"),
-        (KDE, ALL, "none", "KDE screen sharing on Wayland needs"),
+        (GNOME, Probe(frozenset(), {"ScreenCast": 4}, True), "none", "GStreamer is not"),
+        (GNOME, Probe(ALL.programs, {"ScreenCast": 4}), "none", "PyGObject is not installed"),
+        (GNOME, Probe(ALL.programs, {"ScreenCast": 4}, True), "portal", ""),
+        (GNOME, ALL, "portal", ""),
+        (KDE, ALL, "portal", ""),
     ],
 )
 def test_the_engine_for_each_session(
@@ -236,3 +244,94 @@ async def test_the_agent_alone_keeps_a_view_only_screen_view_only(
     assert ended is not None
     await asyncio.wait_for(ended, 10)
     assert record.read_bytes() == (stream if not view_only else kept)
+
+
+# --- the portal engine's RFB server, with a pipe of frames -------------------
+
+
+def test_changed_rows() -> None:
+    before = bytes(4 * 4 * 4)
+    after = bytearray(before)
+    after[1 * 16 + 4] = 9  # row 1
+    after[2 * 16] = 9  # row 2
+    assert changed_rows(before, before, 16) is None
+    assert changed_rows(before, bytes(after), 16) == (1, 3)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the server closed"
+        data += chunk
+    return data
+
+
+def test_the_rfb_server_sends_the_band_that_changed_in_the_viewers_format() -> None:
+    width, height = 4, 3
+    ours, theirs = socket.socketpair()
+    read_end, write_end = os.pipe()
+    server = RfbServer(theirs, width, height, name="t")
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.serve(read_end)
+        except (ConnectionError, StreamEnded) as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert _recv(ours, 12) == b"RFB 003.008\n"
+        ours.sendall(b"RFB 003.008\n")
+        assert _recv(ours, 2) == b"\x01\x01"
+        ours.sendall(b"\x01")
+        assert _recv(ours, 4) == bytes(4)
+        ours.sendall(b"\x01")
+        init = _recv(ours, 24)
+        assert struct.unpack_from(">HH", init) == (width, height)
+        _recv(ours, struct.unpack_from(">I", init, 20)[0])
+        # noVNC's format: red in the lowest byte (shift 0), blue at 16
+        ours.sendall(struct.pack(">BxxxBBBBHHHBBBxxx", 0, 32, 24, 0, 1, 255, 255, 255, 0, 8, 16))
+        frame = bytes([10, 20, 30, 0]) * (width * height)  # BGRx: B=10 G=20 R=30
+        os.write(write_end, frame)
+        ours.sendall(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
+        head = _recv(ours, 4 + 12)
+        assert struct.unpack_from(">HHHHi", head, 4) == (0, 0, width, height, 0)
+        assert _recv(ours, width * height * 4)[:4] == bytes([30, 20, 10, 0])
+        ours.sendall(struct.pack(">BBHHHH", 3, 1, 0, 0, width, height))
+        ours.sendall(struct.pack(">BBxxI", 4, 1, 0x61))  # a key: read and dropped
+        changed = bytearray(frame)
+        changed[1 * width * 4 : 1 * width * 4 + 4] = bytes([1, 2, 3, 0])
+        os.write(write_end, bytes(changed))
+        head = _recv(ours, 4 + 12)
+        assert struct.unpack_from(">HHHHi", head, 4) == (0, 1, width, 1, 0)
+        assert _recv(ours, width * 4)[:4] == bytes([3, 2, 1, 0])
+        os.close(write_end)
+        write_end = -1
+        thread.join(10)
+        assert failures and isinstance(failures[0], StreamEnded)
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        ours.close()
+        thread.join(10)
+        theirs.close()
+        os.close(read_end)
+
+
+def test_the_rfb_server_refuses_what_it_does_not_serve() -> None:
+    ours, theirs = socket.socketpair()
+    read_end, write_end = os.pipe()
+    server = RfbServer(theirs, 2, 2, name="t")
+    rgb565 = struct.pack(">BxxxBBBBHHHBBBxxx", 0, 16, 16, 0, 1, 31, 63, 31, 11, 5, 0)
+    ours.sendall(b"RFB 003.008\n\x01\x01" + rgb565)
+    try:
+        with pytest.raises(ConnectionError, match="32-bit true colour"):
+            server.serve(read_end)
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        ours.close()
+        theirs.close()
