@@ -9,6 +9,10 @@ most of the screen, run as that user:
 ``x11``      Xvfb + a Tk text window (root's Python: no xterm here); the engine is
              x11vnc on a socketpair.
 ``wlroots``  sway headless (pixman) + foot; the engine is wayvnc on a private socket.
+``portal``   headless GNOME (mutter --virtual-monitor, pipewire, wireplumber,
+             xdg-desktop-portal-gnome) + foot; the engine is portalvnc (view-only),
+             after GNOME's dialog, answered here as the tests do (keys through
+             mutter's RemoteDesktop API: tests/kit/gnome_dialog.py).
 
 For each, the measurement runs *as the user*, with the system Python, in the
 session's environment, through the agent's own code (``screen.launch_screen``,
@@ -16,9 +20,10 @@ exactly what the session helper does after the click): the clock starts when
 the engine is asked for, and stops when the first complete FramebufferUpdate
 (Raw, the whole screen) has arrived on the socket — that is the part of
 "click to first picture" the engine adds (the broker's part is in
-``bench.screen``). Then noVNC's loop (an incremental request, one complete
-update, repeat) runs for ``--seconds`` and counts updates and bytes.
-GNOME/KDE through the portals have no engine yet (docs/wayland.md): not measured.
+``bench.screen``). For ``portal`` the clock starts when the engine speaks, that
+is once the user has answered GNOME's dialog (a person's reading time is not the
+engine's). Then noVNC's loop (an incremental request, one complete update,
+repeat) runs for ``--seconds`` and counts updates and bytes.
 """
 
 from __future__ import annotations
@@ -50,6 +55,23 @@ USER = "ahbench"
 SIZE = (1024, 768)
 BUSY = "base64 /dev/urandom"
 SYSTEM_PY = "/usr/bin/python3"
+SPOKE: list[float] = []  # when the engine said its RFB version
+DIALOG = ROOT / "tests" / "kit" / "gnome_dialog.py"
+GNOME_SESSION = """
+export XDG_SESSION_TYPE=wayland XDG_CURRENT_DESKTOP=GNOME
+cd "$XDG_RUNTIME_DIR"
+pipewire > pipewire.log 2>&1 &
+until [ -S pipewire-0 ]; do sleep 0.05; done
+wireplumber > wireplumber.log 2>&1 &
+mutter --headless --wayland --no-x11 --virtual-monitor {width}x{height} > mutter.log 2>&1 &
+until [ -S wayland-0 ]; do sleep 0.05; done
+export WAYLAND_DISPLAY=wayland-0
+dbus-update-activation-environment WAYLAND_DISPLAY XDG_CURRENT_DESKTOP XDG_SESSION_TYPE \\
+    XDG_RUNTIME_DIR
+foot sh -c '{busy}' > foot.log 2>&1 &
+echo "$DBUS_SESSION_BUS_ADDRESS" > bus.part && mv bus.part bus
+wait
+"""
 # The X11 desktop's busy window: random text scrolling over most of the screen.
 BUSY_TK = """
 import base64, os, tkinter
@@ -81,6 +103,9 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 def _handshake(sock: socket.socket) -> tuple[int, int, int]:
     _read(sock, 12)
+    SPOKE.append(time.monotonic())
+    with contextlib.suppress(OSError):
+        Path(os.environ["XDG_RUNTIME_DIR"], "bench-spoke").touch()
     sock.sendall(b"RFB 003.008\n")
     count = _read(sock, 1)[0]
     _read(sock, count)
@@ -122,14 +147,14 @@ def _update(sock: socket.socket, bpp: int) -> tuple[int, int]:
 async def _measure(seconds: float) -> dict[str, Any]:
     engine = this_session().engine
     started = time.monotonic()
-    launch = launch_screen(os.environ, view_only=False)
+    launch = launch_screen(os.environ, view_only=engine == "portal")
     try:
         sock = await launch.connect()
         sock.setblocking(True)
         width, height, bpp = _handshake(sock)
         sock.sendall(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
         covered, _ = _update(sock, bpp)
-        first = time.monotonic() - started
+        first = time.monotonic() - (SPOKE[0] if engine == "portal" else started)
         if covered < width * height:
             raise ConnectionError(f"the first picture covers {covered} of {width * height} pixels")
         updates = received = 0
@@ -203,6 +228,21 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
             _wait(lambda: Path(f"/tmp/.X11-unix/X{display[1:]}").exists(), 20, "Xvfb")
             busy = [sys.executable, "-c", BUSY_TK]  # no xterm here: Tk, as root, on their X
             procs.append(_spawn(["env", f"DISPLAY={display}", *busy]))
+        elif engine == "portal":
+            script = runtime / "session.sh"
+            script.write_text(GNOME_SESSION.format(width=width, height=height, busy=BUSY))
+            os.chown(script, account.pw_uid, account.pw_gid)
+            session = ["dbus-run-session", "--", "bash", str(script)]
+            procs.append(_spawn(_as_user(account, {"XDG_RUNTIME_DIR": str(runtime)}, *session)))
+            bus = runtime / "bus"
+            _wait(bus.exists, 60, "the GNOME session")
+            env = {
+                "WAYLAND_DISPLAY": "wayland-0",
+                "XDG_RUNTIME_DIR": str(runtime),
+                "XDG_SESSION_TYPE": "wayland",
+                "XDG_CURRENT_DESKTOP": "GNOME",
+                "DBUS_SESSION_BUS_ADDRESS": bus.read_text().strip(),
+            }
         else:
             config = runtime / "sway.conf"
             config.write_text(
@@ -254,13 +294,35 @@ def run_engine(engine: str, account: pwd.struct_passwd, seconds: float) -> dict[
             "--seconds",
             str(seconds),
         )
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+        inner = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"{engine}: {done.stderr.strip()[-500:]}")
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        if engine == "portal":
+            _answer_gnome(account, env, inner)
+        try:
+            out, err = inner.communicate(timeout=seconds + 90)
+        except subprocess.TimeoutExpired:
+            os.killpg(inner.pid, signal.SIGKILL)
+            raise
+        if inner.returncode != 0:
+            raise RuntimeError(f"{engine}: {err.strip()[-500:]}")
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return result
+
+
+def _answer_gnome(
+    account: pwd.struct_passwd, env: dict[str, str], inner: subprocess.Popen[str]
+) -> None:
+    """Press Share in GNOME's dialog until the engine speaks (as the tests do)."""
+    spoke = Path(env["XDG_RUNTIME_DIR"], "bench-spoke")
+    deadline = time.monotonic() + 90
+    while not spoke.exists() and inner.poll() is None and time.monotonic() < deadline:
+        press = _as_user(account, env, SYSTEM_PY, str(DIALOG), "share")
+        subprocess.run(press, capture_output=True, timeout=30, check=False)
+        for _ in range(30):
+            if spoke.exists() or inner.poll() is not None:
+                break
+            time.sleep(0.1)
 
 
 def main() -> None:
@@ -274,7 +336,7 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("bench.wayland: run as root (it makes a local user for the desktops)")
-    results: dict[str, list[dict[str, Any]]] = {"x11": [], "wlroots": []}
+    results: dict[str, list[dict[str, Any]]] = {"x11": [], "wlroots": [], "portal": []}
     with bench_user() as account:
         for run in range(args.runs):
             for engine, runs in results.items():
