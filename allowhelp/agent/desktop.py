@@ -15,8 +15,7 @@ Engines (docs/wayland.md says why each):
     x11      x11vnc on a socketpair (screen.py)
     wlroots  wayvnc on a unix socket in a folder private to the user (wayvnc.py)
     portal   GNOME, KDE: the ScreenCast portal's PipeWire stream through GStreamer,
-             served as RFB by ``portalvnc`` (view-only: a control grant is
-             refused with the reason, never a black screen).
+             served as RFB by ``portalvnc``; input through the RemoteDesktop portal.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ from allowhelp.agent.errors import AgentError
 DESKTOP = "org.freedesktop.portal.Desktop"
 DESKTOP_PATH = "/org/freedesktop/portal/desktop"
 SCREENCAST = "org.freedesktop.portal.ScreenCast"
+REMOTE_DESKTOP = "org.freedesktop.portal.RemoteDesktop"
+KEYBOARD, POINTER = 1, 2
 SESSION = "org.freedesktop.portal.Session"
 MONITOR = 1
 CURSOR_EMBEDDED = 2
@@ -55,7 +57,9 @@ class ScreenCast:
         self._tokens = itertools.count(1)
         self._session = ""
 
-    def _request(self, method: str, signature: str, args: list[Any], timeout: float) -> Any:
+    def _request(
+        self, method: str, signature: str, args: list[Any], timeout: float, iface: str = SCREENCAST
+    ) -> Any:
         token = f"allowhelp{next(self._tokens)}"
         path = f"{DESKTOP_PATH}/request/{self._sender}/{token}"
         args[-1]["handle_token"] = GLib.Variant("s", token)
@@ -73,7 +77,7 @@ class ScreenCast:
             self._bus.call_sync(
                 DESKTOP,
                 DESKTOP_PATH,
-                SCREENCAST,
+                iface,
                 method,
                 GLib.Variant(signature, tuple(args)),
                 None,
@@ -112,13 +116,22 @@ class ScreenCast:
             return 0
         return int(reply.unpack()[0])
 
-    def start(self) -> Stream:
-        """One monitor, chosen by the user in the desktop's dialog; its PipeWire stream."""
+    def start(self, *, control: bool = False) -> Stream:
+        """One monitor, chosen by the user in the desktop's dialog; its PipeWire stream.
+
+        ``control``: a RemoteDesktop session (keyboard and pointer) with the screen
+        as its source; the dialog then also asks whether to allow remote interaction."""
         token = GLib.Variant("s", "allowhelpsession")
+        owner = REMOTE_DESKTOP if control else SCREENCAST
         created = self._request(
-            "CreateSession", "(a{sv})", [{"session_handle_token": token}], ANSWER_TIMEOUT
+            "CreateSession", "(a{sv})", [{"session_handle_token": token}], ANSWER_TIMEOUT, owner
         )
         self._session = str(created["session_handle"])
+        if control:
+            devices = {"types": GLib.Variant("u", KEYBOARD | POINTER)}
+            self._request(
+                "SelectDevices", "(oa{sv})", [self._session, devices], ANSWER_TIMEOUT, owner
+            )
         sources: dict[str, Any] = {
             "types": GLib.Variant("u", MONITOR),
             "multiple": GLib.Variant("b", False),
@@ -126,7 +139,11 @@ class ScreenCast:
         if self._cursor_modes() & CURSOR_EMBEDDED:
             sources["cursor_mode"] = GLib.Variant("u", CURSOR_EMBEDDED)
         self._request("SelectSources", "(oa{sv})", [self._session, sources], ANSWER_TIMEOUT)
-        started = self._request("Start", "(osa{sv})", [self._session, "", {}], DIALOG_TIMEOUT)
+        started = self._request(
+            "Start", "(osa{sv})", [self._session, "", {}], DIALOG_TIMEOUT, owner
+        )
+        if control and int(started.get("devices", 0)) & (KEYBOARD | POINTER) != KEYBOARD | POINTER:
+            raise PortalError("the user did not allow remote control in the desktop's dialog")
         streams = started.get("streams") or []
         if not streams:
             raise PortalError("the screen-cast portal gave no stream")
@@ -153,6 +170,36 @@ class ScreenCast:
         except GLib.Error as exc:
             raise PortalError(f"no PipeWire stream from the portal: {exc.message}") from exc
         return int(fds.get(reply.unpack()[0]))
+
+    # input (a control session only)
+
+    def _notify(self, method: str, signature: str, *args: Any) -> None:
+        try:
+            self._bus.call_sync(
+                DESKTOP,
+                DESKTOP_PATH,
+                REMOTE_DESKTOP,
+                method,
+                GLib.Variant(signature, (self._session, {}, *args)),
+                None,
+                0,
+                CALL_TIMEOUT_MS,
+                None,
+            )
+        except GLib.Error as exc:
+            raise PortalError(f"the desktop refused input ({method}): {exc.message}") from exc
+
+    def key(self, keysym: int, down: bool) -> None:
+        self._notify("NotifyKeyboardKeysym", "(oa{sv}iu)", keysym, int(down))
+
+    def move(self, node: int, x: int, y: int) -> None:
+        self._notify("NotifyPointerMotionAbsolute", "(oa{sv}udd)", node, float(x), float(y))
+
+    def button(self, button: int, down: bool) -> None:
+        self._notify("NotifyPointerButton", "(oa{sv}iu)", button, int(down))
+
+    def scroll(self, steps: int) -> None:
+        self._notify("NotifyPointerAxisDiscrete", "(oa{sv}ui)", 0, steps)  # 0: vertical
 
     def close(self) -> None:
         """End the portal session: the desktop stops casting (its indicator goes)."""

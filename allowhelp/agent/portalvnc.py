@@ -13,9 +13,14 @@ stdin/stdout, no listening socket of any kind. What it does:
 3. serves RFB 3.8 (``rfbserver.py``): security None (the SSH tunnel and the
    consent gate are the security), Raw rectangles of the rows that changed.
 
-View-only only: it never asks for the RemoteDesktop portal and never injects a
-key or a pointer event (input from the viewer is read and dropped). A control
-grant on a portal desktop is refused before this starts (``screen.launch_screen``).
+``--control`` (a control grant): the session is a RemoteDesktop session with the
+screen as its source, and the viewer's keys and pointer go to the desktop through
+that portal (``NotifyKeyboardKeysym``, ``NotifyPointerMotionAbsolute``,
+``NotifyPointerButton``, ``NotifyPointerAxisDiscrete``); the dialog then also
+asks the user to allow remote interaction, and a session without keyboard and
+pointer granted ends with that reason. Without it (view-only) the RemoteDesktop
+portal is never asked for and input from the viewer is read and dropped (the
+agent's own filter has dropped it already).
 
 Exit status 0 when the viewer leaves or on SIGTERM (the portal session is
 closed, GStreamer ended); otherwise 1 with one line on stderr saying why
@@ -29,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 from allowhelp.agent.rfbserver import RfbServer, StreamEnded
 
@@ -57,6 +63,33 @@ def gstreamer_argv(fd: int, node: int, width: int, height: int) -> list[str]:
     ]
 
 
+# RFB button mask bits → Linux input button codes (BTN_LEFT, BTN_MIDDLE, BTN_RIGHT)
+BUTTONS = ((1, 0x110), (2, 0x112), (4, 0x111))
+WHEEL = ((8, -1), (16, 1))  # wheel up, wheel down: one step each press
+
+
+class PortalInput:
+    """The viewer's keys and pointer, through the RemoteDesktop portal (control grants)."""
+
+    def __init__(self, cast: Any, node: int) -> None:
+        self._cast = cast
+        self._node = node
+        self._mask = 0
+
+    def key(self, keysym: int, down: bool) -> None:
+        self._cast.key(keysym, down)
+
+    def pointer(self, mask: int, x: int, y: int) -> None:
+        self._cast.move(self._node, x, y)
+        for bit, button in BUTTONS:
+            if (mask ^ self._mask) & bit:
+                self._cast.button(button, bool(mask & bit))
+        for bit, steps in WHEEL:
+            if mask & bit and not self._mask & bit:
+                self._cast.scroll(steps)
+        self._mask = mask
+
+
 def _stop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -76,7 +109,8 @@ def main() -> int:
     cast = ScreenCast()
     gst: subprocess.Popen[bytes] | None = None
     try:
-        stream = cast.start()
+        control = "--control" in sys.argv[1:]
+        stream = cast.start(control=control)
         gst = subprocess.Popen(
             gstreamer_argv(stream.fd, stream.node, stream.width, stream.height),
             stdin=subprocess.DEVNULL,
@@ -87,7 +121,8 @@ def main() -> int:
         os.close(stream.fd)
         if gst.stdout is None:
             raise OSError("no pipe from GStreamer")
-        server = RfbServer(viewer, stream.width, stream.height, name="allowhelp portal")
+        sink = PortalInput(cast, stream.node) if control else None
+        server = RfbServer(viewer, stream.width, stream.height, "allowhelp portal", sink)
         server.serve(gst.stdout.fileno())
     except PortalError as exc:
         print(str(exc), file=sys.stderr)

@@ -7,8 +7,9 @@ FramebufferUpdateRequest is answered with Raw rectangles: the whole screen when
 it is not incremental, otherwise the band of rows that changed since the last
 picture sent, as soon as there is one. The pixel format the viewer asks for is
 honoured when it is 32-bit true colour with byte-aligned 8-bit channels (what
-noVNC asks for); anything else ends the session with the reason. Input (keys,
-pointer, clipboard) is read and dropped: this server never acts on the desktop.
+noVNC asks for); anything else ends the session with the reason. Keys and the
+pointer go to an ``InputSink`` on a control grant; without one (view-only) they
+are read and dropped. The clipboard is never served.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import selectors
 import socket
 import struct
+from typing import Protocol
 
 from allowhelp.agent.errors import AgentError
 
@@ -25,6 +27,14 @@ BPP = 4
 NATIVE_SHIFTS = (16, 8, 0)  # BGRx read as a little-endian 32-bit value
 MAX_CUT_TEXT = 16 * 1024 * 1024
 FIXED = {0: 20, 3: 10, 4: 8, 5: 6, 150: 10}
+
+
+class InputSink(Protocol):
+    """Where the viewer's input goes on a control grant (the RemoteDesktop portal)."""
+
+    def key(self, keysym: int, down: bool) -> None: ...
+
+    def pointer(self, mask: int, x: int, y: int) -> None: ...
 
 
 class StreamEnded(AgentError):
@@ -36,8 +46,16 @@ class ViewerError(ConnectionError):
 
 
 class RfbServer:
-    def __init__(self, viewer: socket.socket, width: int, height: int, name: str) -> None:
+    def __init__(
+        self,
+        viewer: socket.socket,
+        width: int,
+        height: int,
+        name: str,
+        input_sink: InputSink | None = None,
+    ) -> None:
         self._viewer = viewer
+        self._input = input_sink  # None: view-only, input is read and dropped
         self.width = width
         self.height = height
         self._name = name.encode()
@@ -143,7 +161,15 @@ class RfbServer:
         elif kind == 3:
             incremental = bool(message[1])
             self._wanted = incremental if self._wanted is None else (self._wanted and incremental)
-        # 2 (encodings: Raw is always there), 4/5/6 (input: dropped), 150: nothing to do
+        elif kind == 4 and self._input is not None:
+            down, keysym = struct.unpack_from(">BxxI", message, 1)
+            self._input.key(int(keysym), bool(down))
+        elif kind == 5 and self._input is not None:
+            mask, x, y = struct.unpack_from(">BHH", message, 1)
+            self._input.pointer(
+                int(mask), min(int(x), self.width - 1), min(int(y), self.height - 1)
+            )
+        # 2 (encodings: Raw is always there), 6 (clipboard: not served), 150: nothing to do
 
     def _set_pixel_format(self, fmt: bytes) -> None:
         bpp, _, big, true_colour, rmax, gmax, bmax, *shifts = struct.unpack(">BBBBHHHBBB", fmt[:13])

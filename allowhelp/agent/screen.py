@@ -200,14 +200,10 @@ def launch_screen(env: Mapping[str, str], *, view_only: bool) -> ScreenLaunch:
     offer = choose_engine(env, probe(env))
     if not offer.available:
         raise ScreenUnavailable(offer.problem)
-    if offer.engine == "portal" and not view_only:
-        raise ScreenUnavailable(
-            "taking control of a GNOME or KDE Wayland screen is not supported yet:"
-            " ask for a view-only screen"
-        )
     try:
         if offer.engine == "portal":
             argv = [sys.executable, "-m", "allowhelp.agent.portalvnc"]
+            argv += [] if view_only else ["--control"]
             return PairLaunch(argv, portal_environment(env))
         if offer.engine == "wlroots":
             return WayvncLaunch(env, view_only=view_only)

@@ -202,30 +202,58 @@ def audit_of(world: World, session_id: str) -> list[dict[str, Any]]:
     return [r for r in records if r["target"] == session_id]
 
 
-async def closed(desk: Desk, session_id: str, gnome: GnomeDesktop | None) -> Any:
+async def closed(desk: Desk, session_id: str, gnome: GnomeDesktop, how: str) -> Any:
     async with screen_socket(desk, session_id) as ws:
         client = RfbClient(ws)
         with pytest.raises(websockets.ConnectionClosed) as caught:
-            if gnome is not None:
-                await through_gnomes_dialog(client, gnome, "decline")
+            await through_gnomes_dialog(client, gnome, how)
             while True:
                 await asyncio.wait_for(ws.recv(), 90)
         return caught.value
 
 
-def test_a_control_grant_is_refused_with_the_reason(world: World, desk: Desk) -> None:
+def test_keys_typed_by_the_technician_reach_gnome_through_the_portal(
+    world: World, desk: Desk
+) -> None:
+    marker = Path(f"/home/{USER}/typed-into-gnome-under-control")
+    marker.unlink(missing_ok=True)
     session_id = consented(world, desk, view_only=False)
-    shut = asyncio.run(closed(desk, session_id, None))
+
+    async def scenario() -> list[int]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            assert await through_gnomes_dialog(client, world.gnome, "control") == (b"RFB 003.008\n")
+            init = await client.handshake()
+            await not_blank(client, init)
+            pids = engine_pids()
+            assert processes("--control", "python3"), "the engine runs without --control"
+            # a first Return clears what the dialog's keys typed into foot before it showed
+            for char in f"\ncd\ntouch {marker.name}\n":
+                keysym = RETURN if char == "\n" else ord(char)
+                await client.send(key_event(keysym, True) + key_event(keysym, False))
+            await asyncio.to_thread(wait_for, marker.exists, 20, "the typed command to run")
+            return pids
+
+    pids = asyncio.run(scenario())  # the technician leaves
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
+    wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
+
+
+def test_a_user_who_refuses_remote_interaction_is_heard(world: World, desk: Desk) -> None:
+    """A control grant, but the user shares the screen without allowing interaction
+    in GNOME's dialog: the session ends with that reason, not a view it did not ask."""
+    session_id = consented(world, desk, view_only=False)
+    shut = asyncio.run(closed(desk, session_id, world.gnome, "share-only"))
     assert shut.rcvd is not None and shut.rcvd.code == 1011
-    assert "ask for a view-only screen" in shut.rcvd.reason
+    assert "did not allow remote control" in shut.rcvd.reason
     assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
     failed = [r for r in audit_of(world, session_id) if r["type"] == "session.failed"]
-    assert failed and "not supported yet" in failed[-1]["details"]["error"]
+    assert failed and "did not allow remote control" in failed[-1]["details"]["error"]
 
 
 def test_a_user_who_declines_gnomes_dialog_is_heard(world: World, desk: Desk) -> None:
     session_id = consented(world, desk, view_only=True)
-    shut = asyncio.run(closed(desk, session_id, world.gnome))
+    shut = asyncio.run(closed(desk, session_id, world.gnome, "decline"))
     assert shut.rcvd is not None and shut.rcvd.code == 1011
     assert "declined the desktop's screen-sharing dialog" in shut.rcvd.reason
     assert desk.wait_state(session_id, "ended")["end_reason"] == "error"

@@ -27,6 +27,7 @@ from allowhelp.agent.desktop import (
     probe,
     session_type,
 )
+from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.rfbserver import RfbServer, StreamEnded, changed_rows
 from allowhelp.agent.screen import PairLaunch, ScreenProcess
@@ -335,3 +336,53 @@ def test_the_rfb_server_refuses_what_it_does_not_serve() -> None:
             os.close(fd)
         ours.close()
         theirs.close()
+
+
+class Recorder:
+    """Pure logic under test: what PortalInput asks the portal for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def key(self, keysym: int, down: bool) -> None:
+        self.calls.append(("key", keysym, down))
+
+    def move(self, node: int, x: int, y: int) -> None:
+        self.calls.append(("move", node, x, y))
+
+    def button(self, button: int, down: bool) -> None:
+        self.calls.append(("button", button, down))
+
+    def scroll(self, steps: int) -> None:
+        self.calls.append(("scroll", steps))
+
+
+def test_the_viewers_pointer_becomes_portal_input() -> None:
+    cast = Recorder()
+    sink = PortalInput(cast, 36)
+    sink.pointer(1, 10, 20)  # left down
+    sink.pointer(1, 11, 20)  # drag: no new button event
+    sink.pointer(4, 11, 20)  # left up, right down
+    sink.pointer(8, 11, 20)  # wheel up (right up)
+    sink.pointer(0, 11, 20)
+    sink.key(0x61, True)
+    assert cast.calls == [
+        ("move", 36, 10, 20),
+        ("button", 0x110, True),
+        ("move", 36, 11, 20),
+        ("move", 36, 11, 20),
+        ("button", 0x110, False),
+        ("button", 0x111, True),
+        ("move", 36, 11, 20),
+        ("button", 0x111, False),
+        ("scroll", -1),
+        ("move", 36, 11, 20),
+        ("key", 0x61, True),
+    ]
+
+
+def test_gstreamer_reads_the_portals_stream_as_whole_bgrx_frames() -> None:
+    argv = gstreamer_argv(7, 36, 1024, 768)
+    assert argv[:3] == ["gst-launch-1.0", "-q", "pipewiresrc"]
+    assert {"fd=7", "path=36", "fd=1"} <= set(argv)
+    assert "video/x-raw,format=BGRx,width=1024,height=768" in argv

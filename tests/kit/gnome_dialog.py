@@ -4,7 +4,10 @@ Run as the session's user, in its D-Bus session. It presses keys through
 mutter's own RemoteDesktop D-Bus API (org.gnome.Mutter.RemoteDesktop), which a
 headless test can reach and a product must never use: the dialog is the user's
 consent. ``share``: Down, space, Tab, Tab, space picks the first monitor and
-presses Share (GNOME 43); ``decline``: Down, Tab, space presses Cancel.
+presses Share (GNOME 43's screen-cast dialog); ``decline``: Down, Tab, space
+presses Cancel; ``control`` (the remote-desktop dialog): the monitor, then the
+"Allow Remote Interaction" switch, then Alt+S (Share); ``share-only``: the same
+without allowing interaction.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import time
 from gi.repository import Gio, GLib  # type: ignore[import-not-found,unused-ignore]
 
 MUTTER = "org.gnome.Mutter.RemoteDesktop"
-KEYS = {"share": (0xFF54, 0x20, 0xFF09, 0xFF09, 0x20), "decline": (0xFF54, 0xFF09, 0x20)}
+DOWN, SPACE, TAB, ALT_S = (0xFF54,), (0x20,), (0xFF09,), (0xFFE9, 0x73)
+KEYS = {
+    "share": (DOWN, SPACE, TAB, TAB, SPACE),
+    "decline": (DOWN, TAB, SPACE),
+    # the remote-desktop dialog: the monitor, "Allow Remote Interaction", Share (Alt+S)
+    "control": (DOWN, SPACE, TAB, SPACE, ALT_S),
+    "share-only": (DOWN, SPACE, ALT_S),  # the monitor, but no remote interaction
+}
 PAUSE = 0.3
 
 
@@ -30,8 +40,8 @@ def main() -> int:
     iface = MUTTER + ".Session"
     call(session, iface, "Start")
     try:
-        for keysym in KEYS[sys.argv[1]]:
-            for down in (True, False):
+        for chord in KEYS[sys.argv[1]]:
+            for keysym, down in [(k, True) for k in chord] + [(k, False) for k in chord[::-1]]:
                 call(session, iface, "NotifyKeyboardKeysym", GLib.Variant("(ub)", (keysym, down)))
             time.sleep(PAUSE)
     finally:
