@@ -145,7 +145,10 @@ def _wayland(env: Mapping[str, str], probe: Probe) -> tuple[Engine, str]:
             " (Debian: apt install gstreamer1.0-tools gstreamer1.0-pipewire)"
         )
     if not probe.gi:
-        return _NONE, "PyGObject is not installed on this PC (Debian: apt install python3-gi)"
+        return _NONE, (
+            "PyGObject is not available to the agent's Python (Debian: apt install"
+            " python3-gi; a virtual environment needs --system-site-packages)"
+        )
     return "portal", ""
 
 

@@ -63,7 +63,7 @@ KDE = {"WAYLAND_DISPLAY": "wayland-0", "XDG_SESSION_TYPE": "wayland", "XDG_CURRE
         ({"XDG_SESSION_TYPE": "wayland"}, ALL, "none", "without WAYLAND_DISPLAY"),
         (GNOME, NOTHING, "none", "Wayland session without a screen-cast portal"),
         (GNOME, Probe(frozenset(), {"ScreenCast": 4}, True), "none", "GStreamer is not"),
-        (GNOME, Probe(ALL.programs, {"ScreenCast": 4}), "none", "PyGObject is not installed"),
+        (GNOME, Probe(ALL.programs, {"ScreenCast": 4}), "none", "PyGObject is not available"),
         (GNOME, Probe(ALL.programs, {"ScreenCast": 4}, True), "portal", ""),
         (GNOME, ALL, "portal", ""),
         (KDE, ALL, "portal", ""),
