@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from allowhelp import __version__
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
+from allowhelp.agent.desktop import this_session
 from allowhelp.agent.errors import EnrolError
 from allowhelp.agent.i18n import user_language
 from allowhelp.agent.proxy import proxy_for, refusal_hint
@@ -54,13 +55,18 @@ def os_description() -> str:
 
 
 def current_hello() -> Hello:
-    """What this PC is now: the logged-in user or the OS may have changed since enrolment."""
+    """What this PC is now: the logged-in user or the OS may have changed since enrolment,
+    and what its session offers for screen sharing (probed once per process)."""
+    offer = this_session()
     return Hello(
         hostname=socket.gethostname(),
         os=os_description(),
         user=getpass.getuser(),
         version=__version__,
         language=user_language(),
+        screen=offer.engine,
+        screen_problem=offer.problem,
+        desktop=offer.desktop,
     )
 
 

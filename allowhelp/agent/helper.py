@@ -27,6 +27,7 @@ import subprocess
 from pathlib import Path
 
 from allowhelp.agent.consent import Grant, Pending
+from allowhelp.agent.desktop import this_session
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.i18n import _, user_language
@@ -90,6 +91,7 @@ class SessionHelper:
         self.frontends = frontends
         self.view = view
         self.programs: dict[str, UserProgram] = {}
+        self.starting: dict[str, asyncio.Task[None]] = {}  # screens waiting for their socket
         self.lost = asyncio.Event()
 
     def connect(self) -> PacketConn:
@@ -102,7 +104,14 @@ class SessionHelper:
             _, server = peer_credentials(sock)
             if server != 0:
                 raise AgentError(f"{self.path} is served by uid {server}, not by root: refusing it")
-            sock.send(hp.HelperHello(language=user_language()).encode())
+            offer = this_session()
+            hello = hp.HelperHello(
+                language=user_language(),
+                screen=offer.engine,
+                screen_problem=offer.problem,
+                desktop=offer.desktop,
+            )
+            sock.send(hello.encode())
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise ServiceAbsent(f"the machine service is not running (no {self.path})") from None
@@ -173,25 +182,46 @@ class SessionHelper:
                 frontend.ended(session_id)
 
     def _open(self, conn: PacketConn, packet: hp.Open) -> None:
-        if packet.session_id in self.programs:
+        if packet.session_id in self.programs or packet.session_id in self.starting:
             conn.send(hp.Opened(packet.session_id, False, "already started").encode())
             return
-        try:
-            if packet.kind == "shell":
-                program = start_shell(packet.term, packet.cols, packet.rows)
-            elif packet.kind == "screen":
-                program = start_screen(os.environ, view_only=packet.view_only)
-            else:
-                raise RuntimeError(f"a session helper does not start a {packet.kind}")
-        except (OSError, RuntimeError) as exc:  # ScreenUnavailable is a RuntimeError
-            reason = str(exc) if isinstance(exc, RuntimeError) else (exc.strerror or str(exc))
-            conn.send(hp.Opened(packet.session_id, False, reason).encode())
+        if packet.kind == "screen":
+            task = asyncio.ensure_future(self._open_screen(conn, packet))
+            self.starting[packet.session_id] = task
+            task.add_done_callback(lambda _: self.starting.pop(packet.session_id, None))
             return
-        self.programs[packet.session_id] = program
-        conn.send(hp.Opened(packet.session_id, True).encode(), [program.fd])
+        try:
+            if packet.kind != "shell":
+                raise RuntimeError(f"a session helper does not start a {packet.kind}")
+            program = start_shell(packet.term, packet.cols, packet.rows)
+        except (OSError, RuntimeError) as exc:
+            self._refuse(conn, packet.session_id, exc)
+            return
+        self._hand_over(conn, packet.session_id, program)
+
+    async def _open_screen(self, conn: PacketConn, packet: hp.Open) -> None:
+        """The screen server answers on its socket first (wayvnc takes a moment)."""
+        try:
+            program = await start_screen(os.environ, view_only=packet.view_only)
+        except (OSError, RuntimeError) as exc:  # ScreenUnavailable is a RuntimeError
+            self._refuse(conn, packet.session_id, exc)
+            return
+        self._hand_over(conn, packet.session_id, program)
+
+    @staticmethod
+    def _refuse(conn: PacketConn, session_id: str, exc: OSError | RuntimeError) -> None:
+        reason = str(exc) if isinstance(exc, RuntimeError) else (exc.strerror or str(exc))
+        conn.send(hp.Opened(session_id, False, reason).encode())
+
+    def _hand_over(self, conn: PacketConn, session_id: str, program: UserProgram) -> None:
+        self.programs[session_id] = program
+        conn.send(hp.Opened(session_id, True).encode(), [program.fd])
         program.handed_over()
 
     def _end_program(self, conn: PacketConn, session_id: str) -> None:
+        starting = self.starting.pop(session_id, None)
+        if starting is not None:  # ended before its socket answered: the start ends it
+            starting.cancel()
         program = self.programs.get(session_id)
         if program is None or program.ending is not None:
             return
@@ -204,6 +234,8 @@ class SessionHelper:
         program.end().add_done_callback(report)
 
     async def wait_programs(self) -> None:
+        for starting in list(self.starting.values()):
+            starting.cancel()
         endings = [p.end() for p in self.programs.values()]
         if endings:
             await asyncio.gather(*endings, return_exceptions=True)

@@ -110,6 +110,7 @@ class HelperHub:
         self._next_id = 0
         self._said_user: str | None = None
         self._said_language: str | None = None
+        self._said_screen: tuple[str, str, str] | None = None
 
     # who is signed in
 
@@ -136,6 +137,9 @@ class HelperHub:
     def hello(self) -> Hello:
         self._said_user = self.signed_in_name()
         self._said_language = self.signed_in_language()
+        chosen = self._signed_in_helper()
+        screen = (chosen.screen, chosen.screen_problem, chosen.desktop) if chosen else None
+        self._said_screen = screen
         return Hello(
             hostname=self._hostname,
             os=self._os,
@@ -144,12 +148,20 @@ class HelperHub:
             system=True,
             language=self._said_language,
             jobs=True,
+            screen=screen[0] if screen else "none",
+            screen_problem=screen[1] if screen else "nobody signed in",
+            desktop=screen[2] if screen else "",
         )
 
     def _maybe_changed(self) -> None:
-        if self.service is not None and (
+        if self.service is None:
+            return
+        chosen = self._signed_in_helper()
+        screen = (chosen.screen, chosen.screen_problem, chosen.desktop) if chosen else None
+        if (
             self.signed_in_name() != self._said_user
             or self.signed_in_language() != self._said_language
+            or screen != self._said_screen
         ):
             self.service.say_hello()
 
@@ -332,9 +344,7 @@ class HelperHub:
         service = self._service()
         uid = conn.uid
         if isinstance(packet, hp.HelperHello):
-            self._register(
-                conn, packet.language
-            )  # answers itself: the welcome comes before the prompts
+            self._register(conn, packet)  # answers itself: the welcome comes before the prompts
             return None
         if isinstance(packet, (hp.Opened, hp.Exited)):
             self._program_news(conn, packet, fds)
@@ -369,7 +379,7 @@ class HelperHub:
             "sessions": [g.to_json() for g in service.gate.grants(uid)],
         }
 
-    def _register(self, conn: PacketConn, language: str = "") -> None:
+    def _register(self, conn: PacketConn, hello: hp.HelperHello) -> None:
         if conn in self._helpers:
             raise AgentError("this connection is a session helper already")
         if sum(1 for i in self._helpers.values() if i.uid == conn.uid) >= MAX_HELPERS_PER_UID:
@@ -378,8 +388,16 @@ class HelperHub:
         if timer is not None:
             timer.cancel()
         self._next_id += 1
-        language = language if language in LANGUAGES else ""
-        self._helpers[conn] = HelperInfo(self._next_id, conn.uid, conn.pid, language)
+        language = hello.language if hello.language in LANGUAGES else ""
+        self._helpers[conn] = HelperInfo(
+            self._next_id,
+            conn.uid,
+            conn.pid,
+            language=language,
+            screen=hello.screen,
+            screen_problem=hello.screen_problem,
+            desktop=hello.desktop,
+        )
         log.info("session helper of uid %d (pid %d) connected", conn.uid, conn.pid)
         service = self._service()
         welcome = hp.answer(

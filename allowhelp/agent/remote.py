@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from allowhelp.agent.fdbridge import FdBridge
 from allowhelp.agent.pty import clamp_size
+from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.protocol.control import Kind
 from allowhelp.protocol.helper import Close, Open, Opened
@@ -83,6 +84,8 @@ class RemoteProgram:
         self._fd = -1
         self._bridge: FdBridge | None = None
         self._early = bytearray()
+        # The user's screen server got --disable-input / -viewonly; root does not trust it.
+        self._filter = ViewOnlyFilter() if kind == "screen" and grant.view_only else None
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
         ask = Open(grant.session_id, kind, term, cols, rows, grant.view_only)
@@ -135,6 +138,15 @@ class RemoteProgram:
     # the channel's side (Backend)
 
     def write(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self._filter is not None:
+            try:
+                data = self._filter.feed(data)
+            except RfbInputError as exc:
+                self.close()
+                self._channel.finish(1, str(exc))
+                return
         if self._bridge is not None:
             self._bridge.write(data)
         elif len(self._early) + len(data) <= MAX_EARLY_INPUT:

@@ -1,4 +1,11 @@
-"""The PC's screen for one granted session: ``x11vnc -inetd`` on a socketpair.
+"""The PC's screen for one granted session: the engine the session offers, bridged.
+
+Engines (``desktop.choose_engine``): on X11 ``x11vnc -inetd`` on a socketpair
+(below); on wlroots Wayland compositors wayvnc on a UNIX socket private to the
+user (``wayvnc.py``); GNOME and KDE on Wayland are detected and refused with the
+reason (docs/wayland.md). Whatever the engine, the agent ends up with one
+connected socket to the server and bridges it; on a view-only grant the
+viewer's bytes pass ``rfbinput.ViewOnlyFilter`` first.
 
 x11vnc gets one end of a UNIX socketpair as its stdin and stdout and speaks
 RFB on it; the agent bridges the other end to the SSH channel. Nothing
@@ -30,13 +37,16 @@ Not used: ``-q`` (with -inetd it closes stderr, and stderr is where x11vnc
 says why it failed), ``-noshm`` (the X server is local: shared memory is fine).
 
 When the screen cannot be shared the reason is plain: no DISPLAY, a Wayland
-session, x11vnc missing, or x11vnc's own last words (``XOpenDisplay failed``).
+session without an engine, x11vnc or wayvnc missing, or the server's own last
+words (``XOpenDisplay failed``).
 It goes to the channel's stderr and exit status; the broker ends the session
 with that reason and audits it.
 
 Test knob, off by default: ``ALLOWHELP_TEST_SCREEN_COMMAND`` (a command line)
 runs that program instead of x11vnc, on the same socketpair, without the X
-checks. The test suite uses it to put a hostile VNC server behind the agent.
+checks and without the agent's own view-only filter (the tests of the broker's
+filter need the bytes the broker let through). The test suite uses it to put
+a hostile VNC server behind the agent.
 It is never needed in production and the agent logs a warning when it is set.
 """
 
@@ -50,11 +60,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
+from allowhelp.agent.desktop import TEST_COMMAND_ENV as TEST_COMMAND_ENV  # noqa: PLC0414 - its old home
+from allowhelp.agent.desktop import choose_engine, probe
 from allowhelp.agent.fdbridge import FdBridge, Output
 from allowhelp.agent.reaper import end_process_group
+from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
+from allowhelp.agent.wayvnc import WayvncLaunch
 from allowhelp.protocol.text import plain_text
 
 if TYPE_CHECKING:
@@ -63,32 +78,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEST_COMMAND_ENV = "ALLOWHELP_TEST_SCREEN_COMMAND"
 X11VNC = "x11vnc"
 STDERR_TAIL = 16 * 1024
 TERM_GRACE = 2.0
 EXIT_PATIENCE = 0.5  # a program that closed its socket is exiting: let it, before SIGTERM
+MAX_EARLY_INPUT = 64 * 1024  # what the viewer sent before the server answered
 KEEP_ENV = ("DISPLAY", "XAUTHORITY", "HOME", "USER", "LOGNAME", "PATH", "LANG", "LC_ALL")
+PORTAL_ENV = (
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "WAYLAND_DISPLAY",
+    "XDG_CURRENT_DESKTOP",
+    "XDG_SESSION_TYPE",
+    "PYTHONPATH",
+)
 
 
 class ScreenUnavailable(RuntimeError):
     """This PC cannot share its screen; the message says why, for the technician."""
-
-
-def display_problem(env: Mapping[str, str]) -> str | None:
-    """Why there is no X screen to share, in plain words; None when there is one."""
-    display = env.get("DISPLAY", "")
-    wayland = env.get("XDG_SESSION_TYPE", "").lower() == "wayland" or (
-        bool(env.get("WAYLAND_DISPLAY")) and env.get("XDG_SESSION_TYPE", "").lower() != "x11"
-    )
-    if wayland:
-        return (
-            "the PC runs a Wayland session; screen sharing needs an X11 (Xorg) session"
-            " — the user can pick one at the login screen"
-        )
-    if not display:
-        return "no X display: the agent was started without DISPLAY (no graphical session)"
-    return None
 
 
 def x11vnc_argv(program: str, display: str, *, view_only: bool) -> list[str]:
@@ -106,9 +113,8 @@ def screen_command(env: Mapping[str, str], *, view_only: bool) -> list[str]:
     if override:
         log.warning("%s is set: the screen is %r, not x11vnc", TEST_COMMAND_ENV, override)
         return shlex.split(override)
-    problem = display_problem(env)
-    if problem:
-        raise ScreenUnavailable(problem)
+    if not env.get("DISPLAY"):
+        raise ScreenUnavailable("no X display: the agent was started without DISPLAY")
     program = shutil.which(X11VNC, path=env.get("PATH") or os.defpath)
     if program is None:
         raise ScreenUnavailable("x11vnc is not installed on this PC (Debian: apt install x11vnc)")
@@ -135,28 +141,39 @@ def _untimed(line: str) -> str:
     return line.strip()
 
 
+def portal_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The session bus and the display for the portal engine (and where allowhelp is)."""
+    kept = child_environment(env)
+    for key in PORTAL_ENV:
+        if key in env:
+            kept[key] = env[key]
+    return kept
+
+
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     kept = {key: env[key] for key in KEEP_ENV if key in env}
     kept.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     return kept
 
 
-class ScreenProcess:
-    """One screen program on a socketpair, bridged to ``output``; a channel Backend."""
+class ScreenLaunch(Protocol):
+    """A started screen server: its process, the viewer's socket once it answers, and
+    what to remove after it (wayvnc's private folder)."""
 
-    def __init__(
-        self,
-        output: Output,
-        argv: list[str],
-        env: Mapping[str, str],
-        on_exit: Callable[[int, bytes], None],
-    ) -> None:
-        self._output = output
-        self._on_exit = on_exit
-        self._loop = asyncio.get_running_loop()
-        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc: subprocess.Popen[bytes]
+
+    async def connect(self) -> socket.socket: ...
+
+    def cleanup(self) -> None: ...
+
+
+class PairLaunch:
+    """x11vnc (or the test program) with one end of a socketpair as its stdin and stdout."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
+        self._mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 argv,
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
@@ -166,10 +183,60 @@ class ScreenProcess:
                 close_fds=True,
             )
         except OSError:
-            self._sock.close()
+            self._mine.close()
             raise
         finally:
             theirs.close()
+
+    async def connect(self) -> socket.socket:
+        return self._mine
+
+    def cleanup(self) -> None:
+        """Nothing on disk: a socketpair has no path."""
+
+
+def launch_screen(env: Mapping[str, str], *, view_only: bool) -> ScreenLaunch:
+    """Start the engine this session offers (desktop.py), or ScreenUnavailable saying why."""
+    offer = choose_engine(env, probe(env))
+    if not offer.available:
+        raise ScreenUnavailable(offer.problem)
+    try:
+        if offer.engine == "portal":
+            argv = [sys.executable, "-m", "allowhelp.agent.portalvnc"]
+            argv += [] if view_only else ["--control"]
+            return PairLaunch(argv, portal_environment(env))
+        if offer.engine == "wlroots":
+            return WayvncLaunch(env, view_only=view_only)
+        if offer.engine == "x11":
+            return PairLaunch(screen_command(env, view_only=view_only), child_environment(env))
+    except OSError as exc:
+        raise ScreenUnavailable(
+            f"the screen sharer could not start: {exc.strerror or exc}"
+        ) from exc
+    except RuntimeError as exc:
+        raise ScreenUnavailable(str(exc)) from exc
+    raise ScreenUnavailable(f"no screen engine for {offer.desktop}")
+
+
+class ScreenProcess:
+    """One screen server, bridged to ``output`` once its socket answers; a channel Backend.
+
+    On a view-only grant the viewer's bytes pass ``ViewOnlyFilter`` first, whatever
+    the engine's own flag says."""
+
+    def __init__(
+        self,
+        output: Output,
+        launch: ScreenLaunch,
+        on_exit: Callable[[int, bytes], None],
+        *,
+        view_only: bool = False,
+    ) -> None:
+        self._output = output
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._launch = launch
+        self._proc = launch.proc
         stderr = self._proc.stderr
         if stderr is None:
             raise OSError("no stderr pipe")  # cannot happen with stderr=PIPE
@@ -178,17 +245,42 @@ class ScreenProcess:
         os.set_blocking(self._stderr, False)
         self._tail = bytearray()
         self._stderr_closed = False
+        self._filter = ViewOnlyFilter() if view_only else None
+        self._sock: socket.socket | None = None
+        self._bridge: FdBridge | None = None
+        self._early = bytearray()
+        self._paused = False
+        self._closed = False
         self.ended: asyncio.Future[int] | None = None  # set once the teardown has begun
-        self._bridge = FdBridge(self._sock.fileno(), output, self._finish)
         self._loop.add_reader(self._stderr, self._stderr_readable)
-        log.info("screen pid=%d started (%s)", self._proc.pid, os.path.basename(argv[0]))
+        self._connecting = asyncio.ensure_future(self._connect())
+        log.info("screen pid=%d started (%s)", self._proc.pid, type(launch).__name__)
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
+    async def _connect(self) -> None:
+        try:
+            sock = await self._launch.connect()
+        except RuntimeError as exc:
+            if self._proc.poll() is None:  # still running: say what we saw (it says nothing)
+                self._tail += f"\n{exc}\n".encode()
+            self._finish()
+            return
+        if self._closed:
+            sock.close()
+            return
+        self._sock = sock
+        self._bridge = FdBridge(sock.fileno(), self._output, self._finish)
+        if self._paused:
+            self._bridge.pause()
+        if self._early:
+            self._bridge.write(bytes(self._early))
+            self._early.clear()
+
     def _stderr_readable(self) -> None:
-        """Keep the last STDERR_TAIL bytes of what x11vnc says; stop at the pipe's end."""
+        """Keep the last STDERR_TAIL bytes of what the server says; stop at the pipe's end."""
         while not self._stderr_closed:
             try:
                 data = os.read(self._stderr, STDERR_TAIL)
@@ -209,27 +301,51 @@ class ScreenProcess:
             self._stderr_file.close()
 
     def pause(self) -> None:
-        """The channel is full: stop reading, so x11vnc waits on its socket."""
-        self._bridge.pause()
+        """The channel is full: stop reading, so the server waits on its socket."""
+        self._paused = True
+        if self._bridge is not None:
+            self._bridge.pause()
 
     def resume(self) -> None:
-        self._bridge.resume()
+        self._paused = False
+        if self._bridge is not None:
+            self._bridge.resume()
 
     def resize(self, cols: int, rows: int) -> None:
         """A screen has no terminal size."""
 
     def write(self, data: bytes) -> None:
-        self._bridge.write(data)
+        if self._closed:
+            return
+        if self._filter is not None:
+            try:
+                data = self._filter.feed(data)
+            except RfbInputError as exc:
+                log.warning("screen pid=%d: %s", self._proc.pid, exc)
+                self._tail += f"\n{exc}\n".encode()
+                self._finish()
+                return
+        if self._bridge is not None:
+            self._bridge.write(data)
+        elif len(self._early) + len(data) <= MAX_EARLY_INPUT:
+            self._early += data
+
+    def _stop_bridge(self) -> None:
+        self._closed = True
+        self._connecting.cancel()
+        if self._bridge is not None:
+            self._bridge.stop()
+        if self._sock is not None:
+            self._sock.close()
 
     def _finish(self) -> None:
-        """The program closed its end: it is exiting (viewer gone, or it failed).
+        """The program closed its end (viewer gone, or it failed), or never answered.
 
         It gets EXIT_PATIENCE to exit by itself (its own status, not our
         SIGTERM's); its last words are read once it is gone, then reported."""
-        if self._bridge.closed:
+        if self._closed:
             return
-        self._bridge.stop()
-        self._sock.close()
+        self._stop_bridge()
         self.ended = end_process_group(
             self._proc, (signal.SIGTERM,), TERM_GRACE, name="screen", patience=EXIT_PATIENCE
         )
@@ -238,20 +354,21 @@ class ScreenProcess:
     def _report(self, ended: asyncio.Future[int]) -> None:
         self._stderr_readable()  # what is left in the pipe, up to its end
         self._close_stderr()
+        self._launch.cleanup()
         self._on_exit(ended.result(), bytes(self._tail))
 
     def close(self) -> int:
         """Stop the program and everything it started; safe to call again.
 
-        Returns at once: the reaper gives x11vnc TERM_GRACE after SIGTERM, then
+        Returns at once: the reaper gives the server TERM_GRACE after SIGTERM, then
         SIGKILLs whatever of the group is left (no process survives)."""
-        if self._bridge.closed:
+        if self._closed:
             return self._proc.returncode if self._proc.returncode is not None else -1
-        self._bridge.stop()
+        self._stop_bridge()  # x11vnc sees its viewer leave and cleans up (key autorepeat)
         self._close_stderr()
-        self._sock.close()  # x11vnc sees its viewer leave and cleans up (key autorepeat)
         # SIGTERM: x11vnc restores the X server's settings before it exits.
         self.ended = end_process_group(self._proc, (signal.SIGTERM,), TERM_GRACE, name="screen")
+        self.ended.add_done_callback(lambda _: self._launch.cleanup())
         log.info("screen pid=%d stopping", self._proc.pid)
         return self._proc.returncode if self._proc.returncode is not None else -1
 
@@ -265,10 +382,8 @@ def screen_factory(channel: GatedChannel, grant: Grant) -> Backend:
             log.error("session=%s screen failed: %s", grant.session_id, error)
         channel.finish(status, error)
 
-    argv = screen_command(os.environ, view_only=grant.view_only)  # ScreenUnavailable
-    try:
-        return ScreenProcess(channel, argv, child_environment(os.environ), exited)
-    except OSError as exc:
-        raise ScreenUnavailable(
-            f"the screen sharer could not start: {exc.strerror or exc}"
-        ) from exc
+    launch = launch_screen(os.environ, view_only=grant.view_only)  # ScreenUnavailable
+    # The test knob's program sees exactly what the broker let through (the tests of
+    # the broker's own view-only filter need that); every real engine gets the filter.
+    knob = bool(os.environ.get(TEST_COMMAND_ENV, "").strip())
+    return ScreenProcess(channel, launch, exited, view_only=grant.view_only and not knob)

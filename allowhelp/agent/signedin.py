@@ -38,6 +38,10 @@ class HelperInfo:
     uid: int
     pid: int
     language: str = ""  # the user's, as their helper said it ("": not said)
+    # What the helper's session offers for screen sharing (its HelperHello).
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
 
 def choose(helpers: Sequence[HelperInfo], active_uid: ActiveUid | None) -> HelperInfo | None:

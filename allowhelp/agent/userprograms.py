@@ -1,11 +1,12 @@
 """The programs a session helper starts for the machine service, as its user.
 
 A shell: the user's login shell on a new PTY (``pty.shell_environment``: the
-account's shell, home and a clean environment). A screen: x11vnc (or the test
-program) on a socketpair, exactly as the per-user agent starts it
-(``screen.screen_command``). The helper hands the PTY master or its socket end
-to the service and keeps only the process, to end its group when told
-(``reaper.end_process_group``) and report how it ended.
+account's shell, home and a clean environment). A screen: the session's engine
+(x11vnc on a socketpair, wayvnc on a socket private to the user, or the test
+program), exactly as the per-user agent starts it (``screen.launch_screen``).
+The helper hands the PTY master or its socket end to the service and keeps
+only the process, to end its group when told (``reaper.end_process_group``)
+and report how it ended.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import struct
 import subprocess
 import termios
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from allowhelp.agent.pty import (
     HANGUP_SIGNALS,
@@ -34,9 +34,9 @@ from allowhelp.agent.screen import (
     EXIT_PATIENCE,
     STDERR_TAIL,
     TERM_GRACE,
-    child_environment,
+    ScreenUnavailable,
     explain_exit,
-    screen_command,
+    launch_screen,
 )
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,15 @@ log = logging.getLogger(__name__)
 class UserProgram:
     """One started program; ``fd`` is what goes to the service (then closed here)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], fd: int, kind: str) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        fd: int,
+        kind: str,
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
         self.proc = proc
+        self._cleanup = cleanup
         self.fd = fd
         self.kind = kind
         self._stderr = proc.stderr
@@ -77,8 +84,9 @@ class UserProgram:
 
     def handed_over(self) -> None:
         """The service has the descriptor now: ours goes, so its close hangs up."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
         self.fd = -1
 
     def end(self) -> asyncio.Future[int]:
@@ -93,6 +101,9 @@ class UserProgram:
                 self.ending = end_process_group(
                     self.proc, (signal.SIGTERM,), TERM_GRACE, name="screen", patience=EXIT_PATIENCE
                 )
+            if self._cleanup is not None:
+                cleanup = self._cleanup
+                self.ending.add_done_callback(lambda _: cleanup())
         return self.ending
 
     def error(self, status: int) -> str:
@@ -129,23 +140,20 @@ def start_shell(term: str, cols: int, rows: int) -> UserProgram:
     return UserProgram(proc, master, "shell")
 
 
-def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgram:
-    argv = screen_command(env, view_only=view_only)  # ScreenUnavailable says why not
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+async def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgram:
+    """The session's screen server (x11vnc on a socketpair, wayvnc on its private socket),
+    once its socket answers; ``fd`` is the connected socket. ScreenUnavailable says why not,
+    with the server's own last words when it exited."""
+    launch = launch_screen(env, view_only=view_only)  # ScreenUnavailable says why not
+    program = UserProgram(launch.proc, -1, "screen", cleanup=launch.cleanup)
+    log.info("screen pid=%d started (%s)", launch.proc.pid, type(launch).__name__)
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=theirs.fileno(),
-            stdout=theirs.fileno(),
-            stderr=subprocess.PIPE,
-            env=child_environment(env),
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError:
-        mine.close()
+        sock = await launch.connect()
+    except RuntimeError as exc:
+        status = await program.end()
+        raise ScreenUnavailable(program.error(status or 1) or str(exc)) from exc
+    except asyncio.CancelledError:
+        program.end()
         raise
-    finally:
-        theirs.close()
-    log.info("screen pid=%d started (%s)", proc.pid, os.path.basename(argv[0]))
-    return UserProgram(proc, mine.detach(), "screen")
+    program.fd = sock.detach()
+    return program

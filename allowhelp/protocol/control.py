@@ -207,6 +207,13 @@ class Hello(Message):
     # the tunnel on an unknown message type).
     jobs: bool = False
 
+    # What the signed-in session offers for screen sharing (agent/desktop.py):
+    # ``screen`` is x11 | wlroots | portal | none ("" from an older agent: unknown);
+    # ``screen_problem`` says why not when none; ``desktop`` what the agent saw.
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
+
 
 @dataclass(frozen=True)
 class JobRun(Message):
@@ -291,6 +298,9 @@ LIMITS = {
     "output": 8000,
     "kernel": 200,
     "packages": 12000,
+    "screen": 20,
+    "screen_problem": 300,
+    "desktop": 200,
 }
 
 

@@ -48,6 +48,9 @@ _TEXT_LIMITS = {
     "help_code": 20,
     "prompt": 4000,
     "text": 500,
+    "screen": 20,
+    "screen_problem": 300,
+    "desktop": 200,
 }
 
 
@@ -67,10 +70,14 @@ class HelperHello(Packet):
     """The session helper: keep this connection, send me my user's prompts.
 
     ``language``: the user's (two letters, from their session's locale): the
-    verification phrase's words and the audited prompt's language."""
+    verification phrase's words and the audited prompt's language. It also says
+    what its session offers for screen sharing (``control.Hello``'s fields)."""
 
     type: ClassVar[str] = "helper"
     language: str = ""
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
 
 @dataclass(frozen=True)

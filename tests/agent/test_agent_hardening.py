@@ -39,7 +39,7 @@ import allowhelp
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.localsocket import MAX_REQUEST, socket_path
 from allowhelp.agent.pty import PtyShell
-from allowhelp.agent.screen import ScreenProcess
+from allowhelp.agent.screen import PairLaunch, ScreenProcess
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import generate_host_key, public_key_line
 from allowhelp.protocol.control import (
@@ -603,7 +603,8 @@ async def test_the_screen_is_ended_by_the_same_reaper_off_the_loop() -> None:
     stubborn = ["sh", "-c", "trap '' TERM; sleep 1000 & echo up; exec sleep 1000"]
     out = Collect()
     exits: list[int] = []
-    screen = ScreenProcess(out, stubborn, {"PATH": "/usr/bin:/bin"}, lambda s, e: exits.append(s))
+    launch = PairLaunch(stubborn, {"PATH": "/usr/bin:/bin"})
+    screen = ScreenProcess(out, launch, lambda s, e: exits.append(s))
     pid = screen.pid
     try:
         await out.expect(b"up")  # on the socketpair: the background sleep is running

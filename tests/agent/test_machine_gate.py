@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
@@ -216,7 +217,9 @@ async def test_the_screen_server_runs_as_the_user_after_their_click(
     await asyncio.to_thread(wait_for, lambda: machine.pending(OWNER), 10, "the prompt")
     screen = rogue.create_session(Sink, subsystem=channel_subsystem("screen", session_id))
     assert await refused(screen)
-    allowed = await asyncio.to_thread(machine.cli, OWNER, "allow", session_id, "--view-only")
+    # Under control: a view-only grant would have root's RFB filter refuse the
+    # stand-in's plain text (test_screen_engines.py shows that filter).
+    allowed = await asyncio.to_thread(machine.cli, OWNER, "allow", session_id)
     assert allowed.returncode == 0, allowed.stderr
     screen_chan, seen = as_sink(
         await rogue.create_session(
@@ -274,3 +277,49 @@ def test_a_helper_started_before_the_service_waits_for_it(stolen: tuple[Broker, 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_root_drops_view_only_input_whatever_the_users_screen_server_takes(
+    rogue: asyncssh.SSHClientConnection, stolen: tuple[Broker, Machine]
+) -> None:
+    """The user's screen program here takes every byte and writes it down (the test
+    knob); under a view-only grant the machine service itself drops the viewer's
+    input before it reaches the helper's socket, with no broker in between."""
+    _, machine = stolen
+    if OWNER in machine.helpers:
+        await asyncio.to_thread(machine.stop_helper, OWNER)
+    record = machine.root / "screen-received"
+    record.touch()
+    os.chown(record, *_ids(OWNER))
+    recorder = f"/bin/sh -c 'echo RFB 003.008; exec cat >> {record}'"
+    await asyncio.to_thread(machine.start_helper, OWNER, (f"{TEST_COMMAND_ENV}={recorder}",))
+    chan, _sink = await control(rogue)
+    session_id = "ScreenGate0002"
+    ask(chan, session_id, "screen")
+    await asyncio.to_thread(wait_for, lambda: machine.pending(OWNER), 10, "the prompt")
+    allowed = await asyncio.to_thread(machine.cli, OWNER, "allow", session_id, "--view-only")
+    assert allowed.returncode == 0, allowed.stderr
+    screen_chan, seen = as_sink(
+        await rogue.create_session(
+            Sink, subsystem=channel_subsystem("screen", session_id), encoding=None
+        )
+    )
+    await asyncio.to_thread(wait_for, lambda: b"RFB 003.008" in seen.data, 15, "the program")
+    handshake = b"RFB 003.008\n\x01\x01"
+    update = bytes([3, 0, 0, 0, 0, 0, 0, 10, 0, 10])
+    key = bytes([4, 1, 0, 0, 0, 0, 0, 0x61])
+    pointer = bytes([5, 1, 0, 5, 0, 5])
+    screen_chan.write(handshake + key + pointer + update)
+    want = handshake + update
+    await asyncio.to_thread(wait_for, lambda: record.read_bytes() == want, 15, "the bytes")
+    ended = await asyncio.to_thread(machine.cli, OWNER, "end", session_id)
+    assert ended.returncode == 0, ended.stderr
+    await asyncio.wait_for(seen.closed.wait(), 5)
+    assert record.read_bytes() == want, "view-only input reached the user's screen program"
+    chan.close()
+    await asyncio.to_thread(machine.stop_helper, OWNER)
+
+
+def _ids(user: str) -> tuple[int, int]:
+    account = pwd.getpwnam(user)
+    return account.pw_uid, account.pw_gid

@@ -9,36 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.agent.screen import (
-    TEST_COMMAND_ENV,
+    PairLaunch,
     ScreenProcess,
     ScreenUnavailable,
-    display_problem,
     explain_exit,
     screen_command,
 )
 
 X11VNC_DIR = "/usr/bin"
-
-
-@pytest.mark.parametrize(
-    ("env", "said"),
-    [
-        ({}, "without DISPLAY"),
-        ({"DISPLAY": ":0", "XDG_SESSION_TYPE": "wayland"}, "Wayland"),
-        ({"WAYLAND_DISPLAY": "wayland-0"}, "Wayland"),
-        ({"DISPLAY": ":0", "WAYLAND_DISPLAY": "wayland-0"}, "Wayland"),
-    ],
-)
-def test_no_screen_is_said_plainly(env: dict[str, str], said: str) -> None:
-    problem = display_problem(env)
-    assert problem is not None and said in problem
-
-
-def test_an_x11_session_has_a_screen() -> None:
-    assert display_problem({"DISPLAY": ":0"}) is None
-    x11_with_wayland_socket = {"DISPLAY": ":1", "WAYLAND_DISPLAY": "w", "XDG_SESSION_TYPE": "x11"}
-    assert display_problem(x11_with_wayland_socket) is None
 
 
 def test_missing_x11vnc_is_said_plainly(tmp_path: Path) -> None:
@@ -113,7 +93,9 @@ async def test_bytes_go_through_the_socketpair_both_ways() -> None:
     out = Collect()
     echo = "import os\nwhile (d := os.read(0, 4096)): os.write(1, d)"
     exits: list[tuple[int, bytes]] = []
-    proc = ScreenProcess(out, [sys.executable, "-c", echo], {}, lambda s, e: exits.append((s, e)))
+    proc = ScreenProcess(
+        out, PairLaunch([sys.executable, "-c", echo], {}), lambda s, e: exits.append((s, e))
+    )
     try:
         proc.write(b"RFB 003.008\n")
         await asyncio.wait_for(out.got.wait(), 10)
@@ -127,7 +109,9 @@ async def test_a_failing_program_reports_its_last_words() -> None:
     out = Collect()
     exits: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
     script = "import sys; sys.stderr.write('cannot open display\\n'); sys.exit(3)"
-    ScreenProcess(out, [sys.executable, "-c", script], {}, lambda s, e: exits.put_nowait((s, e)))
+    ScreenProcess(
+        out, PairLaunch([sys.executable, "-c", script], {}), lambda s, e: exits.put_nowait((s, e))
+    )
     status, stderr = await asyncio.wait_for(exits.get(), 10)
     assert status == 3 and b"cannot open display" in stderr
 
@@ -144,7 +128,7 @@ async def until(fact: Callable[[], bool], timeout: float, what: str) -> None:
 async def test_close_kills_the_whole_process_group() -> None:
     ready = Collect()
     script = "sleep 300 & echo started; sleep 300"
-    proc = ScreenProcess(ready, ["sh", "-c", script], {}, lambda s, e: None)
+    proc = ScreenProcess(ready, PairLaunch(["sh", "-c", script], {}), lambda s, e: None)
     await asyncio.wait_for(ready.got.wait(), 10)  # the background sleep is forked
     await until(lambda: len(group_members(proc.pid)) >= 2, 10, "sh and its background sleep")
     proc.close()

@@ -45,7 +45,9 @@ HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 MAX_FRAME = 256 * 1024
 MAX_INPUT_FRAME = 512 * 1024
-HANDSHAKE_TIMEOUT = 20.0
+# GNOME and KDE ask the user in their own dialog before the portal engine can
+# show anything (docs/wayland.md): a person reading it needs more than a few seconds.
+HANDSHAKE_TIMEOUT = 90.0
 
 
 class ScreenRelay:

@@ -27,6 +27,11 @@ class LiveAgent:
     # The PC user's language (a verification phrase list's code; "en" otherwise).
     language: str = "en"
     jobs: bool = False  # it runs signed fleet jobs or refuses them (``Hello.jobs``)
+    # What the session offers for the screen (x11 | wlroots | portal | none; "": the
+    # agent is older and did not say), why not, and the desktop it saw.
+    screen: str = ""
+    screen_problem: str = ""
+    desktop: str = ""
 
     @property
     def nobody_signed_in(self) -> bool:

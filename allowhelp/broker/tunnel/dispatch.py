@@ -69,6 +69,9 @@ class Inventory:
             live.jobs = message.jobs
             live.user = plain_text(message.user, 64)
             live.language = message.language  # unknown ones get English words (phrase.py)
+            live.screen = plain_text(message.screen, 20)
+            live.screen_problem = plain_text(message.screen_problem, 300)
+            live.desktop = plain_text(message.desktop, 200)
         task = asyncio.create_task(self._store(agent_id, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -110,7 +110,10 @@ function row(agent) {
         "aria-label": t("machines.admin_shell_label", { host: agent.hostname }),
       }),
       button(t("machines.screen"), () => openRequest(agent, "screen"), "small", {
-        disabled: offline, "aria-label": t("machines.screen_label", { host: agent.hostname }),
+        disabled: offline || agent.screen === "none",
+        "aria-label": t("machines.screen_label", { host: agent.hostname }),
+        title: screenTitle(agent),
+        "data-screen": agent.screen || "",
       }),
       isAdmin()
         ? button(t("machines.remove"), () => remove(agent), "small ghost danger-text", {
@@ -138,6 +141,18 @@ function versionCell(agent) {
     flag ? " " : null,
     flag ? el("span", { cls: `badge ${flag[1]}`, text: flag[0], title: flag[2] }) : null,
   ]);
+}
+
+/**
+ * Why "Screen…" is off ("Wayland session without a screen-cast portal"), or what it uses.
+ * @param {Agent} agent
+ */
+function screenTitle(agent) {
+  if (!agent.online) return t("machines.offline_title");
+  if (agent.screen === "none") {
+    return t("machines.no_screen", { problem: agent.screen_problem || t("machines.not_available") });
+  }
+  return agent.desktop ? t("machines.screen_of", { desktop: agent.desktop }) : "";
 }
 
 /**

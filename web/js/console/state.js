@@ -23,6 +23,10 @@
  * @property {"current" | "outdated" | "unsupported" | "unknown"} [version_status] against this broker
  * @property {boolean} [system] the machine service (one agent per PC) runs there
  * @property {string | null} [signed_in] who is signed in now (null: nobody, or offline)
+ * @property {string} [screen] the screen engine its session offers: x11, wlroots, portal,
+ *   none ("" or absent: the agent did not say)
+ * @property {string} [screen_problem] why the screen cannot be shared (screen "none")
+ * @property {string} [desktop] the session the agent saw ("wayland: sway")
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
  * @property {string[]} [groups] set by admins (PATCH /api/v1/agents/{id})

@@ -47,6 +47,11 @@ def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
         # ("" = nobody); a per-user agent's user is the one it runs as.
         "system": live.system if live else False,
         "signed_in": (live.user or None) if live else None,
+        # Live, from the Hello: the screen engine the session offers (x11 | wlroots |
+        # portal | none; "" = the agent did not say), why not, and the desktop seen.
+        "screen": live.screen if live else "",
+        "screen_problem": live.screen_problem if live else "",
+        "desktop": live.desktop if live else "",
     }
 
 

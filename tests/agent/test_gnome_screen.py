@@ -1,0 +1,260 @@
+"""The screen of a GNOME Wayland desktop, for real: headless mutter, the ScreenCast portal.
+
+A local user is made here; a headless GNOME runs as that user in its own D-Bus
+session (``gnomekit``): pipewire, wireplumber, mutter with a 1024x768 virtual
+monitor, foot, and xdg-desktop-portal with its GNOME back end. The machine
+service runs as root and the user's session helper in that session. After
+"Allow help", GNOME's own dialog asks the user again; the test answers it with
+keys through mutter's RemoteDesktop API (test-only). The technician gets the
+monitor through the real broker: a 1024x768 picture that is not blank, made by
+the portal engine (``portalvnc``) as the user, with nothing listening on TCP;
+keys typed there reach nothing; the user ends it from the PC and the engine
+and GStreamer are gone after. A control grant, and a user who declines GNOME's
+dialog, both end with a plain reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from gnomekit import CAN_RUN_GNOME, GNOME_SIZE, WHY_NO_GNOME, GnomeDesktop, gnome_desktop
+from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Broker,
+    Desk,
+    agent_cli,
+    broker_cli,
+    staffed_broker,
+    wait_for,
+)
+from screenkit import (
+    RfbClient,
+    ServerInit,
+    gone,
+    key_event,
+    listening_inodes,
+    processes,
+    screen_socket,
+    socket_inodes,
+    variance,
+)
+
+USER = "ahgnome"
+RETURN = 0xFF0D
+
+pytestmark = [
+    pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
+    pytest.mark.skipif(not CAN_RUN_GNOME, reason=WHY_NO_GNOME),
+]
+
+
+@dataclass
+class World:
+    machine: Machine
+    broker: Broker
+    gnome: GnomeDesktop
+
+    def agent_row(self) -> dict[str, Any]:
+        rows = self.broker.agents(ADMIN, ADMIN_PW)
+        return next(a for a in rows if a["id"] == self.machine.agent_id)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with (
+        local_users(USER),
+        passable_folder() as root,
+        gnome_desktop(USER) as gnome,
+        staffed_broker(tmp_path_factory.mktemp("gnome")) as fleet,
+    ):
+        broker = fleet.brokers[0]
+        config = root / "machine"
+        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
+        assert enrolled.returncode == 0, enrolled.stderr
+        machine = Machine(root, config)
+        try:
+            machine.start_service()
+            machine.start_helper(USER, env=gnome.session_env())
+            yield World(machine, broker, gnome)
+        finally:
+            machine.stop()
+
+
+@pytest.fixture
+def desk(world: World) -> Iterator[Desk]:
+    desk = Desk.login(world.broker, TECH, TECH_PW)
+    yield desk
+    desk.close()
+
+
+def consented(world: World, desk: Desk, *, view_only: bool) -> str:
+    answer = desk.request(world.machine.agent_id, kind="screen", reason="gnome test")
+    assert answer.status_code == 201, answer.text
+    session_id: str = answer.json()["id"]
+    wait_for(
+        lambda: any(p["session_id"] == session_id for p in world.machine.pending(USER)),
+        15,
+        "the prompt in the user's session",
+    )
+    done = world.machine.cli(USER, "allow", *(["--view-only"] if view_only else []), session_id)
+    assert done.returncode == 0, done.stderr
+    assert desk.wait_state(session_id, "active")["view_only"] is view_only
+    return session_id
+
+
+def engine_pids() -> list[int]:
+    return processes("allowhelp.agent.portalvnc", "python3") + processes(
+        "pipewiresrc", "gst-launch-1.0"
+    )
+
+
+async def through_gnomes_dialog(client: RfbClient, gnome: GnomeDesktop, how: str) -> bytes:
+    """Press ``how`` in GNOME's dialog until the engine speaks (or closes); what it said.
+
+    The dialog appears a moment after the engine asks the portal; keys pressed
+    before it is there go to foot, which is harmless here. The engine says its RFB
+    version only once the desktop has answered, so that is the fact awaited."""
+    answered = threading.Event()
+
+    def press() -> None:
+        while not answered.is_set():
+            gnome.answer(how)
+            answered.wait(3)
+
+    presser = threading.Thread(target=press, daemon=True)
+    presser.start()
+    try:
+        first = await client.read(12, timeout=90)
+    finally:
+        answered.set()
+        presser.join(30)
+    client.buf[:0] = first  # the handshake reads it again
+    return first
+
+
+async def not_blank(client: RfbClient, init: ServerInit, timeout: float = 15) -> bytes:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        await client.request_raw(init)
+        rects = await client.framebuffer_update(init)
+        pixels = b"".join(p for *_, p in rects)
+        if variance(pixels, init.bpp) > 2:
+            return pixels
+        assert asyncio.get_running_loop().time() < deadline, "only blank pictures"
+
+
+def test_the_console_is_told_what_the_session_offers(world: World) -> None:
+    row = world.agent_row()
+    assert row["screen"] == "portal", row
+    assert row["desktop"].startswith("wayland: gnome; portals RemoteDesktop 1, ScreenCast ")
+
+
+def test_view_only_screen_through_the_portal(world: World, desk: Desk) -> None:
+    marker = Path(f"/home/{USER}/typed-into-gnome")
+    marker.unlink(missing_ok=True)
+    session_id = consented(world, desk, view_only=True)
+
+    async def scenario() -> list[int]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            assert await through_gnomes_dialog(client, world.gnome, "share") == b"RFB 003.008\n"
+            init = await client.handshake()
+            assert (init.width, init.height) == GNOME_SIZE
+            await not_blank(client, init)
+            pids = engine_pids()
+            assert len(pids) == 2, pids
+            listening = listening_inodes()
+            for pid in pids:
+                owner = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]
+                assert owner == str(Path(f"/home/{USER}").stat().st_uid)
+                assert not socket_inodes(pid) & listening, f"pid {pid} listens on TCP"
+            for char in "cd\ntouch typed-into-gnome\n":
+                keysym = RETURN if char == "\n" else ord(char)
+                await client.send(key_event(keysym, True) + key_event(keysym, False))
+            await client.request_raw(init)
+            await client.framebuffer_update(init)
+            ended = await asyncio.to_thread(world.machine.cli, USER, "end", session_id)
+            assert ended.returncode == 0, ended.stderr
+            return pids
+
+    pids = asyncio.run(scenario())
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "user"
+    wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
+    assert not marker.exists(), "a key typed under a view-only grant reached the desktop"
+
+
+def audit_of(world: World, session_id: str) -> list[dict[str, Any]]:
+    done = broker_cli("audit", "export", "--data", str(world.broker.data))
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    return [r for r in records if r["target"] == session_id]
+
+
+async def closed(desk: Desk, session_id: str, gnome: GnomeDesktop, how: str) -> Any:
+    async with screen_socket(desk, session_id) as ws:
+        client = RfbClient(ws)
+        with pytest.raises(websockets.ConnectionClosed) as caught:
+            await through_gnomes_dialog(client, gnome, how)
+            while True:
+                await asyncio.wait_for(ws.recv(), 90)
+        return caught.value
+
+
+def test_keys_typed_by_the_technician_reach_gnome_through_the_portal(
+    world: World, desk: Desk
+) -> None:
+    marker = Path(f"/home/{USER}/typed-into-gnome-under-control")
+    marker.unlink(missing_ok=True)
+    session_id = consented(world, desk, view_only=False)
+
+    async def scenario() -> list[int]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            assert await through_gnomes_dialog(client, world.gnome, "control") == (b"RFB 003.008\n")
+            init = await client.handshake()
+            await not_blank(client, init)
+            pids = engine_pids()
+            assert processes("--control", "python3"), "the engine runs without --control"
+            # a first Return clears what the dialog's keys typed into foot before it showed
+            for char in f"\ncd\ntouch {marker.name}\n":
+                keysym = RETURN if char == "\n" else ord(char)
+                await client.send(key_event(keysym, True) + key_event(keysym, False))
+            await asyncio.to_thread(wait_for, marker.exists, 20, "the typed command to run")
+            return pids
+
+    pids = asyncio.run(scenario())  # the technician leaves
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
+    wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
+
+
+def test_a_user_who_refuses_remote_interaction_is_heard(world: World, desk: Desk) -> None:
+    """A control grant, but the user shares the screen without allowing interaction
+    in GNOME's dialog: the session ends with that reason, not a view it did not ask."""
+    session_id = consented(world, desk, view_only=False)
+    shut = asyncio.run(closed(desk, session_id, world.gnome, "share-only"))
+    assert shut.rcvd is not None and shut.rcvd.code == 1011
+    assert "did not allow remote control" in shut.rcvd.reason
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
+    failed = [r for r in audit_of(world, session_id) if r["type"] == "session.failed"]
+    assert failed and "did not allow remote control" in failed[-1]["details"]["error"]
+
+
+def test_a_user_who_declines_gnomes_dialog_is_heard(world: World, desk: Desk) -> None:
+    session_id = consented(world, desk, view_only=True)
+    shut = asyncio.run(closed(desk, session_id, world.gnome, "decline"))
+    assert shut.rcvd is not None and shut.rcvd.code == 1011
+    assert "declined the desktop's screen-sharing dialog" in shut.rcvd.reason
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
+    wait_for(lambda: not engine_pids(), 15, "the portal engine to be gone")

@@ -1,0 +1,53 @@
+"""Test-only: answer GNOME's screen-sharing dialog in a headless GNOME session.
+
+Run as the session's user, in its D-Bus session. It presses keys through
+mutter's own RemoteDesktop D-Bus API (org.gnome.Mutter.RemoteDesktop), which a
+headless test can reach and a product must never use: the dialog is the user's
+consent. ``share``: Down, space, Tab, Tab, space picks the first monitor and
+presses Share (GNOME 43's screen-cast dialog); ``decline``: Down, Tab, space
+presses Cancel; ``control`` (the remote-desktop dialog): the monitor, then the
+"Allow Remote Interaction" switch, then Alt+S (Share); ``share-only``: the same
+without allowing interaction.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from gi.repository import Gio, GLib  # type: ignore[import-not-found,unused-ignore]
+
+MUTTER = "org.gnome.Mutter.RemoteDesktop"
+DOWN, SPACE, TAB, ALT_S = (0xFF54,), (0x20,), (0xFF09,), (0xFFE9, 0x73)
+KEYS = {
+    "share": (DOWN, SPACE, TAB, TAB, SPACE),
+    "decline": (DOWN, TAB, SPACE),
+    # the remote-desktop dialog: the monitor, "Allow Remote Interaction", Share (Alt+S)
+    "control": (DOWN, SPACE, TAB, SPACE, ALT_S),
+    "share-only": (DOWN, SPACE, ALT_S),  # the monitor, but no remote interaction
+}
+PAUSE = 0.3
+
+
+def main() -> int:
+    bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
+
+    def call(path: str, iface: str, method: str, args: object = None) -> object:
+        return bus.call_sync(MUTTER, path, iface, method, args, None, 0, 10000, None)
+
+    reply = call("/org/gnome/Mutter/RemoteDesktop", MUTTER, "CreateSession")
+    session = reply.unpack()[0]  # type: ignore[attr-defined]
+    iface = MUTTER + ".Session"
+    call(session, iface, "Start")
+    try:
+        for chord in KEYS[sys.argv[1]]:
+            for keysym, down in [(k, True) for k in chord] + [(k, False) for k in chord[::-1]]:
+                call(session, iface, "NotifyKeyboardKeysym", GLib.Variant("(ub)", (keysym, down)))
+            time.sleep(PAUSE)
+    finally:
+        call(session, iface, "Stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
