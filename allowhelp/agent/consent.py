@@ -30,6 +30,7 @@ class ConsentRefused(Exception):
 WHAT_IS_ASKED = {
     "shell": "to open a command shell (terminal) on this PC",
     "screen": "to see your screen",
+    "files": "to exchange files with your PC (with your rights: what you can open, they can)",
     "admin-shell": (
         "for an administrator (root) shell on this PC: full control of the"
         " whole computer, every user's files included"

@@ -59,6 +59,7 @@ def current_hello() -> Hello:
         os=os_description(),
         user=getpass.getuser(),
         version=__version__,
+        chat=True,
     )
 
 

@@ -30,7 +30,7 @@ from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.machine import check_socket_folder
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
 from allowhelp.agent.service import ConsentFrontend, NotConnected
-from allowhelp.agent.userprograms import UserProgram, start_screen, start_shell
+from allowhelp.agent.userprograms import UserProgram, start_files, start_screen, start_shell
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import ConsentRequest, ProtocolError, Via, parse_json
 
@@ -175,6 +175,8 @@ class SessionHelper:
                 program = start_shell(packet.term, packet.cols, packet.rows)
             elif packet.kind == "screen":
                 program = start_screen(os.environ, view_only=packet.view_only)
+            elif packet.kind == "files":
+                program = start_files(os.environ)
             else:
                 raise RuntimeError(f"a session helper does not start a {packet.kind}")
         except (OSError, RuntimeError) as exc:  # ScreenUnavailable is a RuntimeError

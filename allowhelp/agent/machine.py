@@ -55,6 +55,15 @@ IDLE_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107
 
 
+def _chat(service: AgentService, packet: hp.MessagesQuery | hp.Say, uid: int) -> bytes:
+    """``messages`` and ``chat`` for the caller's own sessions alone."""
+    if isinstance(packet, hp.Say):
+        said = service.say(packet.session_id, packet.text, owner=uid)
+        return hp.answer(True, message=said.to_json())
+    lines = [line.to_json() for line in service.messages(packet.session_id, owner=uid)]
+    return hp.answer(True, messages=hp.fitting(lines))
+
+
 def machine_socket(config_dir: Path | None) -> Path:
     """``/run/allowhelp/agent.sock`` for the machine folder; ``DIR/run/agent.sock``
     for another ``--config DIR`` (tests, a second service)."""
@@ -130,6 +139,7 @@ class HelperHub:
             user=self._said_user,
             version=__version__,
             system=True,
+            chat=True,
         )
 
     def _maybe_changed(self) -> None:
@@ -149,6 +159,10 @@ class HelperHub:
 
     def screen(self, channel: GatedChannel, grant: Grant) -> Backend:
         return self._program(channel, grant, "screen", "", (0, 0))
+
+    def files(self, channel: GatedChannel, grant: Grant) -> Backend:
+        """sftp-server, started by the user's helper as the user (root touches no file)."""
+        return self._program(channel, grant, "files", "", (0, 0))
 
     def _program(
         self, channel: GatedChannel, grant: Grant, kind: Kind, term: str, size: tuple[int, int]
@@ -311,10 +325,8 @@ class HelperHub:
         if isinstance(packet, (hp.Opened, hp.Exited)):
             self._program_news(conn, packet, fds)
             return None
-        if isinstance(packet, hp.PendingQuery):
-            return hp.answer(True, pending=[p.to_json() for p in service.gate.pending(uid)])
-        if isinstance(packet, hp.StatusQuery):
-            return hp.answer(True, **self._status(uid))
+        if isinstance(packet, (hp.PendingQuery, hp.StatusQuery, hp.MessagesQuery, hp.Say)):
+            return self._query(packet, uid)
         if isinstance(packet, (hp.Allow, hp.Deny)):
             allow = isinstance(packet, hp.Allow)
             view_only = packet.view_only if isinstance(packet, hp.Allow) else False
@@ -325,6 +337,16 @@ class HelperHub:
         if isinstance(packet, hp.End):
             return hp.answer(True, ended=service.end(packet.session_id or None, owner=uid))
         raise AgentError("unknown request")
+
+    def _query(
+        self, packet: hp.PendingQuery | hp.StatusQuery | hp.MessagesQuery | hp.Say, uid: int
+    ) -> bytes:
+        service = self._service()
+        if isinstance(packet, hp.PendingQuery):
+            return hp.answer(True, pending=[p.to_json() for p in service.gate.pending(uid)])
+        if isinstance(packet, hp.StatusQuery):
+            return hp.answer(True, **self._status(uid))
+        return _chat(service, packet, uid)
 
     def _service(self) -> AgentService:
         if self.service is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
@@ -18,10 +19,14 @@ from typing import Protocol
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.protocol.control import (
+    MAX_CHAT,
+    ChatMessage,
     ConsentDecision,
     ConsentRequest,
     EndReason,
+    FileTransfer,
     Hello,
     HelpCode,
     HelpRefused,
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 Sender = Callable[[Message], None]
 SignedIn = Callable[[], "int | None"]
 HELP_TIMEOUT = 15.0
+MAX_OWNERS_KEPT = 100
 
 
 class NotConnected(AgentError):
@@ -104,6 +110,8 @@ class AgentService:
         self._send: Sender | None = None
         self._help: dict[str, asyncio.Future[HelpCode]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.news = SessionNews()  # chat and file transfers of running sessions
+        self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
 
     @property
     def connected(self) -> bool:
@@ -158,6 +166,11 @@ class AgentService:
             if future is not None and not future.done():
                 reason = plain_text(message.reason, 200)
                 future.set_exception(HelpDeclined(f"no help code: {reason}"))
+        elif isinstance(message, (ChatMessage, FileTransfer)):
+            if any(g.session_id == message.session_id for g in self.gate.grants()):
+                self.news.from_broker(message)
+            else:
+                log.warning("ignored %s for a session that is not running", message.type)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
 
@@ -256,6 +269,9 @@ class AgentService:
         )
         if allow:
             grant = next(g for g in self.gate.grants() if g.session_id == session_id)
+            self._owners[session_id] = grant.owner
+            while len(self._owners) > MAX_OWNERS_KEPT:
+                del self._owners[next(iter(self._owners))]
             for frontend in self.frontends:
                 frontend.active(grant)
         return decision
@@ -294,6 +310,24 @@ class AgentService:
                 self._notify_ended(sid)
             log.info("session=%s ended: uid %d has no session helper any more", sid, owner)
         return gone
+
+    def say(self, session_id: str, text: str, owner: int | None = None) -> NewsLine:
+        """The user writes to the technician of one of their running sessions."""
+        if not any(g.session_id == session_id for g in self.gate.grants(owner)):
+            raise ConsentRefused(f"no running session {session_id}")
+        clean = plain_text(text, MAX_CHAT + 1)
+        if not clean:
+            raise AgentError("the message is empty")
+        if len(clean) > MAX_CHAT:
+            raise AgentError(f"a message is at most {MAX_CHAT} characters")
+        self._sender()(ChatMessage(session_id, clean))
+        return self.news.add(NewsLine(session_id, "chat", "you", clean, time.time()))
+
+    def messages(self, session_id: str, owner: int | None = None) -> list[NewsLine]:
+        """The conversation of one of the caller's sessions (running, or ended lately)."""
+        if session_id not in self._owners or self._owners[session_id] != owner:
+            raise ConsentRefused(f"no session {session_id} of yours")
+        return self.news.chat(session_id)
 
     async def request_help(self, message: str) -> HelpCode:
         send = self._sender()

@@ -3,7 +3,8 @@
 A shell: the user's login shell on a new PTY (``pty.shell_environment``: the
 account's shell, home and a clean environment). A screen: x11vnc (or the test
 program) on a socketpair, exactly as the per-user agent starts it
-(``screen.screen_command``). The helper hands the PTY master or its socket end
+(``screen.screen_command``); files: sftp-server on a socketpair
+(``files.files_command``). The helper hands the PTY master or its socket end
 to the service and keeps only the process, to end its group when told
 (``reaper.end_process_group``) and report how it ended.
 """
@@ -22,6 +23,7 @@ import subprocess
 import termios
 from collections.abc import Mapping
 
+from allowhelp.agent.files import explain_files_exit, files_command, files_environment
 from allowhelp.agent.pty import (
     HANGUP_SIGNALS,
     SIGNAL_GRACE,
@@ -98,8 +100,10 @@ class UserProgram:
     def error(self, status: int) -> str:
         if self._stderr is not None:
             self._read_stderr()
-        if self.kind != "screen" or status == 0:
+        if self.kind == "shell" or status == 0:
             return ""
+        if self.kind == "files":
+            return explain_files_exit(status, bytes(self._tail))
         return explain_exit(status, bytes(self._tail))
 
 
@@ -131,6 +135,15 @@ def start_shell(term: str, cols: int, rows: int) -> UserProgram:
 
 def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgram:
     argv = screen_command(env, view_only=view_only)  # ScreenUnavailable says why not
+    return _on_socketpair(argv, child_environment(env), "screen")
+
+
+def start_files(env: Mapping[str, str]) -> UserProgram:
+    """sftp-server as this helper's user (FilesUnavailable as root or without one)."""
+    return _on_socketpair(files_command(), files_environment(env), "files")
+
+
+def _on_socketpair(argv: list[str], env: dict[str, str], kind: str) -> UserProgram:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         proc = subprocess.Popen(
@@ -138,7 +151,7 @@ def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgram:
             stdin=theirs.fileno(),
             stdout=theirs.fileno(),
             stderr=subprocess.PIPE,
-            env=child_environment(env),
+            env=env,
             start_new_session=True,
             close_fds=True,
         )
@@ -147,5 +160,5 @@ def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgram:
         raise
     finally:
         theirs.close()
-    log.info("screen pid=%d started (%s)", proc.pid, os.path.basename(argv[0]))
-    return UserProgram(proc, mine.detach(), "screen")
+    log.info("%s pid=%d started (%s)", kind, proc.pid, os.path.basename(argv[0]))
+    return UserProgram(proc, mine.detach(), kind)

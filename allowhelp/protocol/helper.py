@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from allowhelp.protocol.control import (
     KINDS,
+    MAX_CHAT,
     Kind,
     ProtocolError,
     Via,
@@ -47,6 +48,7 @@ _TEXT_LIMITS = {
     "phrase": 100,
     "help_code": 20,
     "prompt": 4000,
+    "text": MAX_CHAT,
 }
 
 
@@ -105,6 +107,23 @@ class End(Packet):
 class AskHelp(Packet):
     type: ClassVar[str] = "request-help"
     message: str = ""
+
+
+@dataclass(frozen=True)
+class MessagesQuery(Packet):
+    """The chat of one of the caller's sessions (``allowhelp-agent messages``)."""
+
+    type: ClassVar[str] = "messages"
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Say(Packet):
+    """The caller writes to the technician of one of their sessions (``chat``)."""
+
+    type: ClassVar[str] = "chat"
+    session_id: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,8 @@ PACKETS: dict[str, type[Packet]] = {
         Deny,
         End,
         AskHelp,
+        MessagesQuery,
+        Say,
         Opened,
         Exited,
         Prompt,
@@ -212,7 +233,19 @@ PACKETS: dict[str, type[Packet]] = {
     )
 }
 FROM_CLIENT = frozenset(
-    {"helper", "pending", "status", "allow", "deny", "end", "request-help", "opened", "exited"}
+    {
+        "helper",
+        "pending",
+        "status",
+        "allow",
+        "deny",
+        "end",
+        "request-help",
+        "messages",
+        "chat",
+        "opened",
+        "exited",
+    }
 )
 
 
@@ -263,6 +296,20 @@ def _field(name: str, annotation: str, value: object) -> object:
 def answer(ok: bool, **fields: object) -> bytes:
     """The service's one reply to a request (not a ``Packet``: its fields vary)."""
     return json.dumps({"type": "answer", "ok": ok, **fields}, ensure_ascii=False).encode()
+
+
+def fitting(
+    items: list[dict[str, object]], room: int = MAX_PACKET - 1024
+) -> list[dict[str, object]]:
+    """The newest ``items`` whose JSON fits in one answer packet (oldest dropped)."""
+    kept: list[dict[str, object]] = []
+    size = 0
+    for item in reversed(items):
+        size += len(json.dumps(item, ensure_ascii=False).encode()) + 2
+        if size > room:
+            break
+        kept.append(item)
+    return kept[::-1]
 
 
 def read_answer(data: bytes) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import Authenticator
+from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.settings import BrokerSettings
@@ -32,3 +34,5 @@ class Services:
     help_desk: HelpDesk
     keys: EnrolledKeys
     tunnel: TunnelListener  # also takes tunnels that ride the HTTPS port
+    chat: ChatDesk
+    files: FileDesk

@@ -121,6 +121,8 @@ class Session:
     bytes_from_agent: int = 0
     recording: str | None = None
     recording_sha256: str | None = None
+    ticket: str = ""  # the help desk's ticket (free text, e.g. HD-1234)
+    notes: str = ""  # the technician's notes, changed by PATCH
 
     @classmethod
     def new(
@@ -133,6 +135,7 @@ class Session:
         kind: Kind,
         reason: str,
         help_code: str = "",
+        ticket: str = "",
     ) -> Session:
         session_id = new_session_id()
         return cls(
@@ -145,6 +148,7 @@ class Session:
             reason=reason,
             phrase=verification_phrase(),
             help_code=help_code,
+            ticket=ticket,
         )
 
     @property
@@ -267,4 +271,6 @@ class Session:
             "end_reason": self.end_reason,
             "bytes_to_agent": self.bytes_to_agent,
             "bytes_from_agent": self.bytes_from_agent,
+            "ticket": self.ticket,
+            "notes": self.notes,
         }

@@ -13,7 +13,7 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +29,17 @@ from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.wall import Wall
+from allowhelp.broker.errors import TunnelError
 from allowhelp.broker.listen import bind
+from allowhelp.broker.model.session import Session
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
+from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.sessions.report import ReportOutbox, Webhook
 from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -44,7 +49,14 @@ from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
-from allowhelp.protocol.control import ConsentDecision, Hello, HelpRequest, SessionEnd
+from allowhelp.protocol.control import (
+    ChatMessage,
+    ConsentDecision,
+    FileTransfer,
+    Hello,
+    HelpRequest,
+    SessionEnd,
+)
 from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 log = logging.getLogger(__name__)
@@ -158,7 +170,11 @@ def announce_fd_limit(limit: int | None) -> None:
 
 
 def control_router(
-    db: StoreWorker, agents: AgentRegistry, sessions: SessionRegistry, help_desk: HelpDesk
+    db: StoreWorker,
+    agents: AgentRegistry,
+    sessions: SessionRegistry,
+    help_desk: HelpDesk,
+    chat: ChatDesk | None = None,
 ) -> ControlRouter:
     """Each message an agent may send, and the part of the broker that owns it."""
     router = ControlRouter()
@@ -166,6 +182,8 @@ def control_router(
     router.route(ConsentDecision, sessions.on_decision)
     router.route(SessionEnd, sessions.on_user_end)
     router.route(HelpRequest, help_desk.request)
+    if chat is not None:
+        router.route(ChatMessage, chat.from_agent)
     return router
 
 
@@ -221,12 +239,15 @@ async def _serve(
         organisation=settings.organisation,
         consent_timeout=settings.consent_timeout,
     )
+    chat, files, reports = _session_extras(
+        settings, sessions, events, db=db, audit=folder.audit, public_url=public_url
+    )
     tunnel = TunnelListener(
         db,
         folder.audit,
         registry,
         folder.pki.tunnel_key,
-        control_router(db, registry, sessions, help_desk),
+        control_router(db, registry, sessions, help_desk, chat),
         keys=keys,
         window=settings.audit.window,
         burst=settings.audit.burst,
@@ -240,6 +261,7 @@ async def _serve(
         started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
         await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
+        reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = (
             format_hostport(url_host(public_url), tunnel_port) if tunnel_port is not None else None
@@ -267,6 +289,8 @@ async def _serve(
             help_desk=help_desk,
             keys=keys,
             tunnel=tunnel,
+            chat=chat,
+            files=files,
         )
         server = _Uvicorn(
             _uvicorn_config(create_app(svc), folder.pki, tls, settings.trusted_proxies)
@@ -301,12 +325,46 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await tunnel.stop()
+        await reports.close()
         await chain_watch.close()
         if exporter is not None:
             await exporter.stop()
         https_sock.close()
         if metrics_sock is not None:
             metrics_sock.close()
+
+
+def _session_extras(
+    settings: BrokerSettings,
+    sessions: SessionRegistry,
+    events: EventHub,
+    *,
+    db: StoreWorker,
+    audit: AuditLog,
+    public_url: str,
+) -> tuple[ChatDesk, FileDesk, ReportOutbox]:
+    """Chat, files and the session report (issue #17), wired to the registry."""
+    agents = sessions.agents
+    chat = ChatDesk(sessions, agents, db, events)
+    files = FileDesk(sessions, audit, db, notify=_transfer_notice(agents))
+    webhook = (
+        Webhook(settings.webhook_url, settings.webhook_secret) if settings.webhook_url else None
+    )
+    reports = ReportOutbox(db, audit, webhook, public_url=public_url)
+    sessions.on_final(reports.session_over)
+    return chat, files, reports
+
+
+def _transfer_notice(agents: AgentRegistry) -> Callable[[Session, FileTransfer], None]:
+    """Tell the PC of each file transfer (its session window lists them), when it listens."""
+
+    def notify(session: Session, message: FileTransfer) -> None:
+        live = agents.get(session.agent_id)
+        if live is not None and live.chat:
+            with contextlib.suppress(TunnelError):
+                live.link.send(message)
+
+    return notify
 
 
 async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:

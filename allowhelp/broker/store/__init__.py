@@ -25,6 +25,7 @@ from allowhelp.broker.model.records import (
 )
 from allowhelp.broker.store.fleet import FleetStore
 from allowhelp.broker.store.people import PeopleStore
+from allowhelp.broker.store.session_extras import SessionExtrasStore
 from allowhelp.broker.store.session_rows import SessionStore
 
 __all__ = [
@@ -41,5 +42,5 @@ __all__ = [
 ]
 
 
-class Store(PeopleStore, FleetStore, SessionStore):
+class Store(PeopleStore, FleetStore, SessionStore, SessionExtrasStore):
     """Typed access to the broker database; callers never see SQL or sqlite3."""

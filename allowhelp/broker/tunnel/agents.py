@@ -24,6 +24,7 @@ class LiveAgent:
     # there now ("": nobody). A per-user agent's user is always there.
     system: bool = False
     user: str = ""
+    chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
 
     @property
     def nobody_signed_in(self) -> bool:

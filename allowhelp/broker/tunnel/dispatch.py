@@ -66,6 +66,7 @@ class Inventory:
         live = self._agents.get(agent_id)
         if live is not None:  # at once: a request that comes next must know who is there
             live.system = message.system
+            live.chat = message.chat
             live.user = plain_text(message.user, 64)
         task = asyncio.create_task(self._store(agent_id, message))
         self._tasks.add(task)
