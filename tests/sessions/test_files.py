@@ -258,3 +258,103 @@ def test_a_root_agent_never_serves_files(tmp_path: Path) -> None:
         failed = [r for r in audit(broker) if r["type"] == "session.failed"]
         assert any("never as root" in r["details"]["error"] for r in failed), failed
         desk.close()
+
+
+def test_chat_goes_both_ways_and_hostile_text_stays_text(
+    pc: tuple[Broker, UserAgent], files_session: tuple[Desk, str]
+) -> None:
+    _, agent = pc
+    desk, session_id = files_session
+    url = f"/api/v1/sessions/{session_id}/messages"
+    sent = desk.client.post(url, json={"text": "hello <b>you</b>\x1b[31m red\x07"})
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["text"] == "hello <b>you</b>[31m red"
+    shown = agent.cli("messages", session_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    lines = json.loads(shown.stdout)
+    assert lines[-1]["text"] == "hello <b>you</b>[31m red"
+    assert set(lines[-1]) == {"from", "text", "ts"}
+    plain = agent.cli("messages", session_id)
+    assert "\x1b" not in plain.stdout and "hello <b>you</b>[31m red" in plain.stdout
+    said = agent.cli("chat", session_id, "thanks\x1b]0;owned\x07 it works")
+    assert said.returncode == 0, said.stderr
+    transcript = wait_for(
+        lambda: (m := desk.client.get(url).json()) and len(m) >= 2 and m,
+        15,
+        "the user's message at the broker",
+    )
+    assert transcript[-1]["text"] == "thanks]0;owned it works"
+    assert transcript[-1]["from"] == f"user@{agent.agent_id}"
+    assert transcript[0]["from"] == f"technician:{TECH}"
+    assert set(transcript[0]) == {"from", "text", "ts"}
+
+
+def test_bad_chat_messages_get_clear_errors(
+    pc: tuple[Broker, UserAgent], files_session: tuple[Desk, str]
+) -> None:
+    _, agent = pc
+    desk, session_id = files_session
+    url = f"/api/v1/sessions/{session_id}/messages"
+    huge = desk.client.post(url, json={"text": "x" * MIB})
+    assert huge.status_code == 413 and huge.json()["error"] == "too_large"
+    long = desk.client.post(url, json={"text": "x" * 2001})
+    assert long.status_code == 413
+    for body in ({"text": ""}, {"text": 5}, {}):
+        assert desk.client.post(url, json=body).status_code == 400
+    too_long = agent.cli("chat", session_id, "y" * 2001)
+    assert too_long.returncode != 0 and "at most 2000" in too_long.stderr
+    assert "Traceback" not in too_long.stderr
+    stranger = agent.cli("chat", "NoSuchSession12", "hi")
+    assert stranger.returncode != 0 and "no running session" in stranger.stderr
+    assert desk.client.post(url, json={"text": "still here"}).status_code == 201
+
+
+def test_notes_by_the_technician_alone_and_on_the_record(
+    pc: tuple[Broker, UserAgent], files_session: tuple[Desk, str]
+) -> None:
+    broker, _ = pc
+    desk, session_id = files_session
+    url = f"/api/v1/sessions/{session_id}"
+    changed = desk.client.patch(url, json={"notes": "toner replaced\nprinter OK\x1b[2J"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["notes"] == "toner replaced\nprinter OK[2J"
+    assert desk.session(session_id)["notes"] == "toner replaced\nprinter OK[2J"
+    assert desk.client.patch(url, json={"notes": 5}).status_code == 400
+    assert desk.client.patch(url, json={"state": "ended"}).status_code == 400
+    assert desk.client.patch(url, json={"notes": "n" * 10_001}).status_code == 400
+    broker.add_user("eve", "eve password 1234")
+    other = Desk.login(broker, "eve", "eve password 1234")
+    try:
+        assert other.client.patch(url, json={"notes": "mine now"}).status_code == 404
+    finally:
+        other.close()
+    noted = [r for r in audit(broker) if r["type"] == "session.notes"]
+    assert noted[-1]["details"]["notes"] == "toner replaced\nprinter OK[2J"
+    assert noted[-1]["details"]["ticket"] == "HD-1234"
+    requested = next(
+        r for r in audit(broker) if r["type"] == "session.requested" and r["target"] == session_id
+    )
+    assert requested["details"]["ticket"] == "HD-1234"
+
+
+def test_the_end_record_holds_the_transcript_digest(
+    pc: tuple[Broker, UserAgent], files_session: tuple[Desk, str]
+) -> None:
+    broker, _ = pc
+    desk, session_id = files_session
+    transcript = desk.client.get(f"/api/v1/sessions/{session_id}/messages").json()
+    assert len(transcript) >= 3
+    assert desk.client.post(f"/api/v1/sessions/{session_id}/end").status_code == 200
+    digest = hashlib.sha256()
+    for line in transcript:  # the rule in docs/integrations.md
+        digest.update(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    ended = next(
+        r for r in audit(broker) if r["type"] == "session.ended" and r["target"] == session_id
+    )
+    assert ended["details"]["transcript_sha256"] == digest.hexdigest()
+    assert ended["details"]["chat_messages"] == len(transcript)
+    assert ended["details"]["bytes_to_agent"] > 3 * MIB  # the uploads, counted
+    gone = desk.client.get(files_url(session_id, "files"), params={"path": "."})
+    assert gone.status_code == 404
+    late = desk.client.post(f"/api/v1/sessions/{session_id}/messages", json={"text": "hi"})
+    assert late.status_code == 404
