@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from machinekit import CAN_RUN, WHY_NOT, local_users, passable_folder
+from receiverkit import SECRET, Receiver, receiver
 from userkit import UserAgent, user_path
 
 from harness import TECH, TECH_PW, Broker, Desk, broker_cli, online, staffed_broker, wait_for
@@ -31,11 +32,21 @@ pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
 
 @pytest.fixture(scope="module")
-def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserAgent]]:
+def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Receiver, tuple[str, ...]]]:
+    secret = tmp_path_factory.mktemp("hook") / "secret"
+    secret.write_bytes(SECRET)
+    with receiver() as state:
+        yield state, ("--webhook", state.url, "--webhook-secret-file", str(secret))
+
+
+@pytest.fixture(scope="module")
+def pc(
+    tmp_path_factory: pytest.TempPathFactory, hook: tuple[Receiver, tuple[str, ...]]
+) -> Iterator[tuple[Broker, UserAgent]]:
     with (
         local_users(USER),
         passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("files")) as fleet,
+        staffed_broker(tmp_path_factory.mktemp("files"), broker_args=hook[1]) as fleet,
     ):
         broker = fleet.brokers[0]
         agent = UserAgent(root / "pc" / "agent", user=USER)
@@ -337,8 +348,10 @@ def test_notes_by_the_technician_alone_and_on_the_record(
     assert requested["details"]["ticket"] == "HD-1234"
 
 
-def test_the_end_record_holds_the_transcript_digest(
-    pc: tuple[Broker, UserAgent], files_session: tuple[Desk, str]
+def test_the_end_record_holds_the_transcript_digest_and_the_report_goes_out(
+    pc: tuple[Broker, UserAgent],
+    files_session: tuple[Desk, str],
+    hook: tuple[Receiver, tuple[str, ...]],
 ) -> None:
     broker, _ = pc
     desk, session_id = files_session
@@ -358,3 +371,14 @@ def test_the_end_record_holds_the_transcript_digest(
     assert gone.status_code == 404
     late = desk.client.post(f"/api/v1/sessions/{session_id}/messages", json={"text": "hi"})
     assert late.status_code == 404
+    report = wait_for(lambda: hook[0].by_session(session_id), 20, "the session report")
+    assert hook[0].refused == []
+    assert report["kind"] == "files" and report["ticket"] == "HD-1234"
+    assert report["notes"] == "toner replaced\nprinter OK[2J"
+    assert report["end_reason"] == "technician" and report["consent"]["decision"] == "granted"
+    assert report["chat"] == transcript
+    uploads = [t for t in report["file_transfers"] if t["path"] == "report.bin"]
+    assert {t["direction"] for t in uploads} == {"upload", "download"}
+    assert all(t["ok"] and len(t["sha256"]) == 64 for t in uploads)
+    cut = [t for t in report["file_transfers"] if t["path"] == "cut.bin" and not t["ok"]]
+    assert cut and "cut" in cut[0]["error"]

@@ -261,7 +261,7 @@ async def _serve(
         started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
         await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
-        reports.start()  # reports owed by an earlier run go out now
+        await reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         tunnel_public = (
             format_hostport(url_host(public_url), tunnel_port) if tunnel_port is not None else None

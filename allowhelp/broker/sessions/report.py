@@ -127,8 +127,6 @@ class ReportOutbox:
     async def _body(self, session: Session) -> bytes:
         transfers = await self._db.read(Store.transfers, session.id)
         chat = await self._db.read(Store.chat_lines, session.id)
-        stored = await self._db.read(Store.session, session.id)
-        notes = session.notes or (stored.notes if stored is not None else "")
         report = {
             "type": "session.report",
             "session": session.id,
@@ -137,7 +135,7 @@ class ReportOutbox:
             "kind": session.kind,
             "reason": session.reason,
             "ticket": session.ticket,
-            "notes": notes,
+            "notes": session.notes,
             "help_code": session.help_code,
             "times": {
                 "created": session.created,
@@ -167,9 +165,18 @@ class ReportOutbox:
 
     # sending
 
-    def start(self) -> None:
-        if self._webhook is not None and self._sender is None:
-            self._sender = asyncio.create_task(self._send_forever(self._webhook))
+    async def start(self) -> None:
+        """Send what is owed, an earlier run's reports first (tried again at once)."""
+        if self._webhook is None or self._sender is not None:
+            return
+        try:
+            owed = await self._db.run(Store.retry_reports_now, time.time())
+        except BrokerError as exc:
+            log.error("the report outbox cannot be read: %s", exc)
+            owed = 0
+        if owed:
+            log.info("%d session report(s) owed to the ticket system: sending", owed)
+        self._sender = asyncio.create_task(self._send_forever(self._webhook))
 
     async def flush(self, patience: float = 10.0) -> None:
         """Wait (bounded) until the reports of sessions just ended are in the outbox."""

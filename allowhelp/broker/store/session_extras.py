@@ -176,6 +176,15 @@ class SessionExtrasStore(StoreCore):
                 (error, next_attempt, item_id),
             )
 
+    def retry_reports_now(self, now: float) -> int:
+        """A broker start tries every undelivered report at once (its backoff was the
+        old process's); how many are owed."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE report_outbox SET next_attempt = ? WHERE delivered IS NULL", (now,)
+            )
+            return int(cursor.rowcount)
+
     def reports(self, limit: int = 200) -> list[OutboxItem]:
         """Newest first: what an admin looks at (undelivered ones first)."""
         rows = self._query(
