@@ -22,17 +22,19 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from allowhelp.agent.consent import Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.machine import check_socket_folder
+from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
 from allowhelp.agent.service import ConsentFrontend, NotConnected
 from allowhelp.agent.userprograms import UserProgram, start_files, start_screen, start_shell
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import ConsentRequest, ProtocolError, Via, parse_json
+from allowhelp.protocol.control import MAX_CHAT, ConsentRequest, ProtocolError, Via, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class ConsentHelperView:
         self.config = _Organisation()
         self.gate = _Grants()
         self.conn: PacketConn | None = None
+        self.news = SessionNews()  # what the service forwards of this user's sessions
 
     def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> None:
         packet: hp.Packet = (
@@ -74,6 +77,10 @@ class ConsentHelperView:
     def end(self, session_id: str | None = None) -> list[str]:
         self._send(hp.End(session_id or ""))
         return [session_id] if session_id else sorted(self.gate.live)
+
+    def say(self, session_id: str, text: str) -> None:
+        """To the technician, through the service (which checks it is this uid's session)."""
+        self._send(hp.Say(session_id, text[:MAX_CHAT]))
 
     def _send(self, packet: hp.Packet) -> None:
         if self.conn is None or not self.conn.send(packet.encode()):
@@ -156,6 +163,10 @@ class SessionHelper:
                 frontend.active(grant)
         elif isinstance(packet, hp.Ended):
             self._ended(packet.session_id)
+        elif isinstance(packet, hp.News):
+            kind = "chat" if packet.kind == "chat" else "transfer"
+            line = NewsLine(packet.session_id, kind, packet.sender, packet.text, time.time())
+            self.view.news.add(line)
         elif isinstance(packet, hp.Open):
             self._open(conn, packet)
         elif isinstance(packet, hp.Close):

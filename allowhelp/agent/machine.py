@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.news import NewsLine
 from allowhelp.agent.remote import RemoteProgram
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import Hello, Kind, ProtocolError
+from allowhelp.protocol.control import MAX_CHAT, Hello, Kind, ProtocolError
 
 if TYPE_CHECKING:  # the session helper imports this module and has no asyncssh
     from allowhelp.agent.channels import Backend, GatedChannel
@@ -202,6 +203,12 @@ class HelperHub:
             grant.session_id, grant.kind, grant.view_only, grant.technician, organisation
         )
         self._to_owner(grant.owner, packet)
+
+    def news(self, line: NewsLine) -> None:
+        """A chat message or transfer: to the session's owner's helpers alone."""
+        if line.session_id in self._owners:
+            packet = hp.News(line.session_id, line.kind, line.sender[:100], line.text[:MAX_CHAT])
+            self._to_owner(self._owners[line.session_id], packet)
 
     def ended(self, session_id: str) -> None:
         if session_id in self._owners:

@@ -58,6 +58,7 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     service = AgentService(config, signed_in=hub.signed_in, hello=hub.hello)
     hub.service = service
     service.frontends.append(hub)
+    service.news.listeners.append(hub.news)  # chat and transfers to the owner's window
     tunnel = AgentTunnel(
         service,
         folder,

@@ -190,6 +190,17 @@ class Ended(Packet):
 
 
 @dataclass(frozen=True)
+class News(Packet):
+    """A chat message or file transfer in one of the user's sessions, for its window."""
+
+    type: ClassVar[str] = "news"
+    session_id: str
+    kind: str  # chat | transfer
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Open(Packet):
     """Start the user's shell (on a PTY) or screen server for a granted session."""
 
@@ -228,6 +239,7 @@ PACKETS: dict[str, type[Packet]] = {
         PromptClosed,
         Active,
         Ended,
+        News,
         Open,
         Close,
     )
