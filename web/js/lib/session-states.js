@@ -9,7 +9,7 @@
 import { plain } from "./dom.js";
 
 /** @typedef {"requested" | "awaiting_consent" | "active" | "ended" | "denied" | "expired"} SessionState */
-/** @typedef {"shell" | "admin-shell" | "screen"} SessionKind */
+/** @typedef {"shell" | "admin-shell" | "screen" | "files"} SessionKind */
 /** @typedef {"technician" | "user" | "shell_exited" | "agent_lost" | "broker_restart" | "error" | "expired" | "nobody_signed_in" | "unsupported" | "signed_out"} EndReason */
 
 /**
@@ -27,6 +27,8 @@ import { plain } from "./dom.js";
  * @property {number} created
  * @property {number | null} ended
  * @property {EndReason | null} end_reason
+ * @property {string} [ticket] the help desk's ticket, e.g. HD-1234
+ * @property {string} [notes] the technician's notes
  */
 
 /**
@@ -112,6 +114,7 @@ const KINDS = {
   shell: { label: "Shell", page: "/terminal.html" },
   "admin-shell": { label: "Admin shell (root)", page: "/terminal.html" },
   screen: { label: "Screen", page: "/screen.html" },
+  files: { label: "Files", page: "/files.html" },
 };
 
 /** @param {Session} session "Shell", "Screen" or "Screen (view only)" */
