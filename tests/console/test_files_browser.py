@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from machinekit import CAN_RUN, WHY_NOT, local_users, passable_folder
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import expect
+from playwright.async_api import FilePayload, expect
 from userkit import UserAgent, user_path
 
 from browserkit import ARTIFACTS, chromium, logged_in_page
@@ -92,7 +92,7 @@ async def test_the_file_panel_moves_files_both_ways_and_chats(
     data = secrets.token_bytes(1024 * 1024)
     await page.set_input_files(
         "#upload-file",
-        files=[{"name": "scan.pdf", "mimeType": "application/pdf", "buffer": data}],
+        files=[FilePayload(name="scan.pdf", mimeType="application/pdf", buffer=data)],
     )
     await page.click("#upload")
     await expect(page.locator("#transfer-status")).to_contain_text(
