@@ -213,6 +213,40 @@ def test_an_upload_cut_halfway_leaves_no_file_under_any_name(
     assert user_path(USER, "cut.bin").read_bytes() == b"whole"
 
 
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 1 MiB file system in the user's home (tmpfs): a PC whose disk is full."""
+    folder = user_path(USER, "small")
+    folder.mkdir(exist_ok=True)
+    uid = user_path(USER).stat().st_uid
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=1m,uid={uid},mode=0700", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_on_the_pc_is_a_clear_error_and_leaves_nothing(
+    files_session: tuple[Desk, str], small_disk: Path
+) -> None:
+    desk, session_id = files_session
+    data = secrets.token_bytes(3 * MIB)
+    full = desk.client.put(files_url(session_id), params={"path": "small/big.bin"}, content=data)
+    assert full.status_code == 409, full.text
+    assert full.json()["error"] == "pc_refused" and "disk full" in full.json()["message"]
+    assert list(small_disk.iterdir()) == []  # neither the file nor its temporary name
+    fits = desk.client.put(files_url(session_id), params={"path": "small/ok.txt"}, content=b"ok")
+    assert fits.status_code == 201
+    assert (small_disk / "ok.txt").read_bytes() == b"ok"
+
+
 def test_a_huge_folder_is_listed_whole(files_session: tuple[Desk, str]) -> None:
     desk, session_id = files_session
     folder = user_path(USER, "many")
