@@ -136,3 +136,39 @@ async def test_the_file_panel_moves_files_both_ways_and_chats(
     await page.click("#end")
     await expect(page.locator("#state")).to_contain_text("ended", timeout=15000)
     assert problems == []
+
+
+async def test_the_shell_page_has_the_chat_and_notes_too(
+    setup: tuple[Broker, UserAgent], browser: Chromium
+) -> None:
+    broker, agent = setup
+    page, problems = await logged_in_page(browser, broker, TECH, TECH_PW)
+    session_id = await page.evaluate(
+        """async (agentId) => {
+            const r = await fetch('/api/v1/sessions', {method: 'POST',
+              headers: {'Content-Type': 'application/json',
+                        'X-CSRF-Token': sessionStorage.getItem('csrf')},
+              body: JSON.stringify({agent_id: agentId, kind: 'shell', reason: 'vpn',
+                                    ticket: 'HD-10'})});
+            return (await r.json()).id;
+        }""",
+        agent.agent_id,
+    )
+    await page.goto(f"{broker.url}/terminal.html?session={session_id}")
+    await asyncio.to_thread(agent.wait_pending, session_id)
+    assert (await asyncio.to_thread(agent.cli, "allow", session_id)).returncode == 0
+    await page.wait_for_selector("#side:not([hidden])", timeout=15000)
+    await expect(page.locator("#ticket")).to_have_text("Ticket HD-10")
+    await page.click("#side summary")
+    await page.fill("#chat-text", "typing in your shell now")
+    await page.click("#chat-send")
+    await expect(page.locator("#chat-lines")).to_contain_text("typing in your shell now")
+    shown = await asyncio.to_thread(agent.cli, "messages", session_id, "--json")
+    assert json.loads(shown.stdout)[-1]["text"] == "typing in your shell now"
+    said = await asyncio.to_thread(agent.cli, "chat", session_id, "ok, go")
+    assert said.returncode == 0, said.stderr
+    await expect(page.locator("#chat-lines")).to_contain_text("ok, go", timeout=15000)
+    await page.screenshot(path=str(ARTIFACTS / "shell-chat.png"))
+    await page.click("#end")
+    await expect(page.locator("#state")).to_contain_text("ended", timeout=15000)
+    assert problems == []

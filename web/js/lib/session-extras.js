@@ -84,3 +84,18 @@ export function wireChatAndNotes() {
     }
   });
 }
+
+/**
+ * The session is active: show the chat and notes (loaded once) on a shell or screen page.
+ * @param {import("./session-states.js").Session} session
+ */
+export function showExtras(session) {
+  $("side").hidden = false;
+  showNotes(session);
+  if (!loaded) loadChat();
+}
+
+/** Opening or closing the panel changes the room the terminal or screen has. */
+export function refitOnToggle() {
+  $("side").addEventListener("toggle", () => window.dispatchEvent(new Event("resize")));
+}

@@ -5,6 +5,7 @@
 // included: the PC is hostile input.
 import RFB from "/node_modules/@novnc/novnc/core/rfb.js";
 import { $, plain } from "../lib/dom.js";
+import { chatEvent, refitOnToggle, showExtras, wireChatAndNotes } from "../lib/session-extras.js";
 import { runSessionPage, socketUrl } from "../lib/session-page.js";
 
 /** @type {RFB | null} */
@@ -20,6 +21,7 @@ function failure() {
 const page = runSessionPage({
   kind: "screen",
   active(session) {
+    showExtras(session);
     $("view-only").hidden = !session.view_only;
     if (closed) return;
     $("notice").hidden = true;
@@ -33,7 +35,10 @@ const page = runSessionPage({
   ended() {
     if (rfb) rfb.disconnect();
   },
+  event: chatEvent,
 });
+wireChatAndNotes();
+refitOnToggle();
 
 /** @param {boolean} viewOnly */
 function openScreen(viewOnly) {
