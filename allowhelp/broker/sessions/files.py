@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -40,7 +39,6 @@ from allowhelp.broker.errors import (
     BadRequest,
     BrokerError,
     Conflict,
-    Forbidden,
     NotFound,
     TooLarge,
     TunnelError,
@@ -48,6 +46,7 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.sessions.filepaths import upload_names
 from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.sessions.sftpwire import json_entries, rename_onto, sftp_error
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.session_extras import TransferRecord
 from allowhelp.broker.store.worker import StoreWorker
@@ -93,24 +92,6 @@ class _Transfer:
     def add(self, data: bytes) -> None:
         self.digest.update(data)
         self.size += len(data)
-
-
-def _sftp_error(exc: Exception, path: str) -> BrokerError:
-    """What the PC said, as the broker's own error (one line, for the technician)."""
-    if isinstance(exc, asyncssh.SFTPNoSuchFile):
-        return NotFound(f"{path}: no such file or folder on the PC", code="no_such_file")
-    if isinstance(exc, asyncssh.SFTPPermissionDenied):
-        return Forbidden(f"{path}: the PC user may not open it", code="permission_denied")
-    if isinstance(exc, asyncssh.SFTPOpUnsupported):
-        return Conflict(f"{path}: the PC refuses this operation", code="unsupported")
-    if isinstance(exc, asyncssh.SFTPError):
-        why = exc.reason or "refused"
-        if why.lower() == "failure":  # sftp-server says only this for ENOSPC, EISDIR, ...
-            why = "the PC could not do it (disk full, or not a regular file?)"
-        return Conflict(f"{path}: {why}", code="pc_refused")
-    if isinstance(exc, (asyncssh.Error, OSError, EOFError)):
-        return AgentUnreachable(f"{path}: the connection to the PC's files broke: {exc}")
-    return BrokerError(str(exc))
 
 
 class FileDesk:
@@ -182,11 +163,11 @@ class FileDesk:
         """The folder as a JSON array, streamed entry by entry (a huge folder never
         sits in memory); errors (no such folder, a file, no right) before the first byte."""
         session = self._session(session_id, username)
+        client, _ = await self._client(session)  # session.started first, at the first request
         await self._audit.write(
             "files.listed", actor=f"technician:{username}", target=session_id,
             details={**session.summary(), "path": path},
         )  # fmt: skip
-        client, _ = await self._client(session)
         try:
             attrs = await client.stat(path.encode())
             if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
@@ -194,8 +175,8 @@ class FileDesk:
             entries = client.scandir(path.encode())
             first = await anext(entries, None)
         except (asyncssh.Error, OSError, EOFError) as exc:
-            raise _sftp_error(exc, path) from exc
-        return _json_entries(first, entries, path)
+            raise sftp_error(exc, path) from exc
+        return json_entries(first, entries, path)
 
     # download
 
@@ -208,7 +189,7 @@ class FileDesk:
         try:
             attrs = await client.stat(path.encode())
         except (asyncssh.Error, OSError, EOFError) as exc:
-            raise _sftp_error(exc, path) from exc
+            raise sftp_error(exc, path) from exc
         if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
             raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
         if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
@@ -220,7 +201,7 @@ class FileDesk:
         try:
             handle = await client.open(path.encode(), "rb")
         except (asyncssh.Error, OSError, EOFError) as exc:
-            error = _sftp_error(exc, path)
+            error = sftp_error(exc, path)
             await self._finished(transfer, error)
             raise error from exc
         return size, self._chunks(transfer, handle, channel, size)
@@ -241,7 +222,7 @@ class FileDesk:
             if transfer.size != size:
                 error = Conflict(f"{path}: the file changed while it was read", code="changed")
         except (asyncssh.Error, OSError, EOFError) as exc:
-            error = _sftp_error(exc, path)
+            error = sftp_error(exc, path)
         except BaseException:  # the browser went away (cancelled): a cut download
             error = BrokerError(f"{path}: the download was cut after {transfer.size} bytes")
             raise
@@ -269,12 +250,12 @@ class FileDesk:
             if folder and not await client.isdir(folder.encode()):
                 raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
         except (asyncssh.Error, OSError, EOFError) as exc:
-            raise _sftp_error(exc, path) from exc
+            raise sftp_error(exc, path) from exc
         transfer = await self._started(_Transfer(session, username, path, "upload"), None)
         try:
             handle = await client.open(temp.encode(), "xb")  # O_EXCL: never someone's file
         except (asyncssh.Error, OSError, EOFError) as exc:
-            refused = _sftp_error(exc, path)
+            refused = sftp_error(exc, path)
             await self._finished(transfer, refused)
             raise refused from exc
         error: BrokerError | None = None
@@ -286,11 +267,11 @@ class FileDesk:
                 transfer.add(data)
                 channel.to_agent += len(data)
             await handle.close()
-            await _rename(client, temp, path)
+            await rename_onto(client, temp, path)
         except BrokerError as exc:
             error = exc
         except (asyncssh.Error, OSError, EOFError) as exc:
-            error = _sftp_error(exc, path)
+            error = sftp_error(exc, path)
         except BaseException:  # the browser went away (ClientDisconnect, cancelled)
             cut = BadRequest(f"{path}: the upload was cut after {transfer.size} bytes")
             await asyncio.shield(self._discard(client, handle, temp))
@@ -366,51 +347,3 @@ class FileDesk:
                 session.id, transfer.path[:1000], transfer.direction, size, status
             )
             self._notify(session, message)
-
-
-async def _rename(client: asyncssh.SFTPClient, temp: str, path: str) -> None:
-    """Onto the final name, replacing a file already there (POSIX rename when offered)."""
-    try:
-        await client.posix_rename(temp.encode(), path.encode())
-    except asyncssh.SFTPOpUnsupported:
-        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-            await client.remove(path.encode())
-        await client.rename(temp.encode(), path.encode())
-
-
-def _entry_type(attrs: asyncssh.SFTPAttrs) -> str:
-    return {
-        asyncssh.FILEXFER_TYPE_REGULAR: "file",
-        asyncssh.FILEXFER_TYPE_DIRECTORY: "dir",
-        asyncssh.FILEXFER_TYPE_SYMLINK: "link",
-    }.get(attrs.type or 0, "other")
-
-
-async def _json_entries(
-    first: asyncssh.SFTPName | None, rest: AsyncIterator[asyncssh.SFTPName], path: str
-) -> AsyncIterator[bytes]:
-    yield b"["
-    comma = b""
-    entry = first
-    while entry is not None:
-        raw = entry.filename
-        name_bytes = raw if isinstance(raw, bytes) else raw.encode()
-        if name_bytes not in (b".", b".."):
-            item: dict[str, object] = {
-                "name": name_bytes.decode("utf-8", "replace"),
-                "type": _entry_type(entry.attrs),
-                "size": entry.attrs.size,
-                "mtime": entry.attrs.mtime,
-            }
-            try:
-                name_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                item["name_not_utf8"] = True  # shown; cannot be asked for by this name
-            yield comma + json.dumps(item, ensure_ascii=False).encode()
-            comma = b","
-        try:
-            entry = await anext(rest, None)
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            log.error("listing of %s cut: %s", path, exc)
-            break
-    yield b"]"
