@@ -117,6 +117,7 @@ class AgentService:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.news = SessionNews()  # chat and file transfers of running sessions
         self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
+        self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
 
     @property
     def connected(self) -> bool:
@@ -195,6 +196,10 @@ class AgentService:
             if self._send is not None:
                 self._send(SessionEnd(session_id=request.session_id, reason=refusal))
             return
+        if request.chat:
+            self._chat_ok[request.session_id] = None
+            while len(self._chat_ok) > MAX_OWNERS_KEPT:  # the oldest go first
+                del self._chat_ok[next(iter(self._chat_ok))]
         try:
             pending = self.gate.ask(request, owner)
         except ConsentRefused as exc:
@@ -320,6 +325,8 @@ class AgentService:
         """The user writes to the technician of one of their running sessions."""
         if not any(g.session_id == session_id for g in self.gate.grants(owner)):
             raise ConsentRefused(f"no running session {session_id}")
+        if session_id not in self._chat_ok:  # an older broker would drop the tunnel
+            raise AgentError("the help desk's broker is too old for chat in this session")
         clean = plain_text(text, MAX_CHAT + 1)
         if not clean:
             raise AgentError("the message is empty")

@@ -131,6 +131,7 @@ class ConsentRequest(Message):
     phrase: str
     timeout: float
     help_code: str = ""
+    chat: bool = False  # the broker takes chat.message for this session (older ones do not)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends.indicator import IndicatorFrontend
 from allowhelp.agent.frontends.toolkit import Toolkit
 from allowhelp.agent.service import AgentService
-from allowhelp.protocol.control import ChatMessage, ConsentRequest, FileTransfer, Message
+from allowhelp.protocol.control import ChatMessage, ConsentRequest, FileTransfer, Kind, Message
 
 SID = "s-0123456789ab"
 
@@ -32,8 +35,8 @@ def service() -> tuple[AgentService, list[Message]]:
     return agent, sent
 
 
-def granted(agent: AgentService, kind: str = "files") -> None:
-    request = ConsentRequest(SID, "ACME IT", "Eve", kind, "copy a file", "a b c", 30)  # type: ignore[arg-type]
+def granted(agent: AgentService, kind: Kind = "files", chat: bool = True) -> None:
+    request = ConsentRequest(SID, "ACME IT", "Eve", kind, "copy a file", "a b c", 30, chat=chat)
     agent.on_message(request)
     agent.decide(SID, allow=True, view_only=False, via="cli")
 
@@ -108,3 +111,12 @@ async def test_news_for_a_session_that_is_not_running_is_dropped(tmp_path: Path)
     agent.on_message(ChatMessage("s-not-running-01", "hello"))
     agent.on_message(FileTransfer("s-not-running-01", "x", "upload", 1, "done"))
     assert agent.news.lines("s-not-running-01") == []
+
+
+async def test_no_chat_to_a_broker_that_did_not_offer_it() -> None:
+    """An older broker would take chat.message as a protocol break and drop the tunnel."""
+    agent, sent = service()
+    granted(agent, chat=False)
+    with pytest.raises(AgentError, match="too old for chat"):
+        agent.say(SID, "hello?")
+    assert not [m for m in sent if isinstance(m, ChatMessage)]

@@ -53,6 +53,7 @@ def consent_request(session: Session, *, organisation: str, timeout: float) -> C
         phrase=session.phrase,
         timeout=timeout,
         help_code=session.help_code,
+        chat=True,
     )
 
 
