@@ -4,7 +4,8 @@ What the broker may open, and only this:
 - ``session`` channel + subsystem ``allowhelp.control``: the control channel
   (one per tunnel). It can only show prompts and carry messages.
 - ``session`` channel + optional ``pty-req`` + subsystem
-  ``allowhelp.shell/<session>`` or ``allowhelp.screen/<session>``: opens only
+  ``allowhelp.shell/<session>``, ``allowhelp.screen/<session>`` or
+  ``allowhelp.files/<session>`` (SFTP, served by sftp-server as the user): opens only
   under a live grant for that session and kind (``ConsentGate.claim``).
 
 Refused: shell and exec requests, any other subsystem (sftp), env, X11 and
@@ -54,6 +55,7 @@ class Backend(Protocol):
 
 
 ScreenFactory = Callable[["GatedChannel", Grant], Backend]
+FilesFactory = ScreenFactory  # sftp-server as the user, on a socketpair
 # The user's shell when the agent is not that user (the machine service asks
 # their session helper): channel, grant, TERM, (cols, rows).
 ShellFactory = Callable[["GatedChannel", Grant, str, tuple[int, int]], Backend]
@@ -66,11 +68,13 @@ class AgentSSHServer(asyncssh.SSHServer):
         broker_key: str,
         screen: ScreenFactory | None,
         shell: ShellFactory | None = None,
+        files: FilesFactory | None = None,
     ) -> None:
         self._service = service
         self._broker_key = broker_key
         self._screen = screen
         self._shell = shell
+        self._files = files
         self.control_open = False
 
     def begin_auth(self, username: str) -> bool:
@@ -196,6 +200,10 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
                 return self._server._shell(self, self.grant, self._term, self._size)
             # The agent's own login shell: the user's (per-user agent), root's (admin-shell).
             return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self.finish)
+        if kind == "files":
+            if self._server._files is None or self.grant is None:
+                raise RuntimeError("this agent cannot exchange files")
+            return self._server._files(self, self.grant)
         if self._server._screen is None or self.grant is None:
             raise RuntimeError("this agent cannot share its screen")
         return self._server._screen(self, self.grant)

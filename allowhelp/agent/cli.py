@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from allowhelp.agent.config import default_config_dir
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import N_, _
+from allowhelp.protocol.control import MAX_CHAT
+from allowhelp.protocol.text import plain_text
 from allowhelp.runtime import run_command
 
 PROG = "allowhelp-agent"
@@ -189,6 +192,25 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_messages(args: argparse.Namespace) -> int:
+    lines = call(args, {"op": "messages", "session_id": args.session_id})["messages"]
+    if args.json:
+        print(json.dumps([{k: m[k] for k in ("from", "text", "ts")} for m in lines]))
+        return 0
+    if not lines:
+        print("no messages yet")
+    for m in lines:  # made plain by the agent: no escape reaches this terminal
+        clock = time.strftime("%H:%M:%S", time.localtime(float(m["ts"])))
+        print(f"[{clock}] {plain_text(m['from'], 100)}: {plain_text(m['text'], MAX_CHAT)}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    call(args, {"op": "chat", "session_id": args.session_id, "text": args.text})
+    print("sent")
+    return 0
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -251,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     _prompt_arg(session, "auto")
     _config_arg(session)
     session.set_defaults(func=cmd_session)
+    _user_commands(sub)
+    return parser
 
+
+def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """What the person at the PC types: answer, end, chat, ask for help, look back."""
     pending = sub.add_parser("pending", help="list the help requests waiting for your answer")
     pending.add_argument("--json", action="store_true", help="print a JSON list")
     _config_arg(pending)
@@ -269,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("session_id", nargs="?", default=None)
     _config_arg(end)
     end.set_defaults(func=cmd_end)
+    messages = sub.add_parser("messages", help="show the chat of a running session")
+    messages.add_argument("session_id")
+    messages.add_argument("--json", action="store_true", help='print [{"from", "text", "ts"}]')
+    _config_arg(messages)
+    messages.set_defaults(func=cmd_messages)
+    chat = sub.add_parser("chat", help="write to the technician of a running session")
+    chat.add_argument("session_id")
+    chat.add_argument("text")
+    _config_arg(chat)
+    chat.set_defaults(func=cmd_chat)
     helpme = sub.add_parser("request-help", help="ask the help desk for help; prints a code")
     helpme.add_argument("--message", default="", help="what the problem is")
     _config_arg(helpme)
@@ -277,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print a JSON list")
     _config_arg(history)
     history.set_defaults(func=cmd_history)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

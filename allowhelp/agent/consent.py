@@ -34,6 +34,10 @@ WHAT_IS_ASKED = {
         "%(technician)s from %(organisation)s asks to open a command shell (terminal) on this PC."
     ),
     "screen": N_("%(technician)s from %(organisation)s asks to see your screen."),
+    "files": N_(
+        "%(technician)s from %(organisation)s asks to exchange files with your PC (with your"
+        " rights: what you can open, they can)."
+    ),
     "admin-shell": N_(
         "%(technician)s from %(organisation)s asks for an administrator (root) shell on this"
         " PC: full control of the whole computer, every user's files included."

@@ -67,6 +67,7 @@ def current_hello() -> Hello:
         screen=offer.engine,
         screen_problem=offer.problem,
         desktop=offer.desktop,
+        chat=True,
     )
 
 

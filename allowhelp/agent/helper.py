@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from allowhelp.agent.consent import Grant, Pending
@@ -32,11 +33,12 @@ from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.i18n import _, user_language
 from allowhelp.agent.machine import check_socket_folder
+from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
 from allowhelp.agent.service import ConsentFrontend, NotConnected
-from allowhelp.agent.userprograms import UserProgram, start_screen, start_shell
+from allowhelp.agent.userprograms import UserProgram, start_files, start_screen, start_shell
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import ConsentRequest, ProtocolError, Via, parse_json
+from allowhelp.protocol.control import MAX_CHAT, ConsentRequest, ProtocolError, Via, parse_json
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class ConsentHelperView:
         self.config = _Organisation()
         self.gate = _Grants()
         self.conn: PacketConn | None = None
+        self.news = SessionNews()  # what the service forwards of this user's sessions
 
     def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> None:
         packet: hp.Packet = (
@@ -79,6 +82,10 @@ class ConsentHelperView:
     def end(self, session_id: str | None = None) -> list[str]:
         self._send(hp.End(session_id or ""))
         return [session_id] if session_id else sorted(self.gate.live)
+
+    def say(self, session_id: str, text: str) -> None:
+        """To the technician, through the service (which checks it is this uid's session)."""
+        self._send(hp.Say(session_id, text[:MAX_CHAT]))
 
     def _send(self, packet: hp.Packet) -> None:
         if self.conn is None or not self.conn.send(packet.encode()):
@@ -169,6 +176,10 @@ class SessionHelper:
                 frontend.active(grant)
         elif isinstance(packet, hp.Ended):
             self._ended(packet.session_id)
+        elif isinstance(packet, hp.News):
+            kind = "chat" if packet.kind == "chat" else "transfer"
+            line = NewsLine(packet.session_id, kind, packet.sender, packet.text, time.time())
+            self.view.news.add(line)
         elif isinstance(packet, hp.Open):
             self._open(conn, packet)
         elif isinstance(packet, hp.Close):
@@ -191,9 +202,12 @@ class SessionHelper:
             task.add_done_callback(lambda _: self.starting.pop(packet.session_id, None))
             return
         try:
-            if packet.kind != "shell":
+            if packet.kind == "shell":
+                program = start_shell(packet.term, packet.cols, packet.rows)
+            elif packet.kind == "files":
+                program = start_files(os.environ)
+            else:
                 raise RuntimeError(f"a session helper does not start a {packet.kind}")
-            program = start_shell(packet.term, packet.cols, packet.rows)
         except (OSError, RuntimeError) as exc:
             self._refuse(conn, packet.session_id, exc)
             return

@@ -42,7 +42,7 @@ from allowhelp.protocol.control import ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 4096
+MAX_REQUEST = 16 * 1024  # a chat message of 2000 characters, escaped
 READ_TIMEOUT = 10.0
 FALLBACK_RUN_DIR = Path(".cache", "allowhelp", "run")
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
@@ -210,11 +210,23 @@ class LocalControlServer:
             return {"session_id": decision.session_id, "view_only": decision.view_only}
         if op == "end" and (session_id is None or isinstance(session_id, str)):
             return {"ended": service.end(session_id)}
+        if op in ("messages", "chat"):
+            return _chat(service, op, session_id, request.get("text"))
         if op == "request-help":
             message = request.get("message", "")
             code = await service.request_help(message if isinstance(message, str) else "")
             return {"code": code.code, "expires_in": code.expires_in}
         raise UnknownRequest("unknown op, or its arguments are missing")
+
+
+def _chat(service: AgentService, op: str, session_id: object, text: object) -> dict[str, Any]:
+    if not isinstance(session_id, str):
+        raise UnknownRequest("session_id is missing")
+    if op == "messages":
+        return {"messages": [line.to_json() for line in service.messages(session_id)]}
+    if not isinstance(text, str):
+        raise UnknownRequest("text is missing")
+    return {"message": service.say(session_id, text).to_json()}
 
 
 def _refusal(error: str) -> dict[str, Any]:

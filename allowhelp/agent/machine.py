@@ -35,12 +35,13 @@ from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import LANGUAGES, speaking
+from allowhelp.agent.news import NewsLine
 from allowhelp.agent.remote import RemoteProgram
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import Hello, Kind, ProtocolError
+from allowhelp.protocol.control import MAX_CHAT, Hello, Kind, ProtocolError
 
 if TYPE_CHECKING:  # the session helper imports this module and has no asyncssh
     from allowhelp.agent.channels import Backend, GatedChannel
@@ -54,6 +55,15 @@ MAX_PER_UID = 8
 MAX_HELPERS_PER_UID = 4
 IDLE_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107
+
+
+def _chat(service: AgentService, packet: hp.MessagesQuery | hp.Say, uid: int) -> bytes:
+    """``messages`` and ``chat`` for the caller's own sessions alone."""
+    if isinstance(packet, hp.Say):
+        said = service.say(packet.session_id, packet.text, owner=uid)
+        return hp.answer(True, message=said.to_json())
+    lines = [line.to_json() for line in service.messages(packet.session_id, owner=uid)]
+    return hp.answer(True, messages=hp.fitting(lines))
 
 
 def machine_socket(config_dir: Path | None) -> Path:
@@ -151,6 +161,7 @@ class HelperHub:
             screen=screen[0] if screen else "none",
             screen_problem=screen[1] if screen else "nobody signed in",
             desktop=screen[2] if screen else "",
+            chat=True,
         )
 
     def _maybe_changed(self) -> None:
@@ -178,6 +189,10 @@ class HelperHub:
 
     def screen(self, channel: GatedChannel, grant: Grant) -> Backend:
         return self._program(channel, grant, "screen", "", (0, 0))
+
+    def files(self, channel: GatedChannel, grant: Grant) -> Backend:
+        """sftp-server, started by the user's helper as the user (root touches no file)."""
+        return self._program(channel, grant, "files", "", (0, 0))
 
     def _program(
         self, channel: GatedChannel, grant: Grant, kind: Kind, term: str, size: tuple[int, int]
@@ -219,6 +234,12 @@ class HelperHub:
             grant.session_id, grant.kind, grant.view_only, grant.technician, organisation
         )
         self._to_owner(grant.owner, packet)
+
+    def news(self, line: NewsLine) -> None:
+        """A chat message or transfer: to the session's owner's helpers alone."""
+        if line.session_id in self._owners:
+            packet = hp.News(line.session_id, line.kind, line.sender[:100], line.text[:MAX_CHAT])
+            self._to_owner(self._owners[line.session_id], packet)
 
     def ended(self, session_id: str) -> None:
         if session_id in self._owners:
@@ -349,10 +370,8 @@ class HelperHub:
         if isinstance(packet, (hp.Opened, hp.Exited)):
             self._program_news(conn, packet, fds)
             return None
-        if isinstance(packet, hp.PendingQuery):
-            return hp.answer(True, pending=[p.to_json() for p in service.gate.pending(uid)])
-        if isinstance(packet, hp.StatusQuery):
-            return hp.answer(True, **self._status(uid))
+        if isinstance(packet, (hp.PendingQuery, hp.StatusQuery, hp.MessagesQuery, hp.Say)):
+            return self._query(packet, uid)
         if isinstance(packet, (hp.Allow, hp.Deny)):
             allow = isinstance(packet, hp.Allow)
             view_only = packet.view_only if isinstance(packet, hp.Allow) else False
@@ -363,6 +382,16 @@ class HelperHub:
         if isinstance(packet, hp.End):
             return hp.answer(True, ended=service.end(packet.session_id or None, owner=uid))
         raise AgentError("unknown request")
+
+    def _query(
+        self, packet: hp.PendingQuery | hp.StatusQuery | hp.MessagesQuery | hp.Say, uid: int
+    ) -> bytes:
+        service = self._service()
+        if isinstance(packet, hp.PendingQuery):
+            return hp.answer(True, pending=[p.to_json() for p in service.gate.pending(uid)])
+        if isinstance(packet, hp.StatusQuery):
+            return hp.answer(True, **self._status(uid))
+        return _chat(service, packet, uid)
 
     def _service(self) -> AgentService:
         if self.service is None:

@@ -20,16 +20,17 @@ from allowhelp.protocol.control import ProtocolError
 def packet_for(op: dict[str, Any]) -> hp.Packet:
     name = op.get("op")
     session_id = op.get("session_id") or ""
-    if name == "pending":
-        return hp.PendingQuery()
-    if name == "status":
-        return hp.StatusQuery()
+    if name in ("pending", "status"):
+        return hp.PendingQuery() if name == "pending" else hp.StatusQuery()
     if name == "allow":
         return hp.Allow(session_id, bool(op.get("view_only")))
     if name == "deny":
         return hp.Deny(session_id)
     if name == "end":
         return hp.End(session_id)
+    if name in ("messages", "chat"):
+        text = str(op.get("text") or "")
+        return hp.MessagesQuery(session_id) if name == "messages" else hp.Say(session_id, text)
     if name == "request-help":
         return hp.AskHelp(str(op.get("message") or "")[:500])
     raise AgentError(f"unknown request {name!r}")

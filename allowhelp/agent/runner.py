@@ -10,6 +10,7 @@ from pathlib import Path
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.enrol import os_description
+from allowhelp.agent.files import files_factory
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.history import HISTORY_FILE, History, SessionHistory
 from allowhelp.agent.inventory import InventoryReporter
@@ -29,7 +30,9 @@ async def run_agent(folder: Path, *, reconnect_cap: float, prompt: str = "auto")
     service = AgentService(config)
     frontends = choose_frontends(service, prompt)
     service.frontends.extend(frontends)
-    tunnel = AgentTunnel(service, folder, reconnect_cap=reconnect_cap, screen=screen_factory)
+    tunnel = AgentTunnel(
+        service, folder, reconnect_cap=reconnect_cap, screen=screen_factory, files=files_factory
+    )
     control = LocalControlServer(service, socket_path(folder))
     await control.start()
     stop = asyncio.Event()
@@ -67,8 +70,14 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
         notify=hub.notify,
     )
     service.inventory = InventoryReporter()
+    service.news.listeners.append(hub.news)  # chat and transfers to the owner's window
     tunnel = AgentTunnel(
-        service, folder, reconnect_cap=reconnect_cap, screen=hub.screen, shell=hub.shell
+        service,
+        folder,
+        reconnect_cap=reconnect_cap,
+        screen=hub.screen,
+        shell=hub.shell,
+        files=hub.files,
     )
     await hub.start()
     stop = asyncio.Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
@@ -19,10 +20,14 @@ from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
+from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.protocol.control import (
+    MAX_CHAT,
+    ChatMessage,
     ConsentDecision,
     ConsentRequest,
     EndReason,
+    FileTransfer,
     Hello,
     HelpCode,
     HelpRefused,
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 Sender = Callable[[Message], None]
 SignedIn = Callable[[], "int | None"]
 HELP_TIMEOUT = 15.0
+MAX_OWNERS_KEPT = 100
 
 
 class NotConnected(AgentError):
@@ -84,9 +90,14 @@ class ConsentService(Protocol):
     @property
     def gate(self) -> _Grants: ...
 
+    @property
+    def news(self) -> SessionNews: ...
+
     def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> object: ...
 
     def end(self, session_id: str | None = None) -> list[str]: ...
+
+    def say(self, session_id: str, text: str) -> object: ...
 
 
 class AgentService:
@@ -113,6 +124,9 @@ class AgentService:
         # Fleet jobs (the machine service with jobs.py): apart from the gate.
         self.jobs: JobKeeper | None = None
         self.inventory: InventoryReporter | None = None  # the machine service's, after hello
+        self.news = SessionNews()  # chat and file transfers of running sessions
+        self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
+        self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
 
     @property
     def connected(self) -> bool:
@@ -179,6 +193,11 @@ class AgentService:
                 )
         elif isinstance(message, JobRun) and self.jobs is not None:
             self.jobs.received(message)
+        elif isinstance(message, (ChatMessage, FileTransfer)):
+            if any(g.session_id == message.session_id for g in self.gate.grants()):
+                self.news.from_broker(message)
+            else:
+                log.warning("ignored %s for a session that is not running", message.type)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
 
@@ -198,6 +217,10 @@ class AgentService:
             if self._send is not None:
                 self._send(SessionEnd(session_id=request.session_id, reason=refusal))
             return
+        if request.chat:
+            self._chat_ok[request.session_id] = None
+            while len(self._chat_ok) > MAX_OWNERS_KEPT:  # the oldest go first
+                del self._chat_ok[next(iter(self._chat_ok))]
         try:
             pending = self.gate.ask(request, owner)
         except ConsentRefused as exc:
@@ -277,6 +300,9 @@ class AgentService:
         )
         if allow:
             grant = next(g for g in self.gate.grants() if g.session_id == session_id)
+            self._owners[session_id] = grant.owner
+            while len(self._owners) > MAX_OWNERS_KEPT:
+                del self._owners[next(iter(self._owners))]
             for frontend in self.frontends:
                 frontend.active(grant)
         return decision
@@ -315,6 +341,26 @@ class AgentService:
                 self._notify_ended(sid)
             log.info("session=%s ended: uid %d has no session helper any more", sid, owner)
         return gone
+
+    def say(self, session_id: str, text: str, owner: int | None = None) -> NewsLine:
+        """The user writes to the technician of one of their running sessions."""
+        if not any(g.session_id == session_id for g in self.gate.grants(owner)):
+            raise ConsentRefused(f"no running session {session_id}")
+        if session_id not in self._chat_ok:  # an older broker would drop the tunnel
+            raise AgentError("the help desk's broker is too old for chat in this session")
+        clean = plain_text(text, MAX_CHAT + 1)
+        if not clean:
+            raise AgentError("the message is empty")
+        if len(clean) > MAX_CHAT:
+            raise AgentError(f"a message is at most {MAX_CHAT} characters")
+        self._sender()(ChatMessage(session_id, clean))
+        return self.news.add(NewsLine(session_id, "chat", "you", clean, time.time()))
+
+    def messages(self, session_id: str, owner: int | None = None) -> list[NewsLine]:
+        """The conversation of one of the caller's sessions (running, or ended lately)."""
+        if session_id not in self._owners or self._owners[session_id] != owner:
+            raise ConsentRefused(f"no session {session_id} of yours")
+        return self.news.chat(session_id)
 
     async def request_help(self, message: str) -> HelpCode:
         send = self._sender()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncssh
 
-from allowhelp.agent.channels import AgentSSHServer, ScreenFactory, ShellFactory
+from allowhelp.agent.channels import AgentSSHServer, FilesFactory, ScreenFactory, ShellFactory
 from allowhelp.agent.config import HOST_KEY_FILE
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
@@ -70,10 +70,13 @@ class AgentTunnel:
         reconnect_cap: float = BACKOFF_CAP,
         screen: ScreenFactory | None = None,
         shell: ShellFactory | None = None,
+        *,
+        files: FilesFactory | None = None,
     ) -> None:
         self._service = service
         self._screen = screen
         self._shell = shell
+        self._files = files
         self._config = config = service.config
         self._cap = check_reconnect_cap(reconnect_cap)
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
@@ -86,7 +89,7 @@ class AgentTunnel:
         return asyncssh.SSHServerConnectionOptions(
             server_host_keys=[self._host_key],
             server_factory=lambda: AgentSSHServer(
-                self._service, self._broker_key, self._screen, self._shell
+                self._service, self._broker_key, self._screen, self._shell, self._files
             ),
             encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
             kex_algs=list(ssh_options.KEX_ALGS),

@@ -4,9 +4,9 @@ A shell: the user's login shell on a new PTY (``pty.shell_environment``: the
 account's shell, home and a clean environment). A screen: the session's engine
 (x11vnc on a socketpair, wayvnc on a socket private to the user, or the test
 program), exactly as the per-user agent starts it (``screen.launch_screen``).
-The helper hands the PTY master or its socket end to the service and keeps
-only the process, to end its group when told (``reaper.end_process_group``)
-and report how it ended.
+Files: sftp-server on a socketpair (``files.files_command``). The helper hands
+the PTY master or its socket end to the service and keeps only the process, to
+end its group when told (``reaper.end_process_group``) and report how it ended.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import termios
 from collections.abc import Callable, Mapping
 
+from allowhelp.agent.files import explain_files_exit, files_command, files_environment
 from allowhelp.agent.pty import (
     HANGUP_SIGNALS,
     SIGNAL_GRACE,
@@ -109,8 +111,10 @@ class UserProgram:
     def error(self, status: int) -> str:
         if self._stderr is not None:
             self._read_stderr()
-        if self.kind != "screen" or status == 0:
+        if self.kind == "shell" or status == 0:
             return ""
+        if self.kind == "files":
+            return explain_files_exit(status, bytes(self._tail))
         return explain_exit(status, bytes(self._tail))
 
 
@@ -157,3 +161,29 @@ async def start_screen(env: Mapping[str, str], *, view_only: bool) -> UserProgra
         raise
     program.fd = sock.detach()
     return program
+
+
+def start_files(env: Mapping[str, str]) -> UserProgram:
+    """sftp-server as this helper's user (FilesUnavailable as root or without one)."""
+    return _on_socketpair(files_command(), files_environment(env), "files")
+
+
+def _on_socketpair(argv: list[str], env: dict[str, str], kind: str) -> UserProgram:
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=theirs.fileno(),
+            stdout=theirs.fileno(),
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    log.info("%s pid=%d started (%s)", kind, proc.pid, os.path.basename(argv[0]))
+    return UserProgram(proc, mine.detach(), kind)

@@ -112,6 +112,30 @@ def check_tls_pair(cert: Path | None, key: Path | None) -> Path | None:
     return cert.expanduser().resolve() if cert else None
 
 
+def check_webhook_url(url: str) -> str:
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("--webhook must be an http:// or https:// URL with a host")
+    if parsed.username or parsed.password:
+        raise ValueError("--webhook must not carry a user or password (sign with the secret)")
+    return url
+
+
+def read_webhook_secret(url: str | None, path: Path | None) -> bytes:
+    """The HMAC key: the file's content, trailing line break removed; both flags or neither."""
+    if url is None and path is None:
+        return b""
+    if url is None or path is None:
+        raise ValueError("--webhook and --webhook-secret-file go together")
+    try:
+        secret = path.expanduser().read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise ValueError(f"--webhook-secret-file {path}: {exc.strerror or exc}") from None
+    if len(secret) < 16:
+        raise ValueError("--webhook-secret-file must hold a secret of at least 16 bytes")
+    return secret
+
+
 def url_host(url: str) -> str:
     host = urlsplit(url).hostname
     if host is None:
@@ -147,6 +171,8 @@ class BrokerSettings:
     tls_cert: Path | None = None  # --tls-cert/--tls-key: the admin's certificate, or None
     tls_key: Path | None = None  #   for the broker's own (node/tls.py)
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT (node/metrics.py), off by default
+    webhook_url: str | None = None  # --webhook: session reports POSTed here (sessions/report.py)
+    webhook_secret: bytes = field(default=b"", repr=False)  # --webhook-secret-file's content
 
     @property
     def recordings_dir(self) -> Path:
@@ -172,6 +198,8 @@ class BrokerSettings:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         metrics: str | None = None,
+        webhook: str | None = None,
+        webhook_secret_file: Path | None = None,
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
         tunnel_host, tunnel_port = parse_tunnel(tunnel)
@@ -200,6 +228,8 @@ class BrokerSettings:
             tls_cert=check_tls_pair(tls_cert, tls_key),
             tls_key=tls_key.expanduser().resolve() if tls_key else None,
             metrics=parse_hostport(metrics, "--metrics") if metrics else None,
+            webhook_url=check_webhook_url(webhook) if webhook else None,
+            webhook_secret=read_webhook_secret(webhook, webhook_secret_file),
         )
 
 

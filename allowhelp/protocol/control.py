@@ -28,14 +28,16 @@ CONTROL_SUBSYSTEM = "allowhelp.control"
 SHELL_SUBSYSTEM = "allowhelp.shell"
 SCREEN_SUBSYSTEM = "allowhelp.screen"
 ADMIN_SHELL_SUBSYSTEM = "allowhelp.admin-shell"
+FILES_SUBSYSTEM = "allowhelp.files"  # SFTP (version 3) under a files grant
 MAX_LINE = 16 * 1024
 # Control messages are flat objects; a little room for fields a newer peer may
 # add (unknown fields are ignored), far below anything that strains a parser.
 MAX_DEPTH = 4
 
 # admin-shell: a root shell; only an agent run as the machine service offers it.
-Kind = Literal["shell", "screen", "admin-shell"]
-KINDS: tuple[Kind, ...] = ("shell", "screen", "admin-shell")
+# files: SFTP as the signed-in user (the agent runs sftp-server as them).
+Kind = Literal["shell", "screen", "admin-shell", "files"]
+KINDS: tuple[Kind, ...] = ("shell", "screen", "admin-shell", "files")
 TERMINAL_KINDS: tuple[Kind, ...] = ("shell", "admin-shell")  # a PTY, recorded, replayed
 # nobody_signed_in, unsupported: the PC could not put the request to anyone (no
 # user signed in; a per-user agent asked for an admin shell), said at once.
@@ -77,6 +79,7 @@ _SUBSYSTEMS: dict[Kind, str] = {
     "shell": SHELL_SUBSYSTEM,
     "screen": SCREEN_SUBSYSTEM,
     "admin-shell": ADMIN_SHELL_SUBSYSTEM,
+    "files": FILES_SUBSYSTEM,
 }
 
 
@@ -132,6 +135,7 @@ class ConsentRequest(Message):
     phrase: str
     timeout: float
     help_code: str = ""
+    chat: bool = False  # the broker takes chat.message for this session (older ones do not)
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,8 @@ class Hello(Message):
     screen_problem: str = ""
     desktop: str = ""
 
+    chat: bool = False  # the agent takes ``chat.message`` (older agents would close the tunnel)
+
 
 @dataclass(frozen=True)
 class JobRun(Message):
@@ -260,6 +266,30 @@ class InventoryReport(Message):
     parts: int
 
 
+@dataclass(frozen=True)
+class ChatMessage(Message):
+    """Either way, in a session: one chat line. Broker → agent: ``sender`` is the
+    technician's name; agent → broker: ``sender`` is ignored (the broker names the
+    PC user itself). Shown as plain text on both sides."""
+
+    type: ClassVar[str] = "chat.message"
+    session_id: str
+    text: str
+    sender: str = ""
+
+
+@dataclass(frozen=True)
+class FileTransfer(Message):
+    """Broker → agent: a file transfer in a files session, for the session window."""
+
+    type: ClassVar[str] = "files.transfer"
+    session_id: str
+    path: str
+    direction: str  # "upload" (to the PC) | "download" (from the PC)
+    size: int
+    status: str  # "started" | "done" | "failed"
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
     for cls in (
@@ -273,6 +303,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         JobRun,
         JobResult,
         InventoryReport,
+        ChatMessage,
+        FileTransfer,
     )
 }
 LIMITS = {
@@ -301,6 +333,11 @@ LIMITS = {
     "screen": 20,
     "screen_problem": 300,
     "desktop": 200,
+    "text": 2000,
+    "sender": 100,
+    "path": 1000,
+    "direction": 10,
+    "status": 10,
 }
 
 
@@ -313,6 +350,7 @@ _FLOAT_TOPS = {
     "disk_free": 1e17,
     "memory_total": 1e17,
 }
+MAX_CHAT = LIMITS["text"]
 
 
 # What the nesting scan looks at: brackets, and what starts, escapes or ends a string.
@@ -404,8 +442,8 @@ def _field(name: str, annotation: str, value: object) -> object:
             raise ProtocolError(f"{name} must be true or false")
         return value
     if annotation == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < 2**31:
-            raise ProtocolError(f"{name} must be a whole number from -1 to 2**31")
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < 2**63:
+            raise ProtocolError(f"{name} must be a whole number from -1 to 2**63")
         return value
     if annotation == "float":
         top = _FLOAT_TOPS.get(name, 1e6)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from allowhelp.protocol.control import (
     KINDS,
+    MAX_CHAT,
     Kind,
     ProtocolError,
     Via,
@@ -47,7 +48,7 @@ _TEXT_LIMITS = {
     "phrase": 100,
     "help_code": 20,
     "prompt": 4000,
-    "text": 500,
+    "text": MAX_CHAT,
     "screen": 20,
     "screen_problem": 300,
     "desktop": 200,
@@ -120,6 +121,23 @@ class AskHelp(Packet):
 
 
 @dataclass(frozen=True)
+class MessagesQuery(Packet):
+    """The chat of one of the caller's sessions (``allowhelp-agent messages``)."""
+
+    type: ClassVar[str] = "messages"
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Say(Packet):
+    """The caller writes to the technician of one of their sessions (``chat``)."""
+
+    type: ClassVar[str] = "chat"
+    session_id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Opened(Packet):
     """Helper → service: the program for ``open`` runs; its fd rides along (ok only)."""
 
@@ -183,6 +201,17 @@ class Ended(Packet):
 
 
 @dataclass(frozen=True)
+class News(Packet):
+    """A chat message or file transfer in one of the user's sessions, for its window."""
+
+    type: ClassVar[str] = "news"
+    session_id: str
+    kind: str  # chat | transfer
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Open(Packet):
     """Start the user's shell (on a PTY) or screen server for a granted session."""
 
@@ -221,19 +250,34 @@ PACKETS: dict[str, type[Packet]] = {
         Deny,
         End,
         AskHelp,
+        MessagesQuery,
+        Say,
         Opened,
         Exited,
         Prompt,
         PromptClosed,
         Active,
         Ended,
+        News,
         Open,
         Close,
         Notice,
     )
 }
 FROM_CLIENT = frozenset(
-    {"helper", "pending", "status", "allow", "deny", "end", "request-help", "opened", "exited"}
+    {
+        "helper",
+        "pending",
+        "status",
+        "allow",
+        "deny",
+        "end",
+        "request-help",
+        "messages",
+        "chat",
+        "opened",
+        "exited",
+    }
 )
 
 
@@ -284,6 +328,20 @@ def _field(name: str, annotation: str, value: object) -> object:
 def answer(ok: bool, **fields: object) -> bytes:
     """The service's one reply to a request (not a ``Packet``: its fields vary)."""
     return json.dumps({"type": "answer", "ok": ok, **fields}, ensure_ascii=False).encode()
+
+
+def fitting(
+    items: list[dict[str, object]], room: int = MAX_PACKET - 1024
+) -> list[dict[str, object]]:
+    """The newest ``items`` whose JSON fits in one answer packet (oldest dropped)."""
+    kept: list[dict[str, object]] = []
+    size = 0
+    for item in reversed(items):
+        size += len(json.dumps(item, ensure_ascii=False).encode()) + 2
+        if size > room:
+            break
+        kept.append(item)
+    return kept[::-1]
 
 
 def read_answer(data: bytes) -> dict[str, Any]:

@@ -11,6 +11,10 @@ which name moved, before a subtle failure at run time does.
   (``TunnelListener.share_sig_algs``, memory per agent);
 - asyncssh ``SSHServerChannel._process_env_request`` is replaced so the
   agent refuses every ``env`` request (asyncssh accepts them by itself);
+- asyncssh ``sftp.start_sftp_client(conn, loop, utf8_decode_errors, reader,
+  writer, path_encoding, path_errors, sftp_version)`` starts the SFTP client on
+  a files session's own subsystem channel (``AgentLink.open_sftp``: asyncssh's
+  public ``start_sftp_client`` opens only the ``sftp`` subsystem);
 - uvicorn ``HttpToolsProtocol`` is subclassed by ``console/httpguard.py``
   for head/body deadlines and sizes, through the hooks named below.
 """
@@ -99,3 +103,20 @@ def test_uvicorn_httptools_protocol_keeps_the_state_the_guard_reads() -> None:
     source = inspect.getsource(HttpToolsProtocol)
     for name in ("self.parser", "self.transport", "self.cycle"):
         assert name in source, f"HttpToolsProtocol no longer sets {name}"
+
+
+def test_asyncssh_sftp_client_starts_on_a_channel_we_opened() -> None:
+    from asyncssh import sftp
+
+    params = list(inspect.signature(sftp.start_sftp_client).parameters)
+    assert params == [
+        "conn",
+        "loop",
+        "utf8_decode_errors",
+        "reader",
+        "writer",
+        "path_encoding",
+        "path_errors",
+        "sftp_version",
+    ], params
+    assert sftp.MIN_SFTP_VERSION == 3

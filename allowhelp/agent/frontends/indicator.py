@@ -14,9 +14,11 @@ import logging
 import time
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
 from allowhelp.agent.frontends.toolkit import END, Toolkit
 from allowhelp.agent.i18n import _
+from allowhelp.agent.news import NewsLine
 from allowhelp.agent.service import ConsentService
 
 log = logging.getLogger(__name__)
@@ -25,12 +27,20 @@ QUICK_EXIT = 2.0  # a window that keeps closing this fast is broken, not dismiss
 MAX_QUICK_EXITS = 3
 
 
+NEWS_SHOWN = 8  # the last chat messages and file transfers shown in the window
+
+
 def describe(grant: Grant) -> str:
     names = {"technician": grant.technician}
     if grant.kind == "admin-shell":
         first = _("%(technician)s is connected: an administrator (root) shell on this PC.")
     elif grant.kind == "shell":
         first = _("%(technician)s is connected: a command shell (terminal) on this PC.")
+    elif grant.kind == "files":
+        first = _(
+            "%(technician)s is connected: your files, with your rights (each file sent or"
+            " fetched is listed here)."
+        )
     elif grant.view_only:
         first = _("%(technician)s is connected: a view of your screen (they cannot control it).")
     else:
@@ -45,6 +55,8 @@ class IndicatorFrontend:
         self._service = service
         self.toolkit = toolkit
         self.windows = WindowSet()
+        self._grants: dict[str, Grant] = {}
+        service.news.listeners.append(self._news)
 
     def prompt(self, pending: Pending) -> None:
         """Only the dialog and terminal ask."""
@@ -53,17 +65,56 @@ class IndicatorFrontend:
         """Nothing is shown until a grant exists."""
 
     def active(self, grant: Grant) -> None:
+        self._grants[grant.session_id] = grant
         self._open(grant, quick_exits=0)
         log.info("session=%s session indicator shown", grant.session_id)
 
     def ended(self, session_id: str) -> None:
+        self._grants.pop(session_id, None)
         self.windows.close(session_id)
+        self.windows.close(_reply_key(session_id))
 
     async def close(self) -> None:
         await self.windows.close_all()
 
+    def _news(self, line: NewsLine) -> None:
+        """A chat message or a file transfer: the window shows it at once (shown anew)."""
+        grant = self._grants.get(line.session_id)
+        if grant is None or not self._live(line.session_id):
+            return
+        self._open(grant, quick_exits=0)
+        if line.kind == "chat" and line.sender != "you":
+            self._reply(grant)  # the technician wrote: the answer box opens with it
+
+    def _text(self, grant: Grant) -> str:
+        news = self._service.news.lines(grant.session_id)[-NEWS_SHOWN:]
+        if not news:
+            return describe(grant)
+        return describe(grant) + "\n\n" + "\n".join(line.line() for line in news)
+
+    def _reply(self, grant: Grant) -> None:
+        if self.windows.get(_reply_key(grant.session_id)) is not None:
+            return  # one answer box at a time
+        chat = [line.line() for line in self._service.news.chat(grant.session_id)[-NEWS_SHOWN:]]
+        asked = "\n".join([*chat, "", f"Your message to {grant.technician}:"]).strip()
+        window = self.toolkit.entry(self._service.config.organisation, asked)
+
+        async def send(process: WindowProcess) -> None:
+            outcome = await process.run()
+            self.windows.forget(_reply_key(grant.session_id), process)
+            text = self.toolkit.entered(outcome) if outcome is not None else ""
+            if text and self._live(grant.session_id):
+                try:
+                    self._service.say(grant.session_id, text)
+                except (ConsentRefused, AgentError) as exc:
+                    log.warning("session=%s message not sent: %s", grant.session_id, exc)
+            if self._live(grant.session_id) and self.windows.get(grant.session_id) is None:
+                self._open(grant, quick_exits=0)
+
+        self.windows.open(_reply_key(grant.session_id), window, send)
+
     def _open(self, grant: Grant, quick_exits: int) -> None:
-        window = self.toolkit.indicator(self._service.config.organisation, describe(grant))
+        window = self.toolkit.indicator(self._service.config.organisation, self._text(grant))
 
         async def watch(process: WindowProcess) -> None:
             await self._watch(grant, process, quick_exits)
@@ -78,6 +129,9 @@ class IndicatorFrontend:
             return
         if self.toolkit.ends_session(outcome):
             self._end(grant.session_id)
+            return
+        if self.toolkit.wants_reply(outcome) and self._live(grant.session_id):
+            self._reply(grant)
             return
         if not self._live(grant.session_id):
             return
@@ -102,3 +156,7 @@ class IndicatorFrontend:
             log.info("session=%s already over: %s", session_id, exc)
         else:
             log.info("session=%s ended from the session window", session_id)
+
+
+def _reply_key(session_id: str) -> str:
+    return f"reply:{session_id}"

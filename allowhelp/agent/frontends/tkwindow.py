@@ -27,7 +27,36 @@ def _spec() -> dict[str, Any]:
     return spec
 
 
+def ask_line(spec: dict[str, Any]) -> str:
+    """``"entry": true``: one line of text and Send; prints the text (nothing: cancelled)."""
+    typed = [""]
+    root = tk.Tk()
+    root.title(plain_text(spec.get("title", ""), 200))
+    if spec.get("topmost"):
+        root.attributes("-topmost", True)
+    text = "\n".join(plain_text(line, 1000) for line in str(spec.get("text", "")).split("\n"))
+    tk.Label(root, text=text, justify="left", anchor="w", wraplength=WRAP).pack(
+        padx=16, pady=(16, 8), fill="x"
+    )
+    field = tk.Entry(root, width=50)
+    field.pack(padx=16, pady=4, fill="x")
+    field.focus_set()
+
+    def send(_event: object = None) -> None:
+        typed[0] = field.get()
+        root.destroy()
+
+    tk.Button(root, text="Send", command=send).pack(padx=12, pady=(4, 12), anchor="e")
+    root.bind("<Return>", send)
+    root.bind("<Escape>", lambda _event: root.destroy())
+    _centre(root)
+    root.mainloop()
+    return typed[0]
+
+
 def show(spec: dict[str, Any]) -> str:
+    if spec.get("entry"):
+        return ask_line(spec)
     chosen = [""]
     root = tk.Tk()
     root.title(plain_text(spec.get("title", ""), 200))

@@ -28,6 +28,7 @@ Which = Callable[[str], str | None]
 
 # Button labels (English source; shown translated: ``label``).
 ALLOW, VIEW_ONLY, DENY, END = N_("Allow help"), N_("Allow view only"), N_("Deny"), N_("End session")
+REPLY, SEND = N_("Write to the technician…"), N_("Send")
 TK_MODULE = "allowhelp.agent.frontends.tkwindow"
 
 
@@ -143,6 +144,9 @@ class Toolkit:
     # the "session active" window
 
     def indicator(self, organisation: str, text: str) -> Window:
+        """The session window: what runs, the chat and file transfers so far (in
+        ``text``) and "End session"; Tk's also has a button to write to the technician
+        (with every tool, a message from the technician opens ``entry`` to answer it)."""
         title = indicator_title(organisation)
         if self.name == "zenity":
             return Window(
@@ -156,17 +160,41 @@ class Toolkit:
                     "--width=420",
                 ]
             )
-        if self.name == "kdialog":
+        if self.name == "kdialog":  # a message box: writing back is `allowhelp-agent chat`
             return Window(
                 [self.program, "--title", title, "--msgbox", qt_text(text), "--ok-label", _(END)]
             )
-        return self._tk(title, text, [["end", _(END)]], "", None)
+        return self._tk(title, text, [["reply", _(REPLY)], ["end", _(END)]], "", None)
 
     def ends_session(self, outcome: Outcome) -> bool:
         """Did the user click "End session" (not merely close the window)?"""
         if self.name == "tk":
             return outcome.returncode == 0 and outcome.stdout.strip() == "end"
         return outcome.returncode == 0
+
+    def wants_reply(self, outcome: Outcome) -> bool:
+        """Did the user click the button to write to the technician?"""
+        return self.name == "tk" and outcome.returncode == 0 and outcome.stdout.strip() == "reply"
+
+    # writing to the technician
+
+    def entry(self, organisation: str, text: str) -> Window:
+        """One line of text for the technician; the tool prints it (nothing: cancelled)."""
+        title = indicator_title(organisation)
+        if self.name == "zenity":
+            argv = [self.program, "--entry", f"--title={title}", f"--text={plain(text)}"]
+            return Window([*argv, f"--ok-label={_(SEND)}", "--width=420"])
+        if self.name == "kdialog":
+            return Window([self.program, "--title", title, "--inputbox", plain(text)])
+        spec = {"title": title, "text": plain(text), "entry": True, "topmost": True}
+        return Window([self.program, "-m", TK_MODULE], json.dumps(spec).encode())
+
+    @staticmethod
+    def entered(outcome: Outcome) -> str:
+        """What the user typed, or "" when they cancelled (the service checks the length)."""
+        if outcome.returncode != 0:
+            return ""
+        return plain_text(outcome.stdout.rstrip("\n"), 4000)
 
     def _tk(
         self, title: str, text: str, buttons: list[list[str]], on_close: str, timeout: int | None

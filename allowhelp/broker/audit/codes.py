@@ -71,6 +71,16 @@ EVENT_CODES: dict[str, str] = {
     "job.result": "AH1603",
     "job.expired": "AH1604",
     "agent.groups_changed": "AH1605",
+    # files, chat, ticket and notes, the session report (AH15xx, issue #17)
+    "files.listed": "AH1501",
+    "files.transfer.started": "AH1502",
+    "files.transfer.done": "AH1503",
+    "files.transfer.failed": "AH1504",
+    "session.notes": "AH1505",
+    "chat.sent": "AH1506",
+    "report.queued": "AH1507",
+    "report.delivered": "AH1508",
+    "report.failed": "AH1509",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -61,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         metrics=args.metrics,
+        webhook=args.webhook,
+        webhook_secret_file=args.webhook_secret_file,
     )
     tune_malloc()
     run_event_loop(serve(settings))
@@ -162,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="a reverse proxy (address or network) whose X-Forwarded-For names the "
         "client; repeatable. Without it the header is ignored",
+    )
+    serve.add_argument(
+        "--webhook",
+        default=None,
+        metavar="URL",
+        help="POST each ended session's report (JSON, HMAC-signed) here; retried until a "
+        "2xx answer (docs/integrations.md)",
+    )
+    serve.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the HMAC-SHA256 key for --webhook's X-Allowhelp-Signature (at least 16 bytes)",
     )
     serve.add_argument(
         "--public-url",

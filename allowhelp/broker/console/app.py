@@ -28,6 +28,7 @@ from allowhelp.broker.console.api import health as api_health
 from allowhelp.broker.console.api import jobs as api_jobs
 from allowhelp.broker.console.api import login as api_auth
 from allowhelp.broker.console.api import session_endpoints as api_sessions
+from allowhelp.broker.console.api import session_extras as api_session_extras
 from allowhelp.broker.console.api import session_sockets as api_session_sockets
 from allowhelp.broker.console.api import tokens as api_tokens
 from allowhelp.broker.console.api import totp as api_totp
@@ -93,6 +94,7 @@ def create_app(svc: Services) -> Wall:
         *api_admin.routes(),
         *api_enrol.routes(),
         *api_sessions.routes(),
+        *api_session_extras.routes(),
         *api_session_sockets.routes(),
         *api_users.routes(),
         *api_tokens.routes(),

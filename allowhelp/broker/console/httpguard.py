@@ -23,6 +23,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from allowhelp.broker.console.wall import is_file_upload
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +62,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._refused = False
+        self._streamed = False  # a file upload: as long as its chunks keep coming
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -93,10 +96,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         if not (self.parser.should_upgrade() and self._should_upgrade()):
             self._arm(self.limits.body_timeout)  # a WebSocket leaves this protocol at once
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        self._streamed = is_file_upload(self.parser.get_method().decode("latin-1"), path)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
+            if self._streamed:  # a file upload: the deadline is for the next chunk
+                self._arm(self.limits.body_timeout)
             super().on_body(body)
 
     def on_message_complete(self) -> None:

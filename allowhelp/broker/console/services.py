@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.jobs.desk import JobDesk
+from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.settings import BrokerSettings
@@ -34,3 +36,5 @@ class Services:
     keys: EnrolledKeys
     tunnel: TunnelListener  # also takes tunnels that ride the HTTPS port
     jobs: JobDesk  # fleet jobs (broker/jobs/)
+    chat: ChatDesk
+    files: FileDesk

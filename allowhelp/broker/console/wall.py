@@ -12,6 +12,7 @@ heads are stopped one layer lower, in ``httpguard``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,6 +27,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 64 * 1024
+UPLOAD_PATH = re.compile(r"/api/v1/sessions/[A-Za-z0-9_-]{8,40}/files/content")
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -109,22 +111,31 @@ class Wall:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        refusal = self._refusal(scope, method, foreign)
+        streamed = is_file_upload(method, str(scope.get("path", "")))
+        refusal = self._refusal(scope, method, foreign, streamed)
         if refusal is not None:
             response = answer(refusal)
             response.headers["connection"] = "close"
             await response(scope, receive, send_with_headers)
             return
-        await self._app(scope, _capped(receive), send_with_headers)
+        # A file upload streams to the PC and is bounded by the file limit instead.
+        await self._app(scope, receive if streamed else _capped(receive), send_with_headers)
 
     @staticmethod
-    def _refusal(scope: Scope, method: str, foreign: bool) -> BrokerError | None:
+    def _refusal(scope: Scope, method: str, foreign: bool, streamed: bool) -> BrokerError | None:
         if method not in SAFE_METHODS and foreign:
             return Forbidden("this origin may not call the API", code="foreign_origin")
         declared = header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        if declared is not None and (
+            not declared.isdigit() or (int(declared) > MAX_BODY and not streamed)
+        ):
             return TooLarge(f"request bodies are limited to {MAX_BODY} bytes")
         return None
+
+
+def is_file_upload(method: str, path: str) -> bool:
+    """``PUT /api/v1/sessions/{id}/files/content``: the one body that is not JSON."""
+    return method == "PUT" and UPLOAD_PATH.fullmatch(path) is not None
 
 
 def _capped(receive: Receive) -> Receive:

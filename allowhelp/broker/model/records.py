@@ -147,6 +147,8 @@ SESSION_COLUMNS = (
     "bytes_from_agent",
     "recording",
     "recording_sha256",
+    "ticket",
+    "notes",
 )
 
 

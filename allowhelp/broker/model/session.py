@@ -121,6 +121,8 @@ class Session:
     bytes_from_agent: int = 0
     recording: str | None = None
     recording_sha256: str | None = None
+    ticket: str = ""  # the help desk's ticket (free text, e.g. HD-1234)
+    notes: str = ""  # the technician's notes, changed by PATCH
 
     @classmethod
     def new(
@@ -134,6 +136,7 @@ class Session:
         reason: str,
         help_code: str = "",
         language: str = "en",
+        ticket: str = "",
     ) -> Session:
         """``language``: the PC user's, from the agent's Hello; the phrase's words."""
         session_id = new_session_id()
@@ -147,6 +150,7 @@ class Session:
             reason=reason,
             phrase=verification_phrase(language=language),
             help_code=help_code,
+            ticket=ticket,
         )
 
     @property
@@ -269,4 +273,6 @@ class Session:
             "end_reason": self.end_reason,
             "bytes_to_agent": self.bytes_to_agent,
             "bytes_from_agent": self.bytes_from_agent,
+            "ticket": self.ticket,
+            "notes": self.notes,
         }

@@ -13,7 +13,7 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +29,19 @@ from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.wall import Wall
+from allowhelp.broker.errors import TunnelError
 from allowhelp.broker.jobs.desk import JobDesk
 from allowhelp.broker.jobs.inventory import MachineInventory
 from allowhelp.broker.listen import bind
+from allowhelp.broker.model.session import Session
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
+from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.sessions.report import ReportOutbox, Webhook
 from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -48,7 +53,9 @@ from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.jobsign import JobSigner
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
 from allowhelp.protocol.control import (
+    ChatMessage,
     ConsentDecision,
+    FileTransfer,
     Hello,
     HelpRequest,
     InventoryReport,
@@ -174,7 +181,9 @@ def control_router(
     agents: AgentRegistry,
     sessions: SessionRegistry,
     help_desk: HelpDesk,
+    *,
     jobs: JobDesk | None = None,
+    chat: ChatDesk | None = None,
 ) -> ControlRouter:
     """Each message an agent may send, and the part of the broker that owns it."""
     router = ControlRouter()
@@ -185,6 +194,8 @@ def control_router(
     if jobs is not None:
         router.route(JobResult, jobs.on_result)
         router.route(InventoryReport, MachineInventory(db).report)
+    if chat is not None:
+        router.route(ChatMessage, chat.from_agent)
     return router
 
 
@@ -210,6 +221,31 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
         log.info("allowhelp broker stopped")
 
 
+def _on_signals(stop: asyncio.Event, tls: ConsoleTLS) -> None:
+    """SIGTERM/SIGINT stop the broker; SIGHUP reads a renewed ``--tls-cert``."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, tls.reload)
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """The two ways agents reach this broker: the SSH port (None: ``--tunnel off``)
+    and the same SSH inside a WebSocket on the HTTPS port (``wsbridge.py``)."""
+
+    ssh: str | None
+    https: str
+
+    @classmethod
+    def of(cls, public_url: str, tunnel_port: int | None) -> _Routes:
+        ssh = format_hostport(url_host(public_url), tunnel_port) if tunnel_port else None
+        return cls(ssh, "wss://" + public_url.removeprefix("https://") + TUNNEL_PATH)
+
+    def __str__(self) -> str:
+        return f"{self.ssh} or {self.https}" if self.ssh else f"{self.https} only"
+
+
 async def _serve(
     settings: BrokerSettings,
     folder: DataFolder,
@@ -224,10 +260,7 @@ async def _serve(
     https_port = https_sock.getsockname()[1]
     public_url = settings.public_url or f"https://localhost:{https_port}"
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, tls.reload)  # a renewed --tls-cert
+    _on_signals(stop, tls)
     registry = AgentRegistry()
     events = EventHub()
     help_desk = HelpDesk(db, folder.audit, events, registry)
@@ -247,12 +280,15 @@ async def _serve(
         JobSigner.load(folder.pki.tunnel_key),  # the key agents pinned (certs/jobsign.py)
         lambda event: events.publish(event, audience="admins"),
     )
+    chat, files, reports = _session_extras(
+        settings, sessions, events, db=db, audit=folder.audit, public_url=public_url
+    )
     tunnel = TunnelListener(
         db,
         folder.audit,
         registry,
         folder.pki.tunnel_key,
-        control_router(db, registry, sessions, help_desk, jobs),
+        control_router(db, registry, sessions, help_desk, jobs=jobs, chat=chat),
         keys=keys,
         window=settings.audit.window,
         burst=settings.audit.burst,
@@ -267,11 +303,9 @@ async def _serve(
         await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
         jobs.start()
+        await reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
-        tunnel_public = (
-            format_hostport(url_host(public_url), tunnel_port) if tunnel_port is not None else None
-        )
-        tunnel_url = "wss://" + public_url.removeprefix("https://") + TUNNEL_PATH
+        routes = _Routes.of(public_url, tunnel_port)
         svc = Services(
             db=db,
             audit=folder.audit,
@@ -281,8 +315,8 @@ async def _serve(
                 db,
                 folder.audit,
                 keys,
-                tunnel_public=tunnel_public,
-                tunnel_url=tunnel_url,
+                tunnel_public=routes.ssh,
+                tunnel_url=routes.https,
                 tunnel_key=folder.pki.tunnel_public_key,
                 organisation=settings.organisation,
             ),
@@ -295,6 +329,8 @@ async def _serve(
             keys=keys,
             tunnel=tunnel,
             jobs=jobs,
+            chat=chat,
+            files=files,
         )
         server = _Uvicorn(
             _uvicorn_config(create_app(svc), folder.pki, tls, settings.trusted_proxies)
@@ -310,15 +346,11 @@ async def _serve(
                 if settings.tunnel_host is not None and tunnel_port is not None
                 else "off"
             ),
-            tunnel_public=tunnel_public or "off",
+            tunnel_public=routes.ssh or "off",
             pid=os.getpid(),
             metrics=_address(metrics_sock),
         ).write(settings.data_dir)
-        log.info(
-            "allowhelp broker ready: console %s, agents dial %s",
-            public_url,
-            f"{tunnel_public} or {tunnel_url}" if tunnel_public else f"{tunnel_url} only",
-        )
+        log.info("allowhelp broker ready: console %s, agents dial %s", public_url, routes)
         await _until(stop, serving)
         server.should_exit = True
         await sessions.shutdown()
@@ -327,15 +359,49 @@ async def _serve(
         await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            asyncio.get_running_loop().remove_signal_handler(sig)
         await tunnel.stop()
         await jobs.stop()
+        await reports.close()
         await chain_watch.close()
         if exporter is not None:
             await exporter.stop()
         https_sock.close()
         if metrics_sock is not None:
             metrics_sock.close()
+
+
+def _session_extras(
+    settings: BrokerSettings,
+    sessions: SessionRegistry,
+    events: EventHub,
+    *,
+    db: StoreWorker,
+    audit: AuditLog,
+    public_url: str,
+) -> tuple[ChatDesk, FileDesk, ReportOutbox]:
+    """Chat, files and the session report (issue #17), wired to the registry."""
+    agents = sessions.agents
+    chat = ChatDesk(sessions, agents, db, events)
+    files = FileDesk(sessions, audit, db, notify=_transfer_notice(agents))
+    webhook = (
+        Webhook(settings.webhook_url, settings.webhook_secret) if settings.webhook_url else None
+    )
+    reports = ReportOutbox(db, audit, webhook, public_url=public_url)
+    sessions.on_final(reports.session_over)
+    return chat, files, reports
+
+
+def _transfer_notice(agents: AgentRegistry) -> Callable[[Session, FileTransfer], None]:
+    """Tell the PC of each file transfer (its session window lists them), when it listens."""
+
+    def notify(session: Session, message: FileTransfer) -> None:
+        live = agents.get(session.agent_id)
+        if live is not None and live.chat:
+            with contextlib.suppress(TunnelError):
+                live.link.send(message)
+
+    return notify
 
 
 async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:

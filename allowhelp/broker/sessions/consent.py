@@ -28,6 +28,21 @@ def clean_reason(reason: object) -> str:
     return kept
 
 
+def clean_text(value: object, name: str, limit: int, *, multiline: bool = False) -> str:
+    """Optional free text a technician gives (ticket, notes): plain, bounded, or why not.
+
+    ``multiline`` keeps line breaks (notes); everything else is made plain."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", code=f"bad_{name}")
+    if len(value) > limit:
+        raise BadRequest(f"the {name} is longer than {limit} characters", code=f"bad_{name}")
+    if multiline:
+        return "\n".join(plain_text(line, limit) for line in value.splitlines())
+    return plain_text(value, limit)
+
+
 def consent_request(session: Session, *, organisation: str, timeout: float) -> ConsentRequest:
     return ConsentRequest(
         session_id=session.id,
@@ -38,6 +53,7 @@ def consent_request(session: Session, *, organisation: str, timeout: float) -> C
         phrase=session.phrase,
         timeout=timeout,
         help_code=session.help_code,
+        chat=True,
     )
 
 

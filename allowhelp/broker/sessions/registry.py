@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -38,6 +39,7 @@ from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.sessions.consent import (
     MAX_REASON,
     clean_reason,
+    clean_text,
     consent_request,
     decision_details,
 )
@@ -62,6 +64,11 @@ from allowhelp.protocol.text import plain_text
 log = logging.getLogger(__name__)
 
 Stopper = Callable[[], Traffic]
+# What other rooms add to a session's end record (the chat transcript's digest),
+# and who hears of a session that is over (the report for the ticket system).
+EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
+FinalListener = Callable[[Session], None]
+MAX_TICKET, MAX_NOTES = 100, 10_000
 OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 SHUTDOWN_ROWS = 10.0  # seconds the shutdown waits for session rows still owed
 
@@ -93,7 +100,19 @@ class SessionRegistry:
         self._unrecorded: dict[str, Traffic] = {}  # counted by stopped relays, end not recorded
         self._owed: set[str] = set()  # ended, record owed: written once the log takes it
         self._tasks: set[asyncio.Task[object]] = set()
+        self._end_details: list[EndDetails] = []
+        self._final_listeners: list[FinalListener] = []
         agents.subscribe(self._agent_changed)
+
+    @property
+    def agents(self) -> AgentRegistry:
+        return self._agents
+
+    def add_end_details(self, hook: EndDetails) -> None:
+        self._end_details.append(hook)
+
+    def on_final(self, listener: FinalListener) -> None:
+        self._final_listeners.append(listener)
 
     # lookups
 
@@ -129,10 +148,12 @@ class SessionRegistry:
         kind: str,
         reason: object,
         help_code: str = "",
+        ticket: object = "",
     ) -> Session:
         if kind not in KINDS:
-            raise BadRequest('kind must be "shell", "admin-shell" or "screen"')
+            raise BadRequest('kind must be "shell", "admin-shell", "screen" or "files"')
         text = clean_reason(reason)
+        ticket_text = clean_text(ticket, "ticket", MAX_TICKET)
         agent = await self._db.read(Store.agent, agent_id) if isinstance(agent_id, str) else None
         if agent is None or agent.removed:
             raise NotFound("no such machine", code="no_such_agent")
@@ -151,12 +172,18 @@ class SessionRegistry:
             reason=text,
             help_code=help_code,
             language=live.language if live is not None else "en",  # the phrase's words
+            ticket=ticket_text,
         )
         await self._audit.write(
             "session.requested",
             actor=f"technician:{technician}",
             target=session.id,
-            details={**session.summary(), "phrase": session.phrase, "help_code": help_code},
+            details={
+                **session.summary(),
+                "phrase": session.phrase,
+                "help_code": help_code,
+                "ticket": ticket_text,
+            },
         )
         try:
             await self._rows.save_now(session)  # the session exists once it is stored
@@ -408,7 +435,7 @@ class SessionRegistry:
                 )
                 # the recording complete on disk before its end record
                 traffic, sealed = await sealed_traffic(traffic)
-                details = {**(details or {}), **sealed}
+                details = {**(details or {}), **sealed, **await self._more_end_details(session_id)}
             after, event = current.transition(
                 new,
                 actor=actor,
@@ -432,11 +459,50 @@ class SessionRegistry:
         self._publish(after)
         return after
 
+    async def _more_end_details(self, session_id: str) -> dict[str, object]:
+        more: dict[str, object] = {}
+        for hook in self._end_details:
+            try:
+                more.update(await hook(session_id))
+            except BrokerError as exc:  # the store cannot say: the end is still recorded
+                log.error("session=%s: end details missing: %s", session_id, exc)
+        return more
+
+    async def set_notes(self, session_id: str, notes: object, *, actor: str) -> Session:
+        """The technician's notes: audited (``session.notes``) before they are kept."""
+        text = clean_text(notes, "notes", MAX_NOTES, multiline=True)
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            current = self._latest(session_id) or await self._db.read(Store.session, session_id)
+            if current is None:
+                raise NotFound("no such session")
+            await self._audit.write(
+                "session.notes",
+                actor=actor,
+                target=session_id,
+                details={**current.summary(), "ticket": current.ticket, "notes": text},
+            )
+            after = dataclasses.replace(current, notes=text)
+            if session_id in self._live:
+                self._live[session_id] = after
+                self._rows.save(after)
+            else:
+                await self._rows.save_now(after)
+        if session_id not in self._live:
+            self._locks.pop(session_id, None)
+        self._publish(after)
+        return after
+
     def _stop_relays(self, session_id: str) -> Traffic:
         """Stop what relays the session (access ends before its record is written)."""
         return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
 
     def _finished(self, session: Session) -> None:
+        for listener in self._final_listeners:
+            try:
+                listener(session)
+            except Exception:  # a listener's failure must not undo an end
+                log.exception("session=%s: a listener of its end failed", session.id)
         self._owed.discard(session.id)
         self._live.pop(session.id, None)
         self._locks.pop(session.id, None)

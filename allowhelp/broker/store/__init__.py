@@ -26,6 +26,7 @@ from allowhelp.broker.model.records import (
 from allowhelp.broker.store.fleet import FleetStore
 from allowhelp.broker.store.job_rows import JobStore
 from allowhelp.broker.store.people import PeopleStore
+from allowhelp.broker.store.session_extras import SessionExtrasStore
 from allowhelp.broker.store.session_rows import SessionStore
 
 __all__ = [
@@ -42,5 +43,5 @@ __all__ = [
 ]
 
 
-class Store(PeopleStore, FleetStore, SessionStore, JobStore):
+class Store(PeopleStore, FleetStore, SessionStore, JobStore, SessionExtrasStore):
     """Typed access to the broker database; callers never see SQL or sqlite3."""

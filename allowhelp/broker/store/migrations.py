@@ -145,9 +145,73 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions_v6 RENAME TO sessions;
     CREATE INDEX sessions_by_technician ON sessions (technician, created);
     """,
-    # 7: taken by another change of the same release (issue #16's wave): this
-    # placeholder keeps the numbering until it is merged in its place.
-    "SELECT 1;",
+    # 7: files sessions, the ticket and notes of a session, its chat transcript,
+    # its file transfers, and the outbox of session reports for the ticket system.
+    """
+    CREATE TABLE sessions_v7 (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('shell', 'screen', 'admin-shell', 'files')),
+        reason TEXT NOT NULL,
+        phrase TEXT NOT NULL,
+        state TEXT NOT NULL,
+        view_only INTEGER NOT NULL DEFAULT 0,
+        help_code TEXT,
+        created REAL NOT NULL,
+        decided REAL,
+        started REAL,
+        ended REAL,
+        end_reason TEXT,
+        bytes_to_agent INTEGER NOT NULL DEFAULT 0,
+        bytes_from_agent INTEGER NOT NULL DEFAULT 0,
+        recording TEXT,
+        recording_sha256 TEXT,
+        ticket TEXT NOT NULL DEFAULT '',
+        notes TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO sessions_v7 (id, agent_id, technician, kind, reason, phrase, state,
+        view_only, help_code, created, decided, started, ended, end_reason,
+        bytes_to_agent, bytes_from_agent, recording, recording_sha256)
+    SELECT id, agent_id, technician, kind, reason, phrase, state,
+        view_only, help_code, created, decided, started, ended, end_reason,
+        bytes_to_agent, bytes_from_agent, recording, recording_sha256 FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v7 RENAME TO sessions;
+    CREATE INDEX sessions_by_technician ON sessions (technician, created);
+    CREATE TABLE session_messages (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        text TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX session_messages_by_session ON session_messages (session_id, id);
+    CREATE TABLE file_transfers (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('upload', 'download')),
+        size INTEGER NOT NULL,
+        sha256 TEXT,
+        ok INTEGER NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        started REAL NOT NULL,
+        ended REAL NOT NULL
+    );
+    CREATE INDEX file_transfers_by_session ON file_transfers (session_id, id);
+    CREATE TABLE report_outbox (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL UNIQUE,
+        body BLOB NOT NULL,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        delivered REAL
+    );
+    CREATE INDEX report_outbox_due ON report_outbox (delivered, next_attempt);
+    """,
     # 8: fleet jobs (issue #20): each job, one result row per target PC, the
     # machines' groups, and what each machine service reports of itself.
     """

@@ -32,6 +32,7 @@ class LiveAgent:
     screen: str = ""
     screen_problem: str = ""
     desktop: str = ""
+    chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
 
     @property
     def nobody_signed_in(self) -> bool:

@@ -67,6 +67,7 @@ class Inventory:
         if live is not None:  # at once: a request that comes next must know who is there
             live.system = message.system
             live.jobs = message.jobs
+            live.chat = message.chat
             live.user = plain_text(message.user, 64)
             live.language = message.language  # unknown ones get English words (phrase.py)
             live.screen = plain_text(message.screen, 20)

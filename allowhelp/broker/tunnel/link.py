@@ -15,12 +15,14 @@ cost about 5 KiB per agent, mostly empty deques).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 import asyncssh
+from asyncssh.sftp import MIN_SFTP_VERSION, start_sftp_client
 
 from allowhelp.broker.errors import TunnelError
 from allowhelp.certs import ssh_options
@@ -33,6 +35,7 @@ from allowhelp.protocol.control import (
     channel_subsystem,
     decode,
 )
+from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,42 @@ class AgentLink:
         except (asyncssh.Error, OSError) as exc:
             raise TunnelError(f"the agent could not open the {kind} channel: {exc}") from exc
         return cast("asyncssh.SSHClientChannel[bytes]", chan), cast(S, session)
+
+    async def open_sftp(self, session_id: str) -> asyncssh.SFTPClient:
+        """Open a files session's one channel and speak SFTP (version 3) on it.
+
+        asyncssh's own ``start_sftp_client`` opens the subsystem ``sftp``; the
+        agent takes SFTP only on ``allowhelp.files/<session>`` (under a grant),
+        so the channel is opened here and handed to asyncssh's SFTP client."""
+        try:
+            writer, reader, stderr = await self._conn.open_session(
+                subsystem=channel_subsystem("files", session_id),
+                encoding=None,
+                window=ssh_options.CHANNEL_WINDOW,
+                max_pktsize=ssh_options.CHANNEL_PACKET_SIZE,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            raise TunnelError(f"the agent refused the files channel: {exc.reason}") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise TunnelError(f"the agent could not open the files channel: {exc}") from exc
+        try:
+            return await start_sftp_client(
+                self._conn,
+                asyncio.get_running_loop(),
+                "strict",
+                reader,
+                writer,
+                None,  # paths are bytes both ways: the broker encodes and decodes them
+                "strict",
+                MIN_SFTP_VERSION,
+            )
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            # The agent says why on the channel's stderr (no sftp-server, refused as root).
+            said = b""
+            with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
+                said = await asyncio.wait_for(stderr.read(1000), 2)
+            why = plain_text(said.decode("utf-8", "replace"), 300) if said else str(exc)
+            raise TunnelError(f"the PC could not open its files: {why}") from exc
 
     def close(self) -> None:
         self._closed = True

@@ -67,8 +67,10 @@ async function send(event) {
     field(form, "reason").focus();
     return;
   }
-  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string}} */
+  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string, ticket?: string}} */
   const body = { agent_id: target.id, kind: kindRadios().value, reason };
+  const ticket = field(form, "ticket").value.trim();
+  if (ticket) body.ticket = ticket;
   const code = field(form, "help_code").value.replace(/\D/g, "");
   if (code) body.help_code = code;
   const sendButton = $("request-send", HTMLButtonElement);

@@ -46,7 +46,7 @@ function row(session) {
     el("td", {}, [badge(label, tone)]),
     el("td", { cls: "host", text: session.hostname || session.agent_id }),
     el("td", { text: kindLabel(session) }),
-    el("td", { cls: "message", text: session.reason }),
+    el("td", { cls: "message", text: session.ticket ? `${session.reason} [${session.ticket}]` : session.reason }),
     el("td", { cls: "phrase-cell", text: session.phrase || "—" }),
     el("td", { cls: "admin-col", text: session.technician }),
     timeCell(session.created),

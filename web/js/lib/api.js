@@ -99,6 +99,19 @@ export async function apiText(path) {
   return (await send("GET", path, undefined)).text();
 }
 
+/** The CSRF token for a state change this module does not send itself (an upload). */
+export async function csrfToken() {
+  return csrf || (await fetchCsrf());
+}
+
+/**
+ * A GET whose answer is read as a stream (a file download), or ApiError.
+ * @param {string} path
+ */
+export async function apiStream(path) {
+  return send("GET", path, undefined);
+}
+
 /**
  * What to tell the user about a failure, whatever was thrown.
  * @param {unknown} error

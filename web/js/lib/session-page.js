@@ -32,6 +32,7 @@ export function socketUrl(channel, query = "") {
  * @property {(session: Session) => void} [over] it is over: tidy up
  * @property {() => string} [failure] why the page's own socket failed, as a sentence, if it did
  * @property {() => void} [ended] after the End button's request, whatever the answer
+ * @property {(event: import("./events.js").FeedEvent) => void} [event] other news of this session (chat)
  */
 
 /**
@@ -45,6 +46,7 @@ export function runSessionPage(view) {
   const feed = new EventFeed({
     onEvent(event) {
       if (event.type === "session" && event.session && event.session.id === sessionId) show(event.session);
+      else if (event.session_id === sessionId) view.event?.(event);
     },
     onState(state) {
       if (state === "live" || state === "resumed") refresh();

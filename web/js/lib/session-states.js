@@ -10,7 +10,7 @@ import { plain } from "./dom.js";
 import { t } from "./i18n.js";
 
 /** @typedef {"requested" | "awaiting_consent" | "active" | "ended" | "denied" | "expired"} SessionState */
-/** @typedef {"shell" | "admin-shell" | "screen"} SessionKind */
+/** @typedef {"shell" | "admin-shell" | "screen" | "files"} SessionKind */
 /** @typedef {"technician" | "user" | "shell_exited" | "agent_lost" | "broker_restart" | "error" | "expired" | "nobody_signed_in" | "unsupported" | "signed_out"} EndReason */
 
 /**
@@ -28,6 +28,8 @@ import { t } from "./i18n.js";
  * @property {number} created
  * @property {number | null} ended
  * @property {EndReason | null} end_reason
+ * @property {string} [ticket] the help desk's ticket, e.g. HD-1234
+ * @property {string} [notes] the technician's notes
  */
 
 /**
@@ -116,6 +118,7 @@ const KINDS = {
   shell: { label: "kind.shell", page: "/terminal.html" },
   "admin-shell": { label: "kind.admin_shell", page: "/terminal.html" },
   screen: { label: "kind.screen", page: "/screen.html" },
+  files: { label: "kind.files", page: "/files.html" },
 };
 
 /** @param {Session} session "Shell", "Screen" or "Screen (view only)" */

@@ -6,6 +6,7 @@
 import RFB from "/node_modules/@novnc/novnc/core/rfb.js";
 import { $, plain } from "../lib/dom.js";
 import { t } from "../lib/i18n.js";
+import { chatEvent, refitOnToggle, showExtras, wireChatAndNotes } from "../lib/session-extras.js";
 import { runSessionPage, socketUrl } from "../lib/session-page.js";
 
 /** @type {RFB | null} */
@@ -21,6 +22,7 @@ function failure() {
 const page = runSessionPage({
   kind: "screen",
   active(session) {
+    showExtras(session);
     $("view-only").hidden = !session.view_only;
     if (closed) return;
     $("notice").hidden = true;
@@ -34,7 +36,10 @@ const page = runSessionPage({
   ended() {
     if (rfb) rfb.disconnect();
   },
+  event: chatEvent,
 });
+wireChatAndNotes();
+refitOnToggle();
 
 /** @param {boolean} viewOnly */
 function openScreen(viewOnly) {

@@ -5,19 +5,24 @@
 import { Terminal } from "/node_modules/@xterm/xterm/lib/xterm.mjs";
 import { FitAddon } from "/node_modules/@xterm/addon-fit/lib/addon-fit.mjs";
 import { $ } from "../lib/dom.js";
+import { chatEvent, refitOnToggle, showExtras, wireChatAndNotes } from "../lib/session-extras.js";
 import { runSessionPage, socketUrl } from "../lib/session-page.js";
 
 let opened = false;
 
 const page = runSessionPage({
   kind: "shell",
-  active() {
+  active(session) {
+    showExtras(session);
     $("notice").hidden = true;
     if (opened) return;
     opened = true;
     openTerminal();
   },
+  event: chatEvent,
 });
+wireChatAndNotes();
+refitOnToggle();
 
 function openTerminal() {
   $("screen").hidden = false;

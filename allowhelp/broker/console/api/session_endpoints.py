@@ -18,7 +18,7 @@ from allowhelp.broker.audit.integrity import check_digest_record
 from allowhelp.broker.audit.recording import file_sha256
 from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
-from allowhelp.broker.errors import Conflict, IllegalTransition, NotFound
+from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ async def create(request: Request) -> Response:
         kind=str(body.get("kind", "")),
         reason=body.get("reason"),
         help_code=help_code if isinstance(help_code, str) else "",
+        ticket=body.get("ticket", ""),
     )
     return JSONResponse(session.to_json(), status_code=201)
 
@@ -59,6 +60,20 @@ async def one(request: Request) -> Response:
     principal = await require(request)
     session = await services(request).sessions.get(request.path_params["session_id"])
     return JSONResponse(_visible(principal, session).to_json())
+
+
+async def patch(request: Request) -> Response:
+    """The session's technician writes notes (``{"notes": TEXT}``); audited."""
+    principal = await require(request)
+    body = await json_body(request)
+    registry = services(request).sessions
+    session = await registry.get(request.path_params["session_id"])
+    if session is None or session.technician != principal.user.username:
+        raise NotFound("no such session")  # notes are the session's technician's alone
+    if set(body) != {"notes"}:
+        raise BadRequest('send {"notes": TEXT}', code="bad_request")
+    changed = await registry.set_notes(session.id, body["notes"], actor=principal.actor)
+    return JSONResponse(changed.to_json())
 
 
 async def end(request: Request) -> Response:
@@ -121,6 +136,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/sessions", create, methods=["POST"]),
         Route("/api/v1/sessions", listed, methods=["GET"]),
         Route("/api/v1/sessions/{session_id}", one, methods=["GET"]),
+        Route("/api/v1/sessions/{session_id}", patch, methods=["PATCH"]),
         Route("/api/v1/sessions/{session_id}/end", end, methods=["POST"]),
         Route("/api/v1/sessions/{session_id}/recording", recording, methods=["GET"]),
         Route("/api/v1/help-requests", help_requests, methods=["GET"]),

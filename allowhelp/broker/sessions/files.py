@@ -1,0 +1,349 @@
+"""Files sessions: listing, download and upload through the PC's sftp-server.
+
+A ``files`` session, once the PC user allowed it, gets one SSH channel
+(``allowhelp.files/<id>``) to the agent, opened at the first request; the
+agent bridges it to ``sftp-server`` running as the signed-in user. The broker
+speaks SFTP on it with asyncssh's client and streams both ways: no whole file
+is held in memory (one chunk at a time, and SFTP's own flow control).
+
+Rules:
+- only the technician the user consented to, while the session is active
+  (the same rule as ``attach.claim``);
+- every path checked first (``filepaths.py``);
+- audit before action: ``files.listed`` and ``files.transfer.started`` are
+  written before the PC is asked; ``files.transfer.done`` (path, size,
+  direction, SHA-256) or ``files.transfer.failed`` after;
+- an upload goes to a temporary name in the same folder and is renamed onto
+  the final name only once complete: a cut upload leaves no half file under
+  that name, and the temporary file is removed;
+- a file larger than ``max_file`` is refused (up front for a download, at the
+  limit for an upload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import (
+    AgentUnreachable,
+    BadRequest,
+    BrokerError,
+    Conflict,
+    NotFound,
+    TooLarge,
+    TunnelError,
+)
+from allowhelp.broker.model.session import Session, State, Traffic
+from allowhelp.broker.sessions.filepaths import upload_names
+from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.sessions.sftpwire import json_entries, rename_onto, sftp_error
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.session_extras import TransferRecord
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.protocol.control import FileTransfer
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+MAX_FILE = 4 * 1024**3
+OPEN_TIMEOUT = 20.0
+Notify = Callable[[Session, FileTransfer], None]
+
+
+@dataclass
+class _Channel:
+    """One session's SFTP client, opened once (one grant, one channel)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    client: asyncssh.SFTPClient | None = None
+    closed: bool = False
+    to_agent: int = 0
+    from_agent: int = 0
+
+    def stop(self) -> Traffic:
+        self.closed = True
+        if self.client is not None:
+            self.client.exit()
+        return Traffic(to_agent=self.to_agent, from_agent=self.from_agent)
+
+
+@dataclass
+class _Transfer:
+    """One file going to or coming from the PC, as it goes."""
+
+    session: Session
+    username: str
+    path: str
+    direction: str  # upload | download
+    started: float = 0.0
+    size: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def add(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+
+
+class FileDesk:
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        audit: AuditLog,
+        db: StoreWorker,
+        *,
+        max_file: int = MAX_FILE,
+        notify: Notify | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._audit = audit
+        self._db = db
+        self.max_file = max_file
+        self._notify = notify
+        self._channels: dict[str, _Channel] = {}
+
+    # who may, and the channel
+
+    def _session(self, session_id: str, username: str) -> Session:
+        session = self._sessions.live(session_id)
+        if session is None or session.technician != username:
+            raise NotFound("no such session, or it is over")
+        if session.kind != "files" or session.state is not State.ACTIVE:
+            raise Conflict(
+                f"the session is a {session.state} {session.kind} session, not an active files"
+                " session",
+                code="not_files",
+            )
+        if self._sessions.ending(session_id):
+            raise Conflict("the session is ending")
+        return session
+
+    async def _client(self, session: Session) -> tuple[asyncssh.SFTPClient, _Channel]:
+        channel = self._channels.get(session.id)
+        if channel is None:
+            channel = self._channels[session.id] = _Channel()
+            self._sessions.attach_relay(session.id, lambda: self._stopped(session.id))
+        async with channel.lock:
+            if channel.closed:
+                raise Conflict("the session's file channel is closed", code="files_closed")
+            if channel.client is None:
+                channel.client = await self._open(session)
+            return channel.client, channel
+
+    async def _open(self, session: Session) -> asyncssh.SFTPClient:
+        link = self._sessions.agent_link(session.agent_id)
+        if link is None:
+            raise AgentUnreachable("the machine is offline")
+        await self._sessions.audit_started(session, {"channel": "files"})
+        try:
+            return await asyncio.wait_for(link.open_sftp(session.id), OPEN_TIMEOUT)
+        except TunnelError as exc:
+            await self._sessions.fail(session.id, str(exc))
+            raise AgentUnreachable(str(exc)) from exc
+        except TimeoutError as exc:
+            await self._sessions.fail(session.id, "the PC did not open its files in time")
+            raise AgentUnreachable("the PC did not open its files in time") from exc
+
+    def _stopped(self, session_id: str) -> Traffic:
+        channel = self._channels.pop(session_id, None)
+        return Traffic() if channel is None else channel.stop()
+
+    # listing
+
+    async def listing(self, session_id: str, username: str, path: str) -> AsyncIterator[bytes]:
+        """The folder as a JSON array, streamed entry by entry (a huge folder never
+        sits in memory); errors (no such folder, a file, no right) before the first byte."""
+        session = self._session(session_id, username)
+        client, _ = await self._client(session)  # session.started first, at the first request
+        await self._audit.write(
+            "files.listed", actor=f"technician:{username}", target=session_id,
+            details={**session.summary(), "path": path},
+        )  # fmt: skip
+        try:
+            attrs = await client.stat(path.encode())
+            if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
+                raise BadRequest(f"{path}: not a folder", code="not_a_folder")
+            entries = client.scandir(path.encode())
+            first = await anext(entries, None)
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            raise sftp_error(exc, path) from exc
+        return json_entries(first, entries, path)
+
+    # download
+
+    async def download(
+        self, session_id: str, username: str, path: str
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        """(size, chunks) of a regular file; the audit has it before the first byte."""
+        session = self._session(session_id, username)
+        client, channel = await self._client(session)
+        try:
+            attrs = await client.stat(path.encode())
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            raise sftp_error(exc, path) from exc
+        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+            raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
+        if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
+            raise BadRequest(f"{path}: not a regular file", code="not_a_file")
+        size = attrs.size or 0
+        if size > self.max_file:
+            raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
+        transfer = await self._started(_Transfer(session, username, path, "download"), size)
+        try:
+            handle = await client.open(path.encode(), "rb")
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            error = sftp_error(exc, path)
+            await self._finished(transfer, error)
+            raise error from exc
+        return size, self._chunks(transfer, handle, channel, size)
+
+    async def _chunks(
+        self, transfer: _Transfer, handle: asyncssh.SFTPClientFile, channel: _Channel, size: int
+    ) -> AsyncIterator[bytes]:
+        error: BrokerError | None = None
+        path = transfer.path
+        try:
+            while transfer.size < size:
+                data = await handle.read(min(CHUNK, size - transfer.size), transfer.size)
+                if not isinstance(data, bytes) or not data:
+                    break
+                transfer.add(data)
+                channel.from_agent += len(data)
+                yield data
+            if transfer.size != size:
+                error = Conflict(f"{path}: the file changed while it was read", code="changed")
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            error = sftp_error(exc, path)
+        except BaseException:  # the browser went away (cancelled): a cut download
+            error = BrokerError(f"{path}: the download was cut after {transfer.size} bytes")
+            raise
+        finally:
+            with contextlib.suppress(asyncssh.Error, OSError, EOFError):
+                await asyncio.shield(handle.close())
+            await asyncio.shield(self._finished(transfer, error))
+        # An error after the first byte cannot become an HTTP answer any more: the
+        # body stops short of its Content-Length (the client sees a cut download)
+        # and the audit and the store have the failure.
+
+    # upload
+
+    async def upload(
+        self, session_id: str, username: str, path: str, body: AsyncIterator[bytes]
+    ) -> dict[str, object]:
+        """Write ``body`` to a temporary name, then rename it onto ``path``."""
+        session = self._session(session_id, username)
+        client, channel = await self._client(session)
+        folder, temp = upload_names(path, secrets.token_hex(6))
+        try:
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                if await client.isdir(path.encode()):
+                    raise BadRequest(f"{path}: is a folder", code="is_a_folder")
+            if folder and not await client.isdir(folder.encode()):
+                raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            raise sftp_error(exc, path) from exc
+        transfer = await self._started(_Transfer(session, username, path, "upload"), None)
+        try:
+            handle = await client.open(temp.encode(), "xb")  # O_EXCL: never someone's file
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            refused = sftp_error(exc, path)
+            await self._finished(transfer, refused)
+            raise refused from exc
+        error: BrokerError | None = None
+        try:
+            async for data in body:
+                if transfer.size + len(data) > self.max_file:
+                    raise TooLarge(f"uploads are limited to {self.max_file} bytes")
+                await handle.write(data, transfer.size)
+                transfer.add(data)
+                channel.to_agent += len(data)
+            await handle.close()
+            await rename_onto(client, temp, path)
+        except BrokerError as exc:
+            error = exc
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            error = sftp_error(exc, path)
+        except BaseException:  # the browser went away (ClientDisconnect, cancelled)
+            cut = BadRequest(f"{path}: the upload was cut after {transfer.size} bytes")
+            await asyncio.shield(self._discard(client, handle, temp))
+            await asyncio.shield(self._finished(transfer, cut))
+            raise
+        if error is not None:
+            await self._discard(client, handle, temp)
+            await self._finished(transfer, error)
+            raise error
+        await self._finished(transfer, None)
+        return {"path": path, "size": transfer.size, "sha256": transfer.digest.hexdigest()}
+
+    async def _discard(
+        self, client: asyncssh.SFTPClient, handle: asyncssh.SFTPClientFile, temp: str
+    ) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError, EOFError):
+            await handle.close()
+        with contextlib.suppress(asyncssh.Error, OSError, EOFError):
+            await client.remove(temp.encode())
+
+    # the record of each transfer
+
+    async def _started(self, transfer: _Transfer, size: int | None) -> _Transfer:
+        session = transfer.session
+        details: dict[str, object] = {
+            **session.summary(),
+            "path": transfer.path,
+            "direction": transfer.direction,
+        }
+        if size is not None:
+            details["size"] = size
+        await self._audit.write(
+            "files.transfer.started",
+            actor=f"technician:{transfer.username}",
+            target=session.id,
+            details=details,
+        )
+        self._tell(transfer, size or 0, "started")
+        transfer.started = time.time()
+        return transfer
+
+    async def _finished(self, transfer: _Transfer, error: BrokerError | None) -> None:
+        session = transfer.session
+        record = TransferRecord(
+            session.id,
+            transfer.path,
+            transfer.direction,
+            transfer.size,
+            None if error else transfer.digest.hexdigest(),
+            error is None,
+            "" if error is None else error.message,
+            transfer.started,
+            time.time(),
+        )
+        details = {**session.summary(), **record.to_json()}
+        kind = "files.transfer.done" if error is None else "files.transfer.failed"
+        try:
+            await self._audit.write(
+                kind, actor=f"technician:{transfer.username}", target=session.id, details=details
+            )
+        except BrokerError as exc:  # the start is on the record; say so in the log
+            log.error("session=%s %s of %s not recorded: %s", session.id, kind, transfer.path, exc)
+        try:
+            await self._db.run(Store.add_transfer, record)
+        except BrokerError as exc:
+            log.error("session=%s transfer of %s not stored: %s", session.id, transfer.path, exc)
+        self._tell(transfer, transfer.size, "done" if error is None else "failed")
+
+    def _tell(self, transfer: _Transfer, size: int, status: str) -> None:
+        if self._notify is not None:
+            session = transfer.session
+            message = FileTransfer(
+                session.id, transfer.path[:1000], transfer.direction, size, status
+            )
+            self._notify(session, message)
