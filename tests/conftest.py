@@ -42,15 +42,24 @@ def broker(staffed: Fleet) -> Broker:
 # This machine's root shell runs `pyenv rehash` at every login (~/.bashrc). A
 # test that ends a session while its login shell is still starting can kill
 # that rehash before it removes its lock, and every later login shell then
-# waits up to 60 s for it: all shell tests after it time out. The lock lives
-# a second at most when nothing goes wrong; one older than a minute is stale.
+# waits up to 60 s for it: the next shell test times out. The lock lives a
+# second at most when nothing goes wrong: one that no running rehash holds, or
+# older than a minute, is stale.
 PYENV_LOCK = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+
+
+def _rehash_running() -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"pyenv-rehash" in cmdline.read_bytes():
+                return True
+    return False
 
 
 @pytest.fixture(autouse=True)
 def _no_stale_pyenv_lock() -> None:
     with contextlib.suppress(OSError):
-        if time.time() - PYENV_LOCK.stat().st_mtime > 60:
+        if time.time() - PYENV_LOCK.stat().st_mtime > 60 or not _rehash_running():
             PYENV_LOCK.unlink()
 
 
