@@ -9,6 +9,7 @@ helpers they share live in ``kit/`` and are importable as plain modules
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -54,6 +55,16 @@ def _rehash_running() -> bool:
             if b"pyenv-rehash" in cmdline.read_bytes():
                 return True
     return False
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """The CLIs set a private umask (runtime.run_command): a test that runs one
+    in-process must not leave later tests making folders no one else can enter."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture(autouse=True)

@@ -350,6 +350,8 @@ _FLOAT_TOPS = {
     "disk_free": 1e17,
     "memory_total": 1e17,
 }
+# Whole numbers are small (exit codes, counts, terminal sizes: -1 to 2**31) except these.
+_INT_TOPS = {"size": 2**63}  # a file's bytes (files.transfer)
 MAX_CHAT = LIMITS["text"]
 
 
@@ -442,13 +444,14 @@ def _field(name: str, annotation: str, value: object) -> object:
             raise ProtocolError(f"{name} must be true or false")
         return value
     if annotation == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < 2**63:
-            raise ProtocolError(f"{name} must be a whole number from -1 to 2**63")
+        top = _INT_TOPS.get(name, 2**31)
+        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < top:
+            raise ProtocolError(f"{name} must be a whole number from -1 to {top}")
         return value
     if annotation == "float":
-        top = _FLOAT_TOPS.get(name, 1e6)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < top:
-            raise ProtocolError(f"{name} must be a number from 0 to {top:g}")
+        ftop = _FLOAT_TOPS.get(name, 1e6)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < ftop:
+            raise ProtocolError(f"{name} must be a number from 0 to {ftop:g}")
         return float(value)
     text = _text(value, name, LIMITS.get(name, 100))
     choices = {
