@@ -127,8 +127,10 @@ def served_fingerprint(
     host, _, port = address.rpartition(":")
     with (
         socket.create_connection((host, int(port)), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=server_name) as tls,
+        # handshake inside the with: a refused certificate still closes the socket
+        context.wrap_socket(raw, server_hostname=server_name, do_handshake_on_connect=False) as tls,
     ):
+        tls.do_handshake()
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return hashlib.sha256(der).hexdigest()
