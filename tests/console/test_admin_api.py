@@ -293,6 +293,6 @@ def test_the_audit_viewer_reads_the_file_the_broker_writes() -> None:
     """The console's viewer reads the path the broker's AuditLog opened (no name
     of its own any more); the CLI names the file, and must name the same one."""
     from allowhelp.broker.cli import audit as cli
-    from allowhelp.broker.node import server
+    from allowhelp.broker.node import datafolder
 
-    assert cli.AUDIT_FILE == server.AUDIT_FILE
+    assert cli.AUDIT_FILE == datafolder.AUDIT_FILE

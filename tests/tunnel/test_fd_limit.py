@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.broker.node import server
+from allowhelp.broker.node import limits as server
 from harness import Fleet
 
 LOWERED = 512  # below any sane hard limit, so the broker has something to raise

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.passwords import check_new_password, hash_password
-from allowhelp.broker.node.server import AUDIT_FILE, STORE_FILE
+from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE
 from allowhelp.broker.settings import RuntimeInfo
 from allowhelp.broker.store import ROLES, Role, Store
 from allowhelp.broker.tunnel.enrolment import EnrolmentDesk, parse_ttl

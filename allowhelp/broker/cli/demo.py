@@ -22,7 +22,8 @@ from allowhelp.broker.auth.passwords import hash_password
 from allowhelp.broker.cli.admin import add_user, create_token, prepare
 from allowhelp.broker.cli.demo_ports import choose, remember
 from allowhelp.broker.errors import BrokerError
-from allowhelp.broker.node.server import STORE_FILE, serve
+from allowhelp.broker.node.datafolder import STORE_FILE
+from allowhelp.broker.node.server import serve
 from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, parse_hostport
 from allowhelp.broker.store import Store
 from allowhelp.runtime import run_event_loop, tune_malloc

@@ -27,7 +27,7 @@ from typing import Any
 
 from allowhelp.broker.audit.anchor import ANCHOR_FILE
 from allowhelp.broker.errors import BackupError
-from allowhelp.broker.node.server import AUDIT_FILE, STORE_FILE
+from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE
 from allowhelp.broker.settings import RECORDINGS, RUNTIME_FILE
 
 FORMAT = "allowhelp-broker-backup"

@@ -56,7 +56,7 @@ from allowhelp.broker.node.archive import (
     member_name,
     os_reason,
 )
-from allowhelp.broker.node.server import AUDIT_FILE, STORE_FILE
+from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE
 from allowhelp.broker.settings import RECORDINGS, RUNTIME_FILE, RuntimeInfo
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.migrations import MIGRATIONS

@@ -39,7 +39,7 @@ from allowhelp.broker.node.archive import (
     os_reason,
     path_of_member,
 )
-from allowhelp.broker.node.server import AUDIT_FILE
+from allowhelp.broker.node.datafolder import AUDIT_FILE
 from allowhelp.broker.settings import RECORDINGS
 from allowhelp.broker.store.migrations import MIGRATIONS
 

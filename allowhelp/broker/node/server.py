@@ -10,20 +10,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 
-from allowhelp.broker.audit.anchor import AnchorSink
 from allowhelp.broker.audit.integrity import ChainWatch
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.audit.options import AuditOptions
-from allowhelp.broker.audit.syslog import SyslogForwarder
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
@@ -34,6 +29,8 @@ from allowhelp.broker.jobs.desk import JobDesk
 from allowhelp.broker.jobs.inventory import MachineInventory
 from allowhelp.broker.listen import bind
 from allowhelp.broker.model.session import Session
+from allowhelp.broker.node.datafolder import DataFolder, tls_hosts
+from allowhelp.broker.node.limits import announce_fd_limit, raise_fd_limit
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
 from allowhelp.broker.sessions.chat import ChatDesk
@@ -42,7 +39,7 @@ from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.report import ReportOutbox, Webhook
-from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, is_ip, url_host
+from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, url_host
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
@@ -51,7 +48,7 @@ from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.jobsign import JobSigner
-from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
+from allowhelp.certs.pki import BrokerPKI
 from allowhelp.protocol.control import (
     ChatMessage,
     ConsentDecision,
@@ -66,48 +63,6 @@ from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 log = logging.getLogger(__name__)
 
-AUDIT_FILE = "audit.sqlite3"
-STORE_FILE = "broker.sqlite3"
-WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - names to leave out of the certificate
-# Descriptors kept for everything but agent tunnels: HTTPS clients, the
-# databases, the audit log, recordings, syslog. The rest is one per agent.
-FD_RESERVE = 200
-NR_OPEN = Path("/proc/sys/fs/nr_open")  # the kernel's cap when the hard limit is "unlimited"
-
-
-@dataclass(frozen=True)
-class DataFolder:
-    """The files of one installation that ``serve`` opens before its event loop
-    work starts: PKI, audit log, syslog. The store (``broker.sqlite3``) is opened
-    by ``serve`` on its own threads (``store/worker.py``), at ``store_path``."""
-
-    audit: AuditLog
-    pki: BrokerPKI
-    store_path: Path
-    forwarder: SyslogForwarder | None = None
-
-    @classmethod
-    def open(
-        cls,
-        data_dir: Path,
-        hosts: list[str],
-        syslog_url: str | None = None,
-        audit_options: AuditOptions | None = None,
-    ) -> DataFolder:
-        pki = ensure_broker_pki(data_dir, hosts)
-        forwarder = SyslogForwarder.from_url(syslog_url) if syslog_url else None
-        anchors = None
-        if audit_options is not None:  # the head to the anchor file and syslog (audit/anchor.py)
-            anchor_file = audit_options.anchor_file(data_dir)
-            anchors = AnchorSink(anchor_file, audit_options.anchor_every, forwarder)
-        audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder, anchors=anchors)
-        return cls(audit, pki, data_dir / STORE_FILE, forwarder)
-
-    def close(self) -> None:
-        self.audit.close()
-        if self.forwarder is not None:
-            self.forwarder.close()
-
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the broker stops both halves itself."""
@@ -115,65 +70,6 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def tls_hosts(settings: BrokerSettings) -> list[str]:
-    hosts = [url_host(settings.public_url)] if settings.public_url else []
-    hosts.append(AGENT_TLS_NAME)  # what agents ask for (node/tls.py)
-    if settings.https_host not in WILDCARDS and settings.https_host not in hosts:
-        hosts.append(settings.https_host)
-    hostname = socket.gethostname()
-    if hostname and not is_ip(hostname):
-        hosts.append(hostname)
-    return hosts
-
-
-def raise_fd_limit() -> int | None:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit and return the new soft
-    limit (None when it cannot be read or is unlimited).
-
-    Every agent holds a socket, and the usual soft limit (1,024) caps a broker
-    at about 800 PCs although the hard limit allows far more; raising the soft
-    limit needs no privilege. Failing to is not fatal, only logged: the broker
-    still serves as many agents as the current limit allows.
-    """
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read the open-file limit: %s", exc)
-        return None
-    target = hard if hard != resource.RLIM_INFINITY else _kernel_fd_cap()
-    if target is not None and soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def _kernel_fd_cap() -> int | None:
-    """With an unlimited hard limit the soft one may go up to ``fs.nr_open``."""
-    try:
-        return int(NR_OPEN.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def announce_fd_limit(limit: int | None) -> None:
-    """Say once how many agents this process can hold, so an operator sees the
-    cap before the fleet hits it (``LimitNOFILE=`` under systemd)."""
-    if limit is None:
-        log.info("open-file limit: unlimited")
-        return
-    room = max(limit - FD_RESERVE, 0)
-    log.info(
-        "open-file limit %d: room for about %d agent tunnels on the SSH port, or %d on "
-        "the HTTPS port (raise LimitNOFILE= for more)",
-        limit,
-        room,
-        room // 3,  # its TCP socket and a socketpair (wsbridge.py)
-    )
 
 
 def control_router(

@@ -1,0 +1,68 @@
+"""The files of one installation: their names, and what ``serve`` opens first.
+
+Shared by ``serve`` (node/server.py), the command line (``user add``, ``token
+create``, ``audit``, ``demo``) and backup/restore, so that every one of them
+names the same files.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from allowhelp.broker.audit.anchor import AnchorSink
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.options import AuditOptions
+from allowhelp.broker.audit.syslog import SyslogForwarder
+from allowhelp.broker.settings import BrokerSettings, is_ip, url_host
+from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
+
+AUDIT_FILE = "audit.sqlite3"
+STORE_FILE = "broker.sqlite3"
+WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - names to leave out of the certificate
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """The files of one installation that ``serve`` opens before its event loop
+    work starts: PKI, audit log, syslog. The store (``broker.sqlite3``) is opened
+    by ``serve`` on its own threads (``store/worker.py``), at ``store_path``."""
+
+    audit: AuditLog
+    pki: BrokerPKI
+    store_path: Path
+    forwarder: SyslogForwarder | None = None
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        hosts: list[str],
+        syslog_url: str | None = None,
+        audit_options: AuditOptions | None = None,
+    ) -> DataFolder:
+        pki = ensure_broker_pki(data_dir, hosts)
+        forwarder = SyslogForwarder.from_url(syslog_url) if syslog_url else None
+        anchors = None
+        if audit_options is not None:  # the head to the anchor file and syslog (audit/anchor.py)
+            anchor_file = audit_options.anchor_file(data_dir)
+            anchors = AnchorSink(anchor_file, audit_options.anchor_every, forwarder)
+        audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder, anchors=anchors)
+        return cls(audit, pki, data_dir / STORE_FILE, forwarder)
+
+    def close(self) -> None:
+        self.audit.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+
+
+def tls_hosts(settings: BrokerSettings) -> list[str]:
+    hosts = [url_host(settings.public_url)] if settings.public_url else []
+    hosts.append(AGENT_TLS_NAME)  # what agents ask for (node/tls.py)
+    if settings.https_host not in WILDCARDS and settings.https_host not in hosts:
+        hosts.append(settings.https_host)
+    hostname = socket.gethostname()
+    if hostname and not is_ip(hostname):
+        hosts.append(hostname)
+    return hosts
