@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
@@ -421,14 +421,25 @@ def decode(line: bytes) -> Message:
     return cls(**_checked(cls, raw))
 
 
-def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
+def checked_fields(
+    cls: type[object], raw: Mapping[str, Any], check: Callable[[str, str, object], object]
+) -> dict[str, Any]:
+    """The dataclass ``cls``'s fields from ``raw``, each through ``check(name,
+    annotation, value)``; a missing field without a default is a ``ProtocolError``.
+    Shared by the control channel and the helper socket (``helper.py``), whose
+    value rules differ."""
     values: dict[str, Any] = {}
-    for f in fields(cls):
+    for f in fields(cls):  # type: ignore[arg-type]
         if f.name not in raw:
             if f.default is not MISSING:
                 continue
             raise ProtocolError(f"{f.name} is missing")
-        values[f.name] = _field(f.name, str(f.type), raw[f.name])
+        values[f.name] = check(f.name, str(f.type), raw[f.name])
+    return values
+
+
+def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
+    values = checked_fields(cls, raw, _field)
     if "session_id" in values and not is_session_id(values["session_id"]):
         raise ProtocolError("session_id is malformed")
     if "job_id" in values and not is_session_id(values["job_id"]):

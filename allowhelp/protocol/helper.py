@@ -22,7 +22,7 @@ field is type-checked and bounded here, and anything else is a
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from allowhelp.protocol.control import (
@@ -31,6 +31,7 @@ from allowhelp.protocol.control import (
     Kind,
     ProtocolError,
     Via,
+    checked_fields,
     is_session_id,
     parse_json,
 )
@@ -291,14 +292,7 @@ def decode(data: bytes) -> Packet:
     cls = PACKETS.get(str(raw.get("type")))
     if cls is None:
         raise ProtocolError("unknown packet type")
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            if f.default is not MISSING:
-                continue
-            raise ProtocolError(f"{f.name} is missing")
-        values[f.name] = _field(f.name, str(f.type), raw[f.name])
-    return cls(**values)
+    return cls(**checked_fields(cls, raw, _field))
 
 
 def _field(name: str, annotation: str, value: object) -> object:
