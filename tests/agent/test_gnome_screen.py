@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 import websockets
 from gnomekit import CAN_RUN_GNOME, GNOME_SIZE, WHY_NO_GNOME, GnomeDesktop, gnome_desktop
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+from machinekit import (
+    CAN_RUN,
+    WHY_NOT,
+    Machine,
+    local_users,
+    machine_service,
+    passable_folder,
+)
 
 from harness import (
     ADMIN,
@@ -35,7 +42,6 @@ from harness import (
     TECH_PW,
     Broker,
     Desk,
-    agent_cli,
     broker_cli,
     staffed_broker,
     wait_for,
@@ -79,18 +85,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         passable_folder() as root,
         gnome_desktop(USER) as gnome,
         staffed_broker(tmp_path_factory.mktemp("gnome")) as fleet,
+        machine_service(fleet.brokers[0], root, USER, gnome.session_env()) as machine,
     ):
-        broker = fleet.brokers[0]
-        config = root / "machine"
-        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-        assert enrolled.returncode == 0, enrolled.stderr
-        machine = Machine(root, config)
-        try:
-            machine.start_service()
-            machine.start_helper(USER, env=gnome.session_env())
-            yield World(machine, broker, gnome)
-        finally:
-            machine.stop()
+        yield World(machine, fleet.brokers[0], gnome)
 
 
 @pytest.fixture

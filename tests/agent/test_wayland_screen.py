@@ -22,7 +22,14 @@ from typing import Any
 
 import pytest
 import websockets
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+from machinekit import (
+    CAN_RUN,
+    WHY_NOT,
+    Machine,
+    local_users,
+    machine_service,
+    passable_folder,
+)
 from playwright.sync_api import sync_playwright
 from waylandkit import CAN_RUN_SWAY, SWAY_SIZE, WHY_NO_SWAY, SwayDesktop, sway_desktop
 
@@ -34,7 +41,6 @@ from harness import (
     TECH_PW,
     Broker,
     Desk,
-    agent_cli,
     broker_cli,
     staffed_broker,
     wait_for,
@@ -78,18 +84,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         passable_folder() as root,
         sway_desktop(USER) as sway,
         staffed_broker(tmp_path_factory.mktemp("wayland")) as fleet,
+        machine_service(fleet.brokers[0], root, USER, sway.session_env()) as machine,
     ):
-        broker = fleet.brokers[0]
-        config = root / "machine"
-        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-        assert enrolled.returncode == 0, enrolled.stderr
-        machine = Machine(root, config)
-        try:
-            machine.start_service()
-            machine.start_helper(USER, env=sway.session_env())
-            yield World(machine, broker, sway)
-        finally:
-            machine.stop()
+        yield World(machine, fleet.brokers[0], sway)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import PY, wait_for
+from harness import PY, Broker, agent_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PY = "/usr/bin/python3"
@@ -163,3 +163,21 @@ class Machine:
     @property
     def agent_id(self) -> str:
         return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
+
+
+@contextmanager
+def machine_service(
+    broker: Broker, root: Path, user: str, env: tuple[str, ...]
+) -> Iterator[Machine]:
+    """A PC enrolled with ``enroll --system`` in ``root``, its machine service running
+    and ``user``'s session helper started with their desktop's ``env``; stopped after."""
+    config = root / "machine"
+    enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
+    assert enrolled.returncode == 0, enrolled.stderr
+    machine = Machine(root, config)
+    try:
+        machine.start_service()
+        machine.start_helper(user, env=env)
+        yield machine
+    finally:
+        machine.stop()
