@@ -28,7 +28,7 @@ TIMEOUT = 3.0
 # " 0: +*HDMI-1 1920/527x1080/296+0+0  HDMI-1"  (+ automatic, * primary)
 _XRANDR_LINE = re.compile(
     r"\s*\d+: (?P<auto>\+)?(?P<primary>\*)?(?P<name>\S+) (?P<w>\d+)/\d+x(?P<h>\d+)/\d+"
-    r"\+(?P<x>-?\d+)\+(?P<y>-?\d+)(?:\s.*)?"
+    r"(?P<x>[+-]\d+)(?P<y>[+-]\d+)(?:\s.*)?"
 )
 
 
