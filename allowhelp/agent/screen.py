@@ -33,6 +33,8 @@ The x11vnc options, and why:
                        every text they happen to highlight
     -viewonly -nosel   a view-only grant: no input, no clipboard either way
                        (the broker also drops input, so neither alone is trusted)
+    -clip WxH+X+Y      the one monitor the technician picked (its place as
+                       ``xrandr --listmonitors`` says it now; agent/monitors.py)
 Not used: ``-q`` (with -inetd it closes stderr, and stderr is where x11vnc
 says why it failed), ``-noshm`` (the X server is local: shared memory is fine).
 
