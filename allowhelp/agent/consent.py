@@ -96,6 +96,7 @@ class Grant:
     owner: int | None = None
     granted_at: float = field(default_factory=time.time)
     claimed: bool = False
+    monitor: str = ""  # a screen: the monitor asked for (protocol/monitors.py), "" the default
     closers: list[Closer] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
@@ -168,6 +169,7 @@ class ConsentGate:
                 view_only and request.kind == "screen",
                 request.technician,
                 pending.owner,
+                monitor=request.monitor if request.kind == "screen" else "",
             )
         return Decision(
             session_id=session_id,

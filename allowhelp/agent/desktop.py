@@ -20,6 +20,7 @@ Engines (docs/wayland.md says why each):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -28,6 +29,9 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+
+from allowhelp.agent.monitors import session_monitors
+from allowhelp.protocol.monitors import encode as encode_monitors
 
 Engine = Literal["x11", "wlroots", "portal", "none"]
 ENGINES: tuple[Engine, ...] = ("x11", "wlroots", "portal", "none")
@@ -59,6 +63,7 @@ class ScreenOffer:
     engine: Engine
     problem: str = ""
     desktop: str = ""
+    monitors: str = ""  # the session's monitors (protocol/monitors.py's line; agent/monitors.py)
 
     @property
     def available(self) -> bool:
@@ -218,6 +223,10 @@ def probe(env: Mapping[str, str]) -> Probe:
 
 @functools.cache
 def this_session() -> ScreenOffer:
-    """The offer of the session this process runs in (probed once: it does not change)."""
+    """The offer of the session this process runs in, with its monitors (probed once)."""
     env = dict(os.environ)
-    return choose_engine(env, probe(env))
+    offer = choose_engine(env, probe(env))
+    if not offer.available:
+        return offer
+    found = session_monitors(env, offer.engine)
+    return dataclasses.replace(offer, monitors=encode_monitors(found))

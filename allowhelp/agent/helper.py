@@ -117,6 +117,7 @@ class SessionHelper:
                 screen=offer.engine,
                 screen_problem=offer.problem,
                 desktop=offer.desktop,
+                monitors=offer.monitors,
             )
             sock.send(hello.encode())
         except (FileNotFoundError, ConnectionRefusedError):
@@ -216,7 +217,9 @@ class SessionHelper:
     async def _open_screen(self, conn: PacketConn, packet: hp.Open) -> None:
         """The screen server answers on its socket first (wayvnc takes a moment)."""
         try:
-            program = await start_screen(os.environ, view_only=packet.view_only)
+            program = await start_screen(
+                os.environ, view_only=packet.view_only, monitor=packet.monitor
+            )
         except (OSError, RuntimeError) as exc:  # ScreenUnavailable is a RuntimeError
             self._refuse(conn, packet.session_id, exc)
             return

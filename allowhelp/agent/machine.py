@@ -120,7 +120,7 @@ class HelperHub:
         self._next_id = 0
         self._said_user: str | None = None
         self._said_language: str | None = None
-        self._said_screen: tuple[str, str, str] | None = None
+        self._said_screen: tuple[str, str, str, str] | None = None
 
     # who is signed in
 
@@ -148,7 +148,11 @@ class HelperHub:
         self._said_user = self.signed_in_name()
         self._said_language = self.signed_in_language()
         chosen = self._signed_in_helper()
-        screen = (chosen.screen, chosen.screen_problem, chosen.desktop) if chosen else None
+        screen = (
+            (chosen.screen, chosen.screen_problem, chosen.desktop, chosen.monitors)
+            if chosen
+            else None
+        )
         self._said_screen = screen
         return Hello(
             hostname=self._hostname,
@@ -162,13 +166,18 @@ class HelperHub:
             screen_problem=screen[1] if screen else "nobody signed in",
             desktop=screen[2] if screen else "",
             chat=True,
+            monitors=screen[3] if screen else "",
         )
 
     def _maybe_changed(self) -> None:
         if self.service is None:
             return
         chosen = self._signed_in_helper()
-        screen = (chosen.screen, chosen.screen_problem, chosen.desktop) if chosen else None
+        screen = (
+            (chosen.screen, chosen.screen_problem, chosen.desktop, chosen.monitors)
+            if chosen
+            else None
+        )
         if (
             self.signed_in_name() != self._said_user
             or self.signed_in_language() != self._said_language
@@ -426,6 +435,7 @@ class HelperHub:
             screen=hello.screen,
             screen_problem=hello.screen_problem,
             desktop=hello.desktop,
+            monitors=hello.monitors,
         )
         log.info("session helper of uid %d (pid %d) connected", conn.uid, conn.pid)
         service = self._service()

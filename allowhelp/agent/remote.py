@@ -88,7 +88,7 @@ class RemoteProgram:
         self._filter = ViewOnlyFilter() if kind == "screen" and grant.view_only else None
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
-        ask = Open(grant.session_id, kind, term, cols, rows, grant.view_only)
+        ask = Open(grant.session_id, kind, term, cols, rows, grant.view_only, grant.monitor)
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(
             OPEN_TIMEOUT, self._fail, f"the user's session did not start the {kind} in time"
         )

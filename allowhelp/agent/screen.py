@@ -33,6 +33,8 @@ The x11vnc options, and why:
                        every text they happen to highlight
     -viewonly -nosel   a view-only grant: no input, no clipboard either way
                        (the broker also drops input, so neither alone is trusted)
+    -clip WxH+X+Y      the one monitor the technician picked (its place as
+                       ``xrandr --listmonitors`` says it now; agent/monitors.py)
 Not used: ``-q`` (with -inetd it closes stderr, and stderr is where x11vnc
 says why it failed), ``-noshm`` (the X server is local: shared memory is fine).
 
@@ -67,9 +69,13 @@ from typing import IO, TYPE_CHECKING, Protocol
 from allowhelp.agent.desktop import TEST_COMMAND_ENV as TEST_COMMAND_ENV  # noqa: PLC0414 - its old home
 from allowhelp.agent.desktop import choose_engine, probe
 from allowhelp.agent.fdbridge import FdBridge, Output
+from allowhelp.agent.monitors import session_monitors
 from allowhelp.agent.reaper import end_process_group
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.wayvnc import WayvncLaunch
+from allowhelp.protocol.monitors import Monitor
+from allowhelp.protocol.monitors import find as find_monitor
+from allowhelp.protocol.monitors import refusal as monitor_refusal
 from allowhelp.protocol.text import plain_text
 
 if TYPE_CHECKING:
@@ -98,16 +104,18 @@ class ScreenUnavailable(RuntimeError):
     """This PC cannot share its screen; the message says why, for the technician."""
 
 
-def x11vnc_argv(program: str, display: str, *, view_only: bool) -> list[str]:
+def x11vnc_argv(program: str, display: str, *, view_only: bool, clip: str = "") -> list[str]:
     argv = [program, "-norc", "-inetd", "-display", display, "-once", "-nopw", "-safer"]
     argv += ["-nocmds", "-noipv6", "-nolookup", "-nonc", "-noxdamage"]
     argv += ["-noprimary", "-nosetprimary"]
     if view_only:
         argv += ["-viewonly", "-nosel"]
+    if clip:
+        argv += ["-clip", clip]
     return argv
 
 
-def screen_command(env: Mapping[str, str], *, view_only: bool) -> list[str]:
+def screen_command(env: Mapping[str, str], *, view_only: bool, clip: str = "") -> list[str]:
     """The program to run for this grant, or ScreenUnavailable with the reason."""
     override = env.get(TEST_COMMAND_ENV, "").strip()
     if override:
@@ -118,7 +126,7 @@ def screen_command(env: Mapping[str, str], *, view_only: bool) -> list[str]:
     program = shutil.which(X11VNC, path=env.get("PATH") or os.defpath)
     if program is None:
         raise ScreenUnavailable("x11vnc is not installed on this PC (Debian: apt install x11vnc)")
-    return x11vnc_argv(program, env["DISPLAY"], view_only=view_only)
+    return x11vnc_argv(program, env["DISPLAY"], view_only=view_only, clip=clip)
 
 
 def explain_exit(status: int, stderr: bytes) -> str:
@@ -195,20 +203,39 @@ class PairLaunch:
         """Nothing on disk: a socketpair has no path."""
 
 
-def launch_screen(env: Mapping[str, str], *, view_only: bool) -> ScreenLaunch:
-    """Start the engine this session offers (desktop.py), or ScreenUnavailable saying why."""
+def chosen_monitor(env: Mapping[str, str], engine: str, choice: str) -> Monitor | None:
+    """The monitor the grant names, as the session has it now (None: the default or all);
+    ScreenUnavailable when the engine cannot show that choice (deny by default: a
+    monitor the session does not have is refused, never shown as a black screen)."""
+    if not choice:
+        return None
+    found = session_monitors(env, engine)
+    problem = monitor_refusal(engine, found, choice)
+    if problem:
+        raise ScreenUnavailable(problem)
+    return find_monitor(found, choice)
+
+
+def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "") -> ScreenLaunch:
+    """Start the engine this session offers (desktop.py), or ScreenUnavailable saying why.
+
+    ``monitor``: the grant's choice (protocol/monitors.py): one monitor, ``all``, or ""."""
     offer = choose_engine(env, probe(env))
     if not offer.available:
         raise ScreenUnavailable(offer.problem)
+    picked = chosen_monitor(env, offer.engine, monitor)
     try:
         if offer.engine == "portal":
             argv = [sys.executable, "-m", "allowhelp.agent.portalvnc"]
             argv += [] if view_only else ["--control"]
             return PairLaunch(argv, portal_environment(env))
         if offer.engine == "wlroots":
-            return WayvncLaunch(env, view_only=view_only)
+            output = picked.name if picked else ""
+            return WayvncLaunch(env, view_only=view_only, output=output)
         if offer.engine == "x11":
-            return PairLaunch(screen_command(env, view_only=view_only), child_environment(env))
+            clip = picked.geometry if picked else ""
+            argv = screen_command(env, view_only=view_only, clip=clip)
+            return PairLaunch(argv, child_environment(env))
     except OSError as exc:
         raise ScreenUnavailable(
             f"the screen sharer could not start: {exc.strerror or exc}"
@@ -382,7 +409,8 @@ def screen_factory(channel: GatedChannel, grant: Grant) -> Backend:
             log.error("session=%s screen failed: %s", grant.session_id, error)
         channel.finish(status, error)
 
-    launch = launch_screen(os.environ, view_only=grant.view_only)  # ScreenUnavailable
+    # ScreenUnavailable says why not (a monitor the session does not have, too)
+    launch = launch_screen(os.environ, view_only=grant.view_only, monitor=grant.monitor)
     # The test knob's program sees exactly what the broker let through (the tests of
     # the broker's own view-only filter need that); every real engine gets the filter.
     knob = bool(os.environ.get(TEST_COMMAND_ENV, "").strip())

@@ -42,6 +42,7 @@ class HelperInfo:
     screen: str = ""
     screen_problem: str = ""
     desktop: str = ""
+    monitors: str = ""
 
 
 def choose(helpers: Sequence[HelperInfo], active_uid: ActiveUid | None) -> HelperInfo | None:

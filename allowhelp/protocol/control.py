@@ -136,6 +136,9 @@ class ConsentRequest(Message):
     timeout: float
     help_code: str = ""
     chat: bool = False  # the broker takes chat.message for this session (older ones do not)
+    # A screen: the monitor to show (protocol/monitors.py): a name the agent reported,
+    # "all", or "" for the engine's default. Older agents ignore it.
+    monitor: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ class Hello(Message):
     desktop: str = ""
 
     chat: bool = False  # the agent takes ``chat.message`` (older agents would close the tunnel)
+    # The session's monitors (protocol/monitors.py's line: "HDMI-1 1920x1080+0+0 primary;...");
+    # "": none reported (an older agent, no graphical session, or the portal's dialog picks).
+    monitors: str = ""
 
 
 @dataclass(frozen=True)
@@ -333,6 +339,8 @@ LIMITS = {
     "screen": 20,
     "screen_problem": 300,
     "desktop": 200,
+    "monitor": 64,
+    "monitors": 2000,
     "text": 2000,
     "sender": 100,
     "path": 1000,

@@ -53,6 +53,8 @@ _TEXT_LIMITS = {
     "screen": 20,
     "screen_problem": 300,
     "desktop": 200,
+    "monitor": 64,
+    "monitors": 2000,
 }
 
 
@@ -80,6 +82,7 @@ class HelperHello(Packet):
     screen: str = ""
     screen_problem: str = ""
     desktop: str = ""
+    monitors: str = ""  # the session's monitors (protocol/monitors.py)
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ class Open(Packet):
     cols: int
     rows: int
     view_only: bool
+    monitor: str = ""  # a screen: the monitor picked (protocol/monitors.py), "" the default
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,19 @@ def test_the_console_is_told_what_the_session_offers(world: World) -> None:
     assert row["desktop"].startswith("wayland: gnome; portals RemoteDesktop 1, ScreenCast ")
 
 
+def test_a_monitor_is_picked_in_gnomes_dialog_not_by_the_technician(
+    world: World, desk: Desk
+) -> None:
+    """The portal engine reports no monitors (the user picks in GNOME's dialog): a
+    request that names one, or all, is refused before the PC is asked (#15)."""
+    assert world.agent_row()["monitors"] == []
+    for monitor in ("Virtual-1", "all"):
+        answer = desk.request(world.machine.agent_id, kind="screen", reason="pick", monitor=monitor)
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"] == "monitor_unavailable"
+        assert "screen-sharing dialog" in answer.json()["message"]
+
+
 def test_view_only_screen_through_the_portal(world: World, desk: Desk) -> None:
     marker = Path(f"/home/{USER}/typed-into-gnome")
     marker.unlink(missing_ok=True)

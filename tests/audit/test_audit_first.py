@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from harness import (
     TECH,
     TECH_PW,
@@ -53,7 +55,12 @@ RECORD_OF_STATE = {
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
     agent_args = ("--reconnect-cap", "2", "--prompt", "none")
-    with running_fleet(tmp_path_factory.mktemp("audit-first"), agent_args=agent_args) as (
+    # A screen engine (the test knob's program), else the broker refuses a screen
+    # request at once for a PC without a display (#15) and no decision is ever asked.
+    env = {**os.environ, TEST_COMMAND_ENV: "cat"}
+    with running_fleet(
+        tmp_path_factory.mktemp("audit-first"), agent_args=agent_args, agent_env=env
+    ) as (
         _,
         broker,
         agent,

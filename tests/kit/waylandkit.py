@@ -23,6 +23,9 @@ from pathlib import Path
 from harness import wait_for
 
 SWAY_SIZE = (1024, 768)
+# A second headless output (``second_output``), right of the first, all one colour.
+SECOND_SIZE = (800, 600)
+SECOND_COLOUR = (0x20, 0x40, 0xC0)
 CAN_RUN_SWAY = all(shutil.which(p) for p in ("sway", "wayvnc", "foot", "swaymsg"))
 WHY_NO_SWAY = "needs sway, wayvnc and foot (scripts/install test)"
 
@@ -67,15 +70,23 @@ def _socket(runtime: Path, pattern: str) -> str:
 
 
 @contextlib.contextmanager
-def sway_desktop(user: str) -> Iterator[SwayDesktop]:
-    """sway + foot as ``user`` until the block ends; every process of it ended after."""
+def sway_desktop(user: str, *, second_output: bool = False) -> Iterator[SwayDesktop]:
+    """sway + foot as ``user`` until the block ends; every process of it ended after.
+    ``second_output``: a second monitor, HEADLESS-2 (SECOND_SIZE, SECOND_COLOUR)."""
     account = pwd.getpwnam(user)
     runtime = Path(tempfile.mkdtemp(prefix=f"ahwl-{account.pw_uid}-", dir="/tmp"))
     os.chown(runtime, account.pw_uid, account.pw_gid)
     os.chmod(runtime, 0o700)
     width, height = SWAY_SIZE
     config = runtime / "sway.conf"
-    config.write_text(f"output HEADLESS-1 resolution {width}x{height}\nexec foot\n")
+    lines = [f"output HEADLESS-1 resolution {width}x{height} position 0 0"]
+    if second_output:
+        colour = "#" + "".join(f"{part:02x}" for part in SECOND_COLOUR)
+        second = "{}x{}".format(*SECOND_SIZE)
+        lines.append(f"output HEADLESS-2 resolution {second} position {width} 0")
+        lines.append(f"output HEADLESS-2 bg {colour} solid_color")
+        lines.append("focus output HEADLESS-1")
+    config.write_text("\n".join([*lines, "exec foot", ""]))
     os.chown(config, account.pw_uid, account.pw_gid)
     env = [
         f"HOME={account.pw_dir}",
@@ -84,6 +95,7 @@ def sway_desktop(user: str) -> Iterator[SwayDesktop]:
         "WLR_BACKENDS=headless",
         "WLR_LIBINPUT_NO_DEVICES=1",
         "WLR_RENDERER=pixman",
+        *(["WLR_HEADLESS_OUTPUTS=2"] if second_output else []),
     ]
     with (runtime / "sway.log").open("wb") as log:
         proc = subprocess.Popen(

@@ -43,6 +43,7 @@ from harness import (
     log_mark,
     log_since,
     online,
+    pending,
     wait_for,
     wait_pending,
 )
@@ -343,22 +344,20 @@ def test_x11vnc_goes_when_the_agent_dies(world: dict[str, Any], desk: Desk) -> N
 
 
 def test_no_display_fails_with_a_clear_reason(world: dict[str, Any], desk: Desk) -> None:
-    session_id = consented(desk, world["headless"])
-
-    async def scenario() -> websockets.ConnectionClosed:
-        async with screen_socket(desk, session_id) as ws:
-            return await closed_by_broker(ws)
-
-    closed = asyncio.run(scenario())
-    assert closed.rcvd is not None and closed.rcvd.code == 1011
-    assert "no X display" in closed.rcvd.reason and "DISPLAY" in closed.rcvd.reason
-    final = desk.wait_state(session_id, "ended")
-    assert final["end_reason"] == "error"
-    records = audit(world["broker"], session_id)
-    failed = next(r for r in records if r["type"] == "session.failed")
-    assert "without DISPLAY" in failed["details"]["error"]
-    ended = next(r for r in records if r["type"] == "session.ended")
-    assert ended["details"]["end_reason"] == "error"
+    """The agent said in its hello that it has no display (``screen: none``): the broker
+    refuses at once with its reason (#15), audited; the PC is never asked."""
+    agent = world["headless"]
+    answer = desk.request(agent.agent_id, kind="screen", reason="screen test headless")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "screen_unavailable"
+    assert "no X display" in answer.json()["message"] and "DISPLAY" in answer.json()["message"]
+    sessions = desk.client.get("/api/v1/sessions").json()
+    session = next(s for s in sessions if s["reason"] == "screen test headless")
+    assert session["end_reason"] == "unsupported"
+    records = audit(world["broker"], session["id"])
+    assert [r["type"] for r in records] == ["session.requested", "session.ended"]
+    assert "without DISPLAY" in records[-1]["details"]["error"]
+    assert not any(p["session_id"] == session["id"] for p in pending(agent))
 
 
 def test_a_hostile_vnc_server_does_not_crash_the_relay(world: dict[str, Any], desk: Desk) -> None:

@@ -123,6 +123,9 @@ class Session:
     recording_sha256: str | None = None
     ticket: str = ""  # the help desk's ticket (free text, e.g. HD-1234)
     notes: str = ""  # the technician's notes, changed by PATCH
+    # A screen: the monitor asked for (protocol/monitors.py; "" the default). Sent in
+    # the consent request and audited with session.requested; not stored in the row.
+    monitor: str = ""
 
     @classmethod
     def new(
@@ -137,6 +140,7 @@ class Session:
         help_code: str = "",
         language: str = "en",
         ticket: str = "",
+        monitor: str = "",
     ) -> Session:
         """``language``: the PC user's, from the agent's Hello; the phrase's words."""
         session_id = new_session_id()
@@ -151,6 +155,7 @@ class Session:
             phrase=verification_phrase(language=language),
             help_code=help_code,
             ticket=ticket,
+            monitor=monitor,
         )
 
     @property

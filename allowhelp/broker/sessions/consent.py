@@ -54,6 +54,7 @@ def consent_request(session: Session, *, organisation: str, timeout: float) -> C
         timeout=timeout,
         help_code=session.help_code,
         chat=True,
+        monitor=session.monitor if session.kind == "screen" else "",
     )
 
 

@@ -46,6 +46,7 @@ from allowhelp.broker.sessions.consent import (
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk, format_code, normalise_code
 from allowhelp.broker.sessions.saver import SessionSaver
+from allowhelp.broker.sessions.screenchoice import clean_monitor, screen_refusal
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
@@ -149,10 +150,12 @@ class SessionRegistry:
         reason: object,
         help_code: str = "",
         ticket: object = "",
+        monitor: object = "",
     ) -> Session:
         if kind not in KINDS:
             raise BadRequest('kind must be "shell", "admin-shell", "screen" or "files"')
         text = clean_reason(reason)
+        picked = clean_monitor(kind, monitor)
         ticket_text = clean_text(ticket, "ticket", MAX_TICKET)
         agent = await self._db.read(Store.agent, agent_id) if isinstance(agent_id, str) else None
         if agent is None or agent.removed:
@@ -173,6 +176,7 @@ class SessionRegistry:
             help_code=help_code,
             language=live.language if live is not None else "en",  # the phrase's words
             ticket=ticket_text,
+            monitor=picked,
         )
         await self._audit.write(
             "session.requested",
@@ -183,6 +187,7 @@ class SessionRegistry:
                 "phrase": session.phrase,
                 "help_code": help_code,
                 "ticket": ticket_text,
+                **({"monitor": picked} if picked else {}),
             },
         )
         try:
@@ -220,7 +225,9 @@ class SessionRegistry:
                 details={"error": "the machine is offline"},
             )
             raise Conflict("the machine is offline", code="agent_offline")
-        refusal = _refusal(session, live.system, live.nobody_signed_in)
+        refusal = _refusal(session, live.system, live.nobody_signed_in) or screen_refusal(
+            session, live
+        )
         if refusal is not None:  # nobody could answer: said now, not after the timeout
             reason, code, error = refusal
             await self._move(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from allowhelp.broker.tunnel.link import AgentLink
+from allowhelp.protocol.monitors import Monitor
 
 
 @dataclass
@@ -32,6 +33,7 @@ class LiveAgent:
     screen: str = ""
     screen_problem: str = ""
     desktop: str = ""
+    monitors: tuple[Monitor, ...] = ()  # the session's monitors (Hello ``monitors``)
     chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
 
     @property

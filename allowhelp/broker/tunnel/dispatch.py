@@ -19,6 +19,8 @@ from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.protocol.control import Hello, Message
+from allowhelp.protocol.monitors import Monitor
+from allowhelp.protocol.monitors import decode as decode_monitors
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Inventory:
             live.screen = plain_text(message.screen, 20)
             live.screen_problem = plain_text(message.screen_problem, 300)
             live.desktop = plain_text(message.desktop, 200)
+            live.monitors = reported_monitors(agent_id, message.monitors)
         task = asyncio.create_task(self._store(agent_id, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -91,3 +94,13 @@ class Inventory:
             log.error("agent=%s inventory not stored: %s", agent_id, exc)
             return
         self._agents.changed(agent_id)
+
+
+def reported_monitors(agent_id: str, line: str) -> tuple[Monitor, ...]:
+    """The monitors an agent's Hello lists; a malformed list counts as none (then a
+    request can name no monitor: deny by default), said in the log."""
+    try:
+        return decode_monitors(line)
+    except ValueError as exc:
+        log.warning("agent=%s reported unreadable monitors: %s", agent_id, exc)
+        return ()

@@ -8,7 +8,7 @@ import { t } from "../lib/i18n.js";
 import { state } from "./state.js";
 
 /** @typedef {import("../lib/session-states.js").Session} Session */
-/** @typedef {Pick<import("./state.js").Agent, "id" | "hostname" | "user" | "os">} Target */
+/** @typedef {Pick<import("./state.js").Agent, "id" | "hostname" | "user" | "os" | "screen" | "monitors">} Target */
 
 /** @type {Target | null} */
 let target = null;
@@ -21,6 +21,7 @@ export function setupRequest(afterSent) {
   const dialog = $("request-dialog", HTMLDialogElement);
   $("request-form").addEventListener("submit", send);
   $("request-cancel").addEventListener("click", () => dialog.close());
+  $("request-kind").addEventListener("change", showMonitors);
   dialog.addEventListener("close", () => {
     target = null;
   });
@@ -50,6 +51,7 @@ export function openRequest(agent, kind = "shell", helpCode = "", reason = "") {
   $("request-about").textContent = [agent.user && t("request.user", { user: agent.user }), agent.os]
     .filter(Boolean).join(" · ");
   kindRadios().value = kind;
+  fillMonitors(agent);
   field(form, "help_code").value = helpCode;
   field(form, "reason").value = reason;
   $("request-dialog", HTMLDialogElement).showModal();
@@ -67,8 +69,9 @@ async function send(event) {
     field(form, "reason").focus();
     return;
   }
-  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string, ticket?: string}} */
+  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string, ticket?: string, monitor?: string}} */
   const body = { agent_id: target.id, kind: kindRadios().value, reason };
+  if (body.kind === "screen" && !$("request-monitor-row").hidden) body.monitor = monitorSelect().value;
   const ticket = field(form, "ticket").value.trim();
   if (ticket) body.ticket = ticket;
   const code = field(form, "help_code").value.replace(/\D/g, "");
@@ -93,6 +96,39 @@ async function send(event) {
   } finally {
     sendButton.disabled = false;
   }
+}
+
+function monitorSelect() {
+  return $("request-monitor", HTMLSelectElement);
+}
+
+/**
+ * The monitor picker: the PC's monitors (the primary one chosen, as MeshCentral and
+ * RustDesk do), and "All monitors" where the engine shows them at once (X11). Only
+ * when there is a choice: one monitor, or none reported (GNOME and KDE: the person
+ * at the PC picks in the desktop's dialog), sends no monitor.
+ * @param {Target} agent
+ */
+function fillMonitors(agent) {
+  const monitors = agent.monitors || [];
+  const options = monitors.map((m) => {
+    const key = m.primary ? "request.monitor_primary" : "request.monitor_size";
+    const option = new Option(t(key, { name: m.name, width: m.width, height: m.height }), m.name);
+    return option;
+  });
+  if (agent.screen === "x11") options.push(new Option(t("request.all_monitors"), "all"));
+  monitorSelect().replaceChildren(...options);
+  const primary = monitors.find((m) => m.primary) || monitors[0];
+  if (primary) monitorSelect().value = primary.name;
+  $("request-monitor-note").textContent = agent.screen === "wlroots" ? t("request.one_at_a_time") : "";
+  $("request-monitor-row").dataset.choice = monitors.length > 1 ? "yes" : "";
+  showMonitors();
+}
+
+/** The picker shows for a screen request to a PC with more than one monitor. */
+function showMonitors() {
+  const row = $("request-monitor-row");
+  row.hidden = !(kindRadios().value === "screen" && row.dataset.choice === "yes");
 }
 
 export function closeRequest() {

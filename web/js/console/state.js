@@ -27,9 +27,20 @@
  *   none ("" or absent: the agent did not say)
  * @property {string} [screen_problem] why the screen cannot be shared (screen "none")
  * @property {string} [desktop] the session the agent saw ("wayland: sway")
+ * @property {Monitor[]} [monitors] the session's monitors a screen request may name
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
  * @property {string[]} [groups] set by admins (PATCH /api/v1/agents/{id})
+ */
+/**
+ * One monitor of a PC's session (GET /api/v1/agents ``monitors``).
+ * @typedef {object} Monitor
+ * @property {string} name
+ * @property {number} width
+ * @property {number} height
+ * @property {number} x
+ * @property {number} y
+ * @property {boolean} primary
  */
 /**
  * A help request: the code the user reads on the phone.

@@ -238,5 +238,10 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "Two-factor login is now optional.",
   "users.totp_required": "Two-factor login is now required for everyone.",
   "users.username": "User name",
-  "users.you": "you"
+  "users.you": "you",
+  "request.monitor": "Monitor",
+  "request.all_monitors": "All monitors",
+  "request.monitor_size": "{name} ({width}×{height})",
+  "request.monitor_primary": "{name} ({width}×{height}, primary)",
+  "request.one_at_a_time": "This desktop shows one monitor at a time."
 });

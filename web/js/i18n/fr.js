@@ -238,5 +238,10 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "La connexion à deux facteurs est maintenant facultative.",
   "users.totp_required": "La connexion à deux facteurs est maintenant exigée pour tous.",
   "users.username": "Nom d'utilisateur",
-  "users.you": "vous"
+  "users.you": "vous",
+  "request.monitor": "Moniteur",
+  "request.all_monitors": "Tous les moniteurs",
+  "request.monitor_size": "{name} ({width}×{height})",
+  "request.monitor_primary": "{name} ({width}×{height}, principal)",
+  "request.one_at_a_time": "Ce bureau montre un seul moniteur à la fois."
 });

@@ -238,5 +238,10 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "Tweestapsaanmelding is nu optioneel.",
   "users.totp_required": "Tweestapsaanmelding is nu verplicht voor iedereen.",
   "users.username": "Gebruikersnaam",
-  "users.you": "u"
+  "users.you": "u",
+  "request.monitor": "Monitor",
+  "request.all_monitors": "Alle monitoren",
+  "request.monitor_size": "{name} ({width}×{height})",
+  "request.monitor_primary": "{name} ({width}×{height}, hoofdscherm)",
+  "request.one_at_a_time": "Dit bureaublad toont één monitor tegelijk."
 });

@@ -52,6 +52,8 @@ def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
         "screen": live.screen if live else "",
         "screen_problem": live.screen_problem if live else "",
         "desktop": live.desktop if live else "",
+        # Live, from the Hello: the session's monitors a screen request may name.
+        "monitors": [m.to_json() for m in live.monitors] if live else [],
     }
 
 

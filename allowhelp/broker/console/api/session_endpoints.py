@@ -44,6 +44,7 @@ async def create(request: Request) -> Response:
         reason=body.get("reason"),
         help_code=help_code if isinstance(help_code, str) else "",
         ticket=body.get("ticket", ""),
+        monitor=body.get("monitor", ""),
     )
     return JSONResponse(session.to_json(), status_code=201)
 
