@@ -2,8 +2,9 @@
 
 Engines (``desktop.choose_engine``): on X11 ``x11vnc -inetd`` on a socketpair
 (below); on wlroots Wayland compositors wayvnc on a UNIX socket private to the
-user (``wayvnc.py``); GNOME and KDE on Wayland are detected and refused with the
-reason (docs/wayland.md). Whatever the engine, the agent ends up with one
+user (``wayvnc.py``); GNOME and KDE on Wayland through the ScreenCast and
+RemoteDesktop portals into our own RFB server (``portalvnc.py``; docs/wayland.md).
+Whatever the engine, the agent ends up with one
 connected socket to the server and bridges it; on a view-only grant the
 viewer's bytes pass ``rfbinput.ViewOnlyFilter`` first.
 

@@ -106,7 +106,7 @@ def test_packages_say_what_they_need(debs: Debs) -> None:
     assert field(debs.agent, "Depends") == (
         "python3 (>= 3.10~), python3 (<< 3.14~), x11vnc, zenity | kdialog"
     )
-    assert field(debs.agent, "Recommends") == "wayvnc, xdg-desktop-portal"
+    assert field(debs.agent, "Recommends") == "wayvnc, x11-xserver-utils, xdg-desktop-portal"
     assert field(debs.broker, "Depends") == "python3 (>= 3.11~), python3 (<< 3.14~), passwd"
     assert "x11vnc" not in field(debs.broker, "Depends")
 
