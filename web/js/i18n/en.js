@@ -275,7 +275,7 @@ export default /** @type {Record<string, string>} */ ({
   "audit.anchors_checked.one": "{count} anchored head checked now.",
   "audit.anchors_checked.other": "{count} anchored heads checked now.",
   "audit.not_anchored": "Heads are not anchored by this broker; {checked}",
-  "audit.anchored_every.one": "Head anchored at every record to {where}; {last}; {checked}",
+  "audit.anchored_every.one": "Head anchored every {count} record to {where}; {last}; {checked}",
   "audit.anchored_every.other": "Head anchored every {count} records to {where}; {last}; {checked}",
   "audit.where_file_and_syslog": "{file} and syslog",
   "audit.where_syslog": "syslog",

@@ -275,7 +275,7 @@ export default /** @type {Record<string, string>} */ ({
   "audit.anchors_checked.one": "{count} tête ancrée vérifiée à l'instant.",
   "audit.anchors_checked.other": "{count} têtes ancrées vérifiées à l'instant.",
   "audit.not_anchored": "Ce serveur n'ancre pas les têtes ; {checked}",
-  "audit.anchored_every.one": "Tête ancrée à chaque entrée dans {where} ; {last} ; {checked}",
+  "audit.anchored_every.one": "Tête ancrée à chaque entrée (intervalle : {count}) dans {where} ; {last} ; {checked}",
   "audit.anchored_every.other": "Tête ancrée toutes les {count} entrées dans {where} ; {last} ; {checked}",
   "audit.where_file_and_syslog": "{file} et syslog",
   "audit.where_syslog": "syslog",

@@ -275,7 +275,7 @@ export default /** @type {Record<string, string>} */ ({
   "audit.anchors_checked.one": "{count} verankerde kop zojuist gecontroleerd.",
   "audit.anchors_checked.other": "{count} verankerde koppen zojuist gecontroleerd.",
   "audit.not_anchored": "Deze server verankert geen koppen; {checked}",
-  "audit.anchored_every.one": "Kop bij elke regel verankerd in {where}; {last}; {checked}",
+  "audit.anchored_every.one": "Kop om de {count} regel verankerd in {where}; {last}; {checked}",
   "audit.anchored_every.other": "Kop om de {count} regels verankerd in {where}; {last}; {checked}",
   "audit.where_file_and_syslog": "{file} en syslog",
   "audit.where_syslog": "syslog",
