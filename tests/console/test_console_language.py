@@ -237,7 +237,8 @@ ENGLISH_LEFT = (
     "Download", "Name", "Size", "Changed", "Chat with", "Write to the user",
     "Notes for the ticket", "Save notes", "The folder above", "Choose a file", "Loading",
     "loading", "End session", "Verification phrase", "Recording", "recorded",
-    "Cannot replay", "Replay", "Files", "Send", "Open", "Up",
+    "Cannot replay", "Replay", "Files", "Send", "Open", "Up", "Head", "checked now",
+    "none anchored", "Last error", "before it", "nowhere", "the whole chain",
 )  # fmt: skip
 WORDS_OF = """(selector) => [...document.querySelectorAll(selector)].flatMap((root) =>
   [root, ...root.querySelectorAll('*')].flatMap((node) => [
