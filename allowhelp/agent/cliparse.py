@@ -22,11 +22,17 @@ from allowhelp.agent.i18n import N_, current, ngettext
 # argparse's msgids, exactly as argparse.py writes them; the translations keep the
 # trailing space of "usage: " and the placeholders.
 ARGPARSE_WORDS = (
+    # i18n: the start of the usage line; keep the space at the end
     N_("usage: "),
+    # i18n: a section title of --help; argparse writes ":" right after it (French: end it
+    # with a space, "arguments positionnels ")
     N_("positional arguments"),
+    # i18n: a section title of --help, as "positional arguments"
     N_("options"),
-    N_("optional arguments"),  # Python 3.9 and older
+    # i18n: a section title of --help in Python 3.9 and older, as "positional arguments"
+    N_("optional arguments"),
     N_("show this help message and exit"),
+    # i18n: every error line of allowhelp-agent; keep the newline at the end
     N_("%(prog)s: error: %(message)s\n"),
     N_("argument %(argument_name)s: %(message)s"),
     N_("the following arguments are required: %s"),

@@ -254,42 +254,69 @@ def english_left(page: Page, selector: str) -> list[str]:
     return [words for words in ENGLISH_LEFT if re.search(rf"\b{re.escape(words)}\b", shown)]
 
 
-def test_the_audit_view_is_in_french(browser: Browser, fleet: tuple[Broker, Agent]) -> None:
-    page = sign_in(browser, fleet[0], "fr-BE", ADMIN, ADMIN_PW)
+DUTCH_MONTHS = r"(jan|feb|mrt|apr|mei|jun|jul|aug|sep|okt|nov|dec)"
+VIEWS = {  # what each language says where English used to be
+    "fr-BE": {
+        "verified": r"^Chaîne vérifiée\. \d+ entrées, aucune modifiée, aucune manquante\. Tête ",
+        "anchoring": "vérifiée",
+        "months": FRENCH_MONTHS,
+        "role": " · technicien",
+        "set_up": "Configurer la connexion en deux étapes",
+        "qr": "Code QR pour votre application d'authentification",
+        "turn_on": "Activer",
+    },
+    "nl-BE": {
+        "verified": r"^Keten gecontroleerd\. \d+ regels, geen gewijzigd, geen ontbrekend\. Kop ",
+        "anchoring": "gecontroleerd",
+        "months": DUTCH_MONTHS,
+        "role": " · technicus",
+        "set_up": "Aanmelden in twee stappen instellen",
+        "qr": "QR-code voor uw authenticatie-app",
+        "turn_on": "Inschakelen",
+    },
+}
+
+
+@pytest.mark.parametrize("locale", VIEWS)
+def test_the_audit_view_is_in_the_technicians_language(
+    browser: Browser, fleet: tuple[Broker, Agent], locale: str
+) -> None:
+    words = VIEWS[locale]
+    page = sign_in(browser, fleet[0], locale, ADMIN, ADMIN_PW)
     try:
         page.goto(fleet[0].url + "/#audit")
         expect(page.locator("#audit-status")).to_have_attribute("data-state", "ok")
-        expect(page.locator("#audit-status")).to_contain_text(
-            re.compile(r"^Chaîne vérifiée\. \d+ entrées, aucune modifiée, aucune manquante\. Tête ")
-        )
-        expect(page.locator("#audit-anchoring")).to_contain_text("vérifiée")
+        expect(page.locator("#audit-status")).to_contain_text(re.compile(words["verified"]))
+        expect(page.locator("#audit-anchoring")).to_contain_text(words["anchoring"])
         first = page.locator("#audit-rows tr").first
         expect(first).to_be_visible()
         when = first.locator("td").nth(1)
-        assert re.search(FRENCH_MONTHS, when.inner_text()), when.inner_text()
+        assert re.search(words["months"], when.inner_text()), when.inner_text()
         iso = when.get_attribute("title") or ""
         datetime.fromisoformat(iso)  # the log's own time, as it holds it
         assert re.fullmatch(r"[a-z_]+\.[a-z_.]+", first.get_attribute("data-type") or "")
         assert english_left(page, "#view-audit .view-head, #audit-status, #audit-checks") == []
         assert english_left(page, "#audit-anchoring, #view-audit .toolbar, table.audit thead") == []
-        page.screenshot(path=str(ARTIFACTS / "console" / "audit-fr.png"))
+        page.screenshot(path=str(ARTIFACTS / "console" / f"audit-{locale}.png"))
     finally:
         page.context.close()
 
 
-def test_the_account_view_is_in_french(browser: Browser, fleet: tuple[Broker, Agent]) -> None:
-    page = sign_in(browser, fleet[0], "fr-BE")
+@pytest.mark.parametrize("locale", VIEWS)
+def test_the_account_view_is_in_the_technicians_language(
+    browser: Browser, fleet: tuple[Broker, Agent], locale: str
+) -> None:
+    words = VIEWS[locale]
+    page = sign_in(browser, fleet[0], locale)
     try:
         page.goto(fleet[0].url + "/#account")
-        expect(page.locator("#account-who")).to_have_text(re.compile(r" · technicien$"))
-        page.get_by_role("button", name="Configurer la connexion en deux étapes").click()
+        expect(page.locator("#account-who")).to_have_text(re.compile(f"{words['role']}$"))
+        page.get_by_role("button", name=words["set_up"]).click()
         expect(page.locator("#totp-setup")).to_be_visible()
-        expect(page.locator("#totp-qr")).to_have_attribute(
-            "alt", "Code QR pour votre application d'authentification"
-        )
-        expect(page.get_by_role("button", name="Activer")).to_be_visible()
+        expect(page.locator("#totp-qr")).to_have_attribute("alt", words["qr"])
+        expect(page.get_by_role("button", name=words["turn_on"])).to_be_visible()
         assert english_left(page, "#view-account") == []  # the hidden parts too
-        page.screenshot(path=str(ARTIFACTS / "console" / "account-fr.png"))
+        page.screenshot(path=str(ARTIFACTS / "console" / f"account-{locale}.png"))
     finally:
         page.context.close()
 

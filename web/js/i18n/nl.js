@@ -246,7 +246,7 @@ export default /** @type {Record<string, string>} */ ({
   "audit.col_seq": "Nr.",
   "audit.col_time": "Tijd",
   "audit.col_event": "Gebeurtenis",
-  "audit.col_actor": "Actor",
+  "audit.col_actor": "Uitvoerder",
   "audit.col_target": "Doel",
   "audit.col_details": "Details",
   "audit.older": "Oudere regels laden",
