@@ -128,16 +128,21 @@ def configure_logging(*, verbose: bool) -> None:
 
 
 def run_command(
-    prog: str, args: argparse.Namespace, failures: tuple[type[BaseException], ...]
+    prog: str,
+    args: argparse.Namespace,
+    failures: tuple[type[BaseException], ...],
+    *,
+    error_line: str = "%(prog)s: error: %(message)s",
 ) -> int:
-    """Run the command ``args.func`` names; ``failures`` are told as one line, exit 2."""
+    """Run the command ``args.func`` names; ``failures`` are told as one line, exit 2:
+    ``error_line`` (``PROG: error: ...``, in the user's language when the caller has it)."""
     os.umask(0o077)  # data, keys, databases and their WAL files: owner only
     configure_logging(verbose=args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except failures as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(error_line.rstrip("\n") % {"prog": prog, "message": exc}, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -39,6 +39,8 @@ WEB_CATALOGS = WEB / "js" / "i18n"
 WEB_LANGUAGES = ("en", "fr", "nl")
 # t("key") in scripts, data-i18n="key" (and data-i18n-placeholder=...) in pages
 WEB_KEY = re.compile(r"""(?:\bt\(\s*|data-i18n(?:-[a-z-]+)?=)["']([a-z0-9_.-]+)["']""")
+# tn("key", count): the catalogs hold key.one and key.other
+WEB_PLURAL_KEY = re.compile(r"""\btn\(\s*["']([a-z0-9_.-]+)["']""")
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -152,7 +154,10 @@ def web_problems() -> Iterator[str]:
     non-empty and with the same ``{placeholders}``."""
     used: set[str] = set()
     for path in [*WEB.glob("*.html"), *(WEB / "js").rglob("*.js")]:
-        used |= set(WEB_KEY.findall(path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
+        used |= set(WEB_KEY.findall(text))
+        plural = WEB_PLURAL_KEY.findall(text)
+        used |= {f"{key}.{form}" for key in plural for form in ("one", "other")}
     catalogs = {}
     for language in WEB_LANGUAGES:
         if not (WEB_CATALOGS / f"{language}.js").exists():

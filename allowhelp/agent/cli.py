@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from allowhelp.agent.cliparse import argparse_in_our_language
 from allowhelp.agent.config import default_config_dir
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import N_, _
@@ -176,7 +177,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.config:
         folder = Path(args.config)
         if not folder.is_dir():
-            raise AgentError(f"{folder} is not a folder: give the agent's --config folder")
+            raise AgentError(
+                _("%(folder)s is not a folder: give the agent's --config folder")
+                % {"folder": folder}
+            )
     elif (SYSTEM_CONFIG_DIR / HISTORY_FILE).exists():
         folder = SYSTEM_CONFIG_DIR
     else:
@@ -186,7 +190,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(json.dumps(entries))
         return 0
     if not entries:
-        print("IT has done nothing on this PC that allowhelp knows of")
+        print(_("IT has done nothing on this PC that allowhelp knows of"))
     for entry in entries:
         print(describe(entry))
     return 0
@@ -198,7 +202,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
         print(json.dumps([{k: m[k] for k in ("from", "text", "ts")} for m in lines]))
         return 0
     if not lines:
-        print("no messages yet")
+        print(_("no messages yet"))
     for m in lines:  # made plain by the agent: no escape reaches this terminal
         clock = time.strftime("%H:%M:%S", time.localtime(float(m["ts"])))
         print(f"[{clock}] {plain_text(m['from'], 100)}: {plain_text(m['text'], MAX_CHAT)}")
@@ -207,15 +211,26 @@ def cmd_messages(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     call(args, {"op": "chat", "session_id": args.session_id, "text": args.text})
-    print("sent")
+    print(_("sent"))
     return 0
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, refused in the user's words (argparse would name "float")."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("%(value)r is not a number of seconds") % {"value": text}
+        ) from None
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         default=None,
-        help="configuration folder (default: $ALLOWHELP_CONFIG or ~/.config/allowhelp/agent)",
+        metavar=_("FOLDER"),
+        help=_("configuration folder (default: $ALLOWHELP_CONFIG or ~/.config/allowhelp/agent)"),
     )
 
 
@@ -224,51 +239,58 @@ def _prompt_arg(parser: argparse.ArgumentParser, default: str | None) -> None:
         "--prompt",
         choices=("auto", "dialog", "terminal", "none"),
         default=default,
-        help="how to ask you: a desktop dialog, this terminal, or neither (only "
-        "`allowhelp-agent allow`); auto picks what this session has (default auto)",
+        help=_(
+            "how to ask you: a desktop dialog, this terminal, or neither (only "
+            "`allowhelp-agent allow`); auto picks what this session has (default auto)"
+        ),
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="allowhelp agent")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    enroll = sub.add_parser("enroll", help="enrol this PC with a token from the help desk")
-    enroll.add_argument("token")
+    parser = argparse.ArgumentParser(prog=PROG, description=_("allowhelp agent"))
+    parser.add_argument("-v", "--verbose", action="store_true", help=_("debug logging"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar=_("COMMAND"))
+    enroll = sub.add_parser("enroll", help=_("enrol this PC with a token from the help desk"))
+    enroll.add_argument("token", metavar=_("TOKEN"), help=_("the token the help desk gave you"))
     enroll.add_argument(
         "--proxy",
         default=None,
         metavar="URL",
-        help="web proxy for enrolment and the tunnel, http://[user:password@]host:port, or "
-        "'direct' (default: $https_proxy, honouring $no_proxy)",
+        help=_(
+            "web proxy for enrolment and the tunnel, http://[user:password@]host:port, or "
+            "'direct' (default: $https_proxy, honouring $no_proxy)"
+        ),
     )
     enroll.add_argument(
         "--system",
         action="store_true",
-        help="enrol the PC once, for the machine service (root; default folder "
-        "/etc/allowhelp/agent)",
+        help=_(
+            "enrol the PC once, for the machine service (root; default folder /etc/allowhelp/agent)"
+        ),
     )
     _config_arg(enroll)
     enroll.set_defaults(func=cmd_enroll)
-    run = sub.add_parser("run", help="dial the broker and wait for help requests")
+    run = sub.add_parser("run", help=_("dial the broker and wait for help requests"))
     run.add_argument(
         "--system",
         action="store_true",
-        help="run as the machine service (root): every signed-in user's sessions go "
-        "through it; `allowhelp-agent session` shows the prompts",
+        help=_(
+            "run as the machine service (root): every signed-in user's sessions go "
+            "through it; `allowhelp-agent session` shows the prompts"
+        ),
     )
     _config_arg(run)
     run.add_argument(
         "--reconnect-cap",
-        type=float,
+        type=seconds,
         default=30.0,
-        metavar="SECONDS",
-        help="longest wait between two attempts to reach the broker (default 30)",
+        metavar=_("SECONDS"),
+        help=_("longest wait between two attempts to reach the broker (default 30)"),
     )
     _prompt_arg(run, None)
     run.set_defaults(func=cmd_run)
     session = sub.add_parser(
-        "session", help="the helper in your graphical session: prompts, your shell and screen"
+        "session", help=_("the helper in your graphical session: prompts, your shell and screen")
     )
     _prompt_arg(session, "auto")
     _config_arg(session)
@@ -279,46 +301,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """What the person at the PC types: answer, end, chat, ask for help, look back."""
-    pending = sub.add_parser("pending", help="list the help requests waiting for your answer")
-    pending.add_argument("--json", action="store_true", help="print a JSON list")
+    pending = sub.add_parser("pending", help=_("list the help requests waiting for your answer"))
+    pending.add_argument("--json", action="store_true", help=_("print a JSON list"))
     _config_arg(pending)
     pending.set_defaults(func=cmd_pending)
-    allow = sub.add_parser("allow", help="allow a waiting help request")
-    allow.add_argument("session_id")
-    allow.add_argument("--view-only", action="store_true", help="screen: let them watch only")
+    allow = sub.add_parser("allow", help=_("allow a waiting help request"))
+    allow.add_argument(
+        "session_id", metavar=_("SESSION"), help=_("the session's id, as `pending` shows it")
+    )
+    allow.add_argument("--view-only", action="store_true", help=_("screen: let them watch only"))
     _config_arg(allow)
     allow.set_defaults(func=cmd_decide)
-    deny = sub.add_parser("deny", help="refuse a waiting help request")
-    deny.add_argument("session_id")
+    deny = sub.add_parser("deny", help=_("refuse a waiting help request"))
+    deny.add_argument(
+        "session_id", metavar=_("SESSION"), help=_("the session's id, as `pending` shows it")
+    )
     _config_arg(deny)
     deny.set_defaults(func=cmd_decide)
-    end = sub.add_parser("end", help="end a running session (all of them without an id)")
-    end.add_argument("session_id", nargs="?", default=None)
+    end = sub.add_parser("end", help=_("end a running session (all of them without an id)"))
+    end.add_argument("session_id", nargs="?", default=None, metavar=_("SESSION"))
     _config_arg(end)
     end.set_defaults(func=cmd_end)
-    messages = sub.add_parser("messages", help="show the chat of a running session")
-    messages.add_argument("session_id")
-    messages.add_argument("--json", action="store_true", help='print [{"from", "text", "ts"}]')
+    messages = sub.add_parser("messages", help=_("show the chat of a running session"))
+    messages.add_argument("session_id", metavar=_("SESSION"))
+    messages.add_argument("--json", action="store_true", help=_('print [{"from", "text", "ts"}]'))
     _config_arg(messages)
     messages.set_defaults(func=cmd_messages)
-    chat = sub.add_parser("chat", help="write to the technician of a running session")
-    chat.add_argument("session_id")
-    chat.add_argument("text")
+    chat = sub.add_parser("chat", help=_("write to the technician of a running session"))
+    chat.add_argument("session_id", metavar=_("SESSION"))
+    chat.add_argument("text", metavar=_("TEXT"))
     _config_arg(chat)
     chat.set_defaults(func=cmd_chat)
-    helpme = sub.add_parser("request-help", help="ask the help desk for help; prints a code")
-    helpme.add_argument("--message", default="", help="what the problem is")
+    helpme = sub.add_parser("request-help", help=_("ask the help desk for help; prints a code"))
+    helpme.add_argument("--message", default="", help=_("what the problem is"))
     _config_arg(helpme)
     helpme.set_defaults(func=cmd_request_help)
-    history = sub.add_parser("history", help="what IT did on this PC: jobs and help sessions")
-    history.add_argument("--json", action="store_true", help="print a JSON list")
+    history = sub.add_parser("history", help=_("what IT did on this PC: jobs and help sessions"))
+    history.add_argument("--json", action="store_true", help=_("print a JSON list"))
     _config_arg(history)
     history.set_defaults(func=cmd_history)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(PROG, args, (AgentError, ValueError, OSError))
+    with argparse_in_our_language():
+        args = build_parser().parse_args(argv)
+    # argparse's own words for the line, so both kinds of error read alike
+    line = _("%(prog)s: error: %(message)s\n")
+    return run_command(PROG, args, (AgentError, ValueError, OSError), error_line=line)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from allowhelp.agent.errors import ConfigError
+from allowhelp.agent.i18n import _
 
 CONFIG_FILE = "agent.json"
 HOST_KEY_FILE = "host_key"
@@ -66,17 +67,28 @@ class AgentConfig:
             )
         except FileNotFoundError:
             raise ConfigError(
-                f"this agent is not enrolled ({path} is missing): run "
-                f"`allowhelp-agent enroll TOKEN --config {folder}` first"
+                _(
+                    "this agent is not enrolled (%(path)s is missing): run "
+                    "`allowhelp-agent enroll TOKEN --config %(folder)s` first"
+                )
+                % {"path": path, "folder": folder}
             ) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path} is damaged ({exc}): enrol again") from exc
+            raise ConfigError(
+                _("%(path)s is damaged (%(error)s): enrol again") % {"path": path, "error": exc}
+            ) from exc
         if not isinstance(config.tunnel_port, int) or not 0 <= config.tunnel_port < 65536:
-            raise ConfigError(f"{path} has an invalid tunnel port: enrol again")
+            raise ConfigError(
+                _("%(path)s has an invalid tunnel port: enrol again") % {"path": path}
+            )
         if not isinstance(config.tunnel_url, str) or not isinstance(config.proxy, str):
-            raise ConfigError(f"{path} is damaged (tunnel_url, proxy): enrol again")
+            raise ConfigError(
+                _("%(path)s is damaged (tunnel_url, proxy): enrol again") % {"path": path}
+            )
         if not config.routes:
-            raise ConfigError(f"{path} names no way to the broker: enrol again")
+            raise ConfigError(
+                _("%(path)s names no way to the broker: enrol again") % {"path": path}
+            )
         return config
 
 

@@ -29,7 +29,7 @@ from allowhelp import __version__
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.desktop import this_session
 from allowhelp.agent.errors import EnrolError
-from allowhelp.agent.i18n import user_language
+from allowhelp.agent.i18n import N_, _, user_language
 from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import AGENT_TLS_NAME, ca_fingerprint, fingerprints_equal
@@ -98,7 +98,7 @@ def _request(
     try:
         proxy = proxy_for(host, proxy_setting)
     except ValueError as exc:
-        raise EnrolError(f"the proxy setting is not usable: {exc}") from None
+        raise EnrolError(_("the proxy setting is not usable: %(error)s") % {"error": exc}) from None
     if proxy is None:
         conn = _BrokerConnection(host, port, context)
     else:  # CONNECT through the proxy, its Basic authentication on the CONNECT only
@@ -114,19 +114,44 @@ def _request(
         return answer.status, answer.read(MAX_ANSWER)
     except ssl.SSLCertVerificationError as exc:
         raise EnrolError(
-            f"the broker at {url} has a TLS certificate that the pinned CA did not sign "
-            f"({exc.verify_message}): it may be an impostor; not enrolling"
+            _(
+                "the broker at %(url)s has a TLS certificate that the pinned CA did not sign "
+                "(%(why)s): it may be an impostor; not enrolling"
+            )
+            % {"url": url, "why": exc.verify_message}
         ) from exc
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        via = f" through {proxy}" if proxy is not None else ""
+        via = _(" through %(proxy)s") % {"proxy": proxy} if proxy is not None else ""
         refused = TUNNEL_REFUSED.match(reason)
         if proxy is not None and refused:  # http.client's words for a refused CONNECT
             hint = refusal_hint(int(refused.group(1)), proxy, f"{host}:{port}")
             reason = f"{reason}: {hint}" if hint else reason
-        raise EnrolError(f"cannot reach the broker at {url}{via}: {reason}") from exc
+        raise EnrolError(
+            _("cannot reach the broker at %(url)s%(via)s: %(reason)s")
+            % {"url": url, "via": via, "reason": reason}
+        ) from exc
     finally:
         conn.close()
+
+
+# The token's own words (allowhelp/certs/token.py, which has no catalog), marked here;
+# tests/agent/test_cli_language.py keeps the two lists equal.
+TOKEN_PROBLEMS = (
+    N_("this is not an allowhelp enrolment token"),
+    N_("this enrolment token was made by a newer allowhelp: update the agent"),
+    N_("enrolment token is damaged (checksum mismatch): copy it again"),
+    N_("enrolment token is malformed"),
+)
+
+
+def token_problem(english: str) -> str:
+    """A token's refusal in the user's language; what follows the known words (a
+    detail in parentheses) is kept as it came."""
+    for problem in TOKEN_PROBLEMS:
+        if english.startswith(problem):
+            return _(problem) + english[len(problem) :]
+    return english
 
 
 def fetch_pinned_ca(token: EnrolmentToken, proxy_setting: str = "") -> str:
@@ -138,16 +163,24 @@ def fetch_pinned_ca(token: EnrolmentToken, proxy_setting: str = "") -> str:
         token.url, "GET", "/api/v1/enrol/ca", probe, proxy_setting=proxy_setting
     )
     if status != 200:
-        raise EnrolError(f"the server at {token.url} is not an allowhelp broker (HTTP {status})")
+        raise EnrolError(
+            _("the server at %(url)s is not an allowhelp broker (HTTP %(status)s)")
+            % {"url": token.url, "status": status}
+        )
     try:
         pem = body.decode("ascii")
         got = ca_fingerprint(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise EnrolError(f"the server at {token.url} sent no usable CA certificate") from exc
+        raise EnrolError(
+            _("the server at %(url)s sent no usable CA certificate") % {"url": token.url}
+        ) from exc
     if not fingerprints_equal(got, token.ca_fingerprint):
         raise EnrolError(
-            f"the broker at {token.url} presents a CA with fingerprint {got[:16]}..., but the "
-            f"token pins {token.ca_fingerprint[:16]}...: it may be an impostor; not enrolling"
+            _(
+                "the broker at %(url)s presents a CA with fingerprint %(got)s..., but the "
+                "token pins %(pinned)s...: it may be an impostor; not enrolling"
+            )
+            % {"url": token.url, "got": got[:16], "pinned": token.ca_fingerprint[:16]}
         )
     return pem
 
@@ -168,7 +201,7 @@ def enrol(
     try:
         token = EnrolmentToken.decode(token_text)
     except TokenError as exc:
-        raise EnrolError(str(exc)) from exc
+        raise EnrolError(token_problem(str(exc))) from exc
     ca_pem = fetch_pinned_ca(token, proxy_setting)
     prepare_folder(folder)
     host_key = generate_host_key(folder / HOST_KEY_FILE)
@@ -191,7 +224,9 @@ def enrol(
     answer = _json(body)
     if status != 201:
         message = answer.get("message") if isinstance(answer.get("message"), str) else None
-        raise EnrolError(f"the broker refused to enrol this PC: {message or f'HTTP {status}'}")
+        raise EnrolError(
+            _("the broker refused to enrol this PC: %(why)s") % {"why": message or f"HTTP {status}"}
+        )
     config = replace(_config_from(answer, token, ca_pem), proxy=proxy_setting)
     config.save(folder)
     log.info("enrolled as agent=%s with %s", config.agent_id, token.url)
@@ -209,10 +244,10 @@ def _json(body: bytes) -> dict[str, object]:
 def _config_from(answer: dict[str, object], token: EnrolmentToken, ca_pem: str) -> AgentConfig:
     try:
         tunnel = answer.get("tunnel")  # None: the broker's raw SSH port is off
-        host, _, port = str(tunnel).rpartition(":") if tunnel else ("", "", "0")
+        host, _sep, port = str(tunnel).rpartition(":") if tunnel else ("", "", "0")
         tunnel_url = answer.get("tunnel_url") or ""
         if not isinstance(tunnel_url, str) or not (tunnel or tunnel_url):
-            raise ValueError("no tunnel to dial")
+            raise ValueError(_("no tunnel to dial"))
         key = public_key_line(parse_public_key(str(answer["tunnel_key"])))
         return AgentConfig(
             broker_url=token.url,
@@ -226,4 +261,6 @@ def _config_from(answer: dict[str, object], token: EnrolmentToken, ca_pem: str) 
             organisation=str(answer.get("organisation", "")),
         )
     except (KeyError, ValueError) as exc:
-        raise EnrolError(f"the broker's enrolment answer is incomplete ({exc})") from exc
+        raise EnrolError(
+            _("the broker's enrolment answer is incomplete (%(error)s)") % {"error": exc}
+        ) from exc

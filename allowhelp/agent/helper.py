@@ -103,14 +103,19 @@ class SessionHelper:
 
     def connect(self) -> PacketConn:
         if not self.path.parent.exists():
-            raise ServiceAbsent(f"the machine service is not running (no {self.path.parent})")
+            raise ServiceAbsent(
+                _("the machine service is not running (no %(path)s)") % {"path": self.path.parent}
+            )
         check_socket_folder(self.path.parent)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.connect(str(self.path))
-            _, server = peer_credentials(sock)
+            _pid, server = peer_credentials(sock)
             if server != 0:
-                raise AgentError(f"{self.path} is served by uid {server}, not by root: refusing it")
+                raise AgentError(
+                    _("%(path)s is served by uid %(server)s, not by root: refusing it")
+                    % {"path": self.path, "server": server}
+                )
             offer = this_session()
             hello = hp.HelperHello(
                 language=user_language(),
@@ -122,10 +127,14 @@ class SessionHelper:
             sock.send(hello.encode())
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            raise ServiceAbsent(f"the machine service is not running (no {self.path})") from None
+            raise ServiceAbsent(
+                _("the machine service is not running (no %(path)s)") % {"path": self.path}
+            ) from None
         except OSError as exc:
             sock.close()
-            raise AgentError(f"cannot reach the machine service: {exc.strerror or exc}") from exc
+            raise AgentError(
+                _("cannot reach the machine service: %(error)s") % {"error": exc.strerror or exc}
+            ) from exc
         except AgentError:
             sock.close()
             raise

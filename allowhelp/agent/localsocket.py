@@ -57,8 +57,11 @@ def runtime_dir() -> Path:
         home = Path(pwd.getpwuid(os.getuid()).pw_dir)
         if not home.is_dir():
             raise AgentError(
-                f"no folder for the control socket: XDG_RUNTIME_DIR is not set "
-                f"and your home folder {home} does not exist"
+                _(
+                    "no folder for the control socket: XDG_RUNTIME_DIR is not set "
+                    "and your home folder %(home)s does not exist"
+                )
+                % {"home": home}
             )
         folder = home / FALLBACK_RUN_DIR
     try:
@@ -66,7 +69,10 @@ def runtime_dir() -> Path:
     except FileExistsError:
         pass  # something that is not a directory: the check says what
     except OSError as exc:
-        raise AgentError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+        raise AgentError(
+            _("cannot create %(folder)s: %(error)s")
+            % {"folder": folder, "error": exc.strerror or exc}
+        ) from exc
     _check_private(folder)
     return folder
 
@@ -79,7 +85,9 @@ def _check_private(folder: Path) -> None:
         _refuse_unless_private(folder, folder.lstat())
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise AgentError(f"cannot use {folder}: {exc.strerror or exc}") from exc
+        raise AgentError(
+            _("cannot use %(folder)s: %(error)s") % {"folder": folder, "error": exc.strerror or exc}
+        ) from exc
     try:
         info = os.fstat(fd)
         _refuse_unless_private(folder, info)
@@ -90,15 +98,26 @@ def _check_private(folder: Path) -> None:
 
 def _refuse_unless_private(folder: Path, info: os.stat_result) -> None:
     if stat.S_ISLNK(info.st_mode):
-        raise AgentError(f"{folder} is a symlink: refusing to use it; remove it and start again")
+        raise AgentError(
+            _("%(folder)s is a symlink: refusing to use it; remove it and start again")
+            % {"folder": folder}
+        )
     if not stat.S_ISDIR(info.st_mode):
-        raise AgentError(f"{folder} is not a directory: refusing to use it; remove it")
+        raise AgentError(
+            _("%(folder)s is not a directory: refusing to use it; remove it") % {"folder": folder}
+        )
     if info.st_uid != os.getuid():
-        raise AgentError(f"{folder} belongs to uid {info.st_uid}, not to you: refusing to use it")
+        raise AgentError(
+            _("%(folder)s belongs to uid %(uid)s, not to you: refusing to use it")
+            % {"folder": folder, "uid": info.st_uid}
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise AgentError(
-            f"{folder} is writable by other users: refusing to use it; "
-            f"`chmod 700 {folder}` or remove it"
+            _(
+                "%(folder)s is writable by other users: refusing to use it; "
+                "`chmod 700 %(folder)s` or remove it"
+            )
+            % {"folder": folder}
         )
 
 
@@ -107,7 +126,9 @@ def socket_path(config_dir: Path) -> Path:
     digest = hashlib.sha256(str(config_dir.resolve()).encode()).hexdigest()[:16]
     path = runtime_dir() / f"agent-{digest}.sock"
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise AgentError(f"{path} is too long for a UNIX socket: set XDG_RUNTIME_DIR")
+        raise AgentError(
+            _("%(path)s is too long for a UNIX socket: set XDG_RUNTIME_DIR") % {"path": path}
+        )
     return path
 
 
@@ -261,7 +282,10 @@ def call(config_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> di
             ) from exc
         server = peer_uid(sock)
         if server != os.getuid():  # the folder checks make this impossible; trust neither alone
-            raise AgentError(f"{path} is served by uid {server}, not by your agent: refusing it")
+            raise AgentError(
+                _("%(path)s is served by uid %(server)s, not by your agent: refusing it")
+                % {"path": path, "server": server}
+            )
         sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
-from allowhelp.agent.i18n import LANGUAGES, speaking
+from allowhelp.agent.i18n import LANGUAGES, _, speaking
 from allowhelp.agent.news import NewsLine
 from allowhelp.agent.remote import RemoteProgram
 from allowhelp.agent.seqpacket import PacketConn, close_fds
@@ -80,11 +80,15 @@ def check_socket_folder(folder: Path) -> None:
     try:
         info = folder.lstat()
     except OSError as exc:
-        raise AgentError(f"cannot use {folder}: {exc.strerror or exc}") from exc
+        raise AgentError(
+            _("cannot use %(folder)s: %(error)s") % {"folder": folder, "error": exc.strerror or exc}
+        ) from exc
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise AgentError(f"{folder} is not a real directory: refusing it")
+        raise AgentError(_("%(folder)s is not a real directory: refusing it") % {"folder": folder})
     if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise AgentError(f"{folder} is not root's alone to write: refusing it")
+        raise AgentError(
+            _("%(folder)s is not root's alone to write: refusing it") % {"folder": folder}
+        )
 
 
 def _user_name(uid: int) -> str:
@@ -270,7 +274,10 @@ class HelperHub:
     async def start(self) -> None:
         folder = self.path.parent
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise AgentError(f"{self.path} is too long for a UNIX socket: use a shorter --config")
+            raise AgentError(
+                _("%(path)s is too long for a UNIX socket: use a shorter --config")
+                % {"path": self.path}
+            )
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(folder, 0o755)  # noqa: S103 - every user's helper must reach the socket
         check_socket_folder(folder)
@@ -304,7 +311,7 @@ class HelperHub:
         if self._listener is None:
             return
         try:
-            sock, _ = self._listener.accept()
+            sock, _address = self._listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -390,7 +397,7 @@ class HelperHub:
             return hp.answer(True, session_id=decision.session_id, view_only=decision.view_only)
         if isinstance(packet, hp.End):
             return hp.answer(True, ended=service.end(packet.session_id or None, owner=uid))
-        raise AgentError("unknown request")
+        raise AgentError(_("unknown request"))
 
     def _query(
         self, packet: hp.PendingQuery | hp.StatusQuery | hp.MessagesQuery | hp.Say, uid: int
@@ -404,7 +411,7 @@ class HelperHub:
 
     def _service(self) -> AgentService:
         if self.service is None:
-            raise AgentError("the machine service is starting")
+            raise AgentError(_("the machine service is starting"))
         return self.service
 
     def _status(self, uid: int) -> dict[str, Any]:
@@ -419,9 +426,9 @@ class HelperHub:
 
     def _register(self, conn: PacketConn, hello: hp.HelperHello) -> None:
         if conn in self._helpers:
-            raise AgentError("this connection is a session helper already")
+            raise AgentError(_("this connection is a session helper already"))
         if sum(1 for i in self._helpers.values() if i.uid == conn.uid) >= MAX_HELPERS_PER_UID:
-            raise AgentError("too many session helpers for this user")
+            raise AgentError(_("too many session helpers for this user"))
         timer = self._idle.pop(conn, None)
         if timer is not None:
             timer.cancel()

@@ -33,7 +33,7 @@ def packet_for(op: dict[str, Any]) -> hp.Packet:
         return hp.MessagesQuery(session_id) if name == "messages" else hp.Say(session_id, text)
     if name == "request-help":
         return hp.AskHelp(str(op.get("message") or "")[:500])
-    raise AgentError(f"unknown request {name!r}")
+    raise AgentError(_("unknown request %(name)r") % {"name": name})
 
 
 def machine_call(path: Path, op: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

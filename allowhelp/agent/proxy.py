@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from allowhelp.agent.errors import ProxyError
+from allowhelp.agent.i18n import _
 
 CONNECT_TIMEOUT = 15.0  # TCP connect and the proxy's answer, each
 MAX_ANSWER_HEAD = 16 * 1024
@@ -52,15 +53,17 @@ def parse_proxy(url: str) -> Proxy:
     parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
     if parts.scheme != "http":
         raise ValueError(
-            "the proxy must be an http:// URL (HTTP CONNECT; the tunnel inside is "
-            "already encrypted), e.g. http://proxy.example.org:3128"
+            _(
+                "the proxy must be an http:// URL (HTTP CONNECT; the tunnel inside is "
+                "already encrypted), e.g. http://proxy.example.org:3128"
+            )
         )
     try:
         port = parts.port or 80
     except ValueError:
-        raise ValueError("the proxy URL has an invalid port") from None
+        raise ValueError(_("the proxy URL has an invalid port")) from None
     if not parts.hostname:
-        raise ValueError("the proxy URL has no host name")
+        raise ValueError(_("the proxy URL has no host name"))
     return Proxy(
         parts.hostname,
         port,
@@ -117,10 +120,10 @@ def refusal_hint(status: int, proxy: Proxy, target: str) -> str:
     """What a proxy's refusal means for the admin (some proxies answer 401 for 407)."""
     if status in (401, 407):
         if proxy.authorization() is None:
-            return "it wants a user and password (put them in the proxy URL)"
-        return "it refused the user and password"
+            return _("it wants a user and password (put them in the proxy URL)")
+        return _("it refused the user and password")
     if status == 403:
-        return f"it does not allow connections to {target}"
+        return _("it does not allow connections to %(target)s") % {"target": target}
     return ""
 
 
@@ -148,7 +151,7 @@ async def _tcp_now(host: str, port: int, what: str) -> socket.socket:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     error: OSError = OSError(f"no address for {what}")
-    for family, kind, proto, _, address in infos:
+    for family, kind, proto, _canonname, address in infos:
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         try:

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.i18n import _
 from allowhelp.protocol.helper import MAX_PACKET
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class PacketConn:
 
     def _readable(self) -> None:
         try:
-            data, fds, flags, _ = socket.recv_fds(self.sock, MAX_PACKET + 1, MAX_FDS)
+            data, fds, flags, _address = socket.recv_fds(self.sock, MAX_PACKET + 1, MAX_FDS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -112,17 +113,24 @@ def request(path: str, data: bytes, *, expect_uid: int, timeout: float = 30.0) -
         try:
             sock.connect(path)
         except FileNotFoundError:
-            raise AgentError(f"the machine service is not running (no {path})") from None
+            raise AgentError(
+                _("the machine service is not running (no %(path)s)") % {"path": path}
+            ) from None
         except OSError as exc:
-            raise AgentError(f"cannot reach the machine service: {exc.strerror or exc}") from exc
-        _, server = peer_credentials(sock)
+            raise AgentError(
+                _("cannot reach the machine service: %(error)s") % {"error": exc.strerror or exc}
+            ) from exc
+        _pid, server = peer_credentials(sock)
         if server != expect_uid:
-            raise AgentError(f"{path} is served by uid {server}, not by the machine service")
+            raise AgentError(
+                _("%(path)s is served by uid %(server)s, not by the machine service")
+                % {"path": path, "server": server}
+            )
         sock.send(data)
         try:
             reply = sock.recv(MAX_PACKET + 1)
         except TimeoutError:
-            raise AgentError("the machine service did not answer in time") from None
+            raise AgentError(_("the machine service did not answer in time")) from None
     if not reply:
-        raise AgentError("the machine service closed the connection without an answer")
+        raise AgentError(_("the machine service closed the connection without an answer"))
     return reply

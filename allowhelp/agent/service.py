@@ -345,21 +345,21 @@ class AgentService:
     def say(self, session_id: str, text: str, owner: int | None = None) -> NewsLine:
         """The user writes to the technician of one of their running sessions."""
         if not any(g.session_id == session_id for g in self.gate.grants(owner)):
-            raise ConsentRefused(f"no running session {session_id}")
+            raise ConsentRefused(_("no running session %(session)s") % {"session": session_id})
         if session_id not in self._chat_ok:  # an older broker would drop the tunnel
-            raise AgentError("the help desk's broker is too old for chat in this session")
+            raise AgentError(_("the help desk's broker is too old for chat in this session"))
         clean = plain_text(text, MAX_CHAT + 1)
         if not clean:
-            raise AgentError("the message is empty")
+            raise AgentError(_("the message is empty"))
         if len(clean) > MAX_CHAT:
-            raise AgentError(f"a message is at most {MAX_CHAT} characters")
+            raise AgentError(_("a message is at most %(limit)s characters") % {"limit": MAX_CHAT})
         self._sender()(ChatMessage(session_id, clean))
         return self.news.add(NewsLine(session_id, "chat", "you", clean, time.time()))
 
     def messages(self, session_id: str, owner: int | None = None) -> list[NewsLine]:
         """The conversation of one of the caller's sessions (running, or ended lately)."""
         if session_id not in self._owners or self._owners[session_id] != owner:
-            raise ConsentRefused(f"no session {session_id} of yours")
+            raise ConsentRefused(_("no session %(session)s of yours") % {"session": session_id})
         return self.news.chat(session_id)
 
     async def request_help(self, message: str) -> HelpCode:

@@ -21,6 +21,7 @@ import asyncssh
 
 from allowhelp.agent.channels import AgentSSHServer, FilesFactory, ScreenFactory, ShellFactory
 from allowhelp.agent.config import HOST_KEY_FILE
+from allowhelp.agent.i18n import _
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.wstunnel import open_https_tunnel
@@ -51,7 +52,7 @@ def backoff_delay(
 
 def check_reconnect_cap(seconds: float) -> float:
     if not 1.0 <= seconds <= 600.0:
-        raise ValueError("--reconnect-cap must be between 1 and 600 seconds")
+        raise ValueError(_("--reconnect-cap must be between 1 and 600 seconds"))
     return seconds
 
 

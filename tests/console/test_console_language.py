@@ -22,7 +22,18 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from allowhelp.broker.model.phrase import WORD_LISTS
 from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from harness import ADMIN, ADMIN_PW, PY, TECH, TECH_PW, Agent, Broker, running_fleet
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    PY,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    agent_call,
+    running_fleet,
+    wait_pending,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -51,7 +62,9 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-def sign_in(browser: Browser, broker: Broker, locale: str) -> Page:
+def sign_in(
+    browser: Browser, broker: Broker, locale: str, user: str = TECH, password: str = TECH_PW
+) -> Page:
     context = browser.new_context(ignore_https_errors=True, locale=locale)
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -59,8 +72,8 @@ def sign_in(browser: Browser, broker: Broker, locale: str) -> Page:
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
     page.goto(broker.url + "/")
-    page.fill("#login-form input[name=username]", TECH)
-    page.fill("#login-form input[name=password]", TECH_PW)
+    page.fill("#login-form input[name=username]", user)
+    page.fill("#login-form input[name=password]", password)
     page.click("#login-submit")
     expect(page.locator("#view-machines")).to_be_visible()
     assert not errors, errors
@@ -210,3 +223,144 @@ def test_an_admin_manages_users_and_tokens_in_dutch(
         page.screenshot(path=str(ARTIFACTS / "console" / "tokens-nl.png"))
     finally:
         context.close()
+
+
+# The audit, account, replay and files views in French (#24): the words the console
+# used to show in English, none of which may be left. The records, host names and
+# file names are data and are not looked at.
+ENGLISH_LEFT = (
+    "Checking the chain", "Chain verified", "none edited", "Refresh and verify",
+    "Load older records", "Filter by type", "Filter audit records", "anchored", "Seq",
+    "Actor", "Target", "Event", "Two-factor", "authenticator", "recovery code", "Set up",
+    "Turn on", "I have saved", "Scan the code", "Enter the 6-digit", "requires",
+    "Lost your phone", "QR code for", "Folder on the PC", "Send a file", "Upload",
+    "Download", "Name", "Size", "Changed", "Chat with", "Write to the user",
+    "Notes for the ticket", "Save notes", "The folder above", "Choose a file", "Loading",
+    "loading", "End session", "Verification phrase", "Recording", "recorded",
+    "Cannot replay", "Replay", "Files", "Send", "Open", "Up", "Head", "checked now",
+    "none anchored", "Last error", "before it", "nowhere", "the whole chain",
+)  # fmt: skip
+WORDS_OF = """(selector) => [...document.querySelectorAll(selector)].flatMap((root) =>
+  [root, ...root.querySelectorAll('*')].flatMap((node) => [
+    ...[...node.childNodes].filter((c) => c.nodeType === 3).map((c) => c.textContent),
+    ...['placeholder', 'title', 'aria-label', 'alt'].map((a) => node.getAttribute(a) || '')]))
+  .join(' | ')"""
+
+
+def english_left(page: Page, selector: str) -> list[str]:
+    """The English words still shown (hidden parts too) under ``selector``."""
+    shown = str(page.evaluate(WORDS_OF, selector))
+    assert len(shown) > 40, shown  # there is something to look at
+    return [words for words in ENGLISH_LEFT if re.search(rf"\b{re.escape(words)}\b", shown)]
+
+
+DUTCH_MONTHS = r"(jan|feb|mrt|apr|mei|jun|jul|aug|sep|okt|nov|dec)"
+VIEWS = {  # what each language says where English used to be
+    "fr-BE": {
+        "verified": r"^Chaîne vérifiée\. \d+ entrées, aucune modifiée, aucune manquante\. Tête ",
+        "anchoring": "vérifiée",
+        "months": FRENCH_MONTHS,
+        "role": " · technicien",
+        "set_up": "Configurer la connexion en deux étapes",
+        "qr": "Code QR pour votre application d'authentification",
+        "turn_on": "Activer",
+    },
+    "nl-BE": {
+        "verified": r"^Keten gecontroleerd\. \d+ regels, geen gewijzigd, geen ontbrekend\. Kop ",
+        "anchoring": "gecontroleerd",
+        "months": DUTCH_MONTHS,
+        "role": " · technicus",
+        "set_up": "Aanmelden in twee stappen instellen",
+        "qr": "QR-code voor uw authenticatie-app",
+        "turn_on": "Inschakelen",
+    },
+}
+
+
+@pytest.mark.parametrize("locale", VIEWS)
+def test_the_audit_view_is_in_the_technicians_language(
+    browser: Browser, fleet: tuple[Broker, Agent], locale: str
+) -> None:
+    words = VIEWS[locale]
+    page = sign_in(browser, fleet[0], locale, ADMIN, ADMIN_PW)
+    try:
+        page.goto(fleet[0].url + "/#audit")
+        expect(page.locator("#audit-status")).to_have_attribute("data-state", "ok")
+        expect(page.locator("#audit-status")).to_contain_text(re.compile(words["verified"]))
+        expect(page.locator("#audit-anchoring")).to_contain_text(words["anchoring"])
+        first = page.locator("#audit-rows tr").first
+        expect(first).to_be_visible()
+        when = first.locator("td").nth(1)
+        assert re.search(words["months"], when.inner_text()), when.inner_text()
+        iso = when.get_attribute("title") or ""
+        datetime.fromisoformat(iso)  # the log's own time, as it holds it
+        assert re.fullmatch(r"[a-z_]+\.[a-z_.]+", first.get_attribute("data-type") or "")
+        assert english_left(page, "#view-audit .view-head, #audit-status, #audit-checks") == []
+        assert english_left(page, "#audit-anchoring, #view-audit .toolbar, table.audit thead") == []
+        page.screenshot(path=str(ARTIFACTS / "console" / f"audit-{locale}.png"))
+    finally:
+        page.context.close()
+
+
+@pytest.mark.parametrize("locale", VIEWS)
+def test_the_account_view_is_in_the_technicians_language(
+    browser: Browser, fleet: tuple[Broker, Agent], locale: str
+) -> None:
+    words = VIEWS[locale]
+    page = sign_in(browser, fleet[0], locale)
+    try:
+        page.goto(fleet[0].url + "/#account")
+        expect(page.locator("#account-who")).to_have_text(re.compile(f"{words['role']}$"))
+        page.get_by_role("button", name=words["set_up"]).click()
+        expect(page.locator("#totp-setup")).to_be_visible()
+        expect(page.locator("#totp-qr")).to_have_attribute("alt", words["qr"])
+        expect(page.get_by_role("button", name=words["turn_on"])).to_be_visible()
+        assert english_left(page, "#view-account") == []  # the hidden parts too
+        page.screenshot(path=str(ARTIFACTS / "console" / f"account-{locale}.png"))
+    finally:
+        page.context.close()
+
+
+def test_the_files_and_replay_pages_are_in_french(
+    browser: Browser, fleet: tuple[Broker, Agent]
+) -> None:
+    broker, agent = fleet
+    page = sign_in(browser, broker, "fr-BE")
+    try:
+        session = page.evaluate(
+            """async (agentId) => {
+                const r = await fetch('/api/v1/sessions', {method: 'POST',
+                  headers: {'Content-Type': 'application/json',
+                            'X-CSRF-Token': sessionStorage.getItem('csrf')},
+                  body: JSON.stringify({agent_id: agentId, kind: 'files',
+                                        reason: 'le scan', ticket: 'HD-7'})});
+                return await r.json();
+            }""",
+            agent.agent_id,
+        )
+        assert "id" in session, session
+        page.goto(f"{broker.url}/files.html?session={session['id']}")
+        expect(page.locator("#phrase-line")).to_be_visible()
+        assert page.title() == "Fichiers — allowhelp"
+        wait_pending(agent, session["id"], timeout=30)
+        allowed = agent_call(agent, "allow", session["id"])
+        assert allowed.returncode == 0, allowed.stderr
+        # this agent runs as root, which never exchanges files: the session ends at
+        # once, and the page says so (the panel itself in French: test_files_browser.py)
+        expect(page.locator("#message")).to_have_text("La session est terminée (erreur).")
+        expect(page.locator("#state")).to_have_text("terminée")
+        expect(page.locator("#ticket")).to_have_text("Ticket HD-7")
+        assert english_left(page, ".session-bar, #notice, #files, #side") == []  # hidden too
+        page.screenshot(path=str(ARTIFACTS / "console" / "files-fr.png"))
+    finally:
+        page.context.close()
+    admin = sign_in(browser, broker, "fr-BE", ADMIN, ADMIN_PW)
+    try:  # a files session has no recording: the page says so, in French
+        admin.goto(f"{broker.url}/replay.html?session={session['id']}")
+        expect(admin.locator("#message")).to_contain_text("Impossible de revoir cette session : ")
+        expect(admin.locator("#state")).to_have_text(re.compile(r"^enregistré le "))
+        assert re.search(FRENCH_MONTHS, admin.locator("#state").inner_text())
+        assert admin.title() == "Revoir — allowhelp"
+        assert english_left(admin, ".session-bar, .notice") == [], admin.content()
+    finally:
+        admin.context.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -171,4 +172,53 @@ async def test_the_shell_page_has_the_chat_and_notes_too(
     await page.screenshot(path=str(ARTIFACTS / "shell-chat.png"))
     await page.click("#end")
     await expect(page.locator("#state")).to_contain_text("ended", timeout=15000)
+    assert problems == []
+
+
+async def test_the_file_panel_speaks_french(
+    setup: tuple[Broker, UserAgent], browser: Chromium
+) -> None:
+    """#24: a technician whose browser asks for French gets the panel in French:
+    its words, sizes and dates as Belgium writes them, the chat and notes too."""
+    broker, agent = setup
+    as_user("sh", "-c", f"head -c 1536 /dev/zero > {user_path(USER, 'rapport.txt')}")
+    page, problems = await logged_in_page(browser, broker, TECH, TECH_PW, locale="fr-BE")
+    session_id = await page.evaluate(
+        """async (agentId) => {
+            const r = await fetch('/api/v1/sessions', {method: 'POST',
+              headers: {'Content-Type': 'application/json',
+                        'X-CSRF-Token': sessionStorage.getItem('csrf')},
+              body: JSON.stringify({agent_id: agentId, kind: 'files', reason: 'le rapport'})});
+            return (await r.json()).id;
+        }""",
+        agent.agent_id,
+    )
+    await page.goto(f"{broker.url}/files.html?session={session_id}")
+    await expect(page.locator("#phrase-line")).to_contain_text("Mots de vérification à lire")
+    await asyncio.to_thread(agent.wait_pending, session_id)
+    assert (await asyncio.to_thread(agent.cli, "allow", session_id)).returncode == 0
+    await page.wait_for_selector("#files:not([hidden])", timeout=15000)
+    assert await page.title() == "Fichiers — allowhelp"
+    await expect(page.locator("table.entries thead")).to_have_text("NomTailleModifié")
+    row = page.locator("tr[data-name='rapport.txt']")
+    await expect(row.locator("td").nth(1)).to_have_text("1,5 Kio")  # a decimal comma
+    changed = await row.locator("td").nth(2).inner_text()
+    assert re.search(r"(janv|févr|mars|avr|mai|juin|juil|août|sept|oct|nov|déc)", changed)
+    await expect(row.locator("button.download")).to_have_text("Télécharger")
+    async with page.expect_download():
+        await row.locator("button.download").click()
+    await expect(page.locator("#transfer-status")).to_have_text("rapport.txt téléchargé (1,5 Kio).")
+    await page.click("#upload")  # no file chosen
+    await expect(page.locator("#transfer-status")).to_have_text("Choisissez d'abord un fichier.")
+    await page.fill("#chat-text", "Bonjour")
+    await page.press("#chat-text", "Enter")
+    await expect(page.locator("#chat-lines")).to_contain_text("Bonjour")
+    said = await asyncio.to_thread(agent.cli, "chat", session_id, "merci")
+    assert said.returncode == 0, said.stderr
+    await expect(page.locator("#chat-lines")).to_contain_text("utilisateur au PC:", timeout=15000)
+    await page.fill("#notes", "rapport envoyé")
+    await page.click("#notes-save")
+    await expect(page.locator("#notes-status")).to_have_text("enregistré")
+    await page.click("#end")
+    await expect(page.locator("#state")).to_contain_text("terminée", timeout=15000)
     assert problems == []

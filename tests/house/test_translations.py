@@ -83,3 +83,38 @@ def test_a_console_key_missing_in_a_language_fails(i18n: ModuleType) -> None:
     problems = list(i18n.problems())
     assert "web/js/i18n/nl.js: no translation for 'nav.machines'" in problems
     assert "web/js/i18n/fr.js: 'help.open_count' changes the placeholders" in problems
+
+
+def test_the_audit_account_replay_and_files_keys_are_in_every_language(i18n: ModuleType) -> None:
+    """#24: the views that were English have their words in every catalog."""
+    english = i18n.web_catalog("en")
+    prefixes = ("audit.", "account.", "replay.", "files.", "extras.")
+    ours = {key for key in english if key.startswith(prefixes)}
+    assert len(ours) > 100
+    for language in ("fr", "nl"):
+        theirs = i18n.web_catalog(language)
+        assert ours <= set(theirs), sorted(ours - set(theirs))
+        same = sorted(k for k in ours if theirs[k] == english[k] and "{" not in english[k])
+        assert len(same) <= 6, same  # "syslog", "Details", ...: not copied English
+
+
+def test_a_plural_key_without_its_english_forms_fails(i18n: ModuleType) -> None:
+    """tn("KEY", n) needs KEY.one and KEY.other in English (then in every language)."""
+    en = i18n.WEB_CATALOGS / "en.js"
+    _replace(en, '  "account.codes_left.one": "{count} recovery code left.",\n', "")
+    problems = list(i18n.problems())
+    assert "web/js/i18n/en.js: no text for 'account.codes_left.one', which the console uses" in (
+        problems
+    )
+
+
+def test_an_untranslated_help_line_of_the_agent_fails(i18n: ModuleType) -> None:
+    """allowhelp-agent --help is the user's too: a line with no French fails."""
+    po = i18n.po_path("fr")
+    _replace(
+        po,
+        'msgstr "autoriser une demande d\'aide en attente"',
+        'msgstr ""',
+    )
+    i18n.cmd_compile()
+    assert any("no translation for 'allow a waiting help request'" in p for p in i18n.problems())

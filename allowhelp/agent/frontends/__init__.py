@@ -20,6 +20,7 @@ from allowhelp.agent.frontends.dialog import DialogFrontend
 from allowhelp.agent.frontends.indicator import IndicatorFrontend
 from allowhelp.agent.frontends.terminal import TerminalFrontend
 from allowhelp.agent.frontends.toolkit import Which, find_toolkit, has_tkinter
+from allowhelp.agent.i18n import _
 from allowhelp.agent.service import ConsentFrontend, ConsentService
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,17 @@ def choose_frontends(
 ) -> list[ConsentFrontend]:
     """The front-ends for ``mode``; a mode asked for explicitly that cannot work raises."""
     if mode not in MODES:
-        raise AgentError(f"unknown prompt mode {mode!r}: use one of {', '.join(MODES)}")
+        raise AgentError(
+            _("unknown prompt mode %(mode)r: use one of %(modes)s")
+            % {"mode": mode, "modes": ", ".join(MODES)}
+        )
     env = os.environ if env is None else env
     chosen: list[ConsentFrontend] = []
     if mode in ("auto", "dialog"):
         chosen += _desktop(service, mode, env, which, tk)
     if mode == "terminal" or (mode == "auto" and interactive_terminal(foreground_only=True)):
         if not interactive_terminal(foreground_only=False):
-            raise AgentError("--prompt terminal needs a terminal on stdin and stdout")
+            raise AgentError(_("--prompt terminal needs a terminal on stdin and stdout"))
         terminal = TerminalFrontend(service)
         terminal.start()
         chosen.append(terminal)
@@ -84,12 +88,12 @@ def _desktop(
 ) -> list[ConsentFrontend]:
     if not graphical(env):
         if mode == "dialog":
-            raise AgentError("--prompt dialog: no graphical session (DISPLAY is not set)")
+            raise AgentError(_("--prompt dialog: no graphical session (DISPLAY is not set)"))
         return []
     toolkit = find_toolkit(which, lambda: bool(env.get("DISPLAY")) and tk())  # Tk needs X
     if toolkit is None:
         if mode == "dialog":
-            raise AgentError("--prompt dialog: install zenity or kdialog (or python3-tk)")
+            raise AgentError(_("--prompt dialog: install zenity or kdialog (or python3-tk)"))
         log.warning("no zenity, kdialog or Tk: answer help requests with `allowhelp-agent allow`")
         return []
     log.info("consent dialogs with %s", toolkit.name)

@@ -3,6 +3,7 @@
 
 import { api, errorMessage } from "../lib/api.js";
 import { $, el, field } from "../lib/dom.js";
+import { t, tn } from "../lib/i18n.js";
 import { state } from "./state.js";
 
 let afterEnrol = () => {};
@@ -24,12 +25,12 @@ export async function loadAccount() {
   const me = state.me;
   if (!me) return;
   const names = me.full_name === me.username ? [me.username] : [me.full_name, me.username];
-  $("account-who").textContent = [...names, me.role].join(" · ");
+  $("account-who").textContent = [...names, me.role === "admin" ? t("role.admin") : t("role.technician")].join(" · ");
   $("account-required").hidden = !me.must_enrol_totp;
   const showingCodes = !$("totp-codes").hidden;
   $("totp-on").hidden = !status.enrolled || showingCodes;
   $("totp-off").hidden = status.enrolled || !$("totp-setup").hidden;
-  $("totp-left").textContent = `${status.recovery_codes_left} recovery code${status.recovery_codes_left === 1 ? "" : "s"} left.`;
+  $("totp-left").textContent = tn("account.codes_left", Number(status.recovery_codes_left) || 0);
 }
 
 function codeField() {

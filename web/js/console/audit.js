@@ -2,10 +2,13 @@
 // The audit log (admins): newest first, with the hash chain's verification status,
 // what the broker's own checks found since it started, and where heads are anchored.
 // Everything the broker reports (problems, paths, errors, record details) is shown
-// as text only: textContent and text nodes, never markup.
+// as text only: textContent and text nodes, never markup. The words around them are
+// the console's language (t/tn); the records themselves (types, codes, ISO times,
+// details) stay as the log holds them.
 
 import { api } from "../lib/api.js";
 import { $, el, fullTime, plain } from "../lib/dom.js";
+import { locale, t, tn } from "../lib/i18n.js";
 
 /**
  * One record as GET /api/v1/audit gives it.
@@ -70,8 +73,6 @@ import { $, el, fullTime, plain } from "../lib/dom.js";
 const PAGE = 200;
 const MAX_LIMIT = 1000; // what GET /api/v1/audit gives at most per call
 const TEXT_MAX = 500; // hostile text shown at most this long
-const ANCHOR_ADVICE =
-  "Anchors only catch a rewrite if kept off this machine (--audit-anchors on another host, or --syslog).";
 /** @type {AuditRecord[]} ascending by seq */
 let records = [];
 let oldest = 0;
@@ -85,7 +86,7 @@ export function setupAudit() {
 export async function loadAudit() {
   const status = $("audit-status");
   status.dataset.state = "checking";
-  status.textContent = "Checking the chain…";
+  status.textContent = t("audit.checking");
   /** @type {VerifyAnswer} */
   const check = await api("GET", "/api/v1/audit/verify");
   showStatus(check);
@@ -140,6 +141,21 @@ async function loadOlder() {
 }
 
 /**
+ * A translated sentence with nodes in it: each `{name}` of `text` becomes `parts[name]`
+ * (a node, a string or several of them), the rest stays text.
+ * @param {string} text
+ * @param {Record<string, Node | string | (Node | string)[]>} parts
+ * @returns {(Node | string)[]}
+ */
+function fill(text, parts) {
+  return text.split(/(\{[a-z_]+\})/).flatMap((piece) => {
+    const name = /^\{([a-z_]+)\}$/.exec(piece)?.[1];
+    if (name && Object.hasOwn(parts, name)) return parts[name];
+    return piece ? [piece] : [];
+  });
+}
+
+/**
  * A broker timestamp (ISO, UTC) in the reader's words, the exact one as a tooltip.
  * @param {unknown} iso
  */
@@ -147,7 +163,7 @@ function stamp(iso) {
   const text = plain(iso, 64);
   const when = Date.parse(text);
   return el("time", {
-    text: Number.isFinite(when) ? fullTime(when / 1000) : text || "an unknown time",
+    text: Number.isFinite(when) ? fullTime(when / 1000) : text || t("audit.unknown_time"),
     title: text,
     attrs: { datetime: Number.isFinite(when) ? text : null },
   });
@@ -171,16 +187,15 @@ function showStatus(check) {
   const count = Number(check.count) || 0;
   if (check.ok) {
     status.append(
-      el("strong", { text: "Chain verified. " }),
-      `${count} record${count === 1 ? "" : "s"}, none edited, none missing. Head `,
-      head(check.last_seq, check.last_hash),
-      ".",
+      el("strong", { text: t("audit.verified") }),
+      " ",
+      ...fill(tn("audit.verified_count", count), { head: head(check.last_seq, check.last_hash) }),
     );
   } else {
     status.append(
-      el("strong", { text: `Chain broken at record ${plain(check.first_bad_seq, 20)}. ` }),
-      `${sentence(check.problem)} The ${count} record${count === 1 ? "" : "s"} before it `
-        + `${count === 1 ? "is" : "are"} intact.`,
+      el("strong", { text: t("audit.broken_at", { seq: plain(check.first_bad_seq, 20) }) }),
+      " ",
+      tn("audit.intact", count, { problem: sentence(check.problem) }),
     );
   }
 }
@@ -195,30 +210,37 @@ function showChecks(check) {
   const { startup, full } = check;
   if (check.started_broken && startup) {
     box.append(alarm("audit-started-broken", [
-      el("strong", { text: "The broker started on a broken chain " }),
-      "(found at start-up, ", stamp(startup.at), ") and kept serving; ",
-      ...recorded(startup.record_seq, "the break is recorded as audit record "),
-      el("span", { cls: "sub", text: `Start-up check (${walked(startup)}): ${sentence(startup.problem)}` }),
+      el("strong", { text: t("audit.started_broken") }),
+      " ",
+      ...fill(t("audit.started_broken_detail"), {
+        time: stamp(startup.at),
+        recorded: recorded(startup.record_seq, "audit.recorded_as_record"),
+      }),
+      el("span", { cls: "sub", text: t("audit.startup_check",
+        { walked: walked(startup), problem: sentence(startup.problem) }) }),
     ]));
   }
   const sameBreak = check.started_broken && startup && full
     && startup.first_bad_seq === full.first_bad_seq;
   if (full && !full.ok && !sameBreak) {
     box.append(alarm("audit-full-broken", [
-      el("strong", { text: "Break found by the full check after start " }),
-      "(", stamp(full.at), "), ",
-      ...recorded(full.record_seq, "recorded as "),
-      el("span", { cls: "sub", text: `Full check: ${sentence(full.problem)}` }),
+      el("strong", { text: t("audit.full_broken") }),
+      " ",
+      ...fill(t("audit.full_broken_detail"), {
+        time: stamp(full.at),
+        recorded: recorded(full.record_seq, "audit.recorded_as"),
+      }),
+      el("span", { cls: "sub", text: t("audit.full_check", { problem: sentence(full.problem) }) }),
     ]));
   }
   if (check.full_state === "running") {
     box.append(el("div", { cls: "banner note", attrs: { id: "audit-full-running" },
-      text: "Checking older records in the background…" }));
+      text: t("audit.full_running") }));
   } else if (check.full_state === "failed") {
     box.append(alarm("audit-full-failed", [
-      el("strong", { text: "The background check of older records could not run: " }),
-      plain(check.full_error, TEXT_MAX) || "no reason given",
-      ". Run allowhelp-broker audit verify on the data folder.",
+      el("strong", { text: t("audit.full_failed") }),
+      " ",
+      t("audit.full_failed_detail", { reason: plain(check.full_error, TEXT_MAX) || t("audit.no_reason") }),
     ]));
   }
 }
@@ -228,7 +250,7 @@ function showChecks(check) {
  * @param {unknown} text
  */
 function sentence(text) {
-  const words = plain(text, TEXT_MAX) || "no reason given";
+  const words = plain(text, TEXT_MAX) || t("audit.no_reason");
   return `${words.charAt(0).toUpperCase()}${words.slice(1)}${/[.!?]$/.test(words) ? "" : "."}`;
 }
 
@@ -238,21 +260,19 @@ function sentence(text) {
  */
 function walked(check) {
   return check.scope === "tail"
-    ? `records after ${plain(check.from_seq, 20)}, the last anchored head that matched`
-    : "the whole chain";
+    ? t("audit.walked_tail", { seq: plain(check.from_seq, 20) })
+    : t("audit.walked_full");
 }
 
 /**
  * "… #SEQ (audit.chain_broken)." or that it could not be recorded.
  * @param {number | null | undefined} seq
- * @param {string} lead
+ * @param {string} key the sentence with {record} in it
  * @returns {(Node | string)[]}
  */
-function recorded(seq, lead) {
-  if (seq === null || seq === undefined) {
-    return ["the break could not be recorded in the chain (see the broker's log)."];
-  }
-  return [lead, el("code", { text: `#${plain(seq, 20)}` }), " (audit.chain_broken)."];
+function recorded(seq, key) {
+  if (seq === null || seq === undefined) return [t("audit.not_recorded")];
+  return fill(t(key), { record: el("code", { text: `#${plain(seq, 20)}` }) });
 }
 
 /**
@@ -272,42 +292,41 @@ function showAnchoring(check) {
   box.replaceChildren();
   const anchoring = check.anchoring;
   const checked = Number(check.anchors_checked) || 0;
-  const checkedNow = `${checked} anchored head${checked === 1 ? "" : "s"} checked now.`;
+  const checkedNow = tn("audit.anchors_checked", checked);
   const line = el("p", { cls: "anchor-line" });
   if (!anchoring) {
-    line.append("Heads are not anchored by this broker; ", checkedNow);
+    line.append(t("audit.not_anchored", { checked: checkedNow }));
   } else {
     const every = Number(anchoring.every) || 0;
-    line.append(`Head anchored every ${every} record${every === 1 ? "" : "s"} to `);
+    /** @type {(Node | string)[]} */
+    let where = [anchoring.syslog ? t("audit.where_syslog") : t("audit.where_nowhere")];
     if (anchoring.file) {
-      line.append(el("code", { cls: "path", text: plain(anchoring.file, TEXT_MAX) }));
-      if (anchoring.syslog) line.append(" and syslog");
-    } else {
-      line.append(anchoring.syslog ? "syslog" : "nowhere");
+      const file = el("code", { cls: "path", text: plain(anchoring.file, TEXT_MAX) });
+      where = anchoring.syslog ? fill(t("audit.where_file_and_syslog"), { file }) : [file];
     }
-    line.append("; ");
-    if (anchoring.last_seq !== null && anchoring.last_seq !== undefined) {
-      line.append("last ", head(anchoring.last_seq, anchoring.last_hash), " at ", stamp(anchoring.last_at));
-    } else {
-      line.append("none anchored since the broker started");
-    }
-    line.append("; ", checkedNow);
+    const last = anchoring.last_seq !== null && anchoring.last_seq !== undefined
+      ? fill(t("audit.last_anchored"), {
+        head: head(anchoring.last_seq, anchoring.last_hash), time: stamp(anchoring.last_at) })
+      : [t("audit.none_anchored")];
+    line.append(...fill(tn("audit.anchored_every", every), { where, last, checked: checkedNow }));
   }
   box.append(line);
   const failures = Number(anchoring?.failures) || 0;
   if (anchoring && failures > 0) {
     box.append(el("p", { cls: "anchor-warn", attrs: { role: "alert" } }, [
-      el("strong", { text: `${failures} head${failures === 1 ? "" : "s"} could not be anchored. ` }),
-      `Last error: ${plain(anchoring.last_error, TEXT_MAX) || "none given"}.`,
+      el("strong", { text: tn("audit.anchor_failures", failures) }),
+      " ",
+      t("audit.last_error", { error: plain(anchoring.last_error, TEXT_MAX) || t("audit.none_given") }),
     ]));
   }
   if (check.anchors_error) {
     box.append(el("p", { cls: "anchor-warn", attrs: { role: "alert" } }, [
-      el("strong", { text: "The anchored heads could not be read now: " }),
-      `${plain(check.anchors_error, TEXT_MAX)}. The chain was checked without them.`,
+      el("strong", { text: t("audit.anchors_unreadable") }),
+      " ",
+      t("audit.anchors_unreadable_detail", { error: plain(check.anchors_error, TEXT_MAX) }),
     ]));
   }
-  box.append(el("p", { cls: "muted small", text: ANCHOR_ADVICE }));
+  box.append(el("p", { cls: "muted small", text: t("audit.anchor_advice") }));
 }
 
 export function renderAudit() {
@@ -331,9 +350,9 @@ function flapTime(iso, sameDayAs) {
   const date = new Date(when);
   const other = Date.parse(plain(sameDayAs, 64));
   if (Number.isFinite(other) && new Date(other).toDateString() === date.toDateString()) {
-    return date.toLocaleTimeString(undefined, { hour: "numeric", minute: "2-digit", second: "2-digit" });
+    return date.toLocaleTimeString(locale, { hour: "numeric", minute: "2-digit", second: "2-digit" });
   }
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+  return date.toLocaleString(locale, { dateStyle: "medium", timeStyle: "medium" });
 }
 
 /**
@@ -345,16 +364,23 @@ function detailWords(record) {
   if (record.type === "agent.flapping") {
     const connects = Number(d.connects) || 0;
     const disconnects = Number(d.disconnects) || 0;
-    let words = `${connects} connect${connects === 1 ? "" : "s"}, ${disconnects} disconnect${disconnects === 1 ? "" : "s"}`
-      + ` between ${flapTime(d.since)} and ${flapTime(d.until, d.since)}`;
-    if (d.state) words = `${plain(d.state, 20)}: ${words}`;
-    if (d.state === "settled") words += d.online ? ", settled online" : ", settled offline";
-    if (d.remote) words += `; last from ${plain(d.remote, 100)}`;
+    let words = t("audit.flapping", {
+      connects: tn("audit.connects", connects),
+      disconnects: tn("audit.disconnects", disconnects),
+      since: flapTime(d.since),
+      until: flapTime(d.until, d.since),
+    });
+    if (d.state) words = `${plain(d.state, 20)}: ${words}`;  // the log's own word
+    if (d.state === "settled") words += d.online ? t("audit.settled_online") : t("audit.settled_offline");
+    if (d.remote) words += t("audit.last_from", { remote: plain(d.remote, 100) });
     return words;
   }
   if (record.type === "audit.chain_broken") {
-    return `Chain broken at record ${plain(d.first_bad_seq, 20)}: ${plain(d.problem, TEXT_MAX)}`
-      + ` (found by the ${d.found_by === "startup" ? "start-up check" : plain(d.found_by, 40)})`;
+    return t("audit.chain_broken_detail", {
+      seq: plain(d.first_bad_seq, 20),
+      problem: plain(d.problem, TEXT_MAX),
+      by: d.found_by === "startup" ? t("audit.found_by_startup") : plain(d.found_by, 40),
+    });
   }
   return Object.keys(d).length ? JSON.stringify(d) : "";
 }

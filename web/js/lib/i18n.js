@@ -19,7 +19,7 @@ const CATALOGS = { en, fr, nl };
 /** The choices, each named in its own language. */
 export const LANGUAGES = /** @type {const} */ ([["en", "English"], ["fr", "Français"], ["nl", "Nederlands"]]);
 const STORED = "allowhelp.language";
-const ATTRIBUTES = ["placeholder", "aria-label", "title"];
+const ATTRIBUTES = ["placeholder", "aria-label", "title", "alt"];
 
 /**
  * The language to use: a stored choice we speak, else the first wanted one, else English.
@@ -62,6 +62,21 @@ export function t(key, values = {}) {
   const text = CATALOGS[language][key] ?? en[key] ?? key;
   return text.replace(/\{([a-z_]+)\}/g, (whole, name) =>
     Object.hasOwn(values, name) ? String(values[name]) : whole);
+}
+
+const plurals = new Intl.PluralRules(language);
+
+/**
+ * `t` for a sentence about `count` things: `KEY.one` when the language says "one"
+ * of `count` (French says it of 0 too), else `KEY.other`; `{count}` is filled in,
+ * written as the language writes numbers.
+ * @param {string} key
+ * @param {number} count
+ * @param {Record<string, string | number>} [values]
+ */
+export function tn(key, count, values = {}) {
+  const form = plurals.select(count) === "one" ? "one" : "other";
+  return t(`${key}.${form}`, { count: count.toLocaleString(locale), ...values });
 }
 
 /**

@@ -5,6 +5,7 @@
 
 import { api, errorMessage } from "./api.js";
 import { $, plain } from "./dom.js";
+import { locale, t } from "./i18n.js";
 import { sessionPath } from "./session-page.js";
 
 /** @typedef {{from: string, text: string, ts: number}} ChatLine */
@@ -12,7 +13,7 @@ import { sessionPath } from "./session-page.js";
 /** @param {string} from "technician:NAME" or "user@AGENT" */
 function who(from) {
   if (from.startsWith("technician:")) return plain(from.slice(11), 100);
-  return "user at the PC";
+  return t("extras.user_at_pc");
 }
 
 /** @param {ChatLine} line */
@@ -21,7 +22,7 @@ function appendLine(line) {
   const item = document.createElement("li");
   const name = document.createElement("span");
   name.className = "who";
-  name.textContent = `${new Date(line.ts * 1000).toLocaleTimeString()} ${who(String(line.from))}:`;
+  name.textContent = `${new Date(line.ts * 1000).toLocaleTimeString(locale)} ${who(String(line.from))}:`;
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = plain(String(line.text), 2000);
@@ -54,7 +55,7 @@ export function chatEvent(event) {
 export function showNotes(session) {
   const notes = $("notes", HTMLTextAreaElement);
   if (document.activeElement !== notes && !notes.dataset.dirty) notes.value = session.notes || "";
-  if (session.ticket) $("ticket").textContent = `Ticket ${plain(session.ticket, 100)}`;
+  if (session.ticket) $("ticket").textContent = t("extras.ticket", { ticket: plain(session.ticket, 100) });
 }
 
 export function wireChatAndNotes() {
@@ -74,11 +75,11 @@ export function wireChatAndNotes() {
   const notes = $("notes", HTMLTextAreaElement);
   notes.addEventListener("input", () => { notes.dataset.dirty = "1"; });
   $("notes-save").addEventListener("click", async () => {
-    $("notes-status").textContent = "saving…";
+    $("notes-status").textContent = t("extras.saving");
     try {
       await api("PATCH", sessionPath, { notes: notes.value });
       delete notes.dataset.dirty;
-      $("notes-status").textContent = "saved";
+      $("notes-status").textContent = t("extras.saved");
     } catch (error) {
       $("notes-status").textContent = errorMessage(error);
     }

@@ -4,7 +4,8 @@
 // notes. Names come from the PC: shown with textContent, sent back as data.
 
 import { apiStream, csrfToken, errorMessage } from "../lib/api.js";
-import { $, plain } from "../lib/dom.js";
+import { $, fullTime, plain } from "../lib/dom.js";
+import { locale, t } from "../lib/i18n.js";
 import { runSessionPage, sessionPath } from "../lib/session-page.js";
 import { chatEvent, loadChat, showNotes, wireChatAndNotes } from "../lib/session-extras.js";
 
@@ -27,12 +28,15 @@ function parent(folder) {
   return ".";
 }
 
-/** @param {number} bytes */
+const oneDecimal = new Intl.NumberFormat(locale, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+const twoDecimals = new Intl.NumberFormat(locale, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+
+/** @param {number} bytes a size, as the console's language writes numbers and units */
 function size(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
-  if (bytes < 1024 ** 3) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
-  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+  if (bytes < 1024) return t("files.size_b", { n: bytes.toLocaleString(locale) });
+  if (bytes < 1024 * 1024) return t("files.size_kib", { n: oneDecimal.format(bytes / 1024) });
+  if (bytes < 1024 ** 3) return t("files.size_mib", { n: oneDecimal.format(bytes / 1024 / 1024) });
+  return t("files.size_gib", { n: twoDecimals.format(bytes / 1024 ** 3) });
 }
 
 /** @param {string} what @param {number} done @param {number} total */
@@ -42,7 +46,7 @@ function progress(what, done, total) {
   bar.max = Math.max(total, 1);
   bar.value = done;
   const percent = total ? Math.floor((done * 100) / total) : 100;
-  $("transfer-status").textContent = `${what}: ${size(done)} of ${size(total)} (${percent} %)`;
+  $("transfer-status").textContent = t("files.progress", { what, done: size(done), total: size(total), percent });
 }
 
 /** @param {string} text */
@@ -88,12 +92,12 @@ function row(folder, entry) {
   const bytes = document.createElement("td");
   bytes.textContent = entry.type === "file" && entry.size !== null ? size(entry.size) : "";
   const changed = document.createElement("td");
-  changed.textContent = entry.mtime ? new Date(entry.mtime * 1000).toLocaleString() : "";
+  changed.textContent = fullTime(entry.mtime);
   const action = document.createElement("td");
   if (entry.type === "file" && !entry.name_not_utf8) {
     const get = document.createElement("button");
     get.type = "button";
-    get.textContent = "Download";
+    get.textContent = t("files.download");
     get.className = "download";
     get.addEventListener("click", () => download(join(folder, entry.name), entry.name));
     action.append(get);
@@ -111,15 +115,16 @@ async function download(path, name) {
     /** @type {BlobPart[]} */
     const chunks = [];
     let received = 0;
-    progress(`Downloading ${plain(name, 200)}`, 0, total);
+    const what = t("files.downloading", { name: plain(name, 200) });
+    progress(what, 0, total);
     while (reader) {
       const { done, value } = await reader.read();
       if (done) break;
       chunks.push(/** @type {Uint8Array<ArrayBuffer>} */ (value));
       received += value.length;
-      progress(`Downloading ${plain(name, 200)}`, received, total);
+      progress(what, received, total);
     }
-    if (received !== total) throw new Error(`the download was cut after ${received} of ${total} bytes`);
+    if (received !== total) throw new Error(t("files.cut", { received, total }));
     const link = document.createElement("a");
     link.href = URL.createObjectURL(new Blob(chunks));
     link.download = name;
@@ -127,9 +132,9 @@ async function download(path, name) {
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
-    transferDone(`Downloaded ${plain(name, 200)} (${size(received)}).`);
+    transferDone(t("files.downloaded", { name: plain(name, 200), size: size(received) }));
   } catch (error) {
-    transferDone(`Download failed: ${errorMessage(error)}`);
+    transferDone(t("files.download_failed", { error: errorMessage(error) }));
   }
 }
 
@@ -137,7 +142,7 @@ async function upload() {
   const input = $("upload-file", HTMLInputElement);
   const file = input.files && input.files[0];
   if (!file) {
-    transferDone("Choose a file first.");
+    transferDone(t("files.choose"));
     return;
   }
   const folder = $("path", HTMLInputElement).value.trim() || ".";
@@ -146,27 +151,29 @@ async function upload() {
   const request = new XMLHttpRequest();
   request.open("PUT", `${sessionPath}/files/content?path=${encodeURIComponent(target)}`);
   request.setRequestHeader("X-CSRF-Token", token);
-  request.upload.addEventListener("progress", (event) => progress(`Uploading ${plain(file.name, 200)}`, event.loaded, file.size));
+  const what = t("files.uploading", { name: plain(file.name, 200) });
+  request.upload.addEventListener("progress", (event) => progress(what, event.loaded, file.size));
   const finished = new Promise((resolve) => {
     request.addEventListener("loadend", resolve);
   });
-  progress(`Uploading ${plain(file.name, 200)}`, 0, file.size);
+  progress(what, 0, file.size);
   request.send(file);
   await finished;
   if (request.status === 201) {
     const answer = JSON.parse(request.responseText);
-    transferDone(`Uploaded ${plain(file.name, 200)} (${size(answer.size)}, SHA-256 ${String(answer.sha256).slice(0, 12)}…).`);
+    transferDone(t("files.uploaded", {
+      name: plain(file.name, 200), size: size(answer.size), hash: String(answer.sha256).slice(0, 12) }));
     input.value = "";
     list();
     return;
   }
-  let why = request.status ? `the broker answered ${request.status}` : "the connection broke";
+  let why = request.status ? t("files.broker_answered", { status: request.status }) : t("files.connection_broke");
   try {
     why = JSON.parse(request.responseText).message || why;
   } catch {
     // not JSON: keep the status
   }
-  transferDone(`Upload failed: ${plain(why, 300)}`);
+  transferDone(t("files.upload_failed", { error: plain(why, 300) }));
 }
 
 runSessionPage({
