@@ -100,7 +100,7 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
     admin_tls = _admin_certificate(settings)  # a bad file stops here, before anything is made
     announce_fd_limit(raise_fd_limit())
     folder = DataFolder.open(
-        settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit
+        settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit, settings.store
     )
     try:
         db = await StoreWorker.open(folder.store_path)  # the store, off the event loop

@@ -177,9 +177,10 @@ class FleetStore(StoreCore):
         """Revoked tokens also expire, so enrolment refuses them like any stale token."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE enrol_tokens SET revoked = ?, expires = min(expires, ?)"
+                "UPDATE enrol_tokens SET revoked = ?,"
+                " expires = CASE WHEN expires < ? THEN expires ELSE ? END"
                 " WHERE substr(secret_hash, 1, 12) = ? AND revoked IS NULL",
-                (now, now - 1, token_id),
+                (now, now - 1, now - 1, token_id),
             )
             return cur.rowcount >= 1
 

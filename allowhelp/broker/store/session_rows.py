@@ -54,8 +54,10 @@ class SessionStore(StoreCore):
     def add_help_request(self, ticket: HelpTicket) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO help_requests (code, agent_id, message, created, expires,"
-                " session_id) VALUES (?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO help_requests (code, agent_id, message, created, expires, session_id)"
+                " VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(code) DO UPDATE SET"
+                " agent_id = excluded.agent_id, message = excluded.message,"
+                " created = excluded.created, expires = excluded.expires, session_id = NULL",
                 (ticket.code, ticket.agent_id, ticket.message, ticket.created, ticket.expires),
             )
 

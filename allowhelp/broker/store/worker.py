@@ -29,11 +29,11 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from allowhelp.broker.errors import StoreError
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.core import StorePlace
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,13 +61,13 @@ class _Lane:
 class StoreWorker:
     """The broker process's store: a writer thread and a reader thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: StorePlace) -> None:
         self.path = path
         self._writer = _Lane("store-write")
         self._reader = _Lane("store-read")
 
     @classmethod
-    async def open(cls, path: Path) -> StoreWorker:
+    async def open(cls, path: StorePlace) -> StoreWorker:
         """Open (and migrate) the database on the writer, then the reader's connection."""
         worker = cls(path)
         try:
