@@ -19,8 +19,6 @@ from allowhelp.broker.model.database import PostgresUrl, parse_store
 from allowhelp.broker.model.records import AgentRecord, HelpTicket
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.core import StorePlace
-from allowhelp.broker.store.migrations import MIGRATIONS
-from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -132,8 +130,8 @@ def test_both_schemas_have_the_same_columns(tmp_path: Path, pg_url: str) -> None
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = 'public' AND table_name <> 'schema_version'"
         ).fetchall())  # fmt: skip
+    # A SQLite migration not yet ported to pg_migrations.py fails here: port it.
     assert got == want
-    assert len(MIGRATIONS) == 8 and len(PG_MIGRATIONS) == 1  # ported up to SQLite's 8
 
 
 def test_a_newer_schema_is_refused(pg_url: str) -> None:

@@ -19,6 +19,10 @@ StorePlace = Path | PostgresUrl
 class StoreCore:
     """The database behind the ``Store`` methods, whichever it is (``database.py``)."""
 
+    # This broker process's node id (node/cluster.py): set on the stores of a
+    # serving broker, "" for command-line tools.
+    node_id = ""
+
     def __init__(self, database: Database) -> None:
         self._database = database
 

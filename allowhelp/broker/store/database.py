@@ -51,6 +51,12 @@ class Database(Protocol):
         """The database for messages (a path, or a URL without its password)."""
         ...
 
+    @property
+    def now_sql(self) -> str:
+        """SQL for the database's clock in Unix seconds: nodes compare heartbeats
+        by one clock, so a node whose own clock is off is not taken for dead."""
+        ...
+
     def tx(self) -> AbstractContextManager[Connection]:
         """A write transaction: committed when the body returns, rolled back if it raises."""
         ...

@@ -133,6 +133,20 @@ class FleetStore(StoreCore):
                 (agent_id, agent_id, keep),
             )
             db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
+            if not self.node_id:
+                return
+            if event == "connected":  # which node holds its tunnel (store/nodes.py)
+                db.execute(
+                    "INSERT INTO agent_nodes (agent_id, node_id, since) VALUES (?, ?, ?)"
+                    " ON CONFLICT(agent_id) DO UPDATE SET node_id = excluded.node_id,"
+                    " since = excluded.since",
+                    (agent_id, self.node_id, when),
+                )
+            else:
+                db.execute(
+                    "DELETE FROM agent_nodes WHERE agent_id = ? AND node_id = ?",
+                    (agent_id, self.node_id),
+                )
 
     def connectivity(self, agent_id: str, limit: int = 50) -> list[ConnectivityEvent]:
         """The agent's newest events first."""

@@ -181,4 +181,25 @@ PG_MIGRATIONS: tuple[str, ...] = (
         updated DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: SQLite's 9 (#21): broker nodes, the node of each session and of each agent.
+    """
+    CREATE TABLE broker_nodes (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        https TEXT NOT NULL,
+        tunnel TEXT NOT NULL,
+        started DOUBLE PRECISION NOT NULL,
+        heartbeat DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE session_nodes (
+        session_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL
+    );
+    CREATE TABLE agent_nodes (
+        agent_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL
+    );
+    """,
 )

@@ -135,6 +135,10 @@ class PostgresDatabase:
     def where(self) -> str:
         return str(self.url)
 
+    @property
+    def now_sql(self) -> str:
+        return "extract(epoch FROM clock_timestamp())::double precision"
+
     @classmethod
     def open(cls, url: PostgresUrl, *, read_only: bool = False) -> PostgresDatabase:
         database = cls(url, read_only=read_only)

@@ -28,6 +28,12 @@ class SessionStore(StoreCore):
                 f" ON CONFLICT(id) DO UPDATE SET {updates}",
                 tuple(values.values()),
             )
+            if self.node_id:  # which node runs it (store/nodes.py)
+                db.execute(
+                    "INSERT INTO session_nodes (session_id, node_id) VALUES (?, ?)"
+                    " ON CONFLICT(session_id) DO NOTHING",
+                    (session.id, self.node_id),
+                )
 
     def session(self, session_id: str) -> Session | None:
         rows = self._query(SESSION_SELECT + " WHERE s.id = ?", (session_id,))

@@ -31,6 +31,10 @@ class SqliteDatabase:
     def where(self) -> str:
         return str(self.path)
 
+    @property
+    def now_sql(self) -> str:
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> SqliteDatabase:
         """Open the database; migrate it, or (``read_only``) only check its version
