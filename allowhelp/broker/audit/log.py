@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
@@ -54,7 +54,6 @@ from allowhelp.broker.audit.chain import (
     AuditPlace,
     AuditRecord,
     VerifyResult,
-    canonical,
     check_schema,
     read_head,
     read_records,
@@ -67,12 +66,12 @@ from allowhelp.broker.audit.entry import (
     Entry,
     Outcome,
     Waiter,
+    chain_on,
     copy_refusal,
     make_entry,
     plain_reason,
     settle,
     unavailable,
-    utc_now,
 )
 from allowhelp.broker.audit.status import ChainState
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
@@ -141,32 +140,6 @@ class AuditObserver(Protocol):
     def committed(self, records: Sequence[AuditRecord]) -> None: ...
 
     def refused(self, count: int) -> None: ...
-
-
-def chain_on(
-    entries: Sequence[Entry], seq: int, prev: str
-) -> tuple[list[AuditRecord], list[dict[str, Any]]]:
-    """``entries`` as the records after ``(seq, prev)``, and their rows to insert."""
-    # One timestamp for the lot: they are committed at the same instant.
-    ts = utc_now()
-    records: list[AuditRecord] = []
-    rows: list[dict[str, Any]] = []
-    for entry in entries:
-        seq += 1
-        fields: dict[str, Any] = {
-            "seq": seq,
-            "ts": ts,
-            "type": entry.type,
-            "code": entry.code,
-            "actor": entry.actor,
-            "target": entry.target,
-            "details": entry.details,
-            "prev_hash": prev,
-        }
-        fields["hash"] = prev = record_hash(fields)
-        records.append(AuditRecord(**fields))
-        rows.append({**fields, "details_text": canonical(entry.details)})
-    return records, rows
 
 
 class AuditLog:

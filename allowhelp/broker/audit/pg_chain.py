@@ -27,8 +27,8 @@ from allowhelp.broker.audit.chain import (
     AuditRecord,
     row_to_record,
 )
-from allowhelp.broker.audit.entry import Entry, unavailable
-from allowhelp.broker.audit.log import AuditLog, chain_on
+from allowhelp.broker.audit.entry import Entry, chain_on, unavailable
+from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
 from allowhelp.broker.model.database import PostgresUrl
 
