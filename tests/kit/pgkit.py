@@ -14,7 +14,10 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +129,18 @@ def make_cluster(root: Path) -> Cluster:
     cluster.init()
     cluster.start()
     return cluster
+
+
+@contextmanager
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster for one test that stops it (the session's one is shared)."""
+    root = Path(tempfile.mkdtemp(prefix="ahpg-"))  # not pytest's 0700 basetemp: postgres runs it
+    root.chmod(0o755)
+    try:
+        cluster = make_cluster(root / "cluster")
+        try:
+            yield cluster
+        finally:
+            cluster.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import websockets
 
 from harness import (
     ADMIN,
@@ -27,7 +28,7 @@ from harness import (
     running_fleet,
     wait_for,
 )
-from pgkit import Cluster
+from pgkit import own_cluster
 from terminalkit import consented_shell, shell_says
 
 
@@ -157,12 +158,7 @@ def _login_load(broker: Broker, users: list[str]) -> Iterator[list[int]]:
 
 
 def test_the_database_restarting_fails_closed_then_recovers(tmp_path: Path) -> None:
-    from pgkit import make_cluster
-
-    root = Path(__import__("tempfile").mkdtemp(prefix="ahpg-"))
-    root.chmod(0o755)
-    cluster: Cluster = make_cluster(root / "cluster")
-    try:
+    with own_cluster() as cluster:
         url = cluster.database()
         with running_fleet(tmp_path, store=url) as (_, broker, agent):
             desk = Desk.login(broker, TECH, TECH_PW)
@@ -203,9 +199,6 @@ def test_the_database_restarting_fails_closed_then_recovers(tmp_path: Path) -> N
         # +1 by shell_says). More records than logins is allowed: a login audited just
         # before the database went away is refused for want of its web session.
         assert logins_ok >= statuses.count(200) + 2
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_node_leaves_live_sessions_alone_and_ends_a_dead_nodes(
@@ -239,3 +232,29 @@ def test_a_copied_node_id_is_refused(tmp_path: Path, pg_url: str) -> None:
         errors = [line for line in done.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and "node.id" in errors[0], done.stderr
         assert node_a.proc is not None and node_a.proc.poll() is None  # A goes on
+
+
+async def test_a_node_cut_off_from_the_database_stops_its_sessions(tmp_path: Path) -> None:
+    """Before the other nodes take it for dead (30 s), a node that cannot beat for 20 s
+    stops its sessions' access; their end records follow once the database is back."""
+    with own_cluster() as cluster:
+        url = cluster.database()
+        with running_fleet(tmp_path, store=url) as (_, broker, agent):
+            desk = await asyncio.to_thread(Desk.login, broker, TECH, TECH_PW)
+            session_id = await asyncio.to_thread(consented_shell, desk, agent)
+            async with websockets.connect(
+                desk.ws_url(session_id),
+                ssl=broker.ssl_context(),
+                origin=broker.url,  # type: ignore[arg-type]
+                additional_headers={"Cookie": desk.cookie_header()},
+            ) as ws:
+                await asyncio.to_thread(cluster.stop, "immediate")
+                with pytest.raises(websockets.ConnectionClosed):  # access stopped
+                    async with asyncio.timeout(60):
+                        while True:
+                            await ws.recv()
+            await asyncio.to_thread(cluster.start)
+            ended = await asyncio.to_thread(desk.wait_state, session_id, "ended", 40)
+            assert ended["end_reason"] == "broker_restart"
+            desk.close()
+        assert verify(url)["ok"] is True

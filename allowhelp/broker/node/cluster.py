@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 NODE_FILE = "node.id"
 HEARTBEAT = 5.0  # seconds between heartbeats (a node is dead after NODE_STALE)
+# Seconds without a heartbeat after which a node on a shared database stops its own
+# sessions' access: before the other nodes take it for dead and end them in the store.
+CUT_OFF = NODE_STALE * 2 / 3
 
 
 def node_id_of(data_dir: Path) -> str:
@@ -83,6 +86,7 @@ class NodeMembership:
         self._store = store
         self._hub = events
         self._node_events: NodeEvents | None = None
+        self._cut: set[str] = set()  # sessions stopped while cut off, their end record owed
         self._task: asyncio.Task[None] | None = None
         self._addresses = ("", "")  # (console URL, tunnel) as given to join
 
@@ -125,12 +129,40 @@ class NodeMembership:
         log.info("broker node %s joined", self.node_id)
 
     async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self.beat_once()
             except BrokerError as exc:  # the database away: the next beat tries again
                 log.warning("node heartbeat failed: %s", exc)
+                if self._shared and loop.time() - last_beat > CUT_OFF:
+                    await self._cut_off()
+            else:
+                last_beat = loop.time()
+                await self._record_cut()
+
+    async def _cut_off(self) -> None:
+        """Cut off from the shared database: stop every session's access now (ending
+        stops a relay before its record), as the other nodes are about to end them."""
+        for session in self._sessions.live_sessions():
+            if session.id not in self._cut:
+                log.error("session=%s stopped: this node lost the database", session.id)
+            self._cut.add(session.id)
+            with contextlib.suppress(BrokerError):  # the end record waits for the database
+                await self._sessions.end_quietly(
+                    session.id, reason="broker_restart", actor="system"
+                )
+
+    async def _record_cut(self) -> None:
+        """Back: the end records owed for the sessions stopped while cut off."""
+        for session_id in list(self._cut):
+            with contextlib.suppress(BrokerError):
+                await self._sessions.end_quietly(
+                    session_id, reason="broker_restart", actor="system"
+                )
+                self._cut.discard(session_id)
 
     async def beat_once(self) -> None:
         if not await self._db.run(Store.node_heartbeat, self.node_id):

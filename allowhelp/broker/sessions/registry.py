@@ -116,6 +116,10 @@ class SessionRegistry:
 
     # lookups
 
+    def live_sessions(self) -> list[Session]:
+        """The sessions this process runs that are not over."""
+        return [session for session in self._live.values() if not session.final]
+
     def live(self, session_id: str) -> Session | None:
         """A session that is not over yet (or whose end is owed), from memory:
         for the attach path, which must not await."""
