@@ -25,6 +25,7 @@ from harness import (
     Desk,
     Fleet,
     broker_cli,
+    run_cli,
     running_fleet,
     wait_for,
 )
@@ -96,6 +97,9 @@ def test_three_processes_append_one_chain(pg_url: str) -> None:
     assert [p.wait(120) for p in procs] == [0, 0, 0]
     answer = verify(pg_url)
     assert answer["count"] == 3 * each and answer["last_seq"] == 3 * each
+    # $ALLOWHELP_STORE instead of --store (what serve's full check uses): the same chain.
+    head = run_cli("allowhelp.broker.cli.audit", "audit", "head", env={"ALLOWHELP_STORE": pg_url})
+    assert head.returncode == 0 and head.stdout.startswith(f"{3 * each}:"), head.stderr
     exported = broker_cli("audit", "export", "--store", pg_url)
     actors = [json.loads(line)["actor"] for line in exported.stdout.splitlines()]
     assert sorted(set(actors)) == ["node0", "node1", "node2"]

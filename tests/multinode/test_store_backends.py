@@ -162,3 +162,20 @@ def test_an_unreachable_database_is_one_clear_error() -> None:
 def test_a_bad_store_url_is_refused(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_store(text)
+
+
+def test_placeholders_are_spelt_once_for_psycopg() -> None:
+    from allowhelp.broker.store.postgres_db import pg_args, pg_sql
+
+    sql = "SELECT coalesce(a, '?'), '50%' FROM t WHERE x = ? AND y LIKE 'it''s?%' AND z = ?"
+    assert pg_sql(sql) == (
+        "SELECT coalesce(a, '?'), '50%%' FROM t WHERE x = %s AND y LIKE 'it''s?%%' AND z = %s"
+    )
+    assert pg_args((True, False, 3, "x", None)) == (1, 0, 3, "x", None)
+
+
+def test_a_store_url_never_shows_its_password() -> None:
+    url = PostgresUrl.parse("postgresql://ah:s3cret@[::1]:5433/allowhelp?sslmode=require")
+    assert str(url) == "postgresql://ah:***@[::1]:5433/allowhelp?sslmode=require"
+    assert "s3cret" not in repr(str(url))
+    assert str(PostgresUrl.parse("postgresql:///allowhelp")) == "postgresql:///allowhelp"
