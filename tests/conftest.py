@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent / "kit"))
 from debkit import Debs, build, debs_in, wheel_of_this_tree
 
 from harness import Broker, Fleet, staffed_broker
+from pgkit import Cluster, make_cluster
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +97,25 @@ def next_debs(wheel_dist: Path, debs: Debs, tmp_path_factory: pytest.TempPathFac
     wheel = next(wheel_dist.glob("allowhelp-*.whl"))
     build(dist, "--wheel", str(wheel), "--version", f"{debs.version}+next1", "--compress", "zstd")
     return debs_in(dist)
+
+
+# A real PostgreSQL for the multi-node tests (tests/multinode, kit/pgkit.py).
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    # Not under pytest's basetemp: that is 0700 root's, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="ahpg-"))
+    root.chmod(0o755)
+    try:
+        cluster = make_cluster(root / "cluster")
+        try:
+            yield cluster
+        finally:
+            cluster.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A fresh database of the cluster, for one test."""
+    return pg_cluster.database()

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from allowhelp.broker.audit.options import AuditOptions
+from allowhelp.broker.model.database import PostgresUrl, parse_store
 
 DEFAULT_HTTPS = "0.0.0.0:8443"
 DEFAULT_TUNNEL = "0.0.0.0:8022"
@@ -173,6 +174,7 @@ class BrokerSettings:
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT (node/metrics.py), off by default
     webhook_url: str | None = None  # --webhook: session reports POSTed here (sessions/report.py)
     webhook_secret: bytes = field(default=b"", repr=False)  # --webhook-secret-file's content
+    store: PostgresUrl | None = None  # --store: the nodes' shared database; None: SQLite files
 
     @property
     def recordings_dir(self) -> Path:
@@ -200,6 +202,7 @@ class BrokerSettings:
         metrics: str | None = None,
         webhook: str | None = None,
         webhook_secret_file: Path | None = None,
+        store: str | None = None,
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
         tunnel_host, tunnel_port = parse_tunnel(tunnel)
@@ -230,6 +233,7 @@ class BrokerSettings:
             metrics=parse_hostport(metrics, "--metrics") if metrics else None,
             webhook_url=check_webhook_url(webhook) if webhook else None,
             webhook_secret=read_webhook_secret(webhook, webhook_secret_file),
+            store=parse_store(store),
         )
 
 

@@ -13,6 +13,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import REQUIRE_TOTP, Authenticator, Principal
 from allowhelp.broker.auth.passwords import hash_password
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.sqlite_db import SqliteDatabase
 from allowhelp.broker.store.worker import StoreWorker
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, agent_cli
 from wallkit import raw_request
@@ -212,7 +213,9 @@ async def test_principal_is_one_query_and_follows_every_change(tmp_path: Path) -
         statements: list[str] = []
 
         def trace(reader: Store, to: Callable[[str], object] | None) -> None:
-            reader._conn.set_trace_callback(to)  # on the thread that owns the connection
+            database = reader._database
+            assert isinstance(database, SqliteDatabase)
+            database._conn.set_trace_callback(to)  # on the thread that owns the connection
 
         await worker.read(trace, statements.append)
         principal = await auth.principal(cookie)

@@ -73,6 +73,11 @@ class Broker:
     # How `allowhelp-broker` is run: this checkout's, unless a test installs another.
     program: list[str] = field(default_factory=lambda: [PY, "-m", "allowhelp.broker.cli.main"])
     cwd: Path | None = None
+    store: str | None = None  # --store: a PostgreSQL URL shared by nodes (tests/multinode)
+
+    @property
+    def store_args(self) -> list[str]:
+        return ["--store", self.store] if self.store else []
 
     @property
     def log(self) -> Path:
@@ -92,6 +97,7 @@ class Broker:
                     self.https,
                     "--tunnel",
                     self.tunnel,
+                    *self.store_args,
                     *self.extra,
                 ],
                 stdout=log,
@@ -139,12 +145,13 @@ class Broker:
             "--password-stdin",
             "--data",
             str(self.data),
+            *self.store_args,
             stdin=password + "\n",
         )
         assert done.returncode == 0, done.stderr
 
     def token(self, *args: str) -> str:
-        done = broker_cli("token", "create", "--data", str(self.data), *args)
+        done = broker_cli("token", "create", "--data", str(self.data), *self.store_args, *args)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -172,7 +179,8 @@ class Broker:
             return answer
 
     def audit_types(self) -> list[str]:
-        done = broker_cli("audit", "export", "--data", str(self.data))
+        where = self.store_args or ["--data", str(self.data)]
+        done = broker_cli("audit", "export", *where)
         assert done.returncode == 0, done.stderr
         return [json.loads(line)["type"] for line in done.stdout.splitlines()]
 
@@ -319,11 +327,13 @@ class Desk:
 
 
 @contextmanager
-def staffed_broker(root: Path, *, broker_args: tuple[str, ...] = ()) -> Iterator[Fleet]:
+def staffed_broker(
+    root: Path, *, broker_args: tuple[str, ...] = (), store: str | None = None
+) -> Iterator[Fleet]:
     """A running broker with an admin and a technician; every process stopped after."""
     fleet = Fleet(root)
     try:
-        broker = fleet.broker(extra=list(broker_args)).start()
+        broker = fleet.broker(extra=list(broker_args), store=store).start()
         broker.add_user(ADMIN, ADMIN_PW, role="admin")
         broker.add_user(TECH, TECH_PW)
         yield fleet
@@ -338,9 +348,10 @@ def running_fleet(
     broker_args: tuple[str, ...] = (),
     agent_args: tuple[str, ...] = ("--reconnect-cap", "2"),
     agent_env: dict[str, str] | None = None,
+    store: str | None = None,
 ) -> Iterator[tuple[Fleet, Broker, Agent]]:
     """A broker with an admin and a technician, and one enrolled agent online."""
-    with staffed_broker(root, broker_args=broker_args) as fleet:
+    with staffed_broker(root, broker_args=broker_args, store=store) as fleet:
         broker = fleet.brokers[0]
         agent = fleet.agent()
         enrolled = agent.enroll(broker.token())

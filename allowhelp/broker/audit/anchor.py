@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allowhelp.broker.audit.chain import GENESIS_HASH, LAST_SQL, VerifyResult, hash_at, open_ro
+from allowhelp.broker.audit.chain import (
+    GENESIS_HASH,
+    LAST_SQL,
+    AuditPlace,
+    ChainReader,
+    VerifyResult,
+    hash_at,
+    open_ro,
+)
 from allowhelp.broker.audit.codes import ANCHOR_MSGID
 from allowhelp.broker.audit.status import AnchorState, utc_now
 from allowhelp.broker.errors import AuditCorrupt
@@ -87,10 +95,10 @@ class AnchorCheck:
 
 
 def check_anchors(
-    path: Path, anchors: list[Anchor], source: str = "the anchor file"
+    path: AuditPlace, anchors: list[Anchor], source: str = "the anchor file"
 ) -> AnchorCheck:
     """Compare each anchored head with the database, read-only (one look-up each)."""
-    conn = open_ro(Path(path))
+    conn = open_ro(path)
     try:
         return _compare(conn, anchors, source)
     except sqlite3.DatabaseError as exc:
@@ -99,7 +107,7 @@ def check_anchors(
         conn.close()
 
 
-def _compare(conn: sqlite3.Connection, anchors: list[Anchor], source: str) -> AnchorCheck:
+def _compare(conn: ChainReader, anchors: list[Anchor], source: str) -> AnchorCheck:
     last = conn.execute(LAST_SQL).fetchone()
     head = int(last[0]) if last else 0
     good_seq, good_hash, checked = 0, GENESIS_HASH, 0

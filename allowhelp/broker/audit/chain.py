@@ -21,9 +21,10 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from allowhelp.broker.errors import AuditCorrupt
+from allowhelp.broker.model.database import PostgresUrl
 
 GENESIS_HASH = "0" * 64
 SCHEMA_VERSION = 1
@@ -31,6 +32,17 @@ SCHEMA_VERSION = 1
 HASHED = ("seq", "ts", "type", "code", "actor", "target", "details", "prev_hash")
 SELECT_SQL = "SELECT seq, ts, type, code, actor, target, details, prev_hash, hash FROM audit"
 LAST_SQL = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+
+# Where a chain lives: an SQLite file, or the shared PostgreSQL database (pg_chain.py).
+AuditPlace = Path | PostgresUrl
+
+
+class ChainReader(Protocol):
+    """A read-only connection on a chain: ``?`` statements, rows as tuples."""
+
+    def execute(self, sql: str, args: tuple[Any, ...] = (), /) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 def canonical(obj: object) -> str:
@@ -104,8 +116,13 @@ def row_to_record(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord(**{**named, "details": json.loads(named["details"])})
 
 
-def _open_ro(path: Path) -> sqlite3.Connection:
+def _open_ro(place: AuditPlace) -> ChainReader:
     """Read-only: checking or exporting must never change the evidence."""
+    if isinstance(place, PostgresUrl):
+        from allowhelp.broker.audit.pg_chain import open_reader  # noqa: PLC0415 - psycopg
+
+        return open_reader(place)
+    path = Path(place)
     if not path.is_file():
         raise FileNotFoundError(f"no audit log at {path}")
     uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -119,9 +136,9 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def read_head(path: Path) -> tuple[int, str]:
+def read_head(path: AuditPlace) -> tuple[int, str]:
     """The head of a log on disk, read-only (for the CLI, while a broker runs)."""
-    conn = _open_ro(Path(path))
+    conn = _open_ro(path)
     try:
         row = conn.execute(LAST_SQL).fetchone()
     finally:
@@ -129,9 +146,9 @@ def read_head(path: Path) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
 
-def read_records(path: Path, after: int = 0) -> Iterator[AuditRecord]:
+def read_records(path: AuditPlace, after: int = 0) -> Iterator[AuditRecord]:
     """Stream records read-only, so exporting a large log needs little memory."""
-    conn = _open_ro(Path(path))
+    conn = _open_ro(path)
     try:
         for row in conn.execute(f"{SELECT_SQL} WHERE seq > ? ORDER BY seq", (after,)):
             yield row_to_record(row)
@@ -159,7 +176,7 @@ def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
 
 
 def verify(
-    path: Path,
+    path: AuditPlace,
     head: tuple[int, str] | None = None,
     *,
     start: tuple[int, str] | None = None,
@@ -173,7 +190,6 @@ def verify(
     after it must link to that hash. ``upto`` ends the walk after that seq (it
     must exist). ``count`` is then the number of records walked.
     """
-    path = Path(path)
     conn = _open_ro(path)
     base, prev = start if start is not None else (0, GENESIS_HASH)
     seq = base
@@ -206,21 +222,21 @@ def verify(
     return VerifyResult(True, seq - base, seq, None, "", prev)
 
 
-def hash_at(conn: sqlite3.Connection, seq: int) -> str | None:
+def hash_at(conn: ChainReader, seq: int) -> str | None:
     """The stored hash of record ``seq``, or None when there is no such record."""
     row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
     return None if row is None else str(row[0])
 
 
-def open_ro(path: Path) -> sqlite3.Connection:
+def open_ro(path: AuditPlace) -> ChainReader:
     """A read-only connection on an audit file (schema checked); the caller closes it."""
-    return _open_ro(Path(path))
+    return _open_ro(path)
 
 
-def find_records(path: Path, type: str, target: str, limit: int = 2) -> list[AuditRecord]:
+def find_records(path: AuditPlace, type: str, target: str, limit: int = 2) -> list[AuditRecord]:
     """The oldest records of ``type`` about ``target``, read-only (a table scan:
     for rare look-ups such as a replay's digest record)."""
-    conn = _open_ro(Path(path))
+    conn = _open_ro(path)
     try:
         rows = conn.execute(
             f"{SELECT_SQL} WHERE type = ? AND target = ? ORDER BY seq LIMIT ?",

@@ -1,16 +1,18 @@
 """The pieces of an audit write before it gets its seq: checking a record,
-the queue entry of an async write, and turning SQLite errors into refusals."""
+the queue entry of an async write, turning SQLite errors into refusals, and
+chaining entries after a head (both back ends: ``log.py``, ``pg_chain.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from allowhelp.broker.audit.chain import AuditRecord, canonical
+from allowhelp.broker.audit.chain import AuditRecord, canonical, record_hash
 from allowhelp.broker.audit.codes import EVENT_CODES
 from allowhelp.broker.errors import AuditUnavailable
 
@@ -92,3 +94,29 @@ def copy_refusal(exc: AuditUnavailable) -> AuditUnavailable:
     copy = AuditUnavailable(*exc.args)
     copy.__cause__ = exc.__cause__
     return copy
+
+
+def chain_on(
+    entries: Sequence[Entry], seq: int, prev: str
+) -> tuple[list[AuditRecord], list[dict[str, Any]]]:
+    """``entries`` as the records after ``(seq, prev)``, and their rows to insert."""
+    # One timestamp for the lot: they are committed at the same instant.
+    ts = utc_now()
+    records: list[AuditRecord] = []
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "ts": ts,
+            "type": entry.type,
+            "code": entry.code,
+            "actor": entry.actor,
+            "target": entry.target,
+            "details": entry.details,
+            "prev_hash": prev,
+        }
+        fields["hash"] = prev = record_hash(fields)
+        records.append(AuditRecord(**fields))
+        rows.append({**fields, "details_text": canonical(entry.details)})
+    return records, rows

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from pathlib import Path
 from allowhelp.broker.audit.anchor import check_anchors, combine, read_anchors
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
+    AuditPlace,
     VerifyResult,
     find_records,
     hash_at,
@@ -43,6 +45,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.status import ChainCheck
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
+from allowhelp.broker.model.database import STORE_ENV, PostgresUrl
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ FULL_CHECK_TIMEOUT = 3600.0
 
 
 def verify_with_anchors(
-    path: Path, anchors_file: Path | None, head: tuple[int, str] | None = None
+    path: AuditPlace, anchors_file: Path | None, head: tuple[int, str] | None = None
 ) -> tuple[VerifyResult, int]:
     """The full walk and every anchored head in ``anchors_file`` (when it exists)."""
     walk = verify(path, head)
@@ -62,7 +65,7 @@ def verify_with_anchors(
     return combine(walk, checked), checked.checked
 
 
-def startup_check(path: Path, anchors_file: Path | None, *, full: bool) -> ChainCheck:
+def startup_check(path: AuditPlace, anchors_file: Path | None, *, full: bool) -> ChainCheck:
     """The check before serving; ``full`` walks from the first record whatever it costs."""
     started = time.perf_counter()
     anchors = None
@@ -100,7 +103,7 @@ def startup_check(path: Path, anchors_file: Path | None, *, full: bool) -> Chain
     )
 
 
-def _stored(path: Path, seq: int) -> tuple[int, str]:
+def _stored(path: AuditPlace, seq: int) -> tuple[int, str]:
     conn = open_ro(path)
     try:
         return seq, hash_at(conn, seq) or GENESIS_HASH
@@ -118,7 +121,9 @@ class DigestCheck:
     problem: str
 
 
-def check_digest_record(path: Path, anchors_file: Path | None, session_id: str) -> DigestCheck:
+def check_digest_record(
+    path: AuditPlace, anchors_file: Path | None, session_id: str
+) -> DigestCheck:
     """The ``session.ended`` record holding a session's digest, and the chain up to
     and including it (walked now, with the anchors): verified only if both hold."""
     try:
@@ -127,7 +132,7 @@ def check_digest_record(path: Path, anchors_file: Path | None, session_id: str) 
         return DigestCheck(False, None, None, str(exc))
 
 
-def _digest_record(path: Path, anchors_file: Path | None, session_id: str) -> DigestCheck:
+def _digest_record(path: AuditPlace, anchors_file: Path | None, session_id: str) -> DigestCheck:
     records = find_records(path, "session.ended", session_id, limit=2)
     if not records:
         return DigestCheck(False, None, None, "no audit record holds this recording's digest")
@@ -244,7 +249,12 @@ class ChainWatch:
     async def _full_check(self) -> None:
         state = self._audit.integrity
         command = [sys.executable, "-m", "allowhelp.broker.cli.audit", "audit", "verify"]
-        command += ["--data", str(self._audit.path.parent), "--json"]
+        place, env = self._audit.path, None
+        if isinstance(place, PostgresUrl):  # in the environment: ps shows a command line
+            env = {**os.environ, STORE_ENV: place.url}
+        else:
+            command += ["--data", str(place.parent)]
+        command += ["--json"]
         if self._anchors.exists():
             command += ["--anchors", str(self._anchors)]
         try:
@@ -253,6 +263,7 @@ class ChainWatch:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=env,
             )
             out, err = await asyncio.wait_for(self._proc.communicate(), FULL_CHECK_TIMEOUT)
             answer = json.loads(out.decode() or "null")

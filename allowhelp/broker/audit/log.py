@@ -44,16 +44,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
     LAST_SQL,
     SCHEMA_VERSION,
     SELECT_SQL,
+    AuditPlace,
     AuditRecord,
     VerifyResult,
-    canonical,
     check_schema,
     read_head,
     read_records,
@@ -66,15 +66,16 @@ from allowhelp.broker.audit.entry import (
     Entry,
     Outcome,
     Waiter,
+    chain_on,
     copy_refusal,
     make_entry,
     plain_reason,
     settle,
     unavailable,
-    utc_now,
 )
 from allowhelp.broker.audit.status import ChainState
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
+from allowhelp.broker.model.database import PostgresUrl
 
 if TYPE_CHECKING:
     from allowhelp.broker.audit.anchor import AnchorSink
@@ -116,6 +117,20 @@ _SCHEMA = (
 )
 
 
+def open_audit(
+    place: AuditPlace,
+    *,
+    forwarder: SyslogForwarder | None = None,
+    anchors: AnchorSink | None = None,
+) -> AuditLog:
+    """The log in the data folder's SQLite file, or in the shared PostgreSQL database."""
+    if isinstance(place, PostgresUrl):
+        from allowhelp.broker.audit.pg_chain import PgAuditLog  # noqa: PLC0415 - psycopg
+
+        return PgAuditLog.open_url(place, forwarder=forwarder, anchors=anchors)
+    return AuditLog.open(place, forwarder=forwarder, anchors=anchors)
+
+
 class AuditObserver(Protocol):
     """Told of every commit and every refusal (metrics: ``node/metrics.py``).
 
@@ -139,7 +154,18 @@ class AuditLog:
         anchors: AnchorSink | None = None,
     ) -> None:
         self._conn = conn
-        self._path = path
+        self._file = path
+        self._setup(path, forwarder, busy_timeout, anchors)
+
+    def _setup(
+        self,
+        place: AuditPlace,
+        forwarder: SyslogForwarder | None,
+        busy_timeout: float,
+        anchors: AnchorSink | None,
+    ) -> None:
+        """What every back end has (``pg_chain.py`` holds no SQLite connection)."""
+        self._path = place
         self._forwarder = forwarder
         self._busy_timeout = busy_timeout
         self._anchors = anchors
@@ -216,8 +242,14 @@ class AuditLog:
         return audit
 
     @property
-    def path(self) -> Path:
+    def path(self) -> AuditPlace:
+        """The SQLite file, or the PostgreSQL database (``pg_chain.PgAuditLog``)."""
         return self._path
+
+    @property
+    def local_folder(self) -> Path | None:
+        """The folder whose free space the log needs (None: on a database server)."""
+        return self._path.parent if isinstance(self._path, Path) else None
 
     @property
     def anchors(self) -> AnchorSink | None:
@@ -235,7 +267,7 @@ class AuditLog:
         the chain). Blocks up to ``busy_timeout``: call it off the event loop.
         """
         try:
-            conn = sqlite3.connect(self._path, timeout=busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(self._file, timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
             return plain_reason(exc, busy_timeout)
         try:
@@ -388,25 +420,7 @@ class AuditLog:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute(LAST_SQL).fetchone()
             seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
-            # One timestamp for the lot: they are committed at the same instant.
-            ts = utc_now()
-            records: list[AuditRecord] = []
-            rows: list[dict[str, Any]] = []
-            for entry in entries:
-                seq += 1
-                fields: dict[str, Any] = {
-                    "seq": seq,
-                    "ts": ts,
-                    "type": entry.type,
-                    "code": entry.code,
-                    "actor": entry.actor,
-                    "target": entry.target,
-                    "details": entry.details,
-                    "prev_hash": prev,
-                }
-                fields["hash"] = prev = record_hash(fields)
-                records.append(AuditRecord(**fields))
-                rows.append({**fields, "details_text": canonical(entry.details)})
+            records, rows = chain_on(entries, seq, prev)
             conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -455,6 +469,9 @@ class AuditLog:
             self._queue.notify_all()
         if writer is not None:
             writer.join()
+        self._close_connection()
+
+    def _close_connection(self) -> None:
         with self._lock:
             if self._anchors is not None:
                 try:

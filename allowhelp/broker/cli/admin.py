@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.log import AuditLog, open_audit
 from allowhelp.broker.auth.passwords import check_new_password, hash_password
+from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE
 from allowhelp.broker.settings import RuntimeInfo
 from allowhelp.broker.store import ROLES, Role, Store
@@ -35,35 +36,39 @@ def check_username(name: str) -> str:
 
 
 def add_user(
-    data_dir: Path, name: str, role: str, password: str, *, full_name: str | None = None
+    data_dir: Path,
+    name: str,
+    role: str,
+    password: str,
+    *,
+    full_name: str | None = None,
+    store: PostgresUrl | None = None,
 ) -> None:
     check_username(name)
     if role not in ROLES:
         raise ValueError(f"--role must be one of {', '.join(ROLES)}")
     check_new_password(password)
     prepare(data_dir)
-    store = Store.open(data_dir / STORE_FILE)
-    audit = AuditLog.open(data_dir / AUDIT_FILE)
+    db, audit = _open(data_dir, store)
     try:
-        if store.user_by_name(name) is not None:
+        if db.user_by_name(name) is not None:
             raise ValueError(f"a user named {name!r} already exists")
         typed_role: Role = "admin" if role == "admin" else "technician"
         audit.append("user.created", actor="system:cli", target=name, details={"role": role})
-        store.add_user(name, (full_name or name).strip()[:100], typed_role, hash_password(password))
+        db.add_user(name, (full_name or name).strip()[:100], typed_role, hash_password(password))
     finally:
-        store.close()
+        db.close()
         audit.close()
 
 
-def create_token(data_dir: Path, *, ttl: str, uses: int) -> str:
+def create_token(data_dir: Path, *, ttl: str, uses: int, store: PostgresUrl | None = None) -> str:
     seconds = parse_ttl(ttl)
     runtime = RuntimeInfo.read(data_dir)
     fingerprint = ca_fingerprint((data_dir / "ca.pem").read_bytes())
-    store = Store.open(data_dir / STORE_FILE)
-    audit = AuditLog.open(data_dir / AUDIT_FILE)
+    db, audit = _open(data_dir, store)
     try:
         token = EnrolmentDesk.create_token(
-            store,
+            db,
             audit,
             url=runtime.public_url,
             ca_fingerprint=fingerprint,
@@ -72,6 +77,17 @@ def create_token(data_dir: Path, *, ttl: str, uses: int) -> str:
             actor="system:cli",
         )
     finally:
-        store.close()
+        db.close()
         audit.close()
     return token.encode()
+
+
+def _open(data_dir: Path, store: PostgresUrl | None) -> tuple[Store, AuditLog]:
+    """The store and the audit log: the data folder's files, or the shared database."""
+    db = Store.open(store or data_dir / STORE_FILE)
+    try:
+        audit = open_audit(store or data_dir / AUDIT_FILE)
+    except BaseException:
+        db.close()
+        raise
+    return db, audit

@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from allowhelp.broker.audit.anchor import check_anchors, combine, read_anchors
-from allowhelp.broker.audit.chain import VerifyResult
+from allowhelp.broker.audit.chain import AuditPlace, VerifyResult
 from allowhelp.broker.audit.log import read_head, read_records, verify
 from allowhelp.broker.errors import AuditCorrupt, BrokerError
+from allowhelp.broker.model.database import STORE_ENV, PostgresUrl
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,22 @@ class _UsageError(Exception):
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _audit_place(args: argparse.Namespace, data_default: Callable[[], Path]) -> AuditPlace:
+    """``--store URL`` (or $ALLOWHELP_STORE when no ``--data``): the shared database;
+    else the data folder's file."""
+    text = args.store if args.store is not None else None
+    if text is None and args.data is None:
+        text = os.environ.get(STORE_ENV) or None
+    if text is not None:
+        if args.data is not None:
+            raise _UsageError("give --data or --store, not both")
+        try:
+            return PostgresUrl.parse(text)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+    return _audit_file(args, data_default)
 
 
 def _audit_file(args: argparse.Namespace, data_default: Callable[[], Path]) -> Path:
@@ -91,7 +108,7 @@ def _guarded(body: Handler) -> Handler:
     return handler
 
 
-def _verify(args: argparse.Namespace, path: Path, head: tuple[int, str] | None) -> int:
+def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | None) -> int:
     """``audit verify``: the walk, the saved head and the anchors, in one verdict."""
     anchors = read_anchors(Path(args.anchors)) if args.anchors is not None else None
     if anchors is not None and not anchors:
@@ -142,10 +159,10 @@ def add_audit_commands(
 
     def cmd_verify(args: argparse.Namespace) -> int:
         head = _parse_head(args.head) if args.head is not None else None
-        return _verify(args, _audit_file(args, data_default), head)
+        return _verify(args, _audit_place(args, data_default), head)
 
     def cmd_head(args: argparse.Namespace) -> int:
-        seq, digest = read_head(_audit_file(args, data_default))
+        seq, digest = read_head(_audit_place(args, data_default))
         print(f"{seq}:{digest}")
         return EXIT_OK
 
@@ -156,7 +173,7 @@ def add_audit_commands(
             raise _UsageError(f"--after must be a record number (0 or more), got {args.after!r}")
         out = sys.stdout
         try:
-            for record in read_records(_audit_file(args, data_default), int(args.after)):
+            for record in read_records(_audit_place(args, data_default), int(args.after)):
                 out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
             out.flush()
         except BrokenPipeError:
@@ -170,11 +187,16 @@ def add_audit_commands(
     audit = subparsers.add_parser("audit", help="check and export the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     data_help = "the broker's data folder (holds audit.sqlite3)"
+    store_help = (
+        "the nodes' shared PostgreSQL database, postgresql://... (default: $ALLOWHELP_STORE "
+        "when no --data)"
+    )
 
     p_verify = audit_sub.add_parser(
         "verify", help="check the hash chain; exit 0 when intact, else name the first bad record"
     )
     p_verify.add_argument("--data", type=Path, default=None, help=data_help)
+    p_verify.add_argument("--store", default=None, metavar="URL", help=store_help)
     p_verify.add_argument(
         "--head",
         default=None,
@@ -195,10 +217,12 @@ def add_audit_commands(
 
     p_head = audit_sub.add_parser("head", help="print the last record as SEQ:HASH")
     p_head.add_argument("--data", type=Path, default=None, help=data_help)
+    p_head.add_argument("--store", default=None, metavar="URL", help=store_help)
     p_head.set_defaults(func=_guarded(cmd_head))
 
     p_export = audit_sub.add_parser("export", help="print records as JSON lines")
     p_export.add_argument("--data", type=Path, default=None, help=data_help)
+    p_export.add_argument("--store", default=None, metavar="URL", help=store_help)
     p_export.add_argument("--after", default="0", metavar="SEQ", help="only records after this seq")
     p_export.set_defaults(func=_guarded(cmd_export))
 

@@ -7,6 +7,7 @@ traceback reaching an operator is a bug.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from allowhelp.broker.audit.options import AuditOptions, add_serve_arguments
 from allowhelp.broker.cli.audit import add_audit_commands
 from allowhelp.broker.cli.backup import add_backup_commands
 from allowhelp.broker.errors import BrokerError
+from allowhelp.broker.model.database import STORE_ENV, parse_store
 from allowhelp.broker.settings import (
     DEFAULT_HTTPS,
     DEFAULT_RECORDING_MAX,
@@ -35,6 +37,23 @@ def _data_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="data folder (default: $ALLOWHELP_DATA or ~/.local/share/allowhelp/broker)",
     )
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="keep users, agents, sessions and the audit log in this PostgreSQL database, "
+        "shared by several broker nodes: postgresql://USER:PASSWORD@HOST:PORT/DB "
+        "(default: $ALLOWHELP_STORE, else SQLite files in the data folder; docs/multinode.md)",
+    )
+
+
+def store_text(args: argparse.Namespace) -> str | None:
+    """``--store``, else $ALLOWHELP_STORE (keeps the password off the command line)."""
+    text: str | None = args.store
+    return text if text is not None else os.environ.get(STORE_ENV) or None
 
 
 def data_dir(args: argparse.Namespace) -> Path:
@@ -63,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         webhook=args.webhook,
         webhook_secret_file=args.webhook_secret_file,
+        store=store_text(args),
     )
     tune_malloc()
     run_event_loop(serve(settings))
@@ -75,7 +95,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
     if password is None:
         raise ValueError("give the password on standard input with --password-stdin")
-    add_user(data_dir(args), args.name, args.role, password, full_name=args.full_name)
+    store = parse_store(store_text(args))
+    add_user(data_dir(args), args.name, args.role, password, full_name=args.full_name, store=store)
     print(f"user {args.name} added with role {args.role}", file=sys.stderr)
     return 0
 
@@ -83,7 +104,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     from allowhelp.broker.cli.admin import create_token
 
-    print(create_token(data_dir(args), ttl=args.ttl, uses=args.uses))
+    store = parse_store(store_text(args))
+    print(create_token(data_dir(args), ttl=args.ttl, uses=args.uses, store=store))
     return 0
 
 
@@ -149,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the broker (HTTPS console + agent tunnel)")
     _data_arg(serve)
+    _store_arg(serve)
     serve.add_argument("--https", default=DEFAULT_HTTPS, metavar="HOST:PORT")
     serve.add_argument(
         "--tunnel",
@@ -220,12 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--full-name", default=None, help="shown to PC users (default: NAME)")
     _data_arg(add)
+    _store_arg(add)
     add.set_defaults(func=cmd_user_add)
 
     token = sub.add_parser("token", help="enrolment tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="print a new enrolment token")
     _data_arg(create)
+    _store_arg(create)
     create.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 7d (default 1h)")
     create.add_argument("--uses", type=int, default=1, help="how many agents may use it")
     create.set_defaults(func=cmd_token_create)

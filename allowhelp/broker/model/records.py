@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Literal
 
+from allowhelp.broker.model.database import Row
 from allowhelp.broker.model.session import Session, State
 
 Role = Literal["admin", "technician"]
@@ -66,7 +66,7 @@ class HelpTicket:
         }
 
 
-def user_from_row(row: sqlite3.Row) -> User:
+def user_from_row(row: Row) -> User:
     return User(
         id=row["id"],
         username=row["username"],
@@ -77,7 +77,7 @@ def user_from_row(row: sqlite3.Row) -> User:
     )
 
 
-def agent_from_row(row: sqlite3.Row) -> AgentRecord:
+def agent_from_row(row: Row) -> AgentRecord:
     return AgentRecord(
         id=row["id"],
         public_key=row["public_key"],
@@ -159,7 +159,7 @@ def session_row(session: Session) -> dict[str, object]:
     return values
 
 
-def row_session(row: sqlite3.Row) -> Session:
+def row_session(row: Row) -> Session:
     values = {name: row[name] for name in SESSION_COLUMNS}
     values["state"] = State(values["state"])
     values["view_only"] = bool(values["view_only"])
@@ -167,7 +167,7 @@ def row_session(row: sqlite3.Row) -> Session:
     return Session(hostname=row["hostname"], technician_name=row["technician_name"], **values)
 
 
-def row_ticket(row: sqlite3.Row) -> HelpTicket:
+def row_ticket(row: Row) -> HelpTicket:
     return HelpTicket(
         code=row["code"],
         agent_id=row["agent_id"],

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allowhelp.broker.audit.anchor import AnchorSink
-from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.log import AuditLog, open_audit
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
+from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.settings import BrokerSettings, is_ip, url_host
+from allowhelp.broker.store.core import StorePlace
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
 
 AUDIT_FILE = "audit.sqlite3"
@@ -31,7 +33,7 @@ class DataFolder:
 
     audit: AuditLog
     pki: BrokerPKI
-    store_path: Path
+    store_path: StorePlace  # the SQLite file, or --store's shared database
     forwarder: SyslogForwarder | None = None
 
     @classmethod
@@ -41,6 +43,7 @@ class DataFolder:
         hosts: list[str],
         syslog_url: str | None = None,
         audit_options: AuditOptions | None = None,
+        store: PostgresUrl | None = None,
     ) -> DataFolder:
         pki = ensure_broker_pki(data_dir, hosts)
         forwarder = SyslogForwarder.from_url(syslog_url) if syslog_url else None
@@ -48,8 +51,9 @@ class DataFolder:
         if audit_options is not None:  # the head to the anchor file and syslog (audit/anchor.py)
             anchor_file = audit_options.anchor_file(data_dir)
             anchors = AnchorSink(anchor_file, audit_options.anchor_every, forwarder)
-        audit = AuditLog.open(data_dir / AUDIT_FILE, forwarder=forwarder, anchors=anchors)
-        return cls(audit, pki, data_dir / STORE_FILE, forwarder)
+        audit_place = store or data_dir / AUDIT_FILE
+        audit = open_audit(audit_place, forwarder=forwarder, anchors=anchors)
+        return cls(audit, pki, store or data_dir / STORE_FILE, forwarder)
 
     def close(self) -> None:
         self.audit.close()

@@ -29,6 +29,7 @@ from allowhelp.broker.jobs.desk import JobDesk
 from allowhelp.broker.jobs.inventory import MachineInventory
 from allowhelp.broker.listen import bind
 from allowhelp.broker.model.session import Session
+from allowhelp.broker.node.cluster import NodeMembership, node_id_of
 from allowhelp.broker.node.datafolder import DataFolder, tls_hosts
 from allowhelp.broker.node.limits import announce_fd_limit, raise_fd_limit
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
@@ -100,10 +101,11 @@ async def serve(settings: BrokerSettings, *, stop: asyncio.Event | None = None) 
     admin_tls = _admin_certificate(settings)  # a bad file stops here, before anything is made
     announce_fd_limit(raise_fd_limit())
     folder = DataFolder.open(
-        settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit
+        settings.data_dir, tls_hosts(settings), settings.syslog_url, settings.audit, settings.store
     )
     try:
-        db = await StoreWorker.open(folder.store_path)  # the store, off the event loop
+        node_id = node_id_of(settings.data_dir)  # this broker as a node (node/cluster.py)
+        db = await StoreWorker.open(folder.store_path, node_id)  # the store, off the event loop
     except BaseException:
         folder.close()
         raise
@@ -193,11 +195,12 @@ async def _serve(
     # The chain is checked before anything is served (audit/integrity.py).
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
     exporter: _Exporter | None = None
+    membership = NodeMembership(db, sessions, keys, store=settings.store, events=events)
     try:
         await chain_watch.start()
-        started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
-        await folder.audit.write("broker.started", actor="system", details=started)
-        await sessions.recover(settings.recordings_dir)
+        await _announce_start(folder.audit, tls)
+        # This node's earlier sessions end as broker_restart; then it beats (node/cluster.py).
+        await membership.join(public_url, settings.tunnel_host or "off", settings.recordings_dir)
         jobs.start()
         await reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
@@ -257,14 +260,24 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             asyncio.get_running_loop().remove_signal_handler(sig)
         await tunnel.stop()
+        await membership.close()
         await jobs.stop()
         await reports.close()
         await chain_watch.close()
         if exporter is not None:
             await exporter.stop()
-        https_sock.close()
-        if metrics_sock is not None:
-            metrics_sock.close()
+        _close_sockets(https_sock, metrics_sock)
+
+
+async def _announce_start(audit: AuditLog, tls: ConsoleTLS) -> None:
+    started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
+    await audit.write("broker.started", actor="system", details=started)
+
+
+def _close_sockets(https_sock: socket.socket, metrics_sock: socket.socket | None) -> None:
+    https_sock.close()
+    if metrics_sock is not None:
+        metrics_sock.close()
 
 
 def _session_extras(

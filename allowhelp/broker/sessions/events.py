@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,15 @@ class Subscriber:
 class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
+        # With --store: each event also goes to the other nodes (store/pg_events.py).
+        self._relay: Callable[[Event, str | None], None] | None = None
+
+    def relay_to(self, send: Callable[[Event, str | None], None] | None) -> None:
+        self._relay = send
+
+    def publish_from_node(self, event: Event, audience: str | None) -> None:
+        """Another node's event, for this node's consoles (not sent back out)."""
+        self._deliver(event, audience)
 
     def subscribe(self, username: str, is_admin: bool, web_session: str = "") -> Subscriber:
         subscriber = Subscriber(username, is_admin, web_session)
@@ -48,7 +57,12 @@ class EventHub:
 
     def publish(self, event: Event, *, audience: str | None = None) -> None:
         """Send to everyone (``None``), to admins only (``"admins"``), or to
-        ``"user:NAME"`` plus the admins."""
+        ``"user:NAME"`` plus the admins: on this node, and on the others."""
+        self._deliver(event, audience)
+        if self._relay is not None:
+            self._relay(event, audience)
+
+    def _deliver(self, event: Event, audience: str | None) -> None:
         for subscriber in list(self._subscribers):
             if not subscriber.wants(audience):
                 continue

@@ -117,6 +117,10 @@ class SessionRegistry:
 
     # lookups
 
+    def live_sessions(self) -> list[Session]:
+        """The sessions this process runs that are not over."""
+        return [session for session in self._live.values() if not session.final]
+
     def live(self, session_id: str) -> Session | None:
         """A session that is not over yet (or whose end is owed), from memory:
         for the attach path, which must not await."""
@@ -550,13 +554,14 @@ class SessionRegistry:
 
     # start-up and shut-down
 
-    async def recover(self, recordings: Path | None = None) -> int:
+    async def recover(self, recordings: Path | None = None, *, own: bool = True) -> int:
         """Sessions left open by a previous broker process end as broker_restart.
 
         A shell's recording in ``recordings`` is what that process wrote: made
         valid (a torn last line cut) and hashed into the end record, so it replays.
+        ``own=False`` (node/cluster.py): only those of dead nodes sharing the store.
         """
-        stale = await self._db.read(Store.open_sessions)
+        stale = await self._db.run(Store.claim_stale_sessions, own=own)
         for session in stale:
             self._live[session.id] = session
             details: dict[str, object] = {}

@@ -25,6 +25,7 @@ from allowhelp.broker.model.records import (
 )
 from allowhelp.broker.store.fleet import FleetStore
 from allowhelp.broker.store.job_rows import JobStore
+from allowhelp.broker.store.nodes import NodeStore
 from allowhelp.broker.store.people import PeopleStore
 from allowhelp.broker.store.session_extras import SessionExtrasStore
 from allowhelp.broker.store.session_rows import SessionStore
@@ -43,5 +44,5 @@ __all__ = [
 ]
 
 
-class Store(PeopleStore, FleetStore, SessionStore, JobStore, SessionExtrasStore):
+class Store(PeopleStore, FleetStore, SessionStore, JobStore, SessionExtrasStore, NodeStore):
     """Typed access to the broker database; callers never see SQL or sqlite3."""

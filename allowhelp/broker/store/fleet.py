@@ -133,6 +133,20 @@ class FleetStore(StoreCore):
                 (agent_id, agent_id, keep),
             )
             db.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (when, agent_id))
+            if not self.node_id:
+                return
+            if event == "connected":  # which node holds its tunnel (store/nodes.py)
+                db.execute(
+                    "INSERT INTO agent_nodes (agent_id, node_id, since) VALUES (?, ?, ?)"
+                    " ON CONFLICT(agent_id) DO UPDATE SET node_id = excluded.node_id,"
+                    " since = excluded.since",
+                    (agent_id, self.node_id, when),
+                )
+            else:
+                db.execute(
+                    "DELETE FROM agent_nodes WHERE agent_id = ? AND node_id = ?",
+                    (agent_id, self.node_id),
+                )
 
     def connectivity(self, agent_id: str, limit: int = 50) -> list[ConnectivityEvent]:
         """The agent's newest events first."""
@@ -177,9 +191,10 @@ class FleetStore(StoreCore):
         """Revoked tokens also expire, so enrolment refuses them like any stale token."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE enrol_tokens SET revoked = ?, expires = min(expires, ?)"
+                "UPDATE enrol_tokens SET revoked = ?,"
+                " expires = CASE WHEN expires < ? THEN expires ELSE ? END"
                 " WHERE substr(secret_hash, 1, 12) = ? AND revoked IS NULL",
-                (now, now - 1, token_id),
+                (now, now - 1, now - 1, token_id),
             )
             return cur.rowcount >= 1
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
+from allowhelp.broker.model.database import Row
 from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord
 from allowhelp.broker.store.core import StoreCore
 
 MAX_JOBS_LISTED = 200
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+def _job(row: Row) -> JobRecord:
     return JobRecord(
         id=row["id"],
         created=row["created"],
@@ -30,7 +30,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
     )
 
 
-def _result(row: sqlite3.Row) -> JobResultRecord:
+def _result(row: Row) -> JobResultRecord:
     return JobResultRecord(
         job_id=row["job_id"],
         agent_id=row["agent_id"],

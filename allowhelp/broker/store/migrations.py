@@ -255,4 +255,27 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # 9 (#21): the broker nodes sharing this database (one row per node, heartbeat),
+    # which node runs each session (a restarted or dead node's sessions are ended by
+    # the node that claims them) and which node holds each agent's tunnel.
+    """
+    CREATE TABLE broker_nodes (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        https TEXT NOT NULL,
+        tunnel TEXT NOT NULL,
+        started REAL NOT NULL,
+        heartbeat REAL NOT NULL
+    );
+    CREATE TABLE session_nodes (
+        session_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL
+    );
+    CREATE TABLE agent_nodes (
+        agent_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        since REAL NOT NULL
+    );
+    """,
 )

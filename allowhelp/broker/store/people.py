@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from allowhelp.broker.model.records import (
     user_from_row,
 )
 from allowhelp.broker.store.core import StoreCore
+from allowhelp.broker.store.database import DuplicateRow
 
 _OWNER_SELECT = (
     "SELECT u.*, s.csrf_token, s.created AS session_created, s.expires AS session_expires,"
@@ -48,7 +48,7 @@ class PeopleStore(StoreCore):
                     (username, full_name, role, password_hash, time.time()),
                 )
         except StoreError as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+            if isinstance(exc, DuplicateRow):
                 raise Conflict(f"a user named {username!r} already exists", code="exists") from exc
             raise
         user = self.user_by_name(username)
@@ -208,7 +208,7 @@ class PeopleStore(StoreCore):
                 (user_id, keep.start, keep.stop),
             )
             cur = db.execute(
-                "INSERT OR IGNORE INTO totp_used_steps (user_id, step) VALUES (?, ?)",
+                "INSERT INTO totp_used_steps (user_id, step) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (user_id, step),
             )
             return cur.rowcount == 1

@@ -8,9 +8,9 @@ so a report survives a broker restart.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
+from allowhelp.broker.model.database import Row
 from allowhelp.broker.store.core import StoreCore
 
 
@@ -140,8 +140,8 @@ class SessionExtrasStore(StoreCore):
         """Owe the report once (a second end of the same session changes nothing)."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO report_outbox (session_id, body, created, next_attempt)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO report_outbox (session_id, body, created, next_attempt)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (session_id, body, now, now),
             )
 
@@ -194,7 +194,7 @@ class SessionExtrasStore(StoreCore):
         return [_item(r) for r in rows]
 
 
-def _item(row: sqlite3.Row) -> OutboxItem:
+def _item(row: Row) -> OutboxItem:
     return OutboxItem(
         row["id"],
         row["session_id"],

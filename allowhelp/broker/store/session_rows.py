@@ -28,6 +28,12 @@ class SessionStore(StoreCore):
                 f" ON CONFLICT(id) DO UPDATE SET {updates}",
                 tuple(values.values()),
             )
+            if self.node_id:  # which node runs it (store/nodes.py)
+                db.execute(
+                    "INSERT INTO session_nodes (session_id, node_id) VALUES (?, ?)"
+                    " ON CONFLICT(session_id) DO NOTHING",
+                    (session.id, self.node_id),
+                )
 
     def session(self, session_id: str) -> Session | None:
         rows = self._query(SESSION_SELECT + " WHERE s.id = ?", (session_id,))
@@ -54,8 +60,10 @@ class SessionStore(StoreCore):
     def add_help_request(self, ticket: HelpTicket) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO help_requests (code, agent_id, message, created, expires,"
-                " session_id) VALUES (?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO help_requests (code, agent_id, message, created, expires, session_id)"
+                " VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(code) DO UPDATE SET"
+                " agent_id = excluded.agent_id, message = excluded.message,"
+                " created = excluded.created, expires = excluded.expires, session_id = NULL",
                 (ticket.code, ticket.agent_id, ticket.message, ticket.created, ticket.expires),
             )
 

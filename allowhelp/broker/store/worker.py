@@ -29,11 +29,11 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from allowhelp.broker.errors import StoreError
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.core import StorePlace
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,19 +61,22 @@ class _Lane:
 class StoreWorker:
     """The broker process's store: a writer thread and a reader thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: StorePlace, node_id: str = "") -> None:
         self.path = path
+        self.node_id = node_id
         self._writer = _Lane("store-write")
         self._reader = _Lane("store-read")
 
     @classmethod
-    async def open(cls, path: Path) -> StoreWorker:
-        """Open (and migrate) the database on the writer, then the reader's connection."""
-        worker = cls(path)
+    async def open(cls, path: StorePlace, node_id: str = "") -> StoreWorker:
+        """Open (and migrate) the database on the writer, then the reader's connection;
+        ``node_id``: this serving broker's, written with its sessions and agents."""
+        worker = cls(path, node_id)
         try:
             worker._writer.store = await worker._writer.call(functools.partial(Store.open, path))
             reader = functools.partial(Store.open, path, read_only=True)
             worker._reader.store = await worker._reader.call(reader)
+            worker._writer.store.node_id = worker._reader.store.node_id = node_id
         except BaseException:
             await worker.close()
             raise

@@ -42,5 +42,10 @@ class EnrolledKeys:
         if entry is not None:
             self._keys[agent_id] = (entry[0], True)
 
+    def reload(self, records: Iterable[AgentRecord]) -> None:
+        """All keys from the store again: another node enrolled or removed agents
+        (``node/cluster.py``, with ``--store``)."""
+        self._keys = {record.id: (record.public_key, record.removed) for record in records}
+
     def __len__(self) -> int:
         return len(self._keys)

@@ -54,7 +54,10 @@ def free_space_problem(folder: Path) -> str | None:
 
 def audit_problem(audit: AuditLog) -> str | None:
     """Blocking (a lock wait, a statvfs): run it off the event loop."""
-    reason = audit.check_writable(AUDIT_LOCK_WAIT) or free_space_problem(audit.path.parent)
+    folder = audit.local_folder  # None: on a database server, whose disk is not ours to see
+    reason = audit.check_writable(AUDIT_LOCK_WAIT) or (
+        free_space_problem(folder) if folder is not None else None
+    )
     if reason is not None:
         return reason
     refusal = audit.last_refusal
@@ -66,7 +69,8 @@ def audit_problem(audit: AuditLog) -> str | None:
 def store_problem(store: Store) -> str | None:
     """On the store's writer thread (``StoreWorker.run``)."""
     store.check_writable()
-    return free_space_problem(store.path.parent)
+    folder = store.local_folder
+    return free_space_problem(folder) if folder is not None else None
 
 
 class _OneAtATime:

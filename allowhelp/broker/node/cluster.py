@@ -1,0 +1,192 @@
+"""This broker as one node of several sharing a database (#21, docs/multinode.md).
+
+Every serving broker is a node: an id kept in its data folder (``node.id``,
+made at first start; a copied folder must not carry it), a row in the
+database with a heartbeat every few seconds, and the sessions and agent
+tunnels it holds (``store/nodes.py``). On start a node ends its own earlier
+run's open sessions as ``broker_restart``; a node whose heartbeat stopped has
+its open sessions claimed and ended by a live node. With ``--store``, the
+enrolled keys are read again each beat, so an agent enrolled (or removed) on
+another node is known here too (``tunnel/keys.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from allowhelp.broker.errors import BrokerError, Conflict
+from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.broker.sessions.events import Event, EventHub
+from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
+from allowhelp.broker.store.pg_events import NodeEvents
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.keys import EnrolledKeys
+
+log = logging.getLogger(__name__)
+
+NODE_FILE = "node.id"
+HEARTBEAT = 5.0  # seconds between heartbeats (a node is dead after NODE_STALE)
+# Seconds without a heartbeat after which a node on a shared database stops its own
+# sessions' access: before the other nodes take it for dead and end them in the store.
+CUT_OFF = NODE_STALE * 2 / 3
+
+
+def node_id_of(data_dir: Path) -> str:
+    """This node's id, made once (owner-only) and kept in the data folder."""
+    path = data_dir / NODE_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if len(text) == 32 and all(ch in "0123456789abcdef" for ch in text):
+        return text
+    node_id = secrets.token_hex(16)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(node_id + "\n")
+    tmp.replace(path)
+    return node_id
+
+
+def _alive_here(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NodeMembership:
+    """Joins the database's nodes, beats, sweeps dead nodes' sessions, leaves."""
+
+    def __init__(
+        self,
+        db: StoreWorker,
+        sessions: SessionRegistry,
+        keys: EnrolledKeys,
+        *,
+        store: PostgresUrl | None,
+        events: EventHub,
+    ) -> None:
+        self._db = db
+        self._sessions = sessions
+        self._keys = keys
+        self._shared = store is not None  # on PostgreSQL, with other nodes (not one SQLite file)
+        self._store = store
+        self._hub = events
+        self._node_events: NodeEvents | None = None
+        self._cut: set[str] = set()  # sessions stopped while cut off, their end record owed
+        self._task: asyncio.Task[None] | None = None
+        self._addresses = ("", "")  # (console URL, tunnel) as given to join
+
+    @property
+    def node_id(self) -> str:
+        return self._db.node_id
+
+    async def join(self, https: str, tunnel: str, recordings: Path | None) -> None:
+        """Refuse an id a live node on another host (or process here) holds;
+        then this node's row, fresh; then its earlier run's open sessions end as
+        broker_restart (their recordings in ``recordings``); then the beat starts."""
+        await self._enter(https, tunnel)
+        await self._sessions.recover(recordings)
+        self._task = asyncio.create_task(self._beat())
+        if self._store is not None:  # console events to and from the other nodes
+            loop = asyncio.get_running_loop()
+
+            def deliver(event: Event, audience: str | None) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+                    loop.call_soon_threadsafe(self._hub.publish_from_node, event, audience)
+
+            self._node_events = NodeEvents(self._store, self.node_id, deliver)
+            self._node_events.start()
+            self._hub.relay_to(self._node_events.send)
+
+    async def _enter(self, https: str, tunnel: str) -> None:
+        self._addresses = (https, tunnel)
+        host = socket.gethostname()
+        for node in await self._db.read(Store.nodes):
+            if node.id != self.node_id or node.age >= NODE_STALE:
+                continue
+            if node.host != host or (node.pid != os.getpid() and _alive_here(node.pid)):
+                raise Conflict(
+                    f"another broker node ({node.host}, pid {node.pid}) runs with node id "
+                    f"{node.id}, seen {node.age:.0f} s ago: was this data folder copied with "
+                    f"its {NODE_FILE}? Delete {NODE_FILE} on the copy (docs/multinode.md)"
+                )
+        record = NodeRecord(self.node_id, host, os.getpid(), https, tunnel, 0.0, 0.0, 0.0)
+        await self._db.run(Store.node_started, record)
+        log.info("broker node %s joined", self.node_id)
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self.beat_once()
+            except BrokerError as exc:  # the database away: the next beat tries again
+                log.warning("node heartbeat failed: %s", exc)
+                if self._shared and loop.time() - last_beat > CUT_OFF:
+                    await self._cut_off()
+            else:
+                last_beat = loop.time()
+                await self._record_cut()
+
+    async def _cut_off(self) -> None:
+        """Cut off from the shared database: stop every session's access now (ending
+        stops a relay before its record), as the other nodes are about to end them."""
+        for session in self._sessions.live_sessions():
+            if session.id not in self._cut:
+                log.error("session=%s stopped: this node lost the database", session.id)
+            self._cut.add(session.id)
+            with contextlib.suppress(BrokerError):  # the end record waits for the database
+                await self._sessions.end_quietly(
+                    session.id, reason="broker_restart", actor="system"
+                )
+
+    async def _record_cut(self) -> None:
+        """Back: the end records owed for the sessions stopped while cut off."""
+        for session_id in list(self._cut):
+            with contextlib.suppress(BrokerError):
+                await self._sessions.end_quietly(
+                    session_id, reason="broker_restart", actor="system"
+                )
+                self._cut.discard(session_id)
+
+    async def beat_once(self) -> None:
+        if not await self._db.run(Store.node_heartbeat, self.node_id):
+            log.warning("node %s was taken for dead; joining again", self.node_id)
+            await self._enter(*self._addresses)
+        if not self._shared:
+            return
+        self._keys.reload(await self._db.read(Store.agents, with_removed=True))
+        ended = await self._sessions.recover(None, own=False)
+        if ended:
+            log.warning("%d session(s) of a dead node ended as broker_restart", ended)
+
+    async def close(self) -> None:
+        """Stop beating and leave: this node's row and agent rows go."""
+        if self._node_events is not None:
+            self._hub.relay_to(None)
+            await asyncio.to_thread(self._node_events.close)
+            self._node_events = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self._db.run(Store.node_stopped, self.node_id)
+        except BrokerError as exc:
+            log.warning("node %s could not leave cleanly: %s", self.node_id, exc)

@@ -1,0 +1,181 @@
+"""The store's methods on both back ends: SQLite (the default) and PostgreSQL.
+
+The same calls, the same answers: the SQL written once in the dialect both
+speak (``store/database.py``), with PostgreSQL's schema (``pg_migrations.py``)
+meaning what SQLite's does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from allowhelp.broker.errors import Conflict, StoreError
+from allowhelp.broker.model.database import PostgresUrl, parse_store
+from allowhelp.broker.model.records import AgentRecord, HelpTicket
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.core import StorePlace
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> StorePlace:
+    if request.param == "sqlite":
+        return tmp_path / "broker.sqlite3"
+    return PostgresUrl.parse(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(place: StorePlace) -> Iterator[Store]:
+    opened = Store.open(place)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _agent(agent_id: str = "a1") -> AgentRecord:
+    return AgentRecord(agent_id, "ssh-ed25519 KEY" + agent_id, "pc1", "Linux", "ann", "1.0",
+                       time.time(), None, False)  # fmt: skip
+
+
+def test_a_user_name_is_taken_once(store: Store) -> None:
+    user = store.add_user("ann", "Ann", "technician", "hash")
+    assert store.user_by_name("ann") == user
+    assert user.disabled is False
+    with pytest.raises(Conflict, match="already exists"):
+        store.add_user("ann", "Ann again", "admin", "hash")
+    assert store.count_users() == 1
+
+
+def test_a_single_use_token_is_used_once(store: Store) -> None:
+    now = time.time()
+    store.add_enrol_token("h" * 64, now + 60, 1, "admin")
+    assert store.consume_enrol_token("h" * 64, now) is None
+    assert store.consume_enrol_token("h" * 64, now) == "used"
+    assert store.consume_enrol_token("x" * 64, now) == "unknown"
+
+
+def test_a_revoked_token_expires_no_later_than_now(store: Store) -> None:
+    now = time.time()
+    store.add_enrol_token("r" * 64, now + 3600, 5, "admin")
+    assert store.revoke_enrol_token("r" * 12, now) is True
+    assert store.revoke_enrol_token("r" * 12, now) is False  # once
+    assert store.consume_enrol_token("r" * 64, now) == "expired"
+
+
+def test_a_help_code_asked_again_replaces_the_first(store: Store) -> None:
+    store.upsert_agent(_agent())
+    now = time.time()
+    store.add_help_request(HelpTicket("123456", "a1", "pc1", "first", now, now + 60))
+    store.use_help_request("123456", "s1")
+    store.add_help_request(HelpTicket("123456", "a1", "pc1", "second", now, now + 90))
+    ticket = store.help_request("123456")
+    assert ticket is not None
+    assert (ticket.message, ticket.expires, ticket.session_id) == ("second", now + 90, None)
+
+
+def test_a_report_is_queued_once_and_bytes_come_back(store: Store) -> None:
+    now = time.time()
+    store.queue_report("s1", b"\x00body\xff", now)
+    store.queue_report("s1", b"other", now)
+    [item] = store.due_reports(now + 1)
+    assert item.body == b"\x00body\xff"
+    assert store.next_report_due() == now
+
+
+def test_a_totp_step_is_taken_once(store: Store) -> None:
+    user = store.add_user("bob", "Bob", "admin", "hash")
+    store.set_totp_pending(user.id, "SECRET")
+    assert store.activate_totp(user.id, "SECRET", 100, ["c1", "c2"]) is True
+    assert store.use_totp_step(user.id, 101, range(90, 200)) is True
+    assert store.use_totp_step(user.id, 101, range(90, 200)) is False
+    assert store.recovery_codes_left(user.id) == 2
+
+
+def test_connectivity_keeps_the_last_rows_and_counts_them(store: Store) -> None:
+    store.upsert_agent(_agent())
+    now = time.time()
+    for i in range(5):
+        store.record_connectivity("a1", "connected", "127.0.0.1", "", now + i, keep=3)
+    assert store.connectivity_counts("a1", now - 1) == {"connected": 3, "disconnected": 0}
+    agent = store.agent("a1")
+    assert agent is not None and agent.last_seen == now + 4
+
+
+def test_the_reader_lane_refuses_writes(place: StorePlace, store: Store) -> None:
+    reader = Store.open(place, read_only=True)
+    try:
+        with pytest.raises(StoreError):
+            reader.add_user("eve", "Eve", "admin", "hash")
+        assert reader.user_by_name("eve") is None
+    finally:
+        reader.close()
+
+
+def test_both_schemas_have_the_same_columns(tmp_path: Path, pg_url: str) -> None:
+    """pg_migrations.py means what migrations.py means: every table and column."""
+    import sqlite3
+
+    Store.open(tmp_path / "b.sqlite3").close()
+    Store.open(PostgresUrl.parse(pg_url)).close()
+    lite = sqlite3.connect(tmp_path / "b.sqlite3")
+    tables = [r[0] for r in lite.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    want = {(t, c[1]) for t in tables for c in lite.execute(f"PRAGMA table_info({t})")}
+    with psycopg.connect(pg_url) as conn:
+        got = set(conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name <> 'schema_version'"
+        ).fetchall())  # fmt: skip
+    # A SQLite migration not yet ported to pg_migrations.py fails here: port it.
+    assert got == want
+
+
+def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    url = PostgresUrl.parse(pg_url)
+    Store.open(url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    with pytest.raises(StoreError, match="newer than this allowhelp"):
+        Store.open(url)
+
+
+def test_an_unreachable_database_is_one_clear_error() -> None:
+    url = PostgresUrl.parse("postgresql://u:topsecret@127.0.0.1:1/db")
+    with pytest.raises(StoreError, match="cannot reach the database") as caught:
+        Store.open(url)
+    assert "topsecret" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("mysql://h/db", "must be a postgresql://"),
+        ("postgresql://h:5432", "names no database"),
+        ("postgresql://h:port/db", "not a URL"),
+    ],
+)
+def test_a_bad_store_url_is_refused(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_store(text)
+
+
+def test_placeholders_are_spelt_once_for_psycopg() -> None:
+    from allowhelp.broker.store.postgres_db import pg_args, pg_sql
+
+    sql = "SELECT coalesce(a, '?'), '50%' FROM t WHERE x = ? AND y LIKE 'it''s?%' AND z = ?"
+    assert pg_sql(sql) == (
+        "SELECT coalesce(a, '?'), '50%%' FROM t WHERE x = %s AND y LIKE 'it''s?%%' AND z = %s"
+    )
+    assert pg_args((True, False, 3, "x", None)) == (1, 0, 3, "x", None)
+
+
+def test_a_store_url_never_shows_its_password() -> None:
+    url = PostgresUrl.parse("postgresql://ah:s3cret@[::1]:5433/allowhelp?sslmode=require")
+    assert str(url) == "postgresql://ah:***@[::1]:5433/allowhelp?sslmode=require"
+    assert "s3cret" not in repr(str(url))
+    assert str(PostgresUrl.parse("postgresql:///allowhelp")) == "postgresql:///allowhelp"
