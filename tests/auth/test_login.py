@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.auth.authenticator import REQUIRE_TOTP, Authenticator, Principal
+from allowhelp.broker.auth.authenticator import (
+    REQUIRE_TOTP,
+    Authenticator,
+    LoginThrottled,
+    Principal,
+    WrongGuessUnrecorded,
+)
 from allowhelp.broker.auth.passwords import hash_password
+from allowhelp.broker.errors import AuditUnavailable
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.sqlite_db import SqliteDatabase
 from allowhelp.broker.store.worker import StoreWorker
@@ -239,6 +249,49 @@ async def test_principal_is_one_query_and_follows_every_change(tmp_path: Path) -
         await auth.logout(await who(), "192.0.2.1")
         assert await auth.principal(cookie) is None  # logged out: refused at once
         assert await auth.principal("x" * 101) is None and await auth.principal(None) is None
+    finally:
+        audit.close()
+        store.close()
+        await worker.close()
+
+
+@contextmanager
+def audit_held(path: Path) -> Iterator[None]:
+    """Another connection holds the audit file's write lock: no record can be committed."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+async def test_an_audit_outage_locks_no_one_out_but_wrong_guesses_still_count(
+    tmp_path: Path,
+) -> None:
+    """Through an outage every login is refused (503); a right password tried again
+    and again must not count as guessing, or its user is locked out for 15 minutes
+    after the outage. Wrong passwords tried through it still count."""
+    store = Store.open(tmp_path / "broker.sqlite3")
+    audit = AuditLog.open(tmp_path / "audit.sqlite3", busy_timeout=0.05)
+    worker = await StoreWorker.open(tmp_path / "broker.sqlite3")
+    try:
+        auth = Authenticator(worker, audit, 1.0)
+        store.add_user(TECH, TECH, "technician", hash_password(TECH_PW))
+        store.add_user(DORA, DORA, "technician", hash_password(DORA_PW))
+        tries = auth.throttle.policy.per_user + 2
+        with audit_held(tmp_path / "audit.sqlite3"):
+            for _ in range(tries):
+                with pytest.raises(AuditUnavailable) as right:
+                    await auth.login(TECH, TECH_PW, "192.0.2.1")
+                assert not isinstance(right.value, WrongGuessUnrecorded)
+            for _ in range(auth.throttle.policy.per_user):
+                with pytest.raises(WrongGuessUnrecorded):
+                    await auth.login(DORA, "not dora's password", "192.0.2.2")
+        assert (await auth.login(TECH, TECH_PW, "192.0.2.1")).user.username == TECH
+        with pytest.raises(LoginThrottled):
+            await auth.login(DORA, DORA_PW, "192.0.2.2")
     finally:
         audit.close()
         store.close()

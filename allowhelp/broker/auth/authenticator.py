@@ -93,6 +93,11 @@ class Principal:
         return header is not None and hmac.compare_digest(header, self.session.csrf_token)
 
 
+class WrongGuessUnrecorded(AuditUnavailable):
+    """A wrong password or code whose ``auth.login.failed`` could not be written:
+    503 like any audit outage, but the guess keeps its place in the throttle."""
+
+
 def token_hash(cookie_value: str) -> str:
     """Only a hash of the cookie is stored: a stolen database opens no session."""
     return hashlib.sha256(cookie_value.encode()).hexdigest()
@@ -126,6 +131,19 @@ class Authenticator:
         """
         username = username[:MAX_USERNAME]
         await self._refuse_if_throttled(username, remote)
+        try:
+            return await self._checked_login(username, password, remote, code)
+        except WrongGuessUnrecorded:
+            raise  # a wrong guess stays counted, recorded or not
+        except (StoreError, AuditUnavailable):
+            # An outage is no guess: a user who keeps trying through it must not
+            # find the account locked for 15 minutes once it is over.
+            self.throttle.refund(username, remote)
+            raise
+
+    async def _checked_login(
+        self, username: str, password: str, remote: str, code: str | None
+    ) -> LoginResult:
         user = await self._db.read(Store.user_by_name, username)
         stored = user.password_hash if user is not None else dummy_hash()
         matches = await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
@@ -203,12 +221,15 @@ class Authenticator:
 
     async def _failed(self, username: str, remote: str, reason: str) -> None:
         """The attempt stays counted by the throttle; say so in the audit log."""
-        await self._audit.write(
-            "auth.login.failed",
-            actor=f"anonymous@{remote}",
-            target=username,
-            details={"reason": reason, "remote": remote},
-        )
+        try:
+            await self._audit.write(
+                "auth.login.failed",
+                actor=f"anonymous@{remote}",
+                target=username,
+                details={"reason": reason, "remote": remote},
+            )
+        except AuditUnavailable as exc:
+            raise WrongGuessUnrecorded(str(exc)) from exc
 
     async def _second_factor(self, user: User, remote: str, code: str | None) -> str:
         """How the user proved it: none, totp or recovery; raises when a needed code fails."""
