@@ -19,6 +19,7 @@ import uvicorn
 
 from allowhelp.broker.audit.integrity import ChainWatch
 from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.retention import start_retention, stop_retention
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
@@ -142,7 +143,7 @@ class _Routes:
         return f"{self.ssh} or {self.https}" if self.ssh else f"{self.https} only"
 
 
-async def _serve(
+async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every part, in order
     settings: BrokerSettings,
     folder: DataFolder,
     db: StoreWorker,
@@ -193,11 +194,13 @@ async def _serve(
     # The chain is checked before anything is served (audit/integrity.py).
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
     exporter: _Exporter | None = None
+    retention: asyncio.Task[None] | None = None  # --recordings-keep (audit/retention.py)
     try:
         await chain_watch.start()
         started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
         await folder.audit.write("broker.started", actor="system", details=started)
         await sessions.recover(settings.recordings_dir)
+        retention = start_retention(settings.recordings_dir, settings.recordings_keep, folder.audit)
         jobs.start()
         await reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
@@ -250,6 +253,7 @@ async def _serve(
         await _until(stop, serving)
         server.should_exit = True
         await sessions.shutdown()
+        await stop_retention(retention)
         await tunnel.stop()
         await serving
         await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
@@ -257,6 +261,7 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             asyncio.get_running_loop().remove_signal_handler(sig)
         await tunnel.stop()
+        await stop_retention(retention)
         await jobs.stop()
         await reports.close()
         await chain_watch.close()

@@ -238,5 +238,14 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "Two-factor login is now optional.",
   "users.totp_required": "Two-factor login is now required for everyone.",
   "users.username": "User name",
-  "users.you": "you"
+  "users.you": "you",
+  "replay.title": "Screen replay — allowhelp",
+  "replay.loading": "Loading the recording…",
+  "replay.play": "Play",
+  "replay.pause": "Pause",
+  "replay.position": "Position",
+  "replay.speed": "Speed",
+  "replay.recorded": "recorded {when}",
+  "replay.verified": "Recording verified against the audit log.",
+  "replay.failed": "Cannot replay this session: {why}"
 });

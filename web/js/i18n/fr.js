@@ -238,5 +238,14 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "La connexion à deux facteurs est maintenant facultative.",
   "users.totp_required": "La connexion à deux facteurs est maintenant exigée pour tous.",
   "users.username": "Nom d'utilisateur",
-  "users.you": "vous"
+  "users.you": "vous",
+  "replay.title": "Relecture de l’écran — allowhelp",
+  "replay.loading": "Chargement de l’enregistrement…",
+  "replay.play": "Lire",
+  "replay.pause": "Pause",
+  "replay.position": "Position",
+  "replay.speed": "Vitesse",
+  "replay.recorded": "enregistré le {when}",
+  "replay.verified": "Enregistrement vérifié auprès du journal d’audit.",
+  "replay.failed": "Impossible de relire cette session : {why}"
 });

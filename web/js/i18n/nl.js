@@ -238,5 +238,14 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "Tweestapsaanmelding is nu optioneel.",
   "users.totp_required": "Tweestapsaanmelding is nu verplicht voor iedereen.",
   "users.username": "Gebruikersnaam",
-  "users.you": "u"
+  "users.you": "u",
+  "replay.title": "Scherm terugkijken — allowhelp",
+  "replay.loading": "Opname laden…",
+  "replay.play": "Afspelen",
+  "replay.pause": "Pauzeren",
+  "replay.position": "Positie",
+  "replay.speed": "Snelheid",
+  "replay.recorded": "opgenomen op {when}",
+  "replay.verified": "Opname gecontroleerd tegen het auditlogboek.",
+  "replay.failed": "Deze sessie kan niet worden teruggekeken: {why}"
 });
