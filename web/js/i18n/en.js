@@ -247,5 +247,6 @@ export default /** @type {Record<string, string>} */ ({
   "replay.speed": "Speed",
   "replay.recorded": "recorded {when}",
   "replay.verified": "Recording verified against the audit log.",
-  "replay.failed": "Cannot replay this session: {why}"
+  "replay.failed": "Cannot replay this session: {why}",
+  "replay.other_colours": "It was recorded from another viewer: its colours may not show as they were."
 });

@@ -247,5 +247,6 @@ export default /** @type {Record<string, string>} */ ({
   "replay.speed": "Vitesse",
   "replay.recorded": "enregistré le {when}",
   "replay.verified": "Enregistrement vérifié auprès du journal d’audit.",
-  "replay.failed": "Impossible de relire cette session : {why}"
+  "replay.failed": "Impossible de relire cette session : {why}",
+  "replay.other_colours": "Il a été enregistré depuis une autre visionneuse : ses couleurs peuvent s’afficher autrement."
 });

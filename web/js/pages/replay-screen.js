@@ -3,11 +3,11 @@
 // while it still matches the SHA-256 kept in the audit log (a mismatch is shown,
 // and is itself audited). The player is noVNC's decoder fed from the file
 // (../replay/screen-player.js), with seek and speed.
-import { apiStream, errorMessage } from "../lib/api.js";
+import { api, apiStream, errorMessage } from "../lib/api.js";
 import { $ } from "../lib/dom.js";
 import { t, translatePage } from "../lib/i18n.js";
 import { sessionPath } from "../lib/session-page.js";
-import { parseRecording } from "../replay/recording.js";
+import { coloursAsRecorded, parseRecording } from "../replay/recording.js";
 import { ScreenPlayer } from "../replay/screen-player.js";
 
 /** @param {number} ms */
@@ -28,17 +28,24 @@ function show(player) {
 
 async function replay() {
   translatePage();
-  const response = await apiStream(`${sessionPath}/recording`);
-  if (response.headers.get("X-Recording-Format") !== "allowhelp-rfb-1") {
+  /** @type {import("../lib/session-states.js").Session} */
+  const session = await api("GET", sessionPath);
+  if (session.kind !== "screen") {
     location.replace(`/replay.html${location.search}`); // a shell: the asciicast player
     return;
+  }
+  const response = await apiStream(`${sessionPath}/recording`);
+  if (response.headers.get("X-Recording-Format") !== "allowhelp-rfb-1") {
+    throw new Error("the broker did not send a screen recording");
   }
   const recording = parseRecording(await response.arrayBuffer());
   const meta = recording.meta;
   $("host").textContent = `${String(meta.hostname ?? "")} — ${String(meta.technician ?? "")}`;
   const started = typeof meta.started === "number" ? new Date(meta.started * 1000).toLocaleString() : "";
   $("state").textContent = t("replay.recorded", { when: started });
-  $("message").textContent = t("replay.verified");
+  $("message").textContent = coloursAsRecorded(recording)
+    ? t("replay.verified")
+    : `${t("replay.verified")} ${t("replay.other_colours")}`;
   const player = new ScreenPlayer($("screen"), recording);
   const seek = $("seek", HTMLInputElement);
   seek.max = String(recording.duration);
