@@ -134,16 +134,20 @@ class ScreenRelay:
                 raise RelayError(f"bad screen stream: {exc}") from exc
             self.counters.from_agent += size
             if payload:
-                await self._recorded(payload)
+                await self._record(payload, from_pc=True)
                 await self._ws.send_bytes(payload)
 
-    async def _recorded(self, payload: bytes) -> None:
-        """Hand the PC's bytes to the recording; wait only when it asks to (its
-        writer far behind, or its stop not yet on the audit record)."""
+    async def _record(self, data: bytes, *, from_pc: bool) -> None:
+        """Hand bytes to the recording (the PC's, or this technician's with their
+        name); wait only when it asks to (its writer far behind, or its stop not
+        yet on the audit record)."""
         recorder = self._recorder
         if recorder is None:
             return
-        recorder.server(payload)
+        if from_pc:
+            recorder.server(data)
+        else:
+            recorder.client(data, self._sender)
         if recorder.must_wait:
             try:
                 await recorder.keep_up()
@@ -167,8 +171,7 @@ class ScreenRelay:
             except RfbError as exc:
                 raise ConsoleBroke(f"the console broke RFB: {exc}") from exc
             if forward:
-                if self._recorder is not None:
-                    self._recorder.client(forward, self._sender)
+                await self._record(forward, from_pc=False)
                 await self._side.writable.wait()
                 try:
                     chan.write(forward)
