@@ -3,6 +3,7 @@ retention, on real files (with a real broker: tests/sessions/test_screen_recordi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -12,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.audit.recording import MARKERS, RecordingLimits, Stopped, settle
+from allowhelp.broker.audit import recording, rfb_recording
+from allowhelp.broker.audit.recording import (
+    MARKERS,
+    AsciicastRecorder,
+    RecordingLimits,
+    Stopped,
+    is_open,
+    settle,
+)
 from allowhelp.broker.audit.retention import sweep
 from allowhelp.broker.audit.rfb_format import (
     CLIENT,
@@ -240,3 +249,31 @@ async def test_retention_keeps_the_file_when_the_audit_log_refuses(tmp_path: Pat
     with pytest.raises(AuditUnavailable):
         await sweep(folder, 86400.0, audit)
     assert old.exists()
+
+
+@pytest.mark.parametrize("kind", ["screen", "shell"])
+async def test_a_recording_stopped_early_stays_claimable_until_its_session_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A cap seals the file long before the session ends: the end record must still
+    get its seal (truncated, why), however long the session goes on after the cap."""
+    monkeypatch.setattr(recording, "SEAL_KEPT", 0.01)
+    monkeypatch.setattr(rfb_recording, "SEAL_KEPT", 0.01)
+    limits = RecordingLimits(max_bytes=4096, min_free=0)
+    recorder: RfbRecorder | AsciicastRecorder
+    if kind == "screen":
+        recorder = RfbRecorder(tmp_path, "early", META, limits=limits, on_stop=Hook())
+        recorder.server(b"x" * 5000)
+        await recorder.keep_up()
+    else:
+        recorder = AsciicastRecorder(tmp_path, "early", 80, 24, title="t", limits=limits)
+        recorder.output(b"x" * 5000)
+        await recorder.flushed()
+    await asyncio.wait_for(asyncio.shield(recorder._done), 5)  # the file is sealed
+    await asyncio.sleep(0.05)  # longer than SEAL_KEPT: the session goes on meanwhile
+    assert is_open(recorder.name)
+    recorder.close()
+    seal = await settle(recorder.name)
+    assert seal is not None and seal.stopped is not None and seal.stopped.reason == "cap"
+    assert seal.details()["recording_truncated"] is True
+    assert not is_open(recorder.name)

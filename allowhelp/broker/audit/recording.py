@@ -237,6 +237,8 @@ class AsciicastRecorder:
                 self._event("o", rest)
             self._closed = True
             self._kick()
+            if self._done.done():  # sealed early: the session ends now, claim or drop
+                self._loop.call_later(SEAL_KEPT, _forget, self)
         return self._expected()
 
     async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal:
@@ -356,7 +358,10 @@ class AsciicastRecorder:
     def _sealed(self) -> None:
         if not self._done.done():
             self._done.set_result(None)
-            self._loop.call_later(SEAL_KEPT, _forget, self)
+            # A recording stopped early (cap, space) is sealed while its session goes
+            # on: it stays claimable until the session closes it (``close``).
+            if self._closed:
+                self._loop.call_later(SEAL_KEPT, _forget, self)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
