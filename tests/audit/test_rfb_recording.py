@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit import recording, rfb_recording
+from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.recording import (
     MARKERS,
     AsciicastRecorder,
