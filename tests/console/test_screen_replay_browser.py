@@ -136,7 +136,11 @@ async def test_a_recorded_screen_replays_with_seek_and_speed(
     page, problems = await logged_in_page(
         browser, broker, ADMIN, ADMIN_PW, viewport={"width": 1000, "height": 760}
     )
-    await page.goto(f"{broker.url}/replay-screen.html?session={session_id}")
+    # The admin's Sessions list links the ended session to its replay.
+    await page.goto(f"{broker.url}/#sessions")
+    await page.reload()  # the console was loaded before the login (logged_in_page)
+    await page.click(f'#sessions-rows a[href="/replay-screen.html?session={session_id}"]')
+    await page.wait_for_url(f"**/replay-screen.html?session={session_id}")
     await expect(page.locator("#message")).to_have_text(
         "Recording verified against the audit log.", timeout=15000
     )  # the console's own viewer was recorded: colours as they were

@@ -248,5 +248,6 @@ export default /** @type {Record<string, string>} */ ({
   "replay.recorded": "recorded {when}",
   "replay.verified": "Recording verified against the audit log.",
   "replay.failed": "Cannot replay this session: {why}",
-  "replay.other_colours": "It was recorded from another viewer: its colours may not show as they were."
+  "replay.other_colours": "It was recorded from another viewer: its colours may not show as they were.",
+  "sessions.replay": "Replay"
 });

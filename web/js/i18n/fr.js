@@ -248,5 +248,6 @@ export default /** @type {Record<string, string>} */ ({
   "replay.recorded": "enregistré le {when}",
   "replay.verified": "Enregistrement vérifié auprès du journal d’audit.",
   "replay.failed": "Impossible de relire cette session : {why}",
-  "replay.other_colours": "Il a été enregistré depuis une autre visionneuse : ses couleurs peuvent s’afficher autrement."
+  "replay.other_colours": "Il a été enregistré depuis une autre visionneuse : ses couleurs peuvent s’afficher autrement.",
+  "sessions.replay": "Revoir"
 });

@@ -248,5 +248,6 @@ export default /** @type {Record<string, string>} */ ({
   "replay.recorded": "opgenomen op {when}",
   "replay.verified": "Opname gecontroleerd tegen het auditlogboek.",
   "replay.failed": "Deze sessie kan niet worden teruggekeken: {why}",
-  "replay.other_colours": "Het is opgenomen met een andere viewer: de kleuren kunnen anders worden weergegeven."
+  "replay.other_colours": "Het is opgenomen met een andere viewer: de kleuren kunnen anders worden weergegeven.",
+  "sessions.replay": "Terugkijken"
 });
