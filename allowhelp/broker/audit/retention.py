@@ -58,7 +58,10 @@ def old_recordings(folder: Path, keep: float, now: float) -> list[Old]:
         match = RECORDING.fullmatch(entry.name)
         if match is None or not entry.is_file(follow_symlinks=False) or is_open(entry.name):
             continue
-        st = entry.stat(follow_symlinks=False)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # gone meanwhile (a restore, an admin)
+            continue
         if st.st_mtime < now - keep:
             found.append(Old(Path(entry.path), match["session"], st.st_size, st.st_mtime))
     return sorted(found, key=lambda old: old.modified)
