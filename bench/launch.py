@@ -17,6 +17,8 @@ before the product adopts it; the headline figures never use them:
 ``--gc-threshold N``  ``gc.set_threshold(N, 50, 100)`` (default 700, 10, 10).
 ``--wstransport``  broker: the HTTPS route's tunnel on an asyncio transport over the
                  WebSocket instead of a socketpair (``bench/wstransport.py``).
+``--no-screen-recording``  broker: screen sessions relayed without their recorder, the
+                 baseline of ``bench.screenrec`` (the product always records).
 """
 
 from __future__ import annotations
@@ -76,6 +78,21 @@ def _patch_ws(impl: str) -> None:
     uvicorn.Config.__init__ = init  # type: ignore[method-assign]
 
 
+def _patch_no_screen_recording() -> None:
+    from starlette.websockets import WebSocket
+
+    from allowhelp.broker.console.api import session_sockets
+    from allowhelp.broker.console.services import Services
+    from allowhelp.broker.model.session import Session
+    from allowhelp.broker.relay.outcome import Relay
+    from allowhelp.broker.relay.screen import ScreenRelay
+
+    def unrecorded(websocket: WebSocket, svc: Services, session: Session) -> Relay:
+        return ScreenRelay(websocket, None, view_only=session.view_only, sender=session.technician)
+
+    session_sockets._screen_relay = unrecorded
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.launch")
     parser.add_argument("--uvloop", action="store_true")
@@ -84,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ws", default="")
     parser.add_argument("--gc-threshold", type=int, default=0)
     parser.add_argument("--wstransport", action="store_true")
+    parser.add_argument("--no-screen-recording", action="store_true")
     parser.add_argument("program", choices=["broker", "agent"])
     args, rest = parser.parse_known_args(argv)
     raise_nofile()
@@ -105,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench import wstransport
 
         wstransport.install()
+    if args.no_screen_recording and args.program == "broker":
+        _patch_no_screen_recording()
     if args.program == "broker":
         from allowhelp.broker.cli.main import main as broker_main
 

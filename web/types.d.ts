@@ -20,8 +20,21 @@ declare module "*/node_modules/@novnc/novnc/core/rfb.js" {
     securityfailure: CustomEvent<{ status: number; reason?: string }>;
   }
 
+  // What noVNC accepts instead of a WebSocket (the screen replay feeds a recording through one).
+  export interface RawChannel {
+    send(data: ArrayBufferLike | Uint8Array): void;
+    close(): void;
+    binaryType: string;
+    protocol: string;
+    readyState: number | string;
+    onopen: ((event: Event) => void) | null;
+    onmessage: ((event: { data: ArrayBufferLike | Uint8Array }) => void) | null;
+    onerror: ((event: Event) => void) | null;
+    onclose: ((event: { code: number; reason: string; wasClean: boolean }) => void) | null;
+  }
+
   export default class RFB extends EventTarget {
-    constructor(target: HTMLElement, urlOrChannel: string | WebSocket, options?: { shared?: boolean });
+    constructor(target: HTMLElement, urlOrChannel: string | WebSocket | RawChannel, options?: { shared?: boolean });
     scaleViewport: boolean;
     resizeSession: boolean;
     viewOnly: boolean;

@@ -101,6 +101,22 @@ def parse_size(text: str, what: str) -> int:
     return int(number) * UNITS[unit]
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_keep(text: str | None, what: str) -> float | None:
+    """Seconds from 90d, 12h, 2w, 30m, 45s; None for "forever" (or nothing given)."""
+    if text is None or text.strip().lower() in ("", "forever"):
+        return None
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if unit not in DURATION_UNITS or not number.isdigit() or int(number) == 0:
+        raise ValueError(
+            f"{what} must be a duration such as 90d, 12h, 2w or 30m, or forever (got {text!r})"
+        )
+    return float(int(number) * DURATION_UNITS[unit])
+
+
 def check_tls_pair(cert: Path | None, key: Path | None) -> Path | None:
     """Both files or neither (the certificate's path back); their contents are
     checked when the broker loads them (``node/tls.py``)."""
@@ -167,6 +183,7 @@ class BrokerSettings:
     recordings: Path | None = None  # None: DATA/recordings
     recording_max: int = parse_size(DEFAULT_RECORDING_MAX, "")
     recordings_min_free: int = parse_size(DEFAULT_RECORDINGS_MIN_FREE, "")
+    recordings_keep: float | None = None  # --recordings-keep in seconds; None: forever
     audit: AuditOptions = field(default_factory=AuditOptions)  # anchors, start-up check
     trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For is believed
     tls_cert: Path | None = None  # --tls-cert/--tls-key: the admin's certificate, or None
@@ -195,6 +212,7 @@ class BrokerSettings:
         recordings: Path | None = None,
         recording_max: str = DEFAULT_RECORDING_MAX,
         recordings_min_free: str = DEFAULT_RECORDINGS_MIN_FREE,
+        recordings_keep: str | None = None,
         audit: AuditOptions | None = None,
         trusted_proxies: list[str] | tuple[str, ...] = (),
         tls_cert: Path | None = None,
@@ -226,6 +244,7 @@ class BrokerSettings:
             recordings=recordings.expanduser().resolve() if recordings else None,
             recording_max=cap,
             recordings_min_free=parse_size(recordings_min_free, "--recordings-min-free"),
+            recordings_keep=parse_keep(recordings_keep, "--recordings-keep"),
             audit=audit or AuditOptions(),
             trusted_proxies=parse_trusted_proxies(trusted_proxies),
             tls_cert=check_tls_pair(tls_cert, tls_key),

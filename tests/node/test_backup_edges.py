@@ -199,6 +199,7 @@ def test_recordings_kept_elsewhere_are_taken_with_recordings_dir(
     elsewhere = tmp_path / "casts"
     elsewhere.mkdir()
     (elsewhere / "Abc123.cast").write_bytes(b'{"version": 2}\n')
+    (elsewhere / "Scr456.rfb").write_bytes(b"AHRFB001")  # a screen's recording goes too
     (elsewhere / "notes.txt").write_text("not a recording\n")
     (elsewhere / "Link0.cast").symlink_to(broker.data / "ca.key")  # never followed
     output = tmp_path / "b.tar"
@@ -213,11 +214,15 @@ def test_recordings_kept_elsewhere_are_taken_with_recordings_dir(
     )
     assert done.returncode == 0, done.stderr
     names = [info.name for info, _ in members(output)]
-    assert [n for n in names if "recordings" in n] == ["data/recordings/Abc123.cast"]
+    assert [n for n in names if "recordings" in n] == [
+        "data/recordings/Abc123.cast",
+        "data/recordings/Scr456.rfb",
+    ]
     restored = tmp_path / "restored"
     done = broker_cli("restore", str(output), "--data", str(restored))
     assert done.returncode == 0, done.stderr
     assert (restored / "recordings" / "Abc123.cast").read_bytes() == b'{"version": 2}\n'
+    assert (restored / "recordings" / "Scr456.rfb").read_bytes() == b"AHRFB001"
     missing = tmp_path / "none"
     assert refused(
         "backup", "--data", str(broker.data), "--output", str(output), "--recordings", str(missing)

@@ -81,6 +81,11 @@ EVENT_CODES: dict[str, str] = {
     "report.queued": "AH1507",
     "report.delivered": "AH1508",
     "report.failed": "AH1509",
+    # recordings (AH18xx, issue #18): a replay refused (the file no longer matches
+    # its digest, or the chain cannot vouch for it), a recording deleted by retention
+    # (`serve --recordings-keep`, written before the file goes)
+    "recording.refused": "AH1801",
+    "recording.expired": "AH1802",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from allowhelp.broker.audit.cast_writer import Wrote, append, free_bytes, writers
 from allowhelp.broker.model.session import Traffic
@@ -120,8 +120,33 @@ class Seal:
 StopHook = Callable[[Stopped], Awaitable[object]]
 
 
+class Sealable(Protocol):
+    """A recorder the registry can claim the seal of (shell or screen)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal: ...
+
+
 # Recordings by file name, from their start until the registry claims the seal.
-_open: dict[str, AsciicastRecorder] = {}
+_open: dict[str, Sealable] = {}
+
+
+def register(recorder: Sealable) -> None:
+    """Keep ``recorder`` until its seal is claimed by :func:`settle`."""
+    _open[recorder.name] = recorder
+
+
+def forget(recorder: Sealable) -> None:
+    """Drop an unclaimed seal (its session never ended here)."""
+    if _open.get(recorder.name) is recorder:
+        del _open[recorder.name]
+
+
+def is_open(name: str) -> bool:
+    """A recording of this process whose seal has not been claimed yet."""
+    return name in _open
 
 
 async def settle(name: str, seconds: float = SEAL_TIMEOUT) -> Seal | None:
@@ -165,7 +190,7 @@ class AsciicastRecorder:
         self._stop_audit: asyncio.Future[object] | None = None
         self._closed = False
         self._done: asyncio.Future[None] = self._loop.create_future()
-        _open[self.name] = self
+        register(self)
         header = {
             "version": 2,
             "width": cols,
@@ -212,6 +237,8 @@ class AsciicastRecorder:
                 self._event("o", rest)
             self._closed = True
             self._kick()
+            if self._done.done():  # sealed early: the session ends now, claim or drop
+                self._loop.call_later(SEAL_KEPT, _forget, self)
         return self._expected()
 
     async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal:
@@ -331,7 +358,10 @@ class AsciicastRecorder:
     def _sealed(self) -> None:
         if not self._done.done():
             self._done.set_result(None)
-            self._loop.call_later(SEAL_KEPT, _forget, self)
+            # A recording stopped early (cap, space) is sealed while its session goes
+            # on: it stays claimable until the session closes it (``close``).
+            if self._closed:
+                self._loop.call_later(SEAL_KEPT, _forget, self)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -348,8 +378,7 @@ class AsciicastRecorder:
 
 
 def _forget(recorder: AsciicastRecorder) -> None:
-    if _open.get(recorder.name) is recorder:
-        del _open[recorder.name]
+    forget(recorder)
 
 
 def _report_audit_failure(task: asyncio.Future[object]) -> None:

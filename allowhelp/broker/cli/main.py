@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recordings=args.recordings,
         recording_max=args.recording_max,
         recordings_min_free=args.recordings_min_free,
+        recordings_keep=args.recordings_keep,
         audit=AuditOptions.from_args(args),
         trusted_proxies=args.trusted_proxy,
         tls_cert=args.tls_cert,
@@ -116,6 +117,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _recording_args(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--recordings-keep",
+        default=None,
+        metavar="DURATION",
+        help="delete shell and screen recordings older than this, e.g. 90d (audited as"
+        " recording.expired; default: keep forever)",
+    )
     serve.add_argument(
         "--recordings",
         type=Path,

@@ -53,6 +53,7 @@ _INLINE_STYLES = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inlin
 PAGE_CSP = {
     "/terminal.html": _INLINE_STYLES,
     "/screen.html": _INLINE_STYLES,
+    "/replay-screen.html": _INLINE_STYLES,  # noVNC, fed from a recording
     "/replay.html": _INLINE_STYLES.replace(
         "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"
     ),

@@ -7,7 +7,7 @@ One tar file (plain, or gzip when its name ends in ``.gz``/``.tgz``)::
     data/ca.pem  data/ca.key  data/tls.pem  data/tls.key  data/tunnel_key
     data/audit.anchors           when present (the default anchor file)
     data/broker.json             when present (what the agents dial)
-    data/recordings/ID.cast      every recording, as it was on disk
+    data/recordings/ID.cast|rfb  every recording (shell, screen), as it was on disk
     manifest.json                last: what is above, each with its SHA-256
 
 ``data/`` is exactly the folder a restore makes, so ``tar xf`` by hand gives a
@@ -41,7 +41,7 @@ MANIFEST_MAX = 64 << 20  # bytes: a manifest for a million recordings fits
 PKI_FILES = ("ca.pem", "ca.key", "tls.pem", "tls.key", "tunnel_key")
 REQUIRED = (*PKI_FILES, STORE_FILE, AUDIT_FILE)
 OPTIONAL = (ANCHOR_FILE, RUNTIME_FILE)
-RECORDING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.cast")
+RECORDING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.(?:cast|rfb)")  # shell, screen
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEAD = re.compile(r"[0-9]+:[0-9a-f]{64}")
 

@@ -301,7 +301,7 @@ def _runtime_info(data_dir: Path) -> RuntimeInfo | None:
 
 
 def _add_recordings(tar: tarfile.TarFile, folder: Path) -> list[FileEntry]:
-    """Every ``ID.cast`` in ``folder``, each as long as it is when it is opened."""
+    """Every ``ID.cast`` and ``ID.rfb`` in ``folder``, each as long as it is when it is opened."""
     try:
         names = sorted(os.listdir(folder))
     except FileNotFoundError:

@@ -19,6 +19,7 @@ import uvicorn
 
 from allowhelp.broker.audit.integrity import ChainWatch
 from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.retention import start_retention, stop_retention
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
@@ -144,7 +145,7 @@ class _Routes:
         return f"{self.ssh} or {self.https}" if self.ssh else f"{self.https} only"
 
 
-async def _serve(
+async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every part, in order
     settings: BrokerSettings,
     folder: DataFolder,
     db: StoreWorker,
@@ -196,11 +197,13 @@ async def _serve(
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
     exporter: _Exporter | None = None
     membership = NodeMembership(db, sessions, keys, store=settings.store, events=events)
+    retention: asyncio.Task[None] | None = None  # --recordings-keep (audit/retention.py)
     try:
         await chain_watch.start()
         await _announce_start(folder.audit, tls)
         # This node's earlier sessions end as broker_restart; then it beats (node/cluster.py).
         await membership.join(public_url, settings.tunnel_host or "off", settings.recordings_dir)
+        retention = start_retention(settings.recordings_dir, settings.recordings_keep, folder.audit)
         jobs.start()
         await reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
@@ -253,6 +256,7 @@ async def _serve(
         await _until(stop, serving)
         server.should_exit = True
         await sessions.shutdown()
+        await stop_retention(retention)
         await tunnel.stop()
         await serving
         await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
@@ -261,6 +265,7 @@ async def _serve(
             asyncio.get_running_loop().remove_signal_handler(sig)
         await tunnel.stop()
         await membership.close()
+        await stop_retention(retention)
         await jobs.stop()
         await reports.close()
         await chain_watch.close()

@@ -11,6 +11,12 @@ The agent reports a screen that cannot start on the channel's stderr and exit
 status (no DISPLAY, Wayland, x11vnc missing or failing): that text is kept
 apart from the RFB bytes, bounded, and becomes the session's failure reason.
 A screen that says nothing at all within ``HANDSHAKE_TIMEOUT`` fails too.
+
+Every byte each way is recorded (``audit/rfb_recording.py``): what the PC
+sends as the technician gets it, what the technician sends as the PC gets it,
+with ``sender`` (the technician's user name) as who sent it. Recording costs
+the hot path a frame head per chunk; the relay waits only when the recording's
+writer falls far behind or a stopped recording is being audited.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import asyncssh
 from starlette.websockets import WebSocket
 
+from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.errors import (
     ConsoleBroke,
     ConsoleFrameTooLarge,
@@ -53,21 +60,33 @@ HANDSHAKE_TIMEOUT = 90.0
 class ScreenRelay:
     """One technician WebSocket ↔ one screen channel, until either side ends."""
 
-    def __init__(self, websocket: WebSocket, *, view_only: bool) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        recorder: RfbRecorder | None = None,
+        *,
+        view_only: bool,
+        sender: str = "",
+    ) -> None:
         self._ws = websocket
+        self._recorder = recorder
+        self._sender = sender  # who the input on this socket is from, for the recording
         self._view_only = view_only
         self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="screen sharer")
         self._client = ClientFilter(view_only=view_only)
         self._server = ServerChecker()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self.counters = Counters()
+        self.counters = Counters(recording=recorder.name if recorder is not None else None)
 
     @property
     def channel(self) -> ChannelSpec:
         return ChannelSpec("screen", SCREEN_WINDOW)
 
     def started_details(self) -> dict[str, object]:
-        return {"view_only": self._view_only}
+        details: dict[str, object] = {"view_only": self._view_only}
+        if self._recorder is not None:
+            details["recording"] = self._recorder.name
+        return details
 
     def factory(self) -> ChannelInbox:
         return self._side
@@ -115,7 +134,25 @@ class ScreenRelay:
                 raise RelayError(f"bad screen stream: {exc}") from exc
             self.counters.from_agent += size
             if payload:
+                await self._record(payload, from_pc=True)
                 await self._ws.send_bytes(payload)
+
+    async def _record(self, data: bytes, *, from_pc: bool) -> None:
+        """Hand bytes to the recording (the PC's, or this technician's with their
+        name); wait only when it asks to (its writer far behind, or its stop not
+        yet on the audit record)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        if from_pc:
+            recorder.server(data)
+        else:
+            recorder.client(data, self._sender)
+        if recorder.must_wait:
+            try:
+                await recorder.keep_up()
+            except Exception as exc:
+                raise RelayError("the recording stopped and that could not be audited") from exc
 
     async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         while True:
@@ -134,6 +171,7 @@ class ScreenRelay:
             except RfbError as exc:
                 raise ConsoleBroke(f"the console broke RFB: {exc}") from exc
             if forward:
+                await self._record(forward, from_pc=False)
                 await self._side.writable.wait()
                 try:
                     chan.write(forward)
@@ -142,7 +180,10 @@ class ScreenRelay:
                 self.counters.to_agent += len(forward)
 
     def stop(self) -> Traffic:
-        """Close the channel; safe to call more than once (the registry calls it too)."""
+        """Close the channel and seal the recording; safe to call more than once
+        (the registry calls it too)."""
         if self._chan is not None:
             self._chan.close()
+        if self._recorder is not None:
+            self.counters.recording_sha256 = self._recorder.close()
         return self.counters.traffic()

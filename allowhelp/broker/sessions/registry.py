@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import cast
 
-from allowhelp.broker.audit.cast_recovery import recover_recording
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.recording import sealed_traffic
+from allowhelp.broker.audit.rfb_recovery import recover_any
 from allowhelp.broker.errors import (
     AgentUnreachable,
     AuditUnavailable,
@@ -557,7 +557,7 @@ class SessionRegistry:
     async def recover(self, recordings: Path | None = None, *, own: bool = True) -> int:
         """Sessions left open by a previous broker process end as broker_restart.
 
-        A shell's recording in ``recordings`` is what that process wrote: made
+        A shell's or screen's recording in ``recordings`` is what that process wrote: made
         valid (a torn last line cut) and hashed into the end record, so it replays.
         ``own=False`` (node/cluster.py): only those of dead nodes sharing the store.
         """
@@ -565,7 +565,7 @@ class SessionRegistry:
         for session in stale:
             self._live[session.id] = session
             details: dict[str, object] = {}
-            if recordings is not None and session.kind in TERMINAL_KINDS:
+            if recordings is not None and session.kind in (*TERMINAL_KINDS, "screen"):
                 details = await self._recover_recording(recordings, session.id)
             await self._move(
                 session.id, State.ENDED, actor="system", reason="broker_restart", details=details
@@ -575,7 +575,7 @@ class SessionRegistry:
     async def _recover_recording(self, folder: Path, session_id: str) -> dict[str, object]:
         """Hand the recording on disk to the end record, as a stopped relay would."""
         try:
-            found = await asyncio.to_thread(recover_recording, folder, session_id)
+            found = await asyncio.to_thread(recover_any, folder, session_id)
         except OSError as exc:
             log.error("session=%s: its recording cannot be recovered: %s", session_id, exc)
             return {"recording_recovered": False}

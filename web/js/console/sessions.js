@@ -9,6 +9,9 @@ import { isAdmin, state } from "./state.js";
 
 /** @typedef {import("../lib/session-states.js").Session} Session */
 
+/** The kinds whose sessions are recorded (the broker records every one of them). */
+const RECORDED = new Set(["shell", "admin-shell", "screen"]);
+
 export async function loadSessions() {
   /** @type {Session[]} */
   const rows = await api("GET", "/api/v1/sessions");
@@ -39,6 +42,7 @@ export function renderSessions() {
 
 /** @param {Session} session */
 function row(session) {
+  const admin = isAdmin();
   const { label, tone, live } = stateWords(session.state);
   const mine = state.me && session.technician === state.me.username;
   const why = session.end_reason ? reasonWords(session.end_reason).label : "";
@@ -59,8 +63,21 @@ function row(session) {
         })
         : null,
       live ? button(t("sessions.end"), () => end(session), "small ghost danger-text") : null,
+      !live && admin && session.started && RECORDED.has(session.kind) ? replayLink(session) : null,
     ]),
   ]);
+}
+
+/**
+ * Admins replay a session that ran: a screen in the noVNC player, a shell in asciinema's.
+ * @param {Session} session
+ */
+function replayLink(session) {
+  const page = session.kind === "screen" ? "/replay-screen.html" : "/replay.html";
+  return el("a", {
+    cls: "button small ghost", text: t("sessions.replay"),
+    attrs: { href: `${page}?session=${encodeURIComponent(session.id)}` },
+  });
 }
 
 /** @param {Session} session */

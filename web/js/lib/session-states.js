@@ -26,6 +26,7 @@ import { t } from "./i18n.js";
  * @property {SessionState} state
  * @property {boolean} view_only
  * @property {number} created
+ * @property {number | null} [started] when it became active (null: it never did)
  * @property {number | null} ended
  * @property {EndReason | null} end_reason
  * @property {string} [ticket] the help desk's ticket, e.g. HD-1234

@@ -16,8 +16,10 @@ from starlette.routing import BaseRoute, Route
 
 from allowhelp.broker.audit.integrity import check_digest_record
 from allowhelp.broker.audit.recording import file_sha256
+from allowhelp.broker.audit.rfb_format import FORMAT, MEDIA_TYPE, SUFFIX
 from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
 
@@ -95,7 +97,8 @@ async def help_requests(request: Request) -> Response:
 
 
 async def recording(request: Request) -> Response:
-    """Admins replay a shell; the file must still match the digest the audit log holds."""
+    """Admins replay a shell or a screen; the file must still match the digest the
+    audit log holds. A refusal for that reason is itself audited."""
     principal = await require(request, admin=True)
     svc = services(request)
     session = await svc.sessions.get(request.path_params["session_id"])
@@ -104,6 +107,42 @@ async def recording(request: Request) -> Response:
     path = svc.settings.recordings_dir / Path(session.recording).name
     if not path.is_file():
         raise NotFound("the recording file is missing")
+    try:
+        seq = await _verified(svc, session, path)
+    except Conflict as exc:
+        await svc.audit.write(
+            "recording.refused",
+            actor=principal.actor,
+            target=session.id,
+            details={
+                **session.summary(),
+                "recording": session.recording,
+                "problem": exc.message,
+                "code": exc.code,
+            },
+        )
+        raise
+    # Watching someone's shell or screen again is itself an access to that PC's data.
+    await svc.audit.write(
+        "session.replayed",
+        actor=principal.actor,
+        target=session.id,
+        details={
+            **session.summary(),
+            "recording_sha256": session.recording_sha256,
+            "digest_record": seq,
+        },
+    )
+    screen = path.suffix == SUFFIX
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPE if screen else "application/x-asciicast",
+        headers={"X-Recording-Format": FORMAT if screen else "asciicast-v2"},
+    )
+
+
+async def _verified(svc: Services, session: Session, path: Path) -> int | None:
+    """The seq of the audit record whose digest ``path`` matches; Conflict if none does."""
     # "Verified" means: the chain holds up to and including the record with the
     # digest (walked now, anchors compared), and the file matches that digest.
     sink = svc.audit.anchors
@@ -118,18 +157,7 @@ async def recording(request: Request) -> Response:
         )
     if await asyncio.to_thread(file_sha256, path) != held.digest:
         raise Conflict("the recording does not match its audit digest", code="recording_altered")
-    # Watching someone's shell again is itself an access to that PC's data.
-    await svc.audit.write(
-        "session.replayed",
-        actor=principal.actor,
-        target=session.id,
-        details={
-            **session.summary(),
-            "recording_sha256": session.recording_sha256,
-            "digest_record": held.seq,
-        },
-    )
-    return FileResponse(path, media_type="application/x-asciicast")
+    return held.seq
 
 
 def routes() -> list[BaseRoute]:

@@ -1,0 +1,77 @@
+"""The screen recorder's writer side: one batch per job, hashed and written in a thread.
+
+Unlike the shell's writer (``cast_writer.py``), the thread also hashes: a
+screen moves megabytes a second and ``hashlib`` lets go of the GIL on large
+buffers, so the event loop pays only for framing. The job copies the digest it
+is given and returns the copy: the loop's digest stays the file's until the
+job says its bytes are on disk. The chunks go out with ``pwritev``, not joined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from allowhelp.broker.audit.cast_writer import Wrote, free_bytes
+
+IOV_MAX = 1024  # at most this many buffers per pwritev call (Linux allows 1024)
+
+
+@dataclass(frozen=True)
+class WroteHashed:
+    wrote: Wrote
+    digest: hashlib._Hash  # the digest given, updated with what was written
+
+
+def append_hashed(
+    fd: int,
+    chunks: Sequence[bytes],
+    start: int,
+    digest: hashlib._Hash,
+    *,
+    last: bool,
+    measure: bool,
+) -> WroteHashed:
+    """Write ``chunks`` at ``start`` and hash them into a copy of ``digest``; on a
+    failure cut the file back to ``start`` (whole frames only). ``measure``: read
+    the free space after; ``last``: then fsync and close."""
+    error: OSError | None = None
+    end = start
+    after = digest.copy()
+    try:
+        end = _write_all(fd, chunks, start)
+        for chunk in chunks:
+            after.update(chunk)
+    except OSError as exc:
+        error, end = exc, start
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+    free = free_bytes(fd) if measure or error else None
+    if last:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            error = error or exc
+        finally:
+            os.close(fd)
+    return WroteHashed(Wrote(end, free, error), digest if error else after)
+
+
+def _write_all(fd: int, chunks: Sequence[bytes], start: int) -> int:
+    end = start
+    for first in range(0, len(chunks), IOV_MAX):
+        group = chunks[first : first + IOV_MAX]
+        size = sum(len(c) for c in group)
+        written = os.pwritev(fd, group, end)
+        if written < size:  # a short write: the rest one buffer at a time
+            view = memoryview(b"".join(group))[written:]
+            end += written
+            while view:
+                more = os.pwrite(fd, view, end)
+                view, end = view[more:], end + more
+        else:
+            end += written
+    return end
