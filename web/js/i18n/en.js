@@ -361,15 +361,11 @@ export default /** @type {Record<string, string>} */ ({
   "extras.saving": "saving…",
   "extras.saved": "saved",
   "extras.summary": "Chat and notes",
-  "replay.title": "Screen replay — allowhelp",
-  "replay.loading": "Loading the recording…",
+  "replay.screen_title": "Screen replay — allowhelp",
   "replay.play": "Play",
   "replay.pause": "Pause",
   "replay.position": "Position",
   "replay.speed": "Speed",
-  "replay.recorded": "recorded {when}",
-  "replay.verified": "Recording verified against the audit log.",
-  "replay.failed": "Cannot replay this session: {why}",
   "replay.other_colours": "It was recorded from another viewer: its colours may not show as they were.",
   "sessions.replay": "Replay"
 });

@@ -361,15 +361,11 @@ export default /** @type {Record<string, string>} */ ({
   "extras.saving": "enregistrement…",
   "extras.saved": "enregistré",
   "extras.summary": "Conversation et notes",
-  "replay.title": "Relecture de l’écran — allowhelp",
-  "replay.loading": "Chargement de l’enregistrement…",
+  "replay.screen_title": "Relecture de l’écran — allowhelp",
   "replay.play": "Lire",
   "replay.pause": "Pause",
   "replay.position": "Position",
   "replay.speed": "Vitesse",
-  "replay.recorded": "enregistré le {when}",
-  "replay.verified": "Enregistrement vérifié auprès du journal d’audit.",
-  "replay.failed": "Impossible de relire cette session : {why}",
   "replay.other_colours": "Il a été enregistré depuis une autre visionneuse : ses couleurs peuvent s’afficher autrement.",
   "sessions.replay": "Revoir"
 });

@@ -361,15 +361,11 @@ export default /** @type {Record<string, string>} */ ({
   "extras.saving": "opslaan…",
   "extras.saved": "opgeslagen",
   "extras.summary": "Chat en notities",
-  "replay.title": "Scherm terugkijken — allowhelp",
-  "replay.loading": "Opname laden…",
+  "replay.screen_title": "Scherm terugkijken — allowhelp",
   "replay.play": "Afspelen",
   "replay.pause": "Pauzeren",
   "replay.position": "Positie",
   "replay.speed": "Snelheid",
-  "replay.recorded": "opgenomen op {when}",
-  "replay.verified": "Opname gecontroleerd tegen het auditlogboek.",
-  "replay.failed": "Deze sessie kan niet worden teruggekeken: {why}",
   "replay.other_colours": "Het is opgenomen met een andere viewer: de kleuren kunnen anders worden weergegeven.",
   "sessions.replay": "Terugkijken"
 });

@@ -4,7 +4,7 @@
 // and is itself audited). The player is noVNC's decoder fed from the file
 // (../replay/screen-player.js), with seek and speed.
 import { api, apiStream, errorMessage } from "../lib/api.js";
-import { $ } from "../lib/dom.js";
+import { $, fullTime } from "../lib/dom.js";
 import { t, translatePage } from "../lib/i18n.js";
 import { sessionPath } from "../lib/session-page.js";
 import { coloursAsRecorded, parseRecording } from "../replay/recording.js";
@@ -41,8 +41,8 @@ async function replay() {
   const recording = parseRecording(await response.arrayBuffer());
   const meta = recording.meta;
   $("host").textContent = `${String(meta.hostname ?? "")} — ${String(meta.technician ?? "")}`;
-  const started = typeof meta.started === "number" ? new Date(meta.started * 1000).toLocaleString() : "";
-  $("state").textContent = t("replay.recorded", { when: started });
+  const started = typeof meta.started === "number" ? fullTime(meta.started) : "";
+  $("state").textContent = t("replay.recorded", { time: started });
   $("message").textContent = coloursAsRecorded(recording)
     ? t("replay.verified")
     : `${t("replay.verified")} ${t("replay.other_colours")}`;
@@ -68,5 +68,5 @@ async function replay() {
 
 replay().catch((error) => {
   document.body.dataset.replay = "failed";
-  $("message").textContent = t("replay.failed", { why: errorMessage(error) });
+  $("message").textContent = t("replay.failed", { error: errorMessage(error) });
 });
