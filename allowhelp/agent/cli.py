@@ -163,6 +163,67 @@ def cmd_end(args: argparse.Namespace) -> int:
     return 0
 
 
+ROLE_NAMES = {"owner": N_("owner"), "observer": N_("observer"), "control": N_("control")}
+
+
+def describe_status(sessions: list[dict[str, Any]]) -> list[str]:
+    """Who is connected to which session and how (#18): each session, then the
+    people invited into it."""
+    lines: list[str] = []
+    owners = [s for s in sessions if not s.get("joins")]
+    for session in owners:
+        kind = str(session.get("kind", ""))
+        lines.append(
+            _("%(session)s  %(what)s")
+            % {
+                "session": session["session_id"],
+                "what": _(KIND_NAMES[kind]) if kind in KIND_NAMES else kind,
+            }
+        )
+        people = [session, *(s for s in sessions if s.get("joins") == session["session_id"])]
+        for person in people:
+            role = str(person.get("role", "owner"))
+            line = _("  %(technician)s (%(username)s): %(role)s, %(state)s") % {
+                "technician": person["technician"],
+                "username": person.get("username") or "-",
+                "role": _(ROLE_NAMES[role]) if role in ROLE_NAMES else role,
+                "state": _("connected") if person.get("connected") else _("not connected yet"),
+            }
+            lines.append(line)
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    answer = call(args, {"op": "status"})
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    lines = describe_status(list(answer.get("sessions", [])))
+    print("\n".join(lines) if lines else _("no session is running"))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """The user removes one person from a session: their invitation ends."""
+    sessions = call(args, {"op": "status"}).get("sessions", [])
+    found = [
+        s["session_id"]
+        for s in sessions
+        if s.get("joins") == args.session_id and s.get("username") == args.username
+    ]
+    if not found:
+        raise AgentError(
+            _("nobody called %(username)s takes part in session %(session)s")
+            % {"username": args.username, "session": args.session_id}
+        )
+    call(args, {"op": "end", "session_id": found[0]})
+    print(
+        _("%(username)s removed from session %(session)s")
+        % {"username": args.username, "session": args.session_id}
+    )
+    return 0
+
+
 def cmd_request_help(args: argparse.Namespace) -> int:
     answer = call(args, {"op": "request-help", "message": args.message})
     print(answer["code"])
@@ -296,6 +357,15 @@ def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     end.add_argument("session_id", nargs="?", default=None)
     _config_arg(end)
     end.set_defaults(func=cmd_end)
+    status = sub.add_parser("status", help="who is connected to which session, and how")
+    status.add_argument("--json", action="store_true", help="print the agent's JSON answer")
+    _config_arg(status)
+    status.set_defaults(func=cmd_status)
+    remove = sub.add_parser("remove", help="remove one invited person from a running session")
+    remove.add_argument("session_id")
+    remove.add_argument("username")
+    _config_arg(remove)
+    remove.set_defaults(func=cmd_remove)
     messages = sub.add_parser("messages", help="show the chat of a running session")
     messages.add_argument("session_id")
     messages.add_argument("--json", action="store_true", help='print [{"from", "text", "ts"}]')

@@ -68,6 +68,7 @@ def current_hello() -> Hello:
         screen_problem=offer.problem,
         desktop=offer.desktop,
         chat=True,
+        invites=True,
     )
 
 

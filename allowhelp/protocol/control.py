@@ -69,6 +69,8 @@ END_REASONS = (
 # What the agent may say in ``session.end`` besides "user": why it could not ask.
 AGENT_END_REASONS = ("user", "nobody_signed_in", "unsupported", "signed_out")
 Via = Literal["dialog", "terminal", "cli"]
+# How an invited participant takes part (#18): observe = output only; control = may type.
+INVITE_MODES = ("observe", "control")
 
 
 class ProtocolError(ValueError):
@@ -136,6 +138,12 @@ class ConsentRequest(Message):
     timeout: float
     help_code: str = ""
     chat: bool = False  # the broker takes chat.message for this session (older ones do not)
+    # An invitation (#18): ``session_id`` is the invitation's own id, ``joins`` the
+    # running session the invitee joins, ``mode`` "observe" | "control", ``username``
+    # the invitee's login (``technician`` is their full name). "" for a new session.
+    joins: str = ""
+    mode: str = ""
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,9 @@ class Hello(Message):
     desktop: str = ""
 
     chat: bool = False  # the agent takes ``chat.message`` (older agents would close the tunnel)
+    # The agent understands invitations (ConsentRequest ``joins``): several participants
+    # on one session (#18). An older agent would take an invitation for a new session.
+    invites: bool = False
 
 
 @dataclass(frozen=True)
@@ -338,6 +349,9 @@ LIMITS = {
     "path": 1000,
     "direction": 10,
     "status": 10,
+    "joins": 40,
+    "mode": 10,
+    "username": 64,
 }
 
 
@@ -444,6 +458,10 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ProtocolError("session_id is malformed")
     if "job_id" in values and not is_session_id(values["job_id"]):
         raise ProtocolError("job_id is malformed")
+    if values.get("joins") and not is_session_id(values["joins"]):
+        raise ProtocolError("joins is malformed")
+    if values.get("mode") not in (None, "", *INVITE_MODES):
+        raise ProtocolError("mode has an unknown value")
     return values
 
 

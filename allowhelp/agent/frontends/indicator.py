@@ -32,7 +32,9 @@ NEWS_SHOWN = 8  # the last chat messages and file transfers shown in the window
 
 def describe(grant: Grant) -> str:
     names = {"technician": grant.technician}
-    if grant.kind == "admin-shell":
+    if grant.joins:  # an invited participant (#18): this window's button removes them
+        first = _joined(grant)
+    elif grant.kind == "admin-shell":
         first = _("%(technician)s is connected: an administrator (root) shell on this PC.")
     elif grant.kind == "shell":
         first = _("%(technician)s is connected: a command shell (terminal) on this PC.")
@@ -48,6 +50,16 @@ def describe(grant: Grant) -> str:
     since = time.strftime("%H:%M", time.localtime(grant.granted_at))
     then = _('Since %(time)s. Click "%(button)s" to stop it at once.')
     return first % names + "\n" + then % {"time": since, "button": _(END)}
+
+
+def _joined(grant: Grant) -> str:
+    if grant.kind == "screen":
+        if grant.view_only:
+            return _("%(technician)s also watches your screen (observer: they cannot control it).")
+        return _("%(technician)s also sees and controls your screen.")
+    if grant.mode == "control":
+        return _("%(technician)s also uses your terminal (they can type).")
+    return _("%(technician)s also watches your terminal (observer: they cannot type).")
 
 
 class IndicatorFrontend:

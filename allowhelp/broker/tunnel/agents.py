@@ -33,6 +33,7 @@ class LiveAgent:
     screen_problem: str = ""
     desktop: str = ""
     chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
+    invites: bool = False  # it takes invitations into running sessions (Hello ``invites``)
 
     @property
     def nobody_signed_in(self) -> bool:

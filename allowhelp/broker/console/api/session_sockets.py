@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 from allowhelp.broker.audit.recording import AsciicastRecorder, RecordingLimits, Stopped
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import services, websocket_principal
+from allowhelp.broker.console.api.invites import attach_invitee
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BrokerError, RelayError
 from allowhelp.broker.model.session import Session
@@ -86,6 +87,10 @@ async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
     svc = services(websocket)
     try:
         principal = await websocket_principal(websocket)
+        owned = svc.sessions.live(websocket.path_params["session_id"])
+        if owned is not None and owned.technician != principal.user.username:
+            await attach_invitee(websocket, svc, principal.user.username, kind)  # #18
+            return
         session, link, relay = claim(
             svc.sessions,
             websocket.path_params["session_id"],
