@@ -148,6 +148,11 @@ class InviteDesk:
                 return invitation
         return None
 
+    def seen_by(self, session_id: str, username: str) -> Invitation | None:
+        """``username``'s latest invitation into a live session, whatever its state."""
+        mine = [i for i in self.of_session(session_id) if i.username == username]
+        return max(mine, key=lambda i: i.created) if mine else None
+
     def sessions_for(self, username: str) -> list[tuple[Session, Invitation]]:
         """The live sessions ``username`` is invited into, with the invitation."""
         found = []
@@ -443,5 +448,6 @@ def invitee_view(session: Session, invitation: Invitation) -> dict[str, object]:
         **session.to_json(),
         "phrase": invitation.phrase,
         "invitation": invitation.to_json(),
+        "view_only": session.view_only or invitation.mode != "control",
         "notes": "",
     }

@@ -238,5 +238,15 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "Two-factor login is now optional.",
   "users.totp_required": "Two-factor login is now required for everyone.",
   "users.username": "User name",
-  "users.you": "you"
+  "users.you": "you",
+  "invite.control": "Control (may type)",
+  "invite.intro": "The person at the PC is asked about each one by name, with their own verification phrase; they join only once allowed.",
+  "invite.line": "{name} ({user}): {mode}, {state}, phrase: {phrase}",
+  "invite.observe": "Observe (output only)",
+  "invite.over": "Your invitation to this session is {state}.",
+  "invite.revoke": "Revoke",
+  "invite.send": "Invite",
+  "invite.title": "Invite…",
+  "invite.username": "Technician's user name",
+  "invite.waiting": "Waiting for the person at {host} to allow you; read them the verification phrase below."
 });

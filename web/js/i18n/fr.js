@@ -238,5 +238,15 @@ export default /** @type {Record<string, string>} */ ({
   "users.totp_optional": "La connexion à deux facteurs est maintenant facultative.",
   "users.totp_required": "La connexion à deux facteurs est maintenant exigée pour tous.",
   "users.username": "Nom d'utilisateur",
-  "users.you": "vous"
+  "users.you": "vous",
+  "invite.control": "Contrôle (peut taper)",
+  "invite.intro": "La personne devant le PC est interrogée sur chacun, par son nom, avec sa propre phrase de vérification ; il ne rejoint qu'une fois autorisé.",
+  "invite.line": "{name} ({user}) : {mode}, {state}, phrase : {phrase}",
+  "invite.observe": "Observer (affichage seulement)",
+  "invite.over": "Votre invitation à cette session : {state}.",
+  "invite.revoke": "Retirer",
+  "invite.send": "Inviter",
+  "invite.title": "Inviter…",
+  "invite.username": "Nom d'utilisateur du technicien",
+  "invite.waiting": "En attente de l'accord de la personne devant {host}. Lisez-lui la phrase de vérification ci-dessous."
 });

@@ -64,9 +64,10 @@ async def one(request: Request) -> Response:
     principal = await require(request)
     svc = services(request)
     session = await svc.sessions.get(request.path_params["session_id"])
-    for joined, invitation in svc.invites.sessions_for(principal.user.username):
-        if session is not None and joined.id == session.id:  # an invitee (#18)
-            return JSONResponse(invitee_view(joined, invitation))
+    live = svc.sessions.live(request.path_params["session_id"])
+    invitation = svc.invites.seen_by(live.id, principal.user.username) if live else None
+    if live is not None and invitation is not None and live.technician != principal.user.username:
+        return JSONResponse(invitee_view(live, invitation))  # an invitee (#18)
     return JSONResponse(_visible(principal, session).to_json())
 
 
