@@ -24,8 +24,10 @@ from harness import (
     Broker,
     Desk,
     agent_call,
+    agent_status,
     broker_cli,
     running_fleet,
+    wait_for,
     wait_pending,
 )
 from terminalkit import Terminal, consented_shell
@@ -74,6 +76,17 @@ def allow_invitation(agent: Agent, invitation: dict[str, Any]) -> dict[str, Any]
     return pending
 
 
+def has_joined(agent: Agent, invitation_id: str) -> None:
+    """The invitee's channel has joined the shell on the PC (output reaches them
+    from then on, not before)."""
+
+    def connected() -> bool:
+        grants = agent_status(agent)["sessions"]
+        return any(g["session_id"] == invitation_id and g["connected"] for g in grants)
+
+    wait_for(connected, 15, "the invitee's channel to join the shell")
+
+
 async def closed(term: Terminal) -> None:
     with pytest.raises(websockets.ConnectionClosed):
         while True:
@@ -113,6 +126,7 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
             assert pending["joins"] == session_id and pending["username"] == BOB
             assert pending["phrase"] == invitation["phrase"] != alice.session(session_id)["phrase"]
             async with terminal(bob, session_id) as observer:
+                await asyncio.to_thread(has_joined, agent, invitation["id"])
                 await owner.send("echo seen-by-$((6*7))\n")
                 await observer.expect(b"seen-by-42")
                 await observer.send("echo BOBTYPED-$((3*3))\n")
@@ -129,6 +143,7 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
                 assert asked.status_code == 201, asked.text
                 allow_invitation(agent, asked.json())
                 async with terminal(carol, session_id) as controller:
+                    await asyncio.to_thread(has_joined, agent, asked.json()["id"])
                     await controller.send("echo carol-$((5*5))\n")
                     await owner.expect(b"carol-25")
                     await observer.expect(b"carol-25")
@@ -147,6 +162,22 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
                 # the owner's shell goes on
                 await owner.send("echo still-$((1+1))\n")
                 await owner.expect(b"still-2")
+                # revoked and removed people stay out; others cannot see or revoke
+                assert await refused(carol, session_id) == 403
+                assert await refused(bob, session_id) == 403
+                assert bob.client.get(f"/api/v1/sessions/{session_id}/invites").status_code == 404
+                assert bob.client.delete(f"{url}/{CAROL}").status_code == 403
+                # the PC user says no: the invitee stays out
+                asked = alice.client.post(url, json={"username": DAVE, "mode": "control"})
+                assert asked.status_code == 201, asked.text
+                wait_pending(agent, asked.json()["id"])
+                assert agent_call(agent, "deny", asked.json()["id"]).returncode == 0
+                await asyncio.to_thread(
+                    wait_for, lambda: records(broker, "invite.denied"), 15, "the denial"
+                )
+                assert await refused(dave, session_id) == 403
+                await owner.send("echo after-$((2+5))\n")
+                await owner.expect(b"after-7")
         removal = records(broker, "participant.removed")
         assert removal[-1]["actor"].startswith("user@")
         assert removal[-1]["details"]["invitee"] == BOB
