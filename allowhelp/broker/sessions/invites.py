@@ -346,6 +346,7 @@ class InviteDesk:
         relay = make(invitation)
         invitation.state = InviteState.JOINED
         invitation.stop = relay.stop
+        self._publish(session, invitation)
         return invitation, link, relay
 
     async def refused(self, session_id: str, username: str, why: BrokerError) -> None:

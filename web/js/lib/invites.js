@@ -33,8 +33,6 @@ export function mayJoin(session) {
   const invitation = session.invitation;
   if (!invitation) return true;
   $("end", HTMLButtonElement).hidden = true; // an invitee leaves by closing the page
-  const side = document.getElementById("side");
-  if (side) side.hidden = true; // chat and notes are the owner's
   if (invitation.state === "allowed" || invitation.state === "joined") return true;
   $("notice").hidden = false;
   $("phrase").textContent = plain(invitation.phrase, 100);
@@ -44,6 +42,15 @@ export function mayJoin(session) {
       ? t("invite.waiting", { host: plain(session.hostname, 100) })
       : t("invite.over", { state: invitation.state });
   return false;
+}
+
+/**
+ * After the page showed the session: an invitee gets no chat and notes (the owner's).
+ * @param {SessionSeen} session
+ */
+export function inviteeTidy(session) {
+  const side = document.getElementById("side");
+  if (side && session.invitation) side.hidden = true;
 }
 
 /**

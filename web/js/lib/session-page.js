@@ -8,7 +8,7 @@ import { api, errorMessage } from "./api.js";
 import { $, plain } from "./dom.js";
 import { EventFeed } from "./events.js";
 import { t, translatePage } from "./i18n.js";
-import { loadInvites, mayJoin, showInvitePanel } from "./invites.js";
+import { inviteeTidy, loadInvites, mayJoin, showInvitePanel } from "./invites.js";
 import { outcome, stateWords } from "./session-states.js";
 
 /** @typedef {import("./session-states.js").Session} Session */
@@ -78,6 +78,7 @@ export function runSessionPage(view) {
       if (!mayJoin(session)) return; // an invitee the PC user has not allowed (yet)
       showInvitePanel(session, sessionPath);
       view.active(session);
+      inviteeTidy(session);
     } else if (words.over) {
       feed.stop();
       $("notice").hidden = false;
