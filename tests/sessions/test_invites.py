@@ -178,6 +178,10 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
                 assert await refused(dave, session_id) == 403
                 await owner.send("echo after-$((2+5))\n")
                 await owner.expect(b"after-7")
+        # after the end, the invitees' pages still load it (and see it is over)
+        assert bob.wait_state(session_id, "ended")["invitation"]["state"] == "removed"
+        assert carol.wait_state(session_id, "ended")["invitation"]["state"] == "revoked"
+        assert dave.session(session_id)["invitation"]["state"] == "denied"
         removal = records(broker, "participant.removed")
         assert removal[-1]["actor"].startswith("user@")
         assert removal[-1]["details"]["invitee"] == BOB

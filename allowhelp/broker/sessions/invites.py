@@ -54,6 +54,7 @@ from allowhelp.protocol.control import (
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 20.0
+KEEP_ENDED = 1000  # invitations of ended sessions kept for their invitees' pages
 JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
 
 
@@ -133,6 +134,7 @@ class InviteDesk:
         self._organisation = organisation
         self._timeout = consent_timeout
         self._all: dict[str, Invitation] = {}  # by invitation id, while its session lives
+        self._ended: dict[str, Invitation] = {}  # the latest of ended sessions, bounded
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         sessions.on_final(self._session_over)
@@ -149,8 +151,10 @@ class InviteDesk:
         return None
 
     def seen_by(self, session_id: str, username: str) -> Invitation | None:
-        """``username``'s latest invitation into a live session, whatever its state."""
-        mine = [i for i in self.of_session(session_id) if i.username == username]
+        """``username``'s latest invitation into a session (live, or ended lately),
+        whatever its state."""
+        every = [*self._all.values(), *self._ended.values()]
+        mine = [i for i in every if i.session_id == session_id and i.username == username]
         return max(mine, key=lambda i: i.created) if mine else None
 
     def sessions_for(self, username: str) -> list[tuple[Session, Invitation]]:
@@ -302,11 +306,18 @@ class InviteDesk:
 
     def _session_over(self, session: Session) -> None:
         for invitation in self.of_session(session.id):
+            self._publish(session, invitation)  # the invitee's page shows the end
             if invitation.live:  # a joined one's leaving is on the record
                 event = "participant.left" if invitation.state is InviteState.JOINED else ""
                 self._spawn(self._finish(invitation, InviteState.ENDED, event, "system"))
             else:
-                self._all.pop(invitation.id, None)
+                self._retire(invitation)
+
+    def _retire(self, invitation: Invitation) -> None:
+        self._all.pop(invitation.id, None)
+        self._ended[invitation.id] = invitation
+        while len(self._ended) > KEEP_ENDED:  # the oldest go first
+            del self._ended[next(iter(self._ended))]
 
     async def _finish(
         self, invitation: Invitation, state: InviteState, event: str, actor: str
@@ -322,7 +333,7 @@ class InviteDesk:
         elif state is not InviteState.REMOVED:
             self._tell_agent(invitation, "expired")
         if state is InviteState.ENDED:
-            self._all.pop(invitation.id, None)
+            self._retire(invitation)
         if event:
             await self._write(event, actor, invitation, was_connected=was_joined)
         self._publish_by_id(invitation)

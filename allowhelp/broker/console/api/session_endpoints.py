@@ -64,10 +64,9 @@ async def one(request: Request) -> Response:
     principal = await require(request)
     svc = services(request)
     session = await svc.sessions.get(request.path_params["session_id"])
-    live = svc.sessions.live(request.path_params["session_id"])
-    invitation = svc.invites.seen_by(live.id, principal.user.username) if live else None
-    if live is not None and invitation is not None and live.technician != principal.user.username:
-        return JSONResponse(invitee_view(live, invitation))  # an invitee (#18)
+    invitation = svc.invites.seen_by(session.id, principal.user.username) if session else None
+    if session is not None and invitation is not None and session.technician != invitation.username:
+        return JSONResponse(invitee_view(session, invitation))  # an invitee (#18)
     return JSONResponse(_visible(principal, session).to_json())
 
 
