@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import (
@@ -37,6 +34,7 @@ from allowhelp.broker.model.phrase import verification_phrase
 from allowhelp.broker.model.session import Session, State, new_session_id, user_actor
 from allowhelp.broker.relay.outcome import Outcome, Relay
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.invitation import Invitation, InviteState, invitee_view
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -56,64 +54,6 @@ log = logging.getLogger(__name__)
 OPEN_TIMEOUT = 20.0
 KEEP_ENDED = 1000  # invitations of ended sessions kept for their invitees' pages
 JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
-
-
-class InviteState(StrEnum):
-    ASKED = "asked"
-    ALLOWED = "allowed"
-    JOINED = "joined"
-    LEFT = "left"
-    DENIED = "denied"
-    EXPIRED = "expired"
-    REVOKED = "revoked"
-    REMOVED = "removed"  # by the PC user
-    ENDED = "ended"  # with its session
-
-
-LIVE = frozenset({InviteState.ASKED, InviteState.ALLOWED, InviteState.JOINED})
-
-
-@dataclass
-class Invitation:
-    id: str
-    session_id: str
-    agent_id: str
-    username: str
-    full_name: str
-    mode: str
-    phrase: str
-    invited_by: str
-    state: InviteState = InviteState.ASKED
-    created: float = field(default_factory=time.time)
-    stop: Callable[[], object] | None = None  # the attached relay's
-
-    @property
-    def live(self) -> bool:
-        return self.state in LIVE
-
-    def summary(self) -> dict[str, object]:
-        """What each audit record of this invitation says: who, into what, how."""
-        return {
-            "invitation": self.id,
-            "session": self.session_id,
-            "agent_id": self.agent_id,
-            "invitee": self.username,
-            "mode": self.mode,
-            "invited_by": self.invited_by,
-        }
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "session_id": self.session_id,
-            "username": self.username,
-            "full_name": self.full_name,
-            "mode": self.mode,
-            "phrase": self.phrase,
-            "invited_by": self.invited_by,
-            "state": self.state.value,
-            "created": self.created,
-        }
 
 
 class InviteDesk:
@@ -452,14 +392,3 @@ class InviteDesk:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def invitee_view(session: Session, invitation: Invitation) -> dict[str, object]:
-    """The session as its invitee sees it: their own phrase, their invitation."""
-    return {
-        **session.to_json(),
-        "phrase": invitation.phrase,
-        "invitation": invitation.to_json(),
-        "view_only": session.view_only or invitation.mode != "control",
-        "notes": "",
-    }

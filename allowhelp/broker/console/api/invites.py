@@ -26,7 +26,7 @@ from allowhelp.broker.relay.outcome import Relay
 from allowhelp.broker.relay.participant import ParticipantTerminalRelay
 from allowhelp.broker.relay.screen import ScreenRelay
 from allowhelp.broker.relay.terminal import terminal_size
-from allowhelp.broker.sessions.invites import Invitation
+from allowhelp.broker.sessions.invitation import Invitation
 from allowhelp.protocol.control import Kind
 
 SUBPROTOCOL = "binary"

@@ -20,7 +20,7 @@ from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
-from allowhelp.broker.sessions.invites import invitee_view
+from allowhelp.broker.sessions.invitation import invitee_view
 
 log = logging.getLogger(__name__)
 
