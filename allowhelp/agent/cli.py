@@ -128,6 +128,20 @@ def describe_pending(item: dict[str, Any]) -> str:
     """One line per waiting request: the technician's words as typed (``repr``
     shows the reason's exact characters), the rest in the user's language."""
     kind = str(item.get("kind", ""))
+    if item.get("joins"):  # an invitation into a running session (#18)
+        joined = _(
+            "%(session)s  %(technician)s (%(username)s) also wants to join session %(joins)s"
+            " as %(role)s  phrase: %(phrase)s  (%(seconds)s s left)"
+        )
+        return joined % {
+            "session": item["session_id"],
+            "technician": item["technician"],
+            "username": item.get("username") or "-",
+            "joins": item["joins"],
+            "role": _("control") if item.get("mode") == "control" else _("observer"),
+            "phrase": item["phrase"],
+            "seconds": item["seconds_left"],
+        }
     line = _(
         "%(session)s  %(technician)s asks for %(what)s: %(reason)r  phrase: %(phrase)s  "
         "(%(seconds)s s left)"

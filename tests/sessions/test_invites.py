@@ -72,6 +72,11 @@ def records(broker: Broker, kind: str) -> list[dict[str, Any]]:
 
 def allow_invitation(agent: Agent, invitation: dict[str, Any]) -> dict[str, Any]:
     pending = wait_pending(agent, invitation["id"])
+    said = agent_call(agent, "pending").stdout  # what the user reads on the PC
+    assert (
+        f"({invitation['username']}) also wants to join session {invitation['session_id']}" in said
+    )
+    assert invitation["phrase"] in said
     assert agent_call(agent, "allow", invitation["id"]).returncode == 0
     return pending
 
