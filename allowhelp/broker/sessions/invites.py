@@ -132,7 +132,7 @@ class InviteDesk:
             raise AgentUnreachable("the machine is offline")
         if not live.invites:
             raise Conflict(
-                "this PC's agent takes no invitations (too old, or the machine service)",
+                "this PC's agent is too old to take invitations",
                 code="invites_unsupported",
             )
         invitation = Invitation(
