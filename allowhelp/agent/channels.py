@@ -190,6 +190,16 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         return True
 
     def _start(self, kind: str) -> Backend:
+        if kind in ("shell", "admin-shell") and self.grant is not None and self.grant.joins:
+            return self._service.participants.join(self.grant, self)  # an invitee (#18)
+        if kind in ("shell", "admin-shell"):
+            backend = self._start_shell(kind)
+            if self.grant is not None:
+                self._service.participants.open(self.grant.session_id, backend)
+            return backend
+        return self._start_other(kind)
+
+    def _start_shell(self, kind: str) -> Backend:
         if kind in ("shell", "admin-shell"):
             if not self._has_pty:
                 raise RuntimeError("a shell needs a terminal (pty-req)")
@@ -200,6 +210,9 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
                 return self._server._shell(self, self.grant, self._term, self._size)
             # The agent's own login shell: the user's (per-user agent), root's (admin-shell).
             return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self.finish)
+        raise RuntimeError(f"{kind} is not a shell")
+
+    def _start_other(self, kind: str) -> Backend:
         if kind == "files":
             if self._server._files is None or self.grant is None:
                 raise RuntimeError("this agent cannot exchange files")
@@ -225,6 +238,12 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
 
     def write(self, data: bytes) -> None:
         self.chan.write(data)
+        if self.grant is not None and not self.grant.joins:  # the owner's shell: to everyone
+            self._service.participants.output(self.grant.session_id, data)
+
+    def backlog(self) -> int:
+        """Bytes written to this channel and not yet taken by the broker."""
+        return self.chan.get_write_buffer_size()
 
     def pause_reading(self) -> None:
         self.chan.pause_reading()
@@ -298,6 +317,8 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.grant is not None and not self.grant.joins:
+            self._service.participants.close(self.grant.session_id)
         if self._control is not None:
             self._service.detach(self.send_message)
             self._server.control_open = False

@@ -129,6 +129,20 @@ def describe_pending(item: dict[str, Any]) -> str:
     """One line per waiting request: the technician's words as typed (``repr``
     shows the reason's exact characters), the rest in the user's language."""
     kind = str(item.get("kind", ""))
+    if item.get("joins"):  # an invitation into a running session (#18)
+        joined = _(
+            "%(session)s  %(technician)s (%(username)s) also wants to join session %(joins)s"
+            " as %(role)s  phrase: %(phrase)s  (%(seconds)s s left)"
+        )
+        return joined % {
+            "session": item["session_id"],
+            "technician": item["technician"],
+            "username": item.get("username") or "-",
+            "joins": item["joins"],
+            "role": _("control") if item.get("mode") == "control" else _("observer"),
+            "phrase": item["phrase"],
+            "seconds": item["seconds_left"],
+        }
     line = _(
         "%(session)s  %(technician)s asks for %(what)s: %(reason)r  phrase: %(phrase)s  "
         "(%(seconds)s s left)"
@@ -161,6 +175,67 @@ def cmd_end(args: argparse.Namespace) -> int:
         print(_("ended: %(sessions)s") % {"sessions": ", ".join(ended)})
     else:
         print(_("no session was running"))
+    return 0
+
+
+ROLE_NAMES = {"owner": N_("owner"), "observer": N_("observer"), "control": N_("control")}
+
+
+def describe_status(sessions: list[dict[str, Any]]) -> list[str]:
+    """Who is connected to which session and how (#18): each session, then the
+    people invited into it."""
+    lines: list[str] = []
+    owners = [s for s in sessions if not s.get("joins")]
+    for session in owners:
+        kind = str(session.get("kind", ""))
+        lines.append(
+            _("%(session)s  %(what)s")
+            % {
+                "session": session["session_id"],
+                "what": _(KIND_NAMES[kind]) if kind in KIND_NAMES else kind,
+            }
+        )
+        people = [session, *(s for s in sessions if s.get("joins") == session["session_id"])]
+        for person in people:
+            role = str(person.get("role", "owner"))
+            line = _("  %(technician)s (%(username)s): %(role)s, %(state)s") % {
+                "technician": person["technician"],
+                "username": person.get("username") or "-",
+                "role": _(ROLE_NAMES[role]) if role in ROLE_NAMES else role,
+                "state": _("connected") if person.get("connected") else _("not connected yet"),
+            }
+            lines.append(line)
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    answer = call(args, {"op": "status"})
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    lines = describe_status(list(answer.get("sessions", [])))
+    print("\n".join(lines) if lines else _("no session is running"))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """The user removes one person from a session: their invitation ends."""
+    sessions = call(args, {"op": "status"}).get("sessions", [])
+    found = [
+        s["session_id"]
+        for s in sessions
+        if s.get("joins") == args.session_id and s.get("username") == args.username
+    ]
+    if not found:
+        raise AgentError(
+            _("nobody called %(username)s takes part in session %(session)s")
+            % {"username": args.username, "session": args.session_id}
+        )
+    call(args, {"op": "end", "session_id": found[0]})
+    print(
+        _("%(username)s removed from session %(session)s")
+        % {"username": args.username, "session": args.session_id}
+    )
     return 0
 
 
@@ -322,6 +397,17 @@ def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     end.add_argument("session_id", nargs="?", default=None, metavar=_("SESSION"))
     _config_arg(end)
     end.set_defaults(func=cmd_end)
+    status = sub.add_parser("status", help=_("who is connected to which session, and how"))
+    status.add_argument("--json", action="store_true", help=_("print the agent's JSON answer"))
+    _config_arg(status)
+    status.set_defaults(func=cmd_status)
+    remove = sub.add_parser(
+        "remove", help=_("remove one invited person from a running session")
+    )
+    remove.add_argument("session_id", metavar=_("SESSION"))
+    remove.add_argument("username", metavar=_("USERNAME"), help=_("the invited person's login"))
+    _config_arg(remove)
+    remove.set_defaults(func=cmd_remove)
     messages = sub.add_parser("messages", help=_("show the chat of a running session"))
     messages.add_argument("session_id", metavar=_("SESSION"))
     messages.add_argument("--json", action="store_true", help=_('print [{"from", "text", "ts"}]'))

@@ -6,6 +6,11 @@ whoever asks — the broker included, so a stolen broker key opens nothing.
 
 A grant allows one channel of its kind. View-only applies to the screen.
 
+Invitations (#18): a request that ``joins`` a running session asks about one more
+person, under its own id and phrase. Its grant lets that person's channel join
+the session (``participants.py``); an ``observe`` grant is view-only whatever the
+user clicked, and it ends with the session it joined.
+
 Owners: on a PC with a machine service, each request belongs to the user
 who was signed in when it came (their uid); only that uid can see, answer or
 end it (``owner`` in ``decide``, ``end`` and the listings). A per-user agent
@@ -43,6 +48,22 @@ WHAT_IS_ASKED = {
         " PC: full control of the whole computer, every user's files included."
     ),
 }
+# An invitation, by what the session is and how the invitee takes part.
+WHAT_IS_ASKED_TO_JOIN = {
+    ("shell", "observe"): N_(
+        "%(technician)s from %(organisation)s also wants to watch your terminal (they cannot type)."
+    ),
+    ("shell", "control"): N_(
+        "%(technician)s from %(organisation)s also wants to use your terminal (they can type)."
+    ),
+    ("screen", "observe"): N_(
+        "%(technician)s from %(organisation)s also wants to watch your screen (they cannot"
+        " control it)."
+    ),
+    ("screen", "control"): N_(
+        "%(technician)s from %(organisation)s also wants to see and control your screen."
+    ),
+}
 
 
 @dataclass
@@ -62,8 +83,12 @@ class Pending:
         t = translations(self.language) if self.language else current()
         request = self.request
         names = {"technician": request.technician, "organisation": request.organisation}
+        asked = WHAT_IS_ASKED[request.kind]
+        if request.joins:
+            kind = "screen" if request.kind == "screen" else "shell"
+            asked = WHAT_IS_ASKED_TO_JOIN[(kind, request.mode or "observe")]
         lines = [
-            t.gettext(WHAT_IS_ASKED[request.kind]) % names,
+            t.gettext(asked) % names,
             t.gettext("Reason: %(reason)s") % {"reason": request.reason},
             t.gettext("Verification phrase: %(phrase)s") % {"phrase": request.phrase},
         ]
@@ -84,6 +109,9 @@ class Pending:
             "phrase": self.request.phrase,
             "help_code": self.request.help_code,
             "seconds_left": max(0, round(self.deadline - time.monotonic())),
+            "joins": self.request.joins,
+            "mode": self.request.mode,
+            "username": self.request.username,
         }
 
 
@@ -98,6 +126,17 @@ class Grant:
     claimed: bool = False
     monitor: str = ""  # a screen: the monitor asked for (protocol/monitors.py), "" the default
     closers: list[Closer] = field(default_factory=list)
+    # An invitation's grant: the session it joins, "observe" | "control", the login.
+    joins: str = ""
+    mode: str = ""
+    username: str = ""
+
+    @property
+    def role(self) -> str:
+        """How this person takes part: owner, observer or control."""
+        if not self.joins:
+            return "owner"
+        return "control" if self.mode == "control" else "observer"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -106,6 +145,10 @@ class Grant:
             "view_only": self.view_only,
             "technician": self.technician,
             "since": self.granted_at,
+            "joins": self.joins,
+            "role": self.role,
+            "username": self.username,
+            "connected": self.claimed,
         }
 
 
@@ -130,6 +173,11 @@ class ConsentGate:
     def ask(self, request: ConsentRequest, owner: int | None = None) -> Pending:
         if request.session_id in self._pending or request.session_id in self._grants:
             raise ConsentRefused(f"session {request.session_id} was already asked")
+        if request.joins:
+            joined = self._grants.get(request.joins)
+            if joined is None or joined.joins or joined.kind != request.kind:
+                raise ConsentRefused(f"no running {request.kind} session {request.joins} to join")
+            owner = joined.owner  # asked of the person whose session it is
         now = self._clock()
         pending = Pending(request, now, now + request.timeout, owner)
         self._pending[request.session_id] = pending
@@ -161,20 +209,28 @@ class ConsentGate:
             )
         del self._pending[session_id]
         request = pending.request
-        view_only = view_only or False
+        view_only = (view_only or False) and request.kind == "screen"
+        if request.joins:
+            if request.joins not in self._grants:  # the session ended meanwhile
+                allow = False
+            # An observer is view-only whatever was clicked; the user may lower control.
+            view_only = view_only or request.mode != "control"
         if allow:
             self._grants[session_id] = Grant(
                 session_id,
                 request.kind,
-                view_only and request.kind == "screen",
+                view_only,
                 request.technician,
                 pending.owner,
                 monitor=request.monitor if request.kind == "screen" else "",
+                joins=request.joins,
+                mode=request.mode if request.joins else "",
+                username=request.username,
             )
         return Decision(
             session_id=session_id,
             granted=allow,
-            view_only=view_only and request.kind == "screen",
+            view_only=view_only,
             via=via,
             elapsed=round(self._clock() - pending.asked_at, 3),
             prompt=pending.prompt_text(),
@@ -207,13 +263,27 @@ class ConsentGate:
 
     def revoke(self, session_id: str) -> bool:
         """End a grant (either side ended it) and close its channels at once."""
+        return bool(self.revoke_with_members(session_id))
+
+    def members(self, session_id: str) -> list[Grant]:
+        """The invitations granted into ``session_id`` (its other participants)."""
+        return [g for g in self._grants.values() if g.joins == session_id]
+
+    def revoke_with_members(self, session_id: str) -> list[str]:
+        """End a grant and the invitations that joined it (and prompts asking to);
+        the ids of the grants ended, members first."""
         self._pending.pop(session_id, None)
+        for waiting in [p for p in self._pending.values() if p.request.joins == session_id]:
+            del self._pending[waiting.request.session_id]
+        ended = [
+            sid for g in self.members(session_id) for sid in self.revoke_with_members(g.session_id)
+        ]
         grant = self._grants.pop(session_id, None)
         if grant is None:
-            return False
+            return ended
         for closer in grant.closers:
             closer()
-        return True
+        return [*ended, session_id]
 
     def revoke_all(self) -> list[str]:
         ended = list(self._grants)

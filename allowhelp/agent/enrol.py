@@ -69,6 +69,7 @@ def current_hello() -> Hello:
         desktop=offer.desktop,
         chat=True,
         monitors=offer.monitors,
+        invites=True,
     )
 
 

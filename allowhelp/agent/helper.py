@@ -180,7 +180,15 @@ class SessionHelper:
             for frontend in self.frontends:
                 frontend.prompt_closed(packet.session_id)
         elif isinstance(packet, hp.Active):
-            grant = Grant(packet.session_id, packet.kind, packet.view_only, packet.technician)
+            grant = Grant(
+                packet.session_id,
+                packet.kind,
+                packet.view_only,
+                packet.technician,
+                joins=packet.joins,
+                mode=packet.mode,
+                username=packet.username,
+            )
             self.view.gate.live[packet.session_id] = grant
             for frontend in self.frontends:
                 frontend.active(grant)
@@ -293,6 +301,9 @@ def _pending(packet: hp.Prompt) -> Pending:
         phrase=packet.phrase,
         timeout=float(packet.seconds_left),
         help_code=packet.help_code,
+        joins=packet.joins,
+        mode=packet.mode,
+        username=packet.username,
     )
     now = asyncio.get_running_loop().time()
     return Pending(request, now, now + packet.seconds_left)

@@ -171,6 +171,7 @@ class HelperHub:
             desktop=screen[2] if screen else "",
             chat=True,
             monitors=screen[3] if screen else "",
+            invites=True,
         )
 
     def _maybe_changed(self) -> None:
@@ -244,7 +245,14 @@ class HelperHub:
     def active(self, grant: Grant) -> None:
         organisation = self.service.config.organisation if self.service else ""
         packet = hp.Active(
-            grant.session_id, grant.kind, grant.view_only, grant.technician, organisation
+            grant.session_id,
+            grant.kind,
+            grant.view_only,
+            grant.technician,
+            organisation,
+            joins=grant.joins,
+            mode=grant.mode,
+            username=grant.username,
         )
         self._to_owner(grant.owner, packet)
 
@@ -496,4 +504,7 @@ def _prompt_packet(pending: Pending) -> hp.Prompt:
         help_code=request.help_code,
         seconds_left=int(str(view["seconds_left"])),
         prompt=pending.prompt_text(),
+        joins=request.joins,
+        mode=request.mode,
+        username=request.username,
     )

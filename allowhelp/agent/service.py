@@ -21,6 +21,7 @@ from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
+from allowhelp.agent.participants import ParticipantHub
 from allowhelp.protocol.control import (
     MAX_CHAT,
     ChatMessage,
@@ -125,6 +126,7 @@ class AgentService:
         self.jobs: JobKeeper | None = None
         self.inventory: InventoryReporter | None = None  # the machine service's, after hello
         self.news = SessionNews()  # chat and file transfers of running sessions
+        self.participants = ParticipantHub()  # invitees who joined a shell (#18)
         self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
         self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
 
@@ -177,9 +179,8 @@ class AgentService:
             self._on_request(message)
         elif isinstance(message, SessionEnd):
             self._close_prompt(message.session_id)
-            if self.gate.revoke(message.session_id):
+            if self._revoke(message.session_id):
                 log.info("session=%s ended by the broker (%s)", message.session_id, message.reason)
-                self._notify_ended(message.session_id)
         elif isinstance(message, HelpCode):
             future = self._help.pop(message.ref, None)
             if future is not None and not future.done():
@@ -210,6 +211,7 @@ class AgentService:
             reason=plain_text(request.reason, 500),
             phrase=plain_text(request.phrase, 100),
             help_code=plain_text(request.help_code, 20),
+            username=plain_text(request.username, 64),
         )
         owner, refusal = self._owner_for(request)
         if refusal is not None:
@@ -225,6 +227,8 @@ class AgentService:
             pending = self.gate.ask(request, owner)
         except ConsentRefused as exc:
             log.warning("session=%s %s", request.session_id, exc)
+            if request.joins and self._send is not None:  # the broker stops waiting
+                self._send(SessionEnd(session_id=request.session_id, reason="error"))
             return
         log.info("session=%s consent asked by %s", request.session_id, request.technician)
         loop = asyncio.get_running_loop()
@@ -256,6 +260,16 @@ class AgentService:
             timer.cancel()
         for frontend in self.frontends:
             frontend.prompt_closed(session_id)
+
+    def _revoke(self, session_id: str) -> bool:
+        """End a grant and the invitations into it; the front-ends hear of each."""
+        for waiting in self.gate.pending():
+            if waiting.request.joins == session_id:
+                self._close_prompt(waiting.request.session_id)
+        ended = self.gate.revoke_with_members(session_id)
+        for sid in ended:
+            self._notify_ended(sid)
+        return session_id in ended
 
     def _notify_ended(self, session_id: str) -> None:
         for frontend in self.frontends:
@@ -309,23 +323,25 @@ class AgentService:
 
     def release(self, session_id: str) -> None:
         """A granted channel closed on its own (shell exited, broker closed it)."""
-        if self.gate.revoke(session_id):
-            self._notify_ended(session_id)
+        self._revoke(session_id)
 
     def end(self, session_id: str | None = None, owner: int | None = None) -> list[str]:
         """The user ends one session, or all (of ``owner``'s, when given);
         channels close before this returns."""
-        live = {g.session_id for g in self.gate.grants(owner)}
-        targets = [session_id] if session_id else sorted(live)
+        grants = self.gate.grants(owner)
+        live = {g.session_id for g in grants}
+        # All: the sessions; the invitations into them end with them.
+        targets = (
+            [session_id] if session_id else sorted(g.session_id for g in grants if not g.joins)
+        )
         if session_id and session_id not in live:
             raise ConsentRefused(_("no running session %(session)s") % {"session": session_id})
         for sid in targets:
             # Tell the broker first, so it records "user" before it sees channels close.
             if self._send is not None:
                 self._send(SessionEnd(session_id=sid, reason="user"))
-            self.gate.revoke(sid)
+            self._revoke(sid)
             log.info("session=%s ended by the user", sid)
-            self._notify_ended(sid)
         return targets
 
     def owner_gone(self, owner: int, reason: EndReason = "signed_out") -> list[str]:
@@ -337,8 +353,7 @@ class AgentService:
             if self._send is not None:
                 self._send(SessionEnd(session_id=sid, reason=reason))
             self._close_prompt(sid)
-            if self.gate.revoke(sid):
-                self._notify_ended(sid)
+            self._revoke(sid)
             log.info("session=%s ended: uid %d has no session helper any more", sid, owner)
         return gone
 

@@ -69,6 +69,8 @@ END_REASONS = (
 # What the agent may say in ``session.end`` besides "user": why it could not ask.
 AGENT_END_REASONS = ("user", "nobody_signed_in", "unsupported", "signed_out")
 Via = Literal["dialog", "terminal", "cli"]
+# How an invited participant takes part (#18): observe = output only; control = may type.
+INVITE_MODES = ("observe", "control")
 
 
 class ProtocolError(ValueError):
@@ -139,6 +141,12 @@ class ConsentRequest(Message):
     # A screen: the monitor to show (protocol/monitors.py): a name the agent reported,
     # "all", or "" for the engine's default. Older agents ignore it.
     monitor: str = ""
+    # An invitation (#18): ``session_id`` is the invitation's own id, ``joins`` the
+    # running session the invitee joins, ``mode`` "observe" | "control", ``username``
+    # the invitee's login (``technician`` is their full name). "" for a new session.
+    joins: str = ""
+    mode: str = ""
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,9 @@ class Hello(Message):
     # The session's monitors (protocol/monitors.py's line: "HDMI-1 1920x1080+0+0 primary;...");
     # "": none reported (an older agent, no graphical session, or the portal's dialog picks).
     monitors: str = ""
+    # The agent understands invitations (ConsentRequest ``joins``): several participants
+    # on one session (#18). An older agent would take an invitation for a new session.
+    invites: bool = False
 
 
 @dataclass(frozen=True)
@@ -346,6 +357,9 @@ LIMITS = {
     "path": 1000,
     "direction": 10,
     "status": 10,
+    "joins": 40,
+    "mode": 10,
+    "username": 64,
 }
 
 
@@ -452,6 +466,10 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ProtocolError("session_id is malformed")
     if "job_id" in values and not is_session_id(values["job_id"]):
         raise ProtocolError("job_id is malformed")
+    if values.get("joins") and not is_session_id(values["joins"]):
+        raise ProtocolError("joins is malformed")
+    if values.get("mode") not in (None, "", *INVITE_MODES):
+        raise ProtocolError("mode has an unknown value")
     return values
 
 

@@ -178,6 +178,10 @@ class Prompt(Packet):
     help_code: str
     seconds_left: int
     prompt: str
+    # An invitation into a running session (#18): control.ConsentRequest's fields.
+    joins: str = ""
+    mode: str = ""
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,10 @@ class Active(Packet):
     view_only: bool
     technician: str
     organisation: str
+    # An invited participant's grant (#18): the session joined, how, who.
+    joins: str = ""
+    mode: str = ""
+    username: str = ""
 
 
 @dataclass(frozen=True)

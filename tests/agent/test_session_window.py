@@ -120,3 +120,39 @@ async def test_no_chat_to_a_broker_that_did_not_offer_it() -> None:
     with pytest.raises(AgentError, match="too old for chat"):
         agent.say(SID, "hello?")
     assert not [m for m in sent if isinstance(m, ChatMessage)]
+
+
+async def test_the_owners_window_names_everyone_who_joined_and_who_left(tmp_path: Path) -> None:
+    """#18: an invitee allowed into a session shows in that session's window (with
+    how they take part) and has a window of their own; gone again once removed."""
+    agent, _ = service()
+    frontend = IndicatorFrontend(agent, zenity(tmp_path, ""))
+    agent.frontends.append(frontend)
+    granted(agent, "shell")
+    invite = "i-0123456789ab"
+    agent.on_message(
+        ConsentRequest(
+            invite,
+            "ACME IT",
+            "Bob Martin",
+            "shell",
+            "r",
+            "d e f",
+            30,
+            joins=SID,
+            mode="observe",
+            username="bob",
+        )
+    )
+    agent.decide(invite, allow=True, view_only=False, via="cli")
+    texts = await until(
+        lambda: [t for t in shown(tmp_path, "--info") if "Bob Martin (bob)" in t],
+        "the owner's window naming Bob",
+    )
+    assert "observer" in texts[-1] and "Eve" in texts[-1]
+    assert any("Bob Martin also watches your terminal" in t for t in shown(tmp_path, "--info"))
+    agent.end(invite)  # the user removes Bob (his window's button does this)
+    await until(
+        lambda: "Bob Martin" not in shown(tmp_path, "--info")[-1], "the owner's window without Bob"
+    )
+    await frontend.close()

@@ -32,7 +32,9 @@ NEWS_SHOWN = 8  # the last chat messages and file transfers shown in the window
 
 def describe(grant: Grant) -> str:
     names = {"technician": grant.technician}
-    if grant.kind == "admin-shell":
+    if grant.joins:  # an invited participant (#18): this window's button removes them
+        first = _joined(grant)
+    elif grant.kind == "admin-shell":
         first = _("%(technician)s is connected: an administrator (root) shell on this PC.")
     elif grant.kind == "shell":
         first = _("%(technician)s is connected: a command shell (terminal) on this PC.")
@@ -48,6 +50,16 @@ def describe(grant: Grant) -> str:
     since = time.strftime("%H:%M", time.localtime(grant.granted_at))
     then = _('Since %(time)s. Click "%(button)s" to stop it at once.')
     return first % names + "\n" + then % {"time": since, "button": _(END)}
+
+
+def _joined(grant: Grant) -> str:
+    if grant.kind == "screen":
+        if grant.view_only:
+            return _("%(technician)s also watches your screen (observer: they cannot control it).")
+        return _("%(technician)s also sees and controls your screen.")
+    if grant.mode == "control":
+        return _("%(technician)s also uses your terminal (they can type).")
+    return _("%(technician)s also watches your terminal (observer: they cannot type).")
 
 
 class IndicatorFrontend:
@@ -68,11 +80,20 @@ class IndicatorFrontend:
         self._grants[grant.session_id] = grant
         self._open(grant, quick_exits=0)
         log.info("session=%s session indicator shown", grant.session_id)
+        self._everyone_changed(grant)
 
     def ended(self, session_id: str) -> None:
-        self._grants.pop(session_id, None)
+        grant = self._grants.pop(session_id, None)
         self.windows.close(session_id)
         self.windows.close(_reply_key(session_id))
+        if grant is not None:
+            self._everyone_changed(grant)
+
+    def _everyone_changed(self, grant: Grant) -> None:
+        """Someone joined or left a session: its own window names everyone anew (#18)."""
+        owner = self._grants.get(grant.joins) if grant.joins else None
+        if owner is not None and self._live(owner.session_id):
+            self._open(owner, quick_exits=0)
 
     async def close(self) -> None:
         await self.windows.close_all()
@@ -87,10 +108,22 @@ class IndicatorFrontend:
             self._reply(grant)  # the technician wrote: the answer box opens with it
 
     def _text(self, grant: Grant) -> str:
+        text = describe(grant) + self._others(grant)
         news = self._service.news.lines(grant.session_id)[-NEWS_SHOWN:]
         if not news:
-            return describe(grant)
-        return describe(grant) + "\n\n" + "\n".join(line.line() for line in news)
+            return text
+        return text + "\n\n" + "\n".join(line.line() for line in news)
+
+    def _others(self, grant: Grant) -> str:
+        """The people invited into this session, each with how they take part (#18)."""
+        members = [g for g in self._service.gate.grants() if g.joins == grant.session_id]
+        if not members:
+            return ""
+        lines = [_("Also connected (each has a window to remove them):")]
+        for member in members:
+            how = _("control") if member.mode == "control" else _("observer")
+            lines.append(f"• {member.technician} ({member.username}): {how}")
+        return "\n\n" + "\n".join(lines)
 
     def _reply(self, grant: Grant) -> None:
         if self.windows.get(_reply_key(grant.session_id)) is not None:

@@ -81,6 +81,18 @@ EVENT_CODES: dict[str, str] = {
     "report.queued": "AH1507",
     "report.delivered": "AH1508",
     "report.failed": "AH1509",
+    # invitations and participants (AH17xx, issue #18): who invited whom, how
+    # (observe/control), the PC user's answer, the owner's revocation, each join and
+    # leave, the PC user removing someone, and a technician refused at the door
+    "invite.asked": "AH1701",
+    "invite.granted": "AH1702",
+    "invite.denied": "AH1703",
+    "invite.expired": "AH1704",
+    "invite.revoked": "AH1705",
+    "participant.joined": "AH1706",
+    "participant.left": "AH1707",
+    "participant.removed": "AH1708",
+    "participant.refused": "AH1709",
     # recordings (AH18xx, issue #18): a replay refused (the file no longer matches
     # its digest, or the chain cannot vouch for it), a recording deleted by retention
     # (`serve --recordings-keep`, written before the file goes)

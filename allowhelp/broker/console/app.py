@@ -25,6 +25,7 @@ from allowhelp.broker.console.api import enrol as api_enrol
 from allowhelp.broker.console.api import events_socket as api_events
 from allowhelp.broker.console.api import fleet as api_admin
 from allowhelp.broker.console.api import health as api_health
+from allowhelp.broker.console.api import invites as api_invites
 from allowhelp.broker.console.api import jobs as api_jobs
 from allowhelp.broker.console.api import login as api_auth
 from allowhelp.broker.console.api import session_endpoints as api_sessions
@@ -96,6 +97,7 @@ def create_app(svc: Services) -> Wall:
         *api_sessions.routes(),
         *api_session_extras.routes(),
         *api_session_sockets.routes(),
+        *api_invites.routes(),
         *api_users.routes(),
         *api_tokens.routes(),
         *api_totp.routes(),

@@ -11,6 +11,7 @@ from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
+from allowhelp.broker.sessions.invites import InviteDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.settings import BrokerSettings
 from allowhelp.broker.store.worker import StoreWorker
@@ -38,3 +39,4 @@ class Services:
     jobs: JobDesk  # fleet jobs (broker/jobs/)
     chat: ChatDesk
     files: FileDesk
+    invites: InviteDesk  # other technicians on a session, with the PC user's consent (#18)

@@ -39,6 +39,7 @@ from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.files import FileDesk
 from allowhelp.broker.sessions.help import HelpDesk
+from allowhelp.broker.sessions.invites import InviteDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.report import ReportOutbox, Webhook
 from allowhelp.broker.settings import BrokerSettings, RuntimeInfo, format_hostport, url_host
@@ -82,12 +83,14 @@ def control_router(
     *,
     jobs: JobDesk | None = None,
     chat: ChatDesk | None = None,
+    invites: InviteDesk | None = None,
 ) -> ControlRouter:
     """Each message an agent may send, and the part of the broker that owns it."""
     router = ControlRouter()
     router.route(Hello, Inventory(db, agents).hello)
-    router.route(ConsentDecision, sessions.on_decision)
-    router.route(SessionEnd, sessions.on_user_end)
+    # Invitations (#18) take the answers and ends of their own ids, the rest to sessions.
+    router.route(ConsentDecision, invites.on_decision if invites else sessions.on_decision)
+    router.route(SessionEnd, invites.on_user_end if invites else sessions.on_user_end)
     router.route(HelpRequest, help_desk.request)
     if jobs is not None:
         router.route(JobResult, jobs.on_result)
@@ -179,7 +182,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         JobSigner.load(folder.pki.tunnel_key),  # the key agents pinned (certs/jobsign.py)
         lambda event: events.publish(event, audience="admins"),
     )
-    chat, files, reports = _session_extras(
+    chat, files, reports, invites = _session_extras(
         settings, sessions, events, db=db, audit=folder.audit, public_url=public_url
     )
     tunnel = TunnelListener(
@@ -187,7 +190,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         folder.audit,
         registry,
         folder.pki.tunnel_key,
-        control_router(db, registry, sessions, help_desk, jobs=jobs, chat=chat),
+        control_router(db, registry, sessions, help_desk, jobs=jobs, chat=chat, invites=invites),
         keys=keys,
         window=settings.audit.window,
         burst=settings.audit.burst,
@@ -233,6 +236,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
             jobs=jobs,
             chat=chat,
             files=files,
+            invites=invites,
         )
         server = _Uvicorn(
             _uvicorn_config(create_app(svc), folder.pki, tls, settings.trusted_proxies)
@@ -293,8 +297,9 @@ def _session_extras(
     db: StoreWorker,
     audit: AuditLog,
     public_url: str,
-) -> tuple[ChatDesk, FileDesk, ReportOutbox]:
-    """Chat, files and the session report (issue #17), wired to the registry."""
+) -> tuple[ChatDesk, FileDesk, ReportOutbox, InviteDesk]:
+    """Chat, files and the session report (issue #17), invitations (#18), wired to
+    the registry."""
     agents = sessions.agents
     chat = ChatDesk(sessions, agents, db, events)
     files = FileDesk(sessions, audit, db, notify=_transfer_notice(agents))
@@ -303,7 +308,15 @@ def _session_extras(
     )
     reports = ReportOutbox(db, audit, webhook, public_url=public_url)
     sessions.on_final(reports.session_over)
-    return chat, files, reports
+    invites = InviteDesk(
+        sessions,
+        audit,
+        db,
+        events,
+        organisation=settings.organisation,
+        consent_timeout=settings.consent_timeout,
+    )
+    return chat, files, reports, invites
 
 
 def _transfer_notice(agents: AgentRegistry) -> Callable[[Session, FileTransfer], None]:

@@ -35,6 +35,7 @@ class LiveAgent:
     desktop: str = ""
     monitors: tuple[Monitor, ...] = ()  # the session's monitors (Hello ``monitors``)
     chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
+    invites: bool = False  # it takes invitations into running sessions (Hello ``invites``)
 
     @property
     def nobody_signed_in(self) -> bool:

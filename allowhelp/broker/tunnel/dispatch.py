@@ -70,6 +70,7 @@ class Inventory:
             live.system = message.system
             live.jobs = message.jobs
             live.chat = message.chat
+            live.invites = message.invites
             live.user = plain_text(message.user, 64)
             live.language = message.language  # unknown ones get English words (phrase.py)
             live.screen = plain_text(message.screen, 20)

@@ -367,5 +367,15 @@ export default /** @type {Record<string, string>} */ ({
   "replay.position": "Position",
   "replay.speed": "Speed",
   "replay.other_colours": "It was recorded from another viewer: its colours may not show as they were.",
-  "sessions.replay": "Replay"
+  "sessions.replay": "Replay",
+  "invite.control": "Control (may type)",
+  "invite.intro": "The person at the PC is asked about each one by name, with their own verification phrase; they join only once allowed.",
+  "invite.line": "{name} ({user}): {mode}, {state}, phrase: {phrase}",
+  "invite.observe": "Observe (output only)",
+  "invite.over": "Your invitation to this session is {state}.",
+  "invite.revoke": "Revoke",
+  "invite.send": "Invite",
+  "invite.title": "Invite…",
+  "invite.username": "Technician's user name",
+  "invite.waiting": "Waiting for the person at {host} to allow you; read them the verification phrase below."
 });

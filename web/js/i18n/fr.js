@@ -367,5 +367,15 @@ export default /** @type {Record<string, string>} */ ({
   "replay.position": "Position",
   "replay.speed": "Vitesse",
   "replay.other_colours": "Il a été enregistré depuis une autre visionneuse : ses couleurs peuvent s’afficher autrement.",
-  "sessions.replay": "Revoir"
+  "sessions.replay": "Revoir",
+  "invite.control": "Contrôle (peut taper)",
+  "invite.intro": "La personne devant le PC est interrogée sur chacun, par son nom, avec sa propre phrase de vérification ; il ne rejoint qu'une fois autorisé.",
+  "invite.line": "{name} ({user}) : {mode}, {state}, phrase : {phrase}",
+  "invite.observe": "Observer (affichage seulement)",
+  "invite.over": "Votre invitation à cette session : {state}.",
+  "invite.revoke": "Retirer",
+  "invite.send": "Inviter",
+  "invite.title": "Inviter…",
+  "invite.username": "Nom d'utilisateur du technicien",
+  "invite.waiting": "En attente de l'accord de la personne devant {host}. Lisez-lui la phrase de vérification ci-dessous."
 });

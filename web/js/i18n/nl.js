@@ -367,5 +367,15 @@ export default /** @type {Record<string, string>} */ ({
   "replay.position": "Positie",
   "replay.speed": "Snelheid",
   "replay.other_colours": "Het is opgenomen met een andere viewer: de kleuren kunnen anders worden weergegeven.",
-  "sessions.replay": "Terugkijken"
+  "sessions.replay": "Terugkijken",
+  "invite.control": "Bediening (mag typen)",
+  "invite.intro": "De persoon aan de pc krijgt per persoon de vraag, met naam en een eigen verificatiezin; pas na toestemming kan die persoon meedoen.",
+  "invite.line": "{name} ({user}): {mode}, {state}, zin: {phrase}",
+  "invite.observe": "Meekijken (alleen uitvoer)",
+  "invite.over": "Uw uitnodiging voor deze sessie: {state}.",
+  "invite.revoke": "Intrekken",
+  "invite.send": "Uitnodigen",
+  "invite.title": "Uitnodigen…",
+  "invite.username": "Gebruikersnaam van de technicus",
+  "invite.waiting": "Wachten tot de persoon aan {host} u toelaat. Lees de verificatiezin hieronder voor."
 });

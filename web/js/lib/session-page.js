@@ -8,6 +8,7 @@ import { api, errorMessage } from "./api.js";
 import { $, plain } from "./dom.js";
 import { EventFeed } from "./events.js";
 import { t, translatePage } from "./i18n.js";
+import { inviteeTidy, loadInvites, mayJoin, showInvitePanel } from "./invites.js";
 import { outcome, stateWords } from "./session-states.js";
 
 /** @typedef {import("./session-states.js").Session} Session */
@@ -46,6 +47,7 @@ export function runSessionPage(view) {
   const feed = new EventFeed({
     onEvent(event) {
       if (event.type === "session" && event.session && event.session.id === sessionId) show(event.session);
+      else if (event.type === "invitation" && event.invitation?.session_id === sessionId) loadInvites(sessionPath);
       else if (event.session_id === sessionId) view.event?.(event);
     },
     onState(state) {
@@ -73,7 +75,10 @@ export function runSessionPage(view) {
       $("message").textContent =
         `Waiting for the person at ${plain(session.hostname, 100)} to click “Allow help”.`;
     } else if (session.state === "active") {
+      if (!mayJoin(session)) return; // an invitee the PC user has not allowed (yet)
+      showInvitePanel(session, sessionPath);
       view.active(session);
+      inviteeTidy(session);
     } else if (words.over) {
       feed.stop();
       $("notice").hidden = false;

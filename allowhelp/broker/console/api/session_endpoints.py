@@ -22,6 +22,7 @@ from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
+from allowhelp.broker.sessions.invitation import invitee_view
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,22 @@ async def create(request: Request) -> Response:
 
 async def listed(request: Request) -> Response:
     principal = await require(request)
-    rows = await services(request).sessions.listed(
-        principal.user.username, principal.user.role == "admin"
-    )
-    return JSONResponse([s.to_json() for s in rows])
+    svc = services(request)
+    rows = await svc.sessions.listed(principal.user.username, principal.user.role == "admin")
+    listed = [s.to_json() for s in rows]
+    known = {s.id for s in rows}
+    invited = svc.invites.sessions_for(principal.user.username)  # #18: sessions I may join
+    listed += [invitee_view(s, i) for s, i in invited if s.id not in known]
+    return JSONResponse(listed)
 
 
 async def one(request: Request) -> Response:
     principal = await require(request)
-    session = await services(request).sessions.get(request.path_params["session_id"])
+    svc = services(request)
+    session = await svc.sessions.get(request.path_params["session_id"])
+    invitation = svc.invites.seen_by(session.id, principal.user.username) if session else None
+    if session is not None and invitation is not None and session.technician != invitation.username:
+        return JSONResponse(invitee_view(session, invitation))  # an invitee (#18)
     return JSONResponse(_visible(principal, session).to_json())
 
 

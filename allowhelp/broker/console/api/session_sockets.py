@@ -31,6 +31,7 @@ from allowhelp.broker.audit.rfb_format import FORMAT, SUFFIX
 from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import services, websocket_principal
+from allowhelp.broker.console.api.invites import attach_invitee
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BrokerError, RelayError
 from allowhelp.broker.model.session import Session
@@ -115,6 +116,10 @@ async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
     svc = services(websocket)
     try:
         principal = await websocket_principal(websocket)
+        owned = svc.sessions.live(websocket.path_params["session_id"])
+        if owned is not None and owned.technician != principal.user.username:
+            await attach_invitee(websocket, svc, principal.user.username, kind)  # #18
+            return
         session, link, relay = claim(
             svc.sessions,
             websocket.path_params["session_id"],

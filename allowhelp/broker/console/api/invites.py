@@ -1,0 +1,113 @@
+"""Invitations over HTTP, and an invitee's terminal or screen (#18).
+
+``POST /api/v1/sessions/{id}/invite`` ``{"username", "mode": "observe"|"control"}``
+(the session's own technician: others 403) asks the PC user; 201 with the
+invitation. ``GET /api/v1/sessions/{id}/invites`` lists them (the owner, admins).
+``DELETE /api/v1/sessions/{id}/invite/{username}`` revokes one (the owner).
+
+An invitee attaches through the session's usual WebSockets
+(``session_sockets.py`` hands them here): only once the PC user allowed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.websockets import WebSocket
+
+from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
+from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.services import Services
+from allowhelp.broker.errors import AuditUnavailable, BrokerError, NotFound
+from allowhelp.broker.relay.outcome import Relay
+from allowhelp.broker.relay.participant import ParticipantTerminalRelay
+from allowhelp.broker.relay.screen import ScreenRelay
+from allowhelp.broker.relay.terminal import terminal_size
+from allowhelp.broker.sessions.invitation import Invitation
+from allowhelp.protocol.control import Kind
+
+SUBPROTOCOL = "binary"
+
+
+async def invite(request: Request) -> Response:
+    principal = await require(request)
+    body = await json_body(request)
+    invitation = await services(request).invites.invite(
+        request.path_params["session_id"],
+        owner=principal.user.username,
+        owner_name=principal.user.full_name or principal.user.username,
+        username=body.get("username"),
+        mode=body.get("mode"),
+    )
+    return JSONResponse(invitation.to_json(), status_code=201)
+
+
+async def listed(request: Request) -> Response:
+    principal = await require(request)
+    svc = services(request)
+    session_id = request.path_params["session_id"]
+    session = svc.sessions.live(session_id)
+    if session is None or (
+        principal.user.role != "admin" and session.technician != principal.user.username
+    ):
+        raise NotFound("no such session, or it is over")
+    return JSONResponse([i.to_json() for i in svc.invites.of_session(session_id)])
+
+
+async def revoke(request: Request) -> Response:
+    principal = await require(request)
+    invitation = await services(request).invites.revoke(
+        request.path_params["session_id"],
+        request.path_params["username"],
+        owner=principal.user.username,
+    )
+    return JSONResponse(invitation.to_json())
+
+
+def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
+    if kind == "screen":
+        return ScreenRelay(websocket, view_only=invitation.mode != "control")
+    cols, rows = _number(websocket, "cols", 80), _number(websocket, "rows", 24)
+    session = services(websocket).sessions.live(invitation.session_id)
+    shell: Kind = session.kind if session is not None else "shell"
+    return ParticipantTerminalRelay(
+        websocket, shell, terminal_size(cols, rows), may_type=invitation.mode == "control"
+    )
+
+
+def _number(websocket: WebSocket, name: str, default: int) -> int:
+    value = websocket.query_params.get(name) or ""
+    return int(value) if value.isdigit() and len(value) < 6 else default
+
+
+async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kind: Kind) -> None:
+    """An invitee opens the session's terminal or screen; anyone else is refused
+    and that is audited."""
+    session_id = websocket.path_params["session_id"]
+    try:
+        invitation, link, relay = svc.invites.claim(
+            session_id, username, kind, lambda found: _relay(websocket, kind, found)
+        )
+    except BrokerError as exc:
+        with contextlib.suppress(AuditUnavailable):  # said by the writer; refused all the same
+            await svc.invites.refused(session_id, username, exc)
+        await refuse(websocket, exc)
+        return
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    outcome = await svc.invites.run(invitation, link, relay)
+    if outcome.failure is not None:
+        await close_quietly(websocket, close_code_of(outcome.failure), outcome.failure.message)
+    else:
+        await close_quietly(websocket, CloseCode.NORMAL, f"left the session: {outcome.reason}")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/v1/sessions/{session_id}/invite", invite, methods=["POST"]),
+        Route("/api/v1/sessions/{session_id}/invites", listed, methods=["GET"]),
+        Route("/api/v1/sessions/{session_id}/invite/{username}", revoke, methods=["DELETE"]),
+    ]

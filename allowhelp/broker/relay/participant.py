@@ -1,0 +1,104 @@
+"""An invited technician's terminal WebSocket ↔ their own shell channel on the agent (#18).
+
+The agent fans the shell's output out to every participant's channel
+(``agent/participants.py``), so each participant has a channel of their own and
+this relay is the owner's without a recording: the owner's relay records the
+shell's output (the same bytes), and a participant's relay never ends the
+session, only their part in it.
+
+Input: an ``observe`` participant's keystrokes and resizes are dropped here,
+and dropped again by the agent (it does not trust the broker to). A
+``control`` participant's keystrokes go through; only the owner sizes the
+terminal, so every participant's resize is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncssh
+from starlette.websockets import WebSocket
+
+from allowhelp.broker.errors import ConsoleFrameTooLarge, RelayError
+from allowhelp.broker.model.session import Traffic
+from allowhelp.broker.relay.inbox import ChannelInbox
+from allowhelp.broker.relay.outcome import (
+    ChannelSpec,
+    Counters,
+    Outcome,
+    first_to_end,
+    outcome_of,
+)
+from allowhelp.broker.relay.terminal import (
+    HIGH_WATER,
+    LOW_WATER,
+    MAX_CONTROL,
+    MAX_FRAME,
+    SHELL_WINDOW,
+)
+from allowhelp.protocol.control import Kind
+
+
+class ParticipantTerminalRelay:
+    """One invitee's terminal, until they leave, are removed, or the session ends."""
+
+    def __init__(self, websocket: WebSocket, kind: Kind, size: tuple[int, int], *, may_type: bool):
+        self._ws = websocket
+        self._kind: Kind = kind
+        self._size = size
+        self.may_type = may_type
+        self.dropped_input = 0  # bytes an observer typed, not passed on
+        self.counters = Counters()
+        self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="shell")
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    @property
+    def channel(self) -> ChannelSpec:
+        return ChannelSpec(self._kind, SHELL_WINDOW, ("xterm-256color", *self._size))
+
+    def started_details(self) -> dict[str, object]:
+        return {"may_type": self.may_type}
+
+    def factory(self) -> ChannelInbox:
+        return self._side
+
+    async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
+        self._chan = chan
+        console_left, error = await first_to_end(self._from_browser(chan), self._to_browser())
+        self.stop()
+        return outcome_of("participant terminal", console_left, error, self._why_channel_ended)
+
+    def _why_channel_ended(self) -> Outcome:
+        failure = self._side.failure() if self._side.stderr else None
+        if failure is not None:
+            return Outcome("error", RelayError(failure))
+        if self._side.agent_lost:
+            return Outcome("agent_lost")
+        return Outcome("user")  # the agent closed it: the user removed them, or the shell ended
+
+    async def _to_browser(self) -> None:
+        while (payload := await self._side.take(MAX_FRAME)) is not None:
+            self.counters.from_agent += len(payload)
+            await self._ws.send_bytes(payload)
+
+    async def _from_browser(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is not None:
+                if len(data) > MAX_FRAME:
+                    raise ConsoleFrameTooLarge("the console sent an input frame too large")
+                if not self.may_type:
+                    self.dropped_input += len(data)
+                    continue
+                await self._side.writable.wait()
+                chan.write(data)
+                self.counters.to_agent += len(data)
+            elif (text := message.get("text")) is not None and len(text) > MAX_CONTROL:
+                raise ConsoleFrameTooLarge("the console sent a control message too large")
+            # resize and other control: only the owner sizes the terminal
+
+    def stop(self) -> Traffic:
+        if self._chan is not None:
+            self._chan.close()
+        return self.counters.traffic()

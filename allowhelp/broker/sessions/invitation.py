@@ -1,0 +1,81 @@
+"""One invitation into a running session (#18): who, how, its state, and the
+session as its invitee sees it. Plain records without I/O; ``invites.py`` does
+the asking, answering and attaching."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from allowhelp.broker.model.session import Session
+
+
+class InviteState(StrEnum):
+    ASKED = "asked"
+    ALLOWED = "allowed"
+    JOINED = "joined"
+    LEFT = "left"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    REMOVED = "removed"  # by the PC user
+    ENDED = "ended"  # with its session
+
+
+LIVE = frozenset({InviteState.ASKED, InviteState.ALLOWED, InviteState.JOINED})
+
+
+@dataclass
+class Invitation:
+    id: str
+    session_id: str
+    agent_id: str
+    username: str
+    full_name: str
+    mode: str
+    phrase: str
+    invited_by: str
+    state: InviteState = InviteState.ASKED
+    created: float = field(default_factory=time.time)
+    stop: Callable[[], object] | None = None  # the attached relay's
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def summary(self) -> dict[str, object]:
+        """What each audit record of this invitation says: who, into what, how."""
+        return {
+            "invitation": self.id,
+            "session": self.session_id,
+            "agent_id": self.agent_id,
+            "invitee": self.username,
+            "mode": self.mode,
+            "invited_by": self.invited_by,
+        }
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "username": self.username,
+            "full_name": self.full_name,
+            "mode": self.mode,
+            "phrase": self.phrase,
+            "invited_by": self.invited_by,
+            "state": self.state.value,
+            "created": self.created,
+        }
+
+
+def invitee_view(session: Session, invitation: Invitation) -> dict[str, object]:
+    """The session as its invitee sees it: their own phrase, their invitation."""
+    return {
+        **session.to_json(),
+        "phrase": invitation.phrase,
+        "invitation": invitation.to_json(),
+        "view_only": session.view_only or invitation.mode != "control",
+        "notes": "",
+    }

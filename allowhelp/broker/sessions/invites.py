@@ -1,0 +1,394 @@
+"""Invitations: a second technician on a running session, with the PC user's consent (#18).
+
+The session's technician (the owner) invites someone by login, to ``observe``
+(output only) or to take ``control`` (may type). The PC user is asked about
+that person by name, with a verification phrase of its own, through the same
+consent path as any request: a ``consent.request`` whose ``session_id`` is the
+invitation's id and whose ``joins`` names the session. Until the user allows
+it, the invitee cannot attach; once they have, they attach once (one grant,
+one channel). The owner can revoke an invitation, the PC user can remove the
+person (``session.end`` for the invitation's id), and every invitation ends
+with its session. Everything is audited (AH17xx) with who and how; the
+invitation lives in memory only, like the attach it allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import (
+    AgentUnreachable,
+    AuditUnavailable,
+    BadRequest,
+    BrokerError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TunnelError,
+)
+from allowhelp.broker.model.phrase import verification_phrase
+from allowhelp.broker.model.session import Session, State, new_session_id, user_actor
+from allowhelp.broker.relay.outcome import Outcome, Relay
+from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.invitation import Invitation, InviteState, invitee_view
+from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.link import AgentLink
+from allowhelp.protocol.control import (
+    INVITE_MODES,
+    TERMINAL_KINDS,
+    ConsentDecision,
+    ConsentRequest,
+    EndReason,
+    Kind,
+    SessionEnd,
+)
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT = 20.0
+KEEP_ENDED = 1000  # invitations of ended sessions kept for their invitees' pages
+JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
+
+
+class InviteDesk:
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        audit: AuditLog,
+        db: StoreWorker,
+        events: EventHub,
+        *,
+        organisation: str,
+        consent_timeout: float,
+    ) -> None:
+        self._sessions = sessions
+        self._audit = audit
+        self._db = db
+        self._events = events
+        self._organisation = organisation
+        self._timeout = consent_timeout
+        self._all: dict[str, Invitation] = {}  # by invitation id, while its session lives
+        self._ended: dict[str, Invitation] = {}  # the latest of ended sessions, bounded
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        sessions.on_final(self._session_over)
+
+    # lookups
+
+    def of_session(self, session_id: str) -> list[Invitation]:
+        return [i for i in self._all.values() if i.session_id == session_id]
+
+    def live_for(self, session_id: str, username: str) -> Invitation | None:
+        for invitation in self.of_session(session_id):
+            if invitation.username == username and invitation.live:
+                return invitation
+        return None
+
+    def seen_by(self, session_id: str, username: str) -> Invitation | None:
+        """``username``'s latest invitation into a session (live, or ended lately),
+        whatever its state."""
+        every = [*self._all.values(), *self._ended.values()]
+        mine = [i for i in every if i.session_id == session_id and i.username == username]
+        return max(mine, key=lambda i: i.created) if mine else None
+
+    def sessions_for(self, username: str) -> list[tuple[Session, Invitation]]:
+        """The live sessions ``username`` is invited into, with the invitation."""
+        found = []
+        for invitation in self._all.values():
+            session = self._sessions.live(invitation.session_id)
+            if invitation.username == username and invitation.live and session is not None:
+                found.append((session, invitation))
+        return found
+
+    # the owner's side
+
+    async def invite(
+        self, session_id: str, *, owner: str, owner_name: str, username: object, mode: object
+    ) -> Invitation:
+        session = self._owned(session_id, owner)
+        if session.state is not State.ACTIVE:
+            raise Conflict(f"the session is {session.state}: only an active one takes others")
+        if session.kind not in JOINABLE:
+            raise Conflict(f"a {session.kind} session takes no other participants")
+        if mode not in INVITE_MODES:
+            raise BadRequest('mode must be "observe" or "control"', code="bad_mode")
+        if not isinstance(username, str) or not username or len(username) > 64:
+            raise BadRequest("username must be a technician's login", code="bad_username")
+        if username == owner:
+            raise BadRequest("you are in this session already", code="bad_username")
+        user = await self._db.read(Store.user_by_name, username)
+        if user is None or user.disabled:
+            raise NotFound("no such technician", code="no_such_user")
+        if self.live_for(session_id, username) is not None:
+            raise Conflict(f"{username} is invited already", code="already_invited")
+        live = self._sessions.agents.get(session.agent_id)
+        if live is None:
+            raise AgentUnreachable("the machine is offline")
+        if not live.invites:
+            raise Conflict(
+                "this PC's agent is too old to take invitations",
+                code="invites_unsupported",
+            )
+        invitation = Invitation(
+            id=new_session_id(),
+            session_id=session_id,
+            agent_id=session.agent_id,
+            username=username,
+            full_name=user.full_name or username,
+            mode=str(mode),
+            phrase=verification_phrase(language=live.language),
+            invited_by=owner,
+        )
+        request = ConsentRequest(
+            session_id=invitation.id,
+            organisation=self._organisation,
+            technician=invitation.full_name,
+            kind=session.kind,
+            reason=f"{owner_name}: {session.reason}"[:500],
+            phrase=invitation.phrase,
+            timeout=self._timeout,
+            joins=session_id,
+            mode=invitation.mode,
+            username=username,
+        )
+        await self._write(
+            "invite.asked", f"technician:{owner}", invitation, phrase=invitation.phrase
+        )
+        self._all[invitation.id] = invitation
+        try:
+            live.link.send(request)
+        except TunnelError as exc:
+            invitation.state = InviteState.EXPIRED
+            raise AgentUnreachable("the machine did not take the invitation") from exc
+        loop = asyncio.get_running_loop()
+        self._timers[invitation.id] = loop.call_later(
+            self._timeout, lambda: self._spawn(self._expire(invitation.id))
+        )
+        self._publish(session, invitation)
+        return invitation
+
+    async def revoke(self, session_id: str, username: str, *, owner: str) -> Invitation:
+        """The owner takes an invitation back: the invitee's channel closes first."""
+        self._owned(session_id, owner)
+        invitation = self.live_for(session_id, username)
+        if invitation is None:
+            raise NotFound(f"{username} is not invited to this session", code="no_invitation")
+        await self._finish(invitation, InviteState.REVOKED, "invite.revoked", f"technician:{owner}")
+        return invitation
+
+    def _owned(self, session_id: str, owner: str) -> Session:
+        session = self._sessions.live(session_id)
+        if session is None:
+            raise NotFound("no such session, or it is over")
+        if session.technician != owner:
+            raise Forbidden("only the session's own technician invites others")
+        return session
+
+    # the agent's side: answers and removals (the rest goes to the registry)
+
+    async def on_decision(self, agent_id: str, decision: ConsentDecision) -> None:
+        invitation = self._all.get(decision.session_id)
+        if invitation is None:
+            await self._sessions.on_decision(agent_id, decision)
+            return
+        if invitation.agent_id != agent_id or invitation.state is not InviteState.ASKED:
+            self._tell_agent(invitation, "expired")
+            return
+        granted = decision.granted
+        event = "invite.granted" if granted else "invite.denied"
+        details = {
+            "prompt": decision.prompt,
+            "via": decision.via,
+            "seconds_to_decide": decision.elapsed,
+            "view_only": decision.view_only,
+        }
+        try:
+            await self._write(event, user_actor(agent_id), invitation, **details)
+        except AuditUnavailable:
+            self._tell_agent(invitation, "error")  # not recorded, so not taken
+            raise
+        self._cancel_timer(invitation.id)
+        if granted:
+            invitation.state = InviteState.ALLOWED
+            if decision.view_only:
+                invitation.mode = "observe"  # the user may lower control, never raise it
+        else:
+            invitation.state = InviteState.DENIED
+        self._publish_by_id(invitation)
+
+    async def on_user_end(self, agent_id: str, message: SessionEnd) -> None:
+        invitation = self._all.get(message.session_id)
+        if invitation is None:
+            await self._sessions.on_user_end(agent_id, message)
+            return
+        if invitation.agent_id != agent_id or not invitation.live:
+            return
+        if message.reason == "user":
+            await self._finish(
+                invitation, InviteState.REMOVED, "participant.removed", user_actor(agent_id)
+            )
+        else:  # the PC could not ask (the session it joins is gone)
+            await self._finish(invitation, InviteState.ENDED, "invite.expired", "system")
+
+    async def _expire(self, invitation_id: str) -> None:
+        invitation = self._all.get(invitation_id)
+        if invitation is not None and invitation.state is InviteState.ASKED:
+            self._tell_agent(invitation, "expired")
+            invitation.state = InviteState.EXPIRED
+            await self._write("invite.expired", "system", invitation)
+            self._publish_by_id(invitation)
+
+    def _session_over(self, session: Session) -> None:
+        for invitation in self.of_session(session.id):
+            self._publish(session, invitation)  # the invitee's page shows the end
+            if invitation.live:  # a joined one's leaving is on the record
+                event = "participant.left" if invitation.state is InviteState.JOINED else ""
+                self._spawn(self._finish(invitation, InviteState.ENDED, event, "system"))
+            else:
+                self._retire(invitation)
+
+    def _retire(self, invitation: Invitation) -> None:
+        self._all.pop(invitation.id, None)
+        self._ended[invitation.id] = invitation
+        while len(self._ended) > KEEP_ENDED:  # the oldest go first
+            del self._ended[next(iter(self._ended))]
+
+    async def _finish(
+        self, invitation: Invitation, state: InviteState, event: str, actor: str
+    ) -> None:
+        """Access stops first (the relay, the PC told), then the record."""
+        was_joined = invitation.state is InviteState.JOINED
+        invitation.state = state
+        self._cancel_timer(invitation.id)
+        if invitation.stop is not None:
+            invitation.stop()
+        if state is InviteState.REVOKED:
+            self._tell_agent(invitation, "technician")
+        elif state is not InviteState.REMOVED:
+            self._tell_agent(invitation, "expired")
+        if state is InviteState.ENDED:
+            self._retire(invitation)
+        if event:
+            await self._write(event, actor, invitation, was_connected=was_joined)
+        self._publish_by_id(invitation)
+
+    # the invitee's side: attaching
+
+    def claim(
+        self, session_id: str, username: str, kind: Kind, make: Callable[[Invitation], Relay]
+    ) -> tuple[Invitation, AgentLink, Relay]:
+        """Like ``attach.claim`` for an invitee: synchronous, registered at once."""
+        session = self._sessions.live(session_id)
+        invitation = self.live_for(session_id, username)
+        if session is None or invitation is None or invitation.state is not InviteState.ALLOWED:
+            raise Forbidden("not your session, or the PC user has not allowed you (yet)")
+        same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
+        if not same or session.state is not State.ACTIVE or self._sessions.ending(session_id):
+            raise Conflict(f"the session is not an active {kind} session")
+        link = self._sessions.agent_link(session.agent_id)
+        if link is None:
+            raise AgentUnreachable("the machine is offline")
+        relay = make(invitation)
+        invitation.state = InviteState.JOINED
+        invitation.stop = relay.stop
+        self._publish(session, invitation)
+        return invitation, link, relay
+
+    async def refused(self, session_id: str, username: str, why: BrokerError) -> None:
+        """A technician who is neither the owner nor an allowed invitee knocked."""
+        await self._audit.write(
+            "participant.refused",
+            actor=f"technician:{username}",
+            target=session_id,
+            details={"session": session_id, "error": why.message},
+        )
+
+    async def run(self, invitation: Invitation, link: AgentLink, relay: Relay) -> Outcome:
+        """Run an invitee's relay to its end; their leaving never ends the session."""
+        spec = relay.channel
+        outcome = Outcome("error", BrokerError(f"the {spec.kind} relay stopped unexpectedly"))
+        try:
+            await self._write(
+                "participant.joined",
+                f"technician:{invitation.username}",
+                invitation,
+                **relay.started_details(),
+            )
+            chan, _ = await asyncio.wait_for(
+                link.open_channel(
+                    relay.factory, spec.kind, invitation.id, term=spec.term, window=spec.window
+                ),
+                OPEN_TIMEOUT,
+            )
+            outcome = await relay.run(chan)
+        except BrokerError as exc:
+            outcome = Outcome("error", exc)
+        except TimeoutError:
+            outcome = Outcome("error", AgentUnreachable("the PC did not open the channel in time"))
+        finally:
+            traffic = relay.stop()
+            if invitation.state is InviteState.JOINED:  # they left (nobody ended it)
+                invitation.state = InviteState.LEFT
+                self._tell_agent(invitation, "technician")
+                with contextlib.suppress(AuditUnavailable):  # said by the writer
+                    await self._write(
+                        "participant.left",
+                        f"technician:{invitation.username}",
+                        invitation,
+                        how=outcome.reason,
+                        bytes_to_agent=traffic.to_agent,
+                        bytes_from_agent=traffic.from_agent,
+                    )
+                self._publish_by_id(invitation)
+        return outcome
+
+    # plumbing
+
+    async def _write(self, event: str, actor: str, invitation: Invitation, **more: object) -> None:
+        await self._audit.write(
+            event,
+            actor=actor,
+            target=invitation.session_id,
+            details={**invitation.summary(), **more},
+        )
+
+    def _tell_agent(self, invitation: Invitation, reason: EndReason) -> None:
+        link = self._sessions.agent_link(invitation.agent_id)
+        if link is None:
+            return
+        try:
+            link.send(SessionEnd(session_id=invitation.id, reason=reason))
+        except TunnelError as exc:
+            log.warning("invitation=%s could not be told to the PC: %s", invitation.id, exc)
+
+    def _cancel_timer(self, invitation_id: str) -> None:
+        timer = self._timers.pop(invitation_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _publish_by_id(self, invitation: Invitation) -> None:
+        session = self._sessions.live(invitation.session_id)
+        if session is not None:
+            self._publish(session, invitation)
+
+    def _publish(self, session: Session, invitation: Invitation) -> None:
+        """The owner sees the invitation change; the invitee sees the session."""
+        self._events.publish(
+            {"type": "invitation", "invitation": invitation.to_json()},
+            audience=f"user:{session.technician}",
+        )
+        self._events.publish(
+            {"type": "session", "session": invitee_view(session, invitation)},
+            audience=f"user:{invitation.username}",
+        )
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

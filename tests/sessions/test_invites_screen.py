@@ -1,0 +1,113 @@
+"""Invitations (#18) on a screen: a real Xvfb, real x11vnc, a real broker and agent.
+
+Each participant has their own RFB connection: the agent runs one x11vnc per
+channel (``-inetd``), with ``-viewonly`` for an observer, and drops the
+observer's input itself too (``rfbinput.py``), as the broker does
+(``relay/rfb.py``). Whether the observer's key reached the display is decided
+by a fact: a marker key typed at the PC afterwards is in the key log, the
+observer's key is not, and the owner's key is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from allowhelp.agent.screen import TEST_COMMAND_ENV
+from harness import TECH, TECH_PW, Agent, Broker, Desk, running_fleet, wait_for, wait_pending
+from screenkit import (
+    RfbClient,
+    XServer,
+    command_line,
+    key_event,
+    on_pc,
+    pointer_event,
+    processes,
+    screen_socket,
+    start_xserver,
+)
+
+OBSERVER = "ahobsscreen"
+PASSWORD = "a long test password 2"
+KEYSYM_A, KEYSYM_Z, MARKER = 0x61, 0x7A, "m"
+SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent, XServer]]:
+    xserver = start_xserver(tmp_path_factory.mktemp("xvfb"))
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
+    try:
+        with running_fleet(
+            tmp_path_factory.mktemp("invites-screen"),
+            agent_args=("--reconnect-cap", "2", "--prompt", "none"),
+            agent_env={**env, "DISPLAY": xserver.display},
+        ) as (_, broker, agent):
+            broker.add_user(OBSERVER, PASSWORD)
+            yield broker, agent, xserver
+    finally:
+        xserver.close()
+
+
+@pytest.mark.x11
+def test_an_observers_rfb_input_does_not_reach_the_x_server(
+    world: tuple[Broker, Agent, XServer],
+) -> None:
+    broker, agent, xserver = world
+    owner, observer = Desk.login(broker, TECH, TECH_PW), Desk.login(broker, OBSERVER, PASSWORD)
+    try:
+        answer = owner.request(agent.agent_id, kind="screen", reason="screen invite test")
+        assert answer.status_code == 201, answer.text
+        session_id = answer.json()["id"]
+        wait_pending(agent, session_id)
+        assert on_pc(agent, "allow", session_id).returncode == 0
+        owner.wait_state(session_id, "active")
+        asked = owner.client.post(
+            f"/api/v1/sessions/{session_id}/invite", json={"username": OBSERVER, "mode": "observe"}
+        )
+        assert asked.status_code == 201, asked.text
+        invitation = asked.json()
+        pending = wait_pending(agent, invitation["id"])
+        assert pending["kind"] == "screen" and pending["mode"] == "observe"
+        assert on_pc(agent, "allow", invitation["id"]).returncode == 0
+        asyncio.run(_two_viewers(owner, observer, session_id, xserver))
+    finally:
+        owner.close()
+        observer.close()
+
+
+async def _two_viewers(owner: Desk, observer: Desk, session_id: str, xserver: XServer) -> None:
+    async with screen_socket(owner, session_id) as owner_ws:
+        owner_rfb = RfbClient(owner_ws)
+        owner_init = await owner_rfb.handshake()
+        async with screen_socket(observer, session_id) as observer_ws:
+            watcher = RfbClient(observer_ws)
+            init = await watcher.handshake()
+            await watcher.request_raw(init)
+            assert await watcher.framebuffer_update(init)  # the observer sees the screen
+            pids = wait_for(
+                lambda: len(processes(xserver.display)) == 2 and processes(xserver.display),
+                10,
+                "two x11vnc",
+            )
+            lines = [command_line(pid) for pid in pids]
+            assert sum("-viewonly" in line for line in lines) == 1  # the observer's own
+            mark = xserver.keys_mark()
+            xserver.focus_window()
+            await watcher.send(key_event(KEYSYM_Z, True) + key_event(KEYSYM_Z, False))
+            await watcher.send(pointer_event(0, 10, 10))
+            await watcher.request_raw(init)
+            assert await watcher.framebuffer_update(init)
+            await owner_rfb.send(key_event(KEYSYM_A, True) + key_event(KEYSYM_A, False))
+            await owner_rfb.request_raw(owner_init)
+            assert await owner_rfb.framebuffer_update(owner_init)
+            await asyncio.to_thread(xserver.type_locally, MARKER)
+            await asyncio.to_thread(
+                wait_for, lambda: "keysym 0x6d, m)" in xserver.keys_since(mark), 10, "the marker"
+            )
+            seen = xserver.keys_since(mark)
+            assert "keysym 0x61, a)" in seen  # the owner's key
+            assert "keysym 0x7a, z)" not in seen  # the observer's: dropped
