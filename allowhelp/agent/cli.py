@@ -401,9 +401,7 @@ def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     status.add_argument("--json", action="store_true", help=_("print the agent's JSON answer"))
     _config_arg(status)
     status.set_defaults(func=cmd_status)
-    remove = sub.add_parser(
-        "remove", help=_("remove one invited person from a running session")
-    )
+    remove = sub.add_parser("remove", help=_("remove one invited person from a running session"))
     remove.add_argument("session_id", metavar=_("SESSION"))
     remove.add_argument("username", metavar=_("USERNAME"), help=_("the invited person's login"))
     _config_arg(remove)
