@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from allowhelp.agent.screen import TEST_COMMAND_ENV
+from allowhelp.broker.audit.rfb_format import CLIENT, frames, read_header
 from harness import TECH, TECH_PW, Agent, Broker, Desk, running_fleet, wait_for, wait_pending
 from screenkit import (
     RfbClient,
@@ -31,8 +32,9 @@ from screenkit import (
 )
 
 OBSERVER = "ahobsscreen"
+CONTROLLER = "ahctlscreen"
 PASSWORD = "a long test password 2"
-KEYSYM_A, KEYSYM_Z, MARKER = 0x61, 0x7A, "m"
+KEYSYM_A, KEYSYM_Z, KEYSYM_Q, MARKER = 0x61, 0x7A, 0x71, "m"
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
 
 
@@ -47,6 +49,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Ag
             agent_env={**env, "DISPLAY": xserver.display},
         ) as (_, broker, agent):
             broker.add_user(OBSERVER, PASSWORD)
+            broker.add_user(CONTROLLER, PASSWORD)
             yield broker, agent, xserver
     finally:
         xserver.close()
@@ -111,3 +114,67 @@ async def _two_viewers(owner: Desk, observer: Desk, session_id: str, xserver: XS
             seen = xserver.keys_since(mark)
             assert "keysym 0x61, a)" in seen  # the owner's key
             assert "keysym 0x7a, z)" not in seen  # the observer's: dropped
+
+
+@pytest.mark.x11
+def test_a_control_invitees_keys_reach_the_pc_and_the_recording_under_their_name(
+    world: tuple[Broker, Agent, XServer],
+) -> None:
+    """One recording per session: the PC's stream as the owner got it, and each
+    person's input with their own name (the invitee's through their own x11vnc)."""
+    broker, agent, xserver = world
+    owner, helper = Desk.login(broker, TECH, TECH_PW), Desk.login(broker, CONTROLLER, PASSWORD)
+    try:
+        answer = owner.request(agent.agent_id, kind="screen", reason="screen control invite")
+        assert answer.status_code == 201, answer.text
+        session_id = answer.json()["id"]
+        wait_pending(agent, session_id)
+        assert on_pc(agent, "allow", session_id).returncode == 0
+        owner.wait_state(session_id, "active")
+        asked = owner.client.post(
+            f"/api/v1/sessions/{session_id}/invite",
+            json={"username": CONTROLLER, "mode": "control"},
+        )
+        assert asked.status_code == 201, asked.text
+        invitation = asked.json()
+        assert wait_pending(agent, invitation["id"])["mode"] == "control"
+        assert on_pc(agent, "allow", invitation["id"]).returncode == 0
+        asyncio.run(_owner_and_controller(owner, helper, session_id, xserver))
+        owner.wait_state(session_id, "ended")  # the owner's viewer closed: the session ends
+    finally:
+        owner.close()
+        helper.close()
+    with (broker.data / "recordings" / f"{session_id}.rfb").open("rb") as handle:
+        _, start = read_header(handle)
+        inputs: dict[str, bytes] = {}
+        for _, frame in frames(handle, start):
+            if frame.kind == CLIENT:
+                inputs[frame.sender] = inputs.get(frame.sender, b"") + frame.rfb
+    assert key_event(KEYSYM_A, True) in inputs[TECH]
+    assert key_event(KEYSYM_Q, True) in inputs[CONTROLLER]
+    assert key_event(KEYSYM_Q, True) not in inputs[TECH]
+
+
+async def _owner_and_controller(
+    owner: Desk, helper: Desk, session_id: str, xserver: XServer
+) -> None:
+    async with screen_socket(owner, session_id) as owner_ws:
+        owner_rfb = RfbClient(owner_ws)
+        owner_init = await owner_rfb.handshake()
+        async with screen_socket(helper, session_id) as helper_ws:
+            second = RfbClient(helper_ws)
+            init = await second.handshake()
+            mark = xserver.keys_mark()
+            xserver.focus_window()
+            await second.send(key_event(KEYSYM_Q, True) + key_event(KEYSYM_Q, False))
+            await second.request_raw(init)
+            assert await second.framebuffer_update(init)
+            await owner_rfb.send(key_event(KEYSYM_A, True) + key_event(KEYSYM_A, False))
+            await owner_rfb.request_raw(owner_init)
+            assert await owner_rfb.framebuffer_update(owner_init)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: all(k in xserver.keys_since(mark) for k in ("0x71, q)", "0x61, a)")),
+                10,
+                "both keys on the PC",
+            )

@@ -144,6 +144,11 @@ def forget(recorder: Sealable) -> None:
         del _open[recorder.name]
 
 
+def open_recording(name: str) -> Sealable | None:
+    """The recorder still writing (or sealing) ``name`` in this process, if any."""
+    return _open.get(name)
+
+
 def is_open(name: str) -> bool:
     """A recording of this process whose seal has not been claimed yet."""
     return name in _open

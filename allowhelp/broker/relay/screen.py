@@ -14,7 +14,9 @@ A screen that says nothing at all within ``HANDSHAKE_TIMEOUT`` fails too.
 
 Every byte each way is recorded (``audit/rfb_recording.py``): what the PC
 sends as the technician gets it, what the technician sends as the PC gets it,
-with ``sender`` (the technician's user name) as who sent it. Recording costs
+with ``sender`` (the technician's user name) as who sent it; an invitee in
+control mode adds their input to the owner's recording under their own name
+(``input_only``). Recording costs
 the hot path a frame head per chunk; the relay waits only when the recording's
 writer falls far behind or a stopped recording is being audited.
 """
@@ -67,16 +69,21 @@ class ScreenRelay:
         *,
         view_only: bool,
         sender: str = "",
+        input_only: bool = False,
     ) -> None:
         self._ws = websocket
         self._recorder = recorder
         self._sender = sender  # who the input on this socket is from, for the recording
+        # An invitee's relay adds its input to the owner's recording, with its own
+        # sender; the owner's relay records the PC's stream and seals the file.
+        self._input_only = input_only
         self._view_only = view_only
         self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="screen sharer")
         self._client = ClientFilter(view_only=view_only)
         self._server = ServerChecker()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self.counters = Counters(recording=recorder.name if recorder is not None else None)
+        owned = recorder is not None and not input_only
+        self.counters = Counters(recording=recorder.name if owned and recorder else None)
 
     @property
     def channel(self) -> ChannelSpec:
@@ -142,7 +149,7 @@ class ScreenRelay:
         name); wait only when it asks to (its writer far behind, or its stop not
         yet on the audit record)."""
         recorder = self._recorder
-        if recorder is None:
+        if recorder is None or (from_pc and self._input_only):
             return
         if from_pc:
             recorder.server(data)
@@ -184,6 +191,6 @@ class ScreenRelay:
         (the registry calls it too)."""
         if self._chan is not None:
             self._chan.close()
-        if self._recorder is not None:
+        if self._recorder is not None and not self._input_only:
             self.counters.recording_sha256 = self._recorder.close()
         return self.counters.traffic()

@@ -18,6 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.websockets import WebSocket
 
+from allowhelp.broker.audit.recording import open_recording
+from allowhelp.broker.audit.rfb_format import SUFFIX
+from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.services import Services
@@ -69,7 +72,15 @@ async def revoke(request: Request) -> Response:
 
 def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
     if kind == "screen":
-        return ScreenRelay(websocket, view_only=invitation.mode != "control")
+        if invitation.mode != "control":
+            return ScreenRelay(websocket, view_only=True)
+        # Their input goes into the session's recording under their name; the PC's
+        # stream is recorded once, by the owner's relay.
+        shared = open_recording(f"{invitation.session_id}{SUFFIX}")
+        recorder = shared if isinstance(shared, RfbRecorder) else None
+        return ScreenRelay(
+            websocket, recorder, view_only=False, sender=invitation.username, input_only=True
+        )
     cols, rows = _number(websocket, "cols", 80), _number(websocket, "rows", 24)
     session = services(websocket).sessions.live(invitation.session_id)
     shell: Kind = session.kind if session is not None else "shell"
