@@ -79,7 +79,7 @@ def test_two_nodes_share_users_and_one_audit_chain(tmp_path: Path, pg_url: str) 
 LOAD_PW = "load password 1234"
 _APPENDER = """
 import sys
-from allowhelp.broker.audit.log import open_audit
+from allowhelp.broker.audit.opening import open_audit
 from allowhelp.broker.model.database import PostgresUrl
 audit = open_audit(PostgresUrl.parse(sys.argv[1]))
 for i in range(int(sys.argv[2])):
@@ -109,7 +109,7 @@ def test_three_processes_append_one_chain(pg_url: str) -> None:
 def test_the_chain_refuses_edits_in_the_database(pg_url: str) -> None:
     import psycopg
 
-    from allowhelp.broker.audit.log import open_audit
+    from allowhelp.broker.audit.opening import open_audit
     from allowhelp.broker.model.database import PostgresUrl
 
     audit = open_audit(PostgresUrl.parse(pg_url))

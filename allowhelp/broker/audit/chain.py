@@ -5,8 +5,8 @@ object with the keys seq, ts, type, code, actor, target, details, prev_hash and
 canonical is ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
 ensure_ascii=False).encode("utf-8")``; anyone can re-check an export with that.
 
-This module holds what both sides need (the hash, the schema check, the row
-shape) and the read-only side: :func:`verify`, :func:`read_head` and
+The format (the hash, the record, the row shape) is ``format.py``; this module
+holds the SQLite schema check and the read-only side: :func:`verify`, :func:`read_head` and
 :func:`read_records` open the file ``mode=ro``, so checking or exporting the
 evidence can never alter it, even while a broker writes. The writer is
 :mod:`allowhelp.broker.audit.log`, which re-exports everything public here.
@@ -14,80 +14,50 @@ evidence can never alter it, even while a broker writes. The writer is
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from allowhelp.broker.audit.format import (
+    GENESIS_HASH,
+    HASHED,
+    LAST_SQL,
+    SCHEMA_VERSION,
+    SELECT_SQL,
+    AuditPlace,
+    AuditRecord,
+    ChainReader,
+    VerifyResult,
+    canonical,
+    record_hash,
+    row_to_record,
+)
 from allowhelp.broker.errors import AuditCorrupt
 from allowhelp.broker.model.database import PostgresUrl
 
-GENESIS_HASH = "0" * 64
-SCHEMA_VERSION = 1
-
-HASHED = ("seq", "ts", "type", "code", "actor", "target", "details", "prev_hash")
-SELECT_SQL = "SELECT seq, ts, type, code, actor, target, details, prev_hash, hash FROM audit"
-LAST_SQL = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-
-# Where a chain lives: an SQLite file, or the shared PostgreSQL database (pg_chain.py).
-AuditPlace = Path | PostgresUrl
-
-
-class ChainReader(Protocol):
-    """A read-only connection on a chain: ``?`` statements, rows as tuples."""
-
-    def execute(self, sql: str, args: tuple[Any, ...] = (), /) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-def canonical(obj: object) -> str:
-    """The one JSON spelling that hashes are computed over."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def record_hash(fields: Mapping[str, object]) -> str:
-    """The chain hash of a record's fields (every column but ``hash``).
-
-    Public so that an export can be re-checked without this database.
-    """
-    payload = {key: fields[key] for key in HASHED}
-    return hashlib.sha256(canonical(payload).encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    seq: int
-    ts: str
-    type: str
-    code: str
-    actor: str
-    target: str
-    details: Mapping[str, object]
-    prev_hash: str
-    hash: str
-
-    def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """``count``, ``last_seq`` and ``last_hash`` cover the records found good,
-    i.e. all of them when ``ok``, else those before the first problem."""
-
-    ok: bool
-    count: int
-    last_seq: int
-    first_bad_seq: int | None
-    problem: str
-    last_hash: str = GENESIS_HASH
+__all__ = [
+    "GENESIS_HASH",
+    "HASHED",
+    "LAST_SQL",
+    "SCHEMA_VERSION",
+    "SELECT_SQL",
+    "AuditPlace",
+    "AuditRecord",
+    "ChainReader",
+    "VerifyResult",
+    "canonical",
+    "check_schema",
+    "find_records",
+    "hash_at",
+    "open_ro",
+    "read_head",
+    "read_records",
+    "record_hash",
+    "row_to_record",
+    "verify",
+]
 
 
 def check_schema(conn: sqlite3.Connection, path: Path) -> int:
@@ -111,15 +81,10 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
-def row_to_record(row: tuple[Any, ...]) -> AuditRecord:
-    named = dict(zip((*HASHED, "hash"), row, strict=True))
-    return AuditRecord(**{**named, "details": json.loads(named["details"])})
-
-
 def _open_ro(place: AuditPlace) -> ChainReader:
     """Read-only: checking or exporting must never change the evidence."""
     if isinstance(place, PostgresUrl):
-        from allowhelp.broker.audit.pg_chain import open_reader  # noqa: PLC0415 - psycopg
+        from allowhelp.broker.audit.pg_reader import open_reader  # noqa: PLC0415 - psycopg
 
         return open_reader(place)
     path = Path(place)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from allowhelp.broker.audit.chain import AuditRecord, canonical, record_hash
 from allowhelp.broker.audit.codes import EVENT_CODES
+from allowhelp.broker.audit.format import AuditRecord, canonical, record_hash
 from allowhelp.broker.errors import AuditUnavailable
 
 

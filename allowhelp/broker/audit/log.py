@@ -75,7 +75,6 @@ from allowhelp.broker.audit.entry import (
 )
 from allowhelp.broker.audit.status import ChainState
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
-from allowhelp.broker.model.database import PostgresUrl
 
 if TYPE_CHECKING:
     from allowhelp.broker.audit.anchor import AnchorSink
@@ -115,20 +114,6 @@ _SCHEMA = (
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END""",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
-
-
-def open_audit(
-    place: AuditPlace,
-    *,
-    forwarder: SyslogForwarder | None = None,
-    anchors: AnchorSink | None = None,
-) -> AuditLog:
-    """The log in the data folder's SQLite file, or in the shared PostgreSQL database."""
-    if isinstance(place, PostgresUrl):
-        from allowhelp.broker.audit.pg_chain import PgAuditLog  # noqa: PLC0415 - psycopg
-
-        return PgAuditLog.open_url(place, forwarder=forwarder, anchors=anchors)
-    return AuditLog.open(place, forwarder=forwarder, anchors=anchors)
 
 
 class AuditObserver(Protocol):

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from allowhelp.broker.audit.chain import (
+from allowhelp.broker.audit.entry import Entry, chain_on, unavailable
+from allowhelp.broker.audit.format import (
     GENESIS_HASH,
     LAST_SQL,
     SCHEMA_VERSION,
@@ -27,9 +28,9 @@ from allowhelp.broker.audit.chain import (
     AuditRecord,
     row_to_record,
 )
-from allowhelp.broker.audit.entry import Entry, chain_on, unavailable
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable
+from allowhelp.broker.audit.pg_reader import connect, reason, schema_version
+from allowhelp.broker.errors import AuditUnavailable
 from allowhelp.broker.model.database import PostgresUrl
 
 if TYPE_CHECKING:
@@ -57,82 +58,6 @@ _INSERT = (
     " VALUES (%(seq)s, %(ts)s, %(type)s, %(code)s, %(actor)s, %(target)s, %(details_text)s,"
     " %(prev_hash)s, %(hash)s)"
 )
-
-
-def reason(exc: psycopg.Error) -> str:
-    """The first line of what the server or libpq said: what an operator acts on."""
-    lines = str(exc).strip().splitlines()
-    return f"the audit database: {lines[0] if lines else type(exc).__name__}"
-
-
-def connect(
-    url: PostgresUrl, timeout: float, *, read_only: bool = False
-) -> psycopg.Connection[Any]:
-    options = f"-c lock_timeout={int(timeout * 1000)}"
-    if read_only:
-        options += " -c default_transaction_read_only=on"
-    try:
-        return psycopg.connect(
-            url.url,
-            autocommit=True,
-            connect_timeout=max(1, round(timeout)),
-            options=options,
-            application_name="allowhelp-audit",
-        )
-    except psycopg.Error as exc:
-        raise unavailable(f"cannot reach {url}: {reason(exc)}") from exc
-
-
-def _schema_version(conn: psycopg.Connection[Any], url: PostgresUrl) -> int:
-    tables = {
-        row[0]
-        for row in conn.execute(
-            "SELECT table_name FROM information_schema.tables"
-            " WHERE table_schema = current_schema() AND table_name IN ('audit', 'audit_schema')"
-        )
-    }
-    if not tables:
-        return 0
-    if tables != {"audit", "audit_schema"}:
-        raise AuditCorrupt(f"{url} has a partial audit schema (tables: {sorted(tables)})")
-    row = conn.execute("SELECT max(version) FROM audit_schema").fetchone()
-    version = int(row[0]) if row and row[0] is not None else 0
-    if version != SCHEMA_VERSION:
-        raise AuditCorrupt(
-            f"{url} has audit schema version {version}; this broker reads version {SCHEMA_VERSION}"
-        )
-    return version
-
-
-class _Reader:
-    """``ChainReader`` on PostgreSQL: ``?`` statements, errors as AuditUnavailable."""
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, args: tuple[Any, ...] = (), /) -> psycopg.Cursor[Any]:
-        try:
-            return self._conn.execute(sql.replace("?", "%s"), args)
-        except psycopg.Error as exc:
-            raise unavailable(reason(exc)) from exc
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def open_reader(url: PostgresUrl, timeout: float = 5.0) -> _Reader:
-    """Read-only, schema checked: ``audit verify --store`` can never change the evidence."""
-    conn = connect(url, timeout, read_only=True)
-    try:
-        if _schema_version(conn, url) == 0:
-            raise AuditCorrupt(f"{url} holds no audit log yet")
-    except psycopg.Error as exc:
-        conn.close()
-        raise unavailable(reason(exc)) from exc
-    except BaseException:
-        conn.close()
-        raise
-    return _Reader(conn)
 
 
 class PgAuditLog(AuditLog):
@@ -165,7 +90,7 @@ class PgAuditLog(AuditLog):
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
-                if _schema_version(conn, url) == 0:
+                if schema_version(conn, url) == 0:
                     conn.execute(_SCHEMA.encode())
                     conn.execute(
                         "INSERT INTO audit_schema (version) VALUES (%s)", (SCHEMA_VERSION,)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from allowhelp.broker.audit.log import AuditLog, open_audit
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.opening import open_audit
 from allowhelp.broker.auth.passwords import check_new_password, hash_password
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE

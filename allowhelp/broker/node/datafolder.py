@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allowhelp.broker.audit.anchor import AnchorSink
-from allowhelp.broker.audit.log import AuditLog, open_audit
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.opening import open_audit
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from allowhelp.broker.model.database import PostgresUrl
