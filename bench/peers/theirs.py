@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -57,7 +56,6 @@ def bulk_download(server: MeshServer, node: str, size: int) -> float:
 def screen_run(server: MeshServer, node: str, warmup: float, seconds: float) -> ScreenRun:
     """From opening the desktop tunnel to the first decoded tile; then tiles for
     ``seconds`` after ``warmup``, one update = the tiles of one frame-timer tick."""
-    t0 = time.perf_counter()
     start = time.monotonic()
     with relay(server, node, 2) as ws:
         desktop = MeshDesktop(ws)
@@ -78,7 +76,6 @@ def screen_run(server: MeshServer, node: str, warmup: float, seconds: float) -> 
             last = tile.at
         took = time.monotonic() - t1
         got = desktop.received - bytes0
-    del t0
     return ScreenRun(first, 0.0, updates, took, got)
 
 
@@ -123,17 +120,3 @@ def server_kib_per_agent(procs: Procs, root: Path, count: int, settle_s: float) 
         }
     finally:
         server.stop()
-
-
-def meshagent_pids(folder: Path) -> list[int]:
-    """meshagent processes started from ``folder`` (it may fork a helper for the desktop)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                exe = os.readlink(entry / "exe")
-            except OSError:
-                continue
-            if exe.startswith(str(folder)):
-                found.append(int(entry.name))
-    return found
