@@ -79,7 +79,9 @@ def relay(
             }
         )
         url = server.url.replace("https://", "wss://") + "/meshrelay.ashx?" + query
-        with connect(url, ssl=insecure_context(), max_size=None, compression=None) as ws:
+        with connect(
+            url, ssl=insecure_context(), max_size=None, compression=None, open_timeout=30
+        ) as ws:
             deadline = time.monotonic() + 30
             while True:
                 first = ws.recv(timeout=max(0.1, deadline - time.monotonic()))

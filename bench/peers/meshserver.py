@@ -167,6 +167,7 @@ class MeshServer:
             additional_headers={"x-meshauth": auth},
             max_size=None,
             compression=None,
+            open_timeout=30,  # a loaded machine: the TLS handshake has taken over 10 s
         )
 
     def add_group(self) -> str:
