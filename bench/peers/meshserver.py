@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -65,6 +66,18 @@ def install() -> Path:
             f"npm install meshcentral@{VERSION} failed: {done.stderr.strip()[-400:]}"
         )
     return pkg
+
+
+def pids_running_from(folder: Path) -> list[int]:
+    """Processes whose executable lies under ``folder`` (this run's meshagent copies)."""
+    prefix = str(folder.resolve()) + os.sep
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "exe").startswith(prefix):
+                    found.append(int(entry.name))
+    return found
 
 
 def insecure_context() -> ssl.SSLContext:
@@ -286,6 +299,17 @@ class MeshServer:
         for proc in self.agents:
             self.procs.stop(proc, timeout=10)
         self.agents.clear()
+        # meshagent's helpers (a terminal's or the desktop's process) may leave the
+        # process group: whatever still runs a binary under this run's folders goes too
+        for _ in range(20):
+            left = pids_running_from(self.data.parent)
+            if not left:
+                return
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        log(f"meshagent processes still running after SIGKILL: {left}")
 
     def stop(self) -> None:
         self.stop_agents()

@@ -129,13 +129,17 @@ def _round(
 def _start_mesh(procs: Procs, root: Path, display: str) -> tuple[MeshServer, str, float]:
     install()
     server = MeshServer(procs, root / "meshcentral" / "data")
-    server.configure()
-    server.start()
-    server.add_group()
-    agent = server.start_agent(root / "meshcentral" / "agent", server.msh(), display)
-    node = server.wait_agents(1, 120)[0]
-    time.sleep(2)  # the agent settles after its first core exchange
-    return server, node, proc_stat(agent.pid).rss_kib / 1024
+    try:
+        server.configure()
+        server.start()
+        server.add_group()
+        agent = server.start_agent(root / "meshcentral" / "agent", server.msh(), display)
+        node = server.wait_agents(1, 120)[0]
+        time.sleep(2)  # the agent settles after its first core exchange
+        return server, node, proc_stat(agent.pid).rss_kib / 1024
+    except BaseException:
+        server.stop()
+        raise
 
 
 def run(procs: Procs, root: Path, *, quick: bool) -> dict[str, Any]:
