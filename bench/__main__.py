@@ -9,7 +9,8 @@
     bench/run --only routes --agents 5000      # tunnel: raw SSH port vs HTTPS port (issue #16)
     bench/run --lever uvloop --lever pktsize=131072   # measure a proposed change
 
-Sections: throughput, bulk, tunnel, latency, fleet, audit, profile, memory, routes. Results go to
+Sections: throughput, bulk, tunnel, latency, fleet, audit, profile, memory, routes (and peers,
+only when named: allowhelp vs MeshCentral, issue #19). Results go to
 ``bench/results/latest.json`` (and a timestamped copy) unless ``--json`` says
 otherwise. Every process is started on 127.0.0.1 under a temp folder and
 stopped at the end, whatever happens.
@@ -49,7 +50,9 @@ SECTIONS = (
     "profile",
     "memory",
     "routes",
+    "peers",
 )
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "peers")  # peers: MeshCentral from npm
 FLEET_SIZES = "1000,5000,20000"
 ROUTES_AGENTS = 5000  # --quick: 1000
 
@@ -268,6 +271,15 @@ def report_routes(res: dict[str, Any]) -> str:
     return routes.report(res)
 
 
+def report_peers(res: dict[str, Any]) -> str:
+    from bench.peers import run as peers
+
+    text = table(["figure", "allowhelp", "MeshCentral", "ssh -tt"], peers.table(res))
+    for what, why in res.get("notes", {}).items():
+        text += f"\nnull: {what}: {why}"
+    return text
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -285,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(s for s in SECTIONS),
-        help=f"comma-separated sections ({','.join(SECTIONS)})",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections ({','.join(SECTIONS)}; peers only when named)",
     )
     parser.add_argument(
         "--agents",
@@ -401,6 +413,10 @@ def _run_section(
         from bench import routes
 
         return routes.run(procs, root, quick=quick, sizes=sizes, levers=levers)
+    if section == "peers":
+        from bench.peers import run as peers
+
+        return peers.run(procs, root, quick=quick)
     from bench import profiling
 
     why = profiling.available()
@@ -418,6 +434,7 @@ REPORTERS = {
     "audit": report_audit,
     "profile": report_profile,
     "memory": report_memory,
+    "peers": report_peers,
     "routes": report_routes,
 }
 

@@ -29,6 +29,10 @@ The x11vnc options, and why:
     -nonc              no client-side pixel cache: the viewer sees the true size
     -noxdamage         poll the screen: DAMAGE misses updates under compositors
                        (a screen that looks frozen is worse than some CPU)
+    -nonap             no naps between polls: with them x11vnc's first update
+                       came 0.7 s after the viewer's request, without 0.17 s
+                       (docs/benchmarks.md, peers); an idle screen costs about
+                       1 % of a core more while the session lasts
     -noprimary -nosetprimary
                        only the CLIPBOARD travels (what the user copied), not
                        every text they happen to highlight
@@ -107,7 +111,7 @@ class ScreenUnavailable(RuntimeError):
 
 def x11vnc_argv(program: str, display: str, *, view_only: bool, clip: str = "") -> list[str]:
     argv = [program, "-norc", "-inetd", "-display", display, "-once", "-nopw", "-safer"]
-    argv += ["-nocmds", "-noipv6", "-nolookup", "-nonc", "-noxdamage"]
+    argv += ["-nocmds", "-noipv6", "-nolookup", "-nonc", "-noxdamage", "-nonap"]
     argv += ["-noprimary", "-nosetprimary"]
     if view_only:
         argv += ["-viewonly", "-nosel"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from allowhelp.broker.audit import recording
 from allowhelp.broker.audit.recording import AsciicastRecorder, file_sha256, settle
 
 HOSTILE = [
@@ -121,3 +122,43 @@ async def test_the_registry_settles_each_recording_once(tmp_path: Path) -> None:
     assert seal is not None and seal.sha256 == digest == file_sha256(recorder.path)
     assert seal.details() == {"recording_bytes": recorder.path.stat().st_size}
     assert await settle(recorder.name) is None  # claimed; a restarted broker has none either
+
+
+async def test_small_writes_go_on_the_loop_while_the_disk_is_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An echo is written by the loop (no thread hand-over before it is shown) once a
+    small write has been fast; one slow write sends the next ones back to a thread."""
+    loop_thread = threading.get_ident()
+    writers: list[int] = []
+    delay = [0.0]
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        writers.append(threading.get_ident())
+        time.sleep(delay[0])
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(recording, "FAST_WRITE", 0.05)  # a loaded test machine is slow
+    recorder = AsciicastRecorder(tmp_path, "s9", 80, 24, title="t")
+    await recorder.flushed()
+    assert writers[-1] != loop_thread  # the header: nothing proved about the disk yet
+    recorder.output(b"k")
+    await recorder.flushed()
+    assert writers[-1] == loop_thread  # fast disk: the echo went on the loop
+    delay[0] = 0.1
+    recorder.output(b"l")
+    await recorder.flushed()
+    assert writers[-1] == loop_thread  # this one was slow ...
+    recorder.output(b"m")
+    await recorder.flushed()
+    assert writers[-1] != loop_thread  # ... so the next one is a thread's again
+    delay[0] = 0.0
+    recorder.output(b"x" * (recording.INLINE_WRITE + 1))
+    await recorder.flushed()
+    assert writers[-1] != loop_thread  # bulk output always goes to a thread
+    digest = recorder.close()
+    seal = await recorder.sealed()
+    assert seal.sha256 == digest == file_sha256(recorder.path)
+    assert recorder.path.read_bytes().count(b'"o"') == 4

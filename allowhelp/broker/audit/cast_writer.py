@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ class Wrote:
     end: int  # the file's size after the job
     free: int | None  # free bytes on its filesystem then
     error: OSError | None = None
+    seconds: float = 0.0  # spent in pwrite
 
 
 def append(fd: int, data: bytes, start: int, *, last: bool, measure: bool) -> Wrote:
@@ -29,6 +31,7 @@ def append(fd: int, data: bytes, start: int, *, last: bool, measure: bool) -> Wr
     fsync and close."""
     error: OSError | None = None
     end = start
+    began = time.perf_counter()
     try:
         view = memoryview(data)
         while view:
@@ -38,6 +41,7 @@ def append(fd: int, data: bytes, start: int, *, last: bool, measure: bool) -> Wr
         error, end = exc, start
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)
+    seconds = time.perf_counter() - began
     free = free_bytes(fd) if measure or error else None
     if last:
         try:
@@ -46,7 +50,7 @@ def append(fd: int, data: bytes, start: int, *, last: bool, measure: bool) -> Wr
             error = error or exc
         finally:
             os.close(fd)
-    return Wrote(end, free, error)
+    return Wrote(end, free, error, seconds)
 
 
 def free_bytes(fd: int) -> int | None:

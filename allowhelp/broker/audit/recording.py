@@ -3,15 +3,20 @@
 Output only: typed input can hold passwords. The digest is over the bytes on
 disk, so the audit record proves the file played back later is the one recorded.
 
-Nothing here blocks the event loop. The loop formats each event into a line;
-a writer thread (``cast_writer.py``: one job in flight per recording, from a
-small shared pool) appends the lines with ``os.pwrite`` and, at the end,
-fsyncs and closes. The loop hashes a job's bytes as it hands them over and
-adopts that digest only once the job has written them: the digest is always
-of exactly what is on disk. The relay awaits ``flushed()`` before it
-shows a frame to the technician, so what the technician saw is already in the
-file (the kernel's page cache survives a ``kill -9`` of the broker), and a disk
-slower than the shell slows the shell instead of filling memory.
+Nothing here blocks the event loop for long. The loop formats each event into
+a line; a writer thread (``cast_writer.py``: one job in flight per recording,
+from a small shared pool) appends the lines with ``os.pwrite`` and, at the end,
+fsyncs and closes. A small job (``INLINE_WRITE``: a keystroke's echo, a prompt)
+is written by the loop itself while the disk has shown it is fast (the last
+small write took under ``FAST_WRITE``): one ``pwrite`` into the page cache
+costs less than the hand-over to a thread and back, which the echo would wait
+for. One slow write sends the recording back to the thread. The loop hashes a
+job's bytes as it hands them over and adopts that digest only once the job has
+written them: the digest is always of exactly what is on disk.
+The relay awaits ``flushed()`` before it shows a frame to the technician, so
+what the technician saw is already in the file (the kernel's page cache
+survives a ``kill -9`` of the broker), and a disk slower than the shell slows
+the shell instead of filling memory.
 
 Limits (:class:`RecordingLimits`): a per-recording cap and a free-space floor.
 When one is hit, or a write fails, the recording stops for good (a marker
@@ -62,6 +67,8 @@ SHARED_FLOOR = 0.05  # of a filesystem the audit log shares with the recordings
 SEAL_TIMEOUT = 10.0  # the longest an end record waits for its recording's last write
 SEAL_KEPT = 60.0  # an unclaimed seal is dropped this long after the file is sealed
 MEASURE_EVERY = 1 << 20  # free space is read again after this many bytes written
+INLINE_WRITE = 4096  # jobs up to this size are written on the loop, not by a writer thread
+FAST_WRITE = 0.0005  # ... while the last such job's pwrite took less than this (seconds)
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,7 @@ class AsciicastRecorder:
         self._digest = hashlib.sha256()  # of what is on disk
         self._next = self._digest  # ... once the running job has written its bytes
         self._pending: list[bytes] = []
+        self._inline = False  # small jobs go to the loop (the disk proved fast)
         self._job: asyncio.Future[Wrote] | None = None
         self._queued = 0  # bytes accepted: the file's size once the writer catches up
         self._written = 0  # bytes on disk
@@ -335,8 +343,27 @@ class AsciicastRecorder:
             self._fd = -1
         measure = last or self._written + len(data) - self._free_at >= MEASURE_EVERY
         job = functools.partial(append, fd, data, self._written, last=last, measure=measure)
+        small = len(data) <= INLINE_WRITE
+        if small and self._inline and not last and not measure:
+            # A keystroke's echo: one pwrite into the page cache costs microseconds,
+            # a round trip through a writer thread (and its wake-up of the loop) far
+            # more, and the relay waits for it before it shows the echo.
+            done: asyncio.Future[Wrote] = self._loop.create_future()
+            wrote = job()
+            self._inline = wrote.error is None and wrote.seconds < FAST_WRITE
+            done.set_result(wrote)
+            self._job = done
+            self._job_done(done)
+            return
         self._job = self._loop.run_in_executor(writers(), job)
+        if small:
+            self._job.add_done_callback(self._timed)
         self._job.add_done_callback(self._job_done)
+
+    def _timed(self, job: asyncio.Future[Wrote]) -> None:
+        """A small job on the writer thread: was the disk fast enough to write on the loop?"""
+        if not job.cancelled() and job.exception() is None:
+            self._inline = job.result().seconds < FAST_WRITE
 
     def _job_done(self, job: asyncio.Future[Wrote]) -> None:
         self._job = None
