@@ -23,6 +23,7 @@ from typing import Any
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import (
+    AuditUnavailable,
     BadRequest,
     Conflict,
     Forbidden,
@@ -292,12 +293,22 @@ class JobDesk:
     # expiry
 
     async def _sweep_forever(self) -> None:
+        failing = False  # said once per outage, not every few seconds
         while True:
             await asyncio.sleep(self._sweep_every)
             try:
                 await self.expire_due()
-            except Exception:  # logged; the next sweep tries again
+            except (StoreError, AuditUnavailable) as exc:  # the next sweep tries again
+                if not failing:
+                    log.error("the job expiry sweep cannot run until this clears: %s", exc)
+                failing = True
+                continue
+            except Exception:  # a fault of ours: logged in full, every time
                 log.exception("the job expiry sweep failed")
+                continue
+            if failing:
+                log.info("the job expiry sweep runs again")
+            failing = False
 
     async def expire_due(self) -> None:
         due: dict[str, list[str]] = {}
