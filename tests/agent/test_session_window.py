@@ -150,7 +150,12 @@ async def test_the_owners_window_names_everyone_who_joined_and_who_left(tmp_path
         "the owner's window naming Bob",
     )
     assert "observer" in texts[-1] and "Eve" in texts[-1]
-    assert any("Bob Martin also watches your terminal" in t for t in shown(tmp_path, "--info"))
+    await until(  # Bob's own window: shown by its own task, maybe just after
+        lambda: any(
+            "Bob Martin also watches your terminal" in t for t in shown(tmp_path, "--info")
+        ),
+        "Bob's own window",
+    )
     agent.end(invite)  # the user removes Bob (his window's button does this)
     await until(
         lambda: "Bob Martin" not in shown(tmp_path, "--info")[-1], "the owner's window without Bob"

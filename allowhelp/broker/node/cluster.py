@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allowhelp.broker.errors import BrokerError, Conflict
 from allowhelp.broker.model.database import PostgresUrl
@@ -26,9 +27,11 @@ from allowhelp.broker.sessions.events import Event, EventHub
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
-from allowhelp.broker.store.pg_events import NodeEvents
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.keys import EnrolledKeys
+
+if TYPE_CHECKING:  # psycopg is imported only on a PostgreSQL store
+    from allowhelp.broker.store.pg_events import NodeEvents
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class NodeMembership:
             def deliver(event: Event, audience: str | None) -> None:
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
                     loop.call_soon_threadsafe(self._hub.publish_from_node, event, audience)
+
+            from allowhelp.broker.store.pg_events import NodeEvents  # noqa: PLC0415 - psycopg
 
             self._node_events = NodeEvents(self._store, self.node_id, deliver)
             self._node_events.start()
