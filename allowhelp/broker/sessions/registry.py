@@ -1,12 +1,10 @@
-"""The session registry: every help session, its consent and its end, audited first.
+"""The session registry: what the technician and the PC ask of help sessions.
 
-All state changes go through ``_move``: the frozen session's ``transition``
-computes the next state and its audit event, the event is committed, and only
-then does the new session replace the old one (stored, published, acted on).
-If the audit write fails the session stays as it was and the action is refused.
-
-The agent's messages about sessions (a consent decision, the user ending one)
-arrive here from the tunnel's control router (``tunnel/dispatch.py``).
+A technician's request becomes a session asked of the PC (or refused at once
+when nobody could answer); the PC's consent decision and the user's end arrive
+from the tunnel's control router (``tunnel/dispatch.py``); sessions a previous
+process left open end at start-up. Every state change goes through the book's
+one transition path (``book.py``), audited first.
 """
 
 from __future__ import annotations
@@ -16,18 +14,14 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import cast
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.audit.recording import sealed_traffic
 from allowhelp.broker.audit.rfb_recovery import recover_any
 from allowhelp.broker.errors import (
     AgentUnreachable,
     AuditUnavailable,
     BadRequest,
-    BrokerError,
     Conflict,
     IllegalTransition,
     NotFound,
@@ -35,9 +29,8 @@ from allowhelp.broker.errors import (
     TunnelError,
 )
 from allowhelp.broker.model.session import Session, State, Traffic, user_actor
-from allowhelp.broker.relay.outcome import Outcome
+from allowhelp.broker.sessions.book import OWED_RETRY_MAX, SessionBook
 from allowhelp.broker.sessions.consent import (
-    MAX_REASON,
     clean_reason,
     clean_text,
     consent_request,
@@ -45,7 +38,6 @@ from allowhelp.broker.sessions.consent import (
 )
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk, format_code, normalise_code
-from allowhelp.broker.sessions.saver import SessionSaver
 from allowhelp.broker.sessions.screenchoice import clean_monitor, screen_refusal
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -57,24 +49,18 @@ from allowhelp.protocol.control import (
     ConsentDecision,
     EndReason,
     Kind,
-    Message,
     SessionEnd,
 )
-from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
 
-Stopper = Callable[[], Traffic]
-# What other rooms add to a session's end record (the chat transcript's digest),
-# and who hears of a session that is over (the report for the ticket system).
-EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
-FinalListener = Callable[[Session], None]
 MAX_TICKET, MAX_NOTES = 100, 10_000
-OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 SHUTDOWN_ROWS = 10.0  # seconds the shutdown waits for session rows still owed
 
 
-class SessionRegistry:
+class SessionRegistry(SessionBook):
+    """Requests in, the PC's answers, the technician's notes; start-up and shut-down."""
+
     def __init__(
         self,
         db: StoreWorker,
@@ -86,61 +72,19 @@ class SessionRegistry:
         organisation: str,
         consent_timeout: float,
     ) -> None:
-        self._db = db
-        self._rows = SessionSaver(db)  # rows written behind the audit (sessions/saver.py)
-        self._audit = audit
-        self._agents = agents
-        self._events = events
+        super().__init__(db, audit, agents, events)
         self._help = help_desk
         self._organisation = organisation
         self._timeout = consent_timeout
-        self._live: dict[str, Session] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._relays: dict[str, list[Stopper]] = {}
-        self._unrecorded: dict[str, Traffic] = {}  # counted by stopped relays, end not recorded
-        self._owed: set[str] = set()  # ended, record owed: written once the log takes it
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._end_details: list[EndDetails] = []
-        self._final_listeners: list[FinalListener] = []
         agents.subscribe(self._agent_changed)
 
     @property
     def agents(self) -> AgentRegistry:
         return self._agents
 
-    def add_end_details(self, hook: EndDetails) -> None:
-        self._end_details.append(hook)
-
-    def on_final(self, listener: FinalListener) -> None:
-        self._final_listeners.append(listener)
-
-    # lookups
-
-    def live_sessions(self) -> list[Session]:
-        """The sessions this process runs that are not over."""
-        return [session for session in self._live.values() if not session.final]
-
-    def live(self, session_id: str) -> Session | None:
-        """A session that is not over yet (or whose end is owed), from memory:
-        for the attach path, which must not await."""
-        return self._live.get(session_id)
-
-    def _latest(self, session_id: str) -> Session | None:
-        return self._live.get(session_id) or self._rows.latest(session_id)
-
-    async def get(self, session_id: str) -> Session | None:
-        """Any session: live, or over (its row, read off the event loop)."""
-        found = self._latest(session_id)
-        return found if found is not None else await self._db.read(Store.session, session_id)
-
-    async def listed(self, username: str, is_admin: bool, limit: int = 200) -> list[Session]:
-        stored = await self._db.read(Store.sessions, None if is_admin else username, limit)
-        newer = [*self._rows.pending(), *self._live.values()]
-        merged = {s.id: s for s in stored} | {
-            s.id: s for s in newer if is_admin or s.technician == username
-        }
-        return sorted(merged.values(), key=lambda s: s.created, reverse=True)[:limit]
+    def agent_link(self, agent_id: str) -> AgentLink | None:
+        live = self._agents.get(agent_id)
+        return None if live is None else live.link
 
     # the technician's side
 
@@ -267,88 +211,6 @@ class SessionRegistry:
             self._timeout, lambda: self._spawn(self._expire(session.id))
         )
 
-    async def end(
-        self,
-        session_id: str,
-        *,
-        reason: EndReason,
-        actor: str,
-        details: Mapping[str, object] | None = None,
-    ) -> Session:
-        """End a session. Access stops first (relays, then the PC told); if the
-        record cannot be written, the end is owed and written when the log
-        takes it again (``_record_owed_end``), and ``AuditUnavailable`` says so."""
-        try:
-            session = await self._move(
-                session_id, State.ENDED, actor=actor, reason=reason, details=details
-            )
-        except AuditUnavailable:
-            self._owe_end(session_id, reason, actor, details)
-            raise
-        if reason not in ("user", "agent_lost"):
-            self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
-        return session
-
-    def ending(self, session_id: str) -> bool:
-        """Whether the session's end is decided but not yet on the record."""
-        return session_id in self._owed
-
-    def _owe_end(
-        self,
-        session_id: str,
-        reason: EndReason,
-        actor: str,
-        details: Mapping[str, object] | None,
-    ) -> None:
-        session = self._live.get(session_id)
-        if session is None or session_id in self._owed:
-            return
-        log.error(
-            "session=%s ended but its record is owed: the audit log is unavailable", session_id
-        )
-        self._owed.add(session_id)
-        if reason not in ("user", "agent_lost"):  # the PC ended it, or is gone
-            self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
-        self._spawn(self._record_owed_end(session_id, reason, actor, details))
-
-    async def _record_owed_end(
-        self,
-        session_id: str,
-        reason: EndReason,
-        actor: str,
-        details: Mapping[str, object] | None,
-    ) -> None:
-        """Write an owed end as soon as the audit log takes records again."""
-        delay = OWED_RETRY_FIRST
-        late = {**(details or {}), "recorded_late": True}
-        while session_id in self._owed:
-            await asyncio.sleep(delay)
-            try:
-                await self._move(session_id, State.ENDED, actor=actor, reason=reason, details=late)
-            except AuditUnavailable:
-                delay = min(delay * 2, OWED_RETRY_MAX)
-            except IllegalTransition:
-                return
-
-    async def end_quietly(self, session_id: str, *, reason: EndReason, actor: str) -> None:
-        """End unless already over (a relay and the user may both end it at once)."""
-        session = self._live.get(session_id)  # a session that is not live is over
-        if session is not None and not session.final:
-            with contextlib.suppress(IllegalTransition):
-                await self.end(session_id, reason=reason, actor=actor)
-
-    def attach_relay(self, session_id: str, stop: Stopper) -> None:
-        """A relay serves this session; ending the session stops it first, so the
-        end record carries its byte counts and the recording's digest."""
-        self._relays.setdefault(session_id, []).append(stop)
-
-    def has_relay(self, session_id: str) -> bool:
-        return bool(self._relays.get(session_id))
-
-    def agent_link(self, agent_id: str) -> AgentLink | None:
-        live = self._agents.get(agent_id)
-        return None if live is None else live.link
-
     async def audit_started(self, session: Session, details: dict[str, object]) -> None:
         await self._audit.write(
             "session.started",
@@ -356,6 +218,31 @@ class SessionRegistry:
             target=session.id,
             details={**session.summary(), **details},
         )
+
+    async def set_notes(self, session_id: str, notes: object, *, actor: str) -> Session:
+        """The technician's notes: audited (``session.notes``) before they are kept."""
+        text = clean_text(notes, "notes", MAX_NOTES, multiline=True)
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            current = self._latest(session_id) or await self._db.read(Store.session, session_id)
+            if current is None:
+                raise NotFound("no such session")
+            await self._audit.write(
+                "session.notes",
+                actor=actor,
+                target=session_id,
+                details={**current.summary(), "ticket": current.ticket, "notes": text},
+            )
+            after = dataclasses.replace(current, notes=text)
+            if session_id in self._live:
+                self._live[session_id] = after
+                self._rows.save(after)
+            else:
+                await self._rows.save_now(after)
+        if session_id not in self._live:
+            self._locks.pop(session_id, None)
+        self._publish(after)
+        return after
 
     # the agent's side
 
@@ -422,136 +309,6 @@ class SessionRegistry:
                 self._timers[session_id] = retry
                 raise
 
-    # the one place where state changes
-
-    async def _move(
-        self,
-        session_id: str,
-        new: State,
-        *,
-        actor: str,
-        reason: EndReason | None = None,
-        details: Mapping[str, object] | None = None,
-        view_only: bool = False,
-    ) -> Session:
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            current = self._live.get(session_id)
-            if current is None:
-                raise IllegalTransition(f"session {session_id} is not live")
-            traffic = None
-            if new is State.ENDED:  # access stops before its end is recorded
-                traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
-                    session_id
-                )
-                # the recording complete on disk before its end record
-                traffic, sealed = await sealed_traffic(traffic)
-                details = {**(details or {}), **sealed, **await self._more_end_details(session_id)}
-            after, event = current.transition(
-                new,
-                actor=actor,
-                reason=reason,
-                details=details,
-                view_only=view_only,
-                traffic=traffic,
-            )
-            try:
-                await self._audit.write(
-                    event.type, actor=event.actor, target=event.target, details=event.details
-                )
-            except AuditUnavailable:
-                if traffic is not None:  # kept for the record that is owed
-                    self._unrecorded[session_id] = traffic
-                raise
-            self._live[session_id] = after
-            self._rows.save(after)  # behind the record: a slow database holds up nothing
-        if after.final:
-            self._finished(after)
-        self._publish(after)
-        return after
-
-    async def _more_end_details(self, session_id: str) -> dict[str, object]:
-        more: dict[str, object] = {}
-        for hook in self._end_details:
-            try:
-                more.update(await hook(session_id))
-            except BrokerError as exc:  # the store cannot say: the end is still recorded
-                log.error("session=%s: end details missing: %s", session_id, exc)
-        return more
-
-    async def set_notes(self, session_id: str, notes: object, *, actor: str) -> Session:
-        """The technician's notes: audited (``session.notes``) before they are kept."""
-        text = clean_text(notes, "notes", MAX_NOTES, multiline=True)
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            current = self._latest(session_id) or await self._db.read(Store.session, session_id)
-            if current is None:
-                raise NotFound("no such session")
-            await self._audit.write(
-                "session.notes",
-                actor=actor,
-                target=session_id,
-                details={**current.summary(), "ticket": current.ticket, "notes": text},
-            )
-            after = dataclasses.replace(current, notes=text)
-            if session_id in self._live:
-                self._live[session_id] = after
-                self._rows.save(after)
-            else:
-                await self._rows.save_now(after)
-        if session_id not in self._live:
-            self._locks.pop(session_id, None)
-        self._publish(after)
-        return after
-
-    def _stop_relays(self, session_id: str) -> Traffic:
-        """Stop what relays the session (access ends before its record is written)."""
-        return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
-
-    def _finished(self, session: Session) -> None:
-        for listener in self._final_listeners:
-            try:
-                listener(session)
-            except Exception:  # a listener's failure must not undo an end
-                log.exception("session=%s: a listener of its end failed", session.id)
-        self._owed.discard(session.id)
-        self._live.pop(session.id, None)
-        self._locks.pop(session.id, None)
-        timer = self._timers.pop(session.id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _tell_agent(self, session: Session, message: Message) -> None:
-        live = self._agents.get(session.agent_id)
-        if live is None:
-            return
-        try:
-            live.link.send(message)
-        except TunnelError as exc:
-            log.warning(
-                "agent=%s session=%s could not be told: %s", session.agent_id, session.id, exc
-            )
-
-    def _publish(self, session: Session) -> None:
-        self._events.publish(
-            {"type": "session", "session": session.to_json()}, audience=f"user:{session.technician}"
-        )
-
-    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
-        task: asyncio.Task[object] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._reaped)
-
-    def _reaped(self, task: asyncio.Task[object]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        if isinstance(exc, BrokerError):  # already said where it happened (owed, retried)
-            log.error("session work stopped: %s", exc)
-        else:
-            log.error("session work failed", exc_info=exc)
-
     # start-up and shut-down
 
     async def recover(self, recordings: Path | None = None, *, own: bool = True) -> int:
@@ -595,45 +352,6 @@ class SessionRegistry:
             async with asyncio.timeout(SHUTDOWN_ROWS):
                 await self._rows.drain()
         await self._rows.close()
-
-    async def finish(self, session_id: str, outcome: Outcome) -> Outcome:
-        """End a session as its relay saw it end, unless something ended it first.
-
-        Never raises: a relay's end must always reach its socket. If the end
-        cannot be audited the PC is still told to stop (stopping access is
-        always allowed) and the outcome says the audit failed.
-        """
-        current = await self.get(session_id)
-        if current is None or current.final:
-            # An attached session was active, so whatever ended it gave an EndReason.
-            return Outcome(cast("EndReason", current.end_reason if current else "error"))
-        try:
-            if outcome.failure is not None:
-                await self.fail(session_id, outcome.failure.message)
-            else:
-                actor = current.actor_for(outcome.reason)
-                await self.end_quietly(session_id, reason=outcome.reason, actor=actor)
-        except AuditUnavailable as exc:  # the end is owed (``end``); the PC was told
-            return Outcome("error", exc)
-        return outcome
-
-    async def fail(self, session_id: str, message: str) -> None:
-        """A session that cannot go on (its screen failed, ...): audit why as
-        ``session.failed``, then end it with reason ``error`` (unless already over)."""
-        session = self._live.get(session_id)
-        if session is None or session.final:
-            return
-        text = plain_text(message, MAX_REASON) or "unknown error"
-        try:
-            await self._audit.write(
-                "session.failed",
-                actor="system",
-                target=session_id,
-                details={**session.summary(), "error": text},
-            )
-        finally:  # a session that failed ends, on the record or owed to it
-            with contextlib.suppress(IllegalTransition):
-                await self.end(session_id, reason="error", actor="system", details={"error": text})
 
 
 def _refusal(
