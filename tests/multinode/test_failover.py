@@ -84,6 +84,7 @@ async def test_an_agent_fails_over_to_another_node_and_refuses_a_stranger(
         on_b = consented_shell(desk_b, agent)  # running on B when B dies
         desk_b.close()
         mark = agent.log.stat().st_size
+        connected = node_b.audit_types().count("agent.connected")  # one chain for all nodes
         node_b.kill()  # -9: no goodbye
         killed = time.monotonic()
         wait_for(lambda: online(node_a, agent.agent_id), 30, "the agent back through node A")
@@ -94,11 +95,12 @@ async def test_an_agent_fails_over_to_another_node_and_refuses_a_stranger(
         assert f"the SSH port of {_tunnel_of(stranger)}: " in said, said
         assert f"reached the broker by the SSH port of {_tunnel_of(node_a)}" in said, said
         assert not online(stranger, agent.agent_id)
-        assert "agent.connected" in node_a.audit_types()
+        assert node_a.audit_types().count("agent.connected") == connected + 1  # by node A
 
         desk_a = Desk.login(node_a, TECH, TECH_PW)
         ended = desk_a.wait_state(on_b, "ended", timeout=90)  # B's heartbeat goes stale
         assert ended["end_reason"] in ("broker_restart", "agent_lost")
+        assert "session.ended" in node_a.audit_types()
         desk_a.close()
         await shell_says(node_a, agent, "echo failed-$((20+1))-over", b"failed-21-over")
         assert agent.proc is not None and agent.proc.poll() is None
