@@ -106,6 +106,12 @@ async def test_an_agent_fails_over_to_another_node_and_refuses_a_stranger(
         assert agent.proc is not None and agent.proc.poll() is None
         print(f"failover took {failover:.1f} s")
         assert failover < 30
+        # Restarted while its enrolled node is still down, the agent finds A from the
+        # list it kept (nodes.json), not from anything given anew.
+        agent.stop()
+        wait_for(lambda: not online(node_a, agent.agent_id), 20, "the agent to leave")
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(node_a, agent.agent_id), 30, "the agent back from its list")
 
 
 def test_an_agent_on_the_https_port_fails_over_to_https_ports(tmp_path: Path, pg_url: str) -> None:
