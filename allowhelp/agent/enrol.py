@@ -70,6 +70,7 @@ def current_hello() -> Hello:
         chat=True,
         monitors=offer.monitors,
         invites=True,
+        nodes=True,
     )
 
 

@@ -172,6 +172,7 @@ class HelperHub:
             chat=True,
             monitors=screen[3] if screen else "",
             invites=True,
+            nodes=True,
         )
 
     def _maybe_changed(self) -> None:

@@ -22,6 +22,7 @@ from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.participants import ParticipantHub
+from allowhelp.agent.peers import KnownNodes
 from allowhelp.protocol.control import (
     MAX_CHAT,
     ChatMessage,
@@ -35,6 +36,7 @@ from allowhelp.protocol.control import (
     HelpRequest,
     JobRun,
     Message,
+    NodesList,
     SessionEnd,
     Via,
 )
@@ -129,6 +131,7 @@ class AgentService:
         self.participants = ParticipantHub()  # invitees who joined a shell (#18)
         self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
         self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
+        self.nodes: KnownNodes | None = None  # the broker nodes to fail over to (tunnel.py)
 
     @property
     def connected(self) -> bool:
@@ -181,17 +184,10 @@ class AgentService:
             self._close_prompt(message.session_id)
             if self._revoke(message.session_id):
                 log.info("session=%s ended by the broker (%s)", message.session_id, message.reason)
-        elif isinstance(message, HelpCode):
-            future = self._help.pop(message.ref, None)
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif isinstance(message, HelpRefused):
-            future = self._help.pop(message.ref, None)
-            if future is not None and not future.done():
-                reason = plain_text(message.reason, 200)
-                future.set_exception(
-                    HelpDeclined(_("no help code: %(reason)s") % {"reason": reason})
-                )
+        elif isinstance(message, (HelpCode, HelpRefused)):
+            self._on_help(message)
+        elif isinstance(message, NodesList) and self.nodes is not None:
+            self.nodes.learned(message)
         elif isinstance(message, JobRun) and self.jobs is not None:
             self.jobs.received(message)
         elif isinstance(message, (ChatMessage, FileTransfer)):
@@ -201,6 +197,16 @@ class AgentService:
                 log.warning("ignored %s for a session that is not running", message.type)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
+
+    def _on_help(self, message: HelpCode | HelpRefused) -> None:
+        future = self._help.pop(message.ref, None)
+        if future is None or future.done():
+            return
+        if isinstance(message, HelpCode):
+            future.set_result(message)
+        else:
+            reason = plain_text(message.reason, 200)
+            future.set_exception(HelpDeclined(_("no help code: %(reason)s") % {"reason": reason}))
 
     def _on_request(self, request: ConsentRequest) -> None:
         # The broker cleans these too; a stolen broker key would not.

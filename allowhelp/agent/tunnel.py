@@ -22,6 +22,7 @@ import asyncssh
 from allowhelp.agent.channels import AgentSSHServer, FilesFactory, ScreenFactory, ShellFactory
 from allowhelp.agent.config import HOST_KEY_FILE
 from allowhelp.agent.i18n import _
+from allowhelp.agent.peers import Endpoint, KnownNodes
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.wstunnel import open_https_tunnel
@@ -83,7 +84,10 @@ class AgentTunnel:
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
         self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
         self.state = TunnelState()
-        self._preferred = ""  # the route that worked last: tried first next time
+        self._preferred: Endpoint | None = None  # the way that worked last: tried first
+        # The other broker nodes, learned from the broker (``nodes.list``, ``peers.py``).
+        self.nodes = KnownNodes(folder)
+        service.nodes = self.nodes
         self._carriers: set[asyncio.Task[None]] = set()
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
@@ -111,35 +115,47 @@ class AgentTunnel:
         )
 
     async def connect_once(self) -> asyncssh.SSHServerConnection:
-        """One connection by the first route that works: the one that worked
-        last, then the raw SSH port, then the HTTPS port (``wstunnel.py``).
-        ``OSError`` naming what each route said when none does."""
-        routes = sorted(self._config.routes, key=lambda route: route != self._preferred)
+        """One connection by the first way that works: the one that worked last,
+        then the enrolled broker's raw SSH port and HTTPS port (``wstunnel.py``),
+        then the other broker nodes' (``peers.py``), each checked the same way.
+        ``OSError`` naming what each way said when none does."""
+        endpoints = self.nodes.endpoints(self._config)
+        endpoints.sort(key=lambda endpoint: endpoint != self._preferred)
         failures = []
-        for route in routes:
+        for endpoint in endpoints:
             try:
-                conn = await self._connect(route)
+                conn = await self._connect(endpoint)
             except (asyncio.TimeoutError, OSError, asyncssh.Error) as exc:
-                failures.append(f"{ROUTE_NAMES[route]}: {describe(exc)}")
+                failures.append(f"{self._name(endpoint)}: {describe(exc)}")
                 continue
-            if failures:  # say once why the other way did not work
+            if failures:  # say once why the other ways did not work
                 log.info(
                     "agent=%s reached the broker by %s (%s)",
                     self._config.agent_id,
-                    ROUTE_NAMES[route],
+                    self._name(endpoint),
                     "; ".join(failures),
                 )
-            self._preferred = route
+            self._preferred = endpoint
             return conn
         raise OSError("; ".join(failures))
 
-    async def _connect(self, route: str) -> asyncssh.SSHServerConnection:
+    def _name(self, endpoint: Endpoint) -> str:
+        """The route's name; another node's address too (the enrolled one goes unsaid)."""
+        name = ROUTE_NAMES[endpoint.route]
+        enrolled = (self._config.tunnel_host, self._config.tunnel_port, self._config.tunnel_url)
+        if endpoint.route == "ssh" and (endpoint.host, endpoint.port) == enrolled[:2]:
+            return name
+        if endpoint.route == "https" and endpoint.url == enrolled[2]:
+            return name
+        return f"{name} of {endpoint}"
+
+    async def _connect(self, endpoint: Endpoint) -> asyncssh.SSHServerConnection:
         config = self._config
-        if route == "ssh":
-            proxy = proxy_for(config.tunnel_host, config.proxy)
-            sock = await open_connection(config.tunnel_host, config.tunnel_port, proxy)
+        if endpoint.route == "ssh":
+            proxy = proxy_for(endpoint.host, config.proxy)
+            sock = await open_connection(endpoint.host, endpoint.port, proxy)
             return await self._ssh_on(sock)
-        sock, carrier = await open_https_tunnel(config.tunnel_url, config.ca_pem, config.proxy)
+        sock, carrier = await open_https_tunnel(endpoint.url, config.ca_pem, config.proxy)
         try:
             conn = await self._ssh_on(sock)
         except BaseException:

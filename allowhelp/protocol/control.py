@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
+from allowhelp.protocol.nodes import AddressError, checked_list, tunnel_address, tunnel_url
+
 CONTROL_SUBSYSTEM = "allowhelp.control"
 SHELL_SUBSYSTEM = "allowhelp.shell"
 SCREEN_SUBSYSTEM = "allowhelp.screen"
@@ -236,6 +238,9 @@ class Hello(Message):
     # The agent understands invitations (ConsentRequest ``joins``): several participants
     # on one session (#18). An older agent would take an invitation for a new session.
     invites: bool = False
+    # The agent takes ``nodes.list`` (the other broker nodes, to fail over to); an older
+    # agent would close the tunnel on it, so only these get one.
+    nodes: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,6 +312,19 @@ class FileTransfer(Message):
     status: str  # "started" | "done" | "failed"
 
 
+@dataclass(frozen=True)
+class NodesList(Message):
+    """Broker → agent whose Hello says ``nodes``: where every live broker node takes
+    agents (docs/multinode.md), after the hello and whenever that changes.
+    ``tunnels``: raw SSH ports, "host:port"; ``urls``: the same SSH on each node's
+    HTTPS port (wss://...). The agent checks each node exactly as its own broker
+    (the nodes share one PKI): an address grants nothing by itself."""
+
+    type: ClassVar[str] = "nodes.list"
+    tunnels: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
     for cls in (
@@ -322,6 +340,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         InventoryReport,
         ChatMessage,
         FileTransfer,
+        NodesList,
     )
 }
 LIMITS = {
@@ -470,6 +489,13 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ProtocolError("joins is malformed")
     if values.get("mode") not in (None, "", *INVITE_MODES):
         raise ProtocolError("mode has an unknown value")
+    if cls is NodesList:
+        try:
+            for name, check in (("tunnels", tunnel_address), ("urls", tunnel_url)):
+                if name in values:
+                    values[name] = checked_list(values[name], name, check)
+        except AddressError as exc:
+            raise ProtocolError(f"nodes.list refused: {exc}") from None
     return values
 
 
@@ -484,6 +510,10 @@ def _field(name: str, annotation: str, value: object) -> object:
         top = _INT_TOPS.get(name, 2**31)
         if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < top:
             raise ProtocolError(f"{name} must be a whole number from -1 to {top}")
+        return value
+    if annotation == "tuple[str, ...]":  # checked whole in _checked (nodes.list)
+        if not isinstance(value, list):
+            raise ProtocolError(f"{name} must be a list")
         return value
     if annotation == "float":
         ftop = _FLOAT_TOPS.get(name, 1e6)

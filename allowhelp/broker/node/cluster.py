@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from allowhelp.broker.errors import BrokerError, Conflict
 from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.broker.node.peers import NodeAnnouncer
 from allowhelp.broker.sessions.events import Event, EventHub
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store import Store
@@ -81,6 +82,7 @@ class NodeMembership:
         *,
         store: PostgresUrl | None,
         events: EventHub,
+        announcer: NodeAnnouncer | None = None,
     ) -> None:
         self._db = db
         self._sessions = sessions
@@ -92,6 +94,7 @@ class NodeMembership:
         self._cut: set[str] = set()  # sessions stopped while cut off, their end record owed
         self._task: asyncio.Task[None] | None = None
         self._addresses = ("", "")  # (console URL, tunnel) as given to join
+        self._announcer = announcer  # tells agents the live nodes (node/peers.py)
 
     @property
     def node_id(self) -> str:
@@ -132,6 +135,19 @@ class NodeMembership:
         record = NodeRecord(self.node_id, host, os.getpid(), https, tunnel, 0.0, 0.0, 0.0)
         await self._db.run(Store.node_started, record)
         log.info("broker node %s joined", self.node_id)
+
+    async def advertise(self, https: str, tunnel: str) -> None:
+        """Where agents reach this node, once its listeners are up: the public URL and
+        the public tunnel address ("off": none), for the other nodes' agents to fail
+        over to (``node/peers.py``)."""
+        self._addresses = (https, tunnel)
+        record = NodeRecord(self.node_id, socket.gethostname(), os.getpid(), https, tunnel, 0, 0, 0)
+        await self._db.run(Store.node_started, record)
+        await self._announce()
+
+    async def _announce(self) -> None:
+        if self._shared and self._announcer is not None:
+            self._announcer.update(await self._db.read(Store.nodes))
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,6 +192,7 @@ class NodeMembership:
         if not self._shared:
             return
         self._keys.reload(await self._db.read(Store.agents, with_removed=True))
+        await self._announce()
         ended = await self._sessions.recover(None, own=False)
         if ended:
             log.warning("%d session(s) of a dead node ended as broker_restart", ended)

@@ -34,6 +34,7 @@ from allowhelp.broker.node.cluster import NodeMembership, node_id_of
 from allowhelp.broker.node.datafolder import DataFolder, tls_hosts
 from allowhelp.broker.node.limits import announce_fd_limit, raise_fd_limit
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
+from allowhelp.broker.node.peers import NodeAnnouncer
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
 from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
@@ -199,7 +200,9 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
     # The chain is checked before anything is served (audit/integrity.py).
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
     exporter: _Exporter | None = None
-    membership = NodeMembership(db, sessions, keys, store=settings.store, events=events)
+    membership = NodeMembership(
+        db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry)
+    )
     retention: asyncio.Task[None] | None = None  # --recordings-keep (audit/retention.py)
     try:
         await chain_watch.start()
@@ -211,6 +214,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         await reports.start()  # reports owed by an earlier run go out now
         tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
         routes = _Routes.of(public_url, tunnel_port)
+        await membership.advertise(public_url, routes.ssh or "off")  # for failover (#21)
         svc = Services(
             db=db,
             audit=folder.audit,

@@ -36,6 +36,7 @@ class LiveAgent:
     monitors: tuple[Monitor, ...] = ()  # the session's monitors (Hello ``monitors``)
     chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
     invites: bool = False  # it takes invitations into running sessions (Hello ``invites``)
+    nodes: bool = False  # it takes nodes.list, to fail over (Hello ``nodes``, node/peers.py)
 
     @property
     def nobody_signed_in(self) -> bool:

@@ -1,0 +1,107 @@
+"""The other broker nodes this agent may fail over to (docs/multinode.md).
+
+Learned only from ``nodes.list`` on the control channel, that is from a broker
+that has just proved the pinned key over the tunnel; kept in ``nodes.json``
+next to ``agent.json`` (0600, written atomically), checked again on load (a
+damaged or edited file counts as no nodes: deny by default). The enrolled
+broker's address is never replaced: it stays in ``agent.json`` and is always
+tried. An address grants nothing: every node is checked exactly as the
+enrolled broker is (the same pinned tunnel key; the same CA for the HTTPS port).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from allowhelp.agent.config import AgentConfig, write_private
+from allowhelp.protocol.control import NodesList
+from allowhelp.protocol.nodes import AddressError, checked_list, tunnel_address, tunnel_url
+
+log = logging.getLogger(__name__)
+
+NODES_FILE = "nodes.json"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One way to one broker node: the raw SSH port (``host``, ``port``) or the
+    HTTPS port (``url``)."""
+
+    route: str  # "ssh" | "https"
+    host: str = ""
+    port: int = 0
+    url: str = ""
+
+    def __str__(self) -> str:
+        if self.route == "https":
+            return self.url
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class KnownNodes:
+    """The learned addresses, in the order the broker gave them."""
+
+    def __init__(self, folder: Path) -> None:
+        self._path = folder / NODES_FILE
+        self.tunnels: tuple[str, ...] = ()
+        self.urls: tuple[str, ...] = ()
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = json.loads(self._path.read_text())
+            if not isinstance(raw, dict):
+                raise AddressError("not a JSON object")
+            self.tunnels = checked_list(raw.get("tunnels", []), "tunnels", tunnel_address)
+            self.urls = checked_list(raw.get("urls", []), "urls", tunnel_url)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:  # AddressError, JSON errors included
+            self.tunnels, self.urls = (), ()
+            log.warning("ignored %s (%s): no other broker nodes known", self._path, exc)
+
+    def learned(self, message: NodesList) -> bool:
+        """Keep what the connected broker said (already checked by ``decode``);
+        True when it changed. A failed write keeps the old list on disk."""
+        if (message.tunnels, message.urls) == (self.tunnels, self.urls):
+            return False
+        text = json.dumps({"tunnels": list(message.tunnels), "urls": list(message.urls)})
+        try:
+            write_private(self._path, text + "\n")
+        except OSError as exc:
+            log.warning("could not keep the broker nodes in %s: %s", self._path, exc)
+        self.tunnels, self.urls = message.tunnels, message.urls
+        log.info(
+            "broker nodes: %d tunnel address(es), %d URL(s)", len(self.tunnels), len(self.urls)
+        )
+        return True
+
+    def endpoints(self, config: AgentConfig) -> list[Endpoint]:
+        """Every way to a broker this PC may take: the enrolled broker's first (the raw
+        port, then the HTTPS port), then the learned nodes' by the same routes only:
+        a PC enrolled through the HTTPS port alone fails over to HTTPS ports alone."""
+        enrolled = list(_enrolled(config))
+        found = list(enrolled)
+        if config.tunnel_port:
+            for text in self.tunnels:
+                host, port = tunnel_address(text)
+                found.append(Endpoint("ssh", host=host, port=port))
+        if config.tunnel_url:
+            found.extend(Endpoint("https", url=url) for url in self.urls)
+        unique: list[Endpoint] = []
+        for endpoint in found:
+            if endpoint not in unique:
+                unique.append(endpoint)
+        return unique
+
+
+def _enrolled(config: AgentConfig) -> Iterator[Endpoint]:
+    for route in config.routes:
+        if route == "ssh":
+            yield Endpoint("ssh", host=config.tunnel_host, port=config.tunnel_port)
+        else:
+            yield Endpoint("https", url=config.tunnel_url)

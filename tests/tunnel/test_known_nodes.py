@@ -1,0 +1,158 @@
+"""The agent's list of broker nodes (``agent/peers.py``) and the broker side that
+sends it (``node/peers.py``): kept 0600, checked on load, deny by default; the
+enrolled broker first; only the routes the PC was enrolled with; older agents
+are sent nothing. Pure logic on real files; the failover itself, with real
+nodes, is in tests/multinode/test_failover.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.peers import NODES_FILE, Endpoint, KnownNodes
+from allowhelp.agent.service import AgentService
+from allowhelp.broker.node.peers import NodeAnnouncer, nodes_list
+from allowhelp.broker.store.nodes import NodeRecord
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink
+from allowhelp.protocol.control import Message, NodesList
+
+ENROLLED = AgentConfig(
+    "https://help.example.org",
+    "pem",
+    "fp",
+    "help.example.org",
+    8022,
+    "key",
+    "a-1",
+    "ACME IT",
+    tunnel_url="wss://help.example.org/api/v1/tunnel",
+)
+LIST = NodesList(
+    ("node-1.example.org:8022", "help.example.org:8022", "[2001:db8::2]:8022"),
+    ("wss://node-1.example.org/api/v1/tunnel",),
+)
+
+
+def test_a_learned_list_is_kept_owner_only_and_read_back(tmp_path: Path) -> None:
+    nodes = KnownNodes(tmp_path)
+    assert nodes.learned(LIST) is True
+    assert nodes.learned(LIST) is False  # the same list again: nothing written
+    path = tmp_path / NODES_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = KnownNodes(tmp_path)
+    assert (again.tunnels, again.urls) == (LIST.tunnels, LIST.urls)
+    assert [p.name for p in tmp_path.iterdir()] == [NODES_FILE]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        json.dumps({"tunnels": ["evil host:22"]}),
+        json.dumps({"tunnels": ["ok:22"], "urls": ["https://elsewhere/"]}),
+        json.dumps({"tunnels": [f"h{i}:1" for i in range(17)]}),
+        json.dumps({"tunnels": "ok:22"}),
+    ],
+)
+def test_a_damaged_or_edited_file_means_no_other_node(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / NODES_FILE).write_text(text)
+    with caplog.at_level(logging.WARNING):
+        nodes = KnownNodes(tmp_path)
+    assert (nodes.tunnels, nodes.urls) == ((), ())
+    assert "no other broker nodes known" in caplog.text
+    assert nodes.endpoints(ENROLLED) == [
+        Endpoint("ssh", host="help.example.org", port=8022),
+        Endpoint("https", url=ENROLLED.tunnel_url),
+    ]
+
+
+def test_the_enrolled_broker_comes_first_then_the_nodes_once_each(tmp_path: Path) -> None:
+    nodes = KnownNodes(tmp_path)
+    nodes.learned(LIST)
+    assert [str(e) for e in nodes.endpoints(ENROLLED)] == [
+        "help.example.org:8022",
+        ENROLLED.tunnel_url,
+        "node-1.example.org:8022",
+        "[2001:db8::2]:8022",
+        "wss://node-1.example.org/api/v1/tunnel",
+    ]
+
+
+def test_a_pc_fails_over_only_by_the_routes_it_was_enrolled_with(tmp_path: Path) -> None:
+    nodes = KnownNodes(tmp_path)
+    nodes.learned(LIST)
+    https_only = AgentConfig(**{**ENROLLED.__dict__, "tunnel_host": "", "tunnel_port": 0})
+    assert {e.route for e in nodes.endpoints(https_only)} == {"https"}
+    ssh_only = AgentConfig(**{**ENROLLED.__dict__, "tunnel_url": ""})
+    assert {e.route for e in nodes.endpoints(ssh_only)} == {"ssh"}
+    assert len(nodes.endpoints(ssh_only)) == 3
+
+
+def test_the_service_takes_the_list_from_the_control_channel(tmp_path: Path) -> None:
+    service = AgentService(ENROLLED)
+    service.on_message(LIST)  # no list kept (no tunnel yet): ignored, no error
+    service.nodes = KnownNodes(tmp_path)
+    service.on_message(LIST)
+    assert service.nodes.tunnels == LIST.tunnels
+
+
+@dataclass
+class _Link:
+    """What the announcer uses of a link: ``send`` (records) and ``close``."""
+
+    sent: list[Message] = field(default_factory=list)
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+def _node(node_id: str, tunnel: str, https: str, age: float = 1.0) -> NodeRecord:
+    return NodeRecord(node_id, "h", 1, https, tunnel, 0.0, 0.0, age)
+
+
+NODES = [
+    _node("a", "node-a.example.org:8022", "https://node-a.example.org"),
+    _node("b", "off", "https://node-b.example.org:8443"),
+    _node("c", "node-c.example.org:8022", "https://node-c.example.org", age=31.0),  # dead
+]
+
+
+def test_the_list_holds_the_live_nodes_usable_addresses() -> None:
+    assert nodes_list(NODES) == NodesList(
+        ("node-a.example.org:8022",),
+        (
+            "wss://node-a.example.org/api/v1/tunnel",
+            "wss://node-b.example.org:8443/api/v1/tunnel",
+        ),
+    )
+
+
+def test_only_agents_that_said_nodes_get_the_list_and_its_changes() -> None:
+    registry = AgentRegistry()
+    announcer = NodeAnnouncer(registry)
+    announcer.update(NODES)
+    old, new = _Link(), _Link()
+    for agent_id, link in (("a-old", old), ("a-new", new)):
+        registry.attach(agent_id, cast(AgentLink, link), "peer")
+    live = registry.get("a-new")
+    assert live is not None
+    live.nodes = True  # its Hello said so
+    registry.changed("a-new")
+    registry.changed("a-old")
+    registry.changed("a-new")  # a hello again: the same list is not sent twice
+    assert new.sent == [nodes_list(NODES)] and old.sent == []
+    announcer.update(NODES[:1])  # node b left
+    assert new.sent[-1] == nodes_list(NODES[:1]) and len(new.sent) == 2 and old.sent == []
