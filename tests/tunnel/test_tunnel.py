@@ -140,6 +140,9 @@ def through_proxy(broker: Broker, agent: Agent) -> Iterator[CuttableProxy]:
     config_file = agent.config / "agent.json"
     config = json.loads(config_file.read_text())
     config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
+    # The proxy is the only way in: with the HTTPS port as well, a cut agent comes
+    # back around the proxy within a second, before the broker is seen without it.
+    config["tunnel_url"] = ""
     config_file.write_text(json.dumps(config))
     try:
         agent.start("--reconnect-cap", "2")
