@@ -5,7 +5,10 @@ Both products on 127.0.0.1, both agents on one private Xvfb where
 throwaway sshd) as the keystroke floor. Each round measures, in turn for each
 product: keystroke echo through its web terminal path, bulk through that
 terminal, time to the first screen picture and the busy screen's updates and
-bytes per second. Figures are medians over the rounds. Then memory: a fresh
+bytes per second. Figures are medians over the rounds. Then the busy screen
+again with the technician on an emulated branch link (``bench.peers.branch``),
+and keystrokes typed by Chromium into each product's terminal page
+(``bench.peers.browser``). Then memory: a fresh
 server of each with ``AGENTS`` idle agents. A figure that cannot be measured
 is ``null`` with its reason under ``notes``.
 """
