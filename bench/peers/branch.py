@@ -225,7 +225,11 @@ async def serve(
     loop = asyncio.get_running_loop()
 
     async def entrance(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        sock = _socket_in(namespace_fd, root_fd)
+        try:
+            sock = _socket_in(namespace_fd, root_fd)
+        except OSError:
+            w.close()
+            return
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, (hop, port))
