@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import websockets
 
 from allowhelp.agent import localsocket
@@ -98,11 +99,24 @@ def _agent_call(stack: Allowhelp, request: dict[str, Any]) -> dict[str, Any]:
     return localsocket.call(folder, request)
 
 
-def consented_screen(stack: Allowhelp) -> str:
+def proxied_client(stack: Allowhelp, port: int) -> httpx.Client:
+    """The technician's logged-in client, through 127.0.0.1:``port`` (the branch proxy)."""
+    desk = stack.desk.client
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{port}",
+        verify=stack.broker.ssl_context(),
+        headers={**desk.headers, "Cookie": stack.desk.cookie_header()},
+        timeout=60,
+    )
+
+
+def consented_screen(stack: Allowhelp, client: httpx.Client | None = None) -> str:
     """Ask for the screen and allow it at once, as a person's click would: the agent's
     own local socket (the CLI's request), polled every 5 ms, instead of two CLI
-    processes (0.2-0.3 s of Python start-up each, which no person's click costs)."""
-    answer = stack.desk.client.post(
+    processes (0.2-0.3 s of Python start-up each, which no person's click costs).
+    ``client``: the technician's HTTP client (default: the stack's, on the LAN)."""
+    desk = client or stack.desk.client
+    answer = desk.post(
         "/api/v1/sessions",
         json={"agent_id": stack.agent.agent_id, "kind": "screen", "reason": "peers bench"},
     )
@@ -117,7 +131,7 @@ def consented_screen(stack: Allowhelp) -> str:
     wait_for(asked, 20, "the consent prompt", step=0.005)
     _agent_call(stack, {"op": "allow", "session_id": session_id})
     wait_for(
-        lambda: stack.desk.client.get(f"/api/v1/sessions/{session_id}").json()["state"] == "active",
+        lambda: desk.get(f"/api/v1/sessions/{session_id}").json()["state"] == "active",
         20,
         "the session to be active",
         step=0.005,
@@ -125,18 +139,29 @@ def consented_screen(stack: Allowhelp) -> str:
     return session_id
 
 
-async def screen_run(stack: Allowhelp, warmup: float, seconds: float) -> ScreenRun:
+async def screen_run(
+    stack: Allowhelp, warmup: float, seconds: float, via: int | None = None
+) -> ScreenRun:
     """From the technician's request (the click) to the first decoded picture, then
-    updates for ``seconds`` after ``warmup``, as noVNC asks for them."""
+    updates for ``seconds`` after ``warmup``, as noVNC asks for them. ``via``: the
+    technician's side (API and screen socket) through 127.0.0.1:``via``."""
+    client = proxied_client(stack, via) if via is not None else None
     t0 = time.perf_counter()
-    session_id = await asyncio.to_thread(consented_screen, stack)
+    try:
+        session_id = await asyncio.to_thread(consented_screen, stack, client)
+    finally:
+        if client is not None:
+            client.close()
     active = time.perf_counter()
+    ws_args = stack.ws_args(session_id, channel="screen")
+    if via is not None:
+        ws_args["uri"] = ws_args["uri"].replace(stack.broker.url.split("//")[1], f"127.0.0.1:{via}")
     try:
         async with websockets.connect(
             subprotocols=["binary"],  # type: ignore[list-item]
             compression=None,
             max_size=None,
-            **stack.ws_args(session_id, channel="screen"),
+            **ws_args,
         ) as ws:
             rfb = RfbStream(ws)
             init = await handshake(rfb)

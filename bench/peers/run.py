@@ -5,7 +5,10 @@ Both products on 127.0.0.1, both agents on one private Xvfb where
 throwaway sshd) as the keystroke floor. Each round measures, in turn for each
 product: keystroke echo through its web terminal path, bulk through that
 terminal, time to the first screen picture and the busy screen's updates and
-bytes per second. Figures are medians over the rounds. Then memory: a fresh
+bytes per second. Figures are medians over the rounds. Then the busy screen
+again with the technician on an emulated branch link (``bench.peers.branch``),
+and keystrokes typed by Chromium into each product's terminal page
+(``bench.peers.browser``). Then memory: a fresh
 server of each with ``AGENTS`` idle agents. A figure that cannot be measured
 is ``null`` with its reason under ``notes``.
 """
@@ -22,8 +25,9 @@ from typing import Any, TypeVar
 from bench import openssh
 from bench.common import Procs, log, proc_stat
 from bench.latency import allowhelp_rtts, ssh_rtts, summary
-from bench.peers import ours, theirs
+from bench.peers import browser, ours, theirs
 from bench.peers.animate import start_busy_screen
+from bench.peers.branch import LINK, branch_link
 from bench.peers.meshserver import VERSION, MeshServer, install
 from bench.screen import Allowhelp
 
@@ -126,6 +130,67 @@ def _round(
     log(f"peers: round {i + 1} done")
 
 
+def _branch(
+    procs: Procs,
+    root: Path,
+    stack: Allowhelp | None,
+    mesh: tuple[MeshServer, str] | None,
+    notes: Notes,
+    sizes: dict[str, Any],
+    rounds: int,
+) -> dict[str, Any]:
+    """The busy screen again, the technician's side on the emulated branch link
+    (``bench.peers.branch``), interleaved rounds; medians."""
+    runs: dict[str, list[ours.ScreenRun | None]] = {name: [] for name in PRODUCTS}
+    targets: dict[str, int] = {}
+    if stack is not None:
+        targets["allowhelp"] = int(stack.broker.https.rsplit(":", 1)[1])
+    if mesh is not None:
+        targets["meshcentral"] = mesh[0].port
+    warmup, seconds = sizes["warmup"], sizes["seconds"]
+
+    def measure(ports: dict[str, int]) -> None:
+        for i in range(rounds):
+            for name in PRODUCTS if i % 2 == 0 else tuple(reversed(PRODUCTS)):
+                if name == "allowhelp" and stack is not None:
+                    runs[name].append(
+                        notes.attempt(
+                            "allowhelp branch screen",
+                            lambda: asyncio.run(
+                                ours.screen_run(stack, warmup, seconds, via=ports["allowhelp"])
+                            ),
+                        )
+                    )
+                elif name == "meshcentral" and mesh is not None:
+                    runs[name].append(
+                        notes.attempt(
+                            "meshcentral branch screen",
+                            lambda: theirs.screen_run(
+                                mesh[0], mesh[1], warmup, seconds, via=ports["meshcentral"]
+                            ),
+                        )
+                    )
+            log(f"peers: branch round {i + 1} done")
+
+    def linked() -> None:
+        with branch_link(procs, root / "branch", targets) as ports:
+            measure(ports)
+
+    if targets:
+        notes.attempt("branch link", linked)
+
+    def med(name: str, field: str) -> float | None:
+        return _median([getattr(r, field) if r else None for r in runs[name]])
+
+    return {
+        "screen_updates_per_s": {name: med(name, "updates_per_s") for name in PRODUCTS},
+        "screen_bytes_per_s": {name: med(name, "bytes_per_s") for name in PRODUCTS},
+        "first_picture_s": {name: med(name, "first_picture_s") for name in PRODUCTS},
+        "link": LINK,
+        "per_round": {name: [vars(r) if r else None for r in runs[name]] for name in PRODUCTS},
+    }
+
+
 def _start_mesh(procs: Procs, root: Path, display: str) -> tuple[MeshServer, str, float]:
     install()
     server = MeshServer(procs, root / "meshcentral" / "data")
@@ -149,6 +214,7 @@ def run(procs: Procs, root: Path, *, quick: bool) -> dict[str, Any]:
         "bulk": (16 if quick else 64) * MIB,
         "warmup": 2.0 if quick else 3.0,
         "seconds": 4.0 if quick else 8.0,
+        "browser_keys": 100 if quick else 300,
     }
     rounds = 2 if quick else 3
     sides = {name: Side(name) for name in (*PRODUCTS, "ssh")}
@@ -171,6 +237,11 @@ def run(procs: Procs, root: Path, *, quick: bool) -> dict[str, Any]:
     try:
         for i in range(rounds):
             _round(i, stack, mesh, sshd, sides, notes, sizes)
+        branch = _branch(procs, root, stack, mesh, notes, sizes, rounds)
+        typed = notes.attempt(
+            "browser keystroke",
+            lambda: asyncio.run(browser.keystrokes(stack, mesh, int(sizes["browser_keys"]))),
+        )
     finally:
         if stack is not None:
             stack.close()
@@ -188,7 +259,12 @@ def run(procs: Procs, root: Path, *, quick: bool) -> dict[str, Any]:
         ),
     }
     procs.close()
-    return report(sides, rss, memory, notes, sizes, rounds)
+    result = report(sides, rss, memory, notes, sizes, rounds)
+    result["branch"] = branch
+    result["keystroke_browser"] = typed[0] if typed else {p: None for p in PRODUCTS}
+    for name, why in (typed[1] if typed else {}).items():
+        notes.why.setdefault(f"{name} browser keystroke", why)
+    return result
 
 
 def report(
@@ -278,4 +354,22 @@ def table(res: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [label, f(res[field]["allowhelp"], digits), f(res[field]["meshcentral"], digits), ""]
         )
+    typed = res.get("keystroke_browser") or {}
+    for label, field in (
+        ("browser keystroke p50 ms", "p50_ms"),
+        ("browser keystroke p99 ms", "p99_ms"),
+    ):
+        if typed:
+            rows.append(
+                [label, *(f(typed[p][field]) if typed.get(p) else "null" for p in PRODUCTS), ""]
+            )
+    branch = res.get("branch") or {}
+    for label, field, digits in (
+        ("branch link: first picture s", "first_picture_s", 2),
+        ("branch link: busy screen updates/s", "screen_updates_per_s", 1),
+        ("branch link: busy screen bytes/s", "screen_bytes_per_s", 0),
+    ):
+        if field in branch:
+            got = branch[field]
+            rows.append([label, f(got["allowhelp"], digits), f(got["meshcentral"], digits), ""])
     return rows

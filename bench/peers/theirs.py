@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -53,9 +54,14 @@ def bulk_download(server: MeshServer, node: str, size: int) -> float:
     return size / took / 1e6
 
 
-def screen_run(server: MeshServer, node: str, warmup: float, seconds: float) -> ScreenRun:
+def screen_run(
+    server: MeshServer, node: str, warmup: float, seconds: float, via: int | None = None
+) -> ScreenRun:
     """From opening the desktop tunnel to the first decoded tile; then tiles for
-    ``seconds`` after ``warmup``, one update = the tiles of one frame-timer tick."""
+    ``seconds`` after ``warmup``, one update = the tiles of one frame-timer tick.
+    ``via``: the page's side (login, control and relay sockets) through 127.0.0.1:``via``."""
+    if via is not None:
+        server = dataclasses.replace(server, port=via)
     start = time.monotonic()
     with relay(server, node, 2) as ws:
         desktop = MeshDesktop(ws)
