@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,8 +55,8 @@ def test_login_sets_a_host_only_strict_cookie(broker: Broker) -> None:
 def test_wrong_password_and_unknown_user_look_the_same(broker: Broker) -> None:
     """One answer, after the same argon2 work (tests/auth/test_passwords.py checks it is the
     same hash function at the same cost). Here only the end-to-end timing, loosely:
-    interleaved samples, medians, a two-sided bound. An unknown user answered without
-    the hash would be ~50x faster; noise on a busy machine stays well within 2.5x."""
+    interleaved samples, the fastest of each, a two-sided bound. An unknown user answered
+    without the hash would be ~50x faster; noise on a busy machine stays well within 2.5x."""
     samples = 7  # 7 failures for alice (the user lock is at 10), 14 for the address (30)
     with broker.sync_client() as client:
         login(client, ADMIN, ADMIN_PW)  # the TLS connection and the app are warm
@@ -73,7 +72,9 @@ def test_wrong_password_and_unknown_user_look_the_same(broker: Broker) -> None:
                 bodies.add(answer.text)
         assert login(client).status_code == 200  # clears alice's count for later tests
     assert len(bodies) == 1  # one answer, whatever the cause
-    wrong, unknown = (statistics.median(timings[k]) for k in ("wrong", "unknown"))
+    # The fastest of each: load on a shared machine only ever adds time (medians of
+    # seven were thrown by a few 2-second stalls); a missing hash would still show ~50x.
+    wrong, unknown = (min(timings[k]) for k in ("wrong", "unknown"))
     assert 1 / 2.5 < unknown / wrong < 2.5, timings
 
 

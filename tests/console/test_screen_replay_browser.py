@@ -99,6 +99,19 @@ async def shows_mark(page: Page, timeout: float = 15) -> dict[str, Any]:
         await asyncio.sleep(0.1)
 
 
+async def watch_with_the_mouse(page: Page, seconds: float) -> None:
+    """The technician looks on for ``seconds``, moving the mouse over the screen: the
+    recording's length. A still screen sends nothing after its first pictures, so
+    without input the recording would end with them, whatever the session lasted."""
+    box = await page.locator("canvas").first.bounding_box()
+    assert box is not None
+    end, step = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        await page.mouse.move(box["x"] + 20 + step % 40, box["y"] + 20)
+        step += 7
+        await asyncio.sleep(0.2)
+
+
 async def live_session(browser: Chromium, broker: Broker, agent: Agent) -> str:
     """A technician watches the PC in the console's screen page for a few seconds."""
     page, problems = await logged_in_page(
@@ -120,7 +133,7 @@ async def live_session(browser: Chromium, broker: Broker, agent: Agent) -> str:
     assert allowed.returncode == 0, allowed.stderr
     await page.wait_for_selector("body[data-screen=connected]", timeout=15000)
     await shows_mark(page)
-    await asyncio.sleep(LIVE_SECONDS)  # the recording's length, not a wait for a fact
+    await watch_with_the_mouse(page, LIVE_SECONDS)
     await page.click("#end")
     await expect(page.locator("#message")).to_contain_text("ended", timeout=10000)
     assert problems == []
