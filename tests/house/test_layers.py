@@ -94,3 +94,57 @@ def test_imports_run_downward(path: Path) -> None:
         if mine == theirs or mine == "__init__":
             continue
         assert FLOOR[theirs] < FLOOR[mine], f"{'.'.join(parts)} imports {name}: upward or beside"
+
+
+def module_file(name: str) -> Path | None:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return path / "__init__.py" if (path / "__init__.py").is_file() else None
+
+
+def import_circles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
+    """The strongly connected groups of more than one module (Tarjan, iterative)."""
+    index: dict[Path, int] = {}
+    low: dict[Path, int] = {}
+    stack: list[Path] = []
+    circles: list[list[Path]] = []
+    for root, first in graph.items():
+        if root in index:
+            continue
+        work = [(root, iter(sorted(first)))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = stack[stack.index(node) :]
+                del stack[stack.index(node) :]
+                if len(group) > 1:
+                    circles.append(group)
+    return circles
+
+
+def test_no_modules_import_each_other_round_a_circle() -> None:
+    """Inside a room too, imports run one way (lazy ones included): a circle is two
+    modules that cannot be understood, tested or moved apart."""
+    graph = {
+        path: {f for n in imported_modules(path) if (f := module_file(n)) and f != path}
+        for path in modules()
+    }
+    circles = [sorted(str(p.relative_to(PACKAGE.parent)) for p in c) for c in import_circles(graph)]
+    assert circles == []
+    a, b, c = (PACKAGE / name for name in ("a.py", "b.py", "c.py"))
+    assert [sorted(g) for g in import_circles({a: {b}, b: {c}, c: {a}})] == [sorted([a, b, c])]
