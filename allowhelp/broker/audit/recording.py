@@ -127,11 +127,13 @@ class Seal:
 StopHook = Callable[[Stopped], Awaitable[object]]
 
 
-class Sealable(Protocol):
-    """A recorder the registry can claim the seal of (shell or screen)."""
-
+class Named(Protocol):
     @property
     def name(self) -> str: ...
+
+
+class Sealable(Named, Protocol):
+    """A recorder the registry can claim the seal of (shell or screen)."""
 
     async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal: ...
 
@@ -145,7 +147,7 @@ def register(recorder: Sealable) -> None:
     _open[recorder.name] = recorder
 
 
-def forget(recorder: Sealable) -> None:
+def forget(recorder: Named) -> None:
     """Drop an unclaimed seal (its session never ended here)."""
     if _open.get(recorder.name) is recorder:
         del _open[recorder.name]
@@ -168,7 +170,77 @@ async def settle(name: str, seconds: float = SEAL_TIMEOUT) -> Seal | None:
     return None if recorder is None else await recorder.sealed(seconds)
 
 
-class AsciicastRecorder:
+class RecordingFile:
+    """What the shell's and the screen's recorders share: the file (created, never
+    reused, 0600), its limits, the stop's audit, who waits on the writer, the seal."""
+
+    def __init__(
+        self, path: Path, limits: RecordingLimits | None, on_stop: StopHook | None
+    ) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = path
+        self._loop = asyncio.get_running_loop()
+        self._limits = limits or RecordingLimits()
+        self._floor = self._limits.floor(path.parent)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._on_stop = on_stop
+        self._start = time.monotonic()
+        self._digest = hashlib.sha256()  # of what is on disk
+        self._pending: list[bytes] = []
+        self._queued = 0  # bytes accepted: the file's size once the writer catches up
+        self._written = 0  # bytes on disk
+        self._free, self._free_at = free_bytes(self._fd), 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._stopped: Stopped | None = None
+        self._stop_audit: asyncio.Future[object] | None = None
+        self._closed = False
+        self._done: asyncio.Future[None] = self._loop.create_future()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def _recording(self) -> bool:
+        return not self._closed and self._stopped is None
+
+    def _over_limit(self, size: int) -> tuple[StopReason, str] | None:
+        after = self._queued + size + MARKER_ROOM
+        if after > self._limits.max_bytes:
+            return "cap", f"the recording reached its cap of {self._limits.max_bytes} bytes"
+        if self._free is not None:
+            free = self._free - (after - self._free_at)
+            if free < self._floor:
+                return "low_space", f"under {self._floor} bytes would be left free on its disk"
+        return None
+
+    def _audit_stop(self, stopped: Stopped) -> None:
+        """Start auditing an early stop; the relay waits for it before going on."""
+        log.warning("recording %s stopped (%s): %s", self.name, stopped.reason, stopped.detail)
+        if self._on_stop is not None:
+            self._stop_audit = asyncio.ensure_future(self._on_stop(stopped))
+            self._stop_audit.add_done_callback(_report_audit_failure)
+
+    def _keep_seal(self) -> None:
+        """A recording sealed before its session closed it stays claimable a while."""
+        self._loop.call_later(SEAL_KEPT, forget, self)
+
+    def _sealed(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+            # A recording stopped early (cap, space) is sealed while its session goes
+            # on: it stays claimable until the session closes it (``close``).
+            if self._closed:
+                self._keep_seal()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class AsciicastRecorder(RecordingFile):
     def __init__(
         self,
         folder: Path,
@@ -180,29 +252,12 @@ class AsciicastRecorder:
         limits: RecordingLimits | None = None,
         on_stop: StopHook | None = None,
     ) -> None:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = folder / f"{session_id}.cast"
-        self._loop = asyncio.get_running_loop()
-        self._limits = limits or RecordingLimits()
-        self._floor = self._limits.floor(folder)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self._on_stop = on_stop
-        self._start = time.monotonic()
+        super().__init__(folder / f"{session_id}.cast", limits, on_stop)
         # Split UTF-8 sequences arrive in two chunks; decode incrementally.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._digest = hashlib.sha256()  # of what is on disk
         self._next = self._digest  # ... once the running job has written its bytes
-        self._pending: list[bytes] = []
         self._inline = False  # small jobs go to the loop (the disk proved fast)
         self._job: asyncio.Future[Wrote] | None = None
-        self._queued = 0  # bytes accepted: the file's size once the writer catches up
-        self._written = 0  # bytes on disk
-        self._free, self._free_at = free_bytes(self._fd), 0
-        self._waiters: list[asyncio.Future[None]] = []
-        self._stopped: Stopped | None = None
-        self._stop_audit: asyncio.Future[object] | None = None
-        self._closed = False
-        self._done: asyncio.Future[None] = self._loop.create_future()
         register(self)
         header = {
             "version": 2,
@@ -213,10 +268,6 @@ class AsciicastRecorder:
             "env": {"TERM": "xterm-256color"},
         }
         self._queue(json.dumps(header, ensure_ascii=False).encode() + b"\n")
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     # the relay's side (the event loop)
 
@@ -251,7 +302,7 @@ class AsciicastRecorder:
             self._closed = True
             self._kick()
             if self._done.done():  # sealed early: the session ends now, claim or drop
-                self._loop.call_later(SEAL_KEPT, _forget, self)
+                self._keep_seal()
         return self._expected()
 
     async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal:
@@ -265,10 +316,6 @@ class AsciicastRecorder:
         if self._stop_audit is not None:  # its record goes before the end record
             await asyncio.wait([self._stop_audit], timeout=seconds)
         return Seal(self.name, self._digest.hexdigest(), self._written, self._stopped)
-
-    @property
-    def _recording(self) -> bool:
-        return not self._closed and self._stopped is None
 
     def _event(self, code: str, text: str) -> None:
         line = self._line(code, text)
@@ -300,24 +347,11 @@ class AsciicastRecorder:
     def _elapsed(self) -> float:
         return round(time.monotonic() - self._start, 6)
 
-    def _over_limit(self, size: int) -> tuple[StopReason, str] | None:
-        after = self._queued + size + MARKER_ROOM
-        if after > self._limits.max_bytes:
-            return "cap", f"the recording reached its cap of {self._limits.max_bytes} bytes"
-        if self._free is not None:
-            free = self._free - (after - self._free_at)
-            if free < self._floor:
-                return "low_space", f"under {self._floor} bytes would be left free on its disk"
-        return None
-
     def _stop(self, reason: StopReason, detail: str) -> None:
         if reason != "write_error":
             self._queue(self._line("m", MARKERS[reason]))
         self._stopped = Stopped(reason, self._queued, detail)
-        log.warning("recording %s stopped (%s): %s", self.name, reason, detail)
-        if self._on_stop is not None:
-            self._stop_audit = asyncio.ensure_future(self._on_stop(self._stopped))
-            self._stop_audit.add_done_callback(_report_audit_failure)
+        self._audit_stop(self._stopped)
         self._kick()
         self._wake()
 
@@ -387,30 +421,12 @@ class AsciicastRecorder:
             self._kick()
         self._wake()
 
-    def _sealed(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-            # A recording stopped early (cap, space) is sealed while its session goes
-            # on: it stays claimable until the session closes it (``close``).
-            if self._closed:
-                self._loop.call_later(SEAL_KEPT, _forget, self)
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
     def _expected(self) -> str:
         """The digest the file has once the writer has written all that is queued."""
         digest = self._next.copy()
         for data in self._pending:
             digest.update(data)
         return digest.hexdigest()
-
-
-def _forget(recorder: AsciicastRecorder) -> None:
-    forget(recorder)
 
 
 def _report_audit_failure(task: asyncio.Future[object]) -> None:

@@ -28,25 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
-from allowhelp.broker.audit.cast_writer import Wrote, free_bytes, writers
+from allowhelp.broker.audit.cast_writer import Wrote, writers
 from allowhelp.broker.audit.recording import (
-    MARKER_ROOM,
     MARKERS,
     MEASURE_EVERY,
-    SEAL_KEPT,
     SEAL_TIMEOUT,
+    RecordingFile,
     RecordingLimits,
     Seal,
     StopHook,
     Stopped,
     StopReason,
-    forget,
     register,
 )
 from allowhelp.broker.audit.rfb_format import (
@@ -68,7 +64,7 @@ FLUSH_DELAY = 0.05  # seconds a frame waits at most for its batch
 MAX_BEHIND = 8 << 20  # the relay waits when the writer is this far behind
 
 
-class RfbRecorder:
+class RfbRecorder(RecordingFile):
     """One screen session's recording file, fed by the screen relay on the event loop."""
 
     def __init__(
@@ -80,36 +76,15 @@ class RfbRecorder:
         limits: RecordingLimits | None = None,
         on_stop: StopHook | None = None,
     ) -> None:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = folder / f"{session_id}{SUFFIX}"
-        self._loop = asyncio.get_running_loop()
-        self._limits = limits or RecordingLimits()
-        self._floor = self._limits.floor(folder)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self._on_stop = on_stop
-        self._start = time.monotonic()
-        self._digest = hashlib.sha256()  # of what is on disk
-        self._pending: list[bytes] = []
+        super().__init__(folder / f"{session_id}{SUFFIX}", limits, on_stop)
         self._pending_bytes = 0
         self._inflight: list[bytes] = []
         self._job: asyncio.Future[WroteHashed] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._queued = 0
-        self._written = 0
-        self._free, self._free_at = free_bytes(self._fd), 0
-        self._waiters: list[asyncio.Future[None]] = []
-        self._stopped: Stopped | None = None
-        self._stop_audit: asyncio.Future[object] | None = None
         self._stop_seen = False
-        self._closed = False
-        self._done: asyncio.Future[None] = self._loop.create_future()
         register(self)
         self._queue(file_header({**meta, "started": round(time.time(), 3)}))
         self._kick()
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     @property
     def stopped(self) -> Stopped | None:
@@ -154,7 +129,7 @@ class RfbRecorder:
             self._cancel_timer()
             self._kick()
             if self._done.done():  # sealed early: the session ends now, claim or drop
-                self._loop.call_later(SEAL_KEPT, forget, self)
+                self._keep_seal()
         return self._expected()
 
     async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal:
@@ -169,10 +144,6 @@ class RfbRecorder:
             await asyncio.wait([self._stop_audit], timeout=seconds)
         return Seal(self.name, self._digest.hexdigest(), self._written, self._stopped)
 
-    @property
-    def _recording(self) -> bool:
-        return not self._closed and self._stopped is None
-
     def _frame(self, kind: int, prefix: bytes, data: bytes) -> None:
         size = len(prefix) + len(data)
         over = self._over_limit(FRAME.size + size)
@@ -186,25 +157,12 @@ class RfbRecorder:
     def _millis(self) -> int:
         return int((time.monotonic() - self._start) * 1000)
 
-    def _over_limit(self, size: int) -> tuple[StopReason, str] | None:
-        after = self._queued + size + MARKER_ROOM
-        if after > self._limits.max_bytes:
-            return "cap", f"the recording reached its cap of {self._limits.max_bytes} bytes"
-        if self._free is not None:
-            free = self._free - (after - self._free_at)
-            if free < self._floor:
-                return "low_space", f"under {self._floor} bytes would be left free on its disk"
-        return None
-
     def _stop(self, reason: StopReason, detail: str) -> None:
         if reason != "write_error":
             text = MARKERS[reason].encode()
             self._queue(frame_head(MARKER, self._millis(), len(text)) + text)
         self._stopped = Stopped(reason, self._queued, detail)
-        log.warning("recording %s stopped (%s): %s", self.name, reason, detail)
-        if self._on_stop is not None:
-            self._stop_audit = asyncio.ensure_future(self._on_stop(self._stopped))
-            self._stop_audit.add_done_callback(_report_audit_failure)
+        self._audit_stop(self._stopped)
         self._cancel_timer()
         self._kick()
         self._wake()
@@ -270,28 +228,9 @@ class RfbRecorder:
             self._timer = self._loop.call_later(FLUSH_DELAY, self._tick)
         self._wake()
 
-    def _sealed(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-            # A recording stopped early (cap, space) is sealed while its session goes
-            # on: it stays claimable until the session closes it (``close``).
-            if self._closed:
-                self._loop.call_later(SEAL_KEPT, forget, self)
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
     def _expected(self) -> str:
         """The digest the file has once the writer has written all that is queued."""
         digest = self._digest.copy()
         for data in (*self._inflight, *self._pending):
             digest.update(data)
         return digest.hexdigest()
-
-
-def _report_audit_failure(task: asyncio.Future[object]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("a stopped screen recording could not be audited: %s", task.exception())
