@@ -39,16 +39,7 @@ def parse_xrandr(text: str) -> tuple[Monitor, ...]:
         match = _XRANDR_LINE.fullmatch(line)
         if match is None or not is_monitor_name(match["name"]):
             continue
-        found.append(
-            Monitor(
-                match["name"],
-                int(match["w"]),
-                int(match["h"]),
-                int(match["x"]),
-                int(match["y"]),
-                bool(match["primary"]),
-            )
-        )
+        found.append(Monitor.from_match(match))
     return tuple(found[:MAX_MONITORS])
 
 

@@ -42,6 +42,18 @@ class Monitor:
     y: int = 0
     primary: bool = False
 
+    @classmethod
+    def from_match(cls, match: re.Match[str]) -> Monitor:
+        """From a pattern with the groups name, w, h, x, y and primary (optional)."""
+        return cls(
+            match["name"],
+            int(match["w"]),
+            int(match["h"]),
+            int(match["x"]),
+            int(match["y"]),
+            bool(match["primary"]),
+        )
+
     @property
     def geometry(self) -> str:
         """``WxH+X+Y`` (x11vnc's ``-clip`` takes it as is)."""
@@ -87,14 +99,7 @@ def decode(line: str) -> tuple[Monitor, ...]:
         match = _ENTRY.fullmatch(entry)
         if match is None or not is_monitor_name(match["name"]):
             raise ValueError(f"a malformed monitor: {entry[:80]!r}")
-        monitor = Monitor(
-            match["name"],
-            int(match["w"]),
-            int(match["h"]),
-            int(match["x"]),
-            int(match["y"]),
-            bool(match["primary"]),
-        )
+        monitor = Monitor.from_match(match)
         if not monitor.width or not monitor.height:
             raise ValueError(f"a monitor of no size: {monitor.name}")
         if any(other.name == monitor.name for other in found):

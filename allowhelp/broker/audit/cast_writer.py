@@ -39,9 +39,26 @@ def append(fd: int, data: bytes, start: int, *, last: bool, measure: bool) -> Wr
             view, end = view[written:], end + written
     except OSError as exc:
         error, end = exc, start
+    seconds = time.perf_counter() - began
+    return finish_job(fd, start, end, error, last=last, measure=measure, seconds=seconds)
+
+
+def finish_job(
+    fd: int,
+    start: int,
+    end: int,
+    error: OSError | None,
+    *,
+    last: bool,
+    measure: bool,
+    seconds: float = 0.0,
+) -> Wrote:
+    """The end of a writer job, shell's or screen's: on a failure cut the file back to
+    ``start``; read the free space if asked (or failed); on the ``last`` job fsync and
+    close."""
+    if error is not None:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)
-    seconds = time.perf_counter() - began
     free = free_bytes(fd) if measure or error else None
     if last:
         try:

@@ -9,13 +9,12 @@ job says its bytes are on disk. The chunks go out with ``pwritev``, not joined.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from allowhelp.broker.audit.cast_writer import Wrote, free_bytes
+from allowhelp.broker.audit.cast_writer import Wrote, finish_job
 
 IOV_MAX = 1024  # at most this many buffers per pwritev call (Linux allows 1024)
 
@@ -47,17 +46,8 @@ def append_hashed(
             after.update(chunk)
     except OSError as exc:
         error, end = exc, start
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-    free = free_bytes(fd) if measure or error else None
-    if last:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            error = error or exc
-        finally:
-            os.close(fd)
-    return WroteHashed(Wrote(end, free, error), digest if error else after)
+    wrote = finish_job(fd, start, end, error, last=last, measure=measure)
+    return WroteHashed(wrote, digest if wrote.error else after)
 
 
 def _write_all(fd: int, chunks: Sequence[bytes], start: int) -> int:
