@@ -52,12 +52,18 @@ async def until(predicate: Callable[[], Any], what: str, timeout: float = 5) -> 
 
 
 def zenity(folder: Path, answer: str) -> Toolkit:
-    """--info stays open; --entry prints ``answer`` (the user typed it and pressed Send)."""
+    """--info stays open; --entry prints ``answer`` (the user typed it and pressed Send).
+
+    Each call's argv goes to ``calls`` in one write (fields end in \\x1f, calls in
+    \\x1e): windows opened together run at once, and a write per argument let
+    two calls' arguments interleave (a window then went missing from the log).
+    """
     script = folder / "zenity"
     script.write_text(
         "#!/bin/sh\n"
-        f'for a in "$@"; do printf "%s\\037" "$a"; done >> "{folder}/calls"\n'
-        f'printf "\\036" >> "{folder}/calls"\n'
+        # one write per call: two windows opening at once must not interleave their argv
+        'call=$(for a in "$@"; do printf "%s\\037" "$a"; done)\n'
+        f'printf "%s\\036" "$call" >> "{folder}/calls"\n'
         f'case "$1" in --info) exec sleep 30 ;; --entry) printf "%s\\n" "{answer}" ;; esac\n'
     )
     script.chmod(stat.S_IRWXU)
