@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gi.repository import Gio, GLib  # type: ignore[import-not-found,unused-ignore]
 
+from allowhelp.agent.castlayout import Stream
 from allowhelp.agent.errors import AgentError
 
 DESKTOP = "org.freedesktop.portal.Desktop"
@@ -40,11 +42,20 @@ class PortalError(AgentError):
 
 
 @dataclass(frozen=True)
-class Stream:
+class Cast:
     fd: int  # the PipeWire remote, for pipewiresrc
-    node: int
-    width: int
-    height: int
+    streams: tuple[Stream, ...]  # one per monitor shared, as the portal gave them
+
+
+def described(streams: Sequence[Any]) -> tuple[Stream, ...]:
+    """The portal's ``a(ua{sv})`` streams: node, ``size`` and (monitors) ``position``."""
+    found: list[Stream] = []
+    for node, properties in streams:
+        width, height = properties.get("size", (0, 0))
+        position = properties.get("position")
+        place = (int(position[0]), int(position[1])) if position is not None else None
+        found.append(Stream(int(node), int(width), int(height), place))
+    return tuple(found)
 
 
 class ScreenCast:
@@ -116,11 +127,13 @@ class ScreenCast:
             return 0
         return int(reply.unpack()[0])
 
-    def start(self, *, control: bool = False) -> Stream:
+    def start(self, *, control: bool = False, every_monitor: bool = False) -> Cast:
         """One monitor, chosen by the user in the desktop's dialog; its PipeWire stream.
 
         ``control``: a RemoteDesktop session (keyboard and pointer) with the screen
-        as its source; the dialog then also asks whether to allow remote interaction."""
+        as its source; the dialog then also asks whether to allow remote interaction.
+        ``every_monitor``: the dialog lets the user pick several monitors (the
+        portal's ``multiple``); one stream each, as many as the user shared."""
         token = GLib.Variant("s", "allowhelpsession")
         owner = REMOTE_DESKTOP if control else SCREENCAST
         created = self._request(
@@ -134,7 +147,7 @@ class ScreenCast:
             )
         sources: dict[str, Any] = {
             "types": GLib.Variant("u", MONITOR),
-            "multiple": GLib.Variant("b", False),
+            "multiple": GLib.Variant("b", every_monitor),
         }
         if self._cursor_modes() & CURSOR_EMBEDDED:
             sources["cursor_mode"] = GLib.Variant("u", CURSOR_EMBEDDED)
@@ -144,14 +157,10 @@ class ScreenCast:
         )
         if control and int(started.get("devices", 0)) & (KEYBOARD | POINTER) != KEYBOARD | POINTER:
             raise PortalError("the user did not allow remote control in the desktop's dialog")
-        streams = started.get("streams") or []
+        streams = described(started.get("streams") or [])
         if not streams:
             raise PortalError("the screen-cast portal gave no stream")
-        node, properties = streams[0]
-        width, height = properties.get("size", (0, 0))
-        if not (0 < width <= 16384 and 0 < height <= 16384):
-            raise PortalError("the screen-cast portal gave a stream without a size")
-        return Stream(self._pipewire_fd(), int(node), int(width), int(height))
+        return Cast(self._pipewire_fd(), streams if every_monitor else streams[:1])
 
     def _pipewire_fd(self) -> int:
         try:

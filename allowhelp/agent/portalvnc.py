@@ -13,6 +13,14 @@ stdin/stdout, no listening socket of any kind. What it does:
 3. serves RFB 3.8 (``rfbserver.py``): security None (the SSH tunnel and the
    consent gate are the security), Raw rectangles of the rows that changed.
 
+``--all-monitors`` (the technician asked for every monitor): the dialog lets the
+user pick several monitors (the portal's ``multiple``); the portal gives one
+stream each, with its size and place in the desktop's layout. One GStreamer
+process reads every stream (one ``pipewiresrc`` branch and one pipe each) and
+the RFB server draws each monitor's frames at its place in one picture
+(``castlayout.py``); the viewer's pointer goes to the monitor under it, at the
+point in that monitor's stream.
+
 ``--control`` (a control grant): the session is a RemoteDesktop session with the
 screen as its source, and the viewer's keys and pointer go to the desktop through
 that portal (``NotifyKeyboardKeysym``, ``NotifyPointerMotionAbsolute``,
@@ -34,33 +42,25 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from allowhelp.agent.rfbserver import RfbServer, StreamEnded
+from allowhelp.agent.castlayout import Layout, LayoutError, layout
+from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
 
 STREAM_FORMAT = "BGRx"
 
 
-def gstreamer_argv(fd: int, node: int, width: int, height: int) -> list[str]:
-    caps = f"video/x-raw,format={STREAM_FORMAT},width={width},height={height}"
-    return [
-        "gst-launch-1.0",
-        "-q",
-        "pipewiresrc",
-        f"fd={fd}",
-        f"path={node}",
-        "always-copy=true",
-        "!",
-        "videoconvert",
-        "!",
-        "videoscale",
-        "!",
-        caps,
-        "!",
-        "fdsink",
-        "fd=1",
-        "sync=false",
-    ]
+def gstreamer_argv(fd: int, branches: Sequence[tuple[int, int, int, int]]) -> list[str]:
+    """One pipeline: per ``(node, width, height, out_fd)`` a branch from the PipeWire
+    remote ``fd`` to whole BGRx frames of that size on ``out_fd``."""
+    argv = ["gst-launch-1.0", "-q"]
+    for node, width, height, out in branches:
+        caps = f"video/x-raw,format={STREAM_FORMAT},width={width},height={height}"
+        argv += ["pipewiresrc", f"fd={fd}", f"path={node}", "always-copy=true", "!"]
+        argv += ["videoconvert", "!", "videoscale", "!", caps, "!"]
+        argv += ["fdsink", f"fd={out}", "sync=false"]
+    return argv
 
 
 # RFB button mask bits → Linux input button codes (BTN_LEFT, BTN_MIDDLE, BTN_RIGHT)
@@ -71,16 +71,19 @@ WHEEL = ((8, -1), (16, 1))  # wheel up, wheel down: one step each press
 class PortalInput:
     """The viewer's keys and pointer, through the RemoteDesktop portal (control grants)."""
 
-    def __init__(self, cast: Any, node: int) -> None:
+    def __init__(self, cast: Any, picture: Layout) -> None:
         self._cast = cast
-        self._node = node
+        self._picture = picture
         self._mask = 0
 
     def key(self, keysym: int, down: bool) -> None:
         self._cast.key(keysym, down)
 
     def pointer(self, mask: int, x: int, y: int) -> None:
-        self._cast.move(self._node, x, y)
+        spot = self._picture.at(x, y)
+        if spot is not None:  # between monitors: no move, the buttons still count
+            tile, tile_x, tile_y = spot
+            self._cast.move(tile.node, tile_x, tile_y)
         for bit, button in BUTTONS:
             if (mask ^ self._mask) & bit:
                 self._cast.button(button, bool(mask & bit))
@@ -88,6 +91,35 @@ class PortalInput:
             if mask & bit and not self._mask & bit:
                 self._cast.scroll(steps)
         self._mask = mask
+
+
+def start_gstreamer(remote: int, picture: Layout) -> tuple[subprocess.Popen[bytes], list[Piece]]:
+    """GStreamer on the PipeWire ``remote`` (closed here): one pipe of frames per tile."""
+    pipes = [os.pipe() for _ in picture.tiles]
+    try:
+        branches = [
+            (t.node, t.width, t.height, w) for t, (_, w) in zip(picture.tiles, pipes, strict=True)
+        ]
+        gst = subprocess.Popen(
+            gstreamer_argv(remote, branches),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(remote, *(w for _, w in pipes)),
+        )
+    except OSError:
+        for pair in pipes:
+            for fd in pair:
+                os.close(fd)
+        raise
+    finally:
+        os.close(remote)
+    for _, write_end in pipes:
+        os.close(write_end)
+    return gst, [
+        Piece(r, t.x, t.y, t.width, t.height)
+        for t, (r, _) in zip(picture.tiles, pipes, strict=True)
+    ]
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -108,30 +140,27 @@ def main() -> int:
     viewer = socket.socket(fileno=os.dup(0))
     cast = ScreenCast()
     gst: subprocess.Popen[bytes] | None = None
+    pieces: list[Piece] = []
     try:
         control = "--control" in sys.argv[1:]
-        stream = cast.start(control=control)
-        gst = subprocess.Popen(
-            gstreamer_argv(stream.fd, stream.node, stream.width, stream.height),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(stream.fd,),
-        )
-        os.close(stream.fd)
-        if gst.stdout is None:
-            raise OSError("no pipe from GStreamer")
-        sink = PortalInput(cast, stream.node) if control else None
-        server = RfbServer(viewer, stream.width, stream.height, "allowhelp portal", sink)
-        server.serve(gst.stdout.fileno())
-    except PortalError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except StreamEnded as exc:
+        casting = cast.start(control=control, every_monitor="--all-monitors" in sys.argv[1:])
+        try:
+            picture = layout(casting.streams)
+        except LayoutError:
+            os.close(casting.fd)
+            raise
+        gst, pieces = start_gstreamer(casting.fd, picture)
+        sink = PortalInput(cast, picture) if control else None
+        server = RfbServer(viewer, picture.width, picture.height, "allowhelp portal", sink)
+        server.serve(pieces)
+    except (PortalError, LayoutError, StreamEnded) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except (ConnectionError, BrokenPipeError):
         return 0  # the viewer left
+    except OSError as exc:
+        print(f"GStreamer could not start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         if gst is not None and gst.poll() is None:
             gst.terminate()
@@ -142,6 +171,8 @@ def main() -> int:
                 gst.wait()
         cast.close()
         viewer.close()
+        for piece in pieces:
+            os.close(piece.fd)
     return 0
 
 

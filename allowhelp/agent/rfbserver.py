@@ -1,8 +1,12 @@
-"""A small view-only RFB 3.8 server: raw frames from a pipe to one viewer on a socket.
+"""A small RFB 3.8 server: raw frames from pipes to one viewer on a socket.
 
 For the portal engine (``portalvnc``). Security type None (the SSH tunnel and the
 consent gate are the security). Frames come as whole BGRx pictures of a fixed
-size, one after another, on a pipe; the newest complete one is kept. A viewer's
+size, one after another, on a pipe; the newest complete one is kept. Several
+pipes (one per monitor, "all monitors") each fill their ``Piece`` of one
+picture; the first picture waits until each has sent a frame (at most
+``FIRST_PICTURE_WAIT`` seconds after the first one, then a monitor that has
+not is black until it does). A viewer's
 FramebufferUpdateRequest is answered with Raw rectangles: the whole screen when
 it is not incremental, otherwise the band of rows that changed since the last
 picture sent, as soon as there is one. The pixel format the viewer asks for is
@@ -18,6 +22,9 @@ import os
 import selectors
 import socket
 import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from allowhelp.agent.errors import AgentError
@@ -27,6 +34,29 @@ BPP = 4
 NATIVE_SHIFTS = (16, 8, 0)  # BGRx read as a little-endian 32-bit value
 MAX_CUT_TEXT = 16 * 1024 * 1024
 FIXED = {0: 20, 3: 10, 4: 8, 5: 6, 150: 10}
+FIRST_PICTURE_WAIT = 2.0  # seconds: the other monitors' first frames after the first one
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A pipe of whole ``width`` x ``height`` frames, drawn at (x, y) of the picture."""
+
+    fd: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def frame_size(self) -> int:
+        return self.width * self.height * BPP
+
+
+class _Feed:
+    def __init__(self, piece: Piece) -> None:
+        self.piece = piece
+        self.incoming = bytearray()
+        self.seen = False
 
 
 class InputSink(Protocol):
@@ -59,8 +89,10 @@ class RfbServer:
         self.width = width
         self.height = height
         self._name = name.encode()
-        self._frame_size = width * height * BPP
-        self._incoming = bytearray()
+        self._canvas = bytearray(width * height * BPP)
+        self._fresh = False  # the canvas has changed since ``_latest`` was taken
+        self._feeds: dict[int, _Feed] = {}
+        self._first_frame_at: float | None = None
         self._latest: bytes | None = None
         self._sent: bytes | None = None
         self._wanted: bool | None = None  # None: no request; else: incremental?
@@ -69,21 +101,45 @@ class RfbServer:
 
     # --- the loop
 
-    def serve(self, frames: int) -> None:
-        """Until the viewer leaves (ConnectionError) or the frames end (StreamEnded)."""
-        os.set_blocking(frames, False)
+    def serve(self, frames: int | Sequence[Piece]) -> None:
+        """Until the viewer leaves (ConnectionError) or any frames end (StreamEnded).
+
+        ``frames``: one pipe of whole pictures, or the pieces of the picture."""
+        pieces = (
+            [Piece(frames, 0, 0, self.width, self.height)] if isinstance(frames, int) else frames
+        )
+        for piece in pieces:
+            if piece.x + piece.width > self.width or piece.y + piece.height > self.height:
+                raise ValueError("a piece outside the picture")
+            os.set_blocking(piece.fd, False)
+            self._feeds[piece.fd] = _Feed(piece)
         self._handshake()
         self._viewer.setblocking(False)
         with selectors.DefaultSelector() as selector:
-            selector.register(frames, selectors.EVENT_READ, "frames")
+            for fd in self._feeds:
+                selector.register(fd, selectors.EVENT_READ, "frames")
             selector.register(self._viewer, selectors.EVENT_READ, "viewer")
             while True:
-                for key, _ in selector.select():
+                for key, _ in selector.select(self._patience()):
                     if key.data == "frames":
-                        self._read_frames(frames)
+                        self._read_frames(self._feeds[int(key.fd)])
                     else:
                         self._read_viewer()
                 self._answer()
+
+    def _patience(self) -> float | None:
+        """How long the loop may sleep: until the first picture is due, or forever."""
+        if self._first_frame_at is None or self._ready():
+            return None
+        return max(0.0, self._first_frame_at + FIRST_PICTURE_WAIT - time.monotonic())
+
+    def _ready(self) -> bool:
+        """A first picture may go: every piece has a frame, or the wait is over."""
+        if self._first_frame_at is None:
+            return False
+        if all(feed.seen for feed in self._feeds.values()):
+            return True
+        return time.monotonic() >= self._first_frame_at + FIRST_PICTURE_WAIT
 
     def _handshake(self) -> None:
         self._viewer.setblocking(True)
@@ -108,18 +164,37 @@ class RfbServer:
             data += chunk
         return bytes(data)
 
-    def _read_frames(self, fd: int) -> None:
+    def _read_frames(self, feed: _Feed) -> None:
+        size = feed.piece.frame_size
         while True:
             try:
-                data = os.read(fd, 1 << 20)
+                data = os.read(feed.piece.fd, 1 << 20)
             except BlockingIOError:
                 return
             if not data:
                 raise StreamEnded("the desktop's screen stream ended")
-            self._incoming += data
-            while len(self._incoming) >= self._frame_size:
-                self._latest = bytes(self._incoming[: self._frame_size])
-                del self._incoming[: self._frame_size]
+            feed.incoming += data
+            whole = len(feed.incoming) // size
+            if whole:
+                newest = (whole - 1) * size
+                self._draw(feed.piece, memoryview(feed.incoming)[newest : newest + size])
+                del feed.incoming[: whole * size]
+                feed.seen = True
+                if self._first_frame_at is None:
+                    self._first_frame_at = time.monotonic()
+
+    def _draw(self, piece: Piece, frame: memoryview) -> None:
+        stride = self.width * BPP
+        row = piece.width * BPP
+        with frame:
+            if piece.x == 0 and piece.width == self.width:
+                start = piece.y * stride
+                self._canvas[start : start + len(frame)] = frame
+            else:
+                for line in range(piece.height):
+                    at = (piece.y + line) * stride + piece.x * BPP
+                    self._canvas[at : at + row] = frame[line * row : (line + 1) * row]
+        self._fresh = True
 
     def _read_viewer(self) -> None:
         try:
@@ -184,8 +259,11 @@ class RfbServer:
     # --- pictures
 
     def _answer(self) -> None:
-        if self._wanted is None or self._latest is None:
+        if self._wanted is None or not self._ready():
             return
+        if self._fresh or self._latest is None:
+            self._latest = bytes(self._canvas)
+            self._fresh = False
         if self._wanted and self._sent is not None:
             band = changed_rows(self._sent, self._latest, self.width * BPP)
             if band is None:

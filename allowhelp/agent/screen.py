@@ -78,6 +78,7 @@ from allowhelp.agent.monitors import session_monitors
 from allowhelp.agent.reaper import end_process_group
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.wayvnc import WayvncLaunch
+from allowhelp.protocol.monitors import ALL as ALL_MONITORS
 from allowhelp.protocol.monitors import Monitor
 from allowhelp.protocol.monitors import find as find_monitor
 from allowhelp.protocol.monitors import refusal as monitor_refusal
@@ -233,6 +234,7 @@ def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "")
         if offer.engine == "portal":
             argv = [sys.executable, "-m", "allowhelp.agent.portalvnc"]
             argv += [] if view_only else ["--control"]
+            argv += ["--all-monitors"] if monitor == ALL_MONITORS else []
             return PairLaunch(argv, portal_environment(env))
         if offer.engine == "wlroots":
             output = picked.name if picked else ""

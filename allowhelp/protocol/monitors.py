@@ -121,11 +121,11 @@ def find(monitors: Iterable[Monitor], name: str) -> Monitor | None:
 # What each engine cannot show at all (docs/wayland.md, "Several monitors").
 PORTAL_PICKS = (
     "on this desktop the person at the PC picks the monitor in the desktop's own"
-    " screen-sharing dialog: ask for the screen without choosing one"
+    " screen-sharing dialog: ask for the screen without choosing one, or for all monitors"
 )
 NOT_REPORTED = "this PC did not report its monitors: ask for the screen without choosing one"
 ONE_AT_A_TIME = "wayvnc shows one monitor at a time: pick one monitor"
-ALL_ENGINES = ("x11",)  # engines that show every monitor at once
+ALL_ENGINES = ("x11", "portal")  # engines that show every monitor at once
 
 
 def refusal(engine: str, monitors: Iterable[Monitor], choice: str) -> str:
@@ -134,11 +134,13 @@ def refusal(engine: str, monitors: Iterable[Monitor], choice: str) -> str:
     The same rule at the broker (against what the agent reported) and in the
     agent (against what the session has now): deny by default. "" is the
     engine's default (the whole screen on X11, wayvnc's first output, the
-    desktop's dialog) and always allowed."""
+    desktop's dialog) and always allowed. ``all`` needs the monitors reported
+    (the console offers it only with more than one); on the portal engine it
+    means the desktop's dialog lets the person pick several."""
     listed = list(monitors)
     if not choice:
         problem = ""
-    elif engine == "portal":
+    elif engine == "portal" and choice != ALL:
         problem = PORTAL_PICKS
     elif not listed:
         problem = NOT_REPORTED

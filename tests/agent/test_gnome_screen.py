@@ -162,10 +162,12 @@ def test_the_console_is_told_what_the_session_offers(world: World) -> None:
 def test_a_monitor_is_picked_in_gnomes_dialog_not_by_the_technician(
     world: World, desk: Desk
 ) -> None:
-    """The portal engine reports no monitors (the user picks in GNOME's dialog): a
-    request that names one, or all, is refused before the PC is asked (#15)."""
-    assert world.agent_row()["monitors"] == []
-    for monitor in ("Virtual-1", "all"):
+    """The portal engine reports mutter's monitors, but the user picks in GNOME's
+    dialog: a request that names one is refused before the PC is asked (#15).
+    ("all" on two monitors: test_gnome_monitors_screen.py.)"""
+    monitors = world.agent_row()["monitors"]
+    assert [(m["name"], m["width"], m["height"]) for m in monitors] == [("Meta-0", *GNOME_SIZE)]
+    for monitor in ("Meta-0", "Virtual-1"):
         answer = desk.request(world.machine.agent_id, kind="screen", reason="pick", monitor=monitor)
         assert answer.status_code == 409, answer.text
         assert answer.json()["error"] == "monitor_unavailable"

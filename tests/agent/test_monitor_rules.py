@@ -84,7 +84,9 @@ def test_names() -> None:
         ("wlroots", [], "", ""),
         ("portal", [], "", ""),
         ("portal", [], "DP-1", "screen-sharing dialog"),
-        ("portal", [LEFT], ALL, "screen-sharing dialog"),
+        ("portal", [LEFT], "HDMI-1", "screen-sharing dialog"),
+        ("portal", [LEFT, RIGHT], ALL, ""),
+        ("portal", [], ALL, "did not report its monitors"),
         ("", [], "DP-1", "did not report its monitors"),
     ],
 )

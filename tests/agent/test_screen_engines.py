@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from allowhelp.agent.castlayout import single
 from allowhelp.agent.desktop import (
     Probe,
     choose_engine,
@@ -359,7 +360,7 @@ class Recorder:
 
 def test_the_viewers_pointer_becomes_portal_input() -> None:
     cast = Recorder()
-    sink = PortalInput(cast, 36)
+    sink = PortalInput(cast, single(36, 1024, 768))
     sink.pointer(1, 10, 20)  # left down
     sink.pointer(1, 11, 20)  # drag: no new button event
     sink.pointer(4, 11, 20)  # left up, right down
@@ -382,7 +383,7 @@ def test_the_viewers_pointer_becomes_portal_input() -> None:
 
 
 def test_gstreamer_reads_the_portals_stream_as_whole_bgrx_frames() -> None:
-    argv = gstreamer_argv(7, 36, 1024, 768)
+    argv = gstreamer_argv(7, [(36, 1024, 768, 9)])
     assert argv[:3] == ["gst-launch-1.0", "-q", "pipewiresrc"]
-    assert {"fd=7", "path=36", "fd=1"} <= set(argv)
+    assert {"fd=7", "path=36", "fd=9"} <= set(argv)
     assert "video/x-raw,format=BGRx,width=1024,height=768" in argv

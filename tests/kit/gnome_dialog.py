@@ -7,7 +7,9 @@ consent. ``share``: Down, space, Tab, Tab, space picks the first monitor and
 presses Share (GNOME 43's screen-cast dialog); ``decline``: Down, Tab, space
 presses Cancel; ``control`` (the remote-desktop dialog): the monitor, then the
 "Allow Remote Interaction" switch, then Alt+S (Share); ``share-only``: the same
-without allowing interaction.
+without allowing interaction; ``share-all`` and ``control-all``: the same with
+every monitor picked (a dialog that lets the user pick several: Down picks the
+first, Shift+Down adds the next).
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from gi.repository import Gio, GLib  # type: ignore[import-not-found,unused-igno
 
 MUTTER = "org.gnome.Mutter.RemoteDesktop"
 DOWN, SPACE, TAB, ALT_S = (0xFF54,), (0x20,), (0xFF09,), (0xFFE9, 0x73)
+SHIFT_DOWN = (0xFFE1, 0xFF54)
 KEYS = {
     "share": (DOWN, SPACE, TAB, TAB, SPACE),
     "decline": (DOWN, TAB, SPACE),
     # the remote-desktop dialog: the monitor, "Allow Remote Interaction", Share (Alt+S)
     "control": (DOWN, SPACE, TAB, SPACE, ALT_S),
     "share-only": (DOWN, SPACE, ALT_S),  # the monitor, but no remote interaction
+    # several monitors (the portal's "multiple"): the first, then Shift+Down adds the next
+    "share-all": (DOWN, SHIFT_DOWN, TAB, TAB, SPACE),
+    "control-all": (DOWN, SHIFT_DOWN, TAB, SPACE, ALT_S),
 }
 PAUSE = 0.3
 

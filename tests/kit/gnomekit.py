@@ -42,7 +42,7 @@ cd "$XDG_RUNTIME_DIR"
 pipewire > pipewire.log 2>&1 &
 until [ -S pipewire-0 ]; do sleep 0.05; done
 wireplumber > wireplumber.log 2>&1 &
-mutter --headless --wayland --no-x11 --virtual-monitor {width}x{height} > mutter.log 2>&1 &
+mutter --headless --wayland --no-x11 {virtual_monitors} > mutter.log 2>&1 &
 until [ -S wayland-0 ]; do sleep 0.05; done
 export WAYLAND_DISPLAY=wayland-0
 dbus-update-activation-environment WAYLAND_DISPLAY XDG_CURRENT_DESKTOP XDG_SESSION_TYPE \\
@@ -75,6 +75,17 @@ class GnomeDesktop:
         argv += [f"DBUS_SESSION_BUS_ADDRESS={self.bus}", SYSTEM_PY, str(DIALOG), how]
         return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
+    def start(self, *argv: str) -> subprocess.Popen[bytes]:
+        """A program of the user's in this session (e.g. a window), output to a log."""
+        env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME=/home/{self.user}", *self.session_env()]
+        with (self.runtime / "started.log").open("ab") as log:
+            return subprocess.Popen(
+                ["runuser", "-u", self.user, "--", *env, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
     def log(self, name: str) -> str:
         with contextlib.suppress(OSError):
             return (self.runtime / name).read_text(errors="replace")[-3000:]
@@ -82,14 +93,17 @@ class GnomeDesktop:
 
 
 @contextlib.contextmanager
-def gnome_desktop(user: str) -> Iterator[GnomeDesktop]:
+def gnome_desktop(
+    user: str, monitors: tuple[tuple[int, int], ...] = (GNOME_SIZE,)
+) -> Iterator[GnomeDesktop]:
+    """``monitors``: one ``--virtual-monitor WxH`` each (mutter lays them out left to right)."""
     account = pwd.getpwnam(user)
     runtime = Path(tempfile.mkdtemp(prefix=f"ahgn-{account.pw_uid}-", dir="/tmp"))
     os.chown(runtime, account.pw_uid, account.pw_gid)
     os.chmod(runtime, 0o700)
-    width, height = GNOME_SIZE
     script = runtime / "session.sh"
-    script.write_text(SESSION.format(width=width, height=height))
+    virtual = " ".join(f"--virtual-monitor {w}x{h}" for w, h in monitors)
+    script.write_text(SESSION.format(virtual_monitors=virtual))
     os.chown(script, account.pw_uid, account.pw_gid)
     env = [f"HOME={account.pw_dir}", f"XDG_RUNTIME_DIR={runtime}", "PATH=/usr/bin:/bin"]
     with (runtime / "session.log").open("wb") as log:

@@ -104,23 +104,28 @@ function monitorSelect() {
 
 /**
  * The monitor picker: the PC's monitors (the primary one chosen, as MeshCentral and
- * RustDesk do), and "All monitors" where the engine shows them at once (X11). Only
- * when there is a choice: one monitor, or none reported (GNOME and KDE: the person
- * at the PC picks in the desktop's dialog), sends no monitor.
+ * RustDesk do), and "All monitors" where the engine shows them at once (X11, and the
+ * GNOME portal, whose list carries the monitors only to say there are several: there
+ * the person at the PC picks in the desktop's dialog, so the choice is that or all).
+ * Only when there is a choice: one monitor, or none reported (KDE), sends no monitor.
  * @param {Target} agent
  */
 function fillMonitors(agent) {
   const monitors = agent.monitors || [];
-  const options = monitors.map((m) => {
-    const key = m.primary ? "request.monitor_primary" : "request.monitor_size";
-    const option = new Option(t(key, { name: m.name, width: m.width, height: m.height }), m.name);
-    return option;
-  });
-  if (agent.screen === "x11") options.push(new Option(t("request.all_monitors"), "all"));
+  const portal = agent.screen === "portal";
+  const options = portal
+    ? [new Option(t("request.monitor_at_pc"), "")]
+    : monitors.map((m) => {
+        const key = m.primary ? "request.monitor_primary" : "request.monitor_size";
+        return new Option(t(key, { name: m.name, width: m.width, height: m.height }), m.name);
+      });
+  if (agent.screen === "x11" || portal) options.push(new Option(t("request.all_monitors"), "all"));
   monitorSelect().replaceChildren(...options);
   const primary = monitors.find((m) => m.primary) || monitors[0];
-  if (primary) monitorSelect().value = primary.name;
-  $("request-monitor-note").textContent = agent.screen === "wlroots" ? t("request.one_at_a_time") : "";
+  if (primary && !portal) monitorSelect().value = primary.name;
+  const notes = { wlroots: "request.one_at_a_time", portal: "request.picked_at_pc" };
+  const note = notes[/** @type {keyof typeof notes} */ (agent.screen)];
+  $("request-monitor-note").textContent = note ? t(note) : "";
   $("request-monitor-row").dataset.choice = monitors.length > 1 ? "yes" : "";
   showMonitors();
 }

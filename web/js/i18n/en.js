@@ -377,5 +377,7 @@ export default /** @type {Record<string, string>} */ ({
   "invite.send": "Invite",
   "invite.title": "Invite…",
   "invite.username": "Technician's user name",
-  "invite.waiting": "Waiting for the person at {host} to allow you; read them the verification phrase below."
+  "invite.waiting": "Waiting for the person at {host} to allow you; read them the verification phrase below.",
+  "request.monitor_at_pc": "Picked at the PC",
+  "request.picked_at_pc": "The person at the PC picks the monitors in the desktop's own dialog."
 });

@@ -377,5 +377,7 @@ export default /** @type {Record<string, string>} */ ({
   "invite.send": "Inviter",
   "invite.title": "Inviter…",
   "invite.username": "Nom d'utilisateur du technicien",
-  "invite.waiting": "En attente de l'accord de la personne devant {host}. Lisez-lui la phrase de vérification ci-dessous."
+  "invite.waiting": "En attente de l'accord de la personne devant {host}. Lisez-lui la phrase de vérification ci-dessous.",
+  "request.monitor_at_pc": "Choisi sur le PC",
+  "request.picked_at_pc": "La personne devant le PC choisit les moniteurs dans la fenêtre du bureau."
 });

@@ -377,5 +377,7 @@ export default /** @type {Record<string, string>} */ ({
   "invite.send": "Uitnodigen",
   "invite.title": "Uitnodigen…",
   "invite.username": "Gebruikersnaam van de technicus",
-  "invite.waiting": "Wachten tot de persoon aan {host} u toelaat. Lees de verificatiezin hieronder voor."
+  "invite.waiting": "Wachten tot de persoon aan {host} u toelaat. Lees de verificatiezin hieronder voor.",
+  "request.monitor_at_pc": "Gekozen op de pc",
+  "request.picked_at_pc": "De persoon aan de pc kiest de monitoren in het eigen venster van het bureaublad."
 });

@@ -1,0 +1,289 @@
+"""All monitors through the portal engine, the pure parts: the layout of the streams,
+the pointer mapped back to a stream, the RFB server composing pipes into one picture,
+and mutter's monitors parsed (the real GNOME run: test_gnome_monitors_screen.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from allowhelp.agent.castlayout import LayoutError, Stream, Tile, layout, single
+from allowhelp.agent.monitors import parse_mutter_state
+from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
+from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
+from allowhelp.protocol.monitors import Monitor
+
+# What mutter 43 answered (busctl --json=short) for two --virtual-monitor arguments.
+MUTTER_TWO = {
+    "type": "ua((ssss)a(siiddada{sv})a{sv})a(iiduba(ssss)a{sv})a{sv}",
+    "data": [
+        2,
+        [
+            [
+                ["Meta-0", "MetaVendor", "MetaVirtualMonitor", "0x00"],
+                [
+                    [
+                        "1024x768@60.000",
+                        1024,
+                        768,
+                        60.0,
+                        1.0,
+                        [1.0],
+                        {"is-current": {"type": "b", "data": True}},
+                    ]
+                ],
+                {},
+            ],
+            [
+                ["Meta-1", "MetaVendor", "MetaVirtualMonitor", "0x01"],
+                [
+                    ["640x480@60.000", 640, 480, 60.0, 1.0, [1.0], {}],
+                    [
+                        "800x600@60.000",
+                        800,
+                        600,
+                        60.0,
+                        1.0,
+                        [1.0],
+                        {"is-current": {"type": "b", "data": True}},
+                    ],
+                ],
+                {},
+            ],
+        ],
+        [
+            [0, 0, 1.0, 0, True, [["Meta-0", "MetaVendor", "MetaVirtualMonitor", "0x00"]], {}],
+            [1024, 0, 1.0, 0, False, [["Meta-1", "MetaVendor", "MetaVirtualMonitor", "0x01"]], {}],
+        ],
+        {"layout-mode": {"type": "u", "data": 2}},
+    ],
+}
+
+
+def test_streams_are_placed_as_the_desktop_lays_them_out() -> None:
+    # as GNOME gave them: the second monitor's stream first
+    picture = layout([Stream(39, 800, 600, (1024, 0)), Stream(37, 1024, 768, (0, 0))])
+    assert (picture.width, picture.height) == (1824, 768)
+    assert picture.tiles == (Tile(39, 1024, 0, 800, 600), Tile(37, 0, 0, 1024, 768))
+    # a monitor left of and above the primary one: the picture starts at its edge
+    picture = layout([Stream(1, 1920, 1080, (0, 0)), Stream(2, 1280, 1024, (-1280, -200))])
+    assert (picture.width, picture.height) == (3200, 1280)
+    assert picture.tiles == (Tile(1, 1280, 200, 1920, 1080), Tile(2, 0, 0, 1280, 1024))
+
+
+def test_streams_without_a_usable_place_go_side_by_side() -> None:
+    without = layout([Stream(1, 100, 50), Stream(2, 60, 80, (0, 0))])
+    overlapping = layout([Stream(1, 100, 50, (0, 0)), Stream(2, 60, 80, (50, 10))])
+    for picture in (without, overlapping):
+        assert (picture.width, picture.height) == (160, 80)
+        assert picture.tiles == (Tile(1, 0, 0, 100, 50), Tile(2, 100, 0, 60, 80))
+
+
+@pytest.mark.parametrize(
+    ("streams", "says"),
+    [
+        ([], "no stream"),
+        ([Stream(1, 0, 768)], "usable size"),
+        ([Stream(1, 20000, 768)], "usable size"),
+        ([Stream(1, 1000, 1000, (0, 0)), Stream(2, 1000, 1000, (16000, 0))], "more than"),
+        ([Stream(i, 16000, 16000, (0, 16000 * i)) for i in range(2)], "more than"),
+    ],
+)
+def test_a_picture_that_cannot_be_made_is_refused(streams: list[Stream], says: str) -> None:
+    with pytest.raises(LayoutError, match=says):
+        layout(streams)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def key(self, keysym: int, down: bool) -> None:
+        self.calls.append(("key", keysym, down))
+
+    def move(self, node: int, x: int, y: int) -> None:
+        self.calls.append(("move", node, x, y))
+
+    def button(self, button: int, down: bool) -> None:
+        self.calls.append(("button", button, down))
+
+    def scroll(self, steps: int) -> None:
+        self.calls.append(("scroll", steps))
+
+
+def test_the_pointer_goes_to_the_monitor_under_it_at_its_own_point() -> None:
+    cast = Recorder()
+    picture = layout([Stream(39, 800, 600, (1024, 0)), Stream(37, 1024, 768, (0, 0))])
+    sink = PortalInput(cast, picture)
+    sink.pointer(0, 1424, 300)  # on the second monitor
+    sink.pointer(0, 1023, 767)  # the first monitor's last pixel
+    sink.pointer(1, 1500, 700)  # under the second monitor: no such place, the button counts
+    sink.pointer(0, 1024, 0)
+    assert cast.calls == [
+        ("move", 39, 400, 300),
+        ("move", 37, 1023, 767),
+        ("button", 0x110, True),
+        ("move", 39, 0, 0),
+        ("button", 0x110, False),
+    ]
+    assert single(36, 10, 10).at(9, 9) == (Tile(36, 0, 0, 10, 10), 9, 9)
+    assert single(36, 10, 10).at(10, 9) is None
+
+
+def test_one_gstreamer_reads_every_stream_into_its_own_pipe() -> None:
+    argv = gstreamer_argv(7, [(39, 800, 600, 10), (37, 1024, 768, 12)])
+    assert argv.count("pipewiresrc") == 2 and argv.count("fd=7") == 2
+    first, second = argv.index("path=39"), argv.index("path=37")
+    assert argv.index("fd=10") in range(first, second) and argv.index("fd=12") > second
+    assert "video/x-raw,format=BGRx,width=800,height=600" in argv[first:second]
+    assert "video/x-raw,format=BGRx,width=1024,height=768" in argv[second:]
+
+
+def test_mutters_monitors_are_read_in_its_layout() -> None:
+    assert parse_mutter_state(json.dumps(MUTTER_TWO)) == (
+        Monitor("Meta-0", 1024, 768, 0, 0, primary=True),
+        Monitor("Meta-1", 800, 600, 1024, 0),
+    )
+    scaled = json.loads(json.dumps(MUTTER_TWO))
+    scaled["data"][3]["layout-mode"]["data"] = 1  # logical: sizes divided by the scale
+    scaled["data"][2][0][2] = 2.0
+    scaled["data"][2][1][3] = 1  # turned 90 degrees
+    assert parse_mutter_state(json.dumps(scaled)) == (
+        Monitor("Meta-0", 512, 384, 0, 0, primary=True),
+        Monitor("Meta-1", 600, 800, 1024, 0),
+    )
+    for text in ("", "not json", "{}", '{"data": [1, 2]}', '{"data": [1, [], [[0]], {}]}'):
+        assert parse_mutter_state(text) == ()
+
+
+# --- the RFB server composing two pipes
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the server closed"
+        data += chunk
+    return data
+
+
+class Served:
+    """An RfbServer in a thread with two pieces: 2x2 at (0, 0), 1x1 at (2, 0) of 3x2."""
+
+    def __init__(self) -> None:
+        self.ours, theirs = socket.socketpair()
+        self.pipes = [os.pipe(), os.pipe()]
+        self.server = RfbServer(theirs, 3, 2, name="t")
+        self.failures: list[BaseException] = []
+        pieces = [Piece(self.pipes[0][0], 0, 0, 2, 2), Piece(self.pipes[1][0], 2, 0, 1, 1)]
+        self.thread = threading.Thread(target=self._serve, args=(pieces, theirs), daemon=True)
+        self.thread.start()
+        assert _recv(self.ours, 12) == b"RFB 003.008\n"
+        self.ours.sendall(b"RFB 003.008\n")
+        assert _recv(self.ours, 2) == b"\x01\x01"
+        self.ours.sendall(b"\x01")
+        assert _recv(self.ours, 4) == bytes(4)
+        self.ours.sendall(b"\x01")
+        init = _recv(self.ours, 24)
+        assert struct.unpack_from(">HH", init) == (3, 2)
+        _recv(self.ours, struct.unpack_from(">I", init, 20)[0])
+
+    def _serve(self, pieces: list[Piece], theirs: socket.socket) -> None:
+        try:
+            self.server.serve(pieces)
+        except (ConnectionError, StreamEnded) as exc:
+            self.failures.append(exc)
+        finally:
+            theirs.close()
+
+    def frame(self, index: int, pixels: bytes) -> None:
+        os.write(self.pipes[index][1], pixels)
+
+    def ask(self, incremental: bool) -> tuple[tuple[int, int, int, int], bytes]:
+        self.ours.sendall(struct.pack(">BBHHHH", 3, incremental, 0, 0, 3, 2))
+        head = _recv(self.ours, 16)
+        x, y, w, h, _ = struct.unpack_from(">HHHHi", head, 4)
+        return (x, y, w, h), _recv(self.ours, w * h * 4)
+
+    def end(self, index: int) -> None:
+        os.close(self.pipes[index][1])
+        self.pipes[index] = (self.pipes[index][0], -1)
+
+    def close(self) -> None:
+        for index, (_, write_end) in enumerate(self.pipes):
+            if write_end >= 0:
+                self.end(index)
+        self.thread.join(10)
+        self.ours.close()
+        for read_end, _ in self.pipes:
+            os.close(read_end)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    serving = Served()
+    yield serving
+    serving.close()
+
+
+RED, BLUE = bytes([0, 0, 255, 0]), bytes([255, 0, 0, 0])  # BGRx
+
+
+def test_the_picture_holds_each_piece_in_its_place(served: Served) -> None:
+    served.frame(0, RED * 4)
+    served.frame(1, BLUE)
+    rect, pixels = served.ask(incremental=False)
+    assert rect == (0, 0, 3, 2)
+    assert pixels == RED * 2 + BLUE + RED * 2 + bytes(4)  # nothing under the 1x1 piece
+    # one piece changes: only its rows come back, the other piece's pixels kept
+    served.frame(1, RED)
+    rect, pixels = served.ask(incremental=True)
+    assert rect == (0, 0, 3, 1)
+    assert pixels == RED * 3
+
+
+def test_the_first_picture_waits_for_every_piece(served: Served) -> None:
+    served.frame(0, RED * 4)
+    served.ours.sendall(struct.pack(">BBHHHH", 3, 0, 0, 0, 3, 2))
+    served.ours.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        served.ours.recv(1)  # the second piece has sent nothing yet
+    served.ours.settimeout(None)
+    served.frame(1, BLUE)
+    head = _recv(served.ours, 16)
+    assert struct.unpack_from(">HHHHi", head, 4) == (0, 0, 3, 2, 0)
+    assert _recv(served.ours, 24)[8:12] == BLUE
+
+
+def test_a_piece_that_never_sends_leaves_its_place_black_after_the_wait(served: Served) -> None:
+    served.frame(0, BLUE * 4)
+    rect, pixels = served.ask(incremental=False)  # answered once the wait is over
+    assert rect == (0, 0, 3, 2)
+    assert pixels == BLUE * 2 + bytes(4) + BLUE * 2 + bytes(4)
+
+
+def test_any_pieces_end_ends_the_picture(served: Served) -> None:
+    served.frame(0, RED * 4)
+    served.end(1)
+    served.thread.join(10)
+    assert served.failures and isinstance(served.failures[0], StreamEnded)
+
+
+def test_a_piece_outside_the_picture_is_refused() -> None:
+    ours, theirs = socket.socketpair()
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="outside the picture"):
+            RfbServer(theirs, 3, 2, name="t").serve([Piece(read_end, 2, 0, 2, 1)])
+    finally:
+        for closing in (ours, theirs):
+            closing.close()
+        for fd in (read_end, write_end):
+            os.close(fd)
