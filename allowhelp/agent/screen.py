@@ -164,6 +164,15 @@ def portal_environment(env: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
+def wlroots_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The portal engine's, and sway's socket and keyboard for ``wayvncall``."""
+    kept = portal_environment(env)
+    for key in ("SWAYSOCK", "XKB_DEFAULT_LAYOUT"):
+        if key in env:
+            kept[key] = env[key]
+    return kept
+
+
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     kept = {key: env[key] for key in KEEP_ENV if key in env}
     kept.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -236,6 +245,10 @@ def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "")
             argv += [] if view_only else ["--control"]
             argv += ["--all-monitors"] if monitor == ALL_MONITORS else []
             return PairLaunch(argv, portal_environment(env))
+        if offer.engine == "wlroots" and monitor == ALL_MONITORS:
+            argv = [sys.executable, "-m", "allowhelp.agent.wayvncall"]
+            argv += [] if view_only else ["--control"]
+            return PairLaunch(argv, wlroots_environment(env))
         if offer.engine == "wlroots":
             output = picked.name if picked else ""
             return WayvncLaunch(env, view_only=view_only, output=output)

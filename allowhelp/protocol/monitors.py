@@ -124,8 +124,8 @@ PORTAL_PICKS = (
     " screen-sharing dialog: ask for the screen without choosing one, or for all monitors"
 )
 NOT_REPORTED = "this PC did not report its monitors: ask for the screen without choosing one"
-ONE_AT_A_TIME = "wayvnc shows one monitor at a time: pick one monitor"
-ALL_ENGINES = ("x11", "portal")  # engines that show every monitor at once
+ONE_AT_A_TIME = "this screen engine shows one monitor at a time: pick one monitor"
+ALL_ENGINES = ("x11", "wlroots", "portal")  # engines that show every monitor at once
 
 
 def refusal(engine: str, monitors: Iterable[Monitor], choice: str) -> str:

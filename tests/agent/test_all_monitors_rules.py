@@ -4,12 +4,14 @@ and mutter's monitors parsed (the real GNOME run: test_gnome_monitors_screen.py)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import struct
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,8 @@ from allowhelp.agent.castlayout import LayoutError, Stream, Tile, layout, single
 from allowhelp.agent.monitors import parse_mutter_state
 from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
 from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
+from allowhelp.agent.rfbupstream import Upstream, UpstreamError
+from allowhelp.agent.wayvncall import RelayInput
 from allowhelp.protocol.monitors import Monitor
 
 # What mutter 43 answered (busctl --json=short) for two --virtual-monitor arguments.
@@ -287,3 +291,116 @@ def test_a_piece_outside_the_picture_is_refused() -> None:
             closing.close()
         for fd in (read_end, write_end):
             os.close(fd)
+
+
+# --- wlroots: one wayvnc per output, read as a viewer (rfbupstream) and relayed to
+
+
+def wayvnc_side(width: int, height: int, updates: list[bytes]) -> Iterator[bytes]:
+    """What a wayvnc says, as the bytes to send after each of the reader's messages."""
+    yield b"RFB 003.008\n"
+    yield b"\x01\x01"  # after the version: one security type, None
+    yield struct.pack(">I", 0)  # after the choice: OK
+    name = b"wayvnc"
+    yield struct.pack(">HH", width, height) + bytes(16) + struct.pack(">I", len(name)) + name
+    yield from updates
+
+
+def raw_update(*rects: tuple[int, int, int, int, bytes], encoding: int = 0) -> bytes:
+    body = b"".join(struct.pack(">HHHHi", x, y, w, h, encoding) + px for x, y, w, h, px in rects)
+    return struct.pack(">BxH", 0, len(rects)) + body
+
+
+def upstream_run(updates: list[bytes]) -> tuple[list[bytes], bytes, BaseException | None]:
+    """A reader against a scripted wayvnc (3x2): the frames it wrote, what it sent."""
+    ours, theirs = socket.socketpair()
+    read_end, write_end = os.pipe()
+    upstream = Upstream(theirs)
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            upstream.handshake()
+            upstream.run(write_end)
+        except (UpstreamError, OSError) as exc:
+            failure.append(exc)
+        finally:
+            os.close(write_end)
+            theirs.close()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    for chunk in wayvnc_side(3, 2, updates):
+        ours.sendall(chunk)
+    ours.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := os.read(read_end, 1 << 16):
+        data += chunk
+    thread.join(10)
+    os.close(read_end)
+    sent = b""
+    with contextlib.suppress(ConnectionResetError):  # closed with bytes it did not read
+        while chunk := ours.recv(1 << 16):
+            sent += chunk
+    ours.close()
+    frames = [data[i : i + 24] for i in range(0, len(data), 24)]
+    return frames, sent, failure[0] if failure else None
+
+
+def test_a_wayvnc_output_is_read_into_whole_frames() -> None:
+    frames, sent, failure = upstream_run(
+        [raw_update((0, 0, 3, 2, RED * 6)), b"\x02", raw_update((1, 1, 2, 1, BLUE * 2))]
+    )
+    assert frames == [RED * 6, RED * 3 + RED + BLUE * 2]
+    assert isinstance(failure, UpstreamError) and "closed" in str(failure)
+    # the reader asked for BGRx, Raw only, a whole picture first, then increments
+    assert sent.startswith(b"RFB 003.008\n\x01\x01")
+    assert struct.pack(">BxHi", 2, 1, 0) in sent
+    assert struct.pack(">BBHHHH", 3, 0, 0, 0, 3, 2) in sent
+    assert sent.count(struct.pack(">BBHHHH", 3, 1, 0, 0, 3, 2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("update", "says"),
+    [
+        (raw_update((0, 0, 1, 1, RED), encoding=16), "encoding 16"),
+        (raw_update((2, 1, 2, 1, RED * 2)), "outside its picture"),
+        (b"\x01", "type 1"),
+    ],
+)
+def test_what_the_reader_does_not_take_ends_it(update: bytes, says: str) -> None:
+    frames, _, failure = upstream_run([update])
+    assert frames == []
+    assert isinstance(failure, UpstreamError) and says in str(failure)
+
+
+class Upstreams:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def of(self, index: int) -> Any:
+        calls = self.calls
+
+        class One:
+            def key(self, keysym: int, down: bool) -> None:
+                calls.append((index, "key", keysym, down))
+
+            def pointer(self, mask: int, x: int, y: int) -> None:
+                calls.append((index, "pointer", mask, x, y))
+
+        return One()
+
+
+def test_the_pointer_goes_to_the_wayvnc_of_the_output_under_it() -> None:
+    record = Upstreams()
+    picture = layout([Stream(0, 1024, 768, (0, 0)), Stream(1, 800, 600, (1024, 0))])
+    relay = RelayInput([record.of(0), record.of(1)], picture)
+    relay.pointer(1, 1124, 100)
+    relay.pointer(0, 1500, 700)  # below HEADLESS-2: nowhere
+    relay.pointer(0, 5, 6)
+    relay.key(0x61, True)
+    assert record.calls == [
+        (1, "pointer", 1, 100, 100),
+        (0, "pointer", 0, 5, 6),
+        (0, "key", 0x61, True),
+    ]

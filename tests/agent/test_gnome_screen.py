@@ -16,7 +16,9 @@ dialog, both end with a plain reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import pwd
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,9 +115,18 @@ def consented(world: World, desk: Desk, *, view_only: bool) -> str:
 
 
 def engine_pids() -> list[int]:
-    return processes("allowhelp.agent.portalvnc", "python3") + processes(
-        "pipewiresrc", "gst-launch-1.0"
-    )
+    """The portal engine and its GStreamer, of this test's user (other tests on the
+    machine, e.g. another desktop's, may run GStreamer of their own)."""
+    uid = str(pwd.getpwnam(USER).pw_uid)
+    found = processes("allowhelp.agent.portalvnc", "python3")
+    found += processes("pipewiresrc", "gst-launch-1.0")
+    return [pid for pid in found if owner(pid) == uid]
+
+
+def owner(pid: int) -> str:
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]
+    return ""
 
 
 async def through_gnomes_dialog(client: RfbClient, gnome: GnomeDesktop, how: str) -> bytes:

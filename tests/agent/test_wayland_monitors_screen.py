@@ -5,13 +5,17 @@ HEADLESS-1 (1024x768, foot) and HEADLESS-2 right of it (800x600, one solid
 colour). The machine service and the user's session helper run as in
 ``test_wayland_screen.py``. The hello lists both outputs (``swaymsg``); a
 request for HEADLESS-2 gets wayvnc ``--output=HEADLESS-2`` through the helper and
-a picture of that output's size and colour; "all" is refused by the broker
-before the PC is asked (wayvnc 0.5 shows one output at a time).
+a picture of that output's size and colour; "all" runs one wayvnc per output
+(wayvnc 0.5 shows one output at a time) composed into one picture at sway's
+layout (``wayvncall``): HEADLESS-2's colour in its place, a view-only pointer
+that moves nothing, a control pointer that sway sees on HEADLESS-2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +28,25 @@ from waylandkit import (
     SECOND_SIZE,
     SWAY_SIZE,
     WHY_NO_SWAY,
+    SwayDesktop,
     sway_desktop,
 )
 
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, staffed_broker, wait_for
-from screenkit import RfbClient, ServerInit, gone, processes, screen_socket
+from screenkit import (
+    RfbClient,
+    ServerInit,
+    gone,
+    listening_inodes,
+    pointer_event,
+    processes,
+    screen_socket,
+    socket_inodes,
+    variance,
+)
 
 USER = "ahmonitors"
+World = tuple[Machine, Broker, SwayDesktop]
 
 pytestmark = [
     pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
@@ -39,7 +55,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, Broker]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with (
         local_users(USER),
         passable_folder() as root,
@@ -47,18 +63,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, B
         staffed_broker(tmp_path_factory.mktemp("wayland-monitors")) as fleet,
         machine_service(fleet.brokers[0], root, USER, sway.session_env()) as machine,
     ):
-        yield machine, fleet.brokers[0]
+        yield machine, fleet.brokers[0], sway
 
 
 @pytest.fixture
-def desk(world: tuple[Machine, Broker]) -> Iterator[Desk]:
+def desk(world: World) -> Iterator[Desk]:
     desk = Desk.login(world[1], TECH, TECH_PW)
     yield desk
     desk.close()
 
 
-def agent_row(world: tuple[Machine, Broker]) -> dict[str, Any]:
-    machine, broker = world
+def agent_row(world: World) -> dict[str, Any]:
+    machine, broker, _ = world
     rows = broker.agents(ADMIN, ADMIN_PW)
     return next(a for a in rows if a["id"] == machine.agent_id)
 
@@ -82,7 +98,7 @@ def share(init: ServerInit, pixels: bytes, colour: tuple[int, int, int]) -> floa
     return count / (len(pixels) // size)
 
 
-def test_the_hello_lists_both_outputs(world: tuple[Machine, Broker]) -> None:
+def test_the_hello_lists_both_outputs(world: World) -> None:
     row = agent_row(world)
     assert row["screen"] == "wlroots", row
     width, height = SWAY_SIZE
@@ -93,8 +109,8 @@ def test_the_hello_lists_both_outputs(world: tuple[Machine, Broker]) -> None:
     ]
 
 
-def test_the_second_output_alone(world: tuple[Machine, Broker], desk: Desk) -> None:
-    machine, _ = world
+def test_the_second_output_alone(world: World, desk: Desk) -> None:
+    machine, _, _ = world
     answer = desk.request(machine.agent_id, kind="screen", reason="two", monitor="HEADLESS-2")
     assert answer.status_code == 201, answer.text
     session_id = answer.json()["id"]
@@ -128,12 +144,122 @@ def test_the_second_output_alone(world: tuple[Machine, Broker], desk: Desk) -> N
     wait_for(lambda: gone(pids), 15, "wayvnc to be gone after the technician left")
 
 
-def test_all_outputs_is_refused_before_the_pc_is_asked(
-    world: tuple[Machine, Broker], desk: Desk
-) -> None:
-    machine, _ = world
+def consented_to_all(machine: Machine, desk: Desk, *, view_only: bool) -> str:
     answer = desk.request(machine.agent_id, kind="screen", reason="all of them", monitor="all")
-    assert answer.status_code == 409, answer.text
-    assert answer.json()["error"] == "monitor_unavailable"
-    assert "one monitor at a time" in answer.json()["message"]
-    assert not any(p["reason"] == "all of them" for p in machine.pending(USER))
+    assert answer.status_code == 201, answer.text
+    session_id: str = answer.json()["id"]
+    wait_for(
+        lambda: any(p["session_id"] == session_id for p in machine.pending(USER)),
+        15,
+        "the prompt in the user's session",
+    )
+    done = machine.cli(USER, "allow", *(["--view-only"] if view_only else []), session_id)
+    assert done.returncode == 0, done.stderr
+    assert desk.wait_state(session_id, "active")["view_only"] is view_only
+    return session_id
+
+
+def region(init: ServerInit, pixels: bytes, box: tuple[int, int, int, int]) -> bytes:
+    """The pixels of ``box`` (x, y, width, height) of a whole picture, row by row."""
+    x, y, w, h = box
+    size = init.bpp // 8
+    rows = (
+        pixels[((y + r) * init.width + x) * size : ((y + r) * init.width + x + w) * size]
+        for r in range(h)
+    )
+    return b"".join(rows)
+
+
+def engine_pids() -> list[int]:
+    """The engine, then one wayvnc per output."""
+    wayvncs = [processes(f"--output={name}", "wayvnc") for name in ("HEADLESS-1", "HEADLESS-2")]
+    return processes("allowhelp.agent.wayvncall", "python3") + [p for ps in wayvncs for p in ps]
+
+
+def focused_output(sway: SwayDesktop) -> str:
+    done = subprocess.run(
+        [*sway.as_user(f"SWAYSOCK={sway.swaysock}"), "swaymsg", "-t", "get_outputs", "-r"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    outputs = json.loads(done.stdout or "[]")
+    return next((str(o["name"]) for o in outputs if o.get("focused")), "")
+
+
+ALL_SIZE = (SWAY_SIZE[0] + SECOND_SIZE[0], max(SWAY_SIZE[1], SECOND_SIZE[1]))
+SECOND_BOX = (SWAY_SIZE[0], 0, *SECOND_SIZE)
+
+
+def test_all_outputs_in_one_picture_view_only(world: World, desk: Desk) -> None:
+    """One wayvnc per output (wayvnc 0.5 serves one), composed at sway's layout."""
+    machine, _, sway = world
+    session_id = consented_to_all(machine, desk, view_only=True)
+
+    async def scenario() -> list[int]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            init = await client.handshake()
+            assert (init.width, init.height) == ALL_SIZE
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:  # the background may be painted after wayvnc's first picture
+                await client.request_raw(init)
+                (_, _, _, _, pixels), *_ = await client.framebuffer_update(init)
+                second = share(init, region(init, pixels, SECOND_BOX), SECOND_COLOUR)
+                if second > 0.9 or asyncio.get_running_loop().time() > deadline:
+                    break
+            assert second > 0.9, f"only {second:.0%} of HEADLESS-2's place is its colour"
+            first = share(init, region(init, pixels, (0, 0, *SWAY_SIZE)), SECOND_COLOUR)
+            assert first < 0.01, "HEADLESS-2's colour on HEADLESS-1's place"
+            assert variance(region(init, pixels, (0, 0, *SWAY_SIZE)), init.bpp) > 2
+            pids = engine_pids()
+            assert len(pids) == 3, pids  # the engine and one wayvnc per output
+            listening = listening_inodes()
+            for pid in pids:
+                assert not socket_inodes(pid) & listening, f"pid {pid} listens on TCP"
+            for pid in pids[1:]:
+                argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+                assert "--disable-input" in argv and "--unix-socket" in argv, argv
+            await client.send(pointer_event(0, SWAY_SIZE[0] + 100, 100))
+            await client.request_raw(init)
+            await client.framebuffer_update(init)
+            assert focused_output(sway) == "HEADLESS-1", "a view-only pointer moved in sway"
+            ended = await asyncio.to_thread(machine.cli, USER, "end", session_id)
+            assert ended.returncode == 0, ended.stderr
+            return pids
+
+    pids = asyncio.run(scenario())
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "user"
+    wait_for(lambda: gone(pids), 15, "the engine and both wayvnc to be gone")
+    assert not list(sway.runtime.glob("allowhelp-screen-*")), "the private folder is left"
+
+
+def test_the_pointer_lands_on_the_second_output(world: World, desk: Desk) -> None:
+    machine, _, sway = world
+    assert focused_output(sway) == "HEADLESS-1"
+    session_id = consented_to_all(machine, desk, view_only=False)
+
+    async def scenario() -> list[int]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            init = await client.handshake()
+            pids = engine_pids()
+            await client.send(pointer_event(0, SWAY_SIZE[0] + 100, 100))
+            await client.request_raw(init)
+            await client.framebuffer_update(init)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: focused_output(sway) == "HEADLESS-2",
+                10,
+                "sway to focus HEADLESS-2 under the pointer",
+            )
+            await client.send(pointer_event(0, 100, 100))  # and back
+            await asyncio.to_thread(
+                wait_for, lambda: focused_output(sway) == "HEADLESS-1", 10, "HEADLESS-1 again"
+            )
+            return pids
+
+    pids = asyncio.run(scenario())  # the technician leaves
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
+    wait_for(lambda: gone(pids), 15, "the engine and both wayvnc to be gone")

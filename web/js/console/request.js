@@ -104,9 +104,10 @@ function monitorSelect() {
 
 /**
  * The monitor picker: the PC's monitors (the primary one chosen, as MeshCentral and
- * RustDesk do), and "All monitors" where the engine shows them at once (X11, and the
- * GNOME portal, whose list carries the monitors only to say there are several: there
- * the person at the PC picks in the desktop's dialog, so the choice is that or all).
+ * RustDesk do), and "All monitors" (every engine: x11vnc, one wayvnc per output, the
+ * portal's streams). On the GNOME portal the list carries the monitors only to say
+ * there are several: the person at the PC picks in the desktop's dialog, so the
+ * choice there is that pick or all.
  * Only when there is a choice: one monitor, or none reported (KDE), sends no monitor.
  * @param {Target} agent
  */
@@ -119,13 +120,11 @@ function fillMonitors(agent) {
         const key = m.primary ? "request.monitor_primary" : "request.monitor_size";
         return new Option(t(key, { name: m.name, width: m.width, height: m.height }), m.name);
       });
-  if (agent.screen === "x11" || portal) options.push(new Option(t("request.all_monitors"), "all"));
+  options.push(new Option(t("request.all_monitors"), "all")); // every engine shows them all (#15)
   monitorSelect().replaceChildren(...options);
   const primary = monitors.find((m) => m.primary) || monitors[0];
   if (primary && !portal) monitorSelect().value = primary.name;
-  const notes = { wlroots: "request.one_at_a_time", portal: "request.picked_at_pc" };
-  const note = notes[/** @type {keyof typeof notes} */ (agent.screen)];
-  $("request-monitor-note").textContent = note ? t(note) : "";
+  $("request-monitor-note").textContent = portal ? t("request.picked_at_pc") : "";
   $("request-monitor-row").dataset.choice = monitors.length > 1 ? "yes" : "";
   showMonitors();
 }

@@ -243,7 +243,6 @@ export default /** @type {Record<string, string>} */ ({
   "request.all_monitors": "All monitors",
   "request.monitor_size": "{name} ({width}×{height})",
   "request.monitor_primary": "{name} ({width}×{height}, primary)",
-  "request.one_at_a_time": "This desktop shows one monitor at a time.",
   "audit.checking": "Checking the chain…",
   "audit.search": "Filter by type, actor, target or detail",
   "audit.search_label": "Filter audit records",

@@ -243,7 +243,6 @@ export default /** @type {Record<string, string>} */ ({
   "request.all_monitors": "Tous les moniteurs",
   "request.monitor_size": "{name} ({width}×{height})",
   "request.monitor_primary": "{name} ({width}×{height}, principal)",
-  "request.one_at_a_time": "Ce bureau montre un seul moniteur à la fois.",
   "audit.checking": "Vérification de la chaîne…",
   "audit.search": "Filtrer par type, acteur, cible ou détail",
   "audit.search_label": "Filtrer le journal d'audit",

@@ -243,7 +243,6 @@ export default /** @type {Record<string, string>} */ ({
   "request.all_monitors": "Alle monitoren",
   "request.monitor_size": "{name} ({width}×{height})",
   "request.monitor_primary": "{name} ({width}×{height}, hoofdscherm)",
-  "request.one_at_a_time": "Dit bureaublad toont één monitor tegelijk.",
   "audit.checking": "De keten wordt gecontroleerd…",
   "audit.search": "Filteren op type, actor, doel of detail",
   "audit.search_label": "Auditregels filteren",

@@ -1,0 +1,132 @@
+"""The viewer's side of RFB 3.8, just enough to read one wayvnc's output as whole frames.
+
+For the wlroots "all monitors" engine (``wayvncall``): wayvnc 0.5 serves one
+output, so that engine runs one wayvnc per output and reads each through an
+``Upstream``: security None (wayvnc runs on a socket private to the user,
+``--config=/dev/null``), the pixel format of the picture the engine serves
+(BGRx, as ``rfbserver`` keeps it), Raw rectangles only (the one encoding this
+parser reads; anything else ends the session with the reason), an incremental
+request after each update. After each update the whole frame of that output
+is written to a pipe, which ``rfbserver`` draws at the output's place.
+
+Input for the output goes the other way (``key``, ``pointer``), from the
+engine's thread serving the technician while ``run`` reads in its own thread;
+a lock keeps each message whole.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+
+from allowhelp.agent.errors import AgentError
+
+VERSION = b"RFB 003.008\n"
+BPP = 4
+BGRX = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+MAX_SIDE = 16384
+MAX_TEXT = 16 * 1024 * 1024
+
+
+class UpstreamError(AgentError):
+    """wayvnc said something this reader does not take, or closed; the message says which."""
+
+
+class Upstream:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._send_lock = threading.Lock()
+        self.width = 0
+        self.height = 0
+        self._frame = bytearray()
+
+    def _recv(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self._sock.recv(min(size - len(data), 1 << 20))
+            if not chunk:
+                raise UpstreamError("wayvnc closed its connection")
+            data += chunk
+        return bytes(data)
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def handshake(self) -> tuple[int, int]:
+        """Version, security None, shared; the output's size. Asks for its first picture."""
+        if self._recv(12)[:4] != b"RFB ":
+            raise UpstreamError("wayvnc does not speak RFB")
+        self._send(VERSION)
+        types = self._recv(self._recv(1)[0])
+        if 1 not in types:
+            raise UpstreamError("wayvnc asks for authentication (a user's config?)")
+        self._send(b"\x01")
+        if struct.unpack(">I", self._recv(4))[0] != 0:
+            raise UpstreamError("wayvnc refused the connection")
+        self._send(b"\x01")  # shared
+        head = self._recv(24)
+        width, height = struct.unpack_from(">HH", head)
+        self._recv(struct.unpack_from(">I", head, 20)[0])  # the desktop's name
+        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+            raise UpstreamError(f"wayvnc serves a picture of {width}x{height}")
+        self.width, self.height = width, height
+        self._frame = bytearray(width * height * BPP)
+        self._send(struct.pack(">Bxxx", 0) + BGRX)  # SetPixelFormat
+        self._send(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw
+        self._request(incremental=False)
+        return width, height
+
+    def _request(self, *, incremental: bool) -> None:
+        self._send(struct.pack(">BBHHHH", 3, incremental, 0, 0, self.width, self.height))
+
+    def run(self, out: int) -> None:
+        """Each update's whole frame to the pipe ``out``, until wayvnc or the pipe closes."""
+        while True:
+            kind = self._recv(1)[0]
+            if kind == 0:
+                self._update()
+                _write_all(out, self._frame)
+                self._request(incremental=True)
+            elif kind == 2:  # Bell
+                continue
+            elif kind == 3:  # ServerCutText: not served
+                length = struct.unpack(">3xI", self._recv(7))[0]
+                if length > MAX_TEXT:
+                    raise UpstreamError("wayvnc sent a clipboard too long")
+                self._recv(length)
+            else:
+                raise UpstreamError(f"wayvnc sent an RFB message of type {kind}")
+
+    def _update(self) -> None:
+        count = struct.unpack(">xH", self._recv(3))[0]
+        stride = self.width * BPP
+        for _ in range(count):
+            x, y, w, h, encoding = struct.unpack(">HHHHi", self._recv(12))
+            if encoding != 0:
+                raise UpstreamError(f"wayvnc sent encoding {encoding}, not Raw")
+            if x + w > self.width or y + h > self.height:
+                raise UpstreamError("wayvnc sent a rectangle outside its picture")
+            pixels = self._recv(w * h * BPP)
+            row = w * BPP
+            for line in range(h):
+                at = (y + line) * stride + x * BPP
+                self._frame[at : at + row] = pixels[line * row : (line + 1) * row]
+
+    def key(self, keysym: int, down: bool) -> None:
+        self._send(struct.pack(">BBxxI", 4, down, keysym))
+
+    def pointer(self, mask: int, x: int, y: int) -> None:
+        self._send(struct.pack(">BBHH", 5, mask, x, y))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _write_all(fd: int, data: bytearray) -> None:
+    done = 0
+    with memoryview(data) as view:
+        while done < len(view):
+            done += os.write(fd, view[done:])

@@ -1,0 +1,211 @@
+"""Every output of a wlroots desktop at once: one wayvnc per output, composed into one picture.
+
+    python3 -m allowhelp.agent.wayvncall [--control]   (stdin and stdout: one end of a socketpair)
+
+wayvnc 0.5 captures one output (``--output``), so for an "all monitors" grant the
+session helper runs this, as the user, on a socketpair exactly like the portal
+engine: RFB on its stdin/stdout, nothing listening on TCP. It:
+
+1. asks sway for its outputs now (``monitors.session_monitors``: names, sizes,
+   places), none → exits saying so;
+2. makes one private folder (``wayvnc.runtime_folder``, 0700) and starts one
+   wayvnc per output on its own UNIX socket there (``wayvnc.wayvnc_argv``:
+   ``--config=/dev/null``, ``--output=NAME``, ``--render-cursor``, and
+   ``--disable-input`` unless ``--control``), in this process's group;
+3. reads each as a viewer (``rfbupstream.py``, Raw, BGRx, one thread each) into
+   a pipe of whole frames, and serves the technician one picture
+   (``rfbserver.py``) with each output at its place in sway's layout
+   (``castlayout.py``; sizes as wayvnc serves them);
+4. on ``--control``, sends the technician's pointer to the wayvnc of the output
+   under it (at the point in that output) and keys to the first one (every
+   wayvnc's virtual keyboard types into the same seat).
+
+Exit status 0 when the viewer leaves or on SIGTERM (every wayvnc ended, the
+folder removed); otherwise 1 with one line on stderr saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from allowhelp.agent.castlayout import Layout, LayoutError, Stream, layout
+from allowhelp.agent.monitors import session_monitors
+from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
+from allowhelp.agent.rfbupstream import Upstream, UpstreamError
+from allowhelp.agent.wayvnc import KEEP_ENV, START_TIMEOUT, WAYVNC, runtime_folder, wayvnc_argv
+from allowhelp.protocol.monitors import Monitor
+
+POLL = 0.02
+
+
+class EngineError(RuntimeError):
+    """Why the outputs cannot be served; one line for the technician."""
+
+
+class RelayInput:
+    """The technician's input, to the wayvnc of the output under the pointer."""
+
+    def __init__(self, upstreams: Sequence[Upstream], picture: Layout) -> None:
+        self._upstreams = upstreams
+        self._picture = picture
+
+    def key(self, keysym: int, down: bool) -> None:
+        self._upstreams[0].key(keysym, down)
+
+    def pointer(self, mask: int, x: int, y: int) -> None:
+        spot = self._picture.at(x, y)
+        if spot is not None:  # between outputs: nowhere to point
+            tile, tile_x, tile_y = spot
+            self._upstreams[tile.node].pointer(mask, tile_x, tile_y)
+
+
+class Outputs:
+    """One wayvnc per output in one private folder; ``close`` ends them and removes it."""
+
+    def __init__(self, env: Mapping[str, str], monitors: Sequence[Monitor], *, control: bool):
+        program = shutil.which(WAYVNC, path=env.get("PATH") or os.defpath)
+        if program is None:
+            raise EngineError("wayvnc is not installed on this PC (Debian: apt install wayvnc)")
+        self.folder = Path(tempfile.mkdtemp(prefix="allowhelp-screen-", dir=runtime_folder(env)))
+        child_env = {key: env[key] for key in KEEP_ENV if key in env}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.upstreams: list[Upstream] = []
+        with (self.folder / "wayvnc.log").open("wb") as log:
+            for index, monitor in enumerate(monitors):
+                path = str(self.folder / f"rfb-{index}.sock")
+                argv = wayvnc_argv(program, path, view_only=not control, output=monitor.name)
+                self.procs.append(
+                    subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                        env=child_env,
+                        cwd=self.folder,
+                    )
+                )
+
+    def connect(self) -> list[Upstream]:
+        for index, proc in enumerate(self.procs):
+            self.upstreams.append(Upstream(self._connected(index, proc)))
+        return self.upstreams
+
+    def _connected(self, index: int, proc: subprocess.Popen[bytes]) -> socket.socket:
+        deadline = time.monotonic() + START_TIMEOUT
+        path = str(self.folder / f"rfb-{index}.sock")
+        while True:
+            if proc.poll() is not None:
+                raise EngineError(f"wayvnc exited before it served the screen: {self.last_words()}")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+            else:
+                return sock
+            if time.monotonic() > deadline:
+                raise EngineError(f"wayvnc did not open its socket in {START_TIMEOUT:.0f} s")
+            time.sleep(POLL)
+
+    def last_words(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = (self.folder / "wayvnc.log").read_text(errors="replace").strip().splitlines()
+            return lines[-1][:200] if lines else "(nothing said)"
+        return "(nothing said)"
+
+    def close(self) -> None:
+        for upstream in self.upstreams:
+            upstream.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def picture_of(monitors: Sequence[Monitor], upstreams: Sequence[Upstream]) -> Layout:
+    """Each output where sway puts it, at the size wayvnc serves (tile node: its index)."""
+    return layout(
+        [
+            Stream(index, upstream.width, upstream.height, (monitor.x, monitor.y))
+            for index, (monitor, upstream) in enumerate(zip(monitors, upstreams, strict=True))
+        ]
+    )
+
+
+def _read_into(upstream: Upstream, out: int) -> None:
+    """A reader thread: the output's frames into ``out``; closing it tells the server."""
+    try:
+        upstream.run(out)
+    except (UpstreamError, OSError) as exc:
+        print(f"an output's picture stopped: {exc}", file=sys.stderr)
+    finally:
+        os.close(out)
+
+
+def serve(viewer: socket.socket, env: Mapping[str, str], *, control: bool) -> None:
+    monitors = session_monitors(env, "wlroots")
+    if not monitors:
+        raise EngineError("sway reported no outputs")
+    outputs = Outputs(env, monitors, control=control)
+    pieces: list[Piece] = []
+    try:
+        upstreams = outputs.connect()
+        for upstream in upstreams:
+            upstream.handshake()
+        picture = picture_of(monitors, upstreams)
+        for tile in picture.tiles:
+            read_end, write_end = os.pipe()
+            pieces.append(Piece(read_end, tile.x, tile.y, tile.width, tile.height))
+            reader = threading.Thread(
+                target=_read_into, args=(upstreams[tile.node], write_end), daemon=True
+            )
+            reader.start()
+        sink = RelayInput(upstreams, picture) if control else None
+        RfbServer(viewer, picture.width, picture.height, "allowhelp wayvnc", sink).serve(pieces)
+    finally:
+        outputs.close()
+        for piece in pieces:
+            os.close(piece.fd)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    viewer = socket.socket(fileno=os.dup(0))
+    try:
+        serve(viewer, os.environ, control="--control" in sys.argv[1:])
+    except (EngineError, LayoutError, UpstreamError, StreamEnded, RuntimeError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except (ConnectionError, BrokenPipeError):
+        return 0  # the viewer left
+    except OSError as exc:
+        print(f"the outputs could not be served: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
