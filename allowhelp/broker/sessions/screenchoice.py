@@ -6,9 +6,9 @@ Two checks, both before the PC is asked anything:
   monitor's name, ``all``, or absent), and only on a screen request; else 400.
 - ``screen_refusal``: the PC said in its Hello that it cannot share its screen
   (``screen: none`` and why), or cannot show the monitor asked for (one it did
-  not report, ``all`` where its engine shows one monitor at a time,
-  ``protocol/monitors.refusal``). The registry then ends the session at once,
-  as it does for a PC where nobody is signed in: ``session.requested`` and
+  not report, a name where the desktop's dialog picks (GNOME), ``all`` where
+  it reported no monitors, ``protocol/monitors.refusal``). The registry then
+  ends the session at once, as it does for a PC where nobody is signed in: ``session.requested`` and
   ``session.ended`` (reason ``unsupported``, the agent's words in ``error``) are
   audited and the technician gets 409 with the reason. The console disables
   the button too, but a forged API request meets this check.
