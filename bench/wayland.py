@@ -1,6 +1,6 @@
 """Each screen engine on a busy screen: time to the first picture, and updates per second (#15).
 
-    .venv/bin/python -m bench.wayland [--seconds 5] [--runs 3]      (as root)
+    .venv/bin/python -m bench.wayland [--seconds 5] [--runs 3] [--all-monitors]   (as root)
 
 A local user ``ahbench`` is made for the run (``useradd``) and removed after.
 Two desktops, each 1024x768, both busy with random base64 text scrolling over
@@ -13,6 +13,13 @@ most of the screen, run as that user:
              xdg-desktop-portal-gnome) + foot; the engine is portalvnc (view-only),
              after GNOME's dialog, answered here as the tests do (keys through
              mutter's RemoteDesktop API: tests/kit/gnome_dialog.py).
+
+``--all-monitors`` measures, interleaved in the same run, ``wlroots`` and
+``portal`` against ``wlroots-all`` and ``portal-all``: the same desktop with a
+second monitor (800x600, right of the first, not busy) and the technician
+asking for ``all`` (one wayvnc per output composed by ``wayvncall``; the
+portal's two streams composed by ``portalvnc --all-monitors``, GNOME's dialog
+answered with both monitors ticked): a 1824x768 picture.
 
 For each, the measurement runs *as the user*, with the system Python, in the
 session's environment, through the agent's own code (``screen.launch_screen``,
@@ -53,6 +60,7 @@ from bench.common import ROOT, dump_json, fmt, log, machine, median, table
 
 USER = "ahbench"
 SIZE = (1024, 768)
+SECOND = (800, 600)  # the second monitor of the "-all" desktops
 BUSY = "base64 /dev/urandom"
 SYSTEM_PY = "/usr/bin/python3"
 SPOKE: list[float] = []  # when the engine said its RFB version
@@ -63,7 +71,7 @@ cd "$XDG_RUNTIME_DIR"
 pipewire > pipewire.log 2>&1 &
 until [ -S pipewire-0 ]; do sleep 0.05; done
 wireplumber > wireplumber.log 2>&1 &
-mutter --headless --wayland --no-x11 --virtual-monitor {width}x{height} > mutter.log 2>&1 &
+mutter --headless --wayland --no-x11 {monitors} > mutter.log 2>&1 &
 until [ -S wayland-0 ]; do sleep 0.05; done
 export WAYLAND_DISPLAY=wayland-0
 dbus-update-activation-environment WAYLAND_DISPLAY XDG_CURRENT_DESKTOP XDG_SESSION_TYPE \\
@@ -144,10 +152,10 @@ def _update(sock: socket.socket, bpp: int) -> tuple[int, int]:
     return pixels, size
 
 
-async def _measure(seconds: float) -> dict[str, Any]:
+async def _measure(seconds: float, monitor: str) -> dict[str, Any]:
     engine = this_session().engine
     started = time.monotonic()
-    launch = launch_screen(os.environ, view_only=engine == "portal")
+    launch = launch_screen(os.environ, view_only=engine == "portal", monitor=monitor)
     try:
         sock = await launch.connect()
         sock.setblocking(True)
@@ -166,11 +174,15 @@ async def _measure(seconds: float) -> dict[str, Any]:
             received += size
         elapsed = time.monotonic() - loop_start
         sock.close()
+    except ConnectionError as exc:
+        await end_process_group(launch.proc, (signal.SIGTERM,), 2.0, name="screen")
+        said = launch.proc.stderr.read().decode(errors="replace") if launch.proc.stderr else ""
+        raise ConnectionError(f"{exc}; the engine said: {said.strip()[-300:]}") from exc
     finally:
         await end_process_group(launch.proc, (signal.SIGTERM,), 2.0, name="screen")
         launch.cleanup()
     return {
-        "engine": engine,
+        "engine": engine + ("-all" if monitor else ""),
         "size": [width, height],
         "first_picture_s": first,
         "updates_per_s": updates / elapsed,
@@ -219,6 +231,7 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
     os.chmod(runtime, 0o700)
     procs: list[subprocess.Popen[bytes]] = []
     width, height = SIZE
+    two = engine.endswith("-all")
     try:
         if engine == "x11":
             display = ":77"
@@ -228,9 +241,11 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
             _wait(lambda: Path(f"/tmp/.X11-unix/X{display[1:]}").exists(), 20, "Xvfb")
             busy = [sys.executable, "-c", BUSY_TK]  # no xterm here: Tk, as root, on their X
             procs.append(_spawn(["env", f"DISPLAY={display}", *busy]))
-        elif engine == "portal":
+        elif engine.startswith("portal"):
             script = runtime / "session.sh"
-            script.write_text(GNOME_SESSION.format(width=width, height=height, busy=BUSY))
+            sizes = [SIZE, SECOND] if two else [SIZE]
+            monitors = " ".join(f"--virtual-monitor {w}x{h}" for w, h in sizes)
+            script.write_text(GNOME_SESSION.format(monitors=monitors, busy=BUSY))
             os.chown(script, account.pw_uid, account.pw_gid)
             session = ["dbus-run-session", "--", "bash", str(script)]
             procs.append(_spawn(_as_user(account, {"XDG_RUNTIME_DIR": str(runtime)}, *session)))
@@ -245,11 +260,17 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
             }
         else:
             config = runtime / "sway.conf"
-            config.write_text(
-                f"output HEADLESS-1 resolution {width}x{height}\nexec foot sh -c '{BUSY}'\n"
-            )
+            lines = [f"output HEADLESS-1 resolution {width}x{height} position 0 0"]
+            if two:
+                lines.append(
+                    f"output HEADLESS-2 resolution {SECOND[0]}x{SECOND[1]} position {width} 0"
+                )
+                lines.append("focus output HEADLESS-1")
+            lines.append(f"exec foot sh -c '{BUSY}'")
+            config.write_text("\n".join(lines) + "\n")
             os.chown(config, account.pw_uid, account.pw_gid)
             wl = {"XDG_RUNTIME_DIR": str(runtime), "WLR_BACKENDS": "headless"}
+            wl |= {"WLR_HEADLESS_OUTPUTS": "2"} if two else {}
             wl |= {"WLR_RENDERER": "pixman", "WLR_LIBINPUT_NO_DEVICES": "1"}
             procs.append(_spawn(_as_user(account, wl, "sway", "-c", str(config))))
             socket_path = _wait(
@@ -257,11 +278,13 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
                 30,
                 "sway",
             )
+            ipc = _wait(lambda: next(runtime.glob("sway-ipc.*.sock"), None), 30, "sway's IPC")
             env = {
                 "WAYLAND_DISPLAY": socket_path.name,
                 "XDG_RUNTIME_DIR": str(runtime),
                 "XDG_SESSION_TYPE": "wayland",
                 "XDG_CURRENT_DESKTOP": "sway",
+                "SWAYSOCK": str(ipc),
             }
         yield env
     finally:
@@ -293,12 +316,13 @@ def run_engine(engine: str, account: pwd.struct_passwd, seconds: float) -> dict[
             "--inner",
             "--seconds",
             str(seconds),
+            *(["--monitor", "all"] if engine.endswith("-all") else []),
         )
         inner = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
-        if engine == "portal":
-            _answer_gnome(account, env, inner)
+        if engine.startswith("portal"):
+            _answer_gnome(account, env, inner, "share-all" if engine.endswith("-all") else "share")
         try:
             out, err = inner.communicate(timeout=seconds + 90)
         except subprocess.TimeoutExpired:
@@ -311,13 +335,13 @@ def run_engine(engine: str, account: pwd.struct_passwd, seconds: float) -> dict[
 
 
 def _answer_gnome(
-    account: pwd.struct_passwd, env: dict[str, str], inner: subprocess.Popen[str]
+    account: pwd.struct_passwd, env: dict[str, str], inner: subprocess.Popen[str], how: str
 ) -> None:
     """Press Share in GNOME's dialog until the engine speaks (as the tests do)."""
     spoke = Path(env["XDG_RUNTIME_DIR"], "bench-spoke")
     deadline = time.monotonic() + 90
     while not spoke.exists() and inner.poll() is None and time.monotonic() < deadline:
-        press = _as_user(account, env, SYSTEM_PY, str(DIALOG), "share")
+        press = _as_user(account, env, SYSTEM_PY, str(DIALOG), how)
         subprocess.run(press, capture_output=True, timeout=30, check=False)
         for _ in range(30):
             if spoke.exists() or inner.poll() is not None:
@@ -329,14 +353,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--all-monitors", action="store_true", help="all monitors vs one")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--monitor", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        print(json.dumps(asyncio.run(_measure(args.seconds))))
+        print(json.dumps(asyncio.run(_measure(args.seconds, args.monitor))))
         return
     if os.geteuid() != 0:
         sys.exit("bench.wayland: run as root (it makes a local user for the desktops)")
-    results: dict[str, list[dict[str, Any]]] = {"x11": [], "wlroots": [], "portal": []}
+    engines = ["wlroots", "wlroots-all", "portal", "portal-all"] if args.all_monitors else []
+    engines = engines or ["x11", "wlroots", "portal"]
+    results: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
     with bench_user() as account:
         for run in range(args.runs):
             for engine, runs in results.items():
@@ -353,7 +381,8 @@ def main() -> None:
             ]
         )
     print(table(["engine", "first picture (ms)", "updates/s", "MiB/s"], rows))
-    out = ROOT / "bench" / "results" / "wayland.json"
+    name = "wayland-monitors.json" if args.all_monitors else "wayland.json"
+    out = ROOT / "bench" / "results" / name
     dump_json(out, {"machine": machine(), "seconds": args.seconds, "runs": results})
     log(f"wrote {out}")
 

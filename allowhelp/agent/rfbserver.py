@@ -1,12 +1,12 @@
 """A small RFB 3.8 server: raw frames from pipes to one viewer on a socket.
 
-For the portal engine (``portalvnc``). Security type None (the SSH tunnel and the
-consent gate are the security). Frames come as whole BGRx pictures of a fixed
-size, one after another, on a pipe; the newest complete one is kept. Several
-pipes (one per monitor, "all monitors") each fill their ``Piece`` of one
-picture; the first picture waits until each has sent a frame (at most
-``FIRST_PICTURE_WAIT`` seconds after the first one, then a monitor that has
-not is black until it does). A viewer's
+For the portal engine (``portalvnc``) and wlroots' all monitors (``wayvncall``).
+Security type None (the SSH tunnel and the consent gate are the security).
+Frames come as whole BGRx pictures of a fixed size, one after another, on a
+pipe; the newest complete one is kept. Several pipes (one per monitor, "all
+monitors") each fill their ``Piece`` of one picture; the first picture waits
+until each has sent a frame (at most ``FIRST_PICTURE_WAIT`` seconds after the
+first one, then a monitor that has not is black until it does). A viewer's
 FramebufferUpdateRequest is answered with Raw rectangles: the whole screen when
 it is not incremental, otherwise the band of rows that changed since the last
 picture sent, as soon as there is one. The pixel format the viewer asks for is

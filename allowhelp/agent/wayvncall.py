@@ -81,20 +81,24 @@ class Outputs:
         child_env = {key: env[key] for key in KEEP_ENV if key in env}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.upstreams: list[Upstream] = []
-        with (self.folder / "wayvnc.log").open("wb") as log:
-            for index, monitor in enumerate(monitors):
-                path = str(self.folder / f"rfb-{index}.sock")
-                argv = wayvnc_argv(program, path, view_only=not control, output=monitor.name)
-                self.procs.append(
-                    subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                        env=child_env,
-                        cwd=self.folder,
+        try:
+            with (self.folder / "wayvnc.log").open("wb") as log:
+                for index, monitor in enumerate(monitors):
+                    path = str(self.folder / f"rfb-{index}.sock")
+                    argv = wayvnc_argv(program, path, view_only=not control, output=monitor.name)
+                    self.procs.append(
+                        subprocess.Popen(
+                            argv,
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=log,
+                            env=child_env,
+                            cwd=self.folder,
+                        )
                     )
-                )
+        except OSError:
+            self.close()  # the ones started, and the folder
+            raise
 
     def connect(self) -> list[Upstream]:
         for index, proc in enumerate(self.procs):
