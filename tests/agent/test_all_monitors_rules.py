@@ -9,8 +9,11 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from allowhelp.agent.rfbupstream import Upstream, UpstreamError
 from allowhelp.agent.wayvncall import RelayInput
 from allowhelp.protocol.monitors import Monitor
 
+ROOT = str(Path(__file__).resolve().parents[2])
 # What mutter 43 answered (busctl --json=short) for two --virtual-monitor arguments.
 MUTTER_TWO = {
     "type": "ua((ssss)a(siiddada{sv})a{sv})a(iiduba(ssss)a{sv})a{sv}",
@@ -404,3 +408,27 @@ def test_the_pointer_goes_to_the_wayvnc_of_the_output_under_it() -> None:
         (0, "pointer", 0, 5, 6),
         (0, "key", 0x61, True),
     ]
+
+
+def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
+    """The real engine process, on a socketpair as the helper runs it: without
+    sway (no outputs to ask) it exits 1 with one line, and nothing is left."""
+    ours, theirs = socket.socketpair()
+    env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "allowhelp.agent.wayvncall", "--control"],
+            stdin=theirs.fileno(),
+            stdout=theirs.fileno(),
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=30,
+            check=False,
+            text=True,
+        )
+    finally:
+        ours.close()
+        theirs.close()
+    assert done.returncode == 1
+    assert done.stderr.strip() == "sway reported no outputs"
+    assert list(tmp_path.iterdir()) == []

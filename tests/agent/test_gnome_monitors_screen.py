@@ -367,3 +367,20 @@ def test_the_technicians_pointer_lands_on_the_second_monitor(world: World, desk:
     assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
     wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
     assert not engine_pids()
+
+
+def test_the_person_may_share_fewer_monitors_than_asked(world: World, desk: Desk) -> None:
+    """The technician asked for all; the person ticks one in GNOME's dialog: the
+    picture is that monitor alone (the dialog is the consent, not the request)."""
+    session_id = consented_to_all(world, desk, view_only=True)
+
+    async def scenario() -> tuple[int, int]:
+        async with screen_socket(desk, session_id) as ws:
+            client = RfbClient(ws)
+            await through_gnomes_dialog(client, world.gnome, "share-first")
+            init = await client.handshake()
+            await picture(client, init)
+            return init.width, init.height
+
+    assert asyncio.run(scenario()) == MONITORS[0]
+    assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
