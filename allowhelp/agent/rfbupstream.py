@@ -21,12 +21,12 @@ import socket
 import struct
 import threading
 
+from allowhelp.agent.castlayout import MAX_PIXELS, MAX_SIDE
 from allowhelp.agent.errors import AgentError
 
 VERSION = b"RFB 003.008\n"
 BPP = 4
 BGRX = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
-MAX_SIDE = 16384
 MAX_TEXT = 16 * 1024 * 1024
 
 
@@ -70,7 +70,7 @@ class Upstream:
         head = self._recv(24)
         width, height = struct.unpack_from(">HH", head)
         self._recv(struct.unpack_from(">I", head, 20)[0])  # the desktop's name
-        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or width * height > MAX_PIXELS:
             raise UpstreamError(f"wayvnc serves a picture of {width}x{height}")
         self.width, self.height = width, height
         self._frame = bytearray(width * height * BPP)
