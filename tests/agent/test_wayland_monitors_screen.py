@@ -37,6 +37,7 @@ from screenkit import (
     RfbClient,
     ServerInit,
     gone,
+    key_event,
     listening_inodes,
     pointer_event,
     processes,
@@ -47,6 +48,7 @@ from screenkit import (
 
 USER = "ahmonitors"
 World = tuple[Machine, Broker, SwayDesktop]
+RETURN = 0xFF0D
 
 pytestmark = [
     pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
@@ -195,6 +197,8 @@ SECOND_BOX = (SWAY_SIZE[0], 0, *SECOND_SIZE)
 def test_all_outputs_in_one_picture_view_only(world: World, desk: Desk) -> None:
     """One wayvnc per output (wayvnc 0.5 serves one), composed at sway's layout."""
     machine, _, sway = world
+    marker = Path(f"/home/{USER}/typed-under-view-only")
+    marker.unlink(missing_ok=True)
     session_id = consented_to_all(machine, desk, view_only=True)
 
     async def scenario() -> list[int]:
@@ -221,6 +225,9 @@ def test_all_outputs_in_one_picture_view_only(world: World, desk: Desk) -> None:
             for pid in pids[1:]:
                 argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
                 assert "--disable-input" in argv and "--unix-socket" in argv, argv
+            for char in f"\ncd\ntouch {marker.name}\n":
+                keysym = RETURN if char == "\n" else ord(char)
+                await client.send(key_event(keysym, True) + key_event(keysym, False))
             await client.send(pointer_event(0, SWAY_SIZE[0] + 100, 100))
             await client.request_raw(init)
             await client.framebuffer_update(init)
@@ -233,10 +240,15 @@ def test_all_outputs_in_one_picture_view_only(world: World, desk: Desk) -> None:
     assert desk.wait_state(session_id, "ended")["end_reason"] == "user"
     wait_for(lambda: gone(pids), 15, "the engine and both wayvnc to be gone")
     assert not list(sway.runtime.glob("allowhelp-screen-*")), "the private folder is left"
+    assert not marker.exists(), "a key typed under a view-only grant reached foot"
 
 
-def test_the_pointer_lands_on_the_second_output(world: World, desk: Desk) -> None:
+def test_the_pointer_lands_on_the_second_output_and_keys_reach_foot(
+    world: World, desk: Desk
+) -> None:
     machine, _, sway = world
+    marker = Path(f"/home/{USER}/typed-through-all-outputs")
+    marker.unlink(missing_ok=True)
     assert focused_output(sway) == "HEADLESS-1"
     session_id = consented_to_all(machine, desk, view_only=False)
 
@@ -254,10 +266,14 @@ def test_the_pointer_lands_on_the_second_output(world: World, desk: Desk) -> Non
                 10,
                 "sway to focus HEADLESS-2 under the pointer",
             )
-            await client.send(pointer_event(0, 100, 100))  # and back
+            await client.send(pointer_event(0, 100, 100))  # and back, over foot
             await asyncio.to_thread(
                 wait_for, lambda: focused_output(sway) == "HEADLESS-1", 10, "HEADLESS-1 again"
             )
+            for char in f"\ncd\ntouch {marker.name}\n":  # keys: to the first wayvnc
+                keysym = RETURN if char == "\n" else ord(char)
+                await client.send(key_event(keysym, True) + key_event(keysym, False))
+            await asyncio.to_thread(wait_for, marker.exists, 15, "the typed command to run")
             return pids
 
     pids = asyncio.run(scenario())  # the technician leaves
