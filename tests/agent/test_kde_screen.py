@@ -16,13 +16,15 @@ service runs as root and the user's session helper in that session.
 - a user who cancels KDE's dialog is heard;
 - control: Plasma 5.27 asks nothing more of an unsandboxed application (a
   notification only), and keys typed by the technician reach the application
-  with the focus; the technician leaves and the processes are gone.
+  with the focus; the technician leaves and the processes are gone; the
+  technician's pointer moves KWin's to where it points and a click lands.
 
 Not covered, because KWin 5.27's virtual backend cannot give it (docs/wayland.md,
 "KDE Plasma"): a picture. Its outputs never report damage, so a monitor's
-stream is negotiated (BGRA 1024x768) and never gets a frame; a pointer moved
-while a stream with an embedded cursor runs crashes KWin (SIGSEGV in
-``GLFramebuffer::blitFromFramebuffer``), so the pointer is not sent either.
+stream is negotiated (BGRA 1024x768) and never gets a frame. (A pointer moved
+while a view-only stream with an embedded cursor runs even crashes that KWin,
+SIGSEGV in ``GLFramebuffer::blitFromFramebuffer``; control streams carry the
+cursor as metadata and are not touched.)
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from screenkit import (
     gone,
     key_event,
     listening_inodes,
+    pointer_event,
     processes,
     screen_socket,
     socket_inodes,
@@ -259,3 +262,38 @@ def test_keys_typed_by_the_technician_reach_the_kde_application(world: World, de
         assert typed.read_text().strip() == "hello kde"
         assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
         wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
+
+
+def test_the_technicians_pointer_moves_kwins_and_clicks_in_the_application(
+    world: World, desk: Desk
+) -> None:
+    """A control grant: the viewer's pointer goes to KWin through the RemoteDesktop
+    portal at the position the technician points at, and a click lands: zenity's
+    OK button (the right-most one, at the bottom right of its window) says the text."""
+    with world.kde.entry("pointer") as typed:
+        window = world.kde.window("zenity")
+        assert window is not None
+        x, y, width, height = window
+        session_id = consented(world, desk, view_only=False)
+
+        async def scenario() -> None:
+            async with screen_socket(desk, session_id) as ws:
+                client = RfbClient(ws)
+                assert await client.read(12, timeout=90) == b"RFB 003.008\n"
+                client.buf[:0] = b"RFB 003.008\n"
+                await client.handshake()
+                for char in "clicked":
+                    await client.send(key_event(ord(char), True) + key_event(ord(char), False))
+                await client.send(pointer_event(0, 100, 50))
+                await asyncio.to_thread(
+                    wait_for, lambda: world.kde.cursor() == (100, 50), 15, "KWin's pointer"
+                )
+                ok = (x + width - 24, y + height - 24)
+                await client.send(pointer_event(0, *ok) + pointer_event(1, *ok))
+                await client.send(pointer_event(0, *ok))
+                await asyncio.to_thread(
+                    wait_for, lambda: typed.read_text().strip() != "", 15, "zenity's answer"
+                )
+
+        asyncio.run(scenario())
+        assert typed.read_text().strip() == "clicked", world.kde.log("kwin.log")

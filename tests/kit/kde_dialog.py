@@ -5,6 +5,7 @@ Run as the session's user, in its D-Bus session, with the system Python (PyGObje
 - ``geometry CLASS``: prints ``x y width height`` of the first window of that
   resource class, through a KWin script (``org.kde.kwin.Scripting``; the script
   prints into KWin's log, ``$XDG_RUNTIME_DIR/kwin.log``); exit 1 if there is none.
+- ``cursor``: prints KWin's pointer position, ``x y`` (the same way).
 - ``share``: picks the monitor in xdg-desktop-portal-kde's screen chooser (a
   click on the dialog's second card: Plasma 5.27's list shows a "new virtual
   output" card first, then the monitor) and presses Return (Share).
@@ -39,6 +40,8 @@ for (var i = 0; i < ws.length; i++) {
     break;
   }
 }
+"""
+CURSOR = """print("%s", workspace.cursorPos.x, workspace.cursorPos.y);
 """
 PAUSE = 0.3
 
@@ -135,11 +138,16 @@ class Session:
             )
 
 
-def geometry(bus: Any, resource_class: str) -> tuple[int, int, int, int] | None:
+def geometry(bus: Any, resource_class: str) -> tuple[int, ...] | None:
+    return kwin_says(bus, lambda mark: SCRIPT % (resource_class, mark))
+
+
+def kwin_says(bus: Any, source: Any) -> tuple[int, ...] | None:
+    """Run a KWin script that prints one line of numbers after a mark; those numbers."""
     runtime = Path(os.environ["XDG_RUNTIME_DIR"])
     mark = f"allowhelp-{uuid.uuid4().hex}"
     script = runtime / f"{mark}.js"
-    script.write_text(SCRIPT % (resource_class, mark))
+    script.write_text(source(mark))
     try:
         reply = bus.call_sync(
             "org.kde.KWin",
@@ -167,8 +175,7 @@ def geometry(bus: Any, resource_class: str) -> tuple[int, int, int, int] | None:
         for _ in range(30):
             for line in (runtime / "kwin.log").read_text(errors="replace").splitlines():
                 if mark in line:
-                    x, y, width, height = (int(float(v)) for v in line.split(mark)[1].split())
-                    return x, y, width, height
+                    return tuple(int(float(v)) for v in line.split(mark)[1].split())
             time.sleep(0.1)
         return None
     finally:
@@ -195,13 +202,19 @@ def main() -> int:
             return 1
         print(*found)
         return 0
+    if what == "cursor":
+        position = kwin_says(session.bus, lambda mark: CURSOR % mark)
+        if position is None:
+            return 1
+        print(*position)
+        return 0
     dialog = geometry(session.bus, DIALOG_CLASS)
     if dialog is None:
         return 1  # not shown yet: the caller asks again
     session.start()
     try:
         if what == "share":
-            x, y, width, _ = dialog
+            x, y, width = dialog[:3]
             session.click(x + width * 3 // 4, y + 200)
             session.key(RETURN)
         else:

@@ -107,6 +107,14 @@ class KdeDesktop:
             return None
         return tuple(int(v) for v in done.stdout.split())
 
+    def cursor(self) -> tuple[int, ...] | None:
+        """Where KWin has the pointer, ``(x, y)``; None when KWin does not answer."""
+        argv = self._as_user(SYSTEM_PY, str(DIALOG), "cursor")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode:
+            return None
+        return tuple(int(v) for v in done.stdout.split())
+
     @contextlib.contextmanager
     def entry(self, name: str) -> Iterator[Path]:
         """A zenity entry window with the keyboard focus; the file its text goes to."""
