@@ -155,9 +155,10 @@ async def through_kdes_dialog(client: RfbClient, kde: KdeDesktop, how: str) -> b
 
     def press() -> None:
         while not answered.is_set():
-            if kde.answer(how).returncode == 0:
-                return
-            answered.wait(1)
+            done = kde.answer(how).returncode == 0
+            # pressed: give the desktop time to answer before pressing again (under
+            # load the dialog may show before it takes the keys); else: not there yet
+            answered.wait(10 if done else 1)
 
     presser = threading.Thread(target=press, daemon=True)
     presser.start()
