@@ -9,7 +9,8 @@ Two halves, so the rule can be tested without a desktop:
   version) it says ``x11``, ``wlroots``, ``portal`` or ``none`` with the reason.
 - ``probe(env)`` finds those facts: ``shutil.which`` for the programs and, only
   for a Wayland desktop that is not wlroots, one ``dbus-send`` per portal
-  interface (bounded by ``PROBE_TIMEOUT``) on the session's own bus.
+  interface (bounded by ``PROBE_TIMEOUT``) on the session's own bus; on KDE
+  one more, KWin's own ``supportInformation``, for its version.
 
 Engines (docs/wayland.md says why each):
     x11      x11vnc on a socketpair (screen.py)
@@ -24,6 +25,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -44,6 +46,7 @@ WLROOTS_MARKERS = {"SWAYSOCK": "sway", "HYPRLAND_INSTANCE_SIGNATURE": "hyprland"
 PROGRAMS = ("x11vnc", "wayvnc", "gst-launch-1.0")
 PORTAL_INTERFACES = ("ScreenCast", "RemoteDesktop")
 PROBE_TIMEOUT = 3.0
+KWIN_VERSION = re.compile(r"^KWin version: (\d{1,3}(?:\.\d{1,4}){0,3})\s*$", re.MULTILINE)
 TEST_COMMAND_ENV = "ALLOWHELP_TEST_SCREEN_COMMAND"  # screen.py's test knob
 
 
@@ -54,6 +57,7 @@ class Probe:
     programs: frozenset[str] = frozenset()
     portals: Mapping[str, int] = field(default_factory=dict)
     gi: bool = False  # PyGObject for this Python: the portal engine talks D-Bus with it
+    compositor_version: str = ""  # e.g. "KWin 5.27.5" (KDE); "" when not asked or not known
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ def describe(env: Mapping[str, str], probe: Probe) -> str:
     kind = session_type(env) or "no graphical session"
     name = compositor(env)
     text = f"{kind}: {name}" if name and kind != "no graphical session" else kind
+    if probe.compositor_version and name:
+        text += f" ({probe.compositor_version})"
     portals = ", ".join(f"{iface} {probe.portals[iface]}" for iface in sorted(probe.portals))
     return f"{text}; portals {portals}" if portals else text
 
@@ -171,6 +177,33 @@ def installed_programs(env: Mapping[str, str]) -> frozenset[str]:
 
 def portal_version(env: Mapping[str, str], interface: str) -> int | None:
     """The version of ``org.freedesktop.portal.<interface>`` on the session bus, or None."""
+    reply = _session_call(
+        env,
+        "org.freedesktop.portal.Desktop",
+        "/org/freedesktop/portal/desktop",
+        "org.freedesktop.DBus.Properties.Get",
+        f"string:org.freedesktop.portal.{interface}",
+        "string:version",
+    )
+    return None if reply is None else parse_version_reply(reply)
+
+
+def kwin_version(env: Mapping[str, str]) -> str:
+    """``KWin 5.27.5`` from KWin's own D-Bus report on the session bus, or ""."""
+    reply = _session_call(env, "org.kde.KWin", "/KWin", "org.kde.KWin.supportInformation")
+    return "" if reply is None else parse_kwin_version(reply)
+
+
+def parse_kwin_version(text: str) -> str:
+    """KWin's ``supportInformation`` (``KWin version: 5.27.5`` on a line) → ``KWin 5.27.5``."""
+    found = KWIN_VERSION.search(text)
+    return f"KWin {found.group(1)}" if found else ""
+
+
+def _session_call(
+    env: Mapping[str, str], dest: str, path: str, method: str, *args: str
+) -> str | None:
+    """One ``dbus-send`` on the session's bus (``PROBE_TIMEOUT``): its literal reply, or None."""
     dbus_send = shutil.which("dbus-send", path=env.get("PATH") or os.defpath)
     if dbus_send is None:
         return None
@@ -179,11 +212,10 @@ def portal_version(env: Mapping[str, str], interface: str) -> int | None:
         "--session",
         "--print-reply=literal",
         f"--reply-timeout={int(PROBE_TIMEOUT * 1000)}",
-        "--dest=org.freedesktop.portal.Desktop",
-        "/org/freedesktop/portal/desktop",
-        "org.freedesktop.DBus.Properties.Get",
-        f"string:org.freedesktop.portal.{interface}",
-        "string:version",
+        f"--dest={dest}",
+        path,
+        method,
+        *args,
     ]
     try:
         done = subprocess.run(
@@ -193,7 +225,7 @@ def portal_version(env: Mapping[str, str], interface: str) -> int | None:
         return None
     if done.returncode:
         return None
-    return parse_version_reply(done.stdout.decode("utf-8", "replace"))
+    return done.stdout.decode("utf-8", "replace")
 
 
 def parse_version_reply(text: str) -> int | None:
@@ -218,7 +250,8 @@ def probe(env: Mapping[str, str]) -> Probe:
             version = portal_version(env, interface)
             if version is not None:
                 portals[interface] = version
-    return Probe(programs, portals, importlib.util.find_spec("gi") is not None)
+    kwin = kwin_version(env) if wants_portal and compositor(env) == "kde" else ""
+    return Probe(programs, portals, importlib.util.find_spec("gi") is not None, kwin)
 
 
 @functools.cache
