@@ -35,10 +35,10 @@ from bench.common import (
     fmt,
     log,
     machine,
-    raise_nofile,
     table,
     versions,
 )
+from bench.nofile import raise_nofile
 
 SECTIONS = (
     "throughput",

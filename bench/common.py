@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import socket
@@ -29,28 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-NOFILE = 400_000
 FD_HEADROOM = 200  # what a broker needs besides one socket per agent (files, HTTP, margin)
 
 
 def log(message: str) -> None:
     """Progress on stderr, so stdout keeps only the tables."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def raise_nofile(limit: int = NOFILE) -> int:
-    """Raise RLIMIT_NOFILE as far as allowed and return the soft limit now in force.
-
-    Raising the hard limit needs CAP_SYS_RESOURCE; without it the soft limit
-    goes up to the hard one and no further."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for want in (limit, hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-            return want
-        except (ValueError, OSError):
-            continue
-    return soft
 
 
 def free_port() -> int:

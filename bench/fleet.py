@@ -44,9 +44,9 @@ from bench.common import (
     log,
     percentile,
     proc_stat,
-    raise_nofile,
     wait_for,
 )
+from bench.nofile import raise_nofile
 from bench.pyspy import Profiler
 from bench.stack import ADMIN, ADMIN_PW, Broker, Desk
 

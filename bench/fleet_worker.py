@@ -39,7 +39,8 @@ from allowhelp.agent import proxy
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.service import AgentService, Sender
 from allowhelp.agent.tunnel import AgentTunnel
-from bench.common import proc_stat, raise_nofile
+from bench.common import proc_stat
+from bench.nofile import raise_nofile
 
 # Each simulated PC dials from its own loopback address (127.a.b.c), as each PC
 # has its own address: the broker limits handshakes per source address (a branch

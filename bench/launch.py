@@ -27,7 +27,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench.common import raise_nofile
+from bench.nofile import raise_nofile
 
 
 def _patch_pktsize(size: int) -> None:

@@ -45,9 +45,9 @@ from bench.common import (
     log,
     median,
     proc_stat,
-    raise_nofile,
     wait_for,
 )
+from bench.nofile import raise_nofile
 from bench.stack import ADMIN, ADMIN_PW, Broker, Desk
 
 ROUTES = ("ssh", "https")

@@ -23,8 +23,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from allowhelp.agent.consent import ConsentRefused, Grant
-from allowhelp.agent.enrol import current_hello
-from allowhelp.agent.pty import PtyShell
+from allowhelp.agent.hello import current_hello
 from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import public_key_line
@@ -182,7 +181,9 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             return False
         try:
             self._backend = self._start(kind)
-        except (OSError, RuntimeError) as exc:
+        # ImportError: a session's modules load with its first use (runner.py); files
+        # replaced by an upgrade under a running agent fail this session, not the tunnel
+        except (OSError, RuntimeError, ImportError) as exc:
             log.error("session=%s could not start its %s: %s", session_id, kind, exc)
             # Accept the request first, then say why and close: closing inside
             # this callback would leave the broker waiting for a reply forever.
@@ -209,6 +210,8 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             if kind == "shell" and self._server._shell is not None and self.grant is not None:
                 return self._server._shell(self, self.grant, self._term, self._size)
             # The agent's own login shell: the user's (per-user agent), root's (admin-shell).
+            from allowhelp.agent.pty import PtyShell  # noqa: PLC0415 - loaded by the first shell
+
             return PtyShell(self, term=self._term, cols=cols, rows=rows, on_exit=self.finish)
         raise RuntimeError(f"{kind} is not a shell")
 

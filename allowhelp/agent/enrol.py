@@ -17,7 +17,6 @@ import getpass
 import http.client
 import json
 import logging
-import platform
 import re
 import socket
 import ssl
@@ -27,51 +26,20 @@ from urllib.parse import urlsplit
 
 from allowhelp import __version__
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
-from allowhelp.agent.desktop import this_session
 from allowhelp.agent.errors import EnrolError
-from allowhelp.agent.i18n import N_, _, user_language
+from allowhelp.agent.hello import os_description
+from allowhelp.agent.i18n import N_, _
 from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import AGENT_TLS_NAME, ca_fingerprint, fingerprints_equal
 from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken
-from allowhelp.protocol.control import Hello
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 15.0
 TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})")
 MAX_ANSWER = 256 * 1024
-
-
-def os_description() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip().strip('"')
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}"
-
-
-def current_hello() -> Hello:
-    """What this PC is now: the logged-in user or the OS may have changed since enrolment,
-    and what its session offers for screen sharing (probed once per process)."""
-    offer = this_session()
-    return Hello(
-        hostname=socket.gethostname(),
-        os=os_description(),
-        user=getpass.getuser(),
-        version=__version__,
-        language=user_language(),
-        screen=offer.engine,
-        screen_problem=offer.problem,
-        desktop=offer.desktop,
-        chat=True,
-        monitors=offer.monitors,
-        invites=True,
-        nodes=True,
-    )
 
 
 class _BrokerConnection(http.client.HTTPSConnection):

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from allowhelp.agent.enrol import os_description
+from allowhelp.agent.hello import os_description
 from allowhelp.protocol.control import InventoryReport, Message
 
 log = logging.getLogger(__name__)

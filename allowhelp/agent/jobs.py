@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import write_private
-from allowhelp.agent.fleetpolicy import FleetPolicy
 from allowhelp.agent.history import History
-from allowhelp.agent.jobrun import run_job
-from allowhelp.certs.jobsign import job_signature_ok
 from allowhelp.protocol.control import JobResult, JobRun, Message, ProtocolError
-from allowhelp.protocol.jobs import JobSpec
+
+if TYPE_CHECKING:
+    from allowhelp.protocol.jobs import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class JobKeeper:
         if message.job_id in self._running:
             return  # it answers when it ends
         verdict = self._check(message)
-        if not isinstance(verdict, JobSpec):
+        if isinstance(verdict, tuple):
             kept, keep = verdict
             if keep:  # a forged or foreign job is not remembered: it may not claim an id
                 self._remember(kept, None)
@@ -107,6 +107,11 @@ class JobKeeper:
             task.cancel()
 
     def _check(self, message: JobRun) -> JobSpec | tuple[Kept, bool]:
+        # what checks and runs a job loads with the first job (an idle PC has none)
+        from allowhelp.agent.fleetpolicy import FleetPolicy  # noqa: PLC0415
+        from allowhelp.certs.jobsign import job_signature_ok  # noqa: PLC0415
+        from allowhelp.protocol.jobs import JobSpec  # noqa: PLC0415
+
         now = time.time()
         try:
             spec, payload = JobSpec.from_encoded(message.payload)
@@ -135,6 +140,9 @@ class JobKeeper:
         return spec
 
     async def _run(self, spec: JobSpec) -> None:
+        from allowhelp.agent.fleetpolicy import FleetPolicy  # noqa: PLC0415
+        from allowhelp.agent.jobrun import run_job  # noqa: PLC0415
+
         log.info("job=%s %s for %s: %s", spec.job_id, spec.action, spec.issuer, spec.reason)
         policy = FleetPolicy.load(self._folder)
         # Written before it starts: if the service stops half-way, the job is

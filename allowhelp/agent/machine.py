@@ -36,7 +36,6 @@ from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import LANGUAGES, _, speaking
 from allowhelp.agent.news import NewsLine
-from allowhelp.agent.remote import RemoteProgram
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose
@@ -45,6 +44,7 @@ from allowhelp.protocol.control import MAX_CHAT, Hello, Kind, ProtocolError
 
 if TYPE_CHECKING:  # the session helper imports this module and has no asyncssh
     from allowhelp.agent.channels import Backend, GatedChannel
+    from allowhelp.agent.remote import RemoteProgram
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ class HelperHub:
         conn = self.helper_of(grant.owner)
         if conn is None:
             raise RuntimeError("the user who allowed it has no session helper running any more")
+        from allowhelp.agent.remote import RemoteProgram  # noqa: PLC0415 - with the first session
+
         program = RemoteProgram(
             conn, channel, grant, kind, term=term, size=size, forget=self._forget
         )

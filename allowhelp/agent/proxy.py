@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import socket
-import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -77,6 +77,10 @@ def proxy_for(host: str, configured: str = "") -> Proxy | None:
     environment's ``https_proxy`` unless ``no_proxy`` names the host."""
     if configured:
         return None if configured == DIRECT else parse_proxy(configured)
+    if not any(value and name.lower() == "https_proxy" for name, value in os.environ.items()):
+        return None  # what urllib.request would find too, without loading it (and http.client)
+    import urllib.request  # noqa: PLC0415 - only on PCs that have a proxy in the environment
+
     found = urllib.request.getproxies_environment().get("https")
     if not found or urllib.request.proxy_bypass(host):  # no_proxy (on Linux)
         return None

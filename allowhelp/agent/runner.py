@@ -1,4 +1,12 @@
-"""``allowhelp-agent run``: the tunnel, the consent service and its front-ends together."""
+"""``allowhelp-agent run``: the tunnel, the consent service and its front-ends together.
+
+Each command imports at start only what it runs while idle: the modules of a
+session (the screen engines, sftp-server, the shell's PTY) load with the first
+session that needs them, those of the machine service (the helper socket, fleet
+jobs, the inventory) only in ``run --system``. An idle agent's memory is mostly
+the code it imported (docs/benchmarks.md, "Agent RSS");
+``tests/house/test_idle_imports.py`` keeps it so.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +15,30 @@ import logging
 import signal
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.enrol import os_description
-from allowhelp.agent.files import files_factory
-from allowhelp.agent.frontends import choose_frontends, close_frontends
-from allowhelp.agent.history import HISTORY_FILE, History, SessionHistory
-from allowhelp.agent.inventory import InventoryReporter
-from allowhelp.agent.jobs import JobKeeper
-from allowhelp.agent.localsocket import LocalControlServer, socket_path
-from allowhelp.agent.machine import HelperHub, machine_socket
-from allowhelp.agent.screen import screen_factory
+from allowhelp.agent.hello import os_description
 from allowhelp.agent.service import AgentService
-from allowhelp.agent.signedin import default_active_uid
 from allowhelp.agent.tunnel import AgentTunnel
+
+if TYPE_CHECKING:
+    from allowhelp.agent.channels import Backend, GatedChannel
+    from allowhelp.agent.consent import Grant
 
 log = logging.getLogger(__name__)
 
 
 async def run_agent(folder: Path, *, reconnect_cap: float, prompt: str = "auto") -> None:
+    # the per-user agent's own parts; the machine service never loads them
+    from allowhelp.agent.frontends import choose_frontends, close_frontends  # noqa: PLC0415
+    from allowhelp.agent.localsocket import LocalControlServer, socket_path  # noqa: PLC0415
+
     config = AgentConfig.load(folder)
     service = AgentService(config)
     frontends = choose_frontends(service, prompt)
     service.frontends.extend(frontends)
-    tunnel = AgentTunnel(
-        service, folder, reconnect_cap=reconnect_cap, screen=screen_factory, files=files_factory
-    )
+    tunnel = AgentTunnel(service, folder, reconnect_cap=reconnect_cap, screen=_screen, files=_files)
     control = LocalControlServer(service, socket_path(folder))
     await control.start()
     stop = asyncio.Event()
@@ -48,9 +54,30 @@ async def run_agent(folder: Path, *, reconnect_cap: float, prompt: str = "auto")
         await control.close()
 
 
+def _screen(channel: GatedChannel, grant: Grant) -> Backend:
+    """The per-user agent's screen for a grant (``screen.screen_factory``)."""
+    from allowhelp.agent.screen import screen_factory  # noqa: PLC0415 - with the first screen
+
+    return screen_factory(channel, grant)
+
+
+def _files(channel: GatedChannel, grant: Grant) -> Backend:
+    """The per-user agent's sftp-server for a grant (``files.files_factory``)."""
+    from allowhelp.agent.files import files_factory  # noqa: PLC0415 - with the first files
+
+    return files_factory(channel, grant)
+
+
 async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     """``run --system``: the tunnel, the gate and the helper socket; no prompts of
     its own (the session helpers show them) and nothing started as a user."""
+    # the machine service's own parts; the per-user agent never loads them
+    from allowhelp.agent.history import HISTORY_FILE, History, SessionHistory  # noqa: PLC0415
+    from allowhelp.agent.inventory import InventoryReporter  # noqa: PLC0415
+    from allowhelp.agent.jobs import JobKeeper  # noqa: PLC0415
+    from allowhelp.agent.machine import HelperHub, machine_socket  # noqa: PLC0415
+    from allowhelp.agent.signedin import default_active_uid  # noqa: PLC0415
+
     config = AgentConfig.load(folder)
     hub = HelperHub(
         machine_socket(folder),

@@ -142,7 +142,7 @@ class AgentService:
         return self.signed_in is not None
 
     def hello(self) -> Hello | None:
-        """The machine service's Hello; None: the per-user agent's (``enrol.current_hello``)."""
+        """The machine service's Hello; None: the per-user agent's (``hello.current_hello``)."""
         return self._hello() if self._hello is not None else None
 
     def say_hello(self) -> None:

@@ -25,7 +25,6 @@ from allowhelp.agent.i18n import _
 from allowhelp.agent.peers import Endpoint, KnownNodes
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
-from allowhelp.agent.wstunnel import open_https_tunnel
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
 
@@ -155,6 +154,9 @@ class AgentTunnel:
             proxy = proxy_for(endpoint.host, config.proxy)
             sock = await open_connection(endpoint.host, endpoint.port, proxy)
             return await self._ssh_on(sock)
+        # websockets (and what it imports) loads only for a PC that needs the HTTPS port
+        from allowhelp.agent.wstunnel import open_https_tunnel  # noqa: PLC0415
+
         sock, carrier = await open_https_tunnel(endpoint.url, config.ca_pem, config.proxy)
         try:
             conn = await self._ssh_on(sock)

@@ -9,7 +9,6 @@ characters are stripped again here whatever the service already did.
 
 from __future__ import annotations
 
-import html
 import importlib.util
 import json
 import shutil
@@ -212,4 +211,6 @@ class Toolkit:
 
 def qt_text(text: str) -> str:
     """Qt rich text made of escaped plain text: tags in it show as characters."""
+    import html  # noqa: PLC0415 - kdialog's alone; html loads its 2,000 entities
+
     return "<qt>" + "<br>".join(html.escape(line) for line in plain_lines(text)) + "</qt>"

@@ -1,0 +1,171 @@
+"""An idle agent has not imported what only sessions, enrolment or the other command need.
+
+An idle agent's memory is mostly the code it imported (docs/benchmarks.md, "Agent
+RSS"): the modules of a screen, a shell, a files session, a fleet job, the tunnel
+on the HTTPS port and enrolment load when first used (``agent/runner.py``). Here a
+real agent (``run``, and ``run --system`` as root) is started by a real broker's
+side, left idle once online, and asked for its ``sys.modules``: a module-level
+import that brings one of them back at start fails this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from harness import (
+    PY,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Desk,
+    agent_call,
+    agent_cli,
+    online,
+    pending,
+    staffed_broker,
+    wait_for,
+)
+from screenkit import screen_socket
+
+# The agent's own CLI, plus: SIGUSR1 writes sys.modules (as JSON) to argv[1].
+PROGRAM = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    out = sys.argv[1]
+    def dump(*_):
+        with open(out + ".part", "w") as fh:
+            json.dump(sorted(sys.modules), fh)
+        os.replace(out + ".part", out)
+    signal.signal(signal.SIGUSR1, dump)
+    from allowhelp.agent.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+# The agent's own CLI on a PC where the screen's module cannot be loaded, as when an
+# upgrade replaced the files under a running agent and one no longer imports.
+NO_SCREEN_MODULE = textwrap.dedent(
+    """
+    import runpy, sys
+    sys.modules["allowhelp.agent.screen"] = None  # `import allowhelp.agent.screen` fails
+    runpy.run_module("allowhelp.agent.cli", run_name="__main__")
+    """
+)
+
+# Loaded by a session, a job, the HTTPS route, enrolment or kdialog: never at start.
+SESSION_ONLY = {
+    "allowhelp.agent.screen",  # and the engines it picks
+    "allowhelp.agent.wayvnc",
+    "allowhelp.agent.portalvnc",
+    "allowhelp.agent.rfbinput",
+    "allowhelp.agent.files",
+    "allowhelp.agent.pty",
+    "allowhelp.agent.remote",
+    "allowhelp.agent.jobrun",
+    "allowhelp.agent.fleetpolicy",
+    "allowhelp.certs.jobsign",
+    "allowhelp.agent.wstunnel",
+    "websockets",  # and importlib.metadata, zipfile, csv that it brings
+    "allowhelp.agent.enrol",
+    "allowhelp.certs.pki",
+    "allowhelp.certs.token",
+    "http.client",  # and email.parser, urllib.request: enrolment, a proxy in the environment
+    "urllib.request",
+    "html",  # kdialog's text alone (2,000 entities)
+}
+# What the other command runs.
+MACHINE_ONLY = {
+    "allowhelp.agent.machine",
+    "allowhelp.agent.jobs",
+    "allowhelp.agent.inventory",
+    "allowhelp.agent.history",
+    "allowhelp.agent.signedin",
+}
+PER_USER_ONLY = {"allowhelp.agent.frontends", "allowhelp.agent.localsocket"}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with staffed_broker(tmp_path_factory.mktemp("idle")) as fleet:
+        yield fleet.brokers[0]
+
+
+def idle_modules(broker: Broker, root: Path, *, system: bool) -> set[str]:
+    """The modules of a real agent, online and idle (its hello answered)."""
+    out = root / "modules.json"
+    agent = Agent(root / "agent", program=[PY, "-c", PROGRAM, str(out)])
+    enrol = ["enroll", *(["--system"] if system else []), broker.token()]
+    enrolled = agent_cli(*enrol, "--config", str(agent.config))
+    assert enrolled.returncode == 0, enrolled.stderr
+    run = ["--system"] if system else ["--prompt", "none"]
+    agent.start(*run, "--reconnect-cap", "2")
+    try:
+        wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to come online")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGUSR1)
+        wait_for(out.exists, 10, "the agent's list of modules")
+        return set(json.loads(out.read_text()))
+    finally:
+        agent.stop()
+
+
+def test_the_idle_per_user_agent_has_not_loaded_session_modules(
+    broker: Broker, tmp_path: Path
+) -> None:
+    modules = idle_modules(broker, tmp_path, system=False)
+    # the list is the running agent's: its tunnel is up, its gate and prompts ready
+    assert {"asyncssh", "allowhelp.agent.tunnel", "allowhelp.agent.frontends"} <= modules
+    assert modules & (SESSION_ONLY | MACHINE_ONLY) == set()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run --system runs as root")
+def test_the_idle_machine_service_has_not_loaded_session_modules(
+    broker: Broker, tmp_path: Path
+) -> None:
+    modules = idle_modules(broker, tmp_path, system=True)
+    assert {"asyncssh", "allowhelp.agent.tunnel", "allowhelp.agent.machine"} <= modules
+    assert modules & (SESSION_ONLY | PER_USER_ONLY) == set()
+
+
+def test_a_session_module_that_cannot_load_fails_its_session_not_the_tunnel(
+    broker: Broker, tmp_path: Path
+) -> None:
+    agent = Agent(tmp_path / "agent", program=[PY, "-c", NO_SCREEN_MODULE])
+    assert agent.enroll(broker.token()).returncode == 0
+    # a screen on offer (the tests' knob; never run: the module that would run it fails)
+    env = {**os.environ, "ALLOWHELP_TEST_SCREEN_COMMAND": "cat"}
+    agent.start("--prompt", "none", "--reconnect-cap", "2", env=env)
+    desk = Desk.login(broker, TECH, TECH_PW)
+    try:
+        wait_for(lambda: online(broker, agent.agent_id), 20, "the agent to come online")
+        session_id = desk.request(agent.agent_id, "screen").json()["id"]
+        wait_for(lambda: pending(agent), 15, "the consent prompt")
+        assert agent_call(agent, "allow", session_id).returncode == 0
+
+        async def closed() -> websockets.ConnectionClosed:
+            async with screen_socket(desk, session_id) as ws:
+                with pytest.raises(websockets.ConnectionClosed) as caught:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 20)
+                return caught.value
+
+        close = asyncio.run(closed()).rcvd
+        assert close is not None and close.code == 1011
+        assert "allowhelp.agent.screen" in close.reason  # what failed to load, said
+        assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
+        # the same tunnel all along: connected once, never dropped
+        assert online(broker, agent.agent_id)
+        assert agent.log.read_text().count("connected to the broker") == 1
+    finally:
+        desk.close()
+        agent.stop()
