@@ -19,6 +19,7 @@ from allowhelp.broker.audit.recording import file_sha256
 from allowhelp.broker.audit.rfb_format import FORMAT, MEDIA_TYPE, SUFFIX
 from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.api.node_routes import create_elsewhere, end_elsewhere
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
@@ -38,6 +39,9 @@ def _visible(principal: Principal, session: Session | None) -> Session:
 async def create(request: Request) -> Response:
     principal = await require(request)
     body = await json_body(request)
+    elsewhere = await create_elsewhere(request, str(body.get("agent_id", "")))
+    if elsewhere is not None:  # the agent's tunnel is on another node (#21)
+        return elsewhere
     help_code = body.get("help_code") or ""
     session = await services(request).sessions.request(
         technician=principal.user.username,
@@ -91,6 +95,9 @@ async def end(request: Request) -> Response:
     principal = await require(request)
     registry = services(request).sessions
     session = _visible(principal, await registry.get(request.path_params["session_id"]))
+    elsewhere = await end_elsewhere(request, session.id)
+    if elsewhere is not None:  # run by another node (#21)
+        return elsewhere
     try:
         ended = await registry.end(session.id, reason="technician", actor=principal.actor)
     except IllegalTransition as exc:
