@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import http.client
 import json
+import os
 import shutil
 import ssl
 import time
@@ -44,13 +45,26 @@ from harness import (
     Fleet,
     agent_call,
     broker_cli,
+    online,
     running_fleet,
+    staffed_broker,
     wait_for,
     wait_pending,
+)
+from screenkit import (
+    MARK_BOX,
+    MARK_COLOUR,
+    RfbClient,
+    colour_box,
+    key_event,
+    screen_socket,
+    start_xserver,
 )
 from terminalkit import Terminal
 
 RELAY = ["--node-listen", "127.0.0.1:0"]
+SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE")
+KEYSYM_Q = 0x71
 OTHER_TECH, OTHER_PW = "ahrelay-bob", "bob password 123"
 
 
@@ -407,4 +421,49 @@ async def test_a_relayed_request_gets_no_further_than_the_technician_could(
         assert types.count("session.started") == 1 and types.count("session.relayed") == 1
         bob.close()
         desk.close()
+    _verified(pg_url)
+
+
+@pytest.mark.x11
+async def test_the_screen_of_an_agent_of_node_b_through_node_a(tmp_path: Path, pg_url: str) -> None:
+    xserver = start_xserver(tmp_path)
+    try:
+        with staffed_broker(tmp_path, broker_args=tuple(RELAY), store=pg_url) as fleet:
+            b = fleet.brokers[0]
+            agent = fleet.agent()
+            assert agent.enroll(b.token()).returncode == 0
+            env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
+            agent.start("--reconnect-cap", "2", "--prompt", "none", env={**env, **xserver.env()})
+            wait_for(lambda: online(b, agent.agent_id), 20, "the agent online on B")
+            a = _node(fleet, b, pg_url, "node-a")
+            desk = Desk.login(a, TECH, TECH_PW)
+            answer = desk.request(agent.agent_id, kind="screen")
+            assert answer.status_code == 201, answer.text
+            session_id = str(answer.json()["id"])
+            wait_pending(agent, session_id)
+            assert agent_call(agent, "allow", session_id).returncode == 0
+            desk.wait_state(session_id, "active")
+            async with screen_socket(desk, session_id) as ws:
+                assert ws.subprotocol == "binary"  # B's choice, passed on by A
+                client = RfbClient(ws)
+                init = await client.handshake()
+                await client.request_raw(init)
+                rects = await client.framebuffer_update(init)
+                assert colour_box(rects, init, MARK_COLOUR) == MARK_BOX  # the PC's screen
+                mark = xserver.keys_mark()
+                xserver.focus_window()
+                await client.send(key_event(KEYSYM_Q, True) + key_event(KEYSYM_Q, False))
+                await asyncio.to_thread(
+                    wait_for, lambda: "keysym 0x71, q)" in xserver.keys_since(mark), 10, "the key"
+                )
+            ended = desk.wait_state(session_id, "ended")
+            assert ended["end_reason"] == "technician"
+            desk.close()
+            # Recorded by B, the node with the tunnel, with the key the technician sent.
+            recording = (b.data / "recordings" / f"{session_id}.rfb").read_bytes()
+            assert key_event(KEYSYM_Q, True) in recording
+            types = _types(pg_url, session_id)
+            assert types.index("session.relayed") < types.index("session.started")
+    finally:
+        xserver.close()
     _verified(pg_url)

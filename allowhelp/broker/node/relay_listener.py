@@ -9,9 +9,9 @@ checked before a byte of it is read: the certificate must name a node that is a
 live row of ``broker_nodes`` (a console certificate, or anything else the CA
 signed, names none); otherwise it is closed and ``node.peer_refused`` audited.
 
-What a node may ask is the console's own API, narrowed to the relayed routes
-(a session asked, ended, its terminal or screen), and served by this node's
-console app with the technician's own cookie and CSRF header: the login, the
+What a node may ask is the console's own API, narrowed to the relayed routes (a
+session asked; a running one's end, notes, files, chat, terminal and screen), served
+by this node's console app with the technician's own cookie and CSRF header: the login, the
 technician's rights, the consent gate, the one attach path, the recording and
 the audit are exactly those of a local technician. Nothing is relayed again.
 """
@@ -52,7 +52,10 @@ NODE_CERT, NODE_KEY = "node-relay.pem", "node-relay.key"  # this node's own, mad
 _SESSION = r"/api/v1/sessions/[A-Za-z0-9_-]{8,64}"
 # What another node may ask: the relayed routes, nothing else of the console.
 RELAYED = {
-    "http": re.compile(rf"POST (/api/v1/sessions|{_SESSION}/end)"),
+    "http": re.compile(
+        rf"POST (/api/v1/sessions|{_SESSION}/(end|messages))|PATCH {_SESSION}"
+        rf"|GET {_SESSION}/(files|files/content|messages)|PUT {_SESSION}/files/content"
+    ),
     "websocket": re.compile(rf"GET {_SESSION}/(terminal|screen)"),
 }
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from websockets.typing import Origin, Subprotocol
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AgentUnreachable, BrokerError, Forbidden
+from allowhelp.broker.relay.node_http import NodeAnswer, send_to_node
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.node_peers import PeerNode
 from allowhelp.broker.store.worker import StoreWorker
@@ -47,9 +48,7 @@ log = logging.getLogger(__name__)
 # here and never relayed again (no loops, one hop).
 FROM_NODE = "allowhelp.from_node"
 CONNECT_TIMEOUT = 10.0
-MAX_ANSWER = 1024 * 1024
 MAX_FRAME = 1024 * 1024  # the console's own WebSocket limit (node/server.py)
-FORWARDED_HEADERS = ("cookie", "x-csrf-token", "content-type")
 
 
 @dataclass(frozen=True)
@@ -88,13 +87,6 @@ def _is_the_node(peercert: object, node: PeerNode) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Forwarded:
-    status: int
-    body: bytes
-    content_type: str
-
-
 class NodeRoute:
     """Finds the node that holds an agent or a session, and relays to it."""
 
@@ -117,37 +109,23 @@ class NodeRoute:
         return await self._db.read(Store.agents_elsewhere)
 
     async def forward(
-        self, node: PeerNode, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> Forwarded:
-        """One HTTP request to ``node``'s listener, its answer as it came."""
-        wanted = {k: v for k, v in headers.items() if k.lower() in FORWARDED_HEADERS}
-        wanted["Origin"] = node.https  # the other node's console: its Wall checks Origin
-        try:
-            return await asyncio.to_thread(self._request, node, method, path, wanted, body)
-        except (OSError, http.client.HTTPException) as exc:
-            raise AgentUnreachable(
-                f"the node holding the machine ({node.address}) cannot be reached: {exc}"
-            ) from exc
-
-    def _request(
-        self, node: PeerNode, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> Forwarded:
-        host, _, port = node.address.rpartition(":")
-        conn = http.client.HTTPSConnection(
-            host.strip("[]"), int(port), context=self._context, timeout=30
+        self,
+        node: PeerNode,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: AsyncIterator[bytes],
+    ) -> NodeAnswer:
+        """One HTTP request to ``node``'s listener, streamed; its answer as it comes."""
+        return await send_to_node(
+            node,
+            self._context,
+            _is_the_node,
+            method=method,
+            target=target,
+            headers=headers,
+            body=body,
         )
-        try:
-            conn.connect()
-            _is_the_node(conn.sock.getpeercert(), node)
-            conn.request(method, path, body=body, headers=headers)
-            answer = conn.getresponse()
-            return Forwarded(
-                answer.status,
-                answer.read(MAX_ANSWER),
-                answer.getheader("content-type") or "application/json",
-            )
-        finally:
-            conn.close()
 
     async def relay(
         self,

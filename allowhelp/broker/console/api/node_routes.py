@@ -1,24 +1,29 @@
-"""Requests this node passes to the node that holds the agent or the session (#21).
+"""Requests this node passes to the node that holds the agent or runs the session (#21).
 
 With ``--node-listen`` on a shared store, a technician logged in here may ask for a
-session on an agent whose tunnel another live node holds: the request, the end
-button and the session's WebSocket go to that node (``relay/node_link.py``), which
-serves them as its own console would, after the caller is authenticated here. A
-request that came from another node is never passed on again.
+session on an agent whose tunnel another live node holds: the request, and then
+everything about that session (its end, notes, files, chat, and its WebSocket)
+goes to the node running it (``relay/node_link.py``), which serves them as its own
+console would, after the caller is authenticated here. A request that came from
+another node is never passed on again.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket
 
-from allowhelp.broker.console.api.base import services
+from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.errors import Conflict, NotFound
 from allowhelp.broker.model.session import State
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.node_peers import PeerNode
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _route(request: Request | WebSocket) -> NodeRoute | None:
@@ -27,11 +32,21 @@ def _route(request: Request | WebSocket) -> NodeRoute | None:
     return None if route is None or FROM_NODE in request.scope else route
 
 
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():  # as it comes: an upload is never whole here
+        yield chunk
+
+
 async def _forward(request: Request, route: NodeRoute, node: PeerNode) -> Response:
+    query = request.url.query
     answer = await route.forward(
-        node, request.method, request.url.path, dict(request.headers), await request.body()
+        node,
+        request.method,
+        request.url.path + (f"?{query}" if query else ""),
+        dict(request.headers),
+        _body(request),
     )
-    return Response(answer.body, answer.status, media_type=answer.content_type)
+    return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 async def create_elsewhere(request: Request, agent_id: str) -> Response | None:
@@ -43,13 +58,21 @@ async def create_elsewhere(request: Request, agent_id: str) -> Response | None:
     return None if node is None else await _forward(request, route, node)
 
 
-async def end_elsewhere(request: Request, session_id: str) -> Response | None:
-    """``POST /api/v1/sessions/{id}/end`` for a session another node runs."""
-    route = _route(request)
-    if route is None or services(request).sessions.live(session_id) is not None:
-        return None
-    node = await route.session_node(session_id)
-    return None if node is None else await _forward(request, route, node)
+def or_elsewhere(endpoint: Endpoint) -> Endpoint:
+    """A session's endpoint, served by the node that runs the session when another
+    live node does (the caller authenticated here first, and again there)."""
+
+    async def routed(request: Request) -> Response:
+        route = _route(request)
+        session_id = request.path_params["session_id"]
+        if route is not None and services(request).sessions.live(session_id) is None:
+            await require(request)
+            node = await route.session_node(session_id)
+            if node is not None:
+                return await _forward(request, route, node)
+        return await endpoint(request)
+
+    return routed
 
 
 async def attach_elsewhere(websocket: WebSocket, username: str, actor: str) -> bool:
