@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import ssl
 import time
@@ -32,6 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from machinekit import CAN_RUN, WHY_NOT, local_users, passable_folder
+from userkit import UserAgent, user_path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -65,6 +69,7 @@ from terminalkit import Terminal
 RELAY = ["--node-listen", "127.0.0.1:0"]
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE")
 KEYSYM_Q = 0x71
+FILES_USER = "ahrelay"
 OTHER_TECH, OTHER_PW = "ahrelay-bob", "bob password 123"
 
 
@@ -466,4 +471,74 @@ async def test_the_screen_of_an_agent_of_node_b_through_node_a(tmp_path: Path, p
             assert types.index("session.relayed") < types.index("session.started")
     finally:
         xserver.close()
+    _verified(pg_url)
+
+
+@pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
+def test_files_chat_and_notes_of_an_agent_of_node_b_through_node_a(
+    tmp_path: Path, pg_url: str
+) -> None:
+    with (
+        local_users(FILES_USER),
+        passable_folder() as root,
+        staffed_broker(tmp_path, broker_args=tuple(RELAY), store=pg_url) as fleet,
+    ):
+        b = fleet.brokers[0]
+        agent = UserAgent(root / "pc" / "agent", user=FILES_USER)
+        fleet.agents.append(agent)
+        enrolled = agent.enroll(b.token())
+        assert enrolled.returncode == 0, enrolled.stderr
+        agent.start("--reconnect-cap", "2", "--prompt", "none")
+        wait_for(lambda: online(b, agent.agent_id), 30, "the user's agent online on B")
+        a = _node(fleet, b, pg_url, "node-a")
+        desk = Desk.login(a, TECH, TECH_PW)
+        answer = desk.request(agent.agent_id, "files", "copy the report")
+        assert answer.status_code == 201, answer.text
+        session_id = str(answer.json()["id"])
+        agent.wait_pending(session_id)
+        assert agent.cli("allow", session_id).returncode == 0
+        desk.wait_state(session_id, "active")
+        files = f"/api/v1/sessions/{session_id}/files"
+        # An upload larger than any JSON body, streamed through A and B to the PC.
+        data = secrets.token_bytes(3 * 1024 * 1024 + 17)
+        digest = hashlib.sha256(data).hexdigest()
+        put = desk.client.put(f"{files}/content", params={"path": "report.bin"}, content=data)
+        assert put.status_code == 201, put.text
+        assert put.json() == {"path": "report.bin", "size": len(data), "sha256": digest}
+        assert user_path(FILES_USER, "report.bin").read_bytes() == data
+        got = desk.client.get(f"{files}/content", params={"path": "report.bin"})
+        assert got.status_code == 200, got.text
+        assert got.content == data and got.headers["content-length"] == str(len(data))
+        listing = desk.client.get(files, params={"path": "."})
+        assert listing.status_code == 200, listing.text
+        assert any(e["name"] == "report.bin" for e in listing.json())
+        # A path the rules refuse is refused by B, and said through A.
+        bad = desk.client.get(f"{files}/content", params={"path": "../etc/shadow"})
+        assert bad.status_code == 400, bad.text
+        # Chat both ways, and the technician's notes, kept by B.
+        said = desk.client.post(f"/api/v1/sessions/{session_id}/messages", json={"text": "hi"})
+        assert said.status_code == 201, said.text
+        heard = agent.cli("messages", session_id, "--json")
+        assert heard.returncode == 0 and "hi" in [m["text"] for m in json.loads(heard.stdout)]
+        assert agent.cli("chat", session_id, "hello from the PC").returncode == 0
+        chat = f"/api/v1/sessions/{session_id}/messages"
+        wait_for(
+            lambda: "hello from the PC" in [m["text"] for m in desk.client.get(chat).json()],
+            10,
+            "the PC's message through A",
+        )
+        noted = desk.client.patch(f"/api/v1/sessions/{session_id}", json={"notes": "done"})
+        assert noted.status_code == 200 and noted.json()["notes"] == "done", noted.text
+        ended = desk.client.post(f"/api/v1/sessions/{session_id}/end")
+        assert ended.status_code == 200 and ended.json()["end_reason"] == "technician"
+        assert desk.session(session_id)["notes"] == "done"
+        desk.close()
+        records = _records(pg_url, session_id)
+        done = {
+            (r["details"]["direction"], r["details"]["sha256"])
+            for r in records
+            if r["type"] == "files.transfer.done"
+        }
+        assert done == {("upload", digest), ("download", digest)}
+        assert [r["type"] for r in records].count("session.ended") == 1
     _verified(pg_url)
