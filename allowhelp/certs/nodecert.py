@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from allowhelp.certs.errors import CertsError
+from allowhelp.certs.errors import KeyFormatError
 from allowhelp.certs.sshkeys import write_file_atomic
 
 NODE_URI_PREFIX = "urn:allowhelp:node:"
@@ -32,7 +32,7 @@ _NODE_ID = re.compile(r"[0-9a-f]{32}")
 
 def node_uri(node_id: str) -> str:
     if _NODE_ID.fullmatch(node_id) is None:
-        raise CertsError(f"not a node id: {node_id!r}")
+        raise KeyFormatError(f"not a node id: {node_id!r}")
     return NODE_URI_PREFIX + node_id
 
 
@@ -44,9 +44,9 @@ def issue_node_certificate(
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise CertsError(f"cannot read the CA to make this node's certificate: {exc}") from None
+        raise KeyFormatError(f"cannot read the CA to make this node's certificate: {exc}") from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise CertsError(f"{ca_key_path} is not an ECDSA key")
+        raise KeyFormatError(f"{ca_key_path} is not an ECDSA key")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     not_after = min(now + NODE_CERT_LIFETIME, ca_cert.not_valid_after_utc)

@@ -39,7 +39,7 @@ from userkit import UserAgent, user_path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from allowhelp.certs.nodecert import issue_node_certificate
+from allowhelp.certs.nodecert import issue_node_certificate, node_id_in
 from harness import (
     TECH,
     TECH_PW,
@@ -533,12 +533,68 @@ def test_files_chat_and_notes_of_an_agent_of_node_b_through_node_a(
         assert ended.status_code == 200 and ended.json()["end_reason"] == "technician"
         assert desk.session(session_id)["notes"] == "done"
         desk.close()
-        records = _records(pg_url, session_id)
-        done = {
-            (r["details"]["direction"], r["details"]["sha256"])
-            for r in records
-            if r["type"] == "files.transfer.done"
-        }
-        assert done == {("upload", digest), ("download", digest)}
-        assert [r["type"] for r in records].count("session.ended") == 1
+
+        def transfers() -> list[tuple[str, str, str]]:
+            return sorted(
+                (r["type"], r["details"]["direction"], r["details"]["sha256"])
+                for r in _records(pg_url, session_id)
+                if r["type"].startswith("files.transfer.") and r["type"] != "files.transfer.started"
+            )
+
+        # The download's record is written once B has sent its last byte (A waits
+        # for B to finish before it lets the connection go, so none is cut).
+        wanted = [("files.transfer.done", d, digest) for d in ("download", "upload")]
+        wait_for(lambda: transfers() == wanted, 15, "both transfers done on the record")
+        assert _types(pg_url, session_id).count("session.ended") == 1
     _verified(pg_url)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--node-listen", "127.0.0.1:0"], "give --store postgresql://"),
+        (
+            ["--node-listen", "8444", "--store", "postgresql://h/d"],
+            "--node-listen must be HOST:PORT",
+        ),
+        (["--node-listen", "0.0.0.0:8444", "--store", "postgresql://u@h/d"], "--node-address"),
+        (["--node-address", "10.0.0.2"], "--node-address names where --node-listen is dialled"),
+        (
+            [
+                "--node-listen",
+                "127.0.0.1:1",
+                "--node-address",
+                "a/b",
+                "--store",
+                "postgresql://h/d",
+            ],
+            "--node-address must be a host name",
+        ),
+    ],
+)
+def test_bad_node_flags_are_one_clear_line(tmp_path: Path, flags: list[str], said: str) -> None:
+    done = broker_cli("serve", "--data", str(tmp_path / "data"), *flags)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything is made
+
+
+def test_a_certificate_names_one_node_or_none(tmp_path: Path) -> None:
+    ca = _ca(tmp_path)
+    node = "a" * 32
+    issue_node_certificate(*ca, node, tmp_path / "n.pem", tmp_path / "n.key")
+    cert = x509.load_pem_x509_certificate((tmp_path / "n.pem").read_bytes())
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"urn:allowhelp:node:{node}"
+    ]
+    assert (tmp_path / "n.key").stat().st_mode & 0o777 == 0o600
+    uri = ("URI", f"urn:allowhelp:node:{node}")
+    assert node_id_in({"subjectAltName": (uri,)}) == node
+    assert node_id_in({"subjectAltName": (uri, ("URI", "urn:allowhelp:node:" + "b" * 32))}) is None
+    assert node_id_in({"subjectAltName": (("URI", "urn:allowhelp:node:../x"),)}) is None
+    assert node_id_in({"subjectAltName": (("DNS", "urn:allowhelp:node:" + node),)}) is None
+    assert node_id_in({}) is None and node_id_in(None) is None
+    with pytest.raises(ValueError, match="not a node id"):
+        issue_node_certificate(*ca, "not-an-id", tmp_path / "x.pem", tmp_path / "x.key")

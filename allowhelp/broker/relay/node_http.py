@@ -124,6 +124,11 @@ async def _body(
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                # The other node closes once its handler is done (``connection: close``):
+                # closing first would cut it short (a download's end record would say
+                # it was cut, when the technician got every byte).
+                with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+                    await asyncio.wait_for(_until_closed(reader), READ_TIMEOUT)
                 return
     finally:
         writer.close()
@@ -131,11 +136,6 @@ async def _body(
             await writer.wait_closed()
 
 
-async def read_all(answer: NodeAnswer, limit: int) -> bytes:
-    """The whole answer (a JSON one), at most ``limit`` bytes."""
-    data = b""
-    async for chunk in answer.body:
-        data += chunk
-        if len(data) > limit:
-            raise AgentUnreachable("the other node's answer is too large")
-    return data
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    while await reader.read(CHUNK):
+        pass
