@@ -118,7 +118,9 @@ def _asked_and_allowed(desk: Desk, agent: Agent) -> str:
     answer = desk.request(agent.agent_id)
     assert answer.status_code == 201, answer.text
     session_id = str(answer.json()["id"])
-    wait_pending(agent, session_id)
+    asked = wait_pending(agent, session_id)
+    # The PC user reads the phrase the technician got from node A (made by node B).
+    assert asked["phrase"] == answer.json()["phrase"] and asked["technician"]
     assert agent_call(agent, "allow", session_id).returncode == 0
     desk.wait_state(session_id, "active")
     return session_id

@@ -131,25 +131,30 @@ class NodeRoute:
         self,
         websocket: WebSocket,
         node: PeerNode,
+        target: str,
         *,
         actor: str,
         session: dict[str, object],
     ) -> None:
-        """The technician's WebSocket ↔ the same WebSocket on ``node``, until either ends.
+        """The technician's WebSocket ↔ the same WebSocket (``target``: its path and
+        query) on ``node``, until either ends.
 
         Audited first (``session.relayed``); refused as ``node`` refuses it (before
         accepting: the page sees what a local refusal shows); a node that goes away
         mid-session is audited (``session.relay_lost``) and the page is closed at once.
         """
-        target = str(session.get("session", ""))
         where = {**session, "from_node": self.node_id, "to_node": node.id}
-        await self._audit.write("session.relayed", actor=actor, target=target, details=where)
-        path = websocket.url.path + (f"?{websocket.url.query}" if websocket.url.query else "")
+        await self._audit.write(
+            "session.relayed",
+            actor=actor,
+            target=str(session.get("session", "")),
+            details=where,
+        )
         offered = [Subprotocol(p) for p in websocket.scope.get("subprotocols") or []]
         headers = Headers(cookie=websocket.headers.get("cookie", ""))
         try:
             peer = await connect(
-                f"wss://{node.address}{path}",
+                f"wss://{node.address}{target}",
                 ssl=self._context,
                 origin=Origin(node.https),
                 additional_headers=headers,

@@ -37,12 +37,18 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _forward(request: Request, route: NodeRoute, node: PeerNode) -> Response:
+def _target(request: Request | WebSocket) -> str:
+    """The path and query as the technician sent them (still percent-encoded)."""
+    path = bytes(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
     query = request.url.query
+    return path + (f"?{query}" if query else "")
+
+
+async def _forward(request: Request, route: NodeRoute, node: PeerNode) -> Response:
     answer = await route.forward(
         node,
         request.method,
-        request.url.path + (f"?{query}" if query else ""),
+        _target(request),
         dict(request.headers),
         _body(request),
     )
@@ -89,5 +95,5 @@ async def attach_elsewhere(websocket: WebSocket, username: str, actor: str) -> b
         raise NotFound("no such session")  # the other node would refuse it too
     if session.state is not State.ACTIVE:  # checked here first, and again there
         raise Conflict(f"the session is {session.state}, not active")
-    await route.relay(websocket, node, actor=actor, session=session.summary())
+    await route.relay(websocket, node, _target(websocket), actor=actor, session=session.summary())
     return True
