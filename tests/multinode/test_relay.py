@@ -39,6 +39,7 @@ from userkit import UserAgent, user_path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from allowhelp.broker.relay.node_link import NodeCredentials
 from allowhelp.certs.nodecert import issue_node_certificate, node_id_in
 from harness import (
     TECH,
@@ -600,3 +601,39 @@ def test_a_certificate_names_one_node_or_none(tmp_path: Path) -> None:
     assert node_id_in({}) is None and node_id_in(None) is None
     with pytest.raises(ValueError, match="not a node id"):
         issue_node_certificate(*ca, "not-an-id", tmp_path / "x.pem", tmp_path / "x.key")
+
+
+async def test_a_renewed_node_certificate_is_served_to_new_connections(tmp_path: Path) -> None:
+    """What the listener's daily renewal does: new files, loaded into the live contexts."""
+    ca_pem, ca_key = _ca(tmp_path)
+    node = "c" * 32
+    credentials = NodeCredentials(ca_pem, tmp_path / "n.pem", tmp_path / "n.key")
+    issue_node_certificate(ca_pem, ca_key, node, credentials.cert, credentials.key)
+    server_context, client_context = credentials.server_context(), credentials.client_context()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+
+    async def served() -> bytes:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return bytes(der)
+
+    try:
+        first = await served()
+        issue_node_certificate(ca_pem, ca_key, node, credentials.cert, credentials.key)
+        assert await served() == first  # the context holds what it loaded
+        credentials.load_into(server_context)
+        credentials.load_into(client_context)
+        renewed = await served()
+        assert renewed != first
+        assert renewed == x509.load_pem_x509_certificate(
+            credentials.cert.read_bytes()
+        ).public_bytes(serialization.Encoding.DER)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -49,6 +49,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 NODE_CERT, NODE_KEY = "node-relay.pem", "node-relay.key"  # this node's own, made each start
+RENEW_EVERY = 86400.0  # a new certificate each day: one node may run for months
 _SESSION = r"/api/v1/sessions/[A-Za-z0-9_-]{8,64}"
 # What another node may ask: the relayed routes, nothing else of the console.
 RELAYED = {
@@ -173,11 +174,11 @@ class NodeRelayListener:
         self.credentials = NodeCredentials(
             data_dir / "ca.pem", data_dir / NODE_CERT, data_dir / NODE_KEY
         )
-        issue_node_certificate(
-            data_dir / "ca.pem", data_dir / "ca.key", db.node_id, data_dir / NODE_CERT,
-            data_dir / NODE_KEY,
-        )  # fmt: skip
+        self._ca_key = data_dir / "ca.key"
+        self._issue()
         self.route = NodeRoute(db, audit, self.credentials)
+        self._context = self.credentials.server_context()
+        self._renewal: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = bind(config.host, config.port)
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -189,7 +190,7 @@ class NodeRelayListener:
             raise RuntimeError("the node listener was stopped")
         gate = PeerGate(self._db, self._audit, app)
         protocol = type("NodeProtocol", (_NodeProtocol,), {"gate": gate})
-        context = self.credentials.server_context()
+        context = self._context
         config = uvicorn.Config(
             gate,
             ssl_certfile=str(self.credentials.cert),  # uvicorn needs a file to speak TLS
@@ -215,10 +216,36 @@ class NodeRelayListener:
                 raise RuntimeError("the node listener stopped during start-up")
             await asyncio.sleep(0.01)
         await self._db.run(Store.node_peer_set, self._db.node_id, self.address)
+        self._renewal = asyncio.create_task(self._renew())
         log.info("node listener at %s (mutual TLS, live nodes only)", self.address)
         return self.address
 
+    def _issue(self) -> None:
+        issue_node_certificate(
+            self.credentials.ca, self._ca_key, self._db.node_id, self.credentials.cert,
+            self.credentials.key,
+        )  # fmt: skip
+
+    async def _renew(self) -> None:
+        """A fresh certificate for new connections, long before the last one expires
+        (``certs/nodecert.py``: 30 days); connections already open keep theirs."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            try:
+                await asyncio.to_thread(self._issue)
+            except (OSError, ValueError) as exc:  # the old one serves on; said every day
+                log.error("node listener: this node's certificate was not renewed: %s", exc)
+                continue
+            self.credentials.load_into(self._context)
+            self.route.reload_certificate()
+            log.info("node listener: this node's certificate renewed")
+
     async def stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
+            self._renewal = None
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             try:

@@ -65,15 +65,19 @@ class NodeCredentials:
         context.check_hostname = False  # the node id in the certificate is checked instead
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=str(self.ca))
-        context.load_cert_chain(str(self.cert), str(self.key))
+        self.load_into(context)
         return context
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        """This node's certificate and key (again, once renewed) for new handshakes."""
+        context.load_cert_chain(str(self.cert), str(self.key))
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.verify_mode = ssl.CERT_REQUIRED  # no certificate from the CA: no handshake
         context.load_verify_locations(cafile=str(self.ca))
-        context.load_cert_chain(str(self.cert), str(self.key))
+        self.load_into(context)
         return context
 
 
@@ -93,7 +97,11 @@ class NodeRoute:
     def __init__(self, db: StoreWorker, audit: AuditLog, credentials: NodeCredentials) -> None:
         self._db = db
         self._audit = audit
+        self._credentials = credentials
         self._context = credentials.client_context()
+
+    def reload_certificate(self) -> None:
+        self._credentials.load_into(self._context)
 
     @property
     def node_id(self) -> str:
