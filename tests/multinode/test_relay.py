@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import ssl
+import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -196,6 +197,27 @@ async def test_a_technician_on_node_a_opens_a_shell_on_an_agent_of_node_b(
         cast = b.data / "recordings" / f"{first}.cast"
         assert b"through-21-nodes" in cast.read_bytes()
         assert not (a.data / "recordings" / f"{first}.cast").exists()
+
+        # The relay's cost: a keystroke's round trip through A and straight on B, taken
+        # in turns (the machine is shared: load falls on both alike).
+        desk_b = Desk.login(b, TECH, TECH_PW)
+        through_a = await asyncio.to_thread(_asked_and_allowed, desk, agent)
+        direct = await asyncio.to_thread(_asked_and_allowed, desk_b, agent)
+        times: dict[str, list[float]] = {"through A": [], "on B": []}
+        async with _terminal(desk, through_a) as relayed, _terminal(desk_b, direct) as local:
+            for n in range(40):
+                name, term = ("through A", relayed) if n % 2 == 0 else ("on B", local)
+                started = time.perf_counter()
+                await term.send(f"echo rt$(({n}))x\n")  # the output, not the typed line
+                await term.expect(f"rt{n}x".encode(), timeout=30)
+                times[name].append(time.perf_counter() - started)
+        for name, taken in times.items():
+            print(f"round trip {name}: median {statistics.median(taken) * 1000:.1f} ms")
+        assert statistics.median(times["through A"]) < 1.0
+        for session_id, who in ((through_a, desk), (direct, desk_b)):
+            who.client.post(f"/api/v1/sessions/{session_id}/end")
+            who.wait_state(session_id, "ended")
+        desk_b.close()
 
         # 2. The PC user ends it: A's page is closed with the user's reason.
         second = await asyncio.to_thread(_asked_and_allowed, desk, agent)
