@@ -204,9 +204,9 @@ async def test_a_technician_on_node_a_opens_a_shell_on_an_agent_of_node_b(
         through_a = await asyncio.to_thread(_asked_and_allowed, desk, agent)
         direct = await asyncio.to_thread(_asked_and_allowed, desk_b, agent)
         times: dict[str, list[float]] = {"through A": [], "on B": []}
-        async with _terminal(desk, through_a) as relayed, _terminal(desk_b, direct) as local:
+        async with _terminal(desk, through_a) as via_a, _terminal(desk_b, direct) as on_b:
             for n in range(40):
-                name, term = ("through A", relayed) if n % 2 == 0 else ("on B", local)
+                name, term = ("through A", via_a) if n % 2 == 0 else ("on B", on_b)
                 started = time.perf_counter()
                 await term.send(f"echo rt$(({n}))x\n")  # the output, not the typed line
                 await term.expect(f"rt{n}x".encode(), timeout=30)
