@@ -10,6 +10,7 @@ another node is never passed on again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
@@ -18,12 +19,13 @@ from starlette.websockets import WebSocket
 
 from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.errors import Conflict, NotFound
-from allowhelp.broker.model.session import State
+from allowhelp.broker.model.session import Session, State
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.node_peers import PeerNode
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+ROW_WAIT, ROW_STEP = 3.0, 0.1  # seconds a session's row may lag behind its "active" event
 
 
 def _route(request: Request | WebSocket) -> NodeRoute | None:
@@ -90,10 +92,24 @@ async def attach_elsewhere(websocket: WebSocket, username: str, actor: str) -> b
     node = await route.session_node(session_id)
     if node is None:
         return False
-    session = await services(websocket).db.read(Store.session, session_id)
-    if session is None or session.technician != username:
-        raise NotFound("no such session")  # the other node would refuse it too
-    if session.state is not State.ACTIVE:  # checked here first, and again there
-        raise Conflict(f"the session is {session.state}, not active")
+    session = await _active_row(websocket, session_id, username)
     await route.relay(websocket, node, _target(websocket), actor=actor, session=session.summary())
     return True
+
+
+async def _active_row(websocket: WebSocket, session_id: str, username: str) -> Session:
+    """The stored session, the caller's and active; checked here first, and again by the
+    node running it. Its row is written behind its record there, so a page that heard
+    "active" (an event) may ask before the row says so: the row gets a moment."""
+    db = services(websocket).db
+    waited = 0.0
+    while True:
+        session = await db.read(Store.session, session_id)
+        if session is None or session.technician != username:
+            raise NotFound("no such session")  # the other node would refuse it too
+        if session.state is State.ACTIVE:
+            return session
+        if session.final or waited >= ROW_WAIT:
+            raise Conflict(f"the session is {session.state}, not active")
+        await asyncio.sleep(ROW_STEP)
+        waited += ROW_STEP
