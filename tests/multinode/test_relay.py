@@ -659,3 +659,25 @@ async def test_a_renewed_node_certificate_is_served_to_new_connections(tmp_path:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_of_three_nodes_the_one_holding_the_agent_serves_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    with running_fleet(tmp_path, store=pg_url, broker_args=tuple(RELAY)) as (fleet, b, agent):
+        a = _node(fleet, b, pg_url, "node-a")
+        c = _node(fleet, b, pg_url, "node-c")
+        desk = Desk.login(c, TECH, TECH_PW)
+        session_id = await asyncio.to_thread(_asked_and_allowed, desk, agent)
+        async with _terminal(desk, session_id) as term:
+            await term.send("echo three-$((1+2))-nodes\n")
+            await term.expect(b"three-3-nodes", timeout=30)
+        relayed = [r for r in _records(pg_url, session_id) if r["type"] == "session.relayed"]
+        assert [(r["details"]["from_node"], r["details"]["to_node"]) for r in relayed] == [
+            (_node_id(c), _node_id(b))
+        ]
+        assert (b.data / "recordings" / f"{session_id}.cast").exists()
+        assert not (a.data / "recordings" / f"{session_id}.cast").exists()
+        assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
+        desk.close()
+    _verified(pg_url)
