@@ -169,6 +169,35 @@ def is_ip(host: str) -> bool:
 
 
 @dataclass(frozen=True)
+class NodeRelay:
+    """``--node-listen HOST:PORT`` and ``--node-address HOST``: where this node takes
+    the other nodes' relayed sessions (mutual TLS under the shared CA,
+    node/relay_listener.py), and the host the other nodes dial (docs/multinode.md)."""
+
+    host: str
+    port: int
+    address: str  # the host other nodes dial; the listen host unless --node-address
+
+    @classmethod
+    def build(cls, listen: str, address: str | None, store: PostgresUrl | None) -> NodeRelay:
+        if store is None:
+            raise ValueError(
+                "--node-listen relays sessions between nodes on one database: "
+                "give --store postgresql://... (or $ALLOWHELP_STORE) too"
+            )
+        host, port = parse_hostport(listen, "--node-listen")
+        dialled = (address or host).strip().strip("[]")
+        if not dialled or any(ch in dialled for ch in "/ @?#"):
+            raise ValueError(f"--node-address must be a host name or address (got {address!r})")
+        if dialled in ("0.0.0.0", "::"):  # noqa: S104 - refused, not bound
+            raise ValueError(
+                f"--node-listen {listen} listens on every address: say which one the other "
+                "nodes dial with --node-address HOST"
+            )
+        return cls(host, port, dialled)
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     data_dir: Path
     https_host: str
@@ -192,6 +221,7 @@ class BrokerSettings:
     webhook_url: str | None = None  # --webhook: session reports POSTed here (sessions/report.py)
     webhook_secret: bytes = field(default=b"", repr=False)  # --webhook-secret-file's content
     store: PostgresUrl | None = None  # --store: the nodes' shared database; None: SQLite files
+    node_relay: NodeRelay | None = None  # --node-listen: sessions relayed between nodes (#21)
 
     @property
     def recordings_dir(self) -> Path:
@@ -221,6 +251,8 @@ class BrokerSettings:
         webhook: str | None = None,
         webhook_secret_file: Path | None = None,
         store: str | None = None,
+        node_listen: str | None = None,
+        node_address: str | None = None,
     ) -> BrokerSettings:
         https_host, https_port = parse_hostport(https, "--https")
         tunnel_host, tunnel_port = parse_tunnel(tunnel)
@@ -228,6 +260,9 @@ class BrokerSettings:
             raise ValueError("the organisation name must be 1 to 100 characters")
         if not 2 <= consent_timeout <= 600:
             raise ValueError("--consent-timeout must be between 2 and 600 seconds")
+        if node_address and not node_listen:
+            raise ValueError("--node-address names where --node-listen is dialled: give both")
+        shared = parse_store(store)
         cap = parse_size(recording_max, "--recording-max")
         if cap < MIN_RECORDING_MAX:
             raise ValueError(f"--recording-max must be at least {MIN_RECORDING_MAX} bytes")
@@ -252,7 +287,8 @@ class BrokerSettings:
             metrics=parse_hostport(metrics, "--metrics") if metrics else None,
             webhook_url=check_webhook_url(webhook) if webhook else None,
             webhook_secret=read_webhook_secret(webhook, webhook_secret_file),
-            store=parse_store(store),
+            store=shared,
+            node_relay=NodeRelay.build(node_listen, node_address, shared) if node_listen else None,
         )
 
 

@@ -120,3 +120,13 @@ def test_asyncssh_sftp_client_starts_on_a_channel_we_opened() -> None:
         "sftp_version",
     ], params
     assert sftp.MIN_SFTP_VERSION == 3
+
+
+def test_uvicorn_names_a_connection_as_the_node_listener_matches_it() -> None:
+    """``node/relay_listener.py`` knows each checked connection by
+    ``get_remote_addr(transport)``, which is what uvicorn puts in ``scope["client"]``."""
+    from uvicorn.protocols import utils
+
+    assert callable(utils.get_remote_addr)
+    source = inspect.getsource(HttpToolsProtocol)
+    assert "get_remote_addr(transport)" in source, "uvicorn names clients another way"

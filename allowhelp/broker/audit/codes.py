@@ -98,6 +98,13 @@ EVENT_CODES: dict[str, str] = {
     # (`serve --recordings-keep`, written before the file goes)
     "recording.refused": "AH1801",
     "recording.expired": "AH1802",
+    # routing between broker nodes (AH20xx, issue #21): a technician's session relayed
+    # to the node holding the agent's tunnel (written by the technician's node before it
+    # relays), that node gone mid-session, and a peer refused at the node listener
+    # (its certificate names no live node)
+    "session.relayed": "AH2001",
+    "session.relay_lost": "AH2002",
+    "node.peer_refused": "AH2003",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -84,6 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         webhook=args.webhook,
         webhook_secret_file=args.webhook_secret_file,
         store=store_text(args),
+        node_listen=args.node_listen,
+        node_address=args.node_address,
     )
     tune_malloc()
     run_event_loop(serve(settings))
@@ -169,6 +171,19 @@ def _operations_args(serve: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    serve.add_argument(
+        "--node-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="take sessions relayed by the other nodes on one --store here, mutual TLS "
+        "under the shared CA (docs/multinode.md; default: off)",
+    )
+    serve.add_argument(
+        "--node-address",
+        default=None,
+        metavar="HOST",
+        help="the host the other nodes dial for --node-listen (default: its host)",
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.jobs.desk import JobDesk
+from allowhelp.broker.relay.node_link import NodeRoute
 from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.files import FileDesk
@@ -40,3 +41,4 @@ class Services:
     chat: ChatDesk
     files: FileDesk
     invites: InviteDesk  # other technicians on a session, with the PC user's consent (#18)
+    nodes: NodeRoute | None = None  # sessions on agents other nodes hold (#21, --node-listen)

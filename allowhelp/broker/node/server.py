@@ -35,6 +35,7 @@ from allowhelp.broker.node.datafolder import DataFolder, tls_hosts
 from allowhelp.broker.node.limits import announce_fd_limit, raise_fd_limit
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.peers import NodeAnnouncer
+from allowhelp.broker.node.relay_listener import NodeRelayListener, start_node_relay
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
 from allowhelp.broker.sessions.chat import ChatDesk
 from allowhelp.broker.sessions.events import EventHub
@@ -204,6 +205,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry)
     )
     retention: asyncio.Task[None] | None = None  # --recordings-keep (audit/retention.py)
+    node_relay: NodeRelayListener | None = None  # --node-listen (node/relay_listener.py)
     try:
         await chain_watch.start()
         await _announce_start(folder.audit, tls)
@@ -242,9 +244,13 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
             files=files,
             invites=invites,
         )
-        server = _Uvicorn(
-            _uvicorn_config(create_app(svc), folder.pki, tls, settings.trusted_proxies)
+        app = create_app(svc)
+        # Sessions on agents held by other nodes, and theirs on ours (#21, routing).
+        node_relay = await start_node_relay(
+            settings.node_relay, settings.data_dir, db, folder.audit, app
         )
+        svc.nodes = node_relay.route if node_relay is not None else None
+        server = _Uvicorn(_uvicorn_config(app, folder.pki, tls, settings.trusted_proxies))
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
         await _started(server, serving)
         exporter = await _serve_metrics(metrics, metrics_sock)
@@ -267,11 +273,15 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         await stop_retention(retention)
         await tunnel.stop()
         await serving
+        if node_relay is not None:
+            await node_relay.stop()
         await folder.audit.write("broker.stopped", actor="system", details={"pid": os.getpid()})
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             asyncio.get_running_loop().remove_signal_handler(sig)
         await tunnel.stop()
+        if node_relay is not None:
+            await node_relay.stop()
         await membership.close()
         await stop_retention(retention)
         await jobs.stop()

@@ -25,6 +25,7 @@ from allowhelp.broker.model.records import (
 )
 from allowhelp.broker.store.fleet import FleetStore
 from allowhelp.broker.store.job_rows import JobStore
+from allowhelp.broker.store.node_peers import NodePeerStore
 from allowhelp.broker.store.nodes import NodeStore
 from allowhelp.broker.store.people import PeopleStore
 from allowhelp.broker.store.session_extras import SessionExtrasStore
@@ -44,5 +45,7 @@ __all__ = [
 ]
 
 
-class Store(PeopleStore, FleetStore, SessionStore, JobStore, SessionExtrasStore, NodeStore):
+class Store(
+    PeopleStore, FleetStore, SessionStore, JobStore, SessionExtrasStore, NodeStore, NodePeerStore
+):
     """Typed access to the broker database; callers never see SQL or sqlite3."""

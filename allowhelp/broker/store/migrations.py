@@ -278,4 +278,12 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     );
     """,
+    # 10 (#21, routing): where each node takes the other nodes' relayed sessions
+    # (``serve --node-listen``; node/relay_listener.py). A node without a row relays nothing.
+    """
+    CREATE TABLE node_peers (
+        node_id TEXT PRIMARY KEY,
+        address TEXT NOT NULL
+    );
+    """,
 )

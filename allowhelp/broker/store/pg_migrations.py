@@ -202,4 +202,11 @@ PG_MIGRATIONS: tuple[str, ...] = (
         since DOUBLE PRECISION NOT NULL
     );
     """,
+    # 3: SQLite's 10 (#21, routing): each node's node-to-node relay address.
+    """
+    CREATE TABLE node_peers (
+        node_id TEXT PRIMARY KEY,
+        address TEXT NOT NULL
+    );
+    """,
 )

@@ -61,6 +61,10 @@ async def agents(request: Request) -> Response:
     await require(request)
     svc = services(request)
     rows = [agent_row(svc, agent) for agent in await svc.db.read(Store.agents)]
+    elsewhere = await svc.nodes.agents_elsewhere() if svc.nodes is not None else {}
+    for row in rows:  # online through another node (#21): sessions are relayed there
+        if not row["online"] and row["id"] in elsewhere:
+            row["online"], row["node"] = True, elsewhere[str(row["id"])]
     groups = await svc.db.read(Store.all_groups)
     for row in rows:
         row["groups"] = groups.get(str(row["id"]), [])

@@ -19,6 +19,7 @@ from allowhelp.broker.audit.recording import file_sha256
 from allowhelp.broker.audit.rfb_format import FORMAT, MEDIA_TYPE, SUFFIX
 from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.api.node_routes import create_elsewhere, or_elsewhere
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
@@ -38,6 +39,9 @@ def _visible(principal: Principal, session: Session | None) -> Session:
 async def create(request: Request) -> Response:
     principal = await require(request)
     body = await json_body(request)
+    elsewhere = await create_elsewhere(request, str(body.get("agent_id", "")))
+    if elsewhere is not None:  # the agent's tunnel is on another node (#21)
+        return elsewhere
     help_code = body.get("help_code") or ""
     session = await services(request).sessions.request(
         technician=principal.user.username,
@@ -173,8 +177,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/sessions", create, methods=["POST"]),
         Route("/api/v1/sessions", listed, methods=["GET"]),
         Route("/api/v1/sessions/{session_id}", one, methods=["GET"]),
-        Route("/api/v1/sessions/{session_id}", patch, methods=["PATCH"]),
-        Route("/api/v1/sessions/{session_id}/end", end, methods=["POST"]),
+        # or_elsewhere: served by the node running the session (#21, node_routes.py)
+        Route("/api/v1/sessions/{session_id}", or_elsewhere(patch), methods=["PATCH"]),
+        Route("/api/v1/sessions/{session_id}/end", or_elsewhere(end), methods=["POST"]),
         Route("/api/v1/sessions/{session_id}/recording", recording, methods=["GET"]),
         Route("/api/v1/help-requests", help_requests, methods=["GET"]),
     ]

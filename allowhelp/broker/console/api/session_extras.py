@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.api.node_routes import or_elsewhere
 from allowhelp.broker.errors import NotFound
 from allowhelp.broker.sessions.chat import visible_session
 from allowhelp.broker.sessions.filepaths import path_from_query
@@ -90,10 +91,13 @@ async def reports(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/api/v1/sessions/{session_id}/files", listing, methods=["GET"]),
-        Route(UPLOAD_PATH, download, methods=["GET"]),
-        Route(UPLOAD_PATH, upload, methods=["PUT"]),
-        Route("/api/v1/sessions/{session_id}/messages", messages, methods=["GET"]),
-        Route("/api/v1/sessions/{session_id}/messages", post_message, methods=["POST"]),
+        # or_elsewhere: served by the node running the session (#21, node_routes.py)
+        Route("/api/v1/sessions/{session_id}/files", or_elsewhere(listing), methods=["GET"]),
+        Route(UPLOAD_PATH, or_elsewhere(download), methods=["GET"]),
+        Route(UPLOAD_PATH, or_elsewhere(upload), methods=["PUT"]),
+        Route("/api/v1/sessions/{session_id}/messages", or_elsewhere(messages), methods=["GET"]),
+        Route(
+            "/api/v1/sessions/{session_id}/messages", or_elsewhere(post_message), methods=["POST"]
+        ),
         Route("/api/v1/reports", reports, methods=["GET"]),
     ]

@@ -32,6 +32,7 @@ from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import services, websocket_principal
 from allowhelp.broker.console.api.invites import attach_invitee
+from allowhelp.broker.console.api.node_routes import attach_elsewhere
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BrokerError, RelayError
 from allowhelp.broker.model.session import Session
@@ -116,6 +117,8 @@ async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
     svc = services(websocket)
     try:
         principal = await websocket_principal(websocket)
+        if await attach_elsewhere(websocket, principal.user.username, principal.actor):
+            return  # run by another node: relayed there (#21)
         owned = svc.sessions.live(websocket.path_params["session_id"])
         if owned is not None and owned.technician != principal.user.username:
             await attach_invitee(websocket, svc, principal.user.username, kind)  # #18

@@ -1,0 +1,115 @@
+"""Requests this node passes to the node that holds the agent or runs the session (#21).
+
+With ``--node-listen`` on a shared store, a technician logged in here may ask for a
+session on an agent whose tunnel another live node holds: the request, and then
+everything about that session (its end, notes, files, chat, and its WebSocket)
+goes to the node running it (``relay/node_link.py``), which serves them as its own
+console would, after the caller is authenticated here. A request that came from
+another node is never passed on again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.websockets import WebSocket
+
+from allowhelp.broker.console.api.base import require, services
+from allowhelp.broker.errors import Conflict, NotFound
+from allowhelp.broker.model.session import Session, State
+from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.node_peers import PeerNode
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+ROW_WAIT, ROW_STEP = 3.0, 0.1  # seconds a session's row may lag behind its "active" event
+
+
+def _route(request: Request | WebSocket) -> NodeRoute | None:
+    """This node's route to the others, unless the request came from one of them."""
+    route = services(request).nodes
+    return None if route is None or FROM_NODE in request.scope else route
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():  # as it comes: an upload is never whole here
+        yield chunk
+
+
+def _target(request: Request | WebSocket) -> str:
+    """The path and query as the technician sent them (still percent-encoded)."""
+    path = bytes(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+    query = request.url.query
+    return path + (f"?{query}" if query else "")
+
+
+async def _forward(request: Request, route: NodeRoute, node: PeerNode) -> Response:
+    answer = await route.forward(
+        node,
+        request.method,
+        _target(request),
+        dict(request.headers),
+        _body(request),
+    )
+    return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+async def create_elsewhere(request: Request, agent_id: str) -> Response | None:
+    """``POST /api/v1/sessions`` for an agent another node holds: that node's answer."""
+    route = _route(request)
+    if route is None or services(request).registry.get(agent_id) is not None:
+        return None
+    node = await route.agent_node(agent_id)
+    return None if node is None else await _forward(request, route, node)
+
+
+def or_elsewhere(endpoint: Endpoint) -> Endpoint:
+    """A session's endpoint, served by the node that runs the session when another
+    live node does (the caller authenticated here first, and again there)."""
+
+    async def routed(request: Request) -> Response:
+        route = _route(request)
+        session_id = request.path_params["session_id"]
+        if route is not None and services(request).sessions.live(session_id) is None:
+            await require(request)
+            node = await route.session_node(session_id)
+            if node is not None:
+                return await _forward(request, route, node)
+        return await endpoint(request)
+
+    return routed
+
+
+async def attach_elsewhere(websocket: WebSocket, username: str, actor: str) -> bool:
+    """The session's WebSocket relayed to the node running it; False when none does."""
+    route = _route(websocket)
+    session_id = websocket.path_params["session_id"]
+    if route is None or services(websocket).sessions.live(session_id) is not None:
+        return False
+    node = await route.session_node(session_id)
+    if node is None:
+        return False
+    session = await _active_row(websocket, session_id, username)
+    await route.relay(websocket, node, _target(websocket), actor=actor, session=session.summary())
+    return True
+
+
+async def _active_row(websocket: WebSocket, session_id: str, username: str) -> Session:
+    """The stored session, the caller's and active; checked here first, and again by the
+    node running it. Its row is written behind its record there, so a page that heard
+    "active" (an event) may ask before the row says so: the row gets a moment."""
+    db = services(websocket).db
+    waited = 0.0
+    while True:
+        session = await db.read(Store.session, session_id)
+        if session is None or session.technician != username:
+            raise NotFound("no such session")  # the other node would refuse it too
+        if session.state is State.ACTIVE:
+            return session
+        if session.final or waited >= ROW_WAIT:
+            raise Conflict(f"the session is {session.state}, not active")
+        await asyncio.sleep(ROW_STEP)
+        waited += ROW_STEP

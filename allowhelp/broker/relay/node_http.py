@@ -1,0 +1,141 @@
+"""One HTTP request passed to another node's listener, streamed both ways (#21, routing).
+
+The request body goes out as it comes from the technician (a file upload is
+never whole in memory), and the answer comes back as the other node sends it
+(a download or a listing streams). HTTP/1.1 framing is ``h11``'s; the TLS is
+the nodes' mutual TLS (``node_link.py``), and the node reached must be the node
+meant. One connection per request: relayed requests are few (a session asked,
+ended, its files and chat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import h11
+
+from allowhelp.broker.errors import AgentUnreachable
+from allowhelp.broker.store.node_peers import PeerNode
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0  # between two pieces of the answer (a PC's sftp-server may be slow)
+CHUNK = 64 * 1024
+# What goes to the other node of the technician's request, and what comes back of
+# its answer: credentials and content, never hop-by-hop or proxy headers.
+REQUEST_HEADERS = ("cookie", "x-csrf-token", "content-type", "content-length")
+ANSWER_HEADERS = ("content-type", "content-length", "content-disposition", "retry-after")
+
+PeerCheck = Callable[[object, PeerNode], None]
+
+
+@dataclass
+class NodeAnswer:
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+
+
+def _unreachable(node: PeerNode, exc: BaseException) -> AgentUnreachable:
+    return AgentUnreachable(
+        f"the node holding the machine ({node.address}) cannot be reached: {exc or 'timed out'}"
+    )
+
+
+async def send_to_node(
+    node: PeerNode,
+    context: ssl.SSLContext,
+    check: PeerCheck,
+    *,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: AsyncIterator[bytes],
+) -> NodeAnswer:
+    """Send the request; the answer's status and headers, its body as it comes.
+
+    The body iterator must be read to its end (or closed): that closes the connection.
+    """
+    host, _, port = node.address.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port), ssl=context),
+            CONNECT_TIMEOUT,
+        )
+    except (OSError, TimeoutError) as exc:
+        raise _unreachable(node, exc) from exc
+    try:
+        check(writer.get_extra_info("peercert"), node)
+        conn = h11.Connection(h11.CLIENT)
+        sent = [(k, v) for k, v in headers.items() if k.lower() in REQUEST_HEADERS]
+        if not any(k.lower() == "content-length" for k, _ in sent):
+            sent.append(("transfer-encoding", "chunked"))
+        sent += [("host", node.address), ("origin", node.https), ("connection", "close")]
+        writer.write(conn.send(h11.Request(method=method, target=target, headers=sent)))
+        async for chunk in body:
+            if chunk:
+                writer.write(conn.send(h11.Data(data=chunk)))
+                await writer.drain()
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        answer = await _next(conn, reader)
+        if not isinstance(answer, h11.Response):
+            raise AgentUnreachable(f"the node at {node.address} did not answer")
+    except (OSError, TimeoutError, h11.ProtocolError) as exc:
+        writer.close()
+        raise _unreachable(node, exc) from exc
+    except BaseException:
+        writer.close()
+        raise
+    kept = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in answer.headers
+        if name.decode("latin-1") in ANSWER_HEADERS
+    }
+    return NodeAnswer(answer.status_code, kept, _body(conn, reader, writer, node))
+
+
+async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await asyncio.wait_for(reader.read(CHUNK), READ_TIMEOUT))
+            continue
+        if isinstance(event, h11.InformationalResponse):
+            continue
+        return event
+
+
+async def _body(
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    node: PeerNode,
+) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            try:
+                event = await _next(conn, reader)
+            except (OSError, TimeoutError, h11.ProtocolError) as exc:
+                raise _unreachable(node, exc) from exc
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                # The other node closes once its handler is done (``connection: close``):
+                # closing first would cut it short (a download's end record would say
+                # it was cut, when the technician got every byte).
+                with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+                    await asyncio.wait_for(_until_closed(reader), READ_TIMEOUT)
+                return
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    while await reader.read(CHUNK):
+        pass

@@ -1,0 +1,89 @@
+"""Where each broker node takes the other nodes' relayed sessions (#21, routing).
+
+A node started with ``serve --node-listen`` writes the address of its node-to-node
+listener here (``node/relay_listener.py``); a node that must reach an agent or a
+session held by another live node reads it (``relay/peers.py``). Only live nodes
+count: a row of a node whose heartbeat stopped is never dialled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from allowhelp.broker.store.core import StoreCore
+from allowhelp.broker.store.nodes import NODE_STALE
+
+_OPEN = "s.state IN ('requested', 'awaiting_consent', 'active')"
+
+
+@dataclass(frozen=True)
+class PeerNode:
+    """A live node another node may relay to: its id, its relay listener, its console URL."""
+
+    id: str
+    address: str
+    https: str
+
+
+class NodePeerStore(StoreCore):
+    def node_peer_set(self, node_id: str, address: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO node_peers (node_id, address) VALUES (?, ?)"
+                " ON CONFLICT(node_id) DO UPDATE SET address = excluded.address",
+                (node_id, address),
+            )
+
+    def node_peer_gone(self, node_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM node_peers WHERE node_id = ?", (node_id,))
+
+    def _live_peers(self, where: str, args: tuple[object, ...]) -> list[PeerNode]:
+        rows = self._query(
+            "SELECT n.id, p.address, n.https FROM broker_nodes n"  # noqa: S608 - fixed SQL
+            f" JOIN node_peers p ON p.node_id = n.id WHERE ({where})"
+            f" AND n.heartbeat >= {self._database.now_sql} - ?",
+            (*args, NODE_STALE),
+        )
+        return [PeerNode(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+    def live_peer(self, node_id: str) -> PeerNode | None:
+        """The node ``node_id`` if it is live and takes relayed sessions."""
+        found = self._live_peers("n.id = ?", (node_id,))
+        return found[0] if found else None
+
+    def node_is_live(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a row of ``broker_nodes`` whose heartbeat is fresh."""
+        rows = self._query(
+            "SELECT 1 FROM broker_nodes WHERE id = ?"  # noqa: S608 - the clock's SQL
+            f" AND heartbeat >= {self._database.now_sql} - ?",
+            (node_id, NODE_STALE),
+        )
+        return bool(rows)
+
+    def agent_peer(self, agent_id: str) -> PeerNode | None:
+        """The other live node holding this agent's tunnel, if it takes relayed sessions."""
+        found = self._live_peers(
+            "n.id IN (SELECT node_id FROM agent_nodes WHERE agent_id = ?) AND n.id <> ?",
+            (agent_id, self.node_id),
+        )
+        return found[0] if found else None
+
+    def session_peer(self, session_id: str) -> PeerNode | None:
+        """The other live node running this open session, if it takes relayed sessions."""
+        found = self._live_peers(
+            "n.id IN (SELECT sn.node_id FROM session_nodes sn JOIN sessions s"  # noqa: S608
+            f" ON s.id = sn.session_id WHERE sn.session_id = ? AND {_OPEN}) AND n.id <> ?",
+            (session_id, self.node_id),
+        )
+        return found[0] if found else None
+
+    def agents_elsewhere(self) -> dict[str, str]:
+        """Agent id → the other live node holding its tunnel (the console lists them online)."""
+        rows = self._query(
+            "SELECT an.agent_id, an.node_id FROM agent_nodes an"  # noqa: S608 - the clock's SQL
+            " JOIN broker_nodes n ON n.id = an.node_id"
+            f" WHERE an.node_id <> ? AND n.heartbeat >= {self._database.now_sql} - ?",
+            (self.node_id, NODE_STALE),
+        )
+        return {str(row[0]): str(row[1]) for row in rows}
