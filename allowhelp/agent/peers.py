@@ -7,10 +7,17 @@ damaged or edited file counts as no nodes: deny by default). The enrolled
 broker's address is never replaced: it stays in ``agent.json`` and is always
 tried. An address grants nothing: every node is checked exactly as the
 enrolled broker is (the same pinned tunnel key; the same CA for the HTTPS port).
+
+Every agent is told the nodes in the same order, so each one puts them in an order
+of its own (``spread``: rendezvous hashing of its agent id with each address): when
+a node dies, its agents spread evenly over the live ones instead of all landing on
+the first one listed, and each agent keeps the same order from one failure to the
+next.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -87,16 +94,29 @@ class KnownNodes:
         enrolled = list(_enrolled(config))
         found = list(enrolled)
         if config.tunnel_port:
-            for text in self.tunnels:
+            for text in spread(self.tunnels, config.agent_id):
                 host, port = tunnel_address(text)
                 found.append(Endpoint("ssh", host=host, port=port))
         if config.tunnel_url:
-            found.extend(Endpoint("https", url=url) for url in self.urls)
+            found.extend(Endpoint("https", url=url) for url in spread(self.urls, config.agent_id))
         unique: list[Endpoint] = []
         for endpoint in found:
             if endpoint not in unique:
                 unique.append(endpoint)
         return unique
+
+
+def spread(addresses: tuple[str, ...], agent_id: str) -> tuple[str, ...]:
+    """The addresses in this agent's own order: highest rendezvous weight first, the
+    weight being SHA-256 of the agent id and the address. Stable for one agent and one
+    set of nodes; a node leaving the set moves only the agents that had it first, and
+    those spread evenly over the others (a rotation of one list would send them all to
+    the next node in it)."""
+
+    def weight(address: str) -> bytes:
+        return hashlib.sha256(f"{agent_id}\n{address}".encode()).digest()
+
+    return tuple(sorted(addresses, key=weight, reverse=True))
 
 
 def _enrolled(config: AgentConfig) -> Iterator[Endpoint]:
