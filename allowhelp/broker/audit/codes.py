@@ -98,6 +98,9 @@ EVENT_CODES: dict[str, str] = {
     # (`serve --recordings-keep`, written before the file goes)
     "recording.refused": "AH1801",
     "recording.expired": "AH1802",
+    # several nodes (AH2011-AH2019, issue #21): the live tunnel of an agent removed on
+    # another node, dropped by the node holding it within a heartbeat of the removal
+    "agent.tunnel.dropped": "AH2011",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -201,8 +201,9 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
     exporter: _Exporter | None = None
     membership = NodeMembership(
-        db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry)
-    )
+        db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry),
+        agents=registry, audit=folder.audit,
+    )  # fmt: skip
     retention: asyncio.Task[None] | None = None  # --recordings-keep (audit/retention.py)
     try:
         await chain_watch.start()
