@@ -112,6 +112,8 @@ class NodeMembership:
         then this node's row, fresh; then its earlier run's open sessions end as
         broker_restart (their recordings in ``recordings``); then the beat starts."""
         await self._enter(https, tunnel)
+        if self._shared:  # an end owed while cut off is not written after another node's
+            self._sessions.guard_late_ends(self._late_end)
         await self._sessions.recover(recordings)
         self._task = asyncio.create_task(self._beat())
         if self._store is not None:  # console events to and from the other nodes
@@ -205,6 +207,19 @@ class NodeMembership:
         ended = await self._sessions.recover(None, own=False)
         if ended:
             log.warning("%d session(s) of a dead node ended as broker_restart", ended)
+
+    async def _late_end(self, session_id: str) -> bool:
+        """May this node write the end it owes for a session it stopped while cut off?
+        Not when another node took this one for dead and ended the session meanwhile
+        (``Store.hold_late_end``); not yet (``AuditUnavailable``: retried) while the
+        store cannot say, so an end is never dropped without the other's record."""
+        try:
+            held = await self._db.run(Store.hold_late_end, session_id)
+        except BrokerError as exc:
+            raise AuditUnavailable(f"cannot tell whether another node ended it: {exc}") from exc
+        if held is None:
+            raise AuditUnavailable("this node was taken for dead: it joins again first")
+        return held
 
     async def _drop_removed(self, records: list[AgentRecord]) -> None:
         """The live tunnels here of agents removed (on another node: this node's own
