@@ -1,7 +1,8 @@
 """The other broker nodes this agent may fail over to (docs/multinode.md).
 
 Learned only from ``nodes.list`` on the control channel, that is from a broker
-that has just proved the pinned key over the tunnel; kept in ``nodes.json``
+that has just proved the pinned key over the tunnel, and from the enrolment answer
+of the broker whose CA the token pinned (for first contact); kept in ``nodes.json``
 next to ``agent.json`` (0600, written atomically), checked again on load (a
 damaged or edited file counts as no nodes: deny by default). The enrolled
 broker's address is never replaced: it stays in ``agent.json`` and is always
@@ -86,6 +87,27 @@ class KnownNodes:
             "broker nodes: %d tunnel address(es), %d URL(s)", len(self.tunnels), len(self.urls)
         )
         return True
+
+    def enrolled_with(self, answer: object) -> None:
+        """The nodes the enrolment answer lists (``nodes``, docs/multinode.md): so a PC
+        whose broker node is down before it ever connected still finds another. From
+        the broker the token pinned (the answer came over the pinned CA), checked as
+        ``nodes.list`` is; a damaged list is ignored (no other node, said in the log),
+        none at all clears what an earlier enrolment in this folder left."""
+        try:
+            if answer is None:
+                listed = NodesList()
+            elif not isinstance(answer, dict):
+                raise AddressError("not a JSON object")
+            else:
+                listed = NodesList(
+                    checked_list(answer.get("tunnels", []), "tunnels", tunnel_address),
+                    checked_list(answer.get("urls", []), "urls", tunnel_url),
+                )
+        except AddressError as exc:
+            log.warning("ignored the broker nodes in the enrolment answer (%s)", exc)
+            listed = NodesList()
+        self.learned(listed)
 
     def endpoints(self, config: AgentConfig) -> list[Endpoint]:
         """Every way to a broker this PC may take: the enrolled broker's first (the raw

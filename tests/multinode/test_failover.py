@@ -181,3 +181,26 @@ def test_a_dead_nodes_agents_spread_over_the_live_nodes(tmp_path: Path, pg_url: 
         print(f"{len(agents)} agents back in {back:.1f} s: {len(on_a)} on A, {len(on_c)} on C")
         assert on_a and on_c and len(on_a) + len(on_c) == len(agents)
         assert back < 30
+
+
+def test_an_agent_whose_node_is_down_before_first_contact_finds_another(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The enrolment answer lists the live nodes: a PC enrolled on node B, which dies
+    before the PC ever connected, comes online through node A all the same."""
+    with staffed_broker(tmp_path, store=pg_url) as fleet:
+        node_a = fleet.brokers[0]
+        node_b = _node(fleet, node_a, pg_url, "node-b")  # A is live: B's list has it
+        agent = fleet.agent()
+        assert agent.enroll(node_b.token()).returncode == 0  # the token names node B
+        enrolled = json.loads((agent.config / "agent.json").read_text())
+        assert enrolled["broker_url"] == node_b.url  # the enrolled broker stays B's
+        known = _known(agent)
+        assert set(known["tunnels"]) == {_tunnel_of(node_a), _tunnel_of(node_b)}
+        assert len(known["urls"]) == 2
+        assert (agent.config / "nodes.json").stat().st_mode & 0o777 == 0o600
+        node_b.kill()  # -9, before the agent ever dialled
+        agent.start("--reconnect-cap", "2")
+        wait_for(lambda: online(node_a, agent.agent_id), 30, "the agent online through A")
+        said = agent.log.read_text()
+        assert f"reached the broker by the SSH port of {_tunnel_of(node_a)}" in said, said

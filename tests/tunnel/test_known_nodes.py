@@ -176,3 +176,22 @@ def test_only_agents_that_said_nodes_get_the_list_and_its_changes() -> None:
     assert new.sent == [nodes_list(NODES)] and old.sent == []
     announcer.update(NODES[:1])  # node b left
     assert new.sent[-1] == nodes_list(NODES[:1]) and len(new.sent) == 2 and old.sent == []
+
+
+def test_the_enrolment_answers_nodes_are_kept_checked_like_the_control_channels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = KnownNodes(tmp_path)
+    nodes.enrolled_with({"tunnels": list(LIST.tunnels), "urls": list(LIST.urls)})
+    again = KnownNodes(tmp_path)
+    assert (again.tunnels, again.urls) == (LIST.tunnels, LIST.urls)
+    assert (tmp_path / NODES_FILE).stat().st_mode & 0o777 == 0o600
+    with caplog.at_level(logging.WARNING):
+        again.enrolled_with({"tunnels": ["evil host:22"], "urls": []})  # hostile: ignored
+    assert "ignored the broker nodes in the enrolment answer" in caplog.text
+    assert (KnownNodes(tmp_path).tunnels, KnownNodes(tmp_path).urls) == ((), ())
+    again.enrolled_with({"tunnels": list(LIST.tunnels)})
+    again.enrolled_with(None)  # a broker alone lists none: nothing left of an earlier list
+    assert KnownNodes(tmp_path).tunnels == ()
+    again.enrolled_with(["not", "an", "object"])
+    assert KnownNodes(tmp_path).tunnels == ()

@@ -33,6 +33,7 @@ from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.keys import EnrolledKeys
+from allowhelp.protocol.control import NodesList
 
 if TYPE_CHECKING:  # psycopg is imported only on a PostgreSQL store
     from allowhelp.broker.store.pg_events import NodeEvents
@@ -153,6 +154,13 @@ class NodeMembership:
         record = NodeRecord(self.node_id, socket.gethostname(), os.getpid(), https, tunnel, 0, 0, 0)
         await self._db.run(Store.node_started, record)
         await self._announce()
+
+    def agent_nodes(self) -> NodesList | None:
+        """The live nodes' addresses for a PC enrolling now (``tunnel/enrolment.py``);
+        None alone on SQLite (no other node)."""
+        if not self._shared or self._announcer is None:
+            return None
+        return self._announcer.current
 
     async def _announce(self) -> None:
         if self._shared and self._announcer is not None:

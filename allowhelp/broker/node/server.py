@@ -229,6 +229,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
                 tunnel_url=routes.https,
                 tunnel_key=folder.pki.tunnel_public_key,
                 organisation=settings.organisation,
+                nodes=membership.agent_nodes,  # the other nodes, for first contact (#21)
             ),
             ca_pem=folder.pki.ca_cert.read_bytes(),
             public_url=public_url,
