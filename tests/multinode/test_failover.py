@@ -187,20 +187,36 @@ def test_an_agent_whose_node_is_down_before_first_contact_finds_another(
     tmp_path: Path, pg_url: str
 ) -> None:
     """The enrolment answer lists the live nodes: a PC enrolled on node B, which dies
-    before the PC ever connected, comes online through node A all the same."""
+    before the PC ever connected, comes online through node A all the same. A listed
+    stranger (another PKI on the same database) grants nothing: with A down too, the
+    PC refuses it and waits for a node with the pinned key."""
     with staffed_broker(tmp_path, store=pg_url) as fleet:
         node_a = fleet.brokers[0]
-        node_b = _node(fleet, node_a, pg_url, "node-b")  # A is live: B's list has it
+        stranger = fleet.broker("stranger", store=pg_url).start()  # a PKI of its own
+        node_b = _node(fleet, node_a, pg_url, "node-b")  # A and the stranger live: listed
         agent = fleet.agent()
         assert agent.enroll(node_b.token()).returncode == 0  # the token names node B
         enrolled = json.loads((agent.config / "agent.json").read_text())
         assert enrolled["broker_url"] == node_b.url  # the enrolled broker stays B's
         known = _known(agent)
-        assert set(known["tunnels"]) == {_tunnel_of(node_a), _tunnel_of(node_b)}
-        assert len(known["urls"]) == 2
+        wanted = {_tunnel_of(node_a), _tunnel_of(node_b), _tunnel_of(stranger)}
+        assert set(known["tunnels"]) == wanted and len(known["urls"]) == 3
         assert (agent.config / "nodes.json").stat().st_mode & 0o777 == 0o600
         node_b.kill()  # -9, before the agent ever dialled
+        node_a.stop()  # and A away for now: the stranger is the only node that answers
         agent.start("--reconnect-cap", "2")
+        tried = f"the SSH port of {_tunnel_of(stranger)}: "
+        refused = "refused a tunnel peer: not the pinned broker"  # the agent's own check
+        # (Until its next beat the stranger does not know the new agent's key and drops
+        # it first; from then on it is the agent that refuses the stranger.)
+        wait_for(
+            lambda: tried in (said := agent.log.read_text()) and refused in said,
+            40,
+            "the agent to refuse the stranger",
+        )
+        assert not online(stranger, agent.agent_id)
+        node_a.start()  # on the same ports
         wait_for(lambda: online(node_a, agent.agent_id), 30, "the agent online through A")
         said = agent.log.read_text()
         assert f"reached the broker by the SSH port of {_tunnel_of(node_a)}" in said, said
+        assert not online(stranger, agent.agent_id)
