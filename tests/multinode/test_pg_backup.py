@@ -17,7 +17,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, broker_cli, running_fleet
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Broker,
+    Desk,
+    broker_cli,
+    running_fleet,
+    staffed_broker,
+)
 from terminalkit import consented_shell
 
 
@@ -139,3 +149,21 @@ def test_a_backup_with_store_refuses_bad_inputs_in_one_line(tmp_path: Path, pg_u
         )
     assert "no backup taken" in line and ":pw@" not in line
     assert not out.exists() and not out.with_name("b.tar.partial").exists()
+    # A SQLite backup is not loaded into a database: one line, nothing restored.
+    (tmp_path / "sqlite").mkdir()
+    with staffed_broker(tmp_path / "sqlite") as fleet:
+        sqlite_backup = tmp_path / "sqlite.tar"
+        folder = str(fleet.brokers[0].data)
+        done = broker_cli("backup", "--data", folder, "--output", str(sqlite_backup))
+        assert done.returncode == 0, done.stderr
+    empty_db = _database(pg_url, "ah_empty_" + urlsplit(pg_url).path.strip("/")[-8:])
+    with psycopg.connect(_database(pg_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{urlsplit(empty_db).path.strip("/")}"')
+    target = tmp_path / "r2"
+    line = _one_error(
+        broker_cli("restore", str(sqlite_backup), "--data", str(target), "--store", empty_db)
+    )
+    assert "holds SQLite files" in line and not target.exists()
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)  # nothing loaded

@@ -146,7 +146,8 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
         manifest = _unpack(backup, scratch)
         if manifest.store != "postgresql":
             raise BackupError(
-                f"{backup} holds SQLite files, not a PostgreSQL dump: restore it without --store"
+                f"{backup} holds SQLite files, not a PostgreSQL dump: restore it without "
+                "--store (and with $ALLOWHELP_STORE unset)"
             )
         if manifest.store_schema > len(PG_MIGRATIONS):
             raise BackupError(
