@@ -150,10 +150,12 @@ def test_a_dead_nodes_agents_spread_over_the_live_nodes(tmp_path: Path, pg_url: 
     differ; B killed with -9: each comes back on the live node its order puts first,
     so they land on more than one node, and all within the bound."""
     with running_fleet(tmp_path, store=pg_url) as (fleet, node_b, first):
-        node_a = _node(fleet, node_b, pg_url, "node-a")
-        node_c = _node(fleet, node_b, pg_url, "node-c")
-        tunnels = tuple(_tunnel_of(node) for node in (node_a, node_b, node_c))
-        by_tunnel = {_tunnel_of(node_a): node_a, _tunnel_of(node_c): node_c}
+        # A's and C's tunnel ports are chosen first, so that the agents are enrolled
+        # before A and C start: a node learns a key enrolled elsewhere at its next beat
+        # (5 s), and one that has not yet refuses the agent, which goes on to the next.
+        port_a = free_port()
+        port_c = next(p for p in iter(free_port, 0) if p != port_a)
+        tunnels = (f"localhost:{port_a}", _tunnel_of(node_b), f"localhost:{port_c}")
 
         def lands(agent: Agent) -> str:  # the first live node in the agent's order
             return next(t for t in spread(tunnels, agent.agent_id) if t != _tunnel_of(node_b))
@@ -165,6 +167,10 @@ def test_a_dead_nodes_agents_spread_over_the_live_nodes(tmp_path: Path, pg_url: 
             agent = fleet.agent(f"agent-{len(agents)}")
             assert agent.enroll(token).returncode == 0
             agents.append(agent)
+        node_a = _node(fleet, node_b, pg_url, "node-a", tunnel=f"127.0.0.1:{port_a}")
+        node_c = _node(fleet, node_b, pg_url, "node-c", tunnel=f"127.0.0.1:{port_c}")
+        assert (_tunnel_of(node_a), _tunnel_of(node_c)) == (tunnels[0], tunnels[2])
+        by_tunnel = {_tunnel_of(node_a): node_a, _tunnel_of(node_c): node_c}
         for agent in agents[1:]:
             agent.start("--reconnect-cap", "2")
         for agent in agents:
@@ -217,6 +223,8 @@ def test_an_agent_whose_node_is_down_before_first_contact_finds_another(
         assert not online(stranger, agent.agent_id)
         node_a.start()  # on the same ports
         wait_for(lambda: online(node_a, agent.agent_id), 30, "the agent online through A")
-        said = agent.log.read_text()
-        assert f"reached the broker by the SSH port of {_tunnel_of(node_a)}" in said, said
+        said = agent.log.read_text()  # by A's SSH port, or its HTTPS port if that was up first
+        url_a = node_a.url.replace("https://", "wss://") + "/api/v1/tunnel"
+        reached = (f"by the SSH port of {_tunnel_of(node_a)}", f"by the HTTPS port of {url_a}")
+        assert any(f"reached the broker {way}" in said for way in reached), said
         assert not online(stranger, agent.agent_id)
