@@ -7,10 +7,12 @@
     bench/run --only bulk                      # screen channel vs ssh -L (issue #8)
     bench/run --only fleet --agents 1000,5000  # fleet sizes
     bench/run --only routes --agents 5000      # tunnel: raw SSH port vs HTTPS port (issue #16)
+    bench/run --only nodes --agents 300        # three nodes on PostgreSQL, one killed (#21)
     bench/run --lever uvloop --lever pktsize=131072   # measure a proposed change
 
 Sections: throughput, bulk, tunnel, latency, fleet, audit, profile, memory, routes (and peers,
-only when named: allowhelp vs MeshCentral, issue #19). Results go to
+only when named: allowhelp vs MeshCentral, issue #19; and nodes, only when named: three
+broker nodes on PostgreSQL, one killed under its agents, issue #21). Results go to
 ``bench/results/latest.json`` (and a timestamped copy) unless ``--json`` says
 otherwise. Every process is started on 127.0.0.1 under a temp folder and
 stopped at the end, whatever happens.
@@ -51,9 +53,12 @@ SECTIONS = (
     "memory",
     "routes",
     "peers",
+    "nodes",
 )
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "peers")  # peers: MeshCentral from npm
+# peers: MeshCentral from npm; nodes: a PostgreSQL cluster (initdb) and three brokers
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("peers", "nodes"))
 FLEET_SIZES = "1000,5000,20000"
+FLEET_DEFAULT = [int(x) for x in FLEET_SIZES.split(",")]  # nodes: --agents not given
 ROUTES_AGENTS = 5000  # --quick: 1000
 
 
@@ -291,6 +296,27 @@ def fleet_size(text: str) -> int:
     return int(text)
 
 
+def report_nodes(res: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{x['order']}",
+            fmt(x["all_back_s"], 1),
+            f"{x['on_a']} / {x['on_c']}",
+            fmt(x["reconnect_s"].get(50), 2),
+            fmt(x["reconnect_s"].get(90), 2),
+            fmt(x["reconnect_s"].get(99), 2),
+        ]
+        for x in res["rounds"]
+    ]
+    text = table(["order", "all back s", "on A / on C", "own p50 s", "p90 s", "p99 s"], rows)
+    for order, s in res["summary"].items():
+        text += (
+            f"\n{order}: all back in {fmt(s['all_back_s_median'], 1)} s (median of"
+            f" {s['rounds']}), largest share on one node {fmt(s['largest_share_median'], 2)}"
+        )
+    return text + f"\n{res['agents']} agents on node B of three, B killed with -9 each round"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -417,6 +443,10 @@ def _run_section(
         from bench.peers import run as peers
 
         return peers.run(procs, root, quick=quick)
+    if section == "nodes":
+        from bench import nodes
+
+        return nodes.run(procs, root, quick=quick, sizes=sizes if sizes != FLEET_DEFAULT else [])
     from bench import profiling
 
     why = profiling.available()
@@ -436,6 +466,7 @@ REPORTERS = {
     "memory": report_memory,
     "peers": report_peers,
     "routes": report_routes,
+    "nodes": report_nodes,
 }
 
 

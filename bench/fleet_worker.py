@@ -20,6 +20,9 @@ broker restart the agents reconnect on their own, exactly as the product does.
 Every time the broker opens an agent's control channel (the agent is fully
 back) the wall-clock time is noted; SIGUSR1 writes REPORT, SIGTERM stops all
 tunnels, writes REPORT and exits.
+
+``"order": "listed"`` in SPEC makes every agent try the other broker nodes in the
+order the node gave (the baseline of ``bench/nodes.py``), instead of its own.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from allowhelp.agent import proxy
+from allowhelp.agent import peers, proxy
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.service import AgentService, Sender
 from allowhelp.agent.tunnel import AgentTunnel
@@ -86,8 +89,14 @@ class CountingService(AgentService):
         super().attach(send)
 
 
+def _listed(addresses: tuple[str, ...], agent_id: str) -> tuple[str, ...]:
+    return addresses
+
+
 async def main(spec: dict[str, Any], report_path: Path) -> None:
     raise_nofile()
+    if spec.get("order") == "listed":  # bench/nodes.py's baseline: the nodes' own order
+        peers.spread = _listed
     shared = spec["config"]
     ramp = asyncio.Semaphore(int(spec.get("ramp", 16)))
     stop = asyncio.Event()

@@ -29,6 +29,7 @@ from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.errors import EnrolError
 from allowhelp.agent.hello import os_description
 from allowhelp.agent.i18n import N_, _
+from allowhelp.agent.peers import KnownNodes
 from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
 from allowhelp.certs.pki import AGENT_TLS_NAME, ca_fingerprint, fingerprints_equal
@@ -199,6 +200,7 @@ def enrol(
         )
     config = replace(_config_from(answer, token, ca_pem), proxy=proxy_setting)
     config.save(folder)
+    KnownNodes(folder).enrolled_with(answer.get("nodes"))  # the other nodes (#21)
     log.info("enrolled as agent=%s with %s", config.agent_id, token.url)
     return config
 

@@ -1,16 +1,24 @@
 """The other broker nodes this agent may fail over to (docs/multinode.md).
 
 Learned only from ``nodes.list`` on the control channel, that is from a broker
-that has just proved the pinned key over the tunnel; kept in ``nodes.json``
+that has just proved the pinned key over the tunnel, and from the enrolment answer
+of the broker whose CA the token pinned (for first contact); kept in ``nodes.json``
 next to ``agent.json`` (0600, written atomically), checked again on load (a
 damaged or edited file counts as no nodes: deny by default). The enrolled
 broker's address is never replaced: it stays in ``agent.json`` and is always
 tried. An address grants nothing: every node is checked exactly as the
 enrolled broker is (the same pinned tunnel key; the same CA for the HTTPS port).
+
+Every agent is told the nodes in the same order, so each one puts them in an order
+of its own (``spread``: rendezvous hashing of its agent id with each address): when
+a node dies, its agents spread evenly over the live ones instead of all landing on
+the first one listed, and each agent keeps the same order from one failure to the
+next.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -80,6 +88,27 @@ class KnownNodes:
         )
         return True
 
+    def enrolled_with(self, answer: object) -> None:
+        """The nodes the enrolment answer lists (``nodes``, docs/multinode.md): so a PC
+        whose broker node is down before it ever connected still finds another. From
+        the broker the token pinned (the answer came over the pinned CA), checked as
+        ``nodes.list`` is; a damaged list is ignored (no other node, said in the log),
+        none at all clears what an earlier enrolment in this folder left."""
+        try:
+            if answer is None:
+                listed = NodesList()
+            elif not isinstance(answer, dict):
+                raise AddressError("not a JSON object")
+            else:
+                listed = NodesList(
+                    checked_list(answer.get("tunnels", []), "tunnels", tunnel_address),
+                    checked_list(answer.get("urls", []), "urls", tunnel_url),
+                )
+        except AddressError as exc:
+            log.warning("ignored the broker nodes in the enrolment answer (%s)", exc)
+            listed = NodesList()
+        self.learned(listed)
+
     def endpoints(self, config: AgentConfig) -> list[Endpoint]:
         """Every way to a broker this PC may take: the enrolled broker's first (the raw
         port, then the HTTPS port), then the learned nodes' by the same routes only:
@@ -87,16 +116,29 @@ class KnownNodes:
         enrolled = list(_enrolled(config))
         found = list(enrolled)
         if config.tunnel_port:
-            for text in self.tunnels:
+            for text in spread(self.tunnels, config.agent_id):
                 host, port = tunnel_address(text)
                 found.append(Endpoint("ssh", host=host, port=port))
         if config.tunnel_url:
-            found.extend(Endpoint("https", url=url) for url in self.urls)
+            found.extend(Endpoint("https", url=url) for url in spread(self.urls, config.agent_id))
         unique: list[Endpoint] = []
         for endpoint in found:
             if endpoint not in unique:
                 unique.append(endpoint)
         return unique
+
+
+def spread(addresses: tuple[str, ...], agent_id: str) -> tuple[str, ...]:
+    """The addresses in this agent's own order: highest rendezvous weight first, the
+    weight being SHA-256 of the agent id and the address. Stable for one agent and one
+    set of nodes; a node leaving the set moves only the agents that had it first, and
+    those spread evenly over the others (a rotation of one list would send them all to
+    the next node in it)."""
+
+    def weight(address: str) -> bytes:
+        return hashlib.sha256(f"{agent_id}\n{address}".encode()).digest()
+
+    return tuple(sorted(addresses, key=weight, reverse=True))
 
 
 def _enrolled(config: AgentConfig) -> Iterator[Endpoint]:

@@ -66,6 +66,32 @@ def test_a_dead_nodes_sessions_are_claimed_once(
     assert [s.id for s in b.claim_stale_sessions(own=True)] == ["s-of-a"]  # B's own now
 
 
+def _stale(pg_url: str, node_id: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # its heartbeat stopped long ago
+        conn.execute(
+            "UPDATE broker_nodes SET heartbeat = heartbeat - %s WHERE id = %s",
+            (NODE_STALE + 1, node_id),
+        )
+
+
+def test_an_end_owed_while_cut_off_is_held_once(
+    two_nodes: tuple[Store, Store], pg_url: str
+) -> None:
+    a, b = two_nodes
+    _session(a, "s-taken")
+    _stale(pg_url, a.node_id)
+    assert [s.id for s in b.claim_stale_sessions(own=False)] == ["s-taken"]  # B ends it
+    assert a.hold_late_end("s-taken") is False  # A back: B's end is the one on record
+    _session(a, "s-kept")
+    _stale(pg_url, a.node_id)
+    assert a.hold_late_end("s-kept") is True  # A back first: still its own ...
+    assert b.claim_stale_sessions(own=False) == []  # ... and its beat renewed: not B's
+    assert a.hold_late_end("s-unsaved") is True  # never saved: nobody else can end it
+    b.node_stopped(a.node_id)  # A's row gone (as if taken for dead and dropped)
+    assert a.hold_late_end("s-kept") is None  # cannot hold anything before joining again
+    assert a.hold_late_end("s-taken") is False
+
+
 def test_the_node_holding_an_agent_is_known(two_nodes: tuple[Store, Store]) -> None:
     a, b = two_nodes
     a.record_connectivity("pc1", "connected", "127.0.0.1", "", 1.0)

@@ -7,6 +7,7 @@ meaning what SQLite's does.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from allowhelp.broker.errors import Conflict, StoreError
 from allowhelp.broker.model.database import PostgresUrl, parse_store
 from allowhelp.broker.model.records import AgentRecord, HelpTicket
+from allowhelp.broker.model.session import Session, State
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.core import StorePlace
 
@@ -104,6 +106,23 @@ def test_connectivity_keeps_the_last_rows_and_counts_them(store: Store) -> None:
     assert store.connectivity_counts("a1", now - 1) == {"connected": 3, "disconnected": 0}
     agent = store.agent("a1")
     assert agent is not None and agent.last_seen == now + 4
+
+
+def test_a_session_over_is_never_open_again(store: Store) -> None:
+    """A node cut off from the database may owe an older state of a session another
+    node has ended meanwhile: writing it late does not reopen the row (#21)."""
+    opened = Session("s1", "agent", "pc", "tech", "Tech", "shell", "why", "p")
+    active = dataclasses.replace(opened, state=State.ACTIVE)
+    ended = dataclasses.replace(opened, state=State.ENDED, end_reason="broker_restart")
+    store.save_session(active)
+    store.save_session(ended)
+    store.save_session(active)  # the late, older state
+    found = store.session("s1")
+    assert found is not None and found.state is State.ENDED
+    assert [s.id for s in store.open_sessions()] == []
+    store.save_session(dataclasses.replace(ended, notes="printer fixed"))  # final to final
+    again = store.session("s1")
+    assert again is not None and again.notes == "printer fixed"
 
 
 def test_the_reader_lane_refuses_writes(place: StorePlace, store: Store) -> None:

@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.peers import NODES_FILE, Endpoint, KnownNodes
+from allowhelp.agent.peers import NODES_FILE, Endpoint, KnownNodes, spread
 from allowhelp.agent.service import AgentService
 from allowhelp.broker.node.peers import NodeAnnouncer, nodes_list
 from allowhelp.broker.store.nodes import NodeRecord
@@ -79,13 +79,33 @@ def test_a_damaged_or_edited_file_means_no_other_node(
 def test_the_enrolled_broker_comes_first_then_the_nodes_once_each(tmp_path: Path) -> None:
     nodes = KnownNodes(tmp_path)
     nodes.learned(LIST)
-    assert [str(e) for e in nodes.endpoints(ENROLLED)] == [
-        "help.example.org:8022",
-        ENROLLED.tunnel_url,
-        "node-1.example.org:8022",
-        "[2001:db8::2]:8022",
-        "wss://node-1.example.org/api/v1/tunnel",
-    ]
+    found = [str(e) for e in nodes.endpoints(ENROLLED)]
+    assert found[:2] == ["help.example.org:8022", ENROLLED.tunnel_url]
+    others = ["node-1.example.org:8022", "[2001:db8::2]:8022"]
+    assert found[2:4] == sorted(others, key=lambda a: list(spread(LIST.tunnels, "a-1")).index(a))
+    assert found[4:] == ["wss://node-1.example.org/api/v1/tunnel"]
+
+
+def test_each_agent_orders_the_nodes_its_own_way_and_keeps_it() -> None:
+    nodes = ("n1:8022", "n2:8022", "n3:8022")
+    orders = {spread(nodes, f"agent-{n}") for n in range(60)}
+    assert len(orders) == 6  # every order of three is some agent's
+    assert spread(nodes, "agent-7") == spread(tuple(reversed(nodes)), "agent-7")  # stable
+
+
+def test_a_dead_nodes_agents_spread_evenly_over_the_others() -> None:
+    nodes = ("n1:8022", "n2:8022", "n3:8022", "n4:8022")
+    agents = [f"agent-{n}" for n in range(4000)]
+    on_n1 = [a for a in agents if spread(nodes, a)[0] == "n1:8022"]
+    assert 800 < len(on_n1) < 1200  # a quarter each while all four live
+    landed = {node: 0 for node in nodes[1:]}
+    for agent in on_n1:  # n1 dies: each of its agents takes its next node
+        landed[spread(nodes, agent)[1]] += 1
+    assert all(0.25 < count / len(on_n1) < 0.42 for count in landed.values()), landed
+    # The others' agents do not move: their first node is the same without n1.
+    for agent in agents[:400]:
+        if agent not in on_n1:
+            assert spread(nodes[1:], agent)[0] == spread(nodes, agent)[0]
 
 
 def test_a_pc_fails_over_only_by_the_routes_it_was_enrolled_with(tmp_path: Path) -> None:
@@ -156,3 +176,22 @@ def test_only_agents_that_said_nodes_get_the_list_and_its_changes() -> None:
     assert new.sent == [nodes_list(NODES)] and old.sent == []
     announcer.update(NODES[:1])  # node b left
     assert new.sent[-1] == nodes_list(NODES[:1]) and len(new.sent) == 2 and old.sent == []
+
+
+def test_the_enrolment_answers_nodes_are_kept_checked_like_the_control_channels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = KnownNodes(tmp_path)
+    nodes.enrolled_with({"tunnels": list(LIST.tunnels), "urls": list(LIST.urls)})
+    again = KnownNodes(tmp_path)
+    assert (again.tunnels, again.urls) == (LIST.tunnels, LIST.urls)
+    assert (tmp_path / NODES_FILE).stat().st_mode & 0o777 == 0o600
+    with caplog.at_level(logging.WARNING):
+        again.enrolled_with({"tunnels": ["evil host:22"], "urls": []})  # hostile: ignored
+    assert "ignored the broker nodes in the enrolment answer" in caplog.text
+    assert (KnownNodes(tmp_path).tunnels, KnownNodes(tmp_path).urls) == ((), ())
+    again.enrolled_with({"tunnels": list(LIST.tunnels)})
+    again.enrolled_with(None)  # a broker alone lists none: nothing left of an earlier list
+    assert KnownNodes(tmp_path).tunnels == ()
+    again.enrolled_with(["not", "an", "object"])
+    assert KnownNodes(tmp_path).tunnels == ()

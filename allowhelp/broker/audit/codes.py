@@ -105,6 +105,9 @@ EVENT_CODES: dict[str, str] = {
     "session.relayed": "AH2001",
     "session.relay_lost": "AH2002",
     "node.peer_refused": "AH2003",
+    # several nodes (AH2011-AH2019, issue #21): the live tunnel of an agent removed on
+    # another node, dropped by the node holding it within a heartbeat of the removal
+    "agent.tunnel.dropped": "AH2011",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from allowhelp.broker.model.database import STORE_ENV, PostgresUrl, parse_store
 
 PROG = "allowhelp-broker"
 
@@ -33,7 +36,13 @@ def cmd_backup(args: argparse.Namespace, data_default: Callable[[], Path]) -> in
     if not args.verbose:  # a refused audit write is the error line itself, not a log line too
         logging.getLogger("allowhelp.broker.audit.log").setLevel(logging.ERROR)
     data = Path(args.data) if args.data is not None else data_default()
-    result = take_backup(data, Path(args.output), recordings=args.recordings)
+    store = _store(args)
+    if store is not None:  # the shared database by pg_dump (node/pg_backup.py)
+        from allowhelp.broker.node.pg_backup import take_pg_backup
+
+        result = take_pg_backup(data, store, Path(args.output), recordings=args.recordings)
+    else:
+        result = take_backup(data, Path(args.output), recordings=args.recordings)
     manifest = result.manifest
     print(
         f"backup written: {result.output} ({_size(result.size)}, {len(manifest.files)} files, "
@@ -53,7 +62,13 @@ def cmd_backup(args: argparse.Namespace, data_default: Callable[[], Path]) -> in
 def cmd_restore(args: argparse.Namespace) -> int:
     from allowhelp.broker.node.restore import restore_backup
 
-    result = restore_backup(Path(args.file), Path(args.data))
+    store = _store(args)
+    if store is not None:  # into a new, empty database by pg_restore (node/pg_backup.py)
+        from allowhelp.broker.node.pg_backup import restore_pg_backup
+
+        result = restore_pg_backup(Path(args.file), Path(args.data), store)
+    else:
+        result = restore_backup(Path(args.file), Path(args.data))
     manifest, chain = result.manifest, result.chain
     print(
         f"restored {len(manifest.files)} files ({result.recordings} recordings) into "
@@ -87,6 +102,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace) -> PostgresUrl | None:
+    """``--store``, else $ALLOWHELP_STORE: a PostgreSQL store (docs/multinode.md)."""
+    text: str | None = args.store
+    return parse_store(text if text is not None else os.environ.get(STORE_ENV))
+
+
+_STORE_HELP = (
+    "the nodes' PostgreSQL database: postgresql://USER:PASSWORD@HOST:PORT/DB (default: "
+    "$ALLOWHELP_STORE; without either, the SQLite files of the data folder; docs/multinode.md)"
+)
+
+
 def add_backup_commands(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     data_default: Callable[[], Path],
@@ -117,6 +144,7 @@ def add_backup_commands(
         help="the recordings folder when serve runs with --recordings DIR "
         "(default: DATA/recordings)",
     )
+    backup.add_argument("--store", default=None, metavar="URL", help=_STORE_HELP)
     backup.set_defaults(func=lambda args: cmd_backup(args, data_default))
 
     restore = subparsers.add_parser(
@@ -132,5 +160,12 @@ def add_backup_commands(
         required=True,
         metavar="NEWDIR",
         help="the new data folder (absent or empty; never a running broker's)",
+    )
+    restore.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="a new, empty PostgreSQL database to restore a --store backup into "
+        "(default: $ALLOWHELP_STORE)",
     )
     restore.set_defaults(func=cmd_restore)

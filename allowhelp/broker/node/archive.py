@@ -10,6 +10,12 @@ One tar file (plain, or gzip when its name ends in ``.gz``/``.tgz``)::
     data/recordings/ID.cast|rfb  every recording (shell, screen), as it was on disk
     manifest.json                last: what is above, each with its SHA-256
 
+A backup of a node on PostgreSQL (``--store``, ``pg_backup.py``) holds
+``data/postgresql.dump`` (``pg_dump --format=custom`` of the shared database, in the
+same snapshot as the manifest's audit head) instead of the two SQLite files, and its
+manifest says ``"store": "postgresql"``; a restore loads the dump into an empty
+database and leaves no dump in the data folder.
+
 ``data/`` is exactly the folder a restore makes, so ``tar xf`` by hand gives a
 usable data folder too. The manifest comes last because a recording still
 being written is hashed as it is copied; a reader checks every member against
@@ -40,7 +46,10 @@ MANIFEST_MAX = 64 << 20  # bytes: a manifest for a million recordings fits
 # strands every enrolled PC. The TLS pair is re-issued under the CA if lost.
 PKI_FILES = ("ca.pem", "ca.key", "tls.pem", "tls.key", "tunnel_key")
 REQUIRED = (*PKI_FILES, STORE_FILE, AUDIT_FILE)
+PG_DUMP = "postgresql.dump"  # a PostgreSQL store's dump (pg_backup.py)
+PG_REQUIRED = (*PKI_FILES, PG_DUMP)
 OPTIONAL = (ANCHOR_FILE, RUNTIME_FILE)
+STORES = ("sqlite", "postgresql")
 RECORDING_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.(?:cast|rfb)")  # shell, screen
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEAD = re.compile(r"[0-9]+:[0-9a-f]{64}")
@@ -49,7 +58,7 @@ _HEAD = re.compile(r"[0-9]+:[0-9a-f]{64}")
 def is_member_path(path: str) -> bool:
     """A path inside the data folder that a backup may hold (nothing else is
     ever written by a restore: no ``..``, no absolute path, no other name)."""
-    if path in REQUIRED or path in OPTIONAL:
+    if path in REQUIRED or path in OPTIONAL or path == PG_DUMP:
         return True
     folder, _, name = path.partition("/")
     return folder == RECORDINGS and RECORDING_NAME.fullmatch(name) is not None
@@ -103,6 +112,7 @@ class Manifest:
     tunnel_public: str | None  # what the agents dial (broker.json), when known
     public_url: str | None
     files: tuple[FileEntry, ...] = field(default=())
+    store: str = "sqlite"  # or "postgresql": the database is a dump (pg_backup.py)
 
     def to_bytes(self) -> bytes:
         body: dict[str, object] = {
@@ -122,6 +132,8 @@ class Manifest:
             "public_url": self.public_url,
             "files": [entry.to_json() for entry in self.files],
         }
+        if self.store != "sqlite":  # a SQLite backup's manifest stays as it always was
+            body["store"] = self.store
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
     @classmethod
@@ -152,6 +164,9 @@ class Manifest:
         head = str(body["audit_head"])
         if not _HEAD.fullmatch(head):
             raise ValueError(f"audit_head {head!r} is not SEQ:HASH")
+        store = str(body.get("store", "sqlite"))
+        if store not in STORES:
+            raise ValueError(f"store {store!r} is not one of {', '.join(STORES)}")
         return cls(
             allowhelp_version=str(body["allowhelp_version"]),
             created=str(body["created"]),
@@ -164,6 +179,7 @@ class Manifest:
             tunnel_public=_optional(body.get("tunnel_public")),
             public_url=_optional(body.get("public_url")),
             files=tuple(_entry(item) for item in body["files"]),
+            store=store,
         )
 
     def entries(self) -> dict[str, FileEntry]:
@@ -173,7 +189,8 @@ class Manifest:
             if entry.path in found:
                 raise BackupError(f"the manifest lists {entry.path} twice")
             found[entry.path] = entry
-        missing = [name for name in REQUIRED if name not in found]
+        required = PG_REQUIRED if self.store == "postgresql" else REQUIRED
+        missing = [name for name in required if name not in found]
         if missing:
             raise BackupError(f"the manifest lacks {', '.join(missing)}")
         return found

@@ -34,8 +34,8 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -82,9 +82,18 @@ def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None)
     recordings_dir = _recordings_folder(data_dir, recordings)
     output = output.expanduser().absolute()
     mode = _tar_mode(output)
-    partial = output.with_name(output.name + ".partial")
     _check_output(output)
     _audit_backup(data_dir, output, recordings_dir)
+    return write_backup_file(
+        output,
+        lambda handle: _write_archive(handle, mode, data_dir, recordings_dir, output.parent),
+    )
+
+
+def write_backup_file(output: Path, write: Callable[[IO[bytes]], Manifest]) -> BackupResult:
+    """``write`` the archive into ``FILE.partial`` (0600), then rename it into place;
+    on any failure nothing is left."""
+    partial = output.with_name(output.name + ".partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
@@ -96,7 +105,7 @@ def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None)
         raise BackupError(f"no backup written: {os_reason(exc)}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
-            manifest = _write_archive(handle, mode, data_dir, recordings_dir, output.parent)
+            manifest = write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, output)
@@ -220,14 +229,6 @@ def _write_archive(
         seq, digest = read_head(audit_copy)
         files.append(_add_path(tar, STORE_FILE, store_copy))
         files.append(_add_path(tar, AUDIT_FILE, audit_copy))
-        if anchors is not None:
-            files.append(_add_bytes(tar, ANCHOR_FILE, anchors))
-        files += [_add_path(tar, name, data_dir / name) for name in PKI_FILES]
-        runtime = _read_optional(data_dir / RUNTIME_FILE)
-        if runtime is not None:
-            files.append(_add_bytes(tar, RUNTIME_FILE, runtime))
-        files += _add_recordings(tar, recordings_dir)
-        info = _runtime_info(data_dir) if runtime is not None else None
         manifest = Manifest(
             allowhelp_version=__version__,
             created=utc_now(),
@@ -237,12 +238,41 @@ def _write_archive(
             audit_head=f"{seq}:{digest}",
             store_schema=store_schema,
             open_sessions=open_sessions,
-            tunnel_public=info.tunnel_public if info else None,
-            public_url=info.public_url if info else None,
-            files=tuple(files),
+            tunnel_public=None,
+            public_url=None,
         )
-        raw = manifest.to_bytes()
-        tar.addfile(_tarinfo(MANIFEST, len(raw)), _BytesReader(raw))
+        return finish_archive(
+            tar, manifest, files, anchors, data_dir=data_dir, recordings_dir=recordings_dir
+        )
+
+
+def finish_archive(
+    tar: tarfile.TarFile,
+    manifest: Manifest,
+    files: list[FileEntry],
+    anchors: bytes | None,
+    *,
+    data_dir: Path,
+    recordings_dir: Path,
+) -> Manifest:
+    """After the databases: the anchors read before them, the keys, ``broker.json``,
+    the recordings, and last the manifest listing them all."""
+    if anchors is not None:
+        files.append(_add_bytes(tar, ANCHOR_FILE, anchors))
+    files += [_add_path(tar, name, data_dir / name) for name in PKI_FILES]
+    runtime = _read_optional(data_dir / RUNTIME_FILE)
+    if runtime is not None:
+        files.append(_add_bytes(tar, RUNTIME_FILE, runtime))
+    files += _add_recordings(tar, recordings_dir)
+    info = _runtime_info(data_dir) if runtime is not None else None
+    manifest = replace(
+        manifest,
+        tunnel_public=info.tunnel_public if info else None,
+        public_url=info.public_url if info else None,
+        files=tuple(files),
+    )
+    raw = manifest.to_bytes()
+    tar.addfile(_tarinfo(MANIFEST, len(raw)), _BytesReader(raw))
     return manifest
 
 

@@ -7,7 +7,8 @@ tunnels it holds (``store/nodes.py``). On start a node ends its own earlier
 run's open sessions as ``broker_restart``; a node whose heartbeat stopped has
 its open sessions claimed and ended by a live node. With ``--store``, the
 enrolled keys are read again each beat, so an agent enrolled (or removed) on
-another node is known here too (``tunnel/keys.py``).
+another node is known here too (``tunnel/keys.py``), and the live tunnel of an
+agent removed on another node is dropped here, audited (``agent.tunnel.dropped``).
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allowhelp.broker.errors import BrokerError, Conflict
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import AuditUnavailable, BrokerError, Conflict
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.peers import NodeAnnouncer
 from allowhelp.broker.sessions.events import Event, EventHub
 from allowhelp.broker.sessions.registry import SessionRegistry
-from allowhelp.broker.store import Store
+from allowhelp.broker.store import AgentRecord, Store
 from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
 from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.keys import EnrolledKeys
+from allowhelp.protocol.control import NodesList
 
 if TYPE_CHECKING:  # psycopg is imported only on a PostgreSQL store
     from allowhelp.broker.store.pg_events import NodeEvents
@@ -83,6 +87,8 @@ class NodeMembership:
         store: PostgresUrl | None,
         events: EventHub,
         announcer: NodeAnnouncer | None = None,
+        agents: AgentRegistry | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._db = db
         self._sessions = sessions
@@ -95,6 +101,8 @@ class NodeMembership:
         self._task: asyncio.Task[None] | None = None
         self._addresses = ("", "")  # (console URL, tunnel) as given to join
         self._announcer = announcer  # tells agents the live nodes (node/peers.py)
+        self._agents = agents  # the tunnels this node holds: a removed agent's is dropped
+        self._audit = audit
 
     @property
     def node_id(self) -> str:
@@ -105,6 +113,8 @@ class NodeMembership:
         then this node's row, fresh; then its earlier run's open sessions end as
         broker_restart (their recordings in ``recordings``); then the beat starts."""
         await self._enter(https, tunnel)
+        if self._shared:  # an end owed while cut off is not written after another node's
+            self._sessions.guard_late_ends(self._late_end)
         await self._sessions.recover(recordings)
         self._task = asyncio.create_task(self._beat())
         if self._store is not None:  # console events to and from the other nodes
@@ -144,6 +154,13 @@ class NodeMembership:
         record = NodeRecord(self.node_id, socket.gethostname(), os.getpid(), https, tunnel, 0, 0, 0)
         await self._db.run(Store.node_started, record)
         await self._announce()
+
+    def agent_nodes(self) -> NodesList | None:
+        """The live nodes' addresses for a PC enrolling now (``tunnel/enrolment.py``);
+        None alone on SQLite (no other node)."""
+        if not self._shared or self._announcer is None:
+            return None
+        return self._announcer.current
 
     async def _announce(self) -> None:
         if self._shared and self._announcer is not None:
@@ -191,11 +208,48 @@ class NodeMembership:
             await self._enter(*self._addresses)
         if not self._shared:
             return
-        self._keys.reload(await self._db.read(Store.agents, with_removed=True))
+        records = await self._db.read(Store.agents, with_removed=True)
+        self._keys.reload(records)
+        await self._drop_removed(records)
         await self._announce()
         ended = await self._sessions.recover(None, own=False)
         if ended:
             log.warning("%d session(s) of a dead node ended as broker_restart", ended)
+
+    async def _late_end(self, session_id: str) -> bool:
+        """May this node write the end it owes for a session it stopped while cut off?
+        Not when another node took this one for dead and ended the session meanwhile
+        (``Store.hold_late_end``); not yet (``AuditUnavailable``: retried) while the
+        store cannot say, so an end is never dropped without the other's record."""
+        try:
+            held = await self._db.run(Store.hold_late_end, session_id)
+        except BrokerError as exc:
+            raise AuditUnavailable(f"cannot tell whether another node ended it: {exc}") from exc
+        if held is None:
+            raise AuditUnavailable("this node was taken for dead: it joins again first")
+        return held
+
+    async def _drop_removed(self, records: list[AgentRecord]) -> None:
+        """The live tunnels here of agents removed (on another node: this node's own
+        removals close theirs at once, ``console/api/fleet.py``): audited, then
+        closed. Closing is stopping access, so it happens even when the audit
+        cannot take the record (said in the log); the agent's sessions end with it."""
+        if self._agents is None:
+            return
+        for record in records:
+            live = self._agents.get(record.id) if record.removed else None
+            if live is None:
+                continue
+            details = {"reason": "removed", "node": self.node_id, "peer": live.peer}
+            try:
+                if self._audit is not None:
+                    await self._audit.write(
+                        "agent.tunnel.dropped", actor="system", target=record.id, details=details
+                    )
+            except AuditUnavailable as exc:
+                log.error("agent=%s removed: tunnel dropped, not audited: %s", record.id, exc)
+            log.warning("agent=%s was removed on another node: its tunnel is dropped", record.id)
+            live.link.close()
 
     async def close(self) -> None:
         """Stop beating and leave: this node's row and agent rows go."""

@@ -62,6 +62,11 @@ class NodeAnnouncer:
         self._sent: dict[str, NodesList | None] = {}
         agents.subscribe(self._on_agent)
 
+    @property
+    def current(self) -> NodesList | None:
+        """The list agents are given now (None: not known yet, or alone)."""
+        return self._current
+
     def update(self, nodes: list[NodeRecord]) -> None:
         current = nodes_list(nodes)
         if current == self._current:

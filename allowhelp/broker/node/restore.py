@@ -73,6 +73,11 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
         raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
     try:
         manifest = _unpack(backup, scratch)
+        if manifest.store != "sqlite":
+            raise BackupError(
+                f"{backup} holds a PostgreSQL database: restore it with --store URL of a new, "
+                "empty database (docs/multinode.md)"
+            )
         chain = _check_chain(scratch, manifest)
         restored_seq = _audit_restore(scratch, backup, target, manifest)
         _seal(scratch)
@@ -191,7 +196,7 @@ def _match(backup: Path, manifest: Manifest, written: dict[str, FileEntry]) -> N
         raise BackupError(
             f"{backup} is truncated or damaged ({missing[0]} is missing): use another copy"
         )
-    if manifest.store_schema > len(MIGRATIONS):
+    if manifest.store == "sqlite" and manifest.store_schema > len(MIGRATIONS):
         raise BackupError(
             f"{backup} was taken by a newer allowhelp ({manifest.allowhelp_version}, database "
             f"schema {manifest.store_schema}): restore it with that version or later"

@@ -202,8 +202,9 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
     exporter: _Exporter | None = None
     membership = NodeMembership(
-        db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry)
-    )
+        db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry),
+        agents=registry, audit=folder.audit,
+    )  # fmt: skip
     retention: asyncio.Task[None] | None = None  # --recordings-keep (audit/retention.py)
     node_relay: NodeRelayListener | None = None  # --node-listen (node/relay_listener.py)
     try:
@@ -230,6 +231,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
                 tunnel_url=routes.https,
                 tunnel_key=folder.pki.tunnel_public_key,
                 organisation=settings.organisation,
+                nodes=membership.agent_nodes,  # the other nodes, for first contact (#21)
             ),
             ca_pem=folder.pki.ca_cert.read_bytes(),
             public_url=public_url,

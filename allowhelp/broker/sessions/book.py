@@ -40,6 +40,10 @@ Stopper = Callable[[], Traffic]
 # and who hears of a session that is over (the report for the ticket system).
 EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
 FinalListener = Callable[[Session], None]
+# Whether this process may write the end record it owes for a session it stopped while
+# the log was away: False when another broker node has ended it meanwhile
+# (``node/cluster.py``); ``AuditUnavailable`` when that cannot be known yet.
+LateEndGuard = Callable[[str], Awaitable[bool]]
 OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 
 
@@ -63,6 +67,7 @@ class SessionBook:
         self._tasks: set[asyncio.Task[object]] = set()
         self._end_details: list[EndDetails] = []
         self._final_listeners: list[FinalListener] = []
+        self._late_end_guard: LateEndGuard | None = None
 
     # lookups
 
@@ -71,6 +76,10 @@ class SessionBook:
 
     def on_final(self, listener: FinalListener) -> None:
         self._final_listeners.append(listener)
+
+    def guard_late_ends(self, guard: LateEndGuard) -> None:
+        """Ask ``guard`` before writing an owed end record (several nodes, one chain)."""
+        self._late_end_guard = guard
 
     def live_sessions(self) -> list[Session]:
         """The sessions this process runs that are not over."""
@@ -233,6 +242,8 @@ class SessionBook:
             current = self._live.get(session_id)
             if current is None:
                 raise IllegalTransition(f"session {session_id} is not live")
+            if new is State.ENDED and session_id in self._owed:
+                await self._check_late_end(session_id)
             traffic = None
             if new is State.ENDED:  # access stops before its end is recorded
                 traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
@@ -263,6 +274,26 @@ class SessionBook:
             self._finished(after)
         self._publish(after)
         return after
+
+    async def _check_late_end(self, session_id: str) -> None:
+        """An owed end another node has recorded meanwhile is not recorded twice: the
+        session (stopped here already) is let go, ``IllegalTransition``."""
+        if self._late_end_guard is None or await self._late_end_guard(session_id):
+            return
+        log.warning(
+            "session=%s was ended by another node while this one was cut off: "
+            "its end record is that node's, not written twice",
+            session_id,
+        )
+        self._owed.discard(session_id)
+        self._unrecorded.pop(session_id, None)
+        self._live.pop(session_id, None)
+        self._locks.pop(session_id, None)  # held by the caller until it raises
+        self._rows.forget(session_id)  # its row is the other node's now
+        timer = self._timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        raise IllegalTransition(f"session {session_id} was ended by another node")
 
     async def _more_end_details(self, session_id: str) -> dict[str, object]:
         more: dict[str, object] = {}

@@ -47,6 +47,10 @@ class SessionSaver:
         """Write the row before going on; ``StoreError`` when the database refuses it."""
         await self._db.run(Store.save_session, session)
 
+    def forget(self, session_id: str) -> None:
+        """Write no more of this session's row (another node has the last word on it)."""
+        self._unsaved.pop(session_id, None)
+
     def latest(self, session_id: str) -> Session | None:
         """The session's state when it is newer than its row."""
         return self._unsaved.get(session_id)

@@ -98,6 +98,36 @@ class NodeStore(StoreCore):
                 )
         return sessions
 
+    def hold_late_end(self, session_id: str) -> bool | None:
+        """Whether this node may write the end record it owes for a session it stopped
+        while cut off from the database: check and set in one transaction, under the
+        write lock that every node's ``claim_stale_sessions`` takes too.
+
+        True: the session is still this node's; the heartbeat is renewed here, so no
+        node can take this one for dead (and claim the session) before the record
+        follows. False: another node claimed it, and that node writes its end. None:
+        this node's row is gone (taken for dead), so it cannot hold anything yet.
+        """
+        now = self._database.now_sql
+        with self._tx() as db:
+            beat = db.execute(
+                f"UPDATE broker_nodes SET heartbeat = {now} WHERE id = ?",  # noqa: S608 - the clock's SQL
+                (self.node_id,),
+            )
+            if beat.rowcount == 1:
+                db.execute(
+                    "INSERT INTO session_nodes (session_id, node_id) VALUES (?, ?)"
+                    " ON CONFLICT(session_id) DO NOTHING",
+                    (session_id, self.node_id),
+                )
+            row = db.execute(
+                "SELECT node_id FROM session_nodes WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            holder = str(row[0]) if row is not None else None
+            if holder is not None and holder != self.node_id:
+                return False
+            return True if beat.rowcount == 1 else None
+
     def agent_node(self, agent_id: str) -> str | None:
         """The live node holding this agent's tunnel, or None."""
         rows = self._query(

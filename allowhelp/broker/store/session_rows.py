@@ -10,8 +10,10 @@ from allowhelp.broker.model.records import (
     row_ticket,
     session_row,
 )
-from allowhelp.broker.model.session import Session
+from allowhelp.broker.model.session import FINAL, Session
 from allowhelp.broker.store.core import StoreCore
+
+_FINAL = "(" + ", ".join(sorted(f"'{state.value}'" for state in FINAL)) + ")"
 
 
 class SessionStore(StoreCore):
@@ -25,7 +27,10 @@ class SessionStore(StoreCore):
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO sessions ({columns}) VALUES ({marks})"  # noqa: S608 - fixed names
-                f" ON CONFLICT(id) DO UPDATE SET {updates}",
+                f" ON CONFLICT(id) DO UPDATE SET {updates}"
+                # A session over is never open again: a node that was cut off may still
+                # owe an older state of a session another node has ended (#21).
+                f" WHERE sessions.state NOT IN {_FINAL} OR excluded.state IN {_FINAL}",
                 tuple(values.values()),
             )
             if self.node_id:  # which node runs it (store/nodes.py)

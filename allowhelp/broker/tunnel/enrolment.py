@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.certs.sshkeys import agent_id_for, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken, secret_hash
+from allowhelp.protocol.control import NodesList
 from allowhelp.protocol.text import plain_text
 
 MAX_TTL_SECONDS = 30 * 24 * 3600
@@ -52,15 +53,21 @@ class EnrolReply:
     tunnel_url: str  # wss://.../api/v1/tunnel: the same SSH on the HTTPS port
     tunnel_key: str
     organisation: str
+    # Every live broker node's addresses, as ``nodes.list`` gives them (docs/multinode.md):
+    # so a PC whose node is down before it ever connected finds another. None: alone.
+    nodes: NodesList | None = None
 
-    def to_json(self) -> dict[str, str | None]:
-        return {
+    def to_json(self) -> dict[str, object]:
+        answer: dict[str, object] = {
             "agent_id": self.agent_id,
             "tunnel": self.tunnel,
             "tunnel_url": self.tunnel_url,
             "tunnel_key": self.tunnel_key,
             "organisation": self.organisation,
         }
+        if self.nodes is not None:
+            answer["nodes"] = {"tunnels": list(self.nodes.tunnels), "urls": list(self.nodes.urls)}
+        return answer
 
 
 class EnrolmentDesk:
@@ -74,8 +81,10 @@ class EnrolmentDesk:
         tunnel_url: str,
         tunnel_key: str,
         organisation: str,
+        nodes: Callable[[], NodesList | None] | None = None,
     ) -> None:
         self._db = db
+        self._nodes = nodes  # the live nodes' addresses now (node/cluster.py)
         self._audit = audit
         self._keys = keys
         self._tunnel_public = tunnel_public
@@ -171,7 +180,12 @@ class EnrolmentDesk:
         await self._db.run(Store.upsert_agent, record)
         self._keys.enrolled(agent_id, record.public_key)  # the tunnel takes this key from now on
         return EnrolReply(
-            agent_id, self._tunnel_public, self._tunnel_url, self._tunnel_key, self._organisation
+            agent_id,
+            self._tunnel_public,
+            self._tunnel_url,
+            self._tunnel_key,
+            self._organisation,
+            self._nodes() if self._nodes is not None else None,
         )
 
 
