@@ -83,6 +83,46 @@ def test_an_agent_removed_on_one_node_is_dropped_by_the_node_holding_it(
         assert agent.proc is not None and agent.proc.poll() is None  # it keeps trying
 
 
+def test_of_two_nodes_claiming_one_agent_the_older_tunnel_is_dropped(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """An agent has one tunnel, its newest, across nodes as within one: a copy of the
+    PC's agent folder (a cloned PC) dials node B while the PC holds its tunnel on
+    node A; A sees B named as the holder two beats in a row and drops its older
+    tunnel, audited (``held_elsewhere``), and nothing else is dropped meanwhile."""
+    with running_fleet(tmp_path, store=pg_url) as (fleet, node_a, agent):
+        node_b = _node(fleet, node_a, pg_url, "node-b")
+        clone = fleet.agent("clone")
+        shutil.copytree(agent.config, clone.config)
+        (clone.config / "nodes.json").unlink(missing_ok=True)
+        settings = json.loads((clone.config / "agent.json").read_text())
+        settings["tunnel_port"] = int(node_b.tunnel.rpartition(":")[2])
+        settings["tunnel_url"] = ""  # the raw SSH port of node B alone
+        (clone.config / "agent.json").write_text(json.dumps(settings))
+        mark_a = node_a.log.stat().st_size
+        assert _records(pg_url, "agent.tunnel.dropped") == []
+        clone.start("--reconnect-cap", "30")  # stays on B: a long wait before another dial
+        wait_for(lambda: online(node_b, agent.agent_id), 20, "the clone on node B")
+        dialled = time.monotonic()
+        wait_for(
+            lambda: "its older tunnel here is dropped" in node_a.log.read_text()[mark_a:],
+            4 * HEARTBEAT,
+            "node A to drop its older tunnel",
+        )
+        took = time.monotonic() - dialled
+        print(f"node A dropped the older tunnel {took:.1f} s after the clone reached node B")
+        assert took >= HEARTBEAT * 0.5  # two beats in a row, never on the first sight
+        dropped = _records(pg_url, "agent.tunnel.dropped")
+        assert dropped, "the drop is audited"
+        first = dropped[0]
+        assert (first["target"], first["code"]) == (agent.agent_id, "AH2011")
+        details = first["details"]
+        assert isinstance(details, dict)
+        assert details["reason"] == "held_elsewhere"
+        assert details["node"] != details["holder"]
+        clone.stop()
+
+
 def _via(proxy: CuttableProxy, pg_url: str) -> str:
     """The same database through ``proxy``: what one node alone loses when it is cut."""
     parts = urlsplit(pg_url)

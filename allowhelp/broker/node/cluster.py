@@ -9,6 +9,8 @@ its open sessions claimed and ended by a live node. With ``--store``, the
 enrolled keys are read again each beat, so an agent enrolled (or removed) on
 another node is known here too (``tunnel/keys.py``), and the live tunnel of an
 agent removed on another node is dropped here, audited (``agent.tunnel.dropped``).
+So is the tunnel of an agent that dialled another node since: an agent has one
+tunnel, its newest, across nodes as within one (``AgentRegistry.attach``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store import AgentRecord, Store
 from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
 from allowhelp.broker.store.worker import StoreWorker
-from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.agents import AgentRegistry, LiveAgent
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.protocol.control import NodesList
 
@@ -103,6 +105,9 @@ class NodeMembership:
         self._announcer = announcer  # tells agents the live nodes (node/peers.py)
         self._agents = agents  # the tunnels this node holds: a removed agent's is dropped
         self._audit = audit
+        # agents another node named as holding their newest tunnel at the last beat,
+        # with the link this node held then: dropped if the next beat says so again
+        self._superseded: dict[str, object] = {}
 
     @property
     def node_id(self) -> str:
@@ -211,6 +216,7 @@ class NodeMembership:
         records = await self._db.read(Store.agents, with_removed=True)
         self._keys.reload(records)
         await self._drop_removed(records)
+        await self._drop_superseded(await self._db.read(Store.agents_held_elsewhere))
         await self._announce()
         ended = await self._sessions.recover(None, own=False)
         if ended:
@@ -231,25 +237,54 @@ class NodeMembership:
 
     async def _drop_removed(self, records: list[AgentRecord]) -> None:
         """The live tunnels here of agents removed (on another node: this node's own
-        removals close theirs at once, ``console/api/fleet.py``): audited, then
-        closed. Closing is stopping access, so it happens even when the audit
-        cannot take the record (said in the log); the agent's sessions end with it."""
+        removals close theirs at once, ``console/api/fleet.py``)."""
         if self._agents is None:
             return
         for record in records:
             live = self._agents.get(record.id) if record.removed else None
+            if live is not None:
+                log.warning(
+                    "agent=%s was removed on another node: its tunnel is dropped", record.id
+                )
+                await self._drop(live, {"reason": "removed"})
+
+    async def _drop_superseded(self, elsewhere: dict[str, str]) -> None:
+        """Two nodes claiming one agent: the tunnels here of agents whose newest
+        tunnel another live node holds. Dropped when two beats in a row say so for
+        the same link (so this node's own connect, written a moment after the
+        other's, is never taken for the older one); a cloned PC dialling two nodes
+        shows as these records again and again."""
+        if self._agents is None:
+            return
+        seen: dict[str, object] = {}
+        for agent_id, node_id in elsewhere.items():
+            live = self._agents.get(agent_id)
             if live is None:
                 continue
-            details = {"reason": "removed", "node": self.node_id, "peer": live.peer}
-            try:
-                if self._audit is not None:
-                    await self._audit.write(
-                        "agent.tunnel.dropped", actor="system", target=record.id, details=details
-                    )
-            except AuditUnavailable as exc:
-                log.error("agent=%s removed: tunnel dropped, not audited: %s", record.id, exc)
-            log.warning("agent=%s was removed on another node: its tunnel is dropped", record.id)
-            live.link.close()
+            if self._superseded.get(agent_id) is not live.link:
+                seen[agent_id] = live.link
+                continue
+            log.warning(
+                "agent=%s dialled node %s since: its older tunnel here is dropped",
+                agent_id,
+                node_id,
+            )
+            await self._drop(live, {"reason": "held_elsewhere", "holder": node_id})
+        self._superseded = seen
+
+    async def _drop(self, live: LiveAgent, details: dict[str, object]) -> None:
+        """Audited, then closed. Closing is stopping access, so it happens even when
+        the audit cannot take the record (said in the log); the agent's sessions end
+        with it."""
+        details = {**details, "node": self.node_id, "peer": live.peer}
+        try:
+            if self._audit is not None:
+                await self._audit.write(
+                    "agent.tunnel.dropped", actor="system", target=live.agent_id, details=details
+                )
+        except AuditUnavailable as exc:
+            log.error("agent=%s tunnel dropped, not audited: %s", live.agent_id, exc)
+        live.link.close()
 
     async def close(self) -> None:
         """Stop beating and leave: this node's row and agent rows go."""
