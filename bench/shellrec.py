@@ -43,7 +43,7 @@ SOURCES = {
     "plain": "head -c {size} /dev/zero | tr '\\000' a",
     "log": f"yes $'{LOG_LINE}' | head -c {{size}}",
 }
-RECORDER = ("AsciicastRecorder", "append_hashed", "cast_writer.py", "rfb_writer.py")
+RECORDER = ("audit/recording.py", "audit/cast_writer.py", "audit/rfb_writer.py")
 
 
 def loop_seconds(pid: int) -> float:
@@ -104,9 +104,26 @@ async def profile(
         while time.monotonic() < until:
             await download(pipe, "log", 32 * MIB)
         spy.stop()
-    summary = summarise(out, top=40)
-    share = sum(pct for name, pct in summary["inclusive_percent"] if name.startswith(RECORDER[:2]))
-    return summary | {"recorder_inclusive_percent": share}
+    return summarise(out, top=40) | {"recorder_percent": recorder_share(out)}
+
+
+def recorder_share(raw: Path) -> dict[str, float]:
+    """Percent of the broker's samples with the recorder's code on the stack: on the
+    event loop (under ``Runner.run``) and in the writer threads."""
+    total = loop = thread = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        if any(needle in stack for needle in RECORDER):
+            if "Runner.run" in stack:
+                loop += count
+            else:
+                thread += count
+    pct = 100 / max(1, total)
+    return {"on_loop": round(loop * pct, 1), "in_threads": round(thread * pct, 1)}
 
 
 def main() -> None:
