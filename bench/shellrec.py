@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ async def download(pipe: TerminalPipe, source: str, size: int) -> float:
     return t1 - t0
 
 
-async def measure(install: Installation, session_id: str, size: int, runs: int) -> dict[str, Any]:
+async def measure(
+    install: Installation, session_id: str, size: int, runs: int, spy: Path | None
+) -> dict[str, Any]:
+    """The runs, then (``spy``: py-spy's output) the profile pass on the same terminal."""
     pid = install.broker.pid
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in SOURCES}
     async with raw_terminal(install, session_id) as pipe:
@@ -90,20 +94,23 @@ async def measure(install: Installation, session_id: str, size: int, runs: int) 
                     for s, v in samples.items()
                 )
             )
+        profiled = None if spy is None else await profile(pipe, install, spy)
     medians = {s: {k: median([r[k] for r in v]) for k in v[0]} for s, v in samples.items()}
-    return {"samples": samples, "median": medians}
+    return {"samples": samples, "median": medians, "profile": profiled}
 
 
-async def profile(
-    install: Installation, session_id: str, procs: Procs, out: Path
-) -> dict[str, Any]:
-    async with raw_terminal(install, session_id) as pipe:
+async def profile(pipe: TerminalPipe, install: Installation, out: Path) -> dict[str, Any]:
+    """py-spy on the broker during 10 s of ``log`` downloads (not a measured run)."""
+    procs = Procs()
+    try:
         spy = Profiler(procs, install.broker.pid, out)
         await asyncio.sleep(1)
         until = time.monotonic() + 10
         while time.monotonic() < until:
             await download(pipe, "log", 32 * MIB)
         spy.stop()
+    finally:
+        procs.close()
     return summarise(out, top=40) | {"recorder_percent": recorder_share(out)}
 
 
@@ -138,13 +145,13 @@ def main() -> None:
     install = Installation.start(procs, root / "allowhelp", [])
     try:
         session_id = install.consented_shell("shellrec")
-        result = asyncio.run(measure(install, session_id, args.mib * MIB, args.runs))
-        if args.profile:
-            result["profile"] = asyncio.run(profile(install, session_id, procs, root / "b.raw"))
+        spy = root / "broker.raw" if args.profile else None
+        result = asyncio.run(measure(install, session_id, args.mib * MIB, args.runs, spy))
         install.end(session_id)
     finally:
         install.close()
         procs.close()
+        shutil.rmtree(root, ignore_errors=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["median"], indent=1))
 

@@ -5,7 +5,7 @@ disk, so the audit record proves the file played back later is the one recorded.
 
 Nothing here blocks the event loop for long. The loop formats each event into
 a line (the text JSON-escaped by ``orjson``, which writes exactly what
-``json.dumps(text, ensure_ascii=False)`` does, 2-10x faster on terminal output;
+``json.dumps(text, ensure_ascii=False)`` does, 2-10x faster on most terminal output;
 tests/audit/test_recording_bytes.py holds it to that); a writer thread
 (``rfb_writer.append_hashed``: one job in flight per recording, from a small
 shared pool) hashes the job's lines and appends them with one ``pwritev``,
