@@ -15,9 +15,9 @@ and the next agents wait in the kernel's backlog (``TUNNEL_BACKLOG``), so
 nobody fails and escalates its backoff (measured: a 19,800-agent fleet all
 back after a restart this way; closing the excess at accept let 7 % back in
 the same time). The kernel's backlog alone (1,024 then) overflowed when 10,000
-agents came back at once after a ``kill -9``: their SYNs were dropped, a
-sixth of them hit their 15 s connect timeout or a reset and came back only
-after another 30 s of backoff (docs/benchmarks.md §3). A connection that
+agents came back at once after a ``kill -9``: their SYNs were dropped, and
+thousands hit their 15 s connect timeout or a reset and came back only after
+another 30 s of backoff (docs/benchmarks.md §9). A connection that
 waited longer than ``MAX_WAIT`` is closed instead of handshaken: its agent is
 about to give up on it. One address may hold at most
 ``MAX_STARTUPS_PER_ADDRESS`` connections waiting or in a handshake; its
@@ -269,7 +269,8 @@ class TunnelListener:
             raise
         try:
             if waited > MAX_WAIT or self._stopping:
-                self.waited_too_long += waited > MAX_WAIT
+                if waited > MAX_WAIT:
+                    self.waited_too_long += 1
                 log.debug("closed a tunnel from %s that waited %.0f s to start", peer, waited)
                 sock.close()
                 self._done(address)
