@@ -22,11 +22,14 @@ bring all agents up with the product's own tunnel code (ramped), and we read:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +50,7 @@ from bench.common import (
     wait_for,
 )
 from bench.nofile import raise_nofile
-from bench.pyspy import Profiler
+from bench.pyspy import Profiler, summarise
 from bench.stack import ADMIN, ADMIN_PW, Broker, Desk
 
 MAX_USES = 10_000
@@ -73,16 +76,23 @@ async def _enrol_all(
                 "user": "bench",
                 "version": "bench",
             }
+            why = "no answer"
             async with sem:
                 for attempt in range(5):
-                    answer = await client.post("/api/v1/enrol", json=body)
+                    try:
+                        answer = await client.post("/api/v1/enrol", json=body)
+                    except httpx.RemoteProtocolError as exc:  # a keep-alive connection closed
+                        why = str(exc)
+                        await asyncio.sleep(0.5 * (attempt + 1))
+                        continue
+                    why = f"{answer.status_code} {answer.text}"
                     if answer.status_code == 201:
                         reply: dict[str, Any] = answer.json()
                         return reply
                     if answer.status_code < 500 and answer.status_code != 429:
                         break
                     await asyncio.sleep(0.5 * (attempt + 1))
-                raise RuntimeError(f"enrol {i} refused: {answer.status_code} {answer.text}")
+                raise RuntimeError(f"enrol {i} refused: {why}")
 
         return list(await asyncio.gather(*(one(i) for i in range(len(keys)))))
 
@@ -177,9 +187,11 @@ def one_size(
     launcher: list[str] | None = None,
     on_ready: Callable[[int], object] | None = None,
     on_filled: Callable[[int], object] | None = None,
+    profile_restart: Path | None = None,
 ) -> dict[str, Any]:
     """One fleet size, start to finish. ``profile`` (py-spy output) or ``on_filled``
-    stop it after the fill; ``launcher`` and the hooks serve the memory pass."""
+    stop it after the fill; ``launcher`` and the hooks serve the memory pass.
+    ``profile_restart``: py-spy the restarted broker through the reconnect storm."""
     result: dict[str, Any] = {"agents": n}
     limit = raise_nofile()  # what the broker will get too: it inherits our limits
     if n + FD_HEADROOM > limit:
@@ -300,6 +312,7 @@ def one_size(
         broker.start(timeout=120)
         t_ready = time.time()
         result["restart_ready_s"] = t_ready - t_kill
+        storm = None if profile_restart is None else Profiler(procs, broker.pid, profile_restart)
         r0 = proc_stat(broker.pid)
         w0 = sum(proc_stat(p.pid).cpu_s for p, _ in workers if p.poll() is None)
         admin = Desk.login(broker, ADMIN, ADMIN_PW, timeout=30)
@@ -308,6 +321,8 @@ def one_size(
         )
         r1 = proc_stat(broker.pid)
         w1 = sum(proc_stat(p.pid).cpu_s for p, _ in workers if p.poll() is None)
+        if storm is not None:
+            storm.stop()
         spent = max(1e-3, time.time() - t_ready)
         reports = _workers_report(workers)
         back = [
@@ -365,4 +380,31 @@ def run(
     return {"sizes": results, "levers": levers or []}
 
 
-__all__ = ["run", "wait_for"]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.fleet N --profile-restart FILE``: one fleet size with py-spy
+    on the restarted broker through the reconnect storm (not a measured run: py-spy
+    takes CPU too); prints the result and py-spy's summary as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=main.__doc__)
+    parser.add_argument("agents", type=int)
+    parser.add_argument("--profile-restart", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
+    args = parser.parse_args(argv)
+    procs = Procs()
+    root = Path(tempfile.mkdtemp(prefix="ah-storm-"))
+    try:
+        res = one_size(
+            procs, root, args.agents, quick=False, levers=[], profile_restart=args.profile_restart
+        )
+    finally:
+        procs.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    res["profile"] = summarise(args.profile_restart, top=30)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+__all__ = ["main", "run", "wait_for"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,7 @@ from allowhelp.broker.settings import format_hostport
 BACKLOG = 1024
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, backlog: int = BACKLOG) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -18,6 +18,6 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ValueError(f"cannot listen on {format_hostport(host, port)}: {exc.strerror}") from exc
-    sock.listen(BACKLOG)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock

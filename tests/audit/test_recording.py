@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -78,12 +79,17 @@ async def test_writes_and_fsync_run_off_the_event_loop(
     """A disk that takes 0.3 s per write stalls neither the loop nor the digest."""
     loop_thread = threading.get_ident()
     writers: set[int] = set()
-    real_pwrite, real_fsync = os.pwrite, os.fsync
+    real_pwrite, real_pwritev, real_fsync = os.pwrite, os.pwritev, os.fsync
 
     def slow_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
         writers.add(threading.get_ident())
         time.sleep(0.3)
         return real_pwrite(fd, data, offset)
+
+    def slow_pwritev(fd: int, buffers: Sequence[bytes], offset: int) -> int:
+        writers.add(threading.get_ident())
+        time.sleep(0.3)
+        return real_pwritev(fd, buffers, offset)
 
     def slow_fsync(fd: int) -> None:
         writers.add(threading.get_ident())
@@ -91,6 +97,7 @@ async def test_writes_and_fsync_run_off_the_event_loop(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    monkeypatch.setattr(os, "pwritev", slow_pwritev)
     monkeypatch.setattr(os, "fsync", slow_fsync)
     recorder = AsciicastRecorder(tmp_path, "s4", 80, 24, title="t")
     ticks = 0
@@ -132,14 +139,20 @@ async def test_small_writes_go_on_the_loop_while_the_disk_is_fast(
     loop_thread = threading.get_ident()
     writers: list[int] = []
     delay = [0.0]
-    real_pwrite = os.pwrite
+    real_pwrite, real_pwritev = os.pwrite, os.pwritev
 
     def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
         writers.append(threading.get_ident())
         time.sleep(delay[0])
         return real_pwrite(fd, data, offset)
 
+    def pwritev(fd: int, buffers: Sequence[bytes], offset: int) -> int:  # the writer thread's
+        writers.append(threading.get_ident())
+        time.sleep(delay[0])
+        return real_pwritev(fd, buffers, offset)
+
     monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "pwritev", pwritev)
     monkeypatch.setattr(recording, "FAST_WRITE", 0.05)  # a loaded test machine is slow
     recorder = AsciicastRecorder(tmp_path, "s9", 80, 24, title="t")
     await recorder.flushed()

@@ -8,12 +8,20 @@ like an unknown one. The keys are kept in memory (``tunnel/keys.py``), so the
 handshake never waits for the database.
 
 Admission control, as OpenSSH's MaxStartups: at most ``MAX_STARTUPS``
-handshakes are in progress at once. Beyond that the broker stops calling
-``accept()``: the next agents wait in the kernel's backlog at no CPU cost,
-and nobody fails and escalates its backoff (measured: a 19,800-agent fleet
-all back after a restart this way; closing the excess at accept let 7 % back
-in the same time). One address may hold at most ``MAX_STARTUPS_PER_ADDRESS``
-of them; its excess is closed at accept. Without any of this, a whole fleet reconnecting after a
+handshakes are in progress at once. The next ``MAX_WAITING`` connections are
+accepted and wait, in the order they came, for a handshake slot (a socket and
+a parked task each, no CPU); beyond that the broker stops calling ``accept()``
+and the next agents wait in the kernel's backlog (``TUNNEL_BACKLOG``), so
+nobody fails and escalates its backoff (measured: a 19,800-agent fleet all
+back after a restart this way; closing the excess at accept let 7 % back in
+the same time). The kernel's backlog alone (1,024 then) overflowed when 10,000
+agents came back at once after a ``kill -9``: their SYNs were dropped, and
+thousands hit their 15 s connect timeout or a reset and came back only after
+another 30 s of backoff (docs/benchmarks.md §10). A connection that
+waited longer than ``MAX_WAIT`` is closed instead of handshaken: its agent is
+about to give up on it. One address may hold at most
+``MAX_STARTUPS_PER_ADDRESS`` connections waiting or in a handshake; its
+excess is closed at accept. Without any of this, a whole fleet reconnecting after a
 broker restart shares the CPU so thinly that no handshake finishes before its
 login timeout, every agent retries, and none ever gets back in. Audit and
 store writes run off the event loop, so a slow disk or a locked database does
@@ -62,6 +70,14 @@ log = logging.getLogger(__name__)
 # without a limit (bench/, docs/benchmarks.md).
 MAX_STARTUPS = 200
 MAX_STARTUPS_PER_ADDRESS = 100  # one address (a branch office's NAT) cannot take them all
+# Accepted connections waiting for a handshake slot: at the measured 250-300
+# handshakes/s about 15 s of work, one fd each (a fleet's agents hold one each
+# once back anyway).
+MAX_WAITING = 4096
+MAX_WAIT = 40.0  # seconds; agents give up on a login after 60 (agent/tunnel.py)
+# listen(2)'s backlog for the SSH port; Linux clamps it to net.core.somaxconn
+# (4096 by default since 5.4): raise that sysctl for more.
+TUNNEL_BACKLOG = 65535
 LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
 SHARED_SIG_ALGS = 16  # distinct server-sig-algs sets kept for sharing; agents send one
 
@@ -139,10 +155,13 @@ class TunnelListener:
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._starting: dict[str, int] = {}
-        self._room = asyncio.Event()
+        self._starting: dict[str, int] = {}  # per address: waiting or in a handshake
+        self._room = asyncio.Event()  # set while fewer than MAX_STARTUPS + MAX_WAITING
         self._room.set()
+        self._slots = asyncio.Semaphore(MAX_STARTUPS)  # FIFO: the first to come goes first
+        self._waiting: set[asyncio.Task[None]] = set()
         self.dropped = 0
+        self.waited_too_long = 0
         # Handshakes that ended, by outcome (a refused key is a failure): metrics.
         self.handshakes_succeeded = 0
         self.handshakes_failed = 0
@@ -162,7 +181,7 @@ class TunnelListener:
         no host, take only the tunnels handed over by ``accept_stream``."""
         if host is not None:
             try:
-                self._sock = bind(host, port)
+                self._sock = bind(host, port, backlog=TUNNEL_BACKLOG)
             except ValueError as exc:
                 raise TunnelError(f"cannot listen for agents: {exc}") from exc
         self._options_built = self._options()
@@ -213,7 +232,7 @@ class TunnelListener:
         if here >= MAX_STARTUPS_PER_ADDRESS:
             return False
         self._starting[address] = here + 1
-        if sum(self._starting.values()) >= MAX_STARTUPS:
+        if sum(self._starting.values()) >= MAX_STARTUPS + MAX_WAITING:
             self._room.clear()
         return True
 
@@ -221,13 +240,51 @@ class TunnelListener:
         left = self._starting.pop(address, 1) - 1
         if left:
             self._starting[address] = left
-        if sum(self._starting.values()) < MAX_STARTUPS:
+        if sum(self._starting.values()) < MAX_STARTUPS + MAX_WAITING:
             self._room.set()
 
+    async def _slot(self) -> float:
+        """Wait for a handshake slot, first come first served; how long it took."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting.add(task)
+        began = asyncio.get_running_loop().time()
+        try:
+            await self._slots.acquire()
+        finally:
+            if task is not None:
+                self._waiting.discard(task)
+        return asyncio.get_running_loop().time() - began
+
     async def _handshake(self, sock: socket.socket, address: str, peer: str) -> None:
-        """Run the SSH client on an accepted socket; the admission slot is held
-        until the handshake ends, in success or failure (login timeout included:
-        asyncssh arms ``options.login_timeout`` when it builds the connection)."""
+        """Wait for a handshake slot, then run the SSH client on an accepted socket;
+        the admission is held until the handshake ends, in success or failure
+        (login timeout included: asyncssh arms ``options.login_timeout`` when it
+        builds the connection)."""
+        try:
+            waited = await self._slot()
+        except asyncio.CancelledError:
+            self._done(address)
+            sock.close()
+            raise
+        try:
+            if waited > MAX_WAIT or self._stopping:
+                if waited > MAX_WAIT:
+                    self.waited_too_long += 1
+                log.debug("closed a tunnel from %s that waited %.0f s to start", peer, waited)
+                sock.close()
+                self._done(address)
+                return
+            conn = await self._run_handshake(sock, address, peer)
+        finally:
+            self._slots.release()
+        if conn is not None:
+            await self._accepted(conn)
+
+    async def _run_handshake(
+        self, sock: socket.socket, address: str, peer: str
+    ) -> asyncssh.SSHClientConnection | None:
+        """The SSH handshake; the connection once authenticated, None if it failed."""
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
         conn: asyncssh.SSHClientConnection | None = None
@@ -246,7 +303,7 @@ class TunnelListener:
                 sock.close()
             else:
                 conn.abort()
-            return
+            return None
         except asyncio.CancelledError:
             if conn is not None:
                 conn.abort()
@@ -256,7 +313,7 @@ class TunnelListener:
         finally:
             self._done(address)
         self.handshakes_succeeded += 1
-        await self._accepted(conn)
+        return conn
 
     def _handshake_failed(self, address: str, peer: str, exc: BaseException) -> None:
         reason = (str(exc) or type(exc).__name__)[:200]
@@ -381,6 +438,8 @@ class TunnelListener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for waiting in list(self._waiting):  # accepted, not started: just closed
+            waiting.cancel()
         self._registry.close_all()
         await asyncio.sleep(0)  # connection_lost callbacks queue their records
         await self._connectivity.stop()  # pending summaries and tallies land too
