@@ -51,7 +51,7 @@ from allowhelp.broker.audit.entry import utc_now
 from allowhelp.broker.audit.pg_chain import PgAuditLog
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.model.database import PostgresUrl
-from allowhelp.broker.node.archive import PG_DUMP, PKI_FILES, Manifest, fsync_dir, os_reason
+from allowhelp.broker.node.archive import PG_DUMP, PKI_FILES, Manifest
 from allowhelp.broker.node.backup import (
     BackupResult,
     _add_path,
@@ -62,7 +62,7 @@ from allowhelp.broker.node.backup import (
     finish_archive,
     write_backup_file,
 )
-from allowhelp.broker.node.restore import RestoreResult, _check_target, _seal, _unpack
+from allowhelp.broker.node.restore import RestoreResult, _place, _seal, _unpack, restoring
 from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
 CONNECT_TIMEOUT = 10  # seconds to reach the database (also PGCONNECT_TIMEOUT for the tools)
@@ -131,27 +131,18 @@ def take_pg_backup(
 def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> RestoreResult:
     """Restore ``backup`` into the empty database ``store`` and the new folder
     ``data_dir``: nothing is loaded before every member is checked."""
-    backup = backup.expanduser().absolute()
-    target = data_dir.expanduser().absolute()
-    if not backup.is_file():
-        raise BackupError(f"no backup file at {backup}")
-    _check_target(target)
-    restore_program = pg_program("pg_restore")
-    _check_empty(store)
-    try:
-        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restoring-"))
-    except OSError as exc:
-        raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
-    try:
-        manifest = _unpack(backup, scratch)
+    with restoring(backup, data_dir) as (source, target, scratch):
+        restore_program = pg_program("pg_restore")
+        _check_empty(store)
+        manifest = _unpack(source, scratch)
         if manifest.store != "postgresql":
             raise BackupError(
-                f"{backup} holds SQLite files, not a PostgreSQL dump: restore it without "
+                f"{source} holds SQLite files, not a PostgreSQL dump: restore it without "
                 "--store (and with $ALLOWHELP_STORE unset)"
             )
         if manifest.store_schema > len(PG_MIGRATIONS):
             raise BackupError(
-                f"{backup} was taken by a newer allowhelp ({manifest.allowhelp_version}, "
+                f"{source} was taken by a newer allowhelp ({manifest.allowhelp_version}, "
                 f"database schema {manifest.store_schema}): restore it with that version or later"
             )
         dump = scratch / PG_DUMP
@@ -160,7 +151,7 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
         dump.unlink()  # the data folder holds no copy of the database
         try:
             chain = _check_chain(store, scratch, manifest)
-            restored = _chain(store, "broker.restored", str(target), _restored(backup, manifest))
+            restored = _chain(store, "broker.restored", str(target), _restored(source, manifest))
             _seal(scratch)
             _place(scratch, target)
         except BackupError as exc:
@@ -168,11 +159,6 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
                 f"{exc} (the database holds the restored data now: drop it and create it "
                 "again before trying once more)"
             ) from exc
-    except BaseException as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
-        raise
     return RestoreResult(target, manifest, chain, restored)
 
 
@@ -326,13 +312,3 @@ def _check_chain(store: PostgresUrl, scratch: Path, manifest: Manifest) -> Verif
     except (AuditCorrupt, AuditUnavailable) as exc:
         raise BackupError(f"the restored audit log cannot be read: {exc}") from exc
     return result
-
-
-def _place(scratch: Path, target: Path) -> None:
-    try:
-        os.rename(scratch, target)  # replaces an empty folder; refuses one with content
-    except OSError as exc:
-        raise BackupError(
-            f"{target} is not empty any more ({exc.strerror}): restore into a new folder"
-        ) from exc
-    fsync_dir(target.parent)

@@ -23,6 +23,8 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,26 @@ class RestoreResult:
 
 def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
     """Restore ``backup`` into ``data_dir`` (absent or empty), all or nothing."""
+    with restoring(backup, data_dir) as (source, target, scratch):
+        manifest = _unpack(source, scratch)
+        if manifest.store != "sqlite":
+            raise BackupError(
+                f"{source} holds a PostgreSQL database: restore it with --store URL of a new, "
+                "empty database (docs/multinode.md)"
+            )
+        chain = _check_chain(scratch, manifest)
+        restored_seq = _audit_restore(scratch, source, target, manifest)
+        _seal(scratch)
+        _place(scratch, target)
+    return RestoreResult(target, manifest, chain, restored_seq)
+
+
+@contextmanager
+def restoring(backup: Path, data_dir: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """What every restore checks first, and its scratch folder beside the target:
+    yields (backup, target, scratch), all absolute; if anything fails the scratch
+    folder goes, and an ``OSError`` (a full disk, a file that cannot be written)
+    becomes one line. Nothing is in ``target`` until ``_place``."""
     backup = backup.expanduser().absolute()
     target = data_dir.expanduser().absolute()
     if not backup.is_file():
@@ -72,28 +94,23 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
     except OSError as exc:
         raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
     try:
-        manifest = _unpack(backup, scratch)
-        if manifest.store != "sqlite":
-            raise BackupError(
-                f"{backup} holds a PostgreSQL database: restore it with --store URL of a new, "
-                "empty database (docs/multinode.md)"
-            )
-        chain = _check_chain(scratch, manifest)
-        restored_seq = _audit_restore(scratch, backup, target, manifest)
-        _seal(scratch)
-        try:
-            os.rename(scratch, target)  # replaces an empty folder; refuses one with content
-        except OSError as exc:
-            raise BackupError(
-                f"{target} is not empty any more ({exc.strerror}): restore into a new folder"
-            ) from exc
-        fsync_dir(target.parent)
+        yield backup, target, scratch
     except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        if isinstance(exc, OSError):  # a full disk, a file that cannot be written
+        if isinstance(exc, OSError):
             raise BackupError(f"nothing restored: {os_reason(exc)}") from exc
         raise
-    return RestoreResult(target, manifest, chain, restored_seq)
+
+
+def _place(scratch: Path, target: Path) -> None:
+    """The checked scratch folder becomes the data folder, in one rename."""
+    try:
+        os.rename(scratch, target)  # replaces an empty folder; refuses one with content
+    except OSError as exc:
+        raise BackupError(
+            f"{target} is not empty any more ({exc.strerror}): restore into a new folder"
+        ) from exc
+    fsync_dir(target.parent)
 
 
 def _check_target(target: Path) -> None:
