@@ -188,6 +188,12 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             # Accept the request first, then say why and close: closing inside
             # this callback would leave the broker waiting for a reply forever.
             asyncio.get_running_loop().call_soon(self.finish, 1, str(exc))
+        except Exception as exc:  # any other fault fails this session alone
+            # (e.g. a module of a newer version, loaded after an upgrade, that does not
+            # fit the running one): the traceback goes to the log, the tunnel stays up
+            log.exception("session=%s could not start its %s", session_id, kind)
+            reason = f"the agent failed to start it ({type(exc).__name__}): restart the agent"
+            asyncio.get_running_loop().call_soon(self.finish, 1, reason)
         return True
 
     def _start(self, kind: str) -> Backend:

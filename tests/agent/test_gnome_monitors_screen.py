@@ -41,8 +41,6 @@ from playwright.sync_api import sync_playwright
 
 from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from harness import (
-    ADMIN,
-    ADMIN_PW,
     TECH,
     TECH_PW,
     Broker,
@@ -85,8 +83,7 @@ class World:
     gnome: GnomeDesktop
 
     def agent_row(self) -> dict[str, Any]:
-        rows = self.broker.agents(ADMIN, ADMIN_PW)
-        return next(a for a in rows if a["id"] == self.machine.agent_id)
+        return self.machine.agent_row(self.broker)
 
 
 @pytest.fixture(scope="module")
@@ -109,18 +106,9 @@ def desk(world: World) -> Iterator[Desk]:
 
 
 def consented_to_all(world: World, desk: Desk, *, view_only: bool) -> str:
-    answer = desk.request(world.machine.agent_id, kind="screen", reason="both", monitor="all")
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["id"]
-    wait_for(
-        lambda: any(p["session_id"] == session_id for p in world.machine.pending(USER)),
-        15,
-        "the prompt in the user's session",
+    return world.machine.allowed_screen(
+        desk, USER, view_only=view_only, reason="both", monitor="all"
     )
-    done = world.machine.cli(USER, "allow", *(["--view-only"] if view_only else []), session_id)
-    assert done.returncode == 0, done.stderr
-    assert desk.wait_state(session_id, "active")["view_only"] is view_only
-    return session_id
 
 
 def engine_pids() -> list[int]:

@@ -1,6 +1,7 @@
 """The screen of a KDE Plasma Wayland desktop, for real: headless KWin, KDE's portals.
 
-Opt-in (``scripts/install kde``, ``ALLOWHELP_KDE=1``): about 740 MB of KDE.
+KDE's packages come with ``scripts/install test`` (about 740 MB); ``ALLOWHELP_KDE=0``
+skips the suite.
 
 A local user is made here; a headless KWin (``kwin_wayland --virtual``,
 1024x768) runs as that user in its own D-Bus session (``kdekit``) with
@@ -52,8 +53,6 @@ from kdekit import (
 from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, machine_service, passable_folder
 
 from harness import (
-    ADMIN,
-    ADMIN_PW,
     TECH,
     TECH_PW,
     Broker,
@@ -91,8 +90,7 @@ class World:
     kde: KdeDesktop
 
     def agent_row(self) -> dict[str, Any]:
-        rows = self.broker.agents(ADMIN, ADMIN_PW)
-        return next(a for a in rows if a["id"] == self.machine.agent_id)
+        return self.machine.agent_row(self.broker)
 
 
 @pytest.fixture(scope="module")
@@ -115,18 +113,7 @@ def desk(world: World) -> Iterator[Desk]:
 
 
 def consented(world: World, desk: Desk, *, view_only: bool) -> str:
-    answer = desk.request(world.machine.agent_id, kind="screen", reason="kde test")
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["id"]
-    wait_for(
-        lambda: any(p["session_id"] == session_id for p in world.machine.pending(USER)),
-        15,
-        "the prompt in the user's session",
-    )
-    done = world.machine.cli(USER, "allow", *(["--view-only"] if view_only else []), session_id)
-    assert done.returncode == 0, done.stderr
-    assert desk.wait_state(session_id, "active")["view_only"] is view_only
-    return session_id
+    return world.machine.allowed_screen(desk, USER, view_only=view_only, reason="kde test")
 
 
 def engine_pids() -> list[int]:

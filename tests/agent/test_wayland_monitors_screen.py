@@ -147,18 +147,9 @@ def test_the_second_output_alone(world: World, desk: Desk) -> None:
 
 
 def consented_to_all(machine: Machine, desk: Desk, *, view_only: bool) -> str:
-    answer = desk.request(machine.agent_id, kind="screen", reason="all of them", monitor="all")
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["id"]
-    wait_for(
-        lambda: any(p["session_id"] == session_id for p in machine.pending(USER)),
-        15,
-        "the prompt in the user's session",
+    return machine.allowed_screen(
+        desk, USER, view_only=view_only, reason="all of them", monitor="all"
     )
-    done = machine.cli(USER, "allow", *(["--view-only"] if view_only else []), session_id)
-    assert done.returncode == 0, done.stderr
-    assert desk.wait_state(session_id, "active")["view_only"] is view_only
-    return session_id
 
 
 def region(init: ServerInit, pixels: bytes, box: tuple[int, int, int, int]) -> bytes:

@@ -35,8 +35,6 @@ from waylandkit import CAN_RUN_SWAY, SWAY_SIZE, WHY_NO_SWAY, SwayDesktop, sway_d
 
 from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from harness import (
-    ADMIN,
-    ADMIN_PW,
     TECH,
     TECH_PW,
     Broker,
@@ -73,8 +71,7 @@ class World:
     sway: SwayDesktop
 
     def agent_row(self) -> dict[str, Any]:
-        rows = self.broker.agents(ADMIN, ADMIN_PW)
-        return next(a for a in rows if a["id"] == self.machine.agent_id)
+        return self.machine.agent_row(self.broker)
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +94,7 @@ def desk(world: World) -> Iterator[Desk]:
 
 
 def consented(world: World, desk: Desk, *, view_only: bool = False) -> str:
-    answer = desk.request(world.machine.agent_id, kind="screen", reason="wayland test")
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["id"]
-    wait_for(
-        lambda: any(p["session_id"] == session_id for p in world.machine.pending(USER)),
-        15,
-        "the prompt in the user's session",
-    )
-    done = world.machine.cli(USER, "allow", *(["--view-only"] if view_only else []), session_id)
-    assert done.returncode == 0, done.stderr
-    assert desk.wait_state(session_id, "active")["view_only"] is view_only
-    return session_id
+    return world.machine.allowed_screen(desk, USER, view_only=view_only, reason="wayland test")
 
 
 def wayvnc_pids(world: World) -> list[int]:

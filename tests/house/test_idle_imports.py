@@ -62,6 +62,20 @@ NO_SCREEN_MODULE = textwrap.dedent(
     """
 )
 
+# A screen module of another version, loaded after an upgrade: it imports, but its
+# ``screen_factory`` does not take what the running agent gives it.
+MISFIT_SCREEN_MODULE = textwrap.dedent(
+    """
+    import runpy, sys, types
+    misfit = types.ModuleType("allowhelp.agent.screen")
+    def screen_factory():  # one argument fewer than the running agent passes
+        raise AssertionError("never called with the wrong arguments")
+    misfit.screen_factory = screen_factory
+    sys.modules["allowhelp.agent.screen"] = misfit
+    runpy.run_module("allowhelp.agent.cli", run_name="__main__")
+    """
+)
+
 # Loaded by a session, a job, the HTTPS route, enrolment or kdialog: never at start.
 SESSION_ONLY = {
     "allowhelp.agent.screen",  # and the engines it picks
@@ -137,10 +151,18 @@ def test_the_idle_machine_service_has_not_loaded_session_modules(
     assert modules & (SESSION_ONLY | PER_USER_ONLY) == set()
 
 
+@pytest.mark.parametrize(
+    ("program", "said"),
+    [
+        (NO_SCREEN_MODULE, "allowhelp.agent.screen"),  # what failed to load, said
+        (MISFIT_SCREEN_MODULE, "TypeError"),  # loaded, but of another version
+    ],
+    ids=["cannot-load", "misfit"],
+)
 def test_a_session_module_that_cannot_load_fails_its_session_not_the_tunnel(
-    broker: Broker, tmp_path: Path
+    broker: Broker, tmp_path: Path, program: str, said: str
 ) -> None:
-    agent = Agent(tmp_path / "agent", program=[PY, "-c", NO_SCREEN_MODULE])
+    agent = Agent(tmp_path / "agent", program=[PY, "-c", program])
     assert agent.enroll(broker.token()).returncode == 0
     # a screen on offer (the tests' knob; never run: the module that would run it fails)
     env = {**os.environ, "ALLOWHELP_TEST_SCREEN_COMMAND": "cat"}
@@ -161,7 +183,7 @@ def test_a_session_module_that_cannot_load_fails_its_session_not_the_tunnel(
 
         close = asyncio.run(closed()).rcvd
         assert close is not None and close.code == 1011
-        assert "allowhelp.agent.screen" in close.reason  # what failed to load, said
+        assert said in close.reason
         assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
         # the same tunnel all along: connected once, never dropped
         assert online(broker, agent.agent_id)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import PY, Broker, agent_cli, wait_for
+from harness import ADMIN, ADMIN_PW, PY, Broker, Desk, agent_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PY = "/usr/bin/python3"
@@ -116,6 +116,29 @@ class Machine:
         assert done.returncode == 0, done.stderr
         found: list[dict[str, Any]] = json.loads(done.stdout)
         return found
+
+    def allowed_screen(
+        self, desk: Desk, user: str, *, view_only: bool, reason: str, **extra: Any
+    ) -> str:
+        """A screen session ``desk`` asks for (``extra``: e.g. ``monitor``), allowed by
+        ``user`` at the PC once the prompt is in their session: its id, active."""
+        answer = desk.request(self.agent_id, kind="screen", reason=reason, **extra)
+        assert answer.status_code == 201, answer.text
+        session_id: str = answer.json()["id"]
+        wait_for(
+            lambda: any(p["session_id"] == session_id for p in self.pending(user)),
+            15,
+            "the prompt in the user's session",
+        )
+        done = self.cli(user, "allow", *(["--view-only"] if view_only else []), session_id)
+        assert done.returncode == 0, done.stderr
+        assert desk.wait_state(session_id, "active")["view_only"] is view_only
+        return session_id
+
+    def agent_row(self, broker: Broker) -> dict[str, Any]:
+        """This PC's row in ``broker``'s agent list, as an admin sees it."""
+        rows = broker.agents(ADMIN, ADMIN_PW)
+        return next(a for a in rows if a["id"] == self.agent_id)
 
     def signed_in_here(self) -> str:
         """Who the machine service says is signed in (asked as root)."""
