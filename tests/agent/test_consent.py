@@ -171,11 +171,14 @@ def test_offline_agent_is_a_clear_error(tmp_path: Path) -> None:
         fleet.close()
 
 
+@pytest.mark.parametrize("who", ["user", "technician"])
 def test_user_ends_and_the_broker_closes_the_technician_channel_saying_so(
-    setup: tuple[Broker, Agent], desk: Desk
+    setup: tuple[Broker, Agent], desk: Desk, who: str
 ) -> None:
-    """The user's end closes the socket from the broker's side, with the reason
-    (not a timeout, nor a cut connection). The time bound is loose on purpose:
+    """The user's end (or the technician's End button) closes the socket from the
+    broker's side, with the reason on the record (not a timeout, nor a cut
+    connection, nor the relay's own guess: the PC closing the channel after the
+    technician's end once said "user"). The time bound is loose on purpose:
     nothing else would close this socket for much longer (no idle timeout)."""
     _, agent = setup
     session = desk.request(agent.agent_id).json()
@@ -194,8 +197,13 @@ def test_user_ends_and_the_broker_closes_the_technician_channel_saying_so(
             seen = b""
             while b"ready-42" not in seen:
                 seen += await asyncio.wait_for(ws.recv(), 10)  # type: ignore[operator]
-            ended = await asyncio.to_thread(agent_call, agent, "end", session["id"])
-            assert ended.returncode == 0, ended.stderr
+            if who == "user":
+                ended = await asyncio.to_thread(agent_call, agent, "end", session["id"])
+                assert ended.returncode == 0, ended.stderr
+            else:
+                url = f"/api/v1/sessions/{session['id']}/end"
+                answer = await asyncio.to_thread(desk.client.post, url)
+                assert answer.status_code == 200, answer.text
             start = time.monotonic()
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:
@@ -204,10 +212,10 @@ def test_user_ends_and_the_broker_closes_the_technician_channel_saying_so(
 
     took, closed = asyncio.run(scenario())
     assert closed.rcvd is not None, "the socket was cut, not closed by the broker"
-    assert (closed.rcvd.code, closed.rcvd.reason) == (1000, "session ended: user")
+    assert (closed.rcvd.code, closed.rcvd.reason) == (1000, f"session ended: {who}")
     assert took < 5.0
     final = desk.wait_state(session["id"], "ended")
-    assert final["end_reason"] == "user"
+    assert final["end_reason"] == who
 
 
 def test_control_socket_refuses_another_user(setup: tuple[Broker, Agent]) -> None:

@@ -205,6 +205,10 @@ class SessionBook:
                 await self.end_quietly(session_id, reason=outcome.reason, actor=actor)
         except AuditUnavailable as exc:  # the end is owed (``end``); the PC was told
             return Outcome("error", exc)
+        if outcome.failure is None:  # an end already under way stopped this relay first:
+            ended = await self.get(session_id)  # its reason is the one on the record
+            if ended is not None and ended.final and ended.end_reason:
+                return Outcome(cast("EndReason", ended.end_reason))
         return outcome
 
     async def fail(self, session_id: str, message: str) -> None:
