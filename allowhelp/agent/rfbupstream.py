@@ -28,6 +28,7 @@ VERSION = b"RFB 003.008\n"
 BPP = 4
 BGRX = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 MAX_TEXT = 16 * 1024 * 1024
+MAX_NAME = 4096  # the desktop's name: wayvnc's is a few bytes
 
 
 class UpstreamError(AgentError):
@@ -51,6 +52,11 @@ class Upstream:
             data += chunk
         return bytes(data)
 
+    def _skip(self, size: int) -> None:
+        """Read and drop ``size`` bytes, never holding more than 1 MiB of them."""
+        while size > 0:
+            size -= len(self._recv(min(size, 1 << 20)))
+
     def _send(self, data: bytes) -> None:
         with self._send_lock:
             self._sock.sendall(data)
@@ -69,7 +75,10 @@ class Upstream:
         self._send(b"\x01")  # shared
         head = self._recv(24)
         width, height = struct.unpack_from(">HH", head)
-        self._recv(struct.unpack_from(">I", head, 20)[0])  # the desktop's name
+        name_length = struct.unpack_from(">I", head, 20)[0]
+        if name_length > MAX_NAME:
+            raise UpstreamError(f"wayvnc sent a desktop name of {name_length} bytes")
+        self._skip(name_length)  # the desktop's name
         if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or width * height > MAX_PIXELS:
             raise UpstreamError(f"wayvnc serves a picture of {width}x{height}")
         self.width, self.height = width, height
@@ -96,7 +105,7 @@ class Upstream:
                 length = struct.unpack(">3xI", self._recv(7))[0]
                 if length > MAX_TEXT:
                     raise UpstreamError("wayvnc sent a clipboard too long")
-                self._recv(length)
+                self._skip(length)
             else:
                 raise UpstreamError(f"wayvnc sent an RFB message of type {kind}")
 

@@ -300,13 +300,17 @@ def test_a_piece_outside_the_picture_is_refused() -> None:
 # --- wlroots: one wayvnc per output, read as a viewer (rfbupstream) and relayed to
 
 
-def wayvnc_side(width: int, height: int, updates: list[bytes]) -> Iterator[bytes]:
-    """What a wayvnc says, as the bytes to send after each of the reader's messages."""
+def wayvnc_side(
+    width: int, height: int, updates: list[bytes], name_length: int | None = None
+) -> Iterator[bytes]:
+    """What a wayvnc says, as the bytes to send after each of the reader's messages
+    (``name_length``: the length it claims for its name, whatever it sends)."""
     yield b"RFB 003.008\n"
     yield b"\x01\x01"  # after the version: one security type, None
     yield struct.pack(">I", 0)  # after the choice: OK
     name = b"wayvnc"
-    yield struct.pack(">HH", width, height) + bytes(16) + struct.pack(">I", len(name)) + name
+    claimed = len(name) if name_length is None else name_length
+    yield struct.pack(">HH", width, height) + bytes(16) + struct.pack(">I", claimed) + name
     yield from updates
 
 
@@ -315,7 +319,9 @@ def raw_update(*rects: tuple[int, int, int, int, bytes], encoding: int = 0) -> b
     return struct.pack(">BxH", 0, len(rects)) + body
 
 
-def upstream_run(updates: list[bytes]) -> tuple[list[bytes], bytes, BaseException | None]:
+def upstream_run(
+    updates: list[bytes], name_length: int | None = None
+) -> tuple[list[bytes], bytes, BaseException | None]:
     """A reader against a scripted wayvnc (3x2): the frames it wrote, what it sent."""
     ours, theirs = socket.socketpair()
     read_end, write_end = os.pipe()
@@ -334,7 +340,7 @@ def upstream_run(updates: list[bytes]) -> tuple[list[bytes], bytes, BaseExceptio
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    for chunk in wayvnc_side(3, 2, updates):
+    for chunk in wayvnc_side(3, 2, updates, name_length):
         ours.sendall(chunk)
     ours.shutdown(socket.SHUT_WR)
     data = b""
@@ -376,6 +382,21 @@ def test_what_the_reader_does_not_take_ends_it(update: bytes, says: str) -> None
     frames, _, failure = upstream_run([update])
     assert frames == []
     assert isinstance(failure, UpstreamError) and says in str(failure)
+
+
+def test_a_desktop_name_longer_than_a_name_ends_the_reader_before_it_buffers_it() -> None:
+    """A 4 GiB name would be read into memory: the reader refuses it from its length."""
+    frames, _, failure = upstream_run([], name_length=0xFFFFFFFF)
+    assert frames == []
+    assert isinstance(failure, UpstreamError) and "desktop name of 4294967295 bytes" in str(failure)
+
+
+def test_a_long_clipboard_from_wayvnc_is_drained_and_the_frames_go_on() -> None:
+    text = b"x" * (3 << 20)  # read and dropped 1 MiB at a time
+    cut = struct.pack(">B3xI", 3, len(text)) + text
+    frames, _, failure = upstream_run([cut, raw_update((0, 0, 3, 2, RED * 6))])
+    assert frames == [RED * 6]
+    assert isinstance(failure, UpstreamError) and "closed" in str(failure)
 
 
 class Upstreams:

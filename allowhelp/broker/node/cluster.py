@@ -35,6 +35,7 @@ from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry, LiveAgent
 from allowhelp.broker.tunnel.keys import EnrolledKeys
+from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import NodesList
 
 if TYPE_CHECKING:  # psycopg is imported only on a PostgreSQL store
@@ -107,7 +108,7 @@ class NodeMembership:
         self._audit = audit
         # agents another node named as holding their newest tunnel at the last beat,
         # with the link this node held then: dropped if the next beat says so again
-        self._superseded: dict[str, object] = {}
+        self._superseded: dict[str, AgentLink] = {}
 
     @property
     def node_id(self) -> str:
@@ -256,7 +257,7 @@ class NodeMembership:
         shows as these records again and again."""
         if self._agents is None:
             return
-        seen: dict[str, object] = {}
+        seen: dict[str, AgentLink] = {}
         for agent_id, node_id in elsewhere.items():
             live = self._agents.get(agent_id)
             if live is None:
