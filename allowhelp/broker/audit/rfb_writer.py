@@ -51,7 +51,9 @@ def append_hashed(
         for chunk in chunks:
             after.update(chunk)
     wrote = finish_job(fd, start, end, error, last=last, measure=measure, seconds=seconds)
-    return WroteHashed(wrote, digest if wrote.error else after)
+    # the digest follows the bytes kept: a failed write is cut back (the old digest),
+    # a failed fsync keeps them (``wrote.end`` counts them, so must the digest)
+    return WroteHashed(wrote, digest if error else after)
 
 
 def _write_all(fd: int, chunks: Sequence[bytes], start: int) -> int:
