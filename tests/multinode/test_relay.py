@@ -14,6 +14,7 @@ the technician's own login, rights and the PC user's consent allow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
@@ -40,7 +41,9 @@ from userkit import UserAgent, user_path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from allowhelp.broker.relay.node_link import NodeCredentials
+from allowhelp.broker.errors import AgentUnreachable
+from allowhelp.broker.relay.node_link import NodeCredentials, _connection_to
+from allowhelp.broker.store.node_peers import PeerNode
 from allowhelp.certs.nodecert import issue_node_certificate, node_id_in
 from harness import (
     TECH,
@@ -681,3 +684,56 @@ async def test_of_three_nodes_the_one_holding_the_agent_serves_it(
         assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
         desk.close()
     _verified(pg_url)
+
+
+async def test_a_peer_that_is_not_the_node_meant_never_gets_the_cookie(tmp_path: Path) -> None:
+    """The WebSocket relay checks the TLS peer is the node it meant to reach before its
+    upgrade request, which carries the technician's cookie, is written: a holder of
+    another node's certificate (same CA) at that address reads nothing. The same
+    peer, when it is the node meant, does get the request (the control)."""
+    ca_pem, ca_key = _ca(tmp_path)
+    impostor = NodeCredentials(ca_pem, tmp_path / "i.pem", tmp_path / "i.key")
+    issue_node_certificate(ca_pem, ca_key, "c" * 32, impostor.cert, impostor.key)
+    ours = NodeCredentials(ca_pem, tmp_path / "o.pem", tmp_path / "o.key")
+    issue_node_certificate(ca_pem, ca_key, "d" * 32, ours.cert, ours.key)
+    heard = bytearray()
+    cookie_heard = asyncio.Event()
+
+    async def listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            while chunk := await reader.read(4096):
+                heard.extend(chunk)
+                if b"the-technicians-secret" in heard:
+                    cookie_heard.set()
+        writer.close()
+
+    server = await asyncio.start_server(listen, "127.0.0.1", 0, ssl=impostor.server_context())
+    port = server.sockets[0].getsockname()[1]
+    url = f"wss://127.0.0.1:{port}/api/v1/sessions/s-0123456789ab/terminal"
+    cookie = {"cookie": "ah_session=the-technicians-secret"}
+
+    async def dial(node_id: str, refused: list[AgentUnreachable], timeout: float) -> None:
+        meant = PeerNode(node_id, f"127.0.0.1:{port}", f"https://127.0.0.1:{port}")
+        with pytest.raises(Exception):  # noqa: B017 - websockets' own, whichever
+            await connect(
+                url,
+                create_connection=_connection_to(meant, refused),
+                ssl=ours.client_context(),
+                additional_headers=cookie,
+                open_timeout=timeout,
+            )
+
+    refused: list[AgentUnreachable] = []
+    try:
+        await dial("e" * 32, refused, 10)  # the node meant is another one
+        control: list[AgentUnreachable] = []
+        await dial("c" * 32, control, 1)  # the node meant: it hears the request, never answers
+        await asyncio.wait_for(cookie_heard.wait(), 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert refused and f"is not node {'e' * 32}" in str(refused[0])
+    assert "c" * 32 in str(refused[0])  # who answered, said
+    assert control == []
+    assert heard.count(b"GET /api/v1/sessions/") == 1  # the control's alone
+    assert heard.count(b"the-technicians-secret") == 1

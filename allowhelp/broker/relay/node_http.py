@@ -84,9 +84,14 @@ async def send_to_node(
         answer = await _next(conn, reader)
         if not isinstance(answer, h11.Response):
             raise AgentUnreachable(f"the node at {node.address} did not answer")
-    except (OSError, TimeoutError, h11.ProtocolError) as exc:
+    except (OSError, TimeoutError) as exc:
         writer.close()
         raise _unreachable(node, exc) from exc
+    except h11.ProtocolError as exc:  # its text may quote a header: the cookie, say
+        writer.close()
+        raise AgentUnreachable(
+            f"the node holding the machine ({node.address}) broke HTTP: not relayed"
+        ) from exc
     except BaseException:
         writer.close()
         raise

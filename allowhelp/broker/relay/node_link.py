@@ -26,6 +26,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
@@ -89,6 +90,37 @@ def _is_the_node(peercert: object, node: PeerNode) -> None:
             f"the node at {node.address} is not node {node.id} (its certificate names "
             f"{found or 'no node'}): not relayed"
         )
+
+
+def _connection_to(node: PeerNode, refused: list[AgentUnreachable]) -> type[ClientConnection]:
+    """A WebSocket connection that checks the TLS peer is ``node`` as soon as TLS is up,
+    before its upgrade request (which carries the technician's cookie) is written: a
+    wrong peer is aborted unwritten and the reason put in ``refused``."""
+
+    class NodeConnection(ClientConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            try:
+                _is_the_node(transport.get_extra_info("peercert"), node)
+            except AgentUnreachable as exc:
+                refused.append(exc)
+                cast("asyncio.Transport", transport).abort()  # nothing written to it
+
+    return NodeConnection
+
+
+def _connect_failed(exc: Exception, node: PeerNode) -> BrokerError | None:
+    """What a failed connect to ``node`` becomes (the page sees what a local refusal
+    shows); None: not a failure of the connect (raised as it is)."""
+    if isinstance(exc, InvalidStatus):
+        if exc.response.status_code == 403:
+            return Forbidden("not your session, or it is over")
+        return AgentUnreachable(f"the node holding the machine refused: {exc}")
+    if isinstance(exc, (OSError, InvalidHandshake, TimeoutError)):
+        return AgentUnreachable(
+            f"the node holding the machine ({node.address}) cannot be reached: {exc}"
+        )
+    return None
 
 
 class NodeRoute:
@@ -160,9 +192,11 @@ class NodeRoute:
         )
         offered = [Subprotocol(p) for p in websocket.scope.get("subprotocols") or []]
         headers = Headers(cookie=websocket.headers.get("cookie", ""))
+        refused: list[AgentUnreachable] = []
         try:
             peer = await connect(
                 f"wss://{node.address}{target}",
+                create_connection=_connection_to(node, refused),
                 ssl=self._context,
                 origin=Origin(node.https),
                 additional_headers=headers,
@@ -171,16 +205,14 @@ class NodeRoute:
                 max_size=MAX_FRAME,
                 compression=None,
             )
-        except InvalidStatus as exc:
-            if exc.response.status_code == 403:
-                raise Forbidden("not your session, or it is over") from exc
-            raise AgentUnreachable(f"the node holding the machine refused: {exc}") from exc
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise AgentUnreachable(
-                f"the node holding the machine ({node.address}) cannot be reached: {exc}"
-            ) from exc
+        except Exception as exc:
+            if refused:  # not the node meant: the cookie never left
+                raise refused[0] from exc
+            failure = _connect_failed(exc, node)
+            if failure is None:
+                raise
+            raise failure from exc
         try:
-            _is_the_node(peer.transport.get_extra_info("peercert"), node)
             await websocket.accept(subprotocol=peer.subprotocol)
             await self._pump(websocket, peer, node, actor, where)
         finally:
