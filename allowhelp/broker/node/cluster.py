@@ -178,14 +178,18 @@ class NodeMembership:
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
-                await self.beat_once()
+                await self._heartbeat()
             except BrokerError as exc:  # the database away: the next beat tries again
                 log.warning("node heartbeat failed: %s", exc)
                 if self._shared and loop.time() - last_beat > CUT_OFF:
                     await self._cut_off()
-            else:
-                last_beat = loop.time()
-                await self._record_cut()
+                continue
+            last_beat = loop.time()  # the heartbeat alone says whether this node is cut off
+            await self._record_cut()
+            try:
+                await self._duties()
+            except BrokerError as exc:  # the next beat does them again
+                log.warning("node duties failed (the heartbeat stands): %s", exc)
 
     async def _cut_off(self) -> None:
         """Cut off from the shared database: stop every session's access now (ending
@@ -208,16 +212,20 @@ class NodeMembership:
                 )
                 self._cut.discard(session_id)
 
-    async def beat_once(self) -> None:
+    async def _heartbeat(self) -> None:
         if not await self._db.run(Store.node_heartbeat, self.node_id):
             log.warning("node %s was taken for dead; joining again", self.node_id)
             await self._enter(*self._addresses)
+
+    async def _duties(self) -> None:
+        """What each beat does besides beating: keys, fences, the node list, dead
+        nodes' sessions. A failure here is not losing the database."""
         if not self._shared:
             return
         records = await self._db.read(Store.agents, with_removed=True)
         self._keys.reload(records)
         await self._drop_removed(records)
-        await self._drop_superseded(await self._db.read(Store.agents_held_elsewhere))
+        await self._drop_superseded(await self._db.read(Store.agents_elsewhere))
         await self._announce()
         ended = await self._sessions.recover(None, own=False)
         if ended:
@@ -251,10 +259,11 @@ class NodeMembership:
 
     async def _drop_superseded(self, elsewhere: dict[str, str]) -> None:
         """Two nodes claiming one agent: the tunnels here of agents whose newest
-        tunnel another live node holds. Dropped when two beats in a row say so for
-        the same link (so this node's own connect, written a moment after the
-        other's, is never taken for the older one); a cloned PC dialling two nodes
-        shows as these records again and again."""
+        tunnel another live node holds (each connect writes its node into the
+        agent's ``agent_nodes`` row: ``Store.agents_elsewhere``). Dropped when two
+        beats in a row say so for the same link (so this node's own connect, written
+        a moment after the other's, is never taken for the older one); a cloned PC
+        dialling two nodes shows as these records again and again."""
         if self._agents is None:
             return
         seen: dict[str, AgentLink] = {}

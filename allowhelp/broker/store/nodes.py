@@ -128,21 +128,6 @@ class NodeStore(StoreCore):
                 return False
             return True if beat.rowcount == 1 else None
 
-    def agents_held_elsewhere(self) -> dict[str, str]:
-        """Agent id -> the other live node named as holding its newest tunnel. Each
-        node's connect overwrites the agent's row (``record_connectivity``), so an
-        agent listed here whose tunnel this node still holds has dialled again
-        elsewhere since: this node's tunnel is the older one (``node/cluster.py``)."""
-        if not self.node_id:
-            return {}
-        now = self._database.now_sql
-        rows = self._query(
-            "SELECT an.agent_id, an.node_id FROM agent_nodes an JOIN broker_nodes n"  # noqa: S608 - the clock's SQL
-            f" ON n.id = an.node_id WHERE an.node_id <> ? AND n.heartbeat >= {now} - ?",
-            (self.node_id, NODE_STALE),
-        )
-        return {str(row[0]): str(row[1]) for row in rows}
-
     def agent_node(self, agent_id: str) -> str | None:
         """The live node holding this agent's tunnel, or None."""
         rows = self._query(
