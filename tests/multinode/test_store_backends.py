@@ -198,3 +198,16 @@ def test_a_store_url_never_shows_its_password() -> None:
     assert str(url) == "postgresql://ah:***@[::1]:5433/allowhelp?sslmode=require"
     assert "s3cret" not in repr(str(url))
     assert str(PostgresUrl.parse("postgresql:///allowhelp")) == "postgresql:///allowhelp"
+
+
+def test_a_password_given_as_a_parameter_is_hidden_and_taken_apart_too() -> None:
+    """``?password=`` is as much a password as ``user:password@``: hidden in what is
+    shown (logs, audit details, messages) and handed to clients apart (PGPASSWORD),
+    never left in the URL a command line would carry."""
+    url = PostgresUrl.parse("postgresql://ah@db:5432/allowhelp?password=s3cret&sslmode=require")
+    assert "s3cret" not in str(url)
+    assert str(url) == "postgresql://ah@db:5432/allowhelp?sslmode=require&password=***"
+    assert url.without_password() == ("postgresql://ah@db:5432/allowhelp?sslmode=require", "s3cret")
+    quoted = PostgresUrl.parse("postgresql://ah:s3cr%40t@db/allowhelp")
+    assert quoted.without_password() == ("postgresql://ah@db/allowhelp", "s3cr@t")
+    assert PostgresUrl.parse("postgresql://db/allowhelp").without_password()[1] is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
 # --store may come from here instead of the command line, where ps would show its password.
@@ -49,14 +49,42 @@ class PostgresUrl:
         return cls(text.strip())
 
     def __str__(self) -> str:
-        parts = urlsplit(self.url)
-        if parts.password is None:
+        bare, password = self.without_password()
+        if password is None:
             return self.url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        parts = urlsplit(bare)
+        if urlsplit(self.url).password is not None:  # where it was, it shows as ***
+            user, at, host = parts.netloc.rpartition("@")
+            parts = parts._replace(netloc=f"{user}:***{at}{host}")
+        else:
+            query = "&".join(filter(None, [parts.query, "password=***"]))
+            parts = parts._replace(query=query)
+        return _join(parts)
+
+    def without_password(self) -> tuple[str, str | None]:
+        """The URL with no password in it, and the password (from ``user:password@``
+        or a ``password=`` parameter), for clients that take it apart (PGPASSWORD)."""
+        parts = urlsplit(self.url)
+        password = None if parts.password is None else unquote(parts.password)
+        user, at, host = parts.netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}{at}{host}"
+        kept = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name == "password":
+                password = value
+            else:
+                kept.append((name, value))
+        if password is None:
+            return self.url, None
+        return _join(parts._replace(netloc=netloc, query=urlencode(kept))), password
+
+
+def _join(parts: SplitResult) -> str:
+    """``urlunsplit`` that keeps ``//`` before an empty host (``postgresql:///db``)."""
+    url = urlunsplit(parts)
+    if not parts.netloc:
+        url = url.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
+    return url
 
 
 def parse_store(text: str | None) -> PostgresUrl | None:

@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 
@@ -262,13 +261,10 @@ def _run(program: str, store: PostgresUrl, arguments: list[str]) -> None:
 def _client_url(store: PostgresUrl) -> tuple[str, dict[str, str]]:
     """The URL without its password, and an environment that carries it."""
     env = {**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
-    parts = urlsplit(store.url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not colon:
-        return store.url, env
-    env["PGPASSWORD"] = unquote(password)
-    return urlunsplit(parts._replace(netloc=f"{user}{at}{hostport}")), env
+    url, password = store.without_password()
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return url, env
 
 
 def _first_line(text: str) -> str:
