@@ -243,18 +243,17 @@ class TunnelListener:
         if sum(self._starting.values()) < MAX_STARTUPS + MAX_WAITING:
             self._room.set()
 
-    async def _slot(self) -> float:
-        """Wait for a handshake slot, first come first served; how long it took."""
+    async def _slot(self) -> None:
+        """Wait for a handshake slot, first come first served, ``MAX_WAIT`` at most
+        (``TimeoutError``: its agent is about to give up on it anyway)."""
         task = asyncio.current_task()
         if task is not None:
             self._waiting.add(task)
-        began = asyncio.get_running_loop().time()
         try:
-            await self._slots.acquire()
+            await asyncio.wait_for(self._slots.acquire(), MAX_WAIT)
         finally:
             if task is not None:
                 self._waiting.discard(task)
-        return asyncio.get_running_loop().time() - began
 
     async def _handshake(self, sock: socket.socket, address: str, peer: str) -> None:
         """Wait for a handshake slot, then run the SSH client on an accepted socket;
@@ -262,16 +261,21 @@ class TunnelListener:
         (login timeout included: asyncssh arms ``options.login_timeout`` when it
         builds the connection)."""
         try:
-            waited = await self._slot()
+            await self._slot()
+        except TimeoutError:  # closed unanswered, on the record as a refused handshake
+            self.waited_too_long += 1
+            self._handshake_failed(
+                address, peer, TimeoutError(f"waited {MAX_WAIT:.0f} s for a handshake slot")
+            )
+            self._done(address)
+            sock.close()
+            return
         except asyncio.CancelledError:
             self._done(address)
             sock.close()
             raise
         try:
-            if waited > MAX_WAIT or self._stopping:
-                if waited > MAX_WAIT:
-                    self.waited_too_long += 1
-                log.debug("closed a tunnel from %s that waited %.0f s to start", peer, waited)
+            if self._stopping:
                 sock.close()
                 self._done(address)
                 return
