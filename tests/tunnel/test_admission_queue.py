@@ -100,6 +100,15 @@ async def test_the_waiting_room_is_bounded_then_the_backlog_holds_the_rest(
     # fourth is not accepted; it waits in the kernel's backlog.
     await _until(lambda: set(tunnel._starting) == set(sources[:3]), "three admitted")
     assert not tunnel._room.is_set()
+    # A tunnel bridged from the HTTPS port meanwhile has no backlog to wait in: it is
+    # dropped at once (its agent retries), never held outside the room's count.
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    dropped = tunnel.dropped
+    tunnel.accept_stream(theirs, "127.0.0.99", "127.0.0.99:4433")
+    assert await _first_bytes(ours, 5) == b""
+    assert tunnel.dropped == dropped + 1 and "127.0.0.99" not in tunnel._starting
+    ours.close()
     socks[0].close()  # its slot goes to the next in line, in order ...
     assert (await _first_bytes(socks[1], 5)).startswith(b"SSH-")
     # ... and the fourth is taken from the backlog into the room.

@@ -200,8 +200,9 @@ class TunnelListener:
         self._spawn(self._admit_stream(sock, address, peer))
 
     async def _admit_stream(self, sock: socket.socket, address: str, peer: str) -> None:
-        await self._room.wait()
-        if not self._admit(address):
+        # Already accepted by the console: no backlog to leave it in. A full waiting
+        # room drops it at once (its agent retries) rather than holding it uncounted.
+        if not self._room.is_set() or not self._admit(address):
             self.dropped += 1
             sock.close()
             return
