@@ -84,6 +84,11 @@ class JobKeeper:
     def attach(self, send: Sender | None) -> None:
         self._send = send
 
+    @property
+    def running(self) -> bool:
+        """A job is running (its answer is owed): the service may not restart now."""
+        return bool(self._running)
+
     def received(self, message: JobRun) -> None:
         kept = self._results().get(message.job_id)
         if kept is not None:  # run (or refused) before: the same answer again

@@ -77,8 +77,10 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     from allowhelp.agent.jobs import JobKeeper  # noqa: PLC0415
     from allowhelp.agent.machine import HelperHub, machine_socket  # noqa: PLC0415
     from allowhelp.agent.signedin import default_active_uid  # noqa: PLC0415
+    from allowhelp.agent.upgrade import UpgradeWatch, clear_mark  # noqa: PLC0415
 
     config = AgentConfig.load(folder)
+    clear_mark(folder)  # this process runs the installed version
     hub = HelperHub(
         machine_socket(folder),
         active_uid=default_active_uid(),
@@ -112,9 +114,11 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("agent=%s machine service running; helper socket %s", config.agent_id, hub.path)
+    upgrade = asyncio.create_task(UpgradeWatch(folder, service.busy).run(stop))
     try:
         await tunnel.run_forever(stop)
     finally:
+        upgrade.cancel()
         service.end()
         await service.jobs.close()
         await hub.close()

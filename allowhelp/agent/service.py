@@ -141,6 +141,11 @@ class AgentService:
     def system(self) -> bool:
         return self.signed_in is not None
 
+    def busy(self) -> bool:
+        """Somebody is being helped: a prompt waits, a session is granted or a job runs."""
+        running = self.jobs is not None and self.jobs.running
+        return running or bool(self.gate.pending()) or bool(self.gate.grants())
+
     def hello(self) -> Hello | None:
         """The machine service's Hello; None: the per-user agent's (``hello.current_hello``)."""
         return self._hello() if self._hello is not None else None

@@ -1,0 +1,72 @@
+"""The machine service restarts into a new version once nobody is being helped.
+
+A package upgrade run from inside a help session (a technician's root shell, or a
+fleet job that installs the new ``allowhelp-agent``) cannot restart the service at
+once: that would end the session it runs in. The package's postinst then leaves a
+mark in the service's folder (``UPGRADED_FILE``) instead, and this watch stops the
+service at the first moment it is idle: no prompt waiting, no session granted, no
+fleet job running. systemd (``Restart=always``) starts the new version, which
+clears the mark. Until then the running service keeps the code it loaded; a
+session module that no longer fits it fails that session alone (``channels.py``).
+
+Only root can write the folder (0700), so the mark is no lever for anybody else;
+a mark that cannot be read or removed is logged and left to the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+UPGRADED_FILE = "upgraded"
+CHECK_EVERY = 5.0  # seconds: the mark is looked at this often, and after it is seen
+
+
+def clear_mark(folder: Path) -> None:
+    """At start: this process runs the installed version, so the mark is spent."""
+    with contextlib.suppress(FileNotFoundError):
+        (folder / UPGRADED_FILE).unlink()
+
+
+class UpgradeWatch:
+    """Sets ``stop`` once the mark exists and ``busy()`` says nobody needs the service."""
+
+    def __init__(
+        self, folder: Path, busy: Callable[[], bool], *, every: float = CHECK_EVERY
+    ) -> None:
+        if every <= 0:
+            raise ValueError("the upgrade check interval must be positive")
+        self.mark = folder / UPGRADED_FILE
+        self._busy = busy
+        self._every = every
+        self.restarting = False
+
+    def _marked(self) -> bool:
+        try:
+            return self.mark.exists()
+        except OSError as exc:
+            log.warning("cannot look for the upgrade mark %s: %s", self.mark, exc)
+            return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        waited = False  # the mark was seen while somebody was being helped
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._every)
+            if stop.is_set() or not self._marked():
+                continue
+            if self._busy():
+                waited = True
+                continue
+            self.restarting = True
+            log.info(
+                "the package was upgraded%s; nobody is being helped now: "
+                "stopping so that the new version starts",
+                " during a help session" if waited else "",
+            )
+            stop.set()

@@ -1,0 +1,120 @@
+"""An agent upgraded from inside a help session restarts into the new version once
+nobody is being helped (``agent/upgrade.py``), never under the session.
+
+Real parts: the machine service as root (``run --system``), a real local user's
+session helper, the real broker, and an admin shell in which the technician does
+what the package's postinst does when it runs inside a session: it leaves the
+mark in the service's folder. The service must go on while the shell is granted,
+and stop by itself (status 0: systemd's ``Restart=always`` starts the new version)
+once the user ends it; a start clears the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+
+from allowhelp.agent.upgrade import CHECK_EVERY, UPGRADED_FILE
+from harness import TECH, TECH_PW, Desk, agent_cli, staffed_broker, wait_for
+from terminalkit import Terminal
+
+USER = "ahupgrade"
+POSTINST = Path(__file__).resolve().parents[2] / "packaging/debian/allowhelp-agent/postinst"
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
+
+
+def test_the_postinst_leaves_the_mark_the_service_looks_for() -> None:
+    text = POSTINST.read_text()
+    assert "config=/etc/allowhelp/agent" in text
+    assert f': > "$config/{UPGRADED_FILE}"' in text
+
+
+@pytest.fixture
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, Desk]]:
+    with (
+        local_users(USER),
+        passable_folder() as root,
+        staffed_broker(tmp_path_factory.mktemp("upgrade")) as fleet,
+    ):
+        broker = fleet.brokers[0]
+        config = root / "machine"
+        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
+        assert enrolled.returncode == 0, enrolled.stderr
+        pc = Machine(root, config)
+        desk = Desk.login(broker, TECH, TECH_PW)
+        try:
+            pc.start_service()
+            pc.start_helper(USER)
+            wait_for(lambda: pc.agent_row(broker)["online"], 20, "the service online")
+            yield pc, desk
+        finally:
+            desk.close()
+            pc.stop()
+
+
+def _service_log(pc: Machine) -> str:
+    return (pc.root / "service.log").read_text(errors="replace")
+
+
+def test_an_upgrade_inside_a_session_waits_for_its_end_then_restarts(
+    machine: tuple[Machine, Desk],
+) -> None:
+    pc, desk = machine
+    service = pc.service
+    assert service is not None
+    answer = desk.request(pc.agent_id, "admin-shell", reason="upgrade allowhelp")
+    assert answer.status_code == 201, answer.text
+    session_id = answer.json()["id"]
+    wait_for(lambda: any(p["session_id"] == session_id for p in pc.pending(USER)), 15, "the prompt")
+    assert pc.cli(USER, "allow", session_id).returncode == 0
+    desk.wait_state(session_id, "active")
+    mark = pc.config / UPGRADED_FILE
+
+    async def upgrade_inside_the_shell() -> None:
+        async with websockets.connect(
+            desk.ws_url(session_id),
+            ssl=desk.broker.ssl_context(),
+            origin=desk.broker.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": desk.cookie_header()},
+        ) as ws:
+            term = Terminal(ws)
+            # what the postinst does when it finds itself inside a help session
+            await term.send(f': > "{mark}"; echo M$((40+2))M\n')
+            await term.expect(b"M42M", timeout=20)
+            # two checks go by with the mark there: the session goes on
+            await asyncio.sleep(2 * CHECK_EVERY + 1)
+            assert service.poll() is None, _service_log(pc)[-2000:]
+            await term.send("echo S$((6*7))S\n")
+            await term.expect(b"S42S", timeout=20)
+            assert mark.exists()
+            ended = await asyncio.to_thread(pc.cli, USER, "end", session_id)
+            assert ended.returncode == 0, ended.stderr
+
+    asyncio.run(upgrade_inside_the_shell())
+    started = time.monotonic()
+    code = service.wait(CHECK_EVERY * 3)  # stopped by itself, for systemd to restart it
+    assert code == 0, _service_log(pc)[-2000:]
+    assert time.monotonic() - started <= CHECK_EVERY * 3
+    assert "upgraded during a help session" in _service_log(pc)
+    assert desk.session(session_id)["end_reason"] == "user"  # the user's end, not ours
+    # the start systemd makes: the new version runs, the mark is spent
+    pc.start_service()
+    assert not mark.exists()
+    wait_for(lambda: pc.agent_row(desk.broker)["online"], 20, "the service back online")
+
+
+def test_an_idle_service_restarts_at_once(machine: tuple[Machine, Desk]) -> None:
+    pc, _ = machine
+    service = pc.service
+    assert service is not None
+    (pc.config / UPGRADED_FILE).touch()
+    assert service.wait(CHECK_EVERY * 3) == 0, _service_log(pc)[-2000:]
+    log = _service_log(pc)
+    assert "the package was upgraded; nobody is being helped now" in log
