@@ -451,7 +451,19 @@ async def test_a_relayed_request_gets_no_further_than_the_technician_could(
         assert ended.status_code in (200, 409), ended.text  # closing the page may end it first
         assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
         types = _types(pg_url, session_id)
-        assert types.count("session.started") == 1 and types.count("session.relayed") == 1
+        assert types.count("session.started") == 1
+        # Each attempt through A was relayed (B refused the early one and Bob's: B's
+        # attach rules decide); Bob's knocks, through A and straight at B's listener,
+        # are on B's record.
+        records = _records(pg_url, session_id)
+        assert [r["actor"] for r in records if r["type"] == "session.relayed"] == [
+            f"technician:{TECH}",
+            f"technician:{OTHER_TECH}",
+            f"technician:{TECH}",
+        ]
+        assert [r["actor"] for r in records if r["type"] == "participant.refused"] == [
+            f"technician:{OTHER_TECH}"
+        ] * 2
         bob.close()
         desk.close()
     _verified(pg_url)

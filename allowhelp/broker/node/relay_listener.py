@@ -10,10 +10,11 @@ live row of ``broker_nodes`` (a console certificate, or anything else the CA
 signed, names none); otherwise it is closed and ``node.peer_refused`` audited.
 
 What a node may ask is the console's own API, narrowed to the relayed routes (a
-session asked; a running one's end, notes, files, chat, terminal and screen), served
-by this node's console app with the technician's own cookie and CSRF header: the login, the
-technician's rights, the consent gate, the one attach path, the recording and
-the audit are exactly those of a local technician. Nothing is relayed again.
+session asked; a running one's end, notes, files, chat, invitations, terminal and
+screen), served by this node's console app with the technician's own cookie and CSRF
+header: the login, the technician's rights (or an invitee's allowed invitation), the
+consent gate, the one attach path, the recording and the audit are exactly those of
+a local technician. Nothing is relayed again.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ _SESSION = r"/api/v1/sessions/[A-Za-z0-9_-]{8,64}"
 # What another node may ask: the relayed routes, nothing else of the console.
 RELAYED = {
     "http": re.compile(
-        rf"POST (/api/v1/sessions|{_SESSION}/(end|messages))|PATCH {_SESSION}"
-        rf"|GET {_SESSION}/(files|files/content|messages)|PUT {_SESSION}/files/content"
+        rf"POST (/api/v1/sessions|{_SESSION}/(end|messages|invite))|PATCH {_SESSION}"
+        rf"|GET {_SESSION}/(files|files/content|messages|invites)|PUT {_SESSION}/files/content"
+        rf"|DELETE {_SESSION}/invite/[^/]{{1,64}}"
     ),
     "websocket": re.compile(rf"GET {_SESSION}/(terminal|screen)"),
 }

@@ -10,7 +10,6 @@ another node is never passed on again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
@@ -18,14 +17,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket
 
 from allowhelp.broker.console.api.base import require, services
-from allowhelp.broker.errors import Conflict, NotFound
-from allowhelp.broker.model.session import Session, State
+from allowhelp.broker.errors import NotFound
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.node_peers import PeerNode
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-ROW_WAIT, ROW_STEP = 3.0, 0.1  # seconds a session's row may lag behind its "active" event
 
 
 def _route(request: Request | WebSocket) -> NodeRoute | None:
@@ -83,8 +80,13 @@ def or_elsewhere(endpoint: Endpoint) -> Endpoint:
     return routed
 
 
-async def attach_elsewhere(websocket: WebSocket, username: str, actor: str) -> bool:
-    """The session's WebSocket relayed to the node running it; False when none does."""
+async def attach_elsewhere(websocket: WebSocket, actor: str) -> bool:
+    """The session's WebSocket relayed to the node running it; False when none does.
+
+    Whoever is logged in here is relayed: the session's technician, an invitee
+    (#18), anyone else. The node running the session decides with its own rules
+    (its technician, or an invitation the PC user allowed; anyone else refused and
+    ``participant.refused`` on its record): this node knows no invitation."""
     route = _route(websocket)
     session_id = websocket.path_params["session_id"]
     if route is None or services(websocket).sessions.live(session_id) is not None:
@@ -92,24 +94,8 @@ async def attach_elsewhere(websocket: WebSocket, username: str, actor: str) -> b
     node = await route.session_node(session_id)
     if node is None:
         return False
-    session = await _active_row(websocket, session_id, username)
+    session = await services(websocket).db.read(Store.session, session_id)
+    if session is None:
+        raise NotFound("no such session")
     await route.relay(websocket, node, _target(websocket), actor=actor, session=session.summary())
     return True
-
-
-async def _active_row(websocket: WebSocket, session_id: str, username: str) -> Session:
-    """The stored session, the caller's and active; checked here first, and again by the
-    node running it. Its row is written behind its record there, so a page that heard
-    "active" (an event) may ask before the row says so: the row gets a moment."""
-    db = services(websocket).db
-    waited = 0.0
-    while True:
-        session = await db.read(Store.session, session_id)
-        if session is None or session.technician != username:
-            raise NotFound("no such session")  # the other node would refuse it too
-        if session.state is State.ACTIVE:
-            return session
-        if session.final or waited >= ROW_WAIT:
-            raise Conflict(f"the session is {session.state}, not active")
-        await asyncio.sleep(ROW_STEP)
-        waited += ROW_STEP
