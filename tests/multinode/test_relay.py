@@ -190,6 +190,7 @@ async def test_a_technician_on_node_a_opens_a_shell_on_an_agent_of_node_b(
             "consent.granted",
             "session.relayed",
             "session.started",
+            "request.relayed",  # the end button, on A's record before it went to B
             "session.ended",
         ], types
         relayed = next(r for r in _records(pg_url, first) if r["type"] == "session.relayed")

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 FROM_NODE = "allowhelp.from_node"
 CONNECT_TIMEOUT = 10.0
 MAX_FRAME = 1024 * 1024  # the console's own WebSocket limit (node/server.py)
+# Relayed HTTP requests that are not audited as relayed: reads, which change nothing.
+QUIET_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,28 @@ class NodeRoute:
         target: str,
         headers: dict[str, str],
         body: AsyncIterator[bytes],
+        *,
+        actor: str,
+        about: dict[str, str],
     ) -> NodeAnswer:
-        """One HTTP request to ``node``'s listener, streamed; its answer as it comes."""
+        """One HTTP request to ``node``'s listener, streamed; its answer as it comes.
+
+        A request that changes something (any method but GET, HEAD, OPTIONS) is audited
+        first (``request.relayed``; ``about``: the session or agent it is for); a read is
+        not: it changes nothing, and the console's pages poll (chat, file listings)."""
+        if method not in QUIET_METHODS:
+            await self._audit.write(
+                "request.relayed",
+                actor=actor,
+                target=next(iter(about.values()), ""),
+                details={
+                    **about,
+                    "method": method,
+                    "path": target.partition("?")[0],  # a query may name what is not ours
+                    "from_node": self.node_id,
+                    "to_node": node.id,
+                },
+            )
         return await send_to_node(
             node,
             self._context,

@@ -43,24 +43,30 @@ def _target(request: Request | WebSocket) -> str:
     return path + (f"?{query}" if query else "")
 
 
-async def _forward(request: Request, route: NodeRoute, node: PeerNode) -> Response:
+async def _forward(
+    request: Request, route: NodeRoute, node: PeerNode, actor: str, about: dict[str, str]
+) -> Response:
     answer = await route.forward(
         node,
         request.method,
         _target(request),
         dict(request.headers),
         _body(request),
+        actor=actor,
+        about=about,
     )
     return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-async def create_elsewhere(request: Request, agent_id: str) -> Response | None:
+async def create_elsewhere(request: Request, actor: str, agent_id: str) -> Response | None:
     """``POST /api/v1/sessions`` for an agent another node holds: that node's answer."""
     route = _route(request)
     if route is None or services(request).registry.get(agent_id) is not None:
         return None
     node = await route.agent_node(agent_id)
-    return None if node is None else await _forward(request, route, node)
+    if node is None:
+        return None
+    return await _forward(request, route, node, actor, {"agent_id": agent_id})
 
 
 def or_elsewhere(endpoint: Endpoint) -> Endpoint:
@@ -71,10 +77,11 @@ def or_elsewhere(endpoint: Endpoint) -> Endpoint:
         route = _route(request)
         session_id = request.path_params["session_id"]
         if route is not None and services(request).sessions.live(session_id) is None:
-            await require(request)
+            principal = await require(request)
             node = await route.session_node(session_id)
             if node is not None:
-                return await _forward(request, route, node)
+                about = {"session": session_id}
+                return await _forward(request, route, node, principal.actor, about)
         return await endpoint(request)
 
     return routed
