@@ -23,6 +23,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from allowhelp.broker.relay.node_link import NodeCredentials
 from allowhelp.certs.nodecert import issue_node_certificate
@@ -163,3 +165,36 @@ async def test_a_relayed_change_is_audited_before_it_leaves_and_a_read_is_not(
         assert record["actor"] == f"technician:{TECH}"
         assert record["details"]["from_node"] == _node_id(node_a)
         assert record["details"]["to_node"] == fake.node_id
+
+
+async def test_of_the_browsers_cookies_only_allowhelps_own_leaves_node_a(
+    node_a: Broker, pg_url: str, tmp_path: Path
+) -> None:
+    async with _fake_node(node_a, pg_url, tmp_path) as fake:
+        session_id = _session_on(pg_url, fake.node_id)
+        desk = Desk.login(node_a, TECH, TECH_PW)
+        ours = desk.cookie_header()
+        both = f"{BROWSER_COOKIE}; {ours}; other-app=kept-here"
+        said = await asyncio.to_thread(
+            desk.client.post,
+            f"/api/v1/sessions/{session_id}/messages",
+            json={"text": "hi"},
+            headers={"Cookie": both},
+        )
+        assert said.status_code == 200, said.text
+        with pytest.raises(InvalidStatus) as refused:  # the fake node refuses the upgrade
+            async with connect(
+                desk.ws_url(session_id),
+                ssl=node_a.ssl_context(),
+                origin=node_a.url,  # type: ignore[arg-type]
+                additional_headers={"Cookie": both},
+            ):
+                pass
+        assert refused.value.response.status_code == 403
+        desk.close()
+    assert len(fake.heard) == 2 and b"upgrade: websocket" in fake.heard[1].lower()
+    for heard in fake.heard:
+        head = heard.split(b"\r\n\r\n")[0].decode("latin-1").lower()
+        cookies = [line for line in head.split("\r\n") if line.startswith("cookie:")]
+        assert cookies == [f"cookie: {ours.lower()}"], head  # the technician's, alone
+        assert "browser-secret" not in head and "kept-here" not in head

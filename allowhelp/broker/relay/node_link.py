@@ -197,9 +197,10 @@ class NodeRoute:
         *,
         actor: str,
         session: dict[str, object],
+        cookie: str,
     ) -> None:
         """The technician's WebSocket ↔ the same WebSocket (``target``: its path and
-        query) on ``node``, until either ends.
+        query) on ``node``, until either ends; ``cookie``: the one cookie sent there.
 
         Audited first (``session.relayed``); refused as ``node`` refuses it (before
         accepting: the page sees what a local refusal shows); a node that goes away
@@ -213,7 +214,7 @@ class NodeRoute:
             details=where,
         )
         offered = [Subprotocol(p) for p in websocket.scope.get("subprotocols") or []]
-        headers = Headers(cookie=websocket.headers.get("cookie", ""))
+        headers = Headers(cookie=cookie) if cookie else Headers()
         refused: list[AgentUnreachable] = []
         try:
             peer = await connect(

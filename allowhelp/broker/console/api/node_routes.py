@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket
 
+from allowhelp.broker.auth.authenticator import COOKIE_NAME
 from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.errors import NotFound
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
@@ -43,6 +44,21 @@ def _target(request: Request | WebSocket) -> str:
     return path + (f"?{query}" if query else "")
 
 
+def _own_cookie(request: Request | WebSocket) -> str:
+    """Of the browser's cookies, allowhelp's own session cookie alone: the others are
+    between the browser and this site (another app on the host, a tracker), none of
+    the other node's business."""
+    value = request.cookies.get(COOKIE_NAME)
+    return f"{COOKIE_NAME}={value}" if value else ""
+
+
+def _headers(request: Request) -> dict[str, str]:
+    headers = {name: value for name, value in request.headers.items() if name != "cookie"}
+    if cookie := _own_cookie(request):
+        headers["cookie"] = cookie
+    return headers
+
+
 async def _forward(
     request: Request, route: NodeRoute, node: PeerNode, actor: str, about: dict[str, str]
 ) -> Response:
@@ -50,7 +66,7 @@ async def _forward(
         node,
         request.method,
         _target(request),
-        dict(request.headers),
+        _headers(request),
         _body(request),
         actor=actor,
         about=about,
@@ -104,5 +120,12 @@ async def attach_elsewhere(websocket: WebSocket, actor: str) -> bool:
     session = await services(websocket).db.read(Store.session, session_id)
     if session is None:
         raise NotFound("no such session")
-    await route.relay(websocket, node, _target(websocket), actor=actor, session=session.summary())
+    await route.relay(
+        websocket,
+        node,
+        _target(websocket),
+        actor=actor,
+        session=session.summary(),
+        cookie=_own_cookie(websocket),
+    )
     return True
