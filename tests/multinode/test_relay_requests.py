@@ -29,6 +29,7 @@ from websockets.exceptions import InvalidStatus
 from allowhelp.broker.relay.node_link import NodeCredentials
 from allowhelp.certs.nodecert import issue_node_certificate
 from harness import TECH, TECH_PW, Broker, Desk, broker_cli, staffed_broker
+from pgkit import Cluster
 
 RELAY = ("--node-listen", "127.0.0.1:0")
 COOKIE = "__Host-allowhelp"
@@ -198,3 +199,74 @@ async def test_of_the_browsers_cookies_only_allowhelps_own_leaves_node_a(
         cookies = [line for line in head.split("\r\n") if line.startswith("cookie:")]
         assert cookies == [f"cookie: {ours.lower()}"], head  # the technician's, alone
         assert "browser-secret" not in head and "kept-here" not in head
+
+
+def _logged(log: Path, since: int) -> list[str]:
+    """The statements PostgreSQL logged after byte ``since``, each with its parameters."""
+    entries: list[str] = []
+    for line in log.read_bytes()[since:].decode(errors="replace").splitlines():
+        if " LOG:  " in line:
+            entries.append(line)
+        elif " DETAIL:  " in line and entries:
+            entries[-1] += "\n" + line
+    return entries
+
+
+def _ended_session(pg_url: str, node_id: str) -> str:
+    """A session of TECH's that is over: no node runs it any more."""
+    session_id = _session_on(pg_url, node_id)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(
+            "UPDATE sessions SET state = 'ended', ended = %s, end_reason = 'technician'"
+            " WHERE id = %s",
+            (time.time(), session_id),
+        )
+    return session_id
+
+
+async def test_a_relayed_request_reads_the_login_and_the_session_once(
+    tmp_path: Path, pg_url: str, pg_cluster: Cluster
+) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{database}\" SET log_statement = 'all'")
+    log = pg_cluster.folder / "server.log"
+    with staffed_broker(tmp_path, broker_args=RELAY, store=pg_url) as fleet:
+        a = fleet.brokers[0]
+        async with _fake_node(a, pg_url, tmp_path) as fake:
+            running, over = _session_on(pg_url, fake.node_id), _ended_session(pg_url, fake.node_id)
+            desk = Desk.login(a, TECH, TECH_PW)
+
+            def logins(entries: list[str]) -> int:
+                return sum("web_sessions" in e for e in entries)
+
+            def session_reads(entries: list[str], session_id: str) -> int:
+                return sum("sessions s " in e and session_id in e for e in entries)
+
+            # A request about a session no other node runs, served by A itself: the
+            # caller's login is read once (it was read again by the endpoint).
+            mark = log.stat().st_size
+            got = await asyncio.to_thread(desk.client.get, f"/api/v1/sessions/{over}/messages")
+            assert got.status_code == 200, got.text
+            assert logins(_logged(log, mark)) == 1, _logged(log, mark)
+            # A relayed read: the login once, the session and its node once.
+            mark = log.stat().st_size
+            got = await asyncio.to_thread(desk.client.get, f"/api/v1/sessions/{running}/files")
+            assert got.status_code == 200 and got.json() == {}, got.text  # the fake's
+            entries = _logged(log, mark)
+            assert (logins(entries), session_reads(entries, running)) == (1, 1), entries
+            # A relayed WebSocket: the session and its node in one read (it was read
+            # again for the record of the relay).
+            mark = log.stat().st_size
+            with pytest.raises(InvalidStatus):
+                async with connect(
+                    desk.ws_url(running),
+                    ssl=a.ssl_context(),
+                    origin=a.url,  # type: ignore[arg-type]
+                    additional_headers={"Cookie": desk.cookie_header()},
+                ):
+                    pass
+            entries = _logged(log, mark)
+            assert (logins(entries), session_reads(entries, running)) == (1, 1), entries
+            assert len(fake.heard) == 2
+            desk.close()

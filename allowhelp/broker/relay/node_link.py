@@ -39,7 +39,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AgentUnreachable, BrokerError, Forbidden
 from allowhelp.broker.relay.node_http import NodeAnswer, send_to_node
 from allowhelp.broker.store import Store
-from allowhelp.broker.store.node_peers import PeerNode
+from allowhelp.broker.store.node_peers import PeerNode, SessionPeer
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.certs.nodecert import node_id_in
 
@@ -144,7 +144,7 @@ class NodeRoute:
     async def agent_node(self, agent_id: str) -> PeerNode | None:
         return await self._db.read(Store.agent_peer, agent_id)
 
-    async def session_node(self, session_id: str) -> PeerNode | None:
+    async def session_node(self, session_id: str) -> SessionPeer | None:
         return await self._db.read(Store.session_peer, session_id)
 
     async def agents_elsewhere(self) -> dict[str, str]:

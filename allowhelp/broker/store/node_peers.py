@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from allowhelp.broker.model.records import SESSION_SELECT, row_session
+from allowhelp.broker.model.session import Session
 from allowhelp.broker.store.core import StoreCore
 from allowhelp.broker.store.nodes import NODE_STALE
 
@@ -23,6 +25,14 @@ class PeerNode:
     id: str
     address: str
     https: str
+
+
+@dataclass(frozen=True)
+class SessionPeer:
+    """The other live node running an open session, and the session as stored."""
+
+    node: PeerNode
+    session: Session
 
 
 class NodePeerStore(StoreCore):
@@ -69,14 +79,23 @@ class NodePeerStore(StoreCore):
         )
         return found[0] if found else None
 
-    def session_peer(self, session_id: str) -> PeerNode | None:
-        """The other live node running this open session, if it takes relayed sessions."""
-        found = self._live_peers(
-            "n.id IN (SELECT sn.node_id FROM session_nodes sn JOIN sessions s"  # noqa: S608
-            f" ON s.id = sn.session_id WHERE sn.session_id = ? AND {_OPEN}) AND n.id <> ?",
-            (session_id, self.node_id),
+    def session_peer(self, session_id: str) -> SessionPeer | None:
+        """The other live node running this open session, if it takes relayed sessions,
+        with the session's row: one query for both (a relayed request asks once)."""
+        rows = self._query(
+            "SELECT n.id AS peer_id, p.address AS peer_address, n.https AS peer_https, "
+            + SESSION_SELECT.removeprefix("SELECT ")
+            + " JOIN session_nodes sn ON sn.session_id = s.id"
+            " JOIN broker_nodes n ON n.id = sn.node_id JOIN node_peers p ON p.node_id = n.id"
+            f" WHERE s.id = ? AND {_OPEN} AND n.id <> ?"
+            f" AND n.heartbeat >= {self._database.now_sql} - ?",
+            (session_id, self.node_id, NODE_STALE),
         )
-        return found[0] if found else None
+        if not rows:
+            return None
+        row = rows[0]
+        node = PeerNode(str(row["peer_id"]), str(row["peer_address"]), str(row["peer_https"]))
+        return SessionPeer(node, row_session(row))
 
     def agents_elsewhere(self) -> dict[str, str]:
         """Agent id → the other live node holding its tunnel (the console lists them online)."""

@@ -18,9 +18,7 @@ from starlette.websockets import WebSocket
 
 from allowhelp.broker.auth.authenticator import COOKIE_NAME
 from allowhelp.broker.console.api.base import require, services
-from allowhelp.broker.errors import NotFound
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
-from allowhelp.broker.store import Store
 from allowhelp.broker.store.node_peers import PeerNode
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -93,11 +91,13 @@ def or_elsewhere(endpoint: Endpoint) -> Endpoint:
         route = _route(request)
         session_id = request.path_params["session_id"]
         if route is not None and services(request).sessions.live(session_id) is None:
-            principal = await require(request)
-            node = await route.session_node(session_id)
-            if node is not None:
+            # Where first: the endpoint served here authenticates the caller itself, so
+            # the caller's login is read once whichever node serves the request.
+            found = await route.session_node(session_id)
+            if found is not None:
+                principal = await require(request)
                 about = {"session": session_id}
-                return await _forward(request, route, node, principal.actor, about)
+                return await _forward(request, route, found.node, principal.actor, about)
         return await endpoint(request)
 
     return routed
@@ -114,18 +114,15 @@ async def attach_elsewhere(websocket: WebSocket, actor: str) -> bool:
     session_id = websocket.path_params["session_id"]
     if route is None or services(websocket).sessions.live(session_id) is not None:
         return False
-    node = await route.session_node(session_id)
-    if node is None:
+    found = await route.session_node(session_id)  # the node and the session, one read
+    if found is None:
         return False
-    session = await services(websocket).db.read(Store.session, session_id)
-    if session is None:
-        raise NotFound("no such session")
     await route.relay(
         websocket,
-        node,
+        found.node,
         _target(websocket),
         actor=actor,
-        session=session.summary(),
+        session=found.session.summary(),
         cookie=_own_cookie(websocket),
     )
     return True
