@@ -57,11 +57,6 @@ class NodePeerStore(StoreCore):
         )
         return [PeerNode(str(row[0]), str(row[1]), str(row[2])) for row in rows]
 
-    def live_peer(self, node_id: str) -> PeerNode | None:
-        """The node ``node_id`` if it is live and takes relayed sessions."""
-        found = self._live_peers("n.id = ?", (node_id,))
-        return found[0] if found else None
-
     def node_is_live(self, node_id: str) -> bool:
         """Whether ``node_id`` is a row of ``broker_nodes`` whose heartbeat is fresh."""
         rows = self._query(
