@@ -35,10 +35,12 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.errors import BrokerError
 from allowhelp.broker.listen import bind
+from allowhelp.broker.node.live_agents import LiveAgentsShared
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeCredentials, NodeRoute
 from allowhelp.broker.settings import NodeRelay, format_hostport
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.certs.nodecert import issue_node_certificate, node_id_in
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,7 @@ class NodeRelayListener:
         self.route = NodeRoute(db, audit, self.credentials)
         self._context = self.credentials.server_context()
         self._renewal: asyncio.Task[None] | None = None
+        self._shared: LiveAgentsShared | None = None
         self._sock: socket.socket | None = bind(config.host, config.port)
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -242,7 +245,16 @@ class NodeRelayListener:
             self.route.reload_certificate()
             log.info("node listener: this node's certificate renewed")
 
+    def share_agents(self, agents: AgentRegistry) -> None:
+        """Write the live details of the agents connected here for the other nodes'
+        lists (``node/live_agents.py``), until stopped."""
+        if self._shared is None:
+            self._shared = LiveAgentsShared(self._db, agents)
+
     async def stop(self) -> None:
+        if self._shared is not None:
+            await self._shared.stop()
+            self._shared = None
         if self._renewal is not None:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -39,7 +39,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AgentUnreachable, BrokerError, Forbidden
 from allowhelp.broker.relay.node_http import NodeAnswer, send_to_node
 from allowhelp.broker.store import Store
-from allowhelp.broker.store.node_peers import PeerNode, SessionPeer
+from allowhelp.broker.store.node_peers import AgentElsewhere, PeerNode, SessionPeer
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.certs.nodecert import node_id_in
 
@@ -147,8 +147,8 @@ class NodeRoute:
     async def session_node(self, session_id: str) -> SessionPeer | None:
         return await self._db.read(Store.session_peer, session_id)
 
-    async def agents_elsewhere(self) -> dict[str, str]:
-        return await self._db.read(Store.agents_elsewhere)
+    async def agents_elsewhere(self) -> dict[str, AgentElsewhere]:
+        return await self._db.read(Store.agents_elsewhere_live)
 
     async def forward(
         self,

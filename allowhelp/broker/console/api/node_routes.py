@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from allowhelp.broker.auth.authenticator import COOKIE_NAME
 from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
-from allowhelp.broker.store.node_peers import PeerNode
+from allowhelp.broker.store.node_peers import AgentElsewhere, PeerNode
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -70,6 +70,18 @@ async def _forward(
         about=about,
     )
     return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+# The agent list's fields that come from the agent's hello (``console/api/fleet.py``).
+LIVE_FIELDS = ("system", "signed_in", "screen", "screen_problem", "desktop", "monitors")
+
+
+def listed_elsewhere(found: AgentElsewhere) -> dict[str, object]:
+    """An agent list row's live fields for an agent another node holds: online there,
+    and what it said in its hello as that node wrote it (``node/live_agents.py``)."""
+    row: dict[str, object] = {"online": True, "node": found.node_id}
+    row.update({name: found.details[name] for name in LIVE_FIELDS if name in found.details})
+    return row
 
 
 async def create_elsewhere(request: Request, actor: str, agent_id: str) -> Response | None:
