@@ -155,15 +155,26 @@ async def test_a_relayed_change_is_audited_before_it_leaves_and_a_read_is_not(
         assert ended.status_code == 200, ended.text
         assert len(fake.heard) == 3 and fake.heard[1].startswith(b"GET ")
         assert fake.relayed_before == [1, 1, 2]  # the read wrote nothing
+        # A session asked for an agent the fake node holds: on the record for the agent.
+        agent_id = "a-" + secrets.token_hex(8)
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(
+                "INSERT INTO agent_nodes (agent_id, node_id, since) VALUES (%s, %s, %s)",
+                (agent_id, fake.node_id, time.time()),
+            )
+        asked = await asyncio.to_thread(desk.request, agent_id)
+        assert asked.status_code == 200 and asked.json() == {}, asked.text
+        assert fake.relayed_before == [1, 1, 2, 3]
         desk.close()
     relayed = _records(pg_url, "request.relayed")
-    assert [(r["details"]["method"], r["details"]["path"]) for r in relayed] == [
-        ("POST", messages),
-        ("POST", f"/api/v1/sessions/{session_id}/end"),
+    assert [(r["details"]["method"], r["details"]["path"], r["target"]) for r in relayed] == [
+        ("POST", messages, session_id),
+        ("POST", f"/api/v1/sessions/{session_id}/end", session_id),
+        ("POST", "/api/v1/sessions", agent_id),
     ]
+    assert relayed[-1]["details"]["agent_id"] == agent_id
     for record in relayed:
-        assert record["code"] == "AH2021" and record["target"] == session_id
-        assert record["actor"] == f"technician:{TECH}"
+        assert record["code"] == "AH2021" and record["actor"] == f"technician:{TECH}"
         assert record["details"]["from_node"] == _node_id(node_a)
         assert record["details"]["to_node"] == fake.node_id
 

@@ -2,10 +2,12 @@
 
 With ``--node-listen`` on a shared store, a technician logged in here may ask for a
 session on an agent whose tunnel another live node holds: the request, and then
-everything about that session (its end, notes, files, chat, and its WebSocket)
-goes to the node running it (``relay/node_link.py``), which serves them as its own
-console would, after the caller is authenticated here. A request that came from
-another node is never passed on again.
+everything about that session (its end, notes, files, chat, invitations, and its
+WebSocket) goes to the node running it (``relay/node_link.py``), which serves them as
+its own console would, after the caller is authenticated here. Who may do what to
+the session is the other node's to decide (its technician's rights, an invitation
+the PC user allowed); of the browser's cookies only allowhelp's session cookie goes
+along. A request that came from another node is never passed on again.
 """
 
 from __future__ import annotations
