@@ -26,6 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from allowhelp.broker.audit.pg_chain import AUDIT_LOCK
 from allowhelp.broker.relay.node_link import NodeCredentials
 from allowhelp.certs.nodecert import issue_node_certificate
 from harness import TECH, TECH_PW, Broker, Desk, broker_cli, staffed_broker
@@ -281,3 +282,24 @@ async def test_a_relayed_request_reads_the_login_and_the_session_once(
             assert (logins(entries), session_reads(entries, running)) == (1, 1), entries
             assert len(fake.heard) == 2
             desk.close()
+
+
+async def test_a_relayed_change_that_cannot_be_recorded_does_not_leave_node_a(
+    node_a: Broker, pg_url: str, tmp_path: Path
+) -> None:
+    async with _fake_node(node_a, pg_url, tmp_path) as fake:
+        session_id = _session_on(pg_url, fake.node_id)
+        desk = Desk.login(node_a, TECH, TECH_PW)
+        messages = f"/api/v1/sessions/{session_id}/messages"
+        # Another connection holds the chain's append lock: no record can be written.
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+            said = await asyncio.to_thread(desk.client.post, messages, json={"text": "hi"})
+            holder.rollback()
+        assert said.status_code == 503, said.text
+        assert fake.heard == []  # refused before anything went to the node
+        # The control: with the lock gone, the same request is recorded and relayed.
+        again = await asyncio.to_thread(desk.client.post, messages, json={"text": "hi"})
+        assert again.status_code == 200, again.text
+        assert len(fake.heard) == 1 and fake.relayed_before == [1]
+        desk.close()
