@@ -190,6 +190,7 @@ async def test_a_technician_on_node_a_opens_a_shell_on_an_agent_of_node_b(
             "consent.granted",
             "session.relayed",
             "session.started",
+            "request.relayed",  # the end button, on A's record before it went to B
             "session.ended",
         ], types
         relayed = next(r for r in _records(pg_url, first) if r["type"] == "session.relayed")
@@ -451,7 +452,19 @@ async def test_a_relayed_request_gets_no_further_than_the_technician_could(
         assert ended.status_code in (200, 409), ended.text  # closing the page may end it first
         assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
         types = _types(pg_url, session_id)
-        assert types.count("session.started") == 1 and types.count("session.relayed") == 1
+        assert types.count("session.started") == 1
+        # Each attempt through A was relayed (B refused the early one and Bob's: B's
+        # attach rules decide); Bob's knocks, through A and straight at B's listener,
+        # are on B's record.
+        records = _records(pg_url, session_id)
+        assert [r["actor"] for r in records if r["type"] == "session.relayed"] == [
+            f"technician:{TECH}",
+            f"technician:{OTHER_TECH}",
+            f"technician:{TECH}",
+        ]
+        assert [r["actor"] for r in records if r["type"] == "participant.refused"] == [
+            f"technician:{OTHER_TECH}"
+        ] * 2
         bob.close()
         desk.close()
     _verified(pg_url)

@@ -108,6 +108,10 @@ EVENT_CODES: dict[str, str] = {
     # several nodes (AH2011-AH2019, issue #21): the live tunnel of an agent removed on
     # another node, dropped by the node holding it within a heartbeat of the removal
     "agent.tunnel.dropped": "AH2011",
+    # relayed requests (AH2021-AH2029, issue #21): a technician's state-changing HTTP
+    # request passed to the node running the session or holding the agent, written by
+    # the technician's node before it goes (reads are not: docs/multinode.md)
+    "request.relayed": "AH2021",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -10,10 +10,11 @@ live row of ``broker_nodes`` (a console certificate, or anything else the CA
 signed, names none); otherwise it is closed and ``node.peer_refused`` audited.
 
 What a node may ask is the console's own API, narrowed to the relayed routes (a
-session asked; a running one's end, notes, files, chat, terminal and screen), served
-by this node's console app with the technician's own cookie and CSRF header: the login, the
-technician's rights, the consent gate, the one attach path, the recording and
-the audit are exactly those of a local technician. Nothing is relayed again.
+session asked; a running one's end, notes, files, chat, invitations, terminal and
+screen), served by this node's console app with the technician's own cookie and CSRF
+header: the login, the technician's rights (or an invitee's allowed invitation), the
+consent gate, the one attach path, the recording and the audit are exactly those of
+a local technician. Nothing is relayed again.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.errors import BrokerError
 from allowhelp.broker.listen import bind
+from allowhelp.broker.node.live_agents import LiveAgentsShared
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeCredentials, NodeRoute
 from allowhelp.broker.settings import NodeRelay, format_hostport
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.certs.nodecert import issue_node_certificate, node_id_in
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,9 @@ _SESSION = r"/api/v1/sessions/[A-Za-z0-9_-]{8,64}"
 # What another node may ask: the relayed routes, nothing else of the console.
 RELAYED = {
     "http": re.compile(
-        rf"POST (/api/v1/sessions|{_SESSION}/(end|messages))|PATCH {_SESSION}"
-        rf"|GET {_SESSION}/(files|files/content|messages)|PUT {_SESSION}/files/content"
+        rf"POST (/api/v1/sessions|{_SESSION}/(end|messages|invite))|PATCH {_SESSION}"
+        rf"|GET {_SESSION}/(files|files/content|messages|invites)|PUT {_SESSION}/files/content"
+        rf"|DELETE {_SESSION}/invite/[^/]{{1,64}}"
     ),
     "websocket": re.compile(rf"GET {_SESSION}/(terminal|screen)"),
 }
@@ -179,6 +183,7 @@ class NodeRelayListener:
         self.route = NodeRoute(db, audit, self.credentials)
         self._context = self.credentials.server_context()
         self._renewal: asyncio.Task[None] | None = None
+        self._shared: LiveAgentsShared | None = None
         self._sock: socket.socket | None = bind(config.host, config.port)
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -240,7 +245,16 @@ class NodeRelayListener:
             self.route.reload_certificate()
             log.info("node listener: this node's certificate renewed")
 
+    def share_agents(self, agents: AgentRegistry) -> None:
+        """Write the live details of the agents connected here for the other nodes'
+        lists (``node/live_agents.py``), until stopped."""
+        if self._shared is None:
+            self._shared = LiveAgentsShared(self._db, agents)
+
     async def stop(self) -> None:
+        if self._shared is not None:
+            await self._shared.stop()
+            self._shared = None
         if self._renewal is not None:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):

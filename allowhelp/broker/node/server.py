@@ -252,6 +252,8 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
             settings.node_relay, settings.data_dir, db, folder.audit, app
         )
         svc.nodes = node_relay.route if node_relay is not None else None
+        if node_relay is not None:  # our agents' hello details, for the others' lists
+            node_relay.share_agents(registry)
         server = _Uvicorn(_uvicorn_config(app, folder.pki, tls, settings.trusted_proxies))
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
         await _started(server, serving)

@@ -25,7 +25,8 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # between two pieces of the answer (a PC's sftp-server may be slow)
 CHUNK = 64 * 1024
 # What goes to the other node of the technician's request, and what comes back of
-# its answer: credentials and content, never hop-by-hop or proxy headers.
+# its answer: credentials and content, never hop-by-hop or proxy headers. The cookie
+# is allowhelp's session cookie alone (``console/api/node_routes.py`` keeps only it).
 REQUEST_HEADERS = ("cookie", "x-csrf-token", "content-type", "content-length")
 ANSWER_HEADERS = ("content-type", "content-length", "content-disposition", "retry-after")
 

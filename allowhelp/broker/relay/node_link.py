@@ -39,7 +39,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AgentUnreachable, BrokerError, Forbidden
 from allowhelp.broker.relay.node_http import NodeAnswer, send_to_node
 from allowhelp.broker.store import Store
-from allowhelp.broker.store.node_peers import PeerNode
+from allowhelp.broker.store.node_peers import AgentElsewhere, PeerNode, SessionPeer
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.certs.nodecert import node_id_in
 
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 FROM_NODE = "allowhelp.from_node"
 CONNECT_TIMEOUT = 10.0
 MAX_FRAME = 1024 * 1024  # the console's own WebSocket limit (node/server.py)
+# Relayed HTTP requests that are not audited as relayed: reads, which change nothing.
+QUIET_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -142,11 +144,11 @@ class NodeRoute:
     async def agent_node(self, agent_id: str) -> PeerNode | None:
         return await self._db.read(Store.agent_peer, agent_id)
 
-    async def session_node(self, session_id: str) -> PeerNode | None:
+    async def session_node(self, session_id: str) -> SessionPeer | None:
         return await self._db.read(Store.session_peer, session_id)
 
-    async def agents_elsewhere(self) -> dict[str, str]:
-        return await self._db.read(Store.agents_elsewhere)
+    async def agents_elsewhere(self) -> dict[str, AgentElsewhere]:
+        return await self._db.read(Store.agents_elsewhere_live)
 
     async def forward(
         self,
@@ -155,8 +157,28 @@ class NodeRoute:
         target: str,
         headers: dict[str, str],
         body: AsyncIterator[bytes],
+        *,
+        actor: str,
+        about: dict[str, str],
     ) -> NodeAnswer:
-        """One HTTP request to ``node``'s listener, streamed; its answer as it comes."""
+        """One HTTP request to ``node``'s listener, streamed; its answer as it comes.
+
+        A request that changes something (any method but GET, HEAD, OPTIONS) is audited
+        first (``request.relayed``; ``about``: the session or agent it is for); a read is
+        not: it changes nothing, and the console's pages poll (chat, file listings)."""
+        if method not in QUIET_METHODS:
+            await self._audit.write(
+                "request.relayed",
+                actor=actor,
+                target=next(iter(about.values()), ""),
+                details={
+                    **about,
+                    "method": method,
+                    "path": target.partition("?")[0],  # a query may name what is not ours
+                    "from_node": self.node_id,
+                    "to_node": node.id,
+                },
+            )
         return await send_to_node(
             node,
             self._context,
@@ -175,9 +197,10 @@ class NodeRoute:
         *,
         actor: str,
         session: dict[str, object],
+        cookie: str,
     ) -> None:
         """The technician's WebSocket ↔ the same WebSocket (``target``: its path and
-        query) on ``node``, until either ends.
+        query) on ``node``, until either ends; ``cookie``: the one cookie sent there.
 
         Audited first (``session.relayed``); refused as ``node`` refuses it (before
         accepting: the page sees what a local refusal shows); a node that goes away
@@ -191,7 +214,7 @@ class NodeRoute:
             details=where,
         )
         offered = [Subprotocol(p) for p in websocket.scope.get("subprotocols") or []]
-        headers = Headers(cookie=websocket.headers.get("cookie", ""))
+        headers = Headers(cookie=cookie) if cookie else Headers()
         refused: list[AgentUnreachable] = []
         try:
             peer = await connect(

@@ -286,4 +286,15 @@ MIGRATIONS: tuple[str, ...] = (
         address TEXT NOT NULL
     );
     """,
+    # 11 (#21, routing): what each agent said in its hello (who is signed in, the
+    # screen engine, the monitors), written by the node holding its tunnel, so the
+    # other nodes list it as that node does (store/node_peers.py).
+    """
+    CREATE TABLE agent_live (
+        agent_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        details TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 )

@@ -209,4 +209,13 @@ PG_MIGRATIONS: tuple[str, ...] = (
         address TEXT NOT NULL
     );
     """,
+    # 4: SQLite's 11 (#21, routing): each agent's live details from its hello.
+    """
+    CREATE TABLE agent_live (
+        agent_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        details TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL
+    );
+    """,
 )

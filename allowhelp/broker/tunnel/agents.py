@@ -80,6 +80,9 @@ class AgentRegistry:
     def get(self, agent_id: str) -> LiveAgent | None:
         return self._live.get(agent_id)
 
+    def connected(self) -> list[LiveAgent]:
+        return list(self._live.values())
+
     def online(self, agent_id: str) -> bool:
         return agent_id in self._live
 

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from allowhelp.broker.audit.chain import VerifyResult
 from allowhelp.broker.audit.integrity import verify_with_anchors
 from allowhelp.broker.console.api.base import require, services
+from allowhelp.broker.console.api.node_routes import listed_elsewhere
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import AuditCorrupt, BadRequest, NotFound
 from allowhelp.broker.model.agent_version import agent_version_status
@@ -64,7 +65,7 @@ async def agents(request: Request) -> Response:
     elsewhere = await svc.nodes.agents_elsewhere() if svc.nodes is not None else {}
     for row in rows:  # online through another node (#21): sessions are relayed there
         if not row["online"] and row["id"] in elsewhere:
-            row["online"], row["node"] = True, elsewhere[str(row["id"])]
+            row.update(listed_elsewhere(elsewhere[str(row["id"])]))
     groups = await svc.db.read(Store.all_groups)
     for row in rows:
         row["groups"] = groups.get(str(row["id"]), [])

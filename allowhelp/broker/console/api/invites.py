@@ -23,6 +23,7 @@ from allowhelp.broker.audit.rfb_format import SUFFIX
 from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.api.node_routes import or_elsewhere
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import AuditUnavailable, BrokerError, NotFound
 from allowhelp.broker.relay.outcome import Relay
@@ -118,7 +119,12 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/api/v1/sessions/{session_id}/invite", invite, methods=["POST"]),
-        Route("/api/v1/sessions/{session_id}/invites", listed, methods=["GET"]),
-        Route("/api/v1/sessions/{session_id}/invite/{username}", revoke, methods=["DELETE"]),
+        # or_elsewhere: served by the node running the session (#21, node_routes.py)
+        Route("/api/v1/sessions/{session_id}/invite", or_elsewhere(invite), methods=["POST"]),
+        Route("/api/v1/sessions/{session_id}/invites", or_elsewhere(listed), methods=["GET"]),
+        Route(
+            "/api/v1/sessions/{session_id}/invite/{username}",
+            or_elsewhere(revoke),
+            methods=["DELETE"],
+        ),
     ]

@@ -39,7 +39,7 @@ def _visible(principal: Principal, session: Session | None) -> Session:
 async def create(request: Request) -> Response:
     principal = await require(request)
     body = await json_body(request)
-    elsewhere = await create_elsewhere(request, str(body.get("agent_id", "")))
+    elsewhere = await create_elsewhere(request, principal.actor, str(body.get("agent_id", "")))
     if elsewhere is not None:  # the agent's tunnel is on another node (#21)
         return elsewhere
     help_code = body.get("help_code") or ""

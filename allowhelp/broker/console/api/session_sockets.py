@@ -117,7 +117,7 @@ async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
     svc = services(websocket)
     try:
         principal = await websocket_principal(websocket)
-        if await attach_elsewhere(websocket, principal.user.username, principal.actor):
+        if await attach_elsewhere(websocket, principal.actor):
             return  # run by another node: relayed there (#21)
         owned = svc.sessions.live(websocket.path_params["session_id"])
         if owned is not None and owned.technician != principal.user.username:
