@@ -85,7 +85,11 @@ def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
     session = services(websocket).sessions.live(invitation.session_id)
     shell: Kind = session.kind if session is not None else "shell"
     return ParticipantTerminalRelay(
-        websocket, shell, terminal_size(cols, rows), may_type=invitation.mode == "control"
+        websocket,
+        shell,
+        terminal_size(cols, rows),
+        may_type=invitation.mode == "control",
+        session_id=invitation.session_id,
     )
 
 

@@ -88,7 +88,7 @@ def _terminal_relay(websocket: WebSocket, svc: Services, session: Session) -> Re
         )
     except OSError as exc:  # no shell that cannot be recorded at all
         raise RelayError(f"the shell cannot be recorded: {exc.strerror or exc}") from exc
-    return TerminalRelay(websocket, recorder, size, session.kind)
+    return TerminalRelay(websocket, recorder, size, session.kind, session_id=session.id)
 
 
 def _screen_relay(websocket: WebSocket, svc: Services, session: Session) -> Relay:
