@@ -258,6 +258,15 @@ class ConsentGate:
         grant.closers.append(closer)
         return grant
 
+    def unclaim(self, session_id: str, closer: Closer) -> None:
+        """An invitation's channel closed on its own (the invitee's page reloaded,
+        their network dropped): the grant stands, free for their next channel (#18)."""
+        grant = self._grants.get(session_id)
+        if grant is None or closer not in grant.closers:
+            return
+        grant.closers.remove(closer)
+        grant.claimed = bool(grant.closers)
+
     def grants(self, owner: int | None = None) -> list[Grant]:
         return [g for g in self._grants.values() if owner is None or g.owner == owner]
 

@@ -144,3 +144,61 @@ async def test_a_late_invitee_sees_what_the_shell_printed_before_they_joined(
             await observer.expect(b"later-9")
             assert observer.seen.count(b"early-42") == owner.seen.count(b"early-42")
     owner_desk.wait_state(session_id, "ended")
+
+
+async def test_an_allowed_invitee_attaches_again_a_removed_or_revoked_one_cannot(
+    setup: tuple[Broker, Agent], desks: tuple[Desk, Desk, Desk]
+) -> None:
+    broker, agent = setup
+    owner_desk, ann, ben = desks
+    session_id = await asyncio.to_thread(consented_shell, owner_desk, agent)
+    async with terminal(owner_desk, session_id) as owner:
+        ann_invite = await asyncio.to_thread(invited, owner_desk, agent, session_id, ANN, "control")
+        ben_invite = await asyncio.to_thread(invited, owner_desk, agent, session_id, BEN, "observe")
+        # ann's page loads, then reloads: the second connection works like the first
+        async with terminal(ann, session_id) as first:
+            await asyncio.to_thread(connected, agent, ann_invite["id"])
+            await first.send("echo ann-one-$((1+1))\n")
+            await owner.expect(b"ann-one-2")
+        await asyncio.to_thread(connected, agent, ann_invite["id"], False)
+        async with terminal(ann, session_id) as second:
+            await asyncio.to_thread(connected, agent, ann_invite["id"])
+            await second.send("echo ann-two-$((2+2))\n")
+            await owner.expect(b"ann-two-4")
+            await second.expect(b"ann-two-4")
+            # her network drops without a close: a new connection replaces the dead one
+            async with terminal(ann, session_id) as third:
+                await closed(second)
+                await asyncio.to_thread(connected, agent, ann_invite["id"])
+                await third.send("echo ann-three-$((3+3))\n")
+                await owner.expect(b"ann-three-6")
+                # the owner revokes her: closed, and she stays out
+                answer = owner_desk.client.delete(f"/api/v1/sessions/{session_id}/invite/{ANN}")
+                assert answer.status_code == 200, answer.text
+                await closed(third)
+        assert await refused(ann, session_id) == 403
+        # ben is removed by the PC user: closed, and he stays out
+        async with terminal(ben, session_id) as watcher:
+            await asyncio.to_thread(connected, agent, ben_invite["id"])
+            removed = agent_call(agent, "remove", session_id, BEN)
+            assert removed.returncode == 0, removed.stderr
+            await closed(watcher)
+        assert await refused(ben, session_id) == 403
+        await owner.send("echo owner-on-$((4+4))\n")
+        await owner.expect(b"owner-on-8")
+    owner_desk.wait_state(session_id, "ended")
+    mine = [r for r in records(broker) if r["target"] == session_id]
+    joins = [r["details"] for r in mine if r["type"] == "participant.joined"]
+    assert [(j["invitee"], j["connection"]) for j in joins] == [
+        (ANN, 1),
+        (ANN, 2),
+        (ANN, 3),
+        (BEN, 1),
+    ]
+    left = [r["details"] for r in mine if r["type"] == "participant.left"]
+    assert [(d["invitee"], d["connection"], d["how"]) for d in left] == [
+        (ANN, 1, "technician"),
+        (ANN, 2, "replaced"),
+    ]
+    refusals = [r["actor"] for r in mine if r["type"] == "participant.refused"]
+    assert refusals == [f"technician:{ANN}", f"technician:{BEN}"]

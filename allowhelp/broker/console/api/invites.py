@@ -103,7 +103,7 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
     and that is audited."""
     session_id = websocket.path_params["session_id"]
     try:
-        invitation, link, relay = svc.invites.claim(
+        joined, link, relay = svc.invites.claim(
             session_id, username, kind, lambda found: _relay(websocket, kind, found)
         )
     except BrokerError as exc:
@@ -113,7 +113,7 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
         return
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    outcome = await svc.invites.run(invitation, link, relay)
+    outcome = await svc.invites.run(joined, link, relay)
     if outcome.failure is not None:
         await close_quietly(websocket, close_code_of(outcome.failure), outcome.failure.message)
     else:
