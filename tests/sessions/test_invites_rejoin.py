@@ -202,3 +202,34 @@ async def test_an_allowed_invitee_attaches_again_a_removed_or_revoked_one_cannot
     ]
     refusals = [r["actor"] for r in mine if r["type"] == "participant.refused"]
     assert refusals == [f"technician:{ANN}", f"technician:{BEN}"]
+
+
+async def test_invitees_are_stopped_and_recorded_before_the_sessions_end_record(
+    setup: tuple[Broker, Agent], desks: tuple[Desk, Desk, Desk]
+) -> None:
+    broker, agent = setup
+    owner_desk, ann, ben = desks
+    session_id = await asyncio.to_thread(consented_shell, owner_desk, agent)
+    async with terminal(owner_desk, session_id) as owner:
+        ann_invite = await asyncio.to_thread(invited, owner_desk, agent, session_id, ANN, "control")
+        await asyncio.to_thread(invited, owner_desk, agent, session_id, BEN, "observe")
+        async with terminal(ann, session_id) as controller:  # ben never attaches
+            await asyncio.to_thread(connected, agent, ann_invite["id"])
+            await controller.send("echo ann-here-$((5+5))\n")
+            await owner.expect(b"ann-here-10")
+            answer = owner_desk.client.post(f"/api/v1/sessions/{session_id}/end")
+            assert answer.status_code == 200, answer.text
+            await closed(controller)
+            await closed(owner)
+    owner_desk.wait_state(session_id, "ended")
+    assert ann.session(session_id)["invitation"]["state"] == "ended"
+    assert ben.session(session_id)["invitation"]["state"] == "ended"
+    assert await refused(ann, session_id) == 403
+    mine = [r for r in records(broker) if r["target"] == session_id]
+    order = [(r["type"], r["details"].get("invitee")) for r in mine]
+    left = order.index(("participant.left", ANN))
+    assert left < order.index(("session.ended", None))
+    assert mine[left]["actor"] == "system"
+    assert mine[left]["details"]["how"] == "session_ended"
+    assert mine[left]["details"]["bytes_to_agent"] > 0
+    assert ("participant.left", BEN) not in order  # never connected: nothing to leave

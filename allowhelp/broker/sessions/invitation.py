@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from allowhelp.broker.model.session import Session
+from allowhelp.broker.model.session import Session, Traffic
 
 
 class InviteState(StrEnum):
@@ -43,7 +43,7 @@ class Invitation:
     invited_by: str
     state: InviteState = InviteState.ASKED
     created: float = field(default_factory=time.time)
-    stop: Callable[[], object] | None = None  # the attached relay's
+    stop: Callable[[], Traffic] | None = None  # the attached relay's
     connections: int = 0  # how many times the invitee attached: the latest's number
 
     @property

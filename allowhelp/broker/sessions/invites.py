@@ -76,6 +76,7 @@ class InviteDesk(InviteBook):
             organisation=organisation,
             consent_timeout=consent_timeout,
         )
+        sessions.before_end(self._before_end)
         sessions.on_final(self._session_over)
 
     # the owner's side
@@ -216,10 +217,32 @@ class InviteDesk(InviteBook):
             await self._write("invite.expired", "system", invitation)
             self._publish_by_id(invitation)
 
+    async def _before_end(self, session_id: str) -> Traffic:
+        """The session is ending: every invitation ends first, a joined invitee's
+        connection stops and their leaving is on the record before the session's
+        end record (as the owner's relay stops before it)."""
+        for invitation in self.of_session(session_id):
+            if not invitation.live:
+                continue
+            was_joined = invitation.state is InviteState.JOINED
+            traffic = self._stop(invitation, InviteState.ENDED)
+            if was_joined:
+                with contextlib.suppress(AuditUnavailable):  # said by the writer
+                    await self._write(
+                        "participant.left",
+                        "system",
+                        invitation,
+                        how="session_ended",
+                        was_connected=True,
+                        bytes_to_agent=traffic.to_agent,
+                        bytes_from_agent=traffic.from_agent,
+                    )
+        return Traffic()
+
     def _session_over(self, session: Session) -> None:
         for invitation in self.of_session(session.id):
             self._publish(session, invitation)  # the invitee's page shows the end
-            if invitation.live:  # a joined one's leaving is on the record
+            if invitation.live:  # missed by ``_before_end`` (an end another node wrote)
                 event = "participant.left" if invitation.state is InviteState.JOINED else ""
                 self._spawn(self._finish(invitation, InviteState.ENDED, event, "system"))
             else:
@@ -230,19 +253,23 @@ class InviteDesk(InviteBook):
     ) -> None:
         """Access stops first (the relay, the PC told), then the record."""
         was_joined = invitation.state is InviteState.JOINED
-        invitation.state = state
-        self._cancel_timer(invitation.id)
-        if invitation.stop is not None:
-            invitation.stop()
-        if state is InviteState.REVOKED:
-            self._tell_agent(invitation, "technician")
-        elif state is not InviteState.REMOVED:
-            self._tell_agent(invitation, "expired")
+        self._stop(invitation, state)
         if state is InviteState.ENDED:
             self._retire(invitation)
         if event:
             await self._write(event, actor, invitation, was_connected=was_joined)
         self._publish_by_id(invitation)
+
+    def _stop(self, invitation: Invitation, state: InviteState) -> Traffic:
+        """Access stops: the invitation's new state, its relay, the PC told."""
+        invitation.state = state
+        self._cancel_timer(invitation.id)
+        traffic = invitation.stop() if invitation.stop is not None else Traffic()
+        if state is InviteState.REVOKED:
+            self._tell_agent(invitation, "technician")
+        elif state is not InviteState.REMOVED:
+            self._tell_agent(invitation, "expired")
+        return traffic
 
     # the invitee's side: attaching
 
