@@ -208,6 +208,11 @@ class RecordingFile:
         return self.path.name
 
     @property
+    def closed(self) -> bool:
+        """Sealed by its relay (or being sealed): takes nothing more."""
+        return self._closed
+
+    @property
     def _recording(self) -> bool:
         return not self._closed and self._stopped is None
 

@@ -22,6 +22,9 @@ import logging
 from collections.abc import Callable
 
 from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.recording import open_recording
+from allowhelp.broker.audit.rfb_format import SUFFIX
+from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.errors import (
     AgentUnreachable,
     AuditUnavailable,
@@ -237,7 +240,16 @@ class InviteDesk(InviteBook):
                         bytes_to_agent=traffic.to_agent,
                         bytes_from_agent=traffic.from_agent,
                     )
-        return Traffic()
+        return self._seal_screen_recording(session_id)
+
+    @staticmethod
+    def _seal_screen_recording(session_id: str) -> Traffic:
+        """A screen session's one recording, for its end record, sealed now if a
+        control invitee opened it and the owner's viewer never closed it."""
+        recorder = open_recording(f"{session_id}{SUFFIX}")
+        if not isinstance(recorder, RfbRecorder):
+            return Traffic()
+        return Traffic(recording=recorder.name, recording_sha256=recorder.close())
 
     def _session_over(self, session: Session) -> None:
         for invitation in self.of_session(session.id):

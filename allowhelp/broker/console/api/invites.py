@@ -18,11 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.websockets import WebSocket
 
-from allowhelp.broker.audit.recording import open_recording
-from allowhelp.broker.audit.rfb_format import SUFFIX
-from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import json_body, require, services
+from allowhelp.broker.console.api.recorders import screen_recorder
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import AuditUnavailable, BrokerError, NotFound
 from allowhelp.broker.relay.outcome import Relay
@@ -71,18 +69,22 @@ async def revoke(request: Request) -> Response:
 
 
 def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
+    svc = services(websocket)
+    session = svc.sessions.live(invitation.session_id)
     if kind == "screen":
-        if invitation.mode != "control":
+        if invitation.mode != "control" or session is None:
             return ScreenRelay(websocket, view_only=True)
-        # Their input goes into the session's recording under their name; the PC's
-        # stream is recorded once, by the owner's relay.
-        shared = open_recording(f"{invitation.session_id}{SUFFIX}")
-        recorder = shared if isinstance(shared, RfbRecorder) else None
+        # Their input goes into the session's one recording under their name, whether
+        # or not the owner's viewer is connected (the first to attach opens it);
+        # the PC's stream is the owner's relay's to record.
         return ScreenRelay(
-            websocket, recorder, view_only=False, sender=invitation.username, input_only=True
+            websocket,
+            screen_recorder(svc, session),
+            view_only=False,
+            sender=invitation.username,
+            input_only=True,
         )
     cols, rows = _number(websocket, "cols", 80), _number(websocket, "rows", 24)
-    session = services(websocket).sessions.live(invitation.session_id)
     shell: Kind = session.kind if session is not None else "shell"
     return ParticipantTerminalRelay(
         websocket,
