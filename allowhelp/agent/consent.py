@@ -9,7 +9,9 @@ A grant allows one channel of its kind. View-only applies to the screen.
 Invitations (#18): a request that ``joins`` a running session asks about one more
 person, under its own id and phrase. Its grant lets that person's channel join
 the session (``participants.py``); an ``observe`` grant is view-only whatever the
-user clicked, and it ends with the session it joined.
+user clicked, and it ends with the session it joined. It outlives its channel
+(``unclaim``): a reloaded page or a dropped network lets its invitee attach
+again, one channel at a time, until the invitation is revoked, removed or ends.
 
 Owners: on a PC with a machine service, each request belongs to the user
 who was signed in when it came (their uid); only that uid can see, answer or
