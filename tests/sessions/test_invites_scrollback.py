@@ -46,3 +46,10 @@ def test_tails_are_found_by_session_until_dropped() -> None:
     assert tail_of("ahinvsession1") == b"hello\r\n"
     drop_tail("ahinvsession1", tail)
     assert tail_of("ahinvsession1") == b""
+
+
+def test_a_clear_split_across_two_chunks_is_found() -> None:
+    tail = Scrollback(limit=1000)
+    tail.add(b"old screen\r\n\x1b[")
+    tail.add(b"2Jnew screen")
+    assert tail.tail() == b"\x1b[2Jnew screen"

@@ -23,7 +23,12 @@ CLEARS = (b"\x1bc", b"\x1b[2J", b"\x1b[3J")
 
 
 class Scrollback:
-    """The last ``limit`` bytes of a shell's output since its last full clear."""
+    """The last ``limit`` bytes of a shell's output since its last full clear.
+
+    ``add`` is on the shell's hot path, so it only keeps the last ``limit``
+    bytes; the clear is looked for in them when someone joins (``tail``): a
+    clear more than ``limit`` bytes back is cut off by the size anyway.
+    """
 
     def __init__(self, limit: int = TAIL_BYTES) -> None:
         self._limit = limit
@@ -32,11 +37,6 @@ class Scrollback:
         self._cut = False  # bytes were dropped from the front for the size limit
 
     def add(self, data: bytes) -> None:
-        clear = max(data.rfind(mark) for mark in CLEARS)
-        if clear >= 0:  # the screen starts again here
-            self._chunks.clear()
-            self._size, self._cut = 0, False
-            data = data[clear:]
         if len(data) >= self._limit:
             self._chunks.clear()
             self._size, self._cut = 0, True
@@ -55,6 +55,9 @@ class Scrollback:
 
     def tail(self) -> bytes:
         data = b"".join(self._chunks)
+        clear = max(data.rfind(mark) for mark in CLEARS)
+        if clear >= 0:  # the screen started again there
+            return data[clear:]
         if self._cut:
             newline = data.find(b"\n")
             data = data[newline + 1 :] if newline >= 0 else data
