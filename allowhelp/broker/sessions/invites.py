@@ -328,6 +328,7 @@ class InviteDesk(InviteBook):
         nor their invitation (they may attach again while it stands)."""
         invitation, spec = joined.invitation, relay.channel
         outcome = Outcome("error", BrokerError(f"the {spec.kind} relay stopped unexpectedly"))
+        on_record = False  # its join: a connection replaced before it is leaves no record
         try:
             if joined.replaces is not None:  # the PC frees the grant when that channel closes
                 with contextlib.suppress(TimeoutError):
@@ -341,6 +342,7 @@ class InviteDesk(InviteBook):
                 connection=joined.number,
                 **relay.started_details(),
             )
+            on_record = True
             chan, _ = await asyncio.wait_for(
                 link.open_channel(
                     relay.factory, spec.kind, invitation.id, term=spec.term, window=spec.window
@@ -357,10 +359,12 @@ class InviteDesk(InviteBook):
             outcome = Outcome("error", AgentUnreachable("the PC did not open the channel in time"))
         finally:
             traffic = relay.stop()
-            await self._left(joined, outcome, traffic)
+            await self._left(joined, outcome, traffic, on_record=on_record)
         return outcome
 
-    async def _left(self, joined: Connection, outcome: Outcome, traffic: Traffic) -> None:
+    async def _left(
+        self, joined: Connection, outcome: Outcome, traffic: Traffic, *, on_record: bool
+    ) -> None:
         """A connection is over: on the record unless something that ended the
         invitation recorded it (revoked, removed, the session ended)."""
         invitation = joined.invitation
@@ -370,6 +374,9 @@ class InviteDesk(InviteBook):
             replaced = not joined.current
             if not replaced:  # they left (nobody ended it): they may come back
                 invitation.state = InviteState.LEFT
+            if not on_record:  # its join was never written (the audit failed, or replaced)
+                self._publish_by_id(invitation)
+                return
             with contextlib.suppress(AuditUnavailable):  # said by the writer
                 await self._write(
                     "participant.left",
