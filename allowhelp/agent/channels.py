@@ -271,7 +271,17 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
             with contextlib.suppress(BrokenPipeError):
                 self._chan.write_stderr(f"allowhelp: {error}\r\n".encode())
         self._chan.exit(status if 0 <= status < 256 else 1)
-        if self.grant is not None:
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """This channel is done with its grant: a session's grant ends with it; an
+        invitation's stands, so its invitee may attach again (#18) until it is
+        revoked, removed or its session ends."""
+        if self.grant is None:
+            return
+        if self.grant.joins:
+            self._service.gate.unclaim(self.grant.session_id, self._revoked)
+        else:
             self._service.release(self.grant.session_id)
 
     def _revoked(self) -> None:
@@ -331,8 +341,7 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         if self._control is not None:
             self._service.detach(self.send_message)
             self._server.control_open = False
-        if self.grant is not None:
-            self._service.release(self.grant.session_id)
+        self._let_go()
         backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()

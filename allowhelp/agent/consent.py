@@ -9,7 +9,9 @@ A grant allows one channel of its kind. View-only applies to the screen.
 Invitations (#18): a request that ``joins`` a running session asks about one more
 person, under its own id and phrase. Its grant lets that person's channel join
 the session (``participants.py``); an ``observe`` grant is view-only whatever the
-user clicked, and it ends with the session it joined.
+user clicked, and it ends with the session it joined. It outlives its channel
+(``unclaim``): a reloaded page or a dropped network lets its invitee attach
+again, one channel at a time, until the invitation is revoked, removed or ends.
 
 Owners: on a PC with a machine service, each request belongs to the user
 who was signed in when it came (their uid); only that uid can see, answer or
@@ -257,6 +259,15 @@ class ConsentGate:
         grant.claimed = True
         grant.closers.append(closer)
         return grant
+
+    def unclaim(self, session_id: str, closer: Closer) -> None:
+        """An invitation's channel closed on its own (the invitee's page reloaded,
+        their network dropped): the grant stands, free for their next channel (#18)."""
+        grant = self._grants.get(session_id)
+        if grant is None or closer not in grant.closers:
+            return
+        grant.closers.remove(closer)
+        grant.claimed = bool(grant.closers)
 
     def grants(self, owner: int | None = None) -> list[Grant]:
         return [g for g in self._grants.values() if owner is None or g.owner == owner]

@@ -89,7 +89,8 @@ class Member:
 
     def close(self) -> int:
         self.closed = True
-        self.room.members.pop(self.grant.session_id, None)
+        if self.room.members.get(self.grant.session_id) is self:  # not their next channel's
+            del self.room.members[self.grant.session_id]
         return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.broker.audit import recording
+from allowhelp.broker.audit import recording_file
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.recording import (
     MARKERS,
@@ -257,7 +257,7 @@ async def test_a_recording_stopped_early_stays_claimable_until_its_session_ends(
 ) -> None:
     """A cap seals the file long before the session ends: the end record must still
     get its seal (truncated, why), however long the session goes on after the cap."""
-    monkeypatch.setattr(recording, "SEAL_KEPT", 0.01)
+    monkeypatch.setattr(recording_file, "SEAL_KEPT", 0.01)
     limits = RecordingLimits(max_bytes=4096, min_free=0)
     recorder: RfbRecorder | AsciicastRecorder
     if kind == "screen":

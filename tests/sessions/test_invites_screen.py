@@ -11,14 +11,27 @@ observer's key is not, and the owner's key is.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from allowhelp.agent.screen import TEST_COMMAND_ENV
-from allowhelp.broker.audit.rfb_format import CLIENT, frames, read_header
-from harness import TECH, TECH_PW, Agent, Broker, Desk, running_fleet, wait_for, wait_pending
+from allowhelp.broker.audit.recording import file_sha256
+from allowhelp.broker.audit.rfb_format import CLIENT, SERVER, frames, read_header
+from harness import (
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Desk,
+    broker_cli,
+    running_fleet,
+    wait_for,
+    wait_pending,
+)
 from screenkit import (
     RfbClient,
     XServer,
@@ -34,7 +47,7 @@ from screenkit import (
 OBSERVER = "ahobsscreen"
 CONTROLLER = "ahctlscreen"
 PASSWORD = "a long test password 2"
-KEYSYM_A, KEYSYM_Z, KEYSYM_Q, MARKER = 0x61, 0x7A, 0x71, "m"
+KEYSYM_A, KEYSYM_Z, KEYSYM_Q, KEYSYM_W, MARKER = 0x61, 0x7A, 0x71, 0x77, "m"
 SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
 
 
@@ -144,15 +157,126 @@ def test_a_control_invitees_keys_reach_the_pc_and_the_recording_under_their_name
     finally:
         owner.close()
         helper.close()
+    inputs = recorded_inputs(broker, session_id)
+    assert key_event(KEYSYM_A, True) in inputs[TECH]
+    assert key_event(KEYSYM_Q, True) in inputs[CONTROLLER]
+    assert key_event(KEYSYM_Q, True) not in inputs[TECH]
+
+
+def recorded_inputs(broker: Broker, session_id: str) -> dict[str, bytes]:
+    """Who sent what, as the session's recording holds it."""
     with (broker.data / "recordings" / f"{session_id}.rfb").open("rb") as handle:
         _, start = read_header(handle)
         inputs: dict[str, bytes] = {}
         for _, frame in frames(handle, start):
             if frame.kind == CLIENT:
                 inputs[frame.sender] = inputs.get(frame.sender, b"") + frame.rfb
+    return inputs
+
+
+def server_bytes(broker: Broker, session_id: str) -> int:
+    with (broker.data / "recordings" / f"{session_id}.rfb").open("rb") as handle:
+        _, start = read_header(handle)
+        return sum(len(frame.rfb) for _, frame in frames(handle, start) if frame.kind == SERVER)
+
+
+def end_record(broker: Broker, session_id: str) -> dict[str, Any]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    assert done.returncode == 0, done.stderr
+    ended = [json.loads(line) for line in done.stdout.splitlines()]
+    found = [r for r in ended if r["type"] == "session.ended" and r["target"] == session_id]
+    assert len(found) == 1
+    record: dict[str, Any] = found[0]
+    return record
+
+
+@pytest.mark.x11
+def test_a_control_invitees_keys_are_recorded_before_and_without_the_owners_viewer(
+    world: tuple[Broker, Agent, XServer],
+) -> None:
+    """The invitee attaches before the owner's viewer (their keys are in the
+    recording), the owner's viewer joins that recording, and in a second session
+    the owner's viewer never connects: the invitee's keys are recorded all the same,
+    and the end record carries the digest of the file."""
+    broker, agent, xserver = world
+    owner, helper = Desk.login(broker, TECH, TECH_PW), Desk.login(broker, CONTROLLER, PASSWORD)
+    try:
+        first = _screen_with_controller(owner, helper, agent, "invitee before the owner")
+        asyncio.run(_controller_then_owner(owner, helper, first, xserver))
+        owner.wait_state(first, "ended")
+        second = _screen_with_controller(owner, helper, agent, "the owner never looks")
+        asyncio.run(_controller_alone(helper, second, xserver))
+        answer = owner.client.post(f"/api/v1/sessions/{second}/end")
+        assert answer.status_code == 200, answer.text
+        owner.wait_state(second, "ended")
+    finally:
+        owner.close()
+        helper.close()
+    inputs = recorded_inputs(broker, first)
+    assert key_event(KEYSYM_W, True) in inputs[CONTROLLER]
     assert key_event(KEYSYM_A, True) in inputs[TECH]
-    assert key_event(KEYSYM_Q, True) in inputs[CONTROLLER]
-    assert key_event(KEYSYM_Q, True) not in inputs[TECH]
+    assert not inputs[CONTROLLER].startswith(b"RFB ")  # their input, not their viewer's handshake
+    assert server_bytes(broker, first) > 0  # the owner's picture
+    alone = recorded_inputs(broker, second)
+    assert key_event(KEYSYM_W, True) in alone[CONTROLLER] and TECH not in alone
+    for session_id in (first, second):
+        details = end_record(broker, session_id)["details"]
+        path = broker.data / "recordings" / f"{session_id}.rfb"
+        assert details["recording_sha256"] == file_sha256(path)
+        assert details["recording_bytes"] == path.stat().st_size
+
+
+def _screen_with_controller(owner: Desk, helper: Desk, agent: Agent, reason: str) -> str:
+    """An active screen session whose owner invited ``helper`` to control, allowed."""
+    answer = owner.request(agent.agent_id, kind="screen", reason=reason)
+    assert answer.status_code == 201, answer.text
+    session_id = str(answer.json()["id"])
+    wait_pending(agent, session_id)
+    assert on_pc(agent, "allow", session_id).returncode == 0
+    owner.wait_state(session_id, "active")
+    asked = owner.client.post(
+        f"/api/v1/sessions/{session_id}/invite", json={"username": CONTROLLER, "mode": "control"}
+    )
+    assert asked.status_code == 201, asked.text
+    wait_pending(agent, asked.json()["id"])
+    assert on_pc(agent, "allow", asked.json()["id"]).returncode == 0
+    wait_for(
+        lambda: helper.session(session_id)["invitation"]["state"] == "allowed",
+        15,
+        "the invitation allowed",
+    )
+    return session_id
+
+
+async def _type_w(client: RfbClient, xserver: XServer) -> None:
+    """``client`` types w; it reaches the PC."""
+    init = await client.handshake()
+    mark = xserver.keys_mark()
+    xserver.focus_window()
+    await client.send(key_event(KEYSYM_W, True) + key_event(KEYSYM_W, False))
+    await client.request_raw(init)
+    assert await client.framebuffer_update(init)
+    await asyncio.to_thread(
+        wait_for, lambda: "0x77, w)" in xserver.keys_since(mark), 10, "the invitee's key"
+    )
+
+
+async def _controller_then_owner(
+    owner: Desk, helper: Desk, session_id: str, xserver: XServer
+) -> None:
+    async with screen_socket(helper, session_id) as helper_ws:
+        await _type_w(RfbClient(helper_ws), xserver)
+        async with screen_socket(owner, session_id) as owner_ws:
+            owner_rfb = RfbClient(owner_ws)
+            owner_init = await owner_rfb.handshake()
+            await owner_rfb.send(key_event(KEYSYM_A, True) + key_event(KEYSYM_A, False))
+            await owner_rfb.request_raw(owner_init)
+            assert await owner_rfb.framebuffer_update(owner_init)
+
+
+async def _controller_alone(helper: Desk, session_id: str, xserver: XServer) -> None:
+    async with screen_socket(helper, session_id) as helper_ws:
+        await _type_w(RfbClient(helper_ws), xserver)
 
 
 async def _owner_and_controller(

@@ -19,30 +19,24 @@ A ``kill -9`` loses what was waiting for its batch (at most ``FLUSH_DELAY``
 of the stream) and may tear the last frame; ``rfb_recovery.py`` cuts that
 frame and hashes the rest at the next start.
 
-Limits, the seal, the digest in the end record and ``recording.stopped``
-are the shell's (``recording.py``): :class:`RecordingLimits`, :class:`Stopped`,
-:class:`Seal`, :func:`~allowhelp.broker.audit.recording.settle`.
+Limits, stops, the writer's jobs, the seal, the digest in the end record and
+``recording.stopped`` are shared with the shell's recorder
+(``recording_file.py``): :class:`RecordingLimits`, :class:`Stopped`,
+:class:`Seal`, :func:`~allowhelp.broker.audit.recording_file.settle`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from pathlib import Path
 
-from allowhelp.broker.audit.cast_writer import Wrote, writers
-from allowhelp.broker.audit.recording import (
-    MARKERS,
-    MEASURE_EVERY,
-    SEAL_TIMEOUT,
+from allowhelp.broker.audit.recording_file import (
     RecordingFile,
     RecordingLimits,
-    Seal,
     StopHook,
     Stopped,
-    StopReason,
     register,
 )
 from allowhelp.broker.audit.rfb_format import (
@@ -55,7 +49,6 @@ from allowhelp.broker.audit.rfb_format import (
     frame_head,
     sender_prefix,
 )
-from allowhelp.broker.audit.rfb_writer import WroteHashed, append_hashed
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +71,6 @@ class RfbRecorder(RecordingFile):
     ) -> None:
         super().__init__(folder / f"{session_id}{SUFFIX}", limits, on_stop)
         self._pending_bytes = 0
-        self._inflight: list[bytes] = []
-        self._job: asyncio.Future[WroteHashed] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stop_seen = False
         register(self)
@@ -121,28 +112,8 @@ class RfbRecorder(RecordingFile):
             await asyncio.shield(self._stop_audit)
             self._stop_seen = True
 
-    def close(self) -> str:
-        """Seal: the writer writes what is left, fsyncs and closes. Returns the
-        hex SHA-256 the whole file will have; safe to call more than once."""
-        if not self._closed:
-            self._closed = True
-            self._cancel_timer()
-            self._kick()
-            if self._done.done():  # sealed early: the session ends now, claim or drop
-                self._keep_seal()
-        return self._expected()
-
-    async def sealed(self, seconds: float = SEAL_TIMEOUT) -> Seal:
-        """The file once the writer has finished (after ``close``); if the disk
-        has not taken it in ``seconds``, what was queued, unsettled."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._done), seconds)
-        except TimeoutError:
-            log.error("recording %s: the disk has not taken its end in %.0f s", self.name, seconds)
-            return Seal(self.name, self._expected(), self._queued, self._stopped, settled=False)
-        if self._stop_audit is not None:
-            await asyncio.wait([self._stop_audit], timeout=seconds)
-        return Seal(self.name, self._digest.hexdigest(), self._written, self._stopped)
+    def _closing(self) -> None:
+        self._cancel_timer()
 
     def _frame(self, kind: int, prefix: bytes, data: bytes) -> None:
         size = len(prefix) + len(data)
@@ -157,15 +128,12 @@ class RfbRecorder(RecordingFile):
     def _millis(self) -> int:
         return int((time.monotonic() - self._start) * 1000)
 
-    def _stop(self, reason: StopReason, detail: str) -> None:
-        if reason != "write_error":
-            text = MARKERS[reason].encode()
-            self._queue(frame_head(MARKER, self._millis(), len(text)) + text)
-        self._stopped = Stopped(reason, self._queued, detail)
-        self._audit_stop(self._stopped)
+    def _marker(self, text: str) -> None:
+        data = text.encode()
+        self._queue(frame_head(MARKER, self._millis(), len(data)) + data)
+
+    def _stopping(self) -> None:
         self._cancel_timer()
-        self._kick()
-        self._wake()
 
     # the hand-over to the writer
 
@@ -189,48 +157,21 @@ class RfbRecorder(RecordingFile):
 
     def _kick(self) -> None:
         """Give the writer what is pending, unless it is busy or done."""
-        last = not self._recording
-        if self._job is not None or self._fd < 0 or not (self._pending or last):
+        batch = self._batch()
+        if batch is None:
             return
         self._cancel_timer()
-        chunks, fd = self._pending, self._fd
-        self._pending, self._pending_bytes, self._inflight = [], 0, chunks
-        if last:
-            self._fd = -1
-        size = sum(len(c) for c in chunks)
-        measure = last or self._written + size - self._free_at >= MEASURE_EVERY
-        job = functools.partial(
-            append_hashed, fd, chunks, self._written, self._digest, last=last, measure=measure
-        )
-        self._job = self._loop.run_in_executor(writers(), job)
-        self._job.add_done_callback(self._job_done)
+        self._pending_bytes = 0
+        self._submit(batch).add_done_callback(self._job_done)
 
-    def _job_done(self, job: asyncio.Future[WroteHashed]) -> None:
-        self._job, self._inflight = None, []
-        try:
-            done = job.result()
-            wrote, self._digest = done.wrote, done.digest
-        except Exception as exc:  # a bug in the writer: stop recording, not the screen
-            log.exception("recording %s: the writer failed", self.name)
-            wrote = Wrote(self._written, None, OSError(f"the writer failed: {exc}"))
-        self._written = wrote.end
-        if wrote.free is not None:
-            self._free, self._free_at = wrote.free, wrote.end
-        if wrote.error is not None and self._stopped is None:
-            self._pending, self._pending_bytes = [], 0
-            self._queued = self._written
-            self._stop("write_error", wrote.error.strerror or str(wrote.error))
-        if self._fd < 0 and self._job is None:
-            self._sealed()
-        elif self._pending_bytes >= BATCH or not self._recording:
+    def _drop_pending(self) -> None:
+        super()._drop_pending()
+        self._pending_bytes = 0
+
+    def _next(self) -> None:
+        """A job is done: the next batch now if one is full or the file ends, else
+        at the latest ``FLUSH_DELAY`` from now."""
+        if self._pending_bytes >= BATCH or not self._recording:
             self._kick()
         elif self._pending and self._timer is None:
             self._timer = self._loop.call_later(FLUSH_DELAY, self._tick)
-        self._wake()
-
-    def _expected(self) -> str:
-        """The digest the file has once the writer has written all that is queued."""
-        digest = self._digest.copy()
-        for data in (*self._inflight, *self._pending):
-            digest.update(data)
-        return digest.hexdigest()

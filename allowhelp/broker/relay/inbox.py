@@ -9,6 +9,7 @@ text never reaches the browser as data and becomes the failure reason.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncssh
 
@@ -35,6 +36,7 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         self.writable = asyncio.Event()
         self.writable.set()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.tap: Callable[[bytes], None] | None = None  # sees the data as it arrives
         self._high, self._low, self._what = high, low, what
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
@@ -44,6 +46,8 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
             self.stderr += data[: max(0, MAX_STDERR - len(self.stderr))]
             return
+        if self.tap is not None:
+            self.tap(data)
         self.outbox.put_nowait(data)
         self.queued += len(data)
         if self.queued > self._high and self.chan is not None:

@@ -10,6 +10,11 @@ Input: an ``observe`` participant's keystrokes and resizes are dropped here,
 and dropped again by the agent (it does not trust the broker to). A
 ``control`` participant's keystrokes go through; only the owner sizes the
 terminal, so every participant's resize is dropped.
+
+Joining late: the agent fans out only what the shell prints after the
+participant's channel joined; what came before is the shell's recent output
+kept by the owner's relay (``scrollback.py``), sent first, once the channel is
+open, so the participant's terminal starts where the owner's is.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from allowhelp.broker.relay.outcome import (
     first_to_end,
     outcome_of,
 )
+from allowhelp.broker.relay.scrollback import tail_of
 from allowhelp.broker.relay.terminal import (
     HIGH_WATER,
     LOW_WATER,
@@ -40,8 +46,17 @@ from allowhelp.protocol.control import Kind
 class ParticipantTerminalRelay:
     """One invitee's terminal, until they leave, are removed, or the session ends."""
 
-    def __init__(self, websocket: WebSocket, kind: Kind, size: tuple[int, int], *, may_type: bool):
+    def __init__(
+        self,
+        websocket: WebSocket,
+        kind: Kind,
+        size: tuple[int, int],
+        *,
+        may_type: bool,
+        session_id: str = "",
+    ):
         self._ws = websocket
+        self._session_id = session_id  # the shell joined: its recent output comes first
         self._kind: Kind = kind
         self._size = size
         self.may_type = may_type
@@ -62,7 +77,7 @@ class ParticipantTerminalRelay:
 
     async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
         self._chan = chan
-        console_left, error = await first_to_end(self._from_browser(chan), self._to_browser())
+        console_left, error = await first_to_end(self._from_browser(chan), self._catch_up())
         self.stop()
         return outcome_of("participant terminal", console_left, error, self._why_channel_ended)
 
@@ -73,6 +88,13 @@ class ParticipantTerminalRelay:
         if self._side.agent_lost:
             return Outcome("agent_lost")
         return Outcome("user")  # the agent closed it: the user removed them, or the shell ended
+
+    async def _catch_up(self) -> None:
+        """What the shell printed before this participant joined, then the live output."""
+        earlier = tail_of(self._session_id) if self._session_id else b""
+        for start in range(0, len(earlier), MAX_FRAME):
+            await self._ws.send_bytes(earlier[start : start + MAX_FRAME])
+        await self._to_browser()
 
     async def _to_browser(self) -> None:
         while (payload := await self._side.take(MAX_FRAME)) is not None:

@@ -128,11 +128,20 @@ class _Client(Enum):
 class ClientFilter:
     """Technician → PC bytes in, what may reach the PC out."""
 
-    def __init__(self, *, view_only: bool) -> None:
+    def __init__(self, *, view_only: bool, keep_inputs: bool = False) -> None:
         self.view_only = view_only
         self.dropped = 0
         self._state = _Client.VERSION
         self._buf = bytearray()
+        # The input messages let through, kept for ``take_inputs`` (an invitee's
+        # relay records their input alone, not their viewer's handshake or requests).
+        self._keep_inputs = keep_inputs
+        self._inputs: list[bytes] = []
+
+    def take_inputs(self) -> bytes:
+        """The input messages (keys, pointer, clipboard, ...) let through since the last call."""
+        taken, self._inputs = b"".join(self._inputs), []
+        return taken
 
     @property
     def ready(self) -> bool:
@@ -197,6 +206,8 @@ class ClientFilter:
             return b""
         if kind == SET_ENCODINGS:
             return self._encodings(message)
+        if self._keep_inputs and kind in INPUT:
+            self._inputs.append(bytes(message))
         return message
 
     def _encodings(self, message: memoryview) -> bytes:

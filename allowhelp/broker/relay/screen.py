@@ -15,8 +15,10 @@ A screen that says nothing at all within ``HANDSHAKE_TIMEOUT`` fails too.
 Every byte each way is recorded (``audit/rfb_recording.py``): what the PC
 sends as the technician gets it, what the technician sends as the PC gets it,
 with ``sender`` (the technician's user name) as who sent it; an invitee in
-control mode adds their input to the owner's recording under their own name
-(``input_only``). Recording costs
+control mode adds their input messages (keys, pointer, clipboard: not their
+viewer's handshake or update requests) to the session's one recording under
+their own name (``input_only``), whether or not the owner's viewer is
+connected (``console/api/recorders.py``). Recording costs
 the hot path a frame head per chunk; the relay waits only when the recording's
 writer falls far behind or a stopped recording is being audited.
 """
@@ -79,7 +81,7 @@ class ScreenRelay:
         self._input_only = input_only
         self._view_only = view_only
         self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="screen sharer")
-        self._client = ClientFilter(view_only=view_only)
+        self._client = ClientFilter(view_only=view_only, keep_inputs=input_only)
         self._server = ServerChecker()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         owned = recorder is not None and not input_only
@@ -144,12 +146,12 @@ class ScreenRelay:
                 await self._record(payload, from_pc=True)
                 await self._ws.send_bytes(payload)
 
-    async def _record(self, data: bytes, *, from_pc: bool) -> None:
+    async def _record(self, data: bytes, *, from_pc: bool = False) -> None:
         """Hand bytes to the recording (the PC's, or this technician's with their
         name); wait only when it asks to (its writer far behind, or its stop not
         yet on the audit record)."""
         recorder = self._recorder
-        if recorder is None or (from_pc and self._input_only):
+        if recorder is None or not data or (from_pc and self._input_only):
             return
         if from_pc:
             recorder.server(data)
@@ -178,7 +180,7 @@ class ScreenRelay:
             except RfbError as exc:
                 raise ConsoleBroke(f"the console broke RFB: {exc}") from exc
             if forward:
-                await self._record(forward, from_pc=False)
+                await self._record(self._client.take_inputs() if self._input_only else forward)
                 await self._side.writable.wait()
                 try:
                     chan.write(forward)

@@ -27,6 +27,7 @@ from allowhelp.broker.relay.outcome import (
     first_to_end,
     outcome_of,
 )
+from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
 from allowhelp.protocol.control import Kind, ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class TerminalRelay:
         recorder: AsciicastRecorder,
         size: tuple[int, int],
         kind: Kind = "shell",
+        *,
+        session_id: str = "",
     ):
         self._kind: Kind = kind  # "shell" or "admin-shell": the same bytes, its own channel
         self._ws = websocket
@@ -64,6 +67,11 @@ class TerminalRelay:
         self.counters = Counters(recording=recorder.path.name)
         self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="shell")
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        # The shell's recent output, for whoever joins it later (#18: relay/scrollback.py).
+        self._session_id = session_id
+        self._tail = keep_tail(session_id) if session_id else None
+        if self._tail is not None:
+            self._side.tap = self._tail.add
 
     @property
     def channel(self) -> ChannelSpec:
@@ -146,5 +154,7 @@ class TerminalRelay:
         awaits the writer and gives the digest of what is on disk."""
         if self._chan is not None:
             self._chan.close()
+        if self._tail is not None:
+            drop_tail(self._session_id, self._tail)
         self.counters.recording_sha256 = self._recorder.close()
         return self.counters.traffic()

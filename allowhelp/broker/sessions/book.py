@@ -40,6 +40,9 @@ Stopper = Callable[[], Traffic]
 # and who hears of a session that is over (the report for the ticket system).
 EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
 FinalListener = Callable[[Session], None]
+# Who else stops access when a session ends, before its end record (its invitees,
+# #18); what they return joins the record's traffic (a recording they opened).
+EndingHook = Callable[[str], Awaitable[Traffic]]
 # Whether this process may write the end record it owes for a session it stopped while
 # the log was away: False when another broker node has ended it meanwhile
 # (``node/cluster.py``); ``AuditUnavailable`` when that cannot be known yet.
@@ -67,6 +70,7 @@ class SessionBook:
         self._tasks: set[asyncio.Task[object]] = set()
         self._end_details: list[EndDetails] = []
         self._final_listeners: list[FinalListener] = []
+        self._ending_hooks: list[EndingHook] = []
         self._late_end_guard: LateEndGuard | None = None
 
     # lookups
@@ -76,6 +80,10 @@ class SessionBook:
 
     def on_final(self, listener: FinalListener) -> None:
         self._final_listeners.append(listener)
+
+    def before_end(self, hook: EndingHook) -> None:
+        """Call ``hook`` when a session ends, after its relays stop, before its record."""
+        self._ending_hooks.append(hook)
 
     def guard_late_ends(self, guard: LateEndGuard) -> None:
         """Ask ``guard`` before writing an owed end record (several nodes, one chain)."""
@@ -253,6 +261,7 @@ class SessionBook:
                 traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
                     session_id
                 )
+                traffic += await self._stop_others(session_id)
                 # the recording complete on disk before its end record
                 traffic, sealed = await sealed_traffic(traffic)
                 details = {**(details or {}), **sealed, **await self._more_end_details(session_id)}
@@ -311,6 +320,16 @@ class SessionBook:
     def _stop_relays(self, session_id: str) -> Traffic:
         """Stop what relays the session (access ends before its record is written)."""
         return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
+
+    async def _stop_others(self, session_id: str) -> Traffic:
+        """The ending hooks' part: their access stops before the end record too."""
+        traffic = Traffic()
+        for hook in self._ending_hooks:
+            try:
+                traffic += await hook(session_id)
+            except Exception:  # a hook's failure must not hold an end up
+                log.exception("session=%s: stopping what else it serves failed", session_id)
+        return traffic
 
     def _finished(self, session: Session) -> None:
         for listener in self._final_listeners:

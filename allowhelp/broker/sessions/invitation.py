@@ -4,19 +4,20 @@ the asking, answering and attaching."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from allowhelp.broker.model.session import Session
+from allowhelp.broker.model.session import Session, Traffic
 
 
 class InviteState(StrEnum):
     ASKED = "asked"
     ALLOWED = "allowed"
     JOINED = "joined"
-    LEFT = "left"
+    LEFT = "left"  # may attach again while the invitation stands
     DENIED = "denied"
     EXPIRED = "expired"
     REVOKED = "revoked"
@@ -24,7 +25,10 @@ class InviteState(StrEnum):
     ENDED = "ended"  # with its session
 
 
-LIVE = frozenset({InviteState.ASKED, InviteState.ALLOWED, InviteState.JOINED})
+LIVE = frozenset({InviteState.ASKED, InviteState.ALLOWED, InviteState.JOINED, InviteState.LEFT})
+# Allowed by the PC user and still standing: the invitee may attach (again; a new
+# connection while joined replaces the one before: a reloaded page, a dropped network).
+ATTACHABLE = frozenset({InviteState.ALLOWED, InviteState.JOINED, InviteState.LEFT})
 
 
 @dataclass
@@ -39,7 +43,12 @@ class Invitation:
     invited_by: str
     state: InviteState = InviteState.ASKED
     created: float = field(default_factory=time.time)
-    stop: Callable[[], object] | None = None  # the attached relay's
+    stop: Callable[[], Traffic] | None = None  # the attached relay's
+    connections: int = 0  # how many times the invitee attached: the latest's number
+
+    @property
+    def attachable(self) -> bool:
+        return self.state in ATTACHABLE
 
     @property
     def live(self) -> bool:
@@ -67,7 +76,24 @@ class Invitation:
             "invited_by": self.invited_by,
             "state": self.state.value,
             "created": self.created,
+            "connections": self.connections,
         }
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One attach of an invitee: which one, when it is over, and the one it replaces."""
+
+    invitation: Invitation
+    number: int
+    over: asyncio.Event
+    replaces: asyncio.Event | None = None  # set once the connection before it has stopped
+
+    @property
+    def current(self) -> bool:
+        """Not replaced by a newer connection, nor ended."""
+        invitation = self.invitation
+        return invitation.connections == self.number and invitation.state is InviteState.JOINED
 
 
 def invitee_view(session: Session, invitation: Invitation) -> dict[str, object]:

@@ -5,8 +5,10 @@ The session's technician (the owner) invites someone by login, to ``observe``
 that person by name, with a verification phrase of its own, through the same
 consent path as any request: a ``consent.request`` whose ``session_id`` is the
 invitation's id and whose ``joins`` names the session. Until the user allows
-it, the invitee cannot attach; once they have, they attach once (one grant,
-one channel). The owner can revoke an invitation, the PC user can remove the
+it, the invitee cannot attach; once they have, they may attach, and attach
+again after a reloaded page or a dropped network, while the invitation stands
+(one connection at a time: a new one replaces the one before; each is a
+join on the record). The owner can revoke an invitation, the PC user can remove the
 person (``session.end`` for the invitation's id), and every invitation ends
 with its session. Everything is audited (AH17xx) with who and how; the
 invitation lives in memory only, like the attach it allows.
@@ -17,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 
 from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.recording import open_recording
+from allowhelp.broker.audit.rfb_format import SUFFIX
+from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.errors import (
     AgentUnreachable,
     AuditUnavailable,
@@ -31,10 +36,11 @@ from allowhelp.broker.errors import (
     TunnelError,
 )
 from allowhelp.broker.model.phrase import verification_phrase
-from allowhelp.broker.model.session import Session, State, new_session_id, user_actor
+from allowhelp.broker.model.session import Session, State, Traffic, new_session_id, user_actor
 from allowhelp.broker.relay.outcome import Outcome, Relay
 from allowhelp.broker.sessions.events import EventHub
-from allowhelp.broker.sessions.invitation import Invitation, InviteState, invitee_view
+from allowhelp.broker.sessions.invitation import Connection, Invitation, InviteState
+from allowhelp.broker.sessions.invite_book import InviteBook
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -44,7 +50,6 @@ from allowhelp.protocol.control import (
     TERMINAL_KINDS,
     ConsentDecision,
     ConsentRequest,
-    EndReason,
     Kind,
     SessionEnd,
 )
@@ -52,11 +57,10 @@ from allowhelp.protocol.control import (
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 20.0
-KEEP_ENDED = 1000  # invitations of ended sessions kept for their invitees' pages
 JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
 
 
-class InviteDesk:
+class InviteDesk(InviteBook):
     def __init__(
         self,
         sessions: SessionRegistry,
@@ -67,44 +71,16 @@ class InviteDesk:
         organisation: str,
         consent_timeout: float,
     ) -> None:
-        self._sessions = sessions
-        self._audit = audit
-        self._db = db
-        self._events = events
-        self._organisation = organisation
-        self._timeout = consent_timeout
-        self._all: dict[str, Invitation] = {}  # by invitation id, while its session lives
-        self._ended: dict[str, Invitation] = {}  # the latest of ended sessions, bounded
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__(
+            sessions,
+            audit,
+            db,
+            events,
+            organisation=organisation,
+            consent_timeout=consent_timeout,
+        )
+        sessions.before_end(self._before_end)
         sessions.on_final(self._session_over)
-
-    # lookups
-
-    def of_session(self, session_id: str) -> list[Invitation]:
-        return [i for i in self._all.values() if i.session_id == session_id]
-
-    def live_for(self, session_id: str, username: str) -> Invitation | None:
-        for invitation in self.of_session(session_id):
-            if invitation.username == username and invitation.live:
-                return invitation
-        return None
-
-    def seen_by(self, session_id: str, username: str) -> Invitation | None:
-        """``username``'s latest invitation into a session (live, or ended lately),
-        whatever its state."""
-        every = [*self._all.values(), *self._ended.values()]
-        mine = [i for i in every if i.session_id == session_id and i.username == username]
-        return max(mine, key=lambda i: i.created) if mine else None
-
-    def sessions_for(self, username: str) -> list[tuple[Session, Invitation]]:
-        """The live sessions ``username`` is invited into, with the invitation."""
-        found = []
-        for invitation in self._all.values():
-            session = self._sessions.live(invitation.session_id)
-            if invitation.username == username and invitation.live and session is not None:
-                found.append((session, invitation))
-        return found
 
     # the owner's side
 
@@ -244,49 +220,81 @@ class InviteDesk:
             await self._write("invite.expired", "system", invitation)
             self._publish_by_id(invitation)
 
+    async def _before_end(self, session_id: str) -> Traffic:
+        """The session is ending: every invitation ends first, a joined invitee's
+        connection stops and their leaving is on the record before the session's
+        end record (as the owner's relay stops before it)."""
+        for invitation in self.of_session(session_id):
+            if not invitation.live:
+                continue
+            was_joined = invitation.state is InviteState.JOINED
+            traffic = self._stop(invitation, InviteState.ENDED)
+            if was_joined:
+                with contextlib.suppress(AuditUnavailable):  # said by the writer
+                    await self._write(
+                        "participant.left",
+                        "system",
+                        invitation,
+                        how="session_ended",
+                        was_connected=True,
+                        bytes_to_agent=traffic.to_agent,
+                        bytes_from_agent=traffic.from_agent,
+                    )
+        return self._seal_screen_recording(session_id)
+
+    @staticmethod
+    def _seal_screen_recording(session_id: str) -> Traffic:
+        """A screen session's one recording, for its end record, sealed now if a
+        control invitee opened it and the owner's viewer never closed it."""
+        recorder = open_recording(f"{session_id}{SUFFIX}")
+        if not isinstance(recorder, RfbRecorder):
+            return Traffic()
+        return Traffic(recording=recorder.name, recording_sha256=recorder.close())
+
     def _session_over(self, session: Session) -> None:
         for invitation in self.of_session(session.id):
             self._publish(session, invitation)  # the invitee's page shows the end
-            if invitation.live:  # a joined one's leaving is on the record
+            if invitation.live:  # missed by ``_before_end`` (an end another node wrote)
                 event = "participant.left" if invitation.state is InviteState.JOINED else ""
                 self._spawn(self._finish(invitation, InviteState.ENDED, event, "system"))
             else:
                 self._retire(invitation)
-
-    def _retire(self, invitation: Invitation) -> None:
-        self._all.pop(invitation.id, None)
-        self._ended[invitation.id] = invitation
-        while len(self._ended) > KEEP_ENDED:  # the oldest go first
-            del self._ended[next(iter(self._ended))]
 
     async def _finish(
         self, invitation: Invitation, state: InviteState, event: str, actor: str
     ) -> None:
         """Access stops first (the relay, the PC told), then the record."""
         was_joined = invitation.state is InviteState.JOINED
-        invitation.state = state
-        self._cancel_timer(invitation.id)
-        if invitation.stop is not None:
-            invitation.stop()
-        if state is InviteState.REVOKED:
-            self._tell_agent(invitation, "technician")
-        elif state is not InviteState.REMOVED:
-            self._tell_agent(invitation, "expired")
+        self._stop(invitation, state)
         if state is InviteState.ENDED:
             self._retire(invitation)
         if event:
             await self._write(event, actor, invitation, was_connected=was_joined)
         self._publish_by_id(invitation)
 
+    def _stop(self, invitation: Invitation, state: InviteState) -> Traffic:
+        """Access stops: the invitation's new state, its relay, the PC told."""
+        invitation.state = state
+        self._cancel_timer(invitation.id)
+        traffic = invitation.stop() if invitation.stop is not None else Traffic()
+        if state is InviteState.REVOKED:
+            self._tell_agent(invitation, "technician")
+        elif state is not InviteState.REMOVED:
+            self._tell_agent(invitation, "expired")
+        return traffic
+
     # the invitee's side: attaching
 
     def claim(
         self, session_id: str, username: str, kind: Kind, make: Callable[[Invitation], Relay]
-    ) -> tuple[Invitation, AgentLink, Relay]:
-        """Like ``attach.claim`` for an invitee: synchronous, registered at once."""
+    ) -> tuple[Connection, AgentLink, Relay]:
+        """Like ``attach.claim`` for an invitee: synchronous, registered at once. A
+        connection while one is open replaces it (a reloaded page, a dropped
+        network): the one before is stopped, and the new one's channel opens once
+        it has gone (``run``)."""
         session = self._sessions.live(session_id)
         invitation = self.live_for(session_id, username)
-        if session is None or invitation is None or invitation.state is not InviteState.ALLOWED:
+        if session is None or invitation is None or not invitation.attachable:
             raise Forbidden("not your session, or the PC user has not allowed you (yet)")
         same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
         if not same or session.state is not State.ACTIVE or self._sessions.ending(session_id):
@@ -295,10 +303,16 @@ class InviteDesk:
         if link is None:
             raise AgentUnreachable("the machine is offline")
         relay = make(invitation)
+        before = self._overs.get(invitation.id)
+        if invitation.state is InviteState.JOINED and invitation.stop is not None:
+            invitation.stop()  # the connection before: its channel closes, its run ends
+        invitation.connections += 1
+        joined = Connection(invitation, invitation.connections, asyncio.Event(), before)
+        self._overs[invitation.id] = joined.over
         invitation.state = InviteState.JOINED
         invitation.stop = relay.stop
         self._publish(session, invitation)
-        return invitation, link, relay
+        return joined, link, relay
 
     async def refused(self, session_id: str, username: str, why: BrokerError) -> None:
         """A technician who is neither the owner nor an allowed invitee knocked."""
@@ -309,23 +323,35 @@ class InviteDesk:
             details={"session": session_id, "error": why.message},
         )
 
-    async def run(self, invitation: Invitation, link: AgentLink, relay: Relay) -> Outcome:
-        """Run an invitee's relay to its end; their leaving never ends the session."""
-        spec = relay.channel
+    async def run(self, joined: Connection, link: AgentLink, relay: Relay) -> Outcome:
+        """Run an invitee's relay to its end; their leaving never ends the session,
+        nor their invitation (they may attach again while it stands)."""
+        invitation, spec = joined.invitation, relay.channel
         outcome = Outcome("error", BrokerError(f"the {spec.kind} relay stopped unexpectedly"))
+        on_record = False  # its join: a connection replaced before it is leaves no record
         try:
+            if joined.replaces is not None:  # the PC frees the grant when that channel closes
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(joined.replaces.wait(), OPEN_TIMEOUT)
+            if not joined.current:
+                raise Conflict("replaced by a newer connection, or the invitation ended")
             await self._write(
                 "participant.joined",
                 f"technician:{invitation.username}",
                 invitation,
+                connection=joined.number,
                 **relay.started_details(),
             )
+            on_record = True
             chan, _ = await asyncio.wait_for(
                 link.open_channel(
                     relay.factory, spec.kind, invitation.id, term=spec.term, window=spec.window
                 ),
                 OPEN_TIMEOUT,
             )
+            if not joined.current:  # stopped while its channel opened
+                chan.close()
+                raise Conflict("replaced by a newer connection, or the invitation ended")
             outcome = await relay.run(chan)
         except BrokerError as exc:
             outcome = Outcome("error", exc)
@@ -333,62 +359,36 @@ class InviteDesk:
             outcome = Outcome("error", AgentUnreachable("the PC did not open the channel in time"))
         finally:
             traffic = relay.stop()
-            if invitation.state is InviteState.JOINED:  # they left (nobody ended it)
-                invitation.state = InviteState.LEFT
-                self._tell_agent(invitation, "technician")
-                with contextlib.suppress(AuditUnavailable):  # said by the writer
-                    await self._write(
-                        "participant.left",
-                        f"technician:{invitation.username}",
-                        invitation,
-                        how=outcome.reason,
-                        bytes_to_agent=traffic.to_agent,
-                        bytes_from_agent=traffic.from_agent,
-                    )
-                self._publish_by_id(invitation)
+            await self._left(joined, outcome, traffic, on_record=on_record)
         return outcome
 
-    # plumbing
-
-    async def _write(self, event: str, actor: str, invitation: Invitation, **more: object) -> None:
-        await self._audit.write(
-            event,
-            actor=actor,
-            target=invitation.session_id,
-            details={**invitation.summary(), **more},
-        )
-
-    def _tell_agent(self, invitation: Invitation, reason: EndReason) -> None:
-        link = self._sessions.agent_link(invitation.agent_id)
-        if link is None:
-            return
+    async def _left(
+        self, joined: Connection, outcome: Outcome, traffic: Traffic, *, on_record: bool
+    ) -> None:
+        """A connection is over: on the record unless something that ended the
+        invitation recorded it (revoked, removed, the session ended)."""
+        invitation = joined.invitation
         try:
-            link.send(SessionEnd(session_id=invitation.id, reason=reason))
-        except TunnelError as exc:
-            log.warning("invitation=%s could not be told to the PC: %s", invitation.id, exc)
-
-    def _cancel_timer(self, invitation_id: str) -> None:
-        timer = self._timers.pop(invitation_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _publish_by_id(self, invitation: Invitation) -> None:
-        session = self._sessions.live(invitation.session_id)
-        if session is not None:
-            self._publish(session, invitation)
-
-    def _publish(self, session: Session, invitation: Invitation) -> None:
-        """The owner sees the invitation change; the invitee sees the session."""
-        self._events.publish(
-            {"type": "invitation", "invitation": invitation.to_json()},
-            audience=f"user:{session.technician}",
-        )
-        self._events.publish(
-            {"type": "session", "session": invitee_view(session, invitation)},
-            audience=f"user:{invitation.username}",
-        )
-
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            if invitation.state is not InviteState.JOINED:
+                return
+            replaced = not joined.current
+            if not replaced:  # they left (nobody ended it): they may come back
+                invitation.state = InviteState.LEFT
+            if not on_record:  # its join was never written (the audit failed, or replaced)
+                self._publish_by_id(invitation)
+                return
+            with contextlib.suppress(AuditUnavailable):  # said by the writer
+                await self._write(
+                    "participant.left",
+                    f"technician:{invitation.username}",
+                    invitation,
+                    connection=joined.number,
+                    how="replaced" if replaced else outcome.reason,
+                    bytes_to_agent=traffic.to_agent,
+                    bytes_from_agent=traffic.from_agent,
+                )
+            self._publish_by_id(invitation)
+        finally:
+            joined.over.set()
+            if self._overs.get(invitation.id) is joined.over:
+                del self._overs[invitation.id]

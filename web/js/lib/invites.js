@@ -22,7 +22,7 @@ import { t } from "./i18n.js";
 
 /** @typedef {import("./session-states.js").Session & {invitation?: Invitation}} SessionSeen */
 
-const LIVE = ["asked", "allowed", "joined"];
+const LIVE = ["asked", "allowed", "joined", "left"]; // "left": they may come back
 
 /**
  * Whether this page may open the session's terminal or screen now. For an
@@ -33,7 +33,8 @@ export function mayJoin(session) {
   const invitation = session.invitation;
   if (!invitation) return true;
   $("end", HTMLButtonElement).hidden = true; // an invitee leaves by closing the page
-  if (invitation.state === "allowed" || invitation.state === "joined") return true;
+  // "joined" or "left": a reloaded page, a dropped network: the invitation still stands
+  if (["allowed", "joined", "left"].includes(invitation.state)) return true;
   $("notice").hidden = false;
   $("phrase").textContent = plain(invitation.phrase, 100);
   $("phrase-line").hidden = invitation.state !== "asked";

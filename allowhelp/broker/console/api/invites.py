@@ -18,12 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.websockets import WebSocket
 
-from allowhelp.broker.audit.recording import open_recording
-from allowhelp.broker.audit.rfb_format import SUFFIX
-from allowhelp.broker.audit.rfb_recording import RfbRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.api.node_routes import or_elsewhere
+from allowhelp.broker.console.api.recorders import screen_recorder
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import AuditUnavailable, BrokerError, NotFound
 from allowhelp.broker.relay.outcome import Relay
@@ -72,21 +70,29 @@ async def revoke(request: Request) -> Response:
 
 
 def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
+    svc = services(websocket)
+    session = svc.sessions.live(invitation.session_id)
     if kind == "screen":
-        if invitation.mode != "control":
+        if invitation.mode != "control" or session is None:
             return ScreenRelay(websocket, view_only=True)
-        # Their input goes into the session's recording under their name; the PC's
-        # stream is recorded once, by the owner's relay.
-        shared = open_recording(f"{invitation.session_id}{SUFFIX}")
-        recorder = shared if isinstance(shared, RfbRecorder) else None
+        # Their input goes into the session's one recording under their name, whether
+        # or not the owner's viewer is connected (the first to attach opens it);
+        # the PC's stream is the owner's relay's to record.
         return ScreenRelay(
-            websocket, recorder, view_only=False, sender=invitation.username, input_only=True
+            websocket,
+            screen_recorder(svc, session),
+            view_only=False,
+            sender=invitation.username,
+            input_only=True,
         )
     cols, rows = _number(websocket, "cols", 80), _number(websocket, "rows", 24)
-    session = services(websocket).sessions.live(invitation.session_id)
     shell: Kind = session.kind if session is not None else "shell"
     return ParticipantTerminalRelay(
-        websocket, shell, terminal_size(cols, rows), may_type=invitation.mode == "control"
+        websocket,
+        shell,
+        terminal_size(cols, rows),
+        may_type=invitation.mode == "control",
+        session_id=invitation.session_id,
     )
 
 
@@ -100,7 +106,7 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
     and that is audited."""
     session_id = websocket.path_params["session_id"]
     try:
-        invitation, link, relay = svc.invites.claim(
+        joined, link, relay = svc.invites.claim(
             session_id, username, kind, lambda found: _relay(websocket, kind, found)
         )
     except BrokerError as exc:
@@ -110,7 +116,7 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
         return
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    outcome = await svc.invites.run(invitation, link, relay)
+    outcome = await svc.invites.run(joined, link, relay)
     if outcome.failure is not None:
         await close_quietly(websocket, close_code_of(outcome.failure), outcome.failure.message)
     else:

@@ -21,18 +21,12 @@ from collections.abc import Callable
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from allowhelp.broker.audit.recording import (
-    AsciicastRecorder,
-    RecordingLimits,
-    StopHook,
-    Stopped,
-)
-from allowhelp.broker.audit.rfb_format import FORMAT, SUFFIX
-from allowhelp.broker.audit.rfb_recording import RfbRecorder
+from allowhelp.broker.audit.recording import AsciicastRecorder
 from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
 from allowhelp.broker.console.api.base import services, websocket_principal
 from allowhelp.broker.console.api.invites import attach_invitee
 from allowhelp.broker.console.api.node_routes import attach_elsewhere
+from allowhelp.broker.console.api.recorders import recording_limits, screen_recorder, stop_auditor
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BrokerError, RelayError
 from allowhelp.broker.model.session import Session
@@ -54,25 +48,6 @@ def _number(value: str | None, default: int) -> int:
         return default
 
 
-def _stop_auditor(svc: Services, session: Session, recording: str) -> StopHook:
-    async def audit_stop(stopped: Stopped) -> None:
-        # The session goes on unrecorded (the relay shows nothing more until this
-        # is committed); the end record says the recording is truncated.
-        await svc.audit.write(
-            "recording.stopped",
-            actor="system",
-            target=session.id,
-            details={**session.summary(), "recording": recording, **stopped.details()},
-        )
-
-    return audit_stop
-
-
-def _limits(svc: Services) -> RecordingLimits:
-    settings = svc.settings
-    return RecordingLimits(settings.recording_max, settings.recordings_min_free, settings.data_dir)
-
-
 def _terminal_relay(websocket: WebSocket, svc: Services, session: Session) -> Relay:
     cols = _number(websocket.query_params.get("cols"), 80)
     rows = _number(websocket.query_params.get("rows"), 24)
@@ -83,33 +58,16 @@ def _terminal_relay(websocket: WebSocket, svc: Services, session: Session) -> Re
             session.id,
             *size,
             title=f"{session.hostname} — {session.technician}",
-            limits=_limits(svc),
-            on_stop=_stop_auditor(svc, session, f"{session.id}.cast"),
+            limits=recording_limits(svc),
+            on_stop=stop_auditor(svc, session, f"{session.id}.cast"),
         )
     except OSError as exc:  # no shell that cannot be recorded at all
         raise RelayError(f"the shell cannot be recorded: {exc.strerror or exc}") from exc
-    return TerminalRelay(websocket, recorder, size, session.kind)
+    return TerminalRelay(websocket, recorder, size, session.kind, session_id=session.id)
 
 
 def _screen_relay(websocket: WebSocket, svc: Services, session: Session) -> Relay:
-    meta: dict[str, object] = {
-        "format": FORMAT,
-        "session": session.id,
-        "hostname": session.hostname,
-        "technician": session.technician,
-        "view_only": session.view_only,
-        "rfb": "003.008",
-    }
-    try:
-        recorder = RfbRecorder(
-            svc.settings.recordings_dir,
-            session.id,
-            meta,
-            limits=_limits(svc),
-            on_stop=_stop_auditor(svc, session, f"{session.id}{SUFFIX}"),
-        )
-    except OSError as exc:  # no screen that cannot be recorded at all
-        raise RelayError(f"the screen cannot be recorded: {exc.strerror or exc}") from exc
+    recorder = screen_recorder(svc, session)  # a control invitee may have opened it (#18)
     return ScreenRelay(websocket, recorder, view_only=session.view_only, sender=session.technician)
 
 

@@ -1,0 +1,86 @@
+"""The recent output of a running shell, kept by the broker for whoever joins it later (#18).
+
+An invitee's channel gets the shell's output from the moment it joins the
+owner's room on the PC (``agent/participants.py``); what was printed before
+would be lost to them. The owner's relay therefore keeps a bounded tail of
+everything the shell sent (``TAIL_BYTES``, counted as it arrives from the
+agent, before the owner's page has even read it), and an invitee's relay sends
+that tail first, so their terminal starts where the owner's is.
+
+What the tail is: the last ``TAIL_BYTES`` of output, and nothing from before
+the last full clear (``clear``, ``reset``, ``ESC [2J``): what came before it is
+off the owner's screen as well. A tail cut by the size limit starts after its
+first line break, so it never begins inside an escape sequence or a character.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+TAIL_BYTES = 64 * 1024
+# Full clears: xterm's "reset" (RIS), "erase display" and "erase saved lines".
+CLEARS = (b"\x1bc", b"\x1b[2J", b"\x1b[3J")
+
+
+class Scrollback:
+    """The last ``limit`` bytes of a shell's output since its last full clear.
+
+    ``add`` is on the shell's hot path, so it only keeps the last ``limit``
+    bytes; the clear is looked for in them when someone joins (``tail``): a
+    clear more than ``limit`` bytes back is cut off by the size anyway.
+    """
+
+    def __init__(self, limit: int = TAIL_BYTES) -> None:
+        self._limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._cut = False  # bytes were dropped from the front for the size limit
+
+    def add(self, data: bytes) -> None:
+        if len(data) >= self._limit:
+            self._chunks.clear()
+            self._size, self._cut = 0, True
+            data = data[-self._limit :]
+        self._chunks.append(data)
+        self._size += len(data)
+        while self._size > self._limit:
+            first = self._chunks.popleft()
+            over = self._size - self._limit
+            if over < len(first):
+                self._chunks.appendleft(first[over:])
+                self._size -= over
+            else:
+                self._size -= len(first)
+            self._cut = True
+
+    def tail(self) -> bytes:
+        data = b"".join(self._chunks)
+        clear = max(data.rfind(mark) for mark in CLEARS)
+        if clear >= 0:  # the screen started again there
+            return data[clear:]
+        if self._cut:
+            newline = data.find(b"\n")
+            data = data[newline + 1 :] if newline >= 0 else data
+        return data
+
+
+# The tails of the shells whose owner's relay runs in this process, by session id.
+_tails: dict[str, Scrollback] = {}
+
+
+def keep_tail(session_id: str) -> Scrollback:
+    """A new tail for ``session_id``'s shell, found by ``tail_of`` until dropped."""
+    tail = _tails[session_id] = Scrollback()
+    return tail
+
+
+def drop_tail(session_id: str, tail: Scrollback) -> None:
+    if _tails.get(session_id) is tail:
+        del _tails[session_id]
+
+
+def tail_of(session_id: str) -> bytes:
+    """The recent output of ``session_id``'s shell (nothing if its owner's relay
+    is not running here)."""
+    tail = _tails.get(session_id)
+    return b"" if tail is None else tail.tail()

@@ -1,0 +1,129 @@
+"""The invitations of this process's sessions (#18): kept, looked up, told about.
+
+``InviteBook`` holds the invitations in memory (live ones by id while their
+session lives, the latest of ended sessions for their invitees' pages), and
+what every step of ``invites.py`` uses: the audit record with who and how,
+telling the PC, publishing to the owner's and the invitee's pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import TunnelError
+from allowhelp.broker.model.session import Session
+from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.invitation import Invitation, invitee_view
+from allowhelp.broker.sessions.registry import SessionRegistry
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.protocol.control import EndReason, SessionEnd
+
+log = logging.getLogger(__name__)
+
+KEEP_ENDED = 1000  # invitations of ended sessions kept for their invitees' pages
+
+
+class InviteBook:
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        audit: AuditLog,
+        db: StoreWorker,
+        events: EventHub,
+        *,
+        organisation: str,
+        consent_timeout: float,
+    ) -> None:
+        self._sessions = sessions
+        self._audit = audit
+        self._db = db
+        self._events = events
+        self._organisation = organisation
+        self._timeout = consent_timeout
+        self._all: dict[str, Invitation] = {}  # by invitation id, while its session lives
+        self._ended: dict[str, Invitation] = {}  # the latest of ended sessions, bounded
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # the latest connection of each invitation: set once it is over (``Connection.over``)
+        self._overs: dict[str, asyncio.Event] = {}
+
+    # lookups
+
+    def of_session(self, session_id: str) -> list[Invitation]:
+        return [i for i in self._all.values() if i.session_id == session_id]
+
+    def live_for(self, session_id: str, username: str) -> Invitation | None:
+        for invitation in self.of_session(session_id):
+            if invitation.username == username and invitation.live:
+                return invitation
+        return None
+
+    def seen_by(self, session_id: str, username: str) -> Invitation | None:
+        """``username``'s latest invitation into a session (live, or ended lately),
+        whatever its state."""
+        every = [*self._all.values(), *self._ended.values()]
+        mine = [i for i in every if i.session_id == session_id and i.username == username]
+        return max(mine, key=lambda i: i.created) if mine else None
+
+    def sessions_for(self, username: str) -> list[tuple[Session, Invitation]]:
+        """The live sessions ``username`` is invited into, with the invitation."""
+        found = []
+        for invitation in self._all.values():
+            session = self._sessions.live(invitation.session_id)
+            if invitation.username == username and invitation.live and session is not None:
+                found.append((session, invitation))
+        return found
+
+    def _retire(self, invitation: Invitation) -> None:
+        self._all.pop(invitation.id, None)
+        self._ended[invitation.id] = invitation
+        while len(self._ended) > KEEP_ENDED:  # the oldest go first
+            del self._ended[next(iter(self._ended))]
+
+    # plumbing
+
+    async def _write(self, event: str, actor: str, invitation: Invitation, **more: object) -> None:
+        await self._audit.write(
+            event,
+            actor=actor,
+            target=invitation.session_id,
+            details={**invitation.summary(), **more},
+        )
+
+    def _tell_agent(self, invitation: Invitation, reason: EndReason) -> None:
+        link = self._sessions.agent_link(invitation.agent_id)
+        if link is None:
+            return
+        try:
+            link.send(SessionEnd(session_id=invitation.id, reason=reason))
+        except TunnelError as exc:
+            log.warning("invitation=%s could not be told to the PC: %s", invitation.id, exc)
+
+    def _cancel_timer(self, invitation_id: str) -> None:
+        timer = self._timers.pop(invitation_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _publish_by_id(self, invitation: Invitation) -> None:
+        session = self._sessions.live(invitation.session_id)
+        if session is not None:
+            self._publish(session, invitation)
+
+    def _publish(self, session: Session, invitation: Invitation) -> None:
+        """The owner sees the invitation change; the invitee sees the session."""
+        self._events.publish(
+            {"type": "invitation", "invitation": invitation.to_json()},
+            audience=f"user:{session.technician}",
+        )
+        self._events.publish(
+            {"type": "session", "session": invitee_view(session, invitation)},
+            audience=f"user:{invitation.username}",
+        )
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
