@@ -12,10 +12,10 @@ engine: RFB on its stdin/stdout, nothing listening on TCP. It:
    wayvnc per output on its own UNIX socket there (``wayvnc.wayvnc_argv``:
    ``--config=/dev/null``, ``--output=NAME``, ``--render-cursor``, and
    ``--disable-input`` unless ``--control``), in this process's group;
-3. reads each as a viewer (``rfbupstream.py``, Raw, BGRx, one thread each) into
-   a pipe of whole frames, and serves the technician one picture
-   (``rfbserver.py``) with each output at its place in sway's layout
-   (``castlayout.py``; sizes as wayvnc serves them);
+3. reads each as a viewer (``rfbupstream.py``, Raw, BGRx, one thread each)
+   straight into its place in one picture (``rfbcanvas.py``; sway's layout,
+   ``castlayout.py``, sizes as wayvnc serves them), and serves the technician
+   that picture's changed rectangles (``rfbserver.py``);
 4. on ``--control``, sends the technician's pointer to the wayvnc of the output
    under it (at the point in that output) and keys to the first one (every
    wayvnc's virtual keyboard types into the same seat).
@@ -39,9 +39,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from allowhelp.agent.castlayout import Layout, LayoutError, Stream, layout
+from allowhelp.agent.castlayout import Layout, LayoutError, Stream, Tile, layout
 from allowhelp.agent.monitors import session_monitors
-from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
+from allowhelp.agent.rfbcanvas import Canvas
+from allowhelp.agent.rfbserver import RfbServer, StreamEnded
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
 from allowhelp.agent.wayvnc import KEEP_ENV, START_TIMEOUT, WAYVNC, runtime_folder, wayvnc_argv
 from allowhelp.protocol.monitors import Monitor
@@ -153,14 +154,12 @@ def picture_of(monitors: Sequence[Monitor], upstreams: Sequence[Upstream]) -> La
     )
 
 
-def _read_into(upstream: Upstream, out: int) -> None:
-    """A reader thread: the output's frames into ``out``; closing it tells the server."""
+def _read_into(upstream: Upstream, canvas: Canvas, tile: Tile) -> None:
+    """A reader thread: the output's rectangles into its place; its end ends the picture."""
     try:
-        upstream.run(out)
+        upstream.run(canvas, tile.x, tile.y, tile.node)
     except (UpstreamError, OSError) as exc:
-        print(f"an output's picture stopped: {exc}", file=sys.stderr)
-    finally:
-        os.close(out)
+        canvas.stop(f"an output's picture stopped: {exc}")
 
 
 def serve(viewer: socket.socket, env: Mapping[str, str], *, control: bool) -> None:
@@ -168,25 +167,25 @@ def serve(viewer: socket.socket, env: Mapping[str, str], *, control: bool) -> No
     if not monitors:
         raise EngineError("sway reported no outputs")
     outputs = Outputs(env, monitors, control=control)
-    pieces: list[Piece] = []
+    canvas: Canvas | None = None
     try:
         upstreams = outputs.connect()
         for upstream in upstreams:
             upstream.handshake()
         picture = picture_of(monitors, upstreams)
+        canvas = Canvas(picture.width, picture.height, len(picture.tiles))
         for tile in picture.tiles:
-            read_end, write_end = os.pipe()
-            pieces.append(Piece(read_end, tile.x, tile.y, tile.width, tile.height))
             reader = threading.Thread(
-                target=_read_into, args=(upstreams[tile.node], write_end), daemon=True
+                target=_read_into, args=(upstreams[tile.node], canvas, tile), daemon=True
             )
             reader.start()
         sink = RelayInput(upstreams, picture) if control else None
-        RfbServer(viewer, picture.width, picture.height, "allowhelp wayvnc", sink).serve(pieces)
+        name = "allowhelp wayvnc"
+        RfbServer(viewer, picture.width, picture.height, name, sink, canvas=canvas).serve()
     finally:
         outputs.close()
-        for piece in pieces:
-            os.close(piece.fd)
+        if canvas is not None:
+            canvas.close()
 
 
 def _stop(signum: int, frame: object) -> None:
