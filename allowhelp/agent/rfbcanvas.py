@@ -41,6 +41,7 @@ class Canvas:
         os.set_blocking(self.wake_fd, False)
         os.set_blocking(self._wake_write, False)
         self._woken = False
+        self._closed = False
         self.stopped = ""  # why a source stopped: the picture cannot go on
 
     def row(self, x: int, y: int, width: int) -> memoryview:
@@ -75,12 +76,12 @@ class Canvas:
         self._wake()
 
     def _wake(self) -> None:
-        with self._lock:
-            if self._woken:
+        with self._lock:  # held while writing: ``close`` cannot close the pipe under it
+            if self._woken or self._closed:
                 return
             self._woken = True
-        with contextlib.suppress(OSError):  # full (already woken), or closing
-            os.write(self._wake_write, b"\0")
+            with contextlib.suppress(OSError):  # full: already woken
+                os.write(self._wake_write, b"\0")
 
     def _add(self, rect: Rect) -> None:
         x, y, w, h = rect
@@ -120,9 +121,12 @@ class Canvas:
         return max(0.0, self._first_at + FIRST_PICTURE_WAIT - time.monotonic())
 
     def close(self) -> None:
-        for fd in (self.wake_fd, self._wake_write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """The wake-up pipe goes; a reader thread still ending wakes nothing after."""
+        with self._lock:
+            self._closed = True
+            for fd in (self.wake_fd, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def bounding(rects: Sequence[Rect]) -> Rect:

@@ -21,7 +21,7 @@ import pytest
 from allowhelp.agent.castlayout import LayoutError, Stream, Tile, layout, single
 from allowhelp.agent.monitors import parse_mutter_state
 from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
-from allowhelp.agent.rfbcanvas import Canvas
+from allowhelp.agent.rfbcanvas import MAX_RECTS, Canvas
 from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
 from allowhelp.agent.wayvncall import RelayInput
@@ -496,3 +496,38 @@ def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == "sway reported no outputs"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the one picture (rfbcanvas)
+
+
+def test_damage_is_kept_as_rectangles_then_as_the_one_holding_them() -> None:
+    canvas = Canvas(100, 100, sources=1)
+    try:
+        canvas.damaged((10, 10, 5, 5), 0)
+        canvas.damaged((11, 11, 2, 2), 0)  # inside the first: nothing more to send
+        canvas.damaged((50, 60, 4, 4), 0)
+        assert canvas.take() == [(10, 10, 5, 5), (50, 60, 4, 4)]
+        assert canvas.take() == []
+        for index in range(MAX_RECTS + 1):
+            canvas.damaged((index * 5, 2 * index, 1, 1), 0)
+        assert canvas.take() == [(0, 0, MAX_RECTS * 5 + 1, 2 * MAX_RECTS + 1)]
+    finally:
+        canvas.close()
+
+
+def test_a_reader_ending_after_the_picture_closed_writes_into_no_other_pipe() -> None:
+    """Reader threads end after the server (their sockets close under them): their
+    last report must not land in whatever reuses the wake-up pipe's numbers."""
+    canvas = Canvas(4, 4, sources=1)
+    canvas.close()
+    read_end, write_end = os.pipe()  # the lowest free numbers: the wake-up pipe's
+    try:
+        canvas.stop("an output's picture stopped")
+        canvas.damaged((0, 0, 1, 1), 0)
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
