@@ -35,7 +35,7 @@ import os
 import selectors
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -203,13 +203,7 @@ class RfbServer:
         self._viewer.sendall(head + struct.pack(">I", len(self._name)) + self._name)
 
     def _recv(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._viewer.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("the viewer left")
-            data += chunk
-        return bytes(data)
+        return receive(self._viewer, size, lambda: ConnectionError("the viewer left"))
 
     def _read_viewer(self) -> None:
         try:
@@ -340,3 +334,22 @@ def changed_rows(
         return None
     bottom = next(r + 1 for r in range(rows - 1, top - 1, -1) if differs(r))
     return top, bottom
+
+
+def receive_into(sock: socket.socket, view: memoryview, closed: Callable[[], Exception]) -> None:
+    """Fill ``view`` from ``sock`` (a blocking one); ``closed()`` is raised if it closes
+    first. The one receive of both sides of RFB here (``rfbupstream`` too)."""
+    got = 0
+    while got < len(view):
+        size = sock.recv_into(view[got:])
+        if not size:
+            raise closed()
+        got += size
+
+
+def receive(sock: socket.socket, size: int, closed: Callable[[], Exception]) -> bytes:
+    """Exactly ``size`` bytes from ``sock``, as ``receive_into``."""
+    data = bytearray(size)
+    with memoryview(data) as view:
+        receive_into(sock, view, closed)
+    return bytes(data)

@@ -25,6 +25,7 @@ import threading
 from allowhelp.agent.castlayout import MAX_PIXELS, MAX_SIDE
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.rfbcanvas import Canvas, Rect
+from allowhelp.agent.rfbserver import receive, receive_into
 
 VERSION = b"RFB 003.008\n"
 BPP = 4
@@ -37,6 +38,10 @@ class UpstreamError(AgentError):
     """wayvnc said something this reader does not take, or closed; the message says which."""
 
 
+def _closed() -> UpstreamError:
+    return UpstreamError("wayvnc closed its connection")
+
+
 class Upstream:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -45,13 +50,7 @@ class Upstream:
         self.height = 0
 
     def _recv(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._sock.recv(min(size - len(data), 1 << 20))
-            if not chunk:
-                raise UpstreamError("wayvnc closed its connection")
-            data += chunk
-        return bytes(data)
+        return receive(self._sock, size, _closed)
 
     def _skip(self, size: int) -> None:
         """Read and drop ``size`` bytes, never holding more than 1 MiB of them."""
@@ -122,20 +121,12 @@ class Upstream:
                 raise UpstreamError("wayvnc sent a rectangle outside its picture")
             if left + x == 0 and w == canvas.width:  # whole rows of the canvas: one read
                 at = (top + y) * canvas.stride
-                self._recv_into(canvas.pixels[at : at + h * canvas.stride])
+                receive_into(self._sock, canvas.pixels[at : at + h * canvas.stride], _closed)
             else:
                 for line in range(h):
-                    self._recv_into(canvas.row(left + x, top + y + line, w))
+                    receive_into(self._sock, canvas.row(left + x, top + y + line, w), _closed)
             rects.append((left + x, top + y, w, h))
         return rects
-
-    def _recv_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            size = self._sock.recv_into(view[got:])
-            if not size:
-                raise UpstreamError("wayvnc closed its connection")
-            got += size
 
     def key(self, keysym: int, down: bool) -> None:
         self._send(struct.pack(">BBxxI", 4, down, keysym))
