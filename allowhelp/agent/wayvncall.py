@@ -26,6 +26,7 @@ folder removed); otherwise 1 with one line on stderr saying why.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -33,21 +34,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from allowhelp.agent.castlayout import Layout, LayoutError, Stream, Tile, layout
 from allowhelp.agent.monitors import session_monitors
 from allowhelp.agent.rfbcanvas import Canvas
 from allowhelp.agent.rfbserver import RfbServer, StreamEnded
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
-from allowhelp.agent.wayvnc import KEEP_ENV, START_TIMEOUT, WAYVNC, runtime_folder, wayvnc_argv
+from allowhelp.agent.wayvnc import WayvncLaunch, private_folder, wayvnc_program
 from allowhelp.protocol.monitors import Monitor
-
-POLL = 0.02
 
 
 class EngineError(RuntimeError):
@@ -75,26 +71,21 @@ class Outputs:
     """One wayvnc per output in one private folder; ``close`` ends them and removes it."""
 
     def __init__(self, env: Mapping[str, str], monitors: Sequence[Monitor], *, control: bool):
-        program = shutil.which(WAYVNC, path=env.get("PATH") or os.defpath)
-        if program is None:
-            raise EngineError("wayvnc is not installed on this PC (Debian: apt install wayvnc)")
-        self.folder = Path(tempfile.mkdtemp(prefix="allowhelp-screen-", dir=runtime_folder(env)))
-        child_env = {key: env[key] for key in KEEP_ENV if key in env}
-        self.procs: list[subprocess.Popen[bytes]] = []
+        wayvnc_program(env)  # before any folder: not installed says so, and leaves nothing
+        self.folder = private_folder(env)
+        self.launches: list[WayvncLaunch] = []
         self.upstreams: list[Upstream] = []
         try:
             with (self.folder / "wayvnc.log").open("wb") as log:
                 for index, monitor in enumerate(monitors):
-                    path = str(self.folder / f"rfb-{index}.sock")
-                    argv = wayvnc_argv(program, path, view_only=not control, output=monitor.name)
-                    self.procs.append(
-                        subprocess.Popen(
-                            argv,
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
+                    self.launches.append(
+                        WayvncLaunch(
+                            env,
+                            view_only=not control,
+                            output=monitor.name,
+                            folder=self.folder,
+                            name=f"rfb-{index}.sock",
                             stderr=log,
-                            env=child_env,
-                            cwd=self.folder,
                         )
                     )
         except OSError:
@@ -102,26 +93,17 @@ class Outputs:
             raise
 
     def connect(self) -> list[Upstream]:
-        for index, proc in enumerate(self.procs):
-            self.upstreams.append(Upstream(self._connected(index, proc)))
-        return self.upstreams
+        """A reader on each wayvnc, once they all answer (``WayvncLaunch.connect``)."""
 
-    def _connected(self, index: int, proc: subprocess.Popen[bytes]) -> socket.socket:
-        deadline = time.monotonic() + START_TIMEOUT
-        path = str(self.folder / f"rfb-{index}.sock")
-        while True:
-            if proc.poll() is not None:
-                raise EngineError(f"wayvnc exited before it served the screen: {self.last_words()}")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-            else:
-                return sock
-            if time.monotonic() > deadline:
-                raise EngineError(f"wayvnc did not open its socket in {START_TIMEOUT:.0f} s")
-            time.sleep(POLL)
+        async def connected() -> list[socket.socket]:
+            return [await launch.connect() for launch in self.launches]
+
+        try:
+            socks = asyncio.run(connected())
+        except RuntimeError as exc:
+            raise EngineError(f"{exc}: {self.last_words()}") from exc
+        self.upstreams = [Upstream(sock) for sock in socks]
+        return self.upstreams
 
     def last_words(self) -> str:
         with contextlib.suppress(OSError):
@@ -132,15 +114,15 @@ class Outputs:
     def close(self) -> None:
         for upstream in self.upstreams:
             upstream.close()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
+        for launch in self.launches:
+            if launch.proc.poll() is None:
+                launch.proc.terminate()
+        for launch in self.launches:
             try:
-                proc.wait(5)
+                launch.proc.wait(5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                launch.proc.kill()
+                launch.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -24,6 +24,7 @@ from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
 from allowhelp.agent.rfbcanvas import MAX_RECTS, Canvas
 from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
+from allowhelp.agent.wayvnc import wayvnc_environment
 from allowhelp.agent.wayvncall import RelayInput
 from allowhelp.protocol.monitors import Monitor
 
@@ -531,3 +532,9 @@ def test_a_reader_ending_after_the_picture_closed_writes_into_no_other_pipe() ->
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_every_wayvnc_gets_a_path_even_from_a_session_without_one() -> None:
+    """One launch for one output and for each of all outputs: the same environment."""
+    given = wayvnc_environment({"WAYLAND_DISPLAY": "wayland-1", "SECRET": "x"})
+    assert given == {"WAYLAND_DISPLAY": "wayland-1", "PATH": "/usr/local/bin:/usr/bin:/bin"}
