@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,14 +39,11 @@ from collections.abc import Mapping, Sequence
 from allowhelp.agent.castlayout import Layout, LayoutError, Stream, Tile, layout
 from allowhelp.agent.monitors import session_monitors
 from allowhelp.agent.rfbcanvas import Canvas
-from allowhelp.agent.rfbserver import RfbServer, StreamEnded
+from allowhelp.agent.rfbmain import EngineError, run_engine
+from allowhelp.agent.rfbserver import RfbServer
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
 from allowhelp.agent.wayvnc import WayvncLaunch, private_folder, wayvnc_program
 from allowhelp.protocol.monitors import Monitor
-
-
-class EngineError(RuntimeError):
-    """Why the outputs cannot be served; one line for the technician."""
 
 
 class RelayInput:
@@ -170,26 +166,11 @@ def serve(viewer: socket.socket, env: Mapping[str, str], *, control: bool) -> No
             canvas.close()
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _stop)
-    viewer = socket.socket(fileno=os.dup(0))
-    try:
+    def serving(viewer: socket.socket) -> None:
         serve(viewer, os.environ, control="--control" in sys.argv[1:])
-    except (EngineError, LayoutError, UpstreamError, StreamEnded, RuntimeError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except (ConnectionError, BrokenPipeError):
-        return 0  # the viewer left
-    except OSError as exc:
-        print(f"the outputs could not be served: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        viewer.close()
-    return 0
+
+    return run_engine(serving, (LayoutError, RuntimeError), "the outputs could not be served")
 
 
 if __name__ == "__main__":

@@ -538,3 +538,27 @@ def test_every_wayvnc_gets_a_path_even_from_a_session_without_one() -> None:
     """One launch for one output and for each of all outputs: the same environment."""
     given = wayvnc_environment({"WAYLAND_DISPLAY": "wayland-1", "SECRET": "x"})
     assert given == {"WAYLAND_DISPLAY": "wayland-1", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def test_the_portal_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
+    """The real engine process, as the helper runs it, with no session bus to find
+    the portal on: exit 1 with one line (the same main as the wlroots engine's)."""
+    ours, theirs = socket.socketpair()
+    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
+    try:
+        done = subprocess.run(
+            ["/usr/bin/python3", "-m", "allowhelp.agent.portalvnc", "--control"],
+            stdin=theirs.fileno(),
+            stdout=theirs.fileno(),
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=30,
+            check=False,
+            text=True,
+        )
+    finally:
+        ours.close()
+        theirs.close()
+    assert done.returncode == 1
+    assert done.stderr.startswith("no session bus for the portal: "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
