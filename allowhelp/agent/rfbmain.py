@@ -22,6 +22,9 @@ class EngineError(AgentError):
 
 
 def _stop(signum: int, frame: object) -> None:
+    """The first SIGTERM ends the engine through its clean-up; later ones (the session
+    helper's group, ``runuser`` passing it on) must not cut that clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)
 
 

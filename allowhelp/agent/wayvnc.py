@@ -130,7 +130,7 @@ class WayvncLaunch:
                 start_new_session=self._own_folder,
                 close_fds=True,
             )
-        except OSError:
+        except BaseException:  # OSError, or a SIGTERM's SystemExit in the engine
             self.cleanup()
             raise
 

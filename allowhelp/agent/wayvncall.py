@@ -30,11 +30,13 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from allowhelp.agent.castlayout import Layout, LayoutError, Stream, Tile, layout
 from allowhelp.agent.monitors import session_monitors
@@ -64,29 +66,35 @@ class RelayInput:
 
 
 class Outputs:
-    """One wayvnc per output in one private folder; ``close`` ends them and removes it."""
+    """One wayvnc per output in one private folder; ``close`` ends them and removes it.
 
-    def __init__(self, env: Mapping[str, str], monitors: Sequence[Monitor], *, control: bool):
-        wayvnc_program(env)  # before any folder: not installed says so, and leaves nothing
-        self.folder = private_folder(env)
+    Made before the ``try`` whose ``finally`` closes it, started inside: a SIGTERM
+    (SystemExit) at any moment of the start-up finds the folder known to ``close``."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
         self.launches: list[WayvncLaunch] = []
         self.upstreams: list[Upstream] = []
-        try:
-            with (self.folder / "wayvnc.log").open("wb") as log:
-                for index, monitor in enumerate(monitors):
-                    self.launches.append(
-                        WayvncLaunch(
-                            env,
-                            view_only=not control,
-                            output=monitor.name,
-                            folder=self.folder,
-                            name=f"rfb-{index}.sock",
-                            stderr=log,
-                        )
+
+    def start(self, env: Mapping[str, str], monitors: Sequence[Monitor], *, control: bool) -> None:
+        wayvnc_program(env)  # before any folder: not installed says so, and leaves nothing
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:  # no SIGTERM between the folder made and the folder known
+            self.folder = private_folder(env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with (self.folder / "wayvnc.log").open("wb") as log:
+            for index, monitor in enumerate(monitors):
+                self.launches.append(
+                    WayvncLaunch(
+                        env,
+                        view_only=not control,
+                        output=monitor.name,
+                        folder=self.folder,
+                        name=f"rfb-{index}.sock",
+                        stderr=log,
                     )
-        except OSError:
-            self.close()  # the ones started, and the folder
-            raise
+                )
 
     def connect(self) -> list[Upstream]:
         """A reader on each wayvnc, once they all answer (``WayvncLaunch.connect``)."""
@@ -102,12 +110,19 @@ class Outputs:
         return self.upstreams
 
     def last_words(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = (self.folder / "wayvnc.log").read_text(errors="replace").strip().splitlines()
-            return lines[-1][:200] if lines else "(nothing said)"
+        """The last line the wayvnc wrote (they share one log in the folder)."""
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                log = (self.folder / "wayvnc.log").read_text(errors="replace")
+                lines = log.strip().splitlines()
+                return lines[-1][:200] if lines else "(nothing said)"
         return "(nothing said)"
 
     def close(self) -> None:
+        """The folder first (the session helper's SIGKILL may follow its SIGTERM within
+        seconds, while the wayvnc are still being waited for), then every wayvnc."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
         for upstream in self.upstreams:
             upstream.close()
         for launch in self.launches:
@@ -119,7 +134,6 @@ class Outputs:
             except subprocess.TimeoutExpired:
                 launch.proc.kill()
                 launch.proc.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def picture_of(monitors: Sequence[Monitor], upstreams: Sequence[Upstream]) -> Layout:
@@ -144,9 +158,10 @@ def serve(viewer: socket.socket, env: Mapping[str, str], *, control: bool) -> No
     monitors = session_monitors(env, "wlroots")
     if not monitors:
         raise EngineError("sway reported no outputs")
-    outputs = Outputs(env, monitors, control=control)
+    outputs = Outputs()
     canvas: Canvas | None = None
     try:
+        outputs.start(env, monitors, control=control)
         upstreams = outputs.connect()
         for upstream in upstreams:
             upstream.handshake()
