@@ -475,14 +475,12 @@ def test_the_pointer_goes_to_the_wayvnc_of_the_output_under_it() -> None:
     ]
 
 
-def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
-    """The real engine process, on a socketpair as the helper runs it: without
-    sway (no outputs to ask) it exits 1 with one line, and nothing is left."""
+def engine_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """An engine process run to its end on a socketpair, as the session helper runs it."""
     ours, theirs = socket.socketpair()
-    env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "allowhelp.agent.wayvncall", "--control"],
+        return subprocess.run(
+            argv,
             stdin=theirs.fileno(),
             stdout=theirs.fileno(),
             stderr=subprocess.PIPE,
@@ -494,6 +492,13 @@ def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
+    """The real engine process, on a socketpair as the helper runs it: without
+    sway (no outputs to ask) it exits 1 with one line, and nothing is left."""
+    env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
+    done = engine_process([sys.executable, "-m", "allowhelp.agent.wayvncall", "--control"], env)
     assert done.returncode == 1
     assert done.stderr.strip() == "sway reported no outputs"
     assert list(tmp_path.iterdir()) == []
@@ -543,22 +548,8 @@ def test_every_wayvnc_gets_a_path_even_from_a_session_without_one() -> None:
 def test_the_portal_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
     """The real engine process, as the helper runs it, with no session bus to find
     the portal on: exit 1 with one line (the same main as the wlroots engine's)."""
-    ours, theirs = socket.socketpair()
     env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
-    try:
-        done = subprocess.run(
-            ["/usr/bin/python3", "-m", "allowhelp.agent.portalvnc", "--control"],
-            stdin=theirs.fileno(),
-            stdout=theirs.fileno(),
-            stderr=subprocess.PIPE,
-            env=env,
-            timeout=30,
-            check=False,
-            text=True,
-        )
-    finally:
-        ours.close()
-        theirs.close()
+    done = engine_process(["/usr/bin/python3", "-m", "allowhelp.agent.portalvnc", "--control"], env)
     assert done.returncode == 1
     assert done.stderr.startswith("no session bus for the portal: "), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
