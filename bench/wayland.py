@@ -303,6 +303,9 @@ def desktop(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
         subprocess.run(["pkill", "-KILL", "-u", USER], check=False, capture_output=True)
+        portal_fuse = f" {runtime / 'doc'} "  # the document portal's, left mounted
+        if portal_fuse in Path("/proc/mounts").read_text():  # (ismount cannot stat it)
+            subprocess.run(["umount", "-l", portal_fuse.strip()], check=False)
         shutil.rmtree(runtime, ignore_errors=True)
 
 
