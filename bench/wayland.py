@@ -224,13 +224,21 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 
 
 @contextlib.contextmanager
-def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]:
-    """The busy desktop of ``engine`` as the user; yields the session's environment."""
+def desktop(
+    engine: str,
+    account: pwd.struct_passwd,
+    sizes: tuple[tuple[int, int], tuple[int, int]] = (SIZE, SECOND),
+    busy: str = BUSY,
+) -> Iterator[dict[str, str]]:
+    """The busy desktop of ``engine`` as the user; yields the session's environment.
+
+    ``sizes``: its monitors' (the second only for "-all"); ``busy``: "" for an idle
+    sway (nothing but the pointer changes)."""
     runtime = Path(tempfile.mkdtemp(prefix=f"ahbench-{account.pw_uid}-", dir="/tmp"))
     os.chown(runtime, account.pw_uid, account.pw_gid)
     os.chmod(runtime, 0o700)
     procs: list[subprocess.Popen[bytes]] = []
-    width, height = SIZE
+    (width, height), second = sizes
     two = engine.endswith("-all")
     try:
         if engine == "x11":
@@ -239,12 +247,12 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
             xvfb = ["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"]
             procs.append(_spawn(_as_user(account, {}, *xvfb)))
             _wait(lambda: Path(f"/tmp/.X11-unix/X{display[1:]}").exists(), 20, "Xvfb")
-            busy = [sys.executable, "-c", BUSY_TK]  # no xterm here: Tk, as root, on their X
-            procs.append(_spawn(["env", f"DISPLAY={display}", *busy]))
+            window = [sys.executable, "-c", BUSY_TK]  # no xterm here: Tk, as root, on their X
+            procs.append(_spawn(["env", f"DISPLAY={display}", *window]))
         elif engine.startswith("portal"):
             script = runtime / "session.sh"
-            sizes = [SIZE, SECOND] if two else [SIZE]
-            monitors = " ".join(f"--virtual-monitor {w}x{h}" for w, h in sizes)
+            shown = sizes if two else sizes[:1]
+            monitors = " ".join(f"--virtual-monitor {w}x{h}" for w, h in shown)
             script.write_text(GNOME_SESSION.format(monitors=monitors, busy=BUSY))
             os.chown(script, account.pw_uid, account.pw_gid)
             session = ["dbus-run-session", "--", "bash", str(script)]
@@ -263,10 +271,11 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
             lines = [f"output HEADLESS-1 resolution {width}x{height} position 0 0"]
             if two:
                 lines.append(
-                    f"output HEADLESS-2 resolution {SECOND[0]}x{SECOND[1]} position {width} 0"
+                    f"output HEADLESS-2 resolution {second[0]}x{second[1]} position {width} 0"
                 )
                 lines.append("focus output HEADLESS-1")
-            lines.append(f"exec foot sh -c '{BUSY}'")
+            if busy:
+                lines.append(f"exec foot sh -c '{busy}'")
             config.write_text("\n".join(lines) + "\n")
             os.chown(config, account.pw_uid, account.pw_gid)
             wl = {"XDG_RUNTIME_DIR": str(runtime), "WLR_BACKENDS": "headless"}
@@ -294,6 +303,9 @@ def desktop(engine: str, account: pwd.struct_passwd) -> Iterator[dict[str, str]]
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
         subprocess.run(["pkill", "-KILL", "-u", USER], check=False, capture_output=True)
+        portal_fuse = f" {runtime / 'doc'} "  # the document portal's, left mounted
+        if portal_fuse in Path("/proc/mounts").read_text():  # (ismount cannot stat it)
+            subprocess.run(["umount", "-l", portal_fuse.strip()], check=False)
         shutil.rmtree(runtime, ignore_errors=True)
 
 

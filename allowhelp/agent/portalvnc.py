@@ -38,7 +38,6 @@ closed, GStreamer ended); otherwise 1 with one line on stderr saying why
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from allowhelp.agent.castlayout import Layout, LayoutError, layout
-from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
+from allowhelp.agent.rfbmain import EngineError, run_engine
+from allowhelp.agent.rfbserver import Piece, RfbServer
 
 STREAM_FORMAT = "BGRx"
 
@@ -122,28 +122,20 @@ def start_gstreamer(remote: int, picture: Layout) -> tuple[subprocess.Popen[byte
     ]
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
-def main() -> int:
-    signal.signal(signal.SIGTERM, _stop)
+def serve(viewer: socket.socket, *, control: bool, every_monitor: bool) -> None:
+    """The portal's session, GStreamer and the RFB server, until one ends; all closed."""
     try:
-        from allowhelp.agent.portal import PortalError, ScreenCast  # noqa: PLC0415 - needs gi
-    except ImportError:
-        print(
+        from allowhelp.agent.portal import ScreenCast  # noqa: PLC0415 - needs gi
+    except ImportError as exc:
+        raise EngineError(
             "the portal engine needs PyGObject for this Python"
-            " (Debian: apt install python3-gi gir1.2-glib-2.0)",
-            file=sys.stderr,
-        )
-        return 1
-    viewer = socket.socket(fileno=os.dup(0))
+            " (Debian: apt install python3-gi gir1.2-glib-2.0)"
+        ) from exc
     cast = ScreenCast()
     gst: subprocess.Popen[bytes] | None = None
     pieces: list[Piece] = []
     try:
-        control = "--control" in sys.argv[1:]
-        casting = cast.start(control=control, every_monitor="--all-monitors" in sys.argv[1:])
+        casting = cast.start(control=control, every_monitor=every_monitor)
         try:
             picture = layout(casting.streams)
         except LayoutError:
@@ -153,14 +145,6 @@ def main() -> int:
         sink = PortalInput(cast, picture) if control else None
         server = RfbServer(viewer, picture.width, picture.height, "allowhelp portal", sink)
         server.serve(pieces)
-    except (PortalError, LayoutError, StreamEnded) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except (ConnectionError, BrokenPipeError):
-        return 0  # the viewer left
-    except OSError as exc:
-        print(f"GStreamer could not start: {exc.strerror or exc}", file=sys.stderr)
-        return 1
     finally:
         if gst is not None and gst.poll() is None:
             gst.terminate()
@@ -170,10 +154,16 @@ def main() -> int:
                 gst.kill()
                 gst.wait()
         cast.close()
-        viewer.close()
         for piece in pieces:
             os.close(piece.fd)
-    return 0
+
+
+def main() -> int:
+    def serving(viewer: socket.socket) -> None:
+        options = sys.argv[1:]
+        serve(viewer, control="--control" in options, every_monitor="--all-monitors" in options)
+
+    return run_engine(serving, (LayoutError,), "GStreamer could not start")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,28 @@
-"""A small RFB 3.8 server: raw frames from pipes to one viewer on a socket.
+"""A small RFB 3.8 server: one picture from pipes or upstream viewers to one viewer.
 
 For the portal engine (``portalvnc``) and wlroots' all monitors (``wayvncall``).
 Security type None (the SSH tunnel and the consent gate are the security).
-Frames come as whole BGRx pictures of a fixed size, one after another, on a
-pipe; the newest complete one is kept. Several pipes (one per monitor, "all
-monitors") each fill their ``Piece`` of one picture; the first picture waits
-until each has sent a frame (at most ``FIRST_PICTURE_WAIT`` seconds after the
-first one, then a monitor that has not is black until it does). A viewer's
-FramebufferUpdateRequest is answered with Raw rectangles: the whole screen when
-it is not incremental, otherwise the band of rows that changed since the last
-picture sent, as soon as there is one. The pixel format the viewer asks for is
+
+**One buffer.** The picture is one ``Canvas``: every source writes into it, and
+the viewer is sent from it, only the rectangles that changed since the last
+update it was sent (its *damage*). Two kinds of source:
+
+* a pipe of whole BGRx frames of a fixed size (``Piece``: GStreamer, one per
+  monitor); each frame is read into the piece's own frame buffer, compared
+  with its place in the canvas, and only the band of rows that differs is
+  copied in and counted as damage;
+* an upstream RFB server (``rfbupstream``: one wayvnc per output) whose Raw
+  rectangles are received straight into their place in the canvas by a reader
+  thread, which then reports them as damage (a wake-up pipe stops the
+  server's wait).
+
+The first picture waits until each source has given one (at most
+``FIRST_PICTURE_WAIT`` seconds after the first one; then a monitor that has
+not is black until it does). A viewer's FramebufferUpdateRequest is answered
+with Raw rectangles: the whole screen when it is not incremental, otherwise
+the damage, as soon as there is some. A rectangle a reader thread writes into
+while it is being sent may go out torn; its damage is reported once it is
+whole, so the next update mends it. The pixel format the viewer asks for is
 honoured when it is 32-bit true colour with byte-aligned 8-bit channels (what
 noVNC asks for); anything else ends the session with the reason. Keys and the
 pointer go to an ``InputSink`` on a control grant; without one (view-only) they
@@ -22,19 +35,17 @@ import os
 import selectors
 import socket
 import struct
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.rfbcanvas import BPP, Canvas, Rect
 
 VERSION = b"RFB 003.008\n"
-BPP = 4
 NATIVE_SHIFTS = (16, 8, 0)  # BGRx read as a little-endian 32-bit value
 MAX_CUT_TEXT = 16 * 1024 * 1024
 FIXED = {0: 20, 3: 10, 4: 8, 5: 6, 150: 10}
-FIRST_PICTURE_WAIT = 2.0  # seconds: the other monitors' first frames after the first one
 
 
 @dataclass(frozen=True)
@@ -53,10 +64,43 @@ class Piece:
 
 
 class _Feed:
-    def __init__(self, piece: Piece) -> None:
+    """A pipe's frame, read in place; on each whole one, the band that differs goes in."""
+
+    def __init__(self, piece: Piece, source: int) -> None:
         self.piece = piece
-        self.incoming = bytearray()
-        self.seen = False
+        self.source = source
+        self.frame = bytearray(piece.frame_size)
+        self.view = memoryview(self.frame)
+        self.filled = 0
+
+    def read(self, canvas: Canvas) -> None:
+        while True:
+            try:
+                got = os.readv(self.piece.fd, [self.view[self.filled :]])
+            except BlockingIOError:
+                return
+            if not got:
+                raise StreamEnded("the desktop's screen stream ended")
+            self.filled += got
+            if self.filled == len(self.frame):
+                self.filled = 0
+                self._draw(canvas)
+
+    def _draw(self, canvas: Canvas) -> None:
+        piece = self.piece
+        row = piece.width * BPP
+        band = changed_rows(
+            [canvas.row(piece.x, piece.y + line, piece.width) for line in range(piece.height)],
+            self.frame,
+            row,
+        )
+        if band is not None:
+            top, bottom = band
+            canvas.blit(piece.x, piece.y + top, piece.width, bottom - top, self.view[top * row :])
+            band_rect: Rect | None = (piece.x, piece.y + top, piece.width, bottom - top)
+        else:
+            band_rect = None
+        canvas.damaged(band_rect, self.source)
 
 
 class InputSink(Protocol):
@@ -83,63 +127,66 @@ class RfbServer:
         height: int,
         name: str,
         input_sink: InputSink | None = None,
+        *,
+        canvas: Canvas | None = None,
     ) -> None:
+        """``canvas``: the picture, when other threads write into it (``Upstream``);
+        else one is made for the pipes ``serve`` is given."""
         self._viewer = viewer
         self._input = input_sink  # None: view-only, input is read and dropped
         self.width = width
         self.height = height
         self._name = name.encode()
-        self._canvas = bytearray(width * height * BPP)
-        self._fresh = False  # the canvas has changed since ``_latest`` was taken
+        self._canvas = canvas
         self._feeds: dict[int, _Feed] = {}
-        self._first_frame_at: float | None = None
-        self._latest: bytes | None = None
-        self._sent: bytes | None = None
+        self._sent_once = False
         self._wanted: bool | None = None  # None: no request; else: incremental?
         self._order: tuple[int, int, int] | None = None  # byte index of R, G, B; None: native
         self._buf = bytearray()
 
     # --- the loop
 
-    def serve(self, frames: int | Sequence[Piece]) -> None:
+    def serve(self, frames: int | Sequence[Piece] = ()) -> None:
         """Until the viewer leaves (ConnectionError) or any frames end (StreamEnded).
 
-        ``frames``: one pipe of whole pictures, or the pieces of the picture."""
+        ``frames``: one pipe of whole pictures, or the pieces of the picture (none
+        when the canvas given is written by others)."""
         pieces = (
             [Piece(frames, 0, 0, self.width, self.height)] if isinstance(frames, int) else frames
         )
         for piece in pieces:
             if piece.x + piece.width > self.width or piece.y + piece.height > self.height:
                 raise ValueError("a piece outside the picture")
-            os.set_blocking(piece.fd, False)
-            self._feeds[piece.fd] = _Feed(piece)
+        own = self._canvas is None
+        canvas = self._canvas or Canvas(self.width, self.height, len(pieces))
+        try:
+            for source, piece in enumerate(pieces):
+                os.set_blocking(piece.fd, False)
+                self._feeds[piece.fd] = _Feed(piece, source)
+            self._serve(canvas)
+        finally:
+            if own:
+                canvas.close()
+
+    def _serve(self, canvas: Canvas) -> None:
         self._handshake()
         self._viewer.setblocking(False)
         with selectors.DefaultSelector() as selector:
             for fd in self._feeds:
                 selector.register(fd, selectors.EVENT_READ, "frames")
+            selector.register(canvas.wake_fd, selectors.EVENT_READ, "woken")
             selector.register(self._viewer, selectors.EVENT_READ, "viewer")
             while True:
-                for key, _ in selector.select(self._patience()):
+                for key, _ in selector.select(canvas.patience()):
                     if key.data == "frames":
-                        self._read_frames(self._feeds[int(key.fd)])
-                    else:
+                        self._feeds[int(key.fd)].read(canvas)
+                    elif key.data == "viewer":
                         self._read_viewer()
-                self._answer()
-
-    def _patience(self) -> float | None:
-        """How long the loop may sleep: until the first picture is due, or forever."""
-        if self._first_frame_at is None or self._ready():
-            return None
-        return max(0.0, self._first_frame_at + FIRST_PICTURE_WAIT - time.monotonic())
-
-    def _ready(self) -> bool:
-        """A first picture may go: every piece has a frame, or the wait is over."""
-        if self._first_frame_at is None:
-            return False
-        if all(feed.seen for feed in self._feeds.values()):
-            return True
-        return time.monotonic() >= self._first_frame_at + FIRST_PICTURE_WAIT
+                    else:
+                        canvas.drain()
+                if canvas.stopped:
+                    raise StreamEnded(canvas.stopped)
+                self._answer(canvas)
 
     def _handshake(self) -> None:
         self._viewer.setblocking(True)
@@ -156,45 +203,7 @@ class RfbServer:
         self._viewer.sendall(head + struct.pack(">I", len(self._name)) + self._name)
 
     def _recv(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._viewer.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("the viewer left")
-            data += chunk
-        return bytes(data)
-
-    def _read_frames(self, feed: _Feed) -> None:
-        size = feed.piece.frame_size
-        while True:
-            try:
-                data = os.read(feed.piece.fd, 1 << 20)
-            except BlockingIOError:
-                return
-            if not data:
-                raise StreamEnded("the desktop's screen stream ended")
-            feed.incoming += data
-            whole = len(feed.incoming) // size
-            if whole:
-                newest = (whole - 1) * size
-                self._draw(feed.piece, memoryview(feed.incoming)[newest : newest + size])
-                del feed.incoming[: whole * size]
-                feed.seen = True
-                if self._first_frame_at is None:
-                    self._first_frame_at = time.monotonic()
-
-    def _draw(self, piece: Piece, frame: memoryview) -> None:
-        stride = self.width * BPP
-        row = piece.width * BPP
-        with frame:
-            if piece.x == 0 and piece.width == self.width:
-                start = piece.y * stride
-                self._canvas[start : start + len(frame)] = frame
-            else:
-                for line in range(piece.height):
-                    at = (piece.y + line) * stride + piece.x * BPP
-                    self._canvas[at : at + row] = frame[line * row : (line + 1) * row]
-        self._fresh = True
+        return receive(self._viewer, size, lambda: ConnectionError("the viewer left"))
 
     def _read_viewer(self) -> None:
         try:
@@ -258,57 +267,89 @@ class RfbServer:
 
     # --- pictures
 
-    def _answer(self) -> None:
-        if self._wanted is None or not self._ready():
+    def _answer(self, canvas: Canvas) -> None:
+        if self._wanted is None or not canvas.ready():
             return
-        if self._fresh or self._latest is None:
-            self._latest = bytes(self._canvas)
-            self._fresh = False
-        if self._wanted and self._sent is not None:
-            band = changed_rows(self._sent, self._latest, self.width * BPP)
-            if band is None:
+        if self._wanted and self._sent_once:
+            rects = canvas.take()
+            if not rects:
                 return  # nothing new yet: the request waits for a change
-            top, bottom = band
         else:
-            top, bottom = 0, self.height
-        self._send(top, bottom)
+            canvas.take()  # all of it goes
+            rects = [(0, 0, self.width, self.height)]
+        self._send(canvas, rects)
 
-    def _send(self, top: int, bottom: int) -> None:
-        frame = self._latest
-        if frame is None:
-            return
-        stride = self.width * BPP
-        pixels = self._convert(frame[top * stride : bottom * stride])
-        head = struct.pack(">BxH", 0, 1)
-        rect = struct.pack(">HHHHi", 0, top, self.width, bottom - top, 0)
+    def _send(self, canvas: Canvas, rects: Sequence[Rect]) -> None:
         self._viewer.setblocking(True)
         try:
-            self._viewer.sendall(head + rect + pixels)
+            self._viewer.sendall(struct.pack(">BxH", 0, len(rects)))
+            for x, y, w, h in rects:
+                self._viewer.sendall(struct.pack(">HHHHi", x, y, w, h, 0))
+                self._viewer.sendall(self._pixels(canvas, (x, y, w, h)))
         finally:
             self._viewer.setblocking(False)
-        self._sent = frame
+        self._sent_once = True
         self._wanted = None
 
-    def _convert(self, pixels: bytes) -> bytes:
-        if self._order is None:
-            return pixels
-        out = bytearray(len(pixels))
-        red, green, blue = self._order
-        out[red::4] = pixels[2::4]
-        out[green::4] = pixels[1::4]
-        out[blue::4] = pixels[0::4]
-        return bytes(out)
+    def _pixels(self, canvas: Canvas, rect: Rect) -> memoryview:
+        """The rectangle's pixels in the viewer's format: the canvas itself where its
+        rows are whole and the format native, else one copy of the rectangle."""
+        x, y, w, h = rect
+        if self._order is None and x == 0 and w == self.width:
+            return canvas.pixels[y * canvas.stride : (y + h) * canvas.stride]
+        row = w * BPP
+        buffer = bytearray(row * h)
+        out = memoryview(buffer)
+        for line in range(h):
+            out[line * row : (line + 1) * row] = canvas.row(x, y + line, w)
+        if self._order is not None:
+            red, green, blue = self._order
+            channels = buffer[2::4], buffer[1::4], buffer[0::4]
+            for index, channel in zip((red, green, blue), channels, strict=True):
+                buffer[index::4] = channel
+        return out
 
 
-def changed_rows(before: bytes, after: bytes, stride: int) -> tuple[int, int] | None:
-    """The band of rows [top, bottom) where ``after`` differs from ``before``; None: same."""
-    if before == after:
-        return None
+def changed_rows(
+    before: Sequence[memoryview] | bytes, after: bytes | bytearray, stride: int
+) -> tuple[int, int] | None:
+    """The band of rows [top, bottom) where ``after`` differs from ``before``; None: same.
+
+    ``before``: a whole picture, or its rows (views of the canvas); compared in
+    place, without a copy."""
     rows = len(after) // stride
+    if isinstance(before, bytes):
+        if before == after:
+            return None
+        view = memoryview(before)
+        lines = [view[r * stride : (r + 1) * stride] for r in range(rows)]
+    else:
+        lines = list(before)
 
     def differs(row: int) -> bool:
-        return before[row * stride : (row + 1) * stride] != after[row * stride : (row + 1) * stride]
+        return not after.startswith(lines[row], row * stride)
 
-    top = next(r for r in range(rows) if differs(r))
+    top = next((r for r in range(rows) if differs(r)), None)
+    if top is None:
+        return None
     bottom = next(r + 1 for r in range(rows - 1, top - 1, -1) if differs(r))
     return top, bottom
+
+
+def receive_into(sock: socket.socket, view: memoryview, closed: Callable[[], Exception]) -> None:
+    """Fill ``view`` from ``sock`` (a blocking one); ``closed()`` is raised if it closes
+    first. The one receive of both sides of RFB here (``rfbupstream`` too)."""
+    got = 0
+    while got < len(view):
+        size = sock.recv_into(view[got:])
+        if not size:
+            raise closed()
+        got += size
+
+
+def receive(sock: socket.socket, size: int, closed: Callable[[], Exception]) -> bytes:
+    """Exactly ``size`` bytes from ``sock``, as ``receive_into``."""
+    data = bytearray(size)
+    with memoryview(data) as view:
+        receive_into(sock, view, closed)
+    return bytes(data)

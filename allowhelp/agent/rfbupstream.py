@@ -6,8 +6,10 @@ output, so that engine runs one wayvnc per output and reads each through an
 ``--config=/dev/null``), the pixel format of the picture the engine serves
 (BGRx, as ``rfbserver`` keeps it), Raw rectangles only (the one encoding this
 parser reads; anything else ends the session with the reason), an incremental
-request after each update. After each update the whole frame of that output
-is written to a pipe, which ``rfbserver`` draws at the output's place.
+request after each update. Each Raw rectangle is received straight into its
+place in the engine's one picture (``rfbcanvas.Canvas``, the output at its
+place in the layout) and then reported there as damage: no frame is copied
+whole, only what wayvnc sends, once.
 
 Input for the output goes the other way (``key``, ``pointer``), from the
 engine's thread serving the technician while ``run`` reads in its own thread;
@@ -16,13 +18,14 @@ a lock keeps each message whole.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import threading
 
 from allowhelp.agent.castlayout import MAX_PIXELS, MAX_SIDE
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.rfbcanvas import Canvas, Rect
+from allowhelp.agent.rfbserver import receive, receive_into
 
 VERSION = b"RFB 003.008\n"
 BPP = 4
@@ -35,22 +38,19 @@ class UpstreamError(AgentError):
     """wayvnc said something this reader does not take, or closed; the message says which."""
 
 
+def _closed() -> UpstreamError:
+    return UpstreamError("wayvnc closed its connection")
+
+
 class Upstream:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._send_lock = threading.Lock()
         self.width = 0
         self.height = 0
-        self._frame = bytearray()
 
     def _recv(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._sock.recv(min(size - len(data), 1 << 20))
-            if not chunk:
-                raise UpstreamError("wayvnc closed its connection")
-            data += chunk
-        return bytes(data)
+        return receive(self._sock, size, _closed)
 
     def _skip(self, size: int) -> None:
         """Read and drop ``size`` bytes, never holding more than 1 MiB of them."""
@@ -82,7 +82,6 @@ class Upstream:
         if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or width * height > MAX_PIXELS:
             raise UpstreamError(f"wayvnc serves a picture of {width}x{height}")
         self.width, self.height = width, height
-        self._frame = bytearray(width * height * BPP)
         self._send(struct.pack(">Bxxx", 0) + BGRX)  # SetPixelFormat
         self._send(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw
         self._request(incremental=False)
@@ -91,13 +90,15 @@ class Upstream:
     def _request(self, *, incremental: bool) -> None:
         self._send(struct.pack(">BBHHHH", 3, incremental, 0, 0, self.width, self.height))
 
-    def run(self, out: int) -> None:
-        """Each update's whole frame to the pipe ``out``, until wayvnc or the pipe closes."""
+    def run(self, canvas: Canvas, x: int, y: int, source: int) -> None:
+        """Each update into ``canvas`` with this output at (x, y), reported as damage of
+        ``source``, until wayvnc closes (UpstreamError) or the socket does (OSError)."""
         while True:
             kind = self._recv(1)[0]
             if kind == 0:
-                self._update()
-                _write_all(out, self._frame)
+                rects: list[Rect | None] = [*self._update(canvas, x, y)]
+                for rect in rects or [None]:  # an empty update still counts as given
+                    canvas.damaged(rect, source)
                 self._request(incremental=True)
             elif kind == 2:  # Bell
                 continue
@@ -109,20 +110,23 @@ class Upstream:
             else:
                 raise UpstreamError(f"wayvnc sent an RFB message of type {kind}")
 
-    def _update(self) -> None:
+    def _update(self, canvas: Canvas, left: int, top: int) -> list[Rect]:
         count = struct.unpack(">xH", self._recv(3))[0]
-        stride = self.width * BPP
+        rects: list[Rect] = []
         for _ in range(count):
             x, y, w, h, encoding = struct.unpack(">HHHHi", self._recv(12))
             if encoding != 0:
                 raise UpstreamError(f"wayvnc sent encoding {encoding}, not Raw")
             if x + w > self.width or y + h > self.height:
                 raise UpstreamError("wayvnc sent a rectangle outside its picture")
-            pixels = self._recv(w * h * BPP)
-            row = w * BPP
-            for line in range(h):
-                at = (y + line) * stride + x * BPP
-                self._frame[at : at + row] = pixels[line * row : (line + 1) * row]
+            if left + x == 0 and w == canvas.width:  # whole rows of the canvas: one read
+                at = (top + y) * canvas.stride
+                receive_into(self._sock, canvas.pixels[at : at + h * canvas.stride], _closed)
+            else:
+                for line in range(h):
+                    receive_into(self._sock, canvas.row(left + x, top + y + line, w), _closed)
+            rects.append((left + x, top + y, w, h))
+        return rects
 
     def key(self, keysym: int, down: bool) -> None:
         self._send(struct.pack(">BBxxI", 4, down, keysym))
@@ -132,10 +136,3 @@ class Upstream:
 
     def close(self) -> None:
         self._sock.close()
-
-
-def _write_all(fd: int, data: bytearray) -> None:
-    done = 0
-    with memoryview(data) as view:
-        while done < len(view):
-            done += os.write(fd, view[done:])

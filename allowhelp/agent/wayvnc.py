@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 WAYVNC = "wayvnc"
 SOCKET_NAME = "rfb.sock"
@@ -76,29 +77,60 @@ def runtime_folder(env: Mapping[str, str]) -> Path:
     return folder
 
 
-class WayvncLaunch:
-    """One wayvnc for one session; ``connect`` gives the viewer's socket once it answers."""
+def wayvnc_program(env: Mapping[str, str]) -> str:
+    """wayvnc on the session's PATH (else the system's); RuntimeError when there is none."""
+    program = shutil.which(WAYVNC, path=env.get("PATH") or os.defpath)
+    if program is None:
+        raise RuntimeError("wayvnc is not installed on this PC (Debian: apt install wayvnc)")
+    return program
 
-    def __init__(self, env: Mapping[str, str], *, view_only: bool, output: str = "") -> None:
-        program = shutil.which(WAYVNC, path=env.get("PATH") or os.defpath)
-        if program is None:
-            raise RuntimeError("wayvnc is not installed on this PC (Debian: apt install wayvnc)")
-        self.folder = Path(tempfile.mkdtemp(prefix="allowhelp-screen-", dir=runtime_folder(env)))
-        self.socket_path = self.folder / SOCKET_NAME
-        child_env = {key: env[key] for key in KEEP_ENV if key in env}
-        child_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+
+def wayvnc_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What wayvnc is given of the session's environment (a PATH at least)."""
+    kept = {key: env[key] for key in KEEP_ENV if key in env}
+    kept.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return kept
+
+
+def private_folder(env: Mapping[str, str]) -> Path:
+    """A fresh ``allowhelp-screen-XXXX`` (0700) in the user's checked runtime folder."""
+    return Path(tempfile.mkdtemp(prefix="allowhelp-screen-", dir=runtime_folder(env)))
+
+
+class WayvncLaunch:
+    """One wayvnc; ``connect`` gives the viewer's socket once it answers.
+
+    Alone (one monitor, the agent's own launch): in a private folder of its own,
+    removed by ``cleanup``, in a process group of its own, its last words on a
+    pipe. One of several (``wayvncall``): ``folder``, the socket's ``name`` and
+    where it says things are its owner's, in its owner's process group."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        view_only: bool,
+        output: str = "",
+        folder: Path | None = None,
+        name: str = SOCKET_NAME,
+        stderr: int | IO[bytes] = subprocess.PIPE,
+    ) -> None:
+        program = wayvnc_program(env)
+        self._own_folder = folder is None
+        self.folder = private_folder(env) if folder is None else folder
+        self.socket_path = self.folder / name
         try:
             self.proc = subprocess.Popen(
                 wayvnc_argv(program, str(self.socket_path), view_only=view_only, output=output),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=child_env,
+                stderr=stderr,
+                env=wayvnc_environment(env),
                 cwd=self.folder,
-                start_new_session=True,
+                start_new_session=self._own_folder,
                 close_fds=True,
             )
-        except OSError:
+        except BaseException:  # OSError, or a SIGTERM's SystemExit in the engine
             self.cleanup()
             raise
 
@@ -120,8 +152,9 @@ class WayvncLaunch:
             await asyncio.sleep(POLL)
 
     def cleanup(self) -> None:
-        """The private folder goes (wayvnc removes its socket itself when it can)."""
+        """Its socket goes (wayvnc removes it itself when it can), and its own folder."""
         with contextlib.suppress(OSError):
             self.socket_path.unlink()
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()
+        if self._own_folder:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()

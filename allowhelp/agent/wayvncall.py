@@ -12,10 +12,10 @@ engine: RFB on its stdin/stdout, nothing listening on TCP. It:
    wayvnc per output on its own UNIX socket there (``wayvnc.wayvnc_argv``:
    ``--config=/dev/null``, ``--output=NAME``, ``--render-cursor``, and
    ``--disable-input`` unless ``--control``), in this process's group;
-3. reads each as a viewer (``rfbupstream.py``, Raw, BGRx, one thread each) into
-   a pipe of whole frames, and serves the technician one picture
-   (``rfbserver.py``) with each output at its place in sway's layout
-   (``castlayout.py``; sizes as wayvnc serves them);
+3. reads each as a viewer (``rfbupstream.py``, Raw, BGRx, one thread each)
+   straight into its place in one picture (``rfbcanvas.py``; sway's layout,
+   ``castlayout.py``, sizes as wayvnc serves them), and serves the technician
+   that picture's changed rectangles (``rfbserver.py``);
 4. on ``--control``, sends the technician's pointer to the wayvnc of the output
    under it (at the point in that output) and keys to the first one (every
    wayvnc's virtual keyboard types into the same seat).
@@ -26,6 +26,7 @@ folder removed); otherwise 1 with one line on stderr saying why.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -33,24 +34,18 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from allowhelp.agent.castlayout import Layout, LayoutError, Stream, layout
+from allowhelp.agent.castlayout import Layout, LayoutError, Stream, Tile, layout
 from allowhelp.agent.monitors import session_monitors
-from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
+from allowhelp.agent.rfbcanvas import Canvas
+from allowhelp.agent.rfbmain import EngineError, run_engine
+from allowhelp.agent.rfbserver import RfbServer
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
-from allowhelp.agent.wayvnc import KEEP_ENV, START_TIMEOUT, WAYVNC, runtime_folder, wayvnc_argv
+from allowhelp.agent.wayvnc import WayvncLaunch, private_folder, wayvnc_program
 from allowhelp.protocol.monitors import Monitor
-
-POLL = 0.02
-
-
-class EngineError(RuntimeError):
-    """Why the outputs cannot be served; one line for the technician."""
 
 
 class RelayInput:
@@ -71,76 +66,74 @@ class RelayInput:
 
 
 class Outputs:
-    """One wayvnc per output in one private folder; ``close`` ends them and removes it."""
+    """One wayvnc per output in one private folder; ``close`` ends them and removes it.
 
-    def __init__(self, env: Mapping[str, str], monitors: Sequence[Monitor], *, control: bool):
-        program = shutil.which(WAYVNC, path=env.get("PATH") or os.defpath)
-        if program is None:
-            raise EngineError("wayvnc is not installed on this PC (Debian: apt install wayvnc)")
-        self.folder = Path(tempfile.mkdtemp(prefix="allowhelp-screen-", dir=runtime_folder(env)))
-        child_env = {key: env[key] for key in KEEP_ENV if key in env}
-        self.procs: list[subprocess.Popen[bytes]] = []
+    Made before the ``try`` whose ``finally`` closes it, started inside: a SIGTERM
+    (SystemExit) at any moment of the start-up finds the folder known to ``close``."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.launches: list[WayvncLaunch] = []
         self.upstreams: list[Upstream] = []
-        try:
-            with (self.folder / "wayvnc.log").open("wb") as log:
-                for index, monitor in enumerate(monitors):
-                    path = str(self.folder / f"rfb-{index}.sock")
-                    argv = wayvnc_argv(program, path, view_only=not control, output=monitor.name)
-                    self.procs.append(
-                        subprocess.Popen(
-                            argv,
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=log,
-                            env=child_env,
-                            cwd=self.folder,
-                        )
+
+    def start(self, env: Mapping[str, str], monitors: Sequence[Monitor], *, control: bool) -> None:
+        wayvnc_program(env)  # before any folder: not installed says so, and leaves nothing
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:  # no SIGTERM between the folder made and the folder known
+            self.folder = private_folder(env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with (self.folder / "wayvnc.log").open("wb") as log:
+            for index, monitor in enumerate(monitors):
+                self.launches.append(
+                    WayvncLaunch(
+                        env,
+                        view_only=not control,
+                        output=monitor.name,
+                        folder=self.folder,
+                        name=f"rfb-{index}.sock",
+                        stderr=log,
                     )
-        except OSError:
-            self.close()  # the ones started, and the folder
-            raise
+                )
 
     def connect(self) -> list[Upstream]:
-        for index, proc in enumerate(self.procs):
-            self.upstreams.append(Upstream(self._connected(index, proc)))
+        """A reader on each wayvnc, once they all answer (``WayvncLaunch.connect``)."""
+
+        async def connected() -> list[socket.socket]:
+            return [await launch.connect() for launch in self.launches]
+
+        try:
+            socks = asyncio.run(connected())
+        except RuntimeError as exc:
+            raise EngineError(f"{exc}: {self.last_words()}") from exc
+        self.upstreams = [Upstream(sock) for sock in socks]
         return self.upstreams
 
-    def _connected(self, index: int, proc: subprocess.Popen[bytes]) -> socket.socket:
-        deadline = time.monotonic() + START_TIMEOUT
-        path = str(self.folder / f"rfb-{index}.sock")
-        while True:
-            if proc.poll() is not None:
-                raise EngineError(f"wayvnc exited before it served the screen: {self.last_words()}")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-            else:
-                return sock
-            if time.monotonic() > deadline:
-                raise EngineError(f"wayvnc did not open its socket in {START_TIMEOUT:.0f} s")
-            time.sleep(POLL)
-
     def last_words(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = (self.folder / "wayvnc.log").read_text(errors="replace").strip().splitlines()
-            return lines[-1][:200] if lines else "(nothing said)"
+        """The last line the wayvnc wrote (they share one log in the folder)."""
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                log = (self.folder / "wayvnc.log").read_text(errors="replace")
+                lines = log.strip().splitlines()
+                return lines[-1][:200] if lines else "(nothing said)"
         return "(nothing said)"
 
     def close(self) -> None:
+        """The folder first (the session helper's SIGKILL may follow its SIGTERM within
+        seconds, while the wayvnc are still being waited for), then every wayvnc."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
         for upstream in self.upstreams:
             upstream.close()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
+        for launch in self.launches:
+            if launch.proc.poll() is None:
+                launch.proc.terminate()
+        for launch in self.launches:
             try:
-                proc.wait(5)
+                launch.proc.wait(5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+                launch.proc.kill()
+                launch.proc.wait()
 
 
 def picture_of(monitors: Sequence[Monitor], upstreams: Sequence[Upstream]) -> Layout:
@@ -153,62 +146,46 @@ def picture_of(monitors: Sequence[Monitor], upstreams: Sequence[Upstream]) -> La
     )
 
 
-def _read_into(upstream: Upstream, out: int) -> None:
-    """A reader thread: the output's frames into ``out``; closing it tells the server."""
+def _read_into(upstream: Upstream, canvas: Canvas, tile: Tile) -> None:
+    """A reader thread: the output's rectangles into its place; its end ends the picture."""
     try:
-        upstream.run(out)
+        upstream.run(canvas, tile.x, tile.y, tile.node)
     except (UpstreamError, OSError) as exc:
-        print(f"an output's picture stopped: {exc}", file=sys.stderr)
-    finally:
-        os.close(out)
+        canvas.stop(f"an output's picture stopped: {exc}")
 
 
 def serve(viewer: socket.socket, env: Mapping[str, str], *, control: bool) -> None:
     monitors = session_monitors(env, "wlroots")
     if not monitors:
         raise EngineError("sway reported no outputs")
-    outputs = Outputs(env, monitors, control=control)
-    pieces: list[Piece] = []
+    outputs = Outputs()
+    canvas: Canvas | None = None
     try:
+        outputs.start(env, monitors, control=control)
         upstreams = outputs.connect()
         for upstream in upstreams:
             upstream.handshake()
         picture = picture_of(monitors, upstreams)
+        canvas = Canvas(picture.width, picture.height, len(picture.tiles))
         for tile in picture.tiles:
-            read_end, write_end = os.pipe()
-            pieces.append(Piece(read_end, tile.x, tile.y, tile.width, tile.height))
             reader = threading.Thread(
-                target=_read_into, args=(upstreams[tile.node], write_end), daemon=True
+                target=_read_into, args=(upstreams[tile.node], canvas, tile), daemon=True
             )
             reader.start()
         sink = RelayInput(upstreams, picture) if control else None
-        RfbServer(viewer, picture.width, picture.height, "allowhelp wayvnc", sink).serve(pieces)
+        name = "allowhelp wayvnc"
+        RfbServer(viewer, picture.width, picture.height, name, sink, canvas=canvas).serve()
     finally:
         outputs.close()
-        for piece in pieces:
-            os.close(piece.fd)
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+        if canvas is not None:
+            canvas.close()
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _stop)
-    viewer = socket.socket(fileno=os.dup(0))
-    try:
+    def serving(viewer: socket.socket) -> None:
         serve(viewer, os.environ, control="--control" in sys.argv[1:])
-    except (EngineError, LayoutError, UpstreamError, StreamEnded, RuntimeError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except (ConnectionError, BrokenPipeError):
-        return 0  # the viewer left
-    except OSError as exc:
-        print(f"the outputs could not be served: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        viewer.close()
-    return 0
+
+    return run_engine(serving, (LayoutError, RuntimeError), "the outputs could not be served")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ import pytest
 from allowhelp.agent.castlayout import LayoutError, Stream, Tile, layout, single
 from allowhelp.agent.monitors import parse_mutter_state
 from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
+from allowhelp.agent.rfbcanvas import MAX_RECTS, Canvas
 from allowhelp.agent.rfbserver import Piece, RfbServer, StreamEnded
 from allowhelp.agent.rfbupstream import Upstream, UpstreamError
+from allowhelp.agent.wayvnc import wayvnc_environment
 from allowhelp.agent.wayvncall import RelayInput
 from allowhelp.protocol.monitors import Monitor
 
@@ -220,6 +222,16 @@ class Served:
         x, y, w, h, _ = struct.unpack_from(">HHHHi", head, 4)
         return (x, y, w, h), _recv(self.ours, w * h * 4)
 
+    def ask_all(self) -> list[tuple[tuple[int, int, int, int], bytes]]:
+        """An incremental request; every rectangle of the update."""
+        self.ours.sendall(struct.pack(">BBHHHH", 3, 1, 0, 0, 3, 2))
+        count = struct.unpack(">xxH", _recv(self.ours, 4))[0]
+        rects = []
+        for _ in range(count):
+            x, y, w, h, _ = struct.unpack(">HHHHi", _recv(self.ours, 12))
+            rects.append(((x, y, w, h), _recv(self.ours, w * h * 4)))
+        return rects
+
     def end(self, index: int) -> None:
         os.close(self.pipes[index][1])
         self.pipes[index] = (self.pipes[index][0], -1)
@@ -250,11 +262,24 @@ def test_the_picture_holds_each_piece_in_its_place(served: Served) -> None:
     rect, pixels = served.ask(incremental=False)
     assert rect == (0, 0, 3, 2)
     assert pixels == RED * 2 + BLUE + RED * 2 + bytes(4)  # nothing under the 1x1 piece
-    # one piece changes: only its rows come back, the other piece's pixels kept
+    # one piece changes: only its changed rectangle comes back, nothing of the other
     served.frame(1, RED)
     rect, pixels = served.ask(incremental=True)
-    assert rect == (0, 0, 3, 1)
-    assert pixels == RED * 3
+    assert rect == (2, 0, 1, 1)
+    assert pixels == RED
+
+
+def test_an_update_is_the_changed_rectangles_only(served: Served) -> None:
+    """Each piece's changed band, not the picture's: two pieces, two rectangles."""
+    served.frame(0, RED * 4)
+    served.frame(1, RED)
+    served.ask(incremental=False)
+    served.frame(0, RED * 2 + BLUE + RED)  # its second row
+    served.frame(1, BLUE)
+    assert sorted(served.ask_all()) == [((0, 1, 2, 1), BLUE + RED), ((2, 0, 1, 1), BLUE)]
+    served.frame(0, RED * 2 + BLUE + RED)  # the same again: nothing to send
+    served.frame(1, RED)
+    assert served.ask_all() == [((2, 0, 1, 1), RED)]
 
 
 def test_the_first_picture_waits_for_every_piece(served: Served) -> None:
@@ -319,55 +344,70 @@ def raw_update(*rects: tuple[int, int, int, int, bytes], encoding: int = 0) -> b
     return struct.pack(">BxH", 0, len(rects)) + body
 
 
+PLACE = (2, 1)  # the output (3x2) at (2, 1) of a 5x3 picture
+
+
 def upstream_run(
     updates: list[bytes], name_length: int | None = None
-) -> tuple[list[bytes], bytes, BaseException | None]:
-    """A reader against a scripted wayvnc (3x2): the frames it wrote, what it sent."""
+) -> tuple[list[list[tuple[int, int, int, int]]], bytes, BaseException | None, Canvas]:
+    """A reader against a scripted wayvnc (3x2) writing into a 5x3 canvas at PLACE:
+    the damage after each update, what it sent, why it stopped, the canvas."""
     ours, theirs = socket.socketpair()
-    read_end, write_end = os.pipe()
+    canvas = Canvas(5, 3, sources=1)
     upstream = Upstream(theirs)
     failure: list[BaseException] = []
+    damage: list[list[tuple[int, int, int, int]]] = []
+    updated = threading.Semaphore(0)
+    real_damaged = canvas.damaged
+
+    def damaged(rect: tuple[int, int, int, int] | None, source: int) -> None:
+        real_damaged(rect, source)
+        updated.release()
+
+    canvas.damaged = damaged  # type: ignore[method-assign]
 
     def read() -> None:
         try:
             upstream.handshake()
-            upstream.run(write_end)
+            upstream.run(canvas, *PLACE, 0)
         except (UpstreamError, OSError) as exc:
             failure.append(exc)
         finally:
-            os.close(write_end)
             theirs.close()
+            updated.release()
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    for chunk in wayvnc_side(3, 2, updates, name_length):
+    for index, chunk in enumerate(wayvnc_side(3, 2, updates, name_length)):
         ours.sendall(chunk)
+        if index >= 4 and chunk[:1] == b"\0":  # an update: wait until it is in
+            assert updated.acquire(timeout=10), "the reader did not report the update"
+            damage.append(canvas.take())
     ours.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := os.read(read_end, 1 << 16):
-        data += chunk
     thread.join(10)
-    os.close(read_end)
     sent = b""
     with contextlib.suppress(ConnectionResetError):  # closed with bytes it did not read
         while chunk := ours.recv(1 << 16):
             sent += chunk
     ours.close()
-    frames = [data[i : i + 24] for i in range(0, len(data), 24)]
-    return frames, sent, failure[0] if failure else None
+    return damage, sent, failure[0] if failure else None, canvas
 
 
-def test_a_wayvnc_output_is_read_into_whole_frames() -> None:
-    frames, sent, failure = upstream_run(
+def test_a_wayvnc_output_is_read_into_its_place_in_the_picture() -> None:
+    damage, sent, failure, canvas = upstream_run(
         [raw_update((0, 0, 3, 2, RED * 6)), b"\x02", raw_update((1, 1, 2, 1, BLUE * 2))]
     )
-    assert frames == [RED * 6, RED * 3 + RED + BLUE * 2]
+    # each update's rectangles, where the output is in the picture, and nothing more
+    assert damage == [[(2, 1, 3, 2)], [(3, 2, 2, 1)]]
+    black = bytes(4)
+    assert bytes(canvas.pixels) == black * 5 + black * 2 + RED * 3 + black * 2 + RED + BLUE * 2
     assert isinstance(failure, UpstreamError) and "closed" in str(failure)
     # the reader asked for BGRx, Raw only, a whole picture first, then increments
     assert sent.startswith(b"RFB 003.008\n\x01\x01")
     assert struct.pack(">BxHi", 2, 1, 0) in sent
     assert struct.pack(">BBHHHH", 3, 0, 0, 0, 3, 2) in sent
     assert sent.count(struct.pack(">BBHHHH", 3, 1, 0, 0, 3, 2)) == 2
+    canvas.close()
 
 
 @pytest.mark.parametrize(
@@ -379,23 +419,27 @@ def test_a_wayvnc_output_is_read_into_whole_frames() -> None:
     ],
 )
 def test_what_the_reader_does_not_take_ends_it(update: bytes, says: str) -> None:
-    frames, _, failure = upstream_run([update])
-    assert frames == []
+    damage, _, failure, canvas = upstream_run([update])
+    assert damage in ([], [[]])  # nothing reported, nothing drawn
+    assert not any(canvas.pixels)
+    canvas.close()
     assert isinstance(failure, UpstreamError) and says in str(failure)
 
 
 def test_a_desktop_name_longer_than_a_name_ends_the_reader_before_it_buffers_it() -> None:
     """A 4 GiB name would be read into memory: the reader refuses it from its length."""
-    frames, _, failure = upstream_run([], name_length=0xFFFFFFFF)
-    assert frames == []
+    damage, _, failure, canvas = upstream_run([], name_length=0xFFFFFFFF)
+    canvas.close()
+    assert damage == []
     assert isinstance(failure, UpstreamError) and "desktop name of 4294967295 bytes" in str(failure)
 
 
 def test_a_long_clipboard_from_wayvnc_is_drained_and_the_frames_go_on() -> None:
     text = b"x" * (3 << 20)  # read and dropped 1 MiB at a time
     cut = struct.pack(">B3xI", 3, len(text)) + text
-    frames, _, failure = upstream_run([cut, raw_update((0, 0, 3, 2, RED * 6))])
-    assert frames == [RED * 6]
+    damage, _, failure, canvas = upstream_run([cut, raw_update((0, 0, 3, 2, RED * 6))])
+    canvas.close()
+    assert damage == [[(2, 1, 3, 2)]]
     assert isinstance(failure, UpstreamError) and "closed" in str(failure)
 
 
@@ -431,14 +475,12 @@ def test_the_pointer_goes_to_the_wayvnc_of_the_output_under_it() -> None:
     ]
 
 
-def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
-    """The real engine process, on a socketpair as the helper runs it: without
-    sway (no outputs to ask) it exits 1 with one line, and nothing is left."""
+def engine_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """An engine process run to its end on a socketpair, as the session helper runs it."""
     ours, theirs = socket.socketpair()
-    env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "allowhelp.agent.wayvncall", "--control"],
+        return subprocess.run(
+            argv,
             stdin=theirs.fileno(),
             stdout=theirs.fileno(),
             stderr=subprocess.PIPE,
@@ -450,6 +492,64 @@ def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_wlroots_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
+    """The real engine process, on a socketpair as the helper runs it: without
+    sway (no outputs to ask) it exits 1 with one line, and nothing is left."""
+    env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
+    done = engine_process([sys.executable, "-m", "allowhelp.agent.wayvncall", "--control"], env)
     assert done.returncode == 1
     assert done.stderr.strip() == "sway reported no outputs"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the one picture (rfbcanvas)
+
+
+def test_damage_is_kept_as_rectangles_then_as_the_one_holding_them() -> None:
+    canvas = Canvas(100, 100, sources=1)
+    try:
+        canvas.damaged((10, 10, 5, 5), 0)
+        canvas.damaged((11, 11, 2, 2), 0)  # inside the first: nothing more to send
+        canvas.damaged((50, 60, 4, 4), 0)
+        assert canvas.take() == [(10, 10, 5, 5), (50, 60, 4, 4)]
+        assert canvas.take() == []
+        for index in range(MAX_RECTS + 1):
+            canvas.damaged((index * 5, 2 * index, 1, 1), 0)
+        assert canvas.take() == [(0, 0, MAX_RECTS * 5 + 1, 2 * MAX_RECTS + 1)]
+    finally:
+        canvas.close()
+
+
+def test_a_reader_ending_after_the_picture_closed_writes_into_no_other_pipe() -> None:
+    """Reader threads end after the server (their sockets close under them): their
+    last report must not land in whatever reuses the wake-up pipe's numbers."""
+    canvas = Canvas(4, 4, sources=1)
+    canvas.close()
+    read_end, write_end = os.pipe()  # the lowest free numbers: the wake-up pipe's
+    try:
+        canvas.stop("an output's picture stopped")
+        canvas.damaged((0, 0, 1, 1), 0)
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_every_wayvnc_gets_a_path_even_from_a_session_without_one() -> None:
+    """One launch for one output and for each of all outputs: the same environment."""
+    given = wayvnc_environment({"WAYLAND_DISPLAY": "wayland-1", "SECRET": "x"})
+    assert given == {"WAYLAND_DISPLAY": "wayland-1", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def test_the_portal_engine_says_why_it_cannot_start(tmp_path: Path) -> None:
+    """The real engine process, as the helper runs it, with no session bus to find
+    the portal on: exit 1 with one line (the same main as the wlroots engine's)."""
+    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": ROOT}
+    done = engine_process(["/usr/bin/python3", "-m", "allowhelp.agent.portalvnc", "--control"], env)
+    assert done.returncode == 1
+    assert done.stderr.startswith("no session bus for the portal: "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

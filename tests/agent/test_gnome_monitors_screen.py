@@ -207,6 +207,15 @@ async def magenta_seen(client: RfbClient, init: ServerInit) -> tuple[int, int, i
         await asyncio.sleep(0.2)
 
 
+async def no_magenta(client: RfbClient, init: ServerInit) -> None:
+    """No magenta window in the picture: the one an earlier test closed may still be
+    going from mutter's frames on a loaded machine (seen once: its first picture)."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while magenta_where(await picture(client, init), init) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "a magenta window before ours"
+        await asyncio.sleep(0.2)
+
+
 def save_png(rects: list[Rect], init: ServerInit, name: str) -> None:
     """The whole-picture update as a PNG in test-artifacts/, for a person to look at."""
     (_, _, width, height, pixels), *_ = rects
@@ -340,7 +349,7 @@ def test_the_technicians_pointer_lands_on_the_second_monitor(world: World, desk:
             await through_gnomes_dialog(client, world.gnome, "control-all")
             init = await client.handshake()
             assert (init.width, init.height) == PICTURE
-            assert magenta_where(await picture(client, init), init) is None
+            await no_magenta(client, init)
             pids = engine_pids()
             await client.send(pointer_event(0, 1024 + 400, 300))
             # an update after the move: the engine has passed it on by then

@@ -14,14 +14,28 @@ that moves nothing, a control pointer that sway sees on HEADLESS-2.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, machine_service, passable_folder
+from machinekit import (
+    CAN_RUN,
+    SYSTEM_PY,
+    WHY_NOT,
+    Machine,
+    local_users,
+    machine_service,
+    passable_folder,
+)
 from waylandkit import (
     CAN_RUN_SWAY,
     SECOND_COLOUR,
@@ -270,3 +284,43 @@ def test_the_pointer_lands_on_the_second_output_and_keys_reach_foot(
     pids = asyncio.run(scenario())  # the technician leaves
     assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
     wait_for(lambda: gone(pids), 15, "the engine and both wayvnc to be gone")
+
+
+ROOT = str(Path(__file__).resolve().parents[2])
+# when the helper's SIGTERM comes after the folder appears: at once (the wayvnc are
+# being started), then while they start, connect and are read
+TERM_AFTER = (0.0, 0.0, 0.0, 0.005, 0.02, 0.05, 0.2)
+
+
+@pytest.mark.parametrize("delay", TERM_AFTER)
+def test_a_sigterm_during_start_up_leaves_no_private_folder(world: World, delay: float) -> None:
+    """The session helper ends the engine's process group with SIGTERM whenever the
+    session ends, the engine's start-up included: its 0700 folder goes with it."""
+    _, _, sway = world
+    ours, theirs = socket.socketpair()
+    env = (*sway.session_env(), f"PYTHONPATH={ROOT}", "PATH=/usr/bin:/bin")
+    argv = [*sway.as_user(*env), SYSTEM_PY, "-m", "allowhelp.agent.wayvncall", "--control"]
+    engine = subprocess.Popen(
+        argv,
+        stdin=theirs.fileno(),
+        stdout=theirs.fileno(),
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    theirs.close()
+    try:
+        wait_for(
+            lambda: list(sway.runtime.glob("allowhelp-screen-*")), 20, "the folder", step=0.0005
+        )
+        time.sleep(delay)  # the moment of start-up under test, not a wait for something
+        os.killpg(engine.pid, signal.SIGTERM)  # as the helper does (reaper.end_process_group)
+        engine.wait(20)
+        wait_for(lambda: not processes("allowhelp.agent.wayvncall", "python3"), 20, "its end")
+        assert not list(sway.runtime.glob("allowhelp-screen-*")), "the private folder is left"
+    finally:
+        ours.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(engine.pid, signal.SIGKILL)
+        engine.wait(20)
+        for left in sway.runtime.glob("allowhelp-screen-*"):
+            shutil.rmtree(left, ignore_errors=True)  # so that one failure is not the next
