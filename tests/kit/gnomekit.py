@@ -92,6 +92,15 @@ class GnomeDesktop:
         return ""
 
 
+def remove_runtime(runtime: Path) -> None:
+    """A test desktop's runtime folder, with the document portal's FUSE mount in it
+    (``doc``, which outlives the session's processes; rmtree cannot enter it)."""
+    mounted = f" {runtime / 'doc'} "
+    if mounted in Path("/proc/mounts").read_text():  # os.path.ismount cannot stat it
+        subprocess.run(["umount", "-l", mounted.strip()], check=False, capture_output=True)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def gnome_desktop(
     user: str, monitors: tuple[tuple[int, int], ...] = (GNOME_SIZE,)
@@ -128,4 +137,4 @@ def gnome_desktop(
         subprocess.run(["pkill", "-KILL", "-u", user], check=False, capture_output=True)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        shutil.rmtree(runtime, ignore_errors=True)
+        remove_runtime(runtime)

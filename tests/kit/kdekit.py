@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gnomekit import remove_runtime
+
 from harness import wait_for
 
 KDE_SIZE = (1024, 768)
@@ -179,4 +181,4 @@ def kde_desktop(user: str) -> Iterator[KdeDesktop]:
         subprocess.run(["pkill", "-KILL", "-u", user], check=False, capture_output=True)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
-        shutil.rmtree(runtime, ignore_errors=True)
+        remove_runtime(runtime)
