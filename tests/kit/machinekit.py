@@ -142,8 +142,8 @@ class Machine:
 
     def signed_in_here(self) -> str:
         """Who the machine service says is signed in (asked as root)."""
-        from allowhelp.agent.machine import machine_socket
         from allowhelp.agent.machineclient import machine_call
+        from allowhelp.agent.machinesocket import machine_socket
 
         return str(machine_call(machine_socket(self.config), {"op": "status"})["signed_in"])
 
