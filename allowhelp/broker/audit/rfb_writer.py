@@ -6,11 +6,12 @@ buffers, so the event loop pays only for framing. The job copies the digest it
 is given and returns the copy: the loop's digest stays the file's until the
 job says its bytes are on disk. The chunks go out with ``pwritev``, not joined.
 
-The shell's jobs are many small pieces (three per output line), and ``hashlib``
-holds the GIL for a buffer under 2 KiB: one ``update`` per piece made the writer
-thread take the GIL back from the busy loop for every line. So runs of small
-pieces are joined and hashed in one ``update`` (the GIL let go for the hash);
-a piece of ``HASH_ALONE`` or more is hashed as it is, not copied.
+The shell's jobs are many pieces (three per output line): ``hashlib`` holds the
+GIL for a piece under 2 KiB, and lets go of it for a larger one, which the thread
+must then take back from the busy loop, once per piece. So the pieces of a job
+are joined and hashed in one ``update``: one hand-over of the GIL per job. A
+piece of ``HASH_ALONE`` or more (a screen's large frame) is hashed as it is:
+copying it would cost more than the hand-over saves.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from allowhelp.broker.audit.cast_writer import Wrote, finish_job
 
 IOV_MAX = 1024  # at most this many buffers per pwritev call (Linux allows 1024)
-HASH_ALONE = 1 << 16  # a chunk this large is hashed without a copy; smaller ones joined
+HASH_ALONE = 1 << 20  # a chunk this large is hashed without a copy; smaller ones joined
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def append_hashed(
 
 
 def hash_batched(digest: hashlib._Hash, chunks: Sequence[bytes]) -> None:
-    """``digest.update`` for each chunk in turn, with runs of small chunks joined
-    into one update (one GIL-free hash instead of a GIL-held one per chunk)."""
+    """``digest.update`` for each chunk in turn, with runs of chunks under
+    ``HASH_ALONE`` joined into one update."""
     run: list[bytes] = []
     for chunk in chunks:
         if len(chunk) < HASH_ALONE:
