@@ -172,7 +172,7 @@ async def _handshake_on(
             conn.abort()
         raise
     finally:
-        self._done(address)
+        self._admission.done(address)
     self.handshakes_succeeded += 1
     await self._accepted(conn)
 
@@ -180,8 +180,8 @@ async def _handshake_on(
 async def _admit_transport(
     self: TunnelListener, transport: WebSocketTransport, address: str, peer: str
 ) -> None:
-    await self._room.wait()
-    if not self._admit(address):
+    await self._admission.room.wait()
+    if not self._admission.admit(address):
         self.dropped += 1
         transport.abort()
         return
