@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.broker.audit.rfb_writer import HASH_ALONE, append_hashed, hash_batched
+from allowhelp.broker.audit.rfb_writer import append_hashed
 
 
 def test_a_failed_fsync_keeps_the_bytes_and_their_digest(
@@ -51,10 +51,10 @@ def test_a_failed_write_is_cut_back_with_the_digest_it_had(
     assert done.digest.hexdigest() == before.hexdigest()
 
 
-def test_small_pieces_are_hashed_in_runs_and_in_order(tmp_path: Path) -> None:
-    """Runs of small pieces go into one update, large ones alone: the digest is still
+def test_small_and_large_pieces_are_hashed_as_written_in_their_order(tmp_path: Path) -> None:
+    """A shell job's pieces (three per line) and a screen's large frames: the digest is
     that of the bytes as written, in their order."""
-    big = bytes(range(256)) * (HASH_ALONE // 256)
+    big = bytes(range(256)) * 4096
     chunks = [b"[0.1, ", b'"o", ', b'"a"]\n', big, b"tail", big + b"!", b"x" * 3000, b"y"]
     path = tmp_path / "rec"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -63,14 +63,3 @@ def test_small_pieces_are_hashed_in_runs_and_in_order(tmp_path: Path) -> None:
     assert path.read_bytes() == b"".join(chunks)
     assert done.digest.hexdigest() == hashlib.sha256(b"head" + b"".join(chunks)).hexdigest()
 
-
-def test_hashing_in_runs_calls_update_once_per_run() -> None:
-    updates: list[int] = []
-
-    class Counting:
-        def update(self, data: bytes) -> None:
-            updates.append(len(data))
-
-    big = b"b" * HASH_ALONE
-    hash_batched(Counting(), [b"a"] * 100 + [big] + [b"c"] * 10)  # type: ignore[arg-type]
-    assert updates == [100, HASH_ALONE, 10]

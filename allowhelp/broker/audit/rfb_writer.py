@@ -5,13 +5,6 @@ screen moves megabytes a second and ``hashlib`` lets go of the GIL on large
 buffers, so the event loop pays only for framing. The job copies the digest it
 is given and returns the copy: the loop's digest stays the file's until the
 job says its bytes are on disk. The chunks go out with ``pwritev``, not joined.
-
-The shell's jobs are many pieces (three per output line): ``hashlib`` holds the
-GIL for a piece under 2 KiB, and lets go of it for a larger one, which the thread
-must then take back from the busy loop, once per piece. So the pieces of a job
-are joined and hashed in one ``update``: one hand-over of the GIL per job. A
-piece of ``HASH_ALONE`` or more (a screen's large frame) is hashed as it is:
-copying it would cost more than the hand-over saves.
 """
 
 from __future__ import annotations
@@ -25,7 +18,6 @@ from dataclasses import dataclass
 from allowhelp.broker.audit.cast_writer import Wrote, finish_job
 
 IOV_MAX = 1024  # at most this many buffers per pwritev call (Linux allows 1024)
-HASH_ALONE = 1 << 20  # a chunk this large is hashed without a copy; smaller ones joined
 
 
 @dataclass(frozen=True)
@@ -56,27 +48,12 @@ def append_hashed(
         error, end = exc, start
     seconds = time.perf_counter() - began  # the writing alone (the shell's inline rule)
     if error is None:
-        hash_batched(after, chunks)
+        for chunk in chunks:
+            after.update(chunk)
     wrote = finish_job(fd, start, end, error, last=last, measure=measure, seconds=seconds)
     # the digest follows the bytes kept: a failed write is cut back (the old digest),
     # a failed fsync keeps them (``wrote.end`` counts them, so must the digest)
     return WroteHashed(wrote, digest if error else after)
-
-
-def hash_batched(digest: hashlib._Hash, chunks: Sequence[bytes]) -> None:
-    """``digest.update`` for each chunk in turn, with runs of chunks under
-    ``HASH_ALONE`` joined into one update."""
-    run: list[bytes] = []
-    for chunk in chunks:
-        if len(chunk) < HASH_ALONE:
-            run.append(chunk)
-            continue
-        if run:
-            digest.update(b"".join(run))
-            run = []
-        digest.update(chunk)
-    if run:
-        digest.update(b"".join(run))
 
 
 def _write_all(fd: int, chunks: Sequence[bytes], start: int) -> int:
