@@ -62,4 +62,3 @@ def test_small_and_large_pieces_are_hashed_as_written_in_their_order(tmp_path: P
     assert done.wrote.error is None
     assert path.read_bytes() == b"".join(chunks)
     assert done.digest.hexdigest() == hashlib.sha256(b"head" + b"".join(chunks)).hexdigest()
-
