@@ -236,10 +236,7 @@ class TunnelListener:
             await finished
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer's malformed packet.
-            self.handshakes_failed += 1
-            owner = conn.get_owner() if conn is not None else None
-            if not (isinstance(owner, AgentConnection) and owner.refused):
-                self._handshake_failed(address, peer, exc)
+            self._handshake_lost(conn, address, peer, exc)
             if conn is None:
                 sock.close()
             else:
@@ -255,6 +252,20 @@ class TunnelListener:
             self._admission.done(address)
         self.handshakes_succeeded += 1
         return conn
+
+    def _handshake_lost(
+        self,
+        conn: asyncssh.SSHClientConnection | None,
+        address: str,
+        peer: str,
+        exc: BaseException,
+    ) -> None:
+        """Count a failed handshake, and record it unless its key was refused (that
+        refusal is on the record already: ``accept_key``)."""
+        self.handshakes_failed += 1
+        owner = conn.get_owner() if conn is not None else None
+        if not (isinstance(owner, AgentConnection) and owner.refused):
+            self._handshake_failed(address, peer, exc)
 
     def _handshake_failed(self, address: str, peer: str, exc: BaseException) -> None:
         reason = (str(exc) or type(exc).__name__)[:200]
