@@ -32,7 +32,7 @@ from allowhelp.broker.console.answers import CloseCode
 from allowhelp.broker.console.api import tunnel_socket as endpoint
 from allowhelp.broker.console.api.base import services
 from allowhelp.broker.tunnel import listener as tunnel_listener
-from allowhelp.broker.tunnel.listener import AgentConnection, TunnelListener
+from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.wsbridge import CHUNK, SUBPROTOCOL
 
 HIGH_WATER = 1024 * 1024  # queued bytes at which asyncssh is asked to pause
@@ -158,10 +158,7 @@ async def _handshake_on(
         transport.attach(conn)
         await finished
     except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
-        self.handshakes_failed += 1
-        owner = conn.get_owner() if conn is not None else None
-        if not (isinstance(owner, AgentConnection) and owner.refused):
-            self._handshake_failed(address, peer, exc)
+        self._handshake_lost(conn, address, peer, exc)
         if conn is not None:
             conn.abort()
         else:
@@ -172,7 +169,7 @@ async def _handshake_on(
             conn.abort()
         raise
     finally:
-        self._done(address)
+        self._admission.done(address)
     self.handshakes_succeeded += 1
     await self._accepted(conn)
 
@@ -180,8 +177,8 @@ async def _handshake_on(
 async def _admit_transport(
     self: TunnelListener, transport: WebSocketTransport, address: str, peer: str
 ) -> None:
-    await self._room.wait()
-    if not self._admit(address):
+    await self._admission.room.wait()
+    if not self._admission.admit(address):
         self.dropped += 1
         transport.abort()
         return

@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_session(args: argparse.Namespace) -> int:
     from allowhelp.agent.helper import run_session
-    from allowhelp.agent.machine import machine_socket
+    from allowhelp.agent.machinesocket import machine_socket
     from allowhelp.runtime import run_event_loop
 
     folder = Path(args.config) if args.config else None
@@ -92,8 +92,8 @@ def cmd_session(args: argparse.Namespace) -> int:
 def call(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
     """One request to the agent that serves this user (see the module's docstring)."""
     from allowhelp.agent import localsocket
-    from allowhelp.agent.machine import machine_socket
     from allowhelp.agent.machineclient import machine_call
+    from allowhelp.agent.machinesocket import machine_socket
 
     if args.config:
         folder = Path(args.config)

@@ -32,7 +32,7 @@ from allowhelp.agent.desktop import this_session
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
 from allowhelp.agent.i18n import _, user_language
-from allowhelp.agent.machine import check_socket_folder
+from allowhelp.agent.machinesocket import check_socket_folder
 from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
 from allowhelp.agent.service import ConsentFrontend, NotConnected

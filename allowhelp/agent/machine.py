@@ -12,7 +12,11 @@ uid the kernel gives (``SO_PEERCRED``) and by nothing it says.
   screen server (``remote.py``).
 - The CLI sends one request. Every request is answered for the caller's uid
   alone: another local user sees no foreign request and cannot allow, deny or
-  end one (refused exactly as a request that does not exist).
+  end one (refused exactly as a request that does not exist;
+  ``machinerequests.py``).
+
+Where the socket lives and how its folder is checked: ``machinesocket.py``;
+the helpers connected and who of them is signed in: ``sessionhelpers.py``.
 
 Bounded: at most ``MAX_CONNECTIONS`` connections, ``MAX_PER_UID`` per uid,
 ``MAX_HELPERS_PER_UID`` helpers per uid; a client that sends nothing is
@@ -24,71 +28,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pwd
 import socket
-import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
-from allowhelp.agent.i18n import LANGUAGES, _, speaking
+from allowhelp.agent.i18n import _, speaking
+from allowhelp.agent.machinerequests import answer_decision, answer_query, ask_help, prompt_packet
+from allowhelp.agent.machinesocket import listen_at
 from allowhelp.agent.news import NewsLine
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
-from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose
+from allowhelp.agent.sessionhelpers import ScreenSaid, SessionHelpers
+from allowhelp.agent.signedin import ActiveUid
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import MAX_CHAT, Hello, Kind, ProtocolError
 
-if TYPE_CHECKING:  # the session helper imports this module and has no asyncssh
+if TYPE_CHECKING:  # loaded with the first session (tests/house/test_idle_imports.py)
     from allowhelp.agent.channels import Backend, GatedChannel
     from allowhelp.agent.remote import RemoteProgram
 
 log = logging.getLogger(__name__)
 
-SYSTEM_CONFIG_DIR = Path("/etc/allowhelp/agent")
-SYSTEM_SOCKET = Path("/run/allowhelp/agent.sock")
 MAX_CONNECTIONS = 64
 MAX_PER_UID = 8
 MAX_HELPERS_PER_UID = 4
 IDLE_TIMEOUT = 10.0
-MAX_SOCKET_PATH = 107
-
-
-def _chat(service: AgentService, packet: hp.MessagesQuery | hp.Say, uid: int) -> bytes:
-    """``messages`` and ``chat`` for the caller's own sessions alone."""
-    if isinstance(packet, hp.Say):
-        said = service.say(packet.session_id, packet.text, owner=uid)
-        return hp.answer(True, message=said.to_json())
-    lines = [line.to_json() for line in service.messages(packet.session_id, owner=uid)]
-    return hp.answer(True, messages=hp.fitting(lines))
-
-
-def machine_socket(config_dir: Path | None) -> Path:
-    """``/run/allowhelp/agent.sock`` for the machine folder; ``DIR/run/agent.sock``
-    for another ``--config DIR`` (tests, a second service)."""
-    if config_dir is None or config_dir.resolve() == SYSTEM_CONFIG_DIR:
-        return SYSTEM_SOCKET
-    return config_dir.resolve() / "run" / "agent.sock"
-
-
-def check_socket_folder(folder: Path) -> None:
-    """Refuse a socket folder that is not root's alone to write (someone else
-    could put their own socket there)."""
-    try:
-        info = folder.lstat()
-    except OSError as exc:
-        raise AgentError(
-            _("cannot use %(folder)s: %(error)s") % {"folder": folder, "error": exc.strerror or exc}
-        ) from exc
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise AgentError(_("%(folder)s is not a real directory: refusing it") % {"folder": folder})
-    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise AgentError(
-            _("%(folder)s is not root's alone to write: refusing it") % {"folder": folder}
-        )
 
 
 def _user_name(uid: int) -> str:
@@ -111,28 +79,21 @@ class HelperHub:
         os_name: str = "",
     ) -> None:
         self.path = path
-        self._active_uid = active_uid
         self._hostname, self._os = hostname, os_name
         self.service: AgentService | None = None
         self._listener: socket.socket | None = None
         self._conns: set[PacketConn] = set()
-        self._helpers: dict[PacketConn, HelperInfo] = {}
+        self._helpers = SessionHelpers(active_uid)
         self._idle: dict[PacketConn, asyncio.TimerHandle] = {}
         self._programs: dict[str, RemoteProgram] = {}
         self._owners: dict[str, int | None] = {}  # session → uid: news go to it alone
         self._tasks: set[asyncio.Task[None]] = set()
-        self._next_id = 0
-        self._said_user: str | None = None
-        self._said_language: str | None = None
-        self._said_screen: tuple[str, str, str, str] | None = None
+        self._said: tuple[str, str, ScreenSaid | None] | None = None  # user, language, screen
 
     # who is signed in
 
-    def _signed_in_helper(self) -> HelperInfo | None:
-        return choose(list(self._helpers.values()), self._active_uid)
-
     def signed_in(self) -> int | None:
-        chosen = self._signed_in_helper()
+        chosen = self._helpers.signed_in()
         return chosen.uid if chosen is not None else None
 
     def signed_in_name(self) -> str:
@@ -140,31 +101,25 @@ class HelperHub:
         return _user_name(uid) if uid is not None else ""
 
     def signed_in_language(self) -> str:
-        chosen = self._signed_in_helper()
+        chosen = self._helpers.signed_in()
         return chosen.language if chosen is not None else ""
 
     def language_of(self, uid: int | None) -> str:
         """The language ``uid``'s newest helper said ("": none said)."""
-        mine = [info for info in self._helpers.values() if info.uid == uid]
-        return max(mine, key=lambda info: info.conn_id).language if mine else ""
+        return self._helpers.language_of(uid)
+
+    def helper_of(self, uid: int | None) -> PacketConn | None:
+        return self._helpers.newest_of(uid)
 
     def hello(self) -> Hello:
-        self._said_user = self.signed_in_name()
-        self._said_language = self.signed_in_language()
-        chosen = self._signed_in_helper()
-        screen = (
-            (chosen.screen, chosen.screen_problem, chosen.desktop, chosen.monitors)
-            if chosen
-            else None
-        )
-        self._said_screen = screen
+        user, language, screen = self._said = self._what_to_say()
         return Hello(
             hostname=self._hostname,
             os=self._os,
-            user=self._said_user,
+            user=user,
             version=__version__,
             system=True,
-            language=self._said_language,
+            language=language,
             jobs=True,
             screen=screen[0] if screen else "none",
             screen_problem=screen[1] if screen else "nobody signed in",
@@ -175,25 +130,12 @@ class HelperHub:
             nodes=True,
         )
 
-    def _maybe_changed(self) -> None:
-        if self.service is None:
-            return
-        chosen = self._signed_in_helper()
-        screen = (
-            (chosen.screen, chosen.screen_problem, chosen.desktop, chosen.monitors)
-            if chosen
-            else None
-        )
-        if (
-            self.signed_in_name() != self._said_user
-            or self.signed_in_language() != self._said_language
-            or screen != self._said_screen
-        ):
-            self.service.say_hello()
+    def _what_to_say(self) -> tuple[str, str, ScreenSaid | None]:
+        return self.signed_in_name(), self.signed_in_language(), self._helpers.screen_said()
 
-    def helper_of(self, uid: int | None) -> PacketConn | None:
-        mine = [(info.conn_id, conn) for conn, info in self._helpers.items() if info.uid == uid]
-        return max(mine, key=lambda pair: pair[0])[1] if mine else None
+    def _maybe_changed(self) -> None:
+        if self.service is not None and self._what_to_say() != self._said:
+            self.service.say_hello()
 
     # programs in the user's session (channels.ShellFactory / ScreenFactory)
 
@@ -233,7 +175,7 @@ class HelperHub:
         # The audit's prompt text in the language the owner's helper shows it in.
         pending.language = self.language_of(pending.owner)
         self._owners[pending.request.session_id] = pending.owner
-        self._to_owner(pending.owner, _prompt_packet(pending))
+        self._to_owner(pending.owner, prompt_packet(pending))
 
     def prompt_closed(self, session_id: str) -> None:
         if session_id not in self._owners:
@@ -276,32 +218,13 @@ class HelperHub:
             self._to_owner(uid, hp.Notice(text[:500]))
 
     def _to_owner(self, owner: int | None, packet: hp.Packet) -> None:
-        for conn, info in list(self._helpers.items()):
-            if info.uid == owner:
-                conn.send(packet.encode())
+        for conn in self._helpers.conns_of(owner):
+            conn.send(packet.encode())
 
     # the socket
 
     async def start(self) -> None:
-        folder = self.path.parent
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise AgentError(
-                _("%(path)s is too long for a UNIX socket: use a shorter --config")
-                % {"path": self.path}
-            )
-        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chmod(folder, 0o755)  # noqa: S103 - every user's helper must reach the socket
-        check_socket_folder(folder)
-        if folder.parent != Path("/run"):  # DIR/run: users may pass through DIR, not list it
-            os.chmod(folder.parent, 0o711)  # noqa: S103 - pass through, no listing
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        listener.bind(str(self.path))
-        # anyone may connect; SO_PEERCRED says who they are
-        os.chmod(self.path, 0o666)  # noqa: S103
-        listener.listen(16)
-        listener.setblocking(False)
+        listener = listen_at(self.path)
         asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
         self._listener = listener
         log.info("helper socket %s", self.path)
@@ -347,7 +270,7 @@ class HelperHub:
         timer = self._idle.pop(conn, None)
         if timer is not None:
             timer.cancel()
-        info = self._helpers.pop(conn, None)
+        info = self._helpers.remove(conn)
         if info is None:
             return
         log.info("session helper of uid %d (pid %d) went away", info.uid, info.pid)
@@ -390,7 +313,6 @@ class HelperHub:
 
     def _handle(self, conn: PacketConn, packet: hp.Packet, fds: list[int]) -> bytes | None:
         service = self._service()
-        uid = conn.uid
         if isinstance(packet, hp.HelperHello):
             self._register(conn, packet)  # answers itself: the welcome comes before the prompts
             return None
@@ -398,63 +320,25 @@ class HelperHub:
             self._program_news(conn, packet, fds)
             return None
         if isinstance(packet, (hp.PendingQuery, hp.StatusQuery, hp.MessagesQuery, hp.Say)):
-            return self._query(packet, uid)
-        if isinstance(packet, (hp.Allow, hp.Deny)):
-            allow = isinstance(packet, hp.Allow)
-            view_only = packet.view_only if isinstance(packet, hp.Allow) else False
-            decision = service.decide(
-                packet.session_id, allow=allow, view_only=view_only, via=packet.via, owner=uid
-            )
-            return hp.answer(True, session_id=decision.session_id, view_only=decision.view_only)
-        if isinstance(packet, hp.End):
-            return hp.answer(True, ended=service.end(packet.session_id or None, owner=uid))
+            return answer_query(service, packet, conn.uid, self.signed_in_name())
+        if isinstance(packet, (hp.Allow, hp.Deny, hp.End)):
+            return answer_decision(service, packet, conn.uid)
         raise AgentError(_("unknown request"))
-
-    def _query(
-        self, packet: hp.PendingQuery | hp.StatusQuery | hp.MessagesQuery | hp.Say, uid: int
-    ) -> bytes:
-        service = self._service()
-        if isinstance(packet, hp.PendingQuery):
-            return hp.answer(True, pending=[p.to_json() for p in service.gate.pending(uid)])
-        if isinstance(packet, hp.StatusQuery):
-            return hp.answer(True, **self._status(uid))
-        return _chat(service, packet, uid)
 
     def _service(self) -> AgentService:
         if self.service is None:
             raise AgentError(_("the machine service is starting"))
         return self.service
 
-    def _status(self, uid: int) -> dict[str, Any]:
-        service = self._service()
-        return {
-            "connected": service.connected,
-            "agent_id": service.config.agent_id,
-            "signed_in": self.signed_in_name(),
-            "pending": [p.to_json() for p in service.gate.pending(uid)],
-            "sessions": [g.to_json() for g in service.gate.grants(uid)],
-        }
-
     def _register(self, conn: PacketConn, hello: hp.HelperHello) -> None:
         if conn in self._helpers:
             raise AgentError(_("this connection is a session helper already"))
-        if sum(1 for i in self._helpers.values() if i.uid == conn.uid) >= MAX_HELPERS_PER_UID:
+        if self._helpers.count_of(conn.uid) >= MAX_HELPERS_PER_UID:
             raise AgentError(_("too many session helpers for this user"))
         timer = self._idle.pop(conn, None)
         if timer is not None:
             timer.cancel()
-        self._next_id += 1
-        language = hello.language if hello.language in LANGUAGES else ""
-        self._helpers[conn] = HelperInfo(
-            self._next_id,
-            conn.uid,
-            conn.pid,
-            language=language,
-            screen=hello.screen,
-            screen_problem=hello.screen_problem,
-            desktop=hello.desktop,
-            monitors=hello.monitors,
-        )
+        self._helpers.add(conn, hello)
         log.info("session helper of uid %d (pid %d) connected", conn.uid, conn.pid)
         service = self._service()
         welcome = hp.answer(
@@ -462,7 +346,7 @@ class HelperHub:
         )
         conn.send(welcome)
         for pending in service.gate.pending(conn.uid):
-            conn.send(_prompt_packet(pending).encode())
+            conn.send(prompt_packet(pending).encode())
         self._maybe_changed()
 
     def _program_news(
@@ -479,35 +363,5 @@ class HelperHub:
             program.exited(packet.status, packet.error)
 
     async def _ask_help(self, conn: PacketConn, packet: hp.AskHelp) -> None:
-        if self.helper_of(conn.uid) is None:
-            reply = hp.answer(
-                False,
-                error="only a user signed in at this PC (with `allowhelp-agent session` "
-                "running) can ask for help",
-            )
-        else:
-            try:
-                code = await self._service().request_help(packet.message)
-                reply = hp.answer(True, code=code.code, expires_in=code.expires_in)
-            except AgentError as exc:
-                reply = hp.answer(False, error=str(exc))
-        self._reply(conn, reply)
-
-
-def _prompt_packet(pending: Pending) -> hp.Prompt:
-    view = pending.to_json()
-    request = pending.request
-    return hp.Prompt(
-        session_id=request.session_id,
-        technician=request.technician,
-        organisation=request.organisation,
-        kind=request.kind,
-        reason=request.reason,
-        phrase=request.phrase,
-        help_code=request.help_code,
-        seconds_left=int(str(view["seconds_left"])),
-        prompt=pending.prompt_text(),
-        joins=request.joins,
-        mode=request.mode,
-        username=request.username,
-    )
+        has_helper = self.helper_of(conn.uid) is not None
+        self._reply(conn, await ask_help(self._service, packet, has_helper=has_helper))

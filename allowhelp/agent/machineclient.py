@@ -11,7 +11,7 @@ from typing import Any
 
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
-from allowhelp.agent.machine import check_socket_folder
+from allowhelp.agent.machinesocket import check_socket_folder
 from allowhelp.agent.seqpacket import request
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import ProtocolError

@@ -75,7 +75,8 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     from allowhelp.agent.history import HISTORY_FILE, History, SessionHistory  # noqa: PLC0415
     from allowhelp.agent.inventory import InventoryReporter  # noqa: PLC0415
     from allowhelp.agent.jobs import JobKeeper  # noqa: PLC0415
-    from allowhelp.agent.machine import HelperHub, machine_socket  # noqa: PLC0415
+    from allowhelp.agent.machine import HelperHub  # noqa: PLC0415
+    from allowhelp.agent.machinesocket import machine_socket  # noqa: PLC0415
     from allowhelp.agent.signedin import default_active_uid  # noqa: PLC0415
     from allowhelp.agent.upgrade import UpgradeWatch, clear_mark  # noqa: PLC0415
 

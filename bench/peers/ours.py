@@ -22,8 +22,8 @@ import httpx
 import websockets
 
 from allowhelp.agent import localsocket
-from allowhelp.agent.machine import machine_socket
 from allowhelp.agent.machineclient import machine_call
+from allowhelp.agent.machinesocket import machine_socket
 from bench import fleet
 from bench.common import Procs, log, proc_stat, wait_for
 from bench.screen import (

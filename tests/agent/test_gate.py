@@ -13,10 +13,17 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from roguekit import Sink, TcpSink, UnixSink, as_sink, ask, control, refused
+from roguekit import (
+    Sink,
+    TcpSink,
+    UnixSink,
+    as_sink,
+    ask,
+    control,
+    refused,
+    stolen_key_connection,
+)
 
-from allowhelp.certs import ssh_options
-from allowhelp.certs.sshkeys import load_private_key
 from allowhelp.protocol.control import (
     CONTROL_SUBSYSTEM,
     ConsentDecision,
@@ -44,23 +51,8 @@ def stolen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, A
 @pytest.fixture
 async def rogue(stolen: tuple[Broker, Agent]) -> AsyncIterator[asyncssh.SSHClientConnection]:
     """Accept the agent's next connection with the stolen key."""
-    broker, _ = stolen
-    arrived: asyncio.Queue[asyncssh.SSHClientConnection] = asyncio.Queue()
-    options = asyncssh.SSHClientConnectionOptions(
-        username=ssh_options.BROKER_USERNAME,
-        client_keys=[load_private_key(broker.data / "tunnel_key")],
-        known_hosts=None,
-        agent_path=None,
-    )
-    port = int(broker.tunnel.rpartition(":")[2])
-    server = await asyncssh.listen_reverse(
-        "127.0.0.1", port, options=options, config=None, acceptor=arrived.put_nowait
-    )
-    conn = await asyncio.wait_for(arrived.get(), 30)
-    yield conn
-    conn.close()
-    server.close()
-    await server.wait_closed()
+    async with stolen_key_connection(stolen[0]) as conn:
+        yield conn
 
 
 async def test_nothing_opens_without_consent(

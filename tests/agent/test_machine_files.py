@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
 
 from harness import (
     ADMIN,
@@ -25,7 +25,6 @@ from harness import (
     TECH_PW,
     Broker,
     Desk,
-    agent_cli,
     staffed_broker,
     wait_for,
 )
@@ -43,10 +42,7 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Machi
         staffed_broker(tmp_path_factory.mktemp("mfiles")) as fleet,
     ):
         broker = fleet.brokers[0]
-        config = root / "machine"
-        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-        assert enrolled.returncode == 0, enrolled.stderr
-        machine = Machine(root, config)
+        machine = Machine(root, enroll_system(broker, root / "machine"))
         try:
             machine.start_service()
             machine.start_helper(USERS[1])

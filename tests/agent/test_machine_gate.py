@@ -18,14 +18,12 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
-from roguekit import Sink, as_sink, ask, control, refused
+from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
+from roguekit import Sink, as_sink, ask, control, refused, stolen_key_connection
 
 from allowhelp.agent.screen import TEST_COMMAND_ENV
-from allowhelp.certs import ssh_options
-from allowhelp.certs.sshkeys import load_private_key
 from allowhelp.protocol.control import SessionEnd, channel_subsystem, decode
-from harness import Broker, Fleet, agent_cli, wait_for
+from harness import Broker, Fleet, wait_for
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
@@ -39,10 +37,7 @@ def stolen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, M
         machine = Machine(root, root / "machine")
         try:
             broker = fleet.broker().start()
-            enrolled = agent_cli(
-                "enroll", "--system", broker.token(), "--config", str(machine.config)
-            )
-            assert enrolled.returncode == 0, enrolled.stderr
+            enroll_system(broker, machine.config)
             broker.stop()
             machine.start_service()
             yield broker, machine
@@ -53,23 +48,9 @@ def stolen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, M
 
 @pytest.fixture
 async def rogue(stolen: tuple[Broker, Machine]) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    broker, _ = stolen
-    arrived: asyncio.Queue[asyncssh.SSHClientConnection] = asyncio.Queue()
-    options = asyncssh.SSHClientConnectionOptions(
-        username=ssh_options.BROKER_USERNAME,
-        client_keys=[load_private_key(broker.data / "tunnel_key")],
-        known_hosts=None,
-        agent_path=None,
-    )
-    port = int(broker.tunnel.rpartition(":")[2])
-    server = await asyncssh.listen_reverse(
-        "127.0.0.1", port, options=options, config=None, acceptor=arrived.put_nowait
-    )
-    conn = await asyncio.wait_for(arrived.get(), 30)
-    yield conn
-    conn.close()
-    server.close()
-    await server.wait_closed()
+    """Accept the machine service's next connection with the stolen key."""
+    async with stolen_key_connection(stolen[0]) as conn:
+        yield conn
 
 
 def admin_shell(conn: asyncssh.SSHClientConnection, session_id: str) -> Awaitable[object]:

@@ -23,7 +23,16 @@ from typing import Any
 
 import pytest
 import websockets
-from machinekit import CAN_RUN, WHY_NOT, Machine, child_of, local_users, passable_folder, rss_kib
+from machinekit import (
+    CAN_RUN,
+    WHY_NOT,
+    Machine,
+    child_of,
+    enroll_system,
+    local_users,
+    passable_folder,
+    rss_kib,
+)
 from playwright.sync_api import sync_playwright
 
 from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
@@ -34,7 +43,6 @@ from harness import (
     TECH_PW,
     Broker,
     Desk,
-    agent_cli,
     broker_cli,
     staffed_broker,
     wait_for,
@@ -75,10 +83,7 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pc]:
         staffed_broker(tmp_path_factory.mktemp("machine"), broker_args=options) as fleet,
     ):
         broker = fleet.brokers[0]
-        config = root / "machine"
-        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-        assert enrolled.returncode == 0, enrolled.stderr
-        pc = Pc(root, config, broker=broker)
+        pc = Pc(root, enroll_system(broker, root / "machine"), broker=broker)
         try:
             pc.start_service()
             wait_for(lambda: pc.signed_in() is None, 30, "the machine service to come online")

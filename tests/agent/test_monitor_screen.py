@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,6 @@ import websockets
 from monitorkit import BOX, HALF, LEFT_COLOUR, RIGHT_COLOUR, SIZE, TwoMonitors, start_two_monitors
 from playwright.sync_api import sync_playwright
 
-from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from harness import (
     ADMIN,
@@ -43,23 +41,17 @@ from harness import (
     wait_for,
     wait_pending,
 )
-from screenkit import RfbClient, ServerInit, colour_box, on_pc, screen_socket
+from screenkit import (
+    RfbClient,
+    ServerInit,
+    agent_env,
+    colour_box,
+    on_pc,
+    screen_socket,
+    start_agent,
+)
 
 pytestmark = pytest.mark.x11
-SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
-
-
-def agent_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
-    return {**env, **extra}
-
-
-def start_agent(fleet: Fleet, broker: Broker, name: str, env: dict[str, str]) -> Agent:
-    agent = fleet.agent(name)
-    assert agent.enroll(broker.token()).returncode == 0
-    agent.start("--reconnect-cap", "2", "--prompt", "none", env=env)
-    wait_for(functools.partial(online, broker, agent.agent_id), 20, "agent online")
-    return agent
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +63,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         broker = fleet.broker().start()
         broker.add_user(ADMIN, ADMIN_PW, role="admin")
         broker.add_user(TECH, TECH_PW)
-        yield {
-            "broker": broker,
-            "screens": screens,
+        agents = {
             "two": start_agent(fleet, broker, "two", agent_env(DISPLAY=screens.display)),
             "headless": start_agent(fleet, broker, "headless", agent_env()),
         }
+        for agent in agents.values():
+            wait_for(functools.partial(online, broker, agent.agent_id), 20, "agent online")
+        yield {"broker": broker, "screens": screens, **agents}
     finally:
         fleet.close()
         screens.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from allowhelp.broker.audit import log as audit_module
+from allowhelp.broker.audit import writer as writer_module
 from allowhelp.broker.audit.log import AuditLog, AuditRecord, verify
 from allowhelp.broker.errors import AuditUnavailable
 
@@ -136,7 +136,7 @@ async def test_queued_writes_are_committed_in_one_transaction(
 
 
 async def test_a_batch_is_capped(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit_module, "BATCH_MAX", 16)
+    monkeypatch.setattr(writer_module, "BATCH_MAX", 16)
     log = AuditLog.open(path)
     spy = Spy(log)
     with writer_stalled(log):

@@ -49,3 +49,16 @@ def test_a_failed_write_is_cut_back_with_the_digest_it_had(
     assert done.wrote.error is not None
     assert path.read_bytes() == b"kept" and done.wrote.end == 4
     assert done.digest.hexdigest() == before.hexdigest()
+
+
+def test_small_and_large_pieces_are_hashed_as_written_in_their_order(tmp_path: Path) -> None:
+    """A shell job's pieces (three per line) and a screen's large frames: the digest is
+    that of the bytes as written, in their order."""
+    big = bytes(range(256)) * 4096
+    chunks = [b"[0.1, ", b'"o", ', b'"a"]\n', big, b"tail", big + b"!", b"x" * 3000, b"y"]
+    path = tmp_path / "rec"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    done = append_hashed(fd, chunks, 0, hashlib.sha256(b"head"), last=True, measure=False)
+    assert done.wrote.error is None
+    assert path.read_bytes() == b"".join(chunks)
+    assert done.digest.hexdigest() == hashlib.sha256(b"head" + b"".join(chunks)).hexdigest()

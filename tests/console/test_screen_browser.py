@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -33,13 +32,14 @@ from screenkit import (
     MARK_COLOUR,
     SCREEN_SIZE,
     XServer,
+    agent_env,
     gone,
     on_pc,
     processes,
+    start_agent,
     start_xserver,
 )
 
-SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
 # The canvas at the known-colour window of the PC's screen (screenkit.MARK_BOX):
 # its centre, two corners just inside and two points just outside.
 CANVAS_MARK = """([x, y, w, h]) => {
@@ -54,10 +54,6 @@ CANVAS_MARK = """([x, y, w, h]) => {
 }"""
 
 pytestmark = [pytest.mark.browser, pytest.mark.x11]
-
-
-def agent_env(**extra: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k not in SESSION_VARS}, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "x": agent_env(DISPLAY=xserver.display),
             "fake": agent_env(**{TEST_COMMAND_ENV: f"{sys.executable} {FAKE_VNC} {mode}"}),
         }
-        agents: dict[str, Agent] = {}
-        for name, env in envs.items():
-            agents[name] = agent = fleet.agent(name)
-            assert agent.enroll(broker.token()).returncode == 0
-            agent.start("--reconnect-cap", "2", "--prompt", "none", env=env)
+        agents = {name: start_agent(fleet, broker, name, env) for name, env in envs.items()}
         for agent in agents.values():
             wait_for(functools.partial(online, broker, agent.agent_id), 20, "agent online")
         yield {"broker": broker, "xserver": xserver, "mode": mode, **agents}

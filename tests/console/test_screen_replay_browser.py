@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -35,14 +34,15 @@ from screenkit import (
     MARK_COLOUR,
     SCREEN_SIZE,
     RfbClient,
+    agent_env,
     on_pc,
     screen_socket,
+    start_agent,
     start_xserver,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.x11]
 
-SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE")
 LIVE_SECONDS = 3.0  # how long the recorded session lasts: time for the player to take at speed 8
 # The canvas at the known-colour window (screenkit.MARK_BOX): its centre; null without a picture.
 CANVAS_AT = """([x, y, w, h]) => {
@@ -68,12 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         broker = fleet.broker().start()
         broker.add_user(ADMIN, ADMIN_PW, role="admin")
         broker.add_user(TECH, TECH_PW)
-        agent = fleet.agent("x")
-        assert agent.enroll(broker.token()).returncode == 0
-        env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
-        agent.start(
-            "--reconnect-cap", "2", "--prompt", "none", env={**env, "DISPLAY": xserver.display}
-        )
+        agent = start_agent(fleet, broker, "x", agent_env(DISPLAY=xserver.display))
         wait_for(functools.partial(online, broker, agent.agent_id), 20, "agent online")
         yield {"broker": broker, "agent": agent, "xserver": xserver}
     finally:

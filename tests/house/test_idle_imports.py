@@ -100,6 +100,8 @@ SESSION_ONLY = {
 # What the other command runs.
 MACHINE_ONLY = {
     "allowhelp.agent.machine",
+    "allowhelp.agent.sessionhelpers",
+    "allowhelp.agent.machinerequests",
     "allowhelp.agent.jobs",
     "allowhelp.agent.inventory",
     "allowhelp.agent.history",

@@ -8,7 +8,7 @@ which name moved, before a subtle failure at run time does.
   built by hand by the tunnel listener's own accept loop (as asyncssh's own
   ``listen_reverse`` does) to share one options object across the fleet;
 - asyncssh ``SSHConnection._server_sig_algs`` is swapped for a shared set
-  (``TunnelListener.share_sig_algs``, memory per agent);
+  (``sshclient.SharedSigAlgs``, memory per agent);
 - asyncssh ``SSHServerChannel._process_env_request`` is replaced so the
   agent refuses every ``env`` request (asyncssh accepts them by itself);
 - asyncssh ``sftp.start_sftp_client(conn, loop, utf8_decode_errors, reader,

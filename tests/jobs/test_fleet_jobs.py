@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -20,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 from jobkit import (
-    RogueServer,
     audit,
     build_local_repo,
     create,
@@ -36,8 +33,8 @@ from jobkit import (
     stop,
 )
 from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+from roguekit import rogue_agent_says
 
-from allowhelp.certs.sshkeys import load_private_key
 from allowhelp.protocol.control import JobResult, JobRun
 from harness import (
     ADMIN,
@@ -363,26 +360,12 @@ def test_a_rogue_agent_cannot_report_for_another_pc_nor_send_jobs(pcs: Pcs) -> N
         f"{me} reported on job {made['id']}, which is not its own",
         f"{me} sent a job.run, which agents may not send",
     ]
-    config = json.loads((rogue.config / "agent.json").read_text())
     mark = log_mark(broker.log)
 
-    async def attack() -> None:
-        options = asyncssh.SSHServerConnectionOptions(
-            server_host_keys=[load_private_key(rogue.config / "host_key")],
-            server_factory=lambda: RogueServer(lines),
-            encoding=None,
-        )
-        conn = await asyncssh.connect_reverse(
-            config["tunnel_host"], config["tunnel_port"], config=None, options=options
-        )
-        try:
-            await asyncio.to_thread(
-                wait_for, lambda: judged[-1] in log_since(broker.log, mark), 15, "the judgement"
-            )
-        finally:
-            conn.close()
-
-    asyncio.run(asyncio.wait_for(attack(), 30))
+    attack = rogue_agent_says(
+        rogue.config, lines, lambda: judged[-1] in log_since(broker.log, mark), "the judgement"
+    )
+    asyncio.run(asyncio.wait_for(attack, 30))
     said = log_since(broker.log, mark)
     assert all(line in said for line in judged), said
     result = job(pcs.admin, made["id"])["results"][0]

@@ -12,39 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-from machinekit import Machine
+from machinekit import Machine, enroll_system
 
-from allowhelp.protocol.control import CONTROL_SUBSYSTEM
 from harness import Broker, Desk, agent_cli, broker_cli, wait_for
-
-
-class _RogueSession(asyncssh.SSHServerSession[bytes]):
-    def __init__(self, lines: list[bytes]) -> None:
-        self._lines = lines
-
-    def connection_made(self, chan: Any) -> None:
-        self._chan = chan
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == CONTROL_SUBSYSTEM
-
-    def session_started(self) -> None:
-        for line in self._lines:
-            self._chan.write(line)
-
-
-class RogueServer(asyncssh.SSHServer):
-    """An enrolled agent's key, saying on the control channel what it should not."""
-
-    def __init__(self, lines: list[bytes]) -> None:
-        self._lines = lines
-
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> _RogueSession:
-        return _RogueSession(self._lines)
 
 
 def opt_in(config: Path, allow: tuple[str, ...], apt_config: str = "") -> None:
@@ -57,11 +27,7 @@ def opt_in(config: Path, allow: tuple[str, ...], apt_config: str = "") -> None:
 
 
 def enrolled_machine(broker: Broker, root: Path, name: str) -> Machine:
-    config = root / name
-    done = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-    assert done.returncode == 0, done.stderr
-    machine = Machine(root, config)
-    return machine
+    return Machine(root, enroll_system(broker, root / name))
 
 
 def online(desk: Desk, agent_id: str) -> bool:

@@ -142,8 +142,8 @@ class Machine:
 
     def signed_in_here(self) -> str:
         """Who the machine service says is signed in (asked as root)."""
-        from allowhelp.agent.machine import machine_socket
         from allowhelp.agent.machineclient import machine_call
+        from allowhelp.agent.machinesocket import machine_socket
 
         return str(machine_call(machine_socket(self.config), {"op": "status"})["signed_in"])
 
@@ -188,16 +188,20 @@ class Machine:
         return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
 
 
+def enroll_system(broker: Broker, config: Path) -> Path:
+    """``enroll --system`` with ``broker`` into ``config`` (a machine service's folder)."""
+    enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
+    assert enrolled.returncode == 0, enrolled.stderr
+    return config
+
+
 @contextmanager
 def machine_service(
     broker: Broker, root: Path, user: str, env: tuple[str, ...]
 ) -> Iterator[Machine]:
     """A PC enrolled with ``enroll --system`` in ``root``, its machine service running
     and ``user``'s session helper started with their desktop's ``env``; stopped after."""
-    config = root / "machine"
-    enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-    assert enrolled.returncode == 0, enrolled.stderr
-    machine = Machine(root, config)
+    machine = Machine(root, enroll_system(broker, root / "machine"))
     try:
         machine.start_service()
         machine.start_helper(user, env=env)

@@ -19,9 +19,14 @@ from typing import Any, Literal
 
 import websockets
 
-from harness import Agent, Desk, agent_cli, wait_for
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
+from harness import Agent, Broker, Desk, Fleet, agent_cli, wait_for
 
 SCREEN_SIZE = (800, 600)
+# What tells an agent which desktop session it runs in (and the screen engine's
+# test knob): left out of the tests' own environment, so an agent sees only the
+# session a test gives it.
+SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
 # The keys window (xev): white, here. The root is black (Xvfb -br).
 KEYLOG_BOX = (150, 100, 500, 400)
 # A window of one known colour at a known place, away from the keys window and
@@ -411,3 +416,19 @@ def variance(pixels: bytes, bpp: int) -> int:
     """How many distinct pixel values; 1 means a blank (single-colour) picture."""
     step = bpp // 8
     return len({pixels[i : i + step] for i in range(0, len(pixels), step * 7)})
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    """This process's environment without its desktop session (``SESSION_VARS``),
+    with ``extra`` (``DISPLAY=...``, the engine's test knob) added."""
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
+    return {**env, **extra}
+
+
+def start_agent(fleet: Fleet, broker: Broker, name: str, env: dict[str, str]) -> Agent:
+    """A per-user agent enrolled with ``broker`` and started in ``env``, prompting
+    nobody (the tests answer its requests); not waited for."""
+    agent = fleet.agent(name)
+    assert agent.enroll(broker.token()).returncode == 0
+    agent.start("--reconnect-cap", "2", "--prompt", "none", env=env)
+    return agent

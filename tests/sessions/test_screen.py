@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -57,6 +56,7 @@ from screenkit import (
     RfbClient,
     ServerInit,
     XServer,
+    agent_env,
     colour_box,
     command_line,
     gone,
@@ -68,6 +68,7 @@ from screenkit import (
     processes,
     screen_socket,
     socket_inodes,
+    start_agent,
     start_xserver,
 )
 
@@ -76,19 +77,6 @@ MARKER, MARKER_SEEN = "m", "keysym 0x6d, m)"
 Z_SEEN = "keysym 0x7a, z)"
 POINTER_TO = (123, 77)  # away from where focus_window leaves the pointer (400, 300)
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
-SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", TEST_COMMAND_ENV)
-
-
-def agent_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARS}
-    return {**env, **extra}
-
-
-def start_agent(fleet: Fleet, broker: Broker, name: str, env: dict[str, str]) -> Agent:
-    agent = fleet.agent(name)
-    assert agent.enroll(broker.token()).returncode == 0
-    agent.start("--reconnect-cap", "2", "--prompt", "none", env=env)
-    return agent
 
 
 @pytest.fixture(scope="module")

@@ -44,30 +44,20 @@ from screenkit import (
     MARK_COLOUR,
     RfbClient,
     XServer,
+    agent_env,
     colour_box,
     key_event,
     on_pc,
     screen_socket,
+    start_agent,
     start_xserver,
 )
 
 pytestmark = pytest.mark.x11
 
 KEYSYM_Q = 0x71
-SESSION_VARS = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE")
 CAP = 64 * 1024
 DAY = 86400
-
-
-def agent_env(**extra: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k not in SESSION_VARS}, **extra}
-
-
-def start_agent(fleet: Fleet, broker: Broker, name: str, xserver: XServer) -> Agent:
-    agent = fleet.agent(name)
-    assert agent.enroll(broker.token()).returncode == 0
-    agent.start("--reconnect-cap", "2", "--prompt", "none", env=agent_env(DISPLAY=xserver.display))
-    return agent
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +74,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             broker.add_user(ADMIN, ADMIN_PW, role="admin")
             broker.add_user(TECH, TECH_PW)
         agents = {
-            "plain": start_agent(fleet, plain, "pc1", xserver),
-            "capped": start_agent(fleet, capped, "pc2", xserver),
+            "plain": start_agent(fleet, plain, "pc1", agent_env(DISPLAY=xserver.display)),
+            "capped": start_agent(fleet, capped, "pc2", agent_env(DISPLAY=xserver.display)),
         }
         for name, agent in agents.items():
             broker = plain if name == "plain" else capped

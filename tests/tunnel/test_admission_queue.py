@@ -15,7 +15,7 @@ import pytest
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.store.worker import StoreWorker
-from allowhelp.broker.tunnel import listener as listener_module
+from allowhelp.broker.tunnel import admission
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
@@ -29,9 +29,9 @@ async def _nowhere(agent_id: str, message: Message) -> None:
 
 @pytest.fixture
 async def tunnel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TunnelListener]:
-    monkeypatch.setattr(listener_module, "MAX_STARTUPS", 1)
-    monkeypatch.setattr(listener_module, "MAX_WAITING", 2)
-    monkeypatch.setattr(listener_module, "MAX_WAIT", 1.0)
+    monkeypatch.setattr(admission, "MAX_STARTUPS", 1)
+    monkeypatch.setattr(admission, "MAX_WAITING", 2)
+    monkeypatch.setattr(admission, "MAX_WAIT", 1.0)
     generate_host_key(tmp_path / "tunnel_key")
     db = await StoreWorker.open(tmp_path / "broker.sqlite3")
     audit = AuditLog.open(tmp_path / "audit.sqlite3")
@@ -98,8 +98,8 @@ async def test_the_waiting_room_is_bounded_then_the_backlog_holds_the_rest(
     assert (await _first_bytes(socks[0], 5)).startswith(b"SSH-")
     # One in a handshake, two accepted and waiting: the room is full, so the
     # fourth is not accepted; it waits in the kernel's backlog.
-    await _until(lambda: set(tunnel._starting) == set(sources[:3]), "three admitted")
-    assert not tunnel._room.is_set()
+    await _until(lambda: set(tunnel._admission.starting) == set(sources[:3]), "three admitted")
+    assert not tunnel._admission.room.is_set()
     # A tunnel bridged from the HTTPS port meanwhile has no backlog to wait in: it is
     # dropped at once (its agent retries), never held outside the room's count.
     ours, theirs = socket.socketpair()
@@ -107,12 +107,12 @@ async def test_the_waiting_room_is_bounded_then_the_backlog_holds_the_rest(
     dropped = tunnel.dropped
     tunnel.accept_stream(theirs, "127.0.0.99", "127.0.0.99:4433")
     assert await _first_bytes(ours, 5) == b""
-    assert tunnel.dropped == dropped + 1 and "127.0.0.99" not in tunnel._starting
+    assert tunnel.dropped == dropped + 1 and "127.0.0.99" not in tunnel._admission.starting
     ours.close()
     socks[0].close()  # its slot goes to the next in line, in order ...
     assert (await _first_bytes(socks[1], 5)).startswith(b"SSH-")
     # ... and the fourth is taken from the backlog into the room.
-    await _until(lambda: set(tunnel._starting) == set(sources[1:]), "the fourth admitted")
+    await _until(lambda: set(tunnel._admission.starting) == set(sources[1:]), "the fourth admitted")
     with pytest.raises(TimeoutError):
         await _first_bytes(socks[3], 0.5)  # still behind the third
     for sock in socks:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
-import asyncssh
+from roguekit import rogue_agent_says
 
-from allowhelp.certs.sshkeys import load_private_key
 from allowhelp.protocol.control import (
-    CONTROL_SUBSYSTEM,
     ConsentDecision,
     ConsentRequest,
     HelpCode,
@@ -25,35 +21,8 @@ from harness import (
     log_mark,
     log_since,
     running_fleet,
-    wait_for,
     wait_pending,
 )
-
-
-class RogueSession(asyncssh.SSHServerSession[bytes]):
-    def __init__(self, lines: list[bytes]) -> None:
-        self._lines = lines
-
-    def connection_made(self, chan: Any) -> None:
-        self._chan = chan
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == CONTROL_SUBSYSTEM
-
-    def session_started(self) -> None:
-        for line in self._lines:
-            self._chan.write(line)
-
-
-class RogueServer(asyncssh.SSHServer):
-    def __init__(self, lines: list[bytes]) -> None:
-        self._lines = lines
-
-    def begin_auth(self, username: str) -> bool:
-        return False  # the test trusts whoever dialled back: it is the broker
-
-    def session_requested(self) -> RogueSession:
-        return RogueSession(self._lines)
 
 
 def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) -> None:
@@ -87,7 +56,6 @@ def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) 
                 HelpCode(ref="r", code="000 000", expires_in=1).encode(),
                 HelpRefused(ref="r", reason="forged").encode(),
             ]
-            config = json.loads((rogue.config / "agent.json").read_text())
             me = f"agent={rogue.agent_id}"
             # What the broker says of each line, in the order it judges them (one
             # worker per agent, in order): once the last is logged, all were judged.
@@ -100,26 +68,13 @@ def test_a_rogue_agent_cannot_answer_or_end_another_pcs_session(tmp_path: Path) 
             ]
             mark = log_mark(broker.log)
 
-            async def attack() -> None:
-                options = asyncssh.SSHServerConnectionOptions(
-                    server_host_keys=[load_private_key(rogue.config / "host_key")],
-                    server_factory=lambda: RogueServer(lines),
-                    encoding=None,
-                )
-                conn = await asyncssh.connect_reverse(
-                    config["tunnel_host"], config["tunnel_port"], config=None, options=options
-                )
-                try:
-                    await asyncio.to_thread(
-                        wait_for,
-                        lambda: judged[-1] in log_since(broker.log, mark),
-                        15,
-                        "the broker to judge every line the rogue sent",
-                    )
-                finally:
-                    conn.close()
-
-            asyncio.run(asyncio.wait_for(attack(), 30))
+            attack = rogue_agent_says(
+                rogue.config,
+                lines,
+                lambda: judged[-1] in log_since(broker.log, mark),
+                "the broker to judge every line the rogue sent",
+            )
+            asyncio.run(asyncio.wait_for(attack, 30))
             said = log_since(broker.log, mark)
             for line in judged:
                 assert line in said, line

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from allowhelp.broker.tunnel.listener import client_options
+from allowhelp.broker.tunnel.sshclient import client_options
 
 
 def test_home_ssh_files_do_not_reach_the_tunnel_options(

@@ -178,7 +178,7 @@ def test_a_silent_dead_peer_is_noticed_by_keepalives(fleet: Fleet) -> None:
 def test_a_silent_connection_is_dropped_at_the_login_timeout(fleet: Fleet) -> None:
     """The broker builds its SSH connections itself (one shared options object):
     the login timeout must still end a handshake that never happens."""
-    from allowhelp.broker.tunnel.listener import LOGIN_TIMEOUT
+    from allowhelp.broker.tunnel.sshclient import LOGIN_TIMEOUT
 
     broker, _ = enrolled(fleet)
     started = time.monotonic()
@@ -200,7 +200,7 @@ def test_silent_connections_cannot_lock_agents_out_for_long(fleet: Fleet) -> Non
     login timeout. One address cannot take more than its share (its excess is
     closed at accept); over the global limit, newcomers wait in the backlog
     and get in as soon as there is room. The broker stays up throughout."""
-    from allowhelp.broker.tunnel.listener import MAX_STARTUPS, MAX_STARTUPS_PER_ADDRESS
+    from allowhelp.broker.tunnel.admission import MAX_STARTUPS, MAX_STARTUPS_PER_ADDRESS
 
     broker, agent = enrolled(fleet)
     port = port_of(broker.tunnel)

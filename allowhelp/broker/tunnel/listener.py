@@ -7,23 +7,10 @@ completes, so no agent can claim another's id, and a removed agent is refused
 like an unknown one. The keys are kept in memory (``tunnel/keys.py``), so the
 handshake never waits for the database.
 
-Admission control, as OpenSSH's MaxStartups: at most ``MAX_STARTUPS``
-handshakes are in progress at once. The next ``MAX_WAITING`` connections are
-accepted and wait, in the order they came, for a handshake slot (a socket and
-a parked task each, no CPU); beyond that the broker stops calling ``accept()``
-and the next agents wait in the kernel's backlog (``TUNNEL_BACKLOG``), so
-nobody fails and escalates its backoff (measured: a 19,800-agent fleet all
-back after a restart this way; closing the excess at accept let 7 % back in
-the same time). The kernel's backlog alone (1,024 then) overflowed when 10,000
-agents came back at once after a ``kill -9``: their SYNs were dropped, and
-thousands hit their 15 s connect timeout or a reset and came back only after
-another 30 s of backoff (docs/benchmarks.md §10). A connection that
-waited longer than ``MAX_WAIT`` is closed instead of handshaken: its agent is
-about to give up on it. One address may hold at most
-``MAX_STARTUPS_PER_ADDRESS`` connections waiting or in a handshake; its
-excess is closed at accept. Without any of this, a whole fleet reconnecting after a
-broker restart shares the CPU so thinly that no handshake finishes before its
-login timeout, every agent retries, and none ever gets back in. Audit and
+Admission control, as OpenSSH's MaxStartups (``tunnel/admission.py``):
+a bounded number of handshakes at once, the next connections waiting in order
+for a slot, the rest left in the kernel's backlog, so a whole fleet
+reconnecting after a broker restart gets back in. Audit and
 store writes run off the event loop, so a slow disk or a locked database does
 not stall every tunnel.
 
@@ -33,9 +20,8 @@ flood of failed handshakes must not drown the chain. A failed handshake is
 logged at WARNING with the peer address (the first per address per window;
 the rest at DEBUG, and summed up in the audit log).
 
-A broker holds tens of thousands of idle tunnels, so what each one keeps
-matters (``bench --only memory``): no per-connection options object, and the
-peer's ``server-sig-algs`` set shared between connections that sent the same.
+The SSH client options shared by every tunnel, and what each keeps small:
+``tunnel/sshclient.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Literal
 
@@ -56,30 +42,14 @@ from allowhelp.broker.errors import TunnelError
 from allowhelp.broker.listen import bind
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.admission import TUNNEL_BACKLOG, Admission
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.link import AgentLink, Dispatcher
-from allowhelp.certs import ssh_options
+from allowhelp.broker.tunnel.sshclient import SharedSigAlgs, client_options, start_client
 from allowhelp.certs.sshkeys import agent_id_for, load_private_key, public_key_line
 
 log = logging.getLogger(__name__)
-
-# Handshakes in progress at once. Each costs the broker 3-7 ms of CPU, so 200
-# at once finish in about a second, far inside the login timeout; measured
-# with 16 per address, a fleet behind one address came back 2x slower than
-# without a limit (bench/, docs/benchmarks.md).
-MAX_STARTUPS = 200
-MAX_STARTUPS_PER_ADDRESS = 100  # one address (a branch office's NAT) cannot take them all
-# Accepted connections waiting for a handshake slot: at the measured 250-300
-# handshakes/s about 15 s of work, one fd each (a fleet's agents hold one each
-# once back anyway).
-MAX_WAITING = 4096
-MAX_WAIT = 40.0  # seconds; agents give up on a login after 60 (agent/tunnel.py)
-# listen(2)'s backlog for the SSH port; Linux clamps it to net.core.somaxconn
-# (4096 by default since 5.4): raise that sysctl for more.
-TUNNEL_BACKLOG = 65535
-LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
-SHARED_SIG_ALGS = 16  # distinct server-sig-algs sets kept for sharing; agents send one
 
 
 class StoredHistory:
@@ -155,11 +125,7 @@ class TunnelListener:
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._starting: dict[str, int] = {}  # per address: waiting or in a handshake
-        self._room = asyncio.Event()  # set while fewer than MAX_STARTUPS + MAX_WAITING
-        self._room.set()
-        self._slots = asyncio.Semaphore(MAX_STARTUPS)  # FIFO: the first to come goes first
-        self._waiting: set[asyncio.Task[None]] = set()
+        self._admission = Admission()
         self.dropped = 0
         self.waited_too_long = 0
         # Handshakes that ended, by outcome (a refused key is a failure): metrics.
@@ -167,7 +133,7 @@ class TunnelListener:
         self.handshakes_failed = 0
         self._options_built: asyncssh.SSHClientConnectionOptions | None = None
         self._stopping = False
-        self._sig_algs: dict[frozenset[bytes], frozenset[bytes]] = {}
+        self._sig_algs = SharedSigAlgs()
         self._connectivity = ConnectivityAudit(
             audit,
             StoredHistory(db),
@@ -202,7 +168,7 @@ class TunnelListener:
     async def _admit_stream(self, sock: socket.socket, address: str, peer: str) -> None:
         # Already accepted by the console: no backlog to leave it in. A full waiting
         # room drops it at once (its agent retries) rather than holding it uncounted.
-        if not self._room.is_set() or not self._admit(address):
+        if not self._admission.room.is_set() or not self._admission.admit(address):
             self.dropped += 1
             sock.close()
             return
@@ -212,7 +178,7 @@ class TunnelListener:
         loop = asyncio.get_running_loop()
         warned = 0.0
         while True:
-            await self._room.wait()
+            await self._admission.room.wait()
             try:
                 sock, peer = await loop.sock_accept(listener)
             except OSError as exc:  # EMFILE and friends: wait, do not spin or flood the log
@@ -222,39 +188,11 @@ class TunnelListener:
                 await asyncio.sleep(0.1)
                 continue
             address = str(peer[0])
-            if not self._admit(address):
+            if not self._admission.admit(address):
                 self.dropped += 1
                 sock.close()
                 continue
             self._spawn(self._handshake(sock, address, f"{address}:{peer[1]}"))
-
-    def _admit(self, address: str) -> bool:
-        here = self._starting.get(address, 0)
-        if here >= MAX_STARTUPS_PER_ADDRESS:
-            return False
-        self._starting[address] = here + 1
-        if sum(self._starting.values()) >= MAX_STARTUPS + MAX_WAITING:
-            self._room.clear()
-        return True
-
-    def _done(self, address: str) -> None:
-        left = self._starting.pop(address, 1) - 1
-        if left:
-            self._starting[address] = left
-        if sum(self._starting.values()) < MAX_STARTUPS + MAX_WAITING:
-            self._room.set()
-
-    async def _slot(self) -> None:
-        """Wait for a handshake slot, first come first served, ``MAX_WAIT`` at most
-        (``TimeoutError``: its agent is about to give up on it anyway)."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._waiting.add(task)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), MAX_WAIT)
-        finally:
-            if task is not None:
-                self._waiting.discard(task)
 
     async def _handshake(self, sock: socket.socket, address: str, peer: str) -> None:
         """Wait for a handshake slot, then run the SSH client on an accepted socket;
@@ -262,27 +200,25 @@ class TunnelListener:
         (login timeout included: asyncssh arms ``options.login_timeout`` when it
         builds the connection)."""
         try:
-            await self._slot()
-        except TimeoutError:  # closed unanswered, on the record as a refused handshake
+            await self._admission.slot()
+        except TimeoutError as exc:  # closed unanswered, on the record as a refused handshake
             self.waited_too_long += 1
-            self._handshake_failed(
-                address, peer, TimeoutError(f"waited {MAX_WAIT:.0f} s for a handshake slot")
-            )
-            self._done(address)
+            self._handshake_failed(address, peer, exc)
+            self._admission.done(address)
             sock.close()
             return
         except asyncio.CancelledError:
-            self._done(address)
+            self._admission.done(address)
             sock.close()
             raise
         try:
             if self._stopping:
                 sock.close()
-                self._done(address)
+                self._admission.done(address)
                 return
             conn = await self._run_handshake(sock, address, peer)
         finally:
-            self._slots.release()
+            self._admission.release()
         if conn is not None:
             await self._accepted(conn)
 
@@ -300,10 +236,7 @@ class TunnelListener:
             await finished
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer's malformed packet.
-            self.handshakes_failed += 1
-            owner = conn.get_owner() if conn is not None else None
-            if not (isinstance(owner, AgentConnection) and owner.refused):
-                self._handshake_failed(address, peer, exc)
+            self._handshake_lost(conn, address, peer, exc)
             if conn is None:
                 sock.close()
             else:
@@ -316,9 +249,23 @@ class TunnelListener:
                 sock.close()
             raise
         finally:
-            self._done(address)
+            self._admission.done(address)
         self.handshakes_succeeded += 1
         return conn
+
+    def _handshake_lost(
+        self,
+        conn: asyncssh.SSHClientConnection | None,
+        address: str,
+        peer: str,
+        exc: BaseException,
+    ) -> None:
+        """Count a failed handshake, and record it unless its key was refused (that
+        refusal is on the record already: ``accept_key``)."""
+        self.handshakes_failed += 1
+        owner = conn.get_owner() if conn is not None else None
+        if not (isinstance(owner, AgentConnection) and owner.refused):
+            self._handshake_failed(address, peer, exc)
 
     def _handshake_failed(self, address: str, peer: str, exc: BaseException) -> None:
         reason = (str(exc) or type(exc).__name__)[:200]
@@ -330,31 +277,7 @@ class TunnelListener:
     def _start_client(
         self, loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None], address: str
     ) -> asyncssh.SSHClientConnection:
-        """One SSH client connection on the shared options.
-
-        This is what ``asyncssh.listen_reverse`` does per accepted connection
-        (checked against asyncssh 2.24.1): ``run_client`` would instead copy
-        the options in a thread for every connection (``construct``: a 2 KiB
-        object kept per tunnel, a ``getpass.getuser()`` and a thread hop per
-        handshake). Without ``wait`` the connection never touches
-        ``options.waiter``, so sharing the options is safe; asyncssh calls
-        the acceptor after authentication and the error handler when the
-        handshake fails (login timeout included), and never both.
-        """
-
-        def accepted(conn: object) -> None:
-            if not finished.done():
-                finished.set_result(None)
-
-        def failed(conn: object, exc: Exception | None) -> None:
-            if not finished.done():
-                finished.set_exception(exc or asyncssh.ConnectionLost("connection lost"))
-
-        conn = asyncssh.SSHClientConnection(loop, self._shared_options(), accepted, failed)
-        # A tunnel bridged from the HTTPS port runs on a socketpair, which has no
-        # TCP peer: asyncssh then takes the peer from here (its public extra info).
-        conn.set_extra_info(remote_peername=(address, 0))
-        return conn
+        return start_client(loop, self._shared_options(), finished, address)
 
     def _shared_options(self) -> asyncssh.SSHClientConnectionOptions:
         if self._options_built is None:
@@ -370,26 +293,8 @@ class TunnelListener:
         return client_options(self._key, lambda: AgentConnection(self))
 
     def share_sig_algs(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Swap the peer's ``server-sig-algs`` set for an equal shared one.
-
-        asyncssh keeps it as a fresh set per connection (1.6 KiB per agent,
-        ``bench --only memory``) although every agent sends the same list,
-        and reads it only to choose a signature algorithm for our own
-        public-key authentication, which is over once this runs. Private
-        attribute, checked against asyncssh 2.24.1; if it is gone or not a
-        set, nothing is changed. At most ``SHARED_SIG_ALGS`` distinct sets
-        are kept, so odd agents cannot grow the table.
-        """
-        algs = getattr(conn, "_server_sig_algs", None)
-        if not isinstance(algs, set):
-            return
-        key = frozenset(algs)
-        shared = self._sig_algs.get(key)
-        if shared is None:
-            if len(self._sig_algs) >= SHARED_SIG_ALGS:
-                return
-            shared = self._sig_algs.setdefault(key, key)
-        conn._server_sig_algs = shared  # type: ignore[assignment]  # read-only use
+        """The peer's ``server-sig-algs`` set swapped for a shared one (memory per tunnel)."""
+        self._sig_algs.share(conn)
 
     def accept_key(self, key: asyncssh.SSHKey, addr: str, peer: str) -> bool:
         agent_id = agent_id_for(key)
@@ -443,38 +348,9 @@ class TunnelListener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        for waiting in list(self._waiting):  # accepted, not started: just closed
-            waiting.cancel()
+        self._admission.cancel_waiting()  # accepted, not started: just closed
         self._registry.close_all()
         await asyncio.sleep(0)  # connection_lost callbacks queue their records
         await self._connectivity.stop()  # pending summaries and tallies land too
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
-
-
-def client_options(
-    key: asyncssh.SSHKey, factory: Callable[[], asyncssh.SSHClient]
-) -> asyncssh.SSHClientConnectionOptions:
-    """The broker's side of every tunnel, shared by all of them (``_start_client``)."""
-    return asyncssh.SSHClientConnectionOptions(
-        username=ssh_options.BROKER_USERNAME,
-        client_keys=[key],
-        agent_path=None,
-        known_hosts=([], [], []),  # empty, not None: every key goes to accept_key
-        # Nothing from the operator's home: not ~/.ssh/config (config=None), not
-        # ~/.ssh/ca-bundle.crt or ~/.ssh/crt (a service user's HOME may not even be
-        # readable): the broker's SSH is configured here and nowhere else.
-        config=None,
-        x509_trusted_certs=None,
-        x509_trusted_cert_paths=[],
-        server_host_key_algs=list(ssh_options.HOST_KEY_ALGS),
-        encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
-        kex_algs=list(ssh_options.KEX_ALGS),
-        mac_algs=list(ssh_options.MAC_ALGS),
-        compression_algs=list(ssh_options.COMPRESSION_ALGS),
-        preferred_auth=["publickey"],
-        keepalive_interval=ssh_options.BROKER_KEEPALIVE_INTERVAL,
-        keepalive_count_max=ssh_options.BROKER_KEEPALIVE_COUNT_MAX,
-        login_timeout=LOGIN_TIMEOUT,
-        client_factory=factory,
-    )
