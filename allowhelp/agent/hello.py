@@ -45,5 +45,6 @@ def current_hello() -> Hello:
         chat=True,
         monitors=offer.monitors,
         invites=True,
+        all_monitors=True,
         nodes=True,
     )

@@ -127,6 +127,7 @@ class HelperHub:
             chat=True,
             monitors=screen[3] if screen else "",
             invites=True,
+            all_monitors=True,
             nodes=True,
         )
 

@@ -241,6 +241,9 @@ class Hello(Message):
     # The agent takes ``nodes.list`` (the other broker nodes, to fail over to); an older
     # agent would close the tunnel on it, so only these get one.
     nodes: bool = False
+    # The agent shows every monitor at once (screen ``monitor: all``, #15); an older one
+    # would refuse it only after the PC user's click, so the broker refuses it first.
+    all_monitors: bool = False
 
 
 @dataclass(frozen=True)

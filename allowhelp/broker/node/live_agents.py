@@ -33,6 +33,7 @@ def live_details(live: LiveAgent) -> dict[str, object]:
         "screen_problem": live.screen_problem,
         "desktop": live.desktop,
         "monitors": [m.to_json() for m in live.monitors],
+        "all_monitors": live.all_monitors,
     }
 
 

@@ -26,6 +26,11 @@ from allowhelp.broker.tunnel.agents import LiveAgent
 from allowhelp.protocol.control import EndReason
 from allowhelp.protocol.monitors import ALL, is_monitor_name, refusal
 
+TOO_OLD_FOR_ALL = (
+    "this PC's agent is too old to show all monitors at once: upgrade allowhelp-agent, "
+    "or pick one monitor"
+)
+
 Refusal = tuple[EndReason, str, str]  # (end reason, error code, message)
 
 
@@ -50,6 +55,8 @@ def screen_refusal(session: Session, live: LiveAgent) -> Refusal | None:
     if live.screen == "none":
         why = live.screen_problem or "its agent did not say why"
         return ("unsupported", "screen_unavailable", f"this PC cannot share its screen: {why}")
+    if session.monitor == ALL and live.screen and not live.all_monitors:
+        return ("unsupported", "monitor_unavailable", TOO_OLD_FOR_ALL)
     problem = refusal(live.screen, live.monitors, session.monitor)
     if problem:
         return ("unsupported", "monitor_unavailable", problem)

@@ -37,6 +37,7 @@ class LiveAgent:
     chat: bool = False  # it takes chat.message and files.transfer (Hello ``chat``)
     invites: bool = False  # it takes invitations into running sessions (Hello ``invites``)
     nodes: bool = False  # it takes nodes.list, to fail over (Hello ``nodes``, node/peers.py)
+    all_monitors: bool = False  # it shows every monitor at once (Hello ``all_monitors``)
 
     @property
     def nobody_signed_in(self) -> bool:

@@ -72,6 +72,7 @@ class Inventory:
             live.chat = message.chat
             live.invites = message.invites
             live.nodes = message.nodes
+            live.all_monitors = message.all_monitors
             live.user = plain_text(message.user, 64)
             live.language = message.language  # unknown ones get English words (phrase.py)
             live.screen = plain_text(message.screen, 20)

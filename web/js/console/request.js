@@ -8,7 +8,7 @@ import { t } from "../lib/i18n.js";
 import { state } from "./state.js";
 
 /** @typedef {import("../lib/session-states.js").Session} Session */
-/** @typedef {Pick<import("./state.js").Agent, "id" | "hostname" | "user" | "os" | "screen" | "monitors">} Target */
+/** @typedef {Pick<import("./state.js").Agent, "id" | "hostname" | "user" | "os" | "screen" | "monitors" | "all_monitors">} Target */
 
 /** @type {Target | null} */
 let target = null;
@@ -105,7 +105,7 @@ function monitorSelect() {
 /**
  * The monitor picker: the PC's monitors (the primary one chosen, as MeshCentral and
  * RustDesk do), and "All monitors" (every engine: x11vnc, one wayvnc per output, the
- * portal's streams). On the GNOME portal the list carries the monitors only to say
+ * portal's streams) when its agent says it can. On the GNOME portal the list carries the monitors only to say
  * there are several: the person at the PC picks in the desktop's dialog, so the
  * choice there is that pick or all.
  * Only when there is a choice: one monitor, or none reported (KDE), sends no monitor.
@@ -120,7 +120,8 @@ function fillMonitors(agent) {
         const key = m.primary ? "request.monitor_primary" : "request.monitor_size";
         return new Option(t(key, { name: m.name, width: m.width, height: m.height }), m.name);
       });
-  options.push(new Option(t("request.all_monitors"), "all")); // every engine shows them all (#15)
+  // every engine shows them all (#15), when the PC's agent is new enough to
+  if (agent.all_monitors) options.push(new Option(t("request.all_monitors"), "all"));
   monitorSelect().replaceChildren(...options);
   const primary = monitors.find((m) => m.primary) || monitors[0];
   if (primary && !portal) monitorSelect().value = primary.name;

@@ -28,6 +28,7 @@
  * @property {string} [screen_problem] why the screen cannot be shared (screen "none")
  * @property {string} [desktop] the session the agent saw ("wayland: sway")
  * @property {Monitor[]} [monitors] the session's monitors a screen request may name
+ * @property {boolean} [all_monitors] its agent shows every monitor at once (monitor "all")
  * @property {number | null} [last_seen]
  * @property {boolean} [removed]
  * @property {string[]} [groups] set by admins (PATCH /api/v1/agents/{id})

@@ -55,6 +55,8 @@ def agent_row(svc: Services, agent: AgentRecord) -> dict[str, object]:
         "desktop": live.desktop if live else "",
         # Live, from the Hello: the session's monitors a screen request may name.
         "monitors": [m.to_json() for m in live.monitors] if live else [],
+        # Live, from the Hello: the agent can show them all at once (``monitor: all``).
+        "all_monitors": live.all_monitors if live else False,
     }
 
 

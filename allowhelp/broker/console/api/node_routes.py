@@ -75,7 +75,15 @@ async def _forward(
 
 
 # The agent list's fields that come from the agent's hello (``console/api/fleet.py``).
-LIVE_FIELDS = ("system", "signed_in", "screen", "screen_problem", "desktop", "monitors")
+LIVE_FIELDS = (
+    "system",
+    "signed_in",
+    "screen",
+    "screen_problem",
+    "desktop",
+    "monitors",
+    "all_monitors",
+)
 
 
 def listed_elsewhere(found: AgentElsewhere) -> dict[str, object]:
