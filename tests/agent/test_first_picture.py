@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,3 +185,35 @@ def test_the_users_x11vnc_is_greeted_through_the_machine_service(
     pids = asyncio.run(scenario())
     assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
     wait_for(lambda: gone(pids), 15, "x11vnc to be gone after the technician left")
+
+
+# --- the screen's code loads while the person reads a screen prompt -----------
+
+WARMUP = """
+import asyncio, os, sys
+from types import SimpleNamespace
+from allowhelp.agent.runner import SCREEN_MODULE, ScreenWarmup
+
+async def main(kind):
+    ScreenWarmup().prompt(SimpleNamespace(request=SimpleNamespace(kind=kind)))
+    before = SCREEN_MODULE in sys.modules
+    await asyncio.sleep(0)  # one turn of the loop: after the prompt was shown
+    children = open(f"/proc/self/task/{os.getpid()}/children").read().split()
+    print(before, SCREEN_MODULE in sys.modules, children)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize(("kind", "loaded"), [("screen", "True"), ("shell", "False")])
+def test_a_screen_prompt_loads_the_screen_code_and_starts_nothing(kind: str, loaded: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WARMUP, kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # not at once (the prompt goes first), loaded for a screen only, and no child started
+    assert done.stdout.split() == ["False", loaded, "[]"]
