@@ -203,10 +203,23 @@ def engine_round(display: str, *, greet: bool) -> dict[str, float]:
                 _read(mine, w * h * 4)
         took["first_update"] = time.perf_counter() - t0
     finally:
-        mine.close()
-        proc.kill()  # x11vnc lingers after SIGTERM with its viewer gone; nothing to restore
-        proc.wait()
+        mine.close()  # the viewer goes: x11vnc -once ends by itself and frees its shared memory
+        _end(proc)
     return {step: seconds * 1000 for step, seconds in took.items()}
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """As the agent ends it: its own exit, else SIGTERM, SIGKILL only as the last resort
+    (a killed x11vnc leaves its ~40 MIT-SHM segments behind, and the system has 4,096)."""
+    for stop in (None, proc.terminate, proc.kill):
+        if stop is not None:
+            stop()
+        try:
+            proc.wait(5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
 
 
 def _medians(rounds: list[dict[str, float]], steps: tuple[str, ...]) -> dict[str, float | None]:
