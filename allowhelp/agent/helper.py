@@ -249,7 +249,8 @@ class SessionHelper:
 
     def _hand_over(self, conn: PacketConn, session_id: str, program: UserProgram) -> None:
         self.programs[session_id] = program
-        conn.send(hp.Opened(session_id, True).encode(), [program.fd])
+        greeted = bool(program.greeting)  # always rfbgreeting.RFB_VERSION when said
+        conn.send(hp.Opened(session_id, True, greeted=greeted).encode(), [program.fd])
         program.handed_over()
 
     def _end_program(self, conn: PacketConn, session_id: str) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from allowhelp.agent.fdbridge import FdBridge
 from allowhelp.agent.pty import clamp_size
+from allowhelp.agent.rfbgreeting import SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.protocol.control import Kind
@@ -86,6 +87,7 @@ class RemoteProgram:
         self._early = bytearray()
         # The user's screen server got --disable-input / -viewonly; root does not trust it.
         self._filter = ViewOnlyFilter() if kind == "screen" and grant.view_only else None
+        self._said: SaidVersion | None = None  # the helper said the viewer's version ahead
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
         ask = Open(grant.session_id, kind, term, cols, rows, grant.view_only, grant.monitor)
@@ -114,11 +116,20 @@ class RemoteProgram:
             self._fail(problem)
             return
         self._fd = fds[0]
+        early = bytes(self._early)
+        self._early.clear()
+        if packet.greeted and self.kind == "screen":
+            self._said = SaidVersion()
+            try:  # what the viewer sent before the helper answered (filtered already)
+                early = self._said.feed(early)
+            except RfbInputError as exc:
+                self.close()
+                self._channel.finish(1, str(exc))
+                return
         self._bridge = FdBridge(self._fd, self._channel, self._program_closed)
         self.resize(*self._size)
-        if self._early:
-            self._bridge.write(bytes(self._early))
-            self._early.clear()
+        if early:
+            self._bridge.write(early)
         log.info(
             "session=%s %s runs in the session of uid %d", self.session_id, self.kind, self.conn.uid
         )
@@ -140,13 +151,15 @@ class RemoteProgram:
     def write(self, data: bytes) -> None:
         if self.done:
             return
-        if self._filter is not None:
-            try:
+        try:
+            if self._filter is not None:
                 data = self._filter.feed(data)
-            except RfbInputError as exc:
-                self.close()
-                self._channel.finish(1, str(exc))
-                return
+            if self._said is not None:
+                data = self._said.feed(data)
+        except RfbInputError as exc:
+            self.close()
+            self._channel.finish(1, str(exc))
+            return
         if self._bridge is not None:
             self._bridge.write(data)
         elif len(self._early) + len(data) <= MAX_EARLY_INPUT:

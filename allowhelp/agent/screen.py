@@ -40,6 +40,13 @@ The x11vnc options, and why:
                        (the broker also drops input, so neither alone is trusted)
     -clip WxH+X+Y      the one monitor the technician picked (its place as
                        ``xrandr --listmonitors`` says it now; agent/monitors.py)
+And one thing that is not an option: the agent writes the viewer's version line
+(``RFB 003.008``, the only one the broker lets through) into x11vnc's socket as
+it starts it, so x11vnc does not wait 100 ms to see whether a WebSocket opens the
+connection (libvncserver does, on every connection); the viewer's own line is
+checked and dropped on its way (``rfbgreeting.py``). x11vnc from its start to
+its version line: 0.15 s before, 0.05 s after; the click to the first picture
+0.17 s before, 0.06 s after (``bench/firstpicture.py``, docs/benchmarks.md §7d).
 Not used: ``-q`` (with -inetd it closes stderr, and stderr is where x11vnc
 says why it failed), ``-noshm`` (the X server is local: shared memory is fine).
 
@@ -76,6 +83,7 @@ from allowhelp.agent.desktop import choose_engine, probe
 from allowhelp.agent.fdbridge import FdBridge, Output
 from allowhelp.agent.monitors import session_monitors
 from allowhelp.agent.reaper import end_process_group
+from allowhelp.agent.rfbgreeting import RFB_VERSION, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.wayvnc import WayvncLaunch
 from allowhelp.protocol.monitors import ALL as ALL_MONITORS
@@ -191,11 +199,17 @@ class ScreenLaunch(Protocol):
 
 
 class PairLaunch:
-    """x11vnc (or the test program) with one end of a socketpair as its stdin and stdout."""
+    """x11vnc (or the test program) with one end of a socketpair as its stdin and stdout.
 
-    def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
+    ``greeting``: bytes already in the socket when the program starts (x11vnc: the
+    viewer's version, said ahead; whoever bridges drops the viewer's own, SaidVersion)."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], *, greeting: bytes = b"") -> None:
         self._mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.greeting = greeting
         try:
+            if greeting:
+                self._mine.sendall(greeting)  # queued in the pair: a few bytes never block
             self.proc = subprocess.Popen(
                 argv,
                 stdin=theirs.fileno(),
@@ -231,6 +245,11 @@ def chosen_monitor(env: Mapping[str, str], engine: str, choice: str) -> Monitor 
     return find_monitor(found, choice)
 
 
+def greeted(launch: ScreenLaunch) -> bytes:
+    """What the agent said to the server for the viewer (SaidVersion drops the viewer's own)."""
+    return launch.greeting if isinstance(launch, PairLaunch) else b""
+
+
 def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "") -> ScreenLaunch:
     """Start the engine this session offers (desktop.py), or ScreenUnavailable saying why.
 
@@ -255,7 +274,9 @@ def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "")
         if offer.engine == "x11":
             clip = picked.geometry if picked else ""
             argv = screen_command(env, view_only=view_only, clip=clip)
-            return PairLaunch(argv, child_environment(env))
+            # the test knob's program gets the viewer's bytes as they are
+            knob = bool(env.get(TEST_COMMAND_ENV, "").strip())
+            return PairLaunch(argv, child_environment(env), greeting=b"" if knob else RFB_VERSION)
     except OSError as exc:
         raise ScreenUnavailable(
             f"the screen sharer could not start: {exc.strerror or exc}"
@@ -293,6 +314,8 @@ class ScreenProcess:
         self._tail = bytearray()
         self._stderr_closed = False
         self._filter = ViewOnlyFilter() if view_only else None
+        said = greeted(launch)
+        self._said = SaidVersion(said) if said else None
         self._sock: socket.socket | None = None
         self._bridge: FdBridge | None = None
         self._early = bytearray()
@@ -364,14 +387,16 @@ class ScreenProcess:
     def write(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._filter is not None:
-            try:
+        try:
+            if self._filter is not None:
                 data = self._filter.feed(data)
-            except RfbInputError as exc:
-                log.warning("screen pid=%d: %s", self._proc.pid, exc)
-                self._tail += f"\n{exc}\n".encode()
-                self._finish()
-                return
+            if self._said is not None:
+                data = self._said.feed(data)
+        except RfbInputError as exc:
+            log.warning("screen pid=%d: %s", self._proc.pid, exc)
+            self._tail += f"\n{exc}\n".encode()
+            self._finish()
+            return
         if self._bridge is not None:
             self._bridge.write(data)
         elif len(self._early) + len(data) <= MAX_EARLY_INPUT:

@@ -38,6 +38,7 @@ from allowhelp.agent.screen import (
     TERM_GRACE,
     ScreenUnavailable,
     explain_exit,
+    greeted,
     launch_screen,
 )
 
@@ -58,6 +59,7 @@ class UserProgram:
         self._cleanup = cleanup
         self.fd = fd
         self.kind = kind
+        self.greeting = b""  # said to the screen server for the viewer (screen.PairLaunch)
         self._stderr = proc.stderr
         self._tail = bytearray()
         if self._stderr is not None:
@@ -162,6 +164,7 @@ async def start_screen(
         program.end()
         raise
     program.fd = sock.detach()
+    program.greeting = greeted(launch)
     return program
 
 

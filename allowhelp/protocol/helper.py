@@ -149,6 +149,7 @@ class Opened(Packet):
     session_id: str
     ok: bool
     error: str = ""
+    greeted: bool = False  # RFB 003.008 said to the screen server for the viewer (rfbgreeting.py)
 
 
 @dataclass(frozen=True)
