@@ -61,15 +61,18 @@ async def test_each_write_answers_for_itself(tmp_path: Path) -> None:
     def write(store: Store, n: int) -> None:
         if n == 3:
             raise StoreError("the disk is full")
+        if n == 5:
+            raise ValueError("a bug in one write")
         written.append(n)
 
     try:
         said = await asyncio.gather(
             *(batch.run(write, n) for n in range(MAX_BATCH + 10)), return_exceptions=True
         )
-        assert [type(s).__name__ for s in said[:5]] == ["NoneType"] * 3 + ["StoreError", "NoneType"]
-        assert str(said[3]) == "the disk is full"
-        assert written == [n for n in range(MAX_BATCH + 10) if n != 3]  # in order, past a batch
+        kinds = [type(s).__name__ for s in said[:7]]
+        assert kinds == ["NoneType"] * 3 + ["StoreError", "NoneType", "ValueError", "NoneType"]
+        assert str(said[3]) == "the disk is full" and str(said[5]) == "a bug in one write"
+        assert written == [n for n in range(MAX_BATCH + 10) if n not in (3, 5)]  # in order
     finally:
         await db.close()
     with pytest.raises(StoreError, match="closed"):  # a closed store fails the write, not hangs

@@ -24,19 +24,20 @@ from allowhelp.broker.errors import StoreError
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 
-MAX_BATCH = 500  # writes per hand-over: one batch stays a short stay on the thread
+MAX_BATCH = 500  # writes per hand-over, so one batch holds the writer thread only briefly
 
 Write = Callable[..., None]
 _Queued = tuple[Write, tuple[Any, ...], "asyncio.Future[None]"]
 
 
-def _run_all(store: Store, writes: list[tuple[Write, tuple[Any, ...]]]) -> list[StoreError | None]:
-    """On the writer thread: each write in order; each one's error, or None."""
-    said: list[StoreError | None] = []
+def _run_all(store: Store, writes: list[tuple[Write, tuple[Any, ...]]]) -> list[Exception | None]:
+    """On the writer thread: each write in order; each one's error, or None. One
+    write's failure, whatever it is, is its own: the next ones still run."""
+    said: list[Exception | None] = []
     for write, args in writes:
         try:
             write(store, *args)
-        except StoreError as exc:
+        except Exception as exc:  # handed back to that write's caller, as db.run would
             said.append(exc)
         else:
             said.append(None)
@@ -52,7 +53,7 @@ class StoreBatch:
         self._flusher: asyncio.Task[None] | None = None
 
     async def run(self, write: Write, *args: Any) -> None:
-        """``write(store, *args)`` on the writer thread; its ``StoreError`` raised here."""
+        """``write(store, *args)`` on the writer thread; its error raised here."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((write, args, done))
         if self._flusher is None:
@@ -63,14 +64,15 @@ class StoreBatch:
         try:
             while self._queued:
                 batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                said: list[Exception | None]
                 try:
                     said = await self._db.run(_run_all, [(w, a) for w, a, _ in batch])
-                except StoreError as exc:  # the store is closed: every write failed
+                except Exception as exc:  # the store is closed: every write of the batch failed
                     said = [exc] * len(batch)
-                except BaseException as exc:  # cancelled at shutdown: nobody waits forever
+                except asyncio.CancelledError:  # shutting down: nobody waits forever
                     for _, _, done in batch + self._queued:
                         if not done.done():
-                            done.set_exception(StoreError(f"not written: {exc!r}"))
+                            done.set_exception(StoreError("the broker is stopping: not written"))
                     self._queued = []
                     raise
                 for (_, _, done), error in zip(batch, said, strict=True):
