@@ -50,7 +50,7 @@ from bench.common import (
     wait_for,
 )
 from bench.nofile import raise_nofile
-from bench.pyspy import Profiler, summarise
+from bench.pyspy import STORM_PARTS, Profiler, split, summarise
 from bench.stack import ADMIN, ADMIN_PW, Broker, Desk
 
 MAX_USES = 10_000
@@ -344,6 +344,8 @@ def one_size(
             "timeline": back_timeline,
             "slowest_api_call_s": slowest,
             "broker_cpu_percent": (r1.cpu_s - r0.cpu_s) / spent * 100,
+            # all the broker did from ready to all back (API polls included), per agent
+            "broker_cpu_ms_per_reconnect": (r1.cpu_s - r0.cpu_s) / max(1, len(back)) * 1000,
             "agent_processes_cpu_percent": (w1 - w0) / spent * 100,
             "last_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
         }
@@ -400,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     res["profile"] = summarise(args.profile_restart, top=30)
+    res["storm_split"] = split(args.profile_restart, STORM_PARTS)
     print(json.dumps(res, indent=1))
     return 0
 

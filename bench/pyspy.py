@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,4 +119,61 @@ def summarise(raw: Path, top: int = 12) -> dict[str, Any]:
         "self_percent": pct(selfc),
         "inclusive_percent": pct(incl),
         "component_percent": pct(comp),
+    }
+
+
+# Where a broker's CPU goes during a reconnect storm (``python -m bench.fleet N
+# --profile-restart``): (part, test on the whole stack's frames), first match wins.
+# The threads first (they hold no event-loop frames), then the event loop's work
+# by its leaf frame, then by what it was doing for (the login's bookkeeping).
+def _leaf_in(*needles: str) -> Callable[[list[str]], bool]:
+    return lambda frames: any(n in frames[-1] for n in needles)
+
+
+def _any_in(*needles: str) -> Callable[[list[str]], bool]:
+    return lambda frames: any(n in f for f in frames for n in needles)
+
+
+STORM_PARTS: tuple[tuple[str, Callable[[list[str]], bool]], ...] = (
+    ("audit writer thread (hash chain, SQLite, fsync)", _any_in("AuditLog._run")),
+    ("store threads: connectivity history", _any_in("record_connectivity")),
+    ("store threads: inventory (hello)", _any_in("update_agent_info")),
+    ("store threads: console feed's row reads", _any_in("FleetStore.agent (")),
+    ("store threads: the rest (API reads, logins)", _any_in("_WorkItem.run")),
+    # py-spy counts some of a worker thread's waits for its next call as on CPU
+    ("store threads: between calls", _leaf_in("_worker (", "Condition.wait", "Semaphore.")),
+    ("handing calls to the store threads (on the loop)", _any_in("_Lane.call", "StoreWorker.")),
+    ("console API and feed on the loop (the bench's polls)", _any_in("console/", "starlette/")),
+    ("public-key crypto (X25519, Ed25519)", _leaf_in("asyncssh/crypto/ed.py", "cryptography/")),
+    ("packet ciphers (AES-GCM)", _leaf_in("asyncssh/crypto/cipher.py")),
+    ("socket writes (asyncssh's _send)", _leaf_in("SSHConnection._send (")),
+    ("asyncssh Python (packets, negotiation, auth, channels)", _leaf_in("asyncssh/")),
+    (
+        "our login: key check, audit record, registry, control channel, hello",
+        _any_in("allowhelp/broker/tunnel/", "allowhelp/broker/audit/"),
+    ),
+    ("logging", _leaf_in("logging/")),
+)
+
+
+def split(raw: Path, parts: tuple[tuple[str, Callable[[list[str]], bool]], ...]) -> dict[str, Any]:
+    """The share of on-CPU samples in each part (first match), the rest as 'other'."""
+    shares: Counter[str] = Counter()
+    total = 0
+    if not raw.exists():
+        return {"samples": 0}
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        frames = [f for f in _frames(stack) if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        count = int(count_text)
+        total += count
+        part = next((name for name, test in parts if test(frames)), "event loop and the rest")
+        shares[part] += count
+    return {
+        "samples": total,
+        "percent": {k: round(v * 100 / total, 1) for k, v in shares.most_common()} if total else {},
     }

@@ -97,6 +97,7 @@ class AgentTunnel:
             ),
             encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
             kex_algs=list(ssh_options.KEX_ALGS),
+            signature_algs=list(ssh_options.SIGNATURE_ALGS),  # the broker's login key
             mac_algs=list(ssh_options.MAC_ALGS),
             compression_algs=list(ssh_options.COMPRESSION_ALGS),
             encoding=None,  # bytes in, bytes out: no decoding, no line editor

@@ -82,6 +82,10 @@ class EventHub:
     def count(self) -> int:
         return len(self._subscribers)
 
+    def heard(self) -> bool:
+        """Whether a published event reaches anyone: a console here, or other nodes."""
+        return bool(self._subscribers) or self._relay is not None
+
     def close_web_session(self, web_session: str) -> int:
         """Logout: the sockets that cookie opened are closed (the reader sees None)."""
         return self._close([s for s in self._subscribers if s.web_session == web_session])

@@ -18,6 +18,7 @@ from allowhelp.broker.errors import BrokerError, StoreError
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.batch import StoreBatch
 from allowhelp.protocol.control import Hello, Message
 from allowhelp.protocol.monitors import Monitor
 from allowhelp.protocol.monitors import decode as decode_monitors
@@ -61,6 +62,7 @@ class Inventory:
 
     def __init__(self, db: StoreWorker, agents: AgentRegistry) -> None:
         self._db = db
+        self._rows = StoreBatch(db)  # many agents' hellos, one writer-thread call (batch.py)
         self._agents = agents
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -85,13 +87,13 @@ class Inventory:
 
     async def _store(self, agent_id: str, message: Hello) -> None:
         try:
-            await self._db.run(
+            await self._rows.run(
                 Store.update_agent_info,
                 agent_id,
-                hostname=plain_text(message.hostname, 253) or "(unnamed)",
-                os=plain_text(message.os, 200),
-                user=plain_text(message.user, 64),
-                version=plain_text(message.version, 32),
+                plain_text(message.hostname, 253) or "(unnamed)",  # hostname
+                plain_text(message.os, 200),
+                plain_text(message.user, 64),
+                plain_text(message.version, 32),
             )
         except StoreError as exc:
             log.error("agent=%s inventory not stored: %s", agent_id, exc)

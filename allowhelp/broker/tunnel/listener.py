@@ -44,6 +44,7 @@ from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.admission import TUNNEL_BACKLOG, Admission
 from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.batch import StoreBatch
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.link import AgentLink, Dispatcher
 from allowhelp.broker.tunnel.sshclient import SharedSigAlgs, client_options, start_client
@@ -58,6 +59,7 @@ class StoredHistory:
 
     def __init__(self, db: StoreWorker) -> None:
         self._db = db
+        self._rows = StoreBatch(db)  # one writer-thread call for many rows (tunnel/batch.py)
 
     async def record_connectivity(
         self,
@@ -67,7 +69,7 @@ class StoredHistory:
         reason: str,
         when: float,
     ) -> None:
-        await self._db.run(Store.record_connectivity, agent_id, event, remote, reason, when)
+        await self._rows.run(Store.record_connectivity, agent_id, event, remote, reason, when)
 
     async def prune_connectivity(self, now: float) -> int:
         return await self._db.run(Store.prune_connectivity, now)
@@ -94,6 +96,12 @@ class AgentConnection(asyncssh.SSHClient):
         accepted = self._listener.accept_key(key, addr, self.peer)
         self.refused = not accepted
         return accepted
+
+    def begin_auth(self, username: str) -> None:
+        # Straight to publickey, the one method an agent takes: not asyncssh's
+        # opening "none" probe, a round trip and two packets per end per handshake.
+        if self._conn is not None and getattr(self._conn, "_auth_methods", None) == [b"none"]:
+            self._conn._auth_methods = [b"publickey"]  # private, asyncssh 2.24.1
 
     def auth_completed(self) -> None:
         if self._conn is not None:

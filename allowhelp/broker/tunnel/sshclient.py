@@ -37,6 +37,7 @@ def client_options(
         server_host_key_algs=list(ssh_options.HOST_KEY_ALGS),
         encryption_algs=list(ssh_options.ENCRYPTION_ALGS),
         kex_algs=list(ssh_options.KEX_ALGS),
+        signature_algs=list(ssh_options.SIGNATURE_ALGS),
         mac_algs=list(ssh_options.MAC_ALGS),
         compression_algs=list(ssh_options.COMPRESSION_ALGS),
         preferred_auth=["publickey"],

@@ -56,6 +56,8 @@ def publish_agent_changes(svc: Services) -> Callable[[], None]:
             svc.events.publish({"type": "agent", "agent": agent_row(svc, record)})
 
     def changed(agent_id: str, online: bool) -> None:
+        if not svc.events.heard():  # no console open: no row to read (a storm's 2 per agent)
+            return
         task = asyncio.get_running_loop().create_task(publish(agent_id))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
