@@ -9,6 +9,9 @@ which name moved, before a subtle failure at run time does.
   ``listen_reverse`` does) to share one options object across the fleet;
 - asyncssh ``SSHConnection._server_sig_algs`` is swapped for a shared set
   (``sshclient.SharedSigAlgs``, memory per agent);
+- asyncssh ``SSHClientConnection._auth_methods`` starts as ``[b"none"]`` and is
+  set to ``[b"publickey"]`` in ``begin_auth`` (the tunnel listener logs in with its
+  key at once: one round trip less per agent in a restart storm);
 - asyncssh ``SSHServerChannel._process_env_request`` is replaced so the
   agent refuses every ``env`` request (asyncssh accepts them by itself);
 - asyncssh ``sftp.start_sftp_client(conn, loop, utf8_decode_errors, reader,
@@ -72,6 +75,19 @@ async def test_asyncssh_connections_keep_the_peer_sig_algs_where_we_swap_them() 
     )
     try:
         assert isinstance(conn._server_sig_algs, set)
+    finally:
+        conn.abort()
+
+
+async def test_asyncssh_client_connections_start_with_the_none_method_we_replace() -> None:
+    conn = asyncssh.SSHClientConnection(
+        asyncio.get_running_loop(),
+        asyncssh.SSHClientConnectionOptions(known_hosts=None, username="x"),
+        None,
+        None,
+    )
+    try:
+        assert conn._auth_methods == [b"none"]
     finally:
         conn.abort()
 
