@@ -27,7 +27,7 @@ from pathlib import Path
 
 from allowhelp.agent.config import AgentConfig, write_private
 from allowhelp.protocol.control import NodesList
-from allowhelp.protocol.nodes import AddressError, checked_list, tunnel_address, tunnel_url
+from allowhelp.protocol.nodes import AddressError, checked_nodes, tunnel_address
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,7 @@ class KnownNodes:
 
     def _load(self) -> None:
         try:
-            raw = json.loads(self._path.read_text())
-            if not isinstance(raw, dict):
-                raise AddressError("not a JSON object")
-            self.tunnels = checked_list(raw.get("tunnels", []), "tunnels", tunnel_address)
-            self.urls = checked_list(raw.get("urls", []), "urls", tunnel_url)
+            self.tunnels, self.urls = checked_nodes(json.loads(self._path.read_text()))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:  # AddressError, JSON errors included
@@ -95,15 +91,7 @@ class KnownNodes:
         ``nodes.list`` is; a damaged list is ignored (no other node, said in the log),
         none at all clears what an earlier enrolment in this folder left."""
         try:
-            if answer is None:
-                listed = NodesList()
-            elif not isinstance(answer, dict):
-                raise AddressError("not a JSON object")
-            else:
-                listed = NodesList(
-                    checked_list(answer.get("tunnels", []), "tunnels", tunnel_address),
-                    checked_list(answer.get("urls", []), "urls", tunnel_url),
-                )
+            listed = NodesList() if answer is None else NodesList(*checked_nodes(answer))
         except AddressError as exc:
             log.warning("ignored the broker nodes in the enrolment answer (%s)", exc)
             listed = NodesList()
