@@ -100,7 +100,6 @@ class NodeMembership:
         self._store = store
         self._hub = events
         self._node_events: NodeEvents | None = None
-        self._cut: set[str] = set()  # sessions stopped while cut off, their end record owed
         self._task: asyncio.Task[None] | None = None
         self._addresses = ("", "")  # (console URL, tunnel) as given to join
         self._announcer = announcer  # tells agents the live nodes (node/peers.py)
@@ -185,7 +184,6 @@ class NodeMembership:
                     await self._cut_off()
                 continue
             last_beat = loop.time()  # the heartbeat alone says whether this node is cut off
-            await self._record_cut()
             try:
                 await self._duties()
             except BrokerError as exc:  # the next beat does them again
@@ -193,24 +191,18 @@ class NodeMembership:
 
     async def _cut_off(self) -> None:
         """Cut off from the shared database: stop every session's access now (ending
-        stops a relay before its record), as the other nodes are about to end them."""
+        stops a relay before its record), as the other nodes are about to end them.
+        The end record the log cannot take yet is owed: the session book writes it
+        once the database is back, or lets it go if another node ended the session
+        meanwhile (``SessionBook._record_owed_end``, ``_late_end``)."""
         for session in self._sessions.live_sessions():
-            if session.id not in self._cut:
-                log.error("session=%s stopped: this node lost the database", session.id)
-            self._cut.add(session.id)
+            if self._sessions.ending(session.id):
+                continue  # stopped already; its record owed
+            log.error("session=%s stopped: this node lost the database", session.id)
             with contextlib.suppress(BrokerError):  # the end record waits for the database
                 await self._sessions.end_quietly(
                     session.id, reason="broker_restart", actor="system"
                 )
-
-    async def _record_cut(self) -> None:
-        """Back: the end records owed for the sessions stopped while cut off."""
-        for session_id in list(self._cut):
-            with contextlib.suppress(BrokerError):
-                await self._sessions.end_quietly(
-                    session_id, reason="broker_restart", actor="system"
-                )
-                self._cut.discard(session_id)
 
     async def _heartbeat(self) -> None:
         if not await self._db.run(Store.node_heartbeat, self.node_id):
