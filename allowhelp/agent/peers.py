@@ -116,6 +116,18 @@ class KnownNodes:
         return unique
 
 
+def ahead_of(
+    current: Endpoint | None, endpoints: list[Endpoint], config: AgentConfig
+) -> list[Endpoint]:
+    """The ways this agent puts before ``current`` when ``current`` is another node's
+    (one it failed over to): where it moves back to once one of them is live again.
+    None when it is on its enrolled broker, by either route (a PC whose raw port is
+    blocked stays on the HTTPS port it reached)."""
+    if current is None or current not in endpoints or current in _enrolled(config):
+        return []
+    return endpoints[: endpoints.index(current)]
+
+
 def spread(addresses: tuple[str, ...], agent_id: str) -> tuple[str, ...]:
     """The addresses in this agent's own order: highest rendezvous weight first, the
     weight being SHA-256 of the agent id and the address. Stable for one agent and one
