@@ -27,7 +27,7 @@ from pathlib import Path
 
 from allowhelp.agent.config import AgentConfig, write_private
 from allowhelp.protocol.control import NodesList
-from allowhelp.protocol.nodes import AddressError, checked_list, tunnel_address, tunnel_url
+from allowhelp.protocol.nodes import AddressError, checked_nodes, tunnel_address
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,7 @@ class KnownNodes:
 
     def _load(self) -> None:
         try:
-            raw = json.loads(self._path.read_text())
-            if not isinstance(raw, dict):
-                raise AddressError("not a JSON object")
-            self.tunnels = checked_list(raw.get("tunnels", []), "tunnels", tunnel_address)
-            self.urls = checked_list(raw.get("urls", []), "urls", tunnel_url)
+            self.tunnels, self.urls = checked_nodes(json.loads(self._path.read_text()))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:  # AddressError, JSON errors included
@@ -95,15 +91,7 @@ class KnownNodes:
         ``nodes.list`` is; a damaged list is ignored (no other node, said in the log),
         none at all clears what an earlier enrolment in this folder left."""
         try:
-            if answer is None:
-                listed = NodesList()
-            elif not isinstance(answer, dict):
-                raise AddressError("not a JSON object")
-            else:
-                listed = NodesList(
-                    checked_list(answer.get("tunnels", []), "tunnels", tunnel_address),
-                    checked_list(answer.get("urls", []), "urls", tunnel_url),
-                )
+            listed = NodesList() if answer is None else NodesList(*checked_nodes(answer))
         except AddressError as exc:
             log.warning("ignored the broker nodes in the enrolment answer (%s)", exc)
             listed = NodesList()
@@ -126,6 +114,18 @@ class KnownNodes:
             if endpoint not in unique:
                 unique.append(endpoint)
         return unique
+
+
+def ahead_of(
+    current: Endpoint | None, endpoints: list[Endpoint], config: AgentConfig
+) -> list[Endpoint]:
+    """The ways this agent puts before ``current`` when ``current`` is another node's
+    (one it failed over to): where it moves back to once one of them is live again.
+    None when it is on its enrolled broker, by either route (a PC whose raw port is
+    blocked stays on the HTTPS port it reached)."""
+    if current is None or current not in endpoints or current in _enrolled(config):
+        return []
+    return endpoints[: endpoints.index(current)]
 
 
 def spread(addresses: tuple[str, ...], agent_id: str) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ import asyncssh
 from allowhelp.agent.channels import AgentSSHServer, FilesFactory, ScreenFactory, ShellFactory
 from allowhelp.agent.config import HOST_KEY_FILE
 from allowhelp.agent.i18n import _
-from allowhelp.agent.peers import Endpoint, KnownNodes
+from allowhelp.agent.peers import Endpoint, KnownNodes, ahead_of
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
@@ -41,6 +41,10 @@ ROUTE_NAMES = {"ssh": "the SSH port", "https": "the HTTPS port"}
 # is simply served in turn. A broker that accepts but never answers still
 # costs an agent only a minute before it redials.
 LOGIN_TIMEOUT = 60.0
+# An agent on a node it failed over to looks for its first one again every RETURN_EVERY
+# times its --reconnect-cap (5 min by default), jittered by half either way, so the
+# agents of a node that comes back return over minutes, not all in one second.
+RETURN_EVERY = 10
 
 
 def backoff_delay(
@@ -88,6 +92,7 @@ class AgentTunnel:
         self.nodes = KnownNodes(folder)
         service.nodes = self.nodes
         self._carriers: set[asyncio.Task[None]] = set()
+        self._returned: asyncssh.SSHServerConnection | None = None  # moved back: serve next
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return asyncssh.SSHServerConnectionOptions(
@@ -180,8 +185,9 @@ class AgentTunnel:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = loop.time()
+            returned, self._returned = self._returned, None
             try:
-                conn = await self.connect_once()
+                conn = returned or await self.connect_once()
             except (asyncio.TimeoutError, OSError, asyncssh.Error) as exc:
                 self.state.last_error = describe(exc)
                 log.warning(
@@ -191,6 +197,8 @@ class AgentTunnel:
                 )
             else:
                 await self._serve(conn, stop)
+            if self._returned is not None:  # moved back to its first node: no wait
+                continue
             if loop.time() - started > STABLE_AFTER:
                 self.state.attempts = 0
             delay = backoff_delay(self.state.attempts, self._cap)
@@ -203,8 +211,19 @@ class AgentTunnel:
         log.info("agent=%s connected to the broker", self._config.agent_id)
         stopper = asyncio.create_task(stop.wait())
         closed = asyncio.create_task(conn.wait_closed())
-        await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
+        mover = asyncio.create_task(self._move_back())
+        await asyncio.wait({stopper, closed, mover}, return_when=asyncio.FIRST_COMPLETED)
+        if mover.done() and _moved(mover) is None:  # nowhere to move back to
+            await asyncio.wait({stopper, closed}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        if not mover.done():
+            mover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mover
+        self._returned = _moved(mover)
+        if self._returned is not None and stop.is_set():  # stopping: no tunnel kept
+            self._returned.close()
+            self._returned = None
         if not closed.done():
             conn.close()
             await closed
@@ -212,6 +231,52 @@ class AgentTunnel:
             await asyncio.wait(set(self._carriers), timeout=5)
         self.state.connected = False
         log.info("agent=%s tunnel closed", self._config.agent_id)
+
+    async def _move_back(self) -> asyncssh.SSHServerConnection | None:
+        """On a node it failed over to (``peers.ahead_of``), with no session running
+        or asked for: every calm, jittered while, dial the ways ahead of this one; the
+        first that answers (checked as always) is the tunnel from then on, and the one
+        it is on closes. None at once on the enrolled broker (nowhere to move back to)."""
+        while ahead_of(self._preferred, self.nodes.endpoints(self._config), self._config):
+            calm = self._cap * RETURN_EVERY
+            await asyncio.sleep(random.uniform(calm / 2, calm * 3 / 2))
+            if self._busy():
+                continue
+            for endpoint in ahead_of(
+                self._preferred, self.nodes.endpoints(self._config), self._config
+            ):
+                try:
+                    conn = await self._connect(endpoint)
+                except (asyncio.TimeoutError, OSError, asyncssh.Error):
+                    continue
+                if self._busy():  # a session was asked for meanwhile: it runs here
+                    conn.close()
+                    break
+                log.info(
+                    "agent=%s moves back to %s: it is live again",
+                    self._config.agent_id,
+                    self._name(endpoint),
+                )
+                self._preferred = endpoint
+                return conn
+        return None
+
+    def _busy(self) -> bool:
+        gate = self._service.gate
+        return bool(gate.grants() or gate.pending())
+
+
+def _moved(
+    mover: asyncio.Task[asyncssh.SSHServerConnection | None],
+) -> asyncssh.SSHServerConnection | None:
+    """The connection a finished ``_move_back`` made, if it made one."""
+    if not mover.done() or mover.cancelled():
+        return None
+    failed = mover.exception()
+    if failed is not None:
+        log.warning("moving back to the first broker node failed: %s", describe(failed))
+        return None
+    return mover.result()
 
 
 def describe(exc: BaseException) -> str:

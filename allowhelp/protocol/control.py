@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
-from allowhelp.protocol.nodes import AddressError, checked_list, tunnel_address, tunnel_url
+from allowhelp.protocol.nodes import AddressError, checked_nodes
 
 CONTROL_SUBSYSTEM = "allowhelp.control"
 SHELL_SUBSYSTEM = "allowhelp.shell"
@@ -494,9 +494,7 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ProtocolError("mode has an unknown value")
     if cls is NodesList:
         try:
-            for name, check in (("tunnels", tunnel_address), ("urls", tunnel_url)):
-                if name in values:
-                    values[name] = checked_list(values[name], name, check)
+            values["tunnels"], values["urls"] = checked_nodes(values)
         except AddressError as exc:
             raise ProtocolError(f"nodes.list refused: {exc}") from None
     return values

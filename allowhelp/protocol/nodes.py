@@ -90,3 +90,15 @@ def checked_list(value: object, what: str, check: Callable[[str], object]) -> tu
         if item not in seen:
             seen.append(item)
     return tuple(seen)
+
+
+def checked_nodes(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A whole node list, as ``nodes.list``, the enrolment answer and ``nodes.json``
+    give it: an object whose ``tunnels`` and ``urls`` (each missing: none) pass
+    :func:`checked_list`; (tunnels, urls). The one check of all three."""
+    if not isinstance(value, dict):
+        raise AddressError("not a JSON object")
+    return (
+        checked_list(value.get("tunnels", []), "tunnels", tunnel_address),
+        checked_list(value.get("urls", []), "urls", tunnel_url),
+    )

@@ -117,3 +117,31 @@ def test_one_sqlite_file_is_one_node(tmp_path: Path) -> None:
         assert all(0 <= n.age < 5 for n in nodes)  # the database's clock
     finally:
         new.close()
+
+
+def test_an_older_claim_never_takes_an_agent_from_a_newer_tunnel(
+    two_nodes: tuple[Store, Store],
+) -> None:
+    """A connect written late (A's row write failed or was held up, then done) must not
+    name A as the holder of a tunnel the agent has since opened on B: B's fence would
+    then drop the newer tunnel (``agents_elsewhere``)."""
+    a, b = two_nodes
+    b.record_connectivity("pc1", "connected", "127.0.0.1", "", 20.0)  # the newer tunnel, on B
+    a.record_connectivity("pc1", "connected", "127.0.0.1", "", 10.0)  # A's older, written late
+    assert a.agent_node("pc1") == b.node_id
+    assert b.agents_elsewhere() == {}  # B is not told another node holds it
+    assert a.agents_elsewhere() == {"pc1": b.node_id}
+    a.record_connectivity("pc1", "connected", "127.0.0.1", "", 30.0)  # a newer one on A wins
+    assert b.agent_node("pc1") == a.node_id
+    assert b.agents_elsewhere() == {"pc1": a.node_id}
+
+
+def test_an_older_claim_is_refused_on_sqlite_too(tmp_path: Path) -> None:
+    store = _as(tmp_path / "broker.sqlite3", "e" * 32)
+    try:
+        store.record_connectivity("pc1", "connected", "127.0.0.1", "", 20.0)
+        store.node_id = "f" * 32  # the same file as another node id: the late claim
+        store.record_connectivity("pc1", "connected", "127.0.0.1", "", 10.0)
+        assert store.agent_node("pc1") == "e" * 32
+    finally:
+        store.close()

@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.peers import NODES_FILE, Endpoint, KnownNodes, spread
+from allowhelp.agent.peers import NODES_FILE, Endpoint, KnownNodes, ahead_of, spread
 from allowhelp.agent.service import AgentService
 from allowhelp.broker.node.peers import NodeAnnouncer, nodes_list
 from allowhelp.broker.store.nodes import NodeRecord
@@ -195,3 +195,21 @@ def test_the_enrolment_answers_nodes_are_kept_checked_like_the_control_channels(
     assert KnownNodes(tmp_path).tunnels == ()
     again.enrolled_with(["not", "an", "object"])
     assert KnownNodes(tmp_path).tunnels == ()
+
+
+def test_an_agent_moves_back_only_from_another_node_to_the_ways_ahead(tmp_path: Path) -> None:
+    """``ahead_of`` (agent/tunnel.py moves back by it): from a node it failed over to,
+    the ways this agent puts first; from its enrolled broker, by either route, none."""
+    nodes = KnownNodes(tmp_path)
+    nodes.learned(LIST)
+    endpoints = nodes.endpoints(ENROLLED)
+    enrolled_ssh, enrolled_https = endpoints[0], endpoints[1]
+    assert ahead_of(enrolled_ssh, endpoints, ENROLLED) == []
+    assert ahead_of(enrolled_https, endpoints, ENROLLED) == []  # the raw port blocked here
+    assert ahead_of(None, endpoints, ENROLLED) == []
+    last = endpoints[-1]
+    assert ahead_of(last, endpoints, ENROLLED) == endpoints[:-1]
+    second = endpoints[2]
+    assert ahead_of(second, endpoints, ENROLLED) == [enrolled_ssh, enrolled_https]
+    gone = Endpoint("ssh", host="gone.example.org", port=22)  # no longer listed: stays
+    assert ahead_of(gone, endpoints, ENROLLED) == []

@@ -26,16 +26,14 @@ and renamed into place only once complete; on any failure nothing is left.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import sqlite3
 import stat
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -46,18 +44,15 @@ from allowhelp.broker.audit.entry import utc_now
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError, StoreError
 from allowhelp.broker.node.archive import (
-    MANIFEST,
-    PKI_FILES,
-    RECORDING_NAME,
     REQUIRED,
     FileEntry,
     Manifest,
     fsync_dir,
-    member_name,
     os_reason,
 )
+from allowhelp.broker.node.backup_members import add_path, anchor_lines, finish_archive
 from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE
-from allowhelp.broker.settings import RECORDINGS, RUNTIME_FILE, RuntimeInfo
+from allowhelp.broker.settings import RECORDINGS
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.migrations import MIGRATIONS
 
@@ -222,13 +217,13 @@ def _write_archive(
         tempfile.TemporaryDirectory(dir=scratch, prefix=".allowhelp-backup-") as tmp,
         tarfile.open(fileobj=handle, mode=mode, format=tarfile.PAX_FORMAT) as tar,  # type: ignore[call-overload]
     ):
-        anchors = _read_anchors(data_dir / ANCHOR_FILE)  # before the chain: heads it holds
+        anchors = anchor_lines(data_dir / ANCHOR_FILE)  # before the chain: heads it holds
         store_copy = _snapshot(data_dir / STORE_FILE, Path(tmp) / STORE_FILE)
         audit_copy = _snapshot(data_dir / AUDIT_FILE, Path(tmp) / AUDIT_FILE)
         store_schema, open_sessions = _store_facts(store_copy)
         seq, digest = read_head(audit_copy)
-        files.append(_add_path(tar, STORE_FILE, store_copy))
-        files.append(_add_path(tar, AUDIT_FILE, audit_copy))
+        files.append(add_path(tar, STORE_FILE, store_copy))
+        files.append(add_path(tar, AUDIT_FILE, audit_copy))
         manifest = Manifest(
             allowhelp_version=__version__,
             created=utc_now(),
@@ -244,36 +239,6 @@ def _write_archive(
         return finish_archive(
             tar, manifest, files, anchors, data_dir=data_dir, recordings_dir=recordings_dir
         )
-
-
-def finish_archive(
-    tar: tarfile.TarFile,
-    manifest: Manifest,
-    files: list[FileEntry],
-    anchors: bytes | None,
-    *,
-    data_dir: Path,
-    recordings_dir: Path,
-) -> Manifest:
-    """After the databases: the anchors read before them, the keys, ``broker.json``,
-    the recordings, and last the manifest listing them all."""
-    if anchors is not None:
-        files.append(_add_bytes(tar, ANCHOR_FILE, anchors))
-    files += [_add_path(tar, name, data_dir / name) for name in PKI_FILES]
-    runtime = _read_optional(data_dir / RUNTIME_FILE)
-    if runtime is not None:
-        files.append(_add_bytes(tar, RUNTIME_FILE, runtime))
-    files += _add_recordings(tar, recordings_dir)
-    info = _runtime_info(data_dir) if runtime is not None else None
-    manifest = replace(
-        manifest,
-        tunnel_public=info.tunnel_public if info else None,
-        public_url=info.public_url if info else None,
-        files=tuple(files),
-    )
-    raw = manifest.to_bytes()
-    tar.addfile(_tarinfo(MANIFEST, len(raw)), _BytesReader(raw))
-    return manifest
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
@@ -308,102 +273,3 @@ def _store_facts(copy: Path) -> tuple[int, tuple[str, ...]]:
     except StoreError as exc:
         raise BackupError(f"the snapshot of the broker database cannot be read: {exc}") from exc
     return len(MIGRATIONS), open_sessions
-
-
-def _read_anchors(path: Path) -> bytes | None:
-    """The anchor file up to its last whole line (an append may be under way)."""
-    raw = _read_optional(path)
-    return None if raw is None else raw[: raw.rfind(b"\n") + 1]
-
-
-def _read_optional(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _runtime_info(data_dir: Path) -> RuntimeInfo | None:
-    try:
-        return RuntimeInfo.read(data_dir)
-    except ValueError:  # damaged: the file is still kept, only not read
-        return None
-
-
-def _add_recordings(tar: tarfile.TarFile, folder: Path) -> list[FileEntry]:
-    """Every ``ID.cast`` and ``ID.rfb`` in ``folder``, each as long as it is when it is opened."""
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    added: list[FileEntry] = []
-    for name in names:
-        if not RECORDING_NAME.fullmatch(name):
-            continue
-        try:
-            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, OSError):  # removed meanwhile, or a link: not a recording
-            continue
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode):
-                path = f"{RECORDINGS}/{name}"
-                added.append(_add_stream(tar, path, handle, info.st_size, info.st_mtime))
-    return added
-
-
-def _add_path(tar: tarfile.TarFile, path: str, source: Path) -> FileEntry:
-    with source.open("rb") as handle:
-        info = os.fstat(handle.fileno())
-        return _add_stream(tar, path, handle, info.st_size, info.st_mtime)
-
-
-def _add_bytes(tar: tarfile.TarFile, path: str, raw: bytes) -> FileEntry:
-    return _add_stream(tar, path, _BytesReader(raw), len(raw), None)
-
-
-def _add_stream(
-    tar: tarfile.TarFile,
-    path: str,
-    handle: IO[bytes] | _BytesReader,
-    size: int,
-    mtime: float | None,
-) -> FileEntry:
-    """Exactly ``size`` bytes of ``handle`` into the tar, hashed on the way."""
-    reader = _Hashing(handle)
-    tar.addfile(_tarinfo(member_name(path), size, mtime), reader)
-    return FileEntry(path, size, reader.digest.hexdigest())
-
-
-def _tarinfo(name: str, size: int, mtime: float | None = None) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o600
-    info.mtime = int(mtime) if mtime is not None else int(time.time())
-    info.uname = info.gname = ""
-    return info
-
-
-class _BytesReader:
-    def __init__(self, raw: bytes) -> None:
-        self._raw = memoryview(raw)
-        self._at = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._raw) if size < 0 else self._at + size
-        chunk = bytes(self._raw[self._at : end])
-        self._at += len(chunk)
-        return chunk
-
-
-class _Hashing:
-    """A reader that hashes what tarfile takes from it (exactly the member's bytes)."""
-
-    def __init__(self, handle: IO[bytes] | _BytesReader) -> None:
-        self._handle = handle
-        self.digest = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._handle.read(size)
-        self.digest.update(chunk)
-        return chunk

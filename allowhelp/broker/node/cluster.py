@@ -48,6 +48,7 @@ HEARTBEAT = 5.0  # seconds between heartbeats (a node is dead after NODE_STALE)
 # Seconds without a heartbeat after which a node on a shared database stops its own
 # sessions' access: before the other nodes take it for dead and end them in the store.
 CUT_OFF = NODE_STALE * 2 / 3
+CUT_OFF_CHECK = 1.0  # seconds between two looks at the last heartbeat's age
 
 
 def node_id_of(data_dir: Path) -> str:
@@ -100,8 +101,8 @@ class NodeMembership:
         self._store = store
         self._hub = events
         self._node_events: NodeEvents | None = None
-        self._cut: set[str] = set()  # sessions stopped while cut off, their end record owed
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # the beat, and the cut-off watch
+        self._last_beat = 0.0  # the event loop's time of the last heartbeat written
         self._addresses = ("", "")  # (console URL, tunnel) as given to join
         self._announcer = announcer  # tells agents the live nodes (node/peers.py)
         self._agents = agents  # the tunnels this node holds: a removed agent's is dropped
@@ -122,7 +123,10 @@ class NodeMembership:
         if self._shared:  # an end owed while cut off is not written after another node's
             self._sessions.guard_late_ends(self._late_end)
         await self._sessions.recover(recordings)
-        self._task = asyncio.create_task(self._beat())
+        self._last_beat = asyncio.get_running_loop().time()
+        self._tasks.append(asyncio.create_task(self._beat()))
+        if self._shared:
+            self._tasks.append(asyncio.create_task(self._watch()))
         if self._store is not None:  # console events to and from the other nodes
             loop = asyncio.get_running_loop()
 
@@ -174,43 +178,45 @@ class NodeMembership:
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
-        last_beat = loop.time()
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self._heartbeat()
             except BrokerError as exc:  # the database away: the next beat tries again
                 log.warning("node heartbeat failed: %s", exc)
-                if self._shared and loop.time() - last_beat > CUT_OFF:
-                    await self._cut_off()
                 continue
-            last_beat = loop.time()  # the heartbeat alone says whether this node is cut off
-            await self._record_cut()
+            self._last_beat = loop.time()  # the heartbeat alone says whether it is cut off
             try:
                 await self._duties()
             except BrokerError as exc:  # the next beat does them again
                 log.warning("node duties failed (the heartbeat stands): %s", exc)
 
+    async def _watch(self) -> None:
+        """The cut-off rule, on a clock of its own: CUT_OFF s without a heartbeat
+        written, however the beats fail (at once, or each after its deadline), and
+        this node stops its sessions before the others take it for dead."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CUT_OFF_CHECK)
+            if loop.time() - self._last_beat > CUT_OFF:
+                await self._cut_off()
+
     async def _cut_off(self) -> None:
         """Cut off from the shared database: stop every session's access now (ending
-        stops a relay before its record), as the other nodes are about to end them."""
-        for session in self._sessions.live_sessions():
-            if session.id not in self._cut:
-                log.error("session=%s stopped: this node lost the database", session.id)
-            self._cut.add(session.id)
-            with contextlib.suppress(BrokerError):  # the end record waits for the database
-                await self._sessions.end_quietly(
-                    session.id, reason="broker_restart", actor="system"
-                )
+        stops a relay before its record), as the other nodes are about to end them.
+        The end record the log cannot take yet is owed: the session book writes it
+        once the database is back, or lets it go if another node ended the session
+        meanwhile (``SessionBook._record_owed_end``, ``_late_end``)."""
+        live = self._sessions.live_sessions()  # less those stopped already, their end owed
+        stopping = [session.id for session in live if not self._sessions.ending(session.id)]
+        for session_id in stopping:
+            log.error("session=%s stopped: this node lost the database", session_id)
+        # all at once: one end waiting on the audit log must not hold up the others' stop
+        await asyncio.gather(*(self._stop(session_id) for session_id in stopping))
 
-    async def _record_cut(self) -> None:
-        """Back: the end records owed for the sessions stopped while cut off."""
-        for session_id in list(self._cut):
-            with contextlib.suppress(BrokerError):
-                await self._sessions.end_quietly(
-                    session_id, reason="broker_restart", actor="system"
-                )
-                self._cut.discard(session_id)
+    async def _stop(self, session_id: str) -> None:
+        with contextlib.suppress(BrokerError):  # the end record waits for the database
+            await self._sessions.end_quietly(session_id, reason="broker_restart", actor="system")
 
     async def _heartbeat(self) -> None:
         if not await self._db.run(Store.node_heartbeat, self.node_id):
@@ -302,11 +308,11 @@ class NodeMembership:
             self._hub.relay_to(None)
             await asyncio.to_thread(self._node_events.close)
             self._node_events = None
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks.clear()
         try:
             await self._db.run(Store.node_stopped, self.node_id)
         except BrokerError as exc:

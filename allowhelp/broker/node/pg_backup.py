@@ -53,14 +53,12 @@ from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.archive import PG_DUMP, PKI_FILES, Manifest
 from allowhelp.broker.node.backup import (
     BackupResult,
-    _add_path,
     _check_output,
-    _read_anchors,
     _recordings_folder,
     _tar_mode,
-    finish_archive,
     write_backup_file,
 )
+from allowhelp.broker.node.backup_members import add_path, anchor_lines, finish_archive
 from allowhelp.broker.node.restore import RestoreResult, _place, _seal, _unpack, restoring
 from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
@@ -98,7 +96,7 @@ def take_pg_backup(
             tempfile.TemporaryDirectory(dir=output.parent, prefix=".allowhelp-backup-") as tmp,
             tarfile.open(fileobj=handle, mode=mode, format=tarfile.PAX_FORMAT) as tar,  # type: ignore[call-overload]
         ):
-            anchors = _read_anchors(data_dir / ANCHOR_FILE)  # before the snapshot
+            anchors = anchor_lines(data_dir / ANCHOR_FILE)  # before the snapshot
             dump = Path(tmp) / PG_DUMP
             with _exported_snapshot(store) as snapshot:
                 _run(
@@ -106,7 +104,7 @@ def take_pg_backup(
                     store,
                     ["--format=custom", f"--snapshot={snapshot.name}", f"--file={dump}"],
                 )
-            files = [_add_path(tar, PG_DUMP, dump)]
+            files = [add_path(tar, PG_DUMP, dump)]
             manifest = Manifest(
                 allowhelp_version=__version__,
                 created=utc_now(),

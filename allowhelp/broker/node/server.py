@@ -11,29 +11,33 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import uvicorn
 
 from allowhelp.broker.audit.integrity import ChainWatch
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.retention import start_retention, stop_retention
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.console.app import create_app
-from allowhelp.broker.console.httpguard import GuardedHttpProtocol
 from allowhelp.broker.console.services import Services
-from allowhelp.broker.console.wall import Wall
 from allowhelp.broker.errors import TunnelError
 from allowhelp.broker.jobs.desk import JobDesk
 from allowhelp.broker.jobs.inventory import MachineInventory
-from allowhelp.broker.listen import bind
 from allowhelp.broker.model.session import Session
 from allowhelp.broker.node.cluster import NodeMembership, node_id_of
 from allowhelp.broker.node.datafolder import DataFolder, tls_hosts
+from allowhelp.broker.node.front import (
+    Exporter,
+    Uvicorn,
+    address_of,
+    bind_front,
+    close_sockets,
+    console_config,
+    counted_metrics,
+    serve_metrics,
+    started,
+)
 from allowhelp.broker.node.limits import announce_fd_limit, raise_fd_limit
-from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.peers import NodeAnnouncer
 from allowhelp.broker.node.relay_listener import NodeRelayListener, start_node_relay
 from allowhelp.broker.node.tls import CertificateFiles, ConsoleTLS, ServedCertificate, load_pair
@@ -53,7 +57,6 @@ from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.listener import TunnelListener
 from allowhelp.certs.jobsign import JobSigner
-from allowhelp.certs.pki import BrokerPKI
 from allowhelp.protocol.control import (
     ChatMessage,
     ConsentDecision,
@@ -67,14 +70,6 @@ from allowhelp.protocol.control import (
 from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 log = logging.getLogger(__name__)
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: the broker stops both halves itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def control_router(
@@ -160,7 +155,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
     admin_tls: tuple[CertificateFiles, ServedCertificate] | None = None,
 ) -> None:
     tls = ConsoleTLS(load_pair(folder.pki.tls_cert, folder.pki.tls_key), admin_tls)
-    https_sock, metrics_sock = _bind_front(settings)
+    https_sock, metrics_sock = bind_front(settings)
     https_port = https_sock.getsockname()[1]
     public_url = settings.public_url or f"https://localhost:{https_port}"
     stop = stop or asyncio.Event()
@@ -197,10 +192,10 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         window=settings.audit.window,
         burst=settings.audit.burst,
     )
-    metrics = _metrics(folder.audit, registry, tunnel) if metrics_sock is not None else None
+    metrics = counted_metrics(folder.audit, registry, tunnel) if metrics_sock is not None else None
     # The chain is checked before anything is served (audit/integrity.py).
     chain_watch = ChainWatch(folder.audit, settings.audit, settings.data_dir)
-    exporter: _Exporter | None = None
+    exporter: Exporter | None = None
     membership = NodeMembership(
         db, sessions, keys, store=settings.store, events=events, announcer=NodeAnnouncer(registry),
         agents=registry, audit=folder.audit,
@@ -254,10 +249,10 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         svc.nodes = node_relay.route if node_relay is not None else None
         if node_relay is not None:  # our agents' hello details, for the others' lists
             node_relay.share_agents(registry)
-        server = _Uvicorn(_uvicorn_config(app, folder.pki, tls, settings.trusted_proxies))
+        server = Uvicorn(console_config(app, folder.pki, tls, settings.trusted_proxies))
         serving = asyncio.create_task(server.serve(sockets=[https_sock]))
-        await _started(server, serving)
-        exporter = await _serve_metrics(metrics, metrics_sock)
+        await started(server, serving)
+        exporter = await serve_metrics(metrics, metrics_sock)
         RuntimeInfo(
             public_url=public_url,
             https=format_hostport(settings.https_host, https_port),
@@ -268,7 +263,7 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
             ),
             tunnel_public=routes.ssh or "off",
             pid=os.getpid(),
-            metrics=_address(metrics_sock),
+            metrics=address_of(metrics_sock),
         ).write(settings.data_dir)
         log.info("allowhelp broker ready: console %s, agents dial %s", public_url, routes)
         await _until(stop, serving)
@@ -293,18 +288,12 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         await chain_watch.close()
         if exporter is not None:
             await exporter.stop()
-        _close_sockets(https_sock, metrics_sock)
+        close_sockets(https_sock, metrics_sock)
 
 
 async def _announce_start(audit: AuditLog, tls: ConsoleTLS) -> None:
     started = {"pid": os.getpid(), "console_certificate": tls.served.fingerprint}
     await audit.write("broker.started", actor="system", details=started)
-
-
-def _close_sockets(https_sock: socket.socket, metrics_sock: socket.socket | None) -> None:
-    https_sock.close()
-    if metrics_sock is not None:
-        metrics_sock.close()
 
 
 def _session_extras(
@@ -349,18 +338,6 @@ def _transfer_notice(agents: AgentRegistry) -> Callable[[Session, FileTransfer],
     return notify
 
 
-async def _started(server: _Uvicorn, serving: asyncio.Task[None]) -> None:
-    """uvicorn has no start event; poll its flag, and surface a start-up failure."""
-    for _ in range(1000):
-        if server.started:
-            return
-        if serving.done():
-            serving.result()
-            raise RuntimeError("the HTTPS server stopped during start-up")
-        await asyncio.sleep(0.01)
-    raise RuntimeError("the HTTPS server did not start within 10 s")
-
-
 async def _until(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -375,91 +352,3 @@ def _admin_certificate(
         return None
     files = CertificateFiles(settings.tls_cert, settings.tls_key)
     return files, files.load()
-
-
-def _bind_front(settings: BrokerSettings) -> tuple[socket.socket, socket.socket | None]:
-    """The console's socket and, with ``--metrics``, the metrics one: both bound
-    before anything is announced (a port in use is one line at start-up)."""
-    https_sock = bind(settings.https_host, settings.https_port)
-    try:
-        metrics_sock = bind(*settings.metrics) if settings.metrics else None
-    except ValueError as exc:
-        https_sock.close()
-        raise ValueError(f"--metrics: {exc}") from None
-    return https_sock, metrics_sock
-
-
-def _metrics(audit: AuditLog, agents: AgentRegistry, tunnel: TunnelListener) -> BrokerMetrics:
-    metrics = BrokerMetrics(agents, tunnel)
-    audit.observe(metrics)  # before broker.started: counts from the first record on
-    return metrics
-
-
-def _address(sock: socket.socket | None) -> str | None:
-    if sock is None:
-        return None
-    host, port = sock.getsockname()[:2]
-    return format_hostport(str(host), int(port))
-
-
-@dataclass
-class _Exporter:
-    """The metrics listener: plain HTTP, a uvicorn of its own on its own socket."""
-
-    server: _Uvicorn
-    serving: asyncio.Task[None]
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        try:
-            await self.serving
-        except Exception:  # stopping: say it, and go on closing the rest
-            log.exception("the metrics listener failed")
-
-
-async def _serve_metrics(
-    metrics: BrokerMetrics | None, sock: socket.socket | None
-) -> _Exporter | None:
-    if metrics is None or sock is None:
-        return None
-    config = uvicorn.Config(
-        metrics_app(metrics.registry),
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        http=GuardedHttpProtocol,
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-    )
-    server = _Uvicorn(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    await _started(server, serving)
-    log.info("metrics at http://%s/metrics", _address(sock))
-    return _Exporter(server, serving)
-
-
-def _uvicorn_config(
-    app: Wall, pki: BrokerPKI, tls: ConsoleTLS, trusted_proxies: tuple[str, ...]
-) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        # uvicorn needs a file to know it speaks TLS; the context is ours
-        # (node/tls.py: the admin's certificate, renewed on SIGHUP).
-        ssl_certfile=str(pki.tls_cert),
-        ssl_keyfile=str(pki.tls_key),
-        ssl_context_factory=lambda _config, _default: tls.context,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # X-Forwarded-For/-Proto only from the reverse proxies the admin named
-        # (uvicorn takes the last address that is not one of them): login
-        # throttling and the audit then see the client, not the proxy.
-        proxy_headers=bool(trusted_proxies),
-        forwarded_allow_ips=list(trusted_proxies) or None,
-        http=GuardedHttpProtocol,  # deadlines and a size cap for request heads
-        ws_max_size=1024 * 1024,
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=5,
-        lifespan="off",
-    )

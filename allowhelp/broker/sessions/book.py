@@ -67,6 +67,7 @@ class SessionBook:
         self._relays: dict[str, list[Stopper]] = {}
         self._unrecorded: dict[str, Traffic] = {}  # counted by stopped relays, end not recorded
         self._owed: set[str] = set()  # ended, record owed: written once the log takes it
+        self._owed_as: dict[str, tuple[EndReason, str]] = {}  # the end decided: reason, actor
         self._tasks: set[asyncio.Task[object]] = set()
         self._end_details: list[EndDetails] = []
         self._final_listeners: list[FinalListener] = []
@@ -171,6 +172,7 @@ class SessionBook:
             "session=%s ended but its record is owed: the audit log is unavailable", session_id
         )
         self._owed.add(session_id)
+        self._owed_as[session_id] = (reason, actor)
         if reason not in ("user", "agent_lost"):  # the PC ended it, or is gone
             self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
         self._spawn(self._record_owed_end(session_id, reason, actor, details))
@@ -256,6 +258,10 @@ class SessionBook:
                 raise IllegalTransition(f"session {session_id} is not live")
             if new is State.ENDED and session_id in self._owed:
                 await self._check_late_end(session_id)
+                # the end that stopped access is the one recorded, whoever writes it
+                # (the relay it stopped ends the session too, as the PC's doing)
+                reason, actor = self._owed_as.get(session_id, (reason or "error", actor))
+                details = {**(details or {}), "recorded_late": True}
             traffic = None
             if new is State.ENDED:  # access stops before its end is recorded
                 traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
@@ -299,6 +305,7 @@ class SessionBook:
             session_id,
         )
         self._owed.discard(session_id)
+        self._owed_as.pop(session_id, None)
         self._unrecorded.pop(session_id, None)
         self._live.pop(session_id, None)
         self._locks.pop(session_id, None)  # held by the caller until it raises
@@ -338,6 +345,7 @@ class SessionBook:
             except Exception:  # a listener's failure must not undo an end
                 log.exception("session=%s: a listener of its end failed", session.id)
         self._owed.discard(session.id)
+        self._owed_as.pop(session.id, None)
         self._live.pop(session.id, None)
         self._locks.pop(session.id, None)
         timer = self._timers.pop(session.id, None)

@@ -136,10 +136,13 @@ class FleetStore(StoreCore):
             if not self.node_id:
                 return
             if event == "connected":  # which node holds its tunnel (store/nodes.py)
+                # the newest connect holds it: a claim written late (held up, retried)
+                # never takes the row from a newer tunnel's node (the held-elsewhere fence
+                # would then drop the newer tunnel, node/cluster.py)
                 db.execute(
                     "INSERT INTO agent_nodes (agent_id, node_id, since) VALUES (?, ?, ?)"
                     " ON CONFLICT(agent_id) DO UPDATE SET node_id = excluded.node_id,"
-                    " since = excluded.since",
+                    " since = excluded.since WHERE excluded.since >= agent_nodes.since",
                     (agent_id, self.node_id, when),
                 )
             else:

@@ -7,6 +7,12 @@ SQLite's ``BEGIN IMMEDIATE`` makes them go on one node: a check-then-update
 such as a single-use enrolment token stays single-use across nodes. A lost
 connection (the server restarted) is opened again on the next call; the call
 that found it lost fails with ``StoreError`` (fail closed).
+
+A connection whose far end goes silent without closing (half-open: the database's
+host gone, a partition) fails the call instead of hanging it, and the calls queued
+behind it: PostgreSQL stops a statement after ``STATEMENT_TIMEOUT``, this side cuts a
+call still unanswered at ``CALL_DEADLINE`` (``pg_deadline.py``), and TCP keepalives
+and ``tcp_user_timeout`` let the kernel notice a peer that is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import psycopg.rows
 from allowhelp.broker.errors import StoreError
 from allowhelp.broker.model.database import PostgresUrl, Row
 from allowhelp.broker.store.database import BUSY_TIMEOUT, Connection, DuplicateRow
+from allowhelp.broker.store.pg_deadline import DEADLINES
 from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
 # pg_advisory_xact_lock keys: all store writes; schema migrations.
@@ -30,6 +37,16 @@ WRITE_LOCK = 0x61680001
 MIGRATE_LOCK = 0x61680002
 # Seconds a connection may sit unused before its next use checks it is still alive.
 IDLE_PROBE = 1.0
+# Seconds PostgreSQL lets one statement run (``statement_timeout``; migrations: none).
+STATEMENT_TIMEOUT = 10.0
+# Seconds this side waits for a whole call (a transaction: its statements and commit)
+# before cutting its connection; and for the ``SELECT 1`` that checks an idle one.
+CALL_DEADLINE = 12.0
+PROBE_DEADLINE = 3.0
+# TCP keepalives (libpq): an idle connection to a host that is gone is noticed after
+# KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT s, and data unacknowledged for
+# CALL_DEADLINE s breaks the connection (tcp_user_timeout).
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
 
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\?|%")
@@ -54,9 +71,13 @@ def pg_args(args: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def connect(url: PostgresUrl, *, read_only: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A connection in autocommit (transactions are explicit), with lock and
-    connect timeouts so a stuck server fails a call instead of hanging it."""
-    options = f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}"
+    """A connection in autocommit (transactions are explicit), with lock, statement
+    and connect timeouts and TCP keepalives, so a stuck server or a silent network
+    fails a call instead of hanging it."""
+    options = (
+        f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}"
+        f" -c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
+    )
     if read_only:
         options += " -c default_transaction_read_only=on"
     try:
@@ -66,6 +87,11 @@ def connect(url: PostgresUrl, *, read_only: bool = False, **kwargs: Any) -> psyc
             connect_timeout=max(1, int(BUSY_TIMEOUT)),
             options=options,
             application_name="allowhelp-broker",
+            keepalives=1,
+            keepalives_idle=KEEPALIVE_IDLE,
+            keepalives_interval=KEEPALIVE_INTERVAL,
+            keepalives_count=KEEPALIVE_COUNT,
+            tcp_user_timeout=int(CALL_DEADLINE * 1000),
             **kwargs,
         )
     except psycopg.Error as exc:
@@ -130,6 +156,7 @@ class PostgresDatabase:
         self._read_only = read_only
         self._conn: psycopg.Connection[PgRow] | None = None
         self._used = 0.0
+        self._expired = 0.0  # the deadline (s) the call failing now ran past, if it did
 
     @property
     def where(self) -> str:
@@ -146,6 +173,7 @@ class PostgresDatabase:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                conn.execute("SET LOCAL statement_timeout = 0")  # a migration takes its time
                 database._migrate(conn, check_only=read_only)
         except psycopg.Error as exc:
             database.close()
@@ -158,13 +186,17 @@ class PostgresDatabase:
     def _connection(self, *, probe: bool = False) -> psycopg.Connection[PgRow]:
         """The connection, opened again when lost. One idle for a while (or any,
         with ``probe``: before a write) is asked ``SELECT 1`` first: a server
-        restarted since has dropped it, and a write must not be what finds out."""
+        restarted since has dropped it, and a write must not be what finds out. One
+        that does not answer at all fails the call (opening another would wait again)."""
         conn = self._conn
         if conn is not None and not (conn.closed or conn.broken) and (probe or self._idle()):
             try:
-                conn.execute("SELECT 1")
+                with self._deadline(conn, PROBE_DEADLINE):
+                    conn.execute("SELECT 1")
             except psycopg.Error:
                 conn.close()
+                if self._expired:
+                    raise
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
                 conn.close()
@@ -174,6 +206,23 @@ class PostgresDatabase:
 
     def _idle(self) -> bool:
         return time.monotonic() - self._used > IDLE_PROBE
+
+    @contextmanager
+    def _deadline(
+        self, conn: psycopg.Connection[PgRow], seconds: float = CALL_DEADLINE
+    ) -> Iterator[None]:
+        """Cut ``conn`` if what runs inside takes over ``seconds`` (``pg_deadline.py``);
+        the failure it causes then says so (``_failed``)."""
+        self._expired = 0.0
+        token = DEADLINES.arm(conn.fileno(), seconds)
+        try:
+            yield
+        except BaseException:
+            if DEADLINES.disarm(token):
+                self._expired = seconds
+            raise
+        if DEADLINES.disarm(token):  # answered as it was cut: the connection is no more
+            self.close()
 
     def _migrate(self, conn: psycopg.Connection[PgRow], *, check_only: bool) -> None:
         found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
@@ -199,6 +248,13 @@ class PostgresDatabase:
     def _failed(self, exc: psycopg.Error) -> StoreError:
         """The StoreError for ``exc``; a connection-level failure also drops the
         connection, so the next call opens a fresh one instead of failing too."""
+        expired, self._expired = self._expired, 0.0
+        if expired:
+            self.close()
+            return StoreError(
+                f"the database did not answer within {expired:g} s (a silent connection:"
+                " dropped, opened again on the next call)"
+            )
         if isinstance(exc, psycopg.OperationalError):
             self.close()
         return _error(exc)
@@ -212,7 +268,7 @@ class PostgresDatabase:
         """Take the write lock in a transaction and let it go: nothing written."""
         try:
             conn = self._connection(probe=True)
-            with conn.transaction():
+            with self._deadline(conn), conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
@@ -221,7 +277,7 @@ class PostgresDatabase:
     def tx(self) -> Iterator[Connection]:
         try:
             conn = self._connection(probe=True)
-            with conn.transaction():
+            with self._deadline(conn), conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 yield _Translated(conn)
         except psycopg.Error as exc:
@@ -231,12 +287,19 @@ class PostgresDatabase:
         """A read; asked again once on a fresh connection when the old one was lost."""
         statement, values = pg_sql(sql), pg_args(args)
         try:
-            return list(self._connection().execute(statement, values).fetchall())
-        except psycopg.OperationalError:
+            return self._read(statement, values)
+        except psycopg.OperationalError as exc:
+            if self._expired:  # no answer at all: asking again would wait as long again
+                raise self._failed(exc) from exc
             self.close()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
         try:
-            return list(self._connection().execute(statement, values).fetchall())
+            return self._read(statement, values)
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
+
+    def _read(self, statement: str, values: tuple[Any, ...]) -> list[Row]:
+        conn = self._connection()
+        with self._deadline(conn):
+            return list(conn.execute(statement, values).fetchall())
