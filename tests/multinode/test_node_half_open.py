@@ -20,19 +20,19 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import websockets
 
-from allowhelp.broker.errors import StoreError
+from allowhelp.broker.audit.pg_chain import PgAuditLog
+from allowhelp.broker.errors import AuditUnavailable, StoreError
 from allowhelp.broker.model.database import PostgresUrl
-from allowhelp.broker.store import Store
-from allowhelp.broker.store.nodes import NODE_STALE
-from allowhelp.broker.store.postgres_db import (
+from allowhelp.broker.pglink import (
     CALL_DEADLINE,
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,
     PROBE_DEADLINE,
-    STATEMENT_TIMEOUT,
-    connect,
 )
+from allowhelp.broker.store import Store
+from allowhelp.broker.store.nodes import NODE_STALE
+from allowhelp.broker.store.postgres_db import STATEMENT_TIMEOUT, connect
 from harness import TECH, TECH_PW, Agent, Broker, Desk, broker_cli, running_fleet
 from netkit import CuttableProxy
 from terminalkit import Terminal, consented_shell
@@ -95,6 +95,32 @@ def test_a_silent_connection_fails_the_call_then_is_opened_again(
         proxy.black_hole = False
         proxy.cut()  # the silent connections, desynchronised, are closed with the proxy
         store.close()
+
+
+def test_an_audit_write_on_a_silent_connection_is_refused_in_time(
+    pg_url: str, proxy: CuttableProxy
+) -> None:
+    """The audit chain's connection is cut as the store's (``pglink.py``): without it
+    the record's write hangs on the silent connection, and the action waiting for its
+    record with it (a session's end, a technician's page)."""
+    audit = PgAuditLog.open_url(PostgresUrl.parse(_via(proxy, pg_url)))
+    try:
+        audit.append("user.created", actor="system:cli", target="before")
+        proxy.black_hole = True
+        started = time.monotonic()
+        with pytest.raises(AuditUnavailable):
+            audit.append("user.created", actor="system:cli", target="silent")
+        took = time.monotonic() - started
+        print(f"an audit write on the silent connection was refused after {took:.1f} s")
+        assert took < CALL_DEADLINE + 2
+        proxy.black_hole = False
+        audit.append("user.created", actor="system:cli", target="after")  # a new connection
+        targets = [r.target for r in audit.records()]
+        assert "before" in targets and "after" in targets and "silent" not in targets
+    finally:
+        proxy.black_hole = False
+        proxy.cut()
+        audit.close()
 
 
 async def test_a_node_whose_database_goes_silent_stops_its_sessions_in_time(

@@ -7,7 +7,9 @@ primary key on ``seq`` would refuse a second record with the same seq even
 without the lock. Triggers refuse UPDATE, DELETE and TRUNCATE, as SQLite's do.
 A commit returns once PostgreSQL has it on disk (``synchronous_commit`` on,
 its default). A lost connection is opened again on the next commit; the batch
-that found it lost is refused (fail closed).
+that found it lost is refused (fail closed). A connection that goes silent without
+closing (half-open) is cut at ``CALL_DEADLINE`` (``pglink.py``), as the store's: the
+batch is refused then, and the action it was for stops, instead of hanging on it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.pg_reader import connect, reason, schema_version
 from allowhelp.broker.errors import AuditUnavailable
 from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.broker.pglink import CALL_DEADLINE, PROBE_DEADLINE, Watch, watched
 
 if TYPE_CHECKING:
     from allowhelp.broker.audit.anchor import AnchorSink
@@ -112,7 +115,8 @@ class PgAuditLog(AuditLog):
         conn = self._pg
         if conn is not None and not (conn.closed or conn.broken) and (probe or self._idle()):
             try:
-                conn.execute("SELECT 1")
+                with watched(conn.fileno(), PROBE_DEADLINE):
+                    conn.execute("SELECT 1")
             except psycopg.Error:
                 conn.close()
         if conn is None or conn.closed or conn.broken:
@@ -142,9 +146,14 @@ class PgAuditLog(AuditLog):
 
     def _commit(self, entries: Sequence[Entry]) -> list[AuditRecord]:
         """All of ``entries`` after the chain's head, in one transaction, or none."""
+        watch = Watch()
         try:
             conn = self._connection(probe=True)
-            with conn.transaction(), conn.cursor() as cursor:
+            with (
+                watched(conn.fileno(), CALL_DEADLINE) as watch,
+                conn.transaction(),
+                conn.cursor() as cursor,
+            ):
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
                 last = cursor.execute(LAST_SQL).fetchone()
                 seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
@@ -155,8 +164,14 @@ class PgAuditLog(AuditLog):
             raise
         except psycopg.Error as exc:
             self._drop(exc)
-            self._refused(entries, reason(exc))
-            raise unavailable(reason(exc)) from exc
+            why = reason(exc)
+            if watch.struck:
+                why = f"the audit database did not answer within {CALL_DEADLINE:.0f} s"
+            self._refused(entries, why)
+            raise unavailable(why) from exc
+        if watch.struck and self._pg is not None:  # answered as it was cut: it is no more
+            self._pg.close()
+            self._pg = None
         return records
 
     def _drop(self, exc: psycopg.Error) -> None:

@@ -13,6 +13,7 @@ from allowhelp.broker.audit.entry import unavailable
 from allowhelp.broker.audit.format import SCHEMA_VERSION
 from allowhelp.broker.errors import AuditCorrupt
 from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.broker.pglink import link_options
 
 
 def reason(exc: psycopg.Error) -> str:
@@ -34,6 +35,7 @@ def connect(
             connect_timeout=max(1, round(timeout)),
             options=options,
             application_name="allowhelp-audit",
+            **link_options(),  # a silent link fails, as the store's (pglink.py)
         )
     except psycopg.Error as exc:
         raise unavailable(f"cannot reach {url}: {reason(exc)}") from exc

@@ -11,7 +11,7 @@ that found it lost fails with ``StoreError`` (fail closed).
 A connection whose far end goes silent without closing (half-open: the database's
 host gone, a partition) fails the call instead of hanging it, and the calls queued
 behind it: PostgreSQL stops a statement after ``STATEMENT_TIMEOUT``, this side cuts a
-call still unanswered at ``CALL_DEADLINE`` (``pg_deadline.py``), and TCP keepalives
+call still unanswered at ``CALL_DEADLINE`` (``pglink.py``), and TCP keepalives
 and ``tcp_user_timeout`` let the kernel notice a peer that is gone.
 """
 
@@ -28,8 +28,8 @@ import psycopg.rows
 
 from allowhelp.broker.errors import StoreError
 from allowhelp.broker.model.database import PostgresUrl, Row
+from allowhelp.broker.pglink import CALL_DEADLINE, DEADLINES, PROBE_DEADLINE, link_options
 from allowhelp.broker.store.database import BUSY_TIMEOUT, Connection, DuplicateRow
-from allowhelp.broker.store.pg_deadline import DEADLINES
 from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
 # pg_advisory_xact_lock keys: all store writes; schema migrations.
@@ -39,14 +39,7 @@ MIGRATE_LOCK = 0x61680002
 IDLE_PROBE = 1.0
 # Seconds PostgreSQL lets one statement run (``statement_timeout``; migrations: none).
 STATEMENT_TIMEOUT = 10.0
-# Seconds this side waits for a whole call (a transaction: its statements and commit)
-# before cutting its connection; and for the ``SELECT 1`` that checks an idle one.
-CALL_DEADLINE = 12.0
-PROBE_DEADLINE = 3.0
-# TCP keepalives (libpq): an idle connection to a host that is gone is noticed after
-# KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT s, and data unacknowledged for
-# CALL_DEADLINE s breaks the connection (tcp_user_timeout).
-KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+# CALL_DEADLINE, PROBE_DEADLINE and the keepalives: ``pglink.py`` (the audit's too).
 
 
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\?|%")
@@ -87,11 +80,7 @@ def connect(url: PostgresUrl, *, read_only: bool = False, **kwargs: Any) -> psyc
             connect_timeout=max(1, int(BUSY_TIMEOUT)),
             options=options,
             application_name="allowhelp-broker",
-            keepalives=1,
-            keepalives_idle=KEEPALIVE_IDLE,
-            keepalives_interval=KEEPALIVE_INTERVAL,
-            keepalives_count=KEEPALIVE_COUNT,
-            tcp_user_timeout=int(CALL_DEADLINE * 1000),
+            **link_options(),
             **kwargs,
         )
     except psycopg.Error as exc:
@@ -211,7 +200,7 @@ class PostgresDatabase:
     def _deadline(
         self, conn: psycopg.Connection[PgRow], seconds: float = CALL_DEADLINE
     ) -> Iterator[None]:
-        """Cut ``conn`` if what runs inside takes over ``seconds`` (``pg_deadline.py``);
+        """Cut ``conn`` if what runs inside takes over ``seconds`` (``pglink.py``);
         the failure it causes then says so (``_failed``)."""
         self._expired = 0.0
         token = DEADLINES.arm(conn.fileno(), seconds)

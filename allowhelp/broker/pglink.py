@@ -1,4 +1,6 @@
-"""A deadline on this side for each call to PostgreSQL (``postgres_db.py``).
+"""What every connection to PostgreSQL gets, the store's (``store/postgres_db.py``) and
+the audit chain's (``audit/pg_chain.py``) alike: TCP keepalives and ``tcp_user_timeout``
+(``link_options``), and a deadline on this side for each call (``DEADLINES``).
 
 A connection whose far end stops answering without closing (the database's host
 gone, a partition, a middlebox holding the connection: half-open) blocks the call
@@ -19,8 +21,31 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+# Seconds this side waits for a whole call (a transaction: its statements and commit)
+# before cutting its connection; and for the ``SELECT 1`` that checks an idle one.
+CALL_DEADLINE = 12.0
+PROBE_DEADLINE = 3.0
+# TCP keepalives (libpq): an idle connection to a host that is gone is noticed after
+# KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT s, and data unacknowledged for
+# CALL_DEADLINE s breaks the connection (tcp_user_timeout).
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+
+
+def link_options() -> dict[str, Any]:
+    """libpq's keyword arguments for keepalives and ``tcp_user_timeout``."""
+    return {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE,
+        "keepalives_interval": KEEPALIVE_INTERVAL,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": int(CALL_DEADLINE * 1000),
+    }
 
 
 def _shut(fd: int) -> None:
@@ -80,3 +105,21 @@ class Deadlines:
 
 
 DEADLINES = Deadlines()
+
+
+@dataclass
+class Watch:
+    """One call under a deadline: ``struck`` once it is over, if the deadline cut it."""
+
+    struck: bool = False
+
+
+@contextlib.contextmanager
+def watched(fd: int, seconds: float) -> Iterator[Watch]:
+    """Run the body with the socket ``fd`` cut at ``seconds``; say whether it was."""
+    watch = Watch()
+    token = DEADLINES.arm(fd, seconds)
+    try:
+        yield watch
+    finally:
+        watch.struck = DEADLINES.disarm(token)
