@@ -37,7 +37,8 @@ from typing import Any
 
 import asyncssh
 
-from allowhelp.broker.tunnel.listener import AgentConnection, client_options
+from allowhelp.broker.tunnel.listener import AgentConnection
+from allowhelp.broker.tunnel.sshclient import client_options
 from allowhelp.certs.sshkeys import agent_id_for, public_key_line
 from bench.common import PY, Procs, proc_stat
 
