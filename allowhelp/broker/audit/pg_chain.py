@@ -163,16 +163,24 @@ class PgAuditLog(AuditLog):
             self._refused(entries, str(exc))
             raise
         except psycopg.Error as exc:
-            self._drop(exc)
-            why = reason(exc)
-            if watch.struck:
-                why = f"the audit database did not answer within {CALL_DEADLINE:.0f} s"
+            why = self._failed(exc, watch)
             self._refused(entries, why)
             raise unavailable(why) from exc
-        if watch.struck and self._pg is not None:  # answered as it was cut: it is no more
+        self._spent(watch)
+        return records
+
+    def _failed(self, exc: psycopg.Error, watch: Watch) -> str:
+        """What a failed call says, its connection dropped when that was the cause."""
+        self._drop(exc)
+        if watch.struck:
+            return f"the audit database did not answer within {CALL_DEADLINE:.0f} s"
+        return reason(exc)
+
+    def _spent(self, watch: Watch) -> None:
+        """A call answered just as its deadline cut the connection: it is no more."""
+        if watch.struck and self._pg is not None:
             self._pg.close()
             self._pg = None
-        return records
 
     def _drop(self, exc: psycopg.Error) -> None:
         """A connection-level failure: the next commit opens a fresh connection."""
@@ -194,12 +202,21 @@ class PgAuditLog(AuditLog):
     def records(self, after: int = 0, limit: int | None = None) -> list[AuditRecord]:
         sql = f"{SELECT_SQL} WHERE seq > %s ORDER BY seq LIMIT %s"
         with self._lock:
-            try:
-                rows = self._connection().execute(sql, (after, limit)).fetchall()
-            except psycopg.Error as exc:
-                self._drop(exc)
-                raise unavailable(reason(exc)) from exc
+            rows = self._query(sql, (after, limit))
         return [row_to_record(tuple(row)) for row in rows]
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        """One read under ``CALL_DEADLINE`` (``pglink.py``), as a commit: a silent
+        connection fails it instead of holding the lock, and the writer, for good."""
+        watch = Watch()
+        try:
+            conn = self._connection()
+            with watched(conn.fileno(), CALL_DEADLINE) as watch:
+                rows = conn.execute(sql, args).fetchall()
+        except psycopg.Error as exc:
+            raise unavailable(self._failed(exc, watch)) from exc
+        self._spent(watch)
+        return rows
 
     def _close_connection(self) -> None:
         with self._lock:
@@ -216,9 +233,5 @@ class PgAuditLog(AuditLog):
                 conn.close()
 
     def head_unlocked(self) -> tuple[int, str]:
-        try:
-            row = self._connection().execute(LAST_SQL).fetchone()
-        except psycopg.Error as exc:
-            self._drop(exc)
-            raise unavailable(reason(exc)) from exc
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        rows = self._query(LAST_SQL)
+        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS_HASH)

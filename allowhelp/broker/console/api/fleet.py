@@ -108,7 +108,8 @@ async def audit_records(request: Request) -> Response:
         raise BadRequest("after and limit must be whole numbers") from exc
     if after < 0 or limit < 1:
         raise BadRequest("after must be >= 0 and limit >= 1")
-    records = services(request).audit.records(after=after, limit=limit)
+    # off the event loop: a PostgreSQL chain's read may wait (up to its deadline)
+    records = await asyncio.to_thread(services(request).audit.records, after=after, limit=limit)
     return JSONResponse([record.to_json() for record in records])
 
 
