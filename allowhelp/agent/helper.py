@@ -235,7 +235,7 @@ class SessionHelper:
         """The screen server answers on its socket first (wayvnc takes a moment)."""
         try:
             program = await start_screen(
-                os.environ, view_only=packet.view_only, monitor=packet.monitor
+                os.environ, view_only=packet.view_only, monitor=packet.monitor, greet=packet.greet
             )
         except (OSError, RuntimeError) as exc:  # ScreenUnavailable is a RuntimeError
             self._refuse(conn, packet.session_id, exc)

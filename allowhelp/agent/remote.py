@@ -90,7 +90,9 @@ class RemoteProgram:
         self._said: SaidVersion | None = None  # the helper said the viewer's version ahead
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
-        ask = Open(grant.session_id, kind, term, cols, rows, grant.view_only, grant.monitor)
+        ask = Open(
+            grant.session_id, kind, term, cols, rows, grant.view_only, grant.monitor, greet=True
+        )
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(
             OPEN_TIMEOUT, self._fail, f"the user's session did not start the {kind} in time"
         )

@@ -250,7 +250,9 @@ def greeted(launch: ScreenLaunch) -> bytes:
     return launch.greeting if isinstance(launch, PairLaunch) else b""
 
 
-def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "") -> ScreenLaunch:
+def launch_screen(
+    env: Mapping[str, str], *, view_only: bool, monitor: str = "", greet: bool = True
+) -> ScreenLaunch:
     """Start the engine this session offers (desktop.py), or ScreenUnavailable saying why.
 
     ``monitor``: the grant's choice (protocol/monitors.py): one monitor, ``all``, or ""."""
@@ -276,7 +278,8 @@ def launch_screen(env: Mapping[str, str], *, view_only: bool, monitor: str = "")
             argv = screen_command(env, view_only=view_only, clip=clip)
             # the test knob's program gets the viewer's bytes as they are
             knob = bool(env.get(TEST_COMMAND_ENV, "").strip())
-            return PairLaunch(argv, child_environment(env), greeting=b"" if knob else RFB_VERSION)
+            greeting = RFB_VERSION if greet and not knob else b""
+            return PairLaunch(argv, child_environment(env), greeting=greeting)
     except OSError as exc:
         raise ScreenUnavailable(
             f"the screen sharer could not start: {exc.strerror or exc}"

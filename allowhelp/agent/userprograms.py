@@ -147,12 +147,13 @@ def start_shell(term: str, cols: int, rows: int) -> UserProgram:
 
 
 async def start_screen(
-    env: Mapping[str, str], *, view_only: bool, monitor: str = ""
+    env: Mapping[str, str], *, view_only: bool, monitor: str = "", greet: bool = False
 ) -> UserProgram:
     """The session's screen server (x11vnc on a socketpair, wayvnc on its private socket),
     once its socket answers; ``fd`` is the connected socket. ScreenUnavailable says why not,
     with the server's own last words when it exited."""
-    launch = launch_screen(env, view_only=view_only, monitor=monitor)  # ScreenUnavailable
+    # ScreenUnavailable; ``greet``: the service takes the greeting (``hp.Open.greet``)
+    launch = launch_screen(env, view_only=view_only, monitor=monitor, greet=greet)
     program = UserProgram(launch.proc, -1, "screen", cleanup=launch.cleanup)
     log.info("screen pid=%d started (%s)", launch.proc.pid, type(launch).__name__)
     try:

@@ -236,6 +236,10 @@ class Open(Packet):
     rows: int
     view_only: bool
     monitor: str = ""  # a screen: the monitor picked (protocol/monitors.py), "" the default
+    # The service takes the greeting (``Opened.greeted``): the helper may say the RFB
+    # version to the screen server for the viewer. An older service would pass the
+    # viewer's own line on as well, so the helper greets only when asked.
+    greet: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ through the machine service and a real user's session helper (the helper says
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -27,11 +29,14 @@ from test_screen_agent import Collect
 from allowhelp.agent.rfbgreeting import RFB_VERSION, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError
 from allowhelp.agent.screen import PairLaunch, ScreenProcess, greeted, launch_screen
+from allowhelp.agent.userprograms import start_screen
+from allowhelp.protocol import helper as hp
 from harness import TECH, TECH_PW, Desk, staffed_broker, wait_for
 from screenkit import RfbClient, gone, listening_inodes, processes, screen_socket, socket_inodes
 from xdesk import Xvfb, missing_tools
 
 USER = "ahpicture"
+SESSION = "AbCdEfGhIjKlMnOp"  # a well-formed session id
 NO_X = missing_tools()
 
 # --- SaidVersion: sans-I/O ----------------------------------------------------
@@ -120,6 +125,30 @@ async def test_x11vnc_is_greeted_and_answers_a_whole_handshake(xvfb: Xvfb) -> No
     finally:
         proc.close()
     assert not exits
+
+
+async def test_a_helper_greets_only_when_its_service_asks(xvfb: Xvfb) -> None:
+    """A machine service older than the greeting (its ``open`` has no ``greet``) passes
+    the viewer's version line on itself: a helper that greeted too would make x11vnc
+    read that line as the viewer's choice of security and fail the screen."""
+    said = json.loads(hp.Open(SESSION, "screen", "", 0, 0, False, greet=True).encode())
+    assert said.pop("greet") is True  # the field an older service does not send
+    packet = hp.decode(json.dumps(said).encode())
+    assert isinstance(packet, hp.Open) and packet.greet is False
+    program = await start_screen(x11_env(xvfb), view_only=False, greet=packet.greet)
+    assert program.greeting == b""
+    sock = socket.socket(fileno=program.fd)
+    sock.settimeout(15)
+    try:
+        assert sock.recv(12, socket.MSG_WAITALL) == RFB_VERSION  # x11vnc's own line
+        sock.sendall(RFB_VERSION)  # the viewer's, passed on by the older service
+        count = sock.recv(1)[0]
+        assert 1 in sock.recv(count, socket.MSG_WAITALL)  # its security types: a whole handshake
+        sock.sendall(b"\x01")
+        assert sock.recv(4, socket.MSG_WAITALL) == b"\0\0\0\0"
+    finally:
+        sock.close()
+        await program.end()
 
 
 async def test_a_viewer_with_another_version_ends_the_screen_plainly(xvfb: Xvfb) -> None:
