@@ -221,25 +221,28 @@ class InviteDesk(InviteBook):
             self._publish_by_id(invitation)
 
     async def _before_end(self, session_id: str) -> Traffic:
-        """The session is ending: every invitation ends first, a joined invitee's
-        connection stops and their leaving is on the record before the session's
-        end record (as the owner's relay stops before it)."""
+        """The session is ending: every invitation ends first, all at once (no await
+        between: nobody keeps access while another's record is written), then each
+        joined invitee's leaving is on the record, before the session's end record
+        (as the owner's relay stops before it)."""
+        stopped: list[tuple[Invitation, Traffic]] = []
         for invitation in self.of_session(session_id):
-            if not invitation.live:
-                continue
-            was_joined = invitation.state is InviteState.JOINED
-            traffic = self._stop(invitation, InviteState.ENDED)
-            if was_joined:
-                with contextlib.suppress(AuditUnavailable):  # said by the writer
-                    await self._write(
-                        "participant.left",
-                        "system",
-                        invitation,
-                        how="session_ended",
-                        was_connected=True,
-                        bytes_to_agent=traffic.to_agent,
-                        bytes_from_agent=traffic.from_agent,
-                    )
+            if invitation.live:
+                was_joined = invitation.state is InviteState.JOINED
+                traffic = self._stop(invitation, InviteState.ENDED)
+                if was_joined:
+                    stopped.append((invitation, traffic))
+        for invitation, traffic in stopped:
+            with contextlib.suppress(AuditUnavailable):  # said by the writer
+                await self._write(
+                    "participant.left",
+                    "system",
+                    invitation,
+                    how="session_ended",
+                    was_connected=True,
+                    bytes_to_agent=traffic.to_agent,
+                    bytes_from_agent=traffic.from_agent,
+                )
         return self._seal_screen_recording(session_id)
 
     @staticmethod
