@@ -5,9 +5,12 @@ fleet job that installs the new ``allowhelp-agent``) cannot restart the service 
 once: that would end the session it runs in. The package's postinst then leaves a
 mark in the service's folder (``UPGRADED_FILE``) instead, and this watch stops the
 service at the first moment it is idle: no prompt waiting, no session granted, no
-fleet job running. systemd (``Restart=always``) starts the new version, which
-clears the mark. Until then the running service keeps the code it loaded; a
-session module that no longer fits it fails that session alone (``channels.py``).
+fleet job running, and nothing else left in the service's control group (a
+technician's ``nohup apt-get ... &`` or tmux from an admin shell already ended:
+stopping the service would kill them, ``KillMode=control-group``). systemd
+(``Restart=always``) starts the new version, which clears the mark. Until then the
+running service keeps the code it loaded; a session module that no longer fits it
+fails that session alone (``channels.py``).
 
 Only root can write the folder (0700), so the mark is no lever for anybody else;
 a mark that cannot be read or removed is logged and left to the next start.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +29,40 @@ log = logging.getLogger(__name__)
 
 UPGRADED_FILE = "upgraded"
 CHECK_EVERY = 5.0  # seconds: the mark is looked at this often, and after it is seen
+SERVICE_UNIT = "allowhelp-agent.service"  # packaging/systemd's unit: its control group
+CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _procs_file(controllers: str, path: str, root: Path) -> Path:
+    """Where a group's ``cgroup.procs`` is: cgroup v2 (alone, or beside v1 as
+    ``unified``) or systemd's own v1 hierarchy (``name=systemd``)."""
+    if controllers == "name=systemd":
+        base = root / "systemd"
+    else:
+        base = root / "unified" if (root / "unified").is_dir() else root
+    return base / path.lstrip("/") / "cgroup.procs"
+
+
+def strays(
+    own: int | None = None, *, cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUPS
+) -> list[int]:
+    """The processes in the service's control group besides the service itself: what a
+    stop would kill. [] where the service is not in its unit's group (not under systemd)."""
+    own = os.getpid() if own is None else own
+    try:
+        lines = cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not (controllers in ("", "name=systemd") and path.endswith("/" + SERVICE_UNIT)):
+            continue
+        try:
+            pids = [int(pid) for pid in _procs_file(controllers, path, root).read_text().split()]
+        except (OSError, ValueError):
+            continue
+        return [pid for pid in pids if pid != own]
+    return []
 
 
 def clear_mark(folder: Path) -> None:
@@ -37,14 +75,35 @@ class UpgradeWatch:
     """Sets ``stop`` once the mark exists and ``busy()`` says nobody needs the service."""
 
     def __init__(
-        self, folder: Path, busy: Callable[[], bool], *, every: float = CHECK_EVERY
+        self,
+        folder: Path,
+        busy: Callable[[], bool],
+        *,
+        every: float = CHECK_EVERY,
+        left_behind: Callable[[], list[int]] = strays,
     ) -> None:
         if every <= 0:
             raise ValueError("the upgrade check interval must be positive")
         self.mark = folder / UPGRADED_FILE
         self._busy = busy
+        self._left_behind = left_behind
         self._every = every
+        self._told: tuple[int, ...] = ()
         self.restarting = False
+
+    def _waits(self) -> bool:
+        """Somebody is being helped, or a stop would kill what a session left running."""
+        if self._busy():
+            return True
+        left = tuple(self._left_behind())
+        if left and left != self._told:
+            log.info(
+                "the package was upgraded; waiting for what runs in the service's group "
+                "to end before restarting (pids %s)",
+                " ".join(map(str, left)),
+            )
+        self._told = left
+        return bool(left)
 
     def _marked(self) -> bool:
         try:
@@ -60,7 +119,7 @@ class UpgradeWatch:
                 await asyncio.wait_for(stop.wait(), timeout=self._every)
             if stop.is_set() or not self._marked():
                 continue
-            if self._busy():
+            if self._waits():
                 waited = True
                 continue
             self.restarting = True

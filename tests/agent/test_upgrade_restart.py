@@ -12,6 +12,9 @@ once the user ends it; a start clears the mark.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +23,8 @@ import pytest
 import websockets
 from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
 
-from allowhelp.agent.upgrade import CHECK_EVERY, UPGRADED_FILE
-from harness import TECH, TECH_PW, Desk, agent_cli, staffed_broker, wait_for
+from allowhelp.agent.upgrade import CHECK_EVERY, SERVICE_UNIT, UPGRADED_FILE
+from harness import PY, TECH, TECH_PW, Desk, agent_cli, staffed_broker, wait_for
 from terminalkit import Terminal
 
 USER = "ahupgrade"
@@ -118,3 +121,63 @@ def test_an_idle_service_restarts_at_once(machine: tuple[Machine, Desk]) -> None
     assert service.wait(CHECK_EVERY * 3) == 0, _service_log(pc)[-2000:]
     log = _service_log(pc)
     assert "the package was upgraded; nobody is being helped now" in log
+
+
+SYSTEMD_GROUPS = Path("/sys/fs/cgroup/systemd")  # systemd's own v1 hierarchy, here
+
+
+@pytest.fixture
+def service_group() -> Iterator[Path]:
+    """A control group named as the unit's (``allowhelp-agent.service``), as systemd
+    makes one; its ``cgroup.procs``."""
+    if not os.access(SYSTEMD_GROUPS, os.W_OK):
+        pytest.skip(f"{SYSTEMD_GROUPS} cannot be written here")
+    parent = SYSTEMD_GROUPS / f"ahupgrade-{os.getpid()}"
+    group = parent / SERVICE_UNIT
+    group.mkdir(parents=True)
+    try:
+        yield group / "cgroup.procs"
+    finally:
+        for folder in (group, parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _in_group(procs: Path, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``argv`` started inside the group, as systemd starts what a unit runs."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+
+
+def test_what_a_session_left_running_in_the_group_holds_the_restart(
+    machine: tuple[Machine, Desk], service_group: Path
+) -> None:
+    pc, desk = machine
+    assert pc.service is not None
+    pc.service.terminate()
+    assert pc.service.wait(20) is not None
+    argv = [PY, "-m", "allowhelp.agent.cli", "run", "--system", "--config", str(pc.config)]
+    service = pc.service = _in_group(service_group, argv, pc.root / "service.log")
+    wait_for(lambda: pc.agent_row(desk.broker)["online"], 20, "the service in its group")
+    # what a technician left running from an admin shell (nohup apt-get ... &)
+    stray = _in_group(service_group, ["sleep", "600"], pc.root / "stray.log")
+    try:
+        wait_for(lambda: str(stray.pid) in service_group.read_text().split(), 10, "the stray")
+        (pc.config / UPGRADED_FILE).touch()
+        wait_for(
+            lambda: "waiting for what runs in the service's group" in _service_log(pc),
+            CHECK_EVERY * 3,
+            "the service to say what it waits for",
+        )
+        assert str(stray.pid) in _service_log(pc)
+        time.sleep(CHECK_EVERY + 1)  # one more check goes by: still waiting
+        assert service.poll() is None and stray.poll() is None
+    finally:
+        stray.kill()
+        stray.wait(10)
+    assert service.wait(CHECK_EVERY * 3) == 0, _service_log(pc)[-2000:]
