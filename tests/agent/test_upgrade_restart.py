@@ -181,3 +181,28 @@ def test_what_a_session_left_running_in_the_group_holds_the_restart(
         stray.kill()
         stray.wait(10)
     assert service.wait(CHECK_EVERY * 3) == 0, _service_log(pc)[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("unit", "inside"),
+    [
+        (SERVICE_UNIT, True),  # root's shell: the machine service's own group
+        ("allowhelp-agent-session.service", True),  # the user's shell, root through sudo
+        ("user-terminal.scope", False),  # the user's own terminal: not a help session
+    ],
+)
+def test_the_postinst_knows_a_technicians_shell_by_its_group(unit: str, inside: bool) -> None:
+    if not os.access(SYSTEMD_GROUPS, os.W_OK):
+        pytest.skip(f"{SYSTEMD_GROUPS} cannot be written here")
+    text = POSTINST.read_text()
+    start = text.index("inside_a_help_session() {")
+    function = text[start : text.index("\n}\n", start) + 3]
+    group = SYSTEMD_GROUPS / f"ahpostinst-{os.getpid()}" / unit
+    group.mkdir(parents=True)
+    try:
+        script = f'echo $$ > "{group}/cgroup.procs"\n{function}inside_a_help_session'
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+    finally:
+        group.rmdir()
+        group.parent.rmdir()
+    assert (done.returncode == 0) is inside, done.stderr
