@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from allowhelp.agent.fdbridge import FdBridge
 from allowhelp.agent.pty import clamp_size
-from allowhelp.agent.rfbgreeting import SaidVersion
+from allowhelp.agent.rfbgreeting import PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.protocol.control import Kind
@@ -88,6 +88,7 @@ class RemoteProgram:
         # The user's screen server got --disable-input / -viewonly; root does not trust it.
         self._filter = ViewOnlyFilter() if kind == "screen" and grant.view_only else None
         self._said: SaidVersion | None = None  # the helper said the viewer's version ahead
+        self._paced: PacedOutput | None = None  # the server's words after it, held until then
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
         ask = Open(
@@ -128,7 +129,10 @@ class RemoteProgram:
                 self.close()
                 self._channel.finish(1, str(exc))
                 return
-        self._bridge = FdBridge(self._fd, self._channel, self._program_closed)
+        if self._said is not None:
+            self._paced = PacedOutput(self._channel, self._said)
+            self._paced.release()  # the viewer's version may be in already
+        self._bridge = FdBridge(self._fd, self._paced or self._channel, self._program_closed)
         self.resize(*self._size)
         if early:
             self._bridge.write(early)
@@ -162,6 +166,8 @@ class RemoteProgram:
             self.close()
             self._channel.finish(1, str(exc))
             return
+        if self._paced is not None:
+            self._paced.release()
         if self._bridge is not None:
             self._bridge.write(data)
         elif len(self._early) + len(data) <= MAX_EARLY_INPUT:

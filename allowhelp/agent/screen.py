@@ -83,7 +83,7 @@ from allowhelp.agent.desktop import choose_engine, probe
 from allowhelp.agent.fdbridge import FdBridge, Output
 from allowhelp.agent.monitors import session_monitors
 from allowhelp.agent.reaper import end_process_group
-from allowhelp.agent.rfbgreeting import RFB_VERSION, SaidVersion
+from allowhelp.agent.rfbgreeting import RFB_VERSION, PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.wayvnc import WayvncLaunch
 from allowhelp.protocol.monitors import ALL as ALL_MONITORS
@@ -319,6 +319,7 @@ class ScreenProcess:
         self._filter = ViewOnlyFilter() if view_only else None
         said = greeted(launch)
         self._said = SaidVersion(said) if said else None
+        self._paced = PacedOutput(output, self._said) if self._said is not None else None
         self._sock: socket.socket | None = None
         self._bridge: FdBridge | None = None
         self._early = bytearray()
@@ -345,7 +346,7 @@ class ScreenProcess:
             sock.close()
             return
         self._sock = sock
-        self._bridge = FdBridge(sock.fileno(), self._output, self._finish)
+        self._bridge = FdBridge(sock.fileno(), self._paced or self._output, self._finish)
         if self._paused:
             self._bridge.pause()
         if self._early:
@@ -400,6 +401,8 @@ class ScreenProcess:
             self._tail += f"\n{exc}\n".encode()
             self._finish()
             return
+        if self._paced is not None:
+            self._paced.release()
         if self._bridge is not None:
             self._bridge.write(data)
         elif len(self._early) + len(data) <= MAX_EARLY_INPUT:

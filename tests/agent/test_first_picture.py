@@ -26,7 +26,7 @@ import pytest
 from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, machine_service, passable_folder
 from test_screen_agent import Collect
 
-from allowhelp.agent.rfbgreeting import RFB_VERSION, SaidVersion
+from allowhelp.agent.rfbgreeting import RFB_VERSION, PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError
 from allowhelp.agent.screen import PairLaunch, ScreenProcess, greeted, launch_screen
 from allowhelp.agent.userprograms import start_screen
@@ -50,6 +50,37 @@ def test_the_viewers_version_is_dropped_however_it_is_split() -> None:
     assert said.feed(b"\n\x01\x01") == b"\x01\x01"  # what follows passes untouched
     assert said.done
     assert said.feed(b"\x03\x00") == b"\x03\x00"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def pause_reading(self) -> None:
+        """Flow control is not what this checks."""
+
+    def resume_reading(self) -> None:
+        """Flow control is not what this checks."""
+
+
+def test_the_servers_words_after_its_version_wait_for_the_viewers_version() -> None:
+    """noVNC takes one handshake step per message: x11vnc's version and its security
+    types in one message (greeted early, it sends both at once) stalled it in
+    Chromium. The version goes on alone; the rest once the viewer said theirs."""
+    said, sink = SaidVersion(), Sink()
+    paced = PacedOutput(sink, said)
+    paced.write(RFB_VERSION + b"\x01\x01")  # x11vnc: its version, then one security type
+    assert sink.writes == [RFB_VERSION]
+    paced.release()  # nothing from the viewer yet: still held
+    assert sink.writes == [RFB_VERSION]
+    assert said.feed(RFB_VERSION[:5]) == b"" and said.feed(RFB_VERSION[5:]) == b""
+    paced.release()
+    assert sink.writes == [RFB_VERSION, b"\x01\x01"]
+    paced.write(b"\0\0\0\0")  # from now on, as it comes
+    assert sink.writes[-1] == b"\0\0\0\0"
 
 
 @pytest.mark.parametrize(
