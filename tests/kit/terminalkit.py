@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import pytest
+import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from harness import (
@@ -61,3 +65,24 @@ async def shell_says(broker: Broker, agent: Agent, command: str, expect: bytes) 
         desk.client.post(f"/api/v1/sessions/{session_id}/end")
     finally:
         desk.close()
+
+
+@contextlib.asynccontextmanager
+async def terminal(desk: Desk, session_id: str) -> AsyncIterator[Terminal]:
+    """``desk``'s terminal WebSocket on ``session_id`` (100x30), as its page opens it."""
+    async with connect(
+        desk.ws_url(session_id) + "?cols=100&rows=30",
+        ssl=desk.broker.ssl_context(),
+        origin=desk.broker.url,  # type: ignore[arg-type]
+        additional_headers={"Cookie": desk.cookie_header()},
+        max_size=2**22,
+    ) as ws:
+        yield Terminal(ws)
+
+
+async def refused(desk: Desk, session_id: str) -> int:
+    """The HTTP status that refused ``desk``'s terminal WebSocket on ``session_id``."""
+    with pytest.raises(websockets.InvalidStatus) as caught:
+        async with terminal(desk, session_id):
+            pass
+    return caught.value.response.status_code

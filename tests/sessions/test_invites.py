@@ -9,9 +9,8 @@ removes bob, alice revokes carol.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +29,7 @@ from harness import (
     wait_for,
     wait_pending,
 )
-from terminalkit import Terminal, consented_shell
+from terminalkit import Terminal, consented_shell, refused, terminal
 
 BOB, CAROL, DAVE = "ahobsbob", "ahobscarol", "ahobsdave"
 PASSWORD = "a long test password 1"
@@ -42,25 +41,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Ag
         for name in (BOB, CAROL, DAVE):
             broker.add_user(name, PASSWORD)
         yield broker, agent
-
-
-@contextlib.asynccontextmanager
-async def terminal(desk: Desk, session_id: str) -> AsyncIterator[Terminal]:
-    async with websockets.connect(
-        desk.ws_url(session_id) + "?cols=100&rows=30",
-        ssl=desk.broker.ssl_context(),
-        origin=desk.broker.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": desk.cookie_header()},
-        max_size=2**22,
-    ) as ws:
-        yield Terminal(ws)
-
-
-async def refused(desk: Desk, session_id: str) -> int:
-    with pytest.raises(websockets.InvalidStatus) as caught:
-        async with terminal(desk, session_id):
-            pass
-    return caught.value.response.status_code
 
 
 def records(broker: Broker, kind: str) -> list[dict[str, Any]]:

@@ -13,9 +13,8 @@ and a real agent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ from harness import (
     wait_for,
     wait_pending,
 )
-from terminalkit import Terminal, consented_shell
+from terminalkit import Terminal, consented_shell, refused, terminal
 
 ANN, BEN = "ahinvann", "ahinvben"
 PASSWORD = "a long test password 3"
@@ -61,25 +60,6 @@ def desks(setup: tuple[Broker, Agent]) -> Iterator[tuple[Desk, Desk, Desk]]:
     finally:
         for desk in (owner, ann, ben):
             desk.close()
-
-
-@contextlib.asynccontextmanager
-async def terminal(desk: Desk, session_id: str) -> AsyncIterator[Terminal]:
-    async with websockets.connect(
-        desk.ws_url(session_id) + "?cols=100&rows=30",
-        ssl=desk.broker.ssl_context(),
-        origin=desk.broker.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": desk.cookie_header()},
-        max_size=2**22,
-    ) as ws:
-        yield Terminal(ws)
-
-
-async def refused(desk: Desk, session_id: str) -> int:
-    with pytest.raises(websockets.InvalidStatus) as caught:
-        async with terminal(desk, session_id):
-            pass
-    return caught.value.response.status_code
 
 
 def records(broker: Broker, kind: str | None = None) -> list[dict[str, Any]]:
