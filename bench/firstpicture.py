@@ -53,6 +53,7 @@ from bench.screen import (
     set_pixel_format_32,
     update_request,
 )
+from bench.sinks import recv_exact
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED = re.compile(r"^(\S+ \S+) INFO \S+: screen pid=\d+ started")
@@ -147,16 +148,6 @@ async def path_round(stack: Allowhelp) -> dict[str, float]:
     return {step: (stamps[step] - t0) * 1000 for step in PATH_STEPS if step in stamps}
 
 
-def _read(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise RuntimeError("x11vnc closed its socket")
-        data += chunk
-    return data
-
-
 def engine_round(display: str, *, greet: bool) -> dict[str, float]:
     """x11vnc alone on a socketpair: ms from spawn to its version, ServerInit, first update."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -176,16 +167,16 @@ def engine_round(display: str, *, greet: bool) -> dict[str, float]:
     took: dict[str, float] = {}
     try:
         mine.settimeout(30)
-        _read(mine, 12)
+        recv_exact(mine, 12)
         took["rfb_version"] = time.perf_counter() - t0
         if not greet:
             mine.sendall(RFB_VERSION)
-        _read(mine, _read(mine, 1)[0])  # the security types
+        recv_exact(mine, recv_exact(mine, 1)[0])  # the security types
         mine.sendall(b"\x01")
-        _read(mine, 4)
+        recv_exact(mine, 4)
         mine.sendall(b"\x01")
-        head = _read(mine, 24)
-        _read(mine, struct.unpack_from(">I", head, 20)[0])
+        head = recv_exact(mine, 24)
+        recv_exact(mine, struct.unpack_from(">I", head, 20)[0])
         took["server_init"] = time.perf_counter() - t0
         width, height = struct.unpack_from(">HH", head)
         mine.sendall(
@@ -193,14 +184,14 @@ def engine_round(display: str, *, greet: bool) -> dict[str, float]:
             + set_encodings([ZRLE])
             + struct.pack(">BBHHHH", 3, 0, 0, 0, width, height)
         )
-        if _read(mine, 1) != b"\0":
+        if recv_exact(mine, 1) != b"\0":
             raise RuntimeError("x11vnc's first message is not a FramebufferUpdate")
-        for _ in range(struct.unpack(">xH", _read(mine, 3))[0]):
-            _x, _y, w, h, encoding = struct.unpack(">HHHHi", _read(mine, 12))
+        for _ in range(struct.unpack(">xH", recv_exact(mine, 3))[0]):
+            _x, _y, w, h, encoding = struct.unpack(">HHHHi", recv_exact(mine, 12))
             if encoding == ZRLE:
-                _read(mine, struct.unpack(">I", _read(mine, 4))[0])
+                recv_exact(mine, struct.unpack(">I", recv_exact(mine, 4))[0])
             elif encoding == 0:
-                _read(mine, w * h * 4)
+                recv_exact(mine, w * h * 4)
         took["first_update"] = time.perf_counter() - t0
     finally:
         mine.close()  # the viewer goes: x11vnc -once ends by itself and frees its shared memory

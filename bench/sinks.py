@@ -18,7 +18,8 @@ import time
 CHUNK = 1 << 20
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from ``sock`` (ConnectionError if it closes first)."""
     data = b""
     while len(data) < size:
         more = sock.recv(size - len(data))
@@ -69,7 +70,7 @@ class SinkServer:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError, ConnectionError):
-            head = _recv_exact(conn, 9)
+            head = recv_exact(conn, 9)
             op, size = head[:1], struct.unpack(">Q", head[1:])[0]
             if op == b"U":
                 _drain(conn, size)
@@ -94,7 +95,7 @@ def transfer(port: int, direction: str, size: int) -> float:
         if direction == "up":
             sock.sendall(b"U" + struct.pack(">Q", size))
             _pour(sock, size)
-            if _recv_exact(sock, 1) != b"K":
+            if recv_exact(sock, 1) != b"K":
                 raise ConnectionError("no acknowledgement")
         else:
             sock.sendall(b"D" + struct.pack(">Q", size))
