@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import TunnelError
-from allowhelp.broker.model.session import Session
+from allowhelp.broker.model.session import Session, Traffic
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.invitation import Invitation, invitee_view
 from allowhelp.broker.sessions.registry import SessionRegistry
@@ -49,6 +49,16 @@ class InviteBook:
         self._tasks: set[asyncio.Task[None]] = set()
         # the latest connection of each invitation: set once it is over (``Connection.over``)
         self._overs: dict[str, asyncio.Event] = {}
+        sessions.before_end(self._before_end)
+        sessions.on_final(self._session_over)
+
+    # what a session's end does to its invitations (InviteDesk)
+
+    async def _before_end(self, session_id: str) -> Traffic:
+        raise NotImplementedError
+
+    def _session_over(self, session: Session) -> None:
+        raise NotImplementedError
 
     # lookups
 

@@ -21,7 +21,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.recording import open_recording
 from allowhelp.broker.audit.rfb_format import SUFFIX
 from allowhelp.broker.audit.rfb_recording import RfbRecorder
@@ -38,12 +37,9 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.phrase import verification_phrase
 from allowhelp.broker.model.session import Session, State, Traffic, new_session_id, user_actor
 from allowhelp.broker.relay.outcome import Outcome, Relay
-from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.invitation import Connection, Invitation, InviteState
 from allowhelp.broker.sessions.invite_book import InviteBook
-from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store import Store
-from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import (
     INVITE_MODES,
@@ -61,26 +57,8 @@ JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
 
 
 class InviteDesk(InviteBook):
-    def __init__(
-        self,
-        sessions: SessionRegistry,
-        audit: AuditLog,
-        db: StoreWorker,
-        events: EventHub,
-        *,
-        organisation: str,
-        consent_timeout: float,
-    ) -> None:
-        super().__init__(
-            sessions,
-            audit,
-            db,
-            events,
-            organisation=organisation,
-            consent_timeout=consent_timeout,
-        )
-        sessions.before_end(self._before_end)
-        sessions.on_final(self._session_over)
+    """Invitations into running sessions: the owner's side, the PC's answers, the
+    invitee's attach; hooked to the session book's end (``InviteBook.__init__``)."""
 
     # the owner's side
 
