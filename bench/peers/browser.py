@@ -21,17 +21,27 @@ DevTools round trips of the driver are not counted. The key goes to the shell
 (its own echo in cooked mode); every ``BATCH`` keys a Ctrl-U clears the line.
 Keys alternate between the products in batches; the first ``WARMUP`` of each are
 not counted.
+
+Each key comes after a pause drawn from ``PAUSE_S`` (the same seeded draws for
+every page), as a person types, not the moment the previous echo showed. This
+Chromium draws a frame on demand, at least one interval (16.7 ms) after the
+one before, and after a key it holds the page's other tasks (the socket's
+message among them) until the frame that answers the key has been drawn
+(docs/benchmarks.md §7e). Typed back to back, a key landed a fixed, driver-paced
+time after the frame that showed the previous echo, and the figure became two
+frames less the driver's own round trips on that page, which differ per page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Route, async_playwright
 
 from bench.common import percentile
 from bench.peers.meshserver import ADMIN as MESH_ADMIN
@@ -52,6 +62,11 @@ CHROMIUM_ARGS = [  # tests/kit/browserkit.py's
 ]
 BATCH, WARMUP = 25, 10
 TIMEOUT_MS = 30_000
+PAUSE_S = (0.05, 0.15)  # before each key: a brisk typist's 7-20 keys a second
+SEED = 19
+
+Pause = Callable[[], float]
+Sample = tuple[float, float | None]
 
 # Installed before the page's own scripts: stamps the first message on the terminal's
 # socket (ours: ``/terminal``, theirs: ``meshrelay.ashx``) after each arm, before the
@@ -122,8 +137,14 @@ async def _ready(page: Page) -> None:
     await page.evaluate(PROBE)
 
 
-async def our_page(browser: Browser, stack: Allowhelp) -> tuple[Page, str]:
+async def our_page(
+    browser: Browser, stack: Allowhelp, replace: dict[str, str] | None = None
+) -> tuple[Page, str]:
+    """The console's terminal page on a consented shell; ``replace``: {path: the
+    script served instead} (a baseline's page scripts, ``bench.browserkeys``)."""
     page = await _new_page(browser)
+    for path, body in (replace or {}).items():
+        await page.route(f"{stack.broker.url}{path}", _serving(body))
     url = stack.broker.url
     await page.goto(url + "/")
     session: dict[str, Any] = await page.evaluate(
@@ -154,6 +175,13 @@ async def our_page(browser: Browser, stack: Allowhelp) -> tuple[Page, str]:
     return page, session_id
 
 
+def _serving(body: str) -> Callable[[Route], Awaitable[None]]:
+    async def fulfil(route: Route) -> None:
+        await route.fulfill(body=body, content_type="text/javascript")
+
+    return fulfil
+
+
 async def their_page(browser: Browser, server: MeshServer, node: str) -> Page:
     page = await _new_page(browser)
     await page.goto(server.url + "/")
@@ -179,12 +207,15 @@ async def _new_page(browser: Browser) -> Page:
     return await context.new_page()
 
 
-async def _batch(page: Page, count: int) -> list[tuple[float, float | None]]:
+async def _batch(page: Page, count: int, pause: Pause | None) -> list[Sample]:
     """``count`` keys on ``page``: ms each from keydown to the rendered echo, and to
-    the echo's arrival on the page's socket; then Ctrl-U."""
-    got: list[tuple[float, float | None]] = []
+    the echo's arrival on the page's socket; then Ctrl-U. ``pause``: seconds to wait
+    before each key (None: the next key the moment the echo showed)."""
+    got: list[Sample] = []
     before = int(await page.evaluate("() => window.__ahKey.count()"))
     for _ in range(count):
+        if pause is not None:
+            await asyncio.sleep(pause())
         await page.evaluate("() => window.__ahKey.arm()")
         await page.keyboard.press("x")
         rendered, wire = await page.evaluate("() => window.__ahKey.result")
@@ -196,7 +227,35 @@ async def _batch(page: Page, count: int) -> list[tuple[float, float | None]]:
     return got
 
 
-def _summary(samples: list[tuple[float, float | None]]) -> dict[str, float | None] | None:
+def pacer(seed: int = SEED) -> Pause:
+    """The pause before each key, uniform in ``PAUSE_S``, from its own seeded draws."""
+    draws = random.Random(seed)
+    return lambda: draws.uniform(*PAUSE_S)
+
+
+async def interleaved(
+    series: dict[str, tuple[Page, Pause | None]], count: int, why: dict[str, str]
+) -> dict[str, list[Sample]]:
+    """Batches of ``BATCH`` keys per series in turn, the order reversed every round;
+    round 0 is the warm-up (``WARMUP`` keys each, not counted). A series that fails
+    stops with its reason in ``why``; the others go on."""
+    samples: dict[str, list[Sample]] = {name: [] for name in series}
+    live = dict(series)
+    for i in range(max(1, count // BATCH) + 1):
+        for name in list(live) if i % 2 == 0 else list(reversed(live)):
+            page, pause = live[name]
+            try:
+                got = await _batch(page, WARMUP if i == 0 else BATCH, pause)
+            except Exception as exc:  # one series failing leaves the others
+                why[name] = repr(exc)
+                del live[name]
+                continue
+            if i > 0:
+                samples[name] += got
+    return samples
+
+
+def summary(samples: list[Sample]) -> dict[str, float | None] | None:
     """Percentiles of the render figure; the socket figure only when at least nine
     keys in ten had their echo seen in a message (a Blob is not read)."""
     if not samples:
@@ -219,7 +278,7 @@ async def keystrokes(
     """{product: {p50_ms, p99_ms, keys} or None}, and why a product is None."""
     why: dict[str, str] = {}
     pages: dict[str, Page] = {}
-    samples: dict[str, list[tuple[float, float | None]]] = {"allowhelp": [], "meshcentral": []}
+    samples: dict[str, list[Sample]] = {}
     session_id = ""
     async with chromium() as browser:
         try:
@@ -233,20 +292,16 @@ async def keystrokes(
                     pages["meshcentral"] = await their_page(browser, *mesh)
                 except Exception as exc:  # reported as null with its reason
                     why["meshcentral"] = repr(exc)
-            for i in range(max(1, count // BATCH) + 1):  # round 0: warm-up, not counted
-                order = list(pages) if i % 2 == 0 else list(reversed(pages))
-                for name in order:
-                    try:
-                        got = await _batch(pages[name], WARMUP if i == 0 else BATCH)
-                    except Exception as exc:  # one product failing leaves the other
-                        why[name] = repr(exc)
-                        del pages[name]
-                        continue
-                    if i > 0:
-                        samples[name] += got
+            series: dict[str, tuple[Page, Pause | None]] = {
+                name: (page, pacer()) for name, page in pages.items()
+            }
+            samples = await interleaved(series, count, why)
         finally:
             if session_id and stack is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(stack.end, session_id)
-    figures = {name: None if name in why else _summary(samples[name]) for name in samples}
+    figures = {
+        name: None if name in why else summary(samples.get(name, []))
+        for name in ("allowhelp", "meshcentral")
+    }
     return figures, why

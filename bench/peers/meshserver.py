@@ -97,6 +97,7 @@ class MeshServer:
     inspector: str = ""
     group_id: str = ""
     agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ping_storm: bool = False  # the earlier "agentPing": 0 (bench.browserkeys --mesh-ping-storm)
 
     @property
     def pid(self) -> int:
@@ -137,8 +138,12 @@ class MeshServer:
             "agentTimeStampServer": False,
             "WANonly": True,
             "noAgentUpdate": 1,
-            "agentPing": 0,
+            # no "agentPing": MeshCentral reads 0 as a ping every 0 s, and Node runs
+            # setInterval(ping, 0) every millisecond: every agent and relay socket pinged
+            # 1,000 times a second. Its default (none given) sends no pings.
         }
+        if self.ping_storm:
+            settings["agentPing"] = 0
         config = {"settings": settings, "domains": {"": {"title": "bench"}}}
         (self.data / "config.json").write_text(json.dumps(config, indent=1))
         self._node("--createaccount", ADMIN, "--pass", ADMIN_PW, "--email", "bench@127.0.0.1")

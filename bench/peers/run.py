@@ -191,9 +191,11 @@ def _branch(
     }
 
 
-def _start_mesh(procs: Procs, root: Path, display: str) -> tuple[MeshServer, str, float]:
+def _start_mesh(
+    procs: Procs, root: Path, display: str, *, ping_storm: bool = False
+) -> tuple[MeshServer, str, float]:
     install()
-    server = MeshServer(procs, root / "meshcentral" / "data")
+    server = MeshServer(procs, root / "meshcentral" / "data", ping_storm=ping_storm)
     try:
         server.configure()
         server.start()
