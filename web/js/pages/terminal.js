@@ -26,7 +26,11 @@ refitOnToggle();
 
 function openTerminal() {
   $("screen").hidden = false;
-  const terminal = new Terminal({ cursorBlink: true, convertEol: false, scrollback: 5000,
+  // A steady cursor (xterm.js's default): the DOM renderer blinks it with a CSS
+  // animation, and a page that animates draws a frame every 16.7 ms; Chromium holds
+  // the echo of a key until the frame that answers the key is drawn, so every echo
+  // waited for the next frame as well (docs/benchmarks.md §7e).
+  const terminal = new Terminal({ cursorBlink: false, convertEol: false, scrollback: 5000,
     fontFamily: "ui-monospace, 'DejaVu Sans Mono', monospace", fontSize: 14 });
   // OSC 52 would let the PC write to the technician's clipboard: swallow it.
   terminal.parser.registerOscHandler(52, () => true);
