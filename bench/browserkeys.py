@@ -43,16 +43,19 @@ from bench.stack import Installation
 SCRIPT = "/js/pages/terminal.js"
 
 
-def script_at(ref: str) -> str:
-    """``web/js/pages/terminal.js`` at git ``ref``, or the file ``ref`` names."""
-    if Path(ref).is_file():
-        return Path(ref).read_text()
-    done = subprocess.run(
-        ["git", "show", f"{ref}:web{SCRIPT}"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"browserkeys: no web{SCRIPT} at {ref!r}: {done.stderr.strip()}")
+        raise SystemExit(f"browserkeys: git {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
+
+
+def script_at(ref: str) -> tuple[str, str]:
+    """(a label, ``web/js/pages/terminal.js``) at git ``ref``, or the file ``ref`` names."""
+    if Path(ref).is_file():
+        return Path(ref).name, Path(ref).read_text()
+    commit = _git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
+    return commit, _git("show", f"{commit}:web{SCRIPT}")
 
 
 async def _measure(
@@ -86,7 +89,7 @@ async def _measure(
 
 def measure(keys: int, baseline: str | None, ping_storm: bool) -> dict[str, Any]:
     procs = Procs()
-    script = (baseline, script_at(baseline)) if baseline else None
+    script = script_at(baseline) if baseline else None
     with tempfile.TemporaryDirectory(prefix="allowhelp-browserkeys-") as tmp:
         root = Path(tmp)
         try:
