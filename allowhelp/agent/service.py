@@ -14,10 +14,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
+from allowhelp.agent.doorbellkey import read_key, save_hello, save_key
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
@@ -28,6 +30,7 @@ from allowhelp.protocol.control import (
     ChatMessage,
     ConsentDecision,
     ConsentRequest,
+    DoorbellKey,
     EndReason,
     FileTransfer,
     Hello,
@@ -132,6 +135,9 @@ class AgentService:
         self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
         self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
         self.nodes: KnownNodes | None = None  # the broker nodes to fail over to (tunnel.py)
+        # Started by the doorbell (``--idle woken``): its folder, where the doorbell key
+        # and the last Hello are saved (``doorbellkey.py``); None in tunnel mode.
+        self.doorbell: Path | None = None
 
     @property
     def connected(self) -> bool:
@@ -154,7 +160,24 @@ class AgentService:
         """Who is signed in changed: tell the broker (its machine list shows it)."""
         hello = self.hello()
         if self._send is not None and hello is not None:
-            self._send(hello)
+            self._send(self.stamp_hello(hello))
+
+    def stamp_hello(self, hello: Hello) -> Hello:
+        """The Hello as sent: woken by a doorbell, it says whether the doorbell has a
+        key ("need" asks the broker for one) and is saved for the doorbell to send."""
+        if self.doorbell is None:
+            return hello
+        hello = replace(hello, doorbell="have" if read_key(self.doorbell) else "need")
+        try:
+            save_hello(self.doorbell, hello.to_json())
+        except OSError as exc:
+            log.warning("cannot save the Hello for the doorbell: %s", exc)
+        return hello
+
+    @property
+    def help_waiting(self) -> bool:
+        """A ``request-help`` waits for the broker's code."""
+        return bool(self._help)
 
     # the broker side
 
@@ -191,6 +214,8 @@ class AgentService:
                 log.info("session=%s ended by the broker (%s)", message.session_id, message.reason)
         elif isinstance(message, (HelpCode, HelpRefused)):
             self._on_help(message)
+        elif isinstance(message, DoorbellKey) and self.doorbell is not None:
+            self._save_doorbell_key(message.token)
         elif isinstance(message, NodesList) and self.nodes is not None:
             self.nodes.learned(message)
         elif isinstance(message, JobRun) and self.jobs is not None:
@@ -202,6 +227,16 @@ class AgentService:
                 log.warning("ignored %s for a session that is not running", message.type)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
+
+    def _save_doorbell_key(self, token: str) -> None:
+        if self.doorbell is None:
+            return
+        try:
+            save_key(self.doorbell, self.config.agent_id, token)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot save the doorbell key: %s", exc)
+            return
+        log.info("agent=%s doorbell key saved", self.config.agent_id)
 
     def _on_help(self, message: HelpCode | HelpRefused) -> None:
         future = self._help.pop(message.ref, None)
