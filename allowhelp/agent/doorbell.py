@@ -320,7 +320,9 @@ class Doorbell:
             )
             self.next_dial = time.monotonic() + wait
         else:
-            self._retry(f"the broker's doorbell answered HTTP {status} ({code})")
+            self._retry(
+                f"the broker's doorbell answered HTTP {status}" + (f" ({code})" if code else "")
+            )
 
     def _retry(self, why: str) -> None:
         delay = backoff(self.attempts)
@@ -354,7 +356,7 @@ class Doorbell:
             body = stream.chunks.feed(data) if stream.chunks is not None else data
             events = [http.parse_event(line) for line in stream.lines.feed(body)]
         except StreamError as exc:
-            self._drop(str(exc))
+            self._drop(f"the broker's stream is malformed ({exc})")
             return
         for event in events:
             if event["type"] == "ring":

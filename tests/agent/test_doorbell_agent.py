@@ -50,11 +50,12 @@ def said(agent: Agent, since: int, text: str) -> bool:
     return text in log_since(agent.log, since)
 
 
-def idle_on_the_doorbell(broker: Broker, agent: Agent, since: int) -> None:
-    """The full agent ended after --linger, and the doorbell keeps the PC online."""
+def idle_on_the_doorbell(broker: Broker, agent: Agent, since: int, connected: int = 0) -> None:
+    """The full agent ended after --linger (logged after ``since``), and the doorbell
+    (connected after ``connected``) keeps the PC online."""
     wait_for(lambda: said(agent, since, ENDED), 40, "the full agent to end once idle")
-    wait_for(lambda: said(agent, since, "doorbell connected"), 30, "the doorbell to connect")
-    assert online(broker, agent.agent_id)
+    wait_for(lambda: said(agent, connected, "doorbell connected"), 30, "the doorbell to connect")
+    wait_for(lambda: online(broker, agent.agent_id), 10, "the PC online by its doorbell")
 
 
 def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
@@ -76,8 +77,9 @@ def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
     asyncio.run(shell_says(broker, agent, "echo woken-$((6*7))\n", b"woken-42"))
     assert said(agent, mark, "the broker rings")
     assert said(agent, mark, "connected to the broker")
-    # and once the session has ended, idle again
+    # and once the session has ended, idle again: the doorbell stood all along
     idle_on_the_doorbell(broker, agent, mark)
+    assert not said(agent, mark, "doorbell connected")
 
 
 def test_a_local_client_starts_the_full_agent(fleet: Fleet, tmp_path: Path) -> None:
@@ -112,7 +114,7 @@ def test_a_refused_key_is_replaced(fleet: Fleet, tmp_path: Path) -> None:
             return False
 
     wait_for(replaced, 30, "a new doorbell key")
-    idle_on_the_doorbell(broker, agent, mark)
+    idle_on_the_doorbell(broker, agent, mark, mark)
     assert wrong not in log_since(agent.log, mark)
 
 
