@@ -96,6 +96,10 @@ def backoff(attempt: int, rng: Callable[[float, float], float] = random.uniform)
     return rng(top / 2, top)
 
 
+class Interrupted(BaseException):
+    """A stop signal arrived while the doorbell was dialing (no ``except OSError`` eats it)."""
+
+
 @dataclass
 class Stream:
     sock: ssl.SSLSocket
@@ -127,6 +131,7 @@ class Doorbell:
         self.stopping = 0  # the signal that asks this process to stop
         self._selector = selectors.DefaultSelector()
         self._watching = False
+        self._dialing = False
         self._wake_r, self._wake_w = socket.socketpair()
 
     @property
@@ -164,7 +169,14 @@ class Doorbell:
             self.keyless_start = now
             self._start_child("no doorbell key yet")
         if key is not None and self.stream is None and now >= self.next_dial:
-            self._dial(key)
+            self._dialing = True  # a stop signal cuts the dial short (``_stop_signal``)
+            try:
+                self._dial(key)
+            except Interrupted:
+                self._drop("")
+                return
+            finally:
+                self._dialing = False
         self._watch_listeners(self.child is None and time.monotonic() >= self.not_before)
         for selected, _mask in self._selector.select(self._timeout()):
             self._ready(selected.data)
@@ -205,6 +217,9 @@ class Doorbell:
 
     def _stop_signal(self, number: int, _frame: FrameType | None) -> None:
         self.stopping = number
+        if self._dialing:  # blocking calls (connect, TLS, the answer) take up to 15 s each
+            self._dialing = False
+            raise Interrupted
 
     # the full agent
 
@@ -285,6 +300,10 @@ class Doorbell:
             sock.close()
             self._retry(f"the broker's doorbell failed ({said(exc)})")
             return
+        except Interrupted:
+            sock.close()
+            raise
+        self._dialing = False  # answered: what follows is quick, and may start a child
         if head.status == 200:
             now = time.monotonic()
             chunks = http.ChunkDecoder() if head.chunked else None

@@ -6,10 +6,12 @@ and the real ``allowhelp-agent run --idle doorbell`` process."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -179,3 +181,33 @@ def test_a_broker_outside_the_pinned_ca_is_refused(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(20) == 0
         rogue.close()
+
+
+def test_sigterm_while_dialing_a_silent_broker_stops_at_once(tmp_path: Path) -> None:
+    """A broker that accepts and never answers holds a dial for up to 15 s; a stop
+    signal does not wait for that."""
+    ca = PublicCA(tmp_path / "ca")
+    silent = socket.create_server(("127.0.0.1", 0))
+    folder = doorbell_folder(tmp_path / "agent", silent.getsockname()[1], ca.root_file.read_text())
+    log = tmp_path / "doorbell.log"
+    with silent, log.open("wb") as out:
+        proc = subprocess.Popen(
+            [PY, "-m", "allowhelp.agent.cli", "run", "--config", str(folder), "--idle", "doorbell"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(said_in(log, "doorbell running"), 20, "the doorbell to start")
+            accepted, _ = silent.accept()  # its TLS hello waits unanswered
+            with accepted:
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(10) == 0
+                assert time.monotonic() - started < 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert "doorbell stopped" in text and "Traceback" not in text
