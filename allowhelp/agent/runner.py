@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.doorbellkey import read_key
 from allowhelp.agent.hello import os_description
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.tunnel import AgentTunnel
@@ -108,8 +109,12 @@ def _files(channel: GatedChannel, grant: Grant) -> Backend:
 
 
 def service_needed(service: AgentService) -> bool:
-    """Somebody is being helped or waits for a help code (``--linger``)."""
-    return service.busy() or service.help_waiting
+    """Somebody is being helped or waits for a help code; or the doorbell has no key
+    (the broker sends one right after the Hello; one that never does, an older
+    broker, keeps the full agent running as in tunnel mode) (``--linger``)."""
+    if service.busy() or service.help_waiting:
+        return True
+    return service.doorbell is not None and read_key(service.doorbell) is None
 
 
 def _linger(

@@ -69,7 +69,7 @@ def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
     assert key["agent_id"] == agent.agent_id and len(key["token"]) == 43
     for name in ("doorbell.json", "hello.json"):
         assert stat.S_IMODE((agent.config / name).stat().st_mode) == 0o600
-    assert json.loads((agent.config / "hello.json").read_text())["doorbell"] in ("need", "have")
+    assert json.loads((agent.config / "hello.json").read_text())["doorbell"] == "need"
     idle_on_the_doorbell(broker, agent, 0)
     assert key["token"] not in agent.log.read_text()  # never logged
     # a technician's shell: the broker rings, the full agent starts, the PC allows it
@@ -77,6 +77,7 @@ def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
     asyncio.run(shell_says(broker, agent, "echo woken-$((6*7))\n", b"woken-42"))
     assert said(agent, mark, "the broker rings")
     assert said(agent, mark, "connected to the broker")
+    assert json.loads((agent.config / "hello.json").read_text())["doorbell"] == "have"
     # and once the session has ended, idle again: the doorbell stood all along
     idle_on_the_doorbell(broker, agent, mark)
     assert not said(agent, mark, "doorbell connected")
