@@ -155,8 +155,14 @@ class Doorbell:
             return self._stop()
         finally:
             signal.set_wakeup_fd(-1)
-            self._drop("")
-            self._selector.close()
+            self.close()
+
+    def close(self) -> None:
+        """The stream, the selector and the signal pipe (the listeners are the caller's)."""
+        self._drop("")
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _step(self) -> None:
         self._reap()
@@ -178,19 +184,21 @@ class Doorbell:
             finally:
                 self._dialing = False
         self._watch_listeners(self.child is None and time.monotonic() >= self.not_before)
-        for selected, _mask in self._selector.select(self._timeout()):
+        for selected, _mask in self._selector.select(self._timeout(keyed=key is not None)):
             self._ready(selected.data)
         stream = self.stream
         if stream is not None and time.monotonic() - stream.last_read > READ_IDLE:
             self._drop(f"nothing read for {READ_IDLE:.0f} s")
 
-    def _timeout(self) -> float:
+    def _timeout(self, *, keyed: bool) -> float:
+        """How long to wait for a socket or a signal: the next dial, the stream's read
+        deadline, the next start allowed; at most ``TICK`` (the key file, the mark)."""
         now = time.monotonic()
         waits = [TICK]
-        if self.stream is None:
-            waits.append(self.next_dial - now)
-        else:
+        if self.stream is not None:
             waits.append(self.stream.last_read + READ_IDLE - now)
+        elif keyed:
+            waits.append(self.next_dial - now)
         if self.child is None and self.not_before > now:
             waits.append(self.not_before - now)
         return max(0.0, min(waits))

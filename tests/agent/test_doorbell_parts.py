@@ -9,13 +9,22 @@ import os
 import random
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from allowhelp.agent import doorbellhttp as http
 from allowhelp.agent import upgrade
-from allowhelp.agent.doorbell import UPGRADED_FILE, backoff, hello_body, woken_command
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.doorbell import (
+    TICK,
+    UPGRADED_FILE,
+    Doorbell,
+    backoff,
+    hello_body,
+    woken_command,
+)
 from allowhelp.agent.doorbellhttp import ChunkDecoder, LineSplitter, StreamError
 from allowhelp.agent.doorbellkey import DOORBELL_FILE, HELLO_FILE, read_key, save_key
 from allowhelp.agent.localpath import LISTEN_FDS_ENV, inherited_listener, parse_listen_fds
@@ -165,6 +174,9 @@ def test_the_woken_command_is_this_one_with_idle_woken() -> None:
     assert woken_command(argv, ["python", "-m", "allowhelp.agent.cli", *argv], "/py") == [
         "/py", "-m", "allowhelp.agent.cli", *argv, "--idle", "woken",
     ]  # fmt: skip
+    # the .deb's launcher (packaging/build-debs: python3 -I -m ...): -I kept
+    launched = ["/opt/env/bin/python3", "-I", "-m", "allowhelp.agent.cli", *argv]
+    assert woken_command(argv, launched, "/opt/env/bin/python3")[:4] == launched[:4]
     # the console script, a -c program with its own argument
     assert woken_command(argv, ["python", "/bin/allowhelp-agent", *argv], "/py")[1] == (
         "/bin/allowhelp-agent"
@@ -209,3 +221,19 @@ def test_listen_fds_are_parsed_and_checked(monkeypatch: pytest.MonkeyPatch) -> N
         finally:
             os.close(read)
             os.close(write)
+
+
+def test_the_loop_never_spins_while_it_waits_for_a_key(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """No key, no stream (the full agent is fetching one, or an older broker never
+    sends one): the doorbell looks again after a tick, not at once."""
+    config = AgentConfig("https://127.0.0.1:1", "", "", "", 0, "", "a-1", "org", "wss://x")
+    bell = Doorbell(tmp_path, config, ["true"], {})
+    request.addfinalizer(bell.close)
+    assert bell._timeout(keyed=False) == TICK
+    assert bell._timeout(keyed=True) == 0.0  # a key and no stream: dial now
+    bell.next_dial = time.monotonic() + 0.5
+    assert 0.4 < bell._timeout(keyed=True) <= 0.5
+    bell.not_before = time.monotonic() + 0.2  # a failed full agent: its next start
+    assert 0.1 < bell._timeout(keyed=False) <= 0.2
