@@ -387,7 +387,8 @@ class Doorbell:
             return
         for event in events:
             if event["type"] == "ring":
-                reason = str(event.get("reason", ""))[:40]
+                said_reason = str(event.get("reason", ""))[:40]  # the broker's: logged plain
+                reason = "".join(c for c in said_reason if c.isalnum() or c in "._-") or "-"
                 log.info("agent=%s the broker rings (%s)", self.agent, reason)
                 if self.child is None:
                     self._start_child(f"the broker rang: {reason}")

@@ -148,10 +148,17 @@ def parse_listen_fds(text: str) -> dict[str, int]:
 
 
 def inherited_listener(name: str, kind: int = socket.SOCK_STREAM) -> socket.socket | None:
-    """The listening socket the doorbell handed down under ``name``, or None."""
-    fd = parse_listen_fds(os.environ.get(LISTEN_FDS_ENV, "")).get(name)
+    """The listening socket the doorbell handed down under ``name``, or None. Taken
+    once: it is made close-on-exec and its name leaves the environment, so that no
+    program this agent starts (a technician's shell) holds or names it."""
+    named = parse_listen_fds(os.environ.get(LISTEN_FDS_ENV, ""))
+    fd = named.pop(name, None)
     if fd is None:
         return None
+    if named:
+        os.environ[LISTEN_FDS_ENV] = ",".join(f"{n}={number}" for n, number in named.items())
+    else:
+        os.environ.pop(LISTEN_FDS_ENV, None)
     try:
         listener = socket.socket(fileno=fd)
     except OSError as exc:
@@ -160,4 +167,5 @@ def inherited_listener(name: str, kind: int = socket.SOCK_STREAM) -> socket.sock
     if listener.family != socket.AF_UNIX or listener.type != kind:
         listener.detach()
         raise AgentError(f"{LISTEN_FDS_ENV} names {fd}, which is not the agent's socket")
+    listener.set_inheritable(False)
     return listener

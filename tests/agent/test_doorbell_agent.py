@@ -74,7 +74,9 @@ def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
     assert key["token"] not in agent.log.read_text()  # never logged
     # a technician's shell: the broker rings, the full agent starts, the PC allows it
     mark = log_mark(agent.log)
-    asyncio.run(shell_says(broker, agent, "echo woken-$((6*7))\n", b"woken-42"))
+    # (the shell holds none of the agent's sockets, nor their names)
+    command = "echo woken-$((6*7))-[$ALLOWHELP_LISTEN_FDS]-$(ls -l /proc/$$/fd | grep -c socket:)\n"
+    asyncio.run(shell_says(broker, agent, command, b"woken-42-[]-0"))
     assert said(agent, mark, "the broker rings")
     assert said(agent, mark, "connected to the broker")
     assert json.loads((agent.config / "hello.json").read_text())["doorbell"] == "have"

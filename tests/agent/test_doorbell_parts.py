@@ -208,11 +208,15 @@ def test_listen_fds_are_parsed_and_checked(monkeypatch: pytest.MonkeyPatch) -> N
     wrong_kind = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with listener, wrong_kind:
         monkeypatch.setenv(LISTEN_FDS_ENV, f"local={listener.fileno()},other={wrong_kind.fileno()}")
+        listener.set_inheritable(True)  # as pass_fds hands it down
         got = inherited_listener("local")
         assert got is not None and got.fileno() == listener.fileno()
+        assert not got.get_inheritable()  # a program the agent starts does not get it
+        assert os.environ[LISTEN_FDS_ENV] == f"other={wrong_kind.fileno()}"  # nor its name
         got.detach()  # the same descriptor: closed once, by ``listener``
         with pytest.raises(Exception, match="not the agent's socket"):
             inherited_listener("other")
+        assert LISTEN_FDS_ENV not in os.environ
         read, write = os.pipe()
         try:
             monkeypatch.setenv(LISTEN_FDS_ENV, f"local={read}")
