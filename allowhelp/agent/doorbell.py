@@ -186,6 +186,11 @@ class Doorbell:
         self._watch_listeners(self.child is None and time.monotonic() >= self.not_before)
         for selected, _mask in self._selector.select(self._timeout(keyed=key is not None)):
             self._ready(selected.data)
+        self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        """A stream that said nothing for ``READ_IDLE`` (beats come every 20 s) is dead
+        somewhere on the way: dial again."""
         stream = self.stream
         if stream is not None and time.monotonic() - stream.last_read > READ_IDLE:
             self._drop(f"nothing read for {READ_IDLE:.0f} s")

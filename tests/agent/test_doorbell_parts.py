@@ -8,9 +8,11 @@ import json
 import os
 import random
 import socket
+import ssl
 import stat
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -18,9 +20,11 @@ from allowhelp.agent import doorbellhttp as http
 from allowhelp.agent import upgrade
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.doorbell import (
+    READ_IDLE,
     TICK,
     UPGRADED_FILE,
     Doorbell,
+    Stream,
     backoff,
     hello_body,
     woken_command,
@@ -241,3 +245,22 @@ def test_the_loop_never_spins_while_it_waits_for_a_key(
     assert 0.4 < bell._timeout(keyed=True) <= 0.5
     bell.not_before = time.monotonic() + 0.2  # a failed full agent: its next start
     assert 0.1 < bell._timeout(keyed=False) <= 0.2
+
+
+def test_a_quiet_stream_is_dropped_and_dialed_again(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    config = AgentConfig("https://127.0.0.1:1", "", "", "", 0, "", "a-1", "org", "wss://x")
+    bell = Doorbell(tmp_path, config, ["true"], {})
+    request.addfinalizer(bell.close)
+    ours, theirs = socket.socketpair()
+    request.addfinalizer(theirs.close)
+    now = time.monotonic()
+    bell.stream = Stream(cast(ssl.SSLSocket, ours), None, LineSplitter(), now - 100, now - 59)
+    bell._check_quiet()
+    assert bell.stream is not None  # 59 s: a beat may still come
+    bell.stream.last_read = now - READ_IDLE - 1
+    bell._check_quiet()
+    assert bell.stream is None and ours.fileno() == -1  # closed
+    # dialed again after a backoff (a stream that stood 100 s starts it over: ~1 s)
+    assert bell.attempts == 1 and 0.5 <= bell.next_dial - now <= 1.1
