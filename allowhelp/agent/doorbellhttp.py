@@ -18,8 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +35,7 @@ MAX_LINE = 16 * 1024  # a ring or a beat is some 40 bytes
 MAX_CHUNK = 1024 * 1024
 MAX_ERROR_BODY = 4096
 DIRECT = "direct"
+BACKOFF_CAP = 30.0
 
 
 class StreamError(Exception):
@@ -286,3 +289,19 @@ def read_error_body(sock: socket.socket, head: Head, extra: bytes) -> bytes:
     except OSError:
         pass
     return data[:want]
+
+
+def backoff(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """1 s, 2 s, 4 s ... 30 s, each jittered down by up to half."""
+    top = min(BACKOFF_CAP, 2.0 ** min(attempt, 8))
+    return rng(top / 2, top)
+
+
+def said(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, socket.timeout):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from allowhelp import __version__
 from allowhelp.agent.config import write_private
 
 DOORBELL_FILE = "doorbell.json"
 HELLO_FILE = "hello.json"
+MAX_HELLO = 12 * 1024  # the doorbell's body may be 16 KiB
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 random bytes, urlsafe base64 unpadded
 
 
@@ -51,3 +54,20 @@ def save_key(folder: Path, agent_id: str, token: str) -> None:
 
 def save_hello(folder: Path, hello: dict[str, object]) -> None:
     write_private(folder / HELLO_FILE, json.dumps(hello) + "\n")
+
+
+def hello_body(folder: Path) -> bytes:
+    """``{"hello": ...}``: the full agent's last Hello, saying it has a key."""
+    hello: dict[str, object] = {}
+    try:
+        raw = (folder / HELLO_FILE).read_bytes()
+        loaded = json.loads(raw) if len(raw) <= MAX_HELLO else None
+        if isinstance(loaded, dict):
+            hello = loaded
+    except (OSError, ValueError, RecursionError):
+        pass
+    if not hello:  # never saved (or damaged): what the doorbell knows itself
+        hello = {"type": "hello", "hostname": socket.gethostname(), "os": "", "user": ""}
+        hello["version"] = __version__
+    hello["doorbell"] = "have"
+    return json.dumps({"hello": hello}).encode()
