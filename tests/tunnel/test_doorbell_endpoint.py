@@ -29,7 +29,19 @@ from bellkit import (
     scripted_agent,
 )
 
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Agent, Broker, Desk, Fleet, online, wait_for
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Agent,
+    Broker,
+    Desk,
+    Fleet,
+    audit_locked,
+    online,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -320,3 +332,15 @@ async def test_removing_the_agent_ends_its_doorbell_and_its_key_then_is_403(
     assert any(
         r["type"] == "agent.refused" and r["target"] == agent.agent_id for r in records
     ) and token not in json.dumps(records)
+
+
+async def test_a_doorbell_that_cannot_be_audited_is_refused(
+    broker: Broker, agent: Agent, client: httpx.AsyncClient
+) -> None:
+    token = await issued_key(agent)
+    await off_loop(wait_for, lambda: not is_online(broker, agent.agent_id), 15, "offline")
+    headers = {**authorization(agent.agent_id, token), "content-type": "application/json"}
+    with audit_locked(broker):  # its connect cannot be recorded: it does not come online
+        answer = await ring(client, headers, body(hello(agent.agent_id, "have")))
+    assert answer.status_code == 503 and answer.headers["connection"] == "close"
+    assert not await off_loop(is_online, broker, agent.agent_id)
