@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 WAKE_TIMEOUT = 20.0
 
 
-@dataclass
+@dataclass(slots=True)  # one per online agent: no per-instance dict
 class LiveAgent:
     agent_id: str
     link: AgentLink | None  # its SSH tunnel; None while only its doorbell stands

@@ -10,7 +10,8 @@ SSH tunnel as always. Beats (``{"type": "beat"}``) at once and every
 This module holds no I/O: a ``Bell`` is one standing stream's state (rings
 still to send, ended or not) and its lines; the registry (``agents.py``) keeps
 the bells, the console's route (``console/api/doorbell.py``) serves them. A
-bell costs one small object and one ``asyncio.Event``: no task of its own.
+bell costs one small object, and one future while its stream waits: no task of
+its own.
 
 The key a doorbell presents is made here, sent to the agent once over its
 tunnel (``doorbell.key``), and kept by the broker only as its sha256.
@@ -72,14 +73,16 @@ def ring_line(reason: str) -> bytes:
 class Bell:
     """One standing doorbell stream of one agent: the rings it still has to send."""
 
-    __slots__ = ("_rings", "_signal", "agent_id", "ended", "peer")
+    __slots__ = ("_rings", "_waiter", "agent_id", "ended", "peer")
 
     def __init__(self, agent_id: str, peer: str) -> None:
         self.agent_id = agent_id
         self.peer = peer
         self.ended = False
         self._rings: list[str] = []
-        self._signal = asyncio.Event()
+        # The stream's wait for a ring or the end: one future while it waits (an
+        # asyncio.Event would carry a deque of its own for each bell).
+        self._waiter: asyncio.Future[None] | None = None
 
     def ring(self, reason: str) -> None:
         """Ask the agent to wake; a reason already waiting to be sent is not repeated."""
@@ -87,25 +90,36 @@ class Bell:
             raise ValueError(f"a ring's reason is one of {', '.join(RING_REASONS)}")
         if not self.ended and reason not in self._rings:
             self._rings.append(reason)
-            self._signal.set()
+            self._wake()
 
     def end(self) -> None:
         """End the stream (agent removed, a newer doorbell, shutdown)."""
         self.ended = True
-        self._signal.set()
+        self._wake()
 
     async def lines(self, beat_every: float = BEAT_EVERY) -> AsyncIterator[bytes]:
         """The stream's body: a beat at once, rings as they come, a beat after each
         ``beat_every`` seconds without one; it ends when the bell does."""
         yield BEAT
         while not self.ended:
-            if not self._rings:
-                try:
-                    async with asyncio.timeout(beat_every):
-                        await self._signal.wait()
-                except TimeoutError:
-                    yield BEAT
-                    continue
-            self._signal.clear()
+            if not self._rings and not await self._rung(beat_every):
+                yield BEAT
+                continue
             while self._rings and not self.ended:
                 yield ring_line(self._rings.pop(0))
+
+    async def _rung(self, seconds: float) -> bool:
+        """Wait for a ring or the end, ``seconds`` at most; False when none came."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+        return True
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
