@@ -15,9 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobkit import create, opt_in, result_of
 from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
 
-from harness import PY, Broker, Fleet, log_mark, log_since, online, staffed_broker, wait_for
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    PY,
+    Broker,
+    Desk,
+    Fleet,
+    log_mark,
+    log_since,
+    online,
+    staffed_broker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 USER = "ahbellag"
@@ -106,4 +119,33 @@ def test_the_machine_doorbell_wakes_for_a_helper_and_idles_after_it(
                 machine.service.send_signal(signal.SIGTERM)
                 assert machine.service.wait(20) == 0
             machine.stop()
+        assert "Traceback" not in machine.log.read_text()
+
+
+def test_a_fleet_job_rings_the_machine_doorbell(fleet: Fleet) -> None:
+    broker: Broker = fleet.brokers[0]
+    admin = Desk.login(broker, ADMIN, ADMIN_PW)
+    with passable_folder() as root:
+        machine = DoorbellMachine(root, enroll_system(broker, root / "machine"))
+        opt_in(machine.config, ("script",))
+        try:
+            machine.start_service()
+            wait_for(lambda: machine.said(0, ENDED), 40, "the first full agent to end")
+            wait_for(lambda: machine.said(0, "doorbell connected"), 30, "the doorbell")
+            mark = log_mark(machine.log)
+            made = create(
+                admin,
+                targets=[machine.agent_id],
+                action="script",
+                script="#!/bin/sh\necho rung-$((6*7))\n",
+                reason="wake it",
+            )
+            ran = result_of(admin, made["id"], machine.agent_id)
+            assert ran["state"] == "succeeded" and "rung-42" in ran["output"], ran
+            assert machine.said(mark, "the broker rings (job.run)")
+            wait_for(lambda: machine.said(mark, ENDED), 30, "the full agent to end after it")
+            assert online(broker, machine.agent_id)
+        finally:
+            machine.stop()
+            admin.close()
         assert "Traceback" not in machine.log.read_text()
