@@ -9,6 +9,7 @@ how it was given and how long the user took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -138,6 +139,7 @@ class AgentService:
         # Started by the doorbell (``--idle woken``): its folder, where the doorbell key
         # and the last Hello are saved (``doorbellkey.py``); None in tunnel mode.
         self.doorbell: Path | None = None
+        self._linked = asyncio.Event()  # the control channel is up (``attach``)
 
     @property
     def connected(self) -> bool:
@@ -183,6 +185,7 @@ class AgentService:
 
     def attach(self, send: Sender) -> None:
         self._send = send
+        self._linked.set()
         if self.jobs is not None:
             self.jobs.attach(send)
         if self.inventory is not None:
@@ -193,6 +196,7 @@ class AgentService:
         if self._send != send:  # bound methods: equal, not identical
             return
         self._send = None
+        self._linked.clear()
         if self.jobs is not None:
             self.jobs.attach(None)
         if self.inventory is not None:
@@ -424,6 +428,10 @@ class AgentService:
         return self.news.chat(session_id)
 
     async def request_help(self, message: str) -> HelpCode:
+        if self._send is None and self.doorbell is not None:
+            # woken by the doorbell for this very request: its tunnel is on its way
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._linked.wait(), HELP_TIMEOUT)
         send = self._sender()
         ref = secrets.token_hex(8)
         future: asyncio.Future[HelpCode] = asyncio.get_running_loop().create_future()

@@ -95,6 +95,12 @@ def test_a_local_client_starts_the_full_agent(fleet: Fleet, tmp_path: Path) -> N
     assert json.loads(status.stdout)["agent_id"] == agent.agent_id
     assert said(agent, mark, "a local client on the local socket")
     wait_for(lambda: said(agent, mark, ENDED), 40, "the full agent to end again")
+    # asking for help from an idle PC: the full agent it wakes waits for its tunnel
+    mark = log_mark(agent.log)
+    asked = agent_call(agent, "request-help", "--message", "the printer again")
+    assert asked.returncode == 0, asked.stderr + log_since(agent.log, mark)
+    assert asked.stdout.strip()  # the help code the broker gave
+    assert said(agent, mark, "a local client on the local socket")
 
 
 def test_a_refused_key_is_replaced(fleet: Fleet, tmp_path: Path) -> None:
