@@ -16,15 +16,14 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.doorbellkey import read_key
 from allowhelp.agent.hello import os_description
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.tunnel import AgentTunnel
+from allowhelp.agent.woken import WokenFiles, linger_task, service_needed
 
 if TYPE_CHECKING:
     from allowhelp.agent.channels import Backend, GatedChannel
@@ -45,7 +44,7 @@ async def run_agent(
     config = AgentConfig.load(folder)
     service = AgentService(config)
     if linger is not None:
-        service.doorbell = folder
+        service.doorbell = WokenFiles(folder, config.agent_id)
     frontends = choose_frontends(service, prompt)
     service.frontends.extend(frontends)
     service.frontends.append(ScreenWarmup())
@@ -57,7 +56,7 @@ async def run_agent(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("agent=%s running; control socket %s", config.agent_id, control.path)
-    lingering = _linger(
+    lingering = linger_task(
         linger, stop, tunnel, lambda: service_needed(service) or control.clients > 0
     )
     try:
@@ -108,27 +107,6 @@ def _files(channel: GatedChannel, grant: Grant) -> Backend:
     return files_factory(channel, grant)
 
 
-def service_needed(service: AgentService) -> bool:
-    """Somebody is being helped or waits for a help code; or the doorbell has no key
-    (the broker sends one right after the Hello; one that never does, an older
-    broker, keeps the full agent running as in tunnel mode) (``--linger``)."""
-    if service.busy() or service.help_waiting:
-        return True
-    return service.doorbell is not None and read_key(service.doorbell) is None
-
-
-def _linger(
-    seconds: float | None, stop: asyncio.Event, tunnel: AgentTunnel, needed: Callable[[], bool]
-) -> asyncio.Task[None] | None:
-    """Woken by the doorbell: the task that sets ``stop`` once idle (``linger.py``)."""
-    if seconds is None:
-        return None
-    from allowhelp.agent.linger import Linger  # noqa: PLC0415
-
-    watch = Linger(seconds, needed, lambda: tunnel.state.connected)
-    return asyncio.create_task(watch.run(stop))
-
-
 async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | None = None) -> None:
     """``run --system``: the tunnel, the gate and the helper socket; no prompts of
     its own (the session helpers show them) and nothing started as a user."""
@@ -152,7 +130,7 @@ async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | Non
     )
     service = AgentService(config, signed_in=hub.signed_in, hello=hub.hello)
     if linger is not None:
-        service.doorbell = folder
+        service.doorbell = WokenFiles(folder, config.agent_id)
     hub.service = service
     history = History(folder / HISTORY_FILE)
     service.frontends.extend([hub, SessionHistory(history)])
@@ -182,7 +160,7 @@ async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | Non
     # woken by the doorbell: it ends when idle (the next start runs a new version)
     upgrade = None if linger is not None else UpgradeWatch(folder, service.busy).run(stop)
     watch = asyncio.create_task(upgrade) if upgrade is not None else None
-    lingering = _linger(
+    lingering = linger_task(
         linger, stop, tunnel, lambda: service_needed(service) or hub.connections > 0
     )
     try:

@@ -15,12 +15,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
-from allowhelp.agent.doorbellkey import read_key, save_hello, save_key
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
@@ -49,6 +47,7 @@ from allowhelp.protocol.text import plain_text
 if TYPE_CHECKING:
     from allowhelp.agent.inventory import InventoryReporter
     from allowhelp.agent.jobs import JobKeeper
+    from allowhelp.agent.woken import WokenFiles
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +135,9 @@ class AgentService:
         self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
         self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
         self.nodes: KnownNodes | None = None  # the broker nodes to fail over to (tunnel.py)
-        # Started by the doorbell (``--idle woken``): its folder, where the doorbell key
-        # and the last Hello are saved (``doorbellkey.py``); None in tunnel mode.
-        self.doorbell: Path | None = None
+        # Started by the doorbell (``--idle woken``): where its key and the last Hello
+        # are saved (``woken.py``); None in tunnel mode.
+        self.doorbell: WokenFiles | None = None
         self._linked = asyncio.Event()  # the control channel is up (``attach``)
 
     @property
@@ -165,16 +164,8 @@ class AgentService:
             self._send(self.stamp_hello(hello))
 
     def stamp_hello(self, hello: Hello) -> Hello:
-        """The Hello as sent: woken by a doorbell, it says whether the doorbell has a
-        key ("need" asks the broker for one) and is saved for the doorbell to send."""
-        if self.doorbell is None:
-            return hello
-        hello = replace(hello, doorbell="have" if read_key(self.doorbell) else "need")
-        try:
-            save_hello(self.doorbell, hello.to_json())
-        except OSError as exc:
-            log.warning("cannot save the Hello for the doorbell: %s", exc)
-        return hello
+        """The Hello as sent (woken by a doorbell: ``WokenFiles.stamp``)."""
+        return hello if self.doorbell is None else self.doorbell.stamp(hello)
 
     @property
     def help_waiting(self) -> bool:
@@ -219,7 +210,7 @@ class AgentService:
         elif isinstance(message, (HelpCode, HelpRefused)):
             self._on_help(message)
         elif isinstance(message, DoorbellKey) and self.doorbell is not None:
-            self._save_doorbell_key(message.token)
+            self.doorbell.key_received(message.token)
         elif isinstance(message, NodesList) and self.nodes is not None:
             self.nodes.learned(message)
         elif isinstance(message, JobRun) and self.jobs is not None:
@@ -231,16 +222,6 @@ class AgentService:
                 log.warning("ignored %s for a session that is not running", message.type)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
-
-    def _save_doorbell_key(self, token: str) -> None:
-        if self.doorbell is None:
-            return
-        try:
-            save_key(self.doorbell, self.config.agent_id, token)
-        except (OSError, ValueError) as exc:
-            log.warning("cannot save the doorbell key: %s", exc)
-            return
-        log.info("agent=%s doorbell key saved", self.config.agent_id)
 
     def _on_help(self, message: HelpCode | HelpRefused) -> None:
         future = self._help.pop(message.ref, None)
