@@ -23,7 +23,7 @@ from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.hello import os_description
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.tunnel import AgentTunnel
-from allowhelp.agent.woken import WokenFiles, linger_task, service_needed
+from allowhelp.agent.woken import WokenFiles, linger_task
 
 if TYPE_CHECKING:
     from allowhelp.agent.channels import Backend, GatedChannel
@@ -57,7 +57,10 @@ async def run_agent(
         loop.add_signal_handler(sig, stop.set)
     log.info("agent=%s running; control socket %s", config.agent_id, control.path)
     lingering = linger_task(
-        linger, stop, tunnel, lambda: service_needed(service) or control.clients > 0
+        linger,
+        stop,
+        lambda: service_needed(service) or control.clients > 0,
+        lambda: tunnel.state.connected,
     )
     try:
         await tunnel.run_forever(stop)
@@ -105,6 +108,15 @@ def _files(channel: GatedChannel, grant: Grant) -> Backend:
     from allowhelp.agent.files import files_factory  # noqa: PLC0415 - with the first files
 
     return files_factory(channel, grant)
+
+
+def service_needed(service: AgentService) -> bool:
+    """Somebody is being helped or waits for a help code; or the doorbell has no key
+    (the broker sends one right after the Hello; one that never does, an older
+    broker, keeps the full agent running as in tunnel mode)."""
+    if service.busy() or service.help_waiting:
+        return True
+    return service.doorbell is not None and not service.doorbell.has_key
 
 
 async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | None = None) -> None:
@@ -161,7 +173,10 @@ async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | Non
     upgrade = None if linger is not None else UpgradeWatch(folder, service.busy).run(stop)
     watch = asyncio.create_task(upgrade) if upgrade is not None else None
     lingering = linger_task(
-        linger, stop, tunnel, lambda: service_needed(service) or hub.connections > 0
+        linger,
+        stop,
+        lambda: service_needed(service) or hub.connections > 0,
+        lambda: tunnel.state.connected,
     )
     try:
         await tunnel.run_forever(stop)

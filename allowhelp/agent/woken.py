@@ -13,15 +13,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from allowhelp.agent.doorbellkey import read_key, save_hello, save_key
 from allowhelp.agent.linger import Linger
 from allowhelp.protocol.control import Hello
-
-if TYPE_CHECKING:
-    from allowhelp.agent.service import AgentService
-    from allowhelp.agent.tunnel import AgentTunnel
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +50,14 @@ class WokenFiles:
         log.info("agent=%s doorbell key saved", self.agent_id)
 
 
-def service_needed(service: AgentService) -> bool:
-    """Somebody is being helped or waits for a help code; or the doorbell has no key
-    (the broker sends one right after the Hello; one that never does, an older
-    broker, keeps the full agent running as in tunnel mode)."""
-    if service.busy() or service.help_waiting:
-        return True
-    return service.doorbell is not None and not service.doorbell.has_key
-
-
 def linger_task(
-    seconds: float | None, stop: asyncio.Event, tunnel: AgentTunnel, needed: Callable[[], bool]
+    seconds: float | None,
+    stop: asyncio.Event,
+    needed: Callable[[], bool],
+    connected: Callable[[], bool],
 ) -> asyncio.Task[None] | None:
     """Woken by the doorbell: the task that sets ``stop`` once idle; None otherwise."""
     if seconds is None:
         return None
-    watch = Linger(seconds, needed, lambda: tunnel.state.connected)
+    watch = Linger(seconds, needed, connected)
     return asyncio.create_task(watch.run(stop))
