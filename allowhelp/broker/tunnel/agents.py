@@ -151,6 +151,7 @@ class AgentRegistry:
         if live.bell is None:
             self._gone(agent_id)
         else:  # still online: what ran over the tunnel (sessions) is lost all the same
+            live.peer = live.bell.peer
             for lost in list(self._link_lost):
                 lost(agent_id)
         return True
