@@ -24,9 +24,6 @@ library other than glibc it does nothing.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -46,6 +43,9 @@ TRIM_THRESHOLD = 4 * 1024 * 1024
 
 def tune_malloc() -> bool:
     """Apply the thresholds; True when glibc took both. Safe to call twice."""
+    import ctypes  # noqa: PLC0415 - not in the doorbell (agent/doorbell.py), which never tunes
+    import ctypes.util  # noqa: PLC0415
+
     name = ctypes.util.find_library("c")
     if name is None:
         return False
@@ -74,6 +74,8 @@ def run_event_loop(main: Coroutine[object, object, T]) -> T:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:
+        import asyncio  # noqa: PLC0415 - never in the doorbell (agent/doorbell.py)
+
         return asyncio.run(main)
     return uvloop.run(main)
 

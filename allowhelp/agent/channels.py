@@ -236,7 +236,7 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         self._server.control_open = True
         self._control = LineBuffer()
         self._service.attach(self.send_message)
-        self.send_message(self._service.hello() or current_hello())
+        self.send_message(self._service.stamp_hello(self._service.hello() or current_hello()))
         return True
 
     def send_message(self, message: Message) -> None:

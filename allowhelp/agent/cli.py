@@ -25,8 +25,6 @@ from allowhelp.agent.cliparse import argparse_in_our_language
 from allowhelp.agent.config import default_config_dir
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import N_, _
-from allowhelp.protocol.control import MAX_CHAT
-from allowhelp.protocol.text import plain_text
 from allowhelp.runtime import run_command
 
 PROG = "allowhelp-agent"
@@ -61,22 +59,54 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from allowhelp.agent.runner import run_agent, run_machine
-    from allowhelp.runtime import run_event_loop, tune_malloc
+IDLE_WAYS = ("tunnel", "doorbell", "woken")  # woken: started by the doorbell, not in --help
+LINGER_DEFAULT = 60.0
 
+
+def check_linger(args: argparse.Namespace) -> float | None:
+    """The full agent's ``--linger`` (started by the doorbell: ``--idle woken``), else None."""
+    if args.linger is not None and args.idle == "tunnel":
+        raise ValueError(_("--linger needs --idle doorbell: with --idle tunnel the agent stays"))
+    linger = LINGER_DEFAULT if args.linger is None else args.linger
+    if not 1.0 <= linger <= 86400.0:
+        raise ValueError(_("--linger must be between 1 and 86400 seconds"))
+    return linger if args.idle == "woken" else None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    linger = check_linger(args)
     if args.system:
         _need_root("run --system")
         if args.prompt is not None:
             raise AgentError(_("run --system shows no prompts: `allowhelp-agent session` does"))
-        tune_malloc()
-        run_event_loop(run_machine(config_dir(args), reconnect_cap=args.reconnect_cap))
-        return 0
+    if args.idle == "doorbell":  # before anything heavy is imported: it stays small
+        from allowhelp.agent.doorbell import run_doorbell
+
+        return run_doorbell(config_dir(args), args.argv, system=args.system)
+    from allowhelp.agent.runner import run_agent, run_machine
+    from allowhelp.runtime import run_event_loop, tune_malloc
+
     tune_malloc()
+    if args.system:
+        run_event_loop(
+            run_machine(config_dir(args), reconnect_cap=args.reconnect_cap, linger=linger)
+        )
+        return 0
     run_event_loop(
-        run_agent(config_dir(args), reconnect_cap=args.reconnect_cap, prompt=args.prompt or "auto")
+        run_agent(
+            config_dir(args),
+            reconnect_cap=args.reconnect_cap,
+            prompt=args.prompt or "auto",
+            linger=linger,
+        )
     )
     return 0
+
+
+def idle_way(text: str) -> str:
+    if text not in IDLE_WAYS:
+        raise argparse.ArgumentTypeError(_("%(value)r is not tunnel or doorbell") % {"value": text})
+    return text
 
 
 def cmd_session(args: argparse.Namespace) -> int:
@@ -272,6 +302,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_messages(args: argparse.Namespace) -> int:
+    from allowhelp.protocol.control import MAX_CHAT
+    from allowhelp.protocol.text import plain_text
+
     lines = call(args, {"op": "messages", "session_id": args.session_id})["messages"]
     if args.json:
         print(json.dumps([{k: m[k] for k in ("from", "text", "ts")} for m in lines]))
@@ -363,6 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=_("longest wait between two attempts to reach the broker (default 30)"),
     )
     _prompt_arg(run, None)
+    run.add_argument(
+        "--idle",
+        type=idle_way,
+        default="tunnel",
+        metavar="{tunnel,doorbell}",
+        help=_(
+            "what waits while nobody needs the agent: the SSH tunnel (default), or a "
+            "small doorbell process that starts the full agent when the help desk rings"
+        ),
+    )
+    run.add_argument(
+        "--linger",
+        type=seconds,
+        default=None,
+        metavar=_("SECONDS"),
+        help=_("with --idle doorbell: how long the full agent stays once idle (default 60)"),
+    )
     run.set_defaults(func=cmd_run)
     session = sub.add_parser(
         "session", help=_("the helper in your graphical session: prompts, your shell and screen")
@@ -427,8 +477,10 @@ def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     with argparse_in_our_language():
         args = build_parser().parse_args(argv)
+    args.argv = argv  # the doorbell starts the full agent with the same
     # argparse's own words for the line, so both kinds of error read alike
     line = _("%(prog)s: error: %(message)s\n")
     return run_command(PROG, args, (AgentError, ValueError, OSError), error_line=line)

@@ -11,25 +11,18 @@ Requests are hostile input like any other: a line longer than
 answer that says so (``{"ok": false, "error": ...}``), never silence, and the
 agent goes on serving.
 
-Where the socket lives: ``$XDG_RUNTIME_DIR/allowhelp`` when the session has a
-runtime folder, else ``~/.cache/allowhelp/run`` in the account's own home
-(from the password database, not ``$HOME``). Never a fixed name in /tmp: any
-local user could create that first and lock the owner out. Either folder is
-used only when it is a real directory (not a symlink) owned by the user and
-writable by nobody else; anything else is refused with the reason.
+Where the socket lives, and how it is bound: ``localpath.py`` (light, so that
+the doorbell binds it too and hands it over: socket activation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import pwd
 import socket
-import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -37,6 +30,7 @@ from typing import Any
 from allowhelp.agent.consent import ConsentRefused
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
+from allowhelp.agent.localpath import bind_local, socket_path
 from allowhelp.agent.service import AgentService
 from allowhelp.protocol.control import ProtocolError, parse_json
 
@@ -44,92 +38,6 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 16 * 1024  # a chat message of 2000 characters, escaped
 READ_TIMEOUT = 10.0
-FALLBACK_RUN_DIR = Path(".cache", "allowhelp", "run")
-MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
-
-
-def runtime_dir() -> Path:
-    """The user's private folder for the control socket, made and checked here."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base:
-        folder = Path(base) / "allowhelp"
-    else:
-        home = Path(pwd.getpwuid(os.getuid()).pw_dir)
-        if not home.is_dir():
-            raise AgentError(
-                _(
-                    "no folder for the control socket: XDG_RUNTIME_DIR is not set "
-                    "and your home folder %(home)s does not exist"
-                )
-                % {"home": home}
-            )
-        folder = home / FALLBACK_RUN_DIR
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
-        pass  # something that is not a directory: the check says what
-    except OSError as exc:
-        raise AgentError(
-            _("cannot create %(folder)s: %(error)s")
-            % {"folder": folder, "error": exc.strerror or exc}
-        ) from exc
-    _check_private(folder)
-    return folder
-
-
-def _check_private(folder: Path) -> None:
-    """Refuse ``folder`` unless it is a real directory of ours that no one else can
-    write; then make it 0700. Reopened without following symlinks and checked
-    again, so the folder made 0700 is the folder that was checked."""
-    try:
-        _refuse_unless_private(folder, folder.lstat())
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AgentError(
-            _("cannot use %(folder)s: %(error)s") % {"folder": folder, "error": exc.strerror or exc}
-        ) from exc
-    try:
-        info = os.fstat(fd)
-        _refuse_unless_private(folder, info)
-        os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
-
-
-def _refuse_unless_private(folder: Path, info: os.stat_result) -> None:
-    if stat.S_ISLNK(info.st_mode):
-        raise AgentError(
-            _("%(folder)s is a symlink: refusing to use it; remove it and start again")
-            % {"folder": folder}
-        )
-    if not stat.S_ISDIR(info.st_mode):
-        raise AgentError(
-            _("%(folder)s is not a directory: refusing to use it; remove it") % {"folder": folder}
-        )
-    if info.st_uid != os.getuid():
-        raise AgentError(
-            _("%(folder)s belongs to uid %(uid)s, not to you: refusing to use it")
-            % {"folder": folder, "uid": info.st_uid}
-        )
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise AgentError(
-            _(
-                "%(folder)s is writable by other users: refusing to use it; "
-                "`chmod 700 %(folder)s` or remove it"
-            )
-            % {"folder": folder}
-        )
-
-
-def socket_path(config_dir: Path) -> Path:
-    """One socket per configuration folder, so two agents of one user never mix."""
-    digest = hashlib.sha256(str(config_dir.resolve()).encode()).hexdigest()[:16]
-    path = runtime_dir() / f"agent-{digest}.sock"
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise AgentError(
-            _("%(path)s is too long for a UNIX socket: set XDG_RUNTIME_DIR") % {"path": path}
-        )
-    return path
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -143,32 +51,36 @@ class UnknownRequest(AgentError):
 
 
 class LocalControlServer:
-    def __init__(self, service: AgentService, path: Path) -> None:
+    """``listener``: the socket the doorbell bound and handed over (socket
+    activation); it is served as it is and its file left for the doorbell."""
+
+    def __init__(
+        self, service: AgentService, path: Path, listener: socket.socket | None = None
+    ) -> None:
         self._service = service
         self.path = path
+        self._inherited = listener
         self._server: asyncio.AbstractServer | None = None
+        self.clients = 0  # connections being answered now (``--linger`` waits for them)
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        old = os.umask(0o177)
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_REQUEST
-            )
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+        listener = self._inherited or bind_local(self.path)
+        listener.setblocking(False)
+        self._server = await asyncio.start_unix_server(
+            self._client, sock=listener, limit=MAX_REQUEST
+        )
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._inherited is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request, one answer, close: whatever the client sent."""
+        self.clients += 1
         try:
             uid = peer_uid(writer.get_extra_info("socket"))
             if uid != os.getuid():
@@ -181,6 +93,7 @@ class LocalControlServer:
         except Exception:  # a bug here must cost one answer, never the agent's socket
             log.exception("control socket: a request could not be handled")
         finally:
+            self.clients -= 1
             writer.close()
 
     async def _answer_one(self, reader: asyncio.StreamReader) -> dict[str, Any]:

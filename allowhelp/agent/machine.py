@@ -37,6 +37,7 @@ from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _, speaking
+from allowhelp.agent.localpath import inherited_listener
 from allowhelp.agent.machinerequests import answer_decision, answer_query, ask_help, prompt_packet
 from allowhelp.agent.machinesocket import listen_at
 from allowhelp.agent.news import NewsLine
@@ -83,6 +84,7 @@ class HelperHub:
         self.service: AgentService | None = None
         self._listener: socket.socket | None = None
         self._conns: set[PacketConn] = set()
+        self._inherited: socket.socket | None = None
         self._helpers = SessionHelpers(active_uid)
         self._idle: dict[PacketConn, asyncio.TimerHandle] = {}
         self._programs: dict[str, RemoteProgram] = {}
@@ -225,7 +227,10 @@ class HelperHub:
     # the socket
 
     async def start(self) -> None:
-        listener = listen_at(self.path)
+        # the doorbell's, handed down (socket activation), else bound here
+        self._inherited = inherited_listener("machine", socket.SOCK_SEQPACKET)
+        listener = self._inherited or listen_at(self.path)
+        listener.setblocking(False)
         asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
         self._listener = listener
         log.info("helper socket %s", self.path)
@@ -239,8 +244,14 @@ class HelperHub:
             conn.close()
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._inherited is None:  # the doorbell's file stays for the next wake
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    @property
+    def connections(self) -> int:
+        """Session helpers and CLI clients connected now (``--linger`` waits for them)."""
+        return len(self._conns)
 
     def _accept(self) -> None:
         if self._listener is None:

@@ -23,6 +23,7 @@ from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.hello import os_description
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.tunnel import AgentTunnel
+from allowhelp.agent.woken import WokenFiles, linger_task
 
 if TYPE_CHECKING:
     from allowhelp.agent.channels import Backend, GatedChannel
@@ -32,27 +33,40 @@ log = logging.getLogger(__name__)
 SCREEN_MODULE = "allowhelp.agent.screen"
 
 
-async def run_agent(folder: Path, *, reconnect_cap: float, prompt: str = "auto") -> None:
+async def run_agent(
+    folder: Path, *, reconnect_cap: float, prompt: str = "auto", linger: float | None = None
+) -> None:
     # the per-user agent's own parts; the machine service never loads them
     from allowhelp.agent.frontends import choose_frontends, close_frontends  # noqa: PLC0415
-    from allowhelp.agent.localsocket import LocalControlServer, socket_path  # noqa: PLC0415
+    from allowhelp.agent.localpath import inherited_listener, socket_path  # noqa: PLC0415
+    from allowhelp.agent.localsocket import LocalControlServer  # noqa: PLC0415
 
     config = AgentConfig.load(folder)
     service = AgentService(config)
+    if linger is not None:
+        service.doorbell = WokenFiles(folder, config.agent_id)
     frontends = choose_frontends(service, prompt)
     service.frontends.extend(frontends)
     service.frontends.append(ScreenWarmup())
     tunnel = AgentTunnel(service, folder, reconnect_cap=reconnect_cap, screen=_screen, files=_files)
-    control = LocalControlServer(service, socket_path(folder))
+    control = LocalControlServer(service, socket_path(folder), inherited_listener("local"))
     await control.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("agent=%s running; control socket %s", config.agent_id, control.path)
+    lingering = linger_task(
+        linger,
+        stop,
+        lambda: service_needed(service) or control.clients > 0,
+        lambda: tunnel.state.connected,
+    )
     try:
         await tunnel.run_forever(stop)
     finally:
+        if lingering is not None:
+            lingering.cancel()
         service.end()
         await close_frontends(frontends)
         await control.close()
@@ -96,7 +110,16 @@ def _files(channel: GatedChannel, grant: Grant) -> Backend:
     return files_factory(channel, grant)
 
 
-async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
+def service_needed(service: AgentService) -> bool:
+    """Somebody is being helped or waits for a help code; or the doorbell has no key
+    (the broker sends one right after the Hello; one that never does, an older
+    broker, keeps the full agent running as in tunnel mode)."""
+    if service.busy() or service.help_waiting:
+        return True
+    return service.doorbell is not None and not service.doorbell.has_key
+
+
+async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | None = None) -> None:
     """``run --system``: the tunnel, the gate and the helper socket; no prompts of
     its own (the session helpers show them) and nothing started as a user."""
     # the machine service's own parts; the per-user agent never loads them
@@ -109,7 +132,8 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     from allowhelp.agent.upgrade import UpgradeWatch, clear_mark  # noqa: PLC0415
 
     config = AgentConfig.load(folder)
-    clear_mark(folder)  # this process runs the installed version
+    if linger is None:  # woken by the doorbell, the mark is the doorbell's to spend
+        clear_mark(folder)  # this process runs the installed version
     hub = HelperHub(
         machine_socket(folder),
         active_uid=default_active_uid(),
@@ -117,6 +141,8 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
         os_name=os_description(),
     )
     service = AgentService(config, signed_in=hub.signed_in, hello=hub.hello)
+    if linger is not None:
+        service.doorbell = WokenFiles(folder, config.agent_id)
     hub.service = service
     history = History(folder / HISTORY_FILE)
     service.frontends.extend([hub, SessionHistory(history)])
@@ -143,11 +169,21 @@ async def run_machine(folder: Path, *, reconnect_cap: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("agent=%s machine service running; helper socket %s", config.agent_id, hub.path)
-    upgrade = asyncio.create_task(UpgradeWatch(folder, service.busy).run(stop))
+    # woken by the doorbell: it ends when idle (the next start runs a new version)
+    upgrade = None if linger is not None else UpgradeWatch(folder, service.busy).run(stop)
+    watch = asyncio.create_task(upgrade) if upgrade is not None else None
+    lingering = linger_task(
+        linger,
+        stop,
+        lambda: service_needed(service) or hub.connections > 0,
+        lambda: tunnel.state.connected,
+    )
     try:
         await tunnel.run_forever(stop)
     finally:
-        upgrade.cancel()
+        for task in (watch, lingering):
+            if task is not None:
+                task.cancel()
         service.end()
         await service.jobs.close()
         await hub.close()

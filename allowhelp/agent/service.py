@@ -9,6 +9,7 @@ how it was given and how long the user took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -28,6 +29,7 @@ from allowhelp.protocol.control import (
     ChatMessage,
     ConsentDecision,
     ConsentRequest,
+    DoorbellKey,
     EndReason,
     FileTransfer,
     Hello,
@@ -45,6 +47,7 @@ from allowhelp.protocol.text import plain_text
 if TYPE_CHECKING:
     from allowhelp.agent.inventory import InventoryReporter
     from allowhelp.agent.jobs import JobKeeper
+    from allowhelp.agent.woken import WokenFiles
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,10 @@ class AgentService:
         self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
         self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
         self.nodes: KnownNodes | None = None  # the broker nodes to fail over to (tunnel.py)
+        # Started by the doorbell (``--idle woken``): where its key and the last Hello
+        # are saved (``woken.py``); None in tunnel mode.
+        self.doorbell: WokenFiles | None = None
+        self._linked = asyncio.Event()  # the control channel is up (``attach``)
 
     @property
     def connected(self) -> bool:
@@ -154,12 +161,22 @@ class AgentService:
         """Who is signed in changed: tell the broker (its machine list shows it)."""
         hello = self.hello()
         if self._send is not None and hello is not None:
-            self._send(hello)
+            self._send(self.stamp_hello(hello))
+
+    def stamp_hello(self, hello: Hello) -> Hello:
+        """The Hello as sent (woken by a doorbell: ``WokenFiles.stamp``)."""
+        return hello if self.doorbell is None else self.doorbell.stamp(hello)
+
+    @property
+    def help_waiting(self) -> bool:
+        """A ``request-help`` waits for the broker's code."""
+        return bool(self._help)
 
     # the broker side
 
     def attach(self, send: Sender) -> None:
         self._send = send
+        self._linked.set()
         if self.jobs is not None:
             self.jobs.attach(send)
         if self.inventory is not None:
@@ -170,6 +187,7 @@ class AgentService:
         if self._send != send:  # bound methods: equal, not identical
             return
         self._send = None
+        self._linked.clear()
         if self.jobs is not None:
             self.jobs.attach(None)
         if self.inventory is not None:
@@ -191,6 +209,8 @@ class AgentService:
                 log.info("session=%s ended by the broker (%s)", message.session_id, message.reason)
         elif isinstance(message, (HelpCode, HelpRefused)):
             self._on_help(message)
+        elif isinstance(message, DoorbellKey) and self.doorbell is not None:
+            self.doorbell.key_received(message.token)
         elif isinstance(message, NodesList) and self.nodes is not None:
             self.nodes.learned(message)
         elif isinstance(message, JobRun) and self.jobs is not None:
@@ -389,6 +409,10 @@ class AgentService:
         return self.news.chat(session_id)
 
     async def request_help(self, message: str) -> HelpCode:
+        if self._send is None and self.doorbell is not None:
+            # woken by the doorbell for this very request: its tunnel is on its way
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._linked.wait(), HELP_TIMEOUT)
         send = self._sender()
         ref = secrets.token_hex(8)
         future: asyncio.Future[HelpCode] = asyncio.get_running_loop().create_future()

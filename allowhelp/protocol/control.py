@@ -123,7 +123,11 @@ class Message:
     type: ClassVar[str]
 
     def encode(self) -> bytes:
-        return json.dumps({"type": self.type, **asdict(self)}, ensure_ascii=False).encode() + b"\n"
+        return json.dumps(self.to_json(), ensure_ascii=False).encode() + b"\n"
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as the JSON object it is sent as (``type`` first)."""
+        return {"type": self.type, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,13 @@ class Hello(Message):
     # The agent shows every monitor at once (screen ``monitor: all``, #15); an older one
     # would refuse it only after the PC user's click, so the broker refuses it first.
     all_monitors: bool = False
+    # The doorbell (docs/design.md "Doorbell"): "" the agent holds its SSH tunnel while
+    # idle (older agents too); "need": it idles on a doorbell and has no valid key (the
+    # broker answers with ``doorbell.key``); "have": it idles on a doorbell with a key.
+    doorbell: str = ""
+
+
+DOORBELL_STATES = ("", "need", "have")
 
 
 @dataclass(frozen=True)
@@ -328,6 +339,17 @@ class NodesList(Message):
     urls: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DoorbellKey(Message):
+    """Broker → agent, right after a Hello whose ``doorbell`` is "need" (only then: an
+    older agent would close the tunnel on it): the key its doorbell presents
+    (``POST /api/v1/agent/doorbell``). The broker keeps only its sha256; a new key
+    replaces the old one."""
+
+    type: ClassVar[str] = "doorbell.key"
+    token: str
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
     for cls in (
@@ -344,6 +366,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ChatMessage,
         FileTransfer,
         NodesList,
+        DoorbellKey,
     )
 }
 LIMITS = {
@@ -382,6 +405,7 @@ LIMITS = {
     "joins": 40,
     "mode": 10,
     "username": 64,
+    "token": 64,
 }
 
 
@@ -465,6 +489,16 @@ def decode(line: bytes) -> Message:
     return cls(**_checked(cls, raw))
 
 
+def hello_from(raw: object) -> Hello:
+    """A Hello from a JSON object that already went through ``parse_json`` (the
+    doorbell's body carries one as ``hello.json`` keeps it); ``type`` may be left out."""
+    if not isinstance(raw, dict):
+        raise ProtocolError("hello is not a JSON object")
+    if raw.get("type", Hello.type) != Hello.type:
+        raise ProtocolError("hello has another message type")
+    return Hello(**_checked(Hello, raw))
+
+
 def checked_fields(
     cls: type[object], raw: Mapping[str, Any], check: Callable[[str, str, object], object]
 ) -> dict[str, Any]:
@@ -492,6 +526,10 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ProtocolError("joins is malformed")
     if values.get("mode") not in (None, "", *INVITE_MODES):
         raise ProtocolError("mode has an unknown value")
+    if values.get("doorbell") not in (None, *DOORBELL_STATES):
+        raise ProtocolError("doorbell has an unknown value")
+    if cls is DoorbellKey and not values["token"]:
+        raise ProtocolError("token must not be empty")
     if cls is NodesList:
         try:
             values["tunnels"], values["urls"] = checked_nodes(values)

@@ -37,7 +37,8 @@ import pytest
 
 import allowhelp
 from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
-from allowhelp.agent.localsocket import MAX_REQUEST, socket_path
+from allowhelp.agent.localpath import socket_path
+from allowhelp.agent.localsocket import MAX_REQUEST
 from allowhelp.agent.pty import PtyShell
 from allowhelp.agent.screen import PairLaunch, ScreenProcess
 from allowhelp.certs import ssh_options
@@ -273,7 +274,8 @@ SERVE = """
 import asyncio, sys
 from pathlib import Path
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.localsocket import LocalControlServer, socket_path
+from allowhelp.agent.localpath import socket_path
+from allowhelp.agent.localsocket import LocalControlServer
 from allowhelp.agent.service import AgentService
 
 async def main() -> None:

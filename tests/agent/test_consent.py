@@ -223,7 +223,7 @@ def test_control_socket_refuses_another_user(setup: tuple[Broker, Agent]) -> Non
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.fail("setpriv (util-linux) is required for this test")
-    from allowhelp.agent.localsocket import socket_path
+    from allowhelp.agent.localpath import socket_path
 
     path = socket_path(agent.config)
     probe = (

@@ -108,6 +108,17 @@ MACHINE_ONLY = {
     "allowhelp.agent.signedin",
 }
 PER_USER_ONLY = {"allowhelp.agent.frontends", "allowhelp.agent.localsocket"}
+# Never in the doorbell (``run --idle doorbell``, agent/doorbell.py): the idle agent's
+# memory is a small Python holding one TLS stream (issue #19).
+NOT_IN_THE_DOORBELL = {
+    "asyncio",
+    "asyncssh",
+    "cryptography",
+    "allowhelp.agent.tunnel",
+    "allowhelp.agent.service",
+    "allowhelp.protocol.control",
+    "ctypes",
+}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +162,27 @@ def test_the_idle_machine_service_has_not_loaded_session_modules(
     modules = idle_modules(broker, tmp_path, system=True)
     assert {"asyncssh", "allowhelp.agent.tunnel", "allowhelp.agent.machine"} <= modules
     assert modules & (SESSION_ONLY | PER_USER_ONLY) == set()
+
+
+def test_the_idle_doorbell_imports_no_asyncio_asyncssh_or_cryptography(
+    broker: Broker, tmp_path: Path
+) -> None:
+    out = tmp_path / "modules.json"
+    agent = Agent(tmp_path / "agent", program=[PY, "-c", PROGRAM, str(out)])
+    assert agent.enroll(broker.token()).returncode == 0
+    agent.start("--prompt", "none", "--idle", "doorbell", "--linger", "1")
+    try:
+        # its full agent started (no key yet) and ended: the doorbell alone is left
+        wait_for(lambda: "is idle and ended" in agent.log.read_text(), 30, "the full agent's end")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGUSR1)
+        wait_for(out.exists, 10, "the doorbell's list of modules")
+        modules = set(json.loads(out.read_text()))
+    finally:
+        agent.stop()
+    assert {"allowhelp.agent.doorbell", "ssl"} <= modules
+    assert {m.split(".")[0] for m in modules} & {"asyncio", "asyncssh", "cryptography"} == set()
+    assert modules & (NOT_IN_THE_DOORBELL | SESSION_ONLY | MACHINE_ONLY | PER_USER_ONLY) == set()
 
 
 @pytest.mark.parametrize(

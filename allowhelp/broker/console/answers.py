@@ -118,6 +118,17 @@ def answer(exc: BrokerError) -> JSONResponse:
     return response
 
 
+def closing_answer(exc: BrokerError) -> JSONResponse:
+    """``answer`` that also names its ``code`` and closes the connection: for clients
+    that are not browsers and redial (the agents' doorbell, ``api/doorbell.py``)."""
+    response = JSONResponse(
+        {"error": exc.code, "code": exc.code, "message": public_message(exc)},
+        status_code=status_of(exc),
+    )
+    response.headers["connection"] = "close"
+    return response
+
+
 async def broker_error(conn: HTTPConnection, exc: Exception) -> Response | None:
     """starlette's handler for every ``BrokerError``, on HTTP and WebSocket routes."""
     if not isinstance(exc, BrokerError):

@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ExceptionHandler
 
 from allowhelp.broker.console.answers import broker_error, error_response
+from allowhelp.broker.console.api import doorbell as api_doorbell
 from allowhelp.broker.console.api import enrol as api_enrol
 from allowhelp.broker.console.api import events_socket as api_events
 from allowhelp.broker.console.api import fleet as api_admin
@@ -103,6 +104,7 @@ def create_app(svc: Services) -> Wall:
         *api_totp.routes(),
         *api_events.routes(),
         *api_tunnel.routes(),
+        *api_doorbell.routes(),
         *api_health.routes(),
         *api_jobs.routes(),
         Route("/api/{rest:path}", api_not_found),

@@ -207,14 +207,18 @@ class JobDesk:
         except StoreError as exc:
             log.error("agent=%s jobs not delivered: %s", agent_id, exc)
             return
-        live = self._agents.get(agent_id)  # still the same tunnel after the wait?
+        now = time.time()
+        if not any(j.approved and j.expires > now for j in waiting):
+            return
+        # still the same tunnel after the wait? An idle agent is rung for its jobs first.
+        live = await self._agents.wake(agent_id, "job.run")
         if live is None:
+            log.info("agent=%s jobs not delivered: it is offline or did not wake", agent_id)
             return
         link, sent = self._sent.get(agent_id, (None, set()))
         if link is not live.link:
             sent = set()
             self._sent[agent_id] = (live.link, sent)
-        now = time.time()
         for job in waiting:
             if job.id in sent or not job.approved or job.expires <= now:
                 continue
@@ -224,7 +228,7 @@ class JobDesk:
                 job_id=job.id, payload=spec.encoded(), signature=self._signer.sign(payload)
             )
             try:
-                live.link.send(message)
+                live.send(message)
             except TunnelError as exc:  # the tunnel went: sent again when it is back
                 log.warning("agent=%s job=%s not sent: %s", agent_id, job.id, exc)
                 return

@@ -34,6 +34,7 @@ from allowhelp.broker.store import AgentRecord, Store
 from allowhelp.broker.store.nodes import NODE_STALE, NodeRecord
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry, LiveAgent
+from allowhelp.broker.tunnel.doorbell import Bell
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import NodesList
@@ -109,7 +110,7 @@ class NodeMembership:
         self._audit = audit
         # agents another node named as holding their newest tunnel at the last beat,
         # with the link this node held then: dropped if the next beat says so again
-        self._superseded: dict[str, AgentLink] = {}
+        self._superseded: dict[str, AgentLink | Bell | None] = {}
 
     @property
     def node_id(self) -> str:
@@ -272,13 +273,13 @@ class NodeMembership:
         dialling two nodes shows as these records again and again."""
         if self._agents is None:
             return
-        seen: dict[str, AgentLink] = {}
+        seen: dict[str, AgentLink | Bell | None] = {}
         for agent_id, node_id in elsewhere.items():
             live = self._agents.get(agent_id)
             if live is None:
                 continue
-            if self._superseded.get(agent_id) is not live.link:
-                seen[agent_id] = live.link
+            if self._superseded.get(agent_id) is not live.holder:
+                seen[agent_id] = live.holder
                 continue
             log.warning(
                 "agent=%s dialled node %s since: its older tunnel here is dropped",
@@ -300,7 +301,7 @@ class NodeMembership:
                 )
         except AuditUnavailable as exc:
             log.error("agent=%s tunnel dropped, not audited: %s", live.agent_id, exc)
-        live.link.close()
+        live.close()  # its tunnel and its doorbell
 
     async def close(self) -> None:
         """Stop beating and leave: this node's row and agent rows go."""

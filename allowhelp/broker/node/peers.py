@@ -61,6 +61,7 @@ class NodeAnnouncer:
         # The connected agents that take it, and what each has now (None: nothing yet).
         self._sent: dict[str, NodesList | None] = {}
         agents.subscribe(self._on_agent)
+        agents.subscribe_link_lost(self._on_link_lost)
 
     @property
     def current(self) -> NodesList | None:
@@ -86,12 +87,19 @@ class NodeAnnouncer:
             self._sent.setdefault(agent_id, None)
             self._send(agent_id)
 
+    def _on_link_lost(self, agent_id: str) -> None:
+        """Back to its doorbell: its next tunnel is told again."""
+        self._sent.pop(agent_id, None)
+
     def _send(self, agent_id: str) -> None:
         live = self._agents.get(agent_id)
         if live is None or self._current is None or self._sent.get(agent_id) == self._current:
             return
+        if not live.awake:  # only its doorbell: it is told when its tunnel says hello
+            self._sent.pop(agent_id, None)
+            return
         try:
-            live.link.send(self._current)
+            live.send(self._current)
         except TunnelError as exc:  # closing: it gets the list when it is back
             log.info("agent=%s no nodes.list sent: %s", agent_id, exc)
             return

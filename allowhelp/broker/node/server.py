@@ -333,7 +333,7 @@ def _transfer_notice(agents: AgentRegistry) -> Callable[[Session, FileTransfer],
         live = agents.get(session.agent_id)
         if live is not None and live.chat:
             with contextlib.suppress(TunnelError):
-                live.link.send(message)
+                live.send(message)
 
     return notify
 

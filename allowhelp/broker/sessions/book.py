@@ -359,7 +359,7 @@ class SessionBook:
         if live is None:
             return
         try:
-            live.link.send(message)
+            live.send(message)
         except TunnelError as exc:
             log.warning(
                 "agent=%s session=%s could not be told: %s", session.agent_id, session.id, exc

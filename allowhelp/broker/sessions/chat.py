@@ -97,7 +97,7 @@ class ChatDesk:
             raise Conflict("this PC's agent is too old for chat", code="chat_unsupported")
         line = await self._keep(session, f"technician:{session.technician}", clean)
         try:
-            agent.link.send(ChatMessage(session.id, clean, technician_name[:100]))
+            agent.send(ChatMessage(session.id, clean, technician_name[:100]))
         except TunnelError as exc:
             raise AgentUnreachable(f"the message is kept but did not reach the PC: {exc}") from exc
         return line

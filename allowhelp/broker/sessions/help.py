@@ -100,7 +100,7 @@ class HelpDesk:
             with contextlib.suppress(AuditUnavailable):  # logged by the writer already
                 await self._refuse(agent_id, message, live, hostname, "store_unavailable")
             raise
-        live.link.send(HelpCode(ref=message.ref, code=format_code(digits), expires_in=CODE_TTL))
+        live.send(HelpCode(ref=message.ref, code=format_code(digits), expires_in=CODE_TTL))
         self._events.publish({"type": "help_request", "help_request": ticket.to_json()})
 
     async def _refuse(
@@ -118,7 +118,7 @@ class HelpDesk:
             },
         )
         log.warning("agent=%s help request refused: %s", agent_id, why)
-        live.link.send(HelpRefused(ref=message.ref, reason=REFUSALS[why]))
+        live.send(HelpRefused(ref=message.ref, reason=REFUSALS[why]))
 
     async def _fresh_digits(self, now: float) -> str:
         for _ in range(100):

@@ -116,7 +116,7 @@ class InviteDesk(InviteBook):
         )
         self._all[invitation.id] = invitation
         try:
-            live.link.send(request)
+            live.send(request)
         except TunnelError as exc:
             invitation.state = InviteState.EXPIRED
             raise AgentUnreachable("the machine did not take the invitation") from exc

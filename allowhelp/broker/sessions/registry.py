@@ -77,6 +77,7 @@ class SessionRegistry(SessionBook):
         self._organisation = organisation
         self._timeout = consent_timeout
         agents.subscribe(self._agent_changed)
+        agents.subscribe_link_lost(self._link_lost)
 
     @property
     def agents(self) -> AgentRegistry:
@@ -163,7 +164,18 @@ class SessionRegistry(SessionBook):
             log.error("session=%s: the end of an unstored request is not on the record", session.id)
 
     async def _ask(self, session: Session) -> None:
-        live = self._agents.get(session.agent_id)
+        # An idle agent holds only its doorbell: rung, and asked once its tunnel said
+        # hello, so the checks below see who is signed in now (tunnel/agents.py wake).
+        live = await self._agents.wake(session.agent_id, "consent.request")
+        if live is None and self._agents.online(session.agent_id):
+            await self._move(
+                session.id,
+                State.ENDED,
+                actor="system",
+                reason="error",
+                details={"error": "the machine did not wake up in time"},
+            )
+            raise AgentUnreachable("the machine did not wake up in time")
         if live is None:
             await self._move(
                 session.id,
@@ -190,8 +202,10 @@ class SessionRegistry(SessionBook):
             details={"asked": request.encode().decode().strip()},
         )
         try:
+            if live.link is None:
+                raise TunnelError("the machine's tunnel closed")
             await asyncio.wait_for(live.link.ready.wait(), 10)
-            live.link.send(request)
+            live.send(request)
         except (TunnelError, TimeoutError) as exc:
             await self._move(
                 session.id,
@@ -288,8 +302,11 @@ class SessionRegistry(SessionBook):
             raise
 
     def _agent_changed(self, agent_id: str, online: bool) -> None:
-        if online:
-            return
+        if not online:
+            self._link_lost(agent_id)
+
+    def _link_lost(self, agent_id: str) -> None:
+        """Its tunnel went (offline, or back to its doorbell): its sessions are lost."""
         for session in list(self._live.values()):
             if session.agent_id == agent_id and not session.final:
                 self._spawn(self.end_quietly(session.id, reason="agent_lost", actor="system"))

@@ -73,7 +73,7 @@ class FleetStore(StoreCore):
                 " last_seen, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
                 " ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname,"
                 " os = excluded.os, username = excluded.username, version = excluded.version,"
-                " enrolled = excluded.enrolled, removed = 0",
+                " enrolled = excluded.enrolled, removed = 0, doorbell_hash = ''",
                 (
                     agent.id,
                     agent.public_key,
@@ -102,6 +102,22 @@ class FleetStore(StoreCore):
                 "UPDATE agents SET hostname = ?, os = ?, username = ?, version = ? WHERE id = ?",
                 (hostname, os, user, version, agent_id),
             )
+
+    def set_doorbell_hash(self, agent_id: str, doorbell_hash: str) -> bool:
+        """Keep the sha256 of the agent's new doorbell key (the old one stops working);
+        False when the agent is unknown or removed."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE agents SET doorbell_hash = ? WHERE id = ? AND removed = 0",
+                (doorbell_hash, agent_id),
+            )
+            return cur.rowcount == 1
+
+    def doorbell(self, agent_id: str) -> tuple[bool, str] | None:
+        """Whether the agent is removed, and the hash of its doorbell key ("": none);
+        None for an unknown agent."""
+        rows = self._query("SELECT removed, doorbell_hash FROM agents WHERE id = ?", (agent_id,))
+        return (bool(rows[0]["removed"]), str(rows[0]["doorbell_hash"])) if rows else None
 
     def touch_agent(self, agent_id: str, when: float) -> None:
         with self._tx() as db:

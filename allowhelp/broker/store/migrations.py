@@ -297,4 +297,9 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # 12 (#19, the doorbell): sha256 of the key each agent's doorbell presents
+    # (``POST /api/v1/agent/doorbell``); "" until its first ``doorbell.key``.
+    """
+    ALTER TABLE agents ADD COLUMN doorbell_hash TEXT NOT NULL DEFAULT '';
+    """,
 )

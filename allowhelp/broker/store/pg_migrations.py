@@ -218,4 +218,8 @@ PG_MIGRATIONS: tuple[str, ...] = (
         updated DOUBLE PRECISION NOT NULL
     );
     """,
+    # 5: SQLite's 12 (#19, the doorbell): the hash of each agent's doorbell key.
+    """
+    ALTER TABLE agents ADD COLUMN doorbell_hash TEXT NOT NULL DEFAULT '';
+    """,
 )

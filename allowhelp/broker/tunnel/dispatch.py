@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from allowhelp.broker.errors import BrokerError, StoreError
+from allowhelp.broker.errors import BrokerError, StoreError, TunnelError
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.batch import StoreBatch
-from allowhelp.protocol.control import Hello, Message
-from allowhelp.protocol.monitors import Monitor
-from allowhelp.protocol.monitors import decode as decode_monitors
+from allowhelp.broker.tunnel.doorbell import new_token, token_hash
+from allowhelp.broker.tunnel.link import AgentLink
+from allowhelp.protocol.control import DoorbellKey, Hello, Message
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,35 @@ class Inventory:
     async def hello(self, agent_id: str, message: Hello) -> None:
         live = self._agents.get(agent_id)
         if live is not None:  # at once: a request that comes next must know who is there
-            live.system = message.system
-            live.jobs = message.jobs
-            live.chat = message.chat
-            live.invites = message.invites
-            live.nodes = message.nodes
-            live.all_monitors = message.all_monitors
-            live.user = plain_text(message.user, 64)
-            live.language = message.language  # unknown ones get English words (phrase.py)
-            live.screen = plain_text(message.screen, 20)
-            live.screen_problem = plain_text(message.screen_problem, 300)
-            live.desktop = plain_text(message.desktop, 200)
-            live.monitors = reported_monitors(agent_id, message.monitors)
-        task = asyncio.create_task(self._store(agent_id, message))
+            live.said(message)
+            self._agents.greeted(agent_id)  # a woken agent is asked now (agents.py wake)
+            if message.doorbell == "need" and live.link is not None:
+                self._spawn(self._doorbell_key(agent_id, live.link))
+        self._spawn(self._store(agent_id, message))
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _doorbell_key(self, agent_id: str, link: AgentLink) -> None:
+        """A new doorbell key for an agent whose Hello says it needs one: its hash is
+        stored first (the old key stops working), then the key goes over the tunnel
+        it came from. Never logged."""
+        token = new_token()
+        try:
+            stored = await self._db.run(Store.set_doorbell_hash, agent_id, token_hash(token))
+        except StoreError as exc:
+            log.error("agent=%s no doorbell key: it could not be stored: %s", agent_id, exc)
+            return
+        if not stored:  # removed meanwhile: no key
+            return
+        try:
+            link.send(DoorbellKey(token=token))
+        except TunnelError as exc:  # gone meanwhile: its next Hello asks again
+            log.info("agent=%s doorbell key not sent: %s", agent_id, exc)
+            return
+        log.info("agent=%s was sent a new doorbell key", agent_id)
 
     async def _store(self, agent_id: str, message: Hello) -> None:
         try:
@@ -99,13 +113,3 @@ class Inventory:
             log.error("agent=%s inventory not stored: %s", agent_id, exc)
             return
         self._agents.changed(agent_id)
-
-
-def reported_monitors(agent_id: str, line: str) -> tuple[Monitor, ...]:
-    """The monitors an agent's Hello lists; a malformed list counts as none (then a
-    request can name no monitor: deny by default), said in the log."""
-    try:
-        return decode_monitors(line)
-    except ValueError as exc:
-        log.warning("agent=%s reported unreadable monitors: %s", agent_id, exc)
-        return ()

@@ -150,6 +150,11 @@ class TunnelListener:
             online=lambda a: registry.get(a) is not None,
         )
 
+    @property
+    def connectivity(self) -> ConnectivityAudit:
+        """Connects, disconnects and refusals on the record; the doorbell's too."""
+        return self._connectivity
+
     async def start(self, host: str | None, port: int) -> int | None:
         """Listen and return the bound port (useful when port 0 was asked); with
         no host, take only the tunnels handed over by ``accept_stream``."""
@@ -323,22 +328,29 @@ class TunnelListener:
             conn.close()
             return
         agent_id = agent_id_for(key)
-        admission = await self._connectivity.connected(agent_id, owner.peer)
-        if admission == "refused":
-            conn.close()
-            return
-        if conn.is_closed():  # gone while the record was written: nothing to attach
-            self._connectivity.disconnected(agent_id, owner.peer, "closed before it was online")
-            return
+        live = self._registry.get(agent_id)
+        woke = live is not None and not live.awake  # its doorbell stands: online already
+        admission: str = "woke"
+        if not woke:
+            admission = await self._connectivity.connected(agent_id, owner.peer)
+            if admission == "refused":
+                conn.close()
+                return
+            if conn.is_closed():  # gone while the record was written: nothing to attach
+                self._connectivity.disconnected(agent_id, owner.peer, "closed before it was online")
+                return
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._registry.attach(agent_id, link, owner.peer)
         self._spawn(link.open())
         level = logging.INFO if admission == "chained" else logging.DEBUG
-        log.log(level, "agent=%s connected from %s", agent_id, owner.peer)
+        log.log(level, "agent=%s connected from %s (%s)", agent_id, owner.peer, admission)
 
     def lost(self, link: AgentLink, exc: Exception | None, peer: str) -> None:
         agent_id = link.agent_id
         if not self._registry.detach(agent_id, link):
+            return
+        if self._registry.online(agent_id):  # its doorbell stands: not offline
+            log.debug("agent=%s tunnel closed; its doorbell stands", agent_id)
             return
         reason = str(exc) if exc else "closed"
         # The tunnel is already gone: nothing to refuse, the record follows.

@@ -92,8 +92,8 @@ async def remove_agent(request: Request) -> Response:
     await svc.db.run(Store.remove_agent, agent_id)
     svc.keys.removed(agent_id)  # the tunnel refuses the key from now on (tunnel/keys.py)
     live = svc.registry.get(agent_id)
-    if live is not None:
-        live.link.close()
+    if live is not None:  # its tunnel closes, its doorbell stream ends
+        live.close()
     removed = await svc.db.read(Store.agent, agent_id) or record
     svc.events.publish({"type": "agent", "agent": agent_row(svc, removed)})
     return JSONResponse({"ok": True})

@@ -1,0 +1,307 @@
+"""The doorbell's HTTP/1.1 client: one POST, then a stream of ndjson lines.
+
+Standard library only (``socket``, ``ssl``, ``json``): the idle agent
+(``doorbell.py``) must not load asyncio, asyncssh or cryptography. TLS trusts
+the CA pinned at enrolment alone and asks for ``AGENT_TLS_NAME``, as enrolment
+does; a web proxy is passed with HTTP ``CONNECT`` as ``proxy.py`` does for the
+tunnel (its password never in a message).
+
+The parsers are plain objects fed bytes (no I/O), so every bad input is tested
+apart: an answer head over ``MAX_HEAD``, a chunk size that is not hex or too
+big, a line over ``MAX_LINE``, a line that is not a JSON object. Each raises
+``StreamError`` with one line saying what was wrong; the doorbell then drops
+the connection and dials again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+DOORBELL_PATH = "/api/v1/agent/doorbell"
+# The name agents ask for (SNI): certs.pki.AGENT_TLS_NAME (a test keeps them equal;
+# importing certs.pki would load cryptography).
+AGENT_TLS_NAME = "agents.allowhelp.invalid"
+CONNECT_TIMEOUT = 15.0  # TCP connect, the proxy's answer, TLS and the answer's head, each
+MAX_HEAD = 16 * 1024
+MAX_LINE = 16 * 1024  # a ring or a beat is some 40 bytes
+MAX_CHUNK = 1024 * 1024
+MAX_ERROR_BODY = 4096
+DIRECT = "direct"
+BACKOFF_CAP = 30.0
+
+
+class StreamError(Exception):
+    """The broker's answer or stream is not what the contract says; one line why."""
+
+
+@dataclass(frozen=True)
+class Head:
+    status: int
+    reason: str
+    headers: dict[str, str]
+
+    @property
+    def chunked(self) -> bool:
+        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+
+def head_length(buffer: bytes) -> int | None:
+    """Bytes of an answer's head (through the blank line) once it is all there;
+    ``StreamError`` when it is not there within ``MAX_HEAD`` bytes."""
+    end = buffer.find(b"\r\n\r\n")
+    if end >= 0 and end + 4 <= MAX_HEAD:
+        return end + 4
+    if end >= 0 or len(buffer) >= MAX_HEAD:
+        raise StreamError(f"the answer's head is longer than {MAX_HEAD} bytes")
+    return None
+
+
+def parse_head(head: bytes) -> Head:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise StreamError(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise StreamError(f"a malformed header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return Head(int(parts[1]), parts[2].strip()[:80] if len(parts) > 2 else "", headers)
+
+
+@dataclass
+class ChunkDecoder:
+    """``Transfer-Encoding: chunked``, fed as it arrives; ``done`` after the last chunk."""
+
+    buffer: bytes = b""
+    left: int = -1  # bytes of the current chunk still to come; -1: a size line is next
+    done: bool = False
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = bytearray()
+        while not self.done:
+            if self.left < 0:
+                end = self.buffer.find(b"\r\n")
+                if end < 0:
+                    if len(self.buffer) > 64:
+                        raise StreamError("a chunk size line is longer than 64 bytes")
+                    break
+                self.left = chunk_size(self.buffer[:end])
+                self.buffer = self.buffer[end + 2 :]
+                if self.left == 0:
+                    self.done = True  # trailers, if any, are not read
+                    break
+            if len(self.buffer) < self.left + 2:
+                break
+            if self.buffer[self.left : self.left + 2] != b"\r\n":
+                raise StreamError("a chunk does not end with CRLF")
+            out += self.buffer[: self.left]
+            self.buffer = self.buffer[self.left + 2 :]
+            self.left = -1
+        return bytes(out)
+
+
+def chunk_size(line: bytes) -> int:
+    text = line.split(b";", 1)[0].strip()
+    size = int(text, 16) if text and all(c in b"0123456789abcdefABCDEF" for c in text) else -1
+    if size < 0:
+        raise StreamError(f"a bad chunk size: {line[:20]!r}")
+    if size > MAX_CHUNK:
+        raise StreamError(f"a chunk of {size} bytes (at most {MAX_CHUNK})")
+    return size
+
+
+@dataclass
+class LineSplitter:
+    """ndjson: complete lines out, the rest kept; a line over ``limit`` is refused."""
+
+    limit: int = MAX_LINE
+    buffer: bytes = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        if any(len(line) > self.limit for line in lines) or len(self.buffer) > self.limit:
+            raise StreamError(f"a line longer than {self.limit} bytes")
+        return [line.rstrip(b"\r") for line in lines if line.strip()]
+
+
+def parse_event(line: bytes) -> dict[str, object]:
+    """One ndjson line: a JSON object with a string ``type``."""
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        raise StreamError(f"a line that is not JSON: {line[:60]!r}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise StreamError(f"a line that is not an event: {line[:60]!r}")
+    return event
+
+
+# the proxy (as proxy.py, without its asyncio)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"the proxy {host}:{self.port}"
+
+
+def parse_proxy(url: str) -> Proxy:
+    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise StreamError("the proxy URL has an invalid port") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise StreamError("the proxy must be an http://host:port URL")
+    return Proxy(parts.hostname, port, unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def proxy_for(host: str, configured: str) -> Proxy | None:
+    """As ``proxy.proxy_for``: the configured proxy, else ``https_proxy`` unless
+    ``no_proxy`` names the host (urllib.request loads only when one is set)."""
+    if configured:
+        return None if configured == DIRECT else parse_proxy(configured)
+    if not any(value and name.lower() == "https_proxy" for name, value in os.environ.items()):
+        return None
+    import urllib.request  # noqa: PLC0415 - only where the environment names a proxy
+
+    found = urllib.request.getproxies_environment().get("https")
+    if not found or urllib.request.proxy_bypass(host):
+        return None
+    return parse_proxy(found)
+
+
+def connect_request(host: str, port: int, proxy: Proxy) -> bytes:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", "User-Agent: allowhelp-agent"]
+    if proxy.username:
+        pair = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
+        lines.append(f"Proxy-Authorization: Basic {pair}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# the connection
+
+
+def doorbell_request(host: str, agent_id: str, token: str, body: bytes) -> bytes:
+    head = [
+        f"POST {DOORBELL_PATH} HTTP/1.1",
+        f"Host: {host}",
+        "User-Agent: allowhelp-agent",
+        f"Authorization: Doorbell {agent_id}:{token}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Accept: application/x-ndjson",
+        "",
+        "",
+    ]
+    return "\r\n".join(head).encode("latin-1") + body
+
+
+def read_head(sock: socket.socket) -> tuple[Head, bytes]:
+    """The answer's head and whatever of the body came with it (blocking, with the
+    socket's timeout)."""
+    data = b""
+    while True:
+        chunk = sock.recv(MAX_HEAD)
+        if not chunk:
+            raise StreamError("the connection closed before an answer")
+        data += chunk
+        length = head_length(data)
+        if length is not None:
+            return parse_head(data[:length]), data[length:]
+
+
+def open_tls(url: str, ca_pem: str, proxy_setting: str) -> ssl.SSLSocket:
+    """A TLS connection to the broker's HTTPS port, checked against the pinned CA."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise StreamError(f"the broker URL {url} has an invalid port") from None
+    proxy = proxy_for(host, proxy_setting)
+    if proxy is None:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    else:
+        sock = socket.create_connection((proxy.host, proxy.port), timeout=CONNECT_TIMEOUT)
+        try:
+            sock.sendall(connect_request(host, port, proxy))
+            head, extra = read_head(sock)
+        except BaseException:
+            sock.close()
+            raise
+        if not 200 <= head.status < 300 or extra:
+            sock.close()
+            raise StreamError(f"{proxy} refused to connect to {host}:{port} ({head.status})")
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        return context.wrap_socket(sock, server_hostname=AGENT_TLS_NAME)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def error_code(body: bytes) -> str:
+    """The ``code`` of a JSON error answer, else its first words."""
+    try:
+        said = json.loads(body)
+    except (ValueError, RecursionError):
+        return body[:80].decode("utf-8", "replace").strip()
+    if isinstance(said, dict):
+        return str(said.get("code") or said.get("error") or "")[:80]
+    return ""
+
+
+def read_error_body(sock: socket.socket, head: Head, extra: bytes) -> bytes:
+    """At most ``MAX_ERROR_BODY`` bytes of an error answer (blocking, bounded)."""
+    try:
+        want = min(int(head.headers.get("content-length", MAX_ERROR_BODY)), MAX_ERROR_BODY)
+    except ValueError:
+        want = MAX_ERROR_BODY
+    data = extra
+    try:
+        while len(data) < want:
+            chunk = sock.recv(want - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data[:want]
+
+
+def backoff(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """1 s, 2 s, 4 s ... 30 s, each jittered down by up to half."""
+    top = min(BACKOFF_CAP, 2.0 ** min(attempt, 8))
+    return rng(top / 2, top)
+
+
+def said(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, socket.timeout):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

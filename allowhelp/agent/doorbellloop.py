@@ -1,0 +1,355 @@
+"""The doorbell's loop (``doorbell.py`` starts it): one ``selectors`` loop over the
+broker's stream, the agent's listening sockets and a signal pipe; the full agent
+as its child. Standard library only, like the rest of the doorbell."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit
+
+from allowhelp.agent import doorbellhttp as http
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.doorbellhttp import StreamError, backoff, said
+from allowhelp.agent.doorbellkey import DOORBELL_FILE, SavedKey, hello_body, read_key
+from allowhelp.agent.localpath import LISTEN_FDS_ENV
+
+log = logging.getLogger(__name__)
+
+# upgrade.UPGRADED_FILE (upgrade.py loads asyncio; a test keeps the two equal)
+UPGRADED_FILE = "upgraded"
+READ_IDLE = 60.0  # nothing read for this long (beats come every 20 s): dial again
+STABLE_AFTER = 30.0  # a stream that stood this long starts the backoff over
+FORBIDDEN_WAIT = (600.0, 900.0)  # 403: the agent was removed; ask again rarely
+KEYLESS_EVERY = 60.0  # at most one start of the full agent per minute for want of a key
+CHILD_STOP_WAIT = 12.0  # the unit's TimeoutStopSec is 15 s
+TICK = 1.0  # the upgrade mark and a key the full agent saved are looked for this often
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived while the doorbell was dialing (no ``except OSError`` eats it)."""
+
+
+@dataclass
+class Stream:
+    sock: ssl.SSLSocket
+    chunks: http.ChunkDecoder | None
+    lines: http.LineSplitter
+    opened: float
+    last_read: float
+
+
+class Doorbell:
+    def __init__(
+        self,
+        folder: Path,
+        config: AgentConfig,
+        command: list[str],
+        listeners: dict[str, socket.socket],
+    ) -> None:
+        self.folder = folder
+        self.config = config
+        self.command = command
+        self.listeners = listeners
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stream: Stream | None = None
+        self.attempts = 0
+        self.next_dial = 0.0
+        self.keyless_start = -KEYLESS_EVERY  # when the full agent was last started keyless
+        self.not_before = 0.0  # after a failed full agent: its next start
+        self.failures = 0
+        self.stopping = 0  # the signal that asks this process to stop
+        self._selector = selectors.DefaultSelector()
+        self._watching = False
+        self._dialing = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    @property
+    def agent(self) -> str:
+        return self.config.agent_id
+
+    # the loop
+
+    def run(self) -> int:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._stop_signal)
+        signal.signal(signal.SIGCHLD, lambda _n, _f: None)  # wakes select: reap at once
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        log.info("agent=%s doorbell running (idle: the full agent starts when needed)", self.agent)
+        try:
+            while not self.stopping:
+                self._step()
+            return self._stop()
+        finally:
+            signal.set_wakeup_fd(-1)
+            self.close()
+
+    def close(self) -> None:
+        """The stream, the selector and the signal pipe (the listeners are the caller's)."""
+        self._drop("")
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _step(self) -> None:
+        self._reap()
+        now = time.monotonic()
+        if self.child is None and self._upgraded():
+            self._reexec()
+        key = read_key(self.folder)
+        keyless = key is None and self.child is None and now >= self.not_before
+        if keyless and now - self.keyless_start >= KEYLESS_EVERY:
+            self.keyless_start = now
+            self._start_child("no doorbell key yet")
+        if key is not None and self.stream is None and now >= self.next_dial:
+            self._dialing = True  # a stop signal cuts the dial short (``_stop_signal``)
+            try:
+                self._dial(key)
+            except Interrupted:
+                self._drop("")
+                return
+            finally:
+                self._dialing = False
+        self._watch_listeners(self.child is None and time.monotonic() >= self.not_before)
+        for selected, _mask in self._selector.select(self._timeout(keyed=key is not None)):
+            self._ready(selected.data)
+        self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        """A stream that said nothing for ``READ_IDLE`` (beats come every 20 s) is dead
+        somewhere on the way: dial again."""
+        stream = self.stream
+        if stream is not None and time.monotonic() - stream.last_read > READ_IDLE:
+            self._drop(f"nothing read for {READ_IDLE:.0f} s")
+
+    def _timeout(self, *, keyed: bool) -> float:
+        """How long to wait for a socket or a signal: the next dial, the stream's read
+        deadline, the next start allowed; at most ``TICK`` (the key file, the mark)."""
+        now = time.monotonic()
+        waits = [TICK]
+        if self.stream is not None:
+            waits.append(self.stream.last_read + READ_IDLE - now)
+        elif keyed:
+            waits.append(self.next_dial - now)
+        if self.child is None and self.not_before > now:
+            waits.append(self.not_before - now)
+        return max(0.0, min(waits))
+
+    def _ready(self, what: object) -> None:
+        if what == "wake":
+            with contextlib.suppress(BlockingIOError):
+                while self._wake_r.recv(512):
+                    pass
+        elif what == "stream":
+            self._read()
+        elif isinstance(what, str) and self.child is None:
+            self._start_child(f"a local client on the {what} socket")
+
+    def _watch_listeners(self, watch: bool) -> None:
+        if watch == self._watching:
+            return
+        for name, listener in self.listeners.items():
+            if watch:
+                self._selector.register(listener, selectors.EVENT_READ, name)
+            else:
+                self._selector.unregister(listener)
+        self._watching = watch
+
+    def _stop_signal(self, number: int, _frame: FrameType | None) -> None:
+        self.stopping = number
+        if self._dialing:  # blocking calls (connect, TLS, the answer) take up to 15 s each
+            self._dialing = False
+            raise Interrupted
+
+    # the full agent
+
+    def _start_child(self, why: str) -> None:
+        fds = {name: listener.fileno() for name, listener in self.listeners.items()}
+        env = {**os.environ, LISTEN_FDS_ENV: ",".join(f"{n}={fd}" for n, fd in fds.items())}
+        try:
+            self.child = subprocess.Popen(self.command, env=env, pass_fds=tuple(fds.values()))
+        except OSError as exc:
+            log.error("agent=%s cannot start the full agent: %s", self.agent, exc)
+            self._child_failed()
+            return
+        log.info("agent=%s starting the full agent (%s): pid %d", self.agent, why, self.child.pid)
+        self._watch_listeners(False)
+
+    def _reap(self) -> None:
+        if self.child is None or self.child.poll() is None:
+            return
+        status, pid = self.child.returncode, self.child.pid
+        self.child = None
+        if status == 0:
+            log.info("agent=%s the full agent (pid %d) is idle and ended", self.agent, pid)
+            self.failures, self.not_before = 0, 0.0
+        else:
+            log.warning("agent=%s the full agent (pid %d) failed (%s)", self.agent, pid, status)
+            self._child_failed()
+
+    def _child_failed(self) -> None:
+        """A full agent that cannot start or dies is started again after 1, 2 ... 60 s."""
+        self.not_before = time.monotonic() + min(60.0, 2.0**self.failures)
+        self.failures += 1
+
+    def _stop(self) -> int:
+        child = self.child
+        if child is not None and child.poll() is None:
+            log.info("agent=%s stopping; the full agent (pid %d) too", self.agent, child.pid)
+            child.send_signal(self.stopping)
+            try:
+                child.wait(CHILD_STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                log.warning("agent=%s the full agent did not stop: killed", self.agent)
+                child.kill()
+                child.wait()
+        log.info("agent=%s doorbell stopped", self.agent)
+        return 0
+
+    def _upgraded(self) -> bool:
+        try:
+            return (self.folder / UPGRADED_FILE).exists()
+        except OSError:
+            return False
+
+    def _reexec(self) -> None:
+        """The package was upgraded and nobody is being helped: become the new version
+        (its start spends the mark). The sockets close with this program; the new one
+        binds them again."""
+        log.info("agent=%s the package was upgraded: the doorbell restarts", self.agent)
+        self._drop("")
+        signal.set_wakeup_fd(-1)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
+
+    # the stream
+
+    def _dial(self, key: SavedKey) -> None:
+        url = self.config.broker_url
+        host = urlsplit(url).netloc
+        try:
+            sock = http.open_tls(url, self.config.ca_pem, self.config.proxy)
+        except (OSError, StreamError) as exc:
+            self._retry(f"cannot reach the broker's doorbell ({said(exc)})")
+            return
+        try:
+            sock.sendall(
+                http.doorbell_request(host, key.agent_id, key.token, hello_body(self.folder))
+            )
+            head, extra = http.read_head(sock)
+        except (OSError, StreamError) as exc:
+            sock.close()
+            self._retry(f"the broker's doorbell failed ({said(exc)})")
+            return
+        except Interrupted:
+            sock.close()
+            raise
+        self._dialing = False  # answered: what follows is quick, and may start a child
+        if head.status == 200:
+            now = time.monotonic()
+            chunks = http.ChunkDecoder() if head.chunked else None
+            self.stream = Stream(sock, chunks, http.LineSplitter(), now, now)
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, "stream")
+            log.info("agent=%s doorbell connected to the broker", self.agent)
+            self._feed(extra)
+            if self.stream is not None and sock.pending():
+                self._read()
+            return
+        code = http.error_code(http.read_error_body(sock, head, extra))
+        sock.close()
+        self._refused(head.status, code)
+
+    def _refused(self, status: int, code: str) -> None:
+        if status == 401:
+            log.warning(
+                "agent=%s the broker refused the doorbell key (%s): the full agent gets a new one",
+                self.agent,
+                code,
+            )
+            with contextlib.suppress(OSError):
+                (self.folder / DOORBELL_FILE).unlink()
+            self._retry("")
+        elif status == 403:
+            wait = random.uniform(*FORBIDDEN_WAIT)
+            log.warning(
+                "agent=%s the broker refuses this agent (%s: removed?): asking again in %.0f s",
+                self.agent,
+                code,
+                wait,
+            )
+            self.next_dial = time.monotonic() + wait
+        else:
+            self._retry(
+                f"the broker's doorbell answered HTTP {status}" + (f" ({code})" if code else "")
+            )
+
+    def _retry(self, why: str) -> None:
+        delay = backoff(self.attempts)
+        self.attempts += 1
+        self.next_dial = time.monotonic() + delay
+        if why:
+            log.warning("agent=%s %s; again in %.1f s", self.agent, why, delay)
+
+    def _read(self) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            while self.stream is stream:
+                data = stream.sock.recv(65536)
+                if not data:
+                    self._drop("the broker closed the doorbell")
+                    return
+                stream.last_read = time.monotonic()
+                self._feed(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (OSError, StreamError) as exc:
+            self._drop(said(exc))
+
+    def _feed(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            body = stream.chunks.feed(data) if stream.chunks is not None else data
+            events = [http.parse_event(line) for line in stream.lines.feed(body)]
+        except StreamError as exc:
+            self._drop(f"the broker's stream is malformed ({exc})")
+            return
+        for event in events:
+            if event["type"] == "ring":
+                said_reason = str(event.get("reason", ""))[:40]  # the broker's: logged plain
+                reason = "".join(c for c in said_reason if c.isalnum() or c in "._-") or "-"
+                log.info("agent=%s the broker rings (%s)", self.agent, reason)
+                if self.child is None:
+                    self._start_child(f"the broker rang: {reason}")
+        if stream.chunks is not None and stream.chunks.done:
+            self._drop("the broker ended the doorbell")
+
+    def _drop(self, why: str) -> None:
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(stream.sock)
+        stream.sock.close()
+        if time.monotonic() - stream.opened > STABLE_AFTER:
+            self.attempts = 0
+        if why:
+            self._retry(why)

@@ -1,0 +1,151 @@
+"""``run --system --idle doorbell``: the machine service idles on a doorbell too.
+
+The doorbell holds the helper socket (SOCK_SEQPACKET) and hands it to the full
+agent it starts; a session helper or a CLI client connecting wakes the full
+agent, which stays while a helper is connected and ends ``--linger`` after the
+last one left. A package upgrade's mark makes the idle doorbell re-execute
+itself. Real local user, real broker, real processes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jobkit import create, opt_in, result_of
+from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
+
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    PY,
+    Broker,
+    Desk,
+    Fleet,
+    log_mark,
+    log_since,
+    online,
+    staffed_broker,
+    wait_for,
+)
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
+USER = "ahbellag"
+ENDED = "is idle and ended"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with staffed_broker(tmp_path_factory.mktemp("bellsys")) as fleet:
+        yield fleet
+
+
+class DoorbellMachine(Machine):
+    def start_service(self) -> None:
+        with (self.root / "service.log").open("ab") as log:
+            self.service = subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "allowhelp.agent.cli",
+                    "run",
+                    "--system",
+                    "--config",
+                    str(self.config),
+                    "--idle",
+                    "doorbell",
+                    "--linger",
+                    "2",
+                    "--reconnect-cap",
+                    "1",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        wait_for((self.config / "run" / "agent.sock").exists, 20, "the helper socket")
+
+    @property
+    def log(self) -> Path:
+        return self.root / "service.log"
+
+    def said(self, since: int, text: str) -> bool:
+        return text in log_since(self.log, since)
+
+
+def full_agent_pids(text: str) -> list[int]:
+    return [int(pid) for pid in re.findall(r"starting the full agent \(.*?\): pid (\d+)", text)]
+
+
+def test_the_machine_doorbell_wakes_for_a_helper_and_idles_after_it(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    broker: Broker = fleet.brokers[0]
+    with local_users(USER), passable_folder() as root:
+        machine = DoorbellMachine(root, enroll_system(broker, root / "machine"))
+        try:
+            machine.start_service()
+            wait_for(lambda: machine.said(0, ENDED), 40, "the first full agent to end")
+            wait_for(lambda: machine.said(0, "doorbell connected"), 30, "the doorbell")
+            wait_for(lambda: online(broker, machine.agent_id), 10, "online by the doorbell")
+            first = full_agent_pids(machine.log.read_text())
+            assert first and not Path(f"/proc/{first[0]}").exists()  # reaped: no zombie
+            # the user's session helper connects: the full agent starts and stays
+            mark = log_mark(machine.log)
+            machine.start_helper(USER)
+            assert machine.said(mark, "a local client on the machine socket")
+            helper_mark = log_mark(machine.log)
+            assert machine.pending(USER) == []  # the CLI reaches it too, as the user
+            assert not machine.said(helper_mark, ENDED)  # a helper is connected: it stays
+            # the helper leaves: the full agent ends after --linger, the doorbell stays
+            machine.stop_helper(USER)
+            wait_for(lambda: machine.said(helper_mark, ENDED), 30, "the full agent to end")
+            assert online(broker, machine.agent_id)
+            # a package upgrade's mark: the idle doorbell becomes the new version
+            mark = log_mark(machine.log)
+            pid = machine.service.pid if machine.service is not None else 0
+            (machine.config / "upgraded").write_text("")
+            wait_for(lambda: machine.said(mark, "doorbell restarts"), 20, "the re-exec")
+            wait_for(lambda: machine.said(mark, "doorbell running"), 20, "the new doorbell")
+            wait_for(lambda: not (machine.config / "upgraded").exists(), 10, "the mark spent")
+            assert machine.service is not None and machine.service.pid == pid
+            assert machine.service.poll() is None
+            wait_for(lambda: machine.said(mark, "doorbell connected"), 30, "the doorbell again")
+        finally:
+            if machine.service is not None and machine.service.poll() is None:
+                machine.service.send_signal(signal.SIGTERM)
+                assert machine.service.wait(20) == 0
+            machine.stop()
+        assert "Traceback" not in machine.log.read_text()
+
+
+def test_a_fleet_job_rings_the_machine_doorbell(fleet: Fleet) -> None:
+    broker: Broker = fleet.brokers[0]
+    admin = Desk.login(broker, ADMIN, ADMIN_PW)
+    with passable_folder() as root:
+        machine = DoorbellMachine(root, enroll_system(broker, root / "machine"))
+        opt_in(machine.config, ("script",))
+        try:
+            machine.start_service()
+            wait_for(lambda: machine.said(0, ENDED), 40, "the first full agent to end")
+            wait_for(lambda: machine.said(0, "doorbell connected"), 30, "the doorbell")
+            mark = log_mark(machine.log)
+            made = create(
+                admin,
+                targets=[machine.agent_id],
+                action="script",
+                script="#!/bin/sh\necho rung-$((6*7))\n",
+                reason="wake it",
+            )
+            ran = result_of(admin, made["id"], machine.agent_id)
+            assert ran["state"] == "succeeded" and "rung-42" in ran["output"], ran
+            assert machine.said(mark, "the broker rings (job.run)")
+            wait_for(lambda: machine.said(mark, ENDED), 30, "the full agent to end after it")
+            assert online(broker, machine.agent_id)
+        finally:
+            machine.stop()
+            admin.close()
+        assert "Traceback" not in machine.log.read_text()
