@@ -15,7 +15,10 @@ own imports would count), run from a copy of its ``allowhelp`` package:
   ``source`` (compiled at each start, as this checkout runs with
   PYTHONDONTWRITEBYTECODE);
 * loop: ``uvloop`` (installed here: the broker's extra) or ``asyncio`` (uvloop
-  hidden, as on a PC with the agent's .deb, which does not bring it).
+  hidden, as on a PC with the agent's .deb, which does not bring it);
+* idle (this tree only): ``tunnel`` (one process holds the SSH tunnel) or
+  ``doorbell`` (``--idle doorbell``: the idle process holds only an HTTPS stream
+  to the broker and starts the full agent when rung; it runs no event loop).
 
 ``--profile``: where the idle per-user agent's memory is, for this tree (pyc,
 asyncio): RSS after each step of its imports, each in a fresh interpreter
@@ -50,10 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, ROOT, Procs, dump_json, fmt, log, table, wait_for
+from bench.common import PY, ROOT, Procs, children, dump_json, fmt, log, table, wait_for
 from bench.stack import Broker, cli
 
 CONNECTED = b"connected to the broker"
+LINGER = 3.0  # s: doorbell mode's woken agent exits after this long idle
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "Threads")
 # sys.modules["uvloop"] = None makes `import uvloop` fail: the agent falls back to asyncio
 # the agent's own CLI; uvloop hidden (sys.modules["uvloop"] = None: `import uvloop` fails)
@@ -67,10 +71,12 @@ class Config:
     bytecode: str  # "pyc" or "source"
     loop: str  # "uvloop" or "asyncio"
     process: str  # "user" or "machine"
+    idle: str = "tunnel"  # "tunnel" (one process holds the SSH tunnel) or "doorbell"
 
     @property
     def name(self) -> str:
-        return f"{self.process}/{self.code}/{self.bytecode}/{self.loop}"
+        base = f"{self.process}/{self.code}/{self.bytecode}/{self.loop}"
+        return base if self.idle == "tunnel" else f"{base}/doorbell"
 
 
 def copy_package(code: str, ref: str, dest: Path) -> None:
@@ -131,13 +137,20 @@ def measure(
     at_idle: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """One run of ``config``; ``probe``: (code run before the CLI, its argument);
-    ``at_idle(pid)`` is called once the agent is idle, before it stops."""
+    ``at_idle(pid)`` is called once the agent is idle, before it stops.
+
+    Doorbell mode: the process started is the doorbell; its first start wakes the
+    full agent (no key yet), which connects, takes its key and exits after
+    ``LINGER`` s. The reading is the doorbell's, once that child has gone; the
+    awake child's RSS, read while it was connected, is kept as ``woken_*``."""
     code = (NO_UVLOOP if config.loop == "asyncio" else "") + RUN_CLI
     argv = [PY, "-c", code]
     if probe is not None:
         argv = [PY, "-c", probe[0] + "\n" + code, probe[1]]
     argv += ["run", "--config", str(folder), "--reconnect-cap", "2"]
     argv += ["--system"] if config.process == "machine" else ["--prompt", "none"]
+    if config.idle == "doorbell":
+        argv += ["--idle", "doorbell", "--linger", f"{LINGER:g}"]
     log_path = folder.parent / f"{folder.name}.log"
     log_path.unlink(missing_ok=True)
     env = {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -145,15 +158,23 @@ def measure(
     proc = procs.start(argv, log_path=log_path, env=env, cwd=copy)
     try:
         wait_for(lambda: CONNECTED in log_path.read_bytes(), 60, f"{config.name} to connect")
+        woken: dict[str, float] = {}
+        if config.idle == "doorbell":
+            child = children(proc.pid)
+            if child:
+                woken = {f"woken_{k}": v for k, v in status(child[0]).items()}
+            wait_for(
+                lambda: not children(proc.pid), LINGER + 30, f"{config.name}'s woken agent to go"
+            )
         time.sleep(settle)
         if proc.poll() is not None:
             raise RuntimeError(f"{config.name} exited with {proc.returncode}; see {log_path}")
-        reading = status(proc.pid)
+        reading = {**status(proc.pid), **woken}
         if at_idle is not None:
             at_idle(proc.pid)
     finally:
         procs.stop(proc)
-    return {k: v / 1024 if k != "Threads" else v for k, v in reading.items()}
+    return {k: v / 1024 if not k.endswith("Threads") else v for k, v in reading.items()}
 
 
 def run(rounds: int, ref: str, settle: float, root: Path) -> dict[str, Any]:
@@ -172,6 +193,11 @@ def run(rounds: int, ref: str, settle: float, root: Path) -> dict[str, Any]:
                 ("tree", "baseline"), ("pyc", "source"), ("uvloop", "asyncio"), processes
             )
         ]
+        # this tree's doorbell: the loop does not matter to it (it runs none)
+        configs += [
+            Config("tree", bytecode, "asyncio", process, "doorbell")
+            for bytecode, process in itertools.product(("pyc", "source"), processes)
+        ]
         runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
         for n in range(rounds):
             order = configs if n % 2 == 0 else configs[::-1]
@@ -183,7 +209,10 @@ def run(rounds: int, ref: str, settle: float, root: Path) -> dict[str, Any]:
     finally:
         procs.close()
     medians = {
-        name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        name: {
+            key: statistics.median(r[key] for r in rs if key in r)
+            for key in sorted({key for r in rs for key in r})
+        }
         for name, rs in runs.items()
     }
     return {"baseline": ref, "rounds": rounds, "settle_s": settle, "medians": medians, "runs": runs}
@@ -297,10 +326,19 @@ def profile(root: Path, settle: float) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     rows = [
-        [name, fmt(m["VmRSS"]), fmt(m["RssAnon"]), fmt(m["RssFile"]), fmt(m["Pss"]), m["Threads"]]
+        [
+            name,
+            fmt(m["VmRSS"]),
+            fmt(m["RssAnon"]),
+            fmt(m["RssFile"]),
+            fmt(m["Pss"]),
+            m["Threads"],
+            fmt(m.get("woken_VmRSS")),
+        ]
         for name, m in result["medians"].items()
     ]
-    headers = ["process/code/bytecode/loop", "RSS MB", "anon MB", "file MB", "PSS MB", "threads"]
+    headers = ["process/code/bytecode/loop[/idle]", "RSS MB", "anon MB", "file MB", "PSS MB"]
+    headers += ["threads", "woken child RSS MB"]
     return table(headers, rows)
 
 

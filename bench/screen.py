@@ -383,10 +383,15 @@ class Allowhelp(Installation):
 
     @classmethod
     def on_display(
-        cls, procs: Procs, root: Path, display: str, levers: list[str] | None = None
+        cls,
+        procs: Procs,
+        root: Path,
+        display: str,
+        levers: list[str] | None = None,
+        idle: str = "tunnel",
     ) -> Allowhelp:
         base = Installation.start(
-            procs, root, levers, agent_env={"DISPLAY": display}, agent_hide=SESSION_VARS
+            procs, root, levers, agent_env={"DISPLAY": display}, agent_hide=SESSION_VARS, idle=idle
         )
         return cls(base.broker, base.agent, base.desk, display)
 

@@ -154,6 +154,11 @@ class Agent:
     levers: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None  # on top of the bench's own environment
     hide: tuple[str, ...] = ()  # names of the bench's environment the agent must not see
+    # "tunnel": one process holds the SSH tunnel; "doorbell": ``--idle doorbell``, the
+    # idle process holds an HTTPS stream and starts the full agent when rung, which
+    # exits again after ``linger`` s idle
+    idle: str = "tunnel"
+    linger: float = 10.0
     proc: subprocess.Popen[bytes] | None = None
 
     def enroll(self, token: str) -> None:
@@ -166,6 +171,8 @@ class Agent:
     def start(self) -> Agent:
         argv = [PY, "-m", "bench.launch", *self.levers, "agent", "run"]
         argv += ["--config", str(self.config), "--reconnect-cap", "2", "--prompt", "none"]
+        if self.idle == "doorbell":
+            argv += ["--idle", "doorbell", "--linger", f"{self.linger:g}"]
         self.proc = self.procs.start(
             argv, log_path=self.config.parent / "agent.log", env=self.env, hide=self.hide
         )
@@ -191,10 +198,11 @@ class Installation:
         levers: list[str] | None = None,
         agent_env: dict[str, str] | None = None,
         agent_hide: tuple[str, ...] = (),
+        idle: str = "tunnel",
     ) -> Installation:
         broker = Broker(procs, root / "broker", list(levers or [])).start()
         broker.add_users()
-        agent = Agent(procs, root / "agent", list(levers or []), agent_env, agent_hide)
+        agent = Agent(procs, root / "agent", list(levers or []), agent_env, agent_hide, idle)
         agent.enroll(broker.token())
         agent.start()
         admin = Desk.login(broker, ADMIN, ADMIN_PW)

@@ -58,6 +58,14 @@ WHAT_IS_ASKED_TO_JOIN = {
     ("shell", "control"): N_(
         "%(technician)s from %(organisation)s also wants to use your terminal (they can type)."
     ),
+    ("admin-shell", "observe"): N_(
+        "%(technician)s from %(organisation)s also wants to watch the administrator (root)"
+        " terminal open on this PC (they cannot type)."
+    ),
+    ("admin-shell", "control"): N_(
+        "%(technician)s from %(organisation)s also wants to use the administrator (root)"
+        " terminal open on this PC (they can type: full control of the whole computer)."
+    ),
     ("screen", "observe"): N_(
         "%(technician)s from %(organisation)s also wants to watch your screen (they cannot"
         " control it)."
@@ -66,6 +74,10 @@ WHAT_IS_ASKED_TO_JOIN = {
         "%(technician)s from %(organisation)s also wants to see and control your screen."
     ),
 }
+# A terminal's joiner starts with its recent output (the broker's relay/scrollback.py).
+SEES_RECENT_OUTPUT = N_(
+    "They will also see what the terminal showed recently (up to its last 64 KiB of output)."
+)
 
 
 @dataclass
@@ -86,11 +98,13 @@ class Pending:
         request = self.request
         names = {"technician": request.technician, "organisation": request.organisation}
         asked = WHAT_IS_ASKED[request.kind]
+        kind = request.kind if request.kind in ("screen", "admin-shell") else "shell"
         if request.joins:
-            kind = "screen" if request.kind == "screen" else "shell"
             asked = WHAT_IS_ASKED_TO_JOIN[(kind, request.mode or "observe")]
-        lines = [
-            t.gettext(asked) % names,
+        lines = [t.gettext(asked) % names]
+        if request.joins and kind != "screen":
+            lines.append(t.gettext(SEES_RECENT_OUTPUT))
+        lines += [
             t.gettext("Reason: %(reason)s") % {"reason": request.reason},
             t.gettext("Verification phrase: %(phrase)s") % {"phrase": request.phrase},
         ]

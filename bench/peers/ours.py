@@ -25,7 +25,7 @@ from allowhelp.agent import localsocket
 from allowhelp.agent.machineclient import machine_call
 from allowhelp.agent.machinesocket import machine_socket
 from bench import fleet
-from bench.common import Procs, log, proc_stat, wait_for
+from bench.common import Procs, children, log, proc_stat, wait_for
 from bench.screen import (
     Allowhelp,
     Init,
@@ -199,9 +199,21 @@ async def bulk_download(stack: Allowhelp, size: int) -> float:
 
 
 def agent_rss_mb(stack: Allowhelp) -> float:
-    if stack.agent.proc is None:
+    """The idle agent's RSS. In doorbell mode (``--idle doorbell``, as the peers run
+    starts it) that is the doorbell process, once the full agent it woke has exited
+    after its linger: what stays resident on a PC nobody is helping."""
+    proc = stack.agent.proc
+    if proc is None:
         raise RuntimeError("the agent is not running")
-    return proc_stat(stack.agent.proc.pid).rss_kib / 1024
+    if stack.agent.idle == "doorbell":
+        wait_for(
+            lambda: not children(proc.pid),
+            stack.agent.linger + 30,
+            "the woken agent to exit after its linger",
+            step=0.2,
+        )
+        time.sleep(2)  # as the tunnel mode's reading: settled
+    return proc_stat(proc.pid).rss_kib / 1024
 
 
 def server_kib_per_agent(procs: Procs, root: Path, count: int, settle_s: float) -> dict[str, Any]:

@@ -226,7 +226,8 @@ def run(procs: Procs, root: Path, *, quick: bool) -> dict[str, Any]:
     if sshd is None:
         notes.why["ssh keystroke"] = why or "sshd did not start"
     stack = notes.attempt(
-        "allowhelp start", lambda: Allowhelp.on_display(procs, root / "allowhelp", display)
+        "allowhelp start",
+        lambda: Allowhelp.on_display(procs, root / "allowhelp", display, idle="doorbell"),
     )
     if stack is not None:
         time.sleep(2)
@@ -300,6 +301,9 @@ def report(
         "bulk_mb_s": {s.name: _median(s.bulk) for s in products},
         "details": {
             "meshcentral_version": VERSION,
+            # the allowhelp agent as started here: the idle process holds only its
+            # doorbell, the full agent runs while woken (agent_rss_mb: the doorbell's)
+            "allowhelp_agent_idle": "doorbell",
             "rounds": rounds,
             "keystrokes_per_round": sizes["count"],
             "bulk_bytes": sizes["bulk"],

@@ -120,3 +120,16 @@ def test_the_control_channel_refuses_a_malformed_invitation() -> None:
         decode(line)
     with pytest.raises(ProtocolError):
         decode(request(INVITE, joins=SESSION, mode="root").encode())
+
+
+@pytest.mark.parametrize("kind", ["shell", "admin-shell", "screen"])
+def test_a_joiners_prompt_says_what_they_will_see(kind: str) -> None:
+    """The PC user is told an administrator terminal is root, and that a terminal's
+    joiner also sees its recent output (the broker's scrollback), before they click."""
+    gate = ConsentGate()
+    gate.ask(request(SESSION, kind=kind))
+    gate.decide(SESSION, allow=True, view_only=False, via="cli")
+    text = gate.ask(request(INVITE, joins=SESSION, mode="control", kind=kind)).prompt_text()
+    assert ("administrator (root) terminal" in text) == (kind == "admin-shell")
+    assert ("last 64 KiB of output" in text) == (kind != "screen")
+    assert "Verification phrase" in text

@@ -167,3 +167,17 @@ def test_a_backup_with_store_refuses_bad_inputs_in_one_line(tmp_path: Path, pg_u
     with psycopg.connect(empty_db, autocommit=True) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert tables.fetchone() == (0,)  # nothing loaded
+
+
+def test_the_backups_connection_breaks_when_the_database_host_goes_away(pg_url: str) -> None:
+    """The snapshot's connection stays open for the whole pg_dump: it carries the store's
+    TCP keepalives and ``tcp_user_timeout``, so a database host that vanishes breaks it
+    instead of leaving ``backup`` waiting for ever."""
+    from allowhelp.broker.model.database import PostgresUrl
+    from allowhelp.broker.node.pg_backup import _connect
+    from allowhelp.broker.pglink import link_options
+
+    with _connect(PostgresUrl.parse(pg_url)) as conn:
+        said = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+    for name, value in link_options().items():
+        assert said[name] == str(value), (name, said[name])

@@ -60,6 +60,7 @@ from allowhelp.broker.node.backup import (
 )
 from allowhelp.broker.node.backup_members import add_path, anchor_lines, finish_archive
 from allowhelp.broker.node.restore import RestoreResult, _place, _seal, _unpack, restoring
+from allowhelp.broker.pglink import link_options
 from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
 CONNECT_TIMEOUT = 10  # seconds to reach the database (also PGCONNECT_TIMEOUT for the tools)
@@ -187,6 +188,9 @@ def _connect(store: PostgresUrl, **options: Any) -> psycopg.Connection[Any]:
             store.url,
             connect_timeout=CONNECT_TIMEOUT,
             application_name="allowhelp-backup",
+            # a database host that goes away under a backup or restore breaks its
+            # connection instead of leaving the command waiting (the store's own links)
+            **link_options(),
             **options,
         )
     except psycopg.Error as exc:
