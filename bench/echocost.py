@@ -14,14 +14,15 @@ and keeps it for the whole run. A round drives ``--count`` keystrokes through
 each installation's terminal WebSocket (``bench.latency``: one byte sent, wait
 for it back), one installation at a time, in an order that alternates between
 rounds, so the machine's load meets all of them. Per round and installation:
-p50 and p99 of the round trip, and the broker's and the agent's CPU (utime+stime from
-/proc) over those round trips only, divided by their number. The table gives
-the medians over the rounds.
+p50 and p99 of the round trip, and the broker's and the agent's CPU (all their
+threads' ``schedstat`` run time) over those round trips only, divided by their
+number. The table gives the medians over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -33,11 +34,22 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect
 
 from bench.agentmem import copy_package
-from bench.common import ROOT, Procs, dump_json, log, percentile, proc_stat, table
+from bench.common import ROOT, Procs, dump_json, log, percentile, table
 from bench.latency import WARMUP, _ws_wait, round_trips
 from bench.stack import Installation
 
 FIGURES = ("p50_ms", "p99_ms", "broker_us", "agent_us")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of ``pid``'s threads, in nanoseconds' resolution (the first
+    field of each thread's ``schedstat``): utime+stime counts in 10 ms ticks, too
+    coarse for a round of a few hundred milliseconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 @dataclass
@@ -54,9 +66,9 @@ class Side:
         broker, agent = self.install.broker.pid, self.install.agent.proc
         if agent is None:
             raise RuntimeError("the agent is not running")
-        b0, a0 = proc_stat(broker).cpu_s, proc_stat(agent.pid).cpu_s
+        b0, a0 = cpu_seconds(broker), cpu_seconds(agent.pid)
         samples = self.trips(count)
-        b1, a1 = proc_stat(broker).cpu_s, proc_stat(agent.pid).cpu_s
+        b1, a1 = cpu_seconds(broker), cpu_seconds(agent.pid)
         trips = count + WARMUP
         ms = [s * 1000 for s in samples]
         row = {
@@ -75,6 +87,7 @@ class Side:
 def start_side(procs: Procs, stack: ExitStack, folder: Path, ref: str | None) -> Side:
     """This tree (``ref`` None) or commit ``ref`` installed, its shell running ``cat``."""
     name = "tree" if ref is None else f"baseline {ref}"
+    log(f"starting {name} in {folder}")
     copy = folder / "code"
     copy_package("tree" if ref is None else "baseline", ref or "HEAD", copy)
     (copy / "web").symlink_to(ROOT / "web")  # the console's files (built, not in git)
