@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -159,8 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.count < 10:
         parser.error("--rounds must be at least 1 and --count at least 10")
+    refs = args.baseline or ["HEAD"]
+    for ref in refs:
+        known = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True,
+            check=False,
+        )
+        if known.returncode != 0:
+            parser.error(f"--baseline {ref}: not a commit of this checkout")
     with tempfile.TemporaryDirectory(prefix="echocost-") as tmp:
-        result = run(Path(tmp), args.baseline or ["HEAD"], args.rounds, args.count)
+        result = run(Path(tmp), refs, args.rounds, args.count)
     medians: dict[str, dict[str, float]] = result["median"]
     rows = [[code, *(fmt(key, row[key]) for key in FIGURES)] for code, row in medians.items()]
     print(table(["code", *FIGURES], rows))
