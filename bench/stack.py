@@ -46,6 +46,7 @@ class Broker:
     launcher: list[str] = field(default_factory=lambda: [PY, "-m", "bench.launch"])
     https: str = "127.0.0.1:0"
     tunnel: str = "127.0.0.1:0"
+    env: dict[str, str] | None = None  # on top of the bench's own environment
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -63,7 +64,9 @@ class Broker:
         runtime.unlink(missing_ok=True)
         argv = [*self.launcher, *self.levers, "broker", "serve", "--data", str(self.data)]
         argv += ["--https", self.https, "--tunnel", self.tunnel]
-        self.proc = proc = self.procs.start(argv, log_path=self.data.parent / "broker.log")
+        self.proc = proc = self.procs.start(
+            argv, log_path=self.data.parent / "broker.log", env=self.env
+        )
 
         def ready() -> dict[str, Any] | None:
             if proc.poll() is not None:
@@ -199,8 +202,9 @@ class Installation:
         agent_env: dict[str, str] | None = None,
         agent_hide: tuple[str, ...] = (),
         idle: str = "tunnel",
+        broker_env: dict[str, str] | None = None,
     ) -> Installation:
-        broker = Broker(procs, root / "broker", list(levers or [])).start()
+        broker = Broker(procs, root / "broker", list(levers or []), env=broker_env).start()
         broker.add_users()
         agent = Agent(procs, root / "agent", list(levers or []), agent_env, agent_hide, idle)
         agent.enroll(broker.token())

@@ -18,6 +18,10 @@ from typing import Protocol
 # ready into one SSH packet instead of one packet (and one encryption) per read.
 READ_SIZE = 256 * 1024
 GATHER_READS = 16
+# A read this short took all there was (a keystroke's echo, a prompt): the next
+# would only say EAGAIN, a syscall and an exception per echo. Whatever comes
+# later wakes the loop again (add_reader is level-triggered).
+SHORT_READ = 1024
 MAX_PENDING_INPUT = 256 * 1024
 
 
@@ -59,7 +63,7 @@ class FdBridge:
                 break
             chunks.append(data)
             size += len(data)
-            if size >= READ_SIZE:
+            if size >= READ_SIZE or len(data) < SHORT_READ:
                 break
         if chunks:
             self._output.write(b"".join(chunks))
@@ -79,6 +83,16 @@ class FdBridge:
     def write(self, data: bytes) -> None:
         if self.closed:
             return
+        if not self._pending:  # nothing waiting (so the channel is not paused): write it now
+            try:
+                written = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError:
+                return  # the terminal is gone: what was typed goes nowhere (as in _flush)
+            if written == len(data):
+                return
+            data = data[written:]
         self._pending += data
         self._flush()
         if len(self._pending) > MAX_PENDING_INPUT:

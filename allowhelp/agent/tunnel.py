@@ -26,6 +26,7 @@ from allowhelp.agent.peers import Endpoint, KnownNodes, ahead_of
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
+from allowhelp.certs.ssh_packets import send_one_packet_per_message
 from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,12 @@ class AgentTunnel:
 
     async def _ssh_on(self, sock: socket.socket) -> asyncssh.SSHServerConnection:
         try:
-            return await asyncssh.connect_reverse(sock=sock, config=None, options=self._options())
+            conn = await asyncssh.connect_reverse(sock=sock, config=None, options=self._options())
         except BaseException:
             sock.close()
             raise
+        send_one_packet_per_message(conn)  # no empty MSG_IGNORE before each packet
+        return conn
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Connect, serve until the tunnel drops, wait a jittered while, repeat."""

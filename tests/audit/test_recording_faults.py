@@ -178,6 +178,47 @@ async def test_output_waits_until_the_stop_is_audited_and_fails_if_it_cannot_be(
     await recorder.sealed()
 
 
+async def test_an_echo_written_on_the_loop_short_or_failing_keeps_file_and_digest_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's own write of a keystroke's echo (``_write_inline``): a short
+    write is finished, a failed one cuts the file back, stops the recording as a
+    write error (audited before ``flushed`` returns) and the digest is of the file."""
+    real_pwrite = os.pwrite
+    faults: list[str] = []
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        fault = faults.pop(0) if faults else ""
+        if fault == "short":
+            return real_pwrite(fd, bytes(data)[:3], offset)
+        if fault == "fail":
+            real_pwrite(fd, bytes(data)[:3], offset)  # a torn start, then the error
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    hook = Hook()
+    limits = RecordingLimits(min_free=0)
+    recorder = AsciicastRecorder(tmp_path, "echo", 80, 24, title="t", limits=limits, on_stop=hook)
+    for key in "abc":  # the disk proves fast: echoes go on the loop
+        recorder.output(key.encode())
+        await recorder.flushed()
+    faults.append("short")
+    recorder.output(b"d")
+    assert recorder.on_disk  # written at once, short write and all
+    faults.extend(["fail", "fail"])  # the loop's write, and append's second try
+    recorder.output(b"e")
+    await recorder.flushed()
+    assert [c.reason for c in hook.calls] == ["write_error"]
+    recorder.output(b"f")  # a stopped recording takes nothing more
+    recorder.close()
+    seal = await recorder.sealed()
+    data = recorder.path.read_bytes()
+    assert seal.stopped is not None and seal.stopped.reason == "write_error"
+    assert seal.sha256 == hashlib.sha256(data).hexdigest() and seal.size == len(data)
+    assert output_text(data) == "abcd"
+
+
 @needs_root
 async def test_a_disk_filled_by_another_writer_cuts_back_to_whole_lines(tmp_path: Path) -> None:
     """ENOSPC mid-write (something else took the space the estimate counted on):

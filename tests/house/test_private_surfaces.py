@@ -18,6 +18,10 @@ which name moved, before a subtle failure at run time does.
   writer, path_encoding, path_errors, sftp_version)`` starts the SFTP client on
   a files session's own subsystem channel (``AgentLink.open_sftp``: asyncssh's
   public ``start_sftp_client`` opens only the ``sftp`` subsystem);
+- asyncssh ``SSHConnection.send_packet`` sends its empty ``MSG_IGNORE`` through
+  ``self.send_packet`` and keeps the cipher in ``_send_encryption``
+  (``certs/ssh_packets.py``; ``tests/tunnel/test_one_packet_per_message.py``
+  shows plain asyncssh still sends them, and ours not);
 - uvicorn ``HttpToolsProtocol`` is subclassed by ``console/httpguard.py``
   for head/body deadlines and sizes, through the hooks named below.
 """

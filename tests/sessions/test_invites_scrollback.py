@@ -3,6 +3,8 @@ never starting inside a line (pure logic: ``relay/scrollback.py``)."""
 
 from __future__ import annotations
 
+import random
+
 from allowhelp.broker.relay.scrollback import Scrollback, drop_tail, keep_tail, tail_of
 
 
@@ -53,3 +55,18 @@ def test_a_clear_split_across_two_chunks_is_found() -> None:
     tail.add(b"old screen\r\n\x1b[")
     tail.add(b"2Jnew screen")
     assert tail.tail() == b"\x1b[2Jnew screen"
+
+
+def test_the_tail_is_exactly_the_last_bytes_whatever_the_chunks() -> None:
+    """Against the plain definition: chunks of every size, single bytes (echoes)
+    after a full tail, a chunk as large as the limit; no clears, no line breaks
+    (so nothing is cut at a line)."""
+    rng = random.Random(19)
+    for limit in (1, 7, 64, 4096):
+        tail, everything = Scrollback(limit=limit), bytearray()
+        for n in range(400):
+            size = rng.choice((1, 1, 1, 2, limit - 1, limit, limit + 3, rng.randint(1, 3 * limit)))
+            data = bytes([65 + n % 26]) * max(size, 1)
+            tail.add(data)
+            everything += data
+            assert tail.tail() == bytes(everything[-limit:]), (limit, n)

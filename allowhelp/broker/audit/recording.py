@@ -40,6 +40,7 @@ import asyncio
 import codecs
 import hashlib
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -130,6 +131,12 @@ class AsciicastRecorder(RecordingFile):
         if self._recording:
             self._event("r", f"{cols}x{rows}")
 
+    @property
+    def on_disk(self) -> bool:
+        """Everything accepted so far is in the file and no stop is being audited:
+        ``flushed`` would return at once (the relay's check before awaiting it)."""
+        return self._written >= self._queued and self._stop_audit is None
+
     async def flushed(self) -> None:
         """Return once everything accepted so far is in the file (or never will
         be: the recording stopped, and that is audited); raise what auditing
@@ -149,9 +156,10 @@ class AsciicastRecorder(RecordingFile):
 
     def _event(self, code: str, text: str) -> None:
         line = self._line(code, text)
-        over = self._over_limit(sum(map(len, line)))
+        size = len(line[0]) + len(line[1]) + len(line[2])
+        over = self._over_limit(size)
         if over is None:
-            self._queue(*line)
+            self._queue_line(line, size)
             return
         if code == "o":
             self._last_words(text)
@@ -183,8 +191,22 @@ class AsciicastRecorder(RecordingFile):
     # the hand-over to the writer
 
     def _queue(self, *pieces: bytes) -> None:
+        self._queue_line(pieces, sum(map(len, pieces)))
+
+    def _queue_line(self, pieces: tuple[bytes, ...], size: int) -> None:
+        self._queued += size
+        if (
+            self._inline
+            and self._job is None
+            and not self._pending
+            and size <= INLINE_WRITE
+            and self._fd >= 0
+            and self._recording
+            and self._written + size - self._free_at < MEASURE_EVERY
+        ):  # a keystroke's echo, nothing else waiting: straight to the file (``_kick``'s rules)
+            self._write_inline(self._fd, b"".join(pieces))
+            return
         self._pending.extend(pieces)
-        self._queued += sum(map(len, pieces))
         self._kick()
 
     def _kick(self) -> None:
@@ -205,7 +227,22 @@ class AsciicastRecorder(RecordingFile):
         """A keystroke's echo: one pwrite into the page cache costs microseconds, a
         round trip through a writer thread (and its wake-up of the loop) far more,
         and the relay waits for it before it shows the echo."""
-        wrote = append(fd, data, self._written, last=False, measure=False)
+        start = self._written
+        began = time.perf_counter()
+        try:
+            whole = os.pwrite(fd, data, start) == len(data)
+        except OSError:
+            whole = False
+        if whole:  # the usual case, without a job's bookkeeping: the digest is of what is on disk
+            self._inline = time.perf_counter() - began < FAST_WRITE
+            self._digest.update(data)
+            self._written = start + len(data)
+            if self._waiters:
+                self._wake()
+            return
+        # short or failed: ``append`` writes it again from ``start`` and cuts the file back
+        # to ``start`` if that fails too; the job's bookkeeping stops the recording then
+        wrote = append(fd, data, start, last=False, measure=False)
         self._inline = wrote.error is None and wrote.seconds < FAST_WRITE
         digest = self._digest
         if wrote.error is None:

@@ -9,6 +9,7 @@ text never reaches the browser as data and becomes the failure reason.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 import asyncssh
@@ -28,7 +29,11 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
     """
 
     def __init__(self, *, high: int, low: int, what: str) -> None:
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # What came, in order, for ``take``; a deque and one waiter, not an
+        # asyncio.Queue: its get/put cost showed per keystroke (docs/benchmarks.md §7f).
+        self.outbox: deque[bytes] = deque()
+        self._ended = False  # the channel closed: ``take`` returns None once outbox is empty
+        self._waiter: asyncio.Future[None] | None = None
         self.queued = 0
         self.stderr = bytearray()
         self.exit_status: int | None = None
@@ -48,28 +53,41 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
             return
         if self.tap is not None:
             self.tap(data)
-        self.outbox.put_nowait(data)
+        self.outbox.append(data)
         self.queued += len(data)
+        self._wake()
         if self.queued > self._high and self.chan is not None:
             self.chan.pause_reading()
 
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def take(self, limit: int) -> bytes | None:
         """Everything queued, up to about ``limit`` bytes in one frame; None at the end."""
-        data = await self.outbox.get()
-        if data is None:
-            return None
-        chunks, size = [data], len(data)
-        while size < limit and not self.outbox.empty():
-            more = self.outbox.get_nowait()
-            if more is None:
-                self.outbox.put_nowait(None)
-                break
-            chunks.append(more)
-            size += len(more)
+        outbox = self.outbox
+        while not outbox:
+            if self._ended:
+                return None
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        data = outbox.popleft()
+        if not outbox:
+            chunks, size = None, len(data)
+        else:
+            chunks, size = [data], len(data)
+            while size < limit and outbox:
+                more = outbox.popleft()
+                chunks.append(more)
+                size += len(more)
         self.queued -= size
         if self.queued < self._low and self.chan is not None:
             self.chan.resume_reading()
-        return b"".join(chunks)
+        return data if chunks is None else b"".join(chunks)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -83,7 +101,8 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed_by = exc
         self.writable.set()
-        self.outbox.put_nowait(None)
+        self._ended = True
+        self._wake()
 
     @property
     def agent_lost(self) -> bool:
@@ -97,6 +116,6 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         text = text.removeprefix("allowhelp:").strip()
         if text:
             return text[:300]
-        if self.exit_status not in (None, 0) and self.queued == 0 and not self.outbox.qsize():
+        if self.exit_status not in (None, 0) and self.queued == 0 and not self.outbox:
             return f"the {self._what} stopped (status {self.exit_status})"
         return None

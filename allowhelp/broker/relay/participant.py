@@ -113,7 +113,8 @@ class ParticipantTerminalRelay:
                 if not self.may_type:
                     self.dropped_input += len(data)
                     continue
-                await self._side.writable.wait()
+                if not self._side.writable.is_set():
+                    await self._side.writable.wait()
                 chan.write(data)
                 self.counters.to_agent += len(data)
             elif (text := message.get("text")) is not None and len(text) > MAX_CONTROL:

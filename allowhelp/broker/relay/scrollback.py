@@ -27,34 +27,43 @@ class Scrollback:
 
     ``add`` is on the shell's hot path, so it only keeps the last ``limit``
     bytes; the clear is looked for in them when someone joins (``tail``): a
-    clear more than ``limit`` bytes back is cut off by the size anyway.
+    clear more than ``limit`` bytes back is cut off by the size anyway. Bytes
+    dropped from the front of the first chunk are skipped, not cut off it:
+    once the tail is full every keystroke's echo drops a byte, and slicing
+    would copy the first chunk (up to ``limit`` bytes) each time.
     """
 
     def __init__(self, limit: int = TAIL_BYTES) -> None:
         self._limit = limit
         self._chunks: deque[bytes] = deque()
-        self._size = 0
+        self._skip = 0  # bytes of the first chunk that are no longer in the tail
+        self._size = 0  # bytes in the tail: the chunks' minus ``_skip``
         self._cut = False  # bytes were dropped from the front for the size limit
 
     def add(self, data: bytes) -> None:
         if len(data) >= self._limit:
             self._chunks.clear()
-            self._size, self._cut = 0, True
-            data = data[-self._limit :]
+            self._skip, self._cut = 0, True
+            self._chunks.append(data[-self._limit :])
+            self._size = self._limit
+            return
         self._chunks.append(data)
         self._size += len(data)
-        while self._size > self._limit:
-            first = self._chunks.popleft()
-            over = self._size - self._limit
-            if over < len(first):
-                self._chunks.appendleft(first[over:])
-                self._size -= over
-            else:
-                self._size -= len(first)
+        over = self._size - self._limit
+        while over > 0:
             self._cut = True
+            left = len(self._chunks[0]) - self._skip
+            if over < left:
+                self._skip += over
+                self._size -= over
+                return
+            self._chunks.popleft()
+            self._skip = 0
+            self._size -= left
+            over -= left
 
     def tail(self) -> bytes:
-        data = b"".join(self._chunks)
+        data = b"".join(self._chunks)[self._skip :]
         clear = max(data.rfind(mark) for mark in CLEARS)
         if clear >= 0:  # the screen started again there
             return data[clear:]

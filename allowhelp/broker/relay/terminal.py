@@ -105,7 +105,8 @@ class TerminalRelay:
     async def _agent_to_browser(self) -> None:
         while (payload := await self._side.take(RECORD_BATCH)) is not None:
             self._recorder.output(payload)
-            await self._recorded()
+            if not self._recorder.on_disk:  # a keystroke's echo usually is, at once
+                await self._recorded()
             self.counters.from_agent += len(payload)
             for start in range(0, len(payload), MAX_FRAME):
                 await self._ws.send_bytes(payload[start : start + MAX_FRAME])
@@ -128,7 +129,8 @@ class TerminalRelay:
             if data is not None:
                 if len(data) > MAX_FRAME:
                     raise ConsoleFrameTooLarge("the console sent an input frame too large")
-                await self._side.writable.wait()
+                if not self._side.writable.is_set():
+                    await self._side.writable.wait()
                 chan.write(data)
                 self.counters.to_agent += len(data)
             elif message.get("text") is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import asyncssh
 
 from allowhelp.certs import ssh_options
+from allowhelp.certs.ssh_packets import OnePacketClientConnection
 
 LOGIN_TIMEOUT = 15.0  # a handshake takes well under a second; idle ones make room
 SHARED_SIG_ALGS = 16  # distinct server-sig-algs sets kept for sharing; agents send one
@@ -75,7 +76,8 @@ def start_client(
         if not finished.done():
             finished.set_exception(exc or asyncssh.ConnectionLost("connection lost"))
 
-    conn = asyncssh.SSHClientConnection(loop, options, accepted, failed)
+    # no empty MSG_IGNORE before each packet (ssh_packets.py)
+    conn = OnePacketClientConnection(loop, options, accepted, failed)
     # A tunnel bridged from the HTTPS port runs on a socketpair, which has no
     # TCP peer: asyncssh then takes the peer from here (its public extra info).
     conn.set_extra_info(remote_peername=(address, 0))

@@ -1,0 +1,62 @@
+"""One SSH packet per message on the tunnel, not two: no empty MSG_IGNORE in front of each.
+
+asyncssh (2.24.1, ``SSHConnection.send_packet``) sends an empty ``MSG_IGNORE``
+before every packet once the connection is encrypted: RFC 4251 §9.3.1's
+countermeasure against the chosen-plaintext attack on CBC mode, whose next IV
+is the last ciphertext block. The tunnel's only cipher is aes128-gcm
+(``ssh_options.ENCRYPTION_ALGS``), an AEAD with a fresh nonce per packet, which
+that attack does not apply to; the extra packet is empty, sent at once with the
+real one, so it hides no timing and no size either. What it costs is a second
+encryption, a second socket write and, at the other end, a second packet to
+read, decrypt and dispatch: per keystroke and per echo, on both ends
+(docs/benchmarks.md §7f).
+
+:class:`OnePacketClientConnection` (the broker's, which builds its connections
+itself) and :func:`send_one_packet_per_message` (the agent's, on the connection
+``connect_reverse`` made) drop those empty ignores while the connection's
+outgoing cipher is an AEAD (GCM or chacha20-poly1305); with any other cipher
+they go out as before. asyncssh sends the ignore through ``self.send_packet``,
+which both override; ``send_packet`` and ``_send_encryption`` are private
+names, checked against asyncssh 2.24.1 by ``tests/house/test_private_surfaces.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncssh
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.packet import String
+
+EMPTY = String(b"")
+AEAD = (GCMEncryption, ChachaEncryption)
+
+
+def needless_ignore(conn: object, pkttype: int, args: tuple[bytes, ...]) -> bool:
+    """An empty MSG_IGNORE that ``conn`` is about to send under an AEAD cipher."""
+    return (
+        pkttype == MSG_IGNORE
+        and args == (EMPTY,)
+        and isinstance(getattr(conn, "_send_encryption", None), AEAD)
+    )
+
+
+class OnePacketClientConnection(asyncssh.SSHClientConnection):
+    """The broker's tunnel connection: no empty MSG_IGNORE before each packet
+    (a subclass, not a wrapper per connection: a broker holds thousands)."""
+
+    def send_packet(self, pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if not needless_ignore(self, pkttype, args):
+            super().send_packet(pkttype, *args, **kwargs)
+
+
+def send_one_packet_per_message(conn: asyncssh.SSHServerConnection) -> None:
+    """Stop the agent's ``conn`` putting an empty MSG_IGNORE before each packet."""
+    send = conn.send_packet
+
+    def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if not needless_ignore(conn, pkttype, args):
+            send(pkttype, *args, **kwargs)
+
+    conn.send_packet = send_packet  # type: ignore[method-assign]

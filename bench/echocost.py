@@ -1,0 +1,183 @@
+"""Keystroke echo: latency and CPU per round trip, this tree against a baseline (issue #19).
+
+    python -m bench.echocost [--baseline REF]... [--rounds N] [--count N] [--json OUT]
+
+Installations on 127.0.0.1, each a broker and an enrolled agent started as
+``bench.stack`` starts them (``bench.launch``, no levers), one from a copy of
+this working tree's ``allowhelp/`` package and one from each baseline commit
+REF (``git archive``, as ``bench.agentmem``; default ``HEAD``; ``--baseline``
+again for more, e.g. one per commit of a series): ``PYTHONPATH`` puts the copy
+first and ``PYTHONSAFEPATH`` keeps the checkout's own package out.
+
+Each installation opens one consented shell, runs ``stty raw -echo; cat`` in it
+and keeps it for the whole run. A round drives ``--count`` keystrokes through
+each installation's terminal WebSocket (``bench.latency``: one byte sent, wait
+for it back), one installation at a time, in an order that alternates between
+rounds, so the machine's load meets all of them. Per round and installation:
+p50 and p99 of the round trip, and the broker's and the agent's CPU (all their
+threads' ``schedstat`` run time) over those round trips only, divided by their
+number. The table gives the medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import ClientConnection, connect
+
+from bench.agentmem import copy_package
+from bench.common import ROOT, Procs, dump_json, log, percentile, table
+from bench.latency import WARMUP, _ws_wait, round_trips
+from bench.stack import Installation
+
+FIGURES = ("p50_ms", "p99_ms", "broker_us", "agent_us")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of ``pid``'s threads, in nanoseconds' resolution (the first
+    field of each thread's ``schedstat``): utime+stime counts in 10 ms ticks, too
+    coarse for a round of a few hundred milliseconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+@dataclass
+class Side:
+    code: str
+    install: Installation
+    ws: ClientConnection
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    def trips(self, count: int) -> list[float]:
+        return round_trips(lambda: self.ws.send(b"k"), lambda: self.ws.recv(timeout=10), count)
+
+    def round(self, count: int) -> dict[str, float]:
+        broker, agent = self.install.broker.pid, self.install.agent.proc
+        if agent is None:
+            raise RuntimeError("the agent is not running")
+        b0, a0 = cpu_seconds(broker), cpu_seconds(agent.pid)
+        samples = self.trips(count)
+        b1, a1 = cpu_seconds(broker), cpu_seconds(agent.pid)
+        trips = count + WARMUP
+        ms = [s * 1000 for s in samples]
+        row = {
+            "p50_ms": percentile(ms, 50),
+            "p99_ms": percentile(ms, 99),
+            "broker_us": 1e6 * (b1 - b0) / trips,
+            "agent_us": 1e6 * (a1 - a0) / trips,
+        }
+        self.rounds.append(row)
+        return row
+
+    def medians(self) -> dict[str, float]:
+        return {key: statistics.median(r[key] for r in self.rounds) for key in FIGURES}
+
+
+def start_side(procs: Procs, stack: ExitStack, folder: Path, ref: str | None) -> Side:
+    """This tree (``ref`` None) or commit ``ref`` installed, its shell running ``cat``."""
+    name = "tree" if ref is None else f"baseline {ref}"
+    log(f"starting {name} in {folder}")
+    copy = folder / "code"
+    copy_package("tree" if ref is None else "baseline", ref or "HEAD", copy)
+    (copy / "web").symlink_to(ROOT / "web")  # the console's files (built, not in git)
+    env = {"PYTHONPATH": os.pathsep.join((str(copy), str(ROOT))), "PYTHONSAFEPATH": "1"}
+    install = Installation.start(procs, folder / "run", agent_env=env, broker_env=env)
+    stack.callback(install.close)
+    session_id = install.consented_shell("echo cost benchmark")
+    stack.callback(install.end, session_id)
+    ws = stack.enter_context(
+        connect(
+            **install.ws_args(session_id, query="?cols=100&rows=30"),
+            compression=None,
+            max_size=None,
+        )
+    )
+    ws.send(b"stty raw -echo; printf '\\122EADY'; cat\n")
+    _ws_wait(ws, b"READY")
+    return Side(name, install, ws)
+
+
+def run(root: Path, refs: list[str], rounds: int, count: int) -> dict[str, Any]:
+    procs = Procs()
+    try:
+        with ExitStack() as stack:
+            sides = [
+                start_side(procs, stack, root / f"side{i}", ref)
+                for i, ref in enumerate([None, *refs])
+            ]
+            for side in sides:  # warm all up before anything counts
+                side.trips(500)
+            for n in range(rounds):
+                # each round starts with another side, and goes the other way every other round
+                order = sides[n % len(sides) :] + sides[: n % len(sides)]
+                for side in order if n % 2 == 0 else order[::-1]:
+                    row = side.round(count)
+                    log(f"round {n + 1}/{rounds} {side.code}: " + fmt_row(row))
+            return {
+                "baselines": refs,
+                "rounds": rounds,
+                "round_trips_per_round": count,
+                "median": {side.code: side.medians() for side in sides},
+                "per_round": {side.code: side.rounds for side in sides},
+            }
+    finally:
+        procs.close()
+
+
+def fmt(key: str, value: float) -> str:
+    return f"{value:.3f}" if key.endswith("_ms") else f"{value:.0f}"
+
+
+def fmt_row(row: dict[str, float]) -> str:
+    return " ".join(f"{key}={fmt(key, row[key])}" for key in FIGURES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.echocost", description="keystroke echo: this tree against a baseline"
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        metavar="REF",
+        help="git ref of a baseline (HEAD); give it again for more baselines in the same run",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="rounds (10)")
+    parser.add_argument("--count", type=int, default=3000, help="round trips per round (3000)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.count < 10:
+        parser.error("--rounds must be at least 1 and --count at least 10")
+    refs = args.baseline or ["HEAD"]
+    for ref in refs:
+        known = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True,
+            check=False,
+        )
+        if known.returncode != 0:
+            parser.error(f"--baseline {ref}: not a commit of this checkout")
+    with tempfile.TemporaryDirectory(prefix="echocost-") as tmp:
+        result = run(Path(tmp), refs, args.rounds, args.count)
+    medians: dict[str, dict[str, float]] = result["median"]
+    rows = [[code, *(fmt(key, row[key]) for key in FIGURES)] for code, row in medians.items()]
+    print(table(["code", *FIGURES], rows))
+    if args.json is not None:
+        dump_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

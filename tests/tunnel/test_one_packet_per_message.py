@@ -1,0 +1,151 @@
+"""One SSH packet per message on the tunnel (``certs/ssh_packets.py``): no empty
+MSG_IGNORE in front of each packet under the tunnel's AEAD cipher, on the
+broker's connection class and on the agent's connection; under a non-AEAD
+cipher the ignores still go out.
+
+Real asyncssh connections on 127.0.0.1; what each end hands its transport is
+counted (``_send``: one call per packet, checked against asyncssh 2.24.1).
+A keystroke's echo is written one byte at a time, each awaited, so every
+write is a packet of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import asyncssh
+
+from allowhelp.broker.tunnel.sshclient import client_options, start_client
+from allowhelp.certs import ssh_options
+from allowhelp.certs.ssh_packets import send_one_packet_per_message
+
+KEYS = 20
+AEAD = {"encryption_algs": list(ssh_options.ENCRYPTION_ALGS)}
+NOT_AEAD = {"encryption_algs": ["aes128-ctr"], "mac_algs": ["hmac-sha2-256-etm@openssh.com"]}
+
+
+class Echo(asyncssh.SSHServerSession[bytes]):
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._chan.write(data)
+
+
+class Server(asyncssh.SSHServer):
+    connections: ClassVar[list[asyncssh.SSHServerConnection]] = []
+
+    def __init__(self, one_packet: bool) -> None:
+        self._one_packet = one_packet
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        if self._one_packet:
+            send_one_packet_per_message(conn)
+        Server.connections.append(conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return False  # no authentication: the packets after it are what is counted
+
+    def session_requested(self) -> Echo:
+        return Echo()
+
+
+def count_sends(conn: object) -> list[int]:
+    """Sizes of what ``conn`` hands its transport from now on (one per packet)."""
+    sent: list[int] = []
+    send: Callable[[bytes], None] = conn._send  # type: ignore[attr-defined]
+
+    def counted(data: bytes) -> None:
+        sent.append(len(data))
+        send(data)
+
+    conn._send = counted  # type: ignore[attr-defined]
+    return sent
+
+
+@asynccontextmanager
+async def echo_server(one_packet: bool, algs: dict[str, Any]) -> AsyncIterator[int]:
+    Server.connections = []
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=lambda: Server(one_packet),
+        encoding=None,
+        config=None,
+        **algs,
+    )
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def broker_connection(port: int, algs: dict[str, Any]) -> asyncssh.SSHClientConnection:
+    """The broker's own connection class and options, as the tunnel listener makes them."""
+    loop = asyncio.get_running_loop()
+    options = asyncssh.SSHClientConnectionOptions(
+        options=client_options(asyncssh.generate_private_key("ssh-ed25519"), asyncssh.SSHClient),
+        known_hosts=None,  # the listener's client factory checks the agent's key; not here
+        **algs,
+    )
+    finished: asyncio.Future[None] = loop.create_future()
+    _, conn = await loop.create_connection(
+        lambda: start_client(loop, options, finished, "127.0.0.1"), "127.0.0.1", port
+    )
+    await asyncio.wait_for(finished, 10)
+    assert isinstance(conn, asyncssh.SSHClientConnection)
+    return conn
+
+
+async def plain_connection(port: int, algs: dict[str, Any]) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1", port, known_hosts=None, username="x", config=None, client_keys=None, **algs
+    )
+
+
+async def keystrokes(conn: asyncssh.SSHClientConnection) -> tuple[int, int]:
+    """Packets the client and the server sent for ``KEYS`` keystrokes and their echoes."""
+    (server_conn,) = Server.connections
+    reader = asyncio.Queue[bytes]()
+
+    class Reader(asyncssh.SSHClientSession[bytes]):
+        def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+            reader.put_nowait(data)
+
+    chan, _ = await conn.create_session(Reader, encoding=None)
+    client_sent, server_sent = count_sends(conn), count_sends(server_conn)
+    for _ in range(KEYS):
+        chan.write(b"k")
+        assert await asyncio.wait_for(reader.get(), 10) == b"k"
+    sent = len(client_sent), len(server_sent)
+    chan.close()
+    conn.close()
+    await conn.wait_closed()
+    return sent
+
+
+async def test_plain_asyncssh_sends_an_empty_ignore_before_each_packet() -> None:
+    """What ssh_packets.py removes is there (and the count can see it)."""
+    async with echo_server(False, AEAD) as port:
+        client, server = await keystrokes(await plain_connection(port, AEAD))
+    assert (client, server) == (2 * KEYS, 2 * KEYS)
+
+
+async def test_the_broker_and_the_agent_send_one_packet_per_keystroke() -> None:
+    async with echo_server(True, AEAD) as port:
+        client, server = await keystrokes(await broker_connection(port, AEAD))
+    assert (client, server) == (KEYS, KEYS)
+
+
+async def test_under_a_cipher_that_is_not_an_aead_the_ignores_still_go_out() -> None:
+    async with echo_server(True, NOT_AEAD) as port:
+        client, server = await keystrokes(await broker_connection(port, NOT_AEAD))
+    assert (client, server) == (2 * KEYS, 2 * KEYS)
