@@ -24,7 +24,8 @@ from allowhelp.agent import doorbellhttp as http
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.doorbellhttp import StreamError, backoff, said
 from allowhelp.agent.doorbellkey import DOORBELL_FILE, SavedKey, hello_body, read_key
-from allowhelp.agent.localpath import LISTEN_FDS_ENV
+from allowhelp.agent.doorbellpark import HelperPark
+from allowhelp.agent.localpath import ADOPT_FDS_ENV, LISTEN_FDS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ FORBIDDEN_WAIT = (600.0, 900.0)  # 403: the agent was removed; ask again rarely
 KEYLESS_EVERY = 60.0  # at most one start of the full agent per minute for want of a key
 CHILD_STOP_WAIT = 12.0  # the unit's TimeoutStopSec is 15 s
 TICK = 1.0  # the upgrade mark and a key the full agent saved are looked for this often
+PARKED = "machine"  # the listener whose session helpers wait here (doorbellpark.py)
 
 
 class Interrupted(BaseException):
@@ -75,6 +77,7 @@ class Doorbell:
         self._watching = False
         self._dialing = False
         self._wake_r, self._wake_w = socket.socketpair()
+        self.park = HelperPark(self._selector)
 
     @property
     def agent(self) -> str:
@@ -100,8 +103,10 @@ class Doorbell:
             self.close()
 
     def close(self) -> None:
-        """The stream, the selector and the signal pipe (the listeners are the caller's)."""
+        """The stream, parked helpers, the selector and the signal pipe (the listeners
+        are the caller's)."""
         self._drop("")
+        self.park.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -129,6 +134,7 @@ class Doorbell:
         for selected, _mask in self._selector.select(self._timeout(keyed=key is not None)):
             self._ready(selected.data)
         self._check_quiet()
+        self.park.expire()
 
     def _check_quiet(self) -> None:
         """A stream that said nothing for ``READ_IDLE`` (beats come every 20 s) is dead
@@ -157,6 +163,13 @@ class Doorbell:
                     pass
         elif what == "stream":
             self._read()
+        elif isinstance(what, socket.socket):
+            if self.park.first_packet(what) and self.child is None:
+                self._start_child(f"a local client on the {PARKED} socket")
+        elif what == PARKED and self.child is None:
+            self.park.accept(self.listeners[PARKED])
+            if self.park.full:
+                self._start_child("more local clients than can wait")
         elif isinstance(what, str) and self.child is None:
             self._start_child(f"a local client on the {what} socket")
 
@@ -181,12 +194,20 @@ class Doorbell:
     def _start_child(self, why: str) -> None:
         fds = {name: listener.fileno() for name, listener in self.listeners.items()}
         env = {**os.environ, LISTEN_FDS_ENV: ",".join(f"{n}={fd}" for n, fd in fds.items())}
+        conns = self.park.hand_over()  # parked helpers and unread clients: the child's now
+        if conns:
+            env[ADOPT_FDS_ENV] = ",".join(str(conn.fileno()) for conn in conns)
         try:
-            self.child = subprocess.Popen(self.command, env=env, pass_fds=tuple(fds.values()))
+            self.child = subprocess.Popen(
+                self.command, env=env, pass_fds=(*fds.values(), *(c.fileno() for c in conns))
+            )
         except OSError as exc:
             log.error("agent=%s cannot start the full agent: %s", self.agent, exc)
             self._child_failed()
             return
+        finally:
+            for conn in conns:
+                conn.close()
         log.info("agent=%s starting the full agent (%s): pid %d", self.agent, why, self.child.pid)
         self._watch_listeners(False)
 

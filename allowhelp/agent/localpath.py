@@ -28,6 +28,10 @@ from allowhelp.agent.i18n import _
 BACKLOG = 100  # asyncio.start_unix_server's default
 # Sockets the doorbell bound and handed down: "local=5,machine=6" (docs/design.md).
 LISTEN_FDS_ENV = "ALLOWHELP_LISTEN_FDS"
+# Connections the doorbell accepted on the machine socket and kept for the full agent
+# (session helpers parked while nobody was being helped): "7,8".
+ADOPT_FDS_ENV = "ALLOWHELP_ADOPT_FDS"
+MAX_ADOPTED = 64  # the machine service's own connection limit
 
 FALLBACK_RUN_DIR = Path(".cache", "allowhelp", "run")
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
@@ -169,3 +173,25 @@ def inherited_listener(name: str, kind: int = socket.SOCK_STREAM) -> socket.sock
         raise AgentError(f"{LISTEN_FDS_ENV} names {fd}, which is not the agent's socket")
     listener.set_inheritable(False)
     return listener
+
+
+def adopted_connections() -> list[socket.socket]:
+    """The machine socket's connections the doorbell accepted and handed down (the
+    session helpers it parked, their first packet unread). Taken once, as
+    ``inherited_listener``; anything that is not a connected Unix seqpacket socket is
+    closed and left out (said in the log by the caller's accept path, not here)."""
+    text = os.environ.pop(ADOPT_FDS_ENV, "")
+    found: list[socket.socket] = []
+    for part in text.split(",")[:MAX_ADOPTED]:
+        if not part.isdigit():
+            continue
+        try:
+            conn = socket.socket(fileno=int(part))
+        except OSError:
+            continue
+        if conn.family != socket.AF_UNIX or conn.type != socket.SOCK_SEQPACKET:
+            conn.detach()  # not ours to close: the number named something else
+            continue
+        conn.set_inheritable(False)
+        found.append(conn)
+    return found

@@ -37,7 +37,7 @@ from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _, speaking
-from allowhelp.agent.localpath import inherited_listener
+from allowhelp.agent.localpath import adopted_connections, inherited_listener
 from allowhelp.agent.machinerequests import answer_decision, answer_query, ask_help, prompt_packet
 from allowhelp.agent.machinesocket import listen_at
 from allowhelp.agent.news import NewsLine
@@ -233,6 +233,10 @@ class HelperHub:
         listener.setblocking(False)
         asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
         self._listener = listener
+        # the session helpers the doorbell parked while this process was not running:
+        # taken first, so the tunnel's Hello already names who is signed in
+        for conn in adopted_connections():
+            self._admit(conn)
         log.info("helper socket %s", self.path)
 
     async def close(self) -> None:
@@ -250,8 +254,15 @@ class HelperHub:
 
     @property
     def connections(self) -> int:
-        """Session helpers and CLI clients connected now (``--linger`` waits for them)."""
+        """Session helpers and CLI clients connected now."""
         return len(self._conns)
+
+    @property
+    def clients(self) -> int:
+        """Connections that are not session helpers (a CLI request, a helper that has
+        not said hello yet): ``--linger`` waits for these. A helper does not keep a
+        woken agent up: the doorbell parks it when this process ends."""
+        return len(self._conns) - sum(1 for conn in self._conns if conn in self._helpers)
 
     def _accept(self) -> None:
         if self._listener is None:
@@ -263,7 +274,12 @@ class HelperHub:
         except OSError as exc:
             log.warning("helper socket: accept failed: %s", exc)
             return
+        self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        """A new connection (accepted here, or by the doorbell and handed down)."""
         try:
+            sock.setblocking(False)
             conn = PacketConn(sock, self._packet, self._closed)
         except OSError:
             sock.close()

@@ -175,7 +175,7 @@ async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | Non
     lingering = linger_task(
         linger,
         stop,
-        lambda: service_needed(service) or hub.connections > 0,
+        lambda: service_needed(service) or hub.clients > 0,
         lambda: tunnel.state.connected,
     )
     try:

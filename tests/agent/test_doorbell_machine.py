@@ -1,10 +1,12 @@
 """``run --system --idle doorbell``: the machine service idles on a doorbell too.
 
 The doorbell holds the helper socket (SOCK_SEQPACKET) and hands it to the full
-agent it starts; a session helper or a CLI client connecting wakes the full
-agent, which stays while a helper is connected and ends ``--linger`` after the
-last one left. A package upgrade's mark makes the idle doorbell re-execute
-itself. Real local user, real broker, real processes."""
+agent it starts. A CLI client connecting wakes the full agent; a session helper
+does not: the doorbell parks it (``doorbellpark.py``) and hands it to the next full
+agent, which takes it before its tunnel's Hello. The full agent ends ``--linger``
+after it was last needed, helpers connected or not; they come back to the doorbell.
+A package upgrade's mark makes the idle doorbell re-execute itself. Real local
+user, real broker, real processes."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from harness import (
     ADMIN,
     ADMIN_PW,
     PY,
+    TECH,
+    TECH_PW,
     Broker,
     Desk,
     Fleet,
@@ -93,14 +97,40 @@ def test_the_machine_doorbell_wakes_for_a_helper_and_idles_after_it(
             wait_for(lambda: online(broker, machine.agent_id), 10, "online by the doorbell")
             first = full_agent_pids(machine.log.read_text())
             assert first and not Path(f"/proc/{first[0]}").exists()  # reaped: no zombie
-            # the user's session helper connects: the full agent starts and stays
+            # the user's session helper connects (the kit's status request, a CLI
+            # client, wakes the full agent to see it signed in)
             mark = log_mark(machine.log)
             machine.start_helper(USER)
             assert machine.said(mark, "a local client on the machine socket")
-            helper_mark = log_mark(machine.log)
             assert machine.pending(USER) == []  # the CLI reaches it too, as the user
-            assert not machine.said(helper_mark, ENDED)  # a helper is connected: it stays
-            # the helper leaves: the full agent ends after --linger, the doorbell stays
+            # nobody is helped: the full agent ends although the helper stays connected,
+            # and the helper, back at the doorbell, is parked again
+            wait_for(lambda: machine.said(mark, ENDED), 30, "the full agent to end")
+            parked = log_mark(machine.log)
+            wait_for(
+                lambda: machine.said(parked, "a session helper waits"), 20, "the helper parked"
+            )
+            assert "starting the full agent" not in log_since(machine.log, parked)
+            # a technician asks for the user's shell: the ring starts the full agent with
+            # the parked helper, so the prompt reaches the user's session at once
+            desk = Desk.login(broker, TECH, TECH_PW)
+            try:
+                answer = desk.request(machine.agent_id, kind="shell", reason="parked helper")
+                assert answer.status_code == 201, answer.text
+                session_id = answer.json()["id"]
+                wait_for(
+                    lambda: any(p["session_id"] == session_id for p in machine.pending(USER)),
+                    15,
+                    "the prompt in the user's session",
+                )
+                done = machine.cli(USER, "allow", session_id)
+                assert done.returncode == 0, done.stderr
+                desk.wait_state(session_id, "active")
+                ended = desk.client.post(f"/api/v1/sessions/{session_id}/end")
+                assert ended.status_code == 200, ended.text
+            finally:
+                desk.close()
+            helper_mark = log_mark(machine.log)
             machine.stop_helper(USER)
             wait_for(lambda: machine.said(helper_mark, ENDED), 30, "the full agent to end")
             assert online(broker, machine.agent_id)
