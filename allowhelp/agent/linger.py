@@ -2,11 +2,12 @@
 
 Needed means: a prompt waits, a session is granted, a fleet job runs, a help
 request waits for its code, a local client is connected (a session helper does
-not count: the doorbell parks it, ``doorbellpark.py``), the doorbell has no key yet (``runner.service_needed``), or (just started) the tunnel
-has not come up yet, for at most ``FIRST_CONNECT``.
-After ``seconds`` of none of these, ``stop`` is set and the agent exits 0; the
-doorbell (``doorbell.py``) starts it again when it is needed. A package upgrade
-needs nothing more: the next start runs the new version.
+not count: the doorbell parks it, ``doorbellpark.py``), the doorbell has no key
+yet (``runner.service_needed``), or (just started) the tunnel has not come up
+yet, for at most ``FIRST_CONNECT``. After ``seconds`` of none of these, ``stop``
+is set and the agent exits 0; the doorbell (``doorbell.py``) starts it again when
+it is needed. A package upgrade needs nothing more: the next start runs the new
+version.
 """
 
 from __future__ import annotations
