@@ -15,15 +15,15 @@ the connection and dials again.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import random
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from allowhelp.agent.proxyurl import connect_request, proxy_for
 
 DOORBELL_PATH = "/api/v1/agent/doorbell"
 # The name agents ask for (SNI): certs.pki.AGENT_TLS_NAME (a test keeps them equal;
@@ -34,7 +34,6 @@ MAX_HEAD = 16 * 1024
 MAX_LINE = 16 * 1024  # a ring or a beat is some 40 bytes
 MAX_CHUNK = 1024 * 1024
 MAX_ERROR_BODY = 4096
-DIRECT = "direct"
 BACKOFF_CAP = 30.0
 
 
@@ -149,56 +148,6 @@ def parse_event(line: bytes) -> dict[str, object]:
     return event
 
 
-# the proxy (as proxy.py, without its asyncio)
-
-
-@dataclass(frozen=True)
-class Proxy:
-    host: str
-    port: int
-    username: str = field(default="", repr=False)
-    password: str = field(default="", repr=False)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"the proxy {host}:{self.port}"
-
-
-def parse_proxy(url: str) -> Proxy:
-    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise StreamError("the proxy URL has an invalid port") from None
-    if parts.scheme != "http" or not parts.hostname:
-        raise StreamError("the proxy must be an http://host:port URL")
-    return Proxy(parts.hostname, port, unquote(parts.username or ""), unquote(parts.password or ""))
-
-
-def proxy_for(host: str, configured: str) -> Proxy | None:
-    """As ``proxy.proxy_for``: the configured proxy, else ``https_proxy`` unless
-    ``no_proxy`` names the host (urllib.request loads only when one is set)."""
-    if configured:
-        return None if configured == DIRECT else parse_proxy(configured)
-    if not any(value and name.lower() == "https_proxy" for name, value in os.environ.items()):
-        return None
-    import urllib.request  # noqa: PLC0415 - only where the environment names a proxy
-
-    found = urllib.request.getproxies_environment().get("https")
-    if not found or urllib.request.proxy_bypass(host):
-        return None
-    return parse_proxy(found)
-
-
-def connect_request(host: str, port: int, proxy: Proxy) -> bytes:
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", "User-Agent: allowhelp-agent"]
-    if proxy.username:
-        pair = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
-        lines.append(f"Proxy-Authorization: Basic {pair}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 # the connection
 
 
@@ -239,7 +188,10 @@ def open_tls(url: str, ca_pem: str, proxy_setting: str) -> ssl.SSLSocket:
         port = parts.port or 443
     except ValueError:
         raise StreamError(f"the broker URL {url} has an invalid port") from None
-    proxy = proxy_for(host, proxy_setting)
+    try:
+        proxy = proxy_for(host, proxy_setting)
+    except ValueError as exc:  # the proxy's URL (its message names no secret)
+        raise StreamError(str(exc)) from None
     if proxy is None:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     else:

@@ -17,7 +17,7 @@ from typing import cast
 import pytest
 
 from allowhelp.agent import doorbellhttp as http
-from allowhelp.agent import upgrade
+from allowhelp.agent import proxyurl, upgrade
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.doorbell import woken_command
 from allowhelp.agent.doorbellhttp import ChunkDecoder, LineSplitter, StreamError, backoff
@@ -122,14 +122,17 @@ def test_the_request_carries_the_key_and_the_body() -> None:
 
 
 def test_the_proxy_request_and_its_password() -> None:
-    proxy = http.parse_proxy("http://me:p%40ss@proxy.test:3128")
+    """The doorbell's CONNECT is the tunnel's own (``proxyurl.py``): one code path."""
+    proxy = proxyurl.parse_proxy("http://me:p%40ss@proxy.test:3128")
     assert "p@ss" not in str(proxy) and "p@ss" not in repr(proxy)
-    request = http.connect_request("broker.test", 443, proxy)
+    request = proxyurl.connect_request("broker.test", 443, proxy)
     assert request.startswith(b"CONNECT broker.test:443 HTTP/1.1\r\n")
     assert b"Proxy-Authorization: Basic bWU6cEBzcw==" in request
-    assert http.proxy_for("broker.test", "direct") is None
+    assert proxyurl.proxy_for("broker.test", "direct") is None
+    # a bad proxy URL is the doorbell's StreamError (one log line, dial again),
+    # said before any connection is tried
     with pytest.raises(StreamError, match="http://"):
-        http.parse_proxy("socks5://proxy.test:1080")
+        http.open_tls("https://broker.test:8443", "", "socks5://me:p%40ss@proxy.test:1080")
 
 
 def test_error_codes_are_read_from_json_or_text() -> None:

@@ -1,0 +1,85 @@
+"""A web proxy's URL, and the ``CONNECT`` request through it (no I/O, no asyncio).
+
+Shared by the agent's tunnel and enrolment (``proxy.py``, which opens the
+connections) and the idle doorbell (``doorbellhttp.py``, standard library only).
+The proxy's password lives in ``Proxy`` only: ``str(proxy)`` and every message
+name the proxy by host and port, never with its credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from allowhelp.agent.i18n import _
+
+DIRECT = "direct"  # a configured proxy of "direct": ignore the environment's
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"the proxy {host}:{self.port}"
+
+    def authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` value, when the URL carried a user."""
+        if not self.username:
+            return None
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def parse_proxy(url: str) -> Proxy:
+    """``http://[user:password@]host[:port]``; ``ValueError`` naming no secret."""
+    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    if parts.scheme != "http":
+        raise ValueError(
+            _(
+                "the proxy must be an http:// URL (HTTP CONNECT; the tunnel inside is "
+                "already encrypted), e.g. http://proxy.example.org:3128"
+            )
+        )
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError(_("the proxy URL has an invalid port")) from None
+    if not parts.hostname:
+        raise ValueError(_("the proxy URL has no host name"))
+    return Proxy(
+        parts.hostname,
+        port,
+        unquote(parts.username or ""),
+        unquote(parts.password or ""),
+    )
+
+
+def proxy_for(host: str, configured: str = "") -> Proxy | None:
+    """The proxy for a connection to ``host``: the configured one, else the
+    environment's ``https_proxy`` unless ``no_proxy`` names the host."""
+    if configured:
+        return None if configured == DIRECT else parse_proxy(configured)
+    if not any(value and name.lower() == "https_proxy" for name, value in os.environ.items()):
+        return None  # what urllib.request would find too, without loading it (and http.client)
+    import urllib.request  # noqa: PLC0415 - only on PCs that have a proxy in the environment
+
+    found = urllib.request.getproxies_environment().get("https")
+    if not found or urllib.request.proxy_bypass(host):  # no_proxy (on Linux)
+        return None
+    return parse_proxy(found)
+
+
+def connect_request(host: str, port: int, proxy: Proxy) -> bytes:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", "User-Agent: allowhelp-agent"]
+    authorization = proxy.authorization()
+    if authorization is not None:
+        lines.append(f"Proxy-Authorization: {authorization}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
