@@ -78,6 +78,9 @@ class Doorbell:
         self._dialing = False
         self._wake_r, self._wake_w = socket.socketpair()
         self.park = HelperPark(self._selector)
+        # A ring that came while a full agent ran: the broker rings only a PC with no
+        # tunnel, so that one is starting or ending; if it ends, another one starts.
+        self.rang = ""
 
     @property
     def agent(self) -> str:
@@ -113,6 +116,7 @@ class Doorbell:
 
     def _step(self) -> None:
         self._reap()
+        self._ring_missed()
         now = time.monotonic()
         if self.child is None and self._upgraded():
             self._reexec()
@@ -209,7 +213,14 @@ class Doorbell:
             for conn in conns:
                 conn.close()
         log.info("agent=%s starting the full agent (%s): pid %d", self.agent, why, self.child.pid)
+        self.rang = ""
         self._watch_listeners(False)
+
+    def _ring_missed(self) -> None:
+        """The broker rang while a full agent was ending (it rings only a PC without
+        a tunnel): once that one is gone, another starts."""
+        if self.rang and self.child is None and time.monotonic() >= self.not_before:
+            self._start_child(f"the broker rang while the last one ended: {self.rang}")
 
     def _reap(self) -> None:
         if self.child is None or self.child.poll() is None:
@@ -360,6 +371,8 @@ class Doorbell:
                 log.info("agent=%s the broker rings (%s)", self.agent, reason)
                 if self.child is None:
                     self._start_child(f"the broker rang: {reason}")
+                else:
+                    self.rang = reason
         if stream.chunks is not None and stream.chunks.done:
             self._drop("the broker ended the doorbell")
 

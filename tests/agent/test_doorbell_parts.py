@@ -259,3 +259,34 @@ def test_a_quiet_stream_is_dropped_and_dialed_again(
     assert bell.stream is None and ours.fileno() == -1  # closed
     # dialed again after a backoff (a stream that stood 100 s starts it over: ~1 s)
     assert bell.attempts == 1 and 0.5 <= bell.next_dial - now <= 1.1
+
+
+def test_a_ring_while_a_full_agent_ends_starts_the_next_one(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The broker rings only a PC without a tunnel: a ring that comes while a full
+    agent runs came while it was ending (its linger ran out) and must not be lost."""
+    config = AgentConfig("https://127.0.0.1:1", "", "", "", 0, "", "a-1", "org", "wss://x")
+    bell = Doorbell(tmp_path, config, ["sleep", "0.2"], {})
+    request.addfinalizer(bell.close)
+    ours, theirs = socket.socketpair()
+    request.addfinalizer(theirs.close)
+    now = time.monotonic()
+    bell.stream = Stream(cast(ssl.SSLSocket, ours), None, LineSplitter(), now, now)
+    ring = b'{"type": "ring", "reason": "consent.request"}\n'
+    bell._feed(ring)
+    first = bell.child
+    assert first is not None and bell.rang == ""
+    bell._feed(ring)  # while it runs: remembered, not started twice
+    assert bell.child is first and bell.rang == "consent.request"
+    bell._ring_missed()
+    assert bell.child is first  # it still runs: nothing yet
+    first.wait(10)
+    bell._reap()
+    bell._ring_missed()
+    second = bell.child
+    assert second is not None and second is not first and bell.rang == ""
+    second.wait(10)
+    bell._reap()
+    bell._ring_missed()
+    assert bell.child is None  # one ring, one more start

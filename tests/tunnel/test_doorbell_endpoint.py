@@ -344,3 +344,30 @@ async def test_a_doorbell_that_cannot_be_audited_is_refused(
         answer = await ring(client, headers, body(hello(agent.agent_id, "have")))
     assert answer.status_code == 503 and answer.headers["connection"] == "close"
     assert not await off_loop(is_online, broker, agent.agent_id)
+
+
+async def test_an_agent_removed_while_its_doorbell_speaks_gets_no_bell(
+    broker: Broker, agent: Agent, client: httpx.AsyncClient
+) -> None:
+    """The removal lands while the doorbell's body is still on its way (the broker
+    awaits it for up to 10 s): the doorbell is refused, and the PC is not online."""
+    token = await issued_key(agent)
+    whole = body(hello(agent.agent_id, "have"))
+    admin = await off_loop(Desk.login, broker, ADMIN, ADMIN_PW)
+
+    async def slowly() -> AsyncIterator[bytes]:
+        yield whole[:5]
+        removed = await off_loop(admin.client.delete, f"/api/v1/agents/{agent.agent_id}")
+        assert removed.status_code == 200
+        yield whole[5:]
+
+    try:
+        answer = await ring(
+            client,
+            {**authorization(agent.agent_id, token), "content-type": "application/json"},
+            slowly(),
+        )
+    finally:
+        admin.close()
+    assert answer.status_code == 403 and answer.json()["code"] == "agent_removed"
+    assert not await off_loop(is_online, broker, agent.agent_id)

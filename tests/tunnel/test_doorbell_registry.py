@@ -146,6 +146,7 @@ async def test_wake_of_an_awake_or_offline_agent_answers_at_once() -> None:
     bell = Bell(AGENT, "p")
     registry.ring_in(AGENT, bell, HELLO)
     registry.attach(AGENT, link(), "p")
+    registry.greeted(AGENT)
     assert await registry.wake(AGENT, "wake", timeout=0.01) is registry.get(AGENT)
     assert await lines_of(bell, 1) == [BEAT] and not bell.ended  # no ring was queued
     bell.end()
@@ -183,6 +184,36 @@ async def test_a_wake_that_times_out_lets_the_next_ring_again() -> None:
     registry.attach(AGENT, link(), "p")
     registry.greeted(AGENT)
     assert await waking is registry.get(AGENT)
+
+
+async def test_a_tunnel_that_has_not_said_hello_is_waited_for_not_rung() -> None:
+    """A request that comes between the tunnel's attach and its Hello is judged on
+    the fresh Hello, not on the doorbell's old one (``hello.json``)."""
+    registry = AgentRegistry()
+    bell = Bell(AGENT, "p")
+    registry.ring_in(AGENT, bell, HELLO)
+    registry.attach(AGENT, link(), "p")
+    waking = asyncio.create_task(registry.wake(AGENT, "consent.request", timeout=5))
+    await asyncio.sleep(0.01)
+    assert not waking.done()
+    registry.greeted(AGENT)
+    assert await waking is registry.get(AGENT)
+    bell.end()
+    assert await lines_of(bell, 5) == [BEAT]  # no ring: the tunnel was already there
+
+
+async def test_a_waiter_that_joined_late_outlives_the_first_ones_timeout() -> None:
+    registry = AgentRegistry()
+    bell = Bell(AGENT, "p")
+    registry.ring_in(AGENT, bell, HELLO)
+    first = asyncio.create_task(registry.wake(AGENT, "job.run", timeout=0.05))
+    await asyncio.sleep(0.02)
+    late = asyncio.create_task(registry.wake(AGENT, "consent.request", timeout=5))
+    assert await first is None  # gave up; the ring it made still stands for the late one
+    assert await lines_of(bell, 2) == [BEAT, ring_line("job.run")]  # rung once
+    registry.attach(AGENT, link(), "p")
+    registry.greeted(AGENT)
+    assert await late is registry.get(AGENT)
 
 
 async def test_a_wake_pending_when_the_agent_goes_offline_gets_none() -> None:

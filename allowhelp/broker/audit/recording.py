@@ -237,6 +237,7 @@ class AsciicastRecorder(RecordingFile):
             self._inline = time.perf_counter() - began < FAST_WRITE
             self._digest.update(data)
             self._written = start + len(data)
+            self._inflight = []  # on disk and in the digest: no job holds them
             if self._waiters:
                 self._wake()
             return

@@ -12,12 +12,20 @@ httptools protocol and adds, per request:
 
 The ASGI app and the Wall never see such a request. It is passed to uvicorn
 as ``Config(http=GuardedHttpProtocol)``.
+
+Every TCP connection also gets deadlines of its own (``tcp_deadlines``): data
+unacknowledged for ``UNACKED_LIMIT`` s breaks it (``TCP_USER_TIMEOUT``), and an
+idle one is probed (keepalive). A PC that loses power under a standing doorbell
+(a long response that only writes) is then offline within a minute, not after
+the kernel's ~15 minutes of retransmissions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +34,23 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from allowhelp.broker.console.wall import is_file_upload
 
 log = logging.getLogger(__name__)
+
+UNACKED_LIMIT = 60.0  # s: beats every 20 s, so a vanished doorbell is seen within a minute
+KEEPALIVE = (30, 10, 3)  # idle s, interval s, probes
+
+
+def tcp_deadlines(sock: socket.socket | None) -> None:
+    """``TCP_USER_TIMEOUT`` and keepalive on a TCP connection (Linux); anything else
+    (a Unix socket, an option this kernel lacks) is left as it is."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(UNACKED_LIMIT * 1000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = KEEPALIVE
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        tcp_deadlines(transport.get_extra_info("socket"))
         self._arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -112,6 +112,19 @@ def reported_monitors(agent_id: str, line: str) -> tuple[Monitor, ...]:
 
 
 Listener = Callable[[str, bool], None]
+
+
+class Waking:
+    """One outstanding ring of an agent: why, who waits, and the record once awake."""
+
+    __slots__ = ("future", "reason", "waiters")
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.future: asyncio.Future[LiveAgent | None] = asyncio.get_running_loop().create_future()
+        self.waiters = 0
+
+
 LinkLost = Callable[[str], None]  # an SSH link went while the agent stays online
 
 
@@ -121,7 +134,7 @@ class AgentRegistry:
         self._listeners: list[Listener] = []
         self._link_lost: list[LinkLost] = []
         # One outstanding ring per agent: its reason and who waits for the SSH link.
-        self._waking: dict[str, tuple[str, asyncio.Future[LiveAgent | None]]] = {}
+        self._waking: dict[str, Waking] = {}
 
     # the SSH link
 
@@ -164,8 +177,8 @@ class AgentRegistry:
             return
         live.greeted = True
         waking = self._waking.pop(agent_id, None)
-        if waking is not None and not waking[1].done():
-            waking[1].set_result(live)
+        if waking is not None and not waking.future.done():
+            waking.future.set_result(live)
 
     # the doorbell
 
@@ -184,7 +197,7 @@ class AgentRegistry:
             live.peer = bell.peer
         waking = self._waking.get(agent_id)
         if waking is not None and live.link is None:
-            bell.ring(waking[0])  # the ring the older stream may have lost
+            bell.ring(waking.reason)  # the ring the older stream may have lost
         self._notify(agent_id, True)
         return came
 
@@ -207,27 +220,32 @@ class AgentRegistry:
         timeout: float = WAKE_TIMEOUT,  # noqa: ASYNC109 (the contract's name, WAVE6)
     ) -> LiveAgent | None:
         """The awake record at once; else ring its doorbell and wait until its SSH
-        link attached and said hello. None: offline, or not awake in ``timeout``.
-        Rings are coalesced: one per agent while one is outstanding."""
+        link attached and said hello (a link that has not said hello yet is waited
+        for, not rung for: a request is judged on a fresh Hello). None: offline, or
+        not awake in ``timeout``. Rings are coalesced: one per agent while anyone
+        waits for it; the last waiter to give up lets the next wake ring again."""
         live = self._live.get(agent_id)
         if live is None:
             return None
-        if live.link is not None:
+        if live.link is not None and live.greeted:
             return live
         waking = self._waking.get(agent_id)
         if waking is None:
-            if live.bell is None:
+            if live.link is None and live.bell is None:
                 return None
-            waking = (reason, asyncio.get_running_loop().create_future())
-            self._waking[agent_id] = waking
-            live.bell.ring(reason)
+            waking = self._waking[agent_id] = Waking(reason)
+            if live.link is None and live.bell is not None:
+                live.bell.ring(reason)
+        waking.waiters += 1
         try:
             async with asyncio.timeout(timeout):
-                return await asyncio.shield(waking[1])
+                return await asyncio.shield(waking.future)
         except TimeoutError:
-            if self._waking.get(agent_id) is waking:  # the next wake rings again
-                del self._waking[agent_id]
             return None
+        finally:
+            waking.waiters -= 1
+            if not waking.waiters and self._waking.get(agent_id) is waking:
+                del self._waking[agent_id]
 
     # everyone
 
@@ -266,8 +284,8 @@ class AgentRegistry:
     def _gone(self, agent_id: str) -> None:
         del self._live[agent_id]
         waking = self._waking.pop(agent_id, None)
-        if waking is not None and not waking[1].done():
-            waking[1].set_result(None)
+        if waking is not None and not waking.future.done():
+            waking.future.set_result(None)
         self._notify(agent_id, False)
 
     def _notify(self, agent_id: str, online: bool) -> None:

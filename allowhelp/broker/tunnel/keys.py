@@ -42,6 +42,12 @@ class EnrolledKeys:
         if entry is not None:
             self._keys[agent_id] = (entry[0], True)
 
+    def is_removed(self, agent_id: str) -> bool:
+        """Removed from this node's view (``removed`` is called before the agent's
+        live connections are closed, so a check right before registering one holds)."""
+        entry = self._keys.get(agent_id)
+        return entry is not None and entry[1]
+
     def reload(self, records: Iterable[AgentRecord]) -> None:
         """All keys from the store again: another node enrolled or removed agents
         (``node/cluster.py``, with ``--store``)."""

@@ -86,10 +86,16 @@ async def doorbell(request: Request) -> Response:
         agent_id = await _authorised(request, svc, address, peer)
         hello = hello_from_body(await _body(request))
         # a connect is on the record first (offline → online)
-        if not svc.registry.online(agent_id) and (
-            await svc.tunnel.connectivity.connected(agent_id, peer) == "refused"
-        ):
+        connecting = not svc.registry.online(agent_id)
+        if connecting and await svc.tunnel.connectivity.connected(agent_id, peer) == "refused":
             raise AuditUnavailable("the doorbell could not be audited")
+        # removed while its body or the record was awaited: no bell for it (the
+        # removal closed what it found; nothing awaits between here and ``ring_in``)
+        if svc.keys.is_removed(agent_id):
+            if connecting:
+                svc.tunnel.connectivity.disconnected(agent_id, peer, "removed")
+            _refused(svc, agent_id, address, peer)
+            raise Forbidden("this agent was removed", code="agent_removed")
     except BrokerError as exc:
         return closing_answer(exc)
     bell = Bell(agent_id, peer)
