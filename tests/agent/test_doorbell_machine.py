@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, pa
 from harness import (
     ADMIN,
     ADMIN_PW,
-    PY,
     TECH,
     TECH_PW,
     Broker,
@@ -47,30 +46,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield fleet
 
 
+@dataclass
 class DoorbellMachine(Machine):
-    def start_service(self) -> None:
-        with (self.root / "service.log").open("ab") as log:
-            self.service = subprocess.Popen(
-                [
-                    PY,
-                    "-m",
-                    "allowhelp.agent.cli",
-                    "run",
-                    "--system",
-                    "--config",
-                    str(self.config),
-                    "--idle",
-                    "doorbell",
-                    "--linger",
-                    "2",
-                    "--reconnect-cap",
-                    "1",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        wait_for((self.config / "run" / "agent.sock").exists, 20, "the helper socket")
+    run_flags: tuple[str, ...] = ("--idle", "doorbell", "--linger", "2")
 
     @property
     def log(self) -> Path:

@@ -81,6 +81,7 @@ class Machine:
     config: Path
     service: subprocess.Popen[bytes] | None = None
     helpers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    run_flags: tuple[str, ...] = ()  # more of ``run --system``'s flags (``--idle doorbell``)
 
     def start_service(self) -> None:
         with (self.root / "service.log").open("ab") as log:
@@ -93,6 +94,7 @@ class Machine:
                     "--system",
                     "--config",
                     str(self.config),
+                    *self.run_flags,
                     "--reconnect-cap",
                     "1",
                 ],
