@@ -27,14 +27,9 @@ from allowhelp.agent.hello import current_hello
 from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import public_key_line
-from allowhelp.protocol.control import (
-    CONTROL_SUBSYSTEM,
-    LineBuffer,
-    Message,
-    ProtocolError,
-    decode,
-    parse_channel_subsystem,
-)
+from allowhelp.protocol.control import LineBuffer, Message, decode
+from allowhelp.protocol.hostile_json import ProtocolError
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM, parse_channel_subsystem
 
 log = logging.getLogger(__name__)
 

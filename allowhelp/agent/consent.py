@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from allowhelp.agent.i18n import N_, _, current, translations
-from allowhelp.protocol.control import ConsentRequest, Kind, Via
+from allowhelp.protocol.control import ConsentRequest
+from allowhelp.protocol.kinds import Kind, Via
 
 Closer = Callable[[], None]
 

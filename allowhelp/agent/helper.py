@@ -38,7 +38,9 @@ from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
 from allowhelp.agent.service import ConsentFrontend, NotConnected
 from allowhelp.agent.userprograms import UserProgram, start_files, start_screen, start_shell
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import MAX_CHAT, ConsentRequest, ProtocolError, Via, parse_json
+from allowhelp.protocol.control import MAX_CHAT, ConsentRequest
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
+from allowhelp.protocol.kinds import Via
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import write_private
 from allowhelp.agent.history import History
-from allowhelp.protocol.control import JobResult, JobRun, Message, ProtocolError
+from allowhelp.protocol.control import JobResult, JobRun, Message
+from allowhelp.protocol.hostile_json import ProtocolError
 
 if TYPE_CHECKING:
     from allowhelp.protocol.jobs import JobSpec

@@ -32,7 +32,7 @@ from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
 from allowhelp.agent.localpath import bind_local, socket_path
 from allowhelp.agent.service import AgentService
-from allowhelp.protocol.control import ProtocolError, parse_json
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,9 @@ from allowhelp.agent.service import AgentService
 from allowhelp.agent.sessionhelpers import ScreenSaid, SessionHelpers
 from allowhelp.agent.signedin import ActiveUid
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import MAX_CHAT, Hello, Kind, ProtocolError
+from allowhelp.protocol.control import MAX_CHAT, Hello
+from allowhelp.protocol.hostile_json import ProtocolError
+from allowhelp.protocol.kinds import Kind
 
 if TYPE_CHECKING:  # loaded with the first session (tests/house/test_idle_imports.py)
     from allowhelp.agent.channels import Backend, GatedChannel

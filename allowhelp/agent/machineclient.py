@@ -14,7 +14,7 @@ from allowhelp.agent.i18n import _
 from allowhelp.agent.machinesocket import check_socket_folder
 from allowhelp.agent.seqpacket import request
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import ProtocolError
+from allowhelp.protocol.hostile_json import ProtocolError
 
 
 def packet_for(op: dict[str, Any]) -> hp.Packet:

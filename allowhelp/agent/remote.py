@@ -31,8 +31,8 @@ from allowhelp.agent.pty import clamp_size
 from allowhelp.agent.rfbgreeting import PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.seqpacket import PacketConn, close_fds
-from allowhelp.protocol.control import Kind
 from allowhelp.protocol.helper import Close, Open, Opened
+from allowhelp.protocol.kinds import Kind
 
 if TYPE_CHECKING:
     from allowhelp.agent.channels import GatedChannel

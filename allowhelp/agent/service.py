@@ -30,7 +30,6 @@ from allowhelp.protocol.control import (
     ConsentDecision,
     ConsentRequest,
     DoorbellKey,
-    EndReason,
     FileTransfer,
     Hello,
     HelpCode,
@@ -40,8 +39,8 @@ from allowhelp.protocol.control import (
     Message,
     NodesList,
     SessionEnd,
-    Via,
 )
+from allowhelp.protocol.kinds import EndReason, Via
 from allowhelp.protocol.text import plain_text
 
 if TYPE_CHECKING:

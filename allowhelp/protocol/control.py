@@ -9,125 +9,33 @@ when they are signed for that PC and its own policy file allows them
 a session. The agent reports decisions, user-ended sessions, help requests,
 job results and (the machine service) its inventory.
 
-Everything received is hostile: every field is type-checked and bounded here,
-and a bad line raises ``ProtocolError`` (the receiver closes the channel).
-Nothing else escapes ``decode``: a line nested deeper than ``MAX_DEPTH`` is
-refused before the JSON parser sees it (``[`` x 16000 would otherwise end in
-a RecursionError), and every parser failure becomes a ``ProtocolError`` too.
+Everything received is hostile: every field is type-checked and bounded here
+(``fields.py``), and a bad line raises ``ProtocolError`` (the receiver closes
+the channel). Nothing else escapes ``decode`` (``hostile_json.parse_json``).
+The words the messages use (kinds, end reasons, subsystem names) are
+``kinds.py``'s.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from allowhelp.protocol.fields import FieldRules, Record, checked_fields
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
+from allowhelp.protocol.kinds import END_REASONS, INVITE_MODES, KINDS, VIAS, EndReason, Kind, Via
 from allowhelp.protocol.nodes import AddressError, checked_nodes
 
-CONTROL_SUBSYSTEM = "allowhelp.control"
-SHELL_SUBSYSTEM = "allowhelp.shell"
-SCREEN_SUBSYSTEM = "allowhelp.screen"
-ADMIN_SHELL_SUBSYSTEM = "allowhelp.admin-shell"
-FILES_SUBSYSTEM = "allowhelp.files"  # SFTP (version 3) under a files grant
 MAX_LINE = 16 * 1024
-# Control messages are flat objects; a little room for fields a newer peer may
-# add (unknown fields are ignored), far below anything that strains a parser.
-MAX_DEPTH = 4
-
-# admin-shell: a root shell; only an agent run as the machine service offers it.
-# files: SFTP as the signed-in user (the agent runs sftp-server as them).
-Kind = Literal["shell", "screen", "admin-shell", "files"]
-KINDS: tuple[Kind, ...] = ("shell", "screen", "admin-shell", "files")
-TERMINAL_KINDS: tuple[Kind, ...] = ("shell", "admin-shell")  # a PTY, recorded, replayed
-# nobody_signed_in, unsupported: the PC could not put the request to anyone (no
-# user signed in; a per-user agent asked for an admin shell), said at once.
-# signed_out: the user's session helper went away (logout, crash).
-EndReason = Literal[
-    "technician",
-    "user",
-    "agent_lost",
-    "broker_restart",
-    "error",
-    "expired",
-    "shell_exited",
-    "nobody_signed_in",
-    "unsupported",
-    "signed_out",
-]
-END_REASONS = (
-    "technician",
-    "user",
-    "agent_lost",
-    "broker_restart",
-    "error",
-    "expired",
-    "shell_exited",
-    "nobody_signed_in",
-    "unsupported",
-    "signed_out",
-)
-# What the agent may say in ``session.end`` besides "user": why it could not ask.
-AGENT_END_REASONS = ("user", "nobody_signed_in", "unsupported", "signed_out")
-Via = Literal["dialog", "terminal", "cli"]
-# How an invited participant takes part (#18): observe = output only; control = may type.
-INVITE_MODES = ("observe", "control")
-
-
-class ProtocolError(ValueError):
-    """A message that does not follow the protocol; the channel is closed on it."""
-
-
-_SUBSYSTEMS: dict[Kind, str] = {
-    "shell": SHELL_SUBSYSTEM,
-    "screen": SCREEN_SUBSYSTEM,
-    "admin-shell": ADMIN_SHELL_SUBSYSTEM,
-    "files": FILES_SUBSYSTEM,
-}
-
-
-def channel_subsystem(kind: Kind, session_id: str) -> str:
-    """The subsystem name that binds a channel to one session's grant."""
-    return f"{_SUBSYSTEMS[kind]}/{session_id}"
-
-
-def parse_channel_subsystem(name: str) -> tuple[Kind, str] | None:
-    prefix, sep, session_id = name.partition("/")
-    if not sep or not is_session_id(session_id):
-        return None
-    for kind, subsystem in _SUBSYSTEMS.items():
-        if prefix == subsystem:
-            return kind, session_id
-    return None
-
-
-def is_session_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 8 <= len(value) <= 40
-        and all(ch.isalnum() or ch in "-_" for ch in value)
-    )
-
-
-def _text(value: object, name: str, limit: int, *, allow_empty: bool = True) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError(f"{name} must be a string")
-    if len(value) > limit or (not allow_empty and not value):
-        raise ProtocolError(f"{name} must be {'1' if not allow_empty else '0'} to {limit} chars")
-    return value
 
 
 @dataclass(frozen=True)
-class Message:
-    type: ClassVar[str]
+class Message(Record):
+    """One control line."""
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), ensure_ascii=False).encode() + b"\n"
-
-    def to_json(self) -> dict[str, Any]:
-        """The message as the JSON object it is sent as (``type`` first)."""
-        return {"type": self.type, **asdict(self)}
+        return self.to_bytes() + b"\n"
 
 
 @dataclass(frozen=True)
@@ -410,71 +318,28 @@ LIMITS = {
 
 
 # Numbers are durations (below 1e6 s) except these points in time (epoch seconds).
-_FLOAT_TOPS = {
-    "started": 1e11,
-    "finished": 1e11,
-    "last_boot": 1e11,
-    "disk_total": 1e17,
-    "disk_free": 1e17,
-    "memory_total": 1e17,
-}
-# Whole numbers are small (exit codes, counts, terminal sizes: -1 to 2**31) except these.
-_INT_TOPS = {"size": 2**63}  # a file's bytes (files.transfer)
+_RULES = FieldRules(
+    texts=LIMITS,
+    numbers={
+        "started": 1e11,
+        "finished": 1e11,
+        "last_boot": 1e11,
+        "disk_total": 1e17,
+        "disk_free": 1e17,
+        "memory_total": 1e17,
+    },
+    # Whole numbers are small (exit codes, counts: -1 to 2**31) except a file's bytes.
+    wholes={"size": (-1, 2**63 - 1)},
+    choices={
+        "Kind": KINDS,
+        "Via": VIAS,
+        "EndReason": END_REASONS,
+        "mode": ("", *INVITE_MODES),
+        "doorbell": DOORBELL_STATES,
+    },
+    ids={"session_id": False, "job_id": False, "joins": True},
+)
 MAX_CHAT = LIMITS["text"]
-
-
-# What the nesting scan looks at: brackets, and what starts, escapes or ends a string.
-_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
-_OPEN, _CLOSE, _QUOTE, _BACKSLASH = b"[{", b"]}", ord('"'), ord("\\")
-
-
-def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
-    """Whether JSON text opens more than ``limit`` arrays or objects inside each other.
-
-    One pass over the structural characters only, stopping at the first level
-    too many; brackets inside strings do not count. Text that is not JSON at
-    all may pass: the parser refuses it next.
-    """
-    depth = 0
-    in_string = False
-    escaped_at = -1
-    for match in _STRUCTURE.finditer(data):
-        pos = match.start()
-        if pos == escaped_at:
-            continue
-        char = data[pos]
-        if in_string:
-            if char == _BACKSLASH:
-                escaped_at = pos + 1
-            elif char == _QUOTE:
-                in_string = False
-        elif char == _QUOTE:
-            in_string = True
-        elif char in _OPEN:
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in _CLOSE:
-            depth -= 1
-    return False
-
-
-def parse_json(data: bytes, what: str, limit: int = MAX_DEPTH) -> object:
-    """Hostile JSON text to a value, or a one-line ``ProtocolError`` saying why not.
-
-    Shared by every reader of hostile JSON lines (the control channel at both
-    ends, the agent's local control socket), so none has its own way to fail.
-    """
-    try:
-        text = data.decode("utf-8")  # strict: then no byte of a character looks like a bracket
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{what} is not UTF-8") from None
-    if too_deep(data, limit):
-        raise ProtocolError(f"{what} is nested too deeply (more than {limit} levels)")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, the int digit limit
-        raise ProtocolError(f"{what} is not JSON") from exc
 
 
 def decode(line: bytes) -> Message:
@@ -499,35 +364,8 @@ def hello_from(raw: object) -> Hello:
     return Hello(**_checked(Hello, raw))
 
 
-def checked_fields(
-    cls: type[object], raw: Mapping[str, Any], check: Callable[[str, str, object], object]
-) -> dict[str, Any]:
-    """The dataclass ``cls``'s fields from ``raw``, each through ``check(name,
-    annotation, value)``; a missing field without a default is a ``ProtocolError``.
-    Shared by the control channel and the helper socket (``helper.py``), whose
-    value rules differ."""
-    values: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name not in raw:
-            if f.default is not MISSING:
-                continue
-            raise ProtocolError(f"{f.name} is missing")
-        values[f.name] = check(f.name, str(f.type), raw[f.name])
-    return values
-
-
 def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
-    values = checked_fields(cls, raw, _field)
-    if "session_id" in values and not is_session_id(values["session_id"]):
-        raise ProtocolError("session_id is malformed")
-    if "job_id" in values and not is_session_id(values["job_id"]):
-        raise ProtocolError("job_id is malformed")
-    if values.get("joins") and not is_session_id(values["joins"]):
-        raise ProtocolError("joins is malformed")
-    if values.get("mode") not in (None, "", *INVITE_MODES):
-        raise ProtocolError("mode has an unknown value")
-    if values.get("doorbell") not in (None, *DOORBELL_STATES):
-        raise ProtocolError("doorbell has an unknown value")
+    values = checked_fields(cls, raw, _RULES)
     if cls is DoorbellKey and not values["token"]:
         raise ProtocolError("token must not be empty")
     if cls is NodesList:
@@ -536,38 +374,6 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
         except AddressError as exc:
             raise ProtocolError(f"nodes.list refused: {exc}") from None
     return values
-
-
-def _field(name: str, annotation: str, value: object) -> object:
-    """Check one value against its annotation, which is a string here because of
-    ``from __future__ import annotations``; the messages use only these few types."""
-    if annotation == "bool":
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{name} must be true or false")
-        return value
-    if annotation == "int":
-        top = _INT_TOPS.get(name, 2**31)
-        if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < top:
-            raise ProtocolError(f"{name} must be a whole number from -1 to {top}")
-        return value
-    if annotation == "tuple[str, ...]":  # checked whole in _checked (nodes.list)
-        if not isinstance(value, list):
-            raise ProtocolError(f"{name} must be a list")
-        return value
-    if annotation == "float":
-        ftop = _FLOAT_TOPS.get(name, 1e6)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < ftop:
-            raise ProtocolError(f"{name} must be a number from 0 to {ftop:g}")
-        return float(value)
-    text = _text(value, name, LIMITS.get(name, 100))
-    choices = {
-        "Kind": KINDS,
-        "Via": ("dialog", "terminal", "cli"),
-        "EndReason": END_REASONS,
-    }
-    if annotation in choices and text not in choices[annotation]:
-        raise ProtocolError(f"{name} has an unknown value")
-    return text
 
 
 class LineBuffer:

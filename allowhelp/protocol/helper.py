@@ -14,31 +14,25 @@ service by its kernel-given uid (``SO_PEERCRED``), never by anything it says:
   ``status``) sends one request and reads one ``answer``.
 
 One JSON object per packet, at most ``MAX_PACKET`` bytes, nested at most
-``MAX_DEPTH`` levels (checked before parsing, ``control.parse_json``); every
-field is type-checked and bounded here, and anything else is a
-``ProtocolError``. Sans-I/O: no sockets in this module.
+``MAX_DEPTH`` levels (checked before parsing, ``hostile_json.parse_json``); every
+field is type-checked and bounded here (``fields.py``, the control channel's
+rules with this socket's bounds), and anything else is a ``ProtocolError``.
+Sans-I/O: no sockets in this module.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from allowhelp.protocol.control import (
-    KINDS,
-    MAX_CHAT,
-    Kind,
-    ProtocolError,
-    Via,
-    checked_fields,
-    is_session_id,
-    parse_json,
-)
+from allowhelp.protocol.control import MAX_CHAT
+from allowhelp.protocol.fields import FieldRules, Record, checked_fields
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
+from allowhelp.protocol.kinds import KINDS, VIAS, Kind, Via
 
 MAX_PACKET = 16 * 1024
 MAX_DEPTH = 3
-VIAS: tuple[Via, ...] = ("dialog", "terminal", "cli")
 _TEXT_LIMITS = {
     "term": 64,
     "error": 500,
@@ -58,12 +52,21 @@ _TEXT_LIMITS = {
 }
 
 
+# Whole numbers: terminal sizes, exit statuses (a signal's is negative).
+_RULES = FieldRules(
+    texts=_TEXT_LIMITS,
+    whole=(-1024, 65535),
+    choices={"Kind": KINDS, "Via": VIAS},
+    ids={"session_id": True},
+)
+
+
 @dataclass(frozen=True)
-class Packet:
-    type: ClassVar[str]
+class Packet(Record):
+    """One packet on the helper socket."""
 
     def encode(self) -> bytes:
-        return json.dumps({"type": self.type, **asdict(self)}, ensure_ascii=False).encode()
+        return self.to_bytes()
 
 
 # client → service
@@ -309,31 +312,7 @@ def decode(data: bytes) -> Packet:
     cls = PACKETS.get(str(raw.get("type")))
     if cls is None:
         raise ProtocolError("unknown packet type")
-    return cls(**checked_fields(cls, raw, _field))
-
-
-def _field(name: str, annotation: str, value: object) -> object:
-    if annotation == "bool":
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{name} must be true or false")
-        return value
-    if annotation == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or not -1024 <= value <= 65535:
-            raise ProtocolError(f"{name} must be a whole number from -1024 to 65535")
-        return value
-    if not isinstance(value, str):
-        raise ProtocolError(f"{name} must be a string")
-    if name == "session_id":
-        if not (value == "" or is_session_id(value)):
-            raise ProtocolError("session_id is malformed")
-        return value
-    if annotation == "Kind" and value not in KINDS:
-        raise ProtocolError(f"{name} has an unknown value")
-    if annotation == "Via" and value not in VIAS:
-        raise ProtocolError(f"{name} has an unknown value")
-    if len(value) > _TEXT_LIMITS.get(name, 100):
-        raise ProtocolError(f"{name} is longer than {_TEXT_LIMITS.get(name, 100)} characters")
-    return value
+    return cls(**checked_fields(cls, raw, _RULES))
 
 
 def answer(ok: bool, **fields: object) -> bytes:

@@ -17,7 +17,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from allowhelp.protocol.control import ProtocolError, is_session_id, parse_json
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
+from allowhelp.protocol.kinds import is_session_id
 
 Action = Literal["packages", "script"]
 ACTIONS: tuple[Action, ...] = ("packages", "script")

@@ -43,13 +43,8 @@ from allowhelp.agent.pty import PtyShell
 from allowhelp.agent.screen import PairLaunch, ScreenProcess
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import generate_host_key, public_key_line
-from allowhelp.protocol.control import (
-    CONTROL_SUBSYSTEM,
-    ConsentDecision,
-    ConsentRequest,
-    Hello,
-    decode,
-)
+from allowhelp.protocol.control import ConsentDecision, ConsentRequest, Hello, decode
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM
 from harness import Agent, Fleet, agent_call, wait_for, wait_pending
 
 # ---------------------------------------------------------------- A: hostile JSON

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from allowhelp.agent.consent import ConsentGate, ConsentRefused
-from allowhelp.protocol.control import ConsentRequest, Kind
+from allowhelp.protocol.control import ConsentRequest
+from allowhelp.protocol.kinds import Kind
 
 
 class Clock:

@@ -24,13 +24,8 @@ from roguekit import (
     stolen_key_connection,
 )
 
-from allowhelp.protocol.control import (
-    CONTROL_SUBSYSTEM,
-    ConsentDecision,
-    Hello,
-    channel_subsystem,
-    decode,
-)
+from allowhelp.protocol.control import ConsentDecision, Hello, decode
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM, channel_subsystem
 from harness import Agent, Broker, Fleet, agent_call, wait_for, wait_pending
 
 

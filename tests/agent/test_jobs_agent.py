@@ -27,7 +27,8 @@ from allowhelp.agent.history import History, SessionHistory, describe
 from allowhelp.agent.jobs import JobKeeper
 from allowhelp.certs.jobsign import JOB_CONTEXT, JobSigner, job_signature_ok
 from allowhelp.certs.sshkeys import public_key_line
-from allowhelp.protocol.control import JobResult, JobRun, Message, ProtocolError, decode
+from allowhelp.protocol.control import JobResult, JobRun, Message, decode
+from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.jobs import JobSpec
 
 AGENT = "a-thispcthispcthispc"

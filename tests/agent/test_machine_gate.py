@@ -22,7 +22,8 @@ from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, pa
 from roguekit import Sink, as_sink, ask, control, refused, stolen_key_connection
 
 from allowhelp.agent.screen import TEST_COMMAND_ENV
-from allowhelp.protocol.control import SessionEnd, channel_subsystem, decode
+from allowhelp.protocol.control import SessionEnd, decode
+from allowhelp.protocol.kinds import channel_subsystem
 from harness import Broker, Fleet, wait_for
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)

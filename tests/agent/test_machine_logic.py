@@ -18,14 +18,9 @@ from allowhelp.agent.seqpacket import PacketConn
 from allowhelp.agent.service import AgentService, NotConnected
 from allowhelp.agent.signedin import HelperInfo, choose, logind_active_uid
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import (
-    ConsentRequest,
-    Message,
-    ProtocolError,
-    SessionEnd,
-    channel_subsystem,
-    parse_channel_subsystem,
-)
+from allowhelp.protocol.control import ConsentRequest, Message, SessionEnd
+from allowhelp.protocol.hostile_json import ProtocolError
+from allowhelp.protocol.kinds import channel_subsystem, parse_channel_subsystem
 
 CONFIG = AgentConfig("https://b", "pem", "fp", "127.0.0.1", 2222, "key", "a-1", "ACME")
 

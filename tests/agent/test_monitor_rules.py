@@ -7,9 +7,10 @@ import json
 import pytest
 
 from allowhelp.agent.monitors import parse_sway_outputs, parse_xrandr
-from allowhelp.protocol.control import ConsentRequest, Hello, ProtocolError, decode
+from allowhelp.protocol.control import ConsentRequest, Hello, decode
 from allowhelp.protocol.helper import Open
 from allowhelp.protocol.helper import decode as decode_packet
+from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.monitors import (
     ALL,
     MAX_MONITORS,

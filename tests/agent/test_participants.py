@@ -9,7 +9,8 @@ import pytest
 
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Grant
 from allowhelp.agent.participants import MAX_BACKLOG, ParticipantHub
-from allowhelp.protocol.control import ConsentRequest, ProtocolError, decode
+from allowhelp.protocol.control import ConsentRequest, decode
+from allowhelp.protocol.hostile_json import ProtocolError
 
 SESSION, INVITE = "sessionAAAAAAAAA", "inviteBBBBBBBBBB"
 

@@ -22,7 +22,8 @@ from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends.indicator import IndicatorFrontend
 from allowhelp.agent.frontends.toolkit import Toolkit
 from allowhelp.agent.service import AgentService
-from allowhelp.protocol.control import ChatMessage, ConsentRequest, FileTransfer, Kind, Message
+from allowhelp.protocol.control import ChatMessage, ConsentRequest, FileTransfer, Message
+from allowhelp.protocol.kinds import Kind
 
 SID = "s-0123456789ab"
 

@@ -25,7 +25,7 @@ from allowhelp.broker.audit.flapping import iso
 from allowhelp.broker.auth import totp
 from allowhelp.certs.sshkeys import agent_id_for, public_key_line
 from allowhelp.certs.token import EnrolmentToken
-from allowhelp.protocol.control import CONTROL_SUBSYSTEM
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM
 from browserkit import ARTIFACTS as SHARED_ARTIFACTS
 from browserkit import CHROMIUM, CHROMIUM_ARGS
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli

@@ -21,7 +21,8 @@ import asyncssh
 import httpx
 
 from allowhelp.certs.sshkeys import load_private_key
-from allowhelp.protocol.control import CONTROL_SUBSYSTEM, Hello
+from allowhelp.protocol.control import Hello
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM
 from harness import Agent, Broker, broker_cli
 
 DOORBELL = "/api/v1/agent/doorbell"

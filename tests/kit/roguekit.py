@@ -18,7 +18,8 @@ import asyncssh
 
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import load_private_key
-from allowhelp.protocol.control import CONTROL_SUBSYSTEM, ConsentRequest, Kind
+from allowhelp.protocol.control import ConsentRequest
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM, Kind
 from harness import Broker, wait_for
 
 

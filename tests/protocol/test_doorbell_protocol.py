@@ -6,15 +6,8 @@ import json
 
 import pytest
 
-from allowhelp.protocol.control import (
-    LIMITS,
-    MESSAGE_TYPES,
-    DoorbellKey,
-    Hello,
-    ProtocolError,
-    decode,
-    hello_from,
-)
+from allowhelp.protocol.control import LIMITS, MESSAGE_TYPES, DoorbellKey, Hello, decode, hello_from
+from allowhelp.protocol.hostile_json import ProtocolError
 
 
 def _hello(**extra: object) -> dict[str, object]:

@@ -6,15 +6,8 @@ import json
 
 import pytest
 
-from allowhelp.protocol.control import (
-    MAX_LINE,
-    Hello,
-    InventoryReport,
-    JobResult,
-    JobRun,
-    ProtocolError,
-    decode,
-)
+from allowhelp.protocol.control import MAX_LINE, Hello, InventoryReport, JobResult, JobRun, decode
+from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.jobs import MAX_PAYLOAD, MAX_SCRIPT, JobSpec
 
 RESULT = {

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from allowhelp.agent.peers import NODES_FILE, KnownNodes
-from allowhelp.protocol.control import NodesList, ProtocolError, decode
+from allowhelp.protocol.control import NodesList, decode
+from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.nodes import AddressError, checked_nodes
 
 GOOD = {"tunnels": ["node-1.example.org:8022", "[2001:db8::2]:22"], "urls": ["wss://n/t"]}

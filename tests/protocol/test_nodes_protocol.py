@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from allowhelp.protocol.control import MAX_LINE, Hello, NodesList, ProtocolError, decode
+from allowhelp.protocol.control import MAX_LINE, Hello, NodesList, decode
+from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.nodes import MAX_NODES, AddressError, tunnel_address, tunnel_url
 
 GOOD = NodesList(

@@ -14,12 +14,11 @@ from allowhelp.protocol.control import (
     HelpRefused,
     HelpRequest,
     LineBuffer,
-    ProtocolError,
     SessionEnd,
-    channel_subsystem,
     decode,
-    parse_channel_subsystem,
 )
+from allowhelp.protocol.hostile_json import ProtocolError
+from allowhelp.protocol.kinds import channel_subsystem, parse_channel_subsystem
 from allowhelp.protocol.text import plain_text
 
 MESSAGES = [

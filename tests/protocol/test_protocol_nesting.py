@@ -12,15 +12,8 @@ import random
 
 import pytest
 
-from allowhelp.protocol.control import (
-    MAX_DEPTH,
-    MAX_LINE,
-    ProtocolError,
-    SessionEnd,
-    decode,
-    parse_json,
-    too_deep,
-)
+from allowhelp.protocol.control import MAX_LINE, SessionEnd, decode
+from allowhelp.protocol.hostile_json import MAX_DEPTH, ProtocolError, parse_json, too_deep
 
 END = b'{"type": "session.end", "session_id": "abcdefgh12", "reason": "user"'
 

@@ -16,7 +16,7 @@ from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
 from allowhelp.agent.frontends.toolkit import Toolkit
 from allowhelp.agent.service import ConsentService, NotConnected
-from allowhelp.protocol.control import Kind
+from allowhelp.protocol.kinds import Kind
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from allowhelp.agent.i18n import N_, _
-from allowhelp.protocol.control import Kind
+from allowhelp.protocol.kinds import Kind
 from allowhelp.protocol.text import plain_text
 
 ToolName = Literal["zenity", "kdialog", "tk"]

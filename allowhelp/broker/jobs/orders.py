@@ -15,7 +15,7 @@ from typing import Any
 
 from allowhelp.broker.errors import BadRequest
 from allowhelp.broker.model.jobs import JobRecord
-from allowhelp.protocol.control import ProtocolError
+from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.jobs import ACTIONS, MAX_PAYLOAD, JobSpec
 from allowhelp.protocol.text import plain_text
 

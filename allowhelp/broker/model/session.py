@@ -24,7 +24,7 @@ from typing import Any
 
 from allowhelp.broker.errors import IllegalTransition
 from allowhelp.broker.model.phrase import verification_phrase
-from allowhelp.protocol.control import EndReason, Kind
+from allowhelp.protocol.kinds import EndReason, Kind
 
 
 class State(StrEnum):

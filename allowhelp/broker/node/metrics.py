@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from allowhelp.broker.audit.chain import AuditRecord
 from allowhelp.broker.tunnel.agents import AgentRegistry
-from allowhelp.protocol.control import END_REASONS, KINDS
+from allowhelp.protocol.kinds import END_REASONS, KINDS
 
 log = logging.getLogger(__name__)
 

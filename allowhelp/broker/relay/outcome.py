@@ -20,7 +20,7 @@ import asyncssh
 from allowhelp.broker.errors import BrokerError, RelayError
 from allowhelp.broker.model.session import Traffic
 from allowhelp.broker.relay.inbox import ChannelInbox
-from allowhelp.protocol.control import EndReason, Kind
+from allowhelp.protocol.kinds import EndReason, Kind
 
 log = logging.getLogger(__name__)
 

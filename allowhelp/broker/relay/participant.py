@@ -40,7 +40,7 @@ from allowhelp.broker.relay.terminal import (
     MAX_FRAME,
     SHELL_WINDOW,
 )
-from allowhelp.protocol.control import Kind
+from allowhelp.protocol.kinds import Kind
 
 
 class ParticipantTerminalRelay:

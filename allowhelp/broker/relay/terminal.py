@@ -28,7 +28,8 @@ from allowhelp.broker.relay.outcome import (
     outcome_of,
 )
 from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
-from allowhelp.protocol.control import Kind, ProtocolError, parse_json
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
+from allowhelp.protocol.kinds import Kind
 
 log = logging.getLogger(__name__)
 

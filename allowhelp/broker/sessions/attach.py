@@ -30,7 +30,7 @@ from allowhelp.broker.model.session import Session, State
 from allowhelp.broker.relay.outcome import Outcome, Relay
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.tunnel.link import AgentLink
-from allowhelp.protocol.control import TERMINAL_KINDS, Kind
+from allowhelp.protocol.kinds import TERMINAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 

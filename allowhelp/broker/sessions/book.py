@@ -30,7 +30,8 @@ from allowhelp.broker.sessions.saver import SessionSaver
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
-from allowhelp.protocol.control import EndReason, Message, SessionEnd
+from allowhelp.protocol.control import Message, SessionEnd
+from allowhelp.protocol.kinds import EndReason
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.invitation import Invitation, invitee_view
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store.worker import StoreWorker
-from allowhelp.protocol.control import EndReason, SessionEnd
+from allowhelp.protocol.control import SessionEnd
+from allowhelp.protocol.kinds import EndReason
 
 log = logging.getLogger(__name__)
 

@@ -41,14 +41,8 @@ from allowhelp.broker.sessions.invitation import Connection, Invitation, InviteS
 from allowhelp.broker.sessions.invite_book import InviteBook
 from allowhelp.broker.store import Store
 from allowhelp.broker.tunnel.link import AgentLink
-from allowhelp.protocol.control import (
-    INVITE_MODES,
-    TERMINAL_KINDS,
-    ConsentDecision,
-    ConsentRequest,
-    Kind,
-    SessionEnd,
-)
+from allowhelp.protocol.control import ConsentDecision, ConsentRequest, SessionEnd
+from allowhelp.protocol.kinds import INVITE_MODES, TERMINAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 

@@ -43,14 +43,8 @@ from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.link import AgentLink
-from allowhelp.protocol.control import (
-    KINDS,
-    TERMINAL_KINDS,
-    ConsentDecision,
-    EndReason,
-    Kind,
-    SessionEnd,
-)
+from allowhelp.protocol.control import ConsentDecision, SessionEnd
+from allowhelp.protocol.kinds import KINDS, TERMINAL_KINDS, EndReason, Kind
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from allowhelp.broker.errors import BadRequest
 from allowhelp.broker.model.session import Session
 from allowhelp.broker.tunnel.agents import LiveAgent
-from allowhelp.protocol.control import EndReason
+from allowhelp.protocol.kinds import EndReason
 from allowhelp.protocol.monitors import ALL, is_monitor_name, refusal
 
 TOO_OLD_FOR_ALL = (

@@ -26,15 +26,9 @@ from asyncssh.sftp import MIN_SFTP_VERSION, start_sftp_client
 
 from allowhelp.broker.errors import TunnelError
 from allowhelp.certs import ssh_options
-from allowhelp.protocol.control import (
-    CONTROL_SUBSYSTEM,
-    Kind,
-    LineBuffer,
-    Message,
-    ProtocolError,
-    channel_subsystem,
-    decode,
-)
+from allowhelp.protocol.control import LineBuffer, Message, decode
+from allowhelp.protocol.hostile_json import ProtocolError
+from allowhelp.protocol.kinds import CONTROL_SUBSYSTEM, Kind, channel_subsystem
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,8 @@ from allowhelp.broker.tunnel.doorbell import (
     credentials,
     token_matches,
 )
-from allowhelp.protocol.control import Hello, ProtocolError, hello_from, parse_json
+from allowhelp.protocol.control import Hello, hello_from
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from allowhelp.broker.relay.participant import ParticipantTerminalRelay
 from allowhelp.broker.relay.screen import ScreenRelay
 from allowhelp.broker.relay.terminal import terminal_size
 from allowhelp.broker.sessions.invitation import Invitation
-from allowhelp.protocol.control import Kind
+from allowhelp.protocol.kinds import Kind
 
 SUBPROTOCOL = "binary"
 

@@ -34,7 +34,7 @@ from allowhelp.broker.relay.outcome import Outcome, Relay
 from allowhelp.broker.relay.screen import ScreenRelay
 from allowhelp.broker.relay.terminal import TerminalRelay, terminal_size
 from allowhelp.broker.sessions.attach import claim, run_relay
-from allowhelp.protocol.control import Kind
+from allowhelp.protocol.kinds import Kind
 
 SUBPROTOCOL = "binary"
 
