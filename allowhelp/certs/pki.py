@@ -11,21 +11,29 @@ import contextlib
 import datetime as dt
 import fcntl
 import hmac
-import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from allowhelp.certs.errors import CertsError, KeyFormatError
+from allowhelp.certs.hostnames import SanValue, general_names, sans_for, sans_of
+from allowhelp.certs.pemfiles import (
+    fingerprint,
+    issued_by,
+    key_pem,
+    load_cert,
+    load_ec_key,
+    same_public_key,
+    utc_now,
+)
 from allowhelp.certs.sshkeys import (
     KEY_TYPE,
     generate_host_key,
@@ -47,17 +55,12 @@ CA_LIFETIME = dt.timedelta(days=3650)
 TLS_LIFETIME = dt.timedelta(days=397)  # browsers refuse server certificates valid longer
 RENEW_BEFORE = dt.timedelta(days=30)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # a client whose clock is a little behind still accepts
-DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 # The name agents ask for (SNI) at enrolment: a broker serving the admin's own
 # certificate to browsers still answers it with the certificate made under its
 # CA, which is what agents pin (broker/node/tls.py). ".invalid" never resolves.
 AGENT_TLS_NAME = "agents.allowhelp.invalid"
 
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_SanValue = str | _IPAddress
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def ensure_broker_pki(data_dir: Path, hosts: Sequence[str]) -> BrokerPKI:
     enrolled agents keep trusting the broker. Unspecified addresses (``0.0.0.0``,
     ``::``) are bind addresses nobody can connect to by name, so they are skipped.
     """
-    wanted = _sans_for(hosts)
+    wanted = sans_for(hosts)
     data_dir = Path(data_dir)
     _ensure_private_dir(data_dir)
     pki = _paths(data_dir)
@@ -96,7 +99,7 @@ def ensure_broker_pki(data_dir: Path, hosts: Sequence[str]) -> BrokerPKI:
         tls_cert=pki.tls_cert,
         tls_key=pki.tls_key,
         tunnel_key=pki.tunnel_key,
-        ca_fingerprint=_fingerprint(ca_cert),
+        ca_fingerprint=fingerprint(ca_cert),
         tunnel_public_key=f"{tunnel_line} {TUNNEL_KEY_COMMENT}",
     )
 
@@ -143,57 +146,6 @@ def _locked(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-# --- host names -------------------------------------------------------------------
-
-
-def _sans_for(hosts: Iterable[str]) -> list[_SanValue]:
-    """Validate every host before touching the disk, so a typo changes nothing."""
-    if isinstance(hosts, str):
-        raise TypeError("hosts must be a sequence of host names, not a single string")
-    sans: list[_SanValue] = []
-    for host in (*hosts, *DEFAULT_HOSTS):
-        value = _parse_host(host)
-        if value is not None and value not in sans:
-            sans.append(value)
-    return sans
-
-
-def _parse_host(host: str) -> _SanValue | None:
-    """One DNS name or IP literal, as a certificate SAN value; None for 0.0.0.0 and ::."""
-    if not isinstance(host, str):
-        raise ValueError(f"host must be a string, not {type(host).__name__}")
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return _dns_name(host, text)
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        raise ValueError(f"invalid host {host!r}: a scoped IPv6 address cannot go in a certificate")
-    return None if address.is_unspecified else address
-
-
-def _dns_name(original: str, text: str) -> str:
-    """Normalise a DNS name to the lowercase A-label form that certificates carry."""
-    name = text.lower().removesuffix(".")
-    try:
-        name = name.encode("idna").decode("ascii") if not name.isascii() else name
-    except UnicodeError:
-        raise ValueError(
-            f"invalid host name {original!r}: not a valid international name"
-        ) from None
-    labels = name.split(".")
-    if labels[0] == "*" and len(labels) > 2:
-        labels = labels[1:]  # a wildcard covers one label; never a bare '*.tld'
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(
-            f"invalid host name {original!r}: use a DNS name like 'helpdesk.example.org' "
-            "or an IP address, without scheme, port or path"
-        )
-    return name
-
-
 # --- the CA -----------------------------------------------------------------------
 
 
@@ -208,7 +160,7 @@ def _ensure_ca(
     have_cert, have_key = cert_path.exists(), key_path.exists()
     if not have_cert and not have_key:
         cert, key = _new_ca()
-        write_file_atomic(key_path, _key_pem(key), 0o600)
+        write_file_atomic(key_path, key_pem(key), 0o600)
         write_file_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert, key
     if have_cert != have_key:
@@ -217,9 +169,9 @@ def _ensure_ca(
             f"{missing} is missing but its CA counterpart exists: restore it from a backup, "
             "or remove both to make a new CA (every agent must then enrol again)"
         )
-    cert = _load_cert(cert_path)
-    key = _load_ec_key(key_path)
-    if not _same_public_key(cert, key):
+    cert = load_cert(cert_path)
+    key = load_ec_key(key_path)
+    if not same_public_key(cert, key):
         raise CertsError(
             f"{key_path} does not belong to {cert_path}: restore the pair from a backup"
         )
@@ -231,7 +183,7 @@ def _new_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, f"allowhelp broker CA {secrets.token_hex(4)}")]
     )
-    now = _now()
+    now = utc_now()
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     builder = (
         x509.CertificateBuilder()
@@ -274,13 +226,13 @@ def _ensure_tls(
     key_path: Path,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    wanted: list[_SanValue],
+    wanted: list[SanValue],
 ) -> None:
     """Keep the current certificate when it is still good for every host, else re-issue."""
     current = _current_tls(cert_path, key_path, ca_cert)
     if current is not None and _still_good(current, wanted):
         return
-    names = _merge(_sans_of(current) if current is not None else [], wanted)
+    names = _merge(sans_of(current) if current is not None else [], wanted)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _new_tls_cert(key, ca_cert, ca_key, names)
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
@@ -288,7 +240,7 @@ def _ensure_tls(
     )
     # Key first: a crash between the two writes leaves a mismatch that the next
     # call detects and repairs, never a certificate whose key is lost.
-    write_file_atomic(key_path, _key_pem(key), 0o600)
+    write_file_atomic(key_path, key_pem(key), 0o600)
     write_file_atomic(cert_path, chain, 0o644)
 
 
@@ -299,44 +251,34 @@ def _current_tls(
     if not cert_path.exists() or not key_path.exists():
         return None
     try:
-        cert = _load_cert(cert_path)
-        key = _load_ec_key(key_path)
+        cert = load_cert(cert_path)
+        key = load_ec_key(key_path)
     except CertsError:
         return None
-    if not _same_public_key(cert, key) or not _issued_by(cert, ca_cert):
+    if not same_public_key(cert, key) or not issued_by(cert, ca_cert):
         return None
     return cert
 
 
-def _still_good(cert: x509.Certificate, wanted: list[_SanValue]) -> bool:
-    if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
+def _still_good(cert: x509.Certificate, wanted: list[SanValue]) -> bool:
+    if cert.not_valid_after_utc - utc_now() < RENEW_BEFORE:
         return False
-    have = _sans_of(cert)
+    have = sans_of(cert)
     return all(name in have for name in wanted)
 
 
-def _merge(old: list[_SanValue], wanted: list[_SanValue]) -> list[_SanValue]:
+def _merge(old: list[SanValue], wanted: list[SanValue]) -> list[SanValue]:
     """Keep the names already served, so a renewal never drops a working name."""
     return [*wanted, *(name for name in old if name not in wanted)]
-
-
-def _sans_of(cert: x509.Certificate) -> list[_SanValue]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    dns: list[_SanValue] = [name.lower() for name in san.get_values_for_type(x509.DNSName)]
-    ips = san.get_values_for_type(x509.IPAddress)
-    return dns + [ip for ip in ips if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)]
 
 
 def _new_tls_cert(
     key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    names: list[_SanValue],
+    names: list[SanValue],
 ) -> x509.Certificate:
-    now = _now()
+    now = utc_now()
     not_before = now - CLOCK_SKEW
     not_after = min(not_before + TLS_LIFETIME, ca_cert.not_valid_after_utc)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -348,7 +290,7 @@ def _new_tls_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(general_names(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -359,10 +301,6 @@ def _new_tls_cert(
         )
     )
     return builder.sign(ca_key, hashes.SHA256())
-
-
-def _general_names(names: list[_SanValue]) -> list[x509.GeneralName]:
-    return [x509.DNSName(name) if isinstance(name, str) else x509.IPAddress(name) for name in names]
 
 
 # --- the SSH tunnel key ---------------------------------------------------------------
@@ -379,53 +317,7 @@ def _ensure_tunnel_key(path: Path) -> str:
     return public_key_line(key)
 
 
-# --- helpers ----------------------------------------------------------------------
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CertsError(f"cannot read certificate {path}: {exc}") from None
-
-
-def _load_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CertsError(f"cannot read private key {path}: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertsError(f"{path} is not an ECDSA key")
-    os.chmod(path, 0o600)
-    return key
-
-
-def _same_public_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
-    return cert.public_key() == key.public_key()
-
-
-def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
+# --- what agents pin ------------------------------------------------------------------
 
 
 def ca_fingerprint(cert_pem: bytes) -> str:
@@ -434,7 +326,7 @@ def ca_fingerprint(cert_pem: bytes) -> str:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
         raise KeyFormatError(f"not a PEM certificate: {exc}") from None
-    return _fingerprint(cert)
+    return fingerprint(cert)
 
 
 def _normalise_fingerprint(text: str) -> str:
