@@ -41,7 +41,7 @@ from typing import Any
 import websockets
 
 from allowhelp.agent.rfbgreeting import RFB_VERSION
-from allowhelp.agent.screen import x11vnc_argv
+from allowhelp.agent.x11vnc import x11vnc_argv
 from bench.common import Procs, dump_json, fmt, log, machine, table, wait_for
 from bench.peers.animate import start_busy_screen
 from bench.peers.ours import ZRLE, Inflating, _agent_call

@@ -55,7 +55,7 @@ from typing import Any
 
 from allowhelp.agent.desktop import this_session
 from allowhelp.agent.reaper import end_process_group
-from allowhelp.agent.screen import launch_screen
+from allowhelp.agent.screenlaunch import launch_screen
 from bench.common import ROOT, dump_json, fmt, log, machine, median, table
 
 USER = "ahbench"

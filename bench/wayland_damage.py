@@ -46,7 +46,7 @@ FIRST, SECOND = (3840, 2160), (1920, 1080)
 async def _measure(seconds: float) -> dict[str, Any]:
     """As the user, in the session: the engine through the agent's own launch."""
     from allowhelp.agent.reaper import end_process_group  # noqa: PLC0415 - this tree's
-    from allowhelp.agent.screen import launch_screen  # noqa: PLC0415
+    from allowhelp.agent.screenlaunch import launch_screen  # noqa: PLC0415
     from bench.wayland import _handshake  # noqa: PLC0415
 
     launch = launch_screen(os.environ, view_only=False, monitor="all")

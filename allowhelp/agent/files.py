@@ -27,7 +27,8 @@ import shutil
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from allowhelp.agent.screen import PairLaunch, ScreenProcess, child_environment
+from allowhelp.agent.screen import ScreenProcess
+from allowhelp.agent.screenlaunch import PairLaunch, child_environment
 
 if TYPE_CHECKING:
     from allowhelp.agent.channels import Backend, GatedChannel

@@ -32,15 +32,9 @@ from allowhelp.agent.pty import (
     shell_environment,
 )
 from allowhelp.agent.reaper import end_process_group
-from allowhelp.agent.screen import (
-    EXIT_PATIENCE,
-    STDERR_TAIL,
-    TERM_GRACE,
-    ScreenUnavailable,
-    explain_exit,
-    greeted,
-    launch_screen,
-)
+from allowhelp.agent.screen import EXIT_PATIENCE, STDERR_TAIL, TERM_GRACE
+from allowhelp.agent.screenlaunch import ScreenUnavailable, greeted, launch_screen
+from allowhelp.agent.x11vnc import explain_exit
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from allowhelp.agent.config import HOST_KEY_FILE, AgentConfig, prepare_folder
 from allowhelp.agent.localpath import socket_path
 from allowhelp.agent.localsocket import MAX_REQUEST
 from allowhelp.agent.pty import PtyShell
-from allowhelp.agent.screen import PairLaunch, ScreenProcess
+from allowhelp.agent.screen import ScreenProcess
+from allowhelp.agent.screenlaunch import PairLaunch
 from allowhelp.certs import ssh_options
 from allowhelp.certs.sshkeys import generate_host_key, public_key_line
 from allowhelp.protocol.control import ConsentDecision, ConsentRequest, Hello, decode

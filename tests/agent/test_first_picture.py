@@ -28,7 +28,8 @@ from test_screen_agent import Collect
 
 from allowhelp.agent.rfbgreeting import RFB_VERSION, PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError
-from allowhelp.agent.screen import PairLaunch, ScreenProcess, greeted, launch_screen
+from allowhelp.agent.screen import ScreenProcess
+from allowhelp.agent.screenlaunch import PairLaunch, greeted, launch_screen
 from allowhelp.agent.userprograms import start_screen
 from allowhelp.protocol import helper as hp
 from harness import TECH, TECH_PW, Desk, staffed_broker, wait_for

@@ -21,7 +21,7 @@ import pytest
 from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
 from roguekit import Sink, as_sink, ask, control, refused, stolen_key_connection
 
-from allowhelp.agent.screen import TEST_COMMAND_ENV
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.protocol.control import SessionEnd, decode
 from allowhelp.protocol.kinds import channel_subsystem
 from harness import Broker, Fleet, wait_for

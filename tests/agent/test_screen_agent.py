@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 
 from allowhelp.agent.desktop import TEST_COMMAND_ENV
-from allowhelp.agent.screen import (
-    PairLaunch,
-    ScreenProcess,
-    ScreenUnavailable,
-    explain_exit,
-    screen_command,
-)
+from allowhelp.agent.screen import ScreenProcess
+from allowhelp.agent.screenlaunch import PairLaunch, ScreenUnavailable, screen_command
+from allowhelp.agent.x11vnc import explain_exit
 
 X11VNC_DIR = "/usr/bin"
 

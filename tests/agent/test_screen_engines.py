@@ -31,7 +31,8 @@ from allowhelp.agent.desktop import (
 from allowhelp.agent.portalvnc import PortalInput, gstreamer_argv
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
 from allowhelp.agent.rfbserver import RfbServer, StreamEnded, changed_rows
-from allowhelp.agent.screen import PairLaunch, ScreenProcess
+from allowhelp.agent.screen import ScreenProcess
+from allowhelp.agent.screenlaunch import PairLaunch
 from allowhelp.agent.wayvnc import WayvncLaunch, runtime_folder, wayvnc_argv
 
 ALL = Probe(

@@ -12,7 +12,7 @@ import pytest
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import Page, expect
 
-from allowhelp.agent.screen import TEST_COMMAND_ENV
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from browserkit import ARTIFACTS, chromium, logged_in_page
 from harness import (
     ADMIN,

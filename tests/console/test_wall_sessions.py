@@ -21,7 +21,7 @@ import pytest
 from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 
-from allowhelp.agent.screen import TEST_COMMAND_ENV
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.broker.console.api.base import websocket_principal
 from allowhelp.broker.errors import Unauthenticated
 from harness import (

@@ -79,6 +79,8 @@ MISFIT_SCREEN_MODULE = textwrap.dedent(
 # Loaded by a session, a job, the HTTPS route, enrolment or kdialog: never at start.
 SESSION_ONLY = {
     "allowhelp.agent.screen",  # and the engines it picks
+    "allowhelp.agent.screenlaunch",
+    "allowhelp.agent.x11vnc",
     "allowhelp.agent.wayvnc",
     "allowhelp.agent.portalvnc",
     "allowhelp.agent.rfbinput",
@@ -92,6 +94,8 @@ SESSION_ONLY = {
     "websockets",  # and importlib.metadata, zipfile, csv that it brings
     "allowhelp.agent.enrol",
     "allowhelp.certs.pki",
+    "allowhelp.certs.hostnames",
+    "allowhelp.certs.pemfiles",
     "allowhelp.certs.token",
     "http.client",  # and email.parser, urllib.request: enrolment, a proxy in the environment
     "urllib.request",

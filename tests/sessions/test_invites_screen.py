@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from allowhelp.agent.screen import TEST_COMMAND_ENV
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.broker.audit.recording import file_sha256
 from allowhelp.broker.audit.rfb_format import CLIENT, SERVER, frames, read_header
 from harness import (

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 import websockets
 
-from allowhelp.agent.screen import TEST_COMMAND_ENV, x11vnc_argv
+from allowhelp.agent.desktop import TEST_COMMAND_ENV
+from allowhelp.agent.x11vnc import x11vnc_argv
 from harness import (
     ADMIN,
     ADMIN_PW,
