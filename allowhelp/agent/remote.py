@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from allowhelp.agent.fdbridge import FdBridge
+from allowhelp.agent.programinput import ProgramInput
 from allowhelp.agent.pty import clamp_size
 from allowhelp.agent.rfbgreeting import PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 15.0  # the helper starts a login shell or x11vnc in this time
 EXIT_TIMEOUT = 10.0  # and reports how it ended (its reaper's grace periods) in this
-MAX_EARLY_INPUT = 64 * 1024
 PTMX = (5, 2)  # /dev/ptmx: the only character device a shell's descriptor may be
 
 
@@ -84,11 +84,12 @@ class RemoteProgram:
         self._loop = asyncio.get_running_loop()
         self._fd = -1
         self._bridge: FdBridge | None = None
-        self._early = bytearray()
         # The user's screen server got --disable-input / -viewonly; root does not trust it.
-        self._filter = ViewOnlyFilter() if kind == "screen" and grant.view_only else None
-        self._said: SaidVersion | None = None  # the helper said the viewer's version ahead
-        self._paced: PacedOutput | None = None  # the server's words after it, held until then
+        # What comes before the helper hands the program over waits (programinput.py).
+        only_view = kind == "screen" and grant.view_only
+        self._input = ProgramInput(
+            channel, view_only_filter=ViewOnlyFilter() if only_view else None
+        )
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
         ask = Open(
@@ -119,23 +120,18 @@ class RemoteProgram:
             self._fail(problem)
             return
         self._fd = fds[0]
-        early = bytes(self._early)
-        self._early.clear()
-        if packet.greeted and self.kind == "screen":
-            self._said = SaidVersion()
-            try:  # what the viewer sent before the helper answered (filtered already)
-                early = self._said.feed(early)
-            except RfbInputError as exc:
-                self.close()
-                self._channel.finish(1, str(exc))
-                return
-        if self._said is not None:
-            self._paced = PacedOutput(self._channel, self._said)
-            self._paced.release()  # the viewer's version may be in already
-        self._bridge = FdBridge(self._fd, self._paced or self._channel, self._program_closed)
+        # the helper said the viewer's version ahead: the server's words after its own
+        # wait for the viewer's (rfbgreeting.py)
+        said = SaidVersion() if packet.greeted and self.kind == "screen" else None
+        paced = PacedOutput(self._channel, said) if said is not None else None
+        self._bridge = FdBridge(self._fd, paced or self._channel, self._program_closed)
         self.resize(*self._size)
-        if early:
-            self._bridge.write(early)
+        try:
+            self._input.attach(self._bridge, said=said, paced=paced)
+        except RfbInputError as exc:
+            self.close()
+            self._channel.finish(1, str(exc))
+            return
         log.info(
             "session=%s %s runs in the session of uid %d", self.session_id, self.kind, self.conn.uid
         )
@@ -158,20 +154,10 @@ class RemoteProgram:
         if self.done:
             return
         try:
-            if self._filter is not None:
-                data = self._filter.feed(data)
-            if self._said is not None:
-                data = self._said.feed(data)
+            self._input.write(data)  # typed before the shell was there: held, in order
         except RfbInputError as exc:
             self.close()
             self._channel.finish(1, str(exc))
-            return
-        if self._paced is not None:
-            self._paced.release()
-        if self._bridge is not None:
-            self._bridge.write(data)
-        elif len(self._early) + len(data) <= MAX_EARLY_INPUT:
-            self._early += data  # typed before the shell was there
 
     def pause(self) -> None:
         if self._bridge is not None:

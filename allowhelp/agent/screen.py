@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING
 
 from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.agent.fdbridge import FdBridge, Output
+from allowhelp.agent.programinput import ProgramInput
 from allowhelp.agent.reaper import end_process_group
 from allowhelp.agent.rfbgreeting import PacedOutput, SaidVersion
 from allowhelp.agent.rfbinput import RfbInputError, ViewOnlyFilter
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 STDERR_TAIL = 16 * 1024
 TERM_GRACE = 2.0
 EXIT_PATIENCE = 0.5  # a program that closed its socket is exiting: let it, before SIGTERM
-MAX_EARLY_INPUT = 64 * 1024  # what the viewer sent before the server answered
 
 
 class ScreenProcess:
@@ -76,13 +76,18 @@ class ScreenProcess:
         os.set_blocking(self._stderr, False)
         self._tail = bytearray()
         self._stderr_closed = False
-        self._filter = ViewOnlyFilter() if view_only else None
-        said = greeted(launch)
-        self._said = SaidVersion(said) if said else None
-        self._paced = PacedOutput(output, self._said) if self._said is not None else None
+        ahead = greeted(launch)
+        said = SaidVersion(ahead) if ahead else None
+        self._paced = PacedOutput(output, said) if said is not None else None
+        # what the viewer sends before the socket answers waits (programinput.py)
+        self._input = ProgramInput(
+            output,
+            view_only_filter=ViewOnlyFilter() if view_only else None,
+            said=said,
+            paced=self._paced,
+        )
         self._sock: socket.socket | None = None
         self._bridge: FdBridge | None = None
-        self._early = bytearray()
         self._paused = False
         self._closed = False
         self.ended: asyncio.Future[int] | None = None  # set once the teardown has begun
@@ -109,9 +114,7 @@ class ScreenProcess:
         self._bridge = FdBridge(sock.fileno(), self._paced or self._output, self._finish)
         if self._paused:
             self._bridge.pause()
-        if self._early:
-            self._bridge.write(bytes(self._early))
-            self._early.clear()
+        self._input.attach(self._bridge)
 
     def _stderr_readable(self) -> None:
         """Keep the last STDERR_TAIL bytes of what the server says; stop at the pipe's end."""
@@ -152,21 +155,11 @@ class ScreenProcess:
         if self._closed:
             return
         try:
-            if self._filter is not None:
-                data = self._filter.feed(data)
-            if self._said is not None:
-                data = self._said.feed(data)
+            self._input.write(data)
         except RfbInputError as exc:
             log.warning("screen pid=%d: %s", self._proc.pid, exc)
             self._tail += f"\n{exc}\n".encode()
             self._finish()
-            return
-        if self._paced is not None:
-            self._paced.release()
-        if self._bridge is not None:
-            self._bridge.write(data)
-        elif len(self._early) + len(data) <= MAX_EARLY_INPUT:
-            self._early += data
 
     def _stop_bridge(self) -> None:
         self._closed = True

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT, Machine, stolen_machine
 from roguekit import Sink, as_sink, ask, control, refused, stolen_key_connection
 
 from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.protocol.control import SessionEnd, decode
 from allowhelp.protocol.kinds import channel_subsystem
-from harness import Broker, Fleet, wait_for
+from harness import Broker, wait_for
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
@@ -33,18 +33,8 @@ OWNER, OTHER = "ahtestc", "ahtestd"
 
 @pytest.fixture(scope="module")
 def stolen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Machine]]:
-    fleet = Fleet(tmp_path_factory.mktemp("machinegate"))
-    with local_users(OWNER, OTHER), passable_folder() as root:
-        machine = Machine(root, root / "machine")
-        try:
-            broker = fleet.broker().start()
-            enroll_system(broker, machine.config)
-            broker.stop()
-            machine.start_service()
-            yield broker, machine
-        finally:
-            machine.stop()
-            fleet.close()
+    with stolen_machine(tmp_path_factory.mktemp("machinegate"), OWNER, OTHER) as pair:
+        yield pair
 
 
 @pytest.fixture

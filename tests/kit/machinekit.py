@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import ADMIN, ADMIN_PW, PY, Broker, Desk, agent_cli, wait_for
+from harness import ADMIN, ADMIN_PW, PY, Broker, Desk, Fleet, agent_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PY = "/usr/bin/python3"
@@ -210,3 +210,22 @@ def machine_service(
         yield machine
     finally:
         machine.stop()
+
+
+@contextmanager
+def stolen_machine(folder: Path, *users: str) -> Iterator[tuple[Broker, Machine]]:
+    """A machine service enrolled with a broker that is then stopped, so a rogue
+    holding its tunnel key (``roguekit.stolen_key_connection``) takes its port; the
+    local ``users`` made for it. Everything stopped and removed after."""
+    fleet = Fleet(folder)
+    with local_users(*users), passable_folder() as root:
+        machine = Machine(root, root / "machine")
+        try:
+            broker = fleet.broker().start()
+            enroll_system(broker, machine.config)
+            broker.stop()
+            machine.start_service()
+            yield broker, machine
+        finally:
+            machine.stop()
+            fleet.close()
