@@ -23,32 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import pwd
 import struct
 import subprocess
-import threading
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
-from gnomekit import CAN_RUN_GNOME, WHY_NO_GNOME, GnomeDesktop, gnome_desktop
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, machine_service, passable_folder
-from playwright.sync_api import sync_playwright
-
-from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from harness import (
-    TECH,
-    TECH_PW,
-    Broker,
-    Desk,
-    broker_cli,
-    staffed_broker,
-    wait_for,
+from desktopworld import (
+    World,
+    desk_fixture,
+    desktop_marks,
+    portal_engine_pids,
+    through_dialog,
+    world_fixture,
 )
+from gnomekit import CAN_RUN_GNOME, WHY_NO_GNOME, GnomeDesktop, gnome_desktop
+
+from browserkit import ARTIFACTS, console_signed_in
+from harness import TECH, TECH_PW, Desk, wait_for
 from screenkit import (
     RfbClient,
     ServerInit,
@@ -70,79 +64,17 @@ MAGENTA = "ff00ff"
 RETURN = 0xFF0D
 Rect = tuple[int, int, int, int, bytes]
 
-pytestmark = [
-    pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
-    pytest.mark.skipif(not CAN_RUN_GNOME, reason=WHY_NO_GNOME),
-]
+pytestmark = desktop_marks(CAN_RUN_GNOME, WHY_NO_GNOME)
 
 
-@dataclass
-class World:
-    machine: Machine
-    broker: Broker
-    gnome: GnomeDesktop
+Gnome = World[GnomeDesktop]
 
-    def agent_row(self) -> dict[str, Any]:
-        return self.machine.agent_row(self.broker)
+world = world_fixture(USER, lambda user: gnome_desktop(user, MONITORS), "gnome-monitors")
+desk = desk_fixture()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        gnome_desktop(USER, MONITORS) as gnome,
-        staffed_broker(tmp_path_factory.mktemp("gnome-monitors")) as fleet,
-        machine_service(fleet.brokers[0], root, USER, gnome.session_env()) as machine,
-    ):
-        yield World(machine, fleet.brokers[0], gnome)
-
-
-@pytest.fixture
-def desk(world: World) -> Iterator[Desk]:
-    desk = Desk.login(world.broker, TECH, TECH_PW)
-    yield desk
-    desk.close()
-
-
-def consented_to_all(world: World, desk: Desk, *, view_only: bool) -> str:
-    return world.machine.allowed_screen(
-        desk, USER, view_only=view_only, reason="both", monitor="all"
-    )
-
-
-def engine_pids() -> list[int]:
-    """The portal engine and its GStreamer, of this test's user (other helpers' tests
-    on the machine may run theirs)."""
-    uid = str(pwd.getpwnam(USER).pw_uid)
-    found = processes("allowhelp.agent.portalvnc", "python3")
-    found += processes("pipewiresrc", "gst-launch-1.0")
-    return [pid for pid in found if owner(pid) == uid]
-
-
-def owner(pid: int) -> str:
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]
-    return ""
-
-
-async def through_gnomes_dialog(client: RfbClient, gnome: GnomeDesktop, how: str) -> None:
-    """Press ``how`` in GNOME's dialog until the engine speaks (it does once answered)."""
-    answered = threading.Event()
-
-    def press() -> None:
-        while not answered.is_set():
-            gnome.answer(how)
-            answered.wait(3)
-
-    presser = threading.Thread(target=press, daemon=True)
-    presser.start()
-    try:
-        first = await client.read(12, timeout=90)
-    finally:
-        answered.set()
-        presser.join(30)
-    client.buf[:0] = first  # the handshake reads it again
+def consented_to_all(world: Gnome, desk: Desk, *, view_only: bool) -> str:
+    return world.consented(desk, view_only=view_only, reason="both", monitor="all")
 
 
 async def picture(client: RfbClient, init: ServerInit) -> list[Rect]:
@@ -243,7 +175,7 @@ def on_second(box: tuple[int, int, int, int]) -> bool:
 
 
 def test_the_hello_lists_both_monitors_and_a_pick_is_still_refused(
-    world: World, desk: Desk
+    world: Gnome, desk: Desk
 ) -> None:
     monitors = world.agent_row()["monitors"]
     assert [(m["name"], m["width"], m["height"], m["x"], m["y"]) for m in monitors] == [
@@ -257,48 +189,36 @@ def test_the_hello_lists_both_monitors_and_a_pick_is_still_refused(
 
 
 @pytest.mark.browser
-def test_the_console_offers_the_dialogs_pick_or_all(world: World, desk: Desk) -> None:
+def test_the_console_offers_the_dialogs_pick_or_all(world: Gnome, desk: Desk) -> None:
     """Screen… for GNOME with two monitors: "Picked at the PC" (no monitor sent) or
     "All monitors", never one by name (the person picks in GNOME's dialog)."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(ignore_https_errors=True).new_page()
-            page.goto(world.broker.url + "/")
-            page.fill("input[name=username]", TECH)
-            page.fill("input[name=password]", TECH_PW)
-            page.click("#login-submit")
-            row = page.locator(f'#machines-rows tr[data-agent="{world.machine.agent_id}"]')
-            row.locator("button[data-screen='portal']").click()
-            picker = page.locator("#request-monitor")
-            picker.wait_for()
-            assert picker.locator("option").all_inner_texts() == [
-                "Picked at the PC",
-                "All monitors",
-            ]
-            assert picker.input_value() == ""
-            assert "desktop's own dialog" in page.locator("#request-monitor-note").inner_text()
-            picker.select_option("all")
-            page.fill("#request-form textarea[name=reason]", "all from the console")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "screen-gnome-monitor-picker.png"))
-            page.click("#request-send")
-            page.locator("#request-sent").wait_for()
-        finally:
-            browser.close()
+    with console_signed_in(world.broker, TECH, TECH_PW) as page:
+        row = page.locator(f'#machines-rows tr[data-agent="{world.machine.agent_id}"]')
+        row.locator("button[data-screen='portal']").click()
+        picker = page.locator("#request-monitor")
+        picker.wait_for()
+        assert picker.locator("option").all_inner_texts() == [
+            "Picked at the PC",
+            "All monitors",
+        ]
+        assert picker.input_value() == ""
+        assert "desktop's own dialog" in page.locator("#request-monitor-note").inner_text()
+        picker.select_option("all")
+        page.fill("#request-form textarea[name=reason]", "all from the console")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "screen-gnome-monitor-picker.png"))
+        page.click("#request-send")
+        page.locator("#request-sent").wait_for()
     sessions = desk.client.get("/api/v1/sessions").json()
     session = next(s for s in sessions if s["reason"] == "all from the console")
     desk.client.post(f"/api/v1/sessions/{session['id']}/end")
-    done = broker_cli("audit", "export", "--data", str(world.broker.data))
-    records = [json.loads(line) for line in done.stdout.splitlines()]
-    requested = next(
-        r for r in records if r["target"] == session["id"] and r["type"] == "session.requested"
-    )
+    records = world.audit_of(session["id"])
+    requested = next(r for r in records if r["type"] == "session.requested")
     assert requested["details"]["monitor"] == "all"
 
 
 def test_all_monitors_view_only_is_one_picture_and_input_is_dropped(
-    world: World, desk: Desk
+    world: Gnome, desk: Desk
 ) -> None:
     marker = Path(f"/home/{USER}/typed-under-view-only")
     marker.unlink(missing_ok=True)
@@ -307,7 +227,7 @@ def test_all_monitors_view_only_is_one_picture_and_input_is_dropped(
     async def scenario() -> list[int]:
         async with screen_socket(desk, session_id) as ws:
             client = RfbClient(ws)
-            await through_gnomes_dialog(client, world.gnome, "share-all")
+            await through_dialog(client, world.desktop, "share-all")
             init = await client.handshake()
             assert (init.width, init.height) == PICTURE
             rects = await picture(client, init)
@@ -315,7 +235,7 @@ def test_all_monitors_view_only_is_one_picture_and_input_is_dropped(
             assert variance(first, init.bpp) > 2, "Meta-0 (foot on it) is blank"
             below_second = pixels_in(rects, init, (1024, 600, 800, 168))
             assert below_second == bytes(len(below_second)), "no desktop under Meta-1"
-            pids = engine_pids()
+            pids = portal_engine_pids(USER)
             assert len(pids) == 2, pids
             engine = [pid for pid in processes("--all-monitors", "python3") if pid in pids]
             assert engine, "the engine was not asked for all"
@@ -327,7 +247,7 @@ def test_all_monitors_view_only_is_one_picture_and_input_is_dropped(
             for char in f"\ncd\ntouch {marker.name}\n":
                 keysym = RETURN if char == "\n" else ord(char)
                 await client.send(key_event(keysym, True) + key_event(keysym, False))
-            with magenta_window(world.gnome):
+            with magenta_window(world.desktop):
                 box = await magenta_seen(client, init)
                 assert box[2] <= 1024, f"the pointer reached Meta-1: a new window at {box}"
             ended = await asyncio.to_thread(world.machine.cli, USER, "end", session_id)
@@ -340,21 +260,21 @@ def test_all_monitors_view_only_is_one_picture_and_input_is_dropped(
     assert not marker.exists(), "a key typed under a view-only grant reached the desktop"
 
 
-def test_the_technicians_pointer_lands_on_the_second_monitor(world: World, desk: Desk) -> None:
+def test_the_technicians_pointer_lands_on_the_second_monitor(world: Gnome, desk: Desk) -> None:
     session_id = consented_to_all(world, desk, view_only=False)
 
     async def scenario() -> list[int]:
         async with screen_socket(desk, session_id) as ws:
             client = RfbClient(ws)
-            await through_gnomes_dialog(client, world.gnome, "control-all")
+            await through_dialog(client, world.desktop, "control-all")
             init = await client.handshake()
             assert (init.width, init.height) == PICTURE
             await no_magenta(client, init)
-            pids = engine_pids()
+            pids = portal_engine_pids(USER)
             await client.send(pointer_event(0, 1024 + 400, 300))
             # an update after the move: the engine has passed it on by then
             await picture(client, init)
-            with magenta_window(world.gnome):
+            with magenta_window(world.desktop):
                 box = await magenta_seen(client, init)
                 save_png(await picture(client, init), init, "screen-gnome-all-monitors.png")
                 assert on_second(box), f"the new window is not on Meta-1: {box}"
@@ -363,10 +283,10 @@ def test_the_technicians_pointer_lands_on_the_second_monitor(world: World, desk:
     pids = asyncio.run(scenario())  # the technician leaves
     assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
     wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
-    assert not engine_pids()
+    assert not portal_engine_pids(USER)
 
 
-def test_the_person_may_share_fewer_monitors_than_asked(world: World, desk: Desk) -> None:
+def test_the_person_may_share_fewer_monitors_than_asked(world: Gnome, desk: Desk) -> None:
     """The technician asked for all; the person ticks one in GNOME's dialog: the
     picture is that monitor alone (the dialog is the consent, not the request)."""
     session_id = consented_to_all(world, desk, view_only=True)
@@ -374,7 +294,7 @@ def test_the_person_may_share_fewer_monitors_than_asked(world: World, desk: Desk
     async def scenario() -> tuple[int, int]:
         async with screen_socket(desk, session_id) as ws:
             client = RfbClient(ws)
-            await through_gnomes_dialog(client, world.gnome, "share-first")
+            await through_dialog(client, world.desktop, "share-first")
             init = await client.handshake()
             await picture(client, init)
             return init.width, init.height

@@ -16,36 +16,20 @@ dialog, both end with a plain reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import pwd
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pytest
-import websockets
+from desktopworld import (
+    World,
+    closed_after_dialog,
+    desk_fixture,
+    desktop_marks,
+    portal_engine_pids,
+    through_dialog,
+    world_fixture,
+)
 from gnomekit import CAN_RUN_GNOME, GNOME_SIZE, WHY_NO_GNOME, GnomeDesktop, gnome_desktop
-from machinekit import (
-    CAN_RUN,
-    WHY_NOT,
-    Machine,
-    local_users,
-    machine_service,
-    passable_folder,
-)
 
-from harness import (
-    TECH,
-    TECH_PW,
-    Broker,
-    Desk,
-    broker_cli,
-    staffed_broker,
-    wait_for,
-)
+from harness import Desk, wait_for
 from screenkit import (
     RfbClient,
     ServerInit,
@@ -61,82 +45,17 @@ from screenkit import (
 USER = "ahgnome"
 RETURN = 0xFF0D
 
-pytestmark = [
-    pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
-    pytest.mark.skipif(not CAN_RUN_GNOME, reason=WHY_NO_GNOME),
-]
+pytestmark = desktop_marks(CAN_RUN_GNOME, WHY_NO_GNOME)
 
 
-@dataclass
-class World:
-    machine: Machine
-    broker: Broker
-    gnome: GnomeDesktop
+Gnome = World[GnomeDesktop]
 
-    def agent_row(self) -> dict[str, Any]:
-        return self.machine.agent_row(self.broker)
+world = world_fixture(USER, gnome_desktop, "gnome")
+desk = desk_fixture()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        gnome_desktop(USER) as gnome,
-        staffed_broker(tmp_path_factory.mktemp("gnome")) as fleet,
-        machine_service(fleet.brokers[0], root, USER, gnome.session_env()) as machine,
-    ):
-        yield World(machine, fleet.brokers[0], gnome)
-
-
-@pytest.fixture
-def desk(world: World) -> Iterator[Desk]:
-    desk = Desk.login(world.broker, TECH, TECH_PW)
-    yield desk
-    desk.close()
-
-
-def consented(world: World, desk: Desk, *, view_only: bool) -> str:
-    return world.machine.allowed_screen(desk, USER, view_only=view_only, reason="gnome test")
-
-
-def engine_pids() -> list[int]:
-    """The portal engine and its GStreamer, of this test's user (other tests on the
-    machine, e.g. another desktop's, may run GStreamer of their own)."""
-    uid = str(pwd.getpwnam(USER).pw_uid)
-    found = processes("allowhelp.agent.portalvnc", "python3")
-    found += processes("pipewiresrc", "gst-launch-1.0")
-    return [pid for pid in found if owner(pid) == uid]
-
-
-def owner(pid: int) -> str:
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]
-    return ""
-
-
-async def through_gnomes_dialog(client: RfbClient, gnome: GnomeDesktop, how: str) -> bytes:
-    """Press ``how`` in GNOME's dialog until the engine speaks (or closes); what it said.
-
-    The dialog appears a moment after the engine asks the portal; keys pressed
-    before it is there go to foot, which is harmless here. The engine says its RFB
-    version only once the desktop has answered, so that is the fact awaited."""
-    answered = threading.Event()
-
-    def press() -> None:
-        while not answered.is_set():
-            gnome.answer(how)
-            answered.wait(3)
-
-    presser = threading.Thread(target=press, daemon=True)
-    presser.start()
-    try:
-        first = await client.read(12, timeout=90)
-    finally:
-        answered.set()
-        presser.join(30)
-    client.buf[:0] = first  # the handshake reads it again
-    return first
+def consented(world: Gnome, desk: Desk, *, view_only: bool) -> str:
+    return world.consented(desk, view_only=view_only, reason="gnome test")
 
 
 async def not_blank(client: RfbClient, init: ServerInit, timeout: float = 15) -> bytes:
@@ -150,14 +69,14 @@ async def not_blank(client: RfbClient, init: ServerInit, timeout: float = 15) ->
         assert asyncio.get_running_loop().time() < deadline, "only blank pictures"
 
 
-def test_the_console_is_told_what_the_session_offers(world: World) -> None:
+def test_the_console_is_told_what_the_session_offers(world: Gnome) -> None:
     row = world.agent_row()
     assert row["screen"] == "portal", row
     assert row["desktop"].startswith("wayland: gnome; portals RemoteDesktop 1, ScreenCast ")
 
 
 def test_a_monitor_is_picked_in_gnomes_dialog_not_by_the_technician(
-    world: World, desk: Desk
+    world: Gnome, desk: Desk
 ) -> None:
     """The portal engine reports mutter's monitors, but the user picks in GNOME's
     dialog: a request that names one is refused before the PC is asked (#15).
@@ -171,7 +90,7 @@ def test_a_monitor_is_picked_in_gnomes_dialog_not_by_the_technician(
         assert "screen-sharing dialog" in answer.json()["message"]
 
 
-def test_view_only_screen_through_the_portal(world: World, desk: Desk) -> None:
+def test_view_only_screen_through_the_portal(world: Gnome, desk: Desk) -> None:
     marker = Path(f"/home/{USER}/typed-into-gnome")
     marker.unlink(missing_ok=True)
     session_id = consented(world, desk, view_only=True)
@@ -179,11 +98,11 @@ def test_view_only_screen_through_the_portal(world: World, desk: Desk) -> None:
     async def scenario() -> list[int]:
         async with screen_socket(desk, session_id) as ws:
             client = RfbClient(ws)
-            assert await through_gnomes_dialog(client, world.gnome, "share") == b"RFB 003.008\n"
+            assert await through_dialog(client, world.desktop, "share") == b"RFB 003.008\n"
             init = await client.handshake()
             assert (init.width, init.height) == GNOME_SIZE
             await not_blank(client, init)
-            pids = engine_pids()
+            pids = portal_engine_pids(USER)
             assert len(pids) == 2, pids
             listening = listening_inodes()
             for pid in pids:
@@ -205,24 +124,8 @@ def test_view_only_screen_through_the_portal(world: World, desk: Desk) -> None:
     assert not marker.exists(), "a key typed under a view-only grant reached the desktop"
 
 
-def audit_of(world: World, session_id: str) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(world.broker.data))
-    records = [json.loads(line) for line in done.stdout.splitlines()]
-    return [r for r in records if r["target"] == session_id]
-
-
-async def closed(desk: Desk, session_id: str, gnome: GnomeDesktop, how: str) -> Any:
-    async with screen_socket(desk, session_id) as ws:
-        client = RfbClient(ws)
-        with pytest.raises(websockets.ConnectionClosed) as caught:
-            await through_gnomes_dialog(client, gnome, how)
-            while True:
-                await asyncio.wait_for(ws.recv(), 90)
-        return caught.value
-
-
 def test_keys_typed_by_the_technician_reach_gnome_through_the_portal(
-    world: World, desk: Desk
+    world: Gnome, desk: Desk
 ) -> None:
     marker = Path(f"/home/{USER}/typed-into-gnome-under-control")
     marker.unlink(missing_ok=True)
@@ -231,10 +134,10 @@ def test_keys_typed_by_the_technician_reach_gnome_through_the_portal(
     async def scenario() -> list[int]:
         async with screen_socket(desk, session_id) as ws:
             client = RfbClient(ws)
-            assert await through_gnomes_dialog(client, world.gnome, "control") == (b"RFB 003.008\n")
+            assert await through_dialog(client, world.desktop, "control") == (b"RFB 003.008\n")
             init = await client.handshake()
             await not_blank(client, init)
-            pids = engine_pids()
+            pids = portal_engine_pids(USER)
             assert processes("--control", "python3"), "the engine runs without --control"
             # A first Return clears what the dialog's keys typed into foot before it
             # showed. Under load mutter may take the first keys before foot has the
@@ -254,22 +157,22 @@ def test_keys_typed_by_the_technician_reach_gnome_through_the_portal(
     wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
 
 
-def test_a_user_who_refuses_remote_interaction_is_heard(world: World, desk: Desk) -> None:
+def test_a_user_who_refuses_remote_interaction_is_heard(world: Gnome, desk: Desk) -> None:
     """A control grant, but the user shares the screen without allowing interaction
     in GNOME's dialog: the session ends with that reason, not a view it did not ask."""
     session_id = consented(world, desk, view_only=False)
-    shut = asyncio.run(closed(desk, session_id, world.gnome, "share-only"))
+    shut = asyncio.run(closed_after_dialog(desk, session_id, world.desktop, "share-only"))
     assert shut.rcvd is not None and shut.rcvd.code == 1011
     assert "did not allow remote control" in shut.rcvd.reason
     assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
-    failed = [r for r in audit_of(world, session_id) if r["type"] == "session.failed"]
+    failed = [r for r in world.audit_of(session_id) if r["type"] == "session.failed"]
     assert failed and "did not allow remote control" in failed[-1]["details"]["error"]
 
 
-def test_a_user_who_declines_gnomes_dialog_is_heard(world: World, desk: Desk) -> None:
+def test_a_user_who_declines_gnomes_dialog_is_heard(world: Gnome, desk: Desk) -> None:
     session_id = consented(world, desk, view_only=True)
-    shut = asyncio.run(closed(desk, session_id, world.gnome, "decline"))
+    shut = asyncio.run(closed_after_dialog(desk, session_id, world.desktop, "decline"))
     assert shut.rcvd is not None and shut.rcvd.code == 1011
     assert "declined the desktop's screen-sharing dialog" in shut.rcvd.reason
     assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
-    wait_for(lambda: not engine_pids(), 15, "the portal engine to be gone")
+    wait_for(lambda: not portal_engine_pids(USER), 15, "the portal engine to be gone")

@@ -31,16 +31,17 @@ cursor as metadata and are not touched.)
 from __future__ import annotations
 
 import asyncio
-import json
-import pwd
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import websockets
+from desktopworld import (
+    World,
+    closed_after_dialog,
+    desk_fixture,
+    desktop_marks,
+    portal_engine_pids,
+    through_dialog,
+    world_fixture,
+)
 from kdekit import (
     CAN_RUN_KDE,
     KDE_SIZE,
@@ -50,17 +51,8 @@ from kdekit import (
     KdeDesktop,
     kde_desktop,
 )
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, machine_service, passable_folder
 
-from harness import (
-    TECH,
-    TECH_PW,
-    Broker,
-    Desk,
-    broker_cli,
-    staffed_broker,
-    wait_for,
-)
+from harness import Desk, wait_for
 from screenkit import (
     RfbClient,
     command_line,
@@ -68,7 +60,6 @@ from screenkit import (
     key_event,
     listening_inodes,
     pointer_event,
-    processes,
     screen_socket,
     socket_inodes,
 )
@@ -78,93 +69,24 @@ RETURN = 0xFF0D
 
 pytestmark = [
     pytest.mark.skipif(not OPTED_IN, reason=WHY_NOT_OPTED_IN),
-    pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
-    pytest.mark.skipif(not CAN_RUN_KDE, reason=WHY_NO_KDE),
+    *desktop_marks(CAN_RUN_KDE, WHY_NO_KDE),
 ]
 
 
-@dataclass
-class World:
-    machine: Machine
-    broker: Broker
-    kde: KdeDesktop
+Kde = World[KdeDesktop]
+# KDE's dialog: the next press 10 s after one that found it (under load it may show
+# before it takes the keys), 1 s after one that did not (not there yet).
+DIALOG = {"again": 10, "not_yet": 1, "patience": 60}
 
-    def agent_row(self) -> dict[str, Any]:
-        return self.machine.agent_row(self.broker)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        kde_desktop(USER) as kde,
-        staffed_broker(tmp_path_factory.mktemp("kde")) as fleet,
-        machine_service(fleet.brokers[0], root, USER, kde.session_env()) as machine,
-    ):
-        yield World(machine, fleet.brokers[0], kde)
+world = world_fixture(USER, kde_desktop, "kde")
+desk = desk_fixture()
 
 
-@pytest.fixture
-def desk(world: World) -> Iterator[Desk]:
-    desk = Desk.login(world.broker, TECH, TECH_PW)
-    yield desk
-    desk.close()
+def consented(world: Kde, desk: Desk, *, view_only: bool) -> str:
+    return world.consented(desk, view_only=view_only, reason="kde test")
 
 
-def consented(world: World, desk: Desk, *, view_only: bool) -> str:
-    return world.machine.allowed_screen(desk, USER, view_only=view_only, reason="kde test")
-
-
-def engine_pids() -> list[int]:
-    """The portal engine and its GStreamer of this test's user (other tests may run theirs)."""
-    found = processes("allowhelp.agent.portalvnc", "python3") + processes(
-        "pipewiresrc", "gst-launch-1.0"
-    )
-    return [pid for pid in found if owner_of(pid) == pwd.getpwnam(USER).pw_uid]
-
-
-def owner_of(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return -1
-    return int(status.split("Uid:")[1].split()[0])
-
-
-async def through_kdes_dialog(client: RfbClient, kde: KdeDesktop, how: str) -> bytes:
-    """Answer ``how`` in KDE's dialog once it shows; what the engine said first.
-
-    The dialog appears a moment after the engine asks the portal (``answer``
-    says 1 until then); the engine says its RFB version only once the desktop
-    has answered, so that is the fact awaited."""
-    answered = threading.Event()
-
-    def press() -> None:
-        while not answered.is_set():
-            done = kde.answer(how).returncode == 0
-            # pressed: give the desktop time to answer before pressing again (under
-            # load the dialog may show before it takes the keys); else: not there yet
-            answered.wait(10 if done else 1)
-
-    presser = threading.Thread(target=press, daemon=True)
-    presser.start()
-    try:
-        first = await client.read(12, timeout=90)
-    finally:
-        answered.set()
-        presser.join(60)
-    client.buf[:0] = first  # the handshake reads it again
-    return first
-
-
-def audit_of(world: World, session_id: str) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(world.broker.data))
-    records = [json.loads(line) for line in done.stdout.splitlines()]
-    return [r for r in records if r["target"] == session_id]
-
-
-def test_the_console_is_told_it_is_kde_with_kwins_and_the_portals_versions(world: World) -> None:
+def test_the_console_is_told_it_is_kde_with_kwins_and_the_portals_versions(world: Kde) -> None:
     row = world.agent_row()
     assert row["screen"] == "portal", row
     assert row["desktop"].startswith("wayland: kde (KWin 5."), row
@@ -172,17 +94,20 @@ def test_the_console_is_told_it_is_kde_with_kwins_and_the_portals_versions(world
     assert row["monitors"] == []  # the user picks the monitor in KDE's dialog
 
 
-def test_view_only_screen_through_kdes_dialog(world: World, desk: Desk) -> None:
-    with world.kde.entry("viewonly") as typed:
+def test_view_only_screen_through_kdes_dialog(world: Kde, desk: Desk) -> None:
+    with world.desktop.entry("viewonly") as typed:
         session_id = consented(world, desk, view_only=True)
 
         async def scenario() -> list[int]:
             async with screen_socket(desk, session_id) as ws:
                 client = RfbClient(ws)
-                assert await through_kdes_dialog(client, world.kde, "share") == b"RFB 003.008\n"
+                assert (
+                    await through_dialog(client, world.desktop, "share", **DIALOG)
+                    == b"RFB 003.008\n"
+                )
                 init = await client.handshake()
                 assert (init.width, init.height) == KDE_SIZE
-                pids = engine_pids()
+                pids = portal_engine_pids(USER)
                 assert len(pids) == 2, pids
                 listening = listening_inodes()
                 for pid in pids:
@@ -197,33 +122,24 @@ def test_view_only_screen_through_kdes_dialog(world: World, desk: Desk) -> None:
         pids = asyncio.run(scenario())
         assert desk.wait_state(session_id, "ended")["end_reason"] == "user"
         wait_for(lambda: gone(pids), 15, "the portal engine and GStreamer to be gone")
-        assert world.kde.window("zenity") is not None, "a key typed under view-only closed it"
+        assert world.desktop.window("zenity") is not None, "a key typed under view-only closed it"
         assert typed.read_text() == "", "a key typed under a view-only grant reached the desktop"
 
 
-def test_a_user_who_cancels_kdes_dialog_is_heard(world: World, desk: Desk) -> None:
+def test_a_user_who_cancels_kdes_dialog_is_heard(world: Kde, desk: Desk) -> None:
     session_id = consented(world, desk, view_only=True)
 
-    async def closed() -> Any:
-        async with screen_socket(desk, session_id) as ws:
-            client = RfbClient(ws)
-            with pytest.raises(websockets.ConnectionClosed) as caught:
-                await through_kdes_dialog(client, world.kde, "decline")
-                while True:
-                    await asyncio.wait_for(ws.recv(), 90)
-            return caught.value
-
-    shut = asyncio.run(closed())
+    shut = asyncio.run(closed_after_dialog(desk, session_id, world.desktop, "decline", **DIALOG))
     assert shut.rcvd is not None and shut.rcvd.code == 1011
     assert "declined the desktop's screen-sharing dialog" in shut.rcvd.reason
     assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
-    failed = [r for r in audit_of(world, session_id) if r["type"] == "session.failed"]
+    failed = [r for r in world.audit_of(session_id) if r["type"] == "session.failed"]
     assert failed and "declined" in failed[-1]["details"]["error"]
-    wait_for(lambda: not engine_pids(), 15, "the portal engine to be gone")
+    wait_for(lambda: not portal_engine_pids(USER), 15, "the portal engine to be gone")
 
 
-def test_keys_typed_by_the_technician_reach_the_kde_application(world: World, desk: Desk) -> None:
-    with world.kde.entry("control") as typed:
+def test_keys_typed_by_the_technician_reach_the_kde_application(world: Kde, desk: Desk) -> None:
+    with world.desktop.entry("control") as typed:
         session_id = consented(world, desk, view_only=False)
 
         async def scenario() -> list[int]:
@@ -234,7 +150,7 @@ def test_keys_typed_by_the_technician_reach_the_kde_application(world: World, de
                 client.buf[:0] = b"RFB 003.008\n"
                 init = await client.handshake()
                 assert (init.width, init.height) == KDE_SIZE
-                pids = engine_pids()
+                pids = portal_engine_pids(USER)
                 assert len(pids) == 2, pids
                 assert any("--control" in command_line(pid) for pid in pids), "not --control"
                 for char in "hello kde\n":
@@ -253,13 +169,13 @@ def test_keys_typed_by_the_technician_reach_the_kde_application(world: World, de
 
 
 def test_the_technicians_pointer_moves_kwins_and_clicks_in_the_application(
-    world: World, desk: Desk
+    world: Kde, desk: Desk
 ) -> None:
     """A control grant: the viewer's pointer goes to KWin through the RemoteDesktop
     portal at the position the technician points at, and a click lands: zenity's
     OK button (the right-most one, at the bottom right of its window) says the text."""
-    with world.kde.entry("pointer") as typed:
-        window = world.kde.window("zenity")
+    with world.desktop.entry("pointer") as typed:
+        window = world.desktop.window("zenity")
         assert window is not None
         x, y, width, height = window
         session_id = consented(world, desk, view_only=False)
@@ -274,7 +190,7 @@ def test_the_technicians_pointer_moves_kwins_and_clicks_in_the_application(
                     await client.send(key_event(ord(char), True) + key_event(ord(char), False))
                 await client.send(pointer_event(0, 100, 50))
                 await asyncio.to_thread(
-                    wait_for, lambda: world.kde.cursor() == (100, 50), 15, "KWin's pointer"
+                    wait_for, lambda: world.desktop.cursor() == (100, 50), 15, "KWin's pointer"
                 )
                 ok = (x + width - 24, y + height - 24)
                 await client.send(pointer_event(0, *ok) + pointer_event(1, *ok))
@@ -284,4 +200,4 @@ def test_the_technicians_pointer_moves_kwins_and_clicks_in_the_application(
                 )
 
         asyncio.run(scenario())
-        assert typed.read_text().strip() == "clicked", world.kde.log("kwin.log")
+        assert typed.read_text().strip() == "clicked", world.desktop.log("kwin.log")

@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 import websockets
 from monitorkit import BOX, HALF, LEFT_COLOUR, RIGHT_COLOUR, SIZE, TwoMonitors, start_two_monitors
-from playwright.sync_api import sync_playwright
 
-from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from browserkit import ARTIFACTS, console_signed_in
 from harness import (
     ADMIN,
     ADMIN_PW,
@@ -243,33 +242,24 @@ def test_the_console_picks_a_monitor(world: dict[str, Any], desk: Desk) -> None:
     """Screen… offers the PC's monitors (the first chosen: none is primary here) and
     All monitors; the one picked travels with the request."""
     broker: Broker = world["broker"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(ignore_https_errors=True).new_page()
-            page.goto(broker.url + "/")
-            page.fill("input[name=username]", TECH)
-            page.fill("input[name=password]", TECH_PW)
-            page.click("#login-submit")
-            row = page.locator(f'#machines-rows tr[data-agent="{world["two"].agent_id}"]')
-            row.locator("button[data-screen='x11']").click()
-            picker = page.locator("#request-monitor")
-            picker.wait_for()
-            labels = picker.locator("option").all_inner_texts()
-            times = "\u00d7"  # the multiplication sign the console writes
-            assert labels == [f"left (1280{times}800)", f"right (1280{times}800)", "All monitors"]
-            assert picker.input_value() == "left"
-            page.click("#request-kind label:has(input[value=shell])")
-            assert page.locator("#request-monitor-row").is_hidden()
-            page.click("#request-kind label:has(input[value=screen])")
-            picker.select_option("right")
-            page.fill("#request-form textarea[name=reason]", "picked in the console")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "screen-monitor-picker.png"))
-            page.click("#request-send")
-            page.locator("#request-sent").wait_for()
-        finally:
-            browser.close()
+    with console_signed_in(broker, TECH, TECH_PW) as page:
+        row = page.locator(f'#machines-rows tr[data-agent="{world["two"].agent_id}"]')
+        row.locator("button[data-screen='x11']").click()
+        picker = page.locator("#request-monitor")
+        picker.wait_for()
+        labels = picker.locator("option").all_inner_texts()
+        times = "\u00d7"  # the multiplication sign the console writes
+        assert labels == [f"left (1280{times}800)", f"right (1280{times}800)", "All monitors"]
+        assert picker.input_value() == "left"
+        page.click("#request-kind label:has(input[value=shell])")
+        assert page.locator("#request-monitor-row").is_hidden()
+        page.click("#request-kind label:has(input[value=screen])")
+        picker.select_option("right")
+        page.fill("#request-form textarea[name=reason]", "picked in the console")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "screen-monitor-picker.png"))
+        page.click("#request-send")
+        page.locator("#request-sent").wait_for()
     sessions = desk.client.get("/api/v1/sessions").json()
     session = next(s for s in sessions if s["reason"] == "picked in the console")
     desk.client.post(f"/api/v1/sessions/{session['id']}/end")

@@ -22,20 +22,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
-from machinekit import (
-    CAN_RUN,
-    SYSTEM_PY,
-    WHY_NOT,
-    Machine,
-    local_users,
-    machine_service,
-    passable_folder,
-)
+from desktopworld import World, desk_fixture, desktop_marks, world_fixture
+from machinekit import SYSTEM_PY
 from waylandkit import (
     CAN_RUN_SWAY,
     SECOND_COLOUR,
@@ -46,7 +38,7 @@ from waylandkit import (
     sway_desktop,
 )
 
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, staffed_broker, wait_for
+from harness import Desk, wait_for
 from screenkit import (
     RfbClient,
     ServerInit,
@@ -61,38 +53,15 @@ from screenkit import (
 )
 
 USER = "ahmonitors"
-World = tuple[Machine, Broker, SwayDesktop]
 RETURN = 0xFF0D
 
-pytestmark = [
-    pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
-    pytest.mark.skipif(not CAN_RUN_SWAY, reason=WHY_NO_SWAY),
-]
+pytestmark = desktop_marks(CAN_RUN_SWAY, WHY_NO_SWAY)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        sway_desktop(USER, second_output=True) as sway,
-        staffed_broker(tmp_path_factory.mktemp("wayland-monitors")) as fleet,
-        machine_service(fleet.brokers[0], root, USER, sway.session_env()) as machine,
-    ):
-        yield machine, fleet.brokers[0], sway
+Sway = World[SwayDesktop]
 
-
-@pytest.fixture
-def desk(world: World) -> Iterator[Desk]:
-    desk = Desk.login(world[1], TECH, TECH_PW)
-    yield desk
-    desk.close()
-
-
-def agent_row(world: World) -> dict[str, Any]:
-    machine, broker, _ = world
-    rows = broker.agents(ADMIN, ADMIN_PW)
-    return next(a for a in rows if a["id"] == machine.agent_id)
+world = world_fixture(USER, lambda user: sway_desktop(user, second_output=True), "wayland-monitors")
+desk = desk_fixture()
 
 
 def share(init: ServerInit, pixels: bytes, colour: tuple[int, int, int]) -> float:
@@ -114,8 +83,8 @@ def share(init: ServerInit, pixels: bytes, colour: tuple[int, int, int]) -> floa
     return count / (len(pixels) // size)
 
 
-def test_the_hello_lists_both_outputs(world: World) -> None:
-    row = agent_row(world)
+def test_the_hello_lists_both_outputs(world: Sway) -> None:
+    row = world.agent_row()
     assert row["screen"] == "wlroots", row
     width, height = SWAY_SIZE
     second_w, second_h = SECOND_SIZE
@@ -125,8 +94,8 @@ def test_the_hello_lists_both_outputs(world: World) -> None:
     ]
 
 
-def test_the_second_output_alone(world: World, desk: Desk) -> None:
-    machine, _, _ = world
+def test_the_second_output_alone(world: Sway, desk: Desk) -> None:
+    machine = world.machine
     answer = desk.request(machine.agent_id, kind="screen", reason="two", monitor="HEADLESS-2")
     assert answer.status_code == 201, answer.text
     session_id = answer.json()["id"]
@@ -160,10 +129,8 @@ def test_the_second_output_alone(world: World, desk: Desk) -> None:
     wait_for(lambda: gone(pids), 15, "wayvnc to be gone after the technician left")
 
 
-def consented_to_all(machine: Machine, desk: Desk, *, view_only: bool) -> str:
-    return machine.allowed_screen(
-        desk, USER, view_only=view_only, reason="all of them", monitor="all"
-    )
+def consented_to_all(world: Sway, desk: Desk, *, view_only: bool) -> str:
+    return world.consented(desk, view_only=view_only, reason="all of them", monitor="all")
 
 
 def region(init: ServerInit, pixels: bytes, box: tuple[int, int, int, int]) -> bytes:
@@ -199,12 +166,12 @@ ALL_SIZE = (SWAY_SIZE[0] + SECOND_SIZE[0], max(SWAY_SIZE[1], SECOND_SIZE[1]))
 SECOND_BOX = (SWAY_SIZE[0], 0, *SECOND_SIZE)
 
 
-def test_all_outputs_in_one_picture_view_only(world: World, desk: Desk) -> None:
+def test_all_outputs_in_one_picture_view_only(world: Sway, desk: Desk) -> None:
     """One wayvnc per output (wayvnc 0.5 serves one), composed at sway's layout."""
-    machine, _, sway = world
+    machine, sway = world.machine, world.desktop
     marker = Path(f"/home/{USER}/typed-under-view-only")
     marker.unlink(missing_ok=True)
-    session_id = consented_to_all(machine, desk, view_only=True)
+    session_id = consented_to_all(world, desk, view_only=True)
 
     async def scenario() -> list[int]:
         async with screen_socket(desk, session_id) as ws:
@@ -249,13 +216,13 @@ def test_all_outputs_in_one_picture_view_only(world: World, desk: Desk) -> None:
 
 
 def test_the_pointer_lands_on_the_second_output_and_keys_reach_foot(
-    world: World, desk: Desk
+    world: Sway, desk: Desk
 ) -> None:
-    machine, _, sway = world
+    sway = world.desktop
     marker = Path(f"/home/{USER}/typed-through-all-outputs")
     marker.unlink(missing_ok=True)
     assert focused_output(sway) == "HEADLESS-1"
-    session_id = consented_to_all(machine, desk, view_only=False)
+    session_id = consented_to_all(world, desk, view_only=False)
 
     async def scenario() -> list[int]:
         async with screen_socket(desk, session_id) as ws:
@@ -293,10 +260,10 @@ TERM_AFTER = (0.0, 0.0, 0.0, 0.005, 0.02, 0.05, 0.2)
 
 
 @pytest.mark.parametrize("delay", TERM_AFTER)
-def test_a_sigterm_during_start_up_leaves_no_private_folder(world: World, delay: float) -> None:
+def test_a_sigterm_during_start_up_leaves_no_private_folder(world: Sway, delay: float) -> None:
     """The session helper ends the engine's process group with SIGTERM whenever the
     session ends, the engine's start-up included: its 0700 folder goes with it."""
-    _, _, sway = world
+    sway = world.desktop
     ours, theirs = socket.socketpair()
     env = (*sway.session_env(), f"PYTHONPATH={ROOT}", "PATH=/usr/bin:/bin")
     argv = [*sway.as_user(*env), SYSTEM_PY, "-m", "allowhelp.agent.wayvncall", "--control"]

@@ -13,36 +13,16 @@ gone after, and nothing listens on TCP at any moment.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
-from machinekit import (
-    CAN_RUN,
-    WHY_NOT,
-    Machine,
-    local_users,
-    machine_service,
-    passable_folder,
-)
-from playwright.sync_api import sync_playwright
+from desktopworld import World, desk_fixture, desktop_marks, owner_of, world_fixture
 from waylandkit import CAN_RUN_SWAY, SWAY_SIZE, WHY_NO_SWAY, SwayDesktop, sway_desktop
 
-from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from harness import (
-    TECH,
-    TECH_PW,
-    Broker,
-    Desk,
-    broker_cli,
-    staffed_broker,
-    wait_for,
-)
+from browserkit import ARTIFACTS, console_signed_in
+from harness import TECH, TECH_PW, Desk, wait_for
 from screenkit import (
     RfbClient,
     ServerInit,
@@ -58,55 +38,22 @@ from screenkit import (
 USER = "ahwayland"
 RETURN = 0xFF0D
 
-pytestmark = [
-    pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT),
-    pytest.mark.skipif(not CAN_RUN_SWAY, reason=WHY_NO_SWAY),
-]
+pytestmark = desktop_marks(CAN_RUN_SWAY, WHY_NO_SWAY)
 
 
-@dataclass
-class World:
-    machine: Machine
-    broker: Broker
-    sway: SwayDesktop
+Sway = World[SwayDesktop]
 
-    def agent_row(self) -> dict[str, Any]:
-        return self.machine.agent_row(self.broker)
+world = world_fixture(USER, sway_desktop, "wayland")
+desk = desk_fixture()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        sway_desktop(USER) as sway,
-        staffed_broker(tmp_path_factory.mktemp("wayland")) as fleet,
-        machine_service(fleet.brokers[0], root, USER, sway.session_env()) as machine,
-    ):
-        yield World(machine, fleet.brokers[0], sway)
+def consented(world: Sway, desk: Desk, *, view_only: bool = False) -> str:
+    return world.consented(desk, view_only=view_only, reason="wayland test")
 
 
-@pytest.fixture
-def desk(world: World) -> Iterator[Desk]:
-    desk = Desk.login(world.broker, TECH, TECH_PW)
-    yield desk
-    desk.close()
-
-
-def consented(world: World, desk: Desk, *, view_only: bool = False) -> str:
-    return world.machine.allowed_screen(desk, USER, view_only=view_only, reason="wayland test")
-
-
-def wayvnc_pids(world: World) -> list[int]:
+def wayvnc_pids(world: Sway) -> list[int]:
     found: list[int] = wait_for(lambda: processes("--unix-socket", "wayvnc"), 15, "wayvnc to run")
     return found
-
-
-def uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid for {pid}")
 
 
 def nothing_listens(pids: list[int]) -> None:
@@ -140,14 +87,14 @@ def home_file(name: str) -> Path:
     return Path(f"/home/{USER}") / name
 
 
-def test_the_console_is_told_what_the_session_offers(world: World) -> None:
+def test_the_console_is_told_what_the_session_offers(world: Sway) -> None:
     row = world.agent_row()
     assert row["screen"] == "wlroots", row
     assert row["desktop"] == "wayland: sway"
     assert row["screen_problem"] == ""
 
 
-def test_keys_typed_by_the_technician_run_in_foot(world: World, desk: Desk) -> None:
+def test_keys_typed_by_the_technician_run_in_foot(world: Sway, desk: Desk) -> None:
     marker = home_file("typed-by-technician")
     marker.unlink(missing_ok=True)
     session_id = consented(world, desk)
@@ -159,7 +106,7 @@ def test_keys_typed_by_the_technician_run_in_foot(world: World, desk: Desk) -> N
             assert (init.width, init.height) == SWAY_SIZE
             await not_blank(client, init)
             pids = wayvnc_pids(world)
-            assert len(pids) == 1 and uid_of(pids[0]) == os.stat(f"/home/{USER}").st_uid
+            assert len(pids) == 1 and owner_of(pids[0]) == os.stat(f"/home/{USER}").st_uid
             assert "--disable-input" not in Path(f"/proc/{pids[0]}/cmdline").read_text()
             nothing_listens(pids)
             await type_text(client, f"cd\ntouch {marker.name}\n")
@@ -170,10 +117,10 @@ def test_keys_typed_by_the_technician_run_in_foot(world: World, desk: Desk) -> N
     pids = asyncio.run(scenario())
     assert desk.wait_state(session_id, "ended")["end_reason"] == "technician"
     wait_for(lambda: gone(pids), 15, "wayvnc to be gone after the technician left")
-    assert not list(world.sway.runtime.glob("allowhelp-screen-*")), "the private folder is left"
+    assert not list(world.desktop.runtime.glob("allowhelp-screen-*")), "the private folder is left"
 
 
-def test_view_only_refuses_keys_and_the_user_ends_it_from_the_pc(world: World, desk: Desk) -> None:
+def test_view_only_refuses_keys_and_the_user_ends_it_from_the_pc(world: Sway, desk: Desk) -> None:
     marker = home_file("typed-while-view-only")
     marker.unlink(missing_ok=True)
     session_id = consented(world, desk, view_only=True)
@@ -198,13 +145,13 @@ def test_view_only_refuses_keys_and_the_user_ends_it_from_the_pc(world: World, d
     assert desk.wait_state(session_id, "ended")["end_reason"] == "user"
     wait_for(lambda: gone(pids), 15, "wayvnc to be gone after the user ended it")
     assert not marker.exists(), "a key typed under a view-only grant ran a command"
-    assert not list(world.sway.runtime.glob("allowhelp-screen-*"))
+    assert not list(world.desktop.runtime.glob("allowhelp-screen-*"))
 
 
-def test_a_failure_after_consent_is_said(world: World, desk: Desk) -> None:
+def test_a_failure_after_consent_is_said(world: Sway, desk: Desk) -> None:
     """wayvnc cannot get its private folder (the runtime folder is not writable for a
     moment): the technician's screen closes with the reason, audited as session.failed."""
-    runtime = world.sway.runtime
+    runtime = world.desktop.runtime
     session_id = consented(world, desk)
 
     async def scenario() -> websockets.ConnectionClosed:
@@ -222,24 +169,16 @@ def test_a_failure_after_consent_is_said(world: World, desk: Desk) -> None:
     assert closed.rcvd is not None and closed.rcvd.code == 1011
     assert "could not start" in closed.rcvd.reason and "Permission denied" in closed.rcvd.reason
     assert desk.wait_state(session_id, "ended")["end_reason"] == "error"
-    done = broker_cli("audit", "export", "--data", str(world.broker.data))
-    records = [json.loads(line) for line in done.stdout.splitlines()]
-    failed = [r for r in records if r["target"] == session_id and r["type"] == "session.failed"]
+    failed = [r for r in world.audit_of(session_id) if r["type"] == "session.failed"]
     assert failed and "Permission denied" in failed[-1]["details"]["error"]
 
 
 @pytest.mark.browser
-def test_the_console_offers_the_screen_only_where_it_can_work(world: World) -> None:
+def test_the_console_offers_the_screen_only_where_it_can_work(world: Sway) -> None:
     """Screen… is on for the sway session, and off with the reason once nobody is
     signed in; live, without a reload."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(ignore_https_errors=True).new_page()
-            page.goto(world.broker.url + "/")
-            page.fill("input[name=username]", TECH)
-            page.fill("input[name=password]", TECH_PW)
-            page.click("#login-submit")
+    try:
+        with console_signed_in(world.broker, TECH, TECH_PW) as page:
             row = page.locator(f'#machines-rows tr[data-agent="{world.machine.agent_id}"]')
             screen = row.locator("button:has-text('Screen')")
             row.locator("button[data-screen='wlroots']").wait_for()
@@ -251,7 +190,6 @@ def test_the_console_offers_the_screen_only_where_it_can_work(world: World) -> N
             assert screen.get_attribute("title") == "No screen: nobody signed in"
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "screen-nobody-signed-in.png"))
-        finally:
-            browser.close()
-            if USER not in world.machine.helpers:
-                world.machine.start_helper(USER, env=world.sway.session_env())
+    finally:
+        if USER not in world.machine.helpers:
+            world.machine.start_helper(USER, env=world.desktop.session_env())

@@ -6,12 +6,14 @@ page collects what must stay empty: CSP violations, page errors, dialogs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Browser, Page, async_playwright
+from playwright.sync_api import Page as SyncPage
+from playwright.sync_api import sync_playwright
 
 from harness import Broker
 
@@ -64,3 +66,20 @@ async def logged_in_page(
     if not answer.get("csrf_token"):
         raise AssertionError(f"login failed: {answer}")
     return page, problems
+
+
+@contextmanager
+def console_signed_in(broker: Broker, user: str, password: str) -> Iterator[SyncPage]:
+    """The console's page in Chromium (sync Playwright), signed in through its own
+    form as ``user``; the browser closed after."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(ignore_https_errors=True).new_page()
+            page.goto(broker.url + "/")
+            page.fill("input[name=username]", user)
+            page.fill("input[name=password]", password)
+            page.click("#login-submit")
+            yield page
+        finally:
+            browser.close()
