@@ -61,11 +61,6 @@ class ProgramInput:
         self._held = bytearray()
         self._stopped_reading = False
 
-    @property
-    def held(self) -> int:
-        """How many bytes wait for the program."""
-        return len(self._held)
-
     def write(self, data: bytes) -> None:
         if self._filter is not None:
             data = self._filter.feed(data)
