@@ -54,7 +54,9 @@ def bind_listeners(folder: Path, *, system: bool) -> dict[str, socket.socket]:
     return {"local": bind_local(socket_path(folder))}
 
 
-def run_doorbell(folder: Path, argv: Sequence[str], *, system: bool) -> int:
+def run_doorbell(
+    folder: Path, argv: Sequence[str], *, system: bool, reconnect_cap: float = 30.0
+) -> int:
     """``run --idle doorbell`` (``cli.py``): until SIGTERM or SIGINT; 0 then."""
     config = AgentConfig.load(folder)
     with contextlib.suppress(OSError):  # this process runs the installed version
@@ -62,7 +64,7 @@ def run_doorbell(folder: Path, argv: Sequence[str], *, system: bool) -> int:
     listeners = bind_listeners(folder, system=system)
     command = woken_command(argv, sys.orig_argv, sys.executable)
     try:
-        return Doorbell(folder, config, command, listeners).run()
+        return Doorbell(folder, config, command, listeners, reconnect_cap).run()
     finally:
         for listener in listeners.values():
             path = listener.getsockname()
