@@ -36,7 +36,7 @@ class FreshHello:
         self.sent: dict[str, object] | None = None  # the Hello the broker shows, as known
         self.settle_until = time.monotonic() + SETTLE
         self.last_dial = -REDIAL_EVERY
-        self._due = False
+        self._due = True  # once settled: hello.json may name someone gone since
         self._signed_in: SignedIn | None = None
 
     def wanted(self) -> dict[str, object]:

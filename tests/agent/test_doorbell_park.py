@@ -187,3 +187,24 @@ def test_a_fresh_hello_follows_the_parked_helpers_at_a_bounded_pace(
         helper.close()
         park.close()
         selector.close()
+
+
+def test_a_user_gone_while_the_doorbell_was_down_is_cleared_once_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doorbellfresh, "SETTLE", 0.3)
+    monkeypatch.setattr(doorbellfresh, "REDIAL_EVERY", 0.0)
+    (tmp_path / HELLO_FILE).write_text(
+        json.dumps({"type": "hello", "hostname": "pc", "os": "", "user": "alice", "version": "1"})
+    )
+    selector = selectors.DefaultSelector()
+    fresh = FreshHello(tmp_path, HelperPark(selector), system=True)
+    try:
+        first = fresh.wanted()  # at start: what the last full agent said
+        assert first["user"] == "alice"
+        fresh.dialing(first)
+        assert fresh.redial() is None  # helpers get a moment to come back first
+        wanted = wait_for(fresh.redial, 5, "the fresh Hello", step=0.05)
+        assert wanted["user"] == "" and wanted["screen_problem"] == "nobody signed in"
+    finally:
+        selector.close()
