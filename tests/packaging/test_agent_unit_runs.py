@@ -33,6 +33,7 @@ from machinekit import (
     rss_kib,
 )
 
+from allowhelp.agent.cliargs import SYSTEMD_CONFIG_ENV, system_config_dir
 from harness import (
     TECH,
     TECH_PW,
@@ -167,3 +168,23 @@ def test_the_unit_s_command_idles_on_the_doorbell_wakes_and_stops(tmp_path: Path
         said = log.read_text()
         assert "Traceback" not in said
         assert "doorbell stopped" in said
+
+
+@pytest.mark.parametrize(
+    ("given", "folder"),
+    [
+        (None, "/etc/allowhelp/agent"),
+        ("/etc/allowhelp/agent", "/etc/allowhelp/agent"),
+        ("/srv/agent:/srv/other", "/srv/agent"),  # systemd joins several with ':'
+        ("relative/agent", "/etc/allowhelp/agent"),  # not systemd's: ignored
+        ("", "/etc/allowhelp/agent"),
+    ],
+)
+def test_the_machine_service_s_folder_is_systemd_s(
+    monkeypatch: pytest.MonkeyPatch, given: str | None, folder: str
+) -> None:
+    if given is None:
+        monkeypatch.delenv(SYSTEMD_CONFIG_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SYSTEMD_CONFIG_ENV, given)
+    assert system_config_dir() == Path(folder)
