@@ -7,6 +7,9 @@ allowhelp (issue #19; docs/design.md, "The doorbell"). It:
 - reads ``doorbell.json`` (the key the full agent was sent) and POSTs the last
   ``hello.json`` to ``/api/v1/agent/doorbell``; the broker lists the PC online
   while that stream stands, and writes ``{"type": "ring"}`` when it needs the PC;
+  the machine service's rings in again when who is signed in changes while it
+  idles (``doorbellfresh.py``); every broker node is tried as the tunnel tries
+  them (``doorbellnodes.py``);
 - starts the full agent (the same command line with ``--idle woken``) when it
   has no key, when the broker rings, when the broker refuses the key (401: the
   key is deleted first) and when a local client connects to a socket it holds;
