@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from allowhelp.agent.cliargs import (
+    SYSTEM_CONFIG_DIR,
+    config_arg,
+    config_dir,
+    need_root,
+    prompt_arg,
+)
 from allowhelp.agent.cliparse import argparse_in_our_language
+from allowhelp.agent.clirun import add_run
 from allowhelp.agent.config import default_config_dir
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import N_, _
@@ -30,83 +37,17 @@ from allowhelp.runtime import run_command
 PROG = "allowhelp-agent"
 
 
-SYSTEM_CONFIG_DIR = Path("/etc/allowhelp/agent")
-
-
-def config_dir(args: argparse.Namespace) -> Path:
-    if args.config:
-        return Path(args.config)
-    return SYSTEM_CONFIG_DIR if getattr(args, "system", False) else default_config_dir()
-
-
-def _need_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise AgentError(
-            _("%(what)s runs as root (the machine service): use sudo") % {"what": what}
-        )
-
-
 def cmd_enroll(args: argparse.Namespace) -> int:
     from allowhelp.agent.enrol import enrol
 
     if args.system:
-        _need_root("enroll --system")
+        need_root("enroll --system")
     config = enrol(args.token, config_dir(args), args.proxy or "", system=args.system)
     print(
         _("enrolled: this PC is agent %(agent)s of %(broker)s")
         % {"agent": config.agent_id, "broker": config.broker_url}
     )
     return 0
-
-
-IDLE_WAYS = ("tunnel", "doorbell", "woken")  # woken: started by the doorbell, not in --help
-LINGER_DEFAULT = 60.0
-
-
-def check_linger(args: argparse.Namespace) -> float | None:
-    """The full agent's ``--linger`` (started by the doorbell: ``--idle woken``), else None."""
-    if args.linger is not None and args.idle == "tunnel":
-        raise ValueError(_("--linger needs --idle doorbell: with --idle tunnel the agent stays"))
-    linger = LINGER_DEFAULT if args.linger is None else args.linger
-    if not 1.0 <= linger <= 86400.0:
-        raise ValueError(_("--linger must be between 1 and 86400 seconds"))
-    return linger if args.idle == "woken" else None
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    linger = check_linger(args)
-    if args.system:
-        _need_root("run --system")
-        if args.prompt is not None:
-            raise AgentError(_("run --system shows no prompts: `allowhelp-agent session` does"))
-    if args.idle == "doorbell":  # before anything heavy is imported: it stays small
-        from allowhelp.agent.doorbell import run_doorbell
-
-        return run_doorbell(config_dir(args), args.argv, system=args.system)
-    from allowhelp.agent.runner import run_agent, run_machine
-    from allowhelp.runtime import run_event_loop, tune_malloc
-
-    tune_malloc()
-    if args.system:
-        run_event_loop(
-            run_machine(config_dir(args), reconnect_cap=args.reconnect_cap, linger=linger)
-        )
-        return 0
-    run_event_loop(
-        run_agent(
-            config_dir(args),
-            reconnect_cap=args.reconnect_cap,
-            prompt=args.prompt or "auto",
-            linger=linger,
-        )
-    )
-    return 0
-
-
-def idle_way(text: str) -> str:
-    if text not in IDLE_WAYS:
-        raise argparse.ArgumentTypeError(_("%(value)r is not tunnel or doorbell") % {"value": text})
-    return text
 
 
 def cmd_session(args: argparse.Namespace) -> int:
@@ -323,37 +264,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def seconds(text: str) -> float:
-    """A number of seconds, refused in the user's words (argparse would name "float")."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            _("%(value)r is not a number of seconds") % {"value": text}
-        ) from None
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        default=None,
-        metavar=_("FOLDER"),
-        help=_("configuration folder (default: $ALLOWHELP_CONFIG or ~/.config/allowhelp/agent)"),
-    )
-
-
-def _prompt_arg(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument(
-        "--prompt",
-        choices=("auto", "dialog", "terminal", "none"),
-        default=default,
-        help=_(
-            "how to ask you: a desktop dialog, this terminal, or neither (only "
-            "`allowhelp-agent allow`); auto picks what this session has (default auto)"
-        ),
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=_("allowhelp agent"))
     parser.add_argument("-v", "--verbose", action="store_true", help=_("debug logging"))
@@ -376,49 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
             "enrol the PC once, for the machine service (root; default folder /etc/allowhelp/agent)"
         ),
     )
-    _config_arg(enroll)
+    config_arg(enroll)
     enroll.set_defaults(func=cmd_enroll)
-    run = sub.add_parser("run", help=_("dial the broker and wait for help requests"))
-    run.add_argument(
-        "--system",
-        action="store_true",
-        help=_(
-            "run as the machine service (root): every signed-in user's sessions go "
-            "through it; `allowhelp-agent session` shows the prompts"
-        ),
-    )
-    _config_arg(run)
-    run.add_argument(
-        "--reconnect-cap",
-        type=seconds,
-        default=30.0,
-        metavar=_("SECONDS"),
-        help=_("longest wait between two attempts to reach the broker (default 30)"),
-    )
-    _prompt_arg(run, None)
-    run.add_argument(
-        "--idle",
-        type=idle_way,
-        default="tunnel",
-        metavar="{tunnel,doorbell}",
-        help=_(
-            "what waits while nobody needs the agent: the SSH tunnel (default), or a "
-            "small doorbell process that starts the full agent when the help desk rings"
-        ),
-    )
-    run.add_argument(
-        "--linger",
-        type=seconds,
-        default=None,
-        metavar=_("SECONDS"),
-        help=_("with --idle doorbell: how long the full agent stays once idle (default 60)"),
-    )
-    run.set_defaults(func=cmd_run)
+    add_run(sub)
     session = sub.add_parser(
         "session", help=_("the helper in your graphical session: prompts, your shell and screen")
     )
-    _prompt_arg(session, "auto")
-    _config_arg(session)
+    prompt_arg(session, "auto")
+    config_arg(session)
     session.set_defaults(func=cmd_session)
     _user_commands(sub)
     return parser
@@ -428,51 +303,51 @@ def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     """What the person at the PC types: answer, end, chat, ask for help, look back."""
     pending = sub.add_parser("pending", help=_("list the help requests waiting for your answer"))
     pending.add_argument("--json", action="store_true", help=_("print a JSON list"))
-    _config_arg(pending)
+    config_arg(pending)
     pending.set_defaults(func=cmd_pending)
     allow = sub.add_parser("allow", help=_("allow a waiting help request"))
     allow.add_argument(
         "session_id", metavar=_("SESSION"), help=_("the session's id, as `pending` shows it")
     )
     allow.add_argument("--view-only", action="store_true", help=_("screen: let them watch only"))
-    _config_arg(allow)
+    config_arg(allow)
     allow.set_defaults(func=cmd_decide)
     deny = sub.add_parser("deny", help=_("refuse a waiting help request"))
     deny.add_argument(
         "session_id", metavar=_("SESSION"), help=_("the session's id, as `pending` shows it")
     )
-    _config_arg(deny)
+    config_arg(deny)
     deny.set_defaults(func=cmd_decide)
     end = sub.add_parser("end", help=_("end a running session (all of them without an id)"))
     end.add_argument("session_id", nargs="?", default=None, metavar=_("SESSION"))
-    _config_arg(end)
+    config_arg(end)
     end.set_defaults(func=cmd_end)
     status = sub.add_parser("status", help=_("who is connected to which session, and how"))
     status.add_argument("--json", action="store_true", help=_("print the agent's JSON answer"))
-    _config_arg(status)
+    config_arg(status)
     status.set_defaults(func=cmd_status)
     remove = sub.add_parser("remove", help=_("remove one invited person from a running session"))
     remove.add_argument("session_id", metavar=_("SESSION"))
     remove.add_argument("username", metavar=_("USERNAME"), help=_("the invited person's login"))
-    _config_arg(remove)
+    config_arg(remove)
     remove.set_defaults(func=cmd_remove)
     messages = sub.add_parser("messages", help=_("show the chat of a running session"))
     messages.add_argument("session_id", metavar=_("SESSION"))
     messages.add_argument("--json", action="store_true", help=_('print [{"from", "text", "ts"}]'))
-    _config_arg(messages)
+    config_arg(messages)
     messages.set_defaults(func=cmd_messages)
     chat = sub.add_parser("chat", help=_("write to the technician of a running session"))
     chat.add_argument("session_id", metavar=_("SESSION"))
     chat.add_argument("text", metavar=_("TEXT"))
-    _config_arg(chat)
+    config_arg(chat)
     chat.set_defaults(func=cmd_chat)
     helpme = sub.add_parser("request-help", help=_("ask the help desk for help; prints a code"))
     helpme.add_argument("--message", default="", help=_("what the problem is"))
-    _config_arg(helpme)
+    config_arg(helpme)
     helpme.set_defaults(func=cmd_request_help)
     history = sub.add_parser("history", help=_("what IT did on this PC: jobs and help sessions"))
     history.add_argument("--json", action="store_true", help=_("print a JSON list"))
-    _config_arg(history)
+    config_arg(history)
     history.set_defaults(func=cmd_history)
 
 

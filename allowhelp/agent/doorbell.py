@@ -7,6 +7,9 @@ allowhelp (issue #19; docs/design.md, "The doorbell"). It:
 - reads ``doorbell.json`` (the key the full agent was sent) and POSTs the last
   ``hello.json`` to ``/api/v1/agent/doorbell``; the broker lists the PC online
   while that stream stands, and writes ``{"type": "ring"}`` when it needs the PC;
+  the machine service's rings in again when who is signed in changes while it
+  idles (``doorbellfresh.py``); every broker node is tried as the tunnel tries
+  them (``doorbellnodes.py``);
 - starts the full agent (the same command line with ``--idle woken``) when it
   has no key, when the broker rings, when the broker refuses the key (401: the
   key is deleted first) and when a local client connects to a socket it holds;
@@ -54,7 +57,9 @@ def bind_listeners(folder: Path, *, system: bool) -> dict[str, socket.socket]:
     return {"local": bind_local(socket_path(folder))}
 
 
-def run_doorbell(folder: Path, argv: Sequence[str], *, system: bool) -> int:
+def run_doorbell(
+    folder: Path, argv: Sequence[str], *, system: bool, reconnect_cap: float = 30.0
+) -> int:
     """``run --idle doorbell`` (``cli.py``): until SIGTERM or SIGINT; 0 then."""
     config = AgentConfig.load(folder)
     with contextlib.suppress(OSError):  # this process runs the installed version
@@ -62,7 +67,7 @@ def run_doorbell(folder: Path, argv: Sequence[str], *, system: bool) -> int:
     listeners = bind_listeners(folder, system=system)
     command = woken_command(argv, sys.orig_argv, sys.executable)
     try:
-        return Doorbell(folder, config, command, listeners).run()
+        return Doorbell(folder, config, command, listeners, reconnect_cap).run()
     finally:
         for listener in listeners.values():
             path = listener.getsockname()

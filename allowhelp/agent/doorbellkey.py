@@ -56,8 +56,8 @@ def save_hello(folder: Path, hello: dict[str, object]) -> None:
     write_private(folder / HELLO_FILE, json.dumps(hello) + "\n")
 
 
-def hello_body(folder: Path) -> bytes:
-    """``{"hello": ...}``: the full agent's last Hello, saying it has a key."""
+def saved_hello(folder: Path) -> dict[str, object]:
+    """The full agent's last Hello, saying it has a key."""
     hello: dict[str, object] = {}
     try:
         raw = (folder / HELLO_FILE).read_bytes()
@@ -70,4 +70,9 @@ def hello_body(folder: Path) -> bytes:
         hello = {"type": "hello", "hostname": socket.gethostname(), "os": "", "user": ""}
         hello["version"] = __version__
     hello["doorbell"] = "have"
-    return json.dumps({"hello": hello}).encode()
+    return hello
+
+
+def hello_body(folder: Path, hello: dict[str, object] | None = None) -> bytes:
+    """``{"hello": ...}``: ``hello``, else the full agent's last one (``saved_hello``)."""
+    return json.dumps({"hello": saved_hello(folder) if hello is None else hello}).encode()

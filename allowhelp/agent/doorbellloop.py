@@ -7,59 +7,41 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import selectors
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit
 
-from allowhelp.agent import doorbellhttp as http
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.doorbellhttp import StreamError, backoff, said
-from allowhelp.agent.doorbellkey import DOORBELL_FILE, SavedKey, hello_body, read_key
+from allowhelp.agent.doorbellfresh import FreshHello
+from allowhelp.agent.doorbellkey import read_key
+from allowhelp.agent.doorbellnodes import NODE_ENV, NodeWalk
 from allowhelp.agent.doorbellpark import HelperPark
+from allowhelp.agent.doorbellstream import READ_IDLE, Interrupted, Ringing, Stream
 from allowhelp.agent.localpath import ADOPT_FDS_ENV, LISTEN_FDS_ENV
 
 log = logging.getLogger(__name__)
 
 # upgrade.UPGRADED_FILE (upgrade.py loads asyncio; a test keeps the two equal)
 UPGRADED_FILE = "upgraded"
-READ_IDLE = 60.0  # nothing read for this long (beats come every 20 s): dial again
-STABLE_AFTER = 30.0  # a stream that stood this long starts the backoff over
-FORBIDDEN_WAIT = (600.0, 900.0)  # 403: the agent was removed; ask again rarely
 KEYLESS_EVERY = 60.0  # at most one start of the full agent per minute for want of a key
 CHILD_STOP_WAIT = 12.0  # the unit's TimeoutStopSec is 15 s
 TICK = 1.0  # the upgrade mark and a key the full agent saved are looked for this often
 PARKED = "machine"  # the listener whose session helpers wait here (doorbellpark.py)
 
 
-class Interrupted(BaseException):
-    """A stop signal arrived while the doorbell was dialing (no ``except OSError`` eats it)."""
-
-
-@dataclass
-class Stream:
-    sock: ssl.SSLSocket
-    chunks: http.ChunkDecoder | None
-    lines: http.LineSplitter
-    opened: float
-    last_read: float
-
-
-class Doorbell:
+class Doorbell(Ringing):
     def __init__(
         self,
         folder: Path,
         config: AgentConfig,
         command: list[str],
         listeners: dict[str, socket.socket],
+        reconnect_cap: float = 30.0,
     ) -> None:
         self.folder = folder
         self.config = config
@@ -78,13 +60,11 @@ class Doorbell:
         self._dialing = False
         self._wake_r, self._wake_w = socket.socketpair()
         self.park = HelperPark(self._selector)
+        self.fresh = FreshHello(folder, self.park, system=PARKED in listeners)
+        self.nodes = NodeWalk(folder, config.broker_url, config.agent_id, reconnect_cap)
         # A ring that came while a full agent ran: the broker rings only a PC with no
         # tunnel, so that one is starting or ending; if it ends, another one starts.
         self.rang = ""
-
-    @property
-    def agent(self) -> str:
-        return self.config.agent_id
 
     # the loop
 
@@ -139,6 +119,15 @@ class Doorbell:
             self._ready(selected.data)
         self._check_quiet()
         self.park.expire()
+        self.park.hung_up()
+        if key is not None:
+            self._dialing = True
+            try:
+                self._refresh(key)
+            except Interrupted:
+                return
+            finally:
+                self._dialing = False
 
     def _check_quiet(self) -> None:
         """A stream that said nothing for ``READ_IDLE`` (beats come every 20 s) is dead
@@ -201,6 +190,8 @@ class Doorbell:
         conns = self.park.hand_over()  # parked helpers and unread clients: the child's now
         if conns:
             env[ADOPT_FDS_ENV] = ",".join(str(conn.fileno()) for conn in conns)
+        if self.nodes.preferred not in ("", self.nodes.enrolled):  # failed over: its tunnel
+            env[NODE_ENV] = self.nodes.preferred  # tries that node first (woken.rung_from)
         try:
             self.child = subprocess.Popen(
                 self.command, env=env, pass_fds=(*fds.values(), *(c.fileno() for c in conns))
@@ -227,6 +218,7 @@ class Doorbell:
             return
         status, pid = self.child.returncode, self.child.pid
         self.child = None
+        self.fresh.child_ended()
         if status == 0:
             log.info("agent=%s the full agent (pid %d) is idle and ended", self.agent, pid)
             self.failures, self.not_before = 0, 0.0
@@ -267,123 +259,3 @@ class Doorbell:
         self._drop("")
         signal.set_wakeup_fd(-1)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
-
-    # the stream
-
-    def _dial(self, key: SavedKey) -> None:
-        url = self.config.broker_url
-        host = urlsplit(url).netloc
-        try:
-            sock = http.open_tls(url, self.config.ca_pem, self.config.proxy)
-        except (OSError, StreamError) as exc:
-            self._retry(f"cannot reach the broker's doorbell ({said(exc)})")
-            return
-        try:
-            sock.sendall(
-                http.doorbell_request(host, key.agent_id, key.token, hello_body(self.folder))
-            )
-            head, extra = http.read_head(sock)
-        except (OSError, StreamError) as exc:
-            sock.close()
-            self._retry(f"the broker's doorbell failed ({said(exc)})")
-            return
-        except Interrupted:
-            sock.close()
-            raise
-        self._dialing = False  # answered: what follows is quick, and may start a child
-        if head.status == 200:
-            now = time.monotonic()
-            chunks = http.ChunkDecoder() if head.chunked else None
-            self.stream = Stream(sock, chunks, http.LineSplitter(), now, now)
-            sock.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ, "stream")
-            log.info("agent=%s doorbell connected to the broker", self.agent)
-            self._feed(extra)
-            if self.stream is not None and sock.pending():
-                self._read()
-            return
-        code = http.error_code(http.read_error_body(sock, head, extra))
-        sock.close()
-        self._refused(head.status, code)
-
-    def _refused(self, status: int, code: str) -> None:
-        if status == 401:
-            log.warning(
-                "agent=%s the broker refused the doorbell key (%s): the full agent gets a new one",
-                self.agent,
-                code,
-            )
-            with contextlib.suppress(OSError):
-                (self.folder / DOORBELL_FILE).unlink()
-            self._retry("")
-        elif status == 403:
-            wait = random.uniform(*FORBIDDEN_WAIT)
-            log.warning(
-                "agent=%s the broker refuses this agent (%s: removed?): asking again in %.0f s",
-                self.agent,
-                code,
-                wait,
-            )
-            self.next_dial = time.monotonic() + wait
-        else:
-            self._retry(
-                f"the broker's doorbell answered HTTP {status}" + (f" ({code})" if code else "")
-            )
-
-    def _retry(self, why: str) -> None:
-        delay = backoff(self.attempts)
-        self.attempts += 1
-        self.next_dial = time.monotonic() + delay
-        if why:
-            log.warning("agent=%s %s; again in %.1f s", self.agent, why, delay)
-
-    def _read(self) -> None:
-        stream = self.stream
-        if stream is None:
-            return
-        try:
-            while self.stream is stream:
-                data = stream.sock.recv(65536)
-                if not data:
-                    self._drop("the broker closed the doorbell")
-                    return
-                stream.last_read = time.monotonic()
-                self._feed(data)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except (OSError, StreamError) as exc:
-            self._drop(said(exc))
-
-    def _feed(self, data: bytes) -> None:
-        stream = self.stream
-        if stream is None:
-            return
-        try:
-            body = stream.chunks.feed(data) if stream.chunks is not None else data
-            events = [http.parse_event(line) for line in stream.lines.feed(body)]
-        except StreamError as exc:
-            self._drop(f"the broker's stream is malformed ({exc})")
-            return
-        for event in events:
-            if event["type"] == "ring":
-                said_reason = str(event.get("reason", ""))[:40]  # the broker's: logged plain
-                reason = "".join(c for c in said_reason if c.isalnum() or c in "._-") or "-"
-                log.info("agent=%s the broker rings (%s)", self.agent, reason)
-                if self.child is None:
-                    self._start_child(f"the broker rang: {reason}")
-                else:
-                    self.rang = reason
-        if stream.chunks is not None and stream.chunks.done:
-            self._drop("the broker ended the doorbell")
-
-    def _drop(self, why: str) -> None:
-        stream, self.stream = self.stream, None
-        if stream is None:
-            return
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(stream.sock)
-        stream.sock.close()
-        if time.monotonic() - stream.opened > STABLE_AFTER:
-            self.attempts = 0
-        if why:
-            self._retry(why)

@@ -8,6 +8,11 @@ agent it starts (``ALLOWHELP_ADOPT_FDS``), which takes such connections before i
 tunnel's Hello, so the broker hears who is signed in. Any other first packet (a
 CLI request) needs the full agent at once. When the full agent ends, its helpers
 lose it, connect again after a second, and are parked here again.
+
+What each parked helper said (its hello, peeked) and its kernel-given uid
+(``SO_PEERCRED``) are kept, so the doorbell can tell the broker who is signed in
+while idle (``doorbellseen.py``); a parked helper's hang-up (its user logged out)
+is seen with ``POLLRDHUP`` without reading its hello.
 """
 
 from __future__ import annotations
@@ -15,15 +20,67 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
 import selectors
 import socket
+import struct
 import time
+from dataclasses import dataclass, field
 
 from allowhelp.agent.localpath import MAX_ADOPTED
 
 log = logging.getLogger(__name__)
 
 FIRST_PACKET_WAIT = 10.0  # a connection that says nothing is dropped (the hub's IDLE_TIMEOUT)
+# The peer shut its side (Linux's value where the module lacks the name): seen with the
+# hello still unread, which keeps POLLIN set for as long as the connection is parked.
+POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+HANG_UP = POLLRDHUP | select.POLLHUP | select.POLLERR
+# What a helper's hello may say (protocol/helper.py's limits), else it is no helper's
+# the full agent would take.
+HELLO_TEXT = {
+    "language": 100,
+    "screen": 20,
+    "screen_problem": 300,
+    "desktop": 200,
+    "monitors": 2000,
+}
+
+
+@dataclass(frozen=True)
+class ParkedHelper:
+    """A parked session helper: in the order parked, its uid, what its hello said."""
+
+    order: int
+    uid: int
+    said: dict[str, str] = field(default_factory=dict)
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The kernel's uid of ``conn``'s peer (``SO_PEERCRED``); None if it cannot say."""
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return int(struct.unpack("3i", raw)[1])
+
+
+def helper_said(data: bytes) -> dict[str, str] | None:
+    """A helper's hello's fields as the machine service would take them, or None when
+    ``data`` is not a helper's hello it would take (a field of the wrong type or size)."""
+    try:
+        packet = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(packet, dict) or packet.get("type") != "helper":
+        return None
+    said: dict[str, str] = {}
+    for name, limit in HELLO_TEXT.items():
+        value = packet.get(name, "")
+        if not isinstance(value, str) or len(value) > limit:
+            return None
+        said[name] = value
+    return said
 
 
 def is_helper_hello(data: bytes) -> bool:
@@ -43,6 +100,10 @@ class HelperPark:
         self._selector = selector
         self.parked: list[socket.socket] = []  # helpers, their hello unread
         self.unsaid: dict[socket.socket, float] = {}  # accepted, first packet not in yet
+        self.helpers: dict[socket.socket, ParkedHelper] = {}  # the parked helpers' words
+        self._hangups = select.poll()  # the parked helpers, watched for a hang-up only
+        self._order = 0
+        self.changed = False  # a helper was parked or hung up since the caller looked
 
     @property
     def full(self) -> bool:
@@ -78,8 +139,25 @@ class HelperPark:
         self.parked.append(conn)
         if not is_helper_hello(data):
             return True
+        said, uid = helper_said(data), peer_uid(conn)
+        if said is not None and uid is not None:  # else the full agent refuses it
+            self._order += 1
+            self.helpers[conn] = ParkedHelper(self._order, uid, said)
+            self._hangups.register(conn.fileno(), HANG_UP)
+            self.changed = True
         log.info("a session helper waits for the full agent (parked: %d)", len(self.parked))
         return False
+
+    def hung_up(self) -> None:
+        """Drop the parked helpers whose peer has gone (a logout), unread: no wait."""
+        gone = {fd for fd, _events in self._hangups.poll(0)}
+        for conn in [c for c in self.helpers if c.fileno() in gone]:
+            self._hangups.unregister(conn.fileno())
+            del self.helpers[conn]
+            self.parked.remove(conn)
+            conn.close()
+            self.changed = True
+            log.info("a parked session helper hung up (parked: %d)", len(self.parked))
 
     def expire(self) -> None:
         now = time.monotonic()
@@ -94,6 +172,9 @@ class HelperPark:
         conns = [*self.parked, *self.unsaid]
         for conn in list(self.unsaid):
             self._forget(conn)
+        for conn in self.helpers:
+            self._hangups.unregister(conn.fileno())
+        self.helpers.clear()
         self.parked = []
         return conns
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from allowhelp.agent.consent import Grant, Pending
+from allowhelp.agent.consentviews import ConsentFrontend
 from allowhelp.agent.desktop import this_session
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends import choose_frontends, close_frontends
@@ -35,7 +36,7 @@ from allowhelp.agent.i18n import _, user_language
 from allowhelp.agent.machinesocket import check_socket_folder
 from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.seqpacket import PacketConn, close_fds, peer_credentials
-from allowhelp.agent.service import ConsentFrontend, NotConnected
+from allowhelp.agent.service import NotConnected
 from allowhelp.agent.userprograms import UserProgram, start_files, start_screen, start_shell
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import MAX_CHAT, ConsentRequest

@@ -15,10 +15,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision, Grant, Pending
+from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision
+from allowhelp.agent.consentviews import (
+    ConsentFrontend,
+)
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
@@ -62,47 +65,6 @@ class NotConnected(AgentError):
 
 class HelpDeclined(AgentError):
     """The broker answered a help request with a refusal; the text says why."""
-
-
-class ConsentFrontend(Protocol):
-    """A way to show prompts to the person at the PC (dialog, terminal, ...)."""
-
-    def prompt(self, pending: Pending) -> None: ...
-
-    def prompt_closed(self, session_id: str) -> None: ...
-
-    def active(self, grant: Grant) -> None: ...
-
-    def ended(self, session_id: str) -> None: ...
-
-
-class _Organisation(Protocol):
-    @property
-    def organisation(self) -> str: ...
-
-
-class _Grants(Protocol):
-    def grants(self, owner: int | None = None) -> list[Grant]: ...
-
-
-class ConsentService(Protocol):
-    """What the front-ends use: ``AgentService`` itself, or in a session helper its
-    stand-in that forwards each answer to the machine service (``agent/helper.py``)."""
-
-    @property
-    def config(self) -> _Organisation: ...
-
-    @property
-    def gate(self) -> _Grants: ...
-
-    @property
-    def news(self) -> SessionNews: ...
-
-    def decide(self, session_id: str, *, allow: bool, view_only: bool, via: Via) -> object: ...
-
-    def end(self, session_id: str | None = None) -> list[str]: ...
-
-    def say(self, session_id: str, text: str) -> object: ...
 
 
 class AgentService:

@@ -25,6 +25,7 @@ from allowhelp.agent.i18n import _
 from allowhelp.agent.peers import Endpoint, KnownNodes, ahead_of
 from allowhelp.agent.proxy import open_connection, proxy_for
 from allowhelp.agent.service import AgentService
+from allowhelp.agent.woken import rung_from
 from allowhelp.certs import ssh_options
 from allowhelp.certs.ssh_packets import send_one_packet_per_message
 from allowhelp.certs.sshkeys import load_private_key, parse_public_key, public_key_line
@@ -92,6 +93,7 @@ class AgentTunnel:
         # The other broker nodes, learned from the broker (``nodes.list``, ``peers.py``).
         self.nodes = KnownNodes(folder)
         service.nodes = self.nodes
+        self._preferred = rung_from(self.nodes.endpoints(config))  # woken: its node first
         self._carriers: set[asyncio.Task[None]] = set()
         self._returned: asyncssh.SSHServerConnection | None = None  # moved back: serve next
 

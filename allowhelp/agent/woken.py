@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from allowhelp.agent.doorbellkey import read_key, save_hello, save_key
+from allowhelp.agent.doorbellnodes import NODE_ENV, https_origin
 from allowhelp.agent.linger import Linger
+from allowhelp.agent.peers import Endpoint
 from allowhelp.protocol.control import Hello
 
 log = logging.getLogger(__name__)
@@ -61,3 +64,14 @@ def linger_task(
         return None
     watch = Linger(seconds, needed, connected)
     return asyncio.create_task(watch.run(stop))
+
+
+def rung_from(endpoints: list[Endpoint]) -> Endpoint | None:
+    """The way to the node the doorbell rang from (``ALLOWHELP_DOORBELL_NODE``, taken
+    out of the environment), which the tunnel tries first; None when not woken, or
+    when that node is none of this PC's ways (an HTTPS route it does not take)."""
+    node = os.environ.pop(NODE_ENV, "")
+    for endpoint in endpoints:
+        if node and endpoint.route == "https" and https_origin(endpoint.url) == node:
+            return endpoint
+    return None

@@ -7,6 +7,8 @@ nothing is dropped; everything still held is handed over in one list."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import selectors
 import socket
 import time
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.agent import doorbellpark
-from allowhelp.agent.doorbellpark import HelperPark, is_helper_hello
+from allowhelp.agent import doorbellfresh, doorbellpark
+from allowhelp.agent.doorbellfresh import FreshHello
+from allowhelp.agent.doorbellkey import HELLO_FILE
+from allowhelp.agent.doorbellpark import HelperPark, helper_said, is_helper_hello
+from harness import wait_for
 
 HELLO = json.dumps({"type": "helper", "language": "fr"}).encode()
 QUERY = json.dumps({"type": "pending"}).encode()
@@ -112,4 +117,94 @@ def test_no_more_than_the_machine_service_would_take(
     finally:
         for sock in clients:
             sock.close()
+        selector.close()
+
+
+def test_what_a_parked_helper_said_is_kept_and_its_hang_up_seen(listener: socket.socket) -> None:
+    selector = selectors.DefaultSelector()
+    park = HelperPark(selector)
+    helper = client(listener)
+    try:
+        park.accept(listener)
+        helper.send(json.dumps({"type": "helper", "language": "fr", "screen": "x11"}).encode())
+        (conn,) = park.unsaid
+        assert park.first_packet(conn) is False
+        (kept,) = park.helpers.values()
+        assert kept.uid == os.getuid()  # the kernel's word (SO_PEERCRED), not the helper's
+        assert kept.said["language"] == "fr" and kept.said["screen"] == "x11"
+        assert park.changed
+        park.changed = False
+        park.hung_up()
+        assert park.parked == [conn] and not park.changed  # still there: nothing seen
+        helper.close()  # the user logged out
+        park.hung_up()
+        assert not park.parked and not park.helpers and park.changed
+        assert conn.fileno() == -1  # closed, its hello never read
+    finally:
+        helper.close()
+        selector.close()
+
+
+def test_only_a_hello_the_machine_service_would_take_counts() -> None:
+    assert helper_said(HELLO) == {
+        "language": "fr",
+        "screen": "",
+        "screen_problem": "",
+        "desktop": "",
+        "monitors": "",
+    }
+    assert helper_said(json.dumps({"type": "helper", "screen": "x" * 21}).encode()) is None
+    assert helper_said(json.dumps({"type": "helper", "language": 7}).encode()) is None
+    assert helper_said(QUERY) is None
+    assert helper_said(b"[" * 100_000) is None  # too deep for json: no traceback
+
+
+def test_a_fresh_hello_follows_the_parked_helpers_at_a_bounded_pace(
+    listener: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doorbellfresh, "SETTLE", 0.0)
+    monkeypatch.setattr(doorbellfresh, "REDIAL_EVERY", 0.3)
+    (tmp_path / HELLO_FILE).write_text(
+        json.dumps({"type": "hello", "hostname": "pc", "os": "", "user": "", "version": "1"})
+    )
+    selector = selectors.DefaultSelector()
+    park = HelperPark(selector)
+    fresh = FreshHello(tmp_path, park, system=True)
+    fresh.dialing(fresh.wanted())
+    assert fresh.sent is not None and fresh.sent["user"] == ""
+    helper = client(listener)
+    try:
+        park.accept(listener)
+        helper.send(HELLO)
+        park.first_packet(next(iter(park.unsaid)))
+        assert fresh.redial() is None  # a dial was just made: not again so soon
+        wanted = wait_for(fresh.redial, 5, "the fresh Hello", step=0.05)
+        assert wanted["user"] == pwd.getpwuid(os.getuid()).pw_name
+        assert wanted["language"] == "fr" and wanted["hostname"] == "pc"
+        fresh.dialing(wanted)
+        assert fresh.redial() is None  # nothing changed since
+    finally:
+        helper.close()
+        park.close()
+        selector.close()
+
+
+def test_a_user_gone_while_the_doorbell_was_down_is_cleared_once_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doorbellfresh, "SETTLE", 0.3)
+    monkeypatch.setattr(doorbellfresh, "REDIAL_EVERY", 0.0)
+    (tmp_path / HELLO_FILE).write_text(
+        json.dumps({"type": "hello", "hostname": "pc", "os": "", "user": "alice", "version": "1"})
+    )
+    selector = selectors.DefaultSelector()
+    fresh = FreshHello(tmp_path, HelperPark(selector), system=True)
+    try:
+        first = fresh.wanted()  # at start: what the last full agent said
+        assert first["user"] == "alice"
+        fresh.dialing(first)
+        assert fresh.redial() is None  # helpers get a moment to come back first
+        wanted = wait_for(fresh.redial, 5, "the fresh Hello", step=0.05)
+        assert wanted["user"] == "" and wanted["screen_problem"] == "nobody signed in"
+    finally:
         selector.close()

@@ -22,7 +22,8 @@ from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.doorbell import woken_command
 from allowhelp.agent.doorbellhttp import ChunkDecoder, LineSplitter, StreamError, backoff
 from allowhelp.agent.doorbellkey import DOORBELL_FILE, HELLO_FILE, hello_body, read_key, save_key
-from allowhelp.agent.doorbellloop import READ_IDLE, TICK, UPGRADED_FILE, Doorbell, Stream
+from allowhelp.agent.doorbellloop import TICK, UPGRADED_FILE, Doorbell
+from allowhelp.agent.doorbellstream import READ_IDLE, Stream
 from allowhelp.agent.localpath import LISTEN_FDS_ENV, inherited_listener, parse_listen_fds
 from allowhelp.certs.pki import AGENT_TLS_NAME
 

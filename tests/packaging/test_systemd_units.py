@@ -156,7 +156,7 @@ def test_agent_units_run_the_contract_commands() -> None:
         "/usr/bin/allowhelp-agent"
     }
     assert (
-        "ExecStart=/usr/bin/allowhelp-agent run --system\n"
+        "ExecStart=/usr/bin/allowhelp-agent run --system --idle doorbell\n"
         in (UNITS / "allowhelp-agent.service").read_text()
     )
     assert "ExecStart=/usr/bin/allowhelp-agent session\n" in (UNITS / USER_UNIT).read_text()

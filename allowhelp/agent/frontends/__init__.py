@@ -15,13 +15,13 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
+from allowhelp.agent.consentviews import ConsentFrontend, ConsentService
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends.dialog import DialogFrontend
 from allowhelp.agent.frontends.indicator import IndicatorFrontend
 from allowhelp.agent.frontends.terminal import TerminalFrontend
 from allowhelp.agent.frontends.toolkit import Which, find_toolkit, has_tkinter
 from allowhelp.agent.i18n import _
-from allowhelp.agent.service import ConsentFrontend, ConsentService
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ import math
 import time
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.consentviews import ConsentService
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
 from allowhelp.agent.frontends.toolkit import Toolkit
-from allowhelp.agent.service import ConsentService, NotConnected
+from allowhelp.agent.service import NotConnected
 from allowhelp.protocol.kinds import Kind
 
 log = logging.getLogger(__name__)

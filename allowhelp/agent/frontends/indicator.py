@@ -14,12 +14,12 @@ import logging
 import time
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.consentviews import ConsentService
 from allowhelp.agent.errors import AgentError
 from allowhelp.agent.frontends.process import WindowProcess, WindowSet
 from allowhelp.agent.frontends.toolkit import END, Toolkit
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine
-from allowhelp.agent.service import ConsentService
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ import time
 from typing import TextIO
 
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
+from allowhelp.agent.consentviews import ConsentService
 from allowhelp.agent.frontends.toolkit import Answer, plain
 from allowhelp.agent.i18n import N_, _, ngettext
-from allowhelp.agent.service import ConsentService, NotConnected
+from allowhelp.agent.service import NotConnected
 
 log = logging.getLogger(__name__)
 
