@@ -260,7 +260,15 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
         broker keeps apart from the data), send the exit status, then release
         the grant — in that order, so the broker can tell the three cases apart."""
         self._backend = None
-        if self._chan is None or self._chan.is_closing():
+        if self._chan is None:
+            return
+        if self._chan.is_closing():
+            # The broker closed the channel first. Had the backend paused reading
+            # (input held before its program was there, ``programinput.py``),
+            # asyncssh keeps that close behind the unread bytes and never calls
+            # ``connection_lost``: our own close drops them and delivers it, which
+            # lets the grant go (a no-op when it was delivered already).
+            self._chan.close()
             return
         if error:
             with contextlib.suppress(BrokenPipeError):

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from allowhelp.agent.consent import Grant, Pending
 from allowhelp.agent.news import SessionNews
-from allowhelp.protocol.control import Via
+from allowhelp.protocol.kinds import Via
 
 
 class ConsentFrontend(Protocol):

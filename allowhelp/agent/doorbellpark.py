@@ -36,6 +36,9 @@ FIRST_PACKET_WAIT = 10.0  # a connection that says nothing is dropped (the hub's
 # hello still unread, which keeps POLLIN set for as long as the connection is parked.
 POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 HANG_UP = POLLRDHUP | select.POLLHUP | select.POLLERR
+# The longest packet the machine service decodes (protocol/helper.py's MAX_PACKET,
+# copied: that module is not for the idle process; a house test keeps them equal).
+MAX_HELPER_PACKET = 16 * 1024
 # What a helper's hello may say (protocol/helper.py's limits), else it is no helper's
 # the full agent would take.
 HELLO_TEXT = {
@@ -65,13 +68,23 @@ def peer_uid(conn: socket.socket) -> int | None:
     return int(struct.unpack("3i", raw)[1])
 
 
+def first_object(data: bytes) -> object:
+    """``data`` parsed as JSON, or None where the machine service's decoder would
+    refuse it before parsing or on parsing: longer than its packet bound, nested
+    deeper than Python's decoder goes (``RecursionError``, which is no ``ValueError``:
+    uncaught, one local user's packet ended the root service), or not JSON."""
+    if len(data) > MAX_HELPER_PACKET:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
 def helper_said(data: bytes) -> dict[str, str] | None:
     """A helper's hello's fields as the machine service would take them, or None when
     ``data`` is not a helper's hello it would take (a field of the wrong type or size)."""
-    try:
-        packet = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
+    packet = first_object(data)
     if not isinstance(packet, dict) or packet.get("type") != "helper":
         return None
     said: dict[str, str] = {}
@@ -86,10 +99,7 @@ def helper_said(data: bytes) -> dict[str, str] | None:
 def is_helper_hello(data: bytes) -> bool:
     """Whether a first packet is a session helper's hello (``protocol/helper.py``'s
     ``HelperHello``, type "helper"), read without that module."""
-    try:
-        packet = json.loads(data)
-    except ValueError:
-        return False
+    packet = first_object(data)
     return isinstance(packet, dict) and packet.get("type") == "helper"
 
 

@@ -20,7 +20,8 @@ import pytest
 from allowhelp.agent import doorbellfresh, doorbellpark
 from allowhelp.agent.doorbellfresh import FreshHello
 from allowhelp.agent.doorbellkey import HELLO_FILE
-from allowhelp.agent.doorbellpark import HelperPark, helper_said, is_helper_hello
+from allowhelp.agent.doorbellpark import MAX_HELPER_PACKET, HelperPark, helper_said, is_helper_hello
+from allowhelp.protocol import helper as helper_protocol
 from harness import wait_for
 
 HELLO = json.dumps({"type": "helper", "language": "fr"}).encode()
@@ -48,6 +49,41 @@ def test_only_a_helpers_hello_is_parked() -> None:
     assert not is_helper_hello(QUERY)
     assert not is_helper_hello(b"\xff not json")
     assert not is_helper_hello(b'["helper"]')
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"[" * 2000,  # deeper than json goes: RecursionError, which is no ValueError
+        b'{"type": "helper", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        json.dumps({"type": "helper", "monitors": "x" * 20_000}).encode(),  # too long
+    ],
+)
+def test_a_hostile_first_packet_wakes_the_full_agent_and_never_escapes(
+    listener: socket.socket, first: bytes
+) -> None:
+    """Any local user may connect to the machine socket (0666): what they send first
+    must not end the root service (it did: one deep packet, a traceback, the PC
+    unreachable while a loop repeated it). It is no helper's hello; the full agent,
+    woken for it, refuses it with its own decoder."""
+    selector = selectors.DefaultSelector()
+    park = HelperPark(selector)
+    hostile = client(listener)
+    try:
+        park.accept(listener)
+        hostile.send(first)
+        (conn,) = list(park.unsaid)
+        assert park.first_packet(conn) is True
+        assert not park.helpers and not park.changed  # it names nobody signed in
+        for handed in park.hand_over():
+            handed.close()
+    finally:
+        hostile.close()
+        selector.close()
+
+
+def test_the_packet_bound_is_the_machine_services() -> None:
+    assert MAX_HELPER_PACKET == helper_protocol.MAX_PACKET
 
 
 def test_a_helper_waits_and_a_request_needs_the_full_agent(listener: socket.socket) -> None:
