@@ -30,6 +30,7 @@ from allowhelp.broker.sessions.saver import SessionSaver
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import EndReason, Message, SessionEnd
 from allowhelp.protocol.text import plain_text
 
@@ -73,6 +74,9 @@ class SessionBook:
         self._final_listeners: list[FinalListener] = []
         self._ending_hooks: list[EndingHook] = []
         self._late_end_guard: LateEndGuard | None = None
+        # The tunnel each session was asked on: its messages and channels go there
+        # or nowhere, never to a newer tunnel of the same agent (``session_link``).
+        self._links: dict[str, AgentLink] = {}
 
     # lookups
 
@@ -93,6 +97,18 @@ class SessionBook:
     def live_sessions(self) -> list[Session]:
         """The sessions this process runs that are not over."""
         return [session for session in self._live.values() if not session.final]
+
+    def pin_link(self, session_id: str, link: AgentLink) -> None:
+        """The session belongs to this tunnel (the one whose Hello it was judged on)."""
+        self._links[session_id] = link
+
+    def session_link(self, session_id: str) -> AgentLink | None:
+        """The tunnel the session was asked on, while it is still its agent's; None
+        once it is gone or replaced (then the session cannot go on: it ends)."""
+        session = self._live.get(session_id)
+        if session is None:
+            return None
+        return self._agents.still(session.agent_id, self._links.get(session_id))
 
     def live(self, session_id: str) -> Session | None:
         """A session that is not over yet (or whose end is owed), from memory:
@@ -223,9 +239,10 @@ class SessionBook:
 
     async def fail(self, session_id: str, message: str) -> None:
         """A session that cannot go on (its screen failed, ...): audit why as
-        ``session.failed``, then end it with reason ``error`` (unless already over)."""
+        ``session.failed``, then end it with reason ``error`` (unless already over, or
+        its end is owed: that end is the one record it gets, written when it can be)."""
         session = self._live.get(session_id)
-        if session is None or session.final:
+        if session is None or session.final or session_id in self._owed:
             return
         text = plain_text(message, MAX_REASON) or "unknown error"
         try:
@@ -308,6 +325,7 @@ class SessionBook:
         self._owed_as.pop(session_id, None)
         self._unrecorded.pop(session_id, None)
         self._live.pop(session_id, None)
+        self._links.pop(session_id, None)
         self._locks.pop(session_id, None)  # held by the caller until it raises
         self._rows.forget(session_id)  # its row is the other node's now
         timer = self._timers.pop(session_id, None)
@@ -347,6 +365,7 @@ class SessionBook:
         self._owed.discard(session.id)
         self._owed_as.pop(session.id, None)
         self._live.pop(session.id, None)
+        self._links.pop(session.id, None)
         self._locks.pop(session.id, None)
         timer = self._timers.pop(session.id, None)
         if timer is not None:
@@ -355,11 +374,13 @@ class SessionBook:
     # telling others
 
     def _tell_agent(self, session: Session, message: Message) -> None:
-        live = self._agents.get(session.agent_id)
-        if live is None:
+        """Over the session's own tunnel; a session whose tunnel is gone has nothing
+        left on the PC to tell (a newer tunnel never hears of it)."""
+        link = self.session_link(session.id)
+        if link is None:
             return
         try:
-            live.send(message)
+            link.send(message)
         except TunnelError as exc:
             log.warning(
                 "agent=%s session=%s could not be told: %s", session.agent_id, session.id, exc

@@ -104,7 +104,7 @@ class InviteBook:
         )
 
     def _tell_agent(self, invitation: Invitation, reason: EndReason) -> None:
-        link = self._sessions.agent_link(invitation.agent_id)
+        link = self._sessions.session_link(invitation.session_id)
         if link is None:
             return
         try:

@@ -115,8 +115,11 @@ class InviteDesk(InviteBook):
             "invite.asked", f"technician:{owner}", invitation, phrase=invitation.phrase
         )
         self._all[invitation.id] = invitation
+        link = self._sessions.session_link(session_id)  # after the await: the session's own
         try:
-            live.send(request)
+            if link is None:
+                raise TunnelError("the session's tunnel is gone")
+            link.send(request)
         except TunnelError as exc:
             invitation.state = InviteState.EXPIRED
             raise AgentUnreachable("the machine did not take the invitation") from exc
@@ -280,7 +283,7 @@ class InviteDesk(InviteBook):
         same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
         if not same or session.state is not State.ACTIVE or self._sessions.ending(session_id):
             raise Conflict(f"the session is not an active {kind} session")
-        link = self._sessions.agent_link(session.agent_id)
+        link = self._sessions.session_link(session.id)
         if link is None:
             raise AgentUnreachable("the machine is offline")
         relay = make(invitation)

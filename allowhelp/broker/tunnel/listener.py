@@ -43,7 +43,7 @@ from allowhelp.broker.listen import bind
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.admission import TUNNEL_BACKLOG, Admission
-from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.agents import ONLINE, AgentRegistry
 from allowhelp.broker.tunnel.batch import StoreBatch
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.link import AgentLink, Dispatcher
@@ -328,17 +328,18 @@ class TunnelListener:
             conn.close()
             return
         agent_id = agent_id_for(key)
-        live = self._registry.get(agent_id)
-        woke = live is not None and not live.awake  # its doorbell stands: online already
-        admission: str = "woke"
-        if not woke:
-            admission = await self._connectivity.connected(agent_id, owner.peer)
-            if admission == "refused":
-                conn.close()
-                return
-            if conn.is_closed():  # gone while the record was written: nothing to attach
+        # A connect is on the record once per offline → online (tunnel/agents.py
+        # arrive): not for an agent online already (its doorbell, an older tunnel).
+        admission = await self._registry.arrive(
+            agent_id, lambda: self._connectivity.connected(agent_id, owner.peer)
+        )
+        if admission == "refused":
+            conn.close()
+            return
+        if conn.is_closed():  # gone while the record was written: nothing to attach
+            if admission != ONLINE:
                 self._connectivity.disconnected(agent_id, owner.peer, "closed before it was online")
-                return
+            return
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._registry.attach(agent_id, link, owner.peer)
         self._spawn(link.open())
