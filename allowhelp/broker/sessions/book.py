@@ -48,6 +48,9 @@ EndingHook = Callable[[str], Awaitable[Traffic]]
 # the log was away: False when another broker node has ended it meanwhile
 # (``node/cluster.py``); ``AuditUnavailable`` when that cannot be known yet.
 LateEndGuard = Callable[[str], Awaitable[bool]]
+# Who hears of a session let go without an end record here (another node wrote its
+# end while this one was cut off): what they keep of it goes (its invitations).
+LetGoListener = Callable[[str], None]
 OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 
 
@@ -74,6 +77,7 @@ class SessionBook:
         self._final_listeners: list[FinalListener] = []
         self._ending_hooks: list[EndingHook] = []
         self._late_end_guard: LateEndGuard | None = None
+        self._let_go_listeners: list[LetGoListener] = []
         # The tunnel each session was asked on: its messages and channels go there
         # or nowhere, never to a newer tunnel of the same agent (``session_link``).
         self._links: dict[str, AgentLink] = {}
@@ -93,6 +97,11 @@ class SessionBook:
     def guard_late_ends(self, guard: LateEndGuard) -> None:
         """Ask ``guard`` before writing an owed end record (several nodes, one chain)."""
         self._late_end_guard = guard
+
+    def on_let_go(self, listener: LetGoListener) -> None:
+        """Call ``listener`` with a session's id when its owed end is let go: another
+        node recorded the end (its final listeners, the report, are that node's)."""
+        self._let_go_listeners.append(listener)
 
     def live_sessions(self) -> list[Session]:
         """The sessions this process runs that are not over."""
@@ -331,6 +340,11 @@ class SessionBook:
         timer = self._timers.pop(session_id, None)
         if timer is not None:
             timer.cancel()
+        for listener in self._let_go_listeners:
+            try:
+                listener(session_id)
+            except Exception:  # a listener's failure must not keep the session here
+                log.exception("session=%s: a listener of its letting go failed", session_id)
         raise IllegalTransition(f"session {session_id} was ended by another node")
 
     async def _more_end_details(self, session_id: str) -> dict[str, object]:

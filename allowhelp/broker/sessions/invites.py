@@ -244,6 +244,9 @@ class InviteDesk(InviteBook):
             else:
                 self._retire(invitation)
 
+    def _stop_quietly(self, invitation: Invitation) -> None:
+        self._stop(invitation, InviteState.ENDED)
+
     async def _finish(
         self, invitation: Invitation, state: InviteState, event: str, actor: str
     ) -> None:
