@@ -59,8 +59,13 @@ class Gate:
 
 
 class _Link:
+    """Stands for an SSH link (the registry only closes it)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 def link() -> AgentLink:
@@ -109,6 +114,24 @@ async def test_an_agent_online_through_its_doorbell_is_not_recorded_again() -> N
     registry.ring_in(AGENT, Bell(AGENT, "bell"), HELLO)
     gate = Gate()
     assert await registry.arrive(AGENT, gate) == ONLINE and gate.calls == 0
+
+
+async def test_a_replaced_tunnel_is_a_lost_link_not_a_connect() -> None:
+    """A newer tunnel of an online agent: no record, and what ran over the older one
+    (its sessions) is told it is lost before anyone hears the agent changed."""
+    registry = AgentRegistry()
+    heard: list[str] = []
+    registry.subscribe_link_lost(lambda agent_id: heard.append(f"lost {agent_id}"))
+    registry.subscribe(lambda agent_id, up: heard.append(f"online {agent_id} {up}"))
+    older, newer = _Link(), _Link()
+    registry.attach(AGENT, cast(AgentLink, older), "ssh-1")
+    gate = Gate()
+    assert await registry.arrive(AGENT, gate) == ONLINE and gate.calls == 0
+    registry.attach(AGENT, cast(AgentLink, newer), "ssh-2")
+    assert older.closed and not newer.closed
+    assert heard == [f"online {AGENT} True", f"lost {AGENT}", f"online {AGENT} True"]
+    assert registry.still(AGENT, cast(AgentLink, older)) is None
+    assert registry.still(AGENT, cast(AgentLink, newer)) is newer
 
 
 class _History:

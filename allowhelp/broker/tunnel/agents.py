@@ -187,11 +187,11 @@ class AgentRegistry:
             self._live[agent_id] = LiveAgent(agent_id, link, peer)
         else:
             old, live.link, live.peer, live.greeted = live.link, link, peer, False
-        self._notify(agent_id, True)
         if old is not None and old is not link:  # what ran over it is lost with it
             old.close()
             for lost in list(self._link_lost):
                 lost(agent_id)
+        self._notify(agent_id, True)
 
     def detach(self, agent_id: str, link: AgentLink) -> bool:
         """Forget the tunnel if it is still the current one; says whether it was.
