@@ -124,14 +124,15 @@ async def test_a_replaced_tunnel_is_a_lost_link_not_a_connect() -> None:
     registry.subscribe_link_lost(lambda agent_id: heard.append(f"lost {agent_id}"))
     registry.subscribe(lambda agent_id, up: heard.append(f"online {agent_id} {up}"))
     older, newer = _Link(), _Link()
+    newer_link = cast(AgentLink, newer)
     registry.attach(AGENT, cast(AgentLink, older), "ssh-1")
     gate = Gate()
     assert await registry.arrive(AGENT, gate) == ONLINE and gate.calls == 0
-    registry.attach(AGENT, cast(AgentLink, newer), "ssh-2")
+    registry.attach(AGENT, newer_link, "ssh-2")
     assert older.closed and not newer.closed
     assert heard == [f"online {AGENT} True", f"lost {AGENT}", f"online {AGENT} True"]
     assert registry.still(AGENT, cast(AgentLink, older)) is None
-    assert registry.still(AGENT, cast(AgentLink, newer)) is newer
+    assert registry.still(AGENT, newer_link) is newer_link
 
 
 class _History:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import cast
 
 from allowhelp.broker.audit.log import AuditLog
@@ -26,6 +26,7 @@ from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.sessions.consent import MAX_REASON
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.hooks import BookHooks
 from allowhelp.broker.sessions.saver import SessionSaver
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -37,29 +38,16 @@ from allowhelp.protocol.text import plain_text
 log = logging.getLogger(__name__)
 
 Stopper = Callable[[], Traffic]
-# What other rooms add to a session's end record (the chat transcript's digest),
-# and who hears of a session that is over (the report for the ticket system).
-EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
-FinalListener = Callable[[Session], None]
-# Who else stops access when a session ends, before its end record (its invitees,
-# #18); what they return joins the record's traffic (a recording they opened).
-EndingHook = Callable[[str], Awaitable[Traffic]]
-# Whether this process may write the end record it owes for a session it stopped while
-# the log was away: False when another broker node has ended it meanwhile
-# (``node/cluster.py``); ``AuditUnavailable`` when that cannot be known yet.
-LateEndGuard = Callable[[str], Awaitable[bool]]
-# Who hears of a session let go without an end record here (another node wrote its
-# end while this one was cut off): what they keep of it goes (its invitations).
-LetGoListener = Callable[[str], None]
 OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 
 
-class SessionBook:
+class SessionBook(BookHooks):
     """Live sessions by id: their one transition path, their relays, their ends."""
 
     def __init__(
         self, db: StoreWorker, audit: AuditLog, agents: AgentRegistry, events: EventHub
     ) -> None:
+        super().__init__()
         self._db = db
         self._rows = SessionSaver(db)  # rows written behind the audit (sessions/saver.py)
         self._audit = audit
@@ -73,35 +61,11 @@ class SessionBook:
         self._owed: set[str] = set()  # ended, record owed: written once the log takes it
         self._owed_as: dict[str, tuple[EndReason, str]] = {}  # the end decided: reason, actor
         self._tasks: set[asyncio.Task[object]] = set()
-        self._end_details: list[EndDetails] = []
-        self._final_listeners: list[FinalListener] = []
-        self._ending_hooks: list[EndingHook] = []
-        self._late_end_guard: LateEndGuard | None = None
-        self._let_go_listeners: list[LetGoListener] = []
         # The tunnel each session was asked on: its messages and channels go there
         # or nowhere, never to a newer tunnel of the same agent (``session_link``).
         self._links: dict[str, AgentLink] = {}
 
     # lookups
-
-    def add_end_details(self, hook: EndDetails) -> None:
-        self._end_details.append(hook)
-
-    def on_final(self, listener: FinalListener) -> None:
-        self._final_listeners.append(listener)
-
-    def before_end(self, hook: EndingHook) -> None:
-        """Call ``hook`` when a session ends, after its relays stop, before its record."""
-        self._ending_hooks.append(hook)
-
-    def guard_late_ends(self, guard: LateEndGuard) -> None:
-        """Ask ``guard`` before writing an owed end record (several nodes, one chain)."""
-        self._late_end_guard = guard
-
-    def on_let_go(self, listener: LetGoListener) -> None:
-        """Call ``listener`` with a session's id when its owed end is let go: another
-        node recorded the end (its final listeners, the report, are that node's)."""
-        self._let_go_listeners.append(listener)
 
     def live_sessions(self) -> list[Session]:
         """The sessions this process runs that are not over."""
@@ -340,42 +304,15 @@ class SessionBook:
         timer = self._timers.pop(session_id, None)
         if timer is not None:
             timer.cancel()
-        for listener in self._let_go_listeners:
-            try:
-                listener(session_id)
-            except Exception:  # a listener's failure must not keep the session here
-                log.exception("session=%s: a listener of its letting go failed", session_id)
+        self._let_go(session_id)
         raise IllegalTransition(f"session {session_id} was ended by another node")
-
-    async def _more_end_details(self, session_id: str) -> dict[str, object]:
-        more: dict[str, object] = {}
-        for hook in self._end_details:
-            try:
-                more.update(await hook(session_id))
-            except BrokerError as exc:  # the store cannot say: the end is still recorded
-                log.error("session=%s: end details missing: %s", session_id, exc)
-        return more
 
     def _stop_relays(self, session_id: str) -> Traffic:
         """Stop what relays the session (access ends before its record is written)."""
         return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
 
-    async def _stop_others(self, session_id: str) -> Traffic:
-        """The ending hooks' part: their access stops before the end record too."""
-        traffic = Traffic()
-        for hook in self._ending_hooks:
-            try:
-                traffic += await hook(session_id)
-            except Exception:  # a hook's failure must not hold an end up
-                log.exception("session=%s: stopping what else it serves failed", session_id)
-        return traffic
-
     def _finished(self, session: Session) -> None:
-        for listener in self._final_listeners:
-            try:
-                listener(session)
-            except Exception:  # a listener's failure must not undo an end
-                log.exception("session=%s: a listener of its end failed", session.id)
+        self._tell_final(session)
         self._owed.discard(session.id)
         self._owed_as.pop(session.id, None)
         self._live.pop(session.id, None)

@@ -336,9 +336,13 @@ class TunnelListener:
         if admission == "refused":
             conn.close()
             return
-        if conn.is_closed():  # gone while the record was written: nothing to attach
+        # gone while the record was written, or removed meanwhile: nothing to attach
+        gone = "removed" if self._keys.is_removed(agent_id) else ""
+        if gone or conn.is_closed():
+            conn.close()
             if admission != ONLINE:
-                self._connectivity.disconnected(agent_id, owner.peer, "closed before it was online")
+                why = gone or "closed before it was online"
+                self._connectivity.disconnected(agent_id, owner.peer, why)
             return
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._registry.attach(agent_id, link, owner.peer)
