@@ -125,6 +125,7 @@ class SessionBook(BookHooks):
         """End a session. Access stops first (relays, then the PC told); if the
         record cannot be written, the end is owed and written when the log
         takes it again (``_record_owed_end``), and ``AuditUnavailable`` says so."""
+        link = self._links.get(session_id)  # the end forgets it: the PC is told after
         try:
             session = await self._move(
                 session_id, State.ENDED, actor=actor, reason=reason, details=details
@@ -133,7 +134,7 @@ class SessionBook(BookHooks):
             self._owe_end(session_id, reason, actor, details)
             raise
         if reason not in ("user", "agent_lost"):
-            self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
+            self._tell(session, link, SessionEnd(session_id=session_id, reason=reason))
         return session
 
     def ending(self, session_id: str) -> bool:
@@ -325,9 +326,12 @@ class SessionBook(BookHooks):
     # telling others
 
     def _tell_agent(self, session: Session, message: Message) -> None:
+        self._tell(session, self._links.get(session.id), message)
+
+    def _tell(self, session: Session, link: AgentLink | None, message: Message) -> None:
         """Over the session's own tunnel; a session whose tunnel is gone has nothing
         left on the PC to tell (a newer tunnel never hears of it)."""
-        link = self.session_link(session.id)
+        link = self._agents.still(session.agent_id, link)
         if link is None:
             return
         try:

@@ -118,8 +118,8 @@ class InviteBook:
         )
 
     def _tell_agent(self, invitation: Invitation, reason: EndReason) -> None:
-        link = self._sessions.session_link(invitation.session_id)
-        if link is None:
+        link = self._sessions.agents.still(invitation.agent_id, invitation.link)
+        if link is None:  # its session's tunnel is gone: nothing of it left on the PC
             return
         try:
             link.send(SessionEnd(session_id=invitation.id, reason=reason))

@@ -115,7 +115,7 @@ class InviteDesk(InviteBook):
             "invite.asked", f"technician:{owner}", invitation, phrase=invitation.phrase
         )
         self._all[invitation.id] = invitation
-        link = self._sessions.session_link(session_id)  # after the await: the session's own
+        link = invitation.link = self._sessions.session_link(session_id)  # after the await
         try:
             if link is None:
                 raise TunnelError("the session's tunnel is gone")
