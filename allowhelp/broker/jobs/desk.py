@@ -229,9 +229,10 @@ class JobDesk:
                 job_id=job.id, payload=spec.encoded(), signature=self._signer.sign(payload)
             )
             try:
-                if self._agents.still(agent_id, link) is None or link is None:
+                woken = self._agents.still(agent_id, link)
+                if woken is None:
                     raise TunnelError("its tunnel went")
-                link.send(message)
+                woken.send(message)
             except TunnelError as exc:  # the tunnel went: sent again when it is back
                 log.warning("agent=%s job=%s not sent: %s", agent_id, job.id, exc)
                 return
