@@ -51,6 +51,8 @@ class Invitation:
     # the session's tunnel when it was asked: the PC is told over it or not at all
     link: AgentLink | None = None
     connections: int = 0  # how many times the invitee attached: the latest's number
+    # the connections whose join is on (or queued for) the record, their leaving not yet
+    recorded: set[int] = field(default_factory=set)
 
     @property
     def attachable(self) -> bool:
