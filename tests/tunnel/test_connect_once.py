@@ -33,7 +33,7 @@ from allowhelp.broker.audit.log import AuditLog, read_records
 from allowhelp.broker.tunnel.agents import ONLINE, AgentRegistry
 from allowhelp.broker.tunnel.doorbell import Bell
 from allowhelp.broker.tunnel.link import AgentLink
-from harness import Agent, Broker, Fleet, audit_locked, online, wait_for
+from harness import ADMIN, ADMIN_PW, Agent, Broker, Desk, Fleet, audit_locked, online, wait_for
 
 AGENT = "a-" + "c" * 20
 HELLO = hello(AGENT, "have")
@@ -245,3 +245,43 @@ async def test_a_doorbell_and_a_tunnel_at_once_chain_one_connect(
         "the connect and the disconnect on the record",
     )
     assert after == ["agent.connected", "agent.disconnected"]
+
+
+def history(broker: Broker, agent_id: str) -> list[dict[str, Any]]:
+    desk = Desk.login(broker, ADMIN, ADMIN_PW)
+    try:
+        answer = desk.client.get(f"/api/v1/agents/{agent_id}/connectivity")
+        assert answer.status_code == 200, answer.text
+        events: list[dict[str, Any]] = answer.json()["history"]
+        return events
+    finally:
+        desk.close()
+
+
+async def test_a_tunnel_replacing_an_older_one_is_no_connect_but_is_in_the_history(
+    broker: Broker, agent: Agent
+) -> None:
+    """The agent dials again while its older tunnel still stands (it gave up on it):
+    online all along, so one ``agent.connected``; the history keeps both connects (the
+    newest says which node holds the agent, docs/multinode.md)."""
+    said = hello(agent.agent_id, "have")
+    async with scripted_agent(agent, said) as older:
+        await off_loop(wait_for, lambda: online(broker, agent.agent_id), 15, "online")
+        async with scripted_agent(agent, said):
+            await asyncio.wait_for(older.closed.wait(), 15)  # the broker dropped it
+            await off_loop(
+                wait_for,
+                lambda: len(history(broker, agent.agent_id)) >= 2,
+                15,
+                "the second connect in the history",
+            )
+    await off_loop(wait_for, lambda: not online(broker, agent.agent_id), 15, "offline")
+    chained = await off_loop(
+        wait_for,
+        lambda: len(now := connectivity(broker, agent.agent_id)) >= 2 and now,
+        15,
+        "the disconnect on the record",
+    )
+    assert chained == ["agent.connected", "agent.disconnected"]
+    kept = [event["event"] for event in await off_loop(history, broker, agent.agent_id)]
+    assert kept == ["disconnected", "connected", "connected"]  # newest first

@@ -107,6 +107,12 @@ class ConnectivityAudit:
             return "refused"
         return "counted"
 
+    def replaced(self, agent_id: str, peer: str) -> None:
+        """A tunnel replacing an online agent's older one: no offline → online, so
+        not chained; kept in the history (the newest connect says which node holds
+        the agent's tunnel, ``store/fleet.py``)."""
+        self._spawn(self._keep(agent_id, "connected", peer, "replaced", time.time()))
+
     def disconnected(self, agent_id: str, peer: str, reason: str) -> bool:
         """Record a lost tunnel (it is gone already); True when it is chained."""
         wall = time.time()

@@ -344,6 +344,9 @@ class TunnelListener:
                 why = gone or "closed before it was online"
                 self._connectivity.disconnected(agent_id, owner.peer, why)
             return
+        live = self._registry.get(agent_id)
+        if admission == ONLINE and live is not None and live.awake:  # an older tunnel goes
+            self._connectivity.replaced(agent_id, owner.peer)
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._registry.attach(agent_id, link, owner.peer)
         self._spawn(link.open())
