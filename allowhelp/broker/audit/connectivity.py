@@ -72,6 +72,9 @@ class ConnectivityAudit:
         self._keys = Coalescer(window)  # agent.refused, per key and address
         self._handshakes = Coalescer(window)  # tunnel.refused, per address
         self._tasks: set[asyncio.Task[None]] = set()
+        # A disconnect record still on its way, per agent: the next connect waits
+        # for it, so the chain never says connected before the disconnect it follows.
+        self._leaving: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -81,6 +84,9 @@ class ConnectivityAudit:
 
     async def connected(self, agent_id: str, peer: str) -> Admission:
         """Record a finished handshake before the agent is attached."""
+        leaving = self._leaving.get(agent_id)
+        if leaving is not None:
+            await asyncio.wait({leaving})
         wall = time.time()
         chain, summary = self._gate.connected(agent_id, peer, self._clock(), wall)
         try:
@@ -101,6 +107,12 @@ class ConnectivityAudit:
             return "refused"
         return "counted"
 
+    def replaced(self, agent_id: str, peer: str) -> None:
+        """A tunnel replacing an online agent's older one: no offline → online, so
+        not chained; kept in the history (the newest connect says which node holds
+        the agent's tunnel, ``store/fleet.py``)."""
+        self._spawn(self._keep(agent_id, "connected", peer, "replaced", time.time()))
+
     def disconnected(self, agent_id: str, peer: str, reason: str) -> bool:
         """Record a lost tunnel (it is gone already); True when it is chained."""
         wall = time.time()
@@ -108,10 +120,17 @@ class ConnectivityAudit:
         chain, summary = self._gate.disconnected(agent_id, self._clock(), wall)
         if chain:
             details: dict[str, object] = {"reason": reason, "remote": peer}
-            self._spawn(self._quiet("agent.disconnected", f"agent:{agent_id}", agent_id, details))
+            record = self._quiet("agent.disconnected", f"agent:{agent_id}", agent_id, details)
+            self._leave(agent_id, self._spawn(record))
         elif summary is not None:
-            self._spawn(self._flapping_quiet(summary, online=False))
+            self._leave(agent_id, self._spawn(self._flapping_quiet(summary, online=False)))
         return chain
+
+    def _leave(self, agent_id: str, task: asyncio.Task[None]) -> None:
+        self._leaving[agent_id] = task
+        task.add_done_callback(
+            lambda _: self._leaving.pop(agent_id) if self._leaving.get(agent_id) is task else None
+        )
 
     def refused_key(self, agent_id: str, address: str, peer: str, reason: str) -> bool:
         """A key that is not (or no longer) enrolled tried to connect; True when
@@ -246,7 +265,8 @@ class ConnectivityAudit:
                         log.info("connectivity history: %d old events dropped", gone)
             await asyncio.sleep(interval)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -219,6 +219,7 @@ class JobDesk:
         if link is not live.link:
             sent = set()
             self._sent[agent_id] = (live.link, sent)
+        link = live.link  # the tunnel just woken: every job below goes over it alone
         for job in waiting:
             if job.id in sent or not job.approved or job.expires <= now:
                 continue
@@ -228,7 +229,10 @@ class JobDesk:
                 job_id=job.id, payload=spec.encoded(), signature=self._signer.sign(payload)
             )
             try:
-                live.send(message)
+                woken = self._agents.still(agent_id, link)
+                if woken is None:
+                    raise TunnelError("its tunnel went")
+                woken.send(message)
             except TunnelError as exc:  # the tunnel went: sent again when it is back
                 log.warning("agent=%s job=%s not sent: %s", agent_id, job.id, exc)
                 return

@@ -286,13 +286,22 @@ class NodeMembership:
                 agent_id,
                 node_id,
             )
-            await self._drop(live, {"reason": "held_elsewhere", "holder": node_id})
+            await self._drop(
+                live, {"reason": "held_elsewhere", "holder": node_id}, holder=live.holder
+            )
         self._superseded = seen
 
-    async def _drop(self, live: LiveAgent, details: dict[str, object]) -> None:
+    async def _drop(
+        self,
+        live: LiveAgent,
+        details: dict[str, object],
+        *,
+        holder: AgentLink | Bell | None = None,
+    ) -> None:
         """Audited, then closed. Closing is stopping access, so it happens even when
         the audit cannot take the record (said in the log); the agent's sessions end
-        with it."""
+        with it. With ``holder``, only that tunnel (or doorbell): one the agent
+        dialled here while the record was written is not the one judged older."""
         details = {**details, "node": self.node_id, "peer": live.peer}
         try:
             if self._audit is not None:
@@ -301,7 +310,13 @@ class NodeMembership:
                 )
         except AuditUnavailable as exc:
             log.error("agent=%s tunnel dropped, not audited: %s", live.agent_id, exc)
-        live.close()  # its tunnel and its doorbell
+        now = self._agents.get(live.agent_id) if self._agents is not None else None
+        if now is None:  # gone meanwhile
+            return
+        if holder is not None and now.holder is not holder:
+            log.warning("agent=%s dialled here again: its newer tunnel stays", now.agent_id)
+            return
+        now.close()  # its tunnel and its doorbell, as they are after the await
 
     async def close(self) -> None:
         """Stop beating and leave: this node's row and agent rows go."""

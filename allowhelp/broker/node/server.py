@@ -309,7 +309,7 @@ def _session_extras(
     the registry."""
     agents = sessions.agents
     chat = ChatDesk(sessions, agents, db, events)
-    files = FileDesk(sessions, audit, db, notify=_transfer_notice(agents))
+    files = FileDesk(sessions, audit, db, notify=_transfer_notice(sessions))
     webhook = (
         Webhook(settings.webhook_url, settings.webhook_secret) if settings.webhook_url else None
     )
@@ -326,14 +326,16 @@ def _session_extras(
     return chat, files, reports, invites
 
 
-def _transfer_notice(agents: AgentRegistry) -> Callable[[Session, FileTransfer], None]:
-    """Tell the PC of each file transfer (its session window lists them), when it listens."""
+def _transfer_notice(sessions: SessionRegistry) -> Callable[[Session, FileTransfer], None]:
+    """Tell the PC of each file transfer (its session window lists them), when it listens:
+    over the session's own tunnel (``SessionBook.session_link``), never a newer one."""
 
     def notify(session: Session, message: FileTransfer) -> None:
-        live = agents.get(session.agent_id)
-        if live is not None and live.chat:
+        live = sessions.agents.get(session.agent_id)
+        link = sessions.session_link(session.id)
+        if live is not None and live.chat and link is not None:
             with contextlib.suppress(TunnelError):
-                live.send(message)
+                link.send(message)
 
     return notify
 

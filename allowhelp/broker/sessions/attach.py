@@ -63,7 +63,7 @@ def claim(
         raise Conflict("the session is ending")
     if sessions.has_relay(session.id):
         raise Conflict(f"this session's {kind} is already open in another window")
-    link = sessions.agent_link(session.agent_id)
+    link = sessions.session_link(session.id)
     if link is None:
         raise AgentUnreachable("the machine is offline")
     relay = make(session)

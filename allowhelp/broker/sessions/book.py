@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import cast
 
 from allowhelp.broker.audit.log import AuditLog
@@ -26,10 +26,12 @@ from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.sessions.consent import MAX_REASON
 from allowhelp.broker.sessions.events import EventHub
+from allowhelp.broker.sessions.hooks import BookHooks
 from allowhelp.broker.sessions.saver import SessionSaver
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import Message, SessionEnd
 from allowhelp.protocol.kinds import EndReason
 from allowhelp.protocol.text import plain_text
@@ -37,26 +39,16 @@ from allowhelp.protocol.text import plain_text
 log = logging.getLogger(__name__)
 
 Stopper = Callable[[], Traffic]
-# What other rooms add to a session's end record (the chat transcript's digest),
-# and who hears of a session that is over (the report for the ticket system).
-EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
-FinalListener = Callable[[Session], None]
-# Who else stops access when a session ends, before its end record (its invitees,
-# #18); what they return joins the record's traffic (a recording they opened).
-EndingHook = Callable[[str], Awaitable[Traffic]]
-# Whether this process may write the end record it owes for a session it stopped while
-# the log was away: False when another broker node has ended it meanwhile
-# (``node/cluster.py``); ``AuditUnavailable`` when that cannot be known yet.
-LateEndGuard = Callable[[str], Awaitable[bool]]
 OWED_RETRY_FIRST, OWED_RETRY_MAX = 1.0, 30.0
 
 
-class SessionBook:
+class SessionBook(BookHooks):
     """Live sessions by id: their one transition path, their relays, their ends."""
 
     def __init__(
         self, db: StoreWorker, audit: AuditLog, agents: AgentRegistry, events: EventHub
     ) -> None:
+        super().__init__()
         self._db = db
         self._rows = SessionSaver(db)  # rows written behind the audit (sessions/saver.py)
         self._audit = audit
@@ -70,30 +62,27 @@ class SessionBook:
         self._owed: set[str] = set()  # ended, record owed: written once the log takes it
         self._owed_as: dict[str, tuple[EndReason, str]] = {}  # the end decided: reason, actor
         self._tasks: set[asyncio.Task[object]] = set()
-        self._end_details: list[EndDetails] = []
-        self._final_listeners: list[FinalListener] = []
-        self._ending_hooks: list[EndingHook] = []
-        self._late_end_guard: LateEndGuard | None = None
+        # The tunnel each session was asked on: its messages and channels go there
+        # or nowhere, never to a newer tunnel of the same agent (``session_link``).
+        self._links: dict[str, AgentLink] = {}
 
     # lookups
-
-    def add_end_details(self, hook: EndDetails) -> None:
-        self._end_details.append(hook)
-
-    def on_final(self, listener: FinalListener) -> None:
-        self._final_listeners.append(listener)
-
-    def before_end(self, hook: EndingHook) -> None:
-        """Call ``hook`` when a session ends, after its relays stop, before its record."""
-        self._ending_hooks.append(hook)
-
-    def guard_late_ends(self, guard: LateEndGuard) -> None:
-        """Ask ``guard`` before writing an owed end record (several nodes, one chain)."""
-        self._late_end_guard = guard
 
     def live_sessions(self) -> list[Session]:
         """The sessions this process runs that are not over."""
         return [session for session in self._live.values() if not session.final]
+
+    def pin_link(self, session_id: str, link: AgentLink) -> None:
+        """The session belongs to this tunnel (the one whose Hello it was judged on)."""
+        self._links[session_id] = link
+
+    def session_link(self, session_id: str) -> AgentLink | None:
+        """The tunnel the session was asked on, while it is still its agent's; None
+        once it is gone or replaced (then the session cannot go on: it ends)."""
+        session = self._live.get(session_id)
+        if session is None:
+            return None
+        return self._agents.still(session.agent_id, self._links.get(session_id))
 
     def live(self, session_id: str) -> Session | None:
         """A session that is not over yet (or whose end is owed), from memory:
@@ -137,6 +126,7 @@ class SessionBook:
         """End a session. Access stops first (relays, then the PC told); if the
         record cannot be written, the end is owed and written when the log
         takes it again (``_record_owed_end``), and ``AuditUnavailable`` says so."""
+        link = self._links.get(session_id)  # the end forgets it: the PC is told after
         try:
             session = await self._move(
                 session_id, State.ENDED, actor=actor, reason=reason, details=details
@@ -145,7 +135,7 @@ class SessionBook:
             self._owe_end(session_id, reason, actor, details)
             raise
         if reason not in ("user", "agent_lost"):
-            self._tell_agent(session, SessionEnd(session_id=session_id, reason=reason))
+            self._tell(session, link, SessionEnd(session_id=session_id, reason=reason))
         return session
 
     def ending(self, session_id: str) -> bool:
@@ -224,9 +214,10 @@ class SessionBook:
 
     async def fail(self, session_id: str, message: str) -> None:
         """A session that cannot go on (its screen failed, ...): audit why as
-        ``session.failed``, then end it with reason ``error`` (unless already over)."""
+        ``session.failed``, then end it with reason ``error`` (unless already over, or
+        its end is owed: that end is the one record it gets, written when it can be)."""
         session = self._live.get(session_id)
-        if session is None or session.final:
+        if session is None or session.final or session_id in self._owed:
             return
         text = plain_text(message, MAX_REASON) or "unknown error"
         try:
@@ -309,45 +300,25 @@ class SessionBook:
         self._owed_as.pop(session_id, None)
         self._unrecorded.pop(session_id, None)
         self._live.pop(session_id, None)
+        self._links.pop(session_id, None)
         self._locks.pop(session_id, None)  # held by the caller until it raises
         self._rows.forget(session_id)  # its row is the other node's now
         timer = self._timers.pop(session_id, None)
         if timer is not None:
             timer.cancel()
+        self._let_go(session_id)
         raise IllegalTransition(f"session {session_id} was ended by another node")
-
-    async def _more_end_details(self, session_id: str) -> dict[str, object]:
-        more: dict[str, object] = {}
-        for hook in self._end_details:
-            try:
-                more.update(await hook(session_id))
-            except BrokerError as exc:  # the store cannot say: the end is still recorded
-                log.error("session=%s: end details missing: %s", session_id, exc)
-        return more
 
     def _stop_relays(self, session_id: str) -> Traffic:
         """Stop what relays the session (access ends before its record is written)."""
         return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
 
-    async def _stop_others(self, session_id: str) -> Traffic:
-        """The ending hooks' part: their access stops before the end record too."""
-        traffic = Traffic()
-        for hook in self._ending_hooks:
-            try:
-                traffic += await hook(session_id)
-            except Exception:  # a hook's failure must not hold an end up
-                log.exception("session=%s: stopping what else it serves failed", session_id)
-        return traffic
-
     def _finished(self, session: Session) -> None:
-        for listener in self._final_listeners:
-            try:
-                listener(session)
-            except Exception:  # a listener's failure must not undo an end
-                log.exception("session=%s: a listener of its end failed", session.id)
+        self._tell_final(session)
         self._owed.discard(session.id)
         self._owed_as.pop(session.id, None)
         self._live.pop(session.id, None)
+        self._links.pop(session.id, None)
         self._locks.pop(session.id, None)
         timer = self._timers.pop(session.id, None)
         if timer is not None:
@@ -356,11 +327,16 @@ class SessionBook:
     # telling others
 
     def _tell_agent(self, session: Session, message: Message) -> None:
-        live = self._agents.get(session.agent_id)
-        if live is None:
+        self._tell(session, self._links.get(session.id), message)
+
+    def _tell(self, session: Session, link: AgentLink | None, message: Message) -> None:
+        """Over the session's own tunnel; a session whose tunnel is gone has nothing
+        left on the PC to tell (a newer tunnel never hears of it)."""
+        link = self._agents.still(session.agent_id, link)
+        if link is None:
             return
         try:
-            live.send(message)
+            link.send(message)
         except TunnelError as exc:
             log.warning(
                 "agent=%s session=%s could not be told: %s", session.agent_id, session.id, exc

@@ -96,8 +96,11 @@ class ChatDesk:
         if not agent.chat:
             raise Conflict("this PC's agent is too old for chat", code="chat_unsupported")
         line = await self._keep(session, f"technician:{session.technician}", clean)
+        link = self._sessions.session_link(session.id)  # after the await: its own tunnel
         try:
-            agent.send(ChatMessage(session.id, clean, technician_name[:100]))
+            if link is None:
+                raise TunnelError("the session's tunnel is gone")
+            link.send(ChatMessage(session.id, clean, technician_name[:100]))
         except TunnelError as exc:
             raise AgentUnreachable(f"the message is kept but did not reach the PC: {exc}") from exc
         return line

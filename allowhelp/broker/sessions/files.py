@@ -140,7 +140,7 @@ class FileDesk:
             return channel.client, channel
 
     async def _open(self, session: Session) -> asyncssh.SFTPClient:
-        link = self._sessions.agent_link(session.agent_id)
+        link = self._sessions.session_link(session.id)
         if link is None:
             raise AgentUnreachable("the machine is offline")
         await self._sessions.audit_started(session, {"channel": "files"})

@@ -13,13 +13,14 @@ import secrets
 import time
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.errors import AuditUnavailable, StoreError
+from allowhelp.broker.errors import AuditUnavailable, StoreError, TunnelError
 from allowhelp.broker.model.session import user_actor
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.store import HelpTicket, Store
 from allowhelp.broker.store.worker import StoreWorker
-from allowhelp.broker.tunnel.agents import AgentRegistry, LiveAgent
-from allowhelp.protocol.control import HelpCode, HelpRefused, HelpRequest
+from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink
+from allowhelp.protocol.control import HelpCode, HelpRefused, HelpRequest, Message
 from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,15 @@ class HelpDesk:
         """The user asked for help on their PC (``allowhelp-agent request-help``)."""
         now = time.time()
         live = self._agents.get(agent_id)
-        if live is None:  # the tunnel went while the message waited: nobody to answer
+        if live is None or live.link is None:  # gone while the message waited: nobody to answer
             log.warning("agent=%s help request dropped: the agent is gone", agent_id)
             return
+        link = live.link  # the tunnel it came on: the answer goes there or nowhere
         open_here = [t for t in await self.open_tickets() if t.agent_id == agent_id]
         agent = await self._db.read(Store.agent, agent_id)
         hostname = agent.hostname if agent else "?"
         if len(open_here) >= MAX_OPEN_PER_AGENT:
-            await self._refuse(agent_id, message, live, hostname, "too_many_open")
+            await self._refuse(agent_id, message, link, hostname, "too_many_open")
             return
         digits = await self._fresh_digits(now)
         ticket = HelpTicket(
@@ -98,13 +100,13 @@ class HelpDesk:
             await self._db.run(Store.add_help_request, ticket)
         except StoreError:  # the chain must not say a code was given that never was
             with contextlib.suppress(AuditUnavailable):  # logged by the writer already
-                await self._refuse(agent_id, message, live, hostname, "store_unavailable")
+                await self._refuse(agent_id, message, link, hostname, "store_unavailable")
             raise
-        live.send(HelpCode(ref=message.ref, code=format_code(digits), expires_in=CODE_TTL))
+        self._answer(agent_id, link, HelpCode(message.ref, format_code(digits), CODE_TTL))
         self._events.publish({"type": "help_request", "help_request": ticket.to_json()})
 
     async def _refuse(
-        self, agent_id: str, message: HelpRequest, live: LiveAgent, hostname: str, why: str
+        self, agent_id: str, message: HelpRequest, link: AgentLink, hostname: str, why: str
     ) -> None:
         """Audited and told: the user must not sit waiting for a code that never comes."""
         await self._audit.write(
@@ -118,7 +120,15 @@ class HelpDesk:
             },
         )
         log.warning("agent=%s help request refused: %s", agent_id, why)
-        live.send(HelpRefused(ref=message.ref, reason=REFUSALS[why]))
+        self._answer(agent_id, link, HelpRefused(ref=message.ref, reason=REFUSALS[why]))
+
+    def _answer(self, agent_id: str, asked_on: AgentLink, answer: Message) -> None:
+        """Over the tunnel the request came on, if it is still the agent's after the
+        awaits: a newer tunnel never asked (``AgentRegistry.still``)."""
+        link = self._agents.still(agent_id, asked_on)
+        if link is None:
+            raise TunnelError("the tunnel the help request came on is gone")
+        link.send(answer)
 
     async def _fresh_digits(self, now: float) -> str:
         for _ in range(100):

@@ -9,8 +9,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from allowhelp.broker.model.session import Session, Traffic
+
+if TYPE_CHECKING:
+    from allowhelp.broker.tunnel.link import AgentLink
 
 
 class InviteState(StrEnum):
@@ -44,7 +48,11 @@ class Invitation:
     state: InviteState = InviteState.ASKED
     created: float = field(default_factory=time.time)
     stop: Callable[[], Traffic] | None = None  # the attached relay's
+    # the session's tunnel when it was asked: the PC is told over it or not at all
+    link: AgentLink | None = None
     connections: int = 0  # how many times the invitee attached: the latest's number
+    # the connections whose join is on (or queued for) the record, their leaving not yet
+    recorded: set[int] = field(default_factory=set)
 
     @property
     def attachable(self) -> bool:

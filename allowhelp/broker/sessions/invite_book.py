@@ -52,6 +52,7 @@ class InviteBook:
         self._overs: dict[str, asyncio.Event] = {}
         sessions.before_end(self._before_end)
         sessions.on_final(self._session_over)
+        sessions.on_let_go(self._let_go)
 
     # what a session's end does to its invitations (InviteDesk)
 
@@ -59,6 +60,19 @@ class InviteBook:
         raise NotImplementedError
 
     def _session_over(self, session: Session) -> None:
+        raise NotImplementedError
+
+    def _let_go(self, session_id: str) -> None:
+        """Another node ended the session while this one was cut off (its end here,
+        owed, is let go): its invitations go as any ended session's do, kept among
+        the ended for their invitees' pages (stopped already: the end here stopped
+        them before its record; one still live is stopped now)."""
+        for invitation in self.of_session(session_id):
+            if invitation.live:
+                self._stop_quietly(invitation)
+            self._retire(invitation)
+
+    def _stop_quietly(self, invitation: Invitation) -> None:
         raise NotImplementedError
 
     # lookups
@@ -105,8 +119,8 @@ class InviteBook:
         )
 
     def _tell_agent(self, invitation: Invitation, reason: EndReason) -> None:
-        link = self._sessions.agent_link(invitation.agent_id)
-        if link is None:
+        link = self._sessions.agents.still(invitation.agent_id, invitation.link)
+        if link is None:  # its session's tunnel is gone: nothing of it left on the PC
             return
         try:
             link.send(SessionEnd(session_id=invitation.id, reason=reason))

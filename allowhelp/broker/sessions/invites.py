@@ -109,8 +109,11 @@ class InviteDesk(InviteBook):
             "invite.asked", f"technician:{owner}", invitation, phrase=invitation.phrase
         )
         self._all[invitation.id] = invitation
+        link = invitation.link = self._sessions.session_link(session_id)  # after the await
         try:
-            live.send(request)
+            if link is None:
+                raise TunnelError("the session's tunnel is gone")
+            link.send(request)
         except TunnelError as exc:
             invitation.state = InviteState.EXPIRED
             raise AgentUnreachable("the machine did not take the invitation") from exc
@@ -200,9 +203,14 @@ class InviteDesk(InviteBook):
         stopped: list[tuple[Invitation, Traffic]] = []
         for invitation in self.of_session(session_id):
             if invitation.live:
-                was_joined = invitation.state is InviteState.JOINED
+                # its current connection's join on (or queued for) the record: else
+                # there is nothing to leave (a connection still waiting to replace one)
+                was_joined = invitation.state is InviteState.JOINED and (
+                    invitation.connections in invitation.recorded
+                )
                 traffic = self._stop(invitation, InviteState.ENDED)
                 if was_joined:
+                    invitation.recorded.discard(invitation.connections)
                     stopped.append((invitation, traffic))
         for invitation, traffic in stopped:
             with contextlib.suppress(AuditUnavailable):  # said by the writer
@@ -235,11 +243,16 @@ class InviteDesk(InviteBook):
             else:
                 self._retire(invitation)
 
+    def _stop_quietly(self, invitation: Invitation) -> None:
+        invitation.recorded.clear()
+        self._stop(invitation, InviteState.ENDED)
+
     async def _finish(
         self, invitation: Invitation, state: InviteState, event: str, actor: str
     ) -> None:
         """Access stops first (the relay, the PC told), then the record."""
         was_joined = invitation.state is InviteState.JOINED
+        invitation.recorded.clear()  # this record says how it ended, connected or not
         self._stop(invitation, state)
         if state is InviteState.ENDED:
             self._retire(invitation)
@@ -274,7 +287,7 @@ class InviteDesk(InviteBook):
         same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
         if not same or session.state is not State.ACTIVE or self._sessions.ending(session_id):
             raise Conflict(f"the session is not an active {kind} session")
-        link = self._sessions.agent_link(session.agent_id)
+        link = self._sessions.session_link(session.id)
         if link is None:
             raise AgentUnreachable("the machine is offline")
         relay = make(invitation)
@@ -310,13 +323,20 @@ class InviteDesk(InviteBook):
                     await asyncio.wait_for(joined.replaces.wait(), OPEN_TIMEOUT)
             if not joined.current:
                 raise Conflict("replaced by a newer connection, or the invitation ended")
-            await self._write(
-                "participant.joined",
-                f"technician:{invitation.username}",
-                invitation,
-                connection=joined.number,
-                **relay.started_details(),
-            )
+            # its leaving is owed once this join is on the record (queued: a session's
+            # end from now on writes it after the join; ``_before_end``)
+            invitation.recorded.add(joined.number)
+            try:
+                await self._write(
+                    "participant.joined",
+                    f"technician:{invitation.username}",
+                    invitation,
+                    connection=joined.number,
+                    **relay.started_details(),
+                )
+            except AuditUnavailable:
+                invitation.recorded.discard(joined.number)
+                raise
             on_record = True
             chan, _ = await asyncio.wait_for(
                 link.open_channel(
@@ -344,14 +364,17 @@ class InviteDesk(InviteBook):
         invitation recorded it (revoked, removed, the session ended)."""
         invitation = joined.invitation
         try:
-            if invitation.state is not InviteState.JOINED:
-                return
-            replaced = not joined.current
-            if not replaced:  # they left (nobody ended it): they may come back
+            was_joined = invitation.state is InviteState.JOINED
+            replaced = invitation.connections != joined.number
+            if was_joined and not replaced:  # they left (nobody ended it): they may come back
                 invitation.state = InviteState.LEFT
-            if not on_record:  # its join was never written (the audit failed, or replaced)
-                self._publish_by_id(invitation)
+            # its leaving is this connection's to write: its join is on the record and
+            # nothing that ended the invitation wrote it
+            if not (on_record and joined.number in invitation.recorded):
+                if was_joined:  # never on the record (the audit failed, or replaced)
+                    self._publish_by_id(invitation)
                 return
+            invitation.recorded.discard(joined.number)
             with contextlib.suppress(AuditUnavailable):  # said by the writer
                 await self._write(
                     "participant.left",

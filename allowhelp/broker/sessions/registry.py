@@ -77,10 +77,6 @@ class SessionRegistry(SessionBook):
     def agents(self) -> AgentRegistry:
         return self._agents
 
-    def agent_link(self, agent_id: str) -> AgentLink | None:
-        live = self._agents.get(agent_id)
-        return None if live is None else live.link
-
     # the technician's side
 
     async def request(
@@ -179,6 +175,9 @@ class SessionRegistry(SessionBook):
                 details={"error": "the machine is offline"},
             )
             raise Conflict("the machine is offline", code="agent_offline")
+        # Judged on this tunnel's Hello, so asked over it alone: after each await below
+        # it must still be the agent's (``session_link``), never a newer one.
+        link = live.link
         refusal = _refusal(session, live.system, live.nobody_signed_in) or screen_refusal(
             session, live
         )
@@ -188,6 +187,8 @@ class SessionRegistry(SessionBook):
                 session.id, State.ENDED, actor="system", reason=reason, details={"error": error}
             )
             raise Conflict(error, code=code)
+        if link is not None:
+            self.pin_link(session.id, link)
         request = consent_request(session, organisation=self._organisation, timeout=self._timeout)
         await self._move(
             session.id,
@@ -196,18 +197,17 @@ class SessionRegistry(SessionBook):
             details={"asked": request.encode().decode().strip()},
         )
         try:
-            if live.link is None:
-                raise TunnelError("the machine's tunnel closed")
-            await asyncio.wait_for(live.link.ready.wait(), 10)
-            live.send(request)
+            await asyncio.wait_for(self._still_there(session.id).ready.wait(), 10)
+            self._still_there(session.id).send(request)
         except (TunnelError, TimeoutError) as exc:
-            await self._move(
-                session.id,
-                State.ENDED,
-                actor="system",
-                reason="error",
-                details={"error": str(exc) or "no control channel"},
-            )
+            with contextlib.suppress(IllegalTransition):  # ended meanwhile (agent_lost)
+                await self._move(
+                    session.id,
+                    State.ENDED,
+                    actor="system",
+                    reason="error",
+                    details={"error": str(exc) or "no control channel"},
+                )
             raise AgentUnreachable("the machine did not take the request") from exc
         if session.help_code:
             try:
@@ -218,6 +218,12 @@ class SessionRegistry(SessionBook):
         self._timers[session.id] = loop.call_later(
             self._timeout, lambda: self._spawn(self._expire(session.id))
         )
+
+    def _still_there(self, session_id: str) -> AgentLink:
+        link = self.session_link(session_id)
+        if link is None:
+            raise TunnelError("the machine's tunnel closed")
+        return link
 
     async def audit_started(self, session: Session, details: dict[str, object]) -> None:
         await self._audit.write(

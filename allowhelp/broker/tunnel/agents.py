@@ -9,6 +9,11 @@ an idle agent holds only its doorbell, and ``wake`` rings it when an action
 needs the PC, then waits for the SSH link (and its Hello). Only online ↔
 offline reaches the listeners: an SSH link coming or going while the doorbell
 stands only changes ``LiveAgent.awake``.
+
+Only online ↔ offline reaches the connectivity audit too, once each way whatever
+the interleaving: a tunnel and a doorbell (or two tunnels) of an offline agent
+that come at once both ``arrive``, and only the first writes its connect record;
+the others wait for it and then join an agent that is online already.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from allowhelp.broker.errors import TunnelError
@@ -126,6 +131,10 @@ class Waking:
 
 
 LinkLost = Callable[[str], None]  # an SSH link went while the agent stays online
+# Puts an offline agent's connect on the record (``audit/connectivity.py``); says
+# "refused" when it could not be (then the agent does not come online).
+Recorder = Callable[[], Awaitable[str]]
+ONLINE = "online"  # ``arrive``: no record, the agent was online already
 
 
 class AgentRegistry:
@@ -135,6 +144,33 @@ class AgentRegistry:
         self._link_lost: list[LinkLost] = []
         # One outstanding ring per agent: its reason and who waits for the SSH link.
         self._waking: dict[str, Waking] = {}
+        # An offline agent's connect record being written: the others that come wait.
+        self._arriving: dict[str, asyncio.Future[None]] = {}
+
+    # coming online
+
+    async def arrive(self, agent_id: str, record: Recorder) -> str:
+        """Before a tunnel or a doorbell joins: ``ONLINE`` when the agent is online
+        already (nothing to record), else what ``record`` said of its connect.
+
+        Unless "refused", the caller joins (``attach``, ``ring_in``) or gives up
+        (and records the disconnect of a connect it recorded) with no await in
+        between. Only one connect record per offline agent is in flight: whoever
+        comes meanwhile waits for it, then looks again (online now, or offline
+        again if the first gave up: then it records its own)."""
+        while agent_id not in self._live:
+            writing = self._arriving.get(agent_id)
+            if writing is None:
+                break
+            await asyncio.shield(writing)
+        else:
+            return ONLINE
+        writing = self._arriving[agent_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await record()
+        finally:  # the caller joins or gives up before the waiters look again
+            del self._arriving[agent_id]
+            writing.set_result(None)
 
     # the SSH link
 
@@ -146,12 +182,15 @@ class AgentRegistry:
         stays; the record keeps its Hello fields until the tunnel's Hello.
         """
         live = self._live.get(agent_id)
+        old = None
         if live is None:
             self._live[agent_id] = LiveAgent(agent_id, link, peer)
         else:
             old, live.link, live.peer, live.greeted = live.link, link, peer, False
-            if old is not None and old is not link:
-                old.close()
+        if old is not None and old is not link:  # what ran over it is lost with it
+            old.close()
+            for lost in list(self._link_lost):
+                lost(agent_id)
         self._notify(agent_id, True)
 
     def detach(self, agent_id: str, link: AgentLink) -> bool:
@@ -257,6 +296,13 @@ class AgentRegistry:
     def get(self, agent_id: str) -> LiveAgent | None:
         return self._live.get(agent_id)
 
+    def still(self, agent_id: str, link: AgentLink | None) -> AgentLink | None:
+        """``link`` while it is still the agent's tunnel, else None: what a caller
+        decided on before an await is checked after it (nothing may send on a newer
+        tunnel than the one it judged: a ``LiveAgent`` outlives its tunnels)."""
+        live = self._live.get(agent_id)
+        return link if link is not None and live is not None and live.link is link else None
+
     def connected(self) -> list[LiveAgent]:
         return list(self._live.values())
 
@@ -276,8 +322,9 @@ class AgentRegistry:
         return lambda: self._listeners.remove(listener)
 
     def subscribe_link_lost(self, listener: LinkLost) -> Callable[[], None]:
-        """Told when an SSH link goes while the doorbell keeps the agent online (going
-        offline is told to ``subscribe``'s listeners instead)."""
+        """Told when an SSH link goes while the agent stays online (its doorbell
+        stands, or a newer tunnel replaced it); going offline is told to
+        ``subscribe``'s listeners instead."""
         self._link_lost.append(listener)
         return lambda: self._link_lost.remove(listener)
 

@@ -43,7 +43,7 @@ from allowhelp.broker.listen import bind
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.admission import TUNNEL_BACKLOG, Admission
-from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.agents import ONLINE, AgentRegistry
 from allowhelp.broker.tunnel.batch import StoreBatch
 from allowhelp.broker.tunnel.keys import EnrolledKeys
 from allowhelp.broker.tunnel.link import AgentLink, Dispatcher
@@ -328,17 +328,25 @@ class TunnelListener:
             conn.close()
             return
         agent_id = agent_id_for(key)
+        # A connect is on the record once per offline → online (tunnel/agents.py
+        # arrive): not for an agent online already (its doorbell, an older tunnel).
+        admission = await self._registry.arrive(
+            agent_id, lambda: self._connectivity.connected(agent_id, owner.peer)
+        )
+        if admission == "refused":
+            conn.close()
+            return
+        # gone while the record was written, or removed meanwhile: nothing to attach
+        gone = "removed" if self._keys.is_removed(agent_id) else ""
+        if gone or conn.is_closed():
+            conn.close()
+            if admission != ONLINE:
+                why = gone or "closed before it was online"
+                self._connectivity.disconnected(agent_id, owner.peer, why)
+            return
         live = self._registry.get(agent_id)
-        woke = live is not None and not live.awake  # its doorbell stands: online already
-        admission: str = "woke"
-        if not woke:
-            admission = await self._connectivity.connected(agent_id, owner.peer)
-            if admission == "refused":
-                conn.close()
-                return
-            if conn.is_closed():  # gone while the record was written: nothing to attach
-                self._connectivity.disconnected(agent_id, owner.peer, "closed before it was online")
-                return
+        if admission == ONLINE and live is not None and live.awake:  # an older tunnel goes
+            self._connectivity.replaced(agent_id, owner.peer)
         owner.link = link = AgentLink(agent_id, conn, self._dispatcher)
         self._registry.attach(agent_id, link, owner.peer)
         self._spawn(link.open())

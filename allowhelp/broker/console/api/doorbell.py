@@ -36,6 +36,7 @@ from allowhelp.broker.errors import (
     Unauthenticated,
 )
 from allowhelp.broker.store import Store
+from allowhelp.broker.tunnel.agents import ONLINE
 from allowhelp.broker.tunnel.doorbell import (
     BODY_DEADLINE,
     MAX_BODY,
@@ -86,10 +87,13 @@ async def doorbell(request: Request) -> Response:
     try:
         agent_id = await _authorised(request, svc, address, peer)
         hello = hello_from_body(await _body(request))
-        # a connect is on the record first (offline → online)
-        connecting = not svc.registry.online(agent_id)
-        if connecting and await svc.tunnel.connectivity.connected(agent_id, peer) == "refused":
+        # a connect is on the record first, once per offline → online (agents.py arrive)
+        admission = await svc.registry.arrive(
+            agent_id, lambda: svc.tunnel.connectivity.connected(agent_id, peer)
+        )
+        if admission == "refused":
             raise AuditUnavailable("the doorbell could not be audited")
+        connecting = admission != ONLINE
         # removed while its body or the record was awaited: no bell for it (the
         # removal closed what it found; nothing awaits between here and ``ring_in``)
         if svc.keys.is_removed(agent_id):
