@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame
 
 from allowhelp.broker.audit.recording import AsciicastRecorder
@@ -107,6 +108,7 @@ async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
 @dataclass
 class Stack:
     port: int
+    ssh: asyncssh.SSHClientConnection
     relays: list[TerminalRelay] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -130,7 +132,7 @@ async def stack(folder: Path) -> AsyncIterator[Stack]:
         config=None,
         client_keys=None,
     )
-    made = Stack(0)
+    made = Stack(0, ssh)
 
     async def terminal(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -370,3 +372,29 @@ async def test_the_protocol_hands_over_only_what_nothing_waits_before() -> None:
         go.set()
         web.should_exit = True
         await serving
+
+
+async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the SSH session's callback would end asyncssh's whole
+    connection (every session of that PC): the relay's task raises it instead."""
+    output = AsciicastRecorder.output
+
+    def breaking(self: AsciicastRecorder, data: bytes) -> None:
+        if data == b"!":
+            raise RuntimeError("the recorder broke")
+        output(self, data)
+
+    monkeypatch.setattr(AsciicastRecorder, "output", breaking)
+    async with stack(tmp_path) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        for key in KEYS:
+            await ws.send(bytes([key]))
+            assert await echoed(ws, 1) == bytes([key])
+        await ws.send(b"!")
+        with pytest.raises(ConnectionClosed):
+            await echoed(ws, 1)  # not shown; the relay ends
+        assert len(made.outcomes) == 1
+        assert not made.ssh.is_closed()  # the tunnel lives on
+        chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
+        chan.close()

@@ -79,6 +79,7 @@ class TerminalRelay:
         self._shortcut = shortcut if isinstance(shortcut, ShortcutWebSocketProtocol) else None
         self._input_held = False  # a keystroke taken by the task waits for the channel
         self._unshown: bytes | None = None  # recorded by ``_show_now``, not yet on disk
+        self._broke: Exception | None = None  # what ``_show_now`` met: the task raises it
 
     @property
     def channel(self) -> ChannelSpec:
@@ -120,6 +121,8 @@ class TerminalRelay:
 
     async def _pump_output(self) -> None:
         while (payload := await self._side.take(RECORD_BATCH)) is not None:
+            if self._broke is not None:
+                raise self._broke
             if self._unshown is not None:  # before anything that came after it
                 await self._recorded()
                 await self._ws.send_bytes(self._unshown)
@@ -141,12 +144,18 @@ class TerminalRelay:
         if (
             shortcut is None
             or self._unshown is not None
+            or self._broke is not None
             or len(data) > MAX_FRAME
             or not self._recorder.on_disk
             or not shortcut.can_send_now()
         ):
             return False
-        self._recorder.output(data)
+        try:
+            self._recorder.output(data)
+        except Exception as exc:  # not into asyncssh's callback: it would end the whole tunnel
+            self._broke = exc
+            self._side.nudge()
+            return True
         self.counters.from_agent += len(data)
         try:
             shown = self._recorder.on_disk and shortcut.send_bytes_now(data)
