@@ -18,6 +18,10 @@ outgoing cipher is an AEAD (GCM or chacha20-poly1305); with any other cipher
 they go out as before. asyncssh sends the ignore through ``self.send_packet``,
 which both override; ``send_packet`` and ``_send_encryption`` are private
 names, checked against asyncssh 2.24.1 by ``tests/house/test_private_surfaces.py``.
+
+Both also take ``ssh_fastpaths.py``'s keepalive timer that is not re-armed per
+packet, and importing this module quiets asyncssh's packet logging below its
+debug level 3 (``quiet_packet_logs``: nothing is formatted that would not be logged).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from asyncssh.constants import MSG_IGNORE
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.packet import String
 
+from allowhelp.certs.ssh_fastpaths import LazyKeepalive, lazy_keepalive, quiet_packet_logs
+
 EMPTY = String(b"")
 AEAD = (GCMEncryption, ChachaEncryption)
+
+quiet_packet_logs()  # both ends import this module before their first connection
 
 
 def needless_ignore(conn: object, pkttype: int, args: tuple[bytes, ...]) -> bool:
@@ -42,9 +50,10 @@ def needless_ignore(conn: object, pkttype: int, args: tuple[bytes, ...]) -> bool
     )
 
 
-class OnePacketClientConnection(asyncssh.SSHClientConnection):
-    """The broker's tunnel connection: no empty MSG_IGNORE before each packet
-    (a subclass, not a wrapper per connection: a broker holds thousands)."""
+class OnePacketClientConnection(LazyKeepalive, asyncssh.SSHClientConnection):
+    """The broker's tunnel connection: no empty MSG_IGNORE before each packet,
+    no keepalive timer re-armed per packet (a subclass, not a wrapper per
+    connection: a broker holds thousands)."""
 
     def send_packet(self, pkttype: int, *args: bytes, **kwargs: Any) -> None:
         if not needless_ignore(self, pkttype, args):
@@ -52,7 +61,8 @@ class OnePacketClientConnection(asyncssh.SSHClientConnection):
 
 
 def send_one_packet_per_message(conn: asyncssh.SSHServerConnection) -> None:
-    """Stop the agent's ``conn`` putting an empty MSG_IGNORE before each packet."""
+    """Stop the agent's ``conn`` putting an empty MSG_IGNORE before each packet
+    (and re-arming its keepalive timer on each one it receives)."""
     send = conn.send_packet
 
     def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
@@ -60,3 +70,4 @@ def send_one_packet_per_message(conn: asyncssh.SSHServerConnection) -> None:
             send(pkttype, *args, **kwargs)
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
+    lazy_keepalive(conn)

@@ -23,7 +23,16 @@ which name moved, before a subtle failure at run time does.
   (``certs/ssh_packets.py``; ``tests/tunnel/test_one_packet_per_message.py``
   shows plain asyncssh still sends them, and ours not);
 - uvicorn ``HttpToolsProtocol`` is subclassed by ``console/httpguard.py``
-  for head/body deadlines and sizes, through the hooks named below.
+  for head/body deadlines and sizes, through the hooks named below;
+- asyncssh ``SSHConnection``'s keepalive (``_recv_data`` calls
+  ``_reset_keepalive_timer``; ``_keepalive_timer``, ``_keepalive_timer_callback``,
+  ``_set_keepalive_timer``, ``_cancel_keepalive_timer``, ``_keepalive_interval``,
+  ``_auth_complete``, ``_loop``) is re-armed lazily, and ``SSHPacketLogger``'s
+  ``log_sent_packet``/``log_received_packet`` are skipped below ``SSHLogger._debug_level``
+  3 (``certs/ssh_fastpaths.py``; ``tests/tunnel/test_lazy_keepalive.py``);
+- uvicorn ``WebSocketsSansIOProtocol`` is subclassed by ``relay/fastws.py``
+  (``handle_connect``, ``handle_bytes``, ``queue``, ``conn``, ``transport``,
+  ``writable`` and its state flags; ``tests/relay/test_shortcut.py``).
 """
 
 from __future__ import annotations
@@ -150,3 +159,55 @@ def test_uvicorn_names_a_connection_as_the_node_listener_matches_it() -> None:
     assert callable(utils.get_remote_addr)
     source = inspect.getsource(HttpToolsProtocol)
     assert "get_remote_addr(transport)" in source, "uvicorn names clients another way"
+
+
+async def test_asyncssh_keepalive_has_the_names_the_lazy_timer_replaces() -> None:
+    from asyncssh.connection import SSHConnection
+    from asyncssh.logging import SSHLogger
+    from asyncssh.packet import SSHPacketLogger
+
+    assert "self._reset_keepalive_timer()" in inspect.getsource(SSHConnection._recv_data)
+    for name in (
+        "_reset_keepalive_timer",
+        "_keepalive_timer_callback",
+        "_set_keepalive_timer",
+        "_cancel_keepalive_timer",
+    ):
+        assert callable(getattr(SSHConnection, name, None)), f"SSHConnection.{name} is gone"
+    assert "self._keepalive_timer_callback" in inspect.getsource(SSHConnection._set_keepalive_timer)
+    conn = asyncssh.SSHClientConnection(
+        asyncio.get_running_loop(),
+        asyncssh.SSHClientConnectionOptions(known_hosts=None, username="x"),
+        None,
+        None,
+    )
+    try:
+        assert conn._keepalive_timer is None and conn._auth_complete is False
+        assert conn._keepalive_interval == 0 and conn._loop is asyncio.get_running_loop()
+    finally:
+        conn.abort()
+    assert isinstance(SSHLogger._debug_level, int)
+    assert "self._debug_level >= 3" in inspect.getsource(SSHLogger.packet)
+    for name in ("log_sent_packet", "log_received_packet"):
+        params = list(inspect.signature(getattr(SSHPacketLogger, name)).parameters)
+        assert params == ["self", "pkttype", "pktid", "packet", "note"], params
+
+
+def test_uvicorn_sansio_protocol_has_what_the_shortcut_uses() -> None:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    for hook in ("handle_connect", "handle_bytes", "send", "receive"):
+        assert callable(getattr(WebSocketsSansIOProtocol, hook, None)), hook
+    source = inspect.getsource(WebSocketsSansIOProtocol)
+    for name in (
+        "self.queue",
+        "self.conn.send_binary(",
+        "self.conn.data_to_send()",
+        "self.writable",
+        "self.close_sent",
+        "self.disconnected",
+        "self.handshake_complete",
+        "self.initial_response",
+        '"extensions": {',
+    ):
+        assert name in source, f"WebSocketsSansIOProtocol no longer has {name}"

@@ -19,6 +19,7 @@ from allowhelp.broker.console.wall import Wall
 from allowhelp.broker.listen import bind
 from allowhelp.broker.node.metrics import BrokerMetrics, metrics_app
 from allowhelp.broker.node.tls import ConsoleTLS
+from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
 from allowhelp.broker.settings import BrokerSettings, format_hostport
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.listener import TunnelListener
@@ -91,6 +92,7 @@ def console_config(
         proxy_headers=bool(trusted_proxies),
         forwarded_allow_ips=list(trusted_proxies) or None,
         http=GuardedHttpProtocol,  # deadlines and a size cap for request heads
+        ws=ShortcutWebSocketProtocol,  # websockets-sansio, keystrokes without a task hop
         ws_max_size=1024 * 1024,
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,

@@ -42,6 +42,10 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         self.writable.set()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.tap: Callable[[bytes], None] | None = None  # sees the data as it arrives
+        # Takes the data at once while ``take``'s caller waits for it with nothing
+        # queued (the terminal's echo, ``fastws.py``); may decline (False).
+        self.show: Callable[[bytes], bool] | None = None
+        self._nudged = False
         self._high, self._low, self._what = high, low, what
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
@@ -53,11 +57,24 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
             return
         if self.tap is not None:
             self.tap(data)
+        if (
+            self.show is not None
+            and self._waiter is not None
+            and not self.outbox
+            and not self._nudged
+            and self.show(data)
+        ):
+            return
         self.outbox.append(data)
         self.queued += len(data)
         self._wake()
         if self.queued > self._high and self.chan is not None:
             self.chan.pause_reading()
+
+    def nudge(self) -> None:
+        """Make ``take`` return ``b""`` once, before anything queued after this."""
+        self._nudged = True
+        self._wake()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -65,9 +82,13 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
             waiter.set_result(None)
 
     async def take(self, limit: int) -> bytes | None:
-        """Everything queued, up to about ``limit`` bytes in one frame; None at the end."""
+        """Everything queued, up to about ``limit`` bytes in one frame; None at the
+        end; ``b""`` once after a ``nudge``."""
         outbox = self.outbox
         while not outbox:
+            if self._nudged:
+                self._nudged = False
+                return b""
             if self._ended:
                 return None
             self._waiter = waiter = asyncio.get_running_loop().create_future()
@@ -75,6 +96,7 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
                 await waiter
             finally:
                 self._waiter = None
+        self._nudged = False  # the caller looks at what it was nudged for first
         data = outbox.popleft()
         if not outbox:
             chunks, size = None, len(data)

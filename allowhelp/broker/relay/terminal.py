@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 from allowhelp.broker.audit.recording import AsciicastRecorder
 from allowhelp.broker.errors import ConsoleBroke, ConsoleFrameTooLarge, RelayError
 from allowhelp.broker.model.session import Traffic
+from allowhelp.broker.relay.fastws import EXTENSION, ShortcutWebSocketProtocol
 from allowhelp.broker.relay.inbox import ChannelInbox
 from allowhelp.broker.relay.outcome import (
     ChannelSpec,
@@ -73,6 +74,13 @@ class TerminalRelay:
         self._tail = keep_tail(session_id) if session_id else None
         if self._tail is not None:
             self._side.tap = self._tail.add
+        # uvicorn's protocol, when it is ours: keystrokes and echoes without a task
+        # wake-up while nothing waits (fastws.py); else everything goes through ASGI
+        shortcut = websocket.scope.get("extensions", {}).get(EXTENSION)
+        self._shortcut = shortcut if isinstance(shortcut, ShortcutWebSocketProtocol) else None
+        self._input_held = False  # a keystroke taken by the task waits for the channel
+        self._unshown: bytes | None = None  # recorded by ``_show_now``, not yet on disk
+        self._broke: Exception | None = None  # what ``_show_now`` met: the task raises it
 
     @property
     def channel(self) -> ChannelSpec:
@@ -87,6 +95,9 @@ class TerminalRelay:
     async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
         """Pump both ways; say why it ended (for the session's end record)."""
         self._chan = chan
+        if self._shortcut is not None:
+            self._shortcut.take_bytes = self._take_now
+            self._side.show = self._show_now
         console_left, error = await first_to_end(
             self._browser_to_agent(chan), self._agent_to_browser()
         )
@@ -104,13 +115,82 @@ class TerminalRelay:
         return Outcome("user")  # the agent closes a granted channel when its user ends it
 
     async def _agent_to_browser(self) -> None:
+        try:
+            await self._pump_output()
+        finally:
+            self._unhook()
+
+    async def _pump_output(self) -> None:
         while (payload := await self._side.take(RECORD_BATCH)) is not None:
+            if self._broke is not None:
+                raise self._broke
+            if self._unshown is not None:  # before anything that came after it
+                await self._recorded()
+                await self._ws.send_bytes(self._unshown)
+                self._unshown = None
+            if not payload:  # the nudge for it
+                continue
             self._recorder.output(payload)
             if not self._recorder.on_disk:  # a keystroke's echo usually is, at once
                 await self._recorded()
             self.counters.from_agent += len(payload)
             for start in range(0, len(payload), MAX_FRAME):
                 await self._ws.send_bytes(payload[start : start + MAX_FRAME])
+
+    def _show_now(self, data: bytes) -> bool:
+        """An echo while the task waits for output with nothing queued, in the SSH
+        session's callback: recorded, then (once on disk, as ``_pump_output``)
+        sent. Declines (False) what the task should take in turn."""
+        shortcut = self._shortcut
+        if (
+            shortcut is None
+            or self._unshown is not None
+            or self._broke is not None
+            or len(data) > MAX_FRAME
+            or not self._recorder.on_disk
+            or not shortcut.can_send_now()
+        ):
+            return False
+        try:
+            self._recorder.output(data)
+        except Exception as exc:  # not into asyncssh's callback: it would end the whole tunnel
+            self._broke = exc
+            self._side.nudge()
+            return True
+        self.counters.from_agent += len(data)
+        try:
+            shown = self._recorder.on_disk and shortcut.send_bytes_now(data)
+        except Exception:  # the socket is going: the task sends it and meets the error
+            shown = False
+        if not shown:  # the task shows it once it is in the file
+            self._unshown = data
+            self._side.nudge()
+        return True
+
+    def _take_now(self, data: bytes) -> bool:
+        """A keystroke that came with nothing queued before it, in the WebSocket
+        protocol's callback; declines (False) what the task must handle (too
+        large, the channel full or closing, a keystroke of the task's waiting)."""
+        chan = self._chan
+        if (
+            chan is None
+            or self._input_held
+            or len(data) > MAX_FRAME
+            or not self._side.writable.is_set()
+        ):
+            return False
+        try:
+            chan.write(data)
+        except Exception:  # closing: the task writes it again and ends on the error
+            return False
+        self.counters.to_agent += len(data)
+        return True
+
+    def _unhook(self) -> None:
+        """Everything through the task from now on (the relay is ending)."""
+        self._side.show = None
+        if self._shortcut is not None:
+            self._shortcut.take_bytes = None
 
     async def _recorded(self) -> None:
         """What the technician is about to see is in the recording file first; or
@@ -122,6 +202,12 @@ class TerminalRelay:
             raise RelayError("the recording stopped and that could not be audited") from exc
 
     async def _browser_to_agent(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        try:
+            await self._pump_input(chan)
+        finally:
+            self._unhook()
+
+    async def _pump_input(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         while True:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -131,7 +217,11 @@ class TerminalRelay:
                 if len(data) > MAX_FRAME:
                     raise ConsoleFrameTooLarge("the console sent an input frame too large")
                 if not self._side.writable.is_set():
-                    await self._side.writable.wait()
+                    self._input_held = True  # what comes meanwhile queues behind it
+                    try:
+                        await self._side.writable.wait()
+                    finally:
+                        self._input_held = False
                 chan.write(data)
                 self.counters.to_agent += len(data)
             elif message.get("text") is not None:
@@ -155,6 +245,7 @@ class TerminalRelay:
 
         The digest is of everything queued for the file; ``sealed_traffic``
         awaits the writer and gives the digest of what is on disk."""
+        self._unhook()
         if self._chan is not None:
             self._chan.close()
         if self._tail is not None:

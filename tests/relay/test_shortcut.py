@@ -1,0 +1,400 @@
+"""The terminal's shortcut (``relay/fastws.py``): keystrokes written to the channel in the
+WebSocket protocol's callback, echoes recorded and sent in the SSH session's
+callback, while nothing waits; else through the relay's tasks, as before.
+
+Real parts: uvicorn serving a starlette app on 127.0.0.1 with the console's
+WebSocket protocol, a :class:`TerminalRelay` with a real recorder in a temporary
+folder, a real asyncssh server whose shell is ``cat`` (and a flood on ``F``), a
+real WebSocket client. What the broker writes to the file (``os.pwrite``) and to
+the browser's socket (its transport's ``write``) is logged in order, to check that
+every byte shown was in the recording file first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncssh
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame
+
+from allowhelp.broker.audit.recording import AsciicastRecorder
+from allowhelp.broker.audit.recording_file import RecordingLimits
+from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
+from allowhelp.broker.relay.outcome import Outcome
+from allowhelp.broker.relay.terminal import TerminalRelay
+
+FLOOD = 8 * 1024 * 1024
+KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
+Log = list[tuple[str, bytes]]
+
+
+class Spy:
+    """Delegates to the transport; logs what is written to it."""
+
+    def __init__(self, transport: Any, log: Log) -> None:
+        self._transport, self._log = transport, log
+
+    def write(self, data: bytes) -> None:
+        self._log.append(("net", bytes(data)))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class Counting(ShortcutWebSocketProtocol):
+    """The console's protocol, counting its shortcuts; its transport spied on."""
+
+    log: ClassVar[Log] = []
+    made: ClassVar[list[Counting]] = []
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.transport = Spy(self.transport, Counting.log)  # type: ignore[assignment]
+        self.taken = self.sent_now = 0
+        Counting.made.append(self)
+
+    def handle_bytes(self, event: Frame) -> None:
+        before = self.queue.qsize()
+        super().handle_bytes(event)
+        self.taken += self.queue.qsize() == before
+
+    def send_bytes_now(self, data: bytes) -> bool:
+        sent = super().send_bytes_now(data)
+        self.sent_now += sent
+        return sent
+
+
+class NoAuth(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+
+async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """``cat``, and on ``F`` a flood of ``FLOOD`` bytes (as fast as the window lets it)."""
+    while True:
+        try:
+            data = await process.stdin.read(65536)
+        except asyncssh.TerminalSizeChanged:
+            continue  # a resize: nothing to echo
+        if not data:
+            break
+        if data == b"F":
+            block = bytes(range(256)) * 256
+            for _ in range(FLOOD // len(block)):
+                process.stdout.write(block)
+                await process.stdout.drain()
+        else:
+            process.stdout.write(data)
+    process.exit(0)
+
+
+@dataclass
+class Stack:
+    port: int
+    ssh: asyncssh.SSHClientConnection
+    relays: list[TerminalRelay] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def stack(folder: Path) -> AsyncIterator[Stack]:
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=shell,
+        encoding=None,
+        config=None,
+        server_factory=NoAuth,
+    )
+    ssh = await asyncssh.connect(
+        "127.0.0.1",
+        server.sockets[0].getsockname()[1],
+        known_hosts=None,
+        username="x",
+        config=None,
+        client_keys=None,
+    )
+    made = Stack(0, ssh)
+
+    async def terminal(websocket: WebSocket) -> None:
+        await websocket.accept()
+        recorder = AsciicastRecorder(
+            folder, "s", 80, 24, title="t", limits=RecordingLimits(min_free=0)
+        )
+        relay = TerminalRelay(websocket, recorder, (80, 24))
+        made.relays.append(relay)
+        chan, _ = await ssh.create_session(relay.factory, encoding=None)
+        made.outcomes.append(await relay.run(chan))
+        with contextlib.suppress(Exception):  # the browser may have gone first
+            await websocket.close()
+
+    config = uvicorn.Config(
+        Starlette(routes=[WebSocketRoute("/t", terminal)]),
+        ws=Counting,
+        ws_per_message_deflate=False,  # as the console's (node/front.py)
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=1,
+    )
+    web = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(web.serve(sockets=[sock]))
+    while not web.started:
+        await asyncio.sleep(0.01)
+    made.port = sock.getsockname()[1]
+    Counting.log, Counting.made = [], []
+    try:
+        yield made
+    finally:
+        web.should_exit = True
+        await serving
+        ssh.close()
+        server.close()
+        await server.wait_closed()
+
+
+def record_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log the recording's writes (on the loop and in the writer threads)."""
+    real: Callable[[int, Any, int], int] = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        written = real(fd, data, offset)
+        Counting.log.append(("disk", bytes(data)[:written]))
+        return written
+
+    def pwritev(fd: int, chunks: Any, offset: int) -> int:
+        data = b"".join(chunks)
+        written = real(fd, data, offset)
+        Counting.log.append(("disk", data[:written]))
+        return written
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "pwritev", pwritev)
+
+
+def shown_lengths(data: bytes) -> int:
+    """Payload bytes of the server's binary frames in one transport write."""
+    total, at = 0, 0
+    while at < len(data):
+        opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if size == 126:
+            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+        total += size if opcode == 2 else 0
+        at += size
+    return total
+
+
+def recorded_length(data: bytes) -> int:
+    """Output bytes in the cast lines of one file write (UTF-8 of the ``o`` texts)."""
+    total = 0
+    for line in data.splitlines():
+        event = json.loads(line)
+        if isinstance(event, list) and event[1] == "o":
+            total += len(event[2].encode())
+    return total
+
+
+def assert_recorded_before_shown(log: Log) -> int:
+    """At every write to the browser, all it has been sent is in the file; the total."""
+    recorded = shown = 0
+    for n, (where, data) in enumerate(log):
+        if where == "disk":
+            recorded += recorded_length(data)
+        elif not data.startswith(b"HTTP/"):
+            shown += shown_lengths(data)
+            assert shown <= recorded, f"{shown} shown, {recorded} recorded: {log[: n + 1][-6:]}"
+    return shown
+
+
+async def echoed(ws: ClientConnection, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        frame = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(frame, bytes)
+        got += frame
+    return got
+
+
+async def test_keystrokes_and_echoes_go_the_short_way_recorded_before_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record_log(monkeypatch)
+    async with stack(tmp_path) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        keys = KEYS * 10
+        for key in keys:
+            await ws.send(bytes([key]))
+            assert await echoed(ws, 1) == bytes([key])
+        (proto,) = Counting.made
+        # all but the first key (it may come before the channel is open) and the first
+        # echoes (they wait for the writer thread, until the disk proved fast)
+        assert proto.taken >= len(keys) - 1 and proto.sent_now >= len(keys) - 10
+        assert assert_recorded_before_shown(Counting.log) == len(keys)
+        (relay,) = made.relays
+        assert relay.counters.to_agent == relay.counters.from_agent == len(keys)
+
+
+async def test_a_burst_with_resizes_between_stays_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keystrokes sent without waiting, resizes among them: some queue for the
+    relay's task, some take the shortcut; what comes back is what was sent."""
+    record_log(monkeypatch)
+    async with stack(tmp_path) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        keys = KEYS * 100
+        for n, key in enumerate(keys):
+            await ws.send(bytes([key]))
+            if n % 500 == 0:
+                await ws.send(json.dumps({"type": "resize", "cols": 90 + n % 7, "rows": 30}))
+        got = await echoed(ws, len(keys))
+        assert not made.outcomes, made.outcomes
+        assert got == keys
+        assert assert_recorded_before_shown(Counting.log) == len(keys)
+        (relay,) = made.relays
+        assert relay.counters.to_agent == len(keys)
+
+
+async def test_a_browser_that_does_not_read_holds_the_flood_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backpressure: the browser's socket fills, the transport pauses, the shortcut
+    stands aside and the relay's task waits; the broker holds a bounded amount."""
+    record_log(monkeypatch)
+    async with (
+        stack(tmp_path) as made,
+        connect(f"ws://127.0.0.1:{made.port}/t", max_size=None, max_queue=1) as ws,
+    ):
+        await ws.send(b"k")
+        assert await echoed(ws, 1) == b"k"
+        await ws.send(b"F")
+        (proto,) = Counting.made
+        for _ in range(1000):  # the browser's socket full, the transport paused
+            if not proto.writable.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert not proto.writable.is_set()
+        (relay,) = made.relays
+        for _ in range(5):  # and it stays so: the flood waits at the agent's end
+            await asyncio.sleep(0.05)
+            held = proto.transport.get_write_buffer_size() + relay.factory().queued
+            assert held < 2 * 1024 * 1024
+        assert not proto.writable.is_set()
+        block = bytes(range(256)) * 256
+        got = await echoed(ws, FLOOD)
+        assert got == block * (FLOOD // len(block))
+        await ws.send(b"z")  # and the shortcut is back
+        assert await echoed(ws, 1) == b"z"
+        assert assert_recorded_before_shown(Counting.log) == FLOOD + 2
+
+
+async def test_the_protocol_hands_over_only_what_nothing_waits_before() -> None:
+    """A binary message behind one the application has not read yet is queued
+    behind it, not taken; one the hook declines is queued; after the close
+    nothing is sent the short way."""
+    taken: list[bytes] = []
+    declined = {b"no"}
+    go = asyncio.Event()
+    got: list[Any] = []
+
+    def take(data: bytes) -> bool:
+        if data in declined:
+            return False
+        taken.append(data)
+        return True
+
+    async def app(websocket: WebSocket) -> None:
+        await websocket.accept()
+        (proto,) = Counting.made
+        proto.take_bytes = take
+        await go.wait()  # the application reads only now
+        for _ in range(3):
+            got.append(await asyncio.wait_for(websocket.receive(), 10))
+        assert proto.send_bytes_now(b"now")
+        await websocket.close()
+        assert not proto.send_bytes_now(b"after the close")
+
+    config = uvicorn.Config(
+        Starlette(routes=[WebSocketRoute("/t", app)]),
+        ws=Counting,
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=1,
+    )
+    web = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(web.serve(sockets=[sock]))
+    while not web.started:
+        await asyncio.sleep(0.01)
+    Counting.log, Counting.made = [], []
+    try:
+        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/t") as ws:
+            await ws.send("resize")  # text: for the application
+            await ws.send(b"x")  # behind it: queued, not taken
+            for _ in range(100):
+                if Counting.made and Counting.made[0].queue.qsize() == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert taken == []
+            go.set()
+            for _ in range(1000):
+                if len(got) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert [m.get("text") or m.get("bytes") for m in got] == ["resize", b"x"]
+            await ws.send(b"y")  # nothing queued: taken
+            await ws.send(b"no")  # declined: queued for the application
+            assert await asyncio.wait_for(ws.recv(), 10) == b"now"
+        assert taken == [b"y"]
+        assert [m.get("text") or m.get("bytes") for m in got] == ["resize", b"x", b"no"]
+    finally:
+        go.set()
+        web.should_exit = True
+        await serving
+
+
+async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the SSH session's callback would end asyncssh's whole
+    connection (every session of that PC): the relay's task raises it instead."""
+    output = AsciicastRecorder.output
+
+    def breaking(self: AsciicastRecorder, data: bytes) -> None:
+        if data == b"!":
+            raise RuntimeError("the recorder broke")
+        output(self, data)
+
+    monkeypatch.setattr(AsciicastRecorder, "output", breaking)
+    async with stack(tmp_path) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        for key in KEYS:
+            await ws.send(bytes([key]))
+            assert await echoed(ws, 1) == bytes([key])
+        await ws.send(b"!")
+        with pytest.raises(ConnectionClosed):
+            await echoed(ws, 1)  # not shown; the relay ends
+        assert len(made.outcomes) == 1
+        assert not made.ssh.is_closed()  # the tunnel lives on
+        chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
+        chan.close()
