@@ -18,7 +18,6 @@ is seen with ``POLLRDHUP`` without reading its hello.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import select
 import selectors
@@ -28,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from allowhelp.agent.localpath import MAX_ADOPTED
+from allowhelp.protocol.hostile_json import ProtocolError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ HANG_UP = POLLRDHUP | select.POLLHUP | select.POLLERR
 # The longest packet the machine service decodes (protocol/helper.py's MAX_PACKET,
 # copied: that module is not for the idle process; a house test keeps them equal).
 MAX_HELPER_PACKET = 16 * 1024
+MAX_HELPER_DEPTH = 3  # and its MAX_DEPTH
 # What a helper's hello may say (protocol/helper.py's limits), else it is no helper's
 # the full agent would take.
 HELLO_TEXT = {
@@ -69,15 +70,15 @@ def peer_uid(conn: socket.socket) -> int | None:
 
 
 def first_object(data: bytes) -> object:
-    """``data`` parsed as JSON, or None where the machine service's decoder would
-    refuse it before parsing or on parsing: longer than its packet bound, nested
-    deeper than Python's decoder goes (``RecursionError``, which is no ``ValueError``:
-    uncaught, one local user's packet ended the root service), or not JSON."""
+    """``data`` parsed as the machine service's decoder parses it, or None where that
+    decoder refuses it: longer than its packet bound, nested deeper than it allows,
+    not UTF-8 or not JSON (``hostile_json``, standard library only). Unguarded, a
+    deep packet's ``RecursionError`` (no ``ValueError``) once ended the root service."""
     if len(data) > MAX_HELPER_PACKET:
         return None
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
+        return parse_json(data, "hello", MAX_HELPER_DEPTH)
+    except ProtocolError:
         return None
 
 

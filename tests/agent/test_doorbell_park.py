@@ -20,8 +20,15 @@ import pytest
 from allowhelp.agent import doorbellfresh, doorbellpark
 from allowhelp.agent.doorbellfresh import FreshHello
 from allowhelp.agent.doorbellkey import HELLO_FILE
-from allowhelp.agent.doorbellpark import MAX_HELPER_PACKET, HelperPark, helper_said, is_helper_hello
+from allowhelp.agent.doorbellpark import (
+    MAX_HELPER_DEPTH,
+    MAX_HELPER_PACKET,
+    HelperPark,
+    helper_said,
+    is_helper_hello,
+)
 from allowhelp.protocol import helper as helper_protocol
+from allowhelp.protocol.hostile_json import ProtocolError
 from harness import wait_for
 
 HELLO = json.dumps({"type": "helper", "language": "fr"}).encode()
@@ -84,6 +91,18 @@ def test_a_hostile_first_packet_wakes_the_full_agent_and_never_escapes(
 
 def test_the_packet_bound_is_the_machine_services() -> None:
     assert MAX_HELPER_PACKET == helper_protocol.MAX_PACKET
+    assert MAX_HELPER_DEPTH == helper_protocol.MAX_DEPTH
+
+
+def test_a_hello_the_machine_service_would_refuse_names_nobody() -> None:
+    """What the park takes for a helper's hello is what the hub's decoder takes:
+    else the console would name a user, then lose them at the wake."""
+    deep = b'{"type": "helper", "language": "fr", "x": [[[1]]]}'
+    with pytest.raises(ProtocolError):
+        helper_protocol.decode(deep)
+    assert helper_said(deep) is None
+    assert helper_said('{"type": "helper", "language": "fr"}'.encode("utf-16")) is None
+    assert helper_said(HELLO) is not None
 
 
 def test_a_helper_waits_and_a_request_needs_the_full_agent(listener: socket.socket) -> None:
