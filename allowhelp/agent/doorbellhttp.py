@@ -180,8 +180,12 @@ def read_head(sock: socket.socket) -> tuple[Head, bytes]:
             return parse_head(data[:length]), data[length:]
 
 
-def open_tls(url: str, ca_pem: str, proxy_setting: str) -> ssl.SSLSocket:
-    """A TLS connection to the broker's HTTPS port, checked against the pinned CA."""
+def open_tls(
+    url: str, ca_pem: str, proxy_setting: str, timeout: float = CONNECT_TIMEOUT
+) -> ssl.SSLSocket:
+    """A TLS connection to the broker's HTTPS port, checked against the pinned CA;
+    ``timeout`` bounds each step (connect, the proxy's answer, TLS, and later reads
+    until the caller sets it otherwise)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
@@ -193,9 +197,9 @@ def open_tls(url: str, ca_pem: str, proxy_setting: str) -> ssl.SSLSocket:
     except ValueError as exc:  # the proxy's URL (its message names no secret)
         raise StreamError(str(exc)) from None
     if proxy is None:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((host, port), timeout=timeout)
     else:
-        sock = socket.create_connection((proxy.host, proxy.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
         try:
             sock.sendall(connect_request(host, port, proxy))
             head, extra = read_head(sock)

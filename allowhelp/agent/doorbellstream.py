@@ -27,6 +27,10 @@ log = logging.getLogger("allowhelp.agent.doorbellloop")
 
 READ_IDLE = 60.0  # nothing read for this long (beats come every 20 s): dial again
 STABLE_AFTER = 30.0  # a stream that stood this long starts the backoff over
+# A move back to a node ahead, while a stream stands elsewhere: the loop waits on it
+# (a ring on the standing stream, a local client), so a node that drops packets may
+# hold it this long per step, not CONNECT_TIMEOUT's 15 s.
+PROBE_TIMEOUT = 3.0
 FORBIDDEN_WAIT = (600.0, 900.0)  # 403: the agent was removed; ask again rarely
 
 
@@ -67,7 +71,9 @@ class Ringing:
 
     # the stream
 
-    def _dial(self, key: SavedKey, nodes: list[str] | None = None) -> bool:
+    def _dial(
+        self, key: SavedKey, nodes: list[str] | None = None, timeout: float = http.CONNECT_TIMEOUT
+    ) -> bool:
         """Ring in from the first node that answers (``doorbellnodes.py``: the one
         that worked last, the enrolled broker, the listed others); True when a stream
         stands. A node that cannot be reached or answers 5xx: the next one; another
@@ -77,7 +83,7 @@ class Ringing:
         failures = []
         for node in self.nodes.order() if nodes is None else nodes:
             self._dialing = True  # a stop signal cuts each node's try short
-            tried = self._ring_in(node, key, hello)
+            tried = self._ring_in(node, key, hello, timeout)
             if isinstance(tried, str):
                 failures.append(f"{node}: {tried}")
                 continue
@@ -102,11 +108,11 @@ class Ringing:
         return False
 
     def _ring_in(
-        self, node: str, key: SavedKey, hello: dict[str, object]
+        self, node: str, key: SavedKey, hello: dict[str, object], timeout: float
     ) -> tuple[ssl.SSLSocket, http.Head, bytes] | str:
         """The POST to ``node`` and its answer's head, or why not."""
         try:
-            sock = http.open_tls(node, self.config.ca_pem, self.config.proxy)
+            sock = http.open_tls(node, self.config.ca_pem, self.config.proxy, timeout)
         except (OSError, StreamError) as exc:
             return said(exc)
         try:
@@ -162,7 +168,7 @@ class Ringing:
         if self.stream is None or self.child is not None:
             return
         ahead = self.nodes.return_due(now)
-        if ahead and self._dial(key, ahead):
+        if ahead and self._dial(key, ahead, PROBE_TIMEOUT):
             return
         if self.fresh.redial() is not None:
             log.info("agent=%s who is signed in changed: the doorbell rings in again", self.agent)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from allowhelp.agent import doorbellhttp as http
+from allowhelp.agent.doorbellstream import PROBE_TIMEOUT
 from harness import PY, wait_for
 from tlskit import PublicCA
 
@@ -211,3 +213,17 @@ def test_sigterm_while_dialing_a_silent_broker_stops_at_once(tmp_path: Path) -> 
                 proc.wait()
     text = log.read_text()
     assert "doorbell stopped" in text and "Traceback" not in text
+
+
+def test_a_move_back_probe_gives_a_silent_node_seconds_not_fifteen(tmp_path: Path) -> None:
+    """Moving back to a node ahead happens while a stream stands elsewhere and the
+    loop waits on it: a node that takes the connection and never speaks TLS holds
+    that probe for ``PROBE_TIMEOUT``, not the 15 s a first dial may take."""
+    ca = PublicCA(tmp_path / "ca")
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the handshake's timeout
+            http.open_tls(url, ca.root_file.read_text(), "direct", PROBE_TIMEOUT)
+        took = time.monotonic() - started
+    assert PROBE_TIMEOUT <= took < http.CONNECT_TIMEOUT / 2, took
