@@ -4,7 +4,7 @@ given, and how an invitee takes part. No I/O."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 CONTROL_SUBSYSTEM = "allowhelp.control"
 SHELL_SUBSYSTEM = "allowhelp.shell"
@@ -32,18 +32,7 @@ EndReason = Literal[
     "unsupported",
     "signed_out",
 ]
-END_REASONS = (
-    "technician",
-    "user",
-    "agent_lost",
-    "broker_restart",
-    "error",
-    "expired",
-    "shell_exited",
-    "nobody_signed_in",
-    "unsupported",
-    "signed_out",
-)
+END_REASONS: tuple[EndReason, ...] = get_args(EndReason)
 # What the agent may say in ``session.end`` besides "user": why it could not ask.
 AGENT_END_REASONS = ("user", "nobody_signed_in", "unsupported", "signed_out")
 Via = Literal["dialog", "terminal", "cli"]
