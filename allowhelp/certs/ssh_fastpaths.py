@@ -17,23 +17,106 @@ Two costs paid on every packet, at both ends, for every keystroke and echo
   :func:`quiet_packet_logs` makes them return at once below level 3; at level
   3 they log as before.
 
+* **The packet's send.** ``SSHConnection.send_packet`` checks for a due rekey,
+  for packets to defer and for the empty ``MSG_IGNORE`` to send first
+  (``ssh_packets.py`` drops it under an AEAD cipher), then pads with
+  ``os.urandom(padlen)``: a ``getrandom`` system call for 4 to 19 bytes on every
+  packet. :func:`send_now` is the same send for the usual packet of an
+  established connection (authenticated, no key exchange running or due, an AEAD
+  cipher, no compression, packet logging off): the padding comes from
+  :class:`RandomPool`, random bytes from ``os.urandom`` taken 4 KiB at a time, each
+  byte used once. Anything else returns False, for asyncssh's own ``send_packet``.
+
 Private names (``_reset_keepalive_timer``, ``_keepalive_timer``,
 ``_keepalive_timer_callback``, ``_keepalive_interval``, ``_auth_complete``,
-``_set_keepalive_timer``, ``_loop``, ``SSHLogger._debug_level``) are checked
+``_set_keepalive_timer``, ``_loop``, ``SSHLogger._debug_level``; for :func:`send_now`
+the names in ``SEND_STATE``) are checked
 against asyncssh 2.24.1 by ``tests/house/test_private_surfaces.py``.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import types
 from typing import Any
 
 import asyncssh
 from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_USERAUTH_LAST
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.packet import SSHPacketLogger
 
 PACKET_DEBUG_LEVEL = 3  # SSHLogger.packet logs only from this level on
+AEAD = (GCMEncryption, ChachaEncryption)
+POOL_BLOCK = 4096  # random bytes fetched at once: about 340 packets' padding
+# The connection's state ``send_now`` reads and writes, as ``send_packet`` does.
+SEND_STATE = (
+    "_send_encryption",
+    "_auth_complete",
+    "_kex_complete",
+    "_compressor",
+    "_rekey_bytes",
+    "_rekey_bytes_sent",
+    "_rekey_seconds",
+    "_rekey_time",
+    "_send_enchdrlen",
+    "_send_blocksize",
+    "_send_seq",
+)
+
+
+class RandomPool(threading.local):
+    """Random bytes from ``os.urandom``, fetched ``POOL_BLOCK`` at a time, each
+    handed out once (one pool per thread: no two callers get the same bytes;
+    one per process, not per connection: a broker holds thousands of them)."""
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def take(self, size: int) -> bytes:
+        at = self._at
+        if at + size > len(self._block):
+            self._block, at = os.urandom(max(POOL_BLOCK, size)), 0
+        self._at = at + size
+        return self._block[at : at + size]
+
+
+PADDING = RandomPool()
+
+
+def send_now(conn: Any, pkttype: int, args: tuple[bytes, ...]) -> bool:
+    """Send one packet as asyncssh 2.24.1's ``send_packet`` would on an
+    established AEAD connection, without its empty ignore; False (nothing sent)
+    when the packet needs asyncssh's own path."""
+    encryption = conn._send_encryption
+    if (
+        pkttype <= MSG_USERAUTH_LAST
+        or not conn._kex_complete
+        or not conn._auth_complete
+        or not isinstance(encryption, AEAD)
+        or conn._compressor is not None
+        or conn._rekey_bytes_sent >= conn._rekey_bytes
+        or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)
+        or SSHLogger._debug_level >= PACKET_DEBUG_LEVEL
+    ):
+        return False
+    payload = bytes((pkttype,)) + b"".join(args)
+    blocksize = conn._send_blocksize
+    padlen = -(conn._send_enchdrlen + len(payload)) % blocksize
+    if padlen < 4:
+        padlen += blocksize
+    packet = bytes((padlen,)) + payload + PADDING.take(padlen)
+    pktlen = len(packet)
+    seq = conn._send_seq
+    packet, mac = encryption.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
+    conn._send(packet + mac)
+    conn._send_seq = (seq + 1) & 0xFFFFFFFF
+    conn._rekey_bytes_sent += pktlen
+    return True
 
 
 class LazyKeepalive:

@@ -19,9 +19,11 @@ they go out as before. asyncssh sends the ignore through ``self.send_packet``,
 which both override; ``send_packet`` and ``_send_encryption`` are private
 names, checked against asyncssh 2.24.1 by ``tests/house/test_private_surfaces.py``.
 
-Both also take ``ssh_fastpaths.py``'s keepalive timer that is not re-armed per
-packet, and importing this module quiets asyncssh's packet logging below its
-debug level 3 (``quiet_packet_logs``: nothing is formatted that would not be logged).
+Both also send the usual packet of an established connection through
+``ssh_fastpaths.send_now`` (no padding ``getrandom`` per packet), take
+``ssh_fastpaths.py``'s keepalive timer that is not re-armed per packet, and
+importing this module quiets asyncssh's packet logging below its debug level 3
+(``quiet_packet_logs``: nothing is formatted that would not be logged).
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ from typing import Any
 
 import asyncssh
 from asyncssh.constants import MSG_IGNORE
-from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.packet import String
 
-from allowhelp.certs.ssh_fastpaths import LazyKeepalive, lazy_keepalive, quiet_packet_logs
+from allowhelp.certs.ssh_fastpaths import (
+    AEAD,
+    LazyKeepalive,
+    lazy_keepalive,
+    quiet_packet_logs,
+    send_now,
+)
 
 EMPTY = String(b"")
-AEAD = (GCMEncryption, ChachaEncryption)
 
 quiet_packet_logs()  # both ends import this module before their first connection
 
@@ -56,7 +62,7 @@ class OnePacketClientConnection(LazyKeepalive, asyncssh.SSHClientConnection):
     connection: a broker holds thousands)."""
 
     def send_packet(self, pkttype: int, *args: bytes, **kwargs: Any) -> None:
-        if not needless_ignore(self, pkttype, args):
+        if not send_now(self, pkttype, args) and not needless_ignore(self, pkttype, args):
             super().send_packet(pkttype, *args, **kwargs)
 
 
@@ -66,7 +72,7 @@ def send_one_packet_per_message(conn: asyncssh.SSHServerConnection) -> None:
     send = conn.send_packet
 
     def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
-        if not needless_ignore(conn, pkttype, args):
+        if not send_now(conn, pkttype, args) and not needless_ignore(conn, pkttype, args):
             send(pkttype, *args, **kwargs)
 
     conn.send_packet = send_packet  # type: ignore[method-assign]

@@ -30,6 +30,11 @@ which name moved, before a subtle failure at run time does.
   ``_auth_complete``, ``_loop``) is re-armed lazily, and ``SSHPacketLogger``'s
   ``log_sent_packet``/``log_received_packet`` are skipped below ``SSHLogger._debug_level``
   3 (``certs/ssh_fastpaths.py``; ``tests/tunnel/test_lazy_keepalive.py``);
+- asyncssh ``SSHConnection.send_packet``'s send of an established
+  connection's packet (the names in ``ssh_fastpaths.SEND_STATE``, the padding
+  from ``os.urandom(padlen)``, ``_send``, ``encrypt_packet``) is done by
+  ``ssh_fastpaths.send_now`` with padding from a pool of random bytes
+  (``tests/tunnel/test_one_packet_per_message.py``);
 - uvicorn ``WebSocketsSansIOProtocol`` is subclassed by ``relay/fastws.py``
   (``handle_connect``, ``handle_bytes``, ``queue``, ``conn``, ``transport``,
   ``writable`` and its state flags; ``tests/relay/test_shortcut.py``).
@@ -211,3 +216,24 @@ def test_uvicorn_sansio_protocol_has_what_the_shortcut_uses() -> None:
         '"extensions": {',
     ):
         assert name in source, f"WebSocketsSansIOProtocol no longer has {name}"
+
+
+def test_asyncssh_send_packet_is_the_send_that_send_now_does() -> None:
+    from asyncssh.connection import SSHConnection
+
+    from allowhelp.certs.ssh_fastpaths import SEND_STATE
+
+    source = inspect.getsource(SSHConnection.send_packet)
+    for name in SEND_STATE:
+        assert f"self.{name}" in source, f"SSHConnection.send_packet no longer uses {name}"
+    for line in (
+        "padlen = -(self._send_enchdrlen + len(payload)) % self._send_blocksize",
+        "if padlen < 4:",
+        "packet = Byte(padlen) + payload + os.urandom(padlen)",
+        "self._send_encryption.encrypt_packet(seq, hdr, packet)",
+        "self._send(packet + mac)",
+        "self._send_seq = (seq + 1) & 0xffffffff",
+        "self._rekey_bytes_sent += pktlen",
+        "self._send_kexinit()",
+    ):
+        assert line in source, f"SSHConnection.send_packet no longer has {line!r}"

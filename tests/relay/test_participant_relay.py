@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import asyncssh
 from starlette.websockets import WebSocket
@@ -15,6 +15,8 @@ from allowhelp.broker.relay.participant import ParticipantTerminalRelay
 
 class Browser:
     """What the relay reads from a page: these frames, then the page leaves."""
+
+    scope: ClassVar[dict[str, Any]] = {}  # served by no protocol of ours: no shortcut
 
     def __init__(self, frames: list[dict[str, Any]]) -> None:
         self._frames = [*frames, {"type": "websocket.disconnect"}]

@@ -37,6 +37,7 @@ from allowhelp.broker.audit.recording import AsciicastRecorder
 from allowhelp.broker.audit.recording_file import RecordingLimits
 from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
 from allowhelp.broker.relay.outcome import Outcome
+from allowhelp.broker.relay.scrollback import Scrollback
 from allowhelp.broker.relay.terminal import TerminalRelay
 
 FLOOD = 8 * 1024 * 1024
@@ -114,7 +115,7 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(folder: Path) -> AsyncIterator[Stack]:
+async def stack(folder: Path, session_id: str = "") -> AsyncIterator[Stack]:
     server = await asyncssh.listen(
         "127.0.0.1",
         0,
@@ -139,7 +140,7 @@ async def stack(folder: Path) -> AsyncIterator[Stack]:
         recorder = AsciicastRecorder(
             folder, "s", 80, 24, title="t", limits=RecordingLimits(min_free=0)
         )
-        relay = TerminalRelay(websocket, recorder, (80, 24))
+        relay = TerminalRelay(websocket, recorder, (80, 24), session_id=session_id)
         made.relays.append(relay)
         chan, _ = await ssh.create_session(relay.factory, encoding=None)
         made.outcomes.append(await relay.run(chan))
@@ -395,6 +396,37 @@ async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tun
         with pytest.raises(ConnectionClosed):
             await echoed(ws, 1)  # not shown; the relay ends
         assert len(made.outcomes) == 1
+        assert not made.ssh.is_closed()  # the tunnel lives on
+        chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
+        chan.close()
+
+
+async def test_a_scrollback_that_breaks_ends_the_relay_not_the_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox's ``tap`` (the shell's scrollback) runs in the SSH session's
+    callback: an error there would end asyncssh's whole connection (every
+    session of that PC); the relay ends with it as its error instead."""
+    add = Scrollback.add
+
+    def breaking(self: Scrollback, data: bytes) -> None:
+        if data == b"!":
+            raise MemoryError("the scrollback broke")
+        add(self, data)
+
+    monkeypatch.setattr(Scrollback, "add", breaking)
+    async with stack(tmp_path, session_id="s") as made:
+        async with connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+            for key in KEYS:
+                await ws.send(bytes([key]))
+                assert await echoed(ws, 1) == bytes([key])
+            await ws.send(b"!")
+            with pytest.raises(ConnectionClosed):
+                await echoed(ws, 1)  # not shown; the relay ends
+        assert len(made.outcomes) == 1
+        assert made.outcomes[0].reason == "error", made.outcomes
+        failure = made.outcomes[0].failure
+        assert failure is not None and "scrollback broke" in repr(failure.__cause__)
         assert not made.ssh.is_closed()  # the tunnel lives on
         chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
         chan.close()

@@ -1,7 +1,9 @@
 """One SSH packet per message on the tunnel (``certs/ssh_packets.py``): no empty
 MSG_IGNORE in front of each packet under the tunnel's AEAD cipher, on the
 broker's connection class and on the agent's connection; under a non-AEAD
-cipher the ignores still go out.
+cipher the ignores still go out. The packets' random padding comes from
+``os.urandom`` in blocks, not one call per packet, each byte used once; a due
+rekey still happens (``certs/ssh_fastpaths.send_now``).
 
 Real asyncssh connections on 127.0.0.1; what each end hands its transport is
 counted (``_send``: one call per packet, checked against asyncssh 2.24.1).
@@ -12,17 +14,21 @@ write is a packet of its own.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 import asyncssh
+import pytest
+from asyncssh.connection import SSHConnection
 
 from allowhelp.broker.tunnel.sshclient import client_options, start_client
-from allowhelp.certs import ssh_options
+from allowhelp.certs import ssh_fastpaths, ssh_options
+from allowhelp.certs.ssh_fastpaths import POOL_BLOCK, RandomPool
 from allowhelp.certs.ssh_packets import send_one_packet_per_message
 
-KEYS = 20
+KEYS = 200
 AEAD = {"encryption_algs": list(ssh_options.ENCRYPTION_ALGS)}
 NOT_AEAD = {"encryption_algs": ["aes128-ctr"], "mac_algs": ["hmac-sha2-256-etm@openssh.com"]}
 
@@ -149,3 +155,74 @@ async def test_under_a_cipher_that_is_not_an_aead_the_ignores_still_go_out() -> 
     async with echo_server(True, NOT_AEAD) as port:
         client, server = await keystrokes(await broker_connection(port, NOT_AEAD))
     assert (client, server) == (2 * KEYS, 2 * KEYS)
+
+
+def log_padding(conn: object, paddings: list[bytes]) -> None:
+    """The padding of each packet ``conn`` encrypts from now on, in order."""
+    encryption = conn._send_encryption  # type: ignore[attr-defined]
+    encrypt = encryption.encrypt_packet
+
+    def logged(seq: int, header: bytes, packet: bytes) -> Any:
+        paddings.append(packet[len(packet) - packet[0] :])
+        return encrypt(seq, header, packet)
+
+    encryption.encrypt_packet = logged
+
+
+async def test_the_padding_is_random_bytes_fetched_in_blocks_each_used_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncssh calls ``os.urandom(padlen)`` (a ``getrandom``) for every packet;
+    ours take the padding from blocks of ``os.urandom``, in order, none twice."""
+    blocks: list[bytes] = []
+    urandom = os.urandom
+
+    def logged_urandom(size: int) -> bytes:
+        data = urandom(size)
+        blocks.append(data)
+        return data
+
+    async with echo_server(True, AEAD) as port:
+        conn = await broker_connection(port, AEAD)
+        paddings: list[bytes] = []
+        log_padding(conn, paddings)
+        log_padding(Server.connections[0], paddings)
+        monkeypatch.setattr(ssh_fastpaths, "PADDING", RandomPool())  # none left from before
+        monkeypatch.setattr(os, "urandom", logged_urandom)
+        client, server = await keystrokes(conn)
+        monkeypatch.undo()
+    assert (client, server) == (KEYS, KEYS)
+    packets = [padding for padding in paddings if len(padding) >= 4]
+    assert len(packets) >= 2 * KEYS, len(paddings)
+    pool = [block for block in blocks if len(block) == POOL_BLOCK]
+    own = [block for block in blocks if len(block) != POOL_BLOCK]  # asyncssh's, for the close
+    assert 1 <= len(pool) <= 2 and len(own) <= 2, [len(block) for block in blocks]
+    block, at = pool.pop(0), 0
+    for padding in packets:  # each one the next bytes of a block
+        if padding in own:
+            continue
+        if block[at : at + len(padding)] != padding:
+            block, at = pool.pop(0), 0
+        assert block[at : at + len(padding)] == padding
+        at += len(padding)
+    assert any(packets[0] != padding for padding in packets[1:])
+
+
+async def test_a_due_rekey_still_happens_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``send_now`` leaves a packet to asyncssh's ``send_packet`` once the
+    connection's rekey limit is reached: the keys change and the echo goes on."""
+    kexinits: list[object] = []
+    send_kexinit = SSHConnection._send_kexinit
+
+    def counted(self: SSHConnection) -> None:
+        kexinits.append(self)
+        send_kexinit(self)
+
+    monkeypatch.setattr(SSHConnection, "_send_kexinit", counted)
+    algs = {**AEAD, "rekey_bytes": 1024}
+    async with echo_server(True, algs) as port:
+        conn = await broker_connection(port, algs)
+        before = len(kexinits)
+        client, server = await keystrokes(conn)
+    assert (client, server) >= (KEYS, KEYS)
+    assert len(kexinits) - before >= 2, kexinits  # both ends rekeyed while typing

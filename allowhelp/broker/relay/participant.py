@@ -15,6 +15,14 @@ Joining late: the agent fans out only what the shell prints after the
 participant's channel joined; what came before is the shell's recent output
 kept by the owner's relay (``scrollback.py``), sent first, once the channel is
 open, so the participant's terminal starts where the owner's is.
+
+The owner's shortcut (``fastws.py``): a keystroke that arrives with nothing
+queued before it is written to the channel (or, from an observer, dropped) in
+the WebSocket protocol's callback; an echo that arrives while the output task
+waits with nothing queued, once the catch-up is sent, goes to the browser's
+transport in the SSH session's callback, when ``await send`` would not have
+waited either. Everything else takes the tasks' path, as the owner's relay.
+There is no recording here to wait for: the owner's relay records the shell.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from starlette.websockets import WebSocket
 
 from allowhelp.broker.errors import ConsoleFrameTooLarge, RelayError
 from allowhelp.broker.model.session import Traffic
+from allowhelp.broker.relay.fastws import EXTENSION, ShortcutWebSocketProtocol
 from allowhelp.broker.relay.inbox import ChannelInbox
 from allowhelp.broker.relay.outcome import (
     ChannelSpec,
@@ -64,6 +73,9 @@ class ParticipantTerminalRelay:
         self.counters = Counters()
         self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="shell")
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        shortcut = websocket.scope.get("extensions", {}).get(EXTENSION)
+        self._shortcut = shortcut if isinstance(shortcut, ShortcutWebSocketProtocol) else None
+        self._input_held = False  # a keystroke taken by the task waits for the channel
 
     @property
     def channel(self) -> ChannelSpec:
@@ -77,7 +89,12 @@ class ParticipantTerminalRelay:
 
     async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
         self._chan = chan
-        console_left, error = await first_to_end(self._from_browser(chan), self._catch_up())
+        if self._shortcut is not None:
+            self._shortcut.take_bytes = self._take_now
+        try:
+            console_left, error = await first_to_end(self._from_browser(chan), self._catch_up())
+        finally:
+            self._unhook()
         self.stop()
         return outcome_of("participant terminal", console_left, error, self._why_channel_ended)
 
@@ -97,9 +114,53 @@ class ParticipantTerminalRelay:
         await self._to_browser()
 
     async def _to_browser(self) -> None:
-        while (payload := await self._side.take(MAX_FRAME)) is not None:
-            self.counters.from_agent += len(payload)
-            await self._ws.send_bytes(payload)
+        if self._shortcut is not None:  # only now: the catch-up goes first
+            self._side.show = self._show_now
+        try:
+            while (payload := await self._side.take(MAX_FRAME)) is not None:
+                self.counters.from_agent += len(payload)
+                await self._ws.send_bytes(payload)
+        finally:
+            self._unhook()
+
+    def _show_now(self, data: bytes) -> bool:
+        """An echo while the task waits with nothing queued, in the SSH session's
+        callback: sent at once if ``await send`` would not wait; else declined."""
+        shortcut = self._shortcut
+        if shortcut is None or len(data) > MAX_FRAME:
+            return False
+        try:
+            shown = shortcut.send_bytes_now(data)
+        except Exception:  # the socket is going: the task sends it and meets the error
+            return False
+        if shown:
+            self.counters.from_agent += len(data)
+        return shown
+
+    def _take_now(self, data: bytes) -> bool:
+        """A keystroke with nothing queued before it, in the WebSocket protocol's
+        callback: dropped (an observer's) or written; declines what the task must
+        handle (too large, the channel full or closing, a keystroke of the task's
+        waiting)."""
+        if len(data) > MAX_FRAME or self._input_held:
+            return False
+        if not self.may_type:
+            self.dropped_input += len(data)
+            return True
+        chan = self._chan
+        if chan is None or not self._side.writable.is_set():
+            return False
+        try:
+            chan.write(data)
+        except Exception:  # closing: the task writes it again and ends on the error
+            return False
+        self.counters.to_agent += len(data)
+        return True
+
+    def _unhook(self) -> None:
+        self._side.show = None
+        if self._shortcut is not None:
+            self._shortcut.take_bytes = None
 
     async def _from_browser(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         while True:
@@ -114,7 +175,11 @@ class ParticipantTerminalRelay:
                     self.dropped_input += len(data)
                     continue
                 if not self._side.writable.is_set():
-                    await self._side.writable.wait()
+                    self._input_held = True  # what comes meanwhile queues behind it
+                    try:
+                        await self._side.writable.wait()
+                    finally:
+                        self._input_held = False
                 chan.write(data)
                 self.counters.to_agent += len(data)
             elif (text := message.get("text")) is not None and len(text) > MAX_CONTROL:
@@ -122,6 +187,7 @@ class ParticipantTerminalRelay:
             # resize and other control: only the owner sizes the terminal
 
     def stop(self) -> Traffic:
+        self._unhook()
         if self._chan is not None:
             self._chan.close()
         return self.counters.traffic()

@@ -1,0 +1,221 @@
+"""An invitee's terminal relay (``relay/participant.py``) takes the owner's shortcut
+(``relay/fastws.py``): keystrokes written to (or, from an observer, dropped before)
+the channel in the WebSocket protocol's callback, echoes sent in the SSH session's
+callback, while nothing waits; the catch-up first; order and backpressure kept.
+
+Real parts: uvicorn serving a starlette app on 127.0.0.1 with the console's
+WebSocket protocol, a real asyncssh server whose shell is ``cat`` (and a flood on
+``F``), a real WebSocket client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import asyncssh
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Frame
+
+from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
+from allowhelp.broker.relay.outcome import Outcome
+from allowhelp.broker.relay.participant import ParticipantTerminalRelay
+from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
+
+FLOOD = 8 * 1024 * 1024
+KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
+
+
+class Counting(ShortcutWebSocketProtocol):
+    """The console's protocol, counting its shortcuts."""
+
+    made: ClassVar[list[Counting]] = []
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.taken = self.sent_now = 0
+        Counting.made.append(self)
+
+    def handle_bytes(self, event: Frame) -> None:
+        before = self.queue.qsize()
+        super().handle_bytes(event)
+        self.taken += self.queue.qsize() == before
+
+    def send_bytes_now(self, data: bytes) -> bool:
+        sent = super().send_bytes_now(data)
+        self.sent_now += sent
+        return sent
+
+
+class NoAuth(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+
+async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """``cat``, and on ``F`` a flood of ``FLOOD`` bytes."""
+    while data := await process.stdin.read(65536):
+        if data == b"F":
+            block = bytes(range(256)) * 256
+            for _ in range(FLOOD // len(block)):
+                process.stdout.write(block)
+                await process.stdout.drain()
+        else:
+            process.stdout.write(data)
+    process.exit(0)
+
+
+@dataclass
+class Stack:
+    port: int
+    relays: list[ParticipantTerminalRelay] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def stack(may_type: bool, session_id: str = "") -> AsyncIterator[Stack]:
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=shell,
+        encoding=None,
+        config=None,
+        server_factory=NoAuth,
+    )
+    ssh = await asyncssh.connect(
+        "127.0.0.1",
+        server.sockets[0].getsockname()[1],
+        known_hosts=None,
+        username="x",
+        config=None,
+        client_keys=None,
+    )
+    made = Stack(0)
+
+    async def terminal(websocket: WebSocket) -> None:
+        await websocket.accept()
+        relay = ParticipantTerminalRelay(
+            websocket, "shell", (80, 24), may_type=may_type, session_id=session_id
+        )
+        made.relays.append(relay)
+        chan, _ = await ssh.create_session(relay.factory, encoding=None)
+        made.outcomes.append(await relay.run(chan))
+
+    config = uvicorn.Config(
+        Starlette(routes=[WebSocketRoute("/t", terminal)]),
+        ws=Counting,
+        ws_per_message_deflate=False,
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=1,
+    )
+    web = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(web.serve(sockets=[sock]))
+    while not web.started:
+        await asyncio.sleep(0.01)
+    made.port = sock.getsockname()[1]
+    Counting.made = []
+    try:
+        yield made
+    finally:
+        web.should_exit = True
+        await serving
+        ssh.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def echoed(ws: ClientConnection, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        frame = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(frame, bytes)
+        got += frame
+    return got
+
+
+async def test_a_controllers_keystrokes_and_echoes_go_the_short_way_after_the_catch_up() -> None:
+    earlier = keep_tail("s")
+    earlier.add(b"before you joined\r\n")
+    try:
+        async with stack(True, "s") as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+            assert await echoed(ws, 19) == b"before you joined\r\n"  # first
+            keys = KEYS * 10
+            for key in keys:
+                await ws.send(bytes([key]))
+                assert await echoed(ws, 1) == bytes([key])
+            (proto,) = Counting.made
+            assert proto.taken >= len(keys) - 1 and proto.sent_now >= len(keys) - 2
+            (relay,) = made.relays
+            assert relay.counters.to_agent == relay.counters.from_agent == len(keys)
+    finally:
+        drop_tail("s", earlier)
+
+
+async def test_an_observers_keystrokes_stop_at_the_broker_on_the_short_way_too() -> None:
+    async with stack(False) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        for _ in range(1000):
+            if made.relays and made.relays[0]._chan is not None:
+                break
+            await asyncio.sleep(0.01)
+        (relay,) = made.relays
+        for n, key in enumerate(KEYS, 1):
+            await ws.send(bytes([key]))
+            for _ in range(1000):
+                if relay.dropped_input == n:
+                    break
+                await asyncio.sleep(0.001)
+        (proto,) = Counting.made
+        assert relay.dropped_input == len(KEYS) and relay.counters.to_agent == 0
+        assert proto.taken == len(KEYS)
+        try:
+            got = await asyncio.wait_for(ws.recv(), 0.3)
+        except TimeoutError:
+            got = None
+        assert got is None  # nothing reached the shell, nothing echoed
+
+
+async def test_a_burst_stays_in_order() -> None:
+    async with stack(True) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        keys = KEYS * 100
+        for key in keys:
+            await ws.send(bytes([key]))
+        assert await echoed(ws, len(keys)) == keys
+        assert not made.outcomes, made.outcomes
+
+
+async def test_a_participant_who_does_not_read_holds_the_flood_back() -> None:
+    async with (
+        stack(True) as made,
+        connect(f"ws://127.0.0.1:{made.port}/t", max_size=None, max_queue=1) as ws,
+    ):
+        await ws.send(b"k")
+        assert await echoed(ws, 1) == b"k"
+        await ws.send(b"F")
+        (proto,) = Counting.made
+        for _ in range(1000):
+            if not proto.writable.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert not proto.writable.is_set()
+        (relay,) = made.relays
+        for _ in range(5):  # and it stays so: the flood waits at the shell's end
+            await asyncio.sleep(0.05)
+            held = proto.transport.get_write_buffer_size() + relay.factory().queued
+            assert held < 2 * 1024 * 1024
+        block = bytes(range(256)) * 256
+        assert await echoed(ws, FLOOD) == block * (FLOOD // len(block))
+        await ws.send(b"z")  # and the shortcut is back
+        assert await echoed(ws, 1) == b"z"
+        assert proto.sent_now >= 2
