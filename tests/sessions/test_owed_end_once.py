@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -28,6 +29,7 @@ from allowhelp.broker.sessions.invites import InviteDesk
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
+from allowhelp.broker.tunnel.link import AgentLink
 from harness import Broker, audit_locked, wait_for
 
 
@@ -126,3 +128,34 @@ async def test_invitations_of_a_session_another_node_ended_are_let_go(desk: Desk
     assert desk.invites.of_session(session.id) == []  # not kept until a restart
     # the invitee's page gets what it gets for any ended session: their invitation, ended
     assert desk.invites.seen_by(session.id, "bob") is invitation
+
+
+async def test_a_lost_tunnel_ends_the_sessions_asked_on_it_not_one_still_being_asked(
+    desk: Desk,
+) -> None:
+    """A tunnel replaced while the agent stays online (a reconnect) ends the sessions
+    tied to it; a request still waiting for the PC to wake is tied to no tunnel yet
+    and goes on over the newer one (it used to end as ``agent_lost`` too)."""
+    book = desk.book
+    tied = await active(book)
+    book.pin_link(tied.id, cast(AgentLink, object()))  # a tunnel that is not current
+    asking = Session.new(
+        agent_id=tied.agent_id,
+        hostname="pc",
+        technician="bob",
+        technician_name="Bob",
+        kind="shell",
+        reason="printer",
+    )
+    await book._rows.save_now(asking)
+    book._live[asking.id] = asking  # requested, waiting in ``_ask`` for the wake
+    book._link_lost(tied.agent_id)
+    await asyncio.wait_for(asyncio.gather(*book._tasks), 10)
+    assert "session.ended" in types_for(desk.audit, tied.id)
+    assert tied.id not in book._live or book._live[tied.id].final
+    assert book._live[asking.id].state is State.REQUESTED  # not ended
+    assert "session.ended" not in types_for(desk.audit, asking.id)
+    # offline is another matter: every session of the agent is lost
+    book._agent_changed(tied.agent_id, online=False)
+    await asyncio.wait_for(asyncio.gather(*book._tasks), 10)
+    assert "session.ended" in types_for(desk.audit, asking.id)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from allowhelp.broker.audit.log import AuditLog
@@ -302,13 +303,22 @@ class SessionRegistry(SessionBook):
             raise
 
     def _agent_changed(self, agent_id: str, online: bool) -> None:
-        if not online:
-            self._link_lost(agent_id)
+        if not online:  # offline: every session of the agent is lost
+            self._lose(agent_id, lambda session_id: True)
 
     def _link_lost(self, agent_id: str) -> None:
-        """Its tunnel went (offline, or back to its doorbell): its sessions are lost."""
+        """A tunnel went while the agent stays online (replaced by a newer one, or
+        back to its doorbell): the sessions asked on it are lost. One still being
+        asked (not yet tied to a tunnel: ``_ask`` waits for the PC to wake) goes on
+        over the newer tunnel; ``_ask`` ties it there and checks after each await."""
+        self._lose(
+            agent_id,
+            lambda session_id: session_id in self._links and self.session_link(session_id) is None,
+        )
+
+    def _lose(self, agent_id: str, lost: Callable[[str], bool]) -> None:
         for session in list(self._live.values()):
-            if session.agent_id == agent_id and not session.final:
+            if session.agent_id == agent_id and not session.final and lost(session.id):
                 self._spawn(self.end_quietly(session.id, reason="agent_lost", actor="system"))
 
     async def _expire(self, session_id: str) -> None:
