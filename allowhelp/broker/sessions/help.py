@@ -102,8 +102,10 @@ class HelpDesk:
             with contextlib.suppress(AuditUnavailable):  # logged by the writer already
                 await self._refuse(agent_id, message, link, hostname, "store_unavailable")
             raise
-        self._answer(agent_id, link, HelpCode(message.ref, format_code(digits), CODE_TTL))
+        # On the record and stored: the console hears of it even if the tunnel went
+        # meanwhile and the PC cannot be told its code (``_answer`` raises then).
         self._events.publish({"type": "help_request", "help_request": ticket.to_json()})
+        self._answer(agent_id, link, HelpCode(message.ref, format_code(digits), CODE_TTL))
 
     async def _refuse(
         self, agent_id: str, message: HelpRequest, link: AgentLink, hostname: str, why: str
