@@ -134,6 +134,15 @@ class LazyKeepalive:
                 self._cancel_keepalive_timer()
                 self._set_keepalive_timer()
 
+    def set_keepalive(
+        self: Any, interval: float | str | None = None, count_max: int | None = None
+    ) -> None:
+        """asyncssh's, with the armed timer dropped first: a new interval (or none)
+        applies from now, as it does there (the lazy timer would keep the old one)."""
+        self._keepalive_since = None
+        self._cancel_keepalive_timer()
+        SSHConnection.set_keepalive(self, interval, count_max)
+
     def _keepalive_timer_callback(self: Any) -> None:
         since, self._keepalive_since = self._keepalive_since, None
         if since is not None and self._keepalive_interval:
@@ -146,7 +155,7 @@ class LazyKeepalive:
 
 def lazy_keepalive(conn: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection) -> None:
     """Give ``conn`` (already running) :class:`LazyKeepalive`'s timer, re-armed now."""
-    for name in ("_reset_keepalive_timer", "_keepalive_timer_callback"):
+    for name in ("_reset_keepalive_timer", "_keepalive_timer_callback", "set_keepalive"):
         setattr(conn, name, types.MethodType(getattr(LazyKeepalive, name), conn))
     conn._keepalive_since = None  # type: ignore[union-attr]
     if conn._keepalive_timer is not None:

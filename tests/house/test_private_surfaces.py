@@ -180,6 +180,8 @@ async def test_asyncssh_keepalive_has_the_names_the_lazy_timer_replaces() -> Non
     ):
         assert callable(getattr(SSHConnection, name, None)), f"SSHConnection.{name} is gone"
     assert "self._keepalive_timer_callback" in inspect.getsource(SSHConnection._set_keepalive_timer)
+    # the lazy timer's set_keepalive drops the armed timer, then calls asyncssh's
+    assert "self._reset_keepalive_timer()" in inspect.getsource(SSHConnection.set_keepalive)
     conn = asyncssh.SSHClientConnection(
         asyncio.get_running_loop(),
         asyncssh.SSHClientConnectionOptions(known_hosts=None, username="x"),

@@ -212,3 +212,20 @@ async def test_packet_logging_still_logs_at_debug_level_3(caplog: pytest.LogCapt
         made.chan.write(b"k")
         await asyncio.sleep(INTERVAL / 2)
     assert not [r for r in caplog.records if "MSG_CHANNEL_DATA" in r.getMessage()]
+
+
+@pytest.mark.parametrize("lazy_end", ["broker", "agent"])
+async def test_a_new_keepalive_setting_applies_from_now(lazy_end: str) -> None:
+    """``set_keepalive`` at run time: none means no keepalive is ever sent; a
+    shorter interval is armed at once (the lazy timer kept the old one)."""
+    async with link(lazy_end) as made:
+        sent = count_sends(made.lazy)
+        made.lazy.set_keepalive(0)
+        assert made.lazy._keepalive_timer is None
+        await asyncio.sleep(3 * INTERVAL)
+        assert sent == [], "a keepalive went out after keepalives were turned off"
+        made.lazy.set_keepalive(INTERVAL / 4)
+        timer = made.lazy._keepalive_timer
+        assert timer is not None
+        loop = asyncio.get_running_loop()
+        assert timer.when() - loop.time() <= INTERVAL / 4 + 0.01
