@@ -50,7 +50,10 @@ def records(broker: Broker, kind: str) -> list[dict[str, Any]]:
     return [r for r in found if r["type"] == kind]
 
 
-def allow_invitation(agent: Agent, invitation: dict[str, Any]) -> dict[str, Any]:
+def allow_invitation(broker: Broker, agent: Agent, invitation: dict[str, Any]) -> dict[str, Any]:
+    """The PC user allows it, and the broker has taken the answer: ``allow`` returns
+    once the agent sent it, and an invitee attaching before the broker read it is
+    refused (403), as it should be (a race CI lost once)."""
     pending = wait_pending(agent, invitation["id"])
     said = agent_call(agent, "pending").stdout  # what the user reads on the PC
     assert (
@@ -58,6 +61,11 @@ def allow_invitation(agent: Agent, invitation: dict[str, Any]) -> dict[str, Any]
     )
     assert invitation["phrase"] in said
     assert agent_call(agent, "allow", invitation["id"]).returncode == 0
+    wait_for(
+        lambda: any(invitation["id"] in json.dumps(r) for r in records(broker, "invite.granted")),
+        15,
+        "the broker to take the PC user's answer",
+    )
     return pending
 
 
@@ -107,7 +115,7 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
             # bob sees the session in his list, with his own phrase
             listed = {s["id"]: s for s in bob.client.get("/api/v1/sessions").json()}
             assert listed[session_id]["phrase"] == invitation["phrase"]
-            pending = allow_invitation(agent, invitation)
+            pending = allow_invitation(broker, agent, invitation)
             assert pending["joins"] == session_id and pending["username"] == BOB
             assert pending["phrase"] == invitation["phrase"] != alice.session(session_id)["phrase"]
             async with terminal(bob, session_id) as observer:
@@ -126,7 +134,7 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
                 # carol in control mode may type
                 asked = alice.client.post(url, json={"username": CAROL, "mode": "control"})
                 assert asked.status_code == 201, asked.text
-                allow_invitation(agent, asked.json())
+                allow_invitation(broker, agent, asked.json())
                 async with terminal(carol, session_id) as controller:
                     await asyncio.to_thread(has_joined, agent, asked.json()["id"])
                     await controller.send("echo carol-$((5*5))\n")
