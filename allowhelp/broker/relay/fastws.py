@@ -26,6 +26,7 @@ The relay finds the protocol in the scope's ``extensions`` under
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
@@ -77,3 +78,21 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_binary(data)
         self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+
+class Channel(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
+def write_now(chan: Channel | None, writable: bool, data: bytes) -> bool:
+    """A keystroke written to the shell's channel in the WebSocket protocol's
+    callback (both terminal relays' ``take_bytes``); False when the relay's task
+    must take it: no channel yet, its window closed, or closing (the task writes
+    it again and ends on the error)."""
+    if chan is None or not writable:
+        return False
+    try:
+        chan.write(data)
+    except Exception:
+        return False
+    return True

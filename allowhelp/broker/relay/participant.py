@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket
 
 from allowhelp.broker.errors import ConsoleFrameTooLarge, RelayError
 from allowhelp.broker.model.session import Traffic
-from allowhelp.broker.relay.fastws import EXTENSION, ShortcutWebSocketProtocol
+from allowhelp.broker.relay.fastws import EXTENSION, ShortcutWebSocketProtocol, write_now
 from allowhelp.broker.relay.inbox import ChannelInbox
 from allowhelp.broker.relay.outcome import (
     ChannelSpec,
@@ -147,12 +147,7 @@ class ParticipantTerminalRelay:
         if not self.may_type:
             self.dropped_input += len(data)
             return True
-        chan = self._chan
-        if chan is None or not self._side.writable.is_set():
-            return False
-        try:
-            chan.write(data)
-        except Exception:  # closing: the task writes it again and ends on the error
+        if not write_now(self._chan, self._side.writable.is_set(), data):
             return False
         self.counters.to_agent += len(data)
         return True

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from allowhelp.broker.audit.recording import AsciicastRecorder
 from allowhelp.broker.errors import ConsoleBroke, ConsoleFrameTooLarge, RelayError
 from allowhelp.broker.model.session import Traffic
-from allowhelp.broker.relay.fastws import EXTENSION, ShortcutWebSocketProtocol
+from allowhelp.broker.relay.fastws import EXTENSION, ShortcutWebSocketProtocol, write_now
 from allowhelp.broker.relay.inbox import ChannelInbox
 from allowhelp.broker.relay.outcome import (
     ChannelSpec,
@@ -171,17 +171,11 @@ class TerminalRelay:
         """A keystroke that came with nothing queued before it, in the WebSocket
         protocol's callback; declines (False) what the task must handle (too
         large, the channel full or closing, a keystroke of the task's waiting)."""
-        chan = self._chan
         if (
-            chan is None
-            or self._input_held
+            self._input_held
             or len(data) > MAX_FRAME
-            or not self._side.writable.is_set()
+            or not write_now(self._chan, self._side.writable.is_set(), data)
         ):
-            return False
-        try:
-            chan.write(data)
-        except Exception:  # closing: the task writes it again and ends on the error
             return False
         self.counters.to_agent += len(data)
         return True
