@@ -11,14 +11,15 @@ WebSocket protocol, a real asyncssh server whose shell is ``cat`` (and a flood o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import asyncssh
 import uvicorn
+from catshellkit import FLOOD, cat_over_ssh
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -30,7 +31,6 @@ from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.participant import ParticipantTerminalRelay
 from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
 
-FLOOD = 8 * 1024 * 1024
 KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
 
 
@@ -55,24 +55,6 @@ class Counting(ShortcutWebSocketProtocol):
         return sent
 
 
-class NoAuth(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-
-async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """``cat``, and on ``F`` a flood of ``FLOOD`` bytes."""
-    while data := await process.stdin.read(65536):
-        if data == b"F":
-            block = bytes(range(256)) * 256
-            for _ in range(FLOOD // len(block)):
-                process.stdout.write(block)
-                await process.stdout.drain()
-        else:
-            process.stdout.write(data)
-    process.exit(0)
-
-
 @dataclass
 class Stack:
     port: int
@@ -82,23 +64,8 @@ class Stack:
 
 @asynccontextmanager
 async def stack(may_type: bool, session_id: str = "") -> AsyncIterator[Stack]:
-    server = await asyncssh.listen(
-        "127.0.0.1",
-        0,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        process_factory=shell,
-        encoding=None,
-        config=None,
-        server_factory=NoAuth,
-    )
-    ssh = await asyncssh.connect(
-        "127.0.0.1",
-        server.sockets[0].getsockname()[1],
-        known_hosts=None,
-        username="x",
-        config=None,
-        client_keys=None,
-    )
+    closing = contextlib.AsyncExitStack()  # the cat server and its client, last
+    ssh = await closing.enter_async_context(cat_over_ssh())
     made = Stack(0)
 
     async def terminal(websocket: WebSocket) -> None:
@@ -131,9 +98,7 @@ async def stack(may_type: bool, session_id: str = "") -> AsyncIterator[Stack]:
     finally:
         web.should_exit = True
         await serving
-        ssh.close()
-        server.close()
-        await server.wait_closed()
+        await closing.aclose()
 
 
 async def echoed(ws: ClientConnection, size: int) -> bytes:

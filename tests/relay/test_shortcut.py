@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import asyncssh
 import pytest
 import uvicorn
+from catshellkit import FLOOD, cat_over_ssh
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -40,7 +41,6 @@ from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.scrollback import Scrollback
 from allowhelp.broker.relay.terminal import TerminalRelay
 
-FLOOD = 8 * 1024 * 1024
 KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
 Log = list[tuple[str, bytes]]
 
@@ -82,30 +82,6 @@ class Counting(ShortcutWebSocketProtocol):
         return sent
 
 
-class NoAuth(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-
-async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """``cat``, and on ``F`` a flood of ``FLOOD`` bytes (as fast as the window lets it)."""
-    while True:
-        try:
-            data = await process.stdin.read(65536)
-        except asyncssh.TerminalSizeChanged:
-            continue  # a resize: nothing to echo
-        if not data:
-            break
-        if data == b"F":
-            block = bytes(range(256)) * 256
-            for _ in range(FLOOD // len(block)):
-                process.stdout.write(block)
-                await process.stdout.drain()
-        else:
-            process.stdout.write(data)
-    process.exit(0)
-
-
 @dataclass
 class Stack:
     port: int
@@ -116,23 +92,8 @@ class Stack:
 
 @asynccontextmanager
 async def stack(folder: Path, session_id: str = "") -> AsyncIterator[Stack]:
-    server = await asyncssh.listen(
-        "127.0.0.1",
-        0,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        process_factory=shell,
-        encoding=None,
-        config=None,
-        server_factory=NoAuth,
-    )
-    ssh = await asyncssh.connect(
-        "127.0.0.1",
-        server.sockets[0].getsockname()[1],
-        known_hosts=None,
-        username="x",
-        config=None,
-        client_keys=None,
-    )
+    closing = contextlib.AsyncExitStack()  # the cat server and its client, last
+    ssh = await closing.enter_async_context(cat_over_ssh())
     made = Stack(0, ssh)
 
     async def terminal(websocket: WebSocket) -> None:
@@ -168,9 +129,7 @@ async def stack(folder: Path, session_id: str = "") -> AsyncIterator[Stack]:
     finally:
         web.should_exit = True
         await serving
-        ssh.close()
-        server.close()
-        await server.wait_closed()
+        await closing.aclose()
 
 
 def record_log(monkeypatch: pytest.MonkeyPatch) -> None:
