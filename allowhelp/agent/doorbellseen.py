@@ -9,22 +9,22 @@ broker's list shows a login or a logout while the PC idles, without a wake.
 
 from __future__ import annotations
 
-import pwd
 from collections.abc import Iterable
 
 from allowhelp.agent.doorbellpark import ParkedHelper
 from allowhelp.agent.i18n import LANGUAGES
-from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose, default_active_uid
+from allowhelp.agent.signedin import (
+    NO_SCREEN,
+    NOBODY_SIGNED_IN,
+    ActiveUid,
+    HelperInfo,
+    choose,
+    default_active_uid,
+    user_name,
+)
 
 # The Hello's fields that follow who is signed in (machine.HelperHub.hello).
 SIGNED_IN_FIELDS = ("user", "language", "screen", "screen_problem", "desktop", "monitors")
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 class SignedIn:
@@ -52,8 +52,8 @@ class SignedIn:
             return {
                 "user": "",
                 "language": "",
-                "screen": "none",
-                "screen_problem": "nobody signed in",
+                "screen": NO_SCREEN,
+                "screen_problem": NOBODY_SIGNED_IN,
                 "desktop": "",
                 "monitors": "",
             }

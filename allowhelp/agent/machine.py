@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pwd
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +43,7 @@ from allowhelp.agent.news import NewsLine
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.sessionhelpers import ScreenSaid, SessionHelpers
-from allowhelp.agent.signedin import ActiveUid
+from allowhelp.agent.signedin import NO_SCREEN, NOBODY_SIGNED_IN, ActiveUid, user_name
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import MAX_CHAT, Hello
 from allowhelp.protocol.hostile_json import ProtocolError
@@ -60,13 +59,6 @@ MAX_CONNECTIONS = 64
 MAX_PER_UID = 8
 MAX_HELPERS_PER_UID = 4
 IDLE_TIMEOUT = 10.0
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 class HelperHub:
@@ -102,7 +94,7 @@ class HelperHub:
 
     def signed_in_name(self) -> str:
         uid = self.signed_in()
-        return _user_name(uid) if uid is not None else ""
+        return user_name(uid) if uid is not None else ""
 
     def signed_in_language(self) -> str:
         chosen = self._helpers.signed_in()
@@ -125,8 +117,8 @@ class HelperHub:
             system=True,
             language=language,
             jobs=True,
-            screen=screen[0] if screen else "none",
-            screen_problem=screen[1] if screen else "nobody signed in",
+            screen=screen[0] if screen else NO_SCREEN,
+            screen_problem=screen[1] if screen else NOBODY_SIGNED_IN,
             desktop=screen[2] if screen else "",
             chat=True,
             monitors=screen[3] if screen else "",
@@ -372,7 +364,7 @@ class HelperHub:
         log.info("session helper of uid %d (pid %d) connected", conn.uid, conn.pid)
         service = self._service()
         welcome = hp.answer(
-            True, helper=True, organisation=service.config.organisation, user=_user_name(conn.uid)
+            True, helper=True, organisation=service.config.organisation, user=user_name(conn.uid)
         )
         conn.send(welcome)
         for pending in service.gate.pending(conn.uid):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -30,6 +31,18 @@ log = logging.getLogger(__name__)
 
 ActiveUid = Callable[[], "int | None"]
 LOGINCTL_TIMEOUT = 2.0
+# What a machine service's Hello says of the screen when nobody is signed in (the
+# full agent's ``machine.HelperHub.hello`` and the idle doorbell's ``doorbellseen``).
+NO_SCREEN = "none"
+NOBODY_SIGNED_IN = "nobody signed in"
+
+
+def user_name(uid: int) -> str:
+    """``uid``'s login name, or ``uid N`` for one the password database lacks."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 @dataclass(frozen=True)
