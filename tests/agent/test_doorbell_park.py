@@ -6,6 +6,7 @@ nothing is dropped; everything still held is handed over in one list."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -21,6 +22,7 @@ from allowhelp.agent import doorbellfresh, doorbellpark
 from allowhelp.agent.doorbellfresh import FreshHello
 from allowhelp.agent.doorbellkey import HELLO_FILE
 from allowhelp.agent.doorbellpark import (
+    HELLO_TEXT,
     MAX_HELPER_DEPTH,
     MAX_HELPER_PACKET,
     HelperPark,
@@ -92,6 +94,12 @@ def test_a_hostile_first_packet_wakes_the_full_agent_and_never_escapes(
 def test_the_packet_bound_is_the_machine_services() -> None:
     assert MAX_HELPER_PACKET == helper_protocol.MAX_PACKET
     assert MAX_HELPER_DEPTH == helper_protocol.MAX_DEPTH
+    # the hello's fields and their limits are the helper socket's own (a copy: that
+    # module is not for the idle process)
+    rules = helper_protocol._RULES
+    said = {f.name for f in dataclasses.fields(helper_protocol.HelperHello)}
+    assert set(HELLO_TEXT) == said
+    assert {name: rules.texts.get(name, rules.text) for name in said} == HELLO_TEXT
 
 
 def test_a_hello_the_machine_service_would_refuse_names_nobody() -> None:
