@@ -26,6 +26,7 @@ from allowhelp.agent.consent import ConsentRefused, Grant
 from allowhelp.agent.hello import current_hello
 from allowhelp.agent.service import AgentService
 from allowhelp.certs import ssh_options
+from allowhelp.certs.ssh_fastlane import write_data
 from allowhelp.certs.sshkeys import public_key_line
 from allowhelp.protocol.control import LineBuffer, Message, decode
 from allowhelp.protocol.hostile_json import ProtocolError
@@ -241,7 +242,7 @@ class GatedChannel(asyncssh.SSHServerSession[bytes]):
     # Output (used by backends)
 
     def write(self, data: bytes) -> None:
-        self.chan.write(data)
+        write_data(self.chan, data)  # at once when it fits (``ssh_fastlane.py``)
         if self.grant is not None and not self.grant.joins:  # the owner's shell: to everyone
             self._service.participants.output(self.grant.session_id, data)
 

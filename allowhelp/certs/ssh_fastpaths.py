@@ -48,9 +48,11 @@ from asyncssh.constants import MSG_USERAUTH_LAST
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.packet import SSHPacketLogger
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PACKET_DEBUG_LEVEL = 3  # SSHLogger.packet logs only from this level on
 AEAD = (GCMEncryption, ChachaEncryption)
+MASK64 = 0xFFFFFFFFFFFFFFFF
 POOL_BLOCK = 4096  # random bytes fetched at once: about 340 packets' padding
 # The connection's state ``send_now`` reads and writes, as ``send_packet`` does.
 SEND_STATE = (
@@ -88,6 +90,17 @@ class RandomPool(threading.local):
 PADDING = RandomPool()
 
 
+def aead(cipher: Any) -> AESGCM:
+    """The ``AESGCM`` of ``cipher`` (a ``GCMCipher``), made once: ``GCMCipher`` makes
+    one, a key schedule, for every packet (the key is the cipher's for its whole
+    life; a rekey makes a new cipher)."""
+    try:
+        made: AESGCM = cipher._allowhelp_aead
+    except AttributeError:
+        made = cipher._allowhelp_aead = AESGCM(cipher._key)
+    return made
+
+
 def send_now(conn: Any, pkttype: int, args: tuple[bytes, ...]) -> bool:
     """Send one packet as asyncssh 2.24.1's ``send_packet`` would on an
     established AEAD connection, without its empty ignore; False (nothing sent)
@@ -112,8 +125,20 @@ def send_now(conn: Any, pkttype: int, args: tuple[bytes, ...]) -> bool:
     packet = bytes((padlen,)) + payload + PADDING.take(padlen)
     pktlen = len(packet)
     seq = conn._send_seq
-    packet, mac = encryption.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
-    conn._send(packet + mac)
+    header = pktlen.to_bytes(4, "big")
+    if type(encryption) is GCMEncryption:  # ``GCMCipher.encrypt_and_sign``, one AESGCM
+        cipher: Any = encryption._cipher
+        iv = cipher._iv
+        try:
+            sealer = cipher._allowhelp_aead
+        except AttributeError:
+            sealer = aead(cipher)
+        conn._send(header + sealer.encrypt(iv, packet, header))
+        # ``GCMCipher._update_iv``: the 64-bit invocation counter after the fixed field, plus one
+        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & MASK64).to_bytes(8, "big")
+    else:
+        packet, mac = encryption.encrypt_packet(seq, header, packet)
+        conn._send(packet + mac)
     conn._send_seq = (seq + 1) & 0xFFFFFFFF
     conn._rekey_bytes_sent += pktlen
     return True

@@ -34,6 +34,7 @@ import asyncssh
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.packet import String
 
+from allowhelp.certs.ssh_fastlane import FastLaneReceive, take_data_packets
 from allowhelp.certs.ssh_fastpaths import (
     AEAD,
     LazyKeepalive,
@@ -56,10 +57,10 @@ def needless_ignore(conn: object, pkttype: int, args: tuple[bytes, ...]) -> bool
     )
 
 
-class OnePacketClientConnection(LazyKeepalive, asyncssh.SSHClientConnection):
+class OnePacketClientConnection(FastLaneReceive, LazyKeepalive, asyncssh.SSHClientConnection):
     """The broker's tunnel connection: no empty MSG_IGNORE before each packet,
-    no keepalive timer re-armed per packet (a subclass, not a wrapper per
-    connection: a broker holds thousands)."""
+    no keepalive timer re-armed per packet, data packets through the fast lane
+    (a subclass, not a wrapper per connection: a broker holds thousands)."""
 
     def send_packet(self, pkttype: int, *args: bytes, **kwargs: Any) -> None:
         if not send_now(self, pkttype, args) and not needless_ignore(self, pkttype, args):
@@ -68,7 +69,8 @@ class OnePacketClientConnection(LazyKeepalive, asyncssh.SSHClientConnection):
 
 def send_one_packet_per_message(conn: asyncssh.SSHServerConnection) -> None:
     """Stop the agent's ``conn`` putting an empty MSG_IGNORE before each packet
-    (and re-arming its keepalive timer on each one it receives)."""
+    (and re-arming its keepalive timer on each one it receives); its data packets
+    come in through the fast lane (``ssh_fastlane.py``)."""
     send = conn.send_packet
 
     def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
@@ -77,3 +79,4 @@ def send_one_packet_per_message(conn: asyncssh.SSHServerConnection) -> None:
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
     lazy_keepalive(conn)
+    take_data_packets(conn)

@@ -239,3 +239,81 @@ def test_asyncssh_send_packet_is_the_send_that_send_now_does() -> None:
         "self._send_kexinit()",
     ):
         assert line in source, f"SSHConnection.send_packet no longer has {line!r}"
+
+
+def test_asyncssh_receive_path_is_the_one_the_fast_lane_does() -> None:
+    """``ssh_fastlane.receive_now`` does what ``_recv_data``, ``_recv_pkthdr``,
+    ``_recv_packet``, ``_finish_recv_packet`` and ``_process_data`` do for a data
+    packet, and seals and opens as ``GCMCipher`` does."""
+    from asyncssh.channel import SSHChannel
+    from asyncssh.connection import SSHConnection
+    from asyncssh.constants import MSG_CHANNEL_DATA
+    from asyncssh.crypto.cipher import GCMCipher
+
+    from allowhelp.certs.ssh_fastlane import CHANNEL_STATE, RECEIVE_STATE
+
+    sources = "".join(
+        inspect.getsource(part)
+        for part in (
+            SSHConnection.__init__,
+            SSHConnection._recv_data,
+            SSHConnection._recv_pkthdr,
+            SSHConnection._recv_packet,
+            SSHConnection._finish_recv_packet,
+            SSHConnection.data_received,
+        )
+    )
+    for name in RECEIVE_STATE:
+        assert f"self.{name}" in sources, f"asyncssh's receive path no longer uses {name}"
+    for line in (
+        "self._inpbuf += data",
+        "self._reset_keepalive_timer()",
+        "while self._inpbuf and self._recv_handler():",
+        "self.internal_error()",
+        "self._recv_seq = (seq + 1) & 0xffffffff",
+        "self._recv_encryption.decrypt_packet(",
+        "orig_payload = packet_data[1:-packet_data[0]]",
+        "handler = self._channels[recv_chan]",
+    ):
+        assert line in sources, f"asyncssh's receive path no longer has {line!r}"
+    channel = inspect.getsource(SSHChannel)
+    for name in CHANNEL_STATE:
+        assert f"self.{name}" in channel, f"SSHChannel no longer uses {name}"
+    process = inspect.getsource(SSHChannel._process_data)
+    for line in (
+        "self._recv_state != 'open'",
+        "datalen > self._recv_window",
+        "self._accept_data(data)",
+    ):
+        assert line in process, f"SSHChannel._process_data no longer has {line!r}"
+    assert SSHChannel._packet_handlers[MSG_CHANNEL_DATA] is SSHChannel._process_data
+    gcm = inspect.getsource(GCMCipher)
+    for line in (
+        "AESGCM(self._key).encrypt(self._iv, data, header)",
+        "AESGCM(self._key).decrypt(self._iv, data + mac, header)",
+        "invocation = (invocation + 1) & 0xffffffffffffffff",
+        "self._iv = self._iv[:4] + invocation.to_bytes(8, 'big')",
+    ):
+        assert line in gcm, f"GCMCipher no longer has {line!r}"
+
+
+def test_websockets_parser_waits_between_frames_where_the_keystroke_door_looks() -> None:
+    """``fastws``'s keystroke door reads a frame itself only while websockets'
+    parser waits in ``StreamReader.at_eof`` (between frames) with nothing buffered."""
+    from websockets.protocol import Protocol
+    from websockets.streams import StreamReader
+
+    parse = inspect.getsource(Protocol.parse)
+    assert "if (yield from self.reader.at_eof()):" in parse
+    assert "self.recv_frame(frame)" in parse
+    assert "self.buffer" in inspect.getsource(StreamReader.at_eof)
+    init = inspect.getsource(Protocol.__init__)
+    for name in (
+        "self.current_size",
+        "self.parser",
+        "self.parser_exc",
+        "self.writes",
+        "self.expect_continuation_frame",
+        "self.extensions",
+    ):
+        assert name in init, f"websockets' Protocol no longer has {name}"

@@ -15,100 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncssh
 import pytest
 from asyncssh.connection import SSHConnection
+from sshechokit import AEAD, Server, broker_connection, count_sends, echo_server
 
-from allowhelp.broker.tunnel.sshclient import client_options, start_client
-from allowhelp.certs import ssh_fastpaths, ssh_options
+from allowhelp.certs import ssh_fastpaths
 from allowhelp.certs.ssh_fastpaths import POOL_BLOCK, RandomPool
-from allowhelp.certs.ssh_packets import send_one_packet_per_message
 
 KEYS = 200
-AEAD = {"encryption_algs": list(ssh_options.ENCRYPTION_ALGS)}
 NOT_AEAD = {"encryption_algs": ["aes128-ctr"], "mac_algs": ["hmac-sha2-256-etm@openssh.com"]}
-
-
-class Echo(asyncssh.SSHServerSession[bytes]):
-    def connection_made(self, chan: Any) -> None:
-        self._chan = chan
-
-    def shell_requested(self) -> bool:
-        return True
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._chan.write(data)
-
-
-class Server(asyncssh.SSHServer):
-    connections: ClassVar[list[asyncssh.SSHServerConnection]] = []
-
-    def __init__(self, one_packet: bool) -> None:
-        self._one_packet = one_packet
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        if self._one_packet:
-            send_one_packet_per_message(conn)
-        Server.connections.append(conn)
-
-    def begin_auth(self, username: str) -> bool:
-        return False  # no authentication: the packets after it are what is counted
-
-    def session_requested(self) -> Echo:
-        return Echo()
-
-
-def count_sends(conn: object) -> list[int]:
-    """Sizes of what ``conn`` hands its transport from now on (one per packet)."""
-    sent: list[int] = []
-    send: Callable[[bytes], None] = conn._send  # type: ignore[attr-defined]
-
-    def counted(data: bytes) -> None:
-        sent.append(len(data))
-        send(data)
-
-    conn._send = counted  # type: ignore[attr-defined]
-    return sent
-
-
-@asynccontextmanager
-async def echo_server(one_packet: bool, algs: dict[str, Any]) -> AsyncIterator[int]:
-    Server.connections = []
-    server = await asyncssh.listen(
-        "127.0.0.1",
-        0,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        server_factory=lambda: Server(one_packet),
-        encoding=None,
-        config=None,
-        **algs,
-    )
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def broker_connection(port: int, algs: dict[str, Any]) -> asyncssh.SSHClientConnection:
-    """The broker's own connection class and options, as the tunnel listener makes them."""
-    loop = asyncio.get_running_loop()
-    options = asyncssh.SSHClientConnectionOptions(
-        options=client_options(asyncssh.generate_private_key("ssh-ed25519"), asyncssh.SSHClient),
-        known_hosts=None,  # the listener's client factory checks the agent's key; not here
-        **algs,
-    )
-    finished: asyncio.Future[None] = loop.create_future()
-    _, conn = await loop.create_connection(
-        lambda: start_client(loop, options, finished, "127.0.0.1"), "127.0.0.1", port
-    )
-    await asyncio.wait_for(finished, 10)
-    assert isinstance(conn, asyncssh.SSHClientConnection)
-    return conn
 
 
 async def plain_connection(port: int, algs: dict[str, Any]) -> asyncssh.SSHClientConnection:
@@ -157,8 +75,22 @@ async def test_under_a_cipher_that_is_not_an_aead_the_ignores_still_go_out() -> 
     assert (client, server) == (2 * KEYS, 2 * KEYS)
 
 
+class LoggedAEAD:
+    """A cipher's ``AESGCM`` that notes the padding of each packet it seals."""
+
+    def __init__(self, sealer: Any, paddings: list[bytes]) -> None:
+        self.sealer, self.paddings = sealer, paddings
+
+    def encrypt(self, iv: bytes, packet: bytes, header: bytes) -> bytes:
+        self.paddings.append(packet[len(packet) - packet[0] :])
+        sealed: bytes = self.sealer.encrypt(iv, packet, header)
+        return sealed
+
+
 def log_padding(conn: object, paddings: list[bytes]) -> None:
-    """The padding of each packet ``conn`` encrypts from now on, in order."""
+    """The padding of each packet ``conn`` encrypts from now on, in order: through
+    asyncssh's ``encrypt_packet`` or ``send_now``'s own sealing (the cipher's one
+    ``AESGCM``, ``ssh_fastpaths.aead``)."""
     encryption = conn._send_encryption  # type: ignore[attr-defined]
     encrypt = encryption.encrypt_packet
 
@@ -167,6 +99,8 @@ def log_padding(conn: object, paddings: list[bytes]) -> None:
         return encrypt(seq, header, packet)
 
     encryption.encrypt_packet = logged
+    cipher = encryption._cipher
+    cipher._allowhelp_aead = LoggedAEAD(ssh_fastpaths.aead(cipher), paddings)
 
 
 async def test_the_padding_is_random_bytes_fetched_in_blocks_each_used_once(
