@@ -24,7 +24,6 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import Frame
 
 from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
 from allowhelp.broker.relay.outcome import Outcome
@@ -44,15 +43,14 @@ class Counting(ShortcutWebSocketProtocol):
         self.taken = self.sent_now = 0
         Counting.made.append(self)
 
-    def handle_bytes(self, event: Frame) -> None:
-        before = self.queue.qsize()
-        super().handle_bytes(event)
-        self.taken += self.queue.qsize() == before
+    def offer(self, data: bytes) -> bool:
+        took = super().offer(data)
+        self.taken += took
+        return took
 
-    def send_bytes_now(self, data: bytes) -> bool:
-        sent = super().send_bytes_now(data)
-        self.sent_now += sent
-        return sent
+    def frame_now(self, data: bytes) -> None:
+        super().frame_now(data)
+        self.sent_now += 1
 
 
 @dataclass

@@ -32,7 +32,6 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame
 
 from allowhelp.broker.audit.recording import AsciicastRecorder
 from allowhelp.broker.audit.recording_file import RecordingLimits
@@ -71,15 +70,14 @@ class Counting(ShortcutWebSocketProtocol):
         self.taken = self.sent_now = 0
         Counting.made.append(self)
 
-    def handle_bytes(self, event: Frame) -> None:
-        before = self.queue.qsize()
-        super().handle_bytes(event)
-        self.taken += self.queue.qsize() == before
+    def offer(self, data: bytes) -> bool:
+        took = super().offer(data)
+        self.taken += took
+        return took
 
-    def send_bytes_now(self, data: bytes) -> bool:
-        sent = super().send_bytes_now(data)
-        self.sent_now += sent
-        return sent
+    def frame_now(self, data: bytes) -> None:
+        super().frame_now(data)
+        self.sent_now += 1
 
 
 @dataclass

@@ -26,14 +26,37 @@ The relay finds the protocol in the scope's ``extensions`` under
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any
 
+import asyncssh
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+from allowhelp.certs.ssh_fastlane import write_data
 
 EXTENSION = "allowhelp.shortcut"
+FIN_BINARY = 0x82  # FIN, no RSV bits, opcode 2
+MASK = 0x80
+MASKED_HEADER = 6  # two bytes, then the 4-byte mask (a length under 126)
+SMALL_FRAME = MASKED_HEADER + 125
+_AT_EOF = StreamReader.at_eof.__code__  # where websockets' parser waits between frames
+
+
+def binary_header(size: int) -> bytes:
+    """An unmasked, final binary frame's header for ``size`` bytes (RFC 6455 §5.2)."""
+    if size < 126:
+        return bytes((FIN_BINARY, size))
+    if size < 1 << 16:
+        return bytes((FIN_BINARY, 126)) + size.to_bytes(2, "big")
+    return bytes((FIN_BINARY, 127)) + size.to_bytes(8, "big")
 
 
 class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -47,17 +70,52 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None and self.response.status_code == 101:
             scope["extensions"][EXTENSION] = self
 
-    def handle_bytes(self, event: Frame) -> None:
-        take = self.take_bytes
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, but a keystroke goes to the relay at once: ``data`` is one whole
+        small binary frame, unfragmented and masked, read at a frame boundary with
+        nothing queued before it (one method, no helpers: it runs at every keystroke,
+        where each Python call costs far more than in a loop, docs/benchmarks.md §7j)."""
+        size = len(data)
         if (
-            take is not None
+            self.take_bytes is None
+            or not MASKED_HEADER <= size <= SMALL_FRAME
+            or data[0] != FIN_BINARY
+            or size != MASKED_HEADER + (data[1] ^ MASK)  # the mask bit clear or a length > 125: no
+        ):
+            super().data_received(data)
+            return
+        conn = self.conn
+        inner: Any = conn.parser  # waiting for a frame's first byte, not inside one?
+        while inner.gi_yieldfrom is not None:
+            inner = inner.gi_yieldfrom
+        if (
+            inner.gi_code is not _AT_EOF
+            or conn.state is not State.OPEN
+            or conn.current_size is not None  # inside a fragmented message
+            or conn.parser_exc is not None
+            or conn.extensions
+            or conn.reader.buffer
+            or self.close_sent
+            or not self.queue.empty()
+            or not self.offer(apply_mask(data[MASKED_HEADER:], data[2:MASKED_HEADER]))
+        ):
+            super().data_received(data)  # the parser reads it, as always
+
+    def handle_bytes(self, event: Frame) -> None:
+        if (
+            self.take_bytes is not None
             and event.fin
             and not self.close_sent
             and self.queue.empty()  # nothing before it waits for the application
-            and take(bytes(event.data))
+            and self.offer(bytes(event.data))
         ):
             return
         super().handle_bytes(event)
+
+    def offer(self, data: bytes) -> bool:
+        """A whole binary message to the relay's hook; True: it took it."""
+        take = self.take_bytes
+        return take is not None and take(data)
 
     def can_send_now(self) -> bool:
         """``await send`` of a binary message would send it at once, without waiting."""
@@ -75,16 +133,22 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
         """Send ``data`` as one binary frame now, if ``await send`` would not wait."""
         if not self.can_send_now():
             return False
-        self.conn.send_binary(data)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.frame_now(data)
         return True
 
+    def frame_now(self, data: bytes) -> None:
+        """Send ``data`` as one binary frame, ``can_send_now`` being true."""
+        conn = self.conn
+        if conn.extensions or conn.writes or conn.expect_continuation_frame:
+            conn.send_binary(data)  # websockets frames it (compressed, or after what waits)
+            self.transport.write(b"".join(conn.data_to_send()))
+        elif len(data) < 126:  # a server's frame is not masked: the header and the bytes
+            self.transport.write(bytes((FIN_BINARY, len(data))) + data)
+        else:
+            self.transport.write(binary_header(len(data)) + data)
 
-class Channel(Protocol):
-    def write(self, data: bytes) -> None: ...
 
-
-def write_now(chan: Channel | None, writable: bool, data: bytes) -> bool:
+def write_now(chan: asyncssh.SSHClientChannel[bytes] | None, writable: bool, data: bytes) -> bool:
     """A keystroke written to the shell's channel in the WebSocket protocol's
     callback (both terminal relays' ``take_bytes``); False when the relay's task
     must take it: no channel yet, its window closed, or closing (the task writes
@@ -92,7 +156,7 @@ def write_now(chan: Channel | None, writable: bool, data: bytes) -> bool:
     if chan is None or not writable:
         return False
     try:
-        chan.write(data)
+        write_data(chan, data)
     except Exception:
         return False
     return True

@@ -157,11 +157,14 @@ class TerminalRelay:
             self._broke = exc
             self._side.nudge()
             return True
-        self.counters.from_agent += len(data)
-        try:
-            shown = self._recorder.on_disk and shortcut.send_bytes_now(data)
+        shown: bool
+        try:  # ``can_send_now`` held above, and recording touches no socket
+            shown = self._recorder.on_disk
+            if shown:
+                shortcut.frame_now(data)
         except Exception:  # the socket is going: the task sends it and meets the error
             shown = False
+        self.counters.from_agent += len(data)
         if not shown:  # the task shows it once it is in the file
             self._unshown = data
             self._side.nudge()
