@@ -48,24 +48,35 @@ class FdBridge:
         self._loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
-        chunks: list[bytes] = []
-        size = 0
-        eof = False
-        for _ in range(GATHER_READS):
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # EIO on a PTY: everything on the terminal is gone
+        if data and len(data) < SHORT_READ:  # a keystroke's echo, a prompt: all there was
+            self._output.write(data)
+            return
+        self._gather(data)
+
+    def _gather(self, first: bytes) -> None:
+        """What is ready after ``first`` (a long read, or b"" at the end), gathered
+        into one write: one SSH packet, not one per read."""
+        chunks, size, eof, reads = [first], len(first), not first, 1
+        while (
+            not eof and size < READ_SIZE and reads < GATHER_READS and len(chunks[-1]) >= SHORT_READ
+        ):
             try:
                 data = os.read(self._fd, READ_SIZE - size)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 data = b""  # EIO on a PTY: everything on the terminal is gone
-            if not data:
-                eof = True
-                break
+            reads += 1
+            eof = not data
             chunks.append(data)
             size += len(data)
-            if size >= READ_SIZE or len(data) < SHORT_READ:
-                break
-        if chunks:
+        if size:
             self._output.write(b"".join(chunks))
         if eof:
             self._on_eof()
