@@ -1,0 +1,171 @@
+"""Keystroke echo: latency and CPU per round trip, allowhelp against MeshCentral (issue #19).
+
+    python -m bench.peercost [--rounds N] [--count N] [--json OUT]
+
+The peers bench (``bench/run --only peers``) gives each product's round trip;
+this says where it goes. One allowhelp installation of this tree
+(``bench.echocost``'s, a consented shell running ``stty raw -echo; cat``) and
+one MeshCentral server with one ``meshagent`` (``bench.peers``'s, its terminal
+relay running the same), both on 127.0.0.1, driven by the same Python client
+one at a time, in an order that alternates between rounds. Per round: p50 and
+p99, and the CPU of each product's server and agent over those round trips only
+(all their threads' ``schedstat``; MeshCentral's server with its
+``meshaccelerator`` children, its agent without the shell and ``cat``, which
+are the same program on both sides), divided by their number. Medians over the
+rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench.common import Procs, dump_json, log, percentile, table
+from bench.echocost import FIGURES, cpu_seconds, fmt, start_side
+from bench.latency import WARMUP, round_trips
+from bench.peers.meshclient import MeshTerminal, relay
+from bench.peers.meshserver import MeshServer, install
+
+SHELLS = ("sh", "bash", "cat")  # the program at the far end: the same for both
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and everything it started, depth first."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found += descendants(int(child))
+    return found
+
+
+def cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # gone
+            continue
+    return total
+
+
+def _is_shell(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() in SHELLS
+    except OSError:
+        return True
+
+
+class Product:
+    """A product's terminal driven one byte at a time, and the processes to count."""
+
+    def __init__(
+        self, name: str, trip: Callable[[int], list[float]], server: list[int], agent: list[int]
+    ) -> None:
+        self.name, self.trip, self.server, self.agent = name, trip, server, agent
+        self.rounds: list[dict[str, float]] = []
+
+    def round(self, count: int) -> dict[str, float]:
+        s0, a0 = cpu_of(self.server), cpu_of(self.agent)
+        samples = self.trip(count)
+        s1, a1 = cpu_of(self.server), cpu_of(self.agent)
+        trips = count + WARMUP
+        ms = [s * 1000 for s in samples]
+        row = {
+            "p50_ms": percentile(ms, 50),
+            "p99_ms": percentile(ms, 99),
+            "broker_us": 1e6 * (s1 - s0) / trips,  # the server: broker / MeshCentral
+            "agent_us": 1e6 * (a1 - a0) / trips,
+        }
+        self.rounds.append(row)
+        return row
+
+    def medians(self) -> dict[str, float]:
+        return {key: statistics.median(r[key] for r in self.rounds) for key in FIGURES}
+
+
+def _ours(procs: Procs, stack: ExitStack, root: Path) -> Product:
+    side = start_side(procs, stack, root / "allowhelp", None)
+    agent = side.install.agent.proc
+    if agent is None:
+        raise RuntimeError("the agent is not running")
+    return Product("allowhelp", side.trips, [side.install.broker.pid], [agent.pid])
+
+
+def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Product:
+    install()
+    server = MeshServer(procs, root / "meshcentral" / "data")
+    server.configure()
+    server.start()
+    stack.callback(server.stop)
+    server.add_group()
+    agent = server.start_agent(root / "meshcentral" / "agent", server.msh())
+    node = server.wait_agents(1, 120)[0]
+    time.sleep(2)  # the agent settles after its first core exchange
+    term = MeshTerminal(stack.enter_context(relay(server, node, 1)))
+    term.send(b"stty raw -echo; printf '\\122EADY'; cat\n")
+    term.until(b"READY")
+
+    def trips(count: int) -> list[float]:
+        return round_trips(lambda: term.send(b"k"), term.recv, count)
+
+    agents = [pid for pid in descendants(agent.pid) if not _is_shell(pid)]
+    return Product("meshcentral", trips, descendants(server.pid), agents)
+
+
+def run(root: Path, rounds: int, count: int) -> dict[str, Any]:
+    procs = Procs()
+    try:
+        with ExitStack() as stack:
+            products = [_ours(procs, stack, root), _theirs(procs, stack, root)]
+            for product in products:  # both warm before anything counts
+                product.trip(500)
+            for n in range(rounds):
+                for product in products if n % 2 == 0 else products[::-1]:
+                    row = product.round(count)
+                    log(f"round {n + 1}/{rounds} {product.name}: " + _row(row))
+            return {
+                "rounds": rounds,
+                "round_trips_per_round": count,
+                "median": {p.name: p.medians() for p in products},
+                "per_round": {p.name: p.rounds for p in products},
+            }
+    finally:
+        procs.close()
+
+
+def _row(row: dict[str, float]) -> str:
+    return " ".join(f"{key}={fmt(key, row[key])}" for key in FIGURES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peercost",
+        description="keystroke echo: CPU per round trip, allowhelp against MeshCentral",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="rounds (10)")
+    parser.add_argument("--count", type=int, default=2000, help="round trips per round (2000)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.count < 10:
+        parser.error("--rounds must be at least 1 and --count at least 10")
+    with tempfile.TemporaryDirectory(prefix="peercost-") as tmp:
+        result = run(Path(tmp), args.rounds, args.count)
+    medians: dict[str, dict[str, float]] = result["median"]
+    rows = [[name, *(fmt(key, row[key]) for key in FIGURES)] for name, row in medians.items()]
+    print(table(["product", "p50_ms", "p99_ms", "server_us", "agent_us"], rows))
+    if args.json is not None:
+        dump_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
