@@ -133,14 +133,15 @@ def send_now(conn: Any, pkttype: int, args: tuple[bytes, ...]) -> bool:
             sealer = cipher._allowhelp_aead
         except AttributeError:
             sealer = aead(cipher)
-        conn._send(header + sealer.encrypt(iv, packet, header))
+        sealed = header + sealer.encrypt(iv, packet, header)
         # ``GCMCipher._update_iv``: the 64-bit invocation counter after the fixed field, plus one
         cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & MASK64).to_bytes(8, "big")
     else:
         packet, mac = encryption.encrypt_packet(seq, header, packet)
-        conn._send(packet + mac)
-    conn._send_seq = (seq + 1) & 0xFFFFFFFF
+        sealed = packet + mac
+    conn._send_seq = (seq + 1) & 0xFFFFFFFF  # all counted before the send: a nonce is never reused
     conn._rekey_bytes_sent += pktlen
+    conn._send(sealed)
     return True
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import asyncssh
 import pytest
 from asyncssh.connection import SSHConnection
+from asyncssh.packet import String, UInt32
 from sshechokit import AEAD, Server, broker_connection, echo_server
 
 KEYS = 200
@@ -266,3 +267,71 @@ async def test_a_write_behind_a_full_window_keeps_its_place() -> None:
         write_data(server_chan, b"after")
         assert (await session.until(len(big) + 5)) == big + b"after"
         conn.close()
+
+
+def server_sends(payload: tuple[bytes, ...]) -> None:
+    """A data packet of the echo server's own making, sealed and sent as any other."""
+    from asyncssh.constants import MSG_CHANNEL_DATA
+
+    from allowhelp.certs.ssh_fastpaths import send_now
+
+    (server_conn,) = Server.connections
+    assert send_now(server_conn, MSG_CHANNEL_DATA, payload)
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda chan: (UInt32(chan._send_chan), UInt32(5), b"ab"), "Incomplete packet"),
+        (lambda chan: (UInt32(999), String(b"x")), "Invalid channel number 999"),
+        (lambda chan: (UInt32(chan._send_chan), String(b"x")), "Channel not open for sending"),
+    ],
+    ids=["length-past-the-end", "unknown-channel", "after-eof"],
+)
+async def test_a_malformed_data_packet_is_refused_as_asyncssh_refuses_it(
+    make: Callable[[Any], tuple[bytes, ...]], why: str
+) -> None:
+    async with echo_server(True, AEAD) as port:
+        conn = await broker_connection(port, AEAD, Lost)
+        chan, session = await open_session(conn)
+        await echoes(chan, session, 3)
+        server_chan = server_channel()
+        if "open" in why:
+            server_chan.write_eof()
+            await asyncio.sleep(0.05)
+        server_sends(make(server_chan))
+        closed = await closed_because(conn)
+    assert isinstance(closed, asyncssh.ProtocolError) and why in str(closed), closed
+    assert b"".join(data for data, _ in session.got) == b"kkk"
+
+
+async def test_nothing_more_of_a_read_is_delivered_once_it_closed_the_connection() -> None:
+    """A session that closes the connection on what it was given: the rest of that
+    read (three packets in one) stays undelivered."""
+
+    class Closing(Collect):
+        def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+            super().data_received(data, datatype)
+            if data == b"stop":
+                conn.close()
+
+    held: list[bytes] = []
+
+    def hold(data: bytes) -> list[bytes]:  # what arrives within 0.1 s, as one read
+        held.append(data)
+        return []
+
+    async with echo_server(True, AEAD) as port:
+        conn = await broker_connection(port, AEAD, Lost)
+        chan, session = await open_session(conn, Closing)
+        await echoes(chan, session, 3)
+        received = conn.data_received
+        feed_in_pieces(conn, hold)
+        server_chan = server_channel()
+        for data in (b"a", b"stop", b"b"):
+            server_chan.write(data)
+        await asyncio.sleep(0.1)
+        assert len(held) == 1  # one read: the three packets together
+        received(held[0])
+        await closed_because(conn)
+    assert [data for data, _ in session.got[3:]] == [b"a", b"stop"]
