@@ -40,8 +40,12 @@ class Counting(ShortcutWebSocketProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self.taken = self.sent_now = 0
+        self.taken = self.sent_now = self.parsed = 0
         Counting.made.append(self)
+
+    def handle_bytes(self, event: Any) -> None:
+        self.parsed += 1  # a binary frame websockets' parser read (not the protocol itself)
+        super().handle_bytes(event)
 
     def offer(self, data: bytes) -> bool:
         took = super().offer(data)
@@ -120,6 +124,7 @@ async def test_a_controllers_keystrokes_and_echoes_go_the_short_way_after_the_ca
                 assert await echoed(ws, 1) == bytes([key])
             (proto,) = Counting.made
             assert proto.taken >= len(keys) - 1 and proto.sent_now >= len(keys) - 2
+            assert proto.parsed <= 1  # read by the protocol itself, not websockets' parser
             (relay,) = made.relays
             assert relay.counters.to_agent == relay.counters.from_agent == len(keys)
     finally:

@@ -13,186 +13,24 @@ every byte shown was in the recording file first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncssh
 import pytest
 import uvicorn
-from catshellkit import FLOOD, cat_over_ssh
+from catshellkit import FLOOD
+from shortcutkit import KEYS, Counting, assert_recorded_before_shown, echoed, record_log, stack
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from allowhelp.broker.audit.recording import AsciicastRecorder
-from allowhelp.broker.audit.recording_file import RecordingLimits
-from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
-from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.scrollback import Scrollback
-from allowhelp.broker.relay.terminal import TerminalRelay
-
-KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
-Log = list[tuple[str, bytes]]
-
-
-class Spy:
-    """Delegates to the transport; logs what is written to it."""
-
-    def __init__(self, transport: Any, log: Log) -> None:
-        self._transport, self._log = transport, log
-
-    def write(self, data: bytes) -> None:
-        self._log.append(("net", bytes(data)))
-        self._transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class Counting(ShortcutWebSocketProtocol):
-    """The console's protocol, counting its shortcuts; its transport spied on."""
-
-    log: ClassVar[Log] = []
-    made: ClassVar[list[Counting]] = []
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.transport = Spy(self.transport, Counting.log)  # type: ignore[assignment]
-        self.taken = self.sent_now = 0
-        Counting.made.append(self)
-
-    def offer(self, data: bytes) -> bool:
-        took = super().offer(data)
-        self.taken += took
-        return took
-
-    def frame_now(self, data: bytes) -> None:
-        super().frame_now(data)
-        self.sent_now += 1
-
-
-@dataclass
-class Stack:
-    port: int
-    ssh: asyncssh.SSHClientConnection
-    relays: list[TerminalRelay] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def stack(folder: Path, session_id: str = "") -> AsyncIterator[Stack]:
-    closing = contextlib.AsyncExitStack()  # the cat server and its client, last
-    ssh = await closing.enter_async_context(cat_over_ssh())
-    made = Stack(0, ssh)
-
-    async def terminal(websocket: WebSocket) -> None:
-        await websocket.accept()
-        recorder = AsciicastRecorder(
-            folder, "s", 80, 24, title="t", limits=RecordingLimits(min_free=0)
-        )
-        relay = TerminalRelay(websocket, recorder, (80, 24), session_id=session_id)
-        made.relays.append(relay)
-        chan, _ = await ssh.create_session(relay.factory, encoding=None)
-        made.outcomes.append(await relay.run(chan))
-        with contextlib.suppress(Exception):  # the browser may have gone first
-            await websocket.close()
-
-    config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/t", terminal)]),
-        ws=Counting,
-        ws_per_message_deflate=False,  # as the console's (node/front.py)
-        lifespan="off",
-        log_config=None,
-        timeout_graceful_shutdown=1,
-    )
-    web = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        await asyncio.sleep(0.01)
-    made.port = sock.getsockname()[1]
-    Counting.log, Counting.made = [], []
-    try:
-        yield made
-    finally:
-        web.should_exit = True
-        await serving
-        await closing.aclose()
-
-
-def record_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Log the recording's writes (on the loop and in the writer threads)."""
-    real: Callable[[int, Any, int], int] = os.pwrite
-
-    def pwrite(fd: int, data: Any, offset: int) -> int:
-        written = real(fd, data, offset)
-        Counting.log.append(("disk", bytes(data)[:written]))
-        return written
-
-    def pwritev(fd: int, chunks: Any, offset: int) -> int:
-        data = b"".join(chunks)
-        written = real(fd, data, offset)
-        Counting.log.append(("disk", data[:written]))
-        return written
-
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    monkeypatch.setattr(os, "pwritev", pwritev)
-
-
-def shown_lengths(data: bytes) -> int:
-    """Payload bytes of the server's binary frames in one transport write."""
-    total, at = 0, 0
-    while at < len(data):
-        opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
-        at += 2
-        if size == 126:
-            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
-        elif size == 127:
-            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
-        total += size if opcode == 2 else 0
-        at += size
-    return total
-
-
-def recorded_length(data: bytes) -> int:
-    """Output bytes in the cast lines of one file write (UTF-8 of the ``o`` texts)."""
-    total = 0
-    for line in data.splitlines():
-        event = json.loads(line)
-        if isinstance(event, list) and event[1] == "o":
-            total += len(event[2].encode())
-    return total
-
-
-def assert_recorded_before_shown(log: Log) -> int:
-    """At every write to the browser, all it has been sent is in the file; the total."""
-    recorded = shown = 0
-    for n, (where, data) in enumerate(log):
-        if where == "disk":
-            recorded += recorded_length(data)
-        elif not data.startswith(b"HTTP/"):
-            shown += shown_lengths(data)
-            assert shown <= recorded, f"{shown} shown, {recorded} recorded: {log[: n + 1][-6:]}"
-    return shown
-
-
-async def echoed(ws: ClientConnection, size: int) -> bytes:
-    got = b""
-    while len(got) < size:
-        frame = await asyncio.wait_for(ws.recv(), 10)
-        assert isinstance(frame, bytes)
-        got += frame
-    return got
 
 
 async def test_keystrokes_and_echoes_go_the_short_way_recorded_before_shown(
@@ -208,6 +46,7 @@ async def test_keystrokes_and_echoes_go_the_short_way_recorded_before_shown(
         # all but the first key (it may come before the channel is open) and the first
         # echoes (they wait for the writer thread, until the disk proved fast)
         assert proto.taken >= len(keys) - 1 and proto.sent_now >= len(keys) - 10
+        assert proto.parsed <= 1  # read by the protocol itself, not websockets' parser
         assert assert_recorded_before_shown(Counting.log) == len(keys)
         (relay,) = made.relays
         assert relay.counters.to_agent == relay.counters.from_agent == len(keys)

@@ -63,6 +63,7 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol, plus the relay's two shortcuts."""
 
     take_bytes: Callable[[bytes], bool] | None = None
+    _declined = False  # the frame being parsed was offered already (``data_received``)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -97,13 +98,20 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
             or conn.reader.buffer
             or self.close_sent
             or not self.queue.empty()
-            or not self.offer(apply_mask(data[MASKED_HEADER:], data[2:MASKED_HEADER]))
+            or (conn.max_message_size is not None and size - MASKED_HEADER > conn.max_message_size)
         ):
             super().data_received(data)  # the parser reads it, as always
+        elif not self.offer(apply_mask(data[MASKED_HEADER:], data[2:MASKED_HEADER])):
+            self._declined = True  # the parser reads it; the relay is not asked twice
+            try:
+                super().data_received(data)
+            finally:
+                self._declined = False
 
     def handle_bytes(self, event: Frame) -> None:
         if (
             self.take_bytes is not None
+            and not self._declined
             and event.fin
             and not self.close_sent
             and self.queue.empty()  # nothing before it waits for the application
@@ -137,7 +145,8 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
         return True
 
     def frame_now(self, data: bytes) -> None:
-        """Send ``data`` as one binary frame, ``can_send_now`` being true."""
+        """Send ``data`` as one binary frame; the caller has seen ``can_send_now``
+        true with nothing run in between that touches this connection."""
         conn = self.conn
         if conn.extensions or conn.writes or conn.expect_continuation_frame:
             conn.send_binary(data)  # websockets frames it (compressed, or after what waits)
