@@ -68,15 +68,20 @@ class Product:
     """A product's terminal driven one byte at a time, and the processes to count."""
 
     def __init__(
-        self, name: str, trip: Callable[[int], list[float]], server: list[int], agent: list[int]
+        self,
+        name: str,
+        trip: Callable[[int], list[float]],
+        server: Callable[[], list[int]],
+        agent: Callable[[], list[int]],
     ) -> None:
         self.name, self.trip, self.server, self.agent = name, trip, server, agent
         self.rounds: list[dict[str, float]] = []
 
     def round(self, count: int) -> dict[str, float]:
-        s0, a0 = cpu_of(self.server), cpu_of(self.agent)
+        server, agent = self.server(), self.agent()  # as they are now (workers come and go)
+        s0, a0 = cpu_of(server), cpu_of(agent)
         samples = self.trip(count)
-        s1, a1 = cpu_of(self.server), cpu_of(self.agent)
+        s1, a1 = cpu_of(server), cpu_of(agent)
         trips = count + WARMUP
         ms = [s * 1000 for s in samples]
         row = {
@@ -97,7 +102,8 @@ def _ours(procs: Procs, stack: ExitStack, root: Path) -> Product:
     agent = side.install.agent.proc
     if agent is None:
         raise RuntimeError("the agent is not running")
-    return Product("allowhelp", side.trips, [side.install.broker.pid], [agent.pid])
+    broker = side.install.broker.pid
+    return Product("allowhelp", side.trips, lambda: [broker], lambda: [agent.pid])
 
 
 def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Product:
@@ -117,8 +123,10 @@ def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Product:
     def trips(count: int) -> list[float]:
         return round_trips(lambda: term.send(b"k"), term.recv, count)
 
-    agents = [pid for pid in descendants(agent.pid) if not _is_shell(pid)]
-    return Product("meshcentral", trips, descendants(server.pid), agents)
+    def agents() -> list[int]:
+        return [pid for pid in descendants(agent.pid) if not _is_shell(pid)]
+
+    return Product("meshcentral", trips, lambda: descendants(server.pid), agents)
 
 
 def run(root: Path, rounds: int, count: int) -> dict[str, Any]:
