@@ -49,20 +49,21 @@ class Spy:
         return getattr(self._transport, name)
 
 
-class Counting(ShortcutWebSocketProtocol):
-    """The console's protocol, counting its shortcuts; its transport spied on."""
+class CountedShortcuts(ShortcutWebSocketProtocol):
+    """The console's protocol, counting its doors: ``taken`` (offered to the relay
+    and taken), ``parsed`` (binary frames websockets' parser read, not the
+    protocol itself), ``sent_now`` (echoes framed at once). Each subclass keeps
+    the protocols it made in its own ``made``."""
 
-    log: ClassVar[Log] = []
-    made: ClassVar[list[Counting]] = []
+    made: ClassVar[list[Any]] = []
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self.transport = Spy(self.transport, Counting.log)  # type: ignore[assignment]
         self.taken = self.sent_now = self.parsed = 0
-        Counting.made.append(self)
+        type(self).made.append(self)
 
     def handle_bytes(self, event: Any) -> None:
-        self.parsed += 1  # a binary frame websockets' parser read (not the protocol itself)
+        self.parsed += 1
         super().handle_bytes(event)
 
     def offer(self, data: bytes) -> bool:
@@ -73,6 +74,38 @@ class Counting(ShortcutWebSocketProtocol):
     def frame_now(self, data: bytes) -> None:
         super().frame_now(data)
         self.sent_now += 1
+
+
+class Counting(CountedShortcuts):
+    """Counting, and its transport spied on (``log``: what went to the browser)."""
+
+    log: ClassVar[Log] = []
+    made: ClassVar[list[Any]] = []
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.transport = Spy(self.transport, Counting.log)  # type: ignore[assignment]
+
+
+@asynccontextmanager
+async def serving(
+    app: Starlette, protocol: type[CountedShortcuts], **options: Any
+) -> AsyncIterator[int]:
+    """``app`` served by uvicorn on 127.0.0.1 with ``protocol``; yields the port."""
+    config = uvicorn.Config(
+        app, ws=protocol, lifespan="off", log_config=None, timeout_graceful_shutdown=1, **options
+    )
+    web = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    task = asyncio.create_task(web.serve(sockets=[sock]))
+    while not web.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        web.should_exit = True
+        await task
 
 
 @dataclass
@@ -101,28 +134,14 @@ async def stack(folder: Path, session_id: str = "") -> AsyncIterator[Stack]:
         with contextlib.suppress(Exception):  # the browser may have gone first
             await websocket.close()
 
-    config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/t", terminal)]),
-        ws=Counting,
-        ws_per_message_deflate=False,  # as the console's (node/front.py)
-        lifespan="off",
-        log_config=None,
-        timeout_graceful_shutdown=1,
-    )
-    web = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        await asyncio.sleep(0.01)
-    made.port = sock.getsockname()[1]
-    Counting.log, Counting.made = [], []
-    try:
-        yield made
-    finally:
-        web.should_exit = True
-        await serving
-        await closing.aclose()
+    app = Starlette(routes=[WebSocketRoute("/t", terminal)])
+    async with serving(app, Counting, ws_per_message_deflate=False) as port:  # as node/front.py
+        made.port = port
+        Counting.log, Counting.made = [], []
+        try:
+            yield made
+        finally:
+            await closing.aclose()
 
 
 def record_log(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import uvicorn
 from catshellkit import FLOOD, cat_over_ssh
+from shortcutkit import CountedShortcuts, serving
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 
-from allowhelp.broker.relay.fastws import ShortcutWebSocketProtocol
 from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.participant import ParticipantTerminalRelay
 from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
@@ -33,28 +31,8 @@ from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
 KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
 
 
-class Counting(ShortcutWebSocketProtocol):
-    """The console's protocol, counting its shortcuts."""
-
-    made: ClassVar[list[Counting]] = []
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.taken = self.sent_now = self.parsed = 0
-        Counting.made.append(self)
-
-    def handle_bytes(self, event: Any) -> None:
-        self.parsed += 1  # a binary frame websockets' parser read (not the protocol itself)
-        super().handle_bytes(event)
-
-    def offer(self, data: bytes) -> bool:
-        took = super().offer(data)
-        self.taken += took
-        return took
-
-    def frame_now(self, data: bytes) -> None:
-        super().frame_now(data)
-        self.sent_now += 1
+class Counting(CountedShortcuts):
+    made: ClassVar[list[Any]] = []
 
 
 @dataclass
@@ -79,28 +57,14 @@ async def stack(may_type: bool, session_id: str = "") -> AsyncIterator[Stack]:
         chan, _ = await ssh.create_session(relay.factory, encoding=None)
         made.outcomes.append(await relay.run(chan))
 
-    config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/t", terminal)]),
-        ws=Counting,
-        ws_per_message_deflate=False,
-        lifespan="off",
-        log_config=None,
-        timeout_graceful_shutdown=1,
-    )
-    web = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        await asyncio.sleep(0.01)
-    made.port = sock.getsockname()[1]
-    Counting.made = []
-    try:
-        yield made
-    finally:
-        web.should_exit = True
-        await serving
-        await closing.aclose()
+    app = Starlette(routes=[WebSocketRoute("/t", terminal)])
+    async with serving(app, Counting, ws_per_message_deflate=False) as port:
+        made.port = port
+        Counting.made = []
+        try:
+            yield made
+        finally:
+            await closing.aclose()
 
 
 async def echoed(ws: ClientConnection, size: int) -> bytes:

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
-import uvicorn
 from catshellkit import FLOOD
-from shortcutkit import KEYS, Counting, assert_recorded_before_shown, echoed, record_log, stack
+from shortcutkit import (
+    KEYS,
+    Counting,
+    assert_recorded_before_shown,
+    echoed,
+    record_log,
+    serving,
+    stack,
+)
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -114,7 +120,10 @@ async def test_the_protocol_hands_over_only_what_nothing_waits_before() -> None:
     go = asyncio.Event()
     got: list[Any] = []
 
+    asked: list[bytes] = []
+
     def take(data: bytes) -> bool:
+        asked.append(data)
         if data in declined:
             return False
         taken.append(data)
@@ -131,44 +140,36 @@ async def test_the_protocol_hands_over_only_what_nothing_waits_before() -> None:
         await websocket.close()
         assert not proto.send_bytes_now(b"after the close")
 
-    config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/t", app)]),
-        ws=Counting,
-        lifespan="off",
-        log_config=None,
-        timeout_graceful_shutdown=1,
-    )
-    web = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.create_task(web.serve(sockets=[sock]))
-    while not web.started:
-        await asyncio.sleep(0.01)
-    Counting.log, Counting.made = [], []
-    try:
-        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/t") as ws:
-            await ws.send("resize")  # text: for the application
-            await ws.send(b"x")  # behind it: queued, not taken
-            for _ in range(100):
-                if Counting.made and Counting.made[0].queue.qsize() == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert taken == []
+    routes = Starlette(routes=[WebSocketRoute("/t", app)])
+    async with serving(routes, Counting, ws_per_message_deflate=False) as port:  # as node/front.py
+        Counting.log, Counting.made = [], []
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/t") as ws:
+                await ws.send("resize")  # text: for the application
+                await ws.send(b"x")  # behind it: queued, not taken
+                for _ in range(100):
+                    if Counting.made and Counting.made[0].queue.qsize() == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert taken == []
+                go.set()
+                for _ in range(1000):
+                    if len(got) >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert [m.get("text") or m.get("bytes") for m in got] == ["resize", b"x"]
+                await ws.send(b"y")  # nothing queued: taken
+                for _ in range(1000):  # before what follows: each alone in its read
+                    if taken:
+                        break
+                    await asyncio.sleep(0.01)
+                await ws.send(b"no")  # declined: queued for the application
+                assert await asyncio.wait_for(ws.recv(), 10) == b"now"
+            assert taken == [b"y"]
+            assert asked.count(b"no") == 1  # declined once, not asked again by the parser's path
+            assert [m.get("text") or m.get("bytes") for m in got] == ["resize", b"x", b"no"]
+        finally:
             go.set()
-            for _ in range(1000):
-                if len(got) >= 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert [m.get("text") or m.get("bytes") for m in got] == ["resize", b"x"]
-            await ws.send(b"y")  # nothing queued: taken
-            await ws.send(b"no")  # declined: queued for the application
-            assert await asyncio.wait_for(ws.recv(), 10) == b"now"
-        assert taken == [b"y"]
-        assert [m.get("text") or m.get("bytes") for m in got] == ["resize", b"x", b"no"]
-    finally:
-        go.set()
-        web.should_exit = True
-        await serving
 
 
 async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tunnel(

@@ -36,6 +36,7 @@ async def opened(ws: ClientConnection) -> Counting:
     await ws.send(b"a")
     assert await echoed(ws, 1) == b"a"
     (proto,) = Counting.made
+    assert isinstance(proto, Counting)
     return proto
 
 
