@@ -106,10 +106,7 @@ def receive_now(conn: Any) -> bool:
     ):
         return True  # all of it is asyncssh's
     cipher: Any = encryption._cipher
-    try:
-        opener = cipher._allowhelp_aead
-    except AttributeError:
-        opener = aead(cipher)
+    opener = aead(cipher)
     data: bytes = conn._inpbuf
     at, size, channels = 0, len(data), conn._channels
     while size - at >= TAG + 4:

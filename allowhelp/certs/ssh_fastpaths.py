@@ -129,11 +129,7 @@ def send_now(conn: Any, pkttype: int, args: tuple[bytes, ...]) -> bool:
     if type(encryption) is GCMEncryption:  # ``GCMCipher.encrypt_and_sign``, one AESGCM
         cipher: Any = encryption._cipher
         iv = cipher._iv
-        try:
-            sealer = cipher._allowhelp_aead
-        except AttributeError:
-            sealer = aead(cipher)
-        sealed = header + sealer.encrypt(iv, packet, header)
+        sealed = header + aead(cipher).encrypt(iv, packet, header)
         # ``GCMCipher._update_iv``: the 64-bit invocation counter after the fixed field, plus one
         cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & MASK64).to_bytes(8, "big")
     else:

@@ -151,9 +151,7 @@ class ShortcutWebSocketProtocol(WebSocketsSansIOProtocol):
         if conn.extensions or conn.writes or conn.expect_continuation_frame:
             conn.send_binary(data)  # websockets frames it (compressed, or after what waits)
             self.transport.write(b"".join(conn.data_to_send()))
-        elif len(data) < 126:  # a server's frame is not masked: the header and the bytes
-            self.transport.write(bytes((FIN_BINARY, len(data))) + data)
-        else:
+        else:  # a server's frame is not masked: the header and the bytes
             self.transport.write(binary_header(len(data)) + data)
 
 
