@@ -44,7 +44,6 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -124,11 +123,7 @@ class AsciicastRecorder(RecordingFile):
     # the relay's side (the event loop)
 
     def output(self, data: bytes) -> None:
-        decoder: Any = self._decoder
-        # ASCII with no split sequence pending (a keystroke's echo): no decoder step
-        text = (
-            data.decode("ascii") if not decoder.buffer and data.isascii() else decoder.decode(data)
-        )
+        text = self._decoder.decode(data)
         if text and self._recording:
             self._event("o", text)
 
@@ -160,13 +155,8 @@ class AsciicastRecorder(RecordingFile):
             self._event("o", rest)
 
     def _event(self, code: str, text: str) -> None:
-        # ``_line``, written out: this runs for every echo
-        line = (
-            f'[{self._elapsed()!r}, "{code}", '.encode(),
-            orjson.dumps(text),
-            b"]\n",
-        )
-        size = len(line[0]) + len(line[1]) + 2
+        line = self._line(code, text)
+        size = len(line[0]) + len(line[1]) + len(line[2])
         over = self._over_limit(size)
         if over is None:
             self._queue_line(line, size)
