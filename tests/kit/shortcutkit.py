@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import asyncssh
 import pytest
 import uvicorn
-from catshellkit import cat_over_ssh
+from catshellkit import FLOOD, cat_over_ssh
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -207,3 +207,23 @@ async def echoed(ws: ClientConnection, size: int) -> bytes:
         assert isinstance(frame, bytes)
         got += frame
     return got
+
+
+async def flood_held_back(
+    ws: ClientConnection, proto: CountedShortcuts, queued: Callable[[], int]
+) -> None:
+    """After ``F`` (the far end's flood) to a browser that does not read: its socket
+    fills, the transport pauses and stays so, the broker holding under 2 MiB (what
+    the transport keeps plus ``queued``: the relay's inbox); then the whole flood."""
+    await ws.send(b"F")
+    for _ in range(1000):  # the browser's socket full, the transport paused
+        if not proto.writable.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert not proto.writable.is_set()
+    for _ in range(5):  # and it stays so: the flood waits at the far end
+        await asyncio.sleep(0.05)
+        assert proto.transport.get_write_buffer_size() + queued() < 2 * 1024 * 1024
+    assert not proto.writable.is_set()
+    block = bytes(range(256)) * 256
+    assert await echoed(ws, FLOOD) == block * (FLOOD // len(block))

@@ -17,18 +17,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from catshellkit import FLOOD, cat_over_ssh
-from shortcutkit import CountedShortcuts, serving
+from catshellkit import cat_over_ssh
+from shortcutkit import KEYS, CountedShortcuts, echoed, flood_held_back, serving
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.participant import ParticipantTerminalRelay
 from allowhelp.broker.relay.scrollback import drop_tail, keep_tail
-
-KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"  # no F: that asks for the flood
 
 
 class Counting(CountedShortcuts):
@@ -65,15 +63,6 @@ async def stack(may_type: bool, session_id: str = "") -> AsyncIterator[Stack]:
             yield made
         finally:
             await closing.aclose()
-
-
-async def echoed(ws: ClientConnection, size: int) -> bytes:
-    got = b""
-    while len(got) < size:
-        frame = await asyncio.wait_for(ws.recv(), 10)
-        assert isinstance(frame, bytes)
-        got += frame
-    return got
 
 
 async def test_a_controllers_keystrokes_and_echoes_go_the_short_way_after_the_catch_up() -> None:
@@ -134,20 +123,9 @@ async def test_a_participant_who_does_not_read_holds_the_flood_back() -> None:
     ):
         await ws.send(b"k")
         assert await echoed(ws, 1) == b"k"
-        await ws.send(b"F")
         (proto,) = Counting.made
-        for _ in range(1000):
-            if not proto.writable.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert not proto.writable.is_set()
         (relay,) = made.relays
-        for _ in range(5):  # and it stays so: the flood waits at the shell's end
-            await asyncio.sleep(0.05)
-            held = proto.transport.get_write_buffer_size() + relay.factory().queued
-            assert held < 2 * 1024 * 1024
-        block = bytes(range(256)) * 256
-        assert await echoed(ws, FLOOD) == block * (FLOOD // len(block))
+        await flood_held_back(ws, proto, lambda: relay.factory().queued)
         await ws.send(b"z")  # and the shortcut is back
         assert await echoed(ws, 1) == b"z"
         assert proto.sent_now >= 2

@@ -23,8 +23,10 @@ from catshellkit import FLOOD
 from shortcutkit import (
     KEYS,
     Counting,
+    Stack,
     assert_recorded_before_shown,
     echoed,
+    flood_held_back,
     record_log,
     serving,
     stack,
@@ -90,22 +92,9 @@ async def test_a_browser_that_does_not_read_holds_the_flood_back(
     ):
         await ws.send(b"k")
         assert await echoed(ws, 1) == b"k"
-        await ws.send(b"F")
         (proto,) = Counting.made
-        for _ in range(1000):  # the browser's socket full, the transport paused
-            if not proto.writable.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert not proto.writable.is_set()
         (relay,) = made.relays
-        for _ in range(5):  # and it stays so: the flood waits at the agent's end
-            await asyncio.sleep(0.05)
-            held = proto.transport.get_write_buffer_size() + relay.factory().queued
-            assert held < 2 * 1024 * 1024
-        assert not proto.writable.is_set()
-        block = bytes(range(256)) * 256
-        got = await echoed(ws, FLOOD)
-        assert got == block * (FLOOD // len(block))
+        await flood_held_back(ws, proto, lambda: relay.factory().queued)
         await ws.send(b"z")  # and the shortcut is back
         assert await echoed(ws, 1) == b"z"
         assert assert_recorded_before_shown(Counting.log) == FLOOD + 2
@@ -172,6 +161,22 @@ async def test_the_protocol_hands_over_only_what_nothing_waits_before() -> None:
             go.set()
 
 
+async def bang_ends_the_relay_not_the_tunnel(made: Stack) -> None:
+    """Keys echoed, then ``!`` (what the test breaks on): not shown, the relay ends
+    (one outcome), and the agent's tunnel lives on (a new session opens on it)."""
+    async with connect(f"ws://127.0.0.1:{made.port}/t") as ws:
+        for key in KEYS:
+            await ws.send(bytes([key]))
+            assert await echoed(ws, 1) == bytes([key])
+        await ws.send(b"!")
+        with pytest.raises(ConnectionClosed):
+            await echoed(ws, 1)  # not shown; the relay ends
+    assert len(made.outcomes) == 1
+    assert not made.ssh.is_closed()  # the tunnel lives on
+    chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
+    chan.close()
+
+
 async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tunnel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,17 +190,8 @@ async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tun
         output(self, data)
 
     monkeypatch.setattr(AsciicastRecorder, "output", breaking)
-    async with stack(tmp_path) as made, connect(f"ws://127.0.0.1:{made.port}/t") as ws:
-        for key in KEYS:
-            await ws.send(bytes([key]))
-            assert await echoed(ws, 1) == bytes([key])
-        await ws.send(b"!")
-        with pytest.raises(ConnectionClosed):
-            await echoed(ws, 1)  # not shown; the relay ends
-        assert len(made.outcomes) == 1
-        assert not made.ssh.is_closed()  # the tunnel lives on
-        chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
-        chan.close()
+    async with stack(tmp_path) as made:
+        await bang_ends_the_relay_not_the_tunnel(made)
 
 
 async def test_a_scrollback_that_breaks_ends_the_relay_not_the_tunnel(
@@ -213,17 +209,7 @@ async def test_a_scrollback_that_breaks_ends_the_relay_not_the_tunnel(
 
     monkeypatch.setattr(Scrollback, "add", breaking)
     async with stack(tmp_path, session_id="s") as made:
-        async with connect(f"ws://127.0.0.1:{made.port}/t") as ws:
-            for key in KEYS:
-                await ws.send(bytes([key]))
-                assert await echoed(ws, 1) == bytes([key])
-            await ws.send(b"!")
-            with pytest.raises(ConnectionClosed):
-                await echoed(ws, 1)  # not shown; the relay ends
-        assert len(made.outcomes) == 1
+        await bang_ends_the_relay_not_the_tunnel(made)
         assert made.outcomes[0].reason == "error", made.outcomes
         failure = made.outcomes[0].failure
         assert failure is not None and "scrollback broke" in repr(failure.__cause__)
-        assert not made.ssh.is_closed()  # the tunnel lives on
-        chan, _ = await made.ssh.create_session(asyncssh.SSHClientSession, encoding=None)
-        chan.close()

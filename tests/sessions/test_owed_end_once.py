@@ -60,19 +60,25 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
         audit.close()
 
 
-async def active(book: SessionRegistry) -> Session:
-    """A session the PC user allowed, as ``SessionRegistry.request`` and the PC's
-    decision make one (each move on the record)."""
+async def requested(book: SessionRegistry, agent_id: str, technician: str) -> Session:
+    """A shell session a technician asked for, saved and live (not yet decided)."""
     session = Session.new(
-        agent_id="a-" + "d" * 20,
+        agent_id=agent_id,
         hostname="pc",
-        technician="alice",
-        technician_name="Alice",
+        technician=technician,
+        technician_name=technician.title(),
         kind="shell",
         reason="printer",
     )
     await book._rows.save_now(session)
     book._live[session.id] = session
+    return session
+
+
+async def active(book: SessionRegistry) -> Session:
+    """A session the PC user allowed, as ``SessionRegistry.request`` and the PC's
+    decision make one (each move on the record)."""
+    session = await requested(book, "a-" + "d" * 20, "alice")
     await book._move(session.id, State.AWAITING_CONSENT, actor="system")
     await book._move(session.id, State.ACTIVE, actor="user@pc")
     return session
@@ -139,16 +145,7 @@ async def test_a_lost_tunnel_ends_the_sessions_asked_on_it_not_one_still_being_a
     book = desk.book
     tied = await active(book)
     book.pin_link(tied.id, cast(AgentLink, object()))  # a tunnel that is not current
-    asking = Session.new(
-        agent_id=tied.agent_id,
-        hostname="pc",
-        technician="bob",
-        technician_name="Bob",
-        kind="shell",
-        reason="printer",
-    )
-    await book._rows.save_now(asking)
-    book._live[asking.id] = asking  # requested, waiting in ``_ask`` for the wake
+    asking = await requested(book, tied.agent_id, "bob")  # waiting in ``_ask`` for the wake
     book._link_lost(tied.agent_id)
     await asyncio.wait_for(asyncio.gather(*book._tasks), 10)
     assert "session.ended" in types_for(desk.audit, tied.id)
