@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import websockets
@@ -17,8 +18,29 @@ from harness import (
     Broker,
     Desk,
     agent_call,
+    wait_for,
     wait_pending,
 )
+
+
+def invited(owner: Desk, agent: Agent, session_id: str, who: str, mode: str) -> dict[str, Any]:
+    """``who`` invited by the owner and allowed by the PC user."""
+    asked = owner.client.post(
+        f"/api/v1/sessions/{session_id}/invite", json={"username": who, "mode": mode}
+    )
+    assert asked.status_code == 201, asked.text
+    invitation: dict[str, Any] = asked.json()
+    wait_pending(agent, invitation["id"])
+    assert agent_call(agent, "allow", invitation["id"]).returncode == 0
+    wait_for(
+        lambda: (
+            owner.client.get(f"/api/v1/sessions/{session_id}/invites").json()[-1]["state"]
+            == "allowed"
+        ),
+        15,
+        "the grant to reach the broker",
+    )
+    return invitation
 
 
 def consented_shell(desk: Desk, agent: Agent) -> str:

@@ -23,15 +23,13 @@ from harness import (
     Agent,
     Broker,
     Desk,
-    agent_call,
     agent_status,
     audit_locked,
     broker_cli,
     running_fleet,
     wait_for,
-    wait_pending,
 )
-from terminalkit import consented_shell, terminal
+from terminalkit import consented_shell, invited, terminal
 
 ANN, PASSWORD = "ahrevann", "a long test password 7"
 # No outside fact says the end's record is queued behind the held log: a short grace,
@@ -44,25 +42,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Ag
     with running_fleet(tmp_path_factory.mktemp("invite-join-end")) as (_, broker, agent):
         broker.add_user(ANN, PASSWORD)
         yield broker, agent
-
-
-def allowed_invitation(owner: Desk, agent: Agent, session_id: str) -> str:
-    asked = owner.client.post(
-        f"/api/v1/sessions/{session_id}/invite", json={"username": ANN, "mode": "control"}
-    )
-    assert asked.status_code == 201, asked.text
-    invitation_id = str(asked.json()["id"])
-    wait_pending(agent, invitation_id)
-    assert agent_call(agent, "allow", invitation_id).returncode == 0
-    wait_for(
-        lambda: (
-            owner.client.get(f"/api/v1/sessions/{session_id}/invites").json()[-1]["state"]
-            == "allowed"
-        ),
-        15,
-        "the grant to reach the broker",
-    )
-    return invitation_id
 
 
 def joined_on_pc(agent: Agent, invitation_id: str) -> bool:
@@ -90,7 +69,8 @@ async def test_a_connection_that_never_joined_is_not_written_as_having_left(
     ann = await asyncio.to_thread(Desk.login, broker, ANN, PASSWORD)
     try:
         session_id = await asyncio.to_thread(consented_shell, owner, agent)
-        invitation_id = await asyncio.to_thread(allowed_invitation, owner, agent, session_id)
+        invitation = await asyncio.to_thread(invited, owner, agent, session_id, ANN, "control")
+        invitation_id = str(invitation["id"])
         async with terminal(owner, session_id), terminal(ann, session_id):
             await asyncio.to_thread(
                 wait_for, lambda: joined_on_pc(agent, invitation_id), 15, "ann joined"

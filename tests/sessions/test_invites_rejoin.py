@@ -31,9 +31,8 @@ from harness import (
     broker_cli,
     running_fleet,
     wait_for,
-    wait_pending,
 )
-from terminalkit import Terminal, consented_shell, refused, terminal
+from terminalkit import Terminal, consented_shell, invited, refused, terminal
 
 ANN, BEN = "ahinvann", "ahinvben"
 PASSWORD = "a long test password 3"
@@ -67,26 +66,6 @@ def records(broker: Broker, kind: str | None = None) -> list[dict[str, Any]]:
     assert done.returncode == 0, done.stderr
     found = [json.loads(line) for line in done.stdout.splitlines()]
     return [r for r in found if kind is None or r["type"] == kind]
-
-
-def invited(owner: Desk, agent: Agent, session_id: str, who: str, mode: str) -> dict[str, Any]:
-    """``who`` invited by the owner and allowed by the PC user."""
-    asked = owner.client.post(
-        f"/api/v1/sessions/{session_id}/invite", json={"username": who, "mode": mode}
-    )
-    assert asked.status_code == 201, asked.text
-    invitation: dict[str, Any] = asked.json()
-    wait_pending(agent, invitation["id"])
-    assert agent_call(agent, "allow", invitation["id"]).returncode == 0
-    wait_for(
-        lambda: (
-            owner.client.get(f"/api/v1/sessions/{session_id}/invites").json()[-1]["state"]
-            == "allowed"
-        ),
-        15,
-        "the grant to reach the broker",
-    )
-    return invitation
 
 
 def connected(agent: Agent, invitation_id: str, now: bool = True) -> None:
