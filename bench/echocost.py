@@ -27,8 +27,8 @@ import os
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,29 +53,43 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-@dataclass
-class Side:
-    code: str
-    install: Installation
-    ws: ClientConnection
-    rounds: list[dict[str, float]] = field(default_factory=list)
+def cpu_of(pids: list[int]) -> float:
+    """:func:`cpu_seconds` of each process still there, summed."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # gone
+            continue
+    return total
 
-    def trips(self, count: int) -> list[float]:
-        return round_trips(lambda: self.ws.send(b"k"), lambda: self.ws.recv(timeout=10), count)
+
+class Measured:
+    """A terminal driven one byte at a time (``trip``: that many round trips, in
+    seconds each) and the processes whose CPU counts: the server's and the agent's,
+    listed anew each round (workers come and go)."""
+
+    def __init__(
+        self,
+        name: str,
+        trip: Callable[[int], list[float]],
+        server: Callable[[], list[int]],
+        agent: Callable[[], list[int]],
+    ) -> None:
+        self.name, self.trip, self.server, self.agent = name, trip, server, agent
+        self.rounds: list[dict[str, float]] = []
 
     def round(self, count: int) -> dict[str, float]:
-        broker, agent = self.install.broker.pid, self.install.agent.proc
-        if agent is None:
-            raise RuntimeError("the agent is not running")
-        b0, a0 = cpu_seconds(broker), cpu_seconds(agent.pid)
-        samples = self.trips(count)
-        b1, a1 = cpu_seconds(broker), cpu_seconds(agent.pid)
+        server, agent = self.server(), self.agent()
+        s0, a0 = cpu_of(server), cpu_of(agent)
+        samples = self.trip(count)
+        s1, a1 = cpu_of(server), cpu_of(agent)
         trips = count + WARMUP
         ms = [s * 1000 for s in samples]
         row = {
             "p50_ms": percentile(ms, 50),
             "p99_ms": percentile(ms, 99),
-            "broker_us": 1e6 * (b1 - b0) / trips,
+            "broker_us": 1e6 * (s1 - s0) / trips,  # the server: our broker, or theirs
             "agent_us": 1e6 * (a1 - a0) / trips,
         }
         self.rounds.append(row)
@@ -83,6 +97,21 @@ class Side:
 
     def medians(self) -> dict[str, float]:
         return {key: statistics.median(r[key] for r in self.rounds) for key in FIGURES}
+
+
+class Side(Measured):
+    """An installation of ours, its consented shell's terminal open on ``ws``."""
+
+    def __init__(self, name: str, install: Installation, ws: ClientConnection) -> None:
+        agent = install.agent.proc
+        if agent is None:
+            raise RuntimeError("the agent is not running")
+        broker = install.broker.pid
+        super().__init__(name, self.trips, lambda: [broker], lambda: [agent.pid])
+        self.install, self.ws = install, ws
+
+    def trips(self, count: int) -> list[float]:
+        return round_trips(lambda: self.ws.send(b"k"), lambda: self.ws.recv(timeout=10), count)
 
 
 def start_side(procs: Procs, stack: ExitStack, folder: Path, ref: str | None) -> Side:
@@ -124,13 +153,13 @@ def run(root: Path, refs: list[str], rounds: int, count: int) -> dict[str, Any]:
                 order = sides[n % len(sides) :] + sides[: n % len(sides)]
                 for side in order if n % 2 == 0 else order[::-1]:
                     row = side.round(count)
-                    log(f"round {n + 1}/{rounds} {side.code}: " + fmt_row(row))
+                    log(f"round {n + 1}/{rounds} {side.name}: " + fmt_row(row))
             return {
                 "baselines": refs,
                 "rounds": rounds,
                 "round_trips_per_round": count,
-                "median": {side.code: side.medians() for side in sides},
-                "per_round": {side.code: side.rounds for side in sides},
+                "median": {side.name: side.medians() for side in sides},
+                "per_round": {side.name: side.rounds for side in sides},
             }
     finally:
         procs.close()

@@ -18,17 +18,15 @@ rounds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import Procs, dump_json, log, percentile, table
-from bench.echocost import FIGURES, cpu_seconds, fmt, start_side
-from bench.latency import WARMUP, round_trips
+from bench.common import Procs, dump_json, log, table
+from bench.echocost import FIGURES, Measured, fmt, start_side
+from bench.latency import round_trips
 from bench.peers.meshclient import MeshTerminal, relay
 from bench.peers.meshserver import MeshServer, install
 
@@ -47,16 +45,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_of(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            total += cpu_seconds(pid)
-        except OSError:  # gone
-            continue
-    return total
-
-
 def _is_shell(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() in SHELLS
@@ -64,49 +52,13 @@ def _is_shell(pid: int) -> bool:
         return True
 
 
-class Product:
-    """A product's terminal driven one byte at a time, and the processes to count."""
-
-    def __init__(
-        self,
-        name: str,
-        trip: Callable[[int], list[float]],
-        server: Callable[[], list[int]],
-        agent: Callable[[], list[int]],
-    ) -> None:
-        self.name, self.trip, self.server, self.agent = name, trip, server, agent
-        self.rounds: list[dict[str, float]] = []
-
-    def round(self, count: int) -> dict[str, float]:
-        server, agent = self.server(), self.agent()  # as they are now (workers come and go)
-        s0, a0 = cpu_of(server), cpu_of(agent)
-        samples = self.trip(count)
-        s1, a1 = cpu_of(server), cpu_of(agent)
-        trips = count + WARMUP
-        ms = [s * 1000 for s in samples]
-        row = {
-            "p50_ms": percentile(ms, 50),
-            "p99_ms": percentile(ms, 99),
-            "broker_us": 1e6 * (s1 - s0) / trips,  # the server: broker / MeshCentral
-            "agent_us": 1e6 * (a1 - a0) / trips,
-        }
-        self.rounds.append(row)
-        return row
-
-    def medians(self) -> dict[str, float]:
-        return {key: statistics.median(r[key] for r in self.rounds) for key in FIGURES}
-
-
-def _ours(procs: Procs, stack: ExitStack, root: Path) -> Product:
+def _ours(procs: Procs, stack: ExitStack, root: Path) -> Measured:
     side = start_side(procs, stack, root / "allowhelp", None)
-    agent = side.install.agent.proc
-    if agent is None:
-        raise RuntimeError("the agent is not running")
-    broker = side.install.broker.pid
-    return Product("allowhelp", side.trips, lambda: [broker], lambda: [agent.pid])
+    side.name = "allowhelp"
+    return side
 
 
-def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Product:
+def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Measured:
     install()
     server = MeshServer(procs, root / "meshcentral" / "data")
     server.configure()
@@ -126,7 +78,7 @@ def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Product:
     def agents() -> list[int]:
         return [pid for pid in descendants(agent.pid) if not _is_shell(pid)]
 
-    return Product("meshcentral", trips, lambda: descendants(server.pid), agents)
+    return Measured("meshcentral", trips, lambda: descendants(server.pid), agents)
 
 
 def run(root: Path, rounds: int, count: int) -> dict[str, Any]:
