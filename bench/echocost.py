@@ -27,7 +27,7 @@ import os
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -146,23 +146,31 @@ def run(root: Path, refs: list[str], rounds: int, count: int) -> dict[str, Any]:
                 start_side(procs, stack, root / f"side{i}", ref)
                 for i, ref in enumerate([None, *refs])
             ]
-            for side in sides:  # warm all up before anything counts
-                side.trips(500)
-            for n in range(rounds):
-                # each round starts with another side, and goes the other way every other round
-                order = sides[n % len(sides) :] + sides[: n % len(sides)]
-                for side in order if n % 2 == 0 else order[::-1]:
-                    row = side.round(count)
-                    log(f"round {n + 1}/{rounds} {side.name}: " + fmt_row(row))
-            return {
-                "baselines": refs,
-                "rounds": rounds,
-                "round_trips_per_round": count,
-                "median": {side.name: side.medians() for side in sides},
-                "per_round": {side.name: side.rounds for side in sides},
-            }
+            return {"baselines": refs, **interleaved(sides, rounds, count)}
     finally:
         procs.close()
+
+
+def interleaved(sides: Sequence[Measured], rounds: int, count: int) -> dict[str, Any]:
+    """All warmed up, then ``rounds`` rounds of ``count`` round trips each, one side
+    at a time, each round starting with another side and going the other way every
+    other round, so the machine's load meets all of them; the figures by side.
+    (Rotated every second round and reversed every other: rotating and reversing
+    in the same round would put the same side first every round when there are two.)"""
+    for side in sides:
+        side.trip(500)
+    for n in range(rounds):
+        turn = n // 2 % len(sides)
+        order = [*sides[turn:], *sides[:turn]]
+        for side in order if n % 2 == 0 else order[::-1]:
+            row = side.round(count)
+            log(f"round {n + 1}/{rounds} {side.name}: " + fmt_row(row))
+    return {
+        "rounds": rounds,
+        "round_trips_per_round": count,
+        "median": {side.name: side.medians() for side in sides},
+        "per_round": {side.name: side.rounds for side in sides},
+    }
 
 
 def fmt(key: str, value: float) -> str:

@@ -24,8 +24,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import Procs, dump_json, log, table
-from bench.echocost import FIGURES, Measured, fmt, start_side
+from bench.common import Procs, dump_json, table
+from bench.echocost import FIGURES, Measured, fmt, interleaved, start_side
 from bench.latency import round_trips
 from bench.peers.meshclient import MeshTerminal, relay
 from bench.peers.meshserver import MeshServer, install
@@ -86,24 +86,9 @@ def run(root: Path, rounds: int, count: int) -> dict[str, Any]:
     try:
         with ExitStack() as stack:
             products = [_ours(procs, stack, root), _theirs(procs, stack, root)]
-            for product in products:  # both warm before anything counts
-                product.trip(500)
-            for n in range(rounds):
-                for product in products if n % 2 == 0 else products[::-1]:
-                    row = product.round(count)
-                    log(f"round {n + 1}/{rounds} {product.name}: " + _row(row))
-            return {
-                "rounds": rounds,
-                "round_trips_per_round": count,
-                "median": {p.name: p.medians() for p in products},
-                "per_round": {p.name: p.rounds for p in products},
-            }
+            return interleaved(products, rounds, count)
     finally:
         procs.close()
-
-
-def _row(row: dict[str, float]) -> str:
-    return " ".join(f"{key}={fmt(key, row[key])}" for key in FIGURES)
 
 
 def main(argv: list[str] | None = None) -> int:
