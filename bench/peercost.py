@@ -1,6 +1,6 @@
 """Keystroke echo: latency and CPU per round trip, allowhelp against MeshCentral (issue #19).
 
-    python -m bench.peercost [--rounds N] [--count N] [--json OUT]
+    python -m bench.peercost [--rounds N] [--count N] [--mesh-recording] [--json OUT]
 
 The peers bench (``bench/run --only peers``) gives each product's round trip;
 this says where it goes. One allowhelp installation of this tree
@@ -58,19 +58,22 @@ def _ours(procs: Procs, stack: ExitStack, root: Path) -> Measured:
     return side
 
 
-def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Measured:
+def _theirs(procs: Procs, stack: ExitStack, root: Path, recording: bool = False) -> Measured:
     install()
-    server = MeshServer(procs, root / "meshcentral" / "data")
+    name = "meshcentral+recording" if recording else "meshcentral"
+    server = MeshServer(procs, root / name / "data", recording=recording)
     server.configure()
     server.start()
     stack.callback(server.stop)
     server.add_group()
-    agent = server.start_agent(root / "meshcentral" / "agent", server.msh())
+    agent = server.start_agent(root / name / "agent", server.msh())
     node = server.wait_agents(1, 120)[0]
     time.sleep(2)  # the agent settles after its first core exchange
     term = MeshTerminal(stack.enter_context(relay(server, node, 1)))
     term.send(b"stty raw -echo; printf '\\122EADY'; cat\n")
     term.until(b"READY")
+    if recording and server.recorded_bytes() == 0:
+        raise RuntimeError("MeshCentral's session recording wrote nothing")
 
     def trips(count: int) -> list[float]:
         return round_trips(lambda: term.send(b"k"), term.recv, count)
@@ -78,15 +81,22 @@ def _theirs(procs: Procs, stack: ExitStack, root: Path) -> Measured:
     def agents() -> list[int]:
         return [pid for pid in descendants(agent.pid) if not _is_shell(pid)]
 
-    return Measured("meshcentral", trips, lambda: descendants(server.pid), agents)
+    return Measured(name, trips, lambda: descendants(server.pid), agents)
 
 
-def run(root: Path, rounds: int, count: int) -> dict[str, Any]:
+def products(procs: Procs, stack: ExitStack, root: Path, mesh_recording: bool) -> list[Measured]:
+    """Ours and MeshCentral's (and a recording MeshCentral), each one's shell running ``cat``."""
+    found = [_ours(procs, stack, root), _theirs(procs, stack, root)]
+    if mesh_recording:
+        found.append(_theirs(procs, stack, root, recording=True))
+    return found
+
+
+def run(root: Path, rounds: int, count: int, mesh_recording: bool = False) -> dict[str, Any]:
     procs = Procs()
     try:
         with ExitStack() as stack:
-            products = [_ours(procs, stack, root), _theirs(procs, stack, root)]
-            return interleaved(products, rounds, count)
+            return interleaved(products(procs, stack, root, mesh_recording), rounds, count)
     finally:
         procs.close()
 
@@ -99,11 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="rounds (10)")
     parser.add_argument("--count", type=int, default=2000, help="round trips per round (2000)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--mesh-recording",
+        action="store_true",
+        help="also a MeshCentral with its terminal session recording on, as ours always is",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.count < 10:
         parser.error("--rounds must be at least 1 and --count at least 10")
     with tempfile.TemporaryDirectory(prefix="peercost-") as tmp:
-        result = run(Path(tmp), args.rounds, args.count)
+        result = run(Path(tmp), args.rounds, args.count, args.mesh_recording)
     medians: dict[str, dict[str, float]] = result["median"]
     rows = [[name, *(fmt(key, row[key]) for key in FIGURES)] for name, row in medians.items()]
     print(table(["product", "p50_ms", "p99_ms", "server_us", "agent_us"], rows))

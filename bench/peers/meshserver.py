@@ -98,6 +98,10 @@ class MeshServer:
     group_id: str = ""
     agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ping_storm: bool = False  # the earlier "agentPing": 0 (bench.browserkeys --mesh-ping-storm)
+    # Its session recording for the terminal (protocol 1), off by default: each relayed
+    # message, both ways, is written to the recording before it is passed on
+    # (meshrelay.js ``recordingEntry``), as ours records output before showing it.
+    recording: bool = False
 
     @property
     def pid(self) -> int:
@@ -108,6 +112,16 @@ class MeshServer:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def recordings(self) -> Path:
+        return self.data / "recordings"
+
+    def recorded_bytes(self) -> int:
+        """The size of the session recordings so far (0 without any)."""
+        if not self.recordings.is_dir():
+            return 0
+        return sum(path.stat().st_size for path in self.recordings.iterdir() if path.is_file())
 
     def _node(self, *args: str, timeout: float = 120) -> str:
         done = subprocess.run(
@@ -144,7 +158,10 @@ class MeshServer:
         }
         if self.ping_storm:
             settings["agentPing"] = 0
-        config = {"settings": settings, "domains": {"": {"title": "bench"}}}
+        domain: dict[str, Any] = {"title": "bench"}
+        if self.recording:
+            domain["sessionRecording"] = {"filepath": str(self.recordings), "protocols": [1]}
+        config = {"settings": settings, "domains": {"": domain}}
         (self.data / "config.json").write_text(json.dumps(config, indent=1))
         self._node("--createaccount", ADMIN, "--pass", ADMIN_PW, "--email", "bench@127.0.0.1")
         self._node("--adminaccount", ADMIN)

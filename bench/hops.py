@@ -1,0 +1,221 @@
+"""Keystroke echo, leg by leg: where each product's round trip goes (issue #19).
+
+    python -m bench.hops [--rounds N] [--count N] [--mesh-recording] [--json OUT]
+
+``bench.peercost`` gives each product's round trip and its CPU; this cuts the
+round trip into its legs by the kernel's own wake-ups (``perf record -e
+sched:sched_waking -a``, so it needs ``perf`` and root; ``sched_waking`` fires
+in the waker's context, where ``sched_wakeup`` often fires in the woken CPU's
+interrupt and names no waker). Every leg ends when
+the next process on the path is woken: a keystroke wakes the server, the server
+wakes the agent, the agent wakes the terminal (the PTY's kernel worker), the
+terminal wakes the agent with the echo, the agent wakes the server, the server
+wakes the client. So each leg is one process's turn, from being woken (its
+wake-up latency included) to waking the next:
+
+``server_in``  the server, from the keystroke to the agent;
+``agent_in``   the agent, from the keystroke to the PTY;
+``terminal``   the PTY, ``cat`` and the kernel's worker, to the agent;
+``agent_out``  the agent, from the echo to the server;
+``server_out`` the server, from the echo to the client;
+``client``     the client (the same Python for both), from the echo to the next keystroke.
+
+Same products as ``bench.peercost`` (this tree, MeshCentral with its agent,
+and with ``--mesh-recording`` a MeshCentral that records its terminal), one at
+a time, in an order that alternates between rounds. Tracing slows every hop a
+little (all products alike): compare the products, not these legs with
+``peercost``'s round trips. Medians of each round's medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import Procs, dump_json, log, median, table
+from bench.echocost import Measured
+from bench.peercost import products
+
+PERF_STARTS = 1.5  # seconds before ``perf record -a`` records (measured: under 1 s)
+LEGS = ("server_in", "agent_in", "terminal", "agent_out", "server_out", "client")
+# ``perf script -F comm,tid,pid,cpu,time,trace`` for a sched_waking: the waker, then the wakee
+WAKEUP = re.compile(r"^\s*.+?\s+(\d+)/(\d+)\s+\[\d+\]\s+([\d.]+):\s+comm=.*?\spid=(\d+)\s")
+
+
+@dataclass(frozen=True)
+class Wake:
+    at: float  # seconds
+    waker: int  # thread ids
+    wakee: int
+
+
+def wakeups(lines: Iterable[str]) -> list[Wake]:
+    found = []
+    for line in lines:
+        match = WAKEUP.match(line)
+        if match:
+            _, waker, at, wakee = match.groups()
+            found.append(Wake(float(at), int(waker), int(wakee)))
+    return found
+
+
+@dataclass(frozen=True)
+class OnThePath:
+    """The threads a product's round trip passes: the client's, the server's and
+    the agent's (the terminal is everything else the agent wakes)."""
+
+    client: frozenset[int]
+    client_main: int
+    server: frozenset[int]
+    agent: frozenset[int]
+
+    def ends(self, leg: int, wake: Wake) -> bool:
+        """Whether ``wake`` ends leg number ``leg`` of ``LEGS`` (the last, the
+        client's, ends with the next keystroke: the client's main thread waking the
+        server)."""
+        known = self.client | self.server | self.agent
+        if leg == 0:
+            return wake.waker in self.server and wake.wakee in self.agent
+        if leg == 1:
+            return wake.waker in self.agent and wake.wakee not in known
+        if leg == 2:
+            return wake.wakee in self.agent and wake.waker not in known
+        if leg == 3:
+            return wake.waker in self.agent and wake.wakee in self.server
+        if leg == 4:
+            return wake.waker in self.server and wake.wakee in self.client
+        return wake.waker == self.client_main and wake.wakee in self.server
+
+
+def legs(wakes: Iterable[Wake], path: OnThePath) -> dict[str, list[float]]:
+    """Each whole round trip's legs, in seconds, by the names of ``LEGS``: each leg
+    waits for the one wake-up that ends it, passing over anything else (timers,
+    other threads); a trip is whole once the client has sent the next keystroke."""
+    found: dict[str, list[float]] = {name: [] for name in LEGS}
+    last = len(LEGS) - 1
+    leg, started = last, False  # waiting for a first keystroke
+    began = [0.0] * (len(LEGS) + 1)  # when each leg began; the last: the next keystroke
+    for wake in wakes:
+        if not path.ends(leg, wake):
+            continue
+        if leg < last:
+            leg += 1
+            began[leg] = wake.at
+            continue
+        if started:
+            began[-1] = wake.at
+            for i, name in enumerate(LEGS):
+                found[name].append(began[i + 1] - began[i])
+        began[0], leg, started = wake.at, 0, True
+    return found
+
+
+def threads(pids: Iterable[int]) -> frozenset[int]:
+    found: set[int] = set()
+    for pid in pids:
+        try:
+            found.update(int(task.name) for task in Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+    return frozenset(found)
+
+
+def traced_round(product: Measured, count: int, folder: Path, client: int) -> dict[str, float]:
+    """``count`` round trips with every wake-up recorded; each leg's median (µs)."""
+    data = folder / f"{product.name}.perf"
+    path = OnThePath(threads([client]), client, threads(product.server()), threads(product.agent()))
+    perf = subprocess.Popen(
+        ["perf", "record", "-q", "-e", "sched:sched_waking", "-a", "-o", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(PERF_STARTS)
+        product.trip(count)
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(60)
+    script = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "comm,tid,pid,cpu,time,trace"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    data.unlink()
+    found = legs(wakeups(script.stdout.splitlines()), path)
+    if len(found["client"]) < count // 2:
+        raise RuntimeError(f"{product.name}: only {len(found['client'])} of {count} trips traced")
+    row = {leg: 1e6 * median(found[leg]) for leg in LEGS}
+    row["trips"] = len(found["client"])
+    return row
+
+
+def run(root: Path, rounds: int, count: int, mesh_recording: bool) -> dict[str, Any]:
+    procs = Procs()
+    try:
+        with ExitStack() as stack:
+            sides = products(procs, stack, root, mesh_recording)
+            for side in sides:
+                side.trip(500)
+            per_round: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
+            for n in range(rounds):
+                for side in sides if n % 2 == 0 else sides[::-1]:
+                    row = traced_round(side, count, root, os.getpid())
+                    per_round[side.name].append(row)
+                    log(f"round {n + 1}/{rounds} {side.name}: " + fmt(row))
+            medians = {
+                name: {leg: median([row[leg] for row in rows]) for leg in LEGS}
+                for name, rows in per_round.items()
+            }
+            return {
+                "rounds": rounds,
+                "round_trips_per_round": count,
+                "median_us": medians,
+                "per_round_us": per_round,
+            }
+    finally:
+        procs.close()
+
+
+def fmt(row: dict[str, float]) -> str:
+    return " ".join(f"{leg}={row[leg]:.0f}" for leg in LEGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hops",
+        description="keystroke echo, leg by leg, allowhelp against MeshCentral (needs perf, root)",
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="rounds (6)")
+    parser.add_argument("--count", type=int, default=2000, help="round trips per round (2000)")
+    parser.add_argument("--mesh-recording", action="store_true", help="as bench.peercost")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.count < 100:
+        parser.error("--rounds must be at least 1 and --count at least 100")
+    with tempfile.TemporaryDirectory(prefix="hops-") as tmp:
+        result = run(Path(tmp), args.rounds, args.count, args.mesh_recording)
+    medians: dict[str, dict[str, float]] = result["median_us"]
+    rows = [
+        [name, *(f"{row[leg]:.0f}" for leg in LEGS), f"{sum(row.values()):.0f}"]
+        for name, row in medians.items()
+    ]
+    print(table(["product (µs)", *LEGS, "sum"], rows))
+    if args.json is not None:
+        dump_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
