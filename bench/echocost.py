@@ -1,6 +1,7 @@
 """Keystroke echo: latency and CPU per round trip, this tree against a baseline (issue #19).
 
-    python -m bench.echocost [--baseline REF]... [--rounds N] [--count N] [--json OUT]
+    python -m bench.echocost [--baseline REF]... [--rounds N] [--count N] [--copies N]
+        [--json OUT]
 
 Installations on 127.0.0.1, each a broker and an enrolled agent started as
 ``bench.stack`` starts them (``bench.launch``, no levers), one from a copy of
@@ -17,6 +18,11 @@ rounds, so the machine's load meets all of them. Per round and installation:
 p50 and p99 of the round trip, and the broker's and the agent's CPU (all their
 threads' ``schedstat`` run time) over those round trips only, divided by their
 number. The table gives the medians over the rounds.
+
+Two installations of the same code can differ by several µs and tens of µs of
+p50 for the whole run (§7k of docs/benchmarks.md: an A/A run of this tree against
+its own ``HEAD``). ``--copies N`` installs each code N times: a second table pools
+the copies of each code, and the copies' own rows show the drift to beat.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect
 
 from bench.agentmem import copy_package
-from bench.common import ROOT, Procs, dump_json, log, percentile, table
+from bench.common import PY, ROOT, Procs, dump_json, log, percentile, table
 from bench.latency import WARMUP, _ws_wait, round_trips
 from bench.stack import Installation
 
@@ -114,15 +120,20 @@ class Side(Measured):
         return round_trips(lambda: self.ws.send(b"k"), lambda: self.ws.recv(timeout=10), count)
 
 
-def start_side(procs: Procs, stack: ExitStack, folder: Path, ref: str | None) -> Side:
-    """This tree (``ref`` None) or commit ``ref`` installed, its shell running ``cat``."""
+def start_side(
+    procs: Procs, stack: ExitStack, folder: Path, ref: str | None, python: str = PY
+) -> Side:
+    """This tree (``ref`` None) or commit ``ref`` installed on ``python``, its shell
+    running ``cat``."""
     name = "tree" if ref is None else f"baseline {ref}"
     log(f"starting {name} in {folder}")
     copy = folder / "code"
     copy_package("tree" if ref is None else "baseline", ref or "HEAD", copy)
     (copy / "web").symlink_to(ROOT / "web")  # the console's files (built, not in git)
     env = {"PYTHONPATH": os.pathsep.join((str(copy), str(ROOT))), "PYTHONSAFEPATH": "1"}
-    install = Installation.start(procs, folder / "run", agent_env=env, broker_env=env)
+    install = Installation.start(
+        procs, folder / "run", agent_env=env, broker_env=env, python=python
+    )
     stack.callback(install.close)
     session_id = install.consented_shell("echo cost benchmark")
     stack.callback(install.end, session_id)
@@ -138,17 +149,38 @@ def start_side(procs: Procs, stack: ExitStack, folder: Path, ref: str | None) ->
     return Side(name, install, ws)
 
 
-def run(root: Path, refs: list[str], rounds: int, count: int) -> dict[str, Any]:
+def run(root: Path, refs: list[str], rounds: int, count: int, copies: int = 1) -> dict[str, Any]:
+    """Each code installed ``copies`` times (``tree #2``, ...): the copies of one
+    code differ only by chance (ports, process ids, hash seeds, where the kernel
+    puts them), which shows how far two installations of one code drift apart."""
     procs = Procs()
     try:
         with ExitStack() as stack:
-            sides = [
-                start_side(procs, stack, root / f"side{i}", ref)
-                for i, ref in enumerate([None, *refs])
-            ]
-            return {"baselines": refs, **interleaved(sides, rounds, count)}
+            sides: list[Side] = []
+            for i, ref in enumerate([None, *refs]):
+                for copy in range(copies):
+                    side = start_side(procs, stack, root / f"side{i}-{copy}", ref)
+                    side.name += f" #{copy + 1}" if copies > 1 else ""
+                    if any(other.name == side.name for other in sides):  # a ref given twice
+                        side.name += f" ({i})"
+                    sides.append(side)
+            result = {"baselines": refs, "copies": copies, **interleaved(sides, rounds, count)}
+            if copies > 1:
+                result["median_by_code"] = by_code(sides, copies)
+            return result
     finally:
         procs.close()
+
+
+def by_code(sides: Sequence[Measured], copies: int) -> dict[str, dict[str, float]]:
+    """Medians over every round of every copy of each code (sides in groups of ``copies``)."""
+    pooled = {}
+    for at in range(0, len(sides), copies):
+        group = sides[at : at + copies]
+        name = group[0].name.rsplit(" #", 1)[0]
+        rows = [row for side in group for row in side.rounds]
+        pooled[name] = {key: statistics.median(row[key] for row in rows) for key in FIGURES}
+    return pooled
 
 
 def interleaved(sides: Sequence[Measured], rounds: int, count: int) -> dict[str, Any]:
@@ -193,10 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=10, help="rounds (10)")
     parser.add_argument("--count", type=int, default=3000, help="round trips per round (3000)")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="installations of each code (1); two or more show how far copies drift apart",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.count < 10:
-        parser.error("--rounds must be at least 1 and --count at least 10")
+    if args.rounds < 1 or args.count < 10 or args.copies < 1:
+        parser.error("--rounds and --copies must be at least 1 and --count at least 10")
     refs = args.baseline or ["HEAD"]
     for ref in refs:
         known = subprocess.run(
@@ -207,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         if known.returncode != 0:
             parser.error(f"--baseline {ref}: not a commit of this checkout")
     with tempfile.TemporaryDirectory(prefix="echocost-") as tmp:
-        result = run(Path(tmp), refs, args.rounds, args.count)
-    medians: dict[str, dict[str, float]] = result["median"]
-    rows = [[code, *(fmt(key, row[key]) for key in FIGURES)] for code, row in medians.items()]
-    print(table(["code", *FIGURES], rows))
+        result = run(Path(tmp), refs, args.rounds, args.count, args.copies)
+    for key in ("median", "median_by_code"):
+        medians: dict[str, dict[str, float]] = result.get(key, {})
+        rows = [[code, *(fmt(k, row[k]) for k in FIGURES)] for code, row in medians.items()]
+        if rows:
+            print(table(["code", *FIGURES], rows))
     if args.json is not None:
         dump_json(args.json, result)
     return 0

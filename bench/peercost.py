@@ -1,6 +1,7 @@
 """Keystroke echo: latency and CPU per round trip, allowhelp against MeshCentral (issue #19).
 
-    python -m bench.peercost [--rounds N] [--count N] [--mesh-recording] [--json OUT]
+    python -m bench.peercost [--rounds N] [--count N] [--mesh-recording] [--python PATH]...
+        [--json OUT]
 
 The peers bench (``bench/run --only peers``) gives each product's round trip;
 this says where it goes. One allowhelp installation of this tree
@@ -12,19 +13,24 @@ p99, and the CPU of each product's server and agent over those round trips only
 (all their threads' ``schedstat``; MeshCentral's server with its
 ``meshaccelerator`` children, its agent without the shell and ``cat``, which
 are the same program on both sides), divided by their number. Medians over the
-rounds.
+rounds. ``--mesh-recording`` adds a MeshCentral that records its terminal (as ours
+always does); ``--python PATH`` adds ours on that interpreter (a virtual
+environment of it with ``allowhelp[broker]`` installed: Debian 13 and Ubuntu
+24.04 run the packages on Python 3.13 and 3.12).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import Procs, dump_json, table
+from bench.common import PY, Procs, dump_json, table
 from bench.echocost import FIGURES, Measured, fmt, interleaved, start_side
 from bench.latency import round_trips
 from bench.peers.meshclient import MeshTerminal, relay
@@ -52,10 +58,22 @@ def _is_shell(pid: int) -> bool:
         return True
 
 
-def _ours(procs: Procs, stack: ExitStack, root: Path) -> Measured:
-    side = start_side(procs, stack, root / "allowhelp", None)
-    side.name = "allowhelp"
+def _ours(procs: Procs, stack: ExitStack, root: Path, python: str = PY) -> Measured:
+    name = "allowhelp" if python == PY else f"allowhelp on Python {python_version(python)}"
+    side = start_side(procs, stack, root / name.replace(" ", "-"), None, python)
+    side.name = name
     return side
+
+
+def python_version(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return done.stdout.strip()
 
 
 def _theirs(procs: Procs, stack: ExitStack, root: Path, recording: bool = False) -> Measured:
@@ -84,19 +102,30 @@ def _theirs(procs: Procs, stack: ExitStack, root: Path, recording: bool = False)
     return Measured(name, trips, lambda: descendants(server.pid), agents)
 
 
-def products(procs: Procs, stack: ExitStack, root: Path, mesh_recording: bool) -> list[Measured]:
-    """Ours and MeshCentral's (and a recording MeshCentral), each one's shell running ``cat``."""
+def products(
+    procs: Procs,
+    stack: ExitStack,
+    root: Path,
+    mesh_recording: bool = False,
+    pythons: Sequence[str] = (),
+) -> list[Measured]:
+    """Ours and MeshCentral's, each one's shell running ``cat``; also a MeshCentral
+    that records its terminal, and ours on each of ``pythons``."""
     found = [_ours(procs, stack, root), _theirs(procs, stack, root)]
     if mesh_recording:
         found.append(_theirs(procs, stack, root, recording=True))
+    found += [_ours(procs, stack, root, python) for python in pythons]
     return found
 
 
-def run(root: Path, rounds: int, count: int, mesh_recording: bool = False) -> dict[str, Any]:
+def run(
+    root: Path, rounds: int, count: int, mesh_recording: bool = False, pythons: Sequence[str] = ()
+) -> dict[str, Any]:
     procs = Procs()
     try:
         with ExitStack() as stack:
-            return interleaved(products(procs, stack, root, mesh_recording), rounds, count)
+            sides = products(procs, stack, root, mesh_recording, pythons)
+            return interleaved(sides, rounds, count)
     finally:
         procs.close()
 
@@ -114,11 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also a MeshCentral with its terminal session recording on, as ours always is",
     )
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also ours on this interpreter (allowhelp[broker] installed for it; repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.count < 10:
         parser.error("--rounds must be at least 1 and --count at least 10")
     with tempfile.TemporaryDirectory(prefix="peercost-") as tmp:
-        result = run(Path(tmp), args.rounds, args.count, args.mesh_recording)
+        result = run(Path(tmp), args.rounds, args.count, args.mesh_recording, args.python)
     medians: dict[str, dict[str, float]] = result["median"]
     rows = [[name, *(fmt(key, row[key]) for key in FIGURES)] for name, row in medians.items()]
     print(table(["product", "p50_ms", "p99_ms", "server_us", "agent_us"], rows))

@@ -162,6 +162,7 @@ class Agent:
     # exits again after ``linger`` s idle
     idle: str = "tunnel"
     linger: float = 10.0
+    python: str = PY  # the interpreter the agent runs on (its libraries installed there)
     proc: subprocess.Popen[bytes] | None = None
 
     def enroll(self, token: str) -> None:
@@ -172,7 +173,7 @@ class Agent:
         return str(json.loads((self.config / "agent.json").read_text())["agent_id"])
 
     def start(self) -> Agent:
-        argv = [PY, "-m", "bench.launch", *self.levers, "agent", "run"]
+        argv = [self.python, "-m", "bench.launch", *self.levers, "agent", "run"]
         argv += ["--config", str(self.config), "--reconnect-cap", "2", "--prompt", "none"]
         if self.idle == "doorbell":
             argv += ["--idle", "doorbell", "--linger", f"{self.linger:g}"]
@@ -203,10 +204,16 @@ class Installation:
         agent_hide: tuple[str, ...] = (),
         idle: str = "tunnel",
         broker_env: dict[str, str] | None = None,
+        python: str = PY,
     ) -> Installation:
-        broker = Broker(procs, root / "broker", list(levers or []), env=broker_env).start()
+        """``python``: the interpreter the broker and the agent run on (the bench's
+        own by default; another needs allowhelp's libraries installed for it)."""
+        launcher = [python, "-m", "bench.launch"]
+        broker = Broker(procs, root / "broker", list(levers or []), launcher, env=broker_env)
+        broker.start()
         broker.add_users()
         agent = Agent(procs, root / "agent", list(levers or []), agent_env, agent_hide, idle)
+        agent.python = python
         agent.enroll(broker.token())
         agent.start()
         admin = Desk.login(broker, ADMIN, ADMIN_PW)
