@@ -28,7 +28,7 @@ from bellkit import (
     scripted_agent,
 )
 
-from allowhelp.broker.audit.connectivity import ConnectivityAudit
+from allowhelp.broker.audit.connectivity import ConnectivityAudit, ConnectRecorded
 from allowhelp.broker.audit.log import AuditLog, read_records
 from allowhelp.broker.tunnel.agents import ONLINE, AgentRegistry
 from allowhelp.broker.tunnel.doorbell import Bell
@@ -47,12 +47,12 @@ GRACE = 0.6
 class Gate:
     """A connect record that is written when the test says, and counted."""
 
-    def __init__(self, answer: str = "chained") -> None:
+    def __init__(self, answer: ConnectRecorded = "chained") -> None:
         self.calls = 0
         self.answer = answer
         self.open = asyncio.Event()
 
-    async def __call__(self) -> str:
+    async def __call__(self) -> ConnectRecorded:
         self.calls += 1
         await self.open.wait()
         return self.answer

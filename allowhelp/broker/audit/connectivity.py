@@ -31,7 +31,8 @@ from allowhelp.broker.errors import AuditUnavailable, StoreError
 
 log = logging.getLogger(__name__)
 
-Admission = Literal["chained", "counted", "refused"]
+# What became of a connect: in the chain, counted in the history only, or refused.
+ConnectRecorded = Literal["chained", "counted", "refused"]
 PRUNE_EVERY = 3600.0  # seconds between two age prunings of the history table
 STOP_TIMEOUT = 5.0
 
@@ -82,7 +83,7 @@ class ConnectivityAudit:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever())
 
-    async def connected(self, agent_id: str, peer: str) -> Admission:
+    async def connected(self, agent_id: str, peer: str) -> ConnectRecorded:
         """Record a finished handshake before the agent is attached."""
         leaving = self._leaving.get(agent_id)
         if leaving is not None:

@@ -23,7 +23,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
+from allowhelp.broker.audit.connectivity import ConnectRecorded
 from allowhelp.broker.errors import TunnelError
 from allowhelp.broker.tunnel.doorbell import Bell
 from allowhelp.broker.tunnel.link import AgentLink
@@ -133,8 +135,9 @@ class Waking:
 LinkLost = Callable[[str], None]  # an SSH link went while the agent stays online
 # Puts an offline agent's connect on the record (``audit/connectivity.py``); says
 # "refused" when it could not be (then the agent does not come online).
-Recorder = Callable[[], Awaitable[str]]
-ONLINE = "online"  # ``arrive``: no record, the agent was online already
+Recorder = Callable[[], Awaitable[ConnectRecorded]]
+ONLINE: Final = "online"  # ``arrive``: no record, the agent was online already
+Arrival = ConnectRecorded | Literal["online"]
 
 
 class AgentRegistry:
@@ -149,7 +152,7 @@ class AgentRegistry:
 
     # coming online
 
-    async def arrive(self, agent_id: str, record: Recorder) -> str:
+    async def arrive(self, agent_id: str, record: Recorder) -> Arrival:
         """Before a tunnel or a doorbell joins: ``ONLINE`` when the agent is online
         already (nothing to record), else what ``record`` said of its connect.
 
