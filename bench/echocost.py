@@ -156,30 +156,30 @@ def run(root: Path, refs: list[str], rounds: int, count: int, copies: int = 1) -
     procs = Procs()
     try:
         with ExitStack() as stack:
-            sides: list[Side] = []
+            codes: dict[str, list[Side]] = {}  # each code's copies, by the code's name
             for i, ref in enumerate([None, *refs]):
+                code = "tree" if ref is None else f"baseline {ref}"
+                code += f" ({i})" if code in codes else ""  # a ref given twice
+                codes[code] = []
                 for copy in range(copies):
                     side = start_side(procs, stack, root / f"side{i}-{copy}", ref)
-                    side.name += f" #{copy + 1}" if copies > 1 else ""
-                    if any(other.name == side.name for other in sides):  # a ref given twice
-                        side.name += f" ({i})"
-                    sides.append(side)
+                    side.name = code + (f" #{copy + 1}" if copies > 1 else "")
+                    codes[code].append(side)
+            sides = [side for copies_of in codes.values() for side in copies_of]
             result = {"baselines": refs, "copies": copies, **interleaved(sides, rounds, count)}
             if copies > 1:
-                result["median_by_code"] = by_code(sides, copies)
+                result["median_by_code"] = by_code(codes)
             return result
     finally:
         procs.close()
 
 
-def by_code(sides: Sequence[Measured], copies: int) -> dict[str, dict[str, float]]:
-    """Medians over every round of every copy of each code (sides in groups of ``copies``)."""
+def by_code(codes: dict[str, list[Side]]) -> dict[str, dict[str, float]]:
+    """Medians over every round of every copy of each code."""
     pooled = {}
-    for at in range(0, len(sides), copies):
-        group = sides[at : at + copies]
-        name = group[0].name.rsplit(" #", 1)[0]
-        rows = [row for side in group for row in side.rounds]
-        pooled[name] = {key: statistics.median(row[key] for row in rows) for key in FIGURES}
+    for code, copies in codes.items():
+        rows = [row for side in copies for row in side.rounds]
+        pooled[code] = {key: statistics.median(row[key] for row in rows) for key in FIGURES}
     return pooled
 
 
