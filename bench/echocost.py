@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.sync.client import ClientConnection, connect
 
@@ -44,6 +44,8 @@ from bench.agentmem import copy_package
 from bench.common import PY, ROOT, Procs, dump_json, log, percentile, table
 from bench.latency import WARMUP, _ws_wait, round_trips
 from bench.stack import Installation
+
+T = TypeVar("T")
 
 FIGURES = ("p50_ms", "p99_ms", "broker_us", "agent_us")
 
@@ -192,9 +194,7 @@ def interleaved(sides: Sequence[Measured], rounds: int, count: int) -> dict[str,
     for side in sides:
         side.trip(500)
     for n in range(rounds):
-        turn = n // 2 % len(sides)
-        order = [*sides[turn:], *sides[:turn]]
-        for side in order if n % 2 == 0 else order[::-1]:
+        for side in in_turn(sides, n):
             row = side.round(count)
             log(f"round {n + 1}/{rounds} {side.name}: " + fmt_row(row))
     return {
@@ -203,6 +203,13 @@ def interleaved(sides: Sequence[Measured], rounds: int, count: int) -> dict[str,
         "median": {side.name: side.medians() for side in sides},
         "per_round": {side.name: side.rounds for side in sides},
     }
+
+
+def in_turn(sides: Sequence[T], n: int) -> list[T]:
+    """Round ``n``'s order: rotated every second round, reversed every other."""
+    turn = n // 2 % len(sides)
+    order = [*sides[turn:], *sides[:turn]]
+    return order if n % 2 == 0 else order[::-1]
 
 
 def fmt(key: str, value: float) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -43,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Procs, dump_json, log, median, table
-from bench.echocost import Measured
+from bench.echocost import Measured, in_turn
 from bench.peercost import products
 
-PERF_STARTS = 1.5  # seconds before ``perf record -a`` records (measured: under 1 s)
+PERF_STARTS = 1.5  # s for ``perf record -a`` to start (without a wait most trips went unseen)
 LEGS = ("server_in", "agent_in", "terminal", "agent_out", "server_out", "client")
 # ``perf script -F comm,tid,pid,cpu,time,trace`` for a sched_waking: the waker, then the wakee
 WAKEUP = re.compile(r"^\s*.+?\s+(\d+)/(\d+)\s+\[\d+\]\s+([\d.]+):\s+comm=.*?\spid=(\d+)\s")
@@ -170,7 +171,7 @@ def run(root: Path, rounds: int, count: int, mesh_recording: bool) -> dict[str, 
                 side.trip(500)
             per_round: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
             for n in range(rounds):
-                for side in sides if n % 2 == 0 else sides[::-1]:
+                for side in in_turn(sides, n):
                     row = traced_round(side, count, root, os.getpid())
                     per_round[side.name].append(row)
                     log(f"round {n + 1}/{rounds} {side.name}: " + fmt(row))
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.count < 100:
         parser.error("--rounds must be at least 1 and --count at least 100")
+    if shutil.which("perf") is None or os.geteuid() != 0:
+        parser.error("needs perf (Debian: linux-perf) and root, for the scheduler's trace points")
     with tempfile.TemporaryDirectory(prefix="hops-") as tmp:
         result = run(Path(tmp), args.rounds, args.count, args.mesh_recording)
     medians: dict[str, dict[str, float]] = result["median_us"]
