@@ -47,10 +47,15 @@ from bench.common import Procs, dump_json, log, median, table
 from bench.echocost import Measured, in_turn
 from bench.peercost import products
 
+MIN_WHOLE = 0.8  # of a round's trips, seen whole (the rest dropped, counted in the JSON)
 PERF_STARTS = 1.5  # s for ``perf record -a`` to start (without a wait most trips went unseen)
 LEGS = ("server_in", "agent_in", "terminal", "agent_out", "server_out", "client")
-# ``perf script -F comm,tid,pid,cpu,time,trace`` for a sched_waking: the waker, then the wakee
-WAKEUP = re.compile(r"^\s*.+?\s+(\d+)/(\d+)\s+\[\d+\]\s+([\d.]+):\s+comm=.*?\spid=(\d+)\s")
+# ``perf script -F comm,tid,pid,cpu,time,trace`` for a sched_waking: the waker
+# (its name, which may hold spaces, and pid/tid), then the woken thread
+WAKEUP = re.compile(r"^\s*(.+?)\s+(\d+)/(\d+)\s+\[\d+\]\s+([\d.]+):\s+comm=(.*?)\spid=(\d+)\s")
+# The terminal's side: the kernel's workers (a PTY hands its bytes over in one)
+# and the program at the far end, for both products
+TERMINAL = ("kworker/", "cat", "sh", "bash")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class Wake:
     at: float  # seconds
     waker: int  # thread ids
     wakee: int
+    waker_name: str
+    wakee_name: str
 
 
 def wakeups(lines: Iterable[str]) -> list[Wake]:
@@ -65,15 +72,19 @@ def wakeups(lines: Iterable[str]) -> list[Wake]:
     for line in lines:
         match = WAKEUP.match(line)
         if match:
-            _, waker, at, wakee = match.groups()
-            found.append(Wake(float(at), int(waker), int(wakee)))
+            waker_name, _, waker, at, wakee_name, wakee = match.groups()
+            found.append(Wake(float(at), int(waker), int(wakee), waker_name, wakee_name))
     return found
+
+
+def _terminal(name: str) -> bool:
+    return name.startswith(TERMINAL[0]) or name in TERMINAL[1:]
 
 
 @dataclass(frozen=True)
 class OnThePath:
     """The threads a product's round trip passes: the client's, the server's and
-    the agent's (the terminal is everything else the agent wakes)."""
+    the agent's; the terminal's are known by name (``TERMINAL``)."""
 
     client: frozenset[int]
     client_main: int
@@ -84,13 +95,12 @@ class OnThePath:
         """Whether ``wake`` ends leg number ``leg`` of ``LEGS`` (the last, the
         client's, ends with the next keystroke: the client's main thread waking the
         server)."""
-        known = self.client | self.server | self.agent
         if leg == 0:
             return wake.waker in self.server and wake.wakee in self.agent
         if leg == 1:
-            return wake.waker in self.agent and wake.wakee not in known
+            return wake.waker in self.agent and _terminal(wake.wakee_name)
         if leg == 2:
-            return wake.wakee in self.agent and wake.waker not in known
+            return wake.wakee in self.agent and _terminal(wake.waker_name)
         if leg == 3:
             return wake.waker in self.agent and wake.wakee in self.server
         if leg == 4:
@@ -98,27 +108,44 @@ class OnThePath:
         return wake.waker == self.client_main and wake.wakee in self.server
 
 
-def legs(wakes: Iterable[Wake], path: OnThePath) -> dict[str, list[float]]:
-    """Each whole round trip's legs, in seconds, by the names of ``LEGS``: each leg
-    waits for the one wake-up that ends it, passing over anything else (timers,
-    other threads); a trip is whole once the client has sent the next keystroke."""
-    found: dict[str, list[float]] = {name: [] for name in LEGS}
+@dataclass
+class Legs:
+    """Each whole round trip's legs (seconds, by the names of ``LEGS``), and how
+    many trips were dropped because a wake-up of theirs was not seen."""
+
+    found: dict[str, list[float]]
+    dropped: int = 0
+
+
+def legs(wakes: Iterable[Wake], path: OnThePath) -> Legs:
+    """Each leg waits for the one wake-up that ends it, passing over anything that
+    ends no leg (timers, other threads). A wake-up that ends another leg means the
+    trip lost one of its own (``sched_waking`` fires only for a thread that
+    sleeps: one still running when its bytes come is not woken): that trip is
+    dropped, not merged with the next, and a keystroke starts the next trip. A
+    trip is whole once the client has sent the next keystroke."""
+    result = Legs({name: [] for name in LEGS})
     last = len(LEGS) - 1
     leg, started = last, False  # waiting for a first keystroke
     began = [0.0] * (len(LEGS) + 1)  # when each leg began; the last: the next keystroke
     for wake in wakes:
-        if not path.ends(leg, wake):
-            continue
-        if leg < last:
-            leg += 1
-            began[leg] = wake.at
-            continue
-        if started:
-            began[-1] = wake.at
-            for i, name in enumerate(LEGS):
-                found[name].append(began[i + 1] - began[i])
-        began[0], leg, started = wake.at, 0, True
-    return found
+        if path.ends(leg, wake):
+            if leg < last:
+                leg += 1
+                began[leg] = wake.at
+                continue
+            if started:
+                began[-1] = wake.at
+                for i, name in enumerate(LEGS):
+                    result.found[name].append(began[i + 1] - began[i])
+            began[0], leg, started = wake.at, 0, True
+        elif any(path.ends(other, wake) for other in range(len(LEGS)) if other != leg):
+            result.dropped += started
+            if path.ends(last, wake):  # a keystroke: the next trip starts here
+                began[0], leg, started = wake.at, 0, True
+            else:
+                leg, started = last, False
+    return result
 
 
 def threads(pids: Iterable[int]) -> frozenset[int]:
@@ -132,33 +159,48 @@ def threads(pids: Iterable[int]) -> frozenset[int]:
 
 
 def traced_round(product: Measured, count: int, folder: Path, client: int) -> dict[str, float]:
-    """``count`` round trips with every wake-up recorded; each leg's median (µs)."""
+    """``count`` round trips (and ``bench.latency``'s uncounted warm-up ones before
+    them) with every wake-up recorded; each leg's median (µs), the whole trips and
+    the dropped ones."""
     data = folder / f"{product.name}.perf"
     path = OnThePath(threads([client]), client, threads(product.server()), threads(product.agent()))
-    perf = subprocess.Popen(
-        ["perf", "record", "-q", "-e", "sched:sched_waking", "-a", "-o", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    errors = folder / "perf.err"
+    with errors.open("wb") as err:
+        perf = subprocess.Popen(
+            ["perf", "record", "-q", "-e", "sched:sched_waking", "-a", "-o", str(data)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         time.sleep(PERF_STARTS)
+        if perf.poll() is not None:
+            raise RuntimeError(f"perf record stopped: {errors.read_text(errors='replace')[-400:]}")
         product.trip(count)
     finally:
         perf.send_signal(signal.SIGINT)
-        perf.wait(60)
+        try:
+            perf.wait(60)
+        except subprocess.TimeoutExpired:
+            perf.kill()
+            perf.wait()
     script = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "comm,tid,pid,cpu,time,trace"],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=300,
     )
-    data.unlink()
-    found = legs(wakeups(script.stdout.splitlines()), path)
-    if len(found["client"]) < count // 2:
-        raise RuntimeError(f"{product.name}: only {len(found['client'])} of {count} trips traced")
-    row = {leg: 1e6 * median(found[leg]) for leg in LEGS}
-    row["trips"] = len(found["client"])
+    data.unlink(missing_ok=True)
+    if script.returncode != 0:
+        raise RuntimeError(f"perf script failed: {script.stderr[-400:]}")
+    traced = legs(wakeups(script.stdout.splitlines()), path)
+    whole = len(traced.found["client"])
+    if whole < MIN_WHOLE * count:
+        raise RuntimeError(
+            f"{product.name}: {whole} whole trips of {count} traced ({traced.dropped} dropped)"
+        )
+    row = {leg: 1e6 * median(traced.found[leg]) for leg in LEGS}
+    row.update(trips=whole, dropped=traced.dropped)
     return row
 
 

@@ -60,6 +60,8 @@ def _is_shell(pid: int) -> bool:
 
 def _ours(procs: Procs, stack: ExitStack, root: Path, python: str = PY) -> Measured:
     name = "allowhelp" if python == PY else f"allowhelp on Python {python_version(python)}"
+    if (root / name.replace(" ", "-")).exists():
+        raise ValueError(f"{name} is measured already (--python twice?)")
     side = start_side(procs, stack, root / name.replace(" ", "-"), None, python)
     side.name = name
     return side
@@ -153,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.count < 10:
         parser.error("--rounds must be at least 1 and --count at least 10")
+    try:
+        versions = [python_version(python) for python in args.python]
+    except (OSError, subprocess.SubprocessError) as exc:
+        parser.error(f"--python: not a Python that runs ({exc})")
+    if len(set(versions)) != len(versions):
+        parser.error(f"--python: one version each ({', '.join(versions)})")
     with tempfile.TemporaryDirectory(prefix="peercost-") as tmp:
         result = run(Path(tmp), args.rounds, args.count, args.mesh_recording, args.python)
     medians: dict[str, dict[str, float]] = result["median"]

@@ -271,18 +271,20 @@ async def test_a_write_behind_a_full_window_keeps_its_place() -> None:
 
 async def test_the_window_is_adjusted_while_the_lane_delivers() -> None:
     """The lane hands each packet to ``_accept_data``, whose window adjusts go out
-    as they fall due: eight windows' worth of echoes, one small packet each way
-    at a time, get through only if they do at both ends."""
-    async with echo_server(True, AEAD) as port:
+    as they fall due: with a 1 KiB window at both ends, eight windows' worth of
+    echoes, one small packet each way at a time, get through only if they do at
+    both ends (else ``until`` times out)."""
+    small = {**AEAD, "window": 1024}  # the echo server's channels too
+    async with echo_server(True, small) as port:
         conn = await broker_connection(port, AEAD)
         chan, session = await open_session(conn, window=1024)
         server_chan = server_channel()
+        assert server_chan._init_recv_window == 1024
         piece = bytes(range(97, 97 + 64))
         with packets_through_asyncssh() as seen:
             for i in range(128):  # 8 KiB
                 chan.write(piece)
                 assert await session.until(64 * (i + 1)) == piece * (i + 1)
-        assert chan._recv_window > 0 and server_chan._recv_window > 0
         conn.close()
     assert len(seen) < 64  # the adjusts and their like, not the data
 
@@ -296,7 +298,11 @@ async def test_data_waits_while_the_session_does_not_read() -> None:
         await echoes(chan, session, 2)
         chan.pause_reading()
         chan.write(b"held")
-        await asyncio.sleep(0.2)
+        for _ in range(500):  # until the echo has come and waits in asyncssh
+            if chan._recv_buf:
+                break
+            await asyncio.sleep(0.01)
+        assert chan._recv_buf
         assert b"".join(data for data, _ in session.got) == b"kk"
         chan.resume_reading()
         chan.write(b"after")
