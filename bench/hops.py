@@ -47,7 +47,7 @@ from bench.common import Procs, dump_json, log, median, table
 from bench.echocost import Measured, in_turn
 from bench.peercost import products
 
-MIN_WHOLE = 0.8  # of a round's trips, seen whole (the rest dropped, counted in the JSON)
+MIN_SEEN = 0.5  # of a round's trips, each leg seen with both its ends (counted in the JSON)
 PERF_STARTS = 1.5  # s for ``perf record -a`` to start (without a wait most trips went unseen)
 LEGS = ("server_in", "agent_in", "terminal", "agent_out", "server_out", "client")
 # ``perf script -F comm,tid,pid,cpu,time,trace`` for a sched_waking: the waker
@@ -110,42 +110,58 @@ class OnThePath:
 
 @dataclass
 class Legs:
-    """Each whole round trip's legs (seconds, by the names of ``LEGS``), and how
-    many trips were dropped because a wake-up of theirs was not seen."""
+    """Each leg's durations (seconds, by the names of ``LEGS``), from the trips in
+    which both its ends were seen, and how many keystrokes were seen."""
 
     found: dict[str, list[float]]
-    dropped: int = 0
+    keystrokes: int = 0
 
 
 def legs(wakes: Iterable[Wake], path: OnThePath) -> Legs:
-    """Each leg waits for the one wake-up that ends it, passing over anything that
-    ends no leg (timers, other threads). A wake-up that ends another leg means the
-    trip lost one of its own (``sched_waking`` fires only for a thread that
-    sleeps: one still running when its bytes come is not woken): that trip is
-    dropped, not merged with the next, and a keystroke starts the next trip. A
-    trip is whole once the client has sent the next keystroke."""
+    """Each wake-up that ends a leg at or after the one under way ends that leg;
+    one that ends none of them is passed over (timers, other threads).
+
+    ``sched_waking`` fires only for a thread that sleeps: one still running when
+    its bytes come is not woken, and that boundary is not seen. So a wake-up may
+    end a leg further on: the legs in between have an end unseen and are not
+    counted for that trip (the others are). One that ends an earlier leg means
+    the trip's own end went unseen (the next one has begun): what was seen of it
+    counts, and the next goes on from there."""
     result = Legs({name: [] for name in LEGS})
     last = len(LEGS) - 1
-    leg, started = last, False  # waiting for a first keystroke
-    began = [0.0] * (len(LEGS) + 1)  # when each leg began; the last: the next keystroke
+    leg = last  # the leg under way: waiting for a first keystroke
+    began: list[float | None] = [None] * (len(LEGS) + 1)  # each leg's start; last: its end
     for wake in wakes:
-        if path.ends(leg, wake):
-            if leg < last:
-                leg += 1
-                began[leg] = wake.at
-                continue
-            if started:
-                began[-1] = wake.at
-                for i, name in enumerate(LEGS):
-                    result.found[name].append(began[i + 1] - began[i])
-            began[0], leg, started = wake.at, 0, True
-        elif any(path.ends(other, wake) for other in range(len(LEGS)) if other != leg):
-            result.dropped += started
-            if path.ends(last, wake):  # a keystroke: the next trip starts here
-                began[0], leg, started = wake.at, 0, True
-            else:
-                leg, started = last, False
+        ends = [other for other in range(len(LEGS)) if path.ends(other, wake)]
+        if not ends:
+            continue
+        later = [other for other in ends if other >= leg]
+        if not later:  # the trip's own end went unseen: the next trip is under way
+            _count(result, began)
+            began = [None] * (len(LEGS) + 1)
+            began[ends[0] + 1] = wake.at
+            leg = ends[0] + 1
+            continue
+        end = later[0]
+        for unseen in range(leg + 1, end + 1):
+            began[unseen] = None
+        began[end + 1] = wake.at
+        if end < last:
+            leg = end + 1
+            continue
+        _count(result, began)  # a trip ends with the next keystroke, which starts the next
+        result.keystrokes += 1
+        began = [wake.at] + [None] * len(LEGS)
+        leg = 0
     return result
+
+
+def _count(result: Legs, began: list[float | None]) -> None:
+    """The legs of one trip whose two ends were seen."""
+    for i, name in enumerate(LEGS):
+        start, stop = began[i], began[i + 1]
+        if start is not None and stop is not None:
+            result.found[name].append(stop - start)
 
 
 def threads(pids: Iterable[int]) -> frozenset[int]:
@@ -160,8 +176,8 @@ def threads(pids: Iterable[int]) -> frozenset[int]:
 
 def traced_round(product: Measured, count: int, folder: Path, client: int) -> dict[str, float]:
     """``count`` round trips (and ``bench.latency``'s uncounted warm-up ones before
-    them) with every wake-up recorded; each leg's median (µs), the whole trips and
-    the dropped ones."""
+    them) with every wake-up recorded; each leg's median (µs) and how many times
+    each was seen whole."""
     data = folder / f"{product.name}.perf"
     path = OnThePath(threads([client]), client, threads(product.server()), threads(product.agent()))
     errors = folder / "perf.err"
@@ -194,13 +210,12 @@ def traced_round(product: Measured, count: int, folder: Path, client: int) -> di
     if script.returncode != 0:
         raise RuntimeError(f"perf script failed: {script.stderr[-400:]}")
     traced = legs(wakeups(script.stdout.splitlines()), path)
-    whole = len(traced.found["client"])
-    if whole < MIN_WHOLE * count:
-        raise RuntimeError(
-            f"{product.name}: {whole} whole trips of {count} traced ({traced.dropped} dropped)"
-        )
+    seen = {leg: len(traced.found[leg]) for leg in LEGS}
+    if min(seen.values()) < MIN_SEEN * count:
+        raise RuntimeError(f"{product.name}: of {count} round trips, each leg seen {seen}")
     row = {leg: 1e6 * median(traced.found[leg]) for leg in LEGS}
-    row.update(trips=whole, dropped=traced.dropped)
+    row.update({f"{leg}_seen": float(seen[leg]) for leg in LEGS})
+    row["keystrokes"] = traced.keystrokes
     return row
 
 
