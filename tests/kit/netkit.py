@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Coroutine
@@ -98,3 +99,15 @@ class CuttableProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+def dial_only(proxy: CuttableProxy, agent_config: Path) -> None:
+    """The agent (its config folder) reaches the broker through ``proxy`` and no
+    other way: its tunnel dials the proxy, and its fallback to the HTTPS port is
+    off. With that fallback, an attempt that meets the proxy between a cut and
+    its restore comes back over the HTTPS port, around the proxy, and stays there."""
+    config_file = agent_config / "agent.json"
+    config = json.loads(config_file.read_text())
+    config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
+    config["tunnel_url"] = ""
+    config_file.write_text(json.dumps(config))

@@ -15,7 +15,7 @@ import pytest
 from allowhelp.broker.audit.flapping import OVERFLOW_KEY, Coalescer, FlapGate
 from allowhelp.broker.store import Store
 from harness import ADMIN, ADMIN_PW, Agent, Broker, Desk, Fleet, broker_cli, online, wait_for
-from netkit import CuttableProxy, port_of
+from netkit import CuttableProxy, dial_only, port_of
 
 WINDOW = 15.0
 
@@ -112,10 +112,7 @@ def flappy(tmp_path: Path) -> Iterator[tuple[Broker, Agent, CuttableProxy, Desk]
         assert agent.enroll(broker.token()).returncode == 0
         proxy = CuttableProxy(port_of(broker.tunnel))
         proxy.restore()
-        config_file = agent.config / "agent.json"
-        config = json.loads(config_file.read_text())
-        config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
-        config_file.write_text(json.dumps(config))
+        dial_only(proxy, agent.config)  # each flap is a reconnect through the proxy
         agent.start("--reconnect-cap", "1")
         wait_for(lambda: online(broker, agent.agent_id), 20, "the agent online through the link")
         admin = Desk.login(broker, ADMIN, ADMIN_PW)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from allowhelp.certs import ssh_options
 from harness import ADMIN, ADMIN_PW, Agent, Broker, Fleet, online, wait_for
-from netkit import CuttableProxy, port_of
+from netkit import CuttableProxy, dial_only, port_of
 
 
 @pytest.fixture
@@ -137,13 +136,7 @@ def through_proxy(broker: Broker, agent: Agent) -> Iterator[CuttableProxy]:
     """The agent dials the broker through a proxy the test can cut; yields once online."""
     proxy = CuttableProxy(port_of(broker.tunnel))
     proxy.restore()
-    config_file = agent.config / "agent.json"
-    config = json.loads(config_file.read_text())
-    config["tunnel_host"], config["tunnel_port"] = "127.0.0.1", proxy.port
-    # The proxy is the only way in: with the HTTPS port as well, a cut agent comes
-    # back around the proxy within a second, before the broker is seen without it.
-    config["tunnel_url"] = ""
-    config_file.write_text(json.dumps(config))
+    dial_only(proxy, agent.config)
     try:
         agent.start("--reconnect-cap", "2")
         wait_for(lambda: online(broker, agent.agent_id), 20, "connection through the proxy")
