@@ -291,6 +291,46 @@ async def test_a_request_rings_and_the_ssh_link_comes_and_goes_without_going_off
     assert len(connectivity(broker, agent.agent_id)) == 4
 
 
+async def test_a_rung_agent_that_never_comes_is_a_502_and_an_ended_session_on_the_record(
+    broker: Broker, agent: Agent, client: httpx.AsyncClient
+) -> None:
+    """The doorbell is up and rung, but no tunnel comes (the PC's agent cannot
+    start): after the broker's wake timeout (20 s) the technician gets a clear 502,
+    the session ends with that error on the chain, and the PC stays online."""
+    token = await issued_key(agent)
+    await off_loop(wait_for, lambda: not is_online(broker, agent.agent_id), 15, "offline")
+    desk = await off_loop(Desk.login, broker, TECH, TECH_PW)
+    try:
+        async with doorbell(client, agent.agent_id, token, hello(agent.agent_id, "have")) as bell:
+            assert await bell.line() == {"type": "beat"}
+            payload = {"agent_id": agent.agent_id, "kind": "shell", "reason": "printer broken"}
+            asking = asyncio.create_task(
+                asyncio.to_thread(desk.client.post, "/api/v1/sessions", json=payload, timeout=45)
+            )
+            assert await bell.next_ring() == {"type": "ring", "reason": "consent.request"}
+            async with asyncio.timeout(40):
+                answer = await asking
+            assert answer.status_code == 502, answer.text
+            assert answer.json() == {
+                "error": "agent_unreachable",
+                "message": "the machine did not wake up in time",
+            }
+            assert await off_loop(is_online, broker, agent.agent_id)  # its doorbell stands
+    finally:
+        desk.close()
+    records = await off_loop(audit_records, broker)
+    asked = [
+        r
+        for r in records
+        if r["type"] == "session.requested" and r["details"]["agent_id"] == agent.agent_id
+    ]
+    assert len(asked) == 1
+    ended = [r for r in records if r["target"] == asked[0]["target"]][-1]
+    assert ended["type"] == "session.ended"
+    assert ended["details"]["end_reason"] == "error"
+    assert ended["details"]["error"] == "the machine did not wake up in time"
+
+
 async def test_a_newer_doorbell_ends_the_older_one(
     broker: Broker, agent: Agent, client: httpx.AsyncClient
 ) -> None:

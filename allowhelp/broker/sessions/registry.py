@@ -158,24 +158,15 @@ class SessionRegistry(SessionBook):
         # An idle agent holds only its doorbell: rung, and asked once its tunnel said
         # hello, so the checks below see who is signed in now (tunnel/agents.py wake).
         live = await self._agents.wake(session.agent_id, "consent.request")
-        if live is None and self._agents.online(session.agent_id):
+        if live is None:  # rung but silent (its doorbell is online), or offline
+            rung = self._agents.online(session.agent_id)
+            error = "the machine did not wake up in time" if rung else "the machine is offline"
             await self._move(
-                session.id,
-                State.ENDED,
-                actor="system",
-                reason="error",
-                details={"error": "the machine did not wake up in time"},
+                session.id, State.ENDED, actor="system", reason="error", details={"error": error}
             )
-            raise AgentUnreachable("the machine did not wake up in time")
-        if live is None:
-            await self._move(
-                session.id,
-                State.ENDED,
-                actor="system",
-                reason="error",
-                details={"error": "the machine is offline"},
-            )
-            raise Conflict("the machine is offline", code="agent_offline")
+            if rung:
+                raise AgentUnreachable(error)
+            raise Conflict(error, code="agent_offline")
         # Judged on this tunnel's Hello, so asked over it alone: after each await below
         # it must still be the agent's (``session_link``), never a newer one.
         link = live.link
