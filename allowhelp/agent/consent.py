@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from allowhelp.agent.i18n import N_, _, current, translations
 from allowhelp.protocol.control import ConsentRequest
-from allowhelp.protocol.kinds import Kind, Via
+from allowhelp.protocol.kinds import JOINABLE, Kind, Via
 
 Closer = Callable[[], None]
 
@@ -191,6 +191,8 @@ class ConsentGate:
         if request.session_id in self._pending or request.session_id in self._grants:
             raise ConsentRefused(f"session {request.session_id} was already asked")
         if request.joins:
+            if request.kind not in JOINABLE:  # files: one person's SFTP, never shared
+                raise ConsentRefused(f"a {request.kind} session cannot be joined")
             joined = self._grants.get(request.joins)
             if joined is None or joined.joins or joined.kind != request.kind:
                 raise ConsentRefused(f"no running {request.kind} session {request.joins} to join")

@@ -66,7 +66,11 @@ def head_length(buffer: bytes) -> int | None:
 def parse_head(head: bytes) -> Head:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if (
+        len(parts) < 2
+        or not parts[0].startswith("HTTP/1.")
+        or not (parts[1].isascii() and parts[1].isdigit())
+    ):
         raise StreamError(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:

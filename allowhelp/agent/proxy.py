@@ -19,10 +19,11 @@ import socket
 
 from allowhelp.agent.errors import ProxyError
 from allowhelp.agent.i18n import _
+from allowhelp.agent.proxyurl import DIRECT, Proxy, connect_request, parse_proxy, proxy_for
 
 # The proxy's URL and the CONNECT request, without asyncio (the doorbell uses them
 # too): re-exported here, where the tunnel and enrolment have always found them.
-from allowhelp.agent.proxyurl import DIRECT, Proxy, connect_request, parse_proxy, proxy_for
+from allowhelp.protocol.text import ascii_digits
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -52,7 +53,7 @@ def check_answer(head: bytes, proxy: Proxy, target: str) -> None:
     says what the proxy said (407: a password, 403: not allowed, 502: ...)."""
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
     parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not ascii_digits(parts[1]):
         raise ProxyError(f"{proxy} did not answer as an HTTP proxy")
     status = int(parts[1])
     if 200 <= status < 300:

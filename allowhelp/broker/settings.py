@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.model.database import PostgresUrl, parse_store
+from allowhelp.protocol.text import ascii_digits
 
 DEFAULT_HTTPS = "0.0.0.0:8443"
 DEFAULT_TUNNEL = "0.0.0.0:8022"
@@ -43,7 +44,7 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     if not sep or not host:
         raise ValueError(f"{what} must be HOST:PORT, e.g. 0.0.0.0:8443 (got {text!r})")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not ascii_digits(port_text) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{what}: the port must be a number from 0 to 65535 (got {port_text!r})")
     return host, int(port_text)
 
@@ -96,7 +97,7 @@ def parse_size(text: str, what: str) -> int:
     """Bytes from 512MiB, 512M, 1g, 4096 (binary units: 1K = 1024)."""
     value = text.strip().lower().removesuffix("b").removesuffix("i")
     number, unit = (value[:-1], value[-1]) if value[-1:] in UNITS else (value, "")
-    if not number.isdigit():
+    if not ascii_digits(number):
         raise ValueError(f"{what} must be a size such as 512MiB, 2G or 4096 (got {text!r})")
     return int(number) * UNITS[unit]
 
@@ -110,7 +111,7 @@ def parse_keep(text: str | None, what: str) -> float | None:
         return None
     value = text.strip().lower()
     number, unit = value[:-1], value[-1:]
-    if unit not in DURATION_UNITS or not number.isdigit() or int(number) == 0:
+    if unit not in DURATION_UNITS or not ascii_digits(number) or int(number) == 0:
         raise ValueError(
             f"{what} must be a duration such as 90d, 12h, 2w or 30m, or forever (got {text!r})"
         )

@@ -317,10 +317,14 @@ LIMITS = {
 }
 
 
-# Numbers are durations (below 1e6 s) except these points in time (epoch seconds).
+# Numbers are durations (below 1e6 s) except these points in time (epoch seconds)
+# and a consent request's timeout: under an hour (the broker's own setting stops at
+# 600 s), which every prompt on the way can count down (a helper's whole numbers stop
+# at 65535: more was a malformed packet there, and ended that user's sessions).
 _RULES = FieldRules(
     texts=LIMITS,
     numbers={
+        "timeout": 3600,
         "started": 1e11,
         "finished": 1e11,
         "last_boot": 1e11,

@@ -57,6 +57,27 @@ def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+def lone_surrogate(value: object) -> bool:
+    """Whether a parsed JSON value holds a string that is not Unicode text: a lone
+    surrogate, which ``json.loads`` takes from a ``\\ud800`` escape (or, given bytes,
+    from their UTF-8 spelling) and which no UTF-8 encoder, SQLite or argon2 then takes."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse_json(data: bytes, what: str, limit: int = MAX_DEPTH) -> object:
     """Hostile JSON text to a value, or a one-line ``ProtocolError`` saying why not."""
     try:
@@ -66,6 +87,9 @@ def parse_json(data: bytes, what: str, limit: int = MAX_DEPTH) -> object:
     if too_deep(data, limit):
         raise ProtocolError(f"{what} is nested too deeply (more than {limit} levels)")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, the int digit limit
         raise ProtocolError(f"{what} is not JSON") from exc
+    if lone_surrogate(value):
+        raise ProtocolError(f"{what} holds a string that is not Unicode text (a lone surrogate)")
+    return value

@@ -17,6 +17,9 @@ FILES_SUBSYSTEM = "allowhelp.files"  # SFTP (version 3) under a files grant
 Kind = Literal["shell", "screen", "admin-shell", "files"]
 KINDS: tuple[Kind, ...] = ("shell", "screen", "admin-shell", "files")
 TERMINAL_KINDS: tuple[Kind, ...] = ("shell", "admin-shell")  # a PTY, recorded, replayed
+# What an invitee may join (#18): files is one person's SFTP, never shared. The
+# broker invites to these alone and the agent refuses a join of anything else.
+JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
 # nobody_signed_in, unsupported: the PC could not put the request to anyone (no
 # user signed in; a per-user agent asked for an admin shell), said at once.
 # signed_out: the user's session helper went away (logout, crash).

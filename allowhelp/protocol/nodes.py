@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from allowhelp.protocol.text import ascii_digits
+
 MAX_NODES = 16  # addresses of each kind in one list (a cluster is a few nodes)
 MAX_ADDRESS = 300  # characters in one address
 # A DNS name (letters, digits, '-', '.', '_'), or an IP address checked below.
@@ -37,7 +39,7 @@ def _host(host: str) -> str:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+    if not ascii_digits(text) or len(text) > 5 or not 0 < int(text) < 65536:
         raise AddressError("the port must be 1 to 65535")
     return int(text)
 

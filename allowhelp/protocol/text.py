@@ -11,6 +11,13 @@ from __future__ import annotations
 import unicodedata
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether ``text`` is one or more of 0-9, nothing else. ``str.isdigit`` alone
+    also takes "²" (which ``int`` refuses) and "١٢٣" (which ``hmac.compare_digest``
+    refuses in a ``str``): a peer's digits are checked with this."""
+    return text.isascii() and text.isdigit()
+
+
 def plain_text(value: object, limit: int) -> str:
     if not isinstance(value, str):
         return ""

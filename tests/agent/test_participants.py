@@ -115,6 +115,21 @@ def test_the_gate_asks_only_into_a_running_session_of_that_kind() -> None:
     assert closed == [INVITE] and gate.grants() == []
 
 
+def test_a_files_session_cannot_be_joined_whatever_the_broker_says() -> None:
+    """The broker never invites to files (one person's SFTP, read-write); a broker that
+    asks anyway (hostile, or holding a stolen key) is refused by the agent, before
+    anyone is asked: the prompt would have said "watch your terminal"."""
+    gate = ConsentGate()
+    gate.ask(request(SESSION, kind="files"))
+    gate.decide(SESSION, allow=True, view_only=False, via="cli")
+    for mode in ("observe", "control"):
+        with pytest.raises(ConsentRefused, match="a files session cannot be joined"):
+            gate.ask(request(INVITE, joins=SESSION, mode=mode, kind="files"))
+    assert gate.pending() == []
+    with pytest.raises(ConsentRefused):
+        gate.claim(INVITE, "files", lambda: None)
+
+
 def test_the_control_channel_refuses_a_malformed_invitation() -> None:
     line = request(INVITE, joins="../etc", mode="observe").encode()
     with pytest.raises(ProtocolError):

@@ -21,6 +21,8 @@ TRANSFER: dict[str, Any] = {"type": "files.transfer", "session_id": ID, "path": 
 TRANSFER |= {"direction": "upload", "size": 1, "status": "done"}
 ASK: dict[str, Any] = {"type": "consent.request", "session_id": ID, "organisation": "O"}
 ASK |= {"technician": "T", "kind": "shell", "reason": "r", "phrase": "a b c", "timeout": 30}
+DECIDED: dict[str, Any] = {"type": "consent.decision", "session_id": ID, "granted": True}
+DECIDED |= {"view_only": False, "via": "cli", "elapsed": 1, "prompt": ""}
 OPEN: dict[str, Any] = {"type": "open", "session_id": ID, "kind": "shell", "term": "xterm"}
 OPEN |= {"cols": 80, "rows": 24, "view_only": False}
 
@@ -30,7 +32,8 @@ EDGES: list[tuple[str, Decoder, dict[str, Any], str, object, object]] = [
     ("exit code", control.decode, JOB, "exit_code", 2**31 - 1, 2**31),
     ("exit code below", control.decode, JOB, "exit_code", -1, -2),
     ("a file's bytes", control.decode, TRANSFER, "size", 2**63 - 1, 2**63),
-    ("a duration", control.decode, ASK, "timeout", 999_999.5, 1e6),
+    ("a duration", control.decode, DECIDED, "elapsed", 999_999.5, 1e6),
+    ("a consent's timeout", control.decode, ASK, "timeout", 3599.5, 3600),
     ("a point in time", control.decode, JOB, "finished", 1e11 - 1, 1e11),
     ("a text", control.decode, ASK, "reason", "r" * 500, "r" * 501),
     ("a kind", control.decode, ASK, "kind", "admin-shell", "root-shell"),
@@ -104,5 +107,5 @@ def test_only_the_helper_socket_takes_an_empty_session_id() -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), True, -0.5])
 def test_a_duration_that_is_no_number_in_range_is_refused(value: float) -> None:
-    with pytest.raises(ProtocolError, match=r"^timeout must be a number from 0 to 1e\+06$"):
-        control.decode(json.dumps({**ASK, "timeout": value}).encode())
+    with pytest.raises(ProtocolError, match=r"^elapsed must be a number from 0 to 1e\+06$"):
+        control.decode(json.dumps({**DECIDED, "elapsed": value}).encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -67,11 +68,26 @@ def test_round_trip(message: object) -> None:
         b' "view_only": false, "via": "cli", "elapsed": -1, "prompt": ""}',
         b'{"type": "help.request", "ref": "r", "message": "' + b"x" * 600 + b'"}',
         b"\xff\xfe",
+        # a lone surrogate, by escape or in its UTF-8 spelling: not Unicode text
+        b'{"type": "help.request", "ref": "r", "message": "\\ud800"}',
+        b'{"type": "help.request", "ref": "r", "message": "\xed\xa0\x80"}',
     ],
 )
 def test_hostile_lines_are_refused(line: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode(line)
+
+
+def test_a_consent_timeout_is_under_an_hour() -> None:
+    """Every prompt on the way counts it down; a shared PC's helper takes whole
+    numbers up to 65535, and a longer timeout used to end that user's sessions."""
+    asked = MESSAGES[0]
+    assert isinstance(asked, ConsentRequest)
+    longest = replace(asked, timeout=3599.0)
+    assert decode(longest.encode().strip()) == longest
+    for timeout in (3600.0, 70000.0):
+        with pytest.raises(ProtocolError, match="timeout"):
+            decode(replace(asked, timeout=timeout).encode().strip())
 
 
 def test_line_buffer_splits_and_bounds() -> None:

@@ -90,7 +90,11 @@ class Principal:
         return f"{self.user.role}:{self.user.username}"
 
     def csrf_ok(self, header: str | None) -> bool:
-        return header is not None and hmac.compare_digest(header, self.session.csrf_token)
+        return (  # compare_digest raises on a str with a non-ASCII character
+            header is not None
+            and header.isascii()
+            and hmac.compare_digest(header, self.session.csrf_token)
+        )
 
 
 class WrongGuessUnrecorded(AuditUnavailable):

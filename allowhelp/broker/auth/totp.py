@@ -17,6 +17,8 @@ import struct
 import time
 from urllib.parse import quote, urlencode
 
+from allowhelp.protocol.text import ascii_digits
+
 DIGITS = 6
 PERIOD = 30
 SECRET_BYTES = 20  # 160 bits, as RFC 4226 recommends for HMAC-SHA1
@@ -61,7 +63,7 @@ def matching_step(secret: str, code: str, now: float | None = None) -> int | Non
     twice; every candidate is compared in constant time.
     """
     code = code.strip().replace(" ", "")
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not ascii_digits(code):
         return None
     key = _key(secret)
     current = step_at(time.time() if now is None else now)

@@ -18,6 +18,7 @@ from typing import Any
 
 from allowhelp.broker.console.answers import CloseCode, answer
 from allowhelp.broker.errors import BrokerError, Forbidden, TooLarge
+from allowhelp.protocol.text import ascii_digits
 from allowhelp.wsbridge import PATH as TUNNEL_PATH
 
 Scope = MutableMapping[str, Any]
@@ -128,7 +129,7 @@ class Wall:
             return Forbidden("this origin may not call the API", code="foreign_origin")
         declared = header(scope, b"content-length")
         if declared is not None and (
-            not declared.isdigit() or (int(declared) > MAX_BODY and not streamed)
+            not ascii_digits(declared) or (int(declared) > MAX_BODY and not streamed)
         ):
             return TooLarge(f"request bodies are limited to {MAX_BODY} bytes")
         return None

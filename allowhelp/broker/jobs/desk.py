@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, object]], None]  # to admins only
 REQUIRE_APPROVAL = "require_approval"  # broker policy: admins who must agree, 1 or 2
+
+
+def admins_to_agree(stored: str | None) -> int:
+    """The policy as stored: unset or "1" is one admin; anything else (only "2" is ever
+    written) two, so a value the broker does not know never lets a job through alone."""
+    return 1 if stored in (None, "1") else 2
+
+
 EXPIRY_SWEEP = 5.0
 MAX_AUDITED_TARGETS = 200
 
@@ -183,8 +191,7 @@ class JobDesk:
         return wanted
 
     async def _approvals_needed(self) -> int:
-        value = await self._db.read(Store.policy, REQUIRE_APPROVAL)
-        return 1 if value == "2" else 0
+        return admins_to_agree(await self._db.read(Store.policy, REQUIRE_APPROVAL)) - 1
 
     # the PCs' side
 

@@ -42,12 +42,11 @@ from allowhelp.broker.sessions.invite_book import InviteBook
 from allowhelp.broker.store import Store
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import ConsentDecision, ConsentRequest, SessionEnd
-from allowhelp.protocol.kinds import INVITE_MODES, TERMINAL_KINDS, Kind
+from allowhelp.protocol.kinds import INVITE_MODES, JOINABLE, TERMINAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 20.0
-JOINABLE: tuple[Kind, ...] = ("shell", "admin-shell", "screen")
 
 
 class InviteDesk(InviteBook):

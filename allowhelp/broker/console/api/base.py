@@ -16,6 +16,7 @@ from allowhelp.broker.auth.authenticator import COOKIE_NAME, Principal
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.console.wall import origin_allowed
 from allowhelp.broker.errors import BadRequest, Forbidden, Unauthenticated
+from allowhelp.protocol.hostile_json import lone_surrogate
 
 
 def remote_of(request: Request) -> str:
@@ -30,6 +31,11 @@ def json_object(data: bytes | str) -> dict[str, Any]:
         raise BadRequest("the request body must be a JSON object", code="bad_json") from exc
     if not isinstance(value, dict):
         raise BadRequest("the request body must be a JSON object", code="bad_json")
+    if lone_surrogate(value):  # would reach SQLite or argon2 and fail there, unaudited
+        raise BadRequest(
+            "the request body holds a string that is not Unicode text (a lone surrogate)",
+            code="bad_json",
+        )
     return value
 
 

@@ -46,6 +46,7 @@ from allowhelp.broker.tunnel.doorbell import (
 )
 from allowhelp.protocol.control import Hello, hello_from
 from allowhelp.protocol.hostile_json import ProtocolError, parse_json
+from allowhelp.protocol.text import ascii_digits
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ async def _authorised(request: Request, svc: Services, address: str, peer: str) 
     offered = credentials(request.headers.get("authorization"))
     agent_id = offered[0] if offered is not None else ""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:  # before any lookup
+    if ascii_digits(declared) and int(declared) > MAX_BODY:  # before any lookup
         raise TooLarge(f"the doorbell's body is limited to {MAX_BODY} bytes")
     known = await svc.db.read(Store.doorbell, agent_id) if offered is not None else None
     if offered is None or known is None or not token_matches(offered[1], known[1]):

@@ -24,6 +24,8 @@ from allowhelp.broker.errors import AuditCorrupt, BadRequest, NotFound
 from allowhelp.broker.model.agent_version import agent_version_status
 from allowhelp.broker.store import AgentRecord, Store
 
+LAST_SEQ = 2**63 - 1  # the audit chain's sequence numbers are SQL int64s
+
 HISTORY_MAX = 200  # events per connectivity answer
 
 
@@ -106,8 +108,8 @@ async def audit_records(request: Request) -> Response:
         limit = min(int(request.query_params.get("limit", "500")), 1000)
     except ValueError as exc:
         raise BadRequest("after and limit must be whole numbers") from exc
-    if after < 0 or limit < 1:
-        raise BadRequest("after must be >= 0 and limit >= 1")
+    if not 0 <= after <= LAST_SEQ or limit < 1:  # an int64 column: larger is no record
+        raise BadRequest(f"after must be from 0 to {LAST_SEQ} and limit >= 1")
     # off the event loop: a PostgreSQL chain's read may wait (up to its deadline)
     records = await asyncio.to_thread(services(request).audit.records, after=after, limit=limit)
     return JSONResponse([record.to_json() for record in records])

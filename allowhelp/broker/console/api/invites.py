@@ -30,6 +30,7 @@ from allowhelp.broker.relay.screen import ScreenRelay
 from allowhelp.broker.relay.terminal import terminal_size
 from allowhelp.broker.sessions.invitation import Invitation
 from allowhelp.protocol.kinds import Kind
+from allowhelp.protocol.text import ascii_digits
 
 SUBPROTOCOL = "binary"
 
@@ -98,7 +99,7 @@ def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
 
 def _number(websocket: WebSocket, name: str, default: int) -> int:
     value = websocket.query_params.get(name) or ""
-    return int(value) if value.isdigit() and len(value) < 6 else default
+    return int(value) if ascii_digits(value) and len(value) < 6 else default
 
 
 async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kind: Kind) -> None:

@@ -19,7 +19,7 @@ from allowhelp.broker.auth.passwords import check_new_password, hash_password
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, NotFound
-from allowhelp.broker.jobs.desk import REQUIRE_APPROVAL
+from allowhelp.broker.jobs.desk import REQUIRE_APPROVAL, admins_to_agree
 from allowhelp.broker.store import ROLES, Role, Store, User, UserSummary
 
 MAX_NAME = 64  # the same rule as `allowhelp-broker user add`
@@ -152,7 +152,9 @@ async def get_policy(request: Request) -> Response:
     svc = services(request)
     value = await svc.db.read(Store.policy, REQUIRE_TOTP)
     approval = await svc.db.read(Store.policy, REQUIRE_APPROVAL)
-    return JSONResponse({"require_totp": value == "1", "require_approval": int(approval or "1")})
+    return JSONResponse(
+        {"require_totp": value == "1", "require_approval": admins_to_agree(approval)}
+    )
 
 
 async def set_policy(request: Request) -> Response:
@@ -173,7 +175,7 @@ async def set_policy(request: Request) -> Response:
 
 async def _set_approval(request: Request, principal: Principal, body: dict[str, Any]) -> Response:
     wanted = body.get("require_approval")
-    if set(body) != {"require_approval"} or wanted not in (1, 2) or isinstance(wanted, bool):
+    if set(body) != {"require_approval"} or type(wanted) is not int or wanted not in (1, 2):
         raise BadRequest(
             "require_approval must be 1 (the admin who makes a job) or 2 (and a second)"
         )
