@@ -38,7 +38,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from allowhelp.broker.audit.recording import AsciicastRecorder
-from allowhelp.broker.relay.scrollback import Scrollback
+from allowhelp.broker.relay.scrollback import Scrollback, tail_of
 
 
 async def test_keystrokes_and_echoes_go_the_short_way_recorded_before_shown(
@@ -98,6 +98,45 @@ async def test_a_browser_that_does_not_read_holds_the_flood_back(
         await ws.send(b"z")  # and the shortcut is back
         assert await echoed(ws, 1) == b"z"
         assert assert_recorded_before_shown(Counting.log) == FLOOD + 2
+
+
+async def test_the_scrollback_holds_only_what_the_recording_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joiner gets the shell's recent output: never what the owner's relay has not
+    recorded yet (a flood queued behind a browser that does not read), which an end
+    now would leave out of the recording for good. Counted in bytes: the flood
+    repeats itself, so comparing the bytes would not tell."""
+    recorded, kept = [0], [0]
+    output, add = AsciicastRecorder.output, Scrollback.add
+
+    def recording(self: AsciicastRecorder, data: bytes) -> None:
+        output(self, data)
+        if not self.closed:
+            recorded[0] += len(data)
+
+    def keeping(self: Scrollback, data: bytes) -> None:
+        add(self, data)
+        kept[0] += len(data)
+
+    monkeypatch.setattr(AsciicastRecorder, "output", recording)
+    monkeypatch.setattr(Scrollback, "add", keeping)
+    async with (
+        stack(tmp_path, session_id="s") as made,
+        connect(f"ws://127.0.0.1:{made.port}/t", max_size=None, max_queue=1) as ws,
+    ):
+        await ws.send(b"k")
+        assert await echoed(ws, 1) == b"k"
+        (proto,) = Counting.made
+        (relay,) = made.relays
+        await ws.send(b"F")
+        for _ in range(1000):  # the browser's socket full, the flood queued at the broker
+            if not proto.writable.is_set() and relay.factory().queued:
+                break
+            await asyncio.sleep(0.01)
+        assert relay.factory().queued > 0
+        assert tail_of("s")
+        assert 0 < kept[0] <= recorded[0]
 
 
 async def test_the_protocol_hands_over_only_what_nothing_waits_before() -> None:
@@ -197,8 +236,8 @@ async def test_a_recorder_that_breaks_in_the_shortcut_ends_the_relay_not_the_tun
 async def test_a_scrollback_that_breaks_ends_the_relay_not_the_tunnel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The inbox's ``tap`` (the shell's scrollback) runs in the SSH session's
-    callback: an error there would end asyncssh's whole connection (every
+    """The shell's scrollback is fed in the SSH session's callback too (an echo
+    shown there): an error there would end asyncssh's whole connection (every
     session of that PC); the relay ends with it as its error instead."""
     add = Scrollback.add
 

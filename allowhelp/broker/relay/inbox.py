@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import asyncssh
 
-from allowhelp.broker.errors import RelayError
 from allowhelp.protocol.text import plain_text
 
 MAX_STDERR = 4096
@@ -42,10 +41,6 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         self.writable = asyncio.Event()
         self.writable.set()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self.tap: Callable[[bytes], None] | None = None  # sees the data as it arrives
-        # What ``tap`` raised: ``take`` raises it (as a RelayError) for the relay's task,
-        # not into asyncssh's callback, which would close the agent's whole tunnel.
-        self.broke: RelayError | None = None
         # Takes the data at once while ``take``'s caller waits for it with nothing
         # queued (the terminal's echo, ``fastws.py``); may decline (False).
         self.show: Callable[[bytes], bool] | None = None
@@ -59,12 +54,6 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
             self.stderr += data[: max(0, MAX_STDERR - len(self.stderr))]
             return
-        if self.tap is not None:
-            try:
-                self.tap(data)
-            except Exception as exc:
-                self._tap_failed(exc)
-                return
         if (
             self.show is not None
             and self._waiter is not None
@@ -79,14 +68,6 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         if self.queued > self._high and self.chan is not None:
             self.chan.pause_reading()
 
-    def _tap_failed(self, exc: Exception) -> None:
-        self.tap = self.show = None
-        self.broke = RelayError(f"the {self._what}'s output could not be kept ({exc!r})")
-        self.broke.__cause__ = exc
-        if self.chan is not None:
-            self.chan.pause_reading()  # nothing more for a relay that is ending
-        self._wake()
-
     def nudge(self) -> None:
         """Make ``take`` return ``b""`` once, before anything queued after this."""
         self._nudged = True
@@ -99,11 +80,9 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
 
     async def take(self, limit: int) -> bytes | None:
         """Everything queued, up to about ``limit`` bytes in one frame; None at the
-        end; ``b""`` once after a ``nudge``. Raises what broke ``tap``."""
+        end; ``b""`` once after a ``nudge``."""
         outbox = self.outbox
-        while not outbox or self.broke is not None:
-            if self.broke is not None:
-                raise self.broke
+        while not outbox:
             if self._nudged:
                 self._nudged = False
                 return b""

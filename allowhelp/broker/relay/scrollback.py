@@ -3,9 +3,10 @@
 An invitee's channel gets the shell's output from the moment it joins the
 owner's room on the PC (``agent/participants.py``); what was printed before
 would be lost to them. The owner's relay therefore keeps a bounded tail of
-everything the shell sent (``TAIL_BYTES``, counted as it arrives from the
-agent, before the owner's page has even read it), and an invitee's relay sends
-that tail first, so their terminal starts where the owner's is.
+everything the shell sent (``TAIL_BYTES``, each chunk once it is in the recording
+and sent to the owner: a joiner never sees what the recording may not hold), and
+an invitee's relay sends that tail first, so their terminal starts where the
+owner's is.
 
 What the tail is: the last ``TAIL_BYTES`` of output, and nothing from before
 the last full clear (``clear``, ``reset``, ``ESC [2J``): what came before it is

@@ -71,15 +71,14 @@ class TerminalRelay:
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         # The shell's recent output, for whoever joins it later (#18: relay/scrollback.py).
         self._session_id = session_id
-        self._tail = keep_tail(session_id) if session_id else None
-        if self._tail is not None:
-            self._side.tap = self._tail.add
+        self._tail = keep_tail(session_id) if session_id else None  # fed by ``_keep``
         # uvicorn's protocol, when it is ours: keystrokes and echoes without a task
         # wake-up while nothing waits (fastws.py); else everything goes through ASGI
         shortcut = websocket.scope.get("extensions", {}).get(EXTENSION)
         self._shortcut = shortcut if isinstance(shortcut, ShortcutWebSocketProtocol) else None
         self._input_held = False  # a keystroke taken by the task waits for the channel
-        self._unshown: bytes | None = None  # recorded by ``_show_now``, not yet on disk
+        self._unshown: bytes | None = None  # recorded by ``_show_now``, not yet shown
+        self._unshown_kept = False  # ... and already in the scrollback (``_keep``)
         self._broke: Exception | None = None  # what ``_show_now`` met: the task raises it
 
     @property
@@ -126,13 +125,18 @@ class TerminalRelay:
                 raise self._broke
             if self._unshown is not None:  # before anything that came after it
                 await self._recorded()
+                if not self._unshown_kept:
+                    self._keep(self._unshown)
                 await self._ws.send_bytes(self._unshown)
                 self._unshown = None
             if not payload:  # the nudge for it
                 continue
             self._recorder.output(payload)
+            if self._recorder.closed:  # stopped (the session ended): nothing more is shown
+                return
             if not self._recorder.on_disk:  # a keystroke's echo usually is, at once
                 await self._recorded()
+            self._keep(payload)
             self.counters.from_agent += len(payload)
             for start in range(0, len(payload), MAX_FRAME):
                 await self._ws.send_bytes(payload[start : start + MAX_FRAME])
@@ -153,22 +157,34 @@ class TerminalRelay:
             return False
         try:
             self._recorder.output(data)
+            on_disk = self._recorder.on_disk
+            if on_disk:  # kept before it is shown, as ``_pump_output`` does
+                self._keep(data)
         except Exception as exc:  # not into asyncssh's callback: it would end the whole tunnel
             self._broke = exc
             self._side.nudge()
             return True
-        shown: bool
+        shown: bool = on_disk
         try:  # ``can_send_now`` held above, and recording touches no socket
-            shown = self._recorder.on_disk
             if shown:
                 shortcut.frame_now(data)
         except Exception:  # the socket is going: the task sends it and meets the error
             shown = False
         self.counters.from_agent += len(data)
         if not shown:  # the task shows it once it is in the file
-            self._unshown = data
+            self._unshown, self._unshown_kept = data, on_disk
             self._side.nudge()
         return True
+
+    def _keep(self, data: bytes) -> None:
+        """Output in the recording, kept for whoever joins the shell later (just before
+        the owner sees it): a joiner never sees what the recording may not hold
+        (relay/scrollback.py)."""
+        if self._tail is not None:
+            try:
+                self._tail.add(data)
+            except Exception as exc:
+                raise RelayError(f"the shell's output could not be kept ({exc!r})") from exc
 
     def _take_now(self, data: bytes) -> bool:
         """A keystroke that came with nothing queued before it, in the WebSocket

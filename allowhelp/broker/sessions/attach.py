@@ -85,6 +85,9 @@ async def run_relay(
             ),
             OPEN_TIMEOUT,
         )
+        if not sessions.relay_attached(session.id, relay.stop):  # ended while it opened
+            chan.close()
+            raise Conflict("the session ended while its channel opened")
         outcome = await relay.run(chan)
     except BrokerError as exc:
         outcome = Outcome("error", exc)

@@ -113,6 +113,11 @@ class SessionBook(BookHooks):
     def has_relay(self, session_id: str) -> bool:
         return bool(self._relays.get(session_id))
 
+    def relay_attached(self, session_id: str, stop: Stopper) -> bool:
+        """Whether this relay still serves the session: an end stops and forgets its
+        relays before its record, so False once the session is ending or over."""
+        return stop in self._relays.get(session_id, [])
+
     # ending
 
     async def end(
