@@ -356,6 +356,11 @@ class InviteDesk(InviteBook):
             await self._left(joined, outcome, traffic, on_record=on_record)
         return outcome
 
+    async def gone_before(self, joined: Connection, relay: Relay) -> None:
+        """The invitee's page went before its WebSocket was answered: the connection
+        is over (nothing on the record yet), as if they had left at once."""
+        await self._left(joined, Outcome("technician"), relay.stop(), on_record=False)
+
     async def _left(
         self, joined: Connection, outcome: Outcome, traffic: Traffic, *, on_record: bool
     ) -> None:

@@ -116,7 +116,11 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
         await refuse(websocket, exc)
         return
     offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    try:
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    except OSError:  # the page went meanwhile (uvicorn's ClientDisconnected)
+        await svc.invites.gone_before(joined, relay)
+        return
     outcome = await svc.invites.run(joined, link, relay)
     if outcome.failure is not None:
         await close_quietly(websocket, close_code_of(outcome.failure), outcome.failure.message)

@@ -92,7 +92,12 @@ async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
         await refuse(websocket, exc)
         return
     offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    try:
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    except OSError:  # the page went meanwhile (uvicorn's ClientDisconnected): it left
+        relay.stop()
+        await svc.sessions.finish(session.id, Outcome("technician"))
+        return
     outcome = await run_relay(svc.sessions, session, link, relay)
     await close_quietly(websocket, *_closing(outcome))
 
