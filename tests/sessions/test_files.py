@@ -157,7 +157,7 @@ def test_bad_paths_are_refused_before_the_pc_sees_them(
 
 
 def test_what_the_user_may_not_touch_is_refused_and_the_session_goes_on(
-    files_session: tuple[Desk, str],
+    pc: tuple[Broker, UserAgent], files_session: tuple[Desk, str]
 ) -> None:
     desk, session_id = files_session
     shadow = desk.client.get(files_url(session_id), params={"path": "/etc/shadow"})
@@ -177,6 +177,13 @@ def test_what_the_user_may_not_touch_is_refused_and_the_session_goes_on(
     assert not_a_folder.status_code == 400 and not_a_folder.json()["error"] == "not_a_folder"
     still = desk.client.get(files_url(session_id, "files"), params={"path": "/"})
     assert still.status_code == 200 and any(e["name"] == "etc" for e in still.json())
+    # every path the PC was asked about is on the record, refused ones as failed
+    records = [r for r in audit(pc[0]) if r["target"] == session_id]
+    started = [r for r in records if r["type"] == "files.transfer.started"]
+    failed = {r["details"]["path"] for r in records if r["type"] == "files.transfer.failed"}
+    probed = {"/etc/shadow", "/etc", "/etc/evil", "no/such/x", "nothing-here", "/tmp"}
+    assert probed <= {r["details"]["path"] for r in started}
+    assert probed <= failed
 
 
 def test_an_upload_cut_halfway_leaves_no_file_under_any_name(

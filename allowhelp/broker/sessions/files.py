@@ -183,21 +183,27 @@ class FileDesk:
     async def download(
         self, session_id: str, username: str, path: str
     ) -> tuple[int, AsyncIterator[bytes]]:
-        """(size, chunks) of a regular file; the audit has it before the first byte."""
+        """(size, chunks) of a regular file; the audit has it before the PC is asked
+        anything about it (a refusal ends the transfer as failed, on the record)."""
         session = self._session(session_id, username)
         client, channel = await self._client(session)
+        transfer = await self._started(_Transfer(session, username, path, "download"))
         try:
-            attrs = await client.stat(path.encode())
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            raise sftp_error(exc, path) from exc
-        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-            raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
-        if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
-            raise BadRequest(f"{path}: not a regular file", code="not_a_file")
-        size = attrs.size or 0
-        if size > self.max_file:
-            raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
-        transfer = await self._started(_Transfer(session, username, path, "download"), size)
+            try:
+                attrs = await client.stat(path.encode())
+            except (asyncssh.Error, OSError, EOFError) as exc:
+                raise sftp_error(exc, path) from exc
+            if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
+            if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
+                raise BadRequest(f"{path}: not a regular file", code="not_a_file")
+            size = attrs.size or 0
+            if size > self.max_file:
+                raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
+        except BrokerError as refused:
+            await self._finished(transfer, refused)
+            raise
+        self._tell(transfer, size, "started")
         try:
             handle = await client.open(path.encode(), "rb")
         except (asyncssh.Error, OSError, EOFError) as exc:
@@ -243,15 +249,20 @@ class FileDesk:
         session = self._session(session_id, username)
         client, channel = await self._client(session)
         folder, temp = upload_names(path, secrets.token_hex(6))
+        transfer = await self._started(_Transfer(session, username, path, "upload"))
         try:
-            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                if await client.isdir(path.encode()):
-                    raise BadRequest(f"{path}: is a folder", code="is_a_folder")
-            if folder and not await client.isdir(folder.encode()):
-                raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            raise sftp_error(exc, path) from exc
-        transfer = await self._started(_Transfer(session, username, path, "upload"), None)
+            try:
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    if await client.isdir(path.encode()):
+                        raise BadRequest(f"{path}: is a folder", code="is_a_folder")
+                if folder and not await client.isdir(folder.encode()):
+                    raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
+            except (asyncssh.Error, OSError, EOFError) as exc:
+                raise sftp_error(exc, path) from exc
+        except BrokerError as refused:
+            await self._finished(transfer, refused)
+            raise
+        self._tell(transfer, 0, "started")
         try:
             handle = await client.open(temp.encode(), "xb")  # O_EXCL: never someone's file
         except (asyncssh.Error, OSError, EOFError) as exc:
@@ -294,22 +305,17 @@ class FileDesk:
 
     # the record of each transfer
 
-    async def _started(self, transfer: _Transfer, size: int | None) -> _Transfer:
+    async def _started(self, transfer: _Transfer) -> _Transfer:
+        """On the record before the PC is asked anything about the path (the size is in
+        the end's record); the PC is told once the path is found fit (``_tell``)."""
         session = transfer.session
-        details: dict[str, object] = {
-            **session.summary(),
-            "path": transfer.path,
-            "direction": transfer.direction,
-        }
-        if size is not None:
-            details["size"] = size
+        details = {**session.summary(), "path": transfer.path, "direction": transfer.direction}
         await self._audit.write(
             "files.transfer.started",
             actor=f"technician:{transfer.username}",
             target=session.id,
             details=details,
         )
-        self._tell(transfer, size or 0, "started")
         transfer.started = time.time()
         return transfer
 
