@@ -112,6 +112,18 @@ class EnrolmentError(BrokerError):
     code = "enrolment_refused"
 
 
+class EnrolmentThrottled(EnrolmentError):
+    """Too many refused enrolments from one address: wait ``retry_after`` seconds."""
+
+    code = "throttled"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many refused enrolments from this address: try again in {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
 class TunnelError(BrokerError):
     """The SSH tunnel to an agent failed."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ADMIN, ADMIN_PW, Fleet, agent_cli, broker_cli, online, wait_for
+from harness import ADMIN, ADMIN_PW, Broker, Fleet, agent_cli, broker_cli, online, wait_for
 
 
 @pytest.fixture
@@ -134,3 +134,48 @@ def test_enrolled_key_cannot_be_enrolled_again(fleet: Fleet, broker) -> None:  #
     assert "already enrolled" in answer.json()["message"]
     assert broker.agents(ADMIN, ADMIN_PW)[0]["hostname"] != "evil"
     assert public["agent_id"] == broker.agents(ADMIN, ADMIN_PW)[0]["id"]
+
+
+def test_guessing_tokens_is_throttled_with_one_record_per_lock(
+    fleet: Fleet, broker: Broker
+) -> None:
+    """Anyone may call the enrolment: 30 refused tokens from one address in 15
+    minutes, then 429 with Retry-After before any token is looked up, and one
+    ``token.throttled`` on the chain instead of a record per guess. The lock is
+    that address's: a PC elsewhere enrols with a good token meanwhile."""
+    import json
+    import secrets
+
+    import asyncssh
+    import httpx
+
+    from allowhelp.certs.token import EnrolmentToken
+
+    def key() -> str:
+        return asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+
+    def guess(client: httpx.Client) -> httpx.Response:
+        body = {"secret": secrets.token_hex(16), "host_key": key()}
+        return client.post("/api/v1/enrol", json=body)
+
+    with httpx.Client(base_url=broker.url, verify=broker.ssl_context()) as client:
+        answers = [guess(client) for _ in range(30)]
+        assert {a.status_code for a in answers} == {403}, answers[0].text
+        throttled = [guess(client) for _ in range(5)]
+    assert {a.status_code for a in throttled} == {429}
+    assert throttled[0].json()["error"] == "throttled"
+    assert "too many refused enrolments" in throttled[0].json()["message"]
+    assert 0 < int(throttled[0].headers["retry-after"]) <= 15 * 60
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    types = [r["type"] for r in records]
+    assert types.count("token.refused") == 30
+    assert types.count("token.throttled") == 1
+    assert next(r for r in records if r["type"] == "token.throttled")["actor"] == (
+        "anonymous@127.0.0.1"
+    )
+    elsewhere = httpx.HTTPTransport(local_address="127.0.0.2", verify=broker.ssl_context())
+    with httpx.Client(base_url=broker.url, transport=elsewhere) as client:
+        secret = EnrolmentToken.decode(broker.token()).secret
+        good = client.post("/api/v1/enrol", json={"secret": secret, "host_key": key()})
+    assert good.status_code == 201, good.text

@@ -112,6 +112,9 @@ EVENT_CODES: dict[str, str] = {
     # request passed to the node running the session or holding the agent, written by
     # the technician's node before it goes (reads are not: docs/multinode.md)
     "request.relayed": "AH2021",
+    # enrolment throttled (appended): one address's refused enrolments past the limit,
+    # one record per lock (as auth.login.throttled), none per refused attempt after it
+    "token.throttled": "AH1205",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

@@ -61,9 +61,24 @@ class LoginThrottle:
         """The lock that refuses this attempt, or None: then it counts as a failure
         right away, before the password is checked, so that many attempts in
         parallel cannot all slip in under the limit. A success gives it back."""
-        now = self._clock()
         user_key, addr_key = self.keys(username, remote)
-        for key, limit in ((user_key, self.policy.per_user), (addr_key, self.policy.per_address)):
+        return self._attempt(
+            ((user_key, self.policy.per_user), (addr_key, self.policy.per_address))
+        )
+
+    def attempt_from(self, remote: str) -> Lock | None:
+        """``attempt`` for what names no user (an enrolment): the address's key alone."""
+        return self._attempt(((f"addr:{remote}", self.policy.per_address),))
+
+    def refund_from(self, remote: str) -> None:
+        """``attempt_from``'s attempt was not a failure."""
+        stamps = self._failures.get(f"addr:{remote}")
+        if stamps:
+            stamps.pop()
+
+    def _attempt(self, limits: tuple[tuple[str, int], ...]) -> Lock | None:
+        now = self._clock()
+        for key, limit in limits:
             stamps = self._recent(key, now)
             if len(stamps) >= limit:
                 # Unlocks when enough failures have left the window.
@@ -71,7 +86,7 @@ class LoginThrottle:
                 first = self._announced.get(key, 0.0) < now
                 self._announced[key] = until
                 return Lock(key, max(1, int(until - now + 0.999)), first)
-        for key in (user_key, addr_key):
+        for key, _ in limits:
             stamps = self._recent(key, now)
             stamps.append(now)
             self._failures[key] = stamps

@@ -30,6 +30,7 @@ from allowhelp.broker.errors import (
     ConsoleFrameTooLarge,
     ConsoleFrameUnsupported,
     EnrolmentError,
+    EnrolmentThrottled,
     Forbidden,
     NotFound,
     StoreError,
@@ -67,6 +68,7 @@ STATUS: dict[type[BrokerError], int] = {
     Conflict: 409,
     TooLarge: 413,
     LoginThrottled: 429,
+    EnrolmentThrottled: 429,
     AgentUnreachable: 502,
     AuditUnavailable: 503,
     StoreError: 503,
@@ -113,7 +115,7 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def answer(exc: BrokerError) -> JSONResponse:
     response = error_response(status_of(exc), exc.code, public_message(exc))
-    if isinstance(exc, LoginThrottled):
+    if isinstance(exc, (LoginThrottled, EnrolmentThrottled)):
         response.headers["retry-after"] = str(exc.retry_after)
     return response
 

@@ -200,8 +200,8 @@ class FileDesk:
             size = attrs.size or 0
             if size > self.max_file:
                 raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
-        except BrokerError as refused:
-            await self._finished(transfer, refused)
+        except BrokerError as unfit:
+            await self._finished(transfer, unfit)
             raise
         self._tell(transfer, size, "started")
         try:
@@ -259,8 +259,8 @@ class FileDesk:
                     raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
             except (asyncssh.Error, OSError, EOFError) as exc:
                 raise sftp_error(exc, path) from exc
-        except BrokerError as refused:
-            await self._finished(transfer, refused)
+        except BrokerError as unfit:
+            await self._finished(transfer, unfit)
             raise
         self._tell(transfer, 0, "started")
         try:

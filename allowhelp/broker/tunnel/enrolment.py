@@ -3,6 +3,11 @@
 The broker keeps only a hash of each token's secret. What the agent reports
 (hostname, OS, user) is hostile text: it is length-limited and stripped of
 control characters here, and the console still renders it as text only.
+
+Anyone may call it, logged in or not: refused enrolments are throttled per
+address as failed logins are (``auth/throttle.py``: 30 in 15 minutes, then 429
+with ``retry-after``), so that guessing tokens costs the broker almost nothing and
+the audit log gets one ``token.throttled`` per lock, not one record per guess.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.errors import EnrolmentError
+from allowhelp.broker.auth.throttle import LoginThrottle
+from allowhelp.broker.errors import EnrolmentError, EnrolmentThrottled
 from allowhelp.broker.store import AgentRecord, Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.keys import EnrolledKeys
@@ -91,6 +97,7 @@ class EnrolmentDesk:
         self._tunnel_url = tunnel_url
         self._tunnel_key = tunnel_key
         self._organisation = organisation
+        self.throttle = LoginThrottle()  # its per-address limit: refused enrolments
 
     @staticmethod
     def create_token(
@@ -128,6 +135,28 @@ class EnrolmentDesk:
         return token
 
     async def enrol(self, body: Mapping[str, object], remote: str) -> EnrolReply:
+        """Enrol the PC ``body`` describes, or raise why not; a refusal counts toward
+        ``remote``'s throttle (an outage does not)."""
+        lock = self.throttle.attempt_from(remote)
+        if lock is not None:
+            if lock.first:  # one record per lock, not one per attempt
+                await self._audit.write(
+                    "token.throttled",
+                    actor=f"anonymous@{remote}",
+                    details={"remote": remote, "retry_after": lock.retry_after},
+                )
+            raise EnrolmentThrottled(lock.retry_after)
+        try:
+            reply = await self._enrol(body, remote)
+        except EnrolmentError:
+            raise  # a refusal stays counted
+        except Exception:
+            self.throttle.refund_from(remote)  # an outage is no guess
+            raise
+        self.throttle.refund_from(remote)
+        return reply
+
+    async def _enrol(self, body: Mapping[str, object], remote: str) -> EnrolReply:
         secret = body.get("secret")
         if not isinstance(secret, str) or not 16 <= len(secret) <= 200:
             raise EnrolmentError("the request carries no valid token secret")
