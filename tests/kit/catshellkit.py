@@ -36,6 +36,18 @@ async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
     process.exit(0)
 
 
+async def ssh_client(server: asyncssh.SSHAcceptor) -> asyncssh.SSHClientConnection:
+    """A client connection to a test server listening on 127.0.0.1 (it takes anyone)."""
+    return await asyncssh.connect(
+        "127.0.0.1",
+        server.sockets[0].getsockname()[1],
+        known_hosts=None,
+        username="x",
+        config=None,
+        client_keys=None,
+    )
+
+
 @asynccontextmanager
 async def cat_over_ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A client connection to a fresh ``cat`` server on 127.0.0.1; both closed after."""
@@ -49,14 +61,7 @@ async def cat_over_ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
         server_factory=NoAuth,
     )
     try:
-        ssh = await asyncssh.connect(
-            "127.0.0.1",
-            server.sockets[0].getsockname()[1],
-            known_hosts=None,
-            username="x",
-            config=None,
-            client_keys=None,
-        )
+        ssh = await ssh_client(server)
         try:
             yield ssh
         finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from catshellkit import ssh_client
 from shortcutkit import Counting, serving
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -131,43 +132,35 @@ async def test_a_channel_that_opens_after_the_end_is_closed_not_relayed(
         "127.0.0.1",
         0,
         server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        server_factory=lambda: _SlowPC(asked, go, heard),
+        server_factory=lambda: _SlowPC(asked, go, heard),  # no process factory: its sessions
         encoding=None,
         config=None,
     )
-    ssh = await asyncssh.connect(
-        "127.0.0.1",
-        server.sockets[0].getsockname()[1],
-        known_hosts=None,
-        username="x",
-        config=None,
-        client_keys=None,
-    )
-    session = await active(book)
-    link = AgentLink(session.agent_id, ssh, _nowhere)
-    book.agents.attach(session.agent_id, link, "127.0.0.1")  # as the tunnel's listener does
-    book.pin_link(session.id, link)
-    outcomes: list[Outcome] = []
-    recording = tmp_path / "recordings"
-    recording.mkdir()
+    async with server, await ssh_client(server) as ssh:
+        session = await active(book)
+        link = AgentLink(session.agent_id, ssh, _nowhere)
+        book.agents.attach(session.agent_id, link, "127.0.0.1")  # as the tunnel's listener does
+        book.pin_link(session.id, link)
+        outcomes: list[Outcome] = []
+        recording = tmp_path / "recordings"
+        recording.mkdir()
 
-    async def terminal(websocket: WebSocket) -> None:
-        await websocket.accept()
-        recorder = AsciicastRecorder(
-            recording, session.id, 80, 24, title="t", limits=RecordingLimits(min_free=0)
-        )
-        claimed, link, relay = claim(
-            book,
-            session.id,
-            "alice",
-            "shell",
-            lambda _: TerminalRelay(websocket, recorder, (80, 24), session_id=session.id),
-        )
-        outcomes.append(await run_relay(book, claimed, link, relay))
-        await websocket.close()
+        async def terminal(websocket: WebSocket) -> None:
+            await websocket.accept()
+            recorder = AsciicastRecorder(
+                recording, session.id, 80, 24, title="t", limits=RecordingLimits(min_free=0)
+            )
+            claimed, link, relay = claim(
+                book,
+                session.id,
+                "alice",
+                "shell",
+                lambda _: TerminalRelay(websocket, recorder, (80, 24), session_id=session.id),
+            )
+            outcomes.append(await run_relay(book, claimed, link, relay))
+            await websocket.close()
 
-    app = Starlette(routes=[WebSocketRoute("/t", terminal)])
-    try:
+        app = Starlette(routes=[WebSocketRoute("/t", terminal)])
         async with (
             serving(app, Counting, ws_per_message_deflate=False) as port,
             connect(f"ws://127.0.0.1:{port}/t") as ws,
@@ -183,14 +176,10 @@ async def test_a_channel_that_opens_after_the_end_is_closed_not_relayed(
                         shown.extend(await ws.recv())  # type: ignore[arg-type]
             assert PROMPT not in shown  # nothing of the PC's after the end
         await asyncio.sleep(0.2)  # anything the relay would still have written
-        assert bytes(heard) == b""  # no keystroke reached the ended session's shell
-        assert [o.reason for o in outcomes] == ["technician"]
-        cast = (recording / f"{session.id}.cast").read_bytes()
-        assert b"root@pc" not in cast
-        types = [r.type for r in read_records(tmp_path / "audit.sqlite3")]
-        assert types.count("session.ended") == 1
-        assert "session.started" in types
-    finally:
-        ssh.close()
-        server.close()
-        await server.wait_closed()
+    assert bytes(heard) == b""  # no keystroke reached the ended session's shell
+    assert [o.reason for o in outcomes] == ["technician"]
+    cast = (recording / f"{session.id}.cast").read_bytes()
+    assert b"root@pc" not in cast
+    types = [r.type for r in read_records(tmp_path / "audit.sqlite3")]
+    assert types.count("session.ended") == 1
+    assert "session.started" in types
