@@ -20,7 +20,7 @@ from allowhelp.protocol.control import (
 )
 from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.kinds import channel_subsystem, parse_channel_subsystem
-from allowhelp.protocol.text import plain_text
+from allowhelp.protocol.text import ascii_digits, plain_text
 
 MESSAGES = [
     ConsentRequest(
@@ -88,6 +88,12 @@ def test_a_consent_timeout_is_under_an_hour() -> None:
     for timeout in (3600.0, 70000.0):
         with pytest.raises(ProtocolError, match="timeout"):
             decode(replace(asked, timeout=timeout).encode().strip())
+
+
+def test_digits_are_0_to_9_alone() -> None:
+    assert ascii_digits("0123456789")
+    for text in ("", "١٢٣", "¹²³", "²", "12 ", "-1", "1.0", "\uff11\uff12"):  # last: fullwidth
+        assert not ascii_digits(text), text
 
 
 def test_line_buffer_splits_and_bounds() -> None:

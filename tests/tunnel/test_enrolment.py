@@ -139,10 +139,10 @@ def test_enrolled_key_cannot_be_enrolled_again(fleet: Fleet, broker) -> None:  #
 def test_guessing_tokens_is_throttled_with_one_record_per_lock(
     fleet: Fleet, broker: Broker
 ) -> None:
-    """Anyone may call the enrolment: 30 refused tokens from one address in 15
-    minutes, then 429 with Retry-After before any token is looked up, and one
-    ``token.throttled`` on the chain instead of a record per guess. The lock is
-    that address's: a PC elsewhere enrols with a good token meanwhile."""
+    """Anyone may call the enrolment: 30 refusals from one address in 15 minutes
+    (a success counts nothing), then 429 with Retry-After before any token is looked
+    up, and one ``token.throttled`` on the chain instead of a record per guess. The
+    lock is that address's: a PC elsewhere enrols with a good token meanwhile."""
     import json
     import secrets
 
@@ -158,8 +158,16 @@ def test_guessing_tokens_is_throttled_with_one_record_per_lock(
         body = {"secret": secrets.token_hex(16), "host_key": key()}
         return client.post("/api/v1/enrol", json=body)
 
+    agent = fleet.agent()  # a PC enrolled from this address: a success counts nothing
+    assert agent.enroll(broker.token()).returncode == 0
+    with sqlite3.connect(broker.data / "broker.sqlite3") as db:
+        enrolled = db.execute("SELECT public_key FROM agents").fetchone()[0]
+    secret = EnrolmentToken.decode(broker.token("--uses", "40")).secret
     with httpx.Client(base_url=broker.url, verify=broker.ssl_context()) as client:
-        answers = [guess(client) for _ in range(30)]
+        for _ in range(10):  # a known key replayed: refused (it needs no good token)
+            again = client.post("/api/v1/enrol", json={"secret": secret, "host_key": enrolled})
+            assert again.status_code == 403 and "already enrolled" in again.text
+        answers = [guess(client) for _ in range(20)]
         assert {a.status_code for a in answers} == {403}, answers[0].text
         throttled = [guess(client) for _ in range(5)]
     assert {a.status_code for a in throttled} == {429}

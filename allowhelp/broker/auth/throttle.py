@@ -66,18 +66,27 @@ class LoginThrottle:
             ((user_key, self.policy.per_user), (addr_key, self.policy.per_address))
         )
 
-    def attempt_from(self, remote: str) -> Lock | None:
-        """``attempt`` for what names no user (an enrolment): the address's key alone."""
-        return self._attempt(((f"addr:{remote}", self.policy.per_address),))
+    def locked_from(self, remote: str) -> Lock | None:
+        """The lock on ``remote``'s address, counting nothing: for what names no user
+        and counts only once judged a failure (an enrolment: ``failed_from``)."""
+        return self._locked(((f"addr:{remote}", self.policy.per_address),), self._clock())
 
-    def refund_from(self, remote: str) -> None:
-        """``attempt_from``'s attempt was not a failure."""
-        stamps = self._failures.get(f"addr:{remote}")
-        if stamps:
-            stamps.pop()
+    def failed_from(self, remote: str) -> None:
+        """An attempt from ``remote`` was judged a failure (its record may still fail)."""
+        self._count((f"addr:{remote}",), self._clock())
+
+    def unannounced(self, lock: Lock) -> None:
+        """``lock``'s record could not be written: the next refusal under it tries again."""
+        self._announced.pop(lock.key, None)
 
     def _attempt(self, limits: tuple[tuple[str, int], ...]) -> Lock | None:
         now = self._clock()
+        lock = self._locked(limits, now)
+        if lock is None:
+            self._count(tuple(key for key, _ in limits), now)
+        return lock
+
+    def _locked(self, limits: tuple[tuple[str, int], ...], now: float) -> Lock | None:
         for key, limit in limits:
             stamps = self._recent(key, now)
             if len(stamps) >= limit:
@@ -86,7 +95,10 @@ class LoginThrottle:
                 first = self._announced.get(key, 0.0) < now
                 self._announced[key] = until
                 return Lock(key, max(1, int(until - now + 0.999)), first)
-        for key, _ in limits:
+        return None
+
+    def _count(self, keys: tuple[str, ...], now: float) -> None:
+        for key in keys:
             stamps = self._recent(key, now)
             stamps.append(now)
             self._failures[key] = stamps
@@ -94,7 +106,6 @@ class LoginThrottle:
         while len(self._failures) > self.policy.max_keys:
             old, _ = self._failures.popitem(last=False)
             self._announced.pop(old, None)
-        return None
 
     def refund(self, username: str, remote: str) -> None:
         """The attempt was not a failure (e.g. right password, code still to come)."""

@@ -200,8 +200,8 @@ class FileDesk:
             size = attrs.size or 0
             if size > self.max_file:
                 raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
-        except BrokerError as unfit:
-            await self._finished(transfer, unfit)
+        except BaseException as exc:  # refused, or cut (cancelled) while the PC looked
+            await asyncio.shield(self._unfit(transfer, exc))
             raise
         self._tell(transfer, size, "started")
         try:
@@ -259,8 +259,8 @@ class FileDesk:
                     raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
             except (asyncssh.Error, OSError, EOFError) as exc:
                 raise sftp_error(exc, path) from exc
-        except BrokerError as unfit:
-            await self._finished(transfer, unfit)
+        except BaseException as exc:  # refused, or cut (cancelled) while the PC looked
+            await asyncio.shield(self._unfit(transfer, exc))
             raise
         self._tell(transfer, 0, "started")
         try:
@@ -318,6 +318,13 @@ class FileDesk:
         )
         transfer.started = time.time()
         return transfer
+
+    async def _unfit(self, transfer: _Transfer, exc: BaseException) -> None:
+        """A transfer on the record that never began: its path refused, or the request
+        cut while the PC was asked about it; ends as failed, on the record."""
+        error = exc if isinstance(exc, BrokerError) else None
+        cut = BrokerError(f"{transfer.path}: the {transfer.direction} was cut before it began")
+        await self._finished(transfer, error or cut)
 
     async def _finished(self, transfer: _Transfer, error: BrokerError | None) -> None:
         session = transfer.session

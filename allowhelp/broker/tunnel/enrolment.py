@@ -135,30 +135,30 @@ class EnrolmentDesk:
         return token
 
     async def enrol(self, body: Mapping[str, object], remote: str) -> EnrolReply:
-        """Enrol the PC ``body`` describes, or raise why not; a refusal counts toward
-        ``remote``'s throttle (an outage does not)."""
-        lock = self.throttle.attempt_from(remote)
+        """Enrol the PC ``body`` describes, or raise why not. A refusal (no valid
+        secret; a token unknown, used or expired; a key enrolled already, which needs
+        no good token) counts toward ``remote``'s throttle once judged, whether or not
+        its record could be written; an enrolment under way or done, and an outage,
+        count nothing: PCs enrolling at once behind one address do not lock it."""
+        lock = self.throttle.locked_from(remote)
         if lock is not None:
             if lock.first:  # one record per lock, not one per attempt
-                await self._audit.write(
-                    "token.throttled",
-                    actor=f"anonymous@{remote}",
-                    details={"remote": remote, "retry_after": lock.retry_after},
-                )
+                try:
+                    await self._audit.write(
+                        "token.throttled",
+                        actor=f"anonymous@{remote}",
+                        details={"remote": remote, "retry_after": lock.retry_after},
+                    )
+                except BaseException:
+                    self.throttle.unannounced(lock)  # the next refusal tries again
+                    raise
             raise EnrolmentThrottled(lock.retry_after)
-        try:
-            reply = await self._enrol(body, remote)
-        except EnrolmentError:
-            raise  # a refusal stays counted
-        except Exception:
-            self.throttle.refund_from(remote)  # an outage is no guess
-            raise
-        self.throttle.refund_from(remote)
-        return reply
+        return await self._enrol(body, remote)
 
     async def _enrol(self, body: Mapping[str, object], remote: str) -> EnrolReply:
         secret = body.get("secret")
         if not isinstance(secret, str) or not 16 <= len(secret) <= 200:
+            self.throttle.failed_from(remote)
             raise EnrolmentError("the request carries no valid token secret")
         try:
             key = parse_public_key(str(body.get("host_key", "")))
@@ -175,6 +175,7 @@ class EnrolmentDesk:
             else await self._db.run(Store.consume_enrol_token, hashed, time.time())
         )
         if refusal is not None:
+            self.throttle.failed_from(remote)  # counted, whether its record is written or not
             await self._audit.write(
                 "token.refused",
                 actor=f"anonymous@{remote}",
