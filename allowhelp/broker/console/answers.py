@@ -160,3 +160,18 @@ async def close_quietly(websocket: WebSocket, code: CloseCode, reason: str) -> N
     """Close, whatever state the socket is in (the browser may be gone already)."""
     with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
         await websocket.close(int(code), close_reason(reason))
+
+
+BINARY = "binary"  # the subprotocol of the terminal's and screen's pages, when offered
+
+
+async def accept_or_gone(websocket: WebSocket) -> bool:
+    """Accept (with ``binary`` when the page offers it); False when the page went
+    meanwhile: uvicorn raises its ``ClientDisconnected`` (an ``OSError``) then, and a
+    session claimed for that page must be given back by the caller."""
+    offered = websocket.scope.get("subprotocols") or []
+    try:
+        await websocket.accept(subprotocol=BINARY if BINARY in offered else None)
+    except OSError:
+        return False
+    return True

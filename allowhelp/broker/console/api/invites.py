@@ -18,7 +18,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.websockets import WebSocket
 
-from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
+from allowhelp.broker.console.answers import (
+    CloseCode,
+    accept_or_gone,
+    close_code_of,
+    close_quietly,
+    refuse,
+)
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.api.node_routes import or_elsewhere
 from allowhelp.broker.console.api.recorders import screen_recorder
@@ -31,8 +37,6 @@ from allowhelp.broker.relay.terminal import terminal_size
 from allowhelp.broker.sessions.invitation import Invitation
 from allowhelp.protocol.kinds import Kind
 from allowhelp.protocol.text import ascii_digits
-
-SUBPROTOCOL = "binary"
 
 
 async def invite(request: Request) -> Response:
@@ -115,10 +119,7 @@ async def attach_invitee(websocket: WebSocket, svc: Services, username: str, kin
             await svc.invites.refused(session_id, username, exc)
         await refuse(websocket, exc)
         return
-    offered = websocket.scope.get("subprotocols") or []
-    try:
-        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    except OSError:  # the page went meanwhile (uvicorn's ClientDisconnected)
+    if not await accept_or_gone(websocket):  # the page went meanwhile
         await svc.invites.gone_before(joined, relay)
         return
     outcome = await svc.invites.run(joined, link, relay)

@@ -22,7 +22,13 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from allowhelp.broker.audit.recording import AsciicastRecorder
-from allowhelp.broker.console.answers import CloseCode, close_code_of, close_quietly, refuse
+from allowhelp.broker.console.answers import (
+    CloseCode,
+    accept_or_gone,
+    close_code_of,
+    close_quietly,
+    refuse,
+)
 from allowhelp.broker.console.api.base import services, websocket_principal
 from allowhelp.broker.console.api.invites import attach_invitee
 from allowhelp.broker.console.api.node_routes import attach_elsewhere
@@ -35,8 +41,6 @@ from allowhelp.broker.relay.screen import ScreenRelay
 from allowhelp.broker.relay.terminal import TerminalRelay, terminal_size
 from allowhelp.broker.sessions.attach import claim, run_relay
 from allowhelp.protocol.kinds import Kind
-
-SUBPROTOCOL = "binary"
 
 RelayMaker = Callable[[WebSocket, Services, Session], Relay]
 
@@ -91,10 +95,7 @@ async def _attach(websocket: WebSocket, kind: Kind, make: RelayMaker) -> None:
     except BrokerError as exc:
         await refuse(websocket, exc)
         return
-    offered = websocket.scope.get("subprotocols") or []
-    try:
-        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    except OSError:  # the page went meanwhile (uvicorn's ClientDisconnected): it left
+    if not await accept_or_gone(websocket):  # the page went meanwhile: it left
         relay.stop()
         await svc.sessions.finish(session.id, Outcome("technician"))
         return
