@@ -386,4 +386,5 @@ class HelperHub:
 
     async def _ask_help(self, conn: PacketConn, packet: hp.AskHelp) -> None:
         has_helper = self.helper_of(conn.uid) is not None
-        self._reply(conn, await ask_help(self._service, packet, has_helper=has_helper))
+        answer = await ask_help(self._service, packet, has_helper=has_helper, uid=conn.uid)
+        self._reply(conn, answer)

@@ -62,7 +62,7 @@ def chat(service: AgentService, packet: hp.MessagesQuery | hp.Say, uid: int) -> 
 
 
 async def ask_help(
-    running: Callable[[], AgentService], packet: hp.AskHelp, *, has_helper: bool
+    running: Callable[[], AgentService], packet: hp.AskHelp, *, has_helper: bool, uid: int
 ) -> bytes:
     """``request-help``: only a user signed in at this PC (``has_helper``) may ask;
     ``running`` gives the service, or raises while it is starting."""
@@ -73,7 +73,7 @@ async def ask_help(
             "running) can ask for help",
         )
     try:
-        code = await running().request_help(packet.message)
+        code = await running().request_help(packet.message, uid)
     except AgentError as exc:
         return hp.answer(False, error=str(exc))
     return hp.answer(True, code=code.code, expires_in=code.expires_in)

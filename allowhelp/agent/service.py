@@ -44,7 +44,7 @@ from allowhelp.protocol.control import (
     SessionEnd,
 )
 from allowhelp.protocol.kinds import EndReason, Via
-from allowhelp.protocol.text import plain_text
+from allowhelp.protocol.text import digits_of, plain_text
 
 if TYPE_CHECKING:
     from allowhelp.agent.inventory import InventoryReporter
@@ -87,6 +87,8 @@ class AgentService:
         self._hello = hello
         self._send: Sender | None = None
         self._help: dict[str, asyncio.Future[HelpCode]] = {}
+        # Who asked for each help code this process got (None: a per-user agent's user)
+        self._asked_help: dict[str, int | None] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Fleet jobs (the machine service with jobs.py): apart from the gate.
         self.jobs: JobKeeper | None = None
@@ -206,6 +208,10 @@ class AgentService:
             username=plain_text(request.username, 64),
         )
         owner, refusal = self._owner_for(request)
+        asked_by = self._asked_help.get(digits_of(request.help_code), owner)
+        if request.help_code and asked_by != owner:  # a shared PC: another user asked
+            log.warning("session=%s: its help code was asked by another user", request.session_id)
+            request = replace(request, help_code="")
         if refusal is not None:
             log.warning("session=%s refused at once: %s", request.session_id, refusal)
             if self._send is not None:
@@ -369,7 +375,14 @@ class AgentService:
             raise ConsentRefused(_("no session %(session)s of yours") % {"session": session_id})
         return self.news.chat(session_id)
 
-    async def request_help(self, message: str) -> HelpCode:
+    async def request_help(self, message: str, owner: int | None = None) -> HelpCode:
+        code = await self._help_code(message)
+        self._asked_help[digits_of(code.code)] = owner
+        while len(self._asked_help) > MAX_OWNERS_KEPT:  # the oldest go first
+            del self._asked_help[next(iter(self._asked_help))]
+        return code
+
+    async def _help_code(self, message: str) -> HelpCode:
         if self._send is None and self.doorbell is not None:
             # woken by the doorbell for this very request: its tunnel is on its way
             with contextlib.suppress(asyncio.TimeoutError):

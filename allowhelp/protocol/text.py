@@ -18,6 +18,11 @@ def ascii_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def digits_of(text: str) -> str:
+    """The 0-9 of ``text``, in order: a help code as the broker keeps it ("123 456")."""
+    return "".join(ch for ch in text if ascii_digits(ch))
+
+
 def plain_text(value: object, limit: int) -> str:
     if not isinstance(value, str):
         return ""

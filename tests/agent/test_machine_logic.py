@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -18,7 +19,13 @@ from allowhelp.agent.seqpacket import PacketConn
 from allowhelp.agent.service import AgentService, NotConnected
 from allowhelp.agent.signedin import HelperInfo, choose, logind_active_uid
 from allowhelp.protocol import helper as hp
-from allowhelp.protocol.control import ConsentRequest, Message, SessionEnd
+from allowhelp.protocol.control import (
+    ConsentRequest,
+    HelpCode,
+    HelpRequest,
+    Message,
+    SessionEnd,
+)
 from allowhelp.protocol.hostile_json import ProtocolError
 from allowhelp.protocol.kinds import channel_subsystem, parse_channel_subsystem
 
@@ -134,6 +141,34 @@ def test_a_user_without_helper_loses_their_sessions() -> None:
     assert service.owner_gone(1001) == ["s-00000001"]
     assert sent[-1] == SessionEnd("s-00000001", "signed_out")
     assert service.gate.grants() == []
+
+
+def test_you_asked_for_help_is_said_only_to_the_user_who_asked() -> None:
+    """On a shared PC the broker's request carries the help code alone: the user
+    signed in when the technician calls may not be the one who asked for it."""
+    signed_in = [1001]
+    service = AgentService(CONFIG, signed_in=lambda: signed_in[0])
+    sent: list[Message] = []
+    service.attach(sent.append)
+
+    async def go() -> None:
+        asking = asyncio.create_task(service.request_help("printer", 1001))
+        await asyncio.sleep(0)
+        (asked,) = sent
+        assert isinstance(asked, HelpRequest)
+        service.on_message(HelpCode(ref=asked.ref, code="123 456", expires_in=1800.0))
+        assert (await asking).code == "123 456"
+        signed_in[0] = 1002  # alice leaves, bob signs in; the technician calls back
+        service.on_message(replace(request("s-00000001"), help_code="123 456"))
+        signed_in[0] = 1001
+        service.on_message(replace(request("s-00000002"), help_code="123 456"))
+        service.on_message(replace(request("s-00000003"), help_code="999 999"))  # not ours
+
+    asyncio.run(go())
+    bob, alice, unknown = service.gate.pending()
+    assert bob.owner == 1002 and "You asked for help" not in bob.prompt_text()
+    assert alice.owner == 1001 and "You asked for help (code 123 456)." in alice.prompt_text()
+    assert "You asked for help (code 999 999)." in unknown.prompt_text()  # as before
 
 
 def test_answers_are_json_with_ok() -> None:

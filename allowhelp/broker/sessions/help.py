@@ -21,7 +21,7 @@ from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import HelpCode, HelpRefused, HelpRequest, Message
-from allowhelp.protocol.text import ascii_digits, plain_text
+from allowhelp.protocol.text import digits_of, plain_text
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def format_code(digits: str) -> str:
 
 
 def normalise_code(code: str) -> str:
-    return "".join(ch for ch in code if ascii_digits(ch))
+    return digits_of(code)
 
 
 class HelpDesk:
