@@ -28,8 +28,8 @@ from allowhelp.broker.auth.passwords import (
     needs_rehash,
     verify_password,
 )
-from allowhelp.broker.auth.throttle import ThrottlePolicy
 from allowhelp.broker.errors import AuthError
+from allowhelp.broker.model.throttle import ThrottlePolicy
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from harness import Broker, Fleet, broker_cli

@@ -21,8 +21,8 @@ from allowhelp.broker.audit.log import AuditLog, read_records
 from allowhelp.broker.auth import totp
 from allowhelp.broker.auth.authenticator import Authenticator
 from allowhelp.broker.auth.passwords import hash_password
-from allowhelp.broker.auth.throttle import ThrottlePolicy
 from allowhelp.broker.errors import AuthError
+from allowhelp.broker.model.throttle import ThrottlePolicy
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.migrations import MIGRATIONS
 from allowhelp.broker.store.worker import StoreWorker

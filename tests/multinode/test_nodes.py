@@ -138,7 +138,7 @@ def test_a_database_down_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None
 def _login_load(broker: Broker, users: list[str]) -> Iterator[list[int]]:
     """Each user logs in every 0.2 s on a thread of its own; the statuses as they come.
 
-    Paced: a refused login counts toward the login throttle (auth/throttle.py:
+    Paced: a refused login counts toward the login throttle (model/throttle.py:
     10 per user per 15 min), and a throttled user would stay out after the outage.
     """
     statuses: list[int] = []

@@ -26,7 +26,6 @@ from allowhelp.broker.auth.passwords import (
     needs_rehash,
     verify_password,
 )
-from allowhelp.broker.auth.throttle import LoginThrottle, ThrottlePolicy
 from allowhelp.broker.auth.totp import (
     looks_like_recovery_code,
     matching_step,
@@ -34,6 +33,7 @@ from allowhelp.broker.auth.totp import (
     remembered_steps,
 )
 from allowhelp.broker.errors import AuditUnavailable, AuthError, StoreError
+from allowhelp.broker.model.throttle import LoginThrottle, ThrottlePolicy
 from allowhelp.broker.store import Store, User, WebSession
 from allowhelp.broker.store.worker import StoreWorker
 

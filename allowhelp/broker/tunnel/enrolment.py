@@ -5,7 +5,7 @@ The broker keeps only a hash of each token's secret. What the agent reports
 control characters here, and the console still renders it as text only.
 
 Anyone may call it, logged in or not: refused enrolments are throttled per
-address as failed logins are (``auth/throttle.py``: 30 in 15 minutes, then 429
+address as failed logins are (``model/throttle.py``: 30 in 15 minutes, then 429
 with ``retry-after``), so that guessing tokens costs the broker almost nothing and
 the audit log gets one ``token.throttled`` per lock, not one record per guess.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.auth.throttle import LoginThrottle
 from allowhelp.broker.errors import EnrolmentError, EnrolmentThrottled
+from allowhelp.broker.model.throttle import LoginThrottle
 from allowhelp.broker.store import AgentRecord, Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.keys import EnrolledKeys

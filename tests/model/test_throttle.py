@@ -4,7 +4,7 @@ user (an enrolment) is looked at first and counted only once judged a failure.""
 
 from __future__ import annotations
 
-from allowhelp.broker.auth.throttle import LoginThrottle, ThrottlePolicy
+from allowhelp.broker.model.throttle import LoginThrottle, ThrottlePolicy
 
 POLICY = ThrottlePolicy(window=60.0, per_user=3, per_address=4)
 
