@@ -33,6 +33,7 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         # asyncio.Queue: its get/put cost showed per keystroke (docs/benchmarks.md §7f).
         self.outbox: deque[bytes] = deque()
         self._ended = False  # the channel closed: ``take`` returns None once outbox is empty
+        self._dropped = False  # the relay stopped: ``take`` returns None, whatever is queued
         self._waiter: asyncio.Future[None] | None = None
         self.queued = 0
         self.stderr = bytearray()
@@ -68,6 +69,15 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
         if self.queued > self._high and self.chan is not None:
             self.chan.pause_reading()
 
+    def drop(self) -> None:
+        """The relay stopped (the session ended, or its page left): what is queued and
+        what still comes is never shown, nor recorded; ``take`` returns None now."""
+        self._dropped = True
+        self.show = None
+        self.outbox.clear()
+        self.queued = 0
+        self._wake()
+
     def nudge(self) -> None:
         """Make ``take`` return ``b""`` once, before anything queued after this."""
         self._nudged = True
@@ -80,9 +90,11 @@ class ChannelInbox(asyncssh.SSHClientSession[bytes]):
 
     async def take(self, limit: int) -> bytes | None:
         """Everything queued, up to about ``limit`` bytes in one frame; None at the
-        end; ``b""`` once after a ``nudge``."""
+        end (or once dropped); ``b""`` once after a ``nudge``."""
         outbox = self.outbox
-        while not outbox:
+        while not outbox or self._dropped:
+            if self._dropped:
+                return None
             if self._nudged:
                 self._nudged = False
                 return b""

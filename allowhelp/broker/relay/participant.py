@@ -183,6 +183,7 @@ class ParticipantTerminalRelay:
 
     def stop(self) -> Traffic:
         self._unhook()
+        self._side.drop()  # the session ended or they left: nothing more goes to the page
         if self._chan is not None:
             self._chan.close()
         return self.counters.traffic()

@@ -79,7 +79,6 @@ class ScreenRelay:
         # An invitee's relay adds its input to the owner's recording, with its own
         # sender; the owner's relay records the PC's stream and seals the file.
         self._input_only = input_only
-        self._stopped = False  # by the session's end: nothing more goes to the page
         self._view_only = view_only
         self._side = ChannelInbox(high=HIGH_WATER, low=LOW_WATER, what="screen sharer")
         self._client = ClientFilter(view_only=view_only, keep_inputs=input_only)
@@ -137,8 +136,6 @@ class ScreenRelay:
 
     async def _agent_to_browser(self) -> None:
         while (data := await self._side.take(MAX_FRAME)) is not None:
-            if self._stopped:  # queued before the end, never recorded: not shown either
-                return
             size = len(data)
             try:
                 payload = self._server.feed(data)
@@ -194,7 +191,7 @@ class ScreenRelay:
     def stop(self) -> Traffic:
         """Close the channel and seal the recording; safe to call more than once
         (the registry calls it too)."""
-        self._stopped = True
+        self._side.drop()  # nothing more goes to the page: it could not be recorded now
         if self._chan is not None:
             self._chan.close()
         if self._recorder is not None and not self._input_only:

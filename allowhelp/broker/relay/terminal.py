@@ -132,8 +132,6 @@ class TerminalRelay:
             if not payload:  # the nudge for it
                 continue
             self._recorder.output(payload)
-            if self._recorder.closed:  # stopped (the session ended): nothing more is shown
-                return
             if not self._recorder.on_disk:  # a keystroke's echo usually is, at once
                 await self._recorded()
             self._keep(payload)
@@ -259,6 +257,7 @@ class TerminalRelay:
         The digest is of everything queued for the file; ``sealed_traffic``
         awaits the writer and gives the digest of what is on disk."""
         self._unhook()
+        self._side.drop()  # nothing more is shown: it could not be recorded now
         if self._chan is not None:
             self._chan.close()
         if self._tail is not None:
