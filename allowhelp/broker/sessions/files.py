@@ -28,8 +28,9 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncssh
 
@@ -188,21 +189,7 @@ class FileDesk:
         session = self._session(session_id, username)
         client, channel = await self._client(session)
         transfer = await self._started(_Transfer(session, username, path, "download"))
-        try:
-            try:
-                attrs = await client.stat(path.encode())
-            except (asyncssh.Error, OSError, EOFError) as exc:
-                raise sftp_error(exc, path) from exc
-            if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-                raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
-            if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
-                raise BadRequest(f"{path}: not a regular file", code="not_a_file")
-            size = attrs.size or 0
-            if size > self.max_file:
-                raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
-        except BaseException as exc:  # refused, or cut (cancelled) while the PC looked
-            await asyncio.shield(self._unfit(transfer, exc))
-            raise
+        size = await self._looked_at(transfer, self._download_size(client, path))
         self._tell(transfer, size, "started")
         try:
             handle = await client.open(path.encode(), "rb")
@@ -211,6 +198,21 @@ class FileDesk:
             await self._finished(transfer, error)
             raise error from exc
         return size, self._chunks(transfer, handle, channel, size)
+
+    async def _download_size(self, client: asyncssh.SFTPClient, path: str) -> int:
+        """The size of the regular file at ``path``, or why it cannot be downloaded."""
+        try:
+            attrs = await client.stat(path.encode())
+        except (asyncssh.Error, OSError, EOFError) as exc:
+            raise sftp_error(exc, path) from exc
+        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+            raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
+        if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
+            raise BadRequest(f"{path}: not a regular file", code="not_a_file")
+        size = attrs.size or 0
+        if size > self.max_file:
+            raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
+        return size
 
     async def _chunks(
         self, transfer: _Transfer, handle: asyncssh.SFTPClientFile, channel: _Channel, size: int
@@ -250,18 +252,7 @@ class FileDesk:
         client, channel = await self._client(session)
         folder, temp = upload_names(path, secrets.token_hex(6))
         transfer = await self._started(_Transfer(session, username, path, "upload"))
-        try:
-            try:
-                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                    if await client.isdir(path.encode()):
-                        raise BadRequest(f"{path}: is a folder", code="is_a_folder")
-                if folder and not await client.isdir(folder.encode()):
-                    raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
-            except (asyncssh.Error, OSError, EOFError) as exc:
-                raise sftp_error(exc, path) from exc
-        except BaseException as exc:  # refused, or cut (cancelled) while the PC looked
-            await asyncio.shield(self._unfit(transfer, exc))
-            raise
+        await self._looked_at(transfer, _upload_fits(client, path, folder))
         self._tell(transfer, 0, "started")
         try:
             handle = await client.open(temp.encode(), "xb")  # O_EXCL: never someone's file
@@ -319,12 +310,16 @@ class FileDesk:
         transfer.started = time.time()
         return transfer
 
-    async def _unfit(self, transfer: _Transfer, exc: BaseException) -> None:
-        """A transfer on the record that never began: its path refused, or the request
-        cut while the PC was asked about it; ends as failed, on the record."""
-        error = exc if isinstance(exc, BrokerError) else None
-        cut = BrokerError(f"{transfer.path}: the {transfer.direction} was cut before it began")
-        await self._finished(transfer, error or cut)
+    async def _looked_at(self, transfer: _Transfer, checks: Coroutine[Any, Any, int]) -> int:
+        """The path's ``checks`` on the PC, the transfer's start already on the record:
+        a refusal, or the request cut meanwhile, ends it as failed, on the record."""
+        try:
+            return await checks
+        except BaseException as exc:
+            cut = f"{transfer.path}: the {transfer.direction} was cut before it began"
+            error = exc if isinstance(exc, BrokerError) else BrokerError(cut)
+            await asyncio.shield(self._finished(transfer, error))
+            raise
 
     async def _finished(self, transfer: _Transfer, error: BrokerError | None) -> None:
         session = transfer.session
@@ -360,3 +355,16 @@ class FileDesk:
                 session.id, transfer.path[:1000], transfer.direction, size, status
             )
             self._notify(session, message)
+
+
+async def _upload_fits(client: asyncssh.SFTPClient, path: str, folder: str) -> int:
+    """0 when ``path`` may be written (no folder there, its folder exists), else why not."""
+    try:
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+            if await client.isdir(path.encode()):
+                raise BadRequest(f"{path}: is a folder", code="is_a_folder")
+        if folder and not await client.isdir(folder.encode()):
+            raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
+    except (asyncssh.Error, OSError, EOFError) as exc:
+        raise sftp_error(exc, path) from exc
+    return 0
