@@ -66,6 +66,8 @@ def head_length(buffer: bytes) -> int | None:
 def parse_head(head: bytes) -> Head:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
+    # 0-9 only, as protocol.text's ascii_digits (not imported: it would load unicodedata
+    # into the idle doorbell, whose memory is counted: issue #19)
     if (
         len(parts) < 2
         or not parts[0].startswith("HTTP/1.")

@@ -19,10 +19,10 @@ import socket
 
 from allowhelp.agent.errors import ProxyError
 from allowhelp.agent.i18n import _
-from allowhelp.agent.proxyurl import DIRECT, Proxy, connect_request, parse_proxy, proxy_for
 
 # The proxy's URL and the CONNECT request, without asyncio (the doorbell uses them
 # too): re-exported here, where the tunnel and enrolment have always found them.
+from allowhelp.agent.proxyurl import DIRECT, Proxy, connect_request, parse_proxy, proxy_for
 from allowhelp.protocol.text import ascii_digits
 
 __all__ = [

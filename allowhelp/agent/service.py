@@ -208,8 +208,8 @@ class AgentService:
             username=plain_text(request.username, 64),
         )
         owner, refusal = self._owner_for(request)
-        asked_by = self._asked_help.get(digits_of(request.help_code), owner)
-        if request.help_code and asked_by != owner:  # a shared PC: another user asked
+        code = digits_of(request.help_code)
+        if code in self._asked_help and self._asked_help[code] != owner:  # another user's
             log.warning("session=%s: its help code was asked by another user", request.session_id)
             request = replace(request, help_code="")
         if refusal is not None:
