@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from bookkit import active
 from catshellkit import ssh_client
 from shortcutkit import Counting, serving
 from starlette.applications import Starlette
@@ -29,7 +30,6 @@ from websockets.exceptions import ConnectionClosed
 
 from allowhelp.broker.audit.log import AuditLog, read_records
 from allowhelp.broker.audit.recording import AsciicastRecorder, RecordingLimits
-from allowhelp.broker.model.session import Session, State
 from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.terminal import TerminalRelay
 from allowhelp.broker.sessions.attach import claim, run_relay
@@ -101,23 +101,6 @@ async def book(tmp_path: Path) -> AsyncIterator[SessionRegistry]:
             task.cancel()
         await db.close()
         audit.close()
-
-
-async def active(book: SessionRegistry) -> Session:
-    """A shell session alice asked for and the PC user allowed, each move on the record."""
-    session = Session.new(
-        agent_id="a-" + "d" * 20,
-        hostname="pc",
-        technician="alice",
-        technician_name="Alice",
-        kind="shell",
-        reason="printer",
-    )
-    await book._rows.save_now(session)
-    book._live[session.id] = session
-    await book._move(session.id, State.AWAITING_CONSENT, actor="system")
-    await book._move(session.id, State.ACTIVE, actor="user@pc")
-    return session
 
 
 async def _nowhere(agent_id: str, message: Message) -> None:

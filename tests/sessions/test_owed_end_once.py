@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from bookkit import active, requested
 
 from allowhelp.broker.audit.log import AuditLog, read_records
 from allowhelp.broker.errors import AuditUnavailable
-from allowhelp.broker.model.session import Session, State
+from allowhelp.broker.model.session import State
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk
 from allowhelp.broker.sessions.invitation import Invitation, InviteState
@@ -58,30 +59,6 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
             task.cancel()
         await db.close()
         audit.close()
-
-
-async def requested(book: SessionRegistry, agent_id: str, technician: str) -> Session:
-    """A shell session a technician asked for, saved and live (not yet decided)."""
-    session = Session.new(
-        agent_id=agent_id,
-        hostname="pc",
-        technician=technician,
-        technician_name=technician.title(),
-        kind="shell",
-        reason="printer",
-    )
-    await book._rows.save_now(session)
-    book._live[session.id] = session
-    return session
-
-
-async def active(book: SessionRegistry) -> Session:
-    """A session the PC user allowed, as ``SessionRegistry.request`` and the PC's
-    decision make one (each move on the record)."""
-    session = await requested(book, "a-" + "d" * 20, "alice")
-    await book._move(session.id, State.AWAITING_CONSENT, actor="system")
-    await book._move(session.id, State.ACTIVE, actor="user@pc")
-    return session
 
 
 def types_for(audit: Path, session_id: str) -> list[str]:
