@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import websockets
 
 from allowhelp.agent.desktop import TEST_COMMAND_ENV
 from allowhelp.broker.audit.recording import file_sha256
@@ -181,9 +182,7 @@ def server_bytes(broker: Broker, session_id: str) -> int:
 
 
 def end_record(broker: Broker, session_id: str) -> dict[str, Any]:
-    done = broker_cli("audit", "export", "--data", str(broker.data))
-    assert done.returncode == 0, done.stderr
-    ended = [json.loads(line) for line in done.stdout.splitlines()]
+    ended = audit_records(broker)
     found = [r for r in ended if r["type"] == "session.ended" and r["target"] == session_id]
     assert len(found) == 1
     record: dict[str, Any] = found[0]
@@ -191,39 +190,56 @@ def end_record(broker: Broker, session_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.x11
-def test_a_control_invitees_keys_are_recorded_before_and_without_the_owners_viewer(
+def test_an_invitee_sees_the_screen_only_while_the_owners_viewer_records_it(
     world: tuple[Broker, Agent, XServer],
 ) -> None:
-    """The invitee attaches before the owner's viewer (their keys are in the
-    recording), the owner's viewer joins that recording, and in a second session
-    the owner's viewer never connects: the invitee's keys are recorded all the same,
-    and the end record carries the digest of the file."""
+    """Each participant's picture is their own stream from the PC; the session's
+    one recording holds the owner's viewer's. So an invitee who comes before the
+    owner's viewer is refused (403, and why is on the record), then joins once it is open, their
+    keys in that recording under their name; in a second session the owner's
+    viewer never connects and the invitee never sees the PC unrecorded."""
     broker, agent, xserver = world
     owner, helper = Desk.login(broker, TECH, TECH_PW), Desk.login(broker, CONTROLLER, PASSWORD)
     try:
         first = _screen_with_controller(owner, helper, agent, "invitee before the owner")
-        asyncio.run(_controller_then_owner(owner, helper, first, xserver))
+        assert asyncio.run(_screen_refused(helper, first)) == 403
+        asyncio.run(_owner_then_controller(owner, helper, first, xserver))
         owner.wait_state(first, "ended")
         second = _screen_with_controller(owner, helper, agent, "the owner never looks")
-        asyncio.run(_controller_alone(helper, second, xserver))
+        assert asyncio.run(_screen_refused(helper, second)) == 403
         answer = owner.client.post(f"/api/v1/sessions/{second}/end")
         assert answer.status_code == 200, answer.text
         owner.wait_state(second, "ended")
     finally:
         owner.close()
         helper.close()
+    refusals = [r for r in audit_records(broker) if r["type"] == "participant.refused"]
+    assert {r["target"] for r in refusals} >= {first, second}
+    assert all("has not opened" in r["details"]["error"] for r in refusals)
     inputs = recorded_inputs(broker, first)
     assert key_event(KEYSYM_W, True) in inputs[CONTROLLER]
     assert key_event(KEYSYM_A, True) in inputs[TECH]
     assert not inputs[CONTROLLER].startswith(b"RFB ")  # their input, not their viewer's handshake
     assert server_bytes(broker, first) > 0  # the owner's picture
-    alone = recorded_inputs(broker, second)
-    assert key_event(KEYSYM_W, True) in alone[CONTROLLER] and TECH not in alone
-    for session_id in (first, second):
-        details = end_record(broker, session_id)["details"]
-        path = broker.data / "recordings" / f"{session_id}.rfb"
-        assert details["recording_sha256"] == file_sha256(path)
-        assert details["recording_bytes"] == path.stat().st_size
+    details = end_record(broker, first)["details"]
+    path = broker.data / "recordings" / f"{first}.rfb"
+    assert details["recording_sha256"] == file_sha256(path)
+    assert details["recording_bytes"] == path.stat().st_size
+    assert not (broker.data / "recordings" / f"{second}.rfb").exists()  # nothing was shown
+
+
+async def _screen_refused(desk: Desk, session_id: str) -> int:
+    """The HTTP status that refused ``desk``'s screen WebSocket on ``session_id``."""
+    with pytest.raises(websockets.InvalidStatus) as caught:
+        async with screen_socket(desk, session_id):
+            pass
+    return caught.value.response.status_code
+
+
+def audit_records(broker: Broker) -> list[dict[str, Any]]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def _screen_with_controller(owner: Desk, helper: Desk, agent: Agent, reason: str) -> str:
@@ -261,22 +277,17 @@ async def _type_w(client: RfbClient, xserver: XServer) -> None:
     )
 
 
-async def _controller_then_owner(
+async def _owner_then_controller(
     owner: Desk, helper: Desk, session_id: str, xserver: XServer
 ) -> None:
-    async with screen_socket(helper, session_id) as helper_ws:
-        await _type_w(RfbClient(helper_ws), xserver)
-        async with screen_socket(owner, session_id) as owner_ws:
-            owner_rfb = RfbClient(owner_ws)
-            owner_init = await owner_rfb.handshake()
-            await owner_rfb.send(key_event(KEYSYM_A, True) + key_event(KEYSYM_A, False))
-            await owner_rfb.request_raw(owner_init)
-            assert await owner_rfb.framebuffer_update(owner_init)
-
-
-async def _controller_alone(helper: Desk, session_id: str, xserver: XServer) -> None:
-    async with screen_socket(helper, session_id) as helper_ws:
-        await _type_w(RfbClient(helper_ws), xserver)
+    async with screen_socket(owner, session_id) as owner_ws:
+        owner_rfb = RfbClient(owner_ws)
+        owner_init = await owner_rfb.handshake()
+        async with screen_socket(helper, session_id) as helper_ws:
+            await _type_w(RfbClient(helper_ws), xserver)
+        await owner_rfb.send(key_event(KEYSYM_A, True) + key_event(KEYSYM_A, False))
+        await owner_rfb.request_raw(owner_init)
+        assert await owner_rfb.framebuffer_update(owner_init)
 
 
 async def _owner_and_controller(

@@ -1,31 +1,35 @@
 """An invited technician's terminal WebSocket ↔ their own shell channel on the agent (#18).
 
 The agent fans the shell's output out to every participant's channel
-(``agent/participants.py``), so each participant has a channel of their own and
-this relay is the owner's without a recording: the owner's relay records the
-shell's output (the same bytes), and a participant's relay never ends the
-session, only their part in it.
+(``agent/participants.py``), so each participant has a channel of their own;
+a participant's relay never ends the session, only their part in it.
+
+Output: what an invitee's page is shown comes from the owner's relay, not from
+their channel. The owner's relay records the shell's output and keeps each chunk
+once it is in the recording (``scrollback.py``); an invitee's relay follows
+that: first the shell's recent output (so their terminal starts where the
+owner's is), then every chunk kept from that moment on. So an invitee never sees
+output the recording may not hold, even behind a slow owner's page. Their
+channel's own copy of the output is dropped as it comes (the agent must not
+find them too slow for it: it closes a channel that falls 4 MiB behind); the
+channel stays what the PC knows them by, and what carries a controller's keys.
 
 Input: an ``observe`` participant's keystrokes and resizes are dropped here,
 and dropped again by the agent (it does not trust the broker to). A
 ``control`` participant's keystrokes go through; only the owner sizes the
 terminal, so every participant's resize is dropped.
 
-Joining late: the agent fans out only what the shell prints after the
-participant's channel joined; what came before is the shell's recent output
-kept by the owner's relay (``scrollback.py``), sent first, once the channel is
-open, so the participant's terminal starts where the owner's is.
-
-The owner's shortcut (``fastws.py``): a keystroke that arrives with nothing
-queued before it is written to the channel (or, from an observer, dropped) in
-the WebSocket protocol's callback; an echo that arrives while the output task
+The shortcut (``fastws.py``): a keystroke that arrives with nothing queued
+before it is written to the channel (or, from an observer, dropped) in the
+WebSocket protocol's callback; a kept chunk that comes while the output task
 waits with nothing queued, once the catch-up is sent, goes to the browser's
-transport in the SSH session's callback, when ``await send`` would not have
-waited either. Everything else takes the tasks' path, as the owner's relay.
-There is no recording here to wait for: the owner's relay records the shell.
+transport in the owner's relay's step, when ``await send`` would not have
+waited either. Everything else takes the tasks' path.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncssh
 from starlette.websockets import WebSocket
@@ -41,7 +45,7 @@ from allowhelp.broker.relay.outcome import (
     first_to_end,
     outcome_of,
 )
-from allowhelp.broker.relay.scrollback import tail_of
+from allowhelp.broker.relay.scrollback import Follower, follow
 from allowhelp.broker.relay.terminal import (
     HIGH_WATER,
     LOW_WATER,
@@ -76,6 +80,7 @@ class ParticipantTerminalRelay:
         shortcut = websocket.scope.get("extensions", {}).get(EXTENSION)
         self._shortcut = shortcut if isinstance(shortcut, ShortcutWebSocketProtocol) else None
         self._input_held = False  # a keystroke taken by the task waits for the channel
+        self._follower: Follower | None = None  # the owner's relay's kept output (``_catch_up``)
 
     @property
     def channel(self) -> ChannelSpec:
@@ -89,14 +94,39 @@ class ParticipantTerminalRelay:
 
     async def run(self, chan: asyncssh.SSHClientChannel[bytes]) -> Outcome:
         self._chan = chan
+        found = follow(self._session_id) if self._session_id else None
+        if found is None:  # the owner's relay stopped: the session is ending
+            self.stop()
+            return Outcome("error", RelayError("the session's technician left the shell"))
+        earlier, self._follower = found
         if self._shortcut is not None:
             self._shortcut.take_bytes = self._take_now
+        self._side.show = self._drop_output  # the channel's copy: ``_drain``
         try:
-            console_left, error = await first_to_end(self._from_browser(chan), self._catch_up())
+            console_left, error = await first_to_end(
+                self._from_browser(chan),
+                self._catch_up(earlier, self._follower),
+                self._drain(),
+                self._cut_off(self._follower),
+            )
         finally:
             self._unhook()
         self.stop()
         return outcome_of("participant terminal", console_left, error, self._why_channel_ended)
+
+    async def _drain(self) -> None:
+        """Drop the channel's copy of the output until the channel ends."""
+        while await self._side.take(MAX_FRAME) is not None:
+            pass
+
+    @staticmethod
+    def _drop_output(data: bytes) -> bool:
+        return True  # taken in the SSH session's callback: no task wakes for it
+
+    @staticmethod
+    async def _cut_off(follower: Follower) -> None:
+        await follower.cut.wait()  # set, not polled: a page that reads nothing is stuck in send
+        raise RelayError("too slow to follow the session")
 
     def _why_channel_ended(self) -> Outcome:
         failure = self._side.failure() if self._side.stderr else None
@@ -106,26 +136,26 @@ class ParticipantTerminalRelay:
             return Outcome("agent_lost")
         return Outcome("user")  # the agent closed it: the user removed them, or the shell ended
 
-    async def _catch_up(self) -> None:
-        """What the shell printed before this participant joined, then the live output."""
-        earlier = tail_of(self._session_id) if self._session_id else b""
+    async def _catch_up(self, earlier: bytes, follower: Follower) -> None:
+        """What the shell printed before this participant joined, then what comes,
+        all of it once it is in the owner's relay's recording."""
         for start in range(0, len(earlier), MAX_FRAME):
             await self._ws.send_bytes(earlier[start : start + MAX_FRAME])
-        await self._to_browser()
-
-    async def _to_browser(self) -> None:
         if self._shortcut is not None:  # only now: the catch-up goes first
-            self._side.show = self._show_now
-        try:
-            while (payload := await self._side.take(MAX_FRAME)) is not None:
-                self.counters.from_agent += len(payload)
-                await self._ws.send_bytes(payload)
-        finally:
-            self._unhook()
+            follower.show = self._show_now
+        while (payload := await follower.take()) is not None:
+            for start in range(0, len(payload), MAX_FRAME):
+                chunk = payload[start : start + MAX_FRAME]
+                self.counters.from_agent += len(chunk)
+                await self._ws.send_bytes(chunk)
+        # cut off (``_cut_off`` says so), or the owner's relay stopped: the session is
+        # ending, and its end stops this relay (as the PC closing the channel does)
+        await asyncio.Event().wait()
 
     def _show_now(self, data: bytes) -> bool:
-        """An echo while the task waits with nothing queued, in the SSH session's
-        callback: sent at once if ``await send`` would not wait; else declined."""
+        """An echo just kept by the owner's relay (``Follower.feed``) while the task
+        waits with nothing queued: sent at once if ``await send`` would not wait;
+        else declined."""
         shortcut = self._shortcut
         if shortcut is None or len(data) > MAX_FRAME:
             return False
@@ -154,6 +184,8 @@ class ParticipantTerminalRelay:
 
     def _unhook(self) -> None:
         self._side.show = None
+        if self._follower is not None:
+            self._follower.show = None
         if self._shortcut is not None:
             self._shortcut.take_bytes = None
 
@@ -184,6 +216,8 @@ class ParticipantTerminalRelay:
     def stop(self) -> Traffic:
         self._unhook()
         self._side.drop()  # the session ended or they left: nothing more goes to the page
+        if self._follower is not None:
+            self._follower.end()
         if self._chan is not None:
             self._chan.close()
         return self.counters.traffic()

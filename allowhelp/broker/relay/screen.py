@@ -17,8 +17,9 @@ sends as the technician gets it, what the technician sends as the PC gets it,
 with ``sender`` (the technician's user name) as who sent it; an invitee in
 control mode adds their input messages (keys, pointer, clipboard: not their
 viewer's handshake or update requests) to the session's one recording under
-their own name (``input_only``), whether or not the owner's viewer is
-connected (``console/api/recorders.py``). Recording costs
+their own name (``input_only``); invitees attach only while the owner's
+viewer is connected, so the PC's picture is being recorded
+(``console/api/recorders.py``, ``InviteDesk.claim``). Recording costs
 the hot path a frame head per chunk; the relay waits only when the recording's
 writer falls far behind or a stopped recording is being audited.
 """

@@ -12,13 +12,24 @@ What the tail is: the last ``TAIL_BYTES`` of output, and nothing from before
 the last full clear (``clear``, ``reset``, ``ESC [2J``): what came before it is
 off the owner's screen as well. A tail cut by the size limit starts after its
 first line break, so it never begins inside an escape sequence or a character.
+
+Following: an invitee's page gets the shell's live output from here too, not
+from their own channel (whose output their relay drops): ``follow`` hands over
+the tail and, from the same moment, every chunk the owner's relay keeps, so what
+an invitee sees is always already in the recording, with no gap and nothing
+twice. A follower more than ``FOLLOW_BACKLOG`` bytes behind is cut off (as the
+agent cuts off an invitee's channel that falls as far behind): a slow invitee
+never holds up the shell or the owner.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+from collections.abc import Callable
 
 TAIL_BYTES = 64 * 1024
+FOLLOW_BACKLOG = 4 * 1024 * 1024  # bytes a follower may leave unsent before it is cut off
 # Full clears: xterm's "reset" (RIS), "erase display" and "erase saved lines".
 CLEARS = (b"\x1bc", b"\x1b[2J", b"\x1b[3J")
 
@@ -40,8 +51,12 @@ class Scrollback:
         self._skip = 0  # bytes of the first chunk that are no longer in the tail
         self._size = 0  # bytes in the tail: the chunks' minus ``_skip``
         self._cut = False  # bytes were dropped from the front for the size limit
+        self._followers: list[Follower] = []
 
     def add(self, data: bytes) -> None:
+        if self._followers:
+            for follower in tuple(self._followers):  # one cut off leaves the list
+                follower.feed(data)
         if len(data) >= self._limit:
             self._chunks.clear()
             self._skip, self._cut = 0, True
@@ -63,6 +78,17 @@ class Scrollback:
             self._size -= left
             over -= left
 
+    def follow(self) -> tuple[bytes, Follower]:
+        """The tail now, and a follower that gets every chunk added from now on."""
+        follower = Follower(self._followers)
+        self._followers.append(follower)
+        return self.tail(), follower
+
+    def close(self) -> None:
+        """The owner's relay stopped: nothing more comes to any follower."""
+        for follower in tuple(self._followers):
+            follower.end()
+
     def tail(self) -> bytes:
         data = b"".join(self._chunks)[self._skip :]
         clear = max(data.rfind(mark) for mark in CLEARS)
@@ -72,6 +98,67 @@ class Scrollback:
             newline = data.find(b"\n")
             data = data[newline + 1 :] if newline >= 0 else data
         return data
+
+
+class Follower:
+    """One invitee's page following a shell's kept output, chunk by chunk, in order.
+
+    ``feed`` runs in the owner's relay (on its hot path, just before the owner is
+    shown the chunk) and never raises: while ``take``'s caller waits with nothing
+    queued, ``show`` may send a chunk at once (the invitee's shortcut); else the
+    chunk waits for ``take``.
+    """
+
+    def __init__(self, followers: list[Follower]) -> None:
+        self._followers = followers  # the scrollback's list, to leave it
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._changed = asyncio.Event()
+        self._waiting = False  # ``take``'s caller waits with nothing queued: ``show`` may send
+        self.show: Callable[[bytes], bool] | None = None
+        self.cut = asyncio.Event()  # cut off: more than FOLLOW_BACKLOG bytes behind
+        self.ended = False  # the owner's relay stopped, or this follower left
+
+    def feed(self, data: bytes) -> None:
+        if self.ended:
+            return
+        if self._waiting and not self._chunks and self.show is not None:
+            try:
+                if self.show(data):
+                    return
+            except Exception:  # never into the owner's relay: ``take`` sends it
+                self.show = None
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > FOLLOW_BACKLOG:
+            self.cut.set()
+            self.end()
+        self._changed.set()
+
+    async def take(self) -> bytes | None:
+        """The next chunk; None once ended (``cut`` says if it was cut off)."""
+        while not self._chunks or self.ended:
+            if self.ended:
+                return None
+            self._changed.clear()
+            self._waiting = True
+            try:
+                await self._changed.wait()
+            finally:
+                self._waiting = False
+        data = self._chunks.popleft()
+        self._size -= len(data)
+        return data
+
+    def end(self) -> None:
+        """Nothing more: what waits is not sent; the scrollback forgets this follower."""
+        self.ended = True
+        self.show = None
+        self._chunks.clear()
+        self._size = 0
+        self._changed.set()
+        if self in self._followers:
+            self._followers.remove(self)
 
 
 # The tails of the shells whose owner's relay runs in this process, by session id.
@@ -85,8 +172,16 @@ def keep_tail(session_id: str) -> Scrollback:
 
 
 def drop_tail(session_id: str, tail: Scrollback) -> None:
+    tail.close()
     if _tails.get(session_id) is tail:
         del _tails[session_id]
+
+
+def follow(session_id: str) -> tuple[bytes, Follower] | None:
+    """The recent output of ``session_id``'s shell and a follower of what comes
+    next (None if its owner's relay is not running here)."""
+    tail = _tails.get(session_id)
+    return None if tail is None else tail.follow()
 
 
 def tail_of(session_id: str) -> bytes:

@@ -226,8 +226,8 @@ class InviteDesk(InviteBook):
 
     @staticmethod
     def _seal_screen_recording(session_id: str) -> Traffic:
-        """A screen session's one recording, for its end record, sealed now if a
-        control invitee opened it and the owner's viewer never closed it."""
+        """A screen session's one recording, for its end record, sealed now if still
+        open (the owner's relay seals it when it stops, which is usually first)."""
         recorder = open_recording(f"{session_id}{SUFFIX}")
         if not isinstance(recorder, RfbRecorder):
             return Traffic()
@@ -278,7 +278,8 @@ class InviteDesk(InviteBook):
         """Like ``attach.claim`` for an invitee: synchronous, registered at once. A
         connection while one is open replaces it (a reloaded page, a dropped
         network): the one before is stopped, and the new one's channel opens once
-        it has gone (``run``)."""
+        it has gone (``run``). Only while the owner's relay is attached: it records
+        the shell or the PC's picture, and its end ends the session (and them)."""
         session = self._sessions.live(session_id)
         invitation = self.live_for(session_id, username)
         if session is None or invitation is None or not invitation.attachable:
@@ -286,6 +287,9 @@ class InviteDesk(InviteBook):
         same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
         if not same or session.state is not State.ACTIVE or self._sessions.ending(session_id):
             raise Conflict(f"the session is not an active {kind} session")
+        if not self._sessions.has_relay(session.id):  # nothing would record what they see
+            why = f"the session's technician has not opened its {kind} yet: join once they have"
+            raise Conflict(why, code="owner_not_attached")
         link = self._sessions.session_link(session.id)
         if link is None:
             raise AgentUnreachable("the machine is offline")

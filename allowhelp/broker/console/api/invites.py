@@ -80,9 +80,8 @@ def _relay(websocket: WebSocket, kind: Kind, invitation: Invitation) -> Relay:
     if kind == "screen":
         if invitation.mode != "control" or session is None:
             return ScreenRelay(websocket, view_only=True)
-        # Their input goes into the session's one recording under their name, whether
-        # or not the owner's viewer is connected (the first to attach opens it);
-        # the PC's stream is the owner's relay's to record.
+        # Their input goes into the session's one recording under their name; the
+        # PC's stream is the owner's relay's to record (attached: ``InviteDesk.claim``).
         return ScreenRelay(
             websocket,
             screen_recorder(svc, session),

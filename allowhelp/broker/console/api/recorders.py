@@ -1,11 +1,12 @@
-"""The recordings of a session's relays: opened once, whoever attaches first (#18).
+"""The recordings of a session's relays: opened once, by the owner's relay (#18).
 
 A shell's recording is its owner's relay's (an invitee's keys come back as the
 shell's echo). A screen session has one recording, holding the PC's stream as
 the owner's viewer got it and every person's input under their own name: the
-owner's relay or a control invitee's opens it, whichever attaches first, and
-the other adds to it; it is sealed when the session ends (the owner's relay
-stops, or ``InviteDesk`` closes it before the end record).
+owner's relay opens it, and a control invitee's (who may attach only while the
+owner's relay is attached: ``InviteDesk.claim``) adds to it; it is sealed when
+the session ends (the owner's relay stops, or ``InviteDesk`` closes it before the
+end record if an invitee's relay still holds it).
 """
 
 from __future__ import annotations
