@@ -110,3 +110,72 @@ async def test_invite_from_the_page_and_join_once_allowed(
     await owner.click("#end")
     await expect(owner.locator("#state")).to_have_text("ended", timeout=15000)
     assert owner_problems == [] and guest_problems == []
+
+
+async def api_call(page: Any, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``fetch`` in the signed-in ``page``, as the console does (CSRF header); the JSON."""
+    answer: dict[str, Any] = await page.evaluate(
+        """async ([method, path, body]) => {
+            const r = await fetch(path, {method, headers: {'Content-Type': 'application/json',
+                        'X-CSRF-Token': sessionStorage.getItem('csrf')},
+              body: JSON.stringify(body)});
+            return {status: r.status, body: await r.json()};
+        }""",
+        [method, path, body],
+    )
+    return answer
+
+
+async def test_an_allowed_invitee_waits_for_the_owner_to_open_the_session(
+    setup: tuple[Broker, Agent], browser: Chromium
+) -> None:
+    """Invited and allowed before the owner opened the shell: the invitee's page says
+    it waits for them (nothing records what it would show), then joins by itself
+    once the owner's page opens the shell."""
+    broker, agent = setup
+    owner, owner_problems = await logged_in_page(browser, broker, TECH, TECH_PW)
+    made = await api_call(
+        owner,
+        "POST",
+        "/api/v1/sessions",
+        {"agent_id": agent.agent_id, "kind": "shell", "reason": "invitee first"},
+    )
+    assert made["status"] == 201, made
+    session_id = made["body"]["id"]
+    await asyncio.to_thread(wait_pending, agent, session_id)
+    assert (await asyncio.to_thread(agent_call, agent, "allow", session_id)).returncode == 0
+    path = f"/api/v1/sessions/{session_id}"
+    await expect_active(owner, path)
+    asked = await api_call(
+        owner, "POST", f"{path}/invite", {"username": OBSERVER, "mode": "control"}
+    )
+    assert asked["status"] == 201, asked
+    invitation = await asyncio.to_thread(pending_invitation, agent, session_id)
+    assert (
+        await asyncio.to_thread(agent_call, agent, "allow", invitation["session_id"])
+    ).returncode == 0
+    guest, guest_problems = await logged_in_page(browser, broker, OBSERVER, PASSWORD)
+    await guest.goto(f"{broker.url}/terminal.html?session={session_id}")
+    await expect(guest.locator("#message")).to_contain_text(f"Waiting for {TECH}", timeout=15000)
+    assert await guest.locator("#screen").is_hidden()
+    await owner.goto(f"{broker.url}/terminal.html?session={session_id}")
+    await expect(owner.locator(".xterm-rows")).to_contain_text(re.compile(r"[$#]"), timeout=15000)
+    guest_rows = guest.locator(".xterm-rows")
+    await guest.wait_for_selector(".xterm-rows", timeout=15000)
+    await owner.locator(".xterm").click()
+    await owner.keyboard.type("echo joined-late-$((6*7))\n")
+    await expect(guest_rows).to_contain_text("joined-late-42", timeout=15000)
+    await owner.click("#end")
+    await expect(owner.locator("#state")).to_have_text("ended", timeout=15000)
+    assert owner_problems == [] and guest_problems == []
+
+
+async def expect_active(page: Any, path: str) -> None:
+    for _ in range(150):
+        seen: dict[str, Any] = await page.evaluate(
+            "async (path) => (await fetch(path)).json()", path
+        )
+        if seen.get("state") == "active":
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the session did not become active")

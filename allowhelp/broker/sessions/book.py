@@ -109,6 +109,9 @@ class SessionBook(BookHooks):
         """A relay serves this session; ending the session stops it first, so the
         end record carries its byte counts and the recording's digest."""
         self._relays.setdefault(session_id, []).append(stop)
+        session = self.live(session_id)
+        if session is not None:
+            self._tell_attached(session)
 
     def has_relay(self, session_id: str) -> bool:
         return bool(self._relays.get(session_id))

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 EndDetails = Callable[[str], Awaitable[Mapping[str, object]]]
 FinalListener = Callable[[Session], None]
+# Who hears that a session's own technician opened it (its first relay attached):
+# its invitees' pages, which wait for that (#18).
+AttachListener = Callable[[Session], None]
 # Who else stops access when a session ends, before its end record (its invitees,
 # #18); what they return joins the record's traffic (a recording they opened).
 EndingHook = Callable[[str], Awaitable[Traffic]]
@@ -39,12 +42,17 @@ class BookHooks:
         self._ending_hooks: list[EndingHook] = []
         self._late_end_guard: LateEndGuard | None = None
         self._let_go_listeners: list[LetGoListener] = []
+        self._attach_listeners: list[AttachListener] = []
 
     def add_end_details(self, hook: EndDetails) -> None:
         self._end_details.append(hook)
 
     def on_final(self, listener: FinalListener) -> None:
         self._final_listeners.append(listener)
+
+    def on_attach(self, listener: AttachListener) -> None:
+        """Call ``listener`` when a session's own technician opens it (a relay attached)."""
+        self._attach_listeners.append(listener)
 
     def before_end(self, hook: EndingHook) -> None:
         """Call ``hook`` when a session ends, after its relays stop, before its record."""
@@ -84,6 +92,13 @@ class BookHooks:
                 listener(session)
             except Exception:  # a listener's failure must not undo an end
                 log.exception("session=%s: a listener of its end failed", session.id)
+
+    def _tell_attached(self, session: Session) -> None:
+        for listener in self._attach_listeners:
+            try:
+                listener(session)
+            except Exception:  # a listener's failure must not keep the technician out
+                log.exception("session=%s: a listener of its opening failed", session.id)
 
     def _let_go(self, session_id: str) -> None:
         for listener in self._let_go_listeners:

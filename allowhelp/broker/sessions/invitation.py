@@ -104,12 +104,16 @@ class Connection:
         return invitation.connections == self.number and invitation.state is InviteState.JOINED
 
 
-def invitee_view(session: Session, invitation: Invitation) -> dict[str, object]:
-    """The session as its invitee sees it: their own phrase, their invitation."""
+def invitee_view(
+    session: Session, invitation: Invitation, *, owner_here: bool
+) -> dict[str, object]:
+    """The session as its invitee sees it: their own phrase, their invitation, and
+    whether its own technician has it open (``owner_here``: they may join only then)."""
     return {
         **session.to_json(),
         "phrase": invitation.phrase,
         "invitation": invitation.to_json(),
+        "owner_here": owner_here,
         "view_only": session.view_only or invitation.mode != "control",
         "notes": "",
     }

@@ -53,6 +53,7 @@ class InviteBook:
         sessions.before_end(self._before_end)
         sessions.on_final(self._session_over)
         sessions.on_let_go(self._let_go)
+        sessions.on_attach(self._owner_opened)
 
     # what a session's end does to its invitations (InviteDesk)
 
@@ -61,6 +62,12 @@ class InviteBook:
 
     def _session_over(self, session: Session) -> None:
         raise NotImplementedError
+
+    def _owner_opened(self, session: Session) -> None:
+        """The owner's relay attached: the pages of those allowed in may join now."""
+        for invitation in self.of_session(session.id):
+            if invitation.live:
+                self._publish(session, invitation)
 
     def _let_go(self, session_id: str) -> None:
         """Another node ended the session while this one was cut off (its end here,
@@ -144,7 +151,12 @@ class InviteBook:
             audience=f"user:{session.technician}",
         )
         self._events.publish(
-            {"type": "session", "session": invitee_view(session, invitation)},
+            {
+                "type": "session",
+                "session": invitee_view(
+                    session, invitation, owner_here=self._sessions.has_relay(session.id)
+                ),
+            },
             audience=f"user:{invitation.username}",
         )
 

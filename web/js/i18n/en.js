@@ -372,6 +372,7 @@ export default /** @type {Record<string, string>} */ ({
   "invite.line": "{name} ({user}): {mode}, {state}, phrase: {phrase}",
   "invite.observe": "Observe (output only)",
   "invite.over": "Your invitation to this session is {state}.",
+  "invite.owner_away": "Allowed. Waiting for {technician} to open the session: you join as soon as they do.",
   "invite.revoke": "Revoke",
   "invite.send": "Invite",
   "invite.title": "Invite…",

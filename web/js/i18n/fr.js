@@ -372,6 +372,7 @@ export default /** @type {Record<string, string>} */ ({
   "invite.line": "{name} ({user}) : {mode}, {state}, phrase : {phrase}",
   "invite.observe": "Observer (affichage seulement)",
   "invite.over": "Votre invitation à cette session : {state}.",
+  "invite.owner_away": "Accepté. En attente de l'ouverture de la session par {technician} : vous la rejoindrez dès que ce sera fait.",
   "invite.revoke": "Retirer",
   "invite.send": "Inviter",
   "invite.title": "Inviter…",

@@ -372,6 +372,7 @@ export default /** @type {Record<string, string>} */ ({
   "invite.line": "{name} ({user}): {mode}, {state}, zin: {phrase}",
   "invite.observe": "Meekijken (alleen uitvoer)",
   "invite.over": "Uw uitnodiging voor deze sessie: {state}.",
+  "invite.owner_away": "Toegelaten. Wachten tot {technician} de sessie opent: u doet mee zodra dat gebeurt.",
   "invite.revoke": "Intrekken",
   "invite.send": "Uitnodigen",
   "invite.title": "Uitnodigen…",

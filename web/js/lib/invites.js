@@ -20,7 +20,11 @@ import { t } from "./i18n.js";
  * @property {string} state asked | allowed | joined | left | denied | expired | revoked | removed | ended
  */
 
-/** @typedef {import("./session-states.js").Session & {invitation?: Invitation}} SessionSeen */
+/**
+ * The session as this page's user sees it; an invitee's view also says whether the
+ * session's own technician has it open (they may join only then).
+ * @typedef {import("./session-states.js").Session & {invitation?: Invitation, owner_here?: boolean}} SessionSeen
+ */
 
 const LIVE = ["asked", "allowed", "joined", "left"]; // "left": they may come back
 
@@ -34,12 +38,14 @@ export function mayJoin(session) {
   if (!invitation) return true;
   $("end", HTMLButtonElement).hidden = true; // an invitee leaves by closing the page
   // "joined" or "left": a reloaded page, a dropped network: the invitation still stands
-  if (["allowed", "joined", "left"].includes(invitation.state)) return true;
+  const allowed = ["allowed", "joined", "left"].includes(invitation.state);
+  if (allowed && session.owner_here !== false) return true;
   $("notice").hidden = false;
   $("phrase").textContent = plain(invitation.phrase, 100);
   $("phrase-line").hidden = invitation.state !== "asked";
-  $("message").textContent =
-    invitation.state === "asked"
+  $("message").textContent = allowed // the owner's view records what everyone sees: wait for it
+    ? t("invite.owner_away", { technician: plain(session.technician, 100) })
+    : invitation.state === "asked"
       ? t("invite.waiting", { host: plain(session.hostname, 100) })
       : t("invite.over", { state: invitation.state });
   return false;
