@@ -46,6 +46,8 @@ from allowhelp.protocol.text import plain_text
 
 log = logging.getLogger(__name__)
 
+ProgramKey = tuple[str, int]  # a session id, and the service's number of that start
+
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 15.0
 
 
@@ -100,8 +102,9 @@ class SessionHelper:
         self.path = path
         self.frontends = frontends
         self.view = view
-        self.programs: dict[str, UserProgram] = {}
-        self.starting: dict[str, asyncio.Task[None]] = {}  # screens waiting for their socket
+        # by session id and the service's number for that start (``Open.program``)
+        self.programs: dict[ProgramKey, UserProgram] = {}
+        self.starting: dict[ProgramKey, asyncio.Task[None]] = {}  # screens awaiting their socket
         self.lost = asyncio.Event()
 
     def connect(self) -> PacketConn:
@@ -150,8 +153,8 @@ class SessionHelper:
         self.view.conn = None
         for session_id in list(self.view.gate.live):
             self._ended(session_id)
-        for session_id in list(self.programs):
-            self._end_program(conn, session_id)
+        for key in list(self.programs):
+            self._end_program(conn, key)
         self.lost.set()
 
     def _packet(self, conn: PacketConn, data: bytes, fds: list[int]) -> None:
@@ -204,7 +207,7 @@ class SessionHelper:
         elif isinstance(packet, hp.Open):
             self._open(conn, packet)
         elif isinstance(packet, hp.Close):
-            self._end_program(conn, packet.session_id)
+            self._end_program(conn, (packet.session_id, packet.program))
         elif isinstance(packet, hp.Notice):
             show_notice(plain_text(packet.text, 500))
 
@@ -214,13 +217,14 @@ class SessionHelper:
                 frontend.ended(session_id)
 
     def _open(self, conn: PacketConn, packet: hp.Open) -> None:
-        if packet.session_id in self.programs or packet.session_id in self.starting:
-            conn.send(hp.Opened(packet.session_id, False, "already started").encode())
+        key = (packet.session_id, packet.program)
+        if key in self.programs or key in self.starting:
+            conn.send(hp.Opened(key[0], False, "already started", program=key[1]).encode())
             return
         if packet.kind == "screen":
             task = asyncio.ensure_future(self._open_screen(conn, packet))
-            self.starting[packet.session_id] = task
-            task.add_done_callback(lambda _: self.starting.pop(packet.session_id, None))
+            self.starting[key] = task
+            task.add_done_callback(lambda done: self._started(key, done))
             return
         try:
             if packet.kind == "shell":
@@ -230,9 +234,13 @@ class SessionHelper:
             else:
                 raise RuntimeError(f"a session helper does not start a {packet.kind}")
         except (OSError, RuntimeError) as exc:
-            self._refuse(conn, packet.session_id, exc)
+            self._refuse(conn, key, exc)
             return
-        self._hand_over(conn, packet.session_id, program)
+        self._hand_over(conn, key, program)
+
+    def _started(self, key: ProgramKey, task: asyncio.Task[None]) -> None:
+        if self.starting.get(key) is task:
+            del self.starting[key]
 
     async def _open_screen(self, conn: PacketConn, packet: hp.Open) -> None:
         """The screen server answers on its socket first (wayvnc takes a moment)."""
@@ -241,33 +249,36 @@ class SessionHelper:
                 os.environ, view_only=packet.view_only, monitor=packet.monitor, greet=packet.greet
             )
         except (OSError, RuntimeError) as exc:  # ScreenUnavailable is a RuntimeError
-            self._refuse(conn, packet.session_id, exc)
+            self._refuse(conn, (packet.session_id, packet.program), exc)
             return
-        self._hand_over(conn, packet.session_id, program)
+        self._hand_over(conn, (packet.session_id, packet.program), program)
 
     @staticmethod
-    def _refuse(conn: PacketConn, session_id: str, exc: OSError | RuntimeError) -> None:
+    def _refuse(conn: PacketConn, key: ProgramKey, exc: OSError | RuntimeError) -> None:
         reason = str(exc) if isinstance(exc, RuntimeError) else (exc.strerror or str(exc))
-        conn.send(hp.Opened(session_id, False, reason).encode())
+        conn.send(hp.Opened(key[0], False, reason, program=key[1]).encode())
 
-    def _hand_over(self, conn: PacketConn, session_id: str, program: UserProgram) -> None:
-        self.programs[session_id] = program
+    def _hand_over(self, conn: PacketConn, key: ProgramKey, program: UserProgram) -> None:
+        self.programs[key] = program
         greeted = bool(program.greeting)  # always rfbgreeting.RFB_VERSION when said
-        conn.send(hp.Opened(session_id, True, greeted=greeted).encode(), [program.fd])
+        opened = hp.Opened(key[0], True, greeted=greeted, program=key[1])
+        conn.send(opened.encode(), [program.fd])
         program.handed_over()
 
-    def _end_program(self, conn: PacketConn, session_id: str) -> None:
-        starting = self.starting.pop(session_id, None)
+    def _end_program(self, conn: PacketConn, key: ProgramKey) -> None:
+        starting = self.starting.pop(key, None)
         if starting is not None:  # ended before its socket answered: the start ends it
             starting.cancel()
-        program = self.programs.get(session_id)
+        program = self.programs.get(key)
         if program is None or program.ending is not None:
             return
 
         def report(ended: asyncio.Future[int]) -> None:
-            self.programs.pop(session_id, None)
+            if self.programs.get(key) is program:
+                del self.programs[key]
             status = ended.result()
-            conn.send(hp.Exited(session_id, status, program.error(status)).encode())
+            exited = hp.Exited(key[0], status, program.error(status), program=key[1])
+            conn.send(exited.encode())
 
         program.end().add_done_callback(report)
 

@@ -13,8 +13,11 @@ broker runs only when all of these hold, checked in this order:
 Whatever the outcome, the broker gets a ``job.result`` saying so. A job is
 run at most once: results are kept in ``DIR/jobs.json`` (root's alone, bounded)
 and a job the broker sends again (it resends until it has a result) is
-answered from there. This path is apart from the consent gate: it opens no
-channel and grants nothing to a session.
+answered from there. So no job runs unless that record can be read and the
+job's "interrupted" mark written to it first: a record that cannot (a full disk,
+a damaged file, left in place for the PC's admin to look at) refuses every job
+until it can, instead of forgetting what ran. This path is apart from the
+consent gate: it opens no channel and grants nothing to a session.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import write_private
+from allowhelp.agent.errors import AgentError
 from allowhelp.agent.history import History
 from allowhelp.protocol.control import JobResult, JobRun, Message
 from allowhelp.protocol.hostile_json import ProtocolError
@@ -45,8 +48,13 @@ INTERRUPTED = (
     "(see the PC's logs for how far it got)"
 )
 MAX_RESULTS = 500
+UNUSABLE = "refused: this PC cannot keep its record of jobs run, so this one could run twice"
 Sender = Callable[[Message], None]
 Notify = Callable[[str], None]
+
+
+class JobRecordUnusable(AgentError):
+    """``jobs.json`` cannot be read or written: no job may run (it could run twice)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,12 @@ class JobKeeper:
         return bool(self._running)
 
     def received(self, message: JobRun) -> None:
-        kept = self._results().get(message.job_id)
+        try:
+            kept = self._results().get(message.job_id)
+        except JobRecordUnusable as exc:
+            log.error("job=%s refused: %s", message.job_id, exc)
+            self._answer(_kept(message.job_id, "refused", f"{UNUSABLE} ({exc})", time.time()))
+            return
         if kept is not None:  # run (or refused) before: the same answer again
             self._answer(kept)
             return
@@ -154,7 +167,10 @@ class JobKeeper:
         # Written before it starts: if the service stops half-way, the job is
         # answered as interrupted when the broker sends it again, never run twice.
         now = time.time()
-        self._remember(_kept(spec.job_id, "failed", INTERRUPTED, now), None)
+        unusable = self._remember(_kept(spec.job_id, "failed", INTERRUPTED, now), None)
+        if unusable is not None:  # not marked: a resend after a lost answer would run it again
+            self._answer(_kept(spec.job_id, "refused", f"{UNUSABLE} ({unusable})", now))
+            return
         outcome = await run_job(spec, apt_config=policy.apt_config)
         kept = Kept(
             spec.job_id,
@@ -176,19 +192,23 @@ class JobKeeper:
         if self._send is not None:
             self._send(kept.message())
 
-    def _remember(self, kept: Kept, spec: JobSpec | None) -> None:
-        results = self._results()
-        results[kept.job_id] = kept
-        newest = sorted(results.values(), key=lambda k: k.finished)[-MAX_RESULTS:]
+    def _remember(self, kept: Kept, spec: JobSpec | None) -> str | None:
+        """Keep ``kept`` in the record; None once kept, else why it could not be."""
+        problem = None
         try:
+            results = self._results()
+            results[kept.job_id] = kept
+            newest = sorted(results.values(), key=lambda k: k.finished)[-MAX_RESULTS:]
             write_private(
                 self._folder / RESULTS_FILE,
                 json.dumps({k.job_id: asdict(k) for k in newest}) + "\n",
             )
-        except OSError as exc:
-            log.error("job=%s result not kept: %s", kept.job_id, exc)
+        except (OSError, JobRecordUnusable) as exc:
+            problem = str(exc) if isinstance(exc, JobRecordUnusable) else exc.strerror or str(exc)
+            log.error("job=%s result not kept: %s", kept.job_id, problem)
         if spec is not None:
             self._write_history(spec, kept)
+        return problem
 
     def _write_history(self, spec: JobSpec, kept: Kept) -> None:
         try:
@@ -215,10 +235,12 @@ class JobKeeper:
             return {key: Kept(**value) for key, value in raw.items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, TypeError) as exc:
-            log.error("%s is damaged (%s): starting a new one", RESULTS_FILE, exc)
-            os.replace(self._folder / RESULTS_FILE, self._folder / (RESULTS_FILE + ".damaged"))
-            return {}
+        except (OSError, ValueError, TypeError) as exc:  # left as it is, for the PC's admin
+            path = self._folder / RESULTS_FILE
+            raise JobRecordUnusable(
+                f"{path} cannot be read ({exc}): repair or remove it, knowing that a job it "
+                "names may then run again"
+            ) from exc
 
 
 def _kept(job_id: str, state: str, output: str, now: float) -> Kept:

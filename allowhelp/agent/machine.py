@@ -19,8 +19,7 @@ Where the socket lives and how its folder is checked: ``machinesocket.py``;
 the helpers connected and who of them is signed in: ``sessionhelpers.py``.
 
 Bounded: at most ``MAX_CONNECTIONS`` connections, ``MAX_PER_UID`` per uid,
-``MAX_HELPERS_PER_UID`` helpers per uid; a client that sends nothing is
-dropped after ``IDLE_TIMEOUT``.
+``MAX_HELPERS_PER_UID`` helpers per uid; a silent client goes after ``IDLE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -59,6 +58,7 @@ MAX_CONNECTIONS = 64
 MAX_PER_UID = 8
 MAX_HELPERS_PER_UID = 4
 IDLE_TIMEOUT = 10.0
+PROGRAM_NUMBERS = 65535  # ``Open.program`` counts 1..this, then again from 1
 
 
 class HelperHub:
@@ -81,7 +81,9 @@ class HelperHub:
         self._inherited: socket.socket | None = None
         self._helpers = SessionHelpers(active_uid)
         self._idle: dict[PacketConn, asyncio.TimerHandle] = {}
-        self._programs: dict[str, RemoteProgram] = {}
+        # by session id and number (``Open.program``: a reconnect's while the last one ends)
+        self._programs: dict[tuple[str, int], RemoteProgram] = {}
+        self._last_program = 0
         self._owners: dict[str, int | None] = {}  # session → uid: news go to it alone
         self._tasks: set[asyncio.Task[None]] = set()
         self._said: tuple[str, str, ScreenSaid | None] | None = None  # user, language, screen
@@ -156,15 +158,17 @@ class HelperHub:
             raise RuntimeError("the user who allowed it has no session helper running any more")
         from allowhelp.agent.remote import RemoteProgram  # noqa: PLC0415 - with the first session
 
+        self._last_program = self._last_program % PROGRAM_NUMBERS + 1
+        number = self._last_program
         program = RemoteProgram(
-            conn, channel, grant, kind, term=term, size=size, forget=self._forget
+            conn, channel, grant, kind, term=term, size=size, forget=self._forget, number=number
         )
-        self._programs[grant.session_id] = program
+        self._programs[grant.session_id, number] = program
         return program
 
     def _forget(self, program: RemoteProgram) -> None:
-        if self._programs.get(program.session_id) is program:
-            del self._programs[program.session_id]
+        if self._programs.get((program.session_id, program.number)) is program:
+            del self._programs[program.session_id, program.number]
 
     # ConsentFrontend: prompts go to the owner's helpers only
 
@@ -374,15 +378,22 @@ class HelperHub:
     def _program_news(
         self, conn: PacketConn, packet: hp.Opened | hp.Exited, fds: list[int]
     ) -> None:
-        program = self._programs.get(packet.session_id)
-        if program is None or program.conn is not conn:  # not this helper's to report
+        program = self._programs.get((packet.session_id, packet.program))
+        if program is None and packet.program == 0:  # a helper older than program numbers
+            program = self._newest_program(packet.session_id)
+        if program is None or program.conn is not conn:  # ended here already, or not its own
             close_fds(fds)
-            log.warning("uid %d reported on a program that is not its own", conn.uid)
+            if program is not None:
+                log.warning("uid %d reported on a program that is not its own", conn.uid)
             return
         if isinstance(packet, hp.Opened):
             program.opened(packet, fds)
         else:
             program.exited(packet.status, packet.error)
+
+    def _newest_program(self, session_id: str) -> RemoteProgram | None:
+        found = [p for (sid, _), p in self._programs.items() if sid == session_id]
+        return found[-1] if found else None
 
     async def _ask_help(self, conn: PacketConn, packet: hp.AskHelp) -> None:
         has_helper = self.helper_of(conn.uid) is not None

@@ -74,9 +74,11 @@ class RemoteProgram:
         term: str,
         size: tuple[int, int],
         forget: Callable[[RemoteProgram], None],
+        number: int = 0,
     ) -> None:
         self.conn = conn
         self.session_id = grant.session_id
+        self.number = number  # this start's, among the session's (``Open.program``)
         self.kind = kind
         self._channel = channel
         self._size = size
@@ -93,7 +95,15 @@ class RemoteProgram:
         self.done = False
         cols, rows = clamp_size(*size) if kind == "shell" else (0, 0)
         ask = Open(
-            grant.session_id, kind, term, cols, rows, grant.view_only, grant.monitor, greet=True
+            grant.session_id,
+            kind,
+            term,
+            cols,
+            rows,
+            grant.view_only,
+            grant.monitor,
+            greet=True,
+            program=number,
         )
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(
             OPEN_TIMEOUT, self._fail, f"the user's session did not start the {kind} in time"
@@ -116,7 +126,7 @@ class RemoteProgram:
         if problem is not None:
             close_fds(fds)
             log.warning("session=%s uid %d: %s", self.session_id, self.conn.uid, problem)
-            self.conn.send(Close(self.session_id).encode())
+            self.conn.send(Close(self.session_id, self.number).encode())
             self._fail(problem)
             return
         self._fd = fds[0]
@@ -179,7 +189,7 @@ class RemoteProgram:
         """The grant ended: hang up now, and have the helper end the program's group."""
         if not self.done:
             self._end_here()
-            self.conn.send(Close(self.session_id).encode())
+            self.conn.send(Close(self.session_id, self.number).encode())
         return -1
 
     # inside
@@ -188,7 +198,7 @@ class RemoteProgram:
         """The program closed its end (the shell exited): ask how it ended."""
         self._stop_bridge()
         if not self.done:
-            self.conn.send(Close(self.session_id).encode())
+            self.conn.send(Close(self.session_id, self.number).encode())
             self._timer = self._loop.call_later(
                 EXIT_TIMEOUT, self.exited, 1, "the user's session did not say how it ended"
             )

@@ -153,6 +153,7 @@ class Opened(Packet):
     ok: bool
     error: str = ""
     greeted: bool = False  # RFB 003.008 said to the screen server for the viewer (rfbgreeting.py)
+    program: int = 0  # the ``open``'s (0: a helper older than program numbers)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Exited(Packet):
     session_id: str
     status: int
     error: str = ""
+    program: int = 0  # the ``open``'s (0: a helper older than program numbers)
 
 
 # service → helper
@@ -243,6 +245,11 @@ class Open(Packet):
     # version to the screen server for the viewer. An older service would pass the
     # viewer's own line on as well, so the helper greets only when asked.
     greet: bool = False
+    # Which start of the session's program this is (1-65535, the service's count; 0
+    # from an older service): an invitee who reconnects gets a new program under the
+    # same session id while the one before may still be ending, and each report
+    # (``Opened``, ``Exited``) and ``Close`` names its own.
+    program: int = 0
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,7 @@ class Close(Packet):
 
     type: ClassVar[str] = "close"
     session_id: str
+    program: int = 0  # the ``open``'s
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import os
 import time
@@ -21,6 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from allowhelp.agent import jobs as jobs_module
+from allowhelp.agent.config import write_private
 from allowhelp.agent.consent import Grant
 from allowhelp.agent.fleetpolicy import FleetPolicy
 from allowhelp.agent.history import History, SessionHistory, describe
@@ -105,6 +108,46 @@ async def test_a_signed_job_for_this_pc_runs_once(pc: tuple[Path, JobSigner, Job
     again = await answer(keeper, message)  # the broker resends: same answer, not run again
     assert again == first
     assert (folder / "tally").read_text() == "ran\n"
+
+
+async def test_no_job_runs_when_its_mark_cannot_be_kept(
+    pc: tuple[Path, JobSigner, JobKeeper], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the "interrupted" mark is not written, so the job does not run
+    (a resend after a lost answer would run it a second time); once the disk has
+    room, the same job runs, once."""
+    folder, signer, keeper = pc
+    policy(folder, OPTED_IN)
+
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jobs_module, "write_private", disk_full)
+    message = run_message(signer, spec(folder))
+    refused = await answer(keeper, message)
+    assert refused.state == "refused" and "could run twice" in refused.output
+    assert "No space left on device" in refused.output
+    assert not (folder / "tally").exists()
+    monkeypatch.setattr(jobs_module, "write_private", write_private)
+    assert (await answer(keeper, message)).state == "succeeded"
+    assert (await answer(keeper, message)).state == "succeeded"
+    assert (folder / "tally").read_text() == "ran\n"
+
+
+async def test_a_damaged_record_refuses_every_job_and_is_left_for_the_admin(
+    pc: tuple[Path, JobSigner, JobKeeper],
+) -> None:
+    """What ran is not forgotten: a ``jobs.json`` that cannot be read is not replaced
+    by an empty one (a job it names would run again); every job is refused, saying
+    why, until the PC's admin repairs or removes it."""
+    folder, signer, keeper = pc
+    policy(folder, OPTED_IN)
+    damaged = b'{"j-0123456789abcdef": {"job_id": "j-01'
+    (folder / "jobs.json").write_bytes(damaged)
+    refused = await answer(keeper, run_message(signer, spec(folder)))
+    assert refused.state == "refused" and "repair or remove it" in refused.output
+    assert not (folder / "tally").exists()
+    assert (folder / "jobs.json").read_bytes() == damaged
 
 
 @pytest.mark.parametrize(

@@ -239,6 +239,34 @@ def test_an_offline_pc_catches_up_and_an_expired_job_is_not_run(pcs: Pcs) -> Non
     assert types == ["job.created", "job.expired"]
 
 
+def test_a_late_answer_to_a_job_that_expired_while_it_ran_is_kept(pcs: Pcs) -> None:
+    """The job reached the PC in time and ran past its expiry: the broker gave up on
+    it (``job.expired``), then the PC's real result came; it is audited (``late``)
+    and shown, not dropped: the script ran as root, and the record says so."""
+    made = create(
+        pcs.admin,
+        targets=[pcs.opted.agent_id],
+        action="script",
+        script="sleep 8; echo finished-late",
+        reason="a slow job",
+        expires_in=3,
+        timeout=60,
+    )
+    expired = result_of(pcs.admin, made["id"], pcs.opted.agent_id, timeout=30)
+    assert expired["state"] == "expired"
+
+    def answered() -> dict[str, Any] | None:
+        row: dict[str, Any] = job(pcs.admin, made["id"])["results"][0]
+        return row if row["state"] != "expired" else None
+
+    late = wait_for(answered, 30, "the PC's late answer", step=0.2)
+    assert late["state"] == "succeeded" and "finished-late" in late["output"]
+    records = [r for r in audit(pcs.admin.broker) if r["target"] == made["id"]]
+    assert [r["type"] for r in records] == ["job.created", "job.expired", "job.result"]
+    assert records[-1]["details"]["late"] is True
+    assert records[-1]["details"]["state"] == "succeeded"
+
+
 def test_a_job_runs_once_even_when_the_pc_reconnects(pcs: Pcs) -> None:
     tally = pcs.root / "once"
     made = create(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from allowhelp.broker.audit.recording import AsciicastRecorder, RecordingLimits
 from allowhelp.broker.relay.outcome import Outcome
 from allowhelp.broker.relay.participant import ParticipantTerminalRelay
-from allowhelp.broker.relay.scrollback import FOLLOW_BACKLOG, drop_tail, keep_tail
+from allowhelp.broker.relay.scrollback import FOLLOW_BACKLOG, Scrollback, drop_tail, keep_tail
 from allowhelp.broker.relay.terminal import TerminalRelay
 
 
@@ -228,3 +229,38 @@ async def test_a_page_that_reads_nothing_is_cut_off_and_never_holds_the_owner(
         assert outcome.failure.message == "too slow to follow the session"
         (relay,) = made.relays
         assert relay.counters.from_agent < FOLLOW_BACKLOG + 2 * len(block)
+
+
+async def test_the_shells_last_output_reaches_a_slow_page_when_it_ends(tmp_path: Path) -> None:
+    """The shell printed a lot and exited: the owner's relay kept the last of it and
+    stopped, and the PC closed every channel at once; an invitee whose page reads
+    late still gets all of it, then their relay ends."""
+    async with invitee_alone(tmp_path, may_type=True) as (made, tail):
+        small = socket.socket()
+        small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the page's side fills
+        small.connect(("127.0.0.1", made.port))
+        small.setblocking(False)
+        async with connect(f"ws://127.0.0.1:{made.port}/p", sock=small, max_size=None) as ws:
+            await last_output_reaches(made, tail, ws)
+
+
+async def last_output_reaches(made: Stack, tail: Scrollback, ws: ClientConnection) -> None:
+    await until(lambda: made.relays and made.relays[0]._follower, "the invitee following")
+    (relay,) = made.relays
+    block = bytes(range(256)) * 1024  # over a frame: queued, not sent in the owner's step
+    for _ in range(12):
+        tail.add(block)
+    drop_tail("s", tail)  # the owner's relay stopped
+    assert relay._chan is not None
+    relay._chan.close()  # and the PC closed the invitee's channel
+    await asyncio.sleep(0.5)  # the page reads late
+    assert await echoed(ws, 12 * len(block)) == block * 12
+    await until(lambda: made.outcomes, "the invitee's relay ending")
+
+
+async def test_without_the_owners_relay_an_invitee_is_told_so(tmp_path: Path) -> None:
+    async with stack(tmp_path, may_type=True) as made, connect(f"ws://127.0.0.1:{made.port}/p"):
+        await until(lambda: made.outcomes, "the invitee's relay ending")
+        (outcome,) = made.outcomes
+        assert outcome.failure is not None
+        assert outcome.failure.message == "the session's technician left the shell"

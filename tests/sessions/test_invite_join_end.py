@@ -71,29 +71,15 @@ async def test_a_connection_that_never_joined_is_not_written_as_having_left(
         session_id = await asyncio.to_thread(consented_shell, owner, agent)
         invitation = await asyncio.to_thread(invited, owner, agent, session_id, ANN, "control")
         invitation_id = str(invitation["id"])
-        async with terminal(owner, session_id), terminal(ann, session_id):
-            await asyncio.to_thread(
-                wait_for, lambda: joined_on_pc(agent, invitation_id), 15, "ann joined"
-            )
-            with audit_locked(broker):
-                # a reloaded page: the new connection replaces the first, and waits for
-                # it to stop (its leaving waits for the log) before its own join
-                async with terminal(ann, session_id):
-                    await asyncio.to_thread(
-                        wait_for,
-                        lambda: not joined_on_pc(agent, invitation_id),
-                        15,
-                        "the first connection's channel closed on the PC",
-                    )
-                    ending = asyncio.create_task(
-                        asyncio.to_thread(owner.client.post, f"/api/v1/sessions/{session_id}/end")
-                    )
-                    await asyncio.sleep(GRACE)  # the end stops everyone, its record waits
-            answer = await asyncio.wait_for(ending, 20)
-            assert answer.status_code == 200, answer.text
+        async with terminal(owner, session_id) as mine:
+            await mine.send("echo up-$((1+1))\n")  # its relay runs: others may join
+            await mine.expect(b"up-2")
+            await ann_joins_then_reloads(broker, agent, owner, ann, session_id, invitation_id)
         await asyncio.to_thread(owner.wait_state, session_id, "ended")
-        mine = await asyncio.to_thread(ann_records, broker, session_id)
-        said = [(r["type"], r["details"].get("connection"), r["details"].get("how")) for r in mine]
+        mine_said = await asyncio.to_thread(ann_records, broker, session_id)
+        said = [
+            (r["type"], r["details"].get("connection"), r["details"].get("how")) for r in mine_said
+        ]
         assert said == [
             ("participant.joined", 1, None),
             ("participant.left", 1, "replaced"),
@@ -102,3 +88,29 @@ async def test_a_connection_that_never_joined_is_not_written_as_having_left(
     finally:
         owner.close()
         ann.close()
+
+
+async def ann_joins_then_reloads(
+    broker: Broker, agent: Agent, owner: Desk, ann: Desk, session_id: str, invitation_id: str
+) -> None:
+    """Ann joins; then her page reloads while the log is held, and the session ends."""
+    async with terminal(ann, session_id):
+        await asyncio.to_thread(
+            wait_for, lambda: joined_on_pc(agent, invitation_id), 15, "ann joined"
+        )
+        with audit_locked(broker):
+            # a reloaded page: the new connection replaces the first, and waits for
+            # it to stop (its leaving waits for the log) before its own join
+            async with terminal(ann, session_id):
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: not joined_on_pc(agent, invitation_id),
+                    15,
+                    "the first connection's channel closed on the PC",
+                )
+                ending = asyncio.create_task(
+                    asyncio.to_thread(owner.client.post, f"/api/v1/sessions/{session_id}/end")
+                )
+                await asyncio.sleep(GRACE)  # the end stops everyone, its record waits
+        answer = await asyncio.wait_for(ending, 20)
+        assert answer.status_code == 200, answer.text

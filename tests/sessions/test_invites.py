@@ -192,3 +192,40 @@ async def test_two_technicians_in_one_shell(setup: tuple[Broker, Agent]) -> None
     finally:
         for desk in (alice, bob, carol, dave):
             desk.close()
+
+
+async def test_an_invitee_waits_for_the_owner_and_sees_the_shells_last_words(
+    setup: tuple[Broker, Agent],
+) -> None:
+    """Allowed before the owner opened the shell: refused (nothing records it yet),
+    and their view says ``owner_here`` false until the owner's terminal runs. Then
+    the owner's shell prints a lot and exits at once: the invitee sees its last line
+    (recorded, kept, sent) before their connection ends."""
+    broker, agent = setup
+    alice, carol = Desk.login(broker, TECH, TECH_PW), Desk.login(broker, CAROL, PASSWORD)
+    try:
+        session_id = await asyncio.to_thread(consented_shell, alice, agent)
+        url = f"/api/v1/sessions/{session_id}/invite"
+        asked = alice.client.post(url, json={"username": CAROL, "mode": "observe"})
+        assert asked.status_code == 201, asked.text
+        allow_invitation(broker, agent, asked.json())
+        assert carol.session(session_id)["owner_here"] is False
+        assert await refused(carol, session_id) == 403
+        refusal = records(broker, "participant.refused")[-1]
+        assert "has not opened its shell yet" in refusal["details"]["error"]
+        async with terminal(alice, session_id) as owner:
+            await owner.send("echo ready-$((2*3))\n")
+            await owner.expect(b"ready-6")
+            listed = {s["id"]: s for s in carol.client.get("/api/v1/sessions").json()}
+            assert listed[session_id]["owner_here"] is True
+            assert carol.session(session_id)["owner_here"] is True
+            async with terminal(carol, session_id) as observer:
+                await asyncio.to_thread(has_joined, agent, asked.json()["id"])
+                await owner.send("seq 1 40000 | sed 's/^/line-/'; exit\n")
+                await owner.expect(b"line-40000")
+                await observer.expect(b"line-40000", timeout=20)
+                await closed(observer)
+        alice.wait_state(session_id, "ended")
+    finally:
+        alice.close()
+        carol.close()

@@ -2,7 +2,9 @@
 
 Every step is audited before it happens (``job.created`` before the job exists,
 ``job.approved`` before it may go out, ``job.result`` before the result is
-stored, ``job.expired`` before a waiting PC is given up). A job goes out as
+stored, ``job.expired`` before a waiting PC is given up: a PC that got the job
+before then may still answer, and that late answer is audited and kept like any
+other, ``late``). A job goes out as
 one ``job.run`` per PC, signed for that PC alone (``certs/jobsign.py``), only
 to PCs whose machine service said it speaks jobs (``Hello.jobs``), and again
 each time such a PC connects until it has answered or the job expired. The PC
@@ -31,7 +33,7 @@ from allowhelp.broker.errors import (
     StoreError,
     TunnelError,
 )
-from allowhelp.broker.jobs.orders import make_job, spec_for, target_request
+from allowhelp.broker.jobs.orders import MAX_TARGETS, make_job, spec_for, target_request
 from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord, job_state
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -183,6 +185,12 @@ class JobDesk:
             members = await self._db.read(Store.group_members, wanted)
             if not members:
                 raise BadRequest(f"the group {wanted!r} has no machines")
+            if len(members) > MAX_TARGETS:
+                raise BadRequest(
+                    f"the group {wanted!r} has {len(members)} machines: a job takes at most"
+                    f" {MAX_TARGETS} (split the group)",
+                    code="too_many_targets",
+                )
             return members
         known = {a.id for a in await self._db.read(Store.agents)}
         unknown = [agent_id for agent_id in wanted if agent_id not in known]
@@ -227,6 +235,7 @@ class JobDesk:
             sent = set()
             self._sent[agent_id] = (live.link, sent)
         link = live.link  # the tunnel just woken: every job below goes over it alone
+        now = time.time()  # the wake may have taken a while: expired meanwhile is not sent
         for job in waiting:
             if job.id in sent or not job.approved or job.expires <= now:
                 continue
@@ -257,7 +266,9 @@ class JobDesk:
             log.warning("agent=%s job=%s: unknown state %r", agent_id, job.id, message.state)
             return
         current = {r.agent_id: r for r in await self._db.read(Store.job_results, job.id)}
-        if current[agent_id].state != WAITING:
+        was = current[agent_id].state
+        late = was == "expired"  # given up on, but the PC got it before: what it did counts
+        if not (was == WAITING or (late and message.state != "expired")):
             return  # said before (a resend crossed the answer)
         output = plain_output(message.output)
         digest = hashlib.sha256(output.encode()).hexdigest()
@@ -273,6 +284,7 @@ class JobDesk:
                 "exit_code": exit_code,
                 "output_sha256": digest,
                 "output_chars": len(output),
+                **({"late": True} if late else {}),
             },
         )
         await self._db.run(
@@ -285,6 +297,7 @@ class JobDesk:
             output_sha256=digest,
             started=message.started or None,
             finished=message.finished or None,
+            was=was,
         )
         result = JobResultRecord(
             job.id,

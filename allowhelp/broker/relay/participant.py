@@ -30,6 +30,7 @@ waited either. Everything else takes the tasks' path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncssh
 from starlette.websockets import WebSocket
@@ -54,6 +55,8 @@ from allowhelp.broker.relay.terminal import (
     SHELL_WINDOW,
 )
 from allowhelp.protocol.kinds import Kind
+
+LAST_WORDS_WAIT = 2.0  # seconds a closed channel waits for the owner's last kept output
 
 
 class ParticipantTerminalRelay:
@@ -115,9 +118,14 @@ class ParticipantTerminalRelay:
         return outcome_of("participant terminal", console_left, error, self._why_channel_ended)
 
     async def _drain(self) -> None:
-        """Drop the channel's copy of the output until the channel ends."""
+        """Drop the channel's copy of the output until the channel ends; then, if the
+        owner's relay is ending too (the shell exited: the PC closes every channel),
+        let the last output it recorded reach this page first, a moment at most."""
         while await self._side.take(MAX_FRAME) is not None:
             pass
+        if self._follower is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._follower.shown_all.wait(), LAST_WORDS_WAIT)
 
     @staticmethod
     def _drop_output(data: bytes) -> bool:

@@ -85,9 +85,10 @@ class Scrollback:
         return self.tail(), follower
 
     def close(self) -> None:
-        """The owner's relay stopped: nothing more comes to any follower."""
+        """The owner's relay stopped: nothing more comes to any follower (what each
+        has queued, recorded already, is still theirs to send: the shell's last words)."""
         for follower in tuple(self._followers):
-            follower.end()
+            follower.finish()
 
     def tail(self) -> bytes:
         data = b"".join(self._chunks)[self._skip :]
@@ -117,7 +118,8 @@ class Follower:
         self._waiting = False  # ``take``'s caller waits with nothing queued: ``show`` may send
         self.show: Callable[[bytes], bool] | None = None
         self.cut = asyncio.Event()  # cut off: more than FOLLOW_BACKLOG bytes behind
-        self.ended = False  # the owner's relay stopped, or this follower left
+        self.ended = False  # nothing more comes: the owner's relay stopped, or this one left
+        self.shown_all = asyncio.Event()  # ended, and ``take`` gave out everything queued
 
     def feed(self, data: bytes) -> None:
         if self.ended:
@@ -126,8 +128,8 @@ class Follower:
             try:
                 if self.show(data):
                     return
-            except Exception:  # never into the owner's relay: ``take`` sends it
-                self.show = None
+            except Exception:  # noqa: S110 - never into the owner's relay: ``take`` sends it
+                pass
         self._chunks.append(data)
         self._size += len(data)
         if self._size > FOLLOW_BACKLOG:
@@ -136,9 +138,10 @@ class Follower:
         self._changed.set()
 
     async def take(self) -> bytes | None:
-        """The next chunk; None once ended (``cut`` says if it was cut off)."""
-        while not self._chunks or self.ended:
+        """The next chunk; None once ended and empty (``cut`` says if it was cut off)."""
+        while not self._chunks:
             if self.ended:
+                self.shown_all.set()
                 return None
             self._changed.clear()
             self._waiting = True
@@ -151,11 +154,15 @@ class Follower:
         return data
 
     def end(self) -> None:
-        """Nothing more: what waits is not sent; the scrollback forgets this follower."""
-        self.ended = True
-        self.show = None
+        """Nothing more, and what waits is not sent (cut off, or this relay stopped)."""
         self._chunks.clear()
         self._size = 0
+        self.finish()
+
+    def finish(self) -> None:
+        """Nothing more comes; what waits is still ``take``'s; the scrollback forgets it."""
+        self.ended = True
+        self.show = None
         self._changed.set()
         if self in self._followers:
             self._followers.remove(self)
@@ -166,7 +173,7 @@ _tails: dict[str, Scrollback] = {}
 
 
 def keep_tail(session_id: str) -> Scrollback:
-    """A new tail for ``session_id``'s shell, found by ``tail_of`` until dropped."""
+    """A new tail for ``session_id``'s shell, found by ``follow`` until dropped."""
     tail = _tails[session_id] = Scrollback()
     return tail
 

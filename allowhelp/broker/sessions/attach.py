@@ -88,6 +88,7 @@ async def run_relay(
         if not sessions.relay_attached(session.id, relay.stop):  # ended while it opened
             chan.close()
             raise Conflict("the session ended while its channel opened")
+        sessions.owner_started(session.id)  # invitees may join from now (it records)
         outcome = await relay.run(chan)
     except BrokerError as exc:
         outcome = Outcome("error", exc)
@@ -95,6 +96,7 @@ async def run_relay(
         late = AgentUnreachable(f"the PC did not open the {spec.kind} within {OPEN_TIMEOUT:.0f} s")
         outcome = Outcome("error", late)
     finally:
+        sessions.owner_stopped(session.id)  # before it stops recording: nobody joins now
         relay.stop()
         outcome = await sessions.finish(session.id, outcome)
     return outcome

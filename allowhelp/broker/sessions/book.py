@@ -58,6 +58,7 @@ class SessionBook(BookHooks):
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._relays: dict[str, list[Stopper]] = {}
+        self._owner_on: dict[str, bool] = {}  # the owner's relay runs (``owner_started``)
         self._unrecorded: dict[str, Traffic] = {}  # counted by stopped relays, end not recorded
         self._owed: set[str] = set()  # ended, record owed: written once the log takes it
         self._owed_as: dict[str, tuple[EndReason, str]] = {}  # the end decided: reason, actor
@@ -109,12 +110,24 @@ class SessionBook(BookHooks):
         """A relay serves this session; ending the session stops it first, so the
         end record carries its byte counts and the recording's digest."""
         self._relays.setdefault(session_id, []).append(stop)
+
+    def has_relay(self, session_id: str) -> bool:
+        return bool(self._relays.get(session_id))
+
+    def owner_started(self, session_id: str) -> None:
+        """The owner's relay runs (its channel open, recording): others may join now."""
+        self._owner_on[session_id] = True
         session = self.live(session_id)
         if session is not None:
             self._tell_attached(session)
 
-    def has_relay(self, session_id: str) -> bool:
-        return bool(self._relays.get(session_id))
+    def owner_stopped(self, session_id: str) -> None:
+        """The owner's relay is stopping: nobody joins any more (the session ends)."""
+        self._owner_on[session_id] = False
+
+    def owner_state(self, session_id: str) -> bool | None:
+        """True while the owner's relay runs; False once it stopped; None: not yet."""
+        return self._owner_on.get(session_id)
 
     def relay_attached(self, session_id: str, stop: Stopper) -> bool:
         """Whether this relay still serves the session: an end stops and forgets its
@@ -309,6 +322,7 @@ class SessionBook(BookHooks):
         self._unrecorded.pop(session_id, None)
         self._live.pop(session_id, None)
         self._links.pop(session_id, None)
+        self._owner_on.pop(session_id, None)
         self._locks.pop(session_id, None)  # held by the caller until it raises
         self._rows.forget(session_id)  # its row is the other node's now
         timer = self._timers.pop(session_id, None)
@@ -319,10 +333,12 @@ class SessionBook(BookHooks):
 
     def _stop_relays(self, session_id: str) -> Traffic:
         """Stop what relays the session (access ends before its record is written)."""
+        self._owner_on[session_id] = False
         return sum((stop() for stop in self._relays.pop(session_id, [])), Traffic())
 
     def _finished(self, session: Session) -> None:
         self._tell_final(session)
+        self._owner_on.pop(session.id, None)
         self._owed.discard(session.id)
         self._owed_as.pop(session.id, None)
         self._live.pop(session.id, None)

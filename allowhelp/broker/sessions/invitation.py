@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from allowhelp.broker.errors import Conflict
 from allowhelp.broker.model.session import Session, Traffic
 
 if TYPE_CHECKING:
@@ -117,3 +118,11 @@ def invitee_view(
         "view_only": session.view_only or invitation.mode != "control",
         "notes": "",
     }
+
+
+def owner_not_running(owner: bool | None, kind: str) -> Conflict:
+    """Why an invitee may not join: the owner's relay stopped (False), or not yet (None)."""
+    if owner is False:
+        return Conflict("the session is ending", code="session_ending")
+    why = f"the session's technician has not opened its {kind} yet: join once they have"
+    return Conflict(why, code="owner_not_attached")

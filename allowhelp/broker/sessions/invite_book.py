@@ -154,7 +154,7 @@ class InviteBook:
             {
                 "type": "session",
                 "session": invitee_view(
-                    session, invitation, owner_here=self._sessions.has_relay(session.id)
+                    session, invitation, owner_here=self._sessions.owner_state(session.id) is True
                 ),
             },
             audience=f"user:{invitation.username}",

@@ -10,8 +10,7 @@ again after a reloaded page or a dropped network, while the invitation stands
 (one connection at a time: a new one replaces the one before; each is a
 join on the record). The owner can revoke an invitation, the PC user can remove the
 person (``session.end`` for the invitation's id), and every invitation ends
-with its session. Everything is audited (AH17xx) with who and how; the
-invitation lives in memory only, like the attach it allows.
+with its session. Everything is audited (AH17xx); invitations live in memory only.
 """
 
 from __future__ import annotations
@@ -37,7 +36,12 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.phrase import verification_phrase
 from allowhelp.broker.model.session import Session, State, Traffic, new_session_id, user_actor
 from allowhelp.broker.relay.outcome import Outcome, Relay
-from allowhelp.broker.sessions.invitation import Connection, Invitation, InviteState
+from allowhelp.broker.sessions.invitation import (
+    Connection,
+    Invitation,
+    InviteState,
+    owner_not_running,
+)
 from allowhelp.broker.sessions.invite_book import InviteBook
 from allowhelp.broker.store import Store
 from allowhelp.broker.tunnel.link import AgentLink
@@ -196,9 +200,8 @@ class InviteDesk(InviteBook):
 
     async def _before_end(self, session_id: str) -> Traffic:
         """The session is ending: every invitation ends first, all at once (no await
-        between: nobody keeps access while another's record is written), then each
-        joined invitee's leaving is on the record, before the session's end record
-        (as the owner's relay stops before it)."""
+        between), then each joined invitee's leaving is on the record, before the
+        session's end record (as the owner's relay stops before it)."""
         stopped: list[tuple[Invitation, Traffic]] = []
         for invitation in self.of_session(session_id):
             if invitation.live:
@@ -226,8 +229,8 @@ class InviteDesk(InviteBook):
 
     @staticmethod
     def _seal_screen_recording(session_id: str) -> Traffic:
-        """A screen session's one recording, for its end record, sealed now if still
-        open (the owner's relay seals it when it stops, which is usually first)."""
+        """The screen's recording, sealed now if still open (an owner's page that went
+        before its relay ran); the owner's relay seals it when it stops."""
         recorder = open_recording(f"{session_id}{SUFFIX}")
         if not isinstance(recorder, RfbRecorder):
             return Traffic()
@@ -276,10 +279,9 @@ class InviteDesk(InviteBook):
         self, session_id: str, username: str, kind: Kind, make: Callable[[Invitation], Relay]
     ) -> tuple[Connection, AgentLink, Relay]:
         """Like ``attach.claim`` for an invitee: synchronous, registered at once. A
-        connection while one is open replaces it (a reloaded page, a dropped
-        network): the one before is stopped, and the new one's channel opens once
-        it has gone (``run``). Only while the owner's relay is attached: it records
-        the shell or the PC's picture, and its end ends the session (and them)."""
+        connection while one is open replaces it (a reload): the one before stops,
+        and the new one's channel opens once it has gone (``run``). Only while the
+        owner's relay runs: it records what all see, and its end ends the session."""
         session = self._sessions.live(session_id)
         invitation = self.live_for(session_id, username)
         if session is None or invitation is None or not invitation.attachable:
@@ -287,9 +289,9 @@ class InviteDesk(InviteBook):
         same = session.kind == kind or (kind in TERMINAL_KINDS and session.kind in TERMINAL_KINDS)
         if not same or session.state is not State.ACTIVE or self._sessions.ending(session_id):
             raise Conflict(f"the session is not an active {kind} session")
-        if not self._sessions.has_relay(session.id):  # nothing would record what they see
-            why = f"the session's technician has not opened its {kind} yet: join once they have"
-            raise Conflict(why, code="owner_not_attached")
+        owner = self._sessions.owner_state(session.id)  # it records what they would see
+        if owner is not True:
+            raise owner_not_running(owner, kind)
         link = self._sessions.session_link(session.id)
         if link is None:
             raise AgentUnreachable("the machine is offline")

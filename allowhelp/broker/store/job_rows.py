@@ -125,8 +125,10 @@ class JobStore(StoreCore):
         output_sha256: str,
         started: float | None,
         finished: float | None,
+        was: str = WAITING,
     ) -> bool:
-        """Record a PC's answer once; False when it was not waiting (a replay)."""
+        """Record a PC's answer once; False when its state was not ``was`` (a replay).
+        ``was`` "expired": a PC's late answer to a job it got before it expired."""
         with self._tx() as db:
             done = db.execute(
                 "UPDATE job_results SET state = ?, exit_code = ?, output = ?, output_sha256 = ?,"
@@ -140,7 +142,7 @@ class JobStore(StoreCore):
                     finished,
                     job_id,
                     agent_id,
-                    WAITING,
+                    was,
                 ),
             )
             return done.rowcount == 1

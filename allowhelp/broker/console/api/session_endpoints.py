@@ -63,8 +63,10 @@ async def listed(request: Request) -> Response:
     listed = [s.to_json() for s in rows]
     known = {s.id for s in rows}
     invited = svc.invites.sessions_for(principal.user.username)  # #18: sessions I may join
-    here = svc.sessions.has_relay
-    listed += [invitee_view(s, i, owner_here=here(s.id)) for s, i in invited if s.id not in known]
+    here = svc.sessions.owner_state
+    listed += [
+        invitee_view(s, i, owner_here=here(s.id) is True) for s, i in invited if s.id not in known
+    ]
     return JSONResponse(listed)
 
 
@@ -74,7 +76,9 @@ async def one(request: Request) -> Response:
     session = await svc.sessions.get(request.path_params["session_id"])
     invitation = svc.invites.seen_by(session.id, principal.user.username) if session else None
     if session is not None and invitation is not None and session.technician != invitation.username:
-        view = invitee_view(session, invitation, owner_here=svc.sessions.has_relay(session.id))
+        view = invitee_view(
+            session, invitation, owner_here=svc.sessions.owner_state(session.id) is True
+        )
         return JSONResponse(view)  # an invitee (#18)
     return JSONResponse(_visible(principal, session).to_json())
 

@@ -71,7 +71,7 @@ def _terminal_relay(websocket: WebSocket, svc: Services, session: Session) -> Re
 
 
 def _screen_relay(websocket: WebSocket, svc: Services, session: Session) -> Relay:
-    recorder = screen_recorder(svc, session)  # a control invitee may have opened it (#18)
+    recorder = screen_recorder(svc, session)  # open already if this page went before once
     return ScreenRelay(websocket, recorder, view_only=session.view_only, sender=session.technician)
 
 
