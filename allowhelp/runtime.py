@@ -129,6 +129,15 @@ def configure_logging(*, verbose: bool) -> None:
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
+_umask_found: list[int] = []  # the umask this process started with (``run_command``)
+
+
+def inherited_umask() -> int:
+    """The umask this process started with, before ``run_command`` made it 077: what
+    the user's own tools create with, for what we create for them (their files)."""
+    return _umask_found[0] if _umask_found else 0o022
+
+
 def run_command(
     prog: str,
     args: argparse.Namespace,
@@ -138,7 +147,7 @@ def run_command(
 ) -> int:
     """Run the command ``args.func`` names; ``failures`` are told as one line, exit 2:
     ``error_line`` (``PROG: error: ...``, in the user's language when the caller has it)."""
-    os.umask(0o077)  # data, keys, databases and their WAL files: owner only
+    _umask_found.append(os.umask(0o077))  # data, keys, databases and WAL files: owner only
     configure_logging(verbose=args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -15,7 +15,13 @@ Options, and why:
     -P ...         requests refused outright: links (a link could point a
                    later upload somewhere else), owner/mode changes, the
                    server-side copy, and user/group lookups
-    -u 022         uploads are created readable by the user's group, like cp
+    -u UMASK       the user's own umask, as their session had it when the agent
+                   started (``runtime.inherited_umask``; our processes run with
+                   077): the broker asks for the replaced file's bits (an upload
+                   over a 0600 file stays 0600, a 0644 one stays readable, an
+                   executable executable) and 0600 for a new name; the umask can
+                   only narrow that, and a broker that asks no mode gets what the
+                   user's own tools would make
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from allowhelp.agent.screen import ScreenProcess
 from allowhelp.agent.screenlaunch import PairLaunch, child_environment
+from allowhelp.runtime import inherited_umask
 
 if TYPE_CHECKING:
     from allowhelp.agent.channels import Backend, GatedChannel
@@ -76,7 +83,8 @@ def files_command(uid: int | None = None) -> list[str]:
     if not os.path.isdir(home):
         home = "/"
     program = find_sftp_server()
-    return [program, "-e", "-l", "INFO", "-d", home, "-u", "022", "-P", ",".join(REFUSED_REQUESTS)]
+    umask = f"{inherited_umask():03o}"
+    return [program, "-e", "-l", "INFO", "-d", home, "-u", umask, "-P", ",".join(REFUSED_REQUESTS)]
 
 
 def files_environment(env: Mapping[str, str]) -> dict[str, str]:

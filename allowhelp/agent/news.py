@@ -23,6 +23,7 @@ from allowhelp.protocol.text import plain_text
 
 MAX_LINES = 500
 MAX_SESSIONS = 20
+MAX_PATH_SHOWN = 300
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,15 @@ class NewsLine:
 Listener = Callable[[NewsLine], None]
 
 
+def shown_path(path: str, limit: int = MAX_PATH_SHOWN) -> str:
+    """The path made plain; a long one keeps its end (the file's name) behind "…":
+    padding in front of a path cannot push what it names out of sight."""
+    plain = plain_text(path, len(path))
+    return plain if len(plain) <= limit else "…" + plain[-(limit - 1) :]
+
+
 def transfer_text(message: FileTransfer) -> str:
-    path = plain_text(message.path, 300)
+    path = shown_path(message.path)
     arrow = "to this PC" if message.direction == "upload" else "from this PC"
     status = {"started": "started", "done": "done", "failed": "FAILED"}.get(message.status, "?")
     return f"{path} {arrow}, {message.size} bytes, {status}"

@@ -22,9 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from allowhelp.certs.errors import CertsError
 
-__all__ = ["JOB_CONTEXT", "JobSigner", "job_signature_ok"]
+__all__ = ["JOB_CONTEXT", "SEAL_CONTEXT", "JobSigner", "job_signature_ok"]
 
 JOB_CONTEXT = b"allowhelp-job-v1\x00"
+# The broker's seal on a job as it keeps it (``JobRecord.sealed``): another prefix, so
+# a seal is never a job signature a PC would take, nor the other way round.
+SEAL_CONTEXT = b"allowhelp-job-seal-v1\x00"
 _SIGNATURE_B64 = 88  # 64 bytes in base64
 
 
@@ -48,6 +51,22 @@ class JobSigner:
 
     def sign(self, payload: bytes) -> str:
         return base64.b64encode(self._key.sign(JOB_CONTEXT + payload)).decode("ascii")
+
+    def seal(self, kept: bytes) -> str:
+        """The broker's seal on a job as stored: whoever can change the database but
+        does not hold this key cannot make a job the broker will sign for a PC."""
+        return base64.b64encode(self._key.sign(SEAL_CONTEXT + kept)).decode("ascii")
+
+    def seal_ok(self, kept: bytes, seal: str) -> bool:
+        if len(seal) != _SIGNATURE_B64:
+            return False
+        try:
+            self._key.public_key().verify(
+                base64.b64decode(seal, validate=True), SEAL_CONTEXT + kept
+            )
+        except (InvalidSignature, ValueError, binascii.Error):
+            return False
+        return True
 
 
 def job_signature_ok(public_key_line: str, payload: bytes, signature: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -399,6 +400,53 @@ def test_a_rogue_agent_cannot_report_for_another_pc_nor_send_jobs(pcs: Pcs) -> N
     result = job(pcs.admin, made["id"])["results"][0]
     assert result["state"] == "refused" and result["output"] != "forged"
     assert len(result["output"]) > 0
+
+
+def test_a_job_changed_in_the_database_is_never_sent(pcs: Pcs) -> None:
+    """Someone who can write the broker's database but does not hold its key: a
+    job's script rewritten after it was made, and a job waiting for a second admin
+    set to need none. Neither reaches the PC; each is on the record as tampered."""
+    broker = pcs.admin.broker
+    stop(pcs.opted, pcs.admin)
+    marker = pcs.root / "tampered-ran"
+    edited = create(
+        pcs.admin,
+        targets=[pcs.opted.agent_id],
+        action="script",
+        script="echo harmless",
+        reason="edited afterwards",
+    )
+    assert pcs.admin.client.put("/api/v1/policy", json={"require_approval": 2}).status_code == 200
+    try:
+        unapproved = create(
+            pcs.admin,
+            targets=[pcs.opted.agent_id],
+            action="script",
+            script=f"touch {marker}",
+            reason="approved by nobody",
+        )
+    finally:
+        assert (
+            pcs.admin.client.put("/api/v1/policy", json={"require_approval": 1}).status_code == 200
+        )
+    with sqlite3.connect(broker.data / "broker.sqlite3") as db:
+        db.execute("UPDATE jobs SET script = ? WHERE id = ?", (f"touch {marker}", edited["id"]))
+        db.execute("UPDATE jobs SET approvals_needed = 0 WHERE id = ?", (unapproved["id"],))
+    start(pcs.opted, pcs.admin)
+    wait_for(
+        lambda: (
+            {r["target"] for r in audit(broker) if r["type"] == "job.tampered"}
+            >= {edited["id"], unapproved["id"]}
+        ),
+        30,
+        "both jobs on the record as tampered",
+    )
+    for made in (edited, unapproved):
+        assert job(pcs.admin, made["id"])["results"][0]["state"] == "pending"
+        assert f"job={made['id']} sent" not in broker.log.read_text()
+    assert not marker.exists()
+    second = pcs.admin.client.post(f"/api/v1/jobs/{unapproved['id']}/approve")
+    assert second.status_code in (403, 409), second.text  # nothing approves it back in
 
 
 def test_with_two_admins_required_a_job_waits_for_the_second(pcs: Pcs) -> None:

@@ -71,6 +71,9 @@ EVENT_CODES: dict[str, str] = {
     "job.result": "AH1603",
     "job.expired": "AH1604",
     "agent.groups_changed": "AH1605",
+    # a job whose stored row no longer matches the broker's seal: changed outside
+    # allowhelp (the database alone), never sent
+    "job.tampered": "AH1606",
     # files, chat, ticket and notes, the session report (AH15xx, issue #17)
     "files.listed": "AH1501",
     "files.transfer.started": "AH1502",

@@ -19,8 +19,8 @@ import contextlib
 import hashlib
 import logging
 import time
-import unicodedata
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from allowhelp.broker.audit.log import AuditLog
@@ -33,14 +33,22 @@ from allowhelp.broker.errors import (
     StoreError,
     TunnelError,
 )
-from allowhelp.broker.jobs.orders import MAX_TARGETS, make_job, spec_for, target_request
+from allowhelp.broker.jobs.orders import (
+    MAX_AUDITED_TARGETS,
+    MAX_TARGETS,
+    created_details,
+    make_job,
+    plain_output,
+    spec_for,
+    target_request,
+)
 from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord, job_state
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.certs.jobsign import JobSigner
 from allowhelp.protocol.control import JobResult, JobRun
-from allowhelp.protocol.jobs import MAX_OUTPUT, RESULT_STATES
+from allowhelp.protocol.jobs import RESULT_STATES
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +63,6 @@ def admins_to_agree(stored: str | None) -> int:
 
 
 EXPIRY_SWEEP = 5.0
-MAX_AUDITED_TARGETS = 200
-
-
-def plain_output(text: str) -> str:
-    """A PC's output, kept as lines: control characters other than newline and tab dropped."""
-    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
-    return kept[-MAX_OUTPUT:]
 
 
 class JobDesk:
@@ -83,6 +84,7 @@ class JobDesk:
         self._sweep_every = sweep_every
         self._sent: dict[str, tuple[object, set[str]]] = {}  # agent → (its link, jobs sent)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tampered_seen: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -107,11 +109,12 @@ class JobDesk:
         targets = await self._resolve(wanted)
         needed = await self._approvals_needed()
         job = make_job(body, creator=username, targets=targets, approvals_needed=needed)
+        job = replace(job, seal=self._signer.seal(job.sealed))
         await self._audit.write(
             "job.created",
             actor=actor,
             target=job.id,
-            details=_created_details(job, wanted),
+            details=created_details(job, wanted),
         )
         try:
             await self._db.run(Store.add_job, job)
@@ -137,14 +140,18 @@ class JobDesk:
             raise Forbidden("a second admin must approve: not the one who made it or approved")
         if time.time() >= job.expires:
             raise Conflict("this job has expired", code="job_expired")
-        approved_by = (*job.approved_by, username)
+        if not self._signer.seal_ok(job.sealed, job.seal):
+            await self._tampered(job)
+            raise Conflict("this job was changed outside allowhelp", code="job_tampered")
+        approved = replace(job, approved_by=(*job.approved_by, username))
         await self._audit.write(
             "job.approved",
             actor=actor,
             target=job.id,
-            details={"approved_by": list(approved_by), "needed": job.approvals_needed},
+            details={"approved_by": list(approved.approved_by), "needed": job.approvals_needed},
         )
-        await self._db.run(Store.approve_job, job.id, approved_by)
+        seal = self._signer.seal(approved.sealed)
+        await self._db.run(Store.approve_job, job.id, approved.approved_by, seal)
         job = await self._job(job_id)
         self._publish({"type": "job", "job": await self.view(job.id)})
         if job.approved:
@@ -239,6 +246,9 @@ class JobDesk:
         for job in waiting:
             if job.id in sent or not job.approved or job.expires <= now:
                 continue
+            if not self._signer.seal_ok(job.sealed, job.seal):
+                await self._tampered(job)
+                continue
             spec = spec_for(job, agent_id)
             payload = spec.payload()
             message = JobRun(
@@ -254,6 +264,21 @@ class JobDesk:
                 return
             sent.add(job.id)
             log.info("agent=%s job=%s sent", agent_id, job.id)
+
+    async def _tampered(self, job: JobRecord) -> None:
+        """A stored job that is not as the broker sealed it: on the record (once per
+        job while this broker runs), never sent."""
+        if job.id in self._tampered_seen:
+            return
+        log.error("job=%s is not as it was made (its seal does not match): not sent", job.id)
+        with contextlib.suppress(AuditUnavailable):  # said by the writer; not sent all the same
+            await self._audit.write(
+                "job.tampered",
+                actor="system",
+                target=job.id,
+                details={"why": "the stored job does not match the broker's seal: not sent"},
+            )
+            self._tampered_seen.add(job.id)
 
     async def on_result(self, agent_id: str, message: JobResult) -> None:
         job = await self._db.read(Store.job, message.job_id)
@@ -369,23 +394,3 @@ def _state(job: JobRecord, counts: dict[str, int]) -> str:
     if not job.approved:
         return "awaiting_approval"
     return "running" if counts.get(WAITING, 0) else "done"
-
-
-def _created_details(job: JobRecord, wanted: list[str] | str) -> dict[str, object]:
-    details: dict[str, object] = {
-        "action": job.action,
-        "reason": job.reason,
-        "targets": list(job.targets[:MAX_AUDITED_TARGETS]),
-        "target_count": len(job.targets),
-        "expires": job.expires,
-        "timeout": job.timeout,
-        "approvals_needed": job.approvals_needed,
-    }
-    if isinstance(wanted, str):
-        details["group"] = wanted
-    if job.action == "script":
-        details["script_sha256"] = hashlib.sha256(job.script.encode()).hexdigest()
-        details["script_chars"] = len(job.script)
-    else:
-        details["install"], details["remove"] = list(job.install), list(job.remove)
-    return details

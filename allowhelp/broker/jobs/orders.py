@@ -8,18 +8,21 @@ it, never hands it to a shell, and sends it only inside signed jobs.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
+import unicodedata
 from typing import Any
 
 from allowhelp.broker.errors import BadRequest
 from allowhelp.broker.model.jobs import JobRecord
 from allowhelp.protocol.hostile_json import ProtocolError
-from allowhelp.protocol.jobs import ACTIONS, MAX_PAYLOAD, JobSpec
+from allowhelp.protocol.jobs import ACTIONS, MAX_OUTPUT, MAX_PAYLOAD, JobSpec
 from allowhelp.protocol.text import plain_text
 
 MAX_TARGETS = 1000
+MAX_AUDITED_TARGETS = 200  # targets named in one audit record
 DEFAULT_TIMEOUT = 600
 DEFAULT_EXPIRES_IN = 24 * 3600
 MAX_EXPIRES_IN = 30 * 24 * 3600
@@ -125,3 +128,29 @@ def _whole(body: dict[str, Any], name: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be whole seconds")
     return value
+
+
+def plain_output(text: str) -> str:
+    """A PC's output, kept as lines: control characters other than newline and tab dropped."""
+    kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    return kept[-MAX_OUTPUT:]
+
+
+def created_details(job: JobRecord, wanted: list[str] | str) -> dict[str, object]:
+    details: dict[str, object] = {
+        "action": job.action,
+        "reason": job.reason,
+        "targets": list(job.targets[:MAX_AUDITED_TARGETS]),
+        "target_count": len(job.targets),
+        "expires": job.expires,
+        "timeout": job.timeout,
+        "approvals_needed": job.approvals_needed,
+    }
+    if isinstance(wanted, str):
+        details["group"] = wanted
+    if job.action == "script":
+        details["script_sha256"] = hashlib.sha256(job.script.encode()).hexdigest()
+        details["script_chars"] = len(job.script)
+    else:
+        details["install"], details["remove"] = list(job.install), list(job.remove)
+    return details

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 # A result is "pending" until the PC reports; "expired" when its time ran out
 # first; else what the PC said (protocol/jobs.py RESULT_STATES).
 WAITING = "pending"
 FINAL_STATES = ("succeeded", "failed", "timed_out", "refused", "expired")
+SEALED = (
+    "id",
+    "created",
+    "created_by",
+    "action",
+    "reason",
+    "script",
+    "install",
+    "remove",
+    "timeout",
+    "expires",
+    "targets",
+    "approvals_needed",
+    "approved_by",
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,14 @@ class JobRecord:
     targets: tuple[str, ...]
     approvals_needed: int
     approved_by: tuple[str, ...]
+    seal: str = ""  # the broker's, over ``sealed`` (certs/jobsign.py); "" before sealing
+
+    @property
+    def sealed(self) -> bytes:
+        """What the seal covers: everything that says what runs, where, until when, and
+        who agreed (the fields in a fixed order, as JSON)."""
+        fields = self.summary_json()
+        return json.dumps([fields[name] for name in SEALED], ensure_ascii=False).encode()
 
     @property
     def approved(self) -> bool:

@@ -16,8 +16,13 @@ Rules:
 - an upload goes to a temporary name in the same folder and is renamed onto
   the final name only once complete: a cut upload leaves no half file under
   that name, and the temporary file is removed;
-- a file larger than ``max_file`` is refused (up front for a download, at the
-  limit for an upload).
+- every start has its end on the record, even when the browser goes away
+  mid-stream (the end is written shielded from the request's cancellation);
+- an upload gets the replaced file's permission bits (0600 stays 0600), 0600
+  for a new name; a session ending mid-upload removes its temporary file
+  before the channel closes;
+- a file larger than ``max_file`` is refused (up front for a download; for an
+  upload up front when its Content-Length says so, else at the limit).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import asyncssh
 
 from allowhelp.broker.audit.log import AuditLog
@@ -47,7 +53,15 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.sessions.filepaths import upload_names
 from allowhelp.broker.sessions.registry import SessionRegistry
-from allowhelp.broker.sessions.sftpwire import json_entries, rename_onto, sftp_error
+from allowhelp.broker.sessions.sftpwire import (
+    discard,
+    download_size,
+    json_entries,
+    remove_then_exit,
+    rename_onto,
+    sftp_error,
+    upload_mode,
+)
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.session_extras import TransferRecord
 from allowhelp.broker.store.worker import StoreWorker
@@ -58,6 +72,8 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 MAX_FILE = 4 * 1024**3
 OPEN_TIMEOUT = 20.0
+CLOSE_TIMEOUT = 5.0  # for closing a file on the PC once a transfer is over
+MAX_SHOWN = 1000  # characters of a path the PC user's window is sent
 Notify = Callable[[Session, FileTransfer], None]
 
 
@@ -70,12 +86,13 @@ class _Channel:
     closed: bool = False
     to_agent: int = 0
     from_agent: int = 0
+    temps: set[str] = field(default_factory=set)  # uploads' temporary names, in flight
 
-    def stop(self) -> Traffic:
+    def stop(self) -> Coroutine[Any, Any, None] | None:
+        """Closed to new requests at once; what is left to do on the PC (remove
+        the temporary files, then close the client), if anything."""
         self.closed = True
-        if self.client is not None:
-            self.client.exit()
-        return Traffic(to_agent=self.to_agent, from_agent=self.from_agent)
+        return None if self.client is None else remove_then_exit(self.client, set(self.temps))
 
 
 @dataclass
@@ -89,6 +106,7 @@ class _Transfer:
     started: float = 0.0
     size: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    temp: str = ""  # an upload's temporary name
 
     def add(self, data: bytes) -> None:
         self.digest.update(data)
@@ -111,6 +129,7 @@ class FileDesk:
         self.max_file = max_file
         self._notify = notify
         self._channels: dict[str, _Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # channels' last steps as sessions end
 
     # who may, and the channel
 
@@ -156,7 +175,14 @@ class FileDesk:
 
     def _stopped(self, session_id: str) -> Traffic:
         channel = self._channels.pop(session_id, None)
-        return Traffic() if channel is None else channel.stop()
+        if channel is None:
+            return Traffic()
+        last = channel.stop()
+        if last is not None:
+            task = asyncio.get_running_loop().create_task(last)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return Traffic(to_agent=channel.to_agent, from_agent=channel.from_agent)
 
     # listing
 
@@ -189,7 +215,7 @@ class FileDesk:
         session = self._session(session_id, username)
         client, channel = await self._client(session)
         transfer = await self._started(_Transfer(session, username, path, "download"))
-        size = await self._looked_at(transfer, self._download_size(client, path))
+        size = await self._looked_at(transfer, download_size(client, path, self.max_file))
         self._tell(transfer, size, "started")
         try:
             handle = await client.open(path.encode(), "rb")
@@ -198,21 +224,6 @@ class FileDesk:
             await self._finished(transfer, error)
             raise error from exc
         return size, self._chunks(transfer, handle, channel, size)
-
-    async def _download_size(self, client: asyncssh.SFTPClient, path: str) -> int:
-        """The size of the regular file at ``path``, or why it cannot be downloaded."""
-        try:
-            attrs = await client.stat(path.encode())
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            raise sftp_error(exc, path) from exc
-        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-            raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
-        if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
-            raise BadRequest(f"{path}: not a regular file", code="not_a_file")
-        size = attrs.size or 0
-        if size > self.max_file:
-            raise TooLarge(f"{path}: {size} bytes, more than the {self.max_file} bytes allowed")
-        return size
 
     async def _chunks(
         self, transfer: _Transfer, handle: asyncssh.SFTPClientFile, channel: _Channel, size: int
@@ -235,40 +246,80 @@ class FileDesk:
             error = BrokerError(f"{path}: the download was cut after {transfer.size} bytes")
             raise
         finally:
-            with contextlib.suppress(asyncssh.Error, OSError, EOFError):
-                await asyncio.shield(handle.close())
-            await asyncio.shield(self._finished(transfer, error))
+            await self._end_download(transfer, handle, error)
         # An error after the first byte cannot become an HTTP answer any more: the
         # body stops short of its Content-Length (the client sees a cut download)
         # and the audit and the store have the failure.
 
+    async def _end_download(
+        self, transfer: _Transfer, handle: asyncssh.SFTPClientFile, error: BrokerError | None
+    ) -> None:
+        """Close the file and write the end; shielded, as a browser gone away
+        cancels the response's task group again at every await (anyio)."""
+        with anyio.CancelScope(shield=True):
+            with (
+                anyio.move_on_after(CLOSE_TIMEOUT),
+                contextlib.suppress(asyncssh.Error, OSError, EOFError),
+            ):
+                await handle.close()
+            await self._finished(transfer, error)
+
     # upload
 
     async def upload(
-        self, session_id: str, username: str, path: str, body: AsyncIterator[bytes]
+        self,
+        session_id: str,
+        username: str,
+        path: str,
+        body: AsyncIterator[bytes],
+        *,
+        declared: int | None = None,
     ) -> dict[str, object]:
-        """Write ``body`` to a temporary name, then rename it onto ``path``."""
+        """Write ``body`` to a temporary name, then rename it onto ``path``. A
+        ``declared`` size (Content-Length) over ``max_file`` is refused at once:
+        nothing on the record, nothing asked of the PC."""
         session = self._session(session_id, username)
+        if declared is not None and declared > self.max_file:
+            raise TooLarge(f"uploads are limited to {self.max_file} bytes")
         client, channel = await self._client(session)
         folder, temp = upload_names(path, secrets.token_hex(6))
-        transfer = await self._started(_Transfer(session, username, path, "upload"))
-        await self._looked_at(transfer, _upload_fits(client, path, folder))
+        transfer = await self._started(_Transfer(session, username, path, "upload", temp=temp))
+        mode = await self._looked_at(transfer, upload_mode(client, path, folder))
         self._tell(transfer, 0, "started")
+        channel.temps.add(temp)  # the session's end removes it if still there
         try:
-            handle = await client.open(temp.encode(), "xb")  # O_EXCL: never someone's file
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            refused = sftp_error(exc, path)
+            await self._write(transfer, client, channel, mode, body)
+        finally:
+            channel.temps.discard(temp)
+        return {"path": path, "size": transfer.size, "sha256": transfer.digest.hexdigest()}
+
+    async def _write(
+        self,
+        transfer: _Transfer,
+        client: asyncssh.SFTPClient,
+        channel: _Channel,
+        mode: int,
+        body: AsyncIterator[bytes],
+    ) -> None:
+        path, temp = transfer.path, transfer.temp
+        try:  # O_EXCL: never someone's file; ``mode``: the bits of the file it replaces
+            _still_open(channel)
+            handle = await client.open(temp.encode(), "xb", asyncssh.SFTPAttrs(permissions=mode))
+        except (BrokerError, asyncssh.Error, OSError, EOFError) as exc:
+            refused = exc if isinstance(exc, BrokerError) else sftp_error(exc, path)
             await self._finished(transfer, refused)
             raise refused from exc
         error: BrokerError | None = None
         try:
             async for data in body:
+                _still_open(channel)
                 if transfer.size + len(data) > self.max_file:
                     raise TooLarge(f"uploads are limited to {self.max_file} bytes")
                 await handle.write(data, transfer.size)
                 transfer.add(data)
                 channel.to_agent += len(data)
             await handle.close()
+            _still_open(channel)
             await rename_onto(client, temp, path)
         except BrokerError as exc:
             error = exc
@@ -276,23 +327,15 @@ class FileDesk:
             error = sftp_error(exc, path)
         except BaseException:  # the browser went away (ClientDisconnect, cancelled)
             cut = BadRequest(f"{path}: the upload was cut after {transfer.size} bytes")
-            await asyncio.shield(self._discard(client, handle, temp))
-            await asyncio.shield(self._finished(transfer, cut))
+            with anyio.CancelScope(shield=True):
+                await discard(client, handle, temp)
+                await self._finished(transfer, cut)
             raise
         if error is not None:
-            await self._discard(client, handle, temp)
+            await discard(client, handle, temp)
             await self._finished(transfer, error)
             raise error
         await self._finished(transfer, None)
-        return {"path": path, "size": transfer.size, "sha256": transfer.digest.hexdigest()}
-
-    async def _discard(
-        self, client: asyncssh.SFTPClient, handle: asyncssh.SFTPClientFile, temp: str
-    ) -> None:
-        with contextlib.suppress(asyncssh.Error, OSError, EOFError):
-            await handle.close()
-        with contextlib.suppress(asyncssh.Error, OSError, EOFError):
-            await client.remove(temp.encode())
 
     # the record of each transfer
 
@@ -318,7 +361,8 @@ class FileDesk:
         except BaseException as exc:
             cut = f"{transfer.path}: the {transfer.direction} was cut before it began"
             error = exc if isinstance(exc, BrokerError) else BrokerError(cut)
-            await asyncio.shield(self._finished(transfer, error))
+            with anyio.CancelScope(shield=True):  # cancelled again at every await
+                await self._finished(transfer, error)
             raise
 
     async def _finished(self, transfer: _Transfer, error: BrokerError | None) -> None:
@@ -351,20 +395,13 @@ class FileDesk:
     def _tell(self, transfer: _Transfer, size: int, status: str) -> None:
         if self._notify is not None:
             session = transfer.session
-            message = FileTransfer(
-                session.id, transfer.path[:1000], transfer.direction, size, status
-            )
+            path = transfer.path  # a long one keeps its end, the file's name
+            shown = path if len(path) <= MAX_SHOWN else "…" + path[-(MAX_SHOWN - 1) :]
+            message = FileTransfer(session.id, shown, transfer.direction, size, status)
             self._notify(session, message)
 
 
-async def _upload_fits(client: asyncssh.SFTPClient, path: str, folder: str) -> int:
-    """0 when ``path`` may be written (no folder there, its folder exists), else why not."""
-    try:
-        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-            if await client.isdir(path.encode()):
-                raise BadRequest(f"{path}: is a folder", code="is_a_folder")
-        if folder and not await client.isdir(folder.encode()):
-            raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
-    except (asyncssh.Error, OSError, EOFError) as exc:
-        raise sftp_error(exc, path) from exc
-    return 0
+def _still_open(channel: _Channel) -> None:
+    """Refuse to go on once the session's end closed its file channel."""
+    if channel.closed:
+        raise Conflict("the session ended during the upload", code="files_closed")

@@ -1,11 +1,13 @@
 """What the PC's sftp-server answers mean to the broker: errors, entries, renames.
 
 Kept apart from ``files.py`` (who may, audit, streaming): these only translate
-SFTP (asyncssh's client) into the broker's own errors and JSON.
+SFTP (asyncssh's client) into the broker's own errors and JSON, and do the few
+steps of an upload around its bytes (its mode, its rename, the tidying up).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,9 +15,20 @@ from collections.abc import AsyncIterator
 
 import asyncssh
 
-from allowhelp.broker.errors import AgentUnreachable, BrokerError, Conflict, Forbidden, NotFound
+from allowhelp.broker.errors import (
+    AgentUnreachable,
+    BadRequest,
+    BrokerError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooLarge,
+)
 
 log = logging.getLogger(__name__)
+
+NEW_FILE_MODE = 0o600  # an upload to a new name: the PC user's alone
+TIDY_TIMEOUT = 5.0  # for removing a session's temporary files as it ends
 
 
 def sftp_error(exc: Exception, path: str) -> BrokerError:
@@ -44,6 +57,70 @@ async def rename_onto(client: asyncssh.SFTPClient, temp: str, path: str) -> None
         with contextlib.suppress(asyncssh.SFTPNoSuchFile):
             await client.remove(path.encode())
         await client.rename(temp.encode(), path.encode())
+
+
+async def download_size(client: asyncssh.SFTPClient, path: str, max_file: int) -> int:
+    """The size of the regular file at ``path``, or why it cannot be downloaded."""
+    try:
+        attrs = await client.stat(path.encode())
+    except (asyncssh.Error, OSError, EOFError) as exc:
+        raise sftp_error(exc, path) from exc
+    if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+        raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
+    if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
+        raise BadRequest(f"{path}: not a regular file", code="not_a_file")
+    size = attrs.size or 0
+    if size > max_file:
+        raise TooLarge(f"{path}: {size} bytes, more than the {max_file} bytes allowed")
+    return size
+
+
+async def upload_mode(client: asyncssh.SFTPClient, path: str, folder: str) -> int:
+    """The permission bits for an upload to ``path``: those of the file it replaces
+    (0600 stays 0600), else ``NEW_FILE_MODE``; or why it may not be written (a
+    folder there, or no folder to put it in)."""
+    try:
+        try:
+            attrs = await client.stat(path.encode())
+        except asyncssh.SFTPNoSuchFile:
+            attrs = None
+        if attrs is not None and attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+            raise BadRequest(f"{path}: is a folder", code="is_a_folder")
+        if folder and not await client.isdir(folder.encode()):
+            raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
+    except (asyncssh.Error, OSError, EOFError) as exc:
+        raise sftp_error(exc, path) from exc
+    if attrs is None or attrs.permissions is None:
+        return NEW_FILE_MODE
+    return attrs.permissions & 0o777  # never set-user-ID and the like
+
+
+async def discard(client: asyncssh.SFTPClient, handle: asyncssh.SFTPClientFile, temp: str) -> None:
+    """Close and remove a cut upload's temporary file, as far as the PC lets."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TIDY_TIMEOUT):
+            with contextlib.suppress(asyncssh.Error, OSError, EOFError):
+                await handle.close()
+            with contextlib.suppress(asyncssh.Error, OSError, EOFError):
+                await client.remove(temp.encode())
+
+
+async def remove_then_exit(client: asyncssh.SFTPClient, temps: set[str]) -> None:
+    """Remove what uploads cut by a session's end left (``TIDY_TIMEOUT`` at most),
+    then close the session's SFTP client."""
+    try:
+        if temps:
+            await asyncio.wait_for(_remove_all(client, temps), TIDY_TIMEOUT)
+    except (TimeoutError, asyncssh.Error, OSError, EOFError) as exc:
+        log.error("temporary files %s not removed: %s", sorted(temps), exc or "timed out")
+    finally:
+        client.exit()
+
+
+async def _remove_all(client: asyncssh.SFTPClient, temps: set[str]) -> None:
+    for temp in temps:
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile):  # renamed or removed meanwhile
+            await client.remove(temp.encode())
 
 
 def entry_type(attrs: asyncssh.SFTPAttrs) -> str:

@@ -27,6 +27,7 @@ def _job(row: Row) -> JobRecord:
         targets=tuple(json.loads(row["targets"])),
         approvals_needed=row["approvals_needed"],
         approved_by=tuple(json.loads(row["approved_by"])),
+        seal=row["seal"],
     )
 
 
@@ -49,8 +50,8 @@ class JobStore(StoreCore):
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, created_by, action, reason, script, install,"
-                " remove, timeout, expires, targets, approvals_needed, approved_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " remove, timeout, expires, targets, approvals_needed, approved_by, seal)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.created,
@@ -65,6 +66,7 @@ class JobStore(StoreCore):
                     json.dumps(list(job.targets)),
                     job.approvals_needed,
                     json.dumps(list(job.approved_by)),
+                    job.seal,
                 ),
             )
             db.executemany(
@@ -98,11 +100,11 @@ class JobStore(StoreCore):
             counts.setdefault(row["job_id"], {})[row["state"]] = row["n"]
         return counts
 
-    def approve_job(self, job_id: str, approved_by: tuple[str, ...]) -> None:
+    def approve_job(self, job_id: str, approved_by: tuple[str, ...], seal: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET approved_by = ? WHERE id = ?",
-                (json.dumps(list(approved_by)), job_id),
+                "UPDATE jobs SET approved_by = ?, seal = ? WHERE id = ?",
+                (json.dumps(list(approved_by)), seal, job_id),
             )
 
     def waiting_jobs(self, agent_id: str) -> list[JobRecord]:

@@ -302,4 +302,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE agents ADD COLUMN doorbell_hash TEXT NOT NULL DEFAULT '';
     """,
+    # 13 (a review of fleet jobs): the broker's seal on each job as stored (its
+    # tunnel key's signature, certs/jobsign.py): a job whose row was changed by anyone
+    # without that key is never sent. Jobs made before it have none: never sent.
+    """
+    ALTER TABLE jobs ADD COLUMN seal TEXT NOT NULL DEFAULT '';
+    """,
 )

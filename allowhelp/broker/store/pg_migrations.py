@@ -222,4 +222,8 @@ PG_MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE agents ADD COLUMN doorbell_hash TEXT NOT NULL DEFAULT '';
     """,
+    # 6: SQLite's 13: the broker's seal on each job as stored.
+    """
+    ALTER TABLE jobs ADD COLUMN seal TEXT NOT NULL DEFAULT '';
+    """,
 )

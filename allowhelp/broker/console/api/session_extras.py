@@ -2,7 +2,8 @@
 
 Files (``sessions/files.py``): the listing and a download stream out as they
 come from the PC; an upload streams in (the request body, never whole in
-memory; exempt from the Wall's 64 KiB JSON cap, bounded by the file limit).
+memory; exempt from the Wall's 64 KiB JSON cap, bounded by the file limit: a
+Content-Length over it is a 413 before anything is recorded or sent to the PC).
 Chat (``sessions/chat.py``): the technician's messages out, the transcript in.
 """
 
@@ -21,6 +22,7 @@ from allowhelp.broker.errors import NotFound
 from allowhelp.broker.sessions.chat import visible_session
 from allowhelp.broker.sessions.filepaths import path_from_query
 from allowhelp.broker.store import Store
+from allowhelp.protocol.text import ascii_digits
 
 UPLOAD_PATH = "/api/v1/sessions/{session_id}/files/content"
 
@@ -51,8 +53,13 @@ async def download(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     principal = await require(request)  # CSRF checked here, before a byte is read
     path = path_from_query(request.scope.get("query_string", b""))
+    declared = request.headers.get("content-length")  # digits only: the Wall checked
     result = await services(request).files.upload(
-        request.path_params["session_id"], principal.user.username, path, _body(request)
+        request.path_params["session_id"],
+        principal.user.username,
+        path,
+        _body(request),
+        declared=int(declared) if declared is not None and ascii_digits(declared) else None,
     )
     return JSONResponse(result, status_code=201)
 
