@@ -56,7 +56,7 @@ async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptu
         lambda *_: None,
         sweep_every=SWEEP,
     )
-    caplog.set_level(logging.INFO, logger="allowhelp.broker.jobs.desk")
+    caplog.set_level(logging.INFO, logger="allowhelp.broker.jobs.expiry")
     desk.start()
     try:
         await wait_reads(store, 20)

@@ -60,6 +60,7 @@ class Pcs:
     root: Path
     fleet: Fleet
     admin: Desk
+    second: Desk  # another admin: two agree to a job, or to lowering that rule
     opted: Machine
     plain: Machine
     apt_config: Path
@@ -71,6 +72,8 @@ def pcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcs]:
     with staffed_broker(root) as fleet:
         broker = fleet.brokers[0]
         admin = Desk.login(broker, ADMIN, ADMIN_PW)
+        broker.add_user("second-admin", "second-admin-password-1", role="admin")
+        second = Desk.login(broker, "second-admin", "second-admin-password-1")
         apt_config = build_local_repo(root / "aptrepo", TEST_PACKAGE)
         opted = enrolled_machine(broker, root, "opted")
         plain = enrolled_machine(broker, root, "plain")
@@ -78,12 +81,23 @@ def pcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcs]:
         try:
             start(opted, admin)
             start(plain, admin)
-            yield Pcs(root, fleet, admin, opted, plain, apt_config)
+            yield Pcs(root, fleet, admin, second, opted, plain, apt_config)
         finally:
             opted.stop()
             plain.stop()
             admin.close()
+            second.close()
             subprocess.run(["dpkg", "--purge", TEST_PACKAGE], capture_output=True, check=False)
+
+
+def admins_must_agree(pcs: Pcs, count: int) -> None:
+    """``require_approval``: raised by one admin; lowered when a second asks too."""
+    first = pcs.admin.client.put("/api/v1/policy", json={"require_approval": count})
+    if count == 1 and first.status_code == 202:
+        assert first.json()["lowering_asked_by"] == ADMIN
+        first = pcs.second.client.put("/api/v1/policy", json={"require_approval": count})
+    assert first.status_code == 200, first.text
+    assert pcs.admin.client.get("/api/v1/policy").json()["require_approval"] == count
 
 
 def test_a_script_runs_as_root_only_on_the_pc_that_opted_in(pcs: Pcs) -> None:
@@ -416,7 +430,7 @@ def test_a_job_changed_in_the_database_is_never_sent(pcs: Pcs) -> None:
         script="echo harmless",
         reason="edited afterwards",
     )
-    assert pcs.admin.client.put("/api/v1/policy", json={"require_approval": 2}).status_code == 200
+    admins_must_agree(pcs, 2)
     try:
         unapproved = create(
             pcs.admin,
@@ -426,9 +440,7 @@ def test_a_job_changed_in_the_database_is_never_sent(pcs: Pcs) -> None:
             reason="approved by nobody",
         )
     finally:
-        assert (
-            pcs.admin.client.put("/api/v1/policy", json={"require_approval": 1}).status_code == 200
-        )
+        admins_must_agree(pcs, 1)
     with sqlite3.connect(broker.data / "broker.sqlite3") as db:
         db.execute("UPDATE jobs SET script = ? WHERE id = ?", (f"touch {marker}", edited["id"]))
         db.execute("UPDATE jobs SET approvals_needed = 0 WHERE id = ?", (unapproved["id"],))
@@ -449,9 +461,54 @@ def test_a_job_changed_in_the_database_is_never_sent(pcs: Pcs) -> None:
     assert second.status_code in (403, 409), second.text  # nothing approves it back in
 
 
+def test_a_cancelled_job_reaches_no_pc_and_cannot_be_approved(pcs: Pcs) -> None:
+    """Cancelled while its PC was off: the PC comes back and never gets it; a job
+    cancelled while it waited for a second admin can no longer be approved."""
+    broker = pcs.admin.broker
+    stop(pcs.opted, pcs.admin)
+    marker = pcs.root / "cancelled-ran"
+    made = create(
+        pcs.admin,
+        targets=[pcs.opted.agent_id],
+        action="script",
+        script=f"touch {marker}",
+        reason="changed my mind",
+    )
+    cancelled = pcs.admin.client.post(f"/api/v1/jobs/{made['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["results"][0]["state"] == "cancelled"
+    again = pcs.admin.client.post(f"/api/v1/jobs/{made['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"] == "job_over"
+    admins_must_agree(pcs, 2)
+    try:
+        waiting = create(
+            pcs.admin,
+            targets=[pcs.opted.agent_id],
+            action="script",
+            script=f"touch {marker}",
+            reason="not after all",
+        )
+    finally:
+        admins_must_agree(pcs, 1)
+    assert pcs.admin.client.post(f"/api/v1/jobs/{waiting['id']}/cancel").status_code == 200
+    assert job(pcs.admin, waiting["id"])["state"] == "cancelled"
+    late = pcs.second.client.post(f"/api/v1/jobs/{waiting['id']}/approve")
+    assert late.status_code == 409 and late.json()["error"] == "job_cancelled", late.text
+    start(pcs.opted, pcs.admin)
+    check = create(
+        pcs.admin, targets=[pcs.opted.agent_id], action="script", script="true", reason="fence"
+    )
+    assert result_of(pcs.admin, check["id"], pcs.opted.agent_id)["state"] == "succeeded"
+    assert not marker.exists()
+    for cancelled_job in (made, waiting):
+        assert f"job={cancelled_job['id']} sent" not in broker.log.read_text()
+        types = [r["type"] for r in audit(broker) if r["target"] == cancelled_job["id"]]
+        assert types == ["job.created", "job.cancelled"]
+
+
 def test_with_two_admins_required_a_job_waits_for_the_second(pcs: Pcs) -> None:
     broker = pcs.admin.broker
-    assert pcs.admin.client.put("/api/v1/policy", json={"require_approval": 2}).status_code == 200
+    admins_must_agree(pcs, 2)
     marker = pcs.root / "approved-ran"
     try:
         made = create(
@@ -467,16 +524,11 @@ def test_with_two_admins_required_a_job_waits_for_the_second(pcs: Pcs) -> None:
         assert job(pcs.admin, made["id"])["results"][0]["state"] == "pending"
         assert f"job={made['id']} sent" not in broker.log.read_text()
         assert not marker.exists()
-        broker.add_user("second-admin", "second-admin-password-1", role="admin")
-        second = Desk.login(broker, "second-admin", "second-admin-password-1")
-        try:
-            approved = second.client.post(f"/api/v1/jobs/{made['id']}/approve")
-            assert approved.status_code == 200, approved.text
-            assert approved.json()["approved_by"] == ["second-admin"]
-            again = second.client.post(f"/api/v1/jobs/{made['id']}/approve")
-            assert again.status_code == 409
-        finally:
-            second.close()
+        approved = pcs.second.client.post(f"/api/v1/jobs/{made['id']}/approve")
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["approved_by"] == ["second-admin"]
+        again = pcs.second.client.post(f"/api/v1/jobs/{made['id']}/approve")
+        assert again.status_code == 409
         assert result_of(pcs.admin, made["id"], pcs.opted.agent_id)["state"] == "succeeded"
         assert marker.exists()
         records = [r for r in audit(broker) if r["target"] == made["id"]]
@@ -484,10 +536,39 @@ def test_with_two_admins_required_a_job_waits_for_the_second(pcs: Pcs) -> None:
         assert records[0]["details"]["approvals_needed"] == 1
         assert records[1]["actor"] == "admin:second-admin"
     finally:
-        reset = pcs.admin.client.put("/api/v1/policy", json={"require_approval": 1})
-        assert reset.status_code == 200
+        admins_must_agree(pcs, 1)
     bad = pcs.admin.client.put("/api/v1/policy", json={"require_approval": 3})
     assert bad.status_code == 400
+
+
+def test_one_admin_alone_cannot_lower_two_admin_approval(pcs: Pcs) -> None:
+    """Lowering ``require_approval`` from 2 is a request until a second admin asks
+    the same: one admin cannot lower it, make a job alone and raise it again."""
+    broker = pcs.admin.broker
+    admins_must_agree(pcs, 2)
+    try:
+        for _ in range(2):  # asking twice is still one admin
+            asked = pcs.admin.client.put("/api/v1/policy", json={"require_approval": 1})
+            assert asked.status_code == 202, asked.text
+            assert asked.json() == {"require_approval": 2, "lowering_asked_by": ADMIN}
+        policy = pcs.admin.client.get("/api/v1/policy").json()
+        assert policy["require_approval"] == 2 and policy["lowering_asked_by"] == ADMIN
+        made = create(
+            pcs.admin, targets=[pcs.plain.agent_id], action="script", script="true", reason="x"
+        )
+        assert made["state"] == "awaiting_approval"  # the request lowered nothing
+        agreed = pcs.second.client.put("/api/v1/policy", json={"require_approval": 1})
+        assert agreed.status_code == 200 and agreed.json() == {"require_approval": 1}
+        assert pcs.admin.client.get("/api/v1/policy").json()["lowering_asked_by"] is None
+        said = [r for r in audit(broker) if r["type"].startswith("auth.policy")][-3:]
+        assert [(r["type"], r["actor"]) for r in said] == [
+            ("auth.policy.asked", f"admin:{ADMIN}"),
+            ("auth.policy.asked", f"admin:{ADMIN}"),
+            ("auth.policy.changed", "admin:second-admin"),
+        ]
+        assert said[-1]["details"] == {"require_approval": 1, "asked_by": ADMIN}
+    finally:
+        admins_must_agree(pcs, 1)
 
 
 def test_the_machine_service_reports_its_inventory(pcs: Pcs) -> None:

@@ -59,6 +59,8 @@ EVENT_CODES: dict[str, str] = {
     "recording.stopped": "AH1412",
     # a login recorded as ok whose web session could not be made: the user was told it failed
     "auth.login.aborted": "AH1008",
+    # an admin asked to lower require_approval from 2: it changes when a second admin asks too
+    "auth.policy.asked": "AH1009",
     # the data folder backed up (`allowhelp-broker backup`, written before the snapshot)
     # and restored from a backup (`allowhelp-broker restore`, the restored chain's first new record)
     "broker.backup": "AH1906",
@@ -74,6 +76,8 @@ EVENT_CODES: dict[str, str] = {
     # a job whose stored row no longer matches the broker's seal: changed outside
     # allowhelp (the database alone), never sent
     "job.tampered": "AH1606",
+    # an admin cancelled a job: no PC that has not answered gets it from then on
+    "job.cancelled": "AH1607",
     # files, chat, ticket and notes, the session report (AH15xx, issue #17)
     "files.listed": "AH1501",
     "files.transfer.started": "AH1502",

@@ -33,6 +33,7 @@ from allowhelp.broker.errors import (
     StoreError,
     TunnelError,
 )
+from allowhelp.broker.jobs.expiry import expire_due, sweep_forever
 from allowhelp.broker.jobs.orders import (
     MAX_AUDITED_TARGETS,
     MAX_TARGETS,
@@ -42,7 +43,15 @@ from allowhelp.broker.jobs.orders import (
     spec_for,
     target_request,
 )
-from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord, job_state
+from allowhelp.broker.jobs.policy import REQUIRE_APPROVAL, admins_to_agree
+from allowhelp.broker.model.jobs import (
+    GIVEN_UP,
+    WAITING,
+    JobRecord,
+    JobResultRecord,
+    job_state,
+    state_of,
+)
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
@@ -53,16 +62,8 @@ from allowhelp.protocol.jobs import RESULT_STATES
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, object]], None]  # to admins only
-REQUIRE_APPROVAL = "require_approval"  # broker policy: admins who must agree, 1 or 2
-
-
-def admins_to_agree(stored: str | None) -> int:
-    """The policy as stored: unset or "1" is one admin; anything else (only "2" is ever
-    written) two, so a value the broker does not know never lets a job through alone."""
-    return 1 if stored in (None, "1") else 2
-
-
 EXPIRY_SWEEP = 5.0
+DELIVERIES = 32  # PCs being sent their jobs (and rung, if idle) at once
 
 
 class JobDesk:
@@ -85,12 +86,13 @@ class JobDesk:
         self._sent: dict[str, tuple[object, set[str]]] = {}  # agent → (its link, jobs sent)
         self._tasks: set[asyncio.Task[None]] = set()
         self._tampered_seen: set[str] = set()
+        self._deliveries = asyncio.Semaphore(DELIVERIES)
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._unsubscribe = self._agents.subscribe(self._agent_changed)
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        self._sweeper = asyncio.create_task(sweep_forever(self._sweep_every, self.expire_due))
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -128,14 +130,15 @@ class JobDesk:
             raise
         self._publish({"type": "job", "job": await self.view(job.id)})
         if job.approved:
-            for agent_id in job.targets:
-                await self.deliver(agent_id)
+            self._deliver_all(job.targets)
         return job
 
     async def approve(self, actor: str, username: str, job_id: str) -> JobRecord:
         job = await self._job(job_id)
         if job.approved:
             raise Conflict("this job needs no more approval", code="already_approved")
+        if not await self._db.read(Store.job_waits, job.id):
+            raise Conflict("this job was cancelled", code="job_cancelled")
         if username == job.created_by or username in job.approved_by:
             raise Forbidden("a second admin must approve: not the one who made it or approved")
         if time.time() >= job.expires:
@@ -155,8 +158,27 @@ class JobDesk:
         job = await self._job(job_id)
         self._publish({"type": "job", "job": await self.view(job.id)})
         if job.approved:
-            for agent_id in job.targets:
-                await self.deliver(agent_id)
+            self._deliver_all(job.targets)
+        return job
+
+    async def cancel(self, actor: str, job_id: str) -> JobRecord:
+        """No PC gets the job from now on (one running it finishes: its answer is
+        kept); one awaiting approval can no longer be approved."""
+        job = await self._job(job_id)
+        waiting = [r.agent_id for r in await self._db.read(Store.job_results, job.id)
+                   if r.state == WAITING]  # fmt: skip
+        if not waiting:
+            raise Conflict("every PC has answered or the job is over", code="job_over")
+        await self._audit.write(
+            "job.cancelled",
+            actor=actor,
+            target=job.id,
+            details={"agents": waiting[:MAX_AUDITED_TARGETS], "count": len(waiting)},
+        )
+        await self._db.run(Store.cancel_waiting, job.id, time.time())
+        for agent_id in waiting:
+            self._forget_sent(agent_id, job.id)
+        self._publish({"type": "job", "job": await self.view(job.id)})
         return job
 
     async def view(self, job_id: str) -> dict[str, object]:
@@ -178,7 +200,7 @@ class JobDesk:
             counts = all_counts.get(job.id, {})
             summary = job.summary_json()
             summary.pop("script")
-            listed.append({**summary, "state": _state(job, counts), "counts": counts})
+            listed.append({**summary, "state": state_of(job, counts), "counts": counts})
         return listed
 
     async def _job(self, job_id: str) -> JobRecord:
@@ -214,9 +236,19 @@ class JobDesk:
         if not online:
             self._sent.pop(agent_id, None)
             return
-        task = asyncio.create_task(self.deliver(agent_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._deliver_all((agent_id,))
+
+    def _deliver_all(self, agent_ids: tuple[str, ...] | list[str]) -> None:
+        """Each PC's jobs sent in a task of its own, ``DELIVERIES`` at once: the
+        admin's request does not wait while idle PCs are rung (up to 20 s each)."""
+        for agent_id in agent_ids:
+            task = asyncio.create_task(self._deliver_in_turn(agent_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_in_turn(self, agent_id: str) -> None:
+        async with self._deliveries:
+            await self.deliver(agent_id)
 
     async def deliver(self, agent_id: str) -> None:
         """Send this PC every approved, unexpired job it has not answered and
@@ -292,7 +324,7 @@ class JobDesk:
             return
         current = {r.agent_id: r for r in await self._db.read(Store.job_results, job.id)}
         was = current[agent_id].state
-        late = was == "expired"  # given up on, but the PC got it before: what it did counts
+        late = was in GIVEN_UP  # given up on, but the PC got it before: what it did counts
         if not (was == WAITING or (late and message.state != "expired")):
             return  # said before (a resend crossed the answer)
         output = plain_output(message.output)
@@ -345,52 +377,6 @@ class JobDesk:
 
     # expiry
 
-    async def _sweep_forever(self) -> None:
-        failing = False  # said once per outage, not every few seconds
-        while True:
-            await asyncio.sleep(self._sweep_every)
-            try:
-                await self.expire_due()
-            except (StoreError, AuditUnavailable) as exc:  # the next sweep tries again
-                if not failing:
-                    log.error("the job expiry sweep cannot run until this clears: %s", exc)
-                failing = True
-                continue
-            except Exception:  # a fault of ours: logged in full, every time
-                log.exception("the job expiry sweep failed")
-                continue
-            if failing:
-                log.info("the job expiry sweep runs again")
-            failing = False
-
     async def expire_due(self) -> None:
-        due: dict[str, list[str]] = {}
-        for job_id, agent_id in await self._db.read(Store.expired_waiting, time.time()):
-            due.setdefault(job_id, []).append(agent_id)
-        for job_id, agent_ids in due.items():
-            await self._audit.write(
-                "job.expired",
-                actor="system",
-                target=job_id,
-                details={"agents": agent_ids[:MAX_AUDITED_TARGETS], "count": len(agent_ids)},
-            )
-            for agent_id in agent_ids:
-                await self._db.run(
-                    Store.finish_result,
-                    job_id,
-                    agent_id,
-                    state="expired",
-                    exit_code=None,
-                    output="",
-                    output_sha256="",
-                    started=None,
-                    finished=time.time(),
-                )
+        for job_id in await expire_due(self._db, self._audit):
             self._publish({"type": "job", "job": await self.view(job_id)})
-
-
-def _state(job: JobRecord, counts: dict[str, int]) -> str:
-    """``job_state`` from the counts of result states."""
-    if not job.approved:
-        return "awaiting_approval"
-    return "running" if counts.get(WAITING, 0) else "done"

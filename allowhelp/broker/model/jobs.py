@@ -6,9 +6,13 @@ import json
 from dataclasses import dataclass
 
 # A result is "pending" until the PC reports; "expired" when its time ran out
-# first; else what the PC said (protocol/jobs.py RESULT_STATES).
+# first, "cancelled" when an admin cancelled the job first; else what the PC said
+# (protocol/jobs.py RESULT_STATES). A PC that had the job before either may still
+# answer: its answer replaces them (``JobDesk.on_result``, ``late``).
 WAITING = "pending"
-FINAL_STATES = ("succeeded", "failed", "timed_out", "refused", "expired")
+CANCELLED = "cancelled"
+GIVEN_UP = ("expired", CANCELLED)
+FINAL_STATES = ("succeeded", "failed", "timed_out", "refused", *GIVEN_UP)
 SEALED = (
     "id",
     "created",
@@ -100,7 +104,15 @@ class JobResultRecord:
 
 
 def job_state(job: JobRecord, results: list[JobResultRecord]) -> str:
-    """awaiting_approval | running (some PC has not answered) | done."""
-    if not job.approved:
-        return "awaiting_approval"
-    return "done" if all(r.final for r in results) else "running"
+    """awaiting_approval | running (some PC has not answered) | done | cancelled."""
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.state] = counts.get(result.state, 0) + 1
+    return state_of(job, counts)
+
+
+def state_of(job: JobRecord, counts: dict[str, int]) -> str:
+    """``job_state`` from how many results are in each state."""
+    if not counts.get(WAITING, 0):
+        return CANCELLED if counts.get(CANCELLED, 0) and not job.approved else "done"
+    return "running" if job.approved else "awaiting_approval"

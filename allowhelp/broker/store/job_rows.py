@@ -6,7 +6,7 @@ import json
 import time
 
 from allowhelp.broker.model.database import Row
-from allowhelp.broker.model.jobs import WAITING, JobRecord, JobResultRecord
+from allowhelp.broker.model.jobs import CANCELLED, WAITING, JobRecord, JobResultRecord
 from allowhelp.broker.store.core import StoreCore
 
 MAX_JOBS_LISTED = 200
@@ -106,6 +106,26 @@ class JobStore(StoreCore):
                 "UPDATE jobs SET approved_by = ?, seal = ? WHERE id = ?",
                 (json.dumps(list(approved_by)), seal, job_id),
             )
+
+    def job_waits(self, job_id: str) -> bool:
+        """Whether some PC is still to get (or answer) the job."""
+        rows = self._query(
+            "SELECT 1 FROM job_results WHERE job_id = ? AND state = ? LIMIT 1", (job_id, WAITING)
+        )
+        return bool(rows)
+
+    def cancel_waiting(self, job_id: str, finished: float) -> list[str]:
+        """The job's waiting results cancelled; the PCs they were for."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT agent_id FROM job_results WHERE job_id = ? AND state = ?",
+                (job_id, WAITING),
+            ).fetchall()
+            db.execute(
+                "UPDATE job_results SET state = ?, finished = ? WHERE job_id = ? AND state = ?",
+                (CANCELLED, finished, job_id, WAITING),
+            )
+        return [row["agent_id"] for row in rows]
 
     def waiting_jobs(self, agent_id: str) -> list[JobRecord]:
         """Jobs this PC has not answered yet, oldest first (approved or not)."""

@@ -4,7 +4,7 @@
 // PC's output are hostile text: they reach the page only through textContent.
 
 import { api, errorMessage } from "../lib/api.js";
-import { $, badge, button, el, field, showEmpty, timeCell, toast } from "../lib/dom.js";
+import { $, badge, button, confirmAction, el, field, showEmpty, timeCell, toast } from "../lib/dom.js";
 import { loadMachines } from "./machines.js";
 import { state } from "./state.js";
 
@@ -23,7 +23,7 @@ import { state } from "./state.js";
  * A job, as GET /api/v1/jobs lists it (with `results` from GET /api/v1/jobs/{id}).
  * @typedef {object} Job
  * @property {string} id
- * @property {string} state awaiting_approval | running | done
+ * @property {string} state awaiting_approval | running | done | cancelled
  * @property {string} action
  * @property {string} reason
  * @property {string} created_by
@@ -41,7 +41,7 @@ import { state } from "./state.js";
 /** @type {Record<string, string>} */
 const TONES = {
   succeeded: "ok", failed: "bad", timed_out: "bad", refused: "wait", expired: "off", pending: "wait",
-  running: "wait", done: "ok", awaiting_approval: "wait",
+  running: "wait", done: "ok", awaiting_approval: "wait", cancelled: "off",
 };
 /** @type {Map<string, Job>} */
 const jobs = new Map();
@@ -105,7 +105,7 @@ export function jobEvent(event) {
     if (job && job.results) {
       job.results = job.results.map((r) => (r.agent_id === event.result.agent_id ? { ...r, ...event.result } : r));
       const waiting = job.results.some((r) => r.state === "pending");
-      job.state = waiting ? "running" : "done";
+      if (job.state !== "cancelled") job.state = waiting ? "running" : "done";
     } else {
       loadOne(event.job_id).then(renderJobs).catch(() => {});
     }
@@ -154,6 +154,7 @@ function row(job) {
       button("Results", () => show(job.id), "small"),
       job.state === "awaiting_approval" && state.me && job.created_by !== state.me.username
         ? button("Approve", () => approve(job), "small") : null,
+      ["awaiting_approval", "running"].includes(job.state) ? button("Cancel", () => cancel(job), "small") : null,
     ]),
   ]);
 }
@@ -199,6 +200,21 @@ async function show(id) {
 async function approve(job) {
   try {
     await api("POST", `/api/v1/jobs/${encodeURIComponent(job.id)}/approve`);
+    await loadOne(job.id);
+    renderJobs();
+  } catch (error) {
+    toast(errorMessage(error), "error");
+  }
+}
+
+/** @param {Job} job */
+async function cancel(job) {
+  const sure = await confirmAction("Cancel this job?",
+    "PCs that have not got it will not run it. A PC running it now finishes, and its result is kept.",
+    "Cancel the job");
+  if (!sure) return;
+  try {
+    await api("POST", `/api/v1/jobs/${encodeURIComponent(job.id)}/cancel`);
     await loadOne(job.id);
     renderJobs();
   } catch (error) {

@@ -45,6 +45,13 @@ async def approve_job(request: Request) -> Response:
     return JSONResponse(await svc.jobs.view(job.id))
 
 
+async def cancel_job(request: Request) -> Response:
+    principal = await require(request, admin=True)
+    svc = services(request)
+    job = await svc.jobs.cancel(principal.actor, request.path_params["job_id"])
+    return JSONResponse(await svc.jobs.view(job.id))
+
+
 async def set_groups(request: Request) -> Response:
     """``PATCH /agents/{id} {"groups": [...]}``: the machine's groups, replaced."""
     principal = await require(request, admin=True)
@@ -99,6 +106,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/jobs", list_jobs, methods=["GET"]),
         Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/api/v1/jobs/{job_id}/approve", approve_job, methods=["POST"]),
+        Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/api/v1/agents/{agent_id}", set_groups, methods=["PATCH"]),
         Route("/api/v1/agents/{agent_id}/inventory", machine_details, methods=["GET"]),
     ]

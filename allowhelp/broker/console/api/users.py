@@ -8,6 +8,7 @@ disabling or demoting the last active admin (themselves included).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -19,7 +20,13 @@ from allowhelp.broker.auth.passwords import check_new_password, hash_password
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, NotFound
-from allowhelp.broker.jobs.desk import REQUIRE_APPROVAL, admins_to_agree
+from allowhelp.broker.jobs.policy import (
+    LOWERING,
+    REQUIRE_APPROVAL,
+    Lowering,
+    admins_to_agree,
+    next_step,
+)
 from allowhelp.broker.store import ROLES, Role, Store, User, UserSummary
 
 MAX_NAME = 64  # the same rule as `allowhelp-broker user add`
@@ -152,8 +159,14 @@ async def get_policy(request: Request) -> Response:
     svc = services(request)
     value = await svc.db.read(Store.policy, REQUIRE_TOTP)
     approval = await svc.db.read(Store.policy, REQUIRE_APPROVAL)
+    lowering = Lowering.parse(await svc.db.read(Store.policy, LOWERING))
+    standing = lowering is not None and lowering.standing(time.time())
     return JSONResponse(
-        {"require_totp": value == "1", "require_approval": admins_to_agree(approval)}
+        {
+            "require_totp": value == "1",
+            "require_approval": admins_to_agree(approval),
+            "lowering_asked_by": lowering.by if lowering is not None and standing else None,
+        }
     )
 
 
@@ -180,10 +193,22 @@ async def _set_approval(request: Request, principal: Principal, body: dict[str, 
             "require_approval must be 1 (the admin who makes a job) or 2 (and a second)"
         )
     svc = services(request)
-    await svc.audit.write(
-        "auth.policy.changed", actor=principal.actor, details={"require_approval": wanted}
-    )
+    now, username = time.time(), principal.user.username
+    current = admins_to_agree(await svc.db.read(Store.policy, REQUIRE_APPROVAL))
+    lowering = Lowering.parse(await svc.db.read(Store.policy, LOWERING))
+    if next_step(current, wanted, lowering, username, now) == "ask":  # a second admin must agree
+        await svc.audit.write(
+            "auth.policy.asked", actor=principal.actor, details={"require_approval": wanted}
+        )
+        await svc.db.run(Store.set_policy, LOWERING, Lowering(username, now).to_text())
+        answer = {"require_approval": current, "lowering_asked_by": username}
+        return JSONResponse(answer, status_code=202)
+    details: dict[str, object] = {"require_approval": wanted}
+    if wanted < current and lowering is not None:
+        details["asked_by"] = lowering.by
+    await svc.audit.write("auth.policy.changed", actor=principal.actor, details=details)
     await svc.db.run(Store.set_policy, REQUIRE_APPROVAL, str(wanted))
+    await svc.db.run(Store.set_policy, LOWERING, "")  # a request standing is answered or moot
     return JSONResponse({"require_approval": wanted})
 
 
