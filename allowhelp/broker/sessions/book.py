@@ -59,6 +59,7 @@ class SessionBook(BookHooks):
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._relays: dict[str, list[Stopper]] = {}
         self._owner_on: dict[str, bool] = {}  # the owner's relay runs (``owner_started``)
+        self._closing: set[str] = set()  # ends under way: relays stopped, record not yet
         self._unrecorded: dict[str, Traffic] = {}  # counted by stopped relays, end not recorded
         self._owed: set[str] = set()  # ended, record owed: written once the log takes it
         self._owed_as: dict[str, tuple[EndReason, str]] = {}  # the end decided: reason, actor
@@ -160,8 +161,9 @@ class SessionBook(BookHooks):
         return session
 
     def ending(self, session_id: str) -> bool:
-        """Whether the session's end is decided but not yet on the record."""
-        return session_id in self._owed
+        """Whether the session's end is decided but not yet on the record (being
+        written, or owed): nothing may attach to it any more."""
+        return session_id in self._owed or session_id in self._closing
 
     async def end_quietly(self, session_id: str, *, reason: EndReason, actor: str) -> None:
         """End unless already over (a relay and the user may both end it at once)."""
@@ -265,43 +267,51 @@ class SessionBook(BookHooks):
         view_only: bool = False,
     ) -> Session:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            current = self._live.get(session_id)
-            if current is None:
-                raise IllegalTransition(f"session {session_id} is not live")
-            if new is State.ENDED and session_id in self._owed:
-                await self._check_late_end(session_id)
-                # the end that stopped access is the one recorded, whoever writes it
-                # (the relay it stopped ends the session too, as the PC's doing)
-                reason, actor = self._owed_as.get(session_id, (reason or "error", actor))
-                details = {**(details or {}), "recorded_late": True}
-            traffic = None
-            if new is State.ENDED:  # access stops before its end is recorded
-                traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
-                    session_id
+        try:
+            async with lock:
+                current = self._live.get(session_id)
+                if current is None:
+                    raise IllegalTransition(f"session {session_id} is not live")
+                if new is State.ENDED and session_id in self._owed:
+                    await self._check_late_end(session_id)
+                    # the end that stopped access is the one recorded, whoever writes it
+                    # (the relay it stopped ends the session too, as the PC's doing)
+                    reason, actor = self._owed_as.get(session_id, (reason or "error", actor))
+                    details = {**(details or {}), "recorded_late": True}
+                traffic = None
+                if new is State.ENDED:  # access stops before its end is recorded
+                    self._closing.add(session_id)  # and nothing attaches meanwhile (``ending``)
+                    traffic = self._unrecorded.pop(session_id, Traffic()) + self._stop_relays(
+                        session_id
+                    )
+                    traffic += await self._stop_others(session_id)
+                    # the recording complete on disk before its end record
+                    traffic, sealed = await sealed_traffic(traffic)
+                    details = {
+                        **(details or {}),
+                        **sealed,
+                        **await self._more_end_details(session_id),
+                    }
+                after, event = current.transition(
+                    new,
+                    actor=actor,
+                    reason=reason,
+                    details=details,
+                    view_only=view_only,
+                    traffic=traffic,
                 )
-                traffic += await self._stop_others(session_id)
-                # the recording complete on disk before its end record
-                traffic, sealed = await sealed_traffic(traffic)
-                details = {**(details or {}), **sealed, **await self._more_end_details(session_id)}
-            after, event = current.transition(
-                new,
-                actor=actor,
-                reason=reason,
-                details=details,
-                view_only=view_only,
-                traffic=traffic,
-            )
-            try:
-                await self._audit.write(
-                    event.type, actor=event.actor, target=event.target, details=event.details
-                )
-            except AuditUnavailable:
-                if traffic is not None:  # kept for the record that is owed
-                    self._unrecorded[session_id] = traffic
-                raise
-            self._live[session_id] = after
-            self._rows.save(after)  # behind the record: a slow database holds up nothing
+                try:
+                    await self._audit.write(
+                        event.type, actor=event.actor, target=event.target, details=event.details
+                    )
+                except AuditUnavailable:
+                    if traffic is not None:  # kept for the record that is owed
+                        self._unrecorded[session_id] = traffic
+                    raise
+                self._live[session_id] = after
+                self._rows.save(after)  # behind the record: a slow database holds up nothing
+        finally:
+            self._closing.discard(session_id)  # ended, owed (``_owed``), or not ended
         if after.final:
             self._finished(after)
         self._publish(after)

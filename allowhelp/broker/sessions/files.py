@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -51,13 +49,13 @@ from allowhelp.broker.errors import (
     TunnelError,
 )
 from allowhelp.broker.model.session import Session, State, Traffic
+from allowhelp.broker.sessions.filechannel import FileChannel, Transfer, still_open
 from allowhelp.broker.sessions.filepaths import upload_names
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.sftpwire import (
     discard,
     download_size,
     json_entries,
-    remove_then_exit,
     rename_onto,
     sftp_error,
     upload_mode,
@@ -77,42 +75,6 @@ MAX_SHOWN = 1000  # characters of a path the PC user's window is sent
 Notify = Callable[[Session, FileTransfer], None]
 
 
-@dataclass
-class _Channel:
-    """One session's SFTP client, opened once (one grant, one channel)."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    client: asyncssh.SFTPClient | None = None
-    closed: bool = False
-    to_agent: int = 0
-    from_agent: int = 0
-    temps: set[str] = field(default_factory=set)  # uploads' temporary names, in flight
-
-    def stop(self) -> Coroutine[Any, Any, None] | None:
-        """Closed to new requests at once; what is left to do on the PC (remove
-        the temporary files, then close the client), if anything."""
-        self.closed = True
-        return None if self.client is None else remove_then_exit(self.client, set(self.temps))
-
-
-@dataclass
-class _Transfer:
-    """One file going to or coming from the PC, as it goes."""
-
-    session: Session
-    username: str
-    path: str
-    direction: str  # upload | download
-    started: float = 0.0
-    size: int = 0
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
-    temp: str = ""  # an upload's temporary name
-
-    def add(self, data: bytes) -> None:
-        self.digest.update(data)
-        self.size += len(data)
-
-
 class FileDesk:
     def __init__(
         self,
@@ -128,7 +90,7 @@ class FileDesk:
         self._db = db
         self.max_file = max_file
         self._notify = notify
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, FileChannel] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # channels' last steps as sessions end
 
     # who may, and the channel
@@ -147,16 +109,20 @@ class FileDesk:
             raise Conflict("the session is ending")
         return session
 
-    async def _client(self, session: Session) -> tuple[asyncssh.SFTPClient, _Channel]:
+    async def _client(self, session: Session) -> tuple[asyncssh.SFTPClient, FileChannel]:
         channel = self._channels.get(session.id)
         if channel is None:
-            channel = self._channels[session.id] = _Channel()
+            channel = self._channels[session.id] = FileChannel()
             self._sessions.attach_relay(session.id, lambda: self._stopped(session.id))
         async with channel.lock:
             if channel.closed:
                 raise Conflict("the session's file channel is closed", code="files_closed")
             if channel.client is None:
-                channel.client = await self._open(session)
+                client = await self._open(session)
+                if channel.closed:  # the session ended while its files opened
+                    client.exit()
+                    raise Conflict("the session's file channel is closed", code="files_closed")
+                channel.client = client
             return channel.client, channel
 
     async def _open(self, session: Session) -> asyncssh.SFTPClient:
@@ -214,7 +180,7 @@ class FileDesk:
         anything about it (a refusal ends the transfer as failed, on the record)."""
         session = self._session(session_id, username)
         client, channel = await self._client(session)
-        transfer = await self._started(_Transfer(session, username, path, "download"))
+        transfer = await self._started(Transfer(session, username, path, "download"))
         size = await self._looked_at(transfer, download_size(client, path, self.max_file))
         self._tell(transfer, size, "started")
         try:
@@ -226,7 +192,7 @@ class FileDesk:
         return size, self._chunks(transfer, handle, channel, size)
 
     async def _chunks(
-        self, transfer: _Transfer, handle: asyncssh.SFTPClientFile, channel: _Channel, size: int
+        self, transfer: Transfer, handle: asyncssh.SFTPClientFile, channel: FileChannel, size: int
     ) -> AsyncIterator[bytes]:
         error: BrokerError | None = None
         path = transfer.path
@@ -252,7 +218,7 @@ class FileDesk:
         # and the audit and the store have the failure.
 
     async def _end_download(
-        self, transfer: _Transfer, handle: asyncssh.SFTPClientFile, error: BrokerError | None
+        self, transfer: Transfer, handle: asyncssh.SFTPClientFile, error: BrokerError | None
     ) -> None:
         """Close the file and write the end; shielded, as a browser gone away
         cancels the response's task group again at every await (anyio)."""
@@ -283,7 +249,7 @@ class FileDesk:
             raise TooLarge(f"uploads are limited to {self.max_file} bytes")
         client, channel = await self._client(session)
         folder, temp = upload_names(path, secrets.token_hex(6))
-        transfer = await self._started(_Transfer(session, username, path, "upload", temp=temp))
+        transfer = await self._started(Transfer(session, username, path, "upload", temp=temp))
         mode = await self._looked_at(transfer, upload_mode(client, path, folder))
         self._tell(transfer, 0, "started")
         channel.temps.add(temp)  # the session's end removes it if still there
@@ -295,15 +261,15 @@ class FileDesk:
 
     async def _write(
         self,
-        transfer: _Transfer,
+        transfer: Transfer,
         client: asyncssh.SFTPClient,
-        channel: _Channel,
+        channel: FileChannel,
         mode: int,
         body: AsyncIterator[bytes],
     ) -> None:
         path, temp = transfer.path, transfer.temp
         try:  # O_EXCL: never someone's file; ``mode``: the bits of the file it replaces
-            _still_open(channel)
+            still_open(channel)
             handle = await client.open(temp.encode(), "xb", asyncssh.SFTPAttrs(permissions=mode))
         except (BrokerError, asyncssh.Error, OSError, EOFError) as exc:
             refused = exc if isinstance(exc, BrokerError) else sftp_error(exc, path)
@@ -312,14 +278,14 @@ class FileDesk:
         error: BrokerError | None = None
         try:
             async for data in body:
-                _still_open(channel)
+                still_open(channel)
                 if transfer.size + len(data) > self.max_file:
                     raise TooLarge(f"uploads are limited to {self.max_file} bytes")
                 await handle.write(data, transfer.size)
                 transfer.add(data)
                 channel.to_agent += len(data)
             await handle.close()
-            _still_open(channel)
+            still_open(channel)
             await rename_onto(client, temp, path)
         except BrokerError as exc:
             error = exc
@@ -339,7 +305,7 @@ class FileDesk:
 
     # the record of each transfer
 
-    async def _started(self, transfer: _Transfer) -> _Transfer:
+    async def _started(self, transfer: Transfer) -> Transfer:
         """On the record before the PC is asked anything about the path (the size is in
         the end's record); the PC is told once the path is found fit (``_tell``)."""
         session = transfer.session
@@ -353,7 +319,7 @@ class FileDesk:
         transfer.started = time.time()
         return transfer
 
-    async def _looked_at(self, transfer: _Transfer, checks: Coroutine[Any, Any, int]) -> int:
+    async def _looked_at(self, transfer: Transfer, checks: Coroutine[Any, Any, int]) -> int:
         """The path's ``checks`` on the PC, the transfer's start already on the record:
         a refusal, or the request cut meanwhile, ends it as failed, on the record."""
         try:
@@ -365,7 +331,7 @@ class FileDesk:
                 await self._finished(transfer, error)
             raise
 
-    async def _finished(self, transfer: _Transfer, error: BrokerError | None) -> None:
+    async def _finished(self, transfer: Transfer, error: BrokerError | None) -> None:
         session = transfer.session
         record = TransferRecord(
             session.id,
@@ -392,16 +358,10 @@ class FileDesk:
             log.error("session=%s transfer of %s not stored: %s", session.id, transfer.path, exc)
         self._tell(transfer, transfer.size, "done" if error is None else "failed")
 
-    def _tell(self, transfer: _Transfer, size: int, status: str) -> None:
+    def _tell(self, transfer: Transfer, size: int, status: str) -> None:
         if self._notify is not None:
             session = transfer.session
             path = transfer.path  # a long one keeps its end, the file's name
             shown = path if len(path) <= MAX_SHOWN else "…" + path[-(MAX_SHOWN - 1) :]
             message = FileTransfer(session.id, shown, transfer.direction, size, status)
             self._notify(session, message)
-
-
-def _still_open(channel: _Channel) -> None:
-    """Refuse to go on once the session's end closed its file channel."""
-    if channel.closed:
-        raise Conflict("the session ended during the upload", code="files_closed")

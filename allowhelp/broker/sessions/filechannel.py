@@ -1,0 +1,58 @@
+"""A files session's parts as ``FileDesk`` keeps them (``files.py``): its one SFTP
+channel to the PC, and each transfer as it goes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from allowhelp.broker.errors import Conflict
+from allowhelp.broker.model.session import Session
+from allowhelp.broker.sessions.sftpwire import remove_then_exit
+
+
+@dataclass
+class FileChannel:
+    """One session's SFTP client, opened once (one grant, one channel)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    client: asyncssh.SFTPClient | None = None
+    closed: bool = False
+    to_agent: int = 0
+    from_agent: int = 0
+    temps: set[str] = field(default_factory=set)  # uploads' temporary names, in flight
+
+    def stop(self) -> Coroutine[Any, Any, None] | None:
+        """Closed to new requests at once; what is left to do on the PC (remove
+        the temporary files, then close the client), if anything."""
+        self.closed = True
+        return None if self.client is None else remove_then_exit(self.client, set(self.temps))
+
+
+@dataclass
+class Transfer:
+    """One file going to or coming from the PC, as it goes."""
+
+    session: Session
+    username: str
+    path: str
+    direction: str  # upload | download
+    started: float = 0.0
+    size: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    temp: str = ""  # an upload's temporary name
+
+    def add(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+
+
+def still_open(channel: FileChannel) -> None:
+    """Refuse to go on once the session's end closed its file channel."""
+    if channel.closed:
+        raise Conflict("the session ended during the upload", code="files_closed")
