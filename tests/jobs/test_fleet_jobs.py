@@ -100,6 +100,19 @@ def admins_must_agree(pcs: Pcs, count: int) -> None:
     assert pcs.admin.client.get("/api/v1/policy").json()["require_approval"] == count
 
 
+def awaiting_approval(pcs: Pcs, script: str, reason: str) -> dict[str, Any]:
+    """A script job for the opted-in PC, made while two admins must agree."""
+    admins_must_agree(pcs, 2)
+    try:
+        made = create(
+            pcs.admin, targets=[pcs.opted.agent_id], action="script", script=script, reason=reason
+        )
+    finally:
+        admins_must_agree(pcs, 1)
+    assert made["state"] == "awaiting_approval"
+    return made
+
+
 def test_a_script_runs_as_root_only_on_the_pc_that_opted_in(pcs: Pcs) -> None:
     tally = pcs.root / "tally"
     script = f"#!/bin/sh\nid -u\necho ran >> {tally}\necho 'done \x1b[31mred'\n"
@@ -430,17 +443,7 @@ def test_a_job_changed_in_the_database_is_never_sent(pcs: Pcs) -> None:
         script="echo harmless",
         reason="edited afterwards",
     )
-    admins_must_agree(pcs, 2)
-    try:
-        unapproved = create(
-            pcs.admin,
-            targets=[pcs.opted.agent_id],
-            action="script",
-            script=f"touch {marker}",
-            reason="approved by nobody",
-        )
-    finally:
-        admins_must_agree(pcs, 1)
+    unapproved = awaiting_approval(pcs, f"touch {marker}", "approved by nobody")
     with sqlite3.connect(broker.data / "broker.sqlite3") as db:
         db.execute("UPDATE jobs SET script = ? WHERE id = ?", (f"touch {marker}", edited["id"]))
         db.execute("UPDATE jobs SET approvals_needed = 0 WHERE id = ?", (unapproved["id"],))
@@ -479,17 +482,7 @@ def test_a_cancelled_job_reaches_no_pc_and_cannot_be_approved(pcs: Pcs) -> None:
     assert cancelled.json()["results"][0]["state"] == "cancelled"
     again = pcs.admin.client.post(f"/api/v1/jobs/{made['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"] == "job_over"
-    admins_must_agree(pcs, 2)
-    try:
-        waiting = create(
-            pcs.admin,
-            targets=[pcs.opted.agent_id],
-            action="script",
-            script=f"touch {marker}",
-            reason="not after all",
-        )
-    finally:
-        admins_must_agree(pcs, 1)
+    waiting = awaiting_approval(pcs, f"touch {marker}", "not after all")
     assert pcs.admin.client.post(f"/api/v1/jobs/{waiting['id']}/cancel").status_code == 200
     assert job(pcs.admin, waiting["id"])["state"] == "cancelled"
     late = pcs.second.client.post(f"/api/v1/jobs/{waiting['id']}/approve")

@@ -12,13 +12,15 @@ import json
 import os
 import subprocess
 import sysconfig
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from machinekit import REPO, SYSTEM_PY
+from machinekit import REPO, SYSTEM_PY, local_users, passable_folder
 
-from harness import Agent, wait_for
+from harness import Agent, Broker, online, staffed_broker, wait_for
 
 SITE = sysconfig.get_paths()["purelib"]
 
@@ -70,3 +72,24 @@ def _ids(user: str) -> tuple[int, int]:
 
 def user_path(user: str, *parts: str) -> Path:
     return Path("/home", user, *parts)
+
+
+@contextmanager
+def user_agent_online(
+    folder: Path, user: str, broker_args: tuple[str, ...] = ()
+) -> Iterator[tuple[Broker, UserAgent]]:
+    """A broker with its staff, and ``user``'s own agent (a real local user made for
+    the test) enrolled and online, prompts answered from the command line."""
+    with (
+        local_users(user),
+        passable_folder() as root,
+        staffed_broker(folder, broker_args=broker_args) as fleet,
+    ):
+        broker = fleet.brokers[0]
+        agent = UserAgent(root / "pc" / "agent", user=user)
+        fleet.agents.append(agent)
+        enrolled = agent.enroll(broker.token())
+        assert enrolled.returncode == 0, enrolled.stderr
+        agent.start("--reconnect-cap", "2", "--prompt", "none")
+        wait_for(lambda: online(broker, agent.agent_id), 30, "the user's agent to come online")
+        yield broker, agent

@@ -19,11 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT
 from receiverkit import SECRET, Receiver, receiver
-from userkit import UserAgent, user_path
+from userkit import UserAgent, user_agent_online, user_path
 
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli, online, staffed_broker, wait_for
+from harness import TECH, TECH_PW, Broker, Desk, broker_cli, wait_for
 
 USER = "ahfiles"
 MIB = 1024 * 1024
@@ -43,19 +43,8 @@ def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Receiver, t
 def pc(
     tmp_path_factory: pytest.TempPathFactory, hook: tuple[Receiver, tuple[str, ...]]
 ) -> Iterator[tuple[Broker, UserAgent]]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("files"), broker_args=hook[1]) as fleet,
-    ):
-        broker = fleet.brokers[0]
-        agent = UserAgent(root / "pc" / "agent", user=USER)
-        fleet.agents.append(agent)
-        enrolled = agent.enroll(broker.token())
-        assert enrolled.returncode == 0, enrolled.stderr
-        agent.start("--reconnect-cap", "2", "--prompt", "none")
-        wait_for(lambda: online(broker, agent.agent_id), 30, "the user's agent to come online")
-        yield broker, agent
+    with user_agent_online(tmp_path_factory.mktemp("files"), USER, hook[1]) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")

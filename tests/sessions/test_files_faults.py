@@ -25,15 +25,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, local_users, passable_folder
-from userkit import UserAgent, user_path
+from machinekit import CAN_RUN, WHY_NOT
+from userkit import UserAgent, user_agent_online, user_path
 
 from allowhelp import runtime
 from allowhelp.agent.files import files_command
 from allowhelp.agent.news import transfer_text
 from allowhelp.broker.sessions.filepaths import upload_names
 from allowhelp.protocol.control import FileTransfer
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli, online, staffed_broker, wait_for
+from harness import TECH, TECH_PW, Broker, Desk, broker_cli, wait_for
 
 USER = "ahfaults"
 MIB = 1024 * 1024
@@ -43,19 +43,8 @@ pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
 @pytest.fixture(scope="module")
 def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserAgent]]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("faults")) as fleet,
-    ):
-        broker = fleet.brokers[0]
-        agent = UserAgent(root / "pc" / "agent", user=USER)
-        fleet.agents.append(agent)
-        enrolled = agent.enroll(broker.token())
-        assert enrolled.returncode == 0, enrolled.stderr
-        agent.start("--reconnect-cap", "2", "--prompt", "none")
-        wait_for(lambda: online(broker, agent.agent_id), 30, "the user's agent to come online")
-        yield broker, agent
+    with user_agent_online(tmp_path_factory.mktemp("faults"), USER) as made:
+        yield made
 
 
 def new_session(pc: tuple[Broker, UserAgent]) -> tuple[Desk, str]:
@@ -183,6 +172,22 @@ def stopped_sftp_server(*, stop: bool) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
+@contextmanager
+def put_started(
+    broker: Broker, desk: Desk, session_id: str, name: str, declared: int, first: bytes
+) -> Iterator[ssl.SSLSocket]:
+    """An upload of ``name`` saying ``declared`` bytes, ``first`` of them sent; the
+    connection, open for the rest (or for the answer)."""
+    raw, tls = raw_tls(broker)
+    with raw, tls:
+        head = request_head(
+            broker, desk, "PUT", f"{files_url(session_id)}?path={name}",
+            f"Content-Length: {declared}\r\n",
+        )  # fmt: skip
+        tls.sendall(head + first)
+        yield tls
+
+
 # 2. a session ended mid-upload leaves no temporary file
 
 
@@ -191,13 +196,7 @@ def test_a_session_ended_mid_upload_leaves_no_temporary_file(
 ) -> None:
     broker, _ = pc
     desk, session_id = session
-    raw, tls = raw_tls(broker)
-    with raw, tls:
-        head = request_head(
-            broker, desk, "PUT", f"{files_url(session_id)}?path=mid.bin",
-            f"Content-Length: {8 * MIB}\r\n",
-        )  # fmt: skip
-        tls.sendall(head + secrets.token_bytes(MIB))
+    with put_started(broker, desk, session_id, "mid.bin", 8 * MIB, secrets.token_bytes(MIB)):
         wait_for(leftovers, 20, "the upload's temporary file")
         ended = desk.client.post(f"/api/v1/sessions/{session_id}/end")
         assert ended.status_code == 200, ended.text
@@ -253,13 +252,7 @@ def test_a_declared_size_over_the_limit_is_refused_at_once(
 ) -> None:
     broker, _ = pc
     desk, session_id = session
-    raw, tls = raw_tls(broker)
-    with raw, tls:
-        head = request_head(
-            broker, desk, "PUT", f"{files_url(session_id)}?path=huge.bin",
-            f"Content-Length: {5 * 1024**3}\r\n",
-        )  # fmt: skip
-        tls.sendall(head + b"only a little")
+    with put_started(broker, desk, session_id, "huge.bin", 5 * 1024**3, b"only a little") as tls:
         tls.settimeout(10)  # not after 5 GiB: at once
         answer = read_answer(tls)
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
