@@ -32,7 +32,12 @@ from allowhelp.agent.i18n import N_, _
 from allowhelp.agent.peers import KnownNodes
 from allowhelp.agent.proxy import proxy_for, refusal_hint
 from allowhelp.certs.errors import TokenError
-from allowhelp.certs.pki import AGENT_TLS_NAME, ca_fingerprint, fingerprints_equal
+from allowhelp.certs.pki import (
+    AGENT_TLS_NAME,
+    ca_fingerprint,
+    fingerprints_equal,
+    one_certificate,
+)
 from allowhelp.certs.sshkeys import generate_host_key, parse_public_key, public_key_line
 from allowhelp.certs.token import EnrolmentToken
 
@@ -139,8 +144,8 @@ def fetch_pinned_ca(token: EnrolmentToken, proxy_setting: str = "") -> str:
             % {"url": token.url, "status": status}
         )
     try:
-        pem = body.decode("ascii")
-        got = ca_fingerprint(body)
+        pem = one_certificate(body)  # and nothing after it: only it is pinned and trusted
+        got = ca_fingerprint(pem.encode("ascii"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise EnrolError(
             _("the server at %(url)s sent no usable CA certificate") % {"url": token.url}

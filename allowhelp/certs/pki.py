@@ -320,6 +320,20 @@ def _ensure_tunnel_key(path: Path) -> str:
 # --- what agents pin ------------------------------------------------------------------
 
 
+def one_certificate(cert_pem: bytes) -> str:
+    """``cert_pem`` as one PEM certificate, re-encoded; ``KeyFormatError`` for anything
+    else. An agent pins the broker's CA by the fingerprint of one certificate: a text
+    with a second one after it (a man in the middle's CA) would match the pin and
+    have both trusted."""
+    if cert_pem.count(b"-----BEGIN ") != 1:
+        raise KeyFormatError("not exactly one PEM certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise KeyFormatError(f"not a PEM certificate: {exc}") from None
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
 def ca_fingerprint(cert_pem: bytes) -> str:
     """The value agents pin: SHA-256 of the first certificate's DER, lowercase hex."""
     try:
