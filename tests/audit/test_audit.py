@@ -19,6 +19,7 @@ from typing import cast
 
 import pytest
 
+from allowhelp.broker.audit.chain import find_records
 from allowhelp.broker.audit.log import (
     EVENT_CODES,
     GENESIS_HASH,
@@ -210,6 +211,54 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(path: Path) -> None:
     result = verify(path)
     assert result.first_bad_seq == 4
     assert result.problem == "record 4 is out of order / its prev_hash does not match record 3"
+
+
+def test_a_row_added_outside_the_chain_is_found(path: Path) -> None:
+    """No walk from record 1 meets a row numbered 0 or less, and no trigger stops
+    an INSERT: such a row (here a forged end record with a recording digest) fails
+    the verification and is never found as a session's record."""
+    fill(path, 3)
+    tamper(
+        path,
+        "INSERT INTO audit (seq, ts, type, code, actor, target, details, prev_hash, hash)"
+        " VALUES (-1, '2026-01-01T00:00:00Z', 'session.ended', 'AH1407', 'system', 's9',"
+        " '{\"recording_sha256\":\"00\"}', 'x', 'y')",
+    )
+    result = verify(path)
+    assert not result.ok and result.first_bad_seq == -1
+    assert result.problem == "a record numbered -1 was added outside the chain (records start at 1)"
+    assert find_records(path, "session.ended", "s9") == []
+    assert not verify(path, upto=-1).ok
+
+
+def test_details_are_checked_as_stored_not_as_read_back(path: Path) -> None:
+    """A key written twice in a record's details: JSON keeps the last, which is what
+    was hashed, while someone reading the table sees the first. Refused."""
+    fill(path, 3)
+    tamper(path, """UPDATE audit SET details = '{"i":7,"i":2}' WHERE seq = 2""")
+    result = verify(path)
+    assert not result.ok and result.first_bad_seq == 2
+    assert result.problem == "record 2 was edited (details are not as the log writes them)"
+
+
+async def test_a_record_that_is_not_utf8_fails_alone(path: Path) -> None:
+    """A lone surrogate (a command-line argument that was not UTF-8) is refused on
+    its caller's side: the other records of the same batch are written, and the log
+    takes the next one (no transaction left holding the lock)."""
+    log = AuditLog.open(path)
+    try:
+        with pytest.raises(TypeError):
+            log.append("user.created", actor="system", target="\udcff")
+        with pytest.raises(TypeError):
+            log.append("user.created", actor="system", details={"name": "\udcff"})
+        writes = [log.write("consent.granted", actor="system", target=f"s{i}") for i in range(5)]
+        bad = log.write("user.created", actor="\ud800", target="x")
+        done = await asyncio.gather(*writes, bad, return_exceptions=True)
+        assert [type(d).__name__ for d in done] == ["AuditRecord"] * 5 + ["TypeError"]
+        assert log.append("broker.stopped", actor="system").seq == 6
+    finally:
+        log.close()
+    assert verify(path).ok
 
 
 def test_deleted_middle_record_is_named_missing(path: Path) -> None:

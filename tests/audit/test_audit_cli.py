@@ -57,7 +57,12 @@ def test_verify_intact(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert run(["audit", "verify", "--data", str(data)], tmp_path) == 0
     out, err = capsys.readouterr()
     assert one_line(out) == f"audit log intact: 5 records, head 5:{last.hash}"
-    assert err == ""
+    assert "cut off the end cannot be seen without --head" in err  # said, not implied
+    head = ["--head", f"5:{last.hash}"]
+    assert run(["audit", "verify", "--data", str(data), *head], tmp_path) == 0
+    assert capsys.readouterr().err == ""  # all of it vouched for
+    assert run(["audit", "verify", "--data", str(data), "--json", *head], tmp_path) == 0
+    assert json.loads(capsys.readouterr().out)["vouched_to"] == 5
     # --data falls back to data_default(), read when the command runs.
     assert run(["audit", "verify"], data) == 0
     assert "intact: 5 records" in capsys.readouterr().out

@@ -200,6 +200,15 @@ def test_a_store_url_never_shows_its_password() -> None:
     assert str(PostgresUrl.parse("postgresql:///allowhelp")) == "postgresql:///allowhelp"
 
 
+def test_the_client_keys_password_is_hidden_too() -> None:
+    """libpq's ``sslpassword`` unlocks the client's key: a secret like the password
+    (a backup's audit record and syslog line print the store's URL)."""
+    url = PostgresUrl.parse("postgresql://ah:pw@db/allowhelp?sslmode=verify-full&sslpassword=K3y")
+    assert str(url) == "postgresql://ah:***@db/allowhelp?sslmode=verify-full&sslpassword=***"
+    alone = PostgresUrl.parse("postgresql://ah@db/allowhelp?sslpassword=K3y")
+    assert "K3y" not in str(alone) and "sslpassword=***" in str(alone)
+
+
 def test_a_password_given_as_a_parameter_is_hidden_and_taken_apart_too() -> None:
     """``?password=`` is as much a password as ``user:password@``: hidden in what is
     shown (logs, audit details, messages) and handed to clients apart (PGPASSWORD),

@@ -129,15 +129,27 @@ def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
     if not all(isinstance(field, str) for field in row[1:]):
         return f"record {seq} was edited (a field has the wrong type)"
     named: dict[str, Any] = dict(zip((*HASHED, "hash"), row, strict=True))
-    try:
-        named["details"] = json.loads(named["details"])
-    except ValueError:
-        return f"record {seq} was edited (details are not valid JSON)"
+    named["details"], problem = _details(seq, named["details"])
+    if problem:
+        return problem
     if record_hash(named) != named["hash"]:
         return f"record {seq} was edited (hash mismatch)"
     if named["prev_hash"] != prev:
         return f"record {seq} is out of order / its prev_hash does not match record {seq - 1}"
     return ""
+
+
+def _details(seq: int, text: str) -> tuple[object, str]:
+    """A row's details, read back; or what is wrong with them. What a reader of the
+    table sees must be what was hashed: the log's own spelling, no key twice (JSON
+    keeps the last, the hash covers that one only)."""
+    try:
+        details = json.loads(text)
+    except ValueError:
+        return None, f"record {seq} was edited (details are not valid JSON)"
+    if canonical(details) != text:
+        return None, f"record {seq} was edited (details are not as the log writes them)"
+    return details, ""
 
 
 def verify(
@@ -157,6 +169,16 @@ def verify(
     """
     conn = _open_ro(path)
     base, prev = start if start is not None else (0, GENESIS_HASH)
+    try:
+        stray = conn.execute("SELECT seq FROM audit WHERE seq < 1 LIMIT 1").fetchone()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise AuditCorrupt(f"{path} cannot be read: {exc}") from exc
+    if stray is not None or (upto is not None and upto < 1):  # a row no walk would meet
+        conn.close()
+        bad = int(stray[0]) if stray is not None else int(upto or 0)
+        problem = f"a record numbered {bad} was added outside the chain (records start at 1)"
+        return VerifyResult(False, 0, base, bad, problem, prev)
     seq = base
     head_hash = prev if head is not None and head[0] == base else None
     sql = f"{SELECT_SQL} WHERE seq > ? ORDER BY seq"
@@ -204,7 +226,7 @@ def find_records(path: AuditPlace, type: str, target: str, limit: int = 2) -> li
     conn = _open_ro(path)
     try:
         rows = conn.execute(
-            f"{SELECT_SQL} WHERE type = ? AND target = ? ORDER BY seq LIMIT ?",
+            f"{SELECT_SQL} WHERE seq > 0 AND type = ? AND target = ? ORDER BY seq LIMIT ?",
             (type, target, limit),
         ).fetchall()
         return [row_to_record(row) for row in rows]

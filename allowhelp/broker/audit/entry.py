@@ -61,9 +61,15 @@ def make_entry(type: str, actor: str, target: str, details: Mapping[str, object]
     # Round-trip so the hash covers exactly what verify() will read back
     # (tuples become lists, int keys become strings).
     try:
-        clean: dict[str, object] = json.loads(canonical(dict(details or {})))
-    except (TypeError, ValueError) as exc:
+        text = canonical(dict(details or {}))
+        clean: dict[str, object] = json.loads(text)
+        text.encode("utf-8")  # the hash is over UTF-8: a lone surrogate is not
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise TypeError(f"audit details must be JSON with string keys: {exc}") from exc
+    try:
+        actor.encode("utf-8"), target.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TypeError(f"an audit actor or target must be plain text: {exc}") from exc
     return Entry(type, code, actor, target, clean)
 
 

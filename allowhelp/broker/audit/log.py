@@ -196,6 +196,9 @@ class AuditLog(ChainWriter):
             kinds = ", ".join(sorted({entry.type for entry in entries}))
             log.warning("audit batch of %d (%s) refused: %s", len(entries), kinds, reason)
             raise unavailable(reason) from exc
+        except BaseException:  # a fault of ours: no half transaction holds the lock after it
+            self._rollback()
+            raise
         return records
 
     def _rollback(self) -> None:

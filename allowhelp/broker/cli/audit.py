@@ -114,12 +114,13 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
     if anchors is not None and not anchors:
         raise _UsageError(f"no anchored heads (SEQ:HASH lines or AH1905 lines) in {args.anchors}")
     started = time.perf_counter()
-    checked = 0
+    checked, vouched = 0, head[0] if head is not None else 0
     try:
         result = verify(path, head)
         if anchors is not None:
             against = check_anchors(path, anchors, str(args.anchors))
             result, checked = combine(result, against), against.checked
+            vouched = max(vouched, against.good_seq)
     except AuditCorrupt as exc:
         result = VerifyResult(False, 0, 0, None, str(exc))
     if args.json:
@@ -131,6 +132,7 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
             "first_bad_seq": result.first_bad_seq,
             "problem": result.problem,
             "anchors_checked": checked,
+            "vouched_to": vouched,  # records after it could be cut off unseen
             "seconds": round(time.perf_counter() - started, 3),
         }
         print(json.dumps(answer))
@@ -139,6 +141,8 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
         head_text = f"{result.last_seq}:{result.last_hash}"
         also = f"; {checked} anchored head(s) match" if anchors is not None else ""
         print(f"audit log intact: {result.count} records, head {head_text}{also}")
+        if vouched < result.last_seq:  # what a hash chain alone cannot tell
+            print(_unvouched(vouched), file=sys.stderr)
         return EXIT_OK
     if result.first_bad_seq is None:  # not readable as an audit log at all
         print(f"audit log NOT intact: {result.problem}")
@@ -149,6 +153,18 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
         file=sys.stderr,
     )
     return EXIT_BAD
+
+
+def _unvouched(vouched: int) -> str:
+    if vouched == 0:
+        return (
+            "note: records cut off the end cannot be seen without --head SEQ:HASH or "
+            "--anchors FILE (a head kept off this machine)"
+        )
+    return (
+        f"note: vouched for up to seq {vouched} by a head kept off this machine; records "
+        "after it could be cut off unseen"
+    )
 
 
 def add_audit_commands(

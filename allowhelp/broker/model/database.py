@@ -49,6 +49,9 @@ class PostgresUrl:
         return cls(text.strip())
 
     def __str__(self) -> str:
+        return _mask_secrets(self._shown())
+
+    def _shown(self) -> str:
         bare, password = self.without_password()
         if password is None:
             return self.url
@@ -77,6 +80,23 @@ class PostgresUrl:
         if password is None:
             return self.url, None
         return _join(parts._replace(netloc=netloc, query=urlencode(kept))), password
+
+
+SECRET_PARAMETERS = frozenset({"sslpassword"})  # libpq's other secret (the client key's)
+
+
+def _mask_secrets(url: str) -> str:
+    """``url`` with the values of ``SECRET_PARAMETERS`` shown as ***."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    shown = [
+        f"{item.partition('=')[0]}=***"
+        if unquote(item.partition("=")[0]) in SECRET_PARAMETERS
+        else item
+        for item in parts.query.split("&")
+    ]
+    return _join(parts._replace(query="&".join(shown)))
 
 
 def _join(parts: SplitResult) -> str:
