@@ -19,6 +19,7 @@ import json
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,7 +30,9 @@ DOORBELL_PATH = "/api/v1/agent/doorbell"
 # The name agents ask for (SNI): certs.pki.AGENT_TLS_NAME (a test keeps them equal;
 # importing certs.pki would load cryptography).
 AGENT_TLS_NAME = "agents.allowhelp.invalid"
-CONNECT_TIMEOUT = 15.0  # TCP connect, the proxy's answer, TLS and the answer's head, each
+# One deadline for a dial: TCP connect, the proxy's answer, TLS, the answer's head and
+# an error's body together (a peer that sends a byte now and then holds it no longer).
+CONNECT_TIMEOUT = 15.0
 MAX_HEAD = 16 * 1024
 MAX_LINE = 16 * 1024  # a ring or a beat is some 40 bytes
 MAX_CHUNK = 1024 * 1024
@@ -172,11 +175,21 @@ def doorbell_request(host: str, agent_id: str, token: str, body: bytes) -> bytes
     return "\r\n".join(head).encode("latin-1") + body
 
 
-def read_head(sock: socket.socket) -> tuple[Head, bytes]:
-    """The answer's head and whatever of the body came with it (blocking, with the
-    socket's timeout)."""
+def time_left(sock: socket.socket, deadline: float) -> None:
+    """The time to ``deadline`` (``time.monotonic``) as ``sock``'s timeout for its next
+    call; ``TimeoutError`` (said: "no answer in time") once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    sock.settimeout(left)
+
+
+def read_head(sock: socket.socket, deadline: float) -> tuple[Head, bytes]:
+    """The answer's head and whatever of the body came with it (blocking, all of it
+    by ``deadline``: a byte now and then does not hold it longer)."""
     data = b""
     while True:
+        time_left(sock, deadline)
         chunk = sock.recv(MAX_HEAD)
         if not chunk:
             raise StreamError("the connection closed before an answer")
@@ -190,8 +203,9 @@ def open_tls(
     url: str, ca_pem: str, proxy_setting: str, timeout: float = CONNECT_TIMEOUT
 ) -> ssl.SSLSocket:
     """A TLS connection to the broker's HTTPS port, checked against the pinned CA;
-    ``timeout`` bounds each step (connect, the proxy's answer, TLS, and later reads
-    until the caller sets it otherwise)."""
+    ``timeout`` bounds it all (connect, the proxy's answer and TLS together); the
+    socket's timeout is then what is left of it (the caller's next step sets its own)."""
+    deadline = time.monotonic() + timeout
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
@@ -207,8 +221,9 @@ def open_tls(
     else:
         sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
         try:
+            time_left(sock, deadline)
             sock.sendall(connect_request(host, port, proxy))
-            head, extra = read_head(sock)
+            head, extra = read_head(sock, deadline)
         except BaseException:
             sock.close()
             raise
@@ -218,6 +233,7 @@ def open_tls(
     context = ssl.create_default_context(cadata=ca_pem)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
+        time_left(sock, deadline)  # the handshake, all of it (``ssl`` keeps one deadline)
         return context.wrap_socket(sock, server_hostname=AGENT_TLS_NAME)
     except BaseException:
         sock.close()
@@ -235,8 +251,9 @@ def error_code(body: bytes) -> str:
     return ""
 
 
-def read_error_body(sock: socket.socket, head: Head, extra: bytes) -> bytes:
-    """At most ``MAX_ERROR_BODY`` bytes of an error answer (blocking, bounded)."""
+def read_error_body(sock: socket.socket, head: Head, extra: bytes, deadline: float) -> bytes:
+    """At most ``MAX_ERROR_BODY`` bytes of an error answer (blocking, what came by
+    ``deadline``)."""
     try:
         want = min(int(head.headers.get("content-length", MAX_ERROR_BODY)), MAX_ERROR_BODY)
     except ValueError:
@@ -244,6 +261,7 @@ def read_error_body(sock: socket.socket, head: Head, extra: bytes) -> bytes:
     data = extra
     try:
         while len(data) < want:
+            time_left(sock, deadline)
             chunk = sock.recv(want - len(data))
             if not chunk:
                 break

@@ -62,8 +62,10 @@ class Doorbell(Ringing):
         self.park = HelperPark(self._selector)
         self.fresh = FreshHello(folder, self.park, system=PARKED in listeners)
         self.nodes = NodeWalk(folder, config.broker_url, config.agent_id, reconnect_cap)
-        # A ring that came while a full agent ran: the broker rings only a PC with no
-        # tunnel, so that one is starting or ending; if it ends, another one starts.
+        # Why a full agent is wanted (a ring, a local client) when none could start: one
+        # ran (the broker rings only a PC with no tunnel, so that one is starting or
+        # ending; if it ends, another one starts) or a failed one's backoff had not
+        # passed (``not_before``). ``_ring_missed`` starts it once it may.
         self.rang = ""
 
     # the loop
@@ -158,7 +160,7 @@ class Doorbell(Ringing):
             self._read()
         elif isinstance(what, socket.socket):
             if self.park.first_packet(what) and self.child is None:
-                self._start_child(f"a local client on the {PARKED} socket")
+                self._want_child(f"a local client on the {PARKED} socket")
         elif what == PARKED and self.child is None:
             self.park.accept(self.listeners[PARKED])
             if self.park.full:
@@ -178,7 +180,7 @@ class Doorbell(Ringing):
 
     def _stop_signal(self, number: int, _frame: FrameType | None) -> None:
         self.stopping = number
-        if self._dialing:  # blocking calls (connect, TLS, the answer) take up to 15 s each
+        if self._dialing:  # blocking calls (connect, TLS, the answer): up to 15 s a node
             self._dialing = False
             raise Interrupted
 
@@ -208,10 +210,10 @@ class Doorbell(Ringing):
         self._watch_listeners(False)
 
     def _ring_missed(self) -> None:
-        """The broker rang while a full agent was ending (it rings only a PC without
-        a tunnel): once that one is gone, another starts."""
+        """The full agent was wanted while one was ending or a failed one's backoff
+        ran (``_want_child``): once that one is gone and the backoff over, it starts."""
         if self.rang and self.child is None and time.monotonic() >= self.not_before:
-            self._start_child(f"the broker rang while the last one ended: {self.rang}")
+            self._start_child(f"{self.rang}, once the last one ended or its backoff passed")
 
     def _reap(self) -> None:
         if self.child is None or self.child.poll() is None:

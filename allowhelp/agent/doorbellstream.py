@@ -57,6 +57,7 @@ class Ringing:
     attempts: int
     next_dial: float
     rang: str
+    not_before: float
     fresh: FreshHello
     nodes: NodeWalk
     _selector: selectors.BaseSelector
@@ -68,6 +69,19 @@ class Ringing:
 
     def _start_child(self, why: str) -> None:
         raise NotImplementedError
+
+    def _want_child(self, why: str) -> None:
+        """The full agent is needed: started now, or kept in ``rang`` until it may be
+        (``_ring_missed``): once the one running has ended (the broker rings only a PC
+        without a tunnel: that one was ending), or a failed one's backoff is over (a
+        broker that rings on and on does not start a failing full agent back to back)."""
+        if self.child is None and time.monotonic() >= self.not_before:
+            self._start_child(why)
+            return
+        if not self.rang and self.child is None:
+            wait = self.not_before - time.monotonic()
+            log.info("agent=%s the full agent failed: it starts again in %.1f s", self.agent, wait)
+        self.rang = why
 
     # the stream
 
@@ -87,14 +101,14 @@ class Ringing:
             if isinstance(tried, str):
                 failures.append(f"{node}: {tried}")
                 continue
-            sock, head, extra = tried
+            sock, head, extra, deadline = tried
             self._dialing = False  # answered: what follows is quick, and may start a child
             if head.status == 200:
                 self._stood(
                     node, sock, chunked=head.chunked, extra=extra, hello=hello, failures=failures
                 )
                 return True
-            code = http.error_code(http.read_error_body(sock, head, extra))
+            code = http.error_code(http.read_error_body(sock, head, extra, deadline))
             sock.close()
             if head.status >= 500:
                 failures.append(
@@ -109,26 +123,29 @@ class Ringing:
 
     def _ring_in(
         self, node: str, key: SavedKey, hello: dict[str, object], timeout: float
-    ) -> tuple[ssl.SSLSocket, http.Head, bytes] | str:
-        """The POST to ``node`` and its answer's head, or why not."""
+    ) -> tuple[ssl.SSLSocket, http.Head, bytes, float] | str:
+        """The POST to ``node`` and its answer's head, or why not: all of it (and an
+        error's body, by the deadline returned) within ``timeout``."""
+        deadline = time.monotonic() + timeout
         try:
             sock = http.open_tls(node, self.config.ca_pem, self.config.proxy, timeout)
         except (OSError, StreamError) as exc:
             return said(exc)
         try:
+            http.time_left(sock, deadline)
             sock.sendall(
                 http.doorbell_request(
                     urlsplit(node).netloc, key.agent_id, key.token, hello_body(self.folder, hello)
                 )
             )
-            head, extra = http.read_head(sock)
+            head, extra = http.read_head(sock, deadline)
         except (OSError, StreamError) as exc:
             sock.close()
             return said(exc)
         except Interrupted:
             sock.close()
             raise
-        return sock, head, extra
+        return sock, head, extra, deadline
 
     def _stood(
         self,
@@ -238,10 +255,7 @@ class Ringing:
                 said_reason = str(event.get("reason", ""))[:40]  # the broker's: logged plain
                 reason = "".join(c for c in said_reason if c.isalnum() or c in "._-") or "-"
                 log.info("agent=%s the broker rings (%s)", self.agent, reason)
-                if self.child is None:
-                    self._start_child(f"the broker rang: {reason}")
-                else:
-                    self.rang = reason
+                self._want_child(f"the broker rang: {reason}")
         if stream.chunks is not None and stream.chunks.done:
             self._drop("the broker ended the doorbell")
 

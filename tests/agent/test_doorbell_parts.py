@@ -279,7 +279,7 @@ def test_a_ring_while_a_full_agent_ends_starts_the_next_one(
     first = bell.child
     assert first is not None and bell.rang == ""
     bell._feed(ring)  # while it runs: remembered, not started twice
-    assert bell.child is first and bell.rang == "consent.request"
+    assert bell.child is first and bell.rang == "the broker rang: consent.request"
     bell._ring_missed()
     assert bell.child is first  # it still runs: nothing yet
     first.wait(10)
