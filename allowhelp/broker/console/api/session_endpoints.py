@@ -10,16 +10,17 @@ import asyncio
 import logging
 from pathlib import Path
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from allowhelp.broker.audit.integrity import check_digest_record
-from allowhelp.broker.audit.recording import file_sha256
 from allowhelp.broker.audit.rfb_format import FORMAT, MEDIA_TYPE, SUFFIX
 from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
 from allowhelp.broker.console.api.node_routes import create_elsewhere, or_elsewhere
+from allowhelp.broker.console.api.replayfile import OpenRecording
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
 from allowhelp.broker.model.session import Session
@@ -123,44 +124,61 @@ async def recording(request: Request) -> Response:
     if session is None or not session.recording or not session.recording_sha256:
         raise NotFound("no recording for this session")
     path = svc.settings.recordings_dir / Path(session.recording).name
-    if not path.is_file():
-        raise NotFound("the recording file is missing")
     try:
-        seq = await _verified(svc, session, path)
-    except Conflict as exc:
+        opened = OpenRecording(path)  # checked and served from this one descriptor
+    except OSError as exc:
+        raise NotFound("the recording file is missing") from exc
+    try:
+        seq = await _verified(svc, session, opened)
+    except BaseException as exc:
+        opened.close()
+        if isinstance(exc, Conflict):
+            await _refused(svc, principal, session, exc)
+        raise
+    # Watching someone's shell or screen again is itself an access to that PC's data.
+    try:
         await svc.audit.write(
-            "recording.refused",
+            "session.replayed",
             actor=principal.actor,
             target=session.id,
             details={
                 **session.summary(),
-                "recording": session.recording,
-                "problem": exc.message,
-                "code": exc.code,
+                "recording_sha256": session.recording_sha256,
+                "digest_record": seq,
             },
         )
+    except BaseException:
+        opened.close()
         raise
-    # Watching someone's shell or screen again is itself an access to that PC's data.
+    screen = path.suffix == SUFFIX
+    return StreamingResponse(
+        opened.stream(session.recording_sha256),
+        background=BackgroundTask(opened.close),  # also when the stream never started
+        media_type=MEDIA_TYPE if screen else "application/x-asciicast",
+        headers={
+            "X-Recording-Format": FORMAT if screen else "asciicast-v2",
+            "Content-Length": str(opened.size),
+        },
+    )
+
+
+async def _refused(svc: Services, principal: Principal, session: Session, exc: Conflict) -> None:
+    """A replay refused because the file or its record does not hold: on the record."""
     await svc.audit.write(
-        "session.replayed",
+        "recording.refused",
         actor=principal.actor,
         target=session.id,
         details={
             **session.summary(),
-            "recording_sha256": session.recording_sha256,
-            "digest_record": seq,
+            "recording": session.recording,
+            "problem": exc.message,
+            "code": exc.code,
         },
     )
-    screen = path.suffix == SUFFIX
-    return FileResponse(
-        path,
-        media_type=MEDIA_TYPE if screen else "application/x-asciicast",
-        headers={"X-Recording-Format": FORMAT if screen else "asciicast-v2"},
-    )
 
 
-async def _verified(svc: Services, session: Session, path: Path) -> int | None:
-    """The seq of the audit record whose digest ``path`` matches; Conflict if none does."""
+async def _verified(svc: Services, session: Session, opened: OpenRecording) -> int | None:
+    """The seq of the audit record whose digest the open file matches; Conflict if none."""
     # "Verified" means: the chain holds up to and including the record with the
     # digest (walked now, anchors compared), and the file matches that digest.
     sink = svc.audit.anchors
@@ -173,7 +191,7 @@ async def _verified(svc: Services, session: Session, path: Path) -> int | None:
             f"the session's digest differs from the one in audit record {held.seq}",
             code="recording_altered",
         )
-    if await asyncio.to_thread(file_sha256, path) != held.digest:
+    if await asyncio.to_thread(opened.sha256) != held.digest:
         raise Conflict("the recording does not match its audit digest", code="recording_altered")
     return held.seq
 
