@@ -129,27 +129,29 @@ def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
     if not all(isinstance(field, str) for field in row[1:]):
         return f"record {seq} was edited (a field has the wrong type)"
     named: dict[str, Any] = dict(zip((*HASHED, "hash"), row, strict=True))
-    named["details"], problem = _details(seq, named["details"])
-    if problem:
-        return problem
+    text = named["details"]
+    try:
+        named["details"] = json.loads(text)
+    except ValueError:
+        return f"record {seq} was edited (details are not valid JSON)"
     if record_hash(named) != named["hash"]:
         return f"record {seq} was edited (hash mismatch)"
-    if named["prev_hash"] != prev:
-        return f"record {seq} is out of order / its prev_hash does not match record {seq - 1}"
+    return _unlike_written(seq, named["details"], text) or _unlinked(seq, named, prev)
+
+
+def _unlike_written(seq: int, details: object, text: str) -> str:
+    """A row whose hash holds, but whose details are not spelt as the log writes them:
+    a key written twice (JSON keeps the last, which is what was hashed, while a reader
+    of the table sees the first)."""
+    if canonical(details) != text:
+        return f"record {seq} was edited (details are not as the log writes them)"
     return ""
 
 
-def _details(seq: int, text: str) -> tuple[object, str]:
-    """A row's details, read back; or what is wrong with them. What a reader of the
-    table sees must be what was hashed: the log's own spelling, no key twice (JSON
-    keeps the last, the hash covers that one only)."""
-    try:
-        details = json.loads(text)
-    except ValueError:
-        return None, f"record {seq} was edited (details are not valid JSON)"
-    if canonical(details) != text:
-        return None, f"record {seq} was edited (details are not as the log writes them)"
-    return details, ""
+def _unlinked(seq: int, named: dict[str, Any], prev: str) -> str:
+    if named["prev_hash"] != prev:
+        return f"record {seq} is out of order / its prev_hash does not match record {seq - 1}"
+    return ""
 
 
 def verify(
