@@ -85,8 +85,8 @@ class AgentConfig:
             raise ConfigError(
                 _("%(path)s is damaged (tunnel_url, proxy): enrol again") % {"path": path}
             )
-        if not isinstance(config.ca_pem, str) or config.ca_pem.count("-----BEGIN ") != 1:
-            raise ConfigError(  # one CA is pinned: a second one after it is trusted by no one
+        if not isinstance(config.ca_pem, str) or config.ca_pem.count("-----BEGIN ") > 1:
+            raise ConfigError(  # one CA is pinned (none: the SSH port alone): a second one, never
                 _("%(path)s trusts other than one certificate authority: enrol again")
                 % {"path": path}
             )
