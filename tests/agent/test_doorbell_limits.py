@@ -198,17 +198,29 @@ def test_a_proxy_dripping_its_answer_is_given_one_timeout_in_all(
     assert http.said(raised.value) == "no answer in time"
 
 
+def dripping_bell(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    ca: tuple[PublicCA, ssl.SSLContext],
+    dripping: list[Dripper],
+    answer: bytes,
+) -> tuple[Dripper, Doorbell]:
+    """A TLS node that drips ``answer``, and a doorbell enrolled with it."""
+    public, context = ca
+    node = Dripper(answer, context)
+    dripping.append(node)
+    bell = Doorbell(tmp_path, config(node.url, public.root_file.read_text()), ["true"], {})
+    request.addfinalizer(bell.close)
+    return node, bell
+
+
 def test_a_node_dripping_its_answer_head_is_given_one_timeout_in_all(
     tmp_path: Path,
     request: pytest.FixtureRequest,
     ca: tuple[PublicCA, ssl.SSLContext],
     dripping: list[Dripper],
 ) -> None:
-    public, context = ca
-    node = Dripper(b"HTTP/1.1 200 OK\r\n", context)
-    dripping.append(node)
-    bell = Doorbell(tmp_path, config(node.url, public.root_file.read_text()), ["true"], {})
-    request.addfinalizer(bell.close)
+    node, bell = dripping_bell(tmp_path, request, ca, dripping, b"HTTP/1.1 200 OK\r\n")
     started = time.monotonic()
     tried = bell._ring_in(node.url, SavedKey(AGENT_ID, "T" * 43), {"type": "hello"}, TIMEOUT)
     took = time.monotonic() - started
@@ -222,11 +234,8 @@ def test_a_node_dripping_an_error_body_is_given_one_timeout_in_all(
     ca: tuple[PublicCA, ssl.SSLContext],
     dripping: list[Dripper],
 ) -> None:
-    public, context = ca
-    node = Dripper(b"HTTP/1.1 500 Oops\r\nContent-Length: 4000\r\n\r\n", context)
-    dripping.append(node)
-    bell = Doorbell(tmp_path, config(node.url, public.root_file.read_text()), ["true"], {})
-    request.addfinalizer(bell.close)
+    answer = b"HTTP/1.1 500 Oops\r\nContent-Length: 4000\r\n\r\n"
+    node, bell = dripping_bell(tmp_path, request, ca, dripping, answer)
     started = time.monotonic()
     assert not bell._dial(SavedKey(AGENT_ID, "T" * 43), [node.url], TIMEOUT)
     took = time.monotonic() - started

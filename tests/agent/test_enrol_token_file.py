@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from allowhelp.agent.cli import MAX_TOKEN_FILE
 from allowhelp.certs.token import EnrolmentToken
 from harness import ADMIN, ADMIN_PW, PY, Broker, Fleet, agent_cli, wait_for
 
 SCRIPT = Path(__file__).resolve().parents[2] / "packaging/files/enroll-from-token-file"
 SYSTEM_CONFIG = Path("/etc/allowhelp/agent")
-MAX_TOKEN_FILE = 8 * 1024  # what the agent reads of a token file, at most
 
 
 @pytest.fixture

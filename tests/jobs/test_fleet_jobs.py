@@ -345,7 +345,13 @@ def test_groups_make_one_target(pcs: Pcs) -> None:
 
 def test_a_technician_is_refused(pcs: Pcs) -> None:
     tech = Desk.login(pcs.admin.broker, TECH, TECH_PW)
+    waiting = awaiting_approval(pcs, "true", "technicians may not cancel it")
     try:
+        cancel = tech.client.post(f"/api/v1/jobs/{waiting['id']}/cancel")
+        assert cancel.status_code == 403
+        assert job(pcs.admin, waiting["id"])["state"] == "awaiting_approval"
+        policy = tech.client.put("/api/v1/policy", json={"require_approval": 1})
+        assert policy.status_code == 403
         body = {
             "targets": [pcs.opted.agent_id],
             "action": "script",
@@ -360,6 +366,7 @@ def test_a_technician_is_refused(pcs: Pcs) -> None:
         assert patched.status_code == 403
     finally:
         tech.close()
+        pcs.admin.client.post(f"/api/v1/jobs/{waiting['id']}/cancel")
     assert not (pcs.root / "tech-ran").exists()
 
 

@@ -114,18 +114,13 @@ class JobStore(StoreCore):
         )
         return bool(rows)
 
-    def cancel_waiting(self, job_id: str, finished: float) -> list[str]:
-        """The job's waiting results cancelled; the PCs they were for."""
+    def cancel_waiting(self, job_id: str, finished: float) -> None:
+        """The job's waiting results cancelled (the desk has said which, on the record)."""
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT agent_id FROM job_results WHERE job_id = ? AND state = ?",
-                (job_id, WAITING),
-            ).fetchall()
             db.execute(
                 "UPDATE job_results SET state = ?, finished = ? WHERE job_id = ? AND state = ?",
                 (CANCELLED, finished, job_id, WAITING),
             )
-        return [row["agent_id"] for row in rows]
 
     def waiting_jobs(self, agent_id: str) -> list[JobRecord]:
         """Jobs this PC has not answered yet, oldest first (approved or not)."""
