@@ -81,6 +81,17 @@ async def _refused(desk: Desk, session_id: str) -> int:
     return caught.value.response.status_code
 
 
+def _invitee_views(desk: Desk, session_id: str) -> list[dict[str, Any]]:
+    """The session as ``desk``'s session list and session page show it."""
+    page = desk.client.get(f"/api/v1/sessions/{session_id}")
+    assert page.status_code == 200, page.text
+    listed = desk.client.get("/api/v1/sessions")
+    assert listed.status_code == 200, listed.text
+    rows = [r for r in listed.json() if r["id"] == session_id]
+    assert len(rows) == 1, listed.json()
+    return [rows[0], page.json()]
+
+
 def _joined(agent: Agent, invitation_id: str) -> bool:
     """The invitee's channel has joined the shell on the PC."""
     grants = agent_status(agent)["sessions"]
@@ -124,6 +135,14 @@ async def test_an_invitee_on_node_a_joins_a_session_node_b_runs(
             pending = wait_pending(agent, invitation["id"])
             assert pending["joins"] == session_id and pending["username"] == BOB
             assert agent_call(agent, "allow", invitation["id"]).returncode == 0
+            # Bob's pages on A show B's invitation: the session list and the session
+            # page, with the owner here (A knows no invitation: B answers).
+            mine = await asyncio.to_thread(_invitee_views, bob, session_id)
+            assert [v["owner_here"] for v in mine] == [True, True], mine
+            assert {v["invitation"]["username"] for v in mine} == {BOB}, mine
+            # Dave, never invited, sees neither, through A.
+            assert dave.client.get(f"/api/v1/sessions/{session_id}").status_code == 404
+            assert session_id not in {r["id"] for r in dave.client.get("/api/v1/sessions").json()}
             async with _terminal(bob, session_id) as observer:
                 await asyncio.to_thread(
                     wait_for,

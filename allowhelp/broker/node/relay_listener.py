@@ -58,6 +58,7 @@ _SESSION = r"/api/v1/sessions/[A-Za-z0-9_-]{8,64}"
 RELAYED = {
     "http": re.compile(
         rf"POST (/api/v1/sessions|{_SESSION}/(end|messages|invite))|PATCH {_SESSION}"
+        rf"|GET (/api/v1/sessions|{_SESSION})"  # a node asks: invitations only (#18)
         rf"|GET {_SESSION}/(files|files/content|messages|invites)|PUT {_SESSION}/files/content"
         rf"|DELETE {_SESSION}/invite/[^/]{{1,64}}"
     ),

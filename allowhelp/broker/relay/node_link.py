@@ -147,6 +147,9 @@ class NodeRoute:
     async def session_node(self, session_id: str) -> SessionPeer | None:
         return await self._db.read(Store.session_peer, session_id)
 
+    async def session_peers(self) -> list[PeerNode]:
+        return await self._db.read(Store.session_peers)
+
     async def agents_elsewhere(self) -> dict[str, AgentElsewhere]:
         return await self._db.read(Store.agents_elsewhere_live)
 

@@ -95,6 +95,15 @@ class NodePeerStore(StoreCore):
         )
         return found[0] if found else None
 
+    def session_peers(self) -> list[PeerNode]:
+        """The other live nodes running at least one open session: where this node's
+        technicians may have been invited (#18) into a session it does not run."""
+        return self._live_peers(
+            "n.id IN (SELECT sn.node_id FROM session_nodes sn"  # noqa: S608 - fixed SQL
+            f" JOIN sessions s ON s.id = sn.session_id WHERE {_OPEN}) AND n.id <> ?",
+            (self.node_id,),
+        )
+
     def session_peer(self, session_id: str) -> SessionPeer | None:
         """The other live node running this open session, if it takes relayed sessions,
         with the session's row: one query for both (a relayed request asks once)."""

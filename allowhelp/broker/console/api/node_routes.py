@@ -12,6 +12,9 @@ along. A request that came from another node is never passed on again.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
@@ -20,10 +23,15 @@ from starlette.websockets import WebSocket
 
 from allowhelp.broker.auth.authenticator import COOKIE_NAME
 from allowhelp.broker.console.api.base import require, services
+from allowhelp.broker.errors import AgentUnreachable, BrokerError
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
 from allowhelp.broker.store.node_peers import AgentElsewhere, PeerNode
 
+log = logging.getLogger(__name__)
+
 Endpoint = Callable[[Request], Awaitable[Response]]
+INVITED_WAIT = 5.0  # seconds a session list waits for another node's invitations
+INVITED_MAX = 1 << 20  # bytes of one node's answer: a list of invitee views, never more
 
 
 def _route(request: Request | WebSocket) -> NodeRoute | None:
@@ -57,6 +65,65 @@ def _headers(request: Request) -> dict[str, str]:
     if cookie := _own_cookie(request):
         headers["cookie"] = cookie
     return headers
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    yield b""
+
+
+def came_from_node(request: Request) -> bool:
+    """Whether another node passed this request on (it is served, never passed again)."""
+    return FROM_NODE in request.scope
+
+
+async def invited_elsewhere(request: Request, actor: str) -> list[dict[str, object]]:
+    """The caller's invitations (#18) into sessions other live nodes run: each such
+    node's invitee views for them, as its own ``GET /api/v1/sessions`` answers a node.
+
+    Best effort, like the events that keep the page current afterwards: a node that
+    does not answer within ``INVITED_WAIT`` is left out of this list (logged)."""
+    route = _route(request)
+    if route is None:
+        return []
+    peers = await route.session_peers()
+    found = await asyncio.gather(*(_invited_at(request, route, node, actor) for node in peers))
+    return [view for views in found for view in views]
+
+
+async def _invited_at(
+    request: Request, route: NodeRoute, node: PeerNode, actor: str
+) -> list[dict[str, object]]:
+    try:
+        return await asyncio.wait_for(_ask_invited(request, route, node, actor), INVITED_WAIT)
+    except (BrokerError, TimeoutError, ValueError) as exc:
+        log.warning("node %s did not list its invitations: %s", node.id, exc or "timed out")
+        return []
+
+
+async def _ask_invited(
+    request: Request, route: NodeRoute, node: PeerNode, actor: str
+) -> list[dict[str, object]]:
+    answer = await route.forward(
+        node, "GET", "/api/v1/sessions", _headers(request), _nothing(), actor=actor, about={}
+    )
+    text = bytearray()
+    try:
+        async for chunk in answer.body:
+            text += chunk
+            if len(text) > INVITED_MAX:
+                raise ValueError(f"an answer over {INVITED_MAX} bytes")
+    finally:
+        close = getattr(answer.body, "aclose", None)
+        if close is not None:
+            await close()
+    if answer.status != 200:
+        raise ValueError(f"HTTP {answer.status}")
+    views = json.loads(text)
+    if not isinstance(views, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("id"), str) for v in views
+    ):
+        raise ValueError("not a list of sessions")
+    return views
 
 
 async def _forward(
@@ -105,9 +172,12 @@ async def create_elsewhere(request: Request, actor: str, agent_id: str) -> Respo
     return await _forward(request, route, node, actor, {"agent_id": agent_id})
 
 
-def or_elsewhere(endpoint: Endpoint) -> Endpoint:
+def or_elsewhere(endpoint: Endpoint, *, read: bool = False) -> Endpoint:
     """A session's endpoint, served by the node that runs the session when another
-    live node does (the caller authenticated here first, and again there)."""
+    live node does (the caller authenticated here first, and again there).
+
+    ``read``: the endpoint only reads what the store holds too, so a node that cannot
+    be reached (gone, its heartbeat not yet stale) leaves it to this node."""
 
     async def routed(request: Request) -> Response:
         route = _route(request)
@@ -119,7 +189,12 @@ def or_elsewhere(endpoint: Endpoint) -> Endpoint:
             if found is not None:
                 principal = await require(request)
                 about = {"session": session_id}
-                return await _forward(request, route, found.node, principal.actor, about)
+                try:
+                    return await _forward(request, route, found.node, principal.actor, about)
+                except AgentUnreachable as exc:
+                    if not read:
+                        raise
+                    log.warning("session %s: served here: %s", session_id, exc)
         return await endpoint(request)
 
     return routed

@@ -19,7 +19,12 @@ from allowhelp.broker.audit.integrity import check_digest_record
 from allowhelp.broker.audit.rfb_format import FORMAT, MEDIA_TYPE, SUFFIX
 from allowhelp.broker.auth.authenticator import Principal
 from allowhelp.broker.console.api.base import json_body, require, services
-from allowhelp.broker.console.api.node_routes import create_elsewhere, or_elsewhere
+from allowhelp.broker.console.api.node_routes import (
+    came_from_node,
+    create_elsewhere,
+    invited_elsewhere,
+    or_elsewhere,
+)
 from allowhelp.broker.console.api.replayfile import OpenRecording
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import BadRequest, Conflict, IllegalTransition, NotFound
@@ -58,16 +63,24 @@ async def create(request: Request) -> Response:
 
 
 async def listed(request: Request) -> Response:
+    """The caller's sessions (admins: all) and those they are invited to (#18), from
+    every node: the store has every node's sessions, each node its own invitations.
+    Asked by another node, only this node's invitee views (``node_routes.py``)."""
     principal = await require(request)
     svc = services(request)
-    rows = await svc.sessions.listed(principal.user.username, principal.user.role == "admin")
-    listed = [s.to_json() for s in rows]
-    known = {s.id for s in rows}
     invited = svc.invites.sessions_for(principal.user.username)  # #18: sessions I may join
     here = svc.sessions.owner_state
-    listed += [
-        invitee_view(s, i, owner_here=here(s.id) is True) for s, i in invited if s.id not in known
-    ]
+    views = [invitee_view(s, i, owner_here=here(s.id) is True) for s, i in invited]
+    if came_from_node(request):
+        return JSONResponse(views)
+    rows = await svc.sessions.listed(principal.user.username, principal.user.role == "admin")
+    listed: list[dict[str, object]] = [s.to_json() for s in rows]
+    known = {s.id for s in rows}
+    elsewhere = await invited_elsewhere(request, principal.actor)
+    for view in (*views, *elsewhere):
+        if view["id"] not in known:
+            known.add(str(view["id"]))
+            listed.append(view)
     return JSONResponse(listed)
 
 
@@ -200,8 +213,9 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/api/v1/sessions", create, methods=["POST"]),
         Route("/api/v1/sessions", listed, methods=["GET"]),
-        Route("/api/v1/sessions/{session_id}", one, methods=["GET"]),
-        # or_elsewhere: served by the node running the session (#21, node_routes.py)
+        # or_elsewhere: served by the node running the session (#21, node_routes.py),
+        # which knows its invitations (#18): an invitee's page on this node loads
+        Route("/api/v1/sessions/{session_id}", or_elsewhere(one, read=True), methods=["GET"]),
         Route("/api/v1/sessions/{session_id}", or_elsewhere(patch), methods=["PATCH"]),
         Route("/api/v1/sessions/{session_id}/end", or_elsewhere(end), methods=["POST"]),
         Route("/api/v1/sessions/{session_id}/recording", recording, methods=["GET"]),
