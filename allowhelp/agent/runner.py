@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.hello import os_description
+from allowhelp.agent.helpcodes import AskedHelp
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.tunnel import AgentTunnel
 from allowhelp.agent.woken import WokenFiles, linger_task
@@ -141,6 +142,7 @@ async def run_machine(folder: Path, *, reconnect_cap: float, linger: float | Non
         os_name=os_description(),
     )
     service = AgentService(config, signed_in=hub.signed_in, hello=hub.hello)
+    service.asked_help = AskedHelp(folder)  # kept for the next agent (helpcodes.py)
     if linger is not None:
         service.doorbell = WokenFiles(folder, config.agent_id)
     hub.service = service

@@ -23,6 +23,7 @@ from allowhelp.agent.consentviews import (
     ConsentFrontend,
 )
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.helpcodes import AskedHelp
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.participants import ParticipantHub
@@ -87,8 +88,8 @@ class AgentService:
         self._hello = hello
         self._send: Sender | None = None
         self._help: dict[str, asyncio.Future[HelpCode]] = {}
-        # Who asked for each help code this process got (None: a per-user agent's user)
-        self._asked_help: dict[str, int | None] = {}
+        # Who asked for each help code (the machine service keeps them in its folder)
+        self.asked_help = AskedHelp()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Fleet jobs (the machine service with jobs.py): apart from the gate.
         self.jobs: JobKeeper | None = None
@@ -209,8 +210,8 @@ class AgentService:
         )
         owner, refusal = self._owner_for(request)
         code = digits_of(request.help_code)
-        if code in self._asked_help and self._asked_help[code] != owner:  # another user's
-            log.warning("session=%s: its help code was asked by another user", request.session_id)
+        if code and not self.asked_help.said_to(code, owner, shared=self.system):
+            log.warning("session=%s: its help code was not asked by this user", request.session_id)
             request = replace(request, help_code="")
         if refusal is not None:
             log.warning("session=%s refused at once: %s", request.session_id, refusal)
@@ -377,9 +378,7 @@ class AgentService:
 
     async def request_help(self, message: str, owner: int | None = None) -> HelpCode:
         code = await self._help_code(message)
-        self._asked_help[digits_of(code.code)] = owner
-        while len(self._asked_help) > MAX_OWNERS_KEPT:  # the oldest go first
-            del self._asked_help[next(iter(self._asked_help))]
+        self.asked_help.remember(digits_of(code.code), owner, code.expires_in)
         return code
 
     async def _help_code(self, message: str) -> HelpCode:

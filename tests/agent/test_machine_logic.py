@@ -14,6 +14,7 @@ import pytest
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Grant, Pending
+from allowhelp.agent.helpcodes import HELP_CODES_FILE, AskedHelp
 from allowhelp.agent.helper import ConsentHelperView, SessionHelper
 from allowhelp.agent.seqpacket import PacketConn
 from allowhelp.agent.service import AgentService, NotConnected
@@ -143,32 +144,88 @@ def test_a_user_without_helper_loses_their_sessions() -> None:
     assert service.gate.grants() == []
 
 
-def test_you_asked_for_help_is_said_only_to_the_user_who_asked() -> None:
-    """On a shared PC the broker's request carries the help code alone: the user
-    signed in when the technician calls may not be the one who asked for it."""
-    signed_in = [1001]
+def _machine_service(signed_in: list[int], folder: Path | None) -> AgentService:
     service = AgentService(CONFIG, signed_in=lambda: signed_in[0])
+    if folder is not None:
+        service.asked_help = AskedHelp(folder)  # as runner.py's machine service
+    return service
+
+
+def _ask_help(service: AgentService, owner: int, code: str) -> None:
     sent: list[Message] = []
     service.attach(sent.append)
 
     async def go() -> None:
-        asking = asyncio.create_task(service.request_help("printer", 1001))
+        asking = asyncio.create_task(service.request_help("printer", owner))
         await asyncio.sleep(0)
         (asked,) = sent
         assert isinstance(asked, HelpRequest)
-        service.on_message(HelpCode(ref=asked.ref, code="123 456", expires_in=1800.0))
-        assert (await asking).code == "123 456"
-        signed_in[0] = 1002  # alice leaves, bob signs in; the technician calls back
-        service.on_message(replace(request("s-00000001"), help_code="123 456"))
-        signed_in[0] = 1001
-        service.on_message(replace(request("s-00000002"), help_code="123 456"))
-        service.on_message(replace(request("s-00000003"), help_code="999 999"))  # not ours
+        service.on_message(HelpCode(ref=asked.ref, code=code, expires_in=1800.0))
+        assert (await asking).code == code
 
     asyncio.run(go())
-    bob, alice, unknown = service.gate.pending()
-    assert bob.owner == 1002 and "You asked for help" not in bob.prompt_text()
-    assert alice.owner == 1001 and "You asked for help (code 123 456)." in alice.prompt_text()
-    assert "You asked for help (code 999 999)." in unknown.prompt_text()  # as before
+
+
+def _prompts(service: AgentService, signed_in: list[int], *asked: tuple[int, str]) -> list[str]:
+    """The consent requests with these help codes, each while its uid is signed in."""
+
+    async def go() -> None:  # the gate's timers need a loop
+        for n, (uid, code) in enumerate(asked, start=1):
+            signed_in[0] = uid
+            service.on_message(replace(request(f"s-0000000{n}"), help_code=code))
+
+    asyncio.run(go())
+    pending = service.gate.pending()
+    assert [p.owner for p in pending] == [uid for uid, _ in asked]
+    return [p.prompt_text() for p in pending]
+
+
+def test_you_asked_for_help_is_said_only_to_the_user_who_asked(tmp_path: Path) -> None:
+    """On a shared PC the broker's request carries the help code alone: the user
+    signed in when the technician calls may not be the one who asked for it; a code
+    this PC did not see asked is said to nobody (deny by default)."""
+    signed_in = [1001]
+    service = _machine_service(signed_in, tmp_path)
+    _ask_help(service, 1001, "123 456")
+    # alice leaves, bob signs in; the technician calls back; then for alice; then a
+    # code nobody here asked for
+    bob, alice, unknown = _prompts(
+        service, signed_in, (1002, "123 456"), (1001, "123 456"), (1001, "999 999")
+    )
+    assert "You asked for help" not in bob
+    assert "You asked for help (code 123 456)." in alice
+    assert "You asked for help" not in unknown
+
+
+def test_who_asked_for_help_outlives_the_agent(tmp_path: Path) -> None:
+    """The doorbell's next full agent, or a restarted service, still knows whose code
+    it is: kept in the machine service's folder, root's alone."""
+    signed_in = [1001]
+    _ask_help(_machine_service(signed_in, tmp_path), 1001, "123 456")
+    kept = tmp_path / HELP_CODES_FILE
+    assert kept.stat().st_mode & 0o777 == 0o600
+    later = _machine_service(signed_in, tmp_path)  # a new process, the same folder
+    bob, alice = _prompts(later, signed_in, (1002, "123 456"), (1001, "123 456"))
+    assert "You asked for help" not in bob
+    assert "You asked for help (code 123 456)." in alice
+    kept.write_text('{"codes": [{"code": "123456", "owner": "root"')  # damaged: none shown
+    damaged = _machine_service(signed_in, tmp_path)
+    (alice,) = _prompts(damaged, signed_in, (1001, "123 456"))
+    assert "You asked for help" not in alice
+
+
+def test_a_per_user_agent_says_its_users_help_code() -> None:
+    """One user: a code this process did not see asked (an agent restarted since) is
+    still said, as it can only be theirs."""
+    service = AgentService(CONFIG)
+    service.attach(lambda message: None)
+
+    async def go() -> None:
+        service.on_message(replace(request("s-00000001"), help_code="999 999"))
+
+    asyncio.run(go())
+    (pending,) = service.gate.pending()
+    assert "You asked for help (code 999 999)." in pending.prompt_text()
 
 
 def test_answers_are_json_with_ok() -> None:

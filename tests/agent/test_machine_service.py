@@ -304,3 +304,39 @@ def test_the_console_shows_who_is_signed_in(pc: Pc) -> None:
             page.locator("#request-form input[value='admin-shell']:checked").wait_for()
         finally:
             browser.close()
+
+
+def _prompted(pc: Pc, desk: Desk, user: str, code: str) -> str:
+    """A shell asked with help code ``code``: the code its prompt shows ``user``
+    (empty: the "You asked for help" line is not shown). Denied after."""
+    answer = desk.request(pc.agent_id, "shell", help_code=code)
+    assert answer.status_code == 201, answer.text
+    session_id = answer.json()["id"]
+    wait_for(lambda: any(p["session_id"] == session_id for p in pc.pending(user)), 15, "prompt")
+    (shown,) = [p for p in pc.pending(user) if p["session_id"] == session_id]
+    assert pc.cli(user, "deny", session_id).returncode == 0
+    return str(shown["help_code"])
+
+
+def test_you_asked_for_help_after_the_service_restarted(pc: Pc, desk: Desk) -> None:
+    """The machine service keeps who asked for each help code (``helpcodes.py``): once
+    restarted, it still says "You asked for help" to the user who asked, and to
+    nobody else."""
+    alice, bob = USERS
+    for user in list(pc.helpers):
+        pc.stop_helper(user)
+    pc.start_helper(alice)
+    codes = []
+    for n in range(2):
+        asked = pc.cli(alice, "request-help", "--message", f"printer {n}")
+        assert asked.returncode == 0, asked.stderr
+        codes.append(asked.stdout.strip())
+    pc.stop()
+    pc.start_service()
+    wait_for(lambda: pc.signed_in() is None, 30, "the machine service to come online")
+    pc.start_helper(bob)  # bob signs in: the technician calls back with alice's code
+    assert _prompted(pc, desk, bob, codes[0]) == ""
+    pc.start_helper(alice)  # the newest helper is the one signed in
+    assert _prompted(pc, desk, alice, codes[1]) == codes[1]
+    for user in list(pc.helpers):
+        pc.stop_helper(user)
