@@ -222,8 +222,11 @@ async def test_retention_deletes_old_recordings_each_audited_first(tmp_path: Pat
     live = RfbRecorder(folder, "live", META)  # being written: never swept
     os.utime(live.path, (long_ago, long_ago))
     audit = AuditLog.open(tmp_path / "audit.sqlite3")
-    try:
-        assert await sweep(folder, 90 * 86400.0, audit) == 2
+    for session_id in ("old1", "old2", "young", "live"):  # their sessions ended
+        audit.append("session.ended", actor="system", target=session_id)
+    os.utime(young, (time.time() + 91 * 86400,) * 2)  # written after the keep's start
+    try:  # 91 days from now: the keep has passed since their ends
+        assert await sweep(folder, 90 * 86400.0, audit, now=time.time() + 91 * 86400) == 2
         records = [r for r in audit.records() if r.type == "recording.expired"]
     finally:
         live.close()
@@ -245,9 +248,10 @@ async def test_retention_keeps_the_file_when_the_audit_log_refuses(tmp_path: Pat
     old.write_bytes(b"x")
     os.utime(old, (1.0, 1.0))
     audit = AuditLog.open(tmp_path / "audit.sqlite3")
+    audit.append("session.ended", actor="system", target="old")
     audit.close()  # a closed log refuses every record
     with pytest.raises(AuditUnavailable):
-        await sweep(folder, 86400.0, audit)
+        await sweep(folder, 86400.0, audit, now=time.time() + 2 * 86400)
     assert old.exists()
 
 

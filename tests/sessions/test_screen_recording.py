@@ -294,12 +294,18 @@ def test_retention_deletes_old_recordings_audited(world: dict[str, Any]) -> None
     assert broker.stop() == 0
     long_ago = time.time() - 100 * DAY
     os.utime(old, (long_ago, long_ago))
-    broker.extra += ["--recordings-keep", "90d"]
+    # the keep counts from the session's end record: both ended over 2 s ago once
+    # the broker is back; the young one was written again since (its file is new)
+    os.utime(young, (time.time() + DAY,) * 2)
+    time.sleep(2.1)
+    broker.extra += ["--recordings-keep", "2s"]
     broker.start()
     expired = wait_for(lambda: audit(broker, "recording.expired", ids[0]), 15, "the deletion")
     assert expired[0]["code"] == "AH1802" and expired[0]["actor"] == "system"
     assert expired[0]["details"]["recording"] == old.name
-    assert expired[0]["details"]["keep_days"] == 90
+    end = audit(broker, "session.ended", ids[0])[0]
+    assert expired[0]["details"]["ended_seq"] == end["seq"]
+    assert expired[0]["details"]["session_ended"] == end["ts"]
     assert not old.exists() and young.exists()
     assert audit(broker, "recording.expired", ids[1]) == []
     answer = fetch(broker, ADMIN, ADMIN_PW, ids[0])

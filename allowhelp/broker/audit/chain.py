@@ -115,10 +115,24 @@ def read_records(path: AuditPlace, after: int = 0) -> Iterator[AuditRecord]:
     """Stream records read-only, so exporting a large log needs little memory."""
     conn = _open_ro(path)
     try:
-        for row in conn.execute(f"{SELECT_SQL} WHERE seq > ? ORDER BY seq", (after,)):
+        for row in _rows(conn, after):
             yield row_to_record(row)
     finally:
         conn.close()
+
+
+def _rows(conn: ChainReader, after: int, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """The rows after seq ``after`` (up to ``upto``) in seq order, streamed: SQLite
+    steps through one statement; PostgreSQL's reader reads pages (``pg_reader.py``)."""
+    if not isinstance(conn, sqlite3.Connection):
+        from allowhelp.broker.audit.pg_reader import PgReader  # noqa: PLC0415 - psycopg
+
+        if isinstance(conn, PgReader):
+            return conn.rows(after, upto)
+    if upto is None:
+        return iter(conn.execute(f"{SELECT_SQL} WHERE seq > ? ORDER BY seq", (after,)))
+    sql = f"{SELECT_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq"
+    return iter(conn.execute(sql, (after, upto)))
 
 
 def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
@@ -183,12 +197,8 @@ def verify(
         return VerifyResult(False, 0, base, bad, problem, prev)
     seq = base
     head_hash = prev if head is not None and head[0] == base else None
-    sql = f"{SELECT_SQL} WHERE seq > ? ORDER BY seq"
-    args: tuple[int, ...] = (base,)
-    if upto is not None:
-        sql, args = f"{SELECT_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq", (base, upto)
     try:
-        for row in conn.execute(sql, args):
+        for row in _rows(conn, base, upto):
             problem = _check_row(row, seq + 1, prev)
             if problem:
                 return VerifyResult(False, seq - base, seq, seq + 1, problem, prev)

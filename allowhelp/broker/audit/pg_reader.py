@@ -1,19 +1,30 @@
 """Reading the audit chain in PostgreSQL: the connection, the schema check, and a
 read-only ``ChainReader`` (``audit verify|head|export --store``). The writer is
 ``pg_chain.py``; both take the record format from ``format.py``.
+
+A walk or an export reads the chain in pages of :data:`PAGE` records
+(:meth:`PgReader.rows`: keyset on ``seq``, each query starting after the last
+seq the one before returned): psycopg's client cursor holds a query's whole
+result, so one ``SELECT`` of a chain of millions would hold all of it in memory.
+A page is one primary-key range scan; the walk ends at the head the chain had
+when it began, as a single ``SELECT`` would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
 from allowhelp.broker.audit.entry import unavailable
-from allowhelp.broker.audit.format import SCHEMA_VERSION
+from allowhelp.broker.audit.format import LAST_SQL, SCHEMA_VERSION, SELECT_SQL
 from allowhelp.broker.errors import AuditCorrupt
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.pglink import link_options
+
+PAGE = 2000  # records a query of a walk or an export reads: what memory holds at once
+_PAGE_SQL = f"{SELECT_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 
 
 def reason(exc: psycopg.Error) -> str:
@@ -62,7 +73,7 @@ def schema_version(conn: psycopg.Connection[Any], url: PostgresUrl) -> int:
     return version
 
 
-class _Reader:
+class PgReader:
     """``ChainReader`` on PostgreSQL: ``?`` statements, errors as AuditUnavailable."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -74,11 +85,25 @@ class _Reader:
         except psycopg.Error as exc:
             raise unavailable(reason(exc)) from exc
 
+    def rows(self, after: int, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
+        """The rows after seq ``after`` up to ``upto`` (else the head as it is now), in
+        seq order, :data:`PAGE` a query: no more than a page is held at once."""
+        if upto is None:
+            last = self.execute(LAST_SQL).fetchone()
+            upto = int(last[0]) if last else after
+        while after < upto:
+            page: list[tuple[Any, ...]] = self.execute(_PAGE_SQL, (after, upto, PAGE)).fetchall()
+            yield from page
+            if len(page) < PAGE:
+                return
+            after = int(page[-1][0])
+            del page  # the next page is not read while this one is still held
+
     def close(self) -> None:
         self._conn.close()
 
 
-def open_reader(url: PostgresUrl, timeout: float = 5.0) -> _Reader:
+def open_reader(url: PostgresUrl, timeout: float = 5.0) -> PgReader:
     """Read-only, schema checked: ``audit verify --store`` can never change the evidence."""
     conn = connect(url, timeout, read_only=True)
     try:
@@ -90,4 +115,4 @@ def open_reader(url: PostgresUrl, timeout: float = 5.0) -> _Reader:
     except BaseException:
         conn.close()
         raise
-    return _Reader(conn)
+    return PgReader(conn)
