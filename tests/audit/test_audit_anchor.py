@@ -9,14 +9,13 @@ not write. Faults are injected for real with sqlite3 on a stopped broker's file.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import AnchorSink, parse_anchors, read_anchors
 from allowhelp.broker.audit.chain import (
@@ -30,7 +29,6 @@ from allowhelp.broker.audit.codes import ANCHOR_MSGID, EVENT_CODES
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from harness import ADMIN, ADMIN_PW, Desk, Fleet, broker_cli, wait_for
-from syslogkit import parse_5424
 
 
 @pytest.fixture
@@ -40,40 +38,6 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         yield fleet
     finally:
         fleet.close()
-
-
-class Collector:
-    """A syslog collector on UDP 127.0.0.1 writing one line per datagram, as rsyslog would."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.url = f"udp://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with self.path.open("a") as out:
-            while not self._stop.is_set():
-                try:
-                    line = self.sock.recv(65536).decode()
-                except TimeoutError:
-                    continue
-                out.write(f"Dec  1 12:00:00 collector {line}\n")
-                out.flush()
-                self.lines.append(line)
-
-    def anchors(self) -> list[dict[str, Any]]:
-        return [parse_5424(line) for line in self.lines if " AH1905 " in line]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture
@@ -205,7 +169,8 @@ def test_a_rewrite_with_recomputed_hashes_is_caught_only_by_the_anchors(fleet: F
     code, out = verify_cli(broker.data, "--anchors", str(anchors))
     first = heads[0]
     assert code == 1
-    assert f"NOT intact: record {first.seq} differs from its head anchored on line 1" in out
+    assert first.line == 2  # after the line the file was begun with, on an empty chain
+    assert f"NOT intact: record {first.seq} differs from its head anchored on line 2" in out
     assert "the records after 0 were rewritten or replaced" in out
     broker.start()  # the start-up check compares the anchors too
     assert f"AUDIT CHAIN BROKEN at record 1: record {first.seq} differs" in broker.log.read_text()

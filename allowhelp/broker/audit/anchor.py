@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
@@ -51,10 +51,16 @@ ANCHOR_FILE = "audit.anchors"
 DEFAULT_EVERY = 100
 # An anchor file line: "SEQ:HASH" first. A syslog anchor line (any collector's
 # prefix before it): the AH1905 MSGID, then seq="…" hash="…" in its SD element.
-_FILE_LINE = re.compile(r"([0-9]+):([0-9a-f]{64})(?:\s|$)")
+# The WHY (``every``, ``stop``, ``restarted``) is kept: a file started again
+# (``RESTARTED``) vouches only from its first head on.
+_FILE_LINE = re.compile(r"([0-9]+):([0-9a-f]{64})(?:$|\s+(?:\S+\s+([a-z_-]+))?)")
 _SYSLOG_LINE = re.compile(
     rf" {ANCHOR_MSGID} \[allowhelp@32473 [^\]]*?seq=\"([0-9]+)\" hash=\"([0-9a-f]{{64}})\""
+    r"(?: why=\"([a-z_-]*)\")?"
 )
+RESTARTED = "restarted"  # the WHY of the first head of an anchor file made again
+# The first line of a file begun on an empty chain: no head yet is no alarm (audit/opening.py).
+BEGUN = "# allowhelp audit anchors, begun on an empty chain"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class Anchor:
     seq: int
     hash: str
     line: int  # where it was found, for the message
+    why: str = ""  # every, stop, restarted; '' when the line does not say
 
 
 def parse_anchors(lines: Iterable[str]) -> list[Anchor]:
@@ -71,8 +78,38 @@ def parse_anchors(lines: Iterable[str]) -> list[Anchor]:
     for number, line in enumerate(lines, start=1):
         match = _FILE_LINE.match(line) or _SYSLOG_LINE.search(line)
         if match is not None:
-            found.append(Anchor(int(match.group(1)), match.group(2), number))
+            found.append(Anchor(int(match.group(1)), match.group(2), number, match.group(3) or ""))
     return found
+
+
+def restarted_at(anchors: list[Anchor]) -> int | None:
+    """The seq where these heads begin when their file was made again after it went
+    missing (its first head says ``restarted``): they cannot vouch for what the
+    records up to it were before then. None for a file that holds its history."""
+    if not anchors:
+        return None
+    first = min(anchor.seq for anchor in anchors)
+    if any(a.why == RESTARTED for a in anchors if a.seq == first):
+        return first
+    return None
+
+
+FileState = Literal["ok", "begun", "missing", "empty", "unreadable"]
+
+
+def anchor_file_state(path: Path) -> FileState:
+    """``ok`` (heads in it), ``begun`` (no head yet, begun on an empty chain),
+    ``missing``, ``empty`` (neither a head nor that first line), ``unreadable``."""
+    try:
+        with Path(path).open(encoding="utf-8", errors="replace") as handle:
+            lines = handle.readlines()
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "unreadable"
+    if parse_anchors(lines):
+        return "ok"
+    return "begun" if lines and lines[0].startswith(BEGUN) else "empty"
 
 
 def read_anchors(path: Path) -> list[Anchor]:
@@ -170,6 +207,14 @@ class AnchorSink:
     def start_at(self, seq: int) -> None:
         """The head found at open: the next anchor comes ``every`` records later."""
         self._last_seq = seq
+
+    def begin(self) -> None:
+        """Start the file on an empty chain, before any head: a later start that
+        finds it without a head knows it was not deleted. Never raises."""
+        if self.path is not None:
+            error = self._append(f"{BEGUN} at {utc_now()}\n")
+            if error:
+                log.error("audit anchor file %s not begun: %s", self.path, error)
 
     def after_commit(self, seq: int, digest: str) -> None:
         if seq - self._last_seq >= self.every:

@@ -38,6 +38,7 @@ SEVERITY_NOTICE = 5
 SD_ID = "allowhelp@32473"
 APP_NAME = "allowhelp"
 _WARNING_SUFFIXES = (".failed", ".refused", ".denied", ".throttled")
+_WARNING_TYPES = frozenset({"audit.anchors.missing"})  # a collector's alert rule should see it
 _STOP = object()
 
 
@@ -63,6 +64,8 @@ def _hostname() -> str:
 def _severity(type: str) -> int:
     if type == "audit.chain_broken":
         return SEVERITY_CRITICAL
+    if type in _WARNING_TYPES:
+        return SEVERITY_WARNING
     return SEVERITY_WARNING if type.endswith(_WARNING_SUFFIXES) else SEVERITY_NOTICE
 
 

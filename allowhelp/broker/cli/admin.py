@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.audit.opening import open_audit
+from allowhelp.broker.audit.opening import SinkedAudit, open_for_cli
 from allowhelp.broker.auth.passwords import check_new_password, hash_password
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.datafolder import AUDIT_FILE, STORE_FILE
@@ -50,7 +49,8 @@ def add_user(
         raise ValueError(f"--role must be one of {', '.join(ROLES)}")
     check_new_password(password)
     prepare(data_dir)
-    db, audit = _open(data_dir, store)
+    db, opened = _open(data_dir, store)
+    audit = opened.audit
     try:
         if db.user_by_name(name) is not None:
             raise ValueError(f"a user named {name!r} already exists")
@@ -59,18 +59,18 @@ def add_user(
         db.add_user(name, (full_name or name).strip()[:100], typed_role, hash_password(password))
     finally:
         db.close()
-        audit.close()
+        opened.close()
 
 
 def create_token(data_dir: Path, *, ttl: str, uses: int, store: PostgresUrl | None = None) -> str:
     seconds = parse_ttl(ttl)
     runtime = RuntimeInfo.read(data_dir)
     fingerprint = ca_fingerprint((data_dir / "ca.pem").read_bytes())
-    db, audit = _open(data_dir, store)
+    db, opened = _open(data_dir, store)
     try:
         token = EnrolmentDesk.create_token(
             db,
-            audit,
+            opened.audit,
             url=runtime.public_url,
             ca_fingerprint=fingerprint,
             ttl=seconds,
@@ -79,16 +79,17 @@ def create_token(data_dir: Path, *, ttl: str, uses: int, store: PostgresUrl | No
         )
     finally:
         db.close()
-        audit.close()
+        opened.close()
     return token.encode()
 
 
-def _open(data_dir: Path, store: PostgresUrl | None) -> tuple[Store, AuditLog]:
-    """The store and the audit log: the data folder's files, or the shared database."""
+def _open(data_dir: Path, store: PostgresUrl | None) -> tuple[Store, SinkedAudit]:
+    """The store and the audit log (the data folder's files, or the shared database),
+    the log with the syslog and anchor file ``serve`` uses (audit/opening.py)."""
     db = Store.open(store or data_dir / STORE_FILE)
     try:
-        audit = open_audit(store or data_dir / AUDIT_FILE)
+        opened = open_for_cli(store or data_dir / AUDIT_FILE, data_dir)
     except BaseException:
         db.close()
         raise
-    return db, audit
+    return db, opened

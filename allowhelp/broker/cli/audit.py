@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from allowhelp.broker.audit.anchor import check_anchors, combine, read_anchors
+from allowhelp.broker.audit.anchor import check_anchors, combine, read_anchors, restarted_at
 from allowhelp.broker.audit.chain import AuditPlace, VerifyResult
 from allowhelp.broker.audit.log import read_head, read_records, verify
 from allowhelp.broker.errors import AuditCorrupt, BrokerError
@@ -113,6 +113,7 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
     anchors = read_anchors(Path(args.anchors)) if args.anchors is not None else None
     if anchors is not None and not anchors:
         raise _UsageError(f"no anchored heads (SEQ:HASH lines or AH1905 lines) in {args.anchors}")
+    restarted = restarted_at(anchors) if anchors is not None else None
     started = time.perf_counter()
     checked, vouched = 0, head[0] if head is not None else 0
     try:
@@ -133,6 +134,9 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
             "problem": result.problem,
             "anchors_checked": checked,
             "vouched_to": vouched,  # records after it could be cut off unseen
+            # the anchor file was made again here (audit.anchors.missing): a rewrite of
+            # the records before it, made before then, is not caught by its heads
+            "vouched_from": restarted,
             "seconds": round(time.perf_counter() - started, 3),
         }
         print(json.dumps(answer))
@@ -141,6 +145,8 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
         head_text = f"{result.last_seq}:{result.last_hash}"
         also = f"; {checked} anchored head(s) match" if anchors is not None else ""
         print(f"audit log intact: {result.count} records, head {head_text}{also}")
+        if restarted is not None:
+            print(_restarted(args.anchors, restarted), file=sys.stderr)
         if vouched < result.last_seq:  # what a hash chain alone cannot tell
             print(_unvouched(vouched), file=sys.stderr)
         return EXIT_OK
@@ -153,6 +159,14 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
         file=sys.stderr,
     )
     return EXIT_BAD
+
+
+def _restarted(anchors: str, seq: int) -> str:
+    return (
+        f"note: {anchors} was made again at record {seq} (it was missing or empty at a "
+        f"start: audit.anchors.missing); its heads vouch only from record {seq} on, so a "
+        f"rewrite of records 1 to {seq - 1} made before then would not be seen"
+    )
 
 
 def _unvouched(vouched: int) -> str:

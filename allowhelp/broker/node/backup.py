@@ -41,7 +41,7 @@ from allowhelp import __version__
 from allowhelp.broker.audit.anchor import ANCHOR_FILE
 from allowhelp.broker.audit.chain import SCHEMA_VERSION, check_schema, read_head
 from allowhelp.broker.audit.entry import utc_now
-from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.opening import open_for_cli
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError, StoreError
 from allowhelp.broker.node.archive import (
     REQUIRED,
@@ -195,16 +195,16 @@ def _check_audit(path: Path) -> None:
 def _audit_backup(data_dir: Path, output: Path, recordings_dir: Path) -> None:
     """``broker.backup`` goes into the chain before the snapshot, so the backup holds it."""
     try:
-        audit = AuditLog.open(data_dir / AUDIT_FILE)
+        opened = open_for_cli(data_dir / AUDIT_FILE, data_dir)  # syslog, anchors: serve's
         try:
-            audit.append(
+            opened.audit.append(
                 "broker.backup",
                 actor="system:cli",
                 target=str(output),
                 details={"data": str(data_dir), "recordings": str(recordings_dir)},
             )
         finally:
-            audit.close()
+            opened.close()
     except (AuditUnavailable, AuditCorrupt) as exc:
         raise BackupError(f"no backup taken: {exc}") from exc
 

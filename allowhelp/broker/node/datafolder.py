@@ -11,9 +11,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from allowhelp.broker.audit.anchor import AnchorSink
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.audit.opening import open_audit
+from allowhelp.broker.audit.opening import AuditSinks, open_with_sinks
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from allowhelp.broker.model.database import PostgresUrl
@@ -47,14 +46,12 @@ class DataFolder:
         store: PostgresUrl | None = None,
     ) -> DataFolder:
         pki = ensure_broker_pki(data_dir, hosts)
-        forwarder = SyslogForwarder.from_url(syslog_url) if syslog_url else None
-        anchors = None
-        if audit_options is not None:  # the head to the anchor file and syslog (audit/anchor.py)
-            anchor_file = audit_options.anchor_file(data_dir)
-            anchors = AnchorSink(anchor_file, audit_options.anchor_every, forwarder)
-        audit_place = store or data_dir / AUDIT_FILE
-        audit = open_audit(audit_place, forwarder=forwarder, anchors=anchors)
-        return cls(audit, pki, store or data_dir / STORE_FILE, forwarder)
+        # The same wiring as the command line's records (audit/opening.py), remembered for it.
+        sinks = AuditSinks(syslog_url, audit_options)
+        opened = open_with_sinks(
+            store or data_dir / AUDIT_FILE, data_dir, sinks, actor="system", remember=True
+        )
+        return cls(opened.audit, pki, store or data_dir / STORE_FILE, opened.forwarder)
 
     def close(self) -> None:
         self.audit.close()

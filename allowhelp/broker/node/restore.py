@@ -30,7 +30,7 @@ from pathlib import Path
 
 from allowhelp.broker.audit.anchor import ANCHOR_FILE, check_anchors, combine, read_anchors
 from allowhelp.broker.audit.chain import VerifyResult, verify
-from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.audit.opening import open_for_cli
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.node.archive import (
     MANIFEST,
@@ -237,9 +237,10 @@ def _check_chain(scratch: Path, manifest: Manifest) -> VerifyResult:
 def _audit_restore(scratch: Path, backup: Path, target: Path, manifest: Manifest) -> int:
     """Chain ``broker.restored`` in the restored log: where this history came from."""
     try:
-        audit = AuditLog.open(scratch / AUDIT_FILE)
+        # The restored folder's anchor file (it is in the backup) holds the new head too.
+        opened = open_for_cli(scratch / AUDIT_FILE, scratch)
         try:
-            record = audit.append(
+            record = opened.audit.append(
                 "broker.restored",
                 actor="system:cli",
                 target=str(target),
@@ -253,7 +254,7 @@ def _audit_restore(scratch: Path, backup: Path, target: Path, manifest: Manifest
                 },
             )
         finally:
-            audit.close()
+            opened.close()
     except (AuditUnavailable, AuditCorrupt) as exc:
         raise BackupError(f"nothing restored: {exc}") from exc
     return record.seq
