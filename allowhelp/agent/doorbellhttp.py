@@ -97,27 +97,32 @@ class ChunkDecoder:
     done: bool = False
 
     def feed(self, data: bytes) -> bytes:
-        self.buffer += data
+        """The body bytes ``data`` completes. Linear in what it is fed: the buffer is
+        walked by position and cut once (not once per chunk), so a read holding
+        thousands of tiny chunks costs no more than one holding a few large ones."""
+        buffer = self.buffer + data if self.buffer else data
+        at = 0
         out = bytearray()
         while not self.done:
             if self.left < 0:
-                end = self.buffer.find(b"\r\n")
+                end = buffer.find(b"\r\n", at, at + 66)  # a size line: 64 bytes at most
                 if end < 0:
-                    if len(self.buffer) > 64:
+                    if len(buffer) - at > 64:
                         raise StreamError("a chunk size line is longer than 64 bytes")
                     break
-                self.left = chunk_size(self.buffer[:end])
-                self.buffer = self.buffer[end + 2 :]
+                self.left = chunk_size(buffer[at:end])
+                at = end + 2
                 if self.left == 0:
                     self.done = True  # trailers, if any, are not read
                     break
-            if len(self.buffer) < self.left + 2:
+            if len(buffer) - at < self.left + 2:
                 break
-            if self.buffer[self.left : self.left + 2] != b"\r\n":
+            if buffer[at + self.left : at + self.left + 2] != b"\r\n":
                 raise StreamError("a chunk does not end with CRLF")
-            out += self.buffer[: self.left]
-            self.buffer = self.buffer[self.left + 2 :]
+            out += buffer[at : at + self.left]
+            at += self.left + 2
             self.left = -1
+        self.buffer = buffer[at:]
         return bytes(out)
 
 

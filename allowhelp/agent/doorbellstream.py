@@ -12,12 +12,13 @@ import selectors
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from allowhelp.agent import doorbellhttp as http
 from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.doorbellbudget import ReadBudget
 from allowhelp.agent.doorbellfresh import FreshHello
 from allowhelp.agent.doorbellhttp import StreamError, backoff, said
 from allowhelp.agent.doorbellkey import DOORBELL_FILE, SavedKey, hello_body
@@ -45,6 +46,7 @@ class Stream:
     lines: http.LineSplitter
     opened: float
     last_read: float
+    budget: ReadBudget = field(default_factory=ReadBudget)  # a flood is dropped
 
 
 class Ringing:
@@ -234,6 +236,10 @@ class Ringing:
                     self._drop("the broker closed the doorbell")
                     return
                 stream.last_read = time.monotonic()
+                over = stream.budget.spend(len(data), stream.last_read)
+                if over is not None:  # checked before decoding: a flood costs no more
+                    self._drop(f"the broker's stream is too busy ({over})", stable=False)
+                    return
                 self._feed(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
@@ -259,14 +265,16 @@ class Ringing:
         if stream.chunks is not None and stream.chunks.done:
             self._drop("the broker ended the doorbell")
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, *, stable: bool = True) -> None:
+        """Close the stream; dial again after the backoff (``why`` logged), which a
+        stream that stood long enough starts over, unless not ``stable`` (a flood)."""
         stream, self.stream = self.stream, None
         if stream is None:
             return
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(stream.sock)
         stream.sock.close()
-        if time.monotonic() - stream.opened > STABLE_AFTER:
+        if stable and time.monotonic() - stream.opened > STABLE_AFTER:
             self.attempts = 0
         if why:
             self._retry(why)

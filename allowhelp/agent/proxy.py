@@ -9,15 +9,25 @@ opens every connection to the broker, enrolment and tunnel alike, with HTTP
 The proxy's password lives in ``Proxy`` only: ``str(proxy)`` and every
 message name the proxy by host and port, never with its credentials.
 The request and the answer's head are plain functions (no I/O), tested apart.
+
+A proxy that is down, refuses ``CONNECT``, stalls or answers garbage is a
+network failure (``ProxyError``, an ``OSError``): the tunnel logs it and tries
+again after its backoff, however long it lasts. A setting that can never work
+(not an ``http://`` URL, a bad port, no host) cannot mend while the agent runs:
+it reads ``https_proxy`` and ``agent.json`` once, at start. ``check_setting``
+refuses it then, in one line naming where it came from (``ConfigError``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import socket
+from collections.abc import Iterable
 
-from allowhelp.agent.errors import ProxyError
+from allowhelp.agent.errors import ConfigError, ProxyError
 from allowhelp.agent.i18n import _
 
 # The proxy's URL and the CONNECT request, without asyncio (the doorbell uses them
@@ -31,6 +41,7 @@ __all__ = [
     "Proxy",
     "answer_head_length",
     "check_answer",
+    "check_setting",
     "connect_request",
     "open_connection",
     "parse_proxy",
@@ -77,11 +88,29 @@ def refusal_hint(status: int, proxy: Proxy, target: str) -> str:
     return ""
 
 
+def check_setting(hosts: Iterable[str], configured: str) -> None:
+    """``ConfigError`` when the proxy for any of ``hosts`` is a setting that can
+    never work; its message names where it came from, never its password."""
+    for host in hosts:
+        try:
+            proxy_for(host, configured)
+        except ValueError as exc:
+            source = "agent.json (proxy)" if configured else "https_proxy"
+            raise ConfigError(
+                _("the proxy setting is not usable: %(error)s") % {"error": f"{source}: {exc}"}
+            ) from None
+
+
 async def open_connection(host: str, port: int, proxy: Proxy | None) -> socket.socket:
     """A connected TCP socket to ``host:port``, through ``proxy`` when given."""
     if proxy is None:
         return await _tcp(host, port, f"{host}:{port}")
-    sock = await _tcp(proxy.host, proxy.port, str(proxy))
+    try:
+        sock = await _tcp(proxy.host, proxy.port, str(proxy))
+    except ProxyError:
+        raise
+    except OSError as exc:  # down, or its name unknown: said as the proxy's
+        raise ProxyError(f"cannot connect to {proxy} ({_reason(exc)})") from exc
     try:
         await _connect_through(sock, host, port, proxy)
     except BaseException:
@@ -90,11 +119,21 @@ async def open_connection(host: str, port: int, proxy: Proxy | None) -> socket.s
     return sock
 
 
+def _reason(exc: OSError) -> str:
+    """Why a connection failed as the system says it: "Connection refused", not
+    asyncio's "Connect call failed ('10.0.0.1', 3128)"."""
+    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+        return exc.strerror or str(exc)
+    return os.strerror(exc.errno)
+
+
 async def _tcp(host: str, port: int, what: str) -> socket.socket:
     try:  # wait_for, not asyncio.timeout: the agent runs on Python 3.10 too
         return await asyncio.wait_for(_tcp_now(host, port, what), CONNECT_TIMEOUT)
     except asyncio.TimeoutError:  # not TimeoutError before 3.11
-        raise OSError(f"connecting to {what} timed out") from None
+        raise OSError(errno.ETIMEDOUT, f"connecting to {what} timed out") from None
+    except UnicodeError:  # a name the resolver cannot spell (IDNA), e.g. "proxy..example"
+        raise OSError(f"{what}: not a valid host name") from None
 
 
 async def _tcp_now(host: str, port: int, what: str) -> socket.socket:

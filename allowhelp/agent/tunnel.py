@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncssh
 
@@ -23,7 +24,7 @@ from allowhelp.agent.channels import AgentSSHServer, FilesFactory, ScreenFactory
 from allowhelp.agent.config import HOST_KEY_FILE
 from allowhelp.agent.i18n import _
 from allowhelp.agent.peers import Endpoint, KnownNodes, ahead_of
-from allowhelp.agent.proxy import open_connection, proxy_for
+from allowhelp.agent.proxy import check_setting, open_connection, proxy_for
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.woken import rung_from
 from allowhelp.certs import ssh_options
@@ -47,6 +48,10 @@ LOGIN_TIMEOUT = 60.0
 # times its --reconnect-cap (5 min by default), jittered by half either way, so the
 # agents of a node that comes back return over minutes, not all in one second.
 RETURN_EVERY = 10
+# What one way failing to connect may raise: that way failed; the tunnel tries the next
+# one, then again after its backoff. A ValueError is a proxy setting refused for that
+# host alone (a node learned later, not in no_proxy): never the end of the agent.
+REDIAL_ERRORS = (asyncio.TimeoutError, OSError, ValueError, asyncssh.Error)
 
 
 def backoff_delay(
@@ -86,6 +91,8 @@ class AgentTunnel:
         self._files = files
         self._config = config = service.config
         self._cap = check_reconnect_cap(reconnect_cap)
+        # A proxy setting that can never work stops the start; one that is down is redialled.
+        check_setting(_enrolled_hosts(config.tunnel_host, config.tunnel_url), config.proxy)
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
         self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
         self.state = TunnelState()
@@ -133,7 +140,7 @@ class AgentTunnel:
         for endpoint in endpoints:
             try:
                 conn = await self._connect(endpoint)
-            except (asyncio.TimeoutError, OSError, asyncssh.Error) as exc:
+            except REDIAL_ERRORS as exc:
                 failures.append(f"{self._name(endpoint)}: {describe(exc)}")
                 continue
             if failures:  # say once why the other ways did not work
@@ -193,7 +200,7 @@ class AgentTunnel:
             returned, self._returned = self._returned, None
             try:
                 conn = returned or await self.connect_once()
-            except (asyncio.TimeoutError, OSError, asyncssh.Error) as exc:
+            except REDIAL_ERRORS as exc:
                 self.state.last_error = describe(exc)
                 log.warning(
                     "agent=%s cannot reach the broker (%s)",
@@ -252,7 +259,7 @@ class AgentTunnel:
             ):
                 try:
                     conn = await self._connect(endpoint)
-                except (asyncio.TimeoutError, OSError, asyncssh.Error):
+                except REDIAL_ERRORS:
                     continue
                 if self._busy():  # a session was asked for meanwhile: it runs here
                     conn.close()
@@ -282,6 +289,13 @@ def _moved(
         log.warning("moving back to the first broker node failed: %s", describe(failed))
         return None
     return mover.result()
+
+
+def _enrolled_hosts(tunnel_host: str, tunnel_url: str) -> list[str]:
+    """The host names of the enrolled broker's ways (the SSH port, the HTTPS port)."""
+    hosts = [tunnel_host] if tunnel_host else []
+    https = urlsplit(tunnel_url).hostname if tunnel_url else None
+    return hosts + ([https] if https else [])
 
 
 def describe(exc: BaseException) -> str:

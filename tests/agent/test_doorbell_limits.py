@@ -149,12 +149,15 @@ class Dripper:
                 while len(body) < int(length or 0):
                     body += conn.recv(65536)
                 conn.sendall(self.at_once)
-                for byte in DRIP:
-                    if self.stop.wait(DRIP_EVERY):
-                        return
-                    conn.sendall(bytes([byte]))
+                self._rest(conn)
         except (OSError, ssl.SSLError):
             return  # the doorbell gave up and closed
+
+    def _rest(self, conn: socket.socket) -> None:
+        for byte in DRIP:
+            if self.stop.wait(DRIP_EVERY):
+                return
+            conn.sendall(bytes([byte]))
 
     def _wrap(self, raw: socket.socket) -> socket.socket:
         return raw if self.context is None else self.context.wrap_socket(raw, server_side=True)
@@ -241,3 +244,69 @@ def test_a_node_dripping_an_error_body_is_given_one_timeout_in_all(
     took = time.monotonic() - started
     assert took < 3, took
     assert bell.stream is None and bell.child is None
+
+
+# a peer that floods the stream
+
+
+class Flooder(Dripper):
+    """A node that stands the stream (200, chunked, a beat), then sends one-byte
+    chunks (a blank line each: nothing to refuse) as fast as it can, each its own TLS
+    record, for ``FLOOD_FOR`` seconds; then it holds the stream, silent."""
+
+    sent = 0
+
+    def _rest(self, conn: socket.socket) -> None:
+        until = time.monotonic() + FLOOD_FOR
+        while time.monotonic() < until and not self.stop.is_set():
+            conn.sendall(b"1\r\n\n\r\n")
+            self.sent += 1
+        self.stop.wait(30)
+
+
+FLOOD_FOR = 4.0
+CHUNKED_BEAT = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n{"type": "beat"}\n\r\n'
+
+
+def test_a_stream_of_tiny_chunks_is_dropped_not_decoded_on_and_on(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    ca: tuple[PublicCA, ssl.SSLContext],
+    dripping: list[Dripper],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node floods the standing stream with one-byte chunks: the doorbell drops
+    it within its read budget (256 reads in 10 s) instead of reading on for as long
+    as the flood lasts, having spent a fraction of a second of CPU, and dials again
+    only after its backoff, which the flood does not start over."""
+    public, context = ca
+    node = Flooder(CHUNKED_BEAT, context)
+    dripping.append(node)
+    bell = Doorbell(tmp_path, config(node.url, public.root_file.read_text()), ["true"], {})
+    request.addfinalizer(bell.close)
+    bell.attempts = 3
+    assert bell._dial(SavedKey(AGENT_ID, "T" * 43), [node.url], TIMEOUT)
+    stream = bell.stream
+    assert stream is not None
+    cpu, started = time.thread_time(), time.monotonic()
+    while bell.stream is stream and time.monotonic() - started < FLOOD_FOR + 2:
+        for selected, _mask in bell._selector.select(0.1):
+            bell._ready(selected.data)
+    spent, took = time.thread_time() - cpu, time.monotonic() - started
+    assert bell.stream is None, f"still reading after {took:.1f} s ({spent:.2f} s of CPU)"
+    assert took < 2 and spent < 1, (took, spent)
+    assert node.sent > 256  # it was a flood, cut short
+    assert bell.attempts == 4 and bell.next_dial > time.monotonic()  # backed off, not reset
+    assert "the broker's stream is too busy (over 256 reads in 10 s); again in" in caplog.text
+
+
+def test_tiny_chunks_decode_in_time_linear_in_their_bytes() -> None:
+    """1 MiB of one-byte chunks in one feed: well under a second walked by position
+    (cutting the buffer once per chunk made it some 10 s: quadratic)."""
+    tiny = b"1\r\n\n\r\n" * (1024 * 1024 // 6)
+    decoder = http.ChunkDecoder()
+    cpu = time.thread_time()
+    assert decoder.feed(tiny) == b"\n" * (len(tiny) // 6)
+    assert decoder.feed(b"2\r\nab") == b"" and decoder.feed(b"\r\n0\r\n\r\n") == b"ab"
+    assert decoder.done
+    assert time.thread_time() - cpu < 3

@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from allowhelp.broker.model.database import Row
 from allowhelp.broker.model.records import AgentRecord, TokenSummary, agent_from_row
 from allowhelp.broker.store.core import StoreCore
+from allowhelp.broker.store.database import Connection
 
 # The connectivity history is bounded both ways: per agent (a PC flapping for
 # a week keeps its last few hundred events) and in age (older rows go).
@@ -48,43 +50,36 @@ class FleetStore(StoreCore):
         single-use token single-use even when two agents race with it.
         """
         with self._tx() as db:
-            row = db.execute(
-                "SELECT expires, uses_left FROM enrol_tokens WHERE secret_hash = ?",
-                (secret_hash,),
-            ).fetchone()
-            if row is None:
-                return "unknown"
-            if row["uses_left"] <= 0:
-                return "used"
-            if row["expires"] < now:
-                return "expired"
-            db.execute(
-                "UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE secret_hash = ?",
-                (secret_hash,),
-            )
-            return None
+            return _spend_token(db, secret_hash, now)
+
+    def enrol_refusal(self, secret_hash: str, agent_id: str, now: float) -> str | None:
+        """Why the token cannot enrol this key now (``key_taken``, or the token's
+        ``unknown``, ``used``, ``expired``), spending nothing; ``None``: it can. The
+        check before the ``agent.enrolled`` record, which :meth:`enrol_agent` repeats."""
+        agents = self._query("SELECT removed FROM agents WHERE id = ?", (agent_id,))
+        if agents and not agents[0]["removed"]:
+            return "key_taken"
+        rows = self._query(_USES_SQL, (secret_hash,))
+        return _token_refusal(rows[0] if rows else None, now)
+
+    def enrol_agent(self, secret_hash: str, now: float, agent: AgentRecord) -> str | None:
+        """Spend one use of the token and keep the agent's key in one transaction:
+        both or neither. ``None`` when done, else why not (as :meth:`enrol_refusal`:
+        another enrolment may have taken the last use or the key meanwhile)."""
+        with self._tx() as db:
+            taken = db.execute("SELECT removed FROM agents WHERE id = ?", (agent.id,)).fetchone()
+            if taken is not None and not taken["removed"]:
+                return "key_taken"
+            refusal = _spend_token(db, secret_hash, now)
+            if refusal is None:
+                _upsert_agent(db, agent)
+            return refusal
 
     # agents
 
     def upsert_agent(self, agent: AgentRecord) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO agents (id, public_key, hostname, os, username, version, enrolled,"
-                " last_seen, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
-                " ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname,"
-                " os = excluded.os, username = excluded.username, version = excluded.version,"
-                " enrolled = excluded.enrolled, removed = 0, doorbell_hash = ''",
-                (
-                    agent.id,
-                    agent.public_key,
-                    agent.hostname,
-                    agent.os,
-                    agent.username,
-                    agent.version,
-                    agent.enrolled,
-                    agent.last_seen,
-                ),
-            )
+            _upsert_agent(db, agent)
 
     def agent(self, agent_id: str) -> AgentRecord | None:
         rows = self._query("SELECT * FROM agents WHERE id = ?", (agent_id,))
@@ -223,3 +218,47 @@ class FleetStore(StoreCore):
                 "UPDATE agents SET removed = 1 WHERE id = ? AND removed = 0", (agent_id,)
             )
             return cur.rowcount == 1
+
+
+_USES_SQL = "SELECT expires, uses_left FROM enrol_tokens WHERE secret_hash = ?"
+
+
+def _token_refusal(row: Row | None, now: float) -> str | None:
+    if row is None:
+        return "unknown"
+    if row["uses_left"] <= 0:
+        return "used"
+    if row["expires"] < now:
+        return "expired"
+    return None
+
+
+def _spend_token(db: Connection, secret_hash: str, now: float) -> str | None:
+    """Within ``db``'s transaction: one use of the token, or why not."""
+    refusal = _token_refusal(db.execute(_USES_SQL, (secret_hash,)).fetchone(), now)
+    if refusal is None:
+        db.execute(
+            "UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE secret_hash = ?",
+            (secret_hash,),
+        )
+    return refusal
+
+
+def _upsert_agent(db: Connection, agent: AgentRecord) -> None:
+    db.execute(
+        "INSERT INTO agents (id, public_key, hostname, os, username, version, enrolled,"
+        " last_seen, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+        " ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname,"
+        " os = excluded.os, username = excluded.username, version = excluded.version,"
+        " enrolled = excluded.enrolled, removed = 0, doorbell_hash = ''",
+        (
+            agent.id,
+            agent.public_key,
+            agent.hostname,
+            agent.os,
+            agent.username,
+            agent.version,
+            agent.enrolled,
+            agent.last_seen,
+        ),
+    )

@@ -8,18 +8,30 @@ Anyone may call it, logged in or not: refused enrolments are throttled per
 address as failed logins are (``model/throttle.py``: 30 in 15 minutes, then 429
 with ``retry-after``), so that guessing tokens costs the broker almost nothing and
 the audit log gets one ``token.throttled`` per lock, not one record per guess.
+
+An enrolment is recorded before it happens: the token and key are checked
+(nothing spent), ``agent.enrolled`` is written, and only then are the token's use
+and the agent's key stored, in one transaction (``Store.enrol_agent``, which checks
+again). A record that cannot be written refuses the enrolment with the token's use
+intact; a store that fails after it gets ``agent.enrol.aborted`` on the chain.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from allowhelp.broker.audit.log import AuditLog
-from allowhelp.broker.errors import EnrolmentError, EnrolmentThrottled
+from allowhelp.broker.errors import (
+    AuditUnavailable,
+    EnrolmentError,
+    EnrolmentThrottled,
+    StoreError,
+)
 from allowhelp.broker.model.throttle import LoginThrottle
 from allowhelp.broker.store import AgentRecord, Store
 from allowhelp.broker.store.worker import StoreWorker
@@ -32,6 +44,7 @@ from allowhelp.protocol.text import plain_text
 MAX_TTL_SECONDS = 30 * 24 * 3600
 MAX_USES = 10_000
 _TTL = re.compile(r"^(\d{1,6})([smhd])$")
+log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 REFUSALS = {
@@ -166,23 +179,11 @@ class EnrolmentDesk:
             raise EnrolmentError(f"the agent's host key is not usable: {exc}") from exc
         hashed = secret_hash(secret)
         agent_id = agent_id_for(key)
-        existing = await self._db.read(Store.agent, agent_id)
         # Without proof of the private key, re-enrolling a known key would let a
         # token holder rename another PC; a reinstalled agent makes a new key.
-        refusal = (
-            "key_taken"
-            if existing is not None and not existing.removed
-            else await self._db.run(Store.consume_enrol_token, hashed, time.time())
-        )
+        refusal = await self._db.read(Store.enrol_refusal, hashed, agent_id, time.time())
         if refusal is not None:
-            self.throttle.failed_from(remote)  # counted, whether its record is written or not
-            await self._audit.write(
-                "token.refused",
-                actor=f"anonymous@{remote}",
-                target=hashed[:12],
-                details={"reason": refusal, "agent_id": agent_id},
-            )
-            raise EnrolmentError(REFUSALS[refusal])
+            await self._refused(remote, hashed, agent_id, refusal)
         record = AgentRecord(
             id=agent_id,
             public_key=public_key_line(key),
@@ -194,20 +195,35 @@ class EnrolmentDesk:
             last_seen=None,
             removed=False,
         )
-        await self._audit.write(
-            "agent.enrolled",
-            actor=f"agent:{agent_id}",
-            target=agent_id,
-            details={
-                "token": hashed[:12],
-                "hostname": record.hostname,
-                "os": record.os,
-                "user": record.username,
-                "version": record.version,
-                "remote": remote,
-            },
-        )
-        await self._db.run(Store.upsert_agent, record)
+        # The record first: one that cannot be written refuses the enrolment before
+        # the token's use is spent (AuditUnavailable, 503; the token can be used again).
+        try:
+            await self._audit.write(
+                "agent.enrolled",
+                actor=f"agent:{agent_id}",
+                target=agent_id,
+                details={
+                    "token": hashed[:12],
+                    "hostname": record.hostname,
+                    "os": record.os,
+                    "user": record.username,
+                    "version": record.version,
+                    "remote": remote,
+                },
+            )
+        except AuditUnavailable as exc:
+            raise AuditUnavailable(
+                f"{exc.message} (the enrolment token was not used: try again later)"
+            ) from exc
+        # Then the token's use and the agent's key, in one transaction: both or neither.
+        try:
+            refusal = await self._db.run(Store.enrol_agent, hashed, time.time(), record)
+        except StoreError:  # told 503: the chain must not end at "enrolled"
+            await self._aborted(agent_id, hashed, "store_unavailable")
+            raise
+        if refusal is not None:  # another enrolment took the last use (or the key) meanwhile
+            await self._aborted(agent_id, hashed, refusal)
+            raise EnrolmentError(REFUSALS[refusal])
         self._keys.enrolled(agent_id, record.public_key)  # the tunnel takes this key from now on
         return EnrolReply(
             agent_id,
@@ -217,6 +233,28 @@ class EnrolmentDesk:
             self._organisation,
             self._nodes() if self._nodes is not None else None,
         )
+
+    async def _refused(self, remote: str, hashed: str, agent_id: str, refusal: str) -> NoReturn:
+        self.throttle.failed_from(remote)  # counted, whether its record is written or not
+        await self._audit.write(
+            "token.refused",
+            actor=f"anonymous@{remote}",
+            target=hashed[:12],
+            details={"reason": refusal, "agent_id": agent_id},
+        )
+        raise EnrolmentError(REFUSALS[refusal])
+
+    async def _aborted(self, agent_id: str, hashed: str, reason: str) -> None:
+        """``agent.enrolled`` is written, but the enrolment was not stored."""
+        try:
+            await self._audit.write(
+                "agent.enrol.aborted",
+                actor=f"agent:{agent_id}",
+                target=agent_id,
+                details={"token": hashed[:12], "reason": reason},
+            )
+        except AuditUnavailable:  # said by the writer already
+            log.error("the aborted enrolment of %s is not on the record", agent_id)
 
 
 def _new_token(url: str, ca_fingerprint: str, uses: int) -> EnrolmentToken:

@@ -1,0 +1,169 @@
+"""An enrolment is recorded before it happens, and its token use and key go together.
+
+A real broker and the real ``allowhelp-agent enroll``. The audit log is made to
+fail for real (``harness.audit_locked``: a second process holds its write lock):
+the enrolment is refused with a clear error and the single-use token keeps its
+use, so the same token enrols the PC once the log works again. A store that
+cannot be written after ``agent.enrolled`` (a second process holds the write
+lock of ``broker.sqlite3``) leaves the token unspent too, and the chain says the
+enrolment was aborted rather than ending at ``agent.enrolled``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from allowhelp.broker.model.records import AgentRecord
+from allowhelp.broker.store import Store
+from harness import ADMIN, ADMIN_PW, Broker, Fleet, audit_locked, broker_cli
+
+# Holds the store's write lock until its stdin closes (WAL mode: readers still read).
+_HOLD_STORE_LOCK = (
+    "import sqlite3, sys\n"
+    "conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n"
+    "conn.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path)
+    yield fleet
+    fleet.close()
+
+
+@pytest.fixture
+def broker(fleet: Fleet) -> Broker:
+    broker = fleet.broker().start()
+    broker.add_user(ADMIN, ADMIN_PW, role="admin")
+    return broker
+
+
+@contextmanager
+def store_locked(broker: Broker) -> Iterator[None]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_STORE_LOCK, str(broker.data / "broker.sqlite3")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == b"locked\n", "the store's lock was not taken"
+        yield
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()
+
+
+def uses_left(broker: Broker) -> list[int]:
+    with closing(sqlite3.connect(broker.data / "broker.sqlite3")) as db:
+        return [row[0] for row in db.execute("SELECT uses_left FROM enrol_tokens")]
+
+
+def records(broker: Broker) -> list[dict[str, object]]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_an_enrolment_the_log_refuses_keeps_the_token(fleet: Fleet, broker: Broker) -> None:
+    token = broker.token()  # single use
+    first = fleet.agent("a1")
+    with audit_locked(broker):
+        refused = first.enroll(token)
+    assert refused.returncode == 2
+    assert uses_left(broker) == [1]  # the failed record cost no use
+    assert "audit log unavailable" in refused.stderr, refused.stderr
+    assert "the enrolment token was not used: try again later" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (first.config / "agent.json").exists()
+    assert broker.agents(ADMIN, ADMIN_PW) == []
+    assert "agent.enrolled" not in broker.audit_types()
+    # The log works again: the very same single-use token enrols a PC, once.
+    again = fleet.agent("a2")
+    done = again.enroll(token)
+    assert done.returncode == 0, done.stderr
+    assert uses_left(broker) == [0]
+    assert [a["id"] for a in broker.agents(ADMIN, ADMIN_PW)] == [again.agent_id]
+    enrolled = [r for r in records(broker) if r["type"] == "agent.enrolled"]
+    assert [r["target"] for r in enrolled] == [again.agent_id]
+    third = fleet.agent("a3").enroll(token)
+    assert third.returncode == 2 and "already been used" in third.stderr
+
+
+def test_an_enrolment_the_store_refuses_is_aborted_on_the_record(
+    fleet: Fleet, broker: Broker
+) -> None:
+    token = broker.token()
+    first = fleet.agent("a1")
+    with store_locked(broker):  # the record is written; the token use and key are not
+        refused = first.enroll(token)
+    assert refused.returncode == 2
+    assert "the broker database is unavailable" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert uses_left(broker) == [1]
+    chain = records(broker)
+    types = [r["type"] for r in chain]
+    assert types[-2:] == ["agent.enrolled", "agent.enrol.aborted"]
+    aborted = chain[-1]
+    assert aborted["code"] == "AH1308"
+    assert aborted["target"] == chain[-2]["target"]
+    assert aborted["details"] == {
+        "token": chain[-2]["details"]["token"],  # type: ignore[index]
+        "reason": "store_unavailable",
+    }
+    assert broker.agents(ADMIN, ADMIN_PW) == []
+    done = fleet.agent("a2").enroll(token)
+    assert done.returncode == 0, done.stderr
+    assert uses_left(broker) == [0]
+    assert broker_cli("audit", "verify", "--data", str(broker.data)).returncode == 0
+
+
+def test_the_token_use_and_the_key_are_stored_together_or_not_at_all(tmp_path: Path) -> None:
+    """The store's side: the check spends nothing; the enrolment spends one use and
+    keeps the key in one transaction, and refuses both when another enrolment took the
+    last use (or the key) between the check and the record."""
+    store = Store.open(tmp_path / "broker.sqlite3")
+    try:
+        now = time.time()
+        store.add_enrol_token("h" * 64, now + 60, 1, "admin")
+        first, second = _agent("a1"), _agent("a2")
+        assert store.enrol_refusal("h" * 64, "a1", now) is None
+        assert store.enrol_refusal("h" * 64, "a2", now) is None  # both checked: none spent
+        assert store.enrol_tokens()[0].uses_left == 1
+        assert store.enrol_agent("h" * 64, now, first) is None
+        assert store.enrol_agent("h" * 64, now, second) == "used"  # the race's loser
+        assert [a.id for a in store.agents()] == ["a1"]
+        assert store.enrol_tokens()[0].uses_left == 0
+        assert store.enrol_refusal("h" * 64, "a2", now) == "used"
+        store.add_enrol_token("k" * 64, now + 60, 5, "admin")
+        assert store.enrol_refusal("k" * 64, "a1", now) == "key_taken"
+        assert store.enrol_agent("k" * 64, now, first) == "key_taken"
+        assert store.enrol_tokens()[0].uses_left == 5  # a refusal spends nothing
+        assert store.enrol_refusal("x" * 64, "a3", now) == "unknown"
+        assert store.enrol_refusal("k" * 64, "a3", now + 120) == "expired"
+    finally:
+        store.close()
+
+
+def _agent(agent_id: str) -> AgentRecord:
+    return AgentRecord(
+        agent_id, "ssh-ed25519 KEY" + agent_id, "pc", "Linux", "ann", "1.0", time.time(), None,
+        False,
+    )  # fmt: skip
