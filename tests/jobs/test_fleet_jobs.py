@@ -484,9 +484,15 @@ def test_a_cancelled_job_reaches_no_pc_and_cannot_be_approved(pcs: Pcs) -> None:
         script=f"touch {marker}",
         reason="changed my mind",
     )
+    assert made["approved_by"] == [] and made["state"] == "running"  # approved: one admin
     cancelled = pcs.admin.client.post(f"/api/v1/jobs/{made['id']}/cancel")
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["results"][0]["state"] == "cancelled"
+    # cancelled after its approval: cancelled too, not "done" (detail, list, the page's feed)
+    assert cancelled.json()["state"] == job(pcs.admin, made["id"])["state"] == "cancelled"
+    listed = {j["id"]: j for j in pcs.admin.client.get("/api/v1/jobs").json()}
+    assert listed[made["id"]]["state"] == "cancelled"
+    assert listed[made["id"]]["counts"] == {"cancelled": 1}
     again = pcs.admin.client.post(f"/api/v1/jobs/{made['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"] == "job_over"
     waiting = awaiting_approval(pcs, f"touch {marker}", "not after all")
@@ -569,6 +575,36 @@ def test_one_admin_alone_cannot_lower_two_admin_approval(pcs: Pcs) -> None:
         assert said[-1]["details"] == {"require_approval": 1, "asked_by": ADMIN}
     finally:
         admins_must_agree(pcs, 1)
+
+
+def test_an_admin_account_made_after_the_job_cannot_approve_it(pcs: Pcs) -> None:
+    """One admin asks for a job, makes a second admin account and approves with it:
+    refused, on the record, and the job still waits. The approver must have existed
+    when the job was asked for."""
+    broker = pcs.admin.broker
+    waiting = awaiting_approval(pcs, "true", "approved by my other self")
+    made = pcs.admin.client.post(
+        "/api/v1/users",
+        json={"username": "late-admin", "role": "admin", "password": "late-admin-password-1"},
+    )
+    assert made.status_code == 201, made.text
+    late = Desk.login(broker, "late-admin", "late-admin-password-1")
+    try:
+        refused = late.client.post(f"/api/v1/jobs/{waiting['id']}/approve")
+    finally:
+        late.close()
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == "approver_too_new"
+    assert "made after this job" in refused.json()["message"]
+    after = job(pcs.admin, waiting["id"])
+    assert after["state"] == "awaiting_approval" and after["approved_by"] == []
+    records = [r for r in audit(broker) if r["target"] == waiting["id"]]
+    assert [r["type"] for r in records] == ["job.created", "job.approval.refused"]
+    assert records[1]["actor"] == "admin:late-admin"
+    assert records[1]["details"]["why"] == "the approving account was made after the job"
+    assert records[1]["details"]["account_created"] > records[1]["details"]["job_created"]
+    assert f"job={waiting['id']} sent" not in broker.log.read_text()
+    assert pcs.admin.client.post(f"/api/v1/jobs/{waiting['id']}/cancel").status_code == 200
 
 
 def test_the_machine_service_reports_its_inventory(pcs: Pcs) -> None:

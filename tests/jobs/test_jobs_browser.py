@@ -1,6 +1,7 @@
 """The Jobs page and the machine details in a real headless Chromium, against a real
 machine service (root) that opted in: make a job from the page, watch its result
-arrive live, read hostile output as text, set a machine's groups, see its inventory.
+arrive live, read hostile output as text, set a machine's groups, see its inventory,
+cancel an approved job and see it cancelled.
 Screenshots land in test-artifacts/jobs/.
 """
 
@@ -10,7 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from jobkit import enrolled_machine, opt_in, start
+from jobkit import create, enrolled_machine, opt_in, start, stop
 from machinekit import CAN_RUN, WHY_NOT, Machine
 
 from browserkit import ARTIFACTS, chromium, logged_in_page
@@ -100,3 +101,38 @@ async def test_a_technician_has_no_jobs_page(pc: tuple[Broker, Machine]) -> None
         assert await page.locator('a[data-view="jobs"]').is_hidden()
         assert await page.locator("#view-jobs").is_hidden()
         assert problems == []
+
+
+async def test_a_job_cancelled_after_its_approval_reads_cancelled(
+    pc: tuple[Broker, Machine],
+) -> None:
+    """Approved (one admin suffices here) while its PC is off, then cancelled from
+    the page: nothing is pending, and the job reads cancelled, not done, live and
+    after a reload."""
+    broker, machine = pc
+    admin = Desk.login(broker, ADMIN, ADMIN_PW)
+    try:
+        stop(machine, admin)
+        made = create(
+            admin, targets=[machine.agent_id], action="script", script="true", reason="not now"
+        )
+        assert made["state"] == "running"
+        async with chromium() as browser:
+            page, problems = await logged_in_page(browser, broker, ADMIN, ADMIN_PW)
+            page.set_default_timeout(30_000)
+            await page.goto(broker.url + "/#jobs")
+            await page.reload()
+            await page.locator("#live[data-state=live]").wait_for()
+            row = page.locator(f'tr[data-job="{made["id"]}"]')
+            await row.locator(".badge", has_text="running").wait_for()
+            await row.get_by_role("button", name="Cancel").click()
+            await page.locator("#confirm-ok", has_text="Cancel the job").click()
+            await row.locator(".badge", has_text="cancelled").wait_for()
+            assert await row.get_by_role("button", name="Cancel").count() == 0
+            await page.reload()
+            await page.locator("#live[data-state=live]").wait_for()
+            await row.locator(".badge", has_text="cancelled").wait_for()
+            assert problems == []
+    finally:
+        start(machine, admin)
+        admin.close()

@@ -2,10 +2,17 @@
 
 Kept apart from HTTP so the rules (uniform failure, new id at every login,
 throttling before any password work, a TOTP code good once, audit before the
-session exists) are plain code the app only calls. The store is reached
+session exists, no typed name in the audit log that is not an account's)
+are plain code the app only calls. The store is reached
 through its worker threads (``store/worker.py``), never on the event loop; a
 login whose web session cannot be stored after ``auth.login.ok`` is written
 gets ``auth.login.aborted`` after it, and the caller ``StoreError`` (503).
+
+A user name that names no account may be anything the person typed, a password
+put in the wrong field included: ``auth.login.failed`` and
+``auth.login.throttled`` then name ``UNKNOWN_NAME`` and carry a keyed fingerprint
+of it (``name_fingerprint``), so repeated tries of one name can be told apart
+from others without the name being kept. The throttle keys on the name in memory.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.auth.passwords import (
@@ -44,6 +52,9 @@ MAX_USERNAME = 64
 MAX_PASSWORD = 1024
 MAX_CODE = 64
 REQUIRE_TOTP = "require_totp"  # policy name; "1" when every user must use TOTP
+UNKNOWN_NAME = "(unknown)"  # the audit target of a name that is no account (never a user name)
+FINGERPRINT_HEX = 12  # hex digits of a typed name's fingerprint kept in the audit log
+_FINGERPRINT_LABEL = b"allowhelp login-name fingerprint v1"
 
 
 class TotpRequired(AuthError):
@@ -97,9 +108,30 @@ class Principal:
         )
 
 
+@dataclass(frozen=True)
+class _Named:
+    """A login's typed user name as the audit log gets it."""
+
+    target: str
+    details: dict[str, object]
+
+
 class WrongGuessUnrecorded(AuditUnavailable):
     """A wrong password or code whose ``auth.login.failed`` could not be written:
     503 like any audit outage, but the guess keeps its place in the throttle."""
+
+
+def name_key_from(secret_file: Path) -> bytes:
+    """The fingerprint key, derived from a secret file the broker keeps (its tunnel
+    key): the same on every node sharing that key and after a restart, and unknown
+    to a reader of the audit log, who cannot test guesses against a fingerprint."""
+    return hmac.new(_FINGERPRINT_LABEL, secret_file.read_bytes(), hashlib.sha256).digest()
+
+
+def name_fingerprint(key: bytes, name: str) -> str:
+    """HMAC-SHA256 of the name as typed, its first ``FINGERPRINT_HEX`` hex digits."""
+    typed = name.encode("utf-8", "surrogatepass")  # JSON may carry a lone surrogate
+    return hmac.new(key, typed, hashlib.sha256).hexdigest()[:FINGERPRINT_HEX]
 
 
 def token_hash(cookie_value: str) -> str:
@@ -115,12 +147,16 @@ class Authenticator:
         session_hours: float,
         throttle: ThrottlePolicy | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        name_key: bytes | None = None,
     ) -> None:
         self._db = db
         self._audit = audit
         self._lifetime = session_hours * 3600
         self.throttle = LoginThrottle(throttle)
         self._clock = clock  # the wall time TOTP steps are taken from
+        # None: a key of this process alone (fingerprints agree until it stops)
+        self._name_key = name_key if name_key is not None else secrets.token_bytes(32)
         dummy_hash()  # made now, so the first unknown user costs no more than the next
 
     async def login(
@@ -153,7 +189,7 @@ class Authenticator:
         matches = await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
         if user is None or user.disabled or not matches:
             reason = "unknown user" if user is None else "disabled" if user.disabled else "password"
-            await self._failed(username, remote, reason)
+            await self._failed(self._named(username, known=user is not None), remote, reason)
             raise AuthError("wrong username or password")
         factor = await self._second_factor(user, remote, code)
         rehash = needs_rehash(user.password_hash)
@@ -215,22 +251,42 @@ class Authenticator:
         if lock is None:
             return
         if lock.first:  # one record per lock, not one per guess
+            named = self._named(username, known=await self._is_account(username))
             await self._audit.write(
                 "auth.login.throttled",
                 actor=f"anonymous@{remote}",
-                target=username,
-                details={"scope": lock.scope, "remote": remote, "retry_after": lock.retry_after},
+                target=named.target,
+                details={
+                    "scope": lock.scope,
+                    "remote": remote,
+                    "retry_after": lock.retry_after,
+                    **named.details,
+                },
             )
         raise LoginThrottled(lock.retry_after)
 
-    async def _failed(self, username: str, remote: str, reason: str) -> None:
+    async def _is_account(self, username: str) -> bool:
+        try:
+            return await self._db.read(Store.user_by_name, username) is not None
+        except StoreError:  # cannot tell: recorded as a name that is no account
+            return False
+
+    def _named(self, username: str, *, known: bool) -> _Named:
+        """How a typed user name is put on the record: as typed when it is an account's,
+        else ``UNKNOWN_NAME`` and the name's fingerprint."""
+        if known:
+            return _Named(username, {})
+        fingerprint = name_fingerprint(self._name_key, username)
+        return _Named(UNKNOWN_NAME, {"name_fingerprint": fingerprint})
+
+    async def _failed(self, named: _Named, remote: str, reason: str) -> None:
         """The attempt stays counted by the throttle; say so in the audit log."""
         try:
             await self._audit.write(
                 "auth.login.failed",
                 actor=f"anonymous@{remote}",
-                target=username,
-                details={"reason": reason, "remote": remote},
+                target=named.target,
+                details={"reason": reason, "remote": remote, **named.details},
             )
         except AuditUnavailable as exc:
             raise WrongGuessUnrecorded(str(exc)) from exc
@@ -256,7 +312,7 @@ class Authenticator:
             ):
                 return "totp"
             reason = "totp" if step is None else "totp reused"
-        await self._failed(user.username, remote, reason)
+        await self._failed(self._named(user.username, known=True), remote, reason)
         raise TotpRejected("wrong or already used code")
 
     async def principal(self, cookie_value: str | None) -> Principal | None:

@@ -1,7 +1,8 @@
 """Fleet jobs on the broker: made, approved, signed, delivered, answered, expired.
 
 Every step is audited before it happens (``job.created`` before the job exists,
-``job.approved`` before it may go out, ``job.result`` before the result is
+``job.approved`` before it may go out, by an admin whose account is older than
+the job (else ``job.approval.refused``), ``job.result`` before the result is
 stored, ``job.expired`` before a waiting PC is given up: a PC that got the job
 before then may still answer, and that late answer is audited and kept like any
 other, ``late``). A job goes out as
@@ -33,6 +34,7 @@ from allowhelp.broker.errors import (
     StoreError,
     TunnelError,
 )
+from allowhelp.broker.jobs.approval import refuse_newer_approver
 from allowhelp.broker.jobs.expiry import expire_due, sweep_forever
 from allowhelp.broker.jobs.orders import (
     MAX_AUDITED_TARGETS,
@@ -141,6 +143,7 @@ class JobDesk:
             raise Conflict("this job was cancelled", code="job_cancelled")
         if username == job.created_by or username in job.approved_by:
             raise Forbidden("a second admin must approve: not the one who made it or approved")
+        await refuse_newer_approver(self._db, self._audit, actor, username, job)
         if time.time() >= job.expires:
             raise Conflict("this job has expired", code="job_expired")
         if not self._signer.seal_ok(job.sealed, job.seal):

@@ -104,7 +104,8 @@ class JobResultRecord:
 
 
 def job_state(job: JobRecord, results: list[JobResultRecord]) -> str:
-    """awaiting_approval | running (some PC has not answered) | done | cancelled."""
+    """awaiting_approval | running (some PC has not answered) | done | cancelled (an
+    admin cancelled it, approved or not: some PC's result says so)."""
     counts: dict[str, int] = {}
     for result in results:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -114,5 +115,5 @@ def job_state(job: JobRecord, results: list[JobResultRecord]) -> str:
 def state_of(job: JobRecord, counts: dict[str, int]) -> str:
     """``job_state`` from how many results are in each state."""
     if not counts.get(WAITING, 0):
-        return CANCELLED if counts.get(CANCELLED, 0) and not job.approved else "done"
+        return CANCELLED if counts.get(CANCELLED, 0) else "done"
     return "running" if job.approved else "awaiting_approval"

@@ -88,9 +88,18 @@ function keep(job) {
       const before = known.get(r.agent_id);
       return r.state === "pending" && before && before.state !== "pending" ? before : r;
     });
-    if (job.state === "running" && !job.results.some((r) => r.state === "pending")) job.state = "done";
+    if (job.state === "running" && !job.results.some((r) => r.state === "pending")) job.state = over(job.results);
   }
   jobs.set(job.id, job);
+}
+
+/**
+ * A job nothing is pending for: cancelled if an admin cancelled it (some PC's result
+ * says so), else done; the broker's rule (model/jobs.py state_of).
+ * @param {JobResult[]} results
+ */
+function over(results) {
+  return results.some((r) => r.state === "cancelled") ? "cancelled" : "done";
 }
 
 /**
@@ -105,7 +114,7 @@ export function jobEvent(event) {
     if (job && job.results) {
       job.results = job.results.map((r) => (r.agent_id === event.result.agent_id ? { ...r, ...event.result } : r));
       const waiting = job.results.some((r) => r.state === "pending");
-      if (job.state !== "cancelled") job.state = waiting ? "running" : "done";
+      if (job.state !== "cancelled") job.state = waiting ? "running" : over(job.results);
     } else {
       loadOne(event.job_id).then(renderJobs).catch(() => {});
     }
