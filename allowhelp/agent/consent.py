@@ -46,6 +46,10 @@ WHAT_IS_ASKED = {
         "%(technician)s from %(organisation)s asks to exchange files with your PC (with your"
         " rights: what you can open, they can)."
     ),
+    "files-view-only": N_(
+        "%(technician)s from %(organisation)s asks to see your files, view only (with your"
+        " rights: what you can open, they can read and copy; they cannot change anything)."
+    ),
     "admin-shell": N_(
         "%(technician)s from %(organisation)s asks for an administrator (root) shell on this"
         " PC: full control of the whole computer, every user's files included."
@@ -99,6 +103,8 @@ class Pending:
         request = self.request
         names = {"technician": request.technician, "organisation": request.organisation}
         asked = WHAT_IS_ASKED[request.kind]
+        if request.kind == "files" and request.view_only:
+            asked = WHAT_IS_ASKED["files-view-only"]
         kind = request.kind if request.kind in ("screen", "admin-shell") else "shell"
         if request.joins:
             asked = WHAT_IS_ASKED_TO_JOIN[(kind, request.mode or "observe")]
@@ -229,6 +235,8 @@ class ConsentGate:
         del self._pending[session_id]
         request = pending.request
         view_only = (view_only or False) and request.kind == "screen"
+        if request.kind == "files":  # asked view only: read-only (sftp-server -R)
+            view_only = request.view_only
         if request.joins:
             if request.joins not in self._grants:  # the session ended meanwhile
                 allow = False

@@ -15,6 +15,8 @@ Options, and why:
     -P ...         requests refused outright: links (a link could point a
                    later upload somewhere else), owner/mode changes, the
                    server-side copy, and user/group lookups
+    -R             a view-only grant (the technician asked for files, view only):
+                   sftp-server refuses every write, the broker refuses uploads first
     -u UMASK       the user's own umask, as their session had it when the agent
                    started (``runtime.inherited_umask``; our processes run with
                    077): the broker asks for the replaced file's bits (an upload
@@ -74,8 +76,9 @@ def find_sftp_server(candidates: tuple[str, ...] = SFTP_SERVERS) -> str:
     raise FilesUnavailable("no sftp-server on this PC (Debian: apt install openssh-sftp-server)")
 
 
-def files_command(uid: int | None = None) -> list[str]:
-    """The sftp-server to run for a grant, as the current user; never as root."""
+def files_command(uid: int | None = None, *, read_only: bool = False) -> list[str]:
+    """The sftp-server to run for a grant, as the current user; never as root;
+    ``read_only`` for a view-only grant."""
     uid = os.getuid() if uid is None else uid
     if uid == 0:
         raise FilesUnavailable("files are exchanged as the signed-in user, never as root")
@@ -84,7 +87,8 @@ def files_command(uid: int | None = None) -> list[str]:
         home = "/"
     program = find_sftp_server()
     umask = f"{inherited_umask():03o}"
-    return [program, "-e", "-l", "INFO", "-d", home, "-u", umask, "-P", ",".join(REFUSED_REQUESTS)]
+    argv = [program, "-e", "-l", "INFO", "-d", home, "-u", umask]
+    return [*argv, *(["-R"] if read_only else []), "-P", ",".join(REFUSED_REQUESTS)]
 
 
 def files_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -110,7 +114,7 @@ def files_factory(channel: GatedChannel, grant: Grant) -> Backend:
             log.error("session=%s files failed: %s", grant.session_id, error)
         channel.finish(status, error)
 
-    argv = files_command()  # FilesUnavailable
+    argv = files_command(read_only=grant.view_only)  # FilesUnavailable
     try:
         return ScreenProcess(channel, PairLaunch(argv, files_environment(os.environ)), exited)
     except OSError as exc:

@@ -47,4 +47,5 @@ def current_hello() -> Hello:
         invites=True,
         all_monitors=True,
         nodes=True,
+        files_view_only=True,
     )

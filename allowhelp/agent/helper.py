@@ -230,7 +230,7 @@ class SessionHelper:
             if packet.kind == "shell":
                 program = start_shell(packet.term, packet.cols, packet.rows)
             elif packet.kind == "files":
-                program = start_files(os.environ)
+                program = start_files(os.environ, read_only=packet.view_only)
             else:
                 raise RuntimeError(f"a session helper does not start a {packet.kind}")
         except (OSError, RuntimeError) as exc:

@@ -127,6 +127,7 @@ class HelperHub:
             invites=True,
             all_monitors=True,
             nodes=True,
+            files_view_only=True,  # its user's helper starts sftp-server -R for one
         )
 
     def _what_to_say(self) -> tuple[str, str, ScreenSaid | None]:

@@ -163,9 +163,11 @@ async def start_screen(
     return program
 
 
-def start_files(env: Mapping[str, str]) -> UserProgram:
-    """sftp-server as this helper's user (FilesUnavailable as root or without one)."""
-    return _on_socketpair(files_command(), files_environment(env), "files")
+def start_files(env: Mapping[str, str], *, read_only: bool = False) -> UserProgram:
+    """sftp-server as this helper's user (FilesUnavailable as root or without one);
+    ``read_only`` (-R) for a view-only grant."""
+    argv = files_command(read_only=read_only)
+    return _on_socketpair(argv, files_environment(env), "files")
 
 
 def _on_socketpair(argv: list[str], env: dict[str, str], kind: str) -> UserProgram:

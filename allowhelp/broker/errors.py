@@ -73,6 +73,13 @@ class AgentUnreachable(BrokerError):
     code = "agent_unreachable"
 
 
+class AgentTimeout(AgentUnreachable):
+    """The PC is connected but did not answer one call in time (a stuck network
+    mount under its sftp-server): that request ends, the session goes on."""
+
+    code = "pc_not_answering"
+
+
 class IllegalTransition(Conflict):
     """A move the session lifecycle does not allow, e.g. ended → active (a race lost)."""
 

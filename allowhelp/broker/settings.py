@@ -208,6 +208,7 @@ class BrokerSettings:
     public_url: str | None  # None: https://localhost:<bound port>, known after bind
     organisation: str = "IT help desk"
     consent_timeout: float = 60.0
+    files_timeout: float = 30.0  # --files-timeout: each SFTP call of a files session
     web_session_hours: float = 12.0
     syslog_url: str | None = None
     recordings: Path | None = None  # None: DATA/recordings
@@ -240,6 +241,7 @@ class BrokerSettings:
         organisation: str = "IT help desk",
         syslog_url: str | None = None,
         consent_timeout: float = 60.0,
+        files_timeout: float = 30.0,
         recordings: Path | None = None,
         recording_max: str = DEFAULT_RECORDING_MAX,
         recordings_min_free: str = DEFAULT_RECORDINGS_MIN_FREE,
@@ -261,6 +263,8 @@ class BrokerSettings:
             raise ValueError("the organisation name must be 1 to 100 characters")
         if not 2 <= consent_timeout <= 600:
             raise ValueError("--consent-timeout must be between 2 and 600 seconds")
+        if not 1 <= files_timeout <= 600:
+            raise ValueError("--files-timeout must be between 1 and 600 seconds")
         if node_address and not node_listen:
             raise ValueError("--node-address names where --node-listen is dialled: give both")
         shared = parse_store(store)
@@ -277,6 +281,7 @@ class BrokerSettings:
             organisation=organisation.strip(),
             syslog_url=check_syslog_url(syslog_url) if syslog_url else None,
             consent_timeout=float(consent_timeout),
+            files_timeout=float(files_timeout),
             recordings=recordings.expanduser().resolve() if recordings else None,
             recording_max=cap,
             recordings_min_free=parse_size(recordings_min_free, "--recordings-min-free"),

@@ -13,7 +13,7 @@ Everything received is hostile: every field is type-checked and bounded here
 (``fields.py``), and a bad line raises ``ProtocolError`` (the receiver closes
 the channel). Nothing else escapes ``decode`` (``hostile_json.parse_json``).
 The words the messages use (kinds, end reasons, subsystem names) are
-``kinds.py``'s.
+``kinds.py``'s; each field's bounds are ``control_limits.py``'s.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from allowhelp.protocol.fields import FieldRules, Record, checked_fields
+from allowhelp.protocol.control_limits import LIMITS, RULES
+from allowhelp.protocol.fields import Record, checked_fields
 from allowhelp.protocol.hostile_json import ProtocolError, parse_json
-from allowhelp.protocol.kinds import END_REASONS, INVITE_MODES, KINDS, VIAS, EndReason, Kind, Via
+from allowhelp.protocol.kinds import EndReason, Kind, Via
 from allowhelp.protocol.nodes import AddressError, checked_nodes
 
 MAX_LINE = 16 * 1024
@@ -61,6 +62,9 @@ class ConsentRequest(Message):
     joins: str = ""
     mode: str = ""
     username: str = ""
+    # A files session asked for as view only: the prompt says so and sftp-server runs
+    # read-only (-R). Sent only to agents whose Hello says ``files_view_only``.
+    view_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,13 +160,12 @@ class Hello(Message):
     # The agent shows every monitor at once (screen ``monitor: all``, #15); an older one
     # would refuse it only after the PC user's click, so the broker refuses it first.
     all_monitors: bool = False
+    # The agent runs a view-only files grant read-only (ConsentRequest ``view_only``).
+    files_view_only: bool = False
     # The doorbell (docs/design.md "Doorbell"): "" the agent holds its SSH tunnel while
     # idle (older agents too); "need": it idles on a doorbell and has no valid key (the
     # broker answers with ``doorbell.key``); "have": it idles on a doorbell with a key.
     doorbell: str = ""
-
-
-DOORBELL_STATES = ("", "need", "have")
 
 
 @dataclass(frozen=True)
@@ -277,72 +280,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         DoorbellKey,
     )
 }
-LIMITS = {
-    "session_id": 40,
-    "organisation": 100,
-    "technician": 100,
-    "reason": 500,
-    "phrase": 100,
-    "help_code": 20,
-    "prompt": 4000,
-    "ref": 40,
-    "message": 500,
-    "code": 20,
-    "hostname": 253,
-    "language": 16,
-    "os": 200,
-    "user": 64,
-    "version": 32,
-    "job_id": 40,
-    "payload": 15000,
-    "signature": 100,
-    "state": 20,
-    "output": 8000,
-    "kernel": 200,
-    "packages": 12000,
-    "screen": 20,
-    "screen_problem": 300,
-    "desktop": 200,
-    "monitor": 64,
-    "monitors": 2000,
-    "text": 2000,
-    "sender": 100,
-    "path": 1000,
-    "direction": 10,
-    "status": 10,
-    "joins": 40,
-    "mode": 10,
-    "username": 64,
-    "token": 64,
-}
-
-
-# Numbers are durations (below 1e6 s) except these points in time (epoch seconds)
-# and a consent request's timeout: under an hour (the broker's own setting stops at
-# 600 s), which every prompt on the way can count down (a helper's whole numbers stop
-# at 65535: more was a malformed packet there, and ended that user's sessions).
-_RULES = FieldRules(
-    texts=LIMITS,
-    numbers={
-        "timeout": 3600,
-        "started": 1e11,
-        "finished": 1e11,
-        "last_boot": 1e11,
-        "disk_total": 1e17,
-        "disk_free": 1e17,
-        "memory_total": 1e17,
-    },
-    # Whole numbers are small (exit codes, counts: -1 to 2**31) except a file's bytes.
-    wholes={"size": (-1, 2**63 - 1)},
-    choices={
-        "Kind": KINDS,
-        "Via": VIAS,
-        "EndReason": END_REASONS,
-        "mode": ("", *INVITE_MODES),
-        "doorbell": DOORBELL_STATES,
-    },
-    ids={"session_id": False, "job_id": False, "joins": True},
-)
 MAX_CHAT = LIMITS["text"]
 
 
@@ -369,7 +306,7 @@ def hello_from(raw: object) -> Hello:
 
 
 def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
-    values = checked_fields(cls, raw, _RULES)
+    values = checked_fields(cls, raw, RULES)
     if cls is DoorbellKey and not values["token"]:
         raise ProtocolError("token must not be empty")
     if cls is NodesList:

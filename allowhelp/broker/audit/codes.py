@@ -65,6 +65,9 @@ EVENT_CODES: dict[str, str] = {
     # and restored from a backup (`allowhelp-broker restore`, the restored chain's first new record)
     "broker.backup": "AH1906",
     "broker.restored": "AH1907",
+    # the anchor file missing (or holding no head) at start while the chain has records:
+    # made again from this record on, which it names (audit/opening.py)
+    "audit.anchors.missing": "AH1908",
     # fleet jobs (AH16xx, issue #20): created (who, why, targets, script digest),
     # approved by a second admin, each PC's result (exit code, output digest),
     # expired unanswered; a machine's groups changed
@@ -78,6 +81,8 @@ EVENT_CODES: dict[str, str] = {
     "job.tampered": "AH1606",
     # an admin cancelled a job: no PC that has not answered gets it from then on
     "job.cancelled": "AH1607",
+    # an approval refused: the approving admin's account was made after the job
+    "job.approval.refused": "AH1608",
     # files, chat, ticket and notes, the session report (AH15xx, issue #17)
     "files.listed": "AH1501",
     "files.transfer.started": "AH1502",
@@ -122,6 +127,9 @@ EVENT_CODES: dict[str, str] = {
     # enrolment throttled (appended): one address's refused enrolments past the limit,
     # one record per lock (as auth.login.throttled), none per refused attempt after it
     "token.throttled": "AH1205",
+    # enrolment aborted (appended): an ``agent.enrolled`` whose token use and key could
+    # not be stored (or whose token's last use another enrolment took meanwhile)
+    "agent.enrol.aborted": "AH1308",
 }
 
 # The syslog MSGID of a head anchor line (``audit/anchor.py``). It is not a

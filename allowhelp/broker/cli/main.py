@@ -72,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         organisation=args.organisation,
         syslog_url=args.syslog,
         consent_timeout=args.consent_timeout,
+        files_timeout=args.files_timeout,
         recordings=args.recordings,
         recording_max=args.recording_max,
         recordings_min_free=args.recordings_min_free,
@@ -123,8 +124,8 @@ def _recording_args(serve: argparse.ArgumentParser) -> None:
         "--recordings-keep",
         default=None,
         metavar="DURATION",
-        help="delete shell and screen recordings older than this, e.g. 90d (audited as"
-        " recording.expired; default: keep forever)",
+        help="delete shell and screen recordings of sessions ended longer ago than this,"
+        " e.g. 90d (audited as recording.expired; default: keep forever)",
     )
     serve.add_argument(
         "--recordings",
@@ -248,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="how long the PC user has to answer a request (default 60)",
+    )
+    serve.add_argument(
+        "--files-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the PC's file server has for each call of a files session (a listing,"
+        " each chunk of a transfer) before the request ends with 504 (default 30)",
     )
     _recording_args(serve)
     _operations_args(serve)

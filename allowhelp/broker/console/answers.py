@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from allowhelp.broker.auth.authenticator import LoginThrottled, TotpRejected, TotpRequired
 from allowhelp.broker.errors import (
+    AgentTimeout,
     AgentUnreachable,
     AuditUnavailable,
     AuthError,
@@ -70,6 +71,7 @@ STATUS: dict[type[BrokerError], int] = {
     LoginThrottled: 429,
     EnrolmentThrottled: 429,
     AgentUnreachable: 502,
+    AgentTimeout: 504,
     AuditUnavailable: 503,
     StoreError: 503,
 }

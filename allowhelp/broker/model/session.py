@@ -141,8 +141,10 @@ class Session:
         language: str = "en",
         ticket: str = "",
         monitor: str = "",
+        view_only: bool = False,
     ) -> Session:
-        """``language``: the PC user's, from the agent's Hello; the phrase's words."""
+        """``language``: the PC user's, from the agent's Hello; the phrase's words.
+        ``view_only``: a files session asked for as view only (read-only SFTP)."""
         session_id = new_session_id()
         return cls(
             id=session_id,
@@ -156,6 +158,7 @@ class Session:
             help_code=help_code,
             ticket=ticket,
             monitor=monitor,
+            view_only=view_only,
         )
 
     @property
@@ -244,6 +247,7 @@ class Session:
             "technician": self.technician,
             "kind": self.kind,
             "reason": self.reason,
+            **({"read_only": True} if self.kind == "files" and self.view_only else {}),
         }
 
     def timing(self, new: State, reason: EndReason | None) -> dict[str, object]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from allowhelp.broker.audit.integrity import ChainWatch
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.retention import start_retention, stop_retention
-from allowhelp.broker.auth.authenticator import Authenticator
+from allowhelp.broker.auth.authenticator import Authenticator, name_key_from
 from allowhelp.broker.console.app import create_app
 from allowhelp.broker.console.services import Services
 from allowhelp.broker.errors import TunnelError
@@ -216,7 +216,12 @@ async def _serve(  # noqa: PLR0915 - the one place that wires and unwinds every 
         svc = Services(
             db=db,
             audit=folder.audit,
-            auth=Authenticator(db, folder.audit, settings.web_session_hours),
+            auth=Authenticator(
+                db,
+                folder.audit,
+                settings.web_session_hours,
+                name_key=name_key_from(folder.pki.tunnel_key),  # shared by the nodes
+            ),
             registry=registry,
             enrolment=EnrolmentDesk(
                 db,
@@ -309,7 +314,13 @@ def _session_extras(
     the registry."""
     agents = sessions.agents
     chat = ChatDesk(sessions, agents, db, events)
-    files = FileDesk(sessions, audit, db, notify=_transfer_notice(sessions))
+    files = FileDesk(
+        sessions,
+        audit,
+        db,
+        call_timeout=settings.files_timeout,
+        notify=_transfer_notice(sessions),
+    )
     webhook = (
         Webhook(settings.webhook_url, settings.webhook_secret) if settings.webhook_url else None
     )

@@ -55,6 +55,7 @@ def consent_request(session: Session, *, organisation: str, timeout: float) -> C
         help_code=session.help_code,
         chat=True,
         monitor=session.monitor if session.kind == "screen" else "",
+        view_only=session.kind == "files" and session.view_only,
     )
 
 
@@ -65,5 +66,5 @@ def decision_details(session: Session, decision: ConsentDecision) -> dict[str, o
         "decision": "granted" if decision.granted else "denied",
         "via": decision.via,
         "seconds_to_decide": decision.elapsed,
-        "scope": session.kind + (" view-only" if decision.view_only else ""),
+        "scope": session.kind + (" view-only" if decision.view_only or session.view_only else ""),
     }

@@ -1,5 +1,6 @@
 """A files session's parts as ``FileDesk`` keeps them (``files.py``): its one SFTP
-channel to the PC, and each transfer as it goes."""
+channel to the PC, and each transfer as it goes (and its temporary file, when the
+PC stopped answering mid-upload, removed once it answers)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import asyncssh
 
 from allowhelp.broker.errors import Conflict
 from allowhelp.broker.model.session import Session
-from allowhelp.broker.sessions.sftpwire import remove_then_exit
+from allowhelp.broker.sessions.sftpwire import (
+    LATE_TIDY_TIMEOUT,
+    discard,
+    later,
+    remove_then_exit,
+)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Transfer:
     size: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     temp: str = ""  # an upload's temporary name
+    left: bool = False  # its temporary file may be on the PC still: the session's end removes it
 
     def add(self, data: bytes) -> None:
         self.digest.update(data)
@@ -56,3 +63,20 @@ def still_open(channel: FileChannel) -> None:
     """Refuse to go on once the session's end closed its file channel."""
     if channel.closed:
         raise Conflict("the session ended during the upload", code="files_closed")
+
+
+def tidy_later(
+    transfer: Transfer,
+    client: asyncssh.SFTPClient,
+    channel: FileChannel,
+    handle: asyncssh.SFTPClientFile | None,
+) -> None:
+    """An upload's temporary file on a PC that stopped answering: removed once it
+    answers (``LATE_TIDY_TIMEOUT`` at most), else by the session's end."""
+    transfer.left = True  # stays in ``channel.temps`` until it is gone
+
+    async def tidy() -> None:
+        if await discard(client, handle, transfer.temp, LATE_TIDY_TIMEOUT):
+            channel.temps.discard(transfer.temp)
+
+    later(tidy(), LATE_TIDY_TIMEOUT)

@@ -21,8 +21,16 @@ Rules:
 - an upload gets the replaced file's permission bits (0600 stays 0600), 0600
   for a new name; a session ending mid-upload removes its temporary file
   before the channel closes;
+- a view-only session (asked as such, ``Session.view_only``) takes no upload:
+  403 ``view_only`` before anything is recorded or sent (its sftp-server is ``-R``);
 - a file larger than ``max_file`` is refused (up front for a download; for an
-  upload up front when its Content-Length says so, else at the limit).
+  upload up front when its Content-Length says so, else at the limit);
+- every SFTP call has ``call_timeout`` seconds (a stream: each chunk): a PC that
+  does not answer in time (a stuck network mount) ends the request with 504
+  ``pc_not_answering`` (a transfer: ``files.transfer.failed`` with that reason),
+  and the session goes on (``sftpwire.bounded``);
+- a listing is whole or visibly not (``sftpwire.list_folder``): ``listing_cut``
+  when it breaks mid-way, a cut answer (no closing ``]``) past ``max_held``.
 """
 
 from __future__ import annotations
@@ -40,22 +48,30 @@ import asyncssh
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import (
+    AgentTimeout,
     AgentUnreachable,
     BadRequest,
     BrokerError,
     Conflict,
+    Forbidden,
     NotFound,
     TooLarge,
     TunnelError,
 )
 from allowhelp.broker.model.session import Session, State, Traffic
-from allowhelp.broker.sessions.filechannel import FileChannel, Transfer, still_open
+from allowhelp.broker.sessions.filechannel import FileChannel, Transfer, still_open, tidy_later
 from allowhelp.broker.sessions.filepaths import upload_names
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.sftpwire import (
+    CALL_TIMEOUT,
+    MAX_HELD,
+    SFTP_ERRORS,
+    bounded,
+    close_late,
     discard,
     download_size,
-    json_entries,
+    later,
+    list_folder,
     rename_onto,
     sftp_error,
     upload_mode,
@@ -83,12 +99,16 @@ class FileDesk:
         db: StoreWorker,
         *,
         max_file: int = MAX_FILE,
+        call_timeout: float = CALL_TIMEOUT,
+        max_held: int = MAX_HELD,
         notify: Notify | None = None,
     ) -> None:
         self._sessions = sessions
         self._audit = audit
         self._db = db
         self.max_file = max_file
+        self.call_timeout = call_timeout  # seconds for each SFTP call, each chunk
+        self.max_held = max_held  # a listing's entries read before its answer starts
         self._notify = notify
         self._channels: dict[str, FileChannel] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # channels' last steps as sessions end
@@ -153,23 +173,16 @@ class FileDesk:
     # listing
 
     async def listing(self, session_id: str, username: str, path: str) -> AsyncIterator[bytes]:
-        """The folder as a JSON array, streamed entry by entry (a huge folder never
-        sits in memory); errors (no such folder, a file, no right) before the first byte."""
+        """The folder as a JSON array: whole up to ``max_held`` entries (an error before
+        the first byte: no such folder, a file, no right, cut mid-way, the PC not
+        answering), streamed on past that (a cut then ends the answer short)."""
         session = self._session(session_id, username)
         client, _ = await self._client(session)  # session.started first, at the first request
         await self._audit.write(
             "files.listed", actor=f"technician:{username}", target=session_id,
             details={**session.summary(), "path": path},
         )  # fmt: skip
-        try:
-            attrs = await client.stat(path.encode())
-            if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
-                raise BadRequest(f"{path}: not a folder", code="not_a_folder")
-            entries = client.scandir(path.encode())
-            first = await anext(entries, None)
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            raise sftp_error(exc, path) from exc
-        return json_entries(first, entries, path)
+        return await list_folder(client, path, self.call_timeout, self.max_held)
 
     # download
 
@@ -181,11 +194,13 @@ class FileDesk:
         session = self._session(session_id, username)
         client, channel = await self._client(session)
         transfer = await self._started(Transfer(session, username, path, "download"))
-        size = await self._looked_at(transfer, download_size(client, path, self.max_file))
+        checks = download_size(client, path, self.max_file, self.call_timeout)
+        size = await self._looked_at(transfer, checks)
         self._tell(transfer, size, "started")
         try:
-            handle = await client.open(path.encode(), "rb")
-        except (asyncssh.Error, OSError, EOFError) as exc:
+            opening = client.open(path.encode(), "rb")
+            handle = await bounded(opening, self.call_timeout, path, close_late)
+        except (BrokerError, *SFTP_ERRORS) as exc:
             error = sftp_error(exc, path)
             await self._finished(transfer, error)
             raise error from exc
@@ -198,7 +213,8 @@ class FileDesk:
         path = transfer.path
         try:
             while transfer.size < size:
-                data = await handle.read(min(CHUNK, size - transfer.size), transfer.size)
+                reading = handle.read(min(CHUNK, size - transfer.size), transfer.size)
+                data = await bounded(reading, self.call_timeout, path)
                 if not isinstance(data, bytes) or not data:
                     break
                 transfer.add(data)
@@ -206,7 +222,7 @@ class FileDesk:
                 yield data
             if transfer.size != size:
                 error = Conflict(f"{path}: the file changed while it was read", code="changed")
-        except (asyncssh.Error, OSError, EOFError) as exc:
+        except (BrokerError, *SFTP_ERRORS) as exc:  # AgentTimeout: the PC stopped answering
             error = sftp_error(exc, path)
         except BaseException:  # the browser went away (cancelled): a cut download
             error = BrokerError(f"{path}: the download was cut after {transfer.size} bytes")
@@ -221,8 +237,13 @@ class FileDesk:
         self, transfer: Transfer, handle: asyncssh.SFTPClientFile, error: BrokerError | None
     ) -> None:
         """Close the file and write the end; shielded, as a browser gone away
-        cancels the response's task group again at every await (anyio)."""
+        cancels the response's task group again at every await (anyio). A PC that
+        stopped answering gets the close to do on its own, not waited for."""
         with anyio.CancelScope(shield=True):
+            if isinstance(error, AgentTimeout):
+                later(handle.close())
+                await self._finished(transfer, error)
+                return
             with (
                 anyio.move_on_after(CLOSE_TIMEOUT),
                 contextlib.suppress(asyncssh.Error, OSError, EOFError),
@@ -245,18 +266,25 @@ class FileDesk:
         ``declared`` size (Content-Length) over ``max_file`` is refused at once:
         nothing on the record, nothing asked of the PC."""
         session = self._session(session_id, username)
+        if session.view_only:  # the PC's sftp-server is read-only (-R) too
+            raise Forbidden(
+                "this files session is view only: nothing may be written to the PC",
+                code="view_only",
+            )
         if declared is not None and declared > self.max_file:
             raise TooLarge(f"uploads are limited to {self.max_file} bytes")
         client, channel = await self._client(session)
         folder, temp = upload_names(path, secrets.token_hex(6))
         transfer = await self._started(Transfer(session, username, path, "upload", temp=temp))
-        mode = await self._looked_at(transfer, upload_mode(client, path, folder))
+        checks = upload_mode(client, path, folder, self.call_timeout)
+        mode = await self._looked_at(transfer, checks)
         self._tell(transfer, 0, "started")
         channel.temps.add(temp)  # the session's end removes it if still there
         try:
             await self._write(transfer, client, channel, mode, body)
         finally:
-            channel.temps.discard(temp)
+            if not transfer.left:
+                channel.temps.discard(temp)
         return {"path": path, "size": transfer.size, "sha256": transfer.digest.hexdigest()}
 
     async def _write(
@@ -267,12 +295,15 @@ class FileDesk:
         mode: int,
         body: AsyncIterator[bytes],
     ) -> None:
-        path, temp = transfer.path, transfer.temp
+        path, temp, limit = transfer.path, transfer.temp, self.call_timeout
         try:  # O_EXCL: never someone's file; ``mode``: the bits of the file it replaces
             still_open(channel)
-            handle = await client.open(temp.encode(), "xb", asyncssh.SFTPAttrs(permissions=mode))
-        except (BrokerError, asyncssh.Error, OSError, EOFError) as exc:
-            refused = exc if isinstance(exc, BrokerError) else sftp_error(exc, path)
+            opening = client.open(temp.encode(), "xb", asyncssh.SFTPAttrs(permissions=mode))
+            handle = await bounded(opening, limit, path, close_late)
+        except (BrokerError, *SFTP_ERRORS) as exc:
+            refused = sftp_error(exc, path)
+            if isinstance(refused, AgentTimeout):  # the PC may make it yet
+                tidy_later(transfer, client, channel, None)
             await self._finished(transfer, refused)
             raise refused from exc
         error: BrokerError | None = None
@@ -281,24 +312,27 @@ class FileDesk:
                 still_open(channel)
                 if transfer.size + len(data) > self.max_file:
                     raise TooLarge(f"uploads are limited to {self.max_file} bytes")
-                await handle.write(data, transfer.size)
+                await bounded(handle.write(data, transfer.size), limit, path)
                 transfer.add(data)
                 channel.to_agent += len(data)
-            await handle.close()
+            await bounded(handle.close(), limit, path)
             still_open(channel)
-            await rename_onto(client, temp, path)
+            await rename_onto(client, temp, path, limit)
         except BrokerError as exc:
             error = exc
-        except (asyncssh.Error, OSError, EOFError) as exc:
+        except SFTP_ERRORS as exc:
             error = sftp_error(exc, path)
         except BaseException:  # the browser went away (ClientDisconnect, cancelled)
             cut = BadRequest(f"{path}: the upload was cut after {transfer.size} bytes")
             with anyio.CancelScope(shield=True):
-                await discard(client, handle, temp)
+                transfer.left = not await discard(client, handle, temp)
                 await self._finished(transfer, cut)
             raise
         if error is not None:
-            await discard(client, handle, temp)
+            if isinstance(error, AgentTimeout):  # not waited for: removed once the PC answers
+                tidy_later(transfer, client, channel, handle)
+            else:
+                transfer.left = not await discard(client, handle, temp)
             await self._finished(transfer, error)
             raise error
         await self._finished(transfer, None)

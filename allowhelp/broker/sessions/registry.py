@@ -39,7 +39,8 @@ from allowhelp.broker.sessions.consent import (
 )
 from allowhelp.broker.sessions.events import EventHub
 from allowhelp.broker.sessions.help import HelpDesk, format_code, normalise_code
-from allowhelp.broker.sessions.screenchoice import clean_monitor, screen_refusal
+from allowhelp.broker.sessions.refusals import cannot_ask
+from allowhelp.broker.sessions.screenchoice import clean_monitor
 from allowhelp.broker.store import Store
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
@@ -91,9 +92,14 @@ class SessionRegistry(SessionBook):
         help_code: str = "",
         ticket: object = "",
         monitor: object = "",
+        view_only: object = False,
     ) -> Session:
         if kind not in KINDS:
             raise BadRequest('kind must be "shell", "admin-shell", "screen" or "files"')
+        if not isinstance(view_only, bool) or (view_only and kind != "files"):
+            raise BadRequest(
+                "view_only: true or false, and asked for files only", code="bad_view_only"
+            )
         text = clean_reason(reason)
         picked = clean_monitor(kind, monitor)
         ticket_text = clean_text(ticket, "ticket", MAX_TICKET)
@@ -117,6 +123,7 @@ class SessionRegistry(SessionBook):
             language=live.language if live is not None else "en",  # the phrase's words
             ticket=ticket_text,
             monitor=picked,
+            view_only=view_only is True,
         )
         await self._audit.write(
             "session.requested",
@@ -170,9 +177,7 @@ class SessionRegistry(SessionBook):
         # Judged on this tunnel's Hello, so asked over it alone: after each await below
         # it must still be the agent's (``session_link``), never a newer one.
         link = live.link
-        refusal = _refusal(session, live.system, live.nobody_signed_in) or screen_refusal(
-            session, live
-        )
+        refusal = cannot_ask(session, live)
         if refusal is not None:  # nobody could answer: said now, not after the timeout
             reason, code, error = refusal
             await self._move(
@@ -285,7 +290,8 @@ class SessionRegistry(SessionBook):
                 State.ACTIVE if decision.granted else State.DENIED,
                 actor=user_actor(agent_id),
                 details=decision_details(session, decision),
-                view_only=decision.granted and decision.view_only,
+                # a files session asked as view only stays so, whatever the PC says
+                view_only=decision.granted and (decision.view_only or session.view_only),
             )
         except AuditUnavailable:
             # Not recorded, so not taken: the PC must not hold a grant the
@@ -370,23 +376,3 @@ class SessionRegistry(SessionBook):
             async with asyncio.timeout(SHUTDOWN_ROWS):
                 await self._rows.drain()
         await self._rows.close()
-
-
-def _refusal(
-    session: Session, system: bool, nobody_signed_in: bool
-) -> tuple[EndReason, str, str] | None:
-    """Why the PC cannot be asked at all: (end reason, error code, message)."""
-    if session.kind == "admin-shell" and not system:
-        return (
-            "unsupported",
-            "admin_shell_unsupported",
-            "this PC's agent runs per user: an administrator shell needs the machine "
-            "service (allowhelp-agent run --system)",
-        )
-    if nobody_signed_in:
-        return (
-            "nobody_signed_in",
-            "nobody_signed_in",
-            "nobody is signed in at this PC: there is nobody to allow it",
-        )
-    return None

@@ -3,6 +3,13 @@
 Kept apart from ``files.py`` (who may, audit, streaming): these only translate
 SFTP (asyncssh's client) into the broker's own errors and JSON, and do the few
 steps of an upload around its bytes (its mode, its rename, the tidying up).
+
+Every call to the PC has a time limit of its own (``bounded``, ``CALL_TIMEOUT``;
+for a stream, each chunk): a stuck network mount under the PC's sftp-server ends
+the request with ``AgentTimeout`` (504 ``pc_not_answering``), never holds it until
+the session ends. The call itself is left to finish on its own, not cancelled
+(asyncssh's own tidying up, such as a listing's close, would wait for the PC too);
+a file it opens late is closed when it comes.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncssh
 
 from allowhelp.broker.errors import (
+    AgentTimeout,
     AgentUnreachable,
     BadRequest,
     BrokerError,
@@ -27,12 +36,82 @@ from allowhelp.broker.errors import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 NEW_FILE_MODE = 0o600  # an upload to a new name: the PC user's alone
 TIDY_TIMEOUT = 5.0  # for removing a session's temporary files as it ends
+LATE_TIDY_TIMEOUT = 600.0  # for removing a temporary file once a PC that stopped answering does
+CALL_TIMEOUT = 30.0  # seconds the PC has for each SFTP call (a stream: for each chunk)
+MAX_HELD = 10_000  # a listing's entries held before its answer starts (then streamed)
+SFTP_ERRORS = (asyncssh.Error, OSError, EOFError)
+_left: set[asyncio.Future[Any]] = set()  # calls given up on, still waiting for the PC
 
 
-def sftp_error(exc: Exception, path: str) -> BrokerError:
+def not_answering(path: str, limit: float) -> AgentTimeout:
+    return AgentTimeout(f"{path}: the PC's file system did not answer in {limit:g} s")
+
+
+async def bounded(
+    call: Awaitable[T],
+    limit: float,
+    path: str,
+    late: Callable[[T], Awaitable[object]] | None = None,
+) -> T:
+    """``call``'s answer within ``limit`` seconds, else ``AgentTimeout``. A call
+    given up on (the limit, or the request cut) goes on alone; ``late`` gets what
+    it answers after all (a file opened late, to close it)."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), limit)
+    except TimeoutError:
+        _leave(task, late)
+        raise not_answering(path, limit) from None
+    except BaseException:
+        _leave(task, late)
+        raise
+
+
+def _leave(task: asyncio.Future[T], late: Callable[[T], Awaitable[object]] | None) -> None:
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # seen: asyncio does not log it as never retrieved
+        return
+    _left.add(task)
+
+    def answered(done: asyncio.Future[T]) -> None:
+        _left.discard(done)
+        if done.cancelled() or done.exception() is not None or late is None:
+            return
+        later(late(done.result()))
+
+    task.add_done_callback(answered)
+
+
+def later(step: Awaitable[object], wait: float = TIDY_TIMEOUT) -> None:
+    """A tidying step on the PC (close, remove) left to run on its own, at most
+    ``wait`` seconds (the session's end stops it sooner); it fails quietly."""
+    task = asyncio.ensure_future(_quietly(step, wait))
+    _left.add(task)
+    task.add_done_callback(_left.discard)
+
+
+async def _quietly(step: Awaitable[object], wait: float) -> None:
+    with contextlib.suppress(TimeoutError, *SFTP_ERRORS):
+        async with asyncio.timeout(wait):
+            await step
+
+
+async def close_late(handle: asyncssh.SFTPClientFile) -> None:
+    """A file the PC opened after the broker gave up on it: closed."""
+    await handle.close()
+
+
+def sftp_error(exc: BaseException, path: str) -> BrokerError:
     """What the PC said, as the broker's own error (one line, for the technician)."""
+    return exc if isinstance(exc, BrokerError) else _pc_error(exc, path)  # AgentTimeout: ours
+
+
+def _pc_error(exc: BaseException, path: str) -> BrokerError:
     if isinstance(exc, asyncssh.SFTPNoSuchFile):
         return NotFound(f"{path}: no such file or folder on the PC", code="no_such_file")
     if isinstance(exc, asyncssh.SFTPPermissionDenied):
@@ -44,26 +123,26 @@ def sftp_error(exc: Exception, path: str) -> BrokerError:
         if why.lower() == "failure":  # sftp-server says only this for ENOSPC, EISDIR, ...
             why = "the PC could not do it (disk full, or not a regular file?)"
         return Conflict(f"{path}: {why}", code="pc_refused")
-    if isinstance(exc, (asyncssh.Error, OSError, EOFError)):
+    if isinstance(exc, SFTP_ERRORS):
         return AgentUnreachable(f"{path}: the connection to the PC's files broke: {exc}")
     return BrokerError(str(exc))
 
 
-async def rename_onto(client: asyncssh.SFTPClient, temp: str, path: str) -> None:
+async def rename_onto(client: asyncssh.SFTPClient, temp: str, path: str, limit: float) -> None:
     """Onto the final name, replacing a file already there (POSIX rename when offered)."""
     try:
-        await client.posix_rename(temp.encode(), path.encode())
+        await bounded(client.posix_rename(temp.encode(), path.encode()), limit, path)
     except asyncssh.SFTPOpUnsupported:
         with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-            await client.remove(path.encode())
-        await client.rename(temp.encode(), path.encode())
+            await bounded(client.remove(path.encode()), limit, path)
+        await bounded(client.rename(temp.encode(), path.encode()), limit, path)
 
 
-async def download_size(client: asyncssh.SFTPClient, path: str, max_file: int) -> int:
+async def download_size(client: asyncssh.SFTPClient, path: str, max_file: int, limit: float) -> int:
     """The size of the regular file at ``path``, or why it cannot be downloaded."""
     try:
-        attrs = await client.stat(path.encode())
-    except (asyncssh.Error, OSError, EOFError) as exc:
+        attrs = await bounded(client.stat(path.encode()), limit, path)
+    except SFTP_ERRORS as exc:
         raise sftp_error(exc, path) from exc
     if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
         raise BadRequest(f"{path}: is a folder, not a file", code="is_a_folder")
@@ -75,34 +154,47 @@ async def download_size(client: asyncssh.SFTPClient, path: str, max_file: int) -
     return size
 
 
-async def upload_mode(client: asyncssh.SFTPClient, path: str, folder: str) -> int:
+async def upload_mode(client: asyncssh.SFTPClient, path: str, folder: str, limit: float) -> int:
     """The permission bits for an upload to ``path``: those of the file it replaces
     (0600 stays 0600), else ``NEW_FILE_MODE``; or why it may not be written (a
     folder there, or no folder to put it in)."""
     try:
         try:
-            attrs = await client.stat(path.encode())
+            attrs = await bounded(client.stat(path.encode()), limit, path)
         except asyncssh.SFTPNoSuchFile:
             attrs = None
         if attrs is not None and attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
             raise BadRequest(f"{path}: is a folder", code="is_a_folder")
-        if folder and not await client.isdir(folder.encode()):
+        if folder and not await bounded(client.isdir(folder.encode()), limit, folder):
             raise NotFound(f"{folder}: no such folder on the PC", code="no_such_folder")
-    except (asyncssh.Error, OSError, EOFError) as exc:
+    except SFTP_ERRORS as exc:
         raise sftp_error(exc, path) from exc
     if attrs is None or attrs.permissions is None:
         return NEW_FILE_MODE
     return attrs.permissions & 0o777  # never set-user-ID and the like
 
 
-async def discard(client: asyncssh.SFTPClient, handle: asyncssh.SFTPClientFile, temp: str) -> None:
-    """Close and remove a cut upload's temporary file, as far as the PC lets."""
+async def discard(
+    client: asyncssh.SFTPClient,
+    handle: asyncssh.SFTPClientFile | None,
+    temp: str,
+    wait: float = TIDY_TIMEOUT,
+) -> bool:
+    """Close and remove a cut upload's temporary file, as far as the PC lets
+    (``wait`` seconds at most): whether it is gone."""
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(TIDY_TIMEOUT):
-            with contextlib.suppress(asyncssh.Error, OSError, EOFError):
-                await handle.close()
-            with contextlib.suppress(asyncssh.Error, OSError, EOFError):
+        async with asyncio.timeout(wait):
+            if handle is not None:
+                with contextlib.suppress(*SFTP_ERRORS):
+                    await handle.close()
+            try:
                 await client.remove(temp.encode())
+            except asyncssh.SFTPNoSuchFile:
+                return True
+            except SFTP_ERRORS:
+                return False
+            return True
+    return False
 
 
 async def remove_then_exit(client: asyncssh.SFTPClient, temps: set[str]) -> None:
@@ -131,31 +223,84 @@ def entry_type(attrs: asyncssh.SFTPAttrs) -> str:
     }.get(attrs.type or 0, "other")
 
 
-async def json_entries(
-    first: asyncssh.SFTPName | None, rest: AsyncIterator[asyncssh.SFTPName], path: str
+def entry_json(entry: asyncssh.SFTPName) -> bytes | None:
+    """One listing entry as JSON (None for ``.`` and ``..``)."""
+    raw = entry.filename
+    name_bytes = raw if isinstance(raw, bytes) else raw.encode()
+    if name_bytes in (b".", b".."):
+        return None
+    item: dict[str, object] = {
+        "name": name_bytes.decode("utf-8", "replace"),
+        "type": entry_type(entry.attrs),
+        "size": entry.attrs.size,
+        "mtime": entry.attrs.mtime,
+    }
+    try:
+        name_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        item["name_not_utf8"] = True  # shown; cannot be asked for by this name
+    return json.dumps(item, ensure_ascii=False).encode()
+
+
+def listing_cut(exc: BaseException, path: str, count: int) -> BrokerError:
+    """A listing that broke after ``count`` entries: ``listing_cut``, with what broke
+    (504 when the PC stopped answering, as ``pc_not_answering``)."""
+    error = sftp_error(exc, path)
+    why = f"{path}: the listing is incomplete, cut after {count} entries: {error.message}"
+    return type(error)(why, code="listing_cut")
+
+
+async def list_folder(
+    client: asyncssh.SFTPClient, path: str, limit: float, max_held: int = MAX_HELD
 ) -> AsyncIterator[bytes]:
-    yield b"["
-    comma = b""
-    entry = first
-    while entry is not None:
-        raw = entry.filename
-        name_bytes = raw if isinstance(raw, bytes) else raw.encode()
-        if name_bytes not in (b".", b".."):
-            item: dict[str, object] = {
-                "name": name_bytes.decode("utf-8", "replace"),
-                "type": entry_type(entry.attrs),
-                "size": entry.attrs.size,
-                "mtime": entry.attrs.mtime,
-            }
-            try:
-                name_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                item["name_not_utf8"] = True  # shown; cannot be asked for by this name
-            yield comma + json.dumps(item, ensure_ascii=False).encode()
-            comma = b","
+    """The folder as a JSON array. Up to ``max_held`` entries are read before the
+    answer starts: a folder that size or smaller is whole, or an error (no such
+    folder, a file, no right; ``listing_cut`` when it broke mid-way). A larger one
+    streams on, and a cut after that ends the answer without its ``]`` and drops
+    the connection: never a well-formed array that is not the whole folder."""
+    try:
+        attrs = await bounded(client.stat(path.encode()), limit, path)
+        if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
+            raise BadRequest(f"{path}: not a folder", code="not_a_folder")
+        entries = client.scandir(path.encode())
+    except SFTP_ERRORS as exc:
+        raise sftp_error(exc, path) from exc
+    held: list[bytes] = []
+    read = False  # anything of the folder yet (its "." comes first)
+    while len(held) < max(max_held, 1):
         try:
-            entry = await anext(rest, None)
-        except (asyncssh.Error, OSError, EOFError) as exc:
-            log.error("listing of %s cut: %s", path, exc)
+            entry = await bounded(anext(entries, None), limit, path)
+        except (AgentTimeout, *SFTP_ERRORS) as exc:
+            if not read:  # the folder could not be opened or read at all
+                raise sftp_error(exc, path) from exc
+            raise listing_cut(exc, path, len(held)) from exc
+        if entry is None:
+            return _whole(held)
+        read = True
+        if (item := entry_json(entry)) is not None:
+            held.append(item)
+    return _streamed(held, entries, path, limit)
+
+
+async def _whole(held: list[bytes]) -> AsyncIterator[bytes]:
+    yield b"[" + b",".join(held) + b"]"
+
+
+async def _streamed(
+    held: list[bytes], entries: AsyncIterator[asyncssh.SFTPName], path: str, limit: float
+) -> AsyncIterator[bytes]:
+    yield b"[" + b",".join(held)
+    count = len(held)
+    while True:
+        try:
+            entry = await bounded(anext(entries, None), limit, path)
+        except (AgentTimeout, *SFTP_ERRORS) as exc:
+            error = listing_cut(exc, path, count)
+            log.error("%s (the answer is cut short)", error)
+            raise error from exc  # the answer ends without its "]"
+        if entry is None:
             break
+        if (item := entry_json(entry)) is not None:
+            count += 1
+            yield b"," + item
     yield b"]"

@@ -61,6 +61,7 @@ class LiveAgent:
     invites: bool = False  # it takes invitations into running sessions (Hello ``invites``)
     nodes: bool = False  # it takes nodes.list, to fail over (Hello ``nodes``, node/peers.py)
     all_monitors: bool = False  # it shows every monitor at once (Hello ``all_monitors``)
+    files_view_only: bool = False  # it runs a view-only files grant read-only
 
     bell: Bell | None = None  # its doorbell stream, if one stands
     greeted: bool = False  # its SSH link said hello (a woken agent is asked after that)
@@ -98,6 +99,7 @@ class LiveAgent:
         self.jobs = message.jobs
         self.chat = message.chat
         self.invites = message.invites
+        self.files_view_only = message.files_view_only
         self.nodes = message.nodes
         self.all_monitors = message.all_monitors
         self.user = plain_text(message.user, 64)

@@ -69,8 +69,9 @@ async function send(event) {
     field(form, "reason").focus();
     return;
   }
-  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string, ticket?: string, monitor?: string}} */
+  /** @type {{agent_id: string, kind: string, reason: string, help_code?: string, ticket?: string, monitor?: string, view_only?: boolean}} */
   const body = { agent_id: target.id, kind: kindRadios().value, reason };
+  if (body.kind === "files-view") Object.assign(body, { kind: "files", view_only: true }); // read-only SFTP
   if (body.kind === "screen" && !$("request-monitor-row").hidden) body.monitor = monitorSelect().value;
   const ticket = field(form, "ticket").value.trim();
   if (ticket) body.ticket = ticket;

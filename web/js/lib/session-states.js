@@ -125,6 +125,7 @@ const KINDS = {
 /** @param {Session} session "Shell", "Screen" or "Screen (view only)" */
 export function kindLabel(session) {
   const { label } = KINDS[session.kind] || KINDS.shell;
+  if (session.kind === "files" && session.view_only) return t("kind.files_view_only");
   return session.kind === "screen" && session.view_only ? t("kind.screen_view_only") : t(label);
 }
 

@@ -3,7 +3,7 @@
 // user sees them), downloads and uploads with their progress, and the chat and
 // notes. Names come from the PC: shown with textContent, sent back as data.
 
-import { apiStream, csrfToken, errorMessage } from "../lib/api.js";
+import { ApiError, apiStream, csrfToken, errorMessage } from "../lib/api.js";
 import { $, fullTime, plain } from "../lib/dom.js";
 import { locale, t } from "../lib/i18n.js";
 import { runSessionPage, sessionPath } from "../lib/session-page.js";
@@ -55,18 +55,33 @@ function transferDone(text) {
   $("transfer-progress", HTMLProgressElement).hidden = true;
 }
 
+/**
+ * A folder's entries, or why not. A listing is whole or fails: the broker answers
+ * listing_cut when the PC's answer broke mid-way, and a long folder's answer that
+ * breaks after it started ends without its "]" (the body is then no JSON).
+ * @param {string} folder
+ * @returns {Promise<Entry[]>}
+ */
+async function entriesOf(folder) {
+  const response = await apiStream(`${sessionPath}/files?path=${encodeURIComponent(folder)}`);
+  const entries = await response.json().catch(() => null);
+  if (!Array.isArray(entries)) throw new ApiError(response.status, "listing_cut", t("files.connection_broke"));
+  return entries;
+}
+
 async function list() {
   const folder = $("path", HTMLInputElement).value.trim() || ".";
   $("files-error").textContent = "";
   try {
-    const response = await apiStream(`${sessionPath}/files?path=${encodeURIComponent(folder)}`);
-    /** @type {Entry[]} */
-    const entries = await response.json();
+    const entries = await entriesOf(folder);
     entries.sort((a, b) => (a.type === "dir" ? 0 : 1) - (b.type === "dir" ? 0 : 1) || a.name.localeCompare(b.name));
     $("entries").replaceChildren(...entries.map((entry) => row(folder, entry)));
     $("up", HTMLButtonElement).disabled = folder === "." || folder === "/";
   } catch (error) {
-    $("files-error").textContent = errorMessage(error);
+    const cut = error instanceof ApiError && error.code === "listing_cut";
+    if (cut) $("entries").replaceChildren(); // never a part of the folder shown as all of it
+    $("files-error").textContent = cut ? t("files.listing_incomplete") : errorMessage(error);
+    $("files-error").title = cut ? plain(error.message, 300) : "";
   }
 }
 
@@ -182,6 +197,9 @@ runSessionPage({
     showNotes(session);
     if (shown) return;
     shown = true;
+    const viewOnly = session.kind === "files" && Boolean(session.view_only); // the broker refuses uploads too
+    $("upload-row").hidden = viewOnly;
+    $("view-only-note").hidden = !viewOnly;
     $("notice").hidden = true;
     $("files").hidden = false;
     $("side").hidden = false;

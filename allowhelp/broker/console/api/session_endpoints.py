@@ -58,6 +58,7 @@ async def create(request: Request) -> Response:
         help_code=help_code if isinstance(help_code, str) else "",
         ticket=body.get("ticket", ""),
         monitor=body.get("monitor", ""),
+        view_only=body.get("view_only", False),
     )
     return JSONResponse(session.to_json(), status_code=201)
 

@@ -1,0 +1,262 @@
+"""A PC whose file system stops answering: each files request ends within its limit.
+
+The same real pieces as ``test_files.py`` (a broker, the user's agent run as a
+local user, OpenSSH's sftp-server). The broker runs with ``--files-timeout 2``. The
+PC "stops answering" the way a stuck network mount makes it: its sftp-server
+stopped (SIGSTOP), so a call waits for an answer that does not come. (A FIFO would
+block sftp-server's open too, but the broker's stat refuses one as "not a regular
+file" before it is opened.) Every request then ends with 504 ``pc_not_answering``
+within the limit, a transfer is on the record as failed with that reason, and the
+session works again once the PC answers (SIGCONT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from machinekit import CAN_RUN, WHY_NOT
+from userkit import UserAgent, user_agent_online, user_path
+
+from allowhelp.broker.settings import BrokerSettings
+from harness import TECH, TECH_PW, Broker, Desk, broker_cli, wait_for
+
+USER = "ahslow"
+LIMIT = 2  # --files-timeout, seconds
+MARGIN = 4  # for the machine (2 cores shared), not for the PC
+MIB = 1024 * 1024
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
+
+
+@pytest.fixture(scope="module")
+def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserAgent]]:
+    args = ("--files-timeout", str(LIMIT))
+    with user_agent_online(tmp_path_factory.mktemp("slow"), USER, args) as made:
+        yield made
+
+
+@pytest.fixture
+def session(pc: tuple[Broker, UserAgent]) -> Iterator[tuple[Desk, str]]:
+    broker, agent = pc
+    desk = Desk.login(broker, TECH, TECH_PW)
+    answer = desk.request(agent.agent_id, "files", "a slow PC")
+    assert answer.status_code == 201, answer.text
+    session_id: str = answer.json()["id"]
+    agent.wait_pending(session_id)
+    assert agent.cli("allow", session_id).returncode == 0
+    desk.wait_state(session_id, "active")
+    listed = desk.client.get(listing_url(session_id), params={"path": "."})  # the channel open
+    assert listed.status_code == 200, listed.text
+    yield desk, session_id
+    desk.close()
+
+
+def listing_url(session_id: str) -> str:
+    return f"/api/v1/sessions/{session_id}/files"
+
+
+def files_url(session_id: str) -> str:
+    return f"/api/v1/sessions/{session_id}/files/content"
+
+
+def transfers(broker: Broker, session_id: str, kind: str, path: str) -> list[dict[str, Any]]:
+    done = broker_cli("audit", "export", "--data", str(broker.data))
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    return [
+        r["details"]
+        for r in records
+        if r["target"] == session_id and r["type"] == kind and r["details"].get("path") == path
+    ]
+
+
+def as_user(code: str) -> None:
+    subprocess.run(["runuser", "-u", USER, "--", "/usr/bin/python3", "-c", code], check=True)
+
+
+def leftovers() -> list[str]:
+    return [p.name for p in user_path(USER).iterdir() if ".allowhelp-" in p.name]
+
+
+@contextmanager
+def pc_not_answering() -> Iterator[None]:
+    """The user's sftp-server stopped for the block (a stuck mount under it), then let go."""
+    found = subprocess.run(
+        ["pgrep", "-u", USER, "-x", "sftp-server"], capture_output=True, check=False
+    )
+    pids = [int(pid) for pid in found.stdout.split()]
+    assert pids, "no sftp-server of the user's running"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def not_answering(answer: httpx.Response | str) -> None:
+    """The answer is 504 pc_not_answering, saying how long the PC had."""
+    if isinstance(answer, httpx.Response):
+        assert answer.status_code == 504, answer.text
+        body = answer.json()
+    else:
+        assert answer.startswith("HTTP/1.1 504"), answer[:300]
+        body = json.loads(answer[answer.index("\r\n\r\n") + 4 :])
+    assert body["error"] == "pc_not_answering"
+    assert f"the PC's file system did not answer in {LIMIT} s" in body["message"]
+
+
+def still_works(desk: Desk, session_id: str) -> None:
+    """Once the PC answers again, the same session lists, uploads and downloads."""
+    listed = desk.client.get(listing_url(session_id), params={"path": "."})
+    assert listed.status_code == 200, listed.text
+    put = desk.client.put(files_url(session_id), params={"path": "after.txt"}, content=b"ok")
+    assert put.status_code == 201, put.text
+    got = desk.client.get(files_url(session_id), params={"path": "after.txt"})
+    assert got.status_code == 200 and got.content == b"ok"
+
+
+# 1. a listing, and a download, whose first call the PC does not answer
+
+
+def test_a_listing_the_pc_does_not_answer_ends_with_504(session: tuple[Desk, str]) -> None:
+    desk, session_id = session
+    with pc_not_answering():
+        started = time.monotonic()
+        answer = desk.client.get(listing_url(session_id), params={"path": "."}, timeout=60)
+        took = time.monotonic() - started
+    not_answering(answer)
+    assert LIMIT <= took < LIMIT + MARGIN
+    still_works(desk, session_id)
+
+
+def test_a_download_the_pc_does_not_answer_ends_with_504_on_the_record(
+    pc: tuple[Broker, UserAgent], session: tuple[Desk, str]
+) -> None:
+    broker, _ = pc
+    desk, session_id = session
+    as_user(f"open({str(user_path(USER, 'slow.txt'))!r}, 'w').write('slow')")
+    with pc_not_answering():
+        started = time.monotonic()
+        answer = desk.client.get(files_url(session_id), params={"path": "slow.txt"}, timeout=60)
+        took = time.monotonic() - started
+    not_answering(answer)
+    assert took < LIMIT + MARGIN
+    failed = wait_for(
+        lambda: transfers(broker, session_id, "files.transfer.failed", "slow.txt"),
+        20,
+        "the download's failure on the record",
+    )
+    assert failed[0]["ok"] is False and f"did not answer in {LIMIT} s" in failed[0]["error"]
+    still_works(desk, session_id)
+
+
+# 2. a download the PC stops answering mid-stream: cut short, on the record
+
+
+def test_a_download_the_pc_stops_answering_mid_way_is_cut_and_recorded(
+    pc: tuple[Broker, UserAgent], session: tuple[Desk, str]
+) -> None:
+    broker, _ = pc
+    desk, session_id = session
+    big = str(user_path(USER, "big.bin"))
+    size = 256 * MIB
+    as_user(f"import os; open({big!r}, 'wb').close(); os.truncate({big!r}, {size})")
+    got = 0
+    started = time.monotonic()
+    with (
+        pytest.raises(httpx.HTTPError),
+        desk.client.stream(
+            "GET", files_url(session_id), params={"path": "big.bin"}, timeout=60
+        ) as answer,
+    ):
+        assert answer.status_code == 200
+        chunks = answer.iter_raw()
+        got += len(next(chunks))
+        with pc_not_answering():
+            started = time.monotonic()
+            for chunk in chunks:
+                got += len(chunk)
+    assert time.monotonic() - started < LIMIT + MARGIN
+    assert got < size
+    failed = wait_for(
+        lambda: transfers(broker, session_id, "files.transfer.failed", "big.bin"),
+        20,
+        "the cut download on the record",
+    )
+    assert failed[0]["ok"] is False and f"did not answer in {LIMIT} s" in failed[0]["error"]
+    assert failed[0]["size"] < size
+    still_works(desk, session_id)
+
+
+# 3. an upload the PC stops answering mid-stream: 504, and no temporary file left
+
+
+def raw_tls(broker: Broker) -> tuple[socket.socket, ssl.SSLSocket]:
+    url = urlsplit(broker.url)
+    raw = socket.create_connection((url.hostname or "", url.port or 443))
+    return raw, broker.ssl_context().wrap_socket(raw, server_hostname=url.hostname)
+
+
+def read_answer(tls: ssl.SSLSocket) -> str:
+    data = b""
+    while not data.rstrip().endswith(b"}"):
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def test_an_upload_the_pc_stops_answering_ends_with_504_and_leaves_nothing(
+    pc: tuple[Broker, UserAgent], session: tuple[Desk, str]
+) -> None:
+    broker, _ = pc
+    desk, session_id = session
+    raw, tls = raw_tls(broker)
+    with raw, tls:
+        head = (
+            f"PUT {files_url(session_id)}?path=up.bin HTTP/1.1\r\n"
+            f"Host: {urlsplit(broker.url).netloc}\r\nCookie: {desk.cookie_header()}\r\n"
+            f"X-CSRF-Token: {desk.csrf}\r\nContent-Length: {8 * MIB}\r\n\r\n"
+        ).encode()
+        tls.sendall(head + secrets.token_bytes(MIB))
+        wait_for(leftovers, 20, "the upload's temporary file")
+        with pc_not_answering():
+            started = time.monotonic()
+            tls.sendall(secrets.token_bytes(MIB))
+            tls.settimeout(LIMIT + MARGIN)
+            answer = read_answer(tls)
+            took = time.monotonic() - started
+    not_answering(answer)
+    assert took < LIMIT + MARGIN
+    wait_for(lambda: not leftovers(), 20, "the temporary file removed once the PC answers")
+    assert not user_path(USER, "up.bin").exists()
+    failed = wait_for(
+        lambda: transfers(broker, session_id, "files.transfer.failed", "up.bin"),
+        20,
+        "the cut upload on the record",
+    )
+    assert f"did not answer in {LIMIT} s" in failed[0]["error"]
+    still_works(desk, session_id)
+
+
+def test_the_files_timeout_is_checked(tmp_path: Path) -> None:
+    assert BrokerSettings.build(tmp_path).files_timeout == 30.0
+    for wrong in (0.5, 601):
+        with pytest.raises(ValueError, match="files-timeout"):
+            BrokerSettings.build(tmp_path, files_timeout=wrong)
