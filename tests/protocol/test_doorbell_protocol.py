@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from allowhelp.protocol.control import LIMITS, MESSAGE_TYPES, DoorbellKey, Hello, decode, hello_from
+from allowhelp.protocol.control import MESSAGE_TYPES, DoorbellKey, Hello, decode, hello_from
+from allowhelp.protocol.control_limits import LIMITS
 from allowhelp.protocol.hostile_json import ProtocolError
 
 
