@@ -45,7 +45,7 @@ from allowhelp.protocol.control import (
     SessionEnd,
 )
 from allowhelp.protocol.kinds import EndReason, Via
-from allowhelp.protocol.text import digits_of, plain_text
+from allowhelp.protocol.text import digits_of, format_code, plain_text
 
 if TYPE_CHECKING:
     from allowhelp.agent.inventory import InventoryReporter
@@ -209,10 +209,11 @@ class AgentService:
             username=plain_text(request.username, 64),
         )
         owner, refusal = self._owner_for(request)
-        code = digits_of(request.help_code)
-        if code and not self.asked_help.said_to(code, owner, shared=self.system):
+        code = digits_of(request.help_code)  # shown as this PC reads it, or not at all
+        shown = bool(code) and self.asked_help.said_to(code, owner, shared=self.system)
+        if request.help_code and not shown:
             log.warning("session=%s: its help code was not asked by this user", request.session_id)
-            request = replace(request, help_code="")
+        request = replace(request, help_code=format_code(code) if shown else "")
         if refusal is not None:
             log.warning("session=%s refused at once: %s", request.session_id, refusal)
             if self._send is not None:

@@ -23,6 +23,11 @@ def digits_of(text: str) -> str:
     return "".join(ch for ch in text if ascii_digits(ch))
 
 
+def format_code(digits: str) -> str:
+    """A help code as the user reads it: "123 456"."""
+    return f"{digits[:3]} {digits[3:]}"
+
+
 def plain_text(value: object, limit: int) -> str:
     if not isinstance(value, str):
         return ""

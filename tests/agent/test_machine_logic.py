@@ -197,6 +197,17 @@ def test_you_asked_for_help_is_said_only_to_the_user_who_asked(tmp_path: Path) -
     assert "You asked for help" not in unknown
 
 
+def test_a_help_code_is_said_as_this_pc_reads_it(tmp_path: Path) -> None:
+    """A broker (or a stolen key) sending a code with no digits, or with words after
+    the asker's digits, gets no line of its own onto a shared PC's prompt."""
+    signed_in = [1001]
+    service = _machine_service(signed_in, tmp_path)
+    _ask_help(service, 1001, "123 456")
+    lettered, worded = _prompts(service, signed_in, (1001, "abc"), (1001, "123456 ring Bob"))
+    assert "You asked for help" not in lettered
+    assert "You asked for help (code 123 456)." in worded and "Bob" not in worded
+
+
 def test_who_asked_for_help_outlives_the_agent(tmp_path: Path) -> None:
     """The doorbell's next full agent, or a restarted service, still knows whose code
     it is: kept in the machine service's folder, root's alone."""

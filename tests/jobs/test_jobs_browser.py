@@ -7,11 +7,13 @@ Screenshots land in test-artifacts/jobs/.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from jobkit import create, enrolled_machine, opt_in, start, stop
+from jobkit import create, enrolled_machine, opt_in, result_of, start, stop
 from machinekit import CAN_RUN, WHY_NOT, Machine
 
 from browserkit import ARTIFACTS, chromium, logged_in_page
@@ -135,4 +137,39 @@ async def test_a_job_cancelled_after_its_approval_reads_cancelled(
             assert problems == []
     finally:
         start(machine, admin)
+        admin.close()
+
+
+async def test_a_cancelled_job_its_pc_had_reads_done_once_it_answers(
+    pc: tuple[Broker, Machine], tmp_path: Path
+) -> None:
+    """Cancelled while its PC runs it: it reads cancelled, then, once the PC answers
+    late (its result kept), done, as the broker says (docs/jobs.md), live on the page."""
+    broker, machine = pc
+    admin = Desk.login(broker, ADMIN, ADMIN_PW)
+    began = tmp_path / "began"
+    try:
+        made = create(
+            admin,
+            targets=[machine.agent_id],
+            action="script",
+            script=f"touch {began}; sleep 4",
+            reason="runs a while",
+        )
+        async with chromium() as browser:
+            page, problems = await logged_in_page(browser, broker, ADMIN, ADMIN_PW)
+            page.set_default_timeout(30_000)
+            await page.goto(broker.url + "/#jobs")
+            await page.reload()
+            await page.locator("#live[data-state=live]").wait_for()
+            row = page.locator(f'tr[data-job="{made["id"]}"]')
+            await asyncio.to_thread(wait_for, began.exists, 30, "the PC to run the job")
+            await row.get_by_role("button", name="Cancel").click()
+            await page.locator("#confirm-ok", has_text="Cancel the job").click()
+            await row.locator(".badge", has_text="cancelled").wait_for()
+            await row.locator(".badge", has_text="done").wait_for()  # the late answer
+            assert result_of(admin, made["id"], machine.agent_id)["state"] == "succeeded"
+            assert admin.client.get(f"/api/v1/jobs/{made['id']}").json()["state"] == "done"
+            assert problems == []
+    finally:
         admin.close()

@@ -10,11 +10,12 @@ live row of ``broker_nodes`` (a console certificate, or anything else the CA
 signed, names none); otherwise it is closed and ``node.peer_refused`` audited.
 
 What a node may ask is the console's own API, narrowed to the relayed routes (a
-session asked; a running one's end, notes, files, chat, invitations, terminal and
-screen), served by this node's console app with the technician's own cookie and CSRF
-header: the login, the technician's rights (or an invitee's allowed invitation), the
-consent gate, the one attach path, the recording and the audit are exactly those of
-a local technician. Nothing is relayed again.
+session asked; a running one's page, end, notes, files, chat, invitations, terminal
+and screen; the caller's invitations on this node, for a session list), served by
+this node's console app with the technician's own cookie and CSRF header: the
+login, the technician's rights (or an invitee's allowed invitation), the consent
+gate, the one attach path, the recording and the audit are exactly those of a
+local technician. Nothing is relayed again.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ _SESSION = r"/api/v1/sessions/[A-Za-z0-9_-]{8,64}"
 RELAYED = {
     "http": re.compile(
         rf"POST (/api/v1/sessions|{_SESSION}/(end|messages|invite))|PATCH {_SESSION}"
-        rf"|GET (/api/v1/sessions|{_SESSION})"  # a node asks: invitations only (#18)
+        # the caller's invitee views (a list asked by a node), and one session's page
+        rf"|GET (/api/v1/sessions|{_SESSION})"
         rf"|GET {_SESSION}/(files|files/content|messages|invites)|PUT {_SESSION}/files/content"
         rf"|DELETE {_SESSION}/invite/[^/]{{1,64}}"
     ),

@@ -136,6 +136,11 @@ async def _body(
                 with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
                     await asyncio.wait_for(_until_closed(reader), READ_TIMEOUT)
                 return
+    except BaseException:
+        # Cut short (an error, a reader gone, a caller's deadline): no TLS goodbye to
+        # wait for, which a stalled node would hold for asyncio's 30 s.
+        writer.transport.abort()
+        raise
     finally:
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):

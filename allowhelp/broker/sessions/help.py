@@ -21,7 +21,7 @@ from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import HelpCode, HelpRefused, HelpRequest, Message
-from allowhelp.protocol.text import digits_of, plain_text
+from allowhelp.protocol.text import digits_of, format_code, plain_text
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ REFUSALS = {
     ),
     "store_unavailable": "the help desk's database is unavailable: try again in a minute",
 }
-
-
-def format_code(digits: str) -> str:
-    return f"{digits[:3]} {digits[3:]}"
 
 
 def normalise_code(code: str) -> str:

@@ -38,7 +38,7 @@ from allowhelp.broker.sessions.consent import (
     decision_details,
 )
 from allowhelp.broker.sessions.events import EventHub
-from allowhelp.broker.sessions.help import HelpDesk, format_code, normalise_code
+from allowhelp.broker.sessions.help import HelpDesk, normalise_code
 from allowhelp.broker.sessions.refusals import cannot_ask
 from allowhelp.broker.sessions.screenchoice import clean_monitor
 from allowhelp.broker.store import Store
@@ -47,6 +47,7 @@ from allowhelp.broker.tunnel.agents import AgentRegistry
 from allowhelp.broker.tunnel.link import AgentLink
 from allowhelp.protocol.control import ConsentDecision, SessionEnd
 from allowhelp.protocol.kinds import KINDS, TERMINAL_KINDS, EndReason, Kind
+from allowhelp.protocol.text import format_code
 
 log = logging.getLogger(__name__)
 

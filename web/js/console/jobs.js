@@ -114,7 +114,9 @@ export function jobEvent(event) {
     if (job && job.results) {
       job.results = job.results.map((r) => (r.agent_id === event.result.agent_id ? { ...r, ...event.result } : r));
       const waiting = job.results.some((r) => r.state === "pending");
-      if (job.state !== "cancelled") job.state = waiting ? "running" : over(job.results);
+      // a PC that had it before the cancel answers late: its result replaces "cancelled"
+      if (!waiting) job.state = over(job.results);
+      else if (job.state !== "cancelled") job.state = "running";
     } else {
       loadOne(event.job_id).then(renderJobs).catch(() => {});
     }

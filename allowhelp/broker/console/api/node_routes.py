@@ -85,7 +85,11 @@ async def invited_elsewhere(request: Request, actor: str) -> list[dict[str, obje
     route = _route(request)
     if route is None:
         return []
-    peers = await route.session_peers()
+    try:
+        peers = await route.session_peers()
+    except BrokerError as exc:  # this node's own rows are listed all the same
+        log.warning("the nodes running sessions are not known now: %s", exc)
+        return []
     found = await asyncio.gather(*(_invited_at(request, route, node, actor) for node in peers))
     return [view for views in found for view in views]
 
@@ -96,7 +100,7 @@ async def _invited_at(
     try:
         return await asyncio.wait_for(_ask_invited(request, route, node, actor), INVITED_WAIT)
     except (BrokerError, TimeoutError, ValueError) as exc:
-        log.warning("node %s did not list its invitations: %s", node.id, exc or "timed out")
+        log.warning("node %s did not list its invitations: %s", node.id, str(exc) or "timed out")
         return []
 
 
@@ -118,12 +122,25 @@ async def _ask_invited(
             await close()
     if answer.status != 200:
         raise ValueError(f"HTTP {answer.status}")
-    views = json.loads(text)
+    return invitee_views_of(bytes(text))
+
+
+def invitee_views_of(text: bytes) -> list[dict[str, object]]:
+    """Another node's invitee views, or ValueError: a list of JSON objects with an id,
+    nothing JSONResponse could not send again (NaN) nor nested past Python's stack."""
+    try:
+        views = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
     if not isinstance(views, list) or not all(
         isinstance(v, dict) and isinstance(v.get("id"), str) for v in views
     ):
         raise ValueError("not a list of sessions")
     return views
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} in a node's answer")
 
 
 async def _forward(
