@@ -27,6 +27,17 @@ from harness import Broker, Fleet, staffed_broker
 from pgkit import Cluster, make_cluster
 
 
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A fleet folder of one test (its brokers and agents stopped after); modules that
+    need another define their own."""
+    fleet = Fleet(tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
 @pytest.fixture(scope="module")
 def staffed(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest

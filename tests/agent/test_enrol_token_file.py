@@ -15,7 +15,6 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ from harness import ADMIN, ADMIN_PW, PY, Broker, Fleet, agent_cli, wait_for
 
 SCRIPT = Path(__file__).resolve().parents[2] / "packaging/files/enroll-from-token-file"
 SYSTEM_CONFIG = Path("/etc/allowhelp/agent")
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 @pytest.fixture

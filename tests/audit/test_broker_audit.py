@@ -15,15 +15,6 @@ import pytest
 from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Fleet, audit_locked, broker_cli
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
-
-
 def count(db: Path, sql: str) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute(sql).fetchone()[0])

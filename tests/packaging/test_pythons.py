@@ -14,7 +14,6 @@ import glob
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,15 +61,6 @@ def environment(unpacked: Path, package: str, version: str, python: Path, into: 
     assert pth.read_text() == f"/opt/allowhelp/{package}/common\n"
     pth.write_text(f"{home / 'common'}\n")
     return env / "bin" / "python3"
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 @pytest.mark.parametrize(("package", "version"), CASES)

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncssh
 import pytest
@@ -16,13 +15,6 @@ import pytest
 from allowhelp.certs import ssh_options
 from harness import ADMIN, ADMIN_PW, Agent, Broker, Fleet, online, wait_for
 from netkit import CuttableProxy, dial_only, port_of
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def enrolled(fleet: Fleet) -> tuple[Broker, Agent]:
