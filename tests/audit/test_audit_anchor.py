@@ -32,15 +32,6 @@ from harness import ADMIN, ADMIN_PW, Desk, Fleet, broker_cli, wait_for
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
-
-
-@pytest.fixture
 def collector(tmp_path: Path) -> Iterator[Collector]:
     collector = Collector(tmp_path / "collector.log")
     yield collector

@@ -26,18 +26,9 @@ from allowhelp.broker.audit.anchor import (
 )
 from allowhelp.broker.audit.chain import read_head
 from allowhelp.broker.audit.codes import EVENT_CODES
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Fleet, broker_cli, wait_for
+from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, Fleet, broker_cli, wait_for
 
 WARNING_PRI = str(10 * 8 + 4)  # authpriv.warning
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 @pytest.fixture
@@ -105,14 +96,26 @@ def test_the_command_lines_records_reach_syslog_and_the_anchor_file(
         code, out, _ = verify_cli(broker.data, "--anchors", str(source))
         assert code == 0 and out.startswith(f"audit log intact: {head} records"), out
 
-    # restore anchors broker.restored in the restored folder's own file; this backup had
-    # none (serve anchored off the host only), which is told like any other start.
+    # This backup holds no anchor file (serve anchored off the host only): restore chains
+    # broker.restored as the first new record and makes no file in its scratch folder;
+    # the first start on the restored folder tells it, naming the folder's real path.
     restored = tmp_path / "restored"
     done = broker_cli("restore", str(tmp_path / "b.tar"), "--data", str(restored))
     assert done.returncode == 0, done.stderr
+    assert "AUDIT ANCHOR FILE" not in done.stderr and ".restoring-" not in done.stderr
     records = export(restored)
-    assert [r["type"] for r in records][-2:] == ["audit.anchors.missing", "broker.restored"]
-    assert top_anchor(restored / "audit.anchors") == records[-1]["seq"]
+    backed_up = [r for r in records if r["type"] == "broker.backup"][-1]
+    assert [r["type"] for r in records if r["seq"] > backed_up["seq"]] == ["broker.restored"]
+    assert not any(".restoring-" in json.dumps(r) for r in records)
+    assert not (restored / "audit.anchors").exists()
+    again = fleet.broker("restored").start()  # the restored folder, as an admin starts it
+    assert again.data == restored
+    assert again.stop() == 0
+    records = export(restored)
+    missing = [r for r in records if r["type"] == "audit.anchors.missing"]
+    assert [r["target"] for r in missing] == [str(restored / "audit.anchors")]
+    assert missing[0]["seq"] > backed_up["seq"] + 1  # after broker.restored, at the start
+    assert not any(".restoring-" in json.dumps(r) for r in records)
 
 
 def test_a_missing_anchor_file_is_told_chained_forwarded_and_started_again(
@@ -173,6 +176,58 @@ def test_a_missing_anchor_file_is_told_chained_forwarded_and_started_again(
     broker.start()  # the file is there now: no new record
     assert broker.stop() == 0
     assert len([r for r in export(broker.data) if r["type"] == "audit.anchors.missing"]) == 2
+
+
+def test_an_anchor_file_deleted_while_serve_runs_is_made_again_marked_restarted(
+    fleet: Fleet, collector: Collector
+) -> None:
+    broker = fleet.broker(extra=["--syslog", collector.url, "--audit-anchor-every", "1"])
+    broker.start()
+    broker.add_user(ADMIN, ADMIN_PW, role="admin")
+    anchors = broker.data / "audit.anchors"
+    Desk.login(broker, ADMIN, ADMIN_PW).close()  # serve's own record, anchored by serve
+    head = read_head(broker.data / "audit.sqlite3")[0]
+    wait_for(lambda: top_anchor(anchors) == head, 10, "the login's head in the anchor file")
+    anchors.unlink()  # while serve runs
+    Desk.login(broker, ADMIN, ADMIN_PW).close()
+    wait_for(anchors.exists, 10, "the anchor file made again")
+    assert broker.stop() == 0
+    heads = read_anchors(anchors)
+    assert heads[0].why == RESTARTED and heads[0].line == 1 and heads[0].seq > head
+    log = broker.log.read_text()
+    assert f"AUDIT ANCHOR FILE {anchors} went away while the broker ran" in log
+    wait_for(
+        lambda: any(a["params"].get("why") == RESTARTED for a in collector.anchors()),
+        10,
+        "the restarted head at syslog",
+    )
+    told = [a for a in collector.anchors() if a["params"].get("why") == RESTARTED]
+    assert told[0]["pri"] == WARNING_PRI and told[0]["params"]["seq"] == str(heads[0].seq)
+    done = broker_cli(
+        "audit", "verify", "--data", str(broker.data), "--anchors", str(anchors), "--json"
+    )
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is True and answer["vouched_from"] == heads[0].seq
+
+    broker.start()  # the mark is the evidence: the file holds heads, no new record
+    assert broker.stop() == 0
+    assert "audit.anchors.missing" not in _fresh_types(broker)
+    assert read_anchors(anchors)[0] == heads[0]
+
+
+def test_an_empty_anchor_file_on_a_fresh_chain_is_begun(fleet: Fleet) -> None:
+    broker = fleet.broker()
+    broker.data.mkdir(parents=True)
+    anchors = broker.data / "audit.anchors"
+    anchors.touch(mode=0o600)  # an admin made it first, to set its owner
+    broker.start()
+    broker.kill()  # before any head
+    assert anchors.read_text().startswith(BEGUN) and read_anchors(anchors) == []
+    broker.start()
+    assert broker.stop() == 0
+    assert "audit.anchors.missing" not in _fresh_types(broker)
+    assert "AUDIT ANCHOR FILE" not in broker.log.read_text()
+    assert restarted_at(read_anchors(anchors)) is None
 
 
 def _fresh_types(broker: Broker) -> list[str]:

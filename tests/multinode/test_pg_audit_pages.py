@@ -18,6 +18,7 @@ from allowhelp.broker.audit import pg_reader
 from allowhelp.broker.audit.chain import GENESIS_HASH, SELECT_SQL, read_records, verify
 from allowhelp.broker.audit.pg_chain import PgAuditLog
 from allowhelp.broker.audit.pg_reader import PgReader
+from allowhelp.broker.errors import AuditCorrupt
 from allowhelp.broker.model.database import PostgresUrl
 
 PAGE = 7
@@ -141,3 +142,24 @@ def test_an_empty_chain_walks_and_exports_nothing(pg_url: str, reads: Reads) -> 
     result = verify(url)
     assert result.ok and result.last_seq == 0 and result.last_hash == GENESIS_HASH
     assert list(read_records(url)) == [] and reads.rows == []
+
+
+def test_a_table_without_its_primary_key_is_refused_a_walk(
+    chain: PostgresUrl, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    # The table's owner can drop the key: a second row numbered PAGE, a page's last seq,
+    # would never be asked for (the next page starts after PAGE), where one read of the
+    # chain met it and said the sequence jumps.
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # inserts pass the triggers
+        conn.execute("ALTER TABLE audit DROP CONSTRAINT audit_pkey")
+        conn.execute(
+            "INSERT INTO audit SELECT seq, ts, type, code, 'mallory', target, details,"
+            " prev_hash, hash FROM audit WHERE seq = %s",
+            (PAGE,),
+        )
+    monkeypatch.setattr(pg_reader, "PAGE", PAGE)
+    with pytest.raises(AuditCorrupt, match="the audit table has no primary key on seq"):
+        verify(chain)
+    _one_page(monkeypatch)
+    with pytest.raises(AuditCorrupt, match="no primary key on seq"):
+        verify(chain)

@@ -15,6 +15,13 @@ catches that is a head saved where the rewriter cannot write: every
 kind of file against the database, and the broker checks its anchor file at
 every start. Anchoring is best effort, like syslog: a failed anchor write is
 logged and counted, never a reason to refuse an action.
+
+Once the file is there (found at open, begun, or written to), heads are appended
+to it without creating it: a file that went away while the broker runs is made
+again only with the head being written marked ``restarted`` (so ``audit verify
+--anchors`` says it vouches only from there on), an error in the log naming it,
+and that head's syslog line sent as a warning. No record is chained from here
+(the sink runs inside the log's commit); the ``restarted`` mark is the evidence.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ _SYSLOG_LINE = re.compile(
     r"(?: why=\"([a-z_-]*)\")?"
 )
 RESTARTED = "restarted"  # the WHY of the first head of an anchor file made again
+_GONE = "the anchor file went away"  # _append's answer when a file once there is gone
 # The first line of a file begun on an empty chain: no head yet is no alarm (audit/opening.py).
 BEGUN = "# allowhelp audit anchors, begun on an empty chain"
 
@@ -195,6 +203,9 @@ class AnchorSink:
         self._forwarder = forwarder
         self._last_seq = 0  # the head anchored last, or found at open
         self._written_seq = 0  # the head last written out (the stop anchor skips a repeat)
+        # The file is there (found at open, begun or written): it is never created again
+        # silently, a write that finds it gone makes it again marked ``restarted``.
+        self._established = False
         self._lock = threading.Lock()
         self._state = AnchorState(
             str(path) if path is not None else None, every, forwarder is not None
@@ -207,6 +218,11 @@ class AnchorSink:
     def start_at(self, seq: int) -> None:
         """The head found at open: the next anchor comes ``every`` records later."""
         self._last_seq = seq
+
+    def found(self) -> None:
+        """The file was there at open (a head in it, or begun): from now on it is
+        appended to, never created (a file gone later is made again ``restarted``)."""
+        self._established = True
 
     def begin(self) -> None:
         """Start the file on an empty chain, before any head: a later start that
@@ -229,7 +245,21 @@ class AnchorSink:
         with self._lock:
             self._last_seq = self._written_seq = seq
             now = utc_now()
-            error = self._append(f"{seq}:{digest} {now} {why}\n") if self.path else ""
+            error = ""
+            if self.path is not None:
+                error = self._append(f"{seq}:{digest} {now} {why}\n")
+                if error == _GONE:  # not made again silently: marked, told
+                    error = self._append(f"{seq}:{digest} {now} {RESTARTED}\n", create=True)
+                    if not error:  # else its folder is gone too: a failure, counted below
+                        why = RESTARTED
+                        log.error(
+                            "AUDIT ANCHOR FILE %s went away while the broker ran: it is made "
+                            "again, starting at head %d marked %s; its heads vouch only "
+                            "from there on",
+                            self.path,
+                            seq,
+                            RESTARTED,
+                        )
             if self._forwarder is not None:
                 try:
                     self._forwarder.submit_anchor(seq, digest, now, why)
@@ -256,11 +286,23 @@ class AnchorSink:
                 last_error=error or state.last_error,
             )
 
-    def _append(self, line: str) -> str:
-        """Append and fsync one line; the reason in words when it failed, else ''."""
+    def _append(self, line: str, *, create: bool = False) -> str:
+        """Append and fsync one line; the reason in words when it failed, else ''.
+        A file once there is not created again: :data:`_GONE` when it went away."""
         assert self.path is not None
+        flags = os.O_WRONLY | os.O_APPEND
+        if create or not self._established:
+            flags |= os.O_CREAT
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError as exc:
+            if flags & os.O_CREAT:
+                return exc.strerror or str(exc)  # its folder is gone: told as a failure
+            return _GONE
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        self._established = True
+        try:
             try:
                 os.write(fd, line.encode("ascii"))
                 os.fsync(fd)

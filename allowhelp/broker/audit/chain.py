@@ -135,6 +135,16 @@ def _rows(conn: ChainReader, after: int, upto: int | None = None) -> Iterator[tu
     return iter(conn.execute(sql, (after, upto)))
 
 
+def _check_seq_key(conn: ChainReader) -> None:
+    """PostgreSQL, read in pages: its table must still have its primary key on seq
+    (``pg_reader.py``). SQLite's ``seq INTEGER PRIMARY KEY`` is the rowid: always unique."""
+    if not isinstance(conn, sqlite3.Connection):
+        from allowhelp.broker.audit.pg_reader import PgReader  # noqa: PLC0415 - psycopg
+
+        if isinstance(conn, PgReader):
+            conn.check_seq_key()
+
+
 def _check_row(row: tuple[Any, ...], expected: int, prev: str) -> str:
     """The first thing wrong with one row, in words, or ''."""
     seq: int = row[0]  # INTEGER PRIMARY KEY: always an int
@@ -186,10 +196,14 @@ def verify(
     conn = _open_ro(path)
     base, prev = start if start is not None else (0, GENESIS_HASH)
     try:
+        _check_seq_key(conn)
         stray = conn.execute("SELECT seq FROM audit WHERE seq < 1 LIMIT 1").fetchone()
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise AuditCorrupt(f"{path} cannot be read: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
     if stray is not None or (upto is not None and upto < 1):  # a row no walk would meet
         conn.close()
         bad = int(stray[0]) if stray is not None else int(upto or 0)

@@ -19,7 +19,12 @@ and starts the file again with that record's head, marked ``restarted``:
 ``audit verify --anchors`` then says the file vouches only from there on.
 A fresh chain (no record yet) stays quiet: the file is begun with a first line
 that says so (``BEGUN``), so a broker stopped without an anchor yet (killed, or
-the command line writing while a fresh ``serve`` runs) is no alarm either.
+the command line writing while a fresh ``serve`` runs) is no alarm either; an
+empty file made beforehand (by an admin setting its owner) is begun the same way.
+A file that goes away while the chain is open is made again by the sink itself,
+marked ``restarted`` (audit/anchor.py). ``restore`` skips the check in its scratch
+folder (and makes no file there): the first start on the restored folder tells it
+with the folder's real path.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 SINKS_FILE = "audit.sinks.json"
 ANCHORS_MISSING = "audit.anchors.missing"
 CLI_ACTOR = "system:cli"
+NO_HEAD = ("missing", "empty")  # anchor file states told (and made again) on a chain with records
 
 
 def open_audit(
@@ -129,11 +135,17 @@ class SinkedAudit:
 
 
 def open_with_sinks(
-    place: AuditPlace, data_dir: Path, sinks: AuditSinks, *, actor: str, remember: bool = False
+    place: AuditPlace,
+    data_dir: Path,
+    sinks: AuditSinks,
+    *,
+    actor: str,
+    remember: bool = False,
+    check: bool = True,
 ) -> SinkedAudit:
     """Open the log with syslog and anchors as ``sinks`` say; tell and chain a
-    missing anchor file (``actor`` writes that record). ``remember``: ``serve``'s
-    own sinks, saved for the command line."""
+    missing anchor file (``actor`` writes that record; not when ``check`` is False).
+    ``remember``: ``serve``'s own sinks, saved for the command line."""
     forwarder = SyslogForwarder.from_url(sinks.syslog_url) if sinks.syslog_url else None
     options = sinks.options
     anchors = None
@@ -147,7 +159,7 @@ def open_with_sinks(
         raise
     opened = SinkedAudit(audit, forwarder)
     try:
-        if anchors is not None:
+        if anchors is not None and check:
             _check_anchor_file(audit, anchors, actor)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -158,16 +170,22 @@ def open_with_sinks(
     return opened
 
 
-def open_for_cli(place: AuditPlace, data_dir: Path) -> SinkedAudit:
+def open_for_cli(place: AuditPlace, data_dir: Path, *, check: bool = True) -> SinkedAudit:
     """The command line's writer: the sinks ``serve`` remembered in ``data_dir``.
 
     A shared database with a folder no node has served from (an admin's own
-    machine) gets none: that folder's anchor file would vouch for nothing."""
+    machine) gets none: that folder's anchor file would vouch for nothing.
+    ``check`` False (``restore``, in its scratch folder): a missing anchor file is
+    neither told nor made here; the first start on the folder does that, with the
+    folder's real path."""
     if isinstance(place, PostgresUrl) and not (data_dir / SINKS_FILE).exists():
         sinks = AuditSinks()
     else:
         sinks = AuditSinks.remembered(data_dir)
-    return open_with_sinks(place, data_dir, sinks, actor=CLI_ACTOR)
+    options = sinks.options
+    if not check and options and anchor_file_state(options.anchor_file(data_dir)) in NO_HEAD:
+        sinks = AuditSinks(sinks.syslog_url, None)  # no head written: no file made
+    return open_with_sinks(place, data_dir, sinks, actor=CLI_ACTOR, check=check)
 
 
 def _check_anchor_file(audit: AuditLog, anchors: AnchorSink, actor: str) -> None:
@@ -178,11 +196,13 @@ def _check_anchor_file(audit: AuditLog, anchors: AnchorSink, actor: str) -> None
         return
     seq, digest = audit.head()
     found = anchor_file_state(path)
+    if found in ("ok", "begun"):
+        anchors.found()  # appended to from now on: gone later, it is made again restarted
     if seq == 0:  # a fresh install: nothing to vouch for yet, nothing to tell
-        if found == "missing":
+        if found in NO_HEAD:  # empty: made beforehand by an admin, e.g. to set its owner
             anchors.begin()  # so that no head in it later is no alarm
         return
-    if found not in ("missing", "empty"):
+    if found not in NO_HEAD:
         return  # "unreadable" is told by the start-up check (audit/integrity.py)
     log.warning(
         "AUDIT ANCHOR FILE %s is %s while the chain holds %d records: it is made again, "

@@ -7,7 +7,9 @@ A walk or an export reads the chain in pages of :data:`PAGE` records
 seq the one before returned): psycopg's client cursor holds a query's whole
 result, so one ``SELECT`` of a chain of millions would hold all of it in memory.
 A page is one primary-key range scan; the walk ends at the head the chain had
-when it began, as a single ``SELECT`` would.
+when it began, as a single ``SELECT`` would. A page bound relies on that key:
+with it dropped, a second row with a seq already read would never be asked for,
+so ``verify`` refuses a table without it (:meth:`PgReader.check_seq_key`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from allowhelp.broker.pglink import link_options
 
 PAGE = 2000  # records a query of a walk or an export reads: what memory holds at once
 _PAGE_SQL = f"{SELECT_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+# The audit table's primary key, on seq alone: what keeps a page bound from hiding a row.
+_KEY_SQL = (
+    "SELECT 1 FROM pg_constraint c JOIN pg_attribute a"
+    " ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+    " WHERE c.conrelid = 'audit'::regclass AND c.contype = 'p'"
+    " AND cardinality(c.conkey) = 1 AND a.attname = 'seq'"
+)
 
 
 def reason(exc: psycopg.Error) -> str:
@@ -98,6 +107,18 @@ class PgReader:
                 return
             after = int(page[-1][0])
             del page  # the next page is not read while this one is still held
+
+    def check_seq_key(self) -> None:
+        """Refuse a walk of a table whose primary key on ``seq`` is gone (its owner
+        can drop it): a second row with a seq already met would sit unseen at a page
+        bound, as pages ask for the seqs after the last one read."""
+        row = self.execute(_KEY_SQL).fetchone()
+        if row is None:
+            raise AuditCorrupt(
+                "the audit table has no primary key on seq (it was dropped): two records "
+                "could share a seq unseen, so the chain cannot be verified; restore the "
+                "key (ALTER TABLE audit ADD PRIMARY KEY (seq)) or restore a backup"
+            )
 
     def close(self) -> None:
         self._conn.close()

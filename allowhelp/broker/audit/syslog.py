@@ -87,8 +87,9 @@ def format_rfc5424(record: AuditRecord, hostname: str) -> str:
 
 def format_anchor(seq: int, digest: str, ts: str, why: str, hostname: str) -> str:
     """A head anchor (``audit/anchor.py``): MSGID AH1905, the head in the SD
-    element and in MSG, so ``audit verify --anchors`` can read a collector's file."""
-    pri = FACILITY_AUTHPRIV * 8 + SEVERITY_NOTICE
+    element and in MSG, so ``audit verify --anchors`` can read a collector's file.
+    The head an anchor file was made again with (``restarted``) goes as a warning."""
+    pri = FACILITY_AUTHPRIV * 8 + (SEVERITY_WARNING if why == "restarted" else SEVERITY_NOTICE)
     sd = f'seq="{seq}" hash="{digest}" why="{_sd_escape(why)}"'
     msg = json.dumps({"head": f"{seq}:{digest}", "why": why}, sort_keys=True, separators=(",", ":"))
     return f"<{pri}>1 {ts} {hostname} {APP_NAME} - {ANCHOR_MSGID} [{SD_ID} {sd}] {msg}"

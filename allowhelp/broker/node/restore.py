@@ -237,8 +237,10 @@ def _check_chain(scratch: Path, manifest: Manifest) -> VerifyResult:
 def _audit_restore(scratch: Path, backup: Path, target: Path, manifest: Manifest) -> int:
     """Chain ``broker.restored`` in the restored log: where this history came from."""
     try:
-        # The restored folder's anchor file (it is in the backup) holds the new head too.
-        opened = open_for_cli(scratch / AUDIT_FILE, scratch)
+        # The restored folder's anchor file (when the backup holds one) holds the new head
+        # too. Without one, none is made here: the first start on the folder tells and
+        # chains audit.anchors.missing with its real path (no scratch path in the chain).
+        opened = open_for_cli(scratch / AUDIT_FILE, scratch, check=False)
         try:
             record = opened.audit.append(
                 "broker.restored",
