@@ -142,6 +142,8 @@ KIND_NAMES = {
     "shell": N_("a command shell"),
     "admin-shell": N_("an administrator (root) shell"),
     "screen": N_("your screen"),
+    "files": N_("your files"),
+    "files-view-only": N_("your files, view only"),
 }
 
 
@@ -149,6 +151,7 @@ def describe_pending(item: dict[str, Any]) -> str:
     """One line per waiting request: the technician's words as typed (``repr``
     shows the reason's exact characters), the rest in the user's language."""
     kind = str(item.get("kind", ""))
+    kind = "files-view-only" if kind == "files" and item.get("view_only") else kind
     if item.get("joins"):  # an invitation into a running session (#18)
         joined = _(
             "%(session)s  %(technician)s (%(username)s) also wants to join session %(joins)s"

@@ -135,6 +135,7 @@ class Pending:
             "joins": self.request.joins,
             "mode": self.request.mode,
             "username": self.request.username,
+            "view_only": self.request.view_only,
         }
 
 

@@ -222,9 +222,9 @@ def open_tls(
     except ValueError as exc:  # the proxy's URL (its message names no secret)
         raise StreamError(str(exc)) from None
     if proxy is None:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = _tcp(host, port, f"{host}:{port}", timeout)
     else:
-        sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+        sock = _tcp(proxy.host, proxy.port, str(proxy), timeout)
         try:
             time_left(sock, deadline)
             sock.sendall(connect_request(host, port, proxy))
@@ -243,6 +243,16 @@ def open_tls(
     except BaseException:
         sock.close()
         raise
+
+
+def _tcp(host: str, port: int, what: str, timeout: float) -> socket.socket:
+    """``socket.create_connection``, whose ``UnicodeError`` (a ``ValueError``) for a
+    name it cannot spell in IDNA ("node..example") is an ``OSError`` here, as any
+    unreachable address: a failed try, not the doorbell's end."""
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except UnicodeError:
+        raise OSError(f"{what}: not a valid host name") from None
 
 
 def error_code(body: bytes) -> str:

@@ -49,6 +49,7 @@ HELLO_TEXT = {
     "desktop": 200,
     "monitors": 2000,
 }
+HELLO_FLAGS = ("files_view_only",)  # its true-or-false fields (unset: false)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def helper_said(data: bytes) -> dict[str, str] | None:
     ``data`` is not a helper's hello it would take (a field of the wrong type or size)."""
     packet = first_object(data)
     if not isinstance(packet, dict) or packet.get("type") != "helper":
+        return None
+    if any(not isinstance(packet.get(name, False), bool) for name in HELLO_FLAGS):
         return None
     said: dict[str, str] = {}
     for name, limit in HELLO_TEXT.items():

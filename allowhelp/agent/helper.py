@@ -129,6 +129,7 @@ class SessionHelper:
                 screen_problem=offer.problem,
                 desktop=offer.desktop,
                 monitors=offer.monitors,
+                files_view_only=True,  # start_files(read_only=...) for Open.view_only
             )
             sock.send(hello.encode())
         except (FileNotFoundError, ConnectionRefusedError):
@@ -319,6 +320,7 @@ def _pending(packet: hp.Prompt) -> Pending:
         joins=packet.joins,
         mode=packet.mode,
         username=packet.username,
+        view_only=packet.view_only,
     )
     now = asyncio.get_running_loop().time()
     return Pending(request, now, now + packet.seconds_left)

@@ -127,7 +127,7 @@ class HelperHub:
             invites=True,
             all_monitors=True,
             nodes=True,
-            files_view_only=True,  # its user's helper starts sftp-server -R for one
+            files_view_only=bool(screen and screen[4]),  # the user's helper runs one -R
         )
 
     def _what_to_say(self) -> tuple[str, str, ScreenSaid | None]:
@@ -154,9 +154,8 @@ class HelperHub:
     def _program(
         self, channel: GatedChannel, grant: Grant, kind: Kind, term: str, size: tuple[int, int]
     ) -> Backend:
-        conn = self.helper_of(grant.owner)
-        if conn is None:
-            raise RuntimeError("the user who allowed it has no session helper running any more")
+        read_only = kind == "files" and grant.view_only  # a helper that can (-R), or none
+        conn = self._helpers.program_helper(grant.owner, read_only_files=read_only)
         from allowhelp.agent.remote import RemoteProgram  # noqa: PLC0415 - with the first session
 
         self._last_program = self._last_program % PROGRAM_NUMBERS + 1

@@ -96,4 +96,5 @@ def prompt_packet(pending: Pending) -> hp.Prompt:
         joins=request.joins,
         mode=request.mode,
         username=request.username,
+        view_only=request.view_only,
     )

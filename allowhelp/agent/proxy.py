@@ -13,7 +13,8 @@ The request and the answer's head are plain functions (no I/O), tested apart.
 A proxy that is down, refuses ``CONNECT``, stalls or answers garbage is a
 network failure (``ProxyError``, an ``OSError``): the tunnel logs it and tries
 again after its backoff, however long it lasts. A setting that can never work
-(not an ``http://`` URL, a bad port, no host) cannot mend while the agent runs:
+(not an ``http://`` URL, a bad port, no host or one IDNA cannot spell, a path, query
+or fragment: ``proxyurl.parse_proxy``) cannot mend while the agent runs:
 it reads ``https_proxy`` and ``agent.json`` once, at start. ``check_setting``
 refuses it then, in one line naming where it came from (``ConfigError``).
 """

@@ -38,7 +38,7 @@ class Proxy:
 
 
 def parse_proxy(url: str) -> Proxy:
-    """``http://[user:password@]host[:port]``; ``ValueError`` naming no secret."""
+    """``http://[user:password@]host[:port][/]``; ``ValueError`` naming no secret."""
     parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
     if parts.scheme != "http":
         raise ValueError(
@@ -47,18 +47,40 @@ def parse_proxy(url: str) -> Proxy:
                 "already encrypted), e.g. http://proxy.example.org:3128"
             )
         )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        # Most often a password with a bare "/", "?" or "#": the URL would end early
+        # (``http://u:2024/pw@proxy`` reads as host "u", port 2024). Said without the URL.
+        raise ValueError(
+            _(
+                "the proxy URL has a path, query or fragment (a '/', '?' or '#' in "
+                "its user or password must be percent-encoded)"
+            )
+        )
     try:
         port = parts.port or 80
     except ValueError:
         raise ValueError(_("the proxy URL has an invalid port")) from None
     if not parts.hostname:
         raise ValueError(_("the proxy URL has no host name"))
+    if not _spellable(parts.hostname):
+        raise ValueError(_("the proxy URL's host name is not a valid name"))
     return Proxy(
         parts.hostname,
         port,
         unquote(parts.username or ""),
         unquote(parts.password or ""),
     )
+
+
+def _spellable(host: str) -> bool:
+    """Whether the resolver can be asked for ``host``: ``socket`` spells a name in
+    IDNA, and one it cannot ("proxy..example", a label over 63 characters) is a
+    ``UnicodeError`` (a ``ValueError``, not an ``OSError``) on every try."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def proxy_for(host: str, configured: str = "") -> Proxy | None:

@@ -13,8 +13,9 @@ from allowhelp.agent.seqpacket import PacketConn
 from allowhelp.agent.signedin import ActiveUid, HelperInfo, choose
 from allowhelp.protocol import helper as hp
 
-# What a signed-in user's helper says of the screen: engine, problem, desktop, monitors.
-ScreenSaid = tuple[str, str, str, str]
+# What a signed-in user's helper says of its session: the screen's engine, problem,
+# desktop, monitors; and whether it starts sftp-server read-only (``files_view_only``).
+ScreenSaid = tuple[str, str, str, str, bool]
 
 
 class SessionHelpers:
@@ -40,6 +41,7 @@ class SessionHelpers:
             screen_problem=hello.screen_problem,
             desktop=hello.desktop,
             monitors=hello.monitors,
+            files_view_only=hello.files_view_only,
         )
         self._by_conn[conn] = info
         return info
@@ -58,6 +60,24 @@ class SessionHelpers:
         mine = [(info.conn_id, conn) for conn, info in self._by_conn.items() if info.uid == uid]
         return max(mine, key=lambda pair: pair[0])[1] if mine else None
 
+    def program_helper(self, uid: int | None, *, read_only_files: bool) -> PacketConn:
+        """The connection of ``uid``'s newest helper, to start a program on; a
+        ``RuntimeError`` (the channel ends with it) when it has none, or when the
+        program is a view-only files one and that helper is older than view-only files
+        (it would start sftp-server read-write)."""
+        mine = [
+            (info.conn_id, conn, info) for conn, info in self._by_conn.items() if info.uid == uid
+        ]
+        if not mine:
+            raise RuntimeError("the user who allowed it has no session helper running any more")
+        _conn_id, conn, info = max(mine, key=lambda found: found[0])
+        if read_only_files and not info.files_view_only:
+            raise RuntimeError(
+                "the user's session helper is older than view-only files (it would not start"
+                " sftp-server read-only): restart `allowhelp-agent session` there"
+            )
+        return conn
+
     def language_of(self, uid: int | None) -> str:
         """The language ``uid``'s newest helper said ("": none said)."""
         mine = [info for info in self._by_conn.values() if info.uid == uid]
@@ -72,4 +92,10 @@ class SessionHelpers:
         chosen = self.signed_in()
         if chosen is None:
             return None
-        return (chosen.screen, chosen.screen_problem, chosen.desktop, chosen.monitors)
+        return (
+            chosen.screen,
+            chosen.screen_problem,
+            chosen.desktop,
+            chosen.monitors,
+            chosen.files_view_only,
+        )

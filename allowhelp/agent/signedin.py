@@ -56,6 +56,7 @@ class HelperInfo:
     screen_problem: str = ""
     desktop: str = ""
     monitors: str = ""
+    files_view_only: bool = False  # it starts sftp-server -R for a view-only files grant
 
 
 def choose(helpers: Sequence[HelperInfo], active_uid: ActiveUid | None) -> HelperInfo | None:

@@ -196,8 +196,8 @@ class AgentTunnel:
         """Connect, serve until the tunnel drops, wait a jittered while, repeat."""
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            started = loop.time()
             returned, self._returned = self._returned, None
+            up = 0.0  # how long a tunnel stood; a slow failed try (a stalling proxy) is none
             try:
                 conn = returned or await self.connect_once()
             except REDIAL_ERRORS as exc:
@@ -208,10 +208,12 @@ class AgentTunnel:
                     self.state.last_error,
                 )
             else:
+                connected = loop.time()
                 await self._serve(conn, stop)
+                up = loop.time() - connected
             if self._returned is not None:  # moved back to its first node: no wait
                 continue
-            if loop.time() - started > STABLE_AFTER:
+            if up > STABLE_AFTER:
                 self.state.attempts = 0
             delay = backoff_delay(self.state.attempts, self._cap)
             self.state.attempts += 1

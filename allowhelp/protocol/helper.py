@@ -86,6 +86,10 @@ class HelperHello(Packet):
     screen_problem: str = ""
     desktop: str = ""
     monitors: str = ""  # the session's monitors (protocol/monitors.py)
+    # It starts sftp-server read-only (-R) for a view-only files grant (``Open.view_only``);
+    # a helper older than that says nothing (False): the service starts no view-only
+    # files program on it.
+    files_view_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,9 @@ class Prompt(Packet):
     joins: str = ""
     mode: str = ""
     username: str = ""
+    # A files request asked view only (sftp-server -R): the prompt says so. An older
+    # service sends nothing (False).
+    view_only: bool = False
 
 
 @dataclass(frozen=True)

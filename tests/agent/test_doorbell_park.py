@@ -22,6 +22,7 @@ from allowhelp.agent import doorbellfresh, doorbellpark
 from allowhelp.agent.doorbellfresh import FreshHello
 from allowhelp.agent.doorbellkey import HELLO_FILE
 from allowhelp.agent.doorbellpark import (
+    HELLO_FLAGS,
     HELLO_TEXT,
     MAX_HELPER_DEPTH,
     MAX_HELPER_PACKET,
@@ -98,8 +99,9 @@ def test_the_packet_bound_is_the_machine_services() -> None:
     # module is not for the idle process)
     rules = helper_protocol._RULES
     said = {f.name for f in dataclasses.fields(helper_protocol.HelperHello)}
-    assert set(HELLO_TEXT) == said
-    assert {name: rules.texts.get(name, rules.text) for name in said} == HELLO_TEXT
+    assert set(HELLO_TEXT) | set(HELLO_FLAGS) == said
+    texts = said - set(HELLO_FLAGS)
+    assert {name: rules.texts.get(name, rules.text) for name in texts} == HELLO_TEXT
 
 
 def test_a_hello_the_machine_service_would_refuse_names_nobody() -> None:
@@ -111,6 +113,10 @@ def test_a_hello_the_machine_service_would_refuse_names_nobody() -> None:
     assert helper_said(deep) is None
     assert helper_said('{"type": "helper", "language": "fr"}'.encode("utf-16")) is None
     assert helper_said(HELLO) is not None
+    flagged = b'{"type": "helper", "language": "fr", "files_view_only": "yes"}'
+    with pytest.raises(ProtocolError):
+        helper_protocol.decode(flagged)
+    assert helper_said(flagged) is None
 
 
 def test_a_helper_waits_and_a_request_needs_the_full_agent(listener: socket.socket) -> None:

@@ -3,6 +3,7 @@
 One asyncio server on its own thread. Each new connection gets what ``mode``
 says at that moment: ``refuse`` answers ``502 Bad Gateway`` to the CONNECT,
 ``garbage`` answers bytes that are no HTTP, ``hangup`` closes without a word,
+``stall`` reads the CONNECT and never answers (until ``stop()``),
 ``forward`` is a working CONNECT proxy (200, then bytes both ways). ``down()``
 closes the listening socket (connections are refused) and ``up()`` opens it
 again on the same port. Every CONNECT line it read is kept in ``asked``.
@@ -19,7 +20,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Literal
 
-Mode = Literal["refuse", "garbage", "hangup", "forward"]
+Mode = Literal["refuse", "garbage", "hangup", "stall", "forward"]
 MAX_HEAD = 16 * 1024
 
 
@@ -113,6 +114,8 @@ class StandInProxy:
             writer.write(b"\x16\x03\x01 this is no proxy \xff\xfe\r\n\r\n")
             await writer.drain()
             return
+        if mode == "stall":
+            await asyncio.Event().wait()  # cancelled by stop()
         target = lines[0].split(" ")[1]
         host, _, port = target.rpartition(":")
         up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))

@@ -53,12 +53,32 @@ def test_a_user_name_is_taken_once(store: Store) -> None:
     assert store.count_users() == 1
 
 
-def test_a_single_use_token_is_used_once(store: Store) -> None:
+def test_a_single_use_token_enrols_once(store: Store) -> None:
+    """What enrolment calls (``tunnel/enrolment.py``): the check spends nothing; the
+    enrolment spends a use and keeps the key in one transaction, or neither."""
     now = time.time()
     store.add_enrol_token("h" * 64, now + 60, 1, "admin")
-    assert store.consume_enrol_token("h" * 64, now) is None
-    assert store.consume_enrol_token("h" * 64, now) == "used"
-    assert store.consume_enrol_token("x" * 64, now) == "unknown"
+    first, second = _agent("a1"), _agent("a2")
+    assert store.enrol_refusal("h" * 64, "a1", now) is None
+    assert store.enrol_refusal("h" * 64, "a2", now) is None  # both checked: none spent
+    assert store.enrol_agent("h" * 64, now, first) is None
+    assert store.enrol_agent("h" * 64, now, second) == "used"  # the race's loser
+    assert [a.id for a in store.agents()] == ["a1"]
+    stored = store.agent("a1")
+    assert stored is not None and (stored.public_key, stored.enrolled) == (
+        first.public_key,
+        first.enrolled,
+    )  # as enrolment reads it back after a lost COMMIT answer
+    assert store.enrol_tokens()[0].uses_left == 0
+    assert store.enrol_refusal("h" * 64, "a2", now) == "used"
+    store.add_enrol_token("k" * 64, now + 60, 5, "admin")
+    assert store.enrol_refusal("k" * 64, "a1", now) == "key_taken"
+    assert store.enrol_agent("k" * 64, now, first) == "key_taken"
+    assert {t.uses_left for t in store.enrol_tokens()} == {0, 5}  # a refusal spends nothing
+    assert store.enrol_refusal("x" * 64, "a3", now) == "unknown"
+    assert store.enrol_agent("x" * 64, now, _agent("a3")) == "unknown"
+    assert store.enrol_refusal("k" * 64, "a3", now + 120) == "expired"
+    assert [a.id for a in store.agents()] == ["a1"]
 
 
 def test_a_revoked_token_expires_no_later_than_now(store: Store) -> None:
@@ -66,7 +86,9 @@ def test_a_revoked_token_expires_no_later_than_now(store: Store) -> None:
     store.add_enrol_token("r" * 64, now + 3600, 5, "admin")
     assert store.revoke_enrol_token("r" * 12, now) is True
     assert store.revoke_enrol_token("r" * 12, now) is False  # once
-    assert store.consume_enrol_token("r" * 64, now) == "expired"
+    assert store.enrol_refusal("r" * 64, "a1", now) == "expired"
+    assert store.enrol_agent("r" * 64, now, _agent("a1")) == "expired"
+    assert store.agents() == []
 
 
 def test_a_help_code_asked_again_replaces_the_first(store: Store) -> None:

@@ -12,6 +12,7 @@ session works again once the PC answers (SIGCONT).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -252,6 +253,69 @@ def test_an_upload_the_pc_stops_answering_ends_with_504_and_leaves_nothing(
         "the cut upload on the record",
     )
     assert f"did not answer in {LIMIT} s" in failed[0]["error"]
+    still_works(desk, session_id)
+
+
+# 4. an upload whose last step, the rename, the PC does not answer in time
+
+
+@contextmanager
+def renames_held(seconds: float) -> Iterator[None]:
+    """The user's sftp-server held at each rename for ``seconds`` (a stuck mount under
+    the folder): strace delays the system call, so it lands late, after the limit."""
+    found = subprocess.run(
+        ["pgrep", "-u", USER, "-x", "sftp-server"], capture_output=True, check=False
+    )
+    pids = [pid.decode() for pid in found.stdout.split()]
+    assert pids, "no sftp-server of the user's running"
+    calls = "rename,renameat,renameat2"
+    command = ["strace", "-qq", "-o", "/dev/null", "-e", f"trace={calls}"]
+    command += ["-e", f"inject={calls}:delay_enter={int(seconds * 1_000_000)}"]
+    for pid in pids:
+        command += ["-p", pid]
+    tracer = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+
+    def traced() -> bool:
+        status = Path(f"/proc/{pids[0]}/status").read_text()
+        return any(line.split() == ["TracerPid:", str(tracer.pid)] for line in status.splitlines())
+
+    try:
+        wait_for(traced, 10, "strace attached to sftp-server")
+        yield
+    finally:
+        tracer.terminate()  # detaches: the held call goes on
+        tracer.wait(10)
+
+
+def test_an_upload_whose_rename_the_pc_does_not_answer_keeps_its_digest(
+    pc: tuple[Broker, UserAgent], session: tuple[Desk, str]
+) -> None:
+    broker, _ = pc
+    desk, session_id = session
+    target = user_path(USER, "renamed.txt")
+    as_user(f"open({str(target)!r}, 'w').write('the old text')")
+    new = secrets.token_bytes(1000)
+    with renames_held(LIMIT + MARGIN):
+        started = time.monotonic()
+        answer = desk.client.put(
+            files_url(session_id), params={"path": "renamed.txt"}, content=new, timeout=60
+        )
+        took = time.monotonic() - started
+        not_answering(answer)
+        assert took < LIMIT + MARGIN
+        failed = wait_for(
+            lambda: transfers(broker, session_id, "files.transfer.failed", "renamed.txt"),
+            20,
+            "the upload's end on the record",
+        )
+        # sftp-server serves in order: the rename lands after all, with these bytes
+        wait_for(lambda: target.read_bytes() == new, 20, "the held rename to land")
+    record = failed[0]
+    assert record["ok"] is False and f"did not answer in {LIMIT} s" in record["error"]
+    assert record["sha256"] == hashlib.sha256(new).hexdigest()
+    assert record["size"] == len(new)
+    assert record["outcome"].startswith("unknown: the PC may still rename it")
+    assert not leftovers()
     still_works(desk, session_id)
 
 

@@ -6,7 +6,9 @@ the enrolment is refused with a clear error and the single-use token keeps its
 use, so the same token enrols the PC once the log works again. A store that
 cannot be written after ``agent.enrolled`` (a second process holds the write
 lock of ``broker.sqlite3``) leaves the token unspent too, and the chain says the
-enrolment was aborted rather than ending at ``agent.enrolled``.
+enrolment was aborted rather than ending at ``agent.enrolled``. A store that commits
+and then fails (a COMMIT whose answer was lost) is read back: enrolled after all, or,
+when it cannot be read either, aborted with ``store_outcome_unknown``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import asyncssh
 import pytest
 
+from allowhelp.broker.audit.log import AuditLog
+from allowhelp.broker.errors import StoreError
 from allowhelp.broker.model.records import AgentRecord
 from allowhelp.broker.store import Store
+from allowhelp.broker.store.worker import StoreWorker
+from allowhelp.broker.tunnel.enrolment import EnrolmentDesk
+from allowhelp.broker.tunnel.keys import EnrolledKeys
+from allowhelp.certs.sshkeys import agent_id_for, public_key_line
+from allowhelp.certs.token import secret_hash
 from harness import ADMIN, ADMIN_PW, Broker, Fleet, audit_locked, broker_cli
 
 # Holds the store's write lock until its stdin closes (WAL mode: readers still read).
@@ -34,13 +44,6 @@ _HOLD_STORE_LOCK = (
     "print('locked', flush=True)\n"
     "sys.stdin.read()\n"
 )
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 @pytest.fixture
@@ -160,6 +163,66 @@ def test_the_token_use_and_the_key_are_stored_together_or_not_at_all(tmp_path: P
         assert store.enrol_refusal("k" * 64, "a3", now + 120) == "expired"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("readable", [True, False])
+async def test_a_commit_whose_answer_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readable: bool
+) -> None:
+    """PostgreSQL's COMMIT can succeed and its answer be lost (StoreError): made real
+    here by a store whose ``enrol_agent`` commits, then raises. Read back, the key is
+    stored: the PC is enrolled (the chain's ``agent.enrolled`` is true, nothing more is
+    written). A store that cannot say either way: aborted, ``store_outcome_unknown``."""
+    path = tmp_path / "broker.sqlite3"
+    store = Store.open(path)
+    audit = AuditLog.open(tmp_path / "audit.sqlite3")
+    worker = await StoreWorker.open(path)
+    committed = Store.enrol_agent
+
+    def answer_lost(db: Store, hashed: str, now: float, agent: AgentRecord) -> str | None:
+        committed(db, hashed, now, agent)
+        raise StoreError("the broker database is unavailable")
+
+    def unreadable(db: Store, agent_id: str) -> AgentRecord | None:
+        raise StoreError("the broker database is unavailable")
+
+    monkeypatch.setattr(Store, "enrol_agent", answer_lost)
+    if not readable:
+        monkeypatch.setattr(Store, "agent", unreadable)
+    try:
+        secret = "S" * 43
+        store.add_enrol_token(secret_hash(secret), time.time() + 60, 1, "admin")
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        line = public_key_line(key.convert_to_public())
+        agent_id = agent_id_for(line)
+        keys = EnrolledKeys()
+        desk = EnrolmentDesk(
+            worker, audit, keys, tunnel_public=None, tunnel_url="wss://broker.test/api/v1/tunnel",
+            tunnel_key="ssh-ed25519 BROKER", organisation="org",
+        )  # fmt: skip
+        body = {"secret": secret, "host_key": line, "hostname": "pc1"}
+        if readable:
+            reply = await desk.enrol(body, "192.0.2.1")
+            assert reply.agent_id == agent_id
+            assert keys.status(agent_id, line) == "enrolled"  # the tunnel takes it
+        else:
+            with pytest.raises(StoreError):
+                await desk.enrol(body, "192.0.2.1")
+            assert keys.status(agent_id, line) == "unknown"
+        chain = audit.records()
+        ours = [r for r in chain if r.target == agent_id]
+        if readable:
+            assert [r.type for r in ours] == ["agent.enrolled"]
+        else:
+            assert [r.type for r in ours] == ["agent.enrolled", "agent.enrol.aborted"]
+            assert ours[-1].details["reason"] == "store_outcome_unknown"
+        # Either way the commit happened: the key stored, the token's one use spent.
+        assert [a.id for a in store.agents()] == [agent_id]
+        assert store.enrol_tokens()[0].uses_left == 0
+    finally:
+        audit.close()
+        store.close()
+        await worker.close()
 
 
 def _agent(agent_id: str) -> AgentRecord:

@@ -13,28 +13,26 @@ refused only for a broker node learned later is a failed way, redialled.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import json
 import os
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from standinproxy import stand_in_proxy
 
+from allowhelp.agent import proxy as agent_proxy
+from allowhelp.agent import tunnel as agent_tunnel
+from allowhelp.agent.config import AgentConfig
+from allowhelp.agent.service import AgentService
+from allowhelp.agent.tunnel import AgentTunnel
 from harness import ADMIN, ADMIN_PW, Agent, Broker, Fleet, online, wait_for
 from netkit import port_of
 
 USER, PASSWORD = "branch7", "s3cret-Proxy-pw"
 FAILED = "cannot reach the broker"
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 @pytest.fixture
@@ -111,6 +109,42 @@ def test_a_proxy_setting_that_can_never_work_stops_the_start(fleet: Fleet, broke
     assert "running" not in said, said  # refused before the agent ran (no control socket)
 
 
+@pytest.mark.parametrize(
+    ("url", "secret", "why"),
+    [
+        # a name IDNA cannot spell: socket's UnicodeError on every try, never mended
+        ("http://proxy..example:3128", "", "the proxy URL's host name is not a valid name"),
+        (f"http://{USER}:p@{'a' * 64}.example:3128", "", "host name is not a valid name"),
+        # a bare "/" in the password after digits: would be host "admin", port 2024,
+        # and "Secret..." in every failure line; refused without echoing the URL
+        (
+            "http://admin:2024/Secret-pw@proxy.example:3128",
+            "Secret-pw",
+            "the proxy URL has a path, query or fragment (a '/', '?' or '#' in its user"
+            " or password must be percent-encoded)",
+        ),
+        ("http://admin:2024?Secret-pw@proxy.example:3128", "Secret-pw", "a path, query or"),
+        ("http://admin:2024#Secret-pw@proxy.example:3128", "Secret-pw", "a path, query or"),
+    ],
+)
+def test_a_malformed_proxy_url_stops_the_start(
+    fleet: Fleet, broker: Broker, url: str, secret: str, why: str
+) -> None:
+    agent = enrolled(fleet, broker)
+    agent.start(env=proxied_env(url))
+    assert agent.proc is not None
+    assert agent.proc.wait(30) == 2
+    said = agent.log.read_text()
+    errors = [line for line in said.splitlines() if "error" in line]
+    assert len(errors) == 1, said
+    assert errors[0].startswith(
+        "allowhelp-agent: error: the proxy setting is not usable: https_proxy: "
+    ), said
+    assert why in errors[0], said
+    assert "2024" not in said and (not secret or secret not in said), said
+    assert "running" not in said, said
+
+
 def test_a_proxy_refused_for_a_learned_node_is_a_failed_way(fleet: Fleet, broker: Broker) -> None:
     """The enrolled broker's name is in ``no_proxy``, so a broken ``https_proxy`` is
     never used for it and the start goes on; a node learned later by another name is
@@ -137,6 +171,40 @@ def test_a_proxy_refused_for_a_learned_node_is_a_failed_way(fleet: Fleet, broker
         said_after(agent, "the proxy must be an http:// URL", "it is tried again")
         assert PASSWORD not in agent.log.read_text()
         assert port_of(broker.tunnel) == ssh_port
+
+
+def test_slow_failed_attempts_still_grow_the_backoff(
+    fleet: Fleet, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that takes each CONNECT and never answers: every attempt fails only at
+    its time limit, longer than ``STABLE_AFTER`` here (15 s per way, 30 s, in the
+    field). Only time connected starts the backoff over, so the attempts count up."""
+    agent = enrolled(fleet, broker)
+    monkeypatch.setattr(agent_proxy, "CONNECT_TIMEOUT", 0.3)  # per way: two ways, 0.6 s
+    monkeypatch.setattr(agent_tunnel, "STABLE_AFTER", 0.2)
+    counted: list[int] = []
+
+    def backoff_delay(attempt: int, cap: float) -> float:
+        counted.append(attempt)
+        return 0.01
+
+    monkeypatch.setattr(agent_tunnel, "backoff_delay", backoff_delay)
+    with stand_in_proxy("stall") as proxy:
+        config = dataclasses.replace(AgentConfig.load(agent.config), proxy=proxy.url())
+        tunnel = AgentTunnel(AgentService(config), agent.config)
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            running = asyncio.create_task(tunnel.run_forever(stop))
+            while len(counted) < 4 and not running.done():
+                await asyncio.sleep(0.05)
+            stop.set()
+            await running
+
+        asyncio.run(asyncio.wait_for(run(), 30))
+        assert len(proxy.asked) >= 8, proxy.asked  # each attempt stalled at the proxy, both ways
+    assert counted[:4] == [0, 1, 2, 3], counted
+    assert "did not answer within 0.3 s" in tunnel.state.last_error, tunnel.state.last_error
 
 
 def _basic(user: str, password: str) -> str:

@@ -38,6 +38,11 @@ def describe(grant: Grant) -> str:
         first = _("%(technician)s is connected: an administrator (root) shell on this PC.")
     elif grant.kind == "shell":
         first = _("%(technician)s is connected: a command shell (terminal) on this PC.")
+    elif grant.kind == "files" and grant.view_only:
+        first = _(
+            "%(technician)s is connected: your files, view only (they cannot change anything;"
+            " each file fetched is listed here)."
+        )
     elif grant.kind == "files":
         first = _(
             "%(technician)s is connected: your files, with your rights (each file sent or"

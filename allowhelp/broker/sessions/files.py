@@ -17,18 +17,17 @@ Rules:
   the final name only once complete: a cut upload leaves no half file under
   that name, and the temporary file is removed;
 - every start has its end on the record, even when the browser goes away
-  mid-stream (the end is written shielded from the request's cancellation);
-- an upload gets the replaced file's permission bits (0600 stays 0600), 0600
-  for a new name; a session ending mid-upload removes its temporary file
-  before the channel closes;
+  mid-stream (written shielded from the request's cancellation);
+- an upload gets the replaced file's permission bits (0600 stays 0600), 0600 for
+  a new name; a session ending mid-upload removes its temporary file first;
 - a view-only session (asked as such, ``Session.view_only``) takes no upload:
   403 ``view_only`` before anything is recorded or sent (its sftp-server is ``-R``);
 - a file larger than ``max_file`` is refused (up front for a download; for an
   upload up front when its Content-Length says so, else at the limit);
 - every SFTP call has ``call_timeout`` seconds (a stream: each chunk): a PC that
   does not answer in time (a stuck network mount) ends the request with 504
-  ``pc_not_answering`` (a transfer: ``files.transfer.failed`` with that reason),
-  and the session goes on (``sftpwire.bounded``);
+  ``pc_not_answering`` (a transfer: ``files.transfer.failed``; an unanswered rename:
+  SHA-256 and ``outcome``, ``sftpwire.UnsureRename``), the session goes on;
 - a listing is whole or visibly not (``sftpwire.list_folder``): ``listing_cut``
   when it breaks mid-way, a cut answer (no closing ``]``) past ``max_held``.
 """
@@ -74,6 +73,7 @@ from allowhelp.broker.sessions.sftpwire import (
     list_folder,
     rename_onto,
     sftp_error,
+    unsure,
     upload_mode,
 )
 from allowhelp.broker.store import Store
@@ -329,9 +329,9 @@ class FileDesk:
                 await self._finished(transfer, cut)
             raise
         if error is not None:
-            if isinstance(error, AgentTimeout):  # not waited for: removed once the PC answers
-                tidy_later(transfer, client, channel, handle)
-            else:
+            if isinstance(error, AgentTimeout) and not getattr(error, "keep", False):
+                tidy_later(transfer, client, channel, handle)  # removed once the PC answers
+            elif not isinstance(error, AgentTimeout):  # (kept: the old file may be gone)
                 transfer.left = not await discard(client, handle, temp)
             await self._finished(transfer, error)
             raise error
@@ -366,19 +366,19 @@ class FileDesk:
             raise
 
     async def _finished(self, transfer: Transfer, error: BrokerError | None) -> None:
-        session = transfer.session
+        session, outcome = transfer.session, unsure(error)  # all sent, the rename unanswered
         record = TransferRecord(
             session.id,
             transfer.path,
             transfer.direction,
             transfer.size,
-            None if error else transfer.digest.hexdigest(),
+            None if error and not outcome else transfer.digest.hexdigest(),
             error is None,
             "" if error is None else error.message,
             transfer.started,
             time.time(),
         )
-        details = {**session.summary(), **record.to_json()}
+        details = {**session.summary(), **record.to_json(), **outcome}
         kind = "files.transfer.done" if error is None else "files.transfer.failed"
         try:
             await self._audit.write(

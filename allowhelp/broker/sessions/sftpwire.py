@@ -72,9 +72,9 @@ async def bounded(
 
 
 def _leave(task: asyncio.Future[T], late: Callable[[T], Awaitable[object]] | None) -> None:
-    if task.done():
-        if not task.cancelled():
-            task.exception()  # seen: asyncio does not log it as never retrieved
+    if task.done():  # answered just as the limit ran out (or the request was cut)
+        if not task.cancelled() and task.exception() is None and late is not None:
+            later(late(task.result()))  # a file opened all the same: closed
         return
     _left.add(task)
 
@@ -128,14 +128,45 @@ def _pc_error(exc: BaseException, path: str) -> BrokerError:
     return BrokerError(str(exc))
 
 
+class UnsureRename(AgentTimeout):
+    """An upload's bytes are all on the PC, but its last step did not answer in time:
+    sftp-server serves calls in order, so it may land yet, and what ``path`` holds is
+    not known. Its record keeps the upload's SHA-256 and says so (``outcome``).
+    ``keep``: the old file's removal did not answer (a server without POSIX rename):
+    the rename is never sent, and the upload stays under its temporary name."""
+
+    def __init__(self, message: str, outcome: str, *, keep: bool = False) -> None:
+        super().__init__(message)
+        self.outcome, self.keep = outcome, keep
+
+
+MAY_RENAME = "unknown: the PC may still rename it onto the path"
+
+
+def unsure(error: BaseException | None) -> dict[str, str]:
+    """What an upload's record adds when its outcome is not known (else nothing)."""
+    return {"outcome": error.outcome} if isinstance(error, UnsureRename) else {}
+
+
 async def rename_onto(client: asyncssh.SFTPClient, temp: str, path: str, limit: float) -> None:
-    """Onto the final name, replacing a file already there (POSIX rename when offered)."""
+    """Onto the final name, replacing a file already there (POSIX rename when offered);
+    ``UnsureRename`` when the PC does not answer it in time."""
     try:
-        await bounded(client.posix_rename(temp.encode(), path.encode()), limit, path)
+        try:
+            await bounded(client.posix_rename(temp.encode(), path.encode()), limit, path)
+        except AgentTimeout as exc:
+            raise UnsureRename(exc.message, MAY_RENAME) from None
     except asyncssh.SFTPOpUnsupported:
-        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-            await bounded(client.remove(path.encode()), limit, path)
-        await bounded(client.rename(temp.encode(), path.encode()), limit, path)
+        try:
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                await bounded(client.remove(path.encode()), limit, path)
+        except AgentTimeout as exc:
+            kept = f"unknown: the PC may still remove the old file; the upload is kept as {temp}"
+            raise UnsureRename(exc.message, kept, keep=True) from None
+        try:
+            await bounded(client.rename(temp.encode(), path.encode()), limit, path)
+        except AgentTimeout as exc:
+            raise UnsureRename(exc.message, MAY_RENAME) from None
 
 
 async def download_size(client: asyncssh.SFTPClient, path: str, max_file: int, limit: float) -> int:

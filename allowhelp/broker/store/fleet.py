@@ -43,15 +43,6 @@ class FleetStore(StoreCore):
                 (secret_hash, time.time(), expires, uses, created_by),
             )
 
-    def consume_enrol_token(self, secret_hash: str, now: float) -> str | None:
-        """Use one use of a token atomically; ``None`` when it is usable, else why not.
-
-        Checking and decrementing in one transaction is what makes a
-        single-use token single-use even when two agents race with it.
-        """
-        with self._tx() as db:
-            return _spend_token(db, secret_hash, now)
-
     def enrol_refusal(self, secret_hash: str, agent_id: str, now: float) -> str | None:
         """Why the token cannot enrol this key now (``key_taken``, or the token's
         ``unknown``, ``used``, ``expired``), spending nothing; ``None``: it can. The
@@ -234,7 +225,8 @@ def _token_refusal(row: Row | None, now: float) -> str | None:
 
 
 def _spend_token(db: Connection, secret_hash: str, now: float) -> str | None:
-    """Within ``db``'s transaction: one use of the token, or why not."""
+    """Within ``db``'s transaction: one use of the token, or why not (checked and spent
+    in one transaction: a single-use token stays so when two enrolments race)."""
     refusal = _token_refusal(db.execute(_USES_SQL, (secret_hash,)).fetchone(), now)
     if refusal is None:
         db.execute(

@@ -13,7 +13,10 @@ An enrolment is recorded before it happens: the token and key are checked
 (nothing spent), ``agent.enrolled`` is written, and only then are the token's use
 and the agent's key stored, in one transaction (``Store.enrol_agent``, which checks
 again). A record that cannot be written refuses the enrolment with the token's use
-intact; a store that fails after it gets ``agent.enrol.aborted`` on the chain.
+intact; a store that fails after it gets ``agent.enrol.aborted`` on the chain,
+unless the key turns out stored all the same (a COMMIT whose answer was lost): then
+it is enrolled, as ``agent.enrolled`` says. A store that cannot say either way:
+aborted, ``store_outcome_unknown``.
 """
 
 from __future__ import annotations
@@ -219,8 +222,12 @@ class EnrolmentDesk:
         try:
             refusal = await self._db.run(Store.enrol_agent, hashed, time.time(), record)
         except StoreError:  # told 503: the chain must not end at "enrolled"
-            await self._aborted(agent_id, hashed, "store_unavailable")
-            raise
+            stored = await self._stored(record)
+            if stored is not True:
+                reason = "store_unavailable" if stored is False else "store_outcome_unknown"
+                await self._aborted(agent_id, hashed, reason)
+                raise
+            refusal = None  # committed, its answer lost: enrolled (on the record already)
         if refusal is not None:  # another enrolment took the last use (or the key) meanwhile
             await self._aborted(agent_id, hashed, refusal)
             raise EnrolmentError(REFUSALS[refusal])
@@ -243,6 +250,20 @@ class EnrolmentDesk:
             details={"reason": refusal, "agent_id": agent_id},
         )
         raise EnrolmentError(REFUSALS[refusal])
+
+    async def _stored(self, record: AgentRecord) -> bool | None:
+        """After a failed ``enrol_agent``: is this enrolment's key stored anyway (a
+        COMMIT whose answer was lost, as PostgreSQL's can be)? None: the store cannot say."""
+        try:
+            stored = await self._db.read(Store.agent, record.id)
+        except StoreError:
+            return None
+        return (
+            stored is not None
+            and not stored.removed
+            and stored.public_key == record.public_key
+            and stored.enrolled == record.enrolled
+        )
 
     async def _aborted(self, agent_id: str, hashed: str, reason: str) -> None:
         """``agent.enrolled`` is written, but the enrolment was not stored."""
