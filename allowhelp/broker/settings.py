@@ -27,6 +27,9 @@ DEFAULT_RECORDING_MAX = "512MiB"
 # audit log lives there too: see audit/recording.py).
 DEFAULT_RECORDINGS_MIN_FREE = "1GiB"
 MIN_RECORDING_MAX = 4096  # the header and the marker that says why it stopped
+# Each SFTP call of a files session, at most: a listing may read 10 s before its first
+# byte (sftpwire.HOLD_FOR) and then one call, under a relaying node's 60 s a piece.
+MAX_FILES_TIMEOUT = 45.0
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -263,8 +266,11 @@ class BrokerSettings:
             raise ValueError("the organisation name must be 1 to 100 characters")
         if not 2 <= consent_timeout <= 600:
             raise ValueError("--consent-timeout must be between 2 and 600 seconds")
-        if not 1 <= files_timeout <= 600:
-            raise ValueError("--files-timeout must be between 1 and 600 seconds")
+        if not 1 <= files_timeout <= MAX_FILES_TIMEOUT:
+            raise ValueError(
+                f"--files-timeout must be between 1 and {MAX_FILES_TIMEOUT:.0f} seconds (a node"
+                " relaying a files request waits 60 s for each piece of the answer)"
+            )
         if node_address and not node_listen:
             raise ValueError("--node-address names where --node-listen is dialled: give both")
         shared = parse_store(store)

@@ -26,6 +26,7 @@ from asyncssh.sftp import MIN_SFTP_VERSION, start_sftp_client
 
 from allowhelp.agent.files import FilesUnavailable, find_sftp_server
 from allowhelp.broker.errors import AgentTimeout, BrokerError
+from allowhelp.broker.sessions import sftpwire
 from allowhelp.broker.sessions.sftpwire import list_folder
 
 LIMIT = 1.0  # seconds for each call, small for the test
@@ -183,3 +184,34 @@ async def test_a_streamed_listing_cut_ends_without_its_closing_bracket(tmp_path:
         assert got.startswith(b"[") and not got.rstrip().endswith(b"]")
         with pytest.raises(ValueError):
             json.loads(got)
+
+
+class Slow:
+    """The real client, each entry after the first 20 ms late: a PC on a slow mount."""
+
+    def __init__(self, client: asyncssh.SFTPClient) -> None:
+        self._client = client
+
+    async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        return await self._client.stat(path)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        async for entry in self._client.scandir(path):
+            yield entry
+            await asyncio.sleep(0.02)
+
+
+async def test_a_slow_listing_starts_answering_after_its_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node relaying the answer waits 60 s a piece: what is held before the first
+    byte is bounded in time too (``HOLD_FOR``), not only in entries."""
+    monkeypatch.setattr(sftpwire, "HOLD_FOR", 0.3)
+    folder = big_folder(tmp_path)  # 250 entries: 5 s at 20 ms each
+    async with real_sftp(tmp_path) as (client, _):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stream = await list_folder(Slow(client), folder.name, LIMIT)  # type: ignore[arg-type]
+        assert loop.time() - started < 2, "the answer waited for the whole folder"
+        got, error = await body(stream)
+        assert error is None and len(json.loads(got)) == 250

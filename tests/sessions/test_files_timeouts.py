@@ -321,6 +321,7 @@ def test_an_upload_whose_rename_the_pc_does_not_answer_keeps_its_digest(
 
 def test_the_files_timeout_is_checked(tmp_path: Path) -> None:
     assert BrokerSettings.build(tmp_path).files_timeout == 30.0
-    for wrong in (0.5, 601):
+    assert BrokerSettings.build(tmp_path, files_timeout=45).files_timeout == 45.0
+    for wrong in (0.5, 46):
         with pytest.raises(ValueError, match="files-timeout"):
             BrokerSettings.build(tmp_path, files_timeout=wrong)

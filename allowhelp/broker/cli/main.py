@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="how long the PC's file server has for each call of a files session (a listing,"
-        " each chunk of a transfer) before the request ends with 504 (default 30)",
+        " each chunk of a transfer) before the request ends with 504 (1 to 45, default 30)",
     )
     _recording_args(serve)
     _operations_args(serve)

@@ -43,6 +43,7 @@ TIDY_TIMEOUT = 5.0  # for removing a session's temporary files as it ends
 LATE_TIDY_TIMEOUT = 600.0  # for removing a temporary file once a PC that stopped answering does
 CALL_TIMEOUT = 30.0  # seconds the PC has for each SFTP call (a stream: for each chunk)
 MAX_HELD = 10_000  # a listing's entries held before its answer starts (then streamed)
+HOLD_FOR = 10.0  # ... or the seconds spent reading them (a node relaying waits 60 s a byte)
 SFTP_ERRORS = (asyncssh.Error, OSError, EOFError)
 _left: set[asyncio.Future[Any]] = set()  # calls given up on, still waiting for the PC
 
@@ -298,7 +299,8 @@ async def list_folder(
         raise sftp_error(exc, path) from exc
     held: list[bytes] = []
     read = False  # anything of the folder yet (its "." comes first)
-    while len(held) < max(max_held, 1):
+    until = asyncio.get_running_loop().time() + HOLD_FOR
+    while len(held) < max(max_held, 1) and (not held or asyncio.get_running_loop().time() < until):
         try:
             entry = await bounded(anext(entries, None), limit, path)
         except (AgentTimeout, *SFTP_ERRORS) as exc:
