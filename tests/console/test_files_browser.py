@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import FilePayload, expect
-from userkit import UserAgent, user_path
+from userkit import UserAgent, user_agent_online, user_path
 
 from browserkit import ARTIFACTS, chromium, logged_in_page
-from harness import TECH, TECH_PW, Broker, online, staffed_broker, wait_for
+from harness import TECH, TECH_PW, Broker
 
 USER = "ahfilesweb"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -34,18 +34,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CAN_RUN, reason=WHY_NO
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserAgent]]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("filesweb")) as fleet,
-    ):
-        broker = fleet.brokers[0]
-        agent = UserAgent(root / "pc" / "agent", user=USER)
-        fleet.agents.append(agent)
-        assert agent.enroll(broker.token()).returncode == 0
-        agent.start("--reconnect-cap", "2", "--prompt", "none")
-        wait_for(lambda: online(broker, agent.agent_id), 30, "the user's agent to come online")
-        yield broker, agent
+    with user_agent_online(tmp_path_factory.mktemp("filesweb"), USER) as made:
+        yield made
 
 
 @pytest.fixture
