@@ -27,8 +27,8 @@ DEFAULT_RECORDING_MAX = "512MiB"
 # audit log lives there too: see audit/recording.py).
 DEFAULT_RECORDINGS_MIN_FREE = "1GiB"
 MIN_RECORDING_MAX = 4096  # the header and the marker that says why it stopped
-# Each SFTP call of a files session, at most: a listing may read 10 s before its first
-# byte (sftpwire.HOLD_FOR) and then one call, under a relaying node's 60 s a piece.
+# Each SFTP call of a files session, at most; a node relaying a files request waits
+# for each piece of the answer as long as four such calls take (relay/node_http.py).
 MAX_FILES_TIMEOUT = 45.0
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -268,8 +268,8 @@ class BrokerSettings:
             raise ValueError("--consent-timeout must be between 2 and 600 seconds")
         if not 1 <= files_timeout <= MAX_FILES_TIMEOUT:
             raise ValueError(
-                f"--files-timeout must be between 1 and {MAX_FILES_TIMEOUT:.0f} seconds (a node"
-                " relaying a files request waits 60 s for each piece of the answer)"
+                f"--files-timeout must be between 1 and {MAX_FILES_TIMEOUT:.0f} seconds (each"
+                " call to the PC's file system; a request may make several)"
             )
         if node_address and not node_listen:
             raise ValueError("--node-address names where --node-listen is dialled: give both")

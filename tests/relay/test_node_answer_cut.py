@@ -80,3 +80,15 @@ def test_a_stalled_answer_is_let_go_at_the_callers_deadline(tmp_path: Path) -> N
 
     took = asyncio.run(go())
     assert took < GIVE_UP + 3, f"the caller was held {took:.1f} s past its deadline"
+
+
+def test_a_relaying_node_waits_as_long_as_a_files_request_may_take() -> None:
+    """The other node answers a files request within its own limits (its channel's
+    opening, then at most four SFTP calls before a piece goes out); a relaying node
+    that gave up sooner turned the PC's 504 into its own 502."""
+    from allowhelp.broker.relay import node_http
+    from allowhelp.broker.sessions.files import OPEN_TIMEOUT
+    from allowhelp.broker.settings import MAX_FILES_TIMEOUT
+
+    assert node_http.OPEN_FILES >= OPEN_TIMEOUT
+    assert node_http.READ_TIMEOUT > OPEN_TIMEOUT + 4 * MAX_FILES_TIMEOUT

@@ -19,10 +19,16 @@ from dataclasses import dataclass
 import h11
 
 from allowhelp.broker.errors import AgentUnreachable
+from allowhelp.broker.settings import MAX_FILES_TIMEOUT
 from allowhelp.broker.store.node_peers import PeerNode
 
 CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 60.0  # between two pieces of the answer (a PC's sftp-server may be slow)
+OPEN_FILES = 20.0  # sessions/files.py OPEN_TIMEOUT: a session's files channel opened
+# Between two pieces of the answer: as long as the other node may take to answer a
+# files request on its own limits (its channel's opening, then up to four SFTP calls
+# before a piece goes out: an upload's last write, close, remove and rename), and a
+# margin. A node that is gone closes its connection; one cut off is found by then.
+READ_TIMEOUT = OPEN_FILES + 4 * MAX_FILES_TIMEOUT + 10.0
 CHUNK = 64 * 1024
 # What goes to the other node of the technician's request, and what comes back of
 # its answer: credentials and content, never hop-by-hop or proxy headers. The cookie

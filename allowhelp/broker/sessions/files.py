@@ -39,8 +39,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import asyncssh
@@ -66,11 +66,11 @@ from allowhelp.broker.sessions.sftpwire import (
     MAX_HELD,
     SFTP_ERRORS,
     bounded,
-    close_late,
     discard,
     download_size,
     later,
     list_folder,
+    open_file,
     rename_onto,
     sftp_error,
     unsure,
@@ -80,6 +80,8 @@ from allowhelp.broker.store import Store
 from allowhelp.broker.store.session_extras import TransferRecord
 from allowhelp.broker.store.worker import StoreWorker
 from allowhelp.protocol.control import FileTransfer
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ class FileDesk:
     # listing
 
     async def listing(self, session_id: str, username: str, path: str) -> AsyncIterator[bytes]:
-        """The folder as a JSON array: whole up to ``max_held`` entries (an error before
+        """The folder as a JSON array: whole up to ``max_held`` entries or 10 s (an error before
         the first byte: no such folder, a file, no right, cut mid-way, the PC not
         answering), streamed on past that (a cut then ends the answer short)."""
         session = self._session(session_id, username)
@@ -197,13 +199,7 @@ class FileDesk:
         checks = download_size(client, path, self.max_file, self.call_timeout)
         size = await self._looked_at(transfer, checks)
         self._tell(transfer, size, "started")
-        try:
-            opening = client.open(path.encode(), "rb")
-            handle = await bounded(opening, self.call_timeout, path, close_late)
-        except (BrokerError, *SFTP_ERRORS) as exc:
-            error = sftp_error(exc, path)
-            await self._finished(transfer, error)
-            raise error from exc
+        handle = await self._looked_at(transfer, open_file(client, path, "rb", self.call_timeout))
         return size, self._chunks(transfer, handle, channel, size)
 
     async def _chunks(
@@ -296,16 +292,17 @@ class FileDesk:
         body: AsyncIterator[bytes],
     ) -> None:
         path, temp, limit = transfer.path, transfer.temp, self.call_timeout
-        try:  # O_EXCL: never someone's file; ``mode``: the bits of the file it replaces
-            still_open(channel)
-            opening = client.open(temp.encode(), "xb", asyncssh.SFTPAttrs(permissions=mode))
-            handle = await bounded(opening, limit, path, close_late)
-        except (BrokerError, *SFTP_ERRORS) as exc:
-            refused = sftp_error(exc, path)
-            if isinstance(refused, AgentTimeout):  # the PC may make it yet
-                tidy_later(transfer, client, channel, None)
-            await self._finished(transfer, refused)
-            raise refused from exc
+
+        async def opened() -> asyncssh.SFTPClientFile:  # O_EXCL: never someone's file;
+            still_open(channel)  # ``mode``: the bits of the file it replaces
+            return await open_file(client, temp, "xb", limit, mode)
+
+        try:
+            handle = await self._looked_at(transfer, opened())
+        except BaseException as exc:
+            if isinstance(exc, AgentTimeout) or not isinstance(exc, Exception):
+                tidy_later(transfer, client, channel, None)  # the PC may make it yet
+            raise
         error: BrokerError | None = None
         try:
             async for data in body:
@@ -353,9 +350,10 @@ class FileDesk:
         transfer.started = time.time()
         return transfer
 
-    async def _looked_at(self, transfer: Transfer, checks: Coroutine[Any, Any, int]) -> int:
-        """The path's ``checks`` on the PC, the transfer's start already on the record:
-        a refusal, or the request cut meanwhile, ends it as failed, on the record."""
+    async def _looked_at(self, transfer: Transfer, checks: Awaitable[T]) -> T:
+        """The path's ``checks`` (or its opening) on the PC, the transfer's start already
+        on the record: a refusal, or the request cut meanwhile, ends it as failed, on
+        the record."""
         try:
             return await checks
         except BaseException as exc:

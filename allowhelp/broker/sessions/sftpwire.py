@@ -107,6 +107,18 @@ async def close_late(handle: asyncssh.SFTPClientFile) -> None:
     await handle.close()
 
 
+async def open_file(
+    client: asyncssh.SFTPClient, path: str, mode: str, limit: float, permissions: int = 0o600
+) -> asyncssh.SFTPClientFile:
+    """``path`` opened on the PC within ``limit`` (a file it opens later is closed);
+    what the PC says against it as the broker's own error."""
+    opening = client.open(path.encode(), mode, asyncssh.SFTPAttrs(permissions=permissions))
+    try:
+        return await bounded(opening, limit, path, close_late)
+    except SFTP_ERRORS as exc:
+        raise sftp_error(exc, path) from exc
+
+
 def sftp_error(exc: BaseException, path: str) -> BrokerError:
     """What the PC said, as the broker's own error (one line, for the technician)."""
     return exc if isinstance(exc, BrokerError) else _pc_error(exc, path)  # AgentTimeout: ours
@@ -285,8 +297,9 @@ def listing_cut(exc: BaseException, path: str, count: int) -> BrokerError:
 async def list_folder(
     client: asyncssh.SFTPClient, path: str, limit: float, max_held: int = MAX_HELD
 ) -> AsyncIterator[bytes]:
-    """The folder as a JSON array. Up to ``max_held`` entries are read before the
-    answer starts: a folder that size or smaller is whole, or an error (no such
+    """The folder as a JSON array. Up to ``max_held`` entries (or ``HOLD_FOR``
+    seconds' worth) are read before the answer starts: a folder read that far is
+    whole, or an error (no such
     folder, a file, no right; ``listing_cut`` when it broke mid-way). A larger one
     streams on, and a cut after that ends the answer without its ``]`` and drops
     the connection: never a well-formed array that is not the whole folder."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
@@ -129,7 +130,7 @@ def invitee_views_of(text: bytes) -> list[dict[str, object]]:
     """Another node's invitee views, or ValueError: a list of JSON objects with an id,
     nothing JSONResponse could not send again (NaN) nor nested past Python's stack."""
     try:
-        views = json.loads(text, parse_constant=_no_constant)
+        views = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deep") from None
     if not isinstance(views, list) or not all(
@@ -141,6 +142,13 @@ def invitee_views_of(text: bytes) -> list[dict[str, object]]:
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} in a node's answer")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: what JSONResponse would refuse to send on
+        raise ValueError(f"{text} in a node's answer")
+    return number
 
 
 async def _forward(
