@@ -18,7 +18,6 @@ only", the very text ``consent.granted`` records; ``pending`` says view only too
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from harness import (
     TECH_PW,
     Broker,
     Desk,
-    broker_cli,
     staffed_broker,
     wait_for,
 )
@@ -147,11 +145,8 @@ def test_the_users_helper_shows_view_only_as_recorded(pc: tuple[Broker, Machine]
         assert "your files, view only" in listed.stdout, listed.stdout
         assert machine.cli(USER, "allow", session_id).returncode == 0
         desk.wait_state(session_id, "active")
-        done = broker_cli("audit", "export", "--data", str(broker.data))
-        records = [json.loads(line) for line in done.stdout.splitlines()]
-        [granted] = [
-            r for r in records if r["type"] == "consent.granted" and r["target"] == session_id
-        ]
+        records = broker.audit_records(session_id)
+        [granted] = [r for r in records if r["type"] == "consent.granted"]
         assert granted["details"]["prompt"] == text
     finally:
         desk.close()

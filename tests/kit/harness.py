@@ -167,6 +167,13 @@ class Broker:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(20)
 
+    def audit_records(self, target: str | None = None) -> list[dict[str, Any]]:
+        """The chain as ``audit export`` writes it (of one ``target``, when given)."""
+        done = broker_cli("audit", "export", "--data", str(self.data))
+        assert done.returncode == 0, done.stderr
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        return [r for r in records if target is None or r["target"] == target]
+
     def agents(self, user: str, password: str) -> list[dict[str, Any]]:
         with self.sync_client() as client:
             assert (

@@ -20,7 +20,7 @@ from typing import Any
 
 from machinekit import REPO, SYSTEM_PY, local_users, passable_folder
 
-from harness import Agent, Broker, online, staffed_broker, wait_for
+from harness import TECH, TECH_PW, Agent, Broker, Desk, online, staffed_broker, wait_for
 
 SITE = sysconfig.get_paths()["purelib"]
 
@@ -61,6 +61,19 @@ class UserAgent(Agent):
 
         pending: dict[str, Any] = wait_for(find, 20, f"request {session_id}", step=0.2)
         return pending
+
+
+def allowed_files(broker: Broker, agent: UserAgent, reason: str) -> tuple[Desk, str]:
+    """A technician's files session on ``agent``, allowed by its user at the PC:
+    the technician's desk (theirs to close) and the session id, active."""
+    desk = Desk.login(broker, TECH, TECH_PW)
+    answer = desk.request(agent.agent_id, "files", reason)
+    assert answer.status_code == 201, answer.text
+    session_id: str = answer.json()["id"]
+    agent.wait_pending(session_id)
+    assert agent.cli("allow", session_id).returncode == 0
+    desk.wait_state(session_id, "active")
+    return desk, session_id
 
 
 def _ids(user: str) -> tuple[int, int]:

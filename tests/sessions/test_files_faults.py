@@ -26,14 +26,14 @@ from urllib.parse import urlsplit
 
 import pytest
 from machinekit import CAN_RUN, WHY_NOT
-from userkit import UserAgent, user_agent_online, user_path
+from userkit import UserAgent, allowed_files, user_agent_online, user_path
 
 from allowhelp import runtime
 from allowhelp.agent.files import files_command
 from allowhelp.agent.news import transfer_text
 from allowhelp.broker.sessions.filepaths import upload_names
 from allowhelp.protocol.control import FileTransfer
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli, wait_for
+from harness import Broker, Desk, broker_cli, wait_for
 
 USER = "ahfaults"
 MIB = 1024 * 1024
@@ -48,15 +48,7 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserA
 
 
 def new_session(pc: tuple[Broker, UserAgent]) -> tuple[Desk, str]:
-    broker, agent = pc
-    desk = Desk.login(broker, TECH, TECH_PW)
-    answer = desk.request(agent.agent_id, "files", "faults")
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["id"]
-    agent.wait_pending(session_id)
-    assert agent.cli("allow", session_id).returncode == 0
-    desk.wait_state(session_id, "active")
-    return desk, session_id
+    return allowed_files(*pc, "faults")
 
 
 @pytest.fixture

@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from machinekit import CAN_RUN, WHY_NOT
-from userkit import UserAgent, user_agent_online, user_path
+from userkit import UserAgent, allowed_files, user_agent_online, user_path
 
 from allowhelp.broker.settings import BrokerSettings
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli, wait_for
+from harness import Broker, Desk, wait_for
 
 USER = "ahslow"
 LIMIT = 2  # --files-timeout, seconds
@@ -52,14 +52,7 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserA
 
 @pytest.fixture
 def session(pc: tuple[Broker, UserAgent]) -> Iterator[tuple[Desk, str]]:
-    broker, agent = pc
-    desk = Desk.login(broker, TECH, TECH_PW)
-    answer = desk.request(agent.agent_id, "files", "a slow PC")
-    assert answer.status_code == 201, answer.text
-    session_id: str = answer.json()["id"]
-    agent.wait_pending(session_id)
-    assert agent.cli("allow", session_id).returncode == 0
-    desk.wait_state(session_id, "active")
+    desk, session_id = allowed_files(*pc, "a slow PC")
     listed = desk.client.get(listing_url(session_id), params={"path": "."})  # the channel open
     assert listed.status_code == 200, listed.text
     yield desk, session_id
@@ -75,12 +68,10 @@ def files_url(session_id: str) -> str:
 
 
 def transfers(broker: Broker, session_id: str, kind: str, path: str) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(broker.data))
-    records = [json.loads(line) for line in done.stdout.splitlines()]
     return [
         r["details"]
-        for r in records
-        if r["target"] == session_id and r["type"] == kind and r["details"].get("path") == path
+        for r in broker.audit_records(session_id)
+        if r["type"] == kind and r["details"].get("path") == path
     ]
 
 

@@ -10,7 +10,6 @@ with 403 before anything is recorded or sent; the PC's sftp-server runs with ``-
 
 from __future__ import annotations
 
-import json
 import pwd
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from machinekit import CAN_RUN, WHY_NOT
 from userkit import UserAgent, user_agent_online, user_path
 
 from allowhelp.agent.files import files_command
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli
+from harness import TECH, TECH_PW, Broker, Desk
 
 USER = "ahview"
 
@@ -53,9 +52,7 @@ def viewing(pc: tuple[Broker, UserAgent]) -> Iterator[tuple[Desk, str]]:
 
 
 def records(broker: Broker, session_id: str) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(broker.data))
-    found = [json.loads(line) for line in done.stdout.splitlines()]
-    return [r for r in found if r["target"] == session_id]
+    return broker.audit_records(session_id)
 
 
 def files_url(session_id: str, what: str = "files/content") -> str:

@@ -15,14 +15,13 @@ The older agent is an enrolled agent's own key saying an older hello (no
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 from roguekit import rogue_agent_says
 
 from allowhelp.protocol.control import Hello
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli, running_fleet
+from harness import TECH, TECH_PW, Broker, Desk, running_fleet
 
 
 def _row(desk: Desk, agent_id: str) -> dict[str, Any]:
@@ -31,10 +30,7 @@ def _row(desk: Desk, agent_id: str) -> dict[str, Any]:
 
 
 def _records(broker: Broker, session_id: str) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(broker.data))
-    assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in done.stdout.splitlines()]
-    return [r for r in records if r["target"] == session_id]
+    return broker.audit_records(session_id)
 
 
 def test_view_only_files_are_refused_to_an_older_agent_before_the_pc_is_asked(
