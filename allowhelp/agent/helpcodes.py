@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from allowhelp.agent.config import write_private
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,8 @@ class AskedHelp:
         if self._path is None:
             return
         rows = [{"code": c, "owner": a.owner, "until": a.until} for c, a in codes.items()]
-        part = self._path.with_name(self._path.name + ".part")
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"codes": rows}, handle)
-            os.replace(part, self._path)
+            write_private(self._path, json.dumps({"codes": rows}))
         except OSError as exc:  # kept in memory: this process still knows
             log.warning("cannot keep help codes in %s: %s", self._path, exc)
 

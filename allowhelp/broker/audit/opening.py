@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.certs.sshkeys import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,8 @@ class AuditSinks:
             path = str(options.anchors) if options.anchors is not None else None
             anchors = {"path": path, "every": options.anchor_every}  # path None: DATA's
         text = json.dumps({"syslog": self.syslog_url, "anchors": anchors}, indent=2) + "\n"
-        tmp = data_dir / f"{SINKS_FILE}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            tmp.replace(data_dir / SINKS_FILE)
+            write_file_atomic(data_dir / SINKS_FILE, text.encode())
         except OSError as exc:
             log.warning(
                 "%s not written (%s): the command line's audit records may miss syslog "
