@@ -39,7 +39,10 @@ class Proxy:
 
 def parse_proxy(url: str) -> Proxy:
     """``http://[user:password@]host[:port][/]``; ``ValueError`` naming no secret."""
-    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    try:
+        parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    except ValueError:  # its text quotes the user and password (NFKC's netloc check)
+        raise ValueError(_("the proxy URL is not a valid URL")) from None
     if parts.scheme != "http":
         raise ValueError(
             _(

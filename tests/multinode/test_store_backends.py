@@ -198,11 +198,13 @@ def test_an_unreachable_database_is_one_clear_error() -> None:
         ("mysql://h/db", "must be a postgresql://"),
         ("postgresql://h:5432", "names no database"),
         ("postgresql://h:port/db", "not a URL"),
+        ("postgresql://u:pa\uff0fTopSecret@h/db", "not a URL"),  # fullwidth "/"
     ],
 )
 def test_a_bad_store_url_is_refused(text: str, problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
+    with pytest.raises(ValueError, match=problem) as caught:
         parse_store(text)
+    assert "TopSecret" not in str(caught.value)
 
 
 def test_placeholders_are_spelt_once_for_psycopg() -> None:

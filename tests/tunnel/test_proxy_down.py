@@ -125,6 +125,8 @@ def test_a_proxy_setting_that_can_never_work_stops_the_start(fleet: Fleet, broke
         ),
         ("http://admin:2024?Secret-pw@proxy.example:3128", "Secret-pw", "a path, query or"),
         ("http://admin:2024#Secret-pw@proxy.example:3128", "Secret-pw", "a path, query or"),
+        # a fullwidth "/" in the password: urlsplit's own error quotes user and password
+        ("http://admin:pa\uff0fSecret-pw@proxy.example:3128", "Secret-pw", "not a valid URL"),
     ],
 )
 def test_a_malformed_proxy_url_stops_the_start(

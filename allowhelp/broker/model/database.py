@@ -35,8 +35,11 @@ class PostgresUrl:
         try:
             parts = urlsplit(text.strip())
             port = parts.port  # raises ValueError when it is not a number
-        except ValueError as exc:
-            raise ValueError(f"--store: not a URL ({exc})") from None
+        except ValueError:  # its text may quote the password (NFKC's netloc check)
+            raise ValueError(
+                "--store: not a URL (a port that is no number, or a character a URL's"
+                " host part cannot hold: percent-encode it)"
+            ) from None
         if parts.scheme not in SCHEMES:
             raise ValueError(
                 "--store must be a postgresql://user:password@host:port/database URL "
