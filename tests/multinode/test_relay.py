@@ -263,11 +263,17 @@ def _client_context(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLCon
     return context
 
 
-def _ask(address: tuple[str, int], context: ssl.SSLContext, path: str = "/api/v1/sessions") -> int:
-    """One POST on the node listener; its status, or 0 when the connection is refused."""
+def _ask(
+    address: tuple[str, int],
+    context: ssl.SSLContext,
+    path: str = "/api/v1/sessions",
+    method: str = "POST",
+) -> int:
+    """One request on the node listener; its status, or 0 when the connection is refused."""
     conn = http.client.HTTPSConnection(*address, context=context, timeout=10)
     try:
-        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        body = b"{}" if method == "POST" else None
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
         return conn.getresponse().status
     except (OSError, http.client.HTTPException):
         return 0
@@ -385,6 +391,13 @@ def test_the_node_listener_takes_live_nodes_only(tmp_path: Path, pg_url: str) ->
         as_a = _as_node(b.data, _node_id(a), work)
         assert _ask(address, as_a) == 401
         assert _ask(address, as_a, "/api/v1/users") == 404
+        # the reads a node may ask (a session list's invitations, a session's page) and
+        # no other: a recording, the audit log, a path one character off
+        assert _ask(address, as_a, "/api/v1/sessions", "GET") == 401
+        assert _ask(address, as_a, "/api/v1/sessions/s-0123456789ab", "GET") == 401
+        for path in ("/api/v1/sessions/s-0123456789ab/recording", "/api/v1/audit",
+                     "/api/v1/sessions/", "/api/v1/agents"):  # fmt: skip
+            assert _ask(address, as_a, path, "GET") == 404, path
         assert len(_refusals(pg_url)) == 3
     _verified(pg_url)
 
