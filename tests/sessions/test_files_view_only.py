@@ -98,6 +98,12 @@ def test_an_upload_is_refused_by_the_broker_before_anything_happens(
     assert not user_path(USER, "new.txt").exists()
     started = [r for r in records(broker, session_id) if r["type"] == "files.transfer.started"]
     assert all(r["details"]["direction"] == "download" for r in started)
+    refused = [r for r in records(broker, session_id) if r["type"] == "files.refused"]
+    assert [(r["code"], r["details"]["path"], r["details"]["why"]) for r in refused] == [
+        ("AH1510", ".bashrc", "view only"),
+        ("AH1510", "new.txt", "view only"),
+    ]
+    assert all(r["actor"] == f"technician:{TECH}" for r in refused)
     assert [p.name for p in user_path(USER).iterdir() if ".allowhelp-" in p.name] == []
 
 

@@ -93,6 +93,8 @@ EVENT_CODES: dict[str, str] = {
     "report.queued": "AH1507",
     "report.delivered": "AH1508",
     "report.failed": "AH1509",
+    # a write asked of a view-only files session, refused by the broker (nothing sent)
+    "files.refused": "AH1510",
     # invitations and participants (AH17xx, issue #18): who invited whom, how
     # (observe/control), the PC user's answer, the owner's revocation, each join and
     # leave, the PC user removing someone, and a technician refused at the door

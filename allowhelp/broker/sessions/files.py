@@ -1,10 +1,8 @@
 """Files sessions: listing, download and upload through the PC's sftp-server.
 
-A ``files`` session, once the PC user allowed it, gets one SSH channel
-(``allowhelp.files/<id>``) to the agent, opened at the first request; the
-agent bridges it to ``sftp-server`` running as the signed-in user. The broker
-speaks SFTP on it with asyncssh's client and streams both ways: no whole file
-is held in memory (one chunk at a time, and SFTP's own flow control).
+Once allowed, a ``files`` session gets one SSH channel (``allowhelp.files/<id>``),
+opened at the first request, bridged by the agent to ``sftp-server`` as the
+signed-in user; asyncssh's SFTP client streams both ways, a chunk at a time.
 
 Rules:
 - only the technician the user consented to, while the session is active
@@ -20,8 +18,8 @@ Rules:
   mid-stream (written shielded from the request's cancellation);
 - an upload gets the replaced file's permission bits (0600 stays 0600), 0600 for
   a new name; a session ending mid-upload removes its temporary file first;
-- a view-only session (asked as such, ``Session.view_only``) takes no upload:
-  403 ``view_only`` before anything is recorded or sent (its sftp-server is ``-R``);
+- a view-only session (``Session.view_only``) takes no upload: ``files.refused``,
+  then 403 ``view_only``, nothing sent (its sftp-server is ``-R``);
 - a file larger than ``max_file`` is refused (up front for a download; for an
   upload up front when its Content-Length says so, else at the limit);
 - every SFTP call has ``call_timeout`` seconds (a stream: each chunk): a PC that
@@ -258,11 +256,15 @@ class FileDesk:
         *,
         declared: int | None = None,
     ) -> dict[str, object]:
-        """Write ``body`` to a temporary name, then rename it onto ``path``. A
-        ``declared`` size (Content-Length) over ``max_file`` is refused at once:
-        nothing on the record, nothing asked of the PC."""
+        """Write ``body`` to a temporary name, then rename it onto ``path``. A view-only
+        session refuses it (``files.refused``); a ``declared`` size (Content-Length)
+        over ``max_file`` is refused at once: nothing asked of the PC."""
         session = self._session(session_id, username)
         if session.view_only:  # the PC's sftp-server is read-only (-R) too
+            await self._audit.write(
+                "files.refused", actor=f"technician:{username}", target=session_id,
+                details={**session.summary(), "path": path, "why": "view only"},
+            )  # fmt: skip
             raise Forbidden(
                 "this files session is view only: nothing may be written to the PC",
                 code="view_only",
