@@ -168,6 +168,15 @@ async def test_an_invitee_on_node_a_joins_a_session_node_b_runs(
                         await asyncio.wait_for(observer.ws.recv(), 15)
             assert await _refused(bob, session_id) == 403
         assert alice.wait_state(session_id, "ended")["end_reason"] == "technician"
+        # Once it has ended, Bob's page on A still shows it as one node would: ended,
+        # his invitation revoked (B keeps it; A knows none and asks B). Dave: nothing.
+        ended = bob.client.get(f"/api/v1/sessions/{session_id}")
+        assert ended.status_code == 200, ended.text
+        page = ended.json()
+        assert page["state"] == "ended" and page["owner_here"] is False, page
+        assert page["invitation"]["username"] == BOB, page
+        assert page["invitation"]["state"] == "revoked", page
+        assert dave.client.get(f"/api/v1/sessions/{session_id}").status_code == 404
         records = _records(pg_url, session_id)
         refusals = [r for r in records if r["type"] == "participant.refused"]
         assert {r["actor"] for r in refusals} == {f"technician:{BOB}", f"technician:{DAVE}"}

@@ -147,6 +147,9 @@ class NodeRoute:
     async def session_node(self, session_id: str) -> SessionPeer | None:
         return await self._db.read(Store.session_peer, session_id)
 
+    async def session_ran_by(self, session_id: str) -> PeerNode | None:
+        return await self._db.read(Store.session_ran_by, session_id)
+
     async def session_peers(self) -> list[PeerNode]:
         return await self._db.read(Store.session_peers)
 

@@ -95,6 +95,15 @@ class NodePeerStore(StoreCore):
         )
         return found[0] if found else None
 
+    def session_ran_by(self, session_id: str) -> PeerNode | None:
+        """The other live node that ran this session, open or ended (its invitations
+        were that node's, kept in its memory: an invitee's page of an ended session)."""
+        found = self._live_peers(
+            "n.id IN (SELECT node_id FROM session_nodes WHERE session_id = ?) AND n.id <> ?",
+            (session_id, self.node_id),
+        )
+        return found[0] if found else None
+
     def session_peers(self) -> list[PeerNode]:
         """The other live nodes running at least one open session: where this node's
         technicians may have been invited (#18) into a session it does not run."""

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from allowhelp.broker.auth.authenticator import COOKIE_NAME
 from allowhelp.broker.console.api.base import require, services
-from allowhelp.broker.errors import AgentUnreachable, BrokerError
+from allowhelp.broker.errors import AgentUnreachable, BrokerError, NotFound
 from allowhelp.broker.relay.node_link import FROM_NODE, NodeRoute
 from allowhelp.broker.store.node_peers import AgentElsewhere, PeerNode
 
@@ -220,9 +220,32 @@ def or_elsewhere(endpoint: Endpoint, *, read: bool = False) -> Endpoint:
                     if not read:
                         raise
                     log.warning("session %s: served here: %s", session_id, exc)
-        return await endpoint(request)
+        try:
+            return await endpoint(request)
+        except NotFound:
+            if not read or route is None:
+                raise
+            ran = await _ran_elsewhere(request, route, session_id)
+            if ran is None:
+                raise
+            return ran
 
     return routed
+
+
+async def _ran_elsewhere(request: Request, route: NodeRoute, session_id: str) -> Response | None:
+    """A read this node answers "no such session" to, served by the live node that ran
+    the session (ended there, or not yet listed as open): that node keeps its
+    invitations in memory, so an invitee's page of an ended session is its to show."""
+    node = await route.session_ran_by(session_id)
+    if node is None:
+        return None
+    principal = await require(request)
+    try:
+        return await _forward(request, route, node, principal.actor, {"session": session_id})
+    except AgentUnreachable as exc:
+        log.warning("session %s: not asked of node %s: %s", session_id, node.id, exc)
+        return None
 
 
 async def attach_elsewhere(websocket: WebSocket, actor: str) -> bool:
