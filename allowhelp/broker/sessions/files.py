@@ -25,7 +25,8 @@ Rules:
 - every SFTP call has ``call_timeout`` seconds (a stream: each chunk): a PC that
   does not answer in time (a stuck network mount) ends the request with 504
   ``pc_not_answering`` (a transfer: ``files.transfer.failed``; an unanswered rename:
-  SHA-256 and ``outcome``, ``sftpwire.UnsureRename``), the session goes on;
+  SHA-256 and ``outcome``, ``sftpwire.UnsureRename``), the session goes on; until
+  the PC answers again, its later requests end so at once (``filesprobe.py``);
 - a listing is whole or visibly not (``sftpwire.list_folder``): ``listing_cut``
   when it breaks mid-way, a cut answer (no closing ``]``) past ``max_held``.
 """
@@ -36,9 +37,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import anyio
 import asyncssh
@@ -58,6 +57,7 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.sessions.filechannel import FileChannel, Transfer, still_open, tidy_later
 from allowhelp.broker.sessions.filepaths import upload_names
+from allowhelp.broker.sessions.filesrecord import Notify, TransferBook
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.sftpwire import (
     CALL_TIMEOUT,
@@ -71,15 +71,9 @@ from allowhelp.broker.sessions.sftpwire import (
     open_file,
     rename_onto,
     sftp_error,
-    unsure,
     upload_mode,
 )
-from allowhelp.broker.store import Store
-from allowhelp.broker.store.session_extras import TransferRecord
 from allowhelp.broker.store.worker import StoreWorker
-from allowhelp.protocol.control import FileTransfer
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +81,6 @@ CHUNK = 256 * 1024
 MAX_FILE = 4 * 1024**3
 OPEN_TIMEOUT = 20.0
 CLOSE_TIMEOUT = 5.0  # for closing a file on the PC once a transfer is over
-MAX_SHOWN = 1000  # characters of a path the PC user's window is sent
-Notify = Callable[[Session, FileTransfer], None]
 
 
 class FileDesk:
@@ -105,11 +97,10 @@ class FileDesk:
     ) -> None:
         self._sessions = sessions
         self._audit = audit
-        self._db = db
+        self._book = TransferBook(audit, db, notify)
         self.max_file = max_file
         self.call_timeout = call_timeout  # seconds for each SFTP call, each chunk
         self.max_held = max_held  # a listing's entries read before its answer starts
-        self._notify = notify
         self._channels: dict[str, FileChannel] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # channels' last steps as sessions end
 
@@ -177,12 +168,16 @@ class FileDesk:
         the first byte: no such folder, a file, no right, cut mid-way, the PC not
         answering), streamed on past that (a cut then ends the answer short)."""
         session = self._session(session_id, username)
-        client, _ = await self._client(session)  # session.started first, at the first request
+        client, channel = await self._client(session)  # session.started first (first request)
         await self._audit.write(
             "files.listed", actor=f"technician:{username}", target=session_id,
             details={**session.summary(), "path": path},
         )  # fmt: skip
-        return await list_folder(client, path, self.call_timeout, self.max_held)
+        liveness = channel.liveness
+        await liveness.answering(path, self.call_timeout)  # a PC stuck on an earlier call
+        with liveness.watching(client):
+            listing = await list_folder(client, path, self.call_timeout, self.max_held)
+        return liveness.watched(listing, client)
 
     # download
 
@@ -193,15 +188,22 @@ class FileDesk:
         anything about it (a refusal ends the transfer as failed, on the record)."""
         session = self._session(session_id, username)
         client, channel = await self._client(session)
-        transfer = await self._started(Transfer(session, username, path, "download"))
-        checks = download_size(client, path, self.max_file, self.call_timeout)
-        size = await self._looked_at(transfer, checks)
-        self._tell(transfer, size, "started")
-        handle = await self._looked_at(transfer, open_file(client, path, "rb", self.call_timeout))
-        return size, self._chunks(transfer, handle, channel, size)
+        book, limit = self._book, self.call_timeout
+        transfer = await book.started(Transfer(session, username, path, "download"))
+        await book.looked_at(transfer, channel.liveness.answering(path, limit))
+        with channel.liveness.watching(client):
+            size = await book.looked_at(transfer, download_size(client, path, self.max_file, limit))
+            book.tell(transfer, size, "started")
+            handle = await book.looked_at(transfer, open_file(client, path, "rb", limit))
+        return size, self._chunks(transfer, client, handle, channel, size)
 
     async def _chunks(
-        self, transfer: Transfer, handle: asyncssh.SFTPClientFile, channel: FileChannel, size: int
+        self,
+        transfer: Transfer,
+        client: asyncssh.SFTPClient,
+        handle: asyncssh.SFTPClientFile,
+        channel: FileChannel,
+        size: int,
     ) -> AsyncIterator[bytes]:
         error: BrokerError | None = None
         path = transfer.path
@@ -222,6 +224,7 @@ class FileDesk:
             error = BrokerError(f"{path}: the download was cut after {transfer.size} bytes")
             raise
         finally:
+            channel.liveness.noticed(error, client)  # a chunk given up on
             await self._end_download(transfer, handle, error)
         # An error after the first byte cannot become an HTTP answer any more: the
         # body stops short of its Content-Length (the client sees a cut download)
@@ -236,14 +239,14 @@ class FileDesk:
         with anyio.CancelScope(shield=True):
             if isinstance(error, AgentTimeout):
                 later(handle.close())
-                await self._finished(transfer, error)
+                await self._book.finished(transfer, error)
                 return
             with (
                 anyio.move_on_after(CLOSE_TIMEOUT),
                 contextlib.suppress(asyncssh.Error, OSError, EOFError),
             ):
                 await handle.close()
-            await self._finished(transfer, error)
+            await self._book.finished(transfer, error)
 
     # upload
 
@@ -273,16 +276,18 @@ class FileDesk:
             raise TooLarge(f"uploads are limited to {self.max_file} bytes")
         client, channel = await self._client(session)
         folder, temp = upload_names(path, secrets.token_hex(6))
-        transfer = await self._started(Transfer(session, username, path, "upload", temp=temp))
-        checks = upload_mode(client, path, folder, self.call_timeout)
-        mode = await self._looked_at(transfer, checks)
-        self._tell(transfer, 0, "started")
-        channel.temps.add(temp)  # the session's end removes it if still there
-        try:
-            await self._write(transfer, client, channel, mode, body)
-        finally:
-            if not transfer.left:
-                channel.temps.discard(temp)
+        book, limit = self._book, self.call_timeout
+        transfer = await book.started(Transfer(session, username, path, "upload", temp=temp))
+        await book.looked_at(transfer, channel.liveness.answering(path, limit))
+        with channel.liveness.watching(client):
+            mode = await book.looked_at(transfer, upload_mode(client, path, folder, limit))
+            book.tell(transfer, 0, "started")
+            channel.temps.add(temp)  # the session's end removes it if still there
+            try:
+                await self._write(transfer, client, channel, mode, body)
+            finally:
+                if not transfer.left:
+                    channel.temps.discard(temp)
         return {"path": path, "size": transfer.size, "sha256": transfer.digest.hexdigest()}
 
     async def _write(
@@ -300,7 +305,7 @@ class FileDesk:
             return await open_file(client, temp, "xb", limit, mode)
 
         try:
-            handle = await self._looked_at(transfer, opened())
+            handle = await self._book.looked_at(transfer, opened())
         except BaseException as exc:
             if isinstance(exc, AgentTimeout) or not isinstance(exc, Exception):
                 tidy_later(transfer, client, channel, None)  # the PC may make it yet
@@ -325,77 +330,13 @@ class FileDesk:
             cut = BadRequest(f"{path}: the upload was cut after {transfer.size} bytes")
             with anyio.CancelScope(shield=True):
                 transfer.left = not await discard(client, handle, temp)
-                await self._finished(transfer, cut)
+                await self._book.finished(transfer, cut)
             raise
         if error is not None:
             if isinstance(error, AgentTimeout) and not getattr(error, "keep", False):
                 tidy_later(transfer, client, channel, handle)  # removed once the PC answers
             elif not isinstance(error, AgentTimeout):  # (kept: the old file may be gone)
                 transfer.left = not await discard(client, handle, temp)
-            await self._finished(transfer, error)
+            await self._book.finished(transfer, error)
             raise error
-        await self._finished(transfer, None)
-
-    # the record of each transfer
-
-    async def _started(self, transfer: Transfer) -> Transfer:
-        """On the record before the PC is asked anything about the path (the size is in
-        the end's record); the PC is told once the path is found fit (``_tell``)."""
-        session = transfer.session
-        details = {**session.summary(), "path": transfer.path, "direction": transfer.direction}
-        await self._audit.write(
-            "files.transfer.started",
-            actor=f"technician:{transfer.username}",
-            target=session.id,
-            details=details,
-        )
-        transfer.started = time.time()
-        return transfer
-
-    async def _looked_at(self, transfer: Transfer, checks: Awaitable[T]) -> T:
-        """The path's ``checks`` (or its opening) on the PC, the transfer's start already
-        on the record: a refusal, or the request cut meanwhile, ends it as failed, on
-        the record."""
-        try:
-            return await checks
-        except BaseException as exc:
-            cut = f"{transfer.path}: the {transfer.direction} was cut before it began"
-            error = exc if isinstance(exc, BrokerError) else BrokerError(cut)
-            with anyio.CancelScope(shield=True):  # cancelled again at every await
-                await self._finished(transfer, error)
-            raise
-
-    async def _finished(self, transfer: Transfer, error: BrokerError | None) -> None:
-        session, outcome = transfer.session, unsure(error)  # all sent, the rename unanswered
-        record = TransferRecord(
-            session.id,
-            transfer.path,
-            transfer.direction,
-            transfer.size,
-            None if error and not outcome else transfer.digest.hexdigest(),
-            error is None,
-            "" if error is None else error.message,
-            transfer.started,
-            time.time(),
-        )
-        details = {**session.summary(), **record.to_json(), **outcome}
-        kind = "files.transfer.done" if error is None else "files.transfer.failed"
-        try:
-            await self._audit.write(
-                kind, actor=f"technician:{transfer.username}", target=session.id, details=details
-            )
-        except BrokerError as exc:  # the start is on the record; say so in the log
-            log.error("session=%s %s of %s not recorded: %s", session.id, kind, transfer.path, exc)
-        try:
-            await self._db.run(Store.add_transfer, record)
-        except BrokerError as exc:
-            log.error("session=%s transfer of %s not stored: %s", session.id, transfer.path, exc)
-        self._tell(transfer, transfer.size, "done" if error is None else "failed")
-
-    def _tell(self, transfer: Transfer, size: int, status: str) -> None:
-        if self._notify is not None:
-            session = transfer.session
-            path = transfer.path  # a long one keeps its end, the file's name
-            shown = path if len(path) <= MAX_SHOWN else "…" + path[-(MAX_SHOWN - 1) :]
-            message = FileTransfer(session.id, shown, transfer.direction, size, status)
-            self._notify(session, message)
+        await self._book.finished(transfer, None)
