@@ -113,8 +113,15 @@ def not_answering(answer: httpx.Response | str) -> None:
 
 
 def still_works(desk: Desk, session_id: str) -> None:
-    """Once the PC answers again, the same session lists, uploads and downloads."""
-    listed = desk.client.get(listing_url(session_id), params={"path": "."})
+    """Once the PC answers again, the same session lists, uploads and downloads (the
+    first listing may come before the PC's answer to the probe sent after the call it
+    was stuck on: ``filesprobe.py``; it is asked again until it is listed)."""
+
+    def listing() -> httpx.Response | None:
+        answer = desk.client.get(listing_url(session_id), params={"path": "."})
+        return None if answer.status_code == 504 else answer
+
+    listed: httpx.Response = wait_for(listing, 20, "the session to list again")
     assert listed.status_code == 200, listed.text
     put = desk.client.put(files_url(session_id), params={"path": "after.txt"}, content=b"ok")
     assert put.status_code == 201, put.text
