@@ -15,6 +15,10 @@ allowhelp (issue #19; docs/design.md, "The doorbell"). It:
   key is deleted first) and when a local client connects to a socket it holds;
 - binds the agent's local sockets itself and hands them down
   (``ALLOWHELP_LISTEN_FDS``), watching them while no full agent runs;
+- refuses, at its start, a proxy setting that can never work (``https_proxy`` or
+  ``agent.json``'s ``proxy``: not an ``http://`` URL, a bad port ...), in the full
+  agent's one line and exit status; a proxy that is down is a failed ring, dialled
+  again after the backoff;
 - forwards SIGTERM/SIGINT to the full agent, waits for it, exits 0; re-executes
   itself after a package upgrade (``upgrade.py``'s mark) while no full agent runs.
 
@@ -30,10 +34,12 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.doorbellloop import UPGRADED_FILE, Doorbell
 from allowhelp.agent.localpath import bind_local, socket_path
+from allowhelp.agent.proxyurl import check_setting
 
 
 def woken_command(argv: Sequence[str], orig_argv: Sequence[str], executable: str) -> list[str]:
@@ -46,6 +52,14 @@ def woken_command(argv: Sequence[str], orig_argv: Sequence[str], executable: str
     if not prefix:
         prefix = ["-m", "allowhelp.agent.cli"]
     return [executable, *prefix, *argv, "--idle", "woken"]
+
+
+def enrolled_hosts(config: AgentConfig) -> list[str]:
+    """The names this doorbell rings and the full agent it starts dials (the broker's
+    HTTPS port, its SSH port): a proxy setting refused for one of them stops both."""
+    urls = (config.broker_url, config.tunnel_url)
+    names = [*(urlsplit(url).hostname or "" for url in urls), config.tunnel_host]
+    return [name for name in dict.fromkeys(names) if name]
 
 
 def bind_listeners(folder: Path, *, system: bool) -> dict[str, socket.socket]:
@@ -62,6 +76,9 @@ def run_doorbell(
 ) -> int:
     """``run --idle doorbell`` (``cli.py``): until SIGTERM or SIGINT; 0 then."""
     config = AgentConfig.load(folder)
+    # Read once, as the full agent does: a setting that can never work is one line and
+    # exit 2 now, not a failed ring (and a failed full agent) at every try.
+    check_setting(enrolled_hosts(config), config.proxy)
     with contextlib.suppress(OSError):  # this process runs the installed version
         (folder / UPGRADED_FILE).unlink()
     listeners = bind_listeners(folder, system=system)

@@ -224,7 +224,12 @@ def open_tls(
     if proxy is None:
         sock = _tcp(host, port, f"{host}:{port}", timeout)
     else:
-        sock = _tcp(proxy.host, proxy.port, str(proxy), timeout)
+        try:
+            sock = _tcp(proxy.host, proxy.port, str(proxy), timeout)
+        except OSError as exc:  # down, or its name unknown: said as the proxy's (proxy.py)
+            if not exc.strerror:
+                raise
+            raise OSError(f"cannot connect to {proxy} ({exc.strerror})") from None
         try:
             time_left(sock, deadline)
             sock.sendall(connect_request(host, port, proxy))

@@ -16,7 +16,9 @@ uid the kernel gives (``SO_PEERCRED``) and by nothing it says.
   ``machinerequests.py``).
 
 Where the socket lives and how its folder is checked: ``machinesocket.py``;
-the helpers connected and who of them is signed in: ``sessionhelpers.py``.
+the helpers connected and who of them is signed in: ``sessionhelpers.py``; the
+programs they started for sessions: ``hubprograms.py``; the ``Hello`` that names
+the signed-in user: ``machinehello.py``.
 
 Bounded: at most ``MAX_CONNECTIONS`` connections, ``MAX_PER_UID`` per uid,
 ``MAX_HELPERS_PER_UID`` helpers per uid; a silent client goes after ``IDLE_TIMEOUT``.
@@ -31,18 +33,19 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allowhelp import __version__
 from allowhelp.agent.consent import ConsentRefused, Grant, Pending
 from allowhelp.agent.errors import AgentError
+from allowhelp.agent.hubprograms import HubPrograms
 from allowhelp.agent.i18n import _, speaking
 from allowhelp.agent.localpath import adopted_connections, inherited_listener
+from allowhelp.agent.machinehello import Said, machine_hello
 from allowhelp.agent.machinerequests import answer_decision, answer_query, ask_help, prompt_packet
 from allowhelp.agent.machinesocket import listen_at
 from allowhelp.agent.news import NewsLine
 from allowhelp.agent.seqpacket import PacketConn, close_fds
 from allowhelp.agent.service import AgentService
-from allowhelp.agent.sessionhelpers import ScreenSaid, SessionHelpers
-from allowhelp.agent.signedin import NO_SCREEN, NOBODY_SIGNED_IN, ActiveUid, user_name
+from allowhelp.agent.sessionhelpers import SessionHelpers
+from allowhelp.agent.signedin import ActiveUid, user_name
 from allowhelp.protocol import helper as hp
 from allowhelp.protocol.control import MAX_CHAT, Hello
 from allowhelp.protocol.hostile_json import ProtocolError
@@ -50,7 +53,6 @@ from allowhelp.protocol.kinds import Kind
 
 if TYPE_CHECKING:  # loaded with the first session (tests/house/test_idle_imports.py)
     from allowhelp.agent.channels import Backend, GatedChannel
-    from allowhelp.agent.remote import RemoteProgram
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,6 @@ MAX_CONNECTIONS = 64
 MAX_PER_UID = 8
 MAX_HELPERS_PER_UID = 4
 IDLE_TIMEOUT = 10.0
-PROGRAM_NUMBERS = 65535  # ``Open.program`` counts 1..this, then again from 1
 
 
 class HelperHub:
@@ -66,12 +67,7 @@ class HelperHub:
     forwards prompts to the helpers of the request's owner."""
 
     def __init__(
-        self,
-        path: Path,
-        *,
-        active_uid: ActiveUid | None,
-        hostname: str = "",
-        os_name: str = "",
+        self, path: Path, *, active_uid: ActiveUid | None, hostname: str = "", os_name: str = ""
     ) -> None:
         self.path = path
         self._hostname, self._os = hostname, os_name
@@ -81,12 +77,10 @@ class HelperHub:
         self._inherited: socket.socket | None = None
         self._helpers = SessionHelpers(active_uid)
         self._idle: dict[PacketConn, asyncio.TimerHandle] = {}
-        # by session id and number (``Open.program``: a reconnect's while the last one ends)
-        self._programs: dict[tuple[str, int], RemoteProgram] = {}
-        self._last_program = 0
+        self.programs = HubPrograms()  # what the helpers started for sessions
         self._owners: dict[str, int | None] = {}  # session → uid: news go to it alone
         self._tasks: set[asyncio.Task[None]] = set()
-        self._said: tuple[str, str, ScreenSaid | None] | None = None  # user, language, screen
+        self._said: Said | None = None  # the last Hello's: user, language, screen
 
     # who is signed in
 
@@ -110,27 +104,10 @@ class HelperHub:
         return self._helpers.newest_of(uid)
 
     def hello(self) -> Hello:
-        user, language, screen = self._said = self._what_to_say()
-        return Hello(
-            hostname=self._hostname,
-            os=self._os,
-            user=user,
-            version=__version__,
-            system=True,
-            language=language,
-            jobs=True,
-            screen=screen[0] if screen else NO_SCREEN,
-            screen_problem=screen[1] if screen else NOBODY_SIGNED_IN,
-            desktop=screen[2] if screen else "",
-            chat=True,
-            monitors=screen[3] if screen else "",
-            invites=True,
-            all_monitors=True,
-            nodes=True,
-            files_view_only=bool(screen and screen[4]),  # the user's helper runs one -R
-        )
+        self._said = self._what_to_say()
+        return machine_hello(self._hostname, self._os, self._said)
 
-    def _what_to_say(self) -> tuple[str, str, ScreenSaid | None]:
+    def _what_to_say(self) -> Said:
         return self.signed_in_name(), self.signed_in_language(), self._helpers.screen_said()
 
     def _maybe_changed(self) -> None:
@@ -156,19 +133,7 @@ class HelperHub:
     ) -> Backend:
         read_only = kind == "files" and grant.view_only  # a helper that can (-R), or none
         conn = self._helpers.program_helper(grant.owner, read_only_files=read_only)
-        from allowhelp.agent.remote import RemoteProgram  # noqa: PLC0415 - with the first session
-
-        self._last_program = self._last_program % PROGRAM_NUMBERS + 1
-        number = self._last_program
-        program = RemoteProgram(
-            conn, channel, grant, kind, term=term, size=size, forget=self._forget, number=number
-        )
-        self._programs[grant.session_id, number] = program
-        return program
-
-    def _forget(self, program: RemoteProgram) -> None:
-        if self._programs.get((program.session_id, program.number)) is program:
-            del self._programs[program.session_id, program.number]
+        return self.programs.start(conn, channel, grant, kind, term=term, size=size)
 
     # ConsentFrontend: prompts go to the owner's helpers only
 
@@ -300,8 +265,7 @@ class HelperHub:
         if info is None:
             return
         log.info("session helper of uid %d (pid %d) went away", info.uid, info.pid)
-        for program in [p for p in self._programs.values() if p.conn is conn]:
-            program.helper_lost()
+        self.programs.helper_lost(conn)
         if self.service is not None and self.helper_of(info.uid) is None:
             self.service.owner_gone(info.uid)
         self._maybe_changed()
@@ -343,7 +307,7 @@ class HelperHub:
             self._register(conn, packet)  # answers itself: the welcome comes before the prompts
             return None
         if isinstance(packet, (hp.Opened, hp.Exited)):
-            self._program_news(conn, packet, fds)
+            self.programs.news(conn, packet, fds)
             return None
         if isinstance(packet, (hp.PendingQuery, hp.StatusQuery, hp.MessagesQuery, hp.Say)):
             return answer_query(service, packet, conn.uid, self.signed_in_name())
@@ -374,26 +338,6 @@ class HelperHub:
         for pending in service.gate.pending(conn.uid):
             conn.send(prompt_packet(pending).encode())
         self._maybe_changed()
-
-    def _program_news(
-        self, conn: PacketConn, packet: hp.Opened | hp.Exited, fds: list[int]
-    ) -> None:
-        program = self._programs.get((packet.session_id, packet.program))
-        if program is None and packet.program == 0:  # a helper older than program numbers
-            program = self._newest_program(packet.session_id)
-        if program is None or program.conn is not conn:  # ended here already, or not its own
-            close_fds(fds)
-            if program is not None:
-                log.warning("uid %d reported on a program that is not its own", conn.uid)
-            return
-        if isinstance(packet, hp.Opened):
-            program.opened(packet, fds)
-        else:
-            program.exited(packet.status, packet.error)
-
-    def _newest_program(self, session_id: str) -> RemoteProgram | None:
-        found = [p for (sid, _), p in self._programs.items() if sid == session_id]
-        return found[-1] if found else None
 
     async def _ask_help(self, conn: PacketConn, packet: hp.AskHelp) -> None:
         has_helper = self.helper_of(conn.uid) is not None

@@ -26,14 +26,20 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Iterable
 
-from allowhelp.agent.errors import ConfigError, ProxyError
+from allowhelp.agent.errors import ProxyError
 from allowhelp.agent.i18n import _
 
-# The proxy's URL and the CONNECT request, without asyncio (the doorbell uses them
-# too): re-exported here, where the tunnel and enrolment have always found them.
-from allowhelp.agent.proxyurl import DIRECT, Proxy, connect_request, parse_proxy, proxy_for
+# The proxy's URL, its start-up check and the CONNECT request, without asyncio (the
+# doorbell uses them too): re-exported here, where the tunnel and enrolment have always found them.
+from allowhelp.agent.proxyurl import (
+    DIRECT,
+    Proxy,
+    check_setting,
+    connect_request,
+    parse_proxy,
+    proxy_for,
+)
 from allowhelp.protocol.text import ascii_digits
 
 __all__ = [
@@ -87,19 +93,6 @@ def refusal_hint(status: int, proxy: Proxy, target: str) -> str:
     if status == 403:
         return _("it does not allow connections to %(target)s") % {"target": target}
     return ""
-
-
-def check_setting(hosts: Iterable[str], configured: str) -> None:
-    """``ConfigError`` when the proxy for any of ``hosts`` is a setting that can
-    never work; its message names where it came from, never its password."""
-    for host in hosts:
-        try:
-            proxy_for(host, configured)
-        except ValueError as exc:
-            source = "agent.json (proxy)" if configured else "https_proxy"
-            raise ConfigError(
-                _("the proxy setting is not usable: %(error)s") % {"error": f"{source}: {exc}"}
-            ) from None
 
 
 async def open_connection(host: str, port: int, proxy: Proxy | None) -> socket.socket:

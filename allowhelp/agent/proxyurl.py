@@ -1,7 +1,10 @@
-"""A web proxy's URL, and the ``CONNECT`` request through it (no I/O, no asyncio).
+"""A web proxy's URL, its start-up check, and the ``CONNECT`` request through it
+(no I/O, no asyncio).
 
 Shared by the agent's tunnel and enrolment (``proxy.py``, which opens the
 connections) and the idle doorbell (``doorbellhttp.py``, standard library only).
+A setting that can never work stops the full agent and the doorbell alike at their
+start (``check_setting``): both read ``https_proxy`` and ``agent.json`` once.
 The proxy's password lives in ``Proxy`` only: ``str(proxy)`` and every message
 name the proxy by host and port, never with its credentials.
 """
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from allowhelp.agent.errors import ConfigError
 from allowhelp.agent.i18n import _
 
 DIRECT = "direct"  # a configured proxy of "direct": ignore the environment's
@@ -99,6 +104,19 @@ def proxy_for(host: str, configured: str = "") -> Proxy | None:
     if not found or urllib.request.proxy_bypass(host):  # no_proxy (on Linux)
         return None
     return parse_proxy(found)
+
+
+def check_setting(hosts: Iterable[str], configured: str) -> None:
+    """``ConfigError`` when the proxy for any of ``hosts`` is a setting that can
+    never work; its message names where it came from, never its password."""
+    for host in hosts:
+        try:
+            proxy_for(host, configured)
+        except ValueError as exc:
+            source = "agent.json (proxy)" if configured else "https_proxy"
+            raise ConfigError(
+                _("the proxy setting is not usable: %(error)s") % {"error": f"{source}: {exc}"}
+            ) from None
 
 
 def connect_request(host: str, port: int, proxy: Proxy) -> bytes:

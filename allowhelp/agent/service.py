@@ -11,25 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.consent import ConsentGate, ConsentRefused, Decision
-from allowhelp.agent.consentviews import (
-    ConsentFrontend,
-)
-from allowhelp.agent.errors import AgentError
+from allowhelp.agent.consentviews import ConsentFrontend
 from allowhelp.agent.helpcodes import AskedHelp
+from allowhelp.agent.helprequest import HELP_TIMEOUT, HelpRequests, NotConnected
 from allowhelp.agent.i18n import _
 from allowhelp.agent.news import NewsLine, SessionNews
 from allowhelp.agent.participants import ParticipantHub
 from allowhelp.agent.peers import KnownNodes
+from allowhelp.agent.sessionchat import SessionChat
 from allowhelp.protocol.control import (
-    MAX_CHAT,
     ChatMessage,
     ConsentDecision,
     ConsentRequest,
@@ -38,7 +34,6 @@ from allowhelp.protocol.control import (
     Hello,
     HelpCode,
     HelpRefused,
-    HelpRequest,
     JobRun,
     Message,
     NodesList,
@@ -52,20 +47,12 @@ if TYPE_CHECKING:
     from allowhelp.agent.jobs import JobKeeper
     from allowhelp.agent.woken import WokenFiles
 
+__all__ = ["AgentService", "NotConnected", "Sender", "SignedIn"]
+
 log = logging.getLogger(__name__)
 
 Sender = Callable[[Message], None]
 SignedIn = Callable[[], "int | None"]
-HELP_TIMEOUT = 15.0
-MAX_OWNERS_KEPT = 100
-
-
-class NotConnected(AgentError):
-    """The broker cannot be reached right now, so nothing can be sent to it."""
-
-
-class HelpDeclined(AgentError):
-    """The broker answered a help request with a refusal; the text says why."""
 
 
 class AgentService:
@@ -87,7 +74,7 @@ class AgentService:
         self.signed_in = signed_in
         self._hello = hello
         self._send: Sender | None = None
-        self._help: dict[str, asyncio.Future[HelpCode]] = {}
+        self._help = HelpRequests()  # sent, waiting for the broker's code (helprequest.py)
         # Who asked for each help code (the machine service keeps them in its folder)
         self.asked_help = AskedHelp()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -96,8 +83,7 @@ class AgentService:
         self.inventory: InventoryReporter | None = None  # the machine service's, after hello
         self.news = SessionNews()  # chat and file transfers of running sessions
         self.participants = ParticipantHub()  # invitees who joined a shell (#18)
-        self._owners: dict[str, int | None] = {}  # sessions granted lately → whose
-        self._chat_ok: dict[str, None] = {}  # sessions whose broker takes chat.message
+        self.chat = SessionChat(self.news)  # the user's side of it (sessionchat.py)
         self.nodes: KnownNodes | None = None  # the broker nodes to fail over to (tunnel.py)
         # Started by the doorbell (``--idle woken``): where its key and the last Hello
         # are saved (``woken.py``); None in tunnel mode.
@@ -134,7 +120,7 @@ class AgentService:
     @property
     def help_waiting(self) -> bool:
         """A ``request-help`` waits for the broker's code."""
-        return bool(self._help)
+        return self._help.waiting
 
     # the broker side
 
@@ -160,9 +146,7 @@ class AgentService:
             self._close_prompt(session_id)
         for session_id in self.gate.revoke_all():
             self._notify_ended(session_id)
-        for future in self._help.values():
-            if not future.done():
-                future.set_exception(NotConnected(_("the connection to the broker was lost")))
+        self._help.lost()
 
     def on_message(self, message: Message) -> None:
         if isinstance(message, ConsentRequest):
@@ -172,7 +156,7 @@ class AgentService:
             if self._revoke(message.session_id):
                 log.info("session=%s ended by the broker (%s)", message.session_id, message.reason)
         elif isinstance(message, (HelpCode, HelpRefused)):
-            self._on_help(message)
+            self._help.answered(message)
         elif isinstance(message, DoorbellKey) and self.doorbell is not None:
             self.doorbell.key_received(message.token)
         elif isinstance(message, NodesList) and self.nodes is not None:
@@ -186,16 +170,6 @@ class AgentService:
                 log.warning("ignored %s for a session that is not running", message.type)
         else:
             log.warning("ignored an unexpected %s from the broker", message.type)
-
-    def _on_help(self, message: HelpCode | HelpRefused) -> None:
-        future = self._help.pop(message.ref, None)
-        if future is None or future.done():
-            return
-        if isinstance(message, HelpCode):
-            future.set_result(message)
-        else:
-            reason = plain_text(message.reason, 200)
-            future.set_exception(HelpDeclined(_("no help code: %(reason)s") % {"reason": reason}))
 
     def _on_request(self, request: ConsentRequest) -> None:
         # The broker cleans these too; a stolen broker key would not.
@@ -220,9 +194,7 @@ class AgentService:
                 self._send(SessionEnd(session_id=request.session_id, reason=refusal))
             return
         if request.chat:
-            self._chat_ok[request.session_id] = None
-            while len(self._chat_ok) > MAX_OWNERS_KEPT:  # the oldest go first
-                del self._chat_ok[next(iter(self._chat_ok))]
+            self.chat.offered(request.session_id)
         try:
             pending = self.gate.ask(request, owner)
         except ConsentRefused as exc:
@@ -306,17 +278,11 @@ class AgentService:
                 prompt=decision.prompt,
             )
         )
-        log.info(
-            "session=%s %s by the user via %s",
-            session_id,
-            "allowed" if allow else "denied",
-            via,
-        )
+        said = "allowed" if allow else "denied"
+        log.info("session=%s %s by the user via %s", session_id, said, via)
         if allow:
             grant = next(g for g in self.gate.grants() if g.session_id == session_id)
-            self._owners[session_id] = grant.owner
-            while len(self._owners) > MAX_OWNERS_KEPT:
-                del self._owners[next(iter(self._owners))]
+            self.chat.granted(session_id, grant.owner)
             for frontend in self.frontends:
                 frontend.active(grant)
         return decision
@@ -361,21 +327,11 @@ class AgentService:
         """The user writes to the technician of one of their running sessions."""
         if not any(g.session_id == session_id for g in self.gate.grants(owner)):
             raise ConsentRefused(_("no running session %(session)s") % {"session": session_id})
-        if session_id not in self._chat_ok:  # an older broker would drop the tunnel
-            raise AgentError(_("the help desk's broker is too old for chat in this session"))
-        clean = plain_text(text, MAX_CHAT + 1)
-        if not clean:
-            raise AgentError(_("the message is empty"))
-        if len(clean) > MAX_CHAT:
-            raise AgentError(_("a message is at most %(limit)s characters") % {"limit": MAX_CHAT})
-        self._sender()(ChatMessage(session_id, clean))
-        return self.news.add(NewsLine(session_id, "chat", "you", clean, time.time()))
+        return self.chat.say(session_id, text, self._sender)
 
     def messages(self, session_id: str, owner: int | None = None) -> list[NewsLine]:
         """The conversation of one of the caller's sessions (running, or ended lately)."""
-        if session_id not in self._owners or self._owners[session_id] != owner:
-            raise ConsentRefused(_("no session %(session)s of yours") % {"session": session_id})
-        return self.news.chat(session_id)
+        return self.chat.messages(session_id, owner)
 
     async def request_help(self, message: str, owner: int | None = None) -> HelpCode:
         code = await self._help_code(message)
@@ -387,14 +343,4 @@ class AgentService:
             # woken by the doorbell for this very request: its tunnel is on its way
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._linked.wait(), HELP_TIMEOUT)
-        send = self._sender()
-        ref = secrets.token_hex(8)
-        future: asyncio.Future[HelpCode] = asyncio.get_running_loop().create_future()
-        self._help[ref] = future
-        send(HelpRequest(ref=ref, message=message[:500]))
-        try:
-            return await asyncio.wait_for(future, HELP_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise NotConnected(_("the broker did not answer the help request in time")) from None
-        finally:
-            self._help.pop(ref, None)
+        return await self._help.ask(self._sender(), message)

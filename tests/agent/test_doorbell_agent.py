@@ -9,10 +9,7 @@ import json
 import os
 import signal
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from harness import (
     Agent,
@@ -23,19 +20,12 @@ from harness import (
     log_mark,
     log_since,
     online,
-    staffed_broker,
     wait_for,
 )
 from terminalkit import shell_says
 
 LINGER = "2"
 ENDED = "is idle and ended"
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with staffed_broker(tmp_path_factory.mktemp("bell")) as fleet:
-        yield fleet
 
 
 def doorbell_agent(fleet: Fleet, root: Path) -> Agent:
@@ -59,10 +49,10 @@ def idle_on_the_doorbell(broker: Broker, agent: Agent, since: int, connected: in
 
 
 def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
-    fleet: Fleet, tmp_path: Path
+    staffed: Fleet, tmp_path: Path
 ) -> None:
-    broker = fleet.brokers[0]
-    agent = doorbell_agent(fleet, tmp_path)
+    broker = staffed.brokers[0]
+    agent = doorbell_agent(staffed, tmp_path)
     # no key yet: the full agent starts at once, says "need", saves the key it is sent
     wait_for((agent.config / "doorbell.json").exists, 30, "the doorbell key")
     key = json.loads((agent.config / "doorbell.json").read_text())
@@ -85,9 +75,9 @@ def test_first_start_fetches_a_key_then_a_shell_rings_the_agent_awake(
     assert not said(agent, mark, "doorbell connected")
 
 
-def test_a_local_client_starts_the_full_agent(fleet: Fleet, tmp_path: Path) -> None:
-    broker = fleet.brokers[0]
-    agent = doorbell_agent(fleet, tmp_path)
+def test_a_local_client_starts_the_full_agent(staffed: Fleet, tmp_path: Path) -> None:
+    broker = staffed.brokers[0]
+    agent = doorbell_agent(staffed, tmp_path)
     idle_on_the_doorbell(broker, agent, 0)
     mark = log_mark(agent.log)
     status = agent_call(agent, "status", "--json")  # answered by the full agent it starts
@@ -103,9 +93,9 @@ def test_a_local_client_starts_the_full_agent(fleet: Fleet, tmp_path: Path) -> N
     assert said(agent, mark, "a local client on the local socket")
 
 
-def test_a_refused_key_is_replaced(fleet: Fleet, tmp_path: Path) -> None:
-    broker = fleet.brokers[0]
-    agent = doorbell_agent(fleet, tmp_path)
+def test_a_refused_key_is_replaced(staffed: Fleet, tmp_path: Path) -> None:
+    broker = staffed.brokers[0]
+    agent = doorbell_agent(staffed, tmp_path)
     idle_on_the_doorbell(broker, agent, 0)
     agent.stop()
     assert agent.proc is not None and agent.proc.returncode == 0
@@ -127,8 +117,8 @@ def test_a_refused_key_is_replaced(fleet: Fleet, tmp_path: Path) -> None:
     assert wrong not in log_since(agent.log, mark)
 
 
-def test_sigterm_stops_the_doorbell_and_its_full_agent(fleet: Fleet, tmp_path: Path) -> None:
-    agent = doorbell_agent(fleet, tmp_path)
+def test_sigterm_stops_the_doorbell_and_its_full_agent(staffed: Fleet, tmp_path: Path) -> None:
+    agent = doorbell_agent(staffed, tmp_path)
     wait_for(lambda: said(agent, 0, "starting the full agent"), 30, "the full agent to start")
     assert agent.proc is not None
     agent.proc.send_signal(signal.SIGTERM)

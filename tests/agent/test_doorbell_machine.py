@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,19 +30,12 @@ from harness import (
     log_mark,
     log_since,
     online,
-    staffed_broker,
     wait_for,
 )
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 USER = "ahbellag"
 ENDED = "is idle and ended"
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with staffed_broker(tmp_path_factory.mktemp("bellsys")) as fleet:
-        yield fleet
 
 
 @dataclass
@@ -63,9 +55,9 @@ def full_agent_pids(text: str) -> list[int]:
 
 
 def test_the_machine_doorbell_wakes_for_a_helper_and_idles_after_it(
-    fleet: Fleet, tmp_path: Path
+    staffed: Fleet, tmp_path: Path
 ) -> None:
-    broker: Broker = fleet.brokers[0]
+    broker: Broker = staffed.brokers[0]
     with local_users(USER), passable_folder() as root:
         machine = DoorbellMachine(root, enroll_system(broker, root / "machine"))
         try:
@@ -130,8 +122,8 @@ def test_the_machine_doorbell_wakes_for_a_helper_and_idles_after_it(
         assert "Traceback" not in machine.log.read_text()
 
 
-def test_a_fleet_job_rings_the_machine_doorbell(fleet: Fleet) -> None:
-    broker: Broker = fleet.brokers[0]
+def test_a_fleet_job_rings_the_machine_doorbell(staffed: Fleet) -> None:
+    broker: Broker = staffed.brokers[0]
     admin = Desk.login(broker, ADMIN, ADMIN_PW)
     with passable_folder() as root:
         machine = DoorbellMachine(root, enroll_system(broker, root / "machine"))

@@ -3,7 +3,10 @@
 an unreachable proxy is: logged, and dialled again after the backoff; the doorbell
 goes on. Python's ``socket`` raises ``UnicodeError`` (a ``ValueError``) for such a
 name, not the ``OSError`` of a name that is merely unknown. The real ``Doorbell``,
-its real dial; nothing listens anywhere (the name never gets that far)."""
+its real dial; nothing listens anywhere (the name never gets that far). A proxy
+setting that fails so for the enrolled broker's names stops the doorbell at its
+start instead (``test_doorbell_proxy_setting.py``); its dial still holds for a node
+learned later."""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from harness import (
     log_mark,
     log_since,
     online,
-    staffed_broker,
     wait_for,
 )
 
@@ -34,12 +32,6 @@ USER = "ahdoorbl"
 WOKEN = "starting the full agent"
 # The row's fields that follow who is signed in (console/api/fleet.py's agent_row).
 SIGNED_IN = ("signed_in", "screen", "screen_problem", "desktop", "monitors")
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with staffed_broker(tmp_path_factory.mktemp("bellseen")) as fleet:
-        yield fleet
 
 
 def row(broker: Broker, agent_id: str) -> dict[str, Any]:
@@ -53,9 +45,9 @@ def seen(broker: Broker, agent_id: str) -> dict[str, Any]:
 
 
 def test_a_login_and_a_logout_while_idle_reach_the_console_without_a_wake(
-    fleet: Fleet,
+    staffed: Fleet,
 ) -> None:
-    broker = fleet.brokers[0]
+    broker = staffed.brokers[0]
     with local_users(USER), passable_folder() as root:
         machine = DoorbellMachine(root, enroll_system(broker, root / "machine"))
         helper: subprocess.Popen[bytes] | None = None

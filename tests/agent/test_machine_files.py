@@ -16,18 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT, Machine
+from signedinkit import signed_in_pc
 
-from harness import (
-    ADMIN,
-    ADMIN_PW,
-    TECH,
-    TECH_PW,
-    Broker,
-    Desk,
-    staffed_broker,
-    wait_for,
-)
+from harness import TECH, TECH_PW, Broker, Desk, wait_for
 
 USERS = ("ahmfilea", "ahmfileb")
 
@@ -36,28 +28,10 @@ pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
 @pytest.fixture(scope="module")
 def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Machine]]:
-    with (
-        local_users(*USERS),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("mfiles")) as fleet,
-    ):
-        broker = fleet.brokers[0]
-        machine = Machine(root, enroll_system(broker, root / "machine"))
-        try:
-            machine.start_service()
-            machine.start_helper(USERS[1])
-            machine.start_helper(USERS[0])  # the newest helper is the one signed in
-
-            def signed_in() -> bool:
-                agents = broker.agents(ADMIN, ADMIN_PW)
-                return any(
-                    a["id"] == machine.agent_id and a["signed_in"] == USERS[0] for a in agents
-                )
-
-            wait_for(signed_in, 30, "the broker to know who is signed in")
-            yield broker, machine
-        finally:
-            machine.stop()
+    # the newest helper is the one signed in
+    helpers = (USERS[1], USERS[0])
+    with signed_in_pc(tmp_path_factory.mktemp("mfiles"), USERS, helpers=helpers) as pc:
+        yield pc
 
 
 def test_files_are_the_signed_in_users_and_never_roots(pc: tuple[Broker, Machine]) -> None:

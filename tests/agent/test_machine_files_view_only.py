@@ -23,19 +23,11 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from machinekit import CAN_RUN, WHY_NOT, Machine, enroll_system, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT, Machine
+from signedinkit import signed_in_pc
 
 from allowhelp.agent.machinesocket import machine_socket
-from harness import (
-    ADMIN,
-    ADMIN_PW,
-    TECH,
-    TECH_PW,
-    Broker,
-    Desk,
-    staffed_broker,
-    wait_for,
-)
+from harness import TECH, TECH_PW, Broker, Desk, wait_for
 
 USER = "ahmview"
 
@@ -44,25 +36,8 @@ pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
 @pytest.fixture(scope="module")
 def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Machine]]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("mview")) as fleet,
-    ):
-        broker = fleet.brokers[0]
-        machine = Machine(root, enroll_system(broker, root / "machine"))
-        try:
-            machine.start_service()
-            machine.start_helper(USER)
-
-            def signed_in() -> bool:
-                agents = broker.agents(ADMIN, ADMIN_PW)
-                return any(a["id"] == machine.agent_id and a["signed_in"] == USER for a in agents)
-
-            wait_for(signed_in, 30, "the broker to know who is signed in")
-            yield broker, machine
-        finally:
-            machine.stop()
+    with signed_in_pc(tmp_path_factory.mktemp("mview"), [USER]) as pc:
+        yield pc
 
 
 def test_the_users_helper_starts_a_read_only_sftp_server(pc: tuple[Broker, Machine]) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import websockets
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, machine_service, passable_folder
+from machinekit import CAN_RUN, WHY_NOT, Machine
+from signedinkit import signed_in_pc
 
-from harness import TECH, TECH_PW, Broker, Desk, broker_cli, online, staffed_broker, wait_for
-from terminalkit import Terminal
+from harness import TECH, TECH_PW, Broker, Desk, broker_cli, wait_for
+from terminalkit import terminal
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=WHY_NOT)
 
@@ -24,31 +25,9 @@ GUEST, PASSWORD = "ahobsguest", "a long test password 4"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Machine]]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("machine-invites")) as fleet,
-    ):
-        broker = fleet.brokers[0]
+    with signed_in_pc(tmp_path_factory.mktemp("machine-invites"), [USER]) as (broker, machine):
         broker.add_user(GUEST, PASSWORD)
-        with machine_service(broker, root, USER, ()) as machine:
-            wait_for(lambda: online(broker, machine.agent_id), 20, "the machine online")
-
-            def signed_in() -> bool:
-                agents = broker.agents(TECH, TECH_PW)
-                return any(a["id"] == machine.agent_id and a["signed_in"] == USER for a in agents)
-
-            wait_for(signed_in, 20, f"the broker to know {USER} is signed in")
-            yield broker, machine
-
-
-def connect(desk: Desk, session_id: str) -> Any:
-    return websockets.connect(
-        desk.ws_url(session_id),
-        ssl=desk.broker.ssl_context(),
-        origin=desk.broker.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": desk.cookie_header()},
-    )
+        yield broker, machine
 
 
 def waiting(machine: Machine, session_id: str) -> dict[str, Any]:
@@ -91,8 +70,7 @@ def test_the_signed_in_user_allows_sees_and_removes_an_observer(
 async def _observed(
     broker: Broker, machine: Machine, owner: Desk, guest: Desk, session_id: str
 ) -> None:
-    async with connect(owner, session_id) as owner_ws:
-        mine = Terminal(owner_ws)
+    async with terminal(owner, session_id) as mine:
         asked = owner.client.post(
             f"/api/v1/sessions/{session_id}/invite", json={"username": GUEST, "mode": "observe"}
         )
@@ -104,8 +82,7 @@ async def _observed(
         assert f"({GUEST}) also wants to join session {session_id}" in said.stdout
         allowed = await asyncio.to_thread(machine.cli, USER, "allow", invitation["id"])
         assert allowed.returncode == 0, allowed.stderr
-        async with connect(guest, session_id) as guest_ws:
-            theirs = Terminal(guest_ws)
+        async with terminal(guest, session_id) as theirs:
 
             def joined() -> bool:
                 return any(
@@ -125,6 +102,6 @@ async def _observed(
             assert gone.returncode == 0, gone.stderr
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
-                    await asyncio.wait_for(guest_ws.recv(), 15)
+                    await asyncio.wait_for(theirs.ws.recv(), 15)
         await mine.send("echo still-$((3*3))\n")
         await mine.expect(b"still-9", timeout=20)

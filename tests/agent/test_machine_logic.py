@@ -28,7 +28,7 @@ from allowhelp.protocol.control import (
     SessionEnd,
 )
 from allowhelp.protocol.hostile_json import ProtocolError
-from allowhelp.protocol.kinds import channel_subsystem, parse_channel_subsystem
+from allowhelp.protocol.kinds import EndReason, channel_subsystem, parse_channel_subsystem
 
 CONFIG = AgentConfig("https://b", "pem", "fp", "127.0.0.1", 2222, "key", "a-1", "ACME")
 
@@ -119,17 +119,20 @@ def _ask(service: AgentService, kind: str) -> None:
     asyncio.run(go())
 
 
-def test_nobody_signed_in_is_said_at_once() -> None:
-    service, sent = _service(None, system=True)
-    _ask(service, "shell")
-    assert sent == [SessionEnd("s-00000001", "nobody_signed_in")]
-    assert service.gate.pending() == []
-
-
-def test_a_per_user_agent_refuses_an_admin_shell_at_once() -> None:
-    service, sent = _service(None, system=False)
-    _ask(service, "admin-shell")
-    assert sent == [SessionEnd("s-00000001", "unsupported")]
+@pytest.mark.parametrize(
+    ("system", "kind", "reason"),
+    [
+        (True, "shell", "nobody_signed_in"),  # the machine service, nobody signed in
+        (False, "admin-shell", "unsupported"),  # a per-user agent has no root to give
+    ],
+    ids=["nobody-signed-in", "per-user-admin-shell"],
+)
+def test_what_nobody_can_be_asked_is_refused_at_once(
+    system: bool, kind: str, reason: EndReason
+) -> None:
+    service, sent = _service(None, system=system)
+    _ask(service, kind)
+    assert sent == [SessionEnd("s-00000001", reason)]
     assert service.gate.pending() == []
 
 

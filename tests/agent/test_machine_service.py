@@ -47,7 +47,7 @@ from harness import (
     staffed_broker,
     wait_for,
 )
-from terminalkit import Terminal
+from terminalkit import terminal
 
 USERS = ("ahtesta", "ahtestb")
 
@@ -105,13 +105,7 @@ def audit(broker: Broker) -> list[dict[str, Any]]:
 
 
 async def _run_in_terminal(desk: Desk, session_id: str, command: str, marker: bytes) -> bytes:
-    async with websockets.connect(
-        desk.ws_url(session_id),
-        ssl=desk.broker.ssl_context(),
-        origin=desk.broker.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": desk.cookie_header()},
-    ) as ws:
-        term = Terminal(ws)
+    async with terminal(desk, session_id) as term:
         await term.send(command + "\n")
         return await term.expect(marker, timeout=20)
 
@@ -185,13 +179,7 @@ def test_admin_shell_is_root_after_the_click_and_ends_when_the_user_ends_it(
     desk.wait_state(session["id"], "active")
 
     async def root_then_end() -> bytes:
-        async with websockets.connect(
-            desk.ws_url(session["id"]),
-            ssl=desk.broker.ssl_context(),
-            origin=desk.broker.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": desk.cookie_header()},
-        ) as ws:
-            term = Terminal(ws)
+        async with terminal(desk, session["id"]) as term:
             await term.send("echo R$(id -u)R\n")
             seen = await term.expect(b"R0R", timeout=20)
             assert pc.cli(bob, "end", session["id"]).returncode != 0  # not bob's to end
@@ -200,7 +188,7 @@ def test_admin_shell_is_root_after_the_click_and_ends_when_the_user_ends_it(
             with pytest.raises(websockets.ConnectionClosed):  # closed once she ended it
                 async with asyncio.timeout(10):  # whatever output was still on its way first
                     while True:
-                        await ws.recv()
+                        await term.ws.recv()
             return seen
 
     assert b"R0R" in asyncio.run(root_then_end())
@@ -251,13 +239,7 @@ def test_a_helper_that_dies_ends_its_sessions(pc: Pc, desk: Desk) -> None:
     desk.wait_state(session["id"], "active")
 
     async def kill_helper_midway() -> None:
-        async with websockets.connect(
-            desk.ws_url(session["id"]),
-            ssl=desk.broker.ssl_context(),
-            origin=desk.broker.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": desk.cookie_header()},
-        ) as ws:
-            term = Terminal(ws)
+        async with terminal(desk, session["id"]) as term:
             await term.send("echo PID:$$:$((1+1))X\n")
             seen = await term.expect(b":2X", timeout=20)
             found = re.search(rb"PID:(\d+):2X", seen)
@@ -267,7 +249,7 @@ def test_a_helper_that_dies_ends_its_sessions(pc: Pc, desk: Desk) -> None:
             pc.stop_helper(alice, signal.SIGKILL)  # no goodbye, no clean-up of its own
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
-                    await asyncio.wait_for(ws.recv(), 15)
+                    await asyncio.wait_for(term.ws.recv(), 15)
             wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the shell to be gone")
 
     asyncio.run(kill_helper_midway())

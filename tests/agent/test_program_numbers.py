@@ -96,7 +96,7 @@ class Program:
 
 def hub_with(programs: dict[tuple[str, int], Program]) -> HelperHub:
     hub = HelperHub(Path("/nonexistent/agent.sock"), active_uid=None)
-    hub._programs = cast(dict[tuple[str, int], RemoteProgram], programs)
+    hub.programs.running = cast(dict[tuple[str, int], RemoteProgram], programs)
     return hub
 
 
@@ -104,11 +104,11 @@ def test_the_service_gives_each_report_to_its_own_program() -> None:
     conn = cast(PacketConn, Conn())
     old, new = Program(conn), Program(conn)
     hub = hub_with({(SESSION, 1): old, (SESSION, 2): new})
-    hub._program_news(conn, hp.Exited(SESSION, 0, program=1), [])
+    hub.programs.news(conn, hp.Exited(SESSION, 0, program=1), [])
     assert old.told == ["exited 0"] and new.told == []
-    hub._program_news(conn, hp.Exited(SESSION, 0, program=7), [])  # ended here already
+    hub.programs.news(conn, hp.Exited(SESSION, 0, program=7), [])  # ended here already
     assert new.told == []
-    hub._program_news(cast(PacketConn, Conn()), hp.Exited(SESSION, 0, program=2), [])
+    hub.programs.news(cast(PacketConn, Conn()), hp.Exited(SESSION, 0, program=2), [])
     assert new.told == []  # another helper's word on it counts for nothing
-    hub._program_news(conn, hp.Exited(SESSION, 0), [])  # a helper older than the numbers
+    hub.programs.news(conn, hp.Exited(SESSION, 0), [])  # a helper older than the numbers
     assert new.told == ["exited 0"]  # its session's newest program, as before

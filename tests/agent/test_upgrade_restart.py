@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import websockets
-from machinekit import CAN_RUN, WHY_NOT, Machine, local_users, passable_folder
+from machinekit import CAN_RUN, WHY_NOT, Machine
+from signedinkit import signed_in_pc
 
 from allowhelp.agent.upgrade import CHECK_EVERY, SERVICE_UNIT, UPGRADED_FILE
-from harness import PY, TECH, TECH_PW, Desk, agent_cli, staffed_broker, wait_for
-from terminalkit import Terminal
+from harness import PY, TECH, TECH_PW, Desk, wait_for
+from terminalkit import terminal
 
 USER = "ahupgrade"
 POSTINST = Path(__file__).resolve().parents[2] / "packaging/debian/allowhelp-agent/postinst"
@@ -41,25 +41,12 @@ def test_the_postinst_leaves_the_mark_the_service_looks_for() -> None:
 
 @pytest.fixture
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, Desk]]:
-    with (
-        local_users(USER),
-        passable_folder() as root,
-        staffed_broker(tmp_path_factory.mktemp("upgrade")) as fleet,
-    ):
-        broker = fleet.brokers[0]
-        config = root / "machine"
-        enrolled = agent_cli("enroll", "--system", broker.token(), "--config", str(config))
-        assert enrolled.returncode == 0, enrolled.stderr
-        pc = Machine(root, config)
+    with signed_in_pc(tmp_path_factory.mktemp("upgrade"), [USER]) as (broker, pc):
         desk = Desk.login(broker, TECH, TECH_PW)
         try:
-            pc.start_service()
-            pc.start_helper(USER)
-            wait_for(lambda: pc.agent_row(broker)["online"], 20, "the service online")
             yield pc, desk
         finally:
             desk.close()
-            pc.stop()
 
 
 def _service_log(pc: Machine) -> str:
@@ -81,13 +68,7 @@ def test_an_upgrade_inside_a_session_waits_for_its_end_then_restarts(
     mark = pc.config / UPGRADED_FILE
 
     async def upgrade_inside_the_shell() -> None:
-        async with websockets.connect(
-            desk.ws_url(session_id),
-            ssl=desk.broker.ssl_context(),
-            origin=desk.broker.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": desk.cookie_header()},
-        ) as ws:
-            term = Terminal(ws)
+        async with terminal(desk, session_id) as term:
             # what the postinst does when it finds itself inside a help session
             await term.send(f': > "{mark}"; echo M$((40+2))M\n')
             await term.expect(b"M42M", timeout=20)
