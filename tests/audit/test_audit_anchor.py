@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from collectorkit import Collector
 
-from allowhelp.broker.audit.anchor import AnchorSink, parse_anchors, read_anchors
+from allowhelp.broker.audit.anchor import parse_anchors, read_anchors
+from allowhelp.broker.audit.anchor_sink import AnchorSink
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
     HASHED,

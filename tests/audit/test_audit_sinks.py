@@ -147,8 +147,9 @@ def test_a_missing_anchor_file_is_told_chained_forwarded_and_started_again(
     code, out, err = verify_cli(broker.data, "--anchors", str(anchors))
     assert code == 0 and out.startswith("audit log intact"), out
     assert (
-        f"note: {anchors} was made again at record {record['seq']} (it was missing or empty at "
-        f"a start: audit.anchors.missing); its heads vouch only from record {record['seq']} on"
+        f"note: {anchors} was begun again at record {record['seq']} (it was missing, empty, "
+        f"replaced or cut short: audit.anchors.missing; or set aside by a restore: "
+        f"broker.restored); its heads vouch only from record {record['seq']} on"
     ) in err
     done = broker_cli(
         "audit", "verify", "--data", str(broker.data), "--anchors", str(anchors), "--json"
@@ -209,9 +210,12 @@ def test_an_anchor_file_deleted_while_serve_runs_is_made_again_marked_restarted(
     answer = json.loads(done.stdout)
     assert answer["ok"] is True and answer["vouched_from"] == heads[0].seq
 
-    broker.start()  # the mark is the evidence: the file holds heads, no new record
+    # Chained after the batch whose head found it gone (tests/audit/test_anchors_midrun.py).
+    missing = [r for r in export(broker.data) if r["type"] == "audit.anchors.missing"]
+    assert [(r["details"]["why"], r["target"]) for r in missing] == [("deleted", str(anchors))]
+    broker.start()  # the file holds heads: no new record at the start
     assert broker.stop() == 0
-    assert "audit.anchors.missing" not in _fresh_types(broker)
+    assert _fresh_types(broker).count("audit.anchors.missing") == 1
     assert read_anchors(anchors)[0] == heads[0]
 
 

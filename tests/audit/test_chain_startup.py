@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from allowhelp.broker.audit import integrity
-from allowhelp.broker.audit.anchor import AnchorSink
+from allowhelp.broker.audit.anchor_sink import AnchorSink
 from allowhelp.broker.audit.entry import make_entry
 from allowhelp.broker.audit.integrity import ChainWatch, check_digest_record, startup_check
 from allowhelp.broker.audit.log import AuditLog

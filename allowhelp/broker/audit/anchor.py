@@ -16,21 +16,15 @@ kind of file against the database, and the broker checks its anchor file at
 every start. Anchoring is best effort, like syslog: a failed anchor write is
 logged and counted, never a reason to refuse an action.
 
-Once the file is there (found at open, begun, or written to), heads are appended
-to it without creating it: a file that went away while the broker runs is made
-again only with the head being written marked ``restarted`` (so ``audit verify
---anchors`` says it vouches only from there on), an error in the log naming it,
-and that head's syslog line sent as a warning. No record is chained from here
-(the sink runs inside the log's commit); the ``restarted`` mark is the evidence.
+The sink that writes them, and notices a file deleted, replaced or truncated
+while the chain is open, is ``audit/anchor_sink.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +40,10 @@ from allowhelp.broker.audit.chain import (
     open_ro,
 )
 from allowhelp.broker.audit.codes import ANCHOR_MSGID
-from allowhelp.broker.audit.status import AnchorState, utc_now
 from allowhelp.broker.errors import AuditCorrupt
 
 if TYPE_CHECKING:
-    from allowhelp.broker.audit.syslog import SyslogForwarder
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +59,7 @@ _SYSLOG_LINE = re.compile(
     r"(?: why=\"([a-z_-]*)\")?"
 )
 RESTARTED = "restarted"  # the WHY of the first head of an anchor file made again
-_GONE = "the anchor file went away"  # _append's answer when a file once there is gone
+Change = Literal["deleted", "replaced", "truncated"]  # found while the chain is open
 # The first line of a file begun on an empty chain: no head yet is no alarm (audit/opening.py).
 BEGUN = "# allowhelp audit anchors, begun on an empty chain"
 
@@ -77,6 +70,7 @@ class Anchor:
     hash: str
     line: int  # where it was found, for the message
     why: str = ""  # every, stop, restarted; '' when the line does not say
+    syslog: bool = False  # an AH1905 line (a collector's file), not an anchor file's
 
 
 def parse_anchors(lines: Iterable[str]) -> list[Anchor]:
@@ -84,22 +78,27 @@ def parse_anchors(lines: Iterable[str]) -> list[Anchor]:
     (a record's own syslog line, or a technician's words, never count as a head)."""
     found: list[Anchor] = []
     for number, line in enumerate(lines, start=1):
-        match = _FILE_LINE.match(line) or _SYSLOG_LINE.search(line)
+        match = _FILE_LINE.match(line)
+        syslog = match is None
+        match = match or _SYSLOG_LINE.search(line)
         if match is not None:
-            found.append(Anchor(int(match.group(1)), match.group(2), number, match.group(3) or ""))
+            seq, why = int(match.group(1)), match.group(3) or ""
+            found.append(Anchor(seq, match.group(2), number, why, syslog))
     return found
 
 
 def restarted_at(anchors: list[Anchor]) -> int | None:
-    """The seq where these heads begin when their file was made again after it went
-    missing (its first head says ``restarted``): they cannot vouch for what the
-    records up to it were before then. None for a file that holds its history."""
+    """The seq from which these heads vouch when their file was made again, or went
+    on after it was replaced or cut short (its first head says ``restarted``, or in
+    an anchor file any head does: the last such one counts, as a file cut short keeps
+    the heads before it): they cannot vouch for what the records up to it were before
+    then. None for a file that holds its history (a collector's, whose ``restarted``
+    lines came after the heads it kept)."""
     if not anchors:
         return None
     first = min(anchor.seq for anchor in anchors)
-    if any(a.why == RESTARTED for a in anchors if a.seq == first):
-        return first
-    return None
+    marked = [a.seq for a in anchors if a.why == RESTARTED and (a.seq == first or not a.syslog)]
+    return max(marked) if marked else None
 
 
 FileState = Literal["ok", "begun", "missing", "empty", "unreadable"]
@@ -187,127 +186,3 @@ def combine(walk: VerifyResult, anchors: AnchorCheck | None) -> VerifyResult:
     if not walk.ok and walk.first_bad_seq is not None and walk.first_bad_seq <= bad:
         return walk
     return VerifyResult(False, bad - 1, bad - 1, bad, anchors.problem, anchors.good_hash)
-
-
-class AnchorSink:
-    """Writes heads to the anchor file and to syslog; called by the audit log
-    under its lock, right after a commit, so heads go out in seq order."""
-
-    def __init__(
-        self, path: Path | None, every: int, forwarder: SyslogForwarder | None = None
-    ) -> None:
-        if every < 1:
-            raise ValueError("heads are anchored every 1 or more records")
-        self.path = path
-        self.every = every
-        self._forwarder = forwarder
-        self._last_seq = 0  # the head anchored last, or found at open
-        self._written_seq = 0  # the head last written out (the stop anchor skips a repeat)
-        # The file is there (found at open, begun or written): it is never created again
-        # silently, a write that finds it gone makes it again marked ``restarted``.
-        self._established = False
-        self._lock = threading.Lock()
-        self._state = AnchorState(
-            str(path) if path is not None else None, every, forwarder is not None
-        )
-
-    @property
-    def state(self) -> AnchorState:
-        return self._state
-
-    def start_at(self, seq: int) -> None:
-        """The head found at open: the next anchor comes ``every`` records later."""
-        self._last_seq = seq
-
-    def found(self) -> None:
-        """The file was there at open (a head in it, or begun): from now on it is
-        appended to, never created (a file gone later is made again ``restarted``)."""
-        self._established = True
-
-    def begin(self) -> None:
-        """Start the file on an empty chain, before any head: a later start that
-        finds it without a head knows it was not deleted. Never raises."""
-        if self.path is not None:
-            error = self._append(f"{BEGUN} at {utc_now()}\n")
-            if error:
-                log.error("audit anchor file %s not begun: %s", self.path, error)
-
-    def after_commit(self, seq: int, digest: str) -> None:
-        if seq - self._last_seq >= self.every:
-            self.anchor(seq, digest, "every")
-
-    def at_stop(self, seq: int, digest: str) -> None:
-        if seq > 0 and seq != self._written_seq:
-            self.anchor(seq, digest, "stop")
-
-    def anchor(self, seq: int, digest: str, why: str) -> None:
-        """Never raises: a copy that cannot be written is logged and counted."""
-        with self._lock:
-            self._last_seq = self._written_seq = seq
-            now = utc_now()
-            error = ""
-            if self.path is not None:
-                error = self._append(f"{seq}:{digest} {now} {why}\n")
-                if error == _GONE:  # not made again silently: marked, told
-                    error = self._append(f"{seq}:{digest} {now} {RESTARTED}\n", create=True)
-                    if not error:  # else its folder is gone too: a failure, counted below
-                        why = RESTARTED
-                        log.error(
-                            "AUDIT ANCHOR FILE %s went away while the broker ran: it is made "
-                            "again, starting at head %d marked %s; its heads vouch only "
-                            "from there on",
-                            self.path,
-                            seq,
-                            RESTARTED,
-                        )
-            if self._forwarder is not None:
-                try:
-                    self._forwarder.submit_anchor(seq, digest, now, why)
-                except Exception:
-                    log.warning("the audit head %d could not be queued for syslog", seq)
-            state = self._state
-            failures = state.failures + (1 if error else 0)
-            if error and (failures == 1 or failures % 100 == 0):
-                log.error(
-                    "audit head %d not anchored in %s (%d so far): %s",
-                    seq,
-                    self.path,
-                    failures,
-                    error,
-                )
-            self._state = AnchorState(
-                state.file,
-                state.every,
-                state.syslog,
-                last_seq=seq if not error else state.last_seq,
-                last_hash=digest if not error else state.last_hash,
-                last_at=now if not error else state.last_at,
-                failures=failures,
-                last_error=error or state.last_error,
-            )
-
-    def _append(self, line: str, *, create: bool = False) -> str:
-        """Append and fsync one line; the reason in words when it failed, else ''.
-        A file once there is not created again: :data:`_GONE` when it went away."""
-        assert self.path is not None
-        flags = os.O_WRONLY | os.O_APPEND
-        if create or not self._established:
-            flags |= os.O_CREAT
-        try:
-            fd = os.open(self.path, flags, 0o600)
-        except FileNotFoundError as exc:
-            if flags & os.O_CREAT:
-                return exc.strerror or str(exc)  # its folder is gone: told as a failure
-            return _GONE
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        self._established = True
-        try:
-            try:
-                os.write(fd, line.encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        return ""

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from allowhelp.broker.audit.anchor import check_anchors, combine, read_anchors
+from allowhelp.broker.audit.anchor import check_anchors, combine, read_anchors, restarted_at
 from allowhelp.broker.audit.chain import (
     GENESIS_HASH,
     AuditPlace,
@@ -58,20 +58,40 @@ def verify_with_anchors(
     path: AuditPlace, anchors_file: Path | None, head: tuple[int, str] | None = None
 ) -> tuple[VerifyResult, int]:
     """The full walk and every anchored head in ``anchors_file`` (when it exists)."""
+    result, checked, _ = verify_anchored(path, anchors_file, head)
+    return result, checked
+
+
+def verify_anchored(
+    path: AuditPlace, anchors_file: Path | None, head: tuple[int, str] | None = None
+) -> tuple[VerifyResult, int, int | None]:
+    """:func:`verify_with_anchors`, and the record from which the anchor file vouches
+    when it was made again or went on marked ``restarted`` (``vouched_from``)."""
     walk = verify(path, head)
     if anchors_file is None or not anchors_file.exists():
-        return walk, 0
-    checked = check_anchors(path, read_anchors(anchors_file), str(anchors_file))
-    return combine(walk, checked), checked.checked
+        return walk, 0, None
+    heads = read_anchors(anchors_file)
+    checked = check_anchors(path, heads, str(anchors_file))
+    return combine(walk, checked), checked.checked, restarted_at(heads)
 
 
 def startup_check(path: AuditPlace, anchors_file: Path | None, *, full: bool) -> ChainCheck:
     """The check before serving; ``full`` walks from the first record whatever it costs."""
+    return startup_check_vouched(path, anchors_file, full=full)[0]
+
+
+def startup_check_vouched(
+    path: AuditPlace, anchors_file: Path | None, *, full: bool
+) -> tuple[ChainCheck, int | None]:
+    """:func:`startup_check`, and the anchor file's ``vouched_from`` (None: it holds
+    its history, or there is none)."""
     started = time.perf_counter()
-    anchors = None
+    anchors, vouched_from = None, None
     if anchors_file is not None:
         try:
-            anchors = check_anchors(path, read_anchors(anchors_file), str(anchors_file))
+            heads = read_anchors(anchors_file)
+            vouched_from = restarted_at(heads)
+            anchors = check_anchors(path, heads, str(anchors_file))
         except FileNotFoundError:
             log.info(
                 "no audit anchors in %s yet: the first is written after some records", anchors_file
@@ -91,7 +111,7 @@ def startup_check(path: AuditPlace, anchors_file: Path | None, *, full: bool) ->
             base = _stored(path, head - TAIL_MAX)
     walk = verify(path, start=base) if base[0] else verify(path)
     result = combine(walk, anchors)
-    return ChainCheck(
+    check = ChainCheck(
         ok=result.ok,
         scope="tail" if base[0] else "full",
         from_seq=base[0],
@@ -100,6 +120,16 @@ def startup_check(path: AuditPlace, anchors_file: Path | None, *, full: bool) ->
         problem=result.problem,
         anchors_checked=anchors.checked if anchors else 0,
         seconds=round(time.perf_counter() - started, 3),
+    )
+    return check, vouched_from
+
+
+def _vouched(anchors_file: Path, vouched_from: int) -> str:
+    """The start-up line's words for an anchor file that begins ``restarted``."""
+    return (
+        f"vouched_from {vouched_from}: {anchors_file} was made again (or went on) at "
+        f"record {vouched_from} marked restarted, its heads vouch only from there on "
+        "(audit.anchors.missing; a syslog collector's copy holds the whole history)"
     )
 
 
@@ -181,9 +211,10 @@ class ChainWatch:
         """Raises :class:`AuditCorrupt` when broken and ``--refuse-broken-audit``."""
         state = self._audit.integrity
         full = self._options.refuse_broken
+        vouched_from = None
         try:
-            check = await asyncio.to_thread(
-                startup_check, self._audit.path, self._anchors, full=full
+            check, vouched_from = await asyncio.to_thread(
+                startup_check_vouched, self._audit.path, self._anchors, full=full
             )
         except AuditCorrupt as exc:  # unreadable rows: as broken as it gets
             check = ChainCheck(False, "full", 0, 0, None, str(exc), 0, 0.0)
@@ -192,15 +223,18 @@ class ChainWatch:
         elif check.ok:
             log.info(
                 "audit chain verified at start-up: records %d..%d (%s walk) and %d anchored "
-                "head(s) in %.3f s",
+                "head(s) in %.3f s%s",
                 check.from_seq + 1,
                 check.last_seq,
                 check.scope,
                 check.anchors_checked,
                 check.seconds,
+                f"; {_vouched(self._anchors, vouched_from)}" if vouched_from is not None else "",
             )
         else:
             check = await self._broken(check, "startup")
+            if vouched_from is not None:
+                log.warning("audit anchors at start-up: %s", _vouched(self._anchors, vouched_from))
         state.startup = check
         if not check.ok and full:
             raise AuditCorrupt(

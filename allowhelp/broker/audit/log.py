@@ -46,11 +46,11 @@ from allowhelp.broker.audit.chain import (
 )
 from allowhelp.broker.audit.codes import EVENT_CODES
 from allowhelp.broker.audit.entry import Entry, chain_on, plain_reason, unavailable
-from allowhelp.broker.audit.writer import ChainWriter
+from allowhelp.broker.audit.writer import CHANGE_ROUNDS, ChainWriter
 from allowhelp.broker.errors import AuditCorrupt
 
 if TYPE_CHECKING:
-    from allowhelp.broker.audit.anchor import AnchorSink
+    from allowhelp.broker.audit.anchor_sink import AnchorSink
     from allowhelp.broker.audit.syslog import SyslogForwarder
 
 __all__ = [
@@ -229,11 +229,28 @@ class AuditLog(ChainWriter):
     def _close_connection(self) -> None:
         with self._lock:
             if self._anchors is not None:
-                try:
-                    row = self._conn.execute(LAST_SQL).fetchone()
-                except sqlite3.Error as exc:
-                    log.warning("audit head not anchored at close: %s", exc)
-                else:
-                    if row is not None:
-                        self._anchors.at_stop(int(row[0]), str(row[1]))
+                self._anchor_at_stop(self._anchors)
             self._conn.close()
+
+    def _anchor_at_stop(self, anchors: AnchorSink) -> None:
+        """The stop anchor (every back end's); an anchor file it finds changed is
+        chained now (the connection is still open), and that record's head is the stop
+        anchor."""
+        for _ in range(CHANGE_ROUNDS):
+            head = self._stop_head()
+            if head is None:
+                return
+            anchors.at_stop(*head)
+            changes = anchors.take_changes()
+            if not changes:
+                return
+            self._chain_changes(changes)
+
+    def _stop_head(self) -> tuple[int, str] | None:
+        """The head to anchor at close; None when there is none (or it cannot be read)."""
+        try:
+            row = self._conn.execute(LAST_SQL).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("audit head not anchored at close: %s", exc)
+            return None
+        return None if row is None else (int(row[0]), str(row[1]))

@@ -37,7 +37,7 @@ from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.pglink import CALL_DEADLINE, PROBE_DEADLINE, Watch, watched
 
 if TYPE_CHECKING:
-    from allowhelp.broker.audit.anchor import AnchorSink
+    from allowhelp.broker.audit.anchor_sink import AnchorSink
     from allowhelp.broker.audit.syslog import SyslogForwarder
 
 log = logging.getLogger(__name__)
@@ -221,16 +221,18 @@ class PgAuditLog(AuditLog):
     def _close_connection(self) -> None:
         with self._lock:
             if self._anchors is not None:
-                try:
-                    head = self.head_unlocked()
-                except AuditUnavailable as exc:
-                    log.warning("audit head not anchored at close: %s", exc)
-                else:
-                    if head[0]:
-                        self._anchors.at_stop(*head)
+                self._anchor_at_stop(self._anchors)  # a change it finds is chained first
             conn, self._pg = self._pg, None
             if conn is not None:
                 conn.close()
+
+    def _stop_head(self) -> tuple[int, str] | None:
+        try:
+            head = self.head_unlocked()
+        except AuditUnavailable as exc:
+            log.warning("audit head not anchored at close: %s", exc)
+            return None
+        return head if head[0] else None
 
     def head_unlocked(self) -> tuple[int, str]:
         rows = self._query(LAST_SQL)

@@ -9,7 +9,8 @@ result, so one ``SELECT`` of a chain of millions would hold all of it in memory.
 A page is one primary-key range scan; the walk ends at the head the chain had
 when it began, as a single ``SELECT`` would. A page bound relies on that key:
 with it dropped, a second row with a seq already read would never be asked for,
-so ``verify`` refuses a table without it (:meth:`PgReader.check_seq_key`).
+so a reader refuses a table without it before its first page
+(:meth:`PgReader.check_seq_key`): ``verify`` and ``export`` alike.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class PgReader:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        self._key_checked = False  # the primary key on seq, looked for once per reader
 
     def execute(self, sql: str, args: tuple[Any, ...] = (), /) -> psycopg.Cursor[Any]:
         try:
@@ -96,7 +98,11 @@ class PgReader:
 
     def rows(self, after: int, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
         """The rows after seq ``after`` up to ``upto`` (else the head as it is now), in
-        seq order, :data:`PAGE` a query: no more than a page is held at once."""
+        seq order, :data:`PAGE` a query: no more than a page is held at once. A table
+        without its primary key on seq is refused before the first page (an export
+        as a walk: :meth:`check_seq_key`)."""
+        if not self._key_checked:
+            self.check_seq_key()
         if upto is None:
             last = self.execute(LAST_SQL).fetchone()
             upto = int(last[0]) if last else after
@@ -109,16 +115,17 @@ class PgReader:
             del page  # the next page is not read while this one is still held
 
     def check_seq_key(self) -> None:
-        """Refuse a walk of a table whose primary key on ``seq`` is gone (its owner
-        can drop it): a second row with a seq already met would sit unseen at a page
-        bound, as pages ask for the seqs after the last one read."""
+        """Refuse a walk or an export of a table whose primary key on ``seq`` is gone
+        (its owner can drop it): a second row with a seq already met would sit unseen
+        at a page bound, as pages ask for the seqs after the last one read."""
         row = self.execute(_KEY_SQL).fetchone()
         if row is None:
             raise AuditCorrupt(
                 "the audit table has no primary key on seq (it was dropped): two records "
-                "could share a seq unseen, so the chain cannot be verified; restore the "
-                "key (ALTER TABLE audit ADD PRIMARY KEY (seq)) or restore a backup"
+                "could share a seq unseen, so the chain cannot be verified or exported; "
+                "restore the key (ALTER TABLE audit ADD PRIMARY KEY (seq)) or restore a backup"
             )
+        self._key_checked = True
 
     def close(self) -> None:
         self._conn.close()

@@ -12,9 +12,13 @@ waiting still gets its record committed: a record without its action is
 harmless, the reverse is not. The sync :meth:`AuditLog.append` (CLI, tests)
 commits inline under the same lock, so seqs and syslog forwarding keep one order.
 
-Anchors: when an :class:`~allowhelp.broker.audit.anchor.AnchorSink` is given,
+Anchors: when an :class:`~allowhelp.broker.audit.anchor_sink.AnchorSink` is given,
 the head goes to the anchor file and syslog every N records and at close
-(``audit/anchor.py`` says what that protects against).
+(``audit/anchor.py`` says what that protects against). The sink runs inside the
+commit, under the lock, so an anchor file it finds deleted, replaced or truncated
+is chained here, after the batch (``audit.anchors.missing``, actor ``system``):
+with the lock taken again, never from inside the sink, so nothing recurses or
+waits on itself. Such a record that cannot be written is logged at error.
 
 :class:`ChainWriter` is the part every back end shares: the SQLite file
 (``log.AuditLog``) and PostgreSQL (``pg_chain.PgAuditLog``) add the storage
@@ -45,7 +49,7 @@ from allowhelp.broker.audit.status import ChainState
 from allowhelp.broker.errors import AuditUnavailable
 
 if TYPE_CHECKING:
-    from allowhelp.broker.audit.anchor import AnchorSink
+    from allowhelp.broker.audit.anchor_sink import AnchorChange, AnchorSink
     from allowhelp.broker.audit.syslog import SyslogForwarder
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,10 @@ log = logging.getLogger(__name__)
 # At most this many records per transaction, so one commit stays short and a
 # caller queued behind a huge burst does not wait for all of it.
 BATCH_MAX = 512
+ANCHORS_MISSING = "audit.anchors.missing"  # audit/opening.py's, for a change found later
+# At most this many rounds of changes chained after one batch (each record's own head
+# may find the file changed again): the rest waits for the next batch.
+CHANGE_ROUNDS = 8
 
 
 class AuditObserver(Protocol):
@@ -135,6 +143,7 @@ class ChainWriter:
                 self._tell_refused(1, str(exc))
                 raise
             self._forward(records)
+        self._chain_anchor_changes()
         return records[0]
 
     async def write(
@@ -201,6 +210,7 @@ class ChainWriter:
                 return
             self._hand_back(batch, records)
             self._forward(records)
+        self._chain_anchor_changes()
 
     def _internal(self, exc: Exception) -> AuditUnavailable:
         self._rollback()
@@ -239,6 +249,36 @@ class ChainWriter:
         for observer in self._observers:
             observer.committed(records)
 
+    def _chain_anchor_changes(self) -> None:
+        """Chain what the anchor sink found while writing heads (not under the lock)."""
+        sink = self._anchors
+        if sink is None:
+            return
+        for _ in range(CHANGE_ROUNDS):
+            changes = sink.take_changes()
+            if not changes:
+                return
+            with self._lock:
+                self._chain_changes(changes)
+
+    def _chain_changes(self, changes: Sequence[AnchorChange]) -> None:
+        """One ``audit.anchors.missing`` per change, under the lock; forwarded and
+        anchored like any record. Never raises: a failure is logged, each one named."""
+        try:
+            entries = [
+                make_entry(ANCHORS_MISSING, "system", change.path, change.details())
+                for change in changes
+            ]
+            records = self._commit(entries)
+        except Exception as exc:
+            if not isinstance(exc, AuditUnavailable):
+                self._rollback()
+            for change in changes:
+                unchained(change, str(exc) or type(exc).__name__)
+            self._tell_refused(len(changes), str(exc))
+            return
+        self._forward(records)
+
     def _tell_refused(self, count: int, reason: str) -> None:
         self.last_refusal = (time.monotonic(), reason)
         for observer in self._observers:
@@ -258,6 +298,8 @@ class ChainWriter:
         if writer is not None:
             writer.join()
         self._close_connection()
+        for change in self._anchors.take_changes() if self._anchors is not None else ():
+            unchained(change, "the audit log was closing")  # a back end that did not chain it
 
     # the back end's
 
@@ -270,3 +312,15 @@ class ChainWriter:
 
     def _close_connection(self) -> None:
         raise NotImplementedError
+
+
+def unchained(change: AnchorChange, reason: str) -> None:
+    """An ``audit.anchors.missing`` record that could not be written: said, not dropped."""
+    log.error(
+        "AUDIT RECORD %s NOT WRITTEN for the anchor file %s (%s at head %d): %s",
+        ANCHORS_MISSING,
+        change.path,
+        change.why,
+        change.seq,
+        reason,
+    )

@@ -12,8 +12,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allowhelp.broker.model.database import STORE_ENV, PostgresUrl, parse_store
+
+if TYPE_CHECKING:
+    from allowhelp.broker.node.restore import RestoreResult
 
 PROG = "allowhelp-broker"
 
@@ -86,6 +90,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             "(restored as it was; see docs/audit.md)",
             file=sys.stderr,
         )
+    _said_sinks(result)
     if manifest.tunnel_public:
         port = manifest.tunnel_public.rpartition(":")[2]
         print(
@@ -100,6 +105,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
             "when a broker first starts on it"
         )
     return 0
+
+
+def _said_sinks(result: RestoreResult) -> None:
+    """Where broker.restored went besides the chain (docs/backup.md, "Restoring")."""
+    told = ["sent to syslog"] if result.syslog else []
+    if result.anchor_file is not None:
+        told.append(f"its head anchored in {result.anchor_file}")
+    source = (
+        "the installation's audit.sinks.json, kept"
+        if result.sinks_kept
+        else "no audit.sinks.json in the folder: no syslog"
+    )
+    print(f"broker.restored {'; '.join(told) or 'is in the chain only'} ({source})")
+    if result.anchors_set_aside is not None:
+        print(
+            f"{PROG}: warning: the anchor file's heads of the chain before the restore are "
+            f"kept in {result.anchors_set_aside}; the anchor file begins again at record "
+            f"{result.restored_seq} (restarted)",
+            file=sys.stderr,
+        )
 
 
 def _store(args: argparse.Namespace) -> PostgresUrl | None:
@@ -159,7 +184,9 @@ def add_backup_commands(
         type=Path,
         required=True,
         metavar="NEWDIR",
-        help="the new data folder (absent or empty; never a running broker's)",
+        help="the new data folder (absent or empty; never a running broker's). It may hold "
+        "the installation's audit.sinks.json: broker.restored then goes to its syslog and "
+        "anchor file, and the file is kept (docs/backup.md)",
     )
     restore.add_argument(
         "--store",

@@ -39,7 +39,7 @@ from typing import IO
 
 from allowhelp import __version__
 from allowhelp.broker.audit.anchor import ANCHOR_FILE
-from allowhelp.broker.audit.chain import SCHEMA_VERSION, check_schema, read_head
+from allowhelp.broker.audit.chain import SCHEMA_VERSION, AuditPlace, check_schema, read_head
 from allowhelp.broker.audit.entry import utc_now
 from allowhelp.broker.audit.opening import open_for_cli
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError, StoreError
@@ -78,7 +78,8 @@ def take_backup(data_dir: Path, output: Path, *, recordings: Path | None = None)
     output = output.expanduser().absolute()
     mode = _tar_mode(output)
     _check_output(output)
-    _audit_backup(data_dir, output, recordings_dir)
+    details: dict[str, object] = {"data": str(data_dir), "recordings": str(recordings_dir)}
+    audit_backup(data_dir / AUDIT_FILE, data_dir, output, details)
     return write_backup_file(
         output,
         lambda handle: _write_archive(handle, mode, data_dir, recordings_dir, output.parent),
@@ -192,16 +193,17 @@ def _check_audit(path: Path) -> None:
         raise BackupError(f"{path} is not an audit log (empty)")
 
 
-def _audit_backup(data_dir: Path, output: Path, recordings_dir: Path) -> None:
-    """``broker.backup`` goes into the chain before the snapshot, so the backup holds it."""
+def audit_backup(
+    place: AuditPlace, data_dir: Path, output: Path, details: dict[str, object]
+) -> None:
+    """``broker.backup`` goes into the chain before the snapshot, so the backup holds it;
+    through the sinks ``serve`` remembered in ``data_dir`` (syslog, anchors), as every
+    command's record (SQLite or PostgreSQL alike)."""
     try:
-        opened = open_for_cli(data_dir / AUDIT_FILE, data_dir)  # syslog, anchors: serve's
+        opened = open_for_cli(place, data_dir)
         try:
             opened.audit.append(
-                "broker.backup",
-                actor="system:cli",
-                target=str(output),
-                details={"data": str(data_dir), "recordings": str(recordings_dir)},
+                "broker.backup", actor="system:cli", target=str(output), details=details
             )
         finally:
             opened.close()

@@ -5,7 +5,8 @@ PostgreSQL's own ``pg_dump`` and ``pg_restore`` for the database:
 
 backup
   1. ``broker.backup`` into the shared chain first (audit before action: if the
-     chain takes no record, no backup is taken);
+     chain takes no record, no backup is taken), through the node's sinks (its
+     ``audit.sinks.json``: syslog, anchor file), as every command's record;
   2. this node's anchor file (only heads already committed are in it);
   3. one read-only REPEATABLE READ transaction whose snapshot is exported
      (``pg_export_snapshot``): the audit head, the store's schema version and the
@@ -20,8 +21,10 @@ restore
   never over what nodes serve from; every member checked against the manifest
   before anything is loaded; ``pg_restore --single-transaction --exit-on-error``
   (all of the dump or none of it); the restored chain walked up to the manifest's
-  head and compared with the restored anchors; ``broker.restored`` chained; then
-  the folder (keys, recordings: no dump) renamed into place.
+  head and compared with the restored anchors; ``broker.restored`` chained through
+  the installation's sinks (its ``audit.sinks.json`` kept in the new folder, as for
+  SQLite: ``restore.py``); then the folder (keys, recordings: no dump) renamed into
+  place.
 
 The password goes to ``pg_dump``/``pg_restore`` in their environment
 (``PGPASSWORD``), never on a command line, and never into a message.
@@ -47,7 +50,6 @@ from allowhelp import __version__
 from allowhelp.broker.audit.anchor import ANCHOR_FILE, check_anchors, combine, read_anchors
 from allowhelp.broker.audit.chain import VerifyResult, verify
 from allowhelp.broker.audit.entry import utc_now
-from allowhelp.broker.audit.pg_chain import PgAuditLog
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.archive import PG_DUMP, PKI_FILES, Manifest
@@ -56,10 +58,20 @@ from allowhelp.broker.node.backup import (
     _check_output,
     _recordings_folder,
     _tar_mode,
+    audit_backup,
     write_backup_file,
 )
 from allowhelp.broker.node.backup_members import add_path, anchor_lines, finish_archive
-from allowhelp.broker.node.restore import RestoreResult, _place, _seal, _unpack, restoring
+from allowhelp.broker.node.restore import (
+    RestoreResult,
+    _place,
+    _seal,
+    _unpack,
+    audit_restored,
+    read_sinks,
+    restore_result,
+    restoring,
+)
 from allowhelp.broker.pglink import link_options
 from allowhelp.broker.store.pg_migrations import PG_MIGRATIONS
 
@@ -90,7 +102,7 @@ def take_pg_backup(
         "recordings": str(recordings_dir),
         "store": str(store),
     }
-    _chain(store, "broker.backup", str(output), details, "no backup taken")
+    audit_backup(store, data_dir, output, details)
 
     def write(handle: IO[bytes]) -> Manifest:
         with (
@@ -131,6 +143,7 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
     ``data_dir``: nothing is loaded before every member is checked."""
     with restoring(backup, data_dir) as (source, target, scratch):
         restore_program = pg_program("pg_restore")
+        sinks = read_sinks(store, target)
         _check_empty(store)
         manifest = _unpack(source, scratch)
         if manifest.store != "postgresql":
@@ -149,7 +162,9 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
         dump.unlink()  # the data folder holds no copy of the database
         try:
             chain = _check_chain(store, scratch, manifest)
-            restored = _chain(store, "broker.restored", str(target), _restored(source, manifest))
+            restored = audit_restored(
+                store, scratch, target, sinks=sinks, backup=source, manifest=manifest
+            )
             _seal(scratch)
             _place(scratch, target)
         except BackupError as exc:
@@ -157,7 +172,7 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
                 f"{exc} (the database holds the restored data now: drop it and create it "
                 "again before trying once more)"
             ) from exc
-    return RestoreResult(target, manifest, chain, restored)
+    return restore_result(target, manifest, chain, restored, sinks)
 
 
 def pg_program(name: str) -> str:
@@ -272,31 +287,6 @@ def _client_url(store: PostgresUrl) -> tuple[str, dict[str, str]]:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
-
-
-def _chain(
-    store: PostgresUrl, kind: str, target: str, details: dict[str, object], refused: str = ""
-) -> int:
-    """One record into the shared chain (the CLI's own writer), its seq."""
-    try:
-        audit = PgAuditLog.open_url(store)
-        try:
-            return audit.append(kind, actor="system:cli", target=target, details=details).seq
-        finally:
-            audit.close()
-    except (AuditUnavailable, AuditCorrupt) as exc:
-        raise BackupError(f"{refused or 'nothing restored'}: {exc}") from exc
-
-
-def _restored(backup: Path, manifest: Manifest) -> dict[str, object]:
-    return {
-        "backup": str(backup),
-        "created": manifest.created,
-        "head": manifest.audit_head,
-        "source_host": manifest.source_host,
-        "source_data": manifest.source_data,
-        "open_sessions": len(manifest.open_sessions),
-    }
 
 
 def _check_chain(store: PostgresUrl, scratch: Path, manifest: Manifest) -> VerifyResult:

@@ -9,6 +9,13 @@ walked (and compared with the restored anchor file), a ``broker.restored``
 record is chained, and only then is the folder renamed into place: the target
 is either absent or empty before, and complete after.
 
+The target may hold the installation's ``audit.sinks.json`` (what its ``serve``
+ran with: syslog, anchor file) and nothing else: it is read before anything is
+unpacked, ``broker.restored`` goes through those sinks (``audit/opening.py``:
+``chain_restored``, which also sets aside an anchor file kept off the folder),
+and the file is kept: moved into the restored folder just before it is renamed
+into place (a backup never holds one).
+
 A session that was live at backup time is still open in the restored store;
 the first broker started on the folder ends it as ``broker_restart`` and
 hashes its recording (as much of it as the backup holds) into that end record.
@@ -29,8 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allowhelp.broker.audit.anchor import ANCHOR_FILE, check_anchors, combine, read_anchors
-from allowhelp.broker.audit.chain import VerifyResult, verify
-from allowhelp.broker.audit.opening import open_for_cli
+from allowhelp.broker.audit.chain import AuditPlace, VerifyResult, verify
+from allowhelp.broker.audit.opening import (
+    SINKS_FILE,
+    AuditSinks,
+    Restored,
+    chain_restored,
+    sinks_for_restore,
+)
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.node.archive import (
     MANIFEST,
@@ -56,6 +69,10 @@ class RestoreResult:
     manifest: Manifest
     chain: VerifyResult  # the restored chain as the backup held it
     restored_seq: int  # the broker.restored record chained after it
+    sinks_kept: bool = False  # the installation's audit.sinks.json, used and kept
+    syslog: bool = False  # broker.restored went to a syslog collector
+    anchor_file: Path | None = None  # and its head to this anchor file
+    anchors_set_aside: Path | None = None  # that file's heads before the restore, kept here
 
     @property
     def recordings(self) -> int:
@@ -65,6 +82,7 @@ class RestoreResult:
 def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
     """Restore ``backup`` into ``data_dir`` (absent or empty), all or nothing."""
     with restoring(backup, data_dir) as (source, target, scratch):
+        sinks = read_sinks(scratch / AUDIT_FILE, target)
         manifest = _unpack(source, scratch)
         if manifest.store != "sqlite":
             raise BackupError(
@@ -72,10 +90,36 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
                 "empty database (docs/multinode.md)"
             )
         chain = _check_chain(scratch, manifest)
-        restored_seq = _audit_restore(scratch, source, target, manifest)
+        restored = audit_restored(
+            scratch / AUDIT_FILE, scratch, target, sinks=sinks, backup=source, manifest=manifest
+        )
         _seal(scratch)
         _place(scratch, target)
-    return RestoreResult(target, manifest, chain, restored_seq)
+    return restore_result(target, manifest, chain, restored, sinks)
+
+
+def read_sinks(place: AuditPlace, target: Path) -> AuditSinks:
+    """The installation's sinks kept in ``target``, before anything is unpacked."""
+    try:
+        return sinks_for_restore(place, target)
+    except ValueError as exc:
+        raise BackupError(f"nothing restored: {exc}") from exc
+
+
+def restore_result(
+    target: Path, manifest: Manifest, chain: VerifyResult, restored: Restored, sinks: AuditSinks
+) -> RestoreResult:
+    kept = (target / SINKS_FILE).is_file()
+    return RestoreResult(
+        target,
+        manifest,
+        chain,
+        restored.seq,
+        sinks_kept=kept,
+        syslog=sinks.syslog_url is not None,
+        anchor_file=restored.anchor_file,
+        anchors_set_aside=restored.set_aside,
+    )
 
 
 @contextmanager
@@ -103,10 +147,19 @@ def restoring(backup: Path, data_dir: Path) -> Iterator[tuple[Path, Path, Path]]
 
 
 def _place(scratch: Path, target: Path) -> None:
-    """The checked scratch folder becomes the data folder, in one rename."""
+    """The checked scratch folder becomes the data folder, in one rename; the
+    installation's ``audit.sinks.json`` goes into it first (and back if it fails)."""
+    sinks = target / SINKS_FILE
+    kept = _kept_sinks(sinks)
+    if kept:
+        os.rename(sinks, scratch / SINKS_FILE)
+        os.chmod(scratch / SINKS_FILE, 0o600)
+        fsync_dir(scratch)
     try:
         os.rename(scratch, target)  # replaces an empty folder; refuses one with content
     except OSError as exc:
+        if kept:
+            os.rename(scratch / SINKS_FILE, sinks)
         raise BackupError(
             f"{target} is not empty any more ({exc.strerror}): restore into a new folder"
         ) from exc
@@ -118,11 +171,16 @@ def _check_target(target: Path) -> None:
         raise BackupError(f"the folder {target.parent} does not exist: create it first")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise BackupError(f"{target} exists and is not a folder: give --data a new folder")
-    if target.is_dir() and any(target.iterdir()):
+    if target.is_dir() and any(not _kept_sinks(entry) for entry in target.iterdir()):
         raise BackupError(
             f"{target} is not empty: restore into a new folder (never over a broker's data "
             "folder; stop that broker and move its folder aside first)"
         )
+
+
+def _kept_sinks(entry: Path) -> bool:
+    """The installation's ``audit.sinks.json``: the one file a target may hold."""
+    return entry.name == SINKS_FILE and entry.is_file() and not entry.is_symlink()
 
 
 def _unpack(backup: Path, scratch: Path) -> Manifest:
@@ -234,32 +292,33 @@ def _check_chain(scratch: Path, manifest: Manifest) -> VerifyResult:
     return result
 
 
-def _audit_restore(scratch: Path, backup: Path, target: Path, manifest: Manifest) -> int:
-    """Chain ``broker.restored`` in the restored log: where this history came from."""
+def audit_restored(
+    place: AuditPlace,
+    scratch: Path,
+    target: Path,
+    *,
+    sinks: AuditSinks,
+    backup: Path,
+    manifest: Manifest,
+) -> Restored:
+    """Chain ``broker.restored`` in the restored log, where this history came from,
+    through the installation's sinks (syslog, anchors: ``audit/opening.py``).
+
+    The restored folder's anchor file (when the backup holds one) holds the new head
+    too. Without one, none is made here: the first start on the folder tells and
+    chains audit.anchors.missing with its real path (no scratch path in the chain)."""
+    details: dict[str, object] = {
+        "backup": str(backup),
+        "created": manifest.created,
+        "head": manifest.audit_head,
+        "source_host": manifest.source_host,
+        "source_data": manifest.source_data,
+        "open_sessions": len(manifest.open_sessions),
+    }
     try:
-        # The restored folder's anchor file (when the backup holds one) holds the new head
-        # too. Without one, none is made here: the first start on the folder tells and
-        # chains audit.anchors.missing with its real path (no scratch path in the chain).
-        opened = open_for_cli(scratch / AUDIT_FILE, scratch, check=False)
-        try:
-            record = opened.audit.append(
-                "broker.restored",
-                actor="system:cli",
-                target=str(target),
-                details={
-                    "backup": str(backup),
-                    "created": manifest.created,
-                    "head": manifest.audit_head,
-                    "source_host": manifest.source_host,
-                    "source_data": manifest.source_data,
-                    "open_sessions": len(manifest.open_sessions),
-                },
-            )
-        finally:
-            opened.close()
+        return chain_restored(place, scratch, target, sinks, details)
     except (AuditUnavailable, AuditCorrupt) as exc:
         raise BackupError(f"nothing restored: {exc}") from exc
-    return record.seq
 
 
 def _seal(scratch: Path) -> None:

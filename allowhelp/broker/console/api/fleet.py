@@ -1,9 +1,10 @@
 """The fleet and the audit log, as the console shows them.
 
 ``GET /api/v1/audit/verify`` walks the chain now and compares the anchored
-heads, and also says what the broker found at start-up (``startup``,
-``started_broken``), what its full check after that found (``full``), and
-where heads are anchored (``anchoring``): docs/audit.md.
+heads (``vouched_from``: where an anchor file made again begins), and also says
+what the broker found at start-up (``startup``, ``started_broken``), what its
+full check after that found (``full``), and where heads are anchored
+(``anchoring``): docs/audit.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from allowhelp.broker.audit.chain import VerifyResult
-from allowhelp.broker.audit.integrity import verify_with_anchors
+from allowhelp.broker.audit.integrity import verify_anchored
 from allowhelp.broker.console.api.base import require, services
 from allowhelp.broker.console.api.node_routes import listed_elsewhere
 from allowhelp.broker.console.services import Services
@@ -123,12 +124,15 @@ async def audit_verify(request: Request) -> Response:
     sink = audit.anchors
     anchor_file = sink.path if sink is not None else None
     anchors_error = ""
+    vouched_from: int | None = None
     try:
         try:
-            result, checked = await asyncio.to_thread(verify_with_anchors, audit.path, anchor_file)
+            result, checked, vouched_from = await asyncio.to_thread(
+                verify_anchored, audit.path, anchor_file
+            )
         except OSError as exc:  # the anchor file is unreadable: say so, walk without it
             anchors_error = f"{anchor_file}: {exc.strerror or exc}"
-            result, checked = await asyncio.to_thread(verify_with_anchors, audit.path, None)
+            result, checked, _ = await asyncio.to_thread(verify_anchored, audit.path, None)
     except AuditCorrupt as exc:
         result, checked = VerifyResult(False, 0, 0, 1, str(exc)), 0
     return JSONResponse(
@@ -141,6 +145,9 @@ async def audit_verify(request: Request) -> Response:
             "problem": result.problem,
             "anchors_checked": checked,
             "anchors_error": anchors_error,
+            # the anchor file was made again (or went on) here, marked restarted: its
+            # heads vouch only from this record on (None: it holds its history)
+            "vouched_from": vouched_from,
             "anchoring": sink.state.to_json() if sink is not None else None,
             **audit.integrity.to_json(),
         }
