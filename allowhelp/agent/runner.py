@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allowhelp.agent.config import AgentConfig
-from allowhelp.agent.hello import os_description
+from allowhelp.agent.hello import current_hello, os_description
 from allowhelp.agent.helpcodes import AskedHelp
 from allowhelp.agent.service import AgentService
 from allowhelp.agent.tunnel import AgentTunnel
@@ -43,7 +43,8 @@ async def run_agent(
     from allowhelp.agent.localsocket import LocalControlServer  # noqa: PLC0415
 
     config = AgentConfig.load(folder)
-    service = AgentService(config)
+    # its Hello names its folder (keys): no files session may reach it (hello.py)
+    service = AgentService(config, hello=lambda: current_hello(folder))
     if linger is not None:
         service.doorbell = WokenFiles(folder, config.agent_id)
     frontends = choose_frontends(service, prompt)

@@ -104,7 +104,8 @@ class AgentService:
         return running or bool(self.gate.pending()) or bool(self.gate.grants())
 
     def hello(self) -> Hello | None:
-        """The machine service's Hello; None: the per-user agent's (``hello.current_hello``)."""
+        """The Hello this service sends: the machine service's, or the per-user agent's
+        (``hello.current_hello`` with its folder, ``runner.py``); None: none to send."""
         return self._hello() if self._hello is not None else None
 
     def say_hello(self) -> None:

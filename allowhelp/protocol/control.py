@@ -18,11 +18,12 @@ The words the messages use (kinds, end reasons, subsystem names) are
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from allowhelp.protocol.control_limits import LIMITS, RULES
+from allowhelp.protocol.control_limits import LIMITS, MAX_HIDDEN, RULES
 from allowhelp.protocol.fields import Record, checked_fields
 from allowhelp.protocol.hostile_json import ProtocolError, parse_json
 from allowhelp.protocol.kinds import EndReason, Kind, Via
@@ -166,6 +167,15 @@ class Hello(Message):
     # idle (older agents too); "need": it idles on a doorbell and has no valid key (the
     # broker answers with ``doorbell.key``); "have": it idles on a doorbell with a key.
     doorbell: str = ""
+    # The agent's own folders that no files session may reach, with all they hold:
+    # absolute real paths (a per-user agent's configuration folder: its host key). The
+    # broker refuses a files request whose path resolves into one (``path_hidden``).
+    files_hidden: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """As sent (``asdict`` keeps a tuple; JSON has a list): ``hello.json`` and the
+        doorbell's body take it back through ``hello_from``."""
+        return {**super().to_json(), "files_hidden": list(self.files_hidden)}
 
 
 @dataclass(frozen=True)
@@ -309,12 +319,29 @@ def _checked(cls: type[Message], raw: Mapping[str, Any]) -> dict[str, Any]:
     values = checked_fields(cls, raw, RULES)
     if cls is DoorbellKey and not values["token"]:
         raise ProtocolError("token must not be empty")
+    if cls is Hello and "files_hidden" in values:
+        values["files_hidden"] = checked_hidden(values["files_hidden"])
     if cls is NodesList:
         try:
             values["tunnels"], values["urls"] = checked_nodes(values)
         except AddressError as exc:
             raise ProtocolError(f"nodes.list refused: {exc}") from None
     return values
+
+
+def checked_hidden(folders: list[object]) -> tuple[str, ...]:
+    """A Hello's ``files_hidden``: at most ``MAX_HIDDEN`` absolute, normal paths (as
+    ``os.path.realpath`` gives them: no ``..``, ``.``, ``//`` or trailing ``/``)."""
+    if len(folders) > MAX_HIDDEN:
+        raise ProtocolError(f"files_hidden must hold at most {MAX_HIDDEN} folders")
+    limit = LIMITS["files_hidden"]
+    for folder in folders:
+        if not isinstance(folder, str) or not 0 < len(folder) <= limit:
+            raise ProtocolError(f"files_hidden must hold paths of 1 to {limit} chars")
+        normal = posixpath.normpath(folder) == folder and not folder.startswith("//")
+        if not folder.startswith("/") or not normal or "\x00" in folder:
+            raise ProtocolError("files_hidden must hold absolute, normal paths")
+    return tuple(str(folder) for folder in folders)
 
 
 class LineBuffer:

@@ -11,6 +11,9 @@ from allowhelp.protocol.kinds import END_REASONS, INVITE_MODES, KINDS, VIAS
 # A Hello's ``doorbell``: "" holds the SSH tunnel while idle; "need" / "have" idles on
 # a doorbell without / with a valid key (``control.Hello``).
 DOORBELL_STATES = ("", "need", "have")
+# A Hello's ``files_hidden``: at most this many folders, each an absolute, normal path
+# of at most ``LIMITS["files_hidden"]`` characters (``control.checked_hidden``).
+MAX_HIDDEN = 4
 
 LIMITS = {
     "session_id": 40,
@@ -49,6 +52,7 @@ LIMITS = {
     "mode": 10,
     "username": 64,
     "token": 64,
+    "files_hidden": 1000,  # each folder of a Hello's list
 }
 
 

@@ -7,7 +7,9 @@ signed-in user; asyncssh's SFTP client streams both ways, a chunk at a time.
 Rules:
 - only the technician the user consented to, while the session is active
   (the same rule as ``attach.claim``);
-- every path checked first (``filepaths.py``);
+- every path checked first (``filepaths.py``), and where it leads on the PC next
+  (``fileshidden.py``): never into the agent's own folders (its keys), 403
+  ``path_hidden``, ``files.refused`` on the record;
 - audit before action: ``files.listed`` and ``files.transfer.started`` are
   written before the PC is asked; ``files.transfer.done`` (path, size,
   direction, SHA-256) or ``files.transfer.failed`` after;
@@ -57,6 +59,7 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.sessions.filechannel import FileChannel, Transfer, still_open, tidy_later
 from allowhelp.broker.sessions.filepaths import upload_names
+from allowhelp.broker.sessions.fileshidden import HiddenFolders
 from allowhelp.broker.sessions.filesrecord import Notify, TransferBook
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.sftpwire import (
@@ -98,6 +101,7 @@ class FileDesk:
         self._sessions = sessions
         self._audit = audit
         self._book = TransferBook(audit, db, notify)
+        self._hidden = HiddenFolders(audit)
         self.max_file = max_file
         self.call_timeout = call_timeout  # seconds for each SFTP call, each chunk
         self.max_held = max_held  # a listing's entries read before its answer starts
@@ -119,6 +123,25 @@ class FileDesk:
         if self._sessions.ending(session_id):
             raise Conflict("the session is ending")
         return session
+
+    async def _reach(
+        self,
+        session: Session,
+        username: str,
+        client: asyncssh.SFTPClient,
+        path: str,
+        *,
+        upload: bool = False,
+    ) -> None:
+        """Refused (on the record) when ``path`` leads into a folder the agent's Hello
+        hides (its own keys); an agent gone meanwhile: the session is ending."""
+        live = self._sessions.agents.get(session.agent_id)
+        if live is None:
+            raise AgentUnreachable("the machine is offline")
+        hidden, limit = live.files_hidden, self.call_timeout
+        await self._hidden.check(
+            session, username, client, path, hidden=hidden, limit=limit, upload=upload
+        )
 
     async def _client(self, session: Session) -> tuple[asyncssh.SFTPClient, FileChannel]:
         channel = self._channels.get(session.id)
@@ -176,6 +199,7 @@ class FileDesk:
         liveness = channel.liveness
         await liveness.answering(path, self.call_timeout)  # a PC stuck on an earlier call
         with liveness.watching(client):
+            await self._reach(session, username, client, path)
             listing = await list_folder(client, path, self.call_timeout, self.max_held)
         return liveness.watched(listing, client)
 
@@ -192,6 +216,7 @@ class FileDesk:
         transfer = await book.started(Transfer(session, username, path, "download"))
         await book.looked_at(transfer, channel.liveness.answering(path, limit))
         with channel.liveness.watching(client):
+            await book.looked_at(transfer, self._reach(session, username, client, path))
             size = await book.looked_at(transfer, download_size(client, path, self.max_file, limit))
             book.tell(transfer, size, "started")
             handle = await book.looked_at(transfer, open_file(client, path, "rb", limit))
@@ -280,6 +305,8 @@ class FileDesk:
         transfer = await book.started(Transfer(session, username, path, "upload", temp=temp))
         await book.looked_at(transfer, channel.liveness.answering(path, limit))
         with channel.liveness.watching(client):
+            reach = self._reach(session, username, client, path, upload=True)
+            await book.looked_at(transfer, reach)
             mode = await book.looked_at(transfer, upload_mode(client, path, folder, limit))
             book.tell(transfer, 0, "started")
             channel.temps.add(temp)  # the session's end removes it if still there

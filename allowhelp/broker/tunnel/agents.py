@@ -62,6 +62,8 @@ class LiveAgent:
     nodes: bool = False  # it takes nodes.list, to fail over (Hello ``nodes``, node/peers.py)
     all_monitors: bool = False  # it shows every monitor at once (Hello ``all_monitors``)
     files_view_only: bool = False  # it runs a view-only files grant read-only
+    # Its own folders no files session may reach (Hello ``files_hidden``, sessions/fileshidden.py)
+    files_hidden: tuple[str, ...] = ()
 
     bell: Bell | None = None  # its doorbell stream, if one stands
     greeted: bool = False  # its SSH link said hello (a woken agent is asked after that)
@@ -100,6 +102,7 @@ class LiveAgent:
         self.chat = message.chat
         self.invites = message.invites
         self.files_view_only = message.files_view_only
+        self.files_hidden = message.files_hidden
         self.nodes = message.nodes
         self.all_monitors = message.all_monitors
         self.user = plain_text(message.user, 64)
