@@ -30,6 +30,7 @@ OPEN_FILES = 20.0  # sessions/files.py OPEN_TIMEOUT: a session's files channel o
 # margin. A node that is gone closes its connection; one cut off is found by then.
 READ_TIMEOUT = OPEN_FILES + 4 * MAX_FILES_TIMEOUT + 10.0
 CHUNK = 64 * 1024
+EARLY_WAIT = 2.0  # seconds an answer may still take to arrive once the body broke off
 # What goes to the other node of the technician's request, and what comes back of
 # its answer: credentials and content, never hop-by-hop or proxy headers. The cookie
 # is allowhelp's session cookie alone (``console/api/node_routes.py`` keeps only it).
@@ -82,13 +83,21 @@ async def send_to_node(
             sent.append(("transfer-encoding", "chunked"))
         sent += [("host", node.address), ("origin", node.https), ("connection", "close")]
         writer.write(conn.send(h11.Request(method=method, target=target, headers=sent)))
-        async for chunk in body:
-            if chunk:
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
-        answer = await _next(conn, reader)
+        # Read while the body goes out: the other node may answer before it has taken it
+        # all (a refusal: view only, a PC stuck on an earlier call) and close at once; its
+        # answer is the technician's, not a 502 for the write the close then breaks.
+        reading = asyncio.ensure_future(_next(conn, reader))
+        try:
+            await _send_body(conn, writer, body, reading)
+        except OSError:
+            await asyncio.wait({reading}, timeout=EARLY_WAIT)
+            if not reading.done() or reading.cancelled() or reading.exception() is not None:
+                reading.cancel()
+                raise
+        except BaseException:
+            reading.cancel()
+            raise
+        answer = await reading
         if not isinstance(answer, h11.Response):
             raise AgentUnreachable(f"the node at {node.address} did not answer")
     except (OSError, TimeoutError) as exc:
@@ -108,6 +117,25 @@ async def send_to_node(
         if name.decode("latin-1") in ANSWER_HEADERS
     }
     return NodeAnswer(answer.status_code, kept, _body(conn, reader, writer, node))
+
+
+async def _send_body(
+    conn: h11.Connection,
+    writer: asyncio.StreamWriter,
+    body: AsyncIterator[bytes],
+    answered: asyncio.Future[object],
+) -> None:
+    """The request's body, until its end or until the other node has answered (then
+    the rest is not sent: the answer, with ``connection: close``, ends the exchange)."""
+    async for chunk in body:
+        if answered.done():
+            return
+        if chunk:
+            writer.write(conn.send(h11.Data(data=chunk)))
+            await writer.drain()
+    if not answered.done():
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
 
 
 async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> object:

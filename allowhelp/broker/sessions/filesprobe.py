@@ -7,8 +7,8 @@ each later request would wait its whole limit for its 504. So that first timeout
 sends one probe (``realpath .``), which the PC can answer only after the call it
 is stuck on. Until the probe's answer, a new request of the session waits at most
 ``PROBE_WAIT`` seconds for it, then ends with 504 ``pc_not_answering`` ("the PC
-has not answered an earlier request yet"), nothing of it sent to the PC. The
-probe's answer (or the session's end, which ends the channel) lets requests
+has not answered an earlier request yet"), nothing of it asked of the PC's
+sftp-server. The probe's answer (or the session's end, which ends the channel) lets requests
 through again, as before.
 """
 

@@ -207,6 +207,7 @@ def or_elsewhere(endpoint: Endpoint, *, read: bool = False) -> Endpoint:
     async def routed(request: Request) -> Response:
         route = _route(request)
         session_id = request.path_params["session_id"]
+        tried: str | None = None  # a node already found unreachable for this request
         if route is not None and services(request).sessions.live(session_id) is None:
             # Where first: the endpoint served here authenticates the caller itself, so
             # the caller's login is read once whichever node serves the request.
@@ -220,12 +221,13 @@ def or_elsewhere(endpoint: Endpoint, *, read: bool = False) -> Endpoint:
                     if not read:
                         raise
                     log.warning("session %s: served here: %s", session_id, exc)
+                    tried = found.node.id
         try:
             return await endpoint(request)
         except NotFound:
             if not read or route is None:
                 raise
-            ran = await _ran_elsewhere(request, route, session_id)
+            ran = await _ran_elsewhere(request, route, session_id, tried)
             if ran is None:
                 raise
             return ran
@@ -233,12 +235,15 @@ def or_elsewhere(endpoint: Endpoint, *, read: bool = False) -> Endpoint:
     return routed
 
 
-async def _ran_elsewhere(request: Request, route: NodeRoute, session_id: str) -> Response | None:
+async def _ran_elsewhere(
+    request: Request, route: NodeRoute, session_id: str, tried: str | None
+) -> Response | None:
     """A read this node answers "no such session" to, served by the live node that ran
     the session (ended there, or not yet listed as open): that node keeps its
-    invitations in memory, so an invitee's page of an ended session is its to show."""
+    invitations in memory, so an invitee's page of an ended session is its to show.
+    Not a node this request already found unreachable (``tried``)."""
     node = await route.session_ran_by(session_id)
-    if node is None:
+    if node is None or node.id == tried:
         return None
     principal = await require(request)
     try:
