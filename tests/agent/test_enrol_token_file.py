@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from allowhelp.agent.cli import MAX_TOKEN_FILE
+from allowhelp.agent.clienrol import MAX_TOKEN_FILE
 from allowhelp.certs.token import EnrolmentToken
 from harness import ADMIN, ADMIN_PW, PY, Broker, Fleet, agent_cli, wait_for
 
