@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "kit"))
 
+from collectorkit import Collector
 from debkit import Debs, build, debs_in, wheel_of_this_tree
 
 from harness import Broker, Fleet, staffed_broker
@@ -130,3 +131,11 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_url(pg_cluster: Cluster) -> str:
     """A fresh database of the cluster, for one test."""
     return pg_cluster.database()
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    """A syslog collector on 127.0.0.1 (``collectorkit.py``), closed after the test."""
+    collector = Collector(tmp_path / "collector.log")
+    yield collector
+    collector.close()

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +33,14 @@ from allowhelp.broker.audit.anchor import (
 from allowhelp.broker.audit.anchor_sink import AnchorSink
 from allowhelp.broker.audit.chain import AuditRecord, read_head, read_records
 from allowhelp.broker.audit.log import AuditLog
-from harness import ADMIN, ADMIN_PW, Broker, Desk, Fleet, broker_cli, wait_for
+from harness import ADMIN, ADMIN_PW, Broker, Desk, Fleet, broker_cli, exported, wait_for
 
 WARNING_PRI = str(10 * 8 + 4)  # authpriv.warning
 MISSING = "audit.anchors.missing"
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    collector = Collector(tmp_path / "collector.log")
-    yield collector
-    collector.close()
-
-
-def export(data: Path) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(data))
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
 def missing_records(data: Path) -> list[dict[str, Any]]:
-    return [r for r in export(data) if r["type"] == MISSING]
+    return [r for r in exported("--data", str(data)) if r["type"] == MISSING]
 
 
 def verify_json(data: Path, anchors: Path) -> dict[str, Any]:

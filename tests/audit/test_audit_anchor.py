@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import parse_anchors, read_anchors
@@ -30,13 +28,6 @@ from allowhelp.broker.audit.codes import ANCHOR_MSGID, EVENT_CODES
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from harness import ADMIN, ADMIN_PW, Desk, Fleet, broker_cli, wait_for
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    collector = Collector(tmp_path / "collector.log")
-    yield collector
-    collector.close()
 
 
 def verify_cli(data: Path, *extra: str) -> tuple[int, str]:

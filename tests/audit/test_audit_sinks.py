@@ -9,12 +9,10 @@ command line; the anchor file is deleted or emptied for real between starts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import (
@@ -26,22 +24,24 @@ from allowhelp.broker.audit.anchor import (
 )
 from allowhelp.broker.audit.chain import read_head
 from allowhelp.broker.audit.codes import EVENT_CODES
-from harness import ADMIN, ADMIN_PW, TECH, TECH_PW, Broker, Desk, Fleet, broker_cli, wait_for
+from harness import (
+    ADMIN,
+    ADMIN_PW,
+    TECH,
+    TECH_PW,
+    Broker,
+    Desk,
+    Fleet,
+    broker_cli,
+    exported,
+    wait_for,
+)
 
 WARNING_PRI = str(10 * 8 + 4)  # authpriv.warning
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    collector = Collector(tmp_path / "collector.log")
-    yield collector
-    collector.close()
-
-
 def export(data: Path) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(data))
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    return exported("--data", str(data))
 
 
 def verify_cli(data: Path, *extra: str) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ with sqlite3 behind its back, and the broker started again.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from harness import (
     Broker,
     Desk,
     Fleet,
-    broker_cli,
+    exported,
     running_fleet,
     wait_for,
 )
@@ -39,9 +38,7 @@ from terminalkit import Terminal, consented_shell
 
 
 def export(data: Path) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(data))
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    return exported("--data", str(data))
 
 
 def edit(db: Path, sql: str) -> None:

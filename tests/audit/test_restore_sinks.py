@@ -15,31 +15,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import RESTARTED, read_anchors
 from allowhelp.broker.audit.chain import read_head
-from harness import ADMIN, ADMIN_PW, Fleet, broker_cli, wait_for
+from harness import ADMIN, ADMIN_PW, Fleet, broker_cli, exported, wait_for
 
 SINKS = "audit.sinks.json"
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    collector = Collector(tmp_path / "collector.log")
-    yield collector
-    collector.close()
-
-
 def export(data: Path) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--data", str(data))
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    return exported("--data", str(data))
 
 
 def verify_json(data: Path, anchors: Path) -> dict[str, Any]:

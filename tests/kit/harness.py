@@ -58,6 +58,13 @@ def broker_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProc
     return run_cli("allowhelp.broker.cli.main", *args, stdin=stdin)
 
 
+def exported(*where: str) -> list[dict[str, Any]]:
+    """The chain as ``audit export`` writes it: ``where`` is ``--data DIR`` or ``--store URL``."""
+    done = broker_cli("audit", "export", *where)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
 def agent_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return run_cli("allowhelp.agent.cli", *args, stdin=stdin)
 
@@ -169,9 +176,7 @@ class Broker:
 
     def audit_records(self, target: str | None = None) -> list[dict[str, Any]]:
         """The chain as ``audit export`` writes it (of one ``target``, when given)."""
-        done = broker_cli("audit", "export", "--data", str(self.data))
-        assert done.returncode == 0, done.stderr
-        records = [json.loads(line) for line in done.stdout.splitlines()]
+        records = exported("--data", str(self.data))
         return [r for r in records if target is None or r["target"] == target]
 
     def agents(self, user: str, password: str) -> list[dict[str, Any]]:
@@ -187,9 +192,7 @@ class Broker:
 
     def audit_types(self) -> list[str]:
         where = self.store_args or ["--data", str(self.data)]
-        done = broker_cli("audit", "export", *where)
-        assert done.returncode == 0, done.stderr
-        return [json.loads(line)["type"] for line in done.stdout.splitlines()]
+        return [record["type"] for record in exported(*where)]
 
 
 @dataclass

@@ -11,32 +11,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import pytest
 from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import read_anchors
-from harness import broker_cli, staffed_broker, wait_for
+from harness import broker_cli, exported, staffed_broker, wait_for
 
 SINKS = "audit.sinks.json"
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    collector = Collector(tmp_path / "collector.log")
-    yield collector
-    collector.close()
-
-
-def _records(url: str) -> list[dict[str, Any]]:
-    done = broker_cli("audit", "export", "--store", url)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def _at_collector(collector: Collector, type: str) -> list[dict[str, Any]]:
@@ -65,7 +50,7 @@ def test_a_postgresql_backup_and_restore_write_through_the_nodes_sinks(
         )
         assert done.returncode == 0, done.stderr
         wait_for(lambda: _at_collector(collector, "broker.backup"), 10, "broker.backup at syslog")
-        record = [r for r in _records(pg_url) if r["type"] == "broker.backup"][-1]
+        record = [r for r in exported("--store", pg_url) if r["type"] == "broker.backup"][-1]
         told = _at_collector(collector, "broker.backup")[0]
         assert told["params"]["seq"] == str(record["seq"]) and told["msgid"] == "AH1906"
         heads = read_anchors(node.data / "audit.anchors")  # the command's stop head
@@ -79,7 +64,7 @@ def test_a_postgresql_backup_and_restore_write_through_the_nodes_sinks(
     done = broker_cli("restore", str(backup), "--data", str(restored), "--store", fresh)
     assert done.returncode == 0, done.stderr
     assert "pg secret" not in done.stdout + done.stderr
-    record = _records(fresh)[-1]
+    record = exported("--store", fresh)[-1]
     assert record["type"] == "broker.restored" and "anchors_set_aside" not in record["details"]
     assert (
         f"broker.restored sent to syslog; its head anchored in {restored / 'audit.anchors'} "

@@ -17,19 +17,23 @@ seen to be still stopped when they come.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import asyncssh
 import httpx
 import pytest
 from machinekit import CAN_RUN, WHY_NOT
-from userkit import UserAgent, allowed_files, user_agent_online, user_path
+from stuckpckit import (
+    as_user,
+    files_session,
+    files_url,
+    listing_url,
+    pc_not_answering,
+    transfers,
+)
+from userkit import UserAgent, user_agent_online, user_path
 
 from allowhelp.broker.errors import AgentTimeout, NotFound
 from allowhelp.broker.sessions import filesprobe
@@ -56,58 +60,14 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserA
 
 @pytest.fixture
 def session(pc: tuple[Broker, UserAgent]) -> Iterator[tuple[Desk, str]]:
-    desk, session_id = allowed_files(*pc, "a stuck PC")
-    listed = desk.client.get(listing_url(session_id), params={"path": "."})  # the channel open
-    assert listed.status_code == 200, listed.text
-    yield desk, session_id
-    desk.close()
-
-
-def listing_url(session_id: str) -> str:
-    return f"/api/v1/sessions/{session_id}/files"
-
-
-def files_url(session_id: str) -> str:
-    return f"/api/v1/sessions/{session_id}/files/content"
-
-
-def records(broker: Broker, session_id: str, kind: str, path: str) -> list[dict[str, Any]]:
-    return [
-        r["details"]
-        for r in broker.audit_records(session_id)
-        if r["type"] == kind and r["details"].get("path") == path
-    ]
-
-
-def as_user(code: str) -> None:
-    subprocess.run(["runuser", "-u", USER, "--", "/usr/bin/python3", "-c", code], check=True)
-
-
-def sftp_servers() -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-u", USER, "-x", "sftp-server"], capture_output=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
+    with files_session(pc, "a stuck PC") as made:
+        yield made
 
 
 def stopped(pids: list[int]) -> bool:
     """Each of ``pids`` still stopped: it has answered nothing since."""
     states = [Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in pids]
     return states == ["T"] * len(pids)
-
-
-@contextmanager
-def pc_not_answering() -> Iterator[list[int]]:
-    """The user's sftp-server stopped for the block (a stuck mount under it), then let go."""
-    pids = sftp_servers()
-    assert pids, "no sftp-server of the user's running"
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 def refused_for_the_earlier_call(answer: httpx.Response, path: str) -> None:
@@ -137,28 +97,28 @@ def test_requests_after_a_call_the_pc_did_not_answer_are_refused_without_it(
 ) -> None:
     broker, _ = pc
     desk, session_id = session
-    as_user(f"open({str(user_path(USER, 'stuck.txt'))!r}, 'w').write('stuck')")
-    with pc_not_answering() as pids:
+    as_user(USER, f"open({str(user_path(USER, 'stuck.txt'))!r}, 'w').write('stuck')")
+    with pc_not_answering(USER) as pids:
         first = desk.client.get(listing_url(session_id), params={"path": "."}, timeout=60)
         assert first.status_code == 504, first.text  # the call it is stuck on: its whole limit
         assert EARLIER not in first.json()["message"]
 
         got = desk.client.get(files_url(session_id), params={"path": "stuck.txt"}, timeout=60)
         refused_for_the_earlier_call(got, "stuck.txt")
-        failed = records(broker, session_id, "files.transfer.failed", "stuck.txt")  # no wait:
+        failed = transfers(broker, session_id, "files.transfer.failed", "stuck.txt")  # no wait:
         assert failed and failed[0]["ok"] is False and EARLIER in failed[0]["error"]  # before
-        assert records(broker, session_id, "files.transfer.started", "stuck.txt")  # the answer
+        assert transfers(broker, session_id, "files.transfer.started", "stuck.txt")  # the answer
 
         put = desk.client.put(
             files_url(session_id), params={"path": "new.txt"}, content=b"new", timeout=60
         )
         refused_for_the_earlier_call(put, "new.txt")
-        failed = records(broker, session_id, "files.transfer.failed", "new.txt")
+        failed = transfers(broker, session_id, "files.transfer.failed", "new.txt")
         assert failed and EARLIER in failed[0]["error"]
 
         listed = desk.client.get(listing_url(session_id), params={"path": "sub"}, timeout=60)
         refused_for_the_earlier_call(listed, "sub")
-        assert records(broker, session_id, "files.listed", "sub")
+        assert transfers(broker, session_id, "files.listed", "sub")
         assert stopped(pids)  # all of it without an answer from the PC
     works_again(desk, session_id)
     assert not user_path(USER, "new.txt").exists()  # the refused upload wrote nothing
@@ -170,14 +130,14 @@ def test_a_download_cut_by_a_stuck_pc_has_the_next_request_refused_without_it(
 ) -> None:
     desk, session_id = session
     big = str(user_path(USER, "big.bin"))
-    as_user(f"import os; open({big!r}, 'wb').close(); os.truncate({big!r}, {256 * MIB})")
+    as_user(USER, f"import os; open({big!r}, 'wb').close(); os.truncate({big!r}, {256 * MIB})")
     with desk.client.stream(
         "GET", files_url(session_id), params={"path": "big.bin"}, timeout=60
     ) as answer:
         assert answer.status_code == 200
         chunks = answer.iter_raw()
         next(chunks)
-        with pc_not_answering() as pids:
+        with pc_not_answering(USER) as pids:
             with pytest.raises(httpx.HTTPError):  # cut by the chunk the PC does not answer
                 for _ in chunks:
                     pass

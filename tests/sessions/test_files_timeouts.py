@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,13 +22,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from machinekit import CAN_RUN, WHY_NOT
-from userkit import UserAgent, allowed_files, user_agent_online, user_path
+from stuckpckit import (
+    as_user,
+    files_session,
+    files_url,
+    listing_url,
+    pc_not_answering,
+    transfers,
+)
+from userkit import UserAgent, user_agent_online, user_path
 
 from allowhelp.broker.settings import BrokerSettings
 from harness import Broker, Desk, wait_for
@@ -52,52 +57,12 @@ def pc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, UserA
 
 @pytest.fixture
 def session(pc: tuple[Broker, UserAgent]) -> Iterator[tuple[Desk, str]]:
-    desk, session_id = allowed_files(*pc, "a slow PC")
-    listed = desk.client.get(listing_url(session_id), params={"path": "."})  # the channel open
-    assert listed.status_code == 200, listed.text
-    yield desk, session_id
-    desk.close()
-
-
-def listing_url(session_id: str) -> str:
-    return f"/api/v1/sessions/{session_id}/files"
-
-
-def files_url(session_id: str) -> str:
-    return f"/api/v1/sessions/{session_id}/files/content"
-
-
-def transfers(broker: Broker, session_id: str, kind: str, path: str) -> list[dict[str, Any]]:
-    return [
-        r["details"]
-        for r in broker.audit_records(session_id)
-        if r["type"] == kind and r["details"].get("path") == path
-    ]
-
-
-def as_user(code: str) -> None:
-    subprocess.run(["runuser", "-u", USER, "--", "/usr/bin/python3", "-c", code], check=True)
+    with files_session(pc, "a slow PC") as made:
+        yield made
 
 
 def leftovers() -> list[str]:
     return [p.name for p in user_path(USER).iterdir() if ".allowhelp-" in p.name]
-
-
-@contextmanager
-def pc_not_answering() -> Iterator[None]:
-    """The user's sftp-server stopped for the block (a stuck mount under it), then let go."""
-    found = subprocess.run(
-        ["pgrep", "-u", USER, "-x", "sftp-server"], capture_output=True, check=False
-    )
-    pids = [int(pid) for pid in found.stdout.split()]
-    assert pids, "no sftp-server of the user's running"
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 def not_answering(answer: httpx.Response | str) -> None:
@@ -134,7 +99,7 @@ def still_works(desk: Desk, session_id: str) -> None:
 
 def test_a_listing_the_pc_does_not_answer_ends_with_504(session: tuple[Desk, str]) -> None:
     desk, session_id = session
-    with pc_not_answering():
+    with pc_not_answering(USER):
         started = time.monotonic()
         answer = desk.client.get(listing_url(session_id), params={"path": "."}, timeout=60)
         took = time.monotonic() - started
@@ -148,8 +113,8 @@ def test_a_download_the_pc_does_not_answer_ends_with_504_on_the_record(
 ) -> None:
     broker, _ = pc
     desk, session_id = session
-    as_user(f"open({str(user_path(USER, 'slow.txt'))!r}, 'w').write('slow')")
-    with pc_not_answering():
+    as_user(USER, f"open({str(user_path(USER, 'slow.txt'))!r}, 'w').write('slow')")
+    with pc_not_answering(USER):
         started = time.monotonic()
         answer = desk.client.get(files_url(session_id), params={"path": "slow.txt"}, timeout=60)
         took = time.monotonic() - started
@@ -174,7 +139,7 @@ def test_a_download_the_pc_stops_answering_mid_way_is_cut_and_recorded(
     desk, session_id = session
     big = str(user_path(USER, "big.bin"))
     size = 256 * MIB
-    as_user(f"import os; open({big!r}, 'wb').close(); os.truncate({big!r}, {size})")
+    as_user(USER, f"import os; open({big!r}, 'wb').close(); os.truncate({big!r}, {size})")
     got = 0
     started = time.monotonic()
     with (
@@ -186,7 +151,7 @@ def test_a_download_the_pc_stops_answering_mid_way_is_cut_and_recorded(
         assert answer.status_code == 200
         chunks = answer.iter_raw()
         got += len(next(chunks))
-        with pc_not_answering():
+        with pc_not_answering(USER):
             started = time.monotonic()
             for chunk in chunks:
                 got += len(chunk)
@@ -235,7 +200,7 @@ def test_an_upload_the_pc_stops_answering_ends_with_504_and_leaves_nothing(
         ).encode()
         tls.sendall(head + secrets.token_bytes(MIB))
         wait_for(leftovers, 20, "the upload's temporary file")
-        with pc_not_answering():
+        with pc_not_answering(USER):
             started = time.monotonic()
             tls.sendall(secrets.token_bytes(MIB))
             tls.settimeout(LIMIT + MARGIN)
@@ -291,7 +256,7 @@ def test_an_upload_whose_rename_the_pc_does_not_answer_keeps_its_digest(
     broker, _ = pc
     desk, session_id = session
     target = user_path(USER, "renamed.txt")
-    as_user(f"open({str(target)!r}, 'w').write('the old text')")
+    as_user(USER, f"open({str(target)!r}, 'w').write('the old text')")
     new = secrets.token_bytes(1000)
     with renames_held(LIMIT + MARGIN):
         started = time.monotonic()
