@@ -148,8 +148,9 @@ def test_a_missing_anchor_file_is_told_chained_forwarded_and_started_again(
     assert code == 0 and out.startswith("audit log intact"), out
     assert (
         f"note: {anchors} was begun again at record {record['seq']} (it was missing, empty, "
-        f"replaced or cut short: audit.anchors.missing; or set aside by a restore: "
-        f"broker.restored); its heads vouch only from record {record['seq']} on"
+        f"replaced or cut short: audit.anchors.missing; set aside by a restore: "
+        f"broker.restored; or a new node's: audit.anchors.begun); its heads vouch only "
+        f"from record {record['seq']} on"
     ) in err
     done = broker_cli(
         "audit", "verify", "--data", str(broker.data), "--anchors", str(anchors), "--json"

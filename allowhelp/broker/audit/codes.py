@@ -68,6 +68,9 @@ EVENT_CODES: dict[str, str] = {
     # the anchor file missing (or holding no head) at start while the chain has records:
     # made again from this record on, which it names (audit/opening.py)
     "audit.anchors.missing": "AH1908",
+    # a node's first start on a shared chain with records (no node.id in its folder yet):
+    # its own anchor file begins at this record, marked restarted, no alarm (audit/opening.py)
+    "audit.anchors.begun": "AH1909",
     # fleet jobs (AH16xx, issue #20): created (who, why, targets, script digest),
     # approved by a second admin, each PC's result (exit code, output digest),
     # expired unanswered; a machine's groups changed

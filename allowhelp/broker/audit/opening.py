@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 SINKS_FILE = "audit.sinks.json"
 ANCHORS_MISSING = "audit.anchors.missing"
+ANCHORS_BEGUN = "audit.anchors.begun"  # a node's first start on a shared chain
 CLI_ACTOR = "system:cli"
 NO_HEAD = ("missing", "empty")  # anchor file states told (and made again) on a chain with records
 
@@ -154,10 +155,12 @@ def open_with_sinks(
     actor: str,
     remember: bool = False,
     check: bool = True,
+    joining: bool = False,
 ) -> SinkedAudit:
     """Open the log with syslog and anchors as ``sinks`` say; tell and chain a
     missing anchor file (``actor`` writes that record; not when ``check`` is False).
-    ``remember``: ``serve``'s own sinks, saved for the command line."""
+    ``remember``: ``serve``'s own sinks, saved for the command line. ``joining``: a
+    node's first start on a shared chain (its missing file is no alarm: begun)."""
     forwarder = SyslogForwarder.from_url(sinks.syslog_url) if sinks.syslog_url else None
     options = sinks.options
     anchors = None
@@ -172,7 +175,7 @@ def open_with_sinks(
     opened = SinkedAudit(audit, forwarder)
     try:
         if anchors is not None and check:
-            _check_anchor_file(audit, anchors, actor)
+            _check_anchor_file(audit, anchors, actor, joining=joining)
     except BaseException:
         with contextlib.suppress(Exception):
             opened.close()
@@ -293,9 +296,12 @@ def _set_aside(path: Path, aside: Path) -> None:
         os.close(fd)
 
 
-def _check_anchor_file(audit: AuditLog, anchors: AnchorSink, actor: str) -> None:
+def _check_anchor_file(
+    audit: AuditLog, anchors: AnchorSink, actor: str, *, joining: bool = False
+) -> None:
     """A chain with records and an anchor file without a head: said and chained,
-    then the file is started again with the head of that record."""
+    then the file is started again with the head of that record. A node's first
+    start on a shared chain (``joining``) with no file yet: begun so, told quietly."""
     path = anchors.path
     if path is None:
         return
@@ -309,6 +315,9 @@ def _check_anchor_file(audit: AuditLog, anchors: AnchorSink, actor: str) -> None
         return
     if found not in NO_HEAD:
         return  # "unreadable" is told by the start-up check (audit/integrity.py)
+    if joining and found == "missing":
+        _begin_for_new_node(audit, anchors, actor, seq, digest)
+        return
     log.warning(
         "AUDIT ANCHOR FILE %s is %s while the chain holds %d records: it is made again, "
         "starting at the %s record chained now; its heads vouch only from there on",
@@ -322,5 +331,27 @@ def _check_anchor_file(audit: AuditLog, anchors: AnchorSink, actor: str) -> None
         actor=actor,
         target=str(path),
         details={"found": found, "head": f"{seq}:{digest}"},
+    )
+    anchors.anchor(record.seq, record.hash, RESTARTED)
+
+
+def _begin_for_new_node(
+    audit: AuditLog, anchors: AnchorSink, actor: str, seq: int, digest: str
+) -> None:
+    """A node joining a shared chain: its own anchor file begins here, marked
+    ``restarted`` (true: it vouches only from there on), on the record as
+    ``audit.anchors.begun``, not as the alarm a deleted file is."""
+    log.info(
+        "this node's audit anchor file %s begins at record %d of the shared chain (a node's "
+        "first start: %s); its heads vouch from there on",
+        anchors.path,
+        seq + 1,
+        ANCHORS_BEGUN,
+    )
+    record = audit.append(
+        ANCHORS_BEGUN,
+        actor=actor,
+        target=str(anchors.path),
+        details={"why": "new node", "head": f"{seq}:{digest}"},
     )
     anchors.anchor(record.seq, record.hash, RESTARTED)

@@ -164,8 +164,9 @@ def _verify(args: argparse.Namespace, path: AuditPlace, head: tuple[int, str] | 
 def _restarted(anchors: str, seq: int) -> str:
     return (
         f"note: {anchors} was begun again at record {seq} (it was missing, empty, "
-        f"replaced or cut short: audit.anchors.missing; or set aside by a restore: "
-        f"broker.restored); its heads vouch only from record {seq} on, so a "
+        f"replaced or cut short: audit.anchors.missing; set aside by a restore: "
+        f"broker.restored; or a new node's: audit.anchors.begun); its heads vouch only "
+        f"from record {seq} on, so a "
         f"rewrite of records 1 to {seq - 1} made before then would not be seen"
     )
 

@@ -16,6 +16,7 @@ from allowhelp.broker.audit.opening import AuditSinks, open_with_sinks
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.broker.node.cluster import NODE_FILE
 from allowhelp.broker.settings import BrokerSettings, is_ip, url_host
 from allowhelp.broker.store.core import StorePlace
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
@@ -48,8 +49,12 @@ class DataFolder:
         pki = ensure_broker_pki(data_dir, hosts)
         # The same wiring as the command line's records (audit/opening.py), remembered for it.
         sinks = AuditSinks(syslog_url, audit_options)
+        # A node's first start on a shared store (no node.id yet: node/cluster.py): its
+        # anchor file is new, not missing.
+        joining = store is not None and not (data_dir / NODE_FILE).exists()
+        place = store or data_dir / AUDIT_FILE
         opened = open_with_sinks(
-            store or data_dir / AUDIT_FILE, data_dir, sinks, actor="system", remember=True
+            place, data_dir, sinks, actor="system", remember=True, joining=joining
         )
         return cls(opened.audit, pki, store or data_dir / STORE_FILE, opened.forwarder)
 
