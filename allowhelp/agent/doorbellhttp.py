@@ -226,6 +226,8 @@ def open_tls(
     else:
         try:
             sock = _tcp(proxy.host, proxy.port, str(proxy), timeout)
+        except TimeoutError:  # it stalls (a full backlog, a dropped SYN): the proxy's too
+            raise OSError(f"cannot connect to {proxy} (timed out)") from None
         except OSError as exc:  # down, or its name unknown: said as the proxy's (proxy.py)
             if not exc.strerror:
                 raise

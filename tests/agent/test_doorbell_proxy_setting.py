@@ -14,11 +14,14 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
+from allowhelp.agent.doorbellhttp import open_tls, said
 from allowhelp.agent.doorbellkey import save_key
 from allowhelp.agent.localpath import socket_path
 from harness import Agent, Broker, wait_for
@@ -101,3 +104,35 @@ def test_a_proxy_that_is_down_is_rung_through_again(agent: Agent) -> None:
     assert PASSWORD not in said, said
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(20) == 0, agent.log.read_text()
+
+
+@contextmanager
+def stalling_proxy() -> Iterator[int]:
+    """A port that takes no more connections and never refuses: listening with its
+    backlog full (Linux then drops the SYN), as a stalled proxy does."""
+    with socket.socket() as server, ExitStack() as held:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        for _ in range(16):  # fill the backlog, until a connection stalls
+            client = held.enter_context(socket.socket())
+            client.settimeout(0.3)
+            try:
+                client.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        else:
+            pytest.skip("could not fill a listening socket's backlog here")
+        yield port
+
+
+def test_a_proxy_that_stalls_is_named_as_the_proxy() -> None:
+    with stalling_proxy() as port:
+        setting = f"http://branch7:{PASSWORD}@127.0.0.1:{port}"
+        started = time.monotonic()
+        with pytest.raises(OSError) as failed:
+            open_tls("https://broker.example:443", "", setting, timeout=1.0)
+        assert time.monotonic() - started < 5
+    told = said(failed.value)
+    assert told == f"cannot connect to the proxy 127.0.0.1:{port} (timed out)", told
+    assert PASSWORD not in told and "branch7" not in told

@@ -111,3 +111,14 @@ def test_a_folder_the_hello_cannot_carry_hides_its_parent_instead(tmp_path: Path
     shown = hidden_folder(deep)
     assert len(shown) <= LIMITS["files_hidden"] and str(deep).startswith(shown + "/")
     decode(line(files_hidden=[shown]))
+
+
+def test_a_case_insensitive_spelling_is_hidden_too() -> None:
+    # realpath keeps the request's spelling on SMB/CIFS, vfat/exFAT/ntfs3, ext4 casefold
+    hidden = ("/home/Ana/.config/allowhelp/agent",)
+    assert hidden_by(b"/home/Ana/.CONFIG/allowhelp/agent/host_key", hidden) == hidden[0]
+    assert hidden_by(b"/HOME/ana/.Config/AllowHelp/AGENT", hidden) == hidden[0]
+    assert hidden_by(b"/home/ana/.config/ALLOWHELP/agent/a/b", hidden) == hidden[0]
+    assert hidden_by(b"/home/ana/.CONFIG/allowhelp/agent2", hidden) is None
+    assert hidden_by(b"/home/ana/.CONFIG/allowhelp", hidden) is None
+    assert hidden_by(b"/home/ana/.config/allowhelp/agent/caf\xe9", hidden) == hidden[0]

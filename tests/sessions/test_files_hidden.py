@@ -220,3 +220,17 @@ def test_a_trailing_slash_does_not_reach_the_key_either(
     got = desk.client.get(url(session_id), params={"path": path})
     assert got.status_code in (400, 403, 404), got.text
     assert key not in got.content and b"PRIVATE KEY" not in got.content
+
+
+@pytest.mark.parametrize(
+    "path", [".CONFIG/allowhelp/agent/host_key", ".config/AllowHelp/AGENT/host_key"]
+)
+def test_another_spelling_never_reaches_the_key(
+    read_write: tuple[Desk, str], key: bytes, path: str
+) -> None:
+    # refused on a case-insensitive file system (the comparison is case-folded too);
+    # here (case-sensitive) there is no such file: refused or not found, never the key
+    desk, session_id = read_write
+    got = desk.client.get(url(session_id), params={"path": path})
+    assert got.status_code in (403, 404), got.text
+    assert key not in got.content and b"PRIVATE KEY" not in got.content

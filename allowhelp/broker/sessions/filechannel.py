@@ -14,6 +14,7 @@ import asyncssh
 
 from allowhelp.broker.errors import Conflict
 from allowhelp.broker.model.session import Session
+from allowhelp.broker.sessions.fileshidden import UsersOwn
 from allowhelp.broker.sessions.filesprobe import Liveness
 from allowhelp.broker.sessions.sftpwire import (
     LATE_TIDY_TIMEOUT,
@@ -34,6 +35,7 @@ class FileChannel:
     from_agent: int = 0
     temps: set[str] = field(default_factory=set)  # uploads' temporary names, in flight
     liveness: Liveness = field(default_factory=Liveness)  # a PC stuck on a call given up on
+    own: UsersOwn = field(default_factory=UsersOwn)  # the user's default agent folder
 
     def stop(self) -> Coroutine[Any, Any, None] | None:
         """Closed to new requests at once; what is left to do on the PC (remove

@@ -59,7 +59,7 @@ from allowhelp.broker.errors import (
 from allowhelp.broker.model.session import Session, State, Traffic
 from allowhelp.broker.sessions.filechannel import FileChannel, Transfer, still_open, tidy_later
 from allowhelp.broker.sessions.filepaths import upload_names
-from allowhelp.broker.sessions.fileshidden import HiddenFolders
+from allowhelp.broker.sessions.fileshidden import HiddenFolders, UsersOwn
 from allowhelp.broker.sessions.filesrecord import Notify, TransferBook
 from allowhelp.broker.sessions.registry import SessionRegistry
 from allowhelp.broker.sessions.sftpwire import (
@@ -130,17 +130,19 @@ class FileDesk:
         username: str,
         client: asyncssh.SFTPClient,
         path: str,
+        own: UsersOwn,
         *,
         upload: bool = False,
     ) -> None:
         """Refused (on the record) when ``path`` leads into a folder the agent's Hello
-        hides (its own keys); an agent gone meanwhile: the session is ending."""
+        hides (its own keys) or the user's default agent folder (``own``: whatever
+        the Hello says); an agent gone meanwhile: the session is ending."""
         live = self._sessions.agents.get(session.agent_id)
         if live is None:
             raise AgentUnreachable("the machine is offline")
         hidden, limit = live.files_hidden, self.call_timeout
         await self._hidden.check(
-            session, username, client, path, hidden=hidden, limit=limit, upload=upload
+            session, username, client, path, hidden=hidden, own=own, limit=limit, upload=upload
         )
 
     async def _client(self, session: Session) -> tuple[asyncssh.SFTPClient, FileChannel]:
@@ -199,7 +201,7 @@ class FileDesk:
         liveness = channel.liveness
         await liveness.answering(path, self.call_timeout)  # a PC stuck on an earlier call
         with liveness.watching(client):
-            await self._reach(session, username, client, path)
+            await self._reach(session, username, client, path, channel.own)
             listing = await list_folder(client, path, self.call_timeout, self.max_held)
         return liveness.watched(listing, client)
 
@@ -216,7 +218,9 @@ class FileDesk:
         transfer = await book.started(Transfer(session, username, path, "download"))
         await book.looked_at(transfer, channel.liveness.answering(path, limit))
         with channel.liveness.watching(client):
-            await book.looked_at(transfer, self._reach(session, username, client, path))
+            await book.looked_at(
+                transfer, self._reach(session, username, client, path, channel.own)
+            )
             size = await book.looked_at(transfer, download_size(client, path, self.max_file, limit))
             book.tell(transfer, size, "started")
             handle = await book.looked_at(transfer, open_file(client, path, "rb", limit))
@@ -305,7 +309,7 @@ class FileDesk:
         transfer = await book.started(Transfer(session, username, path, "upload", temp=temp))
         await book.looked_at(transfer, channel.liveness.answering(path, limit))
         with channel.liveness.watching(client):
-            reach = self._reach(session, username, client, path, upload=True)
+            reach = self._reach(session, username, client, path, channel.own, upload=True)
             await book.looked_at(transfer, reach)
             mode = await book.looked_at(transfer, upload_mode(client, path, folder, limit))
             book.tell(transfer, 0, "started")

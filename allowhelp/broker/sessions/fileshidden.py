@@ -18,14 +18,31 @@ API only lists, reads, and writes whole regular files (a temporary file renamed)
 Each ``realpath`` is one SFTP call like the others (``sftpwire.bounded``, the
 stuck-PC probe).
 
-What this does not see: a hard link or a bind mount of the folder made on the
-PC, and a link swapped in between the check and the call (by someone at the PC).
+Whatever the Hello says (a machine service's names nothing, an older agent's
+neither), the signed-in user's *default* agent folder is hidden too: a user who
+enrolled an agent of their own beside the machine service keeps its key there.
+sftp-server starts in the user's home, so the broker asks it once per files
+channel where ``.config/allowhelp/agent`` and ``.`` lead (``UsersOwn``, kept on
+the channel); while the folder's place cannot be resolved (``.config/allowhelp``
+missing) it asks again on each request, so a folder made during the session is
+hidden from then on; and ``<home>/.config/allowhelp/agent`` is always hidden.
+
+The comparison is case-folded too (hides more, never less): on a case-insensitive
+file system (SMB/CIFS homes, vfat/exFAT/ntfs3, ext4 casefold) ``realpath`` keeps
+the request's spelling, ``.CONFIG/allowhelp/AGENT/host_key`` included.
+
+What this does not see: a second path to the folder that is not a link (a hard
+link, a bind mount, autofs, ``/home`` bind-mounted from ``/srv/home``, a btrfs
+snapshot) made on the PC, and a link swapped in between the check and the call
+(by someone at the PC).
 """
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncssh
 
@@ -35,15 +52,50 @@ from allowhelp.broker.model.session import Session
 from allowhelp.broker.sessions.sftpwire import SFTP_ERRORS, bounded, sftp_error
 
 WHY = "path_hidden"
+DEFAULT = ".config/allowhelp/agent"  # the per-user agent's folder in the home
+
+
+def _text(real: bytes) -> str:
+    return real.decode("utf-8", "surrogateescape")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def hidden_by(resolved: bytes, hidden: Sequence[str]) -> str | None:
-    """The hidden folder ``resolved`` (an absolute real path) is or is inside, if any."""
+    """The hidden folder ``resolved`` (an absolute real path) is or is inside, if
+    any: byte for byte, or case-folded (a case-insensitive file system)."""
+    path = _text(resolved)
+    folded = path.casefold()
     for folder in hidden:
-        root = folder.encode()
-        if resolved == root or resolved.startswith(root.rstrip(b"/") + b"/"):
+        if _inside(path, folder) or _inside(folded, folder.casefold()):
             return folder
     return None
+
+
+@dataclass
+class UsersOwn:
+    """The signed-in user's default agent folder, as one files channel's sftp-server
+    resolves it (asked once; again on each request while it cannot be resolved)."""
+
+    home: str | None = None  # realpath(".") (sftp-server starts in the home)
+    folder: str | None = None  # realpath(DEFAULT), once it answers
+
+    async def folders(self, client: asyncssh.SFTPClient, limit: float) -> list[str]:
+        """Where the default folder is: its real path and ``<home>/DEFAULT``."""
+        if self.home is None:
+            self.home = _text(await _realpath(client, ".", limit))
+        if self.folder is None:
+            # ``.config/allowhelp`` missing: nothing there yet, asked again next time
+            with contextlib.suppress(*SFTP_ERRORS):
+                self.folder = _text(await _realpath(client, DEFAULT, limit))
+        found = [posixpath.join(self.home, DEFAULT)]
+        return found if self.folder is None else [self.folder, *found]
+
+
+async def _realpath(client: asyncssh.SFTPClient, path: str, limit: float) -> bytes:
+    return await bounded(client.realpath(path.encode()), limit, path)
 
 
 async def resolved(client: asyncssh.SFTPClient, path: str, limit: float, *, upload: bool) -> bytes:
@@ -78,15 +130,19 @@ class HiddenFolders:
         path: str,
         *,
         hidden: Sequence[str],
+        own: UsersOwn,
         limit: float,
         upload: bool = False,
     ) -> None:
-        """Nothing when ``hidden`` is empty (a machine service, an older agent) or the
-        path leads elsewhere; else ``files.refused`` on the record, then ``Forbidden``."""
-        if not hidden:
-            return
+        """Nothing when the path leads elsewhere than ``hidden`` (the Hello's) and the
+        user's default agent folder (``own``); else ``files.refused`` on the record,
+        then ``Forbidden``."""
+        try:
+            defaults = await own.folders(client, limit)
+        except SFTP_ERRORS as exc:
+            raise sftp_error(exc, path) from exc
         real = await resolved(client, path, limit, upload=upload)
-        folder = hidden_by(real, hidden)
+        folder = hidden_by(real, [*hidden, *defaults])
         if folder is None:
             return
         await self._audit.write(
