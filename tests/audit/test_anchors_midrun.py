@@ -66,7 +66,7 @@ def anchored_broker(fleet: Fleet, collector: Collector) -> tuple[Broker, Path]:
     anchors = broker.data / "audit.anchors"
     Desk.login(broker, ADMIN, ADMIN_PW).close()  # serve's own record, anchored by serve
     head = read_head(broker.data / "audit.sqlite3")[0]
-    wait_for(lambda: max(a.seq for a in read_anchors(anchors)) == head, 10, "serve's head")
+    wait_for(lambda: max(a.seq for a in read_anchors(anchors)) == head, 30, "serve's head")
     return broker, anchors
 
 
@@ -74,7 +74,7 @@ def check_told(
     broker: Broker, collector: Collector, anchors: Path, why: str, said: str
 ) -> dict[str, Any]:
     """After a change and a login: the record chained, said, and at syslog; returned."""
-    wait_for(lambda: missing_records(broker.data), 10, f"the {MISSING} record")
+    wait_for(lambda: missing_records(broker.data), 30, f"the {MISSING} record")
     found = missing_records(broker.data)
     assert len(found) == 1
     record = found[0]
@@ -91,14 +91,14 @@ def check_told(
     assert f"AUDIT ANCHOR FILE {anchors} {said} while the broker ran" in broker.log.read_text()
     wait_for(
         lambda: [r for r in collector.records() if r["params"]["type"] == MISSING],
-        10,
+        30,
         "the record at syslog",
     )
     told = next(r for r in collector.records() if r["params"]["type"] == MISSING)
     assert told["pri"] == WARNING_PRI and told["params"]["seq"] == str(record["seq"])
     wait_for(
         lambda: any(a["params"].get("why") == RESTARTED for a in collector.anchors()),
-        10,
+        30,
         "the restarted head at syslog",
     )
     marked = [a for a in collector.anchors() if a["params"].get("why") == RESTARTED]
@@ -157,7 +157,7 @@ def test_an_anchor_file_truncated_while_serve_runs_is_chained_and_goes_on_restar
     with anchors.open("r+") as handle:
         handle.truncate(sum(len(line) for line in lines[:-1]))
     Desk.login(broker, ADMIN, ADMIN_PW).close()
-    wait_for(lambda: len(missing_records(broker.data)) == 2, 10, "a second record")
+    wait_for(lambda: len(missing_records(broker.data)) == 2, 30, "a second record")
     second = missing_records(broker.data)[1]
     marked = [a for a in read_anchors(anchors) if a.why == RESTARTED]
     assert second["details"]["why"] == "truncated" and len(marked) == 2
@@ -208,14 +208,14 @@ def test_a_change_whose_record_cannot_be_written_is_logged_not_dropped(
 
     try:
         asyncio.run(records(2))  # through the writer thread
-        wait_for(lambda: [a.seq for a in read_anchors(anchors)] == [1, 2], 10, "head 2")
+        wait_for(lambda: [a.seq for a in read_anchors(anchors)] == [1, 2], 30, "head 2")
         fresh = tmp_path / "new.anchors"
         fresh.touch(mode=0o600)
         os.replace(fresh, anchors)
         hold.armed = True
         with caplog.at_level(logging.ERROR):
             asyncio.run(records(1))  # committed; its head finds the file replaced
-            wait_for(lambda: hold.refusals, 10, "the record's commit refused")
+            wait_for(lambda: hold.refusals, 30, "the record's commit refused")
     finally:
         hold.release()
         log.close()
@@ -243,7 +243,7 @@ def test_a_change_found_by_the_stop_anchor_is_chained_before_the_log_closes(
 
     try:
         asyncio.run(records())  # head 2 anchored; 3 is left for the stop anchor
-        wait_for(lambda: anchors.exists() and read_anchors(anchors), 10, "head 2")
+        wait_for(lambda: anchors.exists() and read_anchors(anchors), 30, "head 2")
         assert [a.seq for a in read_anchors(anchors)] == [2]
         with anchors.open("r+") as handle:
             handle.truncate(0)

@@ -12,6 +12,24 @@ an error in the log naming it, and that head's syslog line sent as a warning. Th
 sink runs inside the log's commit, so it chains nothing itself: it keeps an
 :class:`AnchorChange` that the writer takes after the batch
 (:meth:`AnchorSink.take_changes`) and chains as ``audit.anchors.missing``.
+
+An inode alone does not make a file another one: where inodes are not stable (sshfs
+without ``use_ino``, CIFS ``noserverino``, an autofs remount) the same file can show
+a new one. So on another device or inode, with the size not smaller, the sink reads
+back the last line it wrote (or found at open) where it put it (one ``pread``): the
+same bytes there are the same file. Only other bytes there, a smaller size or a file
+gone is a change.
+
+A file cut short mid-line (``copytruncate`` at an odd offset, a partial write) is
+never joined to the next head (a leftover ``1`` and ``15:…`` would read ``115:…``):
+before appending to a file whose last byte is not a newline, the sink ends that
+line and writes :data:`CUT_MARK` (a ``#`` line, which the reader skips like any
+line that is not a head; the fragment alone is no head either).
+
+A change that could not be written (the file's folder gone) is told once, not at
+every head while it stays lost; when the file can be written again, that is told
+and chained too (marked ``restarted``). Any head written clears that state, so a
+later change is always told.
 """
 
 from __future__ import annotations
@@ -30,6 +48,10 @@ if TYPE_CHECKING:
     from allowhelp.broker.audit.syslog import SyslogForwarder
 
 log = logging.getLogger(__name__)
+
+# Written after a newline that ends a line cut short, before the next head.
+CUT_MARK = "# cut short before this line"
+_TAIL_MAX = 1024  # the most read back of a file's last line at open
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,9 @@ class AnchorSink:
         # another inode, or a smaller size, at the next head is a change (logrotate).
         self._seen: tuple[int, int, int] | None = None
         self._lost = False  # a change told and the file not written since: not told twice
+        # (offset, bytes) of the last line this process wrote (or found at open): the same
+        # bytes there under another inode are the same file (sshfs, CIFS), not a new one.
+        self._tail: tuple[int, bytes] | None = None
         self._changes: list[AnchorChange] = []  # for the writer to chain (take_changes)
         self._lock = threading.Lock()
         self._state = AnchorState(
@@ -101,6 +126,7 @@ class AnchorSink:
         if self.path is not None:
             try:
                 self._seen = _identity(os.stat(self.path))
+                self._tail = _last_line(self.path)
             except OSError:
                 self._seen = None  # compared from the first head written on
 
@@ -139,6 +165,8 @@ class AnchorSink:
                 mark = why if change is None else RESTARTED  # never gone on with silently
                 if fd is not None:
                     error = self._write(fd, f"{seq}:{digest} {now} {mark}\n")
+                    if not error:
+                        self._lost = False  # written again: the next change is told
                 if change is not None:  # told, and chained by the writer after the batch
                     why = why if error else RESTARTED
                     self._changed(change, seq, digest, error)
@@ -170,9 +198,10 @@ class AnchorSink:
 
     def _changed(self, change: Change, seq: int, digest: str, error: str) -> None:
         """Say a change of the file, and keep it for the writer to chain; a file
-        still lost since the last one told (its folder gone) is not told again."""
+        still lost since the last one told (its folder gone) is not told again, one
+        that comes back (written again) is."""
         lost, self._lost = self._lost, bool(error)
-        if lost:
+        if lost and error:
             return
         if error:
             then = f"head {seq} cannot be written to it ({error})"
@@ -193,7 +222,7 @@ class AnchorSink:
         cannot be opened. A file once there is not created again unmarked:
         ``deleted`` when it went away (it is made again here)."""
         assert self.path is not None
-        flags = os.O_WRONLY | os.O_APPEND
+        flags = os.O_RDWR | os.O_APPEND  # read: its last byte, and the last line written
         change: Change | None = None
         try:
             if not self._established:
@@ -214,20 +243,56 @@ class AnchorSink:
             except OSError:
                 now = seen
             if now[:2] != seen[:2]:
-                change = "replaced"
+                if now[2] < seen[2] or not self._same_tail(fd):
+                    change = "replaced"
+                else:  # the same bytes: an unstable inode (sshfs, CIFS), the same file
+                    self._seen = now
             elif now[2] < seen[2]:
                 change = "truncated"
         return fd, change, ""
 
+    def _same_tail(self, fd: int) -> bool:
+        """The last line written (or found) is where it was, byte for byte."""
+        if self._tail is None:
+            return False
+        offset, data = self._tail
+        try:
+            return os.pread(fd, len(data), offset) == data
+        except OSError:
+            return False
+
     def _write(self, fd: int, line: str) -> str:
-        """Append and fsync one line, close; the reason in words when it failed, else ''."""
+        """Append and fsync one line, close; the reason in words when it failed, else ''.
+        A file whose last line was cut short gets that line ended and :data:`CUT_MARK`."""
+        data = line.encode("ascii")
         try:
             try:
-                os.write(fd, line.encode("ascii"))
+                size = os.fstat(fd).st_size
+                lead = b""
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    lead = f"\n{CUT_MARK}\n".encode("ascii")
+                os.write(fd, lead + data)
                 os.fsync(fd)
-                self._seen = _identity(os.fstat(fd))
+                found = os.fstat(fd)
+                self._seen = _identity(found)
+                self._tail = (found.st_size - len(data), data)
             finally:
                 os.close(fd)
         except OSError as exc:
             return exc.strerror or str(exc)
         return ""
+
+
+def _last_line(path: Path) -> tuple[int, bytes] | None:
+    """(offset, bytes) of the file's last whole line; None if it has none (or is cut)."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - _TAIL_MAX)
+        handle.seek(start)
+        data = handle.read()
+    if not data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n", 0, len(data) - 1)
+    if cut < 0 and start > 0:
+        return None  # longer than read back: compared from the first head written on
+    return start + cut + 1, data[cut + 1 :]

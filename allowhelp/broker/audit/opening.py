@@ -4,7 +4,7 @@ the sinks ``serve`` uses: the syslog forwarder and the anchor file.
 
 Every writer of the chain opens it through :func:`open_with_sinks`: ``serve``
 (``node/datafolder.py``) and the command line (``user add``, ``token create``,
-``backup``: :func:`open_for_cli`; ``restore``: :func:`chain_restored`). So each
+``backup``: :func:`open_for_cli`; ``restore``: ``audit/restoring.py``). So each
 record reaches the syslog collector whoever wrote it (a collector sees no gap in
 ``seq``), and the anchor file's last head covers the command line's records too.
 ``serve`` remembers its sinks (``--syslog``, ``--audit-anchors``,
@@ -24,19 +24,8 @@ empty file made beforehand (by an admin setting its owner) is begun the same way
 A file that goes away while the chain is open is made again by the sink itself,
 marked ``restarted`` (audit/anchor.py).
 
-``restore`` (:func:`chain_restored`) writes ``broker.restored`` through the sinks of
-the installation it restores: the ``audit.sinks.json`` kept in the new folder
-(:func:`sinks_for_restore`, read before anything is unpacked; the restore keeps the
-file), else the defaults. It skips the check in its scratch folder (and makes no
-file there): the first start on the restored folder tells a missing file with the
-folder's real path. The restored folder's own anchor file (the backup's) goes on
-with the new head. An anchor file elsewhere (``--audit-anchors``, off the host)
-holds the old chain's heads, some of them past the backup's head, which the
-restored chain does not have: it is set aside whole (renamed
-``NAME.before-restore-TIMESTAMP``, named in the record's details: the old chain's
-evidence, untouched) and begun again with ``broker.restored``'s head marked
-``restarted``, so ``audit verify --anchors`` on it passes and says it vouches from
-the restore on, and a broker started with it finds no truncation.
+``restore`` writes ``broker.restored`` through the sinks of the installation it
+restores (:func:`sinks_for_restore`): ``audit/restoring.py``.
 """
 
 from __future__ import annotations
@@ -44,8 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +42,6 @@ from allowhelp.broker.audit.format import AuditPlace
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
-from allowhelp.broker.errors import BackupError
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.certs.sshkeys import write_file_atomic
 
@@ -172,6 +158,7 @@ def open_with_sinks(
         if forwarder is not None:
             forwarder.close()
         raise
+    audit.change_actor = actor  # a change of the anchor file found later is chained so
     opened = SinkedAudit(audit, forwarder)
     try:
         if anchors is not None and check:
@@ -205,95 +192,6 @@ def sinks_for_restore(place: AuditPlace, target: Path) -> AuditSinks:
     one the command line's defaults (no syslog), so a test restore on another
     machine writes to no collector and no anchor file of the real broker."""
     return cli_sinks(place, target)
-
-
-@dataclass(frozen=True)
-class Restored:
-    """``broker.restored`` as chained; ``anchor_file``: where its head went (its path
-    once the folder is in place), None for none; ``set_aside``: that file's earlier
-    content, kept under this name, the file begun again with the head (``restarted``)."""
-
-    seq: int
-    hash: str
-    anchor_file: Path | None = None
-    set_aside: Path | None = None
-
-
-def chain_restored(
-    place: AuditPlace,
-    scratch: Path,
-    target: Path,
-    sinks: AuditSinks,
-    details: dict[str, object],
-) -> Restored:
-    """Chain ``broker.restored`` in the restored log (unpacked in ``scratch``, to be
-    ``target``) through ``sinks``: to syslog, and its head to the anchor file.
-
-    The restored folder's own anchor file goes on (none is made when the backup held
-    none). Another one (``--audit-anchors PATH``) holding a head, or begun, is set
-    aside after the record is chained and begun again with its head, ``restarted``
-    (``BackupError`` when it cannot be: nothing was renamed)."""
-    options = sinks.options
-    path = _restored_anchor_file(options, scratch, target) if options else None
-    state = anchor_file_state(path) if path is not None else "missing"
-    if state in NO_HEAD:  # no head written, no file made: the first start tells it
-        path = None
-    aside = None
-    if path is not None and path.parent != scratch and state in ("ok", "begun"):
-        aside = _aside_name(path)
-        details = {**details, "anchors_set_aside": str(aside)}
-    every = options.anchor_every if options is not None else 1
-    through = AuditSinks(
-        sinks.syslog_url,
-        AuditOptions(anchors=path, anchor_every=every) if path and not aside else None,
-    )
-    opened = open_with_sinks(place, scratch, through, actor=CLI_ACTOR, check=False)
-    try:
-        record = opened.audit.append(
-            "broker.restored", actor=CLI_ACTOR, target=str(target), details=details
-        )
-        if path is not None and aside is not None:
-            try:
-                _set_aside(path, aside)
-            except OSError as exc:
-                raise BackupError(
-                    f"nothing restored: the anchor file {path} could not be set aside as "
-                    f"{aside.name} ({exc.strerror or exc})"
-                ) from exc
-            AnchorSink(path, every, opened.forwarder).anchor(record.seq, record.hash, RESTARTED)
-    finally:
-        opened.close()
-    if path is not None and path.parent == scratch:
-        path = target / path.name
-    return Restored(record.seq, record.hash, path, aside)
-
-
-def _restored_anchor_file(options: AuditOptions, scratch: Path, target: Path) -> Path:
-    """The anchor file the restored folder writes to, in ``scratch`` while it is there."""
-    path = options.anchor_file(scratch)
-    if path.parent in (target, target.resolve()):  # the folder's own, named by its path
-        return scratch / path.name
-    return path
-
-
-def _aside_name(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.before-restore-{stamp}")
-    number = 1
-    while aside.exists() or aside.is_symlink():
-        number += 1
-        aside = path.with_name(f"{path.name}.before-restore-{stamp}-{number}")
-    return aside
-
-
-def _set_aside(path: Path, aside: Path) -> None:
-    """``path`` renamed ``aside`` (a name not taken), on disk before the new file."""
-    os.rename(path, aside)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_anchor_file(

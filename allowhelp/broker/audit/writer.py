@@ -16,7 +16,8 @@ Anchors: when an :class:`~allowhelp.broker.audit.anchor_sink.AnchorSink` is give
 the head goes to the anchor file and syslog every N records and at close
 (``audit/anchor.py`` says what that protects against). The sink runs inside the
 commit, under the lock, so an anchor file it finds deleted, replaced or truncated
-is chained here, after the batch (``audit.anchors.missing``, actor ``system``):
+is chained here, after the batch (``audit.anchors.missing``, actor
+:attr:`ChainWriter.change_actor`: ``system``, or the opener's, e.g. ``system:cli``):
 with the lock taken again, never from inside the sink, so nothing recurses or
 waits on itself. Such a record that cannot be written is logged at error.
 
@@ -89,6 +90,9 @@ class ChainWriter:
         self._forwarder = forwarder
         self._busy_timeout = busy_timeout
         self._anchors = anchors
+        # Who chains a change of the anchor file found after a batch: the opener's actor
+        # (``audit/opening.py`` sets it: ``system:cli`` for the command line).
+        self.change_actor = "system"
         # What the start-up and background checks found (audit/integrity.py).
         self.integrity = ChainState()
         # Held while the connection is used and while records are forwarded:
@@ -266,7 +270,7 @@ class ChainWriter:
         anchored like any record. Never raises: a failure is logged, each one named."""
         try:
             entries = [
-                make_entry(ANCHORS_MISSING, "system", change.path, change.details())
+                make_entry(ANCHORS_MISSING, self.change_actor, change.path, change.details())
                 for change in changes
             ]
             records = self._commit(entries)

@@ -110,8 +110,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def _said_sinks(result: RestoreResult) -> None:
     """Where broker.restored went besides the chain (docs/backup.md, "Restoring")."""
     told = ["sent to syslog"] if result.syslog else []
-    if result.anchor_file is not None:
+    if result.anchor_file is not None and not result.anchor_error:
         told.append(f"its head anchored in {result.anchor_file}")
+    elif result.anchor_file is not None:
+        print(
+            f"{PROG}: warning: broker.restored's head could not be written to the anchor "
+            f"file {result.anchor_file} ({result.anchor_error})",
+            file=sys.stderr,
+        )
     source = (
         "the installation's audit.sinks.json, kept"
         if result.sinks_kept

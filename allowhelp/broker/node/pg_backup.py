@@ -50,6 +50,7 @@ from allowhelp import __version__
 from allowhelp.broker.audit.anchor import ANCHOR_FILE, check_anchors, combine, read_anchors
 from allowhelp.broker.audit.chain import VerifyResult, verify
 from allowhelp.broker.audit.entry import utc_now
+from allowhelp.broker.audit.restoring import put_back_on_failure
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.model.database import PostgresUrl
 from allowhelp.broker.node.archive import PG_DUMP, PKI_FILES, Manifest
@@ -165,8 +166,9 @@ def restore_pg_backup(backup: Path, data_dir: Path, store: PostgresUrl) -> Resto
             restored = audit_restored(
                 store, scratch, target, sinks=sinks, backup=source, manifest=manifest
             )
-            _seal(scratch)
-            _place(scratch, target)
+            with put_back_on_failure(restored):  # the anchor file set aside, if this fails
+                _seal(scratch)
+                _place(scratch, target)
         except BackupError as exc:
             raise BackupError(
                 f"{exc} (the database holds the restored data now: drop it and create it "

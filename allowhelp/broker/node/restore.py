@@ -11,10 +11,12 @@ is either absent or empty before, and complete after.
 
 The target may hold the installation's ``audit.sinks.json`` (what its ``serve``
 ran with: syslog, anchor file) and nothing else: it is read before anything is
-unpacked, ``broker.restored`` goes through those sinks (``audit/opening.py``:
-``chain_restored``, which also sets aside an anchor file kept off the folder),
-and the file is kept: moved into the restored folder just before it is renamed
-into place (a backup never holds one).
+unpacked, ``broker.restored`` goes through those sinks (``audit/restoring.py``:
+``chain_restored``, which also sets aside an anchor file kept off the folder, once
+its heads are found to be this chain's; if sealing or placing the folder fails
+after that, ``put_back_on_failure`` puts it back: nothing restored holds for it
+too), and the file is kept: moved into the restored folder just before it is
+renamed into place (a backup never holds one).
 
 A session that was live at backup time is still open in the restored store;
 the first broker started on the folder ends it as ``broker_restart`` and
@@ -37,13 +39,8 @@ from pathlib import Path
 
 from allowhelp.broker.audit.anchor import ANCHOR_FILE, check_anchors, combine, read_anchors
 from allowhelp.broker.audit.chain import AuditPlace, VerifyResult, verify
-from allowhelp.broker.audit.opening import (
-    SINKS_FILE,
-    AuditSinks,
-    Restored,
-    chain_restored,
-    sinks_for_restore,
-)
+from allowhelp.broker.audit.opening import SINKS_FILE, AuditSinks, sinks_for_restore
+from allowhelp.broker.audit.restoring import Restored, chain_restored, put_back_on_failure
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.node.archive import (
     MANIFEST,
@@ -73,6 +70,7 @@ class RestoreResult:
     syslog: bool = False  # broker.restored went to a syslog collector
     anchor_file: Path | None = None  # and its head to this anchor file
     anchors_set_aside: Path | None = None  # that file's heads before the restore, kept here
+    anchor_error: str = ""  # why the head could not be written to anchor_file ('' if it was)
 
     @property
     def recordings(self) -> int:
@@ -93,8 +91,9 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
         restored = audit_restored(
             scratch / AUDIT_FILE, scratch, target, sinks=sinks, backup=source, manifest=manifest
         )
-        _seal(scratch)
-        _place(scratch, target)
+        with put_back_on_failure(restored):  # the anchor file set aside, if anything fails
+            _seal(scratch)
+            _place(scratch, target)
     return restore_result(target, manifest, chain, restored, sinks)
 
 
@@ -119,6 +118,7 @@ def restore_result(
         syslog=sinks.syslog_url is not None,
         anchor_file=restored.anchor_file,
         anchors_set_aside=restored.set_aside,
+        anchor_error=restored.not_anchored,
     )
 
 
@@ -316,7 +316,8 @@ def audit_restored(
         "open_sessions": len(manifest.open_sessions),
     }
     try:
-        return chain_restored(place, scratch, target, sinks, details)
+        head = int(manifest.audit_head.split(":")[0])
+        return chain_restored(place, scratch, target, sinks, details, backup_head=head)
     except (AuditUnavailable, AuditCorrupt) as exc:
         raise BackupError(f"nothing restored: {exc}") from exc
 
