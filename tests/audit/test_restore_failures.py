@@ -13,9 +13,11 @@ made to fail, once, in the in-process restore.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -181,3 +183,48 @@ def test_the_old_folders_own_anchor_file_is_not_set_aside(fleet: Fleet, tmp_path
     assert setup.anchors.read_bytes() == before
     assert not [p for p in setup.anchors.parent.iterdir() if ".before-restore-" in p.name]
     assert sorted(p.name for p in setup.target.iterdir()) == [SINKS]
+
+
+def test_a_postgresql_nodes_folder_is_a_data_folder_too(fleet: Fleet, tmp_path: Path) -> None:
+    """A node's folder on a shared store holds no audit.sqlite3, but its node.id says
+    what it is: its anchor file is that node's own, never set aside."""
+    setup = installation(fleet, tmp_path)
+    node = tmp_path / "node-folder"
+    node.mkdir()
+    (node / "node.id").write_text("0" * 32 + "\n")
+    anchors = node / "audit.anchors"
+    shutil.copy2(setup.anchors, anchors)  # the same chain's heads: only the folder tells
+    sinks = setup.target / SINKS
+    sinks.write_text(sinks.read_text().replace(str(setup.anchors), str(anchors)))
+    before = anchors.read_bytes()
+    done = broker_cli("restore", str(setup.backup), "--data", str(setup.target))
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert f"is in the broker data folder {node}" in errors[0], errors[0]
+    assert anchors.read_bytes() == before
+    assert sorted(p.name for p in node.iterdir()) == ["audit.anchors", "node.id"]
+
+
+def test_a_folder_that_cannot_be_synced_still_has_its_file_set_aside(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some mounts refuse to sync a folder (FUSE, some network file systems): the
+    rename is done all the same, and said as done (its old heads set aside, the file
+    begun again), not "could not be set aside" with the heads under another name."""
+    setup = installation(fleet, tmp_path)
+    before = setup.anchors.read_bytes()
+    fsync = os.fsync
+
+    def no_folder_sync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.path.samefile(
+            f"/proc/self/fd/{fd}", setup.anchors.parent
+        ):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    result = restore.restore_backup(setup.backup, setup.target)
+    aside = [p for p in setup.anchors.parent.iterdir() if ".before-restore-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == before
+    assert result.anchor_file == setup.anchors
+    assert read_anchors(setup.anchors)[0].why == "restarted"

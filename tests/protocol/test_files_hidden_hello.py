@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from allowhelp.agent.hello import current_hello, hidden_folder
-from allowhelp.broker.sessions.fileshidden import hidden_by
+from allowhelp.broker.audit.entry import make_entry
+from allowhelp.broker.sessions.fileshidden import hidden_by, shown
 from allowhelp.broker.tunnel.agents import LiveAgent
 from allowhelp.protocol.control import Hello, decode, hello_from
 from allowhelp.protocol.control_limits import LIMITS, MAX_HIDDEN
@@ -122,3 +123,15 @@ def test_a_case_insensitive_spelling_is_hidden_too() -> None:
     assert hidden_by(b"/home/ana/.CONFIG/allowhelp/agent2", hidden) is None
     assert hidden_by(b"/home/ana/.CONFIG/allowhelp", hidden) is None
     assert hidden_by(b"/home/ana/.config/allowhelp/agent/caf\xe9", hidden) == hidden[0]
+
+
+def test_a_home_that_is_not_utf8_is_refused_and_recordable() -> None:
+    """A home whose name is not UTF-8 (``/home/m\\xfcller``): the folder is matched as
+    the PC spells it, and the refusal's record can be written (a lone surrogate in its
+    details would fail the record, and the refusal would be a 500)."""
+    folder = b"/home/m\xfcller/.config/allowhelp/agent".decode("utf-8", "surrogateescape")
+    assert hidden_by(b"/home/m\xfcller/.config/allowhelp/agent/host_key", [folder]) == folder
+    entry = make_entry("files.refused", "technician:t", "s", {"hidden": shown(folder)})
+    assert entry.details["hidden"] == "/home/m\ufffdller/.config/allowhelp/agent"
+    with pytest.raises(TypeError, match="surrogates not allowed"):  # as it was
+        make_entry("files.refused", "technician:t", "s", {"hidden": folder})

@@ -272,10 +272,10 @@ class AnchorSink:
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     lead = f"\n{CUT_MARK}\n".encode("ascii")
                 os.write(fd, lead + data)
+                end = os.lseek(fd, 0, os.SEEK_CUR)  # where this append ended (O_APPEND)
                 os.fsync(fd)
-                found = os.fstat(fd)
-                self._seen = _identity(found)
-                self._tail = (found.st_size - len(data), data)
+                self._seen = _identity(os.fstat(fd))
+                self._tail = (end - len(data), data)  # not the size: another may append
             finally:
                 os.close(fd)
         except OSError as exc:

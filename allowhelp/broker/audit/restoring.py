@@ -17,10 +17,12 @@ passes and says it vouches from the restore on, and a broker started with it fin
 no truncation. Before anything is chained:
 
 * its heads up to the backup's head must match the restored chain (or it holds no
-  head yet): a file that vouches for another chain (a running broker's, another
-  installation's) is never set aside; the restore is refused, nothing restored;
-* it must not be in another broker's data folder (one holding ``audit.sqlite3``:
-  the old folder, restoring next to it): that is that folder's own file;
+  head yet): a file that vouches for another chain (another installation's) is never
+  set aside; the restore is refused, nothing restored. A broker still running on the
+  chain the backup came from passes this check (its heads match): stop it first;
+* it must not be in another broker's data folder (one holding ``audit.sqlite3``, a
+  ``node.id`` or an ``audit.sinks.json``: the old folder, restoring next to it, or a
+  node's on a shared store): that is that folder's own file;
 * the rename must be possible: the new name is made and removed once in its folder.
 
 When the set-aside happens: *before* the folder is put in place, right after the
@@ -140,10 +142,13 @@ def chain_restored(
         raise
     try:
         opened.close()  # the stop anchor: broker.restored's head in the folder's own file
-    except BaseException:
+    except BaseException as exc:
+        left = ""
         if set_aside and path is not None and aside is not None:
-            put_back(Restored(record.seq, record.hash, path, aside, written_to=path))
-        raise
+            left = put_back(Restored(record.seq, record.hash, path, aside, written_to=path))
+        if not left:
+            raise
+        raise BackupError(f"nothing restored: {exc}; {left}") from exc
     not_anchored = ""
     if path is not None and sink is not None and sink.state.last_seq != record.seq:
         not_anchored = sink.state.last_error or "not written"
@@ -207,9 +212,14 @@ def _check_same_chain(place: AuditPlace, path: Path, backup_head: int) -> None:
         )
 
 
+# What a broker data folder holds, whatever its store: the SQLite chain, a node's id,
+# the sinks serve remembers (a PostgreSQL node's folder has no audit.sqlite3).
+DATA_FOLDER_MARKS = (DATA_AUDIT_FILE, "node.id", "audit.sinks.json")
+
+
 def _check_not_a_data_folders(path: Path) -> None:
-    """An anchor file beside another chain's ``audit.sqlite3`` is that folder's own."""
-    if (path.parent / DATA_AUDIT_FILE).exists():
+    """An anchor file in another broker data folder is that folder's own."""
+    if any((path.parent / mark).exists() for mark in DATA_FOLDER_MARKS):
         raise BackupError(
             f"nothing restored: the anchor file {path} named in audit.sinks.json is in the "
             f"broker data folder {path.parent} (it is that folder's own); it is left as it "
@@ -253,10 +263,16 @@ def _aside_name(path: Path) -> Path:
 
 
 def _rename(source: Path, to: Path) -> None:
-    """``source`` renamed ``to``, on disk before anything else is written."""
+    """``source`` renamed ``to`` (raises only when the rename itself failed), then the
+    folder synced so it is on disk before anything else is written: a folder that
+    cannot be synced (some network or FUSE mounts, a write-and-enter-only folder) is
+    logged, the rename done all the same."""
     os.rename(source, to)
-    fd = os.open(to.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(to.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("%s renamed %s; its folder not synced: %s", source, to.name, exc)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
@@ -55,6 +56,7 @@ from allowhelp.broker.node.datafolder import AUDIT_FILE
 from allowhelp.broker.settings import RECORDINGS
 from allowhelp.broker.store.migrations import MIGRATIONS
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 # What a damaged or cut compressed stream raises while tarfile reads it.
 _DAMAGE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
@@ -163,7 +165,10 @@ def _place(scratch: Path, target: Path) -> None:
         raise BackupError(
             f"{target} is not empty any more ({exc.strerror}): restore into a new folder"
         ) from exc
-    fsync_dir(target.parent)
+    try:  # restored from here on: a folder not synced is said, not "nothing restored"
+        fsync_dir(target.parent)
+    except OSError as exc:
+        log.warning("%s restored; its parent folder not synced: %s", target, os_reason(exc))
 
 
 def _check_target(target: Path) -> None:

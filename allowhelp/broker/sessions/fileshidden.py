@@ -59,6 +59,12 @@ def _text(real: bytes) -> str:
     return real.decode("utf-8", "surrogateescape")
 
 
+def shown(text: str) -> str:
+    """``text`` as a record or a message may carry it: a name that is not UTF-8 (kept
+    surrogate-escaped for the comparison) with U+FFFD in its place."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -154,11 +160,11 @@ class HiddenFolders:
                 "path": path,
                 "why": WHY,
                 "resolved": real.decode("utf-8", "replace"),
-                "hidden": folder,
+                "hidden": shown(folder),
             },
         )
         raise Forbidden(
-            f"{path}: it leads into {folder}, the allowhelp agent's own folder,"
+            f"{path}: it leads into {shown(folder)}, the allowhelp agent's own folder,"
             " which is never shared",
             code=WHY,
         )
