@@ -4,7 +4,7 @@ A machine service's Hello names no folder, nor does an older per-user agent's; y
 the signed-in user may keep an agent of their own (``~/.config/allowhelp/agent``,
 its private host key). The broker's own check (``fileshidden.HiddenFolders`` with
 the channel's ``UsersOwn``) against OpenSSH's real sftp-server started in a home
-folder, reached as the broker reaches it (``test_files_listing_cut.real_sftp``),
+folder, reached as the broker reaches it (``tests/kit/sftpkit.py`` ``real_sftp``),
 with an empty ``files_hidden``: the key is refused, ``files.refused`` on the record;
 a folder made during the session is hidden from then on, and one whose place is a
 link elsewhere too.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_files_listing_cut import SFTP_SERVER, real_sftp
+from sftpkit import SFTP_SERVER, real_sftp
 
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import Forbidden
