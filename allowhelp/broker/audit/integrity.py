@@ -54,19 +54,12 @@ TAIL_MAX = 100_000  # beyond: records walked at start when no anchor is recent e
 FULL_CHECK_TIMEOUT = 3600.0
 
 
-def verify_with_anchors(
-    path: AuditPlace, anchors_file: Path | None, head: tuple[int, str] | None = None
-) -> tuple[VerifyResult, int]:
-    """The full walk and every anchored head in ``anchors_file`` (when it exists)."""
-    result, checked, _ = verify_anchored(path, anchors_file, head)
-    return result, checked
-
-
 def verify_anchored(
     path: AuditPlace, anchors_file: Path | None, head: tuple[int, str] | None = None
 ) -> tuple[VerifyResult, int, int | None]:
-    """:func:`verify_with_anchors`, and the record from which the anchor file vouches
-    when it was made again or went on marked ``restarted`` (``vouched_from``)."""
+    """The full walk and every anchored head in ``anchors_file`` (when it exists): the
+    result, how many heads were checked, and the record from which the anchor file
+    vouches when it was made again or went on marked ``restarted`` (``vouched_from``)."""
     walk = verify(path, head)
     if anchors_file is None or not anchors_file.exists():
         return walk, 0, None
@@ -75,16 +68,12 @@ def verify_anchored(
     return combine(walk, checked), checked.checked, restarted_at(heads)
 
 
-def startup_check(path: AuditPlace, anchors_file: Path | None, *, full: bool) -> ChainCheck:
-    """The check before serving; ``full`` walks from the first record whatever it costs."""
-    return startup_check_vouched(path, anchors_file, full=full)[0]
-
-
-def startup_check_vouched(
+def startup_check(
     path: AuditPlace, anchors_file: Path | None, *, full: bool
 ) -> tuple[ChainCheck, int | None]:
-    """:func:`startup_check`, and the anchor file's ``vouched_from`` (None: it holds
-    its history, or there is none)."""
+    """The check before serving (``full`` walks from the first record whatever it
+    costs), and the anchor file's ``vouched_from`` (None: it holds its history, or
+    there is none)."""
     started = time.perf_counter()
     anchors, vouched_from = None, None
     if anchors_file is not None:
@@ -129,7 +118,8 @@ def _vouched(anchors_file: Path, vouched_from: int) -> str:
     return (
         f"vouched_from {vouched_from}: {anchors_file} was made again (or went on) at "
         f"record {vouched_from} marked restarted, its heads vouch only from there on "
-        "(audit.anchors.missing; a syslog collector's copy holds the whole history)"
+        "(audit.anchors.missing, audit.anchors.begun or broker.restored says why; a "
+        "syslog collector's copy holds the whole history)"
     )
 
 
@@ -214,7 +204,7 @@ class ChainWatch:
         vouched_from = None
         try:
             check, vouched_from = await asyncio.to_thread(
-                startup_check_vouched, self._audit.path, self._anchors, full=full
+                startup_check, self._audit.path, self._anchors, full=full
             )
         except AuditCorrupt as exc:  # unreadable rows: as broken as it gets
             check = ChainCheck(False, "full", 0, 0, None, str(exc), 0, 0.0)
