@@ -25,7 +25,8 @@ A file that goes away while the chain is open is made again by the sink itself,
 marked ``restarted`` (audit/anchor.py).
 
 ``restore`` writes ``broker.restored`` through the sinks of the installation it
-restores (:func:`sinks_for_restore`): ``audit/restoring.py``.
+restores (the ``audit.sinks.json`` kept in its new folder, read by
+:func:`cli_sinks` before anything is unpacked): ``audit/restoring.py``.
 """
 
 from __future__ import annotations
@@ -184,14 +185,6 @@ def cli_sinks(place: AuditPlace, data_dir: Path) -> AuditSinks:
     if isinstance(place, PostgresUrl) and not (data_dir / SINKS_FILE).exists():
         return AuditSinks()
     return AuditSinks.remembered(data_dir)
-
-
-def sinks_for_restore(place: AuditPlace, target: Path) -> AuditSinks:
-    """The sinks of the installation a restore replaces: its ``audit.sinks.json`` kept
-    in the (otherwise empty) new folder, read before anything is unpacked; without
-    one the command line's defaults (no syslog), so a test restore on another
-    machine writes to no collector and no anchor file of the real broker."""
-    return cli_sinks(place, target)
 
 
 def _check_anchor_file(

@@ -2,7 +2,7 @@
 installation it restores (``audit/opening.py`` opens every writer of the chain).
 
 :func:`chain_restored` writes ``broker.restored`` through the ``audit.sinks.json``
-kept in the new folder (``opening.sinks_for_restore``, read before anything is
+kept in the new folder (``opening.cli_sinks``, read before anything is
 unpacked; the restore keeps the file), else the defaults. It skips the start-up
 check in its scratch folder (and makes no file there): the first start on the
 restored folder tells a missing file with the folder's real path. The restored

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from allowhelp.broker.audit.anchor import ANCHOR_FILE, check_anchors, combine, read_anchors
 from allowhelp.broker.audit.chain import AuditPlace, VerifyResult, verify
-from allowhelp.broker.audit.opening import SINKS_FILE, AuditSinks, sinks_for_restore
+from allowhelp.broker.audit.opening import SINKS_FILE, AuditSinks, cli_sinks
 from allowhelp.broker.audit.restoring import Restored, chain_restored, put_back_on_failure
 from allowhelp.broker.errors import AuditCorrupt, AuditUnavailable, BackupError
 from allowhelp.broker.node.archive import (
@@ -102,7 +102,9 @@ def restore_backup(backup: Path, data_dir: Path) -> RestoreResult:
 def read_sinks(place: AuditPlace, target: Path) -> AuditSinks:
     """The installation's sinks kept in ``target``, before anything is unpacked."""
     try:
-        return sinks_for_restore(place, target)
+        # the installation's, kept in the otherwise empty new folder; without one the
+        # defaults (no syslog): a test restore elsewhere writes to no real sink
+        return cli_sinks(place, target)
     except ValueError as exc:
         raise BackupError(f"nothing restored: {exc}") from exc
 
