@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from allowhelp.agent.errors import ConfigError
 from allowhelp.agent.i18n import _
@@ -48,6 +49,15 @@ class AgentConfig:
         return [
             name for name, there in (("ssh", self.tunnel_port), ("https", self.tunnel_url)) if there
         ]
+
+    @property
+    def dialled_hosts(self) -> list[str]:
+        """The names this PC dials the broker by (its HTTPS port for the doorbell and
+        enrolment, its SSH port, the tunnel on its HTTPS port): a proxy setting that
+        can never work for one of them stops the agent and the doorbell alike."""
+        urls = (self.broker_url, self.tunnel_url)
+        names = [*(urlsplit(url).hostname or "" for url in urls if url), self.tunnel_host]
+        return [name for name in dict.fromkeys(names) if name]
 
     def save(self, folder: Path) -> None:
         write_private(folder / CONFIG_FILE, json.dumps(asdict(self), indent=2) + "\n")

@@ -34,7 +34,6 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from allowhelp.agent.config import AgentConfig
 from allowhelp.agent.doorbellloop import UPGRADED_FILE, Doorbell
@@ -54,14 +53,6 @@ def woken_command(argv: Sequence[str], orig_argv: Sequence[str], executable: str
     return [executable, *prefix, *argv, "--idle", "woken"]
 
 
-def enrolled_hosts(config: AgentConfig) -> list[str]:
-    """The names this doorbell rings and the full agent it starts dials (the broker's
-    HTTPS port, its SSH port): a proxy setting refused for one of them stops both."""
-    urls = (config.broker_url, config.tunnel_url)
-    names = [*(urlsplit(url).hostname or "" for url in urls), config.tunnel_host]
-    return [name for name in dict.fromkeys(names) if name]
-
-
 def bind_listeners(folder: Path, *, system: bool) -> dict[str, socket.socket]:
     """The sockets the full agent would bind, bound here (handed down when it starts)."""
     if system:
@@ -78,7 +69,7 @@ def run_doorbell(
     config = AgentConfig.load(folder)
     # Read once, as the full agent does: a setting that can never work is one line and
     # exit 2 now, not a failed ring (and a failed full agent) at every try.
-    check_setting(enrolled_hosts(config), config.proxy)
+    check_setting(config.dialled_hosts, config.proxy)
     with contextlib.suppress(OSError):  # this process runs the installed version
         (folder / UPGRADED_FILE).unlink()
     listeners = bind_listeners(folder, system=system)

@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncssh
 
@@ -92,7 +91,7 @@ class AgentTunnel:
         self._config = config = service.config
         self._cap = check_reconnect_cap(reconnect_cap)
         # A proxy setting that can never work stops the start; one that is down is redialled.
-        check_setting(_enrolled_hosts(config.tunnel_host, config.tunnel_url), config.proxy)
+        check_setting(config.dialled_hosts, config.proxy)
         self._host_key = load_private_key(folder / HOST_KEY_FILE)
         self._broker_key = public_key_line(parse_public_key(config.broker_tunnel_key))
         self.state = TunnelState()
@@ -291,13 +290,6 @@ def _moved(
         log.warning("moving back to the first broker node failed: %s", describe(failed))
         return None
     return mover.result()
-
-
-def _enrolled_hosts(tunnel_host: str, tunnel_url: str) -> list[str]:
-    """The host names of the enrolled broker's ways (the SSH port, the HTTPS port)."""
-    hosts = [tunnel_host] if tunnel_host else []
-    https = urlsplit(tunnel_url).hostname if tunnel_url else None
-    return hosts + ([https] if https else [])
 
 
 def describe(exc: BaseException) -> str:
