@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from anchorkit import anchored_broker
 from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import (
@@ -31,7 +32,7 @@ from allowhelp.broker.audit.anchor import (
     restarted_at,
 )
 from allowhelp.broker.audit.anchor_sink import AnchorSink
-from allowhelp.broker.audit.chain import AuditRecord, read_head, read_records
+from allowhelp.broker.audit.chain import AuditRecord, read_records
 from allowhelp.broker.audit.log import AuditLog
 from harness import ADMIN, ADMIN_PW, Broker, Desk, Fleet, broker_cli, exported, wait_for
 
@@ -56,18 +57,6 @@ def api_verify(broker: Broker) -> dict[str, Any]:
     finally:
         admin.close()
     return answer
-
-
-def anchored_broker(fleet: Fleet, collector: Collector) -> tuple[Broker, Path]:
-    """A serving broker anchoring every record, its file holding a head of serve's."""
-    broker = fleet.broker(extra=["--syslog", collector.url, "--audit-anchor-every", "1"])
-    broker.start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    anchors = broker.data / "audit.anchors"
-    Desk.login(broker, ADMIN, ADMIN_PW).close()  # serve's own record, anchored by serve
-    head = read_head(broker.data / "audit.sqlite3")[0]
-    wait_for(lambda: max(a.seq for a in read_anchors(anchors)) == head, 30, "serve's head")
-    return broker, anchors
 
 
 def check_told(
@@ -109,7 +98,7 @@ def check_told(
 def test_an_anchor_file_replaced_while_serve_runs_is_chained_and_goes_on_restarted(
     fleet: Fleet, collector: Collector
 ) -> None:
-    broker, anchors = anchored_broker(fleet, collector)
+    broker, anchors, _ = anchored_broker(fleet, collector)
     rotated = anchors.with_name("audit.anchors.1")
     fresh = anchors.with_name("audit.anchors.new")
     os.link(anchors, rotated)  # logrotate's create: the old file kept aside,
@@ -140,7 +129,7 @@ def test_an_anchor_file_replaced_while_serve_runs_is_chained_and_goes_on_restart
 def test_an_anchor_file_truncated_while_serve_runs_is_chained_and_goes_on_restarted(
     fleet: Fleet, collector: Collector
 ) -> None:
-    broker, anchors = anchored_broker(fleet, collector)
+    broker, anchors, _ = anchored_broker(fleet, collector)
     with anchors.open("r+") as handle:  # logrotate's copytruncate: same inode, emptied
         handle.truncate(0)
     Desk.login(broker, ADMIN, ADMIN_PW).close()

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from anchorkit import anchored_broker
 from collectorkit import Collector
 
 from allowhelp.broker.audit.anchor import (
@@ -183,13 +184,7 @@ def test_a_missing_anchor_file_is_told_chained_forwarded_and_started_again(
 def test_an_anchor_file_deleted_while_serve_runs_is_made_again_marked_restarted(
     fleet: Fleet, collector: Collector
 ) -> None:
-    broker = fleet.broker(extra=["--syslog", collector.url, "--audit-anchor-every", "1"])
-    broker.start()
-    broker.add_user(ADMIN, ADMIN_PW, role="admin")
-    anchors = broker.data / "audit.anchors"
-    Desk.login(broker, ADMIN, ADMIN_PW).close()  # serve's own record, anchored by serve
-    head = read_head(broker.data / "audit.sqlite3")[0]
-    wait_for(lambda: top_anchor(anchors) == head, 10, "the login's head in the anchor file")
+    broker, anchors, head = anchored_broker(fleet, collector)
     anchors.unlink()  # while serve runs
     Desk.login(broker, ADMIN, ADMIN_PW).close()
     wait_for(anchors.exists, 10, "the anchor file made again")
