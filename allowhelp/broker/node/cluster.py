@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from allowhelp.broker.audit.log import AuditLog
 from allowhelp.broker.errors import AuditUnavailable, BrokerError, Conflict
 from allowhelp.broker.model.database import PostgresUrl
+from allowhelp.broker.node.datafolder import NODE_FILE
 from allowhelp.broker.node.peers import NodeAnnouncer
 from allowhelp.broker.sessions.events import Event, EventHub
 from allowhelp.broker.sessions.registry import SessionRegistry
@@ -44,7 +45,6 @@ if TYPE_CHECKING:  # psycopg is imported only on a PostgreSQL store
 
 log = logging.getLogger(__name__)
 
-NODE_FILE = "node.id"
 HEARTBEAT = 5.0  # seconds between heartbeats (a node is dead after NODE_STALE)
 # Seconds without a heartbeat after which a node on a shared database stops its own
 # sessions' access: before the other nodes take it for dead and end them in the store.

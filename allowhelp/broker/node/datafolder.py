@@ -16,13 +16,13 @@ from allowhelp.broker.audit.opening import AuditSinks, open_with_sinks
 from allowhelp.broker.audit.options import AuditOptions
 from allowhelp.broker.audit.syslog import SyslogForwarder
 from allowhelp.broker.model.database import PostgresUrl
-from allowhelp.broker.node.cluster import NODE_FILE
 from allowhelp.broker.settings import BrokerSettings, is_ip, url_host
 from allowhelp.broker.store.core import StorePlace
 from allowhelp.certs.pki import AGENT_TLS_NAME, BrokerPKI, ensure_broker_pki
 
 AUDIT_FILE = "audit.sqlite3"
 STORE_FILE = "broker.sqlite3"
+NODE_FILE = "node.id"  # this broker as a node: its id, made at its first start (node/cluster.py)
 WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - names to leave out of the certificate
 
 
